@@ -1,0 +1,86 @@
+"""One frozen Config for a chargebox process, and every default in one place.
+
+Built once, from argv and the environment, by `cli`; everything else receives
+it. Nothing else in the package reads the environment. The admin token lives
+here too, so the dataclass hides it from repr(): a token must never reach a log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+DEFAULT_DB = Path("data") / "chargebox.db"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_THREADS = 16
+DEFAULT_MAX_AMOUNT = 1_000_000_000
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+MAX_BALANCE = 10**15
+DEFAULT_BUSY_TIMEOUT_MS = 10_000
+# NORMAL in WAL mode: a committed transaction survives a crash of the process
+# (kill -9); only an OS crash or power loss can lose the last few commits.
+# FULL also survives power loss, at about a third of the write rate.
+SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
+DEFAULT_SYNCHRONOUS = "NORMAL"
+ADMIN_TOKEN_FILE = "admin_token"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    db_path: Path = DEFAULT_DB
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    threads: int = DEFAULT_THREADS
+    admin_token: str | None = dataclasses.field(default=None, repr=False)
+    max_amount: int = DEFAULT_MAX_AMOUNT
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    synchronous: str = DEFAULT_SYNCHRONOUS
+    busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
+
+    def __post_init__(self) -> None:
+        if self.synchronous not in SYNCHRONOUS_LEVELS:
+            raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_LEVELS)}")
+        if not 1 <= self.max_amount <= MAX_BALANCE:
+            raise ValueError(f"max_amount must be between 1 and {MAX_BALANCE}")
+        if not 1 <= self.threads <= 1024:
+            raise ValueError("threads must be between 1 and 1024")
+        if self.max_body_bytes < 1024:
+            raise ValueError("max_body_bytes must be at least 1024")
+
+    @property
+    def admin_token_path(self) -> Path:
+        """Where a generated admin token is kept: beside the database file."""
+        return self.db_path.parent / ADMIN_TOKEN_FILE
+
+    def with_admin_token(self, token: str) -> Config:
+        return dataclasses.replace(self, admin_token=token)
+
+
+def env_defaults(environ: Mapping[str, str] = os.environ) -> dict:
+    """The settings the environment provides (argv may override them)."""
+    values: dict = {}
+    if environ.get("CHARGEBOX_DB"):
+        values["db_path"] = Path(environ["CHARGEBOX_DB"])
+    if environ.get("CHARGEBOX_ADMIN_TOKEN"):
+        values["admin_token"] = environ["CHARGEBOX_ADMIN_TOKEN"]
+    numeric = {
+        "CHARGEBOX_THREADS": "threads",
+        "CHARGEBOX_MAX_AMOUNT": "max_amount",
+        "CHARGEBOX_MAX_BODY_BYTES": "max_body_bytes",
+        "CHARGEBOX_BUSY_TIMEOUT_MS": "busy_timeout_ms",
+    }
+    for name, field in numeric.items():
+        if environ.get(name):
+            values[field] = _positive_int(name, environ[name])
+    if environ.get("CHARGEBOX_SYNCHRONOUS"):
+        values["synchronous"] = environ["CHARGEBOX_SYNCHRONOUS"].upper()
+    return values
+
+
+def _positive_int(name: str, text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise ValueError(f"{name} must be a positive integer")
+    return int(text)

@@ -1,0 +1,234 @@
+"""Opening the database, its PRAGMAs, schema and triggers, and `write_tx()`.
+
+This is the only module that knows SQL dialects and locking. Every write in
+chargebox goes through `write_tx()`: a process-wide queue (a thread lock plus
+an flock across processes) and then `BEGIN IMMEDIATE`, so the SQLite write lock
+is taken up front and writers wait in line instead of spinning in SQLite's
+busy handler (STACK_NOTES traps 3, 4 and 6). Connections are per thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import peewee
+from filelock import FileLock
+
+from chargebox.config import Config
+from chargebox.errors import IntegrityViolation, Unavailable
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: the thread lock and busy timeout remain
+    fcntl = None
+
+database = peewee.DatabaseProxy()
+
+_UNAVAILABLE_MARKERS = ("locked", "busy", "readonly", "disk", "full", "unable to open")
+
+
+def open_database(config: Config) -> peewee.SqliteDatabase:
+    """Bind the models to the SQLite file of `config`; connections open lazily, one per thread."""
+    config.db_path.parent.mkdir(parents=True, exist_ok=True)
+    sqlite_db = peewee.SqliteDatabase(
+        str(config.db_path),
+        pragmas=[
+            ("foreign_keys", 1),
+            ("busy_timeout", config.busy_timeout_ms),
+            # Debian defaults WAL to FULL, other builds to NORMAL: always say it.
+            ("synchronous", config.synchronous),
+            ("temp_store", "memory"),
+        ],
+        timeout=config.busy_timeout_ms / 1000,
+        lock_type="IMMEDIATE",  # also for any atomic() someone adds later (trap 4)
+        thread_safe=True,  # one connection per thread (traps 1 and 2)
+    )
+    database.initialize(sqlite_db)
+    _gate.bind(config.db_path)
+    return sqlite_db
+
+
+def close_database() -> None:
+    if database.obj is not None and not database.is_closed():
+        database.close()
+
+
+def ensure_schema(config: Config, models: Sequence[type[peewee.Model]]) -> None:
+    """Create tables, indexes and triggers if missing; safe when processes start together."""
+    with FileLock(str(config.db_path) + ".lock", timeout=60):
+        conn = database.connection()
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise RuntimeError(f"could not switch {config.db_path} to WAL mode (got {mode})")
+        with database.atomic():
+            database.create_tables(models, safe=True)
+            for statement in TRIGGERS:
+                database.execute_sql(statement)
+
+
+def missing_triggers() -> list[str]:
+    """Names of schema triggers that are not installed (someone dropped the second line)."""
+    wanted = {re.search(r"EXISTS (\w+)", sql).group(1) for sql in TRIGGERS}
+    rows = database.execute_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+    return sorted(wanted - {name for (name,) in rows.fetchall()})
+
+
+@contextlib.contextmanager
+def write_tx() -> Iterator[None]:
+    """The only door to a write: queue for the write lock, then BEGIN IMMEDIATE ... COMMIT.
+
+    Never nest it: a nested transaction would become a SAVEPOINT inside the outer one.
+    """
+    if database.in_transaction():
+        raise AssertionError("write_tx() must not be nested")
+    with _gate, translate_errors(), database.atomic(lock_type="IMMEDIATE"):
+        yield
+
+
+@contextlib.contextmanager
+def read_tx() -> Iterator[None]:
+    """A consistent snapshot for multi-statement reads (WAL readers never block writers)."""
+    with translate_errors(), database.atomic(lock_type="DEFERRED"):
+        yield
+
+
+def in_write_tx() -> bool:
+    conn = database.connection()
+    return conn.in_transaction and _gate.held()
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn driver errors into our tree: schema refusals are bugs, lock/disk trouble is 503."""
+    try:
+        yield
+    except (peewee.IntegrityError, sqlite3.IntegrityError) as exc:
+        raise IntegrityViolation(f"the database refused a write: {exc}") from exc
+    except (peewee.OperationalError, sqlite3.OperationalError) as exc:
+        text = str(exc).lower()
+        if any(marker in text for marker in _UNAVAILABLE_MARKERS):
+            raise Unavailable("the database is busy or unavailable; retry shortly") from exc
+        raise
+
+
+class _WriteGate:
+    """A FIFO-ish queue in front of SQLite's write lock, for threads and for processes.
+
+    SQLite's busy handler sleeps and retries instead of queueing, so under load
+    some writers starve and `database is locked` escapes (trap 6). A thread lock
+    queues this process's threads; a blocking flock on a kept-open file queues
+    processes. The lock file is reopened after fork, since flock belongs to the
+    open file and a child must not share its parent's.
+    """
+
+    def __init__(self) -> None:
+        self._thread_lock = threading.Lock()
+        self._path: Path | None = None
+        self._fd: int | None = None
+        self._pid = 0
+        self._owner: int | None = None
+
+    def bind(self, db_path: Path) -> None:
+        with self._thread_lock:
+            self._close_fd()
+            self._path = Path(str(db_path) + ".write-lock")
+
+    def held(self) -> bool:
+        return self._owner == threading.get_ident()
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        try:
+            fd = self._file()
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        self._owner = threading.get_ident()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._owner = None
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    def _file(self) -> int | None:
+        if fcntl is None or self._path is None:
+            return None
+        if self._fd is None or self._pid != os.getpid():
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+    def _close_fd(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+
+
+_gate = _WriteGate()
+
+
+def _immutable(table: str, action: str, why: str) -> str:
+    return (
+        f"CREATE TRIGGER IF NOT EXISTS {table}_no_{action.lower()} BEFORE {action} ON {table} "
+        f"BEGIN SELECT RAISE(ABORT, '{why}'); END"
+    )
+
+
+TRIGGERS = (
+    # I5: the ledger, sales and idempotency outcomes are append-only.
+    _immutable("ledger_entry", "UPDATE", "I5: ledger entries are never updated"),
+    _immutable("ledger_entry", "DELETE", "I5: ledger entries are never deleted"),
+    _immutable("sale", "UPDATE", "sales are never updated"),
+    _immutable("sale", "DELETE", "sales are never deleted"),
+    _immutable("idempotency_record", "UPDATE", "idempotency outcomes are final"),
+    _immutable("idempotency_record", "DELETE", "idempotency outcomes are final"),
+    _immutable("seller", "DELETE", "sellers are never deleted"),
+    _immutable("credit_request", "DELETE", "credit requests are never deleted"),
+    # I4: a decided request never changes again, so it can never be approved twice.
+    """CREATE TRIGGER IF NOT EXISTS credit_request_decided_is_final
+       BEFORE UPDATE ON credit_request
+       WHEN NEW.seller_id IS NOT OLD.seller_id OR NEW.amount IS NOT OLD.amount
+         OR NEW.created_at IS NOT OLD.created_at
+         OR (OLD.status != 'pending'
+             AND (NEW.status IS NOT OLD.status OR NEW.decided_at IS NOT OLD.decided_at))
+       BEGIN SELECT RAISE(ABORT, 'I4: a decided credit request is final'); END""",
+    # I2 + I3: each entry continues its seller's chain and lands on the new balance.
+    """CREATE TRIGGER IF NOT EXISTS ledger_entry_continues_chain
+       BEFORE INSERT ON ledger_entry
+       BEGIN
+         SELECT RAISE(ABORT, 'I3: balance_after must equal the previous balance_after + amount')
+         WHERE NEW.balance_after IS NOT COALESCE((SELECT balance_after FROM ledger_entry
+                 WHERE seller_id = NEW.seller_id ORDER BY id DESC LIMIT 1), 0) + NEW.amount;
+         SELECT RAISE(ABORT, 'I2: balance_after must equal the seller balance')
+         WHERE NEW.balance_after IS NOT (SELECT balance FROM seller WHERE id = NEW.seller_id);
+       END""",
+    # I4: a credit entry exists only for an approved request, with its amount.
+    """CREATE TRIGGER IF NOT EXISTS ledger_entry_credit_matches_request
+       BEFORE INSERT ON ledger_entry WHEN NEW.kind = 'credit'
+       BEGIN
+         SELECT RAISE(ABORT, 'I4: a credit entry needs its approved request')
+         WHERE NOT EXISTS (SELECT 1 FROM credit_request WHERE id = NEW.credit_request_id
+                 AND seller_id = NEW.seller_id AND status = 'approved'
+                 AND amount = NEW.amount);
+       END""",
+    # I4: a sale entry debits exactly its sale.
+    """CREATE TRIGGER IF NOT EXISTS ledger_entry_sale_matches_sale
+       BEFORE INSERT ON ledger_entry WHEN NEW.kind = 'sale'
+       BEGIN
+         SELECT RAISE(ABORT, 'I4: a sale entry needs its sale')
+         WHERE NOT EXISTS (SELECT 1 FROM sale WHERE id = NEW.sale_id
+                 AND seller_id = NEW.seller_id AND amount = -NEW.amount
+                 AND balance_after = NEW.balance_after);
+       END""",
+)

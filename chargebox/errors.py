@@ -1,0 +1,100 @@
+"""The one exception tree of chargebox; each class carries the stable `code` of API.md.
+
+Domain code raises these; `web.errors` holds the only table from class to HTTP
+status. Nothing here knows about HTTP, so services and the CLI can share it.
+Messages are for humans and must never contain a token or a key.
+"""
+
+from __future__ import annotations
+
+
+class ChargeboxError(Exception):
+    """Base of every error a caller is meant to see."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str, field: str | None = None, *, replayed: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        # True when this is the stored outcome of an Idempotency-Key, answered again.
+        self.replayed = replayed
+
+
+class MalformedJSON(ChargeboxError):
+    """The request body is not valid JSON, or not a JSON object."""
+
+    code = "malformed_json"
+
+
+class Unauthorized(ChargeboxError):
+    """No credentials, or credentials that match nobody."""
+
+    code = "unauthorized"
+
+
+class Forbidden(ChargeboxError):
+    """Known caller, but this route or this resource is not theirs."""
+
+    code = "forbidden"
+
+
+class NotFound(ChargeboxError):
+    """No such resource (or route)."""
+
+    code = "not_found"
+
+
+class ValidationError(ChargeboxError):
+    """A field has the wrong type, range or shape; `field` names it."""
+
+    code = "validation_error"
+
+
+class IdempotencyKeyReused(ChargeboxError):
+    """An Idempotency-Key already executed with a different request."""
+
+    code = "idempotency_key_reused"
+
+
+class InsufficientCredit(ChargeboxError):
+    """The sale or decrease would make a balance negative (invariant I1)."""
+
+    code = "insufficient_credit"
+
+
+class BalanceLimitExceeded(ChargeboxError):
+    """A credit would push a balance above the 10^15 toman ceiling."""
+
+    code = "balance_limit_exceeded"
+
+
+class NotPending(ChargeboxError):
+    """Approving or rejecting a credit request that is already decided."""
+
+    code = "not_pending"
+
+
+class PayloadTooLarge(ChargeboxError):
+    """The request body is over the configured limit."""
+
+    code = "payload_too_large"
+
+
+class Unavailable(ChargeboxError):
+    """The database could not take the write now (locked too long, read-only, disk full).
+
+    Nothing was changed; the request may be retried (with the same Idempotency-Key).
+    """
+
+    code = "unavailable"
+
+
+class IntegrityViolation(ChargeboxError):
+    """The database refused a write that code should never have attempted.
+
+    Raised when a CHECK, UNIQUE or trigger of the schema fires: the second line
+    of defence caught what the first should have. Treated as a server bug.
+    """
+
+    code = "internal_error"

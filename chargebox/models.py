@@ -1,0 +1,133 @@
+"""The peewee models: tables with their CHECK, UNIQUE and foreign-key constraints.
+
+No money moves here (that is `ledger`): saving a model never credits anyone,
+and the triggers in `db` refuse changes to decided requests and ledger rows.
+The constraints are the database half of invariants I1-I5 (see README).
+"""
+
+from __future__ import annotations
+
+from peewee import (
+    AutoField,
+    BigIntegerField,
+    CharField,
+    Check,
+    ForeignKeyField,
+    Model,
+    TextField,
+)
+
+from chargebox.config import MAX_BALANCE
+from chargebox.db import database
+
+_INT = "typeof({0}) = 'integer'"
+
+
+def _money(column: str, low: str) -> list:
+    return [Check(f"{_INT.format(column)} AND {column} {low} AND {column} <= {MAX_BALANCE}")]
+
+
+class BaseModel(Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class Seller(BaseModel):
+    id = AutoField()
+    name = TextField(constraints=[Check("length(name) BETWEEN 1 AND 200")])
+    # I1 in the database: a balance is an integer in 0..10^15.
+    balance = BigIntegerField(default=0, constraints=_money("balance", ">= 0"))
+    api_key_hash = CharField(max_length=64, unique=True)
+    created_at = TextField()
+
+
+class CreditRequest(BaseModel):
+    id = AutoField()
+    seller = ForeignKeyField(Seller, column_name="seller_id", on_delete="RESTRICT")
+    amount = BigIntegerField(constraints=_money("amount", "> 0"))
+    status = TextField(
+        default="pending", constraints=[Check("status IN ('pending', 'approved', 'rejected')")]
+    )
+    created_at = TextField()
+    decided_at = TextField(null=True)
+
+    class Meta:
+        constraints = [Check("(status = 'pending') = (decided_at IS NULL)")]
+        indexes = ((("status", "id"), False), (("seller", "id"), False))
+
+
+class Phone(BaseModel):
+    id = AutoField()
+    number = TextField(
+        unique=True,
+        constraints=[Check("number GLOB '09[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]'")],
+    )
+    total_charged = BigIntegerField(default=0, constraints=[Check(f"{_INT.format('total_charged')} AND total_charged >= 0")])
+    created_at = TextField()
+
+
+class Sale(BaseModel):
+    id = AutoField()
+    seller = ForeignKeyField(Seller, column_name="seller_id", on_delete="RESTRICT")
+    phone = ForeignKeyField(Phone, column_name="phone_id", on_delete="RESTRICT")
+    amount = BigIntegerField(constraints=_money("amount", "> 0"))
+    balance_after = BigIntegerField(constraints=_money("balance_after", ">= 0"))
+    created_at = TextField()
+
+    class Meta:
+        indexes = ((("seller", "id"), False),)
+
+
+class LedgerEntry(BaseModel):
+    id = AutoField()
+    seller = ForeignKeyField(Seller, column_name="seller_id", on_delete="RESTRICT")
+    kind = TextField(constraints=[Check("kind IN ('credit', 'sale', 'adjustment')")])
+    amount = BigIntegerField(
+        constraints=[Check(f"{_INT.format('amount')} AND amount != 0 AND abs(amount) <= {MAX_BALANCE}")]
+    )
+    # I1 again, per entry: no entry may leave a balance below zero.
+    balance_after = BigIntegerField(constraints=_money("balance_after", ">= 0"))
+    # I4: UNIQUE links, so one request or one sale can never have two entries.
+    credit_request = ForeignKeyField(
+        CreditRequest, column_name="credit_request_id", null=True, unique=True,
+        on_delete="RESTRICT",
+    )
+    sale = ForeignKeyField(
+        Sale, column_name="sale_id", null=True, unique=True, on_delete="RESTRICT"
+    )
+    reason = TextField(null=True)
+    created_at = TextField()
+
+    class Meta:
+        constraints = [
+            Check(
+                "(kind = 'credit' AND amount > 0 AND credit_request_id IS NOT NULL"
+                " AND sale_id IS NULL)"
+                " OR (kind = 'sale' AND amount < 0 AND sale_id IS NOT NULL"
+                " AND credit_request_id IS NULL)"
+                " OR (kind = 'adjustment' AND reason IS NOT NULL"
+                " AND credit_request_id IS NULL AND sale_id IS NULL)"
+            )
+        ]
+        indexes = ((("seller", "id"), False),)
+
+
+class IdempotencyRecord(BaseModel):
+    """The final outcome of one seller's Idempotency-Key: a sale, or a refusal."""
+
+    id = AutoField()
+    seller = ForeignKeyField(Seller, column_name="seller_id", on_delete="RESTRICT")
+    key = TextField(constraints=[Check("length(key) BETWEEN 1 AND 255")])
+    request_hash = CharField(max_length=64)
+    sale = ForeignKeyField(Sale, column_name="sale_id", null=True, unique=True)
+    error_code = TextField(null=True)
+    error_message = TextField(null=True)
+    created_at = TextField()
+
+    class Meta:
+        constraints = [Check("(sale_id IS NULL) != (error_code IS NULL)")]
+        indexes = ((("seller", "key"), True),)
+
+
+ALL_MODELS = (Seller, CreditRequest, Phone, Sale, LedgerEntry, IdempotencyRecord)

@@ -1,0 +1,38 @@
+"""Normalising Iranian mobile numbers to the form 09121234567 (pure, no I/O).
+
+Only ASCII, Persian (U+06F0-06F9) and Arabic-Indic (U+0660-0669) digits are
+digits here: Python's int(), str.isdigit() and regex \\d accept every Unicode
+digit, so none of them is used. Bidi marks and no-break spaces pasted from
+right-to-left interfaces are dropped before parsing.
+"""
+
+from __future__ import annotations
+
+import re
+
+from chargebox.errors import ValidationError
+
+_DIGITS = str.maketrans("۰۱۲۳۴۵۶۷۸۹٠١٢٣٤٥٦٧٨٩", "01234567890123456789")
+# Invisible marks that right-to-left UIs add, and the separators we accept.
+_IGNORED = dict.fromkeys(
+    map(
+        ord,
+        "\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+        "\u2066\u2067\u2068\u2069\ufeff\u00a0 \t-",
+    )
+)
+_MOBILE = re.compile(r"(?:\+98|0098|98|0)?(9[0-9]{9})", re.ASCII)
+MAX_INPUT_LENGTH = 64
+
+
+def normalize_phone(value: object, field: str = "phone") -> str:
+    """Return the normal form `09XXXXXXXXX` or raise ValidationError."""
+    if not isinstance(value, str) or len(value) > MAX_INPUT_LENGTH:
+        raise ValidationError("phone must be a string holding an Iranian mobile number", field)
+    compact = value.translate(_IGNORED).translate(_DIGITS)
+    match = _MOBILE.fullmatch(compact)
+    if match is None:
+        raise ValidationError(
+            "phone must be an Iranian mobile number such as 09121234567", field
+        )
+    return "0" + match.group(1)

@@ -1,0 +1,262 @@
+"""Use cases of chargebox: what a seller or the admin can do, each write one `write_tx()`.
+
+Inputs arrive raw (from JSON, a form or the CLI) and are validated here, so
+every door shares one set of rules. Results are plain dicts shaped like the
+API's resources. No bottle, no environment, no HTTP status codes here; money
+itself moves only in `ledger`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import unicodedata
+
+from chargebox import auth, db, ledger
+from chargebox.config import Config
+from chargebox.errors import (
+    IdempotencyKeyReused,
+    InsufficientCredit,
+    NotFound,
+    ValidationError,
+)
+from chargebox.money import parse_amount, parse_signed_amount
+from chargebox.phones import normalize_phone
+
+MAX_NAME_LENGTH = 200
+MAX_REASON_LENGTH = 500
+MAX_KEY_LENGTH = 255
+STATUSES = ("pending", "approved", "rejected")
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Page:
+    """Cursor paging: items with id > after_id, at most `limit`, oldest first."""
+
+    limit: int = DEFAULT_LIMIT
+    after_id: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SaleResult:
+    sale: dict
+    replayed: bool
+
+
+def now() -> str:
+    stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+def clean_text(value: object, field: str, max_length: int) -> str:
+    """A trimmed, NFC-normalised single-line text of 1..max_length characters."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} must be a string", field)
+    text = unicodedata.normalize("NFC", value).strip()
+    if not 1 <= len(text) <= max_length:
+        raise ValidationError(f"{field} must be 1 to {max_length} characters", field)
+    if any(unicodedata.category(ch) == "Cc" for ch in text):
+        raise ValidationError(f"{field} must not contain control characters", field)
+    return text
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_KEY_LENGTH or not all(" " <= ch <= "~" for ch in key):
+        raise ValidationError(
+            "Idempotency-Key must be 1 to 255 printable ASCII characters", "Idempotency-Key"
+        )
+    return key
+
+
+def _rows(sql: str, params: tuple = ()) -> list[tuple]:
+    return db.database.execute_sql(sql, params).fetchall()
+
+
+def _dicts(sql: str, params: tuple = ()) -> list[dict]:
+    cursor = db.database.execute_sql(sql, params)
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+_SELLER = "SELECT id, name, balance, created_at FROM seller"
+_REQUEST = "SELECT id, seller_id, amount, status, created_at, decided_at FROM credit_request"
+_SALE = ("SELECT sale.id, sale.seller_id, phone.number AS phone, sale.amount, "
+         "sale.balance_after, sale.created_at FROM sale JOIN phone ON phone.id = sale.phone_id")
+_ENTRY = ("SELECT id, seller_id, kind, amount, balance_after, credit_request_id, sale_id, "
+          "reason, created_at FROM ledger_entry")
+_PHONE = "SELECT id, number, total_charged, created_at FROM phone"
+
+
+class Chargebox:
+    """The use cases, bound to one Config (limits); the database is `db.database`."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    # --- sellers ---------------------------------------------------------------------------
+
+    def create_seller(self, name: object) -> tuple[dict, str]:
+        """A new seller with balance 0, and its API key (returned only this once)."""
+        name = clean_text(name, "name", MAX_NAME_LENGTH)
+        key, key_hash = auth.new_api_key()
+        created = now()
+        with db.write_tx():
+            seller_id = db.database.execute_sql(
+                "INSERT INTO seller (name, balance, api_key_hash, created_at) VALUES (?, 0, ?, ?)",
+                (name, key_hash, created),
+            ).lastrowid
+        return {"id": seller_id, "name": name, "balance": 0, "created_at": created}, key
+
+    def get_seller(self, seller_id: int) -> dict:
+        return self._one(_SELLER + " WHERE id = ?", seller_id, "seller")
+
+    def list_sellers(self, page: Page) -> list[dict]:
+        return self._page(_SELLER, page)
+
+    # --- credit requests -------------------------------------------------------------------
+
+    def request_credit(self, seller_id: int, amount: object) -> dict:
+        amount = parse_amount(amount, self.config.max_amount)
+        created = now()
+        with db.write_tx():
+            request_id = db.database.execute_sql(
+                "INSERT INTO credit_request (seller_id, amount, status, created_at) "
+                "VALUES (?, ?, 'pending', ?)",
+                (seller_id, amount, created),
+            ).lastrowid
+        return {"id": request_id, "seller_id": seller_id, "amount": amount,
+                "status": "pending", "created_at": created, "decided_at": None}
+
+    def get_credit_request(self, request_id: int) -> dict:
+        return self._one(_REQUEST + " WHERE id = ?", request_id, "credit request")
+
+    def approve_credit_request(self, request_id: int) -> dict:
+        with db.write_tx():
+            return ledger.approve_credit_request(request_id, now())
+
+    def reject_credit_request(self, request_id: int) -> dict:
+        decided = now()
+        with db.write_tx():
+            rows = _rows(
+                "UPDATE credit_request SET status = 'rejected', decided_at = ? "
+                "WHERE id = ? AND status = 'pending' RETURNING id",
+                (decided, request_id),
+            )
+            if not rows:
+                ledger.raise_not_pending(request_id)
+        return self.get_credit_request(request_id)
+
+    def list_credit_requests(self, page: Page, seller_id: int | None = None,
+                             status: str | None = None) -> list[dict]:
+        if status is not None and status not in STATUSES:
+            raise ValidationError("status must be pending, approved or rejected", "status")
+        return self._page(_REQUEST, page, seller_id=seller_id, status=status)
+
+    # --- money -----------------------------------------------------------------------------
+
+    def adjust_balance(self, seller_id: int, amount: object, reason: object) -> dict:
+        amount = parse_signed_amount(amount, self.config.max_amount)
+        reason = clean_text(reason, "reason", MAX_REASON_LENGTH)
+        with db.write_tx():
+            return ledger.adjust(seller_id, amount, reason, now())
+
+    def sell(self, seller_id: int, phone: object, amount: object,
+             idempotency_key: str | None = None) -> SaleResult:
+        """Sell a charge; with a key, the first outcome is final and replayed to every copy."""
+        number = normalize_phone(phone)
+        amount = parse_amount(amount, self.config.max_amount)
+        key = check_idempotency_key(idempotency_key)
+        if key is None:
+            with db.write_tx():
+                return SaleResult(ledger.sell(seller_id, number, amount, now()), False)
+        fingerprint = hashlib.sha256(f"{number}|{amount}".encode()).hexdigest()
+        earlier = self._replay(seller_id, key, fingerprint)  # fast path, no write lock
+        if earlier is not None:
+            return earlier
+        refusal = None
+        with db.write_tx():
+            earlier = self._replay(seller_id, key, fingerprint)  # a copy may have won the race
+            if earlier is not None:
+                return earlier
+            created = now()
+            try:
+                sale = ledger.sell(seller_id, number, amount, created)
+            except InsufficientCredit as exc:  # nothing was written; the refusal is final
+                refusal, sale = exc, None
+            db.database.execute_sql(
+                "INSERT INTO idempotency_record (seller_id, key, request_hash, sale_id,"
+                " error_code, error_message, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (seller_id, key, fingerprint, sale and sale["id"],
+                 refusal and refusal.code, refusal and refusal.message, created),
+            )
+        if refusal is not None:
+            raise refusal
+        return SaleResult(sale, False)
+
+    def _replay(self, seller_id: int, key: str, fingerprint: str) -> SaleResult | None:
+        rows = _rows(
+            "SELECT request_hash, sale_id, error_message FROM idempotency_record "
+            "WHERE seller_id = ? AND key = ?",
+            (seller_id, key),
+        )
+        if not rows:
+            return None
+        request_hash, sale_id, error_message = rows[0]
+        if request_hash != fingerprint:
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was used with a different request", "Idempotency-Key"
+            )
+        if sale_id is None:
+            raise InsufficientCredit(error_message, replayed=True)
+        return SaleResult(self.get_sale(sale_id), True)
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def list_sales(self, page: Page, seller_id: int | None = None) -> list[dict]:
+        return self._page(_SALE, page, seller_id=seller_id, table="sale")
+
+    def get_sale(self, sale_id: int) -> dict:
+        return self._one(_SALE + " WHERE sale.id = ?", sale_id, "sale")
+
+    def list_ledger(self, page: Page, seller_id: int | None = None) -> list[dict]:
+        return self._page(_ENTRY, page, seller_id=seller_id)
+
+    def list_phones(self, page: Page) -> list[dict]:
+        return self._page(_PHONE, page)
+
+    def register_phone(self, number: object) -> tuple[dict, bool]:
+        """Register a number (normalised); returns (phone, created?)."""
+        number = normalize_phone(number, "number")
+        with db.write_tx():
+            created = db.database.execute_sql(
+                "INSERT INTO phone (number, total_charged, created_at) VALUES (?, 0, ?) "
+                "ON CONFLICT (number) DO NOTHING",
+                (number, now()),
+            ).rowcount
+        return self._one(_PHONE + " WHERE number = ?", number, "phone"), created == 1
+
+    def audit(self) -> dict:
+        return ledger.audit()
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _one(self, sql: str, ident: object, what: str) -> dict:
+        found = _dicts(sql, (ident,))
+        if not found:
+            raise NotFound(f"{what} {ident} does not exist")
+        return found[0]
+
+    def _page(self, select: str, page: Page, table: str = "", **filters: object) -> list[dict]:
+        prefix = f"{table}." if table else ""
+        where, params = [f"{prefix}id > ?"], [page.after_id]
+        for column, value in filters.items():
+            if value is not None:
+                where.append(f"{prefix}{column} = ?")
+                params.append(value)
+        sql = f"{select} WHERE {' AND '.join(where)} ORDER BY {prefix}id LIMIT ?"
+        return _dicts(sql, (*params, page.limit))

@@ -1,0 +1,8 @@
+"""The HTTP face of chargebox (bottle): JSON routes, error rendering, request parsing.
+
+Depends on `services`, `auth` and `errors`; never writes SQL or computes a balance.
+"""
+
+from chargebox.web.app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,146 @@
+"""The JSON routes of API.md: each reads the request, calls one use case, shapes the answer.
+
+No SQL and no arithmetic on money here; rules live in `services`. Each handler
+returns (status, body[, headers]); the plugin in `web.app` turns that, or any
+ChargeboxError, into a JSON response.
+"""
+
+from __future__ import annotations
+
+import bottle
+
+from chargebox.auth import Principal
+from chargebox.config import Config
+from chargebox.errors import NotFound
+from chargebox.services import Chargebox
+from chargebox.web.request import caller, page, query, read_json, seller_scope
+
+ID = "<ident:re:[0-9]{1,18}>"
+ADMIN, SELLER = "admin", "seller"
+
+
+def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: bytes) -> None:
+    limit = config.max_body_bytes
+
+    @app.get("/health")
+    def health():
+        return 200, {"status": "ok"}
+
+    @app.get("/openapi.json")
+    def openapi_document():
+        return 200, openapi
+
+    @app.post("/api/sellers")
+    def create_seller():
+        caller(config, ADMIN)
+        body = read_json(limit, ("name",))
+        seller, api_key = service.create_seller(body["name"])
+        return 201, {**seller, "api_key": api_key}, _location("sellers", seller["id"])
+
+    @app.get("/api/sellers")
+    def list_sellers():
+        caller(config, ADMIN)
+        return 200, {"items": service.list_sellers(page(query("limit", "after_id")))}
+
+    @app.get(f"/api/sellers/{ID}")
+    def get_seller(ident):
+        caller(config, ADMIN)
+        return 200, service.get_seller(int(ident))
+
+    @app.get("/api/me")
+    def me():
+        principal = caller(config, SELLER)
+        return 200, service.get_seller(principal.seller_id)
+
+    @app.post("/api/credit-requests")
+    def request_credit():
+        principal = caller(config, SELLER)
+        body = read_json(limit, ("amount",))
+        created = service.request_credit(principal.seller_id, body["amount"])
+        return 201, created, _location("credit-requests", created["id"])
+
+    @app.get("/api/credit-requests")
+    def list_credit_requests():
+        principal = caller(config, ADMIN, SELLER)
+        params = query("limit", "after_id", "seller_id", "status")
+        items = service.list_credit_requests(
+            page(params), seller_id=seller_scope(principal, params), status=params.get("status")
+        )
+        return 200, {"items": items}
+
+    @app.get(f"/api/credit-requests/{ID}")
+    def get_credit_request(ident):
+        principal = caller(config, ADMIN, SELLER)
+        return 200, _own(principal, service.get_credit_request(int(ident)), "credit request")
+
+    @app.post(f"/api/credit-requests/{ID}/approve")
+    def approve(ident):
+        caller(config, ADMIN)
+        return 200, service.approve_credit_request(int(ident))
+
+    @app.post(f"/api/credit-requests/{ID}/reject")
+    def reject(ident):
+        caller(config, ADMIN)
+        return 200, service.reject_credit_request(int(ident))
+
+    @app.post(f"/api/sellers/{ID}/adjustments")
+    def adjust(ident):
+        caller(config, ADMIN)
+        body = read_json(limit, ("amount", "reason"))
+        return 201, service.adjust_balance(int(ident), body["amount"], body["reason"])
+
+    @app.post("/api/sales")
+    def sell():
+        principal = caller(config, SELLER)
+        body = read_json(limit, ("phone", "amount"))
+        result = service.sell(principal.seller_id, body["phone"], body["amount"],
+                              bottle.request.get_header("Idempotency-Key"))
+        headers = _location("sales", result.sale["id"])
+        if result.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return 201, result.sale, headers
+
+    @app.get("/api/sales")
+    def list_sales():
+        principal = caller(config, ADMIN, SELLER)
+        params = query("limit", "after_id", "seller_id")
+        return 200, {"items": service.list_sales(page(params), seller_scope(principal, params))}
+
+    @app.get(f"/api/sales/{ID}")
+    def get_sale(ident):
+        principal = caller(config, ADMIN, SELLER)
+        return 200, _own(principal, service.get_sale(int(ident)), "sale")
+
+    @app.get("/api/ledger")
+    def list_ledger():
+        principal = caller(config, ADMIN, SELLER)
+        params = query("limit", "after_id", "seller_id")
+        return 200, {"items": service.list_ledger(page(params), seller_scope(principal, params))}
+
+    @app.get("/api/phones")
+    def list_phones():
+        caller(config, ADMIN)
+        return 200, {"items": service.list_phones(page(query("limit", "after_id")))}
+
+    @app.post("/api/phones")
+    def register_phone():
+        caller(config, ADMIN)
+        body = read_json(limit, ("number",))
+        phone, created = service.register_phone(body["number"])
+        return (201 if created else 200), phone
+
+    @app.get("/api/audit")
+    def audit():
+        caller(config, ADMIN)
+        return 200, service.audit()
+
+
+def _own(principal: Principal, found: dict, what: str) -> dict:
+    """A seller sees its own records; another seller's ids answer 404, revealing nothing."""
+    if not principal.is_admin and found["seller_id"] != principal.seller_id:
+        raise NotFound(f"{what} {found['id']} does not exist")
+    return found
+
+
+def _location(collection: str, ident: int) -> dict:
+    return {"Location": f"/api/{collection}/{ident}"}

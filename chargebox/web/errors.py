@@ -1,0 +1,96 @@
+"""The one table from error to HTTP status, and the one renderer of error bodies.
+
+Every error a client sees, ours or bottle's own (404, 405, 413, 500), leaves
+through `error_response` as `{"error": {"code", "message"[, "field"]}}`. An
+unexpected exception is logged as its type and place with a request id, never
+with a stack trace, and answered as `internal_error`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+
+import bottle
+
+from chargebox import errors
+
+log = logging.getLogger("chargebox.web")
+
+STATUS = {
+    errors.MalformedJSON: 400,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.InsufficientCredit: 409,
+    errors.BalanceLimitExceeded: 409,
+    errors.NotPending: 409,
+    errors.PayloadTooLarge: 413,
+    errors.ValidationError: 422,
+    errors.IdempotencyKeyReused: 422,
+    errors.IntegrityViolation: 500,
+    errors.Unavailable: 503,
+}
+
+# bottle raises HTTPError itself for unknown routes, wrong methods and big bodies.
+BOTTLE_CODES = {
+    400: ("malformed_json", "the request could not be parsed"),
+    404: ("not_found", "no such route"),
+    405: ("method_not_allowed", "this route does not accept that method"),
+    413: ("payload_too_large", "the request body is too large"),
+}
+
+
+def json_body(body: dict | list) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None,
+                   headers: dict | None = None) -> bottle.HTTPResponse:
+    error = {"code": code, "message": message}
+    if field is not None:
+        error["field"] = field
+    response = bottle.HTTPResponse(json_body({"error": error}), status, headers)
+    response.content_type = "application/json; charset=utf-8"
+    if status == 401:
+        response.set_header("WWW-Authenticate", 'Bearer realm="chargebox"')
+    if status == 503:
+        response.set_header("Retry-After", "1")
+    return response
+
+
+def from_exception(exc: errors.ChargeboxError) -> bottle.HTTPResponse:
+    status = STATUS.get(type(exc), 500)
+    if status == 500:
+        return internal_error(exc)
+    response = error_response(status, exc.code, exc.message, exc.field)
+    if exc.replayed:
+        response.set_header("Idempotent-Replayed", "true")
+    return response
+
+
+def internal_error(exc: BaseException) -> bottle.HTTPResponse:
+    """Log where it happened (not the trace, not the data) and answer a bare 500."""
+    request_id = bottle.request.environ.get("chargebox.request_id", "-")
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+    log.error("request %s %s %s failed: %s at %s", request_id, bottle.request.method,
+              bottle.request.path, type(exc).__name__, where)
+    return error_response(
+        500, "internal_error", f"unexpected server error (request id {request_id})"
+    )
+
+
+def from_bottle(error: bottle.HTTPError) -> bottle.HTTPResponse:
+    """Re-render one of bottle's own HTML errors as our JSON shape."""
+    status = error.status_code
+    if status >= 500:
+        if error.exception is not None:
+            return internal_error(error.exception)
+        return error_response(status, "internal_error", "unexpected server error")
+    code, message = BOTTLE_CODES.get(status, ("http_error", "the request was refused"))
+    response = error_response(status, code, message)
+    if status == 405 and error.get_header("Allow"):
+        response.set_header("Allow", error.get_header("Allow"))
+    return response

@@ -1,0 +1,115 @@
+"""Reading what a request carries: the caller, the JSON body, the query string.
+
+Bodies are parsed here rather than with bottle's `request.json` (which returns
+None for other content types and answers bad JSON with an HTML 400). JSON
+NaN/Infinity, duplicate keys and unknown fields are refused, so a
+client's mistake is named instead of guessed around.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+
+import bottle
+
+from chargebox import auth
+from chargebox.auth import Principal
+from chargebox.config import Config
+from chargebox.errors import Forbidden, MalformedJSON, PayloadTooLarge, ValidationError
+from chargebox.services import MAX_LIMIT, Page
+
+MAX_ID = 2**63 - 1
+
+
+def caller(config: Config, *roles: str) -> Principal:
+    """Authenticate the request and require one of `roles` (401, then 403)."""
+    principal = auth.authenticate(bottle.request.get_header("Authorization"), config.admin_token)
+    if principal.role not in roles:
+        who = "the admin" if principal.is_admin else "a seller"
+        raise Forbidden(f"this route is not for {who}")
+    return principal
+
+
+def check_body_size(limit: int) -> None:
+    if bottle.request.content_length > limit:
+        raise PayloadTooLarge(f"the request body is over {limit:,} bytes")
+
+
+def _reject_constant(name: str) -> None:
+    raise MalformedJSON(f"{name} is not allowed in JSON")
+
+
+def _object_without_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise MalformedJSON("the JSON object repeats a key")
+    return result
+
+
+def read_json(limit: int, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
+    """The body as a JSON object holding exactly the `required` keys and maybe `optional` ones."""
+    check_body_size(limit)
+    raw = bottle.request.body.read(limit + 1)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"the request body is over {limit:,} bytes")
+    try:
+        body = json.loads(
+            raw.decode("utf-8"),
+            parse_constant=_reject_constant,
+            object_pairs_hook=_object_without_duplicates,
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise MalformedJSON("the body is not valid UTF-8 JSON") from exc
+    if not isinstance(body, dict):
+        raise MalformedJSON("the body must be a JSON object")
+    for name in body:
+        if name not in required and name not in optional:
+            raise ValidationError(f"unknown field {name!r}", name)
+    for name in required:
+        if name not in body:
+            raise ValidationError(f"{name} is required", name)
+    return body
+
+
+def query(*allowed: str) -> dict[str, str]:
+    """Query parameters, each at most once, none outside `allowed`."""
+    text = bottle.request.environ.get("QUERY_STRING", "")
+    try:
+        pairs = urllib.parse.parse_qsl(text, keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValidationError("the query string is not valid") from exc
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        if name not in allowed:
+            raise ValidationError(f"unknown query parameter {name!r}", name)
+        if name in params:
+            raise ValidationError(f"query parameter {name!r} is repeated", name)
+        params[name] = value
+    return params
+
+
+def integer_param(params: dict[str, str], name: str, low: int, high: int) -> int | None:
+    if name not in params:
+        return None
+    text = params[name]
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or not low <= int(text) <= high:
+        raise ValidationError(f"{name} must be an integer from {low} to {high}", name)
+    return int(text)
+
+
+def page(params: dict[str, str]) -> Page:
+    limit = integer_param(params, "limit", 1, MAX_LIMIT)
+    after_id = integer_param(params, "after_id", 0, MAX_ID)
+    return Page(limit=Page.limit if limit is None else limit,
+                after_id=0 if after_id is None else after_id)
+
+
+def seller_scope(principal: Principal, params: dict[str, str]) -> int | None:
+    """Which seller a list shows: admin any (or all), a seller only itself."""
+    seller_id = integer_param(params, "seller_id", 1, MAX_ID)
+    if principal.is_admin:
+        return seller_id
+    if seller_id is not None and seller_id != principal.seller_id:
+        raise Forbidden("a seller may only list its own records")
+    return principal.seller_id
