@@ -63,7 +63,9 @@ class Phone(BaseModel):
         unique=True,
         constraints=[Check("number GLOB '09[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]'")],
     )
-    total_charged = BigIntegerField(default=0, constraints=[Check(f"{_INT.format('total_charged')} AND total_charged >= 0")])
+    total_charged = BigIntegerField(
+        default=0, constraints=[Check(f"{_INT.format('total_charged')} AND total_charged >= 0")]
+    )
     created_at = TextField()
 
 
@@ -84,7 +86,9 @@ class LedgerEntry(BaseModel):
     seller = ForeignKeyField(Seller, column_name="seller_id", on_delete="RESTRICT")
     kind = TextField(constraints=[Check("kind IN ('credit', 'sale', 'adjustment')")])
     amount = BigIntegerField(
-        constraints=[Check(f"{_INT.format('amount')} AND amount != 0 AND abs(amount) <= {MAX_BALANCE}")]
+        constraints=[
+            Check(f"{_INT.format('amount')} AND amount != 0 AND abs(amount) <= {MAX_BALANCE}")
+        ]
     )
     # I1 again, per entry: no entry may leave a balance below zero.
     balance_after = BigIntegerField(constraints=_money("balance_after", ">= 0"))

@@ -1,0 +1,160 @@
+"""Test support: a real chargebox server process, an HTTP client, and a books checker.
+
+Kept importable (not only fixtures) so that worker processes started with the
+`spawn` method can use the same client code as the threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_TOKEN = "test-admin-token-0123456789"
+START_TIMEOUT = 30
+
+
+class Api:
+    """A keep-alive HTTP client speaking JSON to one server with one bearer token."""
+
+    def __init__(self, url: str, token: str | None = None) -> None:
+        self.url = url
+        self.session = requests.Session()
+        if token is not None:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def request(self, method: str, path: str, body=None, headers=None, **kwargs):
+        return self.session.request(method, self.url + path, json=body, headers=headers,
+                                    timeout=60, **kwargs)
+
+    def get(self, path: str, **kwargs):
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, body=None, **kwargs):
+        return self.request("POST", path, body, **kwargs)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+@dataclasses.dataclass
+class ServerProcess:
+    """`python run.py` on a free 127.0.0.1 port with its own database file."""
+
+    db_path: Path
+    threads: int = 16
+    env: dict = dataclasses.field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+    url: str = ""
+    log_path: Path | None = None
+
+    def start(self) -> ServerProcess:
+        env = {**os.environ, "CHARGEBOX_ADMIN_TOKEN": ADMIN_TOKEN, "PYTHONUNBUFFERED": "1",
+               **self.env}
+        self.log_path = self.db_path.with_suffix(".log")
+        log = open(self.log_path, "w")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "run.py"), "--port", "0", "--db", str(self.db_path),
+             "--threads", str(self.threads)],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
+        )
+        line = self.proc.stdout.readline()
+        match = re.search(r"serving on (http://127\.0\.0\.1:\d+)", line)
+        if not match:
+            self.stop()
+            raise RuntimeError(f"server did not start: {line!r} {self.log_path.read_text()}")
+        self.url = match.group(1)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/health", timeout=2).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("server never answered /health")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.proc.stdout.close()
+        return code
+
+    def admin(self) -> Api:
+        return Api(self.url, ADMIN_TOKEN)
+
+    def seller(self, key: str) -> Api:
+        return Api(self.url, key)
+
+
+def new_seller(admin: Api, name: str = "seller", credit: int = 0) -> tuple[dict, str]:
+    """Create a seller through the API and, if asked, credit it by an approved request."""
+    created = admin.post("/api/sellers", {"name": name})
+    assert created.status_code == 201, created.text
+    seller = created.json()
+    key = seller.pop("api_key")
+    if credit:
+        own = Api(admin.url, key)
+        request = own.post("/api/credit-requests", {"amount": credit})
+        assert request.status_code == 201, request.text
+        approved = admin.post(f"/api/credit-requests/{request.json()['id']}/approve")
+        assert approved.status_code == 200, approved.text
+        own.close()
+        seller["balance"] = credit
+    return seller, key
+
+
+def books(db_path: Path) -> dict[int, int]:
+    """Check I1-I4 from a fresh sqlite3 connection and return {seller_id: balance}.
+
+    Independent of chargebox's own code on purpose: the books are re-added here.
+    """
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        balances = dict(conn.execute("SELECT id, balance FROM seller"))
+        for seller_id, balance in balances.items():
+            assert balance >= 0, f"I1: seller {seller_id} balance {balance}"
+            running = 0
+            for entry_id, amount, after in conn.execute(
+                "SELECT id, amount, balance_after FROM ledger_entry WHERE seller_id = ? "
+                "ORDER BY id", (seller_id,)
+            ):
+                running += amount
+                assert after == running >= 0, f"I3: seller {seller_id} entry {entry_id}"
+            assert running == balance, f"I2: seller {seller_id} {balance} != ledger {running}"
+        unmatched_sales = conn.execute(
+            "SELECT COUNT(*) FROM sale s WHERE (SELECT COUNT(*) FROM ledger_entry l "
+            "WHERE l.sale_id = s.id AND l.amount = -s.amount) != 1"
+        ).fetchone()[0]
+        assert unmatched_sales == 0, f"I4: {unmatched_sales} sales without exactly one debit"
+        unmatched_credits = conn.execute(
+            "SELECT COUNT(*) FROM credit_request r WHERE (SELECT COUNT(*) FROM ledger_entry l "
+            "WHERE l.credit_request_id = r.id) != (r.status = 'approved')"
+        ).fetchone()[0]
+        assert unmatched_credits == 0, f"I4: {unmatched_credits} requests credited wrongly"
+        return balances
+    finally:
+        conn.close()
+
+
+def cli_audit(db_path: Path) -> subprocess.CompletedProcess:
+    """`chargebox audit --db PATH` as an operator would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "chargebox.cli", "audit", "--db", str(db_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )

@@ -1,0 +1,10 @@
+from tests.support import books, new_seller
+
+
+def test_a_started_server_answers_health_and_sells(fresh_server):
+    admin = fresh_server.admin()
+    assert admin.get("/health").json() == {"status": "ok"}
+    seller, key = new_seller(admin, "Ali", credit=10_000)
+    sale = fresh_server.seller(key).post("/api/sales", {"phone": "09121234567", "amount": 3_000})
+    assert sale.status_code == 201
+    assert books(fresh_server.db_path) == {seller["id"]: 7_000}
