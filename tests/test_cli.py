@@ -1,0 +1,155 @@
+"""The command line as an operator meets it: run.py, `chargebox` subcommands, audit, signals."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import requests
+
+from tests.support import ROOT, ServerProcess, books, cli_audit, new_seller
+
+
+def chargebox(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "chargebox.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def funded_database(service) -> None:
+    seller, _ = service.create_seller("Ali")
+    request = service.request_credit(seller["id"], 100_000)
+    service.approve_credit_request(request["id"])
+    service.sell(seller["id"], "09121234567", 5_000)
+    service.sell(seller["id"], "09121234567", 7_000)
+
+
+def test_create_seller_prints_a_working_key_once_and_audit_passes(tmp_path):
+    db_path = tmp_path / "cb.db"
+    created = chargebox("create-seller", "Sara", "--db", str(db_path))
+    assert created.returncode == 0, created.stderr
+    assert '"api_key": "cbk_' in created.stdout
+    key = created.stdout.split('"api_key": "')[1].split('"')[0]
+    stored = sqlite3.connect(db_path).execute("SELECT api_key_hash FROM seller").fetchall()
+    assert key not in repr(stored)
+    assert cli_audit(db_path).returncode == 0
+
+
+def test_audit_of_a_missing_file_exits_2_without_creating_it(tmp_path):
+    result = cli_audit(tmp_path / "absent.db")
+    assert result.returncode == 2
+    assert "no database" in result.stderr
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_audit_names_the_seller_and_entry_of_a_forged_ledger_row(service, config):
+    funded_database(service)
+    assert cli_audit(config.db_path).returncode == 0
+    conn = sqlite3.connect(config.db_path)
+    conn.execute("DROP TRIGGER ledger_entry_no_update")
+    conn.execute("UPDATE ledger_entry SET amount = -4000 WHERE kind = 'sale' AND amount = -5000")
+    conn.commit()
+
+    result = cli_audit(config.db_path)
+
+    assert result.returncode == 1
+    assert "I2: seller 1" in result.stderr
+    assert "I3: seller 1, entry 2" in result.stderr
+    assert "I5" in result.stderr and "ledger_entry_no_update is missing" in result.stderr
+
+
+def test_audit_catches_a_sale_deleted_with_its_entry_and_a_balance_bumped(service, config):
+    funded_database(service)
+    conn = sqlite3.connect(config.db_path)
+    for trigger in ("ledger_entry_no_delete", "sale_no_delete"):
+        conn.execute(f"DROP TRIGGER {trigger}")
+    conn.execute("PRAGMA foreign_keys = OFF")
+    conn.execute("DELETE FROM ledger_entry WHERE sale_id = 2")
+    conn.execute("UPDATE seller SET balance = balance + 7000")
+    conn.commit()
+
+    result = cli_audit(config.db_path)
+
+    assert result.returncode == 1
+    assert "sale 2 of 7000 has 0 matching debit entries" in result.stderr
+
+
+def test_admin_token_is_generated_once_owner_only_and_never_printed(tmp_path):
+    db_path = tmp_path / "cb.db"
+    env = {"CHARGEBOX_ADMIN_TOKEN": ""}
+    first = chargebox("init-db", "--db", str(db_path), env=env)
+    token_file = tmp_path / "admin_token"
+    token = token_file.read_text().strip()
+    second = chargebox("init-db", "--db", str(db_path), env=env)
+
+    assert first.returncode == second.returncode == 0
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert len(token) >= 32 and token_file.read_text().strip() == token
+    assert token not in first.stdout + first.stderr + second.stdout + second.stderr
+    assert str(token_file) in first.stderr
+
+
+def test_schema_creation_is_safe_when_six_processes_start_at_once(tmp_path):
+    db_path = tmp_path / "cb.db"
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(
+            lambda _: chargebox("init-db", "--db", str(db_path),
+                                env={"CHARGEBOX_ADMIN_TOKEN": ""}), range(6)))
+    assert [r.returncode for r in results] == [0] * 6, [r.stderr for r in results]
+    tables = {name for (name,) in sqlite3.connect(db_path).execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"seller", "ledger_entry", "sale", "credit_request"} <= tables
+    assert len({(tmp_path / "admin_token").read_text()}) == 1
+    assert cli_audit(db_path).returncode == 0
+
+
+def test_sigterm_and_ctrl_c_stop_the_server_with_status_0_within_10_seconds(tmp_path):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        server = ServerProcess(tmp_path / f"cb-{sig}.db").start()
+        started = time.monotonic()
+        assert server.stop(sig) == 0
+        assert time.monotonic() - started < 10
+
+
+def test_sigterm_under_load_finishes_requests_in_flight_and_loses_no_answer(tmp_path):
+    """Sellers sell while SIGTERM arrives: no 5xx, exit 0, every 201 seen is a sale row."""
+    server = ServerProcess(tmp_path / "cb.db").start()
+    seller, key = new_seller(server.admin(), "load", credit=10_000_000)
+    acknowledged, failures = [], []
+    started = threading.Barrier(9)
+
+    def sell_until_refused():
+        api = server.seller(key)
+        started.wait()
+        for _ in range(2_000):
+            try:
+                response = api.post("/api/sales", {"phone": "09121234567", "amount": 1_000})
+            except requests.ConnectionError:
+                return  # the server has stopped accepting: expected
+            if response.status_code >= 500:
+                failures.append(response.text)
+            elif response.status_code == 201:
+                acknowledged.append(response.json()["id"])
+
+    workers = [threading.Thread(target=sell_until_refused) for _ in range(8)]
+    for worker in workers:
+        worker.start()
+    started.wait()
+    deadline = time.monotonic() + 30
+    while len(acknowledged) < 50 and time.monotonic() < deadline:
+        time.sleep(0.01)  # wait until the load is running, not for an outcome
+    assert server.stop(signal.SIGTERM) == 0
+    for worker in workers:
+        worker.join(30)
+
+    assert failures == []
+    rows = sqlite3.connect(tmp_path / "cb.db").execute("SELECT id FROM sale").fetchall()
+    assert sorted(acknowledged) == sorted(row[0] for row in rows)
+    assert books(tmp_path / "cb.db")[seller["id"]] == 10_000_000 - 1_000 * len(rows)
