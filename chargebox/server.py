@@ -13,10 +13,13 @@ import time
 
 import waitress
 from waitress import wasyncore
+from waitress.channel import HTTPChannel
+from waitress.task import ErrorTask
 
 from chargebox import db
 from chargebox.config import Config
 from chargebox.web import create_app
+from chargebox.web.errors import json_body
 
 GRACE_SECONDS = 8.0  # API.md promises exit within 10 s
 LOOP_TIMEOUT = 0.2
@@ -29,9 +32,31 @@ class _Stop:
         self.requested = True
 
 
+# Errors waitress answers itself, before the app sees the request.
+_WAITRESS_CODES = {400: "bad_request", 413: "payload_too_large", 431: "headers_too_large"}
+
+
+class _JsonErrorTask(ErrorTask):
+    """waitress's own errors (a body over its limit, a broken request) in our JSON shape."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        code = _WAITRESS_CODES.get(error.code, "internal_error")
+        body = json_body({"error": {"code": code, "message": error.reason.lower()}})
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json; charset=utf-8"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _JsonChannel(HTTPChannel):
+    error_task_class = _JsonErrorTask
+
+
 def build_server(config: Config):
     app = create_app(config)
-    return waitress.create_server(
+    server = waitress.create_server(
         app,
         host=config.host,
         port=config.port,
@@ -44,6 +69,8 @@ def build_server(config: Config):
         clear_untrusted_proxy_headers=True,
         expose_tracebacks=False,
     )
+    server.channel_class = _JsonChannel
+    return server
 
 
 def serve(config: Config, announce=print) -> int:
