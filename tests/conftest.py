@@ -8,7 +8,7 @@ from chargebox import db
 from chargebox.cli import prepare
 from chargebox.config import Config
 from chargebox.services import Chargebox
-from tests.support import ADMIN_TOKEN, ServerProcess
+from tests.support import ADMIN_TOKEN, running_server
 
 
 @pytest.fixture
@@ -27,17 +27,15 @@ def service(config):
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """One real server process shared by the contract tests (each test makes its own sellers)."""
-    process = ServerProcess(tmp_path_factory.mktemp("server") / "chargebox.db").start()
-    yield process
-    assert process.stop() == 0
+    with running_server(tmp_path_factory.mktemp("server") / "chargebox.db") as process:
+        yield process
 
 
 @pytest.fixture
 def fresh_server(tmp_path):
     """A real server process with an empty database, for tests that check exact totals."""
-    process = ServerProcess(tmp_path / "chargebox.db").start()
-    yield process
-    assert process.stop() == 0
+    with running_server(tmp_path / "chargebox.db") as process:
+        yield process
 
 
 @pytest.fixture

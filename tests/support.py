@@ -6,6 +6,7 @@ Kept importable (not only fixtures) so that worker processes started with the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -14,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import requests
@@ -100,6 +102,16 @@ class ServerProcess:
 
     def seller(self, key: str) -> Api:
         return Api(self.url, key)
+
+
+@contextlib.contextmanager
+def running_server(db_path: Path, **options) -> Iterator[ServerProcess]:
+    """A server process for the duration of a block; it must stop cleanly (exit 0)."""
+    process = ServerProcess(db_path, **options).start()
+    try:
+        yield process
+    finally:
+        assert process.stop() == 0
 
 
 def new_seller(admin: Api, name: str = "seller", credit: int = 0) -> tuple[dict, str]:

@@ -31,6 +31,15 @@ def funded_database(service) -> None:
     service.sell(seller["id"], "09121234567", 7_000)
 
 
+def tamper(db_path, *statements: str) -> None:
+    """Edit the file behind the application's back, as someone holding it could."""
+    conn = sqlite3.connect(db_path)
+    for statement in statements:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+
+
 def test_create_seller_prints_a_working_key_once_and_audit_passes(tmp_path):
     db_path = tmp_path / "cb.db"
     created = chargebox("create-seller", "Sara", "--db", str(db_path))
@@ -52,10 +61,8 @@ def test_audit_of_a_missing_file_exits_2_without_creating_it(tmp_path):
 def test_audit_names_the_seller_and_entry_of_a_forged_ledger_row(service, config):
     funded_database(service)
     assert cli_audit(config.db_path).returncode == 0
-    conn = sqlite3.connect(config.db_path)
-    conn.execute("DROP TRIGGER ledger_entry_no_update")
-    conn.execute("UPDATE ledger_entry SET amount = -4000 WHERE kind = 'sale' AND amount = -5000")
-    conn.commit()
+    tamper(config.db_path, "DROP TRIGGER ledger_entry_no_update",
+           "UPDATE ledger_entry SET amount = -4000 WHERE kind = 'sale' AND amount = -5000")
 
     result = cli_audit(config.db_path)
 
@@ -67,13 +74,9 @@ def test_audit_names_the_seller_and_entry_of_a_forged_ledger_row(service, config
 
 def test_audit_catches_a_sale_deleted_with_its_entry_and_a_balance_bumped(service, config):
     funded_database(service)
-    conn = sqlite3.connect(config.db_path)
-    for trigger in ("ledger_entry_no_delete", "sale_no_delete"):
-        conn.execute(f"DROP TRIGGER {trigger}")
-    conn.execute("PRAGMA foreign_keys = OFF")
-    conn.execute("DELETE FROM ledger_entry WHERE sale_id = 2")
-    conn.execute("UPDATE seller SET balance = balance + 7000")
-    conn.commit()
+    tamper(config.db_path, "DROP TRIGGER ledger_entry_no_delete", "DROP TRIGGER sale_no_delete",
+           "DELETE FROM ledger_entry WHERE sale_id = 2",
+           "UPDATE seller SET balance = balance + 7000")
 
     result = cli_audit(config.db_path)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import ADMIN_TOKEN, ServerProcess, books, cli_audit, new_seller
+from tests.support import ADMIN_TOKEN, books, cli_audit, new_seller, running_server
 from tests.workloads import approve_once, mixed, run_parallel, sell_repeatedly, sell_with_key
 
 MODES = ("threads", "processes")
@@ -18,9 +18,8 @@ pytestmark = pytest.mark.parallel
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    process = ServerProcess(tmp_path_factory.mktemp("parallel") / "chargebox.db").start()
-    yield process
-    assert process.stop() == 0
+    with running_server(tmp_path_factory.mktemp("parallel") / "chargebox.db") as process:
+        yield process
 
 
 @pytest.fixture
