@@ -58,8 +58,8 @@ def clean_text(value: object, field: str, max_length: int) -> str:
     text = unicodedata.normalize("NFC", value).strip()
     if not 1 <= len(text) <= max_length:
         raise ValidationError(f"{field} must be 1 to {max_length} characters", field)
-    if any(unicodedata.category(ch) == "Cc" for ch in text):
-        raise ValidationError(f"{field} must not contain control characters", field)
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text):
+        raise ValidationError(f"{field} must not contain control or surrogate characters", field)
     return text
 
 

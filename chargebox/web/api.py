@@ -13,7 +13,7 @@ from chargebox.auth import Principal
 from chargebox.config import Config
 from chargebox.errors import NotFound
 from chargebox.services import Chargebox
-from chargebox.web.request import caller, page, query, read_json, seller_scope
+from chargebox.web.request import caller, header, page, query, read_json, seller_scope
 
 ID = "<ident:re:[0-9]{1,18}>"
 ADMIN, SELLER = "admin", "seller"
@@ -94,7 +94,7 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
         principal = caller(config, SELLER)
         body = read_json(limit, ("phone", "amount"))
         result = service.sell(principal.seller_id, body["phone"], body["amount"],
-                              bottle.request.get_header("Idempotency-Key"))
+                              header("Idempotency-Key"))
         headers = _location("sales", result.sale["id"])
         if result.replayed:
             headers["Idempotent-Replayed"] = "true"

@@ -8,7 +8,6 @@ error pages are replaced, so even an unknown route answers our JSON shape.
 from __future__ import annotations
 
 import functools
-import uuid
 from importlib import resources
 
 import bottle
@@ -17,7 +16,13 @@ from chargebox.config import Config
 from chargebox.errors import ChargeboxError
 from chargebox.services import Chargebox
 from chargebox.web import api
-from chargebox.web.errors import from_bottle, from_exception, internal_error, json_body
+from chargebox.web.errors import (
+    from_bottle,
+    from_exception,
+    internal_error,
+    json_body,
+    request_id,
+)
 from chargebox.web.request import check_body_size
 
 JSON = "application/json; charset=utf-8"
@@ -40,9 +45,7 @@ class JsonBottle(bottle.Bottle):
 
 
 def _stamp(response: bottle.BaseResponse) -> None:
-    environ = bottle.request.environ
-    request_id = environ.setdefault("chargebox.request_id", uuid.uuid4().hex[:16])
-    response.set_header("X-Request-Id", request_id)
+    response.set_header("X-Request-Id", request_id())
     for name, value in SECURITY_HEADERS.items():
         response.set_header(name, value)
 
@@ -53,6 +56,7 @@ def json_plugin(config: Config):
     def decorator(callback):
         @functools.wraps(callback)
         def wrapper(*args, **kwargs):
+            request_id()
             try:
                 if bottle.request.method in ("POST", "PUT", "PATCH"):
                     check_body_size(config.max_body_bytes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import traceback
+import uuid
 
 import bottle
 
@@ -40,6 +41,11 @@ BOTTLE_CODES = {
     405: ("method_not_allowed", "this route does not accept that method"),
     413: ("payload_too_large", "the request body is too large"),
 }
+
+
+def request_id() -> str:
+    """This request's id: in the X-Request-Id header, in 500 bodies and in the log line."""
+    return bottle.request.environ.setdefault("chargebox.request_id", uuid.uuid4().hex[:16])
 
 
 def json_body(body: dict | list) -> bytes:
@@ -72,14 +78,12 @@ def from_exception(exc: errors.ChargeboxError) -> bottle.HTTPResponse:
 
 def internal_error(exc: BaseException) -> bottle.HTTPResponse:
     """Log where it happened (not the trace, not the data) and answer a bare 500."""
-    request_id = bottle.request.environ.get("chargebox.request_id", "-")
+    ident = request_id()
     frames = traceback.extract_tb(exc.__traceback__)
     where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
-    log.error("request %s %s %s failed: %s at %s", request_id, bottle.request.method,
+    log.error("request %s %s %s failed: %s at %s", ident, bottle.request.method,
               bottle.request.path, type(exc).__name__, where)
-    return error_response(
-        500, "internal_error", f"unexpected server error (request id {request_id})"
-    )
+    return error_response(500, "internal_error", f"unexpected server error (request id {ident})")
 
 
 def from_bottle(error: bottle.HTTPError) -> bottle.HTTPResponse:

@@ -22,9 +22,15 @@ from chargebox.services import MAX_LIMIT, Page
 MAX_ID = 2**63 - 1
 
 
+def header(name: str) -> str | None:
+    """A request header as sent (latin-1, per WSGI). bottle's get_header() would try
+    UTF-8 and raise on other bytes; a bad header must be a 401/422, never a 500."""
+    return bottle.request.environ.get("HTTP_" + name.upper().replace("-", "_"))
+
+
 def caller(config: Config, *roles: str) -> Principal:
     """Authenticate the request and require one of `roles` (401, then 403)."""
-    principal = auth.authenticate(bottle.request.get_header("Authorization"), config.admin_token)
+    principal = auth.authenticate(header("Authorization"), config.admin_token)
     if principal.role not in roles:
         who = "the admin" if principal.is_admin else "a seller"
         raise Forbidden(f"this route is not for {who}")
@@ -47,6 +53,13 @@ def _object_without_duplicates(pairs: list[tuple[str, object]]) -> dict:
     return result
 
 
+def _bounded_int(text: str) -> int:
+    # Python refuses int() of over 4,300 digits. Any integer of over 20 digits is far
+    # out of every range we accept, so its first 21 characters keep it out of range
+    # (sign included) and validation answers 422 instead of a parse error.
+    return int(text[:21])
+
+
 def read_json(limit: int, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
     """The body as a JSON object holding exactly the `required` keys and maybe `optional` ones."""
     check_body_size(limit)
@@ -57,6 +70,7 @@ def read_json(limit: int, required: tuple[str, ...], optional: tuple[str, ...] =
         body = json.loads(
             raw.decode("utf-8"),
             parse_constant=_reject_constant,
+            parse_int=_bounded_int,
             object_pairs_hook=_object_without_duplicates,
         )
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
