@@ -156,3 +156,18 @@ def test_sigterm_under_load_finishes_requests_in_flight_and_loses_no_answer(tmp_
     rows = sqlite3.connect(tmp_path / "cb.db").execute("SELECT id FROM sale").fetchall()
     assert sorted(acknowledged) == sorted(row[0] for row in rows)
     assert books(tmp_path / "cb.db")[seller["id"]] == 10_000_000 - 1_000 * len(rows)
+
+
+def test_every_acknowledged_sale_survives_kill_9_of_the_server(tmp_path):
+    """synchronous=NORMAL in WAL: a 201 means committed, even if the process dies right after."""
+    server = ServerProcess(tmp_path / "cb.db").start()
+    seller, key = new_seller(server.admin(), "durable", credit=1_000_000)
+    api = server.seller(key)
+    acknowledged = [api.post("/api/sales", {"phone": "09121234567", "amount": 1_000}).json()["id"]
+                    for _ in range(100)]
+    server.stop(signal.SIGKILL)
+
+    rows = sqlite3.connect(tmp_path / "cb.db").execute("SELECT id FROM sale").fetchall()
+    assert sorted(row[0] for row in rows) == acknowledged
+    assert books(tmp_path / "cb.db")[seller["id"]] == 1_000_000 - 100_000
+    assert cli_audit(tmp_path / "cb.db").returncode == 0
