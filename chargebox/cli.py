@@ -29,17 +29,22 @@ def _parser() -> argparse.ArgumentParser:
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--db", type=Path, help="SQLite file (env CHARGEBOX_DB; "
-                         "default data/chargebox.db)")
+        sub.add_argument(
+            "--db", type=Path, help="SQLite file (env CHARGEBOX_DB; default data/chargebox.db)"
+        )
         return sub
 
     serve = command("serve", "run the HTTP service until SIGTERM or Ctrl-C")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8080; 0 picks a free one)")
-    serve.add_argument("--threads", type=int, help="waitress worker threads (env "
-                       "CHARGEBOX_THREADS; default 16)")
-    serve.add_argument("--synchronous", choices=SYNCHRONOUS_LEVELS, help="SQLite durability "
-                       "(env CHARGEBOX_SYNCHRONOUS; default NORMAL, survives kill -9)")
+    serve.add_argument(
+        "--threads", type=int, help="waitress worker threads (env CHARGEBOX_THREADS; default 16)"
+    )
+    serve.add_argument(
+        "--synchronous",
+        choices=SYNCHRONOUS_LEVELS,
+        help="SQLite durability (env CHARGEBOX_SYNCHRONOUS; default NORMAL, survives kill -9)",
+    )
     command("init-db", "create the database schema and the admin token, then exit")
     create = command("create-seller", "create a seller and print its API key (shown once)")
     create.add_argument("name")
@@ -50,8 +55,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def build_config(args: argparse.Namespace) -> Config:
     values = env_defaults()
-    for name, field in (("db", "db_path"), ("host", "host"), ("port", "port"),
-                        ("threads", "threads"), ("synchronous", "synchronous")):
+    for name, field in (
+        ("db", "db_path"),
+        ("host", "host"),
+        ("port", "port"),
+        ("threads", "threads"),
+        ("synchronous", "synchronous"),
+    ):
         if getattr(args, name, None) is not None:
             values[field] = getattr(args, name)
     return Config(**values)
@@ -76,8 +86,11 @@ def _stored_admin_token(path: Path) -> str:
         with contextlib.suppress(FileExistsError):  # another process won: use its token
             os.link(temporary, path)
         temporary.unlink()
-        print(f"chargebox: generated an admin token in {path} (readable by its owner only); "
-              "set CHARGEBOX_ADMIN_TOKEN to choose your own", file=sys.stderr)
+        print(
+            f"chargebox: generated an admin token in {path} (readable by its owner only); "
+            "set CHARGEBOX_ADMIN_TOKEN to choose your own",
+            file=sys.stderr,
+        )
     return path.read_text().strip()
 
 
@@ -107,15 +120,20 @@ def _audit(config: Config, as_json: bool) -> int:
     if as_json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     totals = report["totals"]
-    summary = (f"{totals['sellers']} sellers, {totals['ledger_entries']} ledger entries, "
-               f"{totals['sales']} sales, {totals['balance_sum']:,} toman held")
+    summary = (
+        f"{totals['sellers']} sellers, {totals['ledger_entries']} ledger entries, "
+        f"{totals['sales']} sales, {totals['balance_sum']:,} toman held"
+    )
     if report["consistent"]:
         print(f"audit: books reconcile ({summary})", file=sys.stderr)
         return 0
     print(f"audit: {report['problem_count']} problem(s) ({summary})", file=sys.stderr)
     for problem in report["problems"]:
-        print(f"  {problem['invariant']}: seller {problem['seller_id']}, "
-              f"entry {problem['entry_id']}: {problem['message']}", file=sys.stderr)
+        print(
+            f"  {problem['invariant']}: seller {problem['seller_id']}, "
+            f"entry {problem['entry_id']}: {problem['message']}",
+            file=sys.stderr,
+        )
     return 1
 
 

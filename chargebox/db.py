@@ -203,16 +203,28 @@ TRIGGERS = (
          OR (OLD.status != 'pending'
              AND (NEW.status IS NOT OLD.status OR NEW.decided_at IS NOT OLD.decided_at))
        BEGIN SELECT RAISE(ABORT, 'I4: a decided credit request is final'); END""",
-    # I2 + I3: each entry continues its seller's chain and lands on the new balance.
+    # I2 + I3: each entry continues its seller's chain and the seller's current balance.
     """CREATE TRIGGER IF NOT EXISTS ledger_entry_continues_chain
        BEFORE INSERT ON ledger_entry
        BEGIN
          SELECT RAISE(ABORT, 'I3: balance_after must equal the previous balance_after + amount')
          WHERE NEW.balance_after IS NOT COALESCE((SELECT balance_after FROM ledger_entry
                  WHERE seller_id = NEW.seller_id ORDER BY id DESC LIMIT 1), 0) + NEW.amount;
-         SELECT RAISE(ABORT, 'I2: balance_after must equal the seller balance')
-         WHERE NEW.balance_after IS NOT (SELECT balance FROM seller WHERE id = NEW.seller_id);
+         SELECT RAISE(ABORT, 'I2: balance_after must equal the seller balance + amount')
+         WHERE NEW.balance_after IS NOT
+               (SELECT balance FROM seller WHERE id = NEW.seller_id) + NEW.amount;
        END""",
+    # I2: a balance changes only onto the newest ledger entry, written just before.
+    """CREATE TRIGGER IF NOT EXISTS seller_balance_follows_ledger
+       BEFORE UPDATE OF balance ON seller WHEN NEW.balance IS NOT OLD.balance
+       BEGIN
+         SELECT RAISE(ABORT, 'I2: a balance may change only with its ledger entry')
+         WHERE NEW.balance IS NOT (SELECT balance_after FROM ledger_entry
+                 WHERE seller_id = NEW.id ORDER BY id DESC LIMIT 1);
+       END""",
+    """CREATE TRIGGER IF NOT EXISTS seller_starts_at_zero
+       BEFORE INSERT ON seller WHEN NEW.balance IS NOT 0
+       BEGIN SELECT RAISE(ABORT, 'I2: a new seller starts with balance 0'); END""",
     # I4: a credit entry exists only for an approved request, with its amount.
     """CREATE TRIGGER IF NOT EXISTS ledger_entry_credit_matches_request
        BEFORE INSERT ON ledger_entry WHEN NEW.kind = 'credit'

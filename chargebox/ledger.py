@@ -21,46 +21,75 @@ def _rows(sql: str, params: tuple = ()) -> list[tuple]:
     return db.database.execute_sql(sql, params).fetchall()
 
 
-def _insert(sql: str, params: tuple) -> int:
-    return db.database.execute_sql(sql, params).lastrowid
-
-
 def _require_write_tx() -> None:
     if not db.in_write_tx():
         raise AssertionError("money moves only inside db.write_tx()")
 
 
-def _move(seller_id: int, delta: int) -> int:
-    """Add `delta` to a balance if it stays within 0..10^15 (I1); return the new balance."""
-    rows = _rows(
-        "UPDATE seller SET balance = balance + ? WHERE id = ? AND balance + ? BETWEEN 0 AND ? "
-        "RETURNING balance",
-        (delta, seller_id, delta, MAX_BALANCE),
-    )
-    if rows:
-        return check_balance(rows[0][0])
+_GUARD = "FROM seller WHERE id = ? AND balance + ? BETWEEN 0 AND ?"
+
+
+def _refuse(seller_id: int, delta: int) -> None:
+    """Say why a guarded movement matched no row: no seller, not enough credit, or the cap."""
     found = _rows("SELECT balance FROM seller WHERE id = ?", (seller_id,))
     if not found:
         raise NotFound(f"seller {seller_id} does not exist")
     if delta < 0:
-        raise InsufficientCredit(
-            f"balance {found[0][0]:,} toman does not cover {-delta:,} toman"
-        )
+        raise InsufficientCredit(f"balance {found[0][0]:,} toman does not cover {-delta:,} toman")
     raise BalanceLimitExceeded(f"a balance may not exceed {MAX_BALANCE:,} toman")
 
 
-def _append(seller_id: int, kind: str, amount: int, balance_after: int, now: str,
-            credit_request_id: int | None = None, sale_id: int | None = None,
-            reason: str | None = None) -> dict:
-    entry_id = _insert(
+def _move(
+    seller_id: int,
+    delta: int,
+    kind: str,
+    now: str,
+    credit_request_id: int | None = None,
+    sale_id: int | None = None,
+    reason: str | None = None,
+) -> dict:
+    """Record `delta` in the ledger, then apply it to the balance; both guarded (I1-I3).
+
+    The entry comes first: the database refuses a balance UPDATE that does not land
+    on the newest entry's balance_after, so no balance can change without its entry.
+    """
+    rows = _rows(
         "INSERT INTO ledger_entry (seller_id, kind, amount, balance_after, credit_request_id,"
-        " sale_id, reason, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (seller_id, kind, amount, balance_after, credit_request_id, sale_id, reason, now),
+        f" sale_id, reason, created_at) SELECT id, ?, ?, balance + ?, ?, ?, ?, ? {_GUARD} "
+        "RETURNING id, balance_after",
+        (
+            kind,
+            delta,
+            delta,
+            credit_request_id,
+            sale_id,
+            reason,
+            now,
+            seller_id,
+            delta,
+            MAX_BALANCE,
+        ),
     )
+    if not rows:
+        _refuse(seller_id, delta)
+    entry_id, balance_after = rows[0]
+    updated = _rows(
+        "UPDATE seller SET balance = balance + ? WHERE id = ? AND balance + ? BETWEEN 0 AND ? "
+        "RETURNING balance",
+        (delta, seller_id, delta, MAX_BALANCE),
+    )
+    if [(check_balance(balance_after),)] != updated:
+        raise AssertionError(f"seller {seller_id}: balance {updated} != entry {balance_after}")
     return {
-        "id": entry_id, "seller_id": seller_id, "kind": kind, "amount": amount,
-        "balance_after": balance_after, "credit_request_id": credit_request_id,
-        "sale_id": sale_id, "reason": reason, "created_at": now,
+        "id": entry_id,
+        "seller_id": seller_id,
+        "kind": kind,
+        "amount": delta,
+        "balance_after": balance_after,
+        "credit_request_id": credit_request_id,
+        "sale_id": sale_id,
+        "reason": reason,
+        "created_at": now,
     }
 
 
@@ -75,11 +104,14 @@ def approve_credit_request(request_id: int, now: str) -> dict:
     if not rows:
         raise_not_pending(request_id)
     seller_id, amount, created_at = rows[0]
-    balance = _move(seller_id, amount)
-    _append(seller_id, "credit", amount, balance, now, credit_request_id=request_id)
+    _move(seller_id, amount, "credit", now, credit_request_id=request_id)
     return {
-        "id": request_id, "seller_id": seller_id, "amount": amount, "status": "approved",
-        "created_at": created_at, "decided_at": now,
+        "id": request_id,
+        "seller_id": seller_id,
+        "amount": amount,
+        "status": "approved",
+        "created_at": created_at,
+        "decided_at": now,
     }
 
 
@@ -93,68 +125,101 @@ def raise_not_pending(request_id: int) -> None:
 def adjust(seller_id: int, amount: int, reason: str, now: str) -> dict:
     """An admin's signed correction; never below zero (I1)."""
     _require_write_tx()
-    balance = _move(seller_id, amount)
-    return _append(seller_id, "adjustment", amount, balance, now, reason=reason)
+    return _move(seller_id, amount, "adjustment", now, reason=reason)
 
 
 def sell(seller_id: int, number: str, amount: int, now: str) -> dict:
-    """Debit a sale: balance, phone total, sale row and its one ledger entry (I4)."""
+    """Debit a sale: the sale row, its one ledger entry (I4), the balance, the phone total.
+
+    The guarded INSERT of the sale decides; a refusal writes nothing at all, so a
+    refused keyed sale can still record its outcome in the same transaction. The
+    sale's phone reference is checked at COMMIT (deferred), after the phone upsert.
+    """
     _require_write_tx()
-    balance = _move(seller_id, -amount)
-    phone_id = _rows(
-        "INSERT INTO phone (number, total_charged, created_at) VALUES (?, ?, ?) "
-        "ON CONFLICT (number) DO UPDATE SET total_charged = total_charged + excluded.total_charged "
-        "RETURNING id",
-        (number, amount, now),
-    )[0][0]
-    sale_id = _insert(
-        "INSERT INTO sale (seller_id, phone_id, amount, balance_after, created_at) "
-        "VALUES (?, ?, ?, ?, ?)",
-        (seller_id, phone_id, amount, balance, now),
+    rows = _rows(
+        "INSERT INTO sale (seller_id, phone, amount, balance_after, created_at) "
+        f"SELECT id, ?, ?, balance + ?, ? {_GUARD} RETURNING id, balance_after",
+        (number, amount, -amount, now, seller_id, -amount, MAX_BALANCE),
     )
-    _append(seller_id, "sale", -amount, balance, now, sale_id=sale_id)
+    if not rows:
+        _refuse(seller_id, -amount)
+    sale_id, balance_after = rows[0]
+    _move(seller_id, -amount, "sale", now, sale_id=sale_id)
+    _rows(
+        "INSERT INTO phone (number, total_charged, created_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (number) DO UPDATE SET total_charged = total_charged + excluded.total_charged",
+        (number, amount, now),
+    )
     return {
-        "id": sale_id, "seller_id": seller_id, "phone": number, "amount": amount,
-        "balance_after": balance, "created_at": now,
+        "id": sale_id,
+        "seller_id": seller_id,
+        "phone": number,
+        "amount": amount,
+        "balance_after": balance_after,
+        "created_at": now,
     }
 
 
 # --- audit -------------------------------------------------------------------------------
 
 _AUDIT_CHECKS = (
-    ("I1", "SELECT id, NULL, 'balance ' || balance || ' is negative or not an integer' "
-           "FROM seller WHERE typeof(balance) != 'integer' OR balance < 0"),
-    ("I1", "SELECT seller_id, id, 'balance_after ' || balance_after || ' is negative' "
-           "FROM ledger_entry WHERE balance_after < 0"),
-    ("I2", "SELECT s.id, (SELECT MAX(id) FROM ledger_entry WHERE seller_id = s.id), "
-           "'balance ' || s.balance || ' != ledger sum ' || "
-           "COALESCE((SELECT SUM(amount) FROM ledger_entry WHERE seller_id = s.id), 0) "
-           "FROM seller s WHERE s.balance IS NOT "
-           "COALESCE((SELECT SUM(amount) FROM ledger_entry WHERE seller_id = s.id), 0)"),
-    ("I3", "SELECT seller_id, id, 'balance_after ' || balance_after || ' != previous ' || prev "
-           "|| ' + amount ' || amount FROM (SELECT id, seller_id, amount, balance_after, "
-           "LAG(balance_after, 1, 0) OVER (PARTITION BY seller_id ORDER BY id) AS prev "
-           "FROM ledger_entry) WHERE balance_after IS NOT prev + amount"),
-    ("I4", "SELECT r.seller_id, MIN(l.id), 'credit request ' || r.id || ' (' || r.status || ', '"
-           " || r.amount || ') has ' || COUNT(l.id) || ' credit entries' "
-           "FROM credit_request r LEFT JOIN ledger_entry l ON l.credit_request_id = r.id "
-           "GROUP BY r.id HAVING (r.status = 'approved' AND (COUNT(l.id) != 1 "
-           "OR MIN(l.amount) != r.amount OR MIN(l.seller_id) != r.seller_id "
-           "OR MIN(l.kind) != 'credit')) OR (r.status != 'approved' AND COUNT(l.id) > 0)"),
-    ("I4", "SELECT s.seller_id, MIN(l.id), 'sale ' || s.id || ' of ' || s.amount || ' has ' "
-           "|| COUNT(l.id) || ' matching debit entries' "
-           "FROM sale s LEFT JOIN ledger_entry l ON l.sale_id = s.id AND l.kind = 'sale' "
-           "AND l.amount = -s.amount AND l.seller_id = s.seller_id "
-           "AND l.balance_after = s.balance_after GROUP BY s.id HAVING COUNT(l.id) != 1"),
-    ("I4", "SELECT l.seller_id, l.id, 'entry points at missing or mismatched sale/request' "
-           "FROM ledger_entry l LEFT JOIN sale s ON s.id = l.sale_id "
-           "LEFT JOIN credit_request r ON r.id = l.credit_request_id "
-           "WHERE (l.kind = 'sale' AND s.id IS NULL) OR (l.kind = 'credit' AND r.id IS NULL) "
-           "OR (l.kind NOT IN ('sale', 'credit', 'adjustment'))"),
-    ("phones", "SELECT NULL, NULL, 'phone ' || p.number || ' total ' || p.total_charged || "
-               "' != sum of its sales ' || COALESCE(SUM(s.amount), 0) "
-               "FROM phone p LEFT JOIN sale s ON s.phone_id = p.id GROUP BY p.id "
-               "HAVING p.total_charged IS NOT COALESCE(SUM(s.amount), 0)"),
+    (
+        "I1",
+        "SELECT id, NULL, 'balance ' || balance || ' is negative or not an integer' "
+        "FROM seller WHERE typeof(balance) != 'integer' OR balance < 0",
+    ),
+    (
+        "I1",
+        "SELECT seller_id, id, 'balance_after ' || balance_after || ' is negative' "
+        "FROM ledger_entry WHERE balance_after < 0",
+    ),
+    (
+        "I2",
+        "SELECT s.id, (SELECT MAX(id) FROM ledger_entry WHERE seller_id = s.id), "
+        "'balance ' || s.balance || ' != ledger sum ' || "
+        "COALESCE((SELECT SUM(amount) FROM ledger_entry WHERE seller_id = s.id), 0) "
+        "FROM seller s WHERE s.balance IS NOT "
+        "COALESCE((SELECT SUM(amount) FROM ledger_entry WHERE seller_id = s.id), 0)",
+    ),
+    (
+        "I3",
+        "SELECT seller_id, id, 'balance_after ' || balance_after || ' != previous ' || prev "
+        "|| ' + amount ' || amount FROM (SELECT id, seller_id, amount, balance_after, "
+        "LAG(balance_after, 1, 0) OVER (PARTITION BY seller_id ORDER BY id) AS prev "
+        "FROM ledger_entry) WHERE balance_after IS NOT prev + amount",
+    ),
+    (
+        "I4",
+        "SELECT r.seller_id, MIN(l.id), 'credit request ' || r.id || ' (' || r.status || ', '"
+        " || r.amount || ') has ' || COUNT(l.id) || ' credit entries' "
+        "FROM credit_request r LEFT JOIN ledger_entry l ON l.credit_request_id = r.id "
+        "GROUP BY r.id HAVING (r.status = 'approved' AND (COUNT(l.id) != 1 "
+        "OR MIN(l.amount) != r.amount OR MIN(l.seller_id) != r.seller_id "
+        "OR MIN(l.kind) != 'credit')) OR (r.status != 'approved' AND COUNT(l.id) > 0)",
+    ),
+    (
+        "I4",
+        "SELECT s.seller_id, MIN(l.id), 'sale ' || s.id || ' of ' || s.amount || ' has ' "
+        "|| COUNT(l.id) || ' matching debit entries' "
+        "FROM sale s LEFT JOIN ledger_entry l ON l.sale_id = s.id AND l.kind = 'sale' "
+        "AND l.amount = -s.amount AND l.seller_id = s.seller_id "
+        "AND l.balance_after = s.balance_after GROUP BY s.id HAVING COUNT(l.id) != 1",
+    ),
+    (
+        "I4",
+        "SELECT l.seller_id, l.id, 'entry points at missing or mismatched sale/request' "
+        "FROM ledger_entry l LEFT JOIN sale s ON s.id = l.sale_id "
+        "LEFT JOIN credit_request r ON r.id = l.credit_request_id "
+        "WHERE (l.kind = 'sale' AND s.id IS NULL) OR (l.kind = 'credit' AND r.id IS NULL) "
+        "OR (l.kind NOT IN ('sale', 'credit', 'adjustment'))",
+    ),
+    (
+        "phones",
+        "SELECT NULL, NULL, 'phone ' || p.number || ' total ' || p.total_charged || "
+        "' != sum of its sales ' || COALESCE(SUM(s.amount), 0) "
+        "FROM phone p LEFT JOIN sale s ON s.phone = p.number GROUP BY p.id "
+        "HAVING p.total_charged IS NOT COALESCE(SUM(s.amount), 0)",
+    ),
 )
 
 
@@ -168,11 +233,21 @@ def audit() -> dict:
         problems = []
         for invariant, sql in _AUDIT_CHECKS:
             for seller_id, entry_id, message in _rows(sql):
-                problems.append({"invariant": invariant, "seller_id": seller_id,
-                                 "entry_id": entry_id, "message": message})
+                problems.append(
+                    {
+                        "invariant": invariant,
+                        "seller_id": seller_id,
+                        "entry_id": entry_id,
+                        "message": message,
+                    }
+                )
         problems.extend(
-            {"invariant": "I5", "seller_id": None, "entry_id": None,
-             "message": f"schema trigger {name} is missing"}
+            {
+                "invariant": "I5",
+                "seller_id": None,
+                "entry_id": None,
+                "message": f"schema trigger {name} is missing",
+            }
             for name in db.missing_triggers()
         )
         totals = _rows(
@@ -184,12 +259,17 @@ def audit() -> dict:
     return {
         "consistent": not problems,
         "sellers": [
-            {"seller_id": sid, "balance": balance, "ledger_sum": ledger_sum,
-             "consistent": balance == ledger_sum and sid not in bad_sellers}
+            {
+                "seller_id": sid,
+                "balance": balance,
+                "ledger_sum": ledger_sum,
+                "consistent": balance == ledger_sum and sid not in bad_sellers,
+            }
             for sid, balance, ledger_sum in sellers
         ],
         "problems": problems[:AUDIT_PROBLEM_CAP],
         "problem_count": len(problems),
-        "totals": dict(zip(("sellers", "ledger_entries", "sales", "balance_sum"), totals,
-                           strict=True)),
+        "totals": dict(
+            zip(("sellers", "ledger_entries", "sales", "balance_sum"), totals, strict=True)
+        ),
     }

@@ -72,7 +72,14 @@ class Phone(BaseModel):
 class Sale(BaseModel):
     id = AutoField()
     seller = ForeignKeyField(Seller, column_name="seller_id", on_delete="RESTRICT")
-    phone = ForeignKeyField(Phone, column_name="phone_id", on_delete="RESTRICT")
+    # The number itself, checked at COMMIT: the sale row is the guard, the phone comes after.
+    phone = ForeignKeyField(
+        Phone,
+        field="number",
+        column_name="phone",
+        on_delete="RESTRICT",
+        deferrable="INITIALLY DEFERRED",
+    )
     amount = BigIntegerField(constraints=_money("amount", "> 0"))
     balance_after = BigIntegerField(constraints=_money("balance_after", ">= 0"))
     created_at = TextField()
@@ -94,7 +101,10 @@ class LedgerEntry(BaseModel):
     balance_after = BigIntegerField(constraints=_money("balance_after", ">= 0"))
     # I4: UNIQUE links, so one request or one sale can never have two entries.
     credit_request = ForeignKeyField(
-        CreditRequest, column_name="credit_request_id", null=True, unique=True,
+        CreditRequest,
+        column_name="credit_request_id",
+        null=True,
+        unique=True,
         on_delete="RESTRICT",
     )
     sale = ForeignKeyField(

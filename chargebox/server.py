@@ -78,8 +78,10 @@ def serve(config: Config, announce=print) -> int:
     server = build_server(config)
     stop = _Stop()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    announce(f"chargebox serving on http://{server.effective_host}:{server.effective_port} "
-             f"(db {config.db_path}, {config.threads} threads, synchronous={config.synchronous})")
+    announce(
+        f"chargebox serving on http://{server.effective_host}:{server.effective_port} "
+        f"(db {config.db_path}, {config.threads} threads, synchronous={config.synchronous})"
+    )
     try:
         while not stop.requested:
             wasyncore.loop(timeout=LOOP_TIMEOUT, map=server._map, use_poll=True, count=1)

@@ -85,10 +85,11 @@ def _dicts(sql: str, params: tuple = ()) -> list[dict]:
 
 _SELLER = "SELECT id, name, balance, created_at FROM seller"
 _REQUEST = "SELECT id, seller_id, amount, status, created_at, decided_at FROM credit_request"
-_SALE = ("SELECT sale.id, sale.seller_id, phone.number AS phone, sale.amount, "
-         "sale.balance_after, sale.created_at FROM sale JOIN phone ON phone.id = sale.phone_id")
-_ENTRY = ("SELECT id, seller_id, kind, amount, balance_after, credit_request_id, sale_id, "
-          "reason, created_at FROM ledger_entry")
+_SALE = "SELECT id, seller_id, phone, amount, balance_after, created_at FROM sale"
+_ENTRY = (
+    "SELECT id, seller_id, kind, amount, balance_after, credit_request_id, sale_id, "
+    "reason, created_at FROM ledger_entry"
+)
 _PHONE = "SELECT id, number, total_charged, created_at FROM phone"
 
 
@@ -129,8 +130,14 @@ class Chargebox:
                 "VALUES (?, ?, 'pending', ?)",
                 (seller_id, amount, created),
             ).lastrowid
-        return {"id": request_id, "seller_id": seller_id, "amount": amount,
-                "status": "pending", "created_at": created, "decided_at": None}
+        return {
+            "id": request_id,
+            "seller_id": seller_id,
+            "amount": amount,
+            "status": "pending",
+            "created_at": created,
+            "decided_at": None,
+        }
 
     def get_credit_request(self, request_id: int) -> dict:
         return self._one(_REQUEST + " WHERE id = ?", request_id, "credit request")
@@ -151,8 +158,9 @@ class Chargebox:
                 ledger.raise_not_pending(request_id)
         return self.get_credit_request(request_id)
 
-    def list_credit_requests(self, page: Page, seller_id: int | None = None,
-                             status: str | None = None) -> list[dict]:
+    def list_credit_requests(
+        self, page: Page, seller_id: int | None = None, status: str | None = None
+    ) -> list[dict]:
         if status is not None and status not in STATUSES:
             raise ValidationError("status must be pending, approved or rejected", "status")
         return self._page(_REQUEST, page, seller_id=seller_id, status=status)
@@ -165,8 +173,9 @@ class Chargebox:
         with db.write_tx():
             return ledger.adjust(seller_id, amount, reason, now())
 
-    def sell(self, seller_id: int, phone: object, amount: object,
-             idempotency_key: str | None = None) -> SaleResult:
+    def sell(
+        self, seller_id: int, phone: object, amount: object, idempotency_key: str | None = None
+    ) -> SaleResult:
         """Sell a charge; with a key, the first outcome is final and replayed to every copy."""
         number = normalize_phone(phone)
         amount = parse_amount(amount, self.config.max_amount)
@@ -191,8 +200,15 @@ class Chargebox:
             db.database.execute_sql(
                 "INSERT INTO idempotency_record (seller_id, key, request_hash, sale_id,"
                 " error_code, error_message, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (seller_id, key, fingerprint, sale and sale["id"],
-                 refusal and refusal.code, refusal and refusal.message, created),
+                (
+                    seller_id,
+                    key,
+                    fingerprint,
+                    sale and sale["id"],
+                    refusal and refusal.code,
+                    refusal and refusal.message,
+                    created,
+                ),
             )
         if refusal is not None:
             raise refusal
@@ -218,10 +234,10 @@ class Chargebox:
     # --- reads -----------------------------------------------------------------------------
 
     def list_sales(self, page: Page, seller_id: int | None = None) -> list[dict]:
-        return self._page(_SALE, page, seller_id=seller_id, table="sale")
+        return self._page(_SALE, page, seller_id=seller_id)
 
     def get_sale(self, sale_id: int) -> dict:
-        return self._one(_SALE + " WHERE sale.id = ?", sale_id, "sale")
+        return self._one(_SALE + " WHERE id = ?", sale_id, "sale")
 
     def list_ledger(self, page: Page, seller_id: int | None = None) -> list[dict]:
         return self._page(_ENTRY, page, seller_id=seller_id)
@@ -251,12 +267,11 @@ class Chargebox:
             raise NotFound(f"{what} {ident} does not exist")
         return found[0]
 
-    def _page(self, select: str, page: Page, table: str = "", **filters: object) -> list[dict]:
-        prefix = f"{table}." if table else ""
-        where, params = [f"{prefix}id > ?"], [page.after_id]
+    def _page(self, select: str, page: Page, **filters: object) -> list[dict]:
+        where, params = ["id > ?"], [page.after_id]
         for column, value in filters.items():
             if value is not None:
-                where.append(f"{prefix}{column} = ?")
+                where.append(f"{column} = ?")
                 params.append(value)
-        sql = f"{select} WHERE {' AND '.join(where)} ORDER BY {prefix}id LIMIT ?"
+        sql = f"{select} WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
         return _dicts(sql, (*params, page.limit))

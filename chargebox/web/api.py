@@ -93,8 +93,9 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
     def sell():
         principal = caller(config, SELLER)
         body = read_json(limit, ("phone", "amount"))
-        result = service.sell(principal.seller_id, body["phone"], body["amount"],
-                              header("Idempotency-Key"))
+        result = service.sell(
+            principal.seller_id, body["phone"], body["amount"], header("Idempotency-Key")
+        )
         headers = _location("sales", result.sale["id"])
         if result.replayed:
             headers["Idempotent-Replayed"] = "true"

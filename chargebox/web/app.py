@@ -62,7 +62,8 @@ def json_plugin(config: Config):
                     check_body_size(config.max_body_bytes)
                 status, body, *rest = callback(*args, **kwargs)
                 response = bottle.HTTPResponse(
-                    body if isinstance(body, bytes) else json_body(body), status,
+                    body if isinstance(body, bytes) else json_body(body),
+                    status,
                     rest[0] if rest else None,
                 )
                 response.content_type = JSON

@@ -52,8 +52,9 @@ def json_body(body: dict | list) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None,
-                   headers: dict | None = None) -> bottle.HTTPResponse:
+def error_response(
+    status: int, code: str, message: str, field: str | None = None, headers: dict | None = None
+) -> bottle.HTTPResponse:
     error = {"code": code, "message": message}
     if field is not None:
         error["field"] = field
@@ -81,8 +82,14 @@ def internal_error(exc: BaseException) -> bottle.HTTPResponse:
     ident = request_id()
     frames = traceback.extract_tb(exc.__traceback__)
     where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
-    log.error("request %s %s %s failed: %s at %s", ident, bottle.request.method,
-              bottle.request.path, type(exc).__name__, where)
+    log.error(
+        "request %s %s %s failed: %s at %s",
+        ident,
+        bottle.request.method,
+        bottle.request.path,
+        type(exc).__name__,
+        where,
+    )
     return error_response(500, "internal_error", f"unexpected server error (request id {ident})")
 
 

@@ -115,8 +115,9 @@ def integer_param(params: dict[str, str], name: str, low: int, high: int) -> int
 def page(params: dict[str, str]) -> Page:
     limit = integer_param(params, "limit", 1, MAX_LIMIT)
     after_id = integer_param(params, "after_id", 0, MAX_ID)
-    return Page(limit=Page.limit if limit is None else limit,
-                after_id=0 if after_id is None else after_id)
+    return Page(
+        limit=Page.limit if limit is None else limit, after_id=0 if after_id is None else after_id
+    )
 
 
 def seller_scope(principal: Principal, params: dict[str, str]) -> int | None:
