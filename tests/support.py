@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import re
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+from stress import server
+from stress.server import ROOT, cli_audit  # noqa: F401 - re-exported for the tests
+
 ADMIN_TOKEN = "test-admin-token-0123456789"
-START_TIMEOUT = 30
 
 
 class Api:
@@ -49,53 +44,10 @@ class Api:
 
 
 @dataclasses.dataclass
-class ServerProcess:
-    """`python run.py` on a free 127.0.0.1 port with its own database file."""
+class ServerProcess(server.ServerProcess):
+    """The harness's real server process, with the tests' admin token and clients."""
 
-    db_path: Path
-    threads: int = 16
-    env: dict = dataclasses.field(default_factory=dict)
-    proc: subprocess.Popen | None = None
-    url: str = ""
-    log_path: Path | None = None
-
-    def start(self) -> ServerProcess:
-        env = {**os.environ, "CHARGEBOX_ADMIN_TOKEN": ADMIN_TOKEN, "PYTHONUNBUFFERED": "1",
-               **self.env}
-        self.log_path = self.db_path.with_suffix(".log")
-        log = open(self.log_path, "w")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "run.py"), "--port", "0", "--db", str(self.db_path),
-             "--threads", str(self.threads)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
-        )
-        line = self.proc.stdout.readline()
-        match = re.search(r"serving on (http://127\.0\.0\.1:\d+)", line)
-        if not match:
-            self.stop()
-            raise RuntimeError(f"server did not start: {line!r} {self.log_path.read_text()}")
-        self.url = match.group(1)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url + "/health", timeout=2).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("server never answered /health")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self.proc.stdout.close()
-        return code
+    admin_token: str = ADMIN_TOKEN
 
     def admin(self) -> Api:
         return Api(self.url, ADMIN_TOKEN)
@@ -162,11 +114,3 @@ def books(db_path: Path) -> dict[int, int]:
         return balances
     finally:
         conn.close()
-
-
-def cli_audit(db_path: Path) -> subprocess.CompletedProcess:
-    """`chargebox audit --db PATH` as an operator would run it."""
-    return subprocess.run(
-        [sys.executable, "-m", "chargebox.cli", "audit", "--db", str(db_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )
