@@ -74,3 +74,32 @@ def write_json(path: Path, document: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     return path
+
+
+def plot_rounds(rounds: Sequence[dict], path: Path) -> Path:
+    """Throughput and p99 latency against workers, one line per mode (threads, processes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no screen needed
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    levels = sorted({row["workers"] for row in rounds})
+    for mode in sorted({row["mode"] for row in rounds}):
+        mine = sorted((row for row in rounds if row["mode"] == mode), key=lambda r: r["workers"])
+        workers = [row["workers"] for row in mine]
+        left.plot(workers, [row["sales_per_s"] for row in mine], marker="o", label=mode)
+        right.plot(workers, [row["p99_ms"] for row in mine], marker="o", label=mode)
+    for axis, title, unit in ((left, "throughput", "sales/s"), (right, "p99 latency", "ms")):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(levels, [str(level) for level in levels])
+        axis.set_xlabel("concurrent workers (keep-alive connections)")
+        axis.set_ylabel(unit)
+        axis.set_title(f"chargebox POST /api/sales: {title}")
+        axis.grid(True, alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

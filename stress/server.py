@@ -32,6 +32,7 @@ class ServerProcess:
     env: dict = dataclasses.field(default_factory=dict)
     proc: subprocess.Popen | None = None
     url: str = ""
+    announced: str = ""  # the server's first line: address, database, threads, durability
     log_path: Path | None = None
 
     def start(self) -> ServerProcess:
@@ -44,7 +45,7 @@ class ServerProcess:
                  "--threads", str(self.threads)],
                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
             )
-        line = self.proc.stdout.readline()
+        line = self.announced = self.proc.stdout.readline().strip()
         match = re.search(r"serving on (http://127\.0\.0\.1:\d+)", line)
         if not match:
             self.stop()
