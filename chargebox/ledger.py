@@ -1,8 +1,8 @@
 """THE money module: the only code that changes a balance or writes a ledger entry.
 
-Every movement is a guarded UPDATE (`balance + delta BETWEEN 0 AND 10^15`) plus
-its ledger entry, inside the caller's `db.write_tx()`; this module never opens
-a transaction, it asserts one is open. Hand-written SQL keeps the write lock
+Every movement is its ledger entry, then the balance UPDATE, both guarded
+(`balance + delta BETWEEN 0 AND 10^15`), inside the caller's `db.write_tx()`;
+this module never opens a transaction, it asserts one is open. Hand-written SQL keeps the write lock
 short (peewee's query builder costs ~80 us per statement inside it).
 `audit()` re-checks invariants I1-I5 from the rows themselves.
 """
