@@ -15,8 +15,21 @@ from pathlib import Path
 from stress import report, scenario
 from stress.demos import DEMOS, load
 
-ROUND_COLUMNS = ("mode", "workers", "sales", "ok_201", "refused_409", "other", "replays",
-                 "seconds", "sales_per_s", "p50_ms", "p95_ms", "p99_ms", "books")
+ROUND_COLUMNS = (
+    "mode",
+    "workers",
+    "sales",
+    "ok_201",
+    "refused_409",
+    "other",
+    "replays",
+    "seconds",
+    "sales_per_s",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "books",
+)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -47,42 +60,85 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stress", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
-        "run", help="load a chargebox server with sales and verify the books",
+        "run",
+        help="load a chargebox server with sales and verify the books",
         description="Start a server on a fresh database (or target --url), create sellers, "
         "file and approve credit requests concurrently, fire the sales from W workers, then "
         "verify: expected = actual balance = ledger sum per seller, one sale row per 201, "
-        "/api/audit and `chargebox audit` clean.")
+        "/api/audit and `chargebox audit` clean.",
+    )
     add = run.add_argument
     add("--sellers", type=int, default=2, help="sellers per round (default 2)")
-    add("--credits", type=int, default=10, help="credit requests per round, filed and "
-        "approved from 16 threads at once (default 10)")
+    add(
+        "--credits",
+        type=int,
+        default=10,
+        help="credit requests per round, filed and approved from 16 threads at once (default 10)",
+    )
     add("--sales", type=int, default=1000, help="sales per round (default 1000)")
-    add("--workers", type=_int_list, default=(32,), help="concurrent workers, each with one "
-        "keep-alive connection; a list like 1,8,32,64 runs a round per value (default 32)")
-    add("--mode", choices=("threads", "processes", "both"), default="threads",
+    add(
+        "--workers",
+        type=_int_list,
+        default=(32,),
+        help="concurrent workers, each with one "
+        "keep-alive connection; a list like 1,8,32,64 runs a round per value (default 32)",
+    )
+    add(
+        "--mode",
+        choices=("threads", "processes", "both"),
+        default="threads",
         help="workers as threads of this process, as separate processes, or both, one after "
-        "the other on the same workload (default threads)")
-    add("--replay-fraction", type=_fraction, default=0.0, help="every sale gets an "
+        "the other on the same workload (default threads)",
+    )
+    add(
+        "--replay-fraction",
+        type=_fraction,
+        default=0.0,
+        help="every sale gets an "
         "Idempotency-Key and this fraction is sent twice; the copy must be replayed, not "
-        "charged (default 0)")
-    add("--overspend", type=_fraction, default=0.0, help="credit only (1 - this) of what the "
-        "sales need, so about this fraction of sales must be refused with 409 (default 0)")
-    add("--server-procs", type=int, default=1, help="server processes on the same SQLite file, "
-        "to exercise cross-process locking; workers spread over them (default 1)")
+        "charged (default 0)",
+    )
+    add(
+        "--overspend",
+        type=_fraction,
+        default=0.0,
+        help="credit only (1 - this) of what the "
+        "sales need, so about this fraction of sales must be refused with 409 (default 0)",
+    )
+    add(
+        "--server-procs",
+        type=int,
+        default=1,
+        help="server processes on the same SQLite file, "
+        "to exercise cross-process locking; workers spread over them (default 1)",
+    )
     add("--server-threads", type=int, default=16, help="waitress threads per server (default 16)")
     add("--url", help="target a running server instead of starting one (needs --admin-token)")
     add("--admin-token", help="the admin token of --url's server")
-    add("--db", type=Path, help="the database file: with --url, lets `chargebox audit` check "
-        "it too; otherwise the file the started servers use (default: a temporary file)")
-    add("--out", type=Path, default=Path("data/stress"), help="where the JSON report (and the "
-        "chart) go (default data/stress)")
-    add("--plot", action="store_true", help="also draw throughput and p99 against workers, "
-        "threads vs processes, as a PNG (needs `pip install -e .[plot]`)")
+    add(
+        "--db",
+        type=Path,
+        help="the database file: with --url, lets `chargebox audit` check "
+        "it too; otherwise the file the started servers use (default: a temporary file)",
+    )
+    add(
+        "--out",
+        type=Path,
+        default=Path("data/stress"),
+        help="where the JSON report (and the chart) go (default data/stress)",
+    )
+    add(
+        "--plot",
+        action="store_true",
+        help="also draw throughput and p99 against workers, "
+        "threads vs processes, as a PNG (needs `pip install -e .[plot]`)",
+    )
     add("--seed", type=int, default=1, help="seed of the sales plan (default 1)")
     add("--quiet", action="store_true", help="no live progress line")
     demo = commands.add_parser("demo", help="one threads-vs-processes lesson, measured live")
-    demo.add_argument("name", choices=DEMOS, help="; ".join(
-        f"{name}: {_summary(name)}" for name in DEMOS))
+    demo.add_argument(
+        "name", choices=DEMOS, help="; ".join(f"{name}: {_summary(name)}" for name in DEMOS)
+    )
     demo.add_argument("--quick", action="store_true", help="the short mode (seconds; used in CI)")
     demo.add_argument("--out", type=Path, default=Path("data/stress"), help="where the JSON goes")
     return parser
@@ -93,17 +149,30 @@ def _run(args: argparse.Namespace) -> int:
         print("--url needs --admin-token", file=sys.stderr)
         return 2
     options = scenario.Options(
-        sellers=args.sellers, credits=args.credits, sales=args.sales, workers=args.workers,
+        sellers=args.sellers,
+        credits=args.credits,
+        sales=args.sales,
+        workers=args.workers,
         modes=("threads", "processes") if args.mode == "both" else (args.mode,),
-        replay_fraction=args.replay_fraction, overspend=args.overspend,
-        server_procs=args.server_procs, server_threads=args.server_threads, url=args.url,
-        admin_token=args.admin_token, db=args.db, out=args.out, plot=args.plot, seed=args.seed,
-        quiet=args.quiet)
+        replay_fraction=args.replay_fraction,
+        overspend=args.overspend,
+        server_procs=args.server_procs,
+        server_threads=args.server_threads,
+        url=args.url,
+        admin_token=args.admin_token,
+        db=args.db,
+        out=args.out,
+        plot=args.plot,
+        seed=args.seed,
+        quiet=args.quiet,
+    )
     result = scenario.run(options)
     print(report.table(result["rounds"], ROUND_COLUMNS))
-    print(f"\n{result['machine']['cpus']} CPUs, Python {result['machine']['python']}, SQLite "
-          f"{result['machine']['sqlite']}, {result['durability']}, "
-          f"{result['server_procs']} server process(es)")
+    print(
+        f"\n{result['machine']['cpus']} CPUs, Python {result['machine']['python']}, SQLite "
+        f"{result['machine']['sqlite']}, {result['durability']}, "
+        f"{result['server_procs']} server process(es)"
+    )
     for row in result["rounds"]:
         print(f"{row['mode']} x{row['workers']}: status codes {row['status_counts']}")
         for problem in row["problems"]:

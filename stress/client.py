@@ -41,8 +41,9 @@ class Client:
             self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         return self._conn
 
-    def request(self, method: str, path: str, body: dict | None = None,
-                headers: dict | None = None) -> Reply:
+    def request(
+        self, method: str, path: str, body: dict | None = None, headers: dict | None = None
+    ) -> Reply:
         payload = None if body is None else json.dumps(body).encode()
         all_headers = {**self.headers, **(headers or {})}
         for attempt in (1, 2):
@@ -60,8 +61,12 @@ class Client:
             seconds = time.perf_counter() - started
             if response.getheader("Connection", "").lower() == "close":
                 self.close()
-            return Reply(response.status, json.loads(raw) if raw else {},
-                         {k.lower(): v for k, v in response.getheaders()}, seconds)
+            return Reply(
+                response.status,
+                json.loads(raw) if raw else {},
+                {k.lower(): v for k, v in response.getheaders()},
+                seconds,
+            )
         raise AssertionError("unreachable")
 
     def get(self, path: str) -> Reply:

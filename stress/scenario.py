@@ -61,8 +61,12 @@ class Target:
 def servers(options: Options) -> Iterator[Target]:
     """The target: a given --url, or K fresh server processes sharing one database file."""
     if options.url:
-        yield Target([options.url.rstrip("/")], options.admin_token, options.db,
-                     "unknown (an external server)")
+        yield Target(
+            [options.url.rstrip("/")],
+            options.admin_token,
+            options.db,
+            "unknown (an external server)",
+        )
         return
     token = secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory(prefix="chargebox-stress-") as scratch:
@@ -72,8 +76,9 @@ def servers(options: Options) -> Iterator[Target]:
             for _ in range(options.server_procs):
                 started.append(ServerProcess(db_path, token, options.server_threads).start())
             durability = started[0].announced.split("synchronous=")[-1].rstrip(")")
-            yield Target([server.url for server in started], token, db_path,
-                         f"WAL, synchronous={durability}")
+            yield Target(
+                [server.url for server in started], token, db_path, f"WAL, synchronous={durability}"
+            )
         finally:
             codes = [server.stop() for server in started]
             if any(codes):
@@ -84,9 +89,13 @@ def plan_sales(options: Options, tag: str) -> list[Sale]:
     rng = random.Random(options.seed)
     keyed = options.replay_fraction > 0
     return [
-        Sale(seller=i % options.sellers, phone=f"09{rng.randrange(10**9):09d}",
-             amount=rng.choice(AMOUNTS), key=f"{tag}-{i}" if keyed else None,
-             replay=keyed and rng.random() < options.replay_fraction)
+        Sale(
+            seller=i % options.sellers,
+            phone=f"09{rng.randrange(10**9):09d}",
+            amount=rng.choice(AMOUNTS),
+            key=f"{tag}-{i}" if keyed else None,
+            replay=keyed and rng.random() < options.replay_fraction,
+        )
         for i in range(options.sales)
     ]
 
@@ -110,8 +119,9 @@ def credit_amounts(options: Options, plan: list[Sale]) -> list[tuple[int, int]]:
     return credits
 
 
-def setup_round(admin: Client, url: str, token: str, options: Options, tag: str,
-                plan: list[Sale]) -> tuple[list[int], list[str], list[int]]:
+def setup_round(
+    admin: Client, url: str, token: str, options: Options, tag: str, plan: list[Sale]
+) -> tuple[list[int], list[str], list[int]]:
     """Create the round's sellers, then file and approve every credit from 16 threads."""
     ids, tokens = [], []
     for n in range(options.sellers):
@@ -139,31 +149,52 @@ def setup_round(admin: Client, url: str, token: str, options: Options, tag: str,
     return ids, tokens, credited
 
 
-def run_round(options: Options, mode: str, workers: int, urls: list[str], token: str,
-              db_path: Path | None, tag: str) -> dict:
+def run_round(
+    options: Options,
+    mode: str,
+    workers: int,
+    urls: list[str],
+    token: str,
+    db_path: Path | None,
+    tag: str,
+) -> dict:
     admin = Client(urls[0], token)
     plan = plan_sales(options, tag)
     ids, tokens, credited = setup_round(admin, urls[0], token, options, tag, plan)
     plans = [plan[w::workers] for w in range(workers)]
-    results, seconds = run_workers(mode, lambda i: urls[i % len(urls)], tokens, plans,
-                                   f"{mode} x{workers}", options.quiet)
+    results, seconds = run_workers(
+        mode, lambda i: urls[i % len(urls)], tokens, plans, f"{mode} x{workers}", options.quiet
+    )
     merged = _merge(results, options.sellers)
     problems = merged.bad_replays + merged.errors[:20]
-    problems += verify(admin, Expected(ids, credited, [merged.acked.get(i, 0) for i in
-                                                        range(options.sellers)],
-                                       merged.acked_sales), db_path)
+    problems += verify(
+        admin,
+        Expected(
+            ids,
+            credited,
+            [merged.acked.get(i, 0) for i in range(options.sellers)],
+            merged.acked_sales,
+        ),
+        db_path,
+    )
     admin.close()
     statuses = Counter(merged.statuses)
     return {
-        "mode": mode, "workers": workers, "sales": len(plan),
-        "ok_201": statuses.get(201, 0), "refused_409": statuses.get(409, 0),
+        "mode": mode,
+        "workers": workers,
+        "sales": len(plan),
+        "ok_201": statuses.get(201, 0),
+        "refused_409": statuses.get(409, 0),
         "other": sum(n for code, n in statuses.items() if code not in (201, 409)),
-        "replays": merged.replays, "seconds": round(seconds, 3),
+        "replays": merged.replays,
+        "seconds": round(seconds, 3),
         "sales_per_s": round(len(plan) / seconds, 1),
         **report.latency_summary(merged.latencies),
         "books": "ok" if not problems else "FAIL",
         "status_counts": {str(code): n for code, n in sorted(statuses.items())},
-        "seller_ids": ids, "credited": credited, "problems": problems,
+        "seller_ids": ids,
+        "credited": credited,
+        "problems": problems,
     }
 
 
@@ -189,12 +220,22 @@ def run(options: Options) -> dict:
         for mode in options.modes:
             for workers in options.workers:
                 tag = f"{stamp}-{secrets.token_hex(3)}"
-                rounds.append(run_round(options, mode, workers, target.urls, target.token,
-                                        target.db_path, tag))
+                rounds.append(
+                    run_round(
+                        options, mode, workers, target.urls, target.token, target.db_path, tag
+                    )
+                )
     return {
-        "command": "run", "started": stamp, "machine": report.machine(),
-        "durability": target.durability, "server_procs": len(target.urls),
-        "options": {k: str(v) if isinstance(v, Path) else v
-                    for k, v in dataclasses.asdict(options).items() if k != "admin_token"},
-        "rounds": rounds, "ok": all(r["books"] == "ok" for r in rounds),
+        "command": "run",
+        "started": stamp,
+        "machine": report.machine(),
+        "durability": target.durability,
+        "server_procs": len(target.urls),
+        "options": {
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in dataclasses.asdict(options).items()
+            if k != "admin_token"
+        },
+        "rounds": rounds,
+        "ok": all(r["books"] == "ok" for r in rounds),
     }

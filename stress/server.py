@@ -36,14 +36,30 @@ class ServerProcess:
     log_path: Path | None = None
 
     def start(self) -> ServerProcess:
-        env = {**os.environ, "CHARGEBOX_ADMIN_TOKEN": self.admin_token,
-               "PYTHONUNBUFFERED": "1", **self.env}
+        env = {
+            **os.environ,
+            "CHARGEBOX_ADMIN_TOKEN": self.admin_token,
+            "PYTHONUNBUFFERED": "1",
+            **self.env,
+        }
         self.log_path = self.db_path.with_name(self.db_path.name + f".{id(self)}.log")
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, str(ROOT / "run.py"), "--port", "0", "--db", str(self.db_path),
-                 "--threads", str(self.threads)],
-                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
+                [
+                    sys.executable,
+                    str(ROOT / "run.py"),
+                    "--port",
+                    "0",
+                    "--db",
+                    str(self.db_path),
+                    "--threads",
+                    str(self.threads),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
             )
         line = self.announced = self.proc.stdout.readline().strip()
         match = re.search(r"serving on (http://127\.0\.0\.1:\d+)", line)
@@ -86,5 +102,8 @@ def cli_audit(db_path: Path) -> subprocess.CompletedProcess:
     """`chargebox audit --db PATH`, as an operator runs it: straight from the file."""
     return subprocess.run(
         [sys.executable, "-m", "chargebox.cli", "audit", "--db", str(db_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )

@@ -49,8 +49,10 @@ def verify(admin: Client, expected: Expected, db_path: Path | None) -> list[str]
         problems += _seller(admin, seller_id, expected.credited[index] - expected.acked[index])
         sale_rows += len(all_items(admin, f"/api/sales?seller_id={seller_id}"))
     if sale_rows != expected.acked_sales:
-        problems.append(f"{expected.acked_sales:,} sales were answered 201 but "
-                        f"{sale_rows:,} sale rows exist for these sellers")
+        problems.append(
+            f"{expected.acked_sales:,} sales were answered 201 but "
+            f"{sale_rows:,} sale rows exist for these sellers"
+        )
     audit = admin.get("/api/audit").body
     if not audit.get("consistent"):
         problems.append(f"/api/audit is not consistent: {audit.get('problems')}")
@@ -70,8 +72,10 @@ def _seller(admin: Client, seller_id: int, expected_balance: int) -> list[str]:
     entries = all_items(admin, f"/api/ledger?seller_id={seller_id}")
     ledger_sum = sum(entry["amount"] for entry in entries)
     if balance != expected_balance:
-        problems.append(f"seller {seller_id}: expected balance {expected_balance:,} (credited "
-                        f"minus acknowledged sales) but the server says {balance:,}")
+        problems.append(
+            f"seller {seller_id}: expected balance {expected_balance:,} (credited "
+            f"minus acknowledged sales) but the server says {balance:,}"
+        )
     if ledger_sum != balance:
         problems.append(f"seller {seller_id}: balance {balance:,} but ledger sum {ledger_sum:,}")
     negative = [entry["id"] for entry in entries if entry["balance_after"] < 0]

@@ -94,9 +94,14 @@ def _progress(counter) -> int:
     return len(counter) if isinstance(counter, list) else counter.value
 
 
-def run_workers(mode: str, url_for: Callable[[int], str], tokens: list[str],
-                plans: list[list[Sale]], label: str, quiet: bool = False
-                ) -> tuple[list[WorkerResult], float]:
+def run_workers(
+    mode: str,
+    url_for: Callable[[int], str],
+    tokens: list[str],
+    plans: list[list[Sale]],
+    label: str,
+    quiet: bool = False,
+) -> tuple[list[WorkerResult], float]:
     """Run one plan per worker; return the results and the wall time from the barrier."""
     runner = {"threads": _run_threads, "processes": _run_processes}[mode]
     return runner(url_for, tokens, plans, _Progress(sum(map(len, plans)), label, quiet))
@@ -123,8 +128,11 @@ def _run_processes(url_for, tokens, plans, progress) -> tuple[list[WorkerResult]
     barrier, counter = context.Barrier(len(plans) + 1), context.Value("i", 0)
     outbox = context.Queue()
     processes = [
-        context.Process(target=_process_main, daemon=True,
-                        args=(i, url_for(i), tokens, plans[i], barrier, counter, outbox))
+        context.Process(
+            target=_process_main,
+            daemon=True,
+            args=(i, url_for(i), tokens, plans[i], barrier, counter, outbox),
+        )
         for i in range(len(plans))
     ]
     for process in processes:
@@ -174,9 +182,16 @@ class _Progress:
             if not self.quiet and now - last >= 0.5:
                 done = _progress(counter)
                 rate = done / max(now - started, 1e-9)
-                print(f"\r  {self.label}: {done:,}/{self.total:,} sales, {rate:,.0f}/s ",
-                      end="", file=sys.stderr, flush=True)
+                print(
+                    f"\r  {self.label}: {done:,}/{self.total:,} sales, {rate:,.0f}/s ",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 last = now
         if not self.quiet:
-            print(f"\r  {self.label}: {_progress(counter):,}/{self.total:,} sales done" + " " * 12,
-                  file=sys.stderr, flush=True)
+            print(
+                f"\r  {self.label}: {_progress(counter):,}/{self.total:,} sales done" + " " * 12,
+                file=sys.stderr,
+                flush=True,
+            )

@@ -30,8 +30,9 @@ class Api:
             self.session.headers["Authorization"] = f"Bearer {token}"
 
     def request(self, method: str, path: str, body=None, headers=None, **kwargs):
-        return self.session.request(method, self.url + path, json=body, headers=headers,
-                                    timeout=60, **kwargs)
+        return self.session.request(
+            method, self.url + path, json=body, headers=headers, timeout=60, **kwargs
+        )
 
     def get(self, path: str, **kwargs):
         return self.request("GET", path, **kwargs)
@@ -96,7 +97,8 @@ def books(db_path: Path) -> dict[int, int]:
             running = 0
             for entry_id, amount, after in conn.execute(
                 "SELECT id, amount, balance_after FROM ledger_entry WHERE seller_id = ? "
-                "ORDER BY id", (seller_id,)
+                "ORDER BY id",
+                (seller_id,),
             ):
                 running += amount
                 assert after == running >= 0, f"I3: seller {seller_id} entry {entry_id}"

@@ -18,9 +18,14 @@ from tests.support import ROOT, ServerProcess, books, cli_audit, new_seller
 
 
 def chargebox(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "chargebox.cli", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "chargebox.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def funded_database(service) -> None:
@@ -61,8 +66,11 @@ def test_audit_of_a_missing_file_exits_2_without_creating_it(tmp_path):
 def test_audit_names_the_seller_and_entry_of_a_forged_ledger_row(service, config):
     funded_database(service)
     assert cli_audit(config.db_path).returncode == 0
-    tamper(config.db_path, "DROP TRIGGER ledger_entry_no_update",
-           "UPDATE ledger_entry SET amount = -4000 WHERE kind = 'sale' AND amount = -5000")
+    tamper(
+        config.db_path,
+        "DROP TRIGGER ledger_entry_no_update",
+        "UPDATE ledger_entry SET amount = -4000 WHERE kind = 'sale' AND amount = -5000",
+    )
 
     result = cli_audit(config.db_path)
 
@@ -74,9 +82,13 @@ def test_audit_names_the_seller_and_entry_of_a_forged_ledger_row(service, config
 
 def test_audit_catches_a_sale_deleted_with_its_entry_and_a_balance_bumped(service, config):
     funded_database(service)
-    tamper(config.db_path, "DROP TRIGGER ledger_entry_no_delete", "DROP TRIGGER sale_no_delete",
-           "DELETE FROM ledger_entry WHERE sale_id = 2",
-           "UPDATE seller SET balance = balance + 7000")
+    tamper(
+        config.db_path,
+        "DROP TRIGGER ledger_entry_no_delete",
+        "DROP TRIGGER sale_no_delete",
+        "DELETE FROM ledger_entry WHERE sale_id = 2",
+        "UPDATE seller SET balance = balance + 7000",
+    )
 
     result = cli_audit(config.db_path)
 
@@ -102,12 +114,21 @@ def test_admin_token_is_generated_once_owner_only_and_never_printed(tmp_path):
 def test_schema_creation_is_safe_when_six_processes_start_at_once(tmp_path):
     db_path = tmp_path / "cb.db"
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        results = list(pool.map(
-            lambda _: chargebox("init-db", "--db", str(db_path),
-                                env={"CHARGEBOX_ADMIN_TOKEN": ""}), range(6)))
+        results = list(
+            pool.map(
+                lambda _: chargebox(
+                    "init-db", "--db", str(db_path), env={"CHARGEBOX_ADMIN_TOKEN": ""}
+                ),
+                range(6),
+            )
+        )
     assert [r.returncode for r in results] == [0] * 6, [r.stderr for r in results]
-    tables = {name for (name,) in sqlite3.connect(db_path).execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    tables = {
+        name
+        for (name,) in sqlite3.connect(db_path).execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'"
+        )
+    }
     assert {"seller", "ledger_entry", "sale", "credit_request"} <= tables
     assert len({(tmp_path / "admin_token").read_text()}) == 1
     assert cli_audit(db_path).returncode == 0
@@ -163,8 +184,10 @@ def test_every_acknowledged_sale_survives_kill_9_of_the_server(tmp_path):
     server = ServerProcess(tmp_path / "cb.db").start()
     seller, key = new_seller(server.admin(), "durable", credit=1_000_000)
     api = server.seller(key)
-    acknowledged = [api.post("/api/sales", {"phone": "09121234567", "amount": 1_000}).json()["id"]
-                    for _ in range(100)]
+    acknowledged = [
+        api.post("/api/sales", {"phone": "09121234567", "amount": 1_000}).json()["id"]
+        for _ in range(100)
+    ]
     server.stop(signal.SIGKILL)
 
     rows = sqlite3.connect(tmp_path / "cb.db").execute("SELECT id FROM sale").fetchall()

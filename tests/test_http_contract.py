@@ -72,8 +72,9 @@ def anonymous(server):
 
 def sell(api: Api, amount: int, phone: str | None = None, key: str | None = None):
     headers = {"Idempotency-Key": key} if key is not None else None
-    return api.post("/api/sales", {"phone": phone or unique_phone(), "amount": amount},
-                    headers=headers)
+    return api.post(
+        "/api/sales", {"phone": phone or unique_phone(), "amount": amount}, headers=headers
+    )
 
 
 def balance_of(api: Api) -> int:
@@ -104,12 +105,22 @@ def test_openapi_document_is_openapi_3_and_describes_every_route(anonymous):
     assert str(document.get("openapi", "")).startswith("3.")
     paths = {re.sub(r"\{[^}]*\}", "{}", path): ops for path, ops in document["paths"].items()}
     expected = [
-        ("get", "/health"), ("post", "/api/sellers"), ("get", "/api/sellers"),
-        ("get", "/api/sellers/{}"), ("get", "/api/me"), ("post", "/api/credit-requests"),
-        ("get", "/api/credit-requests"), ("post", "/api/credit-requests/{}/approve"),
-        ("post", "/api/credit-requests/{}/reject"), ("post", "/api/sellers/{}/adjustments"),
-        ("post", "/api/sales"), ("get", "/api/sales"), ("get", "/api/ledger"),
-        ("get", "/api/phones"), ("post", "/api/phones"), ("get", "/api/audit"),
+        ("get", "/health"),
+        ("post", "/api/sellers"),
+        ("get", "/api/sellers"),
+        ("get", "/api/sellers/{}"),
+        ("get", "/api/me"),
+        ("post", "/api/credit-requests"),
+        ("get", "/api/credit-requests"),
+        ("post", "/api/credit-requests/{}/approve"),
+        ("post", "/api/credit-requests/{}/reject"),
+        ("post", "/api/sellers/{}/adjustments"),
+        ("post", "/api/sales"),
+        ("get", "/api/sales"),
+        ("get", "/api/ledger"),
+        ("get", "/api/phones"),
+        ("post", "/api/phones"),
+        ("get", "/api/audit"),
         ("get", "/openapi.json"),
     ]
     missing = [(m, p) for m, p in expected if m not in paths.get(p, {})]
@@ -162,7 +173,10 @@ def test_requesting_credit_answers_201_pending_with_location(admin, make_seller)
     assert set(created) == REQUEST_KEYS
     assert created["seller_id"] == seller["id"]
     assert (created["amount"], created["status"], created["decided_at"]) == (
-        1_000_000_000, "pending", None)
+        1_000_000_000,
+        "pending",
+        None,
+    )
     assert response.headers["Location"] == f"/api/credit-requests/{created['id']}"
     for reader in (api, admin):
         shown = reader.get(response.headers["Location"])
@@ -227,7 +241,11 @@ def test_an_adjustment_answers_201_with_its_ledger_entry(server, admin, make_sel
     entry = up.json()
     assert set(entry) >= ENTRY_KEYS
     assert (entry["seller_id"], entry["kind"], entry["amount"], entry["balance_after"]) == (
-        seller["id"], "adjustment", 900, 900)
+        seller["id"],
+        "adjustment",
+        900,
+        900,
+    )
     down = admin.post(path, {"amount": -300, "reason": "typo fix"})
     assert down.status_code == 201, down.text
     assert (down.json()["amount"], down.json()["balance_after"]) == (-300, 600)
@@ -244,7 +262,11 @@ def test_a_sale_answers_201_with_location_and_debits_the_balance(server, admin, 
     sale = response.json()
     assert set(sale) == SALE_KEYS
     assert (sale["seller_id"], sale["phone"], sale["amount"], sale["balance_after"]) == (
-        seller["id"], phone, 3_000, 7_000)
+        seller["id"],
+        phone,
+        3_000,
+        7_000,
+    )
     assert response.headers["Location"] == f"/api/sales/{sale['id']}"
     assert response.headers.get("Idempotent-Replayed") is None
     for reader in (api, admin):
@@ -256,7 +278,8 @@ def test_a_sale_answers_201_with_location_and_debits_the_balance(server, admin, 
 
 
 def test_the_ledger_after_a_flow_has_each_movement_with_running_balances(
-        server, admin, make_seller):
+    server, admin, make_seller
+):
     seller, api = make_seller()
     request_id = api.post("/api/credit-requests", {"amount": 10_000}).json()["id"]
     admin.post(f"/api/credit-requests/{request_id}/approve")
@@ -265,8 +288,11 @@ def test_the_ledger_after_a_flow_has_each_movement_with_running_balances(
         admin.post(f"/api/sellers/{seller['id']}/adjustments", {"amount": amount, "reason": "r"})
     ledger = items(api, "/api/ledger")
     assert [(e["kind"], e["amount"], e["balance_after"]) for e in ledger] == [
-        ("credit", 10_000, 10_000), ("sale", -3_000, 7_000),
-        ("adjustment", -1_000, 6_000), ("adjustment", 500, 6_500)]
+        ("credit", 10_000, 10_000),
+        ("sale", -3_000, 7_000),
+        ("adjustment", -1_000, 6_000),
+        ("adjustment", 500, 6_500),
+    ]
     assert ledger[0]["credit_request_id"] == request_id
     assert ledger[1]["sale_id"] == sale_id
     assert [e["id"] for e in ledger] == sorted(e["id"] for e in ledger)
@@ -276,8 +302,9 @@ def test_the_ledger_after_a_flow_has_each_movement_with_running_balances(
     assert audit.status_code == 200
     assert audit.json()["consistent"] is True
     rows = [row for row in audit.json()["sellers"] if row["seller_id"] == seller["id"]]
-    assert rows == [{"seller_id": seller["id"], "balance": 6_500, "ledger_sum": 6_500,
-                     "consistent": True}]
+    assert rows == [
+        {"seller_id": seller["id"], "balance": 6_500, "ledger_sum": 6_500, "consistent": True}
+    ]
 
 
 # --- phones ------------------------------------------------------------------------------
@@ -303,7 +330,8 @@ def test_phone_totals_add_up_every_sale_to_that_number(admin, make_seller):
     assert sell(second, 9_000, phone).status_code == 409
     listed = items(admin, f"/api/phones?after_id={phone_id - 1}&limit=1")
     assert [(p["id"], p["number"], p["total_charged"]) for p in listed] == [
-        (phone_id, phone, 3_500)]
+        (phone_id, phone, 3_500)
+    ]
 
 
 def test_a_sale_registers_its_number(admin, make_seller):
@@ -316,9 +344,18 @@ def test_a_sale_registers_its_number(admin, make_seller):
 
 
 ACCEPTED_FORMS = [
-    "09121234567", "9121234567", "+989121234567", "989121234567", "00989121234567",
-    "0912 123 4567", "0912-123-4567", "+98 912 123-4567", "۰۹۱۲۱۲۳۴۵۶۷", "٠٩١٢١٢٣٤٥٦٧",
-    "\u200f۰۹۱۲ ۱۲۳ ۴۵۶۷\u200f", "\u200f+۹۸۹۱۲۱۲۳۴۵۶۷",
+    "09121234567",
+    "9121234567",
+    "+989121234567",
+    "989121234567",
+    "00989121234567",
+    "0912 123 4567",
+    "0912-123-4567",
+    "+98 912 123-4567",
+    "۰۹۱۲۱۲۳۴۵۶۷",
+    "٠٩١٢١٢٣٤٥٦٧",
+    "\u200f۰۹۱۲ ۱۲۳ ۴۵۶۷\u200f",
+    "\u200f+۹۸۹۱۲۱۲۳۴۵۶۷",
 ]
 
 
@@ -351,7 +388,6 @@ def test_each_seller_sees_only_its_own_items_in_lists(admin, make_seller):
     assert items(admin, f"/api/sales?after_id={first - 1}&limit=2") == sales
 
 
-
 @pytest.mark.parametrize("limit", [1, 2, 3])
 def test_paging_walks_a_list_in_id_order_without_gaps_or_overlaps(make_seller, limit):
     _, api = make_seller()
@@ -366,8 +402,9 @@ def test_paging_walks_a_list_in_id_order_without_gaps_or_overlaps(make_seller, l
         after_id, pages = page[-1]["id"], pages + 1
     assert seen == created
     assert pages == -(-len(created) // limit)
-    assert [r["id"] for r in items(api, f"/api/credit-requests?after_id={created[3]}")] == \
-        created[4:]
+    assert [r["id"] for r in items(api, f"/api/credit-requests?after_id={created[3]}")] == created[
+        4:
+    ]
     assert len(items(api, "/api/credit-requests?limit=1000")) == len(created)
 
 
@@ -399,8 +436,7 @@ def test_the_same_key_with_another_body_is_422_and_charges_nothing(server, make_
     assert books(server.db_path)[seller["id"]] == 6_000
 
 
-def test_a_key_refused_for_credit_stays_refused_after_the_balance_grows(
-        server, admin, make_seller):
+def test_a_key_refused_for_credit_stays_refused_after_the_balance_grows(server, admin, make_seller):
     seller, api = make_seller(credit=1_000)
     phone = unique_phone()
     refused = sell(api, 5_000, phone, key="order-3")
@@ -446,12 +482,20 @@ def _refuse_400(server, api, body, headers):
     return api.request("POST", "/api/sales", data=b'{"phone": ', headers=headers)
 
 
-@pytest.mark.parametrize(("refuse", "status"), [
-    (_refuse_401, 401), (_refuse_401_unknown, 401), (_refuse_403, 403), (_refuse_413, 413),
-    (_refuse_422, 422), (_refuse_400, 400),
-])
+@pytest.mark.parametrize(
+    ("refuse", "status"),
+    [
+        (_refuse_401, 401),
+        (_refuse_401_unknown, 401),
+        (_refuse_403, 403),
+        (_refuse_413, 413),
+        (_refuse_422, 422),
+        (_refuse_400, 400),
+    ],
+)
 def test_a_request_refused_before_execution_does_not_use_up_its_key(
-        server, make_seller, refuse, status):
+    server, make_seller, refuse, status
+):
     seller, api = make_seller(credit=10_000)
     body, headers = {"phone": unique_phone(), "amount": 2_000}, {"Idempotency-Key": "order-4"}
     assert refuse(server, api, body, headers).status_code == status
@@ -478,8 +522,9 @@ def test_keys_are_scoped_to_the_seller(server, make_seller):
 @pytest.mark.parametrize("key", ["", "k" * 256, "ключ".encode(), "tab\there"])
 def test_an_invalid_idempotency_key_is_422_and_charges_nothing(server, make_seller, key):
     seller, api = make_seller(credit=5_000)
-    response = api.post("/api/sales", {"phone": unique_phone(), "amount": 1_000},
-                        headers={"Idempotency-Key": key})
+    response = api.post(
+        "/api/sales", {"phone": unique_phone(), "amount": 1_000}, headers={"Idempotency-Key": key}
+    )
     assert_error(response, 422, "validation_error")
     assert items(api, "/api/sales") == []
     assert books(server.db_path)[seller["id"]] == 5_000

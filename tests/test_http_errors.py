@@ -39,42 +39,67 @@ def anonymous(server):
 
 
 def post_raw(api: Api, path: str, data: bytes | str, headers: dict | None = None):
-    return api.request("POST", path, data=data,
-                       headers={"Content-Type": "application/json", **(headers or {})})
+    return api.request(
+        "POST", path, data=data, headers={"Content-Type": "application/json", **(headers or {})}
+    )
 
 
 # -----------------------------------------------------------------------------------------
 
 EVERY_PROTECTED_ROUTE = [
-    ("POST", "/api/sellers"), ("GET", "/api/sellers"), ("GET", "/api/sellers/1"),
-    ("GET", "/api/me"), ("POST", "/api/credit-requests"), ("GET", "/api/credit-requests"),
-    ("GET", "/api/credit-requests/1"), ("POST", "/api/credit-requests/1/approve"),
-    ("POST", "/api/credit-requests/1/reject"), ("POST", "/api/sellers/1/adjustments"),
-    ("POST", "/api/sales"), ("GET", "/api/sales"), ("GET", "/api/sales/1"),
-    ("GET", "/api/ledger"), ("GET", "/api/phones"), ("POST", "/api/phones"),
+    ("POST", "/api/sellers"),
+    ("GET", "/api/sellers"),
+    ("GET", "/api/sellers/1"),
+    ("GET", "/api/me"),
+    ("POST", "/api/credit-requests"),
+    ("GET", "/api/credit-requests"),
+    ("GET", "/api/credit-requests/1"),
+    ("POST", "/api/credit-requests/1/approve"),
+    ("POST", "/api/credit-requests/1/reject"),
+    ("POST", "/api/sellers/1/adjustments"),
+    ("POST", "/api/sales"),
+    ("GET", "/api/sales"),
+    ("GET", "/api/sales/1"),
+    ("GET", "/api/ledger"),
+    ("GET", "/api/phones"),
+    ("POST", "/api/phones"),
     ("GET", "/api/audit"),
 ]
 ADMIN_ONLY = [
-    ("POST", "/api/sellers", {"name": "x"}), ("GET", "/api/sellers", None),
-    ("GET", "/api/sellers/1", None), ("POST", "/api/credit-requests/1/approve", None),
+    ("POST", "/api/sellers", {"name": "x"}),
+    ("GET", "/api/sellers", None),
+    ("GET", "/api/sellers/1", None),
+    ("POST", "/api/credit-requests/1/approve", None),
     ("POST", "/api/credit-requests/1/reject", None),
     ("POST", "/api/sellers/1/adjustments", {"amount": 5, "reason": "r"}),
-    ("GET", "/api/phones", None), ("POST", "/api/phones", {"number": "09121234567"}),
+    ("GET", "/api/phones", None),
+    ("POST", "/api/phones", {"number": "09121234567"}),
     ("GET", "/api/audit", None),
 ]
 SELLER_ONLY = [
-    ("GET", "/api/me", None), ("POST", "/api/credit-requests", {"amount": 5}),
+    ("GET", "/api/me", None),
+    ("POST", "/api/credit-requests", {"amount": 5}),
     ("POST", "/api/sales", {"phone": "09121234567", "amount": 5}),
 ]
 
 
 @pytest.mark.parametrize(("method", "path"), EVERY_PROTECTED_ROUTE)
-@pytest.mark.parametrize("authorization", [
-    None, "Bearer no-such-token", "Bearer ", "Bearer", "Basic dXNlcjpwYXNz",
-    f"Token {ADMIN_TOKEN}", ADMIN_TOKEN, f"Bearer {ADMIN_TOKEN}x",
-])
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "Bearer no-such-token",
+        "Bearer ",
+        "Bearer",
+        "Basic dXNlcjpwYXNz",
+        f"Token {ADMIN_TOKEN}",
+        ADMIN_TOKEN,
+        f"Bearer {ADMIN_TOKEN}x",
+    ],
+)
 def test_a_missing_unknown_or_malformed_token_is_401_with_a_challenge(
-        anonymous, method, path, authorization):
+    anonymous, method, path, authorization
+):
     headers = {"Authorization": authorization} if authorization is not None else None
     response = anonymous.request(method, path, {"amount": 5}, headers=headers)
     assert_error(response, 401, "unauthorized")
@@ -115,10 +140,25 @@ def test_a_seller_reading_another_sellers_request_or_sale_gets_404(make_seller):
 # -----------------------------------------------------------------------------------------
 
 MALFORMED = [
-    b"", b" ", b"{", b"not json", b"{'amount': 5}", b'{"amount": 5', b"[]", b'[{"amount": 5}]',
-    b"1", b'"text"', b"null", b"true", b"\xff\xfe{}", b'{"amount": 5, "note": "\xc3"}',
-    b'{"amount": 5, "amount": 6}', b'{"amount": NaN}', b'{"amount": Infinity}',
-    b'{"amount": -Infinity}', b'{"amount": 5} {}',
+    b"",
+    b" ",
+    b"{",
+    b"not json",
+    b"{'amount': 5}",
+    b'{"amount": 5',
+    b"[]",
+    b'[{"amount": 5}]',
+    b"1",
+    b'"text"',
+    b"null",
+    b"true",
+    b"\xff\xfe{}",
+    b'{"amount": 5, "note": "\xc3"}',
+    b'{"amount": 5, "amount": 6}',
+    b'{"amount": NaN}',
+    b'{"amount": Infinity}',
+    b'{"amount": -Infinity}',
+    b'{"amount": 5} {}',
 ]
 
 
@@ -129,17 +169,25 @@ def test_a_body_that_is_not_a_json_object_is_400_and_records_nothing(make_seller
     assert items(api, "/api/credit-requests") == []
 
 
-@pytest.mark.parametrize(("who", "path"), [
-    ("admin", "/api/sellers"), ("seller", "/api/credit-requests"),
-    ("admin", "/api/sellers/{id}/adjustments"), ("seller", "/api/sales"),
-    ("admin", "/api/phones"),
-])
+@pytest.mark.parametrize(
+    ("who", "path"),
+    [
+        ("admin", "/api/sellers"),
+        ("seller", "/api/credit-requests"),
+        ("admin", "/api/sellers/{id}/adjustments"),
+        ("seller", "/api/sales"),
+        ("admin", "/api/phones"),
+    ],
+)
 def test_every_json_route_refuses_duplicate_keys_and_bad_utf8_with_400(
-        admin, make_seller, who, path):
+    admin, make_seller, who, path
+):
     seller, api = make_seller(credit=5_000)
     caller, path = (admin if who == "admin" else api), path.format(id=seller["id"])
-    duplicate = (b'{"name": "a", "number": "09121234567", "phone": "09121234567", '
-                 b'"amount": 5, "reason": "r", "amount": 6}')
+    duplicate = (
+        b'{"name": "a", "number": "09121234567", "phone": "09121234567", '
+        b'"amount": 5, "reason": "r", "amount": 6}'
+    )
     assert_error(post_raw(caller, path, duplicate), 400, "malformed_json")
     assert_error(post_raw(caller, path, b'{"name": "\xe9"}'), 400, "malformed_json")
     assert balance_of(api) == 5_000
@@ -154,12 +202,20 @@ def test_a_name_in_utf8_round_trips(admin):
 # -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/nope"), ("GET", "/api"), ("GET", "/api/nope"), ("GET", "/api/sellers/abc"),
-    ("GET", "/api/sellers/-1"), ("GET", "/api/sellers/1234567890123456789012"),
-    ("POST", "/api/credit-requests/1/cancel"), ("GET", "/api/sellers/1/adjustments/1"),
-    ("GET", "/index.html"),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/nope"),
+        ("GET", "/api"),
+        ("GET", "/api/nope"),
+        ("GET", "/api/sellers/abc"),
+        ("GET", "/api/sellers/-1"),
+        ("GET", "/api/sellers/1234567890123456789012"),
+        ("POST", "/api/credit-requests/1/cancel"),
+        ("GET", "/api/sellers/1/adjustments/1"),
+        ("GET", "/index.html"),
+    ],
+)
 @pytest.mark.parametrize("authorized", [True, False])
 def test_an_unknown_route_is_a_json_404(server, method, path, authorized):
     api = server.admin() if authorized else Api(server.url)
@@ -167,13 +223,18 @@ def test_an_unknown_route_is_a_json_404(server, method, path, authorized):
     api.close()
 
 
-@pytest.mark.parametrize(("method", "path", "body"), [
-    ("GET", "/api/sellers/{big}", None), ("GET", "/api/credit-requests/{big}", None),
-    ("GET", "/api/sales/{big}", None), ("POST", "/api/credit-requests/{big}/approve", None),
-    ("POST", "/api/credit-requests/{big}/reject", None),
-    ("POST", "/api/sellers/{big}/adjustments", {"amount": 5, "reason": "r"}),
-    ("POST", "/api/sellers/{big}/adjustments", {"amount": -5, "reason": "r"}),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/api/sellers/{big}", None),
+        ("GET", "/api/credit-requests/{big}", None),
+        ("GET", "/api/sales/{big}", None),
+        ("POST", "/api/credit-requests/{big}/approve", None),
+        ("POST", "/api/credit-requests/{big}/reject", None),
+        ("POST", "/api/sellers/{big}/adjustments", {"amount": 5, "reason": "r"}),
+        ("POST", "/api/sellers/{big}/adjustments", {"amount": -5, "reason": "r"}),
+    ],
+)
 def test_an_unknown_id_is_404(admin, method, path, body):
     assert_error(admin.request(method, path.format(big=BIG_ID), body), 404, "not_found")
 
@@ -184,14 +245,22 @@ def test_a_seller_asking_for_an_unknown_id_gets_404(make_seller):
     assert_error(api.get(f"/api/sales/{BIG_ID}"), 404, "not_found")
 
 
-@pytest.mark.parametrize(("method", "path", "allowed"), [
-    ("DELETE", "/api/sellers", {"GET", "POST"}), ("PUT", "/api/me", {"GET"}),
-    ("GET", "/api/credit-requests/1/approve", {"POST"}),
-    ("GET", "/api/credit-requests/1/reject", {"POST"}), ("DELETE", "/api/sales/1", {"GET"}),
-    ("PATCH", "/api/phones", {"GET", "POST"}), ("POST", "/health", {"GET"}),
-    ("POST", "/api/audit", {"GET"}), ("PUT", "/api/sellers/1/adjustments", {"POST"}),
-    ("DELETE", "/api/ledger", {"GET"}), ("POST", "/openapi.json", {"GET"}),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("DELETE", "/api/sellers", {"GET", "POST"}),
+        ("PUT", "/api/me", {"GET"}),
+        ("GET", "/api/credit-requests/1/approve", {"POST"}),
+        ("GET", "/api/credit-requests/1/reject", {"POST"}),
+        ("DELETE", "/api/sales/1", {"GET"}),
+        ("PATCH", "/api/phones", {"GET", "POST"}),
+        ("POST", "/health", {"GET"}),
+        ("POST", "/api/audit", {"GET"}),
+        ("PUT", "/api/sellers/1/adjustments", {"POST"}),
+        ("DELETE", "/api/ledger", {"GET"}),
+        ("POST", "/openapi.json", {"GET"}),
+    ],
+)
 def test_a_known_route_with_a_wrong_method_is_405_with_allow(admin, method, path, allowed):
     response = admin.request(method, path)
     assert_error(response, 405, "method_not_allowed")
@@ -251,20 +320,25 @@ def test_a_body_of_exactly_64_kib_is_accepted_and_one_byte_more_is_413(server, m
 def test_a_chunked_body_over_64_kib_is_413_and_records_nothing(server, make_seller):
     seller, api = make_seller(credit=5_000)
     body = padded(f'{{"phone": "{unique_phone()}", "amount": 1000}}', 3 * LIMIT)
-    chunks = (body[i:i + 4096] for i in range(0, len(body), 4096))
+    chunks = (body[i : i + 4096] for i in range(0, len(body), 4096))
     assert_error(post_raw(api, "/api/sales", chunks), 413, "payload_too_large")
     assert items(api, "/api/sales") == []
     assert books(server.db_path)[seller["id"]] == 5_000
 
 
-@pytest.mark.parametrize(("who", "path", "body"), [
-    ("admin", "/api/sellers", '{"name": "x"}'), ("seller", "/api/credit-requests", '{"amount": 5}'),
-    ("admin", "/api/sellers/{id}/adjustments", '{"amount": 5, "reason": "r"}'),
-    ("admin", "/api/phones", '{"number": "{phone}"}'),
-    ("admin", "/api/credit-requests/{request}/approve", "{}"),
-])
+@pytest.mark.parametrize(
+    ("who", "path", "body"),
+    [
+        ("admin", "/api/sellers", '{"name": "x"}'),
+        ("seller", "/api/credit-requests", '{"amount": 5}'),
+        ("admin", "/api/sellers/{id}/adjustments", '{"amount": 5, "reason": "r"}'),
+        ("admin", "/api/phones", '{"number": "{phone}"}'),
+        ("admin", "/api/credit-requests/{request}/approve", "{}"),
+    ],
+)
 def test_every_post_route_refuses_a_large_body_with_413_and_does_nothing(
-        server, admin, make_seller, who, path, body):
+    server, admin, make_seller, who, path, body
+):
     seller, api = make_seller(credit=5_000)
     request_id = api.post("/api/credit-requests", {"amount": 7}).json()["id"]
     caller = admin if who == "admin" else api
@@ -281,8 +355,24 @@ def test_every_post_route_refuses_a_large_body_with_413_and_does_nothing(
 # -----------------------------------------------------------------------------------------
 
 BAD_AMOUNTS = [
-    "1.5", "1000.0", "1e3", "1E3", "1000e0", '"1000"', '"1e3"', "true", "false", "null", "0",
-    "-0", "-5", "1000000001", "1e400", "100000000000000000000000000", "[1000]", '{"v": 1}',
+    "1.5",
+    "1000.0",
+    "1e3",
+    "1E3",
+    "1000e0",
+    '"1000"',
+    '"1e3"',
+    "true",
+    "false",
+    "null",
+    "0",
+    "-0",
+    "-5",
+    "1000000001",
+    "1e400",
+    "100000000000000000000000000",
+    "[1000]",
+    '{"v": 1}',
 ]
 
 
@@ -301,34 +391,39 @@ def test_a_bad_amount_is_422_on_amount_and_records_nothing(server, make_seller, 
 @pytest.mark.parametrize("amount", [a for a in BAD_AMOUNTS if a != "-5"] + ["-1000000001"])
 def test_a_bad_adjustment_amount_is_422_and_records_nothing(server, admin, make_seller, amount):
     seller, api = make_seller(credit=5_000)
-    adjusted = post_raw(admin, f"/api/sellers/{seller['id']}/adjustments",
-                        f'{{"amount": {amount}, "reason": "r"}}')
+    adjusted = post_raw(
+        admin, f"/api/sellers/{seller['id']}/adjustments", f'{{"amount": {amount}, "reason": "r"}}'
+    )
     assert_error(adjusted, 422, "validation_error", "amount")
     assert len(items(api, "/api/ledger")) == 1
     assert books(server.db_path)[seller["id"]] == 5_000
 
 
-@pytest.mark.parametrize(("who", "path", "body", "field"), [
-    ("seller", "/api/credit-requests", {}, "amount"),
-    ("seller", "/api/credit-requests", {"amount": 5, "note": "x"}, "note"),
-    ("seller", "/api/credit-requests", {"amount": 5, "seller_id": 1}, "seller_id"),
-    ("seller", "/api/sales", {"amount": 5}, "phone"),
-    ("seller", "/api/sales", {"phone": "09121234567"}, "amount"),
-    ("seller", "/api/sales", {"phone": "09121234567", "amount": 5, "price": 1}, "price"),
-    ("admin", "/api/sellers", {}, "name"),
-    ("admin", "/api/sellers", {"name": "x", "balance": 10**6}, "balance"),
-    ("admin", "/api/phones", {}, "number"),
-    ("admin", "/api/phones", {"number": "09121234567", "total_charged": 5}, "total_charged"),
-    ("admin", "/api/sellers/{id}/adjustments", {"amount": 5}, "reason"),
-    ("admin", "/api/sellers/{id}/adjustments", {"reason": "r"}, "amount"),
-    ("admin", "/api/sellers/{id}/adjustments", {"amount": 0, "reason": "r"}, "amount"),
-    ("admin", "/api/sellers/{id}/adjustments", {"amount": 5, "reason": ""}, "reason"),
-    ("admin", "/api/sellers/{id}/adjustments", {"amount": 5, "reason": "  "}, "reason"),
-    ("admin", "/api/sellers/{id}/adjustments", {"amount": 5, "reason": None}, "reason"),
-    ("admin", "/api/sellers/{id}/adjustments", {"amount": 5, "reason": "r" * 501}, "reason"),
-])
+@pytest.mark.parametrize(
+    ("who", "path", "body", "field"),
+    [
+        ("seller", "/api/credit-requests", {}, "amount"),
+        ("seller", "/api/credit-requests", {"amount": 5, "note": "x"}, "note"),
+        ("seller", "/api/credit-requests", {"amount": 5, "seller_id": 1}, "seller_id"),
+        ("seller", "/api/sales", {"amount": 5}, "phone"),
+        ("seller", "/api/sales", {"phone": "09121234567"}, "amount"),
+        ("seller", "/api/sales", {"phone": "09121234567", "amount": 5, "price": 1}, "price"),
+        ("admin", "/api/sellers", {}, "name"),
+        ("admin", "/api/sellers", {"name": "x", "balance": 10**6}, "balance"),
+        ("admin", "/api/phones", {}, "number"),
+        ("admin", "/api/phones", {"number": "09121234567", "total_charged": 5}, "total_charged"),
+        ("admin", "/api/sellers/{id}/adjustments", {"amount": 5}, "reason"),
+        ("admin", "/api/sellers/{id}/adjustments", {"reason": "r"}, "amount"),
+        ("admin", "/api/sellers/{id}/adjustments", {"amount": 0, "reason": "r"}, "amount"),
+        ("admin", "/api/sellers/{id}/adjustments", {"amount": 5, "reason": ""}, "reason"),
+        ("admin", "/api/sellers/{id}/adjustments", {"amount": 5, "reason": "  "}, "reason"),
+        ("admin", "/api/sellers/{id}/adjustments", {"amount": 5, "reason": None}, "reason"),
+        ("admin", "/api/sellers/{id}/adjustments", {"amount": 5, "reason": "r" * 501}, "reason"),
+    ],
+)
 def test_a_missing_unknown_or_empty_field_is_422_naming_it(
-        server, admin, make_seller, who, path, body, field):
+    server, admin, make_seller, who, path, body, field
+):
     seller, api = make_seller(credit=5_000)
     caller = admin if who == "admin" else api
     assert_error(caller.post(path.format(id=seller["id"]), body), 422, "validation_error", field)
@@ -337,17 +432,32 @@ def test_a_missing_unknown_or_empty_field_is_422_naming_it(
 
 
 BAD_PHONES = [
-    "0912123456", "091212345678", "0912abc4567", "०९१२१२३४५६७", "０９１２１２３４５６７",
-    "02112345678", "+982112345678", "+14155552671", "08121234567", "", "   ", "09121234567x",
-    "+98+9121234567", "0912\n1234567", 9121234567, None, ["09121234567"],
+    "0912123456",
+    "091212345678",
+    "0912abc4567",
+    "०९१२१२३४५६७",
+    "０９１２１２３４５６７",
+    "02112345678",
+    "+982112345678",
+    "+14155552671",
+    "08121234567",
+    "",
+    "   ",
+    "09121234567x",
+    "+98+9121234567",
+    "0912\n1234567",
+    9121234567,
+    None,
+    ["09121234567"],
 ]
 
 
 @pytest.mark.parametrize("phone", BAD_PHONES)
 def test_a_phone_that_is_not_an_iranian_mobile_is_422(server, admin, make_seller, phone):
     seller, api = make_seller(credit=5_000)
-    assert_error(api.post("/api/sales", {"phone": phone, "amount": 100}),
-                 422, "validation_error", "phone")
+    assert_error(
+        api.post("/api/sales", {"phone": phone, "amount": 100}), 422, "validation_error", "phone"
+    )
     assert_error(admin.post("/api/phones", {"number": phone}), 422, "validation_error", "number")
     assert items(api, "/api/sales") == []
     assert books(server.db_path)[seller["id"]] == 5_000
@@ -366,10 +476,18 @@ def test_a_seller_name_of_200_characters_is_accepted(admin):
 
 LIST_PATHS = ["/api/sellers", "/api/credit-requests", "/api/sales", "/api/ledger", "/api/phones"]
 BAD_QUERIES = [
-    ("limit=0", "limit"), ("limit=1001", "limit"), ("limit=abc", "limit"), ("limit=", "limit"),
-    ("limit=-1", "limit"), ("limit=1.5", "limit"), ("limit=%EF%BC%95", "limit"),
-    ("after_id=-1", "after_id"), ("after_id=x", "after_id"), ("bogus=1", "bogus"),
-    ("limit=1&limit=2", "limit"), ("after_id=1&after_id=1", "after_id"),
+    ("limit=0", "limit"),
+    ("limit=1001", "limit"),
+    ("limit=abc", "limit"),
+    ("limit=", "limit"),
+    ("limit=-1", "limit"),
+    ("limit=1.5", "limit"),
+    ("limit=%EF%BC%95", "limit"),
+    ("after_id=-1", "after_id"),
+    ("after_id=x", "after_id"),
+    ("bogus=1", "bogus"),
+    ("limit=1&limit=2", "limit"),
+    ("after_id=1&after_id=1", "after_id"),
 ]
 
 
@@ -379,15 +497,20 @@ def test_a_bad_list_parameter_is_422_naming_it(admin, path, query, field):
     assert_error(admin.get(f"{path}?{query}"), 422, "validation_error", field)
 
 
-@pytest.mark.parametrize(("path", "query", "field"), [
-    ("/api/credit-requests", "status=bogus", "status"),
-    ("/api/credit-requests", "status=", "status"),
-    ("/api/credit-requests", "status=PENDING", "status"),
-    ("/api/credit-requests", "seller_id=abc", "seller_id"),
-    ("/api/sales", "seller_id=-3", "seller_id"), ("/api/ledger", "seller_id=", "seller_id"),
-    ("/api/sales", "status=pending", "status"), ("/api/sellers", "seller_id=1", "seller_id"),
-    ("/api/phones", "seller_id=1", "seller_id"),
-])
+@pytest.mark.parametrize(
+    ("path", "query", "field"),
+    [
+        ("/api/credit-requests", "status=bogus", "status"),
+        ("/api/credit-requests", "status=", "status"),
+        ("/api/credit-requests", "status=PENDING", "status"),
+        ("/api/credit-requests", "seller_id=abc", "seller_id"),
+        ("/api/sales", "seller_id=-3", "seller_id"),
+        ("/api/ledger", "seller_id=", "seller_id"),
+        ("/api/sales", "status=pending", "status"),
+        ("/api/sellers", "seller_id=1", "seller_id"),
+        ("/api/phones", "seller_id=1", "seller_id"),
+    ],
+)
 def test_a_filter_that_is_invalid_or_not_offered_by_the_list_is_422(admin, path, query, field):
     assert_error(admin.get(f"{path}?{query}"), 422, "validation_error", field)
 

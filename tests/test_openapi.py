@@ -29,8 +29,12 @@ PUBLIC = {("GET", "/health"), ("GET", "/openapi.json")}
 
 
 def operations() -> dict[tuple[str, str], dict]:
-    return {(method.upper(), path): operation for path, item in DOC["paths"].items()
-            for method, operation in item.items() if method in METHODS}
+    return {
+        (method.upper(), path): operation
+        for path, item in DOC["paths"].items()
+        for method, operation in item.items()
+        if method in METHODS
+    }
 
 
 def conforms(response: requests.Response, path: str) -> dict | list:
@@ -38,9 +42,21 @@ def conforms(response: requests.Response, path: str) -> dict | list:
     method = response.request.method.lower()
     status = str(response.status_code)
     assert status in DOC["paths"][path][method]["responses"], (
-        f"{method.upper()} {path} answered undocumented {status}: {response.text}")
-    pointer = "/".join(("", "paths", path.replace("~", "~0").replace("/", "~1"), method,
-                        "responses", status, "content", "application~1json", "schema"))
+        f"{method.upper()} {path} answered undocumented {status}: {response.text}"
+    )
+    pointer = "/".join(
+        (
+            "",
+            "paths",
+            path.replace("~", "~0").replace("/", "~1"),
+            method,
+            "responses",
+            status,
+            "content",
+            "application~1json",
+            "schema",
+        )
+    )
     body = response.json()
     validate_instance(body, {"$ref": f"{URI}#{pointer}"}, cls=OAS31Validator, registry=REGISTRY)
     return body
@@ -57,8 +73,11 @@ def test_the_document_is_a_valid_openapi_3_document():
 
 def test_every_installed_route_is_documented_and_nothing_else(tmp_path):
     app = create_app(Config(db_path=tmp_path / "x.db", admin_token="t"))
-    installed = {(route.method, re.sub(r"<[^>]*>", "{id}", route.rule))
-                 for route in app.routes if route.method != "HEAD"}
+    installed = {
+        (route.method, re.sub(r"<[^>]*>", "{id}", route.rule))
+        for route in app.routes
+        if route.method != "HEAD"
+    }
     assert installed - set(operations()) == set(), "installed but not documented"
     assert set(operations()) - installed == set(), "documented but not installed"
 
@@ -116,16 +135,22 @@ def test_real_answers_of_a_sellers_day_fit_the_documented_schemas(server, admin)
     assert conforms(again, "/api/sales") == sold.json()
     assert again.headers["Idempotent-Replayed"] == "true"
     assert conforms(own.get(f"/api/sales/{sold.json()['id']}"), "/api/sales/{id}")
-    adjusted = admin.post(f"/api/sellers/{seller['id']}/adjustments",
-                          {"amount": -500, "reason": "refund fee"})
+    adjusted = admin.post(
+        f"/api/sellers/{seller['id']}/adjustments", {"amount": -500, "reason": "refund fee"}
+    )
     assert adjusted.status_code == 201
     assert conforms(adjusted, "/api/sellers/{id}/adjustments")["kind"] == "adjustment"
     assert conforms(admin.get(f"/api/sellers/{seller['id']}"), "/api/sellers/{id}")
     mine = f"?seller_id={seller['id']}"
-    for api, path, query in ((own, "/api/sales", ""), (own, "/api/ledger", ""),
-                             (admin, "/api/ledger", mine), (own, "/api/credit-requests", ""),
-                             (admin, "/api/credit-requests", mine + "&status=approved"),
-                             (admin, "/api/phones", ""), (admin, "/api/sellers", "?limit=1000")):
+    for api, path, query in (
+        (own, "/api/sales", ""),
+        (own, "/api/ledger", ""),
+        (admin, "/api/ledger", mine),
+        (own, "/api/credit-requests", ""),
+        (admin, "/api/credit-requests", mine + "&status=approved"),
+        (admin, "/api/phones", ""),
+        (admin, "/api/sellers", "?limit=1000"),
+    ):
         listed = api.get(path + query)
         assert listed.status_code == 200 and conforms(listed, path)["items"], (path, query)
     kinds = [entry["kind"] for entry in own.get("/api/ledger").json()["items"]]
@@ -142,8 +167,9 @@ def test_real_error_answers_fit_the_documented_error_schemas(server, admin):
     seller, key = new_seller(admin, "Openapi Errors", credit=1_000)
     other, other_key = new_seller(admin, "Openapi Other", credit=1_000)
     own, anonymous = server.seller(key), Api(server.url)
-    other_sale = server.seller(other_key).post("/api/sales", {"phone": "09120000001",
-                                                              "amount": 10}).json()
+    other_sale = (
+        server.seller(other_key).post("/api/sales", {"phone": "09120000001", "amount": 10}).json()
+    )
     assert error_code(anonymous.get("/api/me"), "/api/me") == "unauthorized"
     assert error_code(Api(server.url, "nope").get("/api/ledger"), "/api/ledger") == "unauthorized"
     assert error_code(own.get("/api/sellers"), "/api/sellers") == "forbidden"
@@ -163,17 +189,21 @@ def test_real_error_answers_fit_the_documented_error_schemas(server, admin):
     assert error_code(floaty, "/api/credit-requests") == "validation_error"
     assert error_code(own.get("/api/ledger?page=2"), "/api/ledger") == "validation_error"
     own.post("/api/sales", {"phone": "09121112233", "amount": 1}, headers={"Idempotency-Key": "k"})
-    reused = own.post("/api/sales", {"phone": "09121112233", "amount": 2},
-                      headers={"Idempotency-Key": "k"})
+    reused = own.post(
+        "/api/sales", {"phone": "09121112233", "amount": 2}, headers={"Idempotency-Key": "k"}
+    )
     assert error_code(reused, "/api/sales") == "idempotency_key_reused"
-    broken = own.request("POST", "/api/sales", data=b'{"phone": ', headers={
-        "Content-Type": "application/json"})
+    broken = own.request(
+        "POST", "/api/sales", data=b'{"phone": ', headers={"Content-Type": "application/json"}
+    )
     assert error_code(broken, "/api/sales") == "malformed_json"
     huge = own.post("/api/sales", {"phone": "0912" + " " * 70_000, "amount": 1})
     assert huge.status_code == 413 and error_code(huge, "/api/sales") == "payload_too_large"
     error_schema = {"$ref": f"{URI}#/components/schemas/Error"}
-    for response, code in ((admin.get("/api/nowhere"), "not_found"),
-                           (admin.request("DELETE", "/api/sales"), "method_not_allowed")):
+    for response, code in (
+        (admin.get("/api/nowhere"), "not_found"),
+        (admin.request("DELETE", "/api/sales"), "method_not_allowed"),
+    ):
         validate_instance(response.json(), error_schema, cls=OAS31Validator, registry=REGISTRY)
         assert response.json()["error"]["code"] == code
     for api in (own, anonymous):

@@ -67,8 +67,10 @@ def test_overspend_race_sells_exactly_what_the_balance_covers(server, admin, mod
     assert sum(sold for _, sold, _ in results) == 500_000
     assert assert_books_reconcile(server, admin)[seller["id"]] == 0
     elapsed = max(seconds for _, _, seconds in results)
-    print(f"\noverspend race ({mode}): {len(statuses)} sale attempts in {elapsed:.2f} s "
-          f"= {len(statuses) / elapsed:.0f} requests/s")
+    print(
+        f"\noverspend race ({mode}): {len(statuses)} sale attempts in {elapsed:.2f} s "
+        f"= {len(statuses) / elapsed:.0f} requests/s"
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -76,8 +78,9 @@ def test_20_concurrent_copies_of_one_idempotent_sale_sell_once(server, admin, mo
     """20 copies of one keyed sale race: all get the original 201 and body; one sale exists."""
     seller, key = new_seller(admin, f"idempotent-{mode}", credit=100_000)
 
-    results = run_parallel(mode, 20, sell_with_key, server.url, key, f"order-{mode}",
-                           "0912 000 1111", 7_000)
+    results = run_parallel(
+        mode, 20, sell_with_key, server.url, key, f"order-{mode}", "0912 000 1111", 7_000
+    )
 
     assert {status for status, _, _ in results} == {201}
     assert len({repr(body) for _, body, _ in results}) == 1

@@ -18,10 +18,35 @@ from tests.support import ADMIN_TOKEN, ROOT, new_seller
 def test_a_small_run_in_both_modes_reconciles_and_reports_every_round(tmp_path):
     """As a user runs it: replays and overspend on, two server processes on one file."""
     result = subprocess.run(
-        [sys.executable, "-m", "stress", "run", "--sellers", "2", "--credits", "4",
-         "--sales", "120", "--workers", "4", "--mode", "both", "--replay-fraction", "0.25",
-         "--overspend", "0.3", "--server-procs", "2", "--quiet", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "stress",
+            "run",
+            "--sellers",
+            "2",
+            "--credits",
+            "4",
+            "--sales",
+            "120",
+            "--workers",
+            "4",
+            "--mode",
+            "both",
+            "--replay-fraction",
+            "0.25",
+            "--overspend",
+            "0.3",
+            "--server-procs",
+            "2",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "books reconcile in every round" in result.stdout
@@ -40,8 +65,9 @@ def funded(fresh_server):
     admin = fresh_server.admin()
     seller, key = new_seller(admin, "verified", credit=50_000)
     for _ in range(3):
-        sale = fresh_server.seller(key).post("/api/sales", {"phone": "09121234567",
-                                                            "amount": 5_000})
+        sale = fresh_server.seller(key).post(
+            "/api/sales", {"phone": "09121234567", "amount": 5_000}
+        )
         assert sale.status_code == 201
     client = Client(fresh_server.url, ADMIN_TOKEN)
     yield fresh_server, client, seller["id"]

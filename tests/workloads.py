@@ -46,8 +46,10 @@ def run_parallel(mode: str, workers: int, task, *args, processes: int = 8) -> li
     barrier = context.Barrier(workers)
     outbox = context.Queue()
     per_process = [list(range(i, workers, processes)) for i in range(min(processes, workers))]
-    children = [context.Process(target=_process_main, args=(indices, task, barrier, outbox, args))
-                for indices in per_process]
+    children = [
+        context.Process(target=_process_main, args=(indices, task, barrier, outbox, args))
+        for indices in per_process
+    ]
     for child in children:
         child.start()
     collected: dict = {}
@@ -115,11 +117,17 @@ def sell_with_key(index, barrier, url, key, idempotency_key, phone, amount):
     api = Api(url, key)
     api.get("/api/me")
     barrier.wait()
-    response = api.post("/api/sales", {"phone": phone, "amount": amount},
-                        headers={"Idempotency-Key": idempotency_key})
+    response = api.post(
+        "/api/sales",
+        {"phone": phone, "amount": amount},
+        headers={"Idempotency-Key": idempotency_key},
+    )
     api.close()
-    return (response.status_code, response.json(),
-            response.headers.get("Idempotent-Replayed") == "true")
+    return (
+        response.status_code,
+        response.json(),
+        response.headers.get("Idempotent-Replayed") == "true",
+    )
 
 
 def mixed(index, barrier, url, admin_token, sellers, operations, seed):
@@ -164,8 +172,10 @@ def mixed(index, barrier, url, admin_token, sellers, operations, seed):
                 delta[seller_id] += amount
         else:
             amount = rng.choice((-50_000, -5_000, 5_000, 50_000))
-            response = admin.post(f"/api/sellers/{seller_id}/adjustments",
-                                  {"amount": amount, "reason": f"worker {index} op {n}"})
+            response = admin.post(
+                f"/api/sellers/{seller_id}/adjustments",
+                {"amount": amount, "reason": f"worker {index} op {n}"},
+            )
             assert response.status_code in (201, 409), response.text
             if response.status_code == 201:
                 delta[seller_id] += amount
