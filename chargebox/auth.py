@@ -64,9 +64,7 @@ def authenticate(header: str | None, admin_token: str | None) -> Principal:
     if admin_token and hmac.compare_digest(presented, admin_token.encode("utf-8")):
         return ADMIN
     digest = hash_key(token)
-    rows = db.database.execute_sql(
-        "SELECT id, api_key_hash FROM seller WHERE api_key_hash = ?", (digest,)
-    ).fetchall()
+    rows = db.rows("SELECT id, api_key_hash FROM seller WHERE api_key_hash = ?", (digest,))
     if rows and hmac.compare_digest(rows[0][1], digest):
         return Principal("seller", rows[0][0])
     raise Unauthorized("unknown token")

@@ -39,6 +39,8 @@ class Config:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     synchronous: str = DEFAULT_SYNCHRONOUS
     busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
+    # Concurrent writes share one transaction (each in its own savepoint), see writer.py.
+    group_commit: bool = True
 
     def __post_init__(self) -> None:
         if self.synchronous not in SYNCHRONOUS_LEVELS:
@@ -75,6 +77,8 @@ def env_defaults(environ: Mapping[str, str] = os.environ) -> dict:
     for name, field in numeric.items():
         if environ.get(name):
             values[field] = _positive_int(name, environ[name])
+    if environ.get("CHARGEBOX_GROUP_COMMIT"):
+        values["group_commit"] = environ["CHARGEBOX_GROUP_COMMIT"].lower() not in ("0", "no", "off")
     if environ.get("CHARGEBOX_SYNCHRONOUS"):
         values["synchronous"] = environ["CHARGEBOX_SYNCHRONOUS"].upper()
     return values

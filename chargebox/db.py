@@ -92,6 +92,31 @@ def write_tx() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def savepoint() -> Iterator[None]:
+    """A nested, individually undoable part of the open write transaction."""
+    if not in_write_tx():
+        raise AssertionError("a savepoint needs an open write_tx()")
+    conn = database.connection()
+    conn.execute("SAVEPOINT part")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK TO part")
+        conn.execute("RELEASE part")
+        raise
+    conn.execute("RELEASE part")
+
+
+def execute(sql: str, params: tuple = ()) -> sqlite3.Cursor:
+    """Run one statement on this thread's connection, without peewee's query hooks."""
+    return database.connection().execute(sql, params)
+
+
+def rows(sql: str, params: tuple = ()) -> list[tuple]:
+    return database.connection().execute(sql, params).fetchall()
+
+
+@contextlib.contextmanager
 def read_tx() -> Iterator[None]:
     """A consistent snapshot for multi-statement reads (WAL readers never block writers)."""
     with translate_errors(), database.atomic(lock_type="DEFERRED"):

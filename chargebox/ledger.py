@@ -17,10 +17,6 @@ from chargebox.money import check_balance
 AUDIT_PROBLEM_CAP = 100
 
 
-def _rows(sql: str, params: tuple = ()) -> list[tuple]:
-    return db.database.execute_sql(sql, params).fetchall()
-
-
 def _require_write_tx() -> None:
     if not db.in_write_tx():
         raise AssertionError("money moves only inside db.write_tx()")
@@ -31,7 +27,7 @@ _GUARD = "FROM seller WHERE id = ? AND balance + ? BETWEEN 0 AND ?"
 
 def _refuse(seller_id: int, delta: int) -> None:
     """Say why a guarded movement matched no row: no seller, not enough credit, or the cap."""
-    found = _rows("SELECT balance FROM seller WHERE id = ?", (seller_id,))
+    found = db.rows("SELECT balance FROM seller WHERE id = ?", (seller_id,))
     if not found:
         raise NotFound(f"seller {seller_id} does not exist")
     if delta < 0:
@@ -53,7 +49,7 @@ def _move(
     The entry comes first: the database refuses a balance UPDATE that does not land
     on the newest entry's balance_after, so no balance can change without its entry.
     """
-    rows = _rows(
+    rows = db.rows(
         "INSERT INTO ledger_entry (seller_id, kind, amount, balance_after, credit_request_id,"
         f" sale_id, reason, created_at) SELECT id, ?, ?, balance + ?, ?, ?, ?, ? {_GUARD} "
         "RETURNING id, balance_after",
@@ -73,7 +69,7 @@ def _move(
     if not rows:
         _refuse(seller_id, delta)
     entry_id, balance_after = rows[0]
-    updated = _rows(
+    updated = db.rows(
         "UPDATE seller SET balance = balance + ? WHERE id = ? AND balance + ? BETWEEN 0 AND ? "
         "RETURNING balance",
         (delta, seller_id, delta, MAX_BALANCE),
@@ -96,7 +92,7 @@ def _move(
 def approve_credit_request(request_id: int, now: str) -> dict:
     """Mark a pending request approved and credit its seller, exactly once (I4)."""
     _require_write_tx()
-    rows = _rows(
+    rows = db.rows(
         "UPDATE credit_request SET status = 'approved', decided_at = ? "
         "WHERE id = ? AND status = 'pending' RETURNING seller_id, amount, created_at",
         (now, request_id),
@@ -116,7 +112,7 @@ def approve_credit_request(request_id: int, now: str) -> dict:
 
 
 def raise_not_pending(request_id: int) -> None:
-    found = _rows("SELECT status FROM credit_request WHERE id = ?", (request_id,))
+    found = db.rows("SELECT status FROM credit_request WHERE id = ?", (request_id,))
     if not found:
         raise NotFound(f"credit request {request_id} does not exist")
     raise NotPending(f"credit request {request_id} is already {found[0][0]}")
@@ -136,7 +132,7 @@ def sell(seller_id: int, number: str, amount: int, now: str) -> dict:
     sale's phone reference is checked at COMMIT (deferred), after the phone upsert.
     """
     _require_write_tx()
-    rows = _rows(
+    rows = db.rows(
         "INSERT INTO sale (seller_id, phone, amount, balance_after, created_at) "
         f"SELECT id, ?, ?, balance + ?, ? {_GUARD} RETURNING id, balance_after",
         (number, amount, -amount, now, seller_id, -amount, MAX_BALANCE),
@@ -145,7 +141,7 @@ def sell(seller_id: int, number: str, amount: int, now: str) -> dict:
         _refuse(seller_id, -amount)
     sale_id, balance_after = rows[0]
     _move(seller_id, -amount, "sale", now, sale_id=sale_id)
-    _rows(
+    db.rows(
         "INSERT INTO phone (number, total_charged, created_at) VALUES (?, ?, ?) "
         "ON CONFLICT (number) DO UPDATE SET total_charged = total_charged + excluded.total_charged",
         (number, amount, now),
@@ -226,13 +222,13 @@ _AUDIT_CHECKS = (
 def audit() -> dict:
     """Re-check I1-I5 and the cross-links from the rows, in one read snapshot."""
     with db.read_tx():
-        sellers = _rows(
+        sellers = db.rows(
             "SELECT s.id, s.balance, COALESCE(SUM(l.amount), 0) FROM seller s "
             "LEFT JOIN ledger_entry l ON l.seller_id = s.id GROUP BY s.id ORDER BY s.id"
         )
         problems = []
         for invariant, sql in _AUDIT_CHECKS:
-            for seller_id, entry_id, message in _rows(sql):
+            for seller_id, entry_id, message in db.rows(sql):
                 problems.append(
                     {
                         "invariant": invariant,
@@ -250,7 +246,7 @@ def audit() -> dict:
             }
             for name in db.missing_triggers()
         )
-        totals = _rows(
+        totals = db.rows(
             "SELECT (SELECT COUNT(*) FROM seller), (SELECT COUNT(*) FROM ledger_entry), "
             "(SELECT COUNT(*) FROM sale), (SELECT COALESCE(SUM(balance), 0) FROM seller)"
         )[0]

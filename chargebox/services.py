@@ -12,6 +12,8 @@ import dataclasses
 import datetime
 import hashlib
 import unicodedata
+from collections.abc import Callable
+from typing import TypeVar
 
 from chargebox import auth, db, ledger
 from chargebox.config import Config
@@ -23,7 +25,10 @@ from chargebox.errors import (
 )
 from chargebox.money import parse_amount, parse_signed_amount
 from chargebox.phones import normalize_phone
+from chargebox.writer import GroupWriter
 
+T = TypeVar("T")
+WRITER = GroupWriter()  # one per process: group commit for every write of this process
 MAX_NAME_LENGTH = 200
 MAX_REASON_LENGTH = 500
 MAX_KEY_LENGTH = 255
@@ -73,12 +78,8 @@ def check_idempotency_key(key: str | None) -> str | None:
     return key
 
 
-def _rows(sql: str, params: tuple = ()) -> list[tuple]:
-    return db.database.execute_sql(sql, params).fetchall()
-
-
 def _dicts(sql: str, params: tuple = ()) -> list[dict]:
-    cursor = db.database.execute_sql(sql, params)
+    cursor = db.execute(sql, params)
     names = [column[0] for column in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
@@ -98,6 +99,14 @@ class Chargebox:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.writer = WRITER if config.group_commit else None
+
+    def _write(self, work: Callable[[], T]) -> T:
+        """The one door to a write: the process's group writer, or a transaction of its own."""
+        if self.writer is not None:
+            return self.writer.submit(work)
+        with db.write_tx():
+            return work()
 
     # --- sellers ---------------------------------------------------------------------------
 
@@ -106,11 +115,15 @@ class Chargebox:
         name = clean_text(name, "name", MAX_NAME_LENGTH)
         key, key_hash = auth.new_api_key()
         created = now()
-        with db.write_tx():
-            seller_id = db.database.execute_sql(
-                "INSERT INTO seller (name, balance, api_key_hash, created_at) VALUES (?, 0, ?, ?)",
-                (name, key_hash, created),
-            ).lastrowid
+        seller_id = self._write(
+            lambda: (
+                db.execute(
+                    "INSERT INTO seller (name, balance, api_key_hash, created_at) "
+                    "VALUES (?, 0, ?, ?)",
+                    (name, key_hash, created),
+                ).lastrowid
+            )
+        )
         return {"id": seller_id, "name": name, "balance": 0, "created_at": created}, key
 
     def get_seller(self, seller_id: int) -> dict:
@@ -124,12 +137,15 @@ class Chargebox:
     def request_credit(self, seller_id: int, amount: object) -> dict:
         amount = parse_amount(amount, self.config.max_amount)
         created = now()
-        with db.write_tx():
-            request_id = db.database.execute_sql(
-                "INSERT INTO credit_request (seller_id, amount, status, created_at) "
-                "VALUES (?, ?, 'pending', ?)",
-                (seller_id, amount, created),
-            ).lastrowid
+        request_id = self._write(
+            lambda: (
+                db.execute(
+                    "INSERT INTO credit_request (seller_id, amount, status, created_at) "
+                    "VALUES (?, ?, 'pending', ?)",
+                    (seller_id, amount, created),
+                ).lastrowid
+            )
+        )
         return {
             "id": request_id,
             "seller_id": seller_id,
@@ -143,19 +159,18 @@ class Chargebox:
         return self._one(_REQUEST + " WHERE id = ?", request_id, "credit request")
 
     def approve_credit_request(self, request_id: int) -> dict:
-        with db.write_tx():
-            return ledger.approve_credit_request(request_id, now())
+        return self._write(lambda: ledger.approve_credit_request(request_id, now()))
 
     def reject_credit_request(self, request_id: int) -> dict:
-        decided = now()
-        with db.write_tx():
-            rows = _rows(
+        def reject() -> None:
+            if not db.rows(
                 "UPDATE credit_request SET status = 'rejected', decided_at = ? "
                 "WHERE id = ? AND status = 'pending' RETURNING id",
-                (decided, request_id),
-            )
-            if not rows:
+                (now(), request_id),
+            ):
                 ledger.raise_not_pending(request_id)
+
+        self._write(reject)
         return self.get_credit_request(request_id)
 
     def list_credit_requests(
@@ -170,8 +185,7 @@ class Chargebox:
     def adjust_balance(self, seller_id: int, amount: object, reason: object) -> dict:
         amount = parse_signed_amount(amount, self.config.max_amount)
         reason = clean_text(reason, "reason", MAX_REASON_LENGTH)
-        with db.write_tx():
-            return ledger.adjust(seller_id, amount, reason, now())
+        return self._write(lambda: ledger.adjust(seller_id, amount, reason, now()))
 
     def sell(
         self, seller_id: int, phone: object, amount: object, idempotency_key: str | None = None
@@ -181,41 +195,51 @@ class Chargebox:
         amount = parse_amount(amount, self.config.max_amount)
         key = check_idempotency_key(idempotency_key)
         if key is None:
-            with db.write_tx():
-                return SaleResult(ledger.sell(seller_id, number, amount, now()), False)
+            return SaleResult(
+                self._write(lambda: ledger.sell(seller_id, number, amount, now())), False
+            )
         fingerprint = hashlib.sha256(f"{number}|{amount}".encode()).hexdigest()
         earlier = self._replay(seller_id, key, fingerprint)  # fast path, no write lock
         if earlier is not None:
             return earlier
-        refusal = None
-        with db.write_tx():
-            earlier = self._replay(seller_id, key, fingerprint)  # a copy may have won the race
-            if earlier is not None:
-                return earlier
-            created = now()
-            try:
-                sale = ledger.sell(seller_id, number, amount, created)
-            except InsufficientCredit as exc:  # nothing was written; the refusal is final
-                refusal, sale = exc, None
-            db.database.execute_sql(
-                "INSERT INTO idempotency_record (seller_id, key, request_hash, sale_id,"
-                " error_code, error_message, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    seller_id,
-                    key,
-                    fingerprint,
-                    sale and sale["id"],
-                    refusal and refusal.code,
-                    refusal and refusal.message,
-                    created,
-                ),
-            )
-        if refusal is not None:
-            raise refusal
-        return SaleResult(sale, False)
+        outcome = self._write(lambda: self._sell_once(seller_id, key, fingerprint, number, amount))
+        if isinstance(outcome, InsufficientCredit):
+            raise outcome
+        return outcome
+
+    def _sell_once(
+        self, seller_id: int, key: str, fingerprint: str, number: str, amount: int
+    ) -> SaleResult | InsufficientCredit:
+        """Inside the write: replay a copy that won the race, or sell and record the outcome.
+
+        A refusal is returned, not raised, so that its record commits with the rest.
+        """
+        earlier = self._replay(seller_id, key, fingerprint)
+        if earlier is not None:
+            return earlier
+        created = now()
+        try:
+            sale = ledger.sell(seller_id, number, amount, created)
+            outcome: SaleResult | InsufficientCredit = SaleResult(sale, False)
+        except InsufficientCredit as refusal:  # nothing was written; the refusal is final
+            sale, outcome = None, refusal
+        db.execute(
+            "INSERT INTO idempotency_record (seller_id, key, request_hash, sale_id,"
+            " error_code, error_message, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                seller_id,
+                key,
+                fingerprint,
+                sale and sale["id"],
+                sale is None and outcome.code or None,
+                sale is None and outcome.message or None,
+                created,
+            ),
+        )
+        return outcome
 
     def _replay(self, seller_id: int, key: str, fingerprint: str) -> SaleResult | None:
-        rows = _rows(
+        rows = db.rows(
             "SELECT request_hash, sale_id, error_message FROM idempotency_record "
             "WHERE seller_id = ? AND key = ?",
             (seller_id, key),
@@ -248,12 +272,15 @@ class Chargebox:
     def register_phone(self, number: object) -> tuple[dict, bool]:
         """Register a number (normalised); returns (phone, created?)."""
         number = normalize_phone(number, "number")
-        with db.write_tx():
-            created = db.database.execute_sql(
-                "INSERT INTO phone (number, total_charged, created_at) VALUES (?, 0, ?) "
-                "ON CONFLICT (number) DO NOTHING",
-                (number, now()),
-            ).rowcount
+        created = self._write(
+            lambda: (
+                db.execute(
+                    "INSERT INTO phone (number, total_charged, created_at) VALUES (?, 0, ?) "
+                    "ON CONFLICT (number) DO NOTHING",
+                    (number, now()),
+                ).rowcount
+            )
+        )
         return self._one(_PHONE + " WHERE number = ?", number, "phone"), created == 1
 
     def audit(self) -> dict:
