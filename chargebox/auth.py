@@ -31,6 +31,12 @@ class Principal:
 
 ADMIN = Principal("admin")
 
+# Keys are never changed or revoked once issued, so a key that matched a seller
+# keeps matching it: remembering the match saves a database read per request.
+# Only the SHA-256 of a key is kept, as in the database. Unknown keys are not cached.
+_sellers_by_digest: dict[str, Principal] = {}
+_CACHE_LIMIT = 100_000
+
 
 def new_api_key() -> tuple[str, str]:
     """A fresh seller key and the hash to store for it."""
@@ -64,7 +70,14 @@ def authenticate(header: str | None, admin_token: str | None) -> Principal:
     if admin_token and hmac.compare_digest(presented, admin_token.encode("utf-8")):
         return ADMIN
     digest = hash_key(token)
+    known = _sellers_by_digest.get(digest)
+    if known is not None:
+        return known
     rows = db.rows("SELECT id, api_key_hash FROM seller WHERE api_key_hash = ?", (digest,))
     if rows and hmac.compare_digest(rows[0][1], digest):
-        return Principal("seller", rows[0][0])
+        principal = Principal("seller", rows[0][0])
+        if len(_sellers_by_digest) >= _CACHE_LIMIT:
+            _sellers_by_digest.clear()
+        _sellers_by_digest[digest] = principal
+        return principal
     raise Unauthorized("unknown token")

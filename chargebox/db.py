@@ -128,6 +128,14 @@ def in_write_tx() -> bool:
     return conn.in_transaction and _gate.held()
 
 
+def write_connection() -> sqlite3.Connection:
+    """This thread's connection, asserting it is inside write_tx(): money moves only there."""
+    conn = database.connection()
+    if not (conn.in_transaction and _gate.held()):
+        raise AssertionError("money moves only inside db.write_tx()")
+    return conn
+
+
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
     """Turn driver errors into our tree: schema refusals are bugs, lock/disk trouble is 503."""

@@ -9,6 +9,8 @@ short (peewee's query builder costs ~80 us per statement inside it).
 
 from __future__ import annotations
 
+import sqlite3
+
 from chargebox import db
 from chargebox.config import MAX_BALANCE
 from chargebox.errors import BalanceLimitExceeded, InsufficientCredit, NotFound, NotPending
@@ -17,17 +19,29 @@ from chargebox.money import check_balance
 AUDIT_PROBLEM_CAP = 100
 
 
-def _require_write_tx() -> None:
-    if not db.in_write_tx():
-        raise AssertionError("money moves only inside db.write_tx()")
-
-
 _GUARD = "FROM seller WHERE id = ? AND balance + ? BETWEEN 0 AND ?"
+_ENTRY = (
+    "INSERT INTO ledger_entry (seller_id, kind, amount, balance_after, credit_request_id,"
+    f" sale_id, reason, created_at) SELECT id, ?, ?, balance + ?, ?, ?, ?, ? {_GUARD} "
+    "RETURNING id, balance_after"
+)
+_BALANCE = (
+    "UPDATE seller SET balance = balance + ? WHERE id = ? AND balance + ? BETWEEN 0 AND ? "
+    "RETURNING balance"
+)
+_SALE = (
+    "INSERT INTO sale (seller_id, phone, amount, balance_after, created_at) "
+    f"SELECT id, ?, ?, balance + ?, ? {_GUARD} RETURNING id, balance_after"
+)
+_PHONE_TOTAL = (
+    "INSERT INTO phone (number, total_charged, created_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (number) DO UPDATE SET total_charged = total_charged + excluded.total_charged"
+)
 
 
-def _refuse(seller_id: int, delta: int) -> None:
+def _refuse(conn: sqlite3.Connection, seller_id: int, delta: int) -> None:
     """Say why a guarded movement matched no row: no seller, not enough credit, or the cap."""
-    found = db.rows("SELECT balance FROM seller WHERE id = ?", (seller_id,))
+    found = conn.execute("SELECT balance FROM seller WHERE id = ?", (seller_id,)).fetchall()
     if not found:
         raise NotFound(f"seller {seller_id} does not exist")
     if delta < 0:
@@ -36,6 +50,7 @@ def _refuse(seller_id: int, delta: int) -> None:
 
 
 def _move(
+    conn: sqlite3.Connection,
     seller_id: int,
     delta: int,
     kind: str,
@@ -49,66 +64,48 @@ def _move(
     The entry comes first: the database refuses a balance UPDATE that does not land
     on the newest entry's balance_after, so no balance can change without its entry.
     """
-    rows = db.rows(
-        "INSERT INTO ledger_entry (seller_id, kind, amount, balance_after, credit_request_id,"
-        f" sale_id, reason, created_at) SELECT id, ?, ?, balance + ?, ?, ?, ?, ? {_GUARD} "
-        "RETURNING id, balance_after",
-        (
-            kind,
-            delta,
-            delta,
-            credit_request_id,
-            sale_id,
-            reason,
-            now,
-            seller_id,
-            delta,
-            MAX_BALANCE,
-        ),
+    params = (
+        kind,
+        delta,
+        delta,
+        credit_request_id,
+        sale_id,
+        reason,
+        now,
+        seller_id,
+        delta,
+        MAX_BALANCE,
     )
+    rows = conn.execute(_ENTRY, params).fetchall()
     if not rows:
-        _refuse(seller_id, delta)
+        _refuse(conn, seller_id, delta)
     entry_id, balance_after = rows[0]
-    updated = db.rows(
-        "UPDATE seller SET balance = balance + ? WHERE id = ? AND balance + ? BETWEEN 0 AND ? "
-        "RETURNING balance",
-        (delta, seller_id, delta, MAX_BALANCE),
-    )
+    updated = conn.execute(_BALANCE, (delta, seller_id, delta, MAX_BALANCE)).fetchall()
     if [(check_balance(balance_after),)] != updated:
         raise AssertionError(f"seller {seller_id}: balance {updated} != entry {balance_after}")
     return {
-        "id": entry_id,
-        "seller_id": seller_id,
-        "kind": kind,
-        "amount": delta,
-        "balance_after": balance_after,
-        "credit_request_id": credit_request_id,
-        "sale_id": sale_id,
-        "reason": reason,
-        "created_at": now,
-    }
+        "id": entry_id, "seller_id": seller_id, "kind": kind, "amount": delta,
+        "balance_after": balance_after, "credit_request_id": credit_request_id,
+        "sale_id": sale_id, "reason": reason, "created_at": now,
+    }  # fmt: skip
 
 
 def approve_credit_request(request_id: int, now: str) -> dict:
     """Mark a pending request approved and credit its seller, exactly once (I4)."""
-    _require_write_tx()
-    rows = db.rows(
+    conn = db.write_connection()
+    rows = conn.execute(
         "UPDATE credit_request SET status = 'approved', decided_at = ? "
         "WHERE id = ? AND status = 'pending' RETURNING seller_id, amount, created_at",
         (now, request_id),
-    )
+    ).fetchall()
     if not rows:
         raise_not_pending(request_id)
     seller_id, amount, created_at = rows[0]
-    _move(seller_id, amount, "credit", now, credit_request_id=request_id)
+    _move(conn, seller_id, amount, "credit", now, credit_request_id=request_id)
     return {
-        "id": request_id,
-        "seller_id": seller_id,
-        "amount": amount,
-        "status": "approved",
-        "created_at": created_at,
-        "decided_at": now,
-    }
+        "id": request_id, "seller_id": seller_id, "amount": amount, "status": "approved",
+        "created_at": created_at, "decided_at": now,
+    }  # fmt: skip
 
 
 def raise_not_pending(request_id: int) -> None:
@@ -120,8 +117,7 @@ def raise_not_pending(request_id: int) -> None:
 
 def adjust(seller_id: int, amount: int, reason: str, now: str) -> dict:
     """An admin's signed correction; never below zero (I1)."""
-    _require_write_tx()
-    return _move(seller_id, amount, "adjustment", now, reason=reason)
+    return _move(db.write_connection(), seller_id, amount, "adjustment", now, reason=reason)
 
 
 def sell(seller_id: int, number: str, amount: int, now: str) -> dict:
@@ -131,29 +127,19 @@ def sell(seller_id: int, number: str, amount: int, now: str) -> dict:
     refused keyed sale can still record its outcome in the same transaction. The
     sale's phone reference is checked at COMMIT (deferred), after the phone upsert.
     """
-    _require_write_tx()
-    rows = db.rows(
-        "INSERT INTO sale (seller_id, phone, amount, balance_after, created_at) "
-        f"SELECT id, ?, ?, balance + ?, ? {_GUARD} RETURNING id, balance_after",
-        (number, amount, -amount, now, seller_id, -amount, MAX_BALANCE),
-    )
+    conn = db.write_connection()
+    rows = conn.execute(
+        _SALE, (number, amount, -amount, now, seller_id, -amount, MAX_BALANCE)
+    ).fetchall()
     if not rows:
-        _refuse(seller_id, -amount)
+        _refuse(conn, seller_id, -amount)
     sale_id, balance_after = rows[0]
-    _move(seller_id, -amount, "sale", now, sale_id=sale_id)
-    db.rows(
-        "INSERT INTO phone (number, total_charged, created_at) VALUES (?, ?, ?) "
-        "ON CONFLICT (number) DO UPDATE SET total_charged = total_charged + excluded.total_charged",
-        (number, amount, now),
-    )
+    _move(conn, seller_id, -amount, "sale", now, sale_id=sale_id)
+    conn.execute(_PHONE_TOTAL, (number, amount, now))
     return {
-        "id": sale_id,
-        "seller_id": seller_id,
-        "phone": number,
-        "amount": amount,
-        "balance_after": balance_after,
-        "created_at": now,
-    }
+        "id": sale_id, "seller_id": seller_id, "phone": number, "amount": amount,
+        "balance_after": balance_after, "created_at": now,
+    }  # fmt: skip
 
 
 # --- audit -------------------------------------------------------------------------------

@@ -44,7 +44,8 @@ class Seller(BaseModel):
 
 class CreditRequest(BaseModel):
     id = AutoField()
-    seller = ForeignKeyField(Seller, column_name="seller_id", on_delete="RESTRICT")
+    # The composite (seller, id) or (seller, key) index below serves as its index too.
+    seller = ForeignKeyField(Seller, column_name="seller_id", on_delete="RESTRICT", index=False)
     amount = BigIntegerField(constraints=_money("amount", "> 0"))
     status = TextField(
         default="pending", constraints=[Check("status IN ('pending', 'approved', 'rejected')")]
@@ -71,7 +72,8 @@ class Phone(BaseModel):
 
 class Sale(BaseModel):
     id = AutoField()
-    seller = ForeignKeyField(Seller, column_name="seller_id", on_delete="RESTRICT")
+    # The composite (seller, id) or (seller, key) index below serves as its index too.
+    seller = ForeignKeyField(Seller, column_name="seller_id", on_delete="RESTRICT", index=False)
     # The number itself, checked at COMMIT: the sale row is the guard, the phone comes after.
     phone = ForeignKeyField(
         Phone,
@@ -90,7 +92,8 @@ class Sale(BaseModel):
 
 class LedgerEntry(BaseModel):
     id = AutoField()
-    seller = ForeignKeyField(Seller, column_name="seller_id", on_delete="RESTRICT")
+    # The composite (seller, id) or (seller, key) index below serves as its index too.
+    seller = ForeignKeyField(Seller, column_name="seller_id", on_delete="RESTRICT", index=False)
     kind = TextField(constraints=[Check("kind IN ('credit', 'sale', 'adjustment')")])
     amount = BigIntegerField(
         constraints=[
@@ -131,7 +134,8 @@ class IdempotencyRecord(BaseModel):
     """The final outcome of one seller's Idempotency-Key: a sale, or a refusal."""
 
     id = AutoField()
-    seller = ForeignKeyField(Seller, column_name="seller_id", on_delete="RESTRICT")
+    # The composite (seller, id) or (seller, key) index below serves as its index too.
+    seller = ForeignKeyField(Seller, column_name="seller_id", on_delete="RESTRICT", index=False)
     key = TextField(constraints=[Check("length(key) BETWEEN 1 AND 255")])
     request_hash = CharField(max_length=64)
     sale = ForeignKeyField(Sale, column_name="sale_id", null=True, unique=True)

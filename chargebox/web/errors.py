@@ -8,6 +8,7 @@ with a stack trace, and answered as `internal_error`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import traceback
@@ -43,9 +44,16 @@ BOTTLE_CODES = {
 }
 
 
+_ID_PREFIX = uuid.uuid4().hex[:8]  # this process; the counter below numbers its requests
+_ID_COUNTER = itertools.count(1)
+
+
 def request_id() -> str:
     """This request's id: in the X-Request-Id header, in 500 bodies and in the log line."""
-    return bottle.request.environ.setdefault("chargebox.request_id", uuid.uuid4().hex[:16])
+    environ = bottle.request.environ
+    if "chargebox.request_id" not in environ:
+        environ["chargebox.request_id"] = f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
+    return environ["chargebox.request_id"]
 
 
 def json_body(body: dict | list) -> bytes:
