@@ -38,7 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8080; 0 picks a free one)")
     serve.add_argument(
-        "--threads", type=int, help="waitress worker threads (env CHARGEBOX_THREADS; default 16)"
+        "--processes",
+        type=int,
+        help="server processes sharing the port, to use more cores (env CHARGEBOX_PROCESSES; "
+        "default 1)",
+    )
+    serve.add_argument(
+        "--threads", type=int, help="waitress worker threads (env CHARGEBOX_THREADS; default 64)"
     )
     serve.add_argument(
         "--synchronous",
@@ -60,6 +66,7 @@ def build_config(args: argparse.Namespace) -> Config:
         ("host", "host"),
         ("port", "port"),
         ("threads", "threads"),
+        ("processes", "processes"),
         ("synchronous", "synchronous"),
     ):
         if getattr(args, name, None) is not None:

@@ -15,7 +15,10 @@ from pathlib import Path
 DEFAULT_DB = Path("data") / "chargebox.db"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
-DEFAULT_THREADS = 16
+# Fewer threads than concurrent keep-alive clients makes waitress queue requests
+# behind each other (STACK_NOTES trap 8); threads blocked on I/O or on the group
+# writer cost little, so the default leaves room for 64 busy clients.
+DEFAULT_THREADS = 64
 DEFAULT_MAX_AMOUNT = 1_000_000_000
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 MAX_BALANCE = 10**15
@@ -34,6 +37,7 @@ class Config:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     threads: int = DEFAULT_THREADS
+    processes: int = 1  # server processes sharing the listening socket (server.py)
     admin_token: str | None = dataclasses.field(default=None, repr=False)
     max_amount: int = DEFAULT_MAX_AMOUNT
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -49,6 +53,8 @@ class Config:
             raise ValueError(f"max_amount must be between 1 and {MAX_BALANCE}")
         if not 1 <= self.threads <= 1024:
             raise ValueError("threads must be between 1 and 1024")
+        if not 1 <= self.processes <= 64:
+            raise ValueError("processes must be between 1 and 64")
         if self.max_body_bytes < 1024:
             raise ValueError("max_body_bytes must be at least 1024")
 
@@ -70,6 +76,7 @@ def env_defaults(environ: Mapping[str, str] = os.environ) -> dict:
         values["admin_token"] = environ["CHARGEBOX_ADMIN_TOKEN"]
     numeric = {
         "CHARGEBOX_THREADS": "threads",
+        "CHARGEBOX_PROCESSES": "processes",
         "CHARGEBOX_MAX_AMOUNT": "max_amount",
         "CHARGEBOX_MAX_BODY_BYTES": "max_body_bytes",
         "CHARGEBOX_BUSY_TIMEOUT_MS": "busy_timeout_ms",

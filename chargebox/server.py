@@ -8,7 +8,9 @@ sent, idle keep-alive connections close, and only then do the threads stop.
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import time
 
 import waitress
@@ -54,12 +56,12 @@ class _JsonChannel(HTTPChannel):
     error_task_class = _JsonErrorTask
 
 
-def build_server(config: Config):
+def build_server(config: Config, listener: socket.socket | None = None):
     app = create_app(config)
+    where = {"sockets": [listener]} if listener else {"host": config.host, "port": config.port}
     server = waitress.create_server(
         app,
-        host=config.host,
-        port=config.port,
+        **where,
         threads=config.threads,
         ident="chargebox",
         # More connections than threads is fine: waitress queues requests, not sockets.
@@ -73,15 +75,26 @@ def build_server(config: Config):
     return server
 
 
+def _announcement(config: Config, host: str, port: int) -> str:
+    workers = f"{config.processes} processes x " if config.processes > 1 else ""
+    return (
+        f"chargebox serving on http://{host}:{port} (db {config.db_path}, "
+        f"{workers}{config.threads} threads, synchronous={config.synchronous})"
+    )
+
+
 def serve(config: Config, announce=print) -> int:
     """Serve until SIGTERM/SIGINT; return the exit status (0 after a clean stop)."""
+    if config.processes > 1:
+        return _serve_processes(config, announce)
     server = build_server(config)
+    announce(_announcement(config, server.effective_host, server.effective_port))
+    return _serve_one(server, announce)
+
+
+def _serve_one(server, announce) -> int:
     stop = _Stop()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    announce(
-        f"chargebox serving on http://{server.effective_host}:{server.effective_port} "
-        f"(db {config.db_path}, {config.threads} threads, synchronous={config.synchronous})"
-    )
     try:
         while not stop.requested:
             wasyncore.loop(timeout=LOOP_TIMEOUT, map=server._map, use_poll=True, count=1)
@@ -93,6 +106,67 @@ def serve(config: Config, announce=print) -> int:
         db.close_database()
     announce("chargebox stopped")
     return 0
+
+
+def _serve_processes(config: Config, announce) -> int:
+    """K forked copies of the server on one listening socket: the kernel spreads connections.
+
+    Each child has its own interpreter lock, database connections and group
+    writer; the database lock (and the write gate's flock) still serialise
+    their writes. The parent only supervises: it forwards SIGTERM and waits.
+    """
+    listener = socket.create_server((config.host, config.port), backlog=1024)
+    host, port = listener.getsockname()[:2]
+    db.close_database()  # no connection may cross a fork
+    children = []
+    for _ in range(config.processes):
+        pid = os.fork()
+        if pid == 0:  # the child serves until told to stop, and never returns here
+            code = 1
+            try:
+                code = _serve_one(build_server(config, listener), lambda line: None)
+            finally:
+                os._exit(code)
+        children.append(pid)
+    listener.close()
+    announce(_announcement(config, host, port))
+    return _supervise(children, announce)
+
+
+def _supervise(children: list[int], announce) -> int:
+    stop = _Stop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    status = {}
+    while not stop.requested and len(status) < len(children):
+        time.sleep(LOOP_TIMEOUT)  # polling for a signal or a dead child, not for an outcome
+        status.update(_reaped(children))
+    if len(status) < len(children):
+        announce("chargebox stopping: finishing requests in flight")
+    for pid in children:
+        if pid not in status:
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + GRACE_SECONDS + 1
+    while len(status) < len(children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        status.update(_reaped(children))
+    for pid in set(children) - set(status):
+        os.kill(pid, signal.SIGKILL)
+        status[pid] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    announce("chargebox stopped")
+    return 0 if stop.requested and not any(status.values()) else 1
+
+
+def _reaped(children: list[int]) -> dict[int, int]:
+    done = {}
+    for pid in children:
+        try:
+            waited, code = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue
+        if waited:
+            done[pid] = os.waitstatus_to_exitcode(code)
+    return done
 
 
 def _drain(server) -> None:

@@ -194,3 +194,12 @@ def test_every_acknowledged_sale_survives_kill_9_of_the_server(tmp_path):
     assert sorted(row[0] for row in rows) == acknowledged
     assert books(tmp_path / "cb.db")[seller["id"]] == 1_000_000 - 100_000
     assert cli_audit(tmp_path / "cb.db").returncode == 0
+
+
+def test_a_multi_process_server_stops_cleanly_on_sigterm(tmp_path):
+    server = ServerProcess(tmp_path / "cb.db", env={"CHARGEBOX_PROCESSES": "3"}).start()
+    assert "3 processes x" in server.announced
+    new_seller(server.admin(), "x", credit=1_000)
+    started = time.monotonic()
+    assert server.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 10

@@ -107,3 +107,18 @@ def test_mixed_load_over_several_sellers_keeps_every_balance_exact(server, admin
         expected = 300_000 + sum(delta[seller["id"]] for delta, _ in results)
         assert balances[seller["id"]] == expected
     assert sum(sales for _, sales in results) > 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_two_server_processes_on_one_port_still_sell_exactly_the_balance(tmp_path, mode):
+    """`--processes 2`: two forked servers share the socket and the file; the locks still hold."""
+    with running_server(tmp_path / "cb.db", env={"CHARGEBOX_PROCESSES": "2"}) as two:
+        admin = two.admin()
+        seller, key = new_seller(admin, f"two-procs-{mode}", credit=300_000)
+
+        results = run_parallel(mode, 24, sell_repeatedly, two.url, key, 5, 5_000)
+
+        statuses = [status for worker_statuses, _, _ in results for status in worker_statuses]
+        assert statuses.count(201) == 60 and statuses.count(409) == 120 - 60
+        assert assert_books_reconcile(two, admin)[seller["id"]] == 0
+        admin.close()
