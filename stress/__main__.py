@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from stress import report, scenario
+from stress import bench, report, scenario
 from stress.demos import DEMOS, load
 
 ROUND_COLUMNS = (
@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         help="server processes on the same SQLite file, "
         "to exercise cross-process locking; workers spread over them (default 1)",
     )
-    add("--server-threads", type=int, default=16, help="waitress threads per server (default 16)")
+    add("--server-threads", type=int, default=64, help="waitress threads per server (default 64)")
     add("--url", help="target a running server instead of starting one (needs --admin-token)")
     add("--admin-token", help="the admin token of --url's server")
     add(
@@ -141,6 +141,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--quick", action="store_true", help="the short mode (seconds; used in CI)")
     demo.add_argument("--out", type=Path, default=Path("data/stress"), help="where the JSON goes")
+    bench_cmd = commands.add_parser(
+        "bench",
+        help="measure raw sqlite3, the service and HTTP in one run; targets as ratios",
+        description="The raw sqlite3 ceiling of a sale, Chargebox.sell in process, and a "
+        "trivial endpoint vs POST /api/sales at N keep-alive clients (threads and processes, "
+        "one hot seller and many), with p50/p99; then the targets and the books.",
+    )
+    add = bench_cmd.add_argument
+    add("--quick", action="store_true", help="short rounds: --seconds 0.7, --sales 3000")
+    add("--clients", type=_int_list, default=(1, 8, 32, 64), help="default 1,8,32,64")
+    add("--seconds", type=float, help="duration of each HTTP row (default 3; quick 0.7)")
+    add("--sales", type=int, help="in-process sales per row (default 20000; quick 3000)")
+    add("--batch", type=int, default=100, help="sales per transaction, group ceiling (100)")
+    add("--kinds", default="threads,processes", help="client kinds (default threads,processes)")
+    add("--server-threads", type=int, default=64, help="waitress threads per server (64)")
+    add(
+        "--server-procs",
+        type=int,
+        default=1,
+        help="server processes sharing one port and one file (`serve --processes`; default 1)",
+    )
+    add("--synchronous", choices=bench.SYNCHRONOUS_LEVELS, default="NORMAL", help="(NORMAL)")
+    add("--out", type=Path, default=Path("data/stress"), help="where the JSON goes")
+    add("--quiet", action="store_true", help="no progress lines")
     return parser
 
 
@@ -195,9 +219,30 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if result["effect_shown"] else 1
 
 
+def _bench(args: argparse.Namespace) -> int:
+    options = bench.Options(
+        sales=args.sales or (3_000 if args.quick else 20_000),
+        batch=args.batch,
+        clients=args.clients,
+        kinds=tuple(args.kinds.split(",")),
+        seconds=args.seconds or (0.7 if args.quick else 3.0),
+        server_threads=args.server_threads,
+        server_procs=args.server_procs,
+        synchronous=args.synchronous,
+        quiet=args.quiet,
+    )
+    result = bench.run(options)
+    print(bench.render(result))
+    path = report.write_json(args.out / f"bench-{result['started']}.json", result)
+    print(f"report: {path}")
+    return 0 if result["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "bench":
+            return _bench(args)
         return _run(args) if args.command == "run" else _demo(args)
     except (ValueError, RuntimeError) as exc:
         print(f"stress: {exc}", file=sys.stderr)

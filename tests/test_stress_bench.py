@@ -1,0 +1,194 @@
+"""`python -m stress bench`: a tiny run reports every section and reconciled books.
+
+Only structure and correctness are asserted here (sections present, numbers positive,
+ratios computed, books reconciled, JSON written); the timing figures themselves belong
+in the benchmark's output, never in a test's thresholds.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from stress import bench
+from stress.server import ROOT
+
+KINDS = ("threads", "processes")
+CLIENTS = (1, 4)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
+    """The benchmark as a user runs it, with the smallest useful configuration."""
+    out = tmp_path_factory.mktemp("bench")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stress",
+            "bench",
+            "--quick",
+            "--clients",
+            ",".join(map(str, CLIENTS)),
+            "--seconds",
+            "0.3",
+            "--sales",
+            "200",
+            "--server-threads",
+            "8",
+            "--quiet",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    reports = list(out.glob("bench-*.json"))
+    assert len(reports) == 1, "one JSON report per run"
+    return result, json.loads(reports[0].read_text())
+
+
+def test_the_printed_report_has_every_section_and_says_the_books_reconcile(tiny_run):
+    result, _ = tiny_run
+    text = result.stdout
+    for heading in ("== in process", "== HTTP", "== targets", "durability:", "machine:"):
+        assert heading in text, heading
+    for column in bench.HTTP_COLUMNS + bench.TARGET_COLUMNS:
+        assert column in text, column
+    assert "synchronous=NORMAL" in text
+    assert "books reconcile (in process and over HTTP)" in text
+    assert "report: " in text
+
+
+def test_the_in_process_rows_measure_raw_group_and_service_rates(tiny_run):
+    _, document = tiny_run
+    rows = {row["name"]: row for row in document["in_process"]}
+    assert list(rows) == ["raw_1", "raw_batch", "service_1", "service_8"]
+    for row in rows.values():
+        assert row["sales"] == 200 and row["seconds"] > 0 and row["sales_s"] > 0, row
+    assert rows["raw_1"]["transactions"] == 200
+    assert rows["raw_batch"]["transactions"] == 2  # 100 sales per transaction
+    assert rows["raw_1"]["synchronous"] == "NORMAL" and rows["raw_1"]["journal_mode"] == "wal"
+
+
+def test_every_kind_concurrency_and_endpoint_has_a_positive_row_without_errors(tiny_run):
+    _, document = tiny_run
+    seen = {(r["client_kind"], r["clients"], r["endpoint"]): r for r in document["http"]}
+    assert set(seen) == {(k, c, e) for k in KINDS for c in CLIENTS for e in bench.ENDPOINTS}
+    for key, row in seen.items():
+        assert row["requests"] > 0 and row["req_s"] > 0, key
+        assert row["p99_ms"] >= row["p50_ms"] > 0, key
+        assert row["errors"] == 0, (key, row["status_counts"], row["messages"])
+        expected = "200" if row["endpoint"] == "trivial" else "201"
+        assert set(row["status_counts"]) == {expected}, (key, row["status_counts"])
+
+
+def test_targets_are_ratios_of_the_same_run_each_with_a_verdict(tiny_run):
+    _, document = tiny_run
+    targets = {row["target"]: row for row in document["targets"]}
+    http = {(r["client_kind"], r["clients"], r["endpoint"]): r for r in document["http"]}
+    for kind in KINDS:
+        ratio = targets[f"{kind}: sales_hot / trivial req/s at 4 clients"]
+        hot, trivial = http[kind, 4, "sales_hot"], http[kind, 4, "trivial"]
+        assert ratio["measured"] == round(hot["req_s"] / trivial["req_s"], 3) > 0
+        p99 = targets[f"{kind}: sales_hot p99 ms at 4 clients"]
+        assert p99["measured"] == hot["p99_ms"] > 0
+    service = targets["service 1 thread / raw ceiling (1 sale/tx)"]
+    rows = {row["name"]: row for row in document["in_process"]}
+    expected = round(rows["service_1"]["sales_s"] / rows["raw_1"]["sales_s"], 3)
+    assert service["measured"] == expected > 0
+    durability = targets["durability: the server's synchronous level"]
+    assert durability["measured"] == "NORMAL" and durability["result"] == "PASS"
+    for row in targets.values():
+        assert row["result"] == ("PASS" if row["ok"] else "MISS"), row
+
+
+def test_the_report_states_durability_machine_and_reconciled_books(tiny_run):
+    _, document = tiny_run
+    assert document["command"] == "bench" and document["ok"] is True
+    assert document["books"] == {"ok": True, "problems": []}
+    durability = document["durability"]
+    assert durability["server_synchronous"] == "NORMAL" == durability["in_process_synchronous"]
+    assert "synchronous=NORMAL" in durability["server_announced"]
+    assert {"python", "sqlite", "platform", "cpus"} <= document["machine"].keys()
+    assert document["options"]["clients"] == list(CLIENTS) and document["seconds"] > 0
+
+
+def test_the_raw_transaction_writes_books_that_chargebox_audits_clean(service, config):
+    """The copied SQL is chargebox's sale: the schema's triggers accept it and audit agrees."""
+    from chargebox import db
+
+    seller_id = service.create_seller("raw")[0]["id"]
+    service.adjust_balance(seller_id, 1_000_000, "funding")
+    db.close_database()
+    single = bench.raw_rate(config.db_path, seller_id, 30, 1, "NORMAL", 10_000)
+    grouped = bench.raw_rate(config.db_path, seller_id, 25, 10, "NORMAL", 10_000)
+
+    assert (single["transactions"], grouped["transactions"]) == (30, 3)
+    audit = service.audit()
+    assert audit["consistent"], audit["problems"]
+    assert audit["totals"]["sales"] == 55
+    assert service.get_seller(seller_id)["balance"] == 1_000_000 - 55 * bench.AMOUNT
+
+
+def test_a_raw_sale_the_balance_cannot_cover_is_refused_and_rolled_back(service, config):
+    from chargebox import db
+
+    seller_id = service.create_seller("poor")[0]["id"]
+    service.adjust_balance(seller_id, 2 * bench.AMOUNT, "funding")
+    db.close_database()
+    with pytest.raises(RuntimeError, match="could not pay"):
+        bench.raw_rate(config.db_path, seller_id, 3, 3, "NORMAL", 10_000)
+
+    assert service.get_seller(seller_id)["balance"] == 2 * bench.AMOUNT  # all three undone
+    assert service.audit()["consistent"]
+
+
+def test_targets_compare_the_top_concurrency_and_name_a_miss():
+    options = bench.Options(clients=(1, 8), kinds=("threads",))
+    http = [
+        {"client_kind": "threads", "clients": 8, "endpoint": "trivial", "req_s": 1000.0},
+        {"client_kind": "threads", "clients": 8, "endpoint": "sales_hot", "req_s": 900.0},
+        {"client_kind": "threads", "clients": 1, "endpoint": "sales_hot", "req_s": 1.0},
+    ]
+    http[1]["p99_ms"] = 60.0
+    in_rows = [{"name": "raw_1", "sales_s": 4000.0}, {"name": "service_1", "sales_s": 1000.0}]
+
+    rows = {row["target"]: row for row in bench.targets(in_rows, http, "OFF", options)}
+
+    assert rows["threads: sales_hot / trivial req/s at 8 clients"]["measured"] == 0.9
+    assert rows["threads: sales_hot / trivial req/s at 8 clients"]["result"] == "PASS"
+    assert rows["threads: sales_hot p99 ms at 8 clients"]["result"] == "MISS"
+    assert rows["service 1 thread / raw ceiling (1 sale/tx)"]["measured"] == 0.25
+    assert rows["service 1 thread / raw ceiling (1 sale/tx)"]["result"] == "MISS"
+    assert rows["durability: the server's synchronous level"]["result"] == "MISS"  # OFF < NORMAL
+
+
+def test_http_rows_merge_clients_over_their_shared_window():
+    phases = [
+        bench.PhaseResult(requests=3, statuses={201: 2, 409: 1}, latencies=[0.001] * 3),
+        bench.PhaseResult(requests=1, errors=2, statuses={503: 1}, latencies=[0.004]),
+    ]
+    phases[0].started, phases[0].ended = 10.0, 11.0
+    phases[1].started, phases[1].ended = 10.5, 12.0
+
+    row = bench.http_row("threads", 2, "sales_hot", phases)
+
+    assert row["requests"] == 4 and row["seconds"] == 2.0 and row["req_s"] == 2.0
+    assert row["errors"] == 2 and row["status_counts"] == {"201": 2, "409": 1, "503": 1}
+    assert row["p50_ms"] == 1.0 and row["p99_ms"] == 4.0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"kinds": ("fibers",)}, {"clients": ()}, {"seconds": 0}, {"synchronous": "SOMETIMES"}],
+)
+def test_options_refuse_what_cannot_be_measured(bad):
+    with pytest.raises(ValueError):
+        bench.Options(**bad)
