@@ -8,7 +8,7 @@ from chargebox import db
 from chargebox.cli import prepare
 from chargebox.config import Config
 from chargebox.services import Chargebox
-from tests.support import ADMIN_TOKEN, running_server
+from tests.support import ADMIN_TOKEN, Api, new_seller, running_server
 
 
 @pytest.fixture
@@ -41,5 +41,27 @@ def fresh_server(tmp_path):
 @pytest.fixture
 def admin(server):
     api = server.admin()
+    yield api
+    api.close()
+
+
+@pytest.fixture
+def make_seller(server, admin):
+    """make_seller(credit=0) -> (seller dict, Api acting as that seller)."""
+    opened: list[Api] = []
+
+    def make(credit: int = 0, name: str = "seller") -> tuple[dict, Api]:
+        seller, key = new_seller(admin, name, credit)
+        opened.append(server.seller(key))
+        return seller, opened[-1]
+
+    yield make
+    for api in opened:
+        api.close()
+
+
+@pytest.fixture
+def anonymous(server):
+    api = Api(server.url)
     yield api
     api.close()

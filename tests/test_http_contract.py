@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from tests.support import ADMIN_TOKEN, Api, books, new_seller
+from tests.support import ADMIN_TOKEN, Api, books
 
 _numbers = itertools.count(1)
 KEY_RE = re.compile(r"\S+")
@@ -46,28 +46,6 @@ def assert_error(response, status: int, code: str, field: str | None = None) -> 
     if field is not None:
         assert error["field"] == field
     return error
-
-
-@pytest.fixture
-def make_seller(server, admin):
-    """make_seller(credit=0) -> (seller dict, Api acting as that seller)."""
-    opened: list[Api] = []
-
-    def make(credit: int = 0, name: str = "seller") -> tuple[dict, Api]:
-        seller, key = new_seller(admin, name, credit)
-        opened.append(server.seller(key))
-        return seller, opened[-1]
-
-    yield make
-    for api in opened:
-        api.close()
-
-
-@pytest.fixture
-def anonymous(server):
-    api = Api(server.url)
-    yield api
-    api.close()
 
 
 def sell(api: Api, amount: int, phone: str | None = None, key: str | None = None):

@@ -10,32 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import ADMIN_TOKEN, Api, books, new_seller
+from tests.support import ADMIN_TOKEN, Api, books
 from tests.test_http_contract import assert_error, balance_of, items, sell, unique_phone
 
 BIG_ID = 999_999_999_999_999_999
-
-
-@pytest.fixture
-def make_seller(server, admin):
-    """make_seller(credit=0) -> (seller dict, Api acting as that seller)."""
-    opened: list[Api] = []
-
-    def make(credit: int = 0, name: str = "seller") -> tuple[dict, Api]:
-        seller, key = new_seller(admin, name, credit)
-        opened.append(server.seller(key))
-        return seller, opened[-1]
-
-    yield make
-    for api in opened:
-        api.close()
-
-
-@pytest.fixture
-def anonymous(server):
-    api = Api(server.url)
-    yield api
-    api.close()
 
 
 def post_raw(api: Api, path: str, data: bytes | str, headers: dict | None = None):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import queue
 import sqlite3
 import tempfile
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from stress.demos.common import collect_reports
 from stress.report import latency_summary, machine
 
 try:
@@ -118,29 +118,6 @@ def _writer(variant: str, db_path: str, seconds: float, barrier, results) -> Non
     conn.close()
 
 
-def _collect(processes: list, results, timeout: float) -> list[dict]:
-    """Every worker's report; if one dies instead of reporting, stop them all and say so."""
-    reports: list[dict] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(reports) < len(processes):
-            try:
-                reports.append(results.get(timeout=0.2))
-            except queue.Empty:
-                failed = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
-                if failed or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"worker processes failed (exit codes {failed}) or timed out; a script"
-                        " that runs this demo under spawn needs `if __name__ == '__main__':`"
-                    ) from None
-    finally:
-        for process in processes:
-            if len(reports) < len(processes):
-                process.terminate()  # only our own children, and only after a failure
-            process.join(timeout=10)
-    return reports
-
-
 def _run_variant(variant: str, folder: Path, seconds: float) -> list[dict]:
     path = folder / f"{VARIANTS.index(variant)}.db"
     _create(path)
@@ -155,7 +132,7 @@ def _run_variant(variant: str, folder: Path, seconds: float) -> list[dict]:
     for process in processes:
         process.start()
     # Read before joining: a child cannot exit while its large result sits in the pipe.
-    return _collect(processes, results, timeout=seconds + 120)
+    return collect_reports(processes, results, timeout=seconds + 120)
 
 
 def jain(values: list[int]) -> float:

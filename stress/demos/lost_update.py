@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import queue
 import sqlite3
 import tempfile
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from stress.demos.common import collect_reports
 from stress.report import machine
 
 NAME = "lost-update"
@@ -134,29 +134,6 @@ def _run_threads(variant: str, db_path: str, debits: int) -> list[dict]:
     return tallies
 
 
-def _collect(processes: list, results, timeout: float) -> list[dict]:
-    """Every worker's report; if one dies instead of reporting, stop them all and say so."""
-    reports: list[dict] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(reports) < len(processes):
-            try:
-                reports.append(results.get(timeout=0.2))
-            except queue.Empty:
-                failed = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
-                if failed or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"worker processes failed (exit codes {failed}) or timed out; a script"
-                        " that runs this demo under spawn needs `if __name__ == '__main__':`"
-                    ) from None
-    finally:
-        for process in processes:
-            if len(reports) < len(processes):
-                process.terminate()  # only our own children, and only after a failure
-            process.join(timeout=10)
-    return reports
-
-
 def _run_processes(variant: str, db_path: str, debits: int) -> list[dict]:
     # spawn, not fork: a child starts clean and opens its own connection (never inherits one).
     ctx = multiprocessing.get_context("spawn")
@@ -168,7 +145,7 @@ def _run_processes(variant: str, db_path: str, debits: int) -> list[dict]:
     ]
     for process in processes:
         process.start()
-    return _collect(processes, results, timeout=120)
+    return collect_reports(processes, results, timeout=120)
 
 
 def _measure(variant: str, kind: str, folder: Path, debits: int) -> dict:
