@@ -94,9 +94,7 @@ def write_tx() -> Iterator[None]:
 @contextlib.contextmanager
 def savepoint() -> Iterator[None]:
     """A nested, individually undoable part of the open write transaction."""
-    if not in_write_tx():
-        raise AssertionError("a savepoint needs an open write_tx()")
-    conn = database.connection()
+    conn = write_connection()
     conn.execute("SAVEPOINT part")
     try:
         yield
@@ -113,7 +111,7 @@ def execute(sql: str, params: tuple = ()) -> sqlite3.Cursor:
 
 
 def rows(sql: str, params: tuple = ()) -> list[tuple]:
-    return database.connection().execute(sql, params).fetchall()
+    return execute(sql, params).fetchall()
 
 
 @contextlib.contextmanager
@@ -123,16 +121,11 @@ def read_tx() -> Iterator[None]:
         yield
 
 
-def in_write_tx() -> bool:
-    conn = database.connection()
-    return conn.in_transaction and _gate.held()
-
-
 def write_connection() -> sqlite3.Connection:
-    """This thread's connection, asserting it is inside write_tx(): money moves only there."""
+    """This thread's connection, asserting it is inside write_tx(): writes happen only there."""
     conn = database.connection()
     if not (conn.in_transaction and _gate.held()):
-        raise AssertionError("money moves only inside db.write_tx()")
+        raise AssertionError("this needs an open db.write_tx()")
     return conn
 
 
