@@ -24,6 +24,7 @@ setup(
             "openapi-spec-validator>=0.7",
             "openapi-schema-validator>=0.6",
             "ruff>=0.5",
+            "schemathesis>=4.0",
         ],
         "plot": ["matplotlib>=3.8"],
     },
