@@ -75,27 +75,32 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 def prepare(config: Config) -> Config:
-    """Open the database, create the schema if needed, and settle the admin token."""
+    """Open the database, create the schema if needed, and settle the admin token and ledger key."""
     db.open_database(config)
     db.ensure_schema(config, ALL_MODELS)
-    if config.admin_token:
-        return config
-    return config.with_admin_token(_stored_admin_token(config.admin_token_path))
+    token = config.admin_token or _stored_secret(
+        config.admin_token_path, "an admin token", "CHARGEBOX_ADMIN_TOKEN"
+    )
+    key = config.ledger_key or _stored_secret(
+        config.ledger_key_path, "a ledger key", "CHARGEBOX_LEDGER_KEY"
+    )
+    db.use_ledger_key(key)
+    return config.with_secrets(token, key)
 
 
-def _stored_admin_token(path: Path) -> str:
-    """Read the generated token, or create it (owner-only, atomically) on first start."""
+def _stored_secret(path: Path, what: str, variable: str) -> str:
+    """Read a generated secret, or create it (owner-only, atomically) on first start."""
     if not path.exists():
         temporary = path.with_name(f".{path.name}.{os.getpid()}")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(auth.new_admin_token() + "\n")
-        with contextlib.suppress(FileExistsError):  # another process won: use its token
+        with contextlib.suppress(FileExistsError):  # another process won: use its secret
             os.link(temporary, path)
         temporary.unlink()
         print(
-            f"chargebox: generated an admin token in {path} (readable by its owner only); "
-            "set CHARGEBOX_ADMIN_TOKEN to choose your own",
+            f"chargebox: generated {what} in {path} (readable by its owner only); "
+            f"set {variable} to choose your own",
             file=sys.stderr,
         )
     return path.read_text().strip()
@@ -123,6 +128,8 @@ def _audit(config: Config, as_json: bool) -> int:
         print(f"chargebox audit: no database at {config.db_path}", file=sys.stderr)
         return 2
     db.open_database(config)
+    path = config.ledger_key_path
+    db.use_ledger_key(config.ledger_key or (path.read_text().strip() if path.exists() else None))
     report = Chargebox(config).audit()
     if as_json:
         print(json.dumps(report, indent=2, ensure_ascii=False))

@@ -29,6 +29,7 @@ DEFAULT_BUSY_TIMEOUT_MS = 10_000
 SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
 DEFAULT_SYNCHRONOUS = "NORMAL"
 ADMIN_TOKEN_FILE = "admin_token"
+LEDGER_KEY_FILE = "ledger_key"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,8 @@ class Config:
     threads: int = DEFAULT_THREADS
     processes: int = 1  # server processes sharing the listening socket (server.py)
     admin_token: str | None = dataclasses.field(default=None, repr=False)
+    # The HMAC key that seals the ledger; kept outside the database file (ledger.py).
+    ledger_key: str | None = dataclasses.field(default=None, repr=False)
     max_amount: int = DEFAULT_MAX_AMOUNT
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     synchronous: str = DEFAULT_SYNCHRONOUS
@@ -63,8 +66,13 @@ class Config:
         """Where a generated admin token is kept: beside the database file."""
         return self.db_path.parent / ADMIN_TOKEN_FILE
 
-    def with_admin_token(self, token: str) -> Config:
-        return dataclasses.replace(self, admin_token=token)
+    @property
+    def ledger_key_path(self) -> Path:
+        """Where a generated ledger key is kept: beside the database file, never inside it."""
+        return self.db_path.parent / LEDGER_KEY_FILE
+
+    def with_secrets(self, admin_token: str, ledger_key: str) -> Config:
+        return dataclasses.replace(self, admin_token=admin_token, ledger_key=ledger_key)
 
 
 def env_defaults(environ: Mapping[str, str] = os.environ) -> dict:
@@ -74,6 +82,8 @@ def env_defaults(environ: Mapping[str, str] = os.environ) -> dict:
         values["db_path"] = Path(environ["CHARGEBOX_DB"])
     if environ.get("CHARGEBOX_ADMIN_TOKEN"):
         values["admin_token"] = environ["CHARGEBOX_ADMIN_TOKEN"]
+    if environ.get("CHARGEBOX_LEDGER_KEY"):
+        values["ledger_key"] = environ["CHARGEBOX_LEDGER_KEY"]
     numeric = {
         "CHARGEBOX_THREADS": "threads",
         "CHARGEBOX_PROCESSES": "processes",

@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover - not POSIX: the thread lock and busy ti
     fcntl = None
 
 database = peewee.DatabaseProxy()
+_ledger_key: bytes | None = None  # the HMAC key of the ledger seals, set at start-up
 
 _UNAVAILABLE_MARKERS = ("locked", "busy", "readonly", "disk", "full", "unable to open")
 
@@ -52,6 +53,16 @@ def open_database(config: Config) -> peewee.SqliteDatabase:
     database.initialize(sqlite_db)
     _gate.bind(config.db_path)
     return sqlite_db
+
+
+def use_ledger_key(key: str | None) -> None:
+    """Set the key that seals ledger entries (None: seals cannot be made or checked)."""
+    global _ledger_key
+    _ledger_key = key.encode("utf-8") if key else None
+
+
+def ledger_key() -> bytes | None:
+    return _ledger_key
 
 
 def close_database() -> None:
@@ -218,6 +229,8 @@ TRIGGERS = (
     _immutable("sale", "UPDATE", "sales are never updated"),
     _immutable("sale", "DELETE", "sales are never deleted"),
     _immutable("idempotency_record", "UPDATE", "idempotency outcomes are final"),
+    _immutable("ledger_seal", "UPDATE", "ledger seals are never updated"),
+    _immutable("ledger_seal", "DELETE", "ledger seals are never deleted"),
     _immutable("idempotency_record", "DELETE", "idempotency outcomes are final"),
     _immutable("seller", "DELETE", "sellers are never deleted"),
     _immutable("credit_request", "DELETE", "credit requests are never deleted"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from chargebox import db
+from chargebox import db, seals
 from chargebox.config import MAX_BALANCE
 from chargebox.errors import BalanceLimitExceeded, InsufficientCredit, NotFound, NotPending
 from chargebox.money import check_balance
@@ -32,6 +32,13 @@ _BALANCE = (
 _SALE = (
     "INSERT INTO sale (seller_id, phone, amount, balance_after, created_at) "
     f"SELECT id, ?, ?, balance + ?, ? {_GUARD} RETURNING id, balance_after"
+)
+_HEAD = "SELECT entries, entry_mac FROM seller_head WHERE seller_id = ?"
+_SEAL = "INSERT INTO ledger_seal (entry_id, mac) VALUES (?, ?)"
+_NEW_HEAD = (
+    "INSERT INTO seller_head (seller_id, entry_id, entries, entry_mac, mac) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (seller_id) DO UPDATE SET entry_id = excluded.entry_id, "
+    "entries = excluded.entries, entry_mac = excluded.entry_mac, mac = excluded.mac"
 )
 _PHONE_TOTAL = (
     "INSERT INTO phone (number, total_charged, created_at) VALUES (?, ?, ?) "
@@ -58,6 +65,7 @@ def _move(
     credit_request_id: int | None = None,
     sale_id: int | None = None,
     reason: str | None = None,
+    phone: str | None = None,
 ) -> dict:
     """Record `delta` in the ledger, then apply it to the balance; both guarded (I1-I3).
 
@@ -83,11 +91,28 @@ def _move(
     updated = conn.execute(_BALANCE, (delta, seller_id, delta, MAX_BALANCE)).fetchall()
     if [(check_balance(balance_after),)] != updated:
         raise AssertionError(f"seller {seller_id}: balance {updated} != entry {balance_after}")
+    entry = (entry_id, seller_id, kind, delta, balance_after, credit_request_id, sale_id,
+             reason, now, phone)  # fmt: skip
+    _seal(conn, entry)
     return {
         "id": entry_id, "seller_id": seller_id, "kind": kind, "amount": delta,
         "balance_after": balance_after, "credit_request_id": credit_request_id,
         "sale_id": sale_id, "reason": reason, "created_at": now,
     }  # fmt: skip
+
+
+def _seal(conn: sqlite3.Connection, entry: tuple) -> None:
+    """Chain the new entry's seal to its predecessor's and move the seller's sealed head."""
+    key = db.ledger_key()
+    if key is None:
+        raise AssertionError("no ledger key: start through cli.prepare() (see seals.py)")
+    seller_id, entry_id = entry[1], entry[0]
+    head = conn.execute(_HEAD, (seller_id,)).fetchone()
+    entries, previous = head if head else (0, seals.GENESIS)
+    mac = seals.entry_mac(key, previous, entry)
+    conn.execute(_SEAL, (entry_id, mac))
+    head_mac = seals.head_mac(key, seller_id, entry_id, entries + 1, mac, entry[4])
+    conn.execute(_NEW_HEAD, (seller_id, entry_id, entries + 1, mac, head_mac))
 
 
 def approve_credit_request(request_id: int, now: str) -> dict:
@@ -134,7 +159,7 @@ def sell(seller_id: int, number: str, amount: int, now: str) -> dict:
     if not rows:
         _refuse(conn, seller_id, -amount)
     sale_id, balance_after = rows[0]
-    _move(conn, seller_id, -amount, "sale", now, sale_id=sale_id)
+    _move(conn, seller_id, -amount, "sale", now, sale_id=sale_id, phone=number)
     conn.execute(_PHONE_TOTAL, (number, amount, now))
     return {
         "id": sale_id, "seller_id": seller_id, "phone": number, "amount": amount,
@@ -223,6 +248,7 @@ def audit() -> dict:
                         "message": message,
                     }
                 )
+        problems.extend(seals.problems(db.ledger_key()))
         problems.extend(
             {
                 "invariant": "I5",

@@ -130,6 +130,27 @@ class LedgerEntry(BaseModel):
         indexes = ((("seller", "id"), False),)
 
 
+class LedgerSeal(BaseModel):
+    """HMAC of one entry chained to its predecessor's seal (tamper evidence, ledger.py)."""
+
+    entry = ForeignKeyField(
+        LedgerEntry, column_name="entry_id", primary_key=True, on_delete="RESTRICT"
+    )
+    mac = CharField(max_length=64)
+
+
+class SellerHead(BaseModel):
+    """The sealed end of a seller's chain: its newest entry and how many there are."""
+
+    seller = ForeignKeyField(
+        Seller, column_name="seller_id", primary_key=True, on_delete="RESTRICT"
+    )
+    entry_id = BigIntegerField()
+    entries = BigIntegerField()
+    entry_mac = CharField(max_length=64)
+    mac = CharField(max_length=64)
+
+
 class IdempotencyRecord(BaseModel):
     """The final outcome of one seller's Idempotency-Key: a sale, or a refusal."""
 
@@ -148,4 +169,13 @@ class IdempotencyRecord(BaseModel):
         indexes = ((("seller", "key"), True),)
 
 
-ALL_MODELS = (Seller, CreditRequest, Phone, Sale, LedgerEntry, IdempotencyRecord)
+ALL_MODELS = (
+    Seller,
+    CreditRequest,
+    Phone,
+    Sale,
+    LedgerEntry,
+    LedgerSeal,
+    SellerHead,
+    IdempotencyRecord,
+)

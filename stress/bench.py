@@ -61,6 +61,13 @@ UPDATE_SQL = (
     "UPDATE seller SET balance = balance + ? WHERE id = ? AND balance + ? BETWEEN 0 AND ? "
     "RETURNING balance"
 )
+HEAD_SQL = "SELECT entries, entry_mac FROM seller_head WHERE seller_id = ?"
+SEAL_SQL = "INSERT INTO ledger_seal (entry_id, mac) VALUES (?, ?)"
+NEW_HEAD_SQL = (
+    "INSERT INTO seller_head (seller_id, entry_id, entries, entry_mac, mac) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (seller_id) DO UPDATE SET entry_id = excluded.entry_id, "
+    "entries = excluded.entries, entry_mac = excluded.entry_mac, mac = excluded.mac"
+)
 PHONE_SQL = (
     "INSERT INTO phone (number, total_charged, created_at) VALUES (?, ?, ?) "
     "ON CONFLICT (number) DO UPDATE SET total_charged = total_charged + excluded.total_charged"
@@ -121,8 +128,12 @@ def raw_connection(path: Path, synchronous: str, busy_timeout_ms: int) -> sqlite
     return conn
 
 
-def raw_sale(conn: sqlite3.Connection, seller_id: int, number: str, amount: int, now: str) -> None:
+def raw_sale(
+    conn: sqlite3.Connection, seller_id: int, number: str, amount: int, now: str, key: bytes
+) -> None:
     """One sale's statements, inside the caller's BEGIN IMMEDIATE, checked as ledger checks."""
+    from chargebox import seals  # the same HMAC chain as ledger._seal
+
     rows = conn.execute(
         SALE_SQL, (number, amount, -amount, now, seller_id, -amount, MAX_BALANCE)
     ).fetchall()
@@ -136,6 +147,14 @@ def raw_sale(conn: sqlite3.Connection, seller_id: int, number: str, amount: int,
     updated = conn.execute(UPDATE_SQL, (-amount, seller_id, -amount, MAX_BALANCE)).fetchall()
     if not entry or updated != [(entry[0][1],)]:
         raise AssertionError(f"seller {seller_id}: balance {updated} != entry {entry}")
+    entry_id, balance_after = entry[0]
+    head = conn.execute(HEAD_SQL, (seller_id,)).fetchone()
+    entries, previous = head if head else (0, seals.GENESIS)
+    sealed = (entry_id, seller_id, "sale", -amount, balance_after, None, sale_id, None, now, number)
+    mac = seals.entry_mac(key, previous, sealed)
+    conn.execute(SEAL_SQL, (entry_id, mac))
+    head_mac = seals.head_mac(key, seller_id, entry_id, entries + 1, mac, balance_after)
+    conn.execute(NEW_HEAD_SQL, (seller_id, entry_id, entries + 1, mac, head_mac))
     conn.execute(PHONE_SQL, (number, amount, now))
 
 
@@ -143,6 +162,9 @@ def raw_rate(
     path: Path, seller_id: int, sales: int, per_tx: int, synchronous: str, busy_ms: int
 ) -> dict:
     """Sales/s of our sale transaction from one thread, `per_tx` sales per BEGIN...COMMIT."""
+    from chargebox import db
+
+    key = db.ledger_key()  # set by cli.prepare() on this database
     conn = raw_connection(path, synchronous, busy_ms)
     level = SYNC_NAMES.get(conn.execute("PRAGMA synchronous").fetchone()[0], "?")
     journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
@@ -154,7 +176,7 @@ def raw_rate(
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for n in range(done, done + count):
-                    raw_sale(conn, seller_id, _phone(n), AMOUNT, _now())
+                    raw_sale(conn, seller_id, _phone(n), AMOUNT, _now(), key)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")

@@ -1,0 +1,107 @@
+"""Tamper evidence: an HMAC chain over each seller's ledger, and a sealed head.
+
+The triggers stop the application from rewriting history, but whoever holds the
+database file can drop them and forge rows whose sums all agree. Each entry's
+seal is HMAC(key, previous seal + the entry), and each seller's head seals its
+newest entry, its count and its balance, so an edit, insertion, reordering or
+deletion (the newest entry included) breaks a seal that only the key can remake.
+The key lives outside the database file. Here: the arithmetic and the check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+
+from chargebox import db
+
+GENESIS = "0" * 64
+# What a seal covers, in this order; `phone` is the sale's number for sale entries.
+ENTRY_COLUMNS = ("id", "seller_id", "kind", "amount", "balance_after", "credit_request_id",
+                 "sale_id", "reason", "created_at", "phone")  # fmt: skip
+
+
+def _mac(key: bytes, *parts: object) -> str:
+    message = json.dumps(parts, separators=(",", ":"), ensure_ascii=False)
+    return hmac.new(key, message.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def entry_mac(key: bytes, previous: str, entry: tuple) -> str:
+    """The seal of one entry (values in ENTRY_COLUMNS order), chained to its predecessor's."""
+    return _mac(key, "entry", previous, *entry)
+
+
+def head_mac(key: bytes, seller_id: int, entry_id: int, entries: int, mac: str,
+             balance_after: int) -> str:  # fmt: skip
+    """The seal of a seller's newest entry: deleting it, or adding after it, breaks this."""
+    return _mac(key, "head", seller_id, entry_id, entries, mac, balance_after)
+
+
+def problems(key: bytes | None) -> list[dict]:
+    """Every seller's first broken seal, a head that does not match, and stray seals."""
+    if key is None:
+        return [
+            _problem(
+                None,
+                None,
+                "no ledger key: the seals cannot be checked (set "
+                "CHARGEBOX_LEDGER_KEY or keep the ledger_key file beside the database)",
+            )
+        ]
+    found: list[dict] = []
+    heads = {
+        row[0]: row[1:]
+        for row in db.rows("SELECT seller_id, entry_id, entries, entry_mac, mac FROM seller_head")
+    }
+    chains: dict[int, list] = {}  # seller -> [previous mac, count, last id, last balance, ok]
+    for *entry, stored in db.rows(
+        "SELECT l.id, l.seller_id, l.kind, l.amount, l.balance_after, l.credit_request_id,"
+        " l.sale_id, l.reason, l.created_at, s.phone, seal.mac FROM ledger_entry l"
+        " LEFT JOIN sale s ON s.id = l.sale_id"
+        " LEFT JOIN ledger_seal seal ON seal.entry_id = l.id ORDER BY l.seller_id, l.id"
+    ):
+        chain = chains.setdefault(entry[1], [GENESIS, 0, None, 0, True])
+        expected = entry_mac(key, chain[0], tuple(entry))
+        if chain[4] and not hmac.compare_digest(stored or "", expected):
+            chain[4] = False
+            found.append(
+                _problem(
+                    entry[1],
+                    entry[0],
+                    "its seal does not match: this entry "
+                    "or one before it was edited, inserted or reordered",
+                )
+            )
+        chain[0:4] = [expected, chain[1] + 1, entry[0], entry[4]]
+    for seller_id in sorted(set(chains) | set(heads)):
+        found += _head_problems(key, seller_id, chains.get(seller_id), heads.get(seller_id))
+    for (entry_id,) in db.rows(
+        "SELECT entry_id FROM ledger_seal WHERE entry_id NOT IN (SELECT id FROM ledger_entry)"
+    ):
+        found.append(_problem(None, entry_id, "a seal whose entry was deleted"))
+    return found
+
+
+def _head_problems(key: bytes, seller_id: int, chain: list | None, head: tuple | None) -> list:
+    if chain is None:
+        return [_problem(seller_id, None, "a sealed head but no ledger entries: deleted")]
+    mac, entries, last_id, balance, _ = chain
+    if head is None:
+        return [_problem(seller_id, last_id, "ledger entries but no sealed head")]
+    expected = head_mac(key, seller_id, last_id, entries, mac, balance)
+    if hmac.compare_digest(head[3], expected):
+        return []
+    return [
+        _problem(
+            seller_id,
+            last_id,
+            f"the sealed head (entry {head[0]}, {head[1]} entries) "
+            f"does not match the ledger (entry {last_id}, {entries} entries): entries "
+            "were removed or added at the end, or the head was edited",
+        )
+    ]
+
+
+def _problem(seller_id: int | None, entry_id: int | None, message: str) -> dict:
+    return {"invariant": "seal", "seller_id": seller_id, "entry_id": entry_id, "message": message}
