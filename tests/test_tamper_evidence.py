@@ -1,0 +1,237 @@
+"""Tamper evidence: forgeries that keep every sum consistent are still caught by the seals.
+
+Each forgery works on a copy of one realistic database, the way someone holding
+the file could: drop the triggers, change rows, then repair balances,
+balance_after chains, sale rows and phone totals so that I1-I4 all hold again.
+Only the HMAC seals (chained per seller, head sealed) can tell, and they must
+name the first broken entry.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import shutil
+import sqlite3
+
+import pytest
+
+from chargebox import db, ledger
+from chargebox.cli import prepare
+from chargebox.config import Config
+from chargebox.services import Chargebox
+from tests.support import ADMIN_TOKEN, cli_audit
+
+FORGERIES = 200
+SEED = 20261124
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory):
+    """Three sellers with credits, adjustments and sales; returns (db path, ledger key)."""
+    folder = tmp_path_factory.mktemp("tamper")
+    config = prepare(Config(db_path=folder / "chargebox.db", admin_token=ADMIN_TOKEN))
+    service, rng = Chargebox(config), random.Random(SEED)
+    for n in range(3):
+        seller, _ = service.create_seller(f"seller {n}")
+        for _ in range(3):
+            request = service.request_credit(seller["id"], rng.randrange(50, 200) * 1_000)
+            service.approve_credit_request(request["id"])
+        service.adjust_balance(seller["id"], 7_000, "opening bonus")
+        for _ in range(12):
+            service.sell(
+                seller["id"], f"0912{rng.randrange(10**7):07d}", rng.choice((1_000, 5_000))
+            )
+    db.database.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close_database()
+    return config.db_path, config.ledger_key
+
+
+def audit_copy(original, tmp_path, name: str, forge) -> dict:
+    path = tmp_path / f"{name}.db"
+    shutil.copy(original[0], path)
+    target = None
+    if forge is not None:
+        conn = sqlite3.connect(path)
+        for (trigger,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
+            conn.execute(f"DROP TRIGGER {trigger}")
+        conn.execute("PRAGMA foreign_keys = OFF")
+        target = forge(conn)
+        repair(conn)
+        conn.commit()
+        conn.close()
+    db.open_database(Config(db_path=path, admin_token=ADMIN_TOKEN))
+    db.use_ledger_key(original[1])
+    try:
+        report = ledger.audit()
+    finally:
+        db.close_database()
+    return {"report": report, "target": target}
+
+
+def repair(conn: sqlite3.Connection) -> None:
+    """Make every sum agree again: chains, balances, sale rows, phone totals."""
+    for (seller_id,) in conn.execute("SELECT id FROM seller").fetchall():
+        running = 0
+        for entry_id, amount, sale_id in conn.execute(
+            "SELECT id, amount, sale_id FROM ledger_entry WHERE seller_id = ? ORDER BY id",
+            (seller_id,),
+        ).fetchall():
+            running += amount
+            conn.execute(
+                "UPDATE ledger_entry SET balance_after = ? WHERE id = ?", (running, entry_id)
+            )
+            if sale_id is not None:
+                conn.execute(
+                    "UPDATE sale SET amount = ?, balance_after = ? WHERE id = ?",
+                    (-amount, running, sale_id),
+                )
+        conn.execute("UPDATE seller SET balance = ? WHERE id = ?", (running, seller_id))
+    conn.execute(
+        "UPDATE phone SET total_charged = (SELECT COALESCE(SUM(amount), 0) FROM sale "
+        "WHERE sale.phone = phone.number)"
+    )
+
+
+def entries(conn, kind: str | None = None) -> list[tuple]:
+    sql = "SELECT id, seller_id, amount, sale_id FROM ledger_entry"
+    return conn.execute(
+        sql + (" WHERE kind = ?" if kind else "") + " ORDER BY id", (kind,) if kind else ()
+    ).fetchall()
+
+
+def edit_sale_amount(conn, rng):
+    entry_id, _, amount, sale_id = rng.choice(entries(conn, "sale"))
+    conn.execute("UPDATE ledger_entry SET amount = ? WHERE id = ?", (amount - 1_000, entry_id))
+    return entry_id
+
+
+def edit_credit(conn, rng):
+    entry_id, _, amount, _ = rng.choice(entries(conn, "credit"))
+    conn.execute("UPDATE ledger_entry SET amount = ? WHERE id = ?", (amount * 2, entry_id))
+    conn.execute(
+        "UPDATE credit_request SET amount = ? WHERE id = (SELECT credit_request_id "
+        "FROM ledger_entry WHERE id = ?)",
+        (amount * 2, entry_id),
+    )
+    return entry_id
+
+
+def delete_an_entry(conn, rng):
+    """Delete a sale from the middle: the next entry's seal no longer chains."""
+    entry_id, seller_id, _, sale_id = rng.choice(entries(conn, "sale"))
+    following = conn.execute(
+        "SELECT MIN(id) FROM ledger_entry WHERE seller_id = ? AND id > ?", (seller_id, entry_id)
+    ).fetchone()[0]
+    conn.execute("DELETE FROM ledger_entry WHERE id = ?", (entry_id,))
+    conn.execute("DELETE FROM ledger_seal WHERE entry_id = ?", (entry_id,))
+    conn.execute("DELETE FROM sale WHERE id = ?", (sale_id,))
+    return following if following is not None else "head"
+
+
+def delete_the_newest_entry(conn, rng):
+    seller_id = rng.choice([row[0] for row in conn.execute("SELECT id FROM seller")])
+    entry_id, sale_id = conn.execute(
+        "SELECT id, sale_id FROM ledger_entry WHERE seller_id = ? ORDER BY id DESC LIMIT 1",
+        (seller_id,),
+    ).fetchone()
+    conn.execute("DELETE FROM ledger_entry WHERE id = ?", (entry_id,))
+    conn.execute("DELETE FROM ledger_seal WHERE entry_id = ?", (entry_id,))
+    conn.execute("DELETE FROM sale WHERE id = ?", (sale_id,))
+    return "head"
+
+
+def insert_an_entry(conn, rng):
+    entry_id, seller_id, _, _ = rng.choice(entries(conn))
+    conn.execute(
+        "INSERT INTO ledger_entry (id, seller_id, kind, amount, balance_after, reason, created_at)"
+        " VALUES (?, ?, 'adjustment', 50000, 0, 'goodwill', '2026-01-01T00:00:00.000000Z')",
+        (entry_id * 1000 + 1 if rng.random() < 0.5 else 10**6 + entry_id, seller_id),
+    )
+    return "inserted"
+
+
+def swap_two_entries(conn, rng):
+    sales = entries(conn, "sale")
+    first = rng.randrange(len(sales) - 1)
+    (a, seller_a, amount_a, _), (b, seller_b, amount_b, _) = sales[first], sales[first + 1]
+    if seller_a != seller_b or amount_a == amount_b:
+        return swap_reasons(conn, rng)
+    conn.execute("UPDATE ledger_entry SET amount = ? WHERE id = ?", (amount_b, a))
+    conn.execute("UPDATE ledger_entry SET amount = ? WHERE id = ?", (amount_a, b))
+    return a
+
+
+def swap_reasons(conn, rng):
+    entry_id = rng.choice(entries(conn, "adjustment"))[0]
+    conn.execute("UPDATE ledger_entry SET reason = 'forged' WHERE id = ?", (entry_id,))
+    return entry_id
+
+
+def redirect_a_sale(conn, rng):
+    entry_id, _, _, sale_id = rng.choice(entries(conn, "sale"))
+    conn.execute(
+        "INSERT OR IGNORE INTO phone (number, total_charged, created_at) "
+        "VALUES ('09990000000', 0, '2026-01-01T00:00:00.000000Z')"
+    )
+    conn.execute("UPDATE sale SET phone = '09990000000' WHERE id = ?", (sale_id,))
+    return entry_id
+
+
+FORGERS = (edit_sale_amount, edit_credit, delete_an_entry, delete_the_newest_entry,
+           insert_an_entry, swap_two_entries, swap_reasons, redirect_a_sale)  # fmt: skip
+
+
+def test_an_untouched_copy_passes_every_check_including_the_seals(original, tmp_path):
+    result = audit_copy(original, tmp_path, "untouched", None)
+    assert result["report"]["consistent"], result["report"]["problems"]
+
+
+def test_every_consistent_forgery_is_caught_by_the_seals_and_names_the_first_broken_entry(
+    original, tmp_path
+):
+    rng = random.Random(SEED)
+    caught = 0
+    for n in range(FORGERIES):
+        forger = FORGERS[n % len(FORGERS)]
+        result = audit_copy(original, tmp_path, f"forgery{n}", functools.partial(forger, rng=rng))
+        problems = result["report"]["problems"]
+        others = [p for p in problems if p["invariant"] not in ("seal", "I5")]
+        assert others == [], f"{forger.__name__}: the forgery was not consistent: {others}"
+        seals = [p for p in problems if p["invariant"] == "seal"]
+        assert seals, f"{forger.__name__} (forgery {n}) went undetected"
+        if isinstance(result["target"], int):
+            assert result["target"] in {p["entry_id"] for p in seals}, (forger.__name__, seals)
+        caught += 1
+    print(f"\n{caught} of {FORGERIES} consistent forgeries detected")
+    assert caught == FORGERIES
+
+
+def test_the_audit_without_the_key_says_the_seals_cannot_be_checked(original, tmp_path):
+    path = tmp_path / "nokey.db"
+    shutil.copy(original[0], path)
+    db.open_database(Config(db_path=path, admin_token=ADMIN_TOKEN))
+    db.use_ledger_key(None)
+    try:
+        report = ledger.audit()
+    finally:
+        db.close_database()
+        db.use_ledger_key(original[1])
+    assert not report["consistent"]
+    assert "no ledger key" in report["problems"][0]["message"]
+
+
+def test_chargebox_audit_names_the_first_broken_seal_straight_from_the_file(original, tmp_path):
+    """As an operator runs it: the key file beside the copy, the CLI on the forged file."""
+    (tmp_path / "ledger_key").write_text(original[1] + "\n")
+    result = audit_copy(
+        original, tmp_path, "cli", functools.partial(swap_reasons, rng=random.Random(1))
+    )
+    audited = cli_audit(tmp_path / "cli.db")
+    seal = next(p for p in result["report"]["problems"] if p["invariant"] == "seal")
+    assert audited.returncode == 1
+    assert seal["entry_id"] == result["target"]
+    expected = (
+        f"seal: seller {seal['seller_id']}, entry {seal['entry_id']}: its seal does not match"
+    )
+    assert expected in audited.stderr
