@@ -14,6 +14,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def open_database(config: Config) -> peewee.SqliteDatabase:
         thread_safe=True,  # one connection per thread (traps 1 and 2)
     )
     database.initialize(sqlite_db)
-    _gate.bind(config.db_path)
+    _gate.bind(config.db_path, config.busy_timeout_ms / 1000)
     return sqlite_db
 
 
@@ -98,8 +99,15 @@ def write_tx() -> Iterator[None]:
     """
     if database.in_transaction():
         raise AssertionError("write_tx() must not be nested")
-    with _gate, translate_errors(), database.atomic(lock_type="IMMEDIATE"):
-        yield
+    try:
+        with _gate, translate_errors(), database.atomic(lock_type="IMMEDIATE"):
+            yield
+    except Unavailable:
+        # A connection opened while the file was read-only stays read-only, and one that
+        # hit a disk error may be in a poor state: this thread starts afresh next time.
+        with contextlib.suppress(Exception):
+            database.close()
+        raise
 
 
 @contextlib.contextmanager
@@ -148,9 +156,13 @@ def translate_errors() -> Iterator[None]:
     except (peewee.IntegrityError, sqlite3.IntegrityError) as exc:
         raise IntegrityViolation(f"the database refused a write: {exc}") from exc
     except (peewee.OperationalError, sqlite3.OperationalError) as exc:
-        text = str(exc).lower()
-        if any(marker in text for marker in _UNAVAILABLE_MARKERS):
-            raise Unavailable("the database is busy or unavailable; retry shortly") from exc
+        # A failed COMMIT has already been rolled back by SQLite; peewee's own ROLLBACK
+        # then fails ("no transaction is active") and hides the cause in __context__.
+        cause: BaseException | None = exc
+        while cause is not None:
+            if any(marker in str(cause).lower() for marker in _UNAVAILABLE_MARKERS):
+                raise Unavailable("the database is busy or unavailable; retry shortly") from exc
+            cause = cause.__context__
         raise
 
 
@@ -170,25 +182,47 @@ class _WriteGate:
         self._fd: int | None = None
         self._pid = 0
         self._owner: int | None = None
+        self._timeout = 10.0
 
-    def bind(self, db_path: Path) -> None:
+    def bind(self, db_path: Path, timeout: float) -> None:
         with self._thread_lock:
             self._close_fd()
             self._path = Path(str(db_path) + ".write-lock")
+            self._timeout = timeout
 
     def held(self) -> bool:
         return self._owner == threading.get_ident()
 
     def __enter__(self) -> None:
-        self._thread_lock.acquire()
+        deadline = time.monotonic() + self._timeout
+        if not self._thread_lock.acquire(timeout=self._timeout):
+            raise Unavailable("the database is busy; retry shortly")
         try:
             fd = self._file()
             if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._flock(fd, deadline)
         except BaseException:
             self._thread_lock.release()
             raise
         self._owner = threading.get_ident()
+
+    @staticmethod
+    def _flock(fd: int, deadline: float) -> None:
+        """Take the process-wide flock, giving up (503) at the busy timeout.
+
+        One thread per process asks at a time (the thread lock is held), so the short
+        polls below cost little; a stuck writer elsewhere can no longer hang us.
+        """
+        pause = 0.0005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise Unavailable("the database is busy; retry shortly") from None
+                time.sleep(pause)  # another process is writing: poll, not spin
+                pause = min(pause * 2, 0.005)
 
     def __exit__(self, *exc_info: object) -> None:
         self._owner = None

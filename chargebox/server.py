@@ -92,11 +92,12 @@ def serve(config: Config, announce=print) -> int:
     return _serve_one(server, announce)
 
 
-def _serve_one(server, announce) -> int:
+def _serve_one(server, announce, parent: int | None = None) -> int:
+    """Serve until a signal, or (a forked child) until its supervising parent is gone."""
     stop = _Stop()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while not stop.requested:
+        while not stop.requested and (parent is None or os.getppid() == parent):
             wasyncore.loop(timeout=LOOP_TIMEOUT, map=server._map, use_poll=True, count=1)
         announce("chargebox stopping: finishing requests in flight")
         _drain(server)
@@ -124,7 +125,7 @@ def _serve_processes(config: Config, announce) -> int:
         if pid == 0:  # the child serves until told to stop, and never returns here
             code = 1
             try:
-                code = _serve_one(build_server(config, listener), lambda line: None)
+                code = _serve_one(build_server(config, listener), lambda line: None, os.getppid())
             finally:
                 os._exit(code)
         children.append(pid)

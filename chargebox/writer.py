@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chargebox import db
+from chargebox.errors import Unavailable
 
 MAX_BATCH = 256
 
@@ -95,6 +96,8 @@ class GroupWriter:
                     try:
                         with db.translate_errors(), db.savepoint():
                             item.result = item.work()
+                    except Unavailable:
+                        raise  # the database cannot write now: the whole batch fails
                     except Exception as exc:  # this write only; the savepoint undid it
                         item.error = exc
         except Exception as exc:  # BEGIN or COMMIT failed: nothing of the batch was written

@@ -1,0 +1,353 @@
+"""A hostile environment: a read-only database, a full disk, a writer holding the lock.
+
+Each test starts a real server on its own database file, funds a seller, then
+makes the environment hostile while the server runs. Every write must be
+refused with 503 `unavailable` (JSON, Retry-After) and change nothing, reads
+must go on, and once the condition clears the same Idempotency-Keys must sell
+(a 503 never uses a key) and the books must reconcile.
+
+As root, chmod stops nobody, and an open file descriptor ignores permissions
+anyway; so "read-only" is the immutable attribute (`chattr +i`, refused even to
+root, even on open files), and "disk full" is a tiny tmpfs. Both need root;
+these tests fail, never skip, where it is missing.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import errno
+import fcntl
+import sqlite3
+import subprocess
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support import ADMIN_TOKEN, Api, ServerProcess, books, cli_audit, new_seller
+
+CREDIT = 10_000_000
+AMOUNT = 1_000
+REQUEST_TIMEOUT = 10  # an answer slower than this is a hang
+
+
+def run(*command: str) -> None:
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, (
+        f"`{' '.join(command)}` failed here ({result.stderr.strip()}): this test needs root "
+        "and a filesystem that supports it"
+    )
+
+
+@contextlib.contextmanager
+def serving(db_path: Path, threads: int = 16, **env: str):
+    """A server with a funded seller: (server, seller id, the seller's key); must exit 0."""
+    server = ServerProcess(db_path, threads=threads, env=env).start()
+    try:
+        admin = server.admin()
+        seller, key = new_seller(admin, "hostile", credit=CREDIT)
+        admin.close()
+        yield server, seller["id"], key
+    finally:
+        code = server.stop()
+        if code != 0:
+            pytest.fail(f"server exit status {code}: {server.log_path.read_text()[-2000:]}")
+
+
+def body(key: str) -> dict:
+    return {"phone": f"0912{zlib.crc32(key.encode()) % 10**7:07d}", "amount": AMOUNT}
+
+
+def sell_all(url: str, seller_key: str, keys: list[str], workers: int = 8) -> dict:
+    """The keyed sales from `workers` concurrent clients: {key: (response, seconds)}."""
+    local, opened = threading.local(), []
+
+    def one(key: str):
+        if not hasattr(local, "api"):
+            local.api = Api(url, seller_key)
+            opened.append(local.api)
+        started = time.monotonic()
+        try:
+            response = local.api.session.post(
+                url + "/api/sales",
+                json=body(key),
+                headers={"Idempotency-Key": key},
+                timeout=REQUEST_TIMEOUT,
+            )
+        except requests.Timeout:
+            return key, (None, time.monotonic() - started)
+        return key, (response, time.monotonic() - started)
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        results = dict(pool.map(one, keys))
+    for api in opened:
+        api.close()
+    hung = [key for key, (response, _) in results.items() if response is None]
+    assert hung == [], f"no answer within {REQUEST_TIMEOUT}s for {len(hung)} sales"
+    return results
+
+
+def assert_unavailable(response: requests.Response) -> None:
+    """503 with the error shape of every refusal, and a Retry-After the client can obey."""
+    assert response.status_code == 503, (response.status_code, response.text)
+    assert response.headers["Content-Type"].startswith("application/json")
+    error = response.json()["error"]
+    assert error["code"] == "unavailable" and error["message"], error
+    assert int(response.headers["Retry-After"]) >= 1
+
+
+def assert_sold(results: dict, replayed: bool = False) -> None:
+    for key, (response, _) in results.items():
+        assert response.status_code == 201, (key, response.status_code, response.text)
+        assert (response.headers.get("Idempotent-Replayed") == "true") == replayed, key
+
+
+def stored_keys(db_path: Path) -> set[str]:
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return {key for (key,) in conn.execute("SELECT key FROM idempotency_record")}
+    finally:
+        conn.close()
+
+
+def assert_books(db_path: Path, seller_id: int, sold: int) -> None:
+    """The file is intact, the books reconcile, and exactly `sold` sales were made."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert conn.execute("SELECT COUNT(*) FROM sale").fetchone()[0] == sold
+    finally:
+        conn.close()
+    assert books(db_path)[seller_id] == CREDIT - AMOUNT * sold
+    audit = cli_audit(db_path)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+def assert_reads_work(server: ServerProcess, seller_key: str, balance: int) -> None:
+    own, admin = server.seller(seller_key), Api(server.url, ADMIN_TOKEN)
+    try:
+        me = own.get("/api/me")
+        assert me.status_code == 200 and me.json()["balance"] == balance, me.text
+        assert own.get("/api/sales?limit=1000").status_code == 200
+        audit = admin.get("/api/audit")
+        assert audit.status_code == 200 and audit.json()["consistent"] is True, audit.text
+    finally:
+        own.close()
+        admin.close()
+
+
+def keys(prefix: str, count: int) -> list[str]:
+    return [f"{prefix}-{n}" for n in range(count)]
+
+
+@contextlib.contextmanager
+def immutable(paths: list[Path]):
+    """chattr +i: no write, even by root and through descriptors opened before."""
+    done = []
+    try:
+        for path in paths:
+            run("chattr", "+i", str(path))
+            done.append(path)
+        yield
+    finally:
+        for path in reversed(done):
+            run("chattr", "-i", str(path))
+
+
+def test_a_database_made_read_only_under_the_server_refuses_writes_with_503_and_recovers(
+    tmp_path,
+):
+    """Writes 503 and change nothing, reads go on; once writable again, every sale succeeds.
+
+    While the file is read-only, server threads that had not used the database yet
+    (64 threads, and the group writer) open their connections: SQLite then opens
+    them read-only. Recovering means those connections are replaced, not kept.
+    """
+    db_path = tmp_path / "cb.db"
+    with serving(db_path, threads=64) as (server, seller_id, key):
+        assert_sold(sell_all(server.url, key, keys("warm", 20), workers=1))
+        wal = Path(f"{db_path}-wal")
+        assert wal.exists()
+        refused = keys("ro", 48)
+        # The -shm index stays writable: it is mapped memory, and a real read-only
+        # filesystem would not let SQLite map it writable in the first place.
+        with immutable([db_path, wal, tmp_path]):
+            with pytest.raises(PermissionError), open(wal, "r+b"):
+                pass  # the condition really holds, even for root
+            with concurrent.futures.ThreadPoolExecutor(1) as reader:
+                reads = reader.submit(read_all, server.url, key, 256, 32)
+                for response, _ in sell_all(server.url, key, refused, workers=32).values():
+                    assert_unavailable(response)
+                assert reads.result() == [200] * 256
+            admin = server.admin()
+            assert_unavailable(admin.post("/api/sellers", {"name": "not now"}))
+            admin.close()
+            assert_reads_work(server, key, CREDIT - 20 * AMOUNT)
+            assert stored_keys(db_path).isdisjoint(refused), "a 503 changed something"
+            assert books(db_path)[seller_id] == CREDIT - 20 * AMOUNT
+        # Cleared. Settling: each connection opened read-only may refuse its next write
+        # (503, nothing changed) while it is replaced; sequential sales reach every
+        # server thread in turn, concurrent ones the group writer.
+        settling = {
+            **sell_all(server.url, key, refused + keys("settle", 80), workers=1),
+            **sell_all(server.url, key, keys("settle-many", 128), workers=64),
+        }
+        late = [k for k, (response, _) in settling.items() if response.status_code != 201]
+        for k in late:
+            assert_unavailable(settling[k][0])
+        # Recovered: every write succeeds now, the late keys once each (never used).
+        assert_sold(sell_all(server.url, key, late, workers=1))
+        assert_sold(sell_all(server.url, key, keys("after", 128), workers=1))
+        assert_sold(sell_all(server.url, key, keys("after-many", 128), workers=64))
+        sold = 20 + 48 + 80 + 128 + 128 + 128
+        assert_reads_work(server, key, CREDIT - sold * AMOUNT)
+        print(f"\nread-only: {len(late)} sales refused while settling, then all sold")
+    assert_books(db_path, seller_id, sold)
+
+
+def read_all(url: str, seller_key: str, count: int, workers: int) -> list[int]:
+    """GET /api/me `count` times from `workers` concurrent clients; the status codes."""
+    local, opened = threading.local(), []
+
+    def one(_: int) -> int:
+        if not hasattr(local, "api"):
+            local.api = Api(url, seller_key)
+            opened.append(local.api)
+        return local.api.session.get(url + "/api/me", timeout=REQUEST_TIMEOUT).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        statuses = list(pool.map(one, range(count)))
+    for api in opened:
+        api.close()
+    return statuses
+
+
+def fill(path: Path) -> int:
+    """Write zeros to `path` until the filesystem is full; return the bytes written."""
+    written, chunk = 0, b"\0" * 65536
+    with open(path, "wb", buffering=0) as filler:
+        while True:
+            try:
+                written += filler.write(chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                break
+        with contextlib.suppress(OSError):
+            while filler.write(b"\0" * 512):  # the last partial blocks
+                pass
+    return written
+
+
+@contextlib.contextmanager
+def tiny_filesystem(where: Path, size: str):
+    where.mkdir()
+    run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where))
+    try:
+        yield where
+    finally:
+        if subprocess.run(["umount", str(where)]).returncode != 0:
+            run("umount", "--lazy", str(where))  # still detach it, then say so
+            pytest.fail(f"{where} was still busy at unmount")
+
+
+def test_a_full_disk_refuses_writes_with_503_changes_nothing_and_recovers_when_space_frees(
+    tmp_path,
+):
+    """The database (and the server's log) on an 8 MB tmpfs that a filler file fills up."""
+    with tiny_filesystem(tmp_path / "disk", "8m") as disk:
+        db_path = disk / "cb.db"
+        with serving(db_path) as (server, seller_id, key):
+            assert_sold(sell_all(server.url, key, keys("warm", 20)))
+            filler = disk / "filler"
+            assert fill(filler) > 0
+            # Room SQLite allocated earlier may take a few more sales; then it must refuse.
+            sold, refused = 20, []
+            for batch in range(40):
+                results = sell_all(server.url, key, keys(f"full{batch}", 32), workers=16)
+                for key_, (response, _) in results.items():
+                    if response.status_code == 201:
+                        sold += 1
+                    else:
+                        assert_unavailable(response)
+                        refused.append(key_)
+                if all(response.status_code == 503 for response, _ in results.values()):
+                    break
+            else:
+                pytest.fail("the full disk never refused a whole batch of sales")
+            assert_reads_work(server, key, CREDIT - sold * AMOUNT)
+            assert stored_keys(db_path).isdisjoint(refused), "a 503 changed something"
+            assert books(db_path)[seller_id] == CREDIT - sold * AMOUNT
+            admin = server.admin()
+            assert_unavailable(admin.post("/api/sellers", {"name": "not now"}))
+            admin.close()
+
+            filler.unlink()
+            assert_sold(sell_all(server.url, key, refused, workers=16))
+            assert_sold(sell_all(server.url, key, keys("after", 64), workers=16))
+            sold += len(refused) + 64
+            assert_reads_work(server, key, CREDIT - sold * AMOUNT)
+            print(f"\ndisk full: {len(refused)} sales refused with 503, all sold after")
+        assert_books(db_path, seller_id, sold)
+
+
+@contextlib.contextmanager
+def write_lock_held(db_path: Path, gate: bool = False):
+    """Another process's open write transaction (and, if asked, chargebox's write gate)."""
+    gate_file = None
+    if gate:
+        gate_path = Path(f"{db_path}.write-lock")
+        assert gate_path.exists(), "chargebox's write gate is not where this test expects it"
+        gate_file = open(gate_path, "r+b")  # noqa: SIM115 - held across the block
+        fcntl.flock(gate_file, fcntl.LOCK_EX)
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        holder.rollback()
+        holder.close()
+        if gate_file is not None:
+            gate_file.close()
+
+
+def test_a_writer_holding_the_lock_makes_sales_503_after_the_busy_timeout_then_they_resume(
+    tmp_path,
+):
+    """Another process sits in BEGIN IMMEDIATE; the server's busy timeout is 0.5 s."""
+    db_path = tmp_path / "cb.db"
+    with serving(db_path, CHARGEBOX_BUSY_TIMEOUT_MS="500") as (server, seller_id, key):
+        assert_sold(sell_all(server.url, key, keys("warm", 10)))
+        blocked = keys("locked", 24)
+        with write_lock_held(db_path):
+            first = sell_all(server.url, key, blocked[:1])[blocked[0]]
+            assert_unavailable(first[0])
+            assert 0.4 <= first[1] < 3, f"answered after {first[1]:.2f}s, busy timeout is 0.5s"
+            for response, seconds in sell_all(server.url, key, blocked[1:]).values():
+                assert_unavailable(response)
+                assert seconds < 5, f"a queued sale waited {seconds:.1f}s"
+            started = time.monotonic()
+            assert_reads_work(server, key, CREDIT - 10 * AMOUNT)
+            assert time.monotonic() - started < 2, "reads waited for the writer"
+            assert stored_keys(db_path).isdisjoint(blocked), "a 503 changed something"
+        assert_sold(sell_all(server.url, key, blocked))
+        assert_sold(sell_all(server.url, key, blocked), replayed=True)
+    assert_books(db_path, seller_id, 10 + 24)
+
+
+def test_a_chargebox_process_stopped_mid_write_makes_sales_503_instead_of_hanging(tmp_path):
+    """Like `chargebox create-seller` suspended inside its write: it holds the gate too."""
+    db_path = tmp_path / "cb.db"
+    with serving(db_path, CHARGEBOX_BUSY_TIMEOUT_MS="500") as (server, seller_id, key):
+        assert_sold(sell_all(server.url, key, keys("warm", 4)))
+        with write_lock_held(db_path, gate=True):
+            for response, seconds in sell_all(server.url, key, keys("gated", 4)).values():
+                assert_unavailable(response)
+                assert seconds < 5, f"a sale waited {seconds:.1f}s for the gate"
+        # Whatever happened above, the same keys sell exactly once now.
+        results = sell_all(server.url, key, keys("gated", 4))
+        assert all(response.status_code == 201 for response, _ in results.values())
+    assert_books(db_path, seller_id, 4 + 4)
