@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,5 +115,35 @@ def books(db_path: Path) -> dict[int, int]:
         ).fetchone()[0]
         assert unmatched_credits == 0, f"I4: {unmatched_credits} requests credited wrongly"
         return balances
+    finally:
+        conn.close()
+
+
+LEDGER_TABLES = ("seller", "credit_request", "sale", "ledger_entry", "phone", "idempotency_record")
+
+
+def db_snapshot(db_path: Path) -> dict[str, object]:
+    """Row count and content digest of every table, and the sum of balances, read-only.
+
+    Two equal snapshots around a refused request prove that it changed nothing.
+    """
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        tables = [
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        missing = set(LEDGER_TABLES) - set(tables)
+        assert not missing, f"the snapshot would miss tables {missing}"
+        state: dict[str, object] = {}
+        for table in sorted(tables):
+            rows = sorted(map(repr, conn.execute(f'SELECT * FROM "{table}"')))
+            state[table] = (len(rows), hashlib.sha256("\n".join(rows).encode()).hexdigest())
+        state["sum(seller.balance)"] = conn.execute(
+            "SELECT COALESCE(SUM(balance), 0) FROM seller"
+        ).fetchone()[0]
+        return state
     finally:
         conn.close()

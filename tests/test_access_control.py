@@ -13,10 +13,8 @@ read-only sqlite3 connection).
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import re
-import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import pytest
 import chargebox
 from chargebox.config import Config
 from chargebox.web import create_app
-from tests.support import ADMIN_TOKEN, Api, new_seller, running_server
+from tests.support import ADMIN_TOKEN, Api, db_snapshot, new_seller, running_server
 
 PUBLIC, ADMIN, SELLER, BOTH = "public", "admin only", "seller only", "admin and sellers"
 
@@ -73,7 +71,6 @@ OWN_IDS = {
     "/api/sales/{id}": "sale",
 }
 
-LEDGER_TABLES = ("seller", "credit_request", "sale", "ledger_entry", "phone", "idempotency_record")
 DOC = json.loads((Path(chargebox.__file__).parent / "openapi.json").read_text("utf-8"))
 
 
@@ -114,29 +111,6 @@ BAD_TOKENS = {
     "empty bearer": "Bearer ",
     "well-formed unknown seller key": "Bearer cbk_" + "A" * 43,
 }
-
-
-def snapshot(db_path: Path) -> dict[str, object]:
-    """Row count and content digest of every table, and the sum of balances, read-only."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        tables = [
-            name
-            for (name,) in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-            )
-        ]
-        assert set(LEDGER_TABLES) <= set(tables), f"tables: {tables}"
-        state: dict[str, object] = {}
-        for table in sorted(tables):
-            rows = sorted(map(repr, conn.execute(f'SELECT * FROM "{table}"')))
-            state[table] = (len(rows), hashlib.sha256("\n".join(rows).encode()).hexdigest())
-        state["sum(seller.balance)"] = conn.execute(
-            "SELECT COALESCE(SUM(balance), 0) FROM seller"
-        ).fetchone()[0]
-        return state
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -193,9 +167,9 @@ def call(api: Api, route: tuple[str, str], ids: dict[str, int], headers=None, **
 
 def refused(db_path: Path, send, status: int, code: str):
     """Send a request that must be refused with `status`/`code` and must change nothing."""
-    before = snapshot(db_path)
+    before = db_snapshot(db_path)
     response = send()
-    after = snapshot(db_path)
+    after = db_snapshot(db_path)
     assert response.status_code == status, response.text
     assert response.headers["Content-Type"].startswith("application/json"), response.headers
     assert response.json()["error"]["code"] == code, response.text

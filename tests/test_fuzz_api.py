@@ -25,11 +25,9 @@ CHARGEBOX_FUZZ_EXAMPLES to fuzz deeper than CI does.
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import os
 import random
-import sqlite3
 from pathlib import Path
 
 import hypothesis
@@ -40,7 +38,7 @@ import schemathesis
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 import chargebox
-from tests.support import ADMIN_TOKEN, Api, books, running_server
+from tests.support import ADMIN_TOKEN, Api, books, db_snapshot, running_server
 
 DOC = json.loads((Path(chargebox.__file__).parent / "openapi.json").read_text("utf-8"))
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -50,7 +48,6 @@ OPERATIONS = {
     for method, operation in item.items()
     if method in METHODS
 }
-LEDGER_TABLES = ("seller", "credit_request", "sale", "ledger_entry", "phone", "idempotency_record")
 ROLES = ("admin", "seller")
 # Fuzzing-phase examples per operation and role: the module runs in well under a minute.
 # CHARGEBOX_FUZZ_EXAMPLES=500 fuzzes deeper, for a run by hand.
@@ -118,31 +115,6 @@ def rightful_roles(label: str) -> set[str]:
     raise AssertionError(f"{label}: the summary {summary!r} does not say who may call it")
 
 
-def snapshot(db_path: Path) -> dict[str, object]:
-    """Row count and content digest of every table, and the sum of balances, read-only."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        tables = [
-            name
-            for (name,) in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-            )
-        ]
-        missing = set(LEDGER_TABLES) - set(tables)
-        assert not missing, f"the snapshot would miss tables {missing}"
-        state: dict[str, object] = {}
-        for table in sorted(tables):
-            rows = sorted(map(repr, conn.execute(f'SELECT * FROM "{table}"')))
-            digest = hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
-            state[table] = (len(rows), digest)
-        state["sum(seller.balance)"] = conn.execute(
-            "SELECT COALESCE(SUM(balance), 0) FROM seller"
-        ).fetchone()[0]
-        return state
-    finally:
-        conn.close()
-
-
 def changes(before: dict, after: dict) -> dict:
     return {key: (before.get(key), after[key]) for key in after if before.get(key) != after[key]}
 
@@ -159,9 +131,9 @@ def final_refusal(label: str, status: int, sent_key: bool, changed: dict) -> boo
 
 def exercise(case, db_path: Path, role: str) -> None:
     """One generated request: call, check everything, and prove a refusal recorded nothing."""
-    before = snapshot(db_path)
+    before = db_snapshot(db_path)
     response = case.call(timeout=30)
-    after = snapshot(db_path)
+    after = db_snapshot(db_path)
     label, status = case.operation.label, response.status_code
     sent = response.request.method
     # The coverage phase also probes methods the path does not document (405, with Allow).
