@@ -171,9 +171,10 @@ class _WriteGate:
 
     SQLite's busy handler sleeps and retries instead of queueing, so under load
     some writers starve and `database is locked` escapes (trap 6). A thread lock
-    queues this process's threads; a blocking flock on a kept-open file queues
-    processes. The lock file is reopened after fork, since flock belongs to the
-    open file and a child must not share its parent's.
+    queues this process's threads; an flock on a kept-open file, polled every
+    0.5-5 ms, serialises processes and gives up (503) at the busy timeout, so a
+    stuck writer elsewhere cannot hang us. The lock file is reopened after fork,
+    since flock belongs to the open file and a child must not share its parent's.
     """
 
     def __init__(self) -> None:
