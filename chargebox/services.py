@@ -137,15 +137,16 @@ class Chargebox:
     def request_credit(self, seller_id: int, amount: object) -> dict:
         amount = parse_amount(amount, self.config.max_amount)
         created = now()
-        request_id = self._write(
-            lambda: (
-                db.execute(
-                    "INSERT INTO credit_request (seller_id, amount, status, created_at) "
-                    "VALUES (?, ?, 'pending', ?)",
-                    (seller_id, amount, created),
-                ).lastrowid
-            )
-        )
+
+        def file_request() -> int:
+            self.get_seller(seller_id)  # NotFound, not a foreign-key failure, for an unknown id
+            return db.execute(
+                "INSERT INTO credit_request (seller_id, amount, status, created_at) "
+                "VALUES (?, ?, 'pending', ?)",
+                (seller_id, amount, created),
+            ).lastrowid
+
+        request_id = self._write(file_request)
         return {
             "id": request_id,
             "seller_id": seller_id,

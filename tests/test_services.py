@@ -871,3 +871,9 @@ def test_a_seller_credited_a_million_that_sold_sixty_5000_charges_has_700000_lef
     assert entries[-1] == ("sale", -5_000, 700_000)
     assert sum(amount for _kind, amount, _after in entries) == 700_000
     assert_books_consistent(service, config)
+
+
+def test_a_credit_request_for_an_unknown_seller_is_not_found_and_records_nothing(service, config):
+    with pytest.raises(NotFound):
+        service.request_credit(999_999, 1_000)
+    assert service.list_credit_requests(Page()) == []
