@@ -18,15 +18,9 @@ pytestmark = pytest.mark.parallel
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """This module's own server (conftest's `admin` follows it), so its totals stay apart."""
     with running_server(tmp_path_factory.mktemp("parallel") / "chargebox.db") as process:
         yield process
-
-
-@pytest.fixture
-def admin(server):
-    api = server.admin()
-    yield api
-    api.close()
 
 
 def assert_books_reconcile(server, admin) -> dict[int, int]:
