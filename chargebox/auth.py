@@ -1,8 +1,9 @@
-"""Who is calling: principals, seller API keys (random, stored hashed) and token lookup.
+"""Who is calling: principals, seller API keys, web sessions (all stored hashed), lookups.
 
 A seller key is shown once at creation; only its SHA-256 is stored, so a copy
-of the database file holds no usable key. Secrets are compared with
-`hmac.compare_digest`. Nothing here logs, and no error message echoes a token.
+of the database file holds no usable key; a web session's cookie likewise.
+Secrets are compared with `hmac.compare_digest`. Nothing here logs, and no
+error message echoes a token.
 """
 
 from __future__ import annotations
@@ -65,7 +66,11 @@ def bearer_token(header: str | None) -> str:
 
 def authenticate(header: str | None, admin_token: str | None) -> Principal:
     """Map a request's Authorization header to the admin or one seller."""
-    token = bearer_token(header)
+    return identify(bearer_token(header), admin_token)
+
+
+def identify(token: str, admin_token: str | None) -> Principal:
+    """The admin or the seller whose secret `token` is, or Unauthorized."""
     presented = token.encode("utf-8", "surrogateescape")
     if admin_token and hmac.compare_digest(presented, admin_token.encode("utf-8")):
         return ADMIN
@@ -81,3 +86,43 @@ def authenticate(header: str | None, admin_token: str | None) -> Principal:
         _sellers_by_digest[digest] = principal
         return principal
     raise Unauthorized("unknown token")
+
+
+def new_session_token() -> tuple[str, str]:
+    """A fresh web session cookie value and the hash to store for it."""
+    token = secrets.token_urlsafe(32)
+    return token, hash_key(token)
+
+
+def csrf_token(session_token: str) -> str:
+    """The anti-forgery token of a session: derived from its secret cookie, so a page on
+    another site can neither read nor compute it."""
+    return hmac.new(session_token.encode("utf-8"), b"chargebox csrf", "sha256").hexdigest()
+
+
+def credential_hash(principal: Principal, admin_token: str | None) -> str:
+    """What a session remembers of the secret it signed in with (see session_principal)."""
+    if principal.is_admin:
+        return hash_key(admin_token or "")
+    rows = db.rows("SELECT api_key_hash FROM seller WHERE id = ?", (principal.seller_id,))
+    return rows[0][0]
+
+
+def session_principal(token: str, admin_token: str | None, now: str) -> Principal | None:
+    """Who the session with cookie `token` acts as, if it exists, has not expired and its
+    credential still holds (an admin session ends when the admin token changes)."""
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        return None
+    rows = db.rows(
+        "SELECT s.role, s.seller_id, s.credential_hash, s.expires_at, seller.api_key_hash "
+        "FROM web_session AS s LEFT JOIN seller ON seller.id = s.seller_id "
+        "WHERE s.token_hash = ?",
+        (hash_key(token),),
+    )
+    if not rows:
+        return None
+    role, seller_id, remembered, expires_at, key_hash = rows[0]
+    current = hash_key(admin_token) if role == "admin" and admin_token else key_hash
+    if expires_at <= now or current is None or not hmac.compare_digest(remembered, current):
+        return None
+    return ADMIN if role == "admin" else Principal("seller", seller_id)

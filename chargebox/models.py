@@ -169,6 +169,25 @@ class IdempotencyRecord(BaseModel):
         indexes = ((("seller", "key"), True),)
 
 
+class WebSession(BaseModel):
+    """A browser signed in to the web pages: only the SHA-256 of its cookie is kept.
+
+    `credential_hash` is the hash of the key or token it signed in with; a session
+    whose credential no longer matches (a new admin token) is not honoured.
+    """
+
+    id = AutoField()
+    token_hash = CharField(max_length=64, unique=True)
+    role = TextField(constraints=[Check("role IN ('admin', 'seller')")])
+    seller = ForeignKeyField(Seller, column_name="seller_id", null=True, on_delete="RESTRICT")
+    credential_hash = CharField(max_length=64)
+    created_at = TextField()
+    expires_at = TextField(index=True)
+
+    class Meta:
+        constraints = [Check("(role = 'seller') = (seller_id IS NOT NULL)")]
+
+
 ALL_MODELS = (
     Seller,
     CreditRequest,
@@ -178,4 +197,5 @@ ALL_MODELS = (
     LedgerSeal,
     SellerHead,
     IdempotencyRecord,
+    WebSession,
 )

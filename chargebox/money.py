@@ -6,8 +6,18 @@ and is refused explicitly, as are floats, strings and None, whatever they hold.
 
 from __future__ import annotations
 
+import re
+
 from chargebox.config import MAX_BALANCE
 from chargebox.errors import ValidationError
+from chargebox.phones import ASCII_DIGITS
+
+# What people type between thousands in a form: comma, Arabic comma and thousands
+# separator, apostrophe, underscore, spaces (also no-break) and right-to-left marks.
+_SEPARATORS = dict.fromkeys(map(ord, ",\u060c\u066b\u066c'_ \u00a0\u202f\u200e\u200f"))
+_SIGNS = {"-": -1, "\u2212": -1, "+": 1}
+_WHOLE = re.compile(r"[0-9]+", re.ASCII)
+_TOO_MANY_DIGITS = 30  # far above any limit: the range check then names the limit
 
 
 def _require_int(value: object, field: str) -> int:
@@ -33,6 +43,19 @@ def parse_signed_amount(value: object, max_amount: int, field: str = "amount") -
             field,
         )
     return amount
+
+
+def amount_from_text(text: str, field: str = "amount", signed: bool = False) -> int:
+    """The integer a person typed into a form: `50000`, `50,000`, `۵۰٬۰۰۰` (and `-5000`
+    when `signed`). Only the notation is read here; the range is parse_amount's job."""
+    compact = text.strip().translate(_SEPARATORS).translate(ASCII_DIGITS)
+    sign = 1
+    if signed and compact[:1] in _SIGNS:
+        sign, compact = _SIGNS[compact[0]], compact[1:]
+    if not _WHOLE.fullmatch(compact):
+        example = "-50000 or 50000" if signed else "50000"
+        raise ValidationError(f"{field} must be a whole number of toman, such as {example}", field)
+    return sign * int(compact[:_TOO_MANY_DIGITS])
 
 
 def check_balance(balance: int) -> int:

@@ -12,7 +12,8 @@ import re
 
 from chargebox.errors import ValidationError
 
-_DIGITS = str.maketrans("۰۱۲۳۴۵۶۷۸۹٠١٢٣٤٥٦٧٨٩", "01234567890123456789")
+# Persian and Arabic-Indic digits to ASCII; money.py reads typed amounts with it too.
+ASCII_DIGITS = str.maketrans("۰۱۲۳۴۵۶۷۸۹٠١٢٣٤٥٦٧٨٩", "01234567890123456789")
 # Invisible marks that right-to-left UIs add, and the separators we accept.
 _IGNORED = dict.fromkeys(
     map(
@@ -29,7 +30,7 @@ def normalize_phone(value: object, field: str = "phone") -> str:
     """Return the normal form `09XXXXXXXXX` or raise ValidationError."""
     if not isinstance(value, str) or len(value) > MAX_INPUT_LENGTH:
         raise ValidationError(f"{field} must be a string holding an Iranian mobile number", field)
-    compact = value.translate(_IGNORED).translate(_DIGITS)
+    compact = value.translate(_IGNORED).translate(ASCII_DIGITS)
     match = _MOBILE.fullmatch(compact)
     if match is None:
         raise ValidationError(

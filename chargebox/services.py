@@ -16,11 +16,13 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from chargebox import auth, db, ledger
+from chargebox.auth import Principal
 from chargebox.config import Config
 from chargebox.errors import (
     IdempotencyKeyReused,
     InsufficientCredit,
     NotFound,
+    Unauthorized,
     ValidationError,
 )
 from chargebox.money import parse_amount, parse_signed_amount
@@ -35,6 +37,7 @@ MAX_KEY_LENGTH = 255
 STATUSES = ("pending", "approved", "rejected")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+SESSION_LIFETIME = datetime.timedelta(hours=12)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +54,9 @@ class SaleResult:
     replayed: bool
 
 
-def now() -> str:
-    stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
+def now(later: datetime.timedelta = datetime.timedelta(0)) -> str:
+    """The time (plus `later`) as ISO 8601 UTC with microseconds: such stamps sort as text."""
+    stamp = (datetime.datetime.now(datetime.UTC) + later).isoformat(timespec="microseconds")
     return stamp.replace("+00:00", "Z")
 
 
@@ -256,7 +260,64 @@ class Chargebox:
             raise InsufficientCredit(error_message, replayed=True)
         return SaleResult(self.get_sale(sale_id), True)
 
+    # --- web sessions ----------------------------------------------------------------------
+
+    def sign_in(self, token: object) -> tuple[str, Principal]:
+        """Open a web session for the holder of a seller key or the admin token.
+
+        Returns the session's secret cookie value (kept only as a hash) and who it is.
+        Sessions that have expired are swept out in the same write.
+        """
+        if not isinstance(token, str) or not token.strip():
+            raise Unauthorized("enter your API key (or the admin token)")
+        principal = auth.identify(token.strip(), self.config.admin_token)
+        session, session_hash = auth.new_session_token()
+        created = now()
+
+        def open_session() -> None:
+            db.execute("DELETE FROM web_session WHERE expires_at <= ?", (created,))
+            db.execute(
+                "INSERT INTO web_session (token_hash, role, seller_id, credential_hash,"
+                " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    session_hash,
+                    principal.role,
+                    principal.seller_id,
+                    auth.credential_hash(principal, self.config.admin_token),
+                    created,
+                    now(SESSION_LIFETIME),
+                ),
+            )
+
+        self._write(open_session)
+        return session, principal
+
+    def session_principal(self, session: str | None) -> Principal | None:
+        """Who an open, unexpired web session acts as; None for anything else."""
+        if session is None:
+            return None
+        return auth.session_principal(session, self.config.admin_token, now())
+
+    def sign_out(self, session: str) -> None:
+        digest = auth.hash_key(session)
+        self._write(lambda: db.execute("DELETE FROM web_session WHERE token_hash = ?", (digest,)))
+
     # --- reads -----------------------------------------------------------------------------
+
+    def recent_ledger(self, seller_id: int, limit: int = 20) -> list[dict]:
+        """A seller's newest ledger entries first, each sale with its phone number."""
+        return _dicts(
+            "SELECT e.id, e.kind, e.amount, e.balance_after, e.credit_request_id, e.sale_id,"
+            " e.reason, e.created_at, sale.phone FROM ledger_entry AS e"
+            " LEFT JOIN sale ON sale.id = e.sale_id"
+            " WHERE e.seller_id = ? ORDER BY e.id DESC LIMIT ?",
+            (seller_id, limit),
+        )
+
+    def recent_credit_requests(self, seller_id: int, limit: int = 10) -> list[dict]:
+        return _dicts(
+            _REQUEST + " WHERE seller_id = ? ORDER BY id DESC LIMIT ?", (seller_id, limit)
+        )
 
     def list_sales(self, page: Page, seller_id: int | None = None) -> list[dict]:
         return self._page(_SALE, page, seller_id=seller_id)

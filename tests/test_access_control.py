@@ -81,7 +81,7 @@ def app_routes() -> list[tuple[str, str]]:
         return [
             (route.method, re.sub(r"<[^>]*>", "{id}", route.rule))
             for route in app.routes
-            if route.method != "HEAD"
+            if route.method != "HEAD" and route.app is app  # the JSON API, not the pages
         ]
 
 

@@ -1,8 +1,9 @@
 """The bottle application: `create_app(config)` wires routes, the JSON plugin and error pages.
 
-Every route callback is wrapped once, here: it gets a request id, a 413 check
-before anything is read, and a single exit for results and errors. bottle's own
-error pages are replaced, so even an unknown route answers our JSON shape.
+Every JSON route callback is wrapped once, here: it gets a request id, a 413
+check before anything is read, and a single exit for results and errors.
+bottle's own error pages are replaced, so even an unknown route answers our JSON
+shape. The HTML pages are a second Bottle merged in, wrapped by their own plugin.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import bottle
 from chargebox.config import Config
 from chargebox.errors import ChargeboxError
 from chargebox.services import Chargebox
-from chargebox.web import api
+from chargebox.web import api, pages
 from chargebox.web.errors import (
     from_bottle,
     from_exception,
@@ -23,6 +24,7 @@ from chargebox.web.errors import (
     json_body,
     request_id,
 )
+from chargebox.web.html import page_plugin
 from chargebox.web.request import check_body_size
 
 JSON = "application/json; charset=utf-8"
@@ -86,8 +88,14 @@ def load_openapi() -> bytes:
 
 
 def create_app(config: Config, service: Chargebox | None = None) -> bottle.Bottle:
+    service = service or Chargebox(config)
     app = JsonBottle()
     app.config["catchall"] = True
     app.install(json_plugin(config))
-    api.install(app, config, service or Chargebox(config), load_openapi())
+    api.install(app, config, service, load_openapi())
+    # Merged routes keep their own Bottle, so its plugin (not the JSON one) wraps them.
+    web_pages = bottle.Bottle()
+    web_pages.install(page_plugin(config))
+    pages.install(web_pages, config, service)
+    app.merge(web_pages)
     return app

@@ -1,0 +1,241 @@
+"""What the HTML pages need around the use cases: sessions, CSRF, form bodies, templates.
+
+No rule of the business lives here; the pages call the same `services` as the
+JSON API. Every page is no-store, may not be framed, and runs under a
+Content-Security-Policy that allows only our own stylesheet and script. A
+failure is rendered as a page in plain words, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hmac
+import secrets
+import urllib.parse
+from pathlib import Path
+
+import bottle
+
+from chargebox import auth
+from chargebox.auth import Principal
+from chargebox.config import Config
+from chargebox.errors import ChargeboxError, Forbidden, ValidationError
+from chargebox.services import Chargebox
+from chargebox.web.errors import STATUS, internal_error, request_id
+from chargebox.web.request import check_body_size
+
+VIEWS = Path(__file__).parent / "views"
+STATIC = Path(__file__).parent / "static"
+SESSION_COOKIE = "chargebox_session"
+# Before there is a session, the sign-in form is protected by a double-submit token.
+LOGIN_COOKIE = "chargebox_login"
+FORM_TYPE = "application/x-www-form-urlencoded"
+HTML = "text/html; charset=utf-8"
+HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+}
+# Plain words for what a person did not cause and cannot fix by retyping.
+PLAIN = {
+    "insufficient_credit": "Not enough credit: {message}.",
+    "balance_limit_exceeded": "That would take the balance over the limit: {message}.",
+    "unavailable": "The service is busy right now and nothing was changed. Try again.",
+    "idempotency_key_reused": "This form was already used for another sale. Check and send again.",
+}
+
+
+class SignInRequired(Exception):
+    """No valid session: the browser is sent to the sign-in page."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Visitor:
+    """A signed-in browser: who it acts as, its session cookie and its CSRF token."""
+
+    principal: Principal
+    session: str
+
+    @property
+    def csrf(self) -> str:
+        return auth.csrf_token(self.session)
+
+
+@dataclasses.dataclass
+class Form:
+    """What a person typed into one form and what was wrong with it, to show it back."""
+
+    values: dict[str, str] = dataclasses.field(default_factory=dict)
+    errors: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def value(self, name: str) -> str:
+        return self.values.get(name, "")
+
+    def error(self, name: str) -> str | None:
+        return self.errors.get(name)
+
+    def failed(self, exc: ChargeboxError, field: str) -> Form:
+        """Record `exc` next to its own field, or next to `field` when it names none."""
+        template = PLAIN.get(exc.code, "{message}")
+        message = template.format(message=exc.message.rstrip("."))
+        self.errors[exc.field if exc.field in self.values else field] = (
+            message[:1].upper() + message[1:]
+        )
+        return self
+
+
+def status_of(exc: ChargeboxError) -> int:
+    return STATUS.get(type(exc), 500)
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+
+def toman(amount: int) -> str:
+    return f"{amount:,} toman"
+
+
+def signed(amount: int) -> str:
+    return f"+{amount:,}" if amount > 0 else f"\u2212{-amount:,}"
+
+
+def when(stamp: str | None) -> str:
+    """An ISO stamp as `2026-11-24 10:31 UTC`."""
+    return f"{stamp[:10]} {stamp[11:16]} UTC" if stamp else ""
+
+
+HELPERS = {"toman": toman, "signed": signed, "when": when, "visitor": None, "notice": None}
+
+
+@functools.cache
+def _template(name: str) -> bottle.SimpleTemplate:
+    return bottle.SimpleTemplate(name=name, lookup=[str(VIEWS)])
+
+
+def render(name: str, status: int = 200, **context: object) -> bottle.HTTPResponse:
+    body = _template(name).render(**{**HELPERS, **context})
+    response = bottle.HTTPResponse(body.encode("utf-8"), status)
+    response.content_type = HTML
+    return response
+
+
+def redirect(location: str) -> bottle.HTTPResponse:
+    """303 See Other: after a form is handled, a reload of the next page resends nothing."""
+    return bottle.HTTPResponse(status=303, headers={"Location": location})
+
+
+def error_page(status: int, message: str, visitor: Visitor | None = None) -> bottle.HTTPResponse:
+    return render("error", status, title=f"Error {status}", message=message, visitor=visitor)
+
+
+def page_plugin(config: Config):
+    """Wrap a page: its response, or any error as a page in plain words."""
+
+    def decorator(callback):
+        @functools.wraps(callback)
+        def wrapper(*args, **kwargs):
+            request_id()
+            try:
+                if bottle.request.method == "POST":
+                    check_body_size(config.max_body_bytes)
+                response = callback(*args, **kwargs)
+            except SignInRequired:
+                response = redirect("/login")
+            except ChargeboxError as exc:
+                response = error_page(status_of(exc), exc.message)
+                if status_of(exc) == 500:
+                    internal_error(exc)
+            except bottle.HTTPError as exc:
+                response = error_page(exc.status_code, "The request could not be handled.")
+            except Exception as exc:  # a bug: logged without trace, answered without detail
+                internal_error(exc)
+                response = error_page(500, f"Something went wrong (request {request_id()}).")
+            response.set_header("X-Request-Id", request_id())
+            for name, value in HEADERS.items():
+                if name not in response.headers:  # static files may be cached
+                    response.set_header(name, value)
+            return response
+
+        return wrapper
+
+    return decorator
+
+
+# --- requests --------------------------------------------------------------------------------
+
+
+def read_form(limit: int) -> dict[str, str]:
+    """The urlencoded body of a form post; a repeated field keeps its first value."""
+    if bottle.request.content_type.split(";")[0].strip().lower() != FORM_TYPE:
+        raise ValidationError("the form was not sent as a web form")
+    check_body_size(limit)
+    raw = bottle.request.body.read(limit + 1)
+    try:
+        pairs = urllib.parse.parse_qsl(raw.decode("utf-8"), keep_blank_values=True)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValidationError("the form could not be read") from exc
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        form.setdefault(name, value)
+    return form
+
+
+def visitor(service: Chargebox, *roles: str) -> Visitor:
+    """The signed-in browser, if its session is valid and its role is one of `roles`."""
+    session = bottle.request.get_cookie(SESSION_COOKIE)
+    principal = service.session_principal(session)
+    if principal is None:
+        raise SignInRequired
+    if principal.role not in roles:
+        raise Forbidden(
+            "This page is for the admin; you are signed in as a seller."
+            if "admin" in roles
+            else "This page is for sellers; you are signed in as the admin."
+        )
+    return Visitor(principal, session)
+
+
+def check_csrf(expected: str, form: dict[str, str]) -> None:
+    """Refuse a post whose form lacks this session's anti-forgery token (403)."""
+    presented = form.get("csrf", "").encode("utf-8")
+    if not expected or not hmac.compare_digest(presented, expected.encode("utf-8")):
+        raise Forbidden(
+            "This form has expired or did not come from this site. "
+            "Nothing was changed: reload the page and try again."
+        )
+
+
+def _cookie(response: bottle.BaseResponse, name: str, value: str, max_age: int) -> None:
+    secure = bottle.request.urlparts.scheme == "https"
+    response.set_cookie(
+        name, value, path="/", httponly=True, samesite="strict", secure=secure, max_age=max_age
+    )
+
+
+def start_session(response: bottle.BaseResponse, session: str, lifetime_s: int) -> None:
+    _cookie(response, SESSION_COOKIE, session, lifetime_s)
+    _cookie(response, LOGIN_COOKIE, "", 0)
+
+
+def end_session(response: bottle.BaseResponse) -> None:
+    _cookie(response, SESSION_COOKIE, "", 0)
+
+
+def login_token() -> str:
+    """The sign-in form's token: the browser's login cookie, or a new one."""
+    token = bottle.request.get_cookie(LOGIN_COOKIE)
+    return token if token and len(token) <= 64 else secrets.token_urlsafe(24)
+
+
+def remember_login_token(response: bottle.BaseResponse, token: str) -> None:
+    _cookie(response, LOGIN_COOKIE, token, 3600)
+
+
+def check_login_token(form: dict[str, str]) -> None:
+    check_csrf(bottle.request.get_cookie(LOGIN_COOKIE) or "", form)

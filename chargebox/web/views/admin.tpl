@@ -1,0 +1,74 @@
+% rebase('layout')
+% if problem:
+<p class="notice bad" role="alert" id="problem">{{problem}}</p>
+% end
+<section class="card">
+  <h1>Pending credit requests</h1>
+  % if pending:
+  <div class="scroll">
+  <table class="list" id="pending">
+    <thead><tr><th>#</th><th>Seller</th><th class="num">Amount</th><th>Asked</th><th></th></tr></thead>
+    <tbody>
+    % for request in pending:
+      <tr id="request-{{request['id']}}">
+        <td>{{request['id']}}</td>
+        <td><a href="/admin/sellers/{{request['seller_id']}}"><bdi>{{names[request['seller_id']]}}</bdi></a></td>
+        <td class="num">{{f"{request['amount']:,}"}}</td>
+        <td>{{when(request['created_at'])}}</td>
+        <td class="actions">
+          <form method="post" action="/admin/credit-requests/{{request['id']}}/approve" class="inline" data-once>
+            <input type="hidden" name="csrf" value="{{visitor.csrf}}">
+            <button type="submit" class="good" id="approve-{{request['id']}}">Approve</button>
+          </form>
+          <form method="post" action="/admin/credit-requests/{{request['id']}}/reject" class="inline" data-once>
+            <input type="hidden" name="csrf" value="{{visitor.csrf}}">
+            <button type="submit" class="bad" id="reject-{{request['id']}}">Reject</button>
+          </form>
+        </td>
+      </tr>
+    % end
+    </tbody>
+  </table>
+  </div>
+  % else:
+  <p class="empty" id="no-pending">No credit request is waiting.</p>
+  % end
+</section>
+
+<div class="columns">
+<section class="card">
+  <h2>Sellers</h2>
+  % if sellers:
+  <div class="scroll">
+  <table class="list" id="sellers">
+    <thead><tr><th>#</th><th>Name</th><th class="num">Balance</th></tr></thead>
+    <tbody>
+    % for seller in sellers:
+      <tr><td>{{seller['id']}}</td><td><a href="/admin/sellers/{{seller['id']}}"><bdi>{{seller['name']}}</bdi></a></td>
+          <td class="num">{{f"{seller['balance']:,}"}}</td></tr>
+    % end
+    </tbody>
+  </table>
+  </div>
+  % else:
+  <p class="empty">No sellers yet.</p>
+  % end
+  <p class="pager">
+  % if after_id:
+    <a href="/admin">First page</a>
+  % end
+  % if next_after:
+    <a href="/admin?after_id={{next_after}}" id="next-sellers">Next sellers</a>
+  % end
+  </p>
+</section>
+
+<section class="card">
+  <h2>Create a seller</h2>
+  <form method="post" action="/admin/sellers" id="create-seller-form" data-once>
+    <input type="hidden" name="csrf" value="{{visitor.csrf}}">
+    % include('field', state=create, form_id='seller', name='name', label='Name', maxlength=200, hint='Persian names are fine.')
+    <button type="submit" id="create-seller-button">Create seller</button>
+  </form>
+</section>
+</div>

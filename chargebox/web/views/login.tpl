@@ -1,0 +1,10 @@
+% rebase('layout')
+<section class="card narrow">
+  <h1>Sign in</h1>
+  <p>Sellers sign in with their API key; the admin with the admin token.</p>
+  <form method="post" action="/login" id="login-form" data-once>
+    <input type="hidden" name="csrf" value="{{csrf}}">
+    % include('field', state=form, form_id='login', name='token', label='API key or admin token', kind='password', direction='ltr', maxlength=512)
+    <button type="submit" id="login-button">Sign in</button>
+  </form>
+</section>
