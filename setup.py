@@ -8,7 +8,7 @@ setup(
     description="B2B mobile top-up service with an exact, auditable ledger",
     python_requires=">=3.11",
     packages=find_packages(include=["chargebox", "chargebox.*", "stress", "stress.*"]),
-    package_data={"chargebox": ["openapi.json"]},
+    package_data={"chargebox": ["openapi.json", "web/views/*.tpl", "web/static/*"]},
     install_requires=[
         "peewee>=4.5,<5",
         "bottle>=0.13,<0.14",
@@ -25,6 +25,9 @@ setup(
             "openapi-schema-validator>=0.6",
             "ruff>=0.5",
             "schemathesis>=4.0",
+            # Drives Debian's Chromium (apt-get install chromium); its own browser download
+            # is not used.
+            "playwright>=1.50",
         ],
         "plot": ["matplotlib>=3.8"],
     },

@@ -6,15 +6,15 @@
   <h1>Pending credit requests</h1>
   % if pending:
   <div class="scroll">
-  <table class="list" id="pending">
+  <table class="list stack requests" id="pending">
     <thead><tr><th>#</th><th>Seller</th><th class="num">Amount</th><th>Asked</th><th></th></tr></thead>
     <tbody>
     % for request in pending:
       <tr id="request-{{request['id']}}">
-        <td>{{request['id']}}</td>
-        <td><a href="/admin/sellers/{{request['seller_id']}}"><bdi>{{names[request['seller_id']]}}</bdi></a></td>
-        <td class="num">{{f"{request['amount']:,}"}}</td>
-        <td>{{when(request['created_at'])}}</td>
+        <td class="id">{{request['id']}}</td>
+        <td class="what"><a href="/admin/sellers/{{request['seller_id']}}"><bdi>{{names[request['seller_id']]}}</bdi></a></td>
+        <td class="num amount">{{f"{request['amount']:,}"}}</td>
+        <td class="when">{{when(request['created_at'])}}</td>
         <td class="actions">
           <form method="post" action="/admin/credit-requests/{{request['id']}}/approve" class="inline" data-once>
             <input type="hidden" name="csrf" value="{{visitor.csrf}}">

@@ -1,13 +1,13 @@
 % if entries:
 <div class="scroll">
-<table class="list" id="ledger">
+<table class="list stack" id="ledger">
   <thead><tr><th>#</th><th>When</th><th>What</th><th class="num">Amount</th><th class="num">Balance after</th></tr></thead>
   <tbody>
   % for entry in entries:
     <tr class="{{entry['kind']}}">
-      <td>{{entry['id']}}</td>
-      <td>{{when(entry['created_at'])}}</td>
-      <td>
+      <td class="id">{{entry['id']}}</td>
+      <td class="when">{{when(entry['created_at'])}}</td>
+      <td class="what">
       % if entry['kind'] == 'sale':
         Sale to <span dir="ltr">{{entry['phone']}}</span>
       % elif entry['kind'] == 'credit':
@@ -16,8 +16,8 @@
         Adjustment: <bdi>{{entry['reason']}}</bdi>
       % end
       </td>
-      <td class="num">{{signed(entry['amount'])}}</td>
-      <td class="num">{{f"{entry['balance_after']:,}"}}</td>
+      <td class="num amount">{{signed(entry['amount'])}}</td>
+      <td class="num after"><span class="narrow-only">balance </span>{{f"{entry['balance_after']:,}"}}</td>
     </tr>
   % end
   </tbody>
