@@ -13,6 +13,7 @@ import functools
 import hmac
 import secrets
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 import bottle
@@ -20,7 +21,7 @@ import bottle
 from chargebox import auth
 from chargebox.auth import Principal
 from chargebox.config import Config
-from chargebox.errors import ChargeboxError, Forbidden, ValidationError
+from chargebox.errors import ChargeboxError, Forbidden, NotFound, ValidationError
 from chargebox.services import Chargebox
 from chargebox.web.errors import STATUS, internal_error, request_id
 from chargebox.web.request import check_body_size
@@ -239,3 +240,36 @@ def remember_login_token(response: bottle.BaseResponse, token: str) -> None:
 
 def check_login_token(form: dict[str, str]) -> None:
     check_csrf(bottle.request.get_cookie(LOGIN_COOKIE) or "", form)
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """What every page handler shares: the use cases and the body limit."""
+
+    service: Chargebox
+    limit: int
+
+    def posted(self, *roles: str) -> tuple[Visitor, dict[str, str]]:
+        """The signed-in visitor and its form, once the form's CSRF token is checked."""
+        you = visitor(self.service, *roles)
+        form = read_form(self.limit)
+        check_csrf(you.csrf, form)
+        return you, form
+
+    def current_role(self) -> str | None:
+        principal = self.service.session_principal(bottle.request.get_cookie(SESSION_COOKIE))
+        return principal.role if principal else None
+
+
+def found(read: Callable[[int], dict], ident: int | None) -> dict | None:
+    """The record a notice in the query string names, if it exists."""
+    try:
+        return None if ident is None else read(ident)
+    except NotFound:
+        return None
+
+
+def query_id(name: str) -> int | None:
+    """A positive id from the query string (a notice or a cursor); anything else is ignored."""
+    text = bottle.request.query.get(name, "")
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None

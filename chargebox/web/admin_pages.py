@@ -1,0 +1,155 @@
+"""The admin's web pages: pending credit requests, sellers, adjustments and the audit.
+
+Like the seller's pages (see `pages`), each form calls one use case and answers
+with a 303; a refusal is shown again beside the field. Only a session signed in
+with the admin token opens these pages; a seller's session gets a 403 page.
+"""
+
+from __future__ import annotations
+
+import bottle
+
+from chargebox.errors import ChargeboxError
+from chargebox.money import amount_from_text
+from chargebox.services import Page
+from chargebox.web.html import (
+    Form,
+    Site,
+    Visitor,
+    found,
+    query_id,
+    redirect,
+    render,
+    signed,
+    status_of,
+    toman,
+    visitor,
+)
+
+ID = "<ident:re:[0-9]{1,18}>"
+ADMIN = "admin"
+SELLERS_PER_PAGE = 50
+DECIDED = {"approve": "approved", "reject": "rejected"}
+
+
+def install(pages: bottle.Bottle, site: Site) -> None:
+    # --- the admin's pages -----------------------------------------------------------------
+
+    def admin_page(
+        you: Visitor, status: int = 200, create: Form | None = None, problem: str | None = None
+    ) -> bottle.HTTPResponse:
+        pending = site.service.list_credit_requests(Page(limit=100), status="pending")
+        after_id = query_id("after_id") or 0
+        sellers = site.service.list_sellers(Page(limit=SELLERS_PER_PAGE, after_id=after_id))
+        names = {}
+        for request in pending:
+            if request["seller_id"] not in names:
+                names[request["seller_id"]] = site.service.get_seller(request["seller_id"])["name"]
+        notice = None
+        for word in DECIDED.values():
+            decided = found(site.service.get_credit_request, query_id(word))
+            if status == 200 and decided:
+                notice = (
+                    f"Credit request #{decided['id']} for {toman(decided['amount'])} "
+                    f"from seller #{decided['seller_id']} is {decided['status']}."
+                )
+        return render(
+            "admin",
+            status,
+            title="Admin",
+            visitor=you,
+            pending=pending,
+            names=names,
+            sellers=sellers,
+            after_id=after_id,
+            next_after=sellers[-1]["id"] if len(sellers) == SELLERS_PER_PAGE else None,
+            create=create or Form(),
+            problem=problem,
+            notice=notice,
+        )
+
+    @pages.get("/admin")
+    def admin_home():
+        return admin_page(visitor(site.service, ADMIN))
+
+    @pages.post(f"/admin/credit-requests/{ID}/<decision:re:approve|reject>")
+    def decide(ident, decision):
+        you, _ = site.posted(ADMIN)
+        act = (
+            site.service.approve_credit_request
+            if decision == "approve"
+            else site.service.reject_credit_request
+        )
+        try:
+            act(int(ident))
+        except ChargeboxError as exc:
+            return admin_page(
+                you, status_of(exc), problem=Form().failed(exc, "request").errors["request"]
+            )
+        return redirect(f"/admin?{DECIDED[decision]}={ident}")
+
+    @pages.post("/admin/sellers")
+    def create_seller():
+        you, form = site.posted(ADMIN)
+        try:
+            seller, api_key = site.service.create_seller(form.get("name", ""))
+        except ChargeboxError as exc:
+            return admin_page(you, status_of(exc), create=Form(form).failed(exc, "name"))
+        return render(
+            "seller_created",
+            201,
+            title="Seller created",
+            visitor=you,
+            seller=seller,
+            api_key=api_key,
+        )
+
+    def seller_detail(
+        you: Visitor, seller_id: int, status: int = 200, adjust: Form | None = None
+    ) -> bottle.HTTPResponse:
+        entries = site.service.recent_ledger(seller_id, 50)
+        adjusted = query_id("adjusted") if status == 200 else None
+        notice = next(
+            (
+                f"Adjusted by {signed(entry['amount'])} toman ({entry['reason']}). "
+                f"Balance now {toman(entry['balance_after'])}."
+                for entry in entries
+                if entry["id"] == adjusted and entry["kind"] == "adjustment"
+            ),
+            None,
+        )
+        return render(
+            "admin_seller",
+            status,
+            title="Seller",
+            visitor=you,
+            seller=site.service.get_seller(seller_id),
+            entries=entries,
+            requests=site.service.recent_credit_requests(seller_id),
+            adjust=adjust or Form(),
+            notice=notice,
+        )
+
+    @pages.get(f"/admin/sellers/{ID}")
+    def seller_page_for_admin(ident):
+        return seller_detail(visitor(site.service, ADMIN), int(ident))
+
+    @pages.post(f"/admin/sellers/{ID}/adjustments")
+    def adjust(ident):
+        you, form = site.posted(ADMIN)
+        try:
+            amount = amount_from_text(form.get("amount", ""), signed=True)
+            entry = site.service.adjust_balance(int(ident), amount, form.get("reason", ""))
+        except ChargeboxError as exc:
+            site.service.get_seller(int(ident))  # an unknown seller is a 404 page, not a form error
+            return seller_detail(you, int(ident), status_of(exc), Form(form).failed(exc, "amount"))
+        return redirect(f"/admin/sellers/{ident}?adjusted={entry['id']}")
+
+    @pages.get("/admin/audit")
+    def audit():
+        return render(
+            "audit",
+            title="Audit",
+            visitor=visitor(site.service, ADMIN),
+            result=site.service.audit(),
+        )
