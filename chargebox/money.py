@@ -13,8 +13,9 @@ from chargebox.errors import ValidationError
 from chargebox.phones import ASCII_DIGITS
 
 # What people type between thousands in a form: comma, Arabic comma and thousands
-# separator, apostrophe, underscore, spaces (also no-break) and right-to-left marks.
-_SEPARATORS = dict.fromkeys(map(ord, ",\u060c\u066b\u066c'_ \u00a0\u202f\u200e\u200f"))
+# separator (U+066C), apostrophe, underscore, spaces (also no-break) and right-to-left
+# marks. The Arabic decimal separator (U+066B) is not one of them: 1٫5 is refused.
+_SEPARATORS = dict.fromkeys(map(ord, ",\u060c\u066c'_ \u00a0\u202f\u200e\u200f"))
 _SIGNS = {"-": -1, "\u2212": -1, "+": 1}
 _WHOLE = re.compile(r"[0-9]+", re.ASCII)
 _TOO_MANY_DIGITS = 30  # far above any limit: the range check then names the limit

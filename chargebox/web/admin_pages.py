@@ -17,6 +17,7 @@ from chargebox.web.html import (
     Site,
     Visitor,
     found,
+    isolate,
     query_id,
     redirect,
     render,
@@ -111,7 +112,7 @@ def install(pages: bottle.Bottle, site: Site) -> None:
         adjusted = query_id("adjusted") if status == 200 else None
         notice = next(
             (
-                f"Adjusted by {signed(entry['amount'])} toman ({entry['reason']}). "
+                f"Adjusted by {signed(entry['amount'])} toman ({isolate(entry['reason'])}). "
                 f"Balance now {toman(entry['balance_after'])}."
                 for entry in entries
                 if entry["id"] == adjusted and entry["kind"] == "adjustment"

@@ -106,6 +106,12 @@ def signed(amount: int) -> str:
     return f"+{amount:,}" if amount > 0 else f"\u2212{-amount:,}"
 
 
+def isolate(text: str) -> str:
+    """User text inside a sentence, wrapped in bidi isolates (FSI ... PDI) so that a
+    right-to-left name or reason cannot reorder the words around it."""
+    return f"\u2068{text}\u2069"
+
+
 def when(stamp: str | None) -> str:
     """An ISO stamp as `2026-11-24 10:31 UTC`."""
     return f"{stamp[:10]} {stamp[11:16]} UTC" if stamp else ""
@@ -178,7 +184,7 @@ def read_form(limit: int) -> dict[str, str]:
     check_body_size(limit)
     raw = bottle.request.body.read(limit + 1)
     try:
-        pairs = urllib.parse.parse_qsl(raw.decode("utf-8"), keep_blank_values=True)
+        pairs = urllib.parse.parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
     except (UnicodeDecodeError, ValueError) as exc:
         raise ValidationError("the form could not be read") from exc
     form: dict[str, str] = {}

@@ -1,0 +1,256 @@
+"""Web sessions of `Chargebox` on a real SQLite file, and `amount_from_text` for typed amounts.
+
+sign_in / session_principal / sign_out are called in-process (the `service`
+fixture); what they leave on disk is read back with a separate sqlite3
+connection. Expiry is simulated by moving a session's `expires_at` in the
+file, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import sqlite3
+
+import pytest
+
+from chargebox import auth
+from chargebox.auth import ADMIN, Principal
+from chargebox.errors import Unauthorized, ValidationError
+from chargebox.money import amount_from_text, parse_amount, parse_signed_amount
+from chargebox.services import SESSION_LIFETIME, Chargebox
+from tests.support import ADMIN_TOKEN
+
+PAST = "2000-01-01T00:00:00.000000Z"
+MAX = 1_000_000_000
+
+
+def sql(config, statement: str, params: tuple = ()) -> list[tuple]:
+    """One statement on a fresh connection of its own, committed."""
+    conn = sqlite3.connect(config.db_path)
+    try:
+        with conn:
+            return conn.execute(statement, params).fetchall()
+    finally:
+        conn.close()
+
+
+def digest(session: str) -> str:
+    return hashlib.sha256(session.encode()).hexdigest()
+
+
+def expire(config, session: str) -> None:
+    sql(
+        config,
+        "UPDATE web_session SET expires_at = ? WHERE token_hash = ?",
+        (PAST, digest(session)),
+    )
+
+
+@pytest.fixture
+def seller(service) -> tuple[dict, str]:
+    return service.create_seller("shop")
+
+
+# --- signing in ------------------------------------------------------------------------------
+
+
+def test_a_seller_key_opens_a_twelve_hour_session_acting_as_that_seller(service, config, seller):
+    (shop, key), other = seller, service.create_seller("other")[0]
+    session, principal = service.sign_in(key)
+    assert principal == Principal("seller", shop["id"]) != Principal("seller", other["id"])
+    assert service.session_principal(session) == principal
+    [(role, seller_id, created, expires)] = sql(
+        config, "SELECT role, seller_id, created_at, expires_at FROM web_session"
+    )
+    assert (role, seller_id) == ("seller", shop["id"])
+    lifetime = datetime.datetime.fromisoformat(expires) - datetime.datetime.fromisoformat(created)
+    assert abs(lifetime - SESSION_LIFETIME) < datetime.timedelta(seconds=5)
+
+
+def test_the_admin_token_opens_an_admin_session_even_with_spaces_around_it(service, config):
+    session, principal = service.sign_in(f"  {ADMIN_TOKEN}\n")
+    assert principal == ADMIN == service.session_principal(session)
+    assert sql(config, "SELECT role, seller_id FROM web_session") == [("admin", None)]
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["cbk_" + "A" * 43, ADMIN_TOKEN + "x", ADMIN_TOKEN[:-1], "", "  \t", None, 42, b"bytes"],
+    ids=["unknown key", "token+x", "token-1", "empty", "blank", "None", "int", "bytes"],
+)
+def test_an_unknown_or_blank_token_opens_no_session(service, config, seller, token):
+    with pytest.raises(Unauthorized) as refused:
+        service.sign_in(token)
+    assert not isinstance(token, str) or not token or token not in refused.value.message
+    assert sql(config, "SELECT COUNT(*) FROM web_session") == [(0,)]
+
+
+# --- which sessions are honoured ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("session", [None, "", "x" * 600, auth.new_session_token()[0]])
+def test_a_missing_oversized_or_unknown_cookie_acts_as_nobody(service, seller, session):
+    service.sign_in(seller[1])
+    assert service.session_principal(session) is None
+
+
+def test_an_expired_session_acts_as_nobody_and_others_are_untouched(service, config, seller):
+    (expired, _), (live, principal) = service.sign_in(seller[1]), service.sign_in(seller[1])
+    assert service.session_principal(expired) == principal
+    expire(config, expired)
+    assert service.session_principal(expired) is None
+    assert service.session_principal(live) == principal
+
+
+def test_an_admin_session_ends_when_the_admin_token_changes(service, config, seller):
+    (admin_session, _), (seller_session, shop) = (
+        service.sign_in(ADMIN_TOKEN),
+        service.sign_in(seller[1]),
+    )
+    renewed = Chargebox(dataclasses.replace(config, admin_token="a-new-admin-token-9876543210"))
+    assert renewed.session_principal(admin_session) is None
+    assert renewed.session_principal(seller_session) == shop  # a seller's key did not change
+    assert renewed.sign_in("a-new-admin-token-9876543210")[1] == ADMIN
+    without = Chargebox(dataclasses.replace(config, admin_token=None))
+    assert without.session_principal(admin_session) is None
+    assert service.session_principal(admin_session) == ADMIN  # the old token still holds it
+
+
+def test_signing_out_ends_that_session_only_and_removes_its_row(service, config, seller):
+    (leaving, _), (staying, principal) = service.sign_in(seller[1]), service.sign_in(seller[1])
+    service.sign_out(leaving)
+    assert service.session_principal(leaving) is None
+    assert service.session_principal(staying) == principal
+    assert sql(config, "SELECT token_hash FROM web_session") == [(digest(staying),)]
+    service.sign_out(leaving)  # twice, or an unknown session: nothing to do, no error
+    service.sign_out(auth.new_session_token()[0])
+    assert service.session_principal(staying) == principal
+
+
+def test_expired_sessions_are_swept_out_at_the_next_sign_in(service, config, seller):
+    (old, _), (live, _) = service.sign_in(seller[1]), service.sign_in(ADMIN_TOKEN)
+    expire(config, old)
+    assert sql(config, "SELECT COUNT(*) FROM web_session") == [(2,)]
+    new, _ = service.sign_in(seller[1])
+    stored = {row[0] for row in sql(config, "SELECT token_hash FROM web_session")}
+    assert stored == {digest(live), digest(new)}
+
+
+def test_only_the_sha256_of_a_session_cookie_is_stored(service, config, seller):
+    sessions = [service.sign_in(seller[1])[0], service.sign_in(ADMIN_TOKEN)[0]]
+    stored = {row[0] for row in sql(config, "SELECT token_hash FROM web_session")}
+    assert stored == {digest(session) for session in sessions}
+    files = sorted(config.db_path.parent.glob(config.db_path.name + "*"))
+    assert config.db_path in files
+    on_disk = b"".join(path.read_bytes() for path in files)
+    for secret in (*sessions, seller[1], ADMIN_TOKEN):
+        assert secret.encode() not in on_disk
+
+
+def test_each_session_has_its_own_csrf_token_that_is_not_its_cookie(service, seller):
+    first, second = service.sign_in(seller[1])[0], service.sign_in(seller[1])[0]
+    assert auth.csrf_token(first) != auth.csrf_token(second)
+    assert auth.csrf_token(first) == auth.csrf_token(first) != first
+
+
+@pytest.mark.parametrize(
+    "role, with_seller, accepted",
+    [
+        ("seller", False, False),
+        ("admin", True, False),
+        ("root", False, False),
+        ("seller", True, True),
+        ("admin", False, True),
+    ],
+)
+def test_the_database_allows_a_seller_id_on_seller_sessions_only(
+    service, config, seller, role, with_seller, accepted
+):
+    row = (digest(role), role, seller[0]["id"] if with_seller else None, "h" * 64, PAST, PAST)
+    insert = (
+        "INSERT INTO web_session (token_hash, role, seller_id, credential_hash, created_at,"
+        " expires_at) VALUES (?, ?, ?, ?, ?, ?)"
+    )
+    if accepted:
+        sql(config, insert, row)
+    else:
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            sql(config, insert, row)
+    assert sql(config, "SELECT COUNT(*) FROM web_session") == [(int(accepted),)]
+
+
+# --- amounts typed into forms ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "typed, amount",
+    [
+        ("50000", 50_000),
+        ("50,000", 50_000),
+        (" 1 000 000 ", 1_000_000),
+        ("۱٬۰۰۰٬۰۰۰", 1_000_000),  # Persian digits, Arabic thousands separator
+        ("٥٠،٠٠٠", 50_000),  # Arabic-Indic digits, Arabic comma
+        ("1\u00a0000", 1_000),
+        ("1\u202f000", 1_000),
+        ("\u200f۱۲۳\u200e", 123),  # right-to-left and left-to-right marks
+        ("1'000_000", 1_000_000),
+        ("007", 7),
+    ],
+)
+def test_an_amount_is_read_from_ascii_persian_or_arabic_digits_with_separators(typed, amount):
+    assert amount_from_text(typed) == amount
+    assert amount_from_text(typed, signed=True) == amount
+
+
+@pytest.mark.parametrize(
+    "typed, amount",
+    [("-5000", -5000), ("\u22125,000", -5000), ("+7", 7), ("\u2212۵۰۰", -500), ("- 5", -5)],
+)
+def test_a_signed_amount_takes_a_plus_minus_or_unicode_minus_sign(typed, amount):
+    assert amount_from_text(typed, signed=True) == amount
+
+
+@pytest.mark.parametrize("typed", ["-5000", "+5", "\u22125"])
+def test_an_unsigned_amount_refuses_any_sign(typed):
+    with pytest.raises(ValidationError):
+        amount_from_text(typed)
+
+
+@pytest.mark.parametrize(
+    "typed",
+    ["", "  ", "1.5", "abc", "1e3", "0x10", "５", "५", "²", "½", "--5", "+-5", "5-", "-", ","],
+)
+def test_anything_but_a_whole_number_is_refused_naming_the_field(typed):
+    for signed in (False, True):
+        with pytest.raises(ValidationError) as refused:
+            amount_from_text(typed, field="price", signed=signed)
+        assert refused.value.field == "price"
+        assert ("-50000 or 50000" in refused.value.message) == signed
+
+
+def test_a_persian_decimal_separator_is_refused_not_read_as_thousands():
+    with pytest.raises(ValidationError):
+        amount_from_text("۱٫۵")
+
+
+@pytest.mark.parametrize(
+    "typed", ["9" * 5000, "۹" * 100, "1" + "0" * 30], ids=["5000 nines", "100 persian", "10**30"]
+)
+def test_a_huge_number_is_a_range_error_from_parse_amount_not_a_crash(typed):
+    amount = amount_from_text(typed)
+    assert amount > MAX
+    with pytest.raises(ValidationError, match="between 1 and") as refused:
+        parse_amount(amount, MAX)
+    assert refused.value.field == "amount"
+    with pytest.raises(ValidationError, match="non-zero integer"):
+        parse_signed_amount(amount_from_text("-" + typed, signed=True), MAX)
+
+
+def test_zero_is_read_and_then_refused_by_the_range_checks():
+    assert amount_from_text("0") == 0 == amount_from_text("\u2212۰", signed=True)
+    with pytest.raises(ValidationError):
+        parse_amount(amount_from_text("۰"), MAX)
+    with pytest.raises(ValidationError):
+        parse_signed_amount(amount_from_text("-0", signed=True), MAX)
