@@ -124,6 +124,19 @@ def funded_seller(site, credit: int, name: str = "فروشگاه موبایل") 
     return seller["id"], seller["api_key"]
 
 
+def signed_in_seller(site, people, credit: int, **options) -> tuple[int, Person]:
+    """A funded seller, signed in in a browser of its own."""
+    seller_id, key = funded_seller(site, credit, **options)
+    seller = people()
+    seller.sign_in(key)
+    return seller_id, seller
+
+
+def fill_sale(seller: Person, phone: str, amount: str) -> None:
+    seller.page.fill("#sale-phone", phone)
+    seller.page.fill("#sale-amount", amount)
+
+
 def assert_fits(page: Page, selector: str) -> None:
     """The element needs no sideways scrolling (on a phone, rows must wrap instead)."""
     needed, shown = page.eval_on_selector(selector, "e => [e.scrollWidth, e.clientWidth]")
@@ -179,11 +192,8 @@ def test_admin_creates_a_seller_who_requests_credit_and_the_admin_approves_it(si
 
 
 def test_a_seller_sells_a_charge_to_a_persian_digit_number(site, people):
-    seller_id, key = funded_seller(site, 500_000)
-    seller = people()
-    seller.sign_in(key)
-    seller.page.fill("#sale-phone", "۰۹۱۲ ۳۴۵ ۶۷۸۹")
-    seller.page.fill("#sale-amount", "50,000")
+    seller_id, seller = signed_in_seller(site, people, 500_000)
+    fill_sale(seller, "۰۹۱۲ ۳۴۵ ۶۷۸۹", "50,000")
     seller.page.click("#sell-button")
     expect(seller.page.locator("#notice")).to_contain_text("Sold 50,000 toman")
     expect(seller.page.locator("#notice")).to_contain_text("09123456789")
@@ -195,11 +205,8 @@ def test_a_seller_sells_a_charge_to_a_persian_digit_number(site, people):
 
 
 def test_a_double_click_on_sell_sells_once(site, people):
-    seller_id, key = funded_seller(site, 300_000)
-    seller = people()
-    seller.sign_in(key)
-    seller.page.fill("#sale-phone", "09351112233")
-    seller.page.fill("#sale-amount", "100000")
+    seller_id, seller = signed_in_seller(site, people, 300_000)
+    fill_sale(seller, "09351112233", "100000")
     seller.page.dblclick("#sell-button")
     seller.page.wait_for_url(re.compile(r"sold="))
     expect(seller.page.locator("#balance")).to_have_text("200,000 toman")
@@ -212,11 +219,8 @@ def test_the_browser_sending_the_sell_form_again_replays_the_sale_instead_of_sel
 ):
     """A retry is the very same request again (same cookie, same form, same key); it is
     replayed from the browser's own context, so nothing in it is made up by the test."""
-    seller_id, key = funded_seller(site, 300_000)
-    seller = people()
-    seller.sign_in(key)
-    seller.page.fill("#sale-phone", "0935 111 2233")
-    seller.page.fill("#sale-amount", "100000")
+    seller_id, seller = signed_in_seller(site, people, 300_000)
+    fill_sale(seller, "0935 111 2233", "100000")
     with seller.page.expect_request(lambda r: r.method == "POST") as sent:
         seller.page.click("#sell-button")
     seller.page.wait_for_url(re.compile(r"sold="))
@@ -231,11 +235,8 @@ def test_the_browser_sending_the_sell_form_again_replays_the_sale_instead_of_sel
 
 
 def test_an_overspend_is_refused_in_plain_words_keeps_the_form_and_charges_nothing(site, people):
-    seller_id, key = funded_seller(site, 80_000)
-    seller = people()
-    seller.sign_in(key)
-    seller.page.fill("#sale-phone", "۰۹۱۲۱۲۳۴۵۶۷")
-    seller.page.fill("#sale-amount", "100,000")
+    seller_id, seller = signed_in_seller(site, people, 80_000)
+    fill_sale(seller, "۰۹۱۲۱۲۳۴۵۶۷", "100,000")
     seller.page.click("#sell-button")
     error = seller.page.locator("#sale-amount-error")
     expect(error).to_contain_text("Not enough credit")
@@ -247,8 +248,7 @@ def test_an_overspend_is_refused_in_plain_words_keeps_the_form_and_charges_nothi
     assert sales_of(site, seller_id) == []
     assert balance_in_db(site, seller_id) == 80_000
 
-    seller.page.fill("#sale-phone", "0812345")
-    seller.page.fill("#sale-amount", "10000")
+    fill_sale(seller, "0812345", "10000")
     seller.page.click("#sell-button")
     expect(seller.page.locator("#sale-phone-error")).to_contain_text("Iranian mobile number")
     seller.shot("09-seller-bad-phone")
@@ -256,12 +256,9 @@ def test_an_overspend_is_refused_in_plain_words_keeps_the_form_and_charges_nothi
 
 
 def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(site, people):
-    seller_id, key = funded_seller(site, 90_000)
-    seller = people()
-    seller.sign_in(key)
+    seller_id, seller = signed_in_seller(site, people, 90_000)
     seller.page.eval_on_selector("#sale-form input[name=csrf]", "input => input.remove()")
-    seller.page.fill("#sale-phone", "09121234567")
-    seller.page.fill("#sale-amount", "10000")
+    fill_sale(seller, "09121234567", "10000")
     seller.page.click("#sell-button")
     expect(seller.page.locator("#error-message")).to_contain_text("did not come from this site")
     seller.shot("10-csrf-refused")
@@ -271,9 +268,7 @@ def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(site, peop
 
 def test_a_form_on_another_site_cannot_sell_with_the_sellers_cookie(site, people):
     """SameSite=Strict: a cross-site post arrives without the session cookie at all."""
-    seller_id, key = funded_seller(site, 90_000)
-    seller = people()
-    seller.sign_in(key)
+    seller_id, seller = signed_in_seller(site, people, 90_000)
     seller.page.goto("about:blank")  # another origin, so not our site
     seller.page.set_content(
         f'<form method="post" action="{site.url}/seller/sales">'
@@ -286,9 +281,7 @@ def test_a_form_on_another_site_cannot_sell_with_the_sellers_cookie(site, people
 
 
 def test_a_seller_cannot_open_the_admin_pages(site, people):
-    seller_id, key = funded_seller(site, 10_000)
-    seller = people()
-    seller.sign_in(key)
+    seller_id, seller = signed_in_seller(site, people, 10_000)
     for path in ("/admin", "/admin/audit", f"/admin/sellers/{seller_id}"):
         response = seller.page.goto(seller.url + path)
         assert response.status == 403, path
@@ -324,8 +317,7 @@ def test_the_pages_fit_a_phone_screen(site, people):
     _, key = funded_seller(site, 1_250_000, name="فروشگاه خیلی خیلی طولانی شمال تهران")
     seller = people(viewport=PHONE)
     seller.sign_in(key)
-    seller.page.fill("#sale-phone", "+98 912 000 1122")
-    seller.page.fill("#sale-amount", "20000")
+    fill_sale(seller, "+98 912 000 1122", "20000")
     seller.page.click("#sell-button")
     expect(seller.page.locator("#notice")).to_contain_text("09120001122")
     width = seller.page.evaluate("document.documentElement.scrollWidth")
