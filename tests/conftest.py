@@ -9,6 +9,7 @@ from chargebox.cli import prepare
 from chargebox.config import Config
 from chargebox.services import Chargebox
 from tests.support import ADMIN_TOKEN, Api, new_seller, running_server
+from tests.web_support import World
 
 
 @pytest.fixture
@@ -65,3 +66,13 @@ def anonymous(server):
     api = Api(server.url)
     yield api
     api.close()
+
+
+@pytest.fixture
+def world(server, admin):
+    """For the page tests: a funded seller with a pending request; browsers on demand."""
+    made = World(server, admin)
+    yield made
+    made.api.close()
+    for browser in made.opened:
+        browser.http.close()
