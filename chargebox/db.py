@@ -267,6 +267,8 @@ TRIGGERS = (
     _immutable("ledger_seal", "UPDATE", "ledger seals are never updated"),
     _immutable("ledger_seal", "DELETE", "ledger seals are never deleted"),
     _immutable("idempotency_record", "DELETE", "idempotency outcomes are final"),
+    _immutable("adjustment_record", "UPDATE", "idempotency outcomes are final"),
+    _immutable("adjustment_record", "DELETE", "idempotency outcomes are final"),
     _immutable("seller", "DELETE", "sellers are never deleted"),
     _immutable("credit_request", "DELETE", "credit requests are never deleted"),
     # I4: a decided request never changes again, so it can never be approved twice.

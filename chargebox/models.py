@@ -169,6 +169,24 @@ class IdempotencyRecord(BaseModel):
         indexes = ((("seller", "key"), True),)
 
 
+class AdjustmentRecord(BaseModel):
+    """The final outcome of an admin's Idempotency-Key on one seller's adjustment."""
+
+    id = AutoField()
+    # The composite (seller, key) index below serves as its index too.
+    seller = ForeignKeyField(Seller, column_name="seller_id", on_delete="RESTRICT", index=False)
+    key = TextField(constraints=[Check("length(key) BETWEEN 1 AND 255")])
+    request_hash = CharField(max_length=64)
+    entry = ForeignKeyField(LedgerEntry, column_name="entry_id", null=True, unique=True)
+    error_code = TextField(null=True)
+    error_message = TextField(null=True)
+    created_at = TextField()
+
+    class Meta:
+        constraints = [Check("(entry_id IS NULL) != (error_code IS NULL)")]
+        indexes = ((("seller", "key"), True),)
+
+
 class WebSession(BaseModel):
     """A browser signed in to the web pages: only the SHA-256 of its cookie is kept.
 
@@ -197,5 +215,6 @@ ALL_MODELS = (
     LedgerSeal,
     SellerHead,
     IdempotencyRecord,
+    AdjustmentRecord,
     WebSession,
 )

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import unicodedata
 from collections.abc import Callable
 from typing import TypeVar
 
-from chargebox import auth, db, ledger
+from chargebox import auth, db, idempotency, ledger
 from chargebox.auth import Principal
 from chargebox.config import Config
 from chargebox.errors import (
-    IdempotencyKeyReused,
-    InsufficientCredit,
+    ChargeboxError,
     NotFound,
     Unauthorized,
     ValidationError,
@@ -33,7 +31,6 @@ T = TypeVar("T")
 WRITER = GroupWriter()  # one per process: group commit for every write of this process
 MAX_NAME_LENGTH = 200
 MAX_REASON_LENGTH = 500
-MAX_KEY_LENGTH = 255
 STATUSES = ("pending", "approved", "rejected")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -49,9 +46,15 @@ class Page:
 
 
 @dataclasses.dataclass(frozen=True)
-class SaleResult:
-    sale: dict
+class Outcome:
+    """What a write made (a sale, a ledger entry), and whether it is a replayed copy."""
+
+    record: dict
     replayed: bool
+
+    @property
+    def sale(self) -> dict:
+        return self.record
 
 
 def now(later: datetime.timedelta = datetime.timedelta(0)) -> str:
@@ -70,16 +73,6 @@ def clean_text(value: object, field: str, max_length: int) -> str:
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text):
         raise ValidationError(f"{field} must not contain control or surrogate characters", field)
     return text
-
-
-def check_idempotency_key(key: str | None) -> str | None:
-    if key is None:
-        return None
-    if not 1 <= len(key) <= MAX_KEY_LENGTH or not all(" " <= ch <= "~" for ch in key):
-        raise ValidationError(
-            "Idempotency-Key must be 1 to 255 printable ASCII characters", "Idempotency-Key"
-        )
-    return key
 
 
 def _dicts(sql: str, params: tuple = ()) -> list[dict]:
@@ -187,78 +180,83 @@ class Chargebox:
 
     # --- money -----------------------------------------------------------------------------
 
-    def adjust_balance(self, seller_id: int, amount: object, reason: object) -> dict:
+    def adjust_balance(
+        self, seller_id: int, amount: object, reason: object, idempotency_key: str | None = None
+    ) -> dict:
+        """An admin's signed correction; with a key, the first outcome is final (see sell)."""
+        return self.adjust_balance_once(seller_id, amount, reason, idempotency_key).record
+
+    def adjust_balance_once(
+        self, seller_id: int, amount: object, reason: object, idempotency_key: str | None
+    ) -> Outcome:
         amount = parse_signed_amount(amount, self.config.max_amount)
         reason = clean_text(reason, "reason", MAX_REASON_LENGTH)
-        return self._write(lambda: ledger.adjust(seller_id, amount, reason, now()))
+        key = idempotency.check_key(idempotency_key)
+
+        def adjust(created: str) -> dict:
+            return ledger.adjust(seller_id, amount, reason, created)
+
+        request_hash = idempotency.fingerprint(amount, reason)
+        return self._once(idempotency.ADJUSTMENTS, seller_id, key, request_hash, adjust)
 
     def sell(
         self, seller_id: int, phone: object, amount: object, idempotency_key: str | None = None
-    ) -> SaleResult:
+    ) -> Outcome:
         """Sell a charge; with a key, the first outcome is final and replayed to every copy."""
         number = normalize_phone(phone)
         amount = parse_amount(amount, self.config.max_amount)
-        key = check_idempotency_key(idempotency_key)
-        if key is None:
-            return SaleResult(
-                self._write(lambda: ledger.sell(seller_id, number, amount, now())), False
-            )
-        fingerprint = hashlib.sha256(f"{number}|{amount}".encode()).hexdigest()
-        earlier = self._replay(seller_id, key, fingerprint)  # fast path, no write lock
-        if earlier is not None:
-            return earlier
-        outcome = self._write(lambda: self._sell_once(seller_id, key, fingerprint, number, amount))
-        if isinstance(outcome, InsufficientCredit):
-            raise outcome
-        return outcome
+        key = idempotency.check_key(idempotency_key)
 
-    def _sell_once(
-        self, seller_id: int, key: str, fingerprint: str, number: str, amount: int
-    ) -> SaleResult | InsufficientCredit:
-        """Inside the write: replay a copy that won the race, or sell and record the outcome.
+        def sell(created: str) -> dict:
+            return ledger.sell(seller_id, number, amount, created)
+
+        request_hash = idempotency.fingerprint(number, amount)
+        return self._once(idempotency.SALES, seller_id, key, request_hash, sell)
+
+    def _once(
+        self,
+        kind: idempotency.Keyed,
+        seller_id: int,
+        key: str | None,
+        request_hash: str,
+        act: Callable[[str], dict],
+    ) -> Outcome:
+        """Do `act` in a write, once per key: every later copy gets the first outcome."""
+        if key is None:
+            return Outcome(self._write(lambda: act(now())), False)
+        made = idempotency.earlier(kind, seller_id, key, request_hash)  # fast path, no write lock
+        if made is None:
+            made = self._write(lambda: self._first(kind, seller_id, key, request_hash, act))
+            if isinstance(made, ChargeboxError):
+                raise made
+        if isinstance(made, Outcome):
+            return made
+        read = self.get_sale if kind is idempotency.SALES else self.get_ledger_entry
+        return Outcome(read(made), True)
+
+    def _first(
+        self,
+        kind: idempotency.Keyed,
+        seller_id: int,
+        key: str,
+        request_hash: str,
+        act: Callable[[str], dict],
+    ) -> int | Outcome | ChargeboxError:
+        """Inside the write: the id a copy that won the race made, or act now and record it.
 
         A refusal is returned, not raised, so that its record commits with the rest.
         """
-        earlier = self._replay(seller_id, key, fingerprint)
-        if earlier is not None:
-            return earlier
+        made = idempotency.earlier(kind, seller_id, key, request_hash)
+        if made is not None:
+            return made
         created = now()
         try:
-            sale = ledger.sell(seller_id, number, amount, created)
-            outcome: SaleResult | InsufficientCredit = SaleResult(sale, False)
-        except InsufficientCredit as refusal:  # nothing was written; the refusal is final
-            sale, outcome = None, refusal
-        db.execute(
-            "INSERT INTO idempotency_record (seller_id, key, request_hash, sale_id,"
-            " error_code, error_message, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                seller_id,
-                key,
-                fingerprint,
-                sale and sale["id"],
-                sale is None and outcome.code or None,
-                sale is None and outcome.message or None,
-                created,
-            ),
-        )
+            outcome: Outcome | ChargeboxError = Outcome(act(created), False)
+        except idempotency.FINAL as refusal:  # nothing was written; the refusal is final
+            outcome = refusal
+        made_id = outcome if isinstance(outcome, ChargeboxError) else outcome.record["id"]
+        idempotency.record(kind, seller_id, key, request_hash, made_id, created)
         return outcome
-
-    def _replay(self, seller_id: int, key: str, fingerprint: str) -> SaleResult | None:
-        rows = db.rows(
-            "SELECT request_hash, sale_id, error_message FROM idempotency_record "
-            "WHERE seller_id = ? AND key = ?",
-            (seller_id, key),
-        )
-        if not rows:
-            return None
-        request_hash, sale_id, error_message = rows[0]
-        if request_hash != fingerprint:
-            raise IdempotencyKeyReused(
-                "this Idempotency-Key was used with a different request", "Idempotency-Key"
-            )
-        if sale_id is None:
-            raise InsufficientCredit(error_message, replayed=True)
-        return SaleResult(self.get_sale(sale_id), True)
 
     # --- web sessions ----------------------------------------------------------------------
 
@@ -324,6 +322,9 @@ class Chargebox:
 
     def get_sale(self, sale_id: int) -> dict:
         return self._one(_SALE + " WHERE id = ?", sale_id, "sale")
+
+    def get_ledger_entry(self, entry_id: int) -> dict:
+        return self._one(_ENTRY + " WHERE id = ?", entry_id, "ledger entry")
 
     def list_ledger(self, page: Page, seller_id: int | None = None) -> list[dict]:
         return self._page(_ENTRY, page, seller_id=seller_id)

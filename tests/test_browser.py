@@ -137,6 +137,21 @@ def fill_sale(seller: Person, phone: str, amount: str) -> None:
     seller.page.fill("#sale-amount", amount)
 
 
+def submit_and_send_again(person: Person, button: str) -> None:
+    """Click `button`, then send its form's very request again from the same browser
+    (same cookie, same fields, same key), as a browser retrying it would. Both must end
+    on the same page."""
+    with person.page.expect_request(lambda r: r.method == "POST") as sent:
+        person.page.click(button)
+    person.page.wait_for_url(re.compile(r"\?(sold|adjusted)=\d+$"))  # the 303's page
+    first = person.page.url
+    retry = person.context.request.post(
+        sent.value.url, data=sent.value.post_data, headers=sent.value.headers, max_redirects=0
+    )
+    assert retry.status == 303
+    assert person.url + retry.headers["location"] == first
+
+
 def assert_fits(page: Page, selector: str) -> None:
     """The element needs no sideways scrolling (on a phone, rows must wrap instead)."""
     needed, shown = page.eval_on_selector(selector, "e => [e.scrollWidth, e.clientWidth]")
@@ -221,15 +236,7 @@ def test_the_browser_sending_the_sell_form_again_replays_the_sale_instead_of_sel
     replayed from the browser's own context, so nothing in it is made up by the test."""
     seller_id, seller = signed_in_seller(site, people, 300_000)
     fill_sale(seller, "0935 111 2233", "100000")
-    with seller.page.expect_request(lambda r: r.method == "POST") as sent:
-        seller.page.click("#sell-button")
-    seller.page.wait_for_url(re.compile(r"sold="))
-    first = seller.page.url
-    retry = seller.context.request.post(
-        sent.value.url, data=sent.value.post_data, headers=sent.value.headers, max_redirects=0
-    )
-    assert retry.status == 303
-    assert seller.url + retry.headers["location"] == first
+    submit_and_send_again(seller, "#sell-button")
     assert len(sales_of(site, seller_id)) == 1
     assert balance_in_db(site, seller_id) == 200_000
 
@@ -302,7 +309,7 @@ def test_the_admin_adjusts_a_balance_with_a_reason_and_the_audit_is_green(site, 
     expect(admin.page.locator("#adjust-amount-error")).to_contain_text("Not enough credit")
     expect(admin.page.locator("#adjust-reason")).to_have_value("refund of a failed top-up")
     admin.page.fill("#adjust-amount", "-15,000")
-    admin.page.click("#adjust-button")
+    submit_and_send_again(admin, "#adjust-button")  # the form's own key: one adjustment
     expect(admin.page.locator("#notice")).to_contain_text("Adjusted by −15,000 toman")
     expect(admin.page.locator("#balance")).to_have_text("85,000 toman")
     admin.shot("12-admin-seller-adjusted")

@@ -143,6 +143,19 @@ def test_the_admin_adjusts_a_balance_both_ways_with_a_reason(world):
     assert world.balance() == 98_500
 
 
+def test_the_same_adjust_form_posted_twice_adjusts_once_and_both_land_on_the_same_entry(world):
+    admin, path = world.browser(ADMIN), f"/admin/sellers/{world.seller['id']}"
+    key = value_of(admin.get(path).text, "idempotency_key")
+    form = {"amount": "-4,000", "reason": "late fee", "idempotency_key": key}
+    first, second = (admin.post_form(path + "/adjustments", form) for _ in range(2))
+    assert first.status_code == second.status_code == 303
+    assert first.headers["Location"] == second.headers["Location"]
+    assert world.balance() == 96_000
+    entries = world.api.get("/api/ledger").json()["items"]
+    assert [entry["reason"] for entry in entries if entry["kind"] == "adjustment"] == ["late fee"]
+    assert value_of(admin.get(path).text, "idempotency_key") != key  # the next form, a new key
+
+
 def test_an_adjustment_below_zero_is_a_409_page_and_changes_nothing(world):
     admin, path = world.browser(ADMIN), f"/admin/sellers/{world.seller['id']}/adjustments"
     form = {"amount": "-100001", "reason": "too much"}

@@ -1,4 +1,4 @@
-"""The HTTP face of chargebox (bottle): JSON routes, error rendering, request parsing.
+"""The HTTP face of chargebox (bottle): JSON routes, HTML pages, error rendering, parsing.
 
 Depends on `services`, `auth` and `errors`; never writes SQL or computes a balance.
 """

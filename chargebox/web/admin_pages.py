@@ -16,6 +16,7 @@ from chargebox.web.html import (
     Form,
     Site,
     Visitor,
+    form_key,
     found,
     isolate,
     query_id,
@@ -128,6 +129,7 @@ def install(pages: bottle.Bottle, site: Site) -> None:
             entries=entries,
             requests=site.service.recent_credit_requests(seller_id),
             adjust=adjust or Form(),
+            form_key=form_key(),
             notice=notice,
         )
 
@@ -140,7 +142,8 @@ def install(pages: bottle.Bottle, site: Site) -> None:
         you, form = site.posted(ADMIN)
         try:
             amount = amount_from_text(form.get("amount", ""), signed=True)
-            entry = site.service.adjust_balance(int(ident), amount, form.get("reason", ""))
+            key = form.get("idempotency_key") or None
+            entry = site.service.adjust_balance(int(ident), amount, form.get("reason", ""), key)
         except ChargeboxError as exc:
             site.service.get_seller(int(ident))  # an unknown seller is a 404 page, not a form error
             return seller_detail(you, int(ident), status_of(exc), Form(form).failed(exc, "amount"))

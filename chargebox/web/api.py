@@ -12,7 +12,7 @@ import bottle
 from chargebox.auth import Principal
 from chargebox.config import Config
 from chargebox.errors import NotFound
-from chargebox.services import Chargebox
+from chargebox.services import Chargebox, Outcome
 from chargebox.web.request import caller, header, page, query, read_json, seller_scope
 
 ID = "<ident:re:[0-9]{1,18}>"
@@ -87,19 +87,17 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
     def adjust(ident):
         caller(config, ADMIN)
         body = read_json(limit, ("amount", "reason"))
-        return 201, service.adjust_balance(int(ident), body["amount"], body["reason"])
+        key = header("Idempotency-Key")
+        return _made(service.adjust_balance_once(int(ident), body["amount"], body["reason"], key))
 
     @app.post("/api/sales")
     def sell():
         principal = caller(config, SELLER)
         body = read_json(limit, ("phone", "amount"))
-        result = service.sell(
+        sold = service.sell(
             principal.seller_id, body["phone"], body["amount"], header("Idempotency-Key")
         )
-        headers = _location("sales", result.sale["id"])
-        if result.replayed:
-            headers["Idempotent-Replayed"] = "true"
-        return 201, result.sale, headers
+        return _made(sold, _location("sales", sold.record["id"]))
 
     @app.get("/api/sales")
     def list_sales():
@@ -141,6 +139,14 @@ def _own(principal: Principal, found: dict, what: str) -> dict:
     if not principal.is_admin and found["seller_id"] != principal.seller_id:
         raise NotFound(f"{what} {found['id']} does not exist")
     return found
+
+
+def _made(outcome: Outcome, headers: dict | None = None) -> tuple[int, dict, dict]:
+    """201 with what a keyed write made; a replayed copy says so in a header."""
+    headers = headers or {}
+    if outcome.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return 201, outcome.record, headers
 
 
 def _location(collection: str, ident: int) -> dict:

@@ -275,6 +275,12 @@ def found(read: Callable[[int], dict], ident: int | None) -> dict | None:
         return None
 
 
+def form_key() -> str:
+    """A fresh Idempotency-Key for a form that moves money: a double click or a
+    browser's retry sends the same key again, and the copy is replayed, not redone."""
+    return "web-" + secrets.token_urlsafe(18)
+
+
 def query_id(name: str) -> int | None:
     """A positive id from the query string (a notice or a cursor); anything else is ignored."""
     text = bottle.request.query.get(name, "")

@@ -9,8 +9,6 @@ browser's retry of the same form sells once.
 
 from __future__ import annotations
 
-import secrets
-
 import bottle
 
 from chargebox.config import Config
@@ -25,6 +23,7 @@ from chargebox.web.html import (
     Visitor,
     check_login_token,
     end_session,
+    form_key,
     found,
     login_token,
     query_id,
@@ -117,7 +116,7 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
             requests=site.service.recent_credit_requests(seller_id),
             sale=forms.get("sale", Form()),
             credit=forms.get("credit", Form()),
-            sale_key="web-" + secrets.token_urlsafe(18),
+            form_key=form_key(),
             notice=None if status != 200 else seller_notice(seller_id),
         )
 

@@ -11,6 +11,7 @@
   <h2>Adjust the balance</h2>
   <form method="post" action="/admin/sellers/{{seller['id']}}/adjustments" id="adjust-form" data-once>
     <input type="hidden" name="csrf" value="{{visitor.csrf}}">
+    <input type="hidden" name="idempotency_key" value="{{form_key}}">
     % include('field', state=adjust, form_id='adjust', name='amount', label='Amount (toman, − to take away)', inputmode='text', direction='ltr', maxlength=40, placeholder='-50,000 or 50,000')
     % include('field', state=adjust, form_id='adjust', name='reason', label='Reason', maxlength=500, hint='Kept in the ledger for good.')
     <button type="submit" id="adjust-button">Adjust</button>

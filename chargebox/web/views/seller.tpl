@@ -10,7 +10,7 @@
   <h2 id="sell-title">Sell a charge</h2>
   <form method="post" action="/seller/sales" id="sale-form" data-once>
     <input type="hidden" name="csrf" value="{{visitor.csrf}}">
-    <input type="hidden" name="idempotency_key" value="{{sale_key}}">
+    <input type="hidden" name="idempotency_key" value="{{form_key}}">
     % include('field', state=sale, form_id='sale', name='phone', label='Phone number', inputmode='tel', direction='ltr', maxlength=64, placeholder='0912 123 4567', hint='Iranian mobile; Persian digits are fine.')
     % include('field', state=sale, form_id='sale', name='amount', label='Amount (toman)', inputmode='numeric', direction='ltr', maxlength=40, placeholder='50,000')
     <button type="submit" id="sell-button">Sell</button>
