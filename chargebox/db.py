@@ -269,6 +269,8 @@ TRIGGERS = (
     _immutable("idempotency_record", "DELETE", "idempotency outcomes are final"),
     _immutable("adjustment_record", "UPDATE", "idempotency outcomes are final"),
     _immutable("adjustment_record", "DELETE", "idempotency outcomes are final"),
+    _immutable("credit_request_record", "UPDATE", "idempotency outcomes are final"),
+    _immutable("credit_request_record", "DELETE", "idempotency outcomes are final"),
     _immutable("seller", "DELETE", "sellers are never deleted"),
     _immutable("credit_request", "DELETE", "credit requests are never deleted"),
     # I4: a decided request never changes again, so it can never be approved twice.

@@ -1,7 +1,8 @@
 """Idempotency-Key outcomes: the first outcome of a key is final, and every copy gets it.
 
-Keyed sales (`idempotency_record`, scoped to the selling seller) and keyed
-adjustments (`adjustment_record`, scoped to the adjusted seller) share this.
+Keyed sales (`idempotency_record`) and credit requests (`credit_request_record`),
+scoped to the seller, and keyed adjustments (`adjustment_record`, scoped to the
+adjusted seller) share this.
 A key's record is written in the same write as what it records, so a crash
 keeps both or neither; a refusal (409) is recorded too, and replayed.
 """
@@ -36,6 +37,7 @@ class Keyed:
 
 SALES = Keyed("idempotency_record", "sale_id")
 ADJUSTMENTS = Keyed("adjustment_record", "entry_id")
+CREDIT_REQUESTS = Keyed("credit_request_record", "request_id")
 
 
 def check_key(key: str | None) -> str | None:

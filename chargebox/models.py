@@ -187,6 +187,28 @@ class AdjustmentRecord(BaseModel):
         indexes = ((("seller", "key"), True),)
 
 
+class CreditRequestRecord(BaseModel):
+    """The outcome of a seller's Idempotency-Key on a credit request: the request it filed."""
+
+    id = AutoField()
+    # The composite (seller, key) index below serves as its index too.
+    seller = ForeignKeyField(Seller, column_name="seller_id", on_delete="RESTRICT", index=False)
+    key = TextField(constraints=[Check("length(key) BETWEEN 1 AND 255")])
+    request_hash = CharField(max_length=64)
+    request = ForeignKeyField(
+        CreditRequest, column_name="request_id", null=True, unique=True, on_delete="RESTRICT"
+    )
+    # Filing a request is never refused once it starts, so these stay empty; they keep
+    # the shape of the other keyed outcomes, which idempotency.py reads alike.
+    error_code = TextField(null=True)
+    error_message = TextField(null=True)
+    created_at = TextField()
+
+    class Meta:
+        constraints = [Check("(request_id IS NULL) != (error_code IS NULL)")]
+        indexes = ((("seller", "key"), True),)
+
+
 class WebSession(BaseModel):
     """A browser signed in to the web pages: only the SHA-256 of its cookie is kept.
 
@@ -216,5 +238,6 @@ ALL_MODELS = (
     SellerHead,
     IdempotencyRecord,
     AdjustmentRecord,
+    CreditRequestRecord,
     WebSession,
 )

@@ -47,7 +47,7 @@ class Page:
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """What a write made (a sale, a ledger entry), and whether it is a replayed copy."""
+    """What a keyed write made (a sale, an entry, a request), and whether it is a copy."""
 
     record: dict
     replayed: bool
@@ -131,27 +131,32 @@ class Chargebox:
 
     # --- credit requests -------------------------------------------------------------------
 
-    def request_credit(self, seller_id: int, amount: object) -> dict:
-        amount = parse_amount(amount, self.config.max_amount)
-        created = now()
+    def request_credit(
+        self, seller_id: int, amount: object, idempotency_key: str | None = None
+    ) -> dict:
+        """A pending request for credit; with a key, a copy files nothing new (see sell)."""
+        return self.request_credit_once(seller_id, amount, idempotency_key).record
 
-        def file_request() -> int:
+    def request_credit_once(
+        self, seller_id: int, amount: object, idempotency_key: str | None
+    ) -> Outcome:
+        amount = parse_amount(amount, self.config.max_amount)
+        key = idempotency.check_key(idempotency_key)
+
+        def file_request(created: str) -> dict:
             self.get_seller(seller_id)  # NotFound, not a foreign-key failure, for an unknown id
-            return db.execute(
+            request_id = db.execute(
                 "INSERT INTO credit_request (seller_id, amount, status, created_at) "
                 "VALUES (?, ?, 'pending', ?)",
                 (seller_id, amount, created),
             ).lastrowid
+            return {
+                "id": request_id, "seller_id": seller_id, "amount": amount,
+                "status": "pending", "created_at": created, "decided_at": None,
+            }  # fmt: skip
 
-        request_id = self._write(file_request)
-        return {
-            "id": request_id,
-            "seller_id": seller_id,
-            "amount": amount,
-            "status": "pending",
-            "created_at": created,
-            "decided_at": None,
-        }
+        request_hash = idempotency.fingerprint(amount)
+        return self._once(idempotency.CREDIT_REQUESTS, seller_id, key, request_hash, file_request)
 
     def get_credit_request(self, request_id: int) -> dict:
         return self._one(_REQUEST + " WHERE id = ?", request_id, "credit request")
@@ -231,8 +236,12 @@ class Chargebox:
                 raise made
         if isinstance(made, Outcome):
             return made
-        read = self.get_sale if kind is idempotency.SALES else self.get_ledger_entry
-        return Outcome(read(made), True)
+        readers = {
+            idempotency.SALES: self.get_sale,
+            idempotency.ADJUSTMENTS: self.get_ledger_entry,
+            idempotency.CREDIT_REQUESTS: self.get_credit_request,
+        }
+        return Outcome(readers[kind](made), True)
 
     def _first(
         self,

@@ -39,7 +39,7 @@ def test_a_seller_requests_credit_and_sells_with_persian_digits_and_separators(w
 
 def test_the_same_sell_form_posted_twice_sells_once_and_both_land_on_the_same_sale(world):
     seller = world.browser(SELLER)
-    key = value_of(seller.get("/seller").text, "idempotency_key")
+    key = value_of(seller.get("/seller").text, "sale-form-key")
     form = {"phone": PHONE, "amount": "3000", "idempotency_key": key}
     first, second = seller.post_form("/seller/sales", form), seller.post_form("/seller/sales", form)
     assert first.status_code == second.status_code == 303
@@ -47,6 +47,17 @@ def test_the_same_sell_form_posted_twice_sells_once_and_both_land_on_the_same_sa
     assert re.fullmatch(r"/seller\?sold=\d+", first.headers["Location"])
     assert len(world.api.get("/api/sales").json()["items"]) == 1
     assert world.balance() == 97_000
+
+
+def test_the_same_credit_form_posted_twice_files_one_request(world):
+    seller = world.browser(SELLER)
+    key = value_of(seller.get("/seller").text, "credit-form-key")
+    form = {"amount": "250000", "idempotency_key": key}
+    first, second = (seller.post_form("/seller/credit-requests", form) for _ in range(2))
+    assert first.status_code == second.status_code == 303
+    assert first.headers["Location"] == second.headers["Location"]
+    asked = world.api.get("/api/credit-requests").json()["items"]
+    assert [request["amount"] for request in asked] == [100_000, 5000, 250_000]  # + one
 
 
 def test_another_sellers_sale_is_not_shown_as_a_notice(world, admin):
@@ -59,7 +70,7 @@ def test_another_sellers_sale_is_not_shown_as_a_notice(world, admin):
 
 def test_selling_over_the_balance_is_a_409_page_keeping_what_was_typed(world):
     seller = world.browser(SELLER)
-    key = value_of(seller.get("/seller").text, "idempotency_key")
+    key = value_of(seller.get("/seller").text, "sale-form-key")
     form = {"phone": PHONE, "amount": "200,000", "idempotency_key": key}
     answer = seller.post_form("/seller/sales", form)
     assert answer.status_code == 409

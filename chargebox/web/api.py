@@ -56,8 +56,9 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
     def request_credit():
         principal = caller(config, SELLER)
         body = read_json(limit, ("amount",))
-        created = service.request_credit(principal.seller_id, body["amount"])
-        return 201, created, _location("credit-requests", created["id"])
+        key = header("Idempotency-Key")
+        filed = service.request_credit_once(principal.seller_id, body["amount"], key)
+        return _made(filed, _location("credit-requests", filed.record["id"]))
 
     @app.get("/api/credit-requests")
     def list_credit_requests():

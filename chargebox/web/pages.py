@@ -116,7 +116,8 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
             requests=site.service.recent_credit_requests(seller_id),
             sale=forms.get("sale", Form()),
             credit=forms.get("credit", Form()),
-            form_key=form_key(),
+            sale_key=form_key(),
+            credit_key=form_key(),
             notice=None if status != 200 else seller_notice(seller_id),
         )
 
@@ -155,7 +156,8 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
         you, form = site.posted(SELLER)
         try:
             amount = amount_from_text(form.get("amount", ""))
-            created = site.service.request_credit(you.principal.seller_id, amount)
+            key = form.get("idempotency_key") or None
+            created = site.service.request_credit(you.principal.seller_id, amount, key)
         except ChargeboxError as exc:
             return seller_page(you, status_of(exc), credit=Form(form).failed(exc, "amount"))
         return redirect(f"/seller?requested={created['id']}")

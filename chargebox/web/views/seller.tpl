@@ -10,7 +10,7 @@
   <h2 id="sell-title">Sell a charge</h2>
   <form method="post" action="/seller/sales" id="sale-form" data-once>
     <input type="hidden" name="csrf" value="{{visitor.csrf}}">
-    <input type="hidden" name="idempotency_key" value="{{form_key}}">
+    <input type="hidden" name="idempotency_key" id="sale-form-key" value="{{sale_key}}">
     % include('field', state=sale, form_id='sale', name='phone', label='Phone number', inputmode='tel', direction='ltr', maxlength=64, placeholder='0912 123 4567', hint='Iranian mobile; Persian digits are fine.')
     % include('field', state=sale, form_id='sale', name='amount', label='Amount (toman)', inputmode='numeric', direction='ltr', maxlength=40, placeholder='50,000')
     <button type="submit" id="sell-button">Sell</button>
@@ -21,6 +21,7 @@
   <h2 id="credit-title">Request credit</h2>
   <form method="post" action="/seller/credit-requests" id="credit-form" data-once>
     <input type="hidden" name="csrf" value="{{visitor.csrf}}">
+    <input type="hidden" name="idempotency_key" id="credit-form-key" value="{{credit_key}}">
     % include('field', state=credit, form_id='credit', name='amount', label='Amount (toman)', inputmode='numeric', direction='ltr', maxlength=40, placeholder='1,000,000', hint='The admin approves or rejects it.')
     <button type="submit" id="credit-button">Request credit</button>
   </form>

@@ -1,0 +1,126 @@
+"""Keyed credit requests: a seller's Idempotency-Key files one request, whatever the copies.
+
+The same rules as keyed sales (API.md), extended to `POST /api/credit-requests`:
+a copy with the same key and amount gets the request the key filed (as it is
+now), a different amount is `idempotency_key_reused`, and a refused request
+does not use up its key. The web page's credit form carries such a key.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from chargebox.errors import IdempotencyKeyReused, NotFound, ValidationError
+from tests.support import Api, books, db_snapshot, new_seller
+from tests.workloads import run_parallel
+
+MODES = ["threads", "processes"]
+
+
+def test_a_keyed_credit_request_is_filed_once_and_replayed_as_it_is_now(service):
+    seller, _ = service.create_seller("shop")
+    first = service.request_credit_once(seller["id"], 40_000, "ask-1")
+    before = db_snapshot(service.config.db_path)
+    again = service.request_credit_once(seller["id"], 40_000, "ask-1")
+    assert (again.record, again.replayed, first.replayed) == (first.record, True, False)
+    assert db_snapshot(service.config.db_path) == before
+    service.approve_credit_request(first.record["id"])
+    later = service.request_credit_once(seller["id"], 40_000, "ask-1")
+    assert (later.record["id"], later.record["status"]) == (first.record["id"], "approved")
+    assert service.get_seller(seller["id"])["balance"] == 40_000
+
+
+def test_the_same_key_with_another_amount_is_refused_and_files_nothing(service):
+    seller, _ = service.create_seller("shop")
+    service.request_credit(seller["id"], 40_000, "ask-1")
+    before = db_snapshot(service.config.db_path)
+    with pytest.raises(IdempotencyKeyReused):
+        service.request_credit(seller["id"], 40_001, "ask-1")
+    assert db_snapshot(service.config.db_path) == before
+
+
+def test_a_refused_request_does_not_use_up_its_key(service):
+    seller, _ = service.create_seller("shop")
+    with pytest.raises(ValidationError):
+        service.request_credit(seller["id"], 0, "ask-1")
+    with pytest.raises(NotFound):
+        service.request_credit(seller["id"] + 1, 5_000, "ask-1")
+    filed = service.request_credit_once(seller["id"], 5_000, "ask-1")
+    assert (filed.record["amount"], filed.replayed) == (5_000, False)
+
+
+def test_keys_are_per_seller_and_apart_from_sale_keys(service):
+    ali, _ = service.create_seller("ali")
+    sara, _ = service.create_seller("sara")
+    mine = service.request_credit(ali["id"], 9_000, "same-key")
+    theirs = service.request_credit(sara["id"], 9_000, "same-key")
+    assert mine["id"] != theirs["id"]
+    service.approve_credit_request(mine["id"])
+    sold = service.sell(ali["id"], "09121234567", 1_000, "same-key")
+    assert not sold.replayed and service.get_seller(ali["id"])["balance"] == 8_000
+
+
+def test_the_database_keeps_credit_request_keys_final(service):
+    seller, _ = service.create_seller("shop")
+    service.request_credit(seller["id"], 9_000, "ask-1")
+    conn = sqlite3.connect(service.config.db_path)
+    try:
+        for statement in (
+            "UPDATE credit_request_record SET key = 'other'",
+            "DELETE FROM credit_request_record",
+            "INSERT INTO credit_request_record (seller_id, key, request_hash, created_at)"
+            " VALUES (1, 'ask-2', 'h', 'now')",  # neither a request nor a refusal
+        ):
+            with pytest.raises(sqlite3.IntegrityError):
+                conn.execute(statement)
+    finally:
+        conn.close()
+
+
+def test_over_http_a_copy_is_201_with_the_replayed_header_and_the_same_location(make_seller):
+    _, seller = make_seller()
+    headers = {"Idempotency-Key": "ask-http"}
+    first = seller.post("/api/credit-requests", {"amount": 70_000}, headers=headers)
+    again = seller.post("/api/credit-requests", {"amount": 70_000}, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert (first.json(), first.headers["Location"]) == (again.json(), again.headers["Location"])
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.headers["Idempotent-Replayed"] == "true"
+    other = seller.post("/api/credit-requests", {"amount": 1}, headers=headers)
+    assert (other.status_code, other.json()["error"]["code"]) == (422, "idempotency_key_reused")
+    assert len(seller.get("/api/credit-requests").json()["items"]) == 1
+
+
+def file_with_key(index, barrier, url, key, idempotency_key, amount):
+    api = Api(url, key)
+    api.get("/api/me")
+    barrier.wait()
+    response = api.post(
+        "/api/credit-requests", {"amount": amount}, headers={"Idempotency-Key": idempotency_key}
+    )
+    api.close()
+    return response.status_code, response.json()["id"], "Idempotent-Replayed" in response.headers
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_20_concurrent_copies_of_one_keyed_credit_request_file_one(fresh_server, mode):
+    """20 workers (threads, or processes) send one keyed request at once, released by a
+    barrier: all get 201 with the same id, one of them first; the file holds one request."""
+    admin = fresh_server.admin()
+    seller, key = new_seller(admin, "racer")
+    results = run_parallel(mode, 20, file_with_key, fresh_server.url, key, "ask-race", 30_000)
+    assert {status for status, _, _ in results} == {201}
+    assert len({ident for _, ident, _ in results}) == 1
+    assert sum(not replayed for _, _, replayed in results) == 1
+    conn = sqlite3.connect(f"file:{fresh_server.db_path}?mode=ro", uri=True)
+    try:
+        filed = conn.execute(
+            "SELECT COUNT(*) FROM credit_request WHERE seller_id = ?", (seller["id"],)
+        )
+        assert filed.fetchone()[0] == 1
+    finally:
+        conn.close()
+    assert books(fresh_server.db_path) == {seller["id"]: 0}
+    admin.close()
