@@ -250,6 +250,7 @@ def test_an_overspend_is_refused_in_plain_words_keeps_the_form_and_charges_nothi
     expect(error).to_contain_text("80,000 toman does not cover 100,000 toman")
     expect(seller.page.locator("#sale-phone")).to_have_value("۰۹۱۲۱۲۳۴۵۶۷")
     expect(seller.page.locator("#sale-amount")).to_have_value("100,000")
+    expect(seller.page.locator("#sale-amount")).to_be_focused()  # the field to fix
     expect(seller.page.locator("#balance")).to_have_text("80,000 toman")
     seller.shot("08-seller-overspend-refused")
     assert sales_of(site, seller_id) == []

@@ -31,6 +31,7 @@ from chargebox.web.html import (
 ID = "<ident:re:[0-9]{1,18}>"
 ADMIN = "admin"
 SELLERS_PER_PAGE = 50
+PENDING_SHOWN = 100
 DECIDED = {"approve": "approved", "reject": "rejected"}
 
 
@@ -40,7 +41,7 @@ def install(pages: bottle.Bottle, site: Site) -> None:
     def admin_page(
         you: Visitor, status: int = 200, create: Form | None = None, problem: str | None = None
     ) -> bottle.HTTPResponse:
-        pending = site.service.list_credit_requests(Page(limit=100), status="pending")
+        pending = site.service.list_credit_requests(Page(limit=PENDING_SHOWN), status="pending")
         after_id = query_id("after_id") or 0
         sellers = site.service.list_sellers(Page(limit=SELLERS_PER_PAGE, after_id=after_id))
         names = {}
@@ -61,6 +62,7 @@ def install(pages: bottle.Bottle, site: Site) -> None:
             title="Admin",
             visitor=you,
             pending=pending,
+            pending_limit=PENDING_SHOWN,
             names=names,
             sellers=sellers,
             after_id=after_id,

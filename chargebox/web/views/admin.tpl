@@ -30,6 +30,9 @@
     </tbody>
   </table>
   </div>
+  % if len(pending) == pending_limit:
+  <p class="muted">The oldest {{pending_limit}} are shown; decide them to see the rest.</p>
+  % end
   % else:
   <p class="empty" id="no-pending">No credit request is waiting.</p>
   % end

@@ -6,7 +6,7 @@
          type="{{get('kind', 'text')}}" inputmode="{{get('inputmode', 'text')}}" autocomplete="off"
          {{!'required' if get('required', True) else ''}} maxlength="{{get('maxlength', 200)}}"
          % if error:
-         aria-invalid="true" aria-describedby="{{field_id}}-error"
+         aria-invalid="true" aria-describedby="{{field_id}}-error" autofocus
          % end
          placeholder="{{get('placeholder', '')}}">
   % if error:
