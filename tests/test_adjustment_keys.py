@@ -10,12 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import http.client
-import json
-import multiprocessing
 import sqlite3
-import threading
-import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -24,7 +19,7 @@ from chargebox import errors
 from chargebox.config import MAX_BALANCE
 from chargebox.services import Chargebox
 from tests.support import ADMIN_TOKEN, Api, books, db_snapshot, new_seller
-from tests.workloads import run_parallel
+from tests.workloads import keyed_post, run_parallel, write_lock_held_until_sent
 
 PHONE = "09121234567"
 MODES = ("threads", "processes")
@@ -290,27 +285,6 @@ def test_an_unknown_seller_is_404_and_does_not_use_up_the_key(server, admin):
 # --- concurrent copies against a fresh server ------------------------------------------------
 
 
-def adjust_with_key(index, barrier, url, seller_id, key, amount, sent):
-    """One copy of a keyed adjustment: sent when all copies are ready, read when all are sent."""
-    conn = http.client.HTTPConnection(urllib.parse.urlsplit(url).netloc, timeout=60)
-    conn.connect()
-    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Idempotency-Key": key}
-    body = json.dumps({"amount": amount, "reason": "race"})
-    barrier.wait()
-    conn.request("POST", f"/api/sellers/{seller_id}/adjustments", body, headers)
-    sent.wait(30)
-    response = conn.getresponse()
-    answer = response.status, json.loads(response.read()), response.getheader("Idempotent-Replayed")
-    conn.close()
-    return answer
-
-
-def release_when_sent(holder: sqlite3.Connection, sent) -> None:
-    with contextlib.suppress(threading.BrokenBarrierError):
-        sent.wait(30)
-    holder.execute("ROLLBACK")
-
-
 def race(fresh_server, mode: str, credit: int, amount: int, key: str) -> tuple[int, list]:
     """A seller with `credit`, then 20 copies of one keyed adjustment of `amount` at once.
 
@@ -320,21 +294,13 @@ def race(fresh_server, mode: str, credit: int, amount: int, key: str) -> tuple[i
     """
     admin = fresh_server.admin()
     seller, _ = new_seller(admin, f"{key}-{mode}", credit=credit)
-    sent = multiprocessing.get_context("spawn").Barrier(21)  # the 20 copies and the releaser
-    holder = sqlite3.connect(fresh_server.db_path, isolation_level=None, check_same_thread=False)
-    holder.execute("BEGIN IMMEDIATE")
-    releaser = threading.Thread(target=release_when_sent, args=(holder, sent))
-    releaser.start()
-    try:
-        args = (fresh_server.url, seller["id"], key, amount, sent)
-        copies = run_parallel(mode, 20, adjust_with_key, *args)
-    finally:
-        sent.abort()  # frees the releaser at once if some copy was never sent
-        releaser.join(60)
-        holder.close()
+    path, body = f"/api/sellers/{seller['id']}/adjustments", {"amount": amount, "reason": "race"}
+    with write_lock_held_until_sent(fresh_server.db_path, 20) as sent:
+        args = (fresh_server.url, ADMIN_TOKEN, path, body, key, sent)
+        copies = run_parallel(mode, 20, keyed_post, *args)
     assert len({repr(body) for _, body, _ in copies}) == 1, copies
     replays = [replayed for _, _, replayed in copies]
-    assert (replays.count(None), replays.count("true")) == (1, 19)
+    assert (replays.count(False), replays.count(True)) == (1, 19)
     assert admin.get("/api/audit").json()["consistent"] is True
     admin.close()
     return seller["id"], copies

@@ -13,8 +13,8 @@ import sqlite3
 import pytest
 
 from chargebox.errors import IdempotencyKeyReused, NotFound, ValidationError
-from tests.support import Api, books, db_snapshot, new_seller
-from tests.workloads import run_parallel
+from tests.support import books, db_snapshot, new_seller
+from tests.workloads import keyed_post, run_parallel, write_lock_held_until_sent
 
 MODES = ["threads", "processes"]
 
@@ -93,26 +93,18 @@ def test_over_http_a_copy_is_201_with_the_replayed_header_and_the_same_location(
     assert len(seller.get("/api/credit-requests").json()["items"]) == 1
 
 
-def file_with_key(index, barrier, url, key, idempotency_key, amount):
-    api = Api(url, key)
-    api.get("/api/me")
-    barrier.wait()
-    response = api.post(
-        "/api/credit-requests", {"amount": amount}, headers={"Idempotency-Key": idempotency_key}
-    )
-    api.close()
-    return response.status_code, response.json()["id"], "Idempotent-Replayed" in response.headers
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_20_concurrent_copies_of_one_keyed_credit_request_file_one(fresh_server, mode):
     """20 workers (threads, or processes) send one keyed request at once, released by a
-    barrier: all get 201 with the same id, one of them first; the file holds one request."""
+    barrier, while the write lock is held until all are sent (so they meet inside the
+    write): all get 201 with the same request, one of them first; one request is filed."""
     admin = fresh_server.admin()
     seller, key = new_seller(admin, "racer")
-    results = run_parallel(mode, 20, file_with_key, fresh_server.url, key, "ask-race", 30_000)
+    with write_lock_held_until_sent(fresh_server.db_path, 20) as sent:
+        args = (fresh_server.url, key, "/api/credit-requests", {"amount": 30_000}, "ask", sent)
+        results = run_parallel(mode, 20, keyed_post, *args)
     assert {status for status, _, _ in results} == {201}
-    assert len({ident for _, ident, _ in results}) == 1
+    assert len({repr(body) for _, body, _ in results}) == 1
     assert sum(not replayed for _, _, replayed in results) == 1
     conn = sqlite3.connect(f"file:{fresh_server.db_path}?mode=ro", uri=True)
     try:

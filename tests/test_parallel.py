@@ -10,7 +10,14 @@ from __future__ import annotations
 import pytest
 
 from tests.support import ADMIN_TOKEN, books, cli_audit, new_seller, running_server
-from tests.workloads import approve_once, mixed, run_parallel, sell_repeatedly, sell_with_key
+from tests.workloads import (
+    approve_once,
+    keyed_post,
+    mixed,
+    run_parallel,
+    sell_repeatedly,
+    write_lock_held_until_sent,
+)
 
 MODES = ("threads", "processes")
 pytestmark = pytest.mark.parallel
@@ -69,12 +76,15 @@ def test_overspend_race_sells_exactly_what_the_balance_covers(server, admin, mod
 
 @pytest.mark.parametrize("mode", MODES)
 def test_20_concurrent_copies_of_one_idempotent_sale_sell_once(server, admin, mode):
-    """20 copies of one keyed sale race: all get the original 201 and body; one sale exists."""
-    seller, key = new_seller(admin, f"idempotent-{mode}", credit=100_000)
+    """20 copies of one keyed sale race: all get the original 201 and body; one sale exists.
 
-    results = run_parallel(
-        mode, 20, sell_with_key, server.url, key, f"order-{mode}", "0912 000 1111", 7_000
-    )
+    The write lock is held until every copy is sent, so the copies meet inside the write.
+    """
+    seller, key = new_seller(admin, f"idempotent-{mode}", credit=100_000)
+    sale = {"phone": "0912 000 1111", "amount": 7_000}
+    with write_lock_held_until_sent(server.db_path, 20) as sent:
+        args = (server.url, key, "/api/sales", sale, f"order-{mode}", sent)
+        results = run_parallel(mode, 20, keyed_post, *args)
 
     assert {status for status, _, _ in results} == {201}
     assert len({repr(body) for _, body, _ in results}) == 1

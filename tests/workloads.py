@@ -7,11 +7,18 @@ with `spawn` (no inherited sockets or locks) and may run several threads each.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import json
 import multiprocessing
 import queue
 import random
+import sqlite3
 import threading
 import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
 
 from tests.support import Api
 
@@ -84,7 +91,54 @@ def _process_main(indices, task, barrier, outbox, args) -> None:
         thread.join()
 
 
+@contextlib.contextmanager
+def write_lock_held_until_sent(db_path: Path, copies: int) -> Iterator[object]:
+    """Hold the database's write lock until `copies` workers have sent their requests.
+
+    Yields the barrier each copy waits on after sending (before reading its answer).
+    While the lock is held, the copies find no outcome yet and queue for the write,
+    where all but the first must find the first one's outcome: without the lock, most
+    copies arrive after the first has committed and only the fast path is exercised.
+    """
+    sent = multiprocessing.get_context("spawn").Barrier(copies + 1)  # and the releaser
+    holder = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+
+    def release_when_sent() -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            sent.wait(30)
+        holder.execute("ROLLBACK")
+
+    releaser = threading.Thread(target=release_when_sent)
+    releaser.start()
+    try:
+        yield sent
+    finally:
+        sent.abort()  # frees the releaser at once if some copy was never sent
+        releaser.join(60)
+        holder.close()
+
+
 # --- tasks ------------------------------------------------------------------------------
+
+
+def keyed_post(index, barrier, url, token, path, body, idempotency_key, sent):
+    """One copy of a keyed POST: sent when all copies are ready, read when all are sent
+    (see write_lock_held_until_sent). Returns (status, body, replayed?)."""
+    conn = http.client.HTTPConnection(urllib.parse.urlsplit(url).netloc, timeout=60)
+    conn.connect()
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": idempotency_key}
+    barrier.wait()
+    conn.request("POST", path, json.dumps(body), headers)
+    sent.wait(30)
+    response = conn.getresponse()
+    answer = (
+        response.status,
+        json.loads(response.read()),
+        response.getheader("Idempotent-Replayed") == "true",
+    )
+    conn.close()
+    return answer
 
 
 def approve_once(index, barrier, url, token, request_id):
@@ -111,23 +165,6 @@ def sell_repeatedly(index, barrier, url, key, attempts, amount):
     elapsed = time.perf_counter() - started
     api.close()
     return statuses, sold, elapsed
-
-
-def sell_with_key(index, barrier, url, key, idempotency_key, phone, amount):
-    api = Api(url, key)
-    api.get("/api/me")
-    barrier.wait()
-    response = api.post(
-        "/api/sales",
-        {"phone": phone, "amount": amount},
-        headers={"Idempotency-Key": idempotency_key},
-    )
-    api.close()
-    return (
-        response.status_code,
-        response.json(),
-        response.headers.get("Idempotent-Replayed") == "true",
-    )
 
 
 def mixed(index, barrier, url, admin_token, sellers, operations, seed):
