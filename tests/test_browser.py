@@ -294,6 +294,7 @@ def test_a_seller_cannot_open_the_admin_pages(site, people):
         response = seller.page.goto(seller.url + path)
         assert response.status == 403, path
         expect(seller.page.locator("#error-message")).to_contain_text("for the admin")
+    expect(seller.page.locator("#sign-out")).to_be_visible()  # still signed in, with a way out
     seller.shot("11-seller-on-an-admin-page")
     assert "Approve" not in seller.page.content()
 

@@ -95,7 +95,7 @@ def create_app(config: Config, service: Chargebox | None = None) -> bottle.Bottl
     api.install(app, config, service, load_openapi())
     # Merged routes keep their own Bottle, so its plugin (not the JSON one) wraps them.
     web_pages = bottle.Bottle()
-    web_pages.install(page_plugin(config))
+    web_pages.install(page_plugin(config, service))
     pages.install(web_pages, config, service)
     app.merge(web_pages)
     return app

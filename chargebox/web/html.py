@@ -141,8 +141,17 @@ def error_page(status: int, message: str, visitor: Visitor | None = None) -> bot
     return render("error", status, title=f"Error {status}", message=message, visitor=visitor)
 
 
-def page_plugin(config: Config):
+def page_plugin(config: Config, service: Chargebox):
     """Wrap a page: its response, or any error as a page in plain words."""
+
+    def failed(status: int, message: str) -> bottle.HTTPResponse:
+        """An error page; a signed-in visitor keeps its menu and its way to sign out."""
+        session = bottle.request.get_cookie(SESSION_COOKIE)
+        try:
+            principal = service.session_principal(session)
+        except ChargeboxError:
+            principal = None
+        return error_page(status, message, Visitor(principal, session) if principal else None)
 
     def decorator(callback):
         @functools.wraps(callback)
@@ -155,11 +164,13 @@ def page_plugin(config: Config):
             except SignInRequired:
                 response = redirect("/login")
             except ChargeboxError as exc:
-                response = error_page(status_of(exc), exc.message)
-                if status_of(exc) == 500:
+                if status_of(exc) == 500:  # a guard of the database fired: a bug
                     internal_error(exc)
+                    response = error_page(500, f"Something went wrong (request {request_id()}).")
+                else:
+                    response = failed(status_of(exc), exc.message)
             except bottle.HTTPError as exc:
-                response = error_page(exc.status_code, "The request could not be handled.")
+                response = failed(exc.status_code, "The request could not be handled.")
             except Exception as exc:  # a bug: logged without trace, answered without detail
                 internal_error(exc)
                 response = error_page(500, f"Something went wrong (request {request_id()}).")
