@@ -345,6 +345,27 @@ class ServiceMachine(RuleBasedStateMachine):
     def adjust(self, seller, amount, negative):
         self._adjust(seller, -amount if negative else amount, " refund ")
 
+    @rule(seller=sellers, amount=AMOUNTS, negative=st.booleans())
+    def adjust_with_a_key_then_send_a_copy(self, seller, amount, negative):
+        """The copy moves nothing and answers the first outcome: the same entry, or the
+        same refusal (replayed); a copy of a request refused as invalid is refused again."""
+        delta, key = -amount if negative else amount, f"adjust-{self.steps}"
+        expected = self.model.amount_error(delta, signed=True) or self.model.refusal(seller, delta)
+
+        def send():
+            return self.service.adjust_balance_once(seller, delta, " keyed ", key)
+
+        first = attempt(expected, send)
+        if expected is None:
+            after = self.model.move(seller, delta, "adjustment", reason="keyed")
+            assert (first.record["balance_after"], first.replayed) == (after, False)
+        again = attempt(expected, send)
+        if expected is None:
+            assert (again.record, again.replayed) == (first.record, True)
+        else:
+            final = expected in (InsufficientCredit, BalanceLimitExceeded)
+            assert (again.message, again.replayed) == (first.message, final)
+
     @rule(seller=sellers, past=st.integers(0, 2))
     def adjust_up_to_the_ceiling(self, seller, past):
         """Land exactly on 10^15 (if max_amount allows), or 1-2 toman past it: refused."""
