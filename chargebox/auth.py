@@ -100,14 +100,6 @@ def csrf_token(session_token: str) -> str:
     return hmac.new(session_token.encode("utf-8"), b"chargebox csrf", "sha256").hexdigest()
 
 
-def credential_hash(principal: Principal, admin_token: str | None) -> str:
-    """What a session remembers of the secret it signed in with (see session_principal)."""
-    if principal.is_admin:
-        return hash_key(admin_token or "")
-    rows = db.rows("SELECT api_key_hash FROM seller WHERE id = ?", (principal.seller_id,))
-    return rows[0][0]
-
-
 def session_principal(token: str, admin_token: str | None, now: str) -> Principal | None:
     """Who the session with cookie `token` acts as, if it exists, has not expired and its
     credential still holds (an admin session ends when the admin token changes)."""

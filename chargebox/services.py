@@ -277,7 +277,8 @@ class Chargebox:
         """
         if not isinstance(token, str) or not token.strip():
             raise Unauthorized("enter your API key (or the admin token)")
-        principal = auth.identify(token.strip(), self.config.admin_token)
+        secret = token.strip()
+        principal = auth.identify(secret, self.config.admin_token)
         session, session_hash = auth.new_session_token()
         created = now()
 
@@ -290,7 +291,9 @@ class Chargebox:
                     session_hash,
                     principal.role,
                     principal.seller_id,
-                    auth.credential_hash(principal, self.config.admin_token),
+                    # What the session remembers of its secret: as it matched, this is
+                    # the seller's api_key_hash, or the hash of the admin token.
+                    auth.hash_key(secret),
                     created,
                     now(SESSION_LIFETIME),
                 ),
