@@ -156,7 +156,14 @@ class Chargebox:
             }  # fmt: skip
 
         request_hash = idempotency.fingerprint(amount)
-        return self._once(idempotency.CREDIT_REQUESTS, seller_id, key, request_hash, file_request)
+        return self._once(
+            idempotency.CREDIT_REQUESTS,
+            seller_id,
+            key,
+            request_hash,
+            file_request,
+            self.get_credit_request,
+        )
 
     def get_credit_request(self, request_id: int) -> dict:
         return self._one(_REQUEST + " WHERE id = ?", request_id, "credit request")
@@ -202,7 +209,9 @@ class Chargebox:
             return ledger.adjust(seller_id, amount, reason, created)
 
         request_hash = idempotency.fingerprint(amount, reason)
-        return self._once(idempotency.ADJUSTMENTS, seller_id, key, request_hash, adjust)
+        return self._once(
+            idempotency.ADJUSTMENTS, seller_id, key, request_hash, adjust, self.get_ledger_entry
+        )
 
     def sell(
         self, seller_id: int, phone: object, amount: object, idempotency_key: str | None = None
@@ -216,7 +225,7 @@ class Chargebox:
             return ledger.sell(seller_id, number, amount, created)
 
         request_hash = idempotency.fingerprint(number, amount)
-        return self._once(idempotency.SALES, seller_id, key, request_hash, sell)
+        return self._once(idempotency.SALES, seller_id, key, request_hash, sell, self.get_sale)
 
     def _once(
         self,
@@ -225,23 +234,19 @@ class Chargebox:
         key: str | None,
         request_hash: str,
         act: Callable[[str], dict],
+        read: Callable[[int], dict],
     ) -> Outcome:
-        """Do `act` in a write, once per key: every later copy gets the first outcome."""
+        """Do `act` in a write, once per key: every later copy gets the first outcome,
+        `read` again by the id it made."""
         if key is None:
             return Outcome(self._write(lambda: act(now())), False)
         made = idempotency.earlier(kind, seller_id, key, request_hash)  # fast path, no write lock
-        if made is None:
-            made = self._write(lambda: self._first(kind, seller_id, key, request_hash, act))
-            if isinstance(made, ChargeboxError):
-                raise made
-        if isinstance(made, Outcome):
-            return made
-        readers = {
-            idempotency.SALES: self.get_sale,
-            idempotency.ADJUSTMENTS: self.get_ledger_entry,
-            idempotency.CREDIT_REQUESTS: self.get_credit_request,
-        }
-        return Outcome(readers[kind](made), True)
+        if made is not None:
+            return Outcome(read(made), True)
+        outcome = self._write(lambda: self._first(kind, seller_id, key, request_hash, act, read))
+        if isinstance(outcome, ChargeboxError):
+            raise outcome
+        return outcome
 
     def _first(
         self,
@@ -250,14 +255,15 @@ class Chargebox:
         key: str,
         request_hash: str,
         act: Callable[[str], dict],
-    ) -> int | Outcome | ChargeboxError:
-        """Inside the write: the id a copy that won the race made, or act now and record it.
+        read: Callable[[int], dict],
+    ) -> Outcome | ChargeboxError:
+        """Inside the write: what a copy that won the race made, or act now and record it.
 
         A refusal is returned, not raised, so that its record commits with the rest.
         """
         made = idempotency.earlier(kind, seller_id, key, request_hash)
         if made is not None:
-            return made
+            return Outcome(read(made), True)
         created = now()
         try:
             outcome: Outcome | ChargeboxError = Outcome(act(created), False)
