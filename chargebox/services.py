@@ -52,10 +52,6 @@ class Outcome:
     record: dict
     replayed: bool
 
-    @property
-    def sale(self) -> dict:
-        return self.record
-
 
 def now(later: datetime.timedelta = datetime.timedelta(0)) -> str:
     """The time (plus `later`) as ISO 8601 UTC with microseconds: such stamps sort as text."""

@@ -46,7 +46,7 @@ def books(service):
     rejected = service.request_credit(seller["id"], 7_000)
     service.reject_credit_request(rejected["id"])
     pending = service.request_credit(seller["id"], 9_000)
-    sale = service.sell(seller["id"], PHONE, 30_000).sale
+    sale = service.sell(seller["id"], PHONE, 30_000).record
     service.adjust_balance(seller["id"], -5_000, "fee")
     other, _ = service.create_seller("Sara")
     return {

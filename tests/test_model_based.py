@@ -385,15 +385,15 @@ class ServiceMachine(RuleBasedStateMachine):
                     RUNS["service"]["refusal replayed though now covered"] += 1
             else:
                 result = self.service.sell(*sale_args)
-                assert result.replayed and result.sale == earlier.sale
+                assert result.replayed and result.record == earlier.sale
                 RUNS["service"]["sale replayed"] += 1
             return False
         outcome = attempt(expected, lambda: self.service.sell(*sale_args))
         if expected is None:
             assert not outcome.replayed
             RUNS["service"]["sale"] += 1
-            self.model.record_sale(outcome.sale, seller, number, amount)
-            keyed = Keyed(number, amount, outcome.sale, None)
+            self.model.record_sale(outcome.record, seller, number, amount)
+            keyed = Keyed(number, amount, outcome.record, None)
         elif expected is InsufficientCredit:
             assert not outcome.replayed
             keyed = Keyed(number, amount, None, outcome.message)

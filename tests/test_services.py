@@ -331,7 +331,7 @@ def test_a_sale_debits_the_balance_and_records_sale_entry_and_phone_total(servic
     seller = credited_seller(service, 100_000)
     result = service.sell(seller["id"], "+98 912 123 4567", 30_000)
     assert result.replayed is False
-    sale = result.sale
+    sale = result.record
     assert (sale["seller_id"], sale["phone"], sale["amount"], sale["balance_after"]) == (
         seller["id"],
         PHONE,
@@ -351,7 +351,7 @@ def test_a_sale_debits_the_balance_and_records_sale_entry_and_phone_total(servic
 
 def test_a_sale_of_the_whole_balance_leaves_zero(service, config):
     seller = credited_seller(service, 5_000)
-    assert service.sell(seller["id"], PHONE, 5_000).sale["balance_after"] == 0
+    assert service.sell(seller["id"], PHONE, 5_000).record["balance_after"] == 0
     assert balance_on_disk(config, seller["id"]) == 0
 
 
@@ -398,7 +398,7 @@ def test_a_replayed_sale_returns_the_same_sale_and_charges_once(service, config)
     third = service.sell(seller["id"], "0912-123-4567", 10_000, idempotency_key="order-1")
     assert first.replayed is False
     assert again.replayed is True and third.replayed is True
-    assert again.sale == first.sale == third.sale
+    assert again.record == first.record == third.record
     assert balance_on_disk(config, seller["id"]) == 40_000
     assert rows(config, "SELECT COUNT(*) FROM sale") == [(1,)]
     assert rows(config, "SELECT total_charged FROM phone") == [(10_000,)]
@@ -432,7 +432,7 @@ def test_a_key_refused_for_insufficient_credit_stays_refused_after_a_credit(serv
     assert balance_on_disk(config, seller["id"]) == 101_000
     assert rows(config, "SELECT COUNT(*) FROM sale") == [(0,)]
     fresh = service.sell(seller["id"], PHONE, 5_000, idempotency_key="k2")
-    assert fresh.replayed is False and fresh.sale["balance_after"] == 96_000
+    assert fresh.replayed is False and fresh.record["balance_after"] == 96_000
 
 
 def test_a_sale_refused_before_execution_does_not_use_up_its_key(service, config):
@@ -452,8 +452,8 @@ def test_idempotency_keys_are_scoped_to_their_seller(service, config):
     ali_sale = service.sell(ali["id"], PHONE, 10_000, idempotency_key="shared")
     sara_sale = service.sell(sara["id"], "09351234567", 20_000, idempotency_key="shared")
     assert sara_sale.replayed is False
-    assert sara_sale.sale["id"] != ali_sale.sale["id"]
-    assert sara_sale.sale["seller_id"] == sara["id"]
+    assert sara_sale.record["id"] != ali_sale.record["id"]
+    assert sara_sale.record["seller_id"] == sara["id"]
     same_body = service.sell(sara["id"], PHONE, 10_000, idempotency_key="ali-only")
     assert same_body.replayed is False
     assert balance_on_disk(config, ali["id"]) == 40_000
@@ -526,8 +526,8 @@ def test_credit_requests_filter_by_status_and_seller(service):
 def test_sales_and_ledger_list_per_seller_and_page(service):
     ali = credited_seller(service, 100_000, "Ali")
     sara = credited_seller(service, 100_000, "Sara")
-    ali_sales = [service.sell(ali["id"], PHONE, 1_000 + i).sale for i in range(5)]
-    sara_sales = [service.sell(sara["id"], "09351234567", 2_000).sale for _ in range(2)]
+    ali_sales = [service.sell(ali["id"], PHONE, 1_000 + i).record for i in range(5)]
+    sara_sales = [service.sell(sara["id"], "09351234567", 2_000).record for _ in range(2)]
     assert service.list_sales(Page(), seller_id=ali["id"]) == ali_sales
     assert service.list_sales(Page(), seller_id=sara["id"]) == sara_sales
     assert all_pages(service.list_sales, limit=2) == sorted(
@@ -829,7 +829,7 @@ def test_two_sellers_ten_credits_and_a_thousand_sales_balance_to_the_toman(servi
         amount = rng.choice(amounts)
         phone = f"0912{rng.randrange(10_000_000):07d}" if rng.random() < 0.5 else PHONE
         if amount <= expected[seller_id]:
-            sale = service.sell(seller_id, phone, amount).sale
+            sale = service.sell(seller_id, phone, amount).record
             expected[seller_id] -= amount
             sales_done[seller_id] += 1
             phone_totals[phone] = phone_totals.get(phone, 0) + amount

@@ -149,7 +149,7 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
             result = site.service.sell(you.principal.seller_id, form.get("phone", ""), amount, key)
         except ChargeboxError as exc:
             return seller_page(you, status_of(exc), sale=Form(form).failed(exc, "amount"))
-        return redirect(f"/seller?sold={result.sale['id']}")
+        return redirect(f"/seller?sold={result.record['id']}")
 
     @pages.post("/seller/credit-requests")
     def request_credit():
