@@ -167,6 +167,13 @@ def test_the_same_adjust_form_posted_twice_adjusts_once_and_both_land_on_the_sam
     assert value_of(admin.get(path).text, "idempotency_key") != key  # the next form, a new key
 
 
+def test_adjusting_an_unknown_seller_is_a_404_page_and_changes_nothing(world):
+    admin = world.browser(ADMIN)
+    form = {"amount": "5000", "reason": "ghost"}
+    answer = refused(world.server, 404, admin.post_form, "/admin/sellers/999999/adjustments", form)
+    assert text_of(answer.text, "error-message") == "seller 999999 does not exist"
+
+
 def test_an_adjustment_below_zero_is_a_409_page_and_changes_nothing(world):
     admin, path = world.browser(ADMIN), f"/admin/sellers/{world.seller['id']}/adjustments"
     form = {"amount": "-100001", "reason": "too much"}

@@ -111,6 +111,7 @@ def install(pages: bottle.Bottle, site: Site) -> None:
     def seller_detail(
         you: Visitor, seller_id: int, status: int = 200, adjust: Form | None = None
     ) -> bottle.HTTPResponse:
+        seller = site.service.get_seller(seller_id)  # an unknown seller: a 404 page, not a form
         entries = site.service.recent_ledger(seller_id, 50)
         adjusted = query_id("adjusted") if status == 200 else None
         notice = next(
@@ -127,7 +128,7 @@ def install(pages: bottle.Bottle, site: Site) -> None:
             status,
             title="Seller",
             visitor=you,
-            seller=site.service.get_seller(seller_id),
+            seller=seller,
             entries=entries,
             requests=site.service.recent_credit_requests(seller_id),
             adjust=adjust or Form(),
@@ -147,7 +148,6 @@ def install(pages: bottle.Bottle, site: Site) -> None:
             key = form.get("idempotency_key") or None
             entry = site.service.adjust_balance(int(ident), amount, form.get("reason", ""), key)
         except ChargeboxError as exc:
-            site.service.get_seller(int(ident))  # an unknown seller is a 404 page, not a form error
             return seller_detail(you, int(ident), status_of(exc), Form(form).failed(exc, "amount"))
         return redirect(f"/admin/sellers/{ident}?adjusted={entry['id']}")
 
