@@ -85,6 +85,14 @@ def new_seller(admin: Api, name: str = "seller", credit: int = 0) -> tuple[dict,
     return seller, key
 
 
+def credited_seller(service, amount: int, name: str = "Ali") -> dict:
+    """In process: a seller credited `amount` by an approved request (none if 0)."""
+    seller, _key = service.create_seller(name)
+    if amount:
+        service.approve_credit_request(service.request_credit(seller["id"], amount)["id"])
+    return service.get_seller(seller["id"])
+
+
 def books(db_path: Path) -> dict[int, int]:
     """Check I1-I4 from a fresh sqlite3 connection and return {seller_id: balance}.
 

@@ -18,7 +18,7 @@ import pytest
 from chargebox import errors
 from chargebox.config import MAX_BALANCE
 from chargebox.services import Chargebox
-from tests.support import ADMIN_TOKEN, Api, books, db_snapshot, new_seller
+from tests.support import ADMIN_TOKEN, Api, books, credited_seller, db_snapshot, new_seller
 from tests.workloads import keyed_post, run_parallel, write_lock_held_until_sent
 
 PHONE = "09121234567"
@@ -26,10 +26,7 @@ MODES = ("threads", "processes")
 
 
 def credited(service: Chargebox, amount: int, name: str = "Ali") -> int:
-    seller, _ = service.create_seller(name)
-    if amount:
-        service.approve_credit_request(service.request_credit(seller["id"], amount)["id"])
-    return seller["id"]
+    return credited_seller(service, amount, name)["id"]
 
 
 def on_disk(db_path: Path, sql: str, params: tuple = ()) -> list[tuple]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.support import ADMIN_TOKEN, ROOT, Api, books, running_server
+from tests.support import ADMIN_TOKEN, ROOT, books, new_seller, running_server
 
 CHROMIUM = os.environ.get("CHARGEBOX_CHROMIUM", "/usr/bin/chromium")
 # Without the background-networking flags Chromium keeps trying to reach Google,
@@ -115,13 +115,9 @@ def create_seller(admin: Person, name: str) -> tuple[int, str]:
 def funded_seller(site, credit: int, name: str = "فروشگاه موبایل") -> tuple[int, str]:
     """A seller with `credit` toman, made through the JSON API: (id, API key)."""
     admin_api = site.admin()
-    seller = admin_api.post("/api/sellers", {"name": name}).json()
-    own = Api(site.url, seller["api_key"])
-    request = own.post("/api/credit-requests", {"amount": credit}).json()
-    assert admin_api.post(f"/api/credit-requests/{request['id']}/approve").status_code == 200
+    seller, key = new_seller(admin_api, name, credit)
     admin_api.close()
-    own.close()
-    return seller["id"], seller["api_key"]
+    return seller["id"], key
 
 
 def signed_in_seller(site, people, credit: int, **options) -> tuple[int, Person]:

@@ -27,6 +27,7 @@ from chargebox.errors import (
     ValidationError,
 )
 from chargebox.services import Chargebox, Page, now
+from tests.support import credited_seller
 
 PHONE = "09121234567"
 
@@ -64,13 +65,6 @@ def counts(config) -> tuple:
         "(SELECT COUNT(*) FROM phone), (SELECT COUNT(*) FROM idempotency_record), "
         "(SELECT COUNT(*) FROM credit_request)",
     )[0]
-
-
-def credited_seller(service: Chargebox, amount: int, name: str = "Ali") -> dict:
-    seller, _key = service.create_seller(name)
-    if amount:
-        service.approve_credit_request(service.request_credit(seller["id"], amount)["id"])
-    return service.get_seller(seller["id"])
 
 
 def assert_books_consistent(service: Chargebox, config) -> None:
