@@ -151,62 +151,56 @@ class SellerHead(BaseModel):
     mac = CharField(max_length=64)
 
 
-class IdempotencyRecord(BaseModel):
-    """The final outcome of one seller's Idempotency-Key: a sale, or a refusal."""
+class KeyedOutcome(BaseModel):
+    """The final outcome of one Idempotency-Key: what its first request made, or its
+    refusal. Sales, adjustments and credit requests keep theirs in tables of this one
+    shape (each adds the reference to what it made), which `idempotency` reads alike."""
 
     id = AutoField()
-    # The composite (seller, id) or (seller, key) index below serves as its index too.
+    # The composite (seller, key) index below serves as its index too.
     seller = ForeignKeyField(Seller, column_name="seller_id", on_delete="RESTRICT", index=False)
     key = TextField(constraints=[Check("length(key) BETWEEN 1 AND 255")])
     request_hash = CharField(max_length=64)
+    error_code = TextField(null=True)
+    error_message = TextField(null=True)
+    created_at = TextField()
+
+    class Meta:
+        indexes = ((("seller", "key"), True),)
+
+
+def _made_or_refused(column: str) -> list[Check]:
+    return [Check(f"({column} IS NULL) != (error_code IS NULL)")]
+
+
+class IdempotencyRecord(KeyedOutcome):
+    """A seller's key on a sale: the sale, or the refusal (insufficient credit)."""
+
     sale = ForeignKeyField(Sale, column_name="sale_id", null=True, unique=True)
-    error_code = TextField(null=True)
-    error_message = TextField(null=True)
-    created_at = TextField()
 
     class Meta:
-        constraints = [Check("(sale_id IS NULL) != (error_code IS NULL)")]
-        indexes = ((("seller", "key"), True),)
+        constraints = _made_or_refused("sale_id")
 
 
-class AdjustmentRecord(BaseModel):
-    """The final outcome of an admin's Idempotency-Key on one seller's adjustment."""
+class AdjustmentRecord(KeyedOutcome):
+    """The admin's key on one seller's adjustment: the ledger entry, or the refusal."""
 
-    id = AutoField()
-    # The composite (seller, key) index below serves as its index too.
-    seller = ForeignKeyField(Seller, column_name="seller_id", on_delete="RESTRICT", index=False)
-    key = TextField(constraints=[Check("length(key) BETWEEN 1 AND 255")])
-    request_hash = CharField(max_length=64)
     entry = ForeignKeyField(LedgerEntry, column_name="entry_id", null=True, unique=True)
-    error_code = TextField(null=True)
-    error_message = TextField(null=True)
-    created_at = TextField()
 
     class Meta:
-        constraints = [Check("(entry_id IS NULL) != (error_code IS NULL)")]
-        indexes = ((("seller", "key"), True),)
+        constraints = _made_or_refused("entry_id")
 
 
-class CreditRequestRecord(BaseModel):
-    """The outcome of a seller's Idempotency-Key on a credit request: the request it filed."""
+class CreditRequestRecord(KeyedOutcome):
+    """A seller's key on a credit request: the request it filed (filing is never refused
+    once it starts, so the error columns stay empty)."""
 
-    id = AutoField()
-    # The composite (seller, key) index below serves as its index too.
-    seller = ForeignKeyField(Seller, column_name="seller_id", on_delete="RESTRICT", index=False)
-    key = TextField(constraints=[Check("length(key) BETWEEN 1 AND 255")])
-    request_hash = CharField(max_length=64)
     request = ForeignKeyField(
         CreditRequest, column_name="request_id", null=True, unique=True, on_delete="RESTRICT"
     )
-    # Filing a request is never refused once it starts, so these stay empty; they keep
-    # the shape of the other keyed outcomes, which idempotency.py reads alike.
-    error_code = TextField(null=True)
-    error_message = TextField(null=True)
-    created_at = TextField()
 
     class Meta:
-        constraints = [Check("(request_id IS NULL) != (error_code IS NULL)")]
-        indexes = ((("seller", "key"), True),)
+        constraints = _made_or_refused("request_id")
 
 
 class WebSession(BaseModel):
