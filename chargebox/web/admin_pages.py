@@ -12,6 +12,7 @@ import bottle
 from chargebox.errors import ChargeboxError
 from chargebox.money import amount_from_text
 from chargebox.services import Page
+from chargebox.web.errors import status_of
 from chargebox.web.html import (
     Form,
     Site,
@@ -19,11 +20,11 @@ from chargebox.web.html import (
     form_key,
     found,
     isolate,
+    plain,
     query_id,
     redirect,
     render,
     signed,
-    status_of,
     toman,
     visitor,
 )
@@ -49,13 +50,14 @@ def install(pages: bottle.Bottle, site: Site) -> None:
             if request["seller_id"] not in names:
                 names[request["seller_id"]] = site.service.get_seller(request["seller_id"])["name"]
         notice = None
-        for word in DECIDED.values():
-            decided = found(site.service.get_credit_request, query_id(word))
-            if status == 200 and decided:
-                notice = (
-                    f"Credit request #{decided['id']} for {toman(decided['amount'])} "
-                    f"from seller #{decided['seller_id']} is {decided['status']}."
-                )
+        if status == 200:  # a notice says what the last form did; a refused one did nothing
+            for word in DECIDED.values():
+                decided = found(site.service.get_credit_request, query_id(word))
+                if decided:
+                    notice = (
+                        f"Credit request #{decided['id']} for {toman(decided['amount'])} "
+                        f"from seller #{decided['seller_id']} is {decided['status']}."
+                    )
         return render(
             "admin",
             status,
@@ -87,9 +89,7 @@ def install(pages: bottle.Bottle, site: Site) -> None:
         try:
             act(int(ident))
         except ChargeboxError as exc:
-            return admin_page(
-                you, status_of(exc), problem=Form().failed(exc, "request").errors["request"]
-            )
+            return admin_page(you, status_of(exc), problem=plain(exc))
         return redirect(f"/admin?{DECIDED[decision]}={ident}")
 
     @pages.post("/admin/sellers")

@@ -75,8 +75,12 @@ def error_response(
     return response
 
 
+def status_of(exc: errors.ChargeboxError) -> int:
+    return STATUS.get(type(exc), 500)
+
+
 def from_exception(exc: errors.ChargeboxError) -> bottle.HTTPResponse:
-    status = STATUS.get(type(exc), 500)
+    status = status_of(exc)
     if status == 500:
         return internal_error(exc)
     response = error_response(status, exc.code, exc.message, exc.field)

@@ -23,8 +23,8 @@ from chargebox.auth import Principal
 from chargebox.config import Config
 from chargebox.errors import ChargeboxError, Forbidden, NotFound, ValidationError
 from chargebox.services import Chargebox
-from chargebox.web.errors import STATUS, internal_error, request_id
-from chargebox.web.request import check_body_size
+from chargebox.web.errors import internal_error, request_id, status_of
+from chargebox.web.request import check_body_size, read_body
 
 VIEWS = Path(__file__).parent / "views"
 STATIC = Path(__file__).parent / "static"
@@ -83,16 +83,14 @@ class Form:
 
     def failed(self, exc: ChargeboxError, field: str) -> Form:
         """Record `exc` next to its own field, or next to `field` when it names none."""
-        template = PLAIN.get(exc.code, "{message}")
-        message = template.format(message=exc.message.rstrip("."))
-        self.errors[exc.field if exc.field in self.values else field] = (
-            message[:1].upper() + message[1:]
-        )
+        self.errors[exc.field if exc.field in self.values else field] = plain(exc)
         return self
 
 
-def status_of(exc: ChargeboxError) -> int:
-    return STATUS.get(type(exc), 500)
+def plain(exc: ChargeboxError) -> str:
+    """What went wrong, as a sentence for a person."""
+    message = PLAIN.get(exc.code, "{message}").format(message=exc.message.rstrip("."))
+    return message[:1].upper() + message[1:]
 
 
 # --- rendering -------------------------------------------------------------------------------
@@ -146,12 +144,16 @@ def page_plugin(config: Config, service: Chargebox):
 
     def failed(status: int, message: str) -> bottle.HTTPResponse:
         """An error page; a signed-in visitor keeps its menu and its way to sign out."""
-        session = bottle.request.get_cookie(SESSION_COOKIE)
         try:
-            principal = service.session_principal(session)
+            you = signed_in(service)
         except ChargeboxError:
-            principal = None
-        return error_page(status, message, Visitor(principal, session) if principal else None)
+            you = None
+        return error_page(status, message, you)
+
+    def bug(exc: BaseException) -> bottle.HTTPResponse:
+        """Logged without trace, answered without detail."""
+        internal_error(exc)
+        return error_page(500, f"Something went wrong (request {request_id()}).")
 
     def decorator(callback):
         @functools.wraps(callback)
@@ -164,16 +166,13 @@ def page_plugin(config: Config, service: Chargebox):
             except SignInRequired:
                 response = redirect("/login")
             except ChargeboxError as exc:
-                if status_of(exc) == 500:  # a guard of the database fired: a bug
-                    internal_error(exc)
-                    response = error_page(500, f"Something went wrong (request {request_id()}).")
-                else:
-                    response = failed(status_of(exc), exc.message)
+                # A 500 here means a guard of the database fired: a bug, like any other.
+                status = status_of(exc)
+                response = bug(exc) if status == 500 else failed(status, exc.message)
             except bottle.HTTPError as exc:
                 response = failed(exc.status_code, "The request could not be handled.")
-            except Exception as exc:  # a bug: logged without trace, answered without detail
-                internal_error(exc)
-                response = error_page(500, f"Something went wrong (request {request_id()}).")
+            except Exception as exc:
+                response = bug(exc)
             response.set_header("X-Request-Id", request_id())
             for name, value in HEADERS.items():
                 if name not in response.headers:  # static files may be cached
@@ -192,8 +191,7 @@ def read_form(limit: int) -> dict[str, str]:
     """The urlencoded body of a form post; a repeated field keeps its first value."""
     if bottle.request.content_type.split(";")[0].strip().lower() != FORM_TYPE:
         raise ValidationError("the form was not sent as a web form")
-    check_body_size(limit)
-    raw = bottle.request.body.read(limit + 1)
+    raw = read_body(limit)
     try:
         pairs = urllib.parse.parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
     except (UnicodeDecodeError, ValueError) as exc:
@@ -204,19 +202,25 @@ def read_form(limit: int) -> dict[str, str]:
     return form
 
 
-def visitor(service: Chargebox, *roles: str) -> Visitor:
-    """The signed-in browser, if its session is valid and its role is one of `roles`."""
+def signed_in(service: Chargebox) -> Visitor | None:
+    """The browser's valid session, if it has one."""
     session = bottle.request.get_cookie(SESSION_COOKIE)
     principal = service.session_principal(session)
-    if principal is None:
+    return Visitor(principal, session) if principal else None
+
+
+def visitor(service: Chargebox, *roles: str) -> Visitor:
+    """The signed-in browser, if its session is valid and its role is one of `roles`."""
+    you = signed_in(service)
+    if you is None:
         raise SignInRequired
-    if principal.role not in roles:
+    if you.principal.role not in roles:
         raise Forbidden(
             "This page is for the admin; you are signed in as a seller."
             if "admin" in roles
             else "This page is for sellers; you are signed in as the admin."
         )
-    return Visitor(principal, session)
+    return you
 
 
 def check_csrf(expected: str, form: dict[str, str]) -> None:
@@ -274,8 +278,8 @@ class Site:
         return you, form
 
     def current_role(self) -> str | None:
-        principal = self.service.session_principal(bottle.request.get_cookie(SESSION_COOKIE))
-        return principal.role if principal else None
+        you = signed_in(self.service)
+        return you.principal.role if you else None
 
 
 def found(read: Callable[[int], dict], ident: int | None) -> dict | None:

@@ -16,6 +16,7 @@ from chargebox.errors import ChargeboxError, Unauthorized
 from chargebox.money import amount_from_text
 from chargebox.services import SESSION_LIFETIME, Chargebox
 from chargebox.web import admin_pages
+from chargebox.web.errors import status_of
 from chargebox.web.html import (
     STATIC,
     Form,
@@ -32,7 +33,6 @@ from chargebox.web.html import (
     remember_login_token,
     render,
     start_session,
-    status_of,
     toman,
     visitor,
 )

@@ -60,12 +60,18 @@ def _bounded_int(text: str) -> int:
     return int(text[:21])
 
 
-def read_json(limit: int, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
-    """The body as a JSON object holding exactly the `required` keys and maybe `optional` ones."""
+def read_body(limit: int) -> bytes:
+    """The raw body, refused (413) when it is over `limit`, declared or not."""
     check_body_size(limit)
     raw = bottle.request.body.read(limit + 1)
     if len(raw) > limit:
         raise PayloadTooLarge(f"the request body is over {limit:,} bytes")
+    return raw
+
+
+def read_json(limit: int, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
+    """The body as a JSON object holding exactly the `required` keys and maybe `optional` ones."""
+    raw = read_body(limit)
     try:
         body = json.loads(
             raw.decode("utf-8"),
