@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,6 +86,18 @@ def new_seller(admin: Api, name: str = "seller", credit: int = 0) -> tuple[dict,
         own.close()
         seller["balance"] = credit
     return seller, key
+
+
+def run_stress(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    """`python -m stress ARGS` as a user types it, from the checkout; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "stress", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def credited_seller(service, amount: int, name: str = "Ali") -> dict:

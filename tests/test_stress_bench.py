@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
 from stress import bench
-from stress.server import ROOT
+from tests.support import run_stress
 
 KINDS = ("threads", "processes")
 CLIENTS = (1, 4)
@@ -24,28 +23,20 @@ CLIENTS = (1, 4)
 def tiny_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
     """The benchmark as a user runs it, with the smallest useful configuration."""
     out = tmp_path_factory.mktemp("bench")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "stress",
-            "bench",
-            "--quick",
-            "--clients",
-            ",".join(map(str, CLIENTS)),
-            "--seconds",
-            "0.3",
-            "--sales",
-            "200",
-            "--server-threads",
-            "8",
-            "--quiet",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    result = run_stress(
+        "bench",
+        "--quick",
+        "--clients",
+        ",".join(map(str, CLIENTS)),
+        "--seconds",
+        "0.3",
+        "--sales",
+        "200",
+        "--server-threads",
+        "8",
+        "--quiet",
+        "--out",
+        str(out),
         timeout=240,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -9,15 +9,12 @@ last) is the one checked, down to the rows that back `effect_shown`.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from stress.demos import load
-from stress.server import ROOT
+from tests.support import run_stress
 
 ATTEMPTS = 3
 
@@ -109,15 +106,7 @@ def test_threads_calling_chargebox_scale_until_its_server_runs_out_of_cpu(outcom
 
 def test_python_m_stress_demo_gil_quick_prints_the_table_and_the_lesson(tmp_path: Path):
     """The command learners type; its exit status says whether the effect showed."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "stress", "demo", "gil", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_stress("demo", "gil", "--quick", "--out", str(tmp_path), timeout=120)
     written = json.loads((tmp_path / "demo-gil.json").read_text())
     assert done.returncode == (0 if written["effect_shown"] else 1), done.stderr
     assert "cores_used" in done.stdout and "pure Python" in done.stdout

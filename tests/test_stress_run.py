@@ -4,48 +4,38 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 
 import pytest
 
 from stress import scenario
 from stress.client import Client
 from stress.verify import Expected, verify
-from tests.support import ADMIN_TOKEN, ROOT, new_seller
+from tests.support import ADMIN_TOKEN, new_seller, run_stress
 
 
 def test_a_small_run_in_both_modes_reconciles_and_reports_every_round(tmp_path):
     """As a user runs it: replays and overspend on, two server processes on one file."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "stress",
-            "run",
-            "--sellers",
-            "2",
-            "--credits",
-            "4",
-            "--sales",
-            "120",
-            "--workers",
-            "4",
-            "--mode",
-            "both",
-            "--replay-fraction",
-            "0.25",
-            "--overspend",
-            "0.3",
-            "--server-procs",
-            "2",
-            "--quiet",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    result = run_stress(
+        "run",
+        "--sellers",
+        "2",
+        "--credits",
+        "4",
+        "--sales",
+        "120",
+        "--workers",
+        "4",
+        "--mode",
+        "both",
+        "--replay-fraction",
+        "0.25",
+        "--overspend",
+        "0.3",
+        "--server-procs",
+        "2",
+        "--quiet",
+        "--out",
+        str(tmp_path),
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
