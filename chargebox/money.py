@@ -12,12 +12,23 @@ from chargebox.config import MAX_BALANCE
 from chargebox.errors import ValidationError
 from chargebox.phones import ASCII_DIGITS
 
-# What people type between thousands in a form: comma, Arabic comma and thousands
-# separator (U+066C), apostrophe, underscore, spaces (also no-break) and right-to-left
-# marks. The Arabic decimal separator (U+066B) is not one of them: 1٫5 is refused.
-_SEPARATORS = dict.fromkeys(map(ord, ",\u060c\u066c'_ \u00a0\u202f\u200e\u200f"))
+# A typed amount: digits of one script (Python's \d and int() take every script's
+# digits, so none of them is used), thousands in groups of three split by one kind of
+# separator: comma, Arabic comma (U+060C), Arabic thousands separator (U+066C),
+# apostrophe, space or no-break space (U+00A0, U+202F). Never `_`, `.` or the Arabic
+# decimal separator (U+066B): 1٫5 and 1.000 are refused, not guessed at.
+_SCRIPTS = tuple(map(frozenset, ("0123456789", "۰۱۲۳۴۵۶۷۸۹", "٠١٢٣٤٥٦٧٨٩")))
+_DIGIT = "[0-9\u06f0-\u06f9\u0660-\u0669]"
+_GROUPED = rf"{_DIGIT}{{1,3}}([,\u060c\u066c' \u00a0\u202f]){_DIGIT}{{3}}(?:\1{_DIGIT}{{3}})*+"
+_NUMBER = re.compile(rf"{_DIGIT}++|{_GROUPED}")  # possessive: linear on any input
+# Stripped around the number and its sign: whitespace, and the invisible marks that
+# right-to-left interfaces paste (LRM, RLM, ALM, embeddings, isolates, BOM). Not the
+# overrides U+202D/U+202E: they would show 0001 as 1000.
+_AROUND = "".join(filter(str.isspace, map(chr, range(0x3001))))
+_AROUND += (
+    "\u200b\u200c\u200d\u200e\u200f\u061c\u202a\u202b\u202c\u2060\u2066\u2067\u2068\u2069\ufeff"
+)
 _SIGNS = {"-": -1, "\u2212": -1, "+": 1}
-_WHOLE = re.compile(r"[0-9]+", re.ASCII)
 _TOO_MANY_DIGITS = 30  # far above any limit: the range check then names the limit
 
 
@@ -49,14 +60,24 @@ def parse_signed_amount(value: object, max_amount: int, field: str = "amount") -
 def amount_from_text(text: str, field: str = "amount", signed: bool = False) -> int:
     """The integer a person typed into a form: `50000`, `50,000`, `۵۰٬۰۰۰` (and `-5000`
     when `signed`). Only the notation is read here; the range is parse_amount's job."""
-    compact = text.strip().translate(_SEPARATORS).translate(ASCII_DIGITS)
-    sign = 1
-    if signed and compact[:1] in _SIGNS:
-        sign, compact = _SIGNS[compact[0]], compact[1:]
-    if not _WHOLE.fullmatch(compact):
-        example = "-50000 or 50000" if signed else "50000"
-        raise ValidationError(f"{field} must be a whole number of toman, such as {example}", field)
-    return sign * int(compact[:_TOO_MANY_DIGITS])
+    body, sign = text.strip(_AROUND), 1
+    if signed and body[:1] in _SIGNS:
+        sign, body = _SIGNS[body[0]], body[1:].lstrip(_AROUND)
+    number = _NUMBER.fullmatch(body)
+    if number is None:
+        raise _refusal(field, signed, "; thousands separators only between groups of three")
+    digits = body.replace(number[1], "") if number[1] else body
+    if not any(script.issuperset(digits) for script in _SCRIPTS):
+        raise _refusal(field, signed, ", in one kind of digits: 0-9, ۰-۹ or ٠-٩")
+    significant = digits.translate(ASCII_DIGITS).lstrip("0")
+    return sign * int(significant[:_TOO_MANY_DIGITS] or "0")
+
+
+def _refusal(field: str, signed: bool, why: str) -> ValidationError:
+    example = "-50,000 or 50000" if signed else "50,000 or 50000"
+    return ValidationError(
+        f"{field} must be a whole number of toman, such as {example}{why}", field
+    )
 
 
 def check_balance(balance: int) -> int:

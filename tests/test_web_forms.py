@@ -103,6 +103,33 @@ def test_a_badly_typed_seller_form_is_a_422_page_naming_the_field(world, phone, 
         assert value_of(answer.text, f"{form}-{name}") == typed
 
 
+@pytest.mark.parametrize(
+    "typed", ["1,5", "1_000", "1" + "\u066c" * 100], ids=["1,5", "1_000", "1+100sep"]
+)
+def test_a_misplaced_thousands_separator_in_the_sell_form_is_a_422_page_and_sells_nothing(
+    world, typed
+):
+    seller, fields = world.browser(SELLER), {"phone": PHONE, "amount": typed}
+    answer = refused(world.server, 422, seller.post_form, "/seller/sales", fields)
+    assert "groups of three" in text_of(answer.text, "sale-amount-error")
+    assert value_of(answer.text, "sale-amount") == typed
+    assert world.api.get("/api/sales").json()["items"] == []
+    assert world.balance() == 100_000
+
+
+def test_the_credit_and_adjust_forms_refuse_misplaced_separators_beside_the_amount(world):
+    seller, admin = world.browser(SELLER), world.browser(ADMIN)
+    adjust = f"/admin/sellers/{world.seller['id']}/adjustments"
+    for browser, path, form, fields in (
+        (seller, "/seller/credit-requests", "credit", {"amount": ",1000"}),
+        (admin, adjust, "adjust", {"amount": "-1,0,0,0", "reason": "fix"}),
+    ):
+        answer = refused(world.server, 422, browser.post_form, path, fields)
+        assert "groups of three" in text_of(answer.text, f"{form}-amount-error")
+        for name, typed in fields.items():
+            assert value_of(answer.text, f"{form}-{name}") == typed
+
+
 # --- the admin's forms ----------------------------------------------------------------------
 
 
