@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import unicodedata
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -25,6 +24,7 @@ from chargebox.errors import (
 )
 from chargebox.money import parse_amount, parse_signed_amount
 from chargebox.phones import normalize_phone
+from chargebox.text import clean_text
 from chargebox.writer import GroupWriter
 
 T = TypeVar("T")
@@ -57,18 +57,6 @@ def now(later: datetime.timedelta = datetime.timedelta(0)) -> str:
     """The time (plus `later`) as ISO 8601 UTC with microseconds: such stamps sort as text."""
     stamp = (datetime.datetime.now(datetime.UTC) + later).isoformat(timespec="microseconds")
     return stamp.replace("+00:00", "Z")
-
-
-def clean_text(value: object, field: str, max_length: int) -> str:
-    """A trimmed, NFC-normalised single-line text of 1..max_length characters."""
-    if not isinstance(value, str):
-        raise ValidationError(f"{field} must be a string", field)
-    text = unicodedata.normalize("NFC", value).strip()
-    if not 1 <= len(text) <= max_length:
-        raise ValidationError(f"{field} must be 1 to {max_length} characters", field)
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text):
-        raise ValidationError(f"{field} must not contain control or surrogate characters", field)
-    return text
 
 
 def _dicts(sql: str, params: tuple = ()) -> list[dict]:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "chargebox"
-LEAVES = {"config", "errors", "money", "phones"}
+LEAVES = {"config", "errors", "money", "phones", "text"}
 
 
 def imports_of(path: Path) -> set[str]:

@@ -1,0 +1,79 @@
+"""Text that is shown back to people (seller names, adjustment reasons) must show what it says.
+
+Pure and a leaf: it imports only `errors`. Refused: text with nothing visible, control
+characters, the bidi overrides U+202D/U+202E (they show `\\u202egnp.exe` as `exe.png`),
+and embeddings or isolates left open or closed out of order. Kept: what Persian writing
+needs, the zero-width non-joiner (U+200C) and the LRM/RLM marks, and balanced pairs.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from chargebox.errors import ValidationError
+
+# Categories that draw nothing by themselves: controls, format characters (ZWSP, BOM,
+# LRM, ALM...), separators, combining marks with no base, and what Python's Unicode
+# database (14.0) does not know yet, so a name of characters newer than it is refused.
+_DRAWS_NOTHING = frozenset({"Cc", "Cf", "Cs", "Cn", "Zs", "Zl", "Zp", "Mn", "Me"})
+# Letters and symbols that render blank: the Hangul fillers, the blank Braille pattern.
+_BLANK = frozenset("\u115f\u1160\u3164\uffa0\u2800\u180e\u2028\u2029")
+_OVERRIDES = {"\u202d": "left-to-right override", "\u202e": "right-to-left override"}
+# Each embedding (LRE, RLE) is closed by PDF, each isolate (LRI, RLI, FSI) by PDI.
+_CLOSER = {
+    "\u202a": "\u202c",  # left-to-right embedding ... pop directional formatting
+    "\u202b": "\u202c",  # right-to-left embedding ... pop directional formatting
+    "\u2066": "\u2069",  # left-to-right isolate ... pop directional isolate
+    "\u2067": "\u2069",  # right-to-left isolate ... pop directional isolate
+    "\u2068": "\u2069",  # first strong isolate ... pop directional isolate
+}
+_CLOSERS = frozenset(_CLOSER.values())
+
+
+def visible(ch: str) -> bool:
+    """Whether the one character `ch` draws something on its own."""
+    return ch not in _BLANK and unicodedata.category(ch) not in _DRAWS_NOTHING
+
+
+def clean_text(value: object, field: str, max_length: int) -> str:
+    """A trimmed, NFC-normalised single-line text of 1..max_length characters that shows
+    at least one visible character and cannot reorder what it shows (see the module)."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} must be a string", field)
+    text = unicodedata.normalize("NFC", value).strip()
+    if not 1 <= len(text) <= max_length:
+        raise ValidationError(f"{field} must be 1 to {max_length} characters", field)
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text):
+        raise ValidationError(f"{field} must not contain control or surrogate characters", field)
+    if not any(map(visible, text)):
+        raise ValidationError(
+            f"{field} shows nothing: it holds only spaces or invisible characters", field
+        )
+    _require_plain_direction(text, field)
+    return text
+
+
+def _require_plain_direction(text: str, field: str) -> None:
+    """Refuse overrides, and embeddings/isolates not closed in proper nesting."""
+    open_ones: list[str] = []
+    for ch in text:
+        if ch in _OVERRIDES:
+            raise ValidationError(
+                f"{field} must not contain U+{ord(ch):04X} ({_OVERRIDES[ch]}): "
+                "it shows the text in another order than it is written",
+                field,
+            )
+        if ch in _CLOSER:
+            open_ones.append(_CLOSER[ch])
+        elif ch in _CLOSERS and (not open_ones or open_ones.pop() != ch):
+            raise _unbalanced(field)
+    if open_ones:
+        raise _unbalanced(field)
+
+
+def _unbalanced(field: str) -> ValidationError:
+    return ValidationError(
+        f"{field} has a direction control (U+202A, U+202B, U+2066-U+2069) that is not "
+        "closed in order: it would change how the rest of the page reads",
+        field,
+    )
