@@ -23,6 +23,19 @@ DEFAULT_MAX_AMOUNT = 1_000_000_000
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 MAX_BALANCE = 10**15
 DEFAULT_BUSY_TIMEOUT_MS = 10_000
+# Client connections one server process holds (idle keep-alive ones included); past
+# it, the connections waiting longest are closed (connections.py). Needs as many open
+# files: the limit is raised at start, within the hard `ulimit -n`.
+DEFAULT_MAX_CONNECTIONS = 10_000
+# A request's line, headers and body must arrive within this many seconds of its
+# first byte; a keep-alive connection may sit idle this long between requests.
+DEFAULT_REQUEST_TIMEOUT = 20
+DEFAULT_IDLE_TIMEOUT = 60
+# Credit requests one seller may have waiting for the admin. A seller asks again
+# after the admin decides; ten waiting at once is already unusual, and the cap keeps
+# one seller (or a looping script) from burying everyone else's requests.
+DEFAULT_MAX_PENDING_REQUESTS = 10
+MAX_PENDING_REQUESTS_LIMIT = 100_000
 # NORMAL in WAL mode: a committed transaction survives a crash of the process
 # (kill -9); only an OS crash or power loss can lose the last few commits.
 # FULL also survives power loss, at about a third of the write rate.
@@ -46,6 +59,10 @@ class Config:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     synchronous: str = DEFAULT_SYNCHRONOUS
     busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # per server process
+    request_timeout: int = DEFAULT_REQUEST_TIMEOUT  # seconds, first byte to last
+    idle_timeout: int = DEFAULT_IDLE_TIMEOUT  # seconds between keep-alive requests
+    max_pending_requests: int = DEFAULT_MAX_PENDING_REQUESTS  # per seller (services.py)
     # Concurrent writes share one transaction (each in its own savepoint), see writer.py.
     group_commit: bool = True
 
@@ -60,6 +77,16 @@ class Config:
             raise ValueError("processes must be between 1 and 64")
         if self.max_body_bytes < 1024:
             raise ValueError("max_body_bytes must be at least 1024")
+        if not 16 <= self.max_connections <= 1_000_000:
+            raise ValueError("max_connections (CHARGEBOX_MAX_CONNECTIONS) must be 16 to 1,000,000")
+        for name in ("request_timeout", "idle_timeout"):
+            if not 1 <= getattr(self, name) <= 3600:
+                raise ValueError(f"{name} (CHARGEBOX_{name.upper()}) must be 1 to 3600 seconds")
+        if not 1 <= self.max_pending_requests <= MAX_PENDING_REQUESTS_LIMIT:
+            raise ValueError(
+                "max_pending_requests (CHARGEBOX_MAX_PENDING_REQUESTS) must be between 1 and "
+                f"{MAX_PENDING_REQUESTS_LIMIT:,}"
+            )
 
     @property
     def admin_token_path(self) -> Path:
@@ -90,6 +117,10 @@ def env_defaults(environ: Mapping[str, str] = os.environ) -> dict:
         "CHARGEBOX_MAX_AMOUNT": "max_amount",
         "CHARGEBOX_MAX_BODY_BYTES": "max_body_bytes",
         "CHARGEBOX_BUSY_TIMEOUT_MS": "busy_timeout_ms",
+        "CHARGEBOX_MAX_CONNECTIONS": "max_connections",
+        "CHARGEBOX_REQUEST_TIMEOUT": "request_timeout",
+        "CHARGEBOX_IDLE_TIMEOUT": "idle_timeout",
+        "CHARGEBOX_MAX_PENDING_REQUESTS": "max_pending_requests",
     }
     for name, field in numeric.items():
         if environ.get(name):

@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -32,6 +33,7 @@ except ImportError:  # pragma: no cover - not POSIX: the thread lock and busy ti
 database = peewee.DatabaseProxy()
 _ledger_key: bytes | None = None  # the HMAC key of the ledger seals, set at start-up
 
+_BUSY_SLACK_MS = 50  # a deadline this close to the full busy timeout keeps the default
 _UNAVAILABLE_MARKERS = ("locked", "busy", "readonly", "disk", "full", "unable to open")
 
 
@@ -91,23 +93,75 @@ def missing_triggers() -> list[str]:
     return sorted(wanted - {name for (name,) in rows.fetchall()})
 
 
+class LockTimeout(Unavailable):
+    """The write lock was not had by the write's deadline; nothing of the write ran."""
+
+
+# SQLite's result codes for "another connection holds the lock" (sqlite3.h).
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+
+
+def seconds_since_a_write_began() -> float:
+    """How long ago this process last had the write lock (a stalled writer shows here)."""
+    return time.monotonic() - _gate.began
+
+
+def deadline_in(seconds: float) -> float:
+    """A deadline for write_tx(): `seconds` from now, on the monotonic clock."""
+    return time.monotonic() + seconds
+
+
 @contextlib.contextmanager
-def write_tx() -> Iterator[None]:
+def write_tx(deadline: float | None = None) -> Iterator[None]:
     """The only door to a write: queue for the write lock, then BEGIN IMMEDIATE ... COMMIT.
 
+    Waiting for the lock (the gate, then SQLite's) ends at `deadline` (default: the
+    busy timeout from now) with LockTimeout, so a write never waits twice its timeout.
     Never nest it: a nested transaction would become a SAVEPOINT inside the outer one.
     """
     if database.in_transaction():
         raise AssertionError("write_tx() must not be nested")
+    if deadline is None:
+        deadline = deadline_in(_gate.timeout)
     try:
-        with _gate, translate_errors(), database.atomic(lock_type="IMMEDIATE"):
+        with _gate.held_until(deadline), translate_errors(), _immediate(deadline):
             yield
+    except LockTimeout:
+        raise  # the connection is fine; only the lock was taken
     except Unavailable:
         # A connection opened while the file was read-only stays read-only, and one that
         # hit a disk error may be in a poor state: this thread starts afresh next time.
         with contextlib.suppress(Exception):
             database.close()
         raise
+
+
+@contextlib.contextmanager
+def _immediate(deadline: float) -> Iterator[None]:
+    """BEGIN IMMEDIATE, letting SQLite's busy handler wait only until `deadline`."""
+    conn = database.connection()
+    left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+    shortened = left_ms < _gate.timeout * 1000 - _BUSY_SLACK_MS
+    if shortened:  # most writes find the lock at once: then the PRAGMA is not worth it
+        conn.execute(f"PRAGMA busy_timeout = {left_ms}")
+    transaction = database.atomic(lock_type="IMMEDIATE")
+    try:
+        transaction.__enter__()
+    except (peewee.OperationalError, sqlite3.OperationalError) as exc:
+        code = getattr(getattr(exc, "orig", exc), "sqlite_errorcode", None)
+        if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+            raise LockTimeout("the database is busy; retry shortly") from None
+        raise
+    finally:
+        if shortened:
+            conn.execute(f"PRAGMA busy_timeout = {int(_gate.timeout * 1000)}")
+    _gate.began = time.monotonic()
+    try:
+        yield
+    except BaseException:
+        transaction.__exit__(*sys.exc_info())
+        raise
+    transaction.__exit__(None, None, None)
 
 
 @contextlib.contextmanager
@@ -183,21 +237,23 @@ class _WriteGate:
         self._fd: int | None = None
         self._pid = 0
         self._owner: int | None = None
-        self._timeout = 10.0
+        self.timeout = 10.0  # seconds: the busy timeout
+        self.began = 0.0  # time.monotonic() when a write of this process last began
 
     def bind(self, db_path: Path, timeout: float) -> None:
         with self._thread_lock:
             self._close_fd()
             self._path = Path(str(db_path) + ".write-lock")
-            self._timeout = timeout
+            self.timeout = timeout
 
     def held(self) -> bool:
         return self._owner == threading.get_ident()
 
-    def __enter__(self) -> None:
-        deadline = time.monotonic() + self._timeout
-        if not self._thread_lock.acquire(timeout=self._timeout):
-            raise Unavailable("the database is busy; retry shortly")
+    @contextlib.contextmanager
+    def held_until(self, deadline: float) -> Iterator[None]:
+        """Hold the gate for a block, waiting for it until `deadline` at most (LockTimeout)."""
+        if not self._thread_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise LockTimeout("the database is busy; retry shortly")
         try:
             fd = self._file()
             if fd is not None:
@@ -206,6 +262,10 @@ class _WriteGate:
             self._thread_lock.release()
             raise
         self._owner = threading.get_ident()
+        try:
+            yield
+        finally:
+            self._release()
 
     @staticmethod
     def _flock(fd: int, deadline: float) -> None:
@@ -221,11 +281,11 @@ class _WriteGate:
                 return
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise Unavailable("the database is busy; retry shortly") from None
+                    raise LockTimeout("the database is busy; retry shortly") from None
                 time.sleep(pause)  # another process is writing: poll, not spin
                 pause = min(pause * 2, 0.005)
 
-    def __exit__(self, *exc_info: object) -> None:
+    def _release(self) -> None:
         self._owner = None
         try:
             if self._fd is not None:

@@ -4,27 +4,32 @@ waitress's own `serve()` dies on SIGTERM and, on Ctrl-C, stops its loop before
 the responses of requests in flight are flushed. Here the loop runs until a
 signal; then the listening socket closes, requests in flight finish and are
 sent, idle keep-alive connections close, and only then do the threads stop.
+With `--processes K` a parent supervises K forked servers and replaces the dead.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
-import socket
 import time
 
-import waitress
 from waitress import wasyncore
-from waitress.channel import HTTPChannel
-from waitress.task import ErrorTask
 
 from chargebox import db
 from chargebox.config import Config
+from chargebox.connections import build_server, listen
 from chargebox.web import create_app
-from chargebox.web.errors import json_body
 
-GRACE_SECONDS = 8.0  # API.md promises exit within 10 s
+log = logging.getLogger("chargebox.server")
+
+GRACE_SECONDS = 8.0  # the docs promise exit within 10 s
 LOOP_TIMEOUT = 0.2
+# A child that dies sooner than this after its start is crash-looping: its
+# replacement waits, twice as long each time, up to RESTART_DELAY_MAX.
+STABLE_SECONDS = 10.0
+RESTART_DELAY_MIN = 0.5
+RESTART_DELAY_MAX = 30.0
 
 
 class _Stop:
@@ -32,47 +37,6 @@ class _Stop:
 
     def __call__(self, signum: int, frame: object) -> None:
         self.requested = True
-
-
-# Errors waitress answers itself, before the app sees the request.
-_WAITRESS_CODES = {400: "bad_request", 413: "payload_too_large", 431: "headers_too_large"}
-
-
-class _JsonErrorTask(ErrorTask):
-    """waitress's own errors (a body over its limit, a broken request) in our JSON shape."""
-
-    def execute(self) -> None:
-        error = self.request.error
-        code = _WAITRESS_CODES.get(error.code, "internal_error")
-        body = json_body({"error": {"code": code, "message": error.reason.lower()}})
-        self.status = f"{error.code} {error.reason}"
-        self.response_headers.append(("Content-Type", "application/json; charset=utf-8"))
-        self.set_close_on_finish()
-        self.content_length = len(body)
-        self.write(body)
-
-
-class _JsonChannel(HTTPChannel):
-    error_task_class = _JsonErrorTask
-
-
-def build_server(config: Config, listener: socket.socket | None = None):
-    app = create_app(config)
-    where = {"sockets": [listener]} if listener else {"host": config.host, "port": config.port}
-    server = waitress.create_server(
-        app,
-        **where,
-        threads=config.threads,
-        ident="chargebox",
-        # More connections than threads is fine: waitress queues requests, not sockets.
-        connection_limit=max(100, 8 * config.threads),
-        # Our own JSON 413 fires above max_body_bytes; waitress's plain one far above it.
-        max_request_body_size=max(16 * config.max_body_bytes, 1 << 20),
-        clear_untrusted_proxy_headers=True,
-        expose_tracebacks=False,
-    )
-    server.channel_class = _JsonChannel
-    return server
 
 
 def _announcement(config: Config, host: str, port: int) -> str:
@@ -84,10 +48,14 @@ def _announcement(config: Config, host: str, port: int) -> str:
 
 
 def serve(config: Config, announce=print) -> int:
-    """Serve until SIGTERM/SIGINT; return the exit status (0 after a clean stop)."""
+    """Serve until SIGTERM/SIGINT; return the exit status (0 after a clean stop).
+
+    A host or port that cannot be had is a ValueError of one line, before anything runs.
+    """
+    listener = listen(config)
     if config.processes > 1:
-        return _serve_processes(config, announce)
-    server = build_server(config)
+        return _serve_processes(config, listener, announce)
+    server = build_server(create_app(config), config, listener)
     announce(_announcement(config, server.effective_host, server.effective_port))
     return _serve_one(server, announce)
 
@@ -109,53 +77,96 @@ def _serve_one(server, announce, parent: int | None = None) -> int:
     return 0
 
 
-def _serve_processes(config: Config, announce) -> int:
+def _serve_processes(config: Config, listener, announce) -> int:
     """K forked copies of the server on one listening socket: the kernel spreads connections.
 
     Each child has its own interpreter lock, database connections and group
     writer; the database lock (and the write gate's flock) still serialise
-    their writes. The parent only supervises: it forwards SIGTERM and waits.
+    their writes. The parent only supervises: it replaces a child that dies,
+    forwards SIGTERM and waits. It keeps the listener open for replacements.
     """
-    listener = socket.create_server((config.host, config.port), backlog=1024)
     host, port = listener.getsockname()[:2]
     db.close_database()  # no connection may cross a fork
-    children = []
+    supervisor = _Supervisor(config, listener)
     for _ in range(config.processes):
+        supervisor.start_child()
+    announce(_announcement(config, host, port))
+    try:
+        return supervisor.run(announce)
+    finally:
+        listener.close()
+
+
+class _Supervisor:
+    """The parent of K server processes: each death is logged and replaced, with back-off."""
+
+    def __init__(self, config: Config, listener) -> None:
+        self.config = config
+        self.listener = listener
+        self.started: dict[int, float] = {}  # live child pid -> when it started
+        self.delay = 0.0  # before the next replacement; grows while children crash-loop
+        self.due: list[float] = []  # when each pending replacement starts
+        self.replaced = 0
+
+    def start_child(self) -> None:
         pid = os.fork()
         if pid == 0:  # the child serves until told to stop, and never returns here
             code = 1
             try:
-                code = _serve_one(build_server(config, listener), lambda line: None, os.getppid())
+                server = build_server(create_app(self.config), self.config, self.listener)
+                code = _serve_one(server, lambda line: None, os.getppid())
             finally:
                 os._exit(code)
-        children.append(pid)
-    listener.close()
-    announce(_announcement(config, host, port))
-    return _supervise(children, announce)
+        self.started[pid] = time.monotonic()
 
-
-def _supervise(children: list[int], announce) -> int:
-    stop = _Stop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, stop)
-    status = {}
-    while not stop.requested and len(status) < len(children):
-        time.sleep(LOOP_TIMEOUT)  # polling for a signal or a dead child, not for an outcome
-        status.update(_reaped(children))
-    if len(status) < len(children):
+    def run(self, announce) -> int:
+        stop = _Stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, stop)
+        while not stop.requested:
+            time.sleep(LOOP_TIMEOUT)  # polling for a signal or a dead child, not for an outcome
+            for pid, code in _reaped(list(self.started)).items():
+                self._mourn(pid, code)
+            now = time.monotonic()
+            while self.due and self.due[0] <= now and not stop.requested:
+                self.due.pop(0)
+                self.start_child()
+                self.replaced += 1
         announce("chargebox stopping: finishing requests in flight")
-    for pid in children:
-        if pid not in status:
+        status = self._stop_children()
+        announce("chargebox stopped")
+        return 0 if not any(status.values()) else 1
+
+    def _mourn(self, pid: int, code: int) -> None:
+        lived = time.monotonic() - self.started.pop(pid)
+        if lived < STABLE_SECONDS:
+            self.delay = min(max(2 * self.delay, RESTART_DELAY_MIN), RESTART_DELAY_MAX)
+        else:
+            self.delay = 0.0
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited {code}"
+        log.warning(
+            "server process %d %s after %.1f s; starting a replacement in %.1f s",
+            pid,
+            how,
+            lived,
+            self.delay,
+        )
+        self.due.append(time.monotonic() + self.delay)
+        self.due.sort()
+
+    def _stop_children(self) -> dict[int, int]:
+        children = list(self.started)
+        for pid in children:
             os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + GRACE_SECONDS + 1
-    while len(status) < len(children) and time.monotonic() < deadline:
-        time.sleep(0.05)
-        status.update(_reaped(children))
-    for pid in set(children) - set(status):
-        os.kill(pid, signal.SIGKILL)
-        status[pid] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    announce("chargebox stopped")
-    return 0 if stop.requested and not any(status.values()) else 1
+        status: dict[int, int] = {}
+        deadline = time.monotonic() + GRACE_SECONDS + 1
+        while len(status) < len(children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            status.update(_reaped(children))
+        for pid in set(children) - set(status):
+            os.kill(pid, signal.SIGKILL)
+            status[pid] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        return status
 
 
 def _reaped(children: list[int]) -> dict[int, int]:

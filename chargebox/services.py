@@ -25,7 +25,7 @@ from chargebox.errors import (
 from chargebox.money import parse_amount, parse_signed_amount
 from chargebox.phones import normalize_phone
 from chargebox.text import clean_text
-from chargebox.writer import GroupWriter
+from chargebox.writer import GroupWriter, WriteSlots
 
 T = TypeVar("T")
 WRITER = GroupWriter()  # one per process: group commit for every write of this process
@@ -81,13 +81,19 @@ class Chargebox:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.writer = WRITER if config.group_commit else None
+        self.slots = WriteSlots(config.threads)
 
     def _write(self, work: Callable[[], T]) -> T:
-        """The one door to a write: the process's group writer, or a transaction of its own."""
-        if self.writer is not None:
-            return self.writer.submit(work)
-        with db.write_tx():
-            return work()
+        """The one door to a write: the process's group writer, or a transaction of its own.
+
+        Answered within the busy timeout (plus one transaction), done or Unavailable.
+        """
+        deadline = db.deadline_in(self.config.busy_timeout_ms / 1000)
+        with self.slots.taken():
+            if self.writer is not None:
+                return self.writer.submit(work, deadline)
+            with db.write_tx(deadline):
+                return work()
 
     # --- sellers ---------------------------------------------------------------------------
 

@@ -6,27 +6,64 @@ queue, and the writer thread applies all that wait in one `db.write_tx()`, on
 its one warm connection. Each write runs in its own SAVEPOINT, so it is
 validated, recorded and answered on its own: a refused or failed write rolls
 back only itself. Nobody is answered before COMMIT; nobody waits for a batch.
+Each write has a deadline: a batch waits for the lock until its earliest one,
+and the writes whose time is left try again, so none waits past its own.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from chargebox import db
 from chargebox.errors import Unavailable
 
 MAX_BATCH = 256
+# A write whose deadline is this close when the lock could not be had is answered
+# now: another attempt could not finish in time.
+LOCK_SLACK = 0.01
+# How long a write waits for one of the process's write slots before it is refused,
+# unless no write has begun for STALLED seconds: then the lock is stuck, and it is
+# refused at once, so that a queue of writes cannot keep the threads from reads.
+SLOT_WAIT = 0.25
+STALLED = 0.25
+
+
+class WriteSlots:
+    """At most N threads of a process wait for the write lock; the rest are refused (503).
+
+    A thread waiting for the lock is a waitress worker that answers nobody else. If
+    all of them wait (a backup or a stalled process holds the lock), /health and
+    every read queue behind them; the slots keep some threads free for those.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.count = max(1, threads - max(2, threads // 8))
+        self._free = threading.BoundedSemaphore(self.count)
+
+    @contextlib.contextmanager
+    def taken(self) -> Iterator[None]:
+        if not self._free.acquire(blocking=False) and (
+            db.seconds_since_a_write_began() > STALLED or not self._free.acquire(timeout=SLOT_WAIT)
+        ):
+            raise Unavailable("too many writes are waiting for the database; retry shortly")
+        try:
+            yield
+        finally:
+            self._free.release()
 
 
 class _Item:
-    __slots__ = ("work", "result", "error", "done")
+    __slots__ = ("work", "deadline", "result", "error", "done")
 
-    def __init__(self, work: Callable[[], Any]) -> None:
+    def __init__(self, work: Callable[[], Any], deadline: float) -> None:
         self.work = work
+        self.deadline = deadline  # time.monotonic() by which it is answered
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = threading.Event()
@@ -44,9 +81,12 @@ class GroupWriter:
         self.batches = 0  # counters for the benchmark; written by the writer thread only
         self.writes = 0
 
-    def submit(self, work: Callable[[], Any]) -> Any:
-        """Run `work()` inside a write transaction; return its result once committed."""
-        item = _Item(work)
+    def submit(self, work: Callable[[], Any], deadline: float) -> Any:
+        """Run `work()` inside a write transaction; return its result once committed.
+
+        If the write lock cannot be had by `deadline` (time.monotonic()), raise Unavailable.
+        """
+        item = _Item(work, deadline)
         with self._wake:
             self._ensure_thread()
             inline = not self._busy and not self._queue
@@ -81,18 +121,24 @@ class GroupWriter:
             self._apply_and_release(batch)
 
     def _apply_and_release(self, batch: list[_Item]) -> None:
+        again: list[_Item] = []
         try:
-            self._apply(batch)
+            again = self._apply(batch)
         finally:
             with self._wake:
+                self._queue.extendleft(reversed(again))  # first in line, in their order
                 self._busy = False
                 if self._queue:
                     self._wake.notify()
 
-    def _apply(self, batch: list[_Item]) -> None:
+    def _apply(self, batch: list[_Item]) -> list[_Item]:
+        """Apply `batch` in one transaction; return the writes to try again (lock busy)."""
+        live = _answer_late(batch, time.monotonic())
+        if not live:
+            return []
         try:
-            with db.write_tx():
-                for item in batch:
+            with db.write_tx(min(item.deadline for item in live)):
+                for item in live:
                     try:
                         with db.translate_errors(), db.savepoint():
                             item.result = item.work()
@@ -100,14 +146,28 @@ class GroupWriter:
                         raise  # the database cannot write now: the whole batch fails
                     except Exception as exc:  # this write only; the savepoint undid it
                         item.error = exc
+        except db.LockTimeout:  # nothing ran; the earliest deadline has come
+            return _answer_late(live, time.monotonic() + LOCK_SLACK)
         except Exception as exc:  # BEGIN or COMMIT failed: nothing of the batch was written
-            for item in batch:
+            for item in live:
                 item.error = _copy(exc)
-        finally:
-            self.batches += 1
-            self.writes += len(batch)
-            for item in batch:
-                item.done.set()
+        self.batches += 1
+        self.writes += len(live)
+        for item in live:
+            item.done.set()
+        return []
+
+
+def _answer_late(items: list[_Item], now: float) -> list[_Item]:
+    """Answer the writes whose deadline is past with 503; return the others."""
+    left = []
+    for item in items:
+        if item.deadline > now:
+            left.append(item)
+        else:
+            item.error = Unavailable("the database is busy; retry shortly")
+            item.done.set()
+    return left
 
 
 def _copy(exc: Exception) -> Exception:

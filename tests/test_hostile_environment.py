@@ -351,3 +351,65 @@ def test_a_chargebox_process_stopped_mid_write_makes_sales_503_instead_of_hangin
         results = sell_all(server.url, key, keys("gated", 4))
         assert all(response.status_code == 201 for response, _ in results.values())
     assert_books(db_path, seller_id, 4 + 4)
+
+
+BUSY_TIMEOUT = 2.0
+# What docs promise on top of the busy timeout (README, Durability): one transaction's
+# time and SQLite's last busy-handler sleep. The client's own scheduling adds to it.
+PROMISED_MARGIN = 0.5
+CLIENT_SLACK = 0.5
+
+
+def health_while(busy: threading.Event, url: str) -> list[float]:
+    """Ask /health again and again until `busy` clears; how long each answer took."""
+    took = []
+    client = Api(url)
+    try:
+        while not busy.is_set():
+            started = time.monotonic()
+            assert client.get("/health").status_code == 200
+            took.append(time.monotonic() - started)
+    finally:
+        client.close()
+    return took
+
+
+@pytest.mark.parametrize("group_commit", ["on", "off"])
+def test_writes_waiting_on_a_held_lock_are_answered_within_the_busy_timeout_and_health_answers(
+    tmp_path, group_commit
+):
+    """80 sales race 16 server threads while another process holds the write lock.
+
+    Before, a write queued for group commit waited for the lock once behind the
+    batch in progress and once more in its own batch (about twice the busy
+    timeout), and with every thread waiting /health went unanswered. Now each
+    write is answered by its own deadline, 503 if the lock never came, and some
+    threads stay free for reads.
+    """
+    db_path = tmp_path / "cb.db"
+    env = {"CHARGEBOX_BUSY_TIMEOUT_MS": str(int(BUSY_TIMEOUT * 1000))}
+    env["CHARGEBOX_GROUP_COMMIT"] = group_commit
+    with serving(db_path, threads=16, **env) as (server, seller_id, key):
+        assert_sold(sell_all(server.url, key, keys("warm", 8)))
+        blocked = keys("held", 80)
+        done = threading.Event()
+        with write_lock_held(db_path), concurrent.futures.ThreadPoolExecutor(1) as watcher:
+            health = watcher.submit(health_while, done, server.url)
+            try:
+                results = sell_all(server.url, key, blocked, workers=80)
+            finally:
+                done.set()
+            took = health.result()
+            assert stored_keys(db_path).isdisjoint(blocked), "a 503 changed something"
+        slowest = max(seconds for _, seconds in results.values())
+        print(
+            f"\nlock held: {len(results)} sales answered 503 within {slowest:.2f}s "
+            f"(busy timeout {BUSY_TIMEOUT}s); /health answered {len(took)} times, "
+            f"slowest {max(took):.3f}s"
+        )
+        for response, seconds in results.values():
+            assert_unavailable(response)
+            assert seconds <= BUSY_TIMEOUT + PROMISED_MARGIN + CLIENT_SLACK, seconds
+        assert len(took) >= 2 and max(took) < BUSY_TIMEOUT, "/health waited for the writers"
+        assert_sold(sell_all(server.url, key, blocked, workers=16))
+    assert_books(db_path, seller_id, 8 + 80)

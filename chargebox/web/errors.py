@@ -76,7 +76,12 @@ def error_response(
 
 
 def status_of(exc: errors.ChargeboxError) -> int:
-    return STATUS.get(type(exc), 500)
+    """The status of the nearest class in `exc`'s MRO that the table names (a subclass of a
+    mapped error keeps its parent's status instead of becoming a 500)."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
 
 
 def from_exception(exc: errors.ChargeboxError) -> bottle.HTTPResponse:

@@ -1,0 +1,261 @@
+"""waitress, hardened for clients that are many, slow or hostile; no business rules here.
+
+The listening socket, and waitress's server, channel, parser and error task,
+specialised so that idle or half-sent connections cannot starve everyone else
+(a deadline per request, a connection budget that evicts before it refuses), a
+repeated meaningful header is refused, and waitress's own refusals are JSON.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import logging
+import socket
+import time
+
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser, ParsingError, get_header_lines
+from waitress.rfc7230 import HEADER_FIELD_RE
+from waitress.server import TcpWSGIServer
+from waitress.task import ErrorTask, ThreadedTaskDispatcher
+
+from chargebox.config import Config
+from chargebox.web.errors import json_body
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - not POSIX: the limit stays what it is
+    resource = None
+
+log = logging.getLogger("chargebox.server")
+
+# Headers that decide who acts, what is sent or which write is meant: sent twice, waitress
+# would join them with ", " (one order, two keys), so a repeat is refused instead.
+SINGLE_HEADERS = (
+    "AUTHORIZATION",
+    "CONTENT_LENGTH",
+    "CONTENT_TYPE",
+    "HOST",
+    "IDEMPOTENCY_KEY",
+    "TRANSFER_ENCODING",
+)
+# waitress's own refusals, before the app sees the request: status -> (code, message).
+WAITRESS_ERRORS = {
+    400: ("bad_request", "the HTTP request is malformed: {detail}"),
+    413: ("payload_too_large", "the request body is too large"),
+    431: ("headers_too_large", "the request line and headers are too large"),
+    501: ("unsupported_transfer_encoding", "only Transfer-Encoding: chunked is supported"),
+}
+# File descriptors kept for everything that is not a client: SQLite files (3 per
+# thread's connection), the lock files, waitress's trigger pipe, logs.
+FD_RESERVE_PER_THREAD = 4
+FD_RESERVE = 64
+EVICTION_BATCH = 32  # connections closed at once when the budget is spent
+ACCEPT_BATCH = 256  # connections accepted in one turn of the loop, at most
+
+
+class RepeatedHeader(ParsingError):
+    """A header of SINGLE_HEADERS appears more than once."""
+
+
+class _Parser(HTTPRequestParser):
+    def parse_header(self, header_plus: bytes) -> None:
+        super().parse_header(header_plus)
+        names = collections.Counter()
+        for line in get_header_lines(header_plus.partition(b"\r\n")[2]):
+            match = HEADER_FIELD_RE.match(line)
+            if match:
+                names[match.group("name").upper().replace(b"-", b"_").decode("latin-1")] += 1
+        for name in SINGLE_HEADERS:
+            if names[name] > 1:
+                spelled = "-".join(part.capitalize() for part in name.split("_"))
+                raise RepeatedHeader(f"the {spelled} header is repeated")
+
+
+class _JsonErrorTask(ErrorTask):
+    """waitress's own errors (a broken request, a body over its limit) in our JSON shape."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        code, message = WAITRESS_ERRORS.get(error.code, ("internal_error", "server error"))
+        detail = str(error.body).rstrip(".")
+        body = json_body({"error": {"code": code, "message": message.format(detail=detail)}})
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json; charset=utf-8"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _Channel(HTTPChannel):
+    """A connection that remembers when its current, unfinished request began."""
+
+    error_task_class = _JsonErrorTask
+    parser_class = _Parser
+    request_started = 0.0
+
+    def received(self, data: bytes) -> bool:
+        if self.request is None and data:
+            self.request_started = time.time()
+        return super().received(data)
+
+    def idle_since(self) -> float | None:
+        """Since when nobody has been served here (None: a request is being answered)."""
+        if self.requests or self.total_outbufs_len or self.will_close:
+            return None
+        return self.request_started if self.request is not None else self.last_activity
+
+
+class Server(TcpWSGIServer):
+    """waitress's server, with a deadline per request and a connection budget.
+
+    waitress closes a connection only after `channel_timeout` without activity,
+    so a client that sends one header byte now and then holds it forever, and
+    past `connection_limit` it stops accepting for everyone. Here a request must
+    arrive whole within `request_timeout`, and when the budget is spent the
+    server closes the connections that wait longest, from the address holding
+    the most, instead of refusing new ones.
+    """
+
+    channel_class = _Channel
+    request_timeout = 20.0
+    evicted = 0  # connections closed to make room, since start
+    _next_eviction_log = 0.0
+
+    def maintenance(self, now: float) -> None:
+        idle_cutoff = now - self.adj.channel_timeout
+        request_cutoff = now - self.request_timeout
+        for channel in list(self.active_channels.values()):
+            since = channel.idle_since()
+            if since is None:
+                continue
+            cutoff = request_cutoff if channel.request is not None else idle_cutoff
+            if since < cutoff:
+                channel.will_close = True
+
+    def readable(self) -> bool:
+        now = time.time()
+        if now >= self.next_channel_cleanup:
+            self.next_channel_cleanup = now + self.adj.cleanup_interval
+            self.maintenance(now)
+        if not self.accepting:
+            return False
+        if len(self.active_channels) < self.adj.connection_limit:
+            return True
+        # Over budget: room is coming if some connections are already closing.
+        closing = sum(1 for channel in self.active_channels.values() if channel.will_close)
+        if len(self.active_channels) - closing < self.adj.connection_limit:
+            return True
+        return self._evict() > 0
+
+    def handle_accept(self) -> None:
+        """Accept every connection waiting, not one per turn of the loop: with thousands
+        open, each turn polls them all, and a backlog would take seconds to drain."""
+        for _ in range(ACCEPT_BATCH):
+            before = len(self.active_channels)
+            super().handle_accept()
+            if len(self.active_channels) == before:  # none was waiting (or accept failed)
+                return
+            if len(self.active_channels) >= self.adj.connection_limit:
+                return  # readable() makes room first
+
+    def _evict(self) -> int:
+        """Close the longest-waiting idle connections, most-connected address first."""
+        waiting = [
+            (since, channel)
+            for channel in self.active_channels.values()
+            if (since := channel.idle_since()) is not None
+        ]
+        per_address = collections.Counter(_address(channel) for _, channel in waiting)
+        chosen = heapq.nsmallest(
+            EVICTION_BATCH,
+            waiting,
+            key=lambda pair: (-per_address[_address(pair[1])], pair[0]),
+        )
+        for _, channel in chosen:
+            channel.will_close = True
+        self.evicted += len(chosen)
+        now = time.monotonic()
+        if chosen and now >= self._next_eviction_log:  # one line per 10 s, not per batch
+            self._next_eviction_log = now + 10
+            log.warning(
+                "connection budget of %d spent: %d waiting connection(s) closed so far, "
+                "now most from %s",
+                self.adj.connection_limit,
+                self.evicted,
+                _address(chosen[0][1]),
+            )
+        return len(chosen)
+
+
+def _address(channel: HTTPChannel) -> str:
+    return channel.addr[0] if isinstance(channel.addr, tuple) else str(channel.addr)
+
+
+def listen(config: Config) -> socket.socket:
+    """The listening socket of `--host`/`--port`; ValueError (one line) when it cannot be had."""
+    where = f"{config.host}:{config.port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            config.host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        return socket.create_server(address, family=family, backlog=1024)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ValueError(f"cannot listen on {where} (--host/--port): {reason}") from None
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise this process's open-file limit towards `wanted`; return the limit now in force."""
+    if resource is None:  # pragma: no cover
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < ceiling:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+        soft = ceiling
+    return wanted if soft == resource.RLIM_INFINITY else min(soft, wanted)
+
+
+def connection_budget(config: Config) -> int:
+    """How many client connections one server process holds: the setting, within the fd limit."""
+    reserve = FD_RESERVE + FD_RESERVE_PER_THREAD * config.threads
+    available = raise_fd_limit(config.max_connections + reserve) - reserve
+    if available < config.max_connections:
+        log.warning(
+            "the open-file limit allows %d connections, not the %d configured (raise ulimit -n)",
+            max(available, 16),
+            config.max_connections,
+        )
+    return max(available, 16)
+
+
+def build_server(app, config: Config, listener: socket.socket) -> Server:
+    """A hardened waitress server for `app` on an already bound `listener`."""
+    adj = Adjustments(
+        sockets=[listener],
+        threads=config.threads,
+        ident="chargebox",
+        connection_limit=connection_budget(config),
+        channel_timeout=config.idle_timeout,
+        cleanup_interval=1,  # the deadlines above are checked every second
+        # Our own JSON 413 fires above max_body_bytes; waitress's plain one far above it.
+        max_request_body_size=max(16 * config.max_body_bytes, 1 << 20),
+        clear_untrusted_proxy_headers=True,
+        expose_tracebacks=False,
+    )
+    dispatcher = ThreadedTaskDispatcher()
+    dispatcher.set_thread_count(adj.threads)
+    server = Server(
+        app,
+        map={},
+        _sock=listener,
+        dispatcher=dispatcher,
+        adj=adj,
+        bind_socket=False,
+        sockinfo=(listener.family, listener.type, listener.proto, listener.getsockname()),
+    )
+    server.request_timeout = config.request_timeout
+    return server

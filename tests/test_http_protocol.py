@@ -1,0 +1,170 @@
+"""Requests broken at the HTTP level: refused before routing, in the error shape, changing nothing.
+
+These are sent over a raw socket, since an HTTP library would refuse to send
+them. Each refusal must carry a code that the README's error table and the
+served OpenAPI document both list; `internal_error` is for bugs only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT
+
+
+def raw_request(url: str, head: bytes, body: bytes = b"") -> tuple[int, dict]:
+    """Send `head` (request line and headers, without the blank line) and `body` as they are."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head + b"\r\n\r\n" + body)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    status_line, _, rest = received.partition(b"\r\n")
+    payload = rest.partition(b"\r\n\r\n")[2]
+    return int(status_line.split()[1]), json.loads(payload)
+
+
+def sale_head(key: str, length: int, *extra: str) -> bytes:
+    lines = [
+        "POST /api/sales HTTP/1.1",
+        "Host: chargebox",
+        f"Authorization: Bearer {key}",
+        "Content-Type: application/json",
+        f"Content-Length: {length}",
+        "Connection: close",
+        *extra,
+    ]
+    return "\r\n".join(lines).encode("latin-1")
+
+
+SALE = json.dumps({"phone": "09121234567", "amount": 1000}).encode()
+
+
+@pytest.fixture
+def funded(make_seller):
+    """A seller with 100,000 toman, its key, and a way to see that nothing moved."""
+    seller, api = make_seller(credit=100_000)
+    key = api.session.headers["Authorization"].removeprefix("Bearer ")
+
+    def untouched() -> None:
+        assert api.get("/api/me").json()["balance"] == 100_000
+        assert api.get("/api/sales").json()["items"] == []
+
+    return key, api, untouched
+
+
+def documented_codes() -> set[str]:
+    readme = (ROOT / "README.md").read_text()
+    in_readme = set(re.findall(r"^\| \d{3} \| `(\w+)` \|", readme, re.MULTILINE))
+    schema = json.loads((ROOT / "chargebox" / "openapi.json").read_text())
+    error = schema["components"]["schemas"]["Error"]["properties"]["error"]
+    return in_readme & set(error["properties"]["code"]["enum"])
+
+
+def assert_refused(answer: tuple[int, dict], status: int, code: str) -> None:
+    got_status, body = answer
+    assert (got_status, body["error"]["code"]) == (status, code), body
+    assert code in documented_codes(), f"{code} is missing from the README or openapi.json"
+
+
+def test_a_sale_repeating_its_idempotency_key_is_400_and_a_retry_with_one_key_sells_once(
+    server, funded
+):
+    """waitress would join the two values into one key `a, b`: one order, two charges."""
+    key, api, untouched = funded
+    head = sale_head(key, len(SALE), "Idempotency-Key: order-1", "Idempotency-Key: order-2")
+    assert_refused(raw_request(server.url, head, SALE), 400, "bad_request")
+    untouched()
+    for _ in range(2):
+        sold = api.post("/api/sales", json.loads(SALE), headers={"Idempotency-Key": "order-1"})
+        assert sold.status_code == 201, sold.text
+    assert [s["amount"] for s in api.get("/api/sales").json()["items"]] == [1000]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("Authorization: Bearer someone-else",),
+        ("Content-Type: text/plain",),
+        ("Content-Type: application/json",),
+        ("Host: elsewhere",),
+        ("Transfer-Encoding: chunked", "Transfer-Encoding: chunked"),
+    ],
+    ids=["authorization", "content-type", "same-content-type", "host", "transfer-encoding"],
+)
+def test_a_repeated_meaningful_header_is_400_bad_request_and_changes_nothing(server, funded, extra):
+    key, _, untouched = funded
+    assert_refused(
+        raw_request(server.url, sale_head(key, len(SALE), *extra), SALE), 400, "bad_request"
+    )
+    untouched()
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "chunked, identity", "deflate, chunked"])
+def test_a_transfer_encoding_other_than_chunked_is_501_unsupported_and_changes_nothing(
+    server, funded, encoding
+):
+    key, _, untouched = funded
+    head = sale_head(key, len(SALE)).replace(
+        f"Content-Length: {len(SALE)}".encode(), f"Transfer-Encoding: {encoding}".encode()
+    )
+    assert_refused(raw_request(server.url, head, SALE), 501, "unsupported_transfer_encoding")
+    untouched()
+
+
+@pytest.mark.parametrize(
+    "extra, length",
+    [
+        ((f"Content-Length: {len(SALE)}",), len(SALE)),  # repeated, even with one value
+        ((), f"+{len(SALE)}"),
+        ((), "-1"),
+        ((), f"{len(SALE)}, {len(SALE)}"),
+        (("X-Note: a\x01b",), len(SALE)),
+        (("X-Note: a\x7fb",), len(SALE)),
+        (("Bad Header: x",), len(SALE)),
+    ],
+    ids=["repeated-length", "signed-plus", "signed-minus", "listed", "control", "delete", "space"],
+)
+def test_a_malformed_request_is_400_bad_request_and_changes_nothing(server, funded, extra, length):
+    key, _, untouched = funded
+    head = sale_head(key, length, *extra)
+    assert_refused(raw_request(server.url, head, SALE), 400, "bad_request")
+    untouched()
+
+
+def test_headers_of_300_kb_are_431_headers_too_large_and_change_nothing(server, funded):
+    key, _, untouched = funded
+    head = sale_head(key, len(SALE), "X-Padding: " + "a" * 300_000)
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        # waitress answers once it has read its limit of 256 KiB, and closes.
+        sock.sendall(head[: 256 * 1024])  # its limit exactly: nothing is left unread
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    status = int(received.split(b" ")[1])
+    body = json.loads(received.partition(b"\r\n\r\n")[2])
+    assert_refused((status, body), 431, "headers_too_large")
+    untouched()
+
+
+def test_every_refusal_code_of_the_http_layer_is_documented():
+    from chargebox.connections import WAITRESS_ERRORS
+
+    codes = {code for code, _ in WAITRESS_ERRORS.values()}
+    assert codes <= documented_codes(), codes - documented_codes()
+    assert "internal_error" not in codes
+
+
+def test_readme_and_openapi_list_the_same_error_codes():
+    readme = (ROOT / "README.md").read_text()
+    in_readme = set(re.findall(r"^\| \d{3} \| `(\w+)` \|", readme, re.MULTILINE))
+    schema = json.loads(Path(ROOT / "chargebox" / "openapi.json").read_text())
+    enum = schema["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]
+    assert in_readme == set(enum["enum"])
