@@ -3,12 +3,14 @@
 Every JSON route callback is wrapped once, here: it gets a request id, a 413
 check before anything is read, and a single exit for results and errors.
 bottle's own error pages are replaced, so even an unknown route answers our JSON
-shape. The HTML pages are a second Bottle merged in, wrapped by their own plugin.
+shape, except that a browser's mistyped page address gets the styled 404 page
+(`html.not_a_page`). The HTML pages are a second Bottle merged in, wrapped by their own plugin.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from importlib import resources
 
 import bottle
@@ -24,7 +26,7 @@ from chargebox.web.errors import (
     json_body,
     request_id,
 )
-from chargebox.web.html import page_plugin
+from chargebox.web.html import not_a_page, page_plugin
 from chargebox.web.request import check_body_size
 
 JSON = "application/json; charset=utf-8"
@@ -35,10 +37,13 @@ SECURITY_HEADERS = {
 
 
 class JsonBottle(bottle.Bottle):
-    """A Bottle whose own errors (404, 405, 413, 500) are JSON, not HTML."""
+    """A Bottle whose own errors (404, 405, 413, 500) are JSON, not HTML; only where
+    `page_error` answers (a browser on a page address) is the styled page sent instead."""
+
+    page_error: Callable[[bottle.HTTPError], bottle.HTTPResponse | None] | None = None
 
     def default_error_handler(self, res: bottle.HTTPError) -> bytes:
-        rendered = from_bottle(res)
+        rendered = (self.page_error and self.page_error(res)) or from_bottle(res)
         bottle.response.status = rendered.status_code
         for name, value in rendered.headerlist:
             bottle.response.set_header(name, value)
@@ -91,6 +96,7 @@ def create_app(config: Config, service: Chargebox | None = None) -> bottle.Bottl
     service = service or Chargebox(config)
     app = JsonBottle()
     app.config["catchall"] = True
+    app.page_error = functools.partial(not_a_page, service)
     app.install(json_plugin(config))
     api.install(app, config, service, load_openapi())
     # Merged routes keep their own Bottle, so its plugin (not the JSON one) wraps them.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hmac
+import re
 import secrets
 import urllib.parse
 from collections.abc import Callable
@@ -139,16 +140,55 @@ def error_page(status: int, message: str, visitor: Visitor | None = None) -> bot
     return render("error", status, title=f"Error {status}", message=message, visitor=visitor)
 
 
+def failure_page(service: Chargebox, status: int, message: str) -> bottle.HTTPResponse:
+    """An error page; a signed-in visitor keeps its menu and its way to sign out."""
+    try:
+        you = signed_in(service)
+    except ChargeboxError:
+        you = None
+    return error_page(status, message, you)
+
+
+# The JSON API's paths (web/api.py): their errors stay JSON whatever the client accepts.
+API_ROOTS = ("/api", "/health", "/openapi.json")
+# bottle's own refusals of a page address, in plain words.
+NOT_A_PAGE = {
+    404: "There is no page at this address. Check it for a typing mistake.",
+    405: "This page cannot be opened that way.",
+}
+
+
+def wants_html(path: str, accept: str) -> bool:
+    """A page address asked for by a browser: outside the API, and text/html preferred
+    to JSON in Accept (a browser's; curl's */* and an API client's are not)."""
+    if any(path == root or path.startswith(root + "/") for root in API_ROOTS):
+        return False
+    quality = {}
+    for part in accept.lower().split(","):
+        media, _, params = part.partition(";")
+        q = re.search(r"(?:^|;)\s*q\s*=\s*([01](?:\.[0-9]{0,3})?)\s*(?:;|$)", params)
+        quality[media.strip()] = float(q[1]) if q else 1.0
+    return quality.get("text/html", 0.0) > quality.get("application/json", 0.0)
+
+
+def not_a_page(service: Chargebox, error: bottle.HTTPError) -> bottle.HTTPResponse | None:
+    """bottle's own 4xx (a mistyped page address, a wrong method) as the styled error page,
+    with the pages' headers, when a browser asked for a page; None: answer it as JSON."""
+    accept = bottle.request.environ.get("HTTP_ACCEPT", "")
+    if not 400 <= error.status_code < 500 or not wants_html(bottle.request.path, accept):
+        return None
+    message = NOT_A_PAGE.get(error.status_code, "The request could not be handled.")
+    response = failure_page(service, error.status_code, message)
+    for name, value in HEADERS.items():
+        response.set_header(name, value)
+    return response
+
+
 def page_plugin(config: Config, service: Chargebox):
     """Wrap a page: its response, or any error as a page in plain words."""
 
     def failed(status: int, message: str) -> bottle.HTTPResponse:
-        """An error page; a signed-in visitor keeps its menu and its way to sign out."""
-        try:
-            you = signed_in(service)
-        except ChargeboxError:
-            you = None
-        return error_page(status, message, you)
+        return failure_page(service, status, message)
 
     def bug(exc: BaseException) -> bottle.HTTPResponse:
         """Logged without trace, answered without detail."""
