@@ -75,6 +75,16 @@ class NotPending(ChargeboxError):
     code = "not_pending"
 
 
+class TooManyPendingRequests(ChargeboxError):
+    """A seller files a credit request while its cap of pending requests is reached.
+
+    A policy limit (`max_pending_requests`), not an invariant: nothing is filed, and
+    a slot frees when the admin approves or rejects one of the seller's requests.
+    """
+
+    code = "too_many_pending_requests"
+
+
 class PayloadTooLarge(ChargeboxError):
     """The request body is over the configured limit."""
 

@@ -55,7 +55,13 @@ class CreditRequest(BaseModel):
 
     class Meta:
         constraints = [Check("(status = 'pending') = (decided_at IS NULL)")]
-        indexes = ((("status", "id"), False), (("seller", "id"), False))
+        # (seller, status, id): the cap on a seller's pending requests counts only those,
+        # and the admin's queue filtered by seller reads them in order.
+        indexes = (
+            (("status", "id"), False),
+            (("seller", "id"), False),
+            (("seller", "status", "id"), False),
+        )
 
 
 class Phone(BaseModel):
@@ -192,8 +198,8 @@ class AdjustmentRecord(KeyedOutcome):
 
 
 class CreditRequestRecord(KeyedOutcome):
-    """A seller's key on a credit request: the request it filed (filing is never refused
-    once it starts, so the error columns stay empty)."""
+    """A seller's key on a credit request: the request it filed. A refusal is not final
+    (the cap on pending requests frees up), so it is not kept: the error columns stay empty."""
 
     request = ForeignKeyField(
         CreditRequest, column_name="request_id", null=True, unique=True, on_delete="RESTRICT"

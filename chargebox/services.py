@@ -19,6 +19,7 @@ from chargebox.config import Config
 from chargebox.errors import (
     ChargeboxError,
     NotFound,
+    TooManyPendingRequests,
     Unauthorized,
     ValidationError,
 )
@@ -135,11 +136,20 @@ class Chargebox:
 
         def file_request(created: str) -> dict:
             self.get_seller(seller_id)  # NotFound, not a foreign-key failure, for an unknown id
-            request_id = db.execute(
+            # One statement inside the write counts and files: racing requests cannot pass the cap.
+            cap = self.config.max_pending_requests
+            filed = db.rows(
                 "INSERT INTO credit_request (seller_id, amount, status, created_at) "
-                "VALUES (?, ?, 'pending', ?)",
-                (seller_id, amount, created),
-            ).lastrowid
+                "SELECT ?, ?, 'pending', ? WHERE (SELECT count(*) FROM credit_request"
+                " WHERE seller_id = ? AND status = 'pending') < ? RETURNING id",
+                (seller_id, amount, created, seller_id, cap),
+            )
+            if not filed:
+                raise TooManyPendingRequests(
+                    f"at most {cap:,} of your credit requests may wait for the admin at once;"
+                    " ask again when one is approved or rejected"
+                )
+            request_id = filed[0][0]
             return {
                 "id": request_id, "seller_id": seller_id, "amount": amount,
                 "status": "pending", "created_at": created, "decided_at": None,
@@ -179,6 +189,14 @@ class Chargebox:
         if status is not None and status not in STATUSES:
             raise ValidationError("status must be pending, approved or rejected", "status")
         return self._page(_REQUEST, page, seller_id=seller_id, status=status)
+
+    def pending_by_seller(self) -> list[dict]:
+        """How many credit requests wait for the admin, per seller that has any."""
+        return _dicts(
+            "SELECT seller.id AS seller_id, seller.name, count(*) AS pending"
+            " FROM credit_request JOIN seller ON seller.id = credit_request.seller_id"
+            " WHERE credit_request.status = 'pending' GROUP BY seller.id ORDER BY seller.id"
+        )
 
     # --- money -----------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import dataclasses
 import random
 import secrets
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -27,6 +28,8 @@ from stress.workers import Sale, WorkerResult, run_workers
 
 AMOUNTS = (1_000, 2_000, 5_000, 10_000, 20_000)
 MAX_CREDIT = 1_000_000_000
+# The server's default cap on a seller's pending credit requests (CHARGEBOX_MAX_PENDING_REQUESTS).
+PENDING_PER_SELLER = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,12 +134,15 @@ def setup_round(
         ids.append(reply.body["id"])
         tokens.append(reply.body["api_key"])
     credited = [0] * options.sellers
+    # Each credit is approved before its place is given back: never over the cap.
+    places = [threading.BoundedSemaphore(PENDING_PER_SELLER) for _ in range(options.sellers)]
 
     def file_and_approve(credit: tuple[int, int]) -> tuple[int, int]:
         seller, amount = credit
         own, boss = Client(url, tokens[seller]), Client(url, token)
-        filed = own.post("/api/credit-requests", {"amount": amount})
-        approved = boss.post(f"/api/credit-requests/{filed.body['id']}/approve")
+        with places[seller]:
+            filed = own.post("/api/credit-requests", {"amount": amount})
+            approved = boss.post(f"/api/credit-requests/{filed.body['id']}/approve")
         own.close()
         boss.close()
         if (filed.status, approved.status) != (201, 200):

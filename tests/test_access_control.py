@@ -16,6 +16,7 @@ import base64
 import json
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -139,17 +140,23 @@ def callers(sweep_server):
 
 
 @pytest.fixture
-def own_ids(callers) -> dict[str, int]:
-    """Fresh records of the owner for each test: its id, a pending request, a sale."""
+def own_ids(callers) -> Iterator[dict[str, int]]:
+    """Fresh records of the owner for each test: its id, a pending request, a sale.
+
+    The request is rejected afterwards (if the test left it pending), so that the owner
+    stays under its cap of pending requests (CHARGEBOX_MAX_PENDING_REQUESTS) all sweep long.
+    """
     owner = callers["owner"]
     request = owner.post("/api/credit-requests", {"amount": 5000})
     sale = owner.post("/api/sales", {"phone": "09121234567", "amount": 1000})
     assert request.status_code == 201 and sale.status_code == 201, (request.text, sale.text)
-    return {
+    yield {
         "seller": owner.seller_id,
         "pending_request": request.json()["id"],
         "sale": sale.json()["id"],
     }
+    for pending in callers["admin"].get("/api/credit-requests?status=pending").json()["items"]:
+        callers["admin"].post(f"/api/credit-requests/{pending['id']}/reject")
 
 
 def call(api: Api, route: tuple[str, str], ids: dict[str, int], headers=None, **kwargs):

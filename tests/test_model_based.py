@@ -38,7 +38,7 @@ from hypothesis.stateful import (
 
 from chargebox import db
 from chargebox.cli import prepare
-from chargebox.config import DEFAULT_MAX_AMOUNT, MAX_BALANCE, Config
+from chargebox.config import DEFAULT_MAX_AMOUNT, DEFAULT_MAX_PENDING_REQUESTS, MAX_BALANCE, Config
 from chargebox.errors import (
     BalanceLimitExceeded,
     ChargeboxError,
@@ -46,6 +46,7 @@ from chargebox.errors import (
     InsufficientCredit,
     NotFound,
     NotPending,
+    TooManyPendingRequests,
     ValidationError,
 )
 from chargebox.services import Chargebox
@@ -99,6 +100,7 @@ class Model:
     """What the books must say: every rule updates it only for what should have happened."""
 
     max_amount: int = DEFAULT_MAX_AMOUNT
+    max_pending: int = DEFAULT_MAX_PENDING_REQUESTS  # credit requests one seller may have waiting
     names: dict[int, str] = dataclasses.field(default_factory=dict)
     balances: dict[int, int] = dataclasses.field(default_factory=dict)
     requests: dict[int, tuple[int, int, str]] = dataclasses.field(default_factory=dict)
@@ -107,6 +109,13 @@ class Model:
     keys: dict[tuple[int, str], Keyed] = dataclasses.field(default_factory=dict)
     # (seller_id, kind, amount, balance_after, credit_request_id, sale_id, reason), oldest first
     ledger: list[tuple] = dataclasses.field(default_factory=list)
+
+    def request_error(self, seller_id: int, amount: object) -> type | None:
+        """Why a new credit request must be refused: its amount, then the seller's cap."""
+        waiting = [r for r in self.requests.values() if r[0] == seller_id and r[2] == "pending"]
+        if self.amount_error(amount):
+            return ValidationError
+        return TooManyPendingRequests if len(waiting) >= self.max_pending else None
 
     def amount_error(self, amount: object, signed: bool = False) -> type | None:
         if type(amount) is not int:
@@ -253,16 +262,24 @@ class ServiceMachine(RuleBasedStateMachine):
         self.frozen: list = []
         self.steps = 0
 
-    @initialize(max_amount=st.sampled_from([DEFAULT_MAX_AMOUNT, MAX_BALANCE]))
-    def open_a_fresh_database(self, max_amount):
-        # max_amount 10^15 lets a few credits reach the balance ceiling.
+    @initialize(
+        max_amount=st.sampled_from([DEFAULT_MAX_AMOUNT, MAX_BALANCE]),
+        max_pending=st.sampled_from([2, DEFAULT_MAX_PENDING_REQUESTS]),
+    )
+    def open_a_fresh_database(self, max_amount, max_pending):
+        # max_amount 10^15 lets a few credits reach the balance ceiling; a cap of 2 pending
+        # requests is reached often.
         self.config = Config(
-            db_path=self.directory / "model.db", admin_token=ADMIN_TOKEN, max_amount=max_amount
+            db_path=self.directory / "model.db",
+            admin_token=ADMIN_TOKEN,
+            max_amount=max_amount,
+            max_pending_requests=max_pending,
         )
         with contextlib.redirect_stderr(io.StringIO()):  # no "generated a secret" per example
             prepare(self.config)
         self.service = Chargebox(self.config)
         self.model.max_amount = max_amount
+        self.model.max_pending = max_pending
 
     def teardown(self) -> None:
         if self.service is not None:
@@ -280,7 +297,7 @@ class ServiceMachine(RuleBasedStateMachine):
 
     @rule(target=requests, seller=sellers, amount=AMOUNTS)
     def request_credit(self, seller, amount):
-        expected = self.model.amount_error(amount)
+        expected = self.model.request_error(seller, amount)
         created = attempt(expected, lambda: self.service.request_credit(seller, amount))
         if expected is not None:
             return multiple()
@@ -291,6 +308,31 @@ class ServiceMachine(RuleBasedStateMachine):
         )
         self.model.requests[created["id"]] = (seller, amount, "pending")
         return created["id"]
+
+    @rule(target=requests, seller=sellers, amount=st.integers(1, 1_000_000))
+    def request_credit_with_a_key_then_send_a_copy(self, seller, amount):
+        """The copy files nothing and gets the request, even if the cap is now reached;
+        a request refused by the cap is refused again, not replayed (the key is not used)."""
+        key, expected = f"ask-{self.steps}", self.model.request_error(seller, amount)
+
+        def send():
+            return self.service.request_credit_once(seller, amount, key)
+
+        first = attempt(expected, send)
+        if expected is not None:
+            again = attempt(expected, send)
+            assert not again.replayed and again.message == first.message
+            return multiple()
+        assert (first.record["seller_id"], first.record["amount"], first.replayed) == (
+            seller,
+            amount,
+            False,
+        )
+        self.model.requests[first.record["id"]] = (seller, amount, "pending")
+        again = self.service.request_credit_once(seller, amount, key)
+        assert (again.record, again.replayed) == (first.record, True)
+        RUNS["service"]["credit request replayed"] += 1
+        return first.record["id"]
 
     def _approve(self, request: int) -> None:
         seller, amount, status = self.model.requests[request]
@@ -654,6 +696,8 @@ SERVICE_OUTCOMES = (
     "sale replayed",
     "refusal replayed though now covered",
     *(error.__name__ for error in (InsufficientCredit, BalanceLimitExceeded, NotPending)),
+    TooManyPendingRequests.__name__,
+    "credit request replayed",
     *(error.__name__ for error in (IdempotencyKeyReused, ValidationError, NotFound)),
 )
 # A failing CI run needs room to shrink (Hypothesis stops shrinking after 5 minutes).

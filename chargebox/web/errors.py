@@ -28,6 +28,7 @@ STATUS = {
     errors.InsufficientCredit: 409,
     errors.BalanceLimitExceeded: 409,
     errors.NotPending: 409,
+    errors.TooManyPendingRequests: 409,
     errors.PayloadTooLarge: 413,
     errors.ValidationError: 422,
     errors.IdempotencyKeyReused: 422,

@@ -49,6 +49,7 @@ PLAIN = {
     "insufficient_credit": "Not enough credit: {message}.",
     "balance_limit_exceeded": "That would take the balance over the limit: {message}.",
     "unavailable": "The service is busy right now and nothing was changed. Try again.",
+    "too_many_pending_requests": "You cannot ask for more credit yet: {message}.",
     "idempotency_key_reused": "This form was already sent with other values. Check and send again.",
 }
 
