@@ -3,9 +3,12 @@
 Like the seller's pages (see `pages`), each form calls one use case and answers
 with a 303; a refusal is shown again beside the field. Only a session signed in
 with the admin token opens these pages; a seller's session gets a 403 page.
+Every pending request is reachable: the queue is counted, paged and filtered by seller.
 """
 
 from __future__ import annotations
+
+import urllib.parse
 
 import bottle
 
@@ -32,23 +35,54 @@ from chargebox.web.html import (
 ID = "<ident:re:[0-9]{1,18}>"
 ADMIN = "admin"
 SELLERS_PER_PAGE = 50
-PENDING_SHOWN = 100
+PENDING_PER_PAGE = 100
 DECIDED = {"approve": "approved", "reject": "rejected"}
+
+
+def queue_url(path: str, **params: int | None) -> str:
+    """`path` with the admin queue's view (seller filter, cursor) in its query string."""
+    query = urllib.parse.urlencode({name: v for name, v in params.items() if v})
+    return f"{path}?{query}" if query else path
 
 
 def install(pages: bottle.Bottle, site: Site) -> None:
     # --- the admin's pages -----------------------------------------------------------------
 
+    def pending_queue() -> dict:
+        """One page of the pending requests (of one seller with ?seller_id=), how many wait
+        per seller, and links that page on from ?pending_after=: every one is reachable."""
+        seller_id, after = query_id("seller_id"), query_id("pending_after") or 0
+        counts = site.service.pending_by_seller()
+        if seller_id and seller_id not in {row["seller_id"] for row in counts}:
+            shown = found(site.service.get_seller, seller_id)  # none waiting, or no such seller
+            counts.append({"seller_id": seller_id, "name": shown and shown["name"], "pending": 0})
+        page = Page(limit=PENDING_PER_PAGE + 1, after_id=after)  # one more: is there a next?
+        pending = site.service.list_credit_requests(page, seller_id=seller_id, status="pending")
+        names = {row["seller_id"]: row["name"] for row in counts}
+        for request in pending:  # filed after the counts were read
+            if request["seller_id"] not in names:
+                names[request["seller_id"]] = site.service.get_seller(request["seller_id"])["name"]
+
+        def link(cursor: int | None) -> str:
+            return queue_url("/admin", seller_id=seller_id, pending_after=cursor)
+
+        more, pending = len(pending) > PENDING_PER_PAGE, pending[:PENDING_PER_PAGE]
+        return {
+            "pending": pending,
+            "names": names,
+            "counts": counts,
+            "total": sum(row["pending"] for row in counts),
+            "of_seller": next((row for row in counts if row["seller_id"] == seller_id), None),
+            "first_url": link(None) if after else None,
+            "next_url": link(pending[-1]["id"]) if more else None,
+            "view": queue_url("", seller_id=seller_id, pending_after=after),
+        }
+
     def admin_page(
         you: Visitor, status: int = 200, create: Form | None = None, problem: str | None = None
     ) -> bottle.HTTPResponse:
-        pending = site.service.list_credit_requests(Page(limit=PENDING_SHOWN), status="pending")
         after_id = query_id("after_id") or 0
         sellers = site.service.list_sellers(Page(limit=SELLERS_PER_PAGE, after_id=after_id))
-        names = {}
-        for request in pending:
-            if request["seller_id"] not in names:
-                names[request["seller_id"]] = site.service.get_seller(request["seller_id"])["name"]
         notice = None
         if status == 200:  # a notice says what the last form did; a refused one did nothing
             for word in DECIDED.values():
@@ -63,9 +97,9 @@ def install(pages: bottle.Bottle, site: Site) -> None:
             status,
             title="Admin",
             visitor=you,
-            pending=pending,
-            pending_limit=PENDING_SHOWN,
-            names=names,
+            per_page=PENDING_PER_PAGE,
+            isolate=isolate,
+            **pending_queue(),
             sellers=sellers,
             after_id=after_id,
             next_after=sellers[-1]["id"] if len(sellers) == SELLERS_PER_PAGE else None,
@@ -90,7 +124,9 @@ def install(pages: bottle.Bottle, site: Site) -> None:
             act(int(ident))
         except ChargeboxError as exc:
             return admin_page(you, status_of(exc), problem=plain(exc))
-        return redirect(f"/admin?{DECIDED[decision]}={ident}")
+        # Back to the same view of the queue (its seller filter and page), with the notice.
+        view = {"seller_id": query_id("seller_id"), "pending_after": query_id("pending_after")}
+        return redirect(queue_url("/admin", **{DECIDED[decision]: int(ident), **view}))
 
     @pages.post("/admin/sellers")
     def create_seller():

@@ -4,6 +4,23 @@
 % end
 <section class="card">
   <h1>Pending credit requests</h1>
+  <p id="pending-summary"><strong id="pending-total">{{f"{total:,}"}}</strong> waiting in all.
+  % if of_seller:
+    <strong id="pending-of-seller">{{f"{of_seller['pending']:,}"}}</strong> from <bdi>{{of_seller['name'] or 'no such seller'}}</bdi> #{{of_seller['seller_id']}}.
+  % end
+  </p>
+  % if counts:
+  <form method="get" action="/admin" class="filter" id="pending-filter">
+    <label for="pending-seller">Seller</label>
+    <select id="pending-seller" name="seller_id">
+      <option value="">All sellers ({{f"{total:,}"}})</option>
+      % for row in counts:
+      <option value="{{row['seller_id']}}"{{!' selected' if of_seller is row else ''}}>{{isolate(row['name'] or 'no such seller')}} #{{row['seller_id']}} ({{f"{row['pending']:,}"}})</option>
+      % end
+    </select>
+    <button type="submit" class="quiet" id="pending-filter-button">Show</button>
+  </form>
+  % end
   % if pending:
   <div class="scroll">
   <table class="list stack requests" id="pending">
@@ -16,11 +33,11 @@
         <td class="num amount">{{f"{request['amount']:,}"}}</td>
         <td class="when">{{when(request['created_at'])}}</td>
         <td class="actions">
-          <form method="post" action="/admin/credit-requests/{{request['id']}}/approve" class="inline" data-once>
+          <form method="post" action="/admin/credit-requests/{{request['id']}}/approve{{view}}" class="inline" data-once>
             <input type="hidden" name="csrf" value="{{visitor.csrf}}">
             <button type="submit" class="good" id="approve-{{request['id']}}">Approve</button>
           </form>
-          <form method="post" action="/admin/credit-requests/{{request['id']}}/reject" class="inline" data-once>
+          <form method="post" action="/admin/credit-requests/{{request['id']}}/reject{{view}}" class="inline" data-once>
             <input type="hidden" name="csrf" value="{{visitor.csrf}}">
             <button type="submit" class="bad" id="reject-{{request['id']}}">Reject</button>
           </form>
@@ -30,11 +47,18 @@
     </tbody>
   </table>
   </div>
-  % if len(pending) == pending_limit:
-  <p class="muted">The oldest {{pending_limit}} are shown; decide them to see the rest.</p>
-  % end
   % else:
-  <p class="empty" id="no-pending">No credit request is waiting.</p>
+  <p class="empty" id="no-pending">No credit request is waiting{{' here' if first_url or of_seller else ''}}.</p>
+  % end
+  % if first_url or next_url:
+  <p class="pager">
+    % if first_url:
+    <a href="{{first_url}}" id="first-pending">Oldest requests</a>
+    % end
+    % if next_url:
+    <a href="{{next_url}}" id="next-pending">Next {{per_page}} requests</a>
+    % end
+  </p>
   % end
 </section>
 
