@@ -17,6 +17,7 @@ import chargebox
 from chargebox.config import DEFAULT_MAX_AMOUNT, Config
 from chargebox.services import DEFAULT_LIMIT, MAX_LIMIT
 from chargebox.web import create_app
+from chargebox.web.errors import STATUS
 from tests.support import Api, new_seller
 
 DOC = json.loads((Path(chargebox.__file__).parent / "openapi.json").read_text("utf-8"))
@@ -99,6 +100,17 @@ def test_every_error_answer_is_documented_with_the_error_schema():
             if int(status) >= 400:
                 schema = response["content"]["application/json"]["schema"]
                 assert {"$ref": "#/components/schemas/Error"} in schema["allOf"], (key, status)
+
+
+def test_every_error_of_the_code_is_documented_with_its_status():
+    """Each class of the error table (web/errors.py STATUS) has its code in the Error
+    schema and a row with its status in the README's error table."""
+    readme = (Path(chargebox.__file__).parent.parent / "README.md").read_text("utf-8")
+    rows = set(re.findall(r"^\| (\d{3}) \| `(\w+)` \|", readme, re.MULTILINE))
+    enum = DOC["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]
+    for error, status in STATUS.items():
+        assert error.code in enum["enum"], error
+        assert (str(status), error.code) in rows, error
 
 
 def test_documented_limits_match_the_code_defaults():
