@@ -43,6 +43,10 @@ SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
 DEFAULT_SYNCHRONOUS = "NORMAL"
 ADMIN_TOKEN_FILE = "admin_token"
 LEDGER_KEY_FILE = "ledger_key"
+# Shorter admin tokens and ledger keys are refused. Generated ones have 43 characters
+# (32 random bytes, base64); 32 characters still carry 128 bits when written in hex.
+MIN_SECRET_LENGTH = 32
+MAX_PORT = 65535
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +71,8 @@ class Config:
     group_commit: bool = True
 
     def __post_init__(self) -> None:
+        if not 0 <= self.port <= MAX_PORT:
+            raise ValueError(f"--port {self.port}: must be 0 (any free port) to {MAX_PORT}")
         if self.synchronous not in SYNCHRONOUS_LEVELS:
             raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_LEVELS)}")
         if not 1 <= self.max_amount <= MAX_BALANCE:
@@ -108,7 +114,8 @@ def env_defaults(environ: Mapping[str, str] = os.environ) -> dict:
     if environ.get("CHARGEBOX_DB"):
         values["db_path"] = Path(environ["CHARGEBOX_DB"])
     if environ.get("CHARGEBOX_ADMIN_TOKEN"):
-        values["admin_token"] = environ["CHARGEBOX_ADMIN_TOKEN"]
+        token = environ["CHARGEBOX_ADMIN_TOKEN"]
+        values["admin_token"] = checked_admin_token(token, "CHARGEBOX_ADMIN_TOKEN")
     if environ.get("CHARGEBOX_LEDGER_KEY"):
         values["ledger_key"] = environ["CHARGEBOX_LEDGER_KEY"]
     numeric = {
@@ -126,10 +133,42 @@ def env_defaults(environ: Mapping[str, str] = os.environ) -> dict:
         if environ.get(name):
             values[field] = _positive_int(name, environ[name])
     if environ.get("CHARGEBOX_GROUP_COMMIT"):
-        values["group_commit"] = environ["CHARGEBOX_GROUP_COMMIT"].lower() not in ("0", "no", "off")
+        values["group_commit"] = _on_or_off("CHARGEBOX_GROUP_COMMIT", environ)
     if environ.get("CHARGEBOX_SYNCHRONOUS"):
-        values["synchronous"] = environ["CHARGEBOX_SYNCHRONOUS"].upper()
+        level = environ["CHARGEBOX_SYNCHRONOUS"]
+        if level.upper() not in SYNCHRONOUS_LEVELS:
+            choices = ", ".join(SYNCHRONOUS_LEVELS)
+            raise ValueError(f"CHARGEBOX_SYNCHRONOUS must be one of {choices}, not {level!r}")
+        values["synchronous"] = level.upper()
     return values
+
+
+def checked_admin_token(token: str, source: str) -> str:
+    """`token` if an operator may use it: MIN_SECRET_LENGTH visible ASCII characters or more.
+
+    Visible ASCII because it travels in an HTTP header (and is typed into a form).
+    """
+    if len(token) < MIN_SECRET_LENGTH:
+        raise ValueError(
+            f"{source}: an admin token needs at least {MIN_SECRET_LENGTH} characters, not "
+            f"{len(token)} (leave it unset to have one generated)"
+        )
+    if not all("!" <= char <= "~" for char in token):
+        raise ValueError(
+            f"{source}: an admin token may hold only visible ASCII characters (no spaces)"
+        )
+    return token
+
+
+_SWITCHES = {"1": True, "true": True, "yes": True, "on": True,
+             "0": False, "false": False, "no": False, "off": False}  # fmt: skip
+
+
+def _on_or_off(name: str, environ: Mapping[str, str]) -> bool:
+    text = environ[name]
+    if text.lower() not in _SWITCHES:
+        raise ValueError(f"{name} must be 1/0, true/false, yes/no or on/off, not {text!r}")
+    return _SWITCHES[text.lower()]
 
 
 def _positive_int(name: str, text: str) -> int:

@@ -21,7 +21,7 @@ import requests
 from stress import server
 from stress.server import ROOT, cli_audit  # noqa: F401 - re-exported for the tests
 
-ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN_TOKEN = "test-admin-token-0123456789abcdefghij"  # 36: at least 32 (config.py)
 
 
 class Api:
