@@ -1,9 +1,10 @@
 """The `chargebox` command (and `python run.py`): serve, init-db, create-seller, audit.
 
 Owns process start-up: it builds the one Config from argv and the environment,
-opens the database, creates the schema under a file lock, finds or makes the
-admin token, and hands over to `server`. Tokens are written to a file, never
-to a log; only a new seller's key is printed, once, because that is the point.
+checks where the database lives, opens it, settles the ledger key against the
+seals already made, creates the schema under a file lock, finds or makes the
+admin token, and hands over to `server`. A mistake is one line and exit 2.
+Tokens are written to a file, never to a log; only a new seller's key is printed.
 """
 
 from __future__ import annotations
@@ -16,9 +17,16 @@ import os
 import sys
 from pathlib import Path
 
-from chargebox import auth, db
-from chargebox.config import SYNCHRONOUS_LEVELS, Config, env_defaults
+from chargebox import auth, db, seals
+from chargebox.config import (
+    MIN_SECRET_LENGTH,
+    SYNCHRONOUS_LEVELS,
+    Config,
+    checked_admin_token,
+    env_defaults,
+)
 from chargebox.errors import ChargeboxError
+from chargebox.location import check_database_path
 from chargebox.models import ALL_MODELS
 from chargebox.services import Chargebox
 
@@ -75,17 +83,58 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 def prepare(config: Config) -> Config:
-    """Open the database, create the schema if needed, and settle the admin token and ledger key."""
+    """Check the database's place, settle the admin token, open the database, settle the
+    ledger key and create the schema if needed. A refusal (ValueError) comes before any write.
+    """
+    check_database_path(config.db_path)
+    token = config.admin_token or checked_admin_token(
+        _stored_secret(config.admin_token_path, "an admin token", "CHARGEBOX_ADMIN_TOKEN"),
+        str(config.admin_token_path),
+    )
     db.open_database(config)
-    db.ensure_schema(config, ALL_MODELS)
-    token = config.admin_token or _stored_secret(
-        config.admin_token_path, "an admin token", "CHARGEBOX_ADMIN_TOKEN"
-    )
-    key = config.ledger_key or _stored_secret(
-        config.ledger_key_path, "a ledger key", "CHARGEBOX_LEDGER_KEY"
-    )
-    db.use_ledger_key(key)
+    with db.startup_lock(config):  # one start-up at a time: the key check sees a settled file
+        key = _ledger_key(config)
+        db.use_ledger_key(key)
+        db.ensure_schema(config, ALL_MODELS)
     return config.with_secrets(token, key)
+
+
+def _ledger_key(config: Config) -> str:
+    """The ledger key, refused unless it verifies the newest seals already made.
+
+    A key is never generated for a database that holds seals: with a new key every
+    seal would look forged, so a lost key file must be restored from the backup.
+    A short key is refused, unless it is the one that already sealed this ledger.
+    """
+    path = config.ledger_key_path
+    source = "CHARGEBOX_LEDGER_KEY" if config.ledger_key else str(path)
+    sealed = seals.sealed()
+    if not config.ledger_key and not path.exists() and sealed:
+        raise ValueError(
+            f"--db {config.db_path}: the ledger is sealed but its key file {path} is missing: "
+            "restore it from the backup of this database (or set CHARGEBOX_LEDGER_KEY); "
+            "a new key would make every seal look forged"
+        )
+    key = config.ledger_key or _stored_secret(path, "a ledger key", "CHARGEBOX_LEDGER_KEY")
+    checked, verified = seals.key_check(key.encode("utf-8")) if sealed else (0, 0)
+    if checked and not verified:
+        raise ValueError(
+            f"--db {config.db_path}: {source} {seals.wrong_key(checked)}; restore that key "
+            "from the backup of this database (a ledger key must never change)"
+        )
+    if len(key) < MIN_SECRET_LENGTH and not verified:
+        raise ValueError(
+            f"{source}: a ledger key needs at least {MIN_SECRET_LENGTH} characters, not {len(key)}"
+        )
+    if len(key) < MIN_SECRET_LENGTH:
+        print(f"chargebox: warning: {source} is short, but it sealed this ledger", file=sys.stderr)
+    if verified < checked:
+        print(
+            f"chargebox: warning: {checked - verified} of the {checked} newest sealed heads do "
+            "not verify: run `chargebox audit`",
+            file=sys.stderr,
+        )
+    return key
 
 
 def _stored_secret(path: Path, what: str, variable: str) -> str:
@@ -127,6 +176,7 @@ def _audit(config: Config, as_json: bool) -> int:
     if not config.db_path.exists():
         print(f"chargebox audit: no database at {config.db_path}", file=sys.stderr)
         return 2
+    check_database_path(config.db_path, writing=False)
     db.open_database(config)
     path = config.ledger_key_path
     db.use_ledger_key(config.ledger_key or (path.read_text().strip() if path.exists() else None))

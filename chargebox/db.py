@@ -73,9 +73,17 @@ def close_database() -> None:
         database.close()
 
 
+def startup_lock(config: Config) -> FileLock:
+    """The lock that processes starting on one database take in turn (schema, ledger key).
+
+    One instance per file in this process, so that it may be taken again inside itself.
+    """
+    return FileLock(str(config.db_path) + ".lock", timeout=60, is_singleton=True)
+
+
 def ensure_schema(config: Config, models: Sequence[type[peewee.Model]]) -> None:
     """Create tables, indexes and triggers if missing; safe when processes start together."""
-    with FileLock(str(config.db_path) + ".lock", timeout=60):
+    with startup_lock(config):
         conn = database.connection()
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":

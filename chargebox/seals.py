@@ -5,7 +5,8 @@ database file can drop them and forge rows whose sums all agree. Each entry's
 seal is HMAC(key, previous seal + the entry), and each seller's head seals its
 newest entry, its count and its balance, so an edit, insertion, reordering or
 deletion (the newest entry included) breaks a seal that only the key can remake.
-The key lives outside the database file. Here: the arithmetic and the check.
+The key lives outside the database file. Here: the arithmetic, the check, and
+the quick test at start-up that a key is the one that sealed this ledger.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import json
 from chargebox import db
 
 GENESIS = "0" * 64
+# Start-up checks the sealed heads of the sellers of this many newest entries.
+NEWEST_ENTRIES = 100
 # What a seal covers, in this order; `phone` is the sale's number for sale entries.
 ENTRY_COLUMNS = ("id", "seller_id", "kind", "amount", "balance_after", "credit_request_id",
                  "sale_id", "reason", "created_at", "phone")  # fmt: skip
@@ -38,8 +41,48 @@ def head_mac(key: bytes, seller_id: int, entry_id: int, entries: int, mac: str,
     return _mac(key, "head", seller_id, entry_id, entries, mac, balance_after)
 
 
+def sealed() -> bool:
+    """Whether the open database already holds seals (read only; no schema needed)."""
+    tables = db.rows(
+        "SELECT name FROM sqlite_master WHERE type = 'table' "
+        "AND name IN ('ledger_seal', 'seller_head') ORDER BY name"
+    )
+    return any(db.rows(f"SELECT 1 FROM {name} LIMIT 1") for (name,) in tables)
+
+
+def key_check(key: bytes) -> tuple[int, int]:
+    """(heads checked, heads `key` verifies), for the sellers of the newest ledger entries.
+
+    Cheap at any size: the newest entries and then each head are read by primary key,
+    never the ledger. The key that sealed the ledger verifies every untouched head;
+    any other key verifies none.
+    """
+    heads = db.rows(
+        "SELECT h.seller_id, h.entry_id, h.entries, h.entry_mac, h.mac, l.balance_after"
+        " FROM seller_head h JOIN ledger_entry l ON l.id = h.entry_id"
+        " WHERE h.seller_id IN (SELECT seller_id FROM ledger_entry ORDER BY id DESC LIMIT ?)",
+        (NEWEST_ENTRIES,),
+    )
+    verified = sum(
+        hmac.compare_digest(mac, head_mac(key, seller_id, entry_id, entries, entry_mac, balance))
+        for seller_id, entry_id, entries, entry_mac, mac, balance in heads
+    )
+    return len(heads), verified
+
+
+def wrong_key(checked: int) -> str:
+    """Why a key that verifies none of `checked` heads is refused (see key_check)."""
+    return (
+        "is not the key that sealed this ledger: it verifies none of its newest sealed heads "
+        f"({checked} tried)"
+    )
+
+
 def problems(key: bytes | None) -> list[dict]:
-    """Every seller's first broken seal, a head that does not match, and stray seals."""
+    """Every seller's first broken seal, a head that does not match, and stray seals.
+
+    A key that verifies none of the newest heads is one problem, not one per seller.
+    """
     if key is None:
         return [
             _problem(
@@ -47,6 +90,16 @@ def problems(key: bytes | None) -> list[dict]:
                 None,
                 "no ledger key: the seals cannot be checked (set "
                 "CHARGEBOX_LEDGER_KEY or keep the ledger_key file beside the database)",
+            )
+        ]
+    checked, verified = key_check(key)
+    if checked and not verified:
+        return [
+            _problem(
+                None,
+                None,
+                f"the ledger key {wrong_key(checked)}; only that key can check the seals "
+                "(if this is it, every head tried was forged)",
             )
         ]
     found: list[dict] = []

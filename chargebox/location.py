@@ -1,0 +1,86 @@
+"""Where a database may live: checked once, at start-up, before anything is created.
+
+A database needs a directory on a real file system where files can be made:
+SQLite adds -wal and -shm files beside it, chargebox its lock and key files.
+Each mistake is refused here in one line naming --db, instead of surfacing later
+as a traceback or as a lock that waits forever. It probes rather than guesses
+from the path; only the kernel's own file systems are known by name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+# The kernel's views of itself: files can sometimes be made there, but they are not storage.
+VIRTUAL_FILESYSTEMS = frozenset({"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2",
+                                 "debugfs", "tracefs", "securityfs", "configfs", "pstore", "bpf",
+                                 "efivarfs"})  # fmt: skip
+MOUNT_TABLE = Path("/proc/self/mounts")
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database
+
+
+def check_database_path(path: Path, writing: bool = True) -> None:
+    """Refuse a database path chargebox cannot use: ValueError("--db PATH: why").
+
+    Creates the missing directories, as start-up would. An existing file must be an
+    SQLite database, and open for writing if `writing` (the audit only reads it).
+    """
+    where = f"--db {path}"
+    if os.path.isdir(path):
+        raise ValueError(f"{where}: is a directory; name a file inside it")
+    nearest = _nearest_existing(path.absolute().parent)
+    if not os.path.isdir(nearest):
+        raise ValueError(f"{where}: {nearest} is a file, not a directory")
+    kind = filesystem_type(nearest)
+    if kind in VIRTUAL_FILESYSTEMS:
+        raise ValueError(f"{where}: {nearest} is on {kind}, a view of the kernel, not storage")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot create {path.parent} ({exc.strerror})") from None
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".chargebox-probe-"):
+            pass
+    except OSError as exc:
+        raise ValueError(
+            f"{where}: cannot create files in {path.parent} ({exc.strerror})"
+        ) from None
+    if not os.path.exists(path):
+        return
+    if not os.path.isfile(path):
+        raise ValueError(f"{where}: is not a regular file")
+    try:
+        with open(path, "r+b" if writing else "rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        doing = "write" if writing else "read"
+        raise ValueError(f"{where}: cannot {doing} the database file ({exc.strerror})") from None
+    if header and header != SQLITE_HEADER:
+        raise ValueError(f"{where}: is not an SQLite database (a wrong path?)")
+
+
+def filesystem_type(directory: Path) -> str | None:
+    """The type of the file system holding `directory`, from the mount table; None if unknown."""
+    try:
+        table = MOUNT_TABLE.read_text()
+        target = directory.resolve()
+    except OSError:  # not Linux, or no /proc: the probes above still run
+        return None
+    found, depth = None, -1
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1]))
+        if (point == target or point in target.parents) and len(point.parts) >= depth:
+            found, depth = fields[2], len(point.parts)  # the deepest, latest mount wins
+    return found
+
+
+def _nearest_existing(directory: Path) -> Path:
+    while not os.path.exists(directory) and directory != directory.parent:
+        directory = directory.parent
+    return directory

@@ -1,0 +1,254 @@
+"""Start-up mistakes an operator makes: one line naming the setting, exit 2, at once.
+
+Each case runs the real command in a subprocess (no server is expected to come
+up) and checks what an operator sees: exit status 2, exactly one line on stderr,
+no traceback, the setting named. The subprocess timeout bounds "at once": before
+the fix a database under /proc waited 60 s for a lock file that cannot exist.
+As root, chmod stops nobody; "unwritable" is `chattr +i` and a read-only mount.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chargebox.config import env_defaults
+from tests.support import ROOT
+
+BOUND = 15  # seconds; a refusal slower than this is a hang
+TOKEN = "a-long-enough-admin-token-0123456789"  # 36 characters
+WRITERS = (("serve", "--port", "0"), ("init-db",), ("create-seller", "Ali"))
+
+
+def chargebox(*args: str, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CHARGEBOX_")}
+    environ.update({"CHARGEBOX_ADMIN_TOKEN": TOKEN, **env})
+    return subprocess.run(
+        [sys.executable, "-m", "chargebox.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=BOUND,
+        env=environ,
+    )
+
+
+def assert_refused(result: subprocess.CompletedProcess, *names: str) -> str:
+    """Exit 2, one line on stderr and no traceback, naming each of `names`; the line."""
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("chargebox: "), lines
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    return lines[0]
+
+
+def run(*command: str) -> None:
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, f"`{' '.join(command)}` failed (needs root): {done.stderr}"
+
+
+@contextlib.contextmanager
+def immutable(path: Path):
+    """chattr +i: nothing can be created or removed in it, even by root."""
+    run("chattr", "+i", str(path))
+    try:
+        yield
+    finally:
+        run("chattr", "-i", str(path))
+
+
+@contextlib.contextmanager
+def read_only_mount(where: Path):
+    """A small tmpfs at `where`, remounted read-only for the block."""
+    where.mkdir()
+    run("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where))
+    try:
+        yield
+    finally:
+        run("umount", str(where))
+
+
+# --- ports and addresses (the socket is bound by server.listen) -------------------------
+
+
+def initialised(tmp_path: Path) -> Path:
+    """A ready database, so that `serve` has nothing to say before it binds."""
+    db_path = tmp_path / "cb.db"
+    assert chargebox("init-db", "--db", str(db_path)).returncode == 0
+    return db_path
+
+
+def test_a_port_in_use_is_one_line_naming_the_port(tmp_path):
+    db_path = initialised(tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = chargebox("serve", "--db", str(db_path), "--port", str(port))
+    assert_refused(result, "--port", str(port))
+
+
+@pytest.mark.parametrize("host", ["203.0.113.1", "256.1.1.1", "nosuch.invalid"])
+def test_an_address_that_cannot_be_bound_is_one_line_naming_the_host(tmp_path, host):
+    db_path = initialised(tmp_path)
+    result = chargebox("serve", "--db", str(db_path), "--host", host, "--port", "0")
+    assert_refused(result, "--host", host)
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-1"])
+def test_a_port_out_of_range_is_refused_instead_of_wrapped(tmp_path, port):
+    result = chargebox("serve", "--db", str(tmp_path / "cb.db"), "--port", port)
+    assert_refused(result, f"--port {port}")
+    assert not (tmp_path / "cb.db").exists()
+
+
+# --- where the database lives -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", WRITERS, ids=lambda c: c[0])
+def test_a_database_path_under_a_file_is_one_line_naming_db(tmp_path, command):
+    (tmp_path / "plain-file").write_text("not a directory\n")
+    db_path = tmp_path / "plain-file" / "sub" / "cb.db"
+    line = assert_refused(chargebox(*command, "--db", str(db_path)), f"--db {db_path}")
+    assert "not a directory" in line
+
+
+@pytest.mark.parametrize("command", WRITERS, ids=lambda c: c[0])
+def test_a_directory_given_as_the_database_is_one_line(tmp_path, command):
+    assert_refused(chargebox(*command, "--db", str(tmp_path)), f"--db {tmp_path}")
+
+
+@pytest.mark.parametrize("command", WRITERS, ids=lambda c: c[0])
+@pytest.mark.parametrize("path", ["/proc/self/chargebox.db", "/proc/chargebox-test/x.db",
+                                  "/sys/chargebox-test.db"])  # fmt: skip
+def test_a_database_under_proc_or_sys_is_refused_at_once(command, path):
+    line = assert_refused(chargebox(*command, "--db", path), f"--db {path}")
+    assert "not storage" in line
+
+
+def test_a_database_under_dev_is_refused_and_nothing_is_left_there():
+    folder = Path(f"/dev/chargebox-test-{os.getpid()}")
+    try:
+        result = chargebox("init-db", "--db", str(folder / "cb.db"))
+        assert_refused(result, f"--db {folder / 'cb.db'}", "devtmpfs")
+        assert not folder.exists()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # only if the refusal failed
+
+
+@pytest.mark.parametrize("command", WRITERS, ids=lambda c: c[0])
+def test_a_directory_where_no_file_can_be_created_is_one_line_naming_db(tmp_path, command):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    for db_path in (locked / "cb.db", locked / "missing" / "cb.db"):
+        with immutable(locked):
+            line = assert_refused(chargebox(*command, "--db", str(db_path)), f"--db {db_path}")
+        assert "Operation not permitted" in line
+    assert list(locked.iterdir()) == []
+
+
+def test_audit_of_a_database_in_a_directory_where_no_file_can_be_created_names_db(tmp_path):
+    """Reading a WAL database needs its -shm file beside it: say so, not 'busy, retry'."""
+    folder = tmp_path / "locked"
+    db_path = folder / "cb.db"
+    assert chargebox("init-db", "--db", str(db_path)).returncode == 0
+    with immutable(folder):
+        line = assert_refused(chargebox("audit", "--db", str(db_path)), f"--db {db_path}")
+    assert "cannot create files" in line
+
+
+@pytest.mark.parametrize("command", WRITERS, ids=lambda c: c[0])
+def test_a_database_on_a_read_only_file_system_is_one_line_naming_db(tmp_path, command):
+    mount = tmp_path / "mnt"
+    with read_only_mount(mount):
+        assert chargebox("init-db", "--db", str(mount / "cb.db")).returncode == 0
+        run("mount", "-o", "remount,ro", str(mount))
+        result = chargebox(*command, "--db", str(mount / "cb.db"))
+    assert "Read-only file system" in assert_refused(result, f"--db {mount / 'cb.db'}")
+
+
+def test_a_database_file_that_cannot_be_written_is_one_line_naming_db(tmp_path):
+    db_path = tmp_path / "cb.db"
+    assert chargebox("init-db", "--db", str(db_path)).returncode == 0
+    with immutable(db_path):
+        result = chargebox("create-seller", "Ali", "--db", str(db_path))
+    assert "cannot write the database file" in assert_refused(result, f"--db {db_path}")
+
+
+@pytest.mark.parametrize("command", [*WRITERS, ("audit",)], ids=lambda c: c[0])
+def test_a_file_that_is_not_a_database_is_one_line_naming_db(tmp_path, command):
+    db_path = tmp_path / "notes.txt"
+    db_path.write_text("these are not the books\n" * 100)
+    before = db_path.read_bytes()
+    line = assert_refused(chargebox(*command, "--db", str(db_path)), f"--db {db_path}")
+    assert "not an SQLite database" in line and db_path.read_bytes() == before
+
+
+# --- settings from the environment ------------------------------------------------------
+
+
+def test_group_commit_takes_the_usual_spellings_of_on_and_off():
+    spellings = {"1": True, "true": True, "Yes": True, "ON": True,
+                 "0": False, "false": False, "FALSE": False, "no": False, "Off": False}  # fmt: skip
+    read = {text: env_defaults({"CHARGEBOX_GROUP_COMMIT": text})["group_commit"]
+            for text in spellings}  # fmt: skip
+    assert read == spellings
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CHARGEBOX_GROUP_COMMIT", "maybe"),
+        ("CHARGEBOX_GROUP_COMMIT", "disabled"),
+        ("CHARGEBOX_SYNCHRONOUS", "normall"),
+        ("CHARGEBOX_SYNCHRONOUS", " FULL"),
+    ],
+)
+def test_an_unknown_spelling_of_a_setting_is_one_line_naming_it(tmp_path, name, value):
+    result = chargebox("init-db", "--db", str(tmp_path / "cb.db"), **{name: value})
+    assert_refused(result, name, repr(value))
+    assert not (tmp_path / "cb.db").exists()
+
+
+@pytest.mark.parametrize("command", WRITERS, ids=lambda c: c[0])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CHARGEBOX_ADMIN_TOKEN", "abcde"),
+        ("CHARGEBOX_ADMIN_TOKEN", "a token with spaces in it, 36 chars"),
+        ("CHARGEBOX_LEDGER_KEY", "k"),
+    ],
+    ids=["token-5", "token-spaces", "key-1"],
+)
+def test_a_short_admin_token_or_ledger_key_is_refused_in_one_line(tmp_path, command, name, value):
+    result = chargebox(*command, "--db", str(tmp_path / "cb.db"), **{name: value})
+    assert_refused(result, name)
+    assert not (tmp_path / "ledger_key").exists()
+    assert not (tmp_path / "admin_token").exists()
+
+
+def test_a_short_admin_token_written_into_its_file_is_refused_naming_the_file(tmp_path):
+    (tmp_path / "admin_token").write_text("hunter2\n")
+    result = chargebox("init-db", "--db", str(tmp_path / "cb.db"), CHARGEBOX_ADMIN_TOKEN="")
+    assert_refused(result, str(tmp_path / "admin_token"), "32")
+
+
+def test_admin_tokens_and_ledger_keys_need_32_characters_and_31_are_refused(tmp_path):
+    db_path = str(tmp_path / "cb.db")
+    for name, char in (("CHARGEBOX_ADMIN_TOKEN", "t"), ("CHARGEBOX_LEDGER_KEY", "ک")):
+        assert_refused(chargebox("init-db", "--db", db_path, **{name: char * 31}), name, "32")
+    accepted = chargebox(
+        "init-db",
+        "--db",
+        db_path,
+        CHARGEBOX_ADMIN_TOKEN="t" * 32,
+        CHARGEBOX_LEDGER_KEY="ک" * 32,  # any characters: a ledger key is only ever hashed
+    )
+    assert accepted.returncode == 0, accepted.stderr
