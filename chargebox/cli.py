@@ -156,12 +156,18 @@ def _stored_secret(path: Path, what: str, variable: str) -> str:
 
 
 def _serve(config: Config) -> int:
-    from chargebox.server import serve  # waitress is needed only here
+    from chargebox.connections import listen  # waitress is needed only here
+    from chargebox.server import serve
 
-    config = prepare(config)
+    listener = listen(config)  # a taken port is refused before any file is made
+    try:
+        config = prepare(config)
+    except BaseException:
+        listener.close()
+        raise
     if not os.environ.get("CHARGEBOX_ADMIN_TOKEN"):
         print(f"chargebox: admin token is in {config.admin_token_path}", file=sys.stderr)
-    return serve(config, announce=lambda line: print(line, flush=True))
+    return serve(config, announce=lambda line: print(line, flush=True), listener=listener)
 
 
 def _create_seller(config: Config, name: str) -> int:

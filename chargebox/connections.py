@@ -203,7 +203,8 @@ def listen(config: Config) -> socket.socket:
         )[0]
         return socket.create_server(address, family=family, backlog=1024)
     except OSError as exc:
-        reason = exc.strerror or str(exc)
+        # create_server() appends "(while attempting to bind on address ...)": said above.
+        reason = (exc.strerror or str(exc)).split(" (while attempting")[0]
         raise ValueError(f"cannot listen on {where} (--host/--port): {reason}") from None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import time
 
 from waitress import wasyncore
@@ -47,12 +48,13 @@ def _announcement(config: Config, host: str, port: int) -> str:
     )
 
 
-def serve(config: Config, announce=print) -> int:
+def serve(config: Config, announce=print, listener: socket.socket | None = None) -> int:
     """Serve until SIGTERM/SIGINT; return the exit status (0 after a clean stop).
 
-    A host or port that cannot be had is a ValueError of one line, before anything runs.
+    `listener` is the bound socket (cli binds it before it touches the database);
+    without one, a host or port that cannot be had is a one-line ValueError here.
     """
-    listener = listen(config)
+    listener = listener or listen(config)
     if config.processes > 1:
         return _serve_processes(config, listener, announce)
     server = build_server(create_app(config), config, listener)

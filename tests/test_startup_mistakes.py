@@ -95,6 +95,16 @@ def test_a_port_in_use_is_one_line_naming_the_port(tmp_path):
     assert_refused(result, "--port", str(port))
 
 
+def test_a_port_in_use_is_refused_before_any_file_is_made(tmp_path):
+    """The port is bound first: a mistake in it leaves no database, token or key behind."""
+    data = tmp_path / "fresh"
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = chargebox("serve", "--db", str(data / "chargebox.db"), "--port", str(port))
+    assert_refused(result, "--port", str(port))
+    assert not data.exists()
+
+
 @pytest.mark.parametrize("host", ["203.0.113.1", "256.1.1.1", "nosuch.invalid"])
 def test_an_address_that_cannot_be_bound_is_one_line_naming_the_host(tmp_path, host):
     db_path = initialised(tmp_path)
