@@ -25,9 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from chargebox.config import DEFAULT_SYNCHRONOUS, MAX_BALANCE, SYNCHRONOUS_LEVELS
+from chargebox.process import ServerProcess
 from stress import report
 from stress.client import Client
-from stress.server import ServerProcess
 from stress.verify import Expected, verify
 
 AMOUNT = 1_000  # toman per sale
@@ -459,7 +459,8 @@ def start_servers(db_path: Path, token: str, options: Options) -> list[ServerPro
         "CHARGEBOX_SYNCHRONOUS": options.synchronous,
         "CHARGEBOX_PROCESSES": str(options.server_procs),
     }
-    return [ServerProcess(db_path, token, options.server_threads, env=env).start()]
+    server = ServerProcess(db_path, token, os.environ, options.server_threads, env=env)
+    return [server.start()]
 
 
 def fund_sellers(admin: Client, count: int) -> tuple[list[int], list[str]]:

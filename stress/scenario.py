@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import os
 import random
 import secrets
 import tempfile
@@ -20,9 +21,9 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+from chargebox.process import ServerProcess
 from stress import report
 from stress.client import Client
-from stress.server import ServerProcess
 from stress.verify import Expected, verify
 from stress.workers import Sale, WorkerResult, run_workers
 
@@ -77,7 +78,8 @@ def servers(options: Options) -> Iterator[Target]:
         started: list[ServerProcess] = []
         try:
             for _ in range(options.server_procs):
-                started.append(ServerProcess(db_path, token, options.server_threads).start())
+                server = ServerProcess(db_path, token, os.environ, options.server_threads)
+                started.append(server.start())
             durability = started[0].announced.split("synchronous=")[-1].rstrip(")")
             yield Target(
                 [server.url for server in started], token, db_path, f"WAL, synchronous={durability}"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from chargebox.process import cli_audit
 from stress.client import Client
-from stress.server import cli_audit
 
 PAGE = 1000
 

@@ -13,13 +13,15 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import requests
 
-from stress import server
-from stress.server import ROOT, cli_audit  # noqa: F401 - re-exported for the tests
+from chargebox import process
+from chargebox.process import cli_audit  # noqa: F401 - re-exported for the tests
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdefghij"  # 36: at least 32 (config.py)
 
@@ -49,10 +51,11 @@ class Api:
 
 
 @dataclasses.dataclass
-class ServerProcess(server.ServerProcess):
-    """The harness's real server process, with the tests' admin token and clients."""
+class ServerProcess(process.ServerProcess):
+    """A real server process (chargebox.process), with the tests' admin token and clients."""
 
     admin_token: str = ADMIN_TOKEN
+    environ: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
 
     def admin(self) -> Api:
         return Api(self.url, ADMIN_TOKEN)

@@ -21,10 +21,10 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from chargebox.process import ServerProcess
 from stress.client import Client
 from stress.demos.gil import BUSY, Measurement, run_in_processes, run_in_threads
 from stress.report import latency_summary, machine
-from stress.server import ServerProcess
 
 NAME = "io"
 SUMMARY = "I/O-bound work: threads scale while they wait; against chargebox, until the CPU is full"
@@ -134,7 +134,7 @@ def chargebox_rows(quick: bool) -> list[dict]:
     best: dict[str, tuple] = {}
     admin_token = secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory(prefix="chargebox-io-demo-") as tmp:
-        server = ServerProcess(Path(tmp) / "chargebox.db", admin_token)
+        server = ServerProcess(Path(tmp) / "chargebox.db", admin_token, os.environ)
         try:
             server.start()
             admin = Client(server.url, admin_token)
