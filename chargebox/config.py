@@ -16,7 +16,7 @@ DEFAULT_DB = Path("data") / "chargebox.db"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 # Fewer threads than concurrent keep-alive clients makes waitress queue requests
-# behind each other (STACK_NOTES trap 8); threads blocked on I/O or on the group
+# behind each other (docs/stack-notes.md, trap 8); threads blocked on I/O or on the group
 # writer cost little, so the default leaves room for 64 busy clients.
 DEFAULT_THREADS = 64
 DEFAULT_MAX_AMOUNT = 1_000_000_000

@@ -1,4 +1,4 @@
-"""The one exception tree of chargebox; each class carries the stable `code` of API.md.
+"""The one exception tree of chargebox; each class carries a stable `code` of docs/api.md.
 
 Domain code raises these; `web.errors` holds the only table from class to HTTP
 status. Nothing here knows about HTTP, so services and the CLI can share it.

@@ -24,7 +24,7 @@ from chargebox.web import create_app
 
 log = logging.getLogger("chargebox.server")
 
-GRACE_SECONDS = 8.0  # the docs promise exit within 10 s
+GRACE_SECONDS = 8.0  # docs/api.md promises exit within 10 s
 LOOP_TIMEOUT = 0.2
 # A child that dies sooner than this after its start is crash-looping: its
 # replacement waits, twice as long each time, up to RESTART_DELAY_MAX.

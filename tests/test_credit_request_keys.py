@@ -1,6 +1,6 @@
 """Keyed credit requests: a seller's Idempotency-Key files one request, whatever the copies.
 
-The same rules as keyed sales (API.md), extended to `POST /api/credit-requests`:
+The same rules as keyed sales (docs/api.md), extended to `POST /api/credit-requests`:
 a copy with the same key and amount gets the request the key filed (as it is
 now), a different amount is `idempotency_key_reused`, and a refused request
 does not use up its key. The web page's credit form carries such a key.

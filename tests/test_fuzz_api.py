@@ -120,7 +120,7 @@ def changes(before: dict, after: dict) -> dict:
 
 
 def final_refusal(label: str, status: int, sent_key: bool, changed: dict) -> bool:
-    """API.md: a sale refused with 409 keeps its Idempotency-Key's outcome: one new record."""
+    """docs/api.md: a sale refused with 409 keeps its Idempotency-Key's outcome: one new record."""
     if label != "POST /api/sales" or status != 409 or not sent_key:
         return False
     if set(changed) != {"idempotency_record"}:

@@ -1,4 +1,4 @@
-"""HTTP contract of API.md against a real server process: routes, auth, idempotency, paging.
+"""HTTP contract of docs/api.md against a real server process: routes, auth, idempotency, paging.
 
 Every test makes its own sellers on the shared `server`, so tests are independent
 and order-free; none assumes global counts. Auth refusals, error codes and
@@ -32,7 +32,7 @@ def unique_phone() -> str:
 
 
 def assert_error(response, status: int, code: str, field: str | None = None) -> dict:
-    """The one error shape of API.md: JSON, never HTML, with a request id."""
+    """The one error shape of docs/api.md: JSON, never HTML, with a request id."""
     assert response.status_code == status, response.text
     assert response.headers["Content-Type"].startswith("application/json")
     assert "<html" not in response.text.lower()

@@ -1,4 +1,4 @@
-"""HTTP refusals of API.md against a real server process: every error code, in its JSON shape.
+"""HTTP refusals of docs/api.md against a real server process: every error code, in its JSON shape.
 
 Covers 400 malformed_json, 401/403 auth, 404 unknown routes and ids, 405 with
 Allow, 409 insufficient_credit, 413 payload_too_large and 422 validation_error,

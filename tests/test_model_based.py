@@ -5,7 +5,7 @@ example; `HttpMachine` drives a smaller set through a real server process. The
 model holds what must be true (balances, request states, sales, phone totals,
 each Idempotency-Key's final outcome, the expected ledger); after every step it
 is compared with the database, read from a separate read-only sqlite3
-connection or over HTTP, and I1-I5 (STYLE.md) are checked: `audit()`,
+connection or over HTTP, and I1-I5 (README, "The invariants") are checked: `audit()`,
 `tests.support.books` and, for I5, that no ledger row seen earlier has changed.
 This is TigerBeetle's workload/auditor idea. Sizes: `RUN_SIZES` below; for a
 long local run set CHARGEBOX_MODEL_PROFILE=long (README, "Long model-based runs").

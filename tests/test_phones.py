@@ -1,6 +1,6 @@
-"""Phone numbers: every form API.md accepts becomes 09121234567; anything else is refused.
+"""Phone numbers: every form docs/api.md accepts becomes 09121234567; anything else is refused.
 
-Only ASCII, Persian and Arabic-Indic digits count (STACK_NOTES trap 11: int(),
+Only ASCII, Persian and Arabic-Indic digits count (docs/stack-notes.md, trap 11: int(),
 str.isdigit() and regex \\d accept every Unicode digit, so the code must not).
 """
 

@@ -2,7 +2,7 @@
 
 Results are checked through the service and again from a fresh sqlite3
 connection, so a test sees what is really on disk. Invariants I1-I5 are those
-of STYLE.md; `audit()` must call the books consistent after every flow here.
+of the README ("The invariants"); `audit()` must call the books consistent after every flow here.
 """
 
 from __future__ import annotations

@@ -93,7 +93,8 @@ def test_busy_timeout_alone_serves_writers_worse_than_a_flock_queue(outcomes):
         or busy["jain"] <= flock["jain"] - 0.05
     ), (busy, flock)
     for row in result["rows"]:
-        # Not worker_ops_min > 0: under the busy timeout alone a writer may starve (trap 6).
+        # Not worker_ops_min > 0: under the busy timeout alone a writer may starve
+        # (docs/stack-notes.md, trap 6).
         assert row["tx_per_s"] > 0, row
         assert 0 < row["jain"] <= 1.0, row
     assert flock["locked_errors"] == flock["other_errors"] == 0

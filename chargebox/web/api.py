@@ -1,4 +1,4 @@
-"""The JSON routes of API.md: each reads the request, calls one use case, shapes the answer.
+"""The JSON routes of docs/api.md: each reads the request, calls one use case, shapes the answer.
 
 No SQL and no arithmetic on money here; rules live in `services`. Each handler
 returns (status, body[, headers]); the plugin in `web.app` turns that, or any

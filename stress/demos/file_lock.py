@@ -1,4 +1,6 @@
-"""Demo: how writer processes should queue for SQLite's single write lock (traps 6 and 7).
+"""Demo: how writer processes should queue for SQLite's single write lock.
+
+The facts it shows are traps 6 and 7 of docs/stack-notes.md.
 
 Here live four ways for P spawned processes to take turns writing one temp WAL file: the
 busy timeout alone, filelock.FileLock at its default 50 ms poll, FileLock at a 1 ms poll,

@@ -33,7 +33,8 @@ AMOUNT = 5_000
 # lost most of 16,000 debits (sqlite3 releases the GIL inside each statement).
 THINK_S = 0.001
 BUSY_TIMEOUT_MS = 10_000  # writers wait rather than fail, so lost money is not hidden by errors
-FILELOCK_POLL_S = 0.001  # filelock's 50 ms default would make the serial variants crawl (trap 7)
+# filelock's 50 ms default would make the serial variants crawl (docs/stack-notes.md, trap 7).
+FILELOCK_POLL_S = 0.001
 
 VARIANTS = ("naive", "threading.Lock", "filelock.FileLock", "BEGIN IMMEDIATE + guarded")
 KINDS = ("threads", "processes")

@@ -1,4 +1,6 @@
-"""Demo: threads sharing one SQLite connection vs one connection per thread (traps 1 and 2).
+"""Demo: threads sharing one SQLite connection vs one connection per thread.
+
+The facts it shows are traps 1 and 2 of docs/stack-notes.md.
 
 Each variant runs the same sale transaction from 8 threads on its own temp WAL file with
 a two-table schema of its own; it never imports chargebox, because the lesson is about
