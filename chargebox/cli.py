@@ -159,13 +159,14 @@ def _serve(config: Config) -> int:
     from chargebox.connections import listen  # waitress is needed only here
     from chargebox.server import serve
 
+    token_in_file = config.admin_token is None  # CHARGEBOX_ADMIN_TOKEN is not set
     listener = listen(config)  # a taken port is refused before any file is made
     try:
         config = prepare(config)
     except BaseException:
         listener.close()
         raise
-    if not os.environ.get("CHARGEBOX_ADMIN_TOKEN"):
+    if token_in_file:
         print(f"chargebox: admin token is in {config.admin_token_path}", file=sys.stderr)
     return serve(config, announce=lambda line: print(line, flush=True), listener=listener)
 

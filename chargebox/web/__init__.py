@@ -1,6 +1,7 @@
 """The HTTP face of chargebox (bottle): JSON routes, HTML pages, error rendering, parsing.
 
-Depends on `services`, `auth` and `errors`; never writes SQL or computes a balance.
+Imports only modules above it in the README's map, never `db`, `models` or `ledger`:
+it writes no SQL and computes no balance (tests/test_architecture.py).
 """
 
 from chargebox.web.app import create_app
