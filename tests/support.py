@@ -1,7 +1,10 @@
-"""Test support: a real chargebox server process, an HTTP client, and a books checker.
+"""Test support: a real chargebox server process, an HTTP client, and the file read back.
 
-Kept importable (not only fixtures) so that worker processes started with the
-`spawn` method can use the same client code as the threads.
+What is on disk is read from a fresh read-only sqlite3 connection, independent of
+chargebox's own code: `reconciled_balances` re-adds the ledger and checks I1-I4,
+`rows_on_disk` returns the rows of one query, and `db_snapshot` digests every table
+and the schema (two equal snapshots: nothing changed). Kept importable (not only
+fixtures) so that worker processes started with `spawn` can use the same client.
 """
 
 from __future__ import annotations
@@ -111,13 +114,28 @@ def credited_seller(service, amount: int, name: str = "Ali") -> dict:
     return service.get_seller(seller["id"])
 
 
-def books(db_path: Path) -> dict[int, int]:
-    """Check I1-I4 from a fresh sqlite3 connection and return {seller_id: balance}.
-
-    Independent of chargebox's own code on purpose: the books are re-added here.
-    """
+@contextlib.contextmanager
+def read_only(db_path: Path) -> Iterator[sqlite3.Connection]:
+    """A fresh read-only sqlite3 connection to the file: what is on disk, not in a process."""
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def rows_on_disk(db_path: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    """The rows of one query, from a fresh read-only connection."""
+    with read_only(db_path) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def reconciled_balances(db_path: Path) -> dict[int, int]:
+    """{seller_id: balance}, once I1-I4 are checked from a fresh read-only connection.
+
+    Independent of chargebox's own code on purpose: the ledger is re-added here.
+    """
+    with read_only(db_path) as conn:
         balances = dict(conn.execute("SELECT id, balance FROM seller"))
         for seller_id, balance in balances.items():
             assert balance >= 0, f"I1: seller {seller_id} balance {balance}"
@@ -141,35 +159,39 @@ def books(db_path: Path) -> dict[int, int]:
         ).fetchone()[0]
         assert unmatched_credits == 0, f"I4: {unmatched_credits} requests credited wrongly"
         return balances
-    finally:
-        conn.close()
 
 
+# Never excluded: a snapshot that silently lost one of these would prove nothing.
 LEDGER_TABLES = ("seller", "credit_request", "sale", "ledger_entry", "phone", "idempotency_record")
 
 
 def db_snapshot(db_path: Path) -> dict[str, object]:
-    """Row count and content digest of every table, and the sum of balances, read-only.
+    """Row count and content digest of every table of the file, its schema, and the sum of
+    balances, from a fresh read-only connection.
 
-    Two equal snapshots around a refused request prove that it changed nothing.
+    Two equal snapshots around a refused request prove that it changed nothing. The
+    tables are read from sqlite_master, so a table added to the schema is covered
+    without a change here. None is left out: no request that is refused writes a row
+    (web sessions, the one table a read-only visit could be thought to touch, are
+    written by sign-in and sign-out only); and the schema is compared too, since a test
+    that drops a trigger inside a transaction must see it back after the rollback.
     """
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        tables = [
-            name
-            for (name,) in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-            )
-        ]
+    with read_only(db_path) as conn:
+        schema = conn.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+        ).fetchall()
+        tables = [name for kind, name, _, _ in schema if kind == "table"]
         missing = set(LEDGER_TABLES) - set(tables)
         assert not missing, f"the snapshot would miss tables {missing}"
-        state: dict[str, object] = {}
-        for table in sorted(tables):
-            rows = sorted(map(repr, conn.execute(f'SELECT * FROM "{table}"')))
-            state[table] = (len(rows), hashlib.sha256("\n".join(rows).encode()).hexdigest())
+        state: dict[str, object] = {"schema": _digest(schema)}
+        for table in tables:
+            rows = conn.execute(f'SELECT * FROM "{table}"').fetchall()
+            state[table] = (len(rows), _digest(rows))
         state["sum(seller.balance)"] = conn.execute(
             "SELECT COALESCE(SUM(balance), 0) FROM seller"
         ).fetchone()[0]
         return state
-    finally:
-        conn.close()
+
+
+def _digest(rows: list[tuple]) -> str:
+    return hashlib.sha256("\n".join(sorted(map(repr, rows))).encode()).hexdigest()

@@ -3,7 +3,7 @@
 In process on a real SQLite file (`service`), over HTTP against the shared real
 server, and as concurrent copies from threads and spawned processes against a
 fresh server. "Writes nothing" is two equal `db_snapshot`s; after money moves the
-books are re-added from a fresh sqlite3 connection (`books`) and audited.
+books are re-added from a fresh sqlite3 connection (`reconciled_balances`) and audited.
 """
 
 from __future__ import annotations
@@ -18,7 +18,15 @@ import pytest
 from chargebox import errors
 from chargebox.config import MAX_BALANCE
 from chargebox.services import Chargebox
-from tests.support import ADMIN_TOKEN, Api, books, credited_seller, db_snapshot, new_seller
+from tests.support import (
+    ADMIN_TOKEN,
+    Api,
+    credited_seller,
+    db_snapshot,
+    new_seller,
+    reconciled_balances,
+    rows_on_disk,
+)
 from tests.workloads import keyed_post, run_parallel, write_lock_held_until_sent
 
 PHONE = "09121234567"
@@ -29,26 +37,21 @@ def credited(service: Chargebox, amount: int, name: str = "Ali") -> int:
     return credited_seller(service, amount, name)["id"]
 
 
-def on_disk(db_path: Path, sql: str, params: tuple = ()) -> list[tuple]:
-    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
 def records(db_path: Path) -> list[tuple]:
     """The stored outcomes of adjustment keys: (seller_id, key, entry_id, error_code)."""
     sql = "SELECT seller_id, key, entry_id, error_code FROM adjustment_record ORDER BY id"
-    return on_disk(db_path, sql)
+    return rows_on_disk(db_path, sql)
 
 
 def entries(db_path: Path, seller_id: int) -> list[tuple]:
     sql = "SELECT kind, amount FROM ledger_entry WHERE seller_id = ? ORDER BY id"
-    return on_disk(db_path, sql, (seller_id,))
+    return rows_on_disk(db_path, sql, (seller_id,))
 
 
 def audited(service: Chargebox, config) -> dict[int, int]:
     report = service.audit()
     assert report["consistent"], report["problems"]
-    return books(config.db_path)
+    return reconciled_balances(config.db_path)
 
 
 # --- in process ------------------------------------------------------------------------------
@@ -238,7 +241,7 @@ def test_a_replayed_adjustment_is_201_again_with_the_header_and_the_same_entry(
         assert (again.status_code, again.json()) == (201, first.json())
         assert again.headers["Idempotent-Replayed"] == "true"
     assert entries(server.db_path, seller["id"]) == [("credit", 10_000), ("adjustment", 3_000)]
-    assert books(server.db_path)[seller["id"]] == 13_000
+    assert reconciled_balances(server.db_path)[seller["id"]] == 13_000
 
 
 def test_a_keyed_decrease_refused_with_409_replays_the_409_after_the_balance_grows(
@@ -252,7 +255,7 @@ def test_a_keyed_decrease_refused_with_409_replays_the_409_after_the_balance_gro
     replayed = adjust(admin, seller["id"], -5_000, "chargeback", "adj-h2")
     assert (replayed.status_code, replayed.json()) == (409, refused.json())
     assert replayed.headers["Idempotent-Replayed"] == "true"
-    assert books(server.db_path)[seller["id"]] == 11_000
+    assert reconciled_balances(server.db_path)[seller["id"]] == 11_000
 
 
 def test_the_same_key_with_another_body_is_422_idempotency_key_reused(server, admin, make_seller):
@@ -263,7 +266,7 @@ def test_the_same_key_with_another_body_is_422_idempotency_key_reused(server, ad
         assert reused.status_code == 422, reused.text
         error = reused.json()["error"]
         assert (error["code"], error["field"]) == ("idempotency_key_reused", "Idempotency-Key")
-    assert books(server.db_path)[seller["id"]] == 11_000
+    assert reconciled_balances(server.db_path)[seller["id"]] == 11_000
 
 
 def test_an_unknown_seller_is_404_and_does_not_use_up_the_key(server, admin):
@@ -276,7 +279,7 @@ def test_an_unknown_seller_is_404_and_does_not_use_up_the_key(server, admin):
     made = adjust(admin, ghost, 1_000, "early", "adj-h4")
     assert made.status_code == 201, made.text
     assert made.headers.get("Idempotent-Replayed") is None
-    assert books(server.db_path)[ghost] == 1_000
+    assert reconciled_balances(server.db_path)[ghost] == 1_000
 
 
 # --- concurrent copies against a fresh server ------------------------------------------------
@@ -314,7 +317,7 @@ def test_20_concurrent_copies_of_one_keyed_adjustment_adjust_once(fresh_server, 
     entry_id = copies[0][1]["id"]
     assert entries(fresh_server.db_path, seller_id) == [("credit", 100_000), ("adjustment", 7_000)]
     assert records(fresh_server.db_path) == [(seller_id, "up", entry_id, None)]
-    assert books(fresh_server.db_path) == {seller_id: 107_000}
+    assert reconciled_balances(fresh_server.db_path) == {seller_id: 107_000}
 
 
 @pytest.mark.parallel
@@ -328,4 +331,4 @@ def test_20_concurrent_copies_of_an_overdrawing_keyed_decrease_are_all_refused(f
     assert copies[0][1]["error"]["code"] == "insufficient_credit"
     assert entries(fresh_server.db_path, seller_id) == [("credit", 5_000)]
     assert records(fresh_server.db_path) == [(seller_id, "down", None, "insufficient_credit")]
-    assert books(fresh_server.db_path) == {seller_id: 5_000}
+    assert reconciled_balances(fresh_server.db_path) == {seller_id: 5_000}

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.support import ADMIN_TOKEN, ROOT, books, new_seller, running_server
+from tests.support import ADMIN_TOKEN, ROOT, new_seller, reconciled_balances, running_server
 
 CHROMIUM = os.environ.get("CHARGEBOX_CHROMIUM", "/usr/bin/chromium")
 # Without the background-networking flags Chromium keeps trying to reach Google,
@@ -162,7 +162,7 @@ def sales_of(site, seller_id: int) -> list[dict]:
 
 
 def balance_in_db(site, seller_id: int) -> int:
-    return books(site.db_path)[seller_id]
+    return reconciled_balances(site.db_path)[seller_id]
 
 
 def test_admin_creates_a_seller_who_requests_credit_and_the_admin_approves_it(site, people):

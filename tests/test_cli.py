@@ -14,7 +14,16 @@ import time
 
 import requests
 
-from tests.support import ROOT, ServerProcess, books, cli_audit, new_seller
+from tests.support import (
+    ROOT,
+    ServerProcess,
+    cli_audit,
+    new_seller,
+    reconciled_balances,
+    rows_on_disk,
+)
+
+TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
 
 
 def chargebox(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -51,7 +60,7 @@ def test_create_seller_prints_a_working_key_once_and_audit_passes(tmp_path):
     assert created.returncode == 0, created.stderr
     assert '"api_key": "cbk_' in created.stdout
     key = created.stdout.split('"api_key": "')[1].split('"')[0]
-    stored = sqlite3.connect(db_path).execute("SELECT api_key_hash FROM seller").fetchall()
+    stored = rows_on_disk(db_path, "SELECT api_key_hash FROM seller")
     assert key not in repr(stored)
     assert cli_audit(db_path).returncode == 0
 
@@ -123,12 +132,7 @@ def test_schema_creation_is_safe_when_six_processes_start_at_once(tmp_path):
             )
         )
     assert [r.returncode for r in results] == [0] * 6, [r.stderr for r in results]
-    tables = {
-        name
-        for (name,) in sqlite3.connect(db_path).execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'"
-        )
-    }
+    tables = {name for (name,) in rows_on_disk(db_path, TABLES)}
     assert {"seller", "ledger_entry", "sale", "credit_request"} <= tables
     assert len({(tmp_path / "admin_token").read_text()}) == 1
     assert cli_audit(db_path).returncode == 0
@@ -174,9 +178,9 @@ def test_sigterm_under_load_finishes_requests_in_flight_and_loses_no_answer(tmp_
         worker.join(30)
 
     assert failures == []
-    rows = sqlite3.connect(tmp_path / "cb.db").execute("SELECT id FROM sale").fetchall()
+    rows = rows_on_disk(tmp_path / "cb.db", "SELECT id FROM sale")
     assert sorted(acknowledged) == sorted(row[0] for row in rows)
-    assert books(tmp_path / "cb.db")[seller["id"]] == 10_000_000 - 1_000 * len(rows)
+    assert reconciled_balances(tmp_path / "cb.db")[seller["id"]] == 10_000_000 - 1_000 * len(rows)
 
 
 def test_every_acknowledged_sale_survives_kill_9_of_the_server(tmp_path):
@@ -190,9 +194,9 @@ def test_every_acknowledged_sale_survives_kill_9_of_the_server(tmp_path):
     ]
     server.stop(signal.SIGKILL)
 
-    rows = sqlite3.connect(tmp_path / "cb.db").execute("SELECT id FROM sale").fetchall()
+    rows = rows_on_disk(tmp_path / "cb.db", "SELECT id FROM sale")
     assert sorted(row[0] for row in rows) == acknowledged
-    assert books(tmp_path / "cb.db")[seller["id"]] == 1_000_000 - 100_000
+    assert reconciled_balances(tmp_path / "cb.db")[seller["id"]] == 1_000_000 - 100_000
     assert cli_audit(tmp_path / "cb.db").returncode == 0
 
 

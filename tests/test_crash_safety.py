@@ -28,7 +28,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import Api, ServerProcess, books, cli_audit, new_seller
+from tests.support import (
+    Api,
+    ServerProcess,
+    cli_audit,
+    new_seller,
+    reconciled_balances,
+    rows_on_disk,
+)
 
 ROUNDS = int(os.environ.get("CHARGEBOX_CRASH_ROUNDS", "5"))
 WORKERS = 8
@@ -117,28 +124,13 @@ def join_all(threads: list[threading.Thread]) -> None:
 
 def records(db_path: Path, seller_id: int) -> dict[str, tuple[int | None, str | None]]:
     """{Idempotency-Key: (sale_id, error_code)} straight from the file."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        return {
-            key: (sale_id, code)
-            for key, sale_id, code in conn.execute(
-                "SELECT key, sale_id, error_code FROM idempotency_record WHERE seller_id = ?",
-                (seller_id,),
-            )
-        }
-    finally:
-        conn.close()
+    sql = "SELECT key, sale_id, error_code FROM idempotency_record WHERE seller_id = ?"
+    return {key: (sale_id, code) for key, sale_id, code in rows_on_disk(db_path, sql, (seller_id,))}
 
 
 def sale_rows(db_path: Path) -> dict[int, tuple[str, int]]:
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        return {
-            i: (phone, amount)
-            for i, phone, amount in conn.execute("SELECT id, phone, amount FROM sale")
-        }
-    finally:
-        conn.close()
+    sql = "SELECT id, phone, amount FROM sale"
+    return {i: (phone, amount) for i, phone, amount in rows_on_disk(db_path, sql)}
 
 
 def listed_sales(api: Api) -> list[dict]:
@@ -161,7 +153,7 @@ def check_the_file_after_a_kill(db_path, seller_id, attempts, sold: dict) -> dic
     """
     audit = cli_audit(db_path)
     assert audit.returncode == 0, audit.stdout + audit.stderr
-    books(db_path)
+    reconciled_balances(db_path)
     stored, sales = records(db_path, seller_id), sale_rows(db_path)
     # Every sale of this seller was keyed: one record per sale, one sale per record.
     recorded_sales = [sale_id for sale_id, _ in stored.values() if sale_id is not None]
@@ -289,7 +281,7 @@ def test_kill_9_at_random_moments_under_keyed_load_loses_no_sale_and_retries_sel
             assert len(listed) == len(sold), "a key sold more than once"
             expected = CREDIT - sum(amount for _, amount in sold.values())
             assert own.get("/api/me").json()["balance"] == expected
-            assert books(db_path)[seller["id"]] == expected
+            assert reconciled_balances(db_path)[seller["id"]] == expected
             own.close()
             unknown_total += len(unknown)
             committed_total += sum(unknown.values())
@@ -347,7 +339,7 @@ def test_sigterm_under_keyed_load_answers_every_request_that_reached_the_app(
     in_flight = [a for a in attempts if a.sent_at < signalled < (a.answered_at or 0)]
     assert in_flight, "no request was in flight when SIGTERM arrived"
     sold = sum(a.body["amount"] for a in attempts if a.status == 201)
-    assert books(db_path)[seller["id"]] == CREDIT - sold
+    assert reconciled_balances(db_path)[seller["id"]] == CREDIT - sold
     assert cli_audit(db_path).returncode == 0
     print(
         f"\nSIGTERM with {processes} process(es): {len(acknowledged)} sold, "
@@ -398,4 +390,4 @@ def test_sales_stuck_behind_a_locked_database_at_sigterm_still_finish_before_exi
     assert stopped < 10
     assert sorted(r.status for r in results) == [201] * len(apis), results
     assert sorted(r.sale_id for r in results) == sorted(sale_rows(db_path))
-    assert books(db_path)[seller["id"]] == CREDIT - 1_000 * len(apis)
+    assert reconciled_balances(db_path)[seller["id"]] == CREDIT - 1_000 * len(apis)

@@ -13,7 +13,7 @@ import sqlite3
 import pytest
 
 from chargebox.errors import IdempotencyKeyReused, NotFound, ValidationError
-from tests.support import books, db_snapshot, new_seller
+from tests.support import db_snapshot, new_seller, reconciled_balances, rows_on_disk
 from tests.workloads import keyed_post, run_parallel, write_lock_held_until_sent
 
 MODES = ["threads", "processes"]
@@ -106,13 +106,7 @@ def test_20_concurrent_copies_of_one_keyed_credit_request_file_one(fresh_server,
     assert {status for status, _, _ in results} == {201}
     assert len({repr(body) for _, body, _ in results}) == 1
     assert sum(not replayed for _, _, replayed in results) == 1
-    conn = sqlite3.connect(f"file:{fresh_server.db_path}?mode=ro", uri=True)
-    try:
-        filed = conn.execute(
-            "SELECT COUNT(*) FROM credit_request WHERE seller_id = ?", (seller["id"],)
-        )
-        assert filed.fetchone()[0] == 1
-    finally:
-        conn.close()
-    assert books(fresh_server.db_path) == {seller["id"]: 0}
+    filed = "SELECT COUNT(*) FROM credit_request WHERE seller_id = ?"
+    assert rows_on_disk(fresh_server.db_path, filed, (seller["id"],)) == [(1,)]
+    assert reconciled_balances(fresh_server.db_path) == {seller["id"]: 0}
     admin.close()

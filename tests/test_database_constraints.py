@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from pathlib import Path
 
 import pytest
 
 from chargebox import db
 from chargebox.config import MAX_BALANCE
 from chargebox.errors import IntegrityViolation
+from tests.support import db_snapshot
 
 PHONE = "09121234567"
 T = "2024-01-01T00:00:00.000000Z"
@@ -61,10 +63,8 @@ def books(service):
 
 
 def snapshot(conn: sqlite3.Connection) -> dict:
-    tables = ("seller", "credit_request", "phone", "sale", "ledger_entry", "idempotency_record")
-    rows = {t: conn.execute(f"SELECT * FROM {t} ORDER BY id").fetchall() for t in tables}
-    rows["schema"] = conn.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
-    return rows
+    """`db_snapshot` of the file `conn` is open on: every table of the schema, and the schema."""
+    return db_snapshot(Path(conn.execute("PRAGMA database_list").fetchone()[2]))
 
 
 def refused(conn: sqlite3.Connection, *statements: tuple[str, tuple], match: str | None = None):

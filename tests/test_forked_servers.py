@@ -18,7 +18,7 @@ from pathlib import Path
 
 import requests
 
-from tests.support import Api, ServerProcess, books, cli_audit, new_seller
+from tests.support import Api, ServerProcess, cli_audit, new_seller, reconciled_balances
 
 CREDIT = 100_000_000
 AMOUNT = 1_000
@@ -132,6 +132,6 @@ def test_killed_children_are_logged_and_replaced_and_every_key_sells_once(tmp_pa
         f"\n4 children killed and replaced (back-off {delays} s); {len(load.sold)} sales "
         f"answered under load, {len(load.unanswered)} unanswered and retried"
     )
-    assert books(db_path)[seller["id"]] == CREDIT - AMOUNT * keys
+    assert reconciled_balances(db_path)[seller["id"]] == CREDIT - AMOUNT * keys
     audit = cli_audit(db_path)
     assert audit.returncode == 0, audit.stdout + audit.stderr

@@ -38,7 +38,7 @@ import schemathesis
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 import chargebox
-from tests.support import ADMIN_TOKEN, Api, books, db_snapshot, running_server
+from tests.support import ADMIN_TOKEN, Api, db_snapshot, reconciled_balances, running_server
 
 DOC = json.loads((Path(chargebox.__file__).parent / "openapi.json").read_text("utf-8"))
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -281,7 +281,7 @@ def test_no_fuzz_case_succeeded_on_an_operation_not_meant_for_its_caller():
 
 def test_after_fuzzing_the_books_add_up_in_the_file_and_in_the_audit(fuzz_server):
     assert SEEN, "no fuzz case ran; run the whole module"
-    balances = books(fuzz_server.db_path)
+    balances = reconciled_balances(fuzz_server.db_path)
     admin = fuzz_server.admin()
     report = admin.get("/api/audit")
     admin.close()

@@ -28,7 +28,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import ADMIN_TOKEN, Api, ServerProcess, books, cli_audit, new_seller
+from tests.support import (
+    ADMIN_TOKEN,
+    Api,
+    ServerProcess,
+    cli_audit,
+    new_seller,
+    reconciled_balances,
+    rows_on_disk,
+)
 
 CREDIT = 10_000_000
 AMOUNT = 1_000
@@ -107,22 +115,14 @@ def assert_sold(results: dict, replayed: bool = False) -> None:
 
 
 def stored_keys(db_path: Path) -> set[str]:
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        return {key for (key,) in conn.execute("SELECT key FROM idempotency_record")}
-    finally:
-        conn.close()
+    return {key for (key,) in rows_on_disk(db_path, "SELECT key FROM idempotency_record")}
 
 
 def assert_books(db_path: Path, seller_id: int, sold: int) -> None:
     """The file is intact, the books reconcile, and exactly `sold` sales were made."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        assert conn.execute("SELECT COUNT(*) FROM sale").fetchone()[0] == sold
-    finally:
-        conn.close()
-    assert books(db_path)[seller_id] == CREDIT - AMOUNT * sold
+    assert rows_on_disk(db_path, "PRAGMA integrity_check") == [("ok",)]
+    assert rows_on_disk(db_path, "SELECT COUNT(*) FROM sale") == [(sold,)]
+    assert reconciled_balances(db_path)[seller_id] == CREDIT - AMOUNT * sold
     audit = cli_audit(db_path)
     assert audit.returncode == 0, audit.stdout + audit.stderr
 
@@ -188,7 +188,7 @@ def test_a_database_made_read_only_under_the_server_refuses_writes_with_503_and_
             admin.close()
             assert_reads_work(server, key, CREDIT - 20 * AMOUNT)
             assert stored_keys(db_path).isdisjoint(refused), "a 503 changed something"
-            assert books(db_path)[seller_id] == CREDIT - 20 * AMOUNT
+            assert reconciled_balances(db_path)[seller_id] == CREDIT - 20 * AMOUNT
         # Cleared. Settling: each connection opened read-only may refuse its next write
         # (503, nothing changed) while it is replaced; sequential sales reach every
         # server thread in turn, concurrent ones the group writer.
@@ -280,7 +280,7 @@ def test_a_full_disk_refuses_writes_with_503_changes_nothing_and_recovers_when_s
                 pytest.fail("the full disk never refused a whole batch of sales")
             assert_reads_work(server, key, CREDIT - sold * AMOUNT)
             assert stored_keys(db_path).isdisjoint(refused), "a 503 changed something"
-            assert books(db_path)[seller_id] == CREDIT - sold * AMOUNT
+            assert reconciled_balances(db_path)[seller_id] == CREDIT - sold * AMOUNT
             admin = server.admin()
             assert_unavailable(admin.post("/api/sellers", {"name": "not now"}))
             admin.close()
@@ -329,9 +329,9 @@ def test_a_writer_holding_the_lock_makes_sales_503_after_the_busy_timeout_then_t
             for response, seconds in sell_all(server.url, key, blocked[1:]).values():
                 assert_unavailable(response)
                 assert seconds < 5, f"a queued sale waited {seconds:.1f}s"
-            started = time.monotonic()
+            # Reads answered while the other process still holds the write lock (until the
+            # block ends) needed no lock: a read that waited for it would have got a 503.
             assert_reads_work(server, key, CREDIT - 10 * AMOUNT)
-            assert time.monotonic() - started < 2, "reads waited for the writer"
             assert stored_keys(db_path).isdisjoint(blocked), "a 503 changed something"
         assert_sold(sell_all(server.url, key, blocked))
         assert_sold(sell_all(server.url, key, blocked), replayed=True)

@@ -4,7 +4,7 @@ Every test makes its own sellers on the shared `server`, so tests are independen
 and order-free; none assumes global counts. Auth refusals, error codes and
 refusals that record nothing live in `test_http_errors.py`, which shares the
 helpers defined here. After money moves, the books are
-re-added from a fresh sqlite3 connection (`books`).
+re-added from a fresh sqlite3 connection (`reconciled_balances`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from tests.support import ADMIN_TOKEN, Api, books
+from tests.support import ADMIN_TOKEN, Api, reconciled_balances
 
 _numbers = itertools.count(1)
 KEY_RE = re.compile(r"\S+")
@@ -178,7 +178,7 @@ def test_approving_credits_the_seller_exactly_once(server, admin, make_seller):
     assert balance_of(api) == 4_000
     assert [e["kind"] for e in items(api, "/api/ledger")] == ["credit"]
     assert api.get(f"/api/credit-requests/{request_id}").json() == body
-    assert books(server.db_path)[seller["id"]] == 4_000
+    assert reconciled_balances(server.db_path)[seller["id"]] == 4_000
 
 
 def test_a_rejected_request_credits_nothing_and_cannot_be_approved(server, admin, make_seller):
@@ -193,7 +193,7 @@ def test_a_rejected_request_credits_nothing_and_cannot_be_approved(server, admin
     assert_error(admin.post(f"/api/credit-requests/{request_id}/reject"), 409, "not_pending")
     assert balance_of(api) == 0
     assert items(api, "/api/ledger") == []
-    assert books(server.db_path)[seller["id"]] == 0
+    assert reconciled_balances(server.db_path)[seller["id"]] == 0
 
 
 def test_admin_filters_credit_requests_by_status_and_seller(admin, make_seller):
@@ -229,7 +229,7 @@ def test_an_adjustment_answers_201_with_its_ledger_entry(server, admin, make_sel
     assert (down.json()["amount"], down.json()["balance_after"]) == (-300, 600)
     assert items(api, "/api/ledger") == [entry, down.json()]
     assert balance_of(api) == 600
-    assert books(server.db_path)[seller["id"]] == 600
+    assert reconciled_balances(server.db_path)[seller["id"]] == 600
 
 
 def test_a_sale_answers_201_with_location_and_debits_the_balance(server, admin, make_seller):
@@ -252,7 +252,7 @@ def test_a_sale_answers_201_with_location_and_debits_the_balance(server, admin, 
         assert (shown.status_code, shown.json()) == (200, sale)
     assert items(api, "/api/sales") == [sale]
     assert balance_of(api) == 7_000
-    assert books(server.db_path)[seller["id"]] == 7_000
+    assert reconciled_balances(server.db_path)[seller["id"]] == 7_000
 
 
 def test_the_ledger_after_a_flow_has_each_movement_with_running_balances(
@@ -275,7 +275,7 @@ def test_the_ledger_after_a_flow_has_each_movement_with_running_balances(
     assert ledger[1]["sale_id"] == sale_id
     assert [e["id"] for e in ledger] == sorted(e["id"] for e in ledger)
     assert items(admin, f"/api/ledger?seller_id={seller['id']}") == ledger
-    assert books(server.db_path)[seller["id"]] == 6_500
+    assert reconciled_balances(server.db_path)[seller["id"]] == 6_500
     audit = admin.get("/api/audit")
     assert audit.status_code == 200
     assert audit.json()["consistent"] is True
@@ -401,7 +401,7 @@ def test_the_same_key_and_body_replays_the_sale_and_charges_once(server, make_se
         assert again.headers["Idempotent-Replayed"] == "true"
     assert len(items(api, "/api/sales")) == 1
     assert balance_of(api) == 6_000
-    assert books(server.db_path)[seller["id"]] == 6_000
+    assert reconciled_balances(server.db_path)[seller["id"]] == 6_000
 
 
 def test_the_same_key_with_another_body_is_422_and_charges_nothing(server, make_seller):
@@ -411,7 +411,7 @@ def test_the_same_key_with_another_body_is_422_and_charges_nothing(server, make_
     assert_error(sell(api, 4_001, phone, key="order-2"), 422, "idempotency_key_reused")
     assert_error(sell(api, 4_000, unique_phone(), key="order-2"), 422, "idempotency_key_reused")
     assert balance_of(api) == 6_000
-    assert books(server.db_path)[seller["id"]] == 6_000
+    assert reconciled_balances(server.db_path)[seller["id"]] == 6_000
 
 
 def test_a_key_refused_for_credit_stays_refused_after_the_balance_grows(server, admin, make_seller):
@@ -425,7 +425,7 @@ def test_a_key_refused_for_credit_stays_refused_after_the_balance_grows(server, 
     assert replayed.headers["Idempotent-Replayed"] == "true"
     assert balance_of(api) == 11_000
     assert sell(api, 5_000, phone, key="order-3b").status_code == 201
-    assert books(server.db_path)[seller["id"]] == 6_000
+    assert reconciled_balances(server.db_path)[seller["id"]] == 6_000
 
 
 def _post_as(url, token, body, headers):
@@ -481,7 +481,7 @@ def test_a_request_refused_before_execution_does_not_use_up_its_key(
     assert executed.status_code == 201, executed.text
     assert executed.headers.get("Idempotent-Replayed") is None
     assert balance_of(api) == 8_000
-    assert books(server.db_path)[seller["id"]] == 8_000
+    assert reconciled_balances(server.db_path)[seller["id"]] == 8_000
 
 
 def test_keys_are_scoped_to_the_seller(server, make_seller):
@@ -493,7 +493,7 @@ def test_keys_are_scoped_to_the_seller(server, make_seller):
     assert two.headers.get("Idempotent-Replayed") is None
     assert one.json()["id"] != two.json()["id"]
     assert two.json()["seller_id"] == second["id"]
-    balances = books(server.db_path)
+    balances = reconciled_balances(server.db_path)
     assert (balances[first["id"]], balances[second["id"]]) == (4_000, 4_000)
 
 
@@ -505,7 +505,7 @@ def test_an_invalid_idempotency_key_is_422_and_charges_nothing(server, make_sell
     )
     assert_error(response, 422, "validation_error")
     assert items(api, "/api/sales") == []
-    assert books(server.db_path)[seller["id"]] == 5_000
+    assert reconciled_balances(server.db_path)[seller["id"]] == 5_000
 
 
 @pytest.mark.parametrize("key", ["k" * 255, "a", "~ !printable ASCII /:=+"])

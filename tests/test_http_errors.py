@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import ADMIN_TOKEN, Api, books
+from tests.support import ADMIN_TOKEN, Api, reconciled_balances
 from tests.test_http_contract import assert_error, balance_of, items, sell, unique_phone
 
 BIG_ID = 999_999_999_999_999_999
@@ -89,7 +89,7 @@ def test_a_seller_on_an_admin_route_is_403(server, make_seller, method, path, bo
     seller, api = make_seller(credit=1_000)
     assert_error(api.request(method, path, body), 403, "forbidden")
     assert balance_of(api) == 1_000
-    assert books(server.db_path)[seller["id"]] == 1_000
+    assert reconciled_balances(server.db_path)[seller["id"]] == 1_000
 
 
 @pytest.mark.parametrize(("method", "path", "body"), SELLER_ONLY)
@@ -256,11 +256,11 @@ def test_a_sale_over_the_balance_is_409_and_records_nothing(server, admin, make_
     assert items(api, "/api/sales") == []
     assert [e["kind"] for e in items(api, "/api/ledger")] == ["credit"]
     assert admin.post("/api/phones", {"number": phone}).status_code == 201
-    assert books(server.db_path)[seller["id"]] == 1_000
+    assert reconciled_balances(server.db_path)[seller["id"]] == 1_000
     exact = sell(api, 1_000, phone)
     assert (exact.status_code, exact.json()["balance_after"]) == (201, 0)
     assert_error(sell(api, 1, phone), 409, "insufficient_credit")
-    assert books(server.db_path)[seller["id"]] == 0
+    assert reconciled_balances(server.db_path)[seller["id"]] == 0
 
 
 def test_a_decrease_below_zero_is_409_and_records_nothing(server, admin, make_seller):
@@ -268,10 +268,10 @@ def test_a_decrease_below_zero_is_409_and_records_nothing(server, admin, make_se
     path = f"/api/sellers/{seller['id']}/adjustments"
     assert_error(admin.post(path, {"amount": -1_001, "reason": "r"}), 409, "insufficient_credit")
     assert len(items(api, "/api/ledger")) == 1
-    assert books(server.db_path)[seller["id"]] == 1_000
+    assert reconciled_balances(server.db_path)[seller["id"]] == 1_000
     exact = admin.post(path, {"amount": -1_000, "reason": "r"})
     assert (exact.status_code, exact.json()["balance_after"]) == (201, 0)
-    assert books(server.db_path)[seller["id"]] == 0
+    assert reconciled_balances(server.db_path)[seller["id"]] == 0
 
 
 # -----------------------------------------------------------------------------------------
@@ -289,10 +289,10 @@ def test_a_body_of_exactly_64_kib_is_accepted_and_one_byte_more_is_413(server, m
     body = f'{{"phone": "{unique_phone()}", "amount": 1000}}'
     assert_error(post_raw(api, "/api/sales", padded(body, LIMIT + 1)), 413, "payload_too_large")
     assert items(api, "/api/sales") == []
-    assert books(server.db_path)[seller["id"]] == 5_000
+    assert reconciled_balances(server.db_path)[seller["id"]] == 5_000
     accepted = post_raw(api, "/api/sales", padded(body, LIMIT))
     assert accepted.status_code == 201, accepted.text
-    assert books(server.db_path)[seller["id"]] == 4_000
+    assert reconciled_balances(server.db_path)[seller["id"]] == 4_000
 
 
 def test_a_chunked_body_over_64_kib_is_413_and_records_nothing(server, make_seller):
@@ -301,7 +301,7 @@ def test_a_chunked_body_over_64_kib_is_413_and_records_nothing(server, make_sell
     chunks = (body[i : i + 4096] for i in range(0, len(body), 4096))
     assert_error(post_raw(api, "/api/sales", chunks), 413, "payload_too_large")
     assert items(api, "/api/sales") == []
-    assert books(server.db_path)[seller["id"]] == 5_000
+    assert reconciled_balances(server.db_path)[seller["id"]] == 5_000
 
 
 @pytest.mark.parametrize(
@@ -327,7 +327,7 @@ def test_every_post_route_refuses_a_large_body_with_413_and_does_nothing(
     assert statuses == ["approved", "pending"]
     assert items(admin, f"/api/sellers?after_id={seller['id']}") == []
     assert admin.post("/api/phones", {"number": phone}).status_code == 201
-    assert books(server.db_path)[seller["id"]] == 5_000
+    assert reconciled_balances(server.db_path)[seller["id"]] == 5_000
 
 
 # -----------------------------------------------------------------------------------------
@@ -363,7 +363,7 @@ def test_a_bad_amount_is_422_on_amount_and_records_nothing(server, make_seller, 
     assert_error(sold, 422, "validation_error", "amount")
     assert [r["status"] for r in items(api, "/api/credit-requests")] == ["approved"]
     assert items(api, "/api/sales") == []
-    assert books(server.db_path)[seller["id"]] == 5_000
+    assert reconciled_balances(server.db_path)[seller["id"]] == 5_000
 
 
 @pytest.mark.parametrize("amount", [a for a in BAD_AMOUNTS if a != "-5"] + ["-1000000001"])
@@ -374,7 +374,7 @@ def test_a_bad_adjustment_amount_is_422_and_records_nothing(server, admin, make_
     )
     assert_error(adjusted, 422, "validation_error", "amount")
     assert len(items(api, "/api/ledger")) == 1
-    assert books(server.db_path)[seller["id"]] == 5_000
+    assert reconciled_balances(server.db_path)[seller["id"]] == 5_000
 
 
 @pytest.mark.parametrize(
@@ -405,7 +405,7 @@ def test_a_missing_unknown_or_empty_field_is_422_naming_it(
     seller, api = make_seller(credit=5_000)
     caller = admin if who == "admin" else api
     assert_error(caller.post(path.format(id=seller["id"]), body), 422, "validation_error", field)
-    assert books(server.db_path)[seller["id"]] == 5_000
+    assert reconciled_balances(server.db_path)[seller["id"]] == 5_000
     assert len(items(api, "/api/ledger")) == 1
 
 
@@ -438,7 +438,7 @@ def test_a_phone_that_is_not_an_iranian_mobile_is_422(server, admin, make_seller
     )
     assert_error(admin.post("/api/phones", {"number": phone}), 422, "validation_error", "number")
     assert items(api, "/api/sales") == []
-    assert books(server.db_path)[seller["id"]] == 5_000
+    assert reconciled_balances(server.db_path)[seller["id"]] == 5_000
 
 
 @pytest.mark.parametrize("name", ["", "   ", "x" * 201, "a\x00b", 123, None, True, ["x"]])

@@ -6,7 +6,7 @@ model holds what must be true (balances, request states, sales, phone totals,
 each Idempotency-Key's final outcome, the expected ledger); after every step it
 is compared with the database, read from a separate read-only sqlite3
 connection or over HTTP, and I1-I5 (README, "The invariants") are checked: `audit()`,
-`tests.support.books` and, for I5, that no ledger row seen earlier has changed.
+`tests.support.reconciled_balances` and, for I5, that no ledger row seen earlier has changed.
 This is TigerBeetle's workload/auditor idea. Sizes: `RUN_SIZES` below; for a
 long local run set CHARGEBOX_MODEL_PROFILE=long (README, "Long model-based runs").
 """
@@ -19,7 +19,6 @@ import dataclasses
 import io
 import os
 import shutil
-import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -50,7 +49,14 @@ from chargebox.errors import (
     ValidationError,
 )
 from chargebox.services import Chargebox
-from tests.support import ADMIN_TOKEN, Api, ServerProcess, books, running_server
+from tests.support import (
+    ADMIN_TOKEN,
+    Api,
+    ServerProcess,
+    read_only,
+    reconciled_balances,
+    running_server,
+)
 
 # (examples, steps per example) for each machine; the CI profile runs 100 x 50 + 20 x 30.
 RUN_SIZES = {
@@ -169,10 +175,9 @@ def attempt(expected: type | None, call):
     return raised.value
 
 
-def rows_on_disk(db_path: Path) -> dict[str, object]:
+def modelled_state_on_disk(db_path: Path) -> dict[str, object]:
     """Everything the model predicts, from a fresh read-only connection (not chargebox's)."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
+    with read_only(db_path) as conn:
         return {
             "names": dict(conn.execute("SELECT id, name FROM seller")),
             "balances": dict(conn.execute("SELECT id, balance FROM seller")),
@@ -200,8 +205,6 @@ def rows_on_disk(db_path: Path) -> dict[str, object]:
                 "reason, created_at FROM ledger_entry ORDER BY id"
             ).fetchall(),
         }
-    finally:
-        conn.close()
 
 
 def check_unchanged(frozen: list, ledger: list) -> None:
@@ -488,7 +491,7 @@ class ServiceMachine(RuleBasedStateMachine):
         self.steps += 1
         report = self.service.audit()
         assert report["consistent"], report["problems"]
-        disk = rows_on_disk(self.config.db_path)
+        disk = modelled_state_on_disk(self.config.db_path)
         model = self.model
         assert disk["balances"] == model.balances
         assert disk["names"] == model.names
@@ -501,7 +504,7 @@ class ServiceMachine(RuleBasedStateMachine):
         }
         assert [row[1:8] for row in disk["ledger"]] == model.ledger
         check_unchanged(self.frozen, disk["ledger"])
-        assert books(self.config.db_path) == model.balances
+        assert reconciled_balances(self.config.db_path) == model.balances
 
 
 @dataclasses.dataclass
@@ -706,7 +709,8 @@ BOUNDED = pytest.mark.timeout(0 if PROFILE == "long" else 600)
 
 @BOUNDED
 def test_every_sequence_of_use_cases_leaves_the_books_the_model_predicts():
-    """The service machine: after every step the model, audit(), books() and I5 agree."""
+    """The service machine: after every step the model, audit(), the reconciled balances
+    and I5 agree."""
     RUNS["service"].clear()
     run_state_machine_as_test(ServiceMachine, settings=machine_settings("service"))
     report("service")
@@ -720,7 +724,8 @@ def test_every_sequence_of_use_cases_leaves_the_books_the_model_predicts():
 
 @BOUNDED
 def test_every_sequence_of_http_calls_leaves_the_books_the_model_predicts(tmp_path):
-    """The HTTP machine on one real server; afterwards books() re-adds the whole file."""
+    """The HTTP machine on one real server; afterwards reconciled_balances() re-adds the
+    whole file."""
     RUNS["http"].clear()
     db_path = tmp_path / "model.db"
     with running_server(db_path) as server:
@@ -730,7 +735,7 @@ def test_every_sequence_of_http_calls_leaves_the_books_the_model_predicts(tmp_pa
         audit = admin.get("/api/audit").json()
         admin.close()
     assert audit["consistent"], audit["problems"]
-    assert sum(books(db_path).values()) == audit["totals"]["balance_sum"]
+    assert sum(reconciled_balances(db_path).values()) == audit["totals"]["balance_sum"]
     report("http")
     examples, steps = RUN_SIZES[PROFILE]["http"]
     assert RUNS["http"]["steps"] >= examples * steps // 2, RUNS["http"]

@@ -1,7 +1,7 @@
 """Concurrency against a real server process, from threads and from processes.
 
 Each test starts its workers on a barrier so the requests really overlap, then
-checks the books from a fresh sqlite3 connection (`books`), through
+checks the books from a fresh sqlite3 connection (`reconciled_balances`), through
 `/api/audit`, and with `chargebox audit` on the database file.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import ADMIN_TOKEN, books, cli_audit, new_seller, running_server
+from tests.support import ADMIN_TOKEN, cli_audit, new_seller, reconciled_balances, running_server
 from tests.workloads import (
     approve_once,
     keyed_post,
@@ -31,7 +31,7 @@ def server(tmp_path_factory):
 
 
 def assert_books_reconcile(server, admin) -> dict[int, int]:
-    balances = books(server.db_path)
+    balances = reconciled_balances(server.db_path)
     report = admin.get("/api/audit").json()
     assert report["consistent"], report["problems"]
     audited = cli_audit(server.db_path)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
-import sqlite3
 import urllib.parse
 
 import pytest
@@ -23,7 +22,13 @@ from chargebox.cli import prepare
 from chargebox.config import DEFAULT_MAX_PENDING_REQUESTS, Config, env_defaults
 from chargebox.errors import TooManyPendingRequests
 from chargebox.services import Chargebox
-from tests.support import books, db_snapshot, new_seller, running_server
+from tests.support import (
+    db_snapshot,
+    new_seller,
+    reconciled_balances,
+    rows_on_disk,
+    running_server,
+)
 from tests.test_http_contract import assert_error
 from tests.test_openapi import error_code
 from tests.web_support import SELLER, refused, text_of, value_of
@@ -43,15 +48,11 @@ def capped(config):
 
 def pending_on_disk(db_path, seller_id: int) -> tuple[int, int]:
     """(pending, all) credit requests of a seller, from a fresh read-only connection."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        return conn.execute(
-            "SELECT COALESCE(SUM(status = 'pending'), 0), COUNT(*) FROM credit_request"
-            " WHERE seller_id = ?",
-            (seller_id,),
-        ).fetchone()
-    finally:
-        conn.close()
+    sql = (
+        "SELECT COALESCE(SUM(status = 'pending'), 0), COUNT(*) FROM credit_request"
+        " WHERE seller_id = ?"
+    )
+    return rows_on_disk(db_path, sql, (seller_id,))[0]
 
 
 # --- the use case -------------------------------------------------------------------------
@@ -231,4 +232,4 @@ def test_20_racing_requests_of_one_seller_file_exactly_the_cap(tmp_path, mode, e
             results = run_parallel(mode, workers, file_request, server.url, key, None)
         assert sorted(results) == [(201, None)] * cap + [(409, TOO_MANY)] * (workers - cap)
         assert pending_on_disk(server.db_path, seller["id"]) == (cap, cap)
-        assert books(server.db_path) == {seller["id"]: 0}
+        assert reconciled_balances(server.db_path) == {seller["id"]: 0}

@@ -27,13 +27,14 @@ from chargebox.errors import (
     ValidationError,
 )
 from chargebox.services import Chargebox, Page, now
-from tests.support import credited_seller
+from tests.support import credited_seller, reconciled_balances, rows_on_disk
 
 PHONE = "09121234567"
 
 
 @contextlib.contextmanager
 def fresh_connection(config):
+    """A read-write connection of its own: to edit the file behind the service's back."""
     conn = sqlite3.connect(config.db_path)
     try:
         yield conn
@@ -41,26 +42,22 @@ def fresh_connection(config):
         conn.close()
 
 
-def rows(config, sql: str, params: tuple = ()) -> list[tuple]:
-    with fresh_connection(config) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
 def balance_on_disk(config, seller_id: int) -> int:
-    return rows(config, "SELECT balance FROM seller WHERE id = ?", (seller_id,))[0][0]
+    sql = "SELECT balance FROM seller WHERE id = ?"
+    return rows_on_disk(config.db_path, sql, (seller_id,))[0][0]
 
 
 def ledger_on_disk(config, seller_id: int) -> list[tuple]:
-    return rows(
-        config,
+    return rows_on_disk(
+        config.db_path,
         "SELECT kind, amount, balance_after FROM ledger_entry WHERE seller_id = ? ORDER BY id",
         (seller_id,),
     )
 
 
 def counts(config) -> tuple:
-    return rows(
-        config,
+    return rows_on_disk(
+        config.db_path,
         "SELECT (SELECT COUNT(*) FROM ledger_entry), (SELECT COUNT(*) FROM sale), "
         "(SELECT COUNT(*) FROM phone), (SELECT COUNT(*) FROM idempotency_record), "
         "(SELECT COUNT(*) FROM credit_request)",
@@ -70,13 +67,7 @@ def counts(config) -> tuple:
 def assert_books_consistent(service: Chargebox, config) -> None:
     report = service.audit()
     assert report["consistent"], report["problems"]
-    for seller_id, balance in rows(config, "SELECT id, balance FROM seller"):
-        ledger_sum = rows(
-            config,
-            "SELECT COALESCE(SUM(amount), 0) FROM ledger_entry WHERE seller_id = ?",
-            (seller_id,),
-        )[0][0]
-        assert ledger_sum == balance
+    reconciled_balances(config.db_path)  # and I1-I4 re-checked apart from chargebox's code
 
 
 def all_pages(list_fn, limit: int = 1000, **filters) -> list[dict]:
@@ -105,7 +96,7 @@ def test_a_new_seller_starts_at_zero_and_gets_its_key_once(service, config):
 
 def test_only_the_sha256_of_a_seller_key_is_stored(service, config):
     seller, key = service.create_seller("Ali")
-    (row,) = rows(config, "SELECT * FROM seller WHERE id = ?", (seller["id"],))
+    (row,) = rows_on_disk(config.db_path, "SELECT * FROM seller WHERE id = ?", (seller["id"],))
     assert hashlib.sha256(key.encode()).hexdigest() in row
     assert not any(isinstance(value, str) and key in value for value in row)
     # Neither the WAL nor, once closing has checkpointed it, the main file holds the key.
@@ -122,7 +113,7 @@ def test_a_seller_without_a_proper_name_is_refused_and_not_created(service, conf
     with pytest.raises(ValidationError) as refused:
         service.create_seller(name)
     assert refused.value.field == "name"
-    assert rows(config, "SELECT COUNT(*) FROM seller") == [(0,)]
+    assert rows_on_disk(config.db_path, "SELECT COUNT(*) FROM seller") == [(0,)]
 
 
 def test_an_unknown_seller_is_not_found(service):
@@ -150,7 +141,7 @@ def test_a_credit_request_with_a_bad_amount_is_refused_and_not_recorded(service,
     with pytest.raises(ValidationError) as refused:
         service.request_credit(seller["id"], amount)
     assert refused.value.field == "amount"
-    assert rows(config, "SELECT COUNT(*) FROM credit_request") == [(0,)]
+    assert rows_on_disk(config.db_path, "SELECT COUNT(*) FROM credit_request") == [(0,)]
 
 
 def test_approving_credits_the_seller_exactly_once(service, config):
@@ -162,7 +153,9 @@ def test_approving_credits_the_seller_exactly_once(service, config):
     assert service.get_credit_request(request["id"]) == approved
     assert balance_on_disk(config, seller["id"]) == 70_000
     assert ledger_on_disk(config, seller["id"]) == [("credit", 70_000, 70_000)]
-    assert rows(config, "SELECT credit_request_id FROM ledger_entry") == [(request["id"],)]
+    assert rows_on_disk(config.db_path, "SELECT credit_request_id FROM ledger_entry") == [
+        (request["id"],)
+    ]
 
 
 def test_approving_twice_credits_once(service, config):
@@ -336,10 +329,16 @@ def test_a_sale_debits_the_balance_and_records_sale_entry_and_phone_total(servic
     assert service.get_seller(seller["id"])["balance"] == 70_000
     assert balance_on_disk(config, seller["id"]) == 70_000
     assert ledger_on_disk(config, seller["id"])[-1] == ("sale", -30_000, 70_000)
-    assert rows(config, "SELECT sale_id FROM ledger_entry WHERE kind = 'sale'") == [(sale["id"],)]
-    assert rows(config, "SELECT number, total_charged FROM phone") == [(PHONE, 30_000)]
+    assert rows_on_disk(config.db_path, "SELECT sale_id FROM ledger_entry WHERE kind = 'sale'") == [
+        (sale["id"],)
+    ]
+    assert rows_on_disk(config.db_path, "SELECT number, total_charged FROM phone") == [
+        (PHONE, 30_000)
+    ]
     service.sell(seller["id"], "۰۹۱۲۱۲۳۴۵۶۷", 5_000)
-    assert rows(config, "SELECT number, total_charged FROM phone") == [(PHONE, 35_000)]
+    assert rows_on_disk(config.db_path, "SELECT number, total_charged FROM phone") == [
+        (PHONE, 35_000)
+    ]
     assert_books_consistent(service, config)
 
 
@@ -356,7 +355,7 @@ def test_a_sale_over_the_balance_is_refused_and_records_nothing(service, config)
         service.sell(seller["id"], PHONE, 5_001)
     assert refused.value.replayed is False
     assert counts(config) == before
-    assert rows(config, "SELECT COUNT(*) FROM phone") == [(0,)]
+    assert rows_on_disk(config.db_path, "SELECT COUNT(*) FROM phone") == [(0,)]
     assert balance_on_disk(config, seller["id"]) == 5_000
 
 
@@ -394,8 +393,8 @@ def test_a_replayed_sale_returns_the_same_sale_and_charges_once(service, config)
     assert again.replayed is True and third.replayed is True
     assert again.record == first.record == third.record
     assert balance_on_disk(config, seller["id"]) == 40_000
-    assert rows(config, "SELECT COUNT(*) FROM sale") == [(1,)]
-    assert rows(config, "SELECT total_charged FROM phone") == [(10_000,)]
+    assert rows_on_disk(config.db_path, "SELECT COUNT(*) FROM sale") == [(1,)]
+    assert rows_on_disk(config.db_path, "SELECT total_charged FROM phone") == [(10_000,)]
     assert_books_consistent(service, config)
 
 
@@ -424,7 +423,7 @@ def test_a_key_refused_for_insufficient_credit_stays_refused_after_a_credit(serv
     assert again.value.replayed is True
     assert again.value.message == first.value.message
     assert balance_on_disk(config, seller["id"]) == 101_000
-    assert rows(config, "SELECT COUNT(*) FROM sale") == [(0,)]
+    assert rows_on_disk(config.db_path, "SELECT COUNT(*) FROM sale") == [(0,)]
     fresh = service.sell(seller["id"], PHONE, 5_000, idempotency_key="k2")
     assert fresh.replayed is False and fresh.record["balance_after"] == 96_000
 
@@ -577,7 +576,7 @@ def test_registering_a_phone_that_is_not_a_mobile_is_refused(service, config, nu
     with pytest.raises(ValidationError) as refused:
         service.register_phone(number)
     assert refused.value.field == "number"
-    assert rows(config, "SELECT COUNT(*) FROM phone") == [(0,)]
+    assert rows_on_disk(config.db_path, "SELECT COUNT(*) FROM phone") == [(0,)]
 
 
 # --- audit -----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from tests.support import ADMIN_TOKEN, books, new_seller
+from tests.support import ADMIN_TOKEN, new_seller, reconciled_balances
 from tests.web_support import ADMIN, SELLER, Browser, refused, text_of, value_of
 
 PHONE = "09121234567"
@@ -165,7 +165,7 @@ def test_approve_and_reject_buttons_decide_once_in_plain_words(fresh_server):
     assert rejected.headers["Location"] == f"/admin?rejected={second}"
     assert admin.post_form(f"/admin/credit-requests/{second}/approve", {}).status_code == 409
     assert seller.get(f"/api/credit-requests/{second}").json()["status"] == "rejected"
-    assert books(fresh_server.db_path) == {1: 7000}
+    assert reconciled_balances(fresh_server.db_path) == {1: 7000}
     for client in (admin.http, admin_api, seller):
         client.close()
 
