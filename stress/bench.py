@@ -1,9 +1,12 @@
 """`python -m stress bench`: how far chargebox's sale is from its ceilings, in one run.
 
-Here: the raw sqlite3 ceiling of our exact sale SQL, Chargebox.sell in process, a trivial
-endpoint vs POST /api/sales at 1..64 keep-alive clients (threads, processes), the targets as
-ratios of this run, and the books check. No timing is asserted: only unreconciled books fail.
-chargebox is imported inside functions, so the spawned client processes start light.
+Here: `Chargebox.sell` in process (the real code path, on a file `chargebox.cli.prepare`
+made), against a raw-SQL baseline (a copy of the sale's statements on a plain sqlite3
+connection: what the SQL costs without Python around it; a test checks that the copy
+writes what the real sale writes); a trivial endpoint vs POST /api/sales at 1..64
+keep-alive clients (threads, processes); the targets as ratios of this run; the books
+check. No timing is asserted: only unreconciled books fail. chargebox is imported inside
+functions, so the spawned client processes start light.
 """
 
 from __future__ import annotations
@@ -45,8 +48,10 @@ IN_PROCESS_COLUMNS = ("name", "layer", "variant", "sales", "transactions", "seco
 HTTP_COLUMNS = ("client_kind", "clients", "endpoint", "req_s", "p50_ms", "p99_ms", "errors")
 TARGET_COLUMNS = ("target", "measured", "goal", "result")
 
-# The sale transaction of chargebox.ledger.sell / _move, statement for statement (copied, so
-# the ceiling is measured without peewee or chargebox's Python around the same SQL).
+# The raw-SQL baseline: the statements of one sale as chargebox.ledger writes them, copied
+# so that their cost is measured without chargebox's Python around them. Only a baseline:
+# the service rows time the real code. test_stress_bench checks that a raw sale writes the
+# same rows, table by table, as Chargebox.sell; a change in the ledger fails it there.
 _GUARD = "FROM seller WHERE id = ? AND balance + ? BETWEEN 0 AND ?"
 SALE_SQL = (
     "INSERT INTO sale (seller_id, phone, amount, balance_after, created_at) "
@@ -114,11 +119,11 @@ def _say(options: Options, text: str) -> None:
         print(f"  {text}", file=sys.stderr, flush=True)
 
 
-# --- in process: the raw sqlite3 ceiling and the service ---------------------------------
+# --- in process: the service (the real code path) and the raw-SQL baseline --------------
 
 
 def raw_connection(path: Path, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
-    """A plain sqlite3 connection with chargebox's PRAGMAs (see chargebox.db.open_database)."""
+    """A plain sqlite3 connection with the PRAGMAs chargebox.db sets on its own."""
     conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
@@ -131,8 +136,9 @@ def raw_connection(path: Path, synchronous: str, busy_timeout_ms: int) -> sqlite
 def raw_sale(
     conn: sqlite3.Connection, seller_id: int, number: str, amount: int, now: str, key: bytes
 ) -> None:
-    """One sale's statements, inside the caller's BEGIN IMMEDIATE, checked as ledger checks."""
-    from chargebox import seals  # the same HMAC chain as ledger._seal
+    """One sale's copied statements, inside the caller's BEGIN IMMEDIATE, checked as the
+    ledger checks them (the baseline; `service_rate` times the real code)."""
+    from chargebox import seals  # the HMAC chain the ledger seals each entry with
 
     rows = conn.execute(
         SALE_SQL, (number, amount, -amount, now, seller_id, -amount, MAX_BALANCE)
@@ -158,14 +164,11 @@ def raw_sale(
     conn.execute(PHONE_SQL, (number, amount, now))
 
 
-def raw_rate(
-    path: Path, seller_id: int, sales: int, per_tx: int, synchronous: str, busy_ms: int
-) -> dict:
-    """Sales/s of our sale transaction from one thread, `per_tx` sales per BEGIN...COMMIT."""
-    from chargebox import db
-
-    key = db.ledger_key()  # set by cli.prepare() on this database
-    conn = raw_connection(path, synchronous, busy_ms)
+def raw_rate(config, seller_id: int, sales: int, per_tx: int) -> dict:
+    """Sales/s of the copied sale SQL from one thread, `per_tx` sales per BEGIN...COMMIT,
+    on the file of `config` (as `chargebox.cli.prepare` returned it: with its ledger key)."""
+    key = config.ledger_key.encode("utf-8")
+    conn = raw_connection(config.db_path, config.synchronous, config.busy_timeout_ms)
     level = SYNC_NAMES.get(conn.execute("PRAGMA synchronous").fetchone()[0], "?")
     journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
     done = transactions = 0
@@ -188,7 +191,7 @@ def raw_rate(
     per = "1 sale" if per_tx == 1 else f"{per_tx} sales"
     return {
         "name": "raw_1" if per_tx == 1 else "raw_batch",
-        "layer": "raw sqlite3",
+        "layer": "raw SQL (baseline)",
         "variant": f"{per} / transaction, 1 thread",
         "sales": done,
         "transactions": transactions,
@@ -200,9 +203,8 @@ def raw_rate(
 
 
 def service_rate(service, seller_id: int, sales: int, threads: int) -> dict:
-    """Sales/s of `Chargebox.sell` from `threads` threads at once (a connection per thread)."""
-    from chargebox import db
-
+    """Sales/s of `Chargebox.sell` from `threads` threads at once: the real code path, with
+    its validation, key handling, write door and group commit (a connection per thread)."""
     barrier = threading.Barrier(threads + 1)
     done = [0] * threads
     errors: list[str] = []
@@ -211,19 +213,15 @@ def service_rate(service, seller_id: int, sales: int, threads: int) -> dict:
         try:
             barrier.wait(BARRIER_TIMEOUT)
             for n in range(worker, sales, threads):
-                service.sell(seller_id, _phone(n), AMOUNT)
+                service.sell(seller_id, _phone(n), AMOUNT, None)
                 done[worker] += 1
         except Exception as exc:  # reported with the row; the books check will see it too
             errors.append(f"{type(exc).__name__}: {exc}")
-        finally:
-            db.database.close()  # this thread's connection
 
     workers = [threading.Thread(target=body, args=(w,), daemon=True) for w in range(threads)]
     for worker in workers:
         worker.start()
-    writer = getattr(service, "writer", None)  # the group writer, when the core has one
-    batches = writer.batches if writer is not None else 0
-    barrier.wait(BARRIER_TIMEOUT)
+    barrier.wait(BARRIER_TIMEOUT)  # every thread started and waiting: the clock starts now
     started = time.perf_counter()
     for worker in workers:
         worker.join()
@@ -233,72 +231,74 @@ def service_rate(service, seller_id: int, sales: int, threads: int) -> dict:
         "layer": "service",
         "variant": f"Chargebox.sell, {threads} thread{'s' if threads > 1 else ''}",
         "sales": sum(done),
-        "transactions": writer.batches - batches if writer is not None else sum(done),
-        "group_commit": writer is not None,
+        "group_commit": service.config.group_commit,
         "seconds": round(seconds, 3),
         "sales_s": round(sum(done) / seconds, 1),
         "errors": errors[:5],
     }
 
 
-def in_process(options: Options) -> tuple[list[dict], list[str]]:
-    """Raw ceiling, then the service, on one fresh database; the rows and any book problems."""
-    from chargebox import db
+def prepared(db_path: Path, synchronous: str):
+    """A fresh database as the service starts on it: `chargebox.cli.prepare`'s Config."""
     from chargebox.cli import prepare
     from chargebox.config import Config
+
+    return prepare(
+        Config(db_path=db_path, admin_token=secrets.token_urlsafe(32), synchronous=synchronous)
+    )
+
+
+def in_process(options: Options) -> tuple[list[dict], list[str]]:
+    """The raw-SQL baseline, then the service, on one fresh database; rows and book problems."""
     from chargebox.services import Chargebox
 
     with tempfile.TemporaryDirectory(prefix="chargebox-bench-") as scratch:
-        config = Config(
-            db_path=Path(scratch) / "bench.db",
-            admin_token=secrets.token_urlsafe(16),
-            synchronous=options.synchronous,
-        )
-        prepare(config)
+        config = prepared(Path(scratch) / "bench.db", options.synchronous)
         service = Chargebox(config)
-        sellers = {}
-        for role in ("raw", "service"):
-            sellers[role] = service.create_seller(f"bench {role}")[0]["id"]
-            service.adjust_balance(sellers[role], FUNDING, "bench funding")
-        db.close_database()  # the raw connection gets the file to itself
-        raw = [
-            raw_rate(
-                config.db_path,
-                sellers["raw"],
-                options.sales,
-                per_tx,
-                config.synchronous,
-                config.busy_timeout_ms,
-            )
-            for per_tx in (1, options.batch)
-        ]
-        _say(options, "raw: " + ", ".join(f"{r['variant']} {r['sales_s']:,.0f}/s" for r in raw))
-        db.open_database(config)
         try:
-            rows = raw + [
+            sellers = {}
+            for role in ("raw", "service"):
+                sellers[role] = service.create_seller(f"bench {role}")[0]["id"]
+                service.adjust_balance(sellers[role], FUNDING, "bench funding")
+            rows = [
+                raw_rate(config, sellers["raw"], options.sales, per_tx)
+                for per_tx in (1, options.batch)
+            ]
+            rates = ", ".join(f"{r['variant']} {r['sales_s']:,.0f}/s" for r in rows)
+            _say(options, f"raw: {rates}")
+            rows += [
                 service_rate(service, sellers["service"], options.sales, threads)
                 for threads in (1, options.service_threads)
             ]
             _say(options, "service: " + ", ".join(f"{r['sales_s']:,.0f}/s" for r in rows[2:]))
-            return rows, _in_process_books(service, sellers, rows)
+            audit = service.audit()
         finally:
-            db.close_database()
+            service.close()
+        return rows, _in_process_books(config.db_path, audit, sellers, rows)
 
 
-def _in_process_books(service, sellers: dict[str, int], rows: list[dict]) -> list[str]:
+def _in_process_books(db_path: Path, audit: dict, sellers: dict, rows: list[dict]) -> list[str]:
+    """The service's audit, and each seller's balance and ledger sum read from the file."""
     problems = [f"{row['variant']}: {error}" for row in rows for error in row.get("errors", [])]
-    audit = service.audit()
     if not audit["consistent"]:
         problems.append(f"in-process audit is not consistent: {audit['problems'][:5]}")
-    for role, seller_id in sellers.items():
-        sold = sum(row["sales"] for row in rows if row["name"].startswith(role))
-        expected = FUNDING - AMOUNT * sold
-        balance = service.get_seller(seller_id)["balance"]
-        if balance != expected:
-            problems.append(
-                f"in-process {role} seller {seller_id}: expected balance {expected:,} "
-                f"({sold:,} sales) but the database says {balance:,}"
-            )
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        for role, seller_id in sellers.items():
+            sold = sum(row["sales"] for row in rows if row["name"].startswith(role))
+            expected = FUNDING - AMOUNT * sold
+            balance, ledger = conn.execute(
+                "SELECT balance, (SELECT SUM(amount) FROM ledger_entry WHERE seller_id = s.id)"
+                " FROM seller s WHERE id = ?",
+                (seller_id,),
+            ).fetchone()
+            if balance != expected or ledger != expected:
+                problems.append(
+                    f"in-process {role} seller {seller_id}: expected balance {expected:,} "
+                    f"({sold:,} sales) but the file says {balance:,} (ledger sum {ledger:,})"
+                )
+    finally:
+        conn.close()
     return problems
 
 
@@ -619,7 +619,8 @@ def render(result: dict) -> str:
     durability, machine = result["durability"], result["machine"]
     options = result["options"]
     lines = [
-        f"== in process: raw sqlite3 vs Chargebox.sell, {options['sales']:,} sales per row ==",
+        f"== in process: Chargebox.sell against a raw-SQL baseline, {options['sales']:,} sales"
+        " per row ==",
         report.table(result["in_process"], IN_PROCESS_COLUMNS),
         "",
         f"== HTTP: {options['seconds']} s per row, keep-alive clients, "

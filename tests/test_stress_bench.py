@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 
+from chargebox.services import Chargebox
 from stress import bench
-from tests.support import run_stress
+from tests.support import db_snapshot, reconciled_balances, run_stress
 
 KINDS = ("threads", "processes")
 CLIENTS = (1, 4)
@@ -111,33 +113,59 @@ def test_the_report_states_durability_machine_and_reconciled_books(tiny_run):
     assert document["options"]["clients"] == list(CLIENTS) and document["seconds"] > 0
 
 
-def test_the_raw_transaction_writes_books_that_chargebox_audits_clean(service, config):
-    """The copied SQL is chargebox's sale: the schema's triggers accept it and audit agrees."""
-    from chargebox import db
+@pytest.fixture
+def bench_file(tmp_path) -> Iterator[tuple]:
+    """A file prepared as the bench prepares one, its Chargebox, and two funded sellers."""
+    config = bench.prepared(tmp_path / "bench.db", "NORMAL")
+    service = Chargebox(config)
+    sellers = []
+    for name in ("real", "raw"):
+        sellers.append(service.create_seller(name)[0]["id"])
+        service.adjust_balance(sellers[-1], 1_000_000, "funding")
+    yield config, service, *sellers
+    service.close()
 
-    seller_id = service.create_seller("raw")[0]["id"]
-    service.adjust_balance(seller_id, 1_000_000, "funding")
-    db.close_database()
-    single = bench.raw_rate(config.db_path, seller_id, 30, 1, "NORMAL", 10_000)
-    grouped = bench.raw_rate(config.db_path, seller_id, 25, 10, "NORMAL", 10_000)
+
+def rows_per_table(db_path) -> dict[str, int]:
+    """How many rows each table of the schema holds (db_snapshot's tables are (count, digest))."""
+    return {name: state[0] for name, state in db_snapshot(db_path).items() if type(state) is tuple}
+
+
+def test_the_raw_sql_baseline_writes_what_chargebox_sell_writes_table_by_table(bench_file):
+    """The baseline is a copy of the sale's SQL: if the ledger writes a row more (or less)
+    than the copy, the benchmark would compare the real sale with stale SQL. Fails here."""
+    config, service, real, raw = bench_file
+    before = rows_per_table(config.db_path)
+    service.sell(real, "09121234567", bench.AMOUNT, None)
+    sold = rows_per_table(config.db_path)
+    bench.raw_rate(config, raw, 1, 1)
+    copied = rows_per_table(config.db_path)
+
+    by_the_service = {table: sold[table] - before[table] for table in before}
+    by_the_copy = {table: copied[table] - sold[table] for table in before}
+    assert by_the_copy == by_the_service and by_the_service["sale"] == 1, by_the_service
+    assert service.audit()["consistent"]  # the copy's seals verify as the ledger's do
+
+
+def test_the_raw_sql_baseline_groups_sales_per_transaction_and_audits_clean(bench_file):
+    config, service, _, raw = bench_file
+    single = bench.raw_rate(config, raw, 30, 1)
+    grouped = bench.raw_rate(config, raw, 25, 10)
 
     assert (single["transactions"], grouped["transactions"]) == (30, 3)
     audit = service.audit()
     assert audit["consistent"], audit["problems"]
     assert audit["totals"]["sales"] == 55
-    assert service.get_seller(seller_id)["balance"] == 1_000_000 - 55 * bench.AMOUNT
+    assert reconciled_balances(config.db_path)[raw] == 1_000_000 - 55 * bench.AMOUNT
 
 
-def test_a_raw_sale_the_balance_cannot_cover_is_refused_and_rolled_back(service, config):
-    from chargebox import db
-
-    seller_id = service.create_seller("poor")[0]["id"]
-    service.adjust_balance(seller_id, 2 * bench.AMOUNT, "funding")
-    db.close_database()
+def test_a_raw_sale_the_balance_cannot_cover_is_refused_and_rolled_back(bench_file):
+    config, service, _, raw = bench_file
+    service.adjust_balance(raw, 2 * bench.AMOUNT - 1_000_000, "down to two sales")
     with pytest.raises(RuntimeError, match="could not pay"):
-        bench.raw_rate(config.db_path, seller_id, 3, 3, "NORMAL", 10_000)
+        bench.raw_rate(config, raw, 3, 3)
 
-    assert service.get_seller(seller_id)["balance"] == 2 * bench.AMOUNT  # all three undone
+    assert reconciled_balances(config.db_path)[raw] == 2 * bench.AMOUNT  # all three undone
     assert service.audit()["consistent"]
 
 
