@@ -1,23 +1,26 @@
-"""Who is calling: principals, seller API keys, web sessions (all stored hashed), lookups.
+"""Who is calling: principals, seller API keys, web sessions (all stored hashed), sign-in.
 
 A seller key is shown once at creation; only its SHA-256 is stored, so a copy
 of the database file holds no usable key; a web session's cookie likewise.
-Secrets are compared with `hmac.compare_digest`. Nothing here logs, and no
-error message echoes a token.
+Secrets are compared with `hmac.compare_digest`. `Access` binds it all to one
+database and admin token. Nothing here logs, and no error message echoes a token.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import hmac
 import secrets
 
-from chargebox import db
+from chargebox.clock import now
+from chargebox.db import Database, Write
 from chargebox.errors import Unauthorized
 
 KEY_PREFIX = "cbk_"
 MAX_TOKEN_LENGTH = 512
+SESSION_LIFETIME = datetime.timedelta(hours=12)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,9 +36,9 @@ class Principal:
 ADMIN = Principal("admin")
 
 # Keys are never changed or revoked once issued, so a key that matched a seller
-# keeps matching it: remembering the match saves a database read per request.
-# Only the SHA-256 of a key is kept, as in the database. Unknown keys are not cached.
-_sellers_by_digest: dict[str, Principal] = {}
+# keeps matching it: remembering the match (in the Database's `seller_keys`) saves
+# a read per request. Only a key's SHA-256 is kept, as in the database; unknown
+# keys are not remembered.
 _CACHE_LIMIT = 100_000
 
 
@@ -46,6 +49,11 @@ def new_api_key() -> tuple[str, str]:
 
 
 def new_admin_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def new_ledger_key() -> str:
+    """A fresh key for the ledger's seals (seals.py): 256 random bits, as text."""
     return secrets.token_urlsafe(32)
 
 
@@ -64,26 +72,21 @@ def bearer_token(header: str | None) -> str:
     return token
 
 
-def authenticate(header: str | None, admin_token: str | None) -> Principal:
-    """Map a request's Authorization header to the admin or one seller."""
-    return identify(bearer_token(header), admin_token)
-
-
-def identify(token: str, admin_token: str | None) -> Principal:
+def identify(database: Database, token: str, admin_token: str | None) -> Principal:
     """The admin or the seller whose secret `token` is, or Unauthorized."""
     presented = token.encode("utf-8", "surrogateescape")
     if admin_token and hmac.compare_digest(presented, admin_token.encode("utf-8")):
         return ADMIN
     digest = hash_key(token)
-    known = _sellers_by_digest.get(digest)
+    known = database.seller_keys.get(digest)
     if known is not None:
         return known
-    rows = db.rows("SELECT id, api_key_hash FROM seller WHERE api_key_hash = ?", (digest,))
+    rows = database.rows("SELECT id, api_key_hash FROM seller WHERE api_key_hash = ?", (digest,))
     if rows and hmac.compare_digest(rows[0][1], digest):
         principal = Principal("seller", rows[0][0])
-        if len(_sellers_by_digest) >= _CACHE_LIMIT:
-            _sellers_by_digest.clear()
-        _sellers_by_digest[digest] = principal
+        if len(database.seller_keys) >= _CACHE_LIMIT:
+            database.seller_keys.clear()
+        database.seller_keys[digest] = principal
         return principal
     raise Unauthorized("unknown token")
 
@@ -100,12 +103,14 @@ def csrf_token(session_token: str) -> str:
     return hmac.new(session_token.encode("utf-8"), b"chargebox csrf", "sha256").hexdigest()
 
 
-def session_principal(token: str, admin_token: str | None, now: str) -> Principal | None:
+def session_principal(
+    database: Database, token: str, admin_token: str | None, at: str
+) -> Principal | None:
     """Who the session with cookie `token` acts as, if it exists, has not expired and its
     credential still holds (an admin session ends when the admin token changes)."""
     if not token or len(token) > MAX_TOKEN_LENGTH:
         return None
-    rows = db.rows(
+    rows = database.rows(
         "SELECT s.role, s.seller_id, s.credential_hash, s.expires_at, seller.api_key_hash "
         "FROM web_session AS s LEFT JOIN seller ON seller.id = s.seller_id "
         "WHERE s.token_hash = ?",
@@ -115,6 +120,63 @@ def session_principal(token: str, admin_token: str | None, now: str) -> Principa
         return None
     role, seller_id, remembered, expires_at, key_hash = rows[0]
     current = hash_key(admin_token) if role == "admin" and admin_token else key_hash
-    if expires_at <= now or current is None or not hmac.compare_digest(remembered, current):
+    if expires_at <= at or current is None or not hmac.compare_digest(remembered, current):
         return None
     return ADMIN if role == "admin" else Principal("seller", seller_id)
+
+
+class Access:
+    """Who may act on one database: API tokens, and the web sessions opened with them."""
+
+    def __init__(self, database: Database, admin_token: str | None) -> None:
+        self.database = database
+        self.admin_token = admin_token
+
+    def authenticate(self, header: str | None) -> Principal:
+        """Map a request's Authorization header to the admin or one seller."""
+        return identify(self.database, bearer_token(header), self.admin_token)
+
+    def sign_in(self, token: object) -> tuple[str, Principal]:
+        """Open a web session for the holder of a seller key or the admin token.
+
+        Returns the session's secret cookie value (kept only as a hash) and who it is.
+        Sessions that have expired are swept out in the same write.
+        """
+        if not isinstance(token, str) or not token.strip():
+            raise Unauthorized("enter your API key (or the admin token)")
+        secret = token.strip()
+        principal = identify(self.database, secret, self.admin_token)
+        session, session_hash = new_session_token()
+        created = now()
+
+        def open_session(write: Write) -> None:
+            write.execute("DELETE FROM web_session WHERE expires_at <= ?", (created,))
+            write.execute(
+                "INSERT INTO web_session (token_hash, role, seller_id, credential_hash,"
+                " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    session_hash,
+                    principal.role,
+                    principal.seller_id,
+                    # What the session remembers of its secret: as it matched, this is
+                    # the seller's api_key_hash, or the hash of the admin token.
+                    hash_key(secret),
+                    created,
+                    now(SESSION_LIFETIME),
+                ),
+            )
+
+        self.database.write(open_session)
+        return session, principal
+
+    def session(self, session: str | None) -> Principal | None:
+        """Who an open, unexpired web session acts as; None for anything else."""
+        if session is None:
+            return None
+        return session_principal(self.database, session, self.admin_token, now())
+
+    def sign_out(self, session: str) -> None:
+        digest = hash_key(session)
+        self.database.write(
+            lambda write: write.execute("DELETE FROM web_session WHERE token_hash = ?", (digest,))
+        )

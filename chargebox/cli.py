@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from chargebox import auth, db, seals
+from filelock import FileLock
+
+from chargebox import auth, seals
 from chargebox.config import (
     MIN_SECRET_LENGTH,
     SYNCHRONOUS_LEVELS,
@@ -25,6 +29,7 @@ from chargebox.config import (
     checked_admin_token,
     env_defaults,
 )
+from chargebox.db import Database
 from chargebox.errors import ChargeboxError
 from chargebox.location import check_database_path
 from chargebox.models import ALL_MODELS
@@ -91,15 +96,22 @@ def prepare(config: Config) -> Config:
         _stored_secret(config.admin_token_path, "an admin token", "CHARGEBOX_ADMIN_TOKEN"),
         str(config.admin_token_path),
     )
-    db.open_database(config)
-    with db.startup_lock(config):  # one start-up at a time: the key check sees a settled file
-        key = _ledger_key(config)
-        db.use_ledger_key(key)
-        db.ensure_schema(config, ALL_MODELS)
+    database = Database(config)
+    try:
+        with startup_lock(config):  # one start-up at a time: the key check sees a settled file
+            key = _ledger_key(config, database)
+            database.ensure_schema(ALL_MODELS)
+    finally:
+        database.close()
     return config.with_secrets(token, key)
 
 
-def _ledger_key(config: Config) -> str:
+def startup_lock(config: Config) -> FileLock:
+    """The lock that processes starting on one database take in turn (schema, ledger key)."""
+    return FileLock(str(config.db_path) + ".lock", timeout=60)
+
+
+def _ledger_key(config: Config, database: Database) -> str:
     """The ledger key, refused unless it verifies the newest seals already made.
 
     A key is never generated for a database that holds seals: with a new key every
@@ -108,15 +120,17 @@ def _ledger_key(config: Config) -> str:
     """
     path = config.ledger_key_path
     source = "CHARGEBOX_LEDGER_KEY" if config.ledger_key else str(path)
-    sealed = seals.sealed()
+    sealed = seals.sealed(database)
     if not config.ledger_key and not path.exists() and sealed:
         raise ValueError(
             f"--db {config.db_path}: the ledger is sealed but its key file {path} is missing: "
             "restore it from the backup of this database (or set CHARGEBOX_LEDGER_KEY); "
             "a new key would make every seal look forged"
         )
-    key = config.ledger_key or _stored_secret(path, "a ledger key", "CHARGEBOX_LEDGER_KEY")
-    checked, verified = seals.key_check(key.encode("utf-8")) if sealed else (0, 0)
+    key = config.ledger_key or _stored_secret(
+        path, "a ledger key", "CHARGEBOX_LEDGER_KEY", auth.new_ledger_key
+    )
+    checked, verified = seals.key_check(database, key.encode("utf-8")) if sealed else (0, 0)
     if checked and not verified:
         raise ValueError(
             f"--db {config.db_path}: {source} {seals.wrong_key(checked)}; restore that key "
@@ -137,13 +151,15 @@ def _ledger_key(config: Config) -> str:
     return key
 
 
-def _stored_secret(path: Path, what: str, variable: str) -> str:
+def _stored_secret(
+    path: Path, what: str, variable: str, new: Callable[[], str] = auth.new_admin_token
+) -> str:
     """Read a generated secret, or create it (owner-only, atomically) on first start."""
     if not path.exists():
         temporary = path.with_name(f".{path.name}.{os.getpid()}")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
-            handle.write(auth.new_admin_token() + "\n")
+            handle.write(new() + "\n")
         with contextlib.suppress(FileExistsError):  # another process won: use its secret
             os.link(temporary, path)
         temporary.unlink()
@@ -172,8 +188,11 @@ def _serve(config: Config) -> int:
 
 
 def _create_seller(config: Config, name: str) -> int:
-    prepare(config)
-    seller, api_key = Chargebox(config).create_seller(name)
+    service = Chargebox(prepare(config))
+    try:
+        seller, api_key = service.create_seller(name)
+    finally:
+        service.close()
     print(json.dumps({**seller, "api_key": api_key}, ensure_ascii=False))
     print("Store this API key now: it is shown only once.", file=sys.stderr)
     return 0
@@ -184,10 +203,13 @@ def _audit(config: Config, as_json: bool) -> int:
         print(f"chargebox audit: no database at {config.db_path}", file=sys.stderr)
         return 2
     check_database_path(config.db_path, writing=False)
-    db.open_database(config)
     path = config.ledger_key_path
-    db.use_ledger_key(config.ledger_key or (path.read_text().strip() if path.exists() else None))
-    report = Chargebox(config).audit()
+    key = config.ledger_key or (path.read_text().strip() if path.exists() else None)
+    service = Chargebox(dataclasses.replace(config, ledger_key=key))
+    try:
+        report = service.audit()
+    finally:
+        service.close()
     if as_json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     totals = report["totals"]
@@ -227,8 +249,6 @@ def main(argv: list[str] | None = None) -> int:
         message = exc.message if isinstance(exc, ChargeboxError) else str(exc)
         print(f"chargebox: {message}", file=sys.stderr)
         return 2
-    finally:
-        db.close_database()
 
 
 if __name__ == "__main__":

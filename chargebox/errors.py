@@ -100,6 +100,10 @@ class Unavailable(ChargeboxError):
     code = "unavailable"
 
 
+class LockTimeout(Unavailable):
+    """The write lock was not had by the write's deadline; nothing of the write ran."""
+
+
 class IntegrityViolation(ChargeboxError):
     """The database refused a write that code should never have attempted.
 

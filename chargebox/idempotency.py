@@ -4,15 +4,18 @@ Keyed sales (`idempotency_record`) and credit requests (`credit_request_record`)
 scoped to the seller, and keyed adjustments (`adjustment_record`, scoped to the
 adjusted seller) share this.
 A key's record is written in the same write as what it records, so a crash
-keeps both or neither; a refusal (409) is recorded too, and replayed.
+keeps both or neither; a refusal (409) is recorded too, and replayed. `once()`
+is the replay itself: every keyed use case of `services` goes through it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable
 
-from chargebox import db
+from chargebox.clock import now
+from chargebox.db import Database, Write
 from chargebox.errors import (
     BalanceLimitExceeded,
     ChargeboxError,
@@ -55,9 +58,68 @@ def fingerprint(*parts: object) -> str:
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
 
 
-def earlier(kind: Keyed, seller_id: int, key: str, request_hash: str) -> int | None:
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What a write made (a sale, an entry, a request), and whether it is a key's copy."""
+
+    record: dict
+    replayed: bool
+
+
+def once(
+    database: Database,
+    kind: Keyed,
+    seller_id: int,
+    key: str | None,
+    request_hash: str,
+    act: Callable[[Write, str], dict],
+    read: Callable[[Write | Database, int], dict],
+) -> Outcome:
+    """Do `act(write, now)` in a write, once per key: every later copy gets the first
+    outcome, `read` again by the id it made (a refusal is raised again)."""
+    if key is None:
+        return Outcome(database.write(lambda write: act(write, now())), False)
+    made = earlier(database, kind, seller_id, key, request_hash)  # fast path, no write lock
+    if made is not None:
+        return Outcome(read(database, made), True)
+    outcome = database.write(lambda write: _first(write, kind, seller_id, key, request_hash,
+                                                  act, read))  # fmt: skip
+    if isinstance(outcome, ChargeboxError):
+        raise outcome
+    return outcome
+
+
+def _first(
+    write: Write,
+    kind: Keyed,
+    seller_id: int,
+    key: str,
+    request_hash: str,
+    act: Callable[[Write, str], dict],
+    read: Callable[[Write | Database, int], dict],
+) -> Outcome | ChargeboxError:
+    """Inside the write: what a copy that won the race made, or act now and record it.
+
+    A refusal is returned, not raised, so that its record commits with the rest.
+    """
+    made = earlier(write, kind, seller_id, key, request_hash)
+    if made is not None:
+        return Outcome(read(write, made), True)
+    created = now()
+    try:
+        outcome: Outcome | ChargeboxError = Outcome(act(write, created), False)
+    except FINAL as refusal:  # nothing was written; the refusal is final
+        outcome = refusal
+    made_id = outcome if isinstance(outcome, ChargeboxError) else outcome.record["id"]
+    record(write, kind, seller_id, key, request_hash, made_id, created)
+    return outcome
+
+
+def earlier(
+    reader: Write | Database, kind: Keyed, seller_id: int, key: str, request_hash: str
+) -> int | None:
     """The id made by this key's first request; its refusal, raised again; or None."""
-    rows = db.rows(
+    rows = reader.rows(
         f"SELECT request_hash, {kind.column}, error_code, error_message FROM {kind.table} "
         "WHERE seller_id = ? AND key = ?",
         (seller_id, key),
@@ -75,6 +137,7 @@ def earlier(kind: Keyed, seller_id: int, key: str, request_hash: str) -> int | N
 
 
 def record(
+    write: Write,
     kind: Keyed,
     seller_id: int,
     key: str,
@@ -84,7 +147,7 @@ def record(
 ) -> None:
     """Keep the outcome of a key's first request: the id it made, or its refusal."""
     refused = isinstance(outcome, ChargeboxError)
-    db.execute(
+    write.execute(
         f"INSERT INTO {kind.table} (seller_id, key, request_hash, {kind.column},"
         " error_code, error_message, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (

@@ -1,37 +1,36 @@
 """THE money module: the only code that changes a balance or writes a ledger entry.
 
 Every movement is its ledger entry, then the balance UPDATE, both guarded
-(`balance + delta BETWEEN 0 AND 10^15`), inside the caller's `db.write_tx()`;
-this module never opens a transaction, it asserts one is open. Hand-written SQL keeps the write lock
-short (peewee's query builder costs ~80 us per statement inside it).
-`audit()` re-checks invariants I1-I5 from the rows themselves.
+(`balance + delta BETWEEN 0 AND 10^15`), inside the caller's write: each function
+takes the open `Write` and never opens a transaction of its own. Hand-written
+SQL keeps the write lock short. Deciding a credit request (approve or reject)
+lives here too, in one place. `audit()` re-checks I1-I5 from the rows themselves.
 """
 
 from __future__ import annotations
 
-import sqlite3
-
-from chargebox import db, seals
+from chargebox import seals
 from chargebox.config import MAX_BALANCE
+from chargebox.db import Database, Write
 from chargebox.errors import BalanceLimitExceeded, InsufficientCredit, NotFound, NotPending
 from chargebox.money import check_balance
+from chargebox.queries import CREDIT_REQUEST, LEDGER_ENTRY, SALE
 
 AUDIT_PROBLEM_CAP = 100
 
-
-_GUARD = "FROM seller WHERE id = ? AND balance + ? BETWEEN 0 AND ?"
+_GUARD = "FROM seller WHERE id = :seller_id AND balance + :delta BETWEEN 0 AND :ceiling"
 _ENTRY = (
     "INSERT INTO ledger_entry (seller_id, kind, amount, balance_after, credit_request_id,"
-    f" sale_id, reason, created_at) SELECT id, ?, ?, balance + ?, ?, ?, ?, ? {_GUARD} "
-    "RETURNING id, balance_after"
+    " sale_id, reason, created_at) SELECT id, :kind, :delta, balance + :delta,"
+    f" :credit_request_id, :sale_id, :reason, :now {_GUARD} {LEDGER_ENTRY.returning}"
 )
 _BALANCE = (
-    "UPDATE seller SET balance = balance + ? WHERE id = ? AND balance + ? BETWEEN 0 AND ? "
-    "RETURNING balance"
+    "UPDATE seller SET balance = balance + :delta"
+    " WHERE id = :seller_id AND balance + :delta BETWEEN 0 AND :ceiling RETURNING balance"
 )
-_SALE = (
-    "INSERT INTO sale (seller_id, phone, amount, balance_after, created_at) "
-    f"SELECT id, ?, ?, balance + ?, ? {_GUARD} RETURNING id, balance_after"
+_NEW_SALE = (
+    "INSERT INTO sale (seller_id, phone, amount, balance_after, created_at)"
+    f" SELECT id, :phone, :amount, balance + :delta, :now {_GUARD} {SALE.returning}"
 )
 _HEAD = "SELECT entries, entry_mac FROM seller_head WHERE seller_id = ?"
 _SEAL = "INSERT INTO ledger_seal (entry_id, mac) VALUES (?, ?)"
@@ -44,11 +43,15 @@ _PHONE_TOTAL = (
     "INSERT INTO phone (number, total_charged, created_at) VALUES (?, ?, ?) "
     "ON CONFLICT (number) DO UPDATE SET total_charged = total_charged + excluded.total_charged"
 )
+_DECIDE = (
+    "UPDATE credit_request SET status = :status, decided_at = :now"
+    f" WHERE id = :request_id AND status = 'pending' {CREDIT_REQUEST.returning}"
+)
 
 
-def _refuse(conn: sqlite3.Connection, seller_id: int, delta: int) -> None:
+def _refuse(write: Write, seller_id: int, delta: int) -> None:
     """Say why a guarded movement matched no row: no seller, not enough credit, or the cap."""
-    found = conn.execute("SELECT balance FROM seller WHERE id = ?", (seller_id,)).fetchall()
+    found = write.rows("SELECT balance FROM seller WHERE id = ?", (seller_id,))
     if not found:
         raise NotFound(f"seller {seller_id} does not exist")
     if delta < 0:
@@ -56,115 +59,89 @@ def _refuse(conn: sqlite3.Connection, seller_id: int, delta: int) -> None:
     raise BalanceLimitExceeded(f"a balance may not exceed {MAX_BALANCE:,} toman")
 
 
-def _move(
-    conn: sqlite3.Connection,
-    seller_id: int,
-    delta: int,
-    kind: str,
-    now: str,
-    credit_request_id: int | None = None,
-    sale_id: int | None = None,
-    reason: str | None = None,
-    phone: str | None = None,
-) -> dict:
+def _move(write: Write, seller_id: int, delta: int, kind: str, now: str, *,
+          credit_request_id: int | None = None, sale_id: int | None = None,
+          reason: str | None = None, phone: str | None = None) -> dict:  # fmt: skip
     """Record `delta` in the ledger, then apply it to the balance; both guarded (I1-I3).
 
     The entry comes first: the database refuses a balance UPDATE that does not land
     on the newest entry's balance_after, so no balance can change without its entry.
     """
-    params = (
-        kind,
-        delta,
-        delta,
-        credit_request_id,
-        sale_id,
-        reason,
-        now,
-        seller_id,
-        delta,
-        MAX_BALANCE,
-    )
-    rows = conn.execute(_ENTRY, params).fetchall()
-    if not rows:
-        _refuse(conn, seller_id, delta)
-    entry_id, balance_after = rows[0]
-    updated = conn.execute(_BALANCE, (delta, seller_id, delta, MAX_BALANCE)).fetchall()
-    if [(check_balance(balance_after),)] != updated:
-        raise AssertionError(f"seller {seller_id}: balance {updated} != entry {balance_after}")
-    entry = (entry_id, seller_id, kind, delta, balance_after, credit_request_id, sale_id,
-             reason, now, phone)  # fmt: skip
-    _seal(conn, entry)
-    return {
-        "id": entry_id, "seller_id": seller_id, "kind": kind, "amount": delta,
-        "balance_after": balance_after, "credit_request_id": credit_request_id,
-        "sale_id": sale_id, "reason": reason, "created_at": now,
+    params = {
+        "seller_id": seller_id, "delta": delta, "ceiling": MAX_BALANCE, "kind": kind,
+        "credit_request_id": credit_request_id, "sale_id": sale_id, "reason": reason,
+        "now": now,
     }  # fmt: skip
+    made = write.dicts(_ENTRY, params)
+    if not made:
+        _refuse(write, seller_id, delta)
+    entry = made[0]
+    updated = write.rows(_BALANCE, params)
+    if [(check_balance(entry["balance_after"]),)] != updated:
+        raise AssertionError(f"seller {seller_id}: balance {updated} != entry {entry}")
+    _seal(write, entry, phone)
+    return entry
 
 
-def _seal(conn: sqlite3.Connection, entry: tuple) -> None:
+def _seal(write: Write, entry: dict, phone: str | None) -> None:
     """Chain the new entry's seal to its predecessor's and move the seller's sealed head."""
-    key = db.ledger_key()
-    if key is None:
+    if write.ledger_key is None:
         raise AssertionError("no ledger key: start through cli.prepare() (see seals.py)")
-    seller_id, entry_id = entry[1], entry[0]
-    head = conn.execute(_HEAD, (seller_id,)).fetchone()
+    head = write.execute(_HEAD, (entry["seller_id"],)).fetchone()
     entries, previous = head if head else (0, seals.GENESIS)
-    mac = seals.entry_mac(key, previous, entry)
-    conn.execute(_SEAL, (entry_id, mac))
-    head_mac = seals.head_mac(key, seller_id, entry_id, entries + 1, mac, entry[4])
-    conn.execute(_NEW_HEAD, (seller_id, entry_id, entries + 1, mac, head_mac))
+    values = tuple({**entry, "phone": phone}[name] for name in seals.ENTRY_COLUMNS)
+    mac = seals.entry_mac(write.ledger_key, previous, values)
+    write.execute(_SEAL, (entry["id"], mac))
+    head_mac = seals.head_mac(write.ledger_key, entry["seller_id"], entry["id"], entries + 1,
+                              mac, entry["balance_after"])  # fmt: skip
+    write.execute(_NEW_HEAD, (entry["seller_id"], entry["id"], entries + 1, mac, head_mac))
 
 
-def approve_credit_request(request_id: int, now: str) -> dict:
+def approve_credit_request(write: Write, request_id: int, now: str) -> dict:
     """Mark a pending request approved and credit its seller, exactly once (I4)."""
-    conn = db.write_connection()
-    rows = conn.execute(
-        "UPDATE credit_request SET status = 'approved', decided_at = ? "
-        "WHERE id = ? AND status = 'pending' RETURNING seller_id, amount, created_at",
-        (now, request_id),
-    ).fetchall()
-    if not rows:
-        raise_not_pending(request_id)
-    seller_id, amount, created_at = rows[0]
-    _move(conn, seller_id, amount, "credit", now, credit_request_id=request_id)
-    return {
-        "id": request_id, "seller_id": seller_id, "amount": amount, "status": "approved",
-        "created_at": created_at, "decided_at": now,
-    }  # fmt: skip
+    request = _decide(write, request_id, "approved", now)
+    _move(write, request["seller_id"], request["amount"], "credit", now,
+          credit_request_id=request_id)  # fmt: skip
+    return request
 
 
-def raise_not_pending(request_id: int) -> None:
-    found = db.rows("SELECT status FROM credit_request WHERE id = ?", (request_id,))
+def reject_credit_request(write: Write, request_id: int, now: str) -> dict:
+    """Mark a pending request rejected; nothing moves."""
+    return _decide(write, request_id, "rejected", now)
+
+
+def _decide(write: Write, request_id: int, status: str, now: str) -> dict:
+    """Decide a pending request, once: a decided one is NotPending (and final, I4)."""
+    decided = write.dicts(_DECIDE, {"status": status, "now": now, "request_id": request_id})
+    if decided:
+        return decided[0]
+    found = write.rows("SELECT status FROM credit_request WHERE id = ?", (request_id,))
     if not found:
         raise NotFound(f"credit request {request_id} does not exist")
     raise NotPending(f"credit request {request_id} is already {found[0][0]}")
 
 
-def adjust(seller_id: int, amount: int, reason: str, now: str) -> dict:
+def adjust(write: Write, seller_id: int, amount: int, reason: str, now: str) -> dict:
     """An admin's signed correction; never below zero (I1)."""
-    return _move(db.write_connection(), seller_id, amount, "adjustment", now, reason=reason)
+    return _move(write, seller_id, amount, "adjustment", now, reason=reason)
 
 
-def sell(seller_id: int, number: str, amount: int, now: str) -> dict:
+def sell(write: Write, seller_id: int, number: str, amount: int, now: str) -> dict:
     """Debit a sale: the sale row, its one ledger entry (I4), the balance, the phone total.
 
     The guarded INSERT of the sale decides; a refusal writes nothing at all, so a
     refused keyed sale can still record its outcome in the same transaction. The
     sale's phone reference is checked at COMMIT (deferred), after the phone upsert.
     """
-    conn = db.write_connection()
-    rows = conn.execute(
-        _SALE, (number, amount, -amount, now, seller_id, -amount, MAX_BALANCE)
-    ).fetchall()
-    if not rows:
-        _refuse(conn, seller_id, -amount)
-    sale_id, balance_after = rows[0]
-    _move(conn, seller_id, -amount, "sale", now, sale_id=sale_id, phone=number)
-    conn.execute(_PHONE_TOTAL, (number, amount, now))
-    return {
-        "id": sale_id, "seller_id": seller_id, "phone": number, "amount": amount,
-        "balance_after": balance_after, "created_at": now,
-    }  # fmt: skip
+    params = {"seller_id": seller_id, "phone": number, "amount": amount, "delta": -amount,
+              "now": now, "ceiling": MAX_BALANCE}  # fmt: skip
+    made = write.dicts(_NEW_SALE, params)
+    if not made:
+        _refuse(write, seller_id, -amount)
+    sale = made[0]
+    _move(write, seller_id, -amount, "sale", now, sale_id=sale["id"], phone=number)
+    write.execute(_PHONE_TOTAL, (number, amount, now))
+    return sale
 
 
 # --- audit -------------------------------------------------------------------------------
@@ -230,9 +207,9 @@ _AUDIT_CHECKS = (
 )
 
 
-def audit() -> dict:
+def audit(database: Database) -> dict:
     """Re-check I1-I5 and the cross-links from the rows, in one read snapshot."""
-    with db.read_tx():
+    with database.snapshot() as db:
         sellers = db.rows(
             "SELECT s.id, s.balance, COALESCE(SUM(l.amount), 0) FROM seller s "
             "LEFT JOIN ledger_entry l ON l.seller_id = s.id GROUP BY s.id ORDER BY s.id"
@@ -248,7 +225,7 @@ def audit() -> dict:
                         "message": message,
                     }
                 )
-        problems.extend(seals.problems(db.ledger_key()))
+        problems.extend(problem._asdict() for problem in seals.problems(db, db.ledger_key))
         problems.extend(
             {
                 "invariant": "I5",
@@ -256,7 +233,7 @@ def audit() -> dict:
                 "entry_id": None,
                 "message": f"schema trigger {name} is missing",
             }
-            for name in db.missing_triggers()
+            for name in database.missing_triggers()
         )
         totals = db.rows(
             "SELECT (SELECT COUNT(*) FROM seller), (SELECT COUNT(*) FROM ledger_entry), "

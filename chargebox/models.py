@@ -1,8 +1,9 @@
 """The peewee models: tables with their CHECK, UNIQUE and foreign-key constraints.
 
 No money moves here (that is `ledger`): saving a model never credits anyone,
-and the triggers in `db` refuse changes to decided requests and ledger rows.
-The constraints are the database half of invariants I1-I5 (see README).
+and the triggers in `schema` refuse changes to decided requests and ledger rows.
+The constraints are the database half of invariants I1-I5 (see README). The
+models belong to no database: `schema.create` binds them to one for a moment.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from peewee import (
 )
 
 from chargebox.config import MAX_BALANCE
-from chargebox.db import database
 
 _INT = "typeof({0}) = 'integer'"
 
@@ -29,7 +29,6 @@ def _money(column: str, low: str) -> list:
 
 class BaseModel(Model):
     class Meta:
-        database = database
         legacy_table_names = False
 
 

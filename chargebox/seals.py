@@ -14,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from chargebox import db
+if TYPE_CHECKING:
+    from chargebox.db import Database
 
 GENESIS = "0" * 64
 # Start-up checks the sealed heads of the sellers of this many newest entries.
@@ -23,6 +25,31 @@ NEWEST_ENTRIES = 100
 # What a seal covers, in this order; `phone` is the sale's number for sale entries.
 ENTRY_COLUMNS = ("id", "seller_id", "kind", "amount", "balance_after", "credit_request_id",
                  "sale_id", "reason", "created_at", "phone")  # fmt: skip
+
+
+class Reader(Protocol):
+    """A Database or an open Write: whatever can run a SELECT."""
+
+    def rows(self, sql: str, params: tuple = ()) -> list[tuple]: ...
+
+
+class Problem(NamedTuple):
+    """One thing the seals say is wrong, in the audit's shape."""
+
+    invariant: str
+    seller_id: int | None
+    entry_id: int | None
+    message: str
+
+
+class _Chain(NamedTuple):
+    """A seller's seal chain as far as it has been re-computed."""
+
+    mac: str = GENESIS
+    entries: int = 0
+    last_id: int | None = None
+    balance: int = 0
+    intact: bool = True
 
 
 def _mac(key: bytes, *parts: object) -> str:
@@ -41,16 +68,13 @@ def head_mac(key: bytes, seller_id: int, entry_id: int, entries: int, mac: str,
     return _mac(key, "head", seller_id, entry_id, entries, mac, balance_after)
 
 
-def sealed() -> bool:
-    """Whether the open database already holds seals (read only; no schema needed)."""
-    tables = db.rows(
-        "SELECT name FROM sqlite_master WHERE type = 'table' "
-        "AND name IN ('ledger_seal', 'seller_head') ORDER BY name"
-    )
-    return any(db.rows(f"SELECT 1 FROM {name} LIMIT 1") for (name,) in tables)
+def sealed(database: Database) -> bool:
+    """Whether the database already holds seals (read only; no schema needed)."""
+    tables = database.table_names() & {"ledger_seal", "seller_head"}
+    return any(database.rows(f"SELECT 1 FROM {name} LIMIT 1") for name in sorted(tables))
 
 
-def key_check(key: bytes) -> tuple[int, int]:
+def key_check(db: Reader, key: bytes) -> tuple[int, int]:
     """(heads checked, heads `key` verifies), for the sellers of the newest ledger entries.
 
     Cheap at any size: the newest entries and then each head are read by primary key,
@@ -78,7 +102,7 @@ def wrong_key(checked: int) -> str:
     )
 
 
-def problems(key: bytes | None) -> list[dict]:
+def problems(db: Reader, key: bytes | None) -> list[Problem]:
     """Every seller's first broken seal, a head that does not match, and stray seals.
 
     A key that verifies none of the newest heads is one problem, not one per seller.
@@ -92,7 +116,7 @@ def problems(key: bytes | None) -> list[dict]:
                 "CHARGEBOX_LEDGER_KEY or keep the ledger_key file beside the database)",
             )
         ]
-    checked, verified = key_check(key)
+    checked, verified = key_check(db, key)
     if checked and not verified:
         return [
             _problem(
@@ -102,22 +126,23 @@ def problems(key: bytes | None) -> list[dict]:
                 "(if this is it, every head tried was forged)",
             )
         ]
-    found: list[dict] = []
+    found: list[Problem] = []
     heads = {
         row[0]: row[1:]
         for row in db.rows("SELECT seller_id, entry_id, entries, entry_mac, mac FROM seller_head")
     }
-    chains: dict[int, list] = {}  # seller -> [previous mac, count, last id, last balance, ok]
+    chains: dict[int, _Chain] = {}
     for *entry, stored in db.rows(
         "SELECT l.id, l.seller_id, l.kind, l.amount, l.balance_after, l.credit_request_id,"
         " l.sale_id, l.reason, l.created_at, s.phone, seal.mac FROM ledger_entry l"
         " LEFT JOIN sale s ON s.id = l.sale_id"
         " LEFT JOIN ledger_seal seal ON seal.entry_id = l.id ORDER BY l.seller_id, l.id"
     ):
-        chain = chains.setdefault(entry[1], [GENESIS, 0, None, 0, True])
-        expected = entry_mac(key, chain[0], tuple(entry))
-        if chain[4] and not hmac.compare_digest(stored or "", expected):
-            chain[4] = False
+        chain = chains.get(entry[1], _Chain())
+        expected = entry_mac(key, chain.mac, tuple(entry))
+        intact = chain.intact
+        if intact and not hmac.compare_digest(stored or "", expected):
+            intact = False
             found.append(
                 _problem(
                     entry[1],
@@ -126,7 +151,7 @@ def problems(key: bytes | None) -> list[dict]:
                     "or one before it was edited, inserted or reordered",
                 )
             )
-        chain[0:4] = [expected, chain[1] + 1, entry[0], entry[4]]
+        chains[entry[1]] = _Chain(expected, chain.entries + 1, entry[0], entry[4], intact)
     for seller_id in sorted(set(chains) | set(heads)):
         found += _head_problems(key, seller_id, chains.get(seller_id), heads.get(seller_id))
     for (entry_id,) in db.rows(
@@ -136,7 +161,9 @@ def problems(key: bytes | None) -> list[dict]:
     return found
 
 
-def _head_problems(key: bytes, seller_id: int, chain: list | None, head: tuple | None) -> list:
+def _head_problems(
+    key: bytes, seller_id: int, chain: _Chain | None, head: tuple | None
+) -> list[Problem]:
     if chain is None:
         return [_problem(seller_id, None, "a sealed head but no ledger entries: deleted")]
     mac, entries, last_id, balance, _ = chain
@@ -156,5 +183,5 @@ def _head_problems(key: bytes, seller_id: int, chain: list | None, head: tuple |
     ]
 
 
-def _problem(seller_id: int | None, entry_id: int | None, message: str) -> dict:
-    return {"invariant": "seal", "seller_id": seller_id, "entry_id": entry_id, "message": message}
+def _problem(seller_id: int | None, entry_id: int | None, message: str) -> Problem:
+    return Problem("seal", seller_id, entry_id, message)

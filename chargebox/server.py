@@ -17,7 +17,6 @@ import time
 
 from waitress import wasyncore
 
-from chargebox import db
 from chargebox.config import Config
 from chargebox.connections import build_server, listen
 from chargebox.web import create_app
@@ -74,7 +73,6 @@ def _serve_one(server, announce, parent: int | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        db.close_database()
     announce("chargebox stopped")
     return 0
 
@@ -88,7 +86,7 @@ def _serve_processes(config: Config, listener, announce) -> int:
     forwards SIGTERM and waits. It keeps the listener open for replacements.
     """
     host, port = listener.getsockname()[:2]
-    db.close_database()  # no connection may cross a fork
+    # No database is open here (cli.prepare closed its own): each child opens its own.
     supervisor = _Supervisor(config, listener)
     for _ in range(config.processes):
         supervisor.start_child()

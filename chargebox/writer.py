@@ -2,7 +2,7 @@
 
 A write that finds the process idle runs at once in its caller's thread (a lone
 client pays no hand-off); writes that arrive while another is in progress
-queue, and the writer thread applies all that wait in one `db.write_tx()`, on
+queue, and the writer thread applies all that wait in one transaction, on
 its one warm connection. Each write runs in its own SAVEPOINT, so it is
 validated, recorded and answered on its own: a refused or failed write rolls
 back only itself. Nobody is answered before COMMIT; nobody waits for a batch.
@@ -18,10 +18,10 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
-from chargebox import db
-from chargebox.errors import Unavailable
+from chargebox.errors import LockTimeout, Unavailable
 
 MAX_BATCH = 256
 # A write whose deadline is this close when the lock could not be had is answered
@@ -42,14 +42,15 @@ class WriteSlots:
     every read queue behind them; the slots keep some threads free for those.
     """
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, since_a_write_began: Callable[[], float]) -> None:
         self.count = max(1, threads - max(2, threads // 8))
         self._free = threading.BoundedSemaphore(self.count)
+        self._since_a_write_began = since_a_write_began
 
     @contextlib.contextmanager
     def taken(self) -> Iterator[None]:
         if not self._free.acquire(blocking=False) and (
-            db.seconds_since_a_write_began() > STALLED or not self._free.acquire(timeout=SLOT_WAIT)
+            self._since_a_write_began() > STALLED or not self._free.acquire(timeout=SLOT_WAIT)
         ):
             raise Unavailable("too many writes are waiting for the database; retry shortly")
         try:
@@ -61,7 +62,7 @@ class WriteSlots:
 class _Item:
     __slots__ = ("work", "deadline", "result", "error", "done")
 
-    def __init__(self, work: Callable[[], Any], deadline: float) -> None:
+    def __init__(self, work: Callable[[Any], Any], deadline: float) -> None:
         self.work = work
         self.deadline = deadline  # time.monotonic() by which it is answered
         self.result: Any = None
@@ -70,9 +71,21 @@ class _Item:
 
 
 class GroupWriter:
-    """Run write callables for many threads, many per `BEGIN IMMEDIATE ... COMMIT`."""
+    """Run write callables for many threads, many per `BEGIN IMMEDIATE ... COMMIT`.
 
-    def __init__(self, max_batch: int = MAX_BATCH) -> None:
+    `begin(deadline)` opens a write transaction (LockTimeout if the lock is not had by
+    then) and yields the open write, which has `savepoint()`; each work gets it.
+    """
+
+    def __init__(
+        self,
+        begin: Callable[[float], AbstractContextManager[Any]],
+        finish: Callable[[], None] = lambda: None,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        self._begin = begin
+        self._finish = finish  # run in the writer thread as it ends (closes its connection)
+        self._closed = False
         self.max_batch = max_batch
         self._queue: collections.deque[_Item] = collections.deque()
         self._wake = threading.Condition()
@@ -81,13 +94,15 @@ class GroupWriter:
         self.batches = 0  # counters for the benchmark; written by the writer thread only
         self.writes = 0
 
-    def submit(self, work: Callable[[], Any], deadline: float) -> Any:
-        """Run `work()` inside a write transaction; return its result once committed.
+    def submit(self, work: Callable[[Any], Any], deadline: float) -> Any:
+        """Run `work(write)` inside a write transaction; return its result once committed.
 
         If the write lock cannot be had by `deadline` (time.monotonic()), raise Unavailable.
         """
         item = _Item(work, deadline)
         with self._wake:
+            if self._closed:
+                raise AssertionError("this database was closed: open a new one to write")
             self._ensure_thread()
             inline = not self._busy and not self._queue
             if inline:
@@ -110,15 +125,26 @@ class GroupWriter:
             threading.Thread(target=self._run, name="chargebox-writer", daemon=True).start()
 
     def _run(self) -> None:
-        while True:
-            with self._wake:
-                while not self._queue or self._busy:
-                    self._wake.wait()
-                self._busy = True
-                batch = [
-                    self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))
-                ]
-            self._apply_and_release(batch)
+        try:
+            while True:
+                with self._wake:
+                    while (not self._queue or self._busy) and not self._closed:
+                        self._wake.wait()
+                    if self._closed and not self._queue:
+                        return
+                    self._busy = True
+                    batch = [
+                        self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))
+                    ]
+                self._apply_and_release(batch)
+        finally:
+            self._finish()
+
+    def close(self) -> None:
+        """Let the writer thread end once nothing waits (it closes its own connection)."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()
 
     def _apply_and_release(self, batch: list[_Item]) -> None:
         again: list[_Item] = []
@@ -137,16 +163,16 @@ class GroupWriter:
         if not live:
             return []
         try:
-            with db.write_tx(min(item.deadline for item in live)):
+            with self._begin(min(item.deadline for item in live)) as write:
                 for item in live:
                     try:
-                        with db.translate_errors(), db.savepoint():
-                            item.result = item.work()
+                        with write.savepoint():
+                            item.result = item.work(write)
                     except Unavailable:
                         raise  # the database cannot write now: the whole batch fails
                     except Exception as exc:  # this write only; the savepoint undid it
                         item.error = exc
-        except db.LockTimeout:  # nothing ran; the earliest deadline has come
+        except LockTimeout:  # nothing ran; the earliest deadline has come
             return _answer_late(live, time.monotonic() + LOCK_SLACK)
         except Exception as exc:  # BEGIN or COMMIT failed: nothing of the batch was written
             for item in live:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from chargebox import db
 from chargebox.cli import prepare
 from chargebox.config import Config
 from chargebox.services import Chargebox
@@ -20,9 +19,9 @@ def config(tmp_path) -> Config:
 @pytest.fixture
 def service(config):
     """The use cases on a fresh database file, in this process."""
-    prepare(config)
-    yield Chargebox(config)
-    db.close_database()
+    service = Chargebox(prepare(config))
+    yield service
+    service.close()
 
 
 @pytest.fixture(scope="session")

@@ -110,8 +110,8 @@ def credited_seller(service, amount: int, name: str = "Ali") -> dict:
     """In process: a seller credited `amount` by an approved request (none if 0)."""
     seller, _key = service.create_seller(name)
     if amount:
-        service.approve_credit_request(service.request_credit(seller["id"], amount)["id"])
-    return service.get_seller(seller["id"])
+        service.approve_credit_request(service.request_credit(seller["id"], amount).record["id"])
+    return service.queries.seller(seller["id"])
 
 
 @contextlib.contextmanager

@@ -59,15 +59,15 @@ def audited(service: Chargebox, config) -> dict[int, int]:
 
 def test_a_keyed_adjustment_happens_once_and_its_replays_write_nothing(service, config):
     seller_id = credited(service, 10_000)
-    first = service.adjust_balance_once(seller_id, 2_500, "caf\u00e9 bonus", "adj-1")
+    first = service.adjust_balance(seller_id, 2_500, "caf\u00e9 bonus", "adj-1")
     assert first.replayed is False
     made = first.record
     assert (made["kind"], made["amount"], made["balance_after"]) == ("adjustment", 2_500, 12_500)
     before = db_snapshot(config.db_path)
     for reason in ("caf\u00e9 bonus", "  cafe\u0301 bonus\t"):  # same after trimming and NFC
-        again = service.adjust_balance_once(seller_id, 2_500, reason, "adj-1")
+        again = service.adjust_balance(seller_id, 2_500, reason, "adj-1")
         assert again.replayed is True and again.record == made
-    assert service.adjust_balance(seller_id, 2_500, "caf\u00e9 bonus", "adj-1") == made
+    assert service.adjust_balance(seller_id, 2_500, "caf\u00e9 bonus", "adj-1").record == made
     assert db_snapshot(config.db_path) == before
     assert records(config.db_path) == [(seller_id, "adj-1", made["id"], None)]
     assert audited(service, config)[seller_id] == 12_500
@@ -83,7 +83,7 @@ def test_the_same_key_with_another_amount_or_reason_is_refused_and_writes_nothin
     service.adjust_balance(seller_id, 2_500, "bonus", "adj-1")
     before = db_snapshot(config.db_path)
     with pytest.raises(errors.IdempotencyKeyReused) as refused:
-        service.adjust_balance_once(seller_id, amount, reason, "adj-1")
+        service.adjust_balance(seller_id, amount, reason, "adj-1")
     assert refused.value.field == "Idempotency-Key"
     assert db_snapshot(config.db_path) == before
 
@@ -99,19 +99,19 @@ def test_the_same_key_with_another_amount_or_reason_is_refused_and_writes_nothin
 def test_a_refused_adjustment_stays_refused_after_an_unkeyed_one_makes_room(
     service, config, credit, amount, room, refusal
 ):
-    big = Chargebox(dataclasses.replace(config, max_amount=MAX_BALANCE))
+    big = Chargebox(dataclasses.replace(service.config, max_amount=MAX_BALANCE))
     seller_id = credited(big, credit)
     with pytest.raises(refusal) as first:
-        big.adjust_balance_once(seller_id, amount, "refused", "k")
+        big.adjust_balance(seller_id, amount, "refused", "k")
     assert first.value.replayed is False
     assert records(config.db_path) == [(seller_id, "k", None, refusal.code)]
     big.adjust_balance(seller_id, room, "make room")
     before = db_snapshot(config.db_path)
     with pytest.raises(refusal) as again:
-        big.adjust_balance_once(seller_id, amount, "refused", "k")
+        big.adjust_balance(seller_id, amount, "refused", "k")
     assert again.value.replayed is True and again.value.message == first.value.message
     assert db_snapshot(config.db_path) == before
-    fresh = big.adjust_balance_once(seller_id, amount, "refused", "k2")
+    fresh = big.adjust_balance(seller_id, amount, "refused", "k2")
     assert fresh.replayed is False and fresh.record["balance_after"] == credit + room + amount
     assert audited(big, config)[seller_id] == credit + room + amount
 
@@ -120,11 +120,11 @@ def test_an_unknown_seller_does_not_use_up_the_key(service, config):
     ghost = credited(service, 0) + 1
     before = db_snapshot(config.db_path)
     with pytest.raises(errors.NotFound):
-        service.adjust_balance_once(ghost, 1_000, "early", "k")
+        service.adjust_balance(ghost, 1_000, "early", "k")
     assert db_snapshot(config.db_path) == before
     late, _ = service.create_seller("Late")
     assert late["id"] == ghost  # the seller the key was first tried on now exists
-    made = service.adjust_balance_once(ghost, 1_000, "early", "k")
+    made = service.adjust_balance(ghost, 1_000, "early", "k")
     assert made.replayed is False and made.record["balance_after"] == 1_000
     assert audited(service, config)[ghost] == 1_000
 
@@ -141,20 +141,20 @@ def test_a_request_refused_as_invalid_writes_nothing_and_does_not_use_up_the_key
     before = db_snapshot(config.db_path)
     request = {"amount": 1_000, "reason": "fine", "Idempotency-Key": "k", field: value}
     with pytest.raises(errors.ValidationError) as refused:
-        service.adjust_balance_once(seller_id, *request.values())
+        service.adjust_balance(seller_id, *request.values())
     assert refused.value.field == field
     assert db_snapshot(config.db_path) == before
-    assert service.adjust_balance_once(seller_id, 1_000, "fine", "k").replayed is False
+    assert service.adjust_balance(seller_id, 1_000, "fine", "k").replayed is False
 
 
 def test_the_same_key_on_two_sellers_makes_two_entries(service, config):
     ali, sara = credited(service, 10_000, "Ali"), credited(service, 10_000, "Sara")
     key = ("~ !" * 100)[:255]  # also the longest key there is
-    one = service.adjust_balance_once(ali, 1_000, "same", key)
-    two = service.adjust_balance_once(sara, 1_000, "same", key)
+    one = service.adjust_balance(ali, 1_000, "same", key)
+    two = service.adjust_balance(sara, 1_000, "same", key)
     assert (one.replayed, two.replayed) == (False, False)
     assert one.record["id"] != two.record["id"] and two.record["seller_id"] == sara
-    assert service.adjust_balance_once(sara, 1_000, "same", key).record == two.record
+    assert service.adjust_balance(sara, 1_000, "same", key).record == two.record
     assert [row[:2] for row in records(config.db_path)] == [(ali, key), (sara, key)]
     balances = audited(service, config)
     assert (balances[ali], balances[sara]) == (11_000, 11_000)
@@ -170,7 +170,7 @@ def test_a_sale_and_an_adjustment_of_one_seller_with_the_same_key_both_happen(
         return service.sell(seller_id, PHONE, 10_000, idempotency_key="same")
 
     def adjust():
-        return service.adjust_balance_once(seller_id, -7_000, "correction", "same")
+        return service.adjust_balance(seller_id, -7_000, "correction", "same")
 
     first, second = (sell(), adjust()) if sale_first else (adjust(), sell())
     assert (first.replayed, second.replayed) == (False, False)

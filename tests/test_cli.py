@@ -39,7 +39,7 @@ def chargebox(*args: str, env: dict | None = None) -> subprocess.CompletedProces
 
 def funded_database(service) -> None:
     seller, _ = service.create_seller("Ali")
-    request = service.request_credit(seller["id"], 100_000)
+    request = service.request_credit(seller["id"], 100_000).record
     service.approve_credit_request(request["id"])
     service.sell(seller["id"], "09121234567", 5_000)
     service.sell(seller["id"], "09121234567", 7_000)

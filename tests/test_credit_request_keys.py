@@ -21,15 +21,15 @@ MODES = ["threads", "processes"]
 
 def test_a_keyed_credit_request_is_filed_once_and_replayed_as_it_is_now(service):
     seller, _ = service.create_seller("shop")
-    first = service.request_credit_once(seller["id"], 40_000, "ask-1")
+    first = service.request_credit(seller["id"], 40_000, "ask-1")
     before = db_snapshot(service.config.db_path)
-    again = service.request_credit_once(seller["id"], 40_000, "ask-1")
+    again = service.request_credit(seller["id"], 40_000, "ask-1")
     assert (again.record, again.replayed, first.replayed) == (first.record, True, False)
     assert db_snapshot(service.config.db_path) == before
     service.approve_credit_request(first.record["id"])
-    later = service.request_credit_once(seller["id"], 40_000, "ask-1")
+    later = service.request_credit(seller["id"], 40_000, "ask-1")
     assert (later.record["id"], later.record["status"]) == (first.record["id"], "approved")
-    assert service.get_seller(seller["id"])["balance"] == 40_000
+    assert service.queries.seller(seller["id"])["balance"] == 40_000
 
 
 def test_the_same_key_with_another_amount_is_refused_and_files_nothing(service):
@@ -47,19 +47,19 @@ def test_a_refused_request_does_not_use_up_its_key(service):
         service.request_credit(seller["id"], 0, "ask-1")
     with pytest.raises(NotFound):
         service.request_credit(seller["id"] + 1, 5_000, "ask-1")
-    filed = service.request_credit_once(seller["id"], 5_000, "ask-1")
+    filed = service.request_credit(seller["id"], 5_000, "ask-1")
     assert (filed.record["amount"], filed.replayed) == (5_000, False)
 
 
 def test_keys_are_per_seller_and_apart_from_sale_keys(service):
     ali, _ = service.create_seller("ali")
     sara, _ = service.create_seller("sara")
-    mine = service.request_credit(ali["id"], 9_000, "same-key")
-    theirs = service.request_credit(sara["id"], 9_000, "same-key")
+    mine = service.request_credit(ali["id"], 9_000, "same-key").record
+    theirs = service.request_credit(sara["id"], 9_000, "same-key").record
     assert mine["id"] != theirs["id"]
     service.approve_credit_request(mine["id"])
     sold = service.sell(ali["id"], "09121234567", 1_000, "same-key")
-    assert not sold.replayed and service.get_seller(ali["id"])["balance"] == 8_000
+    assert not sold.replayed and service.queries.seller(ali["id"])["balance"] == 8_000
 
 
 def test_the_database_keeps_credit_request_keys_final(service):

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from chargebox import db
 from chargebox.config import MAX_BALANCE
 from chargebox.errors import IntegrityViolation
 from tests.support import db_snapshot
@@ -43,11 +42,11 @@ def books(service):
     """A seller with an approved credit, a rejected and a pending request, a sale and an
     adjustment; and a second seller with nothing."""
     seller, _ = service.create_seller("Ali")
-    credit = service.request_credit(seller["id"], 100_000)
+    credit = service.request_credit(seller["id"], 100_000).record
     service.approve_credit_request(credit["id"])
-    rejected = service.request_credit(seller["id"], 7_000)
+    rejected = service.request_credit(seller["id"], 7_000).record
     service.reject_credit_request(rejected["id"])
-    pending = service.request_credit(seller["id"], 9_000)
+    pending = service.request_credit(seller["id"], 9_000).record
     sale = service.sell(seller["id"], PHONE, 30_000).record
     service.adjust_balance(seller["id"], -5_000, "fee")
     other, _ = service.create_seller("Sara")
@@ -566,21 +565,21 @@ def test_the_database_refuses_a_phone_registered_twice(raw, books):
 # --- how the app's connection is set up ------------------------------------------------------
 
 
-def test_the_database_file_is_in_wal_mode(raw, books):
+def test_the_database_file_is_in_wal_mode(raw, books, service):
     assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    assert db.database.execute_sql("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert service.database.rows("PRAGMA journal_mode") == [("wal",)]
 
 
 def test_the_apps_connection_enforces_foreign_keys(service):
-    assert db.database.execute_sql("PRAGMA foreign_keys").fetchone() == (1,)
+    assert service.database.rows("PRAGMA foreign_keys") == [(1,)]
 
 
 def test_the_apps_connection_syncs_normally(service):
-    assert db.database.execute_sql("PRAGMA synchronous").fetchone() == (1,)
+    assert service.database.rows("PRAGMA synchronous") == [(1,)]
 
 
 def test_the_apps_connection_waits_for_a_busy_database(service, config):
-    timeout = db.database.execute_sql("PRAGMA busy_timeout").fetchone()[0]
+    timeout = service.database.rows("PRAGMA busy_timeout")[0][0]
     assert timeout == config.busy_timeout_ms > 0
 
 
@@ -594,14 +593,14 @@ def test_the_apps_connection_refuses_a_sale_of_an_unknown_phone_at_commit(servic
         inserted = []
         with (
             pytest.raises(IntegrityViolation, match="FOREIGN KEY constraint failed"),
-            db.write_tx(),
+            service.database.transaction() as write,
         ):
-            db.database.execute_sql(
+            write.execute(
                 "INSERT INTO sale (seller_id, phone, amount, balance_after, created_at) "
                 "VALUES (?, ?, 1, ?, ?)",
                 (books["seller"], unknown, books["balance"] - 1, T),
             )
             inserted.append(True)  # deferred: the INSERT itself was accepted
         assert inserted == [True]
-        assert not db.database.in_transaction()
+        assert not service.database.connection().in_transaction
         assert snapshot(disk) == before

@@ -9,12 +9,13 @@ check reads the sealed heads of the newest entries' sellers, never the ledger.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from chargebox import db, seals
+from chargebox import seals
 from tests.support import cli_audit, credited_seller, running_server
 from tests.test_startup_mistakes import WRITERS, assert_refused, chargebox
 
@@ -31,7 +32,7 @@ def sealed(service, config) -> Path:
     for name in ("Ali", "Sara"):
         seller = credited_seller(service, 50_000, name)
         service.sell(seller["id"], "09121234567", 1_000)
-    db.close_database()
+    service.close()
     return config.db_path
 
 
@@ -102,10 +103,11 @@ def test_a_short_key_that_already_sealed_the_ledger_is_kept_with_a_warning(confi
     from chargebox.cli import prepare
     from chargebox.services import Chargebox
 
-    service = Chargebox(prepare(config))
-    db.use_ledger_key("short-old-key")  # as an older chargebox accepted it
+    prepare(config)
+    # As an older chargebox accepted it:
+    service = Chargebox(dataclasses.replace(config, ledger_key="short-old-key"))
     credited_seller(service, 10_000)
-    db.close_database()
+    service.close()
     env = {"CHARGEBOX_LEDGER_KEY": "short-old-key"}
     result = chargebox("create-seller", "Sara", "--db", str(config.db_path), **env)
     assert result.returncode == 0, result.stderr
@@ -116,7 +118,7 @@ def test_a_short_key_that_already_sealed_the_ledger_is_kept_with_a_warning(confi
 def test_the_key_check_reads_as_much_of_a_ledger_ten_times_longer(service, config):
     """SQLite's own count of virtual-machine steps: the check does not grow with the ledger."""
     seller = credited_seller(service, 10_000_000)
-    key = db.ledger_key()
+    key = service.database.ledger_key
 
     def steps() -> int:
         counted = [0]
@@ -125,11 +127,11 @@ def test_the_key_check_reads_as_much_of_a_ledger_ten_times_longer(service, confi
             counted[0] += 1
             return 0
 
-        db.database.connection().set_progress_handler(count, 1)
+        service.database.connection().set_progress_handler(count, 1)
         try:
-            assert seals.key_check(key) == (1, 1)
+            assert seals.key_check(service.database, key) == (1, 1)
         finally:
-            db.database.connection().set_progress_handler(None, 1)
+            service.database.connection().set_progress_handler(None, 1)
         return counted[0]
 
     for _ in range(150):

@@ -35,7 +35,6 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from chargebox import db
 from chargebox.cli import prepare
 from chargebox.config import DEFAULT_MAX_AMOUNT, DEFAULT_MAX_PENDING_REQUESTS, MAX_BALANCE, Config
 from chargebox.errors import (
@@ -279,14 +278,13 @@ class ServiceMachine(RuleBasedStateMachine):
             max_pending_requests=max_pending,
         )
         with contextlib.redirect_stderr(io.StringIO()):  # no "generated a secret" per example
-            prepare(self.config)
-        self.service = Chargebox(self.config)
+            self.service = Chargebox(prepare(self.config))
         self.model.max_amount = max_amount
         self.model.max_pending = max_pending
 
     def teardown(self) -> None:
         if self.service is not None:
-            db.close_database()
+            self.service.close()
         shutil.rmtree(self.directory, ignore_errors=True)
         RUNS["service"].update(examples=1, steps=self.steps)
 
@@ -301,7 +299,7 @@ class ServiceMachine(RuleBasedStateMachine):
     @rule(target=requests, seller=sellers, amount=AMOUNTS)
     def request_credit(self, seller, amount):
         expected = self.model.request_error(seller, amount)
-        created = attempt(expected, lambda: self.service.request_credit(seller, amount))
+        created = attempt(expected, lambda: self.service.request_credit(seller, amount).record)
         if expected is not None:
             return multiple()
         assert (created["seller_id"], created["amount"], created["status"]) == (
@@ -319,7 +317,7 @@ class ServiceMachine(RuleBasedStateMachine):
         key, expected = f"ask-{self.steps}", self.model.request_error(seller, amount)
 
         def send():
-            return self.service.request_credit_once(seller, amount, key)
+            return self.service.request_credit(seller, amount, key)
 
         first = attempt(expected, send)
         if expected is not None:
@@ -332,7 +330,7 @@ class ServiceMachine(RuleBasedStateMachine):
             False,
         )
         self.model.requests[first.record["id"]] = (seller, amount, "pending")
-        again = self.service.request_credit_once(seller, amount, key)
+        again = self.service.request_credit(seller, amount, key)
         assert (again.record, again.replayed) == (first.record, True)
         RUNS["service"]["credit request replayed"] += 1
         return first.record["id"]
@@ -377,7 +375,7 @@ class ServiceMachine(RuleBasedStateMachine):
 
     def _adjust(self, seller: int, delta: int, reason: str) -> None:
         expected = self.model.amount_error(delta, signed=True) or self.model.refusal(seller, delta)
-        entry = attempt(expected, lambda: self.service.adjust_balance(seller, delta, reason))
+        entry = attempt(expected, lambda: self.service.adjust_balance(seller, delta, reason).record)
         if expected is None:
             after = self.model.move(seller, delta, "adjustment", reason=reason.strip())
             assert (entry["kind"], entry["amount"], entry["balance_after"]) == (
@@ -398,7 +396,7 @@ class ServiceMachine(RuleBasedStateMachine):
         expected = self.model.amount_error(delta, signed=True) or self.model.refusal(seller, delta)
 
         def send():
-            return self.service.adjust_balance_once(seller, delta, " keyed ", key)
+            return self.service.adjust_balance(seller, delta, " keyed ", key)
 
         first = attempt(expected, send)
         if expected is None:

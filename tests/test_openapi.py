@@ -15,7 +15,7 @@ from referencing.jsonschema import DRAFT202012
 
 import chargebox
 from chargebox.config import DEFAULT_MAX_AMOUNT, Config
-from chargebox.services import DEFAULT_LIMIT, MAX_LIMIT
+from chargebox.queries import DEFAULT_LIMIT, MAX_LIMIT
 from chargebox.web import create_app
 from chargebox.web.errors import STATUS
 from tests.support import Api, new_seller

@@ -17,7 +17,6 @@ import urllib.parse
 
 import pytest
 
-from chargebox import db
 from chargebox.cli import prepare
 from chargebox.config import DEFAULT_MAX_PENDING_REQUESTS, Config, env_defaults
 from chargebox.errors import TooManyPendingRequests
@@ -42,8 +41,9 @@ TOO_MANY = TooManyPendingRequests.code
 def capped(config):
     """The use cases on a fresh file, with a cap of CAP pending requests per seller."""
     prepared = prepare(dataclasses.replace(config, max_pending_requests=CAP))
-    yield Chargebox(prepared)
-    db.close_database()
+    service = Chargebox(prepared)
+    yield service
+    service.close()
 
 
 def pending_on_disk(db_path, seller_id: int) -> tuple[int, int]:
@@ -72,14 +72,14 @@ def test_the_default_cap_is_ten_and_the_eleventh_request_is_refused(service):
 
 def test_one_request_over_the_cap_is_refused_and_files_nothing(capped):
     seller, _ = capped.create_seller("flood")
-    filed = [capped.request_credit(seller["id"], 1_000 + n)["id"] for n in range(CAP)]
+    filed = [capped.request_credit(seller["id"], 1_000 + n).record["id"] for n in range(CAP)]
     before = db_snapshot(capped.config.db_path)
     for amount in (1, 5_000, 10**9):
         with pytest.raises(TooManyPendingRequests):
             capped.request_credit(seller["id"], amount)
     assert db_snapshot(capped.config.db_path) == before
     assert pending_on_disk(capped.config.db_path, seller["id"]) == (CAP, CAP)
-    assert [r["id"] for r in capped.recent_credit_requests(seller["id"])] == filed[::-1]
+    assert [r["id"] for r in capped.queries.recent_credit_requests(seller["id"])] == filed[::-1]
 
 
 def test_the_cap_counts_each_sellers_requests_apart(capped):
@@ -89,8 +89,8 @@ def test_the_cap_counts_each_sellers_requests_apart(capped):
         capped.request_credit(flood["id"], 1)
     with pytest.raises(TooManyPendingRequests):
         capped.request_credit(flood["id"], 1)
-    assert capped.request_credit(other["id"], 7_000)["status"] == "pending"
-    assert {row["seller_id"]: row["pending"] for row in capped.pending_by_seller()} == {
+    assert capped.request_credit(other["id"], 7_000).record["status"] == "pending"
+    assert {row["seller_id"]: row["pending"] for row in capped.queries.pending_by_seller()} == {
         flood["id"]: CAP,
         other["id"]: 1,
     }
@@ -98,9 +98,9 @@ def test_the_cap_counts_each_sellers_requests_apart(capped):
 
 def test_approving_or_rejecting_a_request_frees_a_place(capped):
     seller, _ = capped.create_seller("shop")
-    filed = [capped.request_credit(seller["id"], 1_000)["id"] for _ in range(CAP)]
+    filed = [capped.request_credit(seller["id"], 1_000).record["id"] for _ in range(CAP)]
     capped.approve_credit_request(filed[0])
-    again = capped.request_credit(seller["id"], 2_000)
+    again = capped.request_credit(seller["id"], 2_000).record
     with pytest.raises(TooManyPendingRequests):
         capped.request_credit(seller["id"], 3_000)
     capped.reject_credit_request(again["id"])
@@ -108,15 +108,15 @@ def test_approving_or_rejecting_a_request_frees_a_place(capped):
     with pytest.raises(TooManyPendingRequests):
         capped.request_credit(seller["id"], 5_000)
     assert pending_on_disk(capped.config.db_path, seller["id"]) == (CAP, CAP + 2)
-    assert capped.get_seller(seller["id"])["balance"] == 1_000
+    assert capped.queries.seller(seller["id"])["balance"] == 1_000
 
 
 def test_a_keyed_copy_of_a_filed_request_is_replayed_at_the_cap(capped):
     seller, _ = capped.create_seller("shop")
-    first = capped.request_credit_once(seller["id"], 9_000, "ask-1")
+    first = capped.request_credit(seller["id"], 9_000, "ask-1")
     for _ in range(CAP - 1):
         capped.request_credit(seller["id"], 1)
-    copy = capped.request_credit_once(seller["id"], 9_000, "ask-1")
+    copy = capped.request_credit(seller["id"], 9_000, "ask-1")
     assert (copy.record, copy.replayed) == (first.record, True)
     assert pending_on_disk(capped.config.db_path, seller["id"]) == (CAP, CAP)
 
@@ -125,15 +125,15 @@ def test_a_key_refused_by_the_cap_is_not_used_up(capped):
     """The cap frees up, so its refusal is not a key's final outcome: nothing is kept,
     and the same key files the request once a place is free."""
     seller, _ = capped.create_seller("shop")
-    filed = [capped.request_credit(seller["id"], 1)["id"] for _ in range(CAP)]
+    filed = [capped.request_credit(seller["id"], 1).record["id"] for _ in range(CAP)]
     before = db_snapshot(capped.config.db_path)
     for _ in range(2):
         with pytest.raises(TooManyPendingRequests) as refusal:
-            capped.request_credit_once(seller["id"], 9_000, "ask-2")
+            capped.request_credit(seller["id"], 9_000, "ask-2")
         assert not refusal.value.replayed
     assert db_snapshot(capped.config.db_path) == before
     capped.reject_credit_request(filed[0])
-    later = capped.request_credit_once(seller["id"], 9_000, "ask-2")
+    later = capped.request_credit(seller["id"], 9_000, "ask-2")
     assert (later.record["amount"], later.replayed) == (9_000, False)
 
 

@@ -16,8 +16,10 @@ import sqlite3
 import peewee
 import pytest
 
-from chargebox import db, ledger, models
-from chargebox.config import MAX_BALANCE
+from chargebox import ledger, models
+from chargebox.cli import prepare
+from chargebox.clock import now
+from chargebox.config import MAX_BALANCE, Config
 from chargebox.errors import (
     BalanceLimitExceeded,
     IdempotencyKeyReused,
@@ -26,8 +28,9 @@ from chargebox.errors import (
     NotPending,
     ValidationError,
 )
-from chargebox.services import Chargebox, Page, now
-from tests.support import credited_seller, reconciled_balances, rows_on_disk
+from chargebox.queries import Page
+from chargebox.services import Chargebox
+from tests.support import ADMIN_TOKEN, credited_seller, reconciled_balances, rows_on_disk
 
 PHONE = "09121234567"
 
@@ -87,11 +90,11 @@ def test_a_new_seller_starts_at_zero_and_gets_its_key_once(service, config):
     seller, key = service.create_seller("  Ali Store ")
     assert seller["name"] == "Ali Store"
     assert seller["balance"] == 0
-    assert service.get_seller(seller["id"]) == seller
+    assert service.queries.seller(seller["id"]) == seller
     other, other_key = service.create_seller("Sara")
     assert key != other_key
     assert len(key) >= 32
-    assert "api_key" not in service.get_seller(seller["id"])
+    assert "api_key" not in service.queries.seller(seller["id"])
 
 
 def test_only_the_sha256_of_a_seller_key_is_stored(service, config):
@@ -105,7 +108,7 @@ def test_only_the_sha256_of_a_seller_key_is_stored(service, config):
         assert config.db_path in files
         for path in files:
             assert key.encode() not in path.read_bytes(), path
-        db.close_database()
+        service.close()
 
 
 @pytest.mark.parametrize("name", ["", "   ", None, 7, "x" * 201, "a\x00b", "a\nb"], ids=repr)
@@ -118,7 +121,7 @@ def test_a_seller_without_a_proper_name_is_refused_and_not_created(service, conf
 
 def test_an_unknown_seller_is_not_found(service):
     with pytest.raises(NotFound):
-        service.get_seller(12345)
+        service.queries.seller(12345)
 
 
 # --- credit requests -------------------------------------------------------------------------
@@ -126,11 +129,11 @@ def test_an_unknown_seller_is_not_found(service):
 
 def test_a_credit_request_is_pending_and_moves_no_money(service, config):
     seller, _ = service.create_seller("Ali")
-    request = service.request_credit(seller["id"], 50_000)
+    request = service.request_credit(seller["id"], 50_000).record
     assert request["status"] == "pending"
     assert request["decided_at"] is None
     assert request["amount"] == 50_000
-    assert service.get_credit_request(request["id"]) == request
+    assert service.queries.credit_request(request["id"]) == request
     assert balance_on_disk(config, seller["id"]) == 0
     assert ledger_on_disk(config, seller["id"]) == []
 
@@ -146,11 +149,11 @@ def test_a_credit_request_with_a_bad_amount_is_refused_and_not_recorded(service,
 
 def test_approving_credits_the_seller_exactly_once(service, config):
     seller, _ = service.create_seller("Ali")
-    request = service.request_credit(seller["id"], 70_000)
+    request = service.request_credit(seller["id"], 70_000).record
     approved = service.approve_credit_request(request["id"])
     assert approved["status"] == "approved"
     assert approved["decided_at"] is not None
-    assert service.get_credit_request(request["id"]) == approved
+    assert service.queries.credit_request(request["id"]) == approved
     assert balance_on_disk(config, seller["id"]) == 70_000
     assert ledger_on_disk(config, seller["id"]) == [("credit", 70_000, 70_000)]
     assert rows_on_disk(config.db_path, "SELECT credit_request_id FROM ledger_entry") == [
@@ -160,7 +163,7 @@ def test_approving_credits_the_seller_exactly_once(service, config):
 
 def test_approving_twice_credits_once(service, config):
     seller, _ = service.create_seller("Ali")
-    request = service.request_credit(seller["id"], 70_000)
+    request = service.request_credit(seller["id"], 70_000).record
     service.approve_credit_request(request["id"])
     with pytest.raises(NotPending) as refused:
         service.approve_credit_request(request["id"])
@@ -171,36 +174,36 @@ def test_approving_twice_credits_once(service, config):
 
 def test_a_rejected_request_cannot_be_approved_and_credits_nothing(service, config):
     seller, _ = service.create_seller("Ali")
-    request = service.request_credit(seller["id"], 70_000)
+    request = service.request_credit(seller["id"], 70_000).record
     rejected = service.reject_credit_request(request["id"])
     assert rejected["status"] == "rejected"
     assert rejected["decided_at"] is not None
     with pytest.raises(NotPending):
         service.approve_credit_request(request["id"])
-    assert service.get_credit_request(request["id"])["status"] == "rejected"
+    assert service.queries.credit_request(request["id"])["status"] == "rejected"
     assert balance_on_disk(config, seller["id"]) == 0
     assert ledger_on_disk(config, seller["id"]) == []
 
 
 def test_an_approved_request_cannot_be_rejected_and_keeps_its_credit(service, config):
     seller, _ = service.create_seller("Ali")
-    request = service.request_credit(seller["id"], 70_000)
+    request = service.request_credit(seller["id"], 70_000).record
     approved = service.approve_credit_request(request["id"])
     with pytest.raises(NotPending):
         service.reject_credit_request(request["id"])
     with pytest.raises(NotPending):
         service.reject_credit_request(request["id"])
-    assert service.get_credit_request(request["id"]) == approved
+    assert service.queries.credit_request(request["id"]) == approved
     assert balance_on_disk(config, seller["id"]) == 70_000
 
 
 def test_rejecting_twice_is_not_pending(service):
     seller, _ = service.create_seller("Ali")
-    request = service.request_credit(seller["id"], 70_000)
+    request = service.request_credit(seller["id"], 70_000).record
     first = service.reject_credit_request(request["id"])
     with pytest.raises(NotPending):
         service.reject_credit_request(request["id"])
-    assert service.get_credit_request(request["id"]) == first
+    assert service.queries.credit_request(request["id"]) == first
 
 
 def test_deciding_an_unknown_request_is_not_found_and_changes_nothing(service, config):
@@ -211,7 +214,7 @@ def test_deciding_an_unknown_request_is_not_found_and_changes_nothing(service, c
     with pytest.raises(NotFound):
         service.reject_credit_request(999)
     with pytest.raises(NotFound):
-        service.get_credit_request(999)
+        service.queries.credit_request(999)
     assert counts(config) == before
     assert balance_on_disk(config, seller["id"]) == 10_000
 
@@ -219,14 +222,14 @@ def test_deciding_an_unknown_request_is_not_found_and_changes_nothing(service, c
 def test_a_credit_past_the_balance_ceiling_is_refused_and_the_request_stays_pending(
     service, config
 ):
-    big = Chargebox(dataclasses.replace(config, max_amount=MAX_BALANCE))
+    big = Chargebox(dataclasses.replace(service.config, max_amount=MAX_BALANCE))
     seller = credited_seller(big, MAX_BALANCE)
     assert seller["balance"] == MAX_BALANCE
-    request = big.request_credit(seller["id"], 1)
+    request = big.request_credit(seller["id"], 1).record
     before = counts(config)
     with pytest.raises(BalanceLimitExceeded):
         big.approve_credit_request(request["id"])
-    assert big.get_credit_request(request["id"])["status"] == "pending"
+    assert big.queries.credit_request(request["id"])["status"] == "pending"
     assert counts(config) == before
     assert balance_on_disk(config, seller["id"]) == MAX_BALANCE
     assert big.reject_credit_request(request["id"])["status"] == "rejected"
@@ -238,14 +241,14 @@ def test_a_credit_past_the_balance_ceiling_is_refused_and_the_request_stays_pend
 
 def test_an_adjustment_moves_the_balance_either_way_with_a_ledger_entry(service, config):
     seller = credited_seller(service, 10_000)
-    up = service.adjust_balance(seller["id"], 2_500, "  bonus ")
+    up = service.adjust_balance(seller["id"], 2_500, "  bonus ").record
     assert (up["kind"], up["amount"], up["balance_after"], up["reason"]) == (
         "adjustment",
         2_500,
         12_500,
         "bonus",
     )
-    down = service.adjust_balance(seller["id"], -12_000, "chargeback")
+    down = service.adjust_balance(seller["id"], -12_000, "chargeback").record
     assert (down["amount"], down["balance_after"]) == (-12_000, 500)
     assert balance_on_disk(config, seller["id"]) == 500
     assert ledger_on_disk(config, seller["id"]) == [
@@ -258,7 +261,7 @@ def test_an_adjustment_moves_the_balance_either_way_with_a_ledger_entry(service,
 
 def test_an_adjustment_down_to_exactly_zero_is_allowed(service, config):
     seller = credited_seller(service, 10_000)
-    assert service.adjust_balance(seller["id"], -10_000, "close")["balance_after"] == 0
+    assert service.adjust_balance(seller["id"], -10_000, "close").record["balance_after"] == 0
     assert balance_on_disk(config, seller["id"]) == 0
 
 
@@ -273,7 +276,7 @@ def test_an_adjustment_below_zero_is_refused_and_records_nothing(service, config
 
 
 def test_an_adjustment_past_the_balance_ceiling_is_refused_and_records_nothing(service, config):
-    big = Chargebox(dataclasses.replace(config, max_amount=MAX_BALANCE))
+    big = Chargebox(dataclasses.replace(service.config, max_amount=MAX_BALANCE))
     seller = credited_seller(big, MAX_BALANCE - 10)
     big.adjust_balance(seller["id"], 10, "to the ceiling")
     before = counts(config)
@@ -325,8 +328,8 @@ def test_a_sale_debits_the_balance_and_records_sale_entry_and_phone_total(servic
         30_000,
         70_000,
     )
-    assert service.get_sale(sale["id"]) == sale
-    assert service.get_seller(seller["id"])["balance"] == 70_000
+    assert service.queries.sale(sale["id"]) == sale
+    assert service.queries.seller(seller["id"])["balance"] == 70_000
     assert balance_on_disk(config, seller["id"]) == 70_000
     assert ledger_on_disk(config, seller["id"])[-1] == ("sale", -30_000, 70_000)
     assert rows_on_disk(config.db_path, "SELECT sale_id FROM ledger_entry WHERE kind = 'sale'") == [
@@ -417,7 +420,7 @@ def test_a_key_refused_for_insufficient_credit_stays_refused_after_a_credit(serv
     with pytest.raises(InsufficientCredit) as first:
         service.sell(seller["id"], PHONE, 5_000, idempotency_key="k")
     assert first.value.replayed is False
-    service.approve_credit_request(service.request_credit(seller["id"], 100_000)["id"])
+    service.approve_credit_request(service.request_credit(seller["id"], 100_000).record["id"])
     with pytest.raises(InsufficientCredit) as again:
         service.sell(seller["id"], PHONE, 5_000, idempotency_key="k")
     assert again.value.replayed is True
@@ -475,36 +478,36 @@ def test_an_idempotency_key_of_255_printable_characters_is_accepted(service):
 
 def test_lists_page_by_cursor_in_id_order(service):
     seller, _ = service.create_seller("Ali")
-    made = [service.request_credit(seller["id"], 1_000 * (i + 1)) for i in range(7)]
-    first = service.list_credit_requests(Page(limit=3))
-    second = service.list_credit_requests(Page(limit=3, after_id=first[-1]["id"]))
-    third = service.list_credit_requests(Page(limit=3, after_id=second[-1]["id"]))
+    made = [service.request_credit(seller["id"], 1_000 * (i + 1)).record for i in range(7)]
+    first = service.queries.credit_requests(Page(limit=3))
+    second = service.queries.credit_requests(Page(limit=3, after_id=first[-1]["id"]))
+    third = service.queries.credit_requests(Page(limit=3, after_id=second[-1]["id"]))
     assert [len(first), len(second), len(third)] == [3, 3, 1]
     assert first + second + third == made
-    assert service.list_credit_requests(Page(after_id=made[-1]["id"])) == []
-    assert service.list_credit_requests(Page()) == made
+    assert service.queries.credit_requests(Page(after_id=made[-1]["id"])) == []
+    assert service.queries.credit_requests(Page()) == made
 
 
 def test_the_default_page_holds_a_hundred_items(service):
     sellers = [service.create_seller(f"Ali {n}")[0] for n in range(11)]
     for n in range(101):  # spread over 11 sellers: each stays within its cap of 10 pending
         service.request_credit(sellers[n % 11]["id"], 1_000)
-    assert len(service.list_credit_requests(Page())) == 100
-    assert len(service.list_credit_requests(Page(limit=1000))) == 101
+    assert len(service.queries.credit_requests(Page())) == 100
+    assert len(service.queries.credit_requests(Page(limit=1000))) == 101
 
 
 def test_credit_requests_filter_by_status_and_seller(service):
     ali, _ = service.create_seller("Ali")
     sara, _ = service.create_seller("Sara")
-    a1 = service.request_credit(ali["id"], 1_000)
-    a2 = service.request_credit(ali["id"], 2_000)
-    s1 = service.request_credit(sara["id"], 3_000)
-    s2 = service.request_credit(sara["id"], 4_000)
+    a1 = service.request_credit(ali["id"], 1_000).record
+    a2 = service.request_credit(ali["id"], 2_000).record
+    s1 = service.request_credit(sara["id"], 3_000).record
+    s2 = service.request_credit(sara["id"], 4_000).record
     service.approve_credit_request(a1["id"])
     service.reject_credit_request(s1["id"])
 
     def ids(**filters):
-        return [r["id"] for r in service.list_credit_requests(Page(), **filters)]
+        return [r["id"] for r in service.queries.credit_requests(Page(), **filters)]
 
     assert ids(seller_id=ali["id"]) == [a1["id"], a2["id"]]
     assert ids(status="pending") == [a2["id"], s2["id"]]
@@ -512,7 +515,7 @@ def test_credit_requests_filter_by_status_and_seller(service):
     assert ids(status="rejected", seller_id=sara["id"]) == [s1["id"]]
     assert ids(status="rejected", seller_id=ali["id"]) == []
     with pytest.raises(ValidationError) as refused:
-        service.list_credit_requests(Page(), status="done")
+        service.queries.credit_requests(Page(), status="done")
     assert refused.value.field == "status"
 
 
@@ -521,31 +524,31 @@ def test_sales_and_ledger_list_per_seller_and_page(service):
     sara = credited_seller(service, 100_000, "Sara")
     ali_sales = [service.sell(ali["id"], PHONE, 1_000 + i).record for i in range(5)]
     sara_sales = [service.sell(sara["id"], "09351234567", 2_000).record for _ in range(2)]
-    assert service.list_sales(Page(), seller_id=ali["id"]) == ali_sales
-    assert service.list_sales(Page(), seller_id=sara["id"]) == sara_sales
-    assert all_pages(service.list_sales, limit=2) == sorted(
+    assert service.queries.sales(Page(), seller_id=ali["id"]) == ali_sales
+    assert service.queries.sales(Page(), seller_id=sara["id"]) == sara_sales
+    assert all_pages(service.queries.sales, limit=2) == sorted(
         ali_sales + sara_sales, key=lambda s: s["id"]
     )
-    page = service.list_sales(Page(limit=2, after_id=ali_sales[1]["id"]), seller_id=ali["id"])
+    page = service.queries.sales(Page(limit=2, after_id=ali_sales[1]["id"]), seller_id=ali["id"])
     assert page == ali_sales[2:4]
 
-    entries = service.list_ledger(Page(), seller_id=ali["id"])
+    entries = service.queries.ledger(Page(), seller_id=ali["id"])
     assert [e["kind"] for e in entries] == ["credit"] + ["sale"] * 5
     assert [e["sale_id"] for e in entries[1:]] == [s["id"] for s in ali_sales]
     assert entries[-1]["balance_after"] == ali_sales[-1]["balance_after"]
-    assert all_pages(service.list_ledger, limit=3) == service.list_ledger(Page())
-    assert len(service.list_ledger(Page())) == 9
+    assert all_pages(service.queries.ledger, limit=3) == service.queries.ledger(Page())
+    assert len(service.queries.ledger(Page())) == 9
 
 
 def test_sellers_list_with_their_balances(service):
     ali = credited_seller(service, 10_000, "Ali")
     sara = credited_seller(service, 0, "Sara")
-    listed = service.list_sellers(Page())
+    listed = service.queries.sellers(Page())
     assert [(s["id"], s["name"], s["balance"]) for s in listed] == [
         (ali["id"], "Ali", 10_000),
         (sara["id"], "Sara", 0),
     ]
-    assert service.list_sellers(Page(limit=1, after_id=ali["id"])) == [sara]
+    assert service.queries.sellers(Page(limit=1, after_id=ali["id"])) == [sara]
 
 
 def test_registering_a_phone_stores_its_normal_form_once(service, config):
@@ -555,7 +558,7 @@ def test_registering_a_phone_stores_its_normal_form_once(service, config):
     again, created_again = service.register_phone("۰۹۱۲۱۲۳۴۵۶۷")
     assert created_again is False
     assert again == phone
-    assert service.list_phones(Page()) == [phone]
+    assert service.queries.phones(Page()) == [phone]
 
 
 def test_a_sale_to_a_registered_phone_adds_to_its_total(service):
@@ -563,12 +566,12 @@ def test_a_sale_to_a_registered_phone_adds_to_its_total(service):
     phone, _ = service.register_phone(PHONE)
     service.sell(seller["id"], PHONE, 3_000)
     service.sell(seller["id"], "09351234567", 1_000)
-    listed = service.list_phones(Page())
+    listed = service.queries.phones(Page())
     assert [(p["id"], p["number"], p["total_charged"]) for p in listed] == [
         (phone["id"], PHONE, 3_000),
         (listed[1]["id"], "09351234567", 1_000),
     ]
-    assert service.list_phones(Page(limit=1, after_id=phone["id"]))[0]["number"] == "09351234567"
+    assert service.queries.phones(Page(limit=1, after_id=phone["id"]))[0]["number"] == "09351234567"
 
 
 @pytest.mark.parametrize("number", ["02112345678", "", None, 9121234567, "०९१२१२३४५६७"], ids=repr)
@@ -585,8 +588,8 @@ def test_registering_a_phone_that_is_not_a_mobile_is_refused(service, config, nu
 def test_the_audit_is_consistent_after_a_mixed_flow(service, config):
     ali = credited_seller(service, 100_000, "Ali")
     sara, _ = service.create_seller("Sara")
-    pending = service.request_credit(sara["id"], 40_000)
-    rejected = service.request_credit(sara["id"], 9_000)
+    pending = service.request_credit(sara["id"], 40_000).record
+    rejected = service.request_credit(sara["id"], 9_000).record
     service.reject_credit_request(rejected["id"])
     service.sell(ali["id"], PHONE, 25_000)
     service.sell(ali["id"], PHONE, 25_000, idempotency_key="a")
@@ -642,9 +645,21 @@ def test_the_audit_reports_a_balance_that_the_ledger_does_not_explain(service, c
 # --- the ORM cannot move money ---------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def models_bound_to_the_service(request):
+    """The peewee models belong to no database; these tests use them as a careless
+    script would, on the service's own database."""
+    if "service" not in request.fixturenames:
+        yield
+        return
+    service = request.getfixturevalue("service")
+    with service.database.peewee.bind_ctx(models.ALL_MODELS):
+        yield
+
+
 def approved_request(service):
     seller, _ = service.create_seller("Ali")
-    request = service.request_credit(seller["id"], 80_000)
+    request = service.request_credit(seller["id"], 80_000).record
     service.approve_credit_request(request["id"])
     return seller, request
 
@@ -672,7 +687,7 @@ def test_setting_an_approved_request_back_to_pending_through_the_orm_is_refused(
         loaded.decided_at = None
     with pytest.raises(peewee.IntegrityError):
         loaded.save()
-    assert service.get_credit_request(request["id"])["status"] == "approved"
+    assert service.queries.credit_request(request["id"])["status"] == "approved"
     with pytest.raises(NotPending):
         service.approve_credit_request(request["id"])
     assert balance_on_disk(config, seller["id"]) == 80_000
@@ -680,13 +695,13 @@ def test_setting_an_approved_request_back_to_pending_through_the_orm_is_refused(
 
 def test_a_stale_pending_object_saved_after_approval_is_refused(service, config):
     seller, _ = service.create_seller("Ali")
-    request = service.request_credit(seller["id"], 80_000)
+    request = service.request_credit(seller["id"], 80_000).record
     stale = models.CreditRequest.get_by_id(request["id"])
     assert (stale.status, stale.decided_at) == ("pending", None)
     service.approve_credit_request(request["id"])
     with pytest.raises(peewee.IntegrityError):
         stale.save()
-    assert service.get_credit_request(request["id"])["status"] == "approved"
+    assert service.queries.credit_request(request["id"])["status"] == "approved"
     with pytest.raises(NotPending):
         service.approve_credit_request(request["id"])
     assert balance_on_disk(config, seller["id"]) == 80_000
@@ -699,7 +714,7 @@ def test_changing_the_amount_of_an_approved_request_through_the_orm_is_refused(s
     loaded.amount = 1_000_000
     with pytest.raises(peewee.IntegrityError):
         loaded.save()
-    assert service.get_credit_request(request["id"])["amount"] == 80_000
+    assert service.queries.credit_request(request["id"])["amount"] == 80_000
     assert_books_consistent(service, config)
 
 
@@ -715,7 +730,7 @@ def test_a_stale_seller_object_saved_after_a_sale_is_refused_and_the_sale_stands
     with pytest.raises(peewee.IntegrityError, match="I2"):
         stale.save()
     assert balance_on_disk(config, seller["id"]) == 7_000
-    assert service.get_seller(seller["id"])["name"] == "Ali"
+    assert service.queries.seller(seller["id"])["name"] == "Ali"
     assert ledger_on_disk(config, seller["id"]) == [
         ("credit", 10_000, 10_000),
         ("sale", -3_000, 7_000),
@@ -730,7 +745,7 @@ def test_a_fresh_seller_object_saved_through_the_orm_keeps_its_balance(service, 
     loaded = models.Seller.get_by_id(seller["id"])
     loaded.name = "Ali renamed"
     assert loaded.save() == 1
-    assert service.get_seller(seller["id"])["name"] == "Ali renamed"
+    assert service.queries.seller(seller["id"])["name"] == "Ali renamed"
     assert balance_on_disk(config, seller["id"]) == 7_000
     assert_books_consistent(service, config)
 
@@ -738,58 +753,69 @@ def test_a_fresh_seller_object_saved_through_the_orm_keeps_its_balance(service, 
 def test_approving_through_the_orm_behind_the_ledgers_back_is_caught_by_the_audit(service):
     """The database cannot see a missing entry at UPDATE time; audit() is the second check."""
     seller, _ = service.create_seller("Ali")
-    request = service.request_credit(seller["id"], 80_000)
+    request = service.request_credit(seller["id"], 80_000).record
     loaded = models.CreditRequest.get_by_id(request["id"])
     loaded.status, loaded.decided_at = "approved", now()
     loaded.save()
     report = service.audit()
     assert report["consistent"] is False
     assert [p["invariant"] for p in report["problems"]] == ["I4"]
-    assert service.get_seller(seller["id"])["balance"] == 0
+    assert service.queries.seller(seller["id"])["balance"] == 0
 
 
-# --- money moves only inside write_tx() ------------------------------------------------------
+# --- money moves only inside a write ----------------------------------------------------------
 
 
-def test_ledger_functions_outside_a_write_transaction_raise_and_move_nothing(service, config):
+def test_a_write_used_after_its_transaction_ended_raises_and_moves_nothing(service, config):
     seller = credited_seller(service, 50_000)
-    request = service.request_credit(seller["id"], 1_000)
+    request = service.request_credit(seller["id"], 1_000).record
+    escaped = service.database.write(lambda write: write)  # kept beyond its transaction
     before = counts(config)
-    with pytest.raises(AssertionError):
-        ledger.adjust(seller["id"], 1_000, "no tx", now())
-    with pytest.raises(AssertionError):
-        ledger.sell(seller["id"], PHONE, 1_000, now())
-    with pytest.raises(AssertionError):
-        ledger.approve_credit_request(request["id"], now())
+    with pytest.raises(AssertionError, match="ended"):
+        ledger.adjust(escaped, seller["id"], 1_000, "no tx", now())
+    with pytest.raises(AssertionError, match="ended"):
+        ledger.sell(escaped, seller["id"], PHONE, 1_000, now())
+    with pytest.raises(AssertionError, match="ended"):
+        ledger.approve_credit_request(escaped, request["id"], now())
     assert counts(config) == before
     assert balance_on_disk(config, seller["id"]) == 50_000
-    assert service.get_credit_request(request["id"])["status"] == "pending"
+    assert service.queries.credit_request(request["id"])["status"] == "pending"
 
 
-def test_a_plain_transaction_is_not_a_write_transaction_for_the_ledger(service, config):
+def test_ledger_functions_given_the_open_write_do_move_money(service, config):
     seller = credited_seller(service, 50_000)
-    with pytest.raises(AssertionError), db.database.atomic():
-        ledger.sell(seller["id"], PHONE, 1_000, now())
-    assert balance_on_disk(config, seller["id"]) == 50_000
-
-
-def test_ledger_functions_inside_write_tx_do_move_money(service, config):
-    seller = credited_seller(service, 50_000)
-    with db.write_tx():
-        ledger.adjust(seller["id"], -1_000, "inside", now())
+    with service.database.transaction() as write:
+        ledger.adjust(write, seller["id"], -1_000, "inside", now())
     assert balance_on_disk(config, seller["id"]) == 49_000
 
 
-def test_nesting_write_tx_raises_and_the_outer_writes_roll_back(service, config):
-    seller = credited_seller(service, 50_000)
-    with pytest.raises(AssertionError, match="nested"), db.write_tx():
-        ledger.adjust(seller["id"], -1_000, "outer", now())
-        with db.write_tx():
+@pytest.mark.parametrize("group_commit", [True, False], ids=["group-commit", "own-transaction"])
+def test_a_write_started_inside_a_write_fails_at_once_and_the_outer_write_rolls_back(
+    tmp_path, group_commit
+):
+    """Before, with group commit on, the inner write queued behind its own outer write: a hang."""
+    config = Config(db_path=tmp_path / "cb.db", admin_token=ADMIN_TOKEN, group_commit=group_commit)
+    service = Chargebox(prepare(config))
+    try:
+        seller = credited_seller(service, 50_000)
+
+        def outer(write):
+            ledger.adjust(write, seller["id"], -1_000, "outer", now())
+            service.database.write(lambda inner: ledger.adjust(inner, seller["id"], -1, "x", now()))
+
+        with pytest.raises(AssertionError, match="inside a write"):
+            service.database.write(outer)
+        with (
+            pytest.raises(AssertionError, match="inside a write"),
+            service.database.transaction(),
+            service.database.transaction(),
+        ):
             pass
-    assert balance_on_disk(config, seller["id"]) == 50_000
-    with db.write_tx():  # the gate was released: the next write goes through
-        ledger.adjust(seller["id"], -1_000, "after", now())
-    assert balance_on_disk(config, seller["id"]) == 49_000
+        assert balance_on_disk(config, seller["id"]) == 50_000
+        service.adjust_balance(seller["id"], -1_000, "after")  # the gate was released
+        assert balance_on_disk(config, seller["id"]) == 49_000
+    finally:
+        service.close()
 
 
 # --- the customer's test ---------------------------------------------------------------------
@@ -815,7 +841,7 @@ def test_two_sellers_ten_credits_and_a_thousand_sales_balance_to_the_toman(servi
         if i in credit_at:
             seller_id = credit_at[i]
             amount = rng.choice([2_000_000, 3_000_000, 5_000_000])
-            service.approve_credit_request(service.request_credit(seller_id, amount)["id"])
+            service.approve_credit_request(service.request_credit(seller_id, amount).record["id"])
             expected[seller_id] += amount
             credits[seller_id] += 1
         seller_id = rng.choice(sellers)
@@ -835,15 +861,15 @@ def test_two_sellers_ten_credits_and_a_thousand_sales_balance_to_the_toman(servi
 
     for seller_id in sellers:
         assert balance_on_disk(config, seller_id) == expected[seller_id]
-        assert service.get_seller(seller_id)["balance"] == expected[seller_id]
-        entries = all_pages(service.list_ledger, seller_id=seller_id)
+        assert service.queries.seller(seller_id)["balance"] == expected[seller_id]
+        entries = all_pages(service.queries.ledger, seller_id=seller_id)
         assert sum(e["amount"] for e in entries) == expected[seller_id]
         assert entries[-1]["balance_after"] == expected[seller_id]
         assert len(entries) == sales_done[seller_id] + credits[seller_id]
-        assert len(all_pages(service.list_sales, seller_id=seller_id)) == sales_done[seller_id]
+        assert len(all_pages(service.queries.sales, seller_id=seller_id)) == sales_done[seller_id]
     assert sum(credits.values()) == 10
     assert sum(sales_done.values()) + refused == 1_000
-    assert {p["number"]: p["total_charged"] for p in all_pages(service.list_phones)} == (
+    assert {p["number"]: p["total_charged"] for p in all_pages(service.queries.phones)} == (
         phone_totals
     )
     report = service.audit()
@@ -856,7 +882,7 @@ def test_a_seller_credited_a_million_that_sold_sixty_5000_charges_has_700000_lef
     seller = credited_seller(service, 1_000_000)
     for i in range(60):
         service.sell(seller["id"], f"0912000{i:04d}", 5_000)
-    assert service.get_seller(seller["id"])["balance"] == 700_000
+    assert service.queries.seller(seller["id"])["balance"] == 700_000
     assert balance_on_disk(config, seller["id"]) == 700_000
     entries = ledger_on_disk(config, seller["id"])
     assert len(entries) == 61
@@ -869,4 +895,4 @@ def test_a_seller_credited_a_million_that_sold_sixty_5000_charges_has_700000_lef
 def test_a_credit_request_for_an_unknown_seller_is_not_found_and_records_nothing(service, config):
     with pytest.raises(NotFound):
         service.request_credit(999_999, 1_000)
-    assert service.list_credit_requests(Page()) == []
+    assert service.queries.credit_requests(Page()) == []

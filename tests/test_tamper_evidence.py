@@ -16,7 +16,6 @@ import sqlite3
 
 import pytest
 
-from chargebox import db, ledger
 from chargebox.cli import prepare
 from chargebox.config import Config
 from chargebox.services import Chargebox
@@ -35,15 +34,17 @@ def original(tmp_path_factory):
     for n in range(3):
         seller, _ = service.create_seller(f"seller {n}")
         for _ in range(3):
-            request = service.request_credit(seller["id"], rng.randrange(50, 200) * 1_000)
+            request = service.request_credit(seller["id"], rng.randrange(50, 200) * 1_000).record
             service.approve_credit_request(request["id"])
         service.adjust_balance(seller["id"], 7_000, "opening bonus")
         for _ in range(12):
             service.sell(
                 seller["id"], f"0912{rng.randrange(10**7):07d}", rng.choice((1_000, 5_000))
             )
-    db.database.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.close_database()
+    service.close()  # the writer thread ends and closes its connection
+    checkpoint = sqlite3.connect(config.db_path)
+    checkpoint.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    checkpoint.close()
     return config.db_path, config.ledger_key
 
 
@@ -60,12 +61,11 @@ def audit_copy(original, tmp_path, name: str, forge) -> dict:
         repair(conn)
         conn.commit()
         conn.close()
-    db.open_database(Config(db_path=path, admin_token=ADMIN_TOKEN))
-    db.use_ledger_key(original[1])
+    service = Chargebox(Config(db_path=path, admin_token=ADMIN_TOKEN, ledger_key=original[1]))
     try:
-        report = ledger.audit()
+        report = service.audit()
     finally:
-        db.close_database()
+        service.close()
     return {"report": report, "target": target}
 
 
@@ -210,13 +210,11 @@ def test_every_consistent_forgery_is_caught_by_the_seals_and_names_the_first_bro
 def test_the_audit_without_the_key_says_the_seals_cannot_be_checked(original, tmp_path):
     path = tmp_path / "nokey.db"
     shutil.copy(original[0], path)
-    db.open_database(Config(db_path=path, admin_token=ADMIN_TOKEN))
-    db.use_ledger_key(None)
+    service = Chargebox(Config(db_path=path, admin_token=ADMIN_TOKEN))
     try:
-        report = ledger.audit()
+        report = service.audit()
     finally:
-        db.close_database()
-        db.use_ledger_key(original[1])
+        service.close()
     assert not report["consistent"]
     assert "no ledger key" in report["problems"][0]["message"]
 

@@ -1,6 +1,6 @@
 """Web sessions of `Chargebox` on a real SQLite file (typed amounts: test_typed_amounts).
 
-sign_in / session_principal / sign_out are called in-process (the `service`
+access.sign_in / access.session / access.sign_out are called in-process (the `service`
 fixture); what they leave on disk is read back with a separate sqlite3
 connection. Expiry is simulated by moving a session's `expires_at` in the
 file, never by sleeping.
@@ -16,9 +16,9 @@ import sqlite3
 import pytest
 
 from chargebox import auth
-from chargebox.auth import ADMIN, Principal
+from chargebox.auth import ADMIN, SESSION_LIFETIME, Principal
 from chargebox.errors import Unauthorized
-from chargebox.services import SESSION_LIFETIME, Chargebox
+from chargebox.services import Chargebox
 from tests.support import ADMIN_TOKEN
 
 PAST = "2000-01-01T00:00:00.000000Z"
@@ -56,9 +56,9 @@ def seller(service) -> tuple[dict, str]:
 
 def test_a_seller_key_opens_a_twelve_hour_session_acting_as_that_seller(service, config, seller):
     (shop, key), other = seller, service.create_seller("other")[0]
-    session, principal = service.sign_in(key)
+    session, principal = service.access.sign_in(key)
     assert principal == Principal("seller", shop["id"]) != Principal("seller", other["id"])
-    assert service.session_principal(session) == principal
+    assert service.access.session(session) == principal
     [(role, seller_id, created, expires)] = sql(
         config, "SELECT role, seller_id, created_at, expires_at FROM web_session"
     )
@@ -68,8 +68,8 @@ def test_a_seller_key_opens_a_twelve_hour_session_acting_as_that_seller(service,
 
 
 def test_the_admin_token_opens_an_admin_session_even_with_spaces_around_it(service, config):
-    session, principal = service.sign_in(f"  {ADMIN_TOKEN}\n")
-    assert principal == ADMIN == service.session_principal(session)
+    session, principal = service.access.sign_in(f"  {ADMIN_TOKEN}\n")
+    assert principal == ADMIN == service.access.session(session)
     assert sql(config, "SELECT role, seller_id FROM web_session") == [("admin", None)]
 
 
@@ -80,7 +80,7 @@ def test_the_admin_token_opens_an_admin_session_even_with_spaces_around_it(servi
 )
 def test_an_unknown_or_blank_token_opens_no_session(service, config, seller, token):
     with pytest.raises(Unauthorized) as refused:
-        service.sign_in(token)
+        service.access.sign_in(token)
     assert not isinstance(token, str) or not token or token not in refused.value.message
     assert sql(config, "SELECT COUNT(*) FROM web_session") == [(0,)]
 
@@ -90,54 +90,62 @@ def test_an_unknown_or_blank_token_opens_no_session(service, config, seller, tok
 
 @pytest.mark.parametrize("session", [None, "", "x" * 600, auth.new_session_token()[0]])
 def test_a_missing_oversized_or_unknown_cookie_acts_as_nobody(service, seller, session):
-    service.sign_in(seller[1])
-    assert service.session_principal(session) is None
+    service.access.sign_in(seller[1])
+    assert service.access.session(session) is None
 
 
 def test_an_expired_session_acts_as_nobody_and_others_are_untouched(service, config, seller):
-    (expired, _), (live, principal) = service.sign_in(seller[1]), service.sign_in(seller[1])
-    assert service.session_principal(expired) == principal
+    (expired, _), (live, principal) = (
+        service.access.sign_in(seller[1]),
+        service.access.sign_in(seller[1]),
+    )
+    assert service.access.session(expired) == principal
     expire(config, expired)
-    assert service.session_principal(expired) is None
-    assert service.session_principal(live) == principal
+    assert service.access.session(expired) is None
+    assert service.access.session(live) == principal
 
 
 def test_an_admin_session_ends_when_the_admin_token_changes(service, config, seller):
     (admin_session, _), (seller_session, shop) = (
-        service.sign_in(ADMIN_TOKEN),
-        service.sign_in(seller[1]),
+        service.access.sign_in(ADMIN_TOKEN),
+        service.access.sign_in(seller[1]),
     )
-    renewed = Chargebox(dataclasses.replace(config, admin_token="a-new-admin-token-9876543210"))
-    assert renewed.session_principal(admin_session) is None
-    assert renewed.session_principal(seller_session) == shop  # a seller's key did not change
-    assert renewed.sign_in("a-new-admin-token-9876543210")[1] == ADMIN
-    without = Chargebox(dataclasses.replace(config, admin_token=None))
-    assert without.session_principal(admin_session) is None
-    assert service.session_principal(admin_session) == ADMIN  # the old token still holds it
+    renewed = Chargebox(
+        dataclasses.replace(service.config, admin_token="a-new-admin-token-9876543210")
+    )
+    assert renewed.access.session(admin_session) is None
+    assert renewed.access.session(seller_session) == shop  # a seller's key did not change
+    assert renewed.access.sign_in("a-new-admin-token-9876543210")[1] == ADMIN
+    without = Chargebox(dataclasses.replace(service.config, admin_token=None))
+    assert without.access.session(admin_session) is None
+    assert service.access.session(admin_session) == ADMIN  # the old token still holds it
 
 
 def test_signing_out_ends_that_session_only_and_removes_its_row(service, config, seller):
-    (leaving, _), (staying, principal) = service.sign_in(seller[1]), service.sign_in(seller[1])
-    service.sign_out(leaving)
-    assert service.session_principal(leaving) is None
-    assert service.session_principal(staying) == principal
+    (leaving, _), (staying, principal) = (
+        service.access.sign_in(seller[1]),
+        service.access.sign_in(seller[1]),
+    )
+    service.access.sign_out(leaving)
+    assert service.access.session(leaving) is None
+    assert service.access.session(staying) == principal
     assert sql(config, "SELECT token_hash FROM web_session") == [(digest(staying),)]
-    service.sign_out(leaving)  # twice, or an unknown session: nothing to do, no error
-    service.sign_out(auth.new_session_token()[0])
-    assert service.session_principal(staying) == principal
+    service.access.sign_out(leaving)  # twice, or an unknown session: nothing to do, no error
+    service.access.sign_out(auth.new_session_token()[0])
+    assert service.access.session(staying) == principal
 
 
 def test_expired_sessions_are_swept_out_at_the_next_sign_in(service, config, seller):
-    (old, _), (live, _) = service.sign_in(seller[1]), service.sign_in(ADMIN_TOKEN)
+    (old, _), (live, _) = service.access.sign_in(seller[1]), service.access.sign_in(ADMIN_TOKEN)
     expire(config, old)
     assert sql(config, "SELECT COUNT(*) FROM web_session") == [(2,)]
-    new, _ = service.sign_in(seller[1])
+    new, _ = service.access.sign_in(seller[1])
     stored = {row[0] for row in sql(config, "SELECT token_hash FROM web_session")}
     assert stored == {digest(live), digest(new)}
 
 
 def test_only_the_sha256_of_a_session_cookie_is_stored(service, config, seller):
-    sessions = [service.sign_in(seller[1])[0], service.sign_in(ADMIN_TOKEN)[0]]
+    sessions = [service.access.sign_in(seller[1])[0], service.access.sign_in(ADMIN_TOKEN)[0]]
     stored = {row[0] for row in sql(config, "SELECT token_hash FROM web_session")}
     assert stored == {digest(session) for session in sessions}
     files = sorted(config.db_path.parent.glob(config.db_path.name + "*"))
@@ -148,7 +156,7 @@ def test_only_the_sha256_of_a_session_cookie_is_stored(service, config, seller):
 
 
 def test_each_session_has_its_own_csrf_token_that_is_not_its_cookie(service, seller):
-    first, second = service.sign_in(seller[1])[0], service.sign_in(seller[1])[0]
+    first, second = service.access.sign_in(seller[1])[0], service.access.sign_in(seller[1])[0]
     assert auth.csrf_token(first) != auth.csrf_token(second)
     assert auth.csrf_token(first) == auth.csrf_token(first) != first
 

@@ -14,7 +14,7 @@ import bottle
 
 from chargebox.errors import ChargeboxError
 from chargebox.money import amount_from_text
-from chargebox.services import Page
+from chargebox.queries import Page
 from chargebox.web.errors import status_of
 from chargebox.web.html import (
     Form,
@@ -52,16 +52,17 @@ def install(pages: bottle.Bottle, site: Site) -> None:
         """One page of the pending requests (of one seller with ?seller_id=), how many wait
         per seller, and links that page on from ?pending_after=: every one is reachable."""
         seller_id, after = query_id("seller_id"), query_id("pending_after") or 0
-        counts = site.service.pending_by_seller()
+        counts = site.service.queries.pending_by_seller()
         if seller_id and seller_id not in {row["seller_id"] for row in counts}:
-            shown = found(site.service.get_seller, seller_id)  # none waiting, or no such seller
+            shown = found(site.service.queries.seller, seller_id)  # none waiting, or no such seller
             counts.append({"seller_id": seller_id, "name": shown and shown["name"], "pending": 0})
         page = Page(limit=PENDING_PER_PAGE + 1, after_id=after)  # one more: is there a next?
-        pending = site.service.list_credit_requests(page, seller_id=seller_id, status="pending")
+        pending = site.service.queries.credit_requests(page, seller_id=seller_id, status="pending")
         names = {row["seller_id"]: row["name"] for row in counts}
         for request in pending:  # filed after the counts were read
             if request["seller_id"] not in names:
-                names[request["seller_id"]] = site.service.get_seller(request["seller_id"])["name"]
+                seller = site.service.queries.seller(request["seller_id"])
+                names[request["seller_id"]] = seller["name"]
 
         def link(cursor: int | None) -> str:
             return queue_url("/admin", seller_id=seller_id, pending_after=cursor)
@@ -82,11 +83,11 @@ def install(pages: bottle.Bottle, site: Site) -> None:
         you: Visitor, status: int = 200, create: Form | None = None, problem: str | None = None
     ) -> bottle.HTTPResponse:
         after_id = query_id("after_id") or 0
-        sellers = site.service.list_sellers(Page(limit=SELLERS_PER_PAGE, after_id=after_id))
+        sellers = site.service.queries.sellers(Page(limit=SELLERS_PER_PAGE, after_id=after_id))
         notice = None
         if status == 200:  # a notice says what the last form did; a refused one did nothing
             for word in DECIDED.values():
-                decided = found(site.service.get_credit_request, query_id(word))
+                decided = found(site.service.queries.credit_request, query_id(word))
                 if decided:
                     notice = (
                         f"Credit request #{decided['id']} for {toman(decided['amount'])} "
@@ -147,8 +148,8 @@ def install(pages: bottle.Bottle, site: Site) -> None:
     def seller_detail(
         you: Visitor, seller_id: int, status: int = 200, adjust: Form | None = None
     ) -> bottle.HTTPResponse:
-        seller = site.service.get_seller(seller_id)  # an unknown seller: a 404 page, not a form
-        entries = site.service.recent_ledger(seller_id, 50)
+        seller = site.service.queries.seller(seller_id)  # an unknown seller: a 404 page, not a form
+        entries = site.service.queries.recent_ledger(seller_id, 50)
         adjusted = query_id("adjusted") if status == 200 else None
         notice = next(
             (
@@ -166,7 +167,7 @@ def install(pages: bottle.Bottle, site: Site) -> None:
             visitor=you,
             seller=seller,
             entries=entries,
-            requests=site.service.recent_credit_requests(seller_id),
+            requests=site.service.queries.recent_credit_requests(seller_id),
             adjust=adjust or Form(),
             form_key=form_key(),
             notice=notice,
@@ -182,10 +183,10 @@ def install(pages: bottle.Bottle, site: Site) -> None:
         try:
             amount = amount_from_text(form.get("amount", ""), signed=True)
             key = form.get("idempotency_key") or None
-            entry = site.service.adjust_balance(int(ident), amount, form.get("reason", ""), key)
+            made = site.service.adjust_balance(int(ident), amount, form.get("reason", ""), key)
         except ChargeboxError as exc:
             return seller_detail(you, int(ident), status_of(exc), Form(form).failed(exc, "amount"))
-        return redirect(f"/admin/sellers/{ident}?adjusted={entry['id']}")
+        return redirect(f"/admin/sellers/{ident}?adjusted={made.record['id']}")
 
     @pages.get("/admin/audit")
     def audit():

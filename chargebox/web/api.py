@@ -12,7 +12,8 @@ import bottle
 from chargebox.auth import Principal
 from chargebox.config import Config
 from chargebox.errors import NotFound
-from chargebox.services import Chargebox, Outcome
+from chargebox.idempotency import Outcome
+from chargebox.services import Chargebox
 from chargebox.web.request import caller, header, page, query, read_json, seller_scope
 
 ID = "<ident:re:[0-9]{1,18}>"
@@ -21,6 +22,7 @@ ADMIN, SELLER = "admin", "seller"
 
 def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: bytes) -> None:
     limit = config.max_body_bytes
+    access = service.access
 
     @app.get("/health")
     def health():
@@ -32,68 +34,68 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
 
     @app.post("/api/sellers")
     def create_seller():
-        caller(config, ADMIN)
+        caller(access, ADMIN)
         body = read_json(limit, ("name",))
         seller, api_key = service.create_seller(body["name"])
         return 201, {**seller, "api_key": api_key}, _location("sellers", seller["id"])
 
     @app.get("/api/sellers")
     def list_sellers():
-        caller(config, ADMIN)
-        return 200, {"items": service.list_sellers(page(query("limit", "after_id")))}
+        caller(access, ADMIN)
+        return 200, {"items": service.queries.sellers(page(query("limit", "after_id")))}
 
     @app.get(f"/api/sellers/{ID}")
     def get_seller(ident):
-        caller(config, ADMIN)
-        return 200, service.get_seller(int(ident))
+        caller(access, ADMIN)
+        return 200, service.queries.seller(int(ident))
 
     @app.get("/api/me")
     def me():
-        principal = caller(config, SELLER)
-        return 200, service.get_seller(principal.seller_id)
+        principal = caller(access, SELLER)
+        return 200, service.queries.seller(principal.seller_id)
 
     @app.post("/api/credit-requests")
     def request_credit():
-        principal = caller(config, SELLER)
+        principal = caller(access, SELLER)
         body = read_json(limit, ("amount",))
         key = header("Idempotency-Key")
-        filed = service.request_credit_once(principal.seller_id, body["amount"], key)
+        filed = service.request_credit(principal.seller_id, body["amount"], key)
         return _made(filed, _location("credit-requests", filed.record["id"]))
 
     @app.get("/api/credit-requests")
     def list_credit_requests():
-        principal = caller(config, ADMIN, SELLER)
+        principal = caller(access, ADMIN, SELLER)
         params = query("limit", "after_id", "seller_id", "status")
-        items = service.list_credit_requests(
+        items = service.queries.credit_requests(
             page(params), seller_id=seller_scope(principal, params), status=params.get("status")
         )
         return 200, {"items": items}
 
     @app.get(f"/api/credit-requests/{ID}")
     def get_credit_request(ident):
-        principal = caller(config, ADMIN, SELLER)
-        return 200, _own(principal, service.get_credit_request(int(ident)), "credit request")
+        principal = caller(access, ADMIN, SELLER)
+        return 200, _own(principal, service.queries.credit_request(int(ident)), "credit request")
 
     @app.post(f"/api/credit-requests/{ID}/approve")
     def approve(ident):
-        caller(config, ADMIN)
+        caller(access, ADMIN)
         return 200, service.approve_credit_request(int(ident))
 
     @app.post(f"/api/credit-requests/{ID}/reject")
     def reject(ident):
-        caller(config, ADMIN)
+        caller(access, ADMIN)
         return 200, service.reject_credit_request(int(ident))
 
     @app.post(f"/api/sellers/{ID}/adjustments")
     def adjust(ident):
-        caller(config, ADMIN)
+        caller(access, ADMIN)
         body = read_json(limit, ("amount", "reason"))
         key = header("Idempotency-Key")
-        return _made(service.adjust_balance_once(int(ident), body["amount"], body["reason"], key))
+        return _made(service.adjust_balance(int(ident), body["amount"], body["reason"], key))
 
     @app.post("/api/sales")
     def sell():
-        principal = caller(config, SELLER)
+        principal = caller(access, SELLER)
         body = read_json(limit, ("phone", "amount"))
         sold = service.sell(
             principal.seller_id, body["phone"], body["amount"], header("Idempotency-Key")
@@ -102,36 +104,36 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
 
     @app.get("/api/sales")
     def list_sales():
-        principal = caller(config, ADMIN, SELLER)
+        principal = caller(access, ADMIN, SELLER)
         params = query("limit", "after_id", "seller_id")
-        return 200, {"items": service.list_sales(page(params), seller_scope(principal, params))}
+        return 200, {"items": service.queries.sales(page(params), seller_scope(principal, params))}
 
     @app.get(f"/api/sales/{ID}")
     def get_sale(ident):
-        principal = caller(config, ADMIN, SELLER)
-        return 200, _own(principal, service.get_sale(int(ident)), "sale")
+        principal = caller(access, ADMIN, SELLER)
+        return 200, _own(principal, service.queries.sale(int(ident)), "sale")
 
     @app.get("/api/ledger")
     def list_ledger():
-        principal = caller(config, ADMIN, SELLER)
+        principal = caller(access, ADMIN, SELLER)
         params = query("limit", "after_id", "seller_id")
-        return 200, {"items": service.list_ledger(page(params), seller_scope(principal, params))}
+        return 200, {"items": service.queries.ledger(page(params), seller_scope(principal, params))}
 
     @app.get("/api/phones")
     def list_phones():
-        caller(config, ADMIN)
-        return 200, {"items": service.list_phones(page(query("limit", "after_id")))}
+        caller(access, ADMIN)
+        return 200, {"items": service.queries.phones(page(query("limit", "after_id")))}
 
     @app.post("/api/phones")
     def register_phone():
-        caller(config, ADMIN)
+        caller(access, ADMIN)
         body = read_json(limit, ("number",))
         phone, created = service.register_phone(body["number"])
         return (201 if created else 200), phone
 
     @app.get("/api/audit")
     def audit():
-        caller(config, ADMIN)
+        caller(access, ADMIN)
         return 200, service.audit()
 
 

@@ -246,7 +246,7 @@ def read_form(limit: int) -> dict[str, str]:
 def signed_in(service: Chargebox) -> Visitor | None:
     """The browser's valid session, if it has one."""
     session = bottle.request.get_cookie(SESSION_COOKIE)
-    principal = service.session_principal(session)
+    principal = service.access.session(session)
     return Visitor(principal, session) if principal else None
 
 

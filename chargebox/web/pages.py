@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import bottle
 
+from chargebox.auth import SESSION_LIFETIME
 from chargebox.config import Config
 from chargebox.errors import ChargeboxError, Unauthorized
 from chargebox.money import amount_from_text
-from chargebox.services import SESSION_LIFETIME, Chargebox
+from chargebox.services import Chargebox
 from chargebox.web import admin_pages
 from chargebox.web.errors import status_of
 from chargebox.web.html import (
@@ -81,7 +82,7 @@ def _install_common(pages: bottle.Bottle, site: Site) -> None:
         form = read_form(site.limit)
         check_login_token(form)
         try:
-            session, principal = site.service.sign_in(form.get("token", ""))
+            session, principal = site.service.access.sign_in(form.get("token", ""))
         except Unauthorized:
             blank = not form.get("token", "").strip()
             message = "Enter your API key." if blank else "That key is not known. Check it."
@@ -95,7 +96,7 @@ def _install_common(pages: bottle.Bottle, site: Site) -> None:
     @pages.post("/logout")
     def logout():
         you, _ = site.posted(ADMIN, SELLER)
-        site.service.sign_out(you.session)
+        site.service.access.sign_out(you.session)
         response = redirect("/login")
         end_session(response)
         return response
@@ -111,9 +112,9 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
             status,
             title="Your account",
             visitor=you,
-            seller=site.service.get_seller(seller_id),
-            entries=site.service.recent_ledger(seller_id),
-            requests=site.service.recent_credit_requests(seller_id),
+            seller=site.service.queries.seller(seller_id),
+            entries=site.service.queries.recent_ledger(seller_id),
+            requests=site.service.queries.recent_credit_requests(seller_id),
             sale=forms.get("sale", Form()),
             credit=forms.get("credit", Form()),
             sale_key=form_key(),
@@ -122,13 +123,13 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
         )
 
     def seller_notice(seller_id: int) -> str | None:
-        sale = found(site.service.get_sale, query_id("sold"))
+        sale = found(site.service.queries.sale, query_id("sold"))
         if sale and sale["seller_id"] == seller_id:
             return (
                 f"Sold {toman(sale['amount'])} of charge to {sale['phone']}. "
                 f"Balance after the sale: {toman(sale['balance_after'])}."
             )
-        request = found(site.service.get_credit_request, query_id("requested"))
+        request = found(site.service.queries.credit_request, query_id("requested"))
         if request and request["seller_id"] == seller_id:
             return (
                 f"Credit request #{request['id']} for {toman(request['amount'])} is sent; "
@@ -157,7 +158,7 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
         try:
             amount = amount_from_text(form.get("amount", ""))
             key = form.get("idempotency_key") or None
-            created = site.service.request_credit(you.principal.seller_id, amount, key)
+            filed = site.service.request_credit(you.principal.seller_id, amount, key)
         except ChargeboxError as exc:
             return seller_page(you, status_of(exc), credit=Form(form).failed(exc, "amount"))
-        return redirect(f"/seller?requested={created['id']}")
+        return redirect(f"/seller?requested={filed.record['id']}")

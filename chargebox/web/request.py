@@ -13,11 +13,9 @@ import urllib.parse
 
 import bottle
 
-from chargebox import auth
-from chargebox.auth import Principal
-from chargebox.config import Config
+from chargebox.auth import Access, Principal
 from chargebox.errors import Forbidden, MalformedJSON, PayloadTooLarge, ValidationError
-from chargebox.services import MAX_LIMIT, Page
+from chargebox.queries import MAX_LIMIT, Page
 
 MAX_ID = 2**63 - 1
 
@@ -28,9 +26,9 @@ def header(name: str) -> str | None:
     return bottle.request.environ.get("HTTP_" + name.upper().replace("-", "_"))
 
 
-def caller(config: Config, *roles: str) -> Principal:
+def caller(access: Access, *roles: str) -> Principal:
     """Authenticate the request and require one of `roles` (401, then 403)."""
-    principal = auth.authenticate(header("Authorization"), config.admin_token)
+    principal = access.authenticate(header("Authorization"))
     if principal.role not in roles:
         who = "the admin" if principal.is_admin else "a seller"
         raise Forbidden(f"this route is not for {who}")

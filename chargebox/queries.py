@@ -1,0 +1,160 @@
+"""Reads: the shape of each resource, declared once, and the SELECTs that return it.
+
+A `Shape` names a table and the columns a client sees. The same list makes the
+SELECTs here and the RETURNING of the statement that writes the row (ledger,
+services), so each resource is spelled in one place. `Queries` reads through a
+Database, or through an open Write to see the write's own rows. No writes here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+from chargebox.errors import NotFound, ValidationError
+
+STATUSES = ("pending", "approved", "rejected")
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """A resource as a client sees it: its table, its columns, and what to call one."""
+
+    table: str
+    columns: tuple[str, ...]
+    what: str
+
+    @property
+    def select(self) -> str:
+        return f"SELECT {', '.join(self.columns)} FROM {self.table}"
+
+    @property
+    def returning(self) -> str:
+        return "RETURNING " + ", ".join(self.columns)
+
+
+SELLER = Shape("seller", ("id", "name", "balance", "created_at"), "seller")
+CREDIT_REQUEST = Shape(
+    "credit_request",
+    ("id", "seller_id", "amount", "status", "created_at", "decided_at"),
+    "credit request",
+)
+SALE = Shape("sale", ("id", "seller_id", "phone", "amount", "balance_after", "created_at"), "sale")
+LEDGER_ENTRY = Shape(
+    "ledger_entry",
+    (
+        "id",
+        "seller_id",
+        "kind",
+        "amount",
+        "balance_after",
+        "credit_request_id",
+        "sale_id",
+        "reason",
+        "created_at",
+    ),  # fmt: skip
+    "ledger entry",
+)
+PHONE = Shape("phone", ("id", "number", "total_charged", "created_at"), "phone")
+
+
+@dataclasses.dataclass(frozen=True)
+class Page:
+    """Cursor paging: items with id > after_id, at most `limit`, oldest first."""
+
+    limit: int = DEFAULT_LIMIT
+    after_id: int = 0
+
+
+class Reader(Protocol):
+    """A Database, or an open Write (which sees its own uncommitted rows)."""
+
+    def dicts(self, sql: str, params: tuple = ()) -> list[dict]: ...
+
+
+class Queries:
+    """The reads of the API and the pages, through one reader."""
+
+    def __init__(self, reader: Reader) -> None:
+        self.reader = reader
+
+    def one(self, shape: Shape, ident: object, column: str = "id") -> dict:
+        found = self.reader.dicts(f"{shape.select} WHERE {column} = ?", (ident,))
+        if not found:
+            raise NotFound(f"{shape.what} {ident} does not exist")
+        return found[0]
+
+    def page(self, shape: Shape, page: Page, **filters: object) -> list[dict]:
+        where, params = ["id > ?"], [page.after_id]
+        for column, value in filters.items():
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = f"{shape.select} WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
+        return self.reader.dicts(sql, (*params, page.limit))
+
+    # --- one of each ------------------------------------------------------------------------
+
+    def seller(self, seller_id: int) -> dict:
+        return self.one(SELLER, seller_id)
+
+    def credit_request(self, request_id: int) -> dict:
+        return self.one(CREDIT_REQUEST, request_id)
+
+    def sale(self, sale_id: int) -> dict:
+        return self.one(SALE, sale_id)
+
+    def ledger_entry(self, entry_id: int) -> dict:
+        return self.one(LEDGER_ENTRY, entry_id)
+
+    def phone(self, number: str) -> dict:
+        return self.one(PHONE, number, "number")
+
+    # --- lists ------------------------------------------------------------------------------
+
+    def sellers(self, page: Page) -> list[dict]:
+        return self.page(SELLER, page)
+
+    def credit_requests(
+        self, page: Page, seller_id: int | None = None, status: str | None = None
+    ) -> list[dict]:
+        if status is not None and status not in STATUSES:
+            raise ValidationError("status must be pending, approved or rejected", "status")
+        return self.page(CREDIT_REQUEST, page, seller_id=seller_id, status=status)
+
+    def sales(self, page: Page, seller_id: int | None = None) -> list[dict]:
+        return self.page(SALE, page, seller_id=seller_id)
+
+    def ledger(self, page: Page, seller_id: int | None = None) -> list[dict]:
+        return self.page(LEDGER_ENTRY, page, seller_id=seller_id)
+
+    def phones(self, page: Page) -> list[dict]:
+        return self.page(PHONE, page)
+
+    # --- what the pages show ----------------------------------------------------------------
+
+    def pending_by_seller(self) -> list[dict]:
+        """How many credit requests wait for the admin, per seller that has any."""
+        return self.reader.dicts(
+            "SELECT seller.id AS seller_id, seller.name, count(*) AS pending"
+            " FROM credit_request JOIN seller ON seller.id = credit_request.seller_id"
+            " WHERE credit_request.status = 'pending' GROUP BY seller.id ORDER BY seller.id"
+        )
+
+    def recent_ledger(self, seller_id: int, limit: int = 20) -> list[dict]:
+        """A seller's newest ledger entries first, each sale with its phone number."""
+        columns = ", ".join(f"e.{name}" for name in LEDGER_ENTRY.columns if name != "seller_id")
+        return self.reader.dicts(
+            f"SELECT {columns}, sale.phone FROM ledger_entry AS e"
+            " LEFT JOIN sale ON sale.id = e.sale_id"
+            " WHERE e.seller_id = ? ORDER BY e.id DESC LIMIT ?",
+            (seller_id, limit),
+        )
+
+    def recent_credit_requests(self, seller_id: int, limit: int = 10) -> list[dict]:
+        return self.reader.dicts(
+            f"{CREDIT_REQUEST.select} WHERE seller_id = ? ORDER BY id DESC LIMIT ?",
+            (seller_id, limit),
+        )

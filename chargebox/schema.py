@@ -1,0 +1,109 @@
+"""The schema beyond the models: the triggers that enforce I1-I5 in the database itself.
+
+The models (models.py) declare tables, CHECKs, UNIQUEs and foreign keys; what a
+column constraint cannot say (a chain, an append-only table, a decided request
+that never changes) is a trigger here. `create` installs both, idempotently;
+`missing_triggers` lets the audit notice a trigger someone dropped.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Sequence
+
+import peewee
+
+
+def create(database: peewee.Database, models: Sequence[type[peewee.Model]]) -> None:
+    """Create the tables, indexes and triggers that are missing, in one transaction."""
+    with database.bind_ctx(models), database.atomic():
+        database.create_tables(models, safe=True)
+        for statement in TRIGGERS:
+            database.execute_sql(statement)
+
+
+def table_names(conn: sqlite3.Connection) -> set[str]:
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {name for (name,) in rows}
+
+
+def missing_triggers(conn: sqlite3.Connection) -> list[str]:
+    """Names of schema triggers that are not installed (someone dropped the second line)."""
+    wanted = {re.search(r"EXISTS (\w+)", sql).group(1) for sql in TRIGGERS}
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall()
+    return sorted(wanted - {name for (name,) in rows})
+
+
+def _immutable(table: str, action: str, why: str) -> str:
+    return (
+        f"CREATE TRIGGER IF NOT EXISTS {table}_no_{action.lower()} BEFORE {action} ON {table} "
+        f"BEGIN SELECT RAISE(ABORT, '{why}'); END"
+    )
+
+
+TRIGGERS = (
+    # I5: the ledger, sales and idempotency outcomes are append-only.
+    _immutable("ledger_entry", "UPDATE", "I5: ledger entries are never updated"),
+    _immutable("ledger_entry", "DELETE", "I5: ledger entries are never deleted"),
+    _immutable("sale", "UPDATE", "sales are never updated"),
+    _immutable("sale", "DELETE", "sales are never deleted"),
+    _immutable("idempotency_record", "UPDATE", "idempotency outcomes are final"),
+    _immutable("ledger_seal", "UPDATE", "ledger seals are never updated"),
+    _immutable("ledger_seal", "DELETE", "ledger seals are never deleted"),
+    _immutable("idempotency_record", "DELETE", "idempotency outcomes are final"),
+    _immutable("adjustment_record", "UPDATE", "idempotency outcomes are final"),
+    _immutable("adjustment_record", "DELETE", "idempotency outcomes are final"),
+    _immutable("credit_request_record", "UPDATE", "idempotency outcomes are final"),
+    _immutable("credit_request_record", "DELETE", "idempotency outcomes are final"),
+    _immutable("seller", "DELETE", "sellers are never deleted"),
+    _immutable("credit_request", "DELETE", "credit requests are never deleted"),
+    # I4: a decided request never changes again, so it can never be approved twice.
+    """CREATE TRIGGER IF NOT EXISTS credit_request_decided_is_final
+       BEFORE UPDATE ON credit_request
+       WHEN NEW.seller_id IS NOT OLD.seller_id OR NEW.amount IS NOT OLD.amount
+         OR NEW.created_at IS NOT OLD.created_at
+         OR (OLD.status != 'pending'
+             AND (NEW.status IS NOT OLD.status OR NEW.decided_at IS NOT OLD.decided_at))
+       BEGIN SELECT RAISE(ABORT, 'I4: a decided credit request is final'); END""",
+    # I2 + I3: each entry continues its seller's chain and the seller's current balance.
+    """CREATE TRIGGER IF NOT EXISTS ledger_entry_continues_chain
+       BEFORE INSERT ON ledger_entry
+       BEGIN
+         SELECT RAISE(ABORT, 'I3: balance_after must equal the previous balance_after + amount')
+         WHERE NEW.balance_after IS NOT COALESCE((SELECT balance_after FROM ledger_entry
+                 WHERE seller_id = NEW.seller_id ORDER BY id DESC LIMIT 1), 0) + NEW.amount;
+         SELECT RAISE(ABORT, 'I2: balance_after must equal the seller balance + amount')
+         WHERE NEW.balance_after IS NOT
+               (SELECT balance FROM seller WHERE id = NEW.seller_id) + NEW.amount;
+       END""",
+    # I2: a balance changes only onto the newest ledger entry, written just before.
+    """CREATE TRIGGER IF NOT EXISTS seller_balance_follows_ledger
+       BEFORE UPDATE OF balance ON seller WHEN NEW.balance IS NOT OLD.balance
+       BEGIN
+         SELECT RAISE(ABORT, 'I2: a balance may change only with its ledger entry')
+         WHERE NEW.balance IS NOT (SELECT balance_after FROM ledger_entry
+                 WHERE seller_id = NEW.id ORDER BY id DESC LIMIT 1);
+       END""",
+    """CREATE TRIGGER IF NOT EXISTS seller_starts_at_zero
+       BEFORE INSERT ON seller WHEN NEW.balance IS NOT 0
+       BEGIN SELECT RAISE(ABORT, 'I2: a new seller starts with balance 0'); END""",
+    # I4: a credit entry exists only for an approved request, with its amount.
+    """CREATE TRIGGER IF NOT EXISTS ledger_entry_credit_matches_request
+       BEFORE INSERT ON ledger_entry WHEN NEW.kind = 'credit'
+       BEGIN
+         SELECT RAISE(ABORT, 'I4: a credit entry needs its approved request')
+         WHERE NOT EXISTS (SELECT 1 FROM credit_request WHERE id = NEW.credit_request_id
+                 AND seller_id = NEW.seller_id AND status = 'approved'
+                 AND amount = NEW.amount);
+       END""",
+    # I4: a sale entry debits exactly its sale.
+    """CREATE TRIGGER IF NOT EXISTS ledger_entry_sale_matches_sale
+       BEFORE INSERT ON ledger_entry WHEN NEW.kind = 'sale'
+       BEGIN
+         SELECT RAISE(ABORT, 'I4: a sale entry needs its sale')
+         WHERE NOT EXISTS (SELECT 1 FROM sale WHERE id = NEW.sale_id
+                 AND seller_id = NEW.seller_id AND amount = -NEW.amount
+                 AND balance_after = NEW.balance_after);
+       END""",
+)
