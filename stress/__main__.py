@@ -210,10 +210,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    """Exit 1 only if the mechanism did not show; a busy box gets a printed warning."""
     started = time.perf_counter()
     result = load(args.name).run(quick=args.quick)
-    print(report.table(result["rows"]))
+    columns = list(dict.fromkeys(key for row in result["rows"] for key in row))
+    print(report.table(result["rows"], columns))
     print(f"\n{result['lesson']}")
+    if result.get("warning"):
+        print(f"\n{result['warning']}")
     path = report.write_json(args.out / f"demo-{args.name}.json", result)
     print(f"({time.perf_counter() - started:.1f} s; report: {path})")
     return 0 if result["effect_shown"] else 1

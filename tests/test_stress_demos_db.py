@@ -82,16 +82,21 @@ def test_a_file_lock_or_begin_immediate_keeps_threads_and_processes_exact(outcom
             assert row["debits_acked"] == total and row["actual"] == 0, row
 
 
-def test_busy_timeout_alone_serves_writers_worse_than_a_flock_queue(outcomes):
+def test_a_flock_queues_writers_in_the_kernel_while_the_busy_timeout_alone_lets_one_barge(
+    outcomes,
+):
+    """Where writers wait, not how long: a busy box stretches every wait, but queued by a
+    blocking flock they wait in the kernel (BEGIN IMMEDIATE then finds SQLite's lock free),
+    while with the busy timeout alone they sleep in SQLite's busy handler and whoever
+    retries first takes the lock, so the shares of the writes come out uneven. The worst
+    waits and Jain's index are the demo's printed figures, not assertions."""
     result = outcome(outcomes, "file-lock")
     assert result["effect_shown"], result["lesson"]
     rows = {row["variant"]: row for row in result["rows"]}
     busy, flock = rows["busy timeout alone"], rows["fcntl.flock, blocking"]
-    assert (
-        busy["locked_errors"] > 0
-        or busy["max_wait_ms"] >= 2 * flock["max_wait_ms"]
-        or busy["jain"] <= flock["jain"] - 0.05
-    ), (busy, flock)
+    assert flock["waited_in_sqlite_pct"] < 10, flock
+    assert busy["waited_in_sqlite_pct"] > 90, busy  # no gate: all its waiting is in SQLite
+    assert busy["worker_ops_max"] >= 2 * busy["worker_ops_min"] or busy["locked_errors"], busy
     for row in result["rows"]:
         # Not worker_ops_min > 0: under the busy timeout alone a writer may starve
         # (docs/stack-notes.md, trap 6).

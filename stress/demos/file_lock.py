@@ -79,10 +79,10 @@ def _gate(variant: str, db_path: str) -> Callable[[], contextlib.AbstractContext
     return contextlib.nullcontext
 
 
-def _sale(conn: sqlite3.Connection, started: float) -> float:
-    """One short write; returns how long it waited for the write lock (seconds)."""
+def _sale(conn: sqlite3.Connection, gated: float) -> float:
+    """One short write; returns how long BEGIN IMMEDIATE waited inside SQLite (seconds)."""
     conn.execute("BEGIN IMMEDIATE")
-    waited = time.perf_counter() - started
+    waited = time.perf_counter() - gated
     try:
         conn.execute(
             "UPDATE account SET balance = balance - ? WHERE id = 1 AND balance >= ?",
@@ -102,21 +102,28 @@ def _writer(variant: str, db_path: str, seconds: float, barrier, results) -> Non
     conn = sqlite3.connect(db_path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
     conn.execute("PRAGMA synchronous = NORMAL")
     gate = _gate(variant, db_path)
-    waits: list[float] = []
+    waits: list[float] = []  # per write: from wanting the lock to holding SQLite's
+    in_sqlite = 0.0  # the part of those waits spent inside BEGIN IMMEDIATE
     ops = locked = other = 0
     barrier.wait(timeout=60)
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
-        began = time.perf_counter()
+        began = gated = time.perf_counter()
         try:
             with gate():
-                waits.append(_sale(conn, began))
+                gated = time.perf_counter()
+                waited = _sale(conn, gated)
+                waits.append(gated - began + waited)
+                in_sqlite += waited
             ops += 1
         except sqlite3.OperationalError as exc:
             waits.append(time.perf_counter() - began)  # a failed wait still kept a buyer waiting
+            in_sqlite += time.perf_counter() - gated
             locked += "locked" in str(exc)
             other += "locked" not in str(exc)
-    results.put({"ops": ops, "locked": locked, "other": other, "waits": waits})
+    results.put(
+        {"ops": ops, "locked": locked, "other": other, "waits": waits, "in_sqlite": in_sqlite}
+    )
     conn.close()
 
 
@@ -147,6 +154,8 @@ def jain(values: list[int]) -> float:
 def _row(variant: str, reports: list[dict], seconds: float) -> dict:
     per_worker = [report["ops"] for report in reports]
     waits = latency_summary([wait for report in reports for wait in report["waits"]])
+    waited = sum(sum(report["waits"]) for report in reports)
+    in_sqlite = sum(report["in_sqlite"] for report in reports)
     return {
         "variant": variant,
         "tx_per_s": round(sum(per_worker) / seconds),
@@ -158,17 +167,20 @@ def _row(variant: str, reports: list[dict], seconds: float) -> dict:
         "worker_ops_min": min(per_worker),
         "worker_ops_max": max(per_worker),
         "jain": round(jain(per_worker), 3),
+        # Where writers spent their waiting: in SQLite's busy handler, or queued at the gate.
+        "waited_in_sqlite_pct": round(100 * in_sqlite / waited, 1) if waited else 0.0,
     }
 
 
-def _beats(busy: dict, flock: dict) -> bool:
-    """The claim, robust to a noisy box: the busy timeout alone let an error escape, or its
-    worst wait was at least twice the flock queue's, or it was less fair by 0.05 of Jain."""
-    return (
-        busy["locked_errors"] > 0
-        or busy["max_wait_ms"] >= 2 * flock["max_wait_ms"]
-        or busy["jain"] <= flock["jain"] - 0.05
-    )
+def _shown(busy: dict, flock: dict) -> bool:
+    """The mechanism, which a busy box does not change: queued by the flock, writers waited
+    in the kernel (under 10% of their waiting inside SQLite) and no error escaped; with the
+    busy timeout alone they waited in SQLite's busy handler, which sleeps and retries, so
+    whoever retried first took the lock: one writer did at least twice another's writes
+    (or a 'database is locked' escaped). The waits in ms are the figures, not the test."""
+    queued = flock["waited_in_sqlite_pct"] < 10 and flock["locked_errors"] == 0
+    barged = busy["worker_ops_max"] >= 2 * busy["worker_ops_min"] or busy["locked_errors"] > 0
+    return queued and flock["other_errors"] == 0 and barged
 
 
 def _lesson(rows: dict[str, dict]) -> str:
@@ -202,8 +214,8 @@ def run(quick: bool = False) -> dict:
         "demo": NAME,
         "rows": rows,
         "lesson": _lesson(by_name),
-        "effect_shown": _beats(by_name[VARIANTS[0]], by_name[VARIANTS[3]]),
-        "criterion": " ".join(_beats.__doc__.split()),
+        "effect_shown": _shown(by_name[VARIANTS[0]], by_name[VARIANTS[3]]),
+        "criterion": " ".join(_shown.__doc__.split()),
         "processes": PROCESSES,
         "seconds_per_variant": seconds,
         "busy_timeout_ms": BUSY_TIMEOUT_MS,
