@@ -23,6 +23,7 @@ from chargebox.errors import (
     InsufficientCredit,
     ValidationError,
 )
+from chargebox.queries import CREDIT_REQUEST, LEDGER_ENTRY, SALE, Queries, Shape
 
 MAX_KEY_LENGTH = 255
 # Refusals that are final outcomes of a key (nothing was written when they were raised).
@@ -32,15 +33,16 @@ REFUSALS = {refusal.code: refusal for refusal in FINAL}
 
 @dataclasses.dataclass(frozen=True)
 class Keyed:
-    """Where the outcomes of one kind of keyed request are kept."""
+    """Where the outcomes of one kind of keyed request are kept, and what they made."""
 
     table: str
     column: str  # the id of what the first request made
+    made: Shape  # read again by that id for every copy
 
 
-SALES = Keyed("idempotency_record", "sale_id")
-ADJUSTMENTS = Keyed("adjustment_record", "entry_id")
-CREDIT_REQUESTS = Keyed("credit_request_record", "request_id")
+SALES = Keyed("idempotency_record", "sale_id", SALE)
+ADJUSTMENTS = Keyed("adjustment_record", "entry_id", LEDGER_ENTRY)
+CREDIT_REQUESTS = Keyed("credit_request_record", "request_id", CREDIT_REQUEST)
 
 
 def check_key(key: str | None) -> str | None:
@@ -73,17 +75,15 @@ def once(
     key: str | None,
     request_hash: str,
     act: Callable[[Write, str], dict],
-    read: Callable[[Write | Database, int], dict],
 ) -> Outcome:
     """Do `act(write, now)` in a write, once per key: every later copy gets the first
-    outcome, `read` again by the id it made (a refusal is raised again)."""
+    outcome, read again by the id it made (a refusal is raised again)."""
     if key is None:
         return Outcome(database.write(lambda write: act(write, now())), False)
     made = earlier(database, kind, seller_id, key, request_hash)  # fast path, no write lock
     if made is not None:
-        return Outcome(read(database, made), True)
-    outcome = database.write(lambda write: _first(write, kind, seller_id, key, request_hash,
-                                                  act, read))  # fmt: skip
+        return Outcome(Queries(database).one(kind.made, made), True)
+    outcome = database.write(lambda write: _first(write, kind, seller_id, key, request_hash, act))
     if isinstance(outcome, ChargeboxError):
         raise outcome
     return outcome
@@ -96,7 +96,6 @@ def _first(
     key: str,
     request_hash: str,
     act: Callable[[Write, str], dict],
-    read: Callable[[Write | Database, int], dict],
 ) -> Outcome | ChargeboxError:
     """Inside the write: what a copy that won the race made, or act now and record it.
 
@@ -104,7 +103,7 @@ def _first(
     """
     made = earlier(write, kind, seller_id, key, request_hash)
     if made is not None:
-        return Outcome(read(write, made), True)
+        return Outcome(Queries(write).one(kind.made, made), True)
     created = now()
     try:
         outcome: Outcome | ChargeboxError = Outcome(act(write, created), False)

@@ -95,7 +95,6 @@ class Chargebox:
             key,
             idempotency.fingerprint(amount),
             file_request,
-            lambda reader, made: Queries(reader).credit_request(made),
         )
 
     def approve_credit_request(self, request_id: int) -> dict:
@@ -123,7 +122,6 @@ class Chargebox:
             idempotency.check_key(idempotency_key),
             idempotency.fingerprint(amount, reason),
             lambda write, created: ledger.adjust(write, seller_id, amount, reason, created),
-            lambda reader, made: Queries(reader).ledger_entry(made),
         )
 
     def sell(
@@ -139,7 +137,6 @@ class Chargebox:
             idempotency.check_key(idempotency_key),
             idempotency.fingerprint(number, amount),
             lambda write, created: ledger.sell(write, seller_id, number, amount, created),
-            lambda reader, made: Queries(reader).sale(made),
         )
 
     # --- phones and the books --------------------------------------------------------------
