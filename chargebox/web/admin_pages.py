@@ -16,21 +16,10 @@ from chargebox.errors import ChargeboxError
 from chargebox.money import amount_from_text
 from chargebox.queries import Page
 from chargebox.web.errors import status_of
-from chargebox.web.html import (
-    Form,
-    Site,
-    Visitor,
-    form_key,
-    found,
-    isolate,
-    plain,
-    query_id,
-    redirect,
-    render,
-    signed,
-    toman,
-    visitor,
-)
+from chargebox.web.forms import Form, Site, form_key, found, plain
+from chargebox.web.html import isolate, redirect, render, signed, toman
+from chargebox.web.request import query_id
+from chargebox.web.sessions import Visitor, visitor
 
 ID = "<ident:re:[0-9]{1,18}>"
 ADMIN = "admin"

@@ -1,38 +1,28 @@
-"""What the HTML pages need around the use cases: sessions, CSRF, form bodies, templates.
+"""How a page is answered: templates and their helpers, error pages, the page plugin.
 
-No rule of the business lives here; the pages call the same `services` as the
-JSON API. Every page is no-store, may not be framed, and runs under a
-Content-Security-Policy that allows only our own stylesheet and script. A
-failure is rendered as a page in plain words, never a stack trace.
+Every page is no-store, may not be framed, and runs under a Content-Security-Policy
+that allows only our own stylesheet and script; a failure is rendered as a page
+in plain words, never a stack trace. No form, cookie or use case is handled here:
+sessions live in `sessions`, form handling in `forms`, bodies in `request`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import hmac
 import re
-import secrets
-import urllib.parse
-from collections.abc import Callable
 from pathlib import Path
 
 import bottle
 
-from chargebox import auth
-from chargebox.auth import Principal
 from chargebox.config import Config
-from chargebox.errors import ChargeboxError, Forbidden, NotFound, ValidationError
+from chargebox.errors import ChargeboxError
 from chargebox.services import Chargebox
 from chargebox.web.errors import internal_error, request_id, status_of
-from chargebox.web.request import check_body_size, read_body
+from chargebox.web.request import check_body_size
+from chargebox.web.sessions import SignInRequired, Visitor, signed_in
 
 VIEWS = Path(__file__).parent / "views"
 STATIC = Path(__file__).parent / "static"
-SESSION_COOKIE = "chargebox_session"
-# Before there is a session, the sign-in form is protected by a double-submit token.
-LOGIN_COOKIE = "chargebox_login"
-FORM_TYPE = "application/x-www-form-urlencoded"
 HTML = "text/html; charset=utf-8"
 HEADERS = {
     "Cache-Control": "no-store",
@@ -44,58 +34,6 @@ HEADERS = {
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
 }
-# Plain words for what a person did not cause and cannot fix by retyping.
-PLAIN = {
-    "insufficient_credit": "Not enough credit: {message}.",
-    "balance_limit_exceeded": "That would take the balance over the limit: {message}.",
-    "unavailable": "The service is busy right now and nothing was changed. Try again.",
-    "too_many_pending_requests": "You cannot ask for more credit yet: {message}.",
-    "idempotency_key_reused": "This form was already sent with other values. Check and send again.",
-}
-
-
-class SignInRequired(Exception):
-    """No valid session: the browser is sent to the sign-in page."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Visitor:
-    """A signed-in browser: who it acts as, its session cookie and its CSRF token."""
-
-    principal: Principal
-    session: str
-
-    @property
-    def csrf(self) -> str:
-        return auth.csrf_token(self.session)
-
-
-@dataclasses.dataclass
-class Form:
-    """What a person typed into one form and what was wrong with it, to show it back."""
-
-    values: dict[str, str] = dataclasses.field(default_factory=dict)
-    errors: dict[str, str] = dataclasses.field(default_factory=dict)
-
-    def value(self, name: str) -> str:
-        return self.values.get(name, "")
-
-    def error(self, name: str) -> str | None:
-        return self.errors.get(name)
-
-    def failed(self, exc: ChargeboxError, field: str) -> Form:
-        """Record `exc` next to its own field, or next to `field` when it names none."""
-        self.errors[exc.field if exc.field in self.values else field] = plain(exc)
-        return self
-
-
-def plain(exc: ChargeboxError) -> str:
-    """What went wrong, as a sentence for a person."""
-    message = PLAIN.get(exc.code, "{message}").format(message=exc.message.rstrip("."))
-    return message[:1].upper() + message[1:]
-
-
-# --- rendering -------------------------------------------------------------------------------
 
 
 def toman(amount: int) -> str:
@@ -223,121 +161,3 @@ def page_plugin(config: Config, service: Chargebox):
         return wrapper
 
     return decorator
-
-
-# --- requests --------------------------------------------------------------------------------
-
-
-def read_form(limit: int) -> dict[str, str]:
-    """The urlencoded body of a form post; a repeated field keeps its first value."""
-    if bottle.request.content_type.split(";")[0].strip().lower() != FORM_TYPE:
-        raise ValidationError("the form was not sent as a web form")
-    raw = read_body(limit)
-    try:
-        pairs = urllib.parse.parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ValidationError("the form could not be read") from exc
-    form: dict[str, str] = {}
-    for name, value in pairs:
-        form.setdefault(name, value)
-    return form
-
-
-def signed_in(service: Chargebox) -> Visitor | None:
-    """The browser's valid session, if it has one."""
-    session = bottle.request.get_cookie(SESSION_COOKIE)
-    principal = service.access.session(session)
-    return Visitor(principal, session) if principal else None
-
-
-def visitor(service: Chargebox, *roles: str) -> Visitor:
-    """The signed-in browser, if its session is valid and its role is one of `roles`."""
-    you = signed_in(service)
-    if you is None:
-        raise SignInRequired
-    if you.principal.role not in roles:
-        raise Forbidden(
-            "This page is for the admin; you are signed in as a seller."
-            if "admin" in roles
-            else "This page is for sellers; you are signed in as the admin."
-        )
-    return you
-
-
-def check_csrf(expected: str, form: dict[str, str]) -> None:
-    """Refuse a post whose form lacks this session's anti-forgery token (403)."""
-    presented = form.get("csrf", "").encode("utf-8")
-    if not expected or not hmac.compare_digest(presented, expected.encode("utf-8")):
-        raise Forbidden(
-            "This form has expired or did not come from this site. "
-            "Nothing was changed: reload the page and try again."
-        )
-
-
-def _cookie(response: bottle.BaseResponse, name: str, value: str, max_age: int) -> None:
-    secure = bottle.request.urlparts.scheme == "https"
-    response.set_cookie(
-        name, value, path="/", httponly=True, samesite="strict", secure=secure, max_age=max_age
-    )
-
-
-def start_session(response: bottle.BaseResponse, session: str, lifetime_s: int) -> None:
-    _cookie(response, SESSION_COOKIE, session, lifetime_s)
-    _cookie(response, LOGIN_COOKIE, "", 0)
-
-
-def end_session(response: bottle.BaseResponse) -> None:
-    _cookie(response, SESSION_COOKIE, "", 0)
-
-
-def login_token() -> str:
-    """The sign-in form's token: the browser's login cookie, or a new one."""
-    token = bottle.request.get_cookie(LOGIN_COOKIE)
-    return token if token and len(token) <= 64 else secrets.token_urlsafe(24)
-
-
-def remember_login_token(response: bottle.BaseResponse, token: str) -> None:
-    _cookie(response, LOGIN_COOKIE, token, 3600)
-
-
-def check_login_token(form: dict[str, str]) -> None:
-    check_csrf(bottle.request.get_cookie(LOGIN_COOKIE) or "", form)
-
-
-@dataclasses.dataclass(frozen=True)
-class Site:
-    """What every page handler shares: the use cases and the body limit."""
-
-    service: Chargebox
-    limit: int
-
-    def posted(self, *roles: str) -> tuple[Visitor, dict[str, str]]:
-        """The signed-in visitor and its form, once the form's CSRF token is checked."""
-        you = visitor(self.service, *roles)
-        form = read_form(self.limit)
-        check_csrf(you.csrf, form)
-        return you, form
-
-    def current_role(self) -> str | None:
-        you = signed_in(self.service)
-        return you.principal.role if you else None
-
-
-def found(read: Callable[[int], dict], ident: int | None) -> dict | None:
-    """The record a notice in the query string names, if it exists."""
-    try:
-        return None if ident is None else read(ident)
-    except NotFound:
-        return None
-
-
-def form_key() -> str:
-    """A fresh Idempotency-Key for a form that moves money: a double click or a
-    browser's retry sends the same key again, and the copy is replayed, not redone."""
-    return "web-" + secrets.token_urlsafe(18)
-
-
-def query_id(name: str) -> int | None:
-    """A positive id from the query string (a notice or a cursor); anything else is ignored."""
-    text = bottle.request.query.get(name, "")
-    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None

@@ -18,23 +18,16 @@ from chargebox.money import amount_from_text
 from chargebox.services import Chargebox
 from chargebox.web import admin_pages
 from chargebox.web.errors import status_of
-from chargebox.web.html import (
-    STATIC,
-    Form,
-    Site,
+from chargebox.web.forms import Form, Site, form_key, found
+from chargebox.web.html import STATIC, redirect, render, toman
+from chargebox.web.request import query_id, read_form
+from chargebox.web.sessions import (
     Visitor,
     check_login_token,
     end_session,
-    form_key,
-    found,
     login_token,
-    query_id,
-    read_form,
-    redirect,
     remember_login_token,
-    render,
     start_session,
-    toman,
     visitor,
 )
 

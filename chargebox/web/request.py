@@ -1,9 +1,9 @@
-"""Reading what a request carries: the caller, the JSON body, the query string.
+"""Reading what a request carries: the caller, the JSON or form body, the query string.
 
 Bodies are parsed here rather than with bottle's `request.json` (which returns
 None for other content types and answers bad JSON with an HTML 400). JSON
-NaN/Infinity, duplicate keys and unknown fields are refused, so a
-client's mistake is named instead of guessed around.
+NaN/Infinity, duplicate keys and unknown fields are refused, so a client's
+mistake is named instead of guessed around. Nothing here renders or knows a session.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from chargebox.errors import Forbidden, MalformedJSON, PayloadTooLarge, Validati
 from chargebox.queries import MAX_LIMIT, Page
 
 MAX_ID = 2**63 - 1
+FORM_TYPE = "application/x-www-form-urlencoded"
 
 
 def header(name: str) -> str | None:
@@ -90,6 +91,21 @@ def read_json(limit: int, required: tuple[str, ...], optional: tuple[str, ...] =
     return body
 
 
+def read_form(limit: int) -> dict[str, str]:
+    """The urlencoded body of a form post; a repeated field keeps its first value."""
+    if bottle.request.content_type.split(";")[0].strip().lower() != FORM_TYPE:
+        raise ValidationError("the form was not sent as a web form")
+    raw = read_body(limit)
+    try:
+        pairs = urllib.parse.parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValidationError("the form could not be read") from exc
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        form.setdefault(name, value)
+    return form
+
+
 def query(*allowed: str) -> dict[str, str]:
     """Query parameters, each at most once, none outside `allowed`."""
     text = bottle.request.environ.get("QUERY_STRING", "")
@@ -114,6 +130,13 @@ def integer_param(params: dict[str, str], name: str, low: int, high: int) -> int
     if not (text.isascii() and text.isdigit()) or len(text) > 19 or not low <= int(text) <= high:
         raise ValidationError(f"{name} must be an integer from {low} to {high}", name)
     return int(text)
+
+
+def query_id(name: str) -> int | None:
+    """A positive id from a page's query string (a notice or a cursor); anything else is
+    ignored, since a page shown without its notice is better than an error page."""
+    text = bottle.request.query.get(name, "")
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
 def page(params: dict[str, str]) -> Page:

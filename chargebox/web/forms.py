@@ -1,0 +1,85 @@
+"""What a page's form handler shares: the Site, the Form shown back, plain words for a refusal.
+
+A posted form is read with its CSRF token checked (`Site.posted`), and a refused
+one is shown again with the reason beside its field. No rule of the business lives
+here (the pages call the same use cases as the JSON API), and nothing here reads a
+cookie or renders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import Callable
+
+from chargebox.errors import ChargeboxError, NotFound
+from chargebox.services import Chargebox
+from chargebox.web.request import read_form
+from chargebox.web.sessions import Visitor, check_csrf, signed_in, visitor
+
+# Plain words for what a person did not cause and cannot fix by retyping.
+PLAIN = {
+    "insufficient_credit": "Not enough credit: {message}.",
+    "balance_limit_exceeded": "That would take the balance over the limit: {message}.",
+    "unavailable": "The service is busy right now and nothing was changed. Try again.",
+    "too_many_pending_requests": "You cannot ask for more credit yet: {message}.",
+    "idempotency_key_reused": "This form was already sent with other values. Check and send again.",
+}
+
+
+def plain(exc: ChargeboxError) -> str:
+    """What went wrong, as a sentence for a person."""
+    message = PLAIN.get(exc.code, "{message}").format(message=exc.message.rstrip("."))
+    return message[:1].upper() + message[1:]
+
+
+@dataclasses.dataclass
+class Form:
+    """What a person typed into one form and what was wrong with it, to show it back."""
+
+    values: dict[str, str] = dataclasses.field(default_factory=dict)
+    errors: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def value(self, name: str) -> str:
+        return self.values.get(name, "")
+
+    def error(self, name: str) -> str | None:
+        return self.errors.get(name)
+
+    def failed(self, exc: ChargeboxError, field: str) -> Form:
+        """Record `exc` next to its own field, or next to `field` when it names none."""
+        self.errors[exc.field if exc.field in self.values else field] = plain(exc)
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """What every page handler shares: the use cases and the body limit."""
+
+    service: Chargebox
+    limit: int
+
+    def posted(self, *roles: str) -> tuple[Visitor, dict[str, str]]:
+        """The signed-in visitor and its form, once the form's CSRF token is checked."""
+        you = visitor(self.service, *roles)
+        form = read_form(self.limit)
+        check_csrf(you.csrf, form)
+        return you, form
+
+    def current_role(self) -> str | None:
+        you = signed_in(self.service)
+        return you.principal.role if you else None
+
+
+def found(read: Callable[[int], dict], ident: int | None) -> dict | None:
+    """The record a notice in the query string names, if it exists."""
+    try:
+        return None if ident is None else read(ident)
+    except NotFound:
+        return None
+
+
+def form_key() -> str:
+    """A fresh Idempotency-Key for a form that moves money: a double click or a
+    browser's retry sends the same key again, and the copy is replayed, not redone."""
+    return "web-" + secrets.token_urlsafe(18)

@@ -1,0 +1,101 @@
+"""Who a browser is: the session and login cookies, the signed-in Visitor, CSRF checks.
+
+A page learns its visitor here and nowhere else, and every cookie we set is
+httponly, SameSite=Strict and (over https) Secure. Sessions themselves are kept,
+hashed, by `auth.Access`; this module holds only what travels in the browser.
+No rendering and no use case here: the pages call these, not the other way round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import secrets
+
+import bottle
+
+from chargebox import auth
+from chargebox.auth import Principal
+from chargebox.errors import Forbidden
+from chargebox.services import Chargebox
+
+SESSION_COOKIE = "chargebox_session"
+# Before there is a session, the sign-in form is protected by a double-submit token.
+LOGIN_COOKIE = "chargebox_login"
+
+
+class SignInRequired(Exception):
+    """No valid session: the browser is sent to the sign-in page."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Visitor:
+    """A signed-in browser: who it acts as, its session cookie and its CSRF token."""
+
+    principal: Principal
+    session: str
+
+    @property
+    def csrf(self) -> str:
+        return auth.csrf_token(self.session)
+
+
+def signed_in(service: Chargebox) -> Visitor | None:
+    """The browser's valid session, if it has one."""
+    session = bottle.request.get_cookie(SESSION_COOKIE)
+    principal = service.access.session(session)
+    return Visitor(principal, session) if principal else None
+
+
+def visitor(service: Chargebox, *roles: str) -> Visitor:
+    """The signed-in browser, if its session is valid and its role is one of `roles`."""
+    you = signed_in(service)
+    if you is None:
+        raise SignInRequired
+    if you.principal.role not in roles:
+        raise Forbidden(
+            "This page is for the admin; you are signed in as a seller."
+            if "admin" in roles
+            else "This page is for sellers; you are signed in as the admin."
+        )
+    return you
+
+
+def check_csrf(expected: str, form: dict[str, str]) -> None:
+    """Refuse a post whose form lacks this session's anti-forgery token (403)."""
+    presented = form.get("csrf", "").encode("utf-8")
+    if not expected or not hmac.compare_digest(presented, expected.encode("utf-8")):
+        raise Forbidden(
+            "This form has expired or did not come from this site. "
+            "Nothing was changed: reload the page and try again."
+        )
+
+
+def _cookie(response: bottle.BaseResponse, name: str, value: str, max_age: int) -> None:
+    secure = bottle.request.urlparts.scheme == "https"
+    response.set_cookie(
+        name, value, path="/", httponly=True, samesite="strict", secure=secure, max_age=max_age
+    )
+
+
+def start_session(response: bottle.BaseResponse, session: str, lifetime_s: int) -> None:
+    _cookie(response, SESSION_COOKIE, session, lifetime_s)
+    _cookie(response, LOGIN_COOKIE, "", 0)
+
+
+def end_session(response: bottle.BaseResponse) -> None:
+    _cookie(response, SESSION_COOKIE, "", 0)
+
+
+def login_token() -> str:
+    """The sign-in form's token: the browser's login cookie, or a new one."""
+    token = bottle.request.get_cookie(LOGIN_COOKIE)
+    return token if token and len(token) <= 64 else secrets.token_urlsafe(24)
+
+
+def remember_login_token(response: bottle.BaseResponse, token: str) -> None:
+    _cookie(response, LOGIN_COOKIE, token, 3600)
+
+
+def check_login_token(form: dict[str, str]) -> None:
+    check_csrf(bottle.request.get_cookie(LOGIN_COOKIE) or "", form)
