@@ -13,7 +13,6 @@ import urllib.parse
 import bottle
 
 from chargebox.errors import ChargeboxError
-from chargebox.money import amount_from_text
 from chargebox.queries import Page
 from chargebox.web.errors import status_of
 from chargebox.web.forms import Form, Site, form_key, found, plain
@@ -168,14 +167,15 @@ def install(pages: bottle.Bottle, site: Site) -> None:
 
     @pages.post(f"/admin/sellers/{ID}/adjustments")
     def adjust(ident):
-        you, form = site.posted(ADMIN)
-        try:
-            amount = amount_from_text(form.get("amount", ""), signed=True)
-            key = form.get("idempotency_key") or None
-            made = site.service.adjust_balance(int(ident), amount, form.get("reason", ""), key)
-        except ChargeboxError as exc:
-            return seller_detail(you, int(ident), status_of(exc), Form(form).failed(exc, "amount"))
-        return redirect(f"/admin/sellers/{ident}?adjusted={made.record['id']}")
+        return site.money_form(
+            ADMIN,
+            lambda you, form, amount, key: site.service.adjust_balance(
+                int(ident), amount, form.get("reason", ""), key
+            ),
+            again=lambda you, status, form: seller_detail(you, int(ident), status, form),
+            done=f"/admin/sellers/{ident}?adjusted=",
+            signed=True,
+        )
 
     @pages.get("/admin/audit")
     def audit():

@@ -1,9 +1,9 @@
 """What a page's form handler shares: the Site, the Form shown back, plain words for a refusal.
 
-A posted form is read with its CSRF token checked (`Site.posted`), and a refused
-one is shown again with the reason beside its field. No rule of the business lives
-here (the pages call the same use cases as the JSON API), and nothing here reads a
-cookie or renders.
+A form that moves money goes one way only, `Site.money_form`: CSRF, the typed
+amount, the form's Idempotency-Key, one use case, then a 303 or the page again
+with the reason beside the field. No rule of the business lives here (the pages
+call the same use cases as the JSON API), and nothing here reads a cookie or renders.
 """
 
 from __future__ import annotations
@@ -12,8 +12,14 @@ import dataclasses
 import secrets
 from collections.abc import Callable
 
+import bottle
+
 from chargebox.errors import ChargeboxError, NotFound
+from chargebox.idempotency import Outcome
+from chargebox.money import amount_from_text
 from chargebox.services import Chargebox
+from chargebox.web.errors import status_of
+from chargebox.web.html import redirect
 from chargebox.web.request import read_form
 from chargebox.web.sessions import Visitor, check_csrf, signed_in, visitor
 
@@ -52,6 +58,12 @@ class Form:
         return self
 
 
+# A money form's use case: (visitor, form, amount, Idempotency-Key) -> what it made.
+MoneyAct = Callable[[Visitor, dict[str, str], int, str | None], Outcome]
+# The form's page again: (visitor, status, the form with its error) -> the page.
+PageAgain = Callable[[Visitor, int, Form], bottle.HTTPResponse]
+
+
 @dataclasses.dataclass(frozen=True)
 class Site:
     """What every page handler shares: the use cases and the body limit."""
@@ -69,6 +81,23 @@ class Site:
     def current_role(self) -> str | None:
         you = signed_in(self.service)
         return you.principal.role if you else None
+
+    def money_form(
+        self, role: str, act: MoneyAct, again: PageAgain, done: str, *, signed: bool = False
+    ) -> bottle.HTTPResponse:
+        """Post a form that moves money: its amount (`signed` for an adjustment) and its
+        Idempotency-Key go to `act`. A refusal shows the page `again`, with what was typed
+        and the reason beside its field (the amount's, unless it names another), in the
+        error's status; success is a 303 to `done` (which ends in the notice's query
+        parameter) followed by the new record's id, so the next page says what was done."""
+        you, form = self.posted(role)
+        try:
+            amount = amount_from_text(form.get("amount", ""), signed=signed)
+            key = form.get("idempotency_key") or None
+            made = act(you, form, amount, key)
+        except ChargeboxError as exc:
+            return again(you, status_of(exc), Form(form).failed(exc, "amount"))
+        return redirect(f"{done}{made.record['id']}")
 
 
 def found(read: Callable[[int], dict], ident: int | None) -> dict | None:

@@ -3,8 +3,8 @@
 Each handler reads a form, calls one use case (the same ones the JSON API calls)
 and answers with a 303 to the next page, so that a reload sends nothing again.
 A refused form is shown again with what was typed and the reason beside the
-field. The sell form carries its own Idempotency-Key: a double click or a
-browser's retry of the same form sells once.
+field. The sell and credit forms carry their own Idempotency-Key (a double click or
+a browser's retry of the same form sells once) and go through `Site.money_form`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import bottle
 from chargebox.auth import SESSION_LIFETIME
 from chargebox.config import Config
 from chargebox.errors import ChargeboxError, Unauthorized
-from chargebox.money import amount_from_text
 from chargebox.services import Chargebox
 from chargebox.web import admin_pages
 from chargebox.web.errors import status_of
@@ -136,22 +135,22 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
 
     @pages.post("/seller/sales")
     def sell():
-        you, form = site.posted(SELLER)
-        try:
-            amount = amount_from_text(form.get("amount", ""))
-            key = form.get("idempotency_key") or None
-            result = site.service.sell(you.principal.seller_id, form.get("phone", ""), amount, key)
-        except ChargeboxError as exc:
-            return seller_page(you, status_of(exc), sale=Form(form).failed(exc, "amount"))
-        return redirect(f"/seller?sold={result.record['id']}")
+        return site.money_form(
+            SELLER,
+            lambda you, form, amount, key: site.service.sell(
+                you.principal.seller_id, form.get("phone", ""), amount, key
+            ),
+            again=lambda you, status, form: seller_page(you, status, sale=form),
+            done="/seller?sold=",
+        )
 
     @pages.post("/seller/credit-requests")
     def request_credit():
-        you, form = site.posted(SELLER)
-        try:
-            amount = amount_from_text(form.get("amount", ""))
-            key = form.get("idempotency_key") or None
-            filed = site.service.request_credit(you.principal.seller_id, amount, key)
-        except ChargeboxError as exc:
-            return seller_page(you, status_of(exc), credit=Form(form).failed(exc, "amount"))
-        return redirect(f"/seller?requested={filed.record['id']}")
+        return site.money_form(
+            SELLER,
+            lambda you, form, amount, key: site.service.request_credit(
+                you.principal.seller_id, amount, key
+            ),
+            again=lambda you, status, form: seller_page(you, status, credit=form),
+            done="/seller?requested=",
+        )
