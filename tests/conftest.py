@@ -9,6 +9,7 @@ from chargebox.config import Config
 from chargebox.services import Chargebox
 from tests.support import ADMIN_TOKEN, Api, new_seller, running_server
 from tests.web_support import World
+from tests.workloads import THREADS_FOR_HELD_COPIES
 
 
 @pytest.fixture
@@ -33,8 +34,9 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def fresh_server(tmp_path):
-    """A real server process with an empty database, for tests that check exact totals."""
-    with running_server(tmp_path / "chargebox.db") as process:
+    """A real server process with an empty database, for tests that check exact totals
+    (with a write slot for each copy the held-lock races send)."""
+    with running_server(tmp_path / "chargebox.db", threads=THREADS_FOR_HELD_COPIES) as process:
         yield process
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from tests.support import ADMIN_TOKEN, cli_audit, new_seller, reconciled_balances, running_server
 from tests.workloads import (
+    THREADS_FOR_HELD_COPIES,
     approve_once,
     keyed_post,
     mixed,
@@ -26,7 +27,8 @@ pytestmark = pytest.mark.parallel
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """This module's own server (conftest's `admin` follows it), so its totals stay apart."""
-    with running_server(tmp_path_factory.mktemp("parallel") / "chargebox.db") as process:
+    db_path = tmp_path_factory.mktemp("parallel") / "chargebox.db"
+    with running_server(db_path, threads=THREADS_FOR_HELD_COPIES) as process:
         yield process
 
 

@@ -31,7 +31,7 @@ from tests.support import (
 from tests.test_http_contract import assert_error
 from tests.test_openapi import error_code
 from tests.web_support import SELLER, refused, text_of, value_of
-from tests.workloads import run_parallel, write_lock_held_until_sent
+from tests.workloads import THREADS_FOR_HELD_COPIES, run_parallel, write_lock_held_until_sent
 
 CAP = 3
 TOO_MANY = TooManyPendingRequests.code
@@ -221,7 +221,7 @@ def test_20_racing_requests_of_one_seller_file_exactly_the_cap(tmp_path, mode, e
     must see the savepoints before it."""
     cap, workers = 5, 20
     env = {"CHARGEBOX_MAX_PENDING_REQUESTS": str(cap), **env}
-    with running_server(tmp_path / "race.db", env=env) as server:
+    with running_server(tmp_path / "race.db", env=env, threads=THREADS_FOR_HELD_COPIES) as server:
         admin = server.admin()
         seller, key = new_seller(admin, "racer")
         admin.close()

@@ -23,6 +23,12 @@ from pathlib import Path
 from tests.support import Api
 
 JOIN_TIMEOUT = 120
+# A copy sent while `write_lock_held_until_sent` holds the lock waits in one of the
+# server's write slots (threads - max(2, threads // 8): 14 of the default 16); a copy
+# past them is refused with 503 at once when the held lock looks stalled, which on a
+# busy box, where 20 copies take more than a moment to send, it does. A server for
+# these tests has a slot for every copy, however slowly the box sends them.
+THREADS_FOR_HELD_COPIES = 32
 
 
 def run_parallel(mode: str, workers: int, task, *args, processes: int = 8) -> list:
@@ -93,7 +99,8 @@ def _process_main(indices, task, barrier, outbox, args) -> None:
 
 @contextlib.contextmanager
 def write_lock_held_until_sent(db_path: Path, copies: int) -> Iterator[object]:
-    """Hold the database's write lock until `copies` workers have sent their requests.
+    """Hold the database's write lock until `copies` workers have sent their requests
+    (to a server of THREADS_FOR_HELD_COPIES threads, so that no copy finds the slots full).
 
     Yields the barrier each copy waits on after sending (before reading its answer).
     While the lock is held, the copies find no outcome yet and queue for the write,
