@@ -8,7 +8,9 @@ setup(
     description="B2B mobile top-up service with an exact, auditable ledger",
     python_requires=">=3.11",
     packages=find_packages(include=["chargebox", "chargebox.*", "stress", "stress.*"]),
-    package_data={"chargebox": ["openapi.json", "web/views/*.tpl", "web/static/*"]},
+    package_data={
+        "chargebox": ["openapi.json", "schema_postgresql.sql", "web/views/*.tpl", "web/static/*"]
+    },
     install_requires=[
         "peewee>=4.5,<5",
         "bottle>=0.13,<0.14",
@@ -28,6 +30,8 @@ setup(
             # Drives Debian's Chromium (apt-get install chromium); its own browser download
             # is not used.
             "playwright>=1.50",
+            # Talks to the throwaway PostgreSQL cluster of the tests (Debian's postgresql).
+            "psycopg[binary]>=3.1",
         ],
         "plot": ["matplotlib>=3.8"],
     },

@@ -3,7 +3,8 @@
 The models (models.py) declare tables, CHECKs, UNIQUEs and foreign keys; what a
 column constraint cannot say (a chain, an append-only table, a decided request
 that never changes) is a trigger here. `create` installs both, idempotently;
-`missing_triggers` lets the audit notice a trigger someone dropped.
+`missing_triggers` lets the audit notice a trigger someone dropped. PostgreSQL's
+schema, triggers in PL/pgSQL, is `schema_postgresql.sql` (`postgresql_statements`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Sequence
+from importlib import resources
 
 import peewee
+
+# The version of the PostgreSQL schema that `schema_postgresql.sql` creates.
+POSTGRESQL_VERSION = 1
 
 
 def create(database: peewee.Database, models: Sequence[type[peewee.Model]]) -> None:
@@ -21,6 +26,18 @@ def create(database: peewee.Database, models: Sequence[type[peewee.Model]]) -> N
         database.create_tables(models, safe=True)
         for statement in TRIGGERS:
             database.execute_sql(statement)
+
+
+def postgresql_statements() -> list[str]:
+    """The statements of `schema_postgresql.sql`, in order (PL/pgSQL bodies hold `;`,
+    so a line of only `-- ;` separates them)."""
+    text = resources.files("chargebox").joinpath("schema_postgresql.sql").read_text()
+    parts = re.split(r"(?m)^-- ;\s*$", text)
+    return [part.strip() for part in parts if _sql_in(part)]
+
+
+def _sql_in(part: str) -> bool:
+    return any(line.strip() and not line.strip().startswith("--") for line in part.splitlines())
 
 
 def table_names(conn: sqlite3.Connection) -> set[str]:
@@ -107,3 +124,28 @@ TRIGGERS = (
                  AND balance_after = NEW.balance_after);
        END""",
 )
+
+
+def create_postgresql(conn) -> None:
+    """Create the PostgreSQL schema in one transaction of `conn` (a psycopg connection),
+    unless it is there already; a different version is refused (upgrades: not yet).
+
+    An advisory lock makes servers that start together create it once.
+    """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(7355608)")  # chargebox's schema lock
+        found = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]
+        if found:
+            version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+            if version != POSTGRESQL_VERSION:
+                raise ValueError(
+                    f"the database has schema version {version}; this chargebox knows "
+                    f"{POSTGRESQL_VERSION}"
+                )
+            return
+        for statement in postgresql_statements():
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES (%s, now()::text)",
+            (POSTGRESQL_VERSION,),
+        )

@@ -1,0 +1,309 @@
+-- chargebox's schema on PostgreSQL: the tables of models.py, and invariants I1-I5
+-- enforced by PostgreSQL itself (CHECK, UNIQUE, PL/pgSQL triggers), as schema.py does
+-- for SQLite. A write moves a balance first (the guarded UPDATE takes the seller's row
+-- lock, which serialises that seller across every host), then writes its entry:
+-- so the entry must land on the seller's balance (I2, I3), and the balance must be the
+-- newest entry's at COMMIT (a deferred check). Each seller's entries are numbered
+-- (seq, UNIQUE per seller) under the seal chain. Append-only tables refuse UPDATE,
+-- DELETE and TRUNCATE (row triggers do not see TRUNCATE: statement triggers do).
+-- Statements are separated by a line holding only "-- ;" (see schema.py).
+
+CREATE TABLE schema_version (
+    version integer PRIMARY KEY,
+    applied_at text NOT NULL
+);
+-- ;
+CREATE TABLE seller (
+    id bigserial PRIMARY KEY,
+    name text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
+    balance bigint NOT NULL DEFAULT 0 CHECK (balance >= 0 AND balance <= 1000000000000000),
+    api_key_hash varchar(64) NOT NULL UNIQUE,
+    created_at text NOT NULL
+);
+-- ;
+CREATE TABLE credit_request (
+    id bigserial PRIMARY KEY,
+    seller_id bigint NOT NULL REFERENCES seller (id) ON DELETE RESTRICT,
+    amount bigint NOT NULL CHECK (amount > 0 AND amount <= 1000000000000000),
+    status text NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'approved', 'rejected')),
+    created_at text NOT NULL,
+    decided_at text,
+    CHECK ((status = 'pending') = (decided_at IS NULL))
+);
+-- ;
+CREATE INDEX credit_request_status_id ON credit_request (status, id);
+-- ;
+CREATE INDEX credit_request_seller_id ON credit_request (seller_id, id);
+-- ;
+CREATE INDEX credit_request_seller_status_id ON credit_request (seller_id, status, id);
+-- ;
+CREATE TABLE phone (
+    id bigserial PRIMARY KEY,
+    number text NOT NULL UNIQUE CHECK (number ~ '^09[0-9]{9}$'),
+    total_charged bigint NOT NULL DEFAULT 0 CHECK (total_charged >= 0),
+    created_at text NOT NULL
+);
+-- ;
+CREATE TABLE sale (
+    id bigserial PRIMARY KEY,
+    seller_id bigint NOT NULL REFERENCES seller (id) ON DELETE RESTRICT,
+    -- Checked at COMMIT: the sale row is the guard, the phone's total comes after it.
+    phone text NOT NULL REFERENCES phone (number) ON DELETE RESTRICT
+        DEFERRABLE INITIALLY DEFERRED,
+    amount bigint NOT NULL CHECK (amount > 0 AND amount <= 1000000000000000),
+    balance_after bigint NOT NULL
+        CHECK (balance_after >= 0 AND balance_after <= 1000000000000000),
+    created_at text NOT NULL
+);
+-- ;
+CREATE INDEX sale_seller_id ON sale (seller_id, id);
+-- ;
+CREATE TABLE ledger_entry (
+    id bigserial PRIMARY KEY,
+    seller_id bigint NOT NULL REFERENCES seller (id) ON DELETE RESTRICT,
+    seq bigint NOT NULL CHECK (seq >= 1),
+    kind text NOT NULL CHECK (kind IN ('credit', 'sale', 'adjustment')),
+    amount bigint NOT NULL CHECK (amount <> 0 AND amount BETWEEN -1000000000000000 AND 1000000000000000),
+    balance_after bigint NOT NULL
+        CHECK (balance_after >= 0 AND balance_after <= 1000000000000000),
+    credit_request_id bigint UNIQUE REFERENCES credit_request (id) ON DELETE RESTRICT,
+    sale_id bigint UNIQUE REFERENCES sale (id) ON DELETE RESTRICT,
+    reason text,
+    created_at text NOT NULL,
+    UNIQUE (seller_id, seq),
+    CHECK (
+        (kind = 'credit' AND amount > 0 AND credit_request_id IS NOT NULL AND sale_id IS NULL)
+        OR (kind = 'sale' AND amount < 0 AND sale_id IS NOT NULL AND credit_request_id IS NULL)
+        OR (kind = 'adjustment' AND reason IS NOT NULL
+            AND credit_request_id IS NULL AND sale_id IS NULL)
+    )
+);
+-- ;
+CREATE TABLE ledger_seal (
+    entry_id bigint PRIMARY KEY REFERENCES ledger_entry (id) ON DELETE RESTRICT,
+    mac varchar(64) NOT NULL
+);
+-- ;
+CREATE TABLE seller_head (
+    seller_id bigint PRIMARY KEY REFERENCES seller (id) ON DELETE RESTRICT,
+    entry_id bigint NOT NULL,
+    entries bigint NOT NULL,
+    entry_mac varchar(64) NOT NULL,
+    mac varchar(64) NOT NULL
+);
+-- ;
+CREATE TABLE idempotency_record (
+    id bigserial PRIMARY KEY,
+    seller_id bigint NOT NULL REFERENCES seller (id) ON DELETE RESTRICT,
+    key text NOT NULL CHECK (length(key) BETWEEN 1 AND 255),
+    request_hash varchar(64) NOT NULL,
+    error_code text,
+    error_message text,
+    created_at text NOT NULL,
+    sale_id bigint UNIQUE REFERENCES sale (id) ON DELETE RESTRICT,
+    UNIQUE (seller_id, key),
+    CHECK ((sale_id IS NULL) <> (error_code IS NULL))
+);
+-- ;
+CREATE TABLE adjustment_record (
+    id bigserial PRIMARY KEY,
+    seller_id bigint NOT NULL REFERENCES seller (id) ON DELETE RESTRICT,
+    key text NOT NULL CHECK (length(key) BETWEEN 1 AND 255),
+    request_hash varchar(64) NOT NULL,
+    error_code text,
+    error_message text,
+    created_at text NOT NULL,
+    entry_id bigint UNIQUE REFERENCES ledger_entry (id) ON DELETE RESTRICT,
+    UNIQUE (seller_id, key),
+    CHECK ((entry_id IS NULL) <> (error_code IS NULL))
+);
+-- ;
+CREATE TABLE credit_request_record (
+    id bigserial PRIMARY KEY,
+    seller_id bigint NOT NULL REFERENCES seller (id) ON DELETE RESTRICT,
+    key text NOT NULL CHECK (length(key) BETWEEN 1 AND 255),
+    request_hash varchar(64) NOT NULL,
+    error_code text,
+    error_message text,
+    created_at text NOT NULL,
+    request_id bigint UNIQUE REFERENCES credit_request (id) ON DELETE RESTRICT,
+    UNIQUE (seller_id, key),
+    CHECK ((request_id IS NULL) <> (error_code IS NULL))
+);
+-- ;
+CREATE TABLE web_session (
+    id bigserial PRIMARY KEY,
+    token_hash varchar(64) NOT NULL UNIQUE,
+    role text NOT NULL CHECK (role IN ('admin', 'seller')),
+    seller_id bigint REFERENCES seller (id) ON DELETE RESTRICT,
+    credential_hash varchar(64) NOT NULL,
+    created_at text NOT NULL,
+    expires_at text NOT NULL,
+    CHECK ((role = 'seller') = (seller_id IS NOT NULL))
+);
+-- ;
+CREATE INDEX web_session_expires_at ON web_session (expires_at);
+-- ;
+-- I5: refuse, with the reason the trigger names.
+CREATE FUNCTION chargebox_refuse() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
+BEGIN
+    RAISE EXCEPTION '%', TG_ARGV[0] USING ERRCODE = 'integrity_constraint_violation';
+END;
+$$;
+-- ;
+CREATE TRIGGER ledger_entry_no_update BEFORE UPDATE ON ledger_entry
+    FOR EACH ROW EXECUTE FUNCTION chargebox_refuse('I5: ledger entries are never updated');
+-- ;
+CREATE TRIGGER ledger_entry_no_delete BEFORE DELETE ON ledger_entry
+    FOR EACH ROW EXECUTE FUNCTION chargebox_refuse('I5: ledger entries are never deleted');
+-- ;
+CREATE TRIGGER ledger_entry_no_truncate BEFORE TRUNCATE ON ledger_entry
+    FOR EACH STATEMENT EXECUTE FUNCTION chargebox_refuse('I5: ledger entries are never deleted');
+-- ;
+CREATE TRIGGER sale_no_update BEFORE UPDATE ON sale
+    FOR EACH ROW EXECUTE FUNCTION chargebox_refuse('sales are never updated');
+-- ;
+CREATE TRIGGER sale_no_delete BEFORE DELETE ON sale
+    FOR EACH ROW EXECUTE FUNCTION chargebox_refuse('sales are never deleted');
+-- ;
+CREATE TRIGGER sale_no_truncate BEFORE TRUNCATE ON sale
+    FOR EACH STATEMENT EXECUTE FUNCTION chargebox_refuse('sales are never deleted');
+-- ;
+CREATE TRIGGER ledger_seal_no_update BEFORE UPDATE ON ledger_seal
+    FOR EACH ROW EXECUTE FUNCTION chargebox_refuse('ledger seals are never updated');
+-- ;
+CREATE TRIGGER ledger_seal_no_delete BEFORE DELETE ON ledger_seal
+    FOR EACH ROW EXECUTE FUNCTION chargebox_refuse('ledger seals are never deleted');
+-- ;
+CREATE TRIGGER ledger_seal_no_truncate BEFORE TRUNCATE ON ledger_seal
+    FOR EACH STATEMENT EXECUTE FUNCTION chargebox_refuse('ledger seals are never deleted');
+-- ;
+CREATE TRIGGER idempotency_record_no_change BEFORE UPDATE OR DELETE ON idempotency_record
+    FOR EACH ROW EXECUTE FUNCTION chargebox_refuse('idempotency outcomes are final');
+-- ;
+CREATE TRIGGER idempotency_record_no_truncate BEFORE TRUNCATE ON idempotency_record
+    FOR EACH STATEMENT EXECUTE FUNCTION chargebox_refuse('idempotency outcomes are final');
+-- ;
+CREATE TRIGGER adjustment_record_no_change BEFORE UPDATE OR DELETE ON adjustment_record
+    FOR EACH ROW EXECUTE FUNCTION chargebox_refuse('idempotency outcomes are final');
+-- ;
+CREATE TRIGGER adjustment_record_no_truncate BEFORE TRUNCATE ON adjustment_record
+    FOR EACH STATEMENT EXECUTE FUNCTION chargebox_refuse('idempotency outcomes are final');
+-- ;
+CREATE TRIGGER credit_request_record_no_change BEFORE UPDATE OR DELETE ON credit_request_record
+    FOR EACH ROW EXECUTE FUNCTION chargebox_refuse('idempotency outcomes are final');
+-- ;
+CREATE TRIGGER credit_request_record_no_truncate BEFORE TRUNCATE ON credit_request_record
+    FOR EACH STATEMENT EXECUTE FUNCTION chargebox_refuse('idempotency outcomes are final');
+-- ;
+CREATE TRIGGER seller_no_delete BEFORE DELETE ON seller
+    FOR EACH ROW EXECUTE FUNCTION chargebox_refuse('sellers are never deleted');
+-- ;
+CREATE TRIGGER seller_no_truncate BEFORE TRUNCATE ON seller
+    FOR EACH STATEMENT EXECUTE FUNCTION chargebox_refuse('sellers are never deleted');
+-- ;
+CREATE TRIGGER credit_request_no_delete BEFORE DELETE ON credit_request
+    FOR EACH ROW EXECUTE FUNCTION chargebox_refuse('credit requests are never deleted');
+-- ;
+CREATE TRIGGER credit_request_no_truncate BEFORE TRUNCATE ON credit_request
+    FOR EACH STATEMENT EXECUTE FUNCTION chargebox_refuse('credit requests are never deleted');
+-- ;
+-- I4: a decided request never changes again, so it can never be approved twice.
+CREATE FUNCTION chargebox_request_decided_is_final() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
+BEGIN
+    IF NEW.seller_id IS DISTINCT FROM OLD.seller_id OR NEW.amount IS DISTINCT FROM OLD.amount
+       OR NEW.created_at IS DISTINCT FROM OLD.created_at
+       OR (OLD.status <> 'pending' AND (NEW.status IS DISTINCT FROM OLD.status
+                                        OR NEW.decided_at IS DISTINCT FROM OLD.decided_at)) THEN
+        RAISE EXCEPTION 'I4: a decided credit request is final'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+-- ;
+CREATE TRIGGER credit_request_decided_is_final BEFORE UPDATE ON credit_request
+    FOR EACH ROW EXECUTE FUNCTION chargebox_request_decided_is_final();
+-- ;
+CREATE FUNCTION chargebox_seller_starts_at_zero() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
+BEGIN
+    IF NEW.balance <> 0 THEN
+        RAISE EXCEPTION 'I2: a new seller starts with balance 0'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+-- ;
+CREATE TRIGGER seller_starts_at_zero BEFORE INSERT ON seller
+    FOR EACH ROW EXECUTE FUNCTION chargebox_seller_starts_at_zero();
+-- ;
+-- I2 + I3 + I4: each entry continues its seller's chain (seq and balance_after), lands on
+-- the seller's balance (already moved by this transaction), and matches what it records.
+CREATE FUNCTION chargebox_entry_continues_chain() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
+DECLARE
+    previous_seq bigint;
+    previous_balance bigint;
+    current_balance bigint;
+BEGIN
+    SELECT seq, balance_after INTO previous_seq, previous_balance FROM ledger_entry
+        WHERE seller_id = NEW.seller_id ORDER BY seq DESC LIMIT 1;
+    IF NEW.seq IS DISTINCT FROM COALESCE(previous_seq, 0) + 1 THEN
+        RAISE EXCEPTION 'I3: seq must follow the seller''s previous entry'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    IF NEW.balance_after IS DISTINCT FROM COALESCE(previous_balance, 0) + NEW.amount THEN
+        RAISE EXCEPTION 'I3: balance_after must equal the previous balance_after + amount'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    SELECT balance INTO current_balance FROM seller WHERE id = NEW.seller_id;
+    IF NEW.balance_after IS DISTINCT FROM current_balance THEN
+        RAISE EXCEPTION 'I2: balance_after must equal the seller''s balance, moved first'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    IF NEW.kind = 'credit' AND NOT EXISTS (
+        SELECT 1 FROM credit_request WHERE id = NEW.credit_request_id
+            AND seller_id = NEW.seller_id AND status = 'approved' AND amount = NEW.amount) THEN
+        RAISE EXCEPTION 'I4: a credit entry needs its approved request'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    IF NEW.kind = 'sale' AND NOT EXISTS (
+        SELECT 1 FROM sale WHERE id = NEW.sale_id AND seller_id = NEW.seller_id
+            AND amount = -NEW.amount AND balance_after = NEW.balance_after) THEN
+        RAISE EXCEPTION 'I4: a sale entry needs its sale'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+-- ;
+CREATE TRIGGER ledger_entry_continues_chain BEFORE INSERT ON ledger_entry
+    FOR EACH ROW EXECUTE FUNCTION chargebox_entry_continues_chain();
+-- ;
+-- I2 at COMMIT: a balance that moved must rest on its newest entry's balance_after.
+CREATE FUNCTION chargebox_balance_follows_ledger() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
+DECLARE
+    now_balance bigint;
+    newest bigint;
+BEGIN
+    SELECT balance INTO now_balance FROM seller WHERE id = NEW.id;
+    SELECT balance_after INTO newest FROM ledger_entry
+        WHERE seller_id = NEW.id ORDER BY seq DESC LIMIT 1;
+    IF now_balance IS DISTINCT FROM COALESCE(newest, 0) THEN
+        RAISE EXCEPTION 'I2: a balance may change only with its ledger entry'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NULL;
+END;
+$$;
+-- ;
+CREATE CONSTRAINT TRIGGER seller_balance_follows_ledger AFTER UPDATE OF balance ON seller
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW WHEN (NEW.balance IS DISTINCT FROM OLD.balance)
+    EXECUTE FUNCTION chargebox_balance_follows_ledger();

@@ -1,0 +1,137 @@
+"""A throwaway PostgreSQL cluster on 127.0.0.1 for the tests: started and stopped by them.
+
+No service manager: `initdb` and `pg_ctl` of the installed server (Debian's
+`postgresql` package; `.ci/run` installs it). `initdb` refuses to run as root,
+so as root the cluster belongs to the `postgres` user, in a directory of its
+own that user can enter (pytest's temporary directories are 0700 and root's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+SUPERUSER = "postgres"
+PASSWORD = "chargebox-test-superuser-password"  # a throwaway cluster on 127.0.0.1 only
+STOP_TIMEOUT = 30
+
+
+def server_bin() -> Path | None:
+    """The directory of the newest installed PostgreSQL server binaries, if any."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=_version)
+    if found:
+        return Path(found[-1]).parent
+    pg_ctl = shutil.which("pg_ctl")
+    return Path(pg_ctl).parent if pg_ctl else None
+
+
+def _version(path: str) -> int:
+    part = Path(path).parent.parent.name
+    return int(part) if part.isdigit() else 0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclasses.dataclass
+class Cluster:
+    """One running cluster: its port, its files, and a superuser URL."""
+
+    home: Path
+    port: int
+    bin: Path
+    owner: str | None  # the system user that runs it (None: this process's user)
+
+    @property
+    def data(self) -> Path:
+        return self.home / "data"
+
+    def url(self, user: str = SUPERUSER, password: str = PASSWORD, db: str = "postgres") -> str:
+        return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/{db}"
+
+    def run(self, *command: str) -> subprocess.CompletedProcess:
+        """A server program as the cluster's owner, from a directory it can read."""
+        argv = [str(self.bin / command[0]), *command[1:]]
+        if self.owner is not None:
+            argv = ["runuser", "-u", self.owner, "--", *argv]
+        return subprocess.run(
+            argv, cwd=self.home, capture_output=True, text=True, timeout=STOP_TIMEOUT * 2
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        self.run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", str(STOP_TIMEOUT), "stop")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def start() -> Cluster:
+    """initdb a new cluster in a fresh directory and start it on a free 127.0.0.1 port."""
+    binaries = server_bin()
+    if binaries is None:
+        raise RuntimeError(
+            "no PostgreSQL server here: `apt-get install postgresql` (what .ci/run does)"
+        )
+    owner = SUPERUSER if os.geteuid() == 0 else None
+    home = Path(tempfile.mkdtemp(prefix="chargebox-pg-", dir="/tmp"))
+    if owner is not None:
+        record = pwd.getpwnam(owner)
+        os.chown(home, record.pw_uid, record.pw_gid)
+    cluster = Cluster(home=home, port=_free_port(), bin=binaries, owner=owner)
+    password_file = home / "superuser-password"
+    password_file.write_text(PASSWORD + "\n")
+    if owner is not None:
+        os.chown(password_file, record.pw_uid, record.pw_gid)
+    password_file.chmod(0o600)
+    _check(
+        cluster.run(
+            "initdb",
+            "-D",
+            str(cluster.data),
+            "-U",
+            SUPERUSER,
+            f"--pwfile={password_file}",
+            "--auth-local=scram-sha-256",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+        ),  # fmt: skip
+        "initdb",
+    )
+    options = (
+        f"-c listen_addresses=127.0.0.1 -p {cluster.port} -c unix_socket_directories={home}"
+        " -c fsync=on -c synchronous_commit=on -c max_connections=200"
+    )
+    _check(
+        cluster.run(
+            "pg_ctl",
+            "-D",
+            str(cluster.data),
+            "-l",
+            str(home / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ),  # fmt: skip
+        "pg_ctl start",
+    )
+    return cluster
+
+
+def _check(result: subprocess.CompletedProcess, what: str) -> None:
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} failed: {result.stdout[-1500:]} {result.stderr[-1500:]}")

@@ -1,0 +1,263 @@
+"""PostgreSQL enforces I1-I5 itself: the schema of `schema_postgresql.sql` on a real cluster.
+
+A throwaway cluster (tests/pg_cluster.py) runs on 127.0.0.1; each test gets a
+database of its own with the schema. Without a PostgreSQL server installed these
+tests skip and say how to get one, except under CI=true, where they must run.
+Money is moved here the way chargebox's PostgreSQL writes will move it: the
+guarded balance UPDATE first (it takes the seller's row lock), then the entry
+that lands on the new balance. Every forgery
+a script with the app's rights could try must be refused by the database.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+
+import psycopg
+import pytest
+
+from chargebox import schema
+from tests import pg_cluster
+
+T = "2026-12-01T00:00:00.000000Z"
+PHONE = "09121234567"
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if pg_cluster.server_bin() is None:
+        message = "no PostgreSQL server: apt-get install postgresql (CI's .ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    started = pg_cluster.start()
+    yield started
+    started.stop()
+    started.remove()
+
+
+@pytest.fixture
+def url(cluster):
+    """A fresh database with chargebox's schema; its superuser URL."""
+    name = f"cb_{os.getpid()}_{next(_names)}"
+    with psycopg.connect(cluster.url(), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    target = cluster.url(db=name)
+    with psycopg.connect(target) as conn:
+        schema.create_postgresql(conn)
+    return target
+
+
+@pytest.fixture
+def conn(url):
+    with psycopg.connect(url, autocommit=True) as connection:
+        yield connection
+
+
+def seller(conn, name: str = "Ali") -> int:
+    return conn.execute(
+        "INSERT INTO seller (name, balance, api_key_hash, created_at) VALUES (%s, 0, %s, %s)"
+        " RETURNING id",
+        (name, f"{name}-{next(_names)}".ljust(64, "0"), T),
+    ).fetchone()[0]
+
+
+def move(conn, seller_id: int, delta: int, kind: str, **links) -> int:
+    """The balance first (row lock), then the entry on the new balance; one transaction."""
+    with conn.transaction():
+        (balance,) = conn.execute(
+            "UPDATE seller SET balance = balance + %s WHERE id = %s AND balance + %s >= 0"
+            " RETURNING balance",
+            (delta, seller_id, delta),
+        ).fetchone()
+        (seq,) = conn.execute(
+            "SELECT COALESCE(max(seq), 0) + 1 FROM ledger_entry WHERE seller_id = %s",
+            (seller_id,),
+        ).fetchone()
+        return conn.execute(
+            "INSERT INTO ledger_entry (seller_id, seq, kind, amount, balance_after,"
+            " credit_request_id, sale_id, reason, created_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            (seller_id, seq, kind, delta, balance, links.get("request"), links.get("sale"),
+             links.get("reason"), T),
+        ).fetchone()[0]  # fmt: skip
+
+
+def credit(conn, seller_id: int, amount: int) -> int:
+    with conn.transaction():
+        (request,) = conn.execute(
+            "INSERT INTO credit_request (seller_id, amount, created_at) VALUES (%s, %s, %s)"
+            " RETURNING id",
+            (seller_id, amount, T),
+        ).fetchone()
+        conn.execute(
+            "UPDATE credit_request SET status = 'approved', decided_at = %s"
+            " WHERE id = %s AND status = 'pending'",
+            (T, request),
+        )
+        move(conn, seller_id, amount, "credit", request=request)
+    return request
+
+
+def refused(conn, sql: str, params: tuple = (), match: str | None = None) -> None:
+    with pytest.raises(psycopg.errors.IntegrityError, match=match), conn.transaction():
+        conn.execute(sql, params)
+
+
+def test_the_schema_records_its_version_and_installs_once(url):
+    with psycopg.connect(url) as conn:
+        schema.create_postgresql(conn)  # again: nothing to do
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [
+            (schema.POSTGRESQL_VERSION,)
+        ]
+
+
+def test_money_moved_balance_first_is_accepted_and_each_seller_is_numbered(conn):
+    ali, sara = seller(conn), seller(conn, "Sara")
+    credit(conn, ali, 100_000)
+    credit(conn, sara, 5_000)
+    move(conn, ali, -2_500, "adjustment", reason="fee")
+    assert conn.execute(
+        "SELECT seller_id, seq, balance_after FROM ledger_entry ORDER BY id"
+    ).fetchall() == [(ali, 1, 100_000), (sara, 1, 5_000), (ali, 2, 97_500)]
+
+
+def test_i1_a_balance_below_zero_is_refused(conn):
+    ali = seller(conn)
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("UPDATE seller SET balance = -1 WHERE id = %s", (ali,))
+
+
+def test_i2_a_balance_changed_without_its_entry_is_refused_at_commit(conn):
+    ali = seller(conn)
+    credit(conn, ali, 10_000)
+    refused(conn, "UPDATE seller SET balance = 50000 WHERE id = %s", (ali,), "I2")
+    assert conn.execute("SELECT balance FROM seller WHERE id = %s", (ali,)).fetchone() == (10_000,)
+
+
+def test_i2_an_entry_that_does_not_land_on_the_sellers_balance_is_refused(conn):
+    ali = seller(conn)
+    credit(conn, ali, 10_000)
+    refused(
+        conn,
+        "INSERT INTO ledger_entry (seller_id, seq, kind, amount, balance_after, reason,"
+        " created_at) VALUES (%s, 2, 'adjustment', 500, 10500, 'no balance move', %s)",
+        (ali, T),
+        "I2",
+    )
+
+
+def test_i2_a_new_seller_starts_at_zero(conn):
+    refused(
+        conn,
+        "INSERT INTO seller (name, balance, api_key_hash, created_at) VALUES ('x', 5, %s, %s)",
+        ("h" * 64, T),
+        "I2",
+    )
+
+
+@pytest.mark.parametrize("seq, after", [(3, 10_500), (2, 11_000), (1, 10_500)])
+def test_i3_an_entry_off_the_chain_is_refused(conn, seq, after):
+    ali = seller(conn)
+    credit(conn, ali, 10_000)
+    with pytest.raises(psycopg.errors.IntegrityError), conn.transaction():
+        conn.execute("UPDATE seller SET balance = balance + 500 WHERE id = %s", (ali,))
+        conn.execute(
+            "INSERT INTO ledger_entry (seller_id, seq, kind, amount, balance_after, reason,"
+            " created_at) VALUES (%s, %s, 'adjustment', 500, %s, 'off the chain', %s)",
+            (ali, seq, after, T),
+        )
+
+
+def test_i4_a_request_credits_once_and_a_decided_request_is_final(conn):
+    ali = seller(conn)
+    request = credit(conn, ali, 10_000)
+    with pytest.raises(psycopg.errors.IntegrityError):
+        move(conn, ali, 10_000, "credit", request=request)  # UNIQUE(credit_request_id)
+    refused(conn, "UPDATE credit_request SET status = 'pending', decided_at = NULL", (), "I4")
+    refused(conn, "UPDATE credit_request SET amount = 99", (), "I4")
+
+
+def test_i4_a_credit_entry_needs_an_approved_request_of_its_amount(conn):
+    ali = seller(conn)
+    (pending,) = conn.execute(
+        "INSERT INTO credit_request (seller_id, amount, created_at) VALUES (%s, 700, %s)"
+        " RETURNING id",
+        (ali, T),
+    ).fetchone()
+    with pytest.raises(psycopg.errors.IntegrityError, match="I4"):
+        move(conn, ali, 700, "credit", request=pending)
+
+
+def test_i4_a_sale_entry_must_debit_exactly_its_sale(conn):
+    ali = seller(conn)
+    credit(conn, ali, 10_000)
+    conn.execute("INSERT INTO phone (number, created_at) VALUES (%s, %s)", (PHONE, T))
+    (sale,) = conn.execute(
+        "INSERT INTO sale (seller_id, phone, amount, balance_after, created_at)"
+        " VALUES (%s, %s, 1000, 9000, %s) RETURNING id",
+        (ali, PHONE, T),
+    ).fetchone()
+    with pytest.raises(psycopg.errors.IntegrityError, match="I4"):
+        move(conn, ali, -2_000, "sale", sale=sale)
+    move(conn, ali, -1_000, "sale", sale=sale)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE ledger_entry SET reason = 'edited'",
+        "DELETE FROM ledger_entry",
+        "TRUNCATE ledger_entry CASCADE",
+        "TRUNCATE ledger_seal",
+        "TRUNCATE sale CASCADE",
+        "TRUNCATE idempotency_record",
+        "TRUNCATE adjustment_record",
+        "TRUNCATE credit_request_record",
+        "DELETE FROM seller",
+        "TRUNCATE seller CASCADE",
+        "DELETE FROM credit_request",
+        "TRUNCATE credit_request CASCADE",
+    ],
+)
+def test_i5_history_is_never_rewritten_nor_truncated(conn, statement):
+    ali = seller(conn)
+    credit(conn, ali, 10_000)
+    move(conn, ali, -100, "adjustment", reason="fee")
+    refused(conn, statement)
+    assert conn.execute("SELECT count(*) FROM ledger_entry").fetchone() == (2,)
+
+
+def test_racing_writers_on_one_seller_are_serialised_by_its_row_lock(url):
+    """16 threads, each its own connection, move one seller's money at once (barrier)."""
+    with psycopg.connect(url, autocommit=True) as setup:
+        ali = seller(setup)
+        credit(setup, ali, 1_000_000)
+    barrier, errors = threading.Barrier(16), []
+
+    def worker() -> None:
+        with psycopg.connect(url, autocommit=True) as own:
+            barrier.wait()
+            for _ in range(10):
+                try:
+                    move(own, ali, -1_000, "adjustment", reason="race")
+                except psycopg.Error as exc:  # a failure here is the test's finding
+                    errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with psycopg.connect(url) as fresh:
+        rows = fresh.execute(
+            "SELECT seq, amount, balance_after FROM ledger_entry WHERE seller_id = %s ORDER BY seq",
+            (ali,),
+        ).fetchall()
+        (balance,) = fresh.execute("SELECT balance FROM seller WHERE id = %s", (ali,)).fetchone()
+    assert [seq for seq, _, _ in rows] == list(range(1, 162))
+    assert balance == rows[-1][2] == sum(amount for _, amount, _ in rows) == 1_000_000 - 160_000
