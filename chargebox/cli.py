@@ -21,12 +21,13 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from chargebox import auth, seals
+from chargebox import auth, postgresql, schema, seals
 from chargebox.config import (
     MIN_SECRET_LENGTH,
     SYNCHRONOUS_LEVELS,
     Config,
     checked_admin_token,
+    database_setting,
     env_defaults,
 )
 from chargebox.db import Database
@@ -43,7 +44,15 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument(
-            "--db", type=Path, help="SQLite file (env CHARGEBOX_DB; default data/chargebox.db)"
+            "--db",
+            help="SQLite file, or postgresql://user:password@host:port/dbname "
+            "(env CHARGEBOX_DB; default data/chargebox.db)",
+        )
+        sub.add_argument(
+            "--data-dir",
+            type=Path,
+            help="with a PostgreSQL --db: where the admin token and ledger key files live "
+            "(env CHARGEBOX_DATA_DIR; default data/)",
         )
         return sub
 
@@ -64,7 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=SYNCHRONOUS_LEVELS,
         help="SQLite durability (env CHARGEBOX_SYNCHRONOUS; default NORMAL, survives kill -9)",
     )
-    command("init-db", "create the database schema and the admin token, then exit")
+    init = command("init-db", "create the database schema and the admin token, then exit")
+    init.add_argument(
+        "--grant-to",
+        metavar="ROLE",
+        help="with a PostgreSQL --db: grant this role what the service needs (and no more)",
+    )
     create = command("create-seller", "create a seller and print its API key (shown once)")
     create.add_argument("name")
     audit = command("audit", "re-check invariants I1-I5 straight from the database file")
@@ -74,8 +88,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def build_config(args: argparse.Namespace) -> Config:
     values = env_defaults()
+    if getattr(args, "db", None) is not None:
+        values.pop("db_url", None)
+        values.pop("db_path", None)
+        values.update(database_setting(args.db))
     for name, field in (
-        ("db", "db_path"),
+        ("data_dir", "data_dir"),
         ("host", "host"),
         ("port", "port"),
         ("threads", "threads"),
@@ -111,7 +129,7 @@ def startup_lock(config: Config) -> FileLock:
     return FileLock(str(config.db_path) + ".lock", timeout=60)
 
 
-def _ledger_key(config: Config, database: Database) -> str:
+def _ledger_key(config: Config, database: Database | postgresql.Reader) -> str:
     """The ledger key, refused unless it verifies the newest seals already made.
 
     A key is never generated for a database that holds seals: with a new key every
@@ -123,7 +141,7 @@ def _ledger_key(config: Config, database: Database) -> str:
     sealed = seals.sealed(database)
     if not config.ledger_key and not path.exists() and sealed:
         raise ValueError(
-            f"--db {config.db_path}: the ledger is sealed but its key file {path} is missing: "
+            f"--db {_where(config)}: the ledger is sealed but its key file {path} is missing: "
             "restore it from the backup of this database (or set CHARGEBOX_LEDGER_KEY); "
             "a new key would make every seal look forged"
         )
@@ -133,7 +151,7 @@ def _ledger_key(config: Config, database: Database) -> str:
     checked, verified = seals.key_check(database, key.encode("utf-8")) if sealed else (0, 0)
     if checked and not verified:
         raise ValueError(
-            f"--db {config.db_path}: {source} {seals.wrong_key(checked)}; restore that key "
+            f"--db {_where(config)}: {source} {seals.wrong_key(checked)}; restore that key "
             "from the backup of this database (a ledger key must never change)"
         )
     if len(key) < MIN_SECRET_LENGTH and not verified:
@@ -149,6 +167,41 @@ def _ledger_key(config: Config, database: Database) -> str:
             file=sys.stderr,
         )
     return key
+
+
+def _init_db(config: Config, grant_to: str | None) -> int:
+    if not config.db_url:
+        if grant_to:
+            raise ValueError("--grant-to is for a PostgreSQL --db (postgresql://...)")
+        prepare(config)
+        print(f"chargebox: schema ready in {config.db_path}", file=sys.stderr)
+        return 0
+    conn = postgresql.connect(config.db_url, autocommit=True)
+    try:
+        if grant_to:
+            postgresql.check_role(conn, grant_to)  # refused before anything is made
+        config.secrets_dir.mkdir(parents=True, exist_ok=True)
+        if not config.admin_token:
+            checked_admin_token(
+                _stored_secret(config.admin_token_path, "an admin token", "CHARGEBOX_ADMIN_TOKEN"),
+                str(config.admin_token_path),
+            )
+        _ledger_key(config, postgresql.Reader(conn))  # before the schema is written
+        schema.create_postgresql(conn)
+        if grant_to:
+            postgresql.grant(conn, grant_to)
+    finally:
+        conn.close()
+    granted = f"; {grant_to} may use it" if grant_to else ""
+    print(
+        f"chargebox: schema ready in {postgresql.described(config.db_url)}{granted}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _where(config: Config) -> str:
+    return postgresql.described(config.db_url) if config.db_url else str(config.db_path)
 
 
 def _stored_secret(
@@ -236,12 +289,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = build_config(args)
+        if args.command == "init-db":
+            return _init_db(config, args.grant_to)
+        if config.db_url:
+            raise ValueError(
+                f"--db {postgresql.described(config.db_url)}: this version creates a "
+                "PostgreSQL schema (init-db) but serves only SQLite; see README"
+            )
         if args.command == "serve":
             return _serve(config)
-        if args.command == "init-db":
-            prepare(config)
-            print(f"chargebox: schema ready in {config.db_path}", file=sys.stderr)
-            return 0
         if args.command == "create-seller":
             return _create_seller(config, args.name)
         return _audit(config, args.json)

@@ -47,11 +47,18 @@ LEDGER_KEY_FILE = "ledger_key"
 # (32 random bytes, base64); 32 characters still carry 128 bits when written in hex.
 MIN_SECRET_LENGTH = 32
 MAX_PORT = 65535
+# `--db` names a PostgreSQL database by URL; anything else is an SQLite file.
+POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
+DEFAULT_DATA_DIR = Path("data")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     db_path: Path = DEFAULT_DB
+    # A PostgreSQL URL (`--db postgresql://...`) instead of db_path; it may hold a password.
+    db_url: str | None = dataclasses.field(default=None, repr=False)
+    # Where the admin token and ledger key files live when the database is not a file.
+    data_dir: Path = DEFAULT_DATA_DIR
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     threads: int = DEFAULT_THREADS
@@ -95,14 +102,19 @@ class Config:
             )
 
     @property
+    def secrets_dir(self) -> Path:
+        """Beside the database file; for PostgreSQL, `--data-dir` (data/ by default)."""
+        return self.data_dir if self.db_url else self.db_path.parent
+
+    @property
     def admin_token_path(self) -> Path:
-        """Where a generated admin token is kept: beside the database file."""
-        return self.db_path.parent / ADMIN_TOKEN_FILE
+        """Where a generated admin token is kept."""
+        return self.secrets_dir / ADMIN_TOKEN_FILE
 
     @property
     def ledger_key_path(self) -> Path:
-        """Where a generated ledger key is kept: beside the database file, never inside it."""
-        return self.db_path.parent / LEDGER_KEY_FILE
+        """Where a generated ledger key is kept: never inside the database."""
+        return self.secrets_dir / LEDGER_KEY_FILE
 
     def with_secrets(self, admin_token: str, ledger_key: str) -> Config:
         return dataclasses.replace(self, admin_token=admin_token, ledger_key=ledger_key)
@@ -112,7 +124,9 @@ def env_defaults(environ: Mapping[str, str] = os.environ) -> dict:
     """The settings the environment provides (argv may override them)."""
     values: dict = {}
     if environ.get("CHARGEBOX_DB"):
-        values["db_path"] = Path(environ["CHARGEBOX_DB"])
+        values.update(database_setting(environ["CHARGEBOX_DB"]))
+    if environ.get("CHARGEBOX_DATA_DIR"):
+        values["data_dir"] = Path(environ["CHARGEBOX_DATA_DIR"])
     if environ.get("CHARGEBOX_ADMIN_TOKEN"):
         token = environ["CHARGEBOX_ADMIN_TOKEN"]
         values["admin_token"] = checked_admin_token(token, "CHARGEBOX_ADMIN_TOKEN")
@@ -141,6 +155,13 @@ def env_defaults(environ: Mapping[str, str] = os.environ) -> dict:
             raise ValueError(f"CHARGEBOX_SYNCHRONOUS must be one of {choices}, not {level!r}")
         values["synchronous"] = level.upper()
     return values
+
+
+def database_setting(text: str) -> dict:
+    """`--db` or CHARGEBOX_DB as Config fields: a PostgreSQL URL, or an SQLite file."""
+    if text.startswith(POSTGRESQL_SCHEMES):
+        return {"db_url": text}
+    return {"db_path": Path(text)}
 
 
 def checked_admin_token(token: str, source: str) -> str:

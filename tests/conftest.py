@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from chargebox.cli import prepare
 from chargebox.config import Config
 from chargebox.services import Chargebox
+from tests import pg_cluster
 from tests.support import ADMIN_TOKEN, Api, new_seller, running_server
 from tests.web_support import World
 from tests.workloads import THREADS_FOR_HELD_COPIES
@@ -77,3 +80,21 @@ def world(server, admin):
     made.api.close()
     for browser in made.opened:
         browser.http.close()
+
+
+@pytest.fixture(scope="session")
+def postgresql_cluster():
+    """A throwaway PostgreSQL cluster on 127.0.0.1 for the whole run (tests/pg_cluster.py).
+
+    Without a PostgreSQL server installed the tests that need it skip and say how to
+    get one, except under CI=true, where they must run.
+    """
+    if pg_cluster.server_bin() is None:
+        message = "no PostgreSQL server: apt-get install postgresql (CI's .ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    started = pg_cluster.start()
+    yield started
+    started.stop()
+    started.remove()

@@ -19,24 +19,15 @@ import psycopg
 import pytest
 
 from chargebox import schema
-from tests import pg_cluster
 
 T = "2026-12-01T00:00:00.000000Z"
 PHONE = "09121234567"
 _names = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    if pg_cluster.server_bin() is None:
-        message = "no PostgreSQL server: apt-get install postgresql (CI's .ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    started = pg_cluster.start()
-    yield started
-    started.stop()
-    started.remove()
+@pytest.fixture
+def cluster(postgresql_cluster):
+    return postgresql_cluster
 
 
 @pytest.fixture

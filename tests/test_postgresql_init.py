@@ -1,0 +1,186 @@
+"""`chargebox init-db --db OWNER_URL --grant-to APP_ROLE` on a real PostgreSQL cluster.
+
+The schema is created by its owner; the service's role gets only what the
+service needs. With those rights a script can do every legitimate write, and
+none of the ways to rewrite history: no UPDATE, DELETE or TRUNCATE of what is
+append-only, no trigger switched off (that needs a superuser or the owner).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+
+import psycopg
+import pytest
+
+from chargebox import postgresql
+from tests.support import ROOT
+
+T = "2026-12-01T00:00:00.000000Z"
+_names = itertools.count()
+
+
+def chargebox(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "chargebox.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def roles(postgresql_cluster, tmp_path):
+    """A database owned by a fresh owner role, and a fresh app role: their URLs."""
+    n = f"{os.getpid()}_{next(_names)}"
+    owner, app, name = f"owner_{n}", f"app_{n}", f"cb_{n}"
+    with psycopg.connect(postgresql_cluster.url(), autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {owner} LOGIN PASSWORD 'owner-secret-{n}'")
+        admin.execute(f"CREATE ROLE {app} LOGIN PASSWORD 'app-secret-{n}'")
+        admin.execute(f"CREATE DATABASE {name} OWNER {owner}")
+        admin.execute(f"REVOKE ALL ON DATABASE {name} FROM PUBLIC")
+    with psycopg.connect(postgresql_cluster.url(db=name), autocommit=True) as conn:
+        conn.execute(f"ALTER SCHEMA public OWNER TO {owner}")
+    return {
+        "owner": postgresql_cluster.url(owner, f"owner-secret-{n}", name),
+        "app": postgresql_cluster.url(app, f"app-secret-{n}", name),
+        "app_role": app,
+        "data": tmp_path / "data",
+    }
+
+
+@pytest.fixture
+def granted(roles):
+    result = chargebox(
+        "init-db", "--db", roles["owner"], "--grant-to", roles["app_role"],
+        "--data-dir", str(roles["data"]),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return roles
+
+
+def test_init_db_creates_the_schema_and_the_secrets_and_never_shows_a_password(roles):
+    result = chargebox(
+        "init-db", "--db", roles["owner"], "--grant-to", roles["app_role"],
+        "--data-dir", str(roles["data"]),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "schema ready" in result.stderr and "***" in result.stderr
+    assert "secret" not in result.stdout + result.stderr
+    assert {path.name for path in roles["data"].iterdir()} == {"admin_token", "ledger_key"}
+    again = chargebox("init-db", "--db", roles["owner"], "--data-dir", str(roles["data"]))
+    assert again.returncode == 0, again.stderr  # once is enough: the second changes nothing
+    with psycopg.connect(roles["owner"]) as conn:
+        assert conn.execute("SELECT count(*) FROM schema_version").fetchone() == (1,)
+
+
+def test_a_role_that_does_not_exist_is_one_line(roles):
+    result = chargebox(
+        "init-db", "--db", roles["owner"], "--grant-to", "nobody_here",
+        "--data-dir", str(roles["data"]),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "--grant-to nobody_here" in result.stderr
+
+
+def test_a_database_that_cannot_be_reached_is_one_line_without_its_password(tmp_path):
+    url = "postgresql://someone:hunter2-secret@127.0.0.1:1/nowhere"
+    result = chargebox("init-db", "--db", url, "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "cannot connect" in result.stderr and "hunter2" not in result.stderr
+
+
+def test_serving_a_postgresql_database_is_refused_in_one_line_until_it_is_supported(roles):
+    result = chargebox("serve", "--db", roles["app"], "--port", "0")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "serves only SQLite" in result.stderr and "app-secret" not in result.stderr
+
+
+def app_writes_a_credit(conn) -> int:
+    """Every legitimate write of a credit, in the service's order, with the app's rights."""
+    with conn.transaction():
+        (seller,) = conn.execute(
+            "INSERT INTO seller (name, balance, api_key_hash, created_at)"
+            " VALUES ('Ali', 0, %s, %s) RETURNING id",
+            ("a" * 64, T),
+        ).fetchone()
+        (request,) = conn.execute(
+            "INSERT INTO credit_request (seller_id, amount, created_at) VALUES (%s, 5000, %s)"
+            " RETURNING id",
+            (seller, T),
+        ).fetchone()
+        conn.execute(
+            "UPDATE credit_request SET status = 'approved', decided_at = %s WHERE id = %s",
+            (T, request),
+        )
+        conn.execute("UPDATE seller SET balance = balance + 5000 WHERE id = %s", (seller,))
+        (entry,) = conn.execute(
+            "INSERT INTO ledger_entry (seller_id, seq, kind, amount, balance_after,"
+            " credit_request_id, created_at) VALUES (%s, 1, 'credit', 5000, 5000, %s, %s)"
+            " RETURNING id",
+            (seller, request, T),
+        ).fetchone()
+        conn.execute("INSERT INTO ledger_seal (entry_id, mac) VALUES (%s, %s)", (entry, "m" * 64))
+        conn.execute(
+            "INSERT INTO seller_head (seller_id, entry_id, entries, entry_mac, mac)"
+            " VALUES (%s, %s, 1, %s, %s) ON CONFLICT (seller_id) DO UPDATE"
+            " SET entry_id = excluded.entry_id, entries = excluded.entries",
+            (seller, entry, "m" * 64, "h" * 64),
+        )
+        conn.execute(
+            "INSERT INTO web_session (token_hash, role, credential_hash, created_at, expires_at)"
+            " VALUES (%s, 'admin', %s, %s, %s)",
+            ("s" * 64, "c" * 64, T, T),
+        )
+        conn.execute("DELETE FROM web_session WHERE expires_at <= %s", (T,))
+    return seller
+
+
+def test_the_app_role_can_do_every_write_the_service_does(granted):
+    with psycopg.connect(granted["app"], autocommit=True) as conn:
+        seller = app_writes_a_credit(conn)
+        assert conn.execute("SELECT balance FROM seller WHERE id = %s", (seller,)).fetchone() == (
+            5000,
+        )
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE ledger_entry SET reason = 'edited'",
+        "DELETE FROM ledger_entry",
+        "TRUNCATE ledger_entry",
+        "UPDATE ledger_seal SET mac = 'x'",
+        "TRUNCATE sale",
+        "DELETE FROM idempotency_record",
+        "UPDATE seller SET name = 'renamed'",
+        "UPDATE seller SET api_key_hash = 'stolen'",
+        "DELETE FROM seller",
+        "SET session_replication_role = replica",
+        "ALTER TABLE ledger_entry DISABLE TRIGGER ALL",
+        "DROP TRIGGER ledger_entry_no_update ON ledger_entry",
+        "CREATE TABLE mine (x int)",
+        "INSERT INTO schema_version (version, applied_at) VALUES (99, 'now')",
+    ],
+)
+def test_the_app_role_cannot_rewrite_history_or_switch_a_guard_off(granted, statement):
+    with psycopg.connect(granted["app"], autocommit=True) as conn:
+        app_writes_a_credit(conn)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(statement)
+        assert conn.execute("SELECT count(*), sum(amount) FROM ledger_entry").fetchone() == (
+            1,
+            5000,
+        )
+
+
+def test_the_sql_is_written_once_and_handed_to_psycopg_in_its_style():
+    assert postgresql.to_psycopg("SELECT ? WHERE a = :name AND b::text = '?:x' AND c LIKE '%'") == (
+        "SELECT %s WHERE a = %(name)s AND b::text = '?:x' AND c LIKE '%'"
+    )
+    assert postgresql.to_psycopg("SELECT 5 % 2") == "SELECT 5 %% 2"
