@@ -30,7 +30,7 @@ from chargebox.config import (
     database_setting,
     env_defaults,
 )
-from chargebox.db import Database
+from chargebox.db import Database, open_database
 from chargebox.errors import ChargeboxError
 from chargebox.location import check_database_path
 from chargebox.models import ALL_MODELS
@@ -108,17 +108,27 @@ def build_config(args: argparse.Namespace) -> Config:
 def prepare(config: Config) -> Config:
     """Check the database's place, settle the admin token, open the database, settle the
     ledger key and create the schema if needed. A refusal (ValueError) comes before any write.
+
+    A PostgreSQL database is not created here: its owner did that (`init-db`); the
+    service, with its own role, only checks the schema's version and the key.
     """
-    check_database_path(config.db_path)
+    if config.db_url:
+        config.secrets_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        check_database_path(config.db_path)
     token = config.admin_token or checked_admin_token(
         _stored_secret(config.admin_token_path, "an admin token", "CHARGEBOX_ADMIN_TOKEN"),
         str(config.admin_token_path),
     )
-    database = Database(config)
+    database = open_database(config)
     try:
-        with startup_lock(config):  # one start-up at a time: the key check sees a settled file
+        if config.db_url:
+            database.ensure_schema()
             key = _ledger_key(config, database)
-            database.ensure_schema(ALL_MODELS)
+        else:
+            with startup_lock(config):  # one start-up at a time: the key check sees a settled file
+                key = _ledger_key(config, database)
+                database.ensure_schema(ALL_MODELS)
     finally:
         database.close()
     return config.with_secrets(token, key)
@@ -252,10 +262,11 @@ def _create_seller(config: Config, name: str) -> int:
 
 
 def _audit(config: Config, as_json: bool) -> int:
-    if not config.db_path.exists():
+    if not config.db_url and not config.db_path.exists():
         print(f"chargebox audit: no database at {config.db_path}", file=sys.stderr)
         return 2
-    check_database_path(config.db_path, writing=False)
+    if not config.db_url:
+        check_database_path(config.db_path, writing=False)
     path = config.ledger_key_path
     key = config.ledger_key or (path.read_text().strip() if path.exists() else None)
     service = Chargebox(dataclasses.replace(config, ledger_key=key))
@@ -291,11 +302,6 @@ def main(argv: list[str] | None = None) -> int:
         config = build_config(args)
         if args.command == "init-db":
             return _init_db(config, args.grant_to)
-        if config.db_url:
-            raise ValueError(
-                f"--db {postgresql.described(config.db_url)}: this version creates a "
-                "PostgreSQL schema (init-db) but serves only SQLite; see README"
-            )
         if args.command == "serve":
             return _serve(config)
         if args.command == "create-seller":

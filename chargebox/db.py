@@ -43,6 +43,8 @@ class Write:
     """
 
     __slots__ = ("_conn", "ledger_key", "open")
+    dialect = "sqlite"
+    balance_first = False  # the entry first: SQLite's triggers cannot wait for COMMIT
 
     def __init__(self, conn: sqlite3.Connection, ledger_key: bytes | None) -> None:
         self._conn = conn
@@ -60,6 +62,9 @@ class Write:
     def dicts(self, sql: str, params: Sequence | dict = ()) -> list[dict]:
         return as_dicts(self.execute(sql, params))
 
+    def lock_seller(self, seller_id: int) -> None:
+        """Nothing to do: a write holds the whole file's lock already."""
+
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
         """A part of the write that is undone alone if it fails (driver errors translated)."""
@@ -74,6 +79,15 @@ class Write:
         self._conn.execute("RELEASE part")
 
 
+def open_database(config: Config):
+    """The database `config` names: an SQLite file, or PostgreSQL (`--db postgresql://`)."""
+    if config.db_url:
+        from chargebox import postgresql
+
+        return postgresql.Database(config)
+    return Database(config)
+
+
 def as_dicts(cursor: sqlite3.Cursor) -> list[dict]:
     """Rows as dicts keyed by column name: the one row-to-dict helper."""
     names = [column[0] for column in cursor.description]
@@ -82,6 +96,8 @@ def as_dicts(cursor: sqlite3.Cursor) -> list[dict]:
 
 class Database:
     """One SQLite file as this process uses it: open lazily, write through `write()`."""
+
+    dialect = "sqlite"
 
     def __init__(self, config: Config) -> None:
         self.config = config

@@ -21,6 +21,7 @@ from chargebox.errors import (
     ChargeboxError,
     IdempotencyKeyReused,
     InsufficientCredit,
+    IntegrityViolation,
     ValidationError,
 )
 from chargebox.queries import CREDIT_REQUEST, LEDGER_ENTRY, SALE, Queries, Shape
@@ -83,7 +84,13 @@ def once(
     made = earlier(database, kind, seller_id, key, request_hash)  # fast path, no write lock
     if made is not None:
         return Outcome(Queries(database).one(kind.made, made), True)
-    outcome = database.write(lambda write: _first(write, kind, seller_id, key, request_hash, act))
+    try:
+        outcome = database.write(
+            lambda write: _first(write, kind, seller_id, key, request_hash, act)
+        )
+    except _KeyRaced:  # another server's copy recorded the key first: its outcome stands
+        made = earlier(database, kind, seller_id, key, request_hash)
+        return Outcome(Queries(database).one(kind.made, made), True)
     if isinstance(outcome, ChargeboxError):
         raise outcome
     return outcome
@@ -110,8 +117,19 @@ def _first(
     except FINAL as refusal:  # nothing was written; the refusal is final
         outcome = refusal
     made_id = outcome if isinstance(outcome, ChargeboxError) else outcome.record["id"]
-    record(write, kind, seller_id, key, request_hash, made_id, created)
+    if write.balance_first:  # nothing serialises two servers' copies but the UNIQUE key
+        try:
+            with write.savepoint():
+                record(write, kind, seller_id, key, request_hash, made_id, created)
+        except IntegrityViolation:
+            raise _KeyRaced from None  # undoes what this copy did: the write rolls back
+    else:
+        record(write, kind, seller_id, key, request_hash, made_id, created)
     return outcome
+
+
+class _KeyRaced(Exception):
+    """A copy in another transaction recorded this key while this one acted."""
 
 
 def earlier(

@@ -41,7 +41,22 @@ _NEW_HEAD = (
 )
 _PHONE_TOTAL = (
     "INSERT INTO phone (number, total_charged, created_at) VALUES (?, ?, ?) "
-    "ON CONFLICT (number) DO UPDATE SET total_charged = total_charged + excluded.total_charged"
+    "ON CONFLICT (number) DO UPDATE"
+    " SET total_charged = phone.total_charged + excluded.total_charged"
+)
+# PostgreSQL's order (Write.balance_first): the balance has moved, so the entry and the
+# sale land on it; the entry is numbered after the seller's newest (read in this later
+# statement, which sees what the row lock waited for).
+_ENTRY_ON_BALANCE = (
+    "INSERT INTO ledger_entry (seller_id, seq, kind, amount, balance_after, credit_request_id,"
+    " sale_id, reason, created_at) SELECT :seller_id, COALESCE(MAX(seq), 0) + 1, :kind,"
+    " CAST(:delta AS BIGINT), CAST(:balance AS BIGINT), CAST(:credit_request_id AS BIGINT),"
+    " CAST(:sale_id AS BIGINT), CAST(:reason AS TEXT), :now FROM ledger_entry"
+    f" WHERE seller_id = :seller_id {LEDGER_ENTRY.returning}"
+)
+_SALE_ON_BALANCE = (
+    "INSERT INTO sale (seller_id, phone, amount, balance_after, created_at)"
+    f" VALUES (:seller_id, :phone, :amount, :balance, :now) {SALE.returning}"
 )
 _DECIDE = (
     "UPDATE credit_request SET status = :status, decided_at = :now"
@@ -72,15 +87,27 @@ def _move(write: Write, seller_id: int, delta: int, kind: str, now: str, *,
         "credit_request_id": credit_request_id, "sale_id": sale_id, "reason": reason,
         "now": now,
     }  # fmt: skip
-    made = write.dicts(_ENTRY, params)
-    if not made:
-        _refuse(write, seller_id, delta)
-    entry = made[0]
-    updated = write.rows(_BALANCE, params)
-    if [(check_balance(entry["balance_after"]),)] != updated:
-        raise AssertionError(f"seller {seller_id}: balance {updated} != entry {entry}")
+    if write.balance_first:
+        params["balance"] = _take(write, seller_id, delta)
+        entry = write.dicts(_ENTRY_ON_BALANCE, params)[0]
+    else:
+        made = write.dicts(_ENTRY, params)
+        if not made:
+            _refuse(write, seller_id, delta)
+        entry = made[0]
+        updated = write.rows(_BALANCE, params)
+        if [(check_balance(entry["balance_after"]),)] != updated:
+            raise AssertionError(f"seller {seller_id}: balance {updated} != entry {entry}")
     _seal(write, entry, phone)
     return entry
+
+
+def _take(write: Write, seller_id: int, delta: int) -> int:
+    """Move the balance by `delta`, guarded; the new balance (or the refusal)."""
+    moved = write.rows(_BALANCE, {"seller_id": seller_id, "delta": delta, "ceiling": MAX_BALANCE})
+    if not moved:
+        _refuse(write, seller_id, delta)
+    return check_balance(moved[0][0])
 
 
 def _seal(write: Write, entry: dict, phone: str | None) -> None:
@@ -135,11 +162,21 @@ def sell(write: Write, seller_id: int, number: str, amount: int, now: str) -> di
     """
     params = {"seller_id": seller_id, "phone": number, "amount": amount, "delta": -amount,
               "now": now, "ceiling": MAX_BALANCE}  # fmt: skip
-    made = write.dicts(_NEW_SALE, params)
-    if not made:
-        _refuse(write, seller_id, -amount)
-    sale = made[0]
-    _move(write, seller_id, -amount, "sale", now, sale_id=sale["id"], phone=number)
+    if write.balance_first:
+        params["balance"] = _take(write, seller_id, -amount)
+        sale = write.dicts(_SALE_ON_BALANCE, params)[0]
+        entry = write.dicts(
+            _ENTRY_ON_BALANCE,
+            {**params, "kind": "sale", "credit_request_id": None, "sale_id": sale["id"],
+             "reason": None},
+        )[0]  # fmt: skip
+        _seal(write, entry, number)
+    else:
+        made = write.dicts(_NEW_SALE, params)
+        if not made:
+            _refuse(write, seller_id, -amount)
+        sale = made[0]
+        _move(write, seller_id, -amount, "sale", now, sale_id=sale["id"], phone=number)
     write.execute(_PHONE_TOTAL, (number, amount, now))
     return sale
 
@@ -150,7 +187,7 @@ _AUDIT_CHECKS = (
     (
         "I1",
         "SELECT id, NULL, 'balance ' || balance || ' is negative or not an integer' "
-        "FROM seller WHERE typeof(balance) != 'integer' OR balance < 0",
+        "FROM seller WHERE balance < 0 {not_an_integer}",
     ),
     (
         "I1",
@@ -161,16 +198,17 @@ _AUDIT_CHECKS = (
         "I2",
         "SELECT s.id, (SELECT MAX(id) FROM ledger_entry WHERE seller_id = s.id), "
         "'balance ' || s.balance || ' != ledger sum ' || "
-        "COALESCE((SELECT SUM(amount) FROM ledger_entry WHERE seller_id = s.id), 0) "
-        "FROM seller s WHERE s.balance IS NOT "
-        "COALESCE((SELECT SUM(amount) FROM ledger_entry WHERE seller_id = s.id), 0)",
+        "COALESCE((SELECT CAST(SUM(amount) AS BIGINT) FROM ledger_entry WHERE seller_id = s.id),"
+        " 0) FROM seller s WHERE s.balance IS DISTINCT FROM "
+        "COALESCE((SELECT CAST(SUM(amount) AS BIGINT) FROM ledger_entry WHERE seller_id = s.id),"
+        " 0)",
     ),
     (
         "I3",
         "SELECT seller_id, id, 'balance_after ' || balance_after || ' != previous ' || prev "
         "|| ' + amount ' || amount FROM (SELECT id, seller_id, amount, balance_after, "
         "LAG(balance_after, 1, 0) OVER (PARTITION BY seller_id ORDER BY id) AS prev "
-        "FROM ledger_entry) WHERE balance_after IS NOT prev + amount",
+        "FROM ledger_entry) AS chain WHERE balance_after IS DISTINCT FROM prev + amount",
     ),
     (
         "I4",
@@ -200,9 +238,9 @@ _AUDIT_CHECKS = (
     (
         "phones",
         "SELECT NULL, NULL, 'phone ' || p.number || ' total ' || p.total_charged || "
-        "' != sum of its sales ' || COALESCE(SUM(s.amount), 0) "
+        "' != sum of its sales ' || COALESCE(CAST(SUM(s.amount) AS BIGINT), 0) "
         "FROM phone p LEFT JOIN sale s ON s.phone = p.number GROUP BY p.id "
-        "HAVING p.total_charged IS NOT COALESCE(SUM(s.amount), 0)",
+        "HAVING p.total_charged IS DISTINCT FROM COALESCE(CAST(SUM(s.amount) AS BIGINT), 0)",
     ),
 )
 
@@ -211,12 +249,14 @@ def audit(database: Database) -> dict:
     """Re-check I1-I5 and the cross-links from the rows, in one read snapshot."""
     with database.snapshot() as db:
         sellers = db.rows(
-            "SELECT s.id, s.balance, COALESCE(SUM(l.amount), 0) FROM seller s "
+            "SELECT s.id, s.balance, COALESCE(CAST(SUM(l.amount) AS BIGINT), 0) FROM seller s "
             "LEFT JOIN ledger_entry l ON l.seller_id = s.id GROUP BY s.id ORDER BY s.id"
         )
         problems = []
+        # SQLite's columns are typed loosely: there a balance could hold a real or text.
+        loose = "OR typeof(balance) != 'integer'" if database.dialect == "sqlite" else ""
         for invariant, sql in _AUDIT_CHECKS:
-            for seller_id, entry_id, message in db.rows(sql):
+            for seller_id, entry_id, message in db.rows(sql.format(not_an_integer=loose)):
                 problems.append(
                     {
                         "invariant": invariant,
@@ -237,7 +277,8 @@ def audit(database: Database) -> dict:
         )
         totals = db.rows(
             "SELECT (SELECT COUNT(*) FROM seller), (SELECT COUNT(*) FROM ledger_entry), "
-            "(SELECT COUNT(*) FROM sale), (SELECT COALESCE(SUM(balance), 0) FROM seller)"
+            "(SELECT COUNT(*) FROM sale),"
+            " (SELECT COALESCE(CAST(SUM(balance) AS BIGINT), 0) FROM seller)"
         )[0]
     problems.sort(key=lambda p: (p["seller_id"] or 0, p["entry_id"] or 0))
     bad_sellers = {p["seller_id"] for p in problems}

@@ -36,6 +36,15 @@ def postgresql_statements() -> list[str]:
     return [part.strip() for part in parts if _sql_in(part)]
 
 
+def postgresql_triggers() -> set[str]:
+    """The names of the triggers `schema_postgresql.sql` creates."""
+    return {
+        match.group(1)
+        for statement in postgresql_statements()
+        if (match := re.match(r"CREATE (?:CONSTRAINT )?TRIGGER (\w+)", statement))
+    }
+
+
 def _sql_in(part: str) -> bool:
     return any(line.strip() and not line.strip().startswith("--") for line in part.splitlines())
 

@@ -19,6 +19,7 @@ from waitress import wasyncore
 
 from chargebox.config import Config
 from chargebox.connections import build_server, listen
+from chargebox.postgresql import described
 from chargebox.web import create_app
 
 log = logging.getLogger("chargebox.server")
@@ -41,8 +42,9 @@ class _Stop:
 
 def _announcement(config: Config, host: str, port: int) -> str:
     workers = f"{config.processes} processes x " if config.processes > 1 else ""
+    where = described(config.db_url) if config.db_url else config.db_path
     return (
-        f"chargebox serving on http://{host}:{port} (db {config.db_path}, "
+        f"chargebox serving on http://{host}:{port} (db {where}, "
         f"{workers}{config.threads} threads, synchronous={config.synchronous})"
     )
 

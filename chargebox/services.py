@@ -13,7 +13,7 @@ from __future__ import annotations
 from chargebox import auth, idempotency, ledger
 from chargebox.clock import now
 from chargebox.config import Config
-from chargebox.db import Database, Write
+from chargebox.db import Database, Write, open_database
 from chargebox.errors import TooManyPendingRequests
 from chargebox.idempotency import Outcome
 from chargebox.money import parse_amount, parse_signed_amount
@@ -45,7 +45,7 @@ class Chargebox:
 
     def __init__(self, config: Config, database: Database | None = None) -> None:
         self.config = config
-        self.database = database or Database(config)
+        self.database = database or open_database(config)
         self.queries = Queries(self.database)
         self.access = auth.Access(self.database, config.admin_token)
 
@@ -78,6 +78,7 @@ class Chargebox:
         cap = self.config.max_pending_requests
 
         def file_request(write: Write, created: str) -> dict:
+            write.lock_seller(seller_id)  # racing requests count one after another
             Queries(write).seller(seller_id)  # NotFound, not a foreign-key failure
             params = {"seller_id": seller_id, "amount": amount, "now": created, "cap": cap}
             filed = write.dicts(_NEW_REQUEST, params)

@@ -38,7 +38,7 @@ def chargebox(*args: str, **env: str) -> subprocess.CompletedProcess:
 def roles(postgresql_cluster, tmp_path):
     """A database owned by a fresh owner role, and a fresh app role: their URLs."""
     n = f"{os.getpid()}_{next(_names)}"
-    owner, app, name = f"owner_{n}", f"app_{n}", f"cb_{n}"
+    owner, app, name = f"owner_{n}", f"app_{n}", f"init_{n}"
     with psycopg.connect(postgresql_cluster.url(), autocommit=True) as admin:
         admin.execute(f"CREATE ROLE {owner} LOGIN PASSWORD 'owner-secret-{n}'")
         admin.execute(f"CREATE ROLE {app} LOGIN PASSWORD 'app-secret-{n}'")
@@ -93,12 +93,6 @@ def test_a_database_that_cannot_be_reached_is_one_line_without_its_password(tmp_
     result = chargebox("init-db", "--db", url, "--data-dir", str(tmp_path / "data"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "cannot connect" in result.stderr and "hunter2" not in result.stderr
-
-
-def test_serving_a_postgresql_database_is_refused_in_one_line_until_it_is_supported(roles):
-    result = chargebox("serve", "--db", roles["app"], "--port", "0")
-    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert "serves only SQLite" in result.stderr and "app-secret" not in result.stderr
 
 
 def app_writes_a_credit(conn) -> int:

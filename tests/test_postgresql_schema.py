@@ -33,7 +33,7 @@ def cluster(postgresql_cluster):
 @pytest.fixture
 def url(cluster):
     """A fresh database with chargebox's schema; its superuser URL."""
-    name = f"cb_{os.getpid()}_{next(_names)}"
+    name = f"schema_{os.getpid()}_{next(_names)}"
     with psycopg.connect(cluster.url(), autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name}")
     target = cluster.url(db=name)
