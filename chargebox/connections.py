@@ -53,6 +53,9 @@ WAITRESS_ERRORS = {
 FD_RESERVE_PER_THREAD = 4
 FD_RESERVE = 64
 EVICTION_BATCH = 32  # connections closed at once when the budget is spent
+# Requests one connection may have waiting for their answers at once. More is a client
+# that pipelines without reading (or a broken one): it is closed, not queued.
+MAX_PIPELINED = 8
 ACCEPT_BATCH = 256  # connections accepted in one turn of the loop, at most
 
 
@@ -99,7 +102,15 @@ class _Channel(HTTPChannel):
     def received(self, data: bytes) -> bool:
         if self.request is None and data:
             self.request_started = time.time()
-        return super().received(data)
+        taken = super().received(data)
+        if len(self.requests) > MAX_PIPELINED:
+            self.will_close = True  # its answers would only pile up unread
+        return taken
+
+    def stalled_since(self) -> float | None:
+        """Since when answers wait here unsent because the client reads nothing (None:
+        nothing unsent). A send that makes progress moves `last_activity`."""
+        return self.last_activity if self.total_outbufs_len else None
 
     def idle_since(self) -> float | None:
         """Since when nobody has been served here (None: a request is being answered)."""
@@ -114,9 +125,10 @@ class Server(TcpWSGIServer):
     waitress closes a connection only after `channel_timeout` without activity,
     so a client that sends one header byte now and then holds it forever, and
     past `connection_limit` it stops accepting for everyone. Here a request must
-    arrive whole within `request_timeout`, and when the budget is spent the
-    server closes the connections that wait longest, from the address holding
-    the most, instead of refusing new ones.
+    arrive whole within `request_timeout`, answers a client does not read are
+    dropped after as long, and when the budget is spent the server closes the
+    connections that wait longest, from the address holding the most, instead of
+    refusing new ones.
     """
 
     channel_class = _Channel
@@ -128,6 +140,13 @@ class Server(TcpWSGIServer):
         idle_cutoff = now - self.adj.channel_timeout
         request_cutoff = now - self.request_timeout
         for channel in list(self.active_channels.values()):
+            stalled = channel.stalled_since()
+            if stalled is not None:
+                # Answers the client does not read: closing wakes a worker thread that
+                # waits for them to drain, so it serves others again.
+                if stalled < request_cutoff:
+                    channel.will_close = True
+                continue
             since = channel.idle_since()
             if since is None:
                 continue
@@ -241,6 +260,9 @@ def build_server(app, config: Config, listener: socket.socket) -> Server:
         ident="chargebox",
         connection_limit=connection_budget(config),
         channel_timeout=config.idle_timeout,
+        # A worker thread waits while a connection holds this much unsent: with at most
+        # MAX_PIPELINED answers per connection (each well under 1 MB), it never does.
+        outbuf_high_watermark=64 << 20,
         cleanup_interval=1,  # the deadlines above are checked every second
         # Our own JSON 413 fires above max_body_bytes; waitress's plain one far above it.
         max_request_body_size=max(16 * config.max_body_bytes, 1 << 20),
