@@ -60,7 +60,7 @@ ACCEPT_BATCH = 256  # connections accepted in one turn of the loop, at most
 
 
 class RepeatedHeader(ParsingError):
-    """A header of SINGLE_HEADERS appears more than once."""
+    """A header of SINGLE_HEADERS appears more than once, or is spelt with `_`."""
 
 
 class _Parser(HTTPRequestParser):
@@ -69,8 +69,15 @@ class _Parser(HTTPRequestParser):
         names = collections.Counter()
         for line in get_header_lines(header_plus.partition(b"\r\n")[2]):
             match = HEADER_FIELD_RE.match(line)
-            if match:
-                names[match.group("name").upper().replace(b"-", b"_").decode("latin-1")] += 1
+            if not match:
+                continue
+            raw = match.group("name")
+            name = raw.upper().replace(b"-", b"_").decode("latin-1")
+            if b"_" in raw and name in SINGLE_HEADERS:
+                # waitress drops a name with `_`: the request would run without it.
+                spelled = raw.decode("latin-1")
+                raise RepeatedHeader(f"the {spelled} header must be spelt with '-', not '_'")
+            names[name] += 1
         for name in SINGLE_HEADERS:
             if names[name] > 1:
                 spelled = "-".join(part.capitalize() for part in name.split("_"))
