@@ -15,10 +15,12 @@ import dataclasses
 import json
 import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import peewee
 from filelock import FileLock
 
 from chargebox import auth, postgresql, schema, seals
@@ -310,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ChargeboxError) as exc:
         message = exc.message if isinstance(exc, ChargeboxError) else str(exc)
         print(f"chargebox: {message}", file=sys.stderr)
+        return 2
+    except (sqlite3.DatabaseError, peewee.DatabaseError) as exc:
+        # A file SQLite cannot read (corrupt, or not what its header says).
+        reason = str(exc).strip() or type(exc).__name__
+        print(f"chargebox: --db {_where(config)}: {reason}", file=sys.stderr)
         return 2
 
 

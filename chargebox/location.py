@@ -29,6 +29,8 @@ def check_database_path(path: Path, writing: bool = True) -> None:
     SQLite database, and open for writing if `writing` (the audit only reads it).
     """
     where = f"--db {path}"
+    if os.path.islink(path) and not os.path.exists(path):
+        raise ValueError(f"{where}: is a link to {os.readlink(path)}, which does not exist")
     if os.path.isdir(path):
         raise ValueError(f"{where}: is a directory; name a file inside it")
     nearest = _nearest_existing(path.absolute().parent)

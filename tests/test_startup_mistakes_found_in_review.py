@@ -1,0 +1,30 @@
+"""Start-up mistakes that still end in a traceback (found in review of issue 10, item 9).
+
+The promise (README, "Start-up mistakes"; cli.py): a --db that cannot hold a
+database is one line naming --db and exit status 2, before anything is written.
+A --db that is a dangling symbolic link passes location.check_database_path
+(os.path.exists is False, so it looks like a new file) and SQLite then fails to
+open it: a peewee traceback and exit 1, a `.lock` left beside the link. A file
+with SQLite's header and a corrupt body passes the header probe and fails the
+same way ("file is not a database").
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_startup_mistakes import WRITERS, assert_refused, chargebox
+
+
+@pytest.mark.parametrize("command", WRITERS, ids=lambda c: c[0])
+def test_a_database_path_that_is_a_dangling_symlink_is_one_line_naming_db(tmp_path, command):
+    link = tmp_path / "chargebox.db"
+    link.symlink_to(tmp_path / "gone" / "chargebox.db")
+    assert_refused(chargebox(*command, "--db", str(link)), "--db")
+
+
+@pytest.mark.parametrize("command", [*WRITERS, ("audit",)], ids=lambda c: c[0])
+def test_a_corrupt_database_file_is_one_line_naming_db(tmp_path, command):
+    corrupt = tmp_path / "chargebox.db"
+    corrupt.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4096)
+    assert_refused(chargebox(*command, "--db", str(corrupt)), "--db")
