@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import time
+import traceback
 
 from waitress import wasyncore
 
@@ -113,10 +114,19 @@ class _Supervisor:
     def start_child(self) -> None:
         pid = os.fork()
         if pid == 0:  # the child serves until told to stop, and never returns here
+            # Until _serve_one installs its own, a SIGTERM ends the child at once rather
+            # than setting the parent's flag, copied here, that nobody reads.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_DFL)
             code = 1
             try:
                 server = build_server(create_app(self.config), self.config, self.listener)
                 code = _serve_one(server, lambda line: None, os.getppid())
+            except Exception as exc:  # said in one line (no trace), then replaced
+                frames = traceback.extract_tb(exc.__traceback__)
+                where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+                log.error("server process %d failed: %s: %s (at %s)",
+                          os.getpid(), type(exc).__name__, exc, where)  # fmt: skip
             finally:
                 os._exit(code)
         self.started[pid] = time.monotonic()
@@ -166,6 +176,7 @@ class _Supervisor:
             time.sleep(0.05)
             status.update(_reaped(children))
         for pid in set(children) - set(status):
+            log.warning("server process %d did not stop in time: killed", pid)
             os.kill(pid, signal.SIGKILL)
             status[pid] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
         return status
