@@ -2,8 +2,9 @@
 
 Pure and a leaf: it imports only `errors`. Refused: text with nothing visible, control
 characters, the bidi overrides U+202D/U+202E (they show `\\u202egnp.exe` as `exe.png`),
-and embeddings or isolates left open or closed out of order. Kept: what Persian writing
-needs, the zero-width non-joiner (U+200C) and the LRM/RLM marks, and balanced pairs.
+the Arabic letter mark, line separators and TAG characters, and embeddings or isolates
+left open or closed out of order. Kept: what Persian writing needs, the zero-width
+non-joiner (U+200C) and the LRM/RLM marks, and balanced pairs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ _DRAWS_NOTHING = frozenset({"Cc", "Cf", "Cs", "Cn", "Zs", "Zl", "Zp", "Mn", "Me"
 # Letters and symbols that render blank: the Hangul fillers, the blank Braille pattern.
 _BLANK = frozenset("\u115f\u1160\u3164\uffa0\u2800\u180e\u2028\u2029")
 _OVERRIDES = {"\u202d": "left-to-right override", "\u202e": "right-to-left override"}
+# Refused anywhere: the Arabic letter mark (it reorders the digits around it), the line
+# and paragraph separators (text here is one line), and the TAG characters (they carry
+# invisible ASCII: "Ali" plus tags shows "Ali" and says "Aliadmin").
+_HIDDEN = {"\u061c": "the Arabic letter mark", "\u2028": "a line separator",
+           "\u2029": "a paragraph separator"}  # fmt: skip
+_TAGS = range(0xE0000, 0xE0080)
 # Each embedding (LRE, RLE) is closed by PDF, each isolate (LRI, RLI, FSI) by PDI.
 _CLOSER = {
     "\u202a": "\u202c",  # left-to-right embedding ... pop directional formatting
@@ -57,6 +64,13 @@ def _require_plain_direction(text: str, field: str) -> None:
     """Refuse overrides, and embeddings/isolates not closed in proper nesting."""
     open_ones: list[str] = []
     for ch in text:
+        if ch in _HIDDEN or ord(ch) in _TAGS:
+            what = _HIDDEN.get(ch, "a TAG character")
+            raise ValidationError(
+                f"{field} must not contain U+{ord(ch):04X} ({what}): it shows something "
+                "else than it says",
+                field,
+            )
         if ch in _OVERRIDES:
             raise ValidationError(
                 f"{field} must not contain U+{ord(ch):04X} ({_OVERRIDES[ch]}): "

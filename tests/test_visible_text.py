@@ -23,7 +23,7 @@ from tests.web_support import ADMIN, refused, text_of, value_of
 ISSUE_INVISIBLES = ["\u200b", "\ufeff", "\u200e", "\u061c", "\u034f", "\u115f", "\u2800", "\u3164"]
 # Blank-looking letters and symbols, which Unicode files as letters (Lo) or symbols (So).
 FILLERS = ["\u115f", "\u1160", "\u3164", "\uffa0", "\u2800", "\u180e"]
-HARMLESS_MARKS = ["\u200c", "\u200d", "\u200e", "\u200f", "\u061c"]  # ZWNJ, ZWJ, LRM, RLM, ALM
+HARMLESS_MARKS = ["\u200c", "\u200d", "\u200e", "\u200f"]  # ZWNJ, ZWJ, LRM, RLM (not ALM)
 PAIRS = [("\u2066", "\u2069"), ("\u2067", "\u2069"), ("\u2068", "\u2069")]  # isolates
 PAIRS += [("\u202a", "\u202c"), ("\u202b", "\u202c")]  # embeddings
 OPENERS, CLOSERS = [p[0] for p in PAIRS], ["\u2069", "\u202c"]
