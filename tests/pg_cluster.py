@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import itertools
 import os
 import pwd
 import shutil
@@ -17,6 +18,8 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+import psycopg
 
 SUPERUSER = "postgres"
 PASSWORD = "chargebox-test-superuser-password"  # a throwaway cluster on 127.0.0.1 only
@@ -135,3 +138,31 @@ def start() -> Cluster:
 def _check(result: subprocess.CompletedProcess, what: str) -> None:
     if result.returncode != 0:
         raise RuntimeError(f"{what} failed: {result.stdout[-1500:]} {result.stderr[-1500:]}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Roles:
+    """A database owned by its own owner role, and an app role that owns nothing."""
+
+    owner_url: str
+    app_url: str
+    app_role: str
+
+
+_made = itertools.count()
+
+
+def new_database(cluster: Cluster, prefix: str) -> Roles:
+    """A fresh database, its owner and an app role (no rights yet: init-db grants them)."""
+    n = f"{prefix}_{os.getpid()}_{next(_made)}"
+    owner, app = f"{n}_owner", f"{n}_app"
+    with psycopg.connect(cluster.url(), autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {owner} LOGIN PASSWORD '{owner}-secret'")
+        admin.execute(f"CREATE ROLE {app} LOGIN PASSWORD '{app}-secret'")
+        admin.execute(f"CREATE DATABASE {n} OWNER {owner}")
+        admin.execute(f"REVOKE ALL ON DATABASE {n} FROM PUBLIC")
+    with psycopg.connect(cluster.url(db=n), autocommit=True) as conn:
+        conn.execute(f"ALTER SCHEMA public OWNER TO {owner}")
+    return Roles(
+        cluster.url(owner, f"{owner}-secret", n), cluster.url(app, f"{app}-secret", n), app
+    )

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from chargebox import postgresql
+from tests import pg_cluster
 from tests.support import ROOT
 
 T = "2026-12-01T00:00:00.000000Z"
@@ -37,53 +38,37 @@ def chargebox(*args: str, **env: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def roles(postgresql_cluster, tmp_path):
     """A database owned by a fresh owner role, and a fresh app role: their URLs."""
-    n = f"{os.getpid()}_{next(_names)}"
-    owner, app, name = f"owner_{n}", f"app_{n}", f"init_{n}"
-    with psycopg.connect(postgresql_cluster.url(), autocommit=True) as admin:
-        admin.execute(f"CREATE ROLE {owner} LOGIN PASSWORD 'owner-secret-{n}'")
-        admin.execute(f"CREATE ROLE {app} LOGIN PASSWORD 'app-secret-{n}'")
-        admin.execute(f"CREATE DATABASE {name} OWNER {owner}")
-        admin.execute(f"REVOKE ALL ON DATABASE {name} FROM PUBLIC")
-    with psycopg.connect(postgresql_cluster.url(db=name), autocommit=True) as conn:
-        conn.execute(f"ALTER SCHEMA public OWNER TO {owner}")
-    return {
-        "owner": postgresql_cluster.url(owner, f"owner-secret-{n}", name),
-        "app": postgresql_cluster.url(app, f"app-secret-{n}", name),
-        "app_role": app,
-        "data": tmp_path / "data",
-    }
+    made = pg_cluster.new_database(postgresql_cluster, "init")
+    return {"owner": made.owner_url, "app": made.app_url, "app_role": made.app_role,
+            "data": tmp_path / "data"}  # fmt: skip
+
+
+def init_db(roles: dict, grant_to: str | None = None) -> subprocess.CompletedProcess:
+    grant = ["--grant-to", grant_to] if grant_to else []
+    return chargebox("init-db", "--db", roles["owner"], *grant, "--data-dir", str(roles["data"]))
 
 
 @pytest.fixture
 def granted(roles):
-    result = chargebox(
-        "init-db", "--db", roles["owner"], "--grant-to", roles["app_role"],
-        "--data-dir", str(roles["data"]),
-    )  # fmt: skip
+    result = init_db(roles, roles["app_role"])
     assert result.returncode == 0, result.stderr
     return roles
 
 
 def test_init_db_creates_the_schema_and_the_secrets_and_never_shows_a_password(roles):
-    result = chargebox(
-        "init-db", "--db", roles["owner"], "--grant-to", roles["app_role"],
-        "--data-dir", str(roles["data"]),
-    )  # fmt: skip
+    result = init_db(roles, roles["app_role"])
     assert result.returncode == 0, result.stderr
     assert "schema ready" in result.stderr and "***" in result.stderr
     assert "secret" not in result.stdout + result.stderr
     assert {path.name for path in roles["data"].iterdir()} == {"admin_token", "ledger_key"}
-    again = chargebox("init-db", "--db", roles["owner"], "--data-dir", str(roles["data"]))
+    again = init_db(roles)
     assert again.returncode == 0, again.stderr  # once is enough: the second changes nothing
     with psycopg.connect(roles["owner"]) as conn:
         assert conn.execute("SELECT count(*) FROM schema_version").fetchone() == (1,)
 
 
 def test_a_role_that_does_not_exist_is_one_line(roles):
-    result = chargebox(
-        "init-db", "--db", roles["owner"], "--grant-to", "nobody_here",
-        "--data-dir", str(roles["data"]),
-    )  # fmt: skip
+    result = init_db(roles, "nobody_here")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "--grant-to nobody_here" in result.stderr
 

@@ -34,6 +34,7 @@ from chargebox.errors import (
     Unavailable,
 )
 from chargebox.services import Chargebox
+from tests import pg_cluster
 from tests.support import ADMIN_TOKEN, ROOT, credited_seller
 
 PHONE = "09121234567"
@@ -43,19 +44,11 @@ _names = itertools.count()
 @pytest.fixture
 def database(postgresql_cluster, tmp_path):
     """A database made by `init-db --grant-to` as its owner: (app URL, data dir, owner URL)."""
-    n = f"{os.getpid()}_{next(_names)}"
-    owner, app, name = f"sowner_{n}", f"sapp_{n}", f"svc_{n}"
-    with psycopg.connect(postgresql_cluster.url(), autocommit=True) as admin:
-        admin.execute(f"CREATE ROLE {owner} LOGIN PASSWORD 'owner-{n}'")
-        admin.execute(f"CREATE ROLE {app} LOGIN PASSWORD 'app-{n}'")
-        admin.execute(f"CREATE DATABASE {name} OWNER {owner}")
-    with psycopg.connect(postgresql_cluster.url(db=name), autocommit=True) as conn:
-        conn.execute(f"ALTER SCHEMA public OWNER TO {owner}")
-    owner_url = postgresql_cluster.url(owner, f"owner-{n}", name)
+    made = pg_cluster.new_database(postgresql_cluster, "svc")
     data = tmp_path / "data"
-    args = ["init-db", "--db", owner_url, "--grant-to", app, "--data-dir", str(data)]
-    assert chargebox_main(args) == 0
-    return postgresql_cluster.url(app, f"app-{n}", name), data, owner_url
+    args = ["init-db", "--db", made.owner_url, "--grant-to", made.app_role, "--data-dir"]
+    assert chargebox_main([*args, str(data)]) == 0
+    return made.app_url, data, made.owner_url
 
 
 @pytest.fixture
@@ -236,7 +229,7 @@ def test_a_server_process_on_postgresql_sells_over_http(database, tmp_path):
     )
     try:
         line = server.stdout.readline()
-        assert "app-" not in line and ":***@" in line, "the URL's password reached the log"
+        assert "-secret" not in line and ":***@" in line, "the password reached the log"
         url = re.search(r"serving on (http://\S+:\d+)", line).group(1)
         admin = requests.Session()
         admin.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
