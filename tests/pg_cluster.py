@@ -8,14 +8,18 @@ own that user can enter (pytest's temporary directories are 0700 and root's).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import itertools
 import os
 import pwd
+import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -166,3 +170,29 @@ def new_database(cluster: Cluster, prefix: str) -> Roles:
     return Roles(
         cluster.url(owner, f"{owner}-secret", n), cluster.url(app, f"{app}-secret", n), app
     )
+
+
+@contextlib.contextmanager
+def serving(app_url: str, data: Path, log: Path, admin_token: str, processes: int = 1):
+    """`chargebox serve` on the database at `app_url` (a free port); yields (url, process).
+
+    Stopped by PID with SIGTERM at the end, and it must exit 0, unless the test killed it.
+    """
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "CHARGEBOX_ADMIN_TOKEN": admin_token, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "chargebox.cli", "serve", "--port", "0", "--db", app_url,
+               "--data-dir", str(data), "--processes", str(processes)]  # fmt: skip
+    with open(log, "w") as errors:
+        server = subprocess.Popen(
+            command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=errors, text=True
+        )
+    try:
+        line = server.stdout.readline()
+        found = re.search(r"serving on (http://\S+:\d+)", line)
+        assert found, f"the server did not start: {line!r} {log.read_text()[-1500:]}"
+        yield found.group(1), server, line
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(timeout=STOP_TIMEOUT) == 0, log.read_text()[-1500:]
+        server.stdout.close()

@@ -11,11 +11,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import itertools
-import os
-import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -35,7 +30,7 @@ from chargebox.errors import (
 )
 from chargebox.services import Chargebox
 from tests import pg_cluster
-from tests.support import ADMIN_TOKEN, ROOT, credited_seller
+from tests.support import ADMIN_TOKEN, credited_seller
 
 PHONE = "09121234567"
 _names = itertools.count()
@@ -220,17 +215,12 @@ def test_a_write_started_inside_a_write_fails_at_once(service):
 
 def test_a_server_process_on_postgresql_sells_over_http(database, tmp_path):
     app_url, data, _ = database
-    env = {**os.environ, "CHARGEBOX_ADMIN_TOKEN": ADMIN_TOKEN, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "chargebox.cli", "serve", "--port", "0", "--db", app_url,
-               "--data-dir", str(data), "--processes", "2"]  # fmt: skip
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True
-    )
-    try:
-        line = server.stdout.readline()
+    with pg_cluster.serving(app_url, data, tmp_path / "server.log", ADMIN_TOKEN, processes=2) as (
+        url,
+        _,
+        line,
+    ):
         assert "-secret" not in line and ":***@" in line, "the password reached the log"
-        url = re.search(r"serving on (http://\S+:\d+)", line).group(1)
         admin = requests.Session()
         admin.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
         made = admin.post(url + "/api/sellers", json={"name": "Ali"}, timeout=10).json()
@@ -246,9 +236,4 @@ def test_a_server_process_on_postgresql_sells_over_http(database, tmp_path):
         )
         assert sold.status_code == 201 and sold.json()["balance_after"] == 6_000, sold.text
         assert admin.get(url + "/api/audit", timeout=30).json()["consistent"] is True
-    finally:
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=30) == 0
-        server.stdout.close()
-        log.close()
     assert books(app_url) == {made["id"]: 6_000}

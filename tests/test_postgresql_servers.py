@@ -1,0 +1,156 @@
+"""Two app servers on one PostgreSQL database, raced by client processes; one is killed.
+
+What makes a guarantee hold here cannot be a lock of one host: the servers share
+nothing but the database. Client processes (spawned, started on a barrier) send
+copies of the same Idempotency-Keys to both servers at once, and spend one
+seller's balance through both; then a server is killed with SIGKILL under keyed
+load and every unanswered key is retried on the other. The books are re-added
+from a fresh connection afterwards, and the audit must be clean.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+
+import psycopg
+import pytest
+import requests
+
+from chargebox.cli import main as chargebox_main
+from tests import pg_cluster
+from tests.support import ADMIN_TOKEN
+from tests.test_postgresql_service import books
+
+pytestmark = pytest.mark.parallel
+PHONE = "09121234567"
+AMOUNT = 1_000
+
+
+@pytest.fixture
+def two_servers(postgresql_cluster, tmp_path):
+    """Two `serve` processes (B with 2 children) on one database, with the app role."""
+    made = pg_cluster.new_database(postgresql_cluster, "two")
+    data = tmp_path / "data"
+    args = ["init-db", "--db", made.owner_url, "--grant-to", made.app_role, "--data-dir"]
+    assert chargebox_main([*args, str(data)]) == 0
+    with (
+        pg_cluster.serving(made.app_url, data, tmp_path / "a.log", ADMIN_TOKEN) as (a, _, _),
+        pg_cluster.serving(made.app_url, data, tmp_path / "b.log", ADMIN_TOKEN, 2) as (b, pb, _),
+    ):
+        yield a, b, made.app_url, pb
+
+
+def funded_seller(url: str, credit: int) -> tuple[int, str]:
+    admin = requests.Session()
+    admin.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+    made = admin.post(url + "/api/sellers", json={"name": "shared"}, timeout=10).json()
+    shop = requests.Session()
+    shop.headers["Authorization"] = f"Bearer {made['api_key']}"
+    asked = shop.post(url + "/api/credit-requests", json={"amount": credit}, timeout=10).json()
+    assert admin.post(url + f"/api/credit-requests/{asked['id']}/approve", timeout=10).ok
+    return made["id"], made["api_key"]
+
+
+def sell(url: str, key: str, keys: list[str | None], barrier) -> list[tuple]:
+    """In a client process: a sale per entry of `keys` (None: unkeyed), after the barrier.
+    Each answer as (key, status, sale id or None); a connection error as status 0."""
+    shop = requests.Session()
+    shop.headers["Authorization"] = f"Bearer {key}"
+    barrier.wait()
+    answers = []
+    for idempotency_key in keys:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        try:
+            answer = shop.post(url + "/api/sales", json={"phone": PHONE, "amount": AMOUNT},
+                               headers=headers, timeout=15)  # fmt: skip
+            sale = answer.json().get("id") if answer.status_code == 201 else None
+            answers.append((idempotency_key, answer.status_code, sale))
+        except requests.RequestException:
+            answers.append((idempotency_key, 0, None))
+    return answers
+
+
+def in_processes(jobs: list[tuple]) -> list[list[tuple]]:
+    """`sell(*job)` for each job, each in a spawned process, all started on one barrier."""
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        barrier = manager.Barrier(len(jobs))
+        with context.Pool(len(jobs)) as pool:
+            return pool.starmap(sell, [(*job, barrier) for job in jobs])
+
+
+def audit_is_clean(url: str) -> bool:
+    answer = requests.get(
+        url + "/api/audit", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=60
+    )
+    return answer.json()["consistent"] is True
+
+
+def test_copies_of_each_key_sent_to_both_servers_sell_once(two_servers):
+    a, b, app_url, _ = two_servers
+    seller_id, key = funded_seller(a, 1_000_000)
+    keys = [f"order-{n}" for n in range(60)]
+    answers = in_processes([(a, key, keys), (b, key, keys), (a, key, keys), (b, key, keys)])
+    by_key: dict[str, set] = {}
+    for process in answers:
+        for idempotency_key, status, sale in process:
+            assert status == 201, (idempotency_key, status)
+            by_key.setdefault(idempotency_key, set()).add(sale)
+    assert all(len(sales) == 1 for sales in by_key.values()), "a key sold twice"
+    assert books(app_url) == {seller_id: 1_000_000 - AMOUNT * len(keys)}
+    assert audit_is_clean(b)
+
+
+def test_a_balance_spent_through_both_servers_sells_exactly_what_it_covers(two_servers):
+    a, b, app_url, _ = two_servers
+    seller_id, key = funded_seller(a, 50 * AMOUNT)
+    tries = [None] * 25
+    answers = in_processes([(a, key, tries), (b, key, tries), (a, key, tries), (b, key, tries)])
+    statuses = [status for process in answers for _, status, _ in process]
+    assert statuses.count(201) == 50 and statuses.count(409) == 50, statuses
+    assert books(app_url) == {seller_id: 0}
+    assert audit_is_clean(a)
+
+
+def test_a_server_killed_under_keyed_load_loses_nothing_and_retries_sell_once(two_servers):
+    a, b, app_url, b_process = two_servers
+    seller_id, key = funded_seller(a, 1_000_000)
+    keys = [f"crash-{n}" for n in range(200)]
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        barrier = manager.Barrier(2)
+        with context.Pool(1) as pool:
+            load = pool.apply_async(sell, (b, key, keys, barrier))
+            barrier.wait()
+            with psycopg.connect(app_url) as watch:  # kill once some sales are in
+                while watch.execute("SELECT count(*) FROM sale").fetchone()[0] < 20:
+                    time.sleep(0.01)  # polling the database, bounded by the test's timeout
+            for child in pg_cluster_children(b_process.pid):
+                os.kill(child, signal.SIGKILL)
+            os.kill(b_process.pid, signal.SIGKILL)
+            b_process.wait(timeout=30)
+            first = load.get(timeout=120)
+    acknowledged = {k: sale for k, status, sale in first if status == 201}
+    retried = sell(a, key, keys, _NoBarrier())
+    assert all(status == 201 for _, status, _ in retried), retried
+    for idempotency_key, _, sale in retried:  # nothing acknowledged was lost or redone
+        if idempotency_key in acknowledged:
+            assert sale == acknowledged[idempotency_key]
+    with psycopg.connect(app_url) as conn:
+        assert conn.execute("SELECT count(*) FROM sale").fetchone() == (len(keys),)
+    assert books(app_url) == {seller_id: 1_000_000 - AMOUNT * len(keys)}
+    assert audit_is_clean(a)
+    print(f"\nkilled server B after {len(acknowledged)} acknowledged sales; all 200 keys sold once")
+
+
+def pg_cluster_children(pid: int) -> list[int]:
+    path = f"/proc/{pid}/task/{pid}/children"
+    return [int(n) for n in open(path).read().split()] if os.path.exists(path) else []
+
+
+class _NoBarrier:
+    def wait(self) -> None:
+        return None
