@@ -115,6 +115,7 @@ def prepare(config: Config) -> Config:
     service, with its own role, only checks the schema's version and the key.
     """
     if config.db_url:
+        postgresql.connect(config.db_url).close()  # one line naming --db if it is not there
         config.secrets_dir.mkdir(parents=True, exist_ok=True)
     else:
         check_database_path(config.db_path)

@@ -65,7 +65,8 @@ def connect(url: str, autocommit: bool = False):
     try:
         return psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
     except psycopg.Error as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[0] if lines else type(exc).__name__
         raise ValueError(f"--db {described(url)}: cannot connect ({reason})") from None
 
 
@@ -228,7 +229,10 @@ class Database:
     def connection(self):
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed:
-            conn = self._local.conn = connect(self.url, autocommit=True)
+            try:
+                conn = self._local.conn = connect(self.url, autocommit=True)
+            except ValueError:  # down, restarting, unreachable: a client may retry
+                raise Unavailable("the database is unavailable; retry shortly") from None
         return conn
 
     def rows(self, sql: str, params: tuple | dict = ()) -> list[tuple]:

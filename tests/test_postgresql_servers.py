@@ -154,3 +154,54 @@ def pg_cluster_children(pid: int) -> list[int]:
 class _NoBarrier:
     def wait(self) -> None:
         return None
+
+
+def test_an_immediate_restart_of_postgresql_under_load_answers_503s_and_loses_nothing(tmp_path):
+    """PostgreSQL itself goes down (`pg_ctl restart -m immediate`: no clean shutdown)
+    while a client process sells with keys. Every answer is a 201 or a JSON 503 (never a
+    500), nothing acknowledged is lost, and every key retried afterwards sells once."""
+    cluster = pg_cluster.start()  # its own: the session's cluster is not restarted
+    try:
+        made = pg_cluster.new_database(cluster, "restart")
+        data = tmp_path / "data"
+        args = ["init-db", "--db", made.owner_url, "--grant-to", made.app_role, "--data-dir"]
+        assert chargebox_main([*args, str(data)]) == 0
+        with pg_cluster.serving(made.app_url, data, tmp_path / "s.log", ADMIN_TOKEN) as (
+            url,
+            _,
+            _,
+        ):
+            seller_id, key = funded_seller(url, 1_000_000)
+            keys = [f"restart-{n}" for n in range(300)]
+            context = multiprocessing.get_context("spawn")
+            with context.Manager() as manager:
+                barrier = manager.Barrier(2)
+                with context.Pool(1) as pool:
+                    load = pool.apply_async(sell, (url, key, keys, barrier))
+                    barrier.wait()
+                    with psycopg.connect(made.app_url) as watch:
+                        while watch.execute("SELECT count(*) FROM sale").fetchone()[0] < 30:
+                            time.sleep(0.01)  # polling the database, bounded by the timeout
+                    restarted = cluster.run(
+                        "pg_ctl", "-D", str(cluster.data), "-m", "immediate", "-w", "restart",
+                        "-l", str(cluster.home / "server.log"),
+                    )  # fmt: skip
+                    assert restarted.returncode == 0, restarted.stderr
+                    first = load.get(timeout=120)
+            statuses = {status for _, status, _ in first}
+            assert statuses <= {201, 503}, statuses
+            acknowledged = {k: sale for k, status, sale in first if status == 201}
+            retried = sell(url, key, keys, _NoBarrier())
+            assert all(status == 201 for _, status, _ in retried), retried
+            for idempotency_key, _, sale in retried:
+                if idempotency_key in acknowledged:
+                    assert sale == acknowledged[idempotency_key]
+            assert audit_is_clean(url)
+        assert books(made.app_url) == {seller_id: 1_000_000 - AMOUNT * len(keys)}
+        print(
+            f"\nPostgreSQL restarted under load: {len(acknowledged)} acknowledged, "
+            f"{sum(s == 503 for _, s, _ in first)} answered 503; all 300 keys sold once after"
+        )
+    finally:
+        cluster.stop()
+        cluster.remove()
