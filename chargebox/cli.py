@@ -25,7 +25,9 @@ from filelock import FileLock
 
 from chargebox import auth, postgresql, schema, seals
 from chargebox.config import (
+    LEDGER_KEY_FILE,
     MIN_SECRET_LENGTH,
+    POSTGRESQL_SCHEMES,
     SYNCHRONOUS_LEVELS,
     Config,
     checked_admin_token,
@@ -83,6 +85,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     create = command("create-seller", "create a seller and print its API key (shown once)")
     create.add_argument("name")
+    move = commands.add_parser(
+        "copy",
+        help="copy a SQLite deployment into an empty PostgreSQL schema, then audit it",
+        description="copy a SQLite deployment (every row and seal) into an empty PostgreSQL "
+        "schema made by init-db, as the schema's owner; then audit the copy with the same key",
+    )
+    move.add_argument("--from", dest="source", type=Path, required=True, metavar="FILE")
+    move.add_argument("--to", dest="target", required=True, metavar="OWNER_URL")
     audit = command("audit", "re-check invariants I1-I5 straight from the database file")
     audit.add_argument("--json", action="store_true", help="print the full report as JSON")
     return parser
@@ -213,6 +223,25 @@ def _init_db(config: Config, grant_to: str | None) -> int:
     return 0
 
 
+def _copy(config: Config, source: Path, target: str) -> int:
+    """Copy the file, then audit the copy with the file's own ledger key."""
+    from chargebox import moving
+
+    if not target.startswith(POSTGRESQL_SCHEMES):
+        raise ValueError(f"--to {target}: must be a postgresql:// URL (the schema's owner)")
+    counts = moving.copy(source, target)
+    key_file = source.parent / LEDGER_KEY_FILE
+    key = config.ledger_key or (key_file.read_text().strip() if key_file.exists() else None)
+    copied = Chargebox(dataclasses.replace(config, db_url=target, ledger_key=key))
+    try:
+        report = copied.audit()
+    finally:
+        copied.close()
+    rows = ", ".join(f"{count:,} {table}" for table, count in counts.items() if count)
+    print(f"chargebox: copied {rows or 'nothing'}", file=sys.stderr)
+    return _report(report)
+
+
 def _where(config: Config) -> str:
     return postgresql.described(config.db_url) if config.db_url else str(config.db_path)
 
@@ -279,6 +308,11 @@ def _audit(config: Config, as_json: bool) -> int:
         service.close()
     if as_json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
+    return _report(report)
+
+
+def _report(report: dict) -> int:
+    """The audit's verdict on stderr: 0 when the books reconcile, 1 with each problem."""
     totals = report["totals"]
     summary = (
         f"{totals['sellers']} sellers, {totals['ledger_entries']} ledger entries, "
@@ -305,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         config = build_config(args)
         if args.command == "init-db":
             return _init_db(config, args.grant_to)
+        if args.command == "copy":
+            return _copy(config, args.source, args.target)
         if args.command == "serve":
             return _serve(config)
         if args.command == "create-seller":

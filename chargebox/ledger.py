@@ -148,6 +148,24 @@ def _decide(write: Write, request_id: int, status: str, now: str) -> dict:
     raise NotPending(f"credit request {request_id} is already {found[0][0]}")
 
 
+_REPLAY_BALANCE = "UPDATE seller SET balance = :balance_after WHERE id = :seller_id"
+_REPLAY_ENTRY = (
+    "INSERT INTO ledger_entry (id, seller_id, seq, kind, amount, balance_after,"
+    " credit_request_id, sale_id, reason, created_at) VALUES (:id, :seller_id, :seq, :kind,"
+    " :amount, :balance_after, :credit_request_id, :sale_id, :reason, :created_at)"
+)
+
+
+def replay(write: Write, entry: dict, seq: int) -> None:
+    """An entry copied from another database (`chargebox copy`), its id kept: the balance
+    first, then the entry, so that the target's triggers check it as they check a new one.
+    Its seal is copied as it is (seals do not cover `seq`)."""
+    if not write.balance_first:
+        raise AssertionError("entries are replayed only into a balance-first database")
+    write.execute(_REPLAY_BALANCE, entry)
+    write.execute(_REPLAY_ENTRY, {**entry, "seq": seq})
+
+
 def adjust(write: Write, seller_id: int, amount: int, reason: str, now: str) -> dict:
     """An admin's signed correction; never below zero (I1)."""
     return _move(write, seller_id, amount, "adjustment", now, reason=reason)

@@ -1,0 +1,109 @@
+"""Moving a deployment from its SQLite file to PostgreSQL: every row and every seal.
+
+`chargebox copy --from FILE --to postgresql://OWNER...` reads the file in one
+snapshot (a busy server may go on writing; the copy is a consistent moment of
+it) and writes it into an empty PostgreSQL schema in one transaction, ids kept.
+Each ledger entry is replayed by `ledger.replay`, balance first, numbered per
+seller, so that every PostgreSQL trigger checks it as it would a new one; the
+seals are copied as they are, and the target audits clean with the same key.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from chargebox import ledger, postgresql
+
+# In the order their references need; the ledger is replayed apart (see _entries).
+_PLAIN_TABLES = (
+    ("credit_request", ("id", "seller_id", "amount", "status", "created_at", "decided_at")),
+    ("phone", ("id", "number", "total_charged", "created_at")),
+    ("sale", ("id", "seller_id", "phone", "amount", "balance_after", "created_at")),
+)
+_AFTER_THE_LEDGER = (
+    ("ledger_seal", ("entry_id", "mac")),
+    ("seller_head", ("seller_id", "entry_id", "entries", "entry_mac", "mac")),
+    ("idempotency_record", ("id", "seller_id", "key", "request_hash", "error_code",
+                            "error_message", "created_at", "sale_id")),
+    ("adjustment_record", ("id", "seller_id", "key", "request_hash", "error_code",
+                           "error_message", "created_at", "entry_id")),
+    ("credit_request_record", ("id", "seller_id", "key", "request_hash", "error_code",
+                               "error_message", "created_at", "request_id")),
+    ("web_session", ("id", "token_hash", "role", "seller_id", "credential_hash", "created_at",
+                     "expires_at")),
+)  # fmt: skip
+_SERIAL_TABLES = ("seller", "credit_request", "phone", "sale", "ledger_entry",
+                  "idempotency_record", "adjustment_record", "credit_request_record",
+                  "web_session")  # fmt: skip
+_ENTRY_COLUMNS = ("id", "seller_id", "kind", "amount", "balance_after", "credit_request_id",
+                  "sale_id", "reason", "created_at")  # fmt: skip
+
+
+def copy(source: Path, target_url: str) -> dict[str, int]:
+    """Copy the SQLite file `source` into the empty schema at `target_url`; rows per table."""
+    if not source.is_file():
+        raise ValueError(f"--from {source}: no such database file")
+    reader = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    conn = postgresql.connect(target_url, autocommit=True)
+    try:
+        reader.execute("BEGIN")  # one snapshot of a file that may be busy
+        if conn.execute("SELECT count(*) FROM seller").fetchone()[0]:
+            raise ValueError(
+                f"--to {postgresql.described(target_url)}: it already holds sellers; "
+                "copy only into an empty schema (chargebox init-db)"
+            )
+        counts: dict[str, int] = {}
+        with conn.transaction():
+            counts["seller"] = _sellers(reader, conn)
+            for table, columns in _PLAIN_TABLES:
+                counts[table] = _rows(reader, conn, table, columns)
+            counts["ledger_entry"] = _entries(reader, conn)
+            for table, columns in _AFTER_THE_LEDGER:
+                counts[table] = _rows(reader, conn, table, columns)
+            for table in _SERIAL_TABLES:
+                conn.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
+                    f" COALESCE((SELECT max(id) FROM {table}), 0) + 1, false)"
+                )
+        return counts
+    finally:
+        reader.close()
+        conn.close()
+
+
+def _sellers(reader: sqlite3.Connection, conn) -> int:
+    """Sellers start at 0 (a trigger insists); the ledger replay moves their balances."""
+    rows = reader.execute("SELECT id, name, api_key_hash, created_at FROM seller ORDER BY id")
+    count = 0
+    for row in rows:
+        conn.execute(
+            "INSERT INTO seller (id, name, balance, api_key_hash, created_at)"
+            " VALUES (%s, %s, 0, %s, %s)",
+            row,
+        )
+        count += 1
+    return count
+
+
+def _rows(reader: sqlite3.Connection, conn, table: str, columns: tuple[str, ...]) -> int:
+    names = ", ".join(columns)
+    marks = ", ".join(["%s"] * len(columns))
+    rows = reader.execute(f"SELECT {names} FROM {table} ORDER BY 1").fetchall()
+    with conn.cursor() as cursor:
+        cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
+    return len(rows)
+
+
+def _entries(reader: sqlite3.Connection, conn) -> int:
+    """Each entry replayed by the ledger, balance first, numbered per seller."""
+    write = postgresql.Write(conn, None)  # inside copy()'s transaction
+    names = ", ".join(_ENTRY_COLUMNS)
+    seq: dict[int, int] = {}
+    count = 0
+    for row in reader.execute(f"SELECT {names} FROM ledger_entry ORDER BY id"):
+        entry = dict(zip(_ENTRY_COLUMNS, row, strict=True))
+        seq[entry["seller_id"]] = seq.get(entry["seller_id"], 0) + 1
+        ledger.replay(write, entry, seq[entry["seller_id"]])
+        count += 1
+    return count

@@ -1,0 +1,96 @@
+"""`chargebox copy --from FILE --to postgresql://OWNER...` moves a busy SQLite deployment.
+
+A real server keeps selling on the SQLite file while it is copied. The copy is
+one consistent moment of the file: every row of it arrives with its id, every
+seal with it, each ledger entry replayed through PostgreSQL's own triggers, and
+the copy audits clean with the file's ledger key.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import psycopg
+
+from chargebox.cli import main as chargebox_main
+from tests import pg_cluster
+from tests.support import ROOT, ServerProcess, new_seller, rows_on_disk
+from tests.test_postgresql_service import books
+
+ENTRY = "SELECT id, seller_id, kind, amount, balance_after, credit_request_id, sale_id FROM"
+
+
+def copy(source, target: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "chargebox.cli", "copy", "--from", str(source), "--to", target],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CHARGEBOX_")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_busy_sqlite_deployment_moves_every_row_and_seal_and_audits_clean(
+    postgresql_cluster, tmp_path
+):
+    made = pg_cluster.new_database(postgresql_cluster, "copy")
+    assert chargebox_main(["init-db", "--db", made.owner_url, "--data-dir", str(tmp_path)]) == 0
+    (tmp_path / "sqlite").mkdir()
+    source = tmp_path / "sqlite" / "chargebox.db"
+    server = ServerProcess(source).start()
+    stop, sold = threading.Event(), []
+    try:
+        admin = server.admin()
+        sellers = [new_seller(admin, f"shop {n}", credit=5_000_000) for n in range(3)]
+
+        def sell() -> None:  # keyed sales on every seller until the copy is done
+            sessions = [server.seller(key) for _, key in sellers]
+            for n in range(5_000):  # bounded; stopped long before
+                if stop.is_set():
+                    break
+                answer = sessions[n % 3].post(
+                    "/api/sales",
+                    {"phone": f"0912{n % 97:07d}", "amount": 1_000 + n % 7},
+                    headers={"Idempotency-Key": f"busy-{n}"},
+                )
+                sold.append(answer.status_code)
+
+        load = threading.Thread(target=sell)
+        load.start()
+        deadline = time.monotonic() + 60
+        while len(sold) < 50 and time.monotonic() < deadline:  # the file is being written
+            time.sleep(0.01)  # polling for the load to be under way, bounded below
+        moved = copy(source, made.owner_url)
+        stop.set()
+        load.join()
+    finally:
+        stop.set()
+        assert server.stop() == 0
+    assert moved.returncode == 0, moved.stderr
+    assert "audit: books reconcile" in moved.stderr and "copied" in moved.stderr
+    assert set(sold) == {201}
+    with psycopg.connect(made.owner_url) as target:
+        copied = target.execute(f"{ENTRY} ledger_entry ORDER BY id").fetchall()
+        seals = target.execute("SELECT entry_id, mac FROM ledger_seal ORDER BY 1").fetchall()
+    last = copied[-1][0]
+    assert copied == rows_on_disk(
+        source, f"{ENTRY} ledger_entry WHERE id <= ? ORDER BY id", (last,)
+    )
+    assert seals == rows_on_disk(source, "SELECT entry_id, mac FROM ledger_seal WHERE entry_id <= ?"
+                                 " ORDER BY 1", (last,))  # fmt: skip
+    assert len(copied) > 50 and books(made.owner_url)  # each balance re-added from its ledger
+    print(f"\ncopied {len(copied):,} ledger entries of a file still selling ({len(sold)} sales)")
+    again = copy(source, made.owner_url)
+    assert again.returncode == 2 and "already holds sellers" in again.stderr
+
+
+def test_copying_needs_a_postgresql_target_and_an_existing_file(tmp_path):
+    wrong = copy(tmp_path / "none.db", "postgresql://x:y@127.0.0.1:1/z")
+    assert wrong.returncode == 2 and "--from" in wrong.stderr and "y@" not in wrong.stderr
+    not_pg = copy(tmp_path / "none.db", str(tmp_path / "other.db"))
+    assert not_pg.returncode == 2 and "postgresql://" in not_pg.stderr
