@@ -76,11 +76,13 @@ def _refuse(write: Write, seller_id: int, delta: int) -> None:
 
 def _move(write: Write, seller_id: int, delta: int, kind: str, now: str, *,
           credit_request_id: int | None = None, sale_id: int | None = None,
-          reason: str | None = None, phone: str | None = None) -> dict:  # fmt: skip
-    """Record `delta` in the ledger, then apply it to the balance; both guarded (I1-I3).
+          reason: str | None = None, phone: str | None = None,
+          taken: int | None = None) -> dict:  # fmt: skip
+    """Record `delta` in the ledger and apply it to the balance; both guarded (I1-I3).
 
-    The entry comes first: the database refuses a balance UPDATE that does not land
-    on the newest entry's balance_after, so no balance can change without its entry.
+    SQLite: the entry first, since its triggers refuse a balance UPDATE that does not
+    land on the newest entry. PostgreSQL (`balance_first`): the balance first, for the
+    seller's row lock, unless the caller already moved it (`taken`: the new balance).
     """
     params = {
         "seller_id": seller_id, "delta": delta, "ceiling": MAX_BALANCE, "kind": kind,
@@ -88,7 +90,7 @@ def _move(write: Write, seller_id: int, delta: int, kind: str, now: str, *,
         "now": now,
     }  # fmt: skip
     if write.balance_first:
-        params["balance"] = _take(write, seller_id, delta)
+        params["balance"] = _take(write, seller_id, delta) if taken is None else taken
         entry = write.dicts(_ENTRY_ON_BALANCE, params)[0]
     else:
         made = write.dicts(_ENTRY, params)
@@ -180,21 +182,16 @@ def sell(write: Write, seller_id: int, number: str, amount: int, now: str) -> di
     """
     params = {"seller_id": seller_id, "phone": number, "amount": amount, "delta": -amount,
               "now": now, "ceiling": MAX_BALANCE}  # fmt: skip
-    if write.balance_first:
-        params["balance"] = _take(write, seller_id, -amount)
+    taken = None
+    if write.balance_first:  # the sale lands on the balance its debit has moved
+        params["balance"] = taken = _take(write, seller_id, -amount)
         sale = write.dicts(_SALE_ON_BALANCE, params)[0]
-        entry = write.dicts(
-            _ENTRY_ON_BALANCE,
-            {**params, "kind": "sale", "credit_request_id": None, "sale_id": sale["id"],
-             "reason": None},
-        )[0]  # fmt: skip
-        _seal(write, entry, number)
     else:
         made = write.dicts(_NEW_SALE, params)
         if not made:
             _refuse(write, seller_id, -amount)
         sale = made[0]
-        _move(write, seller_id, -amount, "sale", now, sale_id=sale["id"], phone=number)
+    _move(write, seller_id, -amount, "sale", now, sale_id=sale["id"], phone=number, taken=taken)
     write.execute(_PHONE_TOTAL, (number, amount, now))
     return sale
 
