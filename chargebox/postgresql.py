@@ -225,6 +225,11 @@ class Database:
         self.seller_keys = _NoCache()  # another server may change a key: never cached
         self._local = threading.local()
         self._began = 0.0
+        # Every connection opened, whatever thread it serves, so that close() ends them
+        # all: a thread's connection would otherwise stay open until the thread and its
+        # local data are collected, holding one of the server's max_connections.
+        self._opened: set = set()
+        self._opened_lock = threading.Lock()
 
     def connection(self):
         conn = getattr(self._local, "conn", None)
@@ -233,6 +238,8 @@ class Database:
                 conn = self._local.conn = connect(self.url, autocommit=True)
             except ValueError:  # down, restarting, unreachable: a client may retry
                 raise Unavailable("the database is unavailable; retry shortly") from None
+            with self._opened_lock:
+                self._opened.add(conn)
         return conn
 
     def rows(self, sql: str, params: tuple | dict = ()) -> list[tuple]:
@@ -326,11 +333,21 @@ class Database:
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
         if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
+            self._close(conn)
+
+    def _close(self, conn) -> None:
+        with self._opened_lock:
+            self._opened.discard(conn)
+        with contextlib.suppress(Exception):
+            conn.close()
 
     def close(self) -> None:
-        self._drop()
+        """Close every connection this database opened, in whichever thread."""
+        self._local.conn = None
+        with self._opened_lock:
+            opened = list(self._opened)
+        for conn in opened:
+            self._close(conn)
 
 
 class _NoCache(dict):

@@ -28,6 +28,7 @@ from chargebox.errors import (
     TooManyPendingRequests,
     Unavailable,
 )
+from chargebox.queries import Page
 from chargebox.services import Chargebox
 from tests import pg_cluster
 from tests.support import ADMIN_TOKEN, credited_seller
@@ -237,3 +238,22 @@ def test_a_server_process_on_postgresql_sells_over_http(database, tmp_path):
         assert sold.status_code == 201 and sold.json()["balance_after"] == 6_000, sold.text
         assert admin.get(url + "/api/audit", timeout=30).json()["consistent"] is True
     assert books(app_url) == {made["id"]: 6_000}
+
+
+def test_closing_the_database_closes_the_connections_of_every_thread(config, database):
+    """Threads each open a connection; close() must end them all, not only its own."""
+    used = Chargebox(config)
+    in_threads(8, lambda n: used.queries.sellers(Page()))
+    with psycopg.connect(database[2], autocommit=True) as watch:  # a fresh view per query
+        role = config.db_url.split("://")[1].split(":")[0]
+
+        def sessions() -> int:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE usename = %s"
+            return watch.execute(query, (role,)).fetchone()[0]
+
+        assert sessions() >= 8
+        used.close()
+        deadline = time.monotonic() + 10
+        while sessions() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the server notices closed sockets a moment later: polled
+        assert sessions() == 0
