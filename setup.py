@@ -33,6 +33,8 @@ setup(
             # Talks to the throwaway PostgreSQL cluster of the tests (Debian's postgresql).
             "psycopg[binary]>=3.1",
         ],
+        # `--db postgresql://...`: pip install -e ".[postgresql]"
+        "postgresql": ["psycopg[binary]>=3.1"],
         "plot": ["matplotlib>=3.8"],
     },
     entry_points={"console_scripts": ["chargebox = chargebox.cli:main"]},

@@ -60,7 +60,13 @@ def described(url: str) -> str:
 
 def connect(url: str, autocommit: bool = False):
     """A psycopg connection, or one line naming the database (never its password)."""
-    import psycopg  # only a PostgreSQL deployment needs the driver
+    try:
+        import psycopg  # only a PostgreSQL deployment needs the driver
+    except ImportError:
+        raise ValueError(
+            f"--db {described(url)}: PostgreSQL needs its driver: "
+            'pip install -e ".[postgresql]" (psycopg 3)'
+        ) from None
 
     try:
         return psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
