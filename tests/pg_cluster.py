@@ -196,3 +196,14 @@ def serving(app_url: str, data: Path, log: Path, admin_token: str, processes: in
             server.send_signal(signal.SIGTERM)
             assert server.wait(timeout=STOP_TIMEOUT) == 0, log.read_text()[-1500:]
         server.stdout.close()
+
+
+def initialised(cluster: Cluster, prefix: str, data: Path) -> Roles:
+    """A fresh database made as an operator makes one: `chargebox init-db --db OWNER_URL
+    --grant-to APP_ROLE --data-dir DATA` (in this process)."""
+    from chargebox.cli import main as chargebox_main
+
+    made = new_database(cluster, prefix)
+    args = ["init-db", "--db", made.owner_url, "--grant-to", made.app_role, "--data-dir"]
+    assert chargebox_main([*args, str(data)]) == 0
+    return made

@@ -19,7 +19,6 @@ import psycopg
 import pytest
 import requests
 
-from chargebox.cli import main as chargebox_main
 from tests import pg_cluster
 from tests.support import ADMIN_TOKEN
 from tests.test_postgresql_service import books
@@ -32,10 +31,8 @@ AMOUNT = 1_000
 @pytest.fixture
 def two_servers(postgresql_cluster, tmp_path):
     """Two `serve` processes (B with 2 children) on one database, with the app role."""
-    made = pg_cluster.new_database(postgresql_cluster, "two")
     data = tmp_path / "data"
-    args = ["init-db", "--db", made.owner_url, "--grant-to", made.app_role, "--data-dir"]
-    assert chargebox_main([*args, str(data)]) == 0
+    made = pg_cluster.initialised(postgresql_cluster, "two", data)
     with (
         pg_cluster.serving(made.app_url, data, tmp_path / "a.log", ADMIN_TOKEN) as (a, _, _),
         pg_cluster.serving(made.app_url, data, tmp_path / "b.log", ADMIN_TOKEN, 2) as (b, pb, _),
@@ -115,30 +112,47 @@ def test_a_balance_spent_through_both_servers_sells_exactly_what_it_covers(two_s
     assert audit_is_clean(a)
 
 
-def test_a_server_killed_under_keyed_load_loses_nothing_and_retries_sell_once(two_servers):
-    a, b, app_url, b_process = two_servers
-    seller_id, key = funded_seller(a, 1_000_000)
-    keys = [f"crash-{n}" for n in range(200)]
+def keyed_load_disrupted(url: str, key: str, keys: list[str], app_url: str, after: int,
+                         disrupt) -> list[tuple]:  # fmt: skip
+    """`keys` sold by a spawned client process; `disrupt()` once `after` sales are in.
+    The client's answers, each (key, status, sale id); status 0: no answer."""
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager:
         barrier = manager.Barrier(2)
         with context.Pool(1) as pool:
-            load = pool.apply_async(sell, (b, key, keys, barrier))
+            load = pool.apply_async(sell, (url, key, keys, barrier))
             barrier.wait()
-            with psycopg.connect(app_url) as watch:  # kill once some sales are in
-                while watch.execute("SELECT count(*) FROM sale").fetchone()[0] < 20:
+            with psycopg.connect(app_url, autocommit=True) as watch:
+                while watch.execute("SELECT count(*) FROM sale").fetchone()[0] < after:
                     time.sleep(0.01)  # polling the database, bounded by the test's timeout
-            for child in pg_cluster_children(b_process.pid):
-                os.kill(child, signal.SIGKILL)
-            os.kill(b_process.pid, signal.SIGKILL)
-            b_process.wait(timeout=30)
-            first = load.get(timeout=120)
+            disrupt()
+            return load.get(timeout=120)
+
+
+def retried_once(url: str, key: str, keys: list[str], first: list[tuple]) -> dict:
+    """Every key retried on `url` sells, and what was acknowledged before is what it was."""
     acknowledged = {k: sale for k, status, sale in first if status == 201}
-    retried = sell(a, key, keys, _NoBarrier())
+    retried = sell(url, key, keys, _NoBarrier())
     assert all(status == 201 for _, status, _ in retried), retried
-    for idempotency_key, _, sale in retried:  # nothing acknowledged was lost or redone
+    for idempotency_key, _, sale in retried:
         if idempotency_key in acknowledged:
             assert sale == acknowledged[idempotency_key]
+    return acknowledged
+
+
+def test_a_server_killed_under_keyed_load_loses_nothing_and_retries_sell_once(two_servers):
+    a, b, app_url, b_process = two_servers
+    seller_id, key = funded_seller(a, 1_000_000)
+    keys = [f"crash-{n}" for n in range(200)]
+
+    def kill_b() -> None:
+        for child in pg_cluster_children(b_process.pid):
+            os.kill(child, signal.SIGKILL)
+        os.kill(b_process.pid, signal.SIGKILL)
+        b_process.wait(timeout=30)
+
+    first = keyed_load_disrupted(b, key, keys, app_url, 20, kill_b)
+    acknowledged = retried_once(a, key, keys, first)
     with psycopg.connect(app_url) as conn:
         assert conn.execute("SELECT count(*) FROM sale").fetchone() == (len(keys),)
     assert books(app_url) == {seller_id: 1_000_000 - AMOUNT * len(keys)}
@@ -162,40 +176,24 @@ def test_an_immediate_restart_of_postgresql_under_load_answers_503s_and_loses_no
     500), nothing acknowledged is lost, and every key retried afterwards sells once."""
     cluster = pg_cluster.start()  # its own: the session's cluster is not restarted
     try:
-        made = pg_cluster.new_database(cluster, "restart")
         data = tmp_path / "data"
-        args = ["init-db", "--db", made.owner_url, "--grant-to", made.app_role, "--data-dir"]
-        assert chargebox_main([*args, str(data)]) == 0
-        with pg_cluster.serving(made.app_url, data, tmp_path / "s.log", ADMIN_TOKEN) as (
-            url,
-            _,
-            _,
-        ):
+        made = pg_cluster.initialised(cluster, "restart", data)
+        log = tmp_path / "s.log"
+        with pg_cluster.serving(made.app_url, data, log, ADMIN_TOKEN) as (url, _, _):
             seller_id, key = funded_seller(url, 1_000_000)
             keys = [f"restart-{n}" for n in range(300)]
-            context = multiprocessing.get_context("spawn")
-            with context.Manager() as manager:
-                barrier = manager.Barrier(2)
-                with context.Pool(1) as pool:
-                    load = pool.apply_async(sell, (url, key, keys, barrier))
-                    barrier.wait()
-                    with psycopg.connect(made.app_url) as watch:
-                        while watch.execute("SELECT count(*) FROM sale").fetchone()[0] < 30:
-                            time.sleep(0.01)  # polling the database, bounded by the timeout
-                    restarted = cluster.run(
-                        "pg_ctl", "-D", str(cluster.data), "-m", "immediate", "-w", "restart",
-                        "-l", str(cluster.home / "server.log"),
-                    )  # fmt: skip
-                    assert restarted.returncode == 0, restarted.stderr
-                    first = load.get(timeout=120)
+
+            def restart() -> None:
+                restarted = cluster.run(
+                    "pg_ctl", "-D", str(cluster.data), "-m", "immediate", "-w", "restart",
+                    "-l", str(cluster.home / "server.log"),
+                )  # fmt: skip
+                assert restarted.returncode == 0, restarted.stderr
+
+            first = keyed_load_disrupted(url, key, keys, made.app_url, 30, restart)
             statuses = {status for _, status, _ in first}
             assert statuses <= {201, 503}, statuses
-            acknowledged = {k: sale for k, status, sale in first if status == 201}
-            retried = sell(url, key, keys, _NoBarrier())
-            assert all(status == 201 for _, status, _ in retried), retried
-            for idempotency_key, _, sale in retried:
-                if idempotency_key in acknowledged:
-                    assert sale == acknowledged[idempotency_key]
+            acknowledged = retried_once(url, key, keys, first)
             assert audit_is_clean(url)
         assert books(made.app_url) == {seller_id: 1_000_000 - AMOUNT * len(keys)}
         print(

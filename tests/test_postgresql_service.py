@@ -18,7 +18,6 @@ import psycopg
 import pytest
 import requests
 
-from chargebox.cli import main as chargebox_main
 from chargebox.cli import prepare
 from chargebox.config import Config
 from chargebox.errors import (
@@ -40,10 +39,8 @@ _names = itertools.count()
 @pytest.fixture
 def database(postgresql_cluster, tmp_path):
     """A database made by `init-db --grant-to` as its owner: (app URL, data dir, owner URL)."""
-    made = pg_cluster.new_database(postgresql_cluster, "svc")
     data = tmp_path / "data"
-    args = ["init-db", "--db", made.owner_url, "--grant-to", made.app_role, "--data-dir"]
-    assert chargebox_main([*args, str(data)]) == 0
+    made = pg_cluster.initialised(postgresql_cluster, "svc", data)
     return made.app_url, data, made.owner_url
 
 
