@@ -1,6 +1,7 @@
 """Start and stop a real chargebox server process on a free 127.0.0.1 port.
 
-What an operator types (`chargebox serve --port 0 --db PATH`), run as a child
+What an operator types (`chargebox serve --port 0 --db PATH`, or `--db URL
+--data-dir DIR` for PostgreSQL), run as a child
 process: its announced address is read from its first line, and it is ready
 once /health answers. Used by the load harness (`stress`) and the test suite
 alike, which must both talk HTTP to a real server; so this module imports
@@ -33,9 +34,13 @@ def _command(*args: str) -> list[str]:
 
 @dataclasses.dataclass
 class ServerProcess:
-    """`chargebox serve` on a free 127.0.0.1 port with its own database file."""
+    """`chargebox serve` on a free 127.0.0.1 port with its own database.
 
-    db_path: Path
+    `db_path` is what `--db` gets: an SQLite file, or a PostgreSQL URL; for a URL,
+    `data_dir` holds the secrets (`--data-dir`) and the server's log.
+    """
+
+    db_path: Path | str
     admin_token: str
     environ: Mapping[str, str]  # what the server inherits: the caller's os.environ
     threads: int = 16
@@ -44,6 +49,7 @@ class ServerProcess:
     url: str = ""
     announced: str = ""  # the server's first line: address, database, threads, durability
     log_path: Path | None = None  # its stderr
+    data_dir: Path | None = None  # --data-dir (PostgreSQL)
 
     def start(self) -> ServerProcess:
         env = {
@@ -52,8 +58,11 @@ class ServerProcess:
             "PYTHONUNBUFFERED": "1",
             **self.env,
         }
-        command = _command("serve", "--port", "0", "--db", str(self.db_path))
-        self.log_path = self.db_path.with_name(self.db_path.name + f".{id(self)}.log")
+        command = _command("serve", "--port", "0", *database_args(self.db_path, self.data_dir))
+        if self.data_dir is not None:
+            self.log_path = self.data_dir / f"server.{id(self)}.log"
+        else:
+            self.log_path = self.db_path.with_name(self.db_path.name + f".{id(self)}.log")
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
                 [*command, "--threads", str(self.threads)],
@@ -103,10 +112,15 @@ class ServerProcess:
         return code
 
 
-def cli_audit(db_path: Path) -> subprocess.CompletedProcess:
-    """`chargebox audit --db PATH`, as an operator runs it: straight from the file."""
+def database_args(db: Path | str, data_dir: Path | None = None) -> list[str]:
+    """`--db DB`, and `--data-dir DIR` when there is one (a PostgreSQL URL's secrets)."""
+    return ["--db", str(db), *(["--data-dir", str(data_dir)] if data_dir is not None else [])]
+
+
+def cli_audit(db_path: Path | str, data_dir: Path | None = None) -> subprocess.CompletedProcess:
+    """`chargebox audit --db PATH` (or `--db URL --data-dir DIR`), as an operator runs it."""
     return subprocess.run(
-        _command("audit", "--db", str(db_path)),
+        _command("audit", *database_args(db_path, data_dir)),
         cwd=CHECKOUT,
         capture_output=True,
         text=True,
