@@ -68,12 +68,34 @@ def connect(url: str, autocommit: bool = False):
             'pip install -e ".[postgresql]" (psycopg 3)'
         ) from None
 
+    conn = None
     try:
-        return psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
+        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
+        if _behind_a_pooler(conn):
+            conn.prepare_threshold = None
+        if not autocommit:
+            conn.rollback()  # the probe's transaction
+        return conn
     except psycopg.Error as exc:
+        if conn is not None:
+            conn.close()
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reason = lines[0] if lines else type(exc).__name__
         raise ValueError(f"--db {described(url)}: cannot connect ({reason})") from None
+
+
+def _behind_a_pooler(conn) -> bool:
+    """Whether a pooler (pgbouncer) stands between us and PostgreSQL: it answers the
+    start-up with a backend id of its own, not the server process's.
+
+    psycopg prepares a statement on the server after its fifth run on a connection.
+    Behind pgbouncer in transaction mode (before 1.21, and Debian 12 has 1.18) the
+    next transaction may run on another server connection, which never saw it:
+    `prepared statement "_pg3_0" does not exist`. So there, and only there, psycopg
+    prepares nothing; straight to PostgreSQL the prepares stay.
+    """
+    (server_pid,) = conn.execute("SELECT pg_backend_pid()", prepare=False).fetchone()
+    return server_pid != conn.info.backend_pid
 
 
 class Reader:
