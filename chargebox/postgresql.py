@@ -204,10 +204,11 @@ class Write:
             with translated():
                 yield
         except BaseException:
-            self._conn.execute("ROLLBACK TO SAVEPOINT part")
-            self._conn.execute("RELEASE SAVEPOINT part")
+            with translated():  # a lost server is a 503 here too, not psycopg's own error
+                self._conn.execute("ROLLBACK TO SAVEPOINT part")
+                self._conn.execute("RELEASE SAVEPOINT part")
             raise
-        self._conn.execute("RELEASE SAVEPOINT part")
+        self.execute("RELEASE SAVEPOINT part")
 
 
 def _dicts(cursor) -> list[dict]:
