@@ -82,8 +82,12 @@ class Cluster:
         shutil.rmtree(self.home, ignore_errors=True)
 
 
-def start() -> Cluster:
-    """initdb a new cluster in a fresh directory and start it on a free 127.0.0.1 port."""
+def start(also_on: tuple[str, ...] = ()) -> Cluster:
+    """initdb a new cluster in a fresh directory and start it on a free 127.0.0.1 port.
+
+    `also_on`: more addresses to listen on (the host's end of a veth pair), each with
+    its /24 let in by password: for app servers in network namespaces of their own.
+    """
     binaries = server_bin()
     if binaries is None:
         raise RuntimeError(
@@ -116,8 +120,13 @@ def start() -> Cluster:
         ),  # fmt: skip
         "initdb",
     )
+    with open(cluster.data / "pg_hba.conf", "a") as hba:
+        for address in also_on:
+            network = address.rsplit(".", 1)[0] + ".0/24"
+            hba.write(f"host all all {network} scram-sha-256\n")
+    listen = ",".join(("127.0.0.1", *also_on))
     options = (
-        f"-c listen_addresses=127.0.0.1 -p {cluster.port} -c unix_socket_directories={home}"
+        f"-c listen_addresses={listen} -p {cluster.port} -c unix_socket_directories={home}"
         " -c fsync=on -c synchronous_commit=on -c max_connections=200"
     )
     _check(
@@ -173,8 +182,16 @@ def new_database(cluster: Cluster, prefix: str) -> Roles:
 
 
 @contextlib.contextmanager
-def serving(app_url: str, data: Path, log: Path, admin_token: str, processes: int = 1):
+def serving(
+    app_url: str,
+    data: Path,
+    log: Path,
+    admin_token: str,
+    processes: int = 1,
+    within: str | None = None,
+):
     """`chargebox serve` on the database at `app_url` (a free port); yields (url, process).
+    `within`: a network namespace to run it in (`ip netns exec` execs, so the PID is its).
 
     Stopped by PID with SIGTERM at the end, and it must exit 0, unless the test killed it.
     """
@@ -182,6 +199,8 @@ def serving(app_url: str, data: Path, log: Path, admin_token: str, processes: in
     env = {**os.environ, "CHARGEBOX_ADMIN_TOKEN": admin_token, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "chargebox.cli", "serve", "--port", "0", "--db", app_url,
                "--data-dir", str(data), "--processes", str(processes)]  # fmt: skip
+    if within is not None:
+        command = ["ip", "netns", "exec", within, *command]
     with open(log, "w") as errors:
         server = subprocess.Popen(
             command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=errors, text=True
