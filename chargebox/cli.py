@@ -202,7 +202,7 @@ def _init_db(config: Config, grant_to: str | None) -> int:
     conn = postgresql.connect(config.db_url, autocommit=True)
     try:
         if grant_to:
-            postgresql.check_role(conn, grant_to)  # refused before anything is made
+            schema.check_role(conn, grant_to)  # refused before anything is made
         config.secrets_dir.mkdir(parents=True, exist_ok=True)
         if not config.admin_token:
             checked_admin_token(
@@ -212,7 +212,7 @@ def _init_db(config: Config, grant_to: str | None) -> int:
         _ledger_key(config, postgresql.Reader(conn))  # before the schema is written
         schema.create_postgresql(conn)
         if grant_to:
-            postgresql.grant(conn, grant_to)
+            schema.grant(conn, grant_to)
     finally:
         conn.close()
     granted = f"; {grant_to} may use it" if grant_to else ""

@@ -147,18 +147,19 @@ class Database:
 
     # --- the one door to a write -----------------------------------------------------------
 
-    def write(self, work: Callable[[Write], T]) -> T:
+    def write(self, work: Callable[[Write], T], order: int | None = None) -> T:
         """Run `work(write)` in a write transaction and return its result once committed.
 
         Answered within the busy timeout (plus one transaction): done, or Unavailable
-        with nothing changed. A write started inside a write fails at once.
+        with nothing changed. A write started inside a write fails at once. `order`
+        (the seller whose row the write locks first) places it in a group commit.
         """
         if self.gate.held():
             raise AssertionError("a write was started inside a write: pass the open Write on")
         deadline = time.monotonic() + self.timeout
         with self.slots.taken():
             if self.writer is not None:
-                return self.writer.submit(work, deadline)
+                return self.writer.submit(work, deadline, order)
             with self.transaction(deadline) as write:
                 return work(write)
 

@@ -104,6 +104,12 @@ class LockTimeout(Unavailable):
     """The write lock was not had by the write's deadline; nothing of the write ran."""
 
 
+class Deadlocked(Unavailable):
+    """The database chose this write as a deadlock's victim (PostgreSQL): its part of
+    the transaction was undone. The group writer tries it again while its deadline
+    allows; otherwise it is a 503 like any write the database could not take."""
+
+
 class IntegrityViolation(ChargeboxError):
     """The database refused a write that code should never have attempted.
 

@@ -80,13 +80,13 @@ def once(
     """Do `act(write, now)` in a write, once per key: every later copy gets the first
     outcome, read again by the id it made (a refusal is raised again)."""
     if key is None:
-        return Outcome(database.write(lambda write: act(write, now())), False)
+        return Outcome(database.write(lambda write: act(write, now()), seller_id), False)
     made = earlier(database, kind, seller_id, key, request_hash)  # fast path, no write lock
     if made is not None:
         return Outcome(Queries(database).one(kind.made, made), True)
     try:
         outcome = database.write(
-            lambda write: _first(write, kind, seller_id, key, request_hash, act)
+            lambda write: _first(write, kind, seller_id, key, request_hash, act), seller_id
         )
     except _KeyRaced:  # another server's copy recorded the key first: its outcome stands
         made = earlier(database, kind, seller_id, key, request_hash)

@@ -1,11 +1,23 @@
-"""PostgreSQL through psycopg 3: connecting, the SQL's parameters, and init-db's grants.
+"""PostgreSQL through psycopg 3: connecting, the SQL's parameters, the service's database.
 
 chargebox's SQL is written once, with SQLite's `?` and `:name` parameters; here
-it is handed to psycopg as `%s` and `%(name)s`. `init-db --grant-to ROLE` creates
-the schema as its owner and grants the service's role only what the service
-needs: no UPDATE, DELETE or TRUNCATE on what is append-only, no trigger to drop.
+it is handed to psycopg as `%s` and `%(name)s`. (What `init-db --grant-to ROLE`
+grants the service's role is schema.grant.)
 `Database` and `Write` here are the service's database on PostgreSQL, beside
 db.py's for SQLite: the same methods, PostgreSQL's locks instead of a file's.
+
+Group commit (writer.GroupWriter, as on SQLite): one sale per transaction on one
+hot seller is bound by the wait for that seller's row lock, so the writes that
+queue in one process go in one transaction, a SAVEPOINT each, sorted by seller.
+That only batches this process's own writes; other servers' batches meet them
+in PostgreSQL's row locks and UNIQUEs, which alone decide. Sorting cannot rule
+out deadlocks across servers (a phone row, a credit request, another key's
+outcome are locked after the seller, in no global order), and ordering every
+row would reshape the ledger, so the rare deadlock is handled, not prevented:
+PostgreSQL stops one waiting statement with DeadlockDetected after
+`deadlock_timeout`; that write's savepoint undoes it (`Deadlocked`), the rest
+of the batch commits, and it is tried again in the next batch while its
+deadline allows. A lost server fails the whole batch (503, nothing committed).
 """
 
 from __future__ import annotations
@@ -18,23 +30,19 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from chargebox.config import Config
-from chargebox.errors import IntegrityViolation, LockTimeout, Unavailable
-from chargebox.writer import WriteSlots
+from chargebox.errors import Deadlocked, IntegrityViolation, LockTimeout, Unavailable
+from chargebox.writer import GroupWriter, WriteSlots
 
 T = TypeVar("T")
 # A quoted literal (left alone), a `?`, a `:name` (not a `::cast`), or a `%` to escape.
 _PARAMETER = re.compile(r"'(?:[^']|'')*'|\?|(?<!:):([A-Za-z_]\w*)|%")
-# What the service's role may change, column by column; everything else it may only
-# read and insert, and the append-only tables not even that much more.
-_UPDATABLE = {
-    "seller": ("balance",),
-    "credit_request": ("status", "decided_at"),
-    "phone": ("total_charged",),
-    "seller_head": ("entry_id", "entries", "entry_mac", "mac"),
-}
-_DELETABLE = ("web_session",)  # sign-out, and the sweep of expired sessions
-_APPEND_ONLY = ("ledger_entry", "sale", "ledger_seal", "idempotency_record",
-                "adjustment_record", "credit_request_record")  # fmt: skip
+# Writes per group commit. A backend keeps the ids of 64 subtransactions in shared
+# memory (PGPROC_MAX_CACHED_SUBXIDS); past them every snapshot in the cluster must look
+# them up in pg_subtrans. A keyed write takes two: its savepoint, and its key's own.
+MAX_BATCH = 32
+# Within a batch, a later write's lock wait is bounded again by the batch's earliest
+# deadline once the batch has run this long (the SET costs a round trip per write).
+_REBOUND = 0.05
 
 
 def to_psycopg(sql: str) -> str:
@@ -114,54 +122,6 @@ class Reader:
         return {name for (name,) in found}
 
 
-def check_role(conn, role: str) -> None:
-    """Refuse, in one line, a role to grant to that does not exist."""
-    if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
-        raise ValueError(
-            f"--grant-to {role}: no such role; create it first "
-            f"(CREATE ROLE {role} LOGIN PASSWORD '...')"
-        )
-
-
-def grant(conn, role: str) -> None:
-    """Grant `role` what the service needs, and nothing that could rewrite history."""
-    from psycopg import sql
-
-    check_role(conn, role)
-    who = sql.Identifier(role)
-    statements = [
-        sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(conn.info.dbname), who),
-        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(_schema(conn), who),
-        sql.SQL("GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA {} TO {}").format(_schema(conn), who),
-        sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA {} TO {}").format(_schema(conn), who),
-        sql.SQL("REVOKE INSERT ON schema_version FROM {}").format(who),
-    ]
-    for table, columns in _UPDATABLE.items():
-        statements.append(
-            sql.SQL("GRANT UPDATE ({}) ON {} TO {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(table), who
-            )
-        )
-    for table in _DELETABLE:
-        statements.append(sql.SQL("GRANT DELETE ON {} TO {}").format(sql.Identifier(table), who))
-    for table in _APPEND_ONLY:
-        statements.append(
-            sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON {} FROM {}, PUBLIC").format(
-                sql.Identifier(table), who
-            )
-        )
-    with conn.transaction():
-        for statement in statements:
-            conn.execute(statement)
-
-
-def _schema(conn):
-    from psycopg import sql
-
-    (name,) = conn.execute("SELECT current_schema()").fetchone()
-    return sql.Identifier(name)
-
-
 # --- the service's database on PostgreSQL ----------------------------------------------------
 
 
@@ -172,14 +132,23 @@ class Write:
     seller's row lock, which is what serialises one seller across every app server.
     """
 
-    __slots__ = ("_conn", "ledger_key", "open")
+    __slots__ = ("_conn", "ledger_key", "open", "deadline", "_bounded_at")
     dialect = "postgresql"
     balance_first = True
 
-    def __init__(self, conn, ledger_key: bytes | None) -> None:
+    def __init__(self, conn, ledger_key: bytes | None, deadline: float | None = None) -> None:
         self._conn = conn
         self.ledger_key = ledger_key
         self.open = True
+        self.deadline = deadline  # the earliest of its writes' (None: not bounded here)
+        self._bounded_at = 0.0
+
+    def bound(self) -> None:
+        """Waiting for a row lock ends at the deadline (LockTimeout, 503): `lock_timeout`
+        bounds each wait, so a later write of a batch is bounded again by what is left."""
+        left_ms = max(1, int((self.deadline - time.monotonic()) * 1000))
+        self._conn.execute(f"SET LOCAL lock_timeout = '{left_ms}ms'")
+        self._bounded_at = time.monotonic()
 
     def execute(self, sql: str, params: tuple | dict = ()):
         if not self.open:
@@ -199,6 +168,8 @@ class Write:
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
+        if self.deadline is not None and time.monotonic() - self._bounded_at > _REBOUND:
+            self.bound()
         self.execute("SAVEPOINT part")
         try:
             with translated():
@@ -228,20 +199,22 @@ def translated() -> Iterator[None]:
         raise LockTimeout("the database is busy; retry shortly") from exc
     except psycopg.errors.IntegrityError as exc:
         raise IntegrityViolation(f"the database refused a write: {exc}") from exc
+    except psycopg.errors.DeadlockDetected as exc:
+        raise Deadlocked("the database is busy; retry shortly") from exc
     except (
         psycopg.OperationalError,
         psycopg.errors.SerializationFailure,
-        psycopg.errors.DeadlockDetected,
         psycopg.errors.ReadOnlySqlTransaction,
     ) as exc:
         raise Unavailable("the database is busy or unavailable; retry shortly") from exc
 
 
 class Database:
-    """A PostgreSQL database as one process uses it: a connection per thread, and the
-    one door to a write. Nothing here is local to a host that another server could
-    contradict: no flock, no cache of keys, no group writer; PostgreSQL's row locks
-    serialise what must be serialised."""
+    """A PostgreSQL database as one process uses it: a connection per thread (the group
+    writer's thread has its own), and the one door to a write. Nothing here is local to
+    a host that another server could contradict: no flock, no cache of keys; the group
+    writer only batches this process's writes; PostgreSQL's row locks serialise what
+    must be serialised."""
 
     dialect = "postgresql"
 
@@ -259,6 +232,13 @@ class Database:
         # local data are collected, holding one of the server's max_connections.
         self._opened: set = set()
         self._opened_lock = threading.Lock()
+        # A forked child starts its own writer thread (GroupWriter checks the pid), and
+        # that thread opens its own connection.
+        self.writer = (
+            GroupWriter(self.transaction, self._drop, max_batch=MAX_BATCH)
+            if config.group_commit
+            else None
+        )
 
     def connection(self):
         conn = getattr(self._local, "conn", None)
@@ -296,13 +276,17 @@ class Database:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             yield self
 
-    def write(self, work: Callable[[Write], T]) -> T:
-        """Run `work(write)` in its own transaction; answered within the busy timeout."""
+    def write(self, work: Callable[[Write], T], order: int | None = None) -> T:
+        """Run `work(write)` in a transaction (a group commit's, if on); answered within
+        the busy timeout. `order`: the seller whose row it locks first (see the top)."""
         if getattr(self._local, "writing", False):
             raise AssertionError("a write was started inside a write: pass the open Write on")
         deadline = time.monotonic() + self.timeout
-        with self.slots.taken(), self.transaction(deadline) as write:
-            return work(write)
+        with self.slots.taken():
+            if self.writer is not None:
+                return self.writer.submit(work, deadline, order)
+            with self.transaction(deadline) as write:
+                return work(write)
 
     @contextlib.contextmanager
     def transaction(self, deadline: float | None = None) -> Iterator[Write]:
@@ -310,16 +294,16 @@ class Database:
             raise AssertionError("a write was started inside a write: pass the open Write on")
         if deadline is None:
             deadline = time.monotonic() + self.timeout
-        left_ms = max(1, int((deadline - time.monotonic()) * 1000))
         conn = self.connection()
         self._local.writing = True
-        write = Write(conn, self.ledger_key)
+        write = Write(conn, self.ledger_key, deadline)
         try:
             with translated(), conn.transaction():
-                # Waiting for a row lock ends at the write's deadline (LockTimeout, 503).
-                conn.execute(f"SET LOCAL lock_timeout = '{left_ms}ms'")
+                write.bound()
                 self._began = time.monotonic()
                 yield write
+        except (LockTimeout, Deadlocked):
+            raise  # the connection is fine; only a lock was not had
         except Unavailable:
             self._drop()
             raise
@@ -371,7 +355,10 @@ class Database:
             conn.close()
 
     def close(self) -> None:
-        """Close every connection this database opened, in whichever thread."""
+        """Close every connection this database opened, in whichever thread (the writer's
+        too: its thread ends once nothing waits)."""
+        if self.writer is not None:
+            self.writer.close()
         self._local.conn = None
         with self._opened_lock:
             opened = list(self._opened)

@@ -4,7 +4,8 @@ The models (models.py) declare tables, CHECKs, UNIQUEs and foreign keys; what a
 column constraint cannot say (a chain, an append-only table, a decided request
 that never changes) is a trigger here. `create` installs both, idempotently;
 `missing_triggers` lets the audit notice a trigger someone dropped. PostgreSQL's
-schema, triggers in PL/pgSQL, is `schema_postgresql.sql` (`postgresql_statements`).
+schema, triggers in PL/pgSQL, is `schema_postgresql.sql` (`postgresql_statements`),
+and `grant` gives the service's role only what it needs there (`init-db --grant-to`).
 """
 
 from __future__ import annotations
@@ -158,3 +159,66 @@ def create_postgresql(conn) -> None:
             "INSERT INTO schema_version (version, applied_at) VALUES (%s, now()::text)",
             (POSTGRESQL_VERSION,),
         )
+
+
+# --- init-db's grants on PostgreSQL: what the service's role may do -------------------
+
+# What the service's role may change, column by column; everything else it may only
+# read and insert, and the append-only tables not even that much more.
+_UPDATABLE = {
+    "seller": ("balance",),
+    "credit_request": ("status", "decided_at"),
+    "phone": ("total_charged",),
+    "seller_head": ("entry_id", "entries", "entry_mac", "mac"),
+}
+_DELETABLE = ("web_session",)  # sign-out, and the sweep of expired sessions
+_APPEND_ONLY = ("ledger_entry", "sale", "ledger_seal", "idempotency_record",
+                "adjustment_record", "credit_request_record")  # fmt: skip
+
+
+def check_role(conn, role: str) -> None:
+    """Refuse, in one line, a role to grant to that does not exist."""
+    if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+        raise ValueError(
+            f"--grant-to {role}: no such role; create it first "
+            f"(CREATE ROLE {role} LOGIN PASSWORD '...')"
+        )
+
+
+def grant(conn, role: str) -> None:
+    """Grant `role` what the service needs, and nothing that could rewrite history."""
+    from psycopg import sql
+
+    check_role(conn, role)
+    who = sql.Identifier(role)
+    statements = [
+        sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(conn.info.dbname), who),
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(_schema(conn), who),
+        sql.SQL("GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA {} TO {}").format(_schema(conn), who),
+        sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA {} TO {}").format(_schema(conn), who),
+        sql.SQL("REVOKE INSERT ON schema_version FROM {}").format(who),
+    ]
+    for table, columns in _UPDATABLE.items():
+        statements.append(
+            sql.SQL("GRANT UPDATE ({}) ON {} TO {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(table), who
+            )
+        )
+    for table in _DELETABLE:
+        statements.append(sql.SQL("GRANT DELETE ON {} TO {}").format(sql.Identifier(table), who))
+    for table in _APPEND_ONLY:
+        statements.append(
+            sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON {} FROM {}, PUBLIC").format(
+                sql.Identifier(table), who
+            )
+        )
+    with conn.transaction():
+        for statement in statements:
+            conn.execute(statement)
+
+
+def _schema(conn):
+    from psycopg import sql
+
+    (name,) = conn.execute("SELECT current_schema()").fetchone()
+    return sql.Identifier(name)

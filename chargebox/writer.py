@@ -8,6 +8,11 @@ validated, recorded and answered on its own: a refused or failed write rolls
 back only itself. Nobody is answered before COMMIT; nobody waits for a batch.
 Each write has a deadline: a batch waits for the lock until its earliest one,
 and the writes whose time is left try again, so none waits past its own.
+A batch applies its writes in the order of their `order` (a seller's id), so
+that batches of other processes take the same rows' locks in the same order;
+a write the database chose as a deadlock's victim (PostgreSQL: `Deadlocked`)
+was undone by its savepoint and goes first into the next batch, if its
+deadline allows. On SQLite the batch holds the whole file: neither happens.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
-from chargebox.errors import LockTimeout, Unavailable
+from chargebox.errors import Deadlocked, LockTimeout, Unavailable
 
 MAX_BATCH = 256
 # A write whose deadline is this close when the lock could not be had is answered
@@ -60,11 +65,12 @@ class WriteSlots:
 
 
 class _Item:
-    __slots__ = ("work", "deadline", "result", "error", "done")
+    __slots__ = ("work", "deadline", "order", "result", "error", "done")
 
-    def __init__(self, work: Callable[[Any], Any], deadline: float) -> None:
+    def __init__(self, work: Callable[[Any], Any], deadline: float, order: int | None) -> None:
         self.work = work
         self.deadline = deadline  # time.monotonic() by which it is answered
+        self.order = order  # where it goes in a batch (None: after those that have one)
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = threading.Event()
@@ -94,12 +100,13 @@ class GroupWriter:
         self.batches = 0  # counters for the benchmark; written by the writer thread only
         self.writes = 0
 
-    def submit(self, work: Callable[[Any], Any], deadline: float) -> Any:
+    def submit(self, work: Callable[[Any], Any], deadline: float, order: int | None = None) -> Any:
         """Run `work(write)` inside a write transaction; return its result once committed.
 
         If the write lock cannot be had by `deadline` (time.monotonic()), raise Unavailable.
+        Writes with an `order` (the seller whose row they lock first) run in that order.
         """
-        item = _Item(work, deadline)
+        item = _Item(work, deadline, order)
         with self._wake:
             if self._closed:
                 raise AssertionError("this database was closed: open a new one to write")
@@ -140,6 +147,11 @@ class GroupWriter:
         finally:
             self._finish()
 
+    def queued(self) -> int:
+        """How many writes wait for the writer's next batch."""
+        with self._wake:
+            return len(self._queue)
+
     def close(self) -> None:
         """Let the writer thread end once nothing waits (it closes its own connection)."""
         with self._wake:
@@ -158,30 +170,42 @@ class GroupWriter:
                     self._wake.notify()
 
     def _apply(self, batch: list[_Item]) -> list[_Item]:
-        """Apply `batch` in one transaction; return the writes to try again (lock busy)."""
+        """Apply `batch` in one transaction; return the writes to try again (lock busy,
+        or a deadlock's victim)."""
         live = _answer_late(batch, time.monotonic())
         if not live:
             return []
+        live.sort(key=_in_order)
+        victims: list[_Item] = []
         try:
             with self._begin(min(item.deadline for item in live)) as write:
                 for item in live:
+                    item.result, item.error = None, None  # from an attempt rolled back
                     try:
                         with write.savepoint():
                             item.result = item.work(write)
+                    except Deadlocked:  # its savepoint undid it; the others go on
+                        victims.append(item)
                     except Unavailable:
                         raise  # the database cannot write now: the whole batch fails
                     except Exception as exc:  # this write only; the savepoint undid it
                         item.error = exc
-        except LockTimeout:  # nothing ran; the earliest deadline has come
+        except (LockTimeout, Deadlocked):  # rolled back; the earliest deadline has come
             return _answer_late(live, time.monotonic() + LOCK_SLACK)
         except Exception as exc:  # BEGIN or COMMIT failed: nothing of the batch was written
             for item in live:
                 item.error = _copy(exc)
+            victims = []
+        committed = [item for item in live if item not in victims]
         self.batches += 1
-        self.writes += len(live)
-        for item in live:
+        self.writes += len(committed)
+        for item in committed:
             item.done.set()
-        return []
+        return _answer_late(victims, time.monotonic() + LOCK_SLACK)
+
+
+def _in_order(item: _Item) -> tuple[bool, int]:
+    return (item.order is None, item.order or 0)
 
 
 def _answer_late(items: list[_Item], now: float) -> list[_Item]:

@@ -17,13 +17,19 @@ from chargebox import errors
 from chargebox.cli import prepare
 from chargebox.config import Config
 from chargebox.db import translate_errors
-from chargebox.errors import ChargeboxError, IntegrityViolation, LockTimeout, Unavailable
+from chargebox.errors import (
+    ChargeboxError,
+    Deadlocked,
+    IntegrityViolation,
+    LockTimeout,
+    Unavailable,
+)
 from chargebox.services import Chargebox
 from chargebox.web.errors import STATUS, status_of
 from tests.support import ADMIN_TOKEN, credited_seller, rows_on_disk
 
 # Errors that take their parent's status on purpose, rather than a row of their own.
-INHERITS_ITS_STATUS = {LockTimeout: Unavailable}
+INHERITS_ITS_STATUS = {LockTimeout: Unavailable, Deadlocked: Unavailable}
 
 
 @pytest.fixture

@@ -147,23 +147,31 @@ def test_racing_sales_sell_exactly_what_the_balance_covers(service, config):
     assert books(config.db_url)[seller["id"]] == 0
 
 
-def test_twenty_racing_copies_of_one_key_sell_once(service, config, database):
+@pytest.mark.parametrize("group_commit", [False, True], ids=["own-transactions", "group-commit"])
+def test_twenty_racing_copies_of_one_key_sell_once(config, database, group_commit):
     """Copies meet in PostgreSQL, not in a lock of this process: the key's UNIQUE decides.
 
-    The seller's row is held from another connection until all 20 copies wait for it
-    inside their writes (counted in pg_locks), so they really meet there.
+    The seller's row is held from another connection until every copy waits: in its own
+    transaction for the row (counted in pg_locks), or, with group commit, one copy there
+    and the 19 others queued for the writer's next batch, which meets the first's key.
     """
-    seller = credited_seller(service, 100_000)
-    with psycopg.connect(database[2]) as holder:
-        holder.execute("SELECT 1 FROM seller WHERE id = %s FOR UPDATE", (seller["id"],))
-        with concurrent.futures.ThreadPoolExecutor(20) as pool:
-            copies = [
-                pool.submit(service.sell, seller["id"], PHONE, 1_000, "one-order")
-                for _ in range(20)
-            ]
-            waiting_for_the_row(database[2], 20)
-            holder.rollback()
-            outcomes = [copy.result() for copy in copies]
+    racing = Chargebox(dataclasses.replace(config, group_commit=group_commit))
+    try:
+        seller = credited_seller(racing, 100_000)
+        with psycopg.connect(database[2]) as holder:
+            holder.execute("SELECT 1 FROM seller WHERE id = %s FOR UPDATE", (seller["id"],))
+            with concurrent.futures.ThreadPoolExecutor(20) as pool:
+                copies = [
+                    pool.submit(racing.sell, seller["id"], PHONE, 1_000, "one-order")
+                    for _ in range(20)
+                ]
+                waiting_for_the_row(database[2], 1 if group_commit else 20)
+                while group_commit and racing.database.writer.queued() < 19:
+                    time.sleep(0.02)  # polled, bounded by the test's timeout
+                holder.rollback()
+                outcomes = [copy.result() for copy in copies]
+    finally:
+        racing.close()
     assert len({o.record["id"] for o in outcomes}) == 1
     assert sum(not o.replayed for o in outcomes) == 1
     assert books(config.db_url)[seller["id"]] == 99_000

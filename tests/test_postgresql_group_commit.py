@@ -1,0 +1,138 @@
+"""Group commit on PostgreSQL: a batch that meets a deadlock, and a batch that loses its server.
+
+A batch is made deterministically: one sale waits inline for a seller's row held by
+another connection (`gate`), so the writer is busy and two more sales queue for its
+next batch (counted in the writer's queue); the gate then lets the first sale commit.
+The batch takes the lower seller's row first (sorted), then waits for the higher one,
+held by `holder`, a superuser session whose own deadlock check comes last. Waits are
+polled in pg_stat_activity (`pg_blocking_pids`), never slept on and hoped.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import psycopg
+import pytest
+
+from chargebox.cli import prepare
+from chargebox.config import Config
+from chargebox.errors import Unavailable
+from chargebox.services import Chargebox
+from tests import pg_cluster
+from tests.support import ADMIN_TOKEN, credited_seller
+
+FUNDS = 10_000
+# The service's sessions look for a deadlock this long after they begin to wait; the
+# holder closes the cycle well before (it waits for nothing else), and looks far later.
+APP_DEADLOCK_TIMEOUT = "2s"
+
+
+@pytest.fixture
+def setting(postgresql_cluster, tmp_path):
+    """A fresh database, the service on it, and a superuser URL to the same database."""
+    data = tmp_path / "data"
+    made = pg_cluster.initialised(postgresql_cluster, "gc", data)
+    superuser = postgresql_cluster.url(db=made.app_url.rsplit("/", 1)[1])
+    with psycopg.connect(superuser, autocommit=True) as admin:
+        admin.execute(
+            f"ALTER ROLE {made.app_role} IN DATABASE {made.app_url.rsplit('/', 1)[1]}"
+            f" SET deadlock_timeout = '{APP_DEADLOCK_TIMEOUT}'"
+        )
+    config = prepare(Config(db_url=made.app_url, data_dir=data, admin_token=ADMIN_TOKEN, threads=8))
+    service = Chargebox(config)
+    yield service, superuser
+    service.close()
+
+
+def blocked_by(url: str, pid: int) -> list[int]:
+    """Until some session waits for `pid`'s locks: their pids (polled; the test's timeout
+    bounds it)."""
+    with psycopg.connect(url, autocommit=True) as watcher:
+        while True:
+            found = watcher.execute(
+                "SELECT pid FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (pid,)
+            ).fetchall()
+            if found:
+                return [row[0] for row in found]
+            time.sleep(0.02)
+
+
+def balance(url: str, seller_id: int) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT balance FROM seller WHERE id = %s", (seller_id,)).fetchone()[0]
+
+
+def batch_waiting_for_holder(service, superuser: str, pool, holder, gate):
+    """Sales for sellers `low` and `high` in one batch, holding low's row and waiting for
+    high's (held by `holder`); returns (low, high, the three sales' futures, the writer's
+    count of transactions before them)."""
+    blocker, low, high = (credited_seller(service, FUNDS)["id"] for _ in range(3))
+    assert blocker < low < high
+    holder.execute("SELECT 1 FROM seller WHERE id = %s FOR UPDATE", (high,))
+    gate.execute("SELECT 1 FROM seller WHERE id = %s FOR UPDATE", (blocker,))
+    before = service.database.writer.batches
+    inline = pool.submit(service.sell, blocker, "09120000001", 1_000)
+    blocked_by(superuser, gate.info.backend_pid)
+    # Submitted high first: the batch still takes low's row first (ordered by seller).
+    queued = [pool.submit(service.sell, high, "09120000003", 1_000)]
+    while service.database.writer.queued() < 1:
+        time.sleep(0.01)
+    queued.append(pool.submit(service.sell, low, "09120000002", 1_000))
+    while service.database.writer.queued() < 2:
+        time.sleep(0.01)
+    gate.rollback()  # the inline sale commits; the writer takes both as one batch
+    inline.result(timeout=30)
+    blocked_by(superuser, holder.info.backend_pid)
+    assert balance(superuser, low) == FUNDS  # taken in the open batch, not committed
+    return low, high, [inline, *queued], before
+
+
+def test_a_batch_chosen_as_a_deadlocks_victim_commits_the_rest_and_retries_that_sale(setting):
+    """The holder asks for low's row: a deadlock. The batch's session finds it first, so
+    only its sale for high is undone; low's commits, and high's is tried again once the
+    holder lets go. Every sale is answered 201, none 503, and the books add up."""
+    service, superuser = setting
+    with (
+        concurrent.futures.ThreadPoolExecutor(4) as pool,
+        psycopg.connect(superuser) as holder,
+        psycopg.connect(superuser) as gate,
+    ):
+        holder.execute("SET deadlock_timeout = '60s'")
+        low, high, sales, before = batch_waiting_for_holder(service, superuser, pool, holder, gate)
+        closing = pool.submit(
+            holder.execute, "SELECT 1 FROM seller WHERE id = %s FOR UPDATE", (low,)
+        )
+        closing.result(timeout=30)  # granted: the batch committed without its victim
+        assert (balance(superuser, low), balance(superuser, high)) == (FUNDS - 1_000, FUNDS)
+        holder.rollback()
+        outcomes = [sale.result(timeout=30) for sale in sales]
+    assert all(outcome.record["amount"] == 1_000 for outcome in outcomes)
+    assert (balance(superuser, low), balance(superuser, high)) == (FUNDS - 1_000,) * 2
+    # the inline sale, the batch that lost its victim, and the victim's own
+    assert service.database.writer.batches - before == 3
+    assert service.audit()["consistent"]
+
+
+def test_a_batch_that_loses_its_server_is_503_for_every_sale_in_it(setting):
+    """The batch's session is terminated while it waits: both sales of the batch are 503,
+    neither is in the books (nothing was answered before COMMIT), and the next sale
+    opens a new connection and sells."""
+    service, superuser = setting
+    with (
+        concurrent.futures.ThreadPoolExecutor(4) as pool,
+        psycopg.connect(superuser) as holder,
+        psycopg.connect(superuser) as gate,
+    ):
+        low, high, sales, _ = batch_waiting_for_holder(service, superuser, pool, holder, gate)
+        (batch_pid,) = blocked_by(superuser, holder.info.backend_pid)
+        with psycopg.connect(superuser, autocommit=True) as killer:
+            killer.execute("SELECT pg_terminate_backend(%s)", (batch_pid,))
+        for sale in sales[1:]:
+            with pytest.raises(Unavailable):
+                sale.result(timeout=30)
+        holder.rollback()
+    assert (balance(superuser, low), balance(superuser, high)) == (FUNDS, FUNDS)
+    assert service.sell(low, "09120000002", 1_000).record["balance_after"] == FUNDS - 1_000
+    assert service.audit()["consistent"]
