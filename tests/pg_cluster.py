@@ -1,184 +1,29 @@
-"""A throwaway PostgreSQL cluster on 127.0.0.1 for the tests: started and stopped by them.
-
-No service manager: `initdb` and `pg_ctl` of the installed server (Debian's
-`postgresql` package; `.ci/run` installs it). `initdb` refuses to run as root,
-so as root the cluster belongs to the `postgres` user, in a directory of its
-own that user can enter (pytest's temporary directories are 0700 and root's).
+"""A throwaway PostgreSQL cluster for the tests (stress/pg_cluster.py: shared with the
+benchmark), and `serving`: a `chargebox serve` on one of its databases.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import glob
-import itertools
 import os
-import pwd
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-import psycopg
-
-SUPERUSER = "postgres"
-PASSWORD = "chargebox-test-superuser-password"  # a throwaway cluster on 127.0.0.1 only
-STOP_TIMEOUT = 30
-
-
-def server_bin() -> Path | None:
-    """The directory of the newest installed PostgreSQL server binaries, if any."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=_version)
-    if found:
-        return Path(found[-1]).parent
-    pg_ctl = shutil.which("pg_ctl")
-    return Path(pg_ctl).parent if pg_ctl else None
-
-
-def _version(path: str) -> int:
-    part = Path(path).parent.parent.name
-    return int(part) if part.isdigit() else 0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@dataclasses.dataclass
-class Cluster:
-    """One running cluster: its port, its files, and a superuser URL."""
-
-    home: Path
-    port: int
-    bin: Path
-    owner: str | None  # the system user that runs it (None: this process's user)
-
-    @property
-    def data(self) -> Path:
-        return self.home / "data"
-
-    def url(self, user: str = SUPERUSER, password: str = PASSWORD, db: str = "postgres") -> str:
-        return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/{db}"
-
-    def run(self, *command: str) -> subprocess.CompletedProcess:
-        """A server program as the cluster's owner, from a directory it can read."""
-        argv = [str(self.bin / command[0]), *command[1:]]
-        if self.owner is not None:
-            argv = ["runuser", "-u", self.owner, "--", *argv]
-        return subprocess.run(
-            argv, cwd=self.home, capture_output=True, text=True, timeout=STOP_TIMEOUT * 2
-        )
-
-    def stop(self, mode: str = "fast") -> None:
-        self.run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", str(STOP_TIMEOUT), "stop")
-
-    def remove(self) -> None:
-        shutil.rmtree(self.home, ignore_errors=True)
-
-
-def start(also_on: tuple[str, ...] = ()) -> Cluster:
-    """initdb a new cluster in a fresh directory and start it on a free 127.0.0.1 port.
-
-    `also_on`: more addresses to listen on (the host's end of a veth pair), each with
-    its /24 let in by password: for app servers in network namespaces of their own.
-    """
-    binaries = server_bin()
-    if binaries is None:
-        raise RuntimeError(
-            "no PostgreSQL server here: `apt-get install postgresql` (what .ci/run does)"
-        )
-    owner = SUPERUSER if os.geteuid() == 0 else None
-    home = Path(tempfile.mkdtemp(prefix="chargebox-pg-", dir="/tmp"))
-    if owner is not None:
-        record = pwd.getpwnam(owner)
-        os.chown(home, record.pw_uid, record.pw_gid)
-    cluster = Cluster(home=home, port=_free_port(), bin=binaries, owner=owner)
-    password_file = home / "superuser-password"
-    password_file.write_text(PASSWORD + "\n")
-    if owner is not None:
-        os.chown(password_file, record.pw_uid, record.pw_gid)
-    password_file.chmod(0o600)
-    _check(
-        cluster.run(
-            "initdb",
-            "-D",
-            str(cluster.data),
-            "-U",
-            SUPERUSER,
-            f"--pwfile={password_file}",
-            "--auth-local=scram-sha-256",
-            "--auth-host=scram-sha-256",
-            "-E",
-            "UTF8",
-            "--locale=C.UTF-8",
-        ),  # fmt: skip
-        "initdb",
-    )
-    with open(cluster.data / "pg_hba.conf", "a") as hba:
-        for address in also_on:
-            network = address.rsplit(".", 1)[0] + ".0/24"
-            hba.write(f"host all all {network} scram-sha-256\n")
-    listen = ",".join(("127.0.0.1", *also_on))
-    options = (
-        f"-c listen_addresses={listen} -p {cluster.port} -c unix_socket_directories={home}"
-        " -c fsync=on -c synchronous_commit=on -c max_connections=200"
-    )
-    _check(
-        cluster.run(
-            "pg_ctl",
-            "-D",
-            str(cluster.data),
-            "-l",
-            str(home / "server.log"),
-            "-o",
-            options,
-            "-w",
-            "-t",
-            "60",
-            "start",
-        ),  # fmt: skip
-        "pg_ctl start",
-    )
-    return cluster
-
-
-def _check(result: subprocess.CompletedProcess, what: str) -> None:
-    if result.returncode != 0:
-        raise RuntimeError(f"{what} failed: {result.stdout[-1500:]} {result.stderr[-1500:]}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Roles:
-    """A database owned by its own owner role, and an app role that owns nothing."""
-
-    owner_url: str
-    app_url: str
-    app_role: str
-
-
-_made = itertools.count()
-
-
-def new_database(cluster: Cluster, prefix: str) -> Roles:
-    """A fresh database, its owner and an app role (no rights yet: init-db grants them)."""
-    n = f"{prefix}_{os.getpid()}_{next(_made)}"
-    owner, app = f"{n}_owner", f"{n}_app"
-    with psycopg.connect(cluster.url(), autocommit=True) as admin:
-        admin.execute(f"CREATE ROLE {owner} LOGIN PASSWORD '{owner}-secret'")
-        admin.execute(f"CREATE ROLE {app} LOGIN PASSWORD '{app}-secret'")
-        admin.execute(f"CREATE DATABASE {n} OWNER {owner}")
-        admin.execute(f"REVOKE ALL ON DATABASE {n} FROM PUBLIC")
-    with psycopg.connect(cluster.url(db=n), autocommit=True) as conn:
-        conn.execute(f"ALTER SCHEMA public OWNER TO {owner}")
-    return Roles(
-        cluster.url(owner, f"{owner}-secret", n), cluster.url(app, f"{app}-secret", n), app
-    )
+from stress.pg_cluster import (  # noqa: F401 (the tests' names for them)
+    PASSWORD,
+    STOP_TIMEOUT,
+    SUPERUSER,
+    Cluster,
+    Roles,
+    _free_port,
+    initialised,
+    new_database,
+    server_bin,
+    start,
+)
 
 
 @contextlib.contextmanager
@@ -215,14 +60,3 @@ def serving(
             server.send_signal(signal.SIGTERM)
             assert server.wait(timeout=STOP_TIMEOUT) == 0, log.read_text()[-1500:]
         server.stdout.close()
-
-
-def initialised(cluster: Cluster, prefix: str, data: Path) -> Roles:
-    """A fresh database made as an operator makes one: `chargebox init-db --db OWNER_URL
-    --grant-to APP_ROLE --data-dir DATA` (in this process)."""
-    from chargebox.cli import main as chargebox_main
-
-    made = new_database(cluster, prefix)
-    args = ["init-db", "--db", made.owner_url, "--grant-to", made.app_role, "--data-dir"]
-    assert chargebox_main([*args, str(data)]) == 0
-    return made
