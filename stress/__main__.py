@@ -1,7 +1,8 @@
-"""`python -m stress`: the load harness (`run`) and the threads-vs-processes lessons (`demo`).
+"""`python -m stress`: the load harness (`run`), the threads-vs-processes lessons (`demo`),
+the benchmark (`bench`) and SQLite against PostgreSQL under wrk (`backends`).
 
 Argument parsing and printing only; the work lives in `scenario`, `workers`,
-`verify` and `demos`. Exit status: 0 when the books reconcile (or a demo showed
+`verify`, `demos`, `bench` and `backends`. Exit status: 0 when the books reconcile (or a demo showed
 its effect), 1 when anything disagreed, 2 on a usage error.
 """
 
@@ -12,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from stress import bench, report, scenario
+from stress import backends, bench, report, scenario
 from stress.demos import DEMOS, load
 
 ROUND_COLUMNS = (
@@ -165,7 +166,34 @@ def _parser() -> argparse.ArgumentParser:
     add("--synchronous", choices=bench.SYNCHRONOUS_LEVELS, default="NORMAL", help="(NORMAL)")
     add("--out", type=Path, default=Path("data/stress"), help="where the JSON goes")
     add("--quiet", action="store_true", help="no progress lines")
+    _backends_parser(commands)
     return parser
+
+
+def _backends_parser(commands) -> None:
+    both = commands.add_parser(
+        "backends",
+        help="SQLite against PostgreSQL: 2 app servers each, driven by wrk; the ratio",
+        description="For SQLite, then for a throwaway PostgreSQL cluster started here: two "
+        "app servers on one database, and two wrk processes (one per server) holding "
+        "--connections keep-alive connections that POST keyed sales: a warm-up, one hot "
+        "seller, then round-robin over --sellers sellers. Prints sales/s, p50/p99, non-201 "
+        "answers, the PostgreSQL / SQLite ratio, the cores used by the servers, PostgreSQL "
+        "and wrk, and PostgreSQL's wait events; then checks the books. Needs wrk "
+        "(apt-get install wrk) and a PostgreSQL server (apt-get install postgresql). "
+        "Run it alone: `flock /tmp/chargebox-load.lock python -m stress backends`.",
+    )
+    add = both.add_argument
+    add("--quick", action="store_true", help="short phases: --seconds 2, --warmup 1")
+    add("--seconds", type=int, help="each measured phase, whole seconds (default 10; quick 2)")
+    add("--warmup", type=int, help="the first phase, not compared (default 2; quick 1)")
+    add("--connections", type=int, default=64, help="wrk connections in all (default 64)")
+    add("--sellers", type=int, default=64, help="sellers of the round-robin phase (64)")
+    add("--processes", type=int, default=1, help="processes per app server (default 1)")
+    add("--threads", type=int, default=48, help="threads per server process (default 48)")
+    add("--backends", default="sqlite,postgresql", help="default sqlite,postgresql")
+    add("--out", type=Path, default=Path("data/stress"), help="where the JSON goes")
+    add("--quiet", action="store_true", help="no progress lines")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -242,9 +270,29 @@ def _bench(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
+def _backends(args: argparse.Namespace) -> int:
+    options = backends.Options(
+        connections=args.connections,
+        sellers=args.sellers,
+        seconds=args.seconds or (2 if args.quick else 10),
+        warmup=args.warmup or (1 if args.quick else 2),
+        processes=args.processes,
+        threads=args.threads,
+        backends=tuple(args.backends.split(",")),
+        quiet=args.quiet,
+    )
+    result = backends.run(options)
+    print(backends.render(result))
+    path = report.write_json(args.out / f"backends-{result['started']}.json", result)
+    print(f"report: {path}")
+    return 0 if result["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "backends":
+            return _backends(args)
         if args.command == "bench":
             return _bench(args)
         return _run(args) if args.command == "run" else _demo(args)

@@ -1,0 +1,59 @@
+"""`python -m stress backends`: a tiny run on both backends reports every phase and
+reconciled books.
+
+Only structure and correctness are asserted (every backend and phase has a row with
+sales, no answer but 201, the ratio computed, books reconciled, JSON written); the
+figures belong in the benchmark's output, never in a test's thresholds. It needs
+`wrk` and a PostgreSQL server (.ci/run installs both).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from stress import backends
+from stress.pg_cluster import server_bin
+from tests.support import run_stress
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    missing = [name for name, found in (("wrk", shutil.which("wrk")), ("postgresql",
+               server_bin())) if not found]  # fmt: skip
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must install {missing} (.ci/run does)")
+        pytest.skip(f"needs {missing}")
+    out = tmp_path_factory.mktemp("backends")
+    args = ["backends", "--quick", "--seconds", "1", "--warmup", "1", "--connections", "4",
+            "--sellers", "3", "--threads", "8", "--quiet", "--out", str(out)]  # fmt: skip
+    result = run_stress(*args, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (document,) = [json.loads(path.read_text()) for path in out.glob("backends-*.json")]
+    return result, document
+
+
+def test_both_backends_sell_in_every_phase_and_answer_only_201(tiny_run):
+    _, document = tiny_run
+    rows = {(row["backend"], row["phase"]): row for row in document["rows"]}
+    assert set(rows) == {(b, p) for b in backends.BACKENDS for p in backends.PHASES}
+    for key, row in rows.items():
+        assert row["ok_201"] > 0 and row["sales_s"] > 0, key
+        assert row["p99_ms"] >= row["p50_ms"] > 0, key
+        assert row["non_201"] == 0 and not row["socket_errors"], (key, row["statuses"])
+
+
+def test_the_report_gives_the_ratio_and_says_the_books_reconcile(tiny_run):
+    result, document = tiny_run
+    assert [r["measure"] for r in document["ratios"]] == [
+        "hot: PostgreSQL / SQLite sales/s",
+        "many: PostgreSQL / SQLite sales/s",
+        "hot: PostgreSQL p99 ms",
+    ]
+    assert document["ok"] and document["books"]["problems"] == []
+    assert "books reconcile on every backend" in result.stdout
+    assert "report: " in result.stdout
