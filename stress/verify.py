@@ -41,8 +41,11 @@ def all_items(admin: Client, path: str) -> list[dict]:
             return items
 
 
-def verify(admin: Client, expected: Expected, db_path: Path | None) -> list[str]:
-    """Return the discrepancies (empty when the books reconcile)."""
+def verify(
+    admin: Client, expected: Expected, db_path: Path | str | None, data_dir: Path | None = None
+) -> list[str]:
+    """Return the discrepancies (empty when the books reconcile); `db_path` is what the
+    servers' --db named (a PostgreSQL URL comes with its --data-dir)."""
     problems: list[str] = []
     sale_rows = 0
     for index, seller_id in enumerate(expected.seller_ids):
@@ -57,7 +60,7 @@ def verify(admin: Client, expected: Expected, db_path: Path | None) -> list[str]
     if not audit.get("consistent"):
         problems.append(f"/api/audit is not consistent: {audit.get('problems')}")
     if db_path is not None:
-        result = cli_audit(db_path)
+        result = cli_audit(db_path, data_dir)
         if result.returncode != 0:
             problems.append(f"chargebox audit exited {result.returncode}: {result.stderr.strip()}")
     return problems

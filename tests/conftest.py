@@ -1,4 +1,9 @@
-"""Shared fixtures: an in-process service on a real SQLite file, and real server processes."""
+"""Shared fixtures: an in-process service and real server processes, on each backend.
+
+`backend` is "sqlite" or "postgresql" (tests/backends.py): every test that uses
+`config`, `service`, `server`, `fresh_server`, `new_database` or `new_server` runs on
+both, unless it is marked `sqlite_only`.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,61 @@ import pytest
 from chargebox.cli import prepare
 from chargebox.config import Config
 from chargebox.services import Chargebox
-from tests import pg_cluster
+from tests import backends, pg_cluster
 from tests.support import ADMIN_TOKEN, Api, new_seller, running_server
 from tests.web_support import World
 from tests.workloads import THREADS_FOR_HELD_COPIES
 
 
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        only_sqlite = metafunc.definition.get_closest_marker("sqlite_only") is not None
+        chosen = ("sqlite",) if only_sqlite else backends.BACKENDS
+        metafunc.parametrize("backend", chosen, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def postgresql_template(request, tmp_path_factory):
+    """The database every PostgreSQL test's database is copied from (made by init-db)."""
+    cluster = request.getfixturevalue("postgresql_cluster")
+    return backends.template(cluster, tmp_path_factory.mktemp("template"))
+
+
+@pytest.fixture(scope="session")
+def new_database(request, backend):
+    """new_database(home) -> (what --db names, --data-dir or None): an empty database."""
+
+    def make(home):
+        if backend == "sqlite":
+            return home / "chargebox.db", None
+        made = request.getfixturevalue("postgresql_template").copy(home)
+        return made.url, made.data
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def new_server(new_database):
+    """with new_server(home, **options) as server: a real server on a new empty database."""
+
+    def serve(home, **options):
+        db, data = new_database(home)
+        return running_server(db, data_dir=data, **options)
+
+    return serve
+
+
 @pytest.fixture
-def config(tmp_path) -> Config:
-    return Config(db_path=tmp_path / "chargebox.db", admin_token=ADMIN_TOKEN)
+def config(tmp_path, new_database) -> Config:
+    db, data = new_database(tmp_path)
+    if data is None:
+        return Config(db_path=db, admin_token=ADMIN_TOKEN)
+    return Config(db_url=db, data_dir=data, admin_token=ADMIN_TOKEN)
 
 
 @pytest.fixture
@@ -29,17 +80,17 @@ def service(config):
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory):
+def server(tmp_path_factory, new_server):
     """One real server process shared by the contract tests (each test makes its own sellers)."""
-    with running_server(tmp_path_factory.mktemp("server") / "chargebox.db") as process:
+    with new_server(tmp_path_factory.mktemp("server")) as process:
         yield process
 
 
 @pytest.fixture
-def fresh_server(tmp_path):
+def fresh_server(tmp_path, new_server):
     """A real server process with an empty database, for tests that check exact totals
     (with a write slot for each copy the held-lock races send)."""
-    with running_server(tmp_path / "chargebox.db", threads=THREADS_FOR_HELD_COPIES) as process:
+    with new_server(tmp_path, threads=THREADS_FOR_HELD_COPIES) as process:
         yield process
 
 

@@ -1,10 +1,12 @@
 """Test support: a real chargebox server process, an HTTP client, and the file read back.
 
-What is on disk is read from a fresh read-only sqlite3 connection, independent of
-chargebox's own code: `reconciled_balances` re-adds the ledger and checks I1-I4,
-`rows_on_disk` returns the rows of one query, and `db_snapshot` digests every table
-and the schema (two equal snapshots: nothing changed). Kept importable (not only
-fixtures) so that worker processes started with `spawn` can use the same client.
+What is on disk is read from a fresh read-only connection (sqlite3 for a file,
+psycopg for a PostgreSQL URL: tests/backends.py), independent of chargebox's own
+code: `reconciled_balances` re-adds the ledger and checks I1-I4, `rows_on_disk`
+returns the rows of one query (written with SQLite's `?`), and `db_snapshot`
+digests every table and the schema (two equal snapshots: nothing changed). Kept
+importable (not only fixtures) so that worker processes started with `spawn` can
+use the same client.
 """
 
 from __future__ import annotations
@@ -13,16 +15,24 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import psycopg
 import requests
 
 from chargebox import process
 from chargebox.process import cli_audit  # noqa: F401 - re-exported for the tests
+from tests.backends import (  # noqa: F401 - database_of re-exported for the tests
+    database_of,
+    is_postgresql,
+    owner_url,
+    read_only_postgresql,
+)
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout
 
@@ -68,7 +78,7 @@ class ServerProcess(process.ServerProcess):
 
 
 @contextlib.contextmanager
-def running_server(db_path: Path, **options) -> Iterator[ServerProcess]:
+def running_server(db_path: Path | str, **options) -> Iterator[ServerProcess]:
     """A server process for the duration of a block; it must stop cleanly (exit 0)."""
     process = ServerProcess(db_path, **options).start()
     try:
@@ -114,23 +124,73 @@ def credited_seller(service, amount: int, name: str = "Ali") -> dict:
     return service.queries.seller(seller["id"])
 
 
+class _Reading:
+    """One read-only connection of either backend, taking SQLite's `?` parameters."""
+
+    def __init__(self, conn, postgresql: bool) -> None:
+        self.conn = conn
+        self.postgresql = postgresql
+
+    def execute(self, sql: str, params: tuple = ()):
+        if self.postgresql:
+            return self.conn.execute(re.sub(r"\?", "%s", sql), params or None)
+        return self.conn.execute(sql, params)
+
+
 @contextlib.contextmanager
-def read_only(db_path: Path) -> Iterator[sqlite3.Connection]:
-    """A fresh read-only sqlite3 connection to the file: what is on disk, not in a process."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+def read_only(db: Path | str) -> Iterator[_Reading]:
+    """A fresh read-only connection to the database: what is stored, not in a process."""
+    if is_postgresql(db):
+        conn = read_only_postgresql(str(db))
+    else:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        yield conn
+        yield _Reading(conn, is_postgresql(db))
     finally:
         conn.close()
 
 
-def rows_on_disk(db_path: Path, sql: str, params: tuple = ()) -> list[tuple]:
+@contextlib.contextmanager
+def writable(db: Path | str) -> Iterator[_Reading]:
+    """A connection of its own that commits each statement: to change the database behind
+    the service's back (on PostgreSQL as the schema's owner, who may do more than the
+    service's role: what still refuses is the schema itself)."""
+    if is_postgresql(db):
+        conn = psycopg.connect(owner_url(str(db)), autocommit=True, connect_timeout=10)
+    else:
+        conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        yield _Reading(conn, is_postgresql(db))
+    finally:
+        conn.close()
+
+
+def drop_trigger(conn: _Reading, name: str) -> None:
+    """DROP TRIGGER in either dialect (PostgreSQL's names the trigger's table)."""
+    if conn.postgresql:
+        sql = "SELECT tgrelid::regclass::text FROM pg_trigger WHERE tgname = ?"
+        (table,) = conn.execute(sql, (name,)).fetchone()
+        conn.execute(f"DROP TRIGGER {name} ON {table}")
+    else:
+        conn.execute(f"DROP TRIGGER {name}")
+
+
+def cli_audit_of(config) -> subprocess.CompletedProcess:
+    """`chargebox audit` of a config's database, as an operator runs it."""
+    return cli_audit(database_of(config), config.data_dir if config.db_url else None)
+
+
+# What the schema raises when it refuses a statement, on either backend.
+REFUSED = (sqlite3.IntegrityError, psycopg.errors.IntegrityError)
+
+
+def rows_on_disk(db: Path | str, sql: str, params: tuple = ()) -> list[tuple]:
     """The rows of one query, from a fresh read-only connection."""
-    with read_only(db_path) as conn:
-        return conn.execute(sql, params).fetchall()
+    with read_only(db) as conn:
+        return [tuple(row) for row in conn.execute(sql, params).fetchall()]
 
 
-def reconciled_balances(db_path: Path) -> dict[int, int]:
+def reconciled_balances(db_path: Path | str) -> dict[int, int]:
     """{seller_id: balance}, once I1-I4 are checked from a fresh read-only connection.
 
     Independent of chargebox's own code on purpose: the ledger is re-added here.
@@ -155,7 +215,8 @@ def reconciled_balances(db_path: Path) -> dict[int, int]:
         assert unmatched_sales == 0, f"I4: {unmatched_sales} sales without exactly one debit"
         unmatched_credits = conn.execute(
             "SELECT COUNT(*) FROM credit_request r WHERE (SELECT COUNT(*) FROM ledger_entry l "
-            "WHERE l.credit_request_id = r.id) != (r.status = 'approved')"
+            "WHERE l.credit_request_id = r.id) "
+            "!= CASE WHEN r.status = 'approved' THEN 1 ELSE 0 END"
         ).fetchone()[0]
         assert unmatched_credits == 0, f"I4: {unmatched_credits} requests credited wrongly"
         return balances
@@ -165,32 +226,55 @@ def reconciled_balances(db_path: Path) -> dict[int, int]:
 LEDGER_TABLES = ("seller", "credit_request", "sale", "ledger_entry", "phone", "idempotency_record")
 
 
-def db_snapshot(db_path: Path) -> dict[str, object]:
-    """Row count and content digest of every table of the file, its schema, and the sum of
-    balances, from a fresh read-only connection.
+def db_snapshot(db_path: Path | str) -> dict[str, object]:
+    """Row count and content digest of every table, the schema, and the sum of balances,
+    from a fresh read-only connection.
 
     Two equal snapshots around a refused request prove that it changed nothing. The
-    tables are read from sqlite_master, so a table added to the schema is covered
-    without a change here. None is left out: no request that is refused writes a row
-    (web sessions, the one table a read-only visit could be thought to touch, are
-    written by sign-in and sign-out only); and the schema is compared too, since a test
-    that drops a trigger inside a transaction must see it back after the rollback.
+    tables are read from the catalog (sqlite_master, or PostgreSQL's), so a table added
+    to the schema is covered without a change here. None is left out: no request that
+    is refused writes a row (web sessions, the one table a read-only visit could be
+    thought to touch, are written by sign-in and sign-out only); and the schema is
+    compared too, since a test that drops a trigger inside a transaction must see it
+    back after the rollback.
     """
     with read_only(db_path) as conn:
-        schema = conn.execute(
-            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
-        ).fetchall()
-        tables = [name for kind, name, _, _ in schema if kind == "table"]
+        if conn.postgresql:
+            schema = [conn.execute(sql).fetchall() for sql in _POSTGRESQL_SCHEMA]
+            tables = [name for (name,) in schema[0]]
+        else:
+            schema = conn.execute(
+                "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+            ).fetchall()
+            tables = [name for kind, name, _, _ in schema if kind == "table"]
         missing = set(LEDGER_TABLES) - set(tables)
         assert not missing, f"the snapshot would miss tables {missing}"
         state: dict[str, object] = {"schema": _digest(schema)}
         for table in tables:
             rows = conn.execute(f'SELECT * FROM "{table}"').fetchall()
             state[table] = (len(rows), _digest(rows))
-        state["sum(seller.balance)"] = conn.execute(
-            "SELECT COALESCE(SUM(balance), 0) FROM seller"
-        ).fetchone()[0]
+        state["sum(seller.balance)"] = int(
+            conn.execute("SELECT COALESCE(SUM(balance), 0) FROM seller").fetchone()[0]
+        )
         return state
+
+
+# PostgreSQL's schema as the snapshot compares it: tables, columns, constraints,
+# indexes, triggers (and whether they are enabled) and the functions they run.
+_POSTGRESQL_SCHEMA = (
+    "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
+    "AND table_type = 'BASE TABLE' ORDER BY 1",
+    "SELECT table_name, column_name, data_type, is_nullable, column_default "
+    "FROM information_schema.columns WHERE table_schema = current_schema() ORDER BY 1, 2",
+    "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
+    "WHERE connamespace = current_schema()::regnamespace ORDER BY 1, 2",
+    "SELECT tablename, indexname, indexdef FROM pg_indexes "
+    "WHERE schemaname = current_schema() ORDER BY 1, 2",
+    "SELECT tgrelid::regclass::text, tgname, tgenabled, pg_get_triggerdef(oid) FROM pg_trigger "
+    "WHERE NOT tgisinternal ORDER BY 1, 2",
+    "SELECT proname, prosrc FROM pg_proc WHERE pronamespace = current_schema()::regnamespace "
+    "ORDER BY 1, 2",
+)
 
 
 def _digest(rows: list[tuple]) -> str:

@@ -24,7 +24,7 @@ import pytest
 import chargebox
 from chargebox.config import Config
 from chargebox.web import create_app
-from tests.support import ADMIN_TOKEN, Api, db_snapshot, new_seller, running_server
+from tests.support import ADMIN_TOKEN, Api, db_snapshot, new_seller
 
 PUBLIC, ADMIN, SELLER, BOTH = "public", "admin only", "seller only", "admin and sellers"
 
@@ -115,8 +115,8 @@ BAD_TOKENS = {
 
 
 @pytest.fixture(scope="module")
-def sweep_server(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("access") / "chargebox.db") as process:
+def sweep_server(tmp_path_factory, new_server):
+    with new_server(tmp_path_factory.mktemp("access")) as process:
         yield process
 
 

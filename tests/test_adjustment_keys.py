@@ -8,9 +8,7 @@ books are re-added from a fresh sqlite3 connection (`reconciled_balances`) and a
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -20,12 +18,15 @@ from chargebox.config import MAX_BALANCE
 from chargebox.services import Chargebox
 from tests.support import (
     ADMIN_TOKEN,
+    REFUSED,
     Api,
     credited_seller,
+    database_of,
     db_snapshot,
     new_seller,
     reconciled_balances,
     rows_on_disk,
+    writable,
 )
 from tests.workloads import keyed_post, run_parallel, write_lock_held_until_sent
 
@@ -51,7 +52,7 @@ def entries(db_path: Path, seller_id: int) -> list[tuple]:
 def audited(service: Chargebox, config) -> dict[int, int]:
     report = service.audit()
     assert report["consistent"], report["problems"]
-    return reconciled_balances(config.db_path)
+    return reconciled_balances(database_of(config))
 
 
 # --- in process ------------------------------------------------------------------------------
@@ -63,13 +64,13 @@ def test_a_keyed_adjustment_happens_once_and_its_replays_write_nothing(service, 
     assert first.replayed is False
     made = first.record
     assert (made["kind"], made["amount"], made["balance_after"]) == ("adjustment", 2_500, 12_500)
-    before = db_snapshot(config.db_path)
+    before = db_snapshot(database_of(config))
     for reason in ("caf\u00e9 bonus", "  cafe\u0301 bonus\t"):  # same after trimming and NFC
         again = service.adjust_balance(seller_id, 2_500, reason, "adj-1")
         assert again.replayed is True and again.record == made
     assert service.adjust_balance(seller_id, 2_500, "caf\u00e9 bonus", "adj-1").record == made
-    assert db_snapshot(config.db_path) == before
-    assert records(config.db_path) == [(seller_id, "adj-1", made["id"], None)]
+    assert db_snapshot(database_of(config)) == before
+    assert records(database_of(config)) == [(seller_id, "adj-1", made["id"], None)]
     assert audited(service, config)[seller_id] == 12_500
 
 
@@ -81,11 +82,11 @@ def test_the_same_key_with_another_amount_or_reason_is_refused_and_writes_nothin
 ):
     seller_id = credited(service, 10_000)
     service.adjust_balance(seller_id, 2_500, "bonus", "adj-1")
-    before = db_snapshot(config.db_path)
+    before = db_snapshot(database_of(config))
     with pytest.raises(errors.IdempotencyKeyReused) as refused:
         service.adjust_balance(seller_id, amount, reason, "adj-1")
     assert refused.value.field == "Idempotency-Key"
-    assert db_snapshot(config.db_path) == before
+    assert db_snapshot(database_of(config)) == before
 
 
 @pytest.mark.parametrize(
@@ -104,13 +105,13 @@ def test_a_refused_adjustment_stays_refused_after_an_unkeyed_one_makes_room(
     with pytest.raises(refusal) as first:
         big.adjust_balance(seller_id, amount, "refused", "k")
     assert first.value.replayed is False
-    assert records(config.db_path) == [(seller_id, "k", None, refusal.code)]
+    assert records(database_of(config)) == [(seller_id, "k", None, refusal.code)]
     big.adjust_balance(seller_id, room, "make room")
-    before = db_snapshot(config.db_path)
+    before = db_snapshot(database_of(config))
     with pytest.raises(refusal) as again:
         big.adjust_balance(seller_id, amount, "refused", "k")
     assert again.value.replayed is True and again.value.message == first.value.message
-    assert db_snapshot(config.db_path) == before
+    assert db_snapshot(database_of(config)) == before
     fresh = big.adjust_balance(seller_id, amount, "refused", "k2")
     assert fresh.replayed is False and fresh.record["balance_after"] == credit + room + amount
     assert audited(big, config)[seller_id] == credit + room + amount
@@ -118,10 +119,10 @@ def test_a_refused_adjustment_stays_refused_after_an_unkeyed_one_makes_room(
 
 def test_an_unknown_seller_does_not_use_up_the_key(service, config):
     ghost = credited(service, 0) + 1
-    before = db_snapshot(config.db_path)
+    before = db_snapshot(database_of(config))
     with pytest.raises(errors.NotFound):
         service.adjust_balance(ghost, 1_000, "early", "k")
-    assert db_snapshot(config.db_path) == before
+    assert db_snapshot(database_of(config)) == before
     late, _ = service.create_seller("Late")
     assert late["id"] == ghost  # the seller the key was first tried on now exists
     made = service.adjust_balance(ghost, 1_000, "early", "k")
@@ -138,12 +139,12 @@ def test_a_request_refused_as_invalid_writes_nothing_and_does_not_use_up_the_key
     service, config, field, value
 ):
     seller_id = credited(service, 10_000)
-    before = db_snapshot(config.db_path)
+    before = db_snapshot(database_of(config))
     request = {"amount": 1_000, "reason": "fine", "Idempotency-Key": "k", field: value}
     with pytest.raises(errors.ValidationError) as refused:
         service.adjust_balance(seller_id, *request.values())
     assert refused.value.field == field
-    assert db_snapshot(config.db_path) == before
+    assert db_snapshot(database_of(config)) == before
     assert service.adjust_balance(seller_id, 1_000, "fine", "k").replayed is False
 
 
@@ -155,7 +156,7 @@ def test_the_same_key_on_two_sellers_makes_two_entries(service, config):
     assert (one.replayed, two.replayed) == (False, False)
     assert one.record["id"] != two.record["id"] and two.record["seller_id"] == sara
     assert service.adjust_balance(sara, 1_000, "same", key).record == two.record
-    assert [row[:2] for row in records(config.db_path)] == [(ali, key), (sara, key)]
+    assert [row[:2] for row in records(database_of(config))] == [(ali, key), (sara, key)]
     balances = audited(service, config)
     assert (balances[ali], balances[sara]) == (11_000, 11_000)
 
@@ -177,7 +178,7 @@ def test_a_sale_and_an_adjustment_of_one_seller_with_the_same_key_both_happen(
     sale, entry = (first, second) if sale_first else (second, first)
     assert sell().record == sale.record and adjust().record == entry.record
     assert entry.record["kind"] == "adjustment" and entry.record["amount"] == -7_000
-    kinds = sorted(entries(config.db_path, seller_id))
+    kinds = sorted(entries(database_of(config), seller_id))
     assert kinds == [("adjustment", -7_000), ("credit", 50_000), ("sale", -10_000)]
     assert audited(service, config)[seller_id] == 33_000
 
@@ -200,8 +201,8 @@ TAMPERING_IDS = ["update", "un-refuse", "delete", "neither", "both", "empty", "2
 
 
 def behind_the_back(db_path: Path, sql: str, params: tuple = ()) -> None:
-    """One statement on a raw sqlite3 connection of its own, committed if it passes."""
-    with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
+    """One statement on a raw connection of its own, committed if it passes."""
+    with writable(db_path) as conn:
         conn.execute(sql, params)
 
 
@@ -213,10 +214,10 @@ def test_the_database_refuses_to_change_or_forge_an_adjustment_outcome(
     service.adjust_balance(seller_id, 500, "bonus", "k")
     with pytest.raises(errors.InsufficientCredit):
         service.adjust_balance(seller_id, -5_000, "too much", "k-refused")
-    before = db_snapshot(config.db_path)
-    with pytest.raises(sqlite3.IntegrityError, match=answer):
-        behind_the_back(config.db_path, sql, (seller_id, *values))
-    assert db_snapshot(config.db_path) == before
+    before = db_snapshot(database_of(config))
+    with pytest.raises(REFUSED, match=f"(?i){answer}"):
+        behind_the_back(database_of(config), sql, (seller_id, *values))
+    assert db_snapshot(database_of(config)) == before
     assert audited(service, config)[seller_id] == 1_500
 
 

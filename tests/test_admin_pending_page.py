@@ -14,17 +14,17 @@ import re
 
 import pytest
 
-from tests.support import ADMIN_TOKEN, new_seller, running_server
+from tests.support import ADMIN_TOKEN, new_seller
 from tests.web_support import Browser, text_of
 
 FLOOD = 105
 
 
 @pytest.fixture(scope="module")
-def queue(tmp_path_factory):
+def queue(tmp_path_factory, new_server):
     """A server whose cap allows the flood; (server, flooder, other, their request ids)."""
-    db_path = tmp_path_factory.mktemp("queue") / "chargebox.db"
-    with running_server(db_path, env={"CHARGEBOX_MAX_PENDING_REQUESTS": "200"}) as server:
+    home = tmp_path_factory.mktemp("queue")
+    with new_server(home, env={"CHARGEBOX_MAX_PENDING_REQUESTS": "200"}) as server:
         admin = server.admin()
         ids = {}
         for name, count in (("flooder", FLOOD), ("other", 1)):

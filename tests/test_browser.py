@@ -53,8 +53,8 @@ def chromium() -> Browser:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("browser") / "chargebox.db") as process:
+def site(tmp_path_factory, new_server):
+    with new_server(tmp_path_factory.mktemp("browser")) as process:
         yield process
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -18,9 +17,13 @@ from tests.support import (
     ROOT,
     ServerProcess,
     cli_audit,
+    cli_audit_of,
+    database_of,
+    drop_trigger,
     new_seller,
     reconciled_balances,
     rows_on_disk,
+    writable,
 )
 
 TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
@@ -45,13 +48,14 @@ def funded_database(service) -> None:
     service.sell(seller["id"], "09121234567", 7_000)
 
 
-def tamper(db_path, *statements: str) -> None:
-    """Edit the file behind the application's back, as someone holding it could."""
-    conn = sqlite3.connect(db_path)
-    for statement in statements:
-        conn.execute(statement)
-    conn.commit()
-    conn.close()
+def tamper(db, *statements: str) -> None:
+    """Edit the database behind the application's back, as someone holding it could."""
+    with writable(db) as conn:
+        for statement in statements:
+            if statement.startswith("DROP TRIGGER "):
+                drop_trigger(conn, statement.removeprefix("DROP TRIGGER "))
+            else:
+                conn.execute(statement)
 
 
 def test_create_seller_prints_a_working_key_once_and_audit_passes(tmp_path):
@@ -74,14 +78,14 @@ def test_audit_of_a_missing_file_exits_2_without_creating_it(tmp_path):
 
 def test_audit_names_the_seller_and_entry_of_a_forged_ledger_row(service, config):
     funded_database(service)
-    assert cli_audit(config.db_path).returncode == 0
+    assert cli_audit_of(config).returncode == 0
     tamper(
-        config.db_path,
+        database_of(config),
         "DROP TRIGGER ledger_entry_no_update",
         "UPDATE ledger_entry SET amount = -4000 WHERE kind = 'sale' AND amount = -5000",
     )
 
-    result = cli_audit(config.db_path)
+    result = cli_audit_of(config)
 
     assert result.returncode == 1
     assert "I2: seller 1" in result.stderr
@@ -92,14 +96,16 @@ def test_audit_names_the_seller_and_entry_of_a_forged_ledger_row(service, config
 def test_audit_catches_a_sale_deleted_with_its_entry_and_a_balance_bumped(service, config):
     funded_database(service)
     tamper(
-        config.db_path,
+        database_of(config),
         "DROP TRIGGER ledger_entry_no_delete",
         "DROP TRIGGER sale_no_delete",
+        "DROP TRIGGER ledger_seal_no_delete",
+        "DELETE FROM ledger_seal WHERE entry_id IN (SELECT id FROM ledger_entry WHERE sale_id = 2)",
         "DELETE FROM ledger_entry WHERE sale_id = 2",
         "UPDATE seller SET balance = balance + 7000",
     )
 
-    result = cli_audit(config.db_path)
+    result = cli_audit_of(config)
 
     assert result.returncode == 1
     assert "sale 2 of 7000 has 0 matching debit entries" in result.stderr

@@ -8,12 +8,18 @@ does not use up its key. The web page's credit form carries such a key.
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
 from chargebox.errors import IdempotencyKeyReused, NotFound, ValidationError
-from tests.support import db_snapshot, new_seller, reconciled_balances, rows_on_disk
+from tests.support import (
+    REFUSED,
+    database_of,
+    db_snapshot,
+    new_seller,
+    reconciled_balances,
+    rows_on_disk,
+    writable,
+)
 from tests.workloads import keyed_post, run_parallel, write_lock_held_until_sent
 
 MODES = ["threads", "processes"]
@@ -22,10 +28,10 @@ MODES = ["threads", "processes"]
 def test_a_keyed_credit_request_is_filed_once_and_replayed_as_it_is_now(service):
     seller, _ = service.create_seller("shop")
     first = service.request_credit(seller["id"], 40_000, "ask-1")
-    before = db_snapshot(service.config.db_path)
+    before = db_snapshot(database_of(service.config))
     again = service.request_credit(seller["id"], 40_000, "ask-1")
     assert (again.record, again.replayed, first.replayed) == (first.record, True, False)
-    assert db_snapshot(service.config.db_path) == before
+    assert db_snapshot(database_of(service.config)) == before
     service.approve_credit_request(first.record["id"])
     later = service.request_credit(seller["id"], 40_000, "ask-1")
     assert (later.record["id"], later.record["status"]) == (first.record["id"], "approved")
@@ -35,10 +41,10 @@ def test_a_keyed_credit_request_is_filed_once_and_replayed_as_it_is_now(service)
 def test_the_same_key_with_another_amount_is_refused_and_files_nothing(service):
     seller, _ = service.create_seller("shop")
     service.request_credit(seller["id"], 40_000, "ask-1")
-    before = db_snapshot(service.config.db_path)
+    before = db_snapshot(database_of(service.config))
     with pytest.raises(IdempotencyKeyReused):
         service.request_credit(seller["id"], 40_001, "ask-1")
-    assert db_snapshot(service.config.db_path) == before
+    assert db_snapshot(database_of(service.config)) == before
 
 
 def test_a_refused_request_does_not_use_up_its_key(service):
@@ -65,18 +71,15 @@ def test_keys_are_per_seller_and_apart_from_sale_keys(service):
 def test_the_database_keeps_credit_request_keys_final(service):
     seller, _ = service.create_seller("shop")
     service.request_credit(seller["id"], 9_000, "ask-1")
-    conn = sqlite3.connect(service.config.db_path)
-    try:
+    with writable(database_of(service.config)) as conn:
         for statement in (
             "UPDATE credit_request_record SET key = 'other'",
             "DELETE FROM credit_request_record",
             "INSERT INTO credit_request_record (seller_id, key, request_hash, created_at)"
             " VALUES (1, 'ask-2', 'h', 'now')",  # neither a request nor a refusal
         ):
-            with pytest.raises(sqlite3.IntegrityError):
+            with pytest.raises(REFUSED):
                 conn.execute(statement)
-    finally:
-        conn.close()
 
 
 def test_over_http_a_copy_is_201_with_the_replayed_header_and_the_same_location(make_seller):

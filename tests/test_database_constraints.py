@@ -10,6 +10,9 @@ A well-formed movement, as `ledger` writes it: the ledger entry first, with
 `UPDATE seller SET balance = <that balance_after>`. Where a trigger would refuse
 before a CHECK could speak, a test also drops that trigger inside its (rolled
 back) transaction, so each line of defence is shown to hold on its own.
+
+SQLite's schema only: PostgreSQL's (its own statements, a `seq` column, a deferred
+I2 trigger, rights per role) is refused the same way in test_postgresql_schema.py.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import pytest
 
 from chargebox.config import MAX_BALANCE
 from chargebox.errors import IntegrityViolation
-from tests.support import db_snapshot
+from tests.support import database_of, db_snapshot
+
+pytestmark = pytest.mark.sqlite_only
 
 PHONE = "09121234567"
 T = "2024-01-01T00:00:00.000000Z"
@@ -31,7 +36,7 @@ T = "2024-01-01T00:00:00.000000Z"
 @pytest.fixture
 def raw(service, config):
     """An autocommit sqlite3 connection to the service's database file."""
-    conn = sqlite3.connect(config.db_path, isolation_level=None)
+    conn = sqlite3.connect(database_of(config), isolation_level=None)
     conn.execute("PRAGMA busy_timeout = 5000")
     yield conn
     conn.close()
@@ -588,7 +593,7 @@ def test_the_apps_connection_refuses_a_sale_of_an_unknown_phone_at_commit(servic
     upsert): the INSERT is let through, and the COMMIT refuses it. Selling to a number
     not yet registered, which upserts the phone after the sale, is tested in test_services."""
     unknown = "09350000000"
-    with contextlib.closing(sqlite3.connect(config.db_path)) as disk:
+    with contextlib.closing(sqlite3.connect(database_of(config))) as disk:
         before = snapshot(disk)
         inserted = []
         with (

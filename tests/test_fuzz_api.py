@@ -38,7 +38,7 @@ import schemathesis
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 import chargebox
-from tests.support import ADMIN_TOKEN, Api, db_snapshot, reconciled_balances, running_server
+from tests.support import ADMIN_TOKEN, Api, db_snapshot, reconciled_balances
 
 DOC = json.loads((Path(chargebox.__file__).parent / "openapi.json").read_text("utf-8"))
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -151,8 +151,8 @@ def exercise(case, db_path: Path, role: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("fuzz") / "chargebox.db") as process:
+def fuzz_server(tmp_path_factory, new_server):
+    with new_server(tmp_path_factory.mktemp("fuzz")) as process:
         yield process
 
 

@@ -5,18 +5,26 @@ would be regenerated) every new seal is wrong and the audit cries tampering that
 never happened. So the commands that write refuse to start, in one line with
 exit 2, and write nothing: the folder's files are compared byte for byte. The
 check reads the sealed heads of the newest entries' sellers, never the ledger.
+On PostgreSQL the key file is in `--data-dir`, the folder compared.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from chargebox import seals
-from tests.support import cli_audit, credited_seller, running_server
+from chargebox.postgresql import described
+from tests.support import (
+    cli_audit,
+    credited_seller,
+    database_of,
+    is_postgresql,
+    running_server,
+    writable,
+)
 from tests.test_startup_mistakes import WRITERS, assert_refused, chargebox
 
 OTHER_KEY = "another-ledger-key-of-forty-characters-x"
@@ -26,49 +34,71 @@ def files(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
 
 
+@dataclasses.dataclass(frozen=True)
+class Sealed:
+    """A database, the folder of its key file, and how a command names them."""
+
+    db: Path | str
+    folder: Path
+
+    @property
+    def args(self) -> list[str]:
+        if is_postgresql(self.db):
+            return ["--db", str(self.db), "--data-dir", str(self.folder)]
+        return ["--db", str(self.db)]
+
+    @property
+    def named(self) -> str:  # as a refusal names --db (never a password)
+        return f"--db {described(self.db) if is_postgresql(self.db) else self.db}"
+
+    @property
+    def data_dir(self) -> Path | None:
+        return self.folder if is_postgresql(self.db) else None
+
+
 @pytest.fixture
-def sealed(service, config) -> Path:
-    """A closed database whose ledger holds sealed entries of two sellers; its path."""
+def sealed(service, config) -> Sealed:
+    """A closed database whose ledger holds sealed entries of two sellers."""
     for name in ("Ali", "Sara"):
         seller = credited_seller(service, 50_000, name)
         service.sell(seller["id"], "09121234567", 1_000)
     service.close()
-    return config.db_path
+    return Sealed(database_of(config), config.secrets_dir)
 
 
 @pytest.mark.parametrize("command", WRITERS, ids=lambda c: c[0])
 def test_a_changed_ledger_key_refuses_to_start_in_one_line_and_writes_nothing(sealed, command):
-    before = files(sealed.parent)
-    result = chargebox(*command, "--db", str(sealed), CHARGEBOX_LEDGER_KEY=OTHER_KEY)
+    before = files(sealed.folder)
+    result = chargebox(*command, *sealed.args, CHARGEBOX_LEDGER_KEY=OTHER_KEY)
     line = assert_refused(result, "CHARGEBOX_LEDGER_KEY", "is not the key that sealed")
     assert "backup" in line
-    assert files(sealed.parent) == before
+    assert files(sealed.folder) == before
 
 
 @pytest.mark.parametrize("command", WRITERS, ids=lambda c: c[0])
 def test_a_lost_key_file_of_a_sealed_ledger_refuses_and_makes_no_new_key(sealed, command):
-    key_file = sealed.parent / "ledger_key"
+    key_file = sealed.folder / "ledger_key"
     key_file.unlink()
-    before = files(sealed.parent)
-    result = chargebox(*command, "--db", str(sealed))
-    line = assert_refused(result, f"--db {sealed}", str(key_file), "missing")
+    before = files(sealed.folder)
+    result = chargebox(*command, *sealed.args)
+    line = assert_refused(result, sealed.named, str(key_file), "missing")
     assert "restore it from the backup" in line
-    assert files(sealed.parent) == before and not key_file.exists()
+    assert files(sealed.folder) == before and not key_file.exists()
 
 
 @pytest.mark.parametrize("from_environment", [False, True], ids=["file", "environment"])
 def test_the_right_key_starts_and_goes_on_sealing(sealed, from_environment):
-    key = (sealed.parent / "ledger_key").read_text().strip()
+    key = (sealed.folder / "ledger_key").read_text().strip()
     env = {"CHARGEBOX_LEDGER_KEY": key} if from_environment else {}
-    created = chargebox("create-seller", "Reza", "--db", str(sealed), **env)
+    created = chargebox("create-seller", "Reza", *sealed.args, **env)
     assert created.returncode == 0 and "Traceback" not in created.stderr, created.stderr
-    with running_server(sealed, env=env) as server:
+    with running_server(sealed.db, data_dir=sealed.data_dir, env=env) as server:
         admin = server.admin()
         adjusted = admin.post("/api/sellers/1/adjustments", {"amount": 500, "reason": "bonus"})
         assert adjusted.status_code == 201, adjusted.text
         assert admin.get("/api/audit").json()["consistent"] is True
         admin.close()
-    assert cli_audit(sealed).returncode == 0
+    assert cli_audit(sealed.db, sealed.data_dir).returncode == 0
 
 
 def test_an_empty_database_whose_key_file_is_lost_gets_a_new_key(tmp_path):
@@ -81,7 +111,7 @@ def test_an_empty_database_whose_key_file_is_lost_gets_a_new_key(tmp_path):
 
 
 def test_audit_with_a_wrong_key_says_once_that_the_key_does_not_match(sealed):
-    result = chargebox("audit", "--db", str(sealed), CHARGEBOX_LEDGER_KEY=OTHER_KEY)
+    result = chargebox("audit", *sealed.args, CHARGEBOX_LEDGER_KEY=OTHER_KEY)
     assert result.returncode == 1
     assert result.stderr.count("is not the key that sealed this ledger") == 1, result.stderr
     assert "does not match" not in result.stderr  # no seller is accused of tampering
@@ -90,11 +120,9 @@ def test_audit_with_a_wrong_key_says_once_that_the_key_does_not_match(sealed):
 
 def test_one_forged_head_among_intact_ones_is_no_wrong_key_and_start_up_warns(sealed):
     """One seller's head forged, the other's intact: the key is right, the books are not."""
-    conn = sqlite3.connect(sealed)
-    conn.execute("UPDATE seller_head SET mac = ? WHERE seller_id = 1", ("0" * 64,))
-    conn.commit()
-    conn.close()
-    result = chargebox("init-db", "--db", str(sealed))
+    with writable(sealed.db) as conn:
+        conn.execute("UPDATE seller_head SET mac = ? WHERE seller_id = 1", ("0" * 64,))
+    result = chargebox("init-db", *sealed.args)
     assert result.returncode == 0, result.stderr
     assert "1 of the 2 newest sealed heads do not verify: run `chargebox audit`" in result.stderr
 
@@ -109,12 +137,14 @@ def test_a_short_key_that_already_sealed_the_ledger_is_kept_with_a_warning(confi
     credited_seller(service, 10_000)
     service.close()
     env = {"CHARGEBOX_LEDGER_KEY": "short-old-key"}
-    result = chargebox("create-seller", "Sara", "--db", str(config.db_path), **env)
+    args = Sealed(database_of(config), config.secrets_dir).args
+    result = chargebox("create-seller", "Sara", *args, **env)
     assert result.returncode == 0, result.stderr
     assert "CHARGEBOX_LEDGER_KEY is short, but it sealed this ledger" in result.stderr
-    assert chargebox("audit", "--db", str(config.db_path), **env).returncode == 0
+    assert chargebox("audit", *args, **env).returncode == 0
 
 
+@pytest.mark.sqlite_only  # counted in SQLite's virtual-machine steps
 def test_the_key_check_reads_as_much_of_a_ledger_ten_times_longer(service, config):
     """SQLite's own count of virtual-machine steps: the check does not grow with the ledger."""
     seller = credited_seller(service, 10_000_000)

@@ -54,7 +54,6 @@ from tests.support import (
     ServerProcess,
     read_only,
     reconciled_balances,
-    running_server,
 )
 
 # (examples, steps per example) for each machine; the CI profile runs 100 x 50 + 20 x 30.
@@ -721,19 +720,18 @@ def test_every_sequence_of_use_cases_leaves_the_books_the_model_predicts():
 
 
 @BOUNDED
-def test_every_sequence_of_http_calls_leaves_the_books_the_model_predicts(tmp_path):
+def test_every_sequence_of_http_calls_leaves_the_books_the_model_predicts(tmp_path, new_server):
     """The HTTP machine on one real server; afterwards reconciled_balances() re-adds the
     whole file."""
     RUNS["http"].clear()
-    db_path = tmp_path / "model.db"
-    with running_server(db_path) as server:
+    with new_server(tmp_path) as server:
         served = Served(server)
         run_state_machine_as_test(lambda: HttpMachine(served), settings=machine_settings("http"))
         admin = server.admin()
         audit = admin.get("/api/audit").json()
         admin.close()
     assert audit["consistent"], audit["problems"]
-    assert sum(reconciled_balances(db_path).values()) == audit["totals"]["balance_sum"]
+    assert sum(reconciled_balances(server.db_path).values()) == audit["totals"]["balance_sum"]
     report("http")
     examples, steps = RUN_SIZES[PROFILE]["http"]
     assert RUNS["http"]["steps"] >= examples * steps // 2, RUNS["http"]

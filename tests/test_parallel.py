@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import ADMIN_TOKEN, cli_audit, new_seller, reconciled_balances, running_server
+from tests.support import ADMIN_TOKEN, cli_audit, new_seller, reconciled_balances
 from tests.workloads import (
     THREADS_FOR_HELD_COPIES,
     approve_once,
@@ -25,10 +25,10 @@ pytestmark = pytest.mark.parallel
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, new_server):
     """This module's own server (conftest's `admin` follows it), so its totals stay apart."""
-    db_path = tmp_path_factory.mktemp("parallel") / "chargebox.db"
-    with running_server(db_path, threads=THREADS_FOR_HELD_COPIES) as process:
+    home = tmp_path_factory.mktemp("parallel")
+    with new_server(home, threads=THREADS_FOR_HELD_COPIES) as process:
         yield process
 
 
@@ -36,7 +36,7 @@ def assert_books_reconcile(server, admin) -> dict[int, int]:
     balances = reconciled_balances(server.db_path)
     report = admin.get("/api/audit").json()
     assert report["consistent"], report["problems"]
-    audited = cli_audit(server.db_path)
+    audited = cli_audit(server.db_path, server.data_dir)
     assert audited.returncode == 0, audited.stderr
     return balances
 
@@ -116,9 +116,12 @@ def test_mixed_load_over_several_sellers_keeps_every_balance_exact(server, admin
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_two_server_processes_on_one_port_still_sell_exactly_the_balance(tmp_path, mode):
-    """`--processes 2`: two forked servers share the socket and the file; the locks still hold."""
-    with running_server(tmp_path / "cb.db", env={"CHARGEBOX_PROCESSES": "2"}) as two:
+def test_two_server_processes_on_one_port_still_sell_exactly_the_balance(
+    tmp_path, new_server, mode
+):
+    """`--processes 2`: two forked servers share the socket and the database; the locks
+    still hold."""
+    with new_server(tmp_path, env={"CHARGEBOX_PROCESSES": "2"}) as two:
         admin = two.admin()
         seller, key = new_seller(admin, f"two-procs-{mode}", credit=300_000)
 

@@ -22,11 +22,11 @@ from chargebox.config import DEFAULT_MAX_PENDING_REQUESTS, Config, env_defaults
 from chargebox.errors import TooManyPendingRequests
 from chargebox.services import Chargebox
 from tests.support import (
+    database_of,
     db_snapshot,
     new_seller,
     reconciled_balances,
     rows_on_disk,
-    running_server,
 )
 from tests.test_http_contract import assert_error
 from tests.test_openapi import error_code
@@ -49,7 +49,7 @@ def capped(config):
 def pending_on_disk(db_path, seller_id: int) -> tuple[int, int]:
     """(pending, all) credit requests of a seller, from a fresh read-only connection."""
     sql = (
-        "SELECT COALESCE(SUM(status = 'pending'), 0), COUNT(*) FROM credit_request"
+        "SELECT COUNT(*) FILTER (WHERE status = 'pending'), COUNT(*) FROM credit_request"
         " WHERE seller_id = ?"
     )
     return rows_on_disk(db_path, sql, (seller_id,))[0]
@@ -62,23 +62,23 @@ def test_the_default_cap_is_ten_and_the_eleventh_request_is_refused(service):
     seller, _ = service.create_seller("flood")
     for _ in range(DEFAULT_MAX_PENDING_REQUESTS):
         service.request_credit(seller["id"], 1)
-    before = db_snapshot(service.config.db_path)
+    before = db_snapshot(database_of(service.config))
     with pytest.raises(TooManyPendingRequests) as refusal:
         service.request_credit(seller["id"], 1)
     assert DEFAULT_MAX_PENDING_REQUESTS == 10
     assert refusal.value.code == TOO_MANY and "at most 10" in refusal.value.message
-    assert db_snapshot(service.config.db_path) == before
+    assert db_snapshot(database_of(service.config)) == before
 
 
 def test_one_request_over_the_cap_is_refused_and_files_nothing(capped):
     seller, _ = capped.create_seller("flood")
     filed = [capped.request_credit(seller["id"], 1_000 + n).record["id"] for n in range(CAP)]
-    before = db_snapshot(capped.config.db_path)
+    before = db_snapshot(database_of(capped.config))
     for amount in (1, 5_000, 10**9):
         with pytest.raises(TooManyPendingRequests):
             capped.request_credit(seller["id"], amount)
-    assert db_snapshot(capped.config.db_path) == before
-    assert pending_on_disk(capped.config.db_path, seller["id"]) == (CAP, CAP)
+    assert db_snapshot(database_of(capped.config)) == before
+    assert pending_on_disk(database_of(capped.config), seller["id"]) == (CAP, CAP)
     assert [r["id"] for r in capped.queries.recent_credit_requests(seller["id"])] == filed[::-1]
 
 
@@ -107,7 +107,7 @@ def test_approving_or_rejecting_a_request_frees_a_place(capped):
     capped.request_credit(seller["id"], 4_000)
     with pytest.raises(TooManyPendingRequests):
         capped.request_credit(seller["id"], 5_000)
-    assert pending_on_disk(capped.config.db_path, seller["id"]) == (CAP, CAP + 2)
+    assert pending_on_disk(database_of(capped.config), seller["id"]) == (CAP, CAP + 2)
     assert capped.queries.seller(seller["id"])["balance"] == 1_000
 
 
@@ -118,7 +118,7 @@ def test_a_keyed_copy_of_a_filed_request_is_replayed_at_the_cap(capped):
         capped.request_credit(seller["id"], 1)
     copy = capped.request_credit(seller["id"], 9_000, "ask-1")
     assert (copy.record, copy.replayed) == (first.record, True)
-    assert pending_on_disk(capped.config.db_path, seller["id"]) == (CAP, CAP)
+    assert pending_on_disk(database_of(capped.config), seller["id"]) == (CAP, CAP)
 
 
 def test_a_key_refused_by_the_cap_is_not_used_up(capped):
@@ -126,12 +126,12 @@ def test_a_key_refused_by_the_cap_is_not_used_up(capped):
     and the same key files the request once a place is free."""
     seller, _ = capped.create_seller("shop")
     filed = [capped.request_credit(seller["id"], 1).record["id"] for _ in range(CAP)]
-    before = db_snapshot(capped.config.db_path)
+    before = db_snapshot(database_of(capped.config))
     for _ in range(2):
         with pytest.raises(TooManyPendingRequests) as refusal:
             capped.request_credit(seller["id"], 9_000, "ask-2")
         assert not refusal.value.replayed
-    assert db_snapshot(capped.config.db_path) == before
+    assert db_snapshot(database_of(capped.config)) == before
     capped.reject_credit_request(filed[0])
     later = capped.request_credit(seller["id"], 9_000, "ask-2")
     assert (later.record["amount"], later.replayed) == (9_000, False)
@@ -214,14 +214,16 @@ RACES = {
 
 @pytest.mark.parallel
 @pytest.mark.parametrize("mode, env, held", RACES.values(), ids=RACES.keys())
-def test_20_racing_requests_of_one_seller_file_exactly_the_cap(tmp_path, mode, env, held):
+def test_20_racing_requests_of_one_seller_file_exactly_the_cap(
+    tmp_path, new_server, mode, env, held
+):
     """20 workers, released by a barrier, each file one request for the same seller with
     a cap of 5: exactly 5 are filed (201) and 15 refused (409), on disk too. With the write
     lock held until all are sent, the 20 meet in one group-commit batch, where each count
     must see the savepoints before it."""
     cap, workers = 5, 20
     env = {"CHARGEBOX_MAX_PENDING_REQUESTS": str(cap), **env}
-    with running_server(tmp_path / "race.db", env=env, threads=THREADS_FOR_HELD_COPIES) as server:
+    with new_server(tmp_path, env=env, threads=THREADS_FOR_HELD_COPIES) as server:
         admin = server.admin()
         seller, key = new_seller(admin, "racer")
         admin.close()

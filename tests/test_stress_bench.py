@@ -15,7 +15,7 @@ import pytest
 
 from chargebox.services import Chargebox
 from stress import bench
-from tests.support import db_snapshot, reconciled_balances, run_stress
+from tests.support import database_of, db_snapshot, reconciled_balances, run_stress
 
 KINDS = ("threads", "processes")
 CLIENTS = (1, 4)
@@ -135,11 +135,11 @@ def test_the_raw_sql_baseline_writes_what_chargebox_sell_writes_table_by_table(b
     """The baseline is a copy of the sale's SQL: if the ledger writes a row more (or less)
     than the copy, the benchmark would compare the real sale with stale SQL. Fails here."""
     config, service, real, raw = bench_file
-    before = rows_per_table(config.db_path)
+    before = rows_per_table(database_of(config))
     service.sell(real, "09121234567", bench.AMOUNT, None)
-    sold = rows_per_table(config.db_path)
+    sold = rows_per_table(database_of(config))
     bench.raw_rate(config, raw, 1, 1)
-    copied = rows_per_table(config.db_path)
+    copied = rows_per_table(database_of(config))
 
     by_the_service = {table: sold[table] - before[table] for table in before}
     by_the_copy = {table: copied[table] - sold[table] for table in before}
@@ -156,7 +156,7 @@ def test_the_raw_sql_baseline_groups_sales_per_transaction_and_audits_clean(benc
     audit = service.audit()
     assert audit["consistent"], audit["problems"]
     assert audit["totals"]["sales"] == 55
-    assert reconciled_balances(config.db_path)[raw] == 1_000_000 - 55 * bench.AMOUNT
+    assert reconciled_balances(database_of(config))[raw] == 1_000_000 - 55 * bench.AMOUNT
 
 
 def test_a_raw_sale_the_balance_cannot_cover_is_refused_and_rolled_back(bench_file):
@@ -165,7 +165,7 @@ def test_a_raw_sale_the_balance_cannot_cover_is_refused_and_rolled_back(bench_fi
     with pytest.raises(RuntimeError, match="could not pay"):
         bench.raw_rate(config, raw, 3, 3)
 
-    assert reconciled_balances(config.db_path)[raw] == 2 * bench.AMOUNT  # all three undone
+    assert reconciled_balances(database_of(config))[raw] == 2 * bench.AMOUNT  # all three undone
     assert service.audit()["consistent"]
 
 

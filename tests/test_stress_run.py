@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import pytest
 
 from stress import scenario
 from stress.client import Client
 from stress.verify import Expected, verify
-from tests.support import ADMIN_TOKEN, new_seller, run_stress
+from tests.support import ADMIN_TOKEN, drop_trigger, new_seller, run_stress, writable
 
 
 def test_a_small_run_in_both_modes_reconciles_and_reports_every_round(tmp_path):
@@ -66,14 +65,15 @@ def funded(fresh_server):
 
 def test_the_verifier_passes_true_books(funded):
     server, client, seller_id = funded
-    assert verify(client, Expected([seller_id], [50_000], [15_000], 3), server.db_path) == []
+    expected = Expected([seller_id], [50_000], [15_000], 3)
+    assert verify(client, expected, server.db_path, server.data_dir) == []
 
 
 def test_the_verifier_names_the_seller_when_results_are_fabricated(funded):
     server, client, seller_id = funded
     lied = Expected([seller_id], [50_000], [20_000], 4)  # one sale more than was answered 201
 
-    problems = verify(client, lied, server.db_path)
+    problems = verify(client, lied, server.db_path, server.data_dir)
 
     assert f"seller {seller_id}: expected balance 30,000" in problems[0]
     assert "says 35,000" in problems[0]
@@ -82,13 +82,12 @@ def test_the_verifier_names_the_seller_when_results_are_fabricated(funded):
 
 def test_the_verifier_catches_a_database_tampered_behind_the_servers_back(funded):
     server, client, seller_id = funded
-    conn = sqlite3.connect(server.db_path)
-    conn.execute("DROP TRIGGER seller_balance_follows_ledger")
-    conn.execute("UPDATE seller SET balance = balance + 1000 WHERE id = ?", (seller_id,))
-    conn.commit()
-    conn.close()
+    with writable(server.db_path) as conn:
+        drop_trigger(conn, "seller_balance_follows_ledger")
+        conn.execute("UPDATE seller SET balance = balance + 1000 WHERE id = ?", (seller_id,))
 
-    problems = verify(client, Expected([seller_id], [50_000], [15_000], 3), server.db_path)
+    expected = Expected([seller_id], [50_000], [15_000], 3)
+    problems = verify(client, expected, server.db_path, server.data_dir)
 
     text = "\n".join(problems)
     assert f"seller {seller_id}: expected balance 35,000" in text

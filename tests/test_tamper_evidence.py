@@ -19,7 +19,7 @@ import pytest
 from chargebox.cli import prepare
 from chargebox.config import Config
 from chargebox.services import Chargebox
-from tests.support import ADMIN_TOKEN, cli_audit
+from tests.support import ADMIN_TOKEN, cli_audit, database_of
 
 FORGERIES = 200
 SEED = 20261124
@@ -42,10 +42,10 @@ def original(tmp_path_factory):
                 seller["id"], f"0912{rng.randrange(10**7):07d}", rng.choice((1_000, 5_000))
             )
     service.close()  # the writer thread ends and closes its connection
-    checkpoint = sqlite3.connect(config.db_path)
+    checkpoint = sqlite3.connect(database_of(config))
     checkpoint.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     checkpoint.close()
-    return config.db_path, config.ledger_key
+    return database_of(config), config.ledger_key
 
 
 def audit_copy(original, tmp_path, name: str, forge) -> dict:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from chargebox.errors import ValidationError
 from chargebox.text import clean_text
-from tests.support import db_snapshot
+from tests.support import database_of, db_snapshot
 from tests.web_support import ADMIN, refused, text_of, value_of
 
 # Each character of the issue: alone it shows nothing.
@@ -135,11 +135,11 @@ def test_one_lone_direction_control_or_override_anywhere_is_refused(text, lone, 
 def test_the_service_creates_no_seller_whose_name_shows_nothing_or_is_reversed(
     service, config, name
 ):
-    before = db_snapshot(config.db_path)
+    before = db_snapshot(database_of(config))
     with pytest.raises(ValidationError) as refused_name:
         service.create_seller(name)
     assert refused_name.value.field == "name"
-    assert db_snapshot(config.db_path) == before
+    assert db_snapshot(database_of(config)) == before
 
 
 def error_of(response, field: str) -> dict:

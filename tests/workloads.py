@@ -20,7 +20,9 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support import Api
+import psycopg
+
+from tests.support import Api, is_postgresql, owner_url
 
 JOIN_TIMEOUT = 120
 # A copy sent while `write_lock_held_until_sent` holds the lock waits in one of the
@@ -98,7 +100,7 @@ def _process_main(indices, task, barrier, outbox, args) -> None:
 
 
 @contextlib.contextmanager
-def write_lock_held_until_sent(db_path: Path, copies: int) -> Iterator[object]:
+def write_lock_held_until_sent(db_path: Path | str, copies: int) -> Iterator[object]:
     """Hold the database's write lock until `copies` workers have sent their requests
     (to a server of THREADS_FOR_HELD_COPIES threads, so that no copy finds the slots full).
 
@@ -106,10 +108,17 @@ def write_lock_held_until_sent(db_path: Path, copies: int) -> Iterator[object]:
     While the lock is held, the copies find no outcome yet and queue for the write,
     where all but the first must find the first one's outcome: without the lock, most
     copies arrive after the first has committed and only the fast path is exercised.
+    On PostgreSQL the lock is the seller table's, EXCLUSIVE: every write moves or names
+    a seller row, while plain reads go on.
     """
     sent = multiprocessing.get_context("spawn").Barrier(copies + 1)  # and the releaser
-    holder = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-    holder.execute("BEGIN IMMEDIATE")
+    if is_postgresql(db_path):
+        holder = psycopg.connect(owner_url(str(db_path)), autocommit=True)
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE seller IN EXCLUSIVE MODE")
+    else:
+        holder = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")
 
     def release_when_sent() -> None:
         with contextlib.suppress(threading.BrokenBarrierError):
