@@ -1,8 +1,9 @@
 """`python -m stress`: the load harness (`run`), the threads-vs-processes lessons (`demo`),
-the benchmark (`bench`) and SQLite against PostgreSQL under wrk (`backends`).
+the benchmark (`bench`), SQLite against PostgreSQL under wrk (`backends`), and a
+database with a long sealed history to measure against (`history`).
 
 Argument parsing and printing only; the work lives in `scenario`, `workers`,
-`verify`, `demos`, `bench` and `backends`. Exit status: 0 when the books reconcile (or a demo showed
+`verify`, `demos`, `bench`, `backends` and `history`. Exit status: 0 when the books reconcile (or a demo showed
 its effect), 1 when anything disagreed, 2 on a usage error.
 """
 
@@ -13,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from stress import backends, bench, report, scenario
+from stress import backends, bench, history, report, scenario
 from stress.demos import DEMOS, load
 
 ROUND_COLUMNS = (
@@ -167,7 +168,27 @@ def _parser() -> argparse.ArgumentParser:
     add("--out", type=Path, default=Path("data/stress"), help="where the JSON goes")
     add("--quiet", action="store_true", help="no progress lines")
     _backends_parser(commands)
+    _history_parser(commands)
     return parser
+
+
+def _history_parser(commands) -> None:
+    made = commands.add_parser(
+        "history",
+        help="build a new SQLite database with N sealed ledger entries, fast",
+        description="A new database (its ledger_key and admin_token files beside it) holding "
+        "what the service would have written for N ledger entries: credits requested and "
+        "approved (a few rejected), adjustments and sales over many sellers and phones, every "
+        "seal, sealed head, balance and phone total as the service makes them. Then verify "
+        "it with `chargebox audit --full --db PATH`.",
+    )
+    add = made.add_argument
+    add("--db", type=Path, required=True, help="the new database file (must not exist)")
+    add("--entries", type=int, default=1_000_000, help="ledger entries (default 1,000,000)")
+    add("--sellers", type=int, default=1_000, help="sellers, a few busy (default 1,000)")
+    add("--phones", type=int, default=200_000, help="distinct phone numbers (default 200,000)")
+    add("--seed", type=int, default=1, help="seed of the history (default 1)")
+    add("--quiet", action="store_true", help="no progress lines")
 
 
 def _backends_parser(commands) -> None:
@@ -295,6 +316,12 @@ def main(argv: list[str] | None = None) -> int:
             return _backends(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "history":
+            return history.main(
+                history.Options(
+                    args.db, args.entries, args.sellers, args.phones, args.seed, args.quiet
+                )
+            )
         return _run(args) if args.command == "run" else _demo(args)
     except (ValueError, RuntimeError) as exc:
         print(f"stress: {exc}", file=sys.stderr)
