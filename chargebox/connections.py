@@ -16,8 +16,7 @@ import time
 
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
-from waitress.parser import HTTPRequestParser, ParsingError, get_header_lines
-from waitress.rfc7230 import HEADER_FIELD_RE
+from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
@@ -63,23 +62,30 @@ class RepeatedHeader(ParsingError):
     """A header of SINGLE_HEADERS appears more than once, or is spelt with `_`."""
 
 
+# Each single header as it may start a line of the lowered header block: spelt with
+# '-' (counted: twice is a repeat) and with '_' (refused: waitress would drop it).
+_SINGLE_SPELLINGS = tuple(
+    (name, b"\r\n" + name.lower().replace("_", "-").encode() + b":",
+     b"\r\n" + name.lower().encode() + b":")
+    for name in SINGLE_HEADERS
+)  # fmt: skip
+
+
 class _Parser(HTTPRequestParser):
     def parse_header(self, header_plus: bytes) -> None:
+        """waitress's parse, which refuses any line that is not `name: value` (a folded
+        line starts with a space or a tab); then each single header is looked for at the
+        start of a line: a few byte searches, not a second parse of every line."""
         super().parse_header(header_plus)
-        names = collections.Counter()
-        for line in get_header_lines(header_plus.partition(b"\r\n")[2]):
-            match = HEADER_FIELD_RE.match(line)
-            if not match:
-                continue
-            raw = match.group("name")
-            name = raw.upper().replace(b"-", b"_").decode("latin-1")
-            if b"_" in raw and name in SINGLE_HEADERS:
+        sent = b"\r\n" + header_plus.partition(b"\r\n")[2]
+        block = sent.lower()
+        for name, dashed, underscored in _SINGLE_SPELLINGS:
+            if underscored != dashed and underscored in block:
                 # waitress drops a name with `_`: the request would run without it.
-                spelled = raw.decode("latin-1")
+                at = block.index(underscored)
+                spelled = sent[at + 2 : at + len(underscored) - 1].decode("latin-1")
                 raise RepeatedHeader(f"the {spelled} header must be spelt with '-', not '_'")
-            names[name] += 1
-        for name in SINGLE_HEADERS:
-            if names[name] > 1:
+            if block.count(dashed) > 1:
                 spelled = "-".join(part.capitalize() for part in name.split("_"))
                 raise RepeatedHeader(f"the {spelled} header is repeated")
 
