@@ -17,6 +17,7 @@ import logging
 import os
 import sqlite3
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -95,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     move.add_argument("--to", dest="target", required=True, metavar="OWNER_URL")
     audit = command("audit", "re-check invariants I1-I5 straight from the database file")
     audit.add_argument("--json", action="store_true", help="print the full report as JSON")
+    audit.add_argument(
+        "--full",
+        action="store_true",
+        help="verify every row, not only those after the newest audit checkpoint (progress "
+        "on stderr; sales go on meanwhile)",
+    )
     return parser
 
 
@@ -293,7 +300,7 @@ def _create_seller(config: Config, name: str) -> int:
     return 0
 
 
-def _audit(config: Config, as_json: bool) -> int:
+def _audit(config: Config, as_json: bool, full: bool) -> int:
     if not config.db_url and not config.db_path.exists():
         print(f"chargebox audit: no database at {config.db_path}", file=sys.stderr)
         return 2
@@ -303,12 +310,28 @@ def _audit(config: Config, as_json: bool) -> int:
     key = config.ledger_key or (path.read_text().strip() if path.exists() else None)
     service = Chargebox(dataclasses.replace(config, ledger_key=key))
     try:
-        report = service.audit()
+        report = service.audit(full=full, progress=_Progress())
     finally:
         service.close()
+    print(f"audit: {report['scope']['summary']}", file=sys.stderr)
     if as_json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     return _report(report)
+
+
+class _Progress:
+    """An audit's progress on stderr, at most once a second, once it has run a second."""
+
+    def __init__(self) -> None:
+        self.began = self.said = time.monotonic()
+
+    def __call__(self, what: str, done: int, of: int) -> None:
+        moment = time.monotonic()
+        if moment - self.said >= 1:
+            self.said = moment
+            share = f" ({100 * done // of}%)" if of else ""
+            print(f"audit: {what} {done:,} of {of:,}{share}, {moment - self.began:.0f} s",
+                  file=sys.stderr, flush=True)  # fmt: skip
 
 
 def _report(report: dict) -> int:
@@ -345,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(config)
         if args.command == "create-seller":
             return _create_seller(config, args.name)
-        return _audit(config, args.json)
+        return _audit(config, args.json, args.full)
     except (ValueError, ChargeboxError) as exc:
         message = exc.message if isinstance(exc, ChargeboxError) else str(exc)
         print(f"chargebox: {message}", file=sys.stderr)

@@ -4,19 +4,17 @@ Every movement is its ledger entry, then the balance UPDATE, both guarded
 (`balance + delta BETWEEN 0 AND 10^15`), inside the caller's write: each function
 takes the open `Write` and never opens a transaction of its own. Hand-written
 SQL keeps the write lock short. Deciding a credit request (approve or reject)
-lives here too, in one place. `audit()` re-checks I1-I5 from the rows themselves.
+lives here too, in one place. `audit` re-checks I1-I5 from the rows themselves.
 """
 
 from __future__ import annotations
 
 from chargebox import seals
 from chargebox.config import MAX_BALANCE
-from chargebox.db import Database, Write
+from chargebox.db import Write
 from chargebox.errors import BalanceLimitExceeded, InsufficientCredit, NotFound, NotPending
 from chargebox.money import check_balance
 from chargebox.queries import CREDIT_REQUEST, LEDGER_ENTRY, SALE
-
-AUDIT_PROBLEM_CAP = 100
 
 _GUARD = "FROM seller WHERE id = :seller_id AND balance + :delta BETWEEN 0 AND :ceiling"
 _ENTRY = (
@@ -194,123 +192,3 @@ def sell(write: Write, seller_id: int, number: str, amount: int, now: str) -> di
     _move(write, seller_id, -amount, "sale", now, sale_id=sale["id"], phone=number, taken=taken)
     write.execute(_PHONE_TOTAL, (number, amount, now))
     return sale
-
-
-# --- audit -------------------------------------------------------------------------------
-
-_AUDIT_CHECKS = (
-    (
-        "I1",
-        "SELECT id, NULL, 'balance ' || balance || ' is negative or not an integer' "
-        "FROM seller WHERE balance < 0 {not_an_integer}",
-    ),
-    (
-        "I1",
-        "SELECT seller_id, id, 'balance_after ' || balance_after || ' is negative' "
-        "FROM ledger_entry WHERE balance_after < 0",
-    ),
-    (
-        "I2",
-        "SELECT s.id, (SELECT MAX(id) FROM ledger_entry WHERE seller_id = s.id), "
-        "'balance ' || s.balance || ' != ledger sum ' || "
-        "COALESCE((SELECT CAST(SUM(amount) AS BIGINT) FROM ledger_entry WHERE seller_id = s.id),"
-        " 0) FROM seller s WHERE s.balance IS DISTINCT FROM "
-        "COALESCE((SELECT CAST(SUM(amount) AS BIGINT) FROM ledger_entry WHERE seller_id = s.id),"
-        " 0)",
-    ),
-    (
-        "I3",
-        "SELECT seller_id, id, 'balance_after ' || balance_after || ' != previous ' || prev "
-        "|| ' + amount ' || amount FROM (SELECT id, seller_id, amount, balance_after, "
-        "LAG(balance_after, 1, 0) OVER (PARTITION BY seller_id ORDER BY id) AS prev "
-        "FROM ledger_entry) AS chain WHERE balance_after IS DISTINCT FROM prev + amount",
-    ),
-    (
-        "I4",
-        "SELECT r.seller_id, MIN(l.id), 'credit request ' || r.id || ' (' || r.status || ', '"
-        " || r.amount || ') has ' || COUNT(l.id) || ' credit entries' "
-        "FROM credit_request r LEFT JOIN ledger_entry l ON l.credit_request_id = r.id "
-        "GROUP BY r.id HAVING (r.status = 'approved' AND (COUNT(l.id) != 1 "
-        "OR MIN(l.amount) != r.amount OR MIN(l.seller_id) != r.seller_id "
-        "OR MIN(l.kind) != 'credit')) OR (r.status != 'approved' AND COUNT(l.id) > 0)",
-    ),
-    (
-        "I4",
-        "SELECT s.seller_id, MIN(l.id), 'sale ' || s.id || ' of ' || s.amount || ' has ' "
-        "|| COUNT(l.id) || ' matching debit entries' "
-        "FROM sale s LEFT JOIN ledger_entry l ON l.sale_id = s.id AND l.kind = 'sale' "
-        "AND l.amount = -s.amount AND l.seller_id = s.seller_id "
-        "AND l.balance_after = s.balance_after GROUP BY s.id HAVING COUNT(l.id) != 1",
-    ),
-    (
-        "I4",
-        "SELECT l.seller_id, l.id, 'entry points at missing or mismatched sale/request' "
-        "FROM ledger_entry l LEFT JOIN sale s ON s.id = l.sale_id "
-        "LEFT JOIN credit_request r ON r.id = l.credit_request_id "
-        "WHERE (l.kind = 'sale' AND s.id IS NULL) OR (l.kind = 'credit' AND r.id IS NULL) "
-        "OR (l.kind NOT IN ('sale', 'credit', 'adjustment'))",
-    ),
-    (
-        "phones",
-        "SELECT NULL, NULL, 'phone ' || p.number || ' total ' || p.total_charged || "
-        "' != sum of its sales ' || COALESCE(CAST(SUM(s.amount) AS BIGINT), 0) "
-        "FROM phone p LEFT JOIN sale s ON s.phone = p.number GROUP BY p.id "
-        "HAVING p.total_charged IS DISTINCT FROM COALESCE(CAST(SUM(s.amount) AS BIGINT), 0)",
-    ),
-)
-
-
-def audit(database: Database) -> dict:
-    """Re-check I1-I5 and the cross-links from the rows, in one read snapshot."""
-    with database.snapshot() as db:
-        sellers = db.rows(
-            "SELECT s.id, s.balance, COALESCE(CAST(SUM(l.amount) AS BIGINT), 0) FROM seller s "
-            "LEFT JOIN ledger_entry l ON l.seller_id = s.id GROUP BY s.id ORDER BY s.id"
-        )
-        problems = []
-        # SQLite's columns are typed loosely: there a balance could hold a real or text.
-        loose = "OR typeof(balance) != 'integer'" if database.dialect == "sqlite" else ""
-        for invariant, sql in _AUDIT_CHECKS:
-            for seller_id, entry_id, message in db.rows(sql.format(not_an_integer=loose)):
-                problems.append(
-                    {
-                        "invariant": invariant,
-                        "seller_id": seller_id,
-                        "entry_id": entry_id,
-                        "message": message,
-                    }
-                )
-        problems.extend(problem._asdict() for problem in seals.problems(db, db.ledger_key))
-        problems.extend(
-            {
-                "invariant": "I5",
-                "seller_id": None,
-                "entry_id": None,
-                "message": f"schema trigger {name} is missing",
-            }
-            for name in database.missing_triggers()
-        )
-        totals = db.rows(
-            "SELECT (SELECT COUNT(*) FROM seller), (SELECT COUNT(*) FROM ledger_entry), "
-            "(SELECT COUNT(*) FROM sale),"
-            " (SELECT COALESCE(CAST(SUM(balance) AS BIGINT), 0) FROM seller)"
-        )[0]
-    problems.sort(key=lambda p: (p["seller_id"] or 0, p["entry_id"] or 0))
-    bad_sellers = {p["seller_id"] for p in problems}
-    return {
-        "consistent": not problems,
-        "sellers": [
-            {
-                "seller_id": sid,
-                "balance": balance,
-                "ledger_sum": ledger_sum,
-                "consistent": balance == ledger_sum and sid not in bad_sellers,
-            }
-            for sid, balance, ledger_sum in sellers
-        ],
-        "problems": problems[:AUDIT_PROBLEM_CAP],
-        "problem_count": len(problems),
-        "totals": dict(
-            zip(("sellers", "ledger_entries", "sales", "balance_sum"), totals, strict=True)
-        ),
-    }

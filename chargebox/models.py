@@ -156,6 +156,42 @@ class SellerHead(BaseModel):
     mac = CharField(max_length=64)
 
 
+class AuditCheckpoint(BaseModel):
+    """What a clean audit verified (checkpoints.py), sealed with the ledger key: every ledger
+    entry it saw, up to `entry_id`, and every credit request up to `request_id`. The next
+    audit starts from here; `chargebox audit --full` starts from nothing."""
+
+    id = AutoField()
+    entry_id = BigIntegerField()  # the newest ledger entry the audit saw
+    entries = BigIntegerField()  # ledger entries verified, in all
+    request_id = BigIntegerField()  # the newest credit request it checked
+    full_at = TextField()  # when the full audit that this one continues ran
+    created_at = TextField()
+    mac = CharField(max_length=64)
+
+
+class SellerCheckpoint(BaseModel):
+    """One seller's verified chain as an audit checkpoint left it; sealed with the
+    checkpoint's seal. Written only for sellers whose chain moved since the last one."""
+
+    id = AutoField()
+    checkpoint = ForeignKeyField(
+        AuditCheckpoint, column_name="checkpoint_id", on_delete="RESTRICT", index=False
+    )
+    # The (seller, checkpoint) index below serves as its index too.
+    seller = ForeignKeyField(Seller, column_name="seller_id", on_delete="RESTRICT", index=False)
+    entry_id = BigIntegerField()  # its newest verified entry
+    entries = BigIntegerField()
+    entry_mac = CharField(max_length=64)
+    balance = BigIntegerField()
+    sale_id = BigIntegerField()  # its newest verified sale (0: none)
+    sales = BigIntegerField()
+    mac = CharField(max_length=64)
+
+    class Meta:
+        indexes = ((("seller", "checkpoint"), True),)
+
+
 class KeyedOutcome(BaseModel):
     """The final outcome of one Idempotency-Key: what its first request made, or its
     refusal. Sales, adjustments and credit requests keep theirs in tables of this one
@@ -235,6 +271,8 @@ ALL_MODELS = (
     LedgerEntry,
     LedgerSeal,
     SellerHead,
+    AuditCheckpoint,
+    SellerCheckpoint,
     IdempotencyRecord,
     AdjustmentRecord,
     CreditRequestRecord,

@@ -85,6 +85,10 @@ TRIGGERS = (
     _immutable("credit_request_record", "DELETE", "idempotency outcomes are final"),
     _immutable("seller", "DELETE", "sellers are never deleted"),
     _immutable("credit_request", "DELETE", "credit requests are never deleted"),
+    _immutable("audit_checkpoint", "UPDATE", "audit checkpoints are never updated"),
+    _immutable("audit_checkpoint", "DELETE", "audit checkpoints are never deleted"),
+    _immutable("seller_checkpoint", "UPDATE", "audit checkpoints are never updated"),
+    _immutable("seller_checkpoint", "DELETE", "audit checkpoints are never deleted"),
     # I4: a decided request never changes again, so it can never be approved twice.
     """CREATE TRIGGER IF NOT EXISTS credit_request_decided_is_final
        BEFORE UPDATE ON credit_request
@@ -152,6 +156,7 @@ def create_postgresql(conn) -> None:
                     f"the database has schema version {version}; this chargebox knows "
                     f"{POSTGRESQL_VERSION}"
                 )
+            _add_checkpoints(conn)
             return
         for statement in postgresql_statements():
             conn.execute(statement)
@@ -159,6 +164,19 @@ def create_postgresql(conn) -> None:
             "INSERT INTO schema_version (version, applied_at) VALUES (%s, now()::text)",
             (POSTGRESQL_VERSION,),
         )
+
+
+CHECKPOINT_TABLES = ("audit_checkpoint", "seller_checkpoint")
+
+
+def _add_checkpoints(conn) -> None:
+    """The audit checkpoint tables, added to a database made before them (same version:
+    they only add, and the audit does without them)."""
+    if conn.execute("SELECT to_regclass('audit_checkpoint') IS NOT NULL").fetchone()[0]:
+        return
+    for statement in postgresql_statements():
+        if any(table in statement for table in CHECKPOINT_TABLES):
+            conn.execute(statement)
 
 
 # --- init-db's grants on PostgreSQL: what the service's role may do -------------------
@@ -173,7 +191,8 @@ _UPDATABLE = {
 }
 _DELETABLE = ("web_session",)  # sign-out, and the sweep of expired sessions
 _APPEND_ONLY = ("ledger_entry", "sale", "ledger_seal", "idempotency_record",
-                "adjustment_record", "credit_request_record")  # fmt: skip
+                "adjustment_record", "credit_request_record", "audit_checkpoint",
+                "seller_checkpoint")  # fmt: skip
 
 
 def check_role(conn, role: str) -> None:

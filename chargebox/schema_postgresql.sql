@@ -307,3 +307,42 @@ CREATE CONSTRAINT TRIGGER seller_balance_follows_ledger AFTER UPDATE OF balance 
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW WHEN (NEW.balance IS DISTINCT FROM OLD.balance)
     EXECUTE FUNCTION chargebox_balance_follows_ledger();
+-- ;
+-- Audit checkpoints (audit.py, checkpoints.py): what a clean audit verified, sealed with
+-- the ledger key, so that the next audit starts from there. Append-only. Last in this
+-- file: init-db adds them to a database made before them (schema.create_postgresql).
+CREATE TABLE audit_checkpoint (
+    id bigserial PRIMARY KEY,
+    entry_id bigint NOT NULL,
+    entries bigint NOT NULL,
+    request_id bigint NOT NULL,
+    full_at text NOT NULL,
+    created_at text NOT NULL,
+    mac varchar(64) NOT NULL
+);
+-- ;
+CREATE TABLE seller_checkpoint (
+    id bigserial PRIMARY KEY,
+    checkpoint_id bigint NOT NULL REFERENCES audit_checkpoint (id) ON DELETE RESTRICT,
+    seller_id bigint NOT NULL REFERENCES seller (id) ON DELETE RESTRICT,
+    entry_id bigint NOT NULL,
+    entries bigint NOT NULL,
+    entry_mac varchar(64) NOT NULL,
+    balance bigint NOT NULL,
+    sale_id bigint NOT NULL,
+    sales bigint NOT NULL,
+    mac varchar(64) NOT NULL,
+    UNIQUE (seller_id, checkpoint_id)
+);
+-- ;
+CREATE TRIGGER audit_checkpoint_no_change BEFORE UPDATE OR DELETE ON audit_checkpoint
+    FOR EACH ROW EXECUTE FUNCTION chargebox_refuse('audit checkpoints are never changed');
+-- ;
+CREATE TRIGGER audit_checkpoint_no_truncate BEFORE TRUNCATE ON audit_checkpoint
+    FOR EACH STATEMENT EXECUTE FUNCTION chargebox_refuse('audit checkpoints are never deleted');
+-- ;
+CREATE TRIGGER seller_checkpoint_no_change BEFORE UPDATE OR DELETE ON seller_checkpoint
+    FOR EACH ROW EXECUTE FUNCTION chargebox_refuse('audit checkpoints are never changed');
+-- ;
+CREATE TRIGGER seller_checkpoint_no_truncate BEFORE TRUNCATE ON seller_checkpoint
+    FOR EACH STATEMENT EXECUTE FUNCTION chargebox_refuse('audit checkpoints are never deleted');

@@ -42,8 +42,8 @@ class Problem(NamedTuple):
     message: str
 
 
-class _Chain(NamedTuple):
-    """A seller's seal chain as far as it has been re-computed."""
+class Chain(NamedTuple):
+    """A seller's seal chain as far as it has been re-computed (or a checkpoint left it)."""
 
     mac: str = GENESIS
     entries: int = 0
@@ -66,6 +66,17 @@ def head_mac(key: bytes, seller_id: int, entry_id: int, entries: int, mac: str,
              balance_after: int) -> str:  # fmt: skip
     """The seal of a seller's newest entry: deleting it, or adding after it, breaks this."""
     return _mac(key, "head", seller_id, entry_id, entries, mac, balance_after)
+
+
+def checkpoint_mac(key: bytes, entry_id: int, entries: int, request_id: int, full_at: str,
+                   created_at: str) -> str:  # fmt: skip
+    """The seal of an audit checkpoint: what a clean audit verified, and when."""
+    return _mac(key, "checkpoint", entry_id, entries, request_id, full_at, created_at)
+
+
+def seller_checkpoint_mac(key: bytes, checkpoint: str, seller_id: int, *state: object) -> str:
+    """The seal of one seller's state in a checkpoint, bound to the checkpoint's seal."""
+    return _mac(key, "seller-checkpoint", checkpoint, seller_id, *state)
 
 
 def sealed(database: Database) -> bool:
@@ -102,11 +113,9 @@ def wrong_key(checked: int) -> str:
     )
 
 
-def problems(db: Reader, key: bytes | None) -> list[Problem]:
-    """Every seller's first broken seal, a head that does not match, and stray seals.
-
-    A key that verifies none of the newest heads is one problem, not one per seller.
-    """
+def key_problems(db: Reader, key: bytes | None) -> list[Problem]:
+    """Why no seal can be checked: no key, or a key that verifies none of the newest heads
+    (one problem, not one per seller). Empty when the seals can be checked."""
     if key is None:
         return [
             _problem(
@@ -126,44 +135,35 @@ def problems(db: Reader, key: bytes | None) -> list[Problem]:
                 "(if this is it, every head tried was forged)",
             )
         ]
-    found: list[Problem] = []
-    heads = {
-        row[0]: row[1:]
-        for row in db.rows("SELECT seller_id, entry_id, entries, entry_mac, mac FROM seller_head")
-    }
-    chains: dict[int, _Chain] = {}
-    for *entry, stored in db.rows(
-        "SELECT l.id, l.seller_id, l.kind, l.amount, l.balance_after, l.credit_request_id,"
-        " l.sale_id, l.reason, l.created_at, s.phone, seal.mac FROM ledger_entry l"
-        " LEFT JOIN sale s ON s.id = l.sale_id"
-        " LEFT JOIN ledger_seal seal ON seal.entry_id = l.id ORDER BY l.seller_id, l.id"
-    ):
-        chain = chains.get(entry[1], _Chain())
-        expected = entry_mac(key, chain.mac, tuple(entry))
-        intact = chain.intact
-        if intact and not hmac.compare_digest(stored or "", expected):
-            intact = False
-            found.append(
-                _problem(
-                    entry[1],
-                    entry[0],
-                    "its seal does not match: this entry "
-                    "or one before it was edited, inserted or reordered",
-                )
+    return []
+
+
+def step(key: bytes, chain: Chain, entry: tuple, stored: str | None) -> tuple[Chain, list[Problem]]:
+    """The chain after one more entry (values in ENTRY_COLUMNS order) whose stored seal is
+    `stored`; a problem for the seller's first broken seal only."""
+    expected = entry_mac(key, chain.mac, entry)
+    intact, found = chain.intact, []
+    if intact and not hmac.compare_digest(stored or "", expected):
+        intact = False
+        found.append(
+            _problem(
+                entry[1],
+                entry[0],
+                "its seal does not match: this entry "
+                "or one before it was edited, inserted or reordered",
             )
-        chains[entry[1]] = _Chain(expected, chain.entries + 1, entry[0], entry[4], intact)
-    for seller_id in sorted(set(chains) | set(heads)):
-        found += _head_problems(key, seller_id, chains.get(seller_id), heads.get(seller_id))
-    for (entry_id,) in db.rows(
-        "SELECT entry_id FROM ledger_seal WHERE entry_id NOT IN (SELECT id FROM ledger_entry)"
-    ):
-        found.append(_problem(None, entry_id, "a seal whose entry was deleted"))
-    return found
+        )
+    return Chain(expected, chain.entries + 1, entry[0], entry[4], intact), found
 
 
-def _head_problems(
-    key: bytes, seller_id: int, chain: _Chain | None, head: tuple | None
+def stray(entry_id: int) -> Problem:
+    return _problem(None, entry_id, "a seal whose entry was deleted")
+
+
+def head_problems(
+    key: bytes, seller_id: int, chain: Chain | None, head: tuple | None
 ) -> list[Problem]:
+    """A sealed head that does not match the chain (or one without the other)."""
     if chain is None:
         return [_problem(seller_id, None, "a sealed head but no ledger entries: deleted")]
     mac, entries, last_id, balance, _ = chain

@@ -10,7 +10,9 @@ money itself moves only in `ledger`.
 
 from __future__ import annotations
 
-from chargebox import auth, idempotency, ledger
+import threading
+
+from chargebox import audit, auth, idempotency, ledger
 from chargebox.clock import now
 from chargebox.config import Config
 from chargebox.db import Database, Write, open_database
@@ -48,6 +50,7 @@ class Chargebox:
         self.database = database or open_database(config)
         self.queries = Queries(self.database)
         self.access = auth.Access(self.database, config.admin_token)
+        self._full_audit = threading.Lock()
 
     def close(self) -> None:
         self.database.close()
@@ -150,5 +153,10 @@ class Chargebox:
         )
         return self.queries.phone(number), created == 1
 
-    def audit(self) -> dict:
-        return ledger.audit(self.database)
+    def audit(self, full: bool = False, progress: audit.Progress | None = None) -> dict:
+        """The books re-checked: from the newest checkpoint on, or every row (`full`).
+        Full audits run one at a time in a process: each reads the whole ledger."""
+        if not full:
+            return audit.audit(self.database, progress=progress)
+        with self._full_audit:
+            return audit.audit(self.database, full=True, progress=progress)

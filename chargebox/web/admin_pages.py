@@ -179,9 +179,6 @@ def install(pages: bottle.Bottle, site: Site) -> None:
 
     @pages.get("/admin/audit")
     def audit():
-        return render(
-            "audit",
-            title="Audit",
-            visitor=visitor(site.service, ADMIN),
-            result=site.service.audit(),
-        )
+        you = visitor(site.service, ADMIN)
+        full = bottle.request.query.get("full") == "true"
+        return render("audit", title="Audit", visitor=you, result=site.service.audit(full=full))

@@ -14,7 +14,7 @@ from chargebox.config import Config
 from chargebox.errors import NotFound
 from chargebox.idempotency import Outcome
 from chargebox.services import Chargebox
-from chargebox.web.request import caller, header, page, query, read_json, seller_scope
+from chargebox.web.request import caller, flag, header, page, query, read_json, seller_scope
 
 ID = "<ident:re:[0-9]{1,18}>"
 ADMIN, SELLER = "admin", "seller"
@@ -134,7 +134,7 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
     @app.get("/api/audit")
     def audit():
         caller(access, ADMIN)
-        return 200, service.audit()
+        return 200, service.audit(full=flag(query("full"), "full"))
 
 
 def _own(principal: Principal, found: dict, what: str) -> dict:

@@ -132,6 +132,14 @@ def integer_param(params: dict[str, str], name: str, low: int, high: int) -> int
     return int(text)
 
 
+def flag(params: dict[str, str], name: str) -> bool:
+    """A true/false query parameter; absent is false."""
+    text = params.get(name, "false")
+    if text not in ("true", "false"):
+        raise ValidationError(f"{name} must be true or false", name)
+    return text == "true"
+
+
 def query_id(name: str) -> int | None:
     """A positive id from a page's query string (a notice or a cursor); anything else is
     ignored, since a page shown without its notice is better than an error page."""

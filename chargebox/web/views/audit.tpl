@@ -9,6 +9,12 @@
   % end
   <p>Every balance was checked against the sum of its ledger entries, every entry against
      the one before it (invariants I1–I5), and each seller's sealed chain against the ledger key.</p>
+  <p id="scope">This audit {{result['scope']['summary']}}.
+  % if not result['scope']['full']:
+     Rows up to the checkpoint are trusted as that audit verified them:
+     <a href="/admin/audit?full=true" id="full-audit">verify every row again</a> (takes longer).
+  % end
+  </p>
   <dl class="totals">
     <dt>Sellers</dt><dd>{{f"{result['totals']['sellers']:,}"}}</dd>
     <dt>Ledger entries</dt><dd>{{f"{result['totals']['ledger_entries']:,}"}}</dd>

@@ -1,0 +1,189 @@
+"""The audit: I1-I5, the cross-links, phone totals and the seals, re-checked from the rows.
+
+Full (`chargebox audit --full`, `GET /api/audit?full=true`): every row, in one read
+snapshot, the ledger walked in chunks (never held in memory, never the write lock).
+Quick (the default): from the newest sealed checkpoint (checkpoints.py) on; rows
+up to it are trusted as that audit verified them, and only what came after is read:
+each seller's later entries (seals, I1-I3, links), later sales, the credit requests
+and phones they touch, later seals. The report says which it did (`scope`). A clean
+audit that verified at least CHECKPOINT_AFTER entries records a checkpoint. Without
+one, the quick audit is the full one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from chargebox import checkpoints, seals
+from chargebox.audit_checks import (
+    ALL_AFTER,
+    CHUNK,
+    FULL_CHECKS,
+    HEADS,
+    Found,
+    Walk,
+    as_problems,
+    heads,
+    newest_ids,
+    sellers,
+    since,
+    totals,
+)
+from chargebox.checkpoints import State, Trusted
+from chargebox.clock import now
+from chargebox.db import Database
+from chargebox.errors import ChargeboxError
+
+PROBLEM_CAP = 100
+CHECKPOINT_AFTER = 10_000  # newly verified entries that make a quick audit record one
+Progress = Callable[[str, int, int], None]  # (what, done, of)
+
+
+def audit(database: Database, full: bool = False, progress: Progress | None = None,
+          checkpoint_after: int = CHECKPOINT_AFTER) -> dict:  # fmt: skip
+    """Re-check the books: every row (`full`), or what came after the newest checkpoint.
+    A clean audit with enough newly verified entries records a checkpoint."""
+    started, at = time.perf_counter(), now()
+    key = database.ledger_key
+    with database.snapshot() as db:
+        problems = [p._asdict() for p in seals.key_problems(db, key)]
+        keyed = not problems
+        usable = keyed and set(checkpoints.TABLES) <= db.table_names()
+        trusted = None
+        if usable and not full:
+            trusted, forged = checkpoints.newest(db, key)
+            problems += [p._asdict() for p in forged]
+        found = _full(db, keyed, progress) if trusted is None else since(db, trusted)
+        problems += found.problems
+        problems += _missing_triggers(db, usable)
+    problems.sort(key=lambda p: (p["seller_id"] or 0, p["entry_id"] or 0))
+    saved = None
+    if usable and not problems and found.walked >= checkpoint_after:
+        full_at = at if trusted is None else trusted.full_at
+        seen = (found.entry_id, found.totals["ledger_entries"], found.request_id, full_at, at)
+        saved = _save(database, seen, found.states, trusted.states if trusted else {})
+    bad_sellers = {p["seller_id"] for p in problems}
+    return {
+        "consistent": not problems,
+        "sellers": [
+            {
+                "seller_id": sid,
+                "balance": balance,
+                "ledger_sum": ledger_sum,
+                "consistent": balance == ledger_sum and sid not in bad_sellers,
+            }  # fmt: skip
+            for sid, balance, ledger_sum in found.sellers
+        ],
+        "problems": problems[:PROBLEM_CAP],
+        "problem_count": len(problems),
+        "totals": found.totals,
+        "scope": _scope(trusted, found.walked, saved, at, time.perf_counter() - started),
+    }
+
+
+def _full(db, keyed: bool, progress: Progress | None) -> Found:
+    """Every row: the ledger walked in (seller, id) order for the seals, and the checks."""
+    (total,) = db.rows("SELECT COUNT(*) FROM ledger_entry")[0]
+    walks: dict[int, Walk] = {}
+    problems: list[dict] = []
+    last, walked = (0, 0), 0
+    while keyed:
+        rows = db.rows(ALL_AFTER, (*last, CHUNK))
+        for row in rows:
+            walk = walks.get(row[1]) or Walk(seals.Chain(), 0)
+            chain, broken = seals.step(db.ledger_key, walk.chain, tuple(row[:10]), row[10])
+            problems += [p._asdict() for p in broken]
+            walks[row[1]] = Walk(chain, walk.ledger_sum + row[3], walk.walked + 1)
+        walked += len(rows)
+        if progress:
+            progress("entries", walked, total)
+        if len(rows) < CHUNK:
+            break
+        last = (rows[-1][1], rows[-1][0])
+    loose = "OR typeof(balance) != 'integer'" if db.dialect == "sqlite" else ""
+    for number, (invariant, sql) in enumerate(FULL_CHECKS):
+        if progress:
+            progress("checks", number, len(FULL_CHECKS))
+        problems += as_problems(invariant, db.rows(sql.format(not_an_integer=loose)))
+    if keyed:
+        problems += heads(db, walks, db.rows(HEADS))
+        problems += [seals.stray(entry_id)._asdict() for (entry_id,) in db.rows(
+            "SELECT entry_id FROM ledger_seal WHERE entry_id NOT IN (SELECT id FROM ledger_entry)"
+        )]  # fmt: skip
+    sales = {sid: (count, top) for sid, count, top in db.rows(
+        "SELECT seller_id, COUNT(*), MAX(id) FROM sale GROUP BY seller_id")}  # fmt: skip
+    states = {
+        sid: State(
+            w.chain.last_id,
+            w.chain.entries,
+            w.chain.mac,
+            w.chain.balance,
+            sales.get(sid, (0, 0))[1],
+            sales.get(sid, (0, 0))[0],
+        )  # fmt: skip
+        for sid, w in walks.items()
+    }
+    return Found(problems, sellers(db), totals(db), states, walked, *newest_ids(db))
+
+
+def _missing_triggers(db, checkpointed: bool) -> list[dict]:
+    """I5: a guard trigger someone dropped (a checkpoint table's only once it exists)."""
+    missing = [
+        name
+        for name in db.missing_triggers()
+        if checkpointed or not name.startswith(checkpoints.TABLES)
+    ]
+    return [
+        {
+            "invariant": "I5",
+            "seller_id": None,
+            "entry_id": None,
+            "message": f"schema trigger {name} is missing",
+        }  # fmt: skip
+        for name in missing
+    ]
+
+
+def _save(database: Database, seen: tuple, states: dict, before: dict) -> int | None:
+    """Record the checkpoint; one that cannot be written now (a read-only file, a busy
+    database) is left for the next audit: it only saves time."""
+    key = database.ledger_key
+    try:
+        return database.write(lambda write: checkpoints.save(write, key, seen, states, before))
+    except ChargeboxError:
+        return None
+
+
+def _scope(trusted: Trusted | None, walked: int, saved: int | None, at: str,
+           seconds: float) -> dict:  # fmt: skip
+    """What this audit verified now and what it trusted, in words and in numbers."""
+    if trusted is None:
+        summary = f"verified every ledger entry now ({walked:,} entries) at {at}"
+        checkpoint = None
+    else:
+        checkpoint = {
+            "id": trusted.id,
+            "entry_id": trusted.entry_id,
+            "entries": trusted.entries,
+            "verified_at": trusted.created_at,
+            "full_at": trusted.full_at,
+        }
+        by = (
+            "a full audit"
+            if trusted.full_at == trusted.created_at
+            else f"audits continuing the full audit of {trusted.full_at}"
+        )
+        summary = (
+            f"verified fully up to entry {trusted.entry_id:,} ({trusted.entries:,} entries) at "
+            f"{trusted.created_at} by {by} (checkpoint {trusted.id}); entries after it "
+            f"verified now: {walked:,}"
+        )
+    return {
+        "full": trusted is None,
+        "checkpoint": checkpoint,
+        "entries_verified": walked,
+        "summary": summary,
+        "saved_checkpoint": saved,
+        "seconds": round(seconds, 3),
+    }

@@ -1,0 +1,118 @@
+"""Audit checkpoints: what a clean audit verified, sealed so that the next one starts there.
+
+A checkpoint says "every ledger entry up to here was verified at T": per seller, its
+newest verified entry with that entry's seal, its count and balance, and its newest
+verified sale. It is sealed with the ledger key (seals.checkpoint_mac), each seller's
+row bound to the checkpoint's seal, and the tables are append-only in the database;
+so without the key a checkpoint cannot be forged or moved, only deleted, which costs
+the next audit time, never its truth. Reading and writing them lives here; audit.py
+decides when to trust one and when to write one.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import NamedTuple
+
+from chargebox import seals
+
+TABLES = ("audit_checkpoint", "seller_checkpoint")
+
+
+class State(NamedTuple):
+    """One seller's verified chain, as a checkpoint keeps it."""
+
+    entry_id: int
+    entries: int
+    entry_mac: str
+    balance: int
+    sale_id: int
+    sales: int
+
+
+class Trusted(NamedTuple):
+    """The newest checkpoint whose seals verify, and every seller's newest state."""
+
+    id: int
+    entry_id: int
+    entries: int
+    request_id: int
+    full_at: str
+    created_at: str
+    states: dict[int, State]
+
+
+_NEWEST = (
+    "SELECT id, entry_id, entries, request_id, full_at, created_at, mac"
+    " FROM audit_checkpoint ORDER BY id DESC LIMIT 1"
+)
+# Each seller's newest row, with the checkpoint it belongs to (whose seal binds it).
+_STATES = (
+    "SELECT c.seller_id, c.entry_id, c.entries, c.entry_mac, c.balance, c.sale_id, c.sales,"
+    " c.mac, a.entry_id, a.entries, a.request_id, a.full_at, a.created_at, a.mac"
+    " FROM seller_checkpoint c JOIN (SELECT seller_id, MAX(checkpoint_id) AS newest"
+    " FROM seller_checkpoint GROUP BY seller_id) n"
+    " ON n.seller_id = c.seller_id AND n.newest = c.checkpoint_id"
+    " JOIN audit_checkpoint a ON a.id = c.checkpoint_id"
+)
+_NEW = (
+    "INSERT INTO audit_checkpoint (entry_id, entries, request_id, full_at, created_at, mac)"
+    " VALUES (?, ?, ?, ?, ?, ?) RETURNING id"
+)
+_NEW_STATE = (
+    "INSERT INTO seller_checkpoint (checkpoint_id, seller_id, entry_id, entries, entry_mac,"
+    " balance, sale_id, sales, mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def newest(db: seals.Reader, key: bytes) -> tuple[Trusted | None, list[seals.Problem]]:
+    """The newest checkpoint and the sellers' states, if every seal read verifies; else
+    None, with a problem when a seal does not (someone without the key wrote there)."""
+    found = db.rows(_NEWEST)
+    if not found:
+        return None, []
+    ident, entry_id, entries, request_id, full_at, created_at, mac = found[0]
+    if not _verifies(mac, seals.checkpoint_mac(key, *found[0][1:6])):
+        return None, [_forged(f"audit checkpoint {ident}")]
+    states: dict[int, State] = {}
+    macs: dict[str, bool] = {}
+    for seller_id, *state, seal, c_entry, c_entries, c_request, c_full, c_at, c_mac in db.rows(
+        _STATES
+    ):
+        if c_mac not in macs:
+            macs[c_mac] = _verifies(
+                c_mac, seals.checkpoint_mac(key, c_entry, c_entries, c_request, c_full, c_at)
+            )
+        expected = seals.seller_checkpoint_mac(key, c_mac, seller_id, *state)
+        if not (macs[c_mac] and _verifies(seal, expected)):
+            return None, [_forged(f"audit checkpoint row of seller {seller_id}")]
+        states[seller_id] = State(*state)
+    return Trusted(ident, entry_id, entries, request_id, full_at, created_at, states), []
+
+
+def save(write, key: bytes, seen: tuple[int, int, int, str, str], states: dict[int, State],
+         before: dict[int, State]) -> int:  # fmt: skip
+    """Record a checkpoint: `seen` is (entry_id, entries, request_id, full_at, created_at);
+    a row for each seller whose state is not `before`'s. Returns its id."""
+    mac = seals.checkpoint_mac(key, *seen)
+    ident = write.rows(_NEW, (*seen, mac))[0][0]
+    for seller_id in sorted(states):
+        state = states[seller_id]
+        if before.get(seller_id) != state:
+            seal = seals.seller_checkpoint_mac(key, mac, seller_id, *state)
+            write.execute(_NEW_STATE, (ident, seller_id, *state, seal))
+    return ident
+
+
+def _verifies(stored: str | None, expected: str) -> bool:
+    return hmac.compare_digest(stored or "", expected)
+
+
+def _forged(what: str) -> seals.Problem:
+    return seals.Problem(
+        "seal",
+        None,
+        None,
+        f"the {what} does not match its seal: written without the ledger key; "
+        "every entry was verified instead",
+    )

@@ -1,0 +1,161 @@
+"""The quick audit starts from a sealed checkpoint; the full audit re-reads every row.
+
+A checkpoint records what a clean audit verified, sealed with the ledger key. These
+tests take one after a few entries (`checkpoint_after=1`; the service waits for
+10,000), then check that the quick audit reads only what came after it and agrees
+with the full one, catches a forgery after it, trusts (and says it trusts) the rows
+before it, and refuses a checkpoint written without the key; that the checkpoint
+tables are append-only in the database; and the doors: CLI `--full`, `?full=true`.
+"""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from chargebox import audit, schema
+from tests.support import (
+    ADMIN_TOKEN,
+    cli_audit_of,
+    credited_seller,
+    database_of,
+    drop_trigger,
+    rows_on_disk,
+    writable,
+)
+
+REFUSED = Exception  # sqlite3.IntegrityError or a psycopg error: the schema refuses
+
+
+def sold(service, seller_id: int, count: int, phone: str = "09121234567") -> None:
+    for _ in range(count):
+        service.sell(seller_id, phone, 1_000)
+
+
+def checkpointed(service) -> tuple[dict, dict]:
+    """Two sellers with entries, a clean full audit that records a checkpoint."""
+    ali = credited_seller(service, 100_000, "Ali")
+    sara = credited_seller(service, 50_000, "Sara")
+    sold(service, ali["id"], 3)
+    sold(service, sara["id"], 2, "09351234567")
+    report = audit.audit(service.database, full=True, checkpoint_after=1)
+    assert report["consistent"], report["problems"]
+    assert report["scope"]["full"] and report["scope"]["saved_checkpoint"] == 1
+    return ali, sara
+
+
+def test_the_quick_audit_reads_only_what_came_after_the_checkpoint_and_agrees(service):
+    ali, sara = checkpointed(service)
+    sold(service, ali["id"], 4)
+    service.adjust_balance(sara["id"], 500, "goodwill")
+    quick = service.audit()
+    full = service.audit(full=True)
+    assert quick["consistent"] and full["consistent"]
+    scope = quick["scope"]
+    assert not scope["full"] and scope["entries_verified"] == 5
+    assert scope["checkpoint"]["id"] == 1 and scope["checkpoint"]["entries"] == 7
+    assert "verified fully up to entry" in scope["summary"]
+    assert scope["saved_checkpoint"] is None  # 5 entries: fewer than CHECKPOINT_AFTER
+    assert quick["sellers"] == full["sellers"] and quick["totals"] == full["totals"]
+    assert full["scope"]["full"] and full["scope"]["entries_verified"] == 12
+
+
+def test_a_quick_audit_continues_the_chain_of_checkpoints(service):
+    ali, _ = checkpointed(service)
+    sold(service, ali["id"], 2)
+    second = audit.audit(service.database, checkpoint_after=1)
+    assert second["consistent"] and second["scope"]["saved_checkpoint"] == 2
+    (changed,) = rows_on_disk(
+        database_of(service.config),
+        "SELECT COUNT(*) FROM seller_checkpoint WHERE checkpoint_id = 2",
+    )[0]
+    assert changed == 1  # only Ali's chain moved
+    third = service.audit()
+    assert third["scope"]["checkpoint"]["id"] == 2 and third["scope"]["entries_verified"] == 0
+    assert third["scope"]["checkpoint"]["full_at"] == second["scope"]["checkpoint"]["full_at"]
+    assert third["totals"] == service.audit(full=True)["totals"]
+
+
+def test_the_quick_audit_catches_a_forged_entry_after_the_checkpoint(service, config):
+    ali, _ = checkpointed(service)
+    sold(service, ali["id"], 2)
+    with writable(database_of(config)) as conn:
+        drop_trigger(conn, "ledger_entry_no_update")
+        (newest,) = conn.execute("SELECT MAX(id) FROM ledger_entry").fetchone()
+        conn.execute("UPDATE ledger_entry SET created_at = ? WHERE id = ?", ("x", newest))
+    report = service.audit()
+    assert not report["scope"]["full"]
+    assert ("seal", ali["id"], newest) in {
+        (p["invariant"], p["seller_id"], p["entry_id"]) for p in report["problems"]
+    }
+
+
+def test_rows_before_the_checkpoint_are_trusted_and_the_full_audit_rereads_them(service, config):
+    ali, _ = checkpointed(service)
+    with writable(database_of(config)) as conn:
+        drop_trigger(conn, "ledger_entry_no_update")
+        conn.execute("UPDATE ledger_entry SET created_at = ? WHERE id = 1", ("x",))
+    quick = service.audit()
+    assert {p["invariant"] for p in quick["problems"]} == {"I5"}  # only the dropped trigger
+    assert quick["scope"]["entries_verified"] == 0
+    full = service.audit(full=True)
+    assert full["scope"]["full"]
+    assert any(p["invariant"] == "seal" and p["entry_id"] == 1 for p in full["problems"])
+
+
+def test_a_checkpoint_written_without_the_key_is_refused_and_everything_verified(service, config):
+    ali, _ = checkpointed(service)
+    with writable(database_of(config)) as conn:
+        drop_trigger(conn, "seller_checkpoint_no_update" if not config.db_url else
+                     "seller_checkpoint_no_change")  # fmt: skip
+        conn.execute("UPDATE seller_checkpoint SET balance = balance + 1000")
+    report = service.audit()
+    assert report["scope"]["full"] and not report["consistent"]
+    assert any("does not match its seal" in p["message"] for p in report["problems"])
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE audit_checkpoint SET entries = 0",
+    "DELETE FROM audit_checkpoint",
+    "UPDATE seller_checkpoint SET balance = 0",
+    "DELETE FROM seller_checkpoint",
+])  # fmt: skip
+def test_checkpoints_are_append_only_in_the_database(service, config, statement):
+    checkpointed(service)
+    with writable(database_of(config)) as conn, pytest.raises(REFUSED, match="checkpoints"):
+        conn.execute(statement)
+
+
+def test_the_cli_full_audit_says_what_it_verified(service, config):
+    checkpointed(service)
+    quick = cli_audit_of(config)
+    assert quick.returncode == 0 and "audit: verified fully up to entry" in quick.stderr
+
+
+def test_get_audit_full_true_rereads_every_row_and_a_bad_flag_is_422(server):
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    full = requests.get(f"{server.url}/api/audit?full=true", headers=admin, timeout=60)
+    assert full.status_code == 200 and full.json()["scope"]["full"] is True
+    bad = requests.get(f"{server.url}/api/audit?full=yes", headers=admin, timeout=60)
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "full"
+
+
+def test_init_db_adds_the_checkpoint_tables_to_a_postgresql_database_made_before_them(
+    service, config
+):
+    """Until `init-db --grant-to ROLE` grants the role the new tables, audits only read."""
+    if not config.db_url:
+        pytest.skip("SQLite: prepare() creates the tables that are missing, with the others")
+    import psycopg
+
+    from tests.backends import owner_url
+
+    with psycopg.connect(owner_url(config.db_url), autocommit=True) as conn:
+        conn.execute("DROP TABLE seller_checkpoint, audit_checkpoint")
+        schema.create_postgresql(conn)
+        schema.create_postgresql(conn)  # once is enough: the second finds them
+        assert (
+            audit.audit(service.database, checkpoint_after=0)["scope"]["saved_checkpoint"] is None
+        )
+        schema.grant(conn, psycopg.conninfo.conninfo_to_dict(config.db_url)["user"])
+    assert audit.audit(service.database, checkpoint_after=0)["scope"]["saved_checkpoint"] == 1
