@@ -3,8 +3,8 @@ the benchmark (`bench`), SQLite against PostgreSQL under wrk (`backends`), and a
 database with a long sealed history to measure against (`history`).
 
 Argument parsing and printing only; the work lives in `scenario`, `workers`,
-`verify`, `demos`, `bench`, `backends` and `history`. Exit status: 0 when the books reconcile (or a demo showed
-its effect), 1 when anything disagreed, 2 on a usage error.
+`verify`, `demos`, `bench`, `backends` and `history`. Exit status: 0 when the books
+reconcile (or a demo showed its effect), 1 when anything disagreed, 2 on a usage error.
 """
 
 from __future__ import annotations
