@@ -62,6 +62,10 @@ class Write:
     def dicts(self, sql: str, params: Sequence | dict = ()) -> list[dict]:
         return as_dicts(self.execute(sql, params))
 
+    def send(self, sql: str, params: Sequence | dict = ()) -> None:
+        """A statement whose result nobody reads (PostgreSQL's need not wait for it)."""
+        self.execute(sql, params)
+
     def lock_seller(self, seller_id: int) -> None:
         """Nothing to do: a write holds the whole file's lock already."""
 

@@ -21,7 +21,6 @@ from chargebox.errors import (
     ChargeboxError,
     IdempotencyKeyReused,
     InsufficientCredit,
-    IntegrityViolation,
     ValidationError,
 )
 from chargebox.queries import CREDIT_REQUEST, LEDGER_ENTRY, SALE, Queries, Shape
@@ -117,14 +116,8 @@ def _first(
     except FINAL as refusal:  # nothing was written; the refusal is final
         outcome = refusal
     made_id = outcome if isinstance(outcome, ChargeboxError) else outcome.record["id"]
-    if write.balance_first:  # nothing serialises two servers' copies but the UNIQUE key
-        try:
-            with write.savepoint():
-                record(write, kind, seller_id, key, request_hash, made_id, created)
-        except IntegrityViolation:
-            raise _KeyRaced from None  # undoes what this copy did: the write rolls back
-    else:
-        record(write, kind, seller_id, key, request_hash, made_id, created)
+    if not record(write, kind, seller_id, key, request_hash, made_id, created):
+        raise _KeyRaced  # undoes what this copy did: its write (or savepoint) rolls back
     return outcome
 
 
@@ -161,19 +154,26 @@ def record(
     request_hash: str,
     outcome: int | ChargeboxError,
     created: str,
-) -> None:
-    """Keep the outcome of a key's first request: the id it made, or its refusal."""
+) -> bool:
+    """Keep the outcome of a key's first request: the id it made, or its refusal. False if a
+    copy in another transaction recorded the key first: on PostgreSQL nothing serialises
+    two servers' copies but the key's UNIQUE, where they meet (the later one waits for the
+    earlier one's COMMIT or ROLLBACK); on SQLite the write holds the file, so none races."""
     refused = isinstance(outcome, ChargeboxError)
-    write.execute(
+    sql = (
         f"INSERT INTO {kind.table} (seller_id, key, request_hash, {kind.column},"
-        " error_code, error_message, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (
-            seller_id,
-            key,
-            request_hash,
-            None if refused else outcome,
-            outcome.code if refused else None,
-            outcome.message if refused else None,
-            created,
-        ),
+        " error_code, error_message, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
     )
+    values = (
+        seller_id,
+        key,
+        request_hash,
+        None if refused else outcome,
+        outcome.code if refused else None,
+        outcome.message if refused else None,
+        created,
+    )
+    if not write.balance_first:
+        write.execute(sql, values)
+        return True
+    return bool(write.rows(f"{sql} ON CONFLICT (seller_id, key) DO NOTHING RETURNING id", values))

@@ -1,7 +1,8 @@
 """THE money module: the only code that changes a balance or writes a ledger entry.
 
-Every movement is its ledger entry, then the balance UPDATE, both guarded
-(`balance + delta BETWEEN 0 AND 10^15`), inside the caller's write: each function
+Every movement is its ledger entry and the balance UPDATE, both guarded
+(`balance + delta BETWEEN 0 AND 10^15`), inside the caller's write (SQLite: the
+entry first; PostgreSQL: the balance first, its seller's row held): each function
 takes the open `Write` and never opens a transaction of its own. Hand-written
 SQL keeps the write lock short. Deciding a credit request (approve or reject)
 lives here too, in one place. `audit` re-checks I1-I5 from the rows themselves.
@@ -42,19 +43,41 @@ _PHONE_TOTAL = (
     "ON CONFLICT (number) DO UPDATE"
     " SET total_charged = phone.total_charged + excluded.total_charged"
 )
-# PostgreSQL's order (Write.balance_first): the balance has moved, so the entry and the
-# sale land on it; the entry is numbered after the seller's newest (read in this later
-# statement, which sees what the row lock waited for).
-_ENTRY_ON_BALANCE = (
-    "INSERT INTO ledger_entry (seller_id, seq, kind, amount, balance_after, credit_request_id,"
-    " sale_id, reason, created_at) SELECT :seller_id, COALESCE(MAX(seq), 0) + 1, :kind,"
-    " CAST(:delta AS BIGINT), CAST(:balance AS BIGINT), CAST(:credit_request_id AS BIGINT),"
-    " CAST(:sale_id AS BIGINT), CAST(:reason AS TEXT), :now FROM ledger_entry"
-    f" WHERE seller_id = :seller_id {LEDGER_ENTRY.returning}"
+# PostgreSQL's order (Write.balance_first), in one statement: the balance moves, the sale
+# (if any) and the entry land on it, the entry numbered after the seller's newest, and the
+# sealed head comes back for the seal. The seller's row is held already (Write.hold), so
+# nothing here waits for a lock, and the statement's snapshot, taken after the lock was
+# had, sees the seller's newest entry and head. (A statement that waited for the lock
+# would read them from before: its snapshot is taken when it starts.)
+_MOVED = (
+    "WITH moved AS (UPDATE seller SET balance = balance + :delta"
+    " WHERE id = :seller_id AND balance + :delta BETWEEN 0 AND :ceiling RETURNING balance)"
+)
+_MADE = (
+    ", made AS (INSERT INTO sale (seller_id, phone, amount, balance_after, created_at)"
+    f" SELECT :seller_id, :phone, :amount, balance, :now FROM moved {SALE.returning})"
+)
+_ON_MOVED = (
+    ", entry AS (INSERT INTO ledger_entry (seller_id, seq, kind, amount, balance_after,"
+    " credit_request_id, sale_id, reason, created_at) SELECT :seller_id, (SELECT"
+    " COALESCE(MAX(seq), 0) + 1 FROM ledger_entry WHERE seller_id = :seller_id), :kind,"
+    " CAST(:delta AS BIGINT), moved.balance, CAST(:credit_request_id AS BIGINT), {sale_id},"
+    f" CAST(:reason AS TEXT), :now FROM moved{{made}} {LEDGER_ENTRY.returning})"
+    " SELECT entry.*, head.entries AS head_entries, head.entry_mac AS head_entry_mac{sale}"
+    " FROM entry{join} LEFT JOIN seller_head head ON head.seller_id = entry.seller_id"
+)
+_MOVE_ON_BALANCE = _MOVED + _ON_MOVED.format(
+    sale_id="CAST(NULL AS BIGINT)", made="", sale="", join=""
 )
 _SALE_ON_BALANCE = (
-    "INSERT INTO sale (seller_id, phone, amount, balance_after, created_at)"
-    f" VALUES (:seller_id, :phone, :amount, :balance, :now) {SALE.returning}"
+    _MOVED
+    + _MADE
+    + _ON_MOVED.format(
+        sale_id="made.id",
+        made=", made",
+        sale="".join(f", made.{name} AS made_{name}" for name in SALE.columns),
+        join=" CROSS JOIN made",
+    )
 )
 _DECIDE = (
     "UPDATE credit_request SET status = :status, decided_at = :now"
@@ -74,22 +97,22 @@ def _refuse(write: Write, seller_id: int, delta: int) -> None:
 
 def _move(write: Write, seller_id: int, delta: int, kind: str, now: str, *,
           credit_request_id: int | None = None, sale_id: int | None = None,
-          reason: str | None = None, phone: str | None = None,
-          taken: int | None = None) -> dict:  # fmt: skip
+          reason: str | None = None, phone: str | None = None) -> dict:  # fmt: skip
     """Record `delta` in the ledger and apply it to the balance; both guarded (I1-I3).
 
     SQLite: the entry first, since its triggers refuse a balance UPDATE that does not
     land on the newest entry. PostgreSQL (`balance_first`): the balance first, for the
-    seller's row lock, unless the caller already moved it (`taken`: the new balance).
+    seller's row lock, and the entry on it, in one statement (`_on_balance`).
     """
     params = {
         "seller_id": seller_id, "delta": delta, "ceiling": MAX_BALANCE, "kind": kind,
         "credit_request_id": credit_request_id, "sale_id": sale_id, "reason": reason,
         "now": now,
     }  # fmt: skip
+    head = None
     if write.balance_first:
-        params["balance"] = _take(write, seller_id, delta) if taken is None else taken
-        entry = write.dicts(_ENTRY_ON_BALANCE, params)[0]
+        row, head = _on_balance(write, _MOVE_ON_BALANCE, params)
+        entry = {name: row[name] for name in LEDGER_ENTRY.columns}
     else:
         made = write.dicts(_ENTRY, params)
         if not made:
@@ -98,30 +121,39 @@ def _move(write: Write, seller_id: int, delta: int, kind: str, now: str, *,
         updated = write.rows(_BALANCE, params)
         if [(check_balance(entry["balance_after"]),)] != updated:
             raise AssertionError(f"seller {seller_id}: balance {updated} != entry {entry}")
-    _seal(write, entry, phone)
+    _seal(write, entry, phone, head)
     return entry
 
 
-def _take(write: Write, seller_id: int, delta: int) -> int:
-    """Move the balance by `delta`, guarded; the new balance (or the refusal)."""
-    moved = write.rows(_BALANCE, {"seller_id": seller_id, "delta": delta, "ceiling": MAX_BALANCE})
+def _on_balance(write: Write, sql: str, params: dict) -> tuple[dict, tuple[int, str]]:
+    """PostgreSQL: hold the seller's row, then move (`_MOVE_ON_BALANCE`, `_SALE_ON_BALANCE`);
+    the row made and the seller's sealed head before it (entries, seal), or the refusal."""
+    write.hold(params["seller_id"])
+    moved = write.dicts(sql, params)
     if not moved:
-        _refuse(write, seller_id, delta)
-    return check_balance(moved[0][0])
+        _refuse(write, params["seller_id"], params["delta"])
+    row = moved[0]
+    check_balance(row["balance_after"])
+    if row["head_entries"] is None:
+        return row, (0, seals.GENESIS)
+    return row, (row["head_entries"], row["head_entry_mac"])
 
 
-def _seal(write: Write, entry: dict, phone: str | None) -> None:
-    """Chain the new entry's seal to its predecessor's and move the seller's sealed head."""
+def _seal(write: Write, entry: dict, phone: str | None, head: tuple[int, str] | None) -> None:
+    """Chain the new entry's seal to its predecessor's and move the seller's sealed head
+    (`head`: the head before this entry, if the caller has read it)."""
     if write.ledger_key is None:
         raise AssertionError("no ledger key: start through cli.prepare() (see seals.py)")
-    head = write.execute(_HEAD, (entry["seller_id"],)).fetchone()
-    entries, previous = head if head else (0, seals.GENESIS)
+    if head is None:
+        found = write.execute(_HEAD, (entry["seller_id"],)).fetchone()
+        head = tuple(found) if found else (0, seals.GENESIS)
+    entries, previous = head
     values = tuple({**entry, "phone": phone}[name] for name in seals.ENTRY_COLUMNS)
     mac = seals.entry_mac(write.ledger_key, previous, values)
-    write.execute(_SEAL, (entry["id"], mac))
+    write.send(_SEAL, (entry["id"], mac))
     head_mac = seals.head_mac(write.ledger_key, entry["seller_id"], entry["id"], entries + 1,
                               mac, entry["balance_after"])  # fmt: skip
-    write.execute(_NEW_HEAD, (entry["seller_id"], entry["id"], entries + 1, mac, head_mac))
+    write.send(_NEW_HEAD, (entry["seller_id"], entry["id"], entries + 1, mac, head_mac))
 
 
 def approve_credit_request(write: Write, request_id: int, now: str) -> dict:
@@ -180,15 +212,16 @@ def sell(write: Write, seller_id: int, number: str, amount: int, now: str) -> di
     """
     params = {"seller_id": seller_id, "phone": number, "amount": amount, "delta": -amount,
               "now": now, "ceiling": MAX_BALANCE}  # fmt: skip
-    taken = None
-    if write.balance_first:  # the sale lands on the balance its debit has moved
-        params["balance"] = taken = _take(write, seller_id, -amount)
-        sale = write.dicts(_SALE_ON_BALANCE, params)[0]
+    if write.balance_first:  # the sale and its entry land on the balance the debit moved
+        params.update(kind="sale", credit_request_id=None, reason=None)
+        row, head = _on_balance(write, _SALE_ON_BALANCE, params)
+        sale = {name: row[f"made_{name}"] for name in SALE.columns}
+        _seal(write, {name: row[name] for name in LEDGER_ENTRY.columns}, number, head)
     else:
         made = write.dicts(_NEW_SALE, params)
         if not made:
             _refuse(write, seller_id, -amount)
         sale = made[0]
-    _move(write, seller_id, -amount, "sale", now, sale_id=sale["id"], phone=number, taken=taken)
-    write.execute(_PHONE_TOTAL, (number, amount, now))
+        _move(write, seller_id, -amount, "sale", now, sale_id=sale["id"], phone=number)
+    write.send(_PHONE_TOTAL, (number, amount, now))
     return sale

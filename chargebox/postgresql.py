@@ -1,10 +1,9 @@
-"""PostgreSQL through psycopg 3: connecting, the SQL's parameters, the service's database.
+"""PostgreSQL through psycopg 3: the service's database.
 
-chargebox's SQL is written once, with SQLite's `?` and `:name` parameters; here
-it is handed to psycopg as `%s` and `%(name)s`. (What `init-db --grant-to ROLE`
-grants the service's role is schema.grant.)
 `Database` and `Write` here are the service's database on PostgreSQL, beside
 db.py's for SQLite: the same methods, PostgreSQL's locks instead of a file's.
+(Connecting and the SQL's parameters are pg_driver's; what `init-db --grant-to
+ROLE` grants the service's role is schema.grant.)
 
 Group commit (writer.GroupWriter, as on SQLite): one sale per transaction on one
 hot seller is bound by the wait for that seller's row lock, so the writes that
@@ -23,134 +22,73 @@ deadline allows. A lost server fails the whole batch (503, nothing committed).
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from chargebox.config import Config
-from chargebox.errors import Deadlocked, IntegrityViolation, LockTimeout, Unavailable
+from chargebox.errors import Deadlocked, LockTimeout, Unavailable
+from chargebox.pg_driver import Reader, as_dicts, connect, described, to_psycopg, translated
 from chargebox.writer import GroupWriter, WriteSlots
 
 T = TypeVar("T")
-# A quoted literal (left alone), a `?`, a `:name` (not a `::cast`), or a `%` to escape.
-_PARAMETER = re.compile(r"'(?:[^']|'')*'|\?|(?<!:):([A-Za-z_]\w*)|%")
 # Writes per group commit. A backend keeps the ids of 64 subtransactions in shared
 # memory (PGPROC_MAX_CACHED_SUBXIDS); past them every snapshot in the cluster must look
-# them up in pg_subtrans. A keyed write takes two: its savepoint, and its key's own.
+# them up in pg_subtrans. A write takes one: its savepoint.
 MAX_BATCH = 32
 # Within a batch, a later write's lock wait is bounded again by the batch's earliest
 # deadline once the batch has run this long (the SET costs a round trip per write).
 _REBOUND = 0.05
 
 
-def to_psycopg(sql: str) -> str:
-    """SQLite's parameter style as psycopg's: `?` -> `%s`, `:name` -> `%(name)s`."""
-
-    def swap(match: re.Match) -> str:
-        text = match.group(0)
-        if text.startswith("'"):
-            return text
-        if text == "?":
-            return "%s"
-        if text == "%":
-            return "%%"
-        return f"%({match.group(1)})s"
-
-    return _PARAMETER.sub(swap, sql)
-
-
-def described(url: str) -> str:
-    """A PostgreSQL URL without its password, fit for a message or a log."""
-    return re.sub(r"^(\w+://[^:/@]*):[^@]*@", r"\1:***@", url)
-
-
-def connect(url: str, autocommit: bool = False):
-    """A psycopg connection, or one line naming the database (never its password)."""
-    try:
-        import psycopg  # only a PostgreSQL deployment needs the driver
-    except ImportError:
-        raise ValueError(
-            f"--db {described(url)}: PostgreSQL needs its driver: "
-            'pip install -e ".[postgresql]" (psycopg 3)'
-        ) from None
-
-    conn = None
-    try:
-        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
-        if _behind_a_pooler(conn):
-            conn.prepare_threshold = None
-        if not autocommit:
-            conn.rollback()  # the probe's transaction
-        return conn
-    except psycopg.Error as exc:
-        if conn is not None:
-            conn.close()
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        reason = lines[0] if lines else type(exc).__name__
-        raise ValueError(f"--db {described(url)}: cannot connect ({reason})") from None
-
-
-def _behind_a_pooler(conn) -> bool:
-    """Whether a pooler (pgbouncer) stands between us and PostgreSQL: it answers the
-    start-up with a backend id of its own, not the server process's.
-
-    psycopg prepares a statement on the server after its fifth run on a connection.
-    Behind pgbouncer in transaction mode (before 1.21, and Debian 12 has 1.18) the
-    next transaction may run on another server connection, which never saw it:
-    `prepared statement "_pg3_0" does not exist`. So there, and only there, psycopg
-    prepares nothing; straight to PostgreSQL the prepares stay.
-    """
-    (server_pid,) = conn.execute("SELECT pg_backend_pid()", prepare=False).fetchone()
-    return server_pid != conn.info.backend_pid
-
-
-class Reader:
-    """Reads over one psycopg connection, in chargebox's SQL (what seals.key_check takes)."""
-
-    def __init__(self, conn) -> None:
-        self.conn = conn
-
-    def rows(self, sql: str, params: tuple | dict = ()) -> list[tuple]:
-        return self.conn.execute(to_psycopg(sql), params).fetchall()
-
-    def table_names(self) -> set[str]:
-        found = self.conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
-        ).fetchall()
-        return {name for (name,) in found}
-
-
-# --- the service's database on PostgreSQL ----------------------------------------------------
-
-
 class Write:
     """The open write transaction on PostgreSQL: what `work(write)` changes rows through.
 
-    Money moves balance first here (`balance_first`): the guarded UPDATE takes the
-    seller's row lock, which is what serialises one seller across every app server.
+    Money moves balance first here (`balance_first`): the seller's row lock (`hold`) is
+    what serialises one seller across every app server. In a group commit the statements
+    go down one pipeline (psycopg's pipeline mode): `send` queues a statement whose
+    result nobody reads, and the next `execute` (or the end of a savepoint) waits for
+    them all, so a sale is three round trips, not twenty, while its seller is held.
     """
 
-    __slots__ = ("_conn", "ledger_key", "open", "deadline", "_bounded_at")
+    __slots__ = ("_conn", "ledger_key", "open", "deadline", "_bounded_at", "_pipeline",
+                 "_unchecked", "_held")  # fmt: skip
     dialect = "postgresql"
     balance_first = True
 
-    def __init__(self, conn, ledger_key: bytes | None, deadline: float | None = None) -> None:
+    def __init__(self, conn, ledger_key: bytes | None, deadline: float | None = None,
+                 pipeline=None) -> None:  # fmt: skip
         self._conn = conn
         self.ledger_key = ledger_key
         self.open = True
         self.deadline = deadline  # the earliest of its writes' (None: not bounded here)
         self._bounded_at = 0.0
+        self._pipeline = pipeline  # None: each statement waits for its answer
+        self._unchecked = False  # statements sent whose outcome is not known yet
+        self._held: set[int] = set()  # sellers whose rows this transaction holds
 
     def bound(self) -> None:
         """Waiting for a row lock ends at the deadline (LockTimeout, 503): `lock_timeout`
         bounds each wait, so a later write of a batch is bounded again by what is left."""
         left_ms = max(1, int((self.deadline - time.monotonic()) * 1000))
-        self._conn.execute(f"SET LOCAL lock_timeout = '{left_ms}ms'")
+        self.send(f"SET LOCAL lock_timeout = '{left_ms}ms'")
         self._bounded_at = time.monotonic()
 
     def execute(self, sql: str, params: tuple | dict = ()):
+        """Run a statement and wait for it (and for everything sent before it)."""
+        cursor = self._sent(sql, params)
+        self._unchecked = self._pipeline is not None
+        self.checked()
+        return cursor
+
+    def send(self, sql: str, params: tuple | dict = ()) -> None:
+        """Run a statement whose result nobody reads; in a pipeline, without waiting.
+        Its failure is raised by the next `execute`, or at the end of the savepoint."""
+        self._sent(sql, params)
+        self._unchecked = self._pipeline is not None
+
+    def _sent(self, sql: str, params: tuple | dict):
         if not self.open:
             raise AssertionError("this write has ended: write only inside database.write()")
         with translated():
@@ -160,53 +98,71 @@ class Write:
         return self.execute(sql, params).fetchall()
 
     def dicts(self, sql: str, params: tuple | dict = ()) -> list[dict]:
-        return _dicts(self.execute(sql, params))
+        return as_dicts(self.execute(sql, params))
 
     def lock_seller(self, seller_id: int) -> None:
         """Hold the seller's row until COMMIT (what a check-then-insert needs here)."""
-        self.execute("SELECT 1 FROM seller WHERE id = ? FOR UPDATE", (seller_id,))
+        self.send("SELECT 1 FROM seller WHERE id = ? FOR UPDATE", (seller_id,))
+
+    def hold(self, seller_id: int) -> None:
+        """Hold the seller's row (as its balance UPDATE would) before a movement, once per
+        transaction. The statements after it then wait for no lock, so each one's
+        snapshot, taken once the lock was had, sees the seller's newest entry and head."""
+        if seller_id not in self._held:
+            self.send("SELECT 1 FROM seller WHERE id = ? FOR NO KEY UPDATE", (seller_id,))
+            self._held.add(seller_id)
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
         if self.deadline is not None and time.monotonic() - self._bounded_at > _REBOUND:
             self.bound()
-        self.execute("SAVEPOINT part")
+        self.send("SAVEPOINT part")
+        held = set(self._held)
         try:
             with translated():
                 yield
+                self.checked()  # its statements' failure is its own, not the next write's
         except BaseException:
+            self._held = held  # rolling back to the savepoint lets go of its locks
             with translated():  # a lost server is a 503 here too, not psycopg's own error
-                self._conn.execute("ROLLBACK TO SAVEPOINT part")
-                self._conn.execute("RELEASE SAVEPOINT part")
+                self.settle()
+                self.send("ROLLBACK TO SAVEPOINT part")
+                self.send("RELEASE SAVEPOINT part")
             raise
-        self.execute("RELEASE SAVEPOINT part")
+        self.send("RELEASE SAVEPOINT part")
+
+    def checked(self) -> None:
+        """Wait for what was sent: its failure is raised here."""
+        if self._unchecked:
+            with translated():
+                self._pipeline.sync()
+            self._unchecked = False
+
+    def settle(self) -> None:
+        """After a failure, take in every answer still due (their errors were raised, or
+        belong to the part being undone), so that the pipeline takes commands again."""
+        self._unchecked = False
+        if self._pipeline is None:
+            return
+        import psycopg
+
+        for _ in range(3):  # a sync that raised may leave answers queued: one more takes them
+            try:
+                self._pipeline.sync()
+                return
+            except psycopg.errors.PipelineAborted:
+                continue
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error:
+                continue
 
 
-def _dicts(cursor) -> list[dict]:
-    names = [column.name for column in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-
-@contextlib.contextmanager
-def translated() -> Iterator[None]:
-    """psycopg's errors in chargebox's tree: a refused write is a bug (the schema's
-    guards fired), a lock not had in time or a lost server is 503, retry."""
+def _pipeline(conn):
+    """The connection in pipeline mode, where the driver has it (libpq 14 or later)."""
     import psycopg
 
-    try:
-        yield
-    except psycopg.errors.LockNotAvailable as exc:
-        raise LockTimeout("the database is busy; retry shortly") from exc
-    except psycopg.errors.IntegrityError as exc:
-        raise IntegrityViolation(f"the database refused a write: {exc}") from exc
-    except psycopg.errors.DeadlockDetected as exc:
-        raise Deadlocked("the database is busy; retry shortly") from exc
-    except (
-        psycopg.OperationalError,
-        psycopg.errors.SerializationFailure,
-        psycopg.errors.ReadOnlySqlTransaction,
-    ) as exc:
-        raise Unavailable("the database is busy or unavailable; retry shortly") from exc
+    return conn.pipeline() if psycopg.Pipeline.is_supported() else contextlib.nullcontext()
 
 
 class Database:
@@ -257,7 +213,7 @@ class Database:
 
     def dicts(self, sql: str, params: tuple | dict = ()) -> list[dict]:
         with self._reading() as conn:
-            return _dicts(conn.execute(to_psycopg(sql), params or None))
+            return as_dicts(conn.execute(to_psycopg(sql), params or None))
 
     @contextlib.contextmanager
     def _reading(self):
@@ -296,20 +252,33 @@ class Database:
             deadline = time.monotonic() + self.timeout
         conn = self.connection()
         self._local.writing = True
-        write = Write(conn, self.ledger_key, deadline)
+        write = None
         try:
-            with translated(), conn.transaction():
+            # BEGIN and COMMIT by hand: psycopg's transaction() syncs a pipeline three times
+            with translated(), _pipeline(conn) as pipeline:
+                write = Write(conn, self.ledger_key, deadline, pipeline)
+                write.send("BEGIN")
                 write.bound()
                 self._began = time.monotonic()
-                yield write
+                try:
+                    yield write
+                    write.execute("COMMIT")  # what COMMIT refuses (deferred checks) is raised
+                except BaseException:
+                    with contextlib.suppress(Exception):  # a lost server: dropped below
+                        write.settle()
+                        write.execute("ROLLBACK")
+                    raise
         except (LockTimeout, Deadlocked):
             raise  # the connection is fine; only a lock was not had
         except Unavailable:
             self._drop()
             raise
         finally:
-            write.open = False
+            if write is not None:
+                write.open = False
             self._local.writing = False
+            if not conn.closed and conn.info.transaction_status.name != "IDLE":
+                self._drop()  # a transaction left open by a failure: start again
 
     def seconds_since_a_write_began(self) -> float:
         return time.monotonic() - self._began

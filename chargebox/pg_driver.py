@@ -1,0 +1,127 @@
+"""psycopg 3 at the edge: connecting, chargebox's SQL in psycopg's parameters, and
+psycopg's errors in chargebox's tree.
+
+chargebox's SQL is written once, with SQLite's `?` and `:name` parameters; here
+it is handed to psycopg as `%s` and `%(name)s`. The service's database on
+PostgreSQL (`Database`, `Write`) is postgresql.py's; nothing here holds a lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from collections.abc import Iterator
+
+from chargebox.errors import Deadlocked, IntegrityViolation, LockTimeout, Unavailable
+
+# A quoted literal (left alone), a `?`, a `:name` (not a `::cast`), or a `%` to escape.
+_PARAMETER = re.compile(r"'(?:[^']|'')*'|\?|(?<!:):([A-Za-z_]\w*)|%")
+
+
+@functools.lru_cache(maxsize=512)  # a few dozen statements, each converted once
+def to_psycopg(sql: str) -> str:
+    """SQLite's parameter style as psycopg's: `?` -> `%s`, `:name` -> `%(name)s`."""
+
+    def swap(match: re.Match) -> str:
+        text = match.group(0)
+        if text.startswith("'"):
+            return text
+        if text == "?":
+            return "%s"
+        if text == "%":
+            return "%%"
+        return f"%({match.group(1)})s"
+
+    return _PARAMETER.sub(swap, sql)
+
+
+def described(url: str) -> str:
+    """A PostgreSQL URL without its password, fit for a message or a log."""
+    return re.sub(r"^(\w+://[^:/@]*):[^@]*@", r"\1:***@", url)
+
+
+def connect(url: str, autocommit: bool = False):
+    """A psycopg connection, or one line naming the database (never its password)."""
+    try:
+        import psycopg  # only a PostgreSQL deployment needs the driver
+    except ImportError:
+        raise ValueError(
+            f"--db {described(url)}: PostgreSQL needs its driver: "
+            'pip install -e ".[postgresql]" (psycopg 3)'
+        ) from None
+
+    conn = None
+    try:
+        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
+        if _behind_a_pooler(conn):
+            conn.prepare_threshold = None
+        if not autocommit:
+            conn.rollback()  # the probe's transaction
+        return conn
+    except psycopg.Error as exc:
+        if conn is not None:
+            conn.close()
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[0] if lines else type(exc).__name__
+        raise ValueError(f"--db {described(url)}: cannot connect ({reason})") from None
+
+
+def _behind_a_pooler(conn) -> bool:
+    """Whether a pooler (pgbouncer) stands between us and PostgreSQL: it answers the
+    start-up with a backend id of its own, not the server process's.
+
+    psycopg prepares a statement on the server after its fifth run on a connection.
+    Behind pgbouncer in transaction mode (before 1.21, and Debian 12 has 1.18) the
+    next transaction may run on another server connection, which never saw it:
+    `prepared statement "_pg3_0" does not exist`. So there, and only there, psycopg
+    prepares nothing; straight to PostgreSQL the prepares stay.
+    """
+    (server_pid,) = conn.execute("SELECT pg_backend_pid()", prepare=False).fetchone()
+    return server_pid != conn.info.backend_pid
+
+
+class Reader:
+    """Reads over one psycopg connection, in chargebox's SQL (what seals.key_check takes)."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+
+    def rows(self, sql: str, params: tuple | dict = ()) -> list[tuple]:
+        return self.conn.execute(to_psycopg(sql), params).fetchall()
+
+    def table_names(self) -> set[str]:
+        found = self.conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        ).fetchall()
+        return {name for (name,) in found}
+
+
+# --- the service's database on PostgreSQL ----------------------------------------------------
+
+
+def as_dicts(cursor) -> list[dict]:
+    names = [column.name for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """psycopg's errors in chargebox's tree: a refused write is a bug (the schema's
+    guards fired), a lock not had in time or a lost server is 503, retry."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.errors.LockNotAvailable as exc:
+        raise LockTimeout("the database is busy; retry shortly") from exc
+    except psycopg.errors.IntegrityError as exc:
+        raise IntegrityViolation(f"the database refused a write: {exc}") from exc
+    except psycopg.errors.DeadlockDetected as exc:
+        raise Deadlocked("the database is busy; retry shortly") from exc
+    except (
+        psycopg.OperationalError,
+        psycopg.errors.SerializationFailure,
+        psycopg.errors.ReadOnlySqlTransaction,
+    ) as exc:
+        raise Unavailable("the database is busy or unavailable; retry shortly") from exc
