@@ -66,6 +66,11 @@ class Write:
         """A statement whose result nobody reads (PostgreSQL's need not wait for it)."""
         self.execute(sql, params)
 
+    def send_all(self, statements: list[tuple[str, tuple]]) -> None:
+        """Statements whose results nobody reads (PostgreSQL sends them as one)."""
+        for sql, params in statements:
+            self.execute(sql, params)
+
     def lock_seller(self, seller_id: int) -> None:
         """Nothing to do: a write holds the whole file's lock already."""
 

@@ -21,6 +21,8 @@ from chargebox.errors import (
     ChargeboxError,
     IdempotencyKeyReused,
     InsufficientCredit,
+    IntegrityViolation,
+    Unavailable,
     ValidationError,
 )
 from chargebox.queries import CREDIT_REQUEST, LEDGER_ENTRY, SALE, Queries, Shape
@@ -106,15 +108,25 @@ def _first(
     """Inside the write: what a copy that won the race made, or act now and record it.
 
     A refusal is returned, not raised, so that its record commits with the rest.
+    On PostgreSQL the key's UNIQUE decides, after acting (a look before would be one
+    more round trip while the seller's row is held): a copy that finds the key taken
+    is undone (`_KeyRaced`) and replays what the first one made, once that commits.
     """
-    made = earlier(write, kind, seller_id, key, request_hash)
-    if made is not None:
-        return Outcome(Queries(write).one(kind.made, made), True)
+    if not write.balance_first:
+        made = earlier(write, kind, seller_id, key, request_hash)
+        if made is not None:
+            return Outcome(Queries(write).one(kind.made, made), True)
     created = now()
     try:
         outcome: Outcome | ChargeboxError = Outcome(act(write, created), False)
     except FINAL as refusal:  # nothing was written; the refusal is final
         outcome = refusal
+    except (Unavailable, IntegrityViolation):
+        raise  # the database failed this write: it is undone, and nothing can be read now
+    except ChargeboxError:  # refused: no outcome of the key, unless a copy recorded one
+        if write.balance_first and earlier(write, kind, seller_id, key, request_hash) is not None:
+            raise _KeyRaced from None
+        raise
     made_id = outcome if isinstance(outcome, ChargeboxError) else outcome.record["id"]
     if not record(write, kind, seller_id, key, request_hash, made_id, created):
         raise _KeyRaced  # undoes what this copy did: its write (or savepoint) rolls back

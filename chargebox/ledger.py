@@ -121,7 +121,7 @@ def _move(write: Write, seller_id: int, delta: int, kind: str, now: str, *,
         updated = write.rows(_BALANCE, params)
         if [(check_balance(entry["balance_after"]),)] != updated:
             raise AssertionError(f"seller {seller_id}: balance {updated} != entry {entry}")
-    _seal(write, entry, phone, head)
+    write.send_all(_seal(write, entry, phone, head))
     return entry
 
 
@@ -139,9 +139,10 @@ def _on_balance(write: Write, sql: str, params: dict) -> tuple[dict, tuple[int, 
     return row, (row["head_entries"], row["head_entry_mac"])
 
 
-def _seal(write: Write, entry: dict, phone: str | None, head: tuple[int, str] | None) -> None:
-    """Chain the new entry's seal to its predecessor's and move the seller's sealed head
-    (`head`: the head before this entry, if the caller has read it)."""
+def _seal(write: Write, entry: dict, phone: str | None,
+          head: tuple[int, str] | None) -> list[tuple[str, tuple]]:  # fmt: skip
+    """What chains the new entry's seal to its predecessor's and moves the seller's sealed
+    head, for the caller to send (`head`: the head before this entry, if it was read)."""
     if write.ledger_key is None:
         raise AssertionError("no ledger key: start through cli.prepare() (see seals.py)")
     if head is None:
@@ -150,10 +151,12 @@ def _seal(write: Write, entry: dict, phone: str | None, head: tuple[int, str] | 
     entries, previous = head
     values = tuple({**entry, "phone": phone}[name] for name in seals.ENTRY_COLUMNS)
     mac = seals.entry_mac(write.ledger_key, previous, values)
-    write.send(_SEAL, (entry["id"], mac))
     head_mac = seals.head_mac(write.ledger_key, entry["seller_id"], entry["id"], entries + 1,
                               mac, entry["balance_after"])  # fmt: skip
-    write.send(_NEW_HEAD, (entry["seller_id"], entry["id"], entries + 1, mac, head_mac))
+    return [
+        (_SEAL, (entry["id"], mac)),
+        (_NEW_HEAD, (entry["seller_id"], entry["id"], entries + 1, mac, head_mac)),
+    ]
 
 
 def approve_credit_request(write: Write, request_id: int, now: str) -> dict:
@@ -216,12 +219,13 @@ def sell(write: Write, seller_id: int, number: str, amount: int, now: str) -> di
         params.update(kind="sale", credit_request_id=None, reason=None)
         row, head = _on_balance(write, _SALE_ON_BALANCE, params)
         sale = {name: row[f"made_{name}"] for name in SALE.columns}
-        _seal(write, {name: row[name] for name in LEDGER_ENTRY.columns}, number, head)
+        sealed = _seal(write, {name: row[name] for name in LEDGER_ENTRY.columns}, number, head)
+        write.send_all([*sealed, (_PHONE_TOTAL, (number, amount, now))])
     else:
         made = write.dicts(_NEW_SALE, params)
         if not made:
             _refuse(write, seller_id, -amount)
         sale = made[0]
         _move(write, seller_id, -amount, "sale", now, sale_id=sale["id"], phone=number)
-    write.send(_PHONE_TOTAL, (number, amount, now))
+        write.send(_PHONE_TOTAL, (number, amount, now))
     return sale

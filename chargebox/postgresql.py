@@ -88,6 +88,15 @@ class Write:
         self._sent(sql, params)
         self._unchecked = self._pipeline is not None
 
+    def send_all(self, statements: list[tuple[str, tuple]]) -> None:
+        """Several statements nobody reads, sent as one: the first ones as data-modifying
+        WITH queries of the last (one statement to parse and run, not several). They must
+        not touch the same rows: within one statement none sees another's changes."""
+        *first, (last, params) = statements
+        queries = ", ".join(f"q{n} AS ({sql})" for n, (sql, _) in enumerate(first))
+        values = tuple(value for _, each in first for value in each)
+        self.send(f"WITH {queries} {last}" if first else last, values + tuple(params))
+
     def _sent(self, sql: str, params: tuple | dict):
         if not self.open:
             raise AssertionError("this write has ended: write only inside database.write()")

@@ -20,6 +20,7 @@ from tests.support import (
     rows_on_disk,
     writable,
 )
+from tests.test_services import hide_the_first_look
 from tests.workloads import keyed_post, run_parallel, write_lock_held_until_sent
 
 MODES = ["threads", "processes"]
@@ -55,6 +56,21 @@ def test_a_refused_request_does_not_use_up_its_key(service):
         service.request_credit(seller["id"] + 1, 5_000, "ask-1")
     filed = service.request_credit(seller["id"], 5_000, "ask-1")
     assert (filed.record["amount"], filed.replayed) == (5_000, False)
+
+
+def test_a_copy_that_missed_the_first_request_outside_the_write_gets_it_even_at_the_cap(
+    service, monkeypatch
+):
+    """Filing again would be refused (the seller's pending requests are at the cap), but
+    a copy gets the first request all the same: on PostgreSQL the write looks for the
+    key after the refusal, on SQLite before acting."""
+    seller, _ = service.create_seller("shop")
+    first = service.request_credit(seller["id"], 5_000, "ask-1")
+    for n in range(service.config.max_pending_requests - 1):
+        service.request_credit(seller["id"], 1_000 + n)
+    hidden = hide_the_first_look(monkeypatch, service.database)
+    copy = service.request_credit(seller["id"], 5_000, "ask-1")
+    assert hidden and (copy.record, copy.replayed) == (first.record, True)
 
 
 def test_keys_are_per_seller_and_apart_from_sale_keys(service):

@@ -14,7 +14,7 @@ import random
 import peewee
 import pytest
 
-from chargebox import ledger, models
+from chargebox import idempotency, ledger, models
 from chargebox.cli import prepare
 from chargebox.clock import now
 from chargebox.config import MAX_BALANCE, Config
@@ -427,6 +427,52 @@ def test_a_key_refused_for_insufficient_credit_stays_refused_after_a_credit(serv
     assert rows_on_disk(database_of(config), "SELECT COUNT(*) FROM sale") == [(0,)]
     fresh = service.sell(seller["id"], PHONE, 5_000, idempotency_key="k2")
     assert fresh.replayed is False and fresh.record["balance_after"] == 96_000
+
+
+def hide_the_first_look(monkeypatch, database) -> list:
+    """Make `once`'s look outside the write miss once, as when the first copy commits
+    on another server just after it: then only the write itself can find the key."""
+    real, hidden = idempotency.earlier, []
+
+    def earlier(reader, *args):
+        if reader is database and not hidden:
+            hidden.append(args)
+            return None
+        return real(reader, *args)
+
+    monkeypatch.setattr(idempotency, "earlier", earlier)
+    return hidden
+
+
+def test_a_copy_that_missed_the_first_outcome_outside_the_write_sells_nothing_more(
+    service, config, monkeypatch
+):
+    """On PostgreSQL the write does not look for the key before selling: the copy sells,
+    meets the key's UNIQUE, is undone and replays the first sale (SQLite looks first)."""
+    seller = credited_seller(service, 50_000)
+    first = service.sell(seller["id"], PHONE, 10_000, idempotency_key="order-1")
+    hidden = hide_the_first_look(monkeypatch, service.database)
+    again = service.sell(seller["id"], PHONE, 10_000, idempotency_key="order-1")
+    assert hidden and (again.record, again.replayed) == (first.record, True)
+    assert rows_on_disk(database_of(config), "SELECT COUNT(*) FROM sale") == [(1,)]
+    assert balance_on_disk(config, seller["id"]) == 40_000
+    assert_books_consistent(service, config)
+
+
+def test_a_copy_that_missed_a_refusal_outside_the_write_is_refused_the_same(
+    service, config, monkeypatch
+):
+    seller = credited_seller(service, 1_000)
+    with pytest.raises(InsufficientCredit) as first:
+        service.sell(seller["id"], PHONE, 5_000, idempotency_key="k")
+    service.approve_credit_request(service.request_credit(seller["id"], 100_000).record["id"])
+    hidden = hide_the_first_look(monkeypatch, service.database)
+    with pytest.raises(InsufficientCredit) as again:
+        service.sell(seller["id"], PHONE, 5_000, idempotency_key="k")
+    assert hidden and again.value.replayed is True
+    assert again.value.message == first.value.message
+    assert rows_on_disk(database_of(config), "SELECT COUNT(*) FROM sale") == [(0,)]
+    assert balance_on_disk(config, seller["id"]) == 101_000
 
 
 def test_a_sale_refused_before_execution_does_not_use_up_its_key(service, config):
