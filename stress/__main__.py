@@ -165,6 +165,12 @@ def _parser() -> argparse.ArgumentParser:
         help="server processes sharing one port and one file (`serve --processes`; default 1)",
     )
     add("--synchronous", choices=bench.SYNCHRONOUS_LEVELS, default="NORMAL", help="(NORMAL)")
+    add(
+        "--wrk-seconds",
+        type=int,
+        help="seconds of each wrk measurement: /health and hot sales, 1 and 2 server"
+        " processes (default 10; quick 2; 0: none; needs Debian's wrk: apt-get install wrk)",
+    )
     add("--out", type=Path, default=Path("data/stress"), help="where the JSON goes")
     add("--quiet", action="store_true", help="no progress lines")
     _backends_parser(commands)
@@ -282,6 +288,7 @@ def _bench(args: argparse.Namespace) -> int:
         server_threads=args.server_threads,
         server_procs=args.server_procs,
         synchronous=args.synchronous,
+        wrk_seconds=(2 if args.quick else 10) if args.wrk_seconds is None else args.wrk_seconds,
         quiet=args.quiet,
     )
     result = bench.run(options)

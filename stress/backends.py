@@ -396,14 +396,14 @@ def ratios(rows: list[dict]) -> list[dict]:
         if pg and lite and lite["sales_s"] > 0:
             ratio = round(pg["sales_s"] / lite["sales_s"], 2)
             goal = ">= 0.7" if name == "hot" else ""
-            found.append(_measure(f"{name}: PostgreSQL / SQLite sales/s", ratio, goal))
+            found.append(measure(f"{name}: PostgreSQL / SQLite sales/s", ratio, goal))
     pg = by.get(("postgresql", "hot"))
     if pg:
-        found.append(_measure("hot: PostgreSQL p99 ms", pg["p99_ms"], "<= 100"))
+        found.append(measure("hot: PostgreSQL p99 ms", pg["p99_ms"], "<= 100"))
     return found
 
 
-def _measure(name: str, value: float, goal: str) -> dict:
+def measure(name: str, value: float, goal: str) -> dict:
     met = value >= float(goal[3:]) if goal.startswith(">=") else value <= float(goal[3:] or 0)
     result = ("PASS" if met else "MISS") if goal else ""
     return {"measure": name, "value": value, "goal": goal, "result": result}

@@ -90,6 +90,7 @@ class Options:
     server_threads: int = 64
     server_procs: int = 1
     synchronous: str = DEFAULT_SYNCHRONOUS
+    wrk_seconds: int = 10  # the outside view (stress/outside.py); 0: none
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -591,6 +592,12 @@ def run(options: Options) -> dict:
     in_rows, problems = in_process(options)
     http_rows, announced, http_problems = http_rounds(options)
     problems += http_problems
+    from stress import outside  # it builds on backends, which builds on this module
+
+    outside_view = None
+    if options.wrk_seconds and outside.available():
+        outside_view = outside.run(options.wrk_seconds, options.quiet)
+        problems += outside_view["problems"]
     found = re.search(r"synchronous=(\w+)", announced or "")
     server_sync = found.group(1) if found else "unknown"
     return {
@@ -608,10 +615,17 @@ def run(options: Options) -> dict:
         "in_process": in_rows,
         "http": http_rows,
         "targets": targets(in_rows, http_rows, server_sync, options),
+        "wrk": outside_view,
         "books": {"ok": not problems, "problems": problems},
         "ok": not problems,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def _outside_render(view: dict, seconds: int) -> str:
+    from stress import outside
+
+    return outside.render(view, seconds)
 
 
 def render(result: dict) -> str:
@@ -630,6 +644,10 @@ def render(result: dict) -> str:
         "",
         "== targets (ratios of this run; a MISS is reported, not an error) ==",
         report.table(result["targets"], TARGET_COLUMNS),
+        "",
+        _outside_render(result["wrk"], options["wrk_seconds"])
+        if result["wrk"]
+        else "== wrk: not measured (apt-get install wrk; or --wrk-seconds was 0) ==",
         "",
         f"durability: journal_mode={durability['journal_mode']}, synchronous="
         f"{durability['in_process_synchronous']} in process, "

@@ -8,13 +8,14 @@ in the benchmark's output, never in a test's thresholds.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 
 import pytest
 
 from chargebox.services import Chargebox
-from stress import bench
+from stress import bench, outside
 from tests.support import database_of, db_snapshot, reconciled_balances, run_stress
 
 KINDS = ("threads", "processes")
@@ -36,6 +37,8 @@ def tiny_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
         "200",
         "--server-threads",
         "8",
+        "--wrk-seconds",
+        "1",
         "--quiet",
         "--out",
         str(out),
@@ -100,6 +103,25 @@ def test_targets_are_ratios_of_the_same_run_each_with_a_verdict(tiny_run):
     assert durability["measured"] == "NORMAL" and durability["result"] == "PASS"
     for row in targets.values():
         assert row["result"] == ("PASS" if row["ok"] else "MISS"), row
+
+
+def test_wrk_measures_health_and_hot_sales_on_one_and_two_processes(tiny_run):
+    """The outside view (stress/outside.py): wrk's figures for 1 and 2 server processes,
+    sales as a share of /health, the issue's targets, and books that reconcile (above)."""
+    if not outside.available():
+        message = "wrk is not installed: apt-get install wrk (CI's .ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    result, document = tiny_run
+    rows = document["wrk"]["rows"]
+    assert [row["processes"] for row in rows] == [1, 2]
+    for row in rows:
+        assert row["health_req_s"] > 0 and row["sales_s"] > 0 and row["non_201"] == 0, row
+        assert row["sales_share"] == round(row["sales_s"] / row["health_req_s"], 2)
+    measures = [target["measure"] for target in document["wrk"]["targets"]]
+    assert "2 processes / 1: sales/s" in measures and "1 process: sales / /health" in measures
+    assert "== wrk: 64 keep-alive connections" in result.stdout
 
 
 def test_the_report_states_durability_machine_and_reconciled_books(tiny_run):
