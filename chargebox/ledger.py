@@ -209,8 +209,9 @@ def adjust(write: Write, seller_id: int, amount: int, reason: str, now: str) -> 
 def sell(write: Write, seller_id: int, number: str, amount: int, now: str) -> dict:
     """Debit a sale: the sale row, its one ledger entry (I4), the balance, the phone total.
 
-    The guarded INSERT of the sale decides; a refusal writes nothing at all, so a
-    refused keyed sale can still record its outcome in the same transaction. The
+    The guarded INSERT of the sale decides (PostgreSQL: the guarded balance UPDATE the
+    sale is made from); a refusal writes nothing at all, so a refused keyed sale can
+    still record its outcome in the same transaction. The
     sale's phone reference is checked at COMMIT (deferred), after the phone upsert.
     """
     params = {"seller_id": seller_id, "phone": number, "amount": amount, "delta": -amount,

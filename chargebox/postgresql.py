@@ -38,7 +38,7 @@ T = TypeVar("T")
 # them up in pg_subtrans. A write takes one: its savepoint.
 MAX_BATCH = 32
 # Within a batch, a later write's lock wait is bounded again by the batch's earliest
-# deadline once the batch has run this long (the SET costs a round trip per write).
+# deadline once the batch has run this long (the SET is one more statement per write).
 _REBOUND = 0.05
 
 
@@ -49,7 +49,7 @@ class Write:
     what serialises one seller across every app server. In a group commit the statements
     go down one pipeline (psycopg's pipeline mode): `send` queues a statement whose
     result nobody reads, and the next `execute` (or the end of a savepoint) waits for
-    them all, so a sale is three round trips, not twenty, while its seller is held.
+    them all, so a keyed sale is two round trips, not twenty, while its seller is held.
     """
 
     __slots__ = ("_conn", "ledger_key", "open", "deadline", "_bounded_at", "_pipeline",
