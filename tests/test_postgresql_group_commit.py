@@ -16,9 +16,11 @@ import time
 import psycopg
 import pytest
 
+from chargebox import ledger
 from chargebox.cli import prepare
+from chargebox.clock import now
 from chargebox.config import Config
-from chargebox.errors import Unavailable
+from chargebox.errors import IntegrityViolation, Unavailable
 from chargebox.services import Chargebox
 from tests import pg_cluster
 from tests.support import ADMIN_TOKEN, credited_seller
@@ -135,4 +137,36 @@ def test_a_batch_that_loses_its_server_is_503_for_every_sale_in_it(setting):
         holder.rollback()
     assert (balance(superuser, low), balance(superuser, high)) == (FUNDS, FUNDS)
     assert service.sell(low, "09120000002", 1_000).record["balance_after"] == FUNDS - 1_000
+    assert service.audit()["consistent"]
+
+
+def test_a_statement_sent_down_the_pipeline_fails_its_own_write_not_the_next(setting):
+    """A batch's statements go down one pipeline and most are not waited for (Write.send):
+    a write whose sent statement is refused learns it at the end of its own savepoint,
+    and only it is undone; a write that fails in Python while a refusal is still on its
+    way is undone too, and the pipeline takes the next write; both sales commit."""
+    service, superuser = setting
+    seller = credited_seller(service, FUNDS)["id"]
+    refused = "INSERT INTO phone (number, total_charged, created_at) VALUES (?, 0, ?)"
+    outcomes = []
+    with service.database.transaction() as write:
+        for part in ("refused", "sale", "python", "sale"):
+            try:
+                with write.savepoint():
+                    if part == "refused":
+                        write.send(refused, ("not a number", now()))  # its CHECK refuses
+                    elif part == "python":  # before its refusal has come back
+                        write.send(refused, ("not a number either", now()))
+                        raise LookupError("after sending")
+                    else:
+                        outcomes.append(ledger.sell(write, seller, "09120000001", 1_000, now()))
+            except (IntegrityViolation, LookupError) as failed:
+                outcomes.append(type(failed).__name__)
+    assert [o if isinstance(o, str) else o["balance_after"] for o in outcomes] == [
+        "IntegrityViolation", FUNDS - 1_000, "LookupError", FUNDS - 2_000,
+    ]  # fmt: skip
+    with psycopg.connect(superuser) as conn:
+        phones = conn.execute("SELECT number FROM phone ORDER BY number").fetchall()
+    assert phones == [("09120000001",)]
+    assert balance(superuser, seller) == FUNDS - 2_000
     assert service.audit()["consistent"]
