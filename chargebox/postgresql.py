@@ -214,6 +214,10 @@ class Database:
                 raise Unavailable("the database is unavailable; retry shortly") from None
             with self._opened_lock:
                 self._opened.add(conn)
+            # A read waits for a lock no longer than a write does (a migration's ACCESS
+            # EXCLUSIVE, say): then LockTimeout, 503. A write's SET LOCAL overrides it.
+            with translated():
+                conn.execute(f"SET lock_timeout = '{self.config.busy_timeout_ms}ms'")
         return conn
 
     def rows(self, sql: str, params: tuple | dict = ()) -> list[tuple]:

@@ -1,5 +1,6 @@
-"""PostgreSQL's own faults, met by a real server: a lock held elsewhere, a database
-turned read-only, and the server's sessions terminated under keyed load.
+"""PostgreSQL's own faults, met by a real server: a lock held elsewhere (a row, a
+table, a migration's ACCESS EXCLUSIVE that even reads wait for), a database turned
+read-only, and the server's sessions terminated under keyed load.
 
 Each answer is a 201 or a JSON 503 `unavailable` (never a 500), a refused write
 changes nothing, and what a client retries after a 503 (with the same key) sells
@@ -130,6 +131,30 @@ def test_a_lock_held_elsewhere_answers_a_json_503_then_the_same_request_sells(da
             holder.rollback()
         assert the_books(made.app_url) == before
         sold = sale(url, key, "held-1")
+        assert sold.status_code == 201 and sold.json()["balance_after"] == 9_000, sold.text
+    assert books(made.app_url) == {seller_id: 9_000}
+    assert cli_audit(made.app_url, data).returncode == 0
+
+
+def test_a_table_locked_for_a_migration_answers_reads_and_sales_with_503(database):
+    """The schema's owner holds ACCESS EXCLUSIVE on `seller` in an open transaction, as
+    an ALTER TABLE of a migration does: even a read (the key's look-up, the balance)
+    waits at most the lock timeout and answers a JSON 503 instead of hanging; once the
+    lock is let go, the same requests answer and the sale sells once."""
+    made, data, serve = database
+    with serve() as (url, _, _):
+        seller_id, key = funded_seller(url, 10_000)
+        seller = {"Authorization": f"Bearer {key}"}
+        with psycopg.connect(made.owner_url) as holder:
+            holder.execute("LOCK TABLE seller IN ACCESS EXCLUSIVE MODE")
+            me = requests.get(url + "/api/me", headers=seller, timeout=CLIENT_TIMEOUT)
+            assert is_unavailable(me), (me.status_code, me.text)
+            refused = sale(url, key, "locked-1")
+            assert is_unavailable(refused), (refused.status_code, refused.text)
+            holder.rollback()
+        me = requests.get(url + "/api/me", headers=seller, timeout=CLIENT_TIMEOUT)
+        assert me.status_code == 200 and me.json()["balance"] == 10_000, me.text
+        sold = sale(url, key, "locked-1")
         assert sold.status_code == 201 and sold.json()["balance_after"] == 9_000, sold.text
     assert books(made.app_url) == {seller_id: 9_000}
     assert cli_audit(made.app_url, data).returncode == 0
