@@ -1,4 +1,4 @@
-"""The `chargebox` command (and `python run.py`): serve, init-db, create-seller, audit.
+"""The `chargebox` command (and `python run.py`): serve, init-db, migrate, create-seller, audit.
 
 Owns process start-up: it builds the one Config from argv and the environment,
 checks where the database lives, opens it, settles the ledger key against the
@@ -24,7 +24,7 @@ from pathlib import Path
 import peewee
 from filelock import FileLock
 
-from chargebox import auth, postgresql, schema, seals
+from chargebox import auth, migrations, postgresql, schema, seals
 from chargebox.config import (
     LEDGER_KEY_FILE,
     MIN_SECRET_LENGTH,
@@ -83,6 +83,17 @@ def _parser() -> argparse.ArgumentParser:
         "--grant-to",
         metavar="ROLE",
         help="with a PostgreSQL --db: grant this role what the service needs (and no more)",
+    )
+    migrate = command(
+        "migrate",
+        "upgrade the database's schema to this release's, in one transaction, then exit "
+        "(back it up and stop its servers first)",
+    )
+    migrate.add_argument(
+        "--grant-to",
+        metavar="ROLE",
+        help="with a PostgreSQL --db (the owner's URL): grant this role too what the service "
+        "needs (the roles init-db granted are found and granted anyway)",
     )
     create = command("create-seller", "create a seller and print its API key (shown once)")
     create.add_argument("name")
@@ -217,7 +228,7 @@ def _init_db(config: Config, grant_to: str | None) -> int:
                 str(config.admin_token_path),
             )
         _ledger_key(config, postgresql.Reader(conn))  # before the schema is written
-        schema.create_postgresql(conn)
+        schema.create_postgresql(conn, postgresql.described(config.db_url))
         if grant_to:
             schema.grant(conn, grant_to)
     finally:
@@ -362,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
         config = build_config(args)
         if args.command == "init-db":
             return _init_db(config, args.grant_to)
+        if args.command == "migrate":
+            lock = lambda: startup_lock(config)  # noqa: E731
+            print(f"chargebox: {migrations.migrate(config, lock, args.grant_to)}", file=sys.stderr)
+            return 0
         if args.command == "copy":
             return _copy(config, args.source, args.target)
         if args.command == "serve":

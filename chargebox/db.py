@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import peewee
 
-from chargebox import schema
+from chargebox import migrations, schema
 from chargebox.config import Config
 from chargebox.errors import IntegrityViolation, LockTimeout, Unavailable
 from chargebox.gate import WriteGate
@@ -233,7 +233,8 @@ class Database:
     # --- schema and lifetime ---------------------------------------------------------------
 
     def ensure_schema(self, models: Sequence[type[peewee.Model]]) -> None:
-        """WAL mode, then the tables, indexes and triggers that are missing.
+        """WAL mode, then the schema: made at the newest version in a new file, checked
+        (and anything missing put back) in a file at it, refused at any other version.
 
         The caller holds the start-up lock (cli.prepare), so processes starting
         together create the schema one at a time.
@@ -243,7 +244,7 @@ class Database:
         if mode.lower() != "wal":
             raise RuntimeError(f"could not switch {self.path} to WAL mode (got {mode})")
         with translate_errors():
-            schema.create(self.peewee, models)
+            migrations.prepare_sqlite(self.peewee, models, str(self.path))
 
     def missing_triggers(self) -> list[str]:
         return schema.missing_triggers(self.connection())

@@ -300,7 +300,8 @@ class Database:
         return Reader(self.connection()).table_names()
 
     def ensure_schema(self, models: object = None) -> None:
-        """The schema is created by its owner (`init-db --grant-to`); here it is checked."""
+        """The schema is created by its owner (`init-db --grant-to`) and upgraded by its
+        owner (`migrate`); here its version is checked."""
         from chargebox import schema
 
         found = (
@@ -308,12 +309,13 @@ class Database:
             if ("schema_version" in self.table_names())
             else None
         )
-        if found != schema.POSTGRESQL_VERSION:
+        if found is None:
             raise ValueError(
                 f"--db {described(self.url)}: no chargebox schema (version "
-                f"{schema.POSTGRESQL_VERSION}) here; run `chargebox init-db --db OWNER_URL "
+                f"{schema.VERSION}) here; run `chargebox init-db --db OWNER_URL "
                 "--grant-to ROLE` first"
             )
+        schema.check_version(found, described(self.url))
 
     def missing_triggers(self) -> list[str]:
         from chargebox import schema

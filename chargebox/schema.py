@@ -17,8 +17,26 @@ from importlib import resources
 
 import peewee
 
-# The version of the PostgreSQL schema that `schema_postgresql.sql` creates.
-POSTGRESQL_VERSION = 1
+# The schema version this code reads and writes, and that a new database is made at (the
+# models with TRIGGERS; schema_postgresql.sql). Older ones: migrations.py. 1: chargebox 0.1.0.
+VERSION = 1
+POSTGRESQL_VERSION = VERSION
+
+
+def check_version(found: int | None, where: str) -> None:
+    """Refuse, in one line, a database whose schema is not the one this code knows
+    (None: no schema yet, to be made)."""
+    if found is None or found == VERSION:
+        return
+    if found < VERSION:
+        raise ValueError(
+            f"--db {where}: the database has schema version {found} and this chargebox "
+            f"needs {VERSION}: back it up, stop its servers, then run `chargebox migrate`"
+        )
+    raise ValueError(
+        f"--db {where}: the database was made by a newer chargebox (schema version {found}; "
+        f"this one knows up to {VERSION}): run that release, or restore a backup"
+    )
 
 
 def create(database: peewee.Database, models: Sequence[type[peewee.Model]]) -> None:
@@ -140,22 +158,22 @@ TRIGGERS = (
 )
 
 
-def create_postgresql(conn) -> None:
-    """Create the PostgreSQL schema in one transaction of `conn` (a psycopg connection),
-    unless it is there already; a different version is refused (upgrades: not yet).
+SCHEMA_LOCK = 7355608  # PostgreSQL's advisory lock for making or changing the schema
+
+
+def create_postgresql(conn, where: str | None = None) -> None:
+    """Create the PostgreSQL schema at VERSION in one transaction of `conn` (a psycopg
+    connection), unless it is there already; another version is refused (`check_version`:
+    an older one is upgraded by `chargebox migrate`, migrations.py).
 
     An advisory lock makes servers that start together create it once.
     """
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(7355608)")  # chargebox's schema lock
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
         found = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]
         if found:
             version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
-            if version != POSTGRESQL_VERSION:
-                raise ValueError(
-                    f"the database has schema version {version}; this chargebox knows "
-                    f"{POSTGRESQL_VERSION}"
-                )
+            check_version(version, where or conn.info.dbname)
             _add_checkpoints(conn)
             return
         for statement in postgresql_statements():

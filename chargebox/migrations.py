@@ -1,0 +1,203 @@
+"""Schema versions, and the steps from one to the next: start-up's check and `chargebox migrate`.
+
+Each database records the versions applied to it in `schema_version`. An SQLite file made
+before versions were recorded (chargebox 0.1.0) holds chargebox's tables and no such table:
+it is version 1. A new database is made at LATEST directly; an older one is brought there
+by `chargebox migrate`, every missing step in one transaction, which also re-installs every
+trigger; start-up refuses any version but LATEST (`check`), in one line that says what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sqlite3
+from collections.abc import Callable, Sequence
+
+import peewee
+
+from chargebox import schema
+from chargebox.clock import now
+from chargebox.config import Config
+from chargebox.location import check_database_path
+from chargebox.pg_driver import connect, described
+
+LATEST = schema.VERSION  # the schema this code reads and writes
+check = schema.check_version
+
+# SQLite's; PostgreSQL's is in schema_postgresql.sql. One row per version applied.
+SQLITE_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL PRIMARY KEY,"
+    " applied_at TEXT NOT NULL)"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """What turns a database of version `version - 1` into `version`, on each backend. Each
+    runs inside migrate's one transaction (SQLite: with foreign keys off, checked at the
+    end, so that a table can be rebuilt; PostgreSQL: as the schema's owner)."""
+
+    version: int
+    what: str
+    sqlite: Callable[[sqlite3.Connection], None]
+    postgresql: Callable[[object], None]
+
+
+STEPS: tuple[Step, ...] = ()
+
+
+def migrate(
+    config: Config, lock: Callable[[], contextlib.AbstractContextManager], grant_to: str | None
+) -> str:
+    """`chargebox migrate`: bring the database `config` names to LATEST; a line saying so.
+
+    SQLite: under the start-up lock (`lock()`, which serve takes too), in one BEGIN
+    IMMEDIATE. PostgreSQL: `--db` is the schema owner's URL; the service's roles are
+    granted what the new schema needs (those found, and `grant_to`).
+    """
+    if config.db_url:
+        where = described(config.db_url)
+        conn = connect(config.db_url, autocommit=True)
+        try:
+            if grant_to:
+                schema.check_role(conn, grant_to)
+            found, to, roles = upgrade_postgresql(conn, where, [grant_to] if grant_to else [])
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+        granted = f"; granted to {', '.join(roles)}" if roles else ""
+    else:
+        if grant_to:
+            raise ValueError("--grant-to is for a PostgreSQL --db (postgresql://...)")
+        where = str(config.db_path)
+        if not config.db_path.is_file():
+            raise ValueError(f"--db {where}: no database here to migrate")
+        check_database_path(config.db_path)
+        with lock():
+            found, to = upgrade_sqlite(str(config.db_path), config.busy_timeout_ms / 1000, where)
+        granted = ""
+    if found == to:
+        return f"schema version {to} in {where}: already the newest, nothing to do{granted}"
+    return f"schema version {found} -> {to} in {where}{granted}"
+
+
+# --- SQLite ----------------------------------------------------------------------------------
+
+
+def sqlite_version(conn: sqlite3.Connection) -> int | None:
+    """The file's schema version; None for a file that holds no chargebox database yet."""
+    tables = schema.table_names(conn)
+    found = None
+    if "schema_version" in tables:
+        found = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+    if found is None and "seller" in tables:
+        return 1  # chargebox 0.1.0 recorded no version
+    return found
+
+
+def prepare_sqlite(database: peewee.SqliteDatabase, models: Sequence[type[peewee.Model]],
+                   where: str) -> None:  # fmt: skip
+    """At start-up, under the start-up lock: a new file is made at LATEST, a file at LATEST
+    gets back anything missing (a dropped trigger), any other version is refused."""
+    conn = database.connection()
+    found = sqlite_version(conn)
+    check(found, where)
+    with database.bind_ctx(models), database.atomic():
+        database.create_tables(models, safe=True)
+        for statement in (*schema.TRIGGERS, SQLITE_VERSION_TABLE):
+            database.execute_sql(statement)
+        _record_sqlite(conn, found or LATEST)
+
+
+def upgrade_sqlite(path: str, timeout: float, where: str) -> tuple[int, int]:
+    """Apply the missing steps to the file at `path` in one write transaction; (from, to).
+
+    The caller holds the start-up lock. Foreign keys are off while the steps run (they
+    cannot be switched inside a transaction) and checked before COMMIT.
+    """
+    conn = sqlite3.connect(path, isolation_level=None, timeout=timeout)
+    try:
+        conn.execute("PRAGMA foreign_keys = OFF")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = sqlite_version(conn)
+            if found is None:
+                raise ValueError(f"--db {where}: no chargebox database here to migrate")
+            if found > LATEST:
+                check(found, where)
+            for step in _steps_after(found):
+                step.sqlite(conn)
+            broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise RuntimeError(f"a migration step broke {len(broken)} foreign key(s)")
+            for statement in (*schema.TRIGGERS, SQLITE_VERSION_TABLE):
+                conn.execute(statement)
+            _record_sqlite(conn, found)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.close()
+    return found, LATEST
+
+
+def _record_sqlite(conn: sqlite3.Connection, since: int) -> None:
+    """Record each version from `since` (the one found) to LATEST that is not recorded."""
+    applied = now()
+    for version in range(since, LATEST + 1):
+        conn.execute(
+            "INSERT OR IGNORE INTO schema_version (version, applied_at) VALUES (?, ?)",
+            (version, applied),
+        )
+
+
+def _steps_after(version: int) -> list[Step]:
+    return [step for step in STEPS if step.version > version]
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+
+def postgresql_version(conn) -> int | None:
+    """The schema's version; None where init-db has not made one."""
+    if not conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]:
+        return None
+    return conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+
+
+def service_roles(conn) -> list[str]:
+    """The roles granted the service's rights (`init-db --grant-to`): those that may insert
+    sales, other than the owner. A migration grants them what its new tables need."""
+    rows = conn.execute(
+        "SELECT DISTINCT acl.grantee::regrole::text FROM pg_class AS c,"
+        " aclexplode(c.relacl) AS acl WHERE c.oid = 'sale'::regclass"
+        " AND acl.privilege_type = 'INSERT' AND acl.grantee NOT IN (0, c.relowner)"
+    ).fetchall()
+    return sorted(name.strip('"') for (name,) in rows)
+
+
+def upgrade_postgresql(conn, where: str, grant_to: Sequence[str] = ()) -> tuple[int, int, list]:
+    """Apply the missing steps as the schema's owner, in one transaction under the schema
+    lock; then grant the service's roles (found, and `grant_to`) what the new schema needs.
+    Returns (from, to, the roles granted)."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (schema.SCHEMA_LOCK,))
+        found = postgresql_version(conn)
+        if found is None:
+            raise ValueError(f"--db {where}: no chargebox schema here; run `chargebox init-db`")
+        if found > LATEST:
+            check(found, where)
+        for step in _steps_after(found):
+            step.postgresql(conn)
+        applied = now()
+        for version in range(found + 1, LATEST + 1):
+            conn.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (%s, %s)",
+                (version, applied),
+            )
+        roles = sorted({*service_roles(conn), *grant_to})
+        for role in roles:
+            schema.grant(conn, role)
+    return found, LATEST, roles

@@ -1,0 +1,212 @@
+"""Schema upgrades: databases made by chargebox 0.1.0 are migrated, audited and served on.
+
+The fixtures (tests/fixtures/release-0.1.0, README there) are an SQLite file and a
+PostgreSQL dump that a real 0.1.0 server wrote over HTTP. Each test works on a copy:
+`chargebox migrate` brings it to this release's schema version in one transaction,
+`chargebox audit` finds the books clean, and a server sells on with the sellers'
+old keys. A second migrate changes nothing; a database newer than the code is refused
+by serve and migrate alike, in one line, and left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from chargebox import migrations
+from chargebox.cli import prepare
+from chargebox.config import Config
+from tests import backends, pg_cluster
+from tests.support import (
+    ADMIN_TOKEN,
+    ROOT,
+    cli_audit,
+    db_snapshot,
+    reconciled_balances,
+    rows_on_disk,
+    running_server,
+    writable,
+)
+
+FIXTURE = ROOT / "tests" / "fixtures" / "release-0.1.0"
+
+
+def chargebox(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "chargebox.cli", *map(str, args)],
+        cwd=ROOT,
+        env={**os.environ, "CHARGEBOX_ADMIN_TOKEN": ADMIN_TOKEN},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def old_keys(name: str = "keys.json") -> dict[int, str]:
+    return {int(seller): key for seller, key in json.loads((FIXTURE / name).read_text()).items()}
+
+
+def old_file(home: Path) -> Path:
+    """A copy of the 0.1.0 SQLite file, with the ledger key that sealed it beside it."""
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(FIXTURE / "chargebox.db", home / "chargebox.db")
+    shutil.copyfile(FIXTURE / "ledger_key", home / "ledger_key")
+    return home / "chargebox.db"
+
+
+def sells_on_with_old_keys(server, keys: dict[int, str]) -> None:
+    """Every old key acts as its seller; sales, a replayed refusal and approvals go on."""
+    for seller_id, key in keys.items():
+        api = server.seller(key)
+        me = api.get("/api/me")
+        assert me.status_code == 200, me.text
+        assert me.json()["id"] == seller_id
+        api.close()
+    first = server.seller(keys[1])
+    before = first.get("/api/me").json()["balance"]
+    sold = first.post("/api/sales", {"phone": "09121234567", "amount": 7_000})
+    assert sold.status_code == 201, sold.text
+    assert sold.json()["balance_after"] == before - 7_000
+    first.close()
+    second = server.seller(keys[2])  # its keyed sale "order-1", sold by 0.1.0, replays
+    replayed = second.post("/api/sales", {"phone": "+989351112233", "amount": 6_000},
+                           headers={"Idempotency-Key": "order-1"})  # fmt: skip
+    assert replayed.status_code == 201, replayed.text
+    assert replayed.headers.get("Idempotent-Replayed") == "true", replayed.text
+    second.close()
+    admin = server.admin()
+    pending = admin.get("/api/credit-requests?status=pending").json()["items"]
+    assert len(pending) == 2
+    assert admin.post(f"/api/credit-requests/{pending[0]['id']}/approve").status_code == 200
+    audit = admin.get("/api/audit").json()
+    assert audit["consistent"], audit
+    admin.close()
+
+
+def test_a_release_0_1_0_file_is_migrated_audited_and_sells_on_with_its_old_keys(tmp_path):
+    db = old_file(tmp_path)
+    migrated = chargebox("migrate", "--db", db)
+    assert migrated.returncode == 0, migrated.stderr
+    assert f"schema version 1 -> {migrations.LATEST}" in migrated.stderr or (
+        migrations.LATEST == 1 and "schema version 1 in" in migrated.stderr
+    )
+    recorded = rows_on_disk(db, "SELECT version FROM schema_version ORDER BY version")
+    assert recorded == [(version,) for version in range(1, migrations.LATEST + 1)]
+    audited = cli_audit(db)
+    assert audited.returncode == 0, audited.stderr
+    with running_server(db) as server:
+        sells_on_with_old_keys(server, old_keys())
+    reconciled_balances(db)
+    assert cli_audit(db).returncode == 0
+
+
+def test_migrating_twice_changes_nothing_the_second_time(tmp_path):
+    db = old_file(tmp_path)
+    assert chargebox("migrate", "--db", db).returncode == 0
+    before = db_snapshot(db)
+    again = chargebox("migrate", "--db", db)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to do" in again.stderr
+    assert db_snapshot(db) == before
+
+
+def test_a_migrated_file_has_the_schema_of_a_new_one(tmp_path):
+    """Every table, index and trigger of a new file, and nothing else, in a migrated one."""
+    db = old_file(tmp_path / "old")
+    assert chargebox("migrate", "--db", db).returncode == 0
+    new = tmp_path / "new" / "chargebox.db"
+    assert chargebox("init-db", "--db", new).returncode == 0
+    catalogue = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+    assert _normalised(rows_on_disk(db, catalogue)) == _normalised(rows_on_disk(new, catalogue))
+
+
+def _normalised(rows: list[tuple]) -> list[tuple]:
+    """SQLite keeps a table's CREATE as written; a rebuilt table's name is quoted."""
+    return [(kind, name, table, (sql or "").replace('"', "")) for kind, name, table, sql in rows]
+
+
+def test_migrate_of_a_missing_file_refuses_and_creates_nothing(tmp_path):
+    result = chargebox("migrate", "--db", tmp_path / "none.db")
+    assert result.returncode == 2
+    assert "no database here to migrate" in result.stderr
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_serve_and_migrate_refuse_a_database_made_by_a_newer_chargebox(tmp_path, new_database):
+    db, data = new_database(tmp_path)
+    config = Config(db_path=db, admin_token=ADMIN_TOKEN) if data is None else Config(
+        db_url=db, data_dir=data, admin_token=ADMIN_TOKEN
+    )  # fmt: skip
+    prepare(config)
+    newer = migrations.LATEST + 1
+    with writable(db) as conn:
+        conn.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES (?, 'later')", (newer,)
+        )
+    before = db_snapshot(db)
+    where = ["--db", db, *(["--data-dir", data] if data else [])]
+    served = chargebox("serve", "--port", "0", *where)
+    assert served.returncode == 2
+    assert f"made by a newer chargebox (schema version {newer}" in served.stderr
+    owner = backends.owner_url(db) if data else db
+    migrated = chargebox("migrate", "--db", owner, *(["--data-dir", data] if data else []))
+    assert migrated.returncode == 2
+    assert "made by a newer chargebox" in migrated.stderr
+    assert "Traceback" not in served.stderr + migrated.stderr
+    assert db_snapshot(db) == before
+
+
+def restored_0_1_0(cluster) -> pg_cluster.Roles:
+    """A new database holding the 0.1.0 dump, restored by its owner, and the service's
+    rights as 0.1.0's `init-db --grant-to` gave them (reading and inserting everywhere)."""
+    made = pg_cluster.new_database(cluster, "old")
+    restored = subprocess.run(
+        [str(cluster.bin / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", made.owner_url],
+        input=(FIXTURE / "postgresql.sql").read_text(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert restored.returncode == 0, restored.stderr
+    with writable_as(made.owner_url) as conn:
+        for statement in (
+            "GRANT USAGE ON SCHEMA public TO {}",
+            "GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO {}",
+            "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}",
+            "GRANT UPDATE (balance) ON seller TO {}",
+            "GRANT DELETE ON web_session TO {}",
+        ):
+            conn.execute(statement.format(made.app_role))
+    return made
+
+
+def writable_as(url: str):
+    import psycopg
+
+    return psycopg.connect(url, autocommit=True, connect_timeout=10)
+
+
+def test_a_release_0_1_0_postgresql_database_is_migrated_granted_audited_and_served(
+    postgresql_cluster, tmp_path
+):
+    made = restored_0_1_0(postgresql_cluster)
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copyfile(FIXTURE / "ledger_key", data / "ledger_key")
+    migrated = chargebox("migrate", "--db", made.owner_url, "--data-dir", data)
+    assert migrated.returncode == 0, migrated.stderr
+    assert f"granted to {made.app_role}" in migrated.stderr
+    assert "secret" not in migrated.stderr  # the URL is shown without its password
+    versions = rows_on_disk(made.app_url, "SELECT version FROM schema_version ORDER BY 1")
+    assert versions[-1] == (migrations.LATEST,)
+    audited = cli_audit(made.app_url, data)
+    assert audited.returncode == 0, audited.stderr
+    with running_server(made.app_url, data_dir=data) as server:
+        sells_on_with_old_keys(server, old_keys("keys_postgresql.json"))
+    reconciled_balances(made.app_url)
+    again = chargebox("migrate", "--db", made.owner_url, "--data-dir", data)
+    assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr
