@@ -78,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=SYNCHRONOUS_LEVELS,
         help="SQLite durability (env CHARGEBOX_SYNCHRONOUS; default NORMAL, survives kill -9)",
     )
+    serve.add_argument(
+        "--access-log",
+        metavar="FILE|-|off",
+        help="one line per request to FILE (appended), - (stderr) or off "
+        "(env CHARGEBOX_ACCESS_LOG; default -)",
+    )
     init = command("init-db", "create the database schema and the admin token, then exit")
     init.add_argument(
         "--grant-to",
@@ -129,6 +135,7 @@ def build_config(args: argparse.Namespace) -> Config:
         ("threads", "threads"),
         ("processes", "processes"),
         ("synchronous", "synchronous"),
+        ("access_log", "access_log"),
     ):
         if getattr(args, name, None) is not None:
             values[field] = getattr(args, name)

@@ -50,6 +50,7 @@ MAX_PORT = 65535
 # `--db` names a PostgreSQL database by URL; anything else is an SQLite file.
 POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
 DEFAULT_DATA_DIR = Path("data")
+DEFAULT_ACCESS_LOG = "-"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +77,9 @@ class Config:
     max_pending_requests: int = DEFAULT_MAX_PENDING_REQUESTS  # per seller (services.py)
     # Concurrent writes share one transaction (each in its own savepoint), see writer.py.
     group_commit: bool = True
+    # The access log (access_log.py): "-" is stderr, "off" none, anything else a file
+    # that every server process appends whole lines to.
+    access_log: str = DEFAULT_ACCESS_LOG
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= MAX_PORT:
@@ -95,6 +99,8 @@ class Config:
         for name in ("request_timeout", "idle_timeout"):
             if not 1 <= getattr(self, name) <= 3600:
                 raise ValueError(f"{name} (CHARGEBOX_{name.upper()}) must be 1 to 3600 seconds")
+        if not self.access_log:
+            raise ValueError("access_log (--access-log) must be a file, '-' (stderr) or 'off'")
         if not 1 <= self.max_pending_requests <= MAX_PENDING_REQUESTS_LIMIT:
             raise ValueError(
                 "max_pending_requests (CHARGEBOX_MAX_PENDING_REQUESTS) must be between 1 and "
@@ -148,6 +154,8 @@ def env_defaults(environ: Mapping[str, str] = os.environ) -> dict:
             values[field] = _positive_int(name, environ[name])
     if environ.get("CHARGEBOX_GROUP_COMMIT"):
         values["group_commit"] = _on_or_off("CHARGEBOX_GROUP_COMMIT", environ)
+    if environ.get("CHARGEBOX_ACCESS_LOG"):
+        values["access_log"] = environ["CHARGEBOX_ACCESS_LOG"]
     if environ.get("CHARGEBOX_SYNCHRONOUS"):
         level = environ["CHARGEBOX_SYNCHRONOUS"]
         if level.upper() not in SYNCHRONOUS_LEVELS:

@@ -20,6 +20,7 @@ from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
+from chargebox import access_log
 from chargebox.config import Config
 from chargebox.web.errors import json_body
 
@@ -99,10 +100,13 @@ class _JsonErrorTask(ErrorTask):
         detail = str(error.body).rstrip(".")
         body = json_body({"error": {"code": code, "message": message.format(detail=detail)}})
         self.status = f"{error.code} {error.reason}"
+        ident = access_log.new_request_id()  # the request's own header was not understood
         self.response_headers.append(("Content-Type", "application/json; charset=utf-8"))
+        self.response_headers.append(("X-Request-Id", ident))
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)
+        self.channel.server.refused(self.channel, self.request, error.code, ident)
 
 
 class _Channel(HTTPChannel):
@@ -146,6 +150,8 @@ class Server(TcpWSGIServer):
 
     channel_class = _Channel
     request_timeout = 20.0
+    log = access_log.LogFile(access_log.OFF)  # where refused requests are logged too
+    observe: access_log.Observer | None = None  # and counted (metrics)
     evicted = 0  # connections closed to make room, since start
     _next_eviction_log = 0.0
 
@@ -192,6 +198,17 @@ class Server(TcpWSGIServer):
                 return
             if len(self.active_channels) >= self.adj.connection_limit:
                 return  # readable() makes room first
+
+    def refused(self, channel: HTTPChannel, request, status: int, ident: str) -> None:
+        """A request waitress refused itself, in the access log and the metrics like any."""
+        method = getattr(request, "command", "") or "-"
+        seconds = max(0.0, time.time() - getattr(channel, "request_started", 0.0))
+        self.log.write(
+            access_log.line(ident=ident, method=method, path=getattr(request, "path", "") or "-",
+                            status=status, seconds=seconds, client=_address(channel))
+        )  # fmt: skip
+        if self.observe is not None:
+            self.observe({}, method, status, seconds)
 
     def _evict(self) -> int:
         """Close the longest-waiting idle connections, most-connected address first."""
@@ -265,8 +282,11 @@ def connection_budget(config: Config) -> int:
     return max(available, 16)
 
 
-def build_server(app, config: Config, listener: socket.socket) -> Server:
-    """A hardened waitress server for `app` on an already bound `listener`."""
+def build_server(
+    app, config: Config, listener: socket.socket, log: access_log.LogFile | None = None
+) -> Server:
+    """A hardened waitress server for `app` on an already bound `listener`; `log`: where
+    the requests it refuses itself are logged (the app's own are logged by the app)."""
     adj = Adjustments(
         sockets=[listener],
         threads=config.threads,
@@ -294,4 +314,7 @@ def build_server(app, config: Config, listener: socket.socket) -> Server:
         sockinfo=(listener.family, listener.type, listener.proto, listener.getsockname()),
     )
     server.request_timeout = config.request_timeout
+    if log is not None:
+        server.log = log
+    server.observe = getattr(app, "observe", None)
     return server

@@ -18,6 +18,7 @@ import traceback
 
 from waitress import wasyncore
 
+from chargebox.access_log import AccessLog, LogFile
 from chargebox.config import Config
 from chargebox.connections import build_server, listen
 from chargebox.postgresql import described
@@ -57,11 +58,17 @@ def serve(config: Config, announce=print, listener: socket.socket | None = None)
     without one, a host or port that cannot be had is a one-line ValueError here.
     """
     listener = listener or listen(config)
+    log = LogFile(config.access_log)  # a file that cannot be opened is refused here
     if config.processes > 1:
-        return _serve_processes(config, listener, announce)
-    server = build_server(create_app(config), config, listener)
+        return _serve_processes(config, listener, announce, log)
+    server = build_server(application(config, log), config, listener, log)
     announce(_announcement(config, server.effective_host, server.effective_port))
     return _serve_one(server, announce)
+
+
+def application(config: Config, log: LogFile) -> AccessLog:
+    """The WSGI application one server process runs: the app, inside its access log."""
+    return AccessLog(create_app(config), log)
 
 
 def _serve_one(server, announce, parent: int | None = None) -> int:
@@ -80,7 +87,7 @@ def _serve_one(server, announce, parent: int | None = None) -> int:
     return 0
 
 
-def _serve_processes(config: Config, listener, announce) -> int:
+def _serve_processes(config: Config, listener, announce, log: LogFile) -> int:
     """K forked copies of the server on one listening socket: the kernel spreads connections.
 
     Each child has its own interpreter lock, database connections and group
@@ -90,7 +97,7 @@ def _serve_processes(config: Config, listener, announce) -> int:
     """
     host, port = listener.getsockname()[:2]
     # No database is open here (cli.prepare closed its own): each child opens its own.
-    supervisor = _Supervisor(config, listener)
+    supervisor = _Supervisor(config, listener, log)
     for _ in range(config.processes):
         supervisor.start_child()
     announce(_announcement(config, host, port))
@@ -103,9 +110,11 @@ def _serve_processes(config: Config, listener, announce) -> int:
 class _Supervisor:
     """The parent of K server processes: each death is logged and replaced, with back-off."""
 
-    def __init__(self, config: Config, listener) -> None:
+    def __init__(self, config: Config, listener, log: LogFile | None = None) -> None:
         self.config = config
         self.listener = listener
+        # Opened once, here: each child appends whole lines to the one file.
+        self.log = log or LogFile(config.access_log)
         self.started: dict[int, float] = {}  # live child pid -> when it started
         self.delay = 0.0  # before the next replacement; grows while children crash-loop
         self.due: list[float] = []  # when each pending replacement starts
@@ -120,7 +129,8 @@ class _Supervisor:
                 signal.signal(sig, signal.SIG_DFL)
             code = 1
             try:
-                server = build_server(create_app(self.config), self.config, self.listener)
+                app = application(self.config, self.log)
+                server = build_server(app, self.config, self.listener, self.log)
                 code = _serve_one(server, lambda line: None, os.getppid())
             except Exception as exc:  # said in one line (no trace), then replaced
                 frames = traceback.extract_tb(exc.__traceback__)

@@ -8,15 +8,14 @@ with a stack trace, and answered as `internal_error`.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import traceback
-import uuid
 
 import bottle
 
 from chargebox import errors
+from chargebox.access_log import request_id_of
 
 log = logging.getLogger("chargebox.web")
 
@@ -45,16 +44,10 @@ BOTTLE_CODES = {
 }
 
 
-_ID_PREFIX = uuid.uuid4().hex[:8]  # this process; the counter below numbers its requests
-_ID_COUNTER = itertools.count(1)
-
-
 def request_id() -> str:
-    """This request's id: in the X-Request-Id header, in 500 bodies and in the log line."""
-    environ = bottle.request.environ
-    if "chargebox.request_id" not in environ:
-        environ["chargebox.request_id"] = f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
-    return environ["chargebox.request_id"]
+    """This request's id (access_log.request_id_of): in the X-Request-Id header, in 500
+    bodies, in the access log line and in the log line of a failure."""
+    return request_id_of(bottle.request.environ)
 
 
 def json_body(body: dict | list) -> bytes:

@@ -13,6 +13,7 @@ import urllib.parse
 
 import bottle
 
+from chargebox.access_log import ENVIRON_WHO
 from chargebox.auth import Access, Principal
 from chargebox.errors import Forbidden, MalformedJSON, PayloadTooLarge, ValidationError
 from chargebox.queries import MAX_LIMIT, Page
@@ -30,6 +31,7 @@ def header(name: str) -> str | None:
 def caller(access: Access, *roles: str) -> Principal:
     """Authenticate the request and require one of `roles` (401, then 403)."""
     principal = access.authenticate(header("Authorization"))
+    bottle.request.environ[ENVIRON_WHO] = principal  # for the access log
     if principal.role not in roles:
         who = "the admin" if principal.is_admin else "a seller"
         raise Forbidden(f"this route is not for {who}")

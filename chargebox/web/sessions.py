@@ -15,6 +15,7 @@ import secrets
 import bottle
 
 from chargebox import auth
+from chargebox.access_log import ENVIRON_WHO
 from chargebox.auth import Principal
 from chargebox.errors import Forbidden
 from chargebox.services import Chargebox
@@ -44,6 +45,8 @@ def signed_in(service: Chargebox) -> Visitor | None:
     """The browser's valid session, if it has one."""
     session = bottle.request.get_cookie(SESSION_COOKIE)
     principal = service.access.session(session)
+    if principal:
+        bottle.request.environ[ENVIRON_WHO] = principal  # for the access log
     return Visitor(principal, session) if principal else None
 
 

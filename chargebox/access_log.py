@@ -1,0 +1,199 @@
+"""The access log and the request id: one line per request, and `X-Request-Id` on every answer.
+
+`AccessLog` wraps the WSGI application: it gives each request its id (the
+client's `X-Request-Id` when short and plain, else a new one), stamps it on
+the response, and writes one logfmt line when the application has answered:
+time, id, method, path (never the query string), status, duration, who, client,
+pid. Nothing else of the request (no header, cookie, body or query) is logged.
+Each line is one `write()` on an O_APPEND descriptor, so processes never mix lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable
+
+ENVIRON_ID = "chargebox.request_id"
+ENVIRON_WHO = "chargebox.principal"  # set by the web layer once a caller is known
+OFF, STDERR = "off", "-"
+# A client's own id is kept when it is this plain (a proxy's $request_id, a UUID);
+# anything else is replaced, so that the id can go into a log line and a header as is.
+CLIENT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+MAX_PATH = 512  # characters of a (escaped) path kept in a line
+# Bytes logged as they are: visible ASCII but for the quote, backslash, '%' and '='.
+_PLAIN = frozenset(range(0x21, 0x7F)) - {ord(c) for c in '"\\%='}
+_ESCAPES = {byte: chr(byte) if byte in _PLAIN else f"%{byte:02X}" for byte in range(256)}
+_KEY_SEGMENT = re.compile(r"cbk_[^/]*")  # a seller key sent in a path by mistake
+REOPEN_CHECK_S = 1.0  # how often a log file is checked for having been moved (rotated)
+
+
+class _Ids:
+    """Request ids: this process's random prefix and a counter (new after a fork)."""
+
+    def __init__(self) -> None:
+        self.pid = 0
+
+    def new(self) -> str:
+        if self.pid != os.getpid():
+            self.pid = os.getpid()
+            self.prefix, self.counter = uuid.uuid4().hex[:10], itertools.count(1)
+        return f"{self.prefix}-{next(self.counter):x}"
+
+
+new_request_id = _Ids().new
+
+
+def request_id_of(environ: dict) -> str:
+    """The request's id, chosen on first use: the client's if plain (CLIENT_ID), or a new one."""
+    ident = environ.get(ENVIRON_ID)
+    if ident is None:
+        sent = environ.get("HTTP_X_REQUEST_ID")
+        ident = sent if sent and CLIENT_ID.fullmatch(sent) else new_request_id()
+        environ[ENVIRON_ID] = ident
+    return ident
+
+
+def escaped(text: str, limit: int = MAX_PATH) -> str:
+    """`text` (WSGI's latin-1 str) with every byte outside plain visible ASCII as %XX, so
+    a line cannot be split, forged or coloured; seller keys cut out; at most `limit`."""
+    text = _KEY_SEGMENT.sub("cbk_[redacted]", text)
+    try:
+        raw = text.encode("latin-1")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogateescape")
+    plain = "".join(map(_ESCAPES.__getitem__, raw))
+    return plain if len(plain) <= limit else plain[:limit] + "..."
+
+
+def who(principal: object) -> str:
+    """The `seller` field: a seller's id, `admin`, or `-` (no one signed in)."""
+    if principal is None:
+        return "-"
+    seller_id = getattr(principal, "seller_id", None)
+    return str(seller_id) if seller_id is not None else "admin"
+
+
+def line(
+    *,
+    ident: str,
+    method: str,
+    path: str,
+    status: int | str,
+    seconds: float,
+    seller: str = "-",
+    client: str = "-",
+    moment: float | None = None,
+) -> bytes:
+    """One access log line (logfmt, fields always in this order), newline included."""
+    moment = time.time() if moment is None else moment
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment))
+    millis = int(moment * 1000) % 1000
+    return (
+        f"time={stamp}.{millis:03d}Z id={ident} method={escaped(method, 16)} "
+        f"path={escaped(path)} status={status} duration_ms={seconds * 1000:.2f} "
+        f"seller={seller} client={escaped(client, 64)} pid={os.getpid()}\n"
+    ).encode("ascii")
+
+
+class LogFile:
+    """Where lines go: stderr, a file opened for appending, or nowhere (`off`).
+
+    A file is reopened when it has been moved away (logrotate's default), checked at
+    most once a second; `copytruncate` works too, since every write appends.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.enabled = target != OFF
+        self._fd: int | None = None
+        self._checked = 0.0
+        if self.enabled and target != STDERR:
+            self._fd = self._open()  # a path that cannot be opened is refused at start
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        except OSError as exc:
+            raise ValueError(f"--access-log {self.target}: {exc.strerror}") from None
+
+    def write(self, data: bytes) -> None:
+        if not self.enabled:
+            return
+        if self._fd is None:
+            fd = 2
+        else:
+            now = time.monotonic()
+            if now - self._checked >= REOPEN_CHECK_S:
+                self._checked = now
+                self._reopen_if_moved()
+            fd = self._fd
+        # A full disk or a closed stderr must not fail the request it logs.
+        with contextlib.suppress(OSError):
+            os.write(fd, data)
+
+    def _reopen_if_moved(self) -> None:
+        try:
+            current = os.stat(self.target)
+            moved = (current.st_dev, current.st_ino) != _identity(os.fstat(self._fd))
+        except OSError:
+            moved = True
+        if moved:
+            try:
+                fresh = self._open()
+            except ValueError:
+                return  # keep writing where we were
+            os.close(self._fd)
+            self._fd = fresh
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
+
+
+Observer = Callable[[dict, str, int, float], None]
+
+
+class AccessLog:
+    """WSGI middleware: the request id, `X-Request-Id`, the access log line, and `observe`
+    (environ, method, status, seconds) for the metrics, once per request."""
+
+    def __init__(self, app, log: LogFile, observe: Observer | None = None) -> None:
+        self.app = app
+        self.log = log
+        self.observe = observe
+
+    def __call__(self, environ: dict, start_response):
+        began = time.perf_counter()
+        ident = request_id_of(environ)
+        answered: list[str] = []
+
+        def start(status: str, headers: list, exc_info=None):
+            answered.append(status)
+            if not any(name.lower() == "x-request-id" for name, _ in headers):
+                headers.append(("X-Request-Id", ident))
+            return start_response(status, headers, exc_info)
+
+        result = self.app(environ, start)
+        seconds = time.perf_counter() - began
+        status = int(answered[-1][:3]) if answered else 500
+        method = environ.get("REQUEST_METHOD", "-")
+        if self.log.enabled:
+            self.log.write(
+                line(
+                    ident=ident,
+                    method=method,
+                    path=environ.get("PATH_INFO", ""),
+                    status=status,
+                    seconds=seconds,
+                    seller=who(environ.get(ENVIRON_WHO)),
+                    client=environ.get("REMOTE_ADDR", "-"),
+                )
+            )
+        if self.observe is not None:
+            self.observe(environ, method, status, seconds)
+        return result

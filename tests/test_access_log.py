@@ -1,0 +1,210 @@
+"""The access log (issue 14, item 5): one line per request, no secret in it, and
+`X-Request-Id` on every answer, also those waitress makes itself.
+
+Real servers on both backends write to a file (`CHARGEBOX_ACCESS_LOG`); each line
+is parsed by a strict pattern of the documented format, so a line broken by a
+forged newline, a secret in any field, or two processes' lines mixed would fail it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+import socket
+import sqlite3
+import time
+
+import pytest
+import requests
+
+from chargebox import access_log
+from tests.support import ADMIN_TOKEN, Api, new_seller, running_server
+
+LINE = re.compile(
+    r"time=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z id=(?P<id>[A-Za-z0-9._-]{1,64}) "
+    r"method=(?P<method>[!-~]+) path=(?P<path>[!-~]+) status=(?P<status>\d{3}) "
+    r"duration_ms=(?P<ms>\d+\.\d\d) seller=(?P<seller>\d+|admin|-) "
+    r"client=(?P<client>[!-~]+) pid=(?P<pid>\d+)"
+)
+PHONE = "09121234567"
+
+
+def logged(path) -> list[dict]:
+    """Every line of the log, each required to match the format in full."""
+    text = path.read_text("ascii")
+    assert text.endswith("\n") or not text
+    lines = text.splitlines()
+    parsed = [LINE.fullmatch(line) for line in lines]
+    assert all(parsed), [line for line, match in zip(lines, parsed, strict=True) if not match]
+    return [match.groupdict() for match in parsed]
+
+
+def by_id(path, ident: str) -> dict:
+    (found,) = [entry for entry in logged(path) if entry["id"] == ident]
+    return found
+
+
+def raw_request(url: str, data: bytes) -> bytes:
+    """Send bytes as they are (requests would not send a malformed request) and read all."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(data)
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+    return received
+
+
+def test_a_line_names_the_request_and_holds_none_of_its_secrets(tmp_path, new_server):
+    log = tmp_path / "access.log"
+    with new_server(tmp_path, env={"CHARGEBOX_ACCESS_LOG": str(log)}) as server:
+        admin = server.admin()
+        seller, key = new_seller(admin, "logged", credit=50_000)
+        own = server.seller(key)
+        own.session.cookies.set("chargebox_session", "cookie-secret-0123456789")
+        sale = own.post(
+            f"/api/sales?api_key={key}&token={ADMIN_TOKEN}&secret=query-secret-42",
+            {"phone": PHONE, "amount": 1000},
+        )
+        odd = own.get(f"/api/%0D%0Aforged=1 status=200/\x1b[31m/{key}/%E2%80%AEevil")
+        listed = admin.get("/api/sellers?limit=5")
+        admin.close()
+        own.close()
+    text = log.read_text("ascii")
+    for secret in (key, key[4:], ADMIN_TOKEN, "cookie-secret", "query-secret", "api_key"):
+        assert secret not in text
+    sold = by_id(log, sale.headers["X-Request-Id"])
+    assert sale.status_code == 201  # the query is ignored by the route, and never logged
+    assert sold["method"] == "POST" and sold["path"] == "/api/sales"
+    assert sold["seller"] == str(seller["id"]) and sold["status"] == "201"
+    weird = by_id(log, odd.headers["X-Request-Id"])
+    assert odd.status_code == 404 and weird["seller"] == "-"  # no route: nobody authenticated
+    assert weird["path"] == (
+        "/api/%0D%0Aforged%3D1%20status%3D200/%1B[31m/cbk_[redacted]/%E2%80%AEevil"
+    )
+    admins = by_id(log, listed.headers["X-Request-Id"])
+    assert admins["seller"] == "admin" and admins["path"] == "/api/sellers"
+    assert float(admins["ms"]) > 0
+
+
+def test_every_kind_of_answer_carries_a_request_id_that_its_line_repeats(tmp_path, new_server):
+    log = tmp_path / "access.log"
+    with new_server(tmp_path, env={"CHARGEBOX_ACCESS_LOG": str(log)}) as server:
+        anonymous, admin = Api(server.url), server.admin()
+        _, key = new_seller(admin, "ids", credit=10_000)
+        own = server.seller(key)
+        answers = {
+            200: anonymous.get("/health"),
+            201: own.post("/api/sales", {"phone": PHONE, "amount": 100}),
+            401: anonymous.get("/api/me"),
+            403: own.get("/api/sellers"),
+            404: anonymous.get("/no/such/route"),
+            405: admin.request("DELETE", "/api/sellers"),
+            409: own.post("/api/sales", {"phone": PHONE, "amount": 10**9}),
+            413: own.post("/api/sales", {"phone": PHONE, "amount": 1, "x": "y" * 70_000}),
+            422: own.post("/api/sales", {"phone": "123", "amount": 100}),
+        }
+        page = anonymous.get("/nowhere", headers={"Accept": "text/html"})
+        signin = anonymous.get("/login")
+        chosen = anonymous.get("/health", headers={"X-Request-Id": "proxy-id.42_A"})
+        unsafe = anonymous.get("/health", headers={"X-Request-Id": "bad id\tx"})
+        repeated = raw_request(server.url, b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        for api in (anonymous, admin, own):
+            api.close()
+    seen = set()
+    for status, response in {**answers, "page": page, "login": signin}.items():
+        assert response.status_code == (404 if status == "page" else 200 if status == "login"
+                                        else status), (status, response.text)  # fmt: skip
+        ident = response.headers["X-Request-Id"]
+        assert by_id(log, ident)["status"] == str(response.status_code)
+        seen.add(ident)
+    assert len(seen) == len(answers) + 2  # one id each
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert chosen.headers["X-Request-Id"] == "proxy-id.42_A"
+    assert by_id(log, "proxy-id.42_A")["path"] == "/health"
+    assert unsafe.headers["X-Request-Id"] != "bad id\tx"
+    assert re.fullmatch(r"[0-9a-f]+-[0-9a-f]+", unsafe.headers["X-Request-Id"])
+    head, _, _ = repeated.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), head
+    (ident,) = re.findall(rb"\r\nX-Request-Id: ([^\r]+)", head)
+    assert by_id(log, ident.decode())["status"] == "400"
+
+
+def test_a_503_carries_its_request_id_and_is_logged(tmp_path):
+    """SQLite only: another connection holds the write lock past a 0.3 s busy timeout."""
+    log = tmp_path / "access.log"
+    db = tmp_path / "cb.db"
+    env = {"CHARGEBOX_ACCESS_LOG": str(log), "CHARGEBOX_BUSY_TIMEOUT_MS": "300"}
+    with running_server(db, env=env) as server:
+        admin = server.admin()
+        _, key = new_seller(admin, "busy", credit=10_000)
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            refused = server.seller(key).post("/api/sales", {"phone": PHONE, "amount": 100})
+        finally:
+            holder.rollback()
+            holder.close()
+        admin.close()
+    assert refused.status_code == 503, refused.text
+    entry = by_id(log, refused.headers["X-Request-Id"])
+    assert entry["status"] == "503" and float(entry["ms"]) >= 250
+
+
+def test_two_processes_append_whole_lines_to_one_file(tmp_path, new_server):
+    """Many concurrent requests with long paths against `--processes 2`: every line of the
+    file parses, each request id appears once, and both processes wrote lines."""
+    log = tmp_path / "access.log"
+    long_path = "/x" * 600  # a line over 1 KiB: a split write would show as a broken line
+    env = {"CHARGEBOX_ACCESS_LOG": str(log), "CHARGEBOX_PROCESSES": "2"}
+    with new_server(tmp_path, env=env) as server:
+
+        def one(_: int) -> str:
+            # A new connection each time, so that the kernel spreads them over both.
+            response = requests.get(server.url + long_path, timeout=30)
+            assert response.status_code == 404
+            return response.headers["X-Request-Id"]
+
+        ids: list[str] = []
+        deadline = time.monotonic() + 60
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            while time.monotonic() < deadline:
+                ids += pool.map(one, range(400))
+                if len({entry["pid"] for entry in logged(log)}) == 2:
+                    break
+    entries = logged(log)
+    assert len({entry["pid"] for entry in entries}) == 2, "one process served every request"
+    mine = [entry for entry in entries if entry["path"].startswith("/x/x")]
+    assert sorted(entry["id"] for entry in mine) == sorted(ids)
+    assert all(entry["path"] == long_path[: access_log.MAX_PATH] + "..." for entry in mine)
+
+
+def test_off_writes_no_line_and_stderr_is_the_default(tmp_path, new_server):
+    (tmp_path / "off").mkdir()
+    (tmp_path / "default").mkdir()
+    with new_server(tmp_path / "off", env={"CHARGEBOX_ACCESS_LOG": "off"}) as quiet:
+        answered = requests.get(quiet.url + "/health", timeout=10)
+        assert "X-Request-Id" in answered.headers  # the id does not depend on the log
+    with new_server(tmp_path / "default") as loud:
+        spoken = requests.get(loud.url + "/health", timeout=10)
+    assert " id=" not in quiet.log_path.read_text()
+    said = [line for line in loud.log_path.read_text().splitlines() if line.startswith("time=")]
+    assert any(f" id={spoken.headers['X-Request-Id']} " in line for line in said), said
+    assert all(LINE.fullmatch(line) for line in said)
+
+
+def test_a_moved_log_file_is_reopened_so_that_rotation_needs_no_restart(tmp_path, monkeypatch):
+    monkeypatch.setattr(access_log, "REOPEN_CHECK_S", 0.0)
+    path = tmp_path / "access.log"
+    log = access_log.LogFile(str(path))
+    log.write(b"first\n")
+    path.rename(tmp_path / "access.log.1")
+    log.write(b"second\n")
+    assert (tmp_path / "access.log.1").read_bytes() == b"first\n"
+    assert path.read_bytes() == b"second\n"
+
+
+def test_an_access_log_that_cannot_be_opened_is_refused_at_start(tmp_path):
+    target = tmp_path / "no" / "such" / "dir" / "access.log"
+    with pytest.raises(ValueError, match="--access-log .*access.log: No such file"):
+        access_log.LogFile(str(target))
