@@ -128,17 +128,9 @@ def build_config(args: argparse.Namespace) -> Config:
         values.pop("db_url", None)
         values.pop("db_path", None)
         values.update(database_setting(args.db))
-    for name, field in (
-        ("data_dir", "data_dir"),
-        ("host", "host"),
-        ("port", "port"),
-        ("threads", "threads"),
-        ("processes", "processes"),
-        ("synchronous", "synchronous"),
-        ("access_log", "access_log"),
-    ):
-        if getattr(args, name, None) is not None:
-            values[field] = getattr(args, name)
+    for name in ("data_dir", "host", "port", "threads", "processes", "synchronous", "access_log"):
+        if getattr(args, name, None) is not None:  # each option's dest is its Config field
+            values[name] = getattr(args, name)
     return Config(**values)
 
 
