@@ -2,7 +2,7 @@
 
 `backend` is "sqlite" or "postgresql" (tests/backends.py): every test that uses
 `config`, `service`, `server`, `fresh_server`, `new_database` or `new_server` runs on
-both, unless it is marked `sqlite_only`.
+both, unless it is marked `sqlite_only` or `postgresql_only`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,12 @@ from tests.workloads import THREADS_FOR_HELD_COPIES
 
 def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
-        only_sqlite = metafunc.definition.get_closest_marker("sqlite_only") is not None
-        chosen = ("sqlite",) if only_sqlite else backends.BACKENDS
+        marked = metafunc.definition.get_closest_marker
+        chosen = backends.BACKENDS
+        if marked("sqlite_only") is not None:
+            chosen = ("sqlite",)
+        elif marked("postgresql_only") is not None:
+            chosen = ("postgresql",)
         metafunc.parametrize("backend", chosen, indirect=True, scope="session")
 
 
