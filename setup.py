@@ -1,10 +1,20 @@
-"""Packaging for chargebox: `pip install -e .` (service), `.[test]` (suite)."""
+"""Packaging for chargebox: `pip install -e .` (service), `.[test]` (suite).
+
+The version is chargebox/__init__.py's `__version__`, read as text (nothing imported).
+The single-file build is deploy/build.py.
+"""
+
+import re
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
+INIT = Path(__file__).resolve().parent / "chargebox" / "__init__.py"
+VERSION = re.search(r'^__version__ = "([^"]+)"$', INIT.read_text("utf-8"), re.MULTILINE).group(1)
+
 setup(
     name="chargebox",
-    version="0.1.0",
+    version=VERSION,
     description="B2B mobile top-up service with an exact, auditable ledger",
     python_requires=">=3.11",
     packages=find_packages(include=["chargebox", "chargebox.*", "stress", "stress.*"]),
@@ -32,10 +42,14 @@ setup(
             "playwright>=1.50",
             # Talks to the throwaway PostgreSQL cluster of the tests (Debian's postgresql).
             "psycopg[binary]>=3.1",
+            # Builds the single file (deploy/build.py), which tests/test_single_file.py runs.
+            "shiv>=1.0.8,<2",
         ],
         # `--db postgresql://...`: pip install -e ".[postgresql]"
         "postgresql": ["psycopg[binary]>=3.1"],
         "plot": ["matplotlib>=3.8"],
+        # `python deploy/build.py`: the single-file chargebox (a shiv zipapp).
+        "build": ["shiv>=1.0.8,<2"],
     },
     entry_points={"console_scripts": ["chargebox = chargebox.cli:main"]},
 )

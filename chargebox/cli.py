@@ -24,7 +24,7 @@ from pathlib import Path
 import peewee
 from filelock import FileLock
 
-from chargebox import auth, migrations, postgresql, schema, seals
+from chargebox import __version__, auth, migrations, postgresql, schema, seals
 from chargebox.config import (
     LEDGER_KEY_FILE,
     MIN_SECRET_LENGTH,
@@ -44,6 +44,7 @@ from chargebox.services import Chargebox
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chargebox", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"chargebox {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ import re
 
 import pytest
 
+import chargebox
 from tests.support import ADMIN_TOKEN, Api, reconciled_balances
 
 _numbers = itertools.count(1)
@@ -69,11 +70,11 @@ def items(api: Api, path: str) -> list[dict]:
 # --- public routes -----------------------------------------------------------------------
 
 
-def test_health_answers_ok_to_anyone(anonymous):
+def test_health_answers_ok_and_the_release_to_anyone(anonymous):
     response = anonymous.get("/health")
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("application/json")
-    assert response.json() == {"status": "ok"}
+    assert response.json() == {"status": "ok", "version": chargebox.__version__}
 
 
 def test_openapi_document_is_openapi_3_and_describes_every_route(anonymous):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bottle
 
+from chargebox import __version__
 from chargebox.auth import Principal
 from chargebox.config import Config
 from chargebox.errors import NotFound
@@ -26,7 +27,7 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
 
     @app.get("/health")
     def health():
-        return 200, {"status": "ok"}
+        return 200, {"status": "ok", "version": __version__}
 
     @app.get("/openapi.json")
     def openapi_document():
