@@ -1,0 +1,156 @@
+"""What deploy/ and CHANGELOG.md promise an operator, checked as far as this machine allows.
+
+The systemd unit goes through `systemd-analyze verify` (the unit exactly as shipped, in
+a scratch root holding the system's own units and an executable at its ExecStart path;
+verify checks that the program is there, not what it does) and `systemd-analyze
+security` (its exposure score); its hardening and stop settings are read from the file.
+It is not started: systemd is not PID 1 here, so no test sees the sandbox around a
+running chargebox. The Dockerfile cannot be built here (no registry of base images):
+its required lines are read, nothing more. The changelog's newest entry is this code's.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import chargebox
+from chargebox import schema
+from chargebox.server import GRACE_SECONDS
+from tests.support import ROOT
+
+UNIT = ROOT / "deploy" / "chargebox.service"
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+CHANGELOG = ROOT / "CHANGELOG.md"
+SYSTEM_UNITS = next(
+    (path for path in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
+     if path.is_dir()),
+    None,
+)  # fmt: skip
+
+
+def settings(text: str) -> dict[str, list[str]]:
+    """Each `Key=value` of a unit file, every value a repeated key was given, in order."""
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith(("#", ";", "[")):
+            key, value = line.split("=", 1)
+            found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+def systemd_analyze() -> str:
+    found = shutil.which("systemd-analyze")
+    if found is None or SYSTEM_UNITS is None:
+        if os.environ.get("CI"):
+            pytest.fail("systemd-analyze is missing: .ci/run installs Debian's systemd")
+        pytest.skip("no systemd-analyze here (apt-get install systemd)")
+    return found
+
+
+def scratch_root(tmp_path: Path, unit_text: str) -> Path:
+    """A root with the system's units, the unit as given, and an executable at ExecStart."""
+    root = tmp_path / "root"
+    shutil.copytree(SYSTEM_UNITS, root / "usr" / "lib" / "systemd" / "system", symlinks=True)
+    (root / "etc" / "systemd" / "system").mkdir(parents=True)
+    (root / "etc" / "systemd" / "system" / "chargebox.service").write_text(unit_text)
+    program = root / settings(unit_text)["ExecStart"][0].split()[0].lstrip("/")
+    program.parent.mkdir(parents=True, exist_ok=True)
+    program.write_text("#!/bin/sh\nexit 0\n")  # verify looks for it; it runs nothing
+    program.chmod(0o755)
+    return root
+
+
+def verify(root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [systemd_analyze(), "verify", f"--root={root}", "chargebox.service"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_systemd_analyze_verify_finds_nothing_to_say_about_the_unit(tmp_path):
+    checked = verify(scratch_root(tmp_path, UNIT.read_text()))
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout + checked.stderr == "", checked.stdout + checked.stderr
+
+
+def test_the_same_check_would_catch_a_mistyped_setting(tmp_path):
+    """So that the test above can fail: a key systemd does not know is reported."""
+    mistyped = UNIT.read_text().replace("ProtectSystem=strict", "ProtectSytem=strict")
+    checked = verify(scratch_root(tmp_path, mistyped))
+    assert "Unknown key" in checked.stdout + checked.stderr
+
+
+def test_systemd_rates_the_units_exposure_ok(tmp_path):
+    root = scratch_root(tmp_path, UNIT.read_text())
+    rated = subprocess.run(
+        [systemd_analyze(), "security", "--offline=true", f"--root={root}", "chargebox.service"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    level = re.search(r"exposure level for chargebox\.service: ([\d.]+) (\w+)", rated.stdout)
+    assert level, rated.stdout[-2000:] + rated.stderr
+    print(f"\nsystemd-analyze security: exposure {level.group(1)} {level.group(2)}")
+    assert float(level.group(1)) <= 2.0 and level.group(2) == "OK"
+
+
+def test_the_unit_runs_as_its_own_user_writing_only_its_data_directory():
+    unit = settings(UNIT.read_text())
+    data = "/var/lib/chargebox"
+    assert unit["User"] == ["chargebox"] and unit["Group"] == ["chargebox"]
+    assert unit["StateDirectory"] == ["chargebox"] and unit["StateDirectoryMode"] == ["0700"]
+    assert unit["ReadWritePaths"] == [data]
+    assert unit["Environment"][0] == f"CHARGEBOX_DB={data}/chargebox.db"
+    shiv_root = unit["Environment"][1].removeprefix("SHIV_ROOT=")
+    assert not shiv_root.startswith(data), "the service could rewrite its own code"
+    for key, value in {
+        "ProtectSystem": "strict",
+        "NoNewPrivileges": "yes",
+        "PrivateTmp": "yes",
+        "ProtectHome": "yes",
+        "CapabilityBoundingSet": "",
+        "UMask": "0077",
+    }.items():
+        assert unit[key] == [value], key
+    assert unit["ExecStart"][0].split()[1:] == ["serve", "--host", "127.0.0.1", "--port", "8080"]
+    assert unit["ExecStartPre"] == ["+/usr/local/bin/chargebox --version"]  # unpacks as root
+
+
+def test_the_unit_stops_with_sigterm_and_waits_longer_than_the_drain():
+    unit = settings(UNIT.read_text())
+    assert unit["KillSignal"] == ["SIGTERM"] and unit["KillMode"] == ["mixed"]
+    assert int(unit["TimeoutStopSec"][0]) > GRACE_SECONDS + 2  # the parent's wait, and more
+    assert unit["Restart"] == ["on-failure"]
+    assert unit["RestartPreventExitStatus"] == ["2"]  # a start-up mistake is not retried
+    assert int(unit["LimitNOFILE"][0]) > 10_000  # the default connection budget
+
+
+def test_the_dockerfile_runs_the_single_file_as_a_user_with_its_data_in_a_volume():
+    text = DOCKERFILE.read_text()
+    lines = [line.strip() for line in text.splitlines()]
+    assert re.search(r"^ *(RUN|&&) python deploy/build\.py --output /out/chargebox$", text, re.M)
+    assert "COPY --from=build /out/chargebox /usr/local/bin/chargebox" in lines
+    users = [line for line in lines if line.startswith("USER ")]
+    assert users == ["USER chargebox"]
+    assert lines.index("USER chargebox") < lines.index('ENTRYPOINT ["chargebox"]')
+    assert "VOLUME /var/lib/chargebox" in lines
+    assert "STOPSIGNAL SIGTERM" in lines
+    health = text.split("HEALTHCHECK", 1)[1].split("\n\n", 1)[0]
+    assert "http://127.0.0.1:8080/health" in health and "CMD" in health
+    assert 'CMD ["serve", "--host", "0.0.0.0", "--port", "8080"]' in lines
+
+
+def test_the_changelogs_newest_entry_is_this_release_and_names_its_schema():
+    entries = re.findall(r"^## (\S+)", CHANGELOG.read_text(), re.MULTILINE)
+    assert entries[0] == chargebox.__version__
+    newest = CHANGELOG.read_text().split(f"\n## {entries[0]}", 1)[1].split("\n## ", 1)[0]
+    assert f"Schema version {schema.VERSION}" in newest
+    assert "chargebox migrate" in newest

@@ -1,0 +1,243 @@
+"""The single file (deploy/build.py), as an operator gets it: built, copied, run.
+
+The file is built from this working tree (its dependencies' wheels come from PyPI),
+copied alone into an empty directory and run there by the machine's own Python
+(Debian's /usr/bin/python3 when it is 3.11 or newer), which cannot import chargebox,
+peewee, bottle or waitress by itself: whatever runs, the file brought. Through it:
+init-db, then a real server on 127.0.0.1 and the customer's scenario over HTTP (a
+seller credited 1,000,000 sells sixty 5,000-toman charges and has 700,000 left, its
+ledger says so; then `python -m stress run`'s 2 sellers, 10 credits and 1,000 sales
+from 16 workers against it, books verified), SIGTERM and exit 0, then audit, migrate
+and create-seller on the file the server left. Size and start-up times are printed (-s).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+import chargebox
+from tests.support import ROOT, Api, run_stress
+
+BUILD = ROOT / "deploy" / "build.py"
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+DEADLINE = 30  # seconds for the server to announce itself and answer /health, or to stop
+
+
+def system_python() -> Path:
+    """Debian's Python if it is 3.11+, else the base interpreter under this test's venv."""
+    if SYSTEM_PYTHON.exists():
+        version = subprocess.run(
+            [SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info >= (3, 11))"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        if version == "True":
+            return SYSTEM_PYTHON
+    return Path(sys._base_executable)
+
+
+@pytest.fixture(scope="module")
+def single_file(tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("dist") / "chargebox"
+    built = subprocess.run(
+        [sys.executable, BUILD, "--output", output], capture_output=True, text=True, timeout=600
+    )
+    assert built.returncode == 0, built.stdout + built.stderr[-4000:]
+    return output
+
+
+@pytest.fixture
+def place(single_file, tmp_path) -> tuple[Path, dict]:
+    """An empty directory holding only a copy of the file, and a bare environment whose
+    `python3` is the system's, with a fresh SHIV_ROOT (where the file unpacks itself)."""
+    where = tmp_path / "srv"
+    where.mkdir()
+    shutil.copy2(single_file, where / "chargebox")
+    python = system_python()
+    env = {
+        "PATH": f"{python.parent}:/usr/bin:/bin",
+        "HOME": str(tmp_path / "home"),
+        "SHIV_ROOT": str(tmp_path / "shiv"),
+        "LANG": "C.UTF-8",
+    }
+    alone = subprocess.run(
+        ["python3", "-c", "import chargebox"], env=env, cwd=where, capture_output=True
+    )
+    assert alone.returncode != 0, f"{python} imports chargebox by itself: the test proves nothing"
+    for name in ("peewee", "bottle", "waitress", "filelock"):
+        found = subprocess.run(["python3", "-c", f"import {name}"], env=env, capture_output=True)
+        assert found.returncode != 0, f"{python} has {name} already"
+    return where, env
+
+
+def run(place: tuple[Path, dict], *args: str) -> subprocess.CompletedProcess:
+    where, env = place
+    return subprocess.run(
+        ["./chargebox", *args], cwd=where, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def timed(place, *args: str) -> float:
+    began = time.perf_counter()
+    assert run(place, *args).returncode == 0
+    return time.perf_counter() - began
+
+
+def test_the_file_starts_alone_and_says_its_version(single_file, place):
+    first = timed(place, "--version")  # unpacks into SHIV_ROOT
+    later = [timed(place, "--version") for _ in range(5)]
+    help_first = timed(place, "serve", "--help")
+    assert run(place, "--version").stdout.strip() == f"chargebox {chargebox.__version__}"
+    unpacked = list(Path(place[1]["SHIV_ROOT"]).glob("chargebox_*/site-packages/chargebox"))
+    assert len(unpacked) == 1, "the file ran from somewhere other than its SHIV_ROOT"
+    assert (place[0] / "chargebox").stat().st_mode & 0o111, "the copy is not executable"
+    print(
+        f"\nsingle file: {single_file.stat().st_size:,} bytes; --version: first run "
+        f"{first:.2f} s (unpacking), later {statistics.median(later):.2f} s (median of 5); "
+        f"serve --help {help_first:.2f} s; python3 is {system_python()}"
+    )
+
+
+def test_every_command_of_the_file_answers_its_help(place):
+    listed = run(place, "--help")
+    assert listed.returncode == 0
+    commands = listed.stdout.split("{", 1)[1].split("}", 1)[0].split(",")
+    assert {"serve", "init-db", "migrate", "create-seller", "audit", "copy"} <= set(commands)
+    for command in commands:
+        answered = run(place, command, "--help")
+        assert answered.returncode == 0, (command, answered.stderr)
+
+
+class Served:
+    """`./chargebox serve` from the file, as a real process on a free 127.0.0.1 port."""
+
+    def __init__(self, place, *args: str) -> None:
+        where, env = place
+        began = time.perf_counter()
+        self.log = open(where / "serve.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            ["./chargebox", "serve", "--port", "0", "--threads", "16", *args],
+            cwd=where,
+            env={**env, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+        )
+        line = self.proc.stdout.readline()
+        assert "serving on http://127.0.0.1:" in line, (line, (where / "serve.log").read_text())
+        self.url = line.split("serving on ", 1)[1].split()[0]
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            try:
+                self.health = requests.get(self.url + "/health", timeout=2)
+                self.ready = time.perf_counter() - began  # from exec to /health's answer
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "/health never answered"
+                time.sleep(0.05)
+
+    def stop(self) -> int:
+        """SIGTERM, and its exit status; what it said after its first line is in `said`."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=DEADLINE)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.said = self.proc.stdout.read()
+            self.proc.stdout.close()
+            self.log.close()
+
+
+def walk_through(url: str, admin_token: str) -> None:
+    """The customer's example: 1,000,000 credited, sixty 5,000-toman sales, 700,000 left."""
+    admin = Api(url, admin_token)
+    created = admin.post("/api/sellers", {"name": "Ali Mobile"})
+    assert created.status_code == 201, created.text
+    seller = Api(url, created.json()["api_key"])
+    asked = seller.post("/api/credit-requests", {"amount": 1_000_000})
+    assert asked.status_code == 201, asked.text
+    path = f"/api/credit-requests/{asked.json()['id']}/approve"
+    assert admin.post(path).status_code == 200
+    assert admin.post(path).json()["error"]["code"] == "not_pending"  # credited once
+    for n in range(60):
+        sale = seller.post(
+            "/api/sales",
+            {"phone": "09121234567", "amount": 5_000},
+            headers={"Idempotency-Key": f"order-{n}"},
+        )
+        assert sale.status_code == 201, sale.text
+    again = seller.post(
+        "/api/sales",
+        {"phone": "09121234567", "amount": 5_000},
+        headers={"Idempotency-Key": "order-0"},
+    )
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert seller.get("/api/me").json()["balance"] == 700_000
+    entries = seller.get("/api/ledger").json()["items"]
+    assert len(entries) == 61
+    assert sum(entry["amount"] for entry in entries) == 700_000
+    assert entries[-1]["balance_after"] == 700_000
+    audit = admin.get("/api/audit").json()
+    assert audit["consistent"], audit["problems"]
+
+
+def test_the_customers_scenario_runs_through_the_file_over_http(place, tmp_path):
+    where, _env = place
+    made = run(place, "init-db", "--db", "data/chargebox.db")
+    assert made.returncode == 0, made.stderr
+    for secret in ("admin_token", "ledger_key"):
+        assert (where / "data" / secret).stat().st_mode & 0o777 == 0o600, secret
+    token = (where / "data" / "admin_token").read_text().strip()
+
+    server = Served(place, "--db", "data/chargebox.db")
+    try:
+        assert server.health.json() == {"status": "ok", "version": chargebox.__version__}
+        print(f"\nserve answered /health {server.ready:.2f} s after it was started (unpacked)")
+        walk_through(server.url, token)
+        stress = run_stress(
+            "run", "--url", server.url, "--admin-token", token,
+            "--db", str(where / "data" / "chargebox.db"),
+            "--sellers", "2", "--credits", "10", "--sales", "1000", "--workers", "16",
+            "--quiet", "--out", str(tmp_path / "stress"),
+            timeout=300,
+        )  # fmt: skip
+        assert stress.returncode == 0, stress.stdout[-3000:] + stress.stderr[-3000:]
+    finally:
+        code = server.stop()
+    assert code == 0, (where / "serve.log").read_text()[-3000:]
+    assert server.said.rstrip().endswith("chargebox stopped"), server.said
+
+    audited = run(place, "audit", "--db", "data/chargebox.db", "--json")
+    assert audited.returncode == 0, audited.stderr
+    report = json.loads(audited.stdout)
+    assert report["consistent"] and report["totals"]["sales"] == 60 + 1000
+    migrated = run(place, "migrate", "--db", "data/chargebox.db")
+    assert migrated.returncode == 0 and "nothing to do" in migrated.stderr, migrated.stderr
+    created = run(place, "create-seller", "--db", "data/chargebox.db", "Sara")
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["api_key"].startswith("cbk_")
+
+
+def test_the_file_serves_with_two_forked_processes(place):
+    server = Served(place, "--db", "data/chargebox.db", "--processes", "2")
+    print(f"\nserve --processes 2 answered /health {server.ready:.2f} s after it was started, "
+          "unpacking first")  # fmt: skip
+    token = (place[0] / "data" / "admin_token").read_text().strip()
+    try:
+        admin = Api(server.url, token)
+        assert admin.post("/api/sellers", {"name": "Two"}).status_code == 201
+        assert admin.get("/api/audit").json()["consistent"]
+    finally:
+        assert server.stop() == 0
