@@ -54,15 +54,18 @@ def systemd_analyze() -> str:
 
 
 def scratch_root(tmp_path: Path, unit_text: str) -> Path:
-    """A root with the system's units, the unit as given, and an executable at ExecStart."""
+    """A root with the system's units, the unit as given, and an executable at the path of
+    each program it runs."""
     root = tmp_path / "root"
     shutil.copytree(SYSTEM_UNITS, root / "usr" / "lib" / "systemd" / "system", symlinks=True)
     (root / "etc" / "systemd" / "system").mkdir(parents=True)
     (root / "etc" / "systemd" / "system" / "chargebox.service").write_text(unit_text)
-    program = root / settings(unit_text)["ExecStart"][0].split()[0].lstrip("/")
-    program.parent.mkdir(parents=True, exist_ok=True)
-    program.write_text("#!/bin/sh\nexit 0\n")  # verify looks for it; it runs nothing
-    program.chmod(0o755)
+    unit = settings(unit_text)
+    for command in unit["ExecStartPre"] + unit["ExecStart"]:
+        program = root / command.lstrip("@-:+!").split()[0].lstrip("/")
+        program.parent.mkdir(parents=True, exist_ok=True)
+        program.write_text("#!/bin/sh\nexit 0\n")  # verify looks for it; it runs nothing
+        program.chmod(0o755)
     return root
 
 
@@ -121,7 +124,10 @@ def test_the_unit_runs_as_its_own_user_writing_only_its_data_directory():
     }.items():
         assert unit[key] == [value], key
     assert unit["ExecStart"][0].split()[1:] == ["serve", "--host", "127.0.0.1", "--port", "8080"]
-    assert unit["ExecStartPre"] == ["+/usr/local/bin/chargebox --version"]  # unpacks as root
+    # Unpacks as root, readable by the service whatever the unit's UMask.
+    assert unit["ExecStartPre"] == [
+        "+/bin/sh -c 'umask 022 && exec /usr/local/bin/chargebox --version'"
+    ]
 
 
 def test_the_unit_stops_with_sigterm_and_waits_longer_than_the_drain():

@@ -14,11 +14,15 @@ and create-seller on the file the server left. Size and start-up times are print
 from __future__ import annotations
 
 import json
+import os
+import pwd
+import shlex
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,9 +31,11 @@ import requests
 
 import chargebox
 from tests.support import ROOT, Api, run_stress
+from tests.test_deploy import UNIT, settings
 
 BUILD = ROOT / "deploy" / "build.py"
 SYSTEM_PYTHON = Path("/usr/bin/python3")
+NOBODY = pwd.getpwnam("nobody")  # the unit's dedicated user, played by nobody
 DEADLINE = 30  # seconds for the server to announce itself and answer /health, or to stop
 
 
@@ -119,22 +125,23 @@ def test_every_command_of_the_file_answers_its_help(place):
 
 
 class Served:
-    """`./chargebox serve` from the file, as a real process on a free 127.0.0.1 port."""
+    """A `chargebox serve` from the file, as a real process on a free 127.0.0.1 port."""
 
-    def __init__(self, place, *args: str) -> None:
-        where, env = place
+    def __init__(self, command: list[str], cwd: Path, env: dict, log: Path, preexec=None) -> None:
         began = time.perf_counter()
-        self.log = open(where / "serve.log", "w")  # noqa: SIM115 - closed in stop()
+        self.log_path = log
+        self.log = open(log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            ["./chargebox", "serve", "--port", "0", "--threads", "16", *args],
-            cwd=where,
+            command,
+            cwd=cwd,
             env={**env, "PYTHONUNBUFFERED": "1"},
             stdout=subprocess.PIPE,
             stderr=self.log,
             text=True,
+            preexec_fn=preexec,
         )
         line = self.proc.stdout.readline()
-        assert "serving on http://127.0.0.1:" in line, (line, (where / "serve.log").read_text())
+        assert "serving on http://127.0.0.1:" in line, (line, log.read_text())
         self.url = line.split("serving on ", 1)[1].split()[0]
         deadline = time.monotonic() + DEADLINE
         while True:
@@ -158,6 +165,13 @@ class Served:
             self.said = self.proc.stdout.read()
             self.proc.stdout.close()
             self.log.close()
+
+
+def served(place, *args: str) -> Served:
+    """`./chargebox serve` in the place, on a free port, with 16 threads."""
+    where, env = place
+    command = ["./chargebox", "serve", "--port", "0", "--threads", "16", *args]
+    return Served(command, where, env, where / "serve.log")
 
 
 def walk_through(url: str, admin_token: str) -> None:
@@ -201,7 +215,7 @@ def test_the_customers_scenario_runs_through_the_file_over_http(place, tmp_path)
         assert (where / "data" / secret).stat().st_mode & 0o777 == 0o600, secret
     token = (where / "data" / "admin_token").read_text().strip()
 
-    server = Served(place, "--db", "data/chargebox.db")
+    server = served(place, "--db", "data/chargebox.db")
     try:
         assert server.health.json() == {"status": "ok", "version": chargebox.__version__}
         print(f"\nserve answered /health {server.ready:.2f} s after it was started (unpacked)")
@@ -231,7 +245,7 @@ def test_the_customers_scenario_runs_through_the_file_over_http(place, tmp_path)
 
 
 def test_the_file_serves_with_two_forked_processes(place):
-    server = Served(place, "--db", "data/chargebox.db", "--processes", "2")
+    server = served(place, "--db", "data/chargebox.db", "--processes", "2")
     print(f"\nserve --processes 2 answered /health {server.ready:.2f} s after it was started, "
           "unpacking first")  # fmt: skip
     token = (place[0] / "data" / "admin_token").read_text().strip()
@@ -241,3 +255,85 @@ def test_the_file_serves_with_two_forked_processes(place):
         assert admin.get("/api/audit").json()["consistent"]
     finally:
         assert server.stop() == 0
+
+
+def snapshot(directory: Path) -> dict[str, tuple]:
+    """Every path under `directory` with its mode, owner and modification time."""
+    return {
+        str(path): (info.st_mode, info.st_uid, info.st_mtime_ns)
+        for path in [directory, *directory.rglob("*")]
+        for info in [path.lstat()]
+    }
+
+
+def test_the_units_two_commands_run_as_it_says_code_unpacked_by_root_data_by_its_user(
+    single_file,
+):
+    """What the systemd unit does at each start, without systemd (not PID 1 here): its
+    ExecStartPre as root under the unit's UMask=0077, then its ExecStart as an unprivileged
+    user (nobody) under the same umask, with the unit's environment, paths moved into a
+    scratch directory. The service must run on code it can read but not change, and write
+    only its data directory. Before the ExecStartPre set umask 022, the unpacked code was
+    0700 and the service could not read it."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("needs root, to run the service as another user")
+        pytest.skip("needs root, to run the service as another user")
+    unit = settings(UNIT.read_text())
+    scratch = Path(tempfile.mkdtemp(prefix="chargebox-unit-"))
+    try:
+        scratch.chmod(0o755)  # the service user must reach what is inside
+        program, code, data = scratch / "bin" / "chargebox", scratch / "lib", scratch / "data"
+        program.parent.mkdir()
+        shutil.copy2(single_file, program)
+        data.mkdir(mode=0o700)  # StateDirectory=chargebox, StateDirectoryMode=0700
+        os.chown(data, NOBODY.pw_uid, NOBODY.pw_gid)
+
+        def moved(command: str) -> list[str]:
+            text = command.replace("/usr/local/bin/chargebox", str(program))
+            return shlex.split(text.replace("--port 8080", "--port 0"))
+
+        env = {
+            "PATH": f"{system_python().parent}:/usr/bin:/bin",
+            "SHIV_ROOT": str(code),  # the unit's SHIV_ROOT, moved
+            "CHARGEBOX_DB": str(data / "chargebox.db"),  # its CHARGEBOX_DB, moved
+            "HOME": str(data),
+            "LANG": "C.UTF-8",
+        }
+        assert unit["Environment"] == [
+            "CHARGEBOX_DB=/var/lib/chargebox/chargebox.db",
+            "SHIV_ROOT=/usr/local/lib/chargebox",
+        ]
+        umask = unit["UMask"][0]
+        pre = unit["ExecStartPre"][0].removeprefix("+")
+        unpacked = subprocess.run(
+            moved(pre), env=env, capture_output=True, text=True, timeout=120,
+            preexec_fn=lambda: os.umask(int(umask, 8)),
+        )  # fmt: skip
+        assert unpacked.returncode == 0 and unpacked.stdout.startswith("chargebox "), unpacked
+        before = snapshot(code)
+        assert all(uid == 0 for _mode, uid, _time in before.values())
+
+        as_nobody = ["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}",
+                     "--clear-groups", "--no-new-privs"]  # fmt: skip
+        log = scratch / "serve.log"
+        server = Served(
+            as_nobody + moved(unit["ExecStart"][0]), data, env, log,
+            preexec=lambda: os.umask(int(umask, 8)),
+        )  # fmt: skip
+        try:
+            token = (data / "admin_token").read_text().strip()
+            admin = Api(server.url, token)
+            seller = admin.post("/api/sellers", {"name": "Unit"})
+            assert seller.status_code == 201, seller.text
+            assert admin.get("/api/audit").json()["consistent"]
+        finally:
+            code_stopped = server.stop()
+        assert code_stopped == 0, log.read_text()[-3000:]
+        assert snapshot(code) == before, "the service changed its own code"
+        for path in data.iterdir():
+            info = path.stat()
+            assert info.st_uid == NOBODY.pw_uid, path  # the service's own files
+            assert info.st_mode & 0o077 == 0, (path, oct(info.st_mode))  # UMask=0077
+    finally:
+        shutil.rmtree(scratch)
