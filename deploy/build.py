@@ -3,13 +3,15 @@
 The file is a shiv zipapp (PEP 441): chargebox and its dependencies, all pure Python,
 behind a `#!/usr/bin/env python3` line, so it runs wherever a Python 3.11+ does.
 On its first run it unpacks itself into $SHIV_ROOT (default ~/.shiv), once per build;
-later runs start from there. The runtime package knows nothing of this: only the
-build lives here. Needs shiv (`pip install -e ".[build]"`) and PyPI (or a mirror).
+later runs start from there. The same tree and the same wheels make the same bytes. The
+runtime package knows nothing of this: only the build lives here. Needs shiv
+(`pip install -e ".[build]"`) and PyPI (or a mirror).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -44,20 +46,35 @@ def build(output: Path = DEFAULT_OUTPUT, postgresql: bool = False, quiet: bool =
                 source.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(origin, source / name)
         target = f"{source}[postgresql]" if postgresql else str(source)
+        site = Path(scratch) / "site-packages"
+        quietly = ["--quiet"] if quiet else []
+        pip = [sys.executable, "-m", "pip", "install", "--target", str(site), "--no-compile",
+               "--no-cache-dir", "--disable-pip-version-check", *quietly, target]  # fmt: skip
+        subprocess.run(pip, check=True, cwd=scratch)
+        _forget_where_it_was_built(site)
         command = [
             sys.executable, "-m", "shiv",
+            "--site-packages", str(site),
             "--console-script", "chargebox",
             "--output-file", str(output),
             "--python", SHEBANG,
             "--compressed",
-            "--reproducible",  # same tree and wheels, same bytes
+            "--reproducible",  # with the above: same tree and wheels, same bytes
             "--compile-pyc",  # bytecode written once, at unpacking
-            *(["--quiet"] if quiet else []),
-            "--no-cache-dir",
-            target,
         ]  # fmt: skip
         subprocess.run(command, check=True, cwd=scratch)
     return output
+
+
+def _forget_where_it_was_built(site: Path) -> None:
+    """pip records the temporary directory chargebox was installed from (direct_url.json,
+    PEP 610); left in, every build would differ from the last. Removed, with its line."""
+    for record in site.glob("*.dist-info/direct_url.json"):
+        listing = record.with_name("RECORD")
+        lines = listing.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if not line.startswith(f"{record.parent.name}/direct_url")]
+        listing.write_text("".join(kept))
+        record.unlink()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     except subprocess.CalledProcessError as exc:
         print(f"build: shiv failed with exit status {exc.returncode}", file=sys.stderr)
         return 1
-    size = output.stat().st_size
-    print(f"build: {output} ({size:,} bytes); run it as {output} --version")
+    digest = hashlib.sha256(output.read_bytes()).hexdigest()
+    print(f"build: {output}: {output.stat().st_size:,} bytes, sha256 {digest}")
     return 0
 
 

@@ -13,6 +13,7 @@ and create-seller on the file the server left. Size and start-up times are print
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
@@ -112,6 +113,18 @@ def test_the_file_starts_alone_and_says_its_version(single_file, place):
         f"{first:.2f} s (unpacking), later {statistics.median(later):.2f} s (median of 5); "
         f"serve --help {help_first:.2f} s; python3 is {system_python()}"
     )
+
+
+def test_a_second_build_of_the_same_tree_is_the_same_file(single_file, tmp_path):
+    again = subprocess.run(
+        [sys.executable, BUILD, "--output", tmp_path / "chargebox"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert (tmp_path / "chargebox").read_bytes() == single_file.read_bytes()
+    assert hashlib.sha256(single_file.read_bytes()).hexdigest() in again.stdout
 
 
 def test_every_command_of_the_file_answers_its_help(place):
