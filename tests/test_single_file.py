@@ -31,7 +31,7 @@ import pytest
 import requests
 
 import chargebox
-from tests.support import ROOT, Api, run_stress
+from tests.support import ADMIN_TOKEN, ROOT, Api, run_stress
 from tests.test_deploy import UNIT, settings
 
 BUILD = ROOT / "deploy" / "build.py"
@@ -350,3 +350,43 @@ def test_the_units_two_commands_run_as_it_says_code_unpacked_by_root_data_by_its
             assert info.st_mode & 0o077 == 0, (path, oct(info.st_mode))  # UMask=0077
     finally:
         shutil.rmtree(scratch)
+
+
+@pytest.mark.postgresql_only
+def test_the_file_built_with_postgresql_serves_a_postgresql_database(new_database, tmp_path):
+    """`deploy/build.py --postgresql`: psycopg's binary wheel inside, run on the system's
+    Python against the test cluster's database (made by init-db --grant-to, the service's
+    role in the URL): the customer's example, a clean stop, then `audit` from the file."""
+    output = tmp_path / "dist" / "chargebox"
+    built = subprocess.run(
+        [sys.executable, BUILD, "--postgresql", "--output", output],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr[-4000:]
+    where = tmp_path / "srv"
+    where.mkdir()
+    shutil.copy2(output, where / "chargebox")
+    url, data = new_database(tmp_path / "home")
+    env = {
+        "PATH": f"{system_python().parent}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "SHIV_ROOT": str(tmp_path / "shiv"),
+        "LANG": "C.UTF-8",
+        "CHARGEBOX_ADMIN_TOKEN": ADMIN_TOKEN,
+    }
+    database = ["--db", url, "--data-dir", str(data)]
+    command = ["./chargebox", "serve", "--port", "0", "--threads", "8", *database]
+    server = Served(command, where, env, where / "serve.log")
+    try:
+        walk_through(server.url, ADMIN_TOKEN)
+    finally:
+        code = server.stop()
+    assert code == 0, (where / "serve.log").read_text()[-3000:]
+    audited = subprocess.run(
+        ["./chargebox", "audit", *database], cwd=where, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert audited.returncode == 0, audited.stderr
+    print(f"\nsingle file with psycopg: {output.stat().st_size:,} bytes")
