@@ -285,7 +285,8 @@ def test_the_units_two_commands_run_as_it_says_code_unpacked_by_root_data_by_its
     """What the systemd unit does at each start, without systemd (not PID 1 here): its
     ExecStartPre as root under the unit's UMask=0077, then its ExecStart as an unprivileged
     user (nobody) under the same umask, with the unit's environment, paths moved into a
-    scratch directory, in a mount namespace where only the data directory is writable.
+    scratch directory, in a mount namespace where only the data directory (and a private
+    /tmp) is writable.
     The service must run on code it can read but not change, and write only its data
     directory. Before the ExecStartPre set umask 022, the unpacked code was 0700 and the
     service could not read it."""
@@ -294,7 +295,7 @@ def test_the_units_two_commands_run_as_it_says_code_unpacked_by_root_data_by_its
             pytest.fail("needs root, to run the service as another user")
         pytest.skip("needs root, to run the service as another user")
     unit = settings(UNIT.read_text())
-    scratch = Path(tempfile.mkdtemp(prefix="chargebox-unit-"))
+    scratch = Path(tempfile.mkdtemp(prefix="chargebox-unit-", dir="/var/tmp"))  # not in /tmp
     try:
         scratch.chmod(0o755)  # the service user must reach what is inside
         program, code, data = scratch / "bin" / "chargebox", scratch / "lib", scratch / "data"
@@ -328,16 +329,22 @@ def test_the_units_two_commands_run_as_it_says_code_unpacked_by_root_data_by_its
         before = snapshot(code)
         assert all(uid == 0 for _mode, uid, _time in before.values())
 
-        # ProtectSystem=strict and ReadWritePaths, roughly: in a mount namespace of its own,
-        # every file system read-only but the data directory (/tmp too, which PrivateTmp
-        # would leave writable: stricter than the unit).
+        # ProtectSystem=strict, ReadWritePaths and PrivateTmp, roughly: in a mount namespace
+        # of its own, every file system read-only but the data directory, and an empty /tmp.
         sandbox = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                   'mount --bind "$1" "$1" && mount -o remount,bind,ro / && shift && exec "$@"',
+                   'mount --bind "$1" "$1" && mount -o remount,bind,ro / '
+                   '&& mount -t tmpfs -o mode=1777 private-tmp /tmp && shift && exec "$@"',
                    "sandbox", str(data)]  # fmt: skip
         as_nobody = ["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}",
                      "--clear-groups", "--no-new-privs"]  # fmt: skip
         probe = subprocess.run(
-            [*sandbox, "sh", "-c", f"touch {data}/probe && ! touch {scratch}/probe 2>/dev/null"],
+            [
+                *sandbox,
+                "sh",
+                "-c",
+                f"touch {data}/probe /tmp/probe && ! ls /tmp/pytest-of-* "
+                f"2>/dev/null && ! touch {scratch}/probe 2>/dev/null",
+            ],  # fmt: skip
             capture_output=True,
         )
         assert probe.returncode == 0, "the sandbox does not hold: the test would prove nothing"
