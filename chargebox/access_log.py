@@ -28,6 +28,7 @@ MAX_PATH = 512  # characters of a (escaped) path kept in a line
 # Bytes logged as they are: visible ASCII but for the quote, backslash, '%' and '='.
 _PLAIN = frozenset(range(0x21, 0x7F)) - {ord(c) for c in '"\\%='}
 _ESCAPES = {byte: chr(byte) if byte in _PLAIN else f"%{byte:02X}" for byte in range(256)}
+_NEEDS_ESCAPE = re.compile(r'[^\x21-\x7e]|["\\%=]')
 _KEY_SEGMENT = re.compile(r"cbk_[^/]*")  # a seller key sent in a path by mistake
 REOPEN_CHECK_S = 1.0  # how often a log file is checked for having been moved (rotated)
 
@@ -61,7 +62,10 @@ def request_id_of(environ: dict) -> str:
 def escaped(text: str, limit: int = MAX_PATH) -> str:
     """`text` (WSGI's latin-1 str) with every byte outside plain visible ASCII as %XX, so
     a line cannot be split, forged or coloured; seller keys cut out; at most `limit`."""
-    text = _KEY_SEGMENT.sub("cbk_[redacted]", text)
+    if "cbk_" in text:
+        text = _KEY_SEGMENT.sub("cbk_[redacted]", text)
+    if len(text) <= limit and not _NEEDS_ESCAPE.search(text):
+        return text  # the usual path: nothing to escape
     try:
         raw = text.encode("latin-1")
     except UnicodeEncodeError:
@@ -91,13 +95,21 @@ def line(
 ) -> bytes:
     """One access log line (logfmt, fields always in this order), newline included."""
     moment = time.time() if moment is None else moment
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment))
-    millis = int(moment * 1000) % 1000
     return (
-        f"time={stamp}.{millis:03d}Z id={ident} method={escaped(method, 16)} "
+        f"time={_stamp(moment)} id={ident} method={escaped(method, 16)} "
         f"path={escaped(path)} status={status} duration_ms={seconds * 1000:.2f} "
         f"seller={seller} client={escaped(client, 64)} pid={os.getpid()}\n"
     ).encode("ascii")
+
+
+_second = [-1, ""]  # the last second formatted, and its text: one strftime a second
+
+
+def _stamp(moment: float) -> str:
+    whole = int(moment)
+    if _second[0] != whole:
+        _second[:] = [whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))]
+    return f"{_second[1]}.{int(moment * 1000) % 1000:03d}Z"
 
 
 class LogFile:
