@@ -26,6 +26,8 @@ setup(
         "bottle>=0.13,<0.14",
         "waitress>=3.0,<4",
         "filelock>=3.12",
+        # GET /metrics (metrics.py); its multiprocess mode sums `serve --processes K`.
+        "prometheus-client>=0.20,<1",
     ],
     extras_require={
         "test": [

@@ -165,6 +165,16 @@ def env_defaults(environ: Mapping[str, str] = os.environ) -> dict:
     return values
 
 
+def share_metrics_through(directory: Path) -> None:
+    """Name the directory where forked server processes share their metrics.
+
+    prometheus-client takes it from this variable, which it reads as each process opens
+    its file; set here, before the fork, it is inherited. The one write to the
+    environment in the package, kept beside its reads.
+    """
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+
+
 def database_setting(text: str) -> dict:
     """`--db` or CHARGEBOX_DB as Config fields: a PostgreSQL URL, or an SQLite file."""
     if text.startswith(POSTGRESQL_SCHEMES):

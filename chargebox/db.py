@@ -16,11 +16,12 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import peewee
 
-from chargebox import migrations, schema
+from chargebox import metrics, migrations, schema
 from chargebox.config import Config
 from chargebox.errors import IntegrityViolation, LockTimeout, Unavailable
 from chargebox.gate import WriteGate
@@ -169,8 +170,12 @@ class Database:
         with self.slots.taken():
             if self.writer is not None:
                 return self.writer.submit(work, deadline, order)
+            began = time.perf_counter()
             with self.transaction(deadline) as write:
-                return work(write)
+                metrics.lock_waited(time.perf_counter() - began)
+                result = work(write)
+            metrics.write_committed(1)
+            return result
 
     @contextlib.contextmanager
     def transaction(self, deadline: float | None = None) -> Iterator[Write]:
@@ -248,6 +253,16 @@ class Database:
 
     def missing_triggers(self) -> list[str]:
         return schema.missing_triggers(self.connection())
+
+    def storage_bytes(self) -> dict[str, int]:
+        """The file's size and its write-ahead log's (0 when there is none)."""
+        sizes = {}
+        for name, path in (("database", self.path), ("wal", Path(f"{self.path}-wal"))):
+            try:
+                sizes[name] = path.stat().st_size
+            except FileNotFoundError:
+                sizes[name] = 0
+        return sizes
 
     def table_names(self) -> set[str]:
         return schema.table_names(self.connection())

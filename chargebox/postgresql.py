@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+from chargebox import metrics
 from chargebox.config import Config
 from chargebox.errors import Deadlocked, LockTimeout, Unavailable
 from chargebox.pg_driver import Reader, as_dicts, connect, described, to_psycopg, translated
@@ -254,8 +255,12 @@ class Database:
         with self.slots.taken():
             if self.writer is not None:
                 return self.writer.submit(work, deadline, order)
+            began = time.perf_counter()
             with self.transaction(deadline) as write:
-                return work(write)
+                metrics.lock_waited(time.perf_counter() - began)
+                result = work(write)
+            metrics.write_committed(1)
+            return result
 
     @contextlib.contextmanager
     def transaction(self, deadline: float | None = None) -> Iterator[Write]:
@@ -295,6 +300,11 @@ class Database:
 
     def seconds_since_a_write_began(self) -> float:
         return time.monotonic() - self._began
+
+    def storage_bytes(self) -> dict[str, int]:
+        """The database's size (one catalogue read). PostgreSQL's WAL is the cluster's, not
+        this database's, and reading it needs pg_monitor: not reported."""
+        return {"database": int(self.rows("SELECT pg_database_size(current_database())")[0][0])}
 
     def table_names(self) -> set[str]:
         return Reader(self.connection()).table_names()

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 import traceback
+from pathlib import Path
 
 from waitress import wasyncore
 
+from chargebox import metrics
 from chargebox.access_log import AccessLog, LogFile
 from chargebox.config import Config
 from chargebox.connections import build_server, listen
@@ -60,7 +64,14 @@ def serve(config: Config, announce=print, listener: socket.socket | None = None)
     listener = listener or listen(config)
     log = LogFile(config.access_log)  # a file that cannot be opened is refused here
     if config.processes > 1:
-        return _serve_processes(config, listener, announce, log)
+        # The children's metrics meet in files here, summed by whichever child is scraped.
+        shared = Path(tempfile.mkdtemp(prefix="chargebox-metrics-"))
+        metrics.start(shared)
+        try:
+            return _serve_processes(config, listener, announce, log)
+        finally:
+            shutil.rmtree(shared, ignore_errors=True)
+    metrics.start()
     server = build_server(application(config, log), config, listener, log)
     announce(_announcement(config, server.effective_host, server.effective_port))
     return _serve_one(server, announce)
@@ -68,7 +79,7 @@ def serve(config: Config, announce=print, listener: socket.socket | None = None)
 
 def application(config: Config, log: LogFile) -> AccessLog:
     """The WSGI application one server process runs: the app, inside its access log."""
-    return AccessLog(create_app(config), log)
+    return AccessLog(create_app(config), log, metrics.observe)
 
 
 def _serve_one(server, announce, parent: int | None = None) -> int:
@@ -161,6 +172,7 @@ class _Supervisor:
 
     def _mourn(self, pid: int, code: int) -> None:
         lived = time.monotonic() - self.started.pop(pid)
+        metrics.process_ended(pid)
         if lived < STABLE_SECONDS:
             self.delay = min(max(2 * self.delay, RESTART_DELAY_MIN), RESTART_DELAY_MAX)
         else:

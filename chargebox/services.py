@@ -153,6 +153,10 @@ class Chargebox:
         )
         return self.queries.phone(number), created == 1
 
+    def storage_bytes(self) -> dict[str, int]:
+        """The database's size on disk (and SQLite's WAL), for the metrics."""
+        return self.database.storage_bytes()
+
     def audit(self, full: bool = False, progress: audit.Progress | None = None) -> dict:
         """The books re-checked: from the newest checkpoint on, or every row (`full`).
         Full audits run one at a time in a process: each reads the whole ledger."""

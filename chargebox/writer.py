@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
+from chargebox import metrics
 from chargebox.errors import Deadlocked, LockTimeout, Unavailable
 
 MAX_BATCH = 256
@@ -187,8 +188,10 @@ class GroupWriter:
             return []
         live.sort(key=_in_order)
         victims: list[_Item] = []
+        began = time.perf_counter()
         try:
             with self._begin(min(item.deadline for item in live)) as write:
+                metrics.lock_waited(time.perf_counter() - began)
                 for item in live:
                     item.result, item.error = None, None  # from an attempt rolled back
                     try:
@@ -200,7 +203,9 @@ class GroupWriter:
                         raise  # the database cannot write now: the whole batch fails
                     except Exception as exc:  # this write only; the savepoint undid it
                         item.error = exc
-        except (LockTimeout, Deadlocked):  # rolled back; the earliest deadline has come
+        except (LockTimeout, Deadlocked) as exc:  # rolled back; the earliest deadline has come
+            if isinstance(exc, LockTimeout):
+                metrics.lock_waited(time.perf_counter() - began)  # waited, and gave up
             return _answer_late(live, time.monotonic() + LOCK_SLACK)
         except Exception as exc:  # BEGIN or COMMIT failed: nothing of the batch was written
             for item in live:
@@ -209,6 +214,7 @@ class GroupWriter:
         committed = [item for item in live if item not in victims]
         self.batches += 1
         self.writes += len(committed)
+        metrics.write_committed(len(committed))
         for item in committed:
             item.answer()
         return _answer_late(victims, time.monotonic() + LOCK_SLACK)

@@ -49,6 +49,7 @@ ACCESS = {
     ("GET", "/api/phones"): ADMIN,
     ("POST", "/api/phones"): ADMIN,
     ("GET", "/api/audit"): ADMIN,
+    ("GET", "/metrics"): ADMIN,
 }
 
 # A body each POST route accepts, so that a refusal is never about the body.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bottle
 
-from chargebox import __version__
+from chargebox import __version__, metrics
 from chargebox.auth import Principal
 from chargebox.config import Config
 from chargebox.errors import NotFound
@@ -28,6 +28,12 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
     @app.get("/health")
     def health():
         return 200, {"status": "ok", "version": __version__}
+
+    @app.get("/metrics")
+    def metrics_text():
+        caller(access, ADMIN)
+        text, content_type = metrics.exposition(service.storage_bytes(), header("Accept"))
+        return 200, text, {"Content-Type": content_type}
 
     @app.get("/openapi.json")
     def openapi_document():

@@ -73,7 +73,8 @@ def json_plugin(config: Config):
                     status,
                     rest[0] if rest else None,
                 )
-                response.content_type = JSON
+                if not (rest and "Content-Type" in rest[0]):  # /metrics speaks text
+                    response.content_type = JSON
             except ChargeboxError as exc:
                 response = from_exception(exc)
             except bottle.HTTPError as exc:

@@ -1,0 +1,185 @@
+"""Prometheus metrics (prometheus-client): what is counted, how processes share it, the scrape.
+
+Off until `start()` (the server calls it; the CLI's other commands never do), and
+then cheap: a request costs a dict lookup and two increments. With `--processes K`
+the children keep their values in files of one directory (prometheus-client's
+multiprocess mode), so a scrape answered by any child sums them all. Labels are
+route patterns, methods and statuses only: never a raw path, an id or a token.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, values
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+
+from chargebox.config import share_metrics_through
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+LOCK_WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "(unmatched)"  # no route: a 404, a 405, or refused before routing
+_PARAMETER = re.compile(r"<(\w+)(?::[^>]*)?>")
+
+
+class _Instruments:
+    """The metrics of this process (registered nowhere: the scrape collects them)."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "chargebox_http_requests",
+            "Requests answered, by route pattern, method and status",
+            ["route", "method", "status"],
+            registry=None,
+        )
+        self.latency = Histogram(
+            "chargebox_http_request_duration_seconds",
+            "Time from a worker taking a request to its answer, by route pattern and method",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
+        self.unavailable = Counter(
+            "chargebox_http_unavailable",
+            "503 answers (the database could not take a write in time), by route pattern",
+            ["route"],
+            registry=None,
+        )
+        self.batch = Histogram(
+            "chargebox_write_batch_size",
+            "Writes in one write transaction (group commit; a refused write, undone by its "
+            "savepoint, counts too)",
+            buckets=BATCH_BUCKETS,
+            registry=None,
+        )
+        self.lock_wait = Histogram(
+            "chargebox_write_lock_wait_seconds",
+            "Time a write transaction waited to begin: the write gate and BEGIN IMMEDIATE on "
+            "SQLite (the whole database's write lock); a connection and BEGIN on PostgreSQL",
+            buckets=LOCK_WAIT_BUCKETS,
+            registry=None,
+        )
+        self.all = (self.requests, self.latency, self.unavailable, self.batch, self.lock_wait)
+        self.children: dict[tuple, tuple] = {}  # (route, method, status) -> its metrics
+        self.lock = threading.Lock()
+
+
+_on: _Instruments | None = None
+_directory: Path | None = None
+
+
+def start(directory: Path | None = None) -> None:
+    """Count from now on, in this process and the processes it forks.
+
+    `directory`: where forked processes share their values (empty, made by the caller,
+    who removes it at the end); None keeps them in this process's memory.
+    """
+    global _on, _directory
+    if directory is not None:
+        share_metrics_through(directory)  # prometheus-client names each process's file by it
+        values.ValueClass = values.MultiProcessValue()
+    else:
+        values.ValueClass = values.MutexValue
+    _directory = directory
+    _on = _Instruments()
+
+
+def stop() -> None:
+    """Count no more (for tests that start metrics in their own process)."""
+    global _on, _directory
+    _on, _directory = None, None
+
+
+def process_ended(pid: int) -> None:
+    """A forked server died: its counts stay in the sums (totals never go back)."""
+    if _directory is not None:
+        multiprocess.mark_process_dead(pid, str(_directory))
+
+
+_ROUTES: dict[str, str] = {}
+
+
+def route_label(environ: dict) -> str:
+    """The route's pattern (`/api/sellers/{ident}`), never the path it matched."""
+    route = environ.get("bottle.route")
+    if route is None:
+        return UNMATCHED
+    rule = route.rule
+    label = _ROUTES.get(rule)
+    if label is None:
+        label = _ROUTES.setdefault(rule, _PARAMETER.sub(r"{\1}", rule))
+    return label
+
+
+def observe(environ: dict, method: str, status: int, seconds: float) -> None:
+    """One answered request (access_log.AccessLog calls this)."""
+    on = _on
+    if on is None:
+        return
+    key = (route_label(environ), method if method in METHODS else "other", status)
+    found = on.children.get(key)
+    if found is None:
+        with on.lock:
+            found = on.children.setdefault(key, _children(on, *key))
+    found[0].inc()
+    found[1].observe(seconds)
+    if found[2] is not None:
+        found[2].inc()
+
+
+def _children(on: _Instruments, route: str, method: str, status: int) -> tuple:
+    unavailable = on.unavailable.labels(route) if status == 503 else None
+    return (
+        on.requests.labels(route, method, str(status)),
+        on.latency.labels(route, method),
+        unavailable,
+    )
+
+
+def write_committed(writes: int) -> None:
+    """A write transaction committed, with `writes` writes in it."""
+    if _on is not None:
+        _on.batch.observe(writes)
+
+
+def lock_waited(seconds: float) -> None:
+    """A write transaction waited this long to begin (or to give up)."""
+    if _on is not None:
+        _on.lock_wait.observe(seconds)
+
+
+class _Storage:
+    """The database's size on disk, measured at scrape time by the process that answers."""
+
+    def __init__(self, sizes: dict[str, int]) -> None:
+        self.sizes = sizes
+
+    def collect(self):
+        described = {
+            "database": "The database's size in bytes (SQLite: the file; PostgreSQL: "
+            "pg_database_size)",
+            "wal": "SQLite's write-ahead log file (-wal) in bytes, until a checkpoint empties it",
+        }
+        for name, size in self.sizes.items():
+            gauge = GaugeMetricFamily(f"chargebox_{name}_bytes", described[name])
+            gauge.add_metric([], size)
+            yield gauge
+
+
+def exposition(sizes: dict[str, int], accept: str | None = None) -> tuple[bytes, str]:
+    """Every metric (all processes' sums) and its content type: Prometheus's text format
+    0.0.4, or the one the scraper's `accept` asks for (OpenMetrics, text 1.0.0)."""
+    registry = CollectorRegistry()
+    if _directory is not None:
+        multiprocess.MultiProcessCollector(registry, path=str(_directory))
+    elif _on is not None:
+        for metric in _on.all:
+            registry.register(metric)
+    registry.register(_Storage(sizes))
+    encode, content_type = choose_encoder(accept or "")
+    return encode(registry), content_type

@@ -1,0 +1,259 @@
+"""GET /metrics (issue 14, item 6): Prometheus's text format, admin only, summed over
+`--processes K`, labelled by route patterns only.
+
+Scrapes are parsed with prometheus-client's own parser, from real servers on both
+backends. The sum over processes is proved by sending requests until the access
+log shows that both children served some, then checking that scrapes answered by
+each child count every request exactly; then a child is killed and the sums stay.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import time
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from chargebox import metrics
+from chargebox.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
+from tests.support import ADMIN_TOKEN, Api, new_seller, running_server
+
+PHONE = "09121234567"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def scrape(url: str) -> tuple[dict, requests.Response]:
+    """{(sample name, frozenset of labels): value} of one scrape, on a new connection."""
+    response = requests.get(url + "/metrics", headers=ADMIN, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    samples = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+    return samples, response
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def label_values(samples: dict, label: str) -> set[str]:
+    return {dict(labels)[label] for _, labels in samples if label in dict(labels)}
+
+
+def test_requests_latency_writes_and_sizes_are_counted(tmp_path, new_server, backend):
+    with new_server(tmp_path) as server:
+        admin = server.admin()
+        _, key = new_seller(admin, "counted", credit=100_000)
+        seller = server.seller(key)
+        for _ in range(5):
+            assert seller.post("/api/sales", {"phone": PHONE, "amount": 1000}).status_code == 201
+        assert seller.post("/api/sales", {"phone": PHONE, "amount": 10**9}).status_code == 409
+        assert admin.get("/api/sellers/999999").status_code == 404
+        assert Api(server.url).get("/no/such/page").status_code == 404
+        before, _ = scrape(server.url)
+        assert seller.get("/api/me").status_code == 200
+        after, _ = scrape(server.url)
+        admin.close()
+        seller.close()
+    sales = {"route": "/api/sales", "method": "POST"}
+    assert value(before, "chargebox_http_requests_total", **sales, status="201") == 5
+    assert value(before, "chargebox_http_requests_total", **sales, status="409") == 1
+    assert value(before, "chargebox_http_requests_total", route="/api/sellers/{ident}",
+                 method="GET", status="404") == 1  # fmt: skip
+    assert value(before, "chargebox_http_requests_total", route="(unmatched)", method="GET",
+                 status="404") == 1  # fmt: skip
+    me = {"route": "/api/me", "method": "GET", "status": "200"}
+    assert value(after, "chargebox_http_requests_total", **me) == 1 + value(
+        before, "chargebox_http_requests_total", **me
+    )
+    assert (
+        value(after, "chargebox_http_requests_total", route="/metrics", method="GET", status="200")
+        == 1
+    )  # fmt: skip  (the first scrape, counted once it answered)
+    buckets = {
+        float(dict(labels)["le"]): count
+        for (name, labels), count in before.items()
+        if name == "chargebox_http_request_duration_seconds_bucket" and dict(labels).get(
+            "route") == "/api/sales" and dict(labels).get("method") == "POST"
+    }  # fmt: skip
+    assert sorted(buckets) == [*LATENCY_BUCKETS, float("inf")]
+    assert (
+        buckets[float("inf")]
+        == 6
+        == value(before, "chargebox_http_request_duration_seconds_count", **sales)
+    )
+    assert list(buckets.values()) == sorted(buckets.values())  # cumulative
+    assert value(before, "chargebox_http_request_duration_seconds_sum", **sales) > 0
+    transactions = value(before, "chargebox_write_batch_size_count")
+    assert value(before, "chargebox_write_batch_size_sum") >= 6 + 3  # the sales, seller, credit
+    assert 1 <= transactions == value(before, "chargebox_write_lock_wait_seconds_count")
+    batch_buckets = {
+        float(dict(labels)["le"])
+        for (name, labels) in before
+        if name == "chargebox_write_batch_size_bucket"
+    }
+    assert batch_buckets == {*map(float, BATCH_BUCKETS), float("inf")}
+    assert value(before, "chargebox_database_bytes") > 0
+    has_wal = ("chargebox_wal_bytes", frozenset()) in before
+    assert has_wal == (backend == "sqlite")
+
+
+def test_only_the_admin_may_read_the_metrics(tmp_path, new_server):
+    with new_server(tmp_path) as server:
+        admin = server.admin()
+        _, key = new_seller(admin, "nosy")
+        anonymous = requests.get(server.url + "/metrics", timeout=10)
+        seller = server.seller(key).get("/metrics")
+        wrong = requests.get(
+            server.url + "/metrics", headers={"Authorization": "Bearer nope"}, timeout=10
+        )
+        allowed = admin.get("/metrics")
+        negotiated = admin.get("/metrics", headers={"Accept": "application/openmetrics-text"})
+        admin.close()
+    assert anonymous.status_code == 401 and wrong.status_code == 401
+    assert anonymous.json()["error"]["code"] == "unauthorized"
+    assert seller.status_code == 403 and seller.json()["error"]["code"] == "forbidden"
+    assert allowed.status_code == 200 and "chargebox_http_requests_total" in allowed.text
+    assert negotiated.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert negotiated.text.endswith("# EOF\n")  # OpenMetrics, as Prometheus asks for it
+
+
+def test_labels_hold_route_patterns_never_paths_ids_or_secrets(tmp_path, new_server):
+    with new_server(tmp_path) as server:
+        admin = server.admin()
+        _, key = new_seller(admin, "labels", credit=10_000)
+        seller = server.seller(key)
+        seller.get("/api/sales/987654321")
+        admin.get("/api/sellers/123456789")
+        seller.get(f"/api/{key}/x?token={ADMIN_TOKEN}")
+        seller.request("BREW", "/api/sales")
+        seller.get("/%0Aforged")
+        samples, response = scrape(server.url)
+        admin.close()
+        seller.close()
+    for secret in ("987654321", "123456789", key, ADMIN_TOKEN, "BREW", "forged"):
+        assert secret not in response.text
+    routes = label_values(samples, "route")
+    assert {"/api/sales/{ident}", "/api/sellers/{ident}", "(unmatched)"} <= routes
+    assert all(re.fullmatch(r"\(unmatched\)|/[a-z0-9_/{}.-]*", route) for route in routes), routes
+    assert label_values(samples, "method") <= {*metrics.METHODS, "other"}
+    assert "other" in label_values(samples, "method")
+
+
+def test_a_503_is_counted_and_so_is_the_wait_for_the_lock(tmp_path):
+    """SQLite only: another connection holds the write lock past a 0.3 s busy timeout."""
+    db = tmp_path / "cb.db"
+    with running_server(db, env={"CHARGEBOX_BUSY_TIMEOUT_MS": "300"}) as server:
+        admin = server.admin()
+        _, key = new_seller(admin, "busy", credit=10_000)
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            refused = server.seller(key).post("/api/sales", {"phone": PHONE, "amount": 100})
+        finally:
+            holder.rollback()
+            holder.close()
+        samples, _ = scrape(server.url)
+        admin.close()
+    assert refused.status_code == 503
+    assert value(samples, "chargebox_http_unavailable_total", route="/api/sales") == 1
+    assert value(samples, "chargebox_http_requests_total", route="/api/sales", method="POST",
+                 status="503") == 1  # fmt: skip
+    waits = {
+        float(dict(labels)["le"]): count
+        for (name, labels), count in samples.items()
+        if name == "chargebox_write_lock_wait_seconds_bucket"
+    }
+    assert waits[float("inf")] - waits[0.1] >= 1  # one wait of 0.1 s or more: the timeout
+
+
+def pids_in(log, ids: set[str] | None = None) -> dict[str, str]:
+    """{request id: pid} from the access log (of the given ids, if any)."""
+    found = dict(re.findall(r" id=(\S+) .* pid=(\d+)$", log.read_text(), re.MULTILINE))
+    return found if ids is None else {ident: found[ident] for ident in ids if ident in found}
+
+
+def test_with_two_processes_any_scrape_sums_both_and_a_dead_ones_counts_stay(tmp_path, new_server):
+    log = tmp_path / "access.log"
+    env = {"CHARGEBOX_PROCESSES": "2", "CHARGEBOX_ACCESS_LOG": str(log)}
+    with new_server(tmp_path, env=env) as server:
+        sent: set[str] = set()
+        deadline = time.monotonic() + 60
+        while len(set(pids_in(log, sent).values())) < 2 and time.monotonic() < deadline:
+            for _ in range(20):  # a new connection each: the kernel spreads them
+                # A path of no route, which nothing else (the readiness probe) asks for.
+                answer = requests.get(server.url + "/counted", timeout=10)
+                sent.add(answer.headers["X-Request-Id"])
+        served_by = set(pids_in(log, sent).values())
+        assert len(served_by) == 2, "every request went to one process"
+        counted = {"route": "(unmatched)", "method": "GET", "status": "404"}
+
+        def scrapes_until(wanted: int, of: set[str]) -> set[str]:
+            """Scrape until `wanted` of the pids `of` (or others) answered; each must count
+            every /health sent."""
+            answered: set[str] = set()
+            ends = time.monotonic() + 60
+            while len(answered) < wanted and time.monotonic() < ends:
+                samples, response = scrape(server.url)
+                assert value(samples, "chargebox_http_requests_total", **counted) == len(sent)
+                answered |= set(pids_in(log, {response.headers["X-Request-Id"]}).values())
+                answered &= of
+            return answered
+
+        assert scrapes_until(2, served_by) == served_by  # each child sums both
+        victim = sorted(served_by)[0]
+        os.kill(int(victim), signal.SIGKILL)
+        ends = time.monotonic() + 60
+        while len(now := _children(server.proc.pid) - {victim}) < 2 and time.monotonic() < ends:
+            time.sleep(0.05)  # polled until the supervisor has started the replacement
+        assert len(now) == 2, "the killed child was not replaced"
+        # The survivor and the replacement both still count the dead child's requests.
+        assert scrapes_until(2, now) == now, "no scrape was answered by the replacement"
+
+
+def _children(parent: int) -> set[str]:
+    """The pids of `parent`'s children now, as strings (from /proc)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                found.add(entry)
+    return found
+
+
+def test_observing_costs_nothing_until_metrics_start_and_routes_become_patterns():
+    class Route:
+        rule = "/api/credit-requests/<ident:re:[0-9]{1,18}>/approve"
+
+    assert metrics.route_label({"bottle.route": Route()}) == "/api/credit-requests/{ident}/approve"
+    assert metrics.route_label({}) == metrics.UNMATCHED
+    metrics.stop()
+    metrics.observe({}, "GET", 200, 0.01)  # off: nothing to count, nothing raised
+    text, kind = metrics.exposition({"database": 4096})
+    assert b"chargebox_database_bytes 4096.0" in text and b"http_requests" not in text
+    metrics.start()
+    try:
+        metrics.observe({}, "BREW", 404, 0.01)
+        text, _ = metrics.exposition({"database": 1})
+    finally:
+        metrics.stop()
+    assert (
+        b'chargebox_http_requests_total{method="other",route="(unmatched)",status="404"} 1.0'
+        in (text)
+    )
+
+
+pytestmark = pytest.mark.timeout(300)
