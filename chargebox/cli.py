@@ -80,10 +80,7 @@ def _parser() -> argparse.ArgumentParser:
         help="SQLite durability (env CHARGEBOX_SYNCHRONOUS; default NORMAL, survives kill -9)",
     )
     serve.add_argument(
-        "--access-log",
-        metavar="FILE|-|off",
-        help="one line per request to FILE (appended), - (stderr) or off "
-        "(env CHARGEBOX_ACCESS_LOG; default -)",
+        "--access-log", metavar="FILE|-|off", help="env CHARGEBOX_ACCESS_LOG; default - (stderr)"
     )
     init = command("init-db", "create the database schema and the admin token, then exit")
     init.add_argument(
@@ -285,11 +282,13 @@ def _stored_secret(
 
 
 def _serve(config: Config) -> int:
+    from chargebox.access_log import LogFile
     from chargebox.connections import listen  # waitress is needed only here
     from chargebox.server import serve
 
     token_in_file = config.admin_token is None  # CHARGEBOX_ADMIN_TOKEN is not set
-    listener = listen(config)  # a taken port is refused before any file is made
+    log = LogFile(config.access_log)  # a log that cannot be opened, or a taken port, is
+    listener = listen(config)  # refused before any file is made
     try:
         config = prepare(config)
     except BaseException:
@@ -297,7 +296,7 @@ def _serve(config: Config) -> int:
         raise
     if token_in_file:
         print(f"chargebox: admin token is in {config.admin_token_path}", file=sys.stderr)
-    return serve(config, announce=lambda line: print(line, flush=True), listener=listener)
+    return serve(config, lambda line: print(line, flush=True), listener, log)
 
 
 def _create_seller(config: Config, name: str) -> int:

@@ -55,14 +55,19 @@ def _announcement(config: Config, host: str, port: int) -> str:
     )
 
 
-def serve(config: Config, announce=print, listener: socket.socket | None = None) -> int:
+def serve(
+    config: Config,
+    announce=print,
+    listener: socket.socket | None = None,
+    log: LogFile | None = None,
+) -> int:
     """Serve until SIGTERM/SIGINT; return the exit status (0 after a clean stop).
 
     `listener` is the bound socket (cli binds it before it touches the database);
     without one, a host or port that cannot be had is a one-line ValueError here.
     """
     listener = listener or listen(config)
-    log = LogFile(config.access_log)  # a file that cannot be opened is refused here
+    log = log or LogFile(config.access_log)  # a file that cannot be opened is refused
     if config.processes > 1:
         # The children's metrics meet in files here, summed by whichever child is scraped.
         shared = Path(tempfile.mkdtemp(prefix="chargebox-metrics-"))

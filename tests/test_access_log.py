@@ -9,16 +9,19 @@ forged newline, a secret in any field, or two processes' lines mixed would fail 
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import re
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
 
 import pytest
 import requests
 
 from chargebox import access_log
-from tests.support import ADMIN_TOKEN, Api, new_seller, running_server
+from tests.support import ADMIN_TOKEN, ROOT, Api, new_seller, running_server
 
 LINE = re.compile(
     r"time=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z id=(?P<id>[A-Za-z0-9._-]{1,64}) "
@@ -204,7 +207,16 @@ def test_a_moved_log_file_is_reopened_so_that_rotation_needs_no_restart(tmp_path
     assert path.read_bytes() == b"second\n"
 
 
-def test_an_access_log_that_cannot_be_opened_is_refused_at_start(tmp_path):
+def test_an_access_log_that_cannot_be_opened_is_refused_at_start_before_any_file(tmp_path):
     target = tmp_path / "no" / "such" / "dir" / "access.log"
     with pytest.raises(ValueError, match="--access-log .*access.log: No such file"):
         access_log.LogFile(str(target))
+    refused = subprocess.run(
+        [sys.executable, "-m", "chargebox.cli", "serve", "--port", "0", "--db",
+         str(tmp_path / "cb.db"), "--access-log", str(target)],
+        cwd=ROOT, env={**os.environ, "CHARGEBOX_ADMIN_TOKEN": ADMIN_TOKEN},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.count("\n") == 1 and "--access-log" in refused.stderr
+    assert list(tmp_path.iterdir()) == []  # no database, token or key made
