@@ -81,7 +81,7 @@ def place(single_file, tmp_path) -> tuple[Path, dict]:
         ["python3", "-c", "import chargebox"], env=env, cwd=where, capture_output=True
     )
     assert alone.returncode != 0, f"{python} imports chargebox by itself: the test proves nothing"
-    for name in ("peewee", "bottle", "waitress", "filelock"):
+    for name in ("peewee", "bottle", "waitress", "filelock", "prometheus_client"):
         found = subprocess.run(["python3", "-c", f"import {name}"], env=env, capture_output=True)
         assert found.returncode != 0, f"{python} has {name} already"
     return where, env
