@@ -1,4 +1,4 @@
-"""The `chargebox` command (and `python run.py`): serve, init-db, migrate, create-seller, audit.
+"""The `chargebox` command (and `python run.py`): serve, init-db, migrate, audit, backup...
 
 Owns process start-up: it builds the one Config from argv and the environment,
 checks where the database lives, opens it, settles the ledger key against the
@@ -24,7 +24,7 @@ from pathlib import Path
 import peewee
 from filelock import FileLock
 
-from chargebox import __version__, auth, migrations, postgresql, schema, seals
+from chargebox import __version__, auth, backup, migrations, postgresql, schema, seals
 from chargebox.config import (
     LEDGER_KEY_FILE,
     MIN_SECRET_LENGTH,
@@ -117,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
         help="verify every row, not only those after the newest audit checkpoint (progress "
         "on stderr; sales go on meanwhile)",
     )
+    backup.arguments(command("backup", "copy the database, consistent, while it serves"))
     return parser
 
 
@@ -380,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             return _copy(config, args.source, args.target)
         if args.command == "serve":
             return _serve(config)
+        if args.command == "backup":
+            return backup.main(config, args.dest, args.force, args.vacuum)
         if args.command == "create-seller":
             return _create_seller(config, args.name)
         return _audit(config, args.json, args.full)

@@ -1,0 +1,302 @@
+"""`chargebox backup DEST`: a consistent copy of a database, made while it serves.
+
+SQLite: the online backup API copies every page in one step, inside one read
+transaction of the source: one consistent moment, and never the write lock (in WAL
+mode a reader does not block writers, so sales go on). `VACUUM INTO` is the other
+way (`--vacuum`: a compacted copy, slower). The copy is written to a temporary file
+beside DEST, checked (`quick_check`, its sealed heads against the ledger key),
+fsynced, and only then given DEST's name: DEST is never half a copy, and an existing
+DEST is refused unless `--force`. PostgreSQL: pg_dump's custom format, one snapshot.
+Not in the copy, by design: the ledger key and the admin token (back them up apart).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from chargebox import seals
+from chargebox.clock import now
+from chargebox.config import Config
+from chargebox.location import check_database_path
+
+BUSY_TIMEOUT_MS = 10_000  # reading the source waits for a WAL recovery, never for writers
+PG_DUMP_TIMEOUT = 24 * 3600
+# Where Debian keeps PostgreSQL's programs when /usr/bin has no pg_dump wrapper.
+PG_BIN_GLOB = "/usr/lib/postgresql/*/bin/pg_dump"
+
+
+@dataclasses.dataclass(frozen=True)
+class Made:
+    """What a backup wrote: the file, its size, how long it took, what it holds."""
+
+    path: Path
+    size: int
+    seconds: float
+    method: str
+    sellers: int = 0
+    entries: int = 0
+    newest_entry: int = 0
+    heads: tuple[tuple[int, int, int, str], ...] = ()  # (seller, entry, entries, entry seal)
+    heads_verified: int | None = None  # of the newest heads checked with the key
+    snapshot_seconds: float | None = None  # how long the source's read snapshot was held
+
+    def summary(self) -> str:
+        what = "pg_dump's custom format"
+        if self.method != "pg_dump":
+            what = f"{self.sellers:,} sellers, {self.entries:,} ledger entries"
+            what += f" (newest {self.newest_entry:,})"
+        took = f"{self.seconds:.1f} s ({self.method}"
+        if self.snapshot_seconds is not None:
+            took += f"; the database's read snapshot held {self.snapshot_seconds:.1f} s"
+        took += ")"
+        return f"backed up to {self.path}: {self.size:,} bytes, {what}, {took}"
+
+
+def destination(dest: Path, source_name: str) -> Path:
+    """DEST itself, or inside an existing directory a new name stamped with the time."""
+    if dest.is_dir():
+        stamp = now().replace("-", "").replace(":", "").split(".")[0] + "Z"
+        stem, dot, suffix = source_name.rpartition(".")
+        return dest / (f"{stem}-{stamp}.{suffix}" if dot else f"{source_name}-{stamp}")
+    return dest
+
+
+def backup(config: Config, dest: Path, overwrite: bool = False, vacuum: bool = False) -> Made:
+    """Copy the database `config` names to `dest` (see the module docstring); ValueError
+    in one line for a refusal, before anything is written."""
+    if config.db_url:
+        return _pg_dump(config.db_url, destination(dest, "chargebox.dump"), overwrite)
+    source = config.db_path
+    if not source.is_file():
+        raise ValueError(f"--db {source}: no database there to back up")
+    check_database_path(source, writing=False)
+    target = destination(dest, source.name)
+    _check_target(target, overwrite)
+    with contextlib.suppress(FileNotFoundError):
+        if target.samefile(source):
+            raise ValueError(f"{target}: is the database itself")
+    began = time.perf_counter()
+    with _partial(target) as temporary:
+        _copy(source, temporary, vacuum)
+        copied = time.perf_counter() - began
+        facts = _checked(temporary, config.ledger_key)
+        _place(temporary, target, overwrite)
+    return Made(
+        path=target,
+        size=target.stat().st_size,
+        seconds=time.perf_counter() - began,
+        method="vacuum-into" if vacuum else "backup-api",
+        snapshot_seconds=copied,
+        **facts,
+    )
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    if target.exists() and not overwrite:
+        raise ValueError(f"{target}: exists; choose a new name, or --force to replace it")
+    if target.exists() and not target.is_file():
+        raise ValueError(f"{target}: is not a regular file")
+    if not target.parent.is_dir():
+        raise ValueError(f"{target}: its directory {target.parent} does not exist")
+
+
+@contextlib.contextmanager
+def _partial(target: Path):
+    """A temporary name beside `target` (same file system, so the rename is atomic),
+    removed with its journal files if anything fails."""
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    os.close(fd)
+    temporary = Path(name)
+    try:
+        yield temporary
+    finally:
+        for leftover in (
+            temporary,
+            *(Path(f"{temporary}{end}") for end in ("-wal", "-shm", "-journal")),
+        ):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+
+
+def _copy(source: Path, temporary: Path, vacuum: bool) -> None:
+    """Every page of one read snapshot of `source` into `temporary` (made empty)."""
+    reader = sqlite3.connect(source, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    try:
+        if vacuum:
+            temporary.unlink()  # VACUUM INTO wants to make the file itself
+            reader.execute("VACUUM INTO ?", (str(temporary),))
+            return
+        reader.execute("PRAGMA query_only = 1")
+        copy = sqlite3.connect(temporary, isolation_level=None)
+        try:
+            # pages=-1: all in one step, one read transaction. In steps, a write by another
+            # connection between two steps restarts the copy: under load it may never end.
+            reader.backup(copy, pages=-1)
+        finally:
+            copy.close()
+    finally:
+        reader.close()
+
+
+def _checked(temporary: Path, ledger_key: str | None) -> dict:
+    """The copy, opened on its own: a rollback-journal file again (no -wal beside it),
+    SQLite's quick_check, and what it holds; ValueError if it is not sound."""
+    conn = sqlite3.connect(temporary, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = DELETE")  # a single file; serve sets WAL again
+        (verdict,) = conn.execute("PRAGMA quick_check").fetchone()
+        if verdict != "ok":
+            raise ValueError(f"the copy failed SQLite's quick_check ({verdict}); nothing kept")
+        sellers = conn.execute("SELECT COUNT(*) FROM seller").fetchone()[0]
+        entries, newest = conn.execute(
+            "SELECT COUNT(*), COALESCE(MAX(id), 0) FROM ledger_entry"
+        ).fetchone()
+        heads = tuple(
+            conn.execute(
+                "SELECT seller_id, entry_id, entries, entry_mac FROM seller_head ORDER BY seller_id"
+            )
+        )
+        verified = None
+        if ledger_key and heads:
+            checked, verified = seals.key_check(_Rows(conn), ledger_key.encode("utf-8"))
+            if checked and not verified:
+                raise ValueError(
+                    f"the copy's sealed heads do not verify with the ledger key ({checked} tried)"
+                )
+    finally:
+        conn.close()
+    return {
+        "sellers": sellers,
+        "entries": entries,
+        "newest_entry": newest,
+        "heads": heads,
+        "heads_verified": verified,
+    }
+
+
+class _Rows:
+    """A plain sqlite3 connection as seals.Reader."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        return self.conn.execute(sql, params).fetchall()
+
+
+def _place(temporary: Path, target: Path, overwrite: bool) -> None:
+    """fsync the copy, give it its name (atomically; without --force never over a file
+    that appeared meanwhile), then fsync the directory so that the name survives too."""
+    fd = os.open(temporary, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(temporary, 0o600)
+    if overwrite:
+        os.replace(temporary, target)
+    else:
+        try:
+            os.link(temporary, target)
+        except FileExistsError:
+            raise ValueError(f"{target}: appeared during the backup; nothing replaced") from None
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def find_pg_dump() -> str | None:
+    """pg_dump on PATH, or the newest of Debian's PostgreSQL versions."""
+    found = shutil.which("pg_dump")
+    if found:
+        return found
+    candidates = sorted(Path("/").glob(PG_BIN_GLOB.lstrip("/")), key=lambda p: int(p.parts[4]))
+    return str(candidates[-1]) if candidates else None
+
+
+def _pg_dump(url: str, target: Path, overwrite: bool) -> Made:
+    """pg_dump --format=custom of the database, in one snapshot; the password goes to
+    pg_dump through a private passfile, never on its command line."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    program = find_pg_dump()
+    if program is None:
+        raise ValueError(
+            "pg_dump not found: install PostgreSQL's client programs, or back up with "
+            "pg_dump or pg_basebackup yourself (README, Backups and restores)"
+        )
+    _check_target(target, overwrite)
+    params = conninfo_to_dict(url)
+    password = params.pop("password", None)
+    began = time.perf_counter()
+    with _partial(target) as temporary, tempfile.TemporaryDirectory() as private:
+        if password is not None:
+            passfile = Path(private) / "pgpass"
+            escaped = password.replace("\\", "\\\\").replace(":", "\\:")
+            passfile.write_text(f"*:*:*:*:{escaped}\n")
+            passfile.chmod(0o600)
+            params["passfile"] = str(passfile)
+        result = subprocess.run(
+            [
+                program,
+                "--format=custom",
+                "--file",
+                str(temporary),
+                "--dbname",
+                make_conninfo(**params),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=PG_DUMP_TIMEOUT,
+        )
+        if result.returncode != 0:
+            lines = result.stderr.strip().splitlines()
+            errors = [line for line in lines if "error:" in line] or lines[-1:]
+            reason = errors[0] if errors else f"exit status {result.returncode}"
+            raise ValueError(
+                f"pg_dump failed: {reason} (back up with the schema owner's URL, as for "
+                "init-db: the service's own role may not read the sequences)"
+            )
+        _place(temporary, target, overwrite)
+    return Made(
+        path=target,
+        size=target.stat().st_size,
+        seconds=time.perf_counter() - began,
+        method="pg_dump",
+    )
+
+
+def arguments(parser) -> None:
+    """`chargebox backup`'s own arguments (cli.py adds --db and --data-dir)."""
+    parser.add_argument("dest", type=Path, help="the new file (or an existing directory: a "
+                        "name stamped with the time is made in it)")  # fmt: skip
+    parser.add_argument("--force", action="store_true", help="replace DEST if it exists")
+    parser.add_argument("--vacuum", action="store_true",
+                        help="SQLite: VACUUM INTO (a compacted copy, slower) instead of the "
+                        "backup API")  # fmt: skip
+
+
+def main(config: Config, dest: Path, force: bool, vacuum: bool) -> int:
+    key_file = config.ledger_key_path
+    if not config.ledger_key and key_file.exists():
+        config = dataclasses.replace(config, ledger_key=key_file.read_text().strip())
+    made = backup(config, dest, overwrite=force, vacuum=vacuum)
+    print(f"chargebox: {made.summary()}", file=sys.stderr)
+    print(
+        f"chargebox: the ledger key ({config.ledger_key_path} or CHARGEBOX_LEDGER_KEY) is not "
+        "in the copy: keep a copy of it apart, secret; without it the copy cannot be checked "
+        "or served",
+        file=sys.stderr,
+    )
+    return 0

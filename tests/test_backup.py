@@ -1,0 +1,308 @@
+"""`chargebox backup DEST` under sale load, and a restore that serves and reconciles.
+
+A real server sells, hammered by threads of this process and by spawned
+processes (keyed sales, back to back), while `chargebox backup` runs again and
+again as an operator types it. Every backup must succeed; every copy must be one
+consistent moment (`chargebox audit` clean on it, each balance equal to its ledger
+re-added from a fresh connection) lying between the sales before and after it.
+Then a copy is restored as README says (stop, put it in place, serve) and sells on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from chargebox.backup import find_pg_dump
+from tests import pg_cluster
+from tests.support import (
+    ROOT,
+    Api,
+    cli_audit,
+    new_seller,
+    reconciled_balances,
+    rows_on_disk,
+    running_server,
+)
+
+pytestmark = pytest.mark.timeout(600)
+
+LOAD_SECONDS_MAX = 120  # the load stops long before; a bound in case the test hangs
+SELLERS = 3
+CREDIT = 50_000_000
+
+
+def chargebox(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m chargebox.cli ARGS`, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "chargebox.cli", *args],
+        cwd=ROOT,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("CHARGEBOX_")},
+            **(env or {}),
+        },  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def sell_until(url: str, keys: list[str], prefix: str, stop, answered) -> None:
+    """Keyed sales over `keys`, back to back, until `stop` is set; counts each 201."""
+    sessions = [Api(url, key) for key in keys]
+    deadline = time.monotonic() + LOAD_SECONDS_MAX
+    n = 0
+    try:
+        while not stop.is_set() and time.monotonic() < deadline:
+            answer = sessions[n % len(keys)].post(
+                "/api/sales",
+                {"phone": f"0912{n % 9973:07d}", "amount": 1_000 + n % 9},
+                headers={"Idempotency-Key": f"{prefix}-{n}"},
+            )
+            assert answer.status_code == 201, answer.text
+            with answered.get_lock():
+                answered.value += 1
+            n += 1
+    finally:
+        for session in sessions:
+            session.close()
+
+
+@dataclasses.dataclass
+class Load:
+    """Threads here and spawned processes selling until stopped."""
+
+    url: str
+    keys: list[str]
+    threads: int = 4
+    processes: int = 2
+
+    def __post_init__(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.stop = context.Event()
+        self.answered = context.Value("q", 0)
+        self.errors: list[BaseException] = []
+        self.workers: list = []
+
+    def _thread(self, prefix: str) -> None:
+        try:
+            sell_until(self.url, self.keys, prefix, self.stop, self.answered)
+        except BaseException as exc:  # surfaced by finish()
+            self.errors.append(exc)
+
+    def start(self) -> Load:
+        context = multiprocessing.get_context("spawn")
+        for n in range(self.processes):
+            args = (self.url, self.keys, f"p{n}", self.stop, self.answered)
+            self.workers.append(context.Process(target=sell_until, args=args))
+        for n in range(self.threads):
+            self.workers.append(threading.Thread(target=self._thread, args=(f"t{n}",)))
+        for worker in self.workers:
+            worker.start()
+        self.wait_for(50)
+        return self
+
+    def wait_for(self, more: int) -> None:
+        """Until `more` further sales were answered (or fail the test at a deadline)."""
+        target = self.answered.value + more
+        deadline = time.monotonic() + 60
+        while self.answered.value < target:
+            assert time.monotonic() < deadline, "the load stopped selling"
+            assert all(w.is_alive() for w in self.workers), f"a load worker died {self.errors}"
+            time.sleep(0.01)
+
+    def finish(self) -> int:
+        self.stop.set()
+        for worker in self.workers:
+            worker.join(60)
+        assert not self.errors, self.errors[0]
+        codes = [w.exitcode for w in self.workers if hasattr(w, "exitcode")]
+        assert codes == [0] * self.processes, f"a load process failed: {codes}"
+        return self.answered.value
+
+
+def sale_count(db) -> int:
+    return rows_on_disk(db, "SELECT COUNT(*) FROM sale")[0][0]
+
+
+def funded_sellers(server) -> list[str]:
+    admin = server.admin()
+    keys = [new_seller(admin, f"shop {n}", credit=CREDIT)[1] for n in range(SELLERS)]
+    admin.close()
+    return keys
+
+
+def key_env(db: Path) -> dict:
+    return {"CHARGEBOX_LEDGER_KEY": (db.parent / "ledger_key").read_text().strip()}
+
+
+@pytest.mark.sqlite_only
+def test_backups_under_threads_and_processes_selling_are_each_one_consistent_moment(tmp_path):
+    """Five backups while 4 threads and 2 processes sell without pause: each succeeds,
+    each copy audits clean with the ledger key and reconciles from a fresh connection,
+    holds at least the sales answered before it began and at most those answered by
+    its end, and is a single file (no -wal beside it). The live file audits clean."""
+    live = tmp_path / "live" / "chargebox.db"
+    live.parent.mkdir()
+    (tmp_path / "copies").mkdir()
+    with running_server(live, threads=32) as server:
+        load = Load(server.url, funded_sellers(server)).start()
+        try:
+            for n in range(5):
+                before = load.answered.value
+                copy = tmp_path / "copies" / f"copy-{n}.db"
+                made = chargebox("backup", "--db", str(live), str(copy))
+                after = load.answered.value
+                assert made.returncode == 0, made.stderr
+                assert "backed up to" in made.stderr and "ledger key" in made.stderr
+                sold = sale_count(copy)
+                assert before <= sold <= after + 6, (before, sold, after)  # 6 in flight at most
+                load.wait_for(30)  # sales between two backups
+        finally:
+            answered = load.finish()
+    assert sorted(p.name for p in (tmp_path / "copies").iterdir()) == [
+        f"copy-{n}.db" for n in range(5)
+    ]  # no partial file, no -wal, no -journal left beside the copies
+    counts = []
+    for n in range(5):
+        copy = tmp_path / "copies" / f"copy-{n}.db"
+        audited = chargebox("audit", "--db", str(copy), env=key_env(live))
+        assert audited.returncode == 0, audited.stderr
+        assert "books reconcile" in audited.stderr
+        balances = reconciled_balances(copy)
+        assert sum(balances.values()) == SELLERS * CREDIT - sum(
+            amount for (amount,) in rows_on_disk(copy, "SELECT amount FROM sale")
+        )
+        with sqlite3.connect(copy) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        counts.append(sale_count(copy))
+    assert counts == sorted(counts) and counts[0] < counts[-1]
+    assert sale_count(live) == answered
+    assert cli_audit(live).returncode == 0
+
+
+@pytest.mark.sqlite_only
+def test_a_restored_copy_serves_sells_and_reconciles(tmp_path):
+    """The README's restore: stop the server, put the copy in place of the file, start.
+    The sales made after the backup are gone (that is what a restore means); the copy's
+    balances are where it left them, it sells on, and the books reconcile."""
+    live = tmp_path / "chargebox.db"
+    copy = tmp_path / "backup.db"
+    with running_server(live) as server:
+        admin = server.admin()
+        seller, key = new_seller(admin, "shop", credit=1_000_000)
+        shop = server.seller(key)
+        for _ in range(20):
+            assert shop.post("/api/sales", {"phone": "09121234567", "amount": 10_000}).ok
+        made = chargebox("backup", "--db", str(live), str(copy))
+        assert made.returncode == 0, made.stderr
+        for _ in range(5):  # sold after the backup: not in the copy
+            assert shop.post("/api/sales", {"phone": "09121234567", "amount": 10_000}).ok
+        shop.close()
+        admin.close()
+    assert reconciled_balances(live)[seller["id"]] == 750_000
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for name in ("chargebox.db", "chargebox.db-wal", "chargebox.db-shm"):
+        if (tmp_path / name).exists():
+            shutil.move(tmp_path / name, aside / name)
+    shutil.copy2(copy, live)
+    with running_server(live) as server:
+        shop = server.seller(key)
+        assert shop.get("/api/me").json()["balance"] == 800_000
+        sold = shop.post("/api/sales", {"phone": "09121234567", "amount": 30_000})
+        assert sold.status_code == 201, sold.text
+        assert sold.json()["balance_after"] == 770_000
+        shop.close()
+    assert reconciled_balances(live)[seller["id"]] == 770_000
+    assert cli_audit(live).returncode == 0
+
+
+@pytest.mark.sqlite_only
+def test_a_backup_never_replaces_a_file_unless_forced_and_leaves_no_partial_copy(tmp_path):
+    live = tmp_path / "chargebox.db"
+    with running_server(live) as server:
+        new_seller(server.admin(), "shop", credit=1_000)
+    taken = tmp_path / "taken.db"
+    taken.write_bytes(b"an earlier backup")
+    refused = chargebox("backup", "--db", str(live), str(taken))
+    assert refused.returncode == 2
+    assert "exists" in refused.stderr and "--force" in refused.stderr
+    assert taken.read_bytes() == b"an earlier backup"
+    forced = chargebox("backup", "--db", str(live), str(taken), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert rows_on_disk(taken, "SELECT COUNT(*) FROM seller") == [(1,)]
+    itself = chargebox("backup", "--db", str(live), str(live), "--force")
+    assert itself.returncode == 2 and "the database itself" in itself.stderr
+    nowhere = chargebox("backup", "--db", str(live), str(tmp_path / "no" / "such" / "x.db"))
+    assert nowhere.returncode == 2 and "does not exist" in nowhere.stderr
+    missing = chargebox("backup", "--db", str(tmp_path / "none.db"), str(tmp_path / "x.db"))
+    assert missing.returncode == 2 and "no database there" in missing.stderr
+    (tmp_path / "daily").mkdir()
+    stamped = chargebox("backup", "--db", str(live), str(tmp_path / "daily"))
+    assert stamped.returncode == 0, stamped.stderr
+    (made,) = (tmp_path / "daily").iterdir()
+    assert made.name.startswith("chargebox-") and made.name.endswith("Z.db")
+    vacuumed = chargebox("backup", "--db", str(live), str(tmp_path / "v.db"), "--vacuum")
+    assert vacuumed.returncode == 0 and "vacuum-into" in vacuumed.stderr
+    assert cli_audit(tmp_path / "v.db").returncode == 0
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    assert not leftovers
+
+
+def test_a_postgresql_backup_is_a_pg_dump_that_restores_serves_and_audits_clean(
+    postgresql_cluster, tmp_path
+):
+    """`chargebox backup` on a postgresql:// URL runs pg_dump (custom format) as the
+    schema's owner (the service's role is refused by PostgreSQL, said in one line), its
+    password never on a command line. README's restore
+    (pg_restore into a new database as its owner, without the old grants, then
+    init-db --grant-to) gives a database that audits clean, serves and sells on."""
+    if find_pg_dump() is None:
+        pytest.fail("pg_dump is not installed (apt-get install postgresql-client)")
+    data = tmp_path / "data"
+    made = pg_cluster.initialised(postgresql_cluster, "dumped", data)
+    dump = tmp_path / "chargebox.dump"
+    with running_server(made.app_url, data_dir=data) as server:
+        seller, key = new_seller(server.admin(), "shop", credit=100_000)
+        shop = server.seller(key)
+        for _ in range(7):
+            assert shop.post("/api/sales", {"phone": "09121234567", "amount": 1_000}).ok
+        as_app = chargebox("backup", "--db", made.app_url, "--data-dir", str(data), str(dump))
+        assert as_app.returncode == 2 and "owner" in as_app.stderr, as_app.stderr
+        assert not dump.exists() and list(tmp_path.glob(".*partial")) == []
+        dumped = chargebox("backup", "--db", made.owner_url, "--data-dir", str(data), str(dump))
+        assert dumped.returncode == 0, dumped.stderr
+        assert "pg_dump" in dumped.stderr and "-secret" not in dumped.stderr
+        assert shop.post("/api/sales", {"phone": "09121234567", "amount": 1_000}).ok
+        shop.close()
+    restored = pg_cluster.new_database(postgresql_cluster, "restored")
+    pg_restore = str(Path(find_pg_dump()).with_name("pg_restore"))
+    result = subprocess.run(
+        [pg_restore, "--no-owner", "--no-acl", "--exit-on-error", "--dbname",
+         restored.owner_url, str(dump)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    granted = chargebox("init-db", "--db", restored.owner_url, "--grant-to",
+                        restored.app_role, "--data-dir", str(data))  # fmt: skip
+    assert granted.returncode == 0, granted.stderr
+    audited = chargebox("audit", "--db", restored.app_url, "--data-dir", str(data))
+    assert audited.returncode == 0, audited.stderr
+    assert rows_on_disk(restored.app_url, "SELECT balance FROM seller") == [(93_000,)]
+    with running_server(restored.app_url, data_dir=data) as server:
+        shop = server.seller(key)
+        sold = shop.post("/api/sales", {"phone": "09121234567", "amount": 3_000})
+        assert sold.status_code == 201 and sold.json()["balance_after"] == 90_000, sold.text
+        shop.close()
+    assert chargebox("audit", "--db", restored.app_url, "--data-dir", str(data)).returncode == 0
