@@ -7,15 +7,17 @@ up to it are trusted as that audit verified them, and only what came after is re
 each seller's later entries (seals, I1-I3, links), later sales, the credit requests
 and phones they touch, later seals. The report says which it did (`scope`). A clean
 audit that verified at least CHECKPOINT_AFTER entries records a checkpoint. Without
-one, the quick audit is the full one.
+one, the quick audit is the full one. Both compare the heads with their anchors outside
+the file (anchors.py), and a clean audit anchors the heads it saw.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
-from chargebox import checkpoints, seals
+from chargebox import anchors, checkpoints, seals
 from chargebox.audit_checks import (
     ALL_AFTER,
     CHUNK,
@@ -57,12 +59,17 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
         found = _full(db, keyed, progress) if trusted is None else since(db, trusted)
         problems += found.problems
         problems += _missing_triggers(db, usable)
+        if keyed:  # an older genuine copy, put back: only anchors outside the file tell
+            problems += anchors.problems(db, database.config, key)
+            seen_heads = anchors.heads(db)
     problems.sort(key=lambda p: (p["seller_id"] or 0, p["entry_id"] or 0))
     saved = None
     if usable and not problems and found.walked >= checkpoint_after:
         full_at = at if trusted is None else trusted.full_at
         seen = (found.entry_id, found.totals["ledger_entries"], found.request_id, full_at, at)
         saved = _save(database, seen, found.states, trusted.states if trusted else {})
+    if keyed and not problems:
+        _anchor(database, seen_heads)
     bad_sellers = {p["seller_id"] for p in problems}
     return {
         "consistent": not problems,
@@ -153,6 +160,14 @@ def _save(database: Database, seen: tuple, states: dict, before: dict) -> int | 
         return database.write(lambda write: checkpoints.save(write, key, seen, states, before))
     except ChargeboxError:
         return None
+
+
+def _anchor(database: Database, seen_heads: list) -> None:
+    """Anchor the heads a clean audit saw; a file that cannot be written now (read-only,
+    full) only leaves the window to the server's own anchoring."""
+    if seen_heads:
+        with contextlib.suppress(OSError):
+            anchors.record(database.config, database.ledger_key, seen_heads, "audit")
 
 
 def _scope(trusted: Trusted | None, walked: int, saved: int | None, at: str,

@@ -8,6 +8,7 @@ beside DEST, checked (`quick_check`, its sealed heads against the ledger key),
 fsynced, and only then given DEST's name: DEST is never half a copy, and an existing
 DEST is refused unless `--force`. PostgreSQL: pg_dump's custom format, one snapshot.
 Not in the copy, by design: the ledger key and the admin token (back them up apart).
+The copy's sealed heads are anchored for the live database (anchors.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from chargebox import seals
+from chargebox import anchors, seals
 from chargebox.clock import now
 from chargebox.config import Config
 from chargebox.location import check_database_path
@@ -293,6 +294,8 @@ def main(config: Config, dest: Path, force: bool, vacuum: bool) -> int:
         config = dataclasses.replace(config, ledger_key=key_file.read_text().strip())
     made = backup(config, dest, overwrite=force, vacuum=vacuum)
     print(f"chargebox: {made.summary()}", file=sys.stderr)
+    if made.heads and config.ledger_key:  # the copy's heads: the live file never goes back
+        anchors.record(config, config.ledger_key.encode("utf-8"), list(made.heads), "backup")
     print(
         f"chargebox: the ledger key ({config.ledger_key_path} or CHARGEBOX_LEDGER_KEY) is not "
         "in the copy: keep a copy of it apart, secret; without it the copy cannot be checked "

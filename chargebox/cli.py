@@ -17,14 +17,13 @@ import logging
 import os
 import sqlite3
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import peewee
 from filelock import FileLock
 
-from chargebox import __version__, auth, backup, migrations, postgresql, schema, seals
+from chargebox import __version__, anchors, auth, migrations, operations, postgresql, schema, seals
 from chargebox.config import (
     LEDGER_KEY_FILE,
     MIN_SECRET_LENGTH,
@@ -117,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         help="verify every row, not only those after the newest audit checkpoint (progress "
         "on stderr; sales go on meanwhile)",
     )
-    backup.arguments(command("backup", "copy the database, consistent, while it serves"))
+    operations.add_commands(command)  # backup, anchors
     return parser
 
 
@@ -154,9 +153,11 @@ def prepare(config: Config) -> Config:
         if config.db_url:
             database.ensure_schema()
             key = _ledger_key(config, database)
+            anchors.refuse_rollback(config, database, key)  # an older copy put back
         else:
             with startup_lock(config):  # one start-up at a time: the key check sees a settled file
                 key = _ledger_key(config, database)
+                anchors.refuse_rollback(config, database, key)  # an older copy put back
                 database.ensure_schema(ALL_MODELS)
     finally:
         database.close()
@@ -321,28 +322,13 @@ def _audit(config: Config, as_json: bool, full: bool) -> int:
     key = config.ledger_key or (path.read_text().strip() if path.exists() else None)
     service = Chargebox(dataclasses.replace(config, ledger_key=key))
     try:
-        report = service.audit(full=full, progress=_Progress())
+        report = service.audit(full=full, progress=operations.Progress())
     finally:
         service.close()
     print(f"audit: {report['scope']['summary']}", file=sys.stderr)
     if as_json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     return _report(report)
-
-
-class _Progress:
-    """An audit's progress on stderr, at most once a second, once it has run a second."""
-
-    def __init__(self) -> None:
-        self.began = self.said = time.monotonic()
-
-    def __call__(self, what: str, done: int, of: int) -> None:
-        moment = time.monotonic()
-        if moment - self.said >= 1:
-            self.said = moment
-            share = f" ({100 * done // of}%)" if of else ""
-            print(f"audit: {what} {done:,} of {of:,}{share}, {moment - self.began:.0f} s",
-                  file=sys.stderr, flush=True)  # fmt: skip
 
 
 def _report(report: dict) -> int:
@@ -381,8 +367,8 @@ def main(argv: list[str] | None = None) -> int:
             return _copy(config, args.source, args.target)
         if args.command == "serve":
             return _serve(config)
-        if args.command == "backup":
-            return backup.main(config, args.dest, args.force, args.vacuum)
+        if args.command in operations.COMMANDS:
+            return operations.run(config, args)
         if args.command == "create-seller":
             return _create_seller(config, args.name)
         return _audit(config, args.json, args.full)

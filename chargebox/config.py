@@ -51,6 +51,10 @@ MAX_PORT = 65535
 POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
 DEFAULT_DATA_DIR = Path("data")
 DEFAULT_ACCESS_LOG = "-"
+# The server anchors the sellers' sealed heads outside the database this often (anchors.py):
+# a rollback that loses only the sales of the last interval goes unnoticed.
+DEFAULT_ANCHOR_SECONDS = 10
+ANCHORS_FILE = "anchors"  # in --data-dir for PostgreSQL; <db>.anchors beside an SQLite file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +84,8 @@ class Config:
     # The access log (access_log.py): "-" is stderr, "off" none, anything else a file
     # that every server process appends whole lines to.
     access_log: str = DEFAULT_ACCESS_LOG
+    anchor_seconds: int = DEFAULT_ANCHOR_SECONDS  # between two anchorings of the heads
+    anchors_file: Path | None = None  # CHARGEBOX_ANCHORS: elsewhere than beside the key
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= MAX_PORT:
@@ -101,6 +107,8 @@ class Config:
                 raise ValueError(f"{name} (CHARGEBOX_{name.upper()}) must be 1 to 3600 seconds")
         if not self.access_log:
             raise ValueError("access_log (--access-log) must be a file, '-' (stderr) or 'off'")
+        if not 1 <= self.anchor_seconds <= 3600:
+            raise ValueError("anchor_seconds (CHARGEBOX_ANCHOR_SECONDS) must be 1 to 3600")
         if not 1 <= self.max_pending_requests <= MAX_PENDING_REQUESTS_LIMIT:
             raise ValueError(
                 "max_pending_requests (CHARGEBOX_MAX_PENDING_REQUESTS) must be between 1 and "
@@ -122,6 +130,15 @@ class Config:
         """Where a generated ledger key is kept: never inside the database."""
         return self.secrets_dir / LEDGER_KEY_FILE
 
+    @property
+    def anchors_path(self) -> Path:
+        """The anchors of the sealed heads (anchors.py): beside the key, or CHARGEBOX_ANCHORS."""
+        if self.anchors_file is not None:
+            return self.anchors_file
+        if self.db_url:
+            return self.data_dir / ANCHORS_FILE
+        return self.db_path.with_name(f"{self.db_path.name}.{ANCHORS_FILE}")
+
     def with_secrets(self, admin_token: str, ledger_key: str) -> Config:
         return dataclasses.replace(self, admin_token=admin_token, ledger_key=ledger_key)
 
@@ -138,6 +155,8 @@ def env_defaults(environ: Mapping[str, str] = os.environ) -> dict:
         values["admin_token"] = checked_admin_token(token, "CHARGEBOX_ADMIN_TOKEN")
     if environ.get("CHARGEBOX_LEDGER_KEY"):
         values["ledger_key"] = environ["CHARGEBOX_LEDGER_KEY"]
+    if environ.get("CHARGEBOX_ANCHORS"):
+        values["anchors_file"] = Path(environ["CHARGEBOX_ANCHORS"])
     numeric = {
         "CHARGEBOX_THREADS": "threads",
         "CHARGEBOX_PROCESSES": "processes",
@@ -148,6 +167,7 @@ def env_defaults(environ: Mapping[str, str] = os.environ) -> dict:
         "CHARGEBOX_REQUEST_TIMEOUT": "request_timeout",
         "CHARGEBOX_IDLE_TIMEOUT": "idle_timeout",
         "CHARGEBOX_MAX_PENDING_REQUESTS": "max_pending_requests",
+        "CHARGEBOX_ANCHOR_SECONDS": "anchor_seconds",
     }
     for name, field in numeric.items():
         if environ.get(name):

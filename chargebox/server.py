@@ -25,6 +25,7 @@ from chargebox import metrics
 from chargebox.access_log import AccessLog, LogFile
 from chargebox.config import Config
 from chargebox.connections import build_server, listen
+from chargebox.keeper import anchoring
 from chargebox.postgresql import described
 from chargebox.web import create_app
 
@@ -79,7 +80,8 @@ def serve(
     metrics.start()
     server = build_server(application(config, log), config, listener, log)
     announce(_announcement(config, server.effective_host, server.effective_port))
-    return _serve_one(server, announce)
+    with anchoring(config):
+        return _serve_one(server, announce)
 
 
 def application(config: Config, log: LogFile) -> AccessLog:
@@ -147,7 +149,8 @@ class _Supervisor:
             try:
                 app = application(self.config, self.log)
                 server = build_server(app, self.config, self.listener, self.log)
-                code = _serve_one(server, lambda line: None, os.getppid())
+                with anchoring(self.config):
+                    code = _serve_one(server, lambda line: None, os.getppid())
             except Exception as exc:  # said in one line (no trace), then replaced
                 frames = traceback.extract_tb(exc.__traceback__)
                 where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"

@@ -42,7 +42,9 @@ SELLERS = 3
 CREDIT = 50_000_000
 
 
-def chargebox(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def chargebox(
+    *args: str, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """`python -m chargebox.cli ARGS`, as an operator runs it."""
     return subprocess.run(
         [sys.executable, "-m", "chargebox.cli", *args],
@@ -53,7 +55,7 @@ def chargebox(*args: str, env: dict | None = None) -> subprocess.CompletedProces
         },  # fmt: skip
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,  # a `serve` expected to refuse that serves instead fails here
     )
 
 
@@ -193,9 +195,10 @@ def test_backups_under_threads_and_processes_selling_are_each_one_consistent_mom
 
 @pytest.mark.sqlite_only
 def test_a_restored_copy_serves_sells_and_reconciles(tmp_path):
-    """The README's restore: stop the server, put the copy in place of the file, start.
-    The sales made after the backup are gone (that is what a restore means); the copy's
-    balances are where it left them, it sells on, and the books reconcile."""
+    """The README's restore: stop the server, put the copy in place of the file (start-up
+    refuses it: it is older than its anchors), accept the restore, start. The sales made
+    after the backup are gone (that is what a restore means); the copy's balances are
+    where it left them, it sells on, and the books reconcile."""
     live = tmp_path / "chargebox.db"
     copy = tmp_path / "backup.db"
     with running_server(live) as server:
@@ -217,6 +220,10 @@ def test_a_restored_copy_serves_sells_and_reconciles(tmp_path):
         if (tmp_path / name).exists():
             shutil.move(tmp_path / name, aside / name)
     shutil.copy2(copy, live)
+    refused = chargebox("serve", "--db", str(live), "--port", "0", env=key_env(live), timeout=30)
+    assert refused.returncode == 2 and "older than its anchors" in refused.stderr
+    accepted = chargebox("anchors", "accept-restore", "--db", str(live), env=key_env(live))
+    assert accepted.returncode == 0, accepted.stderr
     with running_server(live) as server:
         shop = server.seller(key)
         assert shop.get("/api/me").json()["balance"] == 800_000

@@ -1,0 +1,269 @@
+"""Rollback detection: each seller's sealed head, anchored in a file outside the database.
+
+The seals catch an edited ledger, not an *older genuine copy* put back in its place.
+So the heads are also written to an anchors file (`<db>.anchors` beside an SQLite file
+and its ledger key; `<data-dir>/anchors` for PostgreSQL; or CHARGEBOX_ANCHORS): JSON
+lines, appended and fsynced under an flock, each sealed with the ledger key. A
+database whose head is behind an anchored one, or whose ledger lacks the anchored
+entry with that seal, was rolled back: the audit reports it and start-up refuses,
+until `chargebox anchors accept-restore` appends a `restore` line (older lines then
+no longer count). Written by the server every CHARGEBOX_ANCHOR_SECONDS (one thread
+of one process; never on a sale's path), at each backup, clean audit and clean stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import threading
+from pathlib import Path
+from typing import NamedTuple
+
+from chargebox.clock import now
+from chargebox.config import Config
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: appends are single writes then
+    fcntl = None
+
+HEADS = "SELECT seller_id, entry_id, entries, entry_mac FROM seller_head ORDER BY seller_id"
+_SEALS = "SELECT entry_id, mac FROM ledger_seal WHERE entry_id IN ({})"
+COMPACT_AT = 8 * 1024 * 1024  # bytes; then only the newest anchor of each seller is kept
+_CHUNK = 500  # entry ids per IN (...) query
+_KEPT: dict[str, int] = {}  # WAL path -> a descriptor this process never closes (durable())
+_KEPT_LOCK = threading.Lock()
+
+
+class Head(NamedTuple):
+    """A seller's sealed head: its newest entry, how many it has, that entry's seal."""
+
+    seller_id: int
+    entry_id: int
+    entries: int
+    entry_mac: str
+
+
+class Anchored(NamedTuple):
+    head: Head
+    at: str
+    by: str
+
+
+def _mac(key: bytes, kind: str, at: str, by: str, heads: list) -> str:
+    message = json.dumps(["anchor", kind, at, by, heads], separators=(",", ":"))
+    return hmac.new(key, message.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def line(key: bytes, heads: list[Head], by: str, kind: str = "heads", at: str | None = None) -> str:
+    """One sealed record: `heads` (kind `heads`), or a deliberate restore (`restore`)."""
+    at = at or now()
+    listed = [list(head) for head in heads]
+    record = {"kind": kind, "at": at, "by": by, "heads": listed}
+    record["mac"] = _mac(key, kind, at, by, listed)
+    return json.dumps(record, separators=(",", ":")) + "\n"
+
+
+def read(path: Path, key: bytes) -> tuple[dict[int, Anchored], list[str]]:
+    """The newest anchor of each seller since the last accepted restore, and a complaint
+    for each line whose seal does not verify (ignored: written without the key). A line
+    that is not JSON (a write cut by a crash) is skipped silently, like a missing one."""
+    anchored: dict[int, Anchored] = {}
+    forged: list[str] = []
+    try:
+        text = path.read_text("utf-8", errors="replace")
+    except FileNotFoundError:
+        return anchored, forged
+    for number, raw in enumerate(text.splitlines(), 1):
+        try:
+            record = json.loads(raw)
+            kind, at, by, heads = (record[k] for k in ("kind", "at", "by", "heads"))
+            expected = _mac(key, kind, at, by, heads)
+            parsed = [Head(*map(int, h[:3]), str(h[3])) for h in heads]
+        except (ValueError, KeyError, TypeError, IndexError):
+            continue
+        if not hmac.compare_digest(str(record.get("mac", "")), expected):
+            forged.append(f"line {number} of {path} does not match its seal: written without "
+                          "the ledger key; ignored")  # fmt: skip
+            continue
+        if kind == "restore":
+            anchored = {}
+        for head in parsed:
+            known = anchored.get(head.seller_id)
+            if known is None or head.entries >= known.head.entries:
+                anchored[head.seller_id] = Anchored(head, at, by)
+    return anchored, forged
+
+
+def heads(db) -> list[Head]:
+    """Every seller's sealed head now (`db`: a Database, a snapshot or a Write)."""
+    return [Head(*row) for row in db.rows(HEADS)]
+
+
+def rollbacks(db, anchored: dict[int, Anchored]) -> list[dict]:
+    """An audit problem for each anchored head the database is behind or does not hold."""
+    if not anchored:
+        return []
+    now_heads = {head.seller_id: head for head in heads(db)}
+    ids = [a.head.entry_id for a in anchored.values()]
+    seals: dict[int, str] = {}
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        seals.update(db.rows(_SEALS.format(", ".join("?" * len(chunk))), tuple(chunk)))
+    found = []
+    for seller_id, (head, at, by) in sorted(anchored.items()):
+        has = now_heads.get(seller_id)
+        if has is None or has.entries < head.entries:
+            what = (
+                "no ledger" if has is None else f"{has.entries:,} entries (newest {has.entry_id})"
+            )
+            message = (f"rolled back: the database holds {what}, but {head.entries:,} entries "
+                       f"(newest {head.entry_id}) were anchored at {at} by {by}")  # fmt: skip
+        elif not hmac.compare_digest(seals.get(head.entry_id, ""), head.entry_mac):
+            message = (f"another history: entry {head.entry_id}, anchored at {at} by {by} as "
+                       "this seller's, is missing or sealed differently (rolled back and "
+                       "written again?)")  # fmt: skip
+        else:
+            continue
+        found.append(_problem(seller_id, head.entry_id, message))
+    return found
+
+
+def problems(db, config: Config, key: bytes | None) -> list[dict]:
+    """The audit's anchor problems: a rollback, or a forged anchor line."""
+    if key is None:
+        return []
+    try:
+        anchored, forged = read(config.anchors_path, key)
+    except OSError as exc:
+        return [_problem(None, None, f"cannot read the anchors {config.anchors_path}: {exc}")]
+    return [_problem(None, None, message) for message in forged] + rollbacks(db, anchored)
+
+
+def _problem(seller_id: int | None, entry_id: int | None, message: str) -> dict:
+    return {"invariant": "anchor", "seller_id": seller_id, "entry_id": entry_id,
+            "message": message}  # fmt: skip
+
+
+def durable(config: Config) -> None:
+    """Make what SQLite committed survive a power cut before it is anchored: with
+    synchronous=NORMAL the WAL is synced only at checkpoints (PostgreSQL: at commit).
+
+    The WAL is fsynced through a descriptor kept open for the life of the process:
+    closing any descriptor of a file drops every POSIX lock this process holds on it,
+    SQLite's included, and another process could then checkpoint and delete the WAL
+    under our connections (SQLite's "database disk image is malformed").
+    """
+    if config.db_url:
+        return
+    path = f"{config.db_path.absolute()}-wal"
+    with _KEPT_LOCK:
+        try:
+            inode = os.stat(path).st_ino
+        except FileNotFoundError:
+            return  # no WAL: everything committed is in the file, which checkpoints synced
+        fd = _KEPT.get(path)
+        if fd is None or os.fstat(fd).st_ino != inode:
+            fd = _KEPT[path] = os.open(path, os.O_RDONLY)  # never closed, on purpose
+        os.fsync(fd)
+
+
+def record(config: Config, key: bytes, anchored_heads: list[Head], by: str,
+           kind: str = "heads") -> None:  # fmt: skip
+    """Append one sealed line (after making the anchored state durable)."""
+    durable(config)
+    append(config.anchors_path, key, line(key, anchored_heads, by, kind))
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """The anchors file's append lock (its own small file), for one append."""
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def append(path: Path, key: bytes, text: str) -> None:
+    """Append `text` (whole lines) and fsync; compact a file grown past COMPACT_AT."""
+    with _locked(path):
+        created = not path.exists()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            if size and not _ends_with_newline(path):
+                text = "\n" + text  # a line cut by a crash stays apart, skipped when read
+            os.write(fd, text.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            _sync_directory(path.parent)
+        if size > COMPACT_AT:
+            compact(path, key)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
+
+
+def compact(path: Path, key: bytes) -> None:
+    """Rewrite the file as its newest anchor of each seller (sealed again), through a
+    temporary file and a rename: what the check reads is unchanged; forged lines go."""
+    if not path.exists():
+        return
+    anchored, _forged = read(path, key)
+    by_time: dict[tuple[str, str], list[Head]] = {}
+    for anchored_head in anchored.values():
+        by_time.setdefault((anchored_head.at, anchored_head.by), []).append(anchored_head.head)
+    lines = [line(key, hs, by, at=at) for (at, by), hs in sorted(by_time.items())]
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.compacting")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, "".join(lines).encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def refuse_rollback(config: Config, db, key: str) -> None:
+    """Start-up: ValueError if the database is older than its anchors."""
+    try:
+        anchored, _forged = read(config.anchors_path, key.encode("utf-8"))
+    except OSError as exc:
+        raise ValueError(f"cannot read the anchors {config.anchors_path}: {exc}") from None
+    if not anchored:
+        return
+    if "seller_head" in db.table_names():
+        found = rollbacks(db, anchored)
+    else:  # a new, empty file where a database was
+        found = [_problem(None, None, "the database holds no ledger at all")]
+    if not found:
+        return
+    first = found[0]
+    where = "(the PostgreSQL database)" if config.db_url else str(config.db_path)
+    seller = f"seller {first['seller_id']}: " if first["seller_id"] else ""
+    raise ValueError(
+        f"--db {where} is older than its anchors in {config.anchors_path}: "
+        f"{len(found)} problem(s), {seller}{first['message']}. If you restored it on "
+        "purpose, run `chargebox anchors accept-restore` with the same --db; if not, find "
+        "out who replaced it before serving it"
+    )

@@ -1,0 +1,119 @@
+"""The server's anchoring thread: every CHARGEBOX_ANCHOR_SECONDS, the sealed heads that moved.
+
+One thread per server process, and of the processes sharing an anchors file only the
+one holding its writer flock (`<anchors>.writer`) writes; another takes over if that
+one dies. It reads the heads in a read snapshot of its own connection (never the
+write lock, never a sale's thread), makes them durable, appends one line for the
+sellers whose head moved, and does a last round at a clean stop. A failure is
+logged (once per kind) and retried next round: anchoring never stops a sale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import threading
+
+from chargebox import anchors
+from chargebox.config import Config
+from chargebox.db import open_database
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: every process writes
+    fcntl = None
+
+log = logging.getLogger("chargebox.anchors")
+STOP_TIMEOUT = 5.0
+
+
+@contextlib.contextmanager
+def anchoring(config: Config):
+    """A Keeper for the duration of a block (a server process's serving)."""
+    keeper = Keeper(config).start()
+    try:
+        yield keeper
+    finally:
+        keeper.stop()
+
+
+class Keeper:
+    """`Keeper(config).start()` in a server process; `stop()` when it stops serving."""
+
+    def __init__(self, config: Config) -> None:
+        # Reads only: no group writer for this connection.
+        self.config = dataclasses.replace(config, group_commit=False)
+        self.key = config.ledger_key.encode("utf-8") if config.ledger_key else None
+        self.rounds = 0  # rounds that wrote a line, for the tests
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chargebox-anchors", daemon=True)
+        self._writer_fd: int | None = None
+        self._anchored: dict[int, int] | None = None  # seller -> entries last anchored
+        self._said: set[str] = set()
+
+    def start(self) -> Keeper:
+        if self.key is not None:
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """A last round (what was sold until now is anchored), then the thread ends."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(STOP_TIMEOUT)
+
+    def _run(self) -> None:
+        database = None
+        try:
+            stopping = False
+            while not stopping:
+                stopping = self._stop.wait(self.config.anchor_seconds)
+                try:
+                    if self._leading():
+                        database = database or open_database(self.config)
+                        self._round(database)
+                except Exception as exc:  # noqa: BLE001 - logged; the next round retries
+                    self._say(f"anchoring failed: {type(exc).__name__}: {exc}")
+        finally:
+            if database is not None:
+                with contextlib.suppress(Exception):
+                    database.close()
+            if self._writer_fd is not None:
+                os.close(self._writer_fd)
+
+    def _leading(self) -> bool:
+        """Whether this process writes the anchors (holds the writer flock, kept open)."""
+        if self._writer_fd is not None or fcntl is None:
+            return True
+        fd = os.open(f"{self.config.anchors_path}.writer", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._writer_fd = fd
+        return True
+
+    def _round(self, database) -> None:
+        if self._anchored is None:  # what the file holds already: not written again
+            held, _forged = anchors.read(self.config.anchors_path, self.key)
+            self._anchored = {seller: a.head.entries for seller, a in held.items()}
+        with database.snapshot() as db:
+            now_heads = anchors.heads(db)
+        moved = [h for h in now_heads if h.entries > self._anchored.get(h.seller_id, 0)]
+        behind = [h for h in now_heads if h.entries < self._anchored.get(h.seller_id, 0)]
+        if behind:
+            self._say(f"{len(behind)} seller(s) behind their anchors, seller {behind[0].seller_id} "
+                      "first: the database was replaced under a running server? run "
+                      "`chargebox audit`")  # fmt: skip
+        if moved:
+            anchors.record(self.config, self.key, moved, "server")
+            self._anchored.update((h.seller_id, h.entries) for h in moved)
+            self.rounds += 1
+
+    def _say(self, message: str) -> None:
+        if message not in self._said:
+            self._said.add(message)
+            log.warning("%s", message)

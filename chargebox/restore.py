@@ -1,0 +1,85 @@
+"""`chargebox anchors check | accept-restore`: the operator's side of rollback detection.
+
+`check` compares the database with its anchors (anchors.py) and names each seller it
+is behind (exit 1). `accept-restore`, after a deliberate restore (a backup put back,
+PostgreSQL recovered to an earlier time), records that this database is the truth
+from now on: it must audit clean but for its anchors; then a `restore` line with its
+heads is appended, the file is compacted (older and forged lines go) and start-up
+serves it again. It says which sellers' later sales the restore gave up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from chargebox import anchors
+from chargebox.config import Config
+from chargebox.services import Chargebox
+
+
+def arguments(parser) -> None:
+    parser.add_argument("action", choices=("check", "accept-restore"),
+                        help="check: compare the database with its anchors; accept-restore: "
+                        "after a deliberate restore, anchor this database afresh")  # fmt: skip
+
+
+def main(config: Config, action: str) -> int:
+    key_file = config.ledger_key_path
+    key = config.ledger_key or (key_file.read_text().strip() if key_file.exists() else None)
+    if key is None:
+        raise ValueError(f"no ledger key ({key_file} or CHARGEBOX_LEDGER_KEY): anchors are "
+                         "sealed with it")  # fmt: skip
+    config = dataclasses.replace(config, ledger_key=key)
+    service = Chargebox(config)
+    try:
+        if action == "check":
+            return _check(service, config)
+        return _accept(service, config)
+    finally:
+        service.close()
+
+
+def _found(service: Chargebox, config: Config) -> list[dict]:
+    database = service.database
+    with database.snapshot() as db:
+        return anchors.problems(db, config, database.ledger_key)
+
+
+def _check(service: Chargebox, config: Config) -> int:
+    found = _found(service, config)
+    for problem in found:
+        print(f"  seller {problem['seller_id']}: {problem['message']}", file=sys.stderr)
+    if found:
+        print(f"anchors: {len(found)} problem(s) against {config.anchors_path}", file=sys.stderr)
+        return 1
+    print(f"anchors: the database holds every head anchored in {config.anchors_path}",
+          file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def _accept(service: Chargebox, config: Config) -> int:
+    report = service.audit()
+    others = [p for p in report["problems"] if p["invariant"] != "anchor"]
+    if others:
+        first = others[0]
+        raise ValueError(
+            f"the database does not audit clean ({len(others)} problem(s) besides its anchors, "
+            f"first: {first['invariant']} seller {first['seller_id']}: {first['message']}); "
+            "run `chargebox audit` and restore a sound copy before accepting it"
+        )
+    behind = [p for p in report["problems"] if p["seller_id"] is not None]
+    database = service.database
+    with database.snapshot() as db:
+        now_heads = anchors.heads(db)
+    anchors.record(config, database.ledger_key, now_heads, "accept-restore", kind="restore")
+    anchors.compact(config.anchors_path, database.ledger_key)
+    for problem in behind:
+        print(f"  seller {problem['seller_id']}: {problem['message']}", file=sys.stderr)
+    print(
+        f"anchors: restore accepted; {len(now_heads)} seller heads anchored afresh in "
+        f"{config.anchors_path}; {len(behind)} seller(s) were behind their anchors: the sales "
+        "they made after this copy are not in it",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,225 @@
+"""Rollback detection: an older genuine copy of the database, put back, is noticed.
+
+The sealed heads are anchored outside the file (`<db>.anchors`) by the running
+server, by backups and by clean audits. Each test makes the copy an operator could
+have (a file copied while the server was stopped, or a backup), sells on, puts the
+copy back, and expects `chargebox audit` and start-up to say so, until the restore is
+accepted. Anchoring runs beside the sales and must never hold one up or fail one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from chargebox import anchors
+from tests.support import new_seller, reconciled_balances, running_server
+from tests.test_backup import chargebox, key_env
+
+pytestmark = pytest.mark.timeout(300)
+FAST = {"CHARGEBOX_ANCHOR_SECONDS": "1"}
+SALE = {"phone": "09121234567", "amount": 1_000}
+
+
+def anchored_entries(db: Path, seller_id: int) -> int:
+    """What the anchors file holds for a seller (0 if nothing yet), read as the check does."""
+    key = (db.parent / "ledger_key").read_text().strip().encode()
+    held, _ = anchors.read(db.with_name(db.name + ".anchors"), key)
+    return held[seller_id].head.entries if seller_id in held else 0
+
+
+def wait_until(condition, what: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.05)
+
+
+def put_back(copy: Path, live: Path) -> None:
+    """The operator's mistake (or an intruder's move): an older file where the live one was."""
+    for end in ("", "-wal", "-shm"):
+        Path(f"{live}{end}").unlink(missing_ok=True)
+    shutil.copy2(copy, live)
+
+
+def serve_refused(live: Path) -> str:
+    """`chargebox serve` on the file: it must refuse at once (and not start serving)."""
+    result = chargebox("serve", "--db", str(live), "--port", "0", env=key_env(live), timeout=30)
+    assert result.returncode == 2, result.stdout + result.stderr
+    return result.stderr
+
+
+@pytest.mark.sqlite_only
+def test_an_older_copy_put_back_is_found_by_the_audit_and_refused_at_start_up(tmp_path):
+    """The copy is the file itself, copied while the server was stopped; the server then
+    sells on and is killed with SIGKILL (no last anchoring at stop): its periodic
+    anchoring alone (every second here) has put the later heads outside the file."""
+    live, copy = tmp_path / "chargebox.db", tmp_path / "old.db"
+    with running_server(live, env=FAST) as server:
+        seller, key = new_seller(server.admin(), "shop", credit=100_000)
+        shop = server.seller(key)
+        assert shop.post("/api/sales", SALE).status_code == 201
+    shutil.copy2(live, copy)  # a clean stop checkpointed the WAL: the file is all of it
+    server = running_server(live, env=FAST)
+    with server as process:
+        shop = process.seller(key)
+        for _ in range(3):
+            assert shop.post("/api/sales", SALE).status_code == 201
+        wait_until(lambda: anchored_entries(live, seller["id"]) == 5, "the new head anchored")
+        process.stop(signal.SIGKILL)
+        process.proc = None  # already stopped: running_server's own stop has nothing to do
+    put_back(copy, live)
+    audited = chargebox("audit", "--db", str(live), env=key_env(live))
+    assert audited.returncode == 1
+    assert f"anchor: seller {seller['id']}" in audited.stderr and "rolled back" in audited.stderr
+    refusal = serve_refused(live)
+    assert "older than its anchors" in refusal and "accept-restore" in refusal
+    checked = chargebox("anchors", "check", "--db", str(live), env=key_env(live))
+    assert checked.returncode == 1 and "rolled back" in checked.stderr
+    accepted = chargebox("anchors", "accept-restore", "--db", str(live), env=key_env(live))
+    assert accepted.returncode == 0, accepted.stderr
+    assert "1 seller(s) were behind" in accepted.stderr
+    assert chargebox("audit", "--db", str(live), env=key_env(live)).returncode == 0
+    with running_server(live) as server:
+        shop = server.seller(key)
+        sold = shop.post("/api/sales", SALE)
+        assert sold.status_code == 201 and sold.json()["balance_after"] == 98_000, sold.text
+    assert reconciled_balances(live) == {seller["id"]: 98_000}
+
+
+@pytest.mark.sqlite_only
+def test_a_copy_that_was_written_on_after_the_anchors_is_another_history(tmp_path):
+    """Put back, then sold on elsewhere (anchors left behind): more entries than were
+    anchored, but not the anchored ones. The audit tells it apart from an older copy."""
+    live, copy = tmp_path / "chargebox.db", tmp_path / "old.db"
+    with running_server(live) as server:
+        seller, key = new_seller(server.admin(), "shop", credit=100_000)
+    shutil.copy2(live, copy)
+    with running_server(live) as server:
+        assert server.seller(key).post("/api/sales", SALE).status_code == 201
+    anchors_file = live.with_name(live.name + ".anchors")
+    assert anchored_entries(live, seller["id"]) == 2  # the last anchoring, at the clean stop
+    aside = tmp_path / "anchors.aside"
+    anchors_file.rename(aside)
+    put_back(copy, live)
+    with running_server(live) as server:  # no anchors here: it serves, and sells on twice
+        shop = server.seller(key)
+        for _ in range(2):
+            assert shop.post("/api/sales", {**SALE, "amount": 2_000}).status_code == 201
+    aside.replace(anchors_file)
+    audited = chargebox("audit", "--db", str(live), env=key_env(live))
+    assert audited.returncode == 1 and "another history" in audited.stderr
+    assert "another history" in serve_refused(live)
+
+
+@pytest.mark.sqlite_only
+def test_a_forged_anchor_line_is_reported_and_changes_nothing(tmp_path):
+    """A line written without the ledger key (here: claiming far more entries than the
+    seller has) does not verify: the audit reports it, start-up ignores it and serves."""
+    live = tmp_path / "chargebox.db"
+    with running_server(live) as server:
+        seller, key = new_seller(server.admin(), "shop", credit=100_000)
+    anchors_file = live.with_name(live.name + ".anchors")
+    genuine = json.loads(anchors_file.read_text().splitlines()[-1])
+    forged = {**genuine, "heads": [[seller["id"], 999, 999, "0" * 64]]}
+    with anchors_file.open("a") as handle:
+        handle.write(json.dumps(forged) + "\n")
+    audited = chargebox("audit", "--db", str(live), env=key_env(live))
+    assert audited.returncode == 1
+    assert "does not match its seal" in audited.stderr and "rolled back" not in audited.stderr
+    with running_server(live) as server:
+        assert server.seller(key).post("/api/sales", SALE).status_code == 201
+    accepted = chargebox("anchors", "accept-restore", "--db", str(live), env=key_env(live))
+    assert accepted.returncode == 0, accepted.stderr  # the operator looked: the line goes
+    assert chargebox("audit", "--db", str(live), env=key_env(live)).returncode == 0
+
+
+@pytest.mark.sqlite_only
+def test_a_backup_anchors_what_it_copied(tmp_path):
+    """Even with the server's anchoring far off (an hour), a backup anchors the heads it
+    copied: the live file can never go back behind its own last backup unnoticed."""
+    live, copy = tmp_path / "chargebox.db", tmp_path / "old.db"
+    slow = {"CHARGEBOX_ANCHOR_SECONDS": "3600"}
+    with running_server(live, env=slow) as server:
+        seller, key = new_seller(server.admin(), "shop", credit=100_000)
+        shutil.copy2(live, copy)  # an unclean copy of the file alone: its WAL is elsewhere
+        for _ in range(2):
+            assert server.seller(key).post("/api/sales", SALE).status_code == 201
+        made = chargebox("backup", "--db", str(live), str(tmp_path / "backup.db"))
+        assert made.returncode == 0, made.stderr
+        assert anchored_entries(live, seller["id"]) == 3
+        server.stop(signal.SIGKILL)
+        server.proc = None
+    put_back(copy, live)
+    assert "older than its anchors" in serve_refused(live)
+
+
+@pytest.mark.sqlite_only
+def test_anchoring_that_cannot_write_never_holds_up_or_fails_a_sale(tmp_path):
+    """Threads sell for ~3 s while the anchors' append lock is held by someone else (the
+    server's anchoring thread waits on it), then with the anchors file unwritable
+    (CHARGEBOX_ANCHORS in /proc): every sale is answered 201, and the server stops
+    cleanly in time. The anchoring resumes once the lock is free."""
+    live = tmp_path / "chargebox.db"
+    with running_server(live, env=FAST) as server:
+        seller, key = new_seller(server.admin(), "shop", credit=10_000_000)
+        lock = os.open(f"{live}.anchors.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            statuses = sell_for(server, key, seconds=3)
+        finally:
+            os.close(lock)
+        assert statuses and set(statuses) == {201}, statuses
+        sold = len(statuses) + 1  # and the credit
+        wait_until(lambda: anchored_entries(live, seller["id"]) == sold, "anchoring resumes")
+    with running_server(live, env={**FAST, "CHARGEBOX_ANCHORS": "/proc/self/no-anchors"}) as s:
+        statuses = sell_for(s, key, seconds=2)
+        assert statuses and set(statuses) == {201}, statuses
+        assert "anchoring failed" in wait_for_log(s, "anchoring failed")
+
+
+def wait_for_log(server, text: str) -> str:
+    wait_until(lambda: text in server.log_path.read_text(), f"{text!r} in the server's log")
+    return server.log_path.read_text()
+
+
+def sell_for(server, key: str, seconds: float) -> list[int]:
+    """Four threads selling back to back for `seconds`; every status answered."""
+    statuses: list[int] = []
+    stop = time.monotonic() + seconds
+
+    def sell() -> None:
+        shop = server.seller(key)
+        while time.monotonic() < stop:
+            statuses.append(shop.post("/api/sales", SALE).status_code)
+        shop.close()
+
+    threads = [threading.Thread(target=sell) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return statuses
+
+
+def test_start_up_and_the_audit_anchor_on_either_backend(new_server, tmp_path, backend):
+    """Nothing breaks on PostgreSQL (anchors in --data-dir) or SQLite: a clean stop and a
+    clean audit leave anchors that the next start-up and audit agree with."""
+    with new_server(tmp_path) as server:
+        _seller, key = new_seller(server.admin(), "shop", credit=10_000)
+        assert server.seller(key).post("/api/sales", SALE).status_code == 201
+        assert server.admin().get("/api/audit").json()["consistent"] is True
+        db, data = server.db_path, server.data_dir
+    anchors_file = (data / "anchors") if data else Path(f"{db}.anchors")
+    assert anchors_file.exists()
+    with running_server(db, data_dir=data) as server:
+        assert server.seller(key).post("/api/sales", SALE).status_code == 201
+        assert server.admin().get("/api/audit").json()["consistent"] is True
