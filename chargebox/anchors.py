@@ -19,6 +19,7 @@ import hmac
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,6 +37,7 @@ COMPACT_AT = 8 * 1024 * 1024  # bytes; then only the newest anchor of each selle
 _CHUNK = 500  # entry ids per IN (...) query
 _KEPT: dict[str, int] = {}  # WAL path -> a descriptor this process never closes (durable())
 _KEPT_LOCK = threading.Lock()
+LOCK_WAIT = 5.0  # seconds an append waits for the file's lock before giving up this time
 
 
 class Head(NamedTuple):
@@ -183,8 +185,15 @@ def _locked(path: Path):
     """The anchors file's append lock (its own small file), for one append."""
     fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = time.monotonic() + LOCK_WAIT
+        while fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:  # an OSError: callers log it and go on
+                    raise TimeoutError(f"{path}.lock held for over {LOCK_WAIT} s") from None
+                time.sleep(0.01)
         yield
     finally:
         os.close(fd)  # releases the flock

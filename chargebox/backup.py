@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from chargebox import anchors, seals
@@ -71,9 +72,11 @@ def destination(dest: Path, source_name: str) -> Path:
     return dest
 
 
-def backup(config: Config, dest: Path, overwrite: bool = False, vacuum: bool = False) -> Made:
+def backup(config: Config, dest: Path, overwrite: bool = False, vacuum: bool = False,
+           after_snapshot: Callable[[], object] = lambda: None) -> Made:  # fmt: skip
     """Copy the database `config` names to `dest` (see the module docstring); ValueError
-    in one line for a refusal, before anything is written."""
+    in one line for a refusal, before anything is written. `after_snapshot` runs once
+    the source is let go, before the copy is checked."""
     if config.db_url:
         return _pg_dump(config.db_url, destination(dest, "chargebox.dump"), overwrite)
     source = config.db_path
@@ -89,6 +92,7 @@ def backup(config: Config, dest: Path, overwrite: bool = False, vacuum: bool = F
     with _partial(target) as temporary:
         _copy(source, temporary, vacuum)
         copied = time.perf_counter() - began
+        after_snapshot()
         facts = _checked(temporary, config.ledger_key)
         _place(temporary, target, overwrite)
     return Made(
@@ -292,7 +296,9 @@ def main(config: Config, dest: Path, force: bool, vacuum: bool) -> int:
     key_file = config.ledger_key_path
     if not config.ledger_key and key_file.exists():
         config = dataclasses.replace(config, ledger_key=key_file.read_text().strip())
-    made = backup(config, dest, overwrite=force, vacuum=vacuum)
+    # Once the snapshot is taken, checking the copy is background work: it yields the
+    # CPU to the server (2 cores here, shared).
+    made = backup(config, dest, overwrite=force, vacuum=vacuum, after_snapshot=lambda: os.nice(10))
     print(f"chargebox: {made.summary()}", file=sys.stderr)
     if made.heads and config.ledger_key:  # the copy's heads: the live file never goes back
         anchors.record(config, config.ledger_key.encode("utf-8"), list(made.heads), "backup")
