@@ -109,7 +109,7 @@ class Keeper:
                       "first: the database was replaced under a running server? run "
                       "`chargebox audit`")  # fmt: skip
         if moved:
-            anchors.record(self.config, self.key, moved, "server")
+            anchors.record(self.config, self.key, moved, f"server {os.getpid()}")
             self._anchored.update((h.seller_id, h.entries) for h in moved)
             self.rounds += 1
 

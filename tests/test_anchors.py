@@ -223,3 +223,21 @@ def test_start_up_and_the_audit_anchor_on_either_backend(new_server, tmp_path, b
     with running_server(db, data_dir=data) as server:
         assert server.seller(key).post("/api/sales", SALE).status_code == 201
         assert server.admin().get("/api/audit").json()["consistent"] is True
+
+
+@pytest.mark.sqlite_only
+def test_with_two_server_processes_one_of_them_anchors(tmp_path):
+    """`--processes 2`: each process's anchoring thread sees the shared heads move, but
+    every line the servers anchor comes from one process, the holder of the writer flock
+    (without it, both would write each round)."""
+    live = tmp_path / "chargebox.db"
+    with running_server(live, env={**FAST, "CHARGEBOX_PROCESSES": "2"}) as server:
+        seller, key = new_seller(server.admin(), "shop", credit=10_000_000)
+        statuses = sell_for(server, key, seconds=3)
+        assert statuses and set(statuses) == {201}, statuses
+        wait_until(
+            lambda: anchored_entries(live, seller["id"]) == len(statuses) + 1, "all anchored"
+        )
+    lines = [json.loads(text) for text in Path(f"{live}.anchors").read_text().splitlines()]
+    writers = {line["by"] for line in lines if line["by"].startswith("server")}
+    assert len(writers) == 1 and len([ln for ln in lines if ln["by"] in writers]) >= 2, lines

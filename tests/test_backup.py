@@ -274,7 +274,9 @@ def test_a_postgresql_backup_is_a_pg_dump_that_restores_serves_and_audits_clean(
     schema's owner (the service's role is refused by PostgreSQL, said in one line), its
     password never on a command line. README's restore
     (pg_restore into a new database as its owner, without the old grants, then
-    init-db --grant-to) gives a database that audits clean, serves and sells on."""
+    init-db --grant-to) gives a database whose audit names the sale lost since the
+    dump (anchored by the server in --data-dir); once the restore is accepted, it
+    audits clean, serves and sells on."""
     if find_pg_dump() is None:
         pytest.fail("pg_dump is not installed (apt-get install postgresql-client)")
     data = tmp_path / "data"
@@ -305,8 +307,12 @@ def test_a_postgresql_backup_is_a_pg_dump_that_restores_serves_and_audits_clean(
                         restored.app_role, "--data-dir", str(data))  # fmt: skip
     assert granted.returncode == 0, granted.stderr
     audited = chargebox("audit", "--db", restored.app_url, "--data-dir", str(data))
-    assert audited.returncode == 0, audited.stderr
+    assert audited.returncode == 1, audited.stderr  # the sale after the dump: anchored
+    assert "anchor: seller" in audited.stderr and "rolled back" in audited.stderr
     assert rows_on_disk(restored.app_url, "SELECT balance FROM seller") == [(93_000,)]
+    accepted = chargebox("anchors", "accept-restore", "--db", restored.app_url, "--data-dir",
+                         str(data))  # fmt: skip
+    assert accepted.returncode == 0, accepted.stderr
     with running_server(restored.app_url, data_dir=data) as server:
         shop = server.seller(key)
         sold = shop.post("/api/sales", {"phone": "09121234567", "amount": 3_000})
