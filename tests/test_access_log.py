@@ -22,6 +22,7 @@ import requests
 
 from chargebox import access_log
 from tests.support import ADMIN_TOKEN, ROOT, Api, new_seller, running_server
+from tests.web_support import Browser
 
 LINE = re.compile(
     r"time=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z id=(?P<id>[A-Za-z0-9._-]{1,64}) "
@@ -220,3 +221,21 @@ def test_an_access_log_that_cannot_be_opened_is_refused_at_start_before_any_file
     assert refused.returncode == 2, refused.stderr
     assert refused.stderr.count("\n") == 1 and "--access-log" in refused.stderr
     assert list(tmp_path.iterdir()) == []  # no database, token or key made
+
+
+def test_a_signed_in_page_is_logged_with_its_seller_and_never_its_session(tmp_path, new_server):
+    log = tmp_path / "access.log"
+    with new_server(tmp_path, env={"CHARGEBOX_ACCESS_LOG": str(log)}) as server:
+        admin = server.admin()
+        seller, key = new_seller(admin, "browser", credit=10_000)
+        admin.close()
+        browser = Browser(server.url)
+        assert browser.sign_in(key).status_code == 303
+        page = browser.get("/seller")
+        session = browser.http.cookies["chargebox_session"]
+        browser.http.close()
+    assert page.status_code == 200
+    entry = by_id(log, page.headers["X-Request-Id"])
+    assert entry["seller"] == str(seller["id"]) and entry["path"] == "/seller"
+    text = log.read_text("ascii")
+    assert session not in text and key not in text and browser.token not in text
