@@ -7,8 +7,9 @@ peewee, bottle or waitress by itself: whatever runs, the file brought. Through i
 init-db, then a real server on 127.0.0.1 and the customer's scenario over HTTP (a
 seller credited 1,000,000 sells sixty 5,000-toman charges and has 700,000 left, its
 ledger says so; then `python -m stress run`'s 2 sellers, 10 credits and 1,000 sales
-from 16 workers against it, books verified), SIGTERM and exit 0, then audit, migrate
-and create-seller on the file the server left. Size and start-up times are printed (-s).
+from 16 workers against it, books verified, and a `backup` while it serves), SIGTERM and
+exit 0, then audit (of the database and of the backup), migrate and create-seller. Size
+and start-up times are printed (-s).
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ def test_every_command_of_the_file_answers_its_help(place):
     listed = run(place, "--help")
     assert listed.returncode == 0
     commands = listed.stdout.split("{", 1)[1].split("}", 1)[0].split(",")
-    assert {"serve", "init-db", "migrate", "create-seller", "audit", "copy"} <= set(commands)
+    expected = {"serve", "init-db", "migrate", "create-seller", "audit", "copy", "backup"}
+    assert expected <= set(commands)
     for command in commands:
         answered = run(place, command, "--help")
         assert answered.returncode == 0, (command, answered.stderr)
@@ -244,6 +246,9 @@ def test_the_customers_scenario_runs_through_the_file_over_http(place, tmp_path)
         (written,) = (tmp_path / "stress").glob("run-*.json")
         (stressed,) = json.loads(written.read_text())["rounds"]
         print(f"stress run through the file: {stressed['status_counts']}, {stressed['books']}")
+        (where / "backups").mkdir()
+        backed_up = run(place, "backup", "--db", "data/chargebox.db", "backups")  # while serving
+        assert backed_up.returncode == 0, backed_up.stderr
     finally:
         code = server.stop()
     assert code == 0, (where / "serve.log").read_text()[-3000:]
@@ -254,6 +259,13 @@ def test_the_customers_scenario_runs_through_the_file_over_http(place, tmp_path)
     report = json.loads(audited.stdout)
     assert report["consistent"], report["problems"]
     assert report["totals"]["sales"] == 60 + stressed["ok_201"]  # each acknowledged sale, once
+    (copy,) = (where / "backups").iterdir()
+    key = (where / "data" / "ledger_key").read_text().strip()
+    checked = subprocess.run(
+        ["./chargebox", "audit", "--db", str(copy)], cwd=where, capture_output=True, text=True,
+        env={**place[1], "CHARGEBOX_LEDGER_KEY": key}, timeout=120,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr  # the backup's books reconcile too
     migrated = run(place, "migrate", "--db", "data/chargebox.db")
     assert migrated.returncode == 0 and "nothing to do" in migrated.stderr, migrated.stderr
     created = run(place, "create-seller", "--db", "data/chargebox.db", "Sara")
