@@ -25,6 +25,8 @@ from chargebox.server import GRACE_SECONDS
 from tests.support import ROOT
 
 UNIT = ROOT / "deploy" / "chargebox.service"
+BACKUP = ROOT / "deploy" / "chargebox-backup.service"
+UNITS = (UNIT, BACKUP, ROOT / "deploy" / "chargebox-backup.timer")
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 CHANGELOG = ROOT / "CHANGELOG.md"
 SYSTEM_UNITS = next(
@@ -53,55 +55,63 @@ def systemd_analyze() -> str:
     return found
 
 
-def scratch_root(tmp_path: Path, unit_text: str) -> Path:
-    """A root with the system's units, the unit as given, and an executable at the path of
-    each program it runs."""
+def scratch_root(tmp_path: Path, units: dict[str, str]) -> Path:
+    """A root with the system's units, the units as given ({name: text}), and an executable
+    at the path of each program they run."""
     root = tmp_path / "root"
     shutil.copytree(SYSTEM_UNITS, root / "usr" / "lib" / "systemd" / "system", symlinks=True)
     (root / "etc" / "systemd" / "system").mkdir(parents=True)
-    (root / "etc" / "systemd" / "system" / "chargebox.service").write_text(unit_text)
-    unit = settings(unit_text)
-    for command in unit["ExecStartPre"] + unit["ExecStart"]:
-        program = root / command.lstrip("@-:+!").split()[0].lstrip("/")
-        program.parent.mkdir(parents=True, exist_ok=True)
-        program.write_text("#!/bin/sh\nexit 0\n")  # verify looks for it; it runs nothing
-        program.chmod(0o755)
+    for name, text in units.items():
+        (root / "etc" / "systemd" / "system" / name).write_text(text)
+        unit = settings(text)
+        for command in [*unit.get("ExecStartPre", ()), *unit.get("ExecStart", ()),
+                        *unit.get("ExecStartPost", ())]:  # fmt: skip
+            program = root / command.lstrip("@-:+!").split()[0].lstrip("/")
+            program.parent.mkdir(parents=True, exist_ok=True)
+            program.write_text("#!/bin/sh\nexit 0\n")  # verify looks for it; it runs nothing
+            program.chmod(0o755)
     return root
 
 
-def verify(root: Path) -> subprocess.CompletedProcess:
+def shipped() -> dict[str, str]:
+    return {path.name: path.read_text() for path in UNITS}
+
+
+def verify(root: Path, names) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [systemd_analyze(), "verify", f"--root={root}", "chargebox.service"],
+        [systemd_analyze(), "verify", f"--root={root}", *names],
         capture_output=True,
         text=True,
         timeout=60,
     )
 
 
-def test_systemd_analyze_verify_finds_nothing_to_say_about_the_unit(tmp_path):
-    checked = verify(scratch_root(tmp_path, UNIT.read_text()))
+def test_systemd_analyze_verify_finds_nothing_to_say_about_the_units(tmp_path):
+    checked = verify(scratch_root(tmp_path, shipped()), shipped())
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout + checked.stderr == "", checked.stdout + checked.stderr
 
 
 def test_the_same_check_would_catch_a_mistyped_setting(tmp_path):
     """So that the test above can fail: a key systemd does not know is reported."""
-    mistyped = UNIT.read_text().replace("ProtectSystem=strict", "ProtectSytem=strict")
-    checked = verify(scratch_root(tmp_path, mistyped))
+    units = shipped()
+    units["chargebox.service"] = UNIT.read_text().replace("ProtectSystem=", "ProtectSytem=")
+    checked = verify(scratch_root(tmp_path, units), units)
     assert "Unknown key" in checked.stdout + checked.stderr
 
 
-def test_systemd_rates_the_units_exposure_ok(tmp_path):
-    root = scratch_root(tmp_path, UNIT.read_text())
+@pytest.mark.parametrize("name", ["chargebox.service", "chargebox-backup.service"])
+def test_systemd_rates_each_services_exposure_ok(tmp_path, name):
+    root = scratch_root(tmp_path, shipped())
     rated = subprocess.run(
-        [systemd_analyze(), "security", "--offline=true", f"--root={root}", "chargebox.service"],
+        [systemd_analyze(), "security", "--offline=true", f"--root={root}", name],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    level = re.search(r"exposure level for chargebox\.service: ([\d.]+) (\w+)", rated.stdout)
+    level = re.search(rf"exposure level for {re.escape(name)}: ([\d.]+) (\w+)", rated.stdout)
     assert level, rated.stdout[-2000:] + rated.stderr
-    print(f"\nsystemd-analyze security: exposure {level.group(1)} {level.group(2)}")
+    print(f"\nsystemd-analyze security {name}: exposure {level.group(1)} {level.group(2)}")
     assert float(level.group(1)) <= 2.0 and level.group(2) == "OK"
 
 
@@ -137,6 +147,22 @@ def test_the_unit_stops_with_sigterm_and_waits_longer_than_the_drain():
     assert unit["Restart"] == ["on-failure"]
     assert unit["RestartPreventExitStatus"] == ["2"]  # a start-up mistake is not retried
     assert int(unit["LimitNOFILE"][0]) > 10_000  # the default connection budget
+
+
+def test_the_nightly_backup_runs_as_the_service_with_its_setup_and_writes_only_two_places():
+    unit, backup = settings(UNIT.read_text()), settings(BACKUP.read_text())
+    timer = settings(UNITS[2].read_text())
+    for key in ("User", "Group", "Environment", "EnvironmentFile", "ExecStartPre", "UMask",
+                "ProtectSystem", "NoNewPrivileges", "PrivateTmp", "SystemCallFilter"):  # fmt: skip
+        assert backup[key] == unit[key], key
+    assert backup["Type"] == ["oneshot"]
+    assert backup["ReadWritePaths"] == ["/var/lib/chargebox /var/lib/chargebox-backups"]
+    assert backup["ExecStart"] == [
+        "/usr/local/bin/chargebox backup /var/lib/chargebox-backups",
+        "/usr/local/bin/chargebox audit --full",
+    ]
+    assert timer["Persistent"] == ["true"] and timer["OnCalendar"] == ["*-*-* 03:00:00"]
+    assert timer["WantedBy"] == ["timers.target"]
 
 
 def test_the_dockerfile_runs_the_single_file_as_a_user_with_its_data_in_a_volume():

@@ -33,7 +33,7 @@ import requests
 
 import chargebox
 from tests.support import ADMIN_TOKEN, ROOT, Api, run_stress
-from tests.test_deploy import UNIT, settings
+from tests.test_deploy import BACKUP, UNIT, settings
 
 BUILD = ROOT / "deploy" / "build.py"
 SYSTEM_PYTHON = Path("/usr/bin/python3")
@@ -302,10 +302,10 @@ def test_the_units_two_commands_run_as_it_says_code_unpacked_by_root_data_by_its
     ExecStartPre as root under the unit's UMask=0077, then its ExecStart as an unprivileged
     user (nobody) under the same umask, with the unit's environment, paths moved into a
     scratch directory, in a mount namespace where only the data directory (and a private
-    /tmp) is writable.
-    The service must run on code it can read but not change, and write only its data
-    directory. Before the ExecStartPre set umask 022, the unpacked code was 0700 and the
-    service could not read it."""
+    /tmp) is writable; then the nightly backup unit's commands the same way (its backups
+    directory writable too). The service must run on code it can read but not change, and
+    write only its data directory. Before the ExecStartPre set umask 022, the unpacked code
+    was 0700 and the service could not read it."""
     if os.geteuid() != 0:
         if os.environ.get("CI"):
             pytest.fail("needs root, to run the service as another user")
@@ -317,11 +317,14 @@ def test_the_units_two_commands_run_as_it_says_code_unpacked_by_root_data_by_its
         program, code, data = scratch / "bin" / "chargebox", scratch / "lib", scratch / "data"
         program.parent.mkdir()
         shutil.copy2(single_file, program)
-        data.mkdir(mode=0o700)  # StateDirectory=chargebox, StateDirectoryMode=0700
-        os.chown(data, NOBODY.pw_uid, NOBODY.pw_gid)
+        backups = scratch / "backups"
+        for directory in (data, backups):  # StateDirectory=, StateDirectoryMode=0700
+            directory.mkdir(mode=0o700)
+            os.chown(directory, NOBODY.pw_uid, NOBODY.pw_gid)
 
         def moved(command: str) -> list[str]:
             text = command.replace("/usr/local/bin/chargebox", str(program))
+            text = text.replace("/var/lib/chargebox-backups", str(backups))
             return shlex.split(text.replace("--port 8080", "--port 0"))
 
         env = {
@@ -347,15 +350,18 @@ def test_the_units_two_commands_run_as_it_says_code_unpacked_by_root_data_by_its
 
         # ProtectSystem=strict, ReadWritePaths and PrivateTmp, roughly: in a mount namespace
         # of its own, every file system read-only but the data directory, and an empty /tmp.
-        sandbox = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                   'mount --bind "$1" "$1" && mount -o remount,bind,ro / '
-                   '&& mount -t tmpfs -o mode=1777 private-tmp /tmp && shift && exec "$@"',
-                   "sandbox", str(data)]  # fmt: skip
+        def sandbox(*writable: Path) -> list[str]:
+            return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    'while [ "$1" != -- ]; do mount --bind "$1" "$1" || exit 1; shift; done; '
+                    "shift && mount -o remount,bind,ro / "
+                    '&& mount -t tmpfs -o mode=1777 private-tmp /tmp && exec "$@"',
+                    "sandbox", *map(str, writable), "--"]  # fmt: skip
+
         as_nobody = ["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}",
                      "--clear-groups", "--no-new-privs"]  # fmt: skip
         probe = subprocess.run(
             [
-                *sandbox,
+                *sandbox(data),
                 "sh",
                 "-c",
                 f"touch {data}/probe /tmp/probe && ! ls /tmp/pytest-of-* "
@@ -367,7 +373,7 @@ def test_the_units_two_commands_run_as_it_says_code_unpacked_by_root_data_by_its
         (data / "probe").unlink()
         log = scratch / "serve.log"
         server = Served(
-            sandbox + as_nobody + moved(unit["ExecStart"][0]), data, env, log,
+            sandbox(data) + as_nobody + moved(unit["ExecStart"][0]), data, env, log,
             preexec=lambda: os.umask(int(umask, 8)),
         )  # fmt: skip
         try:
@@ -379,6 +385,19 @@ def test_the_units_two_commands_run_as_it_says_code_unpacked_by_root_data_by_its
         finally:
             code_stopped = server.stop()
         assert code_stopped == 0, log.read_text()[-3000:]
+
+        # The nightly chargebox-backup.service: its commands, as its user, in its sandbox.
+        nightly = settings(BACKUP.read_text())
+        assert nightly["Environment"] == unit["Environment"]
+        for command in nightly["ExecStart"]:
+            done = subprocess.run(
+                sandbox(data, backups) + as_nobody + moved(command), cwd=data, env=env,
+                capture_output=True, text=True, timeout=120,
+                preexec_fn=lambda: os.umask(int(umask, 8)),
+            )  # fmt: skip
+            assert done.returncode == 0, (command, done.stderr)
+        (copy,) = backups.iterdir()
+        assert copy.name.startswith("chargebox-") and copy.stat().st_uid == NOBODY.pw_uid
         assert snapshot(code) == before, "the service changed its own code"
         for path in data.iterdir():
             info = path.stat()
