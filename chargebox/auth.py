@@ -1,9 +1,10 @@
 """Who is calling: principals, seller API keys, web sessions (all stored hashed), sign-in.
 
 A seller key is shown once at creation; only its SHA-256 is stored, so a copy
-of the database file holds no usable key; a web session's cookie likewise.
-Secrets are compared with `hmac.compare_digest`. `Access` binds it all to one
-database and admin token. Nothing here logs, and no error message echoes a token.
+of the database file holds no usable key; a web session's cookie likewise. Every
+request reads its key from the database (nothing is cached), so a revoked key or a
+suspended seller is refused from the next request on, on every server.
+`Access` binds it all to one database and admin token. Nothing here logs a secret.
 """
 
 from __future__ import annotations
@@ -12,11 +13,16 @@ import dataclasses
 import datetime
 import hashlib
 import hmac
+import logging
+import os
 import secrets
+import threading
 
 from chargebox.clock import now
 from chargebox.db import Database, Write
-from chargebox.errors import Unauthorized
+from chargebox.errors import SUSPENDED, SellerSuspended, Unauthorized
+
+log = logging.getLogger("chargebox.auth")
 
 KEY_PREFIX = "cbk_"
 MAX_TOKEN_LENGTH = 512
@@ -27,6 +33,7 @@ SESSION_LIFETIME = datetime.timedelta(hours=12)
 class Principal:
     role: str  # "admin" or "seller"
     seller_id: int | None = None
+    key_id: int | None = dataclasses.field(default=None, compare=False)  # the seller key used
 
     @property
     def is_admin(self) -> bool:
@@ -35,11 +42,17 @@ class Principal:
 
 ADMIN = Principal("admin")
 
-# Keys are never changed or revoked once issued, so a key that matched a seller
-# keeps matching it: remembering the match (in the Database's `seller_keys`) saves
-# a read per request. Only a key's SHA-256 is kept, as in the database; unknown
-# keys are not remembered.
-_CACHE_LIMIT = 100_000
+# A key's last use is written at most this often (per key, across every process): a
+# write per request would put every read behind the write lock.
+LAST_USED_GRANULARITY = datetime.timedelta(minutes=1)
+_KEY = (
+    "SELECT k.id, k.seller_id, k.key_hash, k.last_used_at, seller.status FROM seller_key AS k"
+    " JOIN seller ON seller.id = k.seller_id WHERE k.key_hash = ? AND k.revoked_at IS NULL"
+)
+_USED = (
+    "UPDATE seller_key SET last_used_at = ? WHERE id = ? AND revoked_at IS NULL"
+    " AND (last_used_at IS NULL OR last_used_at < ?)"
+)
 
 
 def new_api_key() -> tuple[str, str]:
@@ -73,22 +86,102 @@ def bearer_token(header: str | None) -> str:
 
 
 def identify(database: Database, token: str, admin_token: str | None) -> Principal:
-    """The admin or the seller whose secret `token` is, or Unauthorized."""
+    """The admin or the seller whose secret `token` is, or Unauthorized; SellerSuspended
+    for a key of a suspended seller. A seller's key is one indexed read, never a cached
+    answer; an admin token is checked against the rotated one, if any (`current_admin`)."""
     presented = token.encode("utf-8", "surrogateescape")
-    if admin_token and hmac.compare_digest(presented, admin_token.encode("utf-8")):
-        return ADMIN
     digest = hash_key(token)
-    known = database.seller_keys.get(digest)
-    if known is not None:
-        return known
-    rows = database.rows("SELECT id, api_key_hash FROM seller WHERE api_key_hash = ?", (digest,))
-    if rows and hmac.compare_digest(rows[0][1], digest):
-        principal = Principal("seller", rows[0][0])
-        if len(database.seller_keys) >= _CACHE_LIMIT:
-            database.seller_keys.clear()
-        database.seller_keys[digest] = principal
-        return principal
+    if admin_token and hmac.compare_digest(presented, admin_token.encode("utf-8")):
+        rotated = current_admin(database)
+        if rotated is None or hmac.compare_digest(rotated, digest):
+            return ADMIN
+        raise Unauthorized("unknown token")  # the token this server started with, rotated away
+    rows = database.rows(_KEY, (digest,))
+    if rows and hmac.compare_digest(rows[0][2], digest):
+        key_id, seller_id, _, last_used_at, status = rows[0]
+        if status != "active":
+            raise SellerSuspended(SUSPENDED)
+        _last_use(database).saw(key_id, last_used_at)
+        return Principal("seller", seller_id, key_id)
+    rotated = current_admin(database)
+    if rotated is not None and hmac.compare_digest(rotated, digest):
+        return ADMIN  # a token rotated in after this server started
     raise Unauthorized("unknown token")
+
+
+def current_admin(database: Database) -> str | None:
+    """The SHA-256 of the admin token in force, once one was rotated in; None before."""
+    rows = database.rows("SELECT token_hash FROM admin_token WHERE id = 1")
+    return rows[0][0] if rows else None
+
+
+def rotate_admin(database: Database, token: str) -> None:
+    """Make `token` the admin token on every server at once: the one before it is refused
+    from this commit on, and the admin's web sessions opened with it end."""
+    digest, at = hash_key(token), now()
+
+    def record(write: Write) -> None:
+        write.execute(
+            "INSERT INTO admin_token (id, token_hash, changed_at) VALUES (1, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET token_hash = excluded.token_hash,"
+            " changed_at = excluded.changed_at",
+            (digest, at),
+        )
+        write.execute("DELETE FROM web_session WHERE role = 'admin' AND credential_hash <> ?",
+                      (digest,))  # fmt: skip
+
+    database.write(record)
+
+
+class LastUse:
+    """Records when keys were used, off the request's path: a key whose `last_used_at` is
+    older than LAST_USED_GRANULARITY is written by a short-lived thread of this process,
+    once; a request never waits for it, and a failed write is logged and forgotten."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.pid = os.getpid()
+        self.due: dict[int, str] = {}
+        self.lock = threading.Lock()
+        self.writing = False
+
+    def saw(self, key_id: int, last_used_at: str | None) -> None:
+        if last_used_at is not None and last_used_at >= now(-LAST_USED_GRANULARITY):
+            return
+        with self.lock:
+            if key_id in self.due:
+                return
+            self.due[key_id] = now()
+            if self.writing:
+                return
+            self.writing = True
+        threading.Thread(target=self._write, name="chargebox-last-use", daemon=True).start()
+
+    def _write(self) -> None:
+        while True:
+            with self.lock:
+                if not self.due:
+                    self.writing = False
+                    return
+                key_id, at = self.due.popitem()
+            params = (at, key_id, now(-LAST_USED_GRANULARITY))
+            try:
+                self.database.write(lambda write, params=params: write.execute(_USED, params))
+            except Exception as exc:  # the request was answered: a missed stamp costs nothing
+                log.warning("could not record a key's last use: %s", type(exc).__name__)
+
+
+_last_uses: dict[int, LastUse] = {}
+_last_uses_lock = threading.Lock()
+
+
+def _last_use(database: Database) -> LastUse:
+    """The database's LastUse in this process (a forked child makes its own)."""
+    with _last_uses_lock:
+        found = _last_uses.get(id(database))
+        if found is None or found.pid != os.getpid() or found.database is not database:
+            found = _last_uses[id(database)] = LastUse(database)
+        return found
 
 
 def new_session_token() -> tuple[str, str]:
@@ -107,22 +200,27 @@ def session_principal(
     database: Database, token: str, admin_token: str | None, at: str
 ) -> Principal | None:
     """Who the session with cookie `token` acts as, if it exists, has not expired and its
-    credential still holds (an admin session ends when the admin token changes)."""
+    credential still holds: an admin session ends when the admin token changes, a
+    seller's when its key is revoked or the seller is suspended."""
     if not token or len(token) > MAX_TOKEN_LENGTH:
         return None
     rows = database.rows(
-        "SELECT s.role, s.seller_id, s.credential_hash, s.expires_at, seller.api_key_hash "
-        "FROM web_session AS s LEFT JOIN seller ON seller.id = s.seller_id "
-        "WHERE s.token_hash = ?",
+        "SELECT s.role, s.seller_id, s.credential_hash, s.expires_at, k.key_hash, k.id"
+        " FROM web_session AS s LEFT JOIN seller_key AS k ON k.key_hash = s.credential_hash"
+        " AND k.seller_id = s.seller_id AND k.revoked_at IS NULL"
+        " AND EXISTS (SELECT 1 FROM seller WHERE id = s.seller_id AND status = 'active')"
+        " WHERE s.token_hash = ?",
         (hash_key(token),),
     )
     if not rows:
         return None
-    role, seller_id, remembered, expires_at, key_hash = rows[0]
-    current = hash_key(admin_token) if role == "admin" and admin_token else key_hash
+    role, seller_id, remembered, expires_at, key_hash, key_id = rows[0]
+    current = key_hash
+    if role == "admin":
+        current = current_admin(database) or (hash_key(admin_token) if admin_token else None)
     if expires_at <= at or current is None or not hmac.compare_digest(remembered, current):
         return None
-    return ADMIN if role == "admin" else Principal("seller", seller_id)
+    return ADMIN if role == "admin" else Principal("seller", seller_id, key_id)
 
 
 class Access:
@@ -159,7 +257,7 @@ class Access:
                     principal.role,
                     principal.seller_id,
                     # What the session remembers of its secret: as it matched, this is
-                    # the seller's api_key_hash, or the hash of the admin token.
+                    # the hash of the seller's key, or of the admin token.
                     hash_key(secret),
                     created,
                     now(SESSION_LIFETIME),

@@ -24,6 +24,7 @@ import peewee
 from filelock import FileLock
 
 from chargebox import __version__, anchors, auth, migrations, operations, postgresql, schema, seals
+from chargebox import commands as admin_commands
 from chargebox.config import (
     LEDGER_KEY_FILE,
     MIN_SECRET_LENGTH,
@@ -117,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
         "on stderr; sales go on meanwhile)",
     )
     operations.add_commands(command)  # backup, anchors
+    admin_commands.add_parsers(command)  # keys, suspension, the admin token
     return parser
 
 
@@ -159,6 +161,7 @@ def prepare(config: Config) -> Config:
                 key = _ledger_key(config, database)
                 anchors.refuse_rollback(config, database, key)  # an older copy put back
                 database.ensure_schema(ALL_MODELS)
+        admin_commands.check_admin_token(database, config, token)
     finally:
         database.close()
     return config.with_secrets(token, key)
@@ -369,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(config)
         if args.command in operations.COMMANDS:
             return operations.run(config, args)
+        if args.command in admin_commands.COMMANDS:
+            return admin_commands.run(args, config, prepare)
         if args.command == "create-seller":
             return _create_seller(config, args.name)
         return _audit(config, args.json, args.full)

@@ -135,7 +135,6 @@ class Database:
             GroupWriter(self.transaction, self._close_connection) if config.group_commit else None
         )
         self.slots = WriteSlots(config.threads, self.seconds_since_a_write_began)
-        self.seller_keys: dict = {}  # auth's cache of verified key digests (auth.py)
 
     # --- reads -----------------------------------------------------------------------------
 

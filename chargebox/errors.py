@@ -39,6 +39,16 @@ class Forbidden(ChargeboxError):
     code = "forbidden"
 
 
+class SellerSuspended(ChargeboxError):
+    """The seller is suspended: its keys and sessions are refused, and a sale or credit
+    request of its that was already under way is refused inside its write. Nothing moves."""
+
+    code = "seller_suspended"
+
+
+SUSPENDED = "this seller is suspended; ask the admin to reactivate it"
+
+
 class NotFound(ChargeboxError):
     """No such resource (or route)."""
 
@@ -73,6 +83,18 @@ class NotPending(ChargeboxError):
     """Approving or rejecting a credit request that is already decided."""
 
     code = "not_pending"
+
+
+class KeyLabelInUse(ChargeboxError):
+    """A new key's label is already the label of another of the seller's unrevoked keys."""
+
+    code = "key_label_in_use"
+
+
+class KeyRevoked(ChargeboxError):
+    """Revoking or rotating a key that is already revoked (a revocation is final)."""
+
+    code = "key_revoked"
 
 
 class TooManyPendingRequests(ChargeboxError):

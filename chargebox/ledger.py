@@ -13,7 +13,14 @@ from __future__ import annotations
 from chargebox import seals
 from chargebox.config import MAX_BALANCE
 from chargebox.db import Write
-from chargebox.errors import BalanceLimitExceeded, InsufficientCredit, NotFound, NotPending
+from chargebox.errors import (
+    SUSPENDED,
+    BalanceLimitExceeded,
+    InsufficientCredit,
+    NotFound,
+    NotPending,
+    SellerSuspended,
+)
 from chargebox.money import check_balance
 from chargebox.queries import CREDIT_REQUEST, LEDGER_ENTRY, SALE
 
@@ -27,9 +34,12 @@ _BALANCE = (
     "UPDATE seller SET balance = balance + :delta"
     " WHERE id = :seller_id AND balance + :delta BETWEEN 0 AND :ceiling RETURNING balance"
 )
+# A sale needs an active seller too, checked inside its write: a sale queued when the
+# seller's suspension commits is refused, not sold (a trigger refuses it as well).
+_ACTIVE = " AND status = 'active'"
 _NEW_SALE = (
     "INSERT INTO sale (seller_id, phone, amount, balance_after, created_at)"
-    f" SELECT id, :phone, :amount, balance + :delta, :now {_GUARD} {SALE.returning}"
+    f" SELECT id, :phone, :amount, balance + :delta, :now {_GUARD}{_ACTIVE} {SALE.returning}"
 )
 _HEAD = "SELECT entries, entry_mac FROM seller_head WHERE seller_id = ?"
 _SEAL = "INSERT INTO ledger_seal (entry_id, mac) VALUES (?, ?)"
@@ -70,7 +80,7 @@ _MOVE_ON_BALANCE = _MOVED + _ON_MOVED.format(
     sale_id="CAST(NULL AS BIGINT)", made="", sale="", join=""
 )
 _SALE_ON_BALANCE = (
-    _MOVED
+    _MOVED.replace(" RETURNING balance)", f"{_ACTIVE} RETURNING balance)")
     + _MADE
     + _ON_MOVED.format(
         sale_id="made.id",
@@ -85,11 +95,14 @@ _DECIDE = (
 )
 
 
-def _refuse(write: Write, seller_id: int, delta: int) -> None:
-    """Say why a guarded movement matched no row: no seller, not enough credit, or the cap."""
-    found = write.rows("SELECT balance FROM seller WHERE id = ?", (seller_id,))
+def _refuse(write: Write, seller_id: int, delta: int, sale: bool = False) -> None:
+    """Say why a guarded movement matched no row: no seller, a suspended seller's sale,
+    not enough credit, or the cap."""
+    found = write.rows("SELECT balance, status FROM seller WHERE id = ?", (seller_id,))
     if not found:
         raise NotFound(f"seller {seller_id} does not exist")
+    if sale and found[0][1] != "active":
+        raise SellerSuspended(SUSPENDED)
     if delta < 0:
         raise InsufficientCredit(f"balance {found[0][0]:,} toman does not cover {-delta:,} toman")
     raise BalanceLimitExceeded(f"a balance may not exceed {MAX_BALANCE:,} toman")
@@ -131,7 +144,7 @@ def _on_balance(write: Write, sql: str, params: dict) -> tuple[dict, tuple[int, 
     write.hold(params["seller_id"])
     moved = write.dicts(sql, params)
     if not moved:
-        _refuse(write, params["seller_id"], params["delta"])
+        _refuse(write, params["seller_id"], params["delta"], params["kind"] == "sale")
     row = moved[0]
     check_balance(row["balance_after"])
     if row["head_entries"] is None:
@@ -225,7 +238,7 @@ def sell(write: Write, seller_id: int, number: str, amount: int, now: str) -> di
     else:
         made = write.dicts(_NEW_SALE, params)
         if not made:
-            _refuse(write, seller_id, -amount)
+            _refuse(write, seller_id, -amount, sale=True)
         sale = made[0]
         _move(write, seller_id, -amount, "sale", now, sale_id=sale["id"], phone=number)
         write.send(_PHONE_TOTAL, (number, amount, now))

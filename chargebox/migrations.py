@@ -20,6 +20,7 @@ from chargebox import schema
 from chargebox.clock import now
 from chargebox.config import Config
 from chargebox.location import check_database_path
+from chargebox.models import ALL_MODELS
 from chargebox.pg_driver import connect, described
 
 LATEST = schema.VERSION  # the schema this code reads and writes
@@ -44,7 +45,65 @@ class Step:
     postgresql: Callable[[object], None]
 
 
-STEPS: tuple[Step, ...] = ()
+def _sqlite_model_schema() -> dict[str, str]:
+    """name -> CREATE statement of every table and index a new file gets from the models,
+    read back from a database made in memory: a step builds what a new file has."""
+    memory = peewee.SqliteDatabase(":memory:")
+    with memory.bind_ctx(ALL_MODELS):
+        memory.create_tables(ALL_MODELS)
+    rows = memory.execute_sql("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL")
+    made = dict(rows.fetchall())
+    memory.close()
+    return made
+
+
+def _sqlite_keys_and_suspension(conn: sqlite3.Connection) -> None:
+    """Version 2: each seller's one key becomes its key labelled "default" in seller_key
+    (and admin_token, for rotations of the admin token, is made);
+    the seller table is rebuilt without api_key_hash and with status (SQLite cannot drop a
+    UNIQUE column): made anew as a new file has it, copied, the old one dropped, renamed.
+    Every trigger is dropped first (a rename checks the triggers that name the table) and
+    comes back, within the same transaction, with schema.TRIGGERS (upgrade_sqlite)."""
+    made = _sqlite_model_schema()
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
+        conn.execute(f'DROP TRIGGER "{name}"')
+    for name in ("seller_key", "seller_key_key_hash", "seller_key_seller_id_id",
+                 "seller_key_seller_id_label", "admin_token"):  # fmt: skip
+        conn.execute(made[name])
+    conn.execute(
+        "INSERT INTO seller_key (seller_id, label, key_hash, created_at)"
+        " SELECT id, 'default', api_key_hash, created_at FROM seller ORDER BY id"
+    )
+    conn.execute(made["seller"].replace('CREATE TABLE "seller"', 'CREATE TABLE "seller_v2"', 1))
+    conn.execute(
+        "INSERT INTO seller_v2 (id, name, balance, created_at, status)"
+        " SELECT id, name, balance, created_at, 'active' FROM seller ORDER BY id"
+    )
+    conn.execute("DROP TABLE seller")
+    conn.execute("ALTER TABLE seller_v2 RENAME TO seller")
+
+
+def _postgresql_keys_and_suspension(conn) -> None:
+    """Version 2 on PostgreSQL: the status column as schema_postgresql.sql has it, what the
+    file's VERSION 2 part adds (seller_key, its triggers, the suspension triggers), each
+    seller's key moved into seller_key as "default", then api_key_hash dropped."""
+    conn.execute(
+        "ALTER TABLE seller ADD COLUMN status text NOT NULL DEFAULT 'active'"
+        " CHECK (status IN ('active', 'suspended'))"
+    )
+    for statement in schema.postgresql_added_in(2):
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO seller_key (seller_id, label, key_hash, created_at)"
+        " SELECT id, 'default', api_key_hash, created_at FROM seller ORDER BY id"
+    )
+    conn.execute("ALTER TABLE seller DROP COLUMN api_key_hash")
+
+
+STEPS: tuple[Step, ...] = (
+    Step(2, "seller keys (several per seller, revocable) and seller suspension",
+         _sqlite_keys_and_suspension, _postgresql_keys_and_suspension),
+)  # fmt: skip
 
 
 def migrate(

@@ -9,11 +9,13 @@ models belong to no database: `schema.create` binds them to one for a moment.
 from __future__ import annotations
 
 from peewee import (
+    SQL,
     AutoField,
     BigIntegerField,
     CharField,
     Check,
     ForeignKeyField,
+    IntegerField,
     Model,
     TextField,
 )
@@ -37,8 +39,32 @@ class Seller(BaseModel):
     name = TextField(constraints=[Check("length(name) BETWEEN 1 AND 200")])
     # I1 in the database: a balance is an integer in 0..10^15.
     balance = BigIntegerField(default=0, constraints=_money("balance", ">= 0"))
-    api_key_hash = CharField(max_length=64, unique=True)
     created_at = TextField()
+    # A suspended seller can neither sell nor ask for credit (a trigger refuses both too);
+    # its books stay as they are: suspending never moves money.
+    status = TextField(
+        default="active",
+        constraints=[SQL("DEFAULT 'active'"), Check("status IN ('active', 'suspended')")],
+    )
+
+
+class SellerKey(BaseModel):
+    """One of a seller's API keys (one per integration, by label): only its SHA-256 is
+    kept. A revoked key stays revoked (a trigger); `last_used_at` is written at most
+    once a minute per key (auth.py), so it says when the key was last used, to a minute."""
+
+    id = AutoField()
+    # The (seller, id) index below serves as its index too.
+    seller = ForeignKeyField(Seller, column_name="seller_id", on_delete="RESTRICT", index=False)
+    label = TextField(constraints=[Check("length(label) BETWEEN 1 AND 100")])
+    key_hash = CharField(max_length=64, unique=True)
+    created_at = TextField()
+    revoked_at = TextField(null=True)
+    last_used_at = TextField(null=True)
+
+    class Meta:
+        constraints = [Check("revoked_at IS NULL OR revoked_at >= created_at")]
+        indexes = ((("seller", "id"), False),)
 
 
 class CreditRequest(BaseModel):
@@ -272,8 +298,25 @@ class WebSession(BaseModel):
         constraints = [Check("(role = 'seller') = (seller_id IS NOT NULL)")]
 
 
+class AdminToken(BaseModel):
+    """The admin token in force, as a SHA-256, once `chargebox rotate-admin-token` has run
+    (before that, none: the configured token is the admin's). One row at most. Every
+    request that presents an admin token is checked against it, so a rotation is in force
+    on every server at once."""
+
+    id = IntegerField(primary_key=True, constraints=[Check("id = 1")])
+    token_hash = CharField(max_length=64)
+    changed_at = TextField()
+
+
+SellerKey.add_index(
+    SellerKey.index(SellerKey.seller, SellerKey.label, unique=True,
+                    where=SellerKey.revoked_at.is_null())
+)  # fmt: skip
 ALL_MODELS = (
     Seller,
+    SellerKey,
+    AdminToken,
     CreditRequest,
     Phone,
     Sale,

@@ -30,10 +30,12 @@ _AFTER_THE_LEDGER = (
                            "error_message", "created_at", "entry_id")),
     ("credit_request_record", ("id", "seller_id", "key", "request_hash", "error_code",
                                "error_message", "created_at", "request_id")),
+    ("seller_key", ("id", "seller_id", "label", "key_hash", "created_at", "revoked_at",
+                    "last_used_at")),
     ("web_session", ("id", "token_hash", "role", "seller_id", "credential_hash", "created_at",
                      "expires_at")),
 )  # fmt: skip
-_SERIAL_TABLES = ("seller", "credit_request", "phone", "sale", "ledger_entry",
+_SERIAL_TABLES = ("seller", "seller_key", "credit_request", "phone", "sale", "ledger_entry",
                   "idempotency_record", "adjustment_record", "credit_request_record",
                   "web_session")  # fmt: skip
 _ENTRY_COLUMNS = ("id", "seller_id", "kind", "amount", "balance_after", "credit_request_id",
@@ -61,6 +63,7 @@ def copy(source: Path, target_url: str) -> dict[str, int]:
             counts["ledger_entry"] = _entries(reader, conn)
             for table, columns in _AFTER_THE_LEDGER:
                 counts[table] = _rows(reader, conn, table, columns)
+            _suspensions(reader, conn)
             for table in _SERIAL_TABLES:
                 conn.execute(
                     f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
@@ -73,17 +76,23 @@ def copy(source: Path, target_url: str) -> dict[str, int]:
 
 
 def _sellers(reader: sqlite3.Connection, conn) -> int:
-    """Sellers start at 0 (a trigger insists); the ledger replay moves their balances."""
-    rows = reader.execute("SELECT id, name, api_key_hash, created_at FROM seller ORDER BY id")
+    """Sellers start at 0 (a trigger insists); the ledger replay moves their balances.
+    All start active, so that their sales and requests go in; `_suspensions` follows."""
+    rows = reader.execute("SELECT id, name, created_at FROM seller ORDER BY id")
     count = 0
     for row in rows:
         conn.execute(
-            "INSERT INTO seller (id, name, balance, api_key_hash, created_at)"
-            " VALUES (%s, %s, 0, %s, %s)",
+            "INSERT INTO seller (id, name, balance, status, created_at)"
+            " VALUES (%s, %s, 0, 'active', %s)",
             row,
         )
         count += 1
     return count
+
+
+def _suspensions(reader: sqlite3.Connection, conn) -> None:
+    for (seller_id,) in reader.execute("SELECT id FROM seller WHERE status = 'suspended'"):
+        conn.execute("UPDATE seller SET status = 'suspended' WHERE id = %s", (seller_id,))
 
 
 def _rows(reader: sqlite3.Connection, conn, table: str, columns: tuple[str, ...]) -> int:

@@ -190,7 +190,6 @@ class Database:
         self.timeout = config.busy_timeout_ms / 1000
         self.ledger_key = config.ledger_key.encode("utf-8") if config.ledger_key else None
         self.slots = WriteSlots(config.threads, self.seconds_since_a_write_began)
-        self.seller_keys = _NoCache()  # another server may change a key: never cached
         self._local = threading.local()
         self._began = 0.0
         # Every connection opened, whatever thread it serves, so that close() ends them
@@ -358,10 +357,3 @@ class Database:
             opened = list(self._opened)
         for conn in opened:
             self._close(conn)
-
-
-class _NoCache(dict):
-    """A dict that remembers nothing (auth's key cache, on a shared database)."""
-
-    def __setitem__(self, key, value) -> None:
-        return None

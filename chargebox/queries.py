@@ -35,7 +35,11 @@ class Shape:
         return "RETURNING " + ", ".join(self.columns)
 
 
-SELLER = Shape("seller", ("id", "name", "balance", "created_at"), "seller")
+SELLER = Shape("seller", ("id", "name", "balance", "status", "created_at"), "seller")
+# A seller's API key as anyone may see it: never its hash.
+SELLER_KEY = Shape(
+    "seller_key", ("id", "seller_id", "label", "created_at", "last_used_at", "revoked_at"), "key"
+)
 CREDIT_REQUEST = Shape(
     "credit_request",
     ("id", "seller_id", "amount", "status", "created_at", "decided_at"),
@@ -132,6 +136,10 @@ class Queries:
 
     def phones(self, page: Page) -> list[dict]:
         return self.page(PHONE, page)
+
+    def seller_keys(self, seller_id: int, page: Page | None = None) -> list[dict]:
+        self.seller(seller_id)  # NotFound for a seller that does not exist
+        return self.page(SELLER_KEY, page or Page(), seller_id=seller_id)
 
     # --- what the pages show ----------------------------------------------------------------
 

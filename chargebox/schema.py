@@ -19,7 +19,7 @@ import peewee
 
 # The schema version this code reads and writes, and that a new database is made at (the
 # models with TRIGGERS; schema_postgresql.sql). Older ones: migrations.py. 1: chargebox 0.1.0.
-VERSION = 1
+VERSION = 2  # 2: seller keys (seller_key) and suspension (seller.status)
 POSTGRESQL_VERSION = VERSION
 
 
@@ -53,6 +53,18 @@ def postgresql_statements() -> list[str]:
     text = resources.files("chargebox").joinpath("schema_postgresql.sql").read_text()
     parts = re.split(r"(?m)^-- ;\s*$", text)
     return [part.strip() for part in parts if _sql_in(part)]
+
+
+def postgresql_added_in(version: int) -> list[str]:
+    """The statements of `schema_postgresql.sql` that schema version `version` added: from
+    its `-- VERSION n:` line on, to the next such line (what migrations.py applies)."""
+    found, since = [], 1
+    for statement in postgresql_statements():
+        if marked := re.search(r"(?m)^-- VERSION (\d+):", statement):
+            since = int(marked.group(1))
+        if since == version:
+            found.append(statement)
+    return found
 
 
 def postgresql_triggers() -> set[str]:
@@ -103,6 +115,24 @@ TRIGGERS = (
     _immutable("credit_request_record", "DELETE", "idempotency outcomes are final"),
     _immutable("seller", "DELETE", "sellers are never deleted"),
     _immutable("credit_request", "DELETE", "credit requests are never deleted"),
+    _immutable("seller_key", "DELETE", "seller keys are never deleted"),
+    # A key keeps what it was issued as; once revoked it stays revoked.
+    """CREATE TRIGGER IF NOT EXISTS seller_key_revocation_is_final
+       BEFORE UPDATE ON seller_key
+       WHEN NEW.seller_id IS NOT OLD.seller_id OR NEW.label IS NOT OLD.label
+         OR NEW.key_hash IS NOT OLD.key_hash OR NEW.created_at IS NOT OLD.created_at
+         OR (OLD.revoked_at IS NOT NULL AND NEW.revoked_at IS NOT OLD.revoked_at)
+       BEGIN SELECT RAISE(ABORT, 'a seller key never changes, and a revoked key stays revoked');
+       END""",
+    # A suspended seller neither sells nor files credit requests (code refuses first).
+    """CREATE TRIGGER IF NOT EXISTS sale_needs_an_active_seller
+       BEFORE INSERT ON sale
+       WHEN (SELECT status FROM seller WHERE id = NEW.seller_id) IS NOT 'active'
+       BEGIN SELECT RAISE(ABORT, 'a suspended seller cannot sell'); END""",
+    """CREATE TRIGGER IF NOT EXISTS credit_request_needs_an_active_seller
+       BEFORE INSERT ON credit_request
+       WHEN (SELECT status FROM seller WHERE id = NEW.seller_id) IS NOT 'active'
+       BEGIN SELECT RAISE(ABORT, 'a suspended seller cannot ask for credit'); END""",
     _immutable("audit_checkpoint", "UPDATE", "audit checkpoints are never updated"),
     _immutable("audit_checkpoint", "DELETE", "audit checkpoints are never deleted"),
     _immutable("seller_checkpoint", "UPDATE", "audit checkpoints are never updated"),
@@ -202,7 +232,9 @@ def _add_checkpoints(conn) -> None:
 # What the service's role may change, column by column; everything else it may only
 # read and insert, and the append-only tables not even that much more.
 _UPDATABLE = {
-    "seller": ("balance",),
+    "seller": ("balance", "status"),
+    "seller_key": ("revoked_at", "last_used_at"),
+    "admin_token": ("token_hash", "changed_at"),  # rotate-admin-token, as the service
     "credit_request": ("status", "decided_at"),
     "phone": ("total_charged",),
     "seller_head": ("entry_id", "entries", "entry_mac", "mac"),

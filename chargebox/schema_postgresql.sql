@@ -17,8 +17,9 @@ CREATE TABLE seller (
     id bigserial PRIMARY KEY,
     name text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
     balance bigint NOT NULL DEFAULT 0 CHECK (balance >= 0 AND balance <= 1000000000000000),
-    api_key_hash varchar(64) NOT NULL UNIQUE,
-    created_at text NOT NULL
+    created_at text NOT NULL,
+    -- Version 2 (added by migrations.py to a version-1 database: the same definition).
+    status text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'suspended'))
 );
 -- ;
 CREATE TABLE credit_request (
@@ -346,3 +347,72 @@ CREATE TRIGGER seller_checkpoint_no_change BEFORE UPDATE OR DELETE ON seller_che
 -- ;
 CREATE TRIGGER seller_checkpoint_no_truncate BEFORE TRUNCATE ON seller_checkpoint
     FOR EACH STATEMENT EXECUTE FUNCTION chargebox_refuse('audit checkpoints are never deleted');
+-- ;
+-- VERSION 2: seller keys and suspension. Everything below this line is what
+-- `chargebox migrate` adds to a version-1 database (migrations.py), besides the
+-- seller's status column above and the move of each seller's one key into seller_key.
+-- The admin token in force (its SHA-256) once `chargebox rotate-admin-token` has run.
+CREATE TABLE admin_token (
+    id integer PRIMARY KEY CHECK (id = 1),
+    token_hash varchar(64) NOT NULL,
+    changed_at text NOT NULL
+);
+-- ;
+CREATE TABLE seller_key (
+    id bigserial PRIMARY KEY,
+    seller_id bigint NOT NULL REFERENCES seller (id) ON DELETE RESTRICT,
+    label text NOT NULL CHECK (length(label) BETWEEN 1 AND 100),
+    key_hash varchar(64) NOT NULL UNIQUE,
+    created_at text NOT NULL,
+    revoked_at text,
+    last_used_at text,
+    CHECK (revoked_at IS NULL OR revoked_at >= created_at)
+);
+-- ;
+CREATE INDEX seller_key_seller_id_id ON seller_key (seller_id, id);
+-- ;
+CREATE UNIQUE INDEX seller_key_seller_id_label ON seller_key (seller_id, label)
+    WHERE revoked_at IS NULL;
+-- ;
+CREATE TRIGGER seller_key_no_delete BEFORE DELETE ON seller_key
+    FOR EACH ROW EXECUTE FUNCTION chargebox_refuse('seller keys are never deleted');
+-- ;
+CREATE TRIGGER seller_key_no_truncate BEFORE TRUNCATE ON seller_key
+    FOR EACH STATEMENT EXECUTE FUNCTION chargebox_refuse('seller keys are never deleted');
+-- ;
+-- A key keeps what it was issued as; once revoked it stays revoked.
+CREATE FUNCTION chargebox_key_revocation_is_final() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
+BEGIN
+    IF NEW.seller_id IS DISTINCT FROM OLD.seller_id OR NEW.label IS DISTINCT FROM OLD.label
+       OR NEW.key_hash IS DISTINCT FROM OLD.key_hash
+       OR NEW.created_at IS DISTINCT FROM OLD.created_at
+       OR (OLD.revoked_at IS NOT NULL AND NEW.revoked_at IS DISTINCT FROM OLD.revoked_at) THEN
+        RAISE EXCEPTION 'a seller key never changes, and a revoked key stays revoked'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+-- ;
+CREATE TRIGGER seller_key_revocation_is_final BEFORE UPDATE ON seller_key
+    FOR EACH ROW EXECUTE FUNCTION chargebox_key_revocation_is_final();
+-- ;
+-- A suspended seller neither sells nor files credit requests (code refuses first; this
+-- runs after the seller's row is held, so it sees a suspension committed before).
+CREATE FUNCTION chargebox_needs_an_active_seller() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
+BEGIN
+    IF (SELECT status FROM seller WHERE id = NEW.seller_id) IS DISTINCT FROM 'active' THEN
+        RAISE EXCEPTION '%', TG_ARGV[0] USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+-- ;
+CREATE TRIGGER sale_needs_an_active_seller BEFORE INSERT ON sale
+    FOR EACH ROW EXECUTE FUNCTION chargebox_needs_an_active_seller('a suspended seller cannot sell');
+-- ;
+CREATE TRIGGER credit_request_needs_an_active_seller BEFORE INSERT ON credit_request
+    FOR EACH ROW EXECUTE FUNCTION
+        chargebox_needs_an_active_seller('a suspended seller cannot ask for credit');

@@ -16,20 +16,38 @@ from chargebox import audit, auth, idempotency, ledger
 from chargebox.clock import now
 from chargebox.config import Config
 from chargebox.db import Database, Write, open_database
-from chargebox.errors import TooManyPendingRequests
+from chargebox.errors import (
+    SUSPENDED,
+    KeyLabelInUse,
+    KeyRevoked,
+    NotFound,
+    SellerSuspended,
+    TooManyPendingRequests,
+)
 from chargebox.idempotency import Outcome
 from chargebox.money import parse_amount, parse_signed_amount
 from chargebox.phones import normalize_phone
-from chargebox.queries import CREDIT_REQUEST, SELLER, Queries
+from chargebox.queries import CREDIT_REQUEST, SELLER, SELLER_KEY, Queries
 from chargebox.text import clean_text
 
 MAX_NAME_LENGTH = 200
 MAX_REASON_LENGTH = 500
 
 _NEW_SELLER = (
-    "INSERT INTO seller (name, balance, api_key_hash, created_at) VALUES (?, 0, ?, ?) "
+    "INSERT INTO seller (name, balance, status, created_at) VALUES (?, 0, 'active', ?) "
     + SELLER.returning
 )
+_NEW_KEY = (
+    "INSERT INTO seller_key (seller_id, label, key_hash, created_at) VALUES (?, ?, ?, ?) "
+    + SELLER_KEY.returning
+)
+_REVOKE = (
+    "UPDATE seller_key SET revoked_at = ? WHERE id = ? AND seller_id = ? AND revoked_at IS NULL "
+    + SELLER_KEY.returning
+)
+_STATUS = "UPDATE seller SET status = ? WHERE id = ? " + SELLER.returning
+MAX_LABEL_LENGTH = 100
+DEFAULT_LABEL = "default"  # a new seller's first key, and every key a 0.1.0 seller had
 # One statement inside the write counts and files: racing requests cannot pass the cap.
 _NEW_REQUEST = (
     "INSERT INTO credit_request (seller_id, amount, status, created_at)"
@@ -58,14 +76,84 @@ class Chargebox:
     # --- sellers ---------------------------------------------------------------------------
 
     def create_seller(self, name: object) -> tuple[dict, str]:
-        """A new seller with balance 0, and its API key (returned only this once)."""
+        """A new seller with balance 0, and its API key labelled "default" (returned only
+        this once)."""
         name = clean_text(name, "name", MAX_NAME_LENGTH)
         key, key_hash = auth.new_api_key()
         created = now()
-        seller = self.database.write(
-            lambda write: write.dicts(_NEW_SELLER, (name, key_hash, created))[0]
+
+        def make(write: Write) -> dict:
+            seller = write.dicts(_NEW_SELLER, (name, created))[0]
+            write.execute(_NEW_KEY, (seller["id"], DEFAULT_LABEL, key_hash, created))
+            return seller
+
+        return self.database.write(make), key
+
+    # --- a seller's keys, and its suspension (no money moves in any of these) ---------------
+
+    def create_key(self, seller_id: int, label: object) -> tuple[dict, str]:
+        """A new key for one of the seller's integrations, shown only this once; its label
+        must not be another unrevoked key's."""
+        label = clean_text(label, "label", MAX_LABEL_LENGTH)
+        key, key_hash = auth.new_api_key()
+
+        def make(write: Write) -> dict:
+            return self._new_key(write, seller_id, label, key_hash, now())
+
+        return self.database.write(make), key
+
+    def revoke_key(self, seller_id: int, key_id: int) -> dict:
+        """Revoke a key: from this commit on, no request with it succeeds on any server."""
+        return self.database.write(lambda write: self._revoke(write, seller_id, key_id, now()))
+
+    def rotate_key(self, seller_id: int, key_id: int) -> tuple[dict, str]:
+        """A new key with the old one's label, the old one revoked in the same transaction."""
+        key, key_hash = auth.new_api_key()
+
+        def rotate(write: Write) -> dict:
+            at = now()
+            old = self._revoke(write, seller_id, key_id, at)
+            return self._new_key(write, seller_id, old["label"], key_hash, at)
+
+        return self.database.write(rotate), key
+
+    def _new_key(self, write: Write, seller_id: int, label: str, key_hash: str, at: str) -> dict:
+        write.lock_seller(seller_id)  # two new keys of one seller: one after the other
+        Queries(write).seller(seller_id)
+        taken = write.rows(
+            "SELECT 1 FROM seller_key WHERE seller_id = ? AND label = ? AND revoked_at IS NULL",
+            (seller_id, label),
         )
-        return seller, key
+        if taken:
+            raise KeyLabelInUse(f"another of this seller's keys is labelled {label!r}", "label")
+        return write.dicts(_NEW_KEY, (seller_id, label, key_hash, at))[0]
+
+    def _revoke(self, write: Write, seller_id: int, key_id: int, at: str) -> dict:
+        revoked = write.dicts(_REVOKE, (at, key_id, seller_id))
+        if revoked:
+            return revoked[0]
+        found = write.rows(
+            "SELECT 1 FROM seller_key WHERE id = ? AND seller_id = ?", (key_id, seller_id)
+        )
+        if not found:
+            raise NotFound(f"seller {seller_id} has no key {key_id}")
+        raise KeyRevoked(f"key {key_id} is already revoked; a revocation is final")
+
+    def set_status(self, seller_id: int, status: str) -> dict:
+        """Suspend ("suspended": its keys and sessions stop working, its web sessions end)
+        or reactivate ("active": the same keys work again). The books stay as they are."""
+        if status not in ("active", "suspended"):
+            raise AssertionError(status)
+
+        def change(write: Write) -> dict:
+            changed = write.dicts(_STATUS, (status, seller_id))
+            if not changed:
+                raise NotFound(f"seller {seller_id} does not exist")
+            if status == "suspended":
+                write.execute("DELETE FROM web_session WHERE seller_id = ?", (seller_id,))
+            return changed[0]
+
+        return self.database.write(change)
 
     # --- credit requests -------------------------------------------------------------------
 
@@ -82,7 +170,8 @@ class Chargebox:
 
         def file_request(write: Write, created: str) -> dict:
             write.lock_seller(seller_id)  # racing requests count one after another
-            Queries(write).seller(seller_id)  # NotFound, not a foreign-key failure
+            if Queries(write).seller(seller_id)["status"] != "active":  # NotFound, too
+                raise SellerSuspended(SUSPENDED)
             params = {"seller_id": seller_id, "amount": amount, "now": created, "cap": cap}
             filed = write.dicts(_NEW_REQUEST, params)
             if not filed:

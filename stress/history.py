@@ -121,9 +121,14 @@ def _fill(conn: sqlite3.Connection, key: bytes, options: Options, say) -> dict:
     now = stamp(0)
     conn.execute("BEGIN")
     conn.executemany(
-        "INSERT INTO seller (id, name, balance, api_key_hash, created_at) VALUES (?, ?, 0, ?, ?)",
+        "INSERT INTO seller (id, name, balance, status, created_at) VALUES (?, ?, 0, 'active', ?)",
+        ((n, f"seller {n}", now) for n in range(1, options.sellers + 1)),
+    )
+    conn.executemany(
+        "INSERT INTO seller_key (seller_id, label, key_hash, created_at)"
+        " VALUES (?, 'default', ?, ?)",
         (
-            (n, f"seller {n}", hashlib.sha256(secrets.token_bytes(32)).hexdigest(), now)
+            (n, hashlib.sha256(secrets.token_bytes(32)).hexdigest(), now)
             for n in range(1, options.sellers + 1)
         ),
     )

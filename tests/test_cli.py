@@ -64,7 +64,7 @@ def test_create_seller_prints_a_working_key_once_and_audit_passes(tmp_path):
     assert created.returncode == 0, created.stderr
     assert '"api_key": "cbk_' in created.stdout
     key = created.stdout.split('"api_key": "')[1].split('"')[0]
-    stored = rows_on_disk(db_path, "SELECT api_key_hash FROM seller")
+    stored = rows_on_disk(db_path, "SELECT * FROM seller_key")
     assert key not in repr(stored)
     assert cli_audit(db_path).returncode == 0
 

@@ -87,13 +87,30 @@ def sells_on_with_old_keys(server, keys: dict[int, str]) -> None:
     admin.close()
 
 
+def test_a_release_0_1_0_file_is_refused_by_serve_until_migrated(tmp_path):
+    db = old_file(tmp_path)
+    before = db_snapshot(db)
+    served = chargebox("serve", "--port", "0", "--db", db)
+    assert served.returncode == 2
+    assert served.stderr.strip().endswith(
+        f"the database has schema version 1 and this chargebox needs {migrations.LATEST}: "
+        "back it up, stop its servers, then run `chargebox migrate`"
+    ), served.stderr
+    assert len(served.stderr.strip().splitlines()) == 1
+    created = chargebox("create-seller", "Eve", "--db", db)
+    assert created.returncode == 2 and "chargebox migrate" in created.stderr
+    assert db_snapshot(db) == before
+
+
 def test_a_release_0_1_0_file_is_migrated_audited_and_sells_on_with_its_old_keys(tmp_path):
     db = old_file(tmp_path)
     migrated = chargebox("migrate", "--db", db)
     assert migrated.returncode == 0, migrated.stderr
-    assert f"schema version 1 -> {migrations.LATEST}" in migrated.stderr or (
-        migrations.LATEST == 1 and "schema version 1 in" in migrated.stderr
-    )
+    assert f"schema version 1 -> {migrations.LATEST}" in migrated.stderr
+    keys = "SELECT seller_id, label, revoked_at, last_used_at FROM seller_key ORDER BY id"
+    assert rows_on_disk(db, keys) == [(n, "default", None, None) for n in range(1, 5)]
+    statuses = rows_on_disk(db, "SELECT DISTINCT status FROM seller")
+    assert statuses == [("active",)]
     recorded = rows_on_disk(db, "SELECT version FROM schema_version ORDER BY version")
     assert recorded == [(version,) for version in range(1, migrations.LATEST + 1)]
     audited = cli_audit(db)
@@ -173,7 +190,9 @@ def restored_0_1_0(cluster) -> pg_cluster.Roles:
     )
     assert restored.returncode == 0, restored.stderr
     with writable_as(made.owner_url) as conn:
+        name = made.owner_url.rsplit("/", 1)[1]
         for statement in (
+            f"GRANT CONNECT ON DATABASE {name} TO {{}}",
             "GRANT USAGE ON SCHEMA public TO {}",
             "GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO {}",
             "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}",
@@ -197,6 +216,8 @@ def test_a_release_0_1_0_postgresql_database_is_migrated_granted_audited_and_ser
     data = tmp_path / "data"
     data.mkdir()
     shutil.copyfile(FIXTURE / "ledger_key", data / "ledger_key")
+    served = chargebox("serve", "--port", "0", "--db", made.app_url, "--data-dir", data)
+    assert served.returncode == 2 and "run `chargebox migrate`" in served.stderr, served.stderr
     migrated = chargebox("migrate", "--db", made.owner_url, "--data-dir", data)
     assert migrated.returncode == 0, migrated.stderr
     assert f"granted to {made.app_role}" in migrated.stderr
@@ -210,3 +231,28 @@ def test_a_release_0_1_0_postgresql_database_is_migrated_granted_audited_and_ser
     reconciled_balances(made.app_url)
     again = chargebox("migrate", "--db", made.owner_url, "--data-dir", data)
     assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr
+
+
+_POSTGRESQL_CATALOGUE = (
+    "SELECT table_name, column_name, data_type, is_nullable, column_default"
+    " FROM information_schema.columns WHERE table_schema = 'public'",
+    "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint"
+    " WHERE connamespace = 'public'::regnamespace",
+    "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'",
+    "SELECT tgrelid::regclass::text, tgname, pg_get_triggerdef(oid) FROM pg_trigger"
+    " WHERE NOT tgisinternal",
+    "SELECT proname, prosrc FROM pg_proc WHERE pronamespace = 'public'::regnamespace",
+)
+
+
+def _catalogue(url: str) -> list[set]:
+    return [set(rows_on_disk(url, sql)) for sql in _POSTGRESQL_CATALOGUE]
+
+
+def test_a_migrated_postgresql_database_has_the_schema_of_a_new_one(postgresql_cluster, tmp_path):
+    """Every column, constraint, index, trigger and function of a database init-db makes
+    now, and nothing else, in a 0.1.0 database once migrated (column order aside)."""
+    made = restored_0_1_0(postgresql_cluster)
+    assert chargebox("migrate", "--db", made.owner_url).returncode == 0
+    new = pg_cluster.initialised(postgresql_cluster, "new", tmp_path / "new")
+    assert _catalogue(made.owner_url) == _catalogue(new.owner_url)

@@ -84,9 +84,8 @@ def app_writes_a_credit(conn) -> int:
     """Every legitimate write of a credit, in the service's order, with the app's rights."""
     with conn.transaction():
         (seller,) = conn.execute(
-            "INSERT INTO seller (name, balance, api_key_hash, created_at)"
-            " VALUES ('Ali', 0, %s, %s) RETURNING id",
-            ("a" * 64, T),
+            "INSERT INTO seller (name, balance, created_at) VALUES ('Ali', 0, %s) RETURNING id",
+            (T,),
         ).fetchone()
         (request,) = conn.execute(
             "INSERT INTO credit_request (seller_id, amount, created_at) VALUES (%s, 5000, %s)"
@@ -138,7 +137,8 @@ def test_the_app_role_can_do_every_write_the_service_does(granted):
         "TRUNCATE sale",
         "DELETE FROM idempotency_record",
         "UPDATE seller SET name = 'renamed'",
-        "UPDATE seller SET api_key_hash = 'stolen'",
+        "UPDATE seller_key SET key_hash = 'stolen'",
+        "DELETE FROM seller_key",
         "DELETE FROM seller",
         "SET session_replication_role = replica",
         "ALTER TABLE ledger_entry DISABLE TRIGGER ALL",

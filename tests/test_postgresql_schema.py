@@ -50,9 +50,8 @@ def conn(url):
 
 def seller(conn, name: str = "Ali") -> int:
     return conn.execute(
-        "INSERT INTO seller (name, balance, api_key_hash, created_at) VALUES (%s, 0, %s, %s)"
-        " RETURNING id",
-        (name, f"{name}-{next(_names)}".ljust(64, "0"), T),
+        "INSERT INTO seller (name, balance, created_at) VALUES (%s, 0, %s) RETURNING id",
+        (name, T),
     ).fetchone()[0]
 
 
@@ -144,8 +143,8 @@ def test_i2_an_entry_that_does_not_land_on_the_sellers_balance_is_refused(conn):
 def test_i2_a_new_seller_starts_at_zero(conn):
     refused(
         conn,
-        "INSERT INTO seller (name, balance, api_key_hash, created_at) VALUES ('x', 5, %s, %s)",
-        ("h" * 64, T),
+        "INSERT INTO seller (name, balance, created_at) VALUES ('x', 5, %s)",
+        (T,),
         "I2",
     )
 

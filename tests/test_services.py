@@ -97,7 +97,9 @@ def test_a_new_seller_starts_at_zero_and_gets_its_key_once(service, config):
 @pytest.mark.sqlite_only  # the files themselves
 def test_only_the_sha256_of_a_seller_key_is_stored(service, config):
     seller, key = service.create_seller("Ali")
-    (row,) = rows_on_disk(database_of(config), "SELECT * FROM seller WHERE id = ?", (seller["id"],))
+    (row,) = rows_on_disk(
+        database_of(config), "SELECT * FROM seller_key WHERE seller_id = ?", (seller["id"],)
+    )
     assert hashlib.sha256(key.encode()).hexdigest() in row
     assert not any(isinstance(value, str) and key in value for value in row)
     # Neither the WAL nor, once closing has checkpointed it, the main file holds the key.

@@ -56,6 +56,43 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
         caller(access, ADMIN)
         return 200, service.queries.seller(int(ident))
 
+    # --- a seller's keys and its suspension (the admin's) ------------------------------------
+
+    @app.get(f"/api/sellers/{ID}/keys")
+    def list_keys(ident):
+        caller(access, ADMIN)
+        return 200, {
+            "items": service.queries.seller_keys(int(ident), page(query("limit", "after_id")))
+        }
+
+    @app.post(f"/api/sellers/{ID}/keys")
+    def create_key(ident):
+        caller(access, ADMIN)
+        body = read_json(limit, ("label",))
+        key, api_key = service.create_key(int(ident), body["label"])
+        return 201, {**key, "api_key": api_key}, _key_location(key)
+
+    @app.post(f"/api/sellers/{ID}/keys/<key_id:re:[0-9]{{1,18}}>/revoke")
+    def revoke_key(ident, key_id):
+        caller(access, ADMIN)
+        return 200, service.revoke_key(int(ident), int(key_id))
+
+    @app.post(f"/api/sellers/{ID}/keys/<key_id:re:[0-9]{{1,18}}>/rotate")
+    def rotate_key(ident, key_id):
+        caller(access, ADMIN)
+        made, api_key = service.rotate_key(int(ident), int(key_id))
+        return 201, {**made, "api_key": api_key}, _key_location(made)
+
+    @app.post(f"/api/sellers/{ID}/suspend")
+    def suspend(ident):
+        caller(access, ADMIN)
+        return 200, service.set_status(int(ident), "suspended")
+
+    @app.post(f"/api/sellers/{ID}/reactivate")
+    def reactivate(ident):
+        caller(access, ADMIN)
+        return 200, service.set_status(int(ident), "active")
+
     @app.get("/api/me")
     def me():
         principal = caller(access, SELLER)
@@ -157,6 +194,10 @@ def _made(outcome: Outcome, headers: dict | None = None) -> tuple[int, dict, dic
     if outcome.replayed:
         headers["Idempotent-Replayed"] = "true"
     return 201, outcome.record, headers
+
+
+def _key_location(key: dict) -> dict:
+    return {"Location": f"/api/sellers/{key['seller_id']}/keys"}
 
 
 def _location(collection: str, ident: int) -> dict:

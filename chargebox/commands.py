@@ -1,0 +1,127 @@
+"""The CLI's admin commands: a seller's keys, its suspension, the admin token.
+
+`chargebox keys | create-key | revoke-key | rotate-key | suspend | reactivate |
+rotate-admin-token`: the same use cases as the admin's API and pages, run once on the
+database `--db` names, their answer printed as JSON on stdout. A new secret is
+printed once, on stdout only; nothing here logs one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from chargebox import auth
+from chargebox.config import Config
+from chargebox.services import Chargebox
+
+COMMANDS = ("keys", "create-key", "revoke-key", "rotate-key", "suspend", "reactivate",
+            "rotate-admin-token")  # fmt: skip
+SHOWN_ONCE = "Store this API key now: it is shown only once."
+
+
+def add_parsers(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """The subcommands, each made by cli's `command(name, help)` (which adds --db)."""
+    command("keys", "list a seller's API keys (never a secret)").add_argument("seller_id", type=int)
+    create = command("create-key", "make a new labelled API key for a seller (shown once)")
+    create.add_argument("seller_id", type=int)
+    create.add_argument("label")
+    for name, what in (
+        ("revoke-key", "revoke a seller's key at once, on every server"),
+        ("rotate-key", "revoke a key and make a new one with its label"),
+    ):
+        sub = command(name, what)  # fmt: skip
+        sub.add_argument("seller_id", type=int)
+        sub.add_argument("key_id", type=int)
+    command("suspend", "suspend a seller: its keys and sessions are refused, no money moves"
+            ).add_argument("seller_id", type=int)  # fmt: skip
+    command("reactivate", "let a suspended seller's keys work again").add_argument(
+        "seller_id", type=int
+    )
+    command(
+        "rotate-admin-token",
+        "make a new admin token (written to the data dir, printed once) the only one in force "
+        "on every server at once; with CHARGEBOX_ADMIN_TOKEN set, make that one the token in force",
+    )
+
+
+def run(args: argparse.Namespace, config: Config, prepare: Callable[[Config], Config]) -> int:
+    from_environment = config.admin_token is not None  # CHARGEBOX_ADMIN_TOKEN is set
+    service = Chargebox(prepare(config))
+    try:
+        if args.command == "rotate-admin-token":
+            return _rotate_admin_token(service, config, from_environment)
+        return _answer(args, service)
+    finally:
+        service.close()
+
+
+def _answer(args: argparse.Namespace, service: Chargebox) -> int:
+    seller = args.seller_id
+    secret = None
+    if args.command == "keys":
+        answer: object = service.queries.seller_keys(seller)
+    elif args.command == "create-key":
+        answer, secret = service.create_key(seller, args.label)
+    elif args.command == "revoke-key":
+        answer = service.revoke_key(seller, args.key_id)
+    elif args.command == "rotate-key":
+        answer, secret = service.rotate_key(seller, args.key_id)
+    else:
+        answer = service.set_status(seller, "suspended" if args.command == "suspend" else "active")
+    if secret is not None:
+        answer = {**answer, "api_key": secret}
+    for item in answer if isinstance(answer, list) else [answer]:
+        print(json.dumps(item, ensure_ascii=False))
+    if secret is not None:
+        print(SHOWN_ONCE, file=sys.stderr)
+    return 0
+
+
+def _rotate_admin_token(service: Chargebox, config: Config, from_environment: bool) -> int:
+    """The token in force changes in the database (every server checks it per request);
+    the file is replaced atomically, owner-only. A token from the environment is made the
+    one in force as it is: the operator chose it, and no file holds it."""
+    if from_environment:
+        auth.rotate_admin(service.database, config.admin_token)
+        print("chargebox: the token in CHARGEBOX_ADMIN_TOKEN is now the admin token on every "
+              "server; give it to every server's environment before it restarts",
+              file=sys.stderr)  # fmt: skip
+        return 0
+    token = auth.new_admin_token()
+    auth.rotate_admin(service.database, token)
+    print(token)
+    try:
+        _replace_secret(config.admin_token_path, token)
+    except OSError as exc:
+        where = config.admin_token_path
+        print(f"chargebox: the new admin token is in force, but {where} could not be "
+              f"written ({exc.strerror}): put it there yourself", file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"chargebox: the admin token above is now the only one in force on every server, "
+          f"and in {config.admin_token_path}; copy that file to every host's data dir",
+          file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def _replace_secret(path: Path, secret: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    os.replace(temporary, path)
+
+
+def check_admin_token(database, config: Config, token: str) -> None:
+    """At start-up: say so when the configured admin token is not the one in force (it
+    was rotated since); the server starts, and only the token in force acts as admin."""
+    current = auth.current_admin(database)
+    if current is not None and current != auth.hash_key(token):
+        source = "CHARGEBOX_ADMIN_TOKEN" if config.admin_token else str(config.admin_token_path)
+        print(f"chargebox: warning: the admin token in {source} is not the one in force "
+              "(it was rotated with `chargebox rotate-admin-token`): only the current one acts "
+              "as the admin; put it there", file=sys.stderr)  # fmt: skip
