@@ -50,6 +50,12 @@ ACCESS = {
     ("POST", "/api/phones"): ADMIN,
     ("GET", "/api/audit"): ADMIN,
     ("GET", "/metrics"): ADMIN,
+    ("GET", "/api/sellers/{id}/keys"): ADMIN,
+    ("POST", "/api/sellers/{id}/keys"): ADMIN,
+    ("POST", "/api/sellers/{id}/keys/{key_id}/revoke"): ADMIN,
+    ("POST", "/api/sellers/{id}/keys/{key_id}/rotate"): ADMIN,
+    ("POST", "/api/sellers/{id}/suspend"): ADMIN,
+    ("POST", "/api/sellers/{id}/reactivate"): ADMIN,
 }
 
 # A body each POST route accepts, so that a refusal is never about the body.
@@ -61,6 +67,11 @@ SAMPLE_BODIES = {
     "/api/sellers/{id}/adjustments": {"amount": 700, "reason": "sweep"},
     "/api/sales": {"phone": "09121234567", "amount": 1000},
     "/api/phones": {"number": "09351234567"},
+    "/api/sellers/{id}/keys": {"label": "sweep"},
+    "/api/sellers/{id}/keys/{key_id}/revoke": None,
+    "/api/sellers/{id}/keys/{key_id}/rotate": None,
+    "/api/sellers/{id}/suspend": None,
+    "/api/sellers/{id}/reactivate": None,
 }
 
 # Which of the calling seller's own records fills `{id}`: the most tempting one for a seller.
@@ -71,6 +82,13 @@ OWN_IDS = {
     "/api/credit-requests/{id}/approve": "pending_request",
     "/api/credit-requests/{id}/reject": "pending_request",
     "/api/sales/{id}": "sale",
+    # A seller of each test's own (and its key): the admin's calls that succeed suspend it
+    # or revoke its key, which must not touch the owner the other routes are called with.
+    "/api/sellers/{id}/keys": "spare_seller",
+    "/api/sellers/{id}/keys/{key_id}/revoke": "spare_seller",
+    "/api/sellers/{id}/keys/{key_id}/rotate": "spare_seller",
+    "/api/sellers/{id}/suspend": "spare_seller",
+    "/api/sellers/{id}/reactivate": "spare_seller",
 }
 
 DOC = json.loads((Path(chargebox.__file__).parent / "openapi.json").read_text("utf-8"))
@@ -81,10 +99,14 @@ def app_routes() -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         app = create_app(Config(db_path=Path(tmp) / "routes.db", admin_token=ADMIN_TOKEN))
         return [
-            (route.method, re.sub(r"<[^>]*>", "{id}", route.rule))
+            (route.method, re.sub(r"<(\w+)[^>]*>", _placeholder, route.rule))
             for route in app.routes
             if route.method != "HEAD" and route.app is app  # the JSON API, not the pages
         ]
+
+
+def _placeholder(match: re.Match) -> str:
+    return "{id}" if match[1] == "ident" else "{" + match[1] + "}"
 
 
 ROUTES = app_routes()
@@ -148,6 +170,8 @@ def own_ids(callers) -> Iterator[dict[str, int]]:
     stays under its cap of pending requests (CHARGEBOX_MAX_PENDING_REQUESTS) all sweep long.
     """
     owner = callers["owner"]
+    spare, _ = new_seller(callers["admin"], "spare")
+    (spare_key,) = callers["admin"].get(f"/api/sellers/{spare['id']}/keys").json()["items"]
     request = owner.post("/api/credit-requests", {"amount": 5000})
     sale = owner.post("/api/sales", {"phone": "09121234567", "amount": 1000})
     assert request.status_code == 201 and sale.status_code == 201, (request.text, sale.text)
@@ -155,6 +179,8 @@ def own_ids(callers) -> Iterator[dict[str, int]]:
         "seller": owner.seller_id,
         "pending_request": request.json()["id"],
         "sale": sale.json()["id"],
+        "spare_seller": spare["id"],
+        "spare_key": spare_key["id"],
     }
     for pending in callers["admin"].get("/api/credit-requests?status=pending").json()["items"]:
         callers["admin"].post(f"/api/credit-requests/{pending['id']}/reject")
@@ -166,6 +192,7 @@ def call(api: Api, route: tuple[str, str], ids: dict[str, int], headers=None, **
     if "{id}" in path:
         assert path in OWN_IDS, f"{route_id(route)}: add which record fills {{id}} to OWN_IDS"
         path = path.replace("{id}", str(ids[OWN_IDS[path]]))
+        path = path.replace("{key_id}", str(ids.get("spare_key", 0)))
     body = None
     if method == "POST":
         assert route[1] in SAMPLE_BODIES, f"{route_id(route)}: add a sample body to SAMPLE_BODIES"

@@ -20,7 +20,7 @@ from tests.support import ADMIN_TOKEN, Api, reconciled_balances
 _numbers = itertools.count(1)
 KEY_RE = re.compile(r"\S+")
 
-SELLER_KEYS = {"id", "name", "balance", "created_at"}
+SELLER_KEYS = {"id", "name", "balance", "status", "created_at"}
 REQUEST_KEYS = {"id", "seller_id", "amount", "status", "created_at", "decided_at"}
 SALE_KEYS = {"id", "seller_id", "phone", "amount", "balance_after", "created_at"}
 ENTRY_KEYS = {"id", "seller_id", "kind", "amount", "balance_after", "created_at"}

@@ -1,0 +1,109 @@
+"""The CLI's admin commands, against two running server processes on one database.
+
+`chargebox rotate-admin-token` makes a new token the only admin token on every
+server at once: the servers keep running, the old token is refused by both from
+the next request on, and the admin's web sessions opened with it end. With
+CHARGEBOX_ADMIN_TOKEN set it makes that token the one in force. The key and
+suspension commands do what the API does, and print a new key once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.support import ADMIN_TOKEN, ROOT, Api, new_seller, running_server
+from tests.web_support import Browser
+
+NEW_TOKEN = "a-new-admin-token-from-the-environment-0123"
+
+
+def chargebox(db, data, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
+    env = {name: value for name, value in os.environ.items() if name != "CHARGEBOX_ADMIN_TOKEN"}
+    if token is not None:
+        env["CHARGEBOX_ADMIN_TOKEN"] = token
+    where = ["--db", str(db), *(["--data-dir", str(data)] if data else [])]
+    return subprocess.run(
+        [sys.executable, "-m", "chargebox.cli", *args, *where],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def is_admin(server, token: str) -> int:
+    api = Api(server.url, token)
+    status = api.get("/api/sellers").status_code
+    api.close()
+    return status
+
+
+def test_rotating_the_admin_token_is_in_force_on_every_running_server_at_once(
+    tmp_path, new_database
+):
+    db, data = new_database(tmp_path)
+    with running_server(db, data_dir=data) as one, running_server(db, data_dir=data) as other:
+        assert is_admin(one, ADMIN_TOKEN) == is_admin(other, ADMIN_TOKEN) == 200
+        browser = Browser(other.url)
+        assert browser.sign_in(ADMIN_TOKEN).status_code == 303
+        assert browser.get("/admin").status_code == 200
+        rotated = chargebox(db, data, "rotate-admin-token")
+        assert rotated.returncode == 0, rotated.stderr
+        token = rotated.stdout.strip()
+        assert len(token) >= 32 and token not in rotated.stderr
+        assert is_admin(one, ADMIN_TOKEN) == is_admin(other, ADMIN_TOKEN) == 401
+        assert is_admin(one, token) == is_admin(other, token) == 200
+        assert browser.get("/admin").status_code == 303  # the old token's session ended
+        secrets = data if data else db.parent
+        stored = secrets / "admin_token"
+        assert stored.read_text().strip() == token
+        assert stored.stat().st_mode & 0o777 == 0o600
+        # A token chosen in the environment is made the one in force.
+        chosen = chargebox(db, data, "rotate-admin-token", token=NEW_TOKEN)
+        assert chosen.returncode == 0, chosen.stderr
+        assert NEW_TOKEN not in chosen.stdout + chosen.stderr
+        assert is_admin(one, token) == is_admin(other, token) == 401
+        assert is_admin(one, NEW_TOKEN) == is_admin(other, NEW_TOKEN) == 200
+    # A server started with a token rotated away says so, and only the current one works.
+    with running_server(db, data_dir=data) as stale:
+        assert is_admin(stale, ADMIN_TOKEN) == 401
+        assert is_admin(stale, NEW_TOKEN) == 200
+        assert "is not the one in force" in stale.log_path.read_text()
+
+
+def test_the_key_and_suspension_commands_do_what_the_api_does(tmp_path, new_database):
+    db, data = new_database(tmp_path)
+    with running_server(db, data_dir=data) as server:
+        admin = server.admin()
+        seller, key = new_seller(admin, "Ali", 10_000)
+        ident = str(seller["id"])
+        made = chargebox(db, data, "create-key", ident, "kiosk", token=ADMIN_TOKEN)
+        assert made.returncode == 0, made.stderr
+        created = json.loads(made.stdout)
+        assert created["label"] == "kiosk" and created["api_key"].startswith("cbk_")
+        assert "shown only once" in made.stderr
+        kiosk = server.seller(created["api_key"])
+        assert kiosk.get("/api/me").status_code == 200
+        listed = chargebox(db, data, "keys", ident, token=ADMIN_TOKEN)
+        labels = [json.loads(line)["label"] for line in listed.stdout.splitlines()]
+        assert labels == ["default", "kiosk"] and "cbk_" not in listed.stdout
+        revoked = chargebox(db, data, "revoke-key", ident, str(created["id"]), token=ADMIN_TOKEN)
+        assert revoked.returncode == 0 and json.loads(revoked.stdout)["revoked_at"]
+        assert kiosk.get("/api/me").status_code == 401
+        again = chargebox(db, data, "revoke-key", ident, str(created["id"]), token=ADMIN_TOKEN)
+        assert again.returncode == 2 and "already revoked" in again.stderr
+        assert len(again.stderr.strip().splitlines()) == 1
+        own = server.seller(key)
+        suspended = chargebox(db, data, "suspend", ident, token=ADMIN_TOKEN)
+        assert json.loads(suspended.stdout)["status"] == "suspended"
+        assert own.get("/api/me").json()["error"]["code"] == "seller_suspended"
+        chargebox(db, data, "reactivate", ident, token=ADMIN_TOKEN)
+        assert own.get("/api/me").status_code == 200
+        rotated = chargebox(db, data, "rotate-key", ident, "1", token=ADMIN_TOKEN)
+        assert rotated.returncode == 0, rotated.stderr
+        assert own.get("/api/me").status_code == 401
+        assert server.seller(json.loads(rotated.stdout)["api_key"]).get("/api/me").ok
+        missing = chargebox(db, data, "suspend", "999999", token=ADMIN_TOKEN)
+        assert missing.returncode == 2 and "does not exist" in missing.stderr
+        for api in (admin, kiosk, own):
+            api.close()
