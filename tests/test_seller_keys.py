@@ -18,6 +18,7 @@ import pytest
 
 from chargebox.errors import SellerSuspended
 from tests.support import (
+    ADMIN_TOKEN,
     REFUSED,
     Api,
     database_of,
@@ -226,3 +227,42 @@ def test_the_database_refuses_a_suspended_sellers_request_and_a_key_unrevoked(se
                          (seller["id"],))  # fmt: skip
         with pytest.raises(REFUSED, match="never deleted"):
             conn.execute("DELETE FROM seller_key WHERE seller_id = ?", (seller["id"],))
+
+
+def test_the_admins_seller_page_makes_revokes_and_rotates_keys_and_suspends(two_servers):
+    one, other = two_servers
+    admin = one.admin()
+    seller, key = new_seller(admin, "Pages", 20_000)
+    page = f"/admin/sellers/{seller['id']}"
+    browser = Browser(one.url)
+    assert browser.sign_in(ADMIN_TOKEN).status_code == 303
+    shown = browser.get(page)
+    assert shown.status_code == 200 and 'id="seller-status">active<' in shown.text
+    assert browser.post_form(f"{page}/suspend", {}, csrf=False).status_code == 403  # no CSRF
+    made = browser.post_form(f"{page}/keys", {"label": "kiosk"})
+    assert made.status_code == 201, made.text
+    secret = made.text.split('id="api-key" dir="ltr">')[1].split("<")[0]
+    kiosk = other.seller(secret)
+    assert kiosk.get("/api/me").status_code == 200
+    taken = browser.post_form(f"{page}/keys", {"label": "kiosk"})
+    assert taken.status_code == 409 and "labelled" in taken.text
+    listed = admin.get(f"/api/sellers/{seller['id']}/keys").json()["items"]
+    kiosk_id = next(k["id"] for k in listed if k["label"] == "kiosk")
+    revoked = browser.post_form(f"{page}/keys/{kiosk_id}/revoke", {})
+    assert revoked.status_code == 303 and revoked.headers["Location"].endswith("?done=revoked")
+    assert kiosk.get("/api/me").status_code == 401
+    again = browser.post_form(f"{page}/keys/{kiosk_id}/rotate", {})
+    assert again.status_code == 409 and "already revoked" in again.text
+    default_id = next(k["id"] for k in listed if k["label"] == "default")
+    rotated = browser.post_form(f"{page}/keys/{default_id}/rotate", {})
+    assert rotated.status_code == 201 and "shown only this once" in rotated.text
+    assert other.seller(key).get("/api/me").status_code == 401
+    new_key = rotated.text.split('id="api-key" dir="ltr">')[1].split("<")[0]
+    fresh = other.seller(new_key)
+    assert browser.post_form(f"{page}/suspend", {}).status_code == 303
+    assert fresh.get("/api/me").json()["error"]["code"] == "seller_suspended"
+    assert 'id="seller-status">suspended<' in browser.get(page).text
+    assert browser.post_form(f"{page}/reactivate", {}).status_code == 303
+    assert fresh.get("/api/me").status_code == 200
+    for api in (admin, kiosk, fresh):
+        api.close()

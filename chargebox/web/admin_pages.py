@@ -1,4 +1,4 @@
-"""The admin's web pages: pending credit requests, sellers, adjustments and the audit.
+"""The admin's web pages: pending credit requests, sellers, adjustments, keys and the audit.
 
 Like the seller's pages (see `pages`), each form calls one use case and answers
 with a 303; a refusal is shown again beside the field. Only a session signed in
@@ -25,6 +25,12 @@ ADMIN = "admin"
 SELLERS_PER_PAGE = 50
 PENDING_PER_PAGE = 100
 DECIDED = {"approve": "approved", "reject": "rejected"}
+# What a seller's page says after a form of its "Access" card (?done=...); fixed texts only.
+ACCESS_DONE = {
+    "suspended": "Suspended: its keys and sessions are refused. No money moved.",
+    "active": "Reactivated: its keys work again.",
+    "revoked": "Key revoked: it is refused from now on, on every server.",
+}
 
 
 def queue_url(path: str, **params: int | None) -> str:
@@ -134,8 +140,9 @@ def install(pages: bottle.Bottle, site: Site) -> None:
         )
 
     def seller_detail(
-        you: Visitor, seller_id: int, status: int = 200, adjust: Form | None = None
-    ) -> bottle.HTTPResponse:
+        you: Visitor, seller_id: int, status: int = 200, adjust: Form | None = None,
+        key_form: Form | None = None, problem: str | None = None,
+    ) -> bottle.HTTPResponse:  # fmt: skip
         seller = site.service.queries.seller(seller_id)  # an unknown seller: a 404 page, not a form
         entries = site.service.queries.recent_ledger(seller_id, 50)
         adjusted = query_id("adjusted") if status == 200 else None
@@ -158,7 +165,11 @@ def install(pages: bottle.Bottle, site: Site) -> None:
             requests=site.service.queries.recent_credit_requests(seller_id),
             adjust=adjust or Form(),
             form_key=form_key(),
-            notice=notice,
+            notice=notice
+            or (ACCESS_DONE.get(bottle.request.query.get("done", "")) if status == 200 else None),
+            keys=site.service.queries.seller_keys(seller_id),
+            key_form=key_form or Form(),
+            problem=problem,
         )
 
     @pages.get(f"/admin/sellers/{ID}")
@@ -176,6 +187,40 @@ def install(pages: bottle.Bottle, site: Site) -> None:
             done=f"/admin/sellers/{ident}?adjusted=",
             signed=True,
         )
+
+    @pages.post(f"/admin/sellers/{ID}/<change:re:suspend|reactivate>")
+    def set_status(ident, change):
+        you, _ = site.posted(ADMIN)
+        status = "suspended" if change == "suspend" else "active"
+        site.service.set_status(int(ident), status)  # an unknown seller: the 404 page
+        return redirect(f"/admin/sellers/{ident}?done={status}")
+
+    @pages.post(f"/admin/sellers/{ID}/keys")
+    def create_key(ident):
+        you, form = site.posted(ADMIN)
+        try:
+            key, api_key = site.service.create_key(int(ident), form.get("label", ""))
+        except ChargeboxError as exc:
+            failed = Form(form).failed(exc, "label")
+            return seller_detail(you, int(ident), status_of(exc), key_form=failed)
+        return _key_shown(you, key, api_key)
+
+    @pages.post(f"/admin/sellers/{ID}/keys/<key_id:re:[0-9]{{1,18}}>/<change:re:revoke|rotate>")
+    def change_key(ident, key_id, change):
+        you, _ = site.posted(ADMIN)
+        try:
+            if change == "revoke":
+                site.service.revoke_key(int(ident), int(key_id))
+                return redirect(f"/admin/sellers/{ident}?done=revoked")
+            key, api_key = site.service.rotate_key(int(ident), int(key_id))
+        except ChargeboxError as exc:
+            return seller_detail(you, int(ident), status_of(exc), problem=plain(exc))
+        return _key_shown(you, key, api_key)
+
+    def _key_shown(you: Visitor, key: dict, api_key: str) -> bottle.HTTPResponse:
+        seller = site.service.queries.seller(key["seller_id"])
+        return render("seller_created", 201, title="New key", visitor=you, seller=seller,
+                      api_key=api_key, key=key)  # fmt: skip
 
     @pages.get("/admin/audit")
     def audit():
