@@ -171,17 +171,13 @@ class LastUse:
                 log.warning("could not record a key's last use: %s", type(exc).__name__)
 
 
-_last_uses: dict[int, LastUse] = {}
-_last_uses_lock = threading.Lock()
-
-
 def _last_use(database: Database) -> LastUse:
-    """The database's LastUse in this process (a forked child makes its own)."""
-    with _last_uses_lock:
-        found = _last_uses.get(id(database))
-        if found is None or found.pid != os.getpid() or found.database is not database:
-            found = _last_uses[id(database)] = LastUse(database)
-        return found
+    """The database's LastUse in this process (a forked child makes its own). Two threads
+    that make one at once cost at most one more write of a stamp."""
+    found = getattr(database, "last_use", None)
+    if found is None or found.pid != os.getpid():
+        found = database.last_use = LastUse(database)
+    return found
 
 
 def new_session_token() -> tuple[str, str]:
