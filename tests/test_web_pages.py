@@ -35,6 +35,8 @@ PAGE_ROUTES = """
     GET /seller     POST /seller/sales     POST /seller/credit-requests
     GET /admin      POST /admin/sellers    GET /admin/sellers/{ident}        GET /admin/audit
     POST /admin/sellers/{ident}/adjustments      POST /admin/credit-requests/{ident}/{decision}
+    POST /admin/sellers/{ident}/{change}         POST /admin/sellers/{ident}/keys
+    POST /admin/sellers/{ident}/keys/{key_id}/{change}
 """
 # Every POST of a signed-in page, with a form it would accept: (name, role, path, fields).
 POSTS = [
@@ -44,6 +46,9 @@ POSTS = [
     ("adjust", ADMIN, "/admin/sellers/{seller}/adjustments", {"amount": "-700", "reason": "r"}),
     ("approve", ADMIN, "/admin/credit-requests/{request}/approve", {}),
     ("reject", ADMIN, "/admin/credit-requests/{request}/reject", {}),
+    ("suspend", ADMIN, "/admin/sellers/{seller}/suspend", {}),
+    ("make a key", ADMIN, "/admin/sellers/{seller}/keys", {"label": "sweep"}),
+    ("revoke a key", ADMIN, "/admin/sellers/{seller}/keys/{key}/revoke", {}),
     ("seller signs out", SELLER, "/logout", {}),
     ("admin signs out", ADMIN, "/logout", {}),
 ]
@@ -61,7 +66,8 @@ def page_routes() -> set[tuple[str, str]]:
 
 
 def pattern(path: str) -> str:
-    return re.sub(r"\{\w+\}", "{}", re.sub(r"/(approve|reject)$", "/{}", path))
+    changes = r"/(approve|reject|suspend|reactivate|revoke|rotate)$"
+    return re.sub(r"\{\w+\}", "{}", re.sub(changes, "/{}", path))
 
 
 def test_every_page_route_is_classified_and_every_post_is_swept():
@@ -140,7 +146,7 @@ def test_a_page_post_without_its_own_sessions_csrf_token_is_403_and_changes_noth
     assert you.post_form(path, fields).status_code in (201, 303)  # the same form, its own token
 
 
-@pytest.mark.parametrize("name, role, path, fields", POSTS[:6], ids=[p[0] for p in POSTS[:6]])
+@pytest.mark.parametrize("name, role, path, fields", POSTS[:9], ids=[p[0] for p in POSTS[:9]])
 def test_a_page_post_for_another_role_is_403_and_changes_nothing(world, name, role, path, fields):
     intruder = world.browser(SELLER if role == ADMIN else ADMIN)
     answer = refused(world.server, 403, intruder.post_form, fill(path, world), fields)

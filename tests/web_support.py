@@ -69,7 +69,8 @@ class World:
         self.seller, self.key = new_seller(admin, f"shop {uuid.uuid4().hex[:6]}", 100_000)
         self.api = server.seller(self.key)
         request = self.api.post("/api/credit-requests", {"amount": 5000})
-        self.ids = {"seller": self.seller["id"], "request": request.json()["id"]}
+        (key,) = admin.get(f"/api/sellers/{self.seller['id']}/keys").json()["items"]
+        self.ids = {"seller": self.seller["id"], "request": request.json()["id"], "key": key["id"]}
 
     def browser(self, role: str | None = None) -> Browser:
         self.opened.append(Browser(self.server.url))
