@@ -32,8 +32,10 @@ import pytest
 import requests
 
 import chargebox
+from chargebox import schema
 from tests.support import ADMIN_TOKEN, ROOT, Api, run_stress
 from tests.test_deploy import BACKUP, UNIT, settings
+from tests.test_migrations import old_file, old_keys, sells_on_with_old_keys
 
 BUILD = ROOT / "deploy" / "build.py"
 SYSTEM_PYTHON = Path("/usr/bin/python3")
@@ -445,3 +447,48 @@ def test_the_file_built_with_postgresql_serves_a_postgresql_database(new_databas
     )  # fmt: skip
     assert audited.returncode == 0, audited.stderr
     print(f"\nsingle file with psycopg: {output.stat().st_size:,} bytes")
+
+
+class _Release:
+    """What tests/test_migrations' checks ask of a server: its clients."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def admin(self) -> Api:
+        return Api(self.url, ADMIN_TOKEN)
+
+    def seller(self, key: str) -> Api:
+        return Api(self.url, key)
+
+
+def test_the_file_upgrades_a_release_0_1_0_database_as_the_changelog_says(place):
+    """CHANGELOG.md's upgrade from 0.1.0, through the shipped file: on the 0.1.0 fixture
+    (a real 0.1.0 server's file), serve refuses it until `migrate`, which moves it to this
+    release's schema; it audits clean, serves on with the sellers' old keys (a keyed sale
+    of 0.1.0 replays), and /health names the new release."""
+    where, env = place
+    env = {**env, "CHARGEBOX_ADMIN_TOKEN": ADMIN_TOKEN}  # the fixture's admin token
+    old_file(where / "data")
+    database = ["--db", "data/chargebox.db"]
+
+    def chargebox_(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["./chargebox", *args], cwd=where, env=env, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+
+    refused = chargebox_("serve", "--port", "0", *database)
+    assert refused.returncode == 2 and "run `chargebox migrate`" in refused.stderr
+    migrated = chargebox_("migrate", *database)
+    assert migrated.returncode == 0, migrated.stderr
+    assert f"schema version 1 -> {schema.VERSION}" in migrated.stderr
+    assert chargebox_("audit", *database).returncode == 0
+    command = ["./chargebox", "serve", "--port", "0", "--threads", "8", *database]
+    server = Served(command, where, env, where / "serve.log")
+    try:
+        assert server.health.json()["version"] == chargebox.__version__
+        sells_on_with_old_keys(_Release(server.url), old_keys())
+    finally:
+        assert server.stop() == 0
+    assert chargebox_("audit", *database).returncode == 0
