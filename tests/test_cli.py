@@ -211,5 +211,5 @@ def test_a_multi_process_server_stops_cleanly_on_sigterm(tmp_path):
     assert "3 processes x" in server.announced
     new_seller(server.admin(), "x", credit=1_000)
     started = time.monotonic()
-    assert server.stop(signal.SIGTERM) == 0
+    assert server.stop(signal.SIGTERM) == 0, server.log_path.read_text()[-3000:]
     assert time.monotonic() - started < 10
