@@ -135,15 +135,18 @@ def rotate_admin(database: Database, token: str) -> None:
 
 class LastUse:
     """Records when keys were used, off the request's path: a key whose `last_used_at` is
-    older than LAST_USED_GRANULARITY is written by a short-lived thread of this process,
-    once; a request never waits for it, and a failed write is logged and forgotten."""
+    older than LAST_USED_GRANULARITY is written once by one thread of this process, started
+    at the first such key and kept (with its one database connection: a thread per batch
+    would open a connection each, held until the database closes); a request never waits
+    for it, and a failed write is logged and forgotten."""
 
     def __init__(self, database: Database) -> None:
         self.database = database
         self.pid = os.getpid()
         self.due: dict[int, str] = {}
         self.lock = threading.Lock()
-        self.writing = False
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
 
     def saw(self, key_id: int, last_used_at: str | None) -> None:
         if last_used_at is not None and last_used_at >= now(-LAST_USED_GRANULARITY):
@@ -152,23 +155,27 @@ class LastUse:
             if key_id in self.due:
                 return
             self.due[key_id] = now()
-            if self.writing:
-                return
-            self.writing = True
-        threading.Thread(target=self._write, name="chargebox-last-use", daemon=True).start()
+            if self.thread is None:
+                self.thread = threading.Thread(
+                    target=self._run, name="chargebox-last-use", daemon=True
+                )
+                self.thread.start()
+        self.wake.set()
 
-    def _write(self) -> None:
+    def _run(self) -> None:
         while True:
-            with self.lock:
-                if not self.due:
-                    self.writing = False
-                    return
-                key_id, at = self.due.popitem()
-            params = (at, key_id, now(-LAST_USED_GRANULARITY))
-            try:
-                self.database.write(lambda write, params=params: write.execute(_USED, params))
-            except Exception as exc:  # the request was answered: a missed stamp costs nothing
-                log.warning("could not record a key's last use: %s", type(exc).__name__)
+            self.wake.wait()
+            self.wake.clear()
+            while True:
+                with self.lock:
+                    if not self.due:
+                        break
+                    key_id, at = self.due.popitem()
+                params = (at, key_id, now(-LAST_USED_GRANULARITY))
+                try:
+                    self.database.write(lambda write, params=params: write.execute(_USED, params))
+                except Exception as exc:  # the request was answered: a missed stamp costs nothing
+                    log.warning("could not record a key's last use: %s", type(exc).__name__)
 
 
 def _last_use(database: Database) -> LastUse:

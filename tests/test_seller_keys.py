@@ -266,3 +266,27 @@ def test_the_admins_seller_page_makes_revokes_and_rotates_keys_and_suspends(two_
     assert fresh.get("/api/me").status_code == 200
     for api in (admin, kiosk, fresh):
         api.close()
+
+
+@pytest.mark.postgresql_only  # a PostgreSQL session is a server slot; SQLite's cost no slot
+def test_stamping_many_keys_last_use_keeps_the_servers_sessions_bounded(server):
+    """Each first use of a key is stamped (`last_used_at`) behind the request by one thread
+    of the process: 60 fresh keys used once each must not open a session apiece (a thread
+    per stamp did, held until the server stopped, and exhausted max_connections)."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    from tests.backends import owner_url
+
+    name = conninfo_to_dict(server.db_path)["dbname"]
+
+    def sessions() -> int:
+        with psycopg.connect(owner_url(server.db_path)) as conn:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+            return conn.execute(query, (name,)).fetchone()[0]
+
+    admin = server.admin()
+    for n in range(60):
+        _, key = new_seller(admin, f"stamp-{n}")
+        assert server.seller(key).get("/api/me").status_code == 200
+    assert sessions() <= server.threads + 8, sessions()  # its threads, a writer, a stamper
