@@ -9,6 +9,7 @@ suspended seller is refused from the next request on, on every server.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -135,18 +136,16 @@ def rotate_admin(database: Database, token: str) -> None:
 
 class LastUse:
     """Records when keys were used, off the request's path: a key whose `last_used_at` is
-    older than LAST_USED_GRANULARITY is written once by one thread of this process, started
-    at the first such key and kept (with its one database connection: a thread per batch
-    would open a connection each, held until the database closes); a request never waits
-    for it, and a failed write is logged and forgotten."""
+    older than LAST_USED_GRANULARITY is written by a short-lived thread of this process,
+    once, and closes the connection it opened; a request never waits for it, and a failed
+    write is logged and forgotten."""
 
     def __init__(self, database: Database) -> None:
         self.database = database
         self.pid = os.getpid()
         self.due: dict[int, str] = {}
         self.lock = threading.Lock()
-        self.wake = threading.Event()
-        self.thread: threading.Thread | None = None
+        self.writing = False
 
     def saw(self, key_id: int, last_used_at: str | None) -> None:
         if last_used_at is not None and last_used_at >= now(-LAST_USED_GRANULARITY):
@@ -155,27 +154,25 @@ class LastUse:
             if key_id in self.due:
                 return
             self.due[key_id] = now()
-            if self.thread is None:
-                self.thread = threading.Thread(
-                    target=self._run, name="chargebox-last-use", daemon=True
-                )
-                self.thread.start()
-        self.wake.set()
+            if self.writing:
+                return
+            self.writing = True
+        threading.Thread(target=self._write, name="chargebox-last-use", daemon=True).start()
 
-    def _run(self) -> None:
+    def _write(self) -> None:
         while True:
-            self.wake.wait()
-            self.wake.clear()
-            while True:
-                with self.lock:
-                    if not self.due:
-                        break
-                    key_id, at = self.due.popitem()
-                params = (at, key_id, now(-LAST_USED_GRANULARITY))
-                try:
-                    self.database.write(lambda write, params=params: write.execute(_USED, params))
-                except Exception as exc:  # the request was answered: a missed stamp costs nothing
-                    log.warning("could not record a key's last use: %s", type(exc).__name__)
+            with self.lock:
+                if not self.due:
+                    self.writing = False
+                    with contextlib.suppress(Exception):
+                        self.database.release()  # this thread's connection ends with it
+                    return
+                key_id, at = self.due.popitem()
+            params = (at, key_id, now(-LAST_USED_GRANULARITY))
+            try:
+                self.database.write(lambda write, params=params: write.execute(_USED, params))
+            except Exception as exc:  # the request was answered: a missed stamp costs nothing
+                log.warning("could not record a key's last use: %s", type(exc).__name__)
 
 
 def _last_use(database: Database) -> LastUse:

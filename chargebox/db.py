@@ -274,6 +274,11 @@ class Database:
         self._close_connection()
         self.gate.close()
 
+    def release(self) -> None:
+        """Close this thread's connection (a background thread between its rounds: a
+        connection left open at exit leaves the WAL unmerged into the file)."""
+        self._close_connection()
+
     def _close_connection(self) -> None:
         if not self.peewee.is_closed():
             self.peewee.close()

@@ -335,6 +335,10 @@ class Database:
         }
         return sorted(wanted - found)
 
+    def release(self) -> None:
+        """Close this thread's connection (a background thread between its rounds)."""
+        self._drop()
+
     def _drop(self) -> None:
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
