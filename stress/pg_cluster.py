@@ -79,7 +79,7 @@ class Cluster:
         shutil.rmtree(self.home, ignore_errors=True)
 
 
-def start(also_on: tuple[str, ...] = (), max_connections: int = 200) -> Cluster:
+def start(also_on: tuple[str, ...] = (), max_connections: int = 400) -> Cluster:
     """initdb a new cluster in a fresh directory and start it on a free 127.0.0.1 port.
 
     `also_on`: more addresses to listen on (the host's end of a veth pair), each with
