@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, values
@@ -151,6 +152,17 @@ def lock_waited(seconds: float) -> None:
     """A write transaction waited this long to begin (or to give up)."""
     if _on is not None:
         _on.lock_wait.observe(seconds)
+
+
+def one_write(transaction, work, deadline: float):
+    """`work(write)` in a transaction of its own (no group commit), on either backend: its
+    wait for the write lock and its one write counted as a group commit's are."""
+    began = time.perf_counter()
+    with transaction(deadline) as write:
+        lock_waited(time.perf_counter() - began)
+        result = work(write)
+    write_committed(1)
+    return result
 
 
 class _Storage:

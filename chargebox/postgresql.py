@@ -254,12 +254,7 @@ class Database:
         with self.slots.taken():
             if self.writer is not None:
                 return self.writer.submit(work, deadline, order)
-            began = time.perf_counter()
-            with self.transaction(deadline) as write:
-                metrics.lock_waited(time.perf_counter() - began)
-                result = work(write)
-            metrics.write_committed(1)
-            return result
+            return metrics.one_write(self.transaction, work, deadline)
 
     @contextlib.contextmanager
     def transaction(self, deadline: float | None = None) -> Iterator[Write]:
