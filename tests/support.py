@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import os
 import re
@@ -163,6 +164,27 @@ def writable(db: Path | str) -> Iterator[_Reading]:
         yield _Reading(conn, is_postgresql(db))
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def write_lock_held(db_path: Path | str, gate: bool = False) -> Iterator[None]:
+    """SQLite: another process's open write transaction (and, if asked, chargebox's write
+    gate) for the block."""
+    gate_file = None
+    if gate:
+        gate_path = Path(f"{db_path}.write-lock")
+        assert gate_path.exists(), "chargebox's write gate is not where this test expects it"
+        gate_file = open(gate_path, "r+b")  # noqa: SIM115 - held across the block
+        fcntl.flock(gate_file, fcntl.LOCK_EX)
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        holder.rollback()
+        holder.close()
+        if gate_file is not None:
+            gate_file.close()
 
 
 def drop_trigger(conn: _Reading, name: str) -> None:

@@ -12,7 +12,6 @@ import concurrent.futures
 import os
 import re
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pytest
 import requests
 
 from chargebox import access_log
-from tests.support import ADMIN_TOKEN, ROOT, Api, new_seller, running_server
+from tests.support import ADMIN_TOKEN, ROOT, Api, new_seller, running_server, write_lock_held
 from tests.web_support import Browser
 
 LINE = re.compile(
@@ -142,13 +141,8 @@ def test_a_503_carries_its_request_id_and_is_logged(tmp_path):
     with running_server(db, env=env) as server:
         admin = server.admin()
         _, key = new_seller(admin, "busy", credit=10_000)
-        holder = sqlite3.connect(db, isolation_level=None)
-        holder.execute("BEGIN IMMEDIATE")
-        try:
+        with write_lock_held(db):
             refused = server.seller(key).post("/api/sales", {"phone": PHONE, "amount": 100})
-        finally:
-            holder.rollback()
-            holder.close()
         admin.close()
     assert refused.status_code == 503, refused.text
     entry = by_id(log, refused.headers["X-Request-Id"])

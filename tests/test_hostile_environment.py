@@ -17,8 +17,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import errno
-import fcntl
-import sqlite3
 import subprocess
 import threading
 import time
@@ -36,6 +34,7 @@ from tests.support import (
     new_seller,
     reconciled_balances,
     rows_on_disk,
+    write_lock_held,
 )
 
 CREDIT = 10_000_000
@@ -292,26 +291,6 @@ def test_a_full_disk_refuses_writes_with_503_changes_nothing_and_recovers_when_s
             assert_reads_work(server, key, CREDIT - sold * AMOUNT)
             print(f"\ndisk full: {len(refused)} sales refused with 503, all sold after")
         assert_books(db_path, seller_id, sold)
-
-
-@contextlib.contextmanager
-def write_lock_held(db_path: Path, gate: bool = False):
-    """Another process's open write transaction (and, if asked, chargebox's write gate)."""
-    gate_file = None
-    if gate:
-        gate_path = Path(f"{db_path}.write-lock")
-        assert gate_path.exists(), "chargebox's write gate is not where this test expects it"
-        gate_file = open(gate_path, "r+b")  # noqa: SIM115 - held across the block
-        fcntl.flock(gate_file, fcntl.LOCK_EX)
-    holder = sqlite3.connect(db_path, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    finally:
-        holder.rollback()
-        holder.close()
-        if gate_file is not None:
-            gate_file.close()
 
 
 def test_a_writer_holding_the_lock_makes_sales_503_after_the_busy_timeout_then_they_resume(

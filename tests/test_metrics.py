@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sqlite3
 import time
 
 import pytest
@@ -21,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chargebox import metrics
 from chargebox.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
-from tests.support import ADMIN_TOKEN, Api, new_seller, running_server
+from tests.support import ADMIN_TOKEN, Api, new_seller, running_server, write_lock_held
 
 PHONE = "09121234567"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -154,13 +153,8 @@ def test_a_503_is_counted_and_so_is_the_wait_for_the_lock(tmp_path):
     with running_server(db, env={"CHARGEBOX_BUSY_TIMEOUT_MS": "300"}) as server:
         admin = server.admin()
         _, key = new_seller(admin, "busy", credit=10_000)
-        holder = sqlite3.connect(db, isolation_level=None)
-        holder.execute("BEGIN IMMEDIATE")
-        try:
+        with write_lock_held(db):
             refused = server.seller(key).post("/api/sales", {"phone": PHONE, "amount": 100})
-        finally:
-            holder.rollback()
-            holder.close()
         samples, _ = scrape(server.url)
         admin.close()
     assert refused.status_code == 503
