@@ -116,7 +116,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     add("--server-threads", type=int, default=64, help="waitress threads per server (default 64)")
     add("--url", help="target a running server instead of starting one (needs --admin-token)")
-    add("--admin-token", help="the admin token of --url's server")
+    add(
+        "--admin-token",
+        help="the admin token of --url's server; write it --admin-token=TOKEN, since a"
+        " generated token may start with '-'",
+    )
     add(
         "--db",
         type=Path,
