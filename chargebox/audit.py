@@ -28,6 +28,7 @@ from chargebox.audit_checks import (
     as_problems,
     heads,
     newest_ids,
+    sealed,
     sellers,
     since,
     totals,
@@ -99,7 +100,7 @@ def _full(db, keyed: bool, progress: Progress | None) -> Found:
         rows = db.rows(ALL_AFTER, (*last, CHUNK))
         for row in rows:
             walk = walks.get(row[1]) or Walk(seals.Chain(), 0)
-            chain, broken = seals.step(db.ledger_key, walk.chain, tuple(row[:10]), row[10])
+            chain, broken = seals.step(db.ledger_key, walk.chain, sealed(row), row[10])
             problems += [p._asdict() for p in broken]
             walks[row[1]] = Walk(chain, walk.ledger_sum + row[3], walk.walked + 1)
         walked += len(rows)

@@ -15,7 +15,7 @@ from chargebox.checkpoints import State, Trusted
 
 CHUNK = 5_000  # ledger entries per read
 IN_LIST = 500  # values per IN (...) list
-KINDS = ("credit", "sale", "adjustment")
+KINDS = ("credit", "sale", "adjustment", "refund")
 
 I1_SELLERS = (
     "SELECT id, NULL, 'balance ' || balance || ' is negative or not an integer' "
@@ -36,11 +36,26 @@ _I4_SALES = (
     "AND l.amount = -s.amount AND l.seller_id = s.seller_id "
     "AND l.balance_after = s.balance_after {where} GROUP BY s.id HAVING COUNT(l.id) != 1"
 )
+# I4 for refunds: at most one refund entry per sale (each entry's match with its sale is
+# checked with the entry's other links).
+_I4_REFUNDS = (
+    "SELECT MIN(l.seller_id), MIN(l.id), 'sale ' || l.refund_of || ' has ' || COUNT(*) "
+    "|| ' refund entries' FROM ledger_entry l WHERE l.refund_of IS NOT NULL {where} "
+    "GROUP BY l.refund_of HAVING COUNT(*) > 1"
+)
+# A phone's total: its sales, less those refunded.
+_CHARGED = "COALESCE(CAST(SUM(s.amount - COALESCE(rf.amount, 0)) AS BIGINT), 0)"
 _PHONES = (
     "SELECT NULL, NULL, 'phone ' || p.number || ' total ' || p.total_charged || "
-    "' != sum of its sales ' || COALESCE(CAST(SUM(s.amount) AS BIGINT), 0) "
-    "FROM phone p LEFT JOIN sale s ON s.phone = p.number {where} GROUP BY p.id "
-    "HAVING p.total_charged IS DISTINCT FROM COALESCE(CAST(SUM(s.amount) AS BIGINT), 0)"
+    f"' != sum of its sales less refunds ' || {_CHARGED} "
+    "FROM phone p LEFT JOIN sale s ON s.phone = p.number "
+    "LEFT JOIN ledger_entry rf ON rf.refund_of = s.id {where} GROUP BY p.id "
+    f"HAVING p.total_charged IS DISTINCT FROM {_CHARGED}"
+)
+# A refund entry's sale, when it is the entry's seller's and of the entry's amount.
+_REFUNDED = (
+    "LEFT JOIN sale rs ON rs.id = l.refund_of AND rs.seller_id = l.seller_id"
+    " AND rs.amount = l.amount"
 )
 # The full audit's set-wise checks (the walk adds the seals); each row is a problem.
 FULL_CHECKS = (
@@ -68,25 +83,33 @@ FULL_CHECKS = (
     ),
     ("I4", _I4_REQUESTS.format(where="")),
     ("I4", _I4_SALES.format(where="")),
+    ("I4", _I4_REFUNDS.format(where="")),
     (
         "I4",
         "SELECT l.seller_id, l.id, 'entry points at missing or mismatched sale/request' "
         "FROM ledger_entry l LEFT JOIN sale s ON s.id = l.sale_id "
         "LEFT JOIN credit_request r ON r.id = l.credit_request_id "
-        "WHERE (l.kind = 'sale' AND s.id IS NULL) OR (l.kind = 'credit' AND r.id IS NULL) "
-        "OR (l.kind NOT IN ('sale', 'credit', 'adjustment'))",
+        f"{_REFUNDED} WHERE (l.kind = 'sale' AND s.id IS NULL) "
+        "OR (l.kind = 'credit' AND r.id IS NULL) OR (l.kind = 'refund' AND rs.id IS NULL) "
+        "OR (l.kind NOT IN ('sale', 'credit', 'adjustment', 'refund'))",
     ),
     ("phones", _PHONES.format(where="")),
 )
 _ENTRIES = (
     "SELECT l.id, l.seller_id, l.kind, l.amount, l.balance_after, l.credit_request_id,"
-    " l.sale_id, l.reason, l.created_at, s.phone, seal.mac, s.id, r.id FROM ledger_entry l"
+    " l.sale_id, l.reason, l.created_at, s.phone, seal.mac, s.id, r.id, l.refund_of, rs.id,"
+    " rs.phone FROM ledger_entry l"
     " LEFT JOIN sale s ON s.id = l.sale_id LEFT JOIN ledger_seal seal ON seal.entry_id = l.id"
-    " LEFT JOIN credit_request r ON r.id = l.credit_request_id"
+    f" LEFT JOIN credit_request r ON r.id = l.credit_request_id {_REFUNDED}"
 )
 ALL_AFTER = f"{_ENTRIES} WHERE (l.seller_id, l.id) > (?, ?) ORDER BY l.seller_id, l.id LIMIT ?"
 SELLER_AFTER = f"{_ENTRIES} WHERE l.seller_id = ? AND l.id > ? ORDER BY l.id LIMIT ?"
 HEADS = "SELECT seller_id, entry_id, entries, entry_mac, mac FROM seller_head"
+
+
+def sealed(row: tuple) -> tuple:
+    """What the seal of an entry read by _ENTRIES covers (seals.values)."""
+    return tuple(row[:10]) if row[13] is None else (*row[:10], row[13])
 
 
 class Walk(NamedTuple):
@@ -168,10 +191,11 @@ def since(db, trusted: Trusted) -> Found:
     states: dict[int, State] = {}
     phones: set[str] = set()
     requests: set[int] = set()
+    refunded: set[int] = set()
     sales_total = 0
     for sid in sorted(set(balances) | set(trusted.states) | {row[0] for row in head_rows}):
         state = trusted.states.get(sid)
-        walk = _walk(db, sid, state, problems, phones, requests)
+        walk = _walk(db, sid, state, problems, phones, requests, refunded)
         after = state.sale_id if state else 0
         problems += as_problems("I4", db.rows(_I4_SALES.format(where=_NEW_SALES), (sid, after)))
         count, top = db.rows(
@@ -193,6 +217,9 @@ def since(db, trusted: Trusted) -> Found:
             )
     problems += heads(db, walks, head_rows)
     problems += _touched(db, trusted, phones, requests)
+    for part in _parts(sorted(refunded)):
+        where = f"AND l.refund_of IN ({', '.join('?' * len(part))})"
+        problems += as_problems("I4", db.rows(_I4_REFUNDS.format(where=where), tuple(part)))
     entries = sum(walk.chain.entries for walk in walks.values())
     return Found(
         problems,
@@ -211,7 +238,7 @@ _NEW_SALES = "WHERE s.seller_id = ? AND s.id > ?"
 
 
 def _walk(db, sid: int, state: State | None, problems: list, phones: set,
-          requests: set) -> Walk | None:  # fmt: skip
+          requests: set, refunded: set) -> Walk | None:  # fmt: skip
     """Walk one seller's entries after its checkpointed state: I1, I3, links, seals."""
     if state is None:
         walk, after = None, 0
@@ -223,11 +250,14 @@ def _walk(db, sid: int, state: State | None, problems: list, phones: set,
         for row in rows:
             walk = walk or Walk(seals.Chain(), 0)
             problems += entry_problems(row, walk.chain.balance)
-            chain, broken = seals.step(db.ledger_key, walk.chain, tuple(row[:10]), row[10])
+            chain, broken = seals.step(db.ledger_key, walk.chain, sealed(row), row[10])
             problems += [p._asdict() for p in broken]
             walk = Walk(chain, walk.ledger_sum + row[3], walk.walked + 1)
-            if row[9] is not None:
-                phones.add(row[9])
+            for phone in (row[9], row[15]):
+                if phone is not None:
+                    phones.add(phone)
+            if row[13] is not None:
+                refunded.add(row[13])
             if row[5] is not None:
                 requests.add(row[5])
         if len(rows) < CHUNK:
@@ -248,6 +278,7 @@ def entry_problems(row: tuple, previous: int) -> list[dict]:
     if (
         (kind == "sale" and row[11] is None)
         or (kind == "credit" and row[12] is None)
+        or (kind == "refund" and row[14] is None)
         or (kind not in KINDS)
     ):
         found.append(("I4", "entry points at missing or mismatched sale/request"))

@@ -85,6 +85,12 @@ class NotPending(ChargeboxError):
     code = "not_pending"
 
 
+class AlreadyRefunded(ChargeboxError):
+    """Refunding a sale that was refunded already: a sale is refunded at most once (I4)."""
+
+    code = "already_refunded"
+
+
 class KeyLabelInUse(ChargeboxError):
     """A new key's label is already the label of another of the seller's unrevoked keys."""
 

@@ -25,7 +25,7 @@ from chargebox.errors import (
     Unavailable,
     ValidationError,
 )
-from chargebox.queries import CREDIT_REQUEST, LEDGER_ENTRY, SALE, Queries, Shape
+from chargebox.queries import CREDIT_REQUEST, LEDGER_ENTRY, SALE_READ, Queries, Shape
 
 MAX_KEY_LENGTH = 255
 # Refusals that are final outcomes of a key (nothing was written when they were raised).
@@ -42,7 +42,9 @@ class Keyed:
     made: Shape  # read again by that id for every copy
 
 
-SALES = Keyed("idempotency_record", "sale_id", SALE)
+# A replayed sale is read as it stands: refunded since, it says so (queries.SALE_READ).
+SALES = Keyed("idempotency_record", "sale_id", SALE_READ)
+# The admin's keys on a seller's money: adjustments and refunds of its sales share them.
 ADJUSTMENTS = Keyed("adjustment_record", "entry_id", LEDGER_ENTRY)
 CREDIT_REQUESTS = Keyed("credit_request_record", "request_id", CREDIT_REQUEST)
 

@@ -5,7 +5,8 @@ Every movement is its ledger entry and the balance UPDATE, both guarded
 entry first; PostgreSQL: the balance first, its seller's row held): each function
 takes the open `Write` and never opens a transaction of its own. Hand-written
 SQL keeps the write lock short. Deciding a credit request (approve or reject)
-lives here too, in one place. `audit` re-checks I1-I5 from the rows themselves.
+lives here too, in one place, and a sale's refund (`refund`, once per sale).
+`audit` re-checks I1-I5 from the rows themselves.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from chargebox.config import MAX_BALANCE
 from chargebox.db import Write
 from chargebox.errors import (
     SUSPENDED,
+    AlreadyRefunded,
     BalanceLimitExceeded,
     InsufficientCredit,
     NotFound,
@@ -27,8 +29,8 @@ from chargebox.queries import CREDIT_REQUEST, LEDGER_ENTRY, SALE
 _GUARD = "FROM seller WHERE id = :seller_id AND balance + :delta BETWEEN 0 AND :ceiling"
 _ENTRY = (
     "INSERT INTO ledger_entry (seller_id, kind, amount, balance_after, credit_request_id,"
-    " sale_id, reason, created_at) SELECT id, :kind, :delta, balance + :delta,"
-    f" :credit_request_id, :sale_id, :reason, :now {_GUARD} {LEDGER_ENTRY.returning}"
+    " sale_id, reason, created_at, refund_of) SELECT id, :kind, :delta, balance + :delta,"
+    f" :credit_request_id, :sale_id, :reason, :now, :refund_of {_GUARD} {LEDGER_ENTRY.returning}"
 )
 _BALANCE = (
     "UPDATE seller SET balance = balance + :delta"
@@ -69,10 +71,11 @@ _MADE = (
 )
 _ON_MOVED = (
     ", entry AS (INSERT INTO ledger_entry (seller_id, seq, kind, amount, balance_after,"
-    " credit_request_id, sale_id, reason, created_at) SELECT :seller_id, (SELECT"
+    " credit_request_id, sale_id, reason, created_at, refund_of) SELECT :seller_id, (SELECT"
     " COALESCE(MAX(seq), 0) + 1 FROM ledger_entry WHERE seller_id = :seller_id), :kind,"
     " CAST(:delta AS BIGINT), moved.balance, CAST(:credit_request_id AS BIGINT), {sale_id},"
-    f" CAST(:reason AS TEXT), :now FROM moved{{made}} {LEDGER_ENTRY.returning})"
+    " CAST(:reason AS TEXT), :now, CAST(:refund_of AS BIGINT)"
+    f" FROM moved{{made}} {LEDGER_ENTRY.returning})"
     " SELECT entry.*, head.entries AS head_entries, head.entry_mac AS head_entry_mac{sale}"
     " FROM entry{join} LEFT JOIN seller_head head ON head.seller_id = entry.seller_id"
 )
@@ -110,7 +113,8 @@ def _refuse(write: Write, seller_id: int, delta: int, sale: bool = False) -> Non
 
 def _move(write: Write, seller_id: int, delta: int, kind: str, now: str, *,
           credit_request_id: int | None = None, sale_id: int | None = None,
-          reason: str | None = None, phone: str | None = None) -> dict:  # fmt: skip
+          reason: str | None = None, phone: str | None = None,
+          refund_of: int | None = None) -> dict:  # fmt: skip
     """Record `delta` in the ledger and apply it to the balance; both guarded (I1-I3).
 
     SQLite: the entry first, since its triggers refuse a balance UPDATE that does not
@@ -120,7 +124,7 @@ def _move(write: Write, seller_id: int, delta: int, kind: str, now: str, *,
     params = {
         "seller_id": seller_id, "delta": delta, "ceiling": MAX_BALANCE, "kind": kind,
         "credit_request_id": credit_request_id, "sale_id": sale_id, "reason": reason,
-        "now": now,
+        "now": now, "refund_of": refund_of,
     }  # fmt: skip
     head = None
     if write.balance_first:
@@ -162,7 +166,7 @@ def _seal(write: Write, entry: dict, phone: str | None,
         found = write.execute(_HEAD, (entry["seller_id"],)).fetchone()
         head = tuple(found) if found else (0, seals.GENESIS)
     entries, previous = head
-    values = tuple({**entry, "phone": phone}[name] for name in seals.ENTRY_COLUMNS)
+    values = seals.values({**entry, "phone": phone})
     mac = seals.entry_mac(write.ledger_key, previous, values)
     head_mac = seals.head_mac(write.ledger_key, entry["seller_id"], entry["id"], entries + 1,
                               mac, entry["balance_after"])  # fmt: skip
@@ -199,8 +203,9 @@ def _decide(write: Write, request_id: int, status: str, now: str) -> dict:
 _REPLAY_BALANCE = "UPDATE seller SET balance = :balance_after WHERE id = :seller_id"
 _REPLAY_ENTRY = (
     "INSERT INTO ledger_entry (id, seller_id, seq, kind, amount, balance_after,"
-    " credit_request_id, sale_id, reason, created_at) VALUES (:id, :seller_id, :seq, :kind,"
-    " :amount, :balance_after, :credit_request_id, :sale_id, :reason, :created_at)"
+    " credit_request_id, sale_id, reason, created_at, refund_of) VALUES (:id, :seller_id, :seq,"
+    " :kind, :amount, :balance_after, :credit_request_id, :sale_id, :reason, :created_at,"
+    " :refund_of)"
 )
 
 
@@ -219,6 +224,32 @@ def adjust(write: Write, seller_id: int, amount: int, reason: str, now: str) -> 
     return _move(write, seller_id, amount, "adjustment", now, reason=reason)
 
 
+_REFUND_OF = "SELECT id FROM ledger_entry WHERE refund_of = ?"
+_PHONE_REFUND = "UPDATE phone SET total_charged = total_charged - ? WHERE number = ?"
+
+
+def refund(write: Write, sale_id: int, reason: str, now: str) -> dict:
+    """Give a sale's whole amount back to its seller, at most once (I4): a ledger entry of
+    kind 'refund' naming the sale (UNIQUE), the balance, the phone's total, in this write.
+
+    The sale row never changes: that it was refunded is its refund entry. PostgreSQL: the
+    seller's row is held before the look for an earlier refund, so racing refunds of one
+    sale (all of one seller) look one after another, each seeing the one before it.
+    """
+    found = write.rows("SELECT seller_id, phone, amount FROM sale WHERE id = ?", (sale_id,))
+    if not found:
+        raise NotFound(f"sale {sale_id} does not exist")
+    seller_id, number, amount = found[0]
+    if write.balance_first:
+        write.hold(seller_id)
+    earlier = write.rows(_REFUND_OF, (sale_id,))
+    if earlier:
+        raise AlreadyRefunded(f"sale {sale_id} was refunded already (ledger entry {earlier[0][0]})")
+    entry = _move(write, seller_id, amount, "refund", now, reason=reason, refund_of=sale_id)
+    write.send(_PHONE_REFUND, (amount, number))
+    return entry
+
+
 def sell(write: Write, seller_id: int, number: str, amount: int, now: str) -> dict:
     """Debit a sale: the sale row, its one ledger entry (I4), the balance, the phone total.
 
@@ -230,7 +261,7 @@ def sell(write: Write, seller_id: int, number: str, amount: int, now: str) -> di
     params = {"seller_id": seller_id, "phone": number, "amount": amount, "delta": -amount,
               "now": now, "ceiling": MAX_BALANCE}  # fmt: skip
     if write.balance_first:  # the sale and its entry land on the balance the debit moved
-        params.update(kind="sale", credit_request_id=None, reason=None)
+        params.update(kind="sale", credit_request_id=None, reason=None, refund_of=None)
         row, head = _on_balance(write, _SALE_ON_BALANCE, params)
         sale = {name: row[f"made_{name}"] for name in SALE.columns}
         sealed = _seal(write, {name: row[name] for name in LEDGER_ENTRY.columns}, number, head)

@@ -100,9 +100,57 @@ def _postgresql_keys_and_suspension(conn) -> None:
     conn.execute("ALTER TABLE seller DROP COLUMN api_key_hash")
 
 
+def _sqlite_refunds(conn: sqlite3.Connection) -> None:
+    """Version 3: ledger_entry gains refund_of (last) and the kind 'refund' in its CHECKs.
+
+    SQLite cannot change a CHECK in place, and rebuilding the ledger would copy every entry.
+    This is the procedure sqlite.org documents for loosening CHECK constraints ("Making
+    Other Kinds Of Table Schema Changes"), with a column added at the end as ALTER TABLE
+    ADD COLUMN does: the table's CREATE statement becomes a new file's, by writing it into
+    sqlite_master and bumping schema_version, inside migrate's transaction. No row is read
+    or written, whatever the ledger's size: every stored row is a valid row of the new table
+    (its refund_of reads NULL) and satisfies the new CHECKs, which only add a kind. That
+    holds because the old columns are the new ones but the last, which is checked first."""
+    made = _sqlite_model_schema()
+    old = _columns(conn)
+    new = _columns(_memory_with(made["ledger_entry"]))
+    if old != new[:-1] or new[-1][1:] != ("refund_of", "INTEGER", 0, None, 0):
+        raise RuntimeError(f"ledger_entry is not the version-2 table: {old}")
+    (version,) = conn.execute("PRAGMA schema_version").fetchone()
+    conn.execute("PRAGMA writable_schema = ON")
+    try:
+        conn.execute(
+            "UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = 'ledger_entry'",
+            (made["ledger_entry"],),
+        )
+        conn.execute(f"PRAGMA schema_version = {int(version) + 1}")
+    finally:
+        conn.execute("PRAGMA writable_schema = OFF")
+    conn.execute(made["ledger_entry_refund_of"])  # empty: no entry is a refund yet
+
+
+def _memory_with(table: str) -> sqlite3.Connection:
+    memory = sqlite3.connect(":memory:")
+    memory.execute(table)
+    return memory
+
+
+def _columns(conn: sqlite3.Connection) -> list[tuple]:
+    return [tuple(row) for row in conn.execute("PRAGMA table_info(ledger_entry)")]
+
+
+def _postgresql_refunds(conn) -> None:
+    """Version 3 on PostgreSQL: what the file's VERSION 3 part says (refund_of, the CHECKs
+    that know the kind 'refund', the refund trigger): a new schema runs the same."""
+    for statement in schema.postgresql_added_in(3):
+        conn.execute(statement)
+
+
 STEPS: tuple[Step, ...] = (
     Step(2, "seller keys (several per seller, revocable) and seller suspension",
          _sqlite_keys_and_suspension, _postgresql_keys_and_suspension),
+    Step(3, "refunds (ledger_entry.refund_of, the kind 'refund')",
+         _sqlite_refunds, _postgresql_refunds),
 )  # fmt: skip
 
 

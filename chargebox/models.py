@@ -125,7 +125,7 @@ class LedgerEntry(BaseModel):
     id = AutoField()
     # The composite (seller, id) or (seller, key) index below serves as its index too.
     seller = ForeignKeyField(Seller, column_name="seller_id", on_delete="RESTRICT", index=False)
-    kind = TextField(constraints=[Check("kind IN ('credit', 'sale', 'adjustment')")])
+    kind = TextField(constraints=[Check("kind IN ('credit', 'sale', 'adjustment', 'refund')")])
     amount = BigIntegerField(
         constraints=[
             Check(f"{_INT.format('amount')} AND amount != 0 AND abs(amount) <= {MAX_BALANCE}")
@@ -148,16 +148,24 @@ class LedgerEntry(BaseModel):
     )
     reason = TextField(null=True)
     created_at = TextField()
+    # Schema version 3: a refund entry gives back the sale it names, whole; UNIQUE (the
+    # partial index below), so a sale is refunded at most once (I4). Last, so that a
+    # version-2 file's rows are this table's rows (migrations.py).
+    refund_of = ForeignKeyField(
+        Sale, column_name="refund_of", null=True, index=False, on_delete="RESTRICT", backref="+"
+    )
 
     class Meta:
         constraints = [
             Check(
                 "(kind = 'credit' AND amount > 0 AND credit_request_id IS NOT NULL"
-                " AND sale_id IS NULL)"
+                " AND sale_id IS NULL AND refund_of IS NULL)"
                 " OR (kind = 'sale' AND amount < 0 AND sale_id IS NOT NULL"
-                " AND credit_request_id IS NULL)"
+                " AND credit_request_id IS NULL AND refund_of IS NULL)"
                 " OR (kind = 'adjustment' AND reason IS NOT NULL"
-                " AND credit_request_id IS NULL AND sale_id IS NULL)"
+                " AND credit_request_id IS NULL AND sale_id IS NULL AND refund_of IS NULL)"
+                " OR (kind = 'refund' AND amount > 0 AND refund_of IS NOT NULL"
+                " AND reason IS NOT NULL AND credit_request_id IS NULL AND sale_id IS NULL)"
             )
         ]
         indexes = ((("seller", "id"), False),)
@@ -166,6 +174,11 @@ class LedgerEntry(BaseModel):
 LedgerEntry.add_index(
     LedgerEntry.index(
         LedgerEntry.credit_request, unique=True, where=LedgerEntry.credit_request.is_null(False)
+    )
+)
+LedgerEntry.add_index(
+    LedgerEntry.index(
+        LedgerEntry.refund_of, unique=True, where=LedgerEntry.refund_of.is_null(False)
     )
 )
 
@@ -259,7 +272,8 @@ class IdempotencyRecord(KeyedOutcome):
 
 
 class AdjustmentRecord(KeyedOutcome):
-    """The admin's key on one seller's adjustment: the ledger entry, or the refusal."""
+    """The admin's key on one seller's money, an adjustment or a refund of one of its sales
+    (one scope per seller): the ledger entry, or the refusal."""
 
     entry = ForeignKeyField(LedgerEntry, column_name="entry_id", null=True, unique=True)
 

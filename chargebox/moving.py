@@ -39,7 +39,7 @@ _SERIAL_TABLES = ("seller", "seller_key", "credit_request", "phone", "sale", "le
                   "idempotency_record", "adjustment_record", "credit_request_record",
                   "web_session")  # fmt: skip
 _ENTRY_COLUMNS = ("id", "seller_id", "kind", "amount", "balance_after", "credit_request_id",
-                  "sale_id", "reason", "created_at")  # fmt: skip
+                  "sale_id", "reason", "created_at", "refund_of")  # fmt: skip
 
 
 def copy(source: Path, target_url: str) -> dict[str, int]:

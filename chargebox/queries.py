@@ -46,6 +46,15 @@ CREDIT_REQUEST = Shape(
     "credit request",
 )
 SALE = Shape("sale", ("id", "seller_id", "phone", "amount", "balance_after", "created_at"), "sale")
+# A sale as clients read it: the row, and whether it was refunded, when, by which entry
+# (null, null: not refunded). The sale row never changes; its refund is a ledger entry.
+SALE_READ = Shape(
+    "(SELECT sale.*, refund.created_at AS refunded_at, refund.id AS refund_entry_id FROM sale"
+    " LEFT JOIN ledger_entry AS refund ON refund.refund_of = sale.id) AS sale",
+    (*SALE.columns, "refunded_at", "refund_entry_id"),
+    "sale",
+)
+NOT_REFUNDED = {"refunded_at": None, "refund_entry_id": None}  # a sale just made
 LEDGER_ENTRY = Shape(
     "ledger_entry",
     (
@@ -58,6 +67,7 @@ LEDGER_ENTRY = Shape(
         "sale_id",
         "reason",
         "created_at",
+        "refund_of",
     ),  # fmt: skip
     "ledger entry",
 )
@@ -108,7 +118,7 @@ class Queries:
         return self.one(CREDIT_REQUEST, request_id)
 
     def sale(self, sale_id: int) -> dict:
-        return self.one(SALE, sale_id)
+        return self.one(SALE_READ, sale_id)
 
     def ledger_entry(self, entry_id: int) -> dict:
         return self.one(LEDGER_ENTRY, entry_id)
@@ -129,7 +139,7 @@ class Queries:
         return self.page(CREDIT_REQUEST, page, seller_id=seller_id, status=status)
 
     def sales(self, page: Page, seller_id: int | None = None) -> list[dict]:
-        return self.page(SALE, page, seller_id=seller_id)
+        return self.page(SALE_READ, page, seller_id=seller_id)
 
     def ledger(self, page: Page, seller_id: int | None = None) -> list[dict]:
         return self.page(LEDGER_ENTRY, page, seller_id=seller_id)
@@ -152,11 +162,13 @@ class Queries:
         )
 
     def recent_ledger(self, seller_id: int, limit: int = 20) -> list[dict]:
-        """A seller's newest ledger entries first, each sale with its phone number."""
+        """A seller's newest ledger entries first, each sale or refund with its phone number,
+        and a sale's `refunded_at` once it was refunded."""
         columns = ", ".join(f"e.{name}" for name in LEDGER_ENTRY.columns if name != "seller_id")
         return self.reader.dicts(
-            f"SELECT {columns}, sale.phone FROM ledger_entry AS e"
-            " LEFT JOIN sale ON sale.id = e.sale_id"
+            f"SELECT {columns}, sale.phone, refund.created_at AS refunded_at"
+            " FROM ledger_entry AS e LEFT JOIN sale ON sale.id = COALESCE(e.sale_id, e.refund_of)"
+            " LEFT JOIN ledger_entry AS refund ON refund.refund_of = e.sale_id"
             " WHERE e.seller_id = ? ORDER BY e.id DESC LIMIT ?",
             (seller_id, limit),
         )

@@ -19,7 +19,8 @@ import peewee
 
 # The schema version this code reads and writes, and that a new database is made at (the
 # models with TRIGGERS; schema_postgresql.sql). Older ones: migrations.py. 1: chargebox 0.1.0.
-VERSION = 2  # 2: seller keys (seller_key) and suspension (seller.status)
+# 2: seller keys (seller_key) and suspension (seller.status); 3: refunds (ledger_entry.refund_of)
+VERSION = 3
 POSTGRESQL_VERSION = VERSION
 
 
@@ -184,6 +185,15 @@ TRIGGERS = (
          WHERE NOT EXISTS (SELECT 1 FROM sale WHERE id = NEW.sale_id
                  AND seller_id = NEW.seller_id AND amount = -NEW.amount
                  AND balance_after = NEW.balance_after);
+       END""",
+    # I4: a refund entry gives its sale's whole amount back to the sale's seller (once:
+    # the UNIQUE index on refund_of). The sale itself stays as it was (sale_no_update).
+    """CREATE TRIGGER IF NOT EXISTS ledger_entry_refund_matches_sale
+       BEFORE INSERT ON ledger_entry WHEN NEW.kind = 'refund'
+       BEGIN
+         SELECT RAISE(ABORT, 'I4: a refund entry needs its sale, whole')
+         WHERE NOT EXISTS (SELECT 1 FROM sale WHERE id = NEW.refund_of
+                 AND seller_id = NEW.seller_id AND amount = NEW.amount);
        END""",
 )
 

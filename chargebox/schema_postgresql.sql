@@ -72,6 +72,7 @@ CREATE TABLE ledger_entry (
     sale_id bigint UNIQUE REFERENCES sale (id) ON DELETE RESTRICT,
     reason text,
     created_at text NOT NULL,
+    -- Version 3 adds refund_of and the kind 'refund' (ALTER TABLE at the end of this file).
     UNIQUE (seller_id, seq),
     CHECK (
         (kind = 'credit' AND amount > 0 AND credit_request_id IS NOT NULL AND sale_id IS NULL)
@@ -416,3 +417,42 @@ CREATE TRIGGER sale_needs_an_active_seller BEFORE INSERT ON sale
 CREATE TRIGGER credit_request_needs_an_active_seller BEFORE INSERT ON credit_request
     FOR EACH ROW EXECUTE FUNCTION
         chargebox_needs_an_active_seller('a suspended seller cannot ask for credit');
+-- ;
+-- VERSION 3: refunds. A refund entry (kind 'refund') gives back the whole amount of the
+-- sale it names in refund_of, UNIQUE: a sale is refunded at most once (I4). These
+-- statements make a new database and migrate a version-2 one alike (migrations.py).
+ALTER TABLE ledger_entry ADD COLUMN refund_of bigint UNIQUE
+    REFERENCES sale (id) ON DELETE RESTRICT;
+-- ;
+ALTER TABLE ledger_entry DROP CONSTRAINT ledger_entry_kind_check,
+    ADD CONSTRAINT ledger_entry_kind_check
+        CHECK (kind IN ('credit', 'sale', 'adjustment', 'refund'));
+-- ;
+ALTER TABLE ledger_entry DROP CONSTRAINT ledger_entry_check,
+    ADD CONSTRAINT ledger_entry_check CHECK (
+        (kind = 'credit' AND amount > 0 AND credit_request_id IS NOT NULL AND sale_id IS NULL
+            AND refund_of IS NULL)
+        OR (kind = 'sale' AND amount < 0 AND sale_id IS NOT NULL AND credit_request_id IS NULL
+            AND refund_of IS NULL)
+        OR (kind = 'adjustment' AND reason IS NOT NULL
+            AND credit_request_id IS NULL AND sale_id IS NULL AND refund_of IS NULL)
+        OR (kind = 'refund' AND amount > 0 AND refund_of IS NOT NULL AND reason IS NOT NULL
+            AND credit_request_id IS NULL AND sale_id IS NULL)
+    );
+-- ;
+-- I4: a refund entry gives its sale's whole amount back to the sale's seller. The sale
+-- itself stays as it was (sale_no_update).
+CREATE FUNCTION chargebox_refund_matches_sale() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM sale WHERE id = NEW.refund_of
+                   AND seller_id = NEW.seller_id AND amount = NEW.amount) THEN
+        RAISE EXCEPTION 'I4: a refund entry needs its sale, whole'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+-- ;
+CREATE TRIGGER ledger_entry_refund_matches_sale BEFORE INSERT ON ledger_entry
+    FOR EACH ROW WHEN (NEW.kind = 'refund') EXECUTE FUNCTION chargebox_refund_matches_sale();

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 GENESIS = "0" * 64
 # Start-up checks the sealed heads of the sellers of this many newest entries.
 NEWEST_ENTRIES = 100
-# What a seal covers, in this order; `phone` is the sale's number for sale entries.
+# What a seal covers, in this order; `phone` is the sale's number for sale entries. A
+# refund's seal covers its `refund_of` too, after these (see `values`).
 ENTRY_COLUMNS = ("id", "seller_id", "kind", "amount", "balance_after", "credit_request_id",
                  "sale_id", "reason", "created_at", "phone")  # fmt: skip
 
@@ -55,6 +56,14 @@ class Chain(NamedTuple):
 def _mac(key: bytes, *parts: object) -> str:
     message = json.dumps(parts, separators=(",", ":"), ensure_ascii=False)
     return hmac.new(key, message.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def values(entry: dict) -> tuple:
+    """What an entry's seal covers: ENTRY_COLUMNS' values, and a refund's `refund_of` after
+    them. Entries of other kinds are sealed exactly as before refunds existed (schema
+    version 3), so every older seal stays valid and nothing is re-sealed by a migration."""
+    found = tuple(entry[name] for name in ENTRY_COLUMNS)
+    return found if entry.get("refund_of") is None else (*found, entry["refund_of"])
 
 
 def entry_mac(key: bytes, previous: str, entry: tuple) -> str:

@@ -27,7 +27,7 @@ from chargebox.errors import (
 from chargebox.idempotency import Outcome
 from chargebox.money import parse_amount, parse_signed_amount
 from chargebox.phones import normalize_phone
-from chargebox.queries import CREDIT_REQUEST, SELLER, SELLER_KEY, Queries
+from chargebox.queries import CREDIT_REQUEST, NOT_REFUNDED, SELLER, SELLER_KEY, Queries
 from chargebox.text import clean_text
 
 MAX_NAME_LENGTH = 200
@@ -229,7 +229,26 @@ class Chargebox:
             seller_id,
             idempotency.check_key(idempotency_key),
             idempotency.fingerprint(number, amount),
-            lambda write, created: ledger.sell(write, seller_id, number, amount, created),
+            lambda write, created: {
+                **ledger.sell(write, seller_id, number, amount, created),
+                **NOT_REFUNDED,
+            },
+        )
+
+    def refund(self, sale_id: int, reason: object, idempotency_key: str | None = None) -> Outcome:
+        """The admin gives a sale's whole amount back to its seller, at most once: a second
+        refund is AlreadyRefunded. A key is the admin's on the sale's seller, shared with
+        adjustments (idempotency.ADJUSTMENTS); its first outcome is final (see sell)."""
+        reason = clean_text(reason, "reason", MAX_REASON_LENGTH)
+        key = idempotency.check_key(idempotency_key)
+        seller_id = self.queries.sale(sale_id)["seller_id"]  # NotFound; a sale keeps its seller
+        return idempotency.once(
+            self.database,
+            idempotency.ADJUSTMENTS,
+            seller_id,
+            key,
+            idempotency.fingerprint("refund", sale_id, reason),
+            lambda write, created: ledger.refund(write, sale_id, reason, created),
         )
 
     # --- phones and the books --------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 What is on disk is read from a fresh read-only connection (sqlite3 for a file,
 psycopg for a PostgreSQL URL: tests/backends.py), independent of chargebox's own
-code: `reconciled_balances` re-adds the ledger and checks I1-I4, `rows_on_disk`
+code: `reconciled_balances` re-adds the ledger and checks I1-I4 (refunds too), `rows_on_disk`
 returns the rows of one query (written with SQLite's `?`), and `db_snapshot`
 digests every table and the schema (two equal snapshots: nothing changed). Kept
 importable (not only fixtures) so that worker processes started with `spawn` can
@@ -241,6 +241,13 @@ def reconciled_balances(db_path: Path | str) -> dict[int, int]:
             "!= CASE WHEN r.status = 'approved' THEN 1 ELSE 0 END"
         ).fetchone()[0]
         assert unmatched_credits == 0, f"I4: {unmatched_credits} requests credited wrongly"
+        unmatched_refunds = conn.execute(
+            "SELECT COUNT(*) FROM ledger_entry l WHERE l.refund_of IS NOT NULL AND ("
+            "l.kind != 'refund' OR (SELECT COUNT(*) FROM ledger_entry o WHERE o.refund_of ="
+            " l.refund_of) != 1 OR NOT EXISTS (SELECT 1 FROM sale s WHERE s.id = l.refund_of"
+            " AND s.seller_id = l.seller_id AND s.amount = l.amount))"
+        ).fetchone()[0]
+        assert unmatched_refunds == 0, f"I4: {unmatched_refunds} refunds not once, whole"
         return balances
 
 

@@ -69,10 +69,10 @@ def move(conn, seller_id: int, delta: int, kind: str, **links) -> int:
         ).fetchone()
         return conn.execute(
             "INSERT INTO ledger_entry (seller_id, seq, kind, amount, balance_after,"
-            " credit_request_id, sale_id, reason, created_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            " credit_request_id, sale_id, reason, created_at, refund_of)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
             (seller_id, seq, kind, delta, balance, links.get("request"), links.get("sale"),
-             links.get("reason"), T),
+             links.get("reason"), T, links.get("refund_of")),
         ).fetchone()[0]  # fmt: skip
 
 
@@ -194,6 +194,31 @@ def test_i4_a_sale_entry_must_debit_exactly_its_sale(conn):
     with pytest.raises(psycopg.errors.IntegrityError, match="I4"):
         move(conn, ali, -2_000, "sale", sale=sale)
     move(conn, ali, -1_000, "sale", sale=sale)
+
+
+def test_i4_a_refund_entry_gives_back_its_sale_whole_and_once(conn):
+    """A refund entry must be its sale's seller's and its whole amount (the trigger), and a
+    second one for the sale is refused by UNIQUE(refund_of); the sale stays as it was."""
+    ali, sara = seller(conn), seller(conn, "Sara")
+    credit(conn, ali, 10_000)
+    credit(conn, sara, 10_000)
+    conn.execute("INSERT INTO phone (number, created_at) VALUES (%s, %s)", (PHONE, T))
+    (sale,) = conn.execute(
+        "INSERT INTO sale (seller_id, phone, amount, balance_after, created_at)"
+        " VALUES (%s, %s, 1000, 9000, %s) RETURNING id",
+        (ali, PHONE, T),
+    ).fetchone()
+    move(conn, ali, -1_000, "sale", sale=sale)
+    for who, amount in ((ali, 999), (ali, 1_001), (sara, 1_000)):
+        with pytest.raises(psycopg.errors.IntegrityError, match="I4"):
+            move(conn, who, amount, "refund", refund_of=sale, reason="x")
+    with pytest.raises(psycopg.errors.IntegrityError, match="ledger_entry_check"):
+        move(conn, ali, 1_000, "refund", refund_of=sale)  # a refund has a reason
+    move(conn, ali, 1_000, "refund", refund_of=sale, reason="not delivered")
+    with pytest.raises(psycopg.errors.UniqueViolation, match="refund_of"):
+        move(conn, ali, 1_000, "refund", refund_of=sale, reason="again")
+    refused(conn, "UPDATE sale SET amount = 1 WHERE id = %s", (sale,))
+    assert conn.execute("SELECT balance FROM seller WHERE id = %s", (ali,)).fetchone() == (10_000,)
 
 
 @pytest.mark.parametrize(

@@ -157,6 +157,12 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
         principal = caller(access, ADMIN, SELLER)
         return 200, _own(principal, service.queries.sale(int(ident)), "sale")
 
+    @app.post(f"/api/sales/{ID}/refund")
+    def refund(ident):
+        caller(access, ADMIN)
+        body = read_json(limit, ("reason",))
+        return _made(service.refund(int(ident), body["reason"], header("Idempotency-Key")))
+
     @app.get("/api/ledger")
     def list_ledger():
         principal = caller(access, ADMIN, SELLER)

@@ -28,6 +28,7 @@ STATUS = {
     errors.InsufficientCredit: 409,
     errors.BalanceLimitExceeded: 409,
     errors.NotPending: 409,
+    errors.AlreadyRefunded: 409,
     errors.KeyLabelInUse: 409,
     errors.KeyRevoked: 409,
     errors.TooManyPendingRequests: 409,
