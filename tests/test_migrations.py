@@ -1,11 +1,14 @@
-"""Schema upgrades: databases made by chargebox 0.1.0 are migrated, audited and served on.
+"""Schema upgrades: databases made by chargebox 0.1.0 and 0.2.0 are migrated, audited and
+served on.
 
-The fixtures (tests/fixtures/release-0.1.0, README there) are an SQLite file and a
-PostgreSQL dump that a real 0.1.0 server wrote over HTTP. Each test works on a copy:
+The fixtures (tests/fixtures/release-0.1.0 and release-0.2.0, README there) are an SQLite
+file and a PostgreSQL dump that a real server of that release wrote over HTTP (schema
+versions 1 and 2). Each test works on a copy:
 `chargebox migrate` brings it to this release's schema version in one transaction,
 `chargebox audit` finds the books clean, and a server sells on with the sellers'
-old keys. A second migrate changes nothing; a database newer than the code is refused
-by serve and migrate alike, in one line, and left as it was.
+old keys and refunds a sale the old release made. A second migrate changes nothing; a
+database newer than the code is refused by serve and migrate alike, in one line, and
+left as it was.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from chargebox import migrations
 from chargebox.cli import prepare
@@ -32,7 +37,11 @@ from tests.support import (
     writable,
 )
 
-FIXTURE = ROOT / "tests" / "fixtures" / "release-0.1.0"
+FIXTURES = ROOT / "tests" / "fixtures"
+FIXTURE = FIXTURES / "release-0.1.0"
+RELEASES = ("0.1.0", "0.2.0")  # schema versions 1 and 2
+VERSION_OF = {"0.1.0": 1, "0.2.0": 2}
+SUSPENDED = {"0.1.0": set(), "0.2.0": {4}}  # 0.2.0's fixture suspended seller 4
 
 
 def chargebox(*args: str) -> subprocess.CompletedProcess:
@@ -46,23 +55,33 @@ def chargebox(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def old_keys(name: str = "keys.json") -> dict[int, str]:
-    return {int(seller): key for seller, key in json.loads((FIXTURE / name).read_text()).items()}
+def fixture(release: str) -> Path:
+    return FIXTURES / f"release-{release}"
 
 
-def old_file(home: Path) -> Path:
-    """A copy of the 0.1.0 SQLite file, with the ledger key that sealed it beside it."""
+def old_keys(name: str = "keys.json", release: str = "0.1.0") -> dict[int, str]:
+    found = json.loads((fixture(release) / name).read_text())
+    return {int(seller): key for seller, key in found.items()}
+
+
+def old_file(home: Path, release: str = "0.1.0") -> Path:
+    """A copy of the release's SQLite file, with the ledger key that sealed it beside it."""
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(FIXTURE / "chargebox.db", home / "chargebox.db")
-    shutil.copyfile(FIXTURE / "ledger_key", home / "ledger_key")
+    shutil.copyfile(fixture(release) / "chargebox.db", home / "chargebox.db")
+    shutil.copyfile(fixture(release) / "ledger_key", home / "ledger_key")
     return home / "chargebox.db"
 
 
-def sells_on_with_old_keys(server, keys: dict[int, str]) -> None:
-    """Every old key acts as its seller; sales, a replayed refusal and approvals go on."""
+def sells_on_with_old_keys(server, keys: dict[int, str], suspended: set[int] = frozenset()) -> None:
+    """Every old key acts as its seller (a suspended seller's is refused); sales, a replayed
+    refusal, approvals and a refund of a sale the old release made go on."""
     for seller_id, key in keys.items():
         api = server.seller(key)
         me = api.get("/api/me")
+        if seller_id in suspended:
+            assert me.status_code == 403 and me.json()["error"]["code"] == "seller_suspended"
+            api.close()
+            continue
         assert me.status_code == 200, me.text
         assert me.json()["id"] == seller_id
         api.close()
@@ -82,18 +101,27 @@ def sells_on_with_old_keys(server, keys: dict[int, str]) -> None:
     pending = admin.get("/api/credit-requests?status=pending").json()["items"]
     assert len(pending) == 2
     assert admin.post(f"/api/credit-requests/{pending[0]['id']}/approve").status_code == 200
-    audit = admin.get("/api/audit").json()
+    old_sale = admin.get("/api/sales/2").json()  # sold by the old release
+    assert (old_sale["refunded_at"], old_sale["refund_entry_id"]) == (None, None)
+    refunded = admin.post("/api/sales/2/refund", {"reason": "refunded after the upgrade"})
+    assert refunded.status_code == 201, refunded.text
+    assert refunded.json()["amount"] == old_sale["amount"]
+    again = admin.post("/api/sales/2/refund", {"reason": "twice"})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "already_refunded"
+    audit = admin.get("/api/audit?full=true").json()
     assert audit["consistent"], audit
     admin.close()
 
 
-def test_a_release_0_1_0_file_is_refused_by_serve_until_migrated(tmp_path):
-    db = old_file(tmp_path)
+@pytest.mark.parametrize("release", RELEASES)
+def test_an_older_releases_file_is_refused_by_serve_until_migrated(tmp_path, release):
+    db = old_file(tmp_path, release)
     before = db_snapshot(db)
     served = chargebox("serve", "--port", "0", "--db", db)
     assert served.returncode == 2
     assert served.stderr.strip().endswith(
-        f"the database has schema version 1 and this chargebox needs {migrations.LATEST}: "
+        f"the database has schema version {VERSION_OF[release]} and this chargebox needs "
+        f"{migrations.LATEST}: "
         "back it up, stop its servers, then run `chargebox migrate`"
     ), served.stderr
     assert len(served.stderr.strip().splitlines()) == 1
@@ -102,27 +130,39 @@ def test_a_release_0_1_0_file_is_refused_by_serve_until_migrated(tmp_path):
     assert db_snapshot(db) == before
 
 
-def test_a_release_0_1_0_file_is_migrated_audited_and_sells_on_with_its_old_keys(tmp_path):
-    db = old_file(tmp_path)
+@pytest.mark.parametrize("release", RELEASES)
+def test_an_older_releases_file_is_migrated_audited_and_sells_on_with_its_old_keys(
+    tmp_path, release
+):
+    db = old_file(tmp_path, release)
+    before = {table: rows_on_disk(db, f"SELECT * FROM {table} ORDER BY 1")
+              for table in ("ledger_entry", "ledger_seal", "sale", "phone")}  # fmt: skip
     migrated = chargebox("migrate", "--db", db)
     assert migrated.returncode == 0, migrated.stderr
-    assert f"schema version 1 -> {migrations.LATEST}" in migrated.stderr
-    keys = "SELECT seller_id, label, revoked_at, last_used_at FROM seller_key ORDER BY id"
-    assert rows_on_disk(db, keys) == [(n, "default", None, None) for n in range(1, 5)]
-    statuses = rows_on_disk(db, "SELECT DISTINCT status FROM seller")
-    assert statuses == [("active",)]
+    assert f"schema version {VERSION_OF[release]} -> {migrations.LATEST}" in migrated.stderr
+    if release == "0.1.0":
+        keys = "SELECT seller_id, label, revoked_at, last_used_at FROM seller_key ORDER BY id"
+        assert rows_on_disk(db, keys) == [(n, "default", None, None) for n in range(1, 5)]
+    statuses = rows_on_disk(db, "SELECT id FROM seller WHERE status = 'suspended'")
+    assert {n for (n,) in statuses} == SUSPENDED[release]
     recorded = rows_on_disk(db, "SELECT version FROM schema_version ORDER BY version")
-    assert recorded == [(version,) for version in range(1, migrations.LATEST + 1)]
-    audited = cli_audit(db)
+    since = VERSION_OF[release]  # a 0.2.0 file was made at 2 (0.1.0 recorded none: 1)
+    assert recorded == [(version,) for version in range(since, migrations.LATEST + 1)]
+    entries = rows_on_disk(db, "SELECT * FROM ledger_entry ORDER BY 1")
+    assert entries == [(*row, None) for row in before["ledger_entry"]]  # refund_of: NULL
+    for table in ("ledger_seal", "sale", "phone"):  # the seals stand as they were
+        assert rows_on_disk(db, f"SELECT * FROM {table} ORDER BY 1") == before[table]
+    audited = cli_audit(db)  # full: the fixture holds no checkpoint
     assert audited.returncode == 0, audited.stderr
     with running_server(db) as server:
-        sells_on_with_old_keys(server, old_keys())
+        sells_on_with_old_keys(server, old_keys(release=release), SUSPENDED[release])
     reconciled_balances(db)
     assert cli_audit(db).returncode == 0
 
 
-def test_migrating_twice_changes_nothing_the_second_time(tmp_path):
-    db = old_file(tmp_path)
+@pytest.mark.parametrize("release", RELEASES)
+def test_migrating_twice_changes_nothing_the_second_time(tmp_path, release):
+    db = old_file(tmp_path, release)
     assert chargebox("migrate", "--db", db).returncode == 0
     before = db_snapshot(db)
     again = chargebox("migrate", "--db", db)
@@ -131,9 +171,10 @@ def test_migrating_twice_changes_nothing_the_second_time(tmp_path):
     assert db_snapshot(db) == before
 
 
-def test_a_migrated_file_has_the_schema_of_a_new_one(tmp_path):
+@pytest.mark.parametrize("release", RELEASES)
+def test_a_migrated_file_has_the_schema_of_a_new_one(tmp_path, release):
     """Every table, index and trigger of a new file, and nothing else, in a migrated one."""
-    db = old_file(tmp_path / "old")
+    db = old_file(tmp_path / "old", release)
     assert chargebox("migrate", "--db", db).returncode == 0
     new = tmp_path / "new" / "chargebox.db"
     assert chargebox("init-db", "--db", new).returncode == 0
@@ -177,13 +218,14 @@ def test_serve_and_migrate_refuse_a_database_made_by_a_newer_chargebox(tmp_path,
     assert db_snapshot(db) == before
 
 
-def restored_0_1_0(cluster) -> pg_cluster.Roles:
-    """A new database holding the 0.1.0 dump, restored by its owner, and the service's
-    rights as 0.1.0's `init-db --grant-to` gave them (reading and inserting everywhere)."""
+def restored(cluster, release: str = "0.1.0") -> pg_cluster.Roles:
+    """A new database holding the release's dump, restored by its owner, and the service's
+    rights as 0.1.0's `init-db --grant-to` gave them (reading and inserting everywhere;
+    migrate grants the rest, to the roles it finds with them)."""
     made = pg_cluster.new_database(cluster, "old")
     restored = subprocess.run(
         [str(cluster.bin / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", made.owner_url],
-        input=(FIXTURE / "postgresql.sql").read_text(),
+        input=(fixture(release) / "postgresql.sql").read_text(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -209,13 +251,14 @@ def writable_as(url: str):
     return psycopg.connect(url, autocommit=True, connect_timeout=10)
 
 
-def test_a_release_0_1_0_postgresql_database_is_migrated_granted_audited_and_served(
-    postgresql_cluster, tmp_path
+@pytest.mark.parametrize("release", RELEASES)
+def test_an_older_releases_postgresql_database_is_migrated_granted_audited_and_served(
+    postgresql_cluster, tmp_path, release
 ):
-    made = restored_0_1_0(postgresql_cluster)
+    made = restored(postgresql_cluster, release)
     data = tmp_path / "data"
     data.mkdir()
-    shutil.copyfile(FIXTURE / "ledger_key", data / "ledger_key")
+    shutil.copyfile(fixture(release) / "ledger_key", data / "ledger_key")
     served = chargebox("serve", "--port", "0", "--db", made.app_url, "--data-dir", data)
     assert served.returncode == 2 and "run `chargebox migrate`" in served.stderr, served.stderr
     migrated = chargebox("migrate", "--db", made.owner_url, "--data-dir", data)
@@ -227,7 +270,8 @@ def test_a_release_0_1_0_postgresql_database_is_migrated_granted_audited_and_ser
     audited = cli_audit(made.app_url, data)
     assert audited.returncode == 0, audited.stderr
     with running_server(made.app_url, data_dir=data) as server:
-        sells_on_with_old_keys(server, old_keys("keys_postgresql.json"))
+        keys = old_keys("keys_postgresql.json", release)
+        sells_on_with_old_keys(server, keys, SUSPENDED[release])
     reconciled_balances(made.app_url)
     again = chargebox("migrate", "--db", made.owner_url, "--data-dir", data)
     assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr
@@ -249,10 +293,14 @@ def _catalogue(url: str) -> list[set]:
     return [set(rows_on_disk(url, sql)) for sql in _POSTGRESQL_CATALOGUE]
 
 
-def test_a_migrated_postgresql_database_has_the_schema_of_a_new_one(postgresql_cluster, tmp_path):
+@pytest.mark.parametrize("release", RELEASES)
+def test_a_migrated_postgresql_database_has_the_schema_of_a_new_one(
+    postgresql_cluster, tmp_path, release
+):
     """Every column, constraint, index, trigger and function of a database init-db makes
-    now, and nothing else, in a 0.1.0 database once migrated (column order aside)."""
-    made = restored_0_1_0(postgresql_cluster)
+    now, and nothing else, in an older release's database once migrated (column order
+    aside)."""
+    made = restored(postgresql_cluster, release)
     assert chargebox("migrate", "--db", made.owner_url).returncode == 0
     new = pg_cluster.initialised(postgresql_cluster, "new", tmp_path / "new")
     assert _catalogue(made.owner_url) == _catalogue(new.owner_url)
