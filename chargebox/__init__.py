@@ -7,4 +7,4 @@ one version: setup.py reads it, `chargebox --version` and GET /health answer it,
 CHANGELOG.md says what each release asks of an operator who upgrades.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
