@@ -45,6 +45,7 @@ ACCESS = {
     ("POST", "/api/sales"): SELLER,
     ("GET", "/api/sales"): BOTH,
     ("GET", "/api/sales/{id}"): BOTH,
+    ("POST", "/api/sales/{id}/refund"): ADMIN,
     ("GET", "/api/ledger"): BOTH,
     ("GET", "/api/phones"): ADMIN,
     ("POST", "/api/phones"): ADMIN,
@@ -66,6 +67,7 @@ SAMPLE_BODIES = {
     "/api/credit-requests/{id}/reject": None,
     "/api/sellers/{id}/adjustments": {"amount": 700, "reason": "sweep"},
     "/api/sales": {"phone": "09121234567", "amount": 1000},
+    "/api/sales/{id}/refund": {"reason": "sweep"},
     "/api/phones": {"number": "09351234567"},
     "/api/sellers/{id}/keys": {"label": "sweep"},
     "/api/sellers/{id}/keys/{key_id}/revoke": None,
@@ -82,6 +84,7 @@ OWN_IDS = {
     "/api/credit-requests/{id}/approve": "pending_request",
     "/api/credit-requests/{id}/reject": "pending_request",
     "/api/sales/{id}": "sale",
+    "/api/sales/{id}/refund": "sale",  # its own sale, fresh for each test: a seller may not
     # A seller of each test's own (and its key): the admin's calls that succeed suspend it
     # or revoke its key, which must not touch the owner the other routes are called with.
     "/api/sellers/{id}/keys": "spare_seller",

@@ -38,6 +38,7 @@ from hypothesis.stateful import (
 from chargebox.cli import prepare
 from chargebox.config import DEFAULT_MAX_AMOUNT, DEFAULT_MAX_PENDING_REQUESTS, MAX_BALANCE, Config
 from chargebox.errors import (
+    AlreadyRefunded,
     BalanceLimitExceeded,
     ChargeboxError,
     IdempotencyKeyReused,
@@ -85,7 +86,8 @@ AMOUNTS = st.one_of(
 )
 UNKNOWN = 999_999
 LEDGER_FIELDS = ("seller_id", "kind", "amount", "balance_after", "credit_request_id", "sale_id")
-LEDGER_FIELDS += ("reason",)  # the model's ledger rows, in this order
+LEDGER_FIELDS += ("reason", "refund_of")  # the model's ledger rows, in this order
+REFUND_REASON = "not delivered"
 REPLAY = "replay"  # the model's verdict: this keyed sale answers its recorded outcome again
 
 
@@ -111,8 +113,12 @@ class Model:
     sales: dict[int, tuple] = dataclasses.field(default_factory=dict)
     phones: dict[str, int] = dataclasses.field(default_factory=dict)
     keys: dict[tuple[int, str], Keyed] = dataclasses.field(default_factory=dict)
-    # (seller_id, kind, amount, balance_after, credit_request_id, sale_id, reason), oldest first
+    # (seller_id, kind, amount, balance_after, credit_request_id, sale_id, reason, refund_of),
+    # oldest first
     ledger: list[tuple] = dataclasses.field(default_factory=list)
+    refunds: dict[int, dict] = dataclasses.field(default_factory=dict)  # sale id -> its entry
+    # (seller_id, key) -> (sale id, the entry or the refusal): the admin's refund keys
+    refund_keys: dict[tuple, tuple] = dataclasses.field(default_factory=dict)
 
     def request_error(self, seller_id: int, amount: object) -> type | None:
         """Why a new credit request must be refused: its amount, then the seller's cap."""
@@ -138,7 +144,8 @@ class Model:
 
     def move(self, seller_id: int, delta: int, kind: str, **links: object) -> int:
         self.balances[seller_id] += delta
-        entry = (links.get("credit_request_id"), links.get("sale_id"), links.get("reason"))
+        entry = (links.get("credit_request_id"), links.get("sale_id"), links.get("reason"),
+                 links.get("refund_of"))  # fmt: skip
         self.ledger.append((seller_id, kind, delta, self.balances[seller_id], *entry))
         return self.balances[seller_id]
 
@@ -160,6 +167,32 @@ class Model:
         assert sale["id"] not in self.sales, "a sale id was reused"
         self.sales[sale["id"]] = row
         self.phones[number] = self.phones.get(number, 0) + amount
+
+    def refund_error(self, sale_id: int) -> type | None:
+        """Why refunding a sale must be refused: none such, refunded already, the ceiling."""
+        if sale_id not in self.sales:
+            return NotFound
+        if sale_id in self.refunds:
+            return AlreadyRefunded
+        seller_id, _, amount, _ = self.sales[sale_id]
+        return self.refusal(seller_id, amount)
+
+    def record_refund(self, sale_id: int, entry: dict) -> None:
+        seller_id, number, amount, _ = self.sales[sale_id]
+        after = self.move(seller_id, amount, "refund", reason=REFUND_REASON, refund_of=sale_id)
+        assert (entry["kind"], entry["amount"], entry["balance_after"]) == ("refund", amount, after)
+        self.refunds[sale_id] = entry
+        self.phones[number] -= amount
+
+    def sale_now(self, sale: dict) -> dict:
+        """A sale as it reads now: refunded since it was made, it says when and by which entry."""
+        refund = self.refunds.get(sale["id"])
+        if refund is None:
+            return sale
+        return {**sale, "refunded_at": refund["created_at"], "refund_entry_id": refund["id"]}
+
+    def pick_sale(self, pick: int) -> int:
+        return sorted(self.sales)[pick % len(self.sales)] if self.sales else UNKNOWN
 
 
 def attempt(expected: type | None, call):
@@ -200,7 +233,7 @@ def modelled_state_on_disk(db_path: Path) -> dict[str, object]:
             },
             "ledger": conn.execute(
                 "SELECT id, seller_id, kind, amount, balance_after, credit_request_id, sale_id, "
-                "reason, created_at FROM ledger_entry ORDER BY id"
+                "reason, refund_of, created_at FROM ledger_entry ORDER BY id"
             ).fetchall(),
         }
 
@@ -427,7 +460,7 @@ class ServiceMachine(RuleBasedStateMachine):
                     RUNS["service"]["refusal replayed though now covered"] += 1
             else:
                 result = self.service.sell(*sale_args)
-                assert result.replayed and result.record == earlier.sale
+                assert result.replayed and result.record == self.model.sale_now(earlier.sale)
                 RUNS["service"]["sale replayed"] += 1
             return False
         outcome = attempt(expected, lambda: self.service.sell(*sale_args))
@@ -477,6 +510,42 @@ class ServiceMachine(RuleBasedStateMachine):
         assert self.model.expect_sale(seller, number, amount, key) is IdempotencyKeyReused
         self._sell(seller, (number, number), amount, key)
 
+    @rule(pick=st.integers(0, 2**16), key=st.sampled_from([None, "refund-1", "refund-2"]))
+    def refund_a_sale(self, pick, key):
+        """Refund one of the sales made (none made: an unknown id, 404), and send a copy: a
+        refunded sale is AlreadyRefunded (a keyed copy replays the entry), nothing moves."""
+        sale_id = self.model.pick_sale(pick)
+        seller = self.model.sales[sale_id][0] if sale_id in self.model.sales else None
+        expected = self.model.refund_error(sale_id)
+        earlier = (seller, key) in self.model.refund_keys if key else False
+        if earlier:  # the key's first outcome is final (a refund or its refusal)
+            first_sale, first = self.model.refund_keys[seller, key]
+            if first_sale != sale_id:
+                expected = IdempotencyKeyReused
+        call = lambda: self.service.refund(sale_id, f" {REFUND_REASON} ", key)  # noqa: E731
+        if earlier and expected is not IdempotencyKeyReused:
+            if isinstance(first, dict):
+                again = call()
+                assert again.replayed and again.record == first
+                RUNS["service"]["refund replayed"] += 1
+            else:
+                assert attempt(type(first), call).replayed
+            return
+        outcome = attempt(expected, call)
+        if expected is None:
+            RUNS["service"]["refund"] += 1
+            self.model.record_refund(sale_id, outcome.record)
+            if key:  # a copy of the keyed refund, at once: the same entry, nothing moves
+                again = call()
+                assert again.replayed and again.record == outcome.record
+                RUNS["service"]["refund replayed"] += 1
+        if key and expected in (None, BalanceLimitExceeded):
+            self.model.refund_keys[seller, key] = (
+                sale_id, outcome.record if expected is None else outcome
+            )  # fmt: skip
+        if sale_id in self.model.refunds:
+            attempt(AlreadyRefunded, lambda: self.service.refund(sale_id, "again"))
+
     @rule(seller=sellers, case=st.sampled_from(sorted(REFUSED)))
     def send_refused_input(self, seller, case):
         """Bad input or unknown ids: the error the model names, and nothing changes."""
@@ -499,7 +568,7 @@ class ServiceMachine(RuleBasedStateMachine):
             key: (k.sale and k.sale["id"], None if k.sale else InsufficientCredit.code)
             for key, k in model.keys.items()
         }
-        assert [row[1:8] for row in disk["ledger"]] == model.ledger
+        assert [row[1:9] for row in disk["ledger"]] == model.ledger
         check_unchanged(self.frozen, disk["ledger"])
         assert reconciled_balances(self.config.db_path) == model.balances
 
@@ -609,7 +678,8 @@ class HttpMachine(RuleBasedStateMachine):
                 assert answer.status_code == 409, answer.text
                 assert answer.json()["error"]["message"] == earlier.message
             else:
-                assert answer.status_code == 201 and answer.json() == earlier.sale, answer.text
+                assert answer.status_code == 201, answer.text
+                assert answer.json() == self.model.sale_now(earlier.sale)
             return False
         assert not replayed, answer.headers
         if expected is None:
@@ -655,6 +725,24 @@ class HttpMachine(RuleBasedStateMachine):
         number, amount = other_body(self.model, self.model.keys[entry], change)
         self._sell(entry[0], (number, number), amount, entry[1])
 
+    @rule(pick=st.integers(0, 2**16))
+    def refund_a_sale(self, pick):
+        """The admin refunds one of the sales made: 201 once, then 409 already_refunded."""
+        sale_id = self.model.pick_sale(pick)
+        expected = self.model.refund_error(sale_id)
+        answer = self.admin.post(f"/api/sales/{sale_id}/refund", {"reason": REFUND_REASON})
+        RUNS["http"][f"refund {answer.status_code}"] += 1
+        if expected is None:
+            assert answer.status_code == 201, answer.text
+            self.model.record_refund(sale_id, answer.json())
+            seller = self.model.sales[sale_id][0]
+            seen = self.apis[seller].get(f"/api/sales/{sale_id}").json()
+            assert seen["refund_entry_id"] == answer.json()["id"], seen
+        else:
+            status = {NotFound: 404, AlreadyRefunded: 409, BalanceLimitExceeded: 409}[expected]
+            assert answer.status_code == status, answer.text
+            assert answer.json()["error"]["code"] == expected.code
+
     @invariant()
     def the_server_matches_the_model_and_its_audit_is_clean(self):
         self.steps += 1
@@ -695,6 +783,9 @@ SERVICE_OUTCOMES = (
     "sale",
     "sale replayed",
     "refusal replayed though now covered",
+    "refund",
+    "refund replayed",
+    AlreadyRefunded.__name__,
     *(error.__name__ for error in (InsufficientCredit, BalanceLimitExceeded, NotPending)),
     TooManyPendingRequests.__name__,
     "credit request replayed",
