@@ -139,7 +139,7 @@ def submit_and_send_again(person: Person, button: str) -> None:
     on the same page."""
     with person.page.expect_request(lambda r: r.method == "POST") as sent:
         person.page.click(button)
-    person.page.wait_for_url(re.compile(r"\?(sold|adjusted)=\d+$"))  # the 303's page
+    person.page.wait_for_url(re.compile(r"\?(sold|adjusted|refunded)=\d+$"))  # the 303's page
     first = person.page.url
     retry = person.context.request.post(
         sent.value.url, data=sent.value.post_data, headers=sent.value.headers, max_redirects=0
@@ -295,8 +295,8 @@ def test_a_seller_cannot_open_the_admin_pages(site, people):
     assert "Approve" not in seller.page.content()
 
 
-def test_the_admin_adjusts_a_balance_with_a_reason_and_the_audit_is_green(site, people):
-    seller_id, _ = funded_seller(site, 100_000, name="Sara <b>& co</b>")
+def test_the_admin_adjusts_a_balance_and_refunds_a_sale_and_the_audit_is_green(site, people):
+    seller_id, key = funded_seller(site, 100_000, name="Sara <b>& co</b>")
     admin = people()
     admin.sign_in(ADMIN_TOKEN)
     admin.open(f"/admin/sellers/{seller_id}")
@@ -311,6 +311,22 @@ def test_the_admin_adjusts_a_balance_with_a_reason_and_the_audit_is_green(site, 
     expect(admin.page.locator("#notice")).to_contain_text("Adjusted by −15,000 toman")
     expect(admin.page.locator("#balance")).to_have_text("85,000 toman")
     admin.shot("12-admin-seller-adjusted")
+    assert balance_in_db(site, seller_id) == 85_000
+    # A refund: asked for from the seller's page, done from its confirmation page, once.
+    api = site.seller(key)
+    sale = api.post("/api/sales", {"phone": "09121234567", "amount": 5_000}).json()["id"]
+    api.close()
+    admin.open(f"/admin/sellers/{seller_id}")
+    expect(admin.page.locator("#balance")).to_have_text("80,000 toman")
+    admin.page.click(f"#refund-{sale}")
+    expect(admin.page.locator("#refund-button")).to_have_text("Refund 5,000 toman")
+    admin.page.fill("#refund-reason", "operator did not deliver")
+    admin.shot("12b-admin-refund-confirm")
+    submit_and_send_again(admin, "#refund-button")  # the form's own key: one refund
+    expect(admin.page.locator("#notice")).to_contain_text("Sale refunded: +5,000 toman")
+    expect(admin.page.locator(f"#refunded-{sale}")).to_be_visible()
+    expect(admin.page.locator("#balance")).to_have_text("85,000 toman")
+    admin.shot("12c-admin-seller-refunded")
     assert balance_in_db(site, seller_id) == 85_000
     admin.open("/admin/audit")
     expect(admin.page.locator("#verdict")).to_contain_text("consistent")

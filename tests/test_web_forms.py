@@ -2,7 +2,8 @@
 
 Persian digits and separators, idempotent selling, refusals shown beside their
 field with what was typed kept, approve/reject/adjust/create, and escaping of
-hostile and right-to-left names. A refusal is checked to change nothing.
+hostile and right-to-left names, refunds through their confirmation page. A refusal is
+checked to change nothing.
 """
 
 from __future__ import annotations
@@ -207,6 +208,48 @@ def test_an_adjustment_below_zero_is_a_409_page_and_changes_nothing(world):
     answer = refused(world.server, 409, admin.post_form, path, form)
     assert text_of(answer.text, "adjust-amount-error").startswith("Not enough credit")
     assert value_of(answer.text, "adjust-reason") == "too much"
+
+
+def test_the_admin_refunds_a_sale_from_the_sellers_page_after_confirming_it_once(world):
+    """The seller's page links each sale to its confirmation page; only that page's form
+    refunds (CSRF, its own key: a double post refunds once). Then both pages mark the sale
+    refunded, and the confirmation page no longer offers a form."""
+    admin, seller_page = world.browser(ADMIN), f"/admin/sellers/{world.seller['id']}"
+    sale = world.api.post("/api/sales", {"phone": PHONE, "amount": 3_000}).json()["id"]
+    link = f"/admin/sales/{sale}/refund"
+    assert f'href="{link}"' in admin.get(seller_page).text  # asked for from the seller's page
+    confirm = admin.get(link)
+    assert confirm.status_code == 200 and "Refund 3,000 toman" in confirm.text
+    blank = refused(world.server, 422, admin.post_form, link, {"reason": "  "})
+    assert text_of(blank.text, "refund-reason-error")
+    form = {
+        "reason": "operator did not deliver",
+        "idempotency_key": value_of(confirm.text, "idempotency_key"),
+    }
+    first, second = (admin.post_form(link, form) for _ in range(2))
+    assert first.status_code == second.status_code == 303
+    assert first.headers["Location"] == second.headers["Location"]
+    assert re.fullmatch(rf"{seller_page}\?refunded=\d+", first.headers["Location"])
+    notice = text_of(admin.get(first.headers["Location"]).text, "notice")
+    assert "Sale refunded: +3,000 toman" in notice and "100,000 toman" in notice
+    assert world.balance() == 100_000
+    refunds = [e for e in world.api.get("/api/ledger").json()["items"] if e["kind"] == "refund"]
+    assert [(e["refund_of"], e["amount"]) for e in refunds] == [(sale, 3_000)]
+    assert f'id="refunded-{sale}"' in world.browser(SELLER).get("/seller").text
+    assert f'id="refunded-{sale}"' in admin.get(seller_page).text
+    assert f'href="{link}"' not in admin.get(seller_page).text
+    again = admin.get(link)
+    assert 'id="already-refunded"' in again.text and 'id="refund-form"' not in again.text
+    late = refused(world.server, 409, admin.post_form, link, {"reason": "twice"})
+    assert 'id="already-refunded"' in late.text  # the page says so, with no form to send
+
+
+def test_refunding_an_unknown_sale_is_a_404_page_and_changes_nothing(world):
+    admin = world.browser(ADMIN)
+    assert admin.get("/admin/sales/999999999/refund").status_code == 404
+    answer = refused(world.server, 404, admin.post_form, "/admin/sales/999999999/refund",
+                     {"reason": "ghost"})  # fmt: skip
+    assert text_of(answer.text, "error-message") == "sale 999999999 does not exist"
 
 
 def test_the_audit_page_shows_the_green_verdict(world):

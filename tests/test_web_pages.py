@@ -37,6 +37,7 @@ PAGE_ROUTES = """
     POST /admin/sellers/{ident}/adjustments      POST /admin/credit-requests/{ident}/{decision}
     POST /admin/sellers/{ident}/{change}         POST /admin/sellers/{ident}/keys
     POST /admin/sellers/{ident}/keys/{key_id}/{change}
+    GET /admin/sales/{ident}/refund              POST /admin/sales/{ident}/refund
 """
 # Every POST of a signed-in page, with a form it would accept: (name, role, path, fields).
 POSTS = [
@@ -49,10 +50,14 @@ POSTS = [
     ("suspend", ADMIN, "/admin/sellers/{seller}/suspend", {}),
     ("make a key", ADMIN, "/admin/sellers/{seller}/keys", {"label": "sweep"}),
     ("revoke a key", ADMIN, "/admin/sellers/{seller}/keys/{key}/revoke", {}),
+    ("refund a sale", ADMIN, "/admin/sales/{sale}/refund", {"reason": "sweep"}),
     ("seller signs out", SELLER, "/logout", {}),
     ("admin signs out", ADMIN, "/logout", {}),
 ]
-GETS = {SELLER: ["/seller"], ADMIN: ["/admin", "/admin/sellers/{seller}", "/admin/audit"]}
+GETS = {
+    SELLER: ["/seller"],
+    ADMIN: ["/admin", "/admin/sellers/{seller}", "/admin/audit", "/admin/sales/{sale}/refund"],
+}
 
 
 def page_routes() -> set[tuple[str, str]]:
@@ -146,7 +151,7 @@ def test_a_page_post_without_its_own_sessions_csrf_token_is_403_and_changes_noth
     assert you.post_form(path, fields).status_code in (201, 303)  # the same form, its own token
 
 
-@pytest.mark.parametrize("name, role, path, fields", POSTS[:9], ids=[p[0] for p in POSTS[:9]])
+@pytest.mark.parametrize("name, role, path, fields", POSTS[:10], ids=[p[0] for p in POSTS[:10]])
 def test_a_page_post_for_another_role_is_403_and_changes_nothing(world, name, role, path, fields):
     intruder = world.browser(SELLER if role == ADMIN else ADMIN)
     answer = refused(world.server, 403, intruder.post_form, fill(path, world), fields)

@@ -62,7 +62,8 @@ class Browser:
 
 
 class World:
-    """A funded seller with a pending request, and signed-in browsers opened on demand."""
+    """A funded seller with a pending request, another seller's sale (to refund), and
+    signed-in browsers opened on demand."""
 
     def __init__(self, server, admin: Api) -> None:
         self.server, self.opened = server, []
@@ -70,7 +71,13 @@ class World:
         self.api = server.seller(self.key)
         request = self.api.post("/api/credit-requests", {"amount": 5000})
         (key,) = admin.get(f"/api/sellers/{self.seller['id']}/keys").json()["items"]
-        self.ids = {"seller": self.seller["id"], "request": request.json()["id"], "key": key["id"]}
+        _, other_key = new_seller(admin, f"other {uuid.uuid4().hex[:6]}", 10_000)
+        other = server.seller(other_key)  # a sale to refund that leaves this seller's books be
+        sale = other.post("/api/sales", {"phone": "09121234567", "amount": 3_000})
+        other.close()
+        assert sale.status_code == 201, sale.text
+        self.ids = {"seller": self.seller["id"], "request": request.json()["id"], "key": key["id"],
+                    "sale": sale.json()["id"]}  # fmt: skip
 
     def browser(self, role: str | None = None) -> Browser:
         self.opened.append(Browser(self.server.url))

@@ -1,9 +1,10 @@
-"""The admin's web pages: pending credit requests, sellers, adjustments, keys and the audit.
+"""The admin's web pages: pending credit requests, sellers, adjustments, refunds, keys, audit.
 
 Like the seller's pages (see `pages`), each form calls one use case and answers
 with a 303; a refusal is shown again beside the field. Only a session signed in
 with the admin token opens these pages; a seller's session gets a 403 page.
 Every pending request is reachable: the queue is counted, paged and filtered by seller.
+A refund is asked for from the seller's page and done only from its confirmation page.
 """
 
 from __future__ import annotations
@@ -145,13 +146,14 @@ def install(pages: bottle.Bottle, site: Site) -> None:
     ) -> bottle.HTTPResponse:  # fmt: skip
         seller = site.service.queries.seller(seller_id)  # an unknown seller: a 404 page, not a form
         entries = site.service.queries.recent_ledger(seller_id, 50)
-        adjusted = query_id("adjusted") if status == 200 else None
+        done = {"adjustment": query_id("adjusted"), "refund": query_id("refunded")}
+        what = {"adjustment": "Adjusted by", "refund": "Sale refunded:"}
         notice = next(
             (
-                f"Adjusted by {signed(entry['amount'])} toman ({isolate(entry['reason'])}). "
-                f"Balance now {toman(entry['balance_after'])}."
+                f"{what[entry['kind']]} {signed(entry['amount'])} toman "
+                f"({isolate(entry['reason'])}). Balance now {toman(entry['balance_after'])}."
                 for entry in entries
-                if entry["id"] == adjusted and entry["kind"] == "adjustment"
+                if status == 200 and entry["id"] == done.get(entry["kind"])
             ),
             None,
         )
@@ -162,6 +164,7 @@ def install(pages: bottle.Bottle, site: Site) -> None:
             visitor=you,
             seller=seller,
             entries=entries,
+            refundable=True,
             requests=site.service.queries.recent_credit_requests(seller_id),
             adjust=adjust or Form(),
             form_key=form_key(),
@@ -187,6 +190,37 @@ def install(pages: bottle.Bottle, site: Site) -> None:
             done=f"/admin/sellers/{ident}?adjusted=",
             signed=True,
         )
+
+    def refund_page(
+        you: Visitor, sale_id: int, status: int = 200, form: Form | None = None
+    ) -> bottle.HTTPResponse:
+        """The confirmation step: the sale, and a form that refunds it (none once refunded)."""
+        sale = site.service.queries.sale(sale_id)  # an unknown sale: the 404 page
+        return render(
+            "refund",
+            status,
+            title="Refund a sale",
+            visitor=you,
+            sale=sale,
+            seller=site.service.queries.seller(sale["seller_id"]),
+            refund=form or Form(),
+            form_key=form_key(),
+        )
+
+    @pages.get(f"/admin/sales/{ID}/refund")
+    def confirm_refund(ident):
+        return refund_page(visitor(site.service, ADMIN), int(ident))
+
+    @pages.post(f"/admin/sales/{ID}/refund")
+    def refund(ident):
+        you, form = site.posted(ADMIN)
+        try:
+            made = site.service.refund(
+                int(ident), form.get("reason", ""), form.get("idempotency_key") or None
+            )
+        except ChargeboxError as exc:
+            return refund_page(you, int(ident), status_of(exc), Form(form).failed(exc, "reason"))
+        return redirect(f"/admin/sellers/{made.record['seller_id']}?refunded={made.record['id']}")
 
     @pages.post(f"/admin/sellers/{ID}/<change:re:suspend|reactivate>")
     def set_status(ident, change):

@@ -10,6 +10,13 @@
       <td class="what">
       % if entry['kind'] == 'sale':
         Sale to <span dir="ltr">{{entry['phone']}}</span>
+        % if entry['refunded_at']:
+        <span class="status refunded" id="refunded-{{entry['sale_id']}}">refunded {{when(entry['refunded_at'])}}</span>
+        % elif get('refundable'):
+        <a href="/admin/sales/{{entry['sale_id']}}/refund" id="refund-{{entry['sale_id']}}">Refund…</a>
+        % end
+      % elif entry['kind'] == 'refund':
+        Refund of sale #{{entry['refund_of']}} to <span dir="ltr">{{entry['phone']}}</span>: <bdi>{{entry['reason']}}</bdi>
       % elif entry['kind'] == 'credit':
         Credit request #{{entry['credit_request_id']}}
       % else:
