@@ -35,7 +35,10 @@ START = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
 STEP_US = 2_000  # microseconds between two entries: 10 million span about 5.8 days
 
 _SALE = "INSERT INTO sale VALUES (?, ?, ?, ?, ?, ?)"
-_ENTRY = "INSERT INTO ledger_entry VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ENTRY = (
+    "INSERT INTO ledger_entry (id, seller_id, kind, amount, balance_after, credit_request_id,"
+    " sale_id, reason, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _SEAL = "INSERT INTO ledger_seal VALUES (?, ?)"
 _REQUEST = "INSERT INTO credit_request VALUES (?, ?, ?, ?, ?, ?)"
 
