@@ -182,15 +182,20 @@ def test_i4_a_credit_entry_needs_an_approved_request_of_its_amount(conn):
         move(conn, ali, 700, "credit", request=pending)
 
 
+def a_sale_of_1000(conn, seller_id: int) -> int:
+    """A sale row of 1,000 from a balance of 10,000 (its debit is the test's to write)."""
+    conn.execute("INSERT INTO phone (number, created_at) VALUES (%s, %s)", (PHONE, T))
+    return conn.execute(
+        "INSERT INTO sale (seller_id, phone, amount, balance_after, created_at)"
+        " VALUES (%s, %s, 1000, 9000, %s) RETURNING id",
+        (seller_id, PHONE, T),
+    ).fetchone()[0]
+
+
 def test_i4_a_sale_entry_must_debit_exactly_its_sale(conn):
     ali = seller(conn)
     credit(conn, ali, 10_000)
-    conn.execute("INSERT INTO phone (number, created_at) VALUES (%s, %s)", (PHONE, T))
-    (sale,) = conn.execute(
-        "INSERT INTO sale (seller_id, phone, amount, balance_after, created_at)"
-        " VALUES (%s, %s, 1000, 9000, %s) RETURNING id",
-        (ali, PHONE, T),
-    ).fetchone()
+    sale = a_sale_of_1000(conn, ali)
     with pytest.raises(psycopg.errors.IntegrityError, match="I4"):
         move(conn, ali, -2_000, "sale", sale=sale)
     move(conn, ali, -1_000, "sale", sale=sale)
@@ -202,12 +207,7 @@ def test_i4_a_refund_entry_gives_back_its_sale_whole_and_once(conn):
     ali, sara = seller(conn), seller(conn, "Sara")
     credit(conn, ali, 10_000)
     credit(conn, sara, 10_000)
-    conn.execute("INSERT INTO phone (number, created_at) VALUES (%s, %s)", (PHONE, T))
-    (sale,) = conn.execute(
-        "INSERT INTO sale (seller_id, phone, amount, balance_after, created_at)"
-        " VALUES (%s, %s, 1000, 9000, %s) RETURNING id",
-        (ali, PHONE, T),
-    ).fetchone()
+    sale = a_sale_of_1000(conn, ali)
     move(conn, ali, -1_000, "sale", sale=sale)
     for who, amount in ((ali, 999), (ali, 1_001), (sara, 1_000)):
         with pytest.raises(psycopg.errors.IntegrityError, match="I4"):
