@@ -444,7 +444,7 @@ def test_the_database_accepts_a_well_formed_adjustment_so_the_refusals_above_are
     [
         ("adjustment", 0, None, None, "zero"),
         ("adjustment", 100, None, None, None),
-        ("refund", 100, None, None, "unknown kind"),
+        ("bonus", 100, None, None, "unknown kind"),
         ("adjustment", 100, "credit", None, "linked"),
         ("adjustment", 1.5, None, None, "fraction"),
     ],

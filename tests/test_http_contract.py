@@ -22,7 +22,8 @@ KEY_RE = re.compile(r"\S+")
 
 SELLER_KEYS = {"id", "name", "balance", "status", "created_at"}
 REQUEST_KEYS = {"id", "seller_id", "amount", "status", "created_at", "decided_at"}
-SALE_KEYS = {"id", "seller_id", "phone", "amount", "balance_after", "created_at"}
+SALE_KEYS = {"id", "seller_id", "phone", "amount", "balance_after", "created_at", "refunded_at"}
+SALE_KEYS |= {"refund_entry_id"}
 ENTRY_KEYS = {"id", "seller_id", "kind", "amount", "balance_after", "created_at"}
 PHONE_KEYS = {"id", "number", "total_charged"}
 
