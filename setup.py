@@ -28,6 +28,10 @@ setup(
         "filelock>=3.12",
         # GET /metrics (metrics.py); its multiprocess mode sums `serve --processes K`.
         "prometheus-client>=0.20,<1",
+        # Statements' periods (periods.py): Asia/Tehran's zone where the system has no zone
+        # files, and Jalali months.
+        "tzdata>=2024.1",
+        "jdatetime>=5.0,<7",
     ],
     extras_require={
         "test": [

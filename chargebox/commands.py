@@ -1,8 +1,9 @@
 """The CLI's admin commands: a seller's keys, its suspension, the admin token.
 
 `chargebox keys | create-key | revoke-key | rotate-key | suspend | reactivate |
-rotate-admin-token`: the same use cases as the admin's API and pages, run once on the
-database `--db` names, their answer printed as JSON on stdout. A new secret is
+rotate-admin-token | statement`: the same use cases as the admin's API and pages, run
+once on the database `--db` names, their answer printed as JSON (a statement: or CSV)
+on stdout. A new secret is
 printed once, on stdout only; nothing here logs one.
 """
 
@@ -15,12 +16,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from chargebox import auth
+from chargebox import auth, periods
 from chargebox.config import Config
 from chargebox.services import Chargebox
 
 COMMANDS = ("keys", "create-key", "revoke-key", "rotate-key", "suspend", "reactivate",
-            "rotate-admin-token")  # fmt: skip
+            "rotate-admin-token", "statement")  # fmt: skip
 SHOWN_ONCE = "Store this API key now: it is shown only once."
 
 
@@ -42,6 +43,12 @@ def add_parsers(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
     command("reactivate", "let a suspended seller's keys work again").add_argument(
         "seller_id", type=int
     )
+    statement = command("statement", "a seller's statement of a period (JSON, or CSV with --csv),"
+                        " as GET /api/statements gives it")  # fmt: skip
+    statement.add_argument("--seller", type=int, required=True, dest="seller_id")
+    for name in periods.NAMES:
+        statement.add_argument(f"--{name}", dest=f"period_{name}", metavar=name.upper())
+    statement.add_argument("--csv", action="store_true", help="CSV instead of JSON")
     command(
         "rotate-admin-token",
         "make a new admin token (written to the data dir, printed once) the only one in force "
@@ -55,6 +62,8 @@ def run(args: argparse.Namespace, config: Config, prepare: Callable[[Config], Co
     try:
         if args.command == "rotate-admin-token":
             return _rotate_admin_token(service, config, from_environment)
+        if args.command == "statement":
+            return _statement(args, service)
         return _answer(args, service)
     finally:
         service.close()
@@ -79,6 +88,23 @@ def _answer(args: argparse.Namespace, service: Chargebox) -> int:
         print(json.dumps(item, ensure_ascii=False))
     if secret is not None:
         print(SHOWN_ONCE, file=sys.stderr)
+    return 0
+
+
+def _statement(args: argparse.Namespace, service: Chargebox) -> int:
+    """The statement streamed to stdout as it is read (a year's does not fill memory)."""
+    when = {name: getattr(args, f"period_{name}") for name in periods.NAMES}
+    rendered = service.statement(
+        args.seller_id,
+        {k: v for k, v in when.items() if v is not None},
+        "csv" if args.csv else "json",
+    )
+    out = sys.stdout.buffer
+    for piece in rendered:
+        out.write(piece)
+    if not args.csv:
+        out.write(b"\n")
+    out.flush()
     return 0
 
 

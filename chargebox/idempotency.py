@@ -49,13 +49,11 @@ ADJUSTMENTS = Keyed("adjustment_record", "entry_id", LEDGER_ENTRY)
 CREDIT_REQUESTS = Keyed("credit_request_record", "request_id", CREDIT_REQUEST)
 
 
-def check_key(key: str | None) -> str | None:
+def check_key(key: str | None, field: str = "Idempotency-Key") -> str | None:
     if key is None:
         return None
     if not 1 <= len(key) <= MAX_KEY_LENGTH or not all(" " <= ch <= "~" for ch in key):
-        raise ValidationError(
-            "Idempotency-Key must be 1 to 255 printable ASCII characters", "Idempotency-Key"
-        )
+        raise ValidationError(f"{field} must be 1 to 255 printable ASCII characters", field)
     return key
 
 

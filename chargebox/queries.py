@@ -82,6 +82,19 @@ class Page:
     after_id: int = 0
 
 
+@dataclasses.dataclass(frozen=True)
+class Search:
+    """What a support desk looks a sale up by (validated already; None: any)."""
+
+    phone: str | None = None
+    key: str | None = None  # an Idempotency-Key of the seller's
+    start: str | None = None  # stamps: created_at >= start AND created_at < end
+    end: str | None = None
+
+
+_BY_KEY = "id IN (SELECT sale_id FROM idempotency_record WHERE seller_id = ? AND key = ?)"
+
+
 class Reader(Protocol):
     """A Database, or an open Write (which sees its own uncommitted rows)."""
 
@@ -100,8 +113,16 @@ class Queries:
             raise NotFound(f"{shape.what} {ident} does not exist")
         return found[0]
 
-    def page(self, shape: Shape, page: Page, **filters: object) -> list[dict]:
+    def page(
+        self, shape: Shape, page: Page, conditions: tuple[tuple[str, tuple], ...] = (),
+        **filters: object,
+    ) -> list[dict]:  # fmt: skip
+        """A page of `shape`, by equality `filters` (None: any) and other `conditions`
+        (SQL, params) on its columns."""
         where, params = ["id > ?"], [page.after_id]
+        for condition, values in conditions:
+            where.append(condition)
+            params.extend(values)
         for column, value in filters.items():
             if value is not None:
                 where.append(f"{column} = ?")
@@ -138,8 +159,20 @@ class Queries:
             raise ValidationError("status must be pending, approved or rejected", "status")
         return self.page(CREDIT_REQUEST, page, seller_id=seller_id, status=status)
 
-    def sales(self, page: Page, seller_id: int | None = None) -> list[dict]:
-        return self.page(SALE_READ, page, seller_id=seller_id)
+    def sales(self, page: Page, seller_id: int | None = None, search: Search | None = None
+              ) -> list[dict]:  # fmt: skip
+        """Sales, maybe found by phone, by the seller's Idempotency-Key (its order id: the
+        key's record names the sale, UNIQUE (seller_id, key)) and by a time range."""
+        search = search or Search()
+        conditions = []
+        if search.key is not None:
+            conditions.append((_BY_KEY, (seller_id, search.key)))
+        if search.start is not None:
+            conditions.append(("created_at >= ?", (search.start,)))
+        if search.end is not None:
+            conditions.append(("created_at < ?", (search.end,)))
+        found = tuple(conditions)
+        return self.page(SALE_READ, page, found, seller_id=seller_id, phone=search.phone)
 
     def ledger(self, page: Page, seller_id: int | None = None) -> list[dict]:
         return self.page(LEDGER_ENTRY, page, seller_id=seller_id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 
-from chargebox import audit, auth, idempotency, ledger
+from chargebox import audit, auth, idempotency, ledger, periods, statements
 from chargebox.clock import now
 from chargebox.config import Config
 from chargebox.db import Database, Write, open_database
@@ -23,11 +23,20 @@ from chargebox.errors import (
     NotFound,
     SellerSuspended,
     TooManyPendingRequests,
+    ValidationError,
 )
 from chargebox.idempotency import Outcome
 from chargebox.money import parse_amount, parse_signed_amount
 from chargebox.phones import normalize_phone
-from chargebox.queries import CREDIT_REQUEST, NOT_REFUNDED, SELLER, SELLER_KEY, Queries
+from chargebox.queries import (
+    CREDIT_REQUEST,
+    NOT_REFUNDED,
+    SELLER,
+    SELLER_KEY,
+    Page,
+    Queries,
+    Search,
+)
 from chargebox.text import clean_text
 
 MAX_NAME_LENGTH = 200
@@ -250,6 +259,32 @@ class Chargebox:
             idempotency.fingerprint("refund", sale_id, reason),
             lambda write, created: ledger.refund(write, sale_id, reason, created),
         )
+
+    # --- statements, and finding a sale ----------------------------------------------------
+
+    def statement(self, seller_id: int, when: dict[str, str], fmt: str = "json"
+                  ) -> statements.Rendered:  # fmt: skip
+        """A seller's statement of the period `when` names (periods.period), as JSON or CSV,
+        to be iterated (streamed) and closed; open on a read snapshot until then."""
+        if fmt not in statements.FORMATS:
+            raise ValidationError("format must be json or csv", "format")
+        chosen = periods.period(when)
+        return statements.Rendered(statements.Statement(self.database, seller_id, chosen), fmt)
+
+    def find_sales(self, page: Page, seller_id: int | None, search: dict[str, str]
+                   ) -> list[dict]:  # fmt: skip
+        """Sales by `phone` (any spelling a sale accepts), `idempotency_key` (the seller's
+        own; the admin names the seller) and `from`/`to` (periods.instant), as raw text."""
+        key = search.get("idempotency_key")
+        if key is not None:
+            idempotency.check_key(key, "idempotency_key")
+            if seller_id is None:
+                raise ValidationError("an idempotency_key is a seller's: give seller_id too",
+                                      "seller_id")  # fmt: skip
+        phone = search.get("phone")
+        start, end = periods.optional_range(search)
+        found = Search(None if phone is None else normalize_phone(phone, "phone"), key, start, end)
+        return self.queries.sales(page, seller_id, found)
 
     # --- phones and the books --------------------------------------------------------------
 

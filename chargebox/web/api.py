@@ -9,13 +9,24 @@ from __future__ import annotations
 
 import bottle
 
-from chargebox import __version__, metrics
+from chargebox import __version__, metrics, periods
 from chargebox.auth import Principal
 from chargebox.config import Config
-from chargebox.errors import NotFound
+from chargebox.errors import NotFound, ValidationError
 from chargebox.idempotency import Outcome
 from chargebox.services import Chargebox
-from chargebox.web.request import caller, flag, header, page, query, read_json, seller_scope
+from chargebox.web.request import (
+    SALE_SEARCH,
+    caller,
+    download,
+    flag,
+    header,
+    page,
+    query,
+    read_json,
+    seller_scope,
+    wants_csv,
+)
 
 ID = "<ident:re:[0-9]{1,18}>"
 ADMIN, SELLER = "admin", "seller"
@@ -149,8 +160,9 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
     @app.get("/api/sales")
     def list_sales():
         principal = caller(access, ADMIN, SELLER)
-        params = query("limit", "after_id", "seller_id")
-        return 200, {"items": service.queries.sales(page(params), seller_scope(principal, params))}
+        params = query("limit", "after_id", "seller_id", *SALE_SEARCH)
+        scope = seller_scope(principal, params)
+        return 200, {"items": service.find_sales(page(params), scope, params)}
 
     @app.get(f"/api/sales/{ID}")
     def get_sale(ident):
@@ -168,6 +180,17 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
         principal = caller(access, ADMIN, SELLER)
         params = query("limit", "after_id", "seller_id")
         return 200, {"items": service.queries.ledger(page(params), seller_scope(principal, params))}
+
+    @app.get("/api/statements")
+    def statement():
+        principal = caller(access, ADMIN, SELLER)
+        params = query("seller_id", "format", *periods.NAMES)
+        seller_id = seller_scope(principal, params)
+        if seller_id is None:
+            raise ValidationError("the admin names the seller: seller_id", "seller_id")
+        fmt = params.get("format") or ("csv" if wants_csv(header("Accept")) else "json")
+        rendered = service.statement(seller_id, params, fmt)
+        return 200, rendered, {"Content-Type": rendered.media_type, **download(rendered)}
 
     @app.get("/api/phones")
     def list_phones():

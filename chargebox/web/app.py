@@ -68,8 +68,8 @@ def json_plugin(config: Config):
                 if bottle.request.method in ("POST", "PUT", "PATCH"):
                     check_body_size(config.max_body_bytes)
                 status, body, *rest = callback(*args, **kwargs)
-                response = bottle.HTTPResponse(
-                    body if isinstance(body, bytes) else json_body(body),
+                response = bottle.HTTPResponse(  # bytes, dicts, or a stream (a statement)
+                    json_body(body) if isinstance(body, (dict, list)) else body,
                     status,
                     rest[0] if rest else None,
                 )

@@ -19,6 +19,7 @@ from chargebox.errors import Forbidden, MalformedJSON, PayloadTooLarge, Validati
 from chargebox.queries import MAX_LIMIT, Page
 
 MAX_ID = 2**63 - 1
+SALE_SEARCH = ("phone", "idempotency_key", "from", "to")  # GET /api/sales, the seller's page
 FORM_TYPE = "application/x-www-form-urlencoded"
 
 
@@ -165,3 +166,22 @@ def seller_scope(principal: Principal, params: dict[str, str]) -> int | None:
     if seller_id is not None and seller_id != principal.seller_id:
         raise Forbidden("a seller may only list its own records")
     return principal.seller_id
+
+
+def wants_csv(accept: str | None) -> bool:
+    """Whether an Accept header asks for text/csv (and not with q=0) rather than JSON."""
+    for part in (accept or "").split(","):
+        media, *options = (piece.strip().lower() for piece in part.split(";"))
+        if media == "text/csv":
+            return not any(option.replace(" ", "") in ("q=0", "q=0.0") for option in options)
+    return False
+
+
+def download(rendered) -> dict[str, str]:
+    """A CSV statement comes as a file to save (its name says whose and when)."""
+    if not rendered.media_type.startswith("text/csv"):
+        return {}
+    statement = rendered.statement
+    day = statement.period.start.date().isoformat()
+    name = f"statement-seller-{statement.seller_id}-{day}.csv"
+    return {"Content-Disposition": f'attachment; filename="{name}"'}

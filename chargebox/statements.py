@@ -1,0 +1,168 @@
+"""A seller's statement of a period: opening balance, every entry, closing balance, totals.
+
+An entry belongs to `[from, to)` by its `created_at`. Stamps are not in entry order on
+every deployment (on PostgreSQL a stamp is taken before the seller's row lock, and app
+hosts' clocks differ), so the opening is not the balance_after of the "last entry
+before from": it is the sum of the seller's entries stamped before `from`. Then
+opening + the period's entries = closing, and one period's closing is the next one's
+opening, whatever the stamps' order. Everything is read in one read snapshot, the
+entries in chunks (never the whole period in memory, never the write lock), and
+rendered as JSON or CSV piece by piece. Reads only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+from collections.abc import Iterator
+
+from chargebox.audit_checks import KINDS
+from chargebox.periods import Period, local
+from chargebox.queries import LEDGER_ENTRY, Queries
+
+CHUNK = 1_000  # entries per read
+FORMATS = ("json", "csv")
+_OPENING = (
+    "SELECT COALESCE(CAST(SUM(amount) AS BIGINT), 0) FROM ledger_entry"
+    " WHERE seller_id = ? AND created_at < ?"
+)
+_COLUMNS = tuple(name for name in LEDGER_ENTRY.columns if name != "seller_id")
+# Keyset paging along the seller's own index: (seller_id, id) on SQLite, (seller_id, seq)
+# on PostgreSQL, where a seller's seq and id orders are one (both taken under its row lock).
+_CHUNK = (
+    "SELECT e.{order} AS cursor, {columns}, sale.phone FROM ledger_entry AS e"
+    " LEFT JOIN sale ON sale.id = e.sale_id WHERE e.seller_id = ? AND e.{order} > ?"
+    " AND e.created_at >= ? AND e.created_at < ? ORDER BY e.{order} LIMIT ?"
+)
+CSV_COLUMNS = ("line", *_COLUMNS, "phone")
+
+
+class Statement:
+    """One seller's statement, open on a read snapshot until `close()` (or exhausted)."""
+
+    def __init__(self, database, seller_id: int, period: Period, chunk: int = CHUNK) -> None:
+        self.seller_id = seller_id
+        self.period = period
+        self.chunk = chunk
+        self.reads = 0  # chunks read so far (tests check the reading is chunked)
+        self._stack = contextlib.ExitStack()
+        try:
+            self._db = self._stack.enter_context(database.snapshot())
+            Queries(self._db).seller(seller_id)  # NotFound before anything is streamed
+            start, _ = period.bounds
+            self.opening = self._db.rows(_OPENING, (seller_id, start))[0][0]
+        except BaseException:
+            self._stack.close()
+            raise
+        order = "seq" if database.dialect == "postgresql" else "id"
+        columns = ", ".join(f"e.{name}" for name in _COLUMNS)
+        self._sql = _CHUNK.format(order=order, columns=columns)
+        self.totals = {kind: {"count": 0, "amount": 0} for kind in KINDS}
+        self.count = 0
+        self.closing = self.opening
+
+    def entries(self) -> Iterator[list[dict]]:
+        """The period's entries, a chunk at a time, in the seller's ledger order; the
+        closing balance and the totals are complete once this is exhausted."""
+        start, end = self.period.bounds
+        cursor = 0
+        while True:
+            rows = self._db.dicts(self._sql, (self.seller_id, cursor, start, end, self.chunk))
+            self.reads += 1
+            if not rows:
+                return
+            cursor = rows[-1].pop("cursor")
+            for row in rows:
+                row.pop("cursor", None)
+                row["created_at"] = local(row["created_at"])
+                total = self.totals.setdefault(row["kind"], {"count": 0, "amount": 0})
+                total["count"] += 1
+                total["amount"] += row["amount"]
+                self.closing += row["amount"]
+            self.count += len(rows)
+            yield rows
+            if len(rows) < self.chunk:
+                return
+
+    def head(self) -> dict:
+        return {
+            "seller_id": self.seller_id,
+            "from": local(self.period.start),
+            "to": local(self.period.end),
+            "opening_balance": self.opening,
+        }
+
+    def tail(self) -> dict:
+        return {"closing_balance": self.closing, "count": self.count, "totals": self.totals}
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+class Rendered:
+    """A statement as bytes, piece by piece (a WSGI body: iterable, with `close`)."""
+
+    def __init__(self, statement: Statement, fmt: str) -> None:
+        self.statement = statement
+        self.media_type = "text/csv; charset=utf-8" if fmt == "csv" else "application/json"
+        self._pieces = _csv(statement) if fmt == "csv" else _json(statement)
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._pieces
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._pieces.close()
+        self.statement.close()
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _json(statement: Statement) -> Iterator[bytes]:
+    yield (_dumps(statement.head())[:-1] + ',"entries":[').encode()
+    first = True
+    for rows in statement.entries():
+        text = ",".join(map(_dumps, rows))
+        yield (text if first else "," + text).encode()
+        first = False
+    yield ("]," + _dumps(statement.tail())[1:]).encode()
+
+
+def _csv(statement: Statement) -> Iterator[bytes]:
+    """CSV lines: `opening`, each `entry`, `closing` (its absence shows a cut-short
+    download), then a `total` line per kind (amount, and the count in `id`)."""
+    head = statement.head()
+    yield _lines([CSV_COLUMNS, _line("opening", balance_after=head["opening_balance"],
+                                     created_at=head["from"])])  # fmt: skip
+    for rows in statement.entries():
+        yield _lines(_line("entry", **row) for row in rows)
+    tail = statement.tail()
+    closing = _line("closing", balance_after=tail["closing_balance"], created_at=head["to"])
+    totals = (
+        _line("total", kind=kind, id=total["count"], amount=total["amount"])
+        for kind, total in tail["totals"].items()
+    )
+    yield _lines([closing, *totals])
+
+
+def _line(line: str, **values: object) -> list:
+    return [line, *(_cell(values.get(name)) for name in CSV_COLUMNS[1:])]
+
+
+def _cell(value: object) -> object:
+    """A cell as text; text that a spreadsheet would run as a formula is quoted with '."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return "" if value is None else value
+
+
+def _lines(rows) -> bytes:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerows(rows)
+    return out.getvalue().encode("utf-8")
