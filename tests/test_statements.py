@@ -1,0 +1,237 @@
+"""Statements (statements.py, periods.py): the sums, the chaining, the streaming, the CLI.
+
+The property tests write a seller's entries through the ledger with stamps chosen by
+Hypothesis, in any order against the entries' own (as app hosts with different clocks
+would on PostgreSQL), then cut time into consecutive periods: each statement must hold
+exactly the entries stamped in it, open on the sum of those before it, close on its
+opening plus its entries, and open where the one before it closed. The streaming test
+checks that a statement is read chunk by chunk as it is sent, never all at once.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chargebox import ledger, periods, statements
+from chargebox.audit_checks import KINDS
+from chargebox.errors import NotFound, ValidationError
+from tests.support import ROOT, credited_seller
+
+BASE = datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)
+PHONE = "09121234567"
+
+
+def at(seconds: int) -> str:
+    return periods.stamp(BASE + datetime.timedelta(seconds=seconds))
+
+
+def write_entries(service, seller_id: int, entries: list[tuple[int, int]]) -> list[dict]:
+    """Each (seconds, amount) as a ledger entry stamped BASE + seconds, in list order:
+    a sale for a negative amount the balance covers, else a credit-like adjustment."""
+    made = []
+    balance = service.queries.seller(seller_id)["balance"]
+
+    def work(write):
+        nonlocal balance
+        for seconds, amount in entries:
+            stamp = at(seconds)
+            if amount < 0 and balance + amount >= 0:
+                sale = ledger.sell(write, seller_id, PHONE, -amount, stamp)
+                row = write.dicts("SELECT * FROM ledger_entry WHERE sale_id = ?", (sale["id"],))
+            else:
+                row = [ledger.adjust(write, seller_id, abs(amount), "test", stamp)]
+            balance = row[0]["balance_after"]
+            made.append({"id": row[0]["id"], "kind": row[0]["kind"],
+                         "amount": row[0]["amount"], "stamp": stamp})  # fmt: skip
+
+    service.database.write(work)
+    return made
+
+
+def read(service, seller_id: int, period: periods.Period, chunk: int = 3) -> dict:
+    """The statement as a client gets it: rendered to JSON bytes, parsed back."""
+    statement = statements.Statement(service.database, seller_id, period, chunk=chunk)
+    return json.loads(b"".join(statements.Rendered(statement, "json")))
+
+
+def period(start: int, end: int) -> periods.Period:
+    return periods.Period(BASE + datetime.timedelta(seconds=start),
+                          BASE + datetime.timedelta(seconds=end))  # fmt: skip
+
+
+entries_strategy = st.lists(
+    st.tuples(st.integers(0, 100), st.integers(-3000, 3000).map(lambda n: n or 1)), max_size=25
+)
+cuts_strategy = st.lists(st.integers(-5, 105), min_size=2, max_size=6, unique=True).map(sorted)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(entries=entries_strategy, cuts=cuts_strategy)
+def test_opening_plus_entries_is_closing_and_consecutive_statements_chain(service, entries, cuts):
+    """Any stamps, in any order against the ledger's: each statement holds exactly the
+    entries stamped in [from, to), opens on the sum of those before, closes on its
+    opening plus its entries, and the next one opens where it closed."""
+    seller = credited_seller(service, 0, "prop")
+    made = write_entries(service, seller["id"], entries)
+    previous = None
+    for start, end in zip(cuts, cuts[1:]):
+        got = read(service, seller["id"], period(start, end))
+        low, high = at(start), at(end)
+        inside = [entry for entry in made if low <= entry["stamp"] < high]
+        assert got["opening_balance"] == sum(e["amount"] for e in made if e["stamp"] < low)
+        assert [e["id"] for e in got["entries"]] == [e["id"] for e in inside]
+        assert got["closing_balance"] == got["opening_balance"] + sum(
+            e["amount"] for e in got["entries"]
+        )
+        assert got["count"] == len(inside)
+        for kind in KINDS:
+            mine = [e["amount"] for e in inside if e["kind"] == kind]
+            assert got["totals"][kind] == {"count": len(mine), "amount": sum(mine)}
+        if previous is not None:
+            assert got["opening_balance"] == previous["closing_balance"]
+        previous = got
+    everything = read(service, seller["id"], period(-10, 200))
+    assert everything["closing_balance"] == service.queries.seller(seller["id"])["balance"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    moment=st.datetimes(
+        min_value=datetime.datetime(1950, 1, 1), max_value=datetime.datetime(2200, 1, 1),
+        timezones=st.sampled_from([datetime.UTC, periods.TEHRAN,
+                                   datetime.timezone(datetime.timedelta(hours=-5))]),
+        allow_imaginary=False,
+    )
+)  # fmt: skip
+def test_a_bound_with_any_offset_is_the_same_instant_and_its_stamp_sorts_as_time(moment):
+    text = moment.isoformat()
+    parsed = periods.instant(text, "from")
+    assert parsed == moment
+    later = periods.stamp(moment + datetime.timedelta(microseconds=1))
+    assert periods.stamp(parsed) < later
+    shown = datetime.datetime.fromisoformat(periods.local(periods.stamp(parsed)))
+    assert shown == moment and shown.utcoffset() == moment.astimezone(periods.TEHRAN).utcoffset()
+
+
+def test_days_and_months_are_tehran_days_and_months_gregorian_and_jalali():
+    day = periods.period({"day": "2026-12-01"})
+    assert periods.local(day.start) == "2026-12-01T00:00:00.000000+03:30"
+    assert day.bounds == ("2026-11-30T20:30:00.000000Z", "2026-12-01T20:30:00.000000Z")
+    month = periods.period({"month": "2026-12"})
+    assert month.bounds == ("2026-11-30T20:30:00.000000Z", "2026-12-31T20:30:00.000000Z")
+    azar = periods.period({"jmonth": "1405-09"})  # Azar 1405: 2026-11-22 to 2026-12-22
+    assert (azar.start.date(), azar.end.date()) == (datetime.date(2026, 11, 22),
+                                                    datetime.date(2026, 12, 22))  # fmt: skip
+    esfand = periods.period({"jmonth": "1405-12"})  # to the first of Farvardin 1406
+    assert esfand.end.date() == datetime.date(2027, 3, 21)
+    dated = periods.period({"from": "2026-12-01", "to": "2026-12-01T12:00:00+03:30"})
+    assert dated.bounds == ("2026-11-30T20:30:00.000000Z", "2026-12-01T08:30:00.000000Z")
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({}, "from"),
+        ({"from": "2026-12-01"}, "from"),
+        ({"day": "2026-12-01", "month": "2026-12"}, "day"),
+        ({"from": "2026-12-01T10:00:00", "to": "2026-12-02"}, "from"),  # no offset
+        ({"from": "2026-12-02", "to": "2026-12-01"}, "to"),
+        ({"from": "2026-12-01", "to": "2026-12-01"}, "to"),
+        ({"day": "2026-02-30"}, "day"),
+        ({"day": "۲۰۲۶-۱۲-۰۱"}, "day"),
+        ({"month": "2026-13"}, "month"),
+        ({"jmonth": "1405-00"}, "jmonth"),
+        ({"month": "9999-12"}, "month"),
+        ({"day": "0001-01-01"}, "day"),
+        ({"from": "0001-01-01T00:00:00+03:30", "to": "2026-12-01"}, "from"),
+        ({"from": "2026-12-01T10:00:00+25:00", "to": "2026-12-02"}, "from"),
+    ],
+)
+def test_a_period_that_is_not_exactly_one_clear_period_is_refused_naming_the_field(params, field):
+    with pytest.raises(ValidationError) as refused:
+        periods.period(params)
+    assert refused.value.field == field
+
+
+def test_a_big_statement_is_read_in_chunks_as_it_is_sent_never_all_at_once(service):
+    """5,000 entries, read 1,000 at a time: when the first entries are sent, one chunk
+    has been read; in all, six reads (the sixth finds the end), each at most 1,000."""
+    seller = credited_seller(service, 0, "big")
+    write_entries(service, seller["id"], [(n % 90, 1) for n in range(5000)])
+    statement = statements.Statement(service.database, seller["id"], period(0, 100))
+    assert statement.chunk == statements.CHUNK == 1000
+    pieces = iter(statements.Rendered(statement, "csv"))
+    next(pieces)  # the header and the opening line
+    assert statement.reads == 0
+    first = next(pieces)
+    assert statement.reads == 1 and first.count(b"\r\n") == 1000
+    rest = list(pieces)
+    assert statement.reads == 6
+    assert all(piece.count(b"\r\n") <= 1000 for piece in rest)
+    assert rest[-1].startswith(b"closing,,,,5000,")
+
+
+def test_a_statement_of_a_seller_that_does_not_exist_is_not_found(service):
+    with pytest.raises(NotFound):
+        service.statement(999, {"day": "2026-12-01"})
+
+
+def test_a_statement_lists_every_known_kind_even_with_no_entries(service):
+    seller = credited_seller(service, 0, "quiet")
+    got = json.loads(b"".join(service.statement(seller["id"], {"month": "2026-12"})))
+    assert got["entries"] == [] and got["opening_balance"] == got["closing_balance"] == 0
+    assert got["totals"] == {kind: {"count": 0, "amount": 0} for kind in KINDS}
+
+
+def test_a_closed_statement_ends_its_read_snapshot_and_writes_go_on(service):
+    """A client that stops reading half-way: closing the body ends the snapshot, and the
+    same thread can write (a snapshot left open would block it on PostgreSQL, and keep
+    SQLite's WAL from being checkpointed)."""
+    seller = credited_seller(service, 0, "gone")
+    write_entries(service, seller["id"], [(n, 5) for n in range(30)])
+    rendered = service.statement(seller["id"], {"from": at(0), "to": at(100)}, "csv")
+    pieces = iter(rendered)
+    next(pieces)
+    rendered.close()
+    write_entries(service, seller["id"], [(50, 7)])
+    again = json.loads(b"".join(service.statement(seller["id"], {"from": at(0), "to": at(100)})))
+    assert again["closing_balance"] == 30 * 5 + 7
+
+
+def cli(config, *args: str) -> subprocess.CompletedProcess:
+    where = ["--db", str(config.db_url or config.db_path)]
+    if config.db_url:
+        where += ["--data-dir", str(config.data_dir)]
+    env = {**os.environ, "CHARGEBOX_ADMIN_TOKEN": config.admin_token}
+    return subprocess.run(
+        [sys.executable, "-m", "chargebox.cli", "statement", *args, *where],
+        cwd=ROOT, env=env, capture_output=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_the_cli_prints_the_statement_as_json_or_csv(service, config):
+    seller = credited_seller(service, 0, "shell")
+    write_entries(service, seller["id"], [(10, 1000), (20, -300), (30, 50)])
+    sid = str(seller["id"])
+    made = cli(config, "--seller", sid, "--from", at(0), "--to", at(25))
+    assert made.returncode == 0, made.stderr
+    got = json.loads(made.stdout)
+    assert (got["opening_balance"], got["closing_balance"], got["count"]) == (0, 700, 2)
+    csv_made = cli(config, "--seller", sid, "--day", "2026-12-01", "--csv")
+    assert csv_made.returncode == 0, csv_made.stderr
+    lines = csv_made.stdout.decode().splitlines()
+    assert lines[0].startswith("line,id,kind,amount,balance_after")
+    assert [line.split(",")[0] for line in lines[1:6]] == ["opening", *["entry"] * 3, "closing"]
+    assert lines[5].startswith("closing,,,,750,")
+    refused = cli(config, "--seller", sid, "--from", "2026-12-01T10:00")
+    assert refused.returncode == 2 and b"exactly one period" in refused.stderr
