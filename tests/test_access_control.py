@@ -47,6 +47,7 @@ ACCESS = {
     ("GET", "/api/sales/{id}"): BOTH,
     ("POST", "/api/sales/{id}/refund"): ADMIN,
     ("GET", "/api/ledger"): BOTH,
+    ("GET", "/api/statements"): BOTH,
     ("GET", "/api/phones"): ADMIN,
     ("POST", "/api/phones"): ADMIN,
     ("GET", "/api/audit"): ADMIN,
@@ -75,6 +76,9 @@ SAMPLE_BODIES = {
     "/api/sellers/{id}/suspend": None,
     "/api/sellers/{id}/reactivate": None,
 }
+
+# A query each GET route needs (`{seller}`: the owner's id), so a refusal is never about it.
+SAMPLE_QUERIES = {"/api/statements": "seller_id={seller}&day=2026-12-01"}
 
 # Which of the calling seller's own records fills `{id}`: the most tempting one for a seller.
 OWN_IDS = {
@@ -196,6 +200,8 @@ def call(api: Api, route: tuple[str, str], ids: dict[str, int], headers=None, **
         assert path in OWN_IDS, f"{route_id(route)}: add which record fills {{id}} to OWN_IDS"
         path = path.replace("{id}", str(ids[OWN_IDS[path]]))
         path = path.replace("{key_id}", str(ids.get("spare_key", 0)))
+    if path in SAMPLE_QUERIES:
+        path += "?" + SAMPLE_QUERIES[path].format(seller=ids["seller"])
     body = None
     if method == "POST":
         assert route[1] in SAMPLE_BODIES, f"{route_id(route)}: add a sample body to SAMPLE_BODIES"
@@ -334,7 +340,26 @@ def test_a_sellers_record_by_id_is_404_to_another_seller_and_visible_to_owner_an
         assert found.json()["seller_id"] == callers["owner"].seller_id
 
 
-LIST_ROUTES = [route for route in routes_of(BOTH) if route[0] == "GET" and "{id}" not in route[1]]
+LIST_ROUTES = [
+    route
+    for route in routes_of(BOTH)
+    if route[0] == "GET" and "{id}" not in route[1] and route[1] not in SAMPLE_QUERIES
+]
+
+
+def test_a_statement_of_another_seller_is_403_to_a_seller_and_the_admin_must_name_one(
+    sweep_server, callers
+):
+    owner, other = callers["owner"], callers["other"]
+    for asker, target in ((other, owner), (owner, other)):
+        refused(sweep_server.db_path,
+                lambda asker=asker, target=target: asker.get(
+                    f"/api/statements?seller_id={target.seller_id}&month=2026-12"),
+                403, "forbidden")  # fmt: skip
+    mine = owner.get("/api/statements?month=2026-12").json()
+    assert mine["seller_id"] == owner.seller_id
+    unnamed = callers["admin"].get("/api/statements?month=2026-12")
+    assert unnamed.status_code == 422 and unnamed.json()["error"]["field"] == "seller_id"
 
 
 @pytest.mark.parametrize("route", LIST_ROUTES, ids=route_id)
