@@ -158,3 +158,16 @@ def optional_range(params: dict[str, str]) -> tuple[str | None, str | None]:
     if start is not None and end is not None:
         ordered(start, end)
     return (None if start is None else stamp(start)), (None if end is None else stamp(end))
+
+
+_NAIVE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2})?")
+
+
+def tehran_if_naive(text: str) -> str:
+    """A web form's `datetime-local` (no offset) read as Tehran time; anything else as typed."""
+    if not _NAIVE.fullmatch(text):
+        return text
+    try:
+        return datetime.datetime.fromisoformat(text).replace(tzinfo=TEHRAN).isoformat()
+    except ValueError:
+        return text

@@ -11,6 +11,7 @@ checks that a statement is read chunk by chunk as it is sent, never all at once.
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import os
 import subprocess
@@ -84,7 +85,7 @@ def test_opening_plus_entries_is_closing_and_consecutive_statements_chain(servic
     seller = credited_seller(service, 0, "prop")
     made = write_entries(service, seller["id"], entries)
     previous = None
-    for start, end in zip(cuts, cuts[1:]):
+    for start, end in itertools.pairwise(cuts):
         got = read(service, seller["id"], period(start, end))
         low, high = at(start), at(end)
         inside = [entry for entry in made if low <= entry["stamp"] < high]

@@ -33,6 +33,7 @@ SESSION, PHONE = "chargebox_session", "09121234567"
 PAGE_ROUTES = """
     GET /           GET /static/{name}     GET /login       POST /login      POST /logout
     GET /seller     POST /seller/sales     POST /seller/credit-requests
+    GET /seller/statement   GET /seller/sales/found   GET /admin/sellers/{ident}/statement
     GET /admin      POST /admin/sellers    GET /admin/sellers/{ident}        GET /admin/audit
     POST /admin/sellers/{ident}/adjustments      POST /admin/credit-requests/{ident}/{decision}
     POST /admin/sellers/{ident}/{change}         POST /admin/sellers/{ident}/keys
@@ -55,9 +56,10 @@ POSTS = [
     ("admin signs out", ADMIN, "/logout", {}),
 ]
 GETS = {
-    SELLER: ["/seller"],
-    ADMIN: ["/admin", "/admin/sellers/{seller}", "/admin/audit", "/admin/sales/{sale}/refund"],
-}
+    SELLER: ["/seller", "/seller/statement?day=2026-12-01", "/seller/sales/found?phone=0912"],
+    ADMIN: ["/admin", "/admin/sellers/{seller}", "/admin/audit", "/admin/sales/{sale}/refund",
+            "/admin/sellers/{seller}/statement?month=2026-12"],
+}  # fmt: skip
 
 
 def page_routes() -> set[tuple[str, str]]:

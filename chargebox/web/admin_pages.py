@@ -175,6 +175,11 @@ def install(pages: bottle.Bottle, site: Site) -> None:
             problem=problem,
         )
 
+    @pages.get(f"/admin/sellers/{ID}/statement")
+    def statement_for_admin(ident):
+        visitor(site.service, ADMIN)
+        return site.statement(int(ident))
+
     @pages.get(f"/admin/sellers/{ID}")
     def seller_page_for_admin(ident):
         return seller_detail(visitor(site.service, ADMIN), int(ident))

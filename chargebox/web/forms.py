@@ -14,13 +14,14 @@ from collections.abc import Callable
 
 import bottle
 
+from chargebox import periods
 from chargebox.errors import ChargeboxError, NotFound
 from chargebox.idempotency import Outcome
 from chargebox.money import amount_from_text
 from chargebox.services import Chargebox
 from chargebox.web.errors import status_of
 from chargebox.web.html import redirect
-from chargebox.web.request import read_form
+from chargebox.web.request import download, query, read_form
 from chargebox.web.sessions import Visitor, check_csrf, signed_in, visitor
 
 # Plain words for what a person did not cause and cannot fix by retyping.
@@ -81,6 +82,14 @@ class Site:
     def current_role(self) -> str | None:
         you = signed_in(self.service)
         return you.principal.role if you else None
+
+    def statement(self, seller_id: int) -> bottle.HTTPResponse:
+        """A seller's statement to download, for the period in the query (as the API's)."""
+        params = query("format", *periods.NAMES)
+        fmt = params.pop("format", "csv")
+        rendered = self.service.statement(seller_id, params, fmt)
+        headers = {"Content-Type": rendered.media_type, **download(rendered)}
+        return bottle.HTTPResponse(rendered, 200, headers)
 
     def money_form(
         self, role: str, act: MoneyAct, again: PageAgain, done: str, *, signed: bool = False

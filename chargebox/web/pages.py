@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import bottle
 
+from chargebox import periods
 from chargebox.auth import SESSION_LIFETIME
 from chargebox.config import Config
 from chargebox.errors import ChargeboxError, Unauthorized
+from chargebox.queries import Page
 from chargebox.services import Chargebox
 from chargebox.web import admin_pages
 from chargebox.web.errors import status_of
 from chargebox.web.forms import Form, Site, form_key, found
 from chargebox.web.html import STATIC, redirect, render, toman
-from chargebox.web.request import query_id, read_form
+from chargebox.web.request import SALE_SEARCH, query, query_id, read_form
 from chargebox.web.sessions import (
     Visitor,
     check_login_token,
@@ -32,6 +34,7 @@ from chargebox.web.sessions import (
 
 ADMIN, SELLER = admin_pages.ADMIN, "seller"
 HOME = {ADMIN: "/admin", SELLER: "/seller"}
+FOUND = 100  # sales a search shows
 STATIC_TYPES = {"css": "text/css; charset=utf-8", "js": "text/javascript; charset=utf-8"}
 
 
@@ -132,6 +135,28 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
     @pages.get("/seller")
     def seller_home():
         return seller_page(visitor(site.service, SELLER))
+
+    @pages.get("/seller/statement")
+    def seller_statement():
+        return site.statement(visitor(site.service, SELLER).principal.seller_id)
+
+    @pages.get("/seller/sales/found")
+    def find_sales():
+        you = visitor(site.service, SELLER)
+        typed = {name: text for name, text in query(*SALE_SEARCH).items() if text.strip()}
+        search, sales, status = Form(dict(typed)), None, 200
+        if typed:
+            for name in ("from", "to"):  # a browser's datetime-local: Tehran time
+                if name in typed:
+                    typed[name] = periods.tehran_if_naive(typed[name])
+            try:
+                sales = site.service.find_sales(Page(FOUND + 1), you.principal.seller_id, typed)
+            except ChargeboxError as exc:
+                search, status = search.failed(exc, "phone"), status_of(exc)
+        more = sales is not None and len(sales) > FOUND
+        shown = None if sales is None else sales[:FOUND]
+        return render("sales_found", status, title="Find a sale", visitor=you, search=search,
+                      sales=shown, more=more)  # fmt: skip
 
     @pages.post("/seller/sales")
     def sell():

@@ -76,6 +76,8 @@
 </section>
 </div>
 
+% include('statement_form', action='/admin/sellers/{}/statement'.format(seller['id']))
+
 <section class="card">
   <h2>Latest ledger entries</h2>
   % include('entries', entries=entries)

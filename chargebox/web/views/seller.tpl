@@ -40,7 +40,10 @@
 </section>
 </div>
 
+% include('statement_form', action='/seller/statement')
+
 <section class="card">
   <h2>Latest ledger entries</h2>
+  <p><a href="/seller/sales/found" id="find-link">Find a sale</a> by phone, order id or time.</p>
   % include('entries', entries=entries)
 </section>
