@@ -53,10 +53,36 @@ def stamp(moment: datetime.datetime) -> str:
     return utc.isoformat(timespec="microseconds") + "Z"  # a 4-digit year, so it sorts
 
 
-def local(stored: str) -> str:
+def local(stored: str | datetime.datetime) -> str:
     """A stored stamp (or an aware datetime) as ISO 8601 in Asia/Tehran, with its offset."""
     moment = stored if isinstance(stored, datetime.datetime) else _from_stored(stored)
     return moment.astimezone(TEHRAN).isoformat(timespec="microseconds")
+
+
+class Localiser:
+    """`local()` for a statement's many stamps, in order: Tehran's offset is whole minutes
+    (since 1946) and changes on the hour if at all, so the local minute is worked out
+    once per UTC minute and the seconds are copied as they are."""
+
+    def __init__(self) -> None:
+        self._minute = ""
+        self._shown = ("", "")
+
+    def __call__(self, stored: str) -> str:
+        minute = stored[:16]
+        if minute != self._minute:
+            moment = _from_stored(stored).astimezone(TEHRAN)
+            offset = moment.utcoffset()
+            if offset is None or offset.seconds % 60 or len(stored) != 27:
+                return local(stored)  # before 1946 (seconds in the offset), or not ours
+            self._minute, self._shown = minute, (moment.isoformat()[:16], _offset_text(offset))
+        return self._shown[0] + stored[16:-1] + self._shown[1]
+
+
+def _offset_text(offset: datetime.timedelta) -> str:
+    minutes = int(offset.total_seconds()) // 60
+    sign = "+" if minutes >= 0 else "-"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
 def _from_stored(stored: str) -> datetime.datetime:

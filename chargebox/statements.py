@@ -19,7 +19,7 @@ import json
 from collections.abc import Iterator
 
 from chargebox.audit_checks import KINDS
-from chargebox.periods import Period, local
+from chargebox.periods import Localiser, Period, local
 from chargebox.queries import LEDGER_ENTRY, Queries
 
 CHUNK = 1_000  # entries per read
@@ -36,7 +36,9 @@ _CHUNK = (
     " LEFT JOIN sale ON sale.id = e.sale_id WHERE e.seller_id = ? AND e.{order} > ?"
     " AND e.created_at >= ? AND e.created_at < ? ORDER BY e.{order} LIMIT ?"
 )
-CSV_COLUMNS = ("line", *_COLUMNS, "phone")
+ENTRY = (*_COLUMNS, "phone")  # an entry as a statement shows it
+CSV_COLUMNS = ("line", *ENTRY)
+_REASON = ENTRY.index("reason")
 
 
 class Statement:
@@ -63,24 +65,28 @@ class Statement:
         self.count = 0
         self.closing = self.opening
 
-    def entries(self) -> Iterator[list[dict]]:
-        """The period's entries, a chunk at a time, in the seller's ledger order; the
-        closing balance and the totals are complete once this is exhausted."""
+    def entries(self) -> Iterator[list[list]]:
+        """The period's entries, a chunk at a time, in the seller's ledger order, each the
+        values of ENTRY; the closing balance and the totals are complete once this is
+        exhausted."""
         start, end = self.period.bounds
-        cursor = 0
+        cursor, shown = 0, Localiser()
+        kind, amount, created_at = (ENTRY.index(name) for name in ("kind", "amount", "created_at"))
         while True:
-            rows = self._db.dicts(self._sql, (self.seller_id, cursor, start, end, self.chunk))
+            found = self._db.rows(self._sql, (self.seller_id, cursor, start, end, self.chunk))
             self.reads += 1
-            if not rows:
+            if not found:
                 return
-            cursor = rows[-1].pop("cursor")
-            for row in rows:
-                row.pop("cursor", None)
-                row["created_at"] = local(row["created_at"])
-                total = self.totals.setdefault(row["kind"], {"count": 0, "amount": 0})
+            cursor = found[-1][0]
+            rows = []
+            for row in found:
+                row = list(row[1:])
+                row[created_at] = shown(row[created_at])
+                total = self.totals.setdefault(row[kind], {"count": 0, "amount": 0})
                 total["count"] += 1
-                total["amount"] += row["amount"]
-                self.closing += row["amount"]
+                total["amount"] += row[amount]
+                self.closing += row[amount]
+                rows.append(row)
             self.count += len(rows)
             yield rows
             if len(rows) < self.chunk:
@@ -128,7 +134,8 @@ def _json(statement: Statement) -> Iterator[bytes]:
     yield (_dumps(statement.head())[:-1] + ',"entries":[').encode()
     first = True
     for rows in statement.entries():
-        text = ",".join(map(_dumps, rows))
+        entries = [dict(zip(ENTRY, row, strict=True)) for row in rows]
+        text = _dumps(entries)[1:-1]  # one encoding per chunk: the list without its brackets
         yield (text if first else "," + text).encode()
         first = False
     yield ("]," + _dumps(statement.tail())[1:]).encode()
@@ -141,7 +148,9 @@ def _csv(statement: Statement) -> Iterator[bytes]:
     yield _lines([CSV_COLUMNS, _line("opening", balance_after=head["opening_balance"],
                                      created_at=head["from"])])  # fmt: skip
     for rows in statement.entries():
-        yield _lines(_line("entry", **row) for row in rows)
+        for row in rows:
+            row[_REASON] = _cell(row[_REASON])
+        yield _lines(["entry", *row] for row in rows)
     tail = statement.tail()
     closing = _line("closing", balance_after=tail["closing_balance"], created_at=head["to"])
     totals = (

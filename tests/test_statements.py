@@ -236,3 +236,20 @@ def test_the_cli_prints_the_statement_as_json_or_csv(service, config):
     assert lines[5].startswith("closing,,,,750,")
     refused = cli(config, "--seller", sid, "--from", "2026-12-01T10:00")
     assert refused.returncode == 2 and b"exactly one period" in refused.stderr
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    moments=st.lists(
+        st.datetimes(min_value=datetime.datetime(1900, 1, 1),
+                     max_value=datetime.datetime(2100, 1, 1), timezones=st.just(datetime.UTC)),
+        min_size=1, max_size=20,
+    )
+)  # fmt: skip
+def test_a_statements_fast_tehran_times_are_the_times_zoneinfo_gives(moments):
+    """The per-minute shortcut (periods.Localiser) across Iran's summer times of old and
+    the pre-1946 offset with seconds, one stamp after another as a statement reads them."""
+    shown = periods.Localiser()
+    for moment in sorted(moments):
+        stored = periods.stamp(moment)
+        assert shown(stored) == periods.local(stored)
