@@ -29,11 +29,13 @@ _OPENING = (
     " WHERE seller_id = ? AND created_at < ?"
 )
 _COLUMNS = tuple(name for name in LEDGER_ENTRY.columns if name != "seller_id")
-# Keyset paging along the seller's own index: (seller_id, id) on SQLite, (seller_id, seq)
-# on PostgreSQL, where a seller's seq and id orders are one (both taken under its row lock).
+# A sale's entry and a refund's show the sale's phone. Keyset paging along the seller's
+# own index: (seller_id, id) on SQLite, (seller_id, seq) on PostgreSQL, where a seller's
+# seq and id orders are one (both taken under its row lock).
 _CHUNK = (
     "SELECT e.{order} AS cursor, {columns}, sale.phone FROM ledger_entry AS e"
-    " LEFT JOIN sale ON sale.id = e.sale_id WHERE e.seller_id = ? AND e.{order} > ?"
+    " LEFT JOIN sale ON sale.id = COALESCE(e.sale_id, e.refund_of)"
+    " WHERE e.seller_id = ? AND e.{order} > ?"
     " AND e.created_at >= ? AND e.created_at < ? ORDER BY e.{order} LIMIT ?"
 )
 ENTRY = (*_COLUMNS, "phone")  # an entry as a statement shows it

@@ -106,3 +106,16 @@ def test_a_sale_search_that_cannot_be_read_is_a_422_naming_the_field(admin, make
         refused = api.get(f"/api/sales?{query}")
         assert refused.status_code == 422, (query, refused.text)
         assert refused.json()["error"]["field"] == field, query
+
+
+def test_a_refund_is_in_the_statement_with_its_sales_phone_and_its_own_total(admin, make_seller):
+    _, seller = make_seller(credit=10_000)
+    sale = sell(seller, "order-r", "09351234567", 4000)
+    refunded = admin.post(f"/api/sales/{sale['id']}/refund", {"reason": "not delivered"})
+    assert refunded.status_code == 201, refunded.text
+    got = seller.get("/api/statements?from=2000-01-01&to=2100-01-01").json()
+    assert [e["kind"] for e in got["entries"]] == ["credit", "sale", "refund"]
+    assert got["entries"][2]["refund_of"] == sale["id"]
+    assert got["entries"][2]["phone"] == "09351234567"
+    assert got["totals"]["refund"] == {"count": 1, "amount": 4000}
+    assert got["closing_balance"] == 10_000
