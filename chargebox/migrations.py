@@ -107,10 +107,11 @@ def _sqlite_refunds(conn: sqlite3.Connection) -> None:
     This is the procedure sqlite.org documents for loosening CHECK constraints ("Making
     Other Kinds Of Table Schema Changes"), with a column added at the end as ALTER TABLE
     ADD COLUMN does: the table's CREATE statement becomes a new file's, by writing it into
-    sqlite_master and bumping schema_version, inside migrate's transaction. No row is read
-    or written, whatever the ledger's size: every stored row is a valid row of the new table
-    (its refund_of reads NULL) and satisfies the new CHECKs, which only add a kind. That
-    holds because the old columns are the new ones but the last, which is checked first."""
+    sqlite_master and bumping schema_version, inside migrate's transaction. No row is
+    written, whatever the ledger's size (the empty index reads them): every stored row is a
+    valid row of the new table (its refund_of reads NULL) and satisfies the new CHECKs,
+    which only add a kind. That holds because the old columns are the new ones but the
+    last, which is checked first."""
     made = _sqlite_model_schema()
     old = _columns(conn)
     new = _columns(_memory_with(made["ledger_entry"]))
