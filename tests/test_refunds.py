@@ -32,7 +32,12 @@ from tests.support import (
     rows_on_disk,
     writable,
 )
-from tests.workloads import run_parallel
+from tests.workloads import (
+    THREADS_FOR_HELD_COPIES,
+    keyed_post,
+    run_parallel,
+    write_lock_held_until_sent,
+)
 
 PHONE = "09121234567"
 
@@ -295,16 +300,26 @@ def refund_once(index, barrier, url, token, sale_id):
     return response.status_code, response.json()
 
 
+@pytest.fixture(params=[1, 2], ids=["1 server process", "2 server processes"])
+def race_server(request, tmp_path, new_server):
+    """A fresh server of one process, or of two sharing the socket (`--processes 2`)."""
+    env = {"CHARGEBOX_PROCESSES": str(request.param)}
+    with new_server(tmp_path, threads=THREADS_FOR_HELD_COPIES, env=env) as process:
+        yield process
+
+
 @pytest.mark.parallel
 @pytest.mark.parametrize("mode", ["threads", "processes"])
 def test_50_concurrent_refunds_of_one_sale_refund_it_exactly_once(
-    fresh_server, backend, mode, capsys
+    race_server, backend, mode, capsys
 ):
     """Proves at-most-once under a real race: 50 admin clients, each its own connection,
     released together on a barrier (threads, or 8 spawned processes of threads), refund
-    one sale. Exactly one 201; every other answer is 409 already_refunded (or a JSON 503,
-    which changed nothing); one refund entry is stored, and the books re-added from a fresh
-    connection show the sale's amount given back once; the server's audit is clean."""
+    one sale, on a server of one process or of two. Exactly one 201; every other answer is
+    409 already_refunded (or a JSON 503, which changed nothing); one refund entry is
+    stored, and the books re-added from a fresh connection show the sale's amount given
+    back once; the server's full audit is clean."""
+    fresh_server = race_server
     admin = fresh_server.admin()
     seller, key = new_seller(admin, f"race-{mode}", credit=100_000)
     api = fresh_server.seller(key)
@@ -313,7 +328,9 @@ def test_50_concurrent_refunds_of_one_sale_refund_it_exactly_once(
     answers = run_parallel(mode, 50, refund_once, fresh_server.url, ADMIN_TOKEN, sale["id"])
     statuses = Counter(status for status, _ in answers)
     with capsys.disabled():
-        print(f"\n50 refunds of one sale ({mode}, {backend}): {dict(statuses)}")
+        shape = fresh_server.env["CHARGEBOX_PROCESSES"]
+        print(f"\n50 refunds of one sale ({mode}, {backend}, server processes: {shape}):"
+              f" {dict(sorted(statuses.items()))}")  # fmt: skip
     assert statuses[201] == 1, statuses
     assert set(statuses) <= {201, 409, 503}, answers
     codes = {body["error"]["code"] for status, body in answers if status != 201}
@@ -326,4 +343,38 @@ def test_50_concurrent_refunds_of_one_sale_refund_it_exactly_once(
     assert stored == [(made["id"], 9_000)]
     assert reconciled_balances(fresh_server.db_path) == {seller["id"]: 100_000}
     assert admin.get("/api/audit?full=true").json()["consistent"] is True
+    admin.close()
+
+
+@pytest.mark.parallel
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_20_concurrent_copies_of_one_keyed_refund_refund_once_and_all_answer_201(
+    fresh_server, mode
+):
+    """Proves a refund's key holds under a real race: the write lock is held until all 20
+    copies are sent (so they meet inside the write); every copy answers 201 with the same
+    entry, one of them not as a replay; one refund entry and one key outcome are stored."""
+    admin = fresh_server.admin()
+    seller, key = new_seller(admin, f"keyed-{mode}", credit=50_000)
+    api = fresh_server.seller(key)
+    sale = api.post("/api/sales", {"phone": PHONE, "amount": 4_000}).json()
+    api.close()
+    path, body = f"/api/sales/{sale['id']}/refund", {"reason": "race"}
+    with write_lock_held_until_sent(fresh_server.db_path, 20) as sent:
+        args = (fresh_server.url, ADMIN_TOKEN, path, body, "refund-race", sent)
+        copies = run_parallel(mode, 20, keyed_post, *args)
+    assert {status for status, _, _ in copies} == {201}, copies
+    assert len({repr(body) for _, body, _ in copies}) == 1, copies
+    replays = [replayed for _, _, replayed in copies]
+    assert (replays.count(False), replays.count(True)) == (1, 19)
+    made = copies[0][1]
+    outcomes = rows_on_disk(
+        fresh_server.db_path, "SELECT key, entry_id FROM adjustment_record WHERE seller_id = ?",
+        (seller["id"],),
+    )  # fmt: skip
+    assert outcomes == [("refund-race", made["id"])]
+    refunds = "SELECT id FROM ledger_entry WHERE refund_of = ?"
+    assert rows_on_disk(fresh_server.db_path, refunds, (sale["id"],)) == [(made["id"],)]
+    assert reconciled_balances(fresh_server.db_path) == {seller["id"]: 50_000}
+    assert admin.get("/api/audit").json()["consistent"] is True
     admin.close()
