@@ -31,6 +31,7 @@ from hypothesis.stateful import (
     initialize,
     invariant,
     multiple,
+    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -278,6 +279,8 @@ REFUSED = {
     "sale by unknown": (NotFound, lambda s, seller: s.sell(UNKNOWN, *SALE)),
     "keyed sale by unknown": (NotFound, lambda s, seller: s.sell(UNKNOWN, *SALE, "order-1")),
     "adjust unknown": (NotFound, lambda s, seller: s.adjust_balance(UNKNOWN, 5, "gift")),
+    "refund unknown": (NotFound, lambda s, seller: s.refund(UNKNOWN, "ghost", "k")),
+    "refund blank reason": (ValidationError, lambda s, seller: s.refund(UNKNOWN, " ")),
 }
 
 
@@ -510,10 +513,11 @@ class ServiceMachine(RuleBasedStateMachine):
         assert self.model.expect_sale(seller, number, amount, key) is IdempotencyKeyReused
         self._sell(seller, (number, number), amount, key)
 
+    @precondition(lambda self: self.model.sales)
     @rule(pick=st.integers(0, 2**16), key=st.sampled_from([None, "refund-1", "refund-2"]))
     def refund_a_sale(self, pick, key):
-        """Refund one of the sales made (none made: an unknown id, 404), and send a copy: a
-        refunded sale is AlreadyRefunded (a keyed copy replays the entry), nothing moves."""
+        """Refund one of the sales made, and send a copy: a refunded sale is AlreadyRefunded
+        (a keyed copy replays the entry), nothing moves. (An unknown sale: REFUSED.)"""
         sale_id = self.model.pick_sale(pick)
         seller = self.model.sales[sale_id][0] if sale_id in self.model.sales else None
         expected = self.model.refund_error(sale_id)
@@ -725,6 +729,7 @@ class HttpMachine(RuleBasedStateMachine):
         number, amount = other_body(self.model, self.model.keys[entry], change)
         self._sell(entry[0], (number, number), amount, entry[1])
 
+    @precondition(lambda self: self.model.sales)
     @rule(pick=st.integers(0, 2**16))
     def refund_a_sale(self, pick):
         """The admin refunds one of the sales made: 201 once, then 409 already_refunded."""
@@ -738,6 +743,10 @@ class HttpMachine(RuleBasedStateMachine):
             seller = self.model.sales[sale_id][0]
             seen = self.apis[seller].get(f"/api/sales/{sale_id}").json()
             assert seen["refund_entry_id"] == answer.json()["id"], seen
+            again = self.admin.post(f"/api/sales/{sale_id}/refund", {"reason": "again"})
+            RUNS["http"][f"refund {again.status_code}"] += 1
+            assert again.status_code == 409, again.text
+            assert again.json()["error"]["code"] == AlreadyRefunded.code
         else:
             status = {NotFound: 404, AlreadyRefunded: 409, BalanceLimitExceeded: 409}[expected]
             assert answer.status_code == status, answer.text
