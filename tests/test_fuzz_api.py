@@ -245,7 +245,7 @@ document_schema = schemathesis.pytest.from_fixture("served_document_schema").inc
 
 
 # Every operation of a role runs inside this one test (a subtest each), with a snapshot of
-# every table around each call: on PostgreSQL, on a busy 2-core box, the admin's run of 27
+# every table around each call: on PostgreSQL, on a busy 2-core box, the admin's run of 28
 # operations (GET /api/statements and the sale search's parameters among them) passed 300 s.
 @pytest.mark.timeout(900)
 @SETTINGS
