@@ -153,6 +153,7 @@ def period(params: dict[str, str]) -> Period:
     try:
         made = _named(params, given)
         made.bounds  # noqa: B018 -- a period at the ends of the calendar cannot be stored
+        local(made.start), local(made.end)  # nor shown in Tehran time (9999-12-31T23:00Z)
     except (ValueError, OverflowError):
         raise ValidationError("the period is outside the years 1 to 9998", given[0]) from None
     return made

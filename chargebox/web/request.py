@@ -173,8 +173,14 @@ def wants_csv(accept: str | None) -> bool:
     for part in (accept or "").split(","):
         media, *options = (piece.strip().lower() for piece in part.split(";"))
         if media == "text/csv":
-            return not any(option.replace(" ", "") in ("q=0", "q=0.0") for option in options)
+            return not any(_zero_quality(option) for option in options)
     return False
+
+
+def _zero_quality(option: str) -> bool:
+    """`q=0`, `q=0.`, `q=0.000` (RFC 9110's qvalue): not acceptable."""
+    name, _, value = option.replace(" ", "").partition("=")
+    return name == "q" and value[:1] == "0" and value[1:2] in ("", ".") and not value[2:].strip("0")
 
 
 def download(rendered) -> dict[str, str]:
