@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -253,3 +254,26 @@ def test_a_statements_fast_tehran_times_are_the_times_zoneinfo_gives(moments):
     for moment in sorted(moments):
         stored = periods.stamp(moment)
         assert shown(stored) == periods.local(stored)
+
+
+def test_a_statement_reads_one_snapshot_while_sales_go_on(service):
+    """Sales made (from another thread) while a statement is half sent are not in it, and
+    its sums still close: every chunk comes from the snapshot its opening was read in."""
+    seller = credited_seller(service, 100_000, "busy")
+    for n in range(6):
+        service.sell(seller["id"], PHONE, 1000, f"before-{n}")
+    when = {"from": "2000-01-01", "to": "2100-01-01"}
+    statement = statements.Statement(service.database, seller["id"], periods.period(when), 2)
+    pieces = iter(statements.Rendered(statement, "json"))
+    text = next(pieces) + next(pieces)  # the head and the first chunk: the snapshot is taken
+    sold = threading.Thread(
+        target=lambda: [service.sell(seller["id"], PHONE, 500, f"during-{n}") for n in range(3)]
+    )
+    sold.start()
+    sold.join(timeout=60)
+    assert not sold.is_alive()
+    got = json.loads(text + b"".join(pieces))
+    assert got["count"] == 7 and got["closing_balance"] == 100_000 - 6 * 1000
+    assert got["opening_balance"] + sum(e["amount"] for e in got["entries"]) == 94_000
+    after = json.loads(b"".join(service.statement(seller["id"], when)))
+    assert after["count"] == 10 and after["closing_balance"] == 94_000 - 1500
