@@ -109,6 +109,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     move.add_argument("--from", dest="source", type=Path, required=True, metavar="FILE")
     move.add_argument("--to", dest="target", required=True, metavar="OWNER_URL")
+    move.add_argument(
+        "--data-dir",
+        type=Path,
+        help="the PostgreSQL deployment's data directory, where the copy's audit writes its "
+        "anchors and where its servers will read the ledger key (env CHARGEBOX_DATA_DIR; "
+        "default data/)",
+    )
     audit = command("audit", "re-check invariants I1-I5 straight from the database file")
     audit.add_argument("--json", action="store_true", help="print the full report as JSON")
     audit.add_argument(
@@ -250,6 +257,7 @@ def _copy(config: Config, source: Path, target: str) -> int:
     if not target.startswith(POSTGRESQL_SCHEMES):
         raise ValueError(f"--to {target}: must be a postgresql:// URL (the schema's owner)")
     counts = moving.copy(source, target)
+    config.data_dir.mkdir(parents=True, exist_ok=True)  # the audit anchors the copy there
     key_file = source.parent / LEDGER_KEY_FILE
     key = config.ledger_key or (key_file.read_text().strip() if key_file.exists() else None)
     copied = Chargebox(dataclasses.replace(config, db_url=target, ledger_key=key))

@@ -24,9 +24,19 @@ from tests.test_postgresql_service import books
 ENTRY = "SELECT id, seller_id, kind, amount, balance_after, credit_request_id, sale_id FROM"
 
 
-def copy(source, target: str) -> subprocess.CompletedProcess:
+def copy(source, target: str, *options: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "chargebox.cli", "copy", "--from", str(source), "--to", target],
+        [
+            sys.executable,
+            "-m",
+            "chargebox.cli",
+            "copy",
+            "--from",
+            str(source),
+            "--to",
+            target,
+            *options,
+        ],  # fmt: skip
         cwd=ROOT,
         env={k: v for k, v in os.environ.items() if not k.startswith("CHARGEBOX_")},
         capture_output=True,
@@ -65,7 +75,7 @@ def test_a_busy_sqlite_deployment_moves_every_row_and_seal_and_audits_clean(
         deadline = time.monotonic() + 60
         while len(sold) < 50 and time.monotonic() < deadline:  # the file is being written
             time.sleep(0.01)  # polling for the load to be under way, bounded below
-        moved = copy(source, made.owner_url)
+        moved = copy(source, made.owner_url, "--data-dir", str(tmp_path / "pg"))
         stop.set()
         load.join()
     finally:
@@ -73,6 +83,9 @@ def test_a_busy_sqlite_deployment_moves_every_row_and_seal_and_audits_clean(
         assert server.stop() == 0
     assert moved.returncode == 0, moved.stderr
     assert "audit: books reconcile" in moved.stderr and "copied" in moved.stderr
+    # The copy's audit anchors the PostgreSQL deployment in its own data directory, not in
+    # the data/ of wherever the command ran (it used to leave the checkout's data/anchors).
+    assert (tmp_path / "pg" / "anchors").exists() and not (ROOT / "data" / "anchors").exists()
     assert set(sold) == {201}
     with psycopg.connect(made.owner_url) as target:
         copied = target.execute(f"{ENTRY} ledger_entry ORDER BY id").fetchall()
