@@ -9,6 +9,7 @@ repeated meaningful header is refused, and waitress's own refusals are JSON.
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
 import logging
 import socket
@@ -136,6 +137,16 @@ class _Channel(HTTPChannel):
         return self.request_started if self.request is not None else self.last_activity
 
 
+def _shut_down(channel: HTTPChannel) -> None:
+    """waitress acts on `will_close` only when the socket turns readable or writable; one
+    whose client reads nothing does neither, and a worker waiting for its buffers to drain
+    (a long statement, its read snapshot open) waited for good. Shut down, the socket polls
+    writable: the send fails, waitress closes it, and the worker's write raises
+    ClientDisconnected, which closes what it was sending."""
+    with contextlib.suppress(OSError):  # shut down already, or the client is gone
+        channel.socket.shutdown(socket.SHUT_RDWR)
+
+
 class Server(TcpWSGIServer):
     """waitress's server, with a deadline per request and a connection budget.
 
@@ -165,6 +176,7 @@ class Server(TcpWSGIServer):
                 # waits for them to drain, so it serves others again.
                 if stalled < request_cutoff:
                     channel.will_close = True
+                    _shut_down(channel)
                 continue
             since = channel.idle_since()
             if since is None:

@@ -3,10 +3,15 @@ over HTTP on a real server (both backends) and fixed."""
 
 from __future__ import annotations
 
+import socket
+import sqlite3
+import time
+
 import pytest
 
 from chargebox import periods
 from chargebox.errors import ValidationError
+from tests.support import ADMIN_TOKEN, ServerProcess, run_stress
 
 
 @pytest.mark.parametrize(
@@ -34,3 +39,44 @@ def test_text_csv_with_a_zero_quality_is_not_asked_for(make_seller, accept):
     got = seller.get("/api/statements?day=2026-12-01", headers={"Accept": accept})
     assert got.status_code == 200, got.text
     assert got.headers["Content-Type"].startswith("application/json"), accept
+
+
+STALLED_DEADLINE = 60  # seconds: a liveness bound (request timeout 2 s, checked every 1 s)
+
+
+@pytest.mark.sqlite_only  # the fix is in the HTTP server; the checkpoint shows it on SQLite
+def test_a_statement_its_client_stops_reading_ends_and_lets_sqlite_checkpoint(tmp_path):
+    """A year's statement of a busy seller (~95 MB of JSON) to a client that reads nothing:
+    the worker fills waitress's 64 MB of buffers and waits, its read snapshot open. The
+    server marked the connection to close after CHARGEBOX_REQUEST_TIMEOUT, but waitress
+    closes only when the socket turns writable, which it never does: the thread and the
+    snapshot were held for good (every checkpoint busy, the WAL growing). Now the stalled
+    connection is shut down, the worker's send fails, and the statement closes."""
+    path = tmp_path / "history" / "chargebox.db"
+    made = run_stress("history", "--db", str(path), "--entries", "420000", "--sellers", "1",
+                      "--phones", "1000", "--quiet", timeout=600)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    server = ServerProcess(path, threads=4, env={"CHARGEBOX_REQUEST_TIMEOUT": "2"}).start()
+    try:
+        host, port = server.url.removeprefix("http://").split(":")
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect((host, int(port)))
+        stalled.sendall(
+            b"GET /api/statements?seller_id=1&from=2000-01-01&to=2100-01-01 HTTP/1.1\r\n"
+            b"Host: x\r\nAuthorization: Bearer " + ADMIN_TOKEN.encode() + b"\r\n\r\n"
+        )
+        admin = server.admin()
+        adjusted = admin.post("/api/sellers/1/adjustments", {"amount": 1, "reason": "wal"})
+        assert adjusted.status_code == 201, adjusted.text  # a write for the WAL to hold
+        reader = sqlite3.connect(path, timeout=5)
+        started = time.monotonic()
+        while reader.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] != 0:
+            assert time.monotonic() - started < STALLED_DEADLINE, "a snapshot is still held"
+            time.sleep(0.2)  # polling for the server to let the snapshot go, bounded above
+        reader.close()
+        assert admin.get("/health").status_code == 200
+        admin.close()
+        stalled.close()
+    finally:
+        assert server.stop() == 0
