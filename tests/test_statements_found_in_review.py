@@ -80,3 +80,11 @@ def test_a_statement_its_client_stops_reading_ends_and_lets_sqlite_checkpoint(tm
         stalled.close()
     finally:
         assert server.stop() == 0
+
+
+def test_an_empty_format_is_a_422_as_any_format_outside_json_and_csv(make_seller):
+    """openapi.json: format is json or csv; `format=` was taken as no format (200)."""
+    _, seller = make_seller()
+    got = seller.get("/api/statements?day=2026-12-01&format=")
+    assert got.status_code == 422, got.text
+    assert got.json()["error"]["field"] == "format"

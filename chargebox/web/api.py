@@ -188,7 +188,7 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
         seller_id = seller_scope(principal, params)
         if seller_id is None:
             raise ValidationError("the admin names the seller: seller_id", "seller_id")
-        fmt = params.get("format") or ("csv" if wants_csv(header("Accept")) else "json")
+        fmt = params.get("format", "csv" if wants_csv(header("Accept")) else "json")
         rendered = service.statement(seller_id, params, fmt)
         return 200, rendered, {"Content-Type": rendered.media_type, **download(rendered)}
 
