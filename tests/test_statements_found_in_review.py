@@ -3,6 +3,8 @@ over HTTP on a real server (both backends) and fixed."""
 
 from __future__ import annotations
 
+import csv
+import io
 import socket
 import sqlite3
 import time
@@ -88,3 +90,33 @@ def test_an_empty_format_is_a_422_as_any_format_outside_json_and_csv(make_seller
     got = seller.get("/api/statements?day=2026-12-01&format=")
     assert got.status_code == 422, got.text
     assert got.json()["error"]["field"] == "format"
+
+
+def test_csv_reasons_that_a_spreadsheet_would_run_are_quoted_and_amounts_are_not(
+    admin, make_seller
+):
+    """OWASP's CSV injection advice, checked over HTTP (the code had it, no test did): an
+    adjustment's or a refund's reason starting with =, +, - or @ starts with ' in the
+    CSV (tab and CR cannot start a reason: it is trimmed and refuses control
+    characters), JSON keeps it as written, and a negative amount stays a number."""
+    seller_row, seller = make_seller(credit=10_000)
+    formulas = ['=HYPERLINK("http://evil.example","x")', "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)"]
+    for reason in formulas:
+        made = admin.post(f"/api/sellers/{seller_row['id']}/adjustments",
+                          {"amount": -1, "reason": reason})  # fmt: skip
+        assert made.status_code == 201, made.text
+    sale = seller.post("/api/sales", {"phone": "09121234567", "amount": 1000}).json()
+    refunded = admin.post(f"/api/sales/{sale['id']}/refund", {"reason": "=1+1"})
+    assert refunded.status_code == 201, refunded.text
+    for bad in ("\t=1", "\r=1"):
+        refused = admin.post(f"/api/sales/{sale['id']}/refund", {"reason": bad + "\x00"})
+        assert refused.status_code == 422, refused.text
+    period = {"from": "2000-01-01", "to": "2100-01-01"}
+    text = seller.get("/api/statements", params={**period, "format": "csv"}).text
+    entries = [line for line in csv.DictReader(io.StringIO(text)) if line["line"] == "entry"]
+    reasons = [line["reason"] for line in entries if line["reason"]]
+    assert reasons == ["'" + reason for reason in [*formulas, "=1+1"]]
+    amounts = [line["amount"] for line in entries]
+    assert amounts == ["10000", "-1", "-1", "-1", "-1", "-1000", "1000"]
+    shown = seller.get("/api/statements", params=period).json()["entries"]
+    assert [e["reason"] for e in shown if e["reason"]] == [*formulas, "=1+1"]
