@@ -54,9 +54,13 @@ def stamp(moment: datetime.datetime) -> str:
 
 
 def local(stored: str | datetime.datetime) -> str:
-    """A stored stamp (or an aware datetime) as ISO 8601 in Asia/Tehran, with its offset."""
+    """A stored stamp (or an aware datetime) as ISO 8601 in Asia/Tehran, with its offset;
+    before 1946 (Tehran's +03:25:44, which no ISO 8601 offset writes) in UTC instead."""
     moment = stored if isinstance(stored, datetime.datetime) else _from_stored(stored)
-    return moment.astimezone(TEHRAN).isoformat(timespec="microseconds")
+    shown = moment.astimezone(TEHRAN)
+    if shown.utcoffset().seconds % 60:
+        return stamp(moment)
+    return shown.isoformat(timespec="microseconds")
 
 
 class Localiser:

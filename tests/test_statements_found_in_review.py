@@ -4,11 +4,13 @@ over HTTP on a real server (both backends) and fixed."""
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import socket
 import sqlite3
 import time
 
+import jsonschema
 import pytest
 
 from chargebox import periods
@@ -120,3 +122,24 @@ def test_csv_reasons_that_a_spreadsheet_would_run_are_quoted_and_amounts_are_not
     assert amounts == ["10000", "-1", "-1", "-1", "-1", "-1000", "1000"]
     shown = seller.get("/api/statements", params=period).json()["entries"]
     assert [e["reason"] for e in shown if e["reason"]] == [*formulas, "=1+1"]
+
+
+@pytest.mark.parametrize("params", [{"day": "1900-01-01"}, {"jmonth": "1300-01"}])
+def test_a_statement_before_1946_shows_its_bounds_as_rfc_3339_date_times(make_seller, params):
+    """Tehran's offset was +03:25:44 until 1946: `from`/`to` came out as
+    1900-01-01T00:00:00.000000+03:25:44, which is no RFC 3339 date-time (openapi.json's
+    format), and no ISO 8601 offset either. They are shown in UTC then: the same instant."""
+    _, seller = make_seller()
+    body = seller.get("/api/statements", params=params).json()
+    checker = jsonschema.FormatChecker()
+    for name in ("from", "to"):
+        assert checker.conforms(body[name], "date-time"), body[name]
+    start, end = periods.period(params).bounds
+    assert (periods.stamp(_parsed(body["from"])), periods.stamp(_parsed(body["to"]))) == (
+        start,
+        end,
+    )
+
+
+def _parsed(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
