@@ -16,6 +16,7 @@ import pytest
 from chargebox import periods
 from chargebox.errors import ValidationError
 from tests.support import ADMIN_TOKEN, ServerProcess, run_stress
+from tests.web_support import SELLER, text_of
 
 
 @pytest.mark.parametrize(
@@ -143,3 +144,20 @@ def test_a_statement_before_1946_shows_its_bounds_as_rfc_3339_date_times(make_se
 
 def _parsed(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_the_sellers_find_a_sale_page_says_a_found_sale_was_refunded_and_when(world, admin):
+    """A support desk that looks a refunded sale up by its order id must not be told it
+    stands: the page showed phone, amount and balance, not the refund the API answers."""
+    made = world.api.post("/api/sales", {"phone": "09351112244", "amount": 2_000},
+                          headers={"Idempotency-Key": "order-refunded"})  # fmt: skip
+    kept = world.api.post("/api/sales", {"phone": "09351112244", "amount": 1_000},
+                          headers={"Idempotency-Key": "order-kept"})  # fmt: skip
+    assert made.status_code == kept.status_code == 201
+    sale = made.json()["id"]
+    assert admin.post(f"/api/sales/{sale}/refund", {"reason": "not delivered"}).status_code == 201
+    browser = world.browser(SELLER)
+    page = browser.get("/seller/sales/found?phone=09351112244").text
+    assert f'id="found-refunded-{sale}"' in page
+    assert text_of(page, f"found-refunded-{sale}").startswith("refunded ")
+    assert f'id="found-refunded-{kept.json()["id"]}"' not in page

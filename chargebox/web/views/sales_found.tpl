@@ -14,11 +14,16 @@
   <h2>Sales found</h2>
   % if sales:
   <table class="list" id="sales-found">
-    <thead><tr><th>#</th><th>When</th><th>Phone</th><th class="num">Amount</th><th class="num">Balance after</th></tr></thead>
+    <thead><tr><th>#</th><th>When</th><th>Phone</th><th class="num">Amount</th><th class="num">Balance after</th><th>Refund</th></tr></thead>
     <tbody>
     % for sale in sales:
       <tr><td>{{sale['id']}}</td><td>{{when(sale['created_at'])}}</td><td dir="ltr">{{sale['phone']}}</td>
-          <td class="num">{{f"{sale['amount']:,}"}}</td><td class="num">{{f"{sale['balance_after']:,}"}}</td></tr>
+          <td class="num">{{f"{sale['amount']:,}"}}</td><td class="num">{{f"{sale['balance_after']:,}"}}</td>
+          <td>
+          % if sale['refunded_at']:
+            <span class="status refunded" id="found-refunded-{{sale['id']}}">refunded {{when(sale['refunded_at'])}}</span>
+          % end
+          </td></tr>
     % end
     </tbody>
   </table>
