@@ -46,6 +46,26 @@ def test_text_csv_with_a_zero_quality_is_not_asked_for(make_seller, accept):
     assert got.headers["Content-Type"].startswith("application/json"), accept
 
 
+@pytest.mark.parametrize(
+    ("accept", "csv"),
+    [
+        ("text/csv;q=0.5, application/json", False),
+        ("application/json;q=0.5, text/csv", True),
+        ("text/csv, application/json", True),
+        ("text/csv, */*", True),
+        ("*/*", False),
+        ("application/json, text/csv;q=0.999", False),
+    ],
+)
+def test_text_csv_is_answered_only_when_liked_no_less_than_json(make_seller, accept, csv):
+    """A text/csv of lower quality than application/json asked for JSON, yet got CSV."""
+    _, seller = make_seller()
+    got = seller.get("/api/statements?day=2026-12-01", headers={"Accept": accept})
+    assert got.status_code == 200, got.text
+    wanted = "text/csv" if csv else "application/json"
+    assert got.headers["Content-Type"].startswith(wanted), accept
+
+
 STALLED_DEADLINE = 60  # seconds: a liveness bound (request timeout 2 s, checked every 1 s)
 
 

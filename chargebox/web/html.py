@@ -9,7 +9,6 @@ sessions live in `sessions`, form handling in `forms`, bodies in `request`.
 from __future__ import annotations
 
 import functools
-import re
 from pathlib import Path
 
 import bottle
@@ -18,7 +17,7 @@ from chargebox.config import Config
 from chargebox.errors import ChargeboxError
 from chargebox.services import Chargebox
 from chargebox.web.errors import internal_error, request_id, status_of
-from chargebox.web.request import check_body_size
+from chargebox.web.request import accept_qualities, check_body_size
 from chargebox.web.sessions import SignInRequired, Visitor, signed_in
 
 VIEWS = Path(__file__).parent / "views"
@@ -102,12 +101,8 @@ def wants_html(path: str, accept: str) -> bool:
     to JSON in Accept (a browser's; curl's */* and an API client's are not)."""
     if any(path == root or path.startswith(root + "/") for root in API_ROOTS):
         return False
-    quality = {}
-    for part in accept.lower().split(","):
-        media, _, params = part.partition(";")
-        q = re.search(r"(?:^|;)\s*q\s*=\s*([01](?:\.[0-9]{0,3})?)\s*(?:;|$)", params)
-        quality[media.strip()] = float(q[1]) if q else 1.0
-    return quality.get("text/html", 0.0) > quality.get("application/json", 0.0)
+    qualities = accept_qualities(accept)
+    return qualities.get("text/html", 0) > qualities.get("application/json", 0)
 
 
 def not_a_page(service: Chargebox, error: bottle.HTTPError) -> bottle.HTTPResponse | None:

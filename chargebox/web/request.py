@@ -9,6 +9,7 @@ mistake is named instead of guessed around. Nothing here renders or knows a sess
 from __future__ import annotations
 
 import json
+import re
 import urllib.parse
 
 import bottle
@@ -168,19 +169,27 @@ def seller_scope(principal: Principal, params: dict[str, str]) -> int | None:
     return principal.seller_id
 
 
+_QVALUE = re.compile(r"(?:^|;)\s*q\s*=\s*([01])(?:\.([0-9]{0,3}))?\s*(?:;|$)")
+
+
+def accept_qualities(accept: str | None) -> dict[str, int]:
+    """Each media range of an Accept header with its quality in thousandths (RFC 9110's
+    qvalue: `q=0`, `0.`, `0.000` are 0, not acceptable; no q, or a malformed one, is 1000)."""
+    qualities = {}
+    for part in (accept or "").lower().split(","):
+        media, _, params = part.partition(";")
+        found = _QVALUE.search(params)
+        whole, fraction = found.groups() if found else ("1", "")
+        thousandths = int(whole) * 1000 + int((fraction or "").ljust(3, "0"))
+        qualities[media.strip()] = min(1000, thousandths)
+    return qualities
+
+
 def wants_csv(accept: str | None) -> bool:
-    """Whether an Accept header asks for text/csv (and not with q=0) rather than JSON."""
-    for part in (accept or "").split(","):
-        media, *options = (piece.strip().lower() for piece in part.split(";"))
-        if media == "text/csv":
-            return not any(_zero_quality(option) for option in options)
-    return False
-
-
-def _zero_quality(option: str) -> bool:
-    """`q=0`, `q=0.`, `q=0.000` (RFC 9110's qvalue): not acceptable."""
-    name, _, value = option.replace(" ", "").partition("=")
-    return name == "q" and value[:1] == "0" and value[1:2] in ("", ".") and not value[2:].strip("0")
+    """Whether an Accept header asks for text/csv, and likes it no less than JSON."""
+    qualities = accept_qualities(accept)
+    csv = qualities.get("text/csv", 0)
+    return csv > 0 and csv >= qualities.get("application/json", 0)
 
 
 def download(rendered) -> dict[str, str]:
