@@ -67,11 +67,17 @@ def hosts(postgresql_cluster):  # not used: it skips (or fails under CI) without
     try:
         with network_namespaces(2) as made:
             yield made
+    except FileNotFoundError:
+        cannot("no ip command: apt-get install iproute2 (CI's .ci/run does)")
     except subprocess.CalledProcessError as exc:
-        message = f"cannot make network namespaces here: {exc.stderr.strip()}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        cannot(f"cannot make network namespaces here: {exc.stderr.strip()}")
+
+
+def cannot(message: str) -> None:
+    """Skip for want of what the machine lacks; under CI, fail."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def funded_seller(config: Config, credit: int) -> tuple[int, str]:
