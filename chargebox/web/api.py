@@ -18,13 +18,13 @@ from chargebox.services import Chargebox
 from chargebox.web.request import (
     SALE_SEARCH,
     caller,
-    download,
     flag,
     header,
     page,
     query,
     read_json,
     seller_scope,
+    statement_headers,
     wants_csv,
 )
 
@@ -190,7 +190,7 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
             raise ValidationError("the admin names the seller: seller_id", "seller_id")
         fmt = params.get("format", "csv" if wants_csv(header("Accept")) else "json")
         rendered = service.statement(seller_id, params, fmt)
-        return 200, rendered, {"Content-Type": rendered.media_type, **download(rendered)}
+        return 200, rendered, statement_headers(rendered)
 
     @app.get("/api/phones")
     def list_phones():

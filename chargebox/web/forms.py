@@ -21,7 +21,7 @@ from chargebox.money import amount_from_text
 from chargebox.services import Chargebox
 from chargebox.web.errors import status_of
 from chargebox.web.html import redirect
-from chargebox.web.request import download, query, read_form
+from chargebox.web.request import query, read_form, statement_headers
 from chargebox.web.sessions import Visitor, check_csrf, signed_in, visitor
 
 # Plain words for what a person did not cause and cannot fix by retyping.
@@ -88,8 +88,7 @@ class Site:
         params = query("format", *periods.NAMES)
         fmt = params.pop("format", "csv")
         rendered = self.service.statement(seller_id, params, fmt)
-        headers = {"Content-Type": rendered.media_type, **download(rendered)}
-        return bottle.HTTPResponse(rendered, 200, headers)
+        return bottle.HTTPResponse(rendered, 200, statement_headers(rendered))
 
     def money_form(
         self, role: str, act: MoneyAct, again: PageAgain, done: str, *, signed: bool = False

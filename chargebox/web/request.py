@@ -192,11 +192,13 @@ def wants_csv(accept: str | None) -> bool:
     return csv > 0 and csv >= qualities.get("application/json", 0)
 
 
-def download(rendered) -> dict[str, str]:
-    """A CSV statement comes as a file to save (its name says whose and when)."""
-    if not rendered.media_type.startswith("text/csv"):
-        return {}
-    statement = rendered.statement
-    day = statement.period.start.date().isoformat()
-    name = f"statement-seller-{statement.seller_id}-{day}.csv"
-    return {"Content-Disposition": f'attachment; filename="{name}"'}
+def statement_headers(rendered) -> dict[str, str]:
+    """A statement's headers, for the API and the pages alike: its media type, and a CSV
+    one comes as a file to save (its name says whose and when)."""
+    headers = {"Content-Type": rendered.media_type}
+    if rendered.media_type.startswith("text/csv"):
+        statement = rendered.statement
+        day = statement.period.start.date().isoformat()
+        name = f"statement-seller-{statement.seller_id}-{day}.csv"
+        headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    return headers
