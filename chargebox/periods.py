@@ -16,10 +16,10 @@ from zoneinfo import ZoneInfo
 
 import jdatetime
 
+from chargebox.clock import parse, stamp
 from chargebox.errors import ValidationError
 
 TEHRAN = ZoneInfo("Asia/Tehran")
-UTC = datetime.UTC
 NAMES = ("from", "to", "day", "month", "jmonth")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
@@ -47,16 +47,10 @@ class Period:
         return stamp(self.start), stamp(self.end)
 
 
-def stamp(moment: datetime.datetime) -> str:
-    """An aware datetime as chargebox stores times: `2026-11-24T10:31:02.123456Z`."""
-    utc = moment.astimezone(UTC).replace(tzinfo=None)
-    return utc.isoformat(timespec="microseconds") + "Z"  # a 4-digit year, so it sorts
-
-
 def local(stored: str | datetime.datetime) -> str:
     """A stored stamp (or an aware datetime) as ISO 8601 in Asia/Tehran, with its offset;
     before 1946 (Tehran's +03:25:44, which no ISO 8601 offset writes) in UTC instead."""
-    moment = stored if isinstance(stored, datetime.datetime) else _from_stored(stored)
+    moment = stored if isinstance(stored, datetime.datetime) else parse(stored)
     shown = moment.astimezone(TEHRAN)
     if shown.utcoffset().seconds % 60:
         return stamp(moment)
@@ -75,7 +69,7 @@ class Localiser:
     def __call__(self, stored: str) -> str:
         minute = stored[:16]
         if minute != self._minute:
-            moment = _from_stored(stored).astimezone(TEHRAN)
+            moment = parse(stored).astimezone(TEHRAN)
             offset = moment.utcoffset()
             if offset is None or offset.seconds % 60 or len(stored) != 27:
                 return local(stored)  # before 1946 (seconds in the offset), or not ours
@@ -87,10 +81,6 @@ def _offset_text(offset: datetime.timedelta) -> str:
     minutes = int(offset.total_seconds()) // 60
     sign = "+" if minutes >= 0 else "-"
     return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
-
-
-def _from_stored(stored: str) -> datetime.datetime:
-    return datetime.datetime.fromisoformat(stored.replace("Z", "+00:00"))
 
 
 def instant(text: str, name: str) -> datetime.datetime:
@@ -124,21 +114,26 @@ def _month(text: str, name: str) -> tuple[int, int]:
     return int(found[1]), int(found[2])
 
 
+def _next_month(year: int, month: int) -> tuple[int, int]:
+    """The month after, in either calendar: both have twelve."""
+    return (year + 1, 1) if month == 12 else (year, month + 1)
+
+
 def _gregorian_month(text: str) -> Period:
     year, month = _month(text, "month")
     if year >= 9999:
         raise ValidationError("month must be before 9999-12", "month")
-    after = (year + 1, 1) if month == 12 else (year, month + 1)
-    return Period(_midnight(datetime.date(year, month, 1)), _midnight(datetime.date(*after, 1)))
+    return Period(_midnight(datetime.date(year, month, 1)),
+                  _midnight(datetime.date(*_next_month(year, month), 1)))  # fmt: skip
 
 
 def _jalali_month(text: str) -> Period:
     year, month = _month(text, "jmonth")
     if not 1 <= year <= 9000:
         raise ValidationError("jmonth must be a Jalali year from 1 to 9000", "jmonth")
-    after = (year + 1, 1) if month == 12 else (year, month + 1)
     first = jdatetime.date(year, month, 1).togregorian()
-    return Period(_midnight(first), _midnight(jdatetime.date(*after, 1).togregorian()))
+    after = jdatetime.date(*_next_month(year, month), 1).togregorian()
+    return Period(_midnight(first), _midnight(after))
 
 
 def _day(text: str) -> Period:

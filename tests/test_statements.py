@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chargebox import ledger, periods, statements
+from chargebox import clock, ledger, periods, statements
 from chargebox.audit_checks import KINDS
 from chargebox.errors import NotFound, ValidationError
 from tests.support import ROOT, credited_seller
@@ -32,7 +32,7 @@ PHONE = "09121234567"
 
 
 def at(seconds: int) -> str:
-    return periods.stamp(BASE + datetime.timedelta(seconds=seconds))
+    return clock.stamp(BASE + datetime.timedelta(seconds=seconds))
 
 
 def write_entries(service, seller_id: int, entries: list[tuple[int, int]]) -> list[dict]:
@@ -119,9 +119,9 @@ def test_a_bound_with_any_offset_is_the_same_instant_and_its_stamp_sorts_as_time
     text = moment.isoformat()
     parsed = periods.instant(text, "from")
     assert parsed == moment
-    later = periods.stamp(moment + datetime.timedelta(microseconds=1))
-    assert periods.stamp(parsed) < later
-    shown = datetime.datetime.fromisoformat(periods.local(periods.stamp(parsed)))
+    later = clock.stamp(moment + datetime.timedelta(microseconds=1))
+    assert clock.stamp(parsed) < later
+    shown = datetime.datetime.fromisoformat(periods.local(clock.stamp(parsed)))
     assert shown == moment and shown.utcoffset() == moment.astimezone(periods.TEHRAN).utcoffset()
 
 
@@ -252,7 +252,7 @@ def test_a_statements_fast_tehran_times_are_the_times_zoneinfo_gives(moments):
     the pre-1946 offset with seconds, one stamp after another as a statement reads them."""
     shown = periods.Localiser()
     for moment in sorted(moments):
-        stored = periods.stamp(moment)
+        stored = clock.stamp(moment)
         assert shown(stored) == periods.local(stored)
 
 

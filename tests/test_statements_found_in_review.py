@@ -13,7 +13,7 @@ import time
 import jsonschema
 import pytest
 
-from chargebox import periods
+from chargebox import clock, periods
 from chargebox.errors import ValidationError
 from tests.support import ADMIN_TOKEN, ServerProcess, run_stress
 from tests.web_support import SELLER, text_of
@@ -156,7 +156,7 @@ def test_a_statement_before_1946_shows_its_bounds_as_rfc_3339_date_times(make_se
     for name in ("from", "to"):
         assert checker.conforms(body[name], "date-time"), body[name]
     start, end = periods.period(params).bounds
-    assert (periods.stamp(_parsed(body["from"])), periods.stamp(_parsed(body["to"]))) == (
+    assert (clock.stamp(_parsed(body["from"])), clock.stamp(_parsed(body["to"]))) == (
         start,
         end,
     )
