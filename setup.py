@@ -19,7 +19,13 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["chargebox", "chargebox.*", "stress", "stress.*"]),
     package_data={
-        "chargebox": ["openapi.json", "schema_postgresql.sql", "web/views/*.tpl", "web/static/*"]
+        "chargebox": [
+            "openapi.json",
+            "schema_postgresql.sql",
+            "web/views/*.tpl",
+            "web/static/*",
+            "web/locale/*/LC_MESSAGES/*.mo",
+        ]
     },
     install_requires=[
         "peewee>=4.5,<5",
@@ -42,6 +48,9 @@ setup(
             "openapi-spec-validator>=0.7",
             "openapi-schema-validator>=0.6",
             "ruff>=0.5",
+            # The pages' message catalogue (babel.cfg, chargebox/web/i18n.py): extraction and
+            # compiling, and tests/test_i18n.py's check that every string is translated.
+            "babel>=2.14",
             "schemathesis>=4.0",
             # Drives Debian's Chromium (apt-get install chromium); its own browser download
             # is not used.

@@ -16,6 +16,7 @@ import bottle
 from chargebox.config import Config
 from chargebox.errors import ChargeboxError
 from chargebox.services import Chargebox
+from chargebox.web import i18n
 from chargebox.web.errors import internal_error, request_id, status_of
 from chargebox.web.request import accept_qualities, check_body_size
 from chargebox.web.sessions import SignInRequired, Visitor, signed_in
@@ -49,12 +50,32 @@ def isolate(text: str) -> str:
     return f"\u2068{text}\u2069"
 
 
-def when(stamp: str | None) -> str:
-    """An ISO stamp as `2026-11-24 10:31 UTC`."""
-    return f"{stamp[:10]} {stamp[11:16]} UTC" if stamp else ""
+HELPERS = {"visitor": None, "notice": None}
 
 
-HELPERS = {"toman": toman, "signed": signed, "when": when, "visitor": None, "notice": None}
+def language() -> i18n.Language:
+    """This request's language: the `lang` cookie's, else the best of Accept-Language."""
+    environ = bottle.request.environ
+    if "chargebox.language" not in environ:
+        accepted = accept_qualities(environ.get("HTTP_ACCEPT_LANGUAGE"))
+        chosen = i18n.choose(bottle.request.get_cookie(i18n.COOKIE), accepted)
+        environ["chargebox.language"] = chosen
+    return environ["chargebox.language"]
+
+
+def words(speaking: i18n.Language) -> dict[str, object]:
+    """What every template may use to say things in the page's language."""
+    return {
+        "_": speaking.gettext,
+        "ngettext": speaking.ngettext,
+        "num": speaking.number,
+        "toman": speaking.toman,
+        "signed": speaking.signed,
+        "when": speaking.when,
+        "lang": speaking.code,
+        "dir": speaking.direction,
+        "language": speaking,
+    }
 
 
 @functools.cache
@@ -63,7 +84,7 @@ def _template(name: str) -> bottle.SimpleTemplate:
 
 
 def render(name: str, status: int = 200, **context: object) -> bottle.HTTPResponse:
-    body = _template(name).render(**{**HELPERS, **context})
+    body = _template(name).render(**{**HELPERS, **words(language()), **context})
     response = bottle.HTTPResponse(body.encode("utf-8"), status)
     response.content_type = HTML
     return response
