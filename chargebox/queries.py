@@ -92,6 +92,12 @@ class Search:
     end: str | None = None
 
 
+# A stamp's UTC half hour, the unit the charts are summed in (text, so both backends agree).
+_HALF_HOUR_KEYS = "substr(created_at, 1, 13), CASE WHEN substr(created_at, 15, 2) < '30' THEN 0 ELSE 1 END"
+_HALF_HOUR = (
+    "substr(created_at, 1, 13) AS hour,"
+    " CASE WHEN substr(created_at, 15, 2) < '30' THEN 0 ELSE 1 END AS half"
+)
 _BY_KEY = "id IN (SELECT sale_id FROM idempotency_record WHERE seller_id = ? AND key = ?)"
 
 
@@ -210,4 +216,66 @@ class Queries:
         return self.reader.dicts(
             f"{CREDIT_REQUEST.select} WHERE seller_id = ? ORDER BY id DESC LIMIT ?",
             (seller_id, limit),
+        )
+
+    # --- what the charts show (activity.py buckets these in Tehran time) -------------------
+
+    def first_id_since(self, table: str, since: str) -> int:
+        """The lowest id of `table` (sale or ledger_entry) from which every row is stamped
+        `since` or later, found by bisecting the primary key (ids follow created_at, which
+        has no index): about 20 lookups instead of a scan of the whole table."""
+        assert table in ("sale", "ledger_entry"), table
+        (ends,) = self.reader.dicts(f"SELECT min(id) AS low, max(id) AS high FROM {table}")
+        if ends["low"] is None:
+            return 1
+        low, high = ends["low"], ends["high"] + 1
+        while low < high:
+            middle = (low + high) // 2
+            row = self.reader.dicts(
+                f"SELECT id, created_at FROM {table} WHERE id >= ? ORDER BY id LIMIT 1", (middle,)
+            )
+            if not row or row[0]["created_at"] >= since:
+                high = middle
+            else:
+                low = row[0]["id"] + 1
+        return low
+
+    def sales_by_half_hour(
+        self, from_id: int, start: str, end: str, seller_id: int | None = None
+    ) -> list[dict]:
+        """Sales (amount, count) in [start, end) per UTC half hour (`hour` is
+        `2026-12-01T20`, `half` 0 or 1): whole Tehran hours and days are made of these,
+        Tehran being UTC+03:30. Rows below `from_id` are not read (first_id_since)."""
+        mine = " AND seller_id = ?" if seller_id is not None else ""
+        return self.reader.dicts(
+            f"SELECT {_HALF_HOUR}, CAST(SUM(amount) AS BIGINT) AS amount, count(*) AS sales"
+            f" FROM sale WHERE id >= ? AND created_at >= ? AND created_at < ?{mine}"
+            " GROUP BY 1, 2 ORDER BY 1, 2",
+            (from_id, start, end, *(() if seller_id is None else (seller_id,))),
+        )
+
+    def top_sellers(self, from_id: int, start: str, end: str, limit: int = 10) -> list[dict]:
+        """The sellers that sold the most in [start, end), by amount, with their names."""
+        return self.reader.dicts(
+            "SELECT seller.id AS seller_id, seller.name, top.amount, top.sales FROM"
+            " (SELECT seller_id, CAST(SUM(amount) AS BIGINT) AS amount, count(*) AS sales"
+            "  FROM sale WHERE id >= ? AND created_at >= ? AND created_at < ?"
+            "  GROUP BY seller_id ORDER BY 2 DESC, seller_id LIMIT ?) AS top"
+            " JOIN seller ON seller.id = top.seller_id ORDER BY top.amount DESC, seller.id",
+            (from_id, start, end, limit),
+        )
+
+    def balances_by_half_hour(self, seller_id: int, from_id: int, end: str) -> list[dict]:
+        """A seller's balance after its last entry of each UTC half hour before `end`, from
+        entry `from_id` on, and `hour` None with its balance before that entry (or none)."""
+        before = self.reader.dicts(
+            "SELECT NULL AS hour, 0 AS half, balance_after FROM ledger_entry"
+            " WHERE seller_id = ? AND id < ? ORDER BY id DESC LIMIT 1",
+            (seller_id, from_id),
+        )
+        return before + self.reader.dicts(
+            f"SELECT {_HALF_HOUR}, balance_after FROM ledger_entry WHERE id IN"
+            f" (SELECT max(id) FROM ledger_entry WHERE seller_id = ? AND id >= ?"
+            f" AND created_at < ? GROUP BY {_HALF_HOUR_KEYS}) ORDER BY id",
+            (seller_id, from_id, end),
         )

@@ -1,0 +1,174 @@
+"""Charts drawn on the server as inline SVG: bars over time, a line over time, a ranking.
+
+Pure (no SQL, no bottle, no request): each function takes points (label, integer value),
+the function that writes a value in the page's digits, the page's direction and its
+words, and returns SVG markup. Every text is escaped (labels may be seller names) and
+isolated (FSI...PDI) so that a right-to-left name or an override stays inside its label.
+Each chart is an `<svg role="img">` whose `<title>` names it and whose `<desc>` holds every
+figure, for a screen reader; it has a viewBox and no fixed size, so it scales to the page
+(a phone's 390 px too), shows at most `TICKS` labels on its time axis and is coloured by
+app.css classes (the Content-Security-Policy forbids style attributes). In a right-to-left
+page time runs from right to left, as a Persian reader reads and as Persian spreadsheets
+draw it: the first (oldest) point is on the right, the newest on the left.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import math
+import re
+from collections.abc import Callable, Sequence
+
+WIDTH, HEIGHT = 360, 200  # the viewBox: text of 11 units stays readable scaled to a phone
+TICKS = 6  # labels on a time axis at most
+TOP, BOTTOM, SIDE = 16, 24, 8  # margins: value label above, axis labels below, ends
+LABEL_CHARS = 24  # a name longer than this is cut in a ranking's label (whole in <desc>)
+# Characters XML 1.0 cannot hold at all: dropped from any text before it is escaped.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+
+Points = Sequence[tuple[str, int]]
+Format = Callable[[int], str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Words:
+    """What a chart says, in the page's language: its title, and what it shows when
+    there is nothing to draw."""
+
+    title: str
+    empty: str
+    ident: str = "chart"  # the id of its <title>, unique on the page
+
+
+def text(value: str) -> str:
+    """Any text as XML character data or an attribute value, isolated from its neighbours."""
+    return html.escape("\u2068" + _NOT_XML.sub("", value) + "\u2069", quote=True)
+
+
+def bars(points: Points, fmt: Format, direction: str, words: Words) -> str:
+    """Vertical bars over time, one per point, oldest first in `points`."""
+    if _empty(points):
+        return _nothing(words)
+    plot = _Plot(len(points), direction, [value for _, value in points])
+    width = plot.step * 0.7
+    parts = [plot.axis(fmt)]
+    for index, (label, value) in enumerate(points):
+        top, bottom = sorted((plot.y(value), plot.y(0)))
+        x = plot.x(index) - width / 2
+        parts.append(
+            f'<rect class="chart-bar" x="{x:.1f}" y="{top:.1f}" width="{width:.1f}"'
+            f' height="{max(bottom - top, 0.5):.1f}"><title>{text(label)}: {text(fmt(value))}'
+            "</title></rect>"
+        )
+    parts.append(plot.labels([label for label, _ in points]))
+    return _svg(words, points, fmt, "".join(parts))
+
+
+def line(points: Points, fmt: Format, direction: str, words: Words) -> str:
+    """A line through the points over time, oldest first in `points`, its last value said."""
+    if _empty(points):
+        return _nothing(words)
+    plot = _Plot(len(points), direction, [value for _, value in points])
+    where = [(plot.x(index), plot.y(value)) for index, (_, value) in enumerate(points)]
+    path = " ".join(f"{x:.1f},{y:.1f}" for x, y in where)
+    last_x, last_y = where[-1]
+    parts = [
+        plot.axis(fmt),
+        f'<polyline class="chart-line" points="{path}"/>',
+        f'<circle class="chart-dot" cx="{last_x:.1f}" cy="{last_y:.1f}" r="3"/>',
+        plot.labels([label for label, _ in points]),
+    ]
+    return _svg(words, points, fmt, "".join(parts))
+
+
+def ranking(points: Points, fmt: Format, direction: str, words: Words) -> str:
+    """Horizontal bars, largest first as given: each name above its bar, its value beside."""
+    if _empty(points):
+        return _nothing(words)
+    top = max(value for _, value in points) or 1
+    row, height = 34, 34 * len(points) + 4
+    start = "end" if direction == "rtl" else "start"
+    edge = WIDTH - SIDE if direction == "rtl" else SIDE
+    parts = []
+    for index, (label, value) in enumerate(points):
+        y = index * row + 14
+        length = max((WIDTH - 2 * SIDE - 90) * max(value, 0) / top, 1)
+        x = edge - length if direction == "rtl" else edge
+        end = x - 4 if direction == "rtl" else x + length + 4
+        shown = label if len(label) <= LABEL_CHARS else label[: LABEL_CHARS - 1] + "\u2026"
+        parts.append(
+            f'<text class="chart-name" x="{edge}" y="{y}" text-anchor="{start}">{text(shown)}'
+            f'</text><rect class="chart-bar" x="{x:.1f}" y="{y + 4}" width="{length:.1f}"'
+            f' height="12"/><text class="chart-value" x="{end:.1f}" y="{y + 14}"'
+            f' text-anchor="{start}">{text(fmt(value))}</text>'
+        )
+    return _svg(words, points, fmt, "".join(parts), height)
+
+
+class _Plot:
+    """Where points go: x by index (mirrored right to left), y by value (0 always shown)."""
+
+    def __init__(self, count: int, direction: str, values: list[int]) -> None:
+        self.count, self.rtl = count, direction == "rtl"
+        self.low, self.high = min(0, *values), max(0, *values)
+        self.step = (WIDTH - 2 * SIDE) / count
+
+    def x(self, index: int) -> float:
+        middle = SIDE + self.step * (index + 0.5)
+        return WIDTH - middle if self.rtl else middle
+
+    def y(self, value: int) -> float:
+        span = (self.high - self.low) or 1
+        return TOP + (HEIGHT - TOP - BOTTOM) * (self.high - value) / span
+
+    def axis(self, fmt: Format) -> str:
+        """The zero line, and the highest value written above its gridline."""
+        anchor, x = ("end", WIDTH - SIDE) if self.rtl else ("start", SIDE)
+        zero, high = self.y(0), self.y(self.high)
+        return (
+            f'<line class="chart-axis" x1="{SIDE}" y1="{zero:.1f}" x2="{WIDTH - SIDE}"'
+            f' y2="{zero:.1f}"/><line class="chart-grid" x1="{SIDE}" y1="{high:.1f}"'
+            f' x2="{WIDTH - SIDE}" y2="{high:.1f}"/><text class="chart-value" x="{x}"'
+            f' y="{high - 4:.1f}" text-anchor="{anchor}">{text(fmt(self.high))}</text>'
+        )
+
+    def labels(self, labels: list[str]) -> str:
+        """At most TICKS labels under the axis, the newest always among them."""
+        every = max(1, math.ceil(self.count / TICKS))
+        chosen = range(self.count - 1, -1, -every)
+        return "".join(
+            f'<text class="chart-label" x="{self.x(index):.1f}" y="{HEIGHT - 6}"'
+            f' text-anchor="middle">{text(labels[index])}</text>'
+            for index in sorted(chosen)
+        )
+
+
+def _empty(points: Points) -> bool:
+    return not points or all(value == 0 for _, value in points)
+
+
+def _svg(words: Words, points: Points, fmt: Format, body: str, height: int = HEIGHT) -> str:
+    """direction="ltr" on every chart: text-anchor then means the same side in a page of
+    either direction, and each label is isolated, so Persian still reads right to left."""
+    figures = "; ".join(f"{text(label)}: {text(fmt(value))}" for label, value in points)
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {WIDTH} {height}"'
+        f' width="100%" direction="ltr" role="img"'
+        f' aria-labelledby="{words.ident}-title {words.ident}-desc">'
+        f'<title id="{words.ident}-title">{text(words.title)}</title>'
+        f'<desc id="{words.ident}-desc">{figures}</desc>{body}</svg>'
+    )
+
+
+def _nothing(words: Words) -> str:
+    """The chart of no data: its title, and the words saying so, in place of a drawing."""
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart chart-empty"'
+        f' viewBox="0 0 {WIDTH} 60" width="100%" direction="ltr" role="img"'
+        f' aria-labelledby="{words.ident}-title {words.ident}-desc">'
+        f'<title id="{words.ident}-title">{text(words.title)}</title>'
+        f'<desc id="{words.ident}-desc">{text(words.empty)}</desc>'
+        f'<text class="chart-label" x="{WIDTH / 2:.0f}" y="34" text-anchor="middle">'
+        f"{text(words.empty)}</text></svg>"
+    )

@@ -1,0 +1,157 @@
+"""The charts: the SVG (well-formed, escaped, accessible, mirrored right to left, an empty
+state) and the figures behind it (activity.py on both backends: Tehran days and hours,
+the day boundary at 20:30 UTC, days without sales as zeros, top sellers, balances).
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import xml.etree.ElementTree as ElementTree
+
+import pytest
+
+from chargebox import activity, clock, ledger
+from chargebox.web import charts
+
+SVG = "{http://www.w3.org/2000/svg}"
+UTC = datetime.UTC
+NOW = datetime.datetime(2026, 6, 10, 9, 0, tzinfo=UTC)  # 12:30 on 20 Khordad, Tehran
+WORDS = charts.Words("Sales per day", "No sales yet", "daily")
+HOSTILE = '<script>alert("x")</script> & \u202eevil\u202c "quoted" \x01'
+
+
+def parsed(svg: str) -> ElementTree.Element:
+    return ElementTree.fromstring(svg)
+
+
+def desc(svg: str) -> str:
+    return parsed(svg).find(f"{SVG}desc").text
+
+
+def fmt(value: int) -> str:
+    return f"{value:,} toman"
+
+
+@pytest.mark.parametrize("draw", [charts.bars, charts.line, charts.ranking])
+def test_a_chart_is_well_formed_svg_naming_itself_and_holding_every_figure(draw):
+    points = [("Dec 1", 5_000), ("Dec 2", 0), ("Dec 3", 1_250_000)]
+    svg = draw(points, fmt, "ltr", WORDS)
+    root = parsed(svg)
+    assert root.tag == f"{SVG}svg" and root.get("role") == "img"
+    assert root.get("viewBox") and root.get("width") == "100%"
+    assert root.find(f"{SVG}title").text == "\u2068Sales per day\u2069"
+    assert root.get("aria-labelledby") == "daily-title daily-desc"
+    figures = desc(svg).replace("\u2068", "").replace("\u2069", "")
+    assert figures == "Dec 1: 5,000 toman; Dec 2: 0 toman; Dec 3: 1,250,000 toman"
+    assert "style=" not in svg  # the Content-Security-Policy forbids style attributes
+
+
+@pytest.mark.parametrize("draw", [charts.bars, charts.line, charts.ranking])
+def test_a_hostile_label_is_escaped_and_isolated(draw):
+    svg = draw([(HOSTILE, 7), ("plain", 3)], str, "rtl", WORDS)
+    assert "<script" not in svg and 'alert("x")' not in svg and "\x01" not in svg
+    texts = [node.text for node in parsed(svg).iter() if node.text and "script" in node.text]
+    assert texts, "the name is shown"
+    assert "\u202eevil\u202c" in desc(svg)  # whole in the figures, cut in a ranking's label
+    for shown in texts:  # each label sits in its own isolate, its override inside it
+        assert re.fullmatch("(\u2068[^\u2068\u2069]*\u2069|[^\u2068\u2069\u202e])*", shown)
+
+
+@pytest.mark.parametrize("draw", [charts.bars, charts.line, charts.ranking])
+@pytest.mark.parametrize("points", [[], [("Dec 1", 0), ("Dec 2", 0)]])
+def test_no_sales_is_said_in_words_not_drawn(draw, points):
+    svg = draw(points, fmt, "ltr", WORDS)
+    root = parsed(svg)
+    assert desc(svg) == "\u2068No sales yet\u2069"
+    assert root.find(f"{SVG}rect") is None and root.find(f"{SVG}polyline") is None
+    assert "No sales yet" in "".join(root.find(f"{SVG}text").itertext())
+
+
+def test_right_to_left_time_runs_from_right_to_left():
+    points = [(f"d{n}", n + 1) for n in range(30)]
+    for direction, oldest_first in (("ltr", True), ("rtl", False)):
+        bars = parsed(charts.bars(points, str, direction, WORDS)).findall(f"{SVG}rect")
+        xs = [float(bar.get("x")) for bar in bars]
+        assert xs == sorted(xs, reverse=not oldest_first), direction
+        labels = parsed(charts.bars(points, str, direction, WORDS)).findall(f"{SVG}text")
+        assert len(labels) <= charts.TICKS + 1  # the axis labels and the highest value
+
+
+# --- the figures: activity.py on both backends ------------------------------------------------
+
+
+def at(text: str) -> str:
+    return clock.stamp(datetime.datetime.fromisoformat(text).replace(tzinfo=UTC))
+
+
+def seller_with(service, name: str, credit_at: str, credit: int) -> int:
+    seller, _key = service.create_seller(name)
+    service.database.write(
+        lambda write: ledger.adjust(write, seller["id"], credit, "opening", at(credit_at))
+    )
+    return seller["id"]
+
+
+def sell_at(service, seller_id: int, *sales: tuple[str, int]) -> None:
+    def work(write):
+        for moment, amount in sales:
+            ledger.sell(write, seller_id, "09121234567", amount, at(moment))
+
+    service.database.write(work)
+
+
+def test_sales_count_on_their_tehran_day_and_hour_and_a_quiet_day_is_zero(service):
+    """20:29 UTC is 23:59 in Tehran, 20:31 UTC is 00:01 of the next Tehran day."""
+    ali = seller_with(service, "Ali", "2026-05-01T00:00:00", 1_000_000)
+    other = seller_with(service, "Other", "2026-05-01T00:00:01", 1_000_000)
+    sell_at(service, ali, ("2026-05-11T12:00:00", 999))  # before the 30 days: not counted
+    sell_at(service, ali, ("2026-06-07T20:29:00", 1_000), ("2026-06-07T20:31:00", 2_000))
+    sell_at(service, other, ("2026-06-07T20:31:30", 40_000))
+    sell_at(service, ali, ("2026-06-09T08:00:00", 5_000), ("2026-06-10T08:59:00", 7_000))
+    days = {total.start.isoformat(): total for total in
+            activity.sales_per_day(service.queries, NOW, ali)}  # fmt: skip
+    assert len(days) == 30 and min(days) == "2026-05-12" and max(days) == "2026-06-10"
+    assert (days["2026-06-07"].amount, days["2026-06-07"].sales) == (1_000, 1)
+    assert (days["2026-06-08"].amount, days["2026-06-08"].sales) == (2_000, 1)
+    assert days["2026-06-09"].amount == 5_000 and days["2026-06-10"].amount == 7_000
+    assert days["2026-05-12"].amount == 0 and days["2026-06-06"].amount == 0
+    assert all(type(total.amount) is int for total in days.values())
+    everyone = activity.sales_per_day(service.queries, NOW)
+    assert sum(total.amount for total in everyone) == 55_000
+    hours = activity.sales_per_hour(service.queries, NOW)
+    assert len(hours) == 48 and hours[-1].start.isoformat() == "2026-06-10T12:00:00+03:30"
+    shown = {total.start.isoformat()[:13]: total.amount for total in hours if total.amount}
+    assert shown == {"2026-06-09T11": 5_000, "2026-06-10T12": 7_000}
+    ranked = activity.top_sellers(service.queries, NOW)
+    assert [(row["name"], row["amount"], row["sales"]) for row in ranked] == [
+        ("Other", 40_000, 1), ("Ali", 15_000, 4)]  # fmt: skip
+
+
+def test_the_hours_of_the_day_boundary_split_at_half_past_eight_utc(service):
+    ali = seller_with(service, "Ali", "2026-06-10T00:00:00", 100_000)
+    sell_at(service, ali, ("2026-06-10T20:29:59", 100), ("2026-06-10T20:30:00", 200))
+    hours = activity.sales_per_hour(service.queries, datetime.datetime(2026, 6, 10, 21, tzinfo=UTC))
+    assert [(t.start.isoformat(), t.amount) for t in hours[-2:]] == [
+        ("2026-06-10T23:00:00+03:30", 100), ("2026-06-11T00:00:00+03:30", 200)]  # fmt: skip
+
+
+def test_closing_balances_carry_over_quiet_days_and_start_from_the_history_before(service):
+    ali = seller_with(service, "Ali", "2026-04-01T00:00:00", 100_000)
+    sell_at(service, ali, ("2026-04-02T00:00:00", 10_000))  # long before: the opening
+    sell_at(service, ali, ("2026-06-07T20:29:00", 1_000), ("2026-06-07T20:31:00", 2_000))
+    balances = dict(activity.closing_balances(service.queries, ali, NOW))
+    assert len(balances) == 30
+    assert balances[datetime.date(2026, 5, 12)] == 90_000
+    assert balances[datetime.date(2026, 6, 7)] == 89_000
+    assert balances[datetime.date(2026, 6, 8)] == 87_000
+    assert balances[datetime.date(2026, 6, 10)] == 87_000
+    newcomer = seller_with(service, "New", "2026-06-09T10:00:00", 5_000)
+    fresh = dict(activity.closing_balances(service.queries, newcomer, NOW))
+    assert fresh[datetime.date(2026, 6, 8)] is None and fresh[datetime.date(2026, 6, 9)] == 5_000
+
+
+def test_an_empty_database_has_zeros_and_no_sellers_to_rank(service):
+    assert {t.amount for t in activity.sales_per_day(service.queries, NOW)} == {0}
+    assert activity.top_sellers(service.queries, NOW) == []
+    assert service.queries.first_id_since("sale", at("2026-01-01T00:00:00")) == 1
