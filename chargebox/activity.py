@@ -104,9 +104,9 @@ def top_sellers(queries: Queries, now: datetime.datetime, days: int = DAYS,
 
 
 def closing_balances(queries: Queries, seller_id: int, now: datetime.datetime,
-                     days: int = DAYS) -> list[tuple[datetime.date, int | None]]:  # fmt: skip
+                     days: int = DAYS) -> list[tuple[datetime.date, int]]:  # fmt: skip
     """A seller's balance at the end of each of the last `days` Tehran days (today: now),
-    from its ledger's balance_after; None for a day before its first entry."""
+    from its ledger's balance_after (0 before its first entry, as every seller starts)."""
     dates = days_ending(now, days)
     start, end = _midnight(dates[0]), _midnight(dates[-1] + datetime.timedelta(days=1))
     from_id, _, until = _window(queries, "ledger_entry", start, end)
@@ -115,7 +115,7 @@ def closing_balances(queries: Queries, seller_id: int, now: datetime.datetime,
     for row in queries.balances_by_half_hour(seller_id, from_id, until):  # oldest first
         day = before if row["hour"] is None else max(_local(row).date(), before)
         closing[day] = int(row["balance_after"])
-    shown, balance = [], closing.get(before)
+    shown, balance = [], closing.get(before, 0)
     for day in dates:
         balance = closing.get(day, balance)
         shown.append((day, balance))

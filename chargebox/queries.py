@@ -93,11 +93,12 @@ class Search:
 
 
 # A stamp's UTC half hour, the unit the charts are summed in (text, so both backends agree).
-_HALF_HOUR_KEYS = "substr(created_at, 1, 13), CASE WHEN substr(created_at, 15, 2) < '30' THEN 0 ELSE 1 END"
-_HALF_HOUR = (
-    "substr(created_at, 1, 13) AS hour,"
-    " CASE WHEN substr(created_at, 15, 2) < '30' THEN 0 ELSE 1 END AS half"
+_HOUR, _HALF = (
+    "substr(created_at, 1, 13)",
+    "CASE WHEN substr(created_at, 15, 2) < '30' THEN 0 ELSE 1 END",
 )
+_HALF_HOUR_KEYS = f"{_HOUR}, {_HALF}"
+_HALF_HOUR = f"{_HOUR} AS hour, {_HALF} AS half"
 _BY_KEY = "id IN (SELECT sale_id FROM idempotency_record WHERE seller_id = ? AND key = ?)"
 
 

@@ -148,7 +148,7 @@ def test_closing_balances_carry_over_quiet_days_and_start_from_the_history_befor
     assert balances[datetime.date(2026, 6, 10)] == 87_000
     newcomer = seller_with(service, "New", "2026-06-09T10:00:00", 5_000)
     fresh = dict(activity.closing_balances(service.queries, newcomer, NOW))
-    assert fresh[datetime.date(2026, 6, 8)] is None and fresh[datetime.date(2026, 6, 9)] == 5_000
+    assert fresh[datetime.date(2026, 6, 8)] == 0 and fresh[datetime.date(2026, 6, 9)] == 5_000
 
 
 def test_an_empty_database_has_zeros_and_no_sellers_to_rank(service):

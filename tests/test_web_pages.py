@@ -39,6 +39,7 @@ PAGE_ROUTES = """
     POST /admin/sellers/{ident}/{change}         POST /admin/sellers/{ident}/keys
     POST /admin/sellers/{ident}/keys/{key_id}/{change}
     GET /admin/sales/{ident}/refund              POST /admin/sales/{ident}/refund
+    GET /admin/charts       GET /seller/charts
 """
 # Every POST of a signed-in page, with a form it would accept: (name, role, path, fields).
 POSTS = [
@@ -56,9 +57,10 @@ POSTS = [
     ("admin signs out", ADMIN, "/logout", {}),
 ]
 GETS = {
-    SELLER: ["/seller", "/seller/statement?day=2026-12-01", "/seller/sales/found?phone=0912"],
+    SELLER: ["/seller", "/seller/statement?day=2026-12-01", "/seller/sales/found?phone=0912",
+             "/seller/charts"],
     ADMIN: ["/admin", "/admin/sellers/{seller}", "/admin/audit", "/admin/sales/{sale}/refund",
-            "/admin/sellers/{seller}/statement?month=2026-12"],
+            "/admin/sellers/{seller}/statement?month=2026-12", "/admin/charts"],
 }  # fmt: skip
 
 

@@ -1,7 +1,7 @@
 """How a page is answered: templates and their helpers, error pages, the page plugin.
 
 Every page is no-store, may not be framed, and runs under a Content-Security-Policy
-that allows only our own stylesheet and script; a failure is rendered as a page
+that allows only our own stylesheet, script and font; a failure is rendered as a page
 in plain words, never a stack trace. No form, cookie or use case is handled here:
 sessions live in `sessions`, form handling in `forms`, bodies in `request`.
 """
@@ -30,7 +30,7 @@ HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
     "Content-Security-Policy": (
-        "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
+        "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; font-src 'self'; "
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
 }

@@ -9,6 +9,8 @@ a browser's retry of the same form sells once) and go through `Site.money_form`.
 
 from __future__ import annotations
 
+import re
+
 import bottle
 
 from chargebox import periods
@@ -17,7 +19,7 @@ from chargebox.config import Config
 from chargebox.errors import ChargeboxError, Unauthorized
 from chargebox.queries import Page
 from chargebox.services import Chargebox
-from chargebox.web import admin_pages
+from chargebox.web import admin_pages, chart_pages
 from chargebox.web.errors import status_of
 from chargebox.web.forms import Form, Site, form_key, found
 from chargebox.web.html import STATIC, redirect, render, toman
@@ -35,7 +37,12 @@ from chargebox.web.sessions import (
 ADMIN, SELLER = admin_pages.ADMIN, "seller"
 HOME = {ADMIN: "/admin", SELLER: "/seller"}
 FOUND = 100  # sales a search shows
-STATIC_TYPES = {"css": "text/css; charset=utf-8", "js": "text/javascript; charset=utf-8"}
+STATIC_TYPES = {"css": "text/css; charset=utf-8", "js": "text/javascript; charset=utf-8",
+                "woff2": "font/woff2", "txt": "text/plain; charset=utf-8"}  # fmt: skip
+# What /static/ serves. The font's name carries its version, so it may be kept a year; the
+# stylesheet and the script change with chargebox under the same names: five minutes.
+FONT = "vazirmatn-nl-33.0.3.woff2"
+STATIC_FILES = {"app.css": 300, "app.js": 300, FONT: 31_536_000, "vazirmatn-33.0.3-OFL.txt": 86_400}
 
 
 def install(pages: bottle.Bottle, config: Config, service: Chargebox) -> None:
@@ -43,16 +50,19 @@ def install(pages: bottle.Bottle, config: Config, service: Chargebox) -> None:
     _install_common(pages, site)
     _install_seller(pages, site)
     admin_pages.install(pages, site)
+    chart_pages.install(pages, site)
 
 
 def _install_common(pages: bottle.Bottle, site: Site) -> None:
-    static = {name: (STATIC / name).read_bytes() for name in ("app.css", "app.js")}
+    static = {name: (STATIC / name).read_bytes() for name in STATIC_FILES}
 
-    @pages.get("/static/<name:re:app\\.(css|js)>")
+    names = "|".join(re.escape(name) for name in STATIC_FILES)
+
+    @pages.get(f"/static/<name:re:(?:{names})>")
     def static_file(name):
         response = bottle.HTTPResponse(static[name], 200)
         response.content_type = STATIC_TYPES[name.rpartition(".")[2]]
-        response.set_header("Cache-Control", "public, max-age=300")
+        response.set_header("Cache-Control", f"public, max-age={STATIC_FILES[name]}")
         return response
 
     @pages.get("/")

@@ -15,8 +15,10 @@
     % if visitor.principal.is_admin:
     <a href="/admin">Requests &amp; sellers</a>
     <a href="/admin/audit">Audit</a>
+    <a href="/admin/charts" id="nav-charts">{{_('Charts')}}</a>
     % else:
     <a href="/seller">Your account</a>
+    <a href="/seller/charts" id="nav-charts">{{_('Charts')}}</a>
     % end
     <form method="post" action="/logout" class="inline" data-once>
       <input type="hidden" name="csrf" value="{{visitor.csrf}}">

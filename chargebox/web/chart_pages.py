@@ -1,0 +1,82 @@
+"""The chart pages: the admin's sales (per day, per hour, top sellers) and a seller's own
+sales and balance, drawn by `charts` from `activity`'s figures in the page's language.
+
+Pages of their own (/admin/charts, /seller/charts), linked from the menu, so that the
+pages used all day never pay for the charts' reads. A seller's page shows its own
+figures only: its id comes from its session, never from the address.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import bottle
+import jdatetime
+
+from chargebox import activity
+from chargebox.web import charts
+from chargebox.web.forms import Site
+from chargebox.web.html import language, render
+from chargebox.web.i18n import Language
+from chargebox.web.sessions import visitor
+
+ADMIN, SELLER = "admin", "seller"
+
+
+def day_label(speaking: Language, day: datetime.date) -> str:
+    """A day short enough for an axis: `Dec 1`, or Jalali `۱۰ آذر`."""
+    if speaking.code == "fa":
+        return speaking.digits(
+            jdatetime.date.fromgregorian(date=day, locale="fa_IR").strftime("%-d %B")
+        )
+    return f"{day:%b} {day.day}"
+
+
+def hour_label(speaking: Language, hour: datetime.datetime) -> str:
+    return speaking.digits(f"{hour:%H}:00")
+
+
+def install(pages: bottle.Bottle, site: Site) -> None:
+    queries = site.service.queries
+
+    @pages.get("/admin/charts")
+    def admin_charts():
+        you, speaking = visitor(site.service, ADMIN), language()
+        _, now = speaking.gettext, datetime.datetime.now(datetime.UTC)
+        days = activity.sales_per_day(queries, now)
+        hours = activity.sales_per_hour(queries, now)
+        top = activity.top_sellers(queries, now)
+        shown = [
+            _figure(speaking, "per-day", _("Sales per day, the last 30 days"),
+                    charts.bars, [(day_label(speaking, t.start), t.amount) for t in days]),
+            _figure(speaking, "per-hour", _("Sales per hour, the last 48 hours"),
+                    charts.bars, [(hour_label(speaking, t.start), t.amount) for t in hours]),
+            _figure(speaking, "top", _("Top sellers by sales, the last 30 days"),
+                    charts.ranking, [(row["name"], row["amount"]) for row in top]),
+        ]  # fmt: skip
+        total = sum(t.amount for t in days), sum(t.sales for t in days)
+        return render("charts", title=_("Charts"), visitor=you, figures=shown, total=total)
+
+    @pages.get("/seller/charts")
+    def seller_charts():
+        you, speaking = visitor(site.service, SELLER), language()
+        _, now = speaking.gettext, datetime.datetime.now(datetime.UTC)
+        seller_id = you.principal.seller_id
+        days = activity.sales_per_day(queries, now, seller_id)
+        balances = activity.closing_balances(queries, seller_id, now)
+        shown = [
+            _figure(speaking, "per-day", _("Your sales per day, the last 30 days"),
+                    charts.bars, [(day_label(speaking, t.start), t.amount) for t in days]),
+            _figure(speaking, "balance", _("Your balance at the end of each day, the last 30 days"),
+                    charts.line, [(day_label(speaking, day), value) for day, value in balances],
+                    empty=_("No credit yet.")),
+        ]  # fmt: skip
+        total = sum(t.amount for t in days), sum(t.sales for t in days)
+        return render("charts", title=_("Charts"), visitor=you, figures=shown, total=total)
+
+
+def _figure(speaking: Language, ident: str, title: str, draw, points, empty: str = "") -> dict:
+    """One chart of the page: its heading and its SVG (markup, made safe by `charts`)."""
+    words = charts.Words(title, empty or speaking.gettext("No sales yet."), ident)
+    return {"ident": ident, "title": title,
+            "svg": draw(points, speaking.toman, speaking.direction, words)}  # fmt: skip
