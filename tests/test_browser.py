@@ -68,9 +68,13 @@ def screenshots():
 class Person:
     """One browser profile (its own cookies) at one screen size, on the site."""
 
-    def __init__(self, chromium: Browser, url: str, viewport=DESKTOP, javascript=True) -> None:
+    def __init__(self, chromium: Browser, url: str, viewport=DESKTOP, javascript=True,
+                 **context) -> None:  # fmt: skip
+        """`context`: more of playwright's new_context options (locale="fa-IR", ...)."""
         self.url = url
-        self.context = chromium.new_context(viewport=viewport, java_script_enabled=javascript)
+        self.context = chromium.new_context(
+            viewport=viewport, java_script_enabled=javascript, **context
+        )
         self.page: Page = self.context.new_page()
         self.size = "phone" if viewport == PHONE else "desktop"
 

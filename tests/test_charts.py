@@ -155,3 +155,14 @@ def test_an_empty_database_has_zeros_and_no_sellers_to_rank(service):
     assert {t.amount for t in activity.sales_per_day(service.queries, NOW)} == {0}
     assert activity.top_sellers(service.queries, NOW) == []
     assert service.queries.first_id_since("sale", at("2026-01-01T00:00:00")) == 1
+
+
+def test_each_text_runs_in_the_direction_of_its_own_first_letter():
+    """In either page direction a Persian label is drawn right to left and a Latin one left
+    to right (Chromium scrambles a Persian label's digits drawn left to right)."""
+    for direction in ("ltr", "rtl"):
+        svg = charts.ranking([("فروشگاه ۱۲", 5), ("Shop 12", 3)], str, direction, WORDS)
+        drawn = {node.text.strip("\u2068\u2069"): node.get("direction")
+                 for node in parsed(svg).iter(f"{SVG}text")}  # fmt: skip
+        assert drawn["فروشگاه ۱۲"] == "rtl" and drawn["Shop 12"] == "ltr", direction
+        assert drawn["5"] == direction  # no letter: the page's direction

@@ -9,7 +9,9 @@ figure, for a screen reader; it has a viewBox and no fixed size, so it scales to
 (a phone's 390 px too), shows at most `TICKS` labels on its time axis and is coloured by
 app.css classes (the Content-Security-Policy forbids style attributes). In a right-to-left
 page time runs from right to left, as a Persian reader reads and as Persian spreadsheets
-draw it: the first (oldest) point is on the right, the newest on the left.
+draw it: the first (oldest) point is on the right, the newest on the left. Each text
+carries the direction of its own first strong letter (like dir=auto): Chromium misplaces
+the digits of a Persian label drawn left to right when its space comes from another font.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import dataclasses
 import html
 import math
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 
-WIDTH, HEIGHT = 360, 200  # the viewBox: text of 11 units stays readable scaled to a phone
+WIDTH, HEIGHT = 360, 200  # the viewBox: text of 13 units (app.css) stays readable on a phone
 TICKS = 6  # labels on a time axis at most
-TOP, BOTTOM, SIDE = 16, 24, 8  # margins: value label above, axis labels below, ends
+TOP, BOTTOM, SIDE = 16, 24, 20  # margins: value label above, axis labels below, ends
 LABEL_CHARS = 24  # a name longer than this is cut in a ranking's label (whole in <desc>)
 # Characters XML 1.0 cannot hold at all: dropped from any text before it is escaped.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
@@ -88,7 +91,7 @@ def ranking(points: Points, fmt: Format, direction: str, words: Words) -> str:
         return _nothing(words)
     top = max(value for _, value in points) or 1
     row, height = 34, 34 * len(points) + 4
-    start = "end" if direction == "rtl" else "start"
+    near = "right" if direction == "rtl" else "left"  # the side names and values start from
     edge = WIDTH - SIDE if direction == "rtl" else SIDE
     parts = []
     for index, (label, value) in enumerate(points):
@@ -97,12 +100,11 @@ def ranking(points: Points, fmt: Format, direction: str, words: Words) -> str:
         x = edge - length if direction == "rtl" else edge
         end = x - 4 if direction == "rtl" else x + length + 4
         shown = label if len(label) <= LABEL_CHARS else label[: LABEL_CHARS - 1] + "\u2026"
-        parts.append(
-            f'<text class="chart-name" x="{edge}" y="{y}" text-anchor="{start}">{text(shown)}'
-            f'</text><rect class="chart-bar" x="{x:.1f}" y="{y + 4}" width="{length:.1f}"'
-            f' height="12"/><text class="chart-value" x="{end:.1f}" y="{y + 14}"'
-            f' text-anchor="{start}">{text(fmt(value))}</text>'
-        )
+        parts += [
+            _text("chart-name", edge, y, near, shown, direction),
+            f'<rect class="chart-bar" x="{x:.1f}" y="{y + 4}" width="{length:.1f}" height="12"/>',
+            _text("chart-value", end, y + 14, near, fmt(value), direction),
+        ]
     return _svg(words, points, fmt, "".join(parts), height)
 
 
@@ -110,7 +112,7 @@ class _Plot:
     """Where points go: x by index (mirrored right to left), y by value (0 always shown)."""
 
     def __init__(self, count: int, direction: str, values: list[int]) -> None:
-        self.count, self.rtl = count, direction == "rtl"
+        self.count, self.direction, self.rtl = count, direction, direction == "rtl"
         self.low, self.high = min(0, *values), max(0, *values)
         self.step = (WIDTH - 2 * SIDE) / count
 
@@ -124,13 +126,13 @@ class _Plot:
 
     def axis(self, fmt: Format) -> str:
         """The zero line, and the highest value written above its gridline."""
-        anchor, x = ("end", WIDTH - SIDE) if self.rtl else ("start", SIDE)
+        side, x = ("right", WIDTH - SIDE) if self.rtl else ("left", SIDE)
         zero, high = self.y(0), self.y(self.high)
         return (
             f'<line class="chart-axis" x1="{SIDE}" y1="{zero:.1f}" x2="{WIDTH - SIDE}"'
             f' y2="{zero:.1f}"/><line class="chart-grid" x1="{SIDE}" y1="{high:.1f}"'
-            f' x2="{WIDTH - SIDE}" y2="{high:.1f}"/><text class="chart-value" x="{x}"'
-            f' y="{high - 4:.1f}" text-anchor="{anchor}">{text(fmt(self.high))}</text>'
+            f' x2="{WIDTH - SIDE}" y2="{high:.1f}"/>'
+            + _text("chart-value", x, high - 4, side, fmt(self.high), self.direction)
         )
 
     def labels(self, labels: list[str]) -> str:
@@ -138,10 +140,26 @@ class _Plot:
         every = max(1, math.ceil(self.count / TICKS))
         chosen = range(self.count - 1, -1, -every)
         return "".join(
-            f'<text class="chart-label" x="{self.x(index):.1f}" y="{HEIGHT - 6}"'
-            f' text-anchor="middle">{text(labels[index])}</text>'
+            _text("chart-label", self.x(index), HEIGHT - 6, "middle", labels[index], self.direction)
             for index in sorted(chosen)
         )
+
+
+def _text(kind: str, x: float, y: float, side: str, content: str, direction: str) -> str:
+    """A <text> whose `side` (left, right, middle) is at x, in its own direction."""
+    own = direction
+    for letter in content:
+        strong = unicodedata.bidirectional(letter)
+        if strong in ("L", "R", "AL"):
+            own = "ltr" if strong == "L" else "rtl"
+            break
+    anchor = {"middle": "middle", "left": "start", "right": "end"}[side]
+    if own == "rtl" and side != "middle":
+        anchor = "end" if side == "left" else "start"
+    return (
+        f'<text class="{kind}" x="{x:.1f}" y="{y:.1f}" direction="{own}" text-anchor="{anchor}">'
+        f"{text(content)}</text>"
+    )
 
 
 def _empty(points: Points) -> bool:
@@ -149,12 +167,10 @@ def _empty(points: Points) -> bool:
 
 
 def _svg(words: Words, points: Points, fmt: Format, body: str, height: int = HEIGHT) -> str:
-    """direction="ltr" on every chart: text-anchor then means the same side in a page of
-    either direction, and each label is isolated, so Persian still reads right to left."""
     figures = "; ".join(f"{text(label)}: {text(fmt(value))}" for label, value in points)
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {WIDTH} {height}"'
-        f' width="100%" direction="ltr" role="img"'
+        f' width="100%" role="img"'
         f' aria-labelledby="{words.ident}-title {words.ident}-desc">'
         f'<title id="{words.ident}-title">{text(words.title)}</title>'
         f'<desc id="{words.ident}-desc">{figures}</desc>{body}</svg>'
@@ -165,10 +181,10 @@ def _nothing(words: Words) -> str:
     """The chart of no data: its title, and the words saying so, in place of a drawing."""
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart chart-empty"'
-        f' viewBox="0 0 {WIDTH} 60" width="100%" direction="ltr" role="img"'
+        f' viewBox="0 0 {WIDTH} 60" width="100%" role="img"'
         f' aria-labelledby="{words.ident}-title {words.ident}-desc">'
         f'<title id="{words.ident}-title">{text(words.title)}</title>'
         f'<desc id="{words.ident}-desc">{text(words.empty)}</desc>'
-        f'<text class="chart-label" x="{WIDTH / 2:.0f}" y="34" text-anchor="middle">'
-        f"{text(words.empty)}</text></svg>"
+        + _text("chart-label", WIDTH / 2, 34, "middle", words.empty, "ltr")
+        + "</svg>"
     )

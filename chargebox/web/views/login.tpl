@@ -5,6 +5,7 @@
   <form method="post" action="/login" id="login-form" data-once>
     <input type="hidden" name="csrf" value="{{csrf}}">
     % include('field', state=form, form_id='login', name='token', label='API key or admin token', kind='password', direction='ltr', maxlength=512)
+    % include('reveal_button', target='login-token')
     <button type="submit" id="login-button">Sign in</button>
   </form>
 </section>

@@ -10,5 +10,6 @@
      give it to the seller: <strong>it is shown only this once</strong> and cannot be recovered.</p>
   % end
   <p class="secret"><code id="api-key" dir="ltr">{{api_key}}</code></p>
+  % include('copy_button', target='api-key')
   <p><a href="/admin/sellers/{{seller['id']}}">Open the seller</a> · <a href="/admin">Back to requests &amp; sellers</a></p>
 </section>
