@@ -295,7 +295,7 @@ def translate_errors() -> Iterator[None]:
     try:
         yield
     except (peewee.IntegrityError, sqlite3.IntegrityError) as exc:
-        raise IntegrityViolation(f"the database refused a write: {exc}") from exc
+        raise IntegrityViolation("the database refused a write: {exc}", exc=exc) from exc
     except (peewee.OperationalError, sqlite3.OperationalError) as exc:
         # A failed COMMIT has already been rolled back by SQLite; peewee's own ROLLBACK
         # then fails ("no transaction is active") and hides the cause in __context__.

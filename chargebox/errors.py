@@ -2,10 +2,23 @@
 
 Domain code raises these; `web.errors` holds the only table from class to HTTP
 status. Nothing here knows about HTTP, so services and the CLI can share it.
-Messages are for humans and must never contain a token or a key.
+Messages are for humans and must never contain a token or a key. Each is an English
+template with named params (`InsufficientCredit("balance {balance:,} toman does not
+cover {amount:,} toman", balance=..., amount=...)`): the API answers the formatted
+`message`, and a page says the template in its own language (web/refusals.py, whose
+extraction finds every literal template here and in the raise sites).
 """
 
 from __future__ import annotations
+
+import re
+import string
+
+
+def phrase(text: str) -> str:
+    """Marks an English message kept in a constant, so that the `errors` catalogue's
+    extraction (web/refusals.py) finds it as it finds a template written in a raise."""
+    return text
 
 
 class ChargeboxError(Exception):
@@ -13,12 +26,38 @@ class ChargeboxError(Exception):
 
     code = "internal_error"
 
-    def __init__(self, message: str, field: str | None = None, *, replayed: bool = False) -> None:
+    def __init__(
+        self, template: str, field: str | None = None, *, replayed: bool = False, **params: object
+    ) -> None:
+        message = template.format(field=field, **params)
         super().__init__(message)
         self.message = message
         self.field = field
+        # The English the message is made of, and what fills it: a page translates these.
+        self.template = template
+        self.params = params
         # True when this is the stored outcome of an Idempotency-Key, answered again.
         self.replayed = replayed
+
+    @classmethod
+    def replay(cls, template: str, message: str) -> ChargeboxError:
+        """A refusal stored as its `message` alone, raised again (replayed) with the params
+        read back by its `template` (numbers written `{name:,}`), so that a page can still
+        say it in its own language; a message that does not fit stays as it was."""
+        pattern, numbers = "", set()
+        for literal, name, spec, _conversion in string.Formatter().parse(template):
+            pattern += re.escape(literal)
+            if name is not None:
+                pattern += rf"(?P<{name}>[0-9,]+)" if spec == "," else rf"(?P<{name}>.+?)"
+                numbers.update([name] if spec == "," else [])
+        found = re.fullmatch(pattern, message)
+        if found is None:
+            return cls(message.replace("{", "{{").replace("}", "}}"), replayed=True)
+        params = {
+            name: int(value.replace(",", "")) if name in numbers else value
+            for name, value in found.groupdict().items()
+        }
+        return cls(template, replayed=True, **params)
 
 
 class MalformedJSON(ChargeboxError):
@@ -46,7 +85,7 @@ class SellerSuspended(ChargeboxError):
     code = "seller_suspended"
 
 
-SUSPENDED = "this seller is suspended; ask the admin to reactivate it"
+SUSPENDED = phrase("this seller is suspended; ask the admin to reactivate it")
 
 
 class NotFound(ChargeboxError):
@@ -73,10 +112,16 @@ class InsufficientCredit(ChargeboxError):
     code = "insufficient_credit"
 
 
+NOT_COVERED = phrase("balance {balance:,} toman does not cover {amount:,} toman")
+
+
 class BalanceLimitExceeded(ChargeboxError):
     """A credit would push a balance above the 10^15 toman ceiling."""
 
     code = "balance_limit_exceeded"
+
+
+OVER_CEILING = phrase("a balance may not exceed {limit:,} toman")
 
 
 class NotPending(ChargeboxError):

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from chargebox.clock import now
 from chargebox.db import Database, Write
 from chargebox.errors import (
+    NOT_COVERED,
+    OVER_CEILING,
     BalanceLimitExceeded,
     ChargeboxError,
     IdempotencyKeyReused,
@@ -30,7 +32,11 @@ from chargebox.queries import CREDIT_REQUEST, LEDGER_ENTRY, SALE_READ, Queries, 
 MAX_KEY_LENGTH = 255
 # Refusals that are final outcomes of a key (nothing was written when they were raised).
 FINAL = (InsufficientCredit, BalanceLimitExceeded)
-REFUSALS = {refusal.code: refusal for refusal in FINAL}
+# Each one's class and the template its stored message was made of (a replay reads it back).
+REFUSALS = {
+    InsufficientCredit.code: (InsufficientCredit, NOT_COVERED),
+    BalanceLimitExceeded.code: (BalanceLimitExceeded, OVER_CEILING),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +59,7 @@ def check_key(key: str | None, field: str = "Idempotency-Key") -> str | None:
     if key is None:
         return None
     if not 1 <= len(key) <= MAX_KEY_LENGTH or not all(" " <= ch <= "~" for ch in key):
-        raise ValidationError(f"{field} must be 1 to 255 printable ASCII characters", field)
+        raise ValidationError("{field} must be 1 to 255 printable ASCII characters", field)
     return key
 
 
@@ -154,7 +160,8 @@ def earlier(
             "this Idempotency-Key was used with a different request", "Idempotency-Key"
         )
     if made_id is None:
-        raise REFUSALS[error_code](error_message, replayed=True)
+        refusal, template = REFUSALS[error_code]
+        raise refusal.replay(template, error_message)
     return made_id
 
 

@@ -15,6 +15,8 @@ from chargebox import seals
 from chargebox.config import MAX_BALANCE
 from chargebox.db import Write
 from chargebox.errors import (
+    NOT_COVERED,
+    OVER_CEILING,
     SUSPENDED,
     AlreadyRefunded,
     BalanceLimitExceeded,
@@ -103,12 +105,12 @@ def _refuse(write: Write, seller_id: int, delta: int, sale: bool = False) -> Non
     not enough credit, or the cap."""
     found = write.rows("SELECT balance, status FROM seller WHERE id = ?", (seller_id,))
     if not found:
-        raise NotFound(f"seller {seller_id} does not exist")
+        raise NotFound("seller {seller_id} does not exist", seller_id=seller_id)
     if sale and found[0][1] != "active":
         raise SellerSuspended(SUSPENDED)
     if delta < 0:
-        raise InsufficientCredit(f"balance {found[0][0]:,} toman does not cover {-delta:,} toman")
-    raise BalanceLimitExceeded(f"a balance may not exceed {MAX_BALANCE:,} toman")
+        raise InsufficientCredit(NOT_COVERED, balance=found[0][0], amount=-delta)
+    raise BalanceLimitExceeded(OVER_CEILING, limit=MAX_BALANCE)
 
 
 def _move(write: Write, seller_id: int, delta: int, kind: str, now: str, *,
@@ -196,8 +198,10 @@ def _decide(write: Write, request_id: int, status: str, now: str) -> dict:
         return decided[0]
     found = write.rows("SELECT status FROM credit_request WHERE id = ?", (request_id,))
     if not found:
-        raise NotFound(f"credit request {request_id} does not exist")
-    raise NotPending(f"credit request {request_id} is already {found[0][0]}")
+        raise NotFound("credit request {request_id} does not exist", request_id=request_id)
+    raise NotPending(
+        "credit request {request_id} is already {status}", request_id=request_id, status=found[0][0]
+    )
 
 
 _REPLAY_BALANCE = "UPDATE seller SET balance = :balance_after WHERE id = :seller_id"
@@ -238,13 +242,17 @@ def refund(write: Write, sale_id: int, reason: str, now: str) -> dict:
     """
     found = write.rows("SELECT seller_id, phone, amount FROM sale WHERE id = ?", (sale_id,))
     if not found:
-        raise NotFound(f"sale {sale_id} does not exist")
+        raise NotFound("sale {sale_id} does not exist", sale_id=sale_id)
     seller_id, number, amount = found[0]
     if write.balance_first:
         write.hold(seller_id)
     earlier = write.rows(_REFUND_OF, (sale_id,))
     if earlier:
-        raise AlreadyRefunded(f"sale {sale_id} was refunded already (ledger entry {earlier[0][0]})")
+        raise AlreadyRefunded(
+            "sale {sale_id} was refunded already (ledger entry {entry_id})",
+            sale_id=sale_id,
+            entry_id=earlier[0][0],
+        )
     entry = _move(write, seller_id, amount, "refund", now, reason=reason, refund_of=sale_id)
     write.send(_PHONE_REFUND, (amount, number))
     return entry

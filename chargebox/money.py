@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from chargebox.config import MAX_BALANCE
-from chargebox.errors import ValidationError
+from chargebox.errors import ValidationError, phrase
 from chargebox.phones import ASCII_DIGITS
 
 # A typed amount: digits of one script (Python's \d and int() take every script's
@@ -30,11 +30,32 @@ _AROUND += (
 )
 _SIGNS = {"-": -1, "\u2212": -1, "+": 1}
 _TOO_MANY_DIGITS = 30  # far above any limit: the range check then names the limit
+# What a typed amount that is not a number is told, unsigned and signed.
+_UNGROUPED = {
+    False: phrase(
+        "{field} must be a whole number of toman, such as 50,000 or 50000;"
+        " thousands separators only between groups of three"
+    ),
+    True: phrase(
+        "{field} must be a whole number of toman, such as -50,000 or 50000;"
+        " thousands separators only between groups of three"
+    ),
+}
+_MIXED = {
+    False: phrase(
+        "{field} must be a whole number of toman, such as 50,000 or 50000,"
+        " in one kind of digits: 0-9, ۰-۹ or ٠-٩"
+    ),
+    True: phrase(
+        "{field} must be a whole number of toman, such as -50,000 or 50000,"
+        " in one kind of digits: 0-9, ۰-۹ or ٠-٩"
+    ),
+}
 
 
 def _require_int(value: object, field: str) -> int:
     if type(value) is not int:  # refuses bool, float, str, None, Decimal
-        raise ValidationError(f"{field} must be a JSON integer number of toman", field)
+        raise ValidationError("{field} must be a JSON integer number of toman", field)
     return value
 
 
@@ -42,7 +63,9 @@ def parse_amount(value: object, max_amount: int, field: str = "amount") -> int:
     """A positive amount: an integer in 1..max_amount."""
     amount = _require_int(value, field)
     if not 1 <= amount <= max_amount:
-        raise ValidationError(f"{field} must be between 1 and {max_amount:,} toman", field)
+        raise ValidationError(
+            "{field} must be between 1 and {max_amount:,} toman", field, max_amount=max_amount
+        )
     return amount
 
 
@@ -51,8 +74,9 @@ def parse_signed_amount(value: object, max_amount: int, field: str = "amount") -
     amount = _require_int(value, field)
     if amount == 0 or abs(amount) > max_amount:
         raise ValidationError(
-            f"{field} must be a non-zero integer between -{max_amount:,} and {max_amount:,}",
+            "{field} must be a non-zero integer between -{max_amount:,} and {max_amount:,}",
             field,
+            max_amount=max_amount,
         )
     return amount
 
@@ -65,19 +89,12 @@ def amount_from_text(text: str, field: str = "amount", signed: bool = False) -> 
         sign, body = _SIGNS[body[0]], body[1:].lstrip(_AROUND)
     number = _NUMBER.fullmatch(body)
     if number is None:
-        raise _refusal(field, signed, "; thousands separators only between groups of three")
+        raise ValidationError(_UNGROUPED[signed], field)
     digits = body.replace(number[1], "") if number[1] else body
     if not any(script.issuperset(digits) for script in _SCRIPTS):
-        raise _refusal(field, signed, ", in one kind of digits: 0-9, ۰-۹ or ٠-٩")
+        raise ValidationError(_MIXED[signed], field)
     significant = digits.translate(ASCII_DIGITS).lstrip("0")
     return sign * int(significant[:_TOO_MANY_DIGITS] or "0")
-
-
-def _refusal(field: str, signed: bool, why: str) -> ValidationError:
-    example = "-50,000 or 50000" if signed else "50,000 or 50000"
-    return ValidationError(
-        f"{field} must be a whole number of toman, such as {example}{why}", field
-    )
 
 
 def check_balance(balance: int) -> int:

@@ -28,10 +28,6 @@ _TIME = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?"
     r"(Z|[+-][0-9]{2}:[0-9]{2})"
 )
-SHAPES = (
-    "from and to (ISO 8601 times with an offset, or dates meaning midnight in Asia/Tehran),"
-    " day=YYYY-MM-DD, month=YYYY-MM or jmonth=YYYY-MM (Jalali), in Asia/Tehran"
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +93,7 @@ def instant(text: str, name: str) -> datetime.datetime:
     except (ValueError, OverflowError):
         pass
     raise ValidationError(
-        f"{name} must be an ISO 8601 time with its offset (2026-12-01T08:30:00+03:30,"
+        "{field} must be an ISO 8601 time with its offset (2026-12-01T08:30:00+03:30,"
         " 2026-12-01T05:00:00Z) or a date (2026-12-01: midnight in Asia/Tehran)",
         name,
     )
@@ -110,7 +106,7 @@ def _midnight(day: datetime.date) -> datetime.datetime:
 def _month(text: str, name: str) -> tuple[int, int]:
     found = _MONTH.fullmatch(text)
     if not found or not 1 <= int(found[2]) <= 12 or int(found[1]) < 1:
-        raise ValidationError(f"{name} must be a month written YYYY-MM", name)
+        raise ValidationError("{field} must be a month written YYYY-MM", name)
     return int(found[1]), int(found[2])
 
 
@@ -168,7 +164,12 @@ def _named(params: dict[str, str], given: list[str]) -> Period:
             return _jalali_month(params["jmonth"])
         return ordered(instant(params["from"], "from"), instant(params["to"], "to"))
     field = given[0] if given else "from"
-    raise ValidationError(f"give exactly one period: {SHAPES}", field)
+    raise ValidationError(
+        "give exactly one period: from and to (ISO 8601 times with an offset, or dates meaning"
+        " midnight in Asia/Tehran), day=YYYY-MM-DD, month=YYYY-MM or jmonth=YYYY-MM (Jalali),"
+        " in Asia/Tehran",
+        field,
+    )
 
 
 def ordered(start: datetime.datetime, end: datetime.datetime) -> Period:

@@ -116,7 +116,7 @@ def translated() -> Iterator[None]:
     except psycopg.errors.LockNotAvailable as exc:
         raise LockTimeout("the database is busy; retry shortly") from exc
     except psycopg.errors.IntegrityError as exc:
-        raise IntegrityViolation(f"the database refused a write: {exc}") from exc
+        raise IntegrityViolation("the database refused a write: {exc}", exc=exc) from exc
     except psycopg.errors.DeadlockDetected as exc:
         raise Deadlocked("the database is busy; retry shortly") from exc
     except (

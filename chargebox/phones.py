@@ -29,11 +29,9 @@ MAX_INPUT_LENGTH = 64
 def normalize_phone(value: object, field: str = "phone") -> str:
     """Return the normal form `09XXXXXXXXX` or raise ValidationError."""
     if not isinstance(value, str) or len(value) > MAX_INPUT_LENGTH:
-        raise ValidationError(f"{field} must be a string holding an Iranian mobile number", field)
+        raise ValidationError("{field} must be a string holding an Iranian mobile number", field)
     compact = value.translate(_IGNORED).translate(ASCII_DIGITS)
     match = _MOBILE.fullmatch(compact)
     if match is None:
-        raise ValidationError(
-            f"{field} must be an Iranian mobile number such as 09121234567", field
-        )
+        raise ValidationError("{field} must be an Iranian mobile number such as 09121234567", field)
     return "0" + match.group(1)

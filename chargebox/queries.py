@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Protocol
 
-from chargebox.errors import NotFound, ValidationError
+from chargebox.errors import NotFound, ValidationError, phrase
 
 STATUSES = ("pending", "approved", "rejected")
 DEFAULT_LIMIT = 100
@@ -35,17 +35,21 @@ class Shape:
         return "RETURNING " + ", ".join(self.columns)
 
 
-SELLER = Shape("seller", ("id", "name", "balance", "status", "created_at"), "seller")
+SELLER = Shape("seller", ("id", "name", "balance", "status", "created_at"), phrase("seller"))
 # A seller's API key as anyone may see it: never its hash.
 SELLER_KEY = Shape(
-    "seller_key", ("id", "seller_id", "label", "created_at", "last_used_at", "revoked_at"), "key"
+    "seller_key",
+    ("id", "seller_id", "label", "created_at", "last_used_at", "revoked_at"),
+    phrase("key"),
 )
 CREDIT_REQUEST = Shape(
     "credit_request",
     ("id", "seller_id", "amount", "status", "created_at", "decided_at"),
-    "credit request",
+    phrase("credit request"),
 )
-SALE = Shape("sale", ("id", "seller_id", "phone", "amount", "balance_after", "created_at"), "sale")
+SALE = Shape(
+    "sale", ("id", "seller_id", "phone", "amount", "balance_after", "created_at"), phrase("sale")
+)
 # A sale as clients read it: the row, and whether it was refunded, when, by which entry
 # (null, null: not refunded). The sale row never changes; its refund is a ledger entry.
 SALE_READ = Shape(
@@ -69,9 +73,9 @@ LEDGER_ENTRY = Shape(
         "created_at",
         "refund_of",
     ),  # fmt: skip
-    "ledger entry",
+    phrase("ledger entry"),
 )
-PHONE = Shape("phone", ("id", "number", "total_charged", "created_at"), "phone")
+PHONE = Shape("phone", ("id", "number", "total_charged", "created_at"), phrase("phone"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +121,7 @@ class Queries:
     def one(self, shape: Shape, ident: object, column: str = "id") -> dict:
         found = self.reader.dicts(f"{shape.select} WHERE {column} = ?", (ident,))
         if not found:
-            raise NotFound(f"{shape.what} {ident} does not exist")
+            raise NotFound("{what} {ident} does not exist", what=shape.what, ident=ident)
         return found[0]
 
     def page(

@@ -134,7 +134,9 @@ class Chargebox:
             (seller_id, label),
         )
         if taken:
-            raise KeyLabelInUse(f"another of this seller's keys is labelled {label!r}", "label")
+            raise KeyLabelInUse(
+                "another of this seller's keys is labelled {label!r}", "label", label=label
+            )
         return write.dicts(_NEW_KEY, (seller_id, label, key_hash, at))[0]
 
     def _revoke(self, write: Write, seller_id: int, key_id: int, at: str) -> dict:
@@ -145,8 +147,10 @@ class Chargebox:
             "SELECT 1 FROM seller_key WHERE id = ? AND seller_id = ?", (key_id, seller_id)
         )
         if not found:
-            raise NotFound(f"seller {seller_id} has no key {key_id}")
-        raise KeyRevoked(f"key {key_id} is already revoked; a revocation is final")
+            raise NotFound(
+                "seller {seller_id} has no key {key_id}", seller_id=seller_id, key_id=key_id
+            )
+        raise KeyRevoked("key {key_id} is already revoked; a revocation is final", key_id=key_id)
 
     def set_status(self, seller_id: int, status: str) -> dict:
         """Suspend ("suspended": its keys and sessions stop working, its web sessions end)
@@ -157,7 +161,7 @@ class Chargebox:
         def change(write: Write) -> dict:
             changed = write.dicts(_STATUS, (status, seller_id))
             if not changed:
-                raise NotFound(f"seller {seller_id} does not exist")
+                raise NotFound("seller {seller_id} does not exist", seller_id=seller_id)
             if status == "suspended":
                 write.execute("DELETE FROM web_session WHERE seller_id = ?", (seller_id,))
             return changed[0]
@@ -185,8 +189,9 @@ class Chargebox:
             filed = write.dicts(_NEW_REQUEST, params)
             if not filed:
                 raise TooManyPendingRequests(
-                    f"at most {cap:,} of your credit requests may wait for the admin at once;"
-                    " ask again when one is approved or rejected"
+                    "at most {cap:,} of your credit requests may wait for the admin at once;"
+                    " ask again when one is approved or rejected",
+                    cap=cap,
                 )
             return filed[0]
 

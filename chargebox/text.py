@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from chargebox.errors import ValidationError
+from chargebox.errors import ValidationError, phrase
 
 # Categories that draw nothing by themselves: controls, format characters (ZWSP, BOM,
 # LRM, ALM...), separators, combining marks with no base, and what Python's Unicode
@@ -19,12 +19,15 @@ from chargebox.errors import ValidationError
 _DRAWS_NOTHING = frozenset({"Cc", "Cf", "Cs", "Cn", "Zs", "Zl", "Zp", "Mn", "Me"})
 # Letters and symbols that render blank: the Hangul fillers, the blank Braille pattern.
 _BLANK = frozenset("\u115f\u1160\u3164\uffa0\u2800\u180e\u2028\u2029")
-_OVERRIDES = {"\u202d": "left-to-right override", "\u202e": "right-to-left override"}
+_OVERRIDES = {
+    "\u202d": phrase("left-to-right override"),
+    "\u202e": phrase("right-to-left override"),
+}
 # Refused anywhere: the Arabic letter mark (it reorders the digits around it), the line
 # and paragraph separators (text here is one line), and the TAG characters (they carry
 # invisible ASCII: "Ali" plus tags shows "Ali" and says "Aliadmin").
-_HIDDEN = {"\u061c": "the Arabic letter mark", "\u2028": "a line separator",
-           "\u2029": "a paragraph separator"}  # fmt: skip
+_HIDDEN = {"\u061c": phrase("the Arabic letter mark"), "\u2028": phrase("a line separator"),
+           "\u2029": phrase("a paragraph separator")}  # fmt: skip
 _TAGS = range(0xE0000, 0xE0080)
 # Each embedding (LRE, RLE) is closed by PDF, each isolate (LRI, RLI, FSI) by PDI.
 _CLOSER = {
@@ -46,15 +49,17 @@ def clean_text(value: object, field: str, max_length: int) -> str:
     """A trimmed, NFC-normalised single-line text of 1..max_length characters that shows
     at least one visible character and cannot reorder what it shows (see the module)."""
     if not isinstance(value, str):
-        raise ValidationError(f"{field} must be a string", field)
+        raise ValidationError("{field} must be a string", field)
     text = unicodedata.normalize("NFC", value).strip()
     if not 1 <= len(text) <= max_length:
-        raise ValidationError(f"{field} must be 1 to {max_length} characters", field)
+        raise ValidationError(
+            "{field} must be 1 to {max_length} characters", field, max_length=max_length
+        )
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text):
-        raise ValidationError(f"{field} must not contain control or surrogate characters", field)
+        raise ValidationError("{field} must not contain control or surrogate characters", field)
     if not any(map(visible, text)):
         raise ValidationError(
-            f"{field} shows nothing: it holds only spaces or invisible characters", field
+            "{field} shows nothing: it holds only spaces or invisible characters", field
         )
     _require_plain_direction(text, field)
     return text
@@ -65,17 +70,21 @@ def _require_plain_direction(text: str, field: str) -> None:
     open_ones: list[str] = []
     for ch in text:
         if ch in _HIDDEN or ord(ch) in _TAGS:
-            what = _HIDDEN.get(ch, "a TAG character")
+            what = _HIDDEN.get(ch, phrase("a TAG character"))
             raise ValidationError(
-                f"{field} must not contain U+{ord(ch):04X} ({what}): it shows something "
+                "{field} must not contain U+{code} ({character}): it shows something "
                 "else than it says",
                 field,
+                code=f"{ord(ch):04X}",
+                character=what,
             )
         if ch in _OVERRIDES:
             raise ValidationError(
-                f"{field} must not contain U+{ord(ch):04X} ({_OVERRIDES[ch]}): "
+                "{field} must not contain U+{code} ({character}): "
                 "it shows the text in another order than it is written",
                 field,
+                code=f"{ord(ch):04X}",
+                character=_OVERRIDES[ch],
             )
         if ch in _CLOSER:
             open_ones.append(_CLOSER[ch])
@@ -87,7 +96,7 @@ def _require_plain_direction(text: str, field: str) -> None:
 
 def _unbalanced(field: str) -> ValidationError:
     return ValidationError(
-        f"{field} has a direction control (U+202A, U+202B, U+2066-U+2069) that is not "
+        "{field} has a direction control (U+202A, U+202B, U+2066-U+2069) that is not "
         "closed in order: it would change how the rest of the page reads",
         field,
     )

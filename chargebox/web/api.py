@@ -213,7 +213,7 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
 def _own(principal: Principal, found: dict, what: str) -> dict:
     """A seller sees its own records; another seller's ids answer 404, revealing nothing."""
     if not principal.is_admin and found["seller_id"] != principal.seller_id:
-        raise NotFound(f"{what} {found['id']} does not exist")
+        raise NotFound("{what} {ident} does not exist", what=what, ident=found["id"])
     return found
 
 

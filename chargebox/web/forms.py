@@ -1,4 +1,4 @@
-"""What a page's form handler shares: the Site, the Form shown back, plain words for a refusal.
+"""What a page's form handler shares: the Site, the Form shown back, a refusal beside it.
 
 A form that moves money goes one way only, `Site.money_form`: CSRF, the typed
 amount, the form's Idempotency-Key, one use case, then a 303 or the page again
@@ -20,24 +20,15 @@ from chargebox.idempotency import Outcome
 from chargebox.money import amount_from_text
 from chargebox.services import Chargebox
 from chargebox.web.errors import status_of
-from chargebox.web.html import redirect
+from chargebox.web.html import language, redirect
+from chargebox.web.refusals import sentence
 from chargebox.web.request import query, read_form, statement_headers
 from chargebox.web.sessions import Visitor, check_csrf, signed_in, visitor
 
-# Plain words for what a person did not cause and cannot fix by retyping.
-PLAIN = {
-    "insufficient_credit": "Not enough credit: {message}.",
-    "balance_limit_exceeded": "That would take the balance over the limit: {message}.",
-    "unavailable": "The service is busy right now and nothing was changed. Try again.",
-    "too_many_pending_requests": "You cannot ask for more credit yet: {message}.",
-    "idempotency_key_reused": "This form was already sent with other values. Check and send again.",
-}
-
 
 def plain(exc: ChargeboxError) -> str:
-    """What went wrong, as a sentence for a person."""
-    message = PLAIN.get(exc.code, "{message}").format(message=exc.message.rstrip("."))
-    return message[:1].upper() + message[1:]
+    """What went wrong, as a sentence for a person, in the page's language (refusals.py)."""
+    return sentence(exc, language())
 
 
 @dataclasses.dataclass

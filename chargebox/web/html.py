@@ -16,7 +16,7 @@ import bottle
 from chargebox.config import Config
 from chargebox.errors import ChargeboxError
 from chargebox.services import Chargebox
-from chargebox.web import i18n
+from chargebox.web import i18n, refusals
 from chargebox.web.errors import internal_error, request_id, status_of
 from chargebox.web.request import accept_qualities, check_body_size
 from chargebox.web.sessions import SignInRequired, Visitor, signed_in
@@ -163,7 +163,8 @@ def page_plugin(config: Config, service: Chargebox):
             except ChargeboxError as exc:
                 # A 500 here means a guard of the database fired: a bug, like any other.
                 status = status_of(exc)
-                response = bug(exc) if status == 500 else failed(status, exc.message)
+                said = refusals.message(exc, language())
+                response = bug(exc) if status == 500 else failed(status, said)
             except bottle.HTTPError as exc:
                 response = failed(exc.status_code, "The request could not be handled.")
             except Exception as exc:

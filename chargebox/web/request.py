@@ -35,18 +35,19 @@ def caller(access: Access, *roles: str) -> Principal:
     principal = access.authenticate(header("Authorization"))
     bottle.request.environ[ENVIRON_WHO] = principal  # for the access log
     if principal.role not in roles:
-        who = "the admin" if principal.is_admin else "a seller"
-        raise Forbidden(f"this route is not for {who}")
+        if principal.is_admin:
+            raise Forbidden("this route is not for the admin")
+        raise Forbidden("this route is not for a seller")
     return principal
 
 
 def check_body_size(limit: int) -> None:
     if bottle.request.content_length > limit:
-        raise PayloadTooLarge(f"the request body is over {limit:,} bytes")
+        raise PayloadTooLarge("the request body is over {limit:,} bytes", limit=limit)
 
 
 def _reject_constant(name: str) -> None:
-    raise MalformedJSON(f"{name} is not allowed in JSON")
+    raise MalformedJSON("{name} is not allowed in JSON", name=name)
 
 
 def _object_without_duplicates(pairs: list[tuple[str, object]]) -> dict:
@@ -68,7 +69,7 @@ def read_body(limit: int) -> bytes:
     check_body_size(limit)
     raw = bottle.request.body.read(limit + 1)
     if len(raw) > limit:
-        raise PayloadTooLarge(f"the request body is over {limit:,} bytes")
+        raise PayloadTooLarge("the request body is over {limit:,} bytes", limit=limit)
     return raw
 
 
@@ -88,10 +89,10 @@ def read_json(limit: int, required: tuple[str, ...], optional: tuple[str, ...] =
         raise MalformedJSON("the body must be a JSON object")
     for name in body:
         if name not in required and name not in optional:
-            raise ValidationError(f"unknown field {name!r}", name)
+            raise ValidationError("unknown field {name!r}", name, name=name)
     for name in required:
         if name not in body:
-            raise ValidationError(f"{name} is required", name)
+            raise ValidationError("{field} is required", name)
     return body
 
 
@@ -120,9 +121,9 @@ def query(*allowed: str) -> dict[str, str]:
     params: dict[str, str] = {}
     for name, value in pairs:
         if name not in allowed:
-            raise ValidationError(f"unknown query parameter {name!r}", name)
+            raise ValidationError("unknown query parameter {name!r}", name, name=name)
         if name in params:
-            raise ValidationError(f"query parameter {name!r} is repeated", name)
+            raise ValidationError("query parameter {name!r} is repeated", name, name=name)
         params[name] = value
     return params
 
@@ -132,7 +133,9 @@ def integer_param(params: dict[str, str], name: str, low: int, high: int) -> int
         return None
     text = params[name]
     if not (text.isascii() and text.isdigit()) or len(text) > 19 or not low <= int(text) <= high:
-        raise ValidationError(f"{name} must be an integer from {low} to {high}", name)
+        raise ValidationError(
+            "{field} must be an integer from {low} to {high}", name, low=low, high=high
+        )
     return int(text)
 
 
@@ -140,7 +143,7 @@ def flag(params: dict[str, str], name: str) -> bool:
     """A true/false query parameter; absent is false."""
     text = params.get(name, "false")
     if text not in ("true", "false"):
-        raise ValidationError(f"{name} must be true or false", name)
+        raise ValidationError("{field} must be true or false", name)
     return text == "true"
 
 

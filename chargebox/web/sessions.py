@@ -56,11 +56,9 @@ def visitor(service: Chargebox, *roles: str) -> Visitor:
     if you is None:
         raise SignInRequired
     if you.principal.role not in roles:
-        raise Forbidden(
-            "This page is for the admin; you are signed in as a seller."
-            if "admin" in roles
-            else "This page is for sellers; you are signed in as the admin."
-        )
+        if "admin" in roles:
+            raise Forbidden("This page is for the admin; you are signed in as a seller.")
+        raise Forbidden("This page is for sellers; you are signed in as the admin.")
     return you
 
 
