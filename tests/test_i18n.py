@@ -1,9 +1,11 @@
-"""The pages' catalogue is whole, and numbers, amounts and times read right in both languages.
+"""The pages' catalogues are whole, and numbers, amounts and times read right in both languages.
 
-Babel extracts every string the code and the templates put in `_()` or `ngettext()`
-(babel.cfg, the same extraction as the command in chargebox/web/i18n.py), and each one
-must have a Persian translation, not fuzzy, with the same placeholders; the compiled
-.mo the service reads must say what the .po says.
+Two gettext domains, each extracted by Babel with its own mapping file (the same
+extraction as the commands in chargebox/web/i18n.py and chargebox/web/refusals.py):
+`messages`, every string the code and the templates put in `_()` or `ngettext()`
+(babel.cfg), and `errors`, every message of a ChargeboxError a page may show
+(babel-errors.cfg). Each string must have a Persian translation, not fuzzy, with the
+same placeholders; the compiled .mo the service reads must say what the .po says.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import datetime
 import gettext
 import re
+import string
 from pathlib import Path
 
 import pytest
@@ -23,13 +26,15 @@ from hypothesis import strategies as st
 from chargebox.web import i18n
 
 ROOT = Path(__file__).resolve().parent.parent
-PLACEHOLDER = re.compile(r"\{[a-z_]*\}")
 FA, EN = i18n.LANGUAGE["fa"], i18n.LANGUAGE["en"]
+# Each domain and the mapping file its extraction reads.
+DOMAINS = {"messages": "babel.cfg", "errors": "babel-errors.cfg"}
+domains = pytest.mark.parametrize("domain", DOMAINS)
 
 
-def extracted(domain: str = "messages") -> dict[object, list[str]]:
-    """Each msgid of the code and templates (a tuple for a plural), with where it is."""
-    with open(ROOT / "babel.cfg", encoding="utf-8") as config:
+def extracted(domain: str) -> dict[object, list[str]]:
+    """Each msgid of the domain (a tuple for a plural), with where it is."""
+    with open(ROOT / DOMAINS[domain], encoding="utf-8") as config:
         method_map, options_map = parse_mapping_cfg(config)
     found: dict[object, list[str]] = {}
     for filename, line, message, _comments, _context in extract_from_dir(
@@ -39,50 +44,71 @@ def extracted(domain: str = "messages") -> dict[object, list[str]]:
     return found
 
 
-def persian_po():
-    path = i18n.LOCALE / "fa" / "LC_MESSAGES" / "messages.po"
+def singular(message):  # a plural's msgid is (singular, plural)
+    return message[0] if isinstance(message, tuple) else message
+
+
+def persian_po(domain: str):
+    path = i18n.LOCALE / "fa" / "LC_MESSAGES" / f"{domain}.po"
     with open(path, "rb") as po:
         return read_po(po, locale="fa")
 
 
-def test_every_string_of_the_pages_has_a_persian_translation():
-    catalogue = persian_po()
+@domains
+def test_every_string_of_the_pages_has_a_persian_translation(domain):
+    catalogue = persian_po(domain)
     missing, fuzzy = [], []
-    for message, places in extracted().items():
-        entry = catalogue.get(message[0] if isinstance(message, tuple) else message)
+    for message, places in extracted(domain).items():
+        entry = catalogue.get(singular(message))
         texts = [] if entry is None else entry.string
         texts = list(texts) if isinstance(texts, tuple) else [texts]
         if entry is None or not all(texts):
             missing.append(f"{message!r} ({places[0]})")
         elif entry.fuzzy:
             fuzzy.append(repr(message))
-    assert not missing, "untranslated (see chargebox/web/i18n.py):\n" + "\n".join(missing)
+    assert not missing, f"untranslated in {domain}.po (see chargebox/web/i18n.py):\n" + "\n".join(
+        missing
+    )
     assert not fuzzy, "fuzzy translations: " + ", ".join(fuzzy)
 
 
-def test_the_catalogue_keeps_no_string_the_code_no_longer_uses():
-    used = {m[0] if isinstance(m, tuple) else m for m in extracted()}
-    ids = [m[0] if isinstance(m, tuple) else m for m in (e.id for e in persian_po()) if m]
-    stale = [message for message in ids if message not in used]  # a plural: by its singular
-    assert not stale, f"in messages.po but not in the code: {stale}"
+@domains
+def test_the_catalogue_keeps_no_string_the_code_no_longer_uses(domain):
+    used = {singular(m) for m in extracted(domain)}
+    stale = [singular(e.id) for e in persian_po(domain) if e.id and singular(e.id) not in used]
+    assert not stale, f"in {domain}.po but not in the code: {stale}"
 
 
-def test_each_translation_keeps_the_placeholders_of_its_english():
-    for entry in persian_po():
+def placeholders(text: str) -> tuple[set[tuple[str, str]], set[str]]:
+    """A format string's placeholders as (name, format spec), and the conversions it uses."""
+    fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(text)]
+    named = {(name, spec) for name, spec, _ in fields if name is not None}
+    return named, {conv for name, _, conv in fields if name is not None and conv}
+
+
+@domains
+def test_each_translation_keeps_the_placeholders_of_its_english(domain):
+    """The same names with the same format specs (`{amount:,}` stays `{amount:,}`: the
+    number is written the same way, in Persian digits); a translation converts nothing:
+    where the English says `{label!r}`, the Persian quotes «{label}» itself."""
+    for entry in persian_po(domain):
         if not entry.id:
             continue
         ids = entry.id if isinstance(entry.id, tuple) else (entry.id,)
         strings = entry.string if isinstance(entry.string, tuple) else (entry.string,)
-        wanted = set(PLACEHOLDER.findall(ids[-1]))
+        wanted, _ = placeholders(ids[-1])
         for text in strings:
-            assert set(PLACEHOLDER.findall(text)) == wanted, (entry.id, text)
+            named, conversions = placeholders(text)
+            assert named == wanted, (entry.id, text)
+            assert not conversions, f"{text!r}: quote «{{name}}» instead of {{name!r}}"
 
 
-def test_the_compiled_catalogue_says_what_the_po_says():
-    path = i18n.LOCALE / "fa" / "LC_MESSAGES" / "messages.mo"
+@domains
+def test_the_compiled_catalogue_says_what_the_po_says(domain):
+    path = i18n.LOCALE / "fa" / "LC_MESSAGES" / f"{domain}.mo"
     with open(path, "rb") as mo:
         compiled = gettext.GNUTranslations(mo)
-    for entry in persian_po():
+    for entry in persian_po(domain):
         if not entry.id or entry.fuzzy:
             continue
         if isinstance(entry.id, tuple):
