@@ -142,7 +142,7 @@ def test_amounts_read_in_each_language():
     assert FA.toman(1_250_000) == "۱٬۲۵۰٬۰۰۰ تومان"
     assert FA.plain_number(1405) == "۱۴۰۵"
     assert FA.signed(-5_000) == "\u2066\u2212۵٬۰۰۰\u2069"
-    assert EN.signed(5_000) == "\u2066+5,000\u2069"
+    assert EN.signed(5_000) == "+5,000"  # a left-to-right line needs no isolate
 
 
 @given(st.integers(min_value=0, max_value=10**15))

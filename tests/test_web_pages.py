@@ -32,6 +32,7 @@ from tests.web_support import (
 SESSION, PHONE = "chargebox_session", "09121234567"
 PAGE_ROUTES = """
     GET /           GET /static/{name}     GET /login       POST /login      POST /logout
+    GET /language/{code}
     GET /seller     POST /seller/sales     POST /seller/credit-requests
     GET /seller/statement   GET /seller/sales/found   GET /admin/sellers/{ident}/statement
     GET /admin      POST /admin/sellers    GET /admin/sellers/{ident}        GET /admin/audit
@@ -124,7 +125,7 @@ def test_signing_out_deletes_the_session_so_a_replayed_cookie_is_worthless(world
     cookie, csrf = browser.http.cookies[SESSION], browser.token
     sessions = db_snapshot(server.db_path)["web_session"][0]
     answer = browser.post_form("/logout", {})
-    assert (answer.status_code, answer.headers["Location"]) == (303, "/login")
+    assert (answer.status_code, answer.headers["Location"]) == (303, "/login?signed_out=1")
     assert "max-age=0" in set_cookies(answer)[SESSION].lower()
     assert db_snapshot(server.db_path)["web_session"][0] == sessions - 1  # its row is gone
     replay = world.browser()

@@ -17,7 +17,8 @@ from chargebox.errors import ChargeboxError
 from chargebox.queries import Page
 from chargebox.web.errors import status_of
 from chargebox.web.forms import Form, Site, form_key, found, plain
-from chargebox.web.html import isolate, redirect, render, signed, toman
+from chargebox.web.html import STATUSES, gettext, isolate, language, redirect, render
+from chargebox.web.i18n import N_
 from chargebox.web.request import query_id
 from chargebox.web.sessions import Visitor, visitor
 
@@ -28,9 +29,14 @@ PENDING_PER_PAGE = 100
 DECIDED = {"approve": "approved", "reject": "rejected"}
 # What a seller's page says after a form of its "Access" card (?done=...); fixed texts only.
 ACCESS_DONE = {
-    "suspended": "Suspended: its keys and sessions are refused. No money moved.",
-    "active": "Reactivated: its keys work again.",
-    "revoked": "Key revoked: it is refused from now on, on every server.",
+    "suspended": N_("Suspended: its keys and sessions are refused. No money moved."),
+    "active": N_("Reactivated: its keys work again."),
+    "revoked": N_("Key revoked: it is refused from now on, on every server."),
+}
+# What a seller's page says after an adjustment or a refund (?adjusted=, ?refunded=).
+MONEY_DONE = {
+    "adjustment": N_("Adjusted by {amount} toman ({reason}). Balance now {balance}."),
+    "refund": N_("Sale refunded: {amount} toman ({reason}). Balance now {balance}."),
 }
 
 
@@ -79,19 +85,23 @@ def install(pages: bottle.Bottle, site: Site) -> None:
     ) -> bottle.HTTPResponse:
         after_id = query_id("after_id") or 0
         sellers = site.service.queries.sellers(Page(limit=SELLERS_PER_PAGE, after_id=after_id))
-        notice = None
+        notice, speaking = None, language()
         if status == 200:  # a notice says what the last form did; a refused one did nothing
             for word in DECIDED.values():
                 decided = found(site.service.queries.credit_request, query_id(word))
                 if decided:
-                    notice = (
-                        f"Credit request #{decided['id']} for {toman(decided['amount'])} "
-                        f"from seller #{decided['seller_id']} is {decided['status']}."
+                    notice = speaking.gettext(
+                        "Credit request #{request} for {amount} from seller #{seller} is {status}."
+                    ).format(
+                        request=speaking.plain_number(decided["id"]),
+                        amount=speaking.toman(decided["amount"]),
+                        seller=speaking.plain_number(decided["seller_id"]),
+                        status=speaking.gettext(STATUSES[decided["status"]]),
                     )
         return render(
             "admin",
             status,
-            title="Admin",
+            title=gettext("Admin"),
             visitor=you,
             per_page=PENDING_PER_PAGE,
             isolate=isolate,
@@ -134,7 +144,7 @@ def install(pages: bottle.Bottle, site: Site) -> None:
         return render(
             "seller_created",
             201,
-            title="Seller created",
+            title=gettext("Seller created"),
             visitor=you,
             seller=seller,
             api_key=api_key,
@@ -147,20 +157,24 @@ def install(pages: bottle.Bottle, site: Site) -> None:
         seller = site.service.queries.seller(seller_id)  # an unknown seller: a 404 page, not a form
         entries = site.service.queries.recent_ledger(seller_id, 50)
         done = {"adjustment": query_id("adjusted"), "refund": query_id("refunded")}
-        what = {"adjustment": "Adjusted by", "refund": "Sale refunded:"}
+        speaking = language()
         notice = next(
             (
-                f"{what[entry['kind']]} {signed(entry['amount'])} toman "
-                f"({isolate(entry['reason'])}). Balance now {toman(entry['balance_after'])}."
+                speaking.gettext(MONEY_DONE[entry["kind"]]).format(
+                    amount=speaking.signed(entry["amount"]),
+                    reason=isolate(entry["reason"]),
+                    balance=speaking.toman(entry["balance_after"]),
+                )
                 for entry in entries
                 if status == 200 and entry["id"] == done.get(entry["kind"])
             ),
             None,
         )
+        access_done = ACCESS_DONE.get(bottle.request.query.get("done", ""))
         return render(
             "admin_seller",
             status,
-            title="Seller",
+            title=gettext("Seller"),
             visitor=you,
             seller=seller,
             entries=entries,
@@ -169,7 +183,7 @@ def install(pages: bottle.Bottle, site: Site) -> None:
             adjust=adjust or Form(),
             form_key=form_key(),
             notice=notice
-            or (ACCESS_DONE.get(bottle.request.query.get("done", "")) if status == 200 else None),
+            or (speaking.gettext(access_done) if access_done and status == 200 else None),
             keys=site.service.queries.seller_keys(seller_id),
             key_form=key_form or Form(),
             problem=problem,
@@ -204,7 +218,7 @@ def install(pages: bottle.Bottle, site: Site) -> None:
         return render(
             "refund",
             status,
-            title="Refund a sale",
+            title=gettext("Refund a sale"),
             visitor=you,
             sale=sale,
             seller=site.service.queries.seller(sale["seller_id"]),
@@ -258,11 +272,12 @@ def install(pages: bottle.Bottle, site: Site) -> None:
 
     def _key_shown(you: Visitor, key: dict, api_key: str) -> bottle.HTTPResponse:
         seller = site.service.queries.seller(key["seller_id"])
-        return render("seller_created", 201, title="New key", visitor=you, seller=seller,
+        return render("seller_created", 201, title=gettext("New key"), visitor=you, seller=seller,
                       api_key=api_key, key=key)  # fmt: skip
 
     @pages.get("/admin/audit")
     def audit():
         you = visitor(site.service, ADMIN)
         full = bottle.request.query.get("full") == "true"
-        return render("audit", title="Audit", visitor=you, result=site.service.audit(full=full))
+        result = site.service.audit(full=full)
+        return render("audit", title=gettext("Audit"), visitor=you, result=result)

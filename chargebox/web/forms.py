@@ -21,6 +21,7 @@ from chargebox.money import amount_from_text
 from chargebox.services import Chargebox
 from chargebox.web.errors import status_of
 from chargebox.web.html import language, redirect
+from chargebox.web.i18n import latin_digits
 from chargebox.web.refusals import sentence
 from chargebox.web.request import query, read_form, statement_headers
 from chargebox.web.sessions import Visitor, check_csrf, signed_in, visitor
@@ -75,8 +76,11 @@ class Site:
         return you.principal.role if you else None
 
     def statement(self, seller_id: int) -> bottle.HTTPResponse:
-        """A seller's statement to download, for the period in the query (as the API's)."""
-        params = query("format", *periods.NAMES)
+        """A seller's statement to download, for the period in the query (as the API's;
+        a period typed in Persian digits, `۱۴۰۵-۰۹`, is read as `1405-09`)."""
+        params = {
+            name: latin_digits(text) for name, text in query("format", *periods.NAMES).items()
+        }
         fmt = params.pop("format", "csv")
         rendered = self.service.statement(seller_id, params, fmt)
         return bottle.HTTPResponse(rendered, 200, statement_headers(rendered))

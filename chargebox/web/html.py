@@ -2,13 +2,18 @@
 
 Every page is no-store, may not be framed, and runs under a Content-Security-Policy
 that allows only our own stylesheet, script and font; a failure is rendered as a page
-in plain words, never a stack trace. No form, cookie or use case is handled here:
-sessions live in `sessions`, form handling in `forms`, bodies in `request`.
+in plain words, never a stack trace. Every page speaks the request's language
+(`language()`, see `i18n`) and says which in Content-Language; a sentence with markup
+or user text inside is built with `fill` and `wrap`, which escape what they are given.
+No form, cookie or use case is handled here: sessions live in `sessions`, form
+handling in `forms`, bodies in `request`.
 """
 
 from __future__ import annotations
 
 import functools
+import html
+import urllib.parse
 from pathlib import Path
 
 import bottle
@@ -36,19 +41,43 @@ HEADERS = {
 }
 
 
-def toman(amount: int) -> str:
-    return f"{amount:,} toman"
-
-
-def signed(amount: int) -> str:
-    return f"+{amount:,}" if amount > 0 else f"\u2212{-amount:,}"
-
-
 def isolate(text: str) -> str:
     """User text inside a sentence, wrapped in bidi isolates (FSI ... PDI) so that a
     right-to-left name or reason cannot reorder the words around it."""
     return f"\u2068{text}\u2069"
 
+
+class Markup(str):
+    """HTML made by us (`wrap`), put into a sentence as it is."""
+
+
+def escaped(value: object) -> str:
+    return value if isinstance(value, Markup) else html.escape(str(value))
+
+
+def wrap(tag: str, content: object, attributes: str = "") -> Markup:
+    """`content` (escaped unless it is Markup) in an element; `attributes` come from a
+    template, never from a visitor."""
+    return Markup(f"<{tag}{attributes}>{escaped(content)}</{tag}>")
+
+
+def fill(message: str, **values: object) -> Markup:
+    """A translated sentence as HTML, its `{placeholders}` filled: the sentence and every
+    plain value escaped, a Markup value (`wrap`) kept, so a translator's word order holds
+    and no visitor's text is read as markup."""
+    return Markup(
+        html.escape(message, quote=False).format_map({k: escaped(v) for k, v in values.items()})
+    )
+
+
+# A request's or seller's status as shown, in the page's language.
+STATUSES = {
+    "pending": i18n.N_("pending"),
+    "approved": i18n.N_("approved"),
+    "rejected": i18n.N_("rejected"),
+    "active": i18n.N_("active"),
+    "suspended": i18n.N_("suspended"),
+}
 
 HELPERS = {"visitor": None, "notice": None}
 
@@ -63,19 +92,45 @@ def language() -> i18n.Language:
     return environ["chargebox.language"]
 
 
+def gettext(message: str) -> str:
+    """`message` in this request's language (for Python; a template has `_`)."""
+    return language().gettext(message)
+
+
 def words(speaking: i18n.Language) -> dict[str, object]:
     """What every template may use to say things in the page's language."""
     return {
         "_": speaking.gettext,
         "ngettext": speaking.ngettext,
         "num": speaking.number,
+        "ident": speaking.plain_number,
+        "digits": speaking.digits,
         "toman": speaking.toman,
         "signed": speaking.signed,
         "when": speaking.when,
+        "status": lambda code: speaking.gettext(STATUSES.get(code, code)),
+        "fill": fill,
+        "wrap": wrap,
         "lang": speaking.code,
         "dir": speaking.direction,
         "language": speaking,
     }
+
+
+def here() -> str:
+    """This page's own address, to come back to after switching language; a form's post
+    cannot be opened again, so after one it is the start page."""
+    if bottle.request.method != "GET":
+        return "/"
+    path = urllib.parse.quote(bottle.request.path)
+    query = bottle.request.query_string
+    return f"{path}?{query}" if query else path
+
+
+def switch() -> list[tuple[str, str, str]]:
+    """The language switch: each language's code, its name in itself, and its link."""
+    back = urllib.parse.quote(here(), safe="")
+    return [(code, i18n.NAMES[code], f"/language/{code}?back={back}") for code in i18n.LANGUAGES]
 
 
 @functools.cache
@@ -84,9 +139,11 @@ def _template(name: str) -> bottle.SimpleTemplate:
 
 
 def render(name: str, status: int = 200, **context: object) -> bottle.HTTPResponse:
-    body = _template(name).render(**{**HELPERS, **words(language()), **context})
+    speaking = language()
+    body = _template(name).render(**{**HELPERS, **words(speaking), "switch": switch(), **context})
     response = bottle.HTTPResponse(body.encode("utf-8"), status)
     response.content_type = HTML
+    response.set_header("Content-Language", speaking.code)
     return response
 
 
@@ -96,7 +153,9 @@ def redirect(location: str) -> bottle.HTTPResponse:
 
 
 def error_page(status: int, message: str, visitor: Visitor | None = None) -> bottle.HTTPResponse:
-    return render("error", status, title=f"Error {status}", message=message, visitor=visitor)
+    speaking = language()
+    title = speaking.gettext("Error {status}").format(status=speaking.plain_number(status))
+    return render("error", status, title=title, message=message, visitor=visitor)
 
 
 def failure_page(service: Chargebox, status: int, message: str) -> bottle.HTTPResponse:
@@ -110,11 +169,12 @@ def failure_page(service: Chargebox, status: int, message: str) -> bottle.HTTPRe
 
 # The JSON API's paths (web/api.py): their errors stay JSON whatever the client accepts.
 API_ROOTS = ("/api", "/health", "/openapi.json")
-# bottle's own refusals of a page address, in plain words.
+# bottle's own refusals of a page address, in plain words (translated where shown).
 NOT_A_PAGE = {
-    404: "There is no page at this address. Check it for a typing mistake.",
-    405: "This page cannot be opened that way.",
+    404: i18n.N_("There is no page at this address. Check it for a typing mistake."),
+    405: i18n.N_("This page cannot be opened that way."),
 }
+NOT_HANDLED = i18n.N_("The request could not be handled.")
 
 
 def wants_html(path: str, accept: str) -> bool:
@@ -132,7 +192,7 @@ def not_a_page(service: Chargebox, error: bottle.HTTPError) -> bottle.HTTPRespon
     accept = bottle.request.environ.get("HTTP_ACCEPT", "")
     if not 400 <= error.status_code < 500 or not wants_html(bottle.request.path, accept):
         return None
-    message = NOT_A_PAGE.get(error.status_code, "The request could not be handled.")
+    message = gettext(NOT_A_PAGE.get(error.status_code, NOT_HANDLED))
     response = failure_page(service, error.status_code, message)
     for name, value in HEADERS.items():
         response.set_header(name, value)
@@ -148,7 +208,8 @@ def page_plugin(config: Config, service: Chargebox):
     def bug(exc: BaseException) -> bottle.HTTPResponse:
         """Logged without trace, answered without detail."""
         internal_error(exc)
-        return error_page(500, f"Something went wrong (request {request_id()}).")
+        message = gettext("Something went wrong (request {request}).")
+        return error_page(500, message.format(request=isolate(request_id())))
 
     def decorator(callback):
         @functools.wraps(callback)
@@ -166,7 +227,7 @@ def page_plugin(config: Config, service: Chargebox):
                 said = refusals.message(exc, language())
                 response = bug(exc) if status == 500 else failed(status, said)
             except bottle.HTTPError as exc:
-                response = failed(exc.status_code, "The request could not be handled.")
+                response = failed(exc.status_code, gettext(NOT_HANDLED))
             except Exception as exc:
                 response = bug(exc)
             response.set_header("X-Request-Id", request_id())

@@ -9,10 +9,12 @@ words comes from a message catalogue, gettext through Babel:
     chargebox/web/locale/fa/LC_MESSAGES/messages.po   their Persian, edited by hand
     chargebox/web/locale/fa/LC_MESSAGES/messages.mo   what the service reads (compiled)
 
-A new string is written in English inside `_()` (in Python: `language.gettext`; in a
-template: `{{_('...')}}`, or `ngettext(singular, plural, n)` for a count), then:
+A new string is written in English inside `_()` (in a template: `{{_('...')}}`, or
+`ngettext(singular, plural, n)` for a count; in a page handler: `html.gettext('...')`;
+in a table of fixed texts: `N_('...')`, translated where shown), then:
 
-    pybabel extract -F babel.cfg --no-location --sort-output -o chargebox/web/locale/messages.pot .
+    pybabel extract -F babel.cfg --project chargebox --no-location --sort-output \
+        -o chargebox/web/locale/messages.pot .
     pybabel update -i chargebox/web/locale/messages.pot -d chargebox/web/locale -D messages
     (translate the new entries of messages.po)
     pybabel compile -d chargebox/web/locale -D messages
@@ -49,6 +51,18 @@ DEFAULT = "en"
 COOKIE = "lang"
 NAMES = {"fa": "فارسی", "en": "English"}  # each language's name in itself
 _PERSIAN_DIGITS = str.maketrans("0123456789,", "۰۱۲۳۴۵۶۷۸۹٬")
+_LATIN_DIGITS = str.maketrans("۰۱۲۳۴۵۶۷۸۹٠١٢٣٤٥٦٧٨٩", "0123456789" * 2)
+
+
+def latin_digits(text: str) -> str:
+    """Persian and Arabic-Indic digits typed into a form, as 0-9 (the rest unchanged)."""
+    return text.translate(_LATIN_DIGITS)
+
+
+def N_(message: str) -> str:
+    """Marks a string for the catalogue where it is written (a table of fixed texts);
+    it is translated where it is shown, in that page's language."""
+    return message
 
 
 @functools.cache
@@ -94,10 +108,12 @@ class Language:
         return self.gettext("{amount} toman").format(amount=self.number(amount))
 
     def signed(self, amount: int) -> str:
-        """A change of balance with its sign: `+50,000`, `−50,000` (U+2212, which a
-        right-to-left line keeps on the number's left as in `−۵۰٬۰۰۰`)."""
+        """A change of balance with its sign: `+50,000`, `−50,000` (U+2212); in Persian
+        isolated left to right, so that a right-to-left line keeps the sign on the number's
+        left as in `−۵۰٬۰۰۰`."""
         sign = "+" if amount > 0 else "\u2212"
-        return f"\u2066{sign}{self.number(abs(amount))}\u2069"
+        shown = f"{sign}{self.number(abs(amount))}"
+        return f"\u2066{shown}\u2069" if self.direction == "rtl" else shown
 
     def when(self, stamp: str | None) -> str:
         """A stored UTC stamp as date and time in Tehran: `2026-12-01 03:03`, or

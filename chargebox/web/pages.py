@@ -19,16 +19,17 @@ from chargebox.config import Config
 from chargebox.errors import ChargeboxError, Unauthorized
 from chargebox.queries import Page
 from chargebox.services import Chargebox
-from chargebox.web import admin_pages, chart_pages
+from chargebox.web import admin_pages, chart_pages, i18n
 from chargebox.web.errors import status_of
 from chargebox.web.forms import Form, Site, form_key, found
-from chargebox.web.html import STATIC, redirect, render, toman
+from chargebox.web.html import NOT_A_PAGE, STATIC, failure_page, gettext, language, redirect, render
 from chargebox.web.request import SALE_SEARCH, query, query_id, read_form
 from chargebox.web.sessions import (
     Visitor,
     check_login_token,
     end_session,
     login_token,
+    remember_language,
     remember_login_token,
     start_session,
     visitor,
@@ -43,6 +44,14 @@ STATIC_TYPES = {"css": "text/css; charset=utf-8", "js": "text/javascript; charse
 # stylesheet and the script change with chargebox under the same names: five minutes.
 FONT = "vazirmatn-nl-33.0.3.woff2"
 STATIC_FILES = {"app.css": 300, "app.js": 300, FONT: 31_536_000, "vazirmatn-33.0.3-OFL.txt": 86_400}
+# Where the language switch may send a browser back to: a path of this site, never
+# `//host`, `/\host` (read as `//host` by browsers), a scheme, or control characters.
+LOCAL_PATH = re.compile(r"/(?![/\\])[\x21-\x7e]{0,2000}")
+
+
+def local_path(back: str) -> str:
+    """`back` if it is a path of this site (printable ASCII, no backslash), else `/`."""
+    return back if LOCAL_PATH.fullmatch(back) and "\\" not in back else "/"
 
 
 def install(pages: bottle.Bottle, config: Config, service: Chargebox) -> None:
@@ -69,18 +78,30 @@ def _install_common(pages: bottle.Bottle, site: Site) -> None:
     def home():
         return redirect(HOME.get(site.current_role(), "/login"))
 
+    @pages.get("/language/<code>")
+    def choose_language(code):
+        """Remember the visitor's language and go back to where it was (no script needed)."""
+        if code not in i18n.LANGUAGES:
+            return failure_page(site.service, 404, gettext(NOT_A_PAGE[404]))
+        response = redirect(local_path(bottle.request.query.get("back", "/")))
+        remember_language(response, code)
+        return response
+
     # --- signing in and out ------------------------------------------------------------------
 
-    def login_page(form: Form, status: int = 200) -> bottle.HTTPResponse:
+    def login_page(form: Form, status: int = 200, signed_out: bool = False) -> bottle.HTTPResponse:
         token = login_token()
-        response = render("login", status, title="Sign in", form=form, csrf=token)
+        notice = gettext("You have signed out.") if signed_out else None
+        response = render("login", status, title=gettext("Sign in"), form=form, csrf=token,
+                          notice=notice)  # fmt: skip
         remember_login_token(response, token)
         return response
 
     @pages.get("/login")
     def login_form():
         role = site.current_role()
-        return redirect(HOME[role]) if role else login_page(Form())
+        signed_out = bottle.request.query.get("signed_out") == "1"  # a fixed notice, no echo
+        return redirect(HOME[role]) if role else login_page(Form(), signed_out=signed_out)
 
     @pages.post("/login")
     def login():
@@ -90,7 +111,11 @@ def _install_common(pages: bottle.Bottle, site: Site) -> None:
             session, principal = site.service.access.sign_in(form.get("token", ""))
         except Unauthorized:
             blank = not form.get("token", "").strip()
-            message = "Enter your API key." if blank else "That key is not known. Check it."
+            message = (
+                gettext("Enter your API key.")
+                if blank
+                else gettext("That key is not known. Check it.")
+            )
             return login_page(Form(errors={"token": message}), 401)
         except ChargeboxError as exc:  # the typed secret is never shown back
             return login_page(Form({"token": ""}).failed(exc, "token"), status_of(exc))
@@ -102,7 +127,7 @@ def _install_common(pages: bottle.Bottle, site: Site) -> None:
     def logout():
         you, _ = site.posted(ADMIN, SELLER)
         site.service.access.sign_out(you.session)
-        response = redirect("/login")
+        response = redirect("/login?signed_out=1")
         end_session(response)
         return response
 
@@ -115,7 +140,7 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
         return render(
             "seller",
             status,
-            title="Your account",
+            title=gettext("Your account"),
             visitor=you,
             seller=site.service.queries.seller(seller_id),
             entries=site.service.queries.recent_ledger(seller_id),
@@ -128,17 +153,24 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
         )
 
     def seller_notice(seller_id: int) -> str | None:
+        speaking = language()
         sale = found(site.service.queries.sale, query_id("sold"))
         if sale and sale["seller_id"] == seller_id:
-            return (
-                f"Sold {toman(sale['amount'])} of charge to {sale['phone']}. "
-                f"Balance after the sale: {toman(sale['balance_after'])}."
+            return speaking.gettext(
+                "Sold {amount} of charge to {phone}. Balance after the sale: {balance}."
+            ).format(
+                amount=speaking.toman(sale["amount"]),
+                phone=speaking.digits(sale["phone"]),
+                balance=speaking.toman(sale["balance_after"]),
             )
         request = found(site.service.queries.credit_request, query_id("requested"))
         if request and request["seller_id"] == seller_id:
-            return (
-                f"Credit request #{request['id']} for {toman(request['amount'])} is sent; "
+            return speaking.gettext(
+                "Credit request #{request} for {amount} is sent; "
                 "the admin will approve or reject it."
+            ).format(
+                request=speaking.plain_number(request["id"]),
+                amount=speaking.toman(request["amount"]),
             )
         return None
 
@@ -165,7 +197,8 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
                 search, status = search.failed(exc, "phone"), status_of(exc)
         more = sales is not None and len(sales) > FOUND
         shown = None if sales is None else sales[:FOUND]
-        return render("sales_found", status, title="Find a sale", visitor=you, search=search,
+        title = gettext("Find a sale")
+        return render("sales_found", status, title=title, visitor=you, search=search,
                       sales=shown, more=more)  # fmt: skip
 
     @pages.post("/seller/sales")

@@ -1,8 +1,10 @@
 """Who a browser is: the session and login cookies, the signed-in Visitor, CSRF checks.
 
 A page learns its visitor here and nowhere else, and every cookie we set is
-httponly, SameSite=Strict and (over https) Secure. Sessions themselves are kept,
-hashed, by `auth.Access`; this module holds only what travels in the browser.
+httponly, SameSite=Strict and (over https) Secure; only the language cookie, a mere
+preference, is SameSite=Lax, so a page opened from a link elsewhere keeps the language.
+Sessions themselves are kept, hashed, by `auth.Access`; this module holds only what
+travels in the browser.
 No rendering and no use case here: the pages call these, not the other way round.
 """
 
@@ -19,10 +21,12 @@ from chargebox.access_log import ENVIRON_WHO
 from chargebox.auth import Principal
 from chargebox.errors import Forbidden
 from chargebox.services import Chargebox
+from chargebox.web import i18n
 
 SESSION_COOKIE = "chargebox_session"
 # Before there is a session, the sign-in form is protected by a double-submit token.
 LOGIN_COOKIE = "chargebox_login"
+LANGUAGE_COOKIE = i18n.COOKIE
 
 
 class SignInRequired(Exception):
@@ -72,11 +76,18 @@ def check_csrf(expected: str, form: dict[str, str]) -> None:
         )
 
 
-def _cookie(response: bottle.BaseResponse, name: str, value: str, max_age: int) -> None:
+def _cookie(
+    response: bottle.BaseResponse, name: str, value: str, max_age: int, samesite: str = "strict"
+) -> None:
     secure = bottle.request.urlparts.scheme == "https"
     response.set_cookie(
-        name, value, path="/", httponly=True, samesite="strict", secure=secure, max_age=max_age
+        name, value, path="/", httponly=True, samesite=samesite, secure=secure, max_age=max_age
     )
+
+
+def remember_language(response: bottle.BaseResponse, code: str) -> None:
+    """The visitor's choice of language, for a year (`i18n.COOKIE`)."""
+    _cookie(response, LANGUAGE_COOKIE, code, 365 * 24 * 3600, samesite="lax")
 
 
 def start_session(response: bottle.BaseResponse, session: str, lifetime_s: int) -> None:

@@ -1,44 +1,51 @@
 % rebase('layout')
 % bad = [s for s in result['sellers'] if not s['consistent']]
+% scope, totals = result['scope'], result['totals']
+% WHAT = {'I1': _('A balance is never negative (I1).'), 'I2': _("A seller's balance equals the sum of its ledger entries (I2)."), 'I3': _("Each entry's balance after is the one before plus its amount (I3)."), 'I4': _('An approved request has one credit entry; a sale one debit (I4).'), 'I5': _('Ledger entries are never changed or deleted (I5).'), 'seal': _("A seller's sealed chain matches the ledger key."), 'anchor': _('The sealed chain matches its saved anchor.')}
 <section class="card">
-  <h1>Audit</h1>
+  <h1>{{_('Audit')}}</h1>
   % if result['consistent']:
-  <p class="verdict good" id="verdict">✓ The books are consistent</p>
+  <p class="verdict good" id="verdict">{{_('✓ The books are consistent')}}</p>
   % else:
-  <p class="verdict bad" id="verdict">✗ The books are NOT consistent: {{result['problem_count']}} problem(s)</p>
+  <p class="verdict bad" id="verdict">{{ngettext('✗ The books are NOT consistent: {n} problem', '✗ The books are NOT consistent: {n} problems', result['problem_count'])}}</p>
   % end
-  <p>Every balance was checked against the sum of its ledger entries, every entry against
-     the one before it (invariants I1–I5), and each seller's sealed chain against the ledger key.</p>
-  <p id="scope">This audit {{result['scope']['summary']}}.
-  % if not result['scope']['full']:
-     Rows up to the checkpoint are trusted as that audit verified them:
-     <a href="/admin/audit?full=true" id="full-audit">verify every row again</a> (takes longer).
+  <p>{{_("Every balance was checked against the sum of its ledger entries, every entry against the one before it (invariants I1–I5), and each seller's sealed chain against the ledger key.")}}</p>
+  <p id="scope">
+  % if scope['full']:
+    {{ngettext('This audit verified every ledger entry now ({n} entry).', 'This audit verified every ledger entry now ({n} entries).', scope['entries_verified'])}}
+  % else:
+    % checkpoint = scope['checkpoint']
+    % by = _('a full audit') if checkpoint['full_at'] == checkpoint['verified_at'] else fill(_('audits continuing the full audit of {when}'), when=when(checkpoint['full_at']))
+    {{!fill(_('This audit verified fully up to entry #{entry} ({entries}) on {when} by {by} (checkpoint #{checkpoint}); entries after it verified now: {now}.'), entry=ident(checkpoint['entry_id']), entries=ngettext('{n} entry', '{n} entries', checkpoint['entries']), when=when(checkpoint['verified_at']), by=by, checkpoint=ident(checkpoint['id']), now=num(scope['entries_verified']))}}
+     {{_('Rows up to the checkpoint are trusted as that audit verified them:')}}
+     <a href="/admin/audit?full=true" id="full-audit">{{_('verify every row again')}}</a> {{_('(takes longer).')}}
   % end
   </p>
   <dl class="totals">
-    <dt>Sellers</dt><dd>{{f"{result['totals']['sellers']:,}"}}</dd>
-    <dt>Ledger entries</dt><dd>{{f"{result['totals']['ledger_entries']:,}"}}</dd>
-    <dt>Sales</dt><dd>{{f"{result['totals']['sales']:,}"}}</dd>
-    <dt>Credit held</dt><dd>{{toman(result['totals']['balance_sum'])}}</dd>
+    <dt>{{_('Sellers')}}</dt><dd>{{num(totals['sellers'])}}</dd>
+    <dt>{{_('Ledger entries')}}</dt><dd>{{num(totals['ledger_entries'])}}</dd>
+    <dt>{{_('Sales')}}</dt><dd>{{num(totals['sales'])}}</dd>
+    <dt>{{_('Credit held')}}</dt><dd>{{toman(totals['balance_sum'])}}</dd>
   </dl>
 </section>
 % if result['problems']:
 <section class="card">
-  <h2>Problems</h2>
+  <h2>{{_('Problems')}}</h2>
   <div class="scroll">
   <table class="list" id="problems">
-    <thead><tr><th>Invariant</th><th>Seller</th><th>Entry</th><th>What</th></tr></thead>
+    <thead><tr><th>{{_('Invariant')}}</th><th>{{_('Seller')}}</th><th>{{_('Entry')}}</th><th>{{_('What')}}</th></tr></thead>
     <tbody>
     % for problem in result['problems']:
-      <tr><td>{{problem['invariant']}}</td><td>{{problem['seller_id'] or ''}}</td><td>{{problem['entry_id'] or ''}}</td><td>{{problem['message']}}</td></tr>
+      <tr><td>{{WHAT.get(problem['invariant'], problem['invariant'])}}</td><td class="id">{{ident(problem['seller_id']) if problem['seller_id'] else ''}}</td><td class="id">{{ident(problem['entry_id']) if problem['entry_id'] else ''}}</td>
+          <td><code dir="ltr" lang="en" translate="no">{{problem['message']}}</code></td></tr>
     % end
     </tbody>
   </table>
   </div>
   % if bad:
-  <p>Sellers whose balance is off: 
+  <p>{{_("Sellers whose balance is off:")}}
   % for seller in bad[:50]:
-    <a href="/admin/sellers/{{seller['seller_id']}}">#{{seller['seller_id']}}</a>
+    <a href="/admin/sellers/{{seller['seller_id']}}">#{{ident(seller['seller_id'])}}</a>
   % end
   </p>
   % end

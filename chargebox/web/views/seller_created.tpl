@@ -1,15 +1,14 @@
 % rebase('layout')
 <section class="card narrow">
+  % once = wrap('strong', _('it is shown only this once'))
   % if get('key'):
-  <h1>New key for <bdi>{{seller['name']}}</bdi></h1>
-  <p>Key <bdi>{{key['label']}}</bdi> of seller #<span id="new-seller-id">{{seller['id']}}</span>. Copy it now and
-     give it to the seller: <strong>it is shown only this once</strong> and cannot be recovered.</p>
+  <h1>{{!fill(_('New key for {seller}'), seller=wrap('bdi', seller['name']))}}</h1>
+  <p>{{!fill(_('Key {key} of seller #{id}. Copy it now and give it to the seller: {once} and cannot be recovered.'), key=wrap('bdi', key['label']), id=wrap('span', ident(seller['id']), ' id="new-seller-id"'), once=once)}}</p>
   % else:
-  <h1>Seller <bdi>{{seller['name']}}</bdi> created</h1>
-  <p>Seller #<span id="new-seller-id">{{seller['id']}}</span>. Its API key is below. Copy it now and
-     give it to the seller: <strong>it is shown only this once</strong> and cannot be recovered.</p>
+  <h1>{{!fill(_('Seller {seller} created'), seller=wrap('bdi', seller['name']))}}</h1>
+  <p>{{!fill(_('Seller #{id}. Its API key is below. Copy it now and give it to the seller: {once} and cannot be recovered.'), id=wrap('span', ident(seller['id']), ' id="new-seller-id"'), once=once)}}</p>
   % end
-  <p class="secret"><code id="api-key" dir="ltr">{{api_key}}</code></p>
+  <p class="secret"><code id="api-key" dir="ltr" translate="no">{{api_key}}</code></p>
   % include('copy_button', target='api-key')
-  <p><a href="/admin/sellers/{{seller['id']}}">Open the seller</a> · <a href="/admin">Back to requests &amp; sellers</a></p>
+  <p><a href="/admin/sellers/{{seller['id']}}">{{_('Open the seller')}}</a> · <a href="/admin">{{_('Back to requests & sellers')}}</a></p>
 </section>
