@@ -21,6 +21,10 @@ def phrase(text: str) -> str:
     return text
 
 
+def _remade(cls: type, template: str, field: str | None, replayed: bool, params: dict) -> object:
+    return cls(template, field, replayed=replayed, **params)
+
+
 class ChargeboxError(Exception):
     """Base of every error a caller is meant to see."""
 
@@ -38,6 +42,11 @@ class ChargeboxError(Exception):
         self.params = params
         # True when this is the stored outcome of an Idempotency-Key, answered again.
         self.replayed = replayed
+
+    def __reduce__(self) -> tuple:
+        """Pickled (and copied) as its template and params: its message, read as a
+        template again, could hold braces of what a person typed."""
+        return _remade, (type(self), self.template, self.field, self.replayed, self.params)
 
     @classmethod
     def replay(cls, template: str, message: str) -> ChargeboxError:

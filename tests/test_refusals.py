@@ -11,7 +11,9 @@ and the JSON API answers English whatever the client accepts.
 from __future__ import annotations
 
 import ast
+import copy
 import io
+import pickle
 import re
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from tests.web_support import ADMIN, SELLER, Browser, refused, text_of
 PACKAGE = Path(refusals.__file__).resolve().parent.parent
 FA, EN = i18n.LANGUAGE["fa"], i18n.LANGUAGE["en"]
 PHONE = "09121234567"
+LABEL_IN_USE = "another of this seller's keys is labelled {label!r}"
 ISOLATED = re.compile("\u2068[^\u2069]*\u2069")
 
 
@@ -67,6 +70,17 @@ def test_a_replayed_refusal_reads_its_params_back_from_the_stored_message():
     assert again.message == "balance 80,000 toman does not cover 5 toman"
     odd = InsufficientCredit.replay(NOT_COVERED, "an older {wording}")
     assert (odd.message, odd.params, odd.replayed) == ("an older {wording}", {}, True)
+
+
+def test_an_error_pickles_and_copies_even_when_what_was_typed_holds_braces():
+    refusal = KeyLabelInUse(LABEL_IN_USE, "label", label="{till}")
+    for again in (pickle.loads(pickle.dumps(refusal)), copy.copy(refusal)):
+        assert type(again) is KeyLabelInUse and again.message == refusal.message
+        assert (again.template, again.params, again.field) == (
+            LABEL_IN_USE,
+            {"label": "{till}"},
+            "label",
+        )
 
 
 # --- the extraction ---------------------------------------------------------------------------
@@ -206,9 +220,7 @@ def test_a_refusal_reads_as_a_sentence_in_each_language(refusal, english, farsi)
 
 
 def test_the_visitors_own_text_is_isolated_quoted_and_keeps_its_digits():
-    refusal = KeyLabelInUse(
-        "another of this seller's keys is labelled {label!r}", "label", label="till 2 ۳"
-    )
+    refusal = KeyLabelInUse(LABEL_IN_USE, "label", label="till 2 ۳")
     assert refusals.sentence(refusal, EN) == "Another of this seller's keys is labelled 'till 2 ۳'"
     said = persian(refusals.sentence(refusal, FA))
     assert "«\u2068till 2 ۳\u2069»" in said
@@ -253,6 +265,10 @@ def approve(world) -> None:
     admin.close()
 
 
+def statement(query: str):
+    return lambda browser, world: browser.get(f"/seller/statement?{query}")
+
+
 def no_csrf(browser, world):
     return browser.post_form("/seller/sales", {"phone": PHONE, "amount": "1000"}, csrf=False)
 
@@ -282,6 +298,8 @@ REFUSED = [
      ["«\u2068default\u2069»"]),
     ("decided", ADMIN, approve, post("/admin/credit-requests/{request}/approve"), 409, "problem",
      "Credit request {request} is already approved", ["پیش‌تر تأیید شده است"]),
+    ("statement", SELLER, nothing, statement("month=2026-13"), 422, "error-message",
+     "month must be a month written YYYY-MM", ["ماه", "سال"]),
     ("csrf", SELLER, nothing, no_csrf, 403, "error-message",
      "This form has expired or did not come from this site. Nothing was changed: reload the"
      " page and try again.", ["این فرم"]),

@@ -19,9 +19,11 @@ in a table of fixed texts: `N_('...')`, translated where shown), then:
     (translate the new entries of messages.po)
     pybabel compile -d chargebox/web/locale -D messages
 
-tests/test_i18n.py fails while a string in the code has no Persian, a translation is
-fuzzy or drops a placeholder, or the .mo is older than the .po. The service needs only
-the standard library's `gettext` to read the .mo; Babel is a tool of the test extra.
+A ChargeboxError's message has a domain of its own, `errors`, made the same way from
+babel-errors.cfg (chargebox/web/refusals.py says how). tests/test_i18n.py checks both
+domains: it fails while a string in the code has no Persian, a translation is fuzzy or
+drops a placeholder, or the .mo is older than the .po. The service needs only the
+standard library's `gettext` to read the .mo; Babel is a tool of the test extra.
 
 Numbers, amounts and times are formatted here too, never in a template: Persian shows
 `۵۰٬۰۰۰ تومان` and Jalali dates (`۱۴۰۵/۰۹/۱۰ ۰۳:۰۳`), English `50,000 toman` and
