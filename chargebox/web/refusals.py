@@ -23,7 +23,6 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 
-from chargebox import errors
 from chargebox.errors import ChargeboxError, phrase
 from chargebox.web import i18n
 
@@ -126,7 +125,7 @@ def extract_errors(fileobj, keywords, comment_tags, options) -> Iterator[tuple]:
     """Babel's extraction method for chargebox/**.py: the literal template of each
     ChargeboxError built (`NotFound("sale {sale_id} does not exist", ...)`) and each
     `phrase("...")`, with its line."""
-    makers = error_classes() | {errors.phrase.__name__}
+    makers = error_classes() | {phrase.__name__}
     tree = ast.parse(fileobj.read())
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and called(node) in makers and node.args:
