@@ -108,6 +108,7 @@ def words(speaking: i18n.Language) -> dict[str, object]:
         "toman": speaking.toman,
         "signed": speaking.signed,
         "when": speaking.when,
+        "at": lambda stamp: wrap("span", speaking.when(stamp), ' class="when"'),
         "status": lambda code: speaking.gettext(STATUSES.get(code, code)),
         "fill": fill,
         "wrap": wrap,

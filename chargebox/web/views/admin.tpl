@@ -16,7 +16,7 @@
     <select id="pending-seller" name="seller_id">
       <option value="">{{fill(_('All sellers ({count})'), count=num(total))}}</option>
       % for row in counts:
-      <option value="{{row['seller_id']}}"{{!' selected' if of_seller is row else ''}}>{{isolate(row['name'] or _('no such seller'))}} #{{ident(row['seller_id'])}} ({{num(row['pending'])}})</option>
+      <option value="{{row['seller_id']}}"{{!' selected' if of_seller is row else ''}}>{{_('{seller} #{id} ({count})').format(seller=isolate(row['name'] or _('no such seller')), id=ident(row['seller_id']), count=num(row['pending']))}}</option>
       % end
     </select>
     <button type="submit" class="quiet" id="pending-filter-button">{{_('Show')}}</button>

@@ -1,9 +1,9 @@
 % rebase('layout')
 <section class="card summary">
-  <h1><bdi>{{seller['name']}}</bdi> <span class="muted">#{{ident(seller['id'])}}</span></h1>
+  <h1><bdi>{{seller['name']}}</bdi> <span class="muted">{{_('#{id}').format(id=ident(seller['id']))}}</span></h1>
   <p class="label">{{_('Balance')}}</p>
   <p class="balance" id="balance">{{toman(seller['balance'])}}</p>
-  <p class="muted">{{!fill(_('Seller since {when}'), when=when(seller['created_at']))}} ·
+  <p class="muted">{{!fill(_('Seller since {when}'), when=at(seller['created_at']))}} ·
      <span class="status {{seller['status']}}" id="seller-status">{{status(seller['status'])}}</span></p>
 </section>
 
@@ -19,15 +19,16 @@
     <button type="submit" id="status-button">{{_('Reactivate') if suspended else _('Suspend')}}</button>
   </form>
   <div class="scroll">
-  <table class="list" id="keys">
+  <table class="list keys" id="keys">
     <thead><tr><th>{{_('Key')}}</th><th>{{_('Made (Tehran time)')}}</th><th>{{_('Last used')}}</th><th><span class="sr-only">{{_('Change')}}</span></th></tr></thead>
     <tbody>
     % for key in keys:
-      <tr id="key-{{key['id']}}"><td><bdi>{{key['label']}}</bdi></td><td class="when">{{when(key['created_at'])}}</td>
-          <td class="when">{{when(key['last_used_at']) if key['last_used_at'] else _('never')}}</td>
+      <tr id="key-{{key['id']}}"><td class="label"><bdi>{{key['label']}}</bdi></td>
+          <td class="made"><span class="narrow-only">{{_('Made')}} </span><span class="when">{{when(key['created_at'])}}</span></td>
+          <td class="used"><span class="narrow-only">{{_('Last used')}} </span><span class="when">{{when(key['last_used_at']) if key['last_used_at'] else _('never')}}</span></td>
           <td class="actions">
           % if key['revoked_at']:
-            <span class="status rejected">{{!fill(_('revoked {when}'), when=when(key['revoked_at']))}}</span>
+            <span class="status rejected">{{!fill(_('revoked {when}'), when=at(key['revoked_at']))}}</span>
           % else:
             % for change, label in (('rotate', _('Rotate')), ('revoke', _('Revoke'))):
             <form method="post" action="/admin/sellers/{{seller['id']}}/keys/{{key['id']}}/{{change}}" class="inline">

@@ -15,8 +15,8 @@
     {{ngettext('This audit verified every ledger entry now ({n} entry).', 'This audit verified every ledger entry now ({n} entries).', scope['entries_verified'])}}
   % else:
     % checkpoint = scope['checkpoint']
-    % by = _('a full audit') if checkpoint['full_at'] == checkpoint['verified_at'] else fill(_('audits continuing the full audit of {when}'), when=when(checkpoint['full_at']))
-    {{!fill(_('This audit verified fully up to entry #{entry} ({entries}) on {when} by {by} (checkpoint #{checkpoint}); entries after it verified now: {now}.'), entry=ident(checkpoint['entry_id']), entries=ngettext('{n} entry', '{n} entries', checkpoint['entries']), when=when(checkpoint['verified_at']), by=by, checkpoint=ident(checkpoint['id']), now=num(scope['entries_verified']))}}
+    % by = _('a full audit') if checkpoint['full_at'] == checkpoint['verified_at'] else fill(_('audits continuing the full audit of {when}'), when=at(checkpoint['full_at']))
+    {{!fill(_('This audit verified fully up to entry #{entry} ({entries}) on {when} by {by} (checkpoint #{checkpoint}); entries after it verified now: {now}.'), entry=ident(checkpoint['entry_id']), entries=ngettext('{n} entry', '{n} entries', checkpoint['entries']), when=at(checkpoint['verified_at']), by=by, checkpoint=ident(checkpoint['id']), now=num(scope['entries_verified']))}}
      {{_('Rows up to the checkpoint are trusted as that audit verified them:')}}
      <a href="/admin/audit?full=true" id="full-audit">{{_('verify every row again')}}</a> {{_('(takes longer).')}}
   % end
@@ -45,7 +45,7 @@
   % if bad:
   <p>{{_("Sellers whose balance is off:")}}
   % for seller in bad[:50]:
-    <a href="/admin/sellers/{{seller['seller_id']}}">#{{ident(seller['seller_id'])}}</a>
+    <a href="/admin/sellers/{{seller['seller_id']}}">{{_('#{id}').format(id=ident(seller['seller_id']))}}</a>
   % end
   </p>
   % end

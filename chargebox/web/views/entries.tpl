@@ -12,7 +12,7 @@
       % if entry['kind'] == 'sale':
         {{!fill(_('Sale to {phone}'), phone=phone)}}
         % if entry['refunded_at']:
-        <span class="status refunded" id="refunded-{{entry['sale_id']}}">{{!fill(_('refunded {when}'), when=when(entry['refunded_at']))}}</span>
+        <span class="status refunded" id="refunded-{{entry['sale_id']}}">{{!fill(_('refunded {when}'), when=at(entry['refunded_at']))}}</span>
         % elif get('refundable'):
         <a href="/admin/sales/{{entry['sale_id']}}/refund" id="refund-{{entry['sale_id']}}">{{_('Refund…')}}</a>
         % end

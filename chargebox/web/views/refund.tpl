@@ -1,10 +1,10 @@
 % rebase('layout')
 <section class="card" id="refund">
   <h1>{{!fill(_('Refund sale #{sale}'), sale=ident(sale['id']))}}</h1>
-  <p>{{!fill(_('Sale to {phone} by {seller} (seller #{id}) on {when}: {amount}.'), phone=wrap('span', digits(sale['phone']), ' dir="ltr" class="phone"'), seller=wrap('bdi', seller['name']), id=ident(seller['id']), when=when(sale['created_at']), amount=toman(sale['amount']))}}</p>
+  <p>{{!fill(_('Sale to {phone} by {seller} (seller #{id}) on {when}: {amount}.'), phone=wrap('span', digits(sale['phone']), ' dir="ltr" class="phone"'), seller=wrap('bdi', seller['name']), id=ident(seller['id']), when=at(sale['created_at']), amount=toman(sale['amount']))}}</p>
   % if sale['refunded_at']:
   <p class="error" role="alert" id="already-refunded">
-    {{!fill(_('{refunded} by ledger entry #{entry}. A sale is refunded once only.'), refunded=wrap('span', fill(_('refunded {when}'), when=when(sale['refunded_at'])), ' class="status refunded"'), entry=ident(sale['refund_entry_id']))}}</p>
+    {{!fill(_('{refunded} by ledger entry #{entry}. A sale is refunded once only.'), refunded=wrap('span', fill(_('refunded {when}'), when=at(sale['refunded_at'])), ' class="status refunded"'), entry=ident(sale['refund_entry_id']))}}</p>
   % else:
   <p class="hint">{{!fill(_("Refunding gives the whole {amount} back to the seller's balance, once, with your reason kept in its ledger for good. It cannot be undone."), amount=toman(sale['amount']))}}</p>
   <form method="post" action="/admin/sales/{{sale['id']}}/refund" id="refund-form" data-once>

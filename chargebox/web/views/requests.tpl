@@ -1,5 +1,5 @@
 <div class="scroll">
-<table class="list" id="credit-requests">
+<table class="list asked" id="credit-requests">
   % if get('caption'):
   <caption>{{caption}}</caption>
   % end
@@ -7,7 +7,7 @@
   <tbody>
   % for request in requests:
     <tr><td class="id">{{ident(request['id'])}}</td><td class="num">{{num(request['amount'])}}</td>
-        <td><span class="status {{request['status']}}">{{status(request['status'])}}</span></td><td class="when">{{when(request['created_at'])}}</td></tr>
+        <td class="state"><span class="status {{request['status']}}">{{status(request['status'])}}</span></td><td class="when">{{when(request['created_at'])}}</td></tr>
   % end
   </tbody>
 </table>

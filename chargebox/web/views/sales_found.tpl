@@ -14,17 +14,17 @@
   <h2>{{_('Sales found')}}</h2>
   % if sales:
   <div class="scroll">
-  <table class="list" id="sales-found">
+  <table class="list stack found" id="sales-found">
     <thead><tr><th>#</th><th>{{_('When (Tehran time)')}}</th><th>{{_('Phone')}}</th><th class="num">{{_('Amount (toman)')}}</th><th class="num">{{_('Balance after')}}</th><th>{{_('Refund')}}</th></tr></thead>
     <tbody>
     % for sale in sales:
-      <tr><td>{{ident(sale['id'])}}</td><td class="when">{{when(sale['created_at'])}}</td><td class="phone" dir="ltr">{{digits(sale['phone'])}}</td>
-          <td class="num">{{num(sale['amount'])}}</td><td class="num">{{num(sale['balance_after'])}}</td>
-          <td>
+      <tr><td>{{ident(sale['id'])}}</td><td class="when">{{when(sale['created_at'])}}</td><td class="what"><span class="phone" dir="ltr">{{digits(sale['phone'])}}</span></td>
+          <td class="num amount">{{num(sale['amount'])}}</td><td class="num after"><span class="narrow-only">{{_('balance')}} </span>{{num(sale['balance_after'])}}</td>
           % if sale['refunded_at']:
-            <span class="status refunded" id="found-refunded-{{sale['id']}}">{{!fill(_('refunded {when}'), when=when(sale['refunded_at']))}}</span>
+          <td class="refund"><span class="status refunded" id="found-refunded-{{sale['id']}}">{{!fill(_('refunded {when}'), when=at(sale['refunded_at']))}}</span></td></tr>
+          % else:
+          <td class="refund"></td></tr>
           % end
-          </td></tr>
     % end
     </tbody>
   </table>
