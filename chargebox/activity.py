@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 
 from chargebox.clock import stamp
 from chargebox.periods import TEHRAN
@@ -66,31 +67,47 @@ def _window(queries: Queries, table: str, start: datetime.datetime, end: datetim
 def sales_per_day(queries: Queries, now: datetime.datetime, seller_id: int | None = None,
                   days: int = DAYS) -> list[Total]:  # fmt: skip
     """Sales per Tehran day over the last `days` (of one seller, or of all), oldest first."""
-    dates = days_ending(now, days)
-    end = _midnight(dates[-1] + datetime.timedelta(days=1))
-    rows = queries.sales_by_half_hour(*_window(queries, "sale", _midnight(dates[0]), end),
-                                      seller_id)  # fmt: skip
-    totals = {day: [0, 0] for day in dates}
-    for row in rows:
-        _add(totals, _local(row).date(), row)
-    return [Total(day, amount, sales) for day, (amount, sales) in totals.items()]
+    return _per_day(_sales(queries, now, days, seller_id), now, days)
 
 
 def sales_per_hour(queries: Queries, now: datetime.datetime, hours: int = HOURS) -> list[Total]:
     """Sales of all sellers per Tehran hour over the last `hours`, oldest first."""
-    starts = hours_ending(now, hours)
-    end = starts[-1] + datetime.timedelta(hours=1)
-    rows = queries.sales_by_half_hour(*_window(queries, "sale", starts[0], end))
-    totals = {start: [0, 0] for start in starts}
-    for row in rows:
-        _add(totals, _local(row).replace(minute=0), row)
-    return [Total(start, amount, sales) for start, (amount, sales) in totals.items()]
+    return _per_hour(_sales(queries, now, math.ceil(hours / 24) + 1), now, hours)
 
 
-def _add(totals: dict, key: object, row: dict) -> None:
-    if key in totals:  # int(): PostgreSQL's count is an int already, a BIGINT sum too
-        totals[key][0] += int(row["amount"])
-        totals[key][1] += int(row["sales"])
+def sales_per_day_and_hour(queries: Queries, now: datetime.datetime) -> tuple[list, list]:
+    """sales_per_day() and sales_per_hour() of all sellers from one read: the last HOURS
+    lie inside the last DAYS."""
+    rows = _sales(queries, now, DAYS)
+    return _per_day(rows, now, DAYS), _per_hour(rows, now, HOURS)
+
+
+def _sales(queries: Queries, now: datetime.datetime, days: int, seller_id: int | None = None
+           ) -> list[tuple[datetime.datetime, int, int]]:  # fmt: skip
+    """(Tehran start, amount, sales) of each UTC half hour with sales in the last `days`."""
+    dates = days_ending(now, days)
+    end = _midnight(dates[-1] + datetime.timedelta(days=1))
+    window = _window(queries, "sale", _midnight(dates[0]), end)
+    return [(_local(row), int(row["amount"]), int(row["sales"]))  # int(): a BIGINT sum
+            for row in queries.sales_by_half_hour(*window, seller_id)]  # fmt: skip
+
+
+def _per_day(rows: list, now: datetime.datetime, days: int) -> list[Total]:
+    return _totals(days_ending(now, days), rows, lambda start: start.date())
+
+
+def _per_hour(rows: list, now: datetime.datetime, hours: int) -> list[Total]:
+    return _totals(hours_ending(now, hours), rows, lambda start: start.replace(minute=0))
+
+
+def _totals(keys: list, rows: list, key_of) -> list[Total]:
+    """A total for each key (a day, an hour), zero where no row falls."""
+    totals = {key: [0, 0] for key in keys}
+    for start, amount, sales in rows:
+        if (key := key_of(start)) in totals:
+            totals[key][0] += amount
+            totals[key][1] += sales
+    return [Total(key, amount, sales) for key, (amount, sales) in totals.items()]
 
 
 def top_sellers(queries: Queries, now: datetime.datetime, days: int = DAYS,

@@ -230,7 +230,9 @@ class Queries:
         `since` or later, found by bisecting the primary key (ids follow created_at, which
         has no index): about 20 lookups instead of a scan of the whole table."""
         assert table in ("sale", "ledger_entry"), table
-        (ends,) = self.reader.dicts(f"SELECT min(id) AS low, max(id) AS high FROM {table}")
+        (ends,) = self.reader.dicts(  # apart: SQLite scans the table for min() and max() in one
+            f"SELECT (SELECT min(id) FROM {table}) AS low, (SELECT max(id) FROM {table}) AS high"
+        )
         if ends["low"] is None:
             return 1
         low, high = ends["low"], ends["high"] + 1
@@ -260,12 +262,14 @@ class Queries:
         )
 
     def top_sellers(self, from_id: int, start: str, end: str, limit: int = 10) -> list[dict]:
-        """The sellers that sold the most in [start, end), by amount, with their names."""
+        """The sellers that sold the most in [start, end), by amount, with their names.
+        (`seller_id + 0`: SQLite would otherwise walk the (seller_id, id) index and fetch
+        each row out of order, 2.5 times slower than its scan of the window and sort.)"""
         return self.reader.dicts(
             "SELECT seller.id AS seller_id, seller.name, top.amount, top.sales FROM"
-            " (SELECT seller_id, CAST(SUM(amount) AS BIGINT) AS amount, count(*) AS sales"
-            "  FROM sale WHERE id >= ? AND created_at >= ? AND created_at < ?"
-            "  GROUP BY seller_id ORDER BY 2 DESC, seller_id LIMIT ?) AS top"
+            " (SELECT seller_id + 0 AS seller_id, CAST(SUM(amount) AS BIGINT) AS amount,"
+            "  count(*) AS sales FROM sale WHERE id >= ? AND created_at >= ? AND created_at < ?"
+            "  GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?) AS top"
             " JOIN seller ON seller.id = top.seller_id ORDER BY top.amount DESC, seller.id",
             (from_id, start, end, limit),
         )

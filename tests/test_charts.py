@@ -166,3 +166,13 @@ def test_each_text_runs_in_the_direction_of_its_own_first_letter():
                  for node in parsed(svg).iter(f"{SVG}text")}  # fmt: skip
         assert drawn["فروشگاه ۱۲"] == "rtl" and drawn["Shop 12"] == "ltr", direction
         assert drawn["5"] == direction  # no letter: the page's direction
+
+
+def test_the_admins_days_and_hours_from_one_read_are_those_read_apart(service):
+    ali = seller_with(service, "Ali", "2026-06-01T00:00:00", 100_000)
+    sell_at(service, ali, ("2026-06-08T20:29:00", 100), ("2026-06-09T23:59:00", 200))
+    sell_at(service, ali, ("2026-06-10T08:30:00", 400))
+    days, hours = activity.sales_per_day_and_hour(service.queries, NOW)
+    assert days == activity.sales_per_day(service.queries, NOW)
+    assert hours == activity.sales_per_hour(service.queries, NOW)
+    assert sum(total.amount for total in hours) == 700 and len(hours) == activity.HOURS

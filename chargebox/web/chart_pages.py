@@ -43,8 +43,7 @@ def install(pages: bottle.Bottle, site: Site) -> None:
     def admin_charts():
         you, speaking = visitor(site.service, ADMIN), language()
         _, now = speaking.gettext, datetime.datetime.now(datetime.UTC)
-        days = activity.sales_per_day(queries, now)
-        hours = activity.sales_per_hour(queries, now)
+        days, hours = activity.sales_per_day_and_hour(queries, now)
         top = activity.top_sellers(queries, now)
         shown = [
             _figure(speaking, "per-day", _("Sales per day, the last 30 days"),
