@@ -1,19 +1,21 @@
 """Sales and balances over time, in Tehran days and hours: what the chart pages draw.
 
-The database sums sales per UTC half hour (queries.py: plain text functions that both
-backends share); whole Tehran hours and days are made of those here, with the zone's
-own rules, so a sale at 20:29 UTC counts on one Tehran day and one at 20:31 on the next
-(Asia/Tehran is UTC+03:30; its offsets since 1946 are all whole half hours). A period
-with no sales is a zero, never a gap. There is no index on created_at: each read starts
-at the id `Queries.first_id_since` finds for its start less `SLACK`, so a year of history
-before the window costs some twenty lookups, not a scan. No SQL, no writes here.
+There is no index on created_at (every sale would pay for one), but ids follow the time:
+`Queries.first_ids_since` finds by bisection the id at which any stamp begins. So a
+period's sales are read as ranges of the primary key: within `SLACK` of a period's edge
+the rows are grouped by their stamps' UTC half hour (queries.py; whole Tehran hours and
+days are made of those here, with the zone's rules: a sale at 20:29 UTC counts on one
+Tehran day, one at 20:31 on the next), and between two edges they are only summed, with
+no sort. History before the window costs some twenty lookups, not a scan. A period with
+no sales is a zero, never a gap. The one assumption: no sale is stored more than SLACK
+out of the order of its stamp (stamps come from the hosts' clocks). No SQL here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import math
+import itertools
 
 from chargebox.clock import stamp
 from chargebox.periods import TEHRAN
@@ -22,9 +24,11 @@ from chargebox.queries import Queries
 DAYS = 30  # days of sales and of balances shown
 HOURS = 48  # hours of sales shown
 TOP = 10  # sellers ranked
-# How far before its window a read starts, in case ids and stamps disagree a little
-# (stamps are taken before a write's id on hosts whose clocks may differ by seconds).
-SLACK = datetime.timedelta(hours=1)
+# How far an id may stray from the order of its stamp: a stamp is taken inside its write
+# (SQLite: under the write lock, so in order), but on PostgreSQL by hosts whose clocks
+# differ by milliseconds under NTP. Rows within SLACK of a period's edge are placed by
+# their stamps (grouped: the costly part), the others by their ids (summed).
+SLACK = datetime.timedelta(minutes=10)
 UTC = datetime.UTC
 
 
@@ -60,50 +64,74 @@ def _local(row: dict) -> datetime.datetime:
     return (start + datetime.timedelta(minutes=30 * row["half"])).astimezone(TEHRAN)
 
 
-def _window(queries: Queries, table: str, start: datetime.datetime, end: datetime.datetime):
-    return queries.first_id_since(table, stamp(start - SLACK)), stamp(start), stamp(end)
+def _day_edges(now: datetime.datetime, days: int) -> list[datetime.datetime]:
+    dates = days_ending(now, days)
+    return [_midnight(day) for day in dates] + [_midnight(dates[-1] + datetime.timedelta(days=1))]
+
+
+def _hour_edges(now: datetime.datetime, hours: int) -> list[datetime.datetime]:
+    starts = hours_ending(now, hours)
+    return [*starts, starts[-1] + datetime.timedelta(hours=1)]
 
 
 def sales_per_day(queries: Queries, now: datetime.datetime, seller_id: int | None = None,
                   days: int = DAYS) -> list[Total]:  # fmt: skip
     """Sales per Tehran day over the last `days` (of one seller, or of all), oldest first."""
-    return _per_day(_sales(queries, now, days, seller_id), now, days)
+    pieces = _pieces(queries, _day_edges(now, days), seller_id)
+    return _totals(days_ending(now, days), pieces, _day_of)
 
 
 def sales_per_hour(queries: Queries, now: datetime.datetime, hours: int = HOURS) -> list[Total]:
     """Sales of all sellers per Tehran hour over the last `hours`, oldest first."""
-    return _per_hour(_sales(queries, now, math.ceil(hours / 24) + 1), now, hours)
+    pieces = _pieces(queries, _hour_edges(now, hours))
+    return _totals(hours_ending(now, hours), pieces, _hour_of)
 
 
 def sales_per_day_and_hour(queries: Queries, now: datetime.datetime) -> tuple[list, list]:
-    """sales_per_day() and sales_per_hour() of all sellers from one read: the last HOURS
-    lie inside the last DAYS."""
-    rows = _sales(queries, now, DAYS)
-    return _per_day(rows, now, DAYS), _per_hour(rows, now, HOURS)
+    """sales_per_day() and sales_per_hour() of all sellers from one read."""
+    edges = sorted(set(_day_edges(now, DAYS)) | set(_hour_edges(now, HOURS)))
+    pieces = _pieces(queries, edges)
+    return (_totals(days_ending(now, DAYS), pieces, _day_of),
+            _totals(hours_ending(now, HOURS), pieces, _hour_of))  # fmt: skip
 
 
-def _sales(queries: Queries, now: datetime.datetime, days: int, seller_id: int | None = None
-           ) -> list[tuple[datetime.datetime, int, int]]:  # fmt: skip
-    """(Tehran start, amount, sales) of each UTC half hour with sales in the last `days`."""
-    dates = days_ending(now, days)
-    end = _midnight(dates[-1] + datetime.timedelta(days=1))
-    window = _window(queries, "sale", _midnight(dates[0]), end)
-    return [(_local(row), int(row["amount"]), int(row["sales"]))  # int(): a BIGINT sum
-            for row in queries.sales_by_half_hour(*window, seller_id)]  # fmt: skip
+def _day_of(start: datetime.datetime) -> datetime.date:
+    return start.date()
 
 
-def _per_day(rows: list, now: datetime.datetime, days: int) -> list[Total]:
-    return _totals(days_ending(now, days), rows, lambda start: start.date())
+def _hour_of(start: datetime.datetime) -> datetime.datetime:
+    return start.replace(minute=0)
 
 
-def _per_hour(rows: list, now: datetime.datetime, hours: int) -> list[Total]:
-    return _totals(hours_ending(now, hours), rows, lambda start: start.replace(minute=0))
+def _pieces(queries: Queries, edges: list[datetime.datetime], seller_id: int | None = None
+            ) -> list[tuple[datetime.datetime, int, int]]:  # fmt: skip
+    """(Tehran start, amount, sales) of the sales in [edges[0], edges[-1]), each piece
+    inside one period between two edges: near an edge, a UTC half hour read by stamps;
+    between edges, a range of ids summed whole and placed at the edge before it."""
+    zones: list[list] = []  # [from, to, last edge inside]: stamps near edges, merged
+    for edge in edges:
+        if zones and edge - SLACK <= zones[-1][1]:
+            zones[-1][1:] = [edge + SLACK, edge]
+        else:
+            zones.append([edge - SLACK, edge + SLACK, edge])
+    ids = queries.first_ids_since("sale", [stamp(moment) for zone in zones for moment in zone[:2]])
+    ranges = [(ids[2 * n], ids[2 * n + 1]) for n in range(len(zones))]
+    window = stamp(edges[0]), stamp(edges[-1])
+    pieces = []
+    for near in ranges:
+        rows = queries.sales_by_half_hour(near, *window, seller_id)
+        pieces += [(_local(row), int(row["amount"]), int(row["sales"])) for row in rows]
+    for (zone, (_, low)), (_, (high, _)) in itertools.pairwise(zip(zones, ranges, strict=True)):
+        if low < high:  # all stamped between this zone's last edge and the next zone
+            found = queries.sales_between((low, high), seller_id)
+            pieces.append((zone[2], int(found["amount"]), int(found["sales"])))
+    return pieces
 
 
-def _totals(keys: list, rows: list, key_of) -> list[Total]:
-    """A total for each key (a day, an hour), zero where no row falls."""
+def _totals(keys: list, pieces: list, key_of) -> list[Total]:
+    """A total for each key (a day, an hour), zero where no piece falls."""
     totals = {key: [0, 0] for key in keys}
-    for start, amount, sales in rows:
+    for start, amount, sales in pieces:
         if (key := key_of(start)) in totals:
             totals[key][0] += amount
             totals[key][1] += sales
@@ -112,28 +140,43 @@ def _totals(keys: list, rows: list, key_of) -> list[Total]:
 
 def top_sellers(queries: Queries, now: datetime.datetime, days: int = DAYS,
                 limit: int = TOP) -> list[dict]:  # fmt: skip
-    """The `limit` sellers with the most sales (amount) in the last `days` Tehran days:
-    seller_id, name, amount, sales; most first."""
-    dates = days_ending(now, days)
-    end = _midnight(dates[-1] + datetime.timedelta(days=1))
-    rows = queries.top_sellers(*_window(queries, "sale", _midnight(dates[0]), end), limit)
-    return [{**row, "amount": int(row["amount"]), "sales": int(row["sales"])} for row in rows]
+    """The `limit` sellers with the most sales (amount, refunds not taken off) in the last
+    `days` Tehran days, most first: seller_id, name, amount.
+
+    Read from the ledger without grouping a month of sales by seller (a sort of every
+    one): between a seller's last entry before the window and its last entry in it, its
+    balance moved by its credits, adjustments and refunds (few) less its sales (I2, I3),
+    so sales = those others - (closing - opening). Each seller's two entries are found
+    from its (seller_id, id) index; the others by one scan of the window, with no sort."""
+    start, end = _day_edges(now, days)[0], _day_edges(now, days)[-1]
+    low, below_start, below_end = queries.first_ids_since(
+        "ledger_entry", [stamp(start - SLACK), stamp(start + SLACK), stamp(end + SLACK)]
+    )
+    opening = {row["seller_id"]: row for row in queries.balances_at(below_start, stamp(start))}
+    others: dict[int, list[tuple[int, int]]] = {}
+    for entry in queries.entries_not_sales((low, below_end)):
+        others.setdefault(entry["seller_id"], []).append((entry["id"], int(entry["amount"])))
+    ranked = []
+    for closing in queries.balances_at(below_end, stamp(end)):
+        first = opening.get(closing["seller_id"], {}).get("entry_id") or 0
+        last = closing["entry_id"] or 0
+        moved = int(closing["balance_after"] or 0) - int(
+            opening.get(closing["seller_id"], {}).get("balance_after") or 0
+        )
+        given = sum(amount for ident, amount in others.get(closing["seller_id"], ())
+                    if first < ident <= last)  # fmt: skip
+        if given - moved > 0:
+            ranked.append({"seller_id": closing["seller_id"], "name": closing["name"],
+                           "amount": given - moved})  # fmt: skip
+    ranked.sort(key=lambda row: (-row["amount"], row["seller_id"]))
+    return ranked[:limit]
 
 
 def closing_balances(queries: Queries, seller_id: int, now: datetime.datetime,
                      days: int = DAYS) -> list[tuple[datetime.date, int]]:  # fmt: skip
     """A seller's balance at the end of each of the last `days` Tehran days (today: now),
-    from its ledger's balance_after (0 before its first entry, as every seller starts)."""
-    dates = days_ending(now, days)
-    start, end = _midnight(dates[0]), _midnight(dates[-1] + datetime.timedelta(days=1))
-    from_id, _, until = _window(queries, "ledger_entry", start, end)
-    before = dates[0] - datetime.timedelta(days=1)  # rows of earlier days: the opening
-    closing: dict[datetime.date, int] = {}
-    for row in queries.balances_by_half_hour(seller_id, from_id, until):  # oldest first
-        day = before if row["hour"] is None else max(_local(row).date(), before)
-        closing[day] = int(row["balance_after"])
-    shown, balance = [], closing.get(before, 0)
-    for day in dates:
-        balance = closing.get(day, balance)
-        shown.append((day, balance))
-    return shown
+    its last entry's balance_after (0 before its first entry, as every seller starts)."""
+    dates, ends = days_ending(now, days), _day_edges(now, days)[1:]
+    below = queries.first_ids_since("ledger_entry", [stamp(end + SLACK) for end in ends])
+    return [(day, queries.balance_before(seller_id, below_id, stamp(end)))
+            for day, below_id, end in zip(dates, below, ends, strict=True)]  # fmt: skip

@@ -101,7 +101,6 @@ _HOUR, _HALF = (
     "substr(created_at, 1, 13)",
     "CASE WHEN substr(created_at, 15, 2) < '30' THEN 0 ELSE 1 END",
 )
-_HALF_HOUR_KEYS = f"{_HOUR}, {_HALF}"
 _HALF_HOUR = f"{_HOUR} AS hour, {_HALF} AS half"
 _BY_KEY = "id IN (SELECT sale_id FROM idempotency_record WHERE seller_id = ? AND key = ?)"
 
@@ -225,66 +224,85 @@ class Queries:
 
     # --- what the charts show (activity.py buckets these in Tehran time) -------------------
 
-    def first_id_since(self, table: str, since: str) -> int:
-        """The lowest id of `table` (sale or ledger_entry) from which every row is stamped
-        `since` or later, found by bisecting the primary key (ids follow created_at, which
-        has no index): about 20 lookups instead of a scan of the whole table."""
+    def first_ids_since(self, table: str, stamps: list[str]) -> list[int]:
+        """For each stamp (ascending), the lowest id of `table` (sale or ledger_entry) from
+        which rows are stamped that or later, found by bisecting the primary key: ids follow
+        created_at, which has no index, so some 20 lookups each instead of a scan."""
         assert table in ("sale", "ledger_entry"), table
         (ends,) = self.reader.dicts(  # apart: SQLite scans the table for min() and max() in one
             f"SELECT (SELECT min(id) FROM {table}) AS low, (SELECT max(id) FROM {table}) AS high"
         )
         if ends["low"] is None:
-            return 1
-        low, high = ends["low"], ends["high"] + 1
-        while low < high:
-            middle = (low + high) // 2
-            row = self.reader.dicts(
-                f"SELECT id, created_at FROM {table} WHERE id >= ? ORDER BY id LIMIT 1", (middle,)
-            )
-            if not row or row[0]["created_at"] >= since:
-                high = middle
-            else:
-                low = row[0]["id"] + 1
-        return low
+            return [1] * len(stamps)
+        found, low = [], ends["low"]
+        for since in stamps:
+            high = ends["high"] + 1
+            while low < high:
+                middle = (low + high) // 2
+                row = self.reader.dicts(
+                    f"SELECT id, created_at FROM {table} WHERE id >= ? ORDER BY id LIMIT 1",
+                    (middle,),
+                )
+                if not row or row[0]["created_at"] >= since:
+                    high = middle
+                else:
+                    low = row[0]["id"] + 1
+            found.append(low)
+        return found
 
-    def sales_by_half_hour(
-        self, from_id: int, start: str, end: str, seller_id: int | None = None
-    ) -> list[dict]:
-        """Sales (amount, count) in [start, end) per UTC half hour (`hour` is
-        `2026-12-01T20`, `half` 0 or 1): whole Tehran hours and days are made of these,
-        Tehran being UTC+03:30. Rows below `from_id` are not read (first_id_since)."""
+    def sales_by_half_hour(self, ids: tuple[int, int], start: str, end: str,
+                           seller_id: int | None = None) -> list[dict]:  # fmt: skip
+        """Sales (amount, count) stamped in [start, end) with ids in [ids), per UTC half
+        hour (`hour` is `2026-12-01T20`, `half` 0 or 1): whole Tehran hours and days are
+        made of these, Tehran being UTC+03:30."""
         mine = " AND seller_id = ?" if seller_id is not None else ""
         return self.reader.dicts(
             f"SELECT {_HALF_HOUR}, CAST(SUM(amount) AS BIGINT) AS amount, count(*) AS sales"
-            f" FROM sale WHERE id >= ? AND created_at >= ? AND created_at < ?{mine}"
+            f" FROM sale WHERE id >= ? AND id < ? AND created_at >= ? AND created_at < ?{mine}"
             " GROUP BY 1, 2 ORDER BY 1, 2",
-            (from_id, start, end, *(() if seller_id is None else (seller_id,))),
+            (*ids, start, end, *(() if seller_id is None else (seller_id,))),
         )
 
-    def top_sellers(self, from_id: int, start: str, end: str, limit: int = 10) -> list[dict]:
-        """The sellers that sold the most in [start, end), by amount, with their names.
-        (`seller_id + 0`: SQLite would otherwise walk the (seller_id, id) index and fetch
-        each row out of order, 2.5 times slower than its scan of the window and sort.)"""
+    def sales_between(self, ids: tuple[int, int], seller_id: int | None = None) -> dict:
+        """The amount and count of the sales with ids in [ids): a plain range of the
+        primary key, no sort (activity.py knows they all fall in one period)."""
+        mine = " AND seller_id = ?" if seller_id is not None else ""
+        (found,) = self.reader.dicts(
+            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS amount, count(*) AS sales"
+            f" FROM sale WHERE id >= ? AND id < ?{mine}",
+            (*ids, *(() if seller_id is None else (seller_id,))),
+        )
+        return found
+
+    def balances_at(self, below_id: int, before: str) -> list[dict]:
+        """Each seller (id, name) with its last ledger entry below id `below_id` stamped
+        before `before`: entry_id and balance_after, null before its first entry."""
+        last = (
+            "SELECT {0} FROM ledger_entry AS e WHERE e.seller_id = seller.id AND e.id < ?"
+            " AND e.created_at < ? ORDER BY e.id DESC LIMIT 1"
+        )
         return self.reader.dicts(
-            "SELECT seller.id AS seller_id, seller.name, top.amount, top.sales FROM"
-            " (SELECT seller_id + 0 AS seller_id, CAST(SUM(amount) AS BIGINT) AS amount,"
-            "  count(*) AS sales FROM sale WHERE id >= ? AND created_at >= ? AND created_at < ?"
-            "  GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?) AS top"
-            " JOIN seller ON seller.id = top.seller_id ORDER BY top.amount DESC, seller.id",
-            (from_id, start, end, limit),
+            f"SELECT id AS seller_id, name, ({last.format('e.id')}) AS entry_id,"
+            f" ({last.format('e.balance_after')}) AS balance_after FROM seller ORDER BY id",
+            (below_id, before, below_id, before),
         )
 
-    def balances_by_half_hour(self, seller_id: int, from_id: int, end: str) -> list[dict]:
-        """A seller's balance after its last entry of each UTC half hour before `end`, from
-        entry `from_id` on, and `hour` None with its balance before that entry (or none)."""
-        before = self.reader.dicts(
-            "SELECT NULL AS hour, 0 AS half, balance_after FROM ledger_entry"
-            " WHERE seller_id = ? AND id < ? ORDER BY id DESC LIMIT 1",
-            (seller_id, from_id),
+    def entries_not_sales(self, ids: tuple[int, int]) -> list[dict]:
+        """The ledger entries with ids in [ids) that are not sales (credits, adjustments,
+        refunds: few beside the sales), their seller, id and amount."""
+        return self.reader.dicts(
+            "SELECT seller_id, id, amount FROM ledger_entry"
+            " WHERE id >= ? AND id < ? AND kind <> 'sale'",
+            ids,
         )
-        return before + self.reader.dicts(
-            f"SELECT {_HALF_HOUR}, balance_after FROM ledger_entry WHERE id IN"
-            f" (SELECT max(id) FROM ledger_entry WHERE seller_id = ? AND id >= ?"
-            f" AND created_at < ? GROUP BY {_HALF_HOUR_KEYS}) ORDER BY id",
-            (seller_id, from_id, end),
+
+    def balance_before(self, seller_id: int, below_id: int, before: str) -> int:
+        """A seller's balance after its last entry below id `below_id` stamped before
+        `before` (0 if none: every seller starts at 0); the walk back from `below_id`
+        passes only the entries stamped between the two."""
+        found = self.reader.dicts(
+            "SELECT balance_after FROM ledger_entry WHERE seller_id = ? AND id < ?"
+            " AND created_at < ? ORDER BY id DESC LIMIT 1",
+            (seller_id, below_id, before),
         )
+        return int(found[0]["balance_after"]) if found else 0
