@@ -14,9 +14,12 @@ from __future__ import annotations
 import re
 import uuid
 from html.parser import HTMLParser
+from wsgiref.util import setup_testing_defaults
 
 import pytest
 
+from chargebox.config import Config
+from chargebox.web import create_app
 from chargebox.web.pages import local_path
 from tests.support import ADMIN_TOKEN
 from tests.web_support import Browser, World, set_cookies, value_of
@@ -276,6 +279,19 @@ def test_switching_language_remembers_it_and_comes_back_to_the_same_page(world):
     again = browser.get("/language/fa?back=/seller")
     assert again.headers["Location"] == "/seller"
     assert '<html lang="fa" dir="rtl">' in browser.get("/seller").text
+
+
+def test_over_https_the_language_cookie_is_secure(tmp_path):
+    app = create_app(Config(db_path=tmp_path / "https.db", admin_token=ADMIN_TOKEN))
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/language/fa", "QUERY_STRING": "back=/login"}
+    setup_testing_defaults(environ)
+    environ["wsgi.url_scheme"] = "https"
+    answered = {}
+    app(environ, lambda status, headers, *_: answered.update(status=status, headers=headers))
+    assert answered["status"].startswith("303")
+    (cookie,) = [value for name, value in answered["headers"] if name == "Set-Cookie"]
+    flags = [part.strip().lower() for part in cookie.split(";")]
+    assert flags[0] == "lang=fa" and {"secure", "httponly", "samesite=lax"} <= set(flags)
 
 
 def test_an_unknown_language_is_the_404_page_and_sets_nothing(world):

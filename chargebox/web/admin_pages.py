@@ -5,6 +5,7 @@ with a 303; a refusal is shown again beside the field. Only a session signed in
 with the admin token opens these pages; a seller's session gets a 403 page.
 Every pending request is reachable: the queue is counted, paged and filtered by seller.
 A refund is asked for from the seller's page and done only from its confirmation page.
+A notice is a fixed sentence of the catalogue (`N_`) filled in the request's language.
 """
 
 from __future__ import annotations

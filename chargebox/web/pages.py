@@ -1,4 +1,5 @@
-"""The web pages: signing in and out, and the seller's page; the admin's are in admin_pages.
+"""The web pages: signing in and out, the language switch, and the seller's pages; the
+admin's are in admin_pages.
 
 Each handler reads a form, calls one use case (the same ones the JSON API calls)
 and answers with a 303 to the next page, so that a reload sends nothing again.
