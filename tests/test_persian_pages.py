@@ -19,7 +19,8 @@ from wsgiref.util import setup_testing_defaults
 import pytest
 
 from chargebox.config import Config
-from chargebox.web import create_app
+from chargebox.web import create_app, html, i18n
+from chargebox.web.forms import Form
 from chargebox.web.pages import local_path
 from tests.support import ADMIN_TOKEN
 from tests.web_support import Browser, World, set_cookies, value_of
@@ -325,3 +326,59 @@ def test_an_open_redirect_is_refused_over_http(world):
                  "%2Fseller%0D%0ASet-Cookie:%20x=1"):  # fmt: skip
         answer = browser.get(f"/language/fa?back={back}")
         assert (answer.status_code, answer.headers["Location"]) == (303, "/"), back
+
+
+# --- what the sweep cannot reach on a healthy server, rendered from the templates -----------
+
+
+def rendered(name: str, code: str, **context) -> str:
+    """A template rendered in one language, as `html.render` would (no request needed)."""
+    speaking = i18n.LANGUAGE[code]
+    switch = [(c, i18n.NAMES[c], f"/language/{c}?back=%2F") for c in i18n.LANGUAGES]
+    context = {**html.HELPERS, **html.words(speaking), "switch": switch, "title": "", **context}
+    return html._template(name).render(**context)
+
+
+STAMP = "2026-11-30T23:33:00.000000Z"
+BAD_BOOKS = {
+    "consistent": False,
+    "problem_count": 1,
+    "sellers": [{"seller_id": 7, "balance": 10, "ledger_sum": 5, "consistent": False}],
+    "problems": [
+        {"invariant": kind, "seller_id": 7, "entry_id": 12, "message": "balance 10 != sum 5"}
+        for kind in ("I1", "I2", "I3", "I4", "I5", "seal", "anchor")
+    ],
+    "totals": {"sellers": 1, "ledger_entries": 1234, "sales": 1, "balance_sum": 10},
+    "scope": {
+        "full": False,
+        "entries_verified": 1,
+        "checkpoint": {"id": 3, "entry_id": 1200, "entries": 1, "verified_at": STAMP,
+                       "full_at": "2026-11-29T10:00:00.000000Z"},
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("full_at", [STAMP, "2026-11-29T10:00:00.000000Z"])
+def test_a_red_audit_from_a_checkpoint_reads_in_persian_and_in_english(full_at):
+    result = {**BAD_BOOKS, "scope": {**BAD_BOOKS["scope"]}}
+    result["scope"]["checkpoint"] = {**result["scope"]["checkpoint"], "full_at": full_at}
+    persian = rendered("audit", "fa", result=result)
+    assert untranslated(persian) == [] and "۱٬۲۳۴" in persian and "۱۴۰۵/۰۹/۱۰ ۰۳:۰۳" in persian
+    english = rendered("audit", "en", result=result)
+    assert "NOT consistent: 1 problem<" in english and "1,234" in english
+    assert "2026-12-01 03:03" in english  # Tehran time
+
+
+def test_the_pending_queues_pager_and_empty_views_read_in_persian():
+    class Visitor:
+        csrf = "token"
+
+        class principal:  # noqa: N801
+            is_admin = True
+
+    queue = {"pending": [], "names": {}, "counts": [], "total": 0, "of_seller": None,
+             "first_url": "/admin", "next_url": "/admin?pending_after=9", "view": ""}  # fmt: skip
+    page = rendered("admin", "fa", visitor=Visitor(), per_page=100, isolate=html.isolate,
+                    sellers=[], after_id=5, next_after=None, create=Form(), problem=None,
+                    **queue)  # fmt: skip
+    assert untranslated(page) == [] and "۱۰۰ درخواست بعدی" in page
