@@ -178,5 +178,11 @@ def closing_balances(queries: Queries, seller_id: int, now: datetime.datetime,
     its last entry's balance_after (0 before its first entry, as every seller starts)."""
     dates, ends = days_ending(now, days), _day_edges(now, days)[1:]
     below = queries.first_ids_since("ledger_entry", [stamp(end + SLACK) for end in ends])
-    return [(day, queries.balance_before(seller_id, below_id, stamp(end)))
-            for day, below_id, end in zip(dates, below, ends, strict=True)]  # fmt: skip
+    closing, place = [], None
+    for day, below_id, end in reversed(list(zip(dates, below, ends, strict=True))):
+        place, balance = queries.balance_before(seller_id, below_id, stamp(end), place)
+        closing.append((day, balance))
+        if place is None:  # no entry yet at that day's end, nor at any before it
+            closing += [(earlier, 0) for earlier in dates[: len(dates) - len(closing)][::-1]]
+            break
+    return closing[::-1]

@@ -279,7 +279,7 @@ class Queries:
         before `before`: entry_id and balance_after, null before its first entry."""
         last = (
             "SELECT {0} FROM ledger_entry AS e WHERE e.seller_id = seller.id AND e.id < ?"
-            " AND e.created_at < ? ORDER BY e.id DESC LIMIT 1"
+            f" AND e.created_at < ? ORDER BY e.{self._chain} DESC LIMIT 1"
         )
         return self.reader.dicts(
             f"SELECT id AS seller_id, name, ({last.format('e.id')}) AS entry_id,"
@@ -296,13 +296,23 @@ class Queries:
             ids,
         )
 
-    def balance_before(self, seller_id: int, below_id: int, before: str) -> int:
-        """A seller's balance after its last entry below id `below_id` stamped before
-        `before` (0 if none: every seller starts at 0); the walk back from `below_id`
-        passes only the entries stamped between the two."""
+    def balance_before(self, seller_id: int, below_id: int, before: str,
+                       within: int | None = None) -> tuple[int | None, int]:  # fmt: skip
+        """A seller's last ledger entry below id `below_id` stamped before `before`: its
+        place in the seller's chain and its balance_after ((None, 0) before its first
+        entry: every seller starts at 0). `within`: at that place or before it, so that
+        walking back a day at a time passes each entry once."""
+        chain = self._chain
+        bound = f" AND {chain} <= ?" if within is not None else ""
         found = self.reader.dicts(
-            "SELECT balance_after FROM ledger_entry WHERE seller_id = ? AND id < ?"
-            " AND created_at < ? ORDER BY id DESC LIMIT 1",
-            (seller_id, below_id, before),
+            f"SELECT {chain} AS place, balance_after FROM ledger_entry WHERE seller_id = ?"
+            f" AND id < ? AND created_at < ?{bound} ORDER BY {chain} DESC LIMIT 1",
+            (seller_id, below_id, before, *(() if within is None else (within,))),
         )
-        return int(found[0]["balance_after"]) if found else 0
+        return (found[0]["place"], int(found[0]["balance_after"])) if found else (None, 0)
+
+    @property
+    def _chain(self) -> str:
+        """What a seller's entries are indexed by: (seller_id, id) on SQLite, (seller_id,
+        seq) on PostgreSQL; one order (both are taken under the seller's row lock)."""
+        return "seq" if getattr(self.reader, "dialect", "sqlite") == "postgresql" else "id"
