@@ -3,8 +3,11 @@
 A statement or a search covers `[from, to)`. `from`/`to` are ISO 8601 times with an
 offset (`Z`, `+03:30`), or dates (`2026-12-01`: that day's midnight in Asia/Tehran); a
 time without an offset is refused, since it could mean two instants. `day`, `month`
-(Gregorian) and `jmonth` (Jalali, `1405-09` = Azar 1405) are whole days and months in
-Asia/Tehran. Stored stamps are UTC text that sorts (clock.py), so a bound is one too.
+(Gregorian), `jday` (Jalali, `1405/09/10` = 10 Azar 1405 = 2026-12-01) and `jmonth`
+(`1405-09` = Azar 1405) are whole days and months in Asia/Tehran; a Jalali date may be
+written with `/` or `-` and in Persian or Arabic-Indic digits, as people in Iran write it,
+and `jalali_instant` reads a Persian page's search bound, a Jalali date with an optional
+time of day. Stored stamps are UTC text that sorts (clock.py), so a bound is one too.
 """
 
 from __future__ import annotations
@@ -20,9 +23,16 @@ from chargebox.clock import parse, stamp
 from chargebox.errors import ValidationError
 
 TEHRAN = ZoneInfo("Asia/Tehran")
-NAMES = ("from", "to", "day", "month", "jmonth")
+NAMES = ("from", "to", "day", "month", "jmonth", "jday")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
+_JMONTH = re.compile(r"([0-9]{4})[-/]([0-9]{2})")  # 1405-09 or 1405/09
+# A Jalali day as people write it: 1405/09/10, 1405-09-10, 1405/9/10 (one separator).
+_JDAY = r"([0-9]{4})([/-])([0-9]{1,2})\2([0-9]{1,2})"
+_JALALI_DAY = re.compile(_JDAY)
+# ... and a time of day after it, if any: 1405/09/10 14:30, 1405/09/10 14:30:05.
+_JALALI_TIME = re.compile(_JDAY + r"(?: +([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?)?")
+_LATIN_DIGITS = str.maketrans("۰۱۲۳۴۵۶۷۸۹٠١٢٣٤٥٦٧٨٩", "0123456789" * 2)
 # A time: date, T, hours:minutes[:seconds[.fraction]], then Z or ±hh:mm (required).
 _TIME = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?"
@@ -103,8 +113,13 @@ def _midnight(day: datetime.date) -> datetime.datetime:
     return datetime.datetime(day.year, day.month, day.day, tzinfo=TEHRAN)
 
 
-def _month(text: str, name: str) -> tuple[int, int]:
-    found = _MONTH.fullmatch(text)
+def latin_digits(text: str) -> str:
+    """Persian and Arabic-Indic digits typed into a form, as 0-9 (the rest unchanged)."""
+    return text.translate(_LATIN_DIGITS)
+
+
+def _month(text: str, name: str, pattern: re.Pattern = _MONTH) -> tuple[int, int]:
+    found = pattern.fullmatch(text)
     if not found or not 1 <= int(found[2]) <= 12 or int(found[1]) < 1:
         raise ValidationError("{field} must be a month written YYYY-MM", name)
     return int(found[1]), int(found[2])
@@ -124,22 +139,70 @@ def _gregorian_month(text: str) -> Period:
 
 
 def _jalali_month(text: str) -> Period:
-    year, month = _month(text, "jmonth")
-    if not 1 <= year <= 9000:
-        raise ValidationError("jmonth must be a Jalali year from 1 to 9000", "jmonth")
+    year, month = _month(latin_digits(text), "jmonth", _JMONTH)
+    _jalali_year(year, "jmonth")
     first = jdatetime.date(year, month, 1).togregorian()
     after = jdatetime.date(*_next_month(year, month), 1).togregorian()
     return Period(_midnight(first), _midnight(after))
+
+
+def _jalali_year(year: int, name: str) -> None:
+    if not 1 <= year <= 9000:  # jdatetime's own calendar ends in 9377
+        raise ValidationError("{field} must be a Jalali year from 1 to 9000", name)
+
+
+def _jalali_date(name: str, year: int, month: int, day: int) -> datetime.date:
+    """The Gregorian date of a Jalali one; not a day of the Jalali calendar (month 13, day
+    0, Esfand 30 of a common year): a 422 naming the field."""
+    _jalali_year(year, name)
+    try:
+        return jdatetime.date(year, month, day).togregorian()
+    except ValueError:
+        raise ValidationError(
+            "{field}: {year:04d}/{month:02d}/{day:02d} is not a day of the Jalali calendar",
+            name, year=year, month=month, day=day,
+        ) from None  # fmt: skip
+
+
+def _whole_day(day: datetime.date) -> Period:
+    return Period(_midnight(day), _midnight(day + datetime.timedelta(days=1)))
 
 
 def _day(text: str) -> Period:
     try:
         if not _DATE.fullmatch(text):
             raise ValueError(text)
-        day = datetime.date.fromisoformat(text)
-        return Period(_midnight(day), _midnight(day + datetime.timedelta(days=1)))
+        return _whole_day(datetime.date.fromisoformat(text))
     except (ValueError, OverflowError):
         raise ValidationError("day must be a date written YYYY-MM-DD", "day") from None
+
+
+def _jalali_day(text: str) -> Period:
+    found = _JALALI_DAY.fullmatch(latin_digits(text))
+    if not found:
+        raise ValidationError("{field} must be a Jalali date written YYYY/MM/DD", "jday")
+    return _whole_day(_jalali_date("jday", int(found[1]), int(found[3]), int(found[4])))
+
+
+def jalali_instant(text: str, name: str) -> str:
+    """A search bound typed on a Persian page, a Jalali date in Tehran with an optional
+    time of day (`۱۴۰۵/۰۹/۱۰`, `1405-09-10 14:30`, any digits), as an ISO 8601 instant
+    in UTC; a date alone is its Tehran midnight, the start of its `jday`. Else a 422
+    naming the field `name`."""
+    found = _JALALI_TIME.fullmatch(latin_digits(text.strip()))
+    if not found:
+        raise ValidationError(
+            "{field} must be a Jalali date, with a time of day if need be:"
+            " 1405/09/10 or 1405/09/10 14:30 (Tehran time)",
+            name,
+        )
+    day = _jalali_date(name, int(found[1]), int(found[3]), int(found[4]))
+    hour, minute, second = (int(found[group] or 0) for group in (5, 6, 7))
+    if hour > 23 or minute > 59 or second > 59:
+        raise ValidationError("{field}: {hour:02d}:{minute:02d} is not a time of day", name,
+                              hour=hour, minute=minute)  # fmt: skip
+    moment = datetime.datetime.combine(day, datetime.time(hour, minute, second), TEHRAN)
+    return moment.astimezone(datetime.UTC).isoformat()
 
 
 def period(params: dict[str, str]) -> Period:
@@ -155,9 +218,11 @@ def period(params: dict[str, str]) -> Period:
 
 
 def _named(params: dict[str, str], given: list[str]) -> Period:
-    if given in (["from", "to"], ["day"], ["month"], ["jmonth"]):
+    if given in (["from", "to"], ["day"], ["month"], ["jmonth"], ["jday"]):
         if given == ["day"]:
             return _day(params["day"])
+        if given == ["jday"]:
+            return _jalali_day(params["jday"])
         if given == ["month"]:
             return _gregorian_month(params["month"])
         if given == ["jmonth"]:
@@ -166,8 +231,8 @@ def _named(params: dict[str, str], given: list[str]) -> Period:
     field = given[0] if given else "from"
     raise ValidationError(
         "give exactly one period: from and to (ISO 8601 times with an offset, or dates meaning"
-        " midnight in Asia/Tehran), day=YYYY-MM-DD, month=YYYY-MM or jmonth=YYYY-MM (Jalali),"
-        " in Asia/Tehran",
+        " midnight in Asia/Tehran), day=YYYY-MM-DD, month=YYYY-MM, jday=YYYY/MM/DD or"
+        " jmonth=YYYY-MM (Jalali), in Asia/Tehran",
         field,
     )
 

@@ -21,7 +21,6 @@ from chargebox.money import amount_from_text
 from chargebox.services import Chargebox
 from chargebox.web.errors import status_of
 from chargebox.web.html import language, redirect
-from chargebox.web.i18n import latin_digits
 from chargebox.web.refusals import sentence
 from chargebox.web.request import query, read_form, statement_headers
 from chargebox.web.sessions import Visitor, check_csrf, signed_in, visitor
@@ -79,7 +78,8 @@ class Site:
         """A seller's statement to download, for the period in the query (as the API's;
         a period typed in Persian digits, `۱۴۰۵-۰۹`, is read as `1405-09`)."""
         params = {
-            name: latin_digits(text) for name, text in query("format", *periods.NAMES).items()
+            name: periods.latin_digits(text)
+            for name, text in query("format", *periods.NAMES).items()
         }
         fmt = params.pop("format", "csv")
         rendered = self.service.statement(seller_id, params, fmt)

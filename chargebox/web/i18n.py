@@ -53,12 +53,6 @@ DEFAULT = "en"
 COOKIE = "lang"
 NAMES = {"fa": "فارسی", "en": "English"}  # each language's name in itself
 _PERSIAN_DIGITS = str.maketrans("0123456789,", "۰۱۲۳۴۵۶۷۸۹٬")
-_LATIN_DIGITS = str.maketrans("۰۱۲۳۴۵۶۷۸۹٠١٢٣٤٥٦٧٨٩", "0123456789" * 2)
-
-
-def latin_digits(text: str) -> str:
-    """Persian and Arabic-Indic digits typed into a form, as 0-9 (the rest unchanged)."""
-    return text.translate(_LATIN_DIGITS)
 
 
 def N_(message: str) -> str:
@@ -127,6 +121,10 @@ class Language:
             shown = jdatetime.datetime.fromgregorian(datetime=moment)
             return self.digits(shown.strftime("%Y/%m/%d %H:%M"))
         return moment.strftime("%Y-%m-%d %H:%M")
+
+    def today(self) -> str:
+        """Today in Tehran, as `day` writes it (a date field's example)."""
+        return self.day(datetime.datetime.now(TEHRAN).date())
 
     def day(self, day: datetime.date) -> str:
         """A Tehran calendar day: `2026-12-01`, or Jalali `۱۴۰۵/۰۹/۱۰`."""

@@ -55,6 +55,15 @@ def local_path(back: str) -> str:
     return back if LOCAL_PATH.fullmatch(back) and "\\" not in back else "/"
 
 
+def searched_time(text: str, name: str) -> str:
+    """A search's bound as its form sends it: on a Persian page a Jalali date, with a time
+    of day if need be, typed (periods.jalali_instant); on an English page a browser's
+    `datetime-local`; both in Tehran time."""
+    if language().code == "fa":
+        return periods.jalali_instant(text, name)
+    return periods.tehran_if_naive(text)
+
+
 def install(pages: bottle.Bottle, config: Config, service: Chargebox) -> None:
     site = Site(service, config.max_body_bytes)
     _install_common(pages, site)
@@ -189,10 +198,10 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
         typed = {name: text for name, text in query(*SALE_SEARCH).items() if text.strip()}
         search, sales, status = Form(dict(typed)), None, 200
         if typed:
-            for name in ("from", "to"):  # a browser's datetime-local: Tehran time
-                if name in typed:
-                    typed[name] = periods.tehran_if_naive(typed[name])
             try:
+                for name in ("from", "to"):
+                    if name in typed:
+                        typed[name] = searched_time(typed[name], name)
                 sales = site.service.find_sales(Page(FOUND + 1), you.principal.seller_id, typed)
             except ChargeboxError as exc:
                 search, status = search.failed(exc, "phone"), status_of(exc)

@@ -46,7 +46,7 @@ FIELDS = (
     phrase("amount"), phrase("phone"), phrase("number"), phrase("name"), phrase("label"),
     phrase("reason"), phrase("token"), phrase("status"), phrase("seller_id"), phrase("limit"),
     phrase("after_id"), phrase("format"), phrase("from"), phrase("to"), phrase("day"),
-    phrase("month"), phrase("jmonth"), phrase("full"), phrase("Idempotency-Key"),
+    phrase("month"), phrase("jmonth"), phrase("jday"), phrase("full"), phrase("Idempotency-Key"),
     phrase("idempotency_key"),
 )  # fmt: skip
 STATUSES = (phrase("approved"), phrase("rejected"), phrase("pending"))

@@ -4,8 +4,15 @@
   <form method="get" action="/seller/sales/found" id="find-form">
     % include('field', state=search, form_id='find', name='phone', label=_('Phone number'), inputmode='tel', direction='ltr', maxlength=64, required=False, placeholder=digits('0912 123 4567'), hint=_('Any spelling; Persian digits are fine.'))
     % include('field', state=search, form_id='find', name='idempotency_key', label=_('Order id (your Idempotency-Key)'), direction='ltr', maxlength=255, required=False)
+    % if lang == 'fa':
+    %   # Jalali dates, typed: a browser's datetime-local widget is Gregorian (pages.find_sales reads them).
+    %   example = language.today() + ' ' + digits('14:30')
+    % include('field', state=search, form_id='find', name='from', label=_('From (Tehran time)'), direction='ltr', maxlength=40, required=False, placeholder=example, hint=_('A Jalali date, with a time of day if need be.'))
+    % include('field', state=search, form_id='find', name='to', label=_('Before (Tehran time)'), direction='ltr', maxlength=40, required=False, placeholder=example)
+    % else:
     % include('field', state=search, form_id='find', name='from', label=_('From (Tehran time)'), kind='datetime-local', direction='ltr', maxlength=40, required=False)
     % include('field', state=search, form_id='find', name='to', label=_('Before (Tehran time)'), kind='datetime-local', direction='ltr', maxlength=40, required=False)
+    % end
     <button type="submit" id="find-button">{{_('Find')}}</button>
   </form>
 </section>
