@@ -155,6 +155,8 @@ def our_pages(world: World, how: str) -> dict[str, tuple[int, object]]:
     pages["seller: credit asked"] = 200, after(seller, asked)
     pages["find: found"] = 200, seller.get("/seller/sales/found?phone=09121234567")
     pages["find: none"] = 200, seller.get("/seller/sales/found?phone=09350000000")
+    jalali = "from=%DB%B1%DB%B4%DB%B0%DB%B0/%DB%B0%DB%B1/%DB%B0%DB%B1&to=1500/01/01+14:30"
+    pages["find: Jalali from and to"] = 200, seller.get(f"/seller/sales/found?{jalali}")
     pages["seller: charts"] = 200, seller.get("/seller/charts")
 
     admin = signed_in(world, how, ADMIN_TOKEN)
@@ -209,6 +211,11 @@ def refused_forms(world: World, how: str) -> dict[str, tuple[int, object]]:
     pages["sell: no such phone"] = 422, seller.post_form(sell, {"phone": "123", "amount": "1000"})
     pages["credit: no amount"] = 422, seller.post_form("/seller/credit-requests", {"amount": ""})
     pages["find: phone misspelt"] = 422, seller.get("/seller/sales/found?phone=abc")
+    find = "/seller/sales/found"
+    pages["find: no such Jalali day"] = 422, seller.get(f"{find}?from=1405/12/30")
+    pages["find: no such time"] = 422, seller.get(f"{find}?to=1405/09/10+24:00")
+    pages["find: not a Jalali date"] = 422, seller.get(f"{find}?from=2026-12-01T10:00")
+    pages["statement: no such Jalali day"] = 422, seller.get("/seller/statement?jday=1405/13/01")
     pages["create seller: blank name"] = 422, admin.post_form("/admin/sellers", {"name": "\u3164"})
     pages["adjust: below zero"] = (
         409,

@@ -1,16 +1,30 @@
 """The statement downloads and the sale search on the pages, as a browser uses them.
 
 The seller's page and the admin's seller page offer a day, a month and a Jalali month
-as a CSV download (the same statement as GET /api/statements); the seller's search
-finds its sales by phone, order id (Idempotency-Key) and Tehran time, and only its own.
+as a CSV download (the same statement as GET /api/statements), and in Persian a Jalali
+day and a Jalali month typed as text (no Gregorian date picker); the seller's search
+finds its sales by phone, order id (Idempotency-Key) and Tehran time, and only its own,
+in Persian by Jalali dates and times.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime
 import io
+import re
+import urllib.parse
 
-from tests.web_support import ADMIN, SELLER, text_of
+import jdatetime
+
+from chargebox import clock, periods
+from chargebox.web import i18n
+from tests.web_support import ADMIN, SELLER, text_of, value_of
+
+PERSIAN = i18n.LANGUAGE["fa"]
+STATEMENT_INPUT = re.compile(
+    r'<input id="statement-(\w+)-value" name="\w+" type="([\w-]+)"[^>]*placeholder="([^"]*)"'
+)
 
 PHONE = "09121234567"
 
@@ -72,3 +86,84 @@ def test_a_seller_finds_its_sale_by_phone_order_id_and_tehran_time_and_not_anoth
     assert refused.status_code == 422
     assert text_of(refused.text, "find-phone-error")
     assert 'id="find-form"' in browser.get("/seller/sales/found").text
+
+
+def persian(browser):
+    browser.http.cookies.set("lang", "fa")
+    return browser
+
+
+def jalali(moment: datetime.datetime, form: str = "%Y/%m/%d") -> str:
+    """A moment's Tehran wall time, Jalali, in Persian digits, as a clerk types it."""
+    shown = jdatetime.datetime.fromgregorian(datetime=moment.astimezone(periods.TEHRAN))
+    return PERSIAN.digits(shown.strftime(form))
+
+
+def test_persian_pages_offer_jalali_days_and_months_typed_english_its_date_pickers(world):
+    sid = world.seller["id"]
+    english = world.browser(SELLER).get("/seller").text
+    assert STATEMENT_INPUT.findall(english) == [
+        ("day", "date", "2026-12-01"), ("month", "month", "2026-12"), ("jmonth", "text", "1405-09")
+    ]  # fmt: skip
+    today = PERSIAN.today()
+    for page in (persian(world.browser(SELLER)).get("/seller").text,
+                 persian(world.browser(ADMIN)).get(f"/admin/sellers/{sid}").text):  # fmt: skip
+        assert STATEMENT_INPUT.findall(page) == [
+            ("jday", "text", today), ("jmonth", "text", today[:7])
+        ]  # fmt: skip
+        assert 'type="date"' not in page and 'type="month"' not in page
+
+
+def test_a_jalali_days_statement_from_a_persian_page_is_the_apis_gregorian_day(world):
+    made = world.api.post("/api/sales", {"phone": PHONE, "amount": 2500})
+    assert made.status_code == 201, made.text
+    when = clock.parse(made.json()["created_at"])  # its Tehran day, even at midnight
+    day = when.astimezone(periods.TEHRAN).date().isoformat()
+    by_api = world.api.get(f"/api/statements?day={day}").json()
+    assert by_api["closing_balance"] == world.balance() and by_api["count"] >= 1
+    sid = world.seller["id"]
+    typed = urllib.parse.quote(jalali(when))  # ۱۴۰۵/۰۹/۱۰, as typed into the form
+    pages = ((persian(world.browser(SELLER)), "/seller/statement"),
+             (persian(world.browser(ADMIN)), f"/admin/sellers/{sid}/statement"))  # fmt: skip
+    for browser, path in pages:
+        lines = lines_of(browser.get(f"{path}?format=csv&jday={typed}"))
+        assert int(lines[0]["balance_after"]) == by_api["opening_balance"]
+        closing = next(line for line in lines if line["line"] == "closing")
+        assert int(closing["balance_after"]) == by_api["closing_balance"]
+        assert sum(line["line"] == "entry" for line in lines) == by_api["count"]
+
+
+def test_a_persian_clerk_finds_a_sale_by_jalali_date_and_time(world):
+    made = world.api.post("/api/sales", {"phone": "09351112233", "amount": 1000}).json()
+    when = clock.parse(made["created_at"])
+    browser = persian(world.browser(SELLER))
+    form = browser.get("/seller/sales/found").text
+    assert "datetime-local" not in form and value_of(form, "find-from") == ""
+    assert f'placeholder="{PERSIAN.today()} {PERSIAN.digits("14:30")}"' in form
+    day_after = jalali(when + datetime.timedelta(days=1))
+
+    def found(start: str, end: str) -> list[str]:
+        query = urllib.parse.urlencode({"phone": "09351112233", "from": start, "to": end})
+        page = browser.get(f"/seller/sales/found?{query}")
+        assert page.status_code == 200, page.text[:2000]
+        return re.findall(r"<tr><td>([0-9۰-۹]+)</td>", page.text)
+
+    shown_id = PERSIAN.plain_number(made["id"])
+    assert found(jalali(when), day_after) == [shown_id]  # from its Tehran midnight
+    minute = jalali(when, "%Y/%m/%d %H:%M")
+    assert found(minute, day_after) == [shown_id]  # from the minute it was sold
+    assert found(jalali(when - datetime.timedelta(days=1)), minute) == []  # before that minute
+    latin = jdatetime.datetime.fromgregorian(datetime=when.astimezone(periods.TEHRAN))
+    assert found(latin.strftime("%Y-%m-%d"), day_after) == [shown_id]  # Latin digits, dashes
+    for typed, field in (
+        ("۱۴۰۵/۱۲/۳۰", "from"),
+        ("۱۴۰۵/۰۹/۱۰ ۲۵:۰۰", "to"),
+        ("2026-12-01T10:30", "from"),
+    ):
+        refused = browser.get(f"/seller/sales/found?{urllib.parse.urlencode({field: typed})}")
+        assert refused.status_code == 422, typed
+        said = text_of(refused.text, f"find-{field}-error")
+        assert said and not re.search(r"[A-Za-z]", said.replace(typed, "")), said
+        assert value_of(refused.text, f"find-{field}") == typed  # what was typed, shown back
+    english = world.browser(SELLER).get("/seller/sales/found").text
+    assert english.count('type="datetime-local"') == 2
