@@ -3,7 +3,9 @@
 A Chromium whose language is Persian (`fa-IR`) or English (`en-US`) signs the admin in
 (revealing the typed token), creates a seller, whose clerk signs in with its key,
 asks for credit, which the admin approves; the clerk sells, is refused an overspend,
-finds the sale, downloads a Jalali month's statement and opens its charts; the admin
+finds the sale (in Persian by typed Jalali dates, a refused one kept as typed), downloads
+a Jalali month's statement (in Persian also a typed Jalali day's, whose opening and closing
+balances are the API's for the same Gregorian day) and opens its charts; the admin
 adjusts the balance, refunds the sale, reads the audit and the charts, meets the 404
 page, switches language and back, and signs out. On every page: `lang` and `dir` are
 the language's, nothing needs sideways scrolling, and a Persian page shows no Latin
@@ -14,7 +16,9 @@ re-added from the database. Screenshots: tests/artifacts/screenshots/lang-*.png.
 
 from __future__ import annotations
 
+import csv
 import datetime
+import io
 import re
 from pathlib import Path
 
@@ -60,9 +64,18 @@ def looks_right(person: Person, lang: str, step: str) -> None:
     person.shot(f"lang-{lang}-{step}")
 
 
+def today() -> datetime.date:
+    return datetime.datetime.now(TEHRAN).date()
+
+
 def this_jalali_month() -> str:
-    today = datetime.datetime.now(TEHRAN)
-    return jdatetime.date.fromgregorian(date=today.date()).strftime("%Y-%m")
+    return jdatetime.date.fromgregorian(date=today()).strftime("%Y-%m")
+
+
+def this_jalali_day(days: int = 0) -> str:
+    """Today's (or a later) Jalali date in Tehran, in Persian digits: ۱۴۰۵/۰۹/۱۰."""
+    day = jdatetime.date.fromgregorian(date=today() + datetime.timedelta(days=days))
+    return i18n.LANGUAGE["fa"].digits(day.strftime("%Y/%m/%d"))
 
 
 @pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["desktop", "phone"])
@@ -121,6 +134,17 @@ def test_every_flow_reads_right_in_each_language_and_size(site, people, lang, si
 
     clerk.open("/seller/sales/found")
     clerk.page.fill("#find-phone", "0912-345-6789")
+    if lang == "fa":  # typed Jalali dates: no Gregorian date-and-time widget
+        expect(clerk.page.locator("#find-from")).to_have_attribute("type", "text")
+        clerk.page.fill("#find-from", speak.today())
+        clerk.page.fill("#find-to", speak.today() + " ۲۴:۰۰")
+        clerk.page.click("#find-button")
+        expect(clerk.page.locator("#find-to-error")).to_be_visible()
+        expect(clerk.page.locator("#find-to")).to_have_value(speak.today() + " ۲۴:۰۰")
+        looks_right(clerk, lang, "09-find-refused")
+        clerk.page.fill("#find-to", this_jalali_day(days=1))
+    else:
+        expect(clerk.page.locator("#find-from")).to_have_attribute("type", "datetime-local")
     clerk.page.click("#find-button")
     expect(clerk.page.locator("#sales-found")).to_contain_text(speak.number(50_000))
     looks_right(clerk, lang, "09-sale-found")
@@ -132,6 +156,16 @@ def test_every_flow_reads_right_in_each_language_and_size(site, people, lang, si
     assert statement.value.suggested_filename.endswith(".csv")
     rows = Path(statement.value.path()).read_text(encoding="utf-8")
     assert "credit" in rows and "sale" in rows
+    if lang == "fa":  # a Jalali day, typed: the API's Gregorian day of the same date
+        looks_right(clerk, lang, "09-statement-form")
+        by_api = site.seller(key).get(f"/api/statements?day={today().isoformat()}").json()
+        clerk.page.fill("#statement-jday-value", this_jalali_day())
+        with clerk.page.expect_download() as statement:
+            clerk.page.click("#statement-jday-button")
+        lines = list(csv.DictReader(io.StringIO(Path(statement.value.path()).read_text("utf-8"))))
+        assert int(lines[0]["balance_after"]) == by_api["opening_balance"] == 0
+        closing = next(line for line in lines if line["line"] == "closing")
+        assert int(closing["balance_after"]) == by_api["closing_balance"] == 1_950_000
 
     clerk.open("/seller/charts")
     expect(clerk.page.locator("svg").first).to_be_visible()
