@@ -7,8 +7,10 @@ the rows are grouped by their stamps' UTC half hour (queries.py; whole Tehran ho
 days are made of those here, with the zone's rules: a sale at 20:29 UTC counts on one
 Tehran day, one at 20:31 on the next), and between two edges they are only summed, with
 no sort. History before the window costs some twenty lookups, not a scan. A period with
-no sales is a zero, never a gap. The one assumption: no sale is stored more than SLACK
-out of the order of its stamp (stamps come from the hosts' clocks). No SQL here.
+no sales is a zero, never a gap. The one assumption: a sale stored after another is
+never stamped more than SLACK before it (stamps come from the hosts' clocks); then a row
+below the id found for `edge - SLACK` is stamped before the edge, and a row from the id
+found for `edge + SLACK` on is stamped after it. No SQL here.
 """
 
 from __future__ import annotations
