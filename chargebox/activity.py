@@ -29,7 +29,8 @@ TOP = 10  # sellers ranked
 # How far an id may stray from the order of its stamp: a stamp is taken inside its write
 # (SQLite: under the write lock, so in order), but on PostgreSQL by hosts whose clocks
 # differ by milliseconds under NTP. Rows within SLACK of a period's edge are placed by
-# their stamps (grouped: the costly part), the others by their ids (summed).
+# their stamps (grouped: the costly part), the others by their ids (summed). The bound
+# is pairwise (any two sales): clocks each within SLACK / 2 of the truth keep it.
 SLACK = datetime.timedelta(minutes=10)
 UTC = datetime.UTC
 

@@ -144,6 +144,24 @@ def test_sales_stored_out_of_order_across_the_day_edge_count_on_their_stamps_day
     assert (days["2026-05-01"], days["2026-05-02"]) == (101, 1010)
 
 
+@pytest.mark.parametrize("after, before", [(2, -8), (9, -1), (0, -10), (10, 0)])
+def test_two_sales_slack_out_of_order_at_midnight_land_on_their_own_days(service, after, before):
+    """The review's case (F1) at the bound the code assumes: a sale stamped `after`
+    minutes past a Tehran midnight stored before one stamped `before` (up to SLACK = 10
+    minutes earlier): each counts on its own day. (Its 18 minutes, from a test jitter of
+    +-9 per stamp, broke the assumption, not the code: the guarantee is pairwise, any two
+    sales at most SLACK out of order, which a per-stamp jitter of +-SLACK/2 keeps.)"""
+    edge = datetime.datetime(2026, 6, 1, 20, 30, tzinfo=UTC)  # 00:00 on 12 Khordad, Tehran
+    assert (after - before) * datetime.timedelta(minutes=1) <= activity.SLACK
+    seller = seller_with(service, "P", "2026-05-20T00:00:00", 10**9)
+    stamps = [(edge + datetime.timedelta(minutes=m)).isoformat()[:19] for m in (after, before, 30)]
+    sell_at(service, seller, *zip(stamps, (1, 10, 100), strict=True))
+    now = datetime.datetime(2026, 6, 10, 9, tzinfo=UTC)
+    days = {t.start: t.amount for t in activity.sales_per_day(service.queries, now)}
+    assert days[datetime.date(2026, 6, 1)] == (10 if before < 0 else 0)
+    assert days[datetime.date(2026, 6, 2)] == (101 if before < 0 else 111)
+
+
 def test_the_hours_of_the_day_boundary_split_at_half_past_eight_utc(service):
     ali = seller_with(service, "Ali", "2026-06-10T00:00:00", 100_000)
     sell_at(service, ali, ("2026-06-10T20:29:59", 100), ("2026-06-10T20:30:00", 200))
@@ -205,7 +223,8 @@ def test_the_admins_days_and_hours_from_one_read_are_those_read_apart(service):
 def test_days_and_hours_read_by_id_ranges_are_those_of_the_stamps(
     service, moments, jitter, amounts
 ):
-    """Sales stored out of the order of their stamps by up to 10 minutes (SLACK), anywhere
+    """Each stamp moved by up to 5 minutes, so two sales stored out of the order of their
+    stamps by up to 10 minutes (SLACK, the bound activity.py assumes), anywhere
     in 40 days or around one day's edge: each Tehran day's and hour's total is the sum of
     the sales stamped in it. (Each example sells 45 days after the last one's.)"""
     start = datetime.datetime(2026, 5, 1, 17, tzinfo=UTC) + 45 * next(ERAS) * DAY
