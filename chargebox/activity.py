@@ -90,6 +90,25 @@ def sales_per_hour(queries: Queries, now: datetime.datetime, hours: int = HOURS)
     return _totals(hours_ending(now, hours), pieces, _hour_of)
 
 
+def admin_figures(database, now: datetime.datetime) -> tuple[list, list, list]:
+    """The admin's page: sales per day, per hour, and top sellers, from one read snapshot
+    (`database.snapshot()`: REPEATABLE READ on PostgreSQL, one read transaction on
+    SQLite). Read apart, an entry committing between the reads could be seen by one and
+    not another: PostgreSQL gives ids before COMMIT, so a credit with an id below the
+    window's end, committed between the scan of the credits and the closing balances,
+    would move a closing balance the scan never saw and hide that seller's sales."""
+    with database.snapshot() as snapshot:
+        queries = Queries(snapshot)
+        return (*sales_per_day_and_hour(queries, now), top_sellers(queries, now))
+
+
+def seller_figures(database, seller_id: int, now: datetime.datetime) -> tuple[list, list]:
+    """A seller's page: its sales per day and its closing balances, from one snapshot."""
+    with database.snapshot() as snapshot:
+        queries = Queries(snapshot)
+        return sales_per_day(queries, now, seller_id), closing_balances(queries, seller_id, now)
+
+
 def sales_per_day_and_hour(queries: Queries, now: datetime.datetime) -> tuple[list, list]:
     """sales_per_day() and sales_per_hour() of all sellers from one read."""
     edges = sorted(set(_day_edges(now, DAYS)) | set(_hour_edges(now, HOURS)))

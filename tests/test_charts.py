@@ -295,3 +295,53 @@ def test_top_sellers_from_the_ledger_are_the_sales_stamped_in_the_window(service
     ranked = activity.top_sellers(service.queries, now)
     mine = {row["seller_id"]: row["amount"] for row in ranked if row["seller_id"] in sellers}
     assert mine == expected
+
+
+@pytest.mark.postgresql_only
+def test_a_credit_committed_during_the_admins_chart_reads_hides_no_sale(
+    config, service, monkeypatch
+):
+    """The review's F6: PostgreSQL gives ids before COMMIT, so a credit with an id below
+    the window's end can commit between top_sellers' scan of the credits and its closing
+    balances. Read apart, the closing balance moved by a credit the scan never saw, and
+    Ali's 1,000 sold came out as 0 (dropped from the ranking). admin_figures() reads in
+    one REPEATABLE READ snapshot, which sees neither."""
+    import threading
+
+    from chargebox.cli import prepare
+    from chargebox.queries import Queries
+    from chargebox.services import Chargebox
+
+    now = datetime.datetime(2026, 6, 10, 9, tzinfo=UTC)
+    ali = seller_with(service, "Ali", "2026-06-01T00:00:00", 1_000_000)
+    other = seller_with(service, "Other", "2026-06-01T00:00:00", 1_000_000)
+    inserted, go = threading.Event(), threading.Event()
+    second = Chargebox(prepare(config))  # another server process on the same database
+
+    def slow_credit(write):
+        ledger.adjust(write, ali, 5_000, "late", at("2026-06-10T08:00:00"))
+        inserted.set()
+        assert go.wait(30)
+
+    sell_at(service, ali, ("2026-06-10T07:59:59", 1_000))
+    late = threading.Thread(target=second.database.write, args=(slow_credit,))
+    late.start()
+    assert inserted.wait(30)
+    sell_at(service, other, ("2026-06-10T08:00:01", 1))  # a higher id, committed first
+    scan = Queries.entries_not_sales
+
+    def scan_then_commit(queries, ids):
+        found = scan(queries, ids)
+        go.set()
+        late.join(30)
+        assert not late.is_alive()  # committed before the closing balances are read
+        return found
+
+    monkeypatch.setattr(Queries, "entries_not_sales", scan_then_commit)
+    try:
+        _, _, top = activity.admin_figures(service.database, now)
+    finally:
+        go.set()
+        late.join(30)
+        second.close()
+    assert {row["name"]: row["amount"] for row in top} == {"Ali": 1_000, "Other": 1}

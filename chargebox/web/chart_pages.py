@@ -37,14 +37,13 @@ def hour_label(speaking: Language, hour: datetime.datetime) -> str:
 
 
 def install(pages: bottle.Bottle, site: Site) -> None:
-    queries = site.service.queries
+    database = site.service.database
 
     @pages.get("/admin/charts")
     def admin_charts():
         you, speaking = visitor(site.service, ADMIN), language()
         _, now = speaking.gettext, datetime.datetime.now(datetime.UTC)
-        days, hours = activity.sales_per_day_and_hour(queries, now)
-        top = activity.top_sellers(queries, now)
+        days, hours, top = activity.admin_figures(database, now)
         shown = [
             _figure(speaking, "per-day", _("Sales per day, the last 30 days"),
                     charts.bars, [(day_label(speaking, t.start), t.amount) for t in days]),
@@ -61,8 +60,7 @@ def install(pages: bottle.Bottle, site: Site) -> None:
         you, speaking = visitor(site.service, SELLER), language()
         _, now = speaking.gettext, datetime.datetime.now(datetime.UTC)
         seller_id = you.principal.seller_id
-        days = activity.sales_per_day(queries, now, seller_id)
-        balances = activity.closing_balances(queries, seller_id, now)
+        days, balances = activity.seller_figures(database, seller_id, now)
         shown = [
             _figure(speaking, "per-day", _("Your sales per day, the last 30 days"),
                     charts.bars, [(day_label(speaking, t.start), t.amount) for t in days]),
