@@ -3,8 +3,9 @@
 The chart pages fit a phone (390 px) and a desktop with no sideways scrolling and draw
 Persian with Vazirmatn, loaded from our own /static/; the Copy button copies a new key
 (or, without the Clipboard API, selects it) and says so in the page's language; the
-Show toggle reveals the sign-in key and hides it again. Without JavaScript neither button
-shows and the pages work as before. Screenshots go beside test_browser.py's.
+Show toggle reveals the sign-in key and hides it again, its label saying what the next
+press does. Without JavaScript neither button shows and the pages work as before.
+Screenshots go beside test_browser.py's.
 """
 
 from __future__ import annotations
@@ -100,13 +101,15 @@ def test_the_show_toggle_reveals_the_key_and_hides_it_again(site, people):
     field, toggle = page.locator("#login-token"), page.locator("#reveal-login-token")
     field.fill(key)
     expect(field).to_have_attribute("type", "password")
+    expect(toggle).to_have_text("Show")
     toggle.click()
     expect(field).to_have_attribute("type", "text")
-    expect(toggle).to_have_attribute("aria-pressed", "true")
+    expect(toggle).to_have_text("Hide")  # its label says what the next press does
+    expect(toggle).not_to_have_attribute("aria-pressed", re.compile(".*"))
     visitor.shot("24-sign-in-key-shown")
     toggle.click()
     expect(field).to_have_attribute("type", "password")
-    expect(toggle).to_have_attribute("aria-pressed", "false")
+    expect(toggle).to_have_text("Show")
     page.click("#login-button")
     expect(page).to_have_url(re.compile(r"/seller$"))
 

@@ -85,8 +85,11 @@ def test_every_flow_reads_right_in_each_language_and_size(site, people, lang, si
     admin = people(viewport=size, locale=LOCALES[lang])
     admin.open("/login")
     admin.page.fill("#login-token", ADMIN_TOKEN)
+    expect(admin.page.locator("#reveal-login-token")).to_have_text(speak.gettext("Show"))
     admin.page.click("#reveal-login-token")
     expect(admin.page.locator("#login-token")).to_have_attribute("type", "text")
+    hide = {"fa": "پنهان کردن", "en": "Hide"}[lang]
+    expect(admin.page.locator("#reveal-login-token")).to_have_text(hide)
     looks_right(admin, lang, "01-sign-in-token-shown")
     admin.page.click("#login-button")
     expect(admin.page).to_have_url(re.compile(r"/admin$"))

@@ -145,6 +145,14 @@ def test_amounts_read_in_each_language():
     assert EN.signed(5_000) == "+5,000"  # a left-to-right line needs no isolate
 
 
+def test_a_negative_number_keeps_its_minus_on_the_left_in_persian():
+    # An ASCII hyphen before Persian digits shows as ۵٬۰۰۰- in a right-to-left line.
+    assert FA.number(-5_000) == "\u2066\u2212۵٬۰۰۰\u2069" == FA.signed(-5_000)
+    assert FA.toman(-5_000) == "\u2066\u2212۵٬۰۰۰\u2069 تومان"
+    assert FA.number(0) == "۰" and FA.number(5_000) == "۵٬۰۰۰"
+    assert EN.number(-5_000) == "-5,000"  # a left-to-right line reads it right as it is
+
+
 @given(st.integers(min_value=0, max_value=10**15))
 def test_a_persian_number_is_the_english_one_in_persian_digits(value):
     shown = FA.number(value)

@@ -186,7 +186,7 @@ def test_every_error_class_is_known_to_the_extraction():
         (
             InsufficientCredit(NOT_COVERED, balance=80_000, amount=100_000),
             "Not enough credit: balance 80,000 toman does not cover 100,000 toman.",
-            "اعتبار کافی نیست: موجودی ۸۰٬۰۰۰ تومان مبلغ ۱۰۰٬۰۰۰ تومان را پوشش نمی‌دهد.",
+            "کمبود اعتبار: موجودی ۸۰٬۰۰۰ تومان برای ۱۰۰٬۰۰۰ تومان کافی نیست.",
         ),
         (
             ValidationError(
@@ -200,7 +200,7 @@ def test_every_error_class_is_known_to_the_extraction():
                 "credit request {request_id} is already {status}", request_id=7, status="approved"
             ),  # fmt: skip
             "Credit request 7 is already approved",
-            "درخواست اعتبار شمارهٔ ۷ پیش‌تر تأیید شده است",
+            "درخواست اعتبار شمارهٔ ۷ پیش‌تر بررسی شده است: تأییدشده",
         ),
         (
             AlreadyRefunded(
@@ -224,6 +224,19 @@ def test_the_visitors_own_text_is_isolated_quoted_and_keeps_its_digits():
     assert refusals.sentence(refusal, EN) == "Another of this seller's keys is labelled 'till 2 ۳'"
     said = persian(refusals.sentence(refusal, FA))
     assert "«\u2068till 2 ۳\u2069»" in said
+
+
+def test_a_field_is_named_as_its_form_names_it_and_the_api_english_stays():
+    refusal = ValidationError("{field} must be 1 to 255 printable ASCII characters",
+                              "idempotency_key")  # fmt: skip
+    assert refusal.message == "idempotency_key must be 1 to 255 printable ASCII characters"
+    assert refusals.message(refusal, EN) == refusal.message  # what the API answers
+    found = refusals.FIND_A_SALE  # Find a sale's "Order id (your Idempotency-Key)"
+    english = refusals.sentence(refusal, EN, found)
+    assert english == "Order id must be 1 to 255 printable ASCII characters"
+    said = persian(refusals.sentence(refusal, FA, found))
+    assert said.startswith("شمارهٔ سفارش باید ۱ تا ۲۵۵ نویسه باشد") and "ASCII" not in said
+    assert "یکتا" not in persian(refusals.sentence(refusal, FA))  # one term on every page
 
 
 def test_a_word_the_catalogue_lacks_is_shown_isolated_as_it_is():
@@ -269,6 +282,10 @@ def statement(query: str):
     return lambda browser, world: browser.get(f"/seller/statement?{query}")
 
 
+def find(query: str):
+    return lambda browser, world: browser.get(f"/seller/sales/found?{query}")
+
+
 def no_csrf(browser, world):
     return browser.post_form("/seller/sales", {"phone": PHONE, "amount": "1000"}, csrf=False)
 
@@ -277,7 +294,7 @@ def no_csrf(browser, world):
 REFUSED = [
     ("overspend", SELLER, nothing, sell("200,000"), 409, "sale-amount-error",
      "Not enough credit: balance 100,000 toman does not cover 200,000 toman.",
-     ["اعتبار کافی نیست", "۱۰۰٬۰۰۰", "۲۰۰٬۰۰۰"]),
+     ["کمبود اعتبار", "۱۰۰٬۰۰۰", "۲۰۰٬۰۰۰"]),
     ("zero", SELLER, nothing, sell("0"), 422, "sale-amount-error",
      "Amount must be between 1 and 1,000,000,000 toman", ["مبلغ", "۱٬۰۰۰٬۰۰۰٬۰۰۰"]),
     ("too large", SELLER, nothing, sell("9" * 40), 422, "sale-amount-error",
@@ -297,9 +314,12 @@ REFUSED = [
      "key-label-error", "Another of this seller's keys is labelled 'default'",
      ["«\u2068default\u2069»"]),
     ("decided", ADMIN, approve, post("/admin/credit-requests/{request}/approve"), 409, "problem",
-     "Credit request {request} is already approved", ["پیش‌تر تأیید شده است"]),
+     "Credit request {request} is already approved", ["پیش‌تر بررسی شده است: تأییدشده"]),
     ("statement", SELLER, nothing, statement("month=2026-13"), 422, "error-message",
      "month must be a month written YYYY-MM", ["ماه", "سال"]),
+    ("order id", SELLER, nothing, find("idempotency_key=%D8%B3%D9%81%D8%A7%D8%B1%D8%B4"), 422,
+     "find-idempotency_key-error", "Order id must be 1 to 255 printable ASCII characters",
+     ["شمارهٔ سفارش باید ۱ تا ۲۵۵ نویسه باشد"]),
     ("csrf", SELLER, nothing, no_csrf, 403, "error-message",
      "This form has expired or did not come from this site. Nothing was changed: reload the"
      " page and try again.", ["این فرم"]),

@@ -26,9 +26,10 @@ from chargebox.web.request import query, read_form, statement_headers
 from chargebox.web.sessions import Visitor, check_csrf, signed_in, visitor
 
 
-def plain(exc: ChargeboxError) -> str:
-    """What went wrong, as a sentence for a person, in the page's language (refusals.py)."""
-    return sentence(exc, language())
+def plain(exc: ChargeboxError, names: dict | None = None) -> str:
+    """What went wrong, as a sentence for a person, in the page's language (refusals.py);
+    `names`: fields the form names otherwise than the API."""
+    return sentence(exc, language(), names)
 
 
 @dataclasses.dataclass
@@ -44,9 +45,9 @@ class Form:
     def error(self, name: str) -> str | None:
         return self.errors.get(name)
 
-    def failed(self, exc: ChargeboxError, field: str) -> Form:
+    def failed(self, exc: ChargeboxError, field: str, names: dict | None = None) -> Form:
         """Record `exc` next to its own field, or next to `field` when it names none."""
-        self.errors[exc.field if exc.field in self.values else field] = plain(exc)
+        self.errors[exc.field if exc.field in self.values else field] = plain(exc, names)
         return self
 
 

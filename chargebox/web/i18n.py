@@ -93,7 +93,11 @@ class Language:
         return text.translate(_PERSIAN_DIGITS) if self.code == "fa" else text
 
     def number(self, value: int) -> str:
-        """An integer with its thousands separated: `50,000`, `۵۰٬۰۰۰`."""
+        """An integer with its thousands separated: `50,000`, `۵۰٬۰۰۰`. A negative one in
+        Persian as `signed` writes it (`−۵۰٬۰۰۰` isolated left to right), since `-۵۰٬۰۰۰`
+        alone would show as `۵۰٬۰۰۰-` in a right-to-left line."""
+        if value < 0 and self.direction == "rtl":
+            return self.signed(value)
         return self.digits(f"{value:,}")
 
     def plain_number(self, value: int) -> str:

@@ -24,6 +24,7 @@ from chargebox.web import admin_pages, chart_pages, i18n
 from chargebox.web.errors import status_of
 from chargebox.web.forms import Form, Site, form_key, found
 from chargebox.web.html import NOT_A_PAGE, STATIC, failure_page, gettext, language, redirect, render
+from chargebox.web.refusals import FIND_A_SALE
 from chargebox.web.request import SALE_SEARCH, query, query_id, read_form
 from chargebox.web.sessions import (
     Visitor,
@@ -204,7 +205,7 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
                         typed[name] = searched_time(typed[name], name)
                 sales = site.service.find_sales(Page(FOUND + 1), you.principal.seller_id, typed)
             except ChargeboxError as exc:
-                search, status = search.failed(exc, "phone"), status_of(exc)
+                search, status = search.failed(exc, "phone", FIND_A_SALE), status_of(exc)
         more = sales is not None and len(sales) > FOUND
         shown = None if sales is None else sales[:FOUND]
         title = gettext("Find a sale")

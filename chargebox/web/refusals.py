@@ -50,6 +50,9 @@ FIELDS = (
     phrase("idempotency_key"),
 )  # fmt: skip
 STATUSES = (phrase("approved"), phrase("rejected"), phrase("pending"))
+# A field a form names otherwise than the API does: Find a sale's idempotency_key is the
+# clerk's "Order id" (the API's own English is never changed by this).
+FIND_A_SALE = {"idempotency_key": phrase("order id")}
 
 
 class _Number:
@@ -85,19 +88,22 @@ def _shown(name: str, value: object, language: i18n.Language) -> object:
     return "" if value is None else _Typed(value)
 
 
-def message(exc: ChargeboxError, language: i18n.Language) -> str:
-    """The error's message in `language`: in English its `message` exactly."""
+def message(exc: ChargeboxError, language: i18n.Language, names: dict | None = None) -> str:
+    """The error's message in `language`: in English its `message` exactly, unless
+    `names` gives its field the name the form shows (as FIND_A_SALE)."""
+    field = (names or {}).get(exc.field, exc.field)
+    params = {"field": field, **exc.params}
     if language.code == "en":
-        return exc.message
+        return exc.message if field == exc.field else exc.template.format(**params)
     template = i18n.catalogue(language.code, DOMAIN).gettext(exc.template)
-    params = {"field": exc.field, **exc.params}
     return template.format(**{name: _shown(name, v, language) for name, v in params.items()})
 
 
-def sentence(exc: ChargeboxError, language: i18n.Language) -> str:
-    """What went wrong, as a sentence for a person: a refusal beside a form's field."""
+def sentence(exc: ChargeboxError, language: i18n.Language, names: dict | None = None) -> str:
+    """What went wrong, as a sentence for a person: a refusal beside a form's field,
+    which `names` may name as that form does."""
     frame = i18n.catalogue(language.code, DOMAIN).gettext(PLAIN.get(exc.code, "{message}"))
-    said = frame.format(message=message(exc, language).rstrip("."))
+    said = frame.format(message=message(exc, language, names).rstrip("."))
     return said[:1].upper() + said[1:]
 
 

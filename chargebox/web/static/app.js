@@ -59,7 +59,8 @@ document.querySelectorAll("button[data-copy]").forEach(function (button) {
   });
 });
 // A "Show" toggle (views/reveal_button.tpl) switches the password field its data-reveal
-// names between hidden and visible text; aria-pressed says which.
+// names between hidden and visible text, and its own label between data-show and
+// data-hide: the label says what a press will do.
 document.querySelectorAll("button[data-reveal]").forEach(function (button) {
   var field = document.getElementById(button.dataset.reveal);
   if (!field) return;
@@ -67,7 +68,7 @@ document.querySelectorAll("button[data-reveal]").forEach(function (button) {
   button.addEventListener("click", function () {
     var shown = field.type === "password";
     field.type = shown ? "text" : "password";
-    button.setAttribute("aria-pressed", shown ? "true" : "false");
+    button.textContent = shown ? button.dataset.hide : button.dataset.show;
     field.focus();
   });
 });
