@@ -8,6 +8,7 @@ Database, or through an open Write to see the write's own rows. No writes here.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from typing import Protocol
 
@@ -227,28 +228,36 @@ class Queries:
     def first_ids_since(self, table: str, stamps: list[str]) -> list[int]:
         """For each stamp (ascending), the lowest id of `table` (sale or ledger_entry) from
         which rows are stamped that or later, found by bisecting the primary key: ids follow
-        created_at, which has no index, so some 20 lookups each instead of a scan."""
+        created_at, which has no index. All the stamps are bisected together, one statement
+        a step (a probe of the key per stamp still searching): some 20 round trips in all,
+        however many stamps. Ascending, as the stamps: each answer is at least the one
+        before it (with ids out of their stamps' order, bisections apart could cross)."""
         assert table in ("sale", "ledger_entry"), table
         (ends,) = self.reader.dicts(  # apart: SQLite scans the table for min() and max() in one
             f"SELECT (SELECT min(id) FROM {table}) AS low, (SELECT max(id) FROM {table}) AS high"
         )
         if ends["low"] is None:
             return [1] * len(stamps)
-        found, low = [], ends["low"]
-        for since in stamps:
-            high = ends["high"] + 1
-            while low < high:
-                middle = (low + high) // 2
-                row = self.reader.dicts(
-                    f"SELECT id, created_at FROM {table} WHERE id >= ? ORDER BY id LIMIT 1",
-                    (middle,),
-                )
-                if not row or row[0]["created_at"] >= since:
-                    high = middle
+        bounds = [[ends["low"], ends["high"] + 1] for _ in stamps]  # [low, high) each
+        while searching := [n for n, (low, high) in enumerate(bounds) if low < high]:
+            middles = sorted({sum(bounds[n]) // 2 for n in searching})
+            probes = ", ".join([f"(SELECT id FROM {table} WHERE id >= ? ORDER BY id LIMIT 1)"]
+                               * len(middles))  # fmt: skip
+            rows = self.reader.dicts(
+                f"SELECT id, created_at FROM {table} WHERE id IN ({probes}) ORDER BY id",
+                tuple(middles),
+            )
+            ids = [row["id"] for row in rows]
+            for n in searching:
+                middle = sum(bounds[n]) // 2  # its row: the first found at or above it
+                at = bisect.bisect_left(ids, middle)
+                row = rows[at] if at < len(rows) else None
+                if row is None or row["created_at"] >= stamps[n]:
+                    bounds[n][1] = middle
                 else:
-                    low = row[0]["id"] + 1
-            found.append(low)
-        return found
+                    bounds[n][0] = row["id"] + 1
+        found = [low for low, _ in bounds]
+        return [max(found[: n + 1]) for n in range(len(found))]
 
     def sales_by_half_hour(self, ids: tuple[int, int], start: str, end: str,
                            seller_id: int | None = None) -> list[dict]:  # fmt: skip
