@@ -139,14 +139,15 @@ def _pieces(queries: Queries, edges: list[datetime.datetime], seller_id: int | N
     ids = queries.first_ids_since("sale", [stamp(moment) for zone in zones for moment in zone[:2]])
     ranges = [(ids[2 * n], ids[2 * n + 1]) for n in range(len(zones))]
     window = stamp(edges[0]), stamp(edges[-1])
-    pieces = []
-    for near in ranges:
-        rows = queries.sales_by_half_hour(near, *window, seller_id)
-        pieces += [(_local(row), int(row["amount"]), int(row["sales"])) for row in rows]
-    for (zone, (_, low)), (_, (high, _)) in itertools.pairwise(zip(zones, ranges, strict=True)):
-        if low < high:  # all stamped between this zone's last edge and the next zone
-            found = queries.sales_between((low, high), seller_id)
-            pieces.append((zone[2], int(found["amount"]), int(found["sales"])))
+    rows = queries.sales_by_half_hour([near for near in ranges if near[0] < near[1]], *window,
+                                      seller_id)  # fmt: skip
+    pieces = [(_local(row), int(row["amount"]), int(row["sales"])) for row in rows]
+    gaps = [(zone[2], (low, high)) for (zone, (_, low)), (_, (high, _))
+            in itertools.pairwise(zip(zones, ranges, strict=True))
+            if low < high]  # fmt: skip  # all stamped between a zone's last edge and the next zone
+    found = queries.sales_between([ids for _, ids in gaps], seller_id)
+    pieces += [(edge, int(sums["amount"]), int(sums["sales"]))
+               for (edge, _), sums in zip(gaps, found, strict=True)]  # fmt: skip
     return pieces
 
 
@@ -169,7 +170,8 @@ def top_sellers(queries: Queries, now: datetime.datetime, days: int = DAYS,
     one): between a seller's last entry before the window and its last entry in it, its
     balance moved by its credits, adjustments and refunds (few) less its sales (I2, I3),
     so sales = those others - (closing - opening). Each seller's two entries are found
-    from its (seller_id, id) index; the others by one scan of the window, with no sort."""
+    along its own index (queries.py: on PostgreSQL, bisected along (seller_id, seq)); the
+    others by one scan of the window, with no sort."""
     start, end = _day_edges(now, days)[0], _day_edges(now, days)[-1]
     low, below_start, below_end = queries.first_ids_since(
         "ledger_entry", [stamp(start - SLACK), stamp(start + SLACK), stamp(end + SLACK)]
@@ -200,11 +202,5 @@ def closing_balances(queries: Queries, seller_id: int, now: datetime.datetime,
     its last entry's balance_after (0 before its first entry, as every seller starts)."""
     dates, ends = days_ending(now, days), _day_edges(now, days)[1:]
     below = queries.first_ids_since("ledger_entry", [stamp(end + SLACK) for end in ends])
-    closing, place = [], None
-    for day, below_id, end in reversed(list(zip(dates, below, ends, strict=True))):
-        place, balance = queries.balance_before(seller_id, below_id, stamp(end), place)
-        closing.append((day, balance))
-        if place is None:  # no entry yet at that day's end, nor at any before it
-            closing += [(earlier, 0) for earlier in dates[: len(dates) - len(closing)][::-1]]
-            break
-    return closing[::-1]
+    bounds = [(below_id, stamp(end)) for below_id, end in zip(below, ends, strict=True)]
+    return list(zip(dates, queries.balances_before(seller_id, bounds), strict=True))

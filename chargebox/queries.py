@@ -106,6 +106,33 @@ _HALF_HOUR = f"{_HOUR} AS hour, {_HALF} AS half"
 _BY_KEY = "id IN (SELECT sale_id FROM idempotency_record WHERE seller_id = ? AND key = ?)"
 
 
+# PostgreSQL: each seller's last entry below an id and before a stamp, for each row of
+# `{sellers}`, named s (n, id, below, before). Its entries are indexed by (seller_id, seq), not id,
+# and seq runs 1, 2, 3... with the ids: so the last place below the id is bisected along
+# that index (a recursive query, some 20 probes), and only the entries from there back to
+# one stamped before are read (those near the stamp), never a walk back over the
+# seller's entries after it.
+_LAST_BEFORE = """SELECT s.n, s.id AS seller_id, {name} AS name, o.id AS entry_id,
+ o.balance_after FROM {sellers} LEFT JOIN LATERAL (
+ WITH RECURSIVE b(lo, hi) AS (
+  SELECT CAST(0 AS bigint), COALESCE((SELECT max(seq) FROM ledger_entry
+   WHERE seller_id = s.id), 0)
+  UNION ALL
+  SELECT CASE WHEN e.id < s.below THEN e.seq ELSE b.lo END,
+   CASE WHEN e.id < s.below THEN b.hi ELSE e.seq - 1 END
+  FROM b JOIN ledger_entry AS e ON e.seller_id = s.id AND e.seq = (b.lo + b.hi + 1) / 2
+  WHERE b.lo < b.hi)
+ SELECT e.id, e.balance_after FROM ledger_entry AS e WHERE e.seller_id = s.id
+  AND e.seq <= (SELECT min(hi) FROM b) AND e.created_at < s.before
+  ORDER BY e.seq DESC LIMIT 1
+) AS o ON true ORDER BY s.n"""
+
+
+def _maybe(value: object) -> tuple:
+    """A parameter if there is one (an optional `AND seller_id = ?`)."""
+    return () if value is None else (value,)
+
+
 class Reader(Protocol):
     """A Database, or an open Write (which sees its own uncommitted rows)."""
 
@@ -259,36 +286,52 @@ class Queries:
         found = [low for low, _ in bounds]
         return [max(found[: n + 1]) for n in range(len(found))]
 
-    def sales_by_half_hour(self, ids: tuple[int, int], start: str, end: str,
+    def sales_by_half_hour(self, ranges: list[tuple[int, int]], start: str, end: str,
                            seller_id: int | None = None) -> list[dict]:  # fmt: skip
-        """Sales (amount, count) stamped in [start, end) with ids in [ids), per UTC half
-        hour (`hour` is `2026-12-01T20`, `half` 0 or 1): whole Tehran hours and days are
-        made of these, Tehran being UTC+03:30."""
+        """Sales (amount, count) stamped in [start, end) with ids in any of the [ranges),
+        per UTC half hour (`hour` is `2026-12-01T20`, `half` 0 or 1): whole Tehran hours
+        and days are made of these, Tehran being UTC+03:30. One statement for them all."""
+        if not ranges:
+            return []
         mine = " AND seller_id = ?" if seller_id is not None else ""
+        within = " OR ".join(["(id >= ? AND id < ?)"] * len(ranges))
         return self.reader.dicts(
             f"SELECT {_HALF_HOUR}, CAST(SUM(amount) AS BIGINT) AS amount, count(*) AS sales"
-            f" FROM sale WHERE id >= ? AND id < ? AND created_at >= ? AND created_at < ?{mine}"
+            f" FROM sale WHERE ({within}) AND created_at >= ? AND created_at < ?{mine}"
             " GROUP BY 1, 2 ORDER BY 1, 2",
-            (*ids, start, end, *(() if seller_id is None else (seller_id,))),
+            (*(n for ids in ranges for n in ids), start, end, *_maybe(seller_id)),
         )
 
-    def sales_between(self, ids: tuple[int, int], seller_id: int | None = None) -> dict:
-        """The amount and count of the sales with ids in [ids): a plain range of the
-        primary key, no sort (activity.py knows they all fall in one period)."""
+    def sales_between(self, ranges: list[tuple[int, int]], seller_id: int | None = None
+                      ) -> list[dict]:  # fmt: skip
+        """The amount and count of the sales with ids in each of the [ranges), in their
+        order: plain ranges of the primary key, no sort (activity.py knows each falls in
+        one period). One statement for them all."""
+        if not ranges:
+            return []
         mine = " AND seller_id = ?" if seller_id is not None else ""
-        (found,) = self.reader.dicts(
-            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS amount, count(*) AS sales"
-            f" FROM sale WHERE id >= ? AND id < ?{mine}",
-            (*ids, *(() if seller_id is None else (seller_id,))),
+        one = (
+            "SELECT {0} AS n, CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS amount,"
+            f" count(*) AS sales FROM sale WHERE id >= ? AND id < ?{mine}"
         )
-        return found
+        found = self.reader.dicts(
+            " UNION ALL ".join(one.format(n) for n in range(len(ranges))) + " ORDER BY n",
+            tuple(n for ids in ranges for n in (*ids, *_maybe(seller_id))),
+        )
+        return [{"amount": row["amount"], "sales": row["sales"]} for row in found]
 
     def balances_at(self, below_id: int, before: str) -> list[dict]:
         """Each seller (id, name) with its last ledger entry below id `below_id` stamped
         before `before`: entry_id and balance_after, null before its first entry."""
+        if self._postgresql:
+            sellers = ("(SELECT id AS n, id, name, CAST(? AS bigint) AS below,"
+                       " CAST(? AS text) AS before FROM seller) AS s")  # fmt: skip
+            return self.reader.dicts(
+                _LAST_BEFORE.format(sellers=sellers, name="s.name"), (below_id, before)
+            )
         last = (
             "SELECT {0} FROM ledger_entry AS e WHERE e.seller_id = seller.id AND e.id < ?"
-            f" AND e.created_at < ? ORDER BY e.{self._chain} DESC LIMIT 1"
+            " AND e.created_at < ? ORDER BY e.id DESC LIMIT 1"
         )
         return self.reader.dicts(
             f"SELECT id AS seller_id, name, ({last.format('e.id')}) AS entry_id,"
@@ -305,23 +348,33 @@ class Queries:
             ids,
         )
 
-    def balance_before(self, seller_id: int, below_id: int, before: str,
-                       within: int | None = None) -> tuple[int | None, int]:  # fmt: skip
-        """A seller's last ledger entry below id `below_id` stamped before `before`: its
-        place in the seller's chain and its balance_after ((None, 0) before its first
-        entry: every seller starts at 0). `within`: at that place or before it, so that
-        walking back a day at a time passes each entry once."""
-        chain = self._chain
-        bound = f" AND {chain} <= ?" if within is not None else ""
-        found = self.reader.dicts(
-            f"SELECT {chain} AS place, balance_after FROM ledger_entry WHERE seller_id = ?"
-            f" AND id < ? AND created_at < ?{bound} ORDER BY {chain} DESC LIMIT 1",
-            (seller_id, below_id, before, *(() if within is None else (within,))),
-        )
-        return (found[0]["place"], int(found[0]["balance_after"])) if found else (None, 0)
+    def balances_before(self, seller_id: int, bounds: list[tuple[int, str]]) -> list[int]:
+        """For each (below_id, before), the seller's balance_after at its last ledger entry
+        below id `below_id` stamped before `before` (0 before its first entry: every
+        seller starts at 0). One statement for them all."""
+        if not bounds:
+            return []
+        if self._postgresql:
+            rows = ", ".join(["(CAST(? AS bigint), CAST(? AS bigint), CAST(? AS bigint),"
+                              " CAST(? AS text))"] * len(bounds))  # fmt: skip
+            sellers = f"(VALUES {rows}) AS s(n, id, below, before)"
+            found = self.reader.dicts(
+                _LAST_BEFORE.format(sellers=sellers, name="NULL"),
+                tuple(v for n, bound in enumerate(bounds) for v in (n, seller_id, *bound)),
+            )
+        else:
+            one = (
+                "SELECT {0} AS n, (SELECT balance_after FROM ledger_entry WHERE seller_id = ?"
+                " AND id < ? AND created_at < ? ORDER BY id DESC LIMIT 1) AS balance_after"
+            )
+            found = self.reader.dicts(
+                " UNION ALL ".join(one.format(n) for n in range(len(bounds))) + " ORDER BY n",
+                tuple(v for below, before in bounds for v in (seller_id, below, before)),
+            )
+        return [int(row["balance_after"] or 0) for row in found]
 
     @property
-    def _chain(self) -> str:
-        """What a seller's entries are indexed by: (seller_id, id) on SQLite, (seller_id,
-        seq) on PostgreSQL; one order (both are taken under the seller's row lock)."""
-        return "seq" if getattr(self.reader, "dialect", "sqlite") == "postgresql" else "id"
+    def _postgresql(self) -> bool:
+        """A seller's entries are indexed by (seller_id, id) on SQLite, (seller_id, seq) on
+        PostgreSQL; one order (both are taken under the seller's row lock)."""
+        return getattr(self.reader, "dialect", "sqlite") == "postgresql"

@@ -345,3 +345,44 @@ def test_a_credit_committed_during_the_admins_chart_reads_hides_no_sale(
         late.join(30)
         second.close()
     assert {row["name"]: row["amount"] for row in top} == {"Ali": 1_000, "Other": 1}
+
+
+def _rows_read(plan: dict) -> int:
+    """Rows a PostgreSQL plan node and its children read (returned + removed by filter)."""
+    loops = plan.get("Actual Loops", 1)
+    own = (plan.get("Actual Rows", 0) + plan.get("Rows Removed by Filter", 0)) * loops
+    return own + sum(_rows_read(child) for child in plan.get("Plans", ()))
+
+
+@pytest.mark.postgresql_only
+def test_a_sellers_last_entry_before_the_window_is_found_without_walking_the_window(service):
+    """The review's F5: on PostgreSQL a seller's entries are indexed by (seller_id, seq),
+    and the last one below an id and before a stamp was found by walking back over
+    every entry after it (6,004 rows read here). It is bisected along that index now:
+    a few rows, for balances_before and balances_at alike, and still the right entry."""
+    import json
+
+    from chargebox.queries import _LAST_BEFORE
+
+    seller = seller_with(service, "Busy", "2026-05-01T00:00:00", 10**9)
+    sell_at(service, seller, ("2026-05-31T20:00:00", 7),
+            *[(f"2026-06-0{1 + n // 1000}T10:{(n // 60) % 60:02d}:{n % 60:02d}", 1)
+              for n in range(3000)])  # fmt: skip
+    start = at("2026-05-31T20:30:00")  # as activity.py asks: below the id found for SLACK on
+    (below,) = service.queries.first_ids_since("ledger_entry", [at("2026-05-31T20:40:00")])
+    assert service.queries.balances_before(seller, [(below, start)]) == [10**9 - 7]
+
+    def read(sql: str, params: tuple) -> int:
+        (row,) = service.queries.reader.rows("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params)
+        plan = row[0] if not isinstance(row[0], str) else json.loads(row[0])
+        return _rows_read(plan[0]["Plan"])
+
+    one = ("(VALUES (0, CAST(? AS bigint), CAST(? AS bigint), CAST(? AS text)))"
+           " AS s(n, id, below, before)")  # fmt: skip
+    every = ("(SELECT id AS n, id, CAST(? AS bigint) AS below, CAST(? AS text) AS before"
+             " FROM seller) AS s")  # the only seller, in a fresh database  # fmt: skip
+    for sellers, params in ((one, (seller, below, start)), (every, (below, start))):
+        assert read(_LAST_BEFORE.format(sellers=sellers, name="1"), params) < 100
+    walk = ("SELECT id FROM ledger_entry WHERE seller_id = ? AND id < ? AND created_at < ?"
+            " ORDER BY seq DESC LIMIT 1")  # fmt: skip
+    assert read(walk, (seller, below, start)) > 3000  # what it was
