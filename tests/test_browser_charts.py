@@ -125,3 +125,59 @@ def test_without_javascript_the_buttons_stay_hidden_and_the_pages_still_work(sit
     assert key.startswith("cbk_")
     admin.open("/admin/charts")
     expect(admin.page.locator("#chart-per-day svg")).to_be_visible()
+
+
+# Each chart text whose box, as Chromium draws it, leaves its SVG's viewBox.
+OUTSIDE = """() => [...document.querySelectorAll('svg.chart')].flatMap(svg => {
+  const view = svg.viewBox.baseVal;
+  return [...svg.querySelectorAll('text')].map(t => [t.textContent, t.getBBox()])
+    .filter(([, b]) => b.x < view.x - 0.5 || b.y < view.y - 0.5
+      || b.x + b.width > view.x + view.width + 0.5 || b.y + b.height > view.y + view.height + 0.5)
+    .map(([text, b]) => `${text} at ${b.x.toFixed(1)}..${(b.x + b.width).toFixed(1)}`); })"""
+
+
+@pytest.mark.parametrize("size", [PHONE, DESKTOP], ids=["phone", "desktop"])
+@pytest.mark.parametrize("code", ["en", "fa"])
+def test_every_chart_text_lies_inside_its_drawing(site, people, size, code):
+    """Review F2: a busy seller's month (450,000,000 toman) had its value cut at the
+    viewBox's edge. Every text of the real pages, and of charts of big amounts (up to
+    near 10**15 toman) drawn into the same page (its font and style), lies inside its
+    SVG's viewBox as Chromium measures it, in both languages, on a phone and a desktop."""
+    from chargebox import activity
+    from chargebox.web import charts
+    from chargebox.web.chart_pages import day_label, hour_label
+    from chargebox.web.i18n import LANGUAGE
+
+    _, key = funded_seller(site, 5_000_000, "فروشگاه بزرگ" if code == "fa" else "Big shop")
+    sell(site, key, 1_000_000, 999_999)
+    speaking = LANGUAGE[code]
+    admin = people(viewport=size, locale="fa-IR" if code == "fa" else "en-US")
+    admin.sign_in(ADMIN_TOKEN)
+    admin.open("/admin/charts")
+    expect(admin.page.locator("#chart-top svg text").first).to_be_visible()
+    assert admin.page.evaluate(OUTSIDE) == []
+    import datetime
+
+    now = datetime.datetime(2026, 6, 10, 9, tzinfo=datetime.UTC)
+    hours = activity.hours_ending(now, 48)
+    days = activity.days_ending(now, 30)
+    big = [
+        charts.ranking([("فروشگاه بزرگ موبایل تهران و حومه", 450_000_000), ("Big shop", 10**15 - 1),
+                        ("x", 5)], speaking.toman, speaking.direction, charts.Words("t", "e", "a")),
+        charts.bars([(hour_label(speaking, h), 10**15 - n) for n, h in enumerate(hours)],
+                    speaking.toman, speaking.direction, charts.Words("t", "e", "b")),
+        charts.line([(day_label(speaking, d), 10**15 - n) for n, d in enumerate(days)],
+                    speaking.toman, speaking.direction, charts.Words("t", "e", "c")),
+    ]  # fmt: skip
+    admin.page.evaluate(
+        "svgs => { const at = document.querySelector('#chart-top');"
+        " at.innerHTML = svgs.join(''); }",
+        big,
+    )
+    assert admin.page.locator("#chart-top svg.chart").count() == 3
+    assert admin.page.evaluate(OUTSIDE) == []
+    seller = people(viewport=size, locale="fa-IR" if code == "fa" else "en-US")
+    seller.sign_in(key)
+    seller.open("/seller/charts")
+    expect(seller.page.locator("#chart-per-day svg rect").first).to_be_visible()
+    assert seller.page.evaluate(OUTSIDE) == []

@@ -91,12 +91,16 @@ def ranking(points: Points, fmt: Format, direction: str, words: Words) -> str:
         return _nothing(words)
     top = max(value for _, value in points) or 1
     row, height = 34, 34 * len(points) + 4
+    # The values' gutter beside the longest bar: as wide as the widest value may be drawn
+    # (digits, separators and the unit at most 0.62 em each), so no value leaves the
+    # viewBox, whether 450,000,000 toman or near 10**15.
+    gutter = 4 + 13 * 0.62 * max(len(fmt(value)) for _, value in points)
     near = "right" if direction == "rtl" else "left"  # the side names and values start from
     edge = WIDTH - SIDE if direction == "rtl" else SIDE
     parts = []
     for index, (label, value) in enumerate(points):
         y = index * row + 14
-        length = max((WIDTH - 2 * SIDE - 90) * max(value, 0) / top, 1)
+        length = max((WIDTH - 2 * SIDE - gutter) * max(value, 0) / top, 1)
         x = edge - length if direction == "rtl" else edge
         end = x - 4 if direction == "rtl" else x + length + 4
         shown = label if len(label) <= LABEL_CHARS else label[: LABEL_CHARS - 1] + "\u2026"
