@@ -386,3 +386,25 @@ def test_a_sellers_last_entry_before_the_window_is_found_without_walking_the_win
     walk = ("SELECT id FROM ledger_entry WHERE seller_id = ? AND id < ? AND created_at < ?"
             " ORDER BY seq DESC LIMIT 1")  # fmt: skip
     assert read(walk, (seller, below, start)) > 3000  # what it was
+
+
+def test_the_hourly_chart_names_each_of_its_48_hours_once():
+    """The review's F3: the 48 hourly bars were labelled by the hour only ('16:00' twice),
+    so the <desc> a screen reader reads and the tooltips could not tell yesterday from
+    today. Each hour's label names its day; the axis keeps the short hour."""
+    from chargebox.web.chart_pages import hour_label, hour_tick
+    from chargebox.web.i18n import LANGUAGE
+
+    now = datetime.datetime(2026, 6, 10, 9, tzinfo=UTC)
+    hours = activity.hours_ending(now, 48)
+    for code in ("fa", "en"):
+        labels = [hour_label(LANGUAGE[code], hour) for hour in hours]
+        assert len(set(labels)) == 48, sorted(labels)[:4]
+        ticks = [hour_tick(LANGUAGE[code], hour) for hour in hours]
+        svg = charts.bars([(label, 1) for label in labels], LANGUAGE[code].toman, "ltr",
+                          charts.Words("t", "e", "h"), ticks=ticks)  # fmt: skip
+        axis = [node.text.strip("\u2068\u2069") for node in parsed(svg).iter(f"{SVG}text")
+                if node.get("class") == "chart-label"]  # fmt: skip
+        assert axis and all(len(tick) == 5 for tick in axis), axis
+    assert hour_label(LANGUAGE["en"], hours[-1]) == "Jun 10, 12:00"
+    assert hour_label(LANGUAGE["fa"], hours[-1]) == "۲۰ خرداد، ۱۲:۰۰"

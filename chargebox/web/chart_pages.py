@@ -33,6 +33,14 @@ def day_label(speaking: Language, day: datetime.date) -> str:
 
 
 def hour_label(speaking: Language, hour: datetime.datetime) -> str:
+    """An hour with its day, as the <desc> and tooltips say it (48 hours hold each hour of
+    the day twice): `Dec 1, 16:00`, or `۱۰ آذر، ۱۶:۰۰`."""
+    comma = "، " if speaking.code == "fa" else ", "
+    return day_label(speaking, hour.date()) + comma + hour_tick(speaking, hour)
+
+
+def hour_tick(speaking: Language, hour: datetime.datetime) -> str:
+    """An hour as its axis shows it, short: `16:00`."""
     return speaking.digits(f"{hour:%H}:00")
 
 
@@ -48,7 +56,8 @@ def install(pages: bottle.Bottle, site: Site) -> None:
             _figure(speaking, "per-day", _("Sales per day, the last 30 days"),
                     charts.bars, [(day_label(speaking, t.start), t.amount) for t in days]),
             _figure(speaking, "per-hour", _("Sales per hour, the last 48 hours"),
-                    charts.bars, [(hour_label(speaking, t.start), t.amount) for t in hours]),
+                    charts.bars, [(hour_label(speaking, t.start), t.amount) for t in hours],
+                    ticks=[hour_tick(speaking, t.start) for t in hours]),
             _figure(speaking, "top", _("Top sellers by sales, the last 30 days"),
                     charts.ranking, [(row["name"], row["amount"]) for row in top]),
         ]  # fmt: skip
@@ -72,8 +81,10 @@ def install(pages: bottle.Bottle, site: Site) -> None:
         return render("charts", title=_("Charts"), visitor=you, figures=shown, total=total)
 
 
-def _figure(speaking: Language, ident: str, title: str, draw, points, empty: str = "") -> dict:
+def _figure(speaking: Language, ident: str, title: str, draw, points, empty: str = "",
+            **drawing) -> dict:  # fmt: skip
     """One chart of the page: its heading and its SVG (markup, made safe by `charts`)."""
-    words = charts.Words(title, empty or speaking.gettext("No sales yet."), ident)
+    words = charts.Words(title, empty or speaking.gettext("No sales yet."), ident,
+                         "؛ " if speaking.code == "fa" else "; ")  # fmt: skip
     return {"ident": ident, "title": title,
-            "svg": draw(points, speaking.toman, speaking.direction, words)}  # fmt: skip
+            "svg": draw(points, speaking.toman, speaking.direction, words, **drawing)}  # fmt: skip

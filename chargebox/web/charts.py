@@ -42,6 +42,7 @@ class Words:
     title: str
     empty: str
     ident: str = "chart"  # the id of its <title>, unique on the page
+    separator: str = "; "  # between the figures its <desc> lists ("؛ " in Persian)
 
 
 def text(value: str) -> str:
@@ -49,8 +50,10 @@ def text(value: str) -> str:
     return html.escape("\u2068" + _NOT_XML.sub("", value) + "\u2069", quote=True)
 
 
-def bars(points: Points, fmt: Format, direction: str, words: Words) -> str:
-    """Vertical bars over time, one per point, oldest first in `points`."""
+def bars(points: Points, fmt: Format, direction: str, words: Words,
+         ticks: Sequence[str] | None = None) -> str:  # fmt: skip
+    """Vertical bars over time, one per point, oldest first in `points`. The axis shows
+    `ticks` (short labels, one per point) if given, the points' own labels otherwise."""
     if _empty(points):
         return _nothing(words)
     plot = _Plot(len(points), direction, [value for _, value in points])
@@ -64,7 +67,7 @@ def bars(points: Points, fmt: Format, direction: str, words: Words) -> str:
             f' height="{max(bottom - top, 0.5):.1f}"><title>{text(label)}: {text(fmt(value))}'
             "</title></rect>"
         )
-    parts.append(plot.labels([label for label, _ in points]))
+    parts.append(plot.labels(list(ticks) if ticks else [label for label, _ in points]))
     return _svg(words, points, fmt, "".join(parts))
 
 
@@ -171,7 +174,7 @@ def _empty(points: Points) -> bool:
 
 
 def _svg(words: Words, points: Points, fmt: Format, body: str, height: int = HEIGHT) -> str:
-    figures = "; ".join(f"{text(label)}: {text(fmt(value))}" for label, value in points)
+    figures = words.separator.join(f"{text(label)}: {text(fmt(value))}" for label, value in points)
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {WIDTH} {height}"'
         f' width="100%" role="img"'
