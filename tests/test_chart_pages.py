@@ -32,7 +32,7 @@ def charts_of(page: str) -> dict[str, ElementTree.Element]:
 
 
 def figures(chart: ElementTree.Element) -> str:
-    return chart.find(f"{SVG}desc").text.replace("\u2068", "").replace("\u2069", "")
+    return re.sub("[\u2066-\u2069]", "", chart.find(f"{SVG}desc").text)  # the isolates
 
 
 def sell(api: Api, *amounts: int) -> list[tuple[str, int]]:

@@ -19,6 +19,7 @@ from chargebox.periods import TEHRAN
 from chargebox.web import charts
 
 SVG = "{http://www.w3.org/2000/svg}"
+ISOLATES = "\u2066\u2067\u2068\u2069"  # LRI, RLI, FSI, PDI
 UTC = datetime.UTC
 NOW = datetime.datetime(2026, 6, 10, 9, 0, tzinfo=UTC)  # 12:30 on 20 Khordad, Tehran
 WORDS = charts.Words("Sales per day", "No sales yet", "daily")
@@ -46,9 +47,9 @@ def test_a_chart_is_well_formed_svg_naming_itself_and_holding_every_figure(draw)
     root = parsed(svg)
     assert root.tag == f"{SVG}svg" and root.get("role") == "img"
     assert root.get("viewBox") and root.get("width") == "100%"
-    assert root.find(f"{SVG}title").text == "\u2068Sales per day\u2069"
+    assert root.find(f"{SVG}title").text == "\u2066Sales per day\u2069"  # our words: LRI
     assert root.get("aria-labelledby") == "daily-title daily-desc"
-    figures = desc(svg).replace("\u2068", "").replace("\u2069", "")
+    figures = re.sub("[\u2066-\u2069]", "", desc(svg))
     assert figures == "Dec 1: 5,000 toman; Dec 2: 0 toman; Dec 3: 1,250,000 toman"
     assert "style=" not in svg  # the Content-Security-Policy forbids style attributes
 
@@ -61,7 +62,9 @@ def test_a_hostile_label_is_escaped_and_isolated(draw):
     assert texts, "the name is shown"
     assert "\u202eevil\u202c" in desc(svg)  # whole in the figures, cut in a ranking's label
     for shown in texts:  # each label sits in its own isolate, its override inside it
-        assert re.fullmatch("(\u2068[^\u2068\u2069]*\u2069|[^\u2068\u2069\u202e])*", shown)
+        assert re.fullmatch(
+            "([\u2066-\u2068][^\u2066-\u2069]*\u2069|[^\u2066-\u2069\u202e])*", shown
+        )
 
 
 @pytest.mark.parametrize("draw", [charts.bars, charts.line, charts.ranking])
@@ -69,7 +72,7 @@ def test_a_hostile_label_is_escaped_and_isolated(draw):
 def test_no_sales_is_said_in_words_not_drawn(draw, points):
     svg = draw(points, fmt, "ltr", WORDS)
     root = parsed(svg)
-    assert desc(svg) == "\u2068No sales yet\u2069"
+    assert desc(svg) == "\u2066No sales yet\u2069"
     assert root.find(f"{SVG}rect") is None and root.find(f"{SVG}polyline") is None
     assert "No sales yet" in "".join(root.find(f"{SVG}text").itertext())
 
@@ -196,7 +199,7 @@ def test_each_text_runs_in_the_direction_of_its_own_first_letter():
     to right (Chromium scrambles a Persian label's digits drawn left to right)."""
     for direction in ("ltr", "rtl"):
         svg = charts.ranking([("فروشگاه ۱۲", 5), ("Shop 12", 3)], str, direction, WORDS)
-        drawn = {node.text.strip("\u2068\u2069"): node.get("direction")
+        drawn = {node.text.strip(ISOLATES): node.get("direction")
                  for node in parsed(svg).iter(f"{SVG}text")}  # fmt: skip
         assert drawn["فروشگاه ۱۲"] == "rtl" and drawn["Shop 12"] == "ltr", direction
         assert drawn["5"] == direction  # no letter: the page's direction
@@ -403,8 +406,32 @@ def test_the_hourly_chart_names_each_of_its_48_hours_once():
         ticks = [hour_tick(LANGUAGE[code], hour) for hour in hours]
         svg = charts.bars([(label, 1) for label in labels], LANGUAGE[code].toman, "ltr",
                           charts.Words("t", "e", "h"), ticks=ticks)  # fmt: skip
-        axis = [node.text.strip("\u2068\u2069") for node in parsed(svg).iter(f"{SVG}text")
+        axis = [node.text.strip(ISOLATES) for node in parsed(svg).iter(f"{SVG}text")
                 if node.get("class") == "chart-label"]  # fmt: skip
         assert axis and all(len(tick) == 5 for tick in axis), axis
     assert hour_label(LANGUAGE["en"], hours[-1]) == "Jun 10, 12:00"
     assert hour_label(LANGUAGE["fa"], hours[-1]) == "۲۰ خرداد، ۱۲:۰۰"
+
+
+def test_a_persian_pages_check_sees_an_english_word_inside_a_chart():
+    """The review's F7: test_persian_pages' untranslated() skips FSI...PDI runs (a
+    person's data), and every chart text was isolated so, our own words included: English
+    in a Persian chart passed the sweep. Only a seller's name is data now (FSI); our words
+    are isolated by LRI/RLI, which the check reads."""
+    from chargebox.web.i18n import LANGUAGE
+    from tests.test_persian_pages import untranslated
+
+    persian = LANGUAGE["fa"]
+
+    def page(svg: str) -> str:
+        return f'<html lang="fa" dir="rtl"><body><main><section class="card">{svg}</section></main>'
+
+    english = charts.bars([("10 Azar", 5_000)], persian.toman, "rtl",
+                          charts.Words("Sales per day", "No sales yet.", "per-day"))  # fmt: skip
+    assert untranslated(page(english))  # the title, the label: English, seen
+    ours = charts.bars([("۱۰ آذر", 5_000)], persian.toman, "rtl",
+                       charts.Words("فروش روزانه", "هنوز فروشی نیست.", "per-day"))  # fmt: skip
+    assert untranslated(page(ours)) == []
+    named = charts.ranking([("Ali Mobile", 5_000)], persian.toman, "rtl",
+                           charts.Words("فروشندگان برتر", "هنوز فروشی نیست.", "top"))  # fmt: skip
+    assert untranslated(page(named)) == []  # a seller's name is its data, in any script

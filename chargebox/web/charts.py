@@ -3,7 +3,8 @@
 Pure (no SQL, no bottle, no request): each function takes points (label, integer value),
 the function that writes a value in the page's digits, the page's direction and its
 words, and returns SVG markup. Every text is escaped (labels may be seller names) and
-isolated (FSI...PDI) so that a right-to-left name or an override stays inside its label.
+isolated so that a right-to-left name or an override stays inside its label: a seller's
+name by FSI...PDI (a person's data, as on every page), our own words by LRI or RLI...PDI.
 Each chart is an `<svg role="img">` whose `<title>` names it and whose `<desc>` holds every
 figure, for a screen reader; it has a viewBox and no fixed size, so it scales to the page
 (a phone's 390 px too), shows at most `TICKS` labels on its time axis and is coloured by
@@ -45,9 +46,23 @@ class Words:
     separator: str = "; "  # between the figures its <desc> lists ("؛ " in Persian)
 
 
-def text(value: str) -> str:
-    """Any text as XML character data or an attribute value, isolated from its neighbours."""
-    return html.escape("\u2068" + _NOT_XML.sub("", value) + "\u2069", quote=True)
+def text(value: str, data: bool = False) -> str:
+    """A text as XML character data or an attribute value, isolated from its neighbours:
+    a person's (`data`: a seller's name) by FSI...PDI, as every page marks data; our own
+    words and figures by LRI or RLI...PDI, the direction of their first strong letter (what
+    FSI would pick), so that a check of a Persian page still reads them as ours."""
+    value = _NOT_XML.sub("", value)
+    opener = "\u2068" if data else ("\u2067" if _direction(value, "ltr") == "rtl" else "\u2066")
+    return html.escape(opener + value + "\u2069", quote=True)
+
+
+def _direction(content: str, otherwise: str) -> str:
+    """The direction of a text's first strong letter (`otherwise` if it has none)."""
+    for letter in content:
+        strong = unicodedata.bidirectional(letter)
+        if strong in ("L", "R", "AL"):
+            return "ltr" if strong == "L" else "rtl"
+    return otherwise
 
 
 def bars(points: Points, fmt: Format, direction: str, words: Words,
@@ -108,11 +123,11 @@ def ranking(points: Points, fmt: Format, direction: str, words: Words) -> str:
         end = x - 4 if direction == "rtl" else x + length + 4
         shown = label if len(label) <= LABEL_CHARS else label[: LABEL_CHARS - 1] + "\u2026"
         parts += [
-            _text("chart-name", edge, y, near, shown, direction),
+            _text("chart-name", edge, y, near, shown, direction, data=True),
             f'<rect class="chart-bar" x="{x:.1f}" y="{y + 4}" width="{length:.1f}" height="12"/>',
             _text("chart-value", end, y + 14, near, fmt(value), direction),
         ]
-    return _svg(words, points, fmt, "".join(parts), height)
+    return _svg(words, points, fmt, "".join(parts), height, names=True)
 
 
 class _Plot:
@@ -152,20 +167,16 @@ class _Plot:
         )
 
 
-def _text(kind: str, x: float, y: float, side: str, content: str, direction: str) -> str:
+def _text(kind: str, x: float, y: float, side: str, content: str, direction: str,
+          data: bool = False) -> str:  # fmt: skip
     """A <text> whose `side` (left, right, middle) is at x, in its own direction."""
-    own = direction
-    for letter in content:
-        strong = unicodedata.bidirectional(letter)
-        if strong in ("L", "R", "AL"):
-            own = "ltr" if strong == "L" else "rtl"
-            break
+    own = _direction(content, direction)
     anchor = {"middle": "middle", "left": "start", "right": "end"}[side]
     if own == "rtl" and side != "middle":
         anchor = "end" if side == "left" else "start"
     return (
         f'<text class="{kind}" x="{x:.1f}" y="{y:.1f}" direction="{own}" text-anchor="{anchor}">'
-        f"{text(content)}</text>"
+        f"{text(content, data)}</text>"
     )
 
 
@@ -173,8 +184,12 @@ def _empty(points: Points) -> bool:
     return not points or all(value == 0 for _, value in points)
 
 
-def _svg(words: Words, points: Points, fmt: Format, body: str, height: int = HEIGHT) -> str:
-    figures = words.separator.join(f"{text(label)}: {text(fmt(value))}" for label, value in points)
+def _svg(words: Words, points: Points, fmt: Format, body: str, height: int = HEIGHT,
+         names: bool = False) -> str:  # fmt: skip
+    """The chart's <svg>; `names`: its labels are sellers' names (data), not our words."""
+    figures = words.separator.join(
+        f"{text(label, names)}: {text(fmt(value))}" for label, value in points
+    )
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {WIDTH} {height}"'
         f' width="100%" role="img"'
