@@ -11,6 +11,12 @@ no sales is a zero, never a gap. The one assumption: a sale stored after another
 never stamped more than SLACK before it (stamps come from the hosts' clocks); then a row
 below the id found for `edge - SLACK` is stamped before the edge, and a row from the id
 found for `edge + SLACK` on is stamped after it. No SQL here.
+
+The sales are counted gross: a refunded sale still counts on its day, and the pages say so
+under each chart ("Gross: refunded sales are still counted."). Taking refunds off needs a
+choice the admin should see made (off the sale's day, changing past days, or on the
+refund's day, as a negative) and a read of the ledger's refunds beside the sales; until
+it is made, an admin reading these as net is told they are not.
 """
 
 from __future__ import annotations

@@ -84,6 +84,8 @@ def test_a_seller_sees_its_own_sales_and_balance_and_nobody_elses(world, admin):
     assert balances[-1].endswith(f": {world.balance():,} toman"), balances[-1]
     assert "300,000" not in page.text and "someone else" not in page.text
     assert "3,500 toman in 2 sales" in page.text
+    note = "Gross: refunded sales are still counted."  # under each chart of sales only
+    assert page.text.count(note) == 1 and 'id="chart-per-day-gross"' in page.text
 
 
 def test_the_admin_sees_every_sellers_sales_and_a_hostile_name_only_as_text(fresh_server):
@@ -116,6 +118,7 @@ def test_a_persian_chart_page_writes_persian_digits_right_to_left(world):
     seller.http.headers["Accept-Language"] = "fa-IR,fa;q=0.9,en;q=0.5"
     page = seller.get("/seller/charts").text
     assert 'dir="rtl"' in page and "نمودارها" in page
+    assert "ناخالص: فروش‌هایی که برگشت خورده‌اند هم شمرده شده‌اند." in page
     days = figures(charts_of(page)["per-day"])
     sold = [day for day in days.split("؛ ") if "۱۲٬۰۰۰ تومان" in day]  # a Persian list
     assert len(sold) == 1 and "; " not in days and not re.search("[0-9]", days), days

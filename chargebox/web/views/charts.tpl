@@ -7,5 +7,8 @@
 <section class="card" id="chart-{{figure['ident']}}">
   <h2>{{figure['title']}}</h2>
   {{!figure['svg']}}
+  % if figure['ident'] != 'balance':
+  <p class="muted" id="chart-{{figure['ident']}}-gross">{{_('Gross: refunded sales are still counted.')}}</p>
+  % end
 </section>
 % end
