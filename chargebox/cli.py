@@ -267,7 +267,7 @@ def _copy(config: Config, source: Path, target: str) -> int:
         copied.close()
     rows = ", ".join(f"{count:,} {table}" for table, count in counts.items() if count)
     print(f"chargebox: copied {rows or 'nothing'}", file=sys.stderr)
-    return _report(report)
+    return admin_commands.audit_verdict(report)
 
 
 def _where(config: Config) -> str:
@@ -339,27 +339,7 @@ def _audit(config: Config, as_json: bool, full: bool) -> int:
     print(f"audit: {report['scope']['summary']}", file=sys.stderr)
     if as_json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
-    return _report(report)
-
-
-def _report(report: dict) -> int:
-    """The audit's verdict on stderr: 0 when the books reconcile, 1 with each problem."""
-    totals = report["totals"]
-    summary = (
-        f"{totals['sellers']} sellers, {totals['ledger_entries']} ledger entries, "
-        f"{totals['sales']} sales, {totals['balance_sum']:,} toman held"
-    )
-    if report["consistent"]:
-        print(f"audit: books reconcile ({summary})", file=sys.stderr)
-        return 0
-    print(f"audit: {report['problem_count']} problem(s) ({summary})", file=sys.stderr)
-    for problem in report["problems"]:
-        print(
-            f"  {problem['invariant']}: seller {problem['seller_id']}, "
-            f"entry {problem['entry_id']}: {problem['message']}",
-            file=sys.stderr,
-        )
-    return 1
+    return admin_commands.audit_verdict(report)
 
 
 def main(argv: list[str] | None = None) -> int:

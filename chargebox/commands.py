@@ -1,10 +1,10 @@
-"""The CLI's admin commands: a seller's keys, its suspension, the admin token.
+"""The CLI's admin commands: a seller's keys, its suspension, the admin token; the audit's verdict.
 
 `chargebox keys | create-key | revoke-key | rotate-key | suspend | reactivate |
 rotate-admin-token | statement`: the same use cases as the admin's API and pages, run
 once on the database `--db` names, their answer printed as JSON (a statement: or CSV)
-on stdout. A new secret is
-printed once, on stdout only; nothing here logs one.
+on stdout. A new secret is printed once, on stdout only; nothing here logs one.
+`audit_verdict` says what `chargebox audit` found, counts in the right number (1 sale).
 """
 
 from __future__ import annotations
@@ -151,3 +151,29 @@ def check_admin_token(database, config: Config, token: str) -> None:
         print(f"chargebox: warning: the admin token in {source} is not the one in force "
               "(it was rotated with `chargebox rotate-admin-token`): only the current one acts "
               "as the admin; put it there", file=sys.stderr)  # fmt: skip
+
+
+def _count(number: int, one: str, more: str) -> str:
+    return f"{number} {one if number == 1 else more}"  # 1 sale, 2 sales
+
+
+def audit_verdict(report: dict) -> int:
+    """The audit's verdict on stderr: 0 when the books reconcile, 1 with each problem."""
+    totals = report["totals"]
+    summary = (
+        f"{_count(totals['sellers'], 'seller', 'sellers')}, "
+        f"{_count(totals['ledger_entries'], 'ledger entry', 'ledger entries')}, "
+        f"{_count(totals['sales'], 'sale', 'sales')}, {totals['balance_sum']:,} toman held"
+    )
+    if report["consistent"]:
+        print(f"audit: books reconcile ({summary})", file=sys.stderr)
+        return 0
+    print(f"audit: {_count(report['problem_count'], 'problem', 'problems')} ({summary})",
+          file=sys.stderr)  # fmt: skip
+    for problem in report["problems"]:
+        print(
+            f"  {problem['invariant']}: seller {problem['seller_id']}, "
+            f"entry {problem['entry_id']}: {problem['message']}",
+            file=sys.stderr,
+        )
+    return 1
