@@ -28,7 +28,7 @@ from tests.support import (
     running_server,
     writable,
 )
-from tests.web_support import Browser
+from tests.web_support import Browser, text_of
 
 ROUNDS = 10  # revocations raced against the other server, each checked at once
 
@@ -241,7 +241,7 @@ def test_the_admins_seller_page_makes_revokes_and_rotates_keys_and_suspends(two_
     assert browser.post_form(f"{page}/suspend", {}, csrf=False).status_code == 403  # no CSRF
     made = browser.post_form(f"{page}/keys", {"label": "kiosk"})
     assert made.status_code == 201, made.text
-    secret = made.text.split('id="api-key" dir="ltr">')[1].split("<")[0]
+    secret = text_of(made.text, "api-key")
     kiosk = other.seller(secret)
     assert kiosk.get("/api/me").status_code == 200
     taken = browser.post_form(f"{page}/keys", {"label": "kiosk"})
@@ -257,7 +257,7 @@ def test_the_admins_seller_page_makes_revokes_and_rotates_keys_and_suspends(two_
     rotated = browser.post_form(f"{page}/keys/{default_id}/rotate", {})
     assert rotated.status_code == 201 and "shown only this once" in rotated.text
     assert other.seller(key).get("/api/me").status_code == 401
-    new_key = rotated.text.split('id="api-key" dir="ltr">')[1].split("<")[0]
+    new_key = text_of(rotated.text, "api-key")
     fresh = other.seller(new_key)
     assert browser.post_form(f"{page}/suspend", {}).status_code == 303
     assert fresh.get("/api/me").json()["error"]["code"] == "seller_suspended"
