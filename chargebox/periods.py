@@ -21,6 +21,7 @@ import jdatetime
 
 from chargebox.clock import parse, stamp
 from chargebox.errors import ValidationError
+from chargebox.phones import ASCII_DIGITS
 
 TEHRAN = ZoneInfo("Asia/Tehran")
 NAMES = ("from", "to", "day", "month", "jmonth", "jday")
@@ -32,7 +33,6 @@ _JDAY = r"([0-9]{4})([/-])([0-9]{1,2})\2([0-9]{1,2})"
 _JALALI_DAY = re.compile(_JDAY)
 # ... and a time of day after it, if any: 1405/09/10 14:30, 1405/09/10 14:30:05.
 _JALALI_TIME = re.compile(_JDAY + r"(?: +([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?)?")
-_LATIN_DIGITS = str.maketrans("۰۱۲۳۴۵۶۷۸۹٠١٢٣٤٥٦٧٨٩", "0123456789" * 2)
 # A time: date, T, hours:minutes[:seconds[.fraction]], then Z or ±hh:mm (required).
 _TIME = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?"
@@ -115,7 +115,7 @@ def _midnight(day: datetime.date) -> datetime.datetime:
 
 def latin_digits(text: str) -> str:
     """Persian and Arabic-Indic digits typed into a form, as 0-9 (the rest unchanged)."""
-    return text.translate(_LATIN_DIGITS)
+    return text.translate(ASCII_DIGITS)
 
 
 def _month(text: str, name: str, pattern: re.Pattern = _MONTH) -> tuple[int, int]:

@@ -23,6 +23,7 @@ from chargebox.errors import ChargeboxError
 from chargebox.services import Chargebox
 from chargebox.web import i18n, refusals
 from chargebox.web.errors import internal_error, request_id, status_of
+from chargebox.web.i18n import isolate
 from chargebox.web.request import accept_qualities, check_body_size
 from chargebox.web.sessions import SignInRequired, Visitor, signed_in
 
@@ -39,12 +40,6 @@ HEADERS = {
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
 }
-
-
-def isolate(text: str) -> str:
-    """User text inside a sentence, wrapped in bidi isolates (FSI ... PDI) so that a
-    right-to-left name or reason cannot reorder the words around it."""
-    return f"\u2068{text}\u2069"
 
 
 class Markup(str):

@@ -61,6 +61,12 @@ def N_(message: str) -> str:
     return message
 
 
+def isolate(text: str) -> str:
+    """User text inside a sentence, wrapped in bidi isolates (FSI ... PDI) so that a
+    right-to-left name or reason cannot reorder the words around it."""
+    return f"\u2068{text}\u2069"
+
+
 @functools.cache
 def catalogue(code: str, domain: str = "messages") -> gettext.NullTranslations:
     """The compiled catalogue of one language and domain; English is the source itself."""

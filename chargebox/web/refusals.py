@@ -73,7 +73,7 @@ class _Typed:
         self.value = value
 
     def __format__(self, spec: str) -> str:
-        return f"\u2068{format(str(self.value), spec)}\u2069"  # as html.isolate
+        return i18n.isolate(format(str(self.value), spec))
 
     def __repr__(self) -> str:  # an untranslated `{name!r}`: quoted as Persian quotes
         return f"«{self:}»"
