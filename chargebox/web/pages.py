@@ -48,12 +48,14 @@ FONT = "vazirmatn-nl-33.0.3.woff2"
 STATIC_FILES = {"app.css": 300, "app.js": 300, FONT: 31_536_000, "vazirmatn-33.0.3-OFL.txt": 86_400}
 # Where the language switch may send a browser back to: a path of this site, never
 # `//host`, `/\host` (read as `//host` by browsers), a scheme, or control characters.
-LOCAL_PATH = re.compile(r"/(?![/\\])[\x21-\x7e]{0,2000}")
+# A path of this site: a slash, not a second one (`//host`), then printable ASCII without
+# a backslash (`/\host` is another host to some browsers).
+LOCAL_PATH = re.compile(r"/(?!/)[\x21-\x5b\x5d-\x7e]{0,2000}")
 
 
 def local_path(back: str) -> str:
     """`back` if it is a path of this site (printable ASCII, no backslash), else `/`."""
-    return back if LOCAL_PATH.fullmatch(back) and "\\" not in back else "/"
+    return back if LOCAL_PATH.fullmatch(back) else "/"
 
 
 def searched_time(text: str, name: str) -> str:
