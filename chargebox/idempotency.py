@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 from collections.abc import Callable
 
+from chargebox import ledger
 from chargebox.clock import now
 from chargebox.db import Database, Write
 from chargebox.errors import (
@@ -83,18 +84,28 @@ def once(
     key: str | None,
     request_hash: str,
     act: Callable[[Write, str], dict],
+    sale: Sale | None = None,
 ) -> Outcome:
     """Do `act(write, now)` in a write, once per key: every later copy gets the first
-    outcome, read again by the id it made (a refusal is raised again)."""
+    outcome, read again by the id it made (a refusal is raised again). A `sale` may be
+    sold in a batch with the other sales of its seller that wait beside it (PostgreSQL:
+    `_Together`); its outcome is the same as alone."""
+
+    def alone(write: Write) -> object:
+        if key is None:
+            return act(write, now())
+        return _first(write, kind, seller_id, key, request_hash, act)
+
+    work: Callable[[Write], object] = alone
+    if sale is not None and database.dialect == "postgresql":
+        work = _Together(alone, kind, seller_id, sale, key, request_hash)
     if key is None:
-        return Outcome(database.write(lambda write: act(write, now()), seller_id), False)
+        return Outcome(database.write(work, seller_id), False)
     made = earlier(database, kind, seller_id, key, request_hash)  # fast path, no write lock
     if made is not None:
         return Outcome(Queries(database).one(kind.made, made), True)
     try:
-        outcome = database.write(
-            lambda write: _first(write, kind, seller_id, key, request_hash, act), seller_id
-        )
+        outcome = database.write(work, seller_id)
     except _KeyRaced:  # another server's copy recorded the key first: its outcome stands
         made = earlier(database, kind, seller_id, key, request_hash)
         return Outcome(Queries(database).one(kind.made, made), True)
@@ -137,6 +148,72 @@ def _first(
     if not record(write, kind, seller_id, key, request_hash, made_id, created):
         raise _KeyRaced  # undoes what this copy did: its write (or savepoint) rolls back
     return outcome
+
+
+@dataclasses.dataclass(frozen=True)
+class Sale:
+    """A sale as a batch of its seller's sales takes it (ledger.sell_together)."""
+
+    number: str
+    amount: int
+    shown: Callable[[dict], dict]  # the sale made, as `act` would have returned it
+
+
+class _Together:
+    """A sale's write as the group writer sees it (writer.py): alone, `self(write)`; with
+    the other sales of its seller queued beside it, `together(write, works)`, one
+    statement for them all, each answered as if it had gone alone."""
+
+    __slots__ = ("alone", "kind", "seller_id", "sale", "key", "request_hash")
+
+    def __init__(self, alone: Callable[[Write], object], kind: Keyed, seller_id: int,
+                 sale: Sale, key: str | None, request_hash: str) -> None:  # fmt: skip
+        self.alone, self.kind, self.seller_id, self.sale = alone, kind, seller_id, sale
+        self.key, self.request_hash = key, request_hash
+
+    def __call__(self, write: Write) -> object:
+        return self.alone(write)
+
+    @staticmethod
+    def together(write: Write, works: list[_Together]) -> list[tuple[object, Exception | None]]:
+        """Sell `works` (one seller's, in order) in one statement, keys recorded in it; for
+        each, what `alone` would have returned or raised. Copies of one key in the batch,
+        or a key a copy recorded meanwhile (its UNIQUE fails the statement), go alone."""
+        keyed = [work for work in works if work.key is not None]
+        if len({work.key for work in keyed}) != len(keyed):
+            raise ledger.Separately
+        created = now()
+
+        def records(outcomes: list) -> list[tuple[str, tuple]]:
+            columns: list[list] = [[] for _ in range(5)]  # key, hash, made, code, message
+            for work, outcome in zip(works, outcomes, strict=True):
+                if work.key is not None:
+                    no = isinstance(outcome, ChargeboxError)
+                    row = (work.key, work.request_hash, None if no else outcome["id"],
+                           outcome.code if no else None,
+                           outcome.message if no else None)  # fmt: skip
+                    for column, value in zip(columns, row, strict=True):
+                        column.append(value)
+            kind = works[0].kind
+            return [(
+                f"INSERT INTO {kind.table} (seller_id, key, request_hash, {kind.column},"
+                " error_code, error_message, created_at) SELECT ?, r.key, r.hash, r.made,"
+                " r.code, r.message, ? FROM unnest(CAST(? AS text[]), CAST(? AS text[]),"
+                " CAST(? AS bigint[]), CAST(? AS text[]), CAST(? AS text[]))"
+                " AS r(key, hash, made, code, message)",
+                (works[0].seller_id, created, *columns),
+            )] if columns[0] else []  # fmt: skip
+
+        sales = [(work.sale.number, work.sale.amount) for work in works]
+        outcomes = ledger.sell_together(write, works[0].seller_id, sales, created, records)
+        answers: list[tuple[object, Exception | None]] = []
+        for work, outcome in zip(works, outcomes, strict=True):
+            if isinstance(outcome, ChargeboxError):  # a final refusal: a key records it
+                answers.append((outcome, None) if work.key else (None, outcome))
+            else:
+                shown = work.sale.shown(outcome)
+                answers.append((Outcome(shown, False), None) if work.key else (shown, None))
+        return answers
 
 
 class _KeyRaced(Exception):

@@ -1,9 +1,9 @@
 -- chargebox's schema on PostgreSQL: the tables of models.py, and invariants I1-I5
 -- enforced by PostgreSQL itself (CHECK, UNIQUE, PL/pgSQL triggers), as schema.py does
 -- for SQLite. A write moves a balance first (the guarded UPDATE takes the seller's row
--- lock, which serialises that seller across every host), then writes its entry:
--- so the entry must land on the seller's balance (I2, I3), and the balance must be the
--- newest entry's at COMMIT (a deferred check). Each seller's entries are numbered
+-- lock, which serialises that seller across every host), then writes its entries:
+-- each entry continues its seller's chain (I3), the balance must be the newest entry's
+-- at the end of each statement that makes entries, and at COMMIT (deferred, I2). Each seller's entries are numbered
 -- (seq, UNIQUE per seller) under the seal chain. Append-only tables refuse UPDATE,
 -- DELETE and TRUNCATE (row triggers do not see TRUNCATE: statement triggers do).
 -- Statements are separated by a line holding only "-- ;" (see schema.py).
@@ -456,3 +456,65 @@ $$;
 -- ;
 CREATE TRIGGER ledger_entry_refund_matches_sale BEFORE INSERT ON ledger_entry
     FOR EACH ROW WHEN (NEW.kind = 'refund') EXECUTE FUNCTION chargebox_refund_matches_sale();
+-- ;
+-- Also in version 3 (of release 0.3.0): one statement may make several entries of a seller,
+-- on one move of its balance (ledger.sell_together, a batch of one seller's sales). Each
+-- entry still continues the chain when it is inserted (seq, and balance_after = the
+-- previous entry's + amount, I3); that the balance rests on the seller's newest entry
+-- (I2) is checked once each statement that inserts entries has run, for each of their
+-- sellers, instead of at each entry's insert: an entry without its balance move is still
+-- refused by the statement that makes it.
+CREATE OR REPLACE FUNCTION chargebox_entry_continues_chain() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
+DECLARE
+    previous_seq bigint;
+    previous_balance bigint;
+BEGIN
+    SELECT seq, balance_after INTO previous_seq, previous_balance FROM ledger_entry
+        WHERE seller_id = NEW.seller_id ORDER BY seq DESC LIMIT 1;
+    IF NEW.seq IS DISTINCT FROM COALESCE(previous_seq, 0) + 1 THEN
+        RAISE EXCEPTION 'I3: seq must follow the seller''s previous entry'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    IF NEW.balance_after IS DISTINCT FROM COALESCE(previous_balance, 0) + NEW.amount THEN
+        RAISE EXCEPTION 'I3: balance_after must equal the previous balance_after + amount'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    IF NEW.kind = 'credit' AND NOT EXISTS (
+        SELECT 1 FROM credit_request WHERE id = NEW.credit_request_id
+            AND seller_id = NEW.seller_id AND status = 'approved' AND amount = NEW.amount) THEN
+        RAISE EXCEPTION 'I4: a credit entry needs its approved request'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    IF NEW.kind = 'sale' AND NOT EXISTS (
+        SELECT 1 FROM sale WHERE id = NEW.sale_id AND seller_id = NEW.seller_id
+            AND amount = -NEW.amount AND balance_after = NEW.balance_after) THEN
+        RAISE EXCEPTION 'I4: a sale entry needs its sale'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+-- ;
+-- I2 at the end of each statement that inserts entries: every seller it gave an entry
+-- has, as its balance, the balance_after of its newest entry (moved first, or in the
+-- same statement).
+CREATE FUNCTION chargebox_entries_land_on_balance() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
+BEGIN
+    IF EXISTS (
+        SELECT 1 FROM (SELECT DISTINCT seller_id FROM added) AS moved
+            JOIN seller ON seller.id = moved.seller_id
+        WHERE seller.balance IS DISTINCT FROM (
+            SELECT balance_after FROM ledger_entry WHERE seller_id = moved.seller_id
+                ORDER BY seq DESC LIMIT 1)) THEN
+        RAISE EXCEPTION 'I2: balance_after must equal the seller''s balance, moved first'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NULL;
+END;
+$$;
+-- ;
+CREATE TRIGGER ledger_entry_lands_on_balance AFTER INSERT ON ledger_entry
+    REFERENCING NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION chargebox_entries_land_on_balance();

@@ -247,6 +247,7 @@ class Chargebox:
                 **ledger.sell(write, seller_id, number, amount, created),
                 **NOT_REFUNDED,
             },
+            idempotency.Sale(number, amount, lambda sale: {**sale, **NOT_REFUNDED}),
         )
 
     def refund(self, sale_id: int, reason: object, idempotency_key: str | None = None) -> Outcome:

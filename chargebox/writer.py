@@ -110,6 +110,8 @@ class GroupWriter:
         self._pid = 0
         self.batches = 0  # counters for the benchmark; written by the writer thread only
         self.writes = 0
+        self.together = 0  # writes applied together with others of their kind and order
+        self.separately = 0  # groups that could not be applied as one (each went alone)
 
     def submit(self, work: Callable[[Any], Any], deadline: float, order: int | None = None) -> Any:
         """Run `work(write)` inside a write transaction; return its result once committed.
@@ -192,17 +194,11 @@ class GroupWriter:
         try:
             with self._begin(min(item.deadline for item in live)) as write:
                 metrics.lock_waited(time.perf_counter() - began)
-                for item in live:
-                    item.result, item.error = None, None  # from an attempt rolled back
-                    try:
-                        with write.savepoint():
-                            item.result = item.work(write)
-                    except Deadlocked:  # its savepoint undid it; the others go on
-                        victims.append(item)
-                    except Unavailable:
-                        raise  # the database cannot write now: the whole batch fails
-                    except Exception as exc:  # this write only; the savepoint undid it
-                        item.error = exc
+                for group in _groups(live):
+                    if getattr(group[0].work, "together", None) is not None:
+                        group = self._together(write, group, victims)
+                    for item in group:
+                        self._alone(write, item, victims)
         except (LockTimeout, Deadlocked) as exc:  # rolled back; the earliest deadline has come
             if isinstance(exc, LockTimeout):
                 metrics.lock_waited(time.perf_counter() - began)  # waited, and gave up
@@ -218,6 +214,53 @@ class GroupWriter:
         for item in committed:
             item.answer()
         return _answer_late(victims, time.monotonic() + LOCK_SLACK)
+
+    def _alone(self, write: Any, item: _Item, victims: list[_Item]) -> None:
+        """Apply one write in its own savepoint."""
+        item.result, item.error = None, None  # from an attempt rolled back
+        try:
+            with write.savepoint():
+                item.result = item.work(write)
+        except Deadlocked:  # its savepoint undid it; the others go on
+            victims.append(item)
+        except Unavailable:
+            raise  # the database cannot write now: the whole batch fails
+        except Exception as exc:  # this write only; the savepoint undid it
+            item.error = exc
+
+    def _together(self, write: Any, group: list[_Item], victims: list[_Item]) -> list[_Item]:
+        """Apply writes that go together (`work.together`) in one savepoint; return those
+        left to apply alone: all of them if the batch could not be applied as one."""
+        try:
+            with write.savepoint():
+                answers = group[0].work.together(write, [item.work for item in group])
+        except Deadlocked:  # undone by its savepoint; tried again in the next batch
+            victims.extend(group)
+            return []
+        except Unavailable:
+            raise
+        except Exception:  # `Separately`, a key a copy took, or a refusal: one at a time
+            self.separately += 1
+            return group
+        for item, (result, error) in zip(group, answers, strict=True):
+            item.result, item.error = result, error
+        self.together += len(group)
+        return []
+
+
+def _groups(items: list[_Item]) -> Iterator[list[_Item]]:
+    """Runs of `items` (in order) that may go together: writes with the same `together`
+    (a function of the writes' kind) and the same order (their seller); the rest alone."""
+    run: list[_Item] = []
+    for item in items:
+        if run and (item.order is None or item.order != run[0].order
+                    or getattr(item.work, "together", None) is None
+                    or item.work.together != run[0].work.together):  # fmt: skip
+            yield run
+            run = []
+        run.append(item)
+    if run:
+        yield run
 
 
 def _in_order(item: _Item) -> tuple[bool, int]:

@@ -153,3 +153,28 @@ def postgresql_cluster():
     yield started
     started.stop()
     started.remove()
+
+
+# The service's sessions look for a deadlock this long after they begin to wait: a test's
+# holder closes a cycle well before (it waits for nothing else), and looks far later.
+APP_DEADLOCK_TIMEOUT = "2s"
+
+
+@pytest.fixture
+def pg_group_commit(postgresql_cluster, tmp_path):
+    """PostgreSQL: a fresh database, the service on it (8 threads), and a superuser URL to
+    the same database (test_postgresql_group_commit.py, test_postgresql_sale_batches.py)."""
+    import psycopg
+
+    data = tmp_path / "data"
+    made = pg_cluster.initialised(postgresql_cluster, "gc", data)
+    superuser = postgresql_cluster.url(db=made.app_url.rsplit("/", 1)[1])
+    with psycopg.connect(superuser, autocommit=True) as admin:
+        admin.execute(
+            f"ALTER ROLE {made.app_role} IN DATABASE {made.app_url.rsplit('/', 1)[1]}"
+            f" SET deadlock_timeout = '{APP_DEADLOCK_TIMEOUT}'"
+        )
+    config = prepare(Config(db_url=made.app_url, data_dir=data, admin_token=ADMIN_TOKEN, threads=8))
+    service = Chargebox(config)
+    yield service, superuser
+    service.close()

@@ -17,35 +17,11 @@ import psycopg
 import pytest
 
 from chargebox import ledger
-from chargebox.cli import prepare
 from chargebox.clock import now
-from chargebox.config import Config
 from chargebox.errors import IntegrityViolation, Unavailable
-from chargebox.services import Chargebox
-from tests import pg_cluster
-from tests.support import ADMIN_TOKEN, credited_seller
+from tests.support import credited_seller
 
 FUNDS = 10_000
-# The service's sessions look for a deadlock this long after they begin to wait; the
-# holder closes the cycle well before (it waits for nothing else), and looks far later.
-APP_DEADLOCK_TIMEOUT = "2s"
-
-
-@pytest.fixture
-def setting(postgresql_cluster, tmp_path):
-    """A fresh database, the service on it, and a superuser URL to the same database."""
-    data = tmp_path / "data"
-    made = pg_cluster.initialised(postgresql_cluster, "gc", data)
-    superuser = postgresql_cluster.url(db=made.app_url.rsplit("/", 1)[1])
-    with psycopg.connect(superuser, autocommit=True) as admin:
-        admin.execute(
-            f"ALTER ROLE {made.app_role} IN DATABASE {made.app_url.rsplit('/', 1)[1]}"
-            f" SET deadlock_timeout = '{APP_DEADLOCK_TIMEOUT}'"
-        )
-    config = prepare(Config(db_url=made.app_url, data_dir=data, admin_token=ADMIN_TOKEN, threads=8))
-    service = Chargebox(config)
-    yield service, superuser
-    service.close()
 
 
 def blocked_by(url: str, pid: int) -> list[int]:
@@ -91,11 +67,13 @@ def batch_waiting_for_holder(service, superuser: str, pool, holder, gate):
     return low, high, [inline, *queued], before
 
 
-def test_a_batch_chosen_as_a_deadlocks_victim_commits_the_rest_and_retries_that_sale(setting):
+def test_a_batch_chosen_as_a_deadlocks_victim_commits_the_rest_and_retries_that_sale(
+    pg_group_commit,
+):
     """The holder asks for low's row: a deadlock. The batch's session finds it first, so
     only its sale for high is undone; low's commits, and high's is tried again once the
     holder lets go. Every sale is answered 201, none 503, and the books add up."""
-    service, superuser = setting
+    service, superuser = pg_group_commit
     with (
         concurrent.futures.ThreadPoolExecutor(4) as pool,
         psycopg.connect(superuser) as holder,
@@ -117,11 +95,11 @@ def test_a_batch_chosen_as_a_deadlocks_victim_commits_the_rest_and_retries_that_
     assert service.audit()["consistent"]
 
 
-def test_a_batch_that_loses_its_server_is_503_for_every_sale_in_it(setting):
+def test_a_batch_that_loses_its_server_is_503_for_every_sale_in_it(pg_group_commit):
     """The batch's session is terminated while it waits: both sales of the batch are 503,
     neither is in the books (nothing was answered before COMMIT), and the next sale
     opens a new connection and sells."""
-    service, superuser = setting
+    service, superuser = pg_group_commit
     with (
         concurrent.futures.ThreadPoolExecutor(4) as pool,
         psycopg.connect(superuser) as holder,
@@ -140,12 +118,12 @@ def test_a_batch_that_loses_its_server_is_503_for_every_sale_in_it(setting):
     assert service.audit()["consistent"]
 
 
-def test_a_statement_sent_down_the_pipeline_fails_its_own_write_not_the_next(setting):
+def test_a_statement_sent_down_the_pipeline_fails_its_own_write_not_the_next(pg_group_commit):
     """A batch's statements go down one pipeline and most are not waited for (Write.send):
     a write whose sent statement is refused learns it at the end of its own savepoint,
     and only it is undone; a write that fails in Python while a refusal is still on its
     way is undone too, and the pipeline takes the next write; both sales commit."""
-    service, superuser = setting
+    service, superuser = pg_group_commit
     seller = credited_seller(service, FUNDS)["id"]
     refused = "INSERT INTO phone (number, total_charged, created_at) VALUES (?, 0, ?)"
     outcomes = []
