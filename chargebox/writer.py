@@ -195,7 +195,7 @@ class GroupWriter:
             with self._begin(min(item.deadline for item in live)) as write:
                 metrics.lock_waited(time.perf_counter() - began)
                 for group in _groups(live):
-                    if getattr(group[0].work, "together", None) is not None:
+                    if _together_of(group[0]) is not None:
                         group = self._together(write, group, victims)
                     for item in group:
                         self._alone(write, item, victims)
@@ -253,14 +253,17 @@ def _groups(items: list[_Item]) -> Iterator[list[_Item]]:
     (a function of the writes' kind) and the same order (their seller); the rest alone."""
     run: list[_Item] = []
     for item in items:
-        if run and (item.order is None or item.order != run[0].order
-                    or getattr(item.work, "together", None) is None
-                    or item.work.together != run[0].work.together):  # fmt: skip
+        if run and (_together_of(item) is None or _together_of(item) != _together_of(run[0])
+                    or item.order is None or item.order != run[0].order):  # fmt: skip
             yield run
             run = []
         run.append(item)
     if run:
         yield run
+
+
+def _together_of(item: _Item) -> Callable | None:
+    return getattr(item.work, "together", None)
 
 
 def _in_order(item: _Item) -> tuple[bool, int]:

@@ -177,3 +177,27 @@ def test_a_key_recorded_by_another_session_while_queued_gets_that_outcome(pg_gro
     assert counted(service)[1] == before[1] + 1
     assert balance(superuser, seller) == FUNDS - 500
     assert service.audit()["consistent"]
+
+
+def test_a_sellers_other_writes_between_its_sales_go_alone_and_split_the_batch(
+    pg_group_commit,
+):
+    """A credit request queued between two sales of its seller: the three keep their
+    order; each sale is a batch of its own (the writer never mixes kinds in one)."""
+    service, superuser = pg_group_commit
+    seller = credited_seller(service, FUNDS)["id"]
+    before = counted(service)
+    first, request, second, transactions = queued_together(
+        service,
+        superuser,
+        [
+            lambda: service.sell(seller, A, 1_000),
+            lambda: service.request_credit(seller, 5_000, "asked"),
+            lambda: service.sell(seller, B, 2_000),
+        ],
+    )
+    assert [first.record["balance_after"], second.record["balance_after"]] == [9_000, 7_000]
+    assert request.record["status"] == "pending"
+    assert counted(service) == (before[0] + 1 + 2, before[1])
+    assert transactions == 2
+    assert service.audit()["consistent"]
