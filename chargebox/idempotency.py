@@ -101,9 +101,10 @@ def once(
         work = _Together(alone, kind, seller_id, sale, key, request_hash)
     if key is None:
         return Outcome(database.write(work, seller_id), False)
-    made = earlier(database, kind, seller_id, key, request_hash)  # fast path, no write lock
-    if made is not None:
-        return Outcome(Queries(database).one(kind.made, made), True)
+    if work is alone:  # a batch looks for its keys itself, in its one read (_Together)
+        made = earlier(database, kind, seller_id, key, request_hash)  # no write lock
+        if made is not None:
+            return Outcome(Queries(database).one(kind.made, made), True)
     try:
         outcome = database.write(work, seller_id)
     except _KeyRaced:  # another server's copy recorded the key first: its outcome stands
@@ -177,38 +178,58 @@ class _Together:
     @staticmethod
     def together(write: Write, works: list[_Together]) -> list[tuple[object, Exception | None]]:
         """Sell `works` (one seller's, in order) in one statement, keys recorded in it; for
-        each, what `alone` would have returned or raised. Copies of one key in the batch,
-        or a key a copy recorded meanwhile (its UNIQUE fails the statement), go alone."""
+        each, what `alone` would have returned or raised. A key already recorded (looked
+        for once the seller is held, with its head), and a later copy of a key in the
+        batch, sell nothing: `_KeyRaced`, and `once` replays the first outcome. Should a
+        copy record a key anyway, its UNIQUE fails the statement: the batch goes alone."""
         keyed = [work for work in works if work.key is not None]
-        if len({work.key for work in keyed}) != len(keyed):
-            raise ledger.Separately
         created = now()
+        seller_id, kind = works[0].seller_id, works[0].kind
+        recorded = None
+        if keyed:  # read with the seller's head: keys a copy recorded are replayed (once)
+            write.hold(seller_id)
+            recorded = write.later(
+                f"SELECT key FROM {kind.table} WHERE seller_id = ?"
+                " AND key = ANY(CAST(? AS text[]))",
+                (seller_id, [work.key for work in keyed]),
+            )
+
+        def left_out() -> set[int]:
+            taken = {key for (key,) in recorded()} if recorded else set()
+            skipped = set()
+            for n, work in enumerate(works):
+                if work.key in taken:
+                    skipped.add(n)
+                elif work.key is not None:
+                    taken.add(work.key)  # its later copies replay this one
+            return skipped
 
         def records(outcomes: list) -> list[tuple[str, tuple]]:
             columns: list[list] = [[] for _ in range(5)]  # key, hash, made, code, message
             for work, outcome in zip(works, outcomes, strict=True):
-                if work.key is not None:
+                if work.key is not None and outcome is not None:
                     no = isinstance(outcome, ChargeboxError)
                     row = (work.key, work.request_hash, None if no else outcome["id"],
                            outcome.code if no else None,
                            outcome.message if no else None)  # fmt: skip
                     for column, value in zip(columns, row, strict=True):
                         column.append(value)
-            kind = works[0].kind
             return [(
                 f"INSERT INTO {kind.table} (seller_id, key, request_hash, {kind.column},"
                 " error_code, error_message, created_at) SELECT ?, r.key, r.hash, r.made,"
                 " r.code, r.message, ? FROM unnest(CAST(? AS text[]), CAST(? AS text[]),"
                 " CAST(? AS bigint[]), CAST(? AS text[]), CAST(? AS text[]))"
                 " AS r(key, hash, made, code, message)",
-                (works[0].seller_id, created, *columns),
+                (seller_id, created, *columns),
             )] if columns[0] else []  # fmt: skip
 
         sales = [(work.sale.number, work.sale.amount) for work in works]
-        outcomes = ledger.sell_together(write, works[0].seller_id, sales, created, records)
+        outcomes = ledger.sell_together(write, seller_id, sales, created, records, left_out)
         answers: list[tuple[object, Exception | None]] = []
         for work, outcome in zip(works, outcomes, strict=True):
-            if isinstance(outcome, ChargeboxError):  # a final refusal: a key records it
+            if outcome is None:  # its key's first outcome stands: `once` replays it
+                answers.append((None, _KeyRaced()))
+            elif isinstance(outcome, ChargeboxError):  # a final refusal: a key records it
                 answers.append((outcome, None) if work.key else (None, outcome))
             else:
                 shown = work.sale.shown(outcome)

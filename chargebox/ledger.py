@@ -328,9 +328,11 @@ class Separately(Exception):
 
 
 def sell_together(write: Write, seller_id: int, sales: list[tuple[str, int]], now: str,
-                  also: Callable[[list], list[tuple[str, tuple]]]) -> list:  # fmt: skip
+                  also: Callable[[list], list[tuple[str, tuple]]],
+                  left_out: Callable[[], set[int]] = set) -> list:  # fmt: skip
     """PostgreSQL: several sales (number, amount) of one active seller in one statement,
-    each as `sell` would make it, in their order; for each, its sale or InsufficientCredit.
+    each as `sell` would make it, in their order; for each, its sale or InsufficientCredit,
+    or None for those `left_out()` names (by index; read once the seller is held).
 
     The seller's row is held, then its balance, status, sealed head and newest seq are
     read with ids for the sales and entries (one round trip); which sales the balance
@@ -350,7 +352,13 @@ def sell_together(write: Write, seller_id: int, sales: list[tuple[str, int]], no
     before, entries, previous = balance, entries or 0, previous or seals.GENESIS
     outcomes: list = []
     sold: list[list] = [[] for _ in range(7)]
-    for (number, amount), sale_id, entry_id in zip(sales, sale_ids, entry_ids, strict=True):
+    skipped = left_out()
+    for index, ((number, amount), sale_id, entry_id) in enumerate(
+        zip(sales, sale_ids, entry_ids, strict=True)
+    ):
+        if index in skipped:
+            outcomes.append(None)
+            continue
         if amount > balance:
             outcomes.append(InsufficientCredit(NOT_COVERED, balance=balance, amount=amount))
             continue

@@ -98,6 +98,13 @@ class Write:
         values = tuple(value for _, each in first for value in each)
         self.send(f"WITH {queries} {last}" if first else last, values + tuple(params))
 
+    def later(self, sql: str, params: tuple | dict = ()) -> Callable[[], list[tuple]]:
+        """Send a statement now and read its rows later: the next `execute` waits for it
+        too (one round trip for both). Returns what reads them."""
+        cursor = self._sent(sql, params)
+        self._unchecked = self._pipeline is not None
+        return cursor.fetchall
+
     def _sent(self, sql: str, params: tuple | dict):
         if not self.open:
             raise AssertionError("this write has ended: write only inside database.write()")

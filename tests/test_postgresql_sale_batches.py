@@ -26,10 +26,11 @@ FUNDS = 10_000
 A, B = "09120000001", "09120000002"
 
 
-def queued_together(service, superuser: str, calls: list, meanwhile=None) -> list:
+def queued_together(service, superuser: str, calls: list, meanwhile=None, then=None) -> list:
     """Run `calls` (each a callable) so that they queue, in order, for one batch; then
-    `meanwhile(conn)` (a superuser session), then let the batch go. Each call's outcome,
-    or the exception it raised; then how many transactions the writer committed."""
+    `meanwhile(conn)` (a superuser session), then let the batch go, then `then()`. Each
+    call's outcome, or the exception it raised; then how many transactions the writer
+    committed."""
     writer = service.database.writer
     blocker = credited_seller(service, FUNDS, "blocker")["id"]
     batches = writer.batches
@@ -50,6 +51,8 @@ def queued_together(service, superuser: str, calls: list, meanwhile=None) -> lis
                 meanwhile(conn)
         gate.rollback()
         inline.result(timeout=30)
+        if then is not None:
+            then()
         outcomes = []
         for future in futures:
             try:
@@ -135,8 +138,8 @@ def test_a_seller_suspended_while_its_sales_wait_refuses_each_of_them(pg_group_c
 
 
 def test_two_copies_of_one_key_in_a_batch_sell_once(pg_group_commit):
-    """Both copies queue before either is recorded: the batch goes one at a time, the
-    first sells, the second replays it."""
+    """Both copies queue before either is recorded (a copy looks for its key in the
+    batch, not before): the first sells, the second replays it after COMMIT."""
     service, superuser = pg_group_commit
     seller = credited_seller(service, FUNDS)["id"]
     before = counted(service)
@@ -144,16 +147,16 @@ def test_two_copies_of_one_key_in_a_batch_sell_once(pg_group_commit):
         service, superuser, [lambda: service.sell(seller, A, 1_000, "twice")] * 2
     )
     assert first.record == second.record
-    assert sorted([first.replayed, second.replayed]) == [False, True]
-    assert counted(service)[1] == before[1] + 1
+    assert [first.replayed, second.replayed] == [False, True]
+    assert counted(service) == (before[0] + 1 + 2, before[1])
     assert balance(superuser, seller) == FUNDS - 1_000
     assert service.audit()["consistent"]
 
 
 def test_a_key_recorded_by_another_session_while_queued_gets_that_outcome(pg_group_commit):
-    """Another server's copy records the key after this copy looked for it and before the
-    batch: the batch's statement fails on the key's UNIQUE and is undone; one at a time,
-    the copy replays the recorded refusal and the other sale of the batch sells."""
+    """Another server's copy records the key after this copy was queued: the batch finds
+    it once the seller is held, sells the other sale, and this copy replays the
+    recorded refusal."""
     service, superuser = pg_group_commit
     seller = credited_seller(service, FUNDS)["id"]
     taken = InsufficientCredit(NOT_COVERED, balance=5, amount=1_000)
@@ -174,7 +177,7 @@ def test_a_key_recorded_by_another_session_while_queued_gets_that_outcome(pg_gro
     )
     assert isinstance(raced, InsufficientCredit) and raced.message == taken.message
     assert other.record["balance_after"] == FUNDS - 500
-    assert counted(service)[1] == before[1] + 1
+    assert counted(service) == (before[0] + 1 + 2, before[1])
     assert balance(superuser, seller) == FUNDS - 500
     assert service.audit()["consistent"]
 
@@ -200,4 +203,39 @@ def test_a_sellers_other_writes_between_its_sales_go_alone_and_split_the_batch(
     assert request.record["status"] == "pending"
     assert counted(service) == (before[0] + 1 + 2, before[1])
     assert transactions == 2
+    assert service.audit()["consistent"]
+
+
+def test_a_key_another_session_records_as_the_batch_writes_it_is_replayed(pg_group_commit):
+    """Another session has recorded the key but not committed when the batch looks: the
+    batch's statement waits on the key's UNIQUE, fails when that session commits, and is
+    undone; its sales then go one at a time: the copy replays, the other sale sells."""
+    service, superuser = pg_group_commit
+    seller = credited_seller(service, FUNDS)["id"]
+    taken = InsufficientCredit(NOT_COVERED, balance=5, amount=1_000)
+    with psycopg.connect(superuser) as other:
+
+        def record(_conn) -> None:
+            other.execute(
+                "INSERT INTO idempotency_record (seller_id, key, request_hash, error_code,"
+                " error_message, created_at) VALUES (%s, 'raced', %s, %s, %s, now()::text)",
+                (seller, idempotency.fingerprint(A, 1_000), taken.code, taken.message),
+            )
+
+        def commit_once_waited_for() -> None:
+            blocked_by(superuser, other.info.backend_pid)
+            other.commit()
+
+        before = counted(service)
+        other_sale, raced, _ = queued_together(
+            service,
+            superuser,
+            [lambda: service.sell(seller, B, 500), lambda: service.sell(seller, A, 1_000, "raced")],
+            meanwhile=record,
+            then=commit_once_waited_for,
+        )
+    assert isinstance(raced, InsufficientCredit) and raced.message == taken.message
+    assert other_sale.record["balance_after"] == FUNDS - 500
+    assert counted(service) == (before[0] + 1, before[1] + 1)
+    assert balance(superuser, seller) == FUNDS - 500
     assert service.audit()["consistent"]
