@@ -6,6 +6,8 @@ adjusted seller) share this.
 A key's record is written in the same write as what it records, so a crash
 keeps both or neither; a refusal (409) is recorded too, and replayed. `once()`
 is the replay itself: every keyed use case of `services` goes through it.
+A sale on PostgreSQL does not look for its key before it queues: its batch
+looks for the keys of all its sales in its one read (`_Together`).
 """
 
 from __future__ import annotations

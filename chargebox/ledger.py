@@ -6,7 +6,8 @@ entry first; PostgreSQL: the balance first, its seller's row held): each functio
 takes the open `Write` and never opens a transaction of its own. Hand-written
 SQL keeps the write lock short. Deciding a credit request (approve or reject)
 lives here too, in one place, and a sale's refund (`refund`, once per sale).
-`audit` re-checks I1-I5 from the rows themselves.
+On PostgreSQL the sales of one seller queued together go as one statement on
+one move of the balance (`sell_together`), each as `sell` would make it.
 """
 
 from __future__ import annotations

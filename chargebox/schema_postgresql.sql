@@ -3,8 +3,8 @@
 -- for SQLite. A write moves a balance first (the guarded UPDATE takes the seller's row
 -- lock, which serialises that seller across every host), then writes its entries:
 -- each entry continues its seller's chain (I3), the balance must be the newest entry's
--- at the end of each statement that makes entries, and at COMMIT (deferred, I2). Each seller's entries are numbered
--- (seq, UNIQUE per seller) under the seal chain. Append-only tables refuse UPDATE,
+-- at the end of each statement that makes entries, and at COMMIT (deferred, I2). Each
+-- seller's entries are numbered (seq, UNIQUE per seller) under the seal chain. Append-only tables refuse UPDATE,
 -- DELETE and TRUNCATE (row triggers do not see TRUNCATE: statement triggers do).
 -- Statements are separated by a line holding only "-- ;" (see schema.py).
 

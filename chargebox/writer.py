@@ -13,6 +13,10 @@ that batches of other processes take the same rows' locks in the same order;
 a write the database chose as a deadlock's victim (PostgreSQL: `Deadlocked`)
 was undone by its savepoint and goes first into the next batch, if its
 deadline allows. On SQLite the batch holds the whole file: neither happens.
+A run of writes of one order that can go together (their work has `together`:
+a seller's sales on PostgreSQL, idempotency._Together) is applied by one call
+in one savepoint, each answered as alone; if that call fails, the savepoint
+undoes it and each of them is applied alone.
 """
 
 from __future__ import annotations
