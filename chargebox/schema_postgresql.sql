@@ -4,8 +4,9 @@
 -- lock, which serialises that seller across every host), then writes its entries:
 -- each entry continues its seller's chain (I3), the balance must be the newest entry's
 -- at the end of each statement that makes entries, and at COMMIT (deferred, I2). Each
--- seller's entries are numbered (seq, UNIQUE per seller) under the seal chain. Append-only tables refuse UPDATE,
--- DELETE and TRUNCATE (row triggers do not see TRUNCATE: statement triggers do).
+-- seller's entries are numbered (seq, UNIQUE per seller) under the seal chain.
+-- Append-only tables refuse UPDATE, DELETE and TRUNCATE (row triggers do not see
+-- TRUNCATE: statement triggers do).
 -- Statements are separated by a line holding only "-- ;" (see schema.py).
 
 CREATE TABLE schema_version (
