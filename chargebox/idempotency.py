@@ -103,7 +103,8 @@ def once(
         work = _Together(alone, kind, seller_id, sale, key, request_hash)
     if key is None:
         return Outcome(database.write(work, seller_id), False)
-    if work is alone:  # a batch looks for its keys itself, in its one read (_Together)
+    batched = work is not alone and database.writer is not None
+    if not batched:  # a batch looks for its keys itself, in its one read (_Together)
         made = earlier(database, kind, seller_id, key, request_hash)  # no write lock
         if made is not None:
             return Outcome(Queries(database).one(kind.made, made), True)
@@ -111,6 +112,11 @@ def once(
         outcome = database.write(work, seller_id)
     except _KeyRaced:  # another server's copy recorded the key first: its outcome stands
         made = earlier(database, kind, seller_id, key, request_hash)
+        return Outcome(Queries(database).one(kind.made, made), True)
+    except Unavailable:  # a copy of a recorded key is answered from a read all the same
+        made = earlier(database, kind, seller_id, key, request_hash) if batched else None
+        if made is None:
+            raise
         return Outcome(Queries(database).one(kind.made, made), True)
     if isinstance(outcome, ChargeboxError):
         raise outcome

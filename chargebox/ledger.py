@@ -30,6 +30,7 @@ from chargebox.errors import (
 )
 from chargebox.money import check_balance
 from chargebox.queries import CREDIT_REQUEST, LEDGER_ENTRY, SALE
+from chargebox.writer import Separately
 
 _GUARD = "FROM seller WHERE id = :seller_id AND balance + :delta BETWEEN 0 AND :ceiling"
 _ENTRY = (
@@ -318,14 +319,11 @@ _TOGETHER = (
     " entry_id = excluded.entry_id, entries = excluded.entries,"
     " entry_mac = excluded.entry_mac, mac = excluded.mac), phones AS (INSERT INTO phone"
     " (number, total_charged, created_at) SELECT sold.phone, CAST(sum(sold.amount) AS BIGINT),"
-    " ? FROM sold CROSS JOIN moved GROUP BY sold.phone ON CONFLICT (number) DO UPDATE"
+    " ? FROM sold CROSS JOIN moved GROUP BY sold.phone ORDER BY sold.phone"
+    " ON CONFLICT (number) DO UPDATE"
     " SET total_charged = phone.total_charged + excluded.total_charged){also}"
     " SELECT balance FROM moved"
 )
-
-
-class Separately(Exception):
-    """This batch cannot be sold as one: each of its writes goes alone (writer.py)."""
 
 
 def sell_together(write: Write, seller_id: int, sales: list[tuple[str, int]], now: str,

@@ -463,8 +463,9 @@ CREATE TRIGGER ledger_entry_refund_matches_sale BEFORE INSERT ON ledger_entry
 -- entry still continues the chain when it is inserted (seq, and balance_after = the
 -- previous entry's + amount, I3); that the balance rests on the seller's newest entry
 -- (I2) is checked once each statement that inserts entries has run, for each of their
--- sellers, instead of at each entry's insert: an entry without its balance move is still
--- refused by the statement that makes it.
+-- sellers, on the balance as that statement leaves it, instead of at each entry's insert
+-- (entries that add up to nothing may now be made in one statement with no move; the
+-- balance still equals the ledger's sum after every statement and at COMMIT).
 CREATE OR REPLACE FUNCTION chargebox_entry_continues_chain() RETURNS trigger LANGUAGE plpgsql
 SET search_path FROM CURRENT AS $$
 DECLARE

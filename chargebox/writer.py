@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -33,6 +34,7 @@ from typing import Any
 from chargebox import metrics
 from chargebox.errors import Deadlocked, LockTimeout, Unavailable
 
+_log = logging.getLogger("chargebox.writer")
 MAX_BATCH = 256
 # A write whose deadline is this close when the lock could not be had is answered
 # now: another attempt could not finish in time.
@@ -69,6 +71,10 @@ class WriteSlots:
             self._free.release()
 
 
+class Separately(Exception):
+    """Raised by a `together` call: these writes cannot go as one; each goes alone."""
+
+
 class _Item:
     __slots__ = ("work", "deadline", "order", "result", "error", "_answered")
 
@@ -103,8 +109,10 @@ class GroupWriter:
         begin: Callable[[float], AbstractContextManager[Any]],
         finish: Callable[[], None] = lambda: None,
         max_batch: int = MAX_BATCH,
+        start: Callable[[], None] = lambda: None,
     ) -> None:
         self._begin = begin
+        self._start = start  # run in the writer thread as it starts (sizes its connection)
         self._finish = finish  # run in the writer thread as it ends (closes its connection)
         self._closed = False
         self.max_batch = max_batch
@@ -150,6 +158,7 @@ class GroupWriter:
 
     def _run(self) -> None:
         try:
+            self._start()
             while True:
                 with self._wake:
                     while (not self._queue or self._busy) and not self._closed:
@@ -243,8 +252,11 @@ class GroupWriter:
             return []
         except Unavailable:
             raise
-        except Exception:  # `Separately`, a key a copy took, or a refusal: one at a time
+        except Exception as exc:  # `Separately`, a key a copy took, or a refusal: one at a time
             self.separately += 1
+            if not isinstance(exc, Separately):  # what the database refused, say
+                _log.warning("a batch of %d writes goes one at a time: %s", len(group),
+                             type(exc).__name__)  # fmt: skip
             return group
         for item, (result, error) in zip(group, answers, strict=True):
             item.result, item.error = result, error

@@ -18,7 +18,12 @@ import psycopg
 import pytest
 
 from chargebox import idempotency
-from chargebox.errors import NOT_COVERED, InsufficientCredit, SellerSuspended
+from chargebox.errors import (
+    NOT_COVERED,
+    IdempotencyKeyReused,
+    InsufficientCredit,
+    SellerSuspended,
+)
 from tests.support import credited_seller
 from tests.test_postgresql_group_commit import balance, blocked_by
 
@@ -44,7 +49,10 @@ def queued_together(service, superuser: str, calls: list, meanwhile=None, then=N
         futures = []
         for n, call in enumerate(calls, start=1):
             futures.append(pool.submit(call))
-            while writer.queued() < n:
+            deadline = time.monotonic() + 30
+            while writer.queued() < n:  # queued, or it failed before it could queue
+                assert not futures[-1].done(), futures[-1].exception()
+                assert time.monotonic() < deadline, f"call {n} never queued"
                 time.sleep(0.01)
         if meanwhile is not None:
             with psycopg.connect(superuser, autocommit=True) as conn:
@@ -239,3 +247,51 @@ def test_a_key_another_session_records_as_the_batch_writes_it_is_replayed(pg_gro
     assert counted(service) == (before[0] + 1, before[1] + 1)
     assert balance(superuser, seller) == FUNDS - 500
     assert service.audit()["consistent"]
+
+
+def test_a_second_copy_of_a_key_with_another_body_in_the_batch_is_refused(pg_group_commit):
+    """Two requests with one key and different bodies in one batch: the first sells, the
+    second is idempotency_key_reused (its body is not the key's first), as alone."""
+    service, superuser = pg_group_commit
+    seller = credited_seller(service, FUNDS)["id"]
+    first, second, _ = queued_together(
+        service,
+        superuser,
+        [lambda: service.sell(seller, A, 1_000, "k"), lambda: service.sell(seller, A, 2_000, "k")],
+    )
+    assert first.record["balance_after"] == FUNDS - 1_000
+    assert isinstance(second, IdempotencyKeyReused)
+    assert balance(superuser, seller) == FUNDS - 1_000
+
+
+def test_a_batch_that_sells_nothing_records_its_keys_refusals(pg_group_commit):
+    """Every sale of the batch is refused for want of credit: nothing moves, and each key
+    records its refusal, replayed to a later copy."""
+    service, superuser = pg_group_commit
+    seller = credited_seller(service, 500)["id"]
+    first, second, _ = queued_together(
+        service,
+        superuser,
+        [lambda: service.sell(seller, A, 1_000, "a"), lambda: service.sell(seller, B, 2_000, "b")],
+    )
+    assert isinstance(first, InsufficientCredit) and isinstance(second, InsufficientCredit)
+    with pytest.raises(InsufficientCredit) as again:
+        service.sell(seller, B, 2_000, "b")
+    assert again.value.message == second.message
+    assert balance(superuser, seller) == 500
+    assert service.audit()["consistent"]
+
+
+def test_a_copy_of_a_recorded_key_is_answered_while_its_seller_is_held(pg_group_commit):
+    """A sale's key does not read its key before it queues; when the write cannot have the
+    seller's row (another session holds it past the busy timeout), a copy of a key
+    recorded earlier is still answered, from a read, not 503."""
+    service, superuser = pg_group_commit
+    seller = credited_seller(service, FUNDS)["id"]
+    sold = service.sell(seller, A, 1_000, "k")
+    with psycopg.connect(superuser) as holder:
+        holder.execute("SELECT 1 FROM seller WHERE id = %s FOR UPDATE", (seller,))
+        again = service.sell(seller, A, 1_000, "k")
+        holder.rollback()
+    assert (again.replayed, again.record) == (True, sold.record)
+    assert balance(superuser, seller) == FUNDS - 1_000
