@@ -34,16 +34,21 @@ REOPEN_CHECK_S = 1.0  # how often a log file is checked for having been moved (r
 
 
 class _Ids:
-    """Request ids: this process's random prefix and a counter (new after a fork)."""
+    """Request ids: this process's random prefix and a counter (new after a fork).
+
+    The pid, prefix and counter are one tuple, replaced whole: a forked child's first
+    requests, on several threads at once, each see either the parent's state or a whole
+    new one, never a pid without its prefix (two may make a state each: their prefixes
+    differ, so the ids stay unique)."""
 
     def __init__(self) -> None:
-        self.pid = 0
+        self._state: tuple[int, str, itertools.count] = (0, "", itertools.count(1))
 
     def new(self) -> str:
-        if self.pid != os.getpid():
-            self.pid = os.getpid()
-            self.prefix, self.counter = uuid.uuid4().hex[:10], itertools.count(1)
-        return f"{self.prefix}-{next(self.counter):x}"
+        state = self._state
+        if state[0] != os.getpid():
+            state = self._state = (os.getpid(), uuid.uuid4().hex[:10], itertools.count(1))
+        return f"{state[1]}-{next(state[2]):x}"
 
 
 new_request_id = _Ids().new

@@ -14,6 +14,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -233,3 +234,27 @@ def test_a_signed_in_page_is_logged_with_its_seller_and_never_its_session(tmp_pa
     assert entry["seller"] == str(seller["id"]) and entry["path"] == "/seller"
     text = log.read_text("ascii")
     assert session not in text and key not in text and browser.token not in text
+
+
+def test_a_forked_processs_first_requests_on_many_threads_each_get_an_id():
+    """After a fork the first ids are made afresh, and a child's first requests come on
+    several threads at once: none may see a new pid before its prefix (that was a 500
+    under `--processes 2` in the crash test). 200 rounds of 8 threads released together
+    on a fresh id maker, thread switches forced often; every id is made, and unique."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(200):
+            ids = access_log._Ids()
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                barrier = threading.Barrier(8)
+
+                def first_request(ids=ids, barrier=barrier) -> str:
+                    barrier.wait(10)
+                    return ids.new()
+
+                made = [pool.submit(first_request) for _ in range(8)]
+                found = [future.result(10) for future in made]
+            assert len(set(found)) == 8
+    finally:
+        sys.setswitchinterval(old)
