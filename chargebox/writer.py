@@ -109,10 +109,8 @@ class GroupWriter:
         begin: Callable[[float], AbstractContextManager[Any]],
         finish: Callable[[], None] = lambda: None,
         max_batch: int = MAX_BATCH,
-        start: Callable[[], None] = lambda: None,
     ) -> None:
         self._begin = begin
-        self._start = start  # run in the writer thread as it starts (sizes its connection)
         self._finish = finish  # run in the writer thread as it ends (closes its connection)
         self._closed = False
         self.max_batch = max_batch
@@ -158,7 +156,6 @@ class GroupWriter:
 
     def _run(self) -> None:
         try:
-            self._start()
             while True:
                 with self._wake:
                     while (not self._queue or self._busy) and not self._closed:
