@@ -98,6 +98,9 @@ def once(
             return act(write, now())
         return _first(write, kind, seller_id, key, request_hash, act)
 
+    def replayed(made: int) -> Outcome:
+        return Outcome(Queries(database).one(kind.made, made), True)
+
     work: Callable[[Write], object] = alone
     if sale is not None and database.dialect == "postgresql":
         work = _Together(alone, kind, seller_id, sale, key, request_hash)
@@ -107,17 +110,16 @@ def once(
     if not batched:  # a batch looks for its keys itself, in its one read (_Together)
         made = earlier(database, kind, seller_id, key, request_hash)  # no write lock
         if made is not None:
-            return Outcome(Queries(database).one(kind.made, made), True)
+            return replayed(made)
     try:
         outcome = database.write(work, seller_id)
     except _KeyRaced:  # another server's copy recorded the key first: its outcome stands
-        made = earlier(database, kind, seller_id, key, request_hash)
-        return Outcome(Queries(database).one(kind.made, made), True)
+        return replayed(earlier(database, kind, seller_id, key, request_hash))
     except Unavailable:  # a copy of a recorded key is answered from a read all the same
         made = earlier(database, kind, seller_id, key, request_hash) if batched else None
         if made is None:
             raise
-        return Outcome(Queries(database).one(kind.made, made), True)
+        return replayed(made)
     if isinstance(outcome, ChargeboxError):
         raise outcome
     return outcome

@@ -339,7 +339,8 @@ def sell_together(write: Write, seller_id: int, sales: list[tuple[str, int]], no
     statement moves the balance by their total and writes everything, with what
     `also(outcomes)` adds as further WITH queries (the keys' records), and the database
     checks it all as it checks one sale (I2-I4 triggers). A seller that is missing or
-    not active, or anything unexpected, is `Separately`: each sale then goes alone.
+    not active is `Separately`; with that, whatever else fails the batch (a key's UNIQUE)
+    sends each sale alone (writer.py).
     """
     if write.ledger_key is None:
         raise AssertionError("no ledger key: start through cli.prepare() (see seals.py)")

@@ -86,8 +86,7 @@ class Write:
     def send(self, sql: str, params: tuple | dict = ()) -> None:
         """Run a statement whose result nobody reads; in a pipeline, without waiting.
         Its failure is raised by the next `execute`, or at the end of the savepoint."""
-        self._sent(sql, params)
-        self._unchecked = self._pipeline is not None
+        self.later(sql, params)
 
     def send_all(self, statements: list[tuple[str, tuple]]) -> None:
         """Several statements nobody reads, sent as one: the first ones as data-modifying
