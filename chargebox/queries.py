@@ -128,6 +128,12 @@ _LAST_BEFORE = """SELECT s.n, s.id AS seller_id, {name} AS name, o.id AS entry_i
 ) AS o ON true ORDER BY s.n"""
 
 
+def _each(one: str, count: int) -> str:
+    """`one` (a SELECT whose `{0}` is its number) once per item, as one statement whose rows
+    come back in the items' order (its column `n`)."""
+    return " UNION ALL ".join(one.format(n) for n in range(count)) + " ORDER BY n"
+
+
 def _maybe(value: object) -> tuple:
     """A parameter if there is one (an optional `AND seller_id = ?`)."""
     return () if value is None else (value,)
@@ -315,8 +321,7 @@ class Queries:
             f" count(*) AS sales FROM sale WHERE id >= ? AND id < ?{mine}"
         )
         found = self.reader.dicts(
-            " UNION ALL ".join(one.format(n) for n in range(len(ranges))) + " ORDER BY n",
-            tuple(n for ids in ranges for n in (*ids, *_maybe(seller_id))),
+            _each(one, len(ranges)), tuple(n for ids in ranges for n in (*ids, *_maybe(seller_id)))
         )
         return [{"amount": row["amount"], "sales": row["sales"]} for row in found]
 
@@ -368,7 +373,7 @@ class Queries:
                 " AND id < ? AND created_at < ? ORDER BY id DESC LIMIT 1) AS balance_after"
             )
             found = self.reader.dicts(
-                " UNION ALL ".join(one.format(n) for n in range(len(bounds))) + " ORDER BY n",
+                _each(one, len(bounds)),
                 tuple(v for below, before in bounds for v in (seller_id, below, before)),
             )
         return [int(row["balance_after"] or 0) for row in found]
