@@ -45,6 +45,7 @@ def test_both_backends_sell_in_every_phase_and_answer_only_201(tiny_run):
         assert row["ok_201"] > 0 and row["sales_s"] > 0, key
         assert row["p99_ms"] >= row["p50_ms"] > 0, key
         assert row["non_201"] == 0 and not row["socket_errors"], (key, row["statuses"])
+        assert row["writes_per_tx"] >= 1, key  # read from the servers' /metrics
 
 
 def test_the_report_gives_the_ratio_and_says_the_books_reconcile(tiny_run):
