@@ -170,6 +170,16 @@ class Sale:
     shown: Callable[[dict], dict]  # the sale made, as `act` would have returned it
 
 
+# Which of a seller's keys (an array) are recorded: one look-up in UNIQUE (seller_id, key)
+# per key (LATERAL ... LIMIT 1), whatever the statistics say. `seller_id = ? AND key =
+# ANY(?)`, or a join, let the planner, told by stale statistics that the seller had few
+# keys, read all of them and filter: linear in its history (3 ms a batch at 7,000 keys).
+RECORDED_KEYS = (
+    "SELECT wanted.key FROM unnest(CAST(? AS text[])) AS wanted (key), LATERAL (SELECT 1"
+    " FROM {table} AS r WHERE r.seller_id = ? AND r.key = wanted.key LIMIT 1) AS found"
+)
+
+
 class _Together:
     """A sale's write as the group writer sees it (writer.py): alone, `self(write)`; with
     the other sales of its seller queued beside it, `together(write, works)`, one
@@ -199,9 +209,8 @@ class _Together:
         if keyed:  # read with the seller's head: keys a copy recorded are replayed (once)
             write.hold(seller_id)
             recorded = write.later(
-                f"SELECT key FROM {kind.table} WHERE seller_id = ?"
-                " AND key = ANY(CAST(? AS text[]))",
-                (seller_id, [work.key for work in keyed]),
+                RECORDED_KEYS.format(table=kind.table),
+                ([work.key for work in keyed], seller_id),
             )
 
         def left_out() -> set[int]:
