@@ -173,7 +173,7 @@ class Sale:
 # Which of a seller's keys (an array) are recorded: one look-up in UNIQUE (seller_id, key)
 # per key (LATERAL ... LIMIT 1), whatever the statistics say. `seller_id = ? AND key =
 # ANY(?)`, or a join, let the planner, told by stale statistics that the seller had few
-# keys, read all of them and filter: linear in its history (3 ms a batch at 7,000 keys).
+# keys, read all of them and filter: linear in its history (378 ms at a million keys).
 RECORDED_KEYS = (
     "SELECT wanted.key FROM unnest(CAST(? AS text[])) AS wanted (key), LATERAL (SELECT 1"
     " FROM {table} AS r WHERE r.seller_id = ? AND r.key = wanted.key LIMIT 1) AS found"

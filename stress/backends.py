@@ -193,11 +193,9 @@ def _writes_and_batches(servers, token: str) -> tuple[float, float]:
                                          headers={"Authorization": f"Bearer {token}"})  # fmt: skip
         with urllib.request.urlopen(request, timeout=30) as answer:
             text = answer.read().decode()
-        for name, value in re.findall(r"^chargebox_write_batch_size_(sum|count) (\S+)$", text, re.M):
-            if name == "sum":
-                writes += float(value)
-            else:
-                batches += float(value)
+        found = dict(re.findall(r"^chargebox_write_batch_size_(sum|count) (\S+)$", text, re.M))
+        writes += float(found.get("sum", 0))
+        batches += float(found.get("count", 0))
     return writes, batches
 
 

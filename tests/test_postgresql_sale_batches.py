@@ -18,13 +18,13 @@ import psycopg
 import pytest
 
 from chargebox import idempotency
-from chargebox.pg_driver import to_psycopg
 from chargebox.errors import (
     NOT_COVERED,
     IdempotencyKeyReused,
     InsufficientCredit,
     SellerSuspended,
 )
+from chargebox.pg_driver import to_psycopg
 from tests.support import credited_seller
 from tests.test_postgresql_group_commit import balance, blocked_by
 
