@@ -59,7 +59,7 @@ def one_server(processes: int, options: backends.Options) -> tuple[dict, list[st
             admin = Client(server.url, token)
             ids, keys = fund_sellers(admin, 1)
             health_rate, health_p99 = health(server.url, options)
-            phases = [backends.phase(backend, [server], keys, name, options)
+            phases = [backends.phase(backend, [server], keys, name, options, token)
                       for name in ("warm-up", "hot")]  # fmt: skip
             problems = backends.books(backend, admin, ids, phases)
             admin.close()
