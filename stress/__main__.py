@@ -1,9 +1,10 @@
 """`python -m stress`: the load harness (`run`), the threads-vs-processes lessons (`demo`),
-the benchmark (`bench`), SQLite against PostgreSQL under wrk (`backends`), and a
-database with a long sealed history to measure against (`history`).
+the benchmark (`bench`), SQLite against PostgreSQL under wrk (`backends`), a
+database with a long sealed history to measure against (`history`), and a server's
+memory under long load and audits (`memory`).
 
 Argument parsing and printing only; the work lives in `scenario`, `workers`,
-`verify`, `demos`, `bench`, `backends` and `history`. Exit status: 0 when the books
+`verify`, `demos`, `bench`, `backends`, `history` and `memory`. Exit status: 0 when the books
 reconcile (or a demo showed its effect), 1 when anything disagreed, 2 on a usage error.
 """
 
@@ -14,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from stress import backends, bench, history, report, scenario
+from stress import backends, bench, history, memory, report, scenario
 from stress.demos import DEMOS, load
 
 ROUND_COLUMNS = (
@@ -179,7 +180,32 @@ def _parser() -> argparse.ArgumentParser:
     add("--quiet", action="store_true", help="no progress lines")
     _backends_parser(commands)
     _history_parser(commands)
+    _memory_parser(commands)
     return parser
+
+
+def _memory_parser(commands) -> None:
+    long = commands.add_parser(
+        "memory",
+        help="one server under wrk's sales and repeated audits for an hour: its memory",
+        description="One server as run.py starts it, on a fresh SQLite file or a copy of "
+        "--db: wrk sends keyed sales of --sellers sellers in phases of --phase s for --seconds "
+        "s, while an admin asks for GET /api/audit every --audit-every s (every --full-every"
+        "th one full) and the server's RSS is read every --sample s. Prints a row per phase "
+        "and checks the books. Needs wrk (apt-get install wrk). Run it alone: "
+        "`flock /tmp/chargebox-load.lock python -m stress memory`.",
+    )
+    add = long.add_argument
+    add("--seconds", type=int, default=3600, help="the whole run (default 3600)")
+    add("--phase", type=int, default=60, help="seconds of one wrk run, one row (default 60)")
+    add("--connections", type=int, default=32, help="wrk's connections (default 32)")
+    add("--sellers", type=int, default=8, help="sellers sold for, round-robin (default 8)")
+    add("--audit-every", type=float, default=10.0, help="seconds between audits (default 10)")
+    add("--full-every", type=int, default=12, help="every Nth audit is full (default 12)")
+    add("--sample", type=float, default=5.0, help="seconds between RSS reads (default 5)")
+    add("--db", type=Path, help="start from a copy of this file (and its ledger_key)")
+    add("--out", type=Path, default=Path("data/stress"), help="where the JSON goes")
+    add("--quiet", action="store_true", help="no progress lines")
 
 
 def _history_parser(commands) -> None:
@@ -320,6 +346,25 @@ def _backends(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
+def _memory(args: argparse.Namespace) -> int:
+    options = memory.Options(
+        seconds=args.seconds,
+        phase=args.phase,
+        connections=args.connections,
+        sellers=args.sellers,
+        audit_every=args.audit_every,
+        full_every=args.full_every,
+        sample=args.sample,
+        db=args.db,
+        quiet=args.quiet,
+    )
+    result = memory.run(options)
+    print(memory.render(result))
+    path = report.write_json(args.out / f"memory-{result['started']}.json", result)
+    print(f"report: {path}")
+    return 0 if result["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -327,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
             return _backends(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "memory":
+            return _memory(args)
         if args.command == "history":
             return history.main(
                 history.Options(

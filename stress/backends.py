@@ -123,7 +123,7 @@ def app_servers(backend: Backend, token: str, options: Options) -> Iterator[list
 # --- CPU, waits and transactions -----------------------------------------------------------
 
 
-def _tree(root: int) -> list[int]:
+def process_tree(root: int) -> list[int]:
     """`root` and its descendants (forked server processes, postgres backends)."""
     parents: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -142,7 +142,7 @@ def _tree(root: int) -> list[int]:
 def _cpu_seconds(roots: list[int]) -> float:
     total = 0
     for root in roots:
-        for pid in _tree(root):
+        for pid in process_tree(root):
             with contextlib.suppress(OSError, IndexError):
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
                 total += int(fields[11]) + int(fields[12])  # utime, stime

@@ -1,0 +1,51 @@
+"""`python -m stress memory`: a tiny run reports a row per phase, the server's RSS, the
+audits made under load, and reconciled books.
+
+Only structure and correctness are asserted; how much memory the server holds is the
+benchmark's output (docs/performance.md), never a test's threshold. It needs `wrk`
+(.ci/run installs it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from tests.support import run_stress
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    if not shutil.which("wrk"):
+        if os.environ.get("CI"):
+            pytest.fail("CI must install wrk (.ci/run does)")
+        pytest.skip("needs wrk")
+    out = tmp_path_factory.mktemp("memory")
+    args = ["memory", "--seconds", "4", "--phase", "2", "--connections", "4", "--sellers", "2",
+            "--audit-every", "0.5", "--full-every", "2", "--sample", "0.5", "--quiet",
+            "--out", str(out)]  # fmt: skip
+    result = run_stress(*args, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (document,) = [json.loads(path.read_text()) for path in out.glob("memory-*.json")]
+    return result, document
+
+
+def test_each_phase_sells_and_reports_the_servers_memory(tiny_run):
+    _, document = tiny_run
+    assert [row["phase"] for row in document["rows"]] == [1, 2]
+    for row in document["rows"]:
+        assert row["sales_s"] > 0 and row["non_201"] == 0, row
+        assert row["rss_peak_mb"] >= row["rss_mb"] > 0, row
+    rss = document["rss_mb"]
+    assert rss["peak"] >= rss["end"] > 0 and rss["idle"] > 0
+    assert document["sales"] > 0
+
+
+def test_the_audits_under_load_were_clean_and_the_books_reconcile(tiny_run):
+    result, document = tiny_run
+    assert document["audits"] >= 1  # the first is asked for half a second into the load
+    assert document["ok"] and document["books"]["problems"] == []
+    assert "books reconcile" in result.stdout and "report: " in result.stdout
