@@ -65,7 +65,16 @@ class _Instruments:
             buckets=LOCK_WAIT_BUCKETS,
             registry=None,
         )
-        self.all = (self.requests, self.latency, self.unavailable, self.batch, self.lock_wait)
+        self.runs = Counter(
+            "chargebox_write_runs",
+            "Runs of one seller's queued sales in a write transaction (PostgreSQL), by how "
+            "they were written: together (one statement) or separately (one at a time, after "
+            "the run could not go as one)",
+            ["written"],
+            registry=None,
+        )
+        self.all = (self.requests, self.latency, self.unavailable, self.batch, self.lock_wait,
+                    self.runs)  # fmt: skip
         self.children: dict[tuple, tuple] = {}  # (route, method, status) -> its metrics
         self.lock = threading.Lock()
 
@@ -146,6 +155,12 @@ def write_committed(writes: int) -> None:
     """A write transaction committed, with `writes` writes in it."""
     if _on is not None:
         _on.batch.observe(writes)
+
+
+def run_written(together: bool) -> None:
+    """A run of one seller's queued sales was written together, or each separately."""
+    if _on is not None:
+        _on.runs.labels("together" if together else "separately").inc()
 
 
 def lock_waited(seconds: float) -> None:

@@ -251,6 +251,7 @@ class GroupWriter:
             raise
         except Exception as exc:  # `Separately`, a key a copy took, or a refusal: one at a time
             self.separately += 1
+            metrics.run_written(together=False)
             if not isinstance(exc, Separately):  # what the database refused, say
                 _log.warning("a batch of %d writes goes one at a time: %s", len(group),
                              type(exc).__name__)  # fmt: skip
@@ -258,6 +259,7 @@ class GroupWriter:
         for item, (result, error) in zip(group, answers, strict=True):
             item.result, item.error = result, error
         self.together += len(group)
+        metrics.run_written(together=True)
         return []
 
 

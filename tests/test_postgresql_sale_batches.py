@@ -16,8 +16,9 @@ import time
 
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from chargebox import idempotency
+from chargebox import idempotency, metrics
 from chargebox.errors import (
     NOT_COVERED,
     IdempotencyKeyReused,
@@ -331,3 +332,35 @@ def _nodes_on(node: dict, table: str):
         yield node
     for child in node.get("Plans", []):
         yield from _nodes_on(child, table)
+
+
+def test_the_metrics_count_each_run_by_how_it_was_written(pg_group_commit):
+    """GET /metrics' `chargebox_write_runs_total`: a run written as one statement counts
+    `together`; a run that could not go as one (here its seller was suspended while its
+    sales waited) counts `separately`, whatever each of its sales then became."""
+    service, superuser = pg_group_commit
+    seller = credited_seller(service, FUNDS)["id"]
+    before = counted(service)
+    metrics.start()
+    try:
+        queued_together(
+            service,
+            superuser,
+            [lambda: service.sell(seller, A, 1_000), lambda: service.sell(seller, B, 1_000)],
+            meanwhile=lambda conn: conn.execute(
+                "UPDATE seller SET status = 'suspended' WHERE id = %s", (seller,)
+            ),
+        )
+        text, _ = metrics.exposition({})
+    finally:
+        metrics.stop()
+    runs = {
+        sample.labels["written"]: sample.value
+        for family in text_string_to_metric_families(text.decode())
+        for sample in family.samples
+        if sample.name == "chargebox_write_runs_total"
+    }
+    # The gate's own sale, inline, was a run of one, written together; the two waiting
+    # sales were one run, which went separately.
+    assert counted(service) == (before[0] + 1, before[1] + 1)
+    assert runs == {"together": 1.0, "separately": 1.0}
