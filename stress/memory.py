@@ -138,6 +138,8 @@ def phase_row(number: int, wrk_row: dict, rss: list[float], audits: list[dict],
 
 
 def run(options: Options) -> dict:
+    if shutil.which("wrk") is None:
+        raise RuntimeError("memory needs wrk: apt-get install wrk")
     started, stamp = time.perf_counter(), time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     token = secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory(prefix="chargebox-memory-") as scratch:
