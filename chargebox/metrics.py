@@ -67,9 +67,9 @@ class _Instruments:
         )
         self.runs = Counter(
             "chargebox_write_runs",
-            "Runs of one seller's queued sales in a write transaction (PostgreSQL), by how "
-            "they were written: together (one statement) or separately (one at a time, after "
-            "the run could not go as one)",
+            "Runs of one seller's queued sales in a committed write transaction (PostgreSQL), "
+            "by how they were written: together (one statement) or separately (one at a time, "
+            "after the run could not go as one)",
             ["written"],
             registry=None,
         )

@@ -200,15 +200,18 @@ class GroupWriter:
             return []
         live.sort(key=_in_order)
         victims: list[_Item] = []
+        runs: list[bool] = []  # each run of writes that go together: written as one?
         began = time.perf_counter()
         try:
             with self._begin(min(item.deadline for item in live)) as write:
                 metrics.lock_waited(time.perf_counter() - began)
                 for group in _groups(live):
                     if _together_of(group[0]) is not None:
-                        group = self._together(write, group, victims)
+                        group = self._together(write, group, victims, runs)
                     for item in group:
                         self._alone(write, item, victims)
+            for together in runs:  # committed
+                metrics.run_written(together)
         except (LockTimeout, Deadlocked) as exc:  # rolled back; the earliest deadline has come
             if isinstance(exc, LockTimeout):
                 metrics.lock_waited(time.perf_counter() - began)  # waited, and gave up
@@ -238,9 +241,11 @@ class GroupWriter:
         except Exception as exc:  # this write only; the savepoint undid it
             item.error = exc
 
-    def _together(self, write: Any, group: list[_Item], victims: list[_Item]) -> list[_Item]:
+    def _together(self, write: Any, group: list[_Item], victims: list[_Item],
+                  runs: list[bool]) -> list[_Item]:  # fmt: skip
         """Apply writes that go together (`work.together`) in one savepoint; return those
-        left to apply alone: all of them if the batch could not be applied as one."""
+        left to apply alone: all of them if the batch could not be applied as one (`runs`
+        is told which)."""
         try:
             with write.savepoint():
                 answers = group[0].work.together(write, [item.work for item in group])
@@ -251,7 +256,7 @@ class GroupWriter:
             raise
         except Exception as exc:  # `Separately`, a key a copy took, or a refusal: one at a time
             self.separately += 1
-            metrics.run_written(together=False)
+            runs.append(False)
             if not isinstance(exc, Separately):  # what the database refused, say
                 _log.warning("a batch of %d writes goes one at a time: %s", len(group),
                              type(exc).__name__)  # fmt: skip
@@ -259,7 +264,7 @@ class GroupWriter:
         for item, (result, error) in zip(group, answers, strict=True):
             item.result, item.error = result, error
         self.together += len(group)
-        metrics.run_written(together=True)
+        runs.append(True)
         return []
 
 

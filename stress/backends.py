@@ -279,7 +279,7 @@ def phase(backend: Backend, servers, tokens: list[str], name: str, options: Opti
         "socket_errors": _socket_errors(results),
         "sent": sum(result["sent"] for result in results),
         **{f"cpu_{group}": round(seconds_used / wall, 2) for group, seconds_used in used.items()},
-        # Every write the servers committed (the sales, and a funding write or two) over
+        # Every write the servers committed in the phase (its sales, refused ones too) over
         # the write transactions that held them: group commit's batch size.
         "writes_per_tx": round(writes / batches, 1) if batches else None,
         "waits": waits.summary() if waits else {},

@@ -51,6 +51,8 @@ class Options:
     def __post_init__(self) -> None:
         if min(self.seconds, self.phase, self.connections, self.sellers, self.full_every) < 1:
             raise ValueError("seconds, phase, connections, sellers and full-every: at least 1")
+        if min(self.audit_every, self.sample) <= 0:
+            raise ValueError("audit-every and sample: more than 0 seconds")
         if self.db is not None and not (self.db.is_file() and self.db.with_name("ledger_key")
                                         .is_file()):  # fmt: skip
             raise ValueError(f"--db {self.db}: needs the file and its ledger_key beside it")
@@ -77,6 +79,7 @@ class Watcher:
         self.url, self.token, self.pid, self.options = url, token, pid, options
         self.samples: list[tuple[float, float]] = []  # (time.monotonic(), MB)
         self.audits: list[dict] = []  # when, full, seconds, consistent, status
+        self.failures: list[str] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._audit, daemon=True),
                          threading.Thread(target=self._sample, daemon=True)]  # fmt: skip
@@ -92,9 +95,12 @@ class Watcher:
             thread.join()
 
     def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.monotonic(), rss_mb(self.pid)))
-            self._stop.wait(self.options.sample)
+        try:
+            while not self._stop.is_set():
+                self.samples.append((time.monotonic(), rss_mb(self.pid)))
+                self._stop.wait(self.options.sample)
+        except Exception as exc:  # recorded, so that the run cannot end as if all went well
+            self.failures.append(f"the RSS sampler stopped: {type(exc).__name__}: {exc}")
 
     def _audit(self) -> None:
         admin = Client(self.url, self.token, timeout=3600)
@@ -110,6 +116,8 @@ class Watcher:
                     "seconds": round(time.monotonic() - started, 3),
                     "consistent": answer.body.get("consistent") is True,
                 })  # fmt: skip
+        except Exception as exc:  # a lost connection, a timeout: the audits stopped
+            self.failures.append(f"the audits stopped: {type(exc).__name__}: {exc}")
         finally:
             admin.close()
 
@@ -118,15 +126,16 @@ class Watcher:
                 [audit for audit in self.audits if start <= audit["at"] < end])  # fmt: skip
 
 
-def phase_row(number: int, wrk_row: dict, rss: list[float], audits: list[dict],
+def phase_row(number: int, wrk_row: dict, rss: float, sampled: list[float], audits: list[dict],
               minute: float) -> dict:  # fmt: skip
+    """One phase: `rss` read at its end, `sampled` in it, and the audits asked in it."""
     quick = [a["seconds"] * 1000 for a in audits if not a["full"]]
     full = [a["seconds"] for a in audits if a["full"]]
     return {
         "phase": number,
         "minute": round(minute, 1),
-        "rss_mb": rss[-1] if rss else None,
-        "rss_peak_mb": max(rss) if rss else None,
+        "rss_mb": rss,
+        "rss_peak_mb": max([rss, *sampled]),
         "sales_s": wrk_row["sales_s"],
         "p99_ms": wrk_row["p99_ms"],
         "non_201": wrk_row["non_201"],
@@ -135,6 +144,12 @@ def phase_row(number: int, wrk_row: dict, rss: list[float], audits: list[dict],
         "full_audits": len(full),
         "full_audit_s_max": round(max(full), 2) if full else None,
     }
+
+
+def phases(options: Options) -> list[int]:
+    """The wrk runs' lengths: --phase seconds each, the last one what is left."""
+    whole, left = divmod(options.seconds, options.phase)
+    return [options.phase] * whole + ([left] if left else [])
 
 
 def run(options: Options) -> dict:
@@ -150,6 +165,7 @@ def run(options: Options) -> dict:
             shutil.copyfile(options.db.with_name("ledger_key"), db.with_name("ledger_key"))
         backend = backends.Backend("sqlite", db, None)
         server = ServerProcess(db, token, os.environ, DEFAULT_THREADS).start()
+        admin = None
         try:
             idle = rss_mb(server.proc.pid)
             admin = Client(server.url, token)
@@ -159,29 +175,37 @@ def run(options: Options) -> dict:
             rows, wrk_rows = [], []
             began = time.monotonic()
             with Watcher(server.url, token, server.proc.pid, options) as watcher:
-                while (left := options.seconds - (time.monotonic() - began)) >= 1:
-                    seconds = int(min(options.phase, left))
+                for seconds in phases(options):
                     phase_began = time.monotonic()
                     wrk_rows.append(backends.phase(
                         backend, [server], keys, "load",
                         dataclasses.replace(wrk_options, seconds=seconds), token,
                     ))  # fmt: skip
-                    rss, audits = watcher.between(phase_began, time.monotonic())
-                    rows.append(phase_row(len(rows) + 1, wrk_rows[-1], rss, audits,
-                                          (time.monotonic() - began) / 60))  # fmt: skip
+                    sampled, audits = watcher.between(phase_began, time.monotonic())
+                    minute = (time.monotonic() - began) / 60
+                    rss = rss_mb(server.proc.pid)
+                    rows.append(phase_row(len(rows) + 1, wrk_rows[-1], rss, sampled, audits,
+                                          minute))  # fmt: skip
                     _say(options, report.table(rows[-1:], COLUMNS).splitlines()[-1])
             end = rss_mb(server.proc.pid)
-            problems = backends.books(backend, admin, ids, wrk_rows)
+            problems = backends.books(backend, admin, ids, wrk_rows) + watcher.failures
             problems += [
                 f"an audit answered {audit['status']}, consistent: {audit['consistent']}"
                 for audit in watcher.audits
                 if audit["status"] != 200 or not audit["consistent"]
             ]
-            admin.close()
+            problems += [
+                f"phase {row['phase']}: {row['non_201']} sales not answered 201 (the load changed)"
+                for row in rows
+                if row["non_201"]
+            ]
         finally:
-            if server.stop() != 0:
-                raise RuntimeError("the server did not stop cleanly")
-    samples = [mb for _, mb in watcher.samples] + [end]
+            if admin is not None:
+                admin.close()
+            stopped = server.stop()
+    if stopped != 0:
+        raise RuntimeError(f"the server did not stop cleanly: exit status {stopped}")
+    samples = [mb for _, mb in watcher.samples] + [row["rss_mb"] for row in rows] + [end]
     return {
         "command": "memory",
         "started": stamp,
@@ -190,7 +214,7 @@ def run(options: Options) -> dict:
         "rows": rows,
         "rss_mb": {
             "idle": idle,
-            "first_phase": rows[0]["rss_mb"] if rows else None,
+            "first_phase": rows[0]["rss_mb"],
             "end": end,
             "peak": max(samples),
         },

@@ -14,6 +14,7 @@ import shutil
 
 import pytest
 
+from stress import memory
 from tests.support import run_stress
 
 
@@ -24,7 +25,7 @@ def tiny_run(tmp_path_factory):
             pytest.fail("CI must install wrk (.ci/run does)")
         pytest.skip("needs wrk")
     out = tmp_path_factory.mktemp("memory")
-    args = ["memory", "--seconds", "4", "--phase", "2", "--connections", "4", "--sellers", "2",
+    args = ["memory", "--seconds", "5", "--phase", "2", "--connections", "4", "--sellers", "2",
             "--audit-every", "0.5", "--full-every", "2", "--sample", "0.5", "--quiet",
             "--out", str(out)]  # fmt: skip
     result = run_stress(*args, timeout=300)
@@ -35,7 +36,7 @@ def tiny_run(tmp_path_factory):
 
 def test_each_phase_sells_and_reports_the_servers_memory(tiny_run):
     _, document = tiny_run
-    assert [row["phase"] for row in document["rows"]] == [1, 2]
+    assert [row["phase"] for row in document["rows"]] == [1, 2, 3]  # 2 s, 2 s, 1 s
     for row in document["rows"]:
         assert row["sales_s"] > 0 and row["non_201"] == 0, row
         assert row["rss_peak_mb"] >= row["rss_mb"] > 0, row
@@ -49,3 +50,11 @@ def test_the_audits_under_load_were_clean_and_the_books_reconcile(tiny_run):
     assert document["audits"] >= 1  # the first is asked for half a second into the load
     assert document["ok"] and document["books"]["problems"] == []
     assert "books reconcile" in result.stdout and "report: " in result.stdout
+
+
+def test_the_run_is_cut_into_phases_of_the_length_asked_the_last_one_what_is_left():
+    assert memory.phases(memory.Options(seconds=3600, phase=60)) == [60] * 60
+    assert memory.phases(memory.Options(seconds=130, phase=60)) == [60, 60, 10]
+    assert memory.phases(memory.Options(seconds=5, phase=60)) == [5]
+    with pytest.raises(ValueError):
+        memory.Options(sample=0)
