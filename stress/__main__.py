@@ -11,6 +11,7 @@ reconcile (or a demo showed its effect), 1 when anything disagreed, 2 on a usage
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -322,10 +323,7 @@ def _bench(args: argparse.Namespace) -> int:
         quiet=args.quiet,
     )
     result = bench.run(options)
-    print(bench.render(result))
-    path = report.write_json(args.out / f"bench-{result['started']}.json", result)
-    print(f"report: {path}")
-    return 0 if result["ok"] else 1
+    return _reported("bench", result, bench.render(result), args.out)
 
 
 def _backends(args: argparse.Namespace) -> int:
@@ -340,27 +338,19 @@ def _backends(args: argparse.Namespace) -> int:
         quiet=args.quiet,
     )
     result = backends.run(options)
-    print(backends.render(result))
-    path = report.write_json(args.out / f"backends-{result['started']}.json", result)
-    print(f"report: {path}")
-    return 0 if result["ok"] else 1
+    return _reported("backends", result, backends.render(result), args.out)
 
 
 def _memory(args: argparse.Namespace) -> int:
-    options = memory.Options(
-        seconds=args.seconds,
-        phase=args.phase,
-        connections=args.connections,
-        sellers=args.sellers,
-        audit_every=args.audit_every,
-        full_every=args.full_every,
-        sample=args.sample,
-        db=args.db,
-        quiet=args.quiet,
-    )
-    result = memory.run(options)
-    print(memory.render(result))
-    path = report.write_json(args.out / f"memory-{result['started']}.json", result)
+    fields = (field.name for field in dataclasses.fields(memory.Options))
+    result = memory.run(memory.Options(**{name: getattr(args, name) for name in fields}))
+    return _reported("memory", result, memory.render(result), args.out)
+
+
+def _reported(command: str, result: dict, rendered: str, out: Path) -> int:
+    """Print a run's tables, write its JSON; exit 0 if its books reconciled."""
+    print(rendered)
+    path = report.write_json(out / f"{command}-{result['started']}.json", result)
     print(f"report: {path}")
     return 0 if result["ok"] else 1
 

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import json
 import os
 import re
 import sqlite3
@@ -115,6 +116,15 @@ def run_stress(*args: str, timeout: float) -> subprocess.CompletedProcess:
         text=True,
         timeout=timeout,
     )
+
+
+def stress_report(out: Path, command: str, *args: str, timeout: float = 300):
+    """`python -m stress COMMAND ARGS --quiet --out OUT`, which must exit 0, and the JSON
+    report it wrote there."""
+    result = run_stress(command, *args, "--quiet", "--out", str(out), timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (document,) = [json.loads(path.read_text()) for path in out.glob(f"{command}-*.json")]
+    return result, document
 
 
 def credited_seller(service, amount: int, name: str = "Ali") -> dict:

@@ -9,7 +9,6 @@ figures belong in the benchmark's output, never in a test's thresholds. It needs
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -17,7 +16,7 @@ import pytest
 
 from stress import backends
 from stress.pg_cluster import server_bin
-from tests.support import run_stress
+from tests.support import stress_report
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +27,10 @@ def tiny_run(tmp_path_factory):
         if os.environ.get("CI"):
             pytest.fail(f"CI must install {missing} (.ci/run does)")
         pytest.skip(f"needs {missing}")
-    out = tmp_path_factory.mktemp("backends")
-    args = ["backends", "--quick", "--seconds", "1", "--warmup", "1", "--connections", "4",
-            "--sellers", "3", "--threads", "8", "--quiet", "--out", str(out)]  # fmt: skip
-    result = run_stress(*args, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    (document,) = [json.loads(path.read_text()) for path in out.glob("backends-*.json")]
-    return result, document
+    return stress_report(
+        tmp_path_factory.mktemp("backends"), "backends", "--quick", "--seconds", "1",
+        "--warmup", "1", "--connections", "4", "--sellers", "3", "--threads", "8",
+    )  # fmt: skip
 
 
 def test_both_backends_sell_in_every_phase_and_answer_only_201(tiny_run):

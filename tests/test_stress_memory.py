@@ -8,14 +8,13 @@ benchmark's output (docs/performance.md), never a test's threshold. It needs `wr
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
 import pytest
 
 from stress import memory
-from tests.support import run_stress
+from tests.support import stress_report
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +23,11 @@ def tiny_run(tmp_path_factory):
         if os.environ.get("CI"):
             pytest.fail("CI must install wrk (.ci/run does)")
         pytest.skip("needs wrk")
-    out = tmp_path_factory.mktemp("memory")
-    args = ["memory", "--seconds", "5", "--phase", "2", "--connections", "4", "--sellers", "2",
-            "--audit-every", "0.5", "--full-every", "2", "--sample", "0.5", "--quiet",
-            "--out", str(out)]  # fmt: skip
-    result = run_stress(*args, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    (document,) = [json.loads(path.read_text()) for path in out.glob("memory-*.json")]
-    return result, document
+    return stress_report(
+        tmp_path_factory.mktemp("memory"), "memory", "--seconds", "5", "--phase", "2",
+        "--connections", "4", "--sellers", "2", "--audit-every", "0.5", "--full-every", "2",
+        "--sample", "0.5",
+    )  # fmt: skip
 
 
 def test_each_phase_sells_and_reports_the_servers_memory(tiny_run):
