@@ -134,15 +134,28 @@ def rollbacks(db, anchored: dict[int, Anchored]) -> list[dict]:
     return found
 
 
-def problems(db, config: Config, key: bytes | None) -> list[dict]:
-    """The audit's anchor problems: a rollback, or a forged anchor line."""
+def loaded(config: Config, key: bytes | None) -> tuple[dict[int, Anchored], list[dict]]:
+    """The anchors file as the check takes it: the newest anchor of each seller, and the
+    problems of the file itself (a forged line, or a file that cannot be read).
+
+    Read it *before* the snapshot the heads are compared in: every head in the file was
+    committed before it was written, so a snapshot taken afterwards holds it. Read after
+    the snapshot, a head a server anchored meanwhile (committed after the snapshot) looks
+    like a rollback: under load, an audit that took seconds saw every seller so."""
     if key is None:
-        return []
+        return {}, []
     try:
         anchored, forged = read(config.anchors_path, key)
     except OSError as exc:
-        return [_problem(None, None, f"cannot read the anchors {config.anchors_path}: {exc}")]
-    return [_problem(None, None, message) for message in forged] + rollbacks(db, anchored)
+        return {}, [_problem(None, None, f"cannot read the anchors {config.anchors_path}: {exc}")]
+    return anchored, [_problem(None, None, message) for message in forged]
+
+
+def problems(db, found: tuple[dict[int, Anchored], list[dict]]) -> list[dict]:
+    """The anchor problems of an audit: those of the file, `loaded` before `db`'s snapshot,
+    and each rollback (a head the database is behind or does not hold)."""
+    anchored, file_problems = found
+    return file_problems + rollbacks(db, anchored)
 
 
 def _problem(seller_id: int | None, entry_id: int | None, message: str) -> dict:

@@ -49,6 +49,7 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
     A clean audit with enough newly verified entries records a checkpoint."""
     started, at = time.perf_counter(), now()
     key = database.ledger_key
+    anchored = anchors.loaded(database.config, key)  # before the snapshot: see there
     with database.snapshot() as db:
         problems = [p._asdict() for p in seals.key_problems(db, key)]
         keyed = not problems
@@ -61,7 +62,7 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
         problems += found.problems
         problems += _missing_triggers(db, usable)
         if keyed:  # an older genuine copy, put back: only anchors outside the file tell
-            problems += anchors.problems(db, database.config, key)
+            problems += anchors.problems(db, anchored)
             seen_heads = anchors.heads(db)
     problems.sort(key=lambda p: (p["seller_id"] or 0, p["entry_id"] or 0))
     saved = None

@@ -42,8 +42,9 @@ def main(config: Config, action: str) -> int:
 
 def _found(service: Chargebox, config: Config) -> list[dict]:
     database = service.database
+    found = anchors.loaded(config, database.ledger_key)  # before the snapshot (anchors.py)
     with database.snapshot() as db:
-        return anchors.problems(db, config, database.ledger_key)
+        return anchors.problems(db, found)
 
 
 def _check(service: Chargebox, config: Config) -> int:

@@ -16,12 +16,13 @@ import shutil
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from chargebox import anchors
-from tests.support import new_seller, reconciled_balances, running_server
+from tests.support import credited_seller, new_seller, reconciled_balances, running_server
 from tests.test_backup import chargebox, key_env
 
 pytestmark = pytest.mark.timeout(300)
@@ -241,3 +242,33 @@ def test_with_two_server_processes_one_of_them_anchors(tmp_path):
     lines = [json.loads(text) for text in Path(f"{live}.anchors").read_text().splitlines()]
     writers = {line["by"] for line in lines if line["by"].startswith("server")}
     assert len(writers) == 1 and len([ln for ln in lines if ln["by"] in writers]) >= 2, lines
+
+
+def test_heads_anchored_while_an_audit_runs_are_not_taken_for_a_rollback(service):
+    """A server anchors heads beside the sales, so while an audit walks its snapshot a
+    head committed after that snapshot may be anchored. The audit reads the anchors file
+    before its snapshot: what it compares holds only heads its snapshot holds. (Read
+    after, under an hour of load every audit that took seconds saw every seller
+    "rolled back", and no checkpoint was recorded any more.)"""
+    seller = credited_seller(service, 100_000)["id"]
+    service.sell(seller, SALE["phone"], SALE["amount"])
+    meanwhile = []
+
+    def sell_and_anchor_once(what: str, done: int, of: int) -> None:
+        if not meanwhile:  # the audit's snapshot is taken: sell after it, and anchor
+            with ThreadPoolExecutor(1) as other:  # another thread: its own connection
+                meanwhile.append(other.submit(sell_and_anchor, service, seller).result(60))
+
+    audit = service.audit(full=True, progress=sell_and_anchor_once)
+    assert meanwhile == [3], "the audit never walked: the test tested nothing"
+    assert audit["consistent"], audit["problems"]
+    assert service.audit(full=True)["consistent"]  # and the next one sees the new head
+
+
+def sell_and_anchor(service, seller_id: int) -> int:
+    """A sale committed now, then every head anchored, as the server's keeper does."""
+    service.sell(seller_id, SALE["phone"], SALE["amount"])
+    database = service.database
+    heads = anchors.heads(database)
+    anchors.record(database.config, database.ledger_key, heads, "server (test)")
+    return max(head.entries for head in heads)
