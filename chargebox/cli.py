@@ -82,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--access-log", metavar="FILE|-|off", help="env CHARGEBOX_ACCESS_LOG; default - (stderr)"
     )
+    serve.add_argument(
+        "--trusted-proxy",
+        metavar="ADDRESS",
+        help="the reverse proxy's IP address: its X-Forwarded-Proto (https: Secure cookies) "
+        "and X-Forwarded-For (the logged client) are believed (env CHARGEBOX_TRUSTED_PROXY; "
+        "default: no one's)",
+    )
     init = command("init-db", "create the database schema and the admin token, then exit")
     init.add_argument(
         "--grant-to",
@@ -135,7 +142,8 @@ def build_config(args: argparse.Namespace) -> Config:
         values.pop("db_url", None)
         values.pop("db_path", None)
         values.update(database_setting(args.db))
-    for name in ("data_dir", "host", "port", "threads", "processes", "synchronous", "access_log"):
+    for name in ("data_dir", "host", "port", "threads", "processes", "synchronous", "access_log",
+                 "trusted_proxy"):  # fmt: skip
         if getattr(args, name, None) is not None:  # each option's dest is its Config field
             values[name] = getattr(args, name)
     return Config(**values)

@@ -8,6 +8,7 @@ here too, so the dataclass hides it from repr(): a token must never reach a log.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -86,6 +87,8 @@ class Config:
     access_log: str = DEFAULT_ACCESS_LOG
     anchor_seconds: int = DEFAULT_ANCHOR_SECONDS  # between two anchorings of the heads
     anchors_file: Path | None = None  # CHARGEBOX_ANCHORS: elsewhere than beside the key
+    # The reverse proxy whose X-Forwarded-Proto and -For are believed (proxy.py); none: no one's.
+    trusted_proxy: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= MAX_PORT:
@@ -107,6 +110,8 @@ class Config:
                 raise ValueError(f"{name} (CHARGEBOX_{name.upper()}) must be 1 to 3600 seconds")
         if not self.access_log:
             raise ValueError("access_log (--access-log) must be a file, '-' (stderr) or 'off'")
+        if self.trusted_proxy is not None:
+            object.__setattr__(self, "trusted_proxy", _address(self.trusted_proxy))
         if not 1 <= self.anchor_seconds <= 3600:
             raise ValueError("anchor_seconds (CHARGEBOX_ANCHOR_SECONDS) must be 1 to 3600")
         if not 1 <= self.max_pending_requests <= MAX_PENDING_REQUESTS_LIMIT:
@@ -176,6 +181,8 @@ def env_defaults(environ: Mapping[str, str] = os.environ) -> dict:
         values["group_commit"] = _on_or_off("CHARGEBOX_GROUP_COMMIT", environ)
     if environ.get("CHARGEBOX_ACCESS_LOG"):
         values["access_log"] = environ["CHARGEBOX_ACCESS_LOG"]
+    if environ.get("CHARGEBOX_TRUSTED_PROXY"):
+        values["trusted_proxy"] = environ["CHARGEBOX_TRUSTED_PROXY"]
     if environ.get("CHARGEBOX_SYNCHRONOUS"):
         level = environ["CHARGEBOX_SYNCHRONOUS"]
         if level.upper() not in SYNCHRONOUS_LEVELS:
@@ -221,6 +228,16 @@ def checked_admin_token(token: str, source: str) -> str:
 
 _SWITCHES = {"1": True, "true": True, "yes": True, "on": True,
              "0": False, "false": False, "no": False, "off": False}  # fmt: skip
+
+
+def _address(text: str) -> str:
+    """`--trusted-proxy`'s value: one IP address, as the server sees it as a peer."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise ValueError(
+            f"--trusted-proxy (CHARGEBOX_TRUSTED_PROXY) must be one IP address, not {text!r}"
+        ) from None
 
 
 def _on_or_off(name: str, environ: Mapping[str, str]) -> bool:

@@ -311,7 +311,8 @@ def build_server(
         cleanup_interval=1,  # the deadlines above are checked every second
         # Our own JSON 413 fires above max_body_bytes; waitress's plain one far above it.
         max_request_body_size=max(16 * config.max_body_bytes, 1 << 20),
-        clear_untrusted_proxy_headers=True,
+        # Forwarding headers are dropped here, or by proxy.py after it read the trusted ones.
+        clear_untrusted_proxy_headers=config.trusted_proxy is None,
         expose_tracebacks=False,
     )
     dispatcher = ThreadedTaskDispatcher()

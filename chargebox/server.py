@@ -27,6 +27,7 @@ from chargebox.config import Config
 from chargebox.connections import build_server, listen
 from chargebox.keeper import anchoring
 from chargebox.postgresql import described
+from chargebox.proxy import TrustedProxy
 from chargebox.web import create_app
 
 log = logging.getLogger("chargebox.server")
@@ -85,8 +86,13 @@ def serve(
 
 
 def application(config: Config, log: LogFile) -> AccessLog:
-    """The WSGI application one server process runs: the app, inside its access log."""
-    return AccessLog(create_app(config), log, metrics.observe)
+    """The WSGI application one server process runs: the app, inside its access log (which
+    reads the client's address once the app has run, so it logs the one a trusted proxy
+    forwarded)."""
+    app = create_app(config)
+    if config.trusted_proxy is not None:
+        app = TrustedProxy(app, config.trusted_proxy)
+    return AccessLog(app, log, metrics.observe)
 
 
 def _serve_one(server, announce, parent: int | None = None) -> int:

@@ -1,0 +1,109 @@
+"""Behind a TLS-ending reverse proxy (`--trusted-proxy`, chargebox/proxy.py).
+
+A real server is sent what a proxy on 127.0.0.1 would send: with the option, its
+`X-Forwarded-Proto: https` makes every cookie `Secure` and its last
+`X-Forwarded-For` hop is the client the access log names; a value that is not a
+scheme or an address is ignored, never an error. Without the option, or with
+another address trusted, the same headers change nothing. The cookies are read
+from each answer's `Set-Cookie` and sent back by hand: a client keeps a `Secure`
+cookie from plain http to itself.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from chargebox.web.sessions import LOGIN_COOKIE, SESSION_COOKIE
+from tests.support import ADMIN_TOKEN, ROOT, running_server
+from tests.test_access_log import by_id
+from tests.web_support import set_cookies, value_of
+
+HTTPS = {"X-Forwarded-Proto": "https"}
+
+
+def flags(response, name: str) -> set[str]:
+    """The attributes of the cookie `name` that `response` sets, lowered."""
+    return {part.strip().lower() for part in set_cookies(response)[name].split(";")[1:]}
+
+
+def cookie_value(response, name: str) -> str:
+    return set_cookies(response)[name].split(";")[0].split("=", 1)[1]
+
+
+def sign_in(url: str, headers: dict) -> tuple[requests.Response, requests.Response]:
+    """The sign-in form, then the admin's sign-in, both with `headers`; the two answers."""
+    form = requests.get(url + "/login", headers=headers, timeout=10)
+    assert form.status_code == 200, form.text
+    login = cookie_value(form, LOGIN_COOKIE)
+    signed = requests.post(
+        url + "/login",
+        {"token": ADMIN_TOKEN, "csrf": value_of(form.text, "csrf")},
+        headers={**headers, "Cookie": f"{LOGIN_COOKIE}={login}"},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert signed.status_code == 303, signed.text
+    return form, signed
+
+
+def test_the_trusted_proxys_https_makes_every_cookie_secure_and_its_client_is_logged(tmp_path):
+    log = tmp_path / "access.log"
+    env = {"CHARGEBOX_TRUSTED_PROXY": "127.0.0.1", "CHARGEBOX_ACCESS_LOG": str(log)}
+    with running_server(tmp_path / "proxied.db", env=env) as server:
+        form, signed = sign_in(server.url, {**HTTPS, "X-Forwarded-For": "198.51.100.9"})
+        plain = requests.get(server.url + "/language/fa?back=/login",
+                             headers={"X-Forwarded-Proto": "http"}, allow_redirects=False,
+                             timeout=10)  # fmt: skip
+        odd = {
+            "gopher": requests.get(server.url + "/language/fa?back=/login", timeout=10,
+                                   headers={"X-Forwarded-Proto": "gopher",
+                                            "X-Forwarded-For": "203.0.113.7, not-an-address"},
+                                   allow_redirects=False),
+            "spoofed": requests.get(server.url + "/health", timeout=10,
+                                    headers={"X-Forwarded-For": '"\\, 10.0.0.1, 203.0.113.7'}),
+        }  # fmt: skip
+    assert "secure" in flags(form, LOGIN_COOKIE)
+    assert {"secure", "httponly", "samesite=strict"} <= flags(signed, SESSION_COOKIE)
+    assert "secure" not in flags(plain, "lang")
+    assert odd["gopher"].status_code == 303 and "secure" not in flags(odd["gopher"], "lang")
+    assert odd["spoofed"].status_code == 200
+    clients = {name: by_id(log, answer.headers["X-Request-Id"])["client"]
+               for name, answer in {"signed": signed, "plain": plain, **odd}.items()}  # fmt: skip
+    # The proxy's own hop is the last one; what a client wrote before it is not believed.
+    assert clients == {"signed": "198.51.100.9", "plain": "127.0.0.1",
+                       "gopher": "127.0.0.1", "spoofed": "203.0.113.7"}  # fmt: skip
+
+
+@pytest.mark.parametrize("trusted", [None, "192.0.2.1"], ids=["no-proxy", "another-address"])
+def test_forwarding_headers_from_anyone_else_change_nothing(tmp_path, trusted):
+    log = tmp_path / "access.log"
+    env = {"CHARGEBOX_ACCESS_LOG": str(log)}
+    if trusted:
+        env["CHARGEBOX_TRUSTED_PROXY"] = trusted
+    forged = {**HTTPS, "X-Forwarded-For": "203.0.113.7", "X-Forwarded-Host": "evil.example",
+              "Forwarded": "for=203.0.113.7;proto=https"}  # fmt: skip
+    with running_server(tmp_path / "direct.db", env=env) as server:
+        form, signed = sign_in(server.url, forged)
+        back = requests.get(server.url + "/language/fa?back=/login", headers=forged,
+                            allow_redirects=False, timeout=10)  # fmt: skip
+    assert "secure" not in flags(form, LOGIN_COOKIE) | flags(signed, SESSION_COOKIE)
+    assert back.headers["Location"] == "/login"
+    assert by_id(log, signed.headers["X-Request-Id"])["client"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("value", ["nginx", "127.0.0.1/8", "*"])
+def test_a_trusted_proxy_that_is_not_one_address_is_refused_at_start(tmp_path, value):
+    refused = subprocess.run(
+        [sys.executable, "-m", "chargebox.cli", "serve", "--port", "0", "--db",
+         str(tmp_path / "cb.db"), "--trusted-proxy", value],
+        cwd=ROOT, env={**os.environ, "CHARGEBOX_ADMIN_TOKEN": ADMIN_TOKEN},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.count("\n") == 1 and "--trusted-proxy" in refused.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing made
