@@ -7,7 +7,8 @@ time without an offset is refused, since it could mean two instants. `day`, `mon
 (`1405-09` = Azar 1405) are whole days and months in Asia/Tehran; a Jalali date may be
 written with `/` or `-` and in Persian or Arabic-Indic digits, as people in Iran write it,
 and `jalali_instant` reads a Persian page's search bound, a Jalali date with an optional
-time of day. Stored stamps are UTC text that sorts (clock.py), so a bound is one too.
+time of day; on a page, a date typed with a Gregorian year is Gregorian (`as_typed`).
+Stored stamps are UTC text that sorts (clock.py), so a bound is one too.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ _JDAY = r"([0-9]{4})([/-])([0-9]{1,2})\2([0-9]{1,2})"
 _JALALI_DAY = re.compile(_JDAY)
 # ... and a time of day after it, if any: 1405/09/10 14:30, 1405/09/10 14:30:05.
 _JALALI_TIME = re.compile(_JDAY + r"(?: +([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?)?")
+# Years a Persian page's search bound reads as Gregorian: someone typed today's Gregorian
+# date there (2026-12-01), not a day of Jalali 2026 (Gregorian 2647). Jalali dates in use
+# are 13xx and 14xx; Jalali 1900-2199 are Gregorian 2521-2820.
+GREGORIAN_YEARS = range(1900, 2200)
 # A time: date, T, hours:minutes[:seconds[.fraction]], then Z or ±hh:mm (required).
 _TIME = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?"
@@ -118,6 +123,22 @@ def latin_digits(text: str) -> str:
     return text.translate(ASCII_DIGITS)
 
 
+def as_typed(params: dict[str, str]) -> dict[str, str]:
+    """A page's period as a person typed it: a `jday` or `jmonth` with a Gregorian year
+    (GREGORIAN_YEARS: `2026/12/01`, `2026-12`) is that Gregorian `day` or `month`. The
+    API's `jday` and `jmonth` stay Jalali, whatever their year."""
+    typed = dict(params)
+    day = _JALALI_DAY.fullmatch(typed.get("jday", "").strip())
+    if day and int(day[1]) in GREGORIAN_YEARS and "day" not in typed:
+        del typed["jday"]
+        typed["day"] = f"{day[1]}-{int(day[3]):02d}-{int(day[4]):02d}"
+    month = _JMONTH.fullmatch(typed.get("jmonth", "").strip())
+    if month and int(month[1]) in GREGORIAN_YEARS and "month" not in typed:
+        del typed["jmonth"]
+        typed["month"] = f"{month[1]}-{month[2]}"
+    return typed
+
+
 def _month(text: str, name: str, pattern: re.Pattern = _MONTH) -> tuple[int, int]:
     found = pattern.fullmatch(text)
     if not found or not 1 <= int(found[2]) <= 12 or int(found[1]) < 1:
@@ -187,8 +208,9 @@ def _jalali_day(text: str) -> Period:
 def jalali_instant(text: str, name: str) -> str:
     """A search bound typed on a Persian page, a Jalali date in Tehran with an optional
     time of day (`۱۴۰۵/۰۹/۱۰`, `1405-09-10 14:30`, any digits), as an ISO 8601 instant
-    in UTC; a date alone is its Tehran midnight, the start of its `jday`. Else a 422
-    naming the field `name`."""
+    in UTC; a date alone is its Tehran midnight, the start of its `jday`. A year of
+    GREGORIAN_YEARS makes it a Gregorian date, written the same ways. Else a 422 naming
+    the field `name`."""
     found = _JALALI_TIME.fullmatch(latin_digits(text.strip()))
     if not found:
         raise ValidationError(
@@ -196,7 +218,17 @@ def jalali_instant(text: str, name: str) -> str:
             " 1405/09/10 or 1405/09/10 14:30 (Tehran time)",
             name,
         )
-    day = _jalali_date(name, int(found[1]), int(found[3]), int(found[4]))
+    year, month, day_of_month = int(found[1]), int(found[3]), int(found[4])
+    if year in GREGORIAN_YEARS:
+        try:
+            day = datetime.date(year, month, day_of_month)
+        except ValueError:
+            raise ValidationError(
+                "{field}: {year:04d}-{month:02d}-{day:02d} is not a day",
+                name, year=year, month=month, day=day_of_month,
+            ) from None  # fmt: skip
+    else:
+        day = _jalali_date(name, year, month, day_of_month)
     hour, minute, second = (int(found[group] or 0) for group in (5, 6, 7))
     if hour > 23 or minute > 59 or second > 59:
         raise ValidationError("{field}: {hour:02d}:{minute:02d} is not a time of day", name,

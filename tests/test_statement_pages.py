@@ -125,12 +125,20 @@ def test_a_jalali_days_statement_from_a_persian_page_is_the_apis_gregorian_day(w
     typed = urllib.parse.quote(jalali(when))  # ۱۴۰۵/۰۹/۱۰, as typed into the form
     pages = ((persian(world.browser(SELLER)), "/seller/statement"),
              (persian(world.browser(ADMIN)), f"/admin/sellers/{sid}/statement"))  # fmt: skip
+    # Today's Gregorian date typed into the Jalali field is that day (not Jalali 2026).
+    gregorian = urllib.parse.quote(PERSIAN.digits(day.replace("-", "/")))
     for browser, path in pages:
-        lines = lines_of(browser.get(f"{path}?format=csv&jday={typed}"))
-        assert int(lines[0]["balance_after"]) == by_api["opening_balance"]
-        closing = next(line for line in lines if line["line"] == "closing")
-        assert int(closing["balance_after"]) == by_api["closing_balance"]
-        assert sum(line["line"] == "entry" for line in lines) == by_api["count"]
+        for as_typed in (typed, gregorian):
+            lines = lines_of(browser.get(f"{path}?format=csv&jday={as_typed}"))
+            assert int(lines[0]["balance_after"]) == by_api["opening_balance"]
+            closing = next(line for line in lines if line["line"] == "closing")
+            assert int(closing["balance_after"]) == by_api["closing_balance"]
+            assert sum(line["line"] == "entry" for line in lines) == by_api["count"]
+    month = world.api.get(f"/api/statements?month={day[:7]}").json()
+    lines = lines_of(pages[0][0].get(f"/seller/statement?format=csv&jmonth={day[:7]}"))
+    assert sum(line["line"] == "entry" for line in lines) == month["count"] >= 1
+    # The API's jday stays Jalali whatever its year: 2026/12/01 is a day of Jalali 2026.
+    assert world.api.get(f"/api/statements?jday={day.replace('-', '/')}").json()["count"] == 0
 
 
 def test_a_persian_clerk_finds_a_sale_by_jalali_date_and_time(world):
@@ -155,6 +163,8 @@ def test_a_persian_clerk_finds_a_sale_by_jalali_date_and_time(world):
     assert found(jalali(when - datetime.timedelta(days=1)), minute) == []  # before that minute
     latin = jdatetime.datetime.fromgregorian(datetime=when.astimezone(periods.TEHRAN))
     assert found(latin.strftime("%Y-%m-%d"), day_after) == [shown_id]  # Latin digits, dashes
+    tehran = when.astimezone(periods.TEHRAN)  # its Gregorian day, as a date picker gives it
+    assert found(tehran.strftime("%Y-%m-%d"), day_after) == [shown_id]
     for typed, field in (
         ("۱۴۰۵/۱۲/۳۰", "from"),
         ("۱۴۰۵/۰۹/۱۰ ۲۵:۰۰", "to"),

@@ -77,11 +77,12 @@ class Site:
 
     def statement(self, seller_id: int) -> bottle.HTTPResponse:
         """A seller's statement to download, for the period in the query (as the API's;
-        a period typed in Persian digits, `۱۴۰۵-۰۹`, is read as `1405-09`)."""
-        params = {
+        a period typed in Persian digits, `۱۴۰۵-۰۹`, is read as `1405-09`, and a Gregorian
+        date typed as the Jalali day, `2026/12/01`, as that day: periods.as_typed)."""
+        params = periods.as_typed({
             name: periods.latin_digits(text)
             for name, text in query("format", *periods.NAMES).items()
-        }
+        })  # fmt: skip
         fmt = params.pop("format", "csv")
         rendered = self.service.statement(seller_id, params, fmt)
         return bottle.HTTPResponse(rendered, 200, statement_headers(rendered))
