@@ -92,16 +92,12 @@ def database(name: str, scratch: Path, options: Options) -> Iterator[Backend]:
     from stress import pg_cluster
 
     slots = 2 * options.processes * (options.threads + 2) + 20
-    cluster = pg_cluster.start(max_connections=slots)
-    try:
+    with pg_cluster.running(max_connections=slots) as cluster:
         data = scratch / "pg-data"
         made = pg_cluster.initialised(cluster, "bench", data)
         pid = int((cluster.data / "postmaster.pid").read_text().split()[0])
         db_name = made.app_url.rsplit("/", 1)[1]
         yield Backend(name, made.app_url, data, cluster.url(db=db_name), made.app_role, pid)
-    finally:
-        cluster.stop()
-        cluster.remove()
 
 
 @contextlib.contextmanager

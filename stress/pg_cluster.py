@@ -9,15 +9,19 @@ own that user can enter (pytest's temporary directories are 0700 and root's).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import itertools
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -143,6 +147,30 @@ def start(also_on: tuple[str, ...] = (), max_connections: int = 400) -> Cluster:
         "pg_ctl start",
     )
     return cluster
+
+
+@contextlib.contextmanager
+def running(also_on: tuple[str, ...] = (), max_connections: int = 400) -> Iterator[Cluster]:
+    """`start()`, and the cluster stopped and removed when the block ends, also when the
+    process is sent SIGTERM: `pg_ctl` leaves the server running on its own, so a run
+    killed mid-way (a CI job stopped, `timeout`) would leave it behind. SIGTERM, where it
+    would kill the process, raises KeyboardInterrupt instead, so every block unwinds."""
+    cluster = start(also_on, max_connections)
+    previous = None
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL):  # fmt: skip
+        previous = signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        yield cluster
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        cluster.stop()
+        cluster.remove()
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _check(result: subprocess.CompletedProcess, what: str) -> None:

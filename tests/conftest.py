@@ -149,10 +149,8 @@ def postgresql_cluster():
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    started = pg_cluster.start()
-    yield started
-    started.stop()
-    started.remove()
+    with pg_cluster.running() as started:  # stopped even if the run is sent SIGTERM
+        yield started
 
 
 # The service's sessions look for a deadlock this long after they begin to wait: a test's

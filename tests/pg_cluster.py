@@ -21,6 +21,7 @@ from stress.pg_cluster import (  # noqa: F401 (the tests' names for them)
     _free_port,
     initialised,
     new_database,
+    running,
     server_bin,
     start,
 )

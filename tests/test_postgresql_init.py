@@ -8,10 +8,14 @@ append-only, no trigger switched off (that needs a superuser or the owner).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import shutil
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -163,3 +167,40 @@ def test_the_sql_is_written_once_and_handed_to_psycopg_in_its_style():
         "SELECT %s WHERE a = %(name)s AND b::text = '?:x' AND c LIKE '%'"
     )
     assert postgresql.to_psycopg("SELECT 5 % 2") == "SELECT 5 %% 2"
+
+
+CLUSTER_UNTIL_KILLED = """
+import sys
+from stress import pg_cluster
+with pg_cluster.running() as cluster:
+    print(cluster.home, flush=True)
+    sys.stdin.read()  # until the test kills us
+"""
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` runs: a zombie has stopped (a container's PID 1 may not reap the
+    daemonised server at once)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_run_sent_sigterm_stops_and_removes_its_throwaway_cluster(tmp_path):
+    """`pg_ctl` leaves the server running on its own: a test run or `stress backends`
+    stopped by SIGTERM (a CI job cancelled) must not leave its cluster behind."""
+    child = subprocess.Popen([sys.executable, "-c", CLUSTER_UNTIL_KILLED], cwd=ROOT,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    home = Path(child.stdout.readline().strip())
+    postmaster = int((home / "data" / "postmaster.pid").read_text().split()[0])
+    try:
+        assert running(postmaster)
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=60) != 0
+        assert not running(postmaster) and not home.exists()
+    finally:  # on failure, no orphan either: a fast shutdown, by its PID
+        child.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(postmaster, signal.SIGINT)
+        shutil.rmtree(home, ignore_errors=True)

@@ -93,8 +93,7 @@ def funded_seller(config: Config, credit: int) -> tuple[int, str]:
 
 
 def test_copies_of_each_key_sent_to_servers_on_two_hosts_sell_once(hosts, tmp_path):
-    cluster = pg_cluster.start(also_on=tuple(outside for _, outside, _ in hosts))
-    try:
+    with pg_cluster.running(also_on=tuple(outside for _, outside, _ in hosts)) as cluster:
         data = tmp_path / "data"
         made = pg_cluster.initialised(cluster, "hosts", data)
         config = Config(db_url=made.app_url, data_dir=data, admin_token=ADMIN_TOKEN)
@@ -128,9 +127,6 @@ def test_copies_of_each_key_sent_to_servers_on_two_hosts_sell_once(hosts, tmp_pa
         assert sessions_from >= {inside for _, _, inside in hosts}, sessions_from
         assert books(made.app_url) == {seller_id: 1_000_000 - AMOUNT * len(keys)}
         assert cli_audit(made.app_url, data).returncode == 0
-    finally:
-        cluster.stop()
-        cluster.remove()
 
 
 def client_in(namespace: str, url: str, key: str, keys: list[str]) -> subprocess.Popen:

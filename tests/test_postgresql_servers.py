@@ -185,8 +185,7 @@ def test_an_immediate_restart_of_postgresql_under_load_answers_503s_and_loses_no
     """PostgreSQL itself goes down (`pg_ctl restart -m immediate`: no clean shutdown)
     while a client process sells with keys. Every answer is a 201 or a JSON 503 (never a
     500), nothing acknowledged is lost, and every key retried afterwards sells once."""
-    cluster = pg_cluster.start()  # its own: the session's cluster is not restarted
-    try:
+    with pg_cluster.running() as cluster:  # its own: the session's cluster is not restarted
         data = tmp_path / "data"
         made = pg_cluster.initialised(cluster, "restart", data)
         log = tmp_path / "s.log"
@@ -211,6 +210,3 @@ def test_an_immediate_restart_of_postgresql_under_load_answers_503s_and_loses_no
             f"\nPostgreSQL restarted under load: {len(acknowledged)} acknowledged, "
             f"{sum(s == 503 for _, s, _ in first)} answered 503; all 300 keys sold once after"
         )
-    finally:
-        cluster.stop()
-        cluster.remove()
