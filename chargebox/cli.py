@@ -341,6 +341,7 @@ def _audit(config: Config, as_json: bool, full: bool) -> int:
     key = config.ledger_key or (path.read_text().strip() if path.exists() else None)
     service = Chargebox(dataclasses.replace(config, ledger_key=key))
     try:
+        service.database.check_schema()  # an older file: say so, not "no such column"
         report = service.audit(full=full, progress=operations.Progress())
     finally:
         service.close()

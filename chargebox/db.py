@@ -245,6 +245,14 @@ class Database:
         with translate_errors():
             migrations.prepare_sqlite(self.peewee, models, str(self.path))
 
+    def check_schema(self) -> None:
+        """For the commands that only read (audit, anchors): refuse, in one line and
+        without writing, a file that holds no chargebox database or another version."""
+        found = migrations.sqlite_version(self.connection())
+        if found is None:
+            raise ValueError(f"--db {self.path}: no chargebox database in this file")
+        migrations.check(found, str(self.path))
+
     def missing_triggers(self) -> list[str]:
         return schema.missing_triggers(self.connection())
 

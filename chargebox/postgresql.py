@@ -327,6 +327,10 @@ class Database:
             )
         schema.check_version(found, described(self.url))
 
+    def check_schema(self) -> None:
+        """For the commands that only read: the same check, which writes nothing here."""
+        self.ensure_schema()
+
     def missing_triggers(self) -> list[str]:
         from chargebox import schema
 

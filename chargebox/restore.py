@@ -33,6 +33,7 @@ def main(config: Config, action: str) -> int:
     config = dataclasses.replace(config, ledger_key=key)
     service = Chargebox(config)
     try:
+        service.database.check_schema()
         if action == "check":
             return _check(service, config)
         return _accept(service, config)

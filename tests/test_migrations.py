@@ -127,6 +127,9 @@ def test_an_older_releases_file_is_refused_by_serve_until_migrated(tmp_path, rel
     assert len(served.stderr.strip().splitlines()) == 1
     created = chargebox("create-seller", "Eve", "--db", db)
     assert created.returncode == 2 and "chargebox migrate" in created.stderr
+    for reading in (("audit",), ("audit", "--full"), ("anchors", "check")):  # not "no such column"
+        refused = chargebox(*reading, "--db", db)
+        assert refused.returncode == 2 and refused.stderr == served.stderr, refused.stderr
     assert db_snapshot(db) == before
 
 
@@ -261,6 +264,8 @@ def test_an_older_releases_postgresql_database_is_migrated_granted_audited_and_s
     shutil.copyfile(fixture(release) / "ledger_key", data / "ledger_key")
     served = chargebox("serve", "--port", "0", "--db", made.app_url, "--data-dir", data)
     assert served.returncode == 2 and "run `chargebox migrate`" in served.stderr, served.stderr
+    unread = cli_audit(made.app_url, data)
+    assert unread.returncode == 2 and unread.stderr == served.stderr, unread.stderr
     migrated = chargebox("migrate", "--db", made.owner_url, "--data-dir", data)
     assert migrated.returncode == 0, migrated.stderr
     assert f"granted to {made.app_role}" in migrated.stderr
