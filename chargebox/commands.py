@@ -1,6 +1,6 @@
-"""The CLI's admin commands: a seller's keys, its suspension, the admin token; the audit's verdict.
+"""The CLI's admin commands: a seller's keys, its suspension, refunds, the admin token; the verdict.
 
-`chargebox keys | create-key | revoke-key | rotate-key | suspend | reactivate |
+`chargebox keys | create-key | revoke-key | rotate-key | suspend | reactivate | refund |
 rotate-admin-token | statement`: the same use cases as the admin's API and pages, run
 once on the database `--db` names, their answer printed as JSON (a statement: or CSV)
 on stdout. A new secret is printed once, on stdout only; nothing here logs one.
@@ -21,7 +21,7 @@ from chargebox.config import Config
 from chargebox.services import Chargebox
 
 COMMANDS = ("keys", "create-key", "revoke-key", "rotate-key", "suspend", "reactivate",
-            "rotate-admin-token", "statement")  # fmt: skip
+            "refund", "rotate-admin-token", "statement")  # fmt: skip
 SHOWN_ONCE = "Store this API key now: it is shown only once."
 
 
@@ -42,6 +42,18 @@ def add_parsers(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
             ).add_argument("seller_id", type=int)  # fmt: skip
     command("reactivate", "let a suspended seller's keys work again").add_argument(
         "seller_id", type=int
+    )
+    refund = command(
+        "refund",
+        "give a sale's whole amount back to its seller, once, as POST /api/sales/{id}/refund "
+        "does (prints the refund's ledger entry)",
+    )
+    refund.add_argument("sale_id", type=int)
+    refund.add_argument("--reason", required=True, help="why, as the seller will read it")
+    refund.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="run it again with the same key: refunded once, the same answer",
     )
     statement = command("statement", "a seller's statement of a period (JSON, or CSV with --csv),"
                         " as GET /api/statements gives it")  # fmt: skip
@@ -70,10 +82,12 @@ def run(args: argparse.Namespace, config: Config, prepare: Callable[[Config], Co
 
 
 def _answer(args: argparse.Namespace, service: Chargebox) -> int:
-    seller = args.seller_id
+    seller = getattr(args, "seller_id", None)
     secret = None
-    if args.command == "keys":
-        answer: object = service.queries.seller_keys(seller)
+    if args.command == "refund":
+        answer: object = service.refund(args.sale_id, args.reason, args.idempotency_key).record
+    elif args.command == "keys":
+        answer = service.queries.seller_keys(seller)
     elif args.command == "create-key":
         answer, secret = service.create_key(seller, args.label)
     elif args.command == "revoke-key":

@@ -107,3 +107,44 @@ def test_the_key_and_suspension_commands_do_what_the_api_does(tmp_path, new_data
         assert missing.returncode == 2 and "does not exist" in missing.stderr
         for api in (admin, kiosk, own):
             api.close()
+
+
+def test_refund_on_the_shell_is_the_apis_refund(tmp_path, new_database):
+    """`chargebox refund SALE --reason` gives the sale back once, as the API's refund: the
+    entry printed, the balance back, a second refund 409's one line, a key's copy the same
+    entry; a sale that does not exist or an empty reason is one line and changes nothing."""
+    db, data = new_database(tmp_path)
+    with running_server(db, data_dir=data) as server:
+        admin = server.admin()
+        seller, key = new_seller(admin, "Reza", 10_000)
+        own = server.seller(key)
+        sales = [own.post("/api/sales", {"phone": "09121234567", "amount": amount}).json()
+                 for amount in (2_500, 1_000)]  # fmt: skip
+        refunded = chargebox(db, data, "refund", str(sales[0]["id"]), "--reason", "wrong number",
+                             token=ADMIN_TOKEN)  # fmt: skip
+        assert refunded.returncode == 0, refunded.stderr
+        entry = json.loads(refunded.stdout)
+        assert (entry["kind"], entry["amount"], entry["refund_of"]) == ("refund", 2_500,
+                                                                       sales[0]["id"])  # fmt: skip
+        assert entry["reason"] == "wrong number" and entry["balance_after"] == 10_000 - 1_000
+        assert own.get("/api/me").json()["balance"] == 9_000
+        again = chargebox(db, data, "refund", str(sales[0]["id"]), "--reason", "again",
+                          token=ADMIN_TOKEN)  # fmt: skip
+        assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
+        assert "was refunded already" in again.stderr, again.stderr
+        keyed = [chargebox(db, data, "refund", str(sales[1]["id"]), "--reason", "twice sent",
+                           "--idempotency-key", "shell-1", token=ADMIN_TOKEN)
+                 for _ in range(2)]  # fmt: skip
+        assert [run.returncode for run in keyed] == [0, 0]
+        assert keyed[0].stdout == keyed[1].stdout
+        second = str(sales[1]["id"])
+        for wrong in (["999999", "--reason", "no such sale"], [second, "--reason", " "]):
+            refused = chargebox(db, data, "refund", *wrong, token=ADMIN_TOKEN)
+            assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+        assert own.get("/api/me").json()["balance"] == 10_000
+        entries = own.get("/api/ledger").json()["items"]
+        assert [e["kind"] for e in entries].count("refund") == 2, entries
+        audit = admin.get("/api/audit").json()
+        assert audit["consistent"], audit
+        for api in (admin, own):
+            api.close()
