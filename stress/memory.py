@@ -78,7 +78,7 @@ class Watcher:
     def __init__(self, url: str, token: str, pid: int, options: Options) -> None:
         self.url, self.token, self.pid, self.options = url, token, pid, options
         self.samples: list[tuple[float, float]] = []  # (time.monotonic(), MB)
-        self.audits: list[dict] = []  # when, full, seconds, consistent, status
+        self.audits: list[dict] = []  # asked and answered when, full, seconds, consistent, status
         self.failures: list[str] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._audit, daemon=True),
@@ -111,9 +111,10 @@ class Watcher:
                 full = count % self.options.full_every == 0
                 started = time.monotonic()
                 answer = admin.get("/api/audit?full=true" if full else "/api/audit")
+                done = time.monotonic()
                 self.audits.append({
-                    "at": started, "full": full, "status": answer.status,
-                    "seconds": round(time.monotonic() - started, 3),
+                    "at": started, "done": done, "full": full, "status": answer.status,
+                    "seconds": round(done - started, 3),
                     "consistent": answer.body.get("consistent") is True,
                 })  # fmt: skip
         except Exception as exc:  # a lost connection, a timeout: the audits stopped
@@ -122,13 +123,15 @@ class Watcher:
             admin.close()
 
     def between(self, start: float, end: float) -> tuple[list[float], list[dict]]:
+        """The RSS samples taken in [start, end), and the audits answered in it: a full
+        audit that outlasts a phase is in the row of the phase it ended in."""
         return ([mb for at, mb in self.samples if start <= at < end],
-                [audit for audit in self.audits if start <= audit["at"] < end])  # fmt: skip
+                [audit for audit in self.audits if start <= audit["done"] < end])  # fmt: skip
 
 
 def phase_row(number: int, wrk_row: dict, rss: float, sampled: list[float], audits: list[dict],
               minute: float) -> dict:  # fmt: skip
-    """One phase: `rss` read at its end, `sampled` in it, and the audits asked in it."""
+    """One phase: `rss` read at its end, `sampled` in it, and the audits answered in it."""
     quick = [a["seconds"] * 1000 for a in audits if not a["full"]]
     full = [a["seconds"] for a in audits if a["full"]]
     return {
@@ -173,15 +176,16 @@ def run(options: Options) -> dict:
             wrk_options = backends.Options(connections=options.connections, quiet=True,
                                            backends=("sqlite",))  # fmt: skip
             rows, wrk_rows = [], []
-            began = time.monotonic()
+            began = mark = time.monotonic()
             with Watcher(server.url, token, server.proc.pid, options) as watcher:
                 for seconds in phases(options):
-                    phase_began = time.monotonic()
                     wrk_rows.append(backends.phase(
                         backend, [server], keys, "load",
                         dataclasses.replace(wrk_options, seconds=seconds), token,
                     ))  # fmt: skip
-                    sampled, audits = watcher.between(phase_began, time.monotonic())
+                    ended = time.monotonic()
+                    sampled, audits = watcher.between(mark, ended)  # phases end to end
+                    mark = ended
                     minute = (time.monotonic() - began) / 60
                     rss = rss_mb(server.proc.pid)
                     rows.append(phase_row(len(rows) + 1, wrk_rows[-1], rss, sampled, audits,

@@ -48,6 +48,15 @@ def test_the_audits_under_load_were_clean_and_the_books_reconcile(tiny_run):
     assert "books reconcile" in result.stdout and "report: " in result.stdout
 
 
+def test_an_audit_is_in_the_row_of_the_phase_it_ended_in():
+    """A full audit that outlasts its phase (40 s and more in the hour) was in no row."""
+    watcher = memory.Watcher("http://127.0.0.1:1", "token", 1, memory.Options())
+    watcher.audits = [{"at": 5.0, "done": 9.0, "full": False}, {"at": 9.0, "done": 70.0,
+                       "full": True}, {"at": 70.0, "done": 71.0, "full": False}]  # fmt: skip
+    rows = [watcher.between(start, end)[1] for start, end in ((0.0, 60.0), (60.0, 120.0))]
+    assert [[audit["done"] for audit in row] for row in rows] == [[9.0], [70.0, 71.0]]
+
+
 def test_the_run_is_cut_into_phases_of_the_length_asked_the_last_one_what_is_left():
     assert memory.phases(memory.Options(seconds=3600, phase=60)) == [60] * 60
     assert memory.phases(memory.Options(seconds=130, phase=60)) == [60, 60, 10]
