@@ -95,14 +95,28 @@ def start(also_on: tuple[str, ...] = (), max_connections: int = 400) -> Cluster:
             "no PostgreSQL server here: `apt-get install postgresql` (what .ci/run does)"
         )
     owner = SUPERUSER if os.geteuid() == 0 else None
+    record = pwd.getpwnam(owner) if owner is not None else None
     home = Path(tempfile.mkdtemp(prefix="chargebox-pg-", dir="/tmp"))
-    if owner is not None:
-        record = pwd.getpwnam(owner)
+    if record is not None:
         os.chown(home, record.pw_uid, record.pw_gid)
     cluster = Cluster(home=home, port=_free_port(), bin=binaries, owner=owner)
+    try:
+        _initdb_and_start(cluster, record, also_on, max_connections)
+    except BaseException:  # initdb or pg_ctl failed, or the run was stopped meanwhile
+        with _sigterm_deferred():
+            if (cluster.data / "postmaster.pid").exists():
+                cluster.stop("immediate")
+            cluster.remove()
+        raise
+    return cluster
+
+
+def _initdb_and_start(cluster: Cluster, record: pwd.struct_passwd | None,
+                      also_on: tuple[str, ...], max_connections: int) -> None:  # fmt: skip
+    home = cluster.home
     password_file = home / "superuser-password"
     password_file.write_text(PASSWORD + "\n")
-    if owner is not None:
+    if record is not None:  # root: the cluster is the postgres user's
         os.chown(password_file, record.pw_uid, record.pw_gid)
     password_file.chmod(0o600)
     _check(
@@ -146,31 +160,50 @@ def start(also_on: tuple[str, ...] = (), max_connections: int = 400) -> Cluster:
         ),  # fmt: skip
         "pg_ctl start",
     )
-    return cluster
 
 
 @contextlib.contextmanager
 def running(also_on: tuple[str, ...] = (), max_connections: int = 400) -> Iterator[Cluster]:
     """`start()`, and the cluster stopped and removed when the block ends, also when the
     process is sent SIGTERM: `pg_ctl` leaves the server running on its own, so a run
-    killed mid-way (a CI job stopped, `timeout`) would leave it behind. SIGTERM, where it
-    would kill the process, raises KeyboardInterrupt instead, so every block unwinds."""
-    cluster = start(also_on, max_connections)
-    previous = None
-    if (threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL):  # fmt: skip
-        previous = signal.signal(signal.SIGTERM, _interrupted)
+    killed mid-way (a CI job stopped, `timeout`) would leave it behind. From before the
+    start, SIGTERM (where it would kill the process) raises KeyboardInterrupt instead, so
+    every block unwinds; while a cluster stops, a SIGTERM waits until it has."""
+    ours = (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)  # fmt: skip
+    if ours:
+        signal.signal(signal.SIGTERM, _interrupted)
     try:
-        yield cluster
+        cluster = start(also_on, max_connections)  # stops and removes what it made, if stopped
+        try:
+            yield cluster
+        finally:
+            with _sigterm_deferred():
+                cluster.stop()
+                cluster.remove()
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        cluster.stop()
-        cluster.remove()
+        if ours:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _interrupted(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _sigterm_deferred() -> Iterator[None]:
+    """A SIGTERM that comes during the block is raised (KeyboardInterrupt) after it."""
+    if signal.getsignal(signal.SIGTERM) is not _interrupted:
+        yield  # not ours to change: another thread, or someone else's handler
+        return
+    came: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: came.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, _interrupted)
+    if came:
+        _interrupted(came[0], None)
 
 
 def _check(result: subprocess.CompletedProcess, what: str) -> None:

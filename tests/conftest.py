@@ -7,8 +7,6 @@ both, unless it is marked `sqlite_only` or `postgresql_only`.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from chargebox.cli import prepare
@@ -144,11 +142,7 @@ def postgresql_cluster():
     Without a PostgreSQL server installed the tests that need it skip and say how to
     get one, except under CI=true, where they must run.
     """
-    if pg_cluster.server_bin() is None:
-        message = "no PostgreSQL server: apt-get install postgresql (CI's .ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    pg_cluster.needed()
     with pg_cluster.running() as started:  # stopped even if the run is sent SIGTERM
         yield started
 

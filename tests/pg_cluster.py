@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from stress.pg_cluster import (  # noqa: F401 (the tests' names for them)
     PASSWORD,
     STOP_TIMEOUT,
@@ -25,6 +27,16 @@ from stress.pg_cluster import (  # noqa: F401 (the tests' names for them)
     server_bin,
     start,
 )
+
+
+def needed() -> None:
+    """A test that needs a PostgreSQL server skips without one and says how to get it,
+    except under CI=true, where it fails."""
+    if server_bin() is None:
+        message = "no PostgreSQL server: apt-get install postgresql (CI's .ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 @contextlib.contextmanager

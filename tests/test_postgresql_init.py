@@ -169,12 +169,35 @@ def test_the_sql_is_written_once_and_handed_to_psycopg_in_its_style():
     assert postgresql.to_psycopg("SELECT 5 % 2") == "SELECT 5 %% 2"
 
 
+# A process holding a throwaway cluster: it prints the cluster's home and postmaster PID,
+# waits for a line, then waits to be killed (`serving`, `twice`) or is sent SIGTERM before
+# start() has returned (`starting`); `twice`: a second SIGTERM comes while it stops.
 CLUSTER_UNTIL_KILLED = """
-import sys
+import os, signal, sys
 from stress import pg_cluster
+
+def ready(cluster):
+    pid = (cluster.data / "postmaster.pid").read_text().split()[0]
+    print(cluster.home, pid, flush=True)
+    sys.stdin.readline()
+
+if sys.argv[1] == "starting":
+    real_start = pg_cluster._initdb_and_start
+    def starting(cluster, *args):
+        real_start(cluster, *args)
+        ready(cluster)
+        os.kill(os.getpid(), signal.SIGTERM)
+        sys.stdin.read()
+    pg_cluster._initdb_and_start = starting
+if sys.argv[1] == "twice":
+    real_stop = pg_cluster.Cluster.stop
+    def stop(self, *args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        real_stop(self, *args)
+    pg_cluster.Cluster.stop = stop
 with pg_cluster.running() as cluster:
-    print(cluster.home, flush=True)
-    sys.stdin.read()  # until the test kills us
+    ready(cluster)
+    sys.stdin.read()
 """
 
 
@@ -187,16 +210,22 @@ def running(pid: int) -> bool:
         return False
 
 
-def test_a_run_sent_sigterm_stops_and_removes_its_throwaway_cluster(tmp_path):
+@pytest.mark.parametrize("when", ["serving", "starting", "twice"])
+def test_a_run_sent_sigterm_stops_and_removes_its_throwaway_cluster(when):
     """`pg_ctl` leaves the server running on its own: a test run or `stress backends`
-    stopped by SIGTERM (a CI job cancelled) must not leave its cluster behind."""
-    child = subprocess.Popen([sys.executable, "-c", CLUSTER_UNTIL_KILLED], cwd=ROOT,
+    stopped by SIGTERM (a CI job cancelled) must not leave its cluster behind, whether
+    the signal comes while the cluster serves, before start() has returned, or twice."""
+    pg_cluster.needed()
+    child = subprocess.Popen([sys.executable, "-c", CLUSTER_UNTIL_KILLED, when], cwd=ROOT,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
-    home = Path(child.stdout.readline().strip())
-    postmaster = int((home / "data" / "postmaster.pid").read_text().split()[0])
+    home, pid = child.stdout.readline().split()
+    home, postmaster = Path(home), int(pid)
     try:
         assert running(postmaster)
-        child.send_signal(signal.SIGTERM)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        if when != "starting":  # that one sends itself the signal
+            child.send_signal(signal.SIGTERM)
         assert child.wait(timeout=60) != 0
         assert not running(postmaster) and not home.exists()
     finally:  # on failure, no orphan either: a fast shutdown, by its PID
