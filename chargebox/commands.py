@@ -23,32 +23,45 @@ from chargebox.services import Chargebox
 COMMANDS = ("keys", "create-key", "revoke-key", "rotate-key", "suspend", "reactivate",
             "refund", "rotate-admin-token", "statement")  # fmt: skip
 SHOWN_ONCE = "Store this API key now: it is shown only once."
+MAX_ID = 2**63 - 1  # a row id fits a signed 64-bit integer on both backends
+
+
+def row_id(text: str) -> int:
+    """An id argument: a whole number from 1 to MAX_ID (argparse says so, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_ID:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_ID}, not {text!r}")
+    return value
 
 
 def add_parsers(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
     """The subcommands, each made by cli's `command(name, help)` (which adds --db)."""
-    command("keys", "list a seller's API keys (never a secret)").add_argument("seller_id", type=int)
+    listed = command("keys", "list a seller's API keys (never a secret)")
+    listed.add_argument("seller_id", type=row_id)
     create = command("create-key", "make a new labelled API key for a seller (shown once)")
-    create.add_argument("seller_id", type=int)
+    create.add_argument("seller_id", type=row_id)
     create.add_argument("label")
     for name, what in (
         ("revoke-key", "revoke a seller's key at once, on every server"),
         ("rotate-key", "revoke a key and make a new one with its label"),
     ):
         sub = command(name, what)  # fmt: skip
-        sub.add_argument("seller_id", type=int)
-        sub.add_argument("key_id", type=int)
+        sub.add_argument("seller_id", type=row_id)
+        sub.add_argument("key_id", type=row_id)
     command("suspend", "suspend a seller: its keys and sessions are refused, no money moves"
-            ).add_argument("seller_id", type=int)  # fmt: skip
+            ).add_argument("seller_id", type=row_id)  # fmt: skip
     command("reactivate", "let a suspended seller's keys work again").add_argument(
-        "seller_id", type=int
+        "seller_id", type=row_id
     )
     refund = command(
         "refund",
         "give a sale's whole amount back to its seller, once, as POST /api/sales/{id}/refund "
         "does (prints the refund's ledger entry)",
     )
-    refund.add_argument("sale_id", type=int)
+    refund.add_argument("sale_id", type=row_id)
     refund.add_argument("--reason", required=True, help="why, as the seller will read it")
     refund.add_argument(
         "--idempotency-key",
@@ -57,7 +70,7 @@ def add_parsers(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
     )
     statement = command("statement", "a seller's statement of a period (JSON, or CSV with --csv),"
                         " as GET /api/statements gives it")  # fmt: skip
-    statement.add_argument("--seller", type=int, required=True, dest="seller_id")
+    statement.add_argument("--seller", type=row_id, required=True, dest="seller_id")
     for name in periods.NAMES:
         statement.add_argument(f"--{name}", dest=f"period_{name}", metavar=name.upper())
     statement.add_argument("--csv", action="store_true", help="CSV instead of JSON")

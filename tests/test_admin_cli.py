@@ -137,11 +137,16 @@ def test_refund_on_the_shell_is_the_apis_refund(tmp_path, new_database):
                  for _ in range(2)]  # fmt: skip
         assert [run.returncode for run in keyed] == [0, 0]
         assert keyed[0].stdout == keyed[1].stdout
-        second = str(sales[1]["id"])
-        for wrong in (["999999", "--reason", "no such sale"], [second, "--reason", " "]):
+        third = own.post("/api/sales", {"phone": "09121234567", "amount": 500}).json()["id"]
+        for wrong, said in ((["999999", "--reason", "no such sale"], "999999"),
+                            ([str(third), "--reason", " "], "reason")):  # fmt: skip
             refused = chargebox(db, data, "refund", *wrong, token=ADMIN_TOKEN)
             assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
-        assert own.get("/api/me").json()["balance"] == 10_000
+            assert said in refused.stderr, refused.stderr
+        too_big = chargebox(db, data, "refund", str(2**63), "--reason", "x", token=ADMIN_TOKEN)
+        assert too_big.returncode == 2 and "Traceback" not in too_big.stderr, too_big.stderr
+        assert "from 1 to 9223372036854775807" in too_big.stderr
+        assert own.get("/api/me").json()["balance"] == 10_000 - 500
         entries = own.get("/api/ledger").json()["items"]
         assert [e["kind"] for e in entries].count("refund") == 2, entries
         audit = admin.get("/api/audit").json()
