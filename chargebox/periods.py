@@ -125,18 +125,30 @@ def latin_digits(text: str) -> str:
 
 def as_typed(params: dict[str, str]) -> dict[str, str]:
     """A page's period as a person typed it: a `jday` or `jmonth` with a Gregorian year
-    (GREGORIAN_YEARS: `2026/12/01`, `2026-12`) is that Gregorian `day` or `month`. The
-    API's `jday` and `jmonth` stay Jalali, whatever their year."""
+    (GREGORIAN_YEARS: `2026/12/01`, `2026-12`) is that Gregorian `day` or `month`, or a
+    422 naming the field it was typed in. The API's `jday` and `jmonth` stay Jalali,
+    whatever their year."""
     typed = dict(params)
-    day = _JALALI_DAY.fullmatch(typed.get("jday", "").strip())
+    day = _JALALI_DAY.fullmatch(typed.get("jday", ""))
     if day and int(day[1]) in GREGORIAN_YEARS and "day" not in typed:
+        year, month, number = int(day[1]), int(day[3]), int(day[4])
+        try:
+            typed["day"] = datetime.date(year, month, number).isoformat()
+        except ValueError:
+            raise _not_a_day("jday", year, month, number) from None
         del typed["jday"]
-        typed["day"] = f"{day[1]}-{int(day[3]):02d}-{int(day[4]):02d}"
-    month = _JMONTH.fullmatch(typed.get("jmonth", "").strip())
+    month = _JMONTH.fullmatch(typed.get("jmonth", ""))
     if month and int(month[1]) in GREGORIAN_YEARS and "month" not in typed:
+        if not 1 <= int(month[2]) <= 12:
+            raise ValidationError("{field} must be a month written YYYY-MM", "jmonth")
         del typed["jmonth"]
         typed["month"] = f"{month[1]}-{month[2]}"
     return typed
+
+
+def _not_a_day(name: str, year: int, month: int, day: int) -> ValidationError:
+    return ValidationError("{field}: {year:04d}-{month:02d}-{day:02d} is not a day", name,
+                           year=year, month=month, day=day)  # fmt: skip
 
 
 def _month(text: str, name: str, pattern: re.Pattern = _MONTH) -> tuple[int, int]:
@@ -223,10 +235,7 @@ def jalali_instant(text: str, name: str) -> str:
         try:
             day = datetime.date(year, month, day_of_month)
         except ValueError:
-            raise ValidationError(
-                "{field}: {year:04d}-{month:02d}-{day:02d} is not a day",
-                name, year=year, month=month, day=day_of_month,
-            ) from None  # fmt: skip
+            raise _not_a_day(name, year, month, day_of_month) from None
     else:
         day = _jalali_date(name, year, month, day_of_month)
     hour, minute, second = (int(found[group] or 0) for group in (5, 6, 7))

@@ -6,9 +6,10 @@ lose `Secure` and the access log would name the proxy as every client. With
 `--trusted-proxy ADDRESS`, a request whose peer is that address is taken at the
 proxy's word: `X-Forwarded-Proto: https` makes the request https (`Secure`
 cookies), and the last hop of `X-Forwarded-For` (the one the proxy added) is
-the client the log names. A value that is not `http`/`https` or not an IP
-address is ignored: the request is served as it arrived, never refused, since
-a client can put anything before the proxy's own hop.
+the client the log names. A value that is not `http`/`https` or not a plain IP
+address (an IPv6 zone is text of any length) is ignored: the request is served
+as it arrived, never refused, since a client can put anything before the
+proxy's own hop.
 
 Every forwarding header is then removed, trusted or not, so nothing later (bottle
 reads `X-Forwarded-Host` and `-Proto` for its URLs) can be steered by a client.
@@ -33,7 +34,9 @@ def forwarded(environ: dict, proxy: str) -> None:
             environ["wsgi.url_scheme"] = scheme
         client = environ.get("HTTP_X_FORWARDED_FOR", "").rsplit(",", 1)[-1].strip()
         with contextlib.suppress(ValueError):  # none, or no address: the proxy stays the client
-            environ["REMOTE_ADDR"] = str(ipaddress.ip_address(client))
+            address = ipaddress.ip_address(client)
+            if getattr(address, "scope_id", None) is None:  # not fe80::1%<any text>
+                environ["REMOTE_ADDR"] = str(address)
     for name in FORWARDING:
         environ.pop(name, None)
 

@@ -108,6 +108,23 @@ def test_a_gregorian_date_typed_on_a_persian_page_is_read_as_gregorian(script):
     assert (refused.value.field, refused.value.message) == ("to", "to: 2026-02-29 is not a day")
 
 
+def test_a_gregorian_year_typed_into_a_pages_jalali_field_is_that_gregorian_period():
+    assert periods.as_typed({"jday": "2026/12/01"}) == {"day": "2026-12-01"}
+    typed = periods.as_typed({"jday": "2026-3-1", "format": "csv"})
+    assert typed == {"day": "2026-03-01", "format": "csv"}
+    assert periods.as_typed({"jmonth": "2026/12"}) == {"month": "2026-12"}
+    for jalali in ({"jday": "1405/09/10"}, {"jmonth": "1405-09"}, {"jday": "2200/01/01"}):
+        assert periods.as_typed(jalali) == jalali  # a Jalali year stays Jalali
+    both = {"jday": "2026/12/01", "day": "2026-12-02"}
+    assert periods.as_typed(both) == both  # left for period() to refuse: two periods
+    refusals = (({"jday": "2026/02/30"}, "jday", "jday: 2026-02-30 is not a day"),
+                ({"jmonth": "2026-13"}, "jmonth", "jmonth must be a month"))  # fmt: skip
+    for typed, field, said in refusals:
+        with pytest.raises(ValidationError) as refused:
+            periods.as_typed(typed)
+        assert refused.value.field == field and refused.value.message.startswith(said)
+
+
 NOT_A_DAY = ["1405/12/30", "1405/12/31", "1405/13/01", "1405/00/10", "1405/09/00", "1405/07/31",
              "0000/01/01", "9001/01/01", "1405/09", "1405/09-10", "14050910", "1405.09.10",
              "05/09/10", "1405/09/10x", "", "۱۴۰۵/۰۹/۱۰ ۱۴:۳۰"]  # fmt: skip

@@ -77,10 +77,11 @@ class Site:
 
     def statement(self, seller_id: int) -> bottle.HTTPResponse:
         """A seller's statement to download, for the period in the query (as the API's;
-        a period typed in Persian digits, `۱۴۰۵-۰۹`, is read as `1405-09`, and a Gregorian
-        date typed as the Jalali day, `2026/12/01`, as that day: periods.as_typed)."""
+        a period typed in Persian digits, `۱۴۰۵-۰۹`, is read as `1405-09`, spaces around it
+        are dropped, and a Gregorian date typed into a Jalali field, `2026/12/01`, is that
+        day: periods.as_typed)."""
         params = periods.as_typed({
-            name: periods.latin_digits(text)
+            name: periods.latin_digits(text).strip()
             for name, text in query("format", *periods.NAMES).items()
         })  # fmt: skip
         fmt = params.pop("format", "csv")
