@@ -131,11 +131,7 @@ def as_typed(params: dict[str, str]) -> dict[str, str]:
     typed = dict(params)
     day = _JALALI_DAY.fullmatch(typed.get("jday", ""))
     if day and int(day[1]) in GREGORIAN_YEARS and "day" not in typed:
-        year, month, number = int(day[1]), int(day[3]), int(day[4])
-        try:
-            typed["day"] = datetime.date(year, month, number).isoformat()
-        except ValueError:
-            raise _not_a_day("jday", year, month, number) from None
+        typed["day"] = _typed_day("jday", int(day[1]), int(day[3]), int(day[4])).isoformat()
         del typed["jday"]
     month = _JMONTH.fullmatch(typed.get("jmonth", ""))
     if month and int(month[1]) in GREGORIAN_YEARS and "month" not in typed:
@@ -146,9 +142,16 @@ def as_typed(params: dict[str, str]) -> dict[str, str]:
     return typed
 
 
-def _not_a_day(name: str, year: int, month: int, day: int) -> ValidationError:
-    return ValidationError("{field}: {year:04d}-{month:02d}-{day:02d} is not a day", name,
-                           year=year, month=month, day=day)  # fmt: skip
+def _typed_day(name: str, year: int, month: int, day: int) -> datetime.date:
+    """A day typed into a Jalali field: Gregorian if its year is in GREGORIAN_YEARS, else
+    Jalali; a 422 naming `name` if that calendar has no such day."""
+    if year not in GREGORIAN_YEARS:
+        return _jalali_date(name, year, month, day)
+    try:
+        return datetime.date(year, month, day)
+    except ValueError:
+        raise ValidationError("{field}: {year:04d}-{month:02d}-{day:02d} is not a day", name,
+                              year=year, month=month, day=day) from None  # fmt: skip
 
 
 def _month(text: str, name: str, pattern: re.Pattern = _MONTH) -> tuple[int, int]:
@@ -230,14 +233,7 @@ def jalali_instant(text: str, name: str) -> str:
             " 1405/09/10 or 1405/09/10 14:30 (Tehran time)",
             name,
         )
-    year, month, day_of_month = int(found[1]), int(found[3]), int(found[4])
-    if year in GREGORIAN_YEARS:
-        try:
-            day = datetime.date(year, month, day_of_month)
-        except ValueError:
-            raise _not_a_day(name, year, month, day_of_month) from None
-    else:
-        day = _jalali_date(name, year, month, day_of_month)
+    day = _typed_day(name, int(found[1]), int(found[3]), int(found[4]))
     hour, minute, second = (int(found[group] or 0) for group in (5, 6, 7))
     if hour > 23 or minute > 59 or second > 59:
         raise ValidationError("{field}: {hour:02d}:{minute:02d} is not a time of day", name,
