@@ -186,7 +186,7 @@ def run(options: Options) -> dict:
                     ended = time.monotonic()
                     sampled, audits = watcher.between(mark, ended)  # phases end to end
                     mark = ended
-                    minute = (time.monotonic() - began) / 60
+                    minute = (ended - began) / 60
                     rss = rss_mb(server.proc.pid)
                     rows.append(phase_row(len(rows) + 1, wrk_rows[-1], rss, sampled, audits,
                                           minute))  # fmt: skip
