@@ -11,17 +11,14 @@ cookie from plain http to itself.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import requests
 
 from chargebox import proxy
 from chargebox.web.sessions import LOGIN_COOKIE, SESSION_COOKIE
-from tests.support import ADMIN_TOKEN, ROOT, running_server
+from tests.support import ADMIN_TOKEN, running_server
 from tests.test_access_log import by_id
+from tests.test_startup_mistakes import assert_refused, chargebox
 from tests.web_support import set_cookies, value_of
 
 HTTPS = {"X-Forwarded-Proto": "https"}
@@ -112,12 +109,7 @@ def test_the_app_sees_no_forwarding_header_and_no_zone_as_a_client():
 
 @pytest.mark.parametrize("value", ["nginx", "127.0.0.1/8", "*"])
 def test_a_trusted_proxy_that_is_not_one_address_is_refused_at_start(tmp_path, value):
-    refused = subprocess.run(
-        [sys.executable, "-m", "chargebox.cli", "serve", "--port", "0", "--db",
-         str(tmp_path / "cb.db"), "--trusted-proxy", value],
-        cwd=ROOT, env={**os.environ, "CHARGEBOX_ADMIN_TOKEN": ADMIN_TOKEN},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert refused.returncode == 2, refused.stderr
-    assert refused.stderr.count("\n") == 1 and "--trusted-proxy" in refused.stderr
+    refused = chargebox("serve", "--port", "0", "--db", str(tmp_path / "cb.db"),
+                        "--trusted-proxy", value)  # fmt: skip
+    assert_refused(refused, "--trusted-proxy", repr(value))
     assert list(tmp_path.iterdir()) == []  # nothing made
