@@ -89,6 +89,15 @@ def running_server(db_path: Path | str, **options) -> Iterator[ServerProcess]:
         assert process.stop() == 0
 
 
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs: a zombie has stopped (a container's PID 1 may not reap
+    a daemonised server at once)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] not in "ZX"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 def new_seller(admin: Api, name: str = "seller", credit: int = 0) -> tuple[dict, str]:
     """Create a seller through the API and, if asked, credit it by an approved request."""
     created = admin.post("/api/sellers", {"name": name})

@@ -31,6 +31,7 @@ import requests
 from tests.support import (
     Api,
     ServerProcess,
+    alive,
     cli_audit,
     new_seller,
     reconciled_balances,
@@ -217,13 +218,6 @@ def kill_9(server: ServerProcess) -> None:
     while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.01)  # the kernel tears the processes down; not a wait for an outcome
     assert not any(alive(pid) for pid in pids), "a server process survived kill -9"
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] not in "ZX"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 def test_kill_9_at_random_moments_under_keyed_load_loses_no_sale_and_retries_sell_once(

@@ -22,7 +22,7 @@ import pytest
 
 from chargebox import postgresql
 from tests import pg_cluster
-from tests.support import ROOT
+from tests.support import ROOT, alive
 
 T = "2026-12-01T00:00:00.000000Z"
 _names = itertools.count()
@@ -201,15 +201,6 @@ with pg_cluster.running() as cluster:
 """
 
 
-def running(pid: int) -> bool:
-    """Whether `pid` runs: a zombie has stopped (a container's PID 1 may not reap the
-    daemonised server at once)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.parametrize("when", ["serving", "starting", "twice"])
 def test_a_run_sent_sigterm_stops_and_removes_its_throwaway_cluster(when):
     """`pg_ctl` leaves the server running on its own: a test run or `stress backends`
@@ -221,13 +212,13 @@ def test_a_run_sent_sigterm_stops_and_removes_its_throwaway_cluster(when):
     home, pid = child.stdout.readline().split()
     home, postmaster = Path(home), int(pid)
     try:
-        assert running(postmaster)
+        assert alive(postmaster)
         child.stdin.write("go\n")
         child.stdin.flush()
         if when != "starting":  # that one sends itself the signal
             child.send_signal(signal.SIGTERM)
         assert child.wait(timeout=60) != 0
-        assert not running(postmaster) and not home.exists()
+        assert not alive(postmaster) and not home.exists()
     finally:  # on failure, no orphan either: a fast shutdown, by its PID
         child.kill()
         with contextlib.suppress(ProcessLookupError):
