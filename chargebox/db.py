@@ -12,6 +12,7 @@ SQLite and PostgreSQL share, but for one `typeof()` in the audit (ledger).
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import sys
 import time
@@ -72,7 +73,22 @@ class Write:
         for sql, params in statements:
             self.execute(sql, params)
 
+    def later(self, sql: str, params: Sequence | dict = ()) -> Callable[[], list[tuple]]:
+        """A read whose rows are wanted later (PostgreSQL's waits with the next statement)."""
+        found = self.rows(sql, params)
+        return lambda: found
+
+    def table(self, alias: str, columns: dict[str, str], values: list[list]) -> tuple[str, tuple]:
+        """`values` (a list per column, named with its PostgreSQL type in `columns`) as a
+        table `alias` to select from: its SQL, and its one parameter (a JSON array of rows)."""
+        picked = ", ".join(f"value ->> {n} AS {name}" for n, name in enumerate(columns))
+        rows = json.dumps(list(zip(*values, strict=True)))
+        return f"(SELECT {picked} FROM json_each(?) ORDER BY key) AS {alias}", (rows,)
+
     def lock_seller(self, seller_id: int) -> None:
+        """Nothing to do: a write holds the whole file's lock already."""
+
+    def hold(self, seller_id: int) -> None:
         """Nothing to do: a write holds the whole file's lock already."""
 
     @contextlib.contextmanager

@@ -6,8 +6,8 @@ adjusted seller) share this.
 A key's record is written in the same write as what it records, so a crash
 keeps both or neither; a refusal (409) is recorded too, and replayed. `once()`
 is the replay itself: every keyed use case of `services` goes through it.
-A sale on PostgreSQL does not look for its key before it queues: its batch
-looks for the keys of all its sales in its one read (`_Together`).
+A sale queued for the group writer does not look for its key before it queues:
+its batch looks for the keys of all its sales in one read (`_Together`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 from collections.abc import Callable
 
-from chargebox import ledger
+from chargebox import sale_batches
 from chargebox.clock import now
 from chargebox.db import Database, Write
 from chargebox.errors import (
@@ -90,8 +90,8 @@ def once(
 ) -> Outcome:
     """Do `act(write, now)` in a write, once per key: every later copy gets the first
     outcome, read again by the id it made (a refusal is raised again). A `sale` may be
-    sold in a batch with the other sales of its seller that wait beside it (PostgreSQL:
-    `_Together`); its outcome is the same as alone."""
+    sold in a batch with the other sales of its seller that wait beside it
+    (`_Together`); its outcome is the same as alone."""
 
     def alone(write: Write) -> object:
         if key is None:
@@ -102,12 +102,14 @@ def once(
         return Outcome(Queries(database).one(kind.made, made), True)
 
     work: Callable[[Write], object] = alone
-    if sale is not None and database.dialect == "postgresql":
+    if sale is not None:
         work = _Together(alone, kind, seller_id, sale, key, request_hash)
     if key is None:
         return Outcome(database.write(work, seller_id), False)
+    # PostgreSQL's batch looks for its keys itself, in its one read (_Together): a look
+    # before would be one more round trip. SQLite's look is local, and needs no lock.
     batched = work is not alone and database.writer is not None
-    if not batched:  # a batch looks for its keys itself, in its one read (_Together)
+    if not batched or database.dialect == "sqlite":
         made = earlier(database, kind, seller_id, key, request_hash)  # no write lock
         if made is not None:
             return replayed(made)
@@ -163,21 +165,28 @@ def _first(
 
 @dataclasses.dataclass(frozen=True)
 class Sale:
-    """A sale as a batch of its seller's sales takes it (ledger.sell_together)."""
+    """A sale as a batch of its seller's sales takes it (sale_batches.sell_together)."""
 
     number: str
     amount: int
     shown: Callable[[dict], dict]  # the sale made, as `act` would have returned it
 
 
-# Which of a seller's keys (an array) are recorded: one look-up in UNIQUE (seller_id, key)
-# per key (LATERAL ... LIMIT 1), whatever the statistics say. `seller_id = ? AND key =
-# ANY(?)`, or a join, let the planner, told by stale statistics that the seller had few
-# keys, read all of them and filter: linear in its history (378 ms at a million keys).
-RECORDED_KEYS = (
-    "SELECT wanted.key FROM unnest(CAST(? AS text[])) AS wanted (key), LATERAL (SELECT 1"
-    " FROM {table} AS r WHERE r.seller_id = ? AND r.key = wanted.key LIMIT 1) AS found"
-)
+# Which of a seller's keys (a table `wanted`, Write.table) are recorded: one look-up in
+# UNIQUE (seller_id, key) per key. PostgreSQL: LATERAL ... LIMIT 1, whatever the statistics
+# say. `seller_id = ? AND key = ANY(?)`, or a join, let its planner, told by stale
+# statistics that the seller had few keys, read all of them and filter: linear in its
+# history (378 ms at a million keys).
+RECORDED_KEYS = {
+    "postgresql": "SELECT wanted.key FROM {wanted}, LATERAL (SELECT 1 FROM {table} AS r"
+    " WHERE r.seller_id = ? AND r.key = wanted.key LIMIT 1) AS found",
+    "sqlite": "SELECT wanted.key FROM {wanted} WHERE EXISTS (SELECT 1 FROM {table} AS r"
+    " WHERE r.seller_id = ? AND r.key = wanted.key)",
+}
+
+
+_RECORD_COLUMNS = {"key": "text", "hash": "text", "made": "bigint", "code": "text",
+                   "message": "text"}  # fmt: skip
 
 
 class _Together:
@@ -208,9 +217,10 @@ class _Together:
         recorded = None
         if keyed:  # read with the seller's head: keys a copy recorded are replayed (once)
             write.hold(seller_id)
+            wanted, params = write.table("wanted", {"key": "text"}, [[w.key for w in keyed]])
             recorded = write.later(
-                RECORDED_KEYS.format(table=kind.table),
-                ([work.key for work in keyed], seller_id),
+                RECORDED_KEYS[write.dialect].format(wanted=wanted, table=kind.table),
+                (*params, seller_id),
             )
 
         def left_out() -> set[int]:
@@ -233,17 +243,18 @@ class _Together:
                            outcome.message if no else None)  # fmt: skip
                     for column, value in zip(columns, row, strict=True):
                         column.append(value)
+            if not columns[0]:
+                return []
+            rows, params = write.table("r", _RECORD_COLUMNS, columns)
             return [(
                 f"INSERT INTO {kind.table} (seller_id, key, request_hash, {kind.column},"
                 " error_code, error_message, created_at) SELECT ?, r.key, r.hash, r.made,"
-                " r.code, r.message, ? FROM unnest(CAST(? AS text[]), CAST(? AS text[]),"
-                " CAST(? AS bigint[]), CAST(? AS text[]), CAST(? AS text[]))"
-                " AS r(key, hash, made, code, message)",
-                (seller_id, created, *columns),
-            )] if columns[0] else []  # fmt: skip
+                f" r.code, r.message, ? FROM {rows}",
+                (seller_id, created, *params),
+            )]  # fmt: skip
 
         sales = [(work.sale.number, work.sale.amount) for work in works]
-        outcomes = ledger.sell_together(write, seller_id, sales, created, records, left_out)
+        outcomes = sale_batches.sell_together(write, seller_id, sales, created, records, left_out)
         answers: list[tuple[object, Exception | None]] = []
         for work, outcome in zip(works, outcomes, strict=True):
             if outcome is None:  # its key's first outcome stands: `once` replays it

@@ -6,13 +6,11 @@ entry first; PostgreSQL: the balance first, its seller's row held): each functio
 takes the open `Write` and never opens a transaction of its own. Hand-written
 SQL keeps the write lock short. Deciding a credit request (approve or reject)
 lives here too, in one place, and a sale's refund (`refund`, once per sale).
-On PostgreSQL the sales of one seller queued together go as one statement on
-one move of the balance (`sell_together`), each as `sell` would make it.
+The sales of one seller queued together go as one statement (sale_batches.py,
+the other half of this module), each as `sell` would make it.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 from chargebox import seals
 from chargebox.config import MAX_BALANCE
@@ -30,7 +28,6 @@ from chargebox.errors import (
 )
 from chargebox.money import check_balance
 from chargebox.queries import CREDIT_REQUEST, LEDGER_ENTRY, SALE
-from chargebox.writer import Separately
 
 _GUARD = "FROM seller WHERE id = :seller_id AND balance + :delta BETWEEN 0 AND :ceiling"
 _ENTRY = (
@@ -44,19 +41,19 @@ _BALANCE = (
 )
 # A sale needs an active seller too, checked inside its write: a sale queued when the
 # seller's suspension commits is refused, not sold (a trigger refuses it as well).
-_ACTIVE = " AND status = 'active'"
+ACTIVE = " AND status = 'active'"
 _NEW_SALE = (
     "INSERT INTO sale (seller_id, phone, amount, balance_after, created_at)"
-    f" SELECT id, :phone, :amount, balance + :delta, :now {_GUARD}{_ACTIVE} {SALE.returning}"
+    f" SELECT id, :phone, :amount, balance + :delta, :now {_GUARD}{ACTIVE} {SALE.returning}"
 )
 _HEAD = "SELECT entries, entry_mac FROM seller_head WHERE seller_id = ?"
 _SEAL = "INSERT INTO ledger_seal (entry_id, mac) VALUES (?, ?)"
-_NEW_HEAD = (
+NEW_HEAD = (
     "INSERT INTO seller_head (seller_id, entry_id, entries, entry_mac, mac) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (seller_id) DO UPDATE SET entry_id = excluded.entry_id, "
     "entries = excluded.entries, entry_mac = excluded.entry_mac, mac = excluded.mac"
 )
-_PHONE_TOTAL = (
+PHONE_TOTAL = (
     "INSERT INTO phone (number, total_charged, created_at) VALUES (?, ?, ?) "
     "ON CONFLICT (number) DO UPDATE"
     " SET total_charged = phone.total_charged + excluded.total_charged"
@@ -89,7 +86,7 @@ _MOVE_ON_BALANCE = _MOVED + _ON_MOVED.format(
     sale_id="CAST(NULL AS BIGINT)", made="", sale="", join=""
 )
 _SALE_ON_BALANCE = (
-    _MOVED.replace(" RETURNING balance)", f"{_ACTIVE} RETURNING balance)")
+    _MOVED.replace(" RETURNING balance)", f"{ACTIVE} RETURNING balance)")
     + _MADE
     + _ON_MOVED.format(
         sale_id="made.id",
@@ -178,7 +175,7 @@ def _seal(write: Write, entry: dict, phone: str | None,
                               mac, entry["balance_after"])  # fmt: skip
     return [
         (_SEAL, (entry["id"], mac)),
-        (_NEW_HEAD, (entry["seller_id"], entry["id"], entries + 1, mac, head_mac)),
+        (NEW_HEAD, (entry["seller_id"], entry["id"], entries + 1, mac, head_mac)),
     ]
 
 
@@ -277,115 +274,12 @@ def sell(write: Write, seller_id: int, number: str, amount: int, now: str) -> di
         row, head = _on_balance(write, _SALE_ON_BALANCE, params)
         sale = {name: row[f"made_{name}"] for name in SALE.columns}
         sealed = _seal(write, {name: row[name] for name in LEDGER_ENTRY.columns}, number, head)
-        write.send_all([*sealed, (_PHONE_TOTAL, (number, amount, now))])
+        write.send_all([*sealed, (PHONE_TOTAL, (number, amount, now))])
     else:
         made = write.dicts(_NEW_SALE, params)
         if not made:
             _refuse(write, seller_id, -amount, sale=True)
         sale = made[0]
         _move(write, seller_id, -amount, "sale", now, sale_id=sale["id"], phone=number)
-        write.send(_PHONE_TOTAL, (number, amount, now))
+        write.send(PHONE_TOTAL, (number, amount, now))
     return sale
-
-
-# --- a batch of one seller's sales, set-based (PostgreSQL) ---------------------------------
-
-_TOGETHER_HEAD = (
-    "WITH ids AS (SELECT nextval('sale_id_seq') AS sale_id, nextval('ledger_entry_id_seq')"
-    " AS entry_id FROM generate_series(1, ?)) SELECT seller.balance, seller.status,"
-    " head.entries, head.entry_mac, (SELECT COALESCE(max(seq), 0) FROM ledger_entry"
-    " WHERE seller_id = seller.id), ARRAY(SELECT sale_id FROM ids ORDER BY sale_id),"
-    " ARRAY(SELECT entry_id FROM ids ORDER BY entry_id) FROM seller"
-    " LEFT JOIN seller_head head ON head.seller_id = seller.id WHERE seller.id = ?"
-)
-# The balance moves once, by the batch's total, from the balance read under the hold; the
-# sales, then their entries in seq order (each continuing the chain, I3), their seals,
-# the head and the phones' totals land on it; I2 is checked as the statement ends.
-_TOGETHER = (
-    "WITH moved AS (UPDATE seller SET balance = balance - ? WHERE id = ? AND balance = ?"
-    f"{_ACTIVE} RETURNING balance), sold AS (SELECT * FROM unnest(CAST(? AS bigint[]),"
-    " CAST(? AS bigint[]), CAST(? AS bigint[]), CAST(? AS text[]), CAST(? AS bigint[]),"
-    " CAST(? AS bigint[]), CAST(? AS text[])) AS s(id, entry_id, seq, phone, amount,"
-    " balance_after, mac)), made AS (INSERT INTO sale (id, seller_id, phone, amount,"
-    " balance_after, created_at) SELECT sold.id, ?, sold.phone, sold.amount,"
-    " sold.balance_after, ? FROM sold CROSS JOIN moved ORDER BY sold.id RETURNING id),"
-    " entry AS (INSERT INTO ledger_entry (id, seller_id, seq, kind, amount, balance_after,"
-    " sale_id, created_at) SELECT sold.entry_id, ?, sold.seq, 'sale', -sold.amount,"
-    " sold.balance_after, sold.id, ? FROM sold JOIN made ON made.id = sold.id"
-    " ORDER BY sold.seq RETURNING id), sealed AS (INSERT INTO ledger_seal (entry_id, mac)"
-    " SELECT entry.id, sold.mac FROM entry JOIN sold ON sold.entry_id = entry.id),"
-    " head AS (INSERT INTO seller_head (seller_id, entry_id, entries, entry_mac, mac)"
-    " SELECT ?, ?, ?, ?, ? FROM moved ON CONFLICT (seller_id) DO UPDATE SET"
-    " entry_id = excluded.entry_id, entries = excluded.entries,"
-    " entry_mac = excluded.entry_mac, mac = excluded.mac), phones AS (INSERT INTO phone"
-    " (number, total_charged, created_at) SELECT sold.phone, CAST(sum(sold.amount) AS BIGINT),"
-    " ? FROM sold CROSS JOIN moved GROUP BY sold.phone ORDER BY sold.phone"
-    " ON CONFLICT (number) DO UPDATE"
-    " SET total_charged = phone.total_charged + excluded.total_charged){also}"
-    " SELECT balance FROM moved"
-)
-
-
-def sell_together(write: Write, seller_id: int, sales: list[tuple[str, int]], now: str,
-                  also: Callable[[list], list[tuple[str, tuple]]],
-                  left_out: Callable[[], set[int]] = set) -> list:  # fmt: skip
-    """PostgreSQL: several sales (number, amount) of one active seller in one statement,
-    each as `sell` would make it, in their order; for each, its sale or InsufficientCredit,
-    or None for those `left_out()` names (by index; read once the seller is held).
-
-    The seller's row is held, then its balance, status, sealed head and newest seq are
-    read with ids for the sales and entries (one round trip); which sales the balance
-    covers, their balances after, seqs and seals are worked out here, in order; then one
-    statement moves the balance by their total and writes everything, with what
-    `also(outcomes)` adds as further WITH queries (the keys' records), and the database
-    checks it all as it checks one sale (I2-I4 triggers). A seller that is missing or
-    not active is `Separately`; with that, whatever else fails the batch (a key's UNIQUE)
-    sends each sale alone (writer.py).
-    """
-    if write.ledger_key is None:
-        raise AssertionError("no ledger key: start through cli.prepare() (see seals.py)")
-    write.hold(seller_id)
-    found = write.rows(_TOGETHER_HEAD, (len(sales), seller_id))
-    if not found or found[0][1] != "active":
-        raise Separately
-    balance, _, entries, previous, seq, sale_ids, entry_ids = found[0]
-    before, entries, previous = balance, entries or 0, previous or seals.GENESIS
-    outcomes: list = []
-    sold: list[list] = [[] for _ in range(7)]
-    skipped = left_out()
-    for index, ((number, amount), sale_id, entry_id) in enumerate(
-        zip(sales, sale_ids, entry_ids, strict=True)
-    ):
-        if index in skipped:
-            outcomes.append(None)
-            continue
-        if amount > balance:
-            outcomes.append(InsufficientCredit(NOT_COVERED, balance=balance, amount=amount))
-            continue
-        balance, seq, entries = balance - amount, seq + 1, entries + 1
-        entry = {"id": entry_id, "seller_id": seller_id, "kind": "sale", "amount": -amount,
-                 "balance_after": balance, "credit_request_id": None, "sale_id": sale_id,
-                 "reason": None, "created_at": now, "refund_of": None, "phone": number}  # fmt: skip
-        previous = seals.entry_mac(write.ledger_key, previous, seals.values(entry))
-        for column, value in zip(sold, (sale_id, entry_id, seq, number, amount, balance,
-                                        previous), strict=True):  # fmt: skip
-            column.append(value)
-        outcomes.append({"id": sale_id, "seller_id": seller_id, "phone": number,
-                         "amount": amount, "balance_after": balance,
-                         "created_at": now})  # fmt: skip
-    queries = [(f", q{n} AS ({sql})", params) for n, (sql, params) in enumerate(also(outcomes))]
-    extra = "".join(sql for sql, _ in queries)
-    extra_params = tuple(value for _, params in queries for value in params)
-    if not sold[0]:  # nothing sold: only what `also` records
-        if queries:
-            write.execute(f"WITH{extra[1:]} SELECT 1", extra_params)
-        return outcomes
-    head = seals.head_mac(write.ledger_key, seller_id, sold[1][-1], entries, previous, balance)
-    moved = write.rows(
-        _TOGETHER.format(also=extra),
-        (before - balance, seller_id, before, *sold, seller_id, now, seller_id, now,
-         seller_id, sold[1][-1], entries, previous, head, now, *extra_params),
-    )  # fmt: skip
-    if moved != [(check_balance(balance),)]:
-        raise AssertionError(f"seller {seller_id}: balance {moved} != {balance} after a batch")
-    return outcomes

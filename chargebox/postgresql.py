@@ -120,6 +120,12 @@ class Write:
         """Hold the seller's row until COMMIT (what a check-then-insert needs here)."""
         self.send("SELECT 1 FROM seller WHERE id = ? FOR UPDATE", (seller_id,))
 
+    def table(self, alias: str, columns: dict[str, str], values: list[list]) -> tuple[str, tuple]:
+        """`values` (a list per column, of the type `columns` names) as a table `alias`
+        to select from: its SQL, and its parameters (an array per column)."""
+        arrays = ", ".join(f"CAST(? AS {kind}[])" for kind in columns.values())
+        return f"unnest({arrays}) AS {alias}({', '.join(columns)})", tuple(values)
+
     def hold(self, seller_id: int) -> None:
         """Hold the seller's row (as its balance UPDATE would) before a movement, once per
         transaction. The statements after it then wait for no lock, so each one's

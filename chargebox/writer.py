@@ -170,6 +170,11 @@ class GroupWriter:
         finally:
             self._finish()
 
+    def busy(self) -> bool:
+        """Whether a write transaction of this writer is in progress (inline or batched)."""
+        with self._wake:
+            return self._busy
+
     def queued(self) -> int:
         """How many writes wait for the writer's next batch."""
         with self._wake:

@@ -1,5 +1,5 @@
 """A batch of one seller's sales on PostgreSQL: one statement for them all, each answered
-as if it had been sold alone (ledger.sell_together, idempotency._Together).
+as if it had been sold alone (sale_batches.sell_together, idempotency._Together).
 
 The batch is made as in test_postgresql_group_commit.py: one sale waits inline for a
 row held by `gate`, so that the writer is busy while the sales under test queue, one
@@ -308,7 +308,9 @@ def test_a_batch_looks_each_key_up_in_the_unique_index_even_with_stale_statistic
     7,000 keys under load, growing with the history)."""
     service, superuser = pg_group_commit
     seller = credited_seller(service, FUNDS)["id"]
-    sql = idempotency.RECORDED_KEYS.format(table="idempotency_record").replace("?", "$%d")
+    wanted = "unnest(CAST(? AS text[])) AS wanted(key)"  # as Write.table makes it
+    sql = idempotency.RECORDED_KEYS["postgresql"].format(wanted=wanted, table="idempotency_record")
+    sql = sql.replace("?", "$%d")
     keys = "'{" + ",".join(f"k{n}" for n in range(1, 17)) + "}'"
     with psycopg.connect(superuser, autocommit=True) as conn:
         conn.execute("ANALYZE idempotency_record")  # empty: the seller looks keyless
