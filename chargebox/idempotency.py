@@ -106,10 +106,8 @@ def once(
         work = _Together(alone, kind, seller_id, sale, key, request_hash)
     if key is None:
         return Outcome(database.write(work, seller_id), False)
-    # PostgreSQL's batch looks for its keys itself, in its one read (_Together): a look
-    # before would be one more round trip. SQLite's look is local, and needs no lock.
     batched = work is not alone and database.writer is not None
-    if not batched or database.dialect == "sqlite":
+    if not batched:  # a batch looks for its keys itself, in its one read (_Together)
         made = earlier(database, kind, seller_id, key, request_hash)  # no write lock
         if made is not None:
             return replayed(made)

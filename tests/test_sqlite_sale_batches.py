@@ -167,8 +167,8 @@ def test_a_seller_suspended_while_its_sales_wait_refuses_each_of_them(batching):
 
 
 def test_two_copies_of_one_key_in_a_batch_sell_once(batching):
-    """Both copies looked for the key before either was recorded, and queued: the batch
-    sells the first, and the second replays it after COMMIT."""
+    """Both copies queue before either is recorded (a copy looks for its key in the
+    batch, not before): the first sells, the second replays it after COMMIT."""
     service = batching
     seller = credited_seller(service, FUNDS)["id"]
     before = counted(service)
@@ -182,8 +182,8 @@ def test_two_copies_of_one_key_in_a_batch_sell_once(batching):
 
 
 def test_a_key_recorded_by_another_process_while_queued_gets_that_outcome(batching):
-    """Another process records the key after this copy looked and queued: the batch finds
-    it in its own look, sells the other sale, and this copy replays the recorded refusal."""
+    """Another process records the key after this copy queued: the batch finds it in its
+    look, sells the other sale, and this copy replays the recorded refusal."""
     service = batching
     seller = credited_seller(service, FUNDS)["id"]
     taken = InsufficientCredit(NOT_COVERED, balance=5, amount=1_000)
@@ -283,3 +283,26 @@ def test_the_schema_refuses_a_batch_row_that_does_not_continue_the_books(batchin
         assert on_disk(service, "SELECT balance FROM seller WHERE id = ?", (seller,)) == [
             (FUNDS,)
         ], why
+
+
+def test_a_copy_of_a_recorded_key_is_answered_while_another_holds_the_file(tmp_path):
+    """A keyed sale does not read its key before it queues; when the write cannot have the
+    file's lock (another connection holds it past the busy timeout), a copy of a key
+    recorded earlier is still answered, from a read, not 503."""
+    config = prepare(Config(db_path=tmp_path / "cb.db", admin_token=ADMIN_TOKEN,
+                            busy_timeout_ms=200))  # fmt: skip
+    service = Chargebox(config)
+    try:
+        seller = credited_seller(service, FUNDS)["id"]
+        sold = service.sell(seller, A, 1_000, "k")
+        holder = sqlite3.connect(service.database.path, isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            again = service.sell(seller, A, 1_000, "k")
+            holder.execute("ROLLBACK")
+        finally:
+            holder.close()
+        assert (again.replayed, again.record) == (True, sold.record)
+        assert on_disk(service, "SELECT balance FROM seller WHERE id = ?", (seller,)) == [(9_000,)]
+    finally:
+        service.close()
