@@ -67,7 +67,7 @@ class _Instruments:
         )
         self.runs = Counter(
             "chargebox_write_runs",
-            "Runs of one seller's queued sales in a committed write transaction (PostgreSQL), "
+            "Runs of one seller's queued sales in a committed write transaction, "
             "by how they were written: together (one statement) or separately (one at a time, "
             "after the run could not go as one)",
             ["written"],
