@@ -68,7 +68,7 @@ class Config:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     threads: int = DEFAULT_THREADS
-    processes: int = 1  # server processes sharing the listening socket (server.py)
+    processes: int = 1  # server processes on the one port (server.py)
     admin_token: str | None = dataclasses.field(default=None, repr=False)
     # The HMAC key that seals the ledger; kept outside the database file (ledger.py).
     ledger_key: str | None = dataclasses.field(default=None, repr=False)

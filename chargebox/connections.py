@@ -256,17 +256,60 @@ def _address(channel: HTTPChannel) -> str:
 
 
 def listen(config: Config) -> socket.socket:
-    """The listening socket of `--host`/`--port`; ValueError (one line) when it cannot be had."""
+    """The listening socket of `--host`/`--port`; ValueError (one line) when it cannot be had.
+
+    With `--processes K` (K > 1) and SO_REUSEPORT, the socket returned reserves the port
+    (bound, not listening) and each forked server listens on a socket of its own beside
+    it (`listen_beside`): the kernel spreads new connections evenly among them. On one
+    shared socket, whichever server woke first took every connection waiting (a burst
+    of 64 keep-alive connections split 32/32 or 2/62 by chance). A plain socket is had
+    first, so that a port held by anything else, even another server's reuse-port
+    sockets, is refused here as always.
+    """
     where = f"{config.host}:{config.port}"
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             config.host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
-        return socket.create_server(address, family=family, backlog=1024)
+        plain = socket.create_server(address, family=family, backlog=1024)
+        if config.processes == 1 or not SPREAD:
+            return plain
+        address = plain.getsockname()  # the port the system chose, if --port 0
+        plain.close()
+        return _reusing_port(family, address)
     except OSError as exc:
         # create_server() appends "(while attempting to bind on address ...)": said above.
         reason = (exc.strerror or str(exc)).split(" (while attempting")[0]
         raise ValueError(f"cannot listen on {where} (--host/--port): {reason}") from None
+
+
+SPREAD = hasattr(socket, "SO_REUSEPORT")  # Linux, the BSDs: one listening socket each
+
+
+def listen_beside(reserved: socket.socket) -> socket.socket:
+    """A forked server's own listening socket on the port `listen` reserved (or, without
+    SO_REUSEPORT, the one socket they all share)."""
+    if not SPREAD:
+        return reserved
+    return _reusing_port(reserved.family, reserved.getsockname(), backlog=1024)
+
+
+def _reusing_port(family: int, address: tuple, backlog: int | None = None) -> socket.socket:
+    """A socket bound to `address` with SO_REUSEPORT, listening if `backlog` is given (a
+    listening one receives its share of the port's new connections)."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:  # as create_server() makes it: IPv6 only
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        if backlog is not None:
+            sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def raise_fd_limit(wanted: int) -> int:

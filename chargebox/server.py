@@ -24,7 +24,7 @@ from waitress import wasyncore
 from chargebox import metrics
 from chargebox.access_log import AccessLog, LogFile
 from chargebox.config import Config
-from chargebox.connections import build_server, listen
+from chargebox.connections import build_server, listen, listen_beside
 from chargebox.keeper import anchoring
 from chargebox.postgresql import described
 from chargebox.proxy import TrustedProxy
@@ -112,12 +112,14 @@ def _serve_one(server, announce, parent: int | None = None) -> int:
 
 
 def _serve_processes(config: Config, listener, announce, log: LogFile) -> int:
-    """K forked copies of the server on one listening socket: the kernel spreads connections.
+    """K forked copies of the server on one port, each listening on a socket of its own
+    (connections.listen_beside): the kernel spreads new connections evenly among them.
 
     Each child has its own interpreter lock, database connections and group
     writer; the database lock (and the write gate's flock) still serialise
     their writes. The parent only supervises: it replaces a child that dies,
-    forwards SIGTERM and waits. It keeps the listener open for replacements.
+    forwards SIGTERM and waits. It keeps the port reserved (`listener`, bound) for
+    replacements.
     """
     host, port = listener.getsockname()[:2]
     # No database is open here (cli.prepare closed its own): each child opens its own.
@@ -154,7 +156,8 @@ class _Supervisor:
             code = 1
             try:
                 app = application(self.config, self.log)
-                server = build_server(app, self.config, self.listener, self.log)
+                own = listen_beside(self.listener)
+                server = build_server(app, self.config, own, self.log)
                 with anchoring(self.config):
                     code = _serve_one(server, lambda line: None, os.getppid())
             except Exception as exc:  # said in one line (no trace), then replaced
