@@ -13,6 +13,7 @@ import contextlib
 import heapq
 import logging
 import socket
+import sys
 import time
 
 from waitress.adjustments import Adjustments
@@ -258,20 +259,20 @@ def _address(channel: HTTPChannel) -> str:
 def listen(config: Config) -> socket.socket:
     """The listening socket of `--host`/`--port`; ValueError (one line) when it cannot be had.
 
-    With `--processes K` (K > 1) and SO_REUSEPORT, the socket returned reserves the port
-    (bound, not listening) and each forked server listens on a socket of its own beside
-    it (`listen_beside`): the kernel spreads new connections evenly among them. On one
-    shared socket, whichever server woke first took every connection waiting (a burst
-    of 64 keep-alive connections split 32/32 or 2/62 by chance). A plain socket is had
-    first, so that a port held by anything else, even another server's reuse-port
-    sockets, is refused here as always.
+    With `--processes K` (K > 1) on Linux it is the first of K listening sockets on the
+    port (SO_REUSEPORT; the others: `listen_beside`), one per forked server, and the
+    kernel spreads new connections evenly among them. On one shared socket, whichever
+    server woke first took every connection waiting (a burst of 64 keep-alive
+    connections split 32/32 or 2/62 by chance). A plain socket is had first, so that a
+    port held by anything else, even another server's reuse-port sockets, is refused
+    here as always.
     """
     where = f"{config.host}:{config.port}"
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             config.host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
-        plain = socket.create_server(address, family=family, backlog=1024)
+        plain = socket.create_server(address, family=family, backlog=BACKLOG)
         if config.processes == 1 or not SPREAD:
             return plain
         address = plain.getsockname()  # the port the system chose, if --port 0
@@ -283,20 +284,23 @@ def listen(config: Config) -> socket.socket:
         raise ValueError(f"cannot listen on {where} (--host/--port): {reason}") from None
 
 
-SPREAD = hasattr(socket, "SO_REUSEPORT")  # Linux, the BSDs: one listening socket each
+BACKLOG = 1024
+# Linux spreads a port's connections over its SO_REUSEPORT sockets; macOS and older
+# FreeBSD have the option but give every connection to one socket: there, one is shared.
+SPREAD = sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT")
 
 
-def listen_beside(reserved: socket.socket) -> socket.socket:
-    """A forked server's own listening socket on the port `listen` reserved (or, without
-    SO_REUSEPORT, the one socket they all share)."""
+def listen_beside(first: socket.socket) -> socket.socket:
+    """Another listening socket on the port of `first` (from `listen`), for one more
+    forked server; without SPREAD, `first` itself, shared."""
     if not SPREAD:
-        return reserved
-    return _reusing_port(reserved.family, reserved.getsockname(), backlog=1024)
+        return first
+    return _reusing_port(first.family, first.getsockname())
 
 
-def _reusing_port(family: int, address: tuple, backlog: int | None = None) -> socket.socket:
-    """A socket bound to `address` with SO_REUSEPORT, listening if `backlog` is given (a
-    listening one receives its share of the port's new connections)."""
+def _reusing_port(family: int, address: tuple) -> socket.socket:
+    """A socket listening on `address` with SO_REUSEPORT: one of the port's sockets,
+    among which the kernel spreads its new connections."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -304,8 +308,7 @@ def _reusing_port(family: int, address: tuple, backlog: int | None = None) -> so
         if family == socket.AF_INET6:  # as create_server() makes it: IPv6 only
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
-        if backlog is not None:
-            sock.listen(backlog)
+        sock.listen(BACKLOG)
     except BaseException:
         sock.close()
         raise

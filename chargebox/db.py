@@ -81,9 +81,11 @@ class Write:
     def table(self, alias: str, columns: dict[str, str], values: list[list]) -> tuple[str, tuple]:
         """`values` (a list per column, named with its PostgreSQL type in `columns`) as a
         table `alias` to select from: its SQL, and its one parameter (a JSON array of rows)."""
-        picked = ", ".join(f"value ->> {n} AS {name}" for n, name in enumerate(columns))
+        picked = ", ".join(
+            f"json_extract(j.value, '$[{n}]') AS {name}" for n, name in enumerate(columns)
+        )
         rows = json.dumps(list(zip(*values, strict=True)))
-        return f"(SELECT {picked} FROM json_each(?) ORDER BY key) AS {alias}", (rows,)
+        return f"(SELECT {picked} FROM json_each(?) AS j ORDER BY j.key) AS {alias}", (rows,)
 
     def lock_seller(self, seller_id: int) -> None:
         """Nothing to do: a write holds the whole file's lock already."""

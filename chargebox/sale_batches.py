@@ -90,9 +90,11 @@ _BATCH_TRIGGER = (
     + PHONE_TOTAL.replace("(?, ?, ?)", "(NEW.phone, NEW.amount, NEW.created_at)")
     + "; END"
 )
+# json_extract, not ->> (SQLite 3.38): a JSON string is TEXT, a number INTEGER, null NULL.
 _BATCH = (
-    "INSERT INTO sale_batch SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3,"
-    " value ->> 4, value ->> 5, value ->> 6, value ->> 7 FROM json_each(?) ORDER BY key"
+    "INSERT INTO sale_batch SELECT "
+    + ", ".join(f"json_extract(j.value, '$[{n}]')" for n in range(8))
+    + " FROM json_each(?) AS j ORDER BY j.key"
 )
 
 

@@ -112,41 +112,44 @@ def _serve_one(server, announce, parent: int | None = None) -> int:
 
 
 def _serve_processes(config: Config, listener, announce, log: LogFile) -> int:
-    """K forked copies of the server on one port, each listening on a socket of its own
-    (connections.listen_beside): the kernel spreads new connections evenly among them.
+    """K forked copies of the server on one port, each on a listening socket of its own
+    (`listener` and K - 1 more, connections.listen_beside): the kernel spreads new
+    connections evenly among them.
 
     Each child has its own interpreter lock, database connections and group
     writer; the database lock (and the write gate's flock) still serialise
     their writes. The parent only supervises: it replaces a child that dies,
-    forwards SIGTERM and waits. It keeps the port reserved (`listener`, bound) for
-    replacements.
+    forwards SIGTERM and waits. It keeps every socket open, listening: the
+    connections a dead child's socket receives wait there for its replacement.
     """
     host, port = listener.getsockname()[:2]
+    sockets = [listener, *(listen_beside(listener) for _ in range(config.processes - 1))]
     # No database is open here (cli.prepare closed its own): each child opens its own.
-    supervisor = _Supervisor(config, listener, log)
-    for _ in range(config.processes):
-        supervisor.start_child()
+    supervisor = _Supervisor(config, sockets, log)
+    for slot in range(config.processes):
+        supervisor.start_child(slot)
     announce(_announcement(config, host, port))
     try:
         return supervisor.run(announce)
     finally:
-        listener.close()
+        for sock in sockets:
+            sock.close()
 
 
 class _Supervisor:
     """The parent of K server processes: each death is logged and replaced, with back-off."""
 
-    def __init__(self, config: Config, listener, log: LogFile | None = None) -> None:
+    def __init__(self, config: Config, sockets: list, log: LogFile | None = None) -> None:
         self.config = config
-        self.listener = listener
+        self.sockets = sockets  # one per child; a replacement takes its predecessor's
         # Opened once, here: each child appends whole lines to the one file.
         self.log = log or LogFile(config.access_log)
-        self.started: dict[int, float] = {}  # live child pid -> when it started
+        self.started: dict[int, tuple[float, int]] = {}  # live child pid -> (since, socket)
         self.delay = 0.0  # before the next replacement; grows while children crash-loop
-        self.due: list[float] = []  # when each pending replacement starts
+        self.due: list[tuple[float, int]] = []  # when each pending replacement starts, where
         self.replaced = 0
 
-    def start_child(self) -> None:
+    def start_child(self, slot: int) -> None:
         pid = os.fork()
         if pid == 0:  # the child serves until told to stop, and never returns here
             # Until _serve_one installs its own, a SIGTERM ends the child at once rather
@@ -154,9 +157,12 @@ class _Supervisor:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
             code = 1
+            own = self.sockets[slot]
+            for other in self.sockets:
+                if other is not own:
+                    other.close()  # this process's copy: the parent's stays open
             try:
                 app = application(self.config, self.log)
-                own = listen_beside(self.listener)
                 server = build_server(app, self.config, own, self.log)
                 with anchoring(self.config):
                     code = _serve_one(server, lambda line: None, os.getppid())
@@ -167,7 +173,7 @@ class _Supervisor:
                           os.getpid(), type(exc).__name__, exc, where)  # fmt: skip
             finally:
                 os._exit(code)
-        self.started[pid] = time.monotonic()
+        self.started[pid] = (time.monotonic(), slot)
 
     def run(self, announce) -> int:
         stop = _Stop()
@@ -178,9 +184,9 @@ class _Supervisor:
             for pid, code in _reaped(list(self.started)).items():
                 self._mourn(pid, code)
             now = time.monotonic()
-            while self.due and self.due[0] <= now and not stop.requested:
-                self.due.pop(0)
-                self.start_child()
+            while self.due and self.due[0][0] <= now and not stop.requested:
+                _, slot = self.due.pop(0)
+                self.start_child(slot)
                 self.replaced += 1
         announce("chargebox stopping: finishing requests in flight")
         status = self._stop_children()
@@ -190,7 +196,8 @@ class _Supervisor:
         return 0 if all(code in (0, -signal.SIGTERM) for code in status.values()) else 1
 
     def _mourn(self, pid: int, code: int) -> None:
-        lived = time.monotonic() - self.started.pop(pid)
+        since, slot = self.started.pop(pid)
+        lived = time.monotonic() - since
         metrics.process_ended(pid)
         if lived < STABLE_SECONDS:
             self.delay = min(max(2 * self.delay, RESTART_DELAY_MIN), RESTART_DELAY_MAX)
@@ -204,7 +211,7 @@ class _Supervisor:
             lived,
             self.delay,
         )
-        self.due.append(time.monotonic() + self.delay)
+        self.due.append((time.monotonic() + self.delay, slot))
         self.due.sort()
 
     def _stop_children(self) -> dict[int, int]:

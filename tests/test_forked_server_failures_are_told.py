@@ -31,9 +31,9 @@ def test_a_forked_server_that_raises_at_start_prints_its_error(tmp_path, monkeyp
     # As `chargebox serve` logs (cli.main): to stderr, which the child shares.
     handler = logging.StreamHandler(sys.stderr)
     server.log.addHandler(handler)
-    supervisor = server._Supervisor(config, listener)
+    supervisor = server._Supervisor(config, [listener])
     try:
-        supervisor.start_child()
+        supervisor.start_child(0)
         (pid,) = supervisor.started
         deadline = time.monotonic() + 10
         while not (done := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:

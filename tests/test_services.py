@@ -480,6 +480,27 @@ def test_a_copy_that_missed_the_first_outcome_outside_the_write_sells_nothing_mo
     assert_books_consistent(service, config)
 
 
+def test_without_a_group_writer_a_copy_that_missed_the_first_look_is_found_inside(
+    tmp_path, monkeypatch
+):
+    """SQLite without group commit: a keyed sale looks for its key before the write and
+    again inside it (idempotency._first); a copy whose first look missed (its first copy
+    committed just after) is found by the second and replays."""
+    config = prepare(Config(db_path=tmp_path / "cb.db", admin_token=ADMIN_TOKEN,
+                            group_commit=False))  # fmt: skip
+    service = Chargebox(config)
+    try:
+        seller = credited_seller(service, 50_000)
+        first = service.sell(seller["id"], PHONE, 10_000, idempotency_key="order-1")
+        hidden = hide_the_first_look(monkeypatch, service.database)
+        again = service.sell(seller["id"], PHONE, 10_000, idempotency_key="order-1")
+        assert hidden  # the look before the write was made, and missed
+        assert (again.record, again.replayed) == (first.record, True)
+        assert balance_on_disk(config, seller["id"]) == 40_000
+    finally:
+        service.close()
+
+
 def test_a_copy_that_missed_a_refusal_outside_the_write_is_refused_the_same(
     service, config, monkeypatch
 ):

@@ -265,7 +265,7 @@ def test_a_batch_undone_goes_one_at_a_time_and_the_next_batch_is_made_again(batc
 
 def test_the_schema_refuses_a_batch_row_that_does_not_continue_the_books(batching):
     """The view's trigger only makes rows; the schema's triggers check each as it lands:
-    a balance that skips, a seal on a missing sale, a suspended seller's sale."""
+    a balance that skips (I2, I3), a sale of a seller that does not exist."""
     service = batching
     seller = credited_seller(service, FUNDS)["id"]
     (last_sale,), (last_entry,) = (
@@ -273,7 +273,7 @@ def test_the_schema_refuses_a_batch_row_that_does_not_continue_the_books(batchin
         for table in ("sale", "ledger_entry")
     )
     row = [last_sale + 1, last_entry + 1, seller, A, 1_000, 9_000, now(), "00"]
-    wrong = {"a balance that skips": {5: 8_000}, "another seller's": {2: seller + 1}}
+    wrong = {"a balance that skips": {5: 8_000}, "no such seller": {2: seller + 1}}
     for why, changes in wrong.items():
         bad = [changes.get(n, value) for n, value in enumerate(row)]
         with pytest.raises(IntegrityViolation), service.database.transaction() as write:
