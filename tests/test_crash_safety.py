@@ -62,9 +62,13 @@ class Attempt:
 
 def keyed_sale(api: Api, key: str, body: dict) -> Attempt:
     """POST one sale with its Idempotency-Key; a broken connection is recorded, not raised."""
-    attempt = Attempt(key, body, time.monotonic())
+    return sent(api, Attempt(key, body, time.monotonic()))
+
+
+def sent(api: Api, attempt: Attempt) -> Attempt:
+    """`attempt` POSTed, and filled in with what came back (nothing, if the connection broke)."""
     try:
-        response = api.post("/api/sales", body, headers={"Idempotency-Key": key})
+        response = api.post("/api/sales", attempt.body, headers={"Idempotency-Key": attempt.key})
     except requests.RequestException:
         return attempt
     attempt.status, attempt.answered_at = response.status_code, time.monotonic()
@@ -72,6 +76,7 @@ def keyed_sale(api: Api, key: str, body: dict) -> Attempt:
     payload = response.json()
     if response.status_code == 201:
         attempt.sale_id = payload["id"]
+        body = attempt.body
         assert (payload["phone"], payload["amount"]) == (body["phone"], body["amount"]), payload
     elif "error" in payload:
         attempt.code = payload["error"]["code"]
@@ -88,8 +93,10 @@ def sell_until_stopped(url, seller_key, prefix, seed, stop, attempts, first_answ
         while not stop.is_set() and time.monotonic() < deadline:
             amount = REFUSED_AMOUNT if rng.random() < 0.08 else rng.choice(AMOUNTS)
             phone = f"0912{rng.randrange(10**7):07d}"
-            attempt = keyed_sale(api, f"{prefix}-{n}", {"phone": phone, "amount": amount})
-            attempts.append(attempt)
+            attempt = Attempt(f"{prefix}-{n}", {"phone": phone, "amount": amount},
+                              time.monotonic())  # fmt: skip
+            attempts.append(attempt)  # listed as it is sent: in flight until answered
+            sent(api, attempt)
             n += 1
             if attempt.status is None:
                 return  # the server is gone (killed or stopped): this worker is done
@@ -115,6 +122,20 @@ def run_load(url, seller_key, prefix, seed, stop) -> tuple[list[threading.Thread
         thread.start()
     assert first_answer.wait(30), "the load never got a first answer"
     return threads, per_worker
+
+
+def waiting_since(per_worker: list[list[Attempt]], quiet: float, deadline: float) -> None:
+    """Until no attempt was answered for `quiet` seconds and one is out (polled)."""
+    answered, since = -1, time.monotonic()
+    while True:
+        attempts = [a for worker in per_worker for a in list(worker)]
+        now = sum(a.status is not None for a in attempts)
+        if now != answered:
+            answered, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet and any(a.status is None for a in attempts):
+            return
+        assert time.monotonic() < deadline, "the workers' sales were never held"
+        time.sleep(0.01)
 
 
 def join_all(threads: list[threading.Thread]) -> None:
@@ -310,8 +331,18 @@ def test_sigterm_under_keyed_load_answers_every_request_that_reached_the_app(
     deadline = time.monotonic() + 30
     while sum(map(len, per_worker)) < 100 and time.monotonic() < deadline:
         time.sleep(0.01)  # until the load is really running, not waiting for an outcome
-    signalled = time.monotonic()
-    server.proc.send_signal(signal.SIGTERM)
+    # The file's write lock held here, every sale that reaches the app waits in it: once no
+    # answer came for a while and a sale is out, sales are surely in flight at SIGTERM, and
+    # the drain must answer them when the lock is let go (well within the busy timeout).
+    # Before, a fast server could answer all 8 workers' sales just before the signal.
+    holder = sqlite3.connect(db_path, isolation_level=None, timeout=10)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        waiting_since(per_worker, quiet=0.2, deadline=time.monotonic() + 30)
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+    finally:
+        holder.close()  # its transaction rolls back: the waiting sales go on
     code = server.proc.wait(timeout=15)
     stopped = time.monotonic() - signalled
     server.stop()
