@@ -98,6 +98,17 @@ def alive(pid: int) -> bool:
         return False
 
 
+def outcomes(futures) -> list:
+    """Each future's result, or the exception it raised (each waited for 30 s at most)."""
+    found = []
+    for future in futures:
+        try:
+            found.append(future.result(timeout=30))
+        except Exception as exc:
+            found.append(exc)
+    return found
+
+
 def new_seller(admin: Api, name: str = "seller", credit: int = 0) -> tuple[dict, str]:
     """Create a seller through the API and, if asked, credit it by an approved request."""
     created = admin.post("/api/sellers", {"name": name})

@@ -4,9 +4,9 @@ as if it had been sold alone (sale_batches.sell_together, idempotency._Together)
 The batch is made as in test_postgresql_group_commit.py: one sale waits inline for a
 row held by `gate`, so that the writer is busy while the sales under test queue, one
 at a time and in order (counted in the writer's queue); the gate then lets go, and the
-writer takes them all in its next transaction. What a batch cannot sell as one (a
-suspended seller, two copies of one key, a key another session recorded meanwhile)
-goes one write at a time, as before batches; the writer counts both ways.
+writer takes them all in its next transaction. The cases both backends share are in
+test_sale_batches.py; here, what is PostgreSQL's own (a key another session records
+as the batch writes it, the plan of the keys' look, the metrics).
 """
 
 from __future__ import annotations
@@ -15,17 +15,11 @@ import concurrent.futures
 import time
 
 import psycopg
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from chargebox import idempotency, metrics
-from chargebox.errors import (
-    NOT_COVERED,
-    IdempotencyKeyReused,
-    InsufficientCredit,
-    SellerSuspended,
-)
-from tests.support import credited_seller
+from chargebox.errors import NOT_COVERED, InsufficientCredit
+from tests.support import credited_seller, outcomes
 from tests.test_postgresql_group_commit import balance, blocked_by
 
 FUNDS = 10_000
@@ -62,157 +56,13 @@ def queued_together(service, superuser: str, calls: list, meanwhile=None, then=N
         inline.result(timeout=30)
         if then is not None:
             then()
-        outcomes = []
-        for future in futures:
-            try:
-                outcomes.append(future.result(timeout=30))
-            except Exception as exc:
-                outcomes.append(exc)
-    return [*outcomes, writer.batches - batches]
+        answers = outcomes(futures)
+    return [*answers, writer.batches - batches]
 
 
 def counted(service) -> tuple[int, int]:
     writer = service.database.writer
     return writer.together, writer.separately
-
-
-def test_a_sellers_queued_sales_are_sold_in_one_statement_each_as_if_alone(pg_group_commit):
-    """Five sales of one seller (as many as the service's write slots let wait), keyed and
-    not, two refused for want of credit, one phone twice: one batch sells them in order;
-    each answer, each key's record and replay, the phones' totals, the seals (the
-    audit) are what five sales one at a time would leave."""
-    service, superuser = pg_group_commit
-    seller = credited_seller(service, FUNDS)["id"]
-    before = counted(service)
-    *outcomes, transactions = queued_together(service, superuser, [
-        lambda: service.sell(seller, A, 1_000),
-        lambda: service.sell(seller, B, 2_000, "k1"),
-        lambda: service.sell(seller, A, 8_000),  # 7,000 left: refused
-        lambda: service.sell(seller, B, 9_000, "k2"),  # refused, and the key records it
-        lambda: service.sell(seller, A, 7_000, "k3"),  # the last toman
-    ])  # fmt: skip
-    assert counted(service) == (before[0] + 5 + 1, before[1])  # the inline one went alone too
-    assert transactions == 2
-    sold = [outcome for outcome in outcomes if isinstance(outcome, idempotency.Outcome)]
-    assert [o.record["balance_after"] for o in sold] == [9_000, 7_000, 0]
-    assert [o.replayed for o in sold] == [False] * 3
-    assert all(o.record["refunded_at"] is None for o in sold)
-    ids = [o.record["id"] for o in sold]
-    assert ids == sorted(ids)
-    refusals = [outcomes[2], outcomes[3]]
-    assert all(isinstance(r, InsufficientCredit) for r in refusals)
-    assert (
-        refusals[0].message == InsufficientCredit(NOT_COVERED, balance=7_000, amount=8_000).message
-    )
-    assert (
-        refusals[1].message == InsufficientCredit(NOT_COVERED, balance=7_000, amount=9_000).message
-    )
-    # Every copy of a key gets the first outcome: the sale, or the refusal, again.
-    again = service.sell(seller, B, 2_000, "k1")
-    assert (again.replayed, again.record) == (True, sold[1].record)
-    with pytest.raises(InsufficientCredit) as replayed:
-        service.sell(seller, B, 9_000, "k2")
-    assert replayed.value.message == refusals[1].message
-    assert balance(superuser, seller) == 0
-    with psycopg.connect(superuser) as conn:
-        phones = dict(conn.execute("SELECT number, total_charged FROM phone").fetchall())
-        seqs = conn.execute(
-            "SELECT seq FROM ledger_entry WHERE seller_id = %s ORDER BY id", (seller,)
-        ).fetchall()
-    assert (phones[A], phones[B]) == (8_000, 2_000)
-    assert [seq for (seq,) in seqs] == [1, 2, 3, 4]
-    audit = service.audit(full=True)
-    assert audit["consistent"], audit
-
-
-def test_a_seller_suspended_while_its_sales_wait_refuses_each_of_them(pg_group_commit):
-    """The batch finds the seller suspended: it goes one sale at a time, and each is
-    refused as alone (no key records a suspension); nothing moves."""
-    service, superuser = pg_group_commit
-    seller = credited_seller(service, FUNDS)["id"]
-    before = counted(service)
-    *outcomes, _ = queued_together(
-        service,
-        superuser,
-        [lambda: service.sell(seller, A, 1_000), lambda: service.sell(seller, B, 1_000, "k")],
-        meanwhile=lambda conn: conn.execute(
-            "UPDATE seller SET status = 'suspended' WHERE id = %s", (seller,)
-        ),
-    )
-    assert all(isinstance(outcome, SellerSuspended) for outcome in outcomes)
-    assert counted(service) == (before[0] + 1, before[1] + 1)
-    assert balance(superuser, seller) == FUNDS
-    with psycopg.connect(superuser) as conn:
-        assert conn.execute("SELECT count(*) FROM idempotency_record").fetchone() == (0,)
-
-
-def test_two_copies_of_one_key_in_a_batch_sell_once(pg_group_commit):
-    """Both copies queue before either is recorded (a copy looks for its key in the
-    batch, not before): the first sells, the second replays it after COMMIT."""
-    service, superuser = pg_group_commit
-    seller = credited_seller(service, FUNDS)["id"]
-    before = counted(service)
-    first, second, _ = queued_together(
-        service, superuser, [lambda: service.sell(seller, A, 1_000, "twice")] * 2
-    )
-    assert first.record == second.record
-    assert [first.replayed, second.replayed] == [False, True]
-    assert counted(service) == (before[0] + 1 + 2, before[1])
-    assert balance(superuser, seller) == FUNDS - 1_000
-    assert service.audit()["consistent"]
-
-
-def test_a_key_recorded_by_another_session_while_queued_gets_that_outcome(pg_group_commit):
-    """Another server's copy records the key after this copy was queued: the batch finds
-    it once the seller is held, sells the other sale, and this copy replays the
-    recorded refusal."""
-    service, superuser = pg_group_commit
-    seller = credited_seller(service, FUNDS)["id"]
-    taken = InsufficientCredit(NOT_COVERED, balance=5, amount=1_000)
-
-    def record(conn) -> None:
-        conn.execute(
-            "INSERT INTO idempotency_record (seller_id, key, request_hash, error_code,"
-            " error_message, created_at) VALUES (%s, 'raced', %s, %s, %s, now()::text)",
-            (seller, idempotency.fingerprint(A, 1_000), taken.code, taken.message),
-        )
-
-    before = counted(service)
-    raced, other, _ = queued_together(
-        service,
-        superuser,
-        [lambda: service.sell(seller, A, 1_000, "raced"), lambda: service.sell(seller, B, 500)],
-        meanwhile=record,
-    )
-    assert isinstance(raced, InsufficientCredit) and raced.message == taken.message
-    assert other.record["balance_after"] == FUNDS - 500
-    assert counted(service) == (before[0] + 1 + 2, before[1])
-    assert balance(superuser, seller) == FUNDS - 500
-    assert service.audit()["consistent"]
-
-
-def test_a_sellers_other_writes_between_its_sales_go_alone_and_split_the_batch(
-    pg_group_commit,
-):
-    """A credit request queued between two sales of its seller: the three keep their
-    order; each sale is a batch of its own (the writer never mixes kinds in one)."""
-    service, superuser = pg_group_commit
-    seller = credited_seller(service, FUNDS)["id"]
-    before = counted(service)
-    first, request, second, transactions = queued_together(
-        service,
-        superuser,
-        [
-            lambda: service.sell(seller, A, 1_000),
-            lambda: service.request_credit(seller, 5_000, "asked"),
-            lambda: service.sell(seller, B, 2_000),
-        ],
-    )
-    assert [first.record["balance_after"], second.record["balance_after"]] == [9_000, 7_000]
-    assert request.record["status"] == "pending"
-    assert counted(service) == (before[0] + 1 + 2, before[1])
-    assert transactions == 2
-    assert service.audit()["consistent"]
 
 
 def test_a_key_another_session_records_as_the_batch_writes_it_is_replayed(pg_group_commit):
@@ -247,39 +97,6 @@ def test_a_key_another_session_records_as_the_batch_writes_it_is_replayed(pg_gro
     assert other_sale.record["balance_after"] == FUNDS - 500
     assert counted(service) == (before[0] + 1, before[1] + 1)
     assert balance(superuser, seller) == FUNDS - 500
-    assert service.audit()["consistent"]
-
-
-def test_a_second_copy_of_a_key_with_another_body_in_the_batch_is_refused(pg_group_commit):
-    """Two requests with one key and different bodies in one batch: the first sells, the
-    second is idempotency_key_reused (its body is not the key's first), as alone."""
-    service, superuser = pg_group_commit
-    seller = credited_seller(service, FUNDS)["id"]
-    first, second, _ = queued_together(
-        service,
-        superuser,
-        [lambda: service.sell(seller, A, 1_000, "k"), lambda: service.sell(seller, A, 2_000, "k")],
-    )
-    assert first.record["balance_after"] == FUNDS - 1_000
-    assert isinstance(second, IdempotencyKeyReused)
-    assert balance(superuser, seller) == FUNDS - 1_000
-
-
-def test_a_batch_that_sells_nothing_records_its_keys_refusals(pg_group_commit):
-    """Every sale of the batch is refused for want of credit: nothing moves, and each key
-    records its refusal, replayed to a later copy."""
-    service, superuser = pg_group_commit
-    seller = credited_seller(service, 500)["id"]
-    first, second, _ = queued_together(
-        service,
-        superuser,
-        [lambda: service.sell(seller, A, 1_000, "a"), lambda: service.sell(seller, B, 2_000, "b")],
-    )
-    assert isinstance(first, InsufficientCredit) and isinstance(second, InsufficientCredit)
-    with pytest.raises(InsufficientCredit) as again:
-        service.sell(seller, B, 2_000, "b")
-    assert again.value.message == second.message
-    assert balance(superuser, seller) == 500
     assert service.audit()["consistent"]
 
 

@@ -6,7 +6,9 @@ The batch is made as in test_postgresql_sale_batches.py, with SQLite's lock: ano
 connection holds the file's write lock, one sale waits for it inline (the writer is
 busy), and the sales under test queue behind it, one at a time and in order (counted
 in the writer's queue); that connection may write something meanwhile, then lets go,
-and the writer takes them all in its next transaction.
+and the writer takes them all in its next transaction. The cases both backends share
+are in test_sale_batches.py; here, what is SQLite's own (the view made again after a
+rollback, the schema's checks of each row, a replay while the file is held).
 """
 
 from __future__ import annotations
@@ -18,26 +20,20 @@ import time
 
 import pytest
 
-from chargebox import idempotency, sale_batches
+from chargebox import sale_batches
 from chargebox.cli import prepare
 from chargebox.clock import now
 from chargebox.config import Config
-from chargebox.errors import (
-    NOT_COVERED,
-    IdempotencyKeyReused,
-    InsufficientCredit,
-    IntegrityViolation,
-    SellerSuspended,
-)
+from chargebox.errors import IntegrityViolation
 from chargebox.services import Chargebox
-from tests.support import ADMIN_TOKEN, credited_seller
+from tests.support import ADMIN_TOKEN, credited_seller, outcomes
 
 FUNDS = 10_000
 A, B = "09120000001", "09120000002"
 
 
 @pytest.fixture
-def batching(tmp_path):
+def sqlite_service(tmp_path):
     """A service on a new file with 8 threads (6 write slots: one inline, five queued)."""
     config = prepare(Config(db_path=tmp_path / "cb.db", admin_token=ADMIN_TOKEN, threads=8))
     service = Chargebox(config)
@@ -66,15 +62,10 @@ def queued_together(service, calls: list, meanwhile=None) -> list:
                 meanwhile(holder)
             holder.execute("COMMIT")
             inline.result(timeout=30)
-            outcomes = []
-            for future in futures:
-                try:
-                    outcomes.append(future.result(timeout=30))
-                except Exception as exc:
-                    outcomes.append(exc)
+            answers = outcomes(futures)
     finally:
         holder.close()
-    return [*outcomes, writer.batches - batches]
+    return [*answers, writer.batches - batches]
 
 
 def waited_for(condition, future) -> None:
@@ -99,145 +90,12 @@ def on_disk(service, sql: str, params: tuple = ()) -> list[tuple]:
         conn.close()
 
 
-def test_a_sellers_queued_sales_are_sold_in_one_statement_each_as_if_alone(batching):
-    """Five sales of one seller, keyed and not, two refused for want of credit, one phone
-    twice: one batch sells them in order; each answer, each key's record and replay,
-    the phones' totals, the seals (the full audit) are what one at a time would leave."""
-    service = batching
-    seller = credited_seller(service, FUNDS)["id"]
-    before = counted(service)
-    *outcomes, transactions = queued_together(service, [
-        lambda: service.sell(seller, A, 1_000),
-        lambda: service.sell(seller, B, 2_000, "k1"),
-        lambda: service.sell(seller, A, 8_000),  # 7,000 left: refused
-        lambda: service.sell(seller, B, 9_000, "k2"),  # refused, and the key records it
-        lambda: service.sell(seller, A, 7_000, "k3"),  # the last toman
-    ])  # fmt: skip
-    assert counted(service) == (before[0] + 5 + 1, before[1])  # the inline one went alone too
-    assert transactions == 2
-    sold = [outcome.record for outcome in (outcomes[0], outcomes[1], outcomes[4])]
-    assert [sale["balance_after"] for sale in sold] == [9_000, 7_000, 0]
-    assert [outcomes[n].replayed for n in (0, 1, 4)] == [False] * 3
-    ids = [sale["id"] for sale in sold]
-    assert ids == sorted(ids) and ids[-1] - ids[0] == 2  # numbered as one at a time would
-    assert all(isinstance(outcomes[n], InsufficientCredit) for n in (2, 3))
-    assert (
-        outcomes[2].message == InsufficientCredit(NOT_COVERED, balance=7_000, amount=8_000).message
-    )
-    assert (
-        outcomes[3].message == InsufficientCredit(NOT_COVERED, balance=7_000, amount=9_000).message
-    )
-    again = service.sell(seller, B, 2_000, "k1")
-    assert (again.replayed, again.record) == (True, outcomes[1].record)
-    with pytest.raises(InsufficientCredit) as replayed:
-        service.sell(seller, B, 9_000, "k2")
-    assert replayed.value.message == outcomes[3].message
-    assert on_disk(service, "SELECT balance FROM seller WHERE id = ?", (seller,)) == [(0,)]
-    phones = dict(on_disk(service, "SELECT number, total_charged FROM phone"))
-    assert (phones[A], phones[B]) == (8_000, 2_000)
-    entries = on_disk(
-        service,
-        "SELECT kind, amount, balance_after, sale_id FROM ledger_entry WHERE seller_id = ?"
-        " ORDER BY id",
-        (seller,),
-    )
-    assert entries == [("credit", FUNDS, FUNDS, None), ("sale", -1_000, 9_000, ids[0]),
-                       ("sale", -2_000, 7_000, ids[1]), ("sale", -7_000, 0, ids[2])]  # fmt: skip
-    audit = service.audit(full=True)
-    assert audit["consistent"], audit
-
-
-def test_a_seller_suspended_while_its_sales_wait_refuses_each_of_them(batching):
-    """The batch finds the seller suspended: it goes one sale at a time, and each is
-    refused as alone (no key records a suspension); nothing moves."""
-    service = batching
-    seller = credited_seller(service, FUNDS)["id"]
-    before = counted(service)
-    *outcomes, _ = queued_together(
-        service,
-        [lambda: service.sell(seller, A, 1_000), lambda: service.sell(seller, B, 1_000, "k")],
-        meanwhile=lambda conn: conn.execute(
-            "UPDATE seller SET status = 'suspended' WHERE id = ?", (seller,)
-        ),
-    )
-    assert all(isinstance(outcome, SellerSuspended) for outcome in outcomes)
-    assert counted(service) == (before[0] + 1, before[1] + 1)
-    assert on_disk(service, "SELECT balance FROM seller WHERE id = ?", (seller,)) == [(FUNDS,)]
-    assert on_disk(service, "SELECT count(*) FROM idempotency_record") == [(0,)]
-
-
-def test_two_copies_of_one_key_in_a_batch_sell_once(batching):
-    """Both copies queue before either is recorded (a copy looks for its key in the
-    batch, not before): the first sells, the second replays it after COMMIT."""
-    service = batching
-    seller = credited_seller(service, FUNDS)["id"]
-    before = counted(service)
-    twice = [lambda: service.sell(seller, A, 1_000, "twice")] * 2
-    first, second, _ = queued_together(service, twice)
-    assert first.record == second.record
-    assert [first.replayed, second.replayed] == [False, True]
-    assert counted(service) == (before[0] + 1 + 2, before[1])
-    assert on_disk(service, "SELECT balance FROM seller WHERE id = ?", (seller,)) == [(9_000,)]
-    assert service.audit()["consistent"]
-
-
-def test_a_key_recorded_by_another_process_while_queued_gets_that_outcome(batching):
-    """Another process records the key after this copy queued: the batch finds it in its
-    look, sells the other sale, and this copy replays the recorded refusal."""
-    service = batching
-    seller = credited_seller(service, FUNDS)["id"]
-    taken = InsufficientCredit(NOT_COVERED, balance=5, amount=1_000)
-
-    def record(conn) -> None:
-        conn.execute(
-            "INSERT INTO idempotency_record (seller_id, key, request_hash, error_code,"
-            " error_message, created_at) VALUES (?, 'raced', ?, ?, ?, ?)",
-            (seller, idempotency.fingerprint(A, 1_000), taken.code, taken.message, now()),
-        )
-
-    before = counted(service)
-    raced, other, _ = queued_together(
-        service,
-        [lambda: service.sell(seller, A, 1_000, "raced"), lambda: service.sell(seller, B, 500)],
-        meanwhile=record,
-    )
-    assert isinstance(raced, InsufficientCredit) and raced.message == taken.message
-    assert other.record["balance_after"] == FUNDS - 500
-    assert counted(service) == (before[0] + 1 + 2, before[1])
-    assert service.audit()["consistent"]
-
-
-def test_a_second_copy_of_a_key_with_another_body_in_the_batch_is_refused(batching):
-    service = batching
-    seller = credited_seller(service, FUNDS)["id"]
-    first, second, _ = queued_together(
-        service,
-        [lambda: service.sell(seller, A, 1_000, "k"), lambda: service.sell(seller, A, 2_000, "k")],
-    )
-    assert first.record["balance_after"] == FUNDS - 1_000
-    assert isinstance(second, IdempotencyKeyReused)
-    assert on_disk(service, "SELECT balance FROM seller WHERE id = ?", (seller,)) == [(9_000,)]
-
-
-def test_a_batch_that_sells_nothing_records_its_keys_refusals(batching):
-    service = batching
-    seller = credited_seller(service, 500)["id"]
-    first, second, _ = queued_together(
-        service,
-        [lambda: service.sell(seller, A, 1_000, "a"), lambda: service.sell(seller, B, 2_000, "b")],
-    )
-    assert isinstance(first, InsufficientCredit) and isinstance(second, InsufficientCredit)
-    with pytest.raises(InsufficientCredit) as again:
-        service.sell(seller, B, 2_000, "b")
-    assert again.value.message == second.message
-    assert on_disk(service, "SELECT balance FROM seller WHERE id = ?", (seller,)) == [(500,)]
-    assert service.audit()["consistent"]
-
-
-def test_a_batch_undone_goes_one_at_a_time_and_the_next_batch_is_made_again(batching, monkeypatch):
+def test_a_batch_undone_goes_one_at_a_time_and_the_next_batch_is_made_again(
+    sqlite_service, monkeypatch
+):
     """A batch that fails after the writer's connection made its view is undone with the
     view (its savepoint); its sales go alone, and the next batch makes the view again."""
-    service = batching
+    service = sqlite_service
     seller = credited_seller(service, FUNDS)["id"]
     real, failed = sale_batches._batch, []
 
@@ -263,10 +121,10 @@ def test_a_batch_undone_goes_one_at_a_time_and_the_next_batch_is_made_again(batc
     assert service.audit(full=True)["consistent"]
 
 
-def test_the_schema_refuses_a_batch_row_that_does_not_continue_the_books(batching):
+def test_the_schema_refuses_a_batch_row_that_does_not_continue_the_books(sqlite_service):
     """The view's trigger only makes rows; the schema's triggers check each as it lands:
     a balance that skips (I2, I3), a sale of a seller that does not exist."""
-    service = batching
+    service = sqlite_service
     seller = credited_seller(service, FUNDS)["id"]
     (last_sale,), (last_entry,) = (
         on_disk(service, f"SELECT COALESCE(max(id), 0) FROM {table}")[0]
