@@ -171,22 +171,28 @@ def sell_together(write: Write, seller_id: int, sales: list[tuple[str, int]], no
 def _write_also(write: Write, queries: list[tuple[str, tuple]]) -> None:
     """What `also` adds, when nothing was sold (PostgreSQL: in one statement)."""
     if write.balance_first and queries:
-        extra = "".join(f", q{n} AS ({sql})" for n, (sql, _) in enumerate(queries))
-        write.execute(f"WITH{extra[1:]} SELECT 1", tuple(v for _, p in queries for v in p))
+        extra, params = _as_with(queries)
+        write.execute(f"WITH{extra[1:]} SELECT 1", params)
     elif queries:
         write.send_all(queries)
+
+
+def _as_with(queries: list[tuple[str, tuple]]) -> tuple[str, tuple]:
+    """`queries` as further WITH queries (`, q0 AS (...)`...), and their parameters."""
+    extra = "".join(f", q{n} AS ({sql})" for n, (sql, _) in enumerate(queries))
+    return extra, tuple(value for _, params in queries for value in params)
 
 
 def _together(write: Write, seller_id: int, before: int, sold: list[list], now: str,
               head: tuple, queries: list[tuple[str, tuple]]) -> list:  # fmt: skip
     """PostgreSQL: the batch, the head (entries, seal, its mac) and `queries` in one
     statement; the balance after it."""
-    extra = "".join(f", q{n} AS ({sql})" for n, (sql, _) in enumerate(queries))
+    extra, params = _as_with(queries)
     after = sold[5][-1]
     return write.rows(
         _TOGETHER.format(also=extra),
         (before - after, seller_id, before, *sold, seller_id, now, seller_id, now,
-         seller_id, sold[1][-1], *head, now, *(v for _, p in queries for v in p)),
+         seller_id, sold[1][-1], *head, now, *params),
     )  # fmt: skip
 
 
