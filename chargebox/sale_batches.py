@@ -118,17 +118,7 @@ def sell_together(write: Write, seller_id: int, sales: list[tuple[str, int]], no
     if write.ledger_key is None:
         raise AssertionError("no ledger key: start through cli.prepare() (see seals.py)")
     write.hold(seller_id)
-    if write.balance_first:
-        found = write.rows(_TOGETHER_HEAD, (len(sales), seller_id))
-    else:
-        found = write.rows(_BATCH_HEAD, (seller_id,))
-    if not found or found[0][1] != "active":
-        raise Separately
-    if write.balance_first:
-        balance, _, entries, previous, seq, sale_ids, entry_ids = found[0]
-    else:
-        balance, _, entries, previous, last_sale, last_entry = found[0]
-        seq, sale_ids, entry_ids = 0, range(last_sale + 1, 2**63), range(last_entry + 1, 2**63)
+    balance, entries, previous, seq, sale_ids, entry_ids = _head(write, seller_id, len(sales))
     before, entries, previous = balance, entries or 0, previous or seals.GENESIS
     outcomes: list = []
     sold: list[list] = [[] for _ in range(7)]  # sale id, entry id, seq, phone, amount, after, seal
@@ -166,6 +156,24 @@ def sell_together(write: Write, seller_id: int, sales: list[tuple[str, int]], no
     if moved != [(check_balance(balance),)]:
         raise AssertionError(f"seller {seller_id}: balance {moved} != {balance} after a batch")
     return outcomes
+
+
+def _head(write: Write, seller_id: int, count: int) -> tuple:
+    """The held seller's balance, sealed head (entries, seal), newest seq, and ids for
+    `count` sales and entries (SQLite: from the newest, under the file's lock; it has no
+    seq); `Separately` if it is missing or not active."""
+    if write.balance_first:
+        found = write.rows(_TOGETHER_HEAD, (count, seller_id))
+    else:
+        found = write.rows(_BATCH_HEAD, (seller_id,))
+    if not found or found[0][1] != "active":
+        raise Separately
+    if write.balance_first:
+        balance, _, entries, previous, seq, sale_ids, entry_ids = found[0]
+        return balance, entries, previous, seq, sale_ids, entry_ids
+    balance, _, entries, previous, last_sale, last_entry = found[0]
+    return (balance, entries, previous, 0, range(last_sale + 1, last_sale + 1 + count),
+            range(last_entry + 1, last_entry + 1 + count))  # fmt: skip
 
 
 def _write_also(write: Write, queries: list[tuple[str, tuple]]) -> None:
