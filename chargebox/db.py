@@ -90,7 +90,7 @@ class Write:
     def lock_seller(self, seller_id: int) -> None:
         """Nothing to do: a write holds the whole file's lock already."""
 
-    def hold(self, seller_id: int) -> None:
+    def hold(self, *seller_ids: int) -> None:
         """Nothing to do: a write holds the whole file's lock already."""
 
     @contextlib.contextmanager

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from chargebox import sale_batches
 from chargebox.clock import now
@@ -170,27 +170,31 @@ class Sale:
     shown: Callable[[dict], dict]  # the sale made, as `act` would have returned it
 
 
-# Which of a seller's keys (a table `wanted`, Write.table) are recorded: one look-up in
+# Which (seller, key) pairs (a table `wanted`, Write.table) are recorded: one look-up in
 # UNIQUE (seller_id, key) per key. PostgreSQL: LATERAL ... LIMIT 1, whatever the statistics
 # say. `seller_id = ? AND key = ANY(?)`, or a join, let its planner, told by stale
 # statistics that the seller had few keys, read all of them and filter: linear in its
 # history (378 ms at a million keys).
 RECORDED_KEYS = {
-    "postgresql": "SELECT wanted.key FROM {wanted}, LATERAL (SELECT 1 FROM {table} AS r"
-    " WHERE r.seller_id = ? AND r.key = wanted.key LIMIT 1) AS found",
-    "sqlite": "SELECT wanted.key FROM {wanted} WHERE EXISTS (SELECT 1 FROM {table} AS r"
-    " WHERE r.seller_id = ? AND r.key = wanted.key)",
+    "postgresql": "SELECT wanted.seller, wanted.key FROM {wanted}, LATERAL (SELECT 1 FROM"
+    " {table} AS r WHERE r.seller_id = wanted.seller AND r.key = wanted.key LIMIT 1) AS found",
+    "sqlite": "SELECT wanted.seller, wanted.key FROM {wanted} WHERE EXISTS (SELECT 1 FROM"
+    " {table} AS r WHERE r.seller_id = wanted.seller AND r.key = wanted.key)",
 }
 
 
-_RECORD_COLUMNS = {"key": "text", "hash": "text", "made": "bigint", "code": "text",
-                   "message": "text"}  # fmt: skip
+# What a sale of a batch gets: what `alone` would have returned, or what it would have raised.
+Answer = tuple[object, Exception | None]
+
+_RECORD_COLUMNS = {"seller": "bigint", "key": "text", "hash": "text", "made": "bigint",
+                   "code": "text", "message": "text"}  # fmt: skip
 
 
 class _Together:
     """A sale's write as the group writer sees it (writer.py): alone, `self(write)`; with
-    the other sales of its seller queued beside it, `together(write, works)`, one
-    statement for them all, each answered as if it had gone alone."""
+    the other sales of its seller queued beside it (and the runs of other sellers),
+    `together(write, runs)`, one statement for them all, each answered as if it had gone
+    alone."""
 
     __slots__ = ("alone", "kind", "seller_id", "sale", "key", "request_hash")
 
@@ -203,41 +207,43 @@ class _Together:
         return self.alone(write)
 
     @staticmethod
-    def together(write: Write, works: list[_Together]) -> list[tuple[object, Exception | None]]:
-        """Sell `works` (one seller's, in order) in one statement, keys recorded in it; for
-        each, what `alone` would have returned or raised. A key already recorded (looked
-        for once the seller is held, with its head), and a later copy of a key in the
-        batch, sell nothing: `_KeyRaced`, and `once` replays the first outcome. Should a
-        copy record a key anyway, its UNIQUE fails the statement: the batch goes alone."""
+    def together(write: Write, runs: list[list[_Together]]) -> list[list[Answer]]:
+        """Sell `runs` (each one seller's works, in order) in one statement, keys recorded
+        in it; for each, what `alone` would have returned or raised. A key already
+        recorded (looked for once the sellers are held, with their heads), and a later
+        copy of a key in the batch, sell nothing: `_KeyRaced`, and `once` replays the
+        first outcome. Should a copy record a key anyway, its UNIQUE fails the statement:
+        the runs go alone."""
+        created, kind = now(), runs[0][0].kind
+        works = [work for run in runs for work in run]
         keyed = [work for work in works if work.key is not None]
-        created = now()
-        seller_id, kind = works[0].seller_id, works[0].kind
         recorded = None
-        if keyed:  # read with the seller's head: keys a copy recorded are replayed (once)
-            write.hold(seller_id)
-            wanted, params = write.table("wanted", {"key": "text"}, [[w.key for w in keyed]])
+        if keyed:  # read with the sellers' heads: keys a copy recorded are replayed (once)
+            write.hold(*(run[0].seller_id for run in runs))
+            pairs = [[w.seller_id for w in keyed], [w.key for w in keyed]]
+            wanted, params = write.table("wanted", {"seller": "bigint", "key": "text"}, pairs)
             recorded = write.later(
-                RECORDED_KEYS[write.dialect].format(wanted=wanted, table=kind.table),
-                (*params, seller_id),
+                RECORDED_KEYS[write.dialect].format(wanted=wanted, table=kind.table), params
             )
 
-        def left_out() -> set[int]:
-            taken = {key for (key,) in recorded()} if recorded else set()
+        def left_out() -> set[tuple[int, int]]:
+            taken = set(map(tuple, recorded())) if recorded else set()
             skipped = set()
-            for n, work in enumerate(works):
-                if work.key in taken:
-                    skipped.add(n)
+            for place, work in _places(runs):
+                if (work.seller_id, work.key) in taken:
+                    skipped.add(place)
                 elif work.key is not None:
-                    taken.add(work.key)  # its later copies replay this one
+                    taken.add((work.seller_id, work.key))  # its later copies replay this one
             return skipped
 
-        def records(outcomes: list) -> list[tuple[str, tuple]]:
-            columns: list[list] = [[] for _ in range(5)]  # key, hash, made, code, message
-            for work, outcome in zip(works, outcomes, strict=True):
+        def records(outcomes: list[list]) -> list[tuple[str, tuple]]:
+            columns: list[list] = [[] for _ in range(6)]  # seller, key, hash, made, code, message
+            for (run, n), work in _places(runs):
+                outcome = outcomes[run][n]
                 if work.key is not None and outcome is not None:
                     no = isinstance(outcome, ChargeboxError)
-                    row = (work.key, work.request_hash, None if no else outcome["id"],
-                           outcome.code if no else None,
+                    row = (work.seller_id, work.key, work.request_hash,
+                           None if no else outcome["id"], outcome.code if no else None,
                            outcome.message if no else None)  # fmt: skip
                     for column, value in zip(columns, row, strict=True):
                         column.append(value)
@@ -246,23 +252,32 @@ class _Together:
             rows, params = write.table("r", _RECORD_COLUMNS, columns)
             return [(
                 f"INSERT INTO {kind.table} (seller_id, key, request_hash, {kind.column},"
-                " error_code, error_message, created_at) SELECT ?, r.key, r.hash, r.made,"
-                f" r.code, r.message, ? FROM {rows}",
-                (seller_id, created, *params),
+                " error_code, error_message, created_at) SELECT r.seller, r.key, r.hash,"
+                f" r.made, r.code, r.message, ? FROM {rows}",
+                (created, *params),
             )]  # fmt: skip
 
-        sales = [(work.sale.number, work.sale.amount) for work in works]
-        outcomes = sale_batches.sell_together(write, seller_id, sales, created, records, left_out)
-        answers: list[tuple[object, Exception | None]] = []
-        for work, outcome in zip(works, outcomes, strict=True):
-            if outcome is None:  # its key's first outcome stands: `once` replays it
-                answers.append((None, _KeyRaced()))
-            elif isinstance(outcome, ChargeboxError):  # a final refusal: a key records it
-                answers.append((outcome, None) if work.key else (None, outcome))
-            else:
-                shown = work.sale.shown(outcome)
-                answers.append((Outcome(shown, False), None) if work.key else (shown, None))
-        return answers
+        sales = [(run[0].seller_id, [(w.sale.number, w.sale.amount) for w in run]) for run in runs]
+        outcomes = sale_batches.sell_together(write, sales, created, records, left_out)
+        return [[_answer(work, outcome) for work, outcome in zip(run, made, strict=True)]
+                for run, made in zip(runs, outcomes, strict=True)]  # fmt: skip
+
+
+def _places(runs: list[list[_Together]]) -> Iterator[tuple[tuple[int, int], _Together]]:
+    """Each work of `runs`, in order, with its place: (its run, its index in the run)."""
+    for run, works in enumerate(runs):
+        for n, work in enumerate(works):
+            yield (run, n), work
+
+
+def _answer(work: _Together, outcome: object) -> Answer:
+    """What a sale of a batch gets for its outcome, as it would have alone."""
+    if outcome is None:  # its key's first outcome stands: `once` replays it
+        return None, _KeyRaced()
+    if isinstance(outcome, ChargeboxError):  # a final refusal: a key records it
+        return (outcome, None) if work.key else (None, outcome)
+    shown = work.sale.shown(outcome)
+    return (Outcome(shown, False), None) if work.key else (shown, None)
 
 
 class _KeyRaced(Exception):

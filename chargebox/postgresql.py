@@ -126,13 +126,19 @@ class Write:
         arrays = ", ".join(f"CAST(? AS {kind}[])" for kind in columns.values())
         return f"unnest({arrays}) AS {alias}({', '.join(columns)})", tuple(values)
 
-    def hold(self, seller_id: int) -> None:
-        """Hold the seller's row (as its balance UPDATE would) before a movement, once per
-        transaction. The statements after it then wait for no lock, so each one's
-        snapshot, taken once the lock was had, sees the seller's newest entry and head."""
-        if seller_id not in self._held:
-            self.send("SELECT 1 FROM seller WHERE id = ? FOR NO KEY UPDATE", (seller_id,))
-            self._held.add(seller_id)
+    def hold(self, *seller_ids: int) -> None:
+        """Hold the sellers' rows (as their balance UPDATE would) before a movement, once
+        per transaction, in the order of their ids. The statements after it then wait for
+        no lock, so each one's snapshot, taken once the locks were had, sees the sellers'
+        newest entries and heads."""
+        wanted = sorted(set(seller_ids) - self._held)
+        if wanted:
+            self.send(
+                "SELECT 1 FROM seller WHERE id = ANY(CAST(? AS bigint[])) ORDER BY id"
+                " FOR NO KEY UPDATE",
+                (wanted,),
+            )
+            self._held.update(wanted)
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -212,7 +218,7 @@ class Database:
         # A forked child starts its own writer thread (GroupWriter checks the pid), and
         # that thread opens its own connection.
         self.writer = (
-            GroupWriter(self.transaction, self._drop, max_batch=MAX_BATCH)
+            GroupWriter(self.transaction, self._drop, max_batch=MAX_BATCH, side_by_side=True)
             if config.group_commit
             else None
         )

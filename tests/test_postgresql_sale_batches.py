@@ -17,8 +17,8 @@ import time
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
-from chargebox import idempotency, metrics
-from chargebox.errors import NOT_COVERED, InsufficientCredit
+from chargebox import idempotency, metrics, postgresql
+from chargebox.errors import NOT_COVERED, InsufficientCredit, SellerSuspended
 from tests.support import credited_seller, outcomes
 from tests.test_postgresql_group_commit import balance, blocked_by
 
@@ -60,15 +60,17 @@ def queued_together(service, superuser: str, calls: list, meanwhile=None, then=N
     return [*answers, writer.batches - batches]
 
 
-def counted(service) -> tuple[int, int]:
+def counted(service) -> tuple[int, int, int]:
     writer = service.database.writer
-    return writer.together, writer.separately
+    return writer.together, writer.separately, writer.redone
 
 
 def test_a_key_another_session_records_as_the_batch_writes_it_is_replayed(pg_group_commit):
     """Another session has recorded the key but not committed when the batch looks: the
-    batch's statement waits on the key's UNIQUE, fails when that session commits, and is
-    undone; its sales then go one at a time: the copy replays, the other sale sells."""
+    batch's statement waits on the key's UNIQUE and fails when that session commits. The
+    batch went side by side (no savepoint): its transaction is rolled back and it goes
+    again, its run in a savepoint; the key is then found recorded and its copy replays,
+    and the other sale sells, in one batch."""
     service, superuser = pg_group_commit
     seller = credited_seller(service, FUNDS)["id"]
     taken = InsufficientCredit(NOT_COVERED, balance=5, amount=1_000)
@@ -95,7 +97,8 @@ def test_a_key_another_session_records_as_the_batch_writes_it_is_replayed(pg_gro
         )
     assert isinstance(raced, InsufficientCredit) and raced.message == taken.message
     assert other_sale.record["balance_after"] == FUNDS - 500
-    assert counted(service) == (before[0] + 1, before[1] + 1)
+    # the gate's own sale (alone, side by side), then the two sales, again as a batch
+    assert counted(service) == (before[0] + 3, before[1], before[2] + 1)
     assert balance(superuser, seller) == FUNDS - 500
     assert service.audit()["consistent"]
 
@@ -118,14 +121,14 @@ def test_a_copy_of_a_recorded_key_is_answered_while_its_seller_is_held(pg_group_
 def test_a_batch_looks_each_key_up_in_the_unique_index_even_with_stale_statistics(
     pg_group_commit,
 ):
-    """The batch's read of its keys stays one index look-up per key however many keys the
-    seller has, in the plan made for the values (custom) and in the one psycopg's prepared
+    """The batch's read of its keys stays one index look-up per (seller, key) however many
+    keys the seller has, in the plan made for the values (custom) and in the one psycopg's prepared
     statement settles on (generic): statistics taken while the table was empty once led
     the planner to read all of a hot seller's keys and filter them (6.5 ms a batch at
     7,000 keys under load, growing with the history)."""
     service, superuser = pg_group_commit
     seller = credited_seller(service, FUNDS)["id"]
-    wanted = "unnest(CAST(? AS text[])) AS wanted(key)"  # as Write.table makes it
+    wanted = "unnest(CAST(? AS bigint[]), CAST(? AS text[])) AS wanted(seller, key)"  # Write.table
     sql = idempotency.RECORDED_KEYS["postgresql"].format(wanted=wanted, table="idempotency_record")
     sql = sql.replace("?", "$%d")
     keys = "'{" + ",".join(f"k{n}" for n in range(1, 17)) + "}'"
@@ -137,18 +140,18 @@ def test_a_batch_looks_each_key_up_in_the_unique_index_even_with_stale_statistic
             " 'no', '2026-12-01T00:00:00Z' FROM generate_series(1, 5000) AS n",
             (seller,),
         )
-        conn.execute(f"PREPARE recorded (text[], bigint) AS {sql % (1, 2)}")
+        conn.execute(f"PREPARE recorded (bigint[], text[]) AS {sql % (1, 2)}")
+        sellers = "'{" + ",".join([str(int(seller))] * 16) + "}'"
         for mode in ("force_custom_plan", "force_generic_plan"):
             conn.execute(f"SET plan_cache_mode = {mode}")
             ((plan,),) = conn.execute(
-                f"EXPLAIN (FORMAT JSON) EXECUTE recorded ({keys}, {int(seller)})"
+                f"EXPLAIN (FORMAT JSON) EXECUTE recorded ({sellers}, {keys})"
             ).fetchall()
             scans = list(_nodes_on(plan[0]["Plan"], "idempotency_record"))
             assert scans, plan
             for node in scans:  # an index scan on seller_id *and* key, nothing wider
-                assert "key" in node.get("Index Cond", ""), (mode, node)
-                # the generic plan's condition names the parameter, the custom one the value
-                assert ("$2" in node["Index Cond"]) == (mode == "force_generic_plan"), node
+                condition = node.get("Index Cond", "")
+                assert "seller_id" in condition and "key" in condition, (mode, node)
 
 
 def _nodes_on(node: dict, table: str):
@@ -185,6 +188,70 @@ def test_the_metrics_count_each_run_by_how_it_was_written(pg_group_commit):
         if sample.name == "chargebox_write_runs_total"
     }
     # The gate's own sale, inline, was a run of one, written together; the two waiting
-    # sales were one run, which went separately.
-    assert counted(service) == (before[0] + 1, before[1] + 1)
+    # sales were one run: tried side by side, rolled back, then it went separately.
+    assert counted(service) == (before[0] + 1, before[1] + 1, before[2] + 1)
     assert runs == {"together": 1.0, "separately": 1.0}
+
+
+def test_the_runs_of_several_sellers_go_side_by_side_in_three_round_trips(
+    pg_group_commit, monkeypatch
+):
+    """Sales of four sellers queued for one batch: each seller's run is one statement,
+    and the runs go side by side (no savepoints), so the batch waits for PostgreSQL three
+    times (the heads, the statements, COMMIT) whatever the number of sellers; run by run
+    it would be twice a seller, and once more."""
+    service, superuser = pg_group_commit
+    sellers = [credited_seller(service, FUNDS, f"s{n}")["id"] for n in range(4)]
+    waits: dict[postgresql.Write, int] = {}  # each transaction's, in order
+    checked = postgresql.Write.checked
+
+    def counting(write) -> None:
+        if write._unchecked:  # a real wait for what was sent: one round trip
+            waits[write] = waits.get(write, 0) + 1
+        checked(write)
+
+    monkeypatch.setattr(postgresql.Write, "checked", counting)
+    writer = service.database.writer
+    before = counted(service)
+    calls = [
+        lambda seller=seller, n=n: service.sell(seller, f"091200000{n:02d}", 100 * (n + 1), f"k{n}")
+        for n, seller in enumerate(sellers)
+    ]
+    *answers, transactions = queued_together(service, superuser, calls)
+    assert [answer.record["amount"] for answer in answers] == [100, 200, 300, 400]
+    assert transactions == 2  # the gate's own sale, then the four sellers' in one
+    assert counted(service) == (before[0] + 5, before[1], before[2])
+    # the last two transactions: the gate's sale (a batch of one: three too), the four's
+    assert list(waits.values())[-2:] == [3, 3]
+    for n, seller in enumerate(sellers):
+        assert balance(superuser, seller) == FUNDS - 100 * (n + 1)
+    assert writer.side_by_side and service.audit()["consistent"]
+
+
+def test_a_run_that_cannot_go_side_by_side_sends_the_batch_run_by_run(pg_group_commit):
+    """Three sellers' sales queued for one batch; the middle one is suspended meanwhile:
+    its run is `Separately`, so the batch side by side is rolled back and goes again, run
+    by run: the others sell in one statement each, the suspended seller's sale is
+    refused, and nothing else of the first attempt remains."""
+    service, superuser = pg_group_commit
+    sellers = [credited_seller(service, FUNDS, f"s{n}")["id"] for n in range(3)]
+    before = counted(service)
+    first, refused, last, transactions = queued_together(
+        service,
+        superuser,
+        [lambda seller=seller: service.sell(seller, A, 1_000) for seller in sellers],
+        meanwhile=lambda conn: conn.execute(
+            "UPDATE seller SET status = 'suspended' WHERE id = %s", (sellers[1],)
+        ),
+    )
+    assert first.record["balance_after"] == last.record["balance_after"] == FUNDS - 1_000
+    assert isinstance(refused, SellerSuspended)
+    assert transactions == 2
+    # the gate's sale, then the two runs that went together; the middle one separately
+    assert counted(service) == (before[0] + 3, before[1] + 1, before[2] + 1)
+    assert [balance(superuser, seller) for seller in sellers] == [
+        FUNDS - 1_000,
+        FUNDS,
+        FUNDS - 1_000,
+    ]
+    assert service.audit()["consistent"]

@@ -99,8 +99,8 @@ def test_a_batch_undone_goes_one_at_a_time_and_the_next_batch_is_made_again(
     seller = credited_seller(service, FUNDS)["id"]
     real, failed = sale_batches._batch, []
 
-    def fails_once(write, seller_id, sold, *args):
-        moved = real(write, seller_id, sold, *args)
+    def fails_once(write, sold, *args):
+        moved = real(write, sold, *args)
         if len(sold[0]) == 2 and not failed:  # the queued two, on the writer's connection
             failed.append(True)
             raise IntegrityViolation("refused, as the database might")
