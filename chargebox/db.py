@@ -150,7 +150,9 @@ class Database:
         self.ledger_key = config.ledger_key.encode("utf-8") if config.ledger_key else None
         self.gate = WriteGate(config.db_path.with_name(config.db_path.name + ".write-lock"))
         self.writer = (
-            GroupWriter(self.transaction, self._close_connection) if config.group_commit else None
+            GroupWriter(self.transaction, self._close_connection, side_by_side=True)
+            if config.group_commit
+            else None
         )
         self.slots = WriteSlots(config.threads, self.seconds_since_a_write_began)
 

@@ -144,6 +144,37 @@ def test_a_sellers_queued_sales_are_sold_in_one_statement_each_as_if_alone(batch
     assert audit["consistent"], audit
 
 
+def test_the_runs_of_several_sellers_in_a_batch_are_sold_as_one_each_as_if_alone(batching):
+    """Three sellers' sales queued for one batch (each seller's run leads it, so they go
+    side by side: one statement for all): one key used by two sellers is two keys, one
+    phone sold by two sellers sums both, a refusal for want of credit is its seller's
+    alone, and the books and seals are what the five sales one at a time would leave."""
+    service = batching.service
+    first, second, third = batching.seller(), batching.seller(), batching.seller(3_000)
+    before, redone = batching.counted(), service.database.writer.redone
+    *outcomes, transactions = batching.queue([
+        lambda: service.sell(first, A, 1_000, "k"),
+        lambda: service.sell(second, A, 2_000, "k"),  # another seller's key "k"
+        lambda: service.sell(third, B, 4_000),  # 3,000 left: refused
+        lambda: service.sell(first, B, 3_000),
+        lambda: service.sell(third, A, 3_000, "t"),  # the last toman
+    ], None)  # fmt: skip
+    assert transactions == 2
+    assert batching.counted() == (before[0] + 5 + 1, before[1])  # the inline one too
+    assert service.database.writer.redone == redone
+    assert isinstance(outcomes[2], InsufficientCredit)
+    sold = [outcomes[n].record for n in (0, 1, 3, 4)]
+    assert [(r["seller_id"], r["balance_after"]) for r in sold] == [
+        (first, 9_000), (second, 8_000), (first, 6_000), (third, 0)]  # fmt: skip
+    assert service.sell(second, A, 2_000, "k").record == sold[1]  # each seller's own key
+    assert service.sell(first, A, 1_000, "k").record == sold[0]
+    assert [batching.balance(s) for s in (first, second, third)] == [6_000, 8_000, 0]
+    phones = dict(batching.rows("SELECT number, total_charged FROM phone", ()))
+    assert (phones[A], phones[B]) == (1_000 + 2_000 + 3_000, 3_000)
+    audit = service.audit(full=True)
+    assert audit["consistent"], audit
+
+
 def test_a_seller_suspended_while_its_sales_wait_refuses_each_of_them(batching):
     """The batch finds the seller suspended: it goes one sale at a time, and each is
     refused as alone (no key records a suspension); nothing moves."""

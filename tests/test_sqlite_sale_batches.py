@@ -94,24 +94,27 @@ def test_a_batch_undone_goes_one_at_a_time_and_the_next_batch_is_made_again(
     sqlite_service, monkeypatch
 ):
     """A batch that fails after the writer's connection made its view is undone with the
-    view (its savepoint); its sales go alone, and the next batch makes the view again."""
+    view: side by side, with its transaction; run by run, with its savepoint. Its sales
+    then go alone, and the next batch makes the view again."""
     service = sqlite_service
     seller = credited_seller(service, FUNDS)["id"]
     real, failed = sale_batches._batch, []
 
-    def fails_once(write, sold, *args):
+    def fails_twice(write, sold, *args):
         moved = real(write, sold, *args)
-        if len(sold[0]) == 2 and not failed:  # the queued two, on the writer's connection
+        if len(sold[0]) == 2 and len(failed) < 2:  # the queued two, on the writer's connection
             failed.append(True)
             raise IntegrityViolation("refused, as the database might")
         return moved
 
-    monkeypatch.setattr(sale_batches, "_batch", fails_once)
+    monkeypatch.setattr(sale_batches, "_batch", fails_twice)
     before = counted(service)
+    redone = service.database.writer.redone
     *first, _ = queued_together(
         service, [lambda: service.sell(seller, A, 1_000), lambda: service.sell(seller, B, 2_000)]
     )
     assert counted(service) == (before[0] + 1, before[1] + 1)  # the inline one, alone
+    assert (len(failed), service.database.writer.redone) == (2, redone + 1)
     *second, _ = queued_together(
         service, [lambda: service.sell(seller, A, 1_000), lambda: service.sell(seller, B, 2_000)]
     )
