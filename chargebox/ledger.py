@@ -6,8 +6,8 @@ entry first; PostgreSQL: the balance first, its seller's row held): each functio
 takes the open `Write` and never opens a transaction of its own. Hand-written
 SQL keeps the write lock short. Deciding a credit request (approve or reject)
 lives here too, in one place, and a sale's refund (`refund`, once per sale).
-The sales of one seller queued together go as one statement (sale_batches.py,
-the other half of this module), each as `sell` would make it.
+The sales queued together go as one statement, one seller's or several's
+(sale_batches.py, the other half of this module), each as `sell` would make it.
 """
 
 from __future__ import annotations

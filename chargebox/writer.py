@@ -16,12 +16,13 @@ deadline allows. On SQLite the batch holds the whole file: neither happens.
 A run of writes of one order that can go together (their work has `together`:
 a seller's sales, idempotency._Together) is applied by one call in one
 savepoint, each answered as alone; if that call fails, the savepoint undoes it
-and each of them is applied alone. Where statements cost round trips and
-interpreter time (a writer made `side_by_side`: PostgreSQL), the runs that lead
-a batch, one per seller, go first, all in one call and no savepoint (what
-follows them goes as above): the sales of 30 sellers are then a handful of
-statements, not 180. If anything fails, the transaction is rolled back and
-the whole batch goes as above.
+and each of them is applied alone. A writer made `side_by_side` (both
+databases' are) first tries the runs that lead a batch, one per seller, all
+in one call and no savepoint (what follows them goes as above): the sales of
+30 sellers are then a handful of statements, not 30 savepoints and some 200
+statements, each a round trip on PostgreSQL and the interpreter lock won
+back after each. If anything fails, the transaction is rolled back and the
+whole batch goes as above.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ class GroupWriter:
         side_by_side: bool = False,
     ) -> None:
         self._begin = begin
-        self.side_by_side = side_by_side  # runs' steps share their waits (see the top)
+        self.side_by_side = side_by_side  # the runs that lead a batch in one call (see the top)
         self._finish = finish  # run in the writer thread as it ends (closes its connection)
         self._closed = False
         self.max_batch = max_batch
