@@ -67,46 +67,20 @@ def batch_waiting_for_holder(service, superuser: str, pool, holder, gate):
     return low, high, [inline, *queued], before
 
 
-def test_a_batch_chosen_as_a_deadlocks_victim_commits_the_rest_and_retries_that_sale(
-    pg_group_commit,
+@pytest.mark.parametrize("side_by_side", [False, True], ids=["run by run", "side by side"])
+def test_a_batch_chosen_as_a_deadlocks_victim_commits_what_it_can_and_retries_the_rest(
+    pg_group_commit, side_by_side
 ):
-    """The holder asks for low's row: a deadlock. The batch's session finds it first, so
+    """The holder asks for low's row: a deadlock, which the batch's session finds first.
+    Run by run (each in its savepoint: what a batch that could not go side by side does),
     only its sale for high is undone; low's commits, and high's is tried again once the
-    holder lets go. Every sale is answered 201, none 503, and the books add up. (Each
-    run in its savepoint: what a batch that could not go side by side does.)"""
-    service, superuser = pg_group_commit
-    service.database.writer.side_by_side = False
-    with (
-        concurrent.futures.ThreadPoolExecutor(4) as pool,
-        psycopg.connect(superuser) as holder,
-        psycopg.connect(superuser) as gate,
-    ):
-        holder.execute("SET deadlock_timeout = '60s'")
-        low, high, sales, before = batch_waiting_for_holder(service, superuser, pool, holder, gate)
-        closing = pool.submit(
-            holder.execute, "SELECT 1 FROM seller WHERE id = %s FOR UPDATE", (low,)
-        )
-        closing.result(timeout=30)  # granted: the batch committed without its victim
-        assert (balance(superuser, low), balance(superuser, high)) == (FUNDS - 1_000, FUNDS)
-        holder.rollback()
-        outcomes = [sale.result(timeout=30) for sale in sales]
-    assert all(outcome.record["amount"] == 1_000 for outcome in outcomes)
-    assert (balance(superuser, low), balance(superuser, high)) == (FUNDS - 1_000,) * 2
-    # the inline sale, the batch that lost its victim, and the victim's own
-    assert service.database.writer.batches - before == 3
-    assert service.audit()["consistent"]
-
-
-def test_a_batch_side_by_side_chosen_as_a_deadlocks_victim_goes_again_run_by_run(
-    pg_group_commit,
-):
-    """The same deadlock, the batch's runs side by side (no savepoints, the default here):
-    the whole transaction is undone, so the holder is granted low's row with nothing of
-    the batch committed; once the holder lets go, the batch goes again, each run in its
-    savepoint, in one transaction: every sale 201, none 503, and the books add up."""
+    holder lets go. Side by side (no savepoints, the default), the whole transaction is
+    undone, the holder is granted low's row with nothing of the batch committed, and the
+    batch goes again run by run once the holder lets go. Either way every sale is
+    answered 201, none 503, and the books add up."""
     service, superuser = pg_group_commit
     writer = service.database.writer
-    assert writer.side_by_side
+    writer.side_by_side = side_by_side
     with (
         concurrent.futures.ThreadPoolExecutor(4) as pool,
         psycopg.connect(superuser) as holder,
@@ -118,14 +92,17 @@ def test_a_batch_side_by_side_chosen_as_a_deadlocks_victim_goes_again_run_by_run
         closing = pool.submit(
             holder.execute, "SELECT 1 FROM seller WHERE id = %s FOR UPDATE", (low,)
         )
-        closing.result(timeout=30)  # granted: the batch was undone whole
-        assert (balance(superuser, low), balance(superuser, high)) == (FUNDS, FUNDS)
+        closing.result(timeout=30)  # granted: the batch committed without its victim, or none
+        low_meanwhile = FUNDS if side_by_side else FUNDS - 1_000
+        assert (balance(superuser, low), balance(superuser, high)) == (low_meanwhile, FUNDS)
         holder.rollback()
         outcomes = [sale.result(timeout=30) for sale in sales]
     assert all(outcome.record["amount"] == 1_000 for outcome in outcomes)
     assert (balance(superuser, low), balance(superuser, high)) == (FUNDS - 1_000,) * 2
-    assert writer.redone == redone + 1
-    assert writer.batches - before == 2  # the inline sale; the batch, once it went again
+    assert writer.redone == redone + (1 if side_by_side else 0)
+    # run by run: the inline sale, the batch that lost its victim, and the victim's own;
+    # side by side: the inline sale, and the batch once it went again
+    assert writer.batches - before == (2 if side_by_side else 3)
     assert service.audit()["consistent"]
 
 
