@@ -73,8 +73,14 @@ class _Instruments:
             ["written"],
             registry=None,
         )
+        self.redone = Counter(
+            "chargebox_write_batches_redone",
+            "Write transactions whose leading runs (one seller's sales each) could not go as "
+            "one statement: rolled back, then applied again run by run",
+            registry=None,
+        )
         self.all = (self.requests, self.latency, self.unavailable, self.batch, self.lock_wait,
-                    self.runs)  # fmt: skip
+                    self.runs, self.redone)  # fmt: skip
         self.children: dict[tuple, tuple] = {}  # (route, method, status) -> its metrics
         self.lock = threading.Lock()
 
@@ -161,6 +167,13 @@ def run_written(together: bool) -> None:
     """A run of one seller's queued sales was written together, or each separately."""
     if _on is not None:
         _on.runs.labels("together" if together else "separately").inc()
+
+
+def batch_redone() -> None:
+    """A batch's leading runs could not go as one statement: it was rolled back, and goes
+    again run by run."""
+    if _on is not None:
+        _on.redone.inc()
 
 
 def lock_waited(seconds: float) -> None:

@@ -219,6 +219,7 @@ class GroupWriter:
                 return self._commit(live, groups, side_by_side=lead)
             except _NotSideBySide:  # rolled back: each run in its savepoint, as below
                 self.redone += 1
+                metrics.batch_redone()
         return self._commit(live, groups)
 
     def _commit(self, live: list[_Item], groups: list[list[_Item]],

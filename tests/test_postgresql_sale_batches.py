@@ -164,7 +164,9 @@ def _nodes_on(node: dict, table: str):
 def test_the_metrics_count_each_run_by_how_it_was_written(pg_group_commit):
     """GET /metrics' `chargebox_write_runs_total`: a run written as one statement counts
     `together`; a run that could not go as one (here its seller was suspended while its
-    sales waited) counts `separately`, whatever each of its sales then became."""
+    sales waited) counts `separately`, whatever each of its sales then became; the batch
+    it led, rolled back and applied again run by run, counts in
+    `chargebox_write_batches_redone_total`."""
     service, superuser = pg_group_commit
     seller = credited_seller(service, FUNDS)["id"]
     before = counted(service)
@@ -181,16 +183,18 @@ def test_the_metrics_count_each_run_by_how_it_was_written(pg_group_commit):
         text, _ = metrics.exposition({})
     finally:
         metrics.stop()
-    runs = {
-        sample.labels["written"]: sample.value
+    samples = [
+        sample
         for family in text_string_to_metric_families(text.decode())
         for sample in family.samples
-        if sample.name == "chargebox_write_runs_total"
-    }
+    ]
+    runs = {s.labels["written"]: s.value for s in samples if s.name == "chargebox_write_runs_total"}
+    redone = [s.value for s in samples if s.name == "chargebox_write_batches_redone_total"]
     # The gate's own sale, inline, was a run of one, written together; the two waiting
     # sales were one run: tried side by side, rolled back, then it went separately.
     assert counted(service) == (before[0] + 1, before[1] + 1, before[2] + 1)
     assert runs == {"together": 1.0, "separately": 1.0}
+    assert redone == [1.0]
 
 
 def test_the_runs_of_several_sellers_go_side_by_side_in_three_round_trips(
