@@ -90,8 +90,8 @@ def once(
 ) -> Outcome:
     """Do `act(write, now)` in a write, once per key: every later copy gets the first
     outcome, read again by the id it made (a refusal is raised again). A `sale` may be
-    sold in a batch with the other sales of its seller that wait beside it
-    (`_Together`); its outcome is the same as alone."""
+    sold in a batch with the other sales that wait beside it, its seller's and
+    others' (`_Together`); its outcome is the same as alone."""
 
     def alone(write: Write) -> object:
         if key is None:
@@ -163,7 +163,7 @@ def _first(
 
 @dataclasses.dataclass(frozen=True)
 class Sale:
-    """A sale as a batch of its seller's sales takes it (sale_batches.sell_together)."""
+    """A sale as a batch of queued sales takes it (sale_batches.sell_together)."""
 
     number: str
     amount: int

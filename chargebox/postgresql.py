@@ -7,16 +7,19 @@ ROLE` grants the service's role is schema.grant.)
 
 Group commit (writer.GroupWriter, as on SQLite): one sale per transaction on one
 hot seller is bound by the wait for that seller's row lock, so the writes that
-queue in one process go in one transaction, a SAVEPOINT each, sorted by seller.
-That only batches this process's own writes; other servers' batches meet them
-in PostgreSQL's row locks and UNIQUEs, which alone decide. Sorting cannot rule
-out deadlocks across servers (a phone row, a credit request, another key's
-outcome are locked after the seller, in no global order), and ordering every
-row would reshape the ledger, so the rare deadlock is handled, not prevented:
-PostgreSQL stops one waiting statement with DeadlockDetected after
-`deadlock_timeout`; that write's savepoint undoes it (`Deadlocked`), the rest
-of the batch commits, and it is tried again in the next batch while its
-deadline allows. A lost server fails the whole batch (503, nothing committed).
+queue in one process go in one transaction, sorted by seller: the sellers'
+queued sales in one statement (their rows held in one statement, in id order),
+what else waits a SAVEPOINT each. That only batches this process's own writes;
+other servers' batches meet them in PostgreSQL's row locks and UNIQUEs, which
+alone decide. Sorting cannot rule out deadlocks across servers (a credit
+request, another key's outcome, a write alone are locked after the seller, in
+no global order), and ordering every row would reshape the ledger, so the rare
+deadlock is handled, not prevented: PostgreSQL stops one waiting statement
+with DeadlockDetected after `deadlock_timeout`; the sales' statement is undone
+with its transaction and the batch goes again run by run, and a write in a
+savepoint is undone by it (`Deadlocked`), the rest of the batch commits, and it
+is tried again in the next batch while its deadline allows. A lost server
+fails the whole batch (503, nothing committed).
 """
 
 from __future__ import annotations

@@ -140,12 +140,12 @@ def sell_together(write: Write, runs: list[Run], now: str, also: Also,
     tops: list[list] = [[] for _ in range(5)]  # seller, newest entry, entries, its seal, head mac
     for run, (seller_id, sales) in enumerate(runs):
         left = {index for (of, index) in skipped if of == run}
+        count, before = len(sold[0]), heads[seller_id][0]
         made, (balance, entries, previous, _) = _sell_run(
             write, seller_id, sales, heads[seller_id], ids, left, now, sold
         )
         outcomes.append(made)
-        before = heads[seller_id][0]
-        if balance != before:  # it sold: its head moves
+        if len(sold[0]) > count:  # it sold: its balance and head move
             mac = seals.head_mac(write.ledger_key, seller_id, sold[2][-1], entries, previous,
                                  balance)  # fmt: skip
             _add(tops, (seller_id, sold[2][-1], entries, previous, mac))

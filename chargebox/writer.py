@@ -3,26 +3,27 @@
 A write that finds the process idle runs at once in its caller's thread (a lone
 client pays no hand-off); writes that arrive while another is in progress
 queue, and the writer thread applies all that wait in one transaction, on
-its one warm connection. Each write runs in its own SAVEPOINT, so it is
-validated, recorded and answered on its own: a refused or failed write rolls
-back only itself. Nobody is answered before COMMIT; nobody waits for a batch.
-Each write has a deadline: a batch waits for the lock until its earliest one,
-and the writes whose time is left try again, so none waits past its own.
-A batch applies its writes in the order of their `order` (a seller's id), so
-that batches of other processes take the same rows' locks in the same order;
-a write the database chose as a deadlock's victim (PostgreSQL: `Deadlocked`)
-was undone by its savepoint and goes first into the next batch, if its
-deadline allows. On SQLite the batch holds the whole file: neither happens.
-A run of writes of one order that can go together (their work has `together`:
-a seller's sales, idempotency._Together) is applied by one call in one
-savepoint, each answered as alone; if that call fails, the savepoint undoes it
-and each of them is applied alone. A writer made `side_by_side` (both
-databases' are) first tries the runs that lead a batch, one per seller, all
-in one call and no savepoint (what follows them goes as above): the sales of
-30 sellers are then a handful of statements, not 30 savepoints and some 200
-statements, each a round trip on PostgreSQL and the interpreter lock won
-back after each. If anything fails, the transaction is rolled back and the
-whole batch goes as above.
+its one warm connection, each answered on its own as if it had gone alone.
+Nobody is answered before COMMIT; nobody waits for a batch. Each write has a
+deadline: a batch waits for the lock until its earliest one, and the writes
+whose time is left try again, so none waits past its own. A batch applies
+its writes in the order of their `order` (a seller's id), so that batches of
+other processes take the same rows' locks in the same order.
+
+The runs of writes that can go together (their work has `together`: a
+seller's queued sales, idempotency._Together) that lead a batch, one run per
+seller, go first, all in one call and no savepoint, when the writer is made
+`side_by_side` (both databases' are): the sales of 30 sellers are then a
+handful of statements, not 30 savepoints and some 200 statements, each a
+round trip on PostgreSQL and the interpreter lock won back after each. If
+that call fails (a seller suspended meanwhile, a key another server
+recorded, a deadlock; not the lock missed or the database down: those fail
+the batch), the transaction is rolled back (`redone`) and the batch goes run
+by run: each run in one call in its SAVEPOINT, a run that fails there each
+write alone, every write alone in its own SAVEPOINT, so a refused or failed
+write rolls back only itself; a deadlock's victim (PostgreSQL: `Deadlocked`)
+is undone by its savepoint and goes first into the next batch, if its
+deadline allows. On SQLite the batch holds the whole file: none happens.
 """
 
 from __future__ import annotations
@@ -225,32 +226,34 @@ class GroupWriter:
     def _commit(self, live: list[_Item], groups: list[list[_Item]],
                 side_by_side: int = 0) -> list[_Item]:  # fmt: skip
         """`groups` (`live`, grouped) in one transaction, the first `side_by_side` of them
-        side by side, then answer `live`; return the writes to try again. Side by side, a
-        failure otherwise than for the lock or the database rolls back and raises
-        _NotSideBySide, answering nobody."""
+        in one call (_NotSideBySide, answering nobody, if that call fails but for the lock
+        or the database), then answer `live`; return the writes to try again."""
         victims: list[_Item] = []
-        runs: list[bool] = []  # each run of writes that go together: written as one?
-        began = time.perf_counter()
+        runs: list[tuple[bool, int]] = []  # each run that went together: as one?, its size
+        began, waited = time.perf_counter(), False
         try:
             with self._begin(min(item.deadline for item in live)) as write:
                 metrics.lock_waited(time.perf_counter() - began)
+                waited = True
                 self._side_by_side(write, groups[:side_by_side], runs)
                 self._one_by_one(write, groups[side_by_side:], victims, runs)
-            for together in runs:  # committed
-                metrics.run_written(together)
-        except LockTimeout:  # rolled back; the earliest deadline has come
-            metrics.lock_waited(time.perf_counter() - began)  # waited, and gave up
-            return _answer_late(live, time.monotonic() + LOCK_SLACK)
-        except Deadlocked:
-            if side_by_side:
-                raise _NotSideBySide from None
+        except _NotSideBySide:
+            raise  # rolled back
+        except (LockTimeout, Deadlocked):  # rolled back; the earliest deadline has come
+            if not waited:
+                metrics.lock_waited(time.perf_counter() - began)  # waited, and gave up
             return _answer_late(live, time.monotonic() + LOCK_SLACK)
         except Exception as exc:  # BEGIN or COMMIT failed: nothing of the batch was written
-            if side_by_side and not isinstance(exc, Unavailable):
-                raise _NotSideBySide from None
             for item in live:
                 item.error = _copy(exc)
-            victims = []
+                item.answer()
+            return []
+        for together, size in runs:  # committed
+            metrics.run_written(together)
+            if together:
+                self.together += size
+            else:
+                self.separately += 1
         committed = [item for item in live if item not in victims]
         self.batches += 1
         self.writes += len(committed)
@@ -260,7 +263,7 @@ class GroupWriter:
         return _answer_late(victims, time.monotonic() + LOCK_SLACK)
 
     def _one_by_one(self, write: Any, groups: list[list[_Item]], victims: list[_Item],
-                    runs: list[bool]) -> None:  # fmt: skip
+                    runs: list[tuple[bool, int]]) -> None:  # fmt: skip
         """Each run of writes that go together in one savepoint, each other write in its
         own."""
         for group in groups:
@@ -269,20 +272,34 @@ class GroupWriter:
             for item in group:
                 self._alone(write, item, victims)
 
-    def _side_by_side(self, write: Any, groups: list[list[_Item]], runs: list[bool]) -> None:
+    def _side_by_side(self, write: Any, groups: list[list[_Item]],
+                      runs: list[tuple[bool, int]]) -> None:  # fmt: skip
         """The groups (runs that go together, each its own seller's) in one call, with no
-        savepoint: whatever fails is raised."""
-        if groups:
-            together = _together_of(groups[0][0])
+        savepoint; if it fails but for the lock or the database, _NotSideBySide (the
+        transaction is then rolled back). Why is logged, unless a seller could not
+        (`Separately`) or a deadlock chose it."""
+        if not groups:
+            return
+        together = _together_of(groups[0][0])
+        try:
             answers = together(write, [[item.work for item in group] for group in groups])
-            for group, answered in zip(groups, answers, strict=True):
-                self._answered(group, answered, runs)
+        except Deadlocked:
+            raise _NotSideBySide from None
+        except Unavailable:
+            raise  # the lock not had in time, or the database cannot write now
+        except Exception as exc:
+            if not isinstance(exc, Separately):  # what the database or a check refused, say
+                _log.warning("a batch of %d runs goes run by run: %s", len(groups),
+                             type(exc).__name__)  # fmt: skip
+            raise _NotSideBySide from None
+        for group, answered in zip(groups, answers, strict=True):
+            self._answered(group, answered, runs)
 
-    def _answered(self, group: list[_Item], answers: list, runs: list[bool]) -> None:
+    @staticmethod
+    def _answered(group: list[_Item], answers: list, runs: list[tuple[bool, int]]) -> None:
         for item, (result, error) in zip(group, answers, strict=True):
             item.result, item.error = result, error
-        self.together += len(group)
-        runs.append(True)
+        runs.append((True, len(group)))
 
     def _alone(self, write: Any, item: _Item, victims: list[_Item]) -> None:
         """Apply one write in its own savepoint."""
@@ -298,7 +315,7 @@ class GroupWriter:
             item.error = exc
 
     def _together(self, write: Any, group: list[_Item], victims: list[_Item],
-                  runs: list[bool]) -> list[_Item]:  # fmt: skip
+                  runs: list[tuple[bool, int]]) -> list[_Item]:  # fmt: skip
         """Apply writes that go together (`work.together`) in one savepoint; return those
         left to apply alone: all of them if the batch could not be applied as one (`runs`
         is told which)."""
@@ -311,8 +328,7 @@ class GroupWriter:
         except Unavailable:
             raise
         except Exception as exc:  # `Separately`, a key a copy took, or a refusal: one at a time
-            self.separately += 1
-            runs.append(False)
+            runs.append((False, len(group)))
             if not isinstance(exc, Separately):  # what the database refused, say
                 _log.warning("a batch of %d writes goes one at a time: %s", len(group),
                              type(exc).__name__)  # fmt: skip

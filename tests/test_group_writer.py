@@ -1,0 +1,113 @@
+"""The group writer's two ways of applying a batch (writer.GroupWriter), with stand-ins for
+the database: what leads a batch goes in one call, side by side; if that call fails, the
+transaction is rolled back and the batch goes run by run, and nothing is counted twice;
+what fails after that call (COMMIT) is not tried again. The real databases' cases are in
+test_sale_batches.py and test_postgresql_group_commit.py."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+import pytest
+
+from chargebox.writer import GroupWriter, _Item
+
+
+class Refused(Exception):
+    """What a database might refuse a statement with."""
+
+
+class Sale:
+    """A write that can go together with others (as idempotency._Together does)."""
+
+    calls: list[list[int]] = []  # each together() call: its runs' sizes
+    refuse_runs_of = 0  # a together() call with this many runs or more is refused
+
+    def __init__(self, seller: int, n: int) -> None:
+        self.seller, self.n = seller, n
+
+    def __call__(self, write) -> str:
+        return f"alone {self.seller}.{self.n}"
+
+    @staticmethod
+    def together(write, runs: list[list[Sale]]) -> list[list[tuple[str, None]]]:
+        Sale.calls.append([len(run) for run in runs])
+        if Sale.refuse_runs_of and len(runs) >= Sale.refuse_runs_of:
+            raise Refused("as the database might")
+        return [[(f"together {w.seller}.{w.n}", None) for w in run] for run in runs]
+
+
+class Transactions:
+    """`begin(deadline)` for a GroupWriter: counts transactions begun, rolled back and
+    committed; COMMIT fails when told to."""
+
+    def __init__(self) -> None:
+        self.begun = self.rolled_back = self.committed = 0
+        self.fail_commit = False
+
+    @contextlib.contextmanager
+    def begin(self, deadline: float):
+        self.begun += 1
+        try:
+            yield self
+        except BaseException:
+            self.rolled_back += 1
+            raise
+        if self.fail_commit:
+            self.rolled_back += 1
+            raise Refused("COMMIT refused")
+        self.committed += 1
+
+    @contextlib.contextmanager
+    def savepoint(self):
+        yield
+
+
+@pytest.fixture
+def writer():
+    Sale.calls, Sale.refuse_runs_of = [], 0
+    transactions = Transactions()
+    return GroupWriter(transactions.begin, side_by_side=True), transactions
+
+
+def batch(*sellers: int) -> list[_Item]:
+    deadline = time.monotonic() + 30
+    return [_Item(Sale(seller, n), deadline, seller) for n, seller in enumerate(sellers)]
+
+
+def test_the_runs_that_lead_a_batch_go_in_one_call(writer):
+    group_writer, transactions = writer
+    items = batch(2, 1, 2, 3)
+    assert group_writer._apply(items) == []
+    assert Sale.calls == [[1, 2, 1]]  # sellers 1, 2 (two sales), 3: one call
+    assert [item.result for item in items] == ["together 2.0", "together 1.1", "together 2.2",
+                                               "together 3.3"]  # fmt: skip
+    assert (group_writer.together, group_writer.redone, group_writer.batches) == (4, 0, 1)
+    assert (transactions.begun, transactions.committed) == (1, 1)
+
+
+def test_a_call_that_fails_is_rolled_back_and_the_batch_goes_run_by_run(writer, caplog):
+    group_writer, transactions = writer
+    Sale.refuse_runs_of = 2  # one seller's run alone goes
+    items = batch(1, 2, 2)
+    with caplog.at_level(logging.WARNING, logger="chargebox.writer"):
+        assert group_writer._apply(items) == []
+    assert Sale.calls == [[1, 2], [1], [2]]  # side by side; then each run in its savepoint
+    assert [item.result for item in items] == ["together 1.0", "together 2.1", "together 2.2"]
+    # counted once, as committed, and the redo with it
+    assert (group_writer.together, group_writer.redone, group_writer.batches) == (3, 1, 1)
+    assert (transactions.begun, transactions.rolled_back, transactions.committed) == (2, 1, 1)
+    assert "a batch of 2 runs goes run by run: Refused" in caplog.text
+
+
+def test_what_fails_after_the_call_fails_the_batch_and_is_not_tried_again(writer):
+    group_writer, transactions = writer
+    transactions.fail_commit = True
+    items = batch(1, 2)
+    assert group_writer._apply(items) == []
+    assert Sale.calls == [[1, 1]]  # once: not run again run by run
+    assert all(isinstance(item.error, Refused) for item in items)
+    assert (group_writer.together, group_writer.redone, group_writer.batches) == (0, 0, 0)
+    assert (transactions.begun, transactions.rolled_back) == (1, 1)
