@@ -215,7 +215,7 @@ class GroupWriter:
             return []
         live.sort(key=_in_order)
         groups = list(_groups(live))
-        if self.side_by_side and (lead := _side_by_side(groups)):
+        if self.side_by_side and (lead := _leading_runs(groups)):
             try:
                 return self._commit(live, groups, side_by_side=lead)
             except _NotSideBySide:  # rolled back: each run in its savepoint, as below
@@ -355,7 +355,7 @@ def _groups(items: list[_Item]) -> Iterator[list[_Item]]:
         yield run
 
 
-def _side_by_side(groups: list[list[_Item]]) -> int:
+def _leading_runs(groups: list[list[_Item]]) -> int:
     """How many of the first groups may go side by side: runs that go together, each of
     its own order (seller). What follows them (a write alone; they come last when they
     have no order, as a key's stamp of last use) goes in its savepoint after them."""
