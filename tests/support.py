@@ -109,6 +109,13 @@ def outcomes(futures) -> list:
     return found
 
 
+def counted(service) -> tuple[int, int, int]:
+    """The service's group writer's counts: writes applied together, runs that went one
+    sale at a time, batches redone run by run (writer.GroupWriter)."""
+    writer = service.database.writer
+    return writer.together, writer.separately, writer.redone
+
+
 def new_seller(admin: Api, name: str = "seller", credit: int = 0) -> tuple[dict, str]:
     """Create a seller through the API and, if asked, credit it by an approved request."""
     created = admin.post("/api/sellers", {"name": name})

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chargebox import idempotency, metrics, postgresql
 from chargebox.errors import NOT_COVERED, InsufficientCredit, SellerSuspended
-from tests.support import credited_seller, outcomes
+from tests.support import counted, credited_seller, outcomes
 from tests.test_postgresql_group_commit import balance, blocked_by
 
 FUNDS = 10_000
@@ -58,11 +58,6 @@ def queued_together(service, superuser: str, calls: list, meanwhile=None, then=N
             then()
         answers = outcomes(futures)
     return [*answers, writer.batches - batches]
-
-
-def counted(service) -> tuple[int, int, int]:
-    writer = service.database.writer
-    return writer.together, writer.separately, writer.redone
 
 
 def test_a_key_another_session_records_as_the_batch_writes_it_is_replayed(pg_group_commit):

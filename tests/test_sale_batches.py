@@ -25,7 +25,7 @@ from chargebox.config import Config
 from chargebox.errors import NOT_COVERED, IdempotencyKeyReused, InsufficientCredit, SellerSuspended
 from chargebox.services import Chargebox
 from tests import test_postgresql_sale_batches, test_sqlite_sale_batches
-from tests.support import ADMIN_TOKEN, credited_seller
+from tests.support import ADMIN_TOKEN, counted, credited_seller
 
 FUNDS = 10_000
 A, B = "09120000001", "09120000002"
@@ -49,9 +49,8 @@ class Batching:
     def balance(self, seller_id: int) -> int:
         return self.rows("SELECT balance FROM seller WHERE id = ?", (seller_id,))[0][0]
 
-    def counted(self) -> tuple[int, int]:
-        writer = self.service.database.writer
-        return writer.together, writer.separately
+    def counted(self) -> tuple[int, int, int]:
+        return counted(self.service)
 
     def seller(self, funds: int = FUNDS) -> int:
         return credited_seller(self.service, funds)["id"]
@@ -108,7 +107,7 @@ def test_a_sellers_queued_sales_are_sold_in_one_statement_each_as_if_alone(batch
         lambda: service.sell(seller, B, 9_000, "k2"),  # refused, and the key records it
         lambda: service.sell(seller, A, 7_000, "k3"),  # the last toman
     ], None)  # fmt: skip
-    assert batching.counted() == (before[0] + 5 + 1, before[1])  # the inline one too
+    assert batching.counted() == (before[0] + 5 + 1, before[1], before[2])  # the inline one too
     assert transactions == 2
     sold = [outcomes[n] for n in (0, 1, 4)]
     assert [o.record["balance_after"] for o in sold] == [9_000, 7_000, 0]
@@ -151,7 +150,7 @@ def test_the_runs_of_several_sellers_in_a_batch_are_sold_as_one_each_as_if_alone
     alone, and the books and seals are what the five sales one at a time would leave."""
     service = batching.service
     first, second, third = batching.seller(), batching.seller(), batching.seller(3_000)
-    before, redone = batching.counted(), service.database.writer.redone
+    before = batching.counted()
     *outcomes, transactions = batching.queue([
         lambda: service.sell(first, A, 1_000, "k"),
         lambda: service.sell(second, A, 2_000, "k"),  # another seller's key "k"
@@ -160,8 +159,7 @@ def test_the_runs_of_several_sellers_in_a_batch_are_sold_as_one_each_as_if_alone
         lambda: service.sell(third, A, 3_000, "t"),  # the last toman
     ], None)  # fmt: skip
     assert transactions == 2
-    assert batching.counted() == (before[0] + 5 + 1, before[1])  # the inline one too
-    assert service.database.writer.redone == redone
+    assert batching.counted() == (before[0] + 5 + 1, before[1], before[2])  # the inline one too
     assert isinstance(outcomes[2], InsufficientCredit)
     sold = [outcomes[n].record for n in (0, 1, 3, 4)]
     assert [(r["seller_id"], r["balance_after"]) for r in sold] == [
@@ -185,7 +183,8 @@ def test_a_seller_suspended_while_its_sales_wait_refuses_each_of_them(batching):
         ("UPDATE seller SET status = 'suspended' WHERE id = ?", (seller,)),
     )
     assert all(isinstance(outcome, SellerSuspended) for outcome in outcomes)
-    assert batching.counted() == (before[0] + 1, before[1] + 1)
+    # side by side, then in its savepoint, then each sale alone
+    assert batching.counted() == (before[0] + 1, before[1] + 1, before[2] + 1)
     assert batching.balance(seller) == FUNDS
     assert batching.rows("SELECT count(*) FROM idempotency_record", ()) == [(0,)]
 
@@ -198,7 +197,7 @@ def test_two_copies_of_one_key_in_a_batch_sell_once(batching):
     first, second, _ = batching.queue([lambda: service.sell(seller, A, 1_000, "twice")] * 2, None)
     assert first.record == second.record
     assert [first.replayed, second.replayed] == [False, True]
-    assert batching.counted() == (before[0] + 1 + 2, before[1])
+    assert batching.counted() == (before[0] + 1 + 2, before[1], before[2])
     assert batching.balance(seller) == FUNDS - 1_000
     assert service.audit()["consistent"]
 
@@ -217,7 +216,7 @@ def test_a_key_recorded_by_another_server_while_queued_gets_that_outcome(batchin
     )
     assert isinstance(raced, InsufficientCredit) and raced.message == taken.message
     assert other.record["balance_after"] == FUNDS - 500
-    assert batching.counted() == (before[0] + 1 + 2, before[1])
+    assert batching.counted() == (before[0] + 1 + 2, before[1], before[2])
     assert batching.balance(seller) == FUNDS - 500
     assert service.audit()["consistent"]
 
@@ -263,6 +262,6 @@ def test_a_sellers_other_writes_between_its_sales_go_alone_and_split_the_batch(b
     ], None)  # fmt: skip
     assert [first.record["balance_after"], second.record["balance_after"]] == [9_000, 7_000]
     assert request.record["status"] == "pending"
-    assert batching.counted() == (before[0] + 1 + 2, before[1])
+    assert batching.counted() == (before[0] + 1 + 2, before[1], before[2])
     assert transactions == 2
     assert service.audit()["consistent"]

@@ -26,7 +26,7 @@ from chargebox.clock import now
 from chargebox.config import Config
 from chargebox.errors import IntegrityViolation
 from chargebox.services import Chargebox
-from tests.support import ADMIN_TOKEN, credited_seller, outcomes
+from tests.support import ADMIN_TOKEN, counted, credited_seller, outcomes
 
 FUNDS = 10_000
 A, B = "09120000001", "09120000002"
@@ -77,11 +77,6 @@ def waited_for(condition, future) -> None:
         time.sleep(0.005)
 
 
-def counted(service) -> tuple[int, int]:
-    writer = service.database.writer
-    return writer.together, writer.separately
-
-
 def on_disk(service, sql: str, params: tuple = ()) -> list[tuple]:
     conn = sqlite3.connect(service.database.path)
     try:
@@ -109,16 +104,16 @@ def test_a_batch_undone_goes_one_at_a_time_and_the_next_batch_is_made_again(
 
     monkeypatch.setattr(sale_batches, "_batch", fails_twice)
     before = counted(service)
-    redone = service.database.writer.redone
     *first, _ = queued_together(
         service, [lambda: service.sell(seller, A, 1_000), lambda: service.sell(seller, B, 2_000)]
     )
-    assert counted(service) == (before[0] + 1, before[1] + 1)  # the inline one, alone
-    assert (len(failed), service.database.writer.redone) == (2, redone + 1)
+    # the inline one, alone; the two, side by side, then in their savepoint, then alone
+    assert counted(service) == (before[0] + 1, before[1] + 1, before[2] + 1)
+    assert len(failed) == 2
     *second, _ = queued_together(
         service, [lambda: service.sell(seller, A, 1_000), lambda: service.sell(seller, B, 2_000)]
     )
-    assert counted(service) == (before[0] + 1 + 3, before[1] + 1)
+    assert counted(service) == (before[0] + 1 + 3, before[1] + 1, before[2] + 1)
     after = [outcome.record["balance_after"] for outcome in [*first, *second]]
     assert after == [9_000, 7_000, 6_000, 4_000]
     assert service.audit(full=True)["consistent"]
