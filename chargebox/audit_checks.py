@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from chargebox import seals
 from chargebox.checkpoints import State, Trusted
+from chargebox.schema import key_records
 
 CHUNK = 5_000  # ledger entries per read
 IN_LIST = 500  # values per IN (...) list
@@ -93,6 +94,7 @@ FULL_CHECKS = (
         "OR (l.kind = 'credit' AND r.id IS NULL) OR (l.kind = 'refund' AND rs.id IS NULL) "
         "OR (l.kind NOT IN ('sale', 'credit', 'adjustment', 'refund'))",
     ),
+    *(("I4", sql) for sql in key_records()),
     ("phones", _PHONES.format(where="")),
 )
 _ENTRIES = (
@@ -198,6 +200,9 @@ def since(db, trusted: Trusted) -> Found:
         walk = _walk(db, sid, state, problems, phones, requests, refunded)
         after = state.sale_id if state else 0
         problems += as_problems("I4", db.rows(_I4_SALES.format(where=_NEW_SALES), (sid, after)))
+        problems += as_problems("I4", db.rows(_NEW_SALES_KEYS, (sid, after)))
+        entries_after = state.entry_id if state else 0
+        problems += as_problems("I4", db.rows(_NEW_ENTRIES_KEYS, (sid, entries_after)))
         count, top = db.rows(
             "SELECT COUNT(*), COALESCE(MAX(id), 0) FROM sale WHERE seller_id = ? AND id > ?",
             (sid, after),
@@ -235,6 +240,10 @@ def since(db, trusted: Trusted) -> Found:
 
 
 _NEW_SALES = "WHERE s.seller_id = ? AND s.id > ?"
+# The key records of one seller's sales and entries after its checkpoint, and of the
+# credit requests after the checkpoint, that name another seller's row.
+_NEW_SALES_KEYS, _NEW_ENTRIES_KEYS, _ = key_records("AND t.seller_id = ? AND t.id > ?")
+_NEW_REQUESTS_KEYS = key_records("AND t.id > ?")[2]
 
 
 def _walk(db, sid: int, state: State | None, problems: list, phones: set,
@@ -294,6 +303,7 @@ def _touched(db, trusted: Trusted, phones: set[str], requests: set[int]) -> list
     found = as_problems(
         "I4", db.rows(_I4_REQUESTS.format(where="WHERE r.id > ?"), (trusted.request_id,))
     )
+    found += as_problems("I4", db.rows(_NEW_REQUESTS_KEYS, (trusted.request_id,)))
     older = sorted(ident for ident in requests if ident <= trusted.request_id)
     for part in _parts(older):
         where = f"WHERE r.id IN ({', '.join('?' * len(part))})"

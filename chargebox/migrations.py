@@ -147,11 +147,39 @@ def _postgresql_refunds(conn) -> None:
         conn.execute(statement)
 
 
+def _sqlite_records_are_their_sellers(conn: sqlite3.Connection) -> None:
+    """Version 4: the triggers that keep a key's record its seller's (schema.TRIGGERS, which
+    upgrade_sqlite installs), once no record names another seller's row."""
+    _refuse_records_of_another_seller(conn)
+
+
+def _postgresql_records_are_their_sellers(conn) -> None:
+    """Version 4 on PostgreSQL: the file's VERSION 4 part, once no record names another
+    seller's row."""
+    _refuse_records_of_another_seller(conn)
+    for statement in schema.postgresql_added_in(4):
+        conn.execute(statement)
+
+
+def _refuse_records_of_another_seller(conn) -> None:
+    """A record that names another seller's row was written by hand (no chargebox writes
+    one): the migration stops, naming it, rather than make a schema it breaks."""
+    for sql in schema.key_records():
+        found = conn.execute(sql).fetchall()
+        if found:
+            raise ValueError(
+                f"{len(found)} key record(s) name a row of another seller, first: "
+                f"{found[0][2]}; the database was changed outside chargebox: restore a backup"
+            )
+
+
 STEPS: tuple[Step, ...] = (
     Step(2, "seller keys (several per seller, revocable) and seller suspension",
          _sqlite_keys_and_suspension, _postgresql_keys_and_suspension),
     Step(3, "refunds (ledger_entry.refund_of, the kind 'refund')",
          _sqlite_refunds, _postgresql_refunds),
+    Step(4, "a key's record is its seller's (the triggers *_is_its_sellers)",
+         _sqlite_records_are_their_sellers, _postgresql_records_are_their_sellers),
 )  # fmt: skip
 
 

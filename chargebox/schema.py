@@ -19,8 +19,9 @@ import peewee
 
 # The schema version this code reads and writes, and that a new database is made at (the
 # models with TRIGGERS; schema_postgresql.sql). Older ones: migrations.py. 1: chargebox 0.1.0.
-# 2: seller keys (seller_key) and suspension (seller.status); 3: refunds (ledger_entry.refund_of)
-VERSION = 3
+# 2: seller keys (seller_key) and suspension (seller.status); 3: refunds (ledger_entry.refund_of);
+# 4: a key's record is its seller's (the triggers *_is_its_sellers)
+VERSION = 4
 POSTGRESQL_VERSION = VERSION
 
 
@@ -93,10 +94,40 @@ def missing_triggers(conn: sqlite3.Connection) -> list[str]:
     return sorted(wanted - {name for (name,) in rows})
 
 
+# Version 4 (I4 for Idempotency-Keys): a key's record names a row (a sale; an adjustment's
+# or a refund's entry; a credit request) of its own seller. Each is (table, column, names).
+KEY_RECORDS = (
+    ("idempotency_record", "sale_id", "sale"),
+    ("adjustment_record", "entry_id", "ledger_entry"),
+    ("credit_request_record", "request_id", "credit_request"),
+)
+
+
+def key_records(where: str = "") -> list[str]:
+    """One query per record table: its records that name another seller's row (`where`
+    adds to the condition on that row, `t`): the audit's check, and migrate's to version 4."""
+    return [
+        f"SELECT k.seller_id, {'t.id' if names == 'ledger_entry' else 'NULL'}, "
+        f"'{table} ' || k.id || ' of seller ' || k.seller_id || ' names {names} ' || t.id "
+        f"|| ' of seller ' || t.seller_id FROM {table} k JOIN {names} t ON t.id = k.{column} "
+        f"WHERE k.seller_id != t.seller_id {where}"
+        for table, column, names in KEY_RECORDS
+    ]
+
+
 def _immutable(table: str, action: str, why: str) -> str:
     return (
         f"CREATE TRIGGER IF NOT EXISTS {table}_no_{action.lower()} BEFORE {action} ON {table} "
         f"BEGIN SELECT RAISE(ABORT, '{why}'); END"
+    )
+
+
+def _its_sellers(table: str, column: str, names: str) -> str:
+    return (
+        f"CREATE TRIGGER IF NOT EXISTS {table}_is_its_sellers BEFORE INSERT ON {table} "
+        f"WHEN NEW.{column} IS NOT NULL AND NEW.seller_id IS NOT "
+        f"(SELECT seller_id FROM {names} WHERE id = NEW.{column}) "
+        "BEGIN SELECT RAISE(ABORT, 'a key''s record names a row of another seller'); END"
     )
 
 
@@ -195,6 +226,8 @@ TRIGGERS = (
          WHERE NOT EXISTS (SELECT 1 FROM sale WHERE id = NEW.refund_of
                  AND seller_id = NEW.seller_id AND amount = NEW.amount);
        END""",
+    # Version 4: a key's record names a sale, an entry or a request of its own seller.
+    *(_its_sellers(*record) for record in KEY_RECORDS),
 )
 
 

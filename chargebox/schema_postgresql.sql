@@ -520,3 +520,39 @@ $$;
 CREATE TRIGGER ledger_entry_lands_on_balance AFTER INSERT ON ledger_entry
     REFERENCING NEW TABLE AS added
     FOR EACH STATEMENT EXECUTE FUNCTION chargebox_entries_land_on_balance();
+-- ;
+-- VERSION 4: a key's record is its seller's. An Idempotency-Key's outcome names a
+-- sale, a ledger entry (an adjustment or a refund) or a credit request: that row is
+-- the record's seller's own, never another seller's (code builds it so; this refuses
+-- a forged one). These statements make a new database and migrate a version-3 one alike.
+CREATE FUNCTION chargebox_record_is_its_sellers() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
+DECLARE
+    owner bigint;
+BEGIN
+    IF TG_TABLE_NAME = 'idempotency_record' THEN
+        SELECT seller_id INTO owner FROM sale WHERE id = NEW.sale_id;
+    ELSIF TG_TABLE_NAME = 'adjustment_record' THEN
+        SELECT seller_id INTO owner FROM ledger_entry WHERE id = NEW.entry_id;
+    ELSE
+        SELECT seller_id INTO owner FROM credit_request WHERE id = NEW.request_id;
+    END IF;
+    IF owner IS DISTINCT FROM NEW.seller_id THEN
+        RAISE EXCEPTION 'a key''s record names a row of another seller'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+-- ;
+CREATE TRIGGER idempotency_record_is_its_sellers BEFORE INSERT ON idempotency_record
+    FOR EACH ROW WHEN (NEW.sale_id IS NOT NULL)
+    EXECUTE FUNCTION chargebox_record_is_its_sellers();
+-- ;
+CREATE TRIGGER adjustment_record_is_its_sellers BEFORE INSERT ON adjustment_record
+    FOR EACH ROW WHEN (NEW.entry_id IS NOT NULL)
+    EXECUTE FUNCTION chargebox_record_is_its_sellers();
+-- ;
+CREATE TRIGGER credit_request_record_is_its_sellers BEFORE INSERT ON credit_request_record
+    FOR EACH ROW WHEN (NEW.request_id IS NOT NULL)
+    EXECUTE FUNCTION chargebox_record_is_its_sellers();

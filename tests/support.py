@@ -249,6 +249,15 @@ def rows_on_disk(db: Path | str, sql: str, params: tuple = ()) -> list[tuple]:
         return [tuple(row) for row in conn.execute(sql, params).fetchall()]
 
 
+# Each Idempotency-Key's record table, its column, and the table of the row it names (the
+# row is the record's seller's own).
+KEYED_ROWS = (
+    ("idempotency_record", "sale_id", "sale"),
+    ("adjustment_record", "entry_id", "ledger_entry"),
+    ("credit_request_record", "request_id", "credit_request"),
+)
+
+
 def reconciled_balances(db_path: Path | str) -> dict[int, int]:
     """{seller_id: balance}, once I1-I4 are checked from a fresh read-only connection.
 
@@ -285,6 +294,12 @@ def reconciled_balances(db_path: Path | str) -> dict[int, int]:
             " AND s.seller_id = l.seller_id AND s.amount = l.amount))"
         ).fetchone()[0]
         assert unmatched_refunds == 0, f"I4: {unmatched_refunds} refunds not once, whole"
+        for table, column, names in KEYED_ROWS:
+            strangers = conn.execute(
+                f"SELECT COUNT(*) FROM {table} k JOIN {names} t ON t.id = k.{column}"
+                " WHERE t.seller_id != k.seller_id"
+            ).fetchone()[0]
+            assert strangers == 0, f"{strangers} {table} rows name another seller's {names}"
         return balances
 
 

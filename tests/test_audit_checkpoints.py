@@ -16,6 +16,7 @@ import requests
 from chargebox import audit, schema
 from tests.support import (
     ADMIN_TOKEN,
+    KEYED_ROWS,
     cli_audit_of,
     credited_seller,
     database_of,
@@ -88,6 +89,33 @@ def test_the_quick_audit_catches_a_forged_entry_after_the_checkpoint(service, co
     assert ("seal", ali["id"], newest) in {
         (p["invariant"], p["seller_id"], p["entry_id"]) for p in report["problems"]
     }
+
+
+# What a forged key record names: its table, its column, the row's table.
+FORGED_RECORDS = dict(zip(("sale", "refund", "request"), KEYED_ROWS, strict=True))
+
+
+@pytest.mark.parametrize("kind", FORGED_RECORDS)
+def test_both_audits_name_a_key_record_that_names_another_sellers_row(service, config, kind):
+    """A record forged for Sara (its trigger dropped) of Ali's sale, refund or credit request
+    made after the checkpoint: an I4 problem of Sara's, in the quick audit and the full."""
+    ali, sara = checkpointed(service)
+    sale = service.sell(ali["id"], "09121234567", 1_000).record
+    service.refund(sale["id"], "not delivered")
+    service.request_credit(ali["id"], 5_000)
+    table, column, names = FORGED_RECORDS[kind]
+    (row,) = rows_on_disk(database_of(config), f"SELECT MAX(id) FROM {names}")[0]
+    with writable(database_of(config)) as conn:
+        drop_trigger(conn, f"{table}_is_its_sellers")
+        conn.execute(
+            f"INSERT INTO {table} (seller_id, key, request_hash, created_at, {column})"
+            " VALUES (?, 'forged', 'h', 'now', ?)",
+            (sara["id"], row),
+        )
+    for report in (service.audit(), service.audit(full=True)):
+        named = [p for p in report["problems"] if p["invariant"] == "I4"]
+        assert [p["seller_id"] for p in named] == [sara["id"]], report["problems"]
+        assert f"names {names} {row} of seller {ali['id']}" in named[0]["message"]
 
 
 def test_rows_before_the_checkpoint_are_trusted_and_the_full_audit_rereads_them(service, config):

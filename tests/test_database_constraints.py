@@ -521,6 +521,53 @@ def test_the_database_refuses_a_decided_status_without_a_decision_time(raw, book
     )
 
 
+# --- a key's record is its seller's (schema version 4) -----------------------------------------
+
+KEY_RECORDS = [
+    ("idempotency_record", "sale_id", "sale"),
+    ("adjustment_record", "entry_id", "adjustment"),
+    ("credit_request_record", "request_id", "credit"),
+]
+
+
+def keyed(table: str, column: str, seller_id: int, row: int | None) -> tuple[str, tuple]:
+    return (
+        f"INSERT INTO {table} (seller_id, key, request_hash, created_at, {column}, error_code)"
+        " VALUES (?, 'k', 'h', ?, ?, ?)",
+        (seller_id, T, row, None if row else "refused"),
+    )
+
+
+def named(raw, books, names: str) -> int:
+    if names == "adjustment":
+        return raw.execute("SELECT id FROM ledger_entry WHERE kind = 'adjustment'").fetchone()[0]
+    return books[names]
+
+
+@pytest.mark.parametrize(("table", "column", "names"), KEY_RECORDS)
+def test_the_database_refuses_a_key_record_that_names_another_sellers_row(
+    raw, books, table, column, names
+):
+    """The other seller's record of Ali's sale, adjustment or request (a forged replay)."""
+    record = keyed(table, column, books["other"], named(raw, books, names))
+    refused(raw, record, match="another seller")
+
+
+@pytest.mark.parametrize(("table", "column", "names"), KEY_RECORDS)
+def test_the_database_accepts_a_key_record_of_its_sellers_own_row_so_the_refusal_is_real(
+    raw, books, table, column, names
+):
+    """Control: Ali's record of the same row, and the other seller's refusal (no row), go
+    through (then roll back)."""
+    raw.execute("BEGIN IMMEDIATE")
+    try:
+        raw.execute(*keyed(table, column, books["seller"], named(raw, books, names)))
+        raw.execute(*keyed(table, column, books["other"], None))
+        assert raw.execute(f"SELECT count(*) FROM {table}").fetchone() == (2,)
+    finally:
+        raw.execute("ROLLBACK")
+
+
 # --- nothing that carries money is deleted ---------------------------------------------------
 
 

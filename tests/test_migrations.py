@@ -28,8 +28,12 @@ from chargebox.config import Config
 from tests import backends, pg_cluster
 from tests.support import (
     ADMIN_TOKEN,
+    KEYED_ROWS,
+    REFUSED,
     ROOT,
     cli_audit,
+    credited_seller,
+    database_of,
     db_snapshot,
     reconciled_balances,
     rows_on_disk,
@@ -219,6 +223,49 @@ def test_serve_and_migrate_refuse_a_database_made_by_a_newer_chargebox(tmp_path,
     assert "made by a newer chargebox" in migrated.stderr
     assert "Traceback" not in served.stderr + migrated.stderr
     assert db_snapshot(db) == before
+
+
+@pytest.mark.parametrize("forged", [False, True], ids=["clean", "forged"])
+def test_a_version_3_database_gets_the_key_record_triggers_unless_a_record_is_forged(
+    service, config, forged
+):
+    """Version 4 adds the triggers that keep a key's record its seller's. A version-3
+    database is migrated to 4, and then refuses a record of another seller's sale; one that
+    already holds such a record (written by hand) is refused by migrate, naming the record,
+    and left as it was."""
+    ali, sara = credited_seller(service, 10_000, "Ali"), credited_seller(service, 0, "Sara")
+    sale = service.sell(ali["id"], "09121234567", 1_000).record["id"]
+    service.close()
+    db = database_of(config)
+    record = ("INSERT INTO idempotency_record (seller_id, key, request_hash, created_at,"
+              " sale_id) VALUES (?, 'forged', 'h', 'now', ?)", (sara["id"], sale))  # fmt: skip
+    with writable(db) as conn:  # back to version 3
+        if config.db_url:
+            conn.execute("DROP FUNCTION chargebox_record_is_its_sellers() CASCADE")
+        else:
+            for table, _, _ in KEYED_ROWS:
+                conn.execute(f"DROP TRIGGER {table}_is_its_sellers")
+        conn.execute("UPDATE schema_version SET version = 3 WHERE version = 4")
+        if forged:
+            conn.execute(*record)
+    before = db_snapshot(db)
+    where = ["--data-dir", config.data_dir] if config.db_url else []
+    migrated = chargebox("migrate", "--db", backends.owner_url(db) if config.db_url else db,
+                         *where)  # fmt: skip
+    assert "Traceback" not in migrated.stderr
+    if forged:
+        assert migrated.returncode == 2, migrated.stdout
+        assert "1 key record(s) name a row of another seller, first: idempotency_record" in (
+            migrated.stderr
+        )
+        assert f"names sale {sale} of seller {ali['id']}" in migrated.stderr
+        assert db_snapshot(db) == before
+        return
+    assert migrated.returncode == 0, migrated.stderr
+    assert "schema version 3 -> 4" in migrated.stderr
+    with writable(db) as conn, pytest.raises(REFUSED, match="another seller"):
+        conn.execute(*record)
+    assert cli_audit(db, config.data_dir if config.db_url else None).returncode == 0
 
 
 def restored(cluster, release: str = "0.1.0") -> pg_cluster.Roles:

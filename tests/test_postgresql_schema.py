@@ -222,6 +222,37 @@ def test_i4_a_refund_entry_gives_back_its_sale_whole_and_once(conn):
 
 
 @pytest.mark.parametrize(
+    ("table", "column", "names"),
+    [
+        ("idempotency_record", "sale_id", "sale"),
+        ("adjustment_record", "entry_id", "adjustment"),
+        ("credit_request_record", "request_id", "request"),
+    ],
+)
+def test_a_keys_record_names_a_row_of_its_own_seller(conn, table, column, names):
+    """A key's record naming Sara's sale, adjustment or request is refused for Ali (schema
+    version 4), a refusal's record (no row) is not checked, and Sara's own goes in."""
+    ali, sara = seller(conn), seller(conn, "Sara")
+    request = credit(conn, sara, 10_000)
+    rows = {
+        "sale": a_sale_of_1000(conn, sara),
+        "adjustment": move(conn, sara, -100, "adjustment", reason="fee"),
+        "request": request,
+    }
+    record = (
+        f"INSERT INTO {table} (seller_id, key, request_hash, created_at, {column},"
+        " error_code) VALUES (%s, %s, 'h', %s, %s, %s)"
+    )
+    refused(conn, record, (ali, "k1", T, rows[names], None), match="another seller")
+    conn.execute(record, (ali, "k2", T, None, "refused"))
+    conn.execute(record, (sara, "k1", T, rows[names], None))
+    assert conn.execute(f"SELECT seller_id, key FROM {table} ORDER BY id").fetchall() == [
+        (ali, "k2"),
+        (sara, "k1"),
+    ]
+
+
+@pytest.mark.parametrize(
     "statement",
     [
         "UPDATE ledger_entry SET reason = 'edited'",
