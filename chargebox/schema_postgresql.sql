@@ -525,6 +525,9 @@ CREATE TRIGGER ledger_entry_lands_on_balance AFTER INSERT ON ledger_entry
 -- sale, a ledger entry (an adjustment or a refund) or a credit request: that row is
 -- the record's seller's own, never another seller's (code builds it so; this refuses
 -- a forged one). These statements make a new database and migrate a version-3 one alike.
+-- AFTER INSERT: a batch's records are made by the same statement as its sales, in a WITH
+-- query that may run before theirs (sale_batches._TOGETHER); once the statement has run,
+-- every row it made is there to be read.
 CREATE FUNCTION chargebox_record_is_its_sellers() RETURNS trigger LANGUAGE plpgsql
 SET search_path FROM CURRENT AS $$
 DECLARE
@@ -541,18 +544,18 @@ BEGIN
         RAISE EXCEPTION 'a key''s record names a row of another seller'
             USING ERRCODE = 'integrity_constraint_violation';
     END IF;
-    RETURN NEW;
+    RETURN NULL;
 END;
 $$;
 -- ;
-CREATE TRIGGER idempotency_record_is_its_sellers BEFORE INSERT ON idempotency_record
+CREATE TRIGGER idempotency_record_is_its_sellers AFTER INSERT ON idempotency_record
     FOR EACH ROW WHEN (NEW.sale_id IS NOT NULL)
     EXECUTE FUNCTION chargebox_record_is_its_sellers();
 -- ;
-CREATE TRIGGER adjustment_record_is_its_sellers BEFORE INSERT ON adjustment_record
+CREATE TRIGGER adjustment_record_is_its_sellers AFTER INSERT ON adjustment_record
     FOR EACH ROW WHEN (NEW.entry_id IS NOT NULL)
     EXECUTE FUNCTION chargebox_record_is_its_sellers();
 -- ;
-CREATE TRIGGER credit_request_record_is_its_sellers BEFORE INSERT ON credit_request_record
+CREATE TRIGGER credit_request_record_is_its_sellers AFTER INSERT ON credit_request_record
     FOR EACH ROW WHEN (NEW.request_id IS NOT NULL)
     EXECUTE FUNCTION chargebox_record_is_its_sellers();
