@@ -26,7 +26,8 @@ from chargebox import metrics, migrations, schema
 from chargebox.config import Config
 from chargebox.errors import IntegrityViolation, LockTimeout, Unavailable
 from chargebox.gate import WriteGate
-from chargebox.writer import GroupWriter, WriteSlots
+from chargebox.slots import WriteSlots
+from chargebox.writer import GroupWriter
 
 T = TypeVar("T")
 
@@ -150,7 +151,7 @@ class Database:
         self.ledger_key = config.ledger_key.encode("utf-8") if config.ledger_key else None
         self.gate = WriteGate(config.db_path.with_name(config.db_path.name + ".write-lock"))
         self.writer = (
-            GroupWriter(self.transaction, self._close_connection, side_by_side=True)
+            GroupWriter(self.transaction, self._close_connection, side_by_side=True, late=True)
             if config.group_commit
             else None
         )

@@ -34,7 +34,8 @@ from chargebox import metrics
 from chargebox.config import Config
 from chargebox.errors import Deadlocked, LockTimeout, Unavailable
 from chargebox.pg_driver import Reader, as_dicts, connect, described, to_psycopg, translated
-from chargebox.writer import GroupWriter, WriteSlots
+from chargebox.slots import WriteSlots
+from chargebox.writer import GroupWriter
 
 T = TypeVar("T")
 # Writes per group commit. A backend keeps the ids of 64 subtransactions in shared

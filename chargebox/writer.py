@@ -24,12 +24,16 @@ write alone, every write alone in its own SAVEPOINT, so a refused or failed
 write rolls back only itself; a deadlock's victim (PostgreSQL: `Deadlocked`)
 is undone by its savepoint and goes first into the next batch, if its
 deadline allows. On SQLite the batch holds the whole file: none happens.
+
+A writer made `late` (SQLite's: its lock holds every seller) binds a batch late:
+once the lock is had, the sales queued while another process held it join the
+leading runs, instead of waiting for the next batch and the lock again. (On
+PostgreSQL that cost a round trip more while the row is held: docs/performance.md.)
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import os
 import threading
@@ -46,36 +50,6 @@ MAX_BATCH = 256
 # A write whose deadline is this close when the lock could not be had is answered
 # now: another attempt could not finish in time.
 LOCK_SLACK = 0.01
-# How long a write waits for one of the process's write slots before it is refused,
-# unless no write has begun for STALLED seconds: then the lock is stuck, and it is
-# refused at once, so that a queue of writes cannot keep the threads from reads.
-SLOT_WAIT = 0.25
-STALLED = 0.25
-
-
-class WriteSlots:
-    """At most N threads of a process wait for the write lock; the rest are refused (503).
-
-    A thread waiting for the lock is a waitress worker that answers nobody else. If
-    all of them wait (a backup or a stalled process holds the lock), /health and
-    every read queue behind them; the slots keep some threads free for those.
-    """
-
-    def __init__(self, threads: int, since_a_write_began: Callable[[], float]) -> None:
-        self.count = max(1, threads - max(2, threads // 8))
-        self._free = threading.BoundedSemaphore(self.count)
-        self._since_a_write_began = since_a_write_began
-
-    @contextlib.contextmanager
-    def taken(self) -> Iterator[None]:
-        if not self._free.acquire(blocking=False) and (
-            self._since_a_write_began() > STALLED or not self._free.acquire(timeout=SLOT_WAIT)
-        ):
-            raise Unavailable("too many writes are waiting for the database; retry shortly")
-        try:
-            yield
-        finally:
-            self._free.release()
 
 
 class Separately(Exception):
@@ -117,9 +91,11 @@ class GroupWriter:
         finish: Callable[[], None] = lambda: None,
         max_batch: int = MAX_BATCH,
         side_by_side: bool = False,
+        late: bool = False,
     ) -> None:
         self._begin = begin
         self.side_by_side = side_by_side  # the runs that lead a batch in one call (see the top)
+        self.bind_late = late  # begin() holds every seller: add what queued meanwhile
         self._finish = finish  # run in the writer thread as it ends (closes its connection)
         self._closed = False
         self.max_batch = max_batch
@@ -132,6 +108,7 @@ class GroupWriter:
         self.together = 0  # writes applied together with others of their kind and order
         self.separately = 0  # groups that could not be applied as one (each went alone)
         self.redone = 0  # batches tried side by side, rolled back, applied run by run
+        self.late = 0  # writes added to a batch once its lock was had (_bind_late)
 
     def submit(self, work: Callable[[Any], Any], deadline: float, order: int | None = None) -> Any:
         """Run `work(write)` inside a write transaction; return its result once committed.
@@ -235,6 +212,8 @@ class GroupWriter:
             with self._begin(min(item.deadline for item in live)) as write:
                 metrics.lock_waited(time.perf_counter() - began)
                 waited = True
+                if side_by_side and self.bind_late:
+                    side_by_side = self._bind_late(live, groups)
                 self._side_by_side(write, groups[:side_by_side], runs)
                 self._one_by_one(write, groups[side_by_side:], victims, runs)
         except _NotSideBySide:
@@ -261,6 +240,28 @@ class GroupWriter:
         for item in committed:
             item.answer()
         return _answer_late(victims, time.monotonic() + LOCK_SLACK)
+
+    def _bind_late(self, live: list[_Item], groups: list[list[_Item]]) -> int:
+        """The lock is had (SQLite: the whole file's): add the writes of the leading runs'
+        kind (sales) queued while it was waited for, but none behind a write of another
+        kind of its seller (a seller's writes stay in order). `live` and `groups` grow in
+        place (a redo keeps them); returns how many groups lead now."""
+        together, room = _together_of(groups[0][0]), self.max_batch - len(live)
+        taken: list[_Item] = []
+        behind: set[int | None] = set()  # sellers with a write of another kind queued
+        with self._wake:
+            for item in self._queue:
+                if _together_of(item) != together or item.order in behind:
+                    behind.add(item.order)
+                elif len(taken) < room:
+                    taken.append(item)
+            for item in taken:
+                self._queue.remove(item)
+        self.late += len(taken)
+        live.extend(taken)
+        live.sort(key=_in_order)
+        groups[:] = _groups(live)
+        return _leading_runs(groups)
 
     def _one_by_one(self, write: Any, groups: list[list[_Item]], victims: list[_Item],
                     runs: list[tuple[bool, int]]) -> None:  # fmt: skip

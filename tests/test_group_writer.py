@@ -46,10 +46,13 @@ class Transactions:
     def __init__(self) -> None:
         self.begun = self.rolled_back = self.committed = 0
         self.fail_commit = False
+        self.meanwhile = lambda: None  # what happens while the first lock is waited for
 
     @contextlib.contextmanager
     def begin(self, deadline: float):
         self.begun += 1
+        meanwhile, self.meanwhile = self.meanwhile, lambda: None  # once
+        meanwhile()
         try:
             yield self
         except BaseException:
@@ -65,11 +68,11 @@ class Transactions:
         yield
 
 
-@pytest.fixture
-def writer():
+@pytest.fixture(params=[False, True], ids=["bound early", "bound late"])
+def writer(request):
     Sale.calls, Sale.refuse_runs_of = [], 0
     transactions = Transactions()
-    return GroupWriter(transactions.begin, side_by_side=True), transactions
+    return GroupWriter(transactions.begin, side_by_side=True, late=request.param), transactions
 
 
 def batch(*sellers: int) -> list[_Item]:
@@ -111,3 +114,46 @@ def test_what_fails_after_the_call_fails_the_batch_and_is_not_tried_again(writer
     assert all(isinstance(item.error, Refused) for item in items)
     assert (group_writer.together, group_writer.redone, group_writer.batches) == (0, 0, 0)
     assert (transactions.begun, transactions.rolled_back) == (1, 1)
+
+
+class Approval(Sale):
+    """A write of another kind: it never goes together with sales."""
+
+    together = None
+
+
+def test_bound_late_the_sales_queued_while_the_lock_was_waited_for_join_the_batch():
+    """SQLite's writer (`late`: its lock holds every seller): while a batch of sellers 2
+    and 1 waits for the lock, sales of 3, 1 and 2, an approval of 1 and one more sale of
+    1 queue; once the lock is had, the sales join the batch's one call (they need not
+    wait for the lock again), but the approval and the sale of 1 behind it stay queued,
+    in order. Bound early, they would all wait for the next batch."""
+    Sale.calls, Sale.refuse_runs_of = [], 0
+    transactions = Transactions()
+    group_writer = GroupWriter(transactions.begin, side_by_side=True, late=True)
+    items = batch(2, 1)
+    deadline = time.monotonic() + 30
+    queued = [_Item(Sale(3, 10), deadline, 3), _Item(Sale(1, 11), deadline, 1),
+              _Item(Approval(1, 12), deadline, 1), _Item(Sale(2, 13), deadline, 2),
+              _Item(Sale(1, 14), deadline, 1)]  # fmt: skip
+    transactions.meanwhile = lambda: group_writer._queue.extend(queued)
+    assert group_writer._apply(items) == []
+    assert Sale.calls == [[2, 2, 1]]  # sellers 1 (1.1, 1.11), 2 (2.0, 2.13), 3 (3.10)
+    joined = [queued[0], queued[1], queued[3]]
+    assert [item.result for item in (*items, *joined)] == ["together 2.0", "together 1.1",
+        "together 3.10", "together 1.11", "together 2.13"]  # fmt: skip
+    assert list(group_writer._queue) == [queued[2], queued[4]]
+    assert (group_writer.together, group_writer.late, group_writer.batches) == (5, 3, 1)
+
+
+def test_bound_late_a_batch_redone_run_by_run_keeps_the_sales_that_joined_it():
+    Sale.calls, Sale.refuse_runs_of = [], 2
+    transactions = Transactions()
+    group_writer = GroupWriter(transactions.begin, side_by_side=True, late=True)
+    items = batch(1, 2)
+    joined = _Item(Sale(2, 5), time.monotonic() + 30, 2)
+    transactions.meanwhile = lambda: group_writer._queue.append(joined)
+    assert group_writer._apply(items) == []
+    assert Sale.calls == [[1, 2], [1], [2]]  # side by side, refused; then run by run
+    assert joined.result == "together 2.5" and not group_writer._queue
+    assert (group_writer.together, group_writer.redone, group_writer.late) == (3, 1, 1)

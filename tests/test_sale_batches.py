@@ -52,6 +52,13 @@ class Batching:
     def counted(self) -> tuple[int, int, int]:
         return counted(self.service)
 
+    @property
+    def transactions(self) -> int:
+        """How many transactions the calls queued for one batch take, the blocked inline
+        sale's with them: SQLite's writer binds late (once the file's lock is had, the
+        sales queued while it was waited for join that transaction): 1; PostgreSQL: 2."""
+        return 1 if self.service.database.dialect == "sqlite" else 2
+
     def seller(self, funds: int = FUNDS) -> int:
         return credited_seller(self.service, funds)["id"]
 
@@ -108,7 +115,7 @@ def test_a_sellers_queued_sales_are_sold_in_one_statement_each_as_if_alone(batch
         lambda: service.sell(seller, A, 7_000, "k3"),  # the last toman
     ], None)  # fmt: skip
     assert batching.counted() == (before[0] + 5 + 1, before[1], before[2])  # the inline one too
-    assert transactions == 2
+    assert transactions == batching.transactions
     sold = [outcomes[n] for n in (0, 1, 4)]
     assert [o.record["balance_after"] for o in sold] == [9_000, 7_000, 0]
     assert [o.replayed for o in sold] == [False] * 3
@@ -158,7 +165,7 @@ def test_the_runs_of_several_sellers_in_a_batch_are_sold_as_one_each_as_if_alone
         lambda: service.sell(first, B, 3_000),
         lambda: service.sell(third, A, 3_000, "t"),  # the last toman
     ], None)  # fmt: skip
-    assert transactions == 2
+    assert transactions == batching.transactions
     assert batching.counted() == (before[0] + 5 + 1, before[1], before[2])  # the inline one too
     assert isinstance(outcomes[2], InsufficientCredit)
     sold = [outcomes[n].record for n in (0, 1, 3, 4)]

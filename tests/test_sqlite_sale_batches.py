@@ -41,18 +41,22 @@ def sqlite_service(tmp_path):
     service.close()
 
 
-def queued_together(service, calls: list, meanwhile=None) -> list:
+def queued_together(service, calls: list, meanwhile=None, inline=None) -> list:
     """Run `calls` so that they queue, in order, for one batch, while another connection
-    holds the write lock (and runs `meanwhile(conn)` in it before it commits). Each
-    call's outcome or exception; then how many transactions the writer committed."""
+    holds the write lock (and runs `meanwhile(conn)` in it before it commits), and a
+    write that found the writer idle waits for it inline: a sale of another seller, or
+    `inline(that seller)`. Once the lock is had, that write's transaction takes the
+    queued sales too (SQLite binds late), unless it is of another kind. Each call's
+    outcome or exception; then how many transactions the writer committed."""
     writer = service.database.writer
     blocker = credited_seller(service, FUNDS, "blocker")["id"]
     batches = writer.batches
     holder = sqlite3.connect(service.database.path, isolation_level=None)
+    first = inline or (lambda seller: service.sell(seller, "09129999999", 1_000))
     try:
         holder.execute("BEGIN IMMEDIATE")
         with concurrent.futures.ThreadPoolExecutor(len(calls) + 1) as pool:
-            inline = pool.submit(service.sell, blocker, "09129999999", 1_000)
+            inline = pool.submit(first, blocker)
             waited_for(lambda: writer.busy(), inline)
             futures = []
             for n, call in enumerate(calls, start=1):
@@ -90,7 +94,8 @@ def test_a_batch_undone_goes_one_at_a_time_and_the_next_batch_is_made_again(
 ):
     """A batch that fails after the writer's connection made its view is undone with the
     view: side by side, with its transaction; run by run, with its savepoint. Its sales
-    then go alone, and the next batch makes the view again."""
+    then go alone, and the next batch makes the view again. (The write waiting inline is
+    a credit request, so that the two sales are the writer thread's batch.)"""
     service = sqlite_service
     seller = credited_seller(service, FUNDS)["id"]
     real, failed = sale_batches._batch, []
@@ -104,16 +109,14 @@ def test_a_batch_undone_goes_one_at_a_time_and_the_next_batch_is_made_again(
 
     monkeypatch.setattr(sale_batches, "_batch", fails_twice)
     before = counted(service)
-    *first, _ = queued_together(
-        service, [lambda: service.sell(seller, A, 1_000), lambda: service.sell(seller, B, 2_000)]
-    )
-    # the inline one, alone; the two, side by side, then in their savepoint, then alone
-    assert counted(service) == (before[0] + 1, before[1] + 1, before[2] + 1)
+    two = [lambda: service.sell(seller, A, 1_000), lambda: service.sell(seller, B, 2_000)]
+    asks = lambda blocker: service.request_credit(blocker, 1_000)  # noqa: E731
+    *first, _ = queued_together(service, two, inline=asks)
+    # the two, side by side, then in their savepoint, then alone
+    assert counted(service) == (before[0], before[1] + 1, before[2] + 1)
     assert len(failed) == 2
-    *second, _ = queued_together(
-        service, [lambda: service.sell(seller, A, 1_000), lambda: service.sell(seller, B, 2_000)]
-    )
-    assert counted(service) == (before[0] + 1 + 3, before[1] + 1, before[2] + 1)
+    *second, _ = queued_together(service, two, inline=asks)
+    assert counted(service) == (before[0] + 2, before[1] + 1, before[2] + 1)
     after = [outcome.record["balance_after"] for outcome in [*first, *second]]
     assert after == [9_000, 7_000, 6_000, 4_000]
     assert service.audit(full=True)["consistent"]
