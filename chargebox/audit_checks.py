@@ -200,13 +200,15 @@ def since(db, trusted: Trusted) -> Found:
         walk = _walk(db, sid, state, problems, phones, requests, refunded)
         after = state.sale_id if state else 0
         problems += as_problems("I4", db.rows(_I4_SALES.format(where=_NEW_SALES), (sid, after)))
-        problems += as_problems("I4", db.rows(_NEW_SALES_KEYS, (sid, after)))
-        entries_after = state.entry_id if state else 0
-        problems += as_problems("I4", db.rows(_NEW_ENTRIES_KEYS, (sid, entries_after)))
         count, top = db.rows(
             "SELECT COUNT(*), COALESCE(MAX(id), 0) FROM sale WHERE seller_id = ? AND id > ?",
             (sid, after),
         )[0]
+        if count:  # the keys' records of its new sales, and of its new entries
+            problems += as_problems("I4", db.rows(_NEW_SALES_KEYS, (sid, after)))
+        if walk is not None and walk.walked:
+            entries_after = state.entry_id if state else 0
+            problems += as_problems("I4", db.rows(_NEW_ENTRIES_KEYS, (sid, entries_after)))
         sales = (state.sales if state else 0) + count
         sales_total += sales
         if walk is not None:

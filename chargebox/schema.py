@@ -107,7 +107,7 @@ def key_records(where: str = "") -> list[str]:
     """One query per record table: its records that name another seller's row (`where`
     adds to the condition on that row, `t`): the audit's check, and migrate's to version 4."""
     return [
-        f"SELECT k.seller_id, {'t.id' if names == 'ledger_entry' else 'NULL'}, "
+        "SELECT k.seller_id, NULL, "
         f"'{table} ' || k.id || ' of seller ' || k.seller_id || ' names {names} ' || t.id "
         f"|| ' of seller ' || t.seller_id FROM {table} k JOIN {names} t ON t.id = k.{column} "
         f"WHERE k.seller_id != t.seller_id {where}"

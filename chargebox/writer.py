@@ -247,18 +247,18 @@ class GroupWriter:
         kind of its seller (a seller's writes stay in order). `live` and `groups` grow in
         place (a redo keeps them); returns how many groups lead now."""
         together, room = _together_of(groups[0][0]), self.max_batch - len(live)
-        taken: list[_Item] = []
-        behind: set[int | None] = set()  # sellers with a write of another kind queued
+        taken, kept, behind = [], collections.deque(), set()  # behind: sellers not taken
         with self._wake:
             for item in self._queue:
-                if _together_of(item) != together or item.order in behind:
-                    behind.add(item.order)
-                elif len(taken) < room:
+                if _together_of(item) == together and item.order not in behind and room:
                     taken.append(item)
-            for item in taken:
-                self._queue.remove(item)
+                    room -= 1
+                else:  # and, whatever its kind, its seller's later writes stay behind it
+                    behind.add(item.order)
+                    kept.append(item)
+            live.extend(taken)  # answered with the batch from here on, whatever happens
+            self._queue = kept
         self.late += len(taken)
-        live.extend(taken)
         live.sort(key=_in_order)
         groups[:] = _groups(live)
         return _leading_runs(groups)

@@ -68,11 +68,11 @@ class Transactions:
         yield
 
 
-@pytest.fixture(params=[False, True], ids=["bound early", "bound late"])
-def writer(request):
+@pytest.fixture
+def writer():
     Sale.calls, Sale.refuse_runs_of = [], 0
     transactions = Transactions()
-    return GroupWriter(transactions.begin, side_by_side=True, late=request.param), transactions
+    return GroupWriter(transactions.begin, side_by_side=True), transactions
 
 
 def batch(*sellers: int) -> list[_Item]:

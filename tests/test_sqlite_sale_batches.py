@@ -122,6 +122,33 @@ def test_a_batch_undone_goes_one_at_a_time_and_the_next_batch_is_made_again(
     assert service.audit(full=True)["consistent"]
 
 
+def test_sales_bound_late_to_a_batch_that_is_redone_are_sold_once(sqlite_service, monkeypatch):
+    """The blocked inline sale's transaction takes the two sales queued meanwhile (bound
+    late); its one statement for both sellers fails once, so the batch is rolled back and
+    goes run by run, in the same transaction: every sale is sold once, answered once."""
+    service = sqlite_service
+    seller = credited_seller(service, FUNDS)["id"]
+    real, failed = sale_batches._batch, []
+
+    def fails_once(write, sold, *args):
+        if sold[0].count(seller) == 2 and len(sold[0]) == 3 and not failed:
+            failed.append(True)
+            raise IntegrityViolation("refused, as the database might")
+        return real(write, sold, *args)
+
+    monkeypatch.setattr(sale_batches, "_batch", fails_once)
+    before, late = counted(service), service.database.writer.late
+    *sold, transactions = queued_together(
+        service, [lambda: service.sell(seller, A, 1_000), lambda: service.sell(seller, B, 2_000)]
+    )
+    assert failed and transactions == 1  # the inline one's: side by side, then run by run
+    assert service.database.writer.late == late + 2
+    assert counted(service) == (before[0] + 3, before[1], before[2] + 1)
+    assert [outcome.record["balance_after"] for outcome in sold] == [9_000, 7_000]
+    assert on_disk(service, "SELECT count(*) FROM sale WHERE seller_id = ?", (seller,)) == [(2,)]
+    assert service.audit(full=True)["consistent"]
+
+
 def test_the_schema_refuses_a_batch_row_that_does_not_continue_the_books(sqlite_service):
     """The view's trigger only makes rows; the schema's triggers check each as it lands:
     a balance that skips (I2, I3), a sale of a seller that does not exist."""
