@@ -56,8 +56,8 @@ def queued_together(service, calls: list, meanwhile=None, inline=None) -> list:
     try:
         holder.execute("BEGIN IMMEDIATE")
         with concurrent.futures.ThreadPoolExecutor(len(calls) + 1) as pool:
-            inline = pool.submit(first, blocker)
-            waited_for(lambda: writer.busy(), inline)
+            waiting = pool.submit(first, blocker)
+            waited_for(lambda: writer.busy(), waiting)
             futures = []
             for n, call in enumerate(calls, start=1):
                 futures.append(pool.submit(call))
@@ -65,7 +65,7 @@ def queued_together(service, calls: list, meanwhile=None, inline=None) -> list:
             if meanwhile is not None:
                 meanwhile(holder)
             holder.execute("COMMIT")
-            inline.result(timeout=30)
+            waiting.result(timeout=30)
             answers = outcomes(futures)
     finally:
         holder.close()
