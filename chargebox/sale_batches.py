@@ -40,6 +40,10 @@ _BIGINTS = "CAST(? AS bigint[])"
 # Each balance moves once, by its run's total, from the balance read under the hold; the
 # sales, then their entries in seq order (each continuing its seller's chain, I3), their
 # seals, the heads and the phones' totals land on it; I2 is checked as the statement ends.
+# A seller the UPDATE did not move (its balance not the one read under the hold, or it no
+# longer active) still gets its rows, so that the statement fails (I2, I3, the sale's
+# trigger) rather than leave them out: nothing after it may refuse the batch, for its
+# COMMIT may have gone with it (postgresql.Write.rows_and_commit).
 _TOGETHER = (
     "WITH moved AS (UPDATE seller SET balance = seller.balance - m.total FROM"
     f" unnest({_BIGINTS}, {_BIGINTS}, {_BIGINTS}) AS m(id, total, before)"
@@ -49,9 +53,9 @@ _TOGETHER = (
     f" {_BIGINTS}, CAST(? AS text[])) AS s(seller_id, id, entry_id, seq, phone, amount,"
     " balance_after, mac)), made AS (INSERT INTO sale (id, seller_id, phone, amount,"
     " balance_after, created_at) SELECT sold.id, sold.seller_id, sold.phone, sold.amount,"
-    " sold.balance_after, ? FROM sold JOIN moved ON moved.id = sold.seller_id"
-    " ORDER BY sold.id RETURNING id), entry AS (INSERT INTO ledger_entry (id, seller_id, seq,"
-    " kind, amount, balance_after, sale_id, created_at) SELECT sold.entry_id, sold.seller_id,"
+    " sold.balance_after, ? FROM sold ORDER BY sold.id RETURNING id), entry AS (INSERT INTO"
+    " ledger_entry (id, seller_id, seq, kind, amount, balance_after, sale_id, created_at)"
+    " SELECT sold.entry_id, sold.seller_id,"
     " sold.seq, 'sale', -sold.amount, sold.balance_after, sold.id, ? FROM sold"
     " JOIN made ON made.id = sold.id ORDER BY sold.seller_id, sold.seq RETURNING id),"
     " sealed AS (INSERT INTO ledger_seal (entry_id, mac) SELECT entry.id, sold.mac FROM entry"
@@ -59,11 +63,11 @@ _TOGETHER = (
     " entry_id, entries, entry_mac, mac) SELECT h.seller_id, h.entry_id, h.entries,"
     f" h.entry_mac, h.mac FROM unnest({_BIGINTS}, {_BIGINTS}, {_BIGINTS}, CAST(? AS text[]),"
     " CAST(? AS text[])) AS h(seller_id, entry_id, entries, entry_mac, mac)"
-    " WHERE h.seller_id IN (SELECT id FROM moved) ON CONFLICT (seller_id) DO UPDATE SET"
+    " ON CONFLICT (seller_id) DO UPDATE SET"
     " entry_id = excluded.entry_id, entries = excluded.entries,"
     " entry_mac = excluded.entry_mac, mac = excluded.mac), phones AS (INSERT INTO phone"
     " (number, total_charged, created_at) SELECT sold.phone, CAST(sum(sold.amount) AS BIGINT),"
-    " ? FROM sold JOIN moved ON moved.id = sold.seller_id GROUP BY sold.phone"
+    " ? FROM sold GROUP BY sold.phone"
     " ORDER BY sold.phone ON CONFLICT (number) DO UPDATE"
     " SET total_charged = phone.total_charged + excluded.total_charged){also}"
     " SELECT id, balance FROM moved ORDER BY id"
@@ -158,6 +162,8 @@ def sell_together(write: Write, runs: list[Run], now: str, also: Also,
         moved = _together(write, moves, sold, now, tops, queries)
     else:
         moved = _batch(write, sold, now, tops, queries)
+    # Belt and braces: PostgreSQL's statement has already failed if this could fail (and
+    # its COMMIT may have gone with it: then the batch is answered with the error).
     after = sorted((seller_id, check_balance(before - total))
                    for seller_id, total, before in zip(*moves, strict=True))  # fmt: skip
     if [tuple(row) for row in moved] != after:
@@ -235,9 +241,10 @@ def _as_with(queries: list[tuple[str, tuple]]) -> tuple[str, tuple]:
 def _together(write: Write, moves: list[list], sold: list[list], now: str, tops: list[list],
               queries: list[tuple[str, tuple]]) -> list:  # fmt: skip
     """PostgreSQL: the runs, the heads (entries, seal, its mac) and `queries` in one
-    statement; each moved seller's balance after it, by seller."""
+    statement (and the COMMIT, if nothing follows it); each moved seller's balance after
+    it, by seller."""
     extra, params = _as_with(queries)
-    return write.rows(_TOGETHER.format(also=extra),
+    return write.rows_and_commit(_TOGETHER.format(also=extra),
                       (*moves, *sold, now, now, *tops, now, *params))  # fmt: skip
 
 
