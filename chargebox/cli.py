@@ -169,6 +169,8 @@ def prepare(config: Config) -> Config:
     try:
         if config.db_url:
             database.ensure_schema()
+            schema.refuse_dropped_guards(database.missing_triggers(), database.table_names(),
+                                         "(the PostgreSQL database)")  # fmt: skip
             key = _ledger_key(config, database)
             anchors.refuse_rollback(config, database, key)  # an older copy put back
         else:

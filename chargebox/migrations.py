@@ -4,7 +4,8 @@ Each database records the versions applied to it in `schema_version`. An SQLite 
 before versions were recorded (chargebox 0.1.0) holds chargebox's tables and no such table:
 it is version 1. A new database is made at LATEST directly; an older one is brought there
 by `chargebox migrate`, every missing step in one transaction, which also re-installs every
-trigger; start-up refuses any version but LATEST (`check`), in one line that says what to do.
+trigger; start-up refuses any version but LATEST (`check`), in one line that says what to do,
+and a database at LATEST whose guard trigger someone dropped, which `migrate` then puts back.
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ def migrate(
         try:
             if grant_to:
                 schema.check_role(conn, grant_to)
-            found, to, roles = upgrade_postgresql(conn, where, [grant_to] if grant_to else [])
+            found, to, roles, put = upgrade_postgresql(conn, where, [grant_to] if grant_to else [])
         finally:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -211,9 +212,13 @@ def migrate(
             raise ValueError(f"--db {where}: no database here to migrate")
         check_database_path(config.db_path)
         with lock():
-            found, to = upgrade_sqlite(str(config.db_path), config.busy_timeout_ms / 1000, where)
+            found, to, put = upgrade_sqlite(
+                str(config.db_path), config.busy_timeout_ms / 1000, where
+            )
         granted = ""
-    if found == to:
+    if put:
+        granted += f"; put back {len(put)} dropped guard trigger(s): {', '.join(put)}"
+    elif found == to:
         return f"schema version {to} in {where}: already the newest, nothing to do{granted}"
     return f"schema version {found} -> {to} in {where}{granted}"
 
@@ -235,10 +240,13 @@ def sqlite_version(conn: sqlite3.Connection) -> int | None:
 def prepare_sqlite(database: peewee.SqliteDatabase, models: Sequence[type[peewee.Model]],
                    where: str) -> None:  # fmt: skip
     """At start-up, under the start-up lock: a new file is made at LATEST, a file at LATEST
-    gets back anything missing (a dropped trigger), any other version is refused."""
+    gets back a table it lacks (the audit's checkpoints, made later) and is refused if a
+    guard trigger was dropped (schema.refuse_dropped_guards), any other version is refused."""
     conn = database.connection()
     found = sqlite_version(conn)
     check(found, where)
+    if found is not None:  # what it lacks it gets back, but a dropped guard: see there
+        schema.refuse_dropped_guards(schema.missing_triggers(conn), schema.table_names(conn), where)
     with database.bind_ctx(models), database.atomic():
         database.create_tables(models, safe=True)
         for statement in (*schema.TRIGGERS, SQLITE_VERSION_TABLE):
@@ -246,8 +254,9 @@ def prepare_sqlite(database: peewee.SqliteDatabase, models: Sequence[type[peewee
         _record_sqlite(conn, found or LATEST)
 
 
-def upgrade_sqlite(path: str, timeout: float, where: str) -> tuple[int, int]:
-    """Apply the missing steps to the file at `path` in one write transaction; (from, to).
+def upgrade_sqlite(path: str, timeout: float, where: str) -> tuple[int, int, list[str]]:
+    """Apply the missing steps to the file at `path` in one write transaction, and put back
+    the guard triggers someone dropped; (from, to, the triggers put back at LATEST).
 
     The caller holds the start-up lock. Foreign keys are off while the steps run (they
     cannot be switched inside a transaction) and checked before COMMIT.
@@ -262,6 +271,7 @@ def upgrade_sqlite(path: str, timeout: float, where: str) -> tuple[int, int]:
                 raise ValueError(f"--db {where}: no chargebox database here to migrate")
             if found > LATEST:
                 check(found, where)
+            dropped = schema.missing_triggers(conn) if found == LATEST else []
             for step in _steps_after(found):
                 step.sqlite(conn)
             broken = conn.execute("PRAGMA foreign_key_check").fetchall()
@@ -276,7 +286,7 @@ def upgrade_sqlite(path: str, timeout: float, where: str) -> tuple[int, int]:
             raise
     finally:
         conn.close()
-    return found, LATEST
+    return found, LATEST, dropped
 
 
 def _record_sqlite(conn: sqlite3.Connection, since: int) -> None:
@@ -314,10 +324,12 @@ def service_roles(conn) -> list[str]:
     return sorted(name.strip('"') for (name,) in rows)
 
 
-def upgrade_postgresql(conn, where: str, grant_to: Sequence[str] = ()) -> tuple[int, int, list]:
+def upgrade_postgresql(conn, where: str,
+                       grant_to: Sequence[str] = ()) -> tuple[int, int, list, list]:  # fmt: skip
     """Apply the missing steps as the schema's owner, in one transaction under the schema
-    lock; then grant the service's roles (found, and `grant_to`) what the new schema needs.
-    Returns (from, to, the roles granted)."""
+    lock, and put back the guards someone dropped (at LATEST); then grant the service's
+    roles (found, and `grant_to`) what the new schema needs. Returns (from, to, the roles
+    granted, the triggers put back)."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (schema.SCHEMA_LOCK,))
         found = postgresql_version(conn)
@@ -327,6 +339,7 @@ def upgrade_postgresql(conn, where: str, grant_to: Sequence[str] = ()) -> tuple[
             check(found, where)
         for step in _steps_after(found):
             step.postgresql(conn)
+        put = schema.put_back_postgresql_guards(conn) if found == LATEST else []
         applied = now()
         for version in range(found + 1, LATEST + 1):
             conn.execute(
@@ -336,4 +349,4 @@ def upgrade_postgresql(conn, where: str, grant_to: Sequence[str] = ()) -> tuple[
         roles = sorted({*service_roles(conn), *grant_to})
         for role in roles:
             schema.grant(conn, role)
-    return found, LATEST, roles
+    return found, LATEST, roles, put

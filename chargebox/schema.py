@@ -3,7 +3,8 @@
 The models (models.py) declare tables, CHECKs, UNIQUEs and foreign keys; what a
 column constraint cannot say (a chain, an append-only table, a decided request
 that never changes) is a trigger here. `create` installs both, idempotently;
-`missing_triggers` lets the audit notice a trigger someone dropped. PostgreSQL's
+`missing_triggers` lets the audit notice a trigger someone dropped, and start-up refuse
+the database (`refuse_dropped_guards`) until `migrate` puts it back. PostgreSQL's
 schema, triggers in PL/pgSQL, is `schema_postgresql.sql` (`postgresql_statements`),
 and `grant` gives the service's role only what it needs there (`init-db --grant-to`).
 """
@@ -76,6 +77,43 @@ def postgresql_triggers() -> set[str]:
         for statement in postgresql_statements()
         if (match := re.match(r"CREATE (?:CONSTRAINT )?TRIGGER (\w+)", statement))
     }
+
+
+def refuse_dropped_guards(missing: list[str], tables: set[str], where: str) -> None:
+    """Start-up, on a database at VERSION: ValueError naming the guard triggers someone
+    dropped (a checkpoint table's only once that table exists). A server never writes
+    without them, and never puts them back itself, which would hide from the audit (I5)
+    that they were gone; `chargebox migrate` does, once the operator has looked."""
+    checkpointed = set(CHECKPOINT_TABLES) <= tables
+    dropped = [name for name in missing if checkpointed or not name.startswith(CHECKPOINT_TABLES)]
+    if dropped:
+        raise ValueError(
+            f"--db {where}: {len(dropped)} guard trigger(s) of the schema are missing"
+            f" ({', '.join(dropped)}): someone who could write to the database dropped"
+            " them. Run `chargebox audit --full` with the same --db to see what was written"
+            " without them, then `chargebox migrate` (PostgreSQL: as the schema's owner)"
+            " to put them back"
+        )
+
+
+def put_back_postgresql_guards(conn) -> list[str]:
+    """As the schema's owner, inside migrate's transaction: every function of
+    `schema_postgresql.sql` made again in order (CREATE OR REPLACE: the newest body
+    last, whatever someone put in its place), then each of its triggers that is
+    missing on a table that exists; the names of the triggers put back."""
+    found = {name for (name,) in conn.execute("SELECT tgname FROM pg_trigger").fetchall()}
+    put = []
+    for statement in postgresql_statements():
+        if re.search(r"(?m)^CREATE FUNCTION", statement):
+            conn.execute(re.sub(r"(?m)^CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", statement))
+        elif trigger := re.match(r"CREATE (?:CONSTRAINT )?TRIGGER (\w+) .*? ON (\w+)", statement,
+                                 re.S):  # fmt: skip
+            name, table = trigger.groups()
+            there = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
+            if name not in found and there:
+                conn.execute(statement)
+                put.append(name)
+    return put
 
 
 def _sql_in(part: str) -> bool:

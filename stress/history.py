@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from chargebox import seals
+from chargebox import schema, seals
 from chargebox.cli import prepare
 from chargebox.config import Config
 from chargebox.db import Database
@@ -100,8 +100,8 @@ def generate(options: Options, say: Callable[[str], None] = print) -> dict:
         conn.close()
     say(f"history: indexes and triggers ({len(set_aside)} set aside) created again")
     database = Database(config)
-    try:
-        database.ensure_schema(ALL_MODELS)
+    try:  # what it set aside, made again (start-up would refuse a guard dropped by others)
+        schema.create(database.peewee, ALL_MODELS)
     finally:
         database.close()
     made["seconds"] = round(time.perf_counter() - started, 1)

@@ -35,6 +35,7 @@ from tests.support import (
     credited_seller,
     database_of,
     db_snapshot,
+    drop_trigger,
     reconciled_balances,
     rows_on_disk,
     running_server,
@@ -266,6 +267,44 @@ def test_a_version_3_database_gets_the_key_record_triggers_unless_a_record_is_fo
     with writable(db) as conn, pytest.raises(REFUSED, match="another seller"):
         conn.execute(*record)
     assert cli_audit(db, config.data_dir if config.db_url else None).returncode == 0
+
+
+def test_a_dropped_guard_keeps_the_server_from_starting_until_migrate_puts_it_back(service, config):
+    """Someone who can write to the database drops a guard trigger (on PostgreSQL, also
+    empties the function the append-only triggers call). No command that writes starts
+    on it: each exits 2 naming the trigger and the way back, and puts nothing back
+    itself, so the audit still names it (I5). `chargebox migrate` puts it back (and the
+    function's body) and says so; then the guard refuses again, and the server starts."""
+    credited_seller(service, 10_000, "Ali")
+    service.close()
+    db = database_of(config)
+    with writable(db) as conn:
+        drop_trigger(conn, "ledger_entry_no_update")
+        if config.db_url:
+            conn.execute("CREATE OR REPLACE FUNCTION chargebox_refuse() RETURNS trigger"
+                         " LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END; $$")  # fmt: skip
+    where = ["--data-dir", config.data_dir] if config.db_url else []
+    refused = chargebox("create-seller", "Sara", "--db", db, *where)
+    assert refused.returncode == 2, refused.stderr
+    assert "1 guard trigger(s) of the schema are missing (ledger_entry_no_update)" in (
+        refused.stderr
+    )
+    assert "chargebox audit --full" in refused.stderr and "Traceback" not in refused.stderr
+    audited = cli_audit(db, config.data_dir if config.db_url else None)
+    assert audited.returncode == 1 and "ledger_entry_no_update is missing" in audited.stderr
+    migrated = chargebox("migrate", "--db", backends.owner_url(db) if config.db_url else db,
+                         *where)  # fmt: skip
+    assert migrated.returncode == 0, migrated.stderr
+    assert "put back 1 dropped guard trigger(s): ledger_entry_no_update" in migrated.stderr
+    with writable(db) as conn, pytest.raises(REFUSED, match="never updated"):
+        conn.execute("UPDATE ledger_entry SET created_at = created_at")
+    with writable(db) as conn, pytest.raises(REFUSED, match="never deleted"):
+        conn.execute("DELETE FROM ledger_entry")  # the emptied function's other triggers
+    assert cli_audit(db, config.data_dir if config.db_url else None).returncode == 0
+    started = chargebox("create-seller", "Sara", "--db", db, *where)
+    assert started.returncode == 0, started.stderr
+    again = chargebox("migrate", "--db", backends.owner_url(db) if config.db_url else db, *where)
+    assert "already the newest, nothing to do" in again.stderr
 
 
 def restored(cluster, release: str = "0.1.0") -> pg_cluster.Roles:
