@@ -45,7 +45,7 @@ class Write:
     transaction has ended, so a write cannot escape its `database.write()`.
     """
 
-    __slots__ = ("_conn", "ledger_key", "open", "last")
+    __slots__ = ("_conn", "ledger_key", "open")
     dialect = "sqlite"
     balance_first = False  # the entry first: SQLite's triggers cannot wait for COMMIT
 
@@ -53,7 +53,6 @@ class Write:
         self._conn = conn
         self.ledger_key = ledger_key
         self.open = True
-        self.last = False  # the work is the transaction's last: no round trip to save here
 
     def execute(self, sql: str, params: Sequence | dict = ()) -> sqlite3.Cursor:
         if not (self.open and self._conn.in_transaction):

@@ -54,13 +54,11 @@ class Write:
     what serialises one seller across every app server. In a group commit the statements
     go down one pipeline (psycopg's pipeline mode): `send` queues a statement whose
     result nobody reads, and the next `execute` (or the end of a savepoint) waits for
-    them all, so a keyed sale is two round trips, not twenty, while its seller is held;
-    its COMMIT goes with its last statement (`rows_and_commit`), when the writer says
-    nothing follows (`last`): one round trip and one wake-up fewer while rows are held.
+    them all, so a keyed sale is two round trips, not twenty, while its seller is held.
     """
 
     __slots__ = ("_conn", "ledger_key", "open", "deadline", "_bounded_at", "_pipeline",
-                 "_unchecked", "_held", "last", "finished")  # fmt: skip
+                 "_unchecked", "_held")  # fmt: skip
     dialect = "postgresql"
     balance_first = True
 
@@ -74,7 +72,6 @@ class Write:
         self._pipeline = pipeline  # None: each statement waits for its answer
         self._unchecked = False  # statements sent whose outcome is not known yet
         self._held: set[int] = set()  # sellers whose rows this transaction holds
-        self.last = self.finished = False  # its work is the last; COMMIT went with it
 
     def bound(self) -> None:
         """Waiting for a row lock ends at the deadline (LockTimeout, 503): `lock_timeout`
@@ -111,20 +108,8 @@ class Write:
         self._unchecked = self._pipeline is not None
         return cursor.fetchall
 
-    def rows_and_commit(self, sql: str, params: tuple | dict = ()) -> list[tuple]:
-        """A statement's rows; if the work is the transaction's `last`, with its COMMIT
-        (`finished`). PostgreSQL skips a COMMIT queued behind a statement that failed; no
-        check may refuse the work after the statement (it is in it, or in the schema)."""
-        if not self.last:
-            return self.rows(sql, params)
-        found = self.later(sql, params)
-        self._sent("COMMIT", ())
-        self.checked()
-        self.finished = True
-        return found()
-
     def _sent(self, sql: str, params: tuple | dict):
-        if not self.open or self.finished:
+        if not self.open:
             raise AssertionError("this write has ended: write only inside database.write()")
         with translated():
             return self._conn.execute(to_psycopg(sql), params or None)
@@ -311,8 +296,7 @@ class Database:
                 self._began = time.monotonic()
                 try:
                     yield write
-                    if not write.finished:  # what COMMIT refuses (deferred checks) is raised
-                        write.execute("COMMIT")
+                    write.execute("COMMIT")  # what COMMIT refuses (deferred checks) is raised
                 except BaseException:
                     with contextlib.suppress(Exception):  # a lost server: dropped below
                         write.settle()

@@ -41,9 +41,8 @@ _BIGINTS = "CAST(? AS bigint[])"
 # sales, then their entries in seq order (each continuing its seller's chain, I3), their
 # seals, the heads and the phones' totals land on it; I2 is checked as the statement ends.
 # A seller the UPDATE did not move (its balance not the one read under the hold, or it no
-# longer active) still gets its rows, so that the statement fails (I2, I3, the sale's
-# trigger) rather than leave them out: nothing after it may refuse the batch, for its
-# COMMIT may have gone with it (postgresql.Write.rows_and_commit).
+# longer active) still gets its rows, so that the database itself fails the statement (I2,
+# I3, the sale's trigger) rather than leave them out for the check in Python to find.
 _TOGETHER = (
     "WITH moved AS (UPDATE seller SET balance = seller.balance - m.total FROM"
     f" unnest({_BIGINTS}, {_BIGINTS}, {_BIGINTS}) AS m(id, total, before)"
@@ -162,8 +161,7 @@ def sell_together(write: Write, runs: list[Run], now: str, also: Also,
         moved = _together(write, moves, sold, now, tops, queries)
     else:
         moved = _batch(write, sold, now, tops, queries)
-    # Belt and braces: PostgreSQL's statement has already failed if this could fail (and
-    # its COMMIT may have gone with it: then the batch is answered with the error).
+    # Belt and braces: PostgreSQL's statement has already failed if this could fail.
     after = sorted((seller_id, check_balance(before - total))
                    for seller_id, total, before in zip(*moves, strict=True))  # fmt: skip
     if [tuple(row) for row in moved] != after:
@@ -241,10 +239,9 @@ def _as_with(queries: list[tuple[str, tuple]]) -> tuple[str, tuple]:
 def _together(write: Write, moves: list[list], sold: list[list], now: str, tops: list[list],
               queries: list[tuple[str, tuple]]) -> list:  # fmt: skip
     """PostgreSQL: the runs, the heads (entries, seal, its mac) and `queries` in one
-    statement (and the COMMIT, if nothing follows it); each moved seller's balance after
-    it, by seller."""
+    statement; each moved seller's balance after it, by seller."""
     extra, params = _as_with(queries)
-    return write.rows_and_commit(_TOGETHER.format(also=extra),
+    return write.rows(_TOGETHER.format(also=extra),
                       (*moves, *sold, now, now, *tops, now, *params))  # fmt: skip
 
 

@@ -214,7 +214,7 @@ class GroupWriter:
                 waited = True
                 if side_by_side and self.bind_late:
                     side_by_side = self._bind_late(live, groups)
-                self._side_by_side(write, groups[:side_by_side], runs, len(groups))
+                self._side_by_side(write, groups[:side_by_side], runs)
                 self._one_by_one(write, groups[side_by_side:], victims, runs)
         except _NotSideBySide:
             raise  # rolled back
@@ -265,31 +265,31 @@ class GroupWriter:
 
     def _one_by_one(self, write: Any, groups: list[list[_Item]], victims: list[_Item],
                     runs: list[tuple[bool, int]]) -> None:  # fmt: skip
-        """Each run of writes that go together in one savepoint, each other write in its own."""
+        """Each run of writes that go together in one savepoint, each other write in its
+        own."""
         for group in groups:
             if _together_of(group[0]) is not None:
                 group = self._together(write, group, victims, runs)
             for item in group:
                 self._alone(write, item, victims)
 
-    def _side_by_side(self, write: Any, groups: list[list[_Item]], runs: list[tuple[bool, int]],
-                      of: int = 0) -> None:  # fmt: skip
+    def _side_by_side(self, write: Any, groups: list[list[_Item]],
+                      runs: list[tuple[bool, int]]) -> None:  # fmt: skip
         """The groups (runs that go together, each its own seller's) in one call, with no
-        savepoint (`write.last`: they are all the batch's `of` groups, so their statement
-        may take the COMMIT); if it fails but for the lock or the database, _NotSideBySide
-        (the transaction is then rolled back). Why is logged, unless a seller could not
-        (`Separately`) or a deadlock chose it. What COMMIT went with (`finished`) is not."""
-        write.last = len(groups) == of  # set in every transaction: a Write may be reused
+        savepoint; if it fails but for the lock or the database, _NotSideBySide (the
+        transaction is then rolled back). Why is logged, unless a seller could not
+        (`Separately`) or a deadlock chose it."""
         if not groups:
             return
         together = _together_of(groups[0][0])
         try:
             answers = together(write, [[item.work for item in group] for group in groups])
+        except Deadlocked:
+            raise _NotSideBySide from None
+        except Unavailable:
+            raise  # the lock not had in time, or the database cannot write now
         except Exception as exc:
-            again = isinstance(exc, Deadlocked) or not isinstance(exc, Unavailable)
-            if getattr(write, "finished", False) or not again:
-                raise  # committed; or the lock not had in time, or the database cannot write
-            if not isinstance(exc, (Separately, Deadlocked)):  # what a check refused, say
+            if not isinstance(exc, Separately):  # what the database or a check refused, say
                 _log.warning("a batch of %d runs goes run by run: %s", len(groups),
                              type(exc).__name__)  # fmt: skip
             raise _NotSideBySide from None

@@ -23,7 +23,6 @@ class Sale:
     """A write that can go together with others (as idempotency._Together does)."""
 
     calls: list[list[int]] = []  # each together() call: its runs' sizes
-    lasts: list[bool] = []  # each together() call: whether it was told it is the last work
     refuse_runs_of = 0  # a together() call with this many runs or more is refused
 
     def __init__(self, seller: int, n: int) -> None:
@@ -35,7 +34,6 @@ class Sale:
     @staticmethod
     def together(write, runs: list[list[Sale]]) -> list[list[tuple[str, None]]]:
         Sale.calls.append([len(run) for run in runs])
-        Sale.lasts.append(write.last)
         if Sale.refuse_runs_of and len(runs) >= Sale.refuse_runs_of:
             raise Refused("as the database might")
         return [[(f"together {w.seller}.{w.n}", None) for w in run] for run in runs]
@@ -72,7 +70,7 @@ class Transactions:
 
 @pytest.fixture
 def writer():
-    Sale.calls, Sale.lasts, Sale.refuse_runs_of = [], [], 0
+    Sale.calls, Sale.refuse_runs_of = [], 0
     transactions = Transactions()
     return GroupWriter(transactions.begin, side_by_side=True), transactions
 
@@ -116,38 +114,6 @@ def test_what_fails_after_the_call_fails_the_batch_and_is_not_tried_again(writer
     assert all(isinstance(item.error, Refused) for item in items)
     assert (group_writer.together, group_writer.redone, group_writer.batches) == (0, 0, 0)
     assert (transactions.begun, transactions.rolled_back) == (1, 1)
-
-
-def test_only_a_call_that_is_the_whole_batch_is_told_it_is_the_last(writer):
-    """`write.last`: nothing of the transaction follows the call, so its statement may
-    take the COMMIT (PostgreSQL's does). Not when a write of another kind follows, nor
-    for a run in its savepoint."""
-    group_writer, _ = writer
-    assert group_writer._apply(batch(1, 2)) == []
-    deadline = time.monotonic() + 30
-    assert group_writer._apply([*batch(1), _Item(Approval(1, 9), deadline, 1)]) == []
-    Sale.refuse_runs_of = 2
-    assert group_writer._apply(batch(1, 2)) == []  # refused; then each run in its savepoint
-    assert Sale.lasts == [True, False, True, False, False]
-
-
-def test_what_fails_once_its_commit_went_with_the_call_is_not_tried_again(writer):
-    """The call's statement took the COMMIT (`finished`), and something after it failed:
-    the batch is answered with the error, never redone run by run (it would sell again)."""
-    group_writer, transactions = writer
-
-    def committed_then_failed(write, runs):
-        Sale.calls.append([len(run) for run in runs])
-        write.finished = True
-        raise Refused("after COMMIT")
-
-    items = batch(1, 2)
-    for item in items:
-        item.work.together = committed_then_failed
-    assert group_writer._apply(items) == []
-    assert Sale.calls == [[1, 1]]
-    assert all(isinstance(item.error, Refused) for item in items)
-    assert (group_writer.redone, group_writer.batches, transactions.begun) == (0, 0, 1)
 
 
 class Approval(Sale):

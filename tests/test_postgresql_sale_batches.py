@@ -193,13 +193,13 @@ def test_the_metrics_count_each_run_by_how_it_was_written(pg_group_commit):
     assert redone == [1.0]
 
 
-def test_the_runs_of_several_sellers_go_side_by_side_in_two_round_trips(
+def test_the_runs_of_several_sellers_go_side_by_side_in_three_round_trips(
     pg_group_commit, monkeypatch
 ):
     """Sales of four sellers queued for one batch: each seller's run is one statement,
-    and the runs go side by side (no savepoints), so the batch waits for PostgreSQL twice
-    (the heads; the statement, with the COMMIT sent behind it) whatever the number of
-    sellers; run by run it would be twice a seller, and once more for COMMIT."""
+    and the runs go side by side (no savepoints), so the batch waits for PostgreSQL three
+    times (the heads, the statements, COMMIT) whatever the number of sellers; run by run
+    it would be twice a seller, and once more."""
     service, superuser = pg_group_commit
     sellers = [credited_seller(service, FUNDS, f"s{n}")["id"] for n in range(4)]
     waits: dict[postgresql.Write, int] = {}  # each transaction's, in order
@@ -221,8 +221,8 @@ def test_the_runs_of_several_sellers_go_side_by_side_in_two_round_trips(
     assert [answer.record["amount"] for answer in answers] == [100, 200, 300, 400]
     assert transactions == 2  # the gate's own sale, then the four sellers' in one
     assert counted(service) == (before[0] + 5, before[1], before[2])
-    # the last two transactions: the gate's sale (a batch of one: two too), the four's
-    assert list(waits.values())[-2:] == [2, 2]
+    # the last two transactions: the gate's sale (a batch of one: three too), the four's
+    assert list(waits.values())[-2:] == [3, 3]
     for n, seller in enumerate(sellers):
         assert balance(superuser, seller) == FUNDS - 100 * (n + 1)
     assert writer.side_by_side and service.audit()["consistent"]
@@ -257,16 +257,14 @@ def test_a_run_that_cannot_go_side_by_side_sends_the_batch_run_by_run(pg_group_c
     assert service.audit()["consistent"]
 
 
-def test_a_batch_statement_that_leaves_a_seller_unmoved_fails_before_its_commit(
+def test_a_batch_statement_that_leaves_a_seller_unmoved_fails_in_the_database(
     pg_group_commit, monkeypatch, caplog
 ):
-    """A batch's statement takes its COMMIT with it, so nothing after it may refuse the
-    batch: were a seller's balance no longer the one its sales were worked out from (the
+    """Were a seller's balance no longer the one its sales were worked out from (the
     guarded UPDATE then moves nobody; here, made to miss), its sales and entries are still
-    written, and the statement itself fails (I2). The batch is rolled back, goes run by
-    run, fails again in its savepoint, and each sale goes alone: sold once, and the
-    books agree. (Had the statement left the seller's rows out instead, it would have
-    committed and only then been found wrong.)"""
+    written, and the database itself fails the statement (I2), not only the check in
+    Python after it. The batch is rolled back, goes run by run, fails again in its
+    savepoint, and each sale goes alone: sold once, and the books agree."""
     service, superuser = pg_group_commit
     seller = credited_seller(service, FUNDS)["id"]
     missing = sale_batches._TOGETHER.replace(
