@@ -41,7 +41,7 @@ def described(url: str) -> str:
     return re.sub(r"^(\w+://[^:/@]*):[^@]*@", r"\1:***@", url)
 
 
-def connect(url: str, autocommit: bool = False):
+def connect(url: str, autocommit: bool = False, timeout: int = 10):
     """A psycopg connection, or one line naming the database (never its password)."""
     try:
         import psycopg  # only a PostgreSQL deployment needs the driver
@@ -53,7 +53,7 @@ def connect(url: str, autocommit: bool = False):
 
     conn = None
     try:
-        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
+        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=timeout)
         if _behind_a_pooler(conn):
             conn.prepare_threshold = None
         if not autocommit:

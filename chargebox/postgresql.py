@@ -19,7 +19,8 @@ with DeadlockDetected after `deadlock_timeout`; the sales' statement is undone
 with its transaction and the batch goes again run by run, and a write in a
 savepoint is undone by it (`Deadlocked`), the rest of the batch commits, and it
 is tried again in the next batch while its deadline allows. A lost server
-fails the whole batch (503, nothing committed).
+fails the whole batch (503, nothing committed); if it was lost once COMMIT had
+been sent, what the transaction did is read first (lost_commit.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from chargebox import metrics
+from chargebox import lost_commit, metrics
 from chargebox.config import Config
 from chargebox.errors import Deadlocked, LockTimeout, Unavailable
 from chargebox.pg_driver import Reader, as_dicts, connect, described, to_psycopg, translated
@@ -286,16 +287,18 @@ class Database:
             deadline = time.monotonic() + self.timeout
         conn = self.connection()
         self._local.writing = True
-        write = None
+        write, sent = None, None  # sent: the transaction and its backend, once COMMIT is sent
         try:
             # BEGIN and COMMIT by hand: psycopg's transaction() syncs a pipeline three times
             with translated(), _pipeline(conn) as pipeline:
                 write = Write(conn, self.ledger_key, deadline, pipeline)
                 write.send("BEGIN")
                 write.bound()
+                identity = write.later(lost_commit.IDENTITY)
                 self._began = time.monotonic()
                 try:
                     yield write
+                    sent = identity()[0]
                     write.execute("COMMIT")  # what COMMIT refuses (deferred checks) is raised
                 except BaseException:
                     with contextlib.suppress(Exception):  # a lost server: dropped below
@@ -305,8 +308,10 @@ class Database:
         except (LockTimeout, Deadlocked):
             raise  # the connection is fine; only a lock was not had
         except Unavailable:
+            lost = sent is not None and conn.broken  # COMMIT's answer: read what it did
             self._drop()
-            raise
+            if not (lost and lost_commit.outcome(self.url, *sent, max(deadline, time.monotonic()))):
+                raise
         finally:
             if write is not None:
                 write.open = False
