@@ -11,7 +11,8 @@ aborted, and 503 is true. While the backend is still finishing it (in progress),
 the question is asked again until the writes' deadline; then that backend is
 stopped (`pg_terminate_backend`, if it still runs that transaction) and asked once
 more. A server that cannot be reached by then leaves the outcome unknown: 503, as
-before, and the transaction's id is logged for the operator to look up.
+before, and the transaction's id is logged for the operator to look up. Each is
+counted (`chargebox_lost_commits_total{outcome}`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import contextlib
 import logging
 import time
 
+from chargebox import metrics
 from chargebox.errors import Unavailable
 from chargebox.pg_driver import connect
 
@@ -43,6 +45,7 @@ def outcome(url: str, xid: int, pid: int, deadline: float) -> bool:
             conn, status = _asked(conn, url, xid, deadline)
             if status in ("committed", "aborted"):
                 _log.warning("a COMMIT's answer was lost; transaction %d %s", xid, status)
+                metrics.commit_lost(status)
                 return status == "committed"
             if time.monotonic() >= deadline:
                 if stopped or conn is None or status != "in progress":
@@ -56,6 +59,7 @@ def outcome(url: str, xid: int, pid: int, deadline: float) -> bool:
             conn.close()
     _log.error("a COMMIT's answer was lost and transaction %d is %s: look it up with"
                " SELECT txid_status(%d)", xid, status or "not known", xid)  # fmt: skip
+    metrics.commit_lost("unknown")
     raise Unavailable("the database is busy or unavailable; retry shortly")
 
 

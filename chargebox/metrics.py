@@ -79,8 +79,15 @@ class _Instruments:
             "one statement: rolled back, then applied again run by run",
             registry=None,
         )
+        self.lost = Counter(
+            "chargebox_lost_commits",
+            "PostgreSQL: write transactions whose COMMIT's answer was lost with the connection, "
+            "by what they were then found to have done: committed, aborted, or unknown",
+            ["outcome"],
+            registry=None,
+        )
         self.all = (self.requests, self.latency, self.unavailable, self.batch, self.lock_wait,
-                    self.runs, self.redone)  # fmt: skip
+                    self.runs, self.redone, self.lost)  # fmt: skip
         self.children: dict[tuple, tuple] = {}  # (route, method, status) -> its metrics
         self.lock = threading.Lock()
 
@@ -174,6 +181,13 @@ def batch_redone() -> None:
     again run by run."""
     if _on is not None:
         _on.redone.inc()
+
+
+def commit_lost(outcome: str) -> None:
+    """A COMMIT's answer was lost; its transaction was then found `outcome` (committed,
+    aborted, or unknown: answered 503 all the same)."""
+    if _on is not None:
+        _on.lost.labels(outcome).inc()
 
 
 def lock_waited(seconds: float) -> None:

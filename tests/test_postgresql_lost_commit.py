@@ -19,7 +19,9 @@ import time
 
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from chargebox import metrics
 from chargebox.errors import Unavailable
 from tests.support import credited_seller
 from tests.test_postgresql_group_commit import balance
@@ -43,9 +45,24 @@ def commit_waits(pg_group_commit):
     with psycopg.connect(superuser, autocommit=True) as conn:
         for statement in COMMIT_WAITS:
             conn.execute(statement)
-    with psycopg.connect(superuser, autocommit=True) as gate:
-        gate.execute("SELECT pg_advisory_lock(%s)", (LOCK,))
-        yield service, superuser, seller, gate
+    metrics.start()
+    try:
+        with psycopg.connect(superuser, autocommit=True) as gate:
+            gate.execute("SELECT pg_advisory_lock(%s)", (LOCK,))
+            yield service, superuser, seller, gate
+    finally:
+        metrics.stop()
+
+
+def lost_commits() -> dict[str, float]:
+    """`chargebox_lost_commits_total` by outcome, from this process's scrape."""
+    text, _ = metrics.exposition({})
+    return {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(text.decode())
+        for sample in family.samples
+        if sample.name == "chargebox_lost_commits_total"
+    }
 
 
 def committing(superuser: str) -> int:
@@ -96,6 +113,7 @@ def test_a_commit_that_went_through_is_answered_as_done(commit_waits, caplog):
     assert sold.result().record["balance_after"] == FUNDS - 1_000
     assert balance(superuser, seller) == FUNDS - 1_000 and sales_of(superuser, seller) == 1
     assert "a COMMIT's answer was lost; transaction" in caplog.text and "committed" in caplog.text
+    assert lost_commits() == {"committed": 1.0}
     assert service.sell(seller, "09120000002", 500).record["balance_after"] == FUNDS - 1_500
     assert service.audit()["consistent"]
 
@@ -107,6 +125,7 @@ def test_a_commit_that_was_rolled_back_is_answered_503_and_sold_nothing(commit_w
     with pytest.raises(Unavailable):
         sold.result()
     assert balance(superuser, seller) == FUNDS and sales_of(superuser, seller) == 0
+    assert lost_commits() == {"aborted": 1.0}
     assert service.audit()["consistent"]
 
 
@@ -119,3 +138,4 @@ def test_a_commit_still_running_at_the_deadline_is_stopped_and_answered_503(comm
     with pytest.raises(Unavailable):
         sold.result()
     assert balance(superuser, seller) == FUNDS and sales_of(superuser, seller) == 0
+    assert lost_commits() == {"aborted": 1.0}
