@@ -148,7 +148,9 @@ def _missing_triggers(db, checkpointed: bool) -> list[dict]:
             "invariant": "I5",
             "seller_id": None,
             "entry_id": None,
-            "message": f"schema trigger {name} is missing",
+            "message": f"schema function {name} was dropped or changed"
+            if name.endswith("()")
+            else f"schema trigger {name} is missing",
         }  # fmt: skip
         for name in missing
     ]

@@ -217,7 +217,7 @@ def migrate(
             )
         granted = ""
     if put:
-        granted += f"; put back {len(put)} dropped guard trigger(s): {', '.join(put)}"
+        granted += f"; put back {len(put)} guard(s) dropped or changed: {', '.join(put)}"
     elif found == to:
         return f"schema version {to} in {where}: already the newest, nothing to do{granted}"
     return f"schema version {found} -> {to} in {where}{granted}"

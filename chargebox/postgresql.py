@@ -353,13 +353,10 @@ class Database:
         self.ensure_schema()
 
     def missing_triggers(self) -> list[str]:
+        """The schema's guards dropped (triggers) or changed (functions, `name()`)."""
         from chargebox import schema
 
-        wanted = schema.postgresql_triggers()
-        found = {
-            name for (name,) in self.rows("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")
-        }
-        return sorted(wanted - found)
+        return schema.postgresql_missing(self.rows)
 
     def release(self) -> None:
         """Close this thread's connection (a background thread between its rounds)."""

@@ -65,16 +65,18 @@ def lost_commits() -> dict[str, float]:
     }
 
 
-def committing(superuser: str) -> int:
-    """The pid of the backend whose COMMIT waits for the test's lock (polled)."""
+def committing(superuser: str, sold: concurrent.futures.Future) -> int:
+    """The pid of the backend whose COMMIT waits for the test's lock or sleeps (polled,
+    while the sale has not been answered otherwise)."""
     with psycopg.connect(superuser, autocommit=True) as watcher:
         while True:
             found = watcher.execute(
-                "SELECT pid FROM pg_stat_activity WHERE wait_event = 'advisory'"
-                " AND query = 'COMMIT'"
+                "SELECT pid FROM pg_stat_activity WHERE query = 'COMMIT'"
+                " AND wait_event IN ('advisory', 'PgSleep')"
             ).fetchall()
             if found:
                 return found[0][0]
+            assert not sold.done(), sold.exception()
             time.sleep(0.02)
 
 
@@ -99,7 +101,7 @@ def lost_while(service, superuser: str, seller: int, then) -> concurrent.futures
     """A sale whose COMMIT's answer is lost; `then(pid)` once the socket is cut."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         sold = pool.submit(service.sell, seller, "09120000001", 1_000)
-        pid = committing(superuser)
+        pid = committing(superuser, sold)
         cut(service, pid)
         then(pid)
         concurrent.futures.wait([sold], timeout=60)
@@ -118,24 +120,30 @@ def test_a_commit_that_went_through_is_answered_as_done(commit_waits, caplog):
     assert service.audit()["consistent"]
 
 
-def test_a_commit_that_was_rolled_back_is_answered_503_and_sold_nothing(commit_waits):
+def test_a_commit_that_was_rolled_back_is_answered_503_and_sold_nothing(commit_waits, caplog):
     service, superuser, seller, gate = commit_waits
     stop = "SELECT pg_terminate_backend(%s)"
     sold = lost_while(service, superuser, seller, lambda pid: gate.execute(stop, (pid,)))
     with pytest.raises(Unavailable):
         sold.result()
     assert balance(superuser, seller) == FUNDS and sales_of(superuser, seller) == 0
-    assert lost_commits() == {"aborted": 1.0}
+    assert lost_commits() == {"aborted": 1.0} and "aborted" in caplog.text
     assert service.audit()["consistent"]
 
 
-def test_a_commit_still_running_at_the_deadline_is_stopped_and_answered_503(commit_waits):
-    """Its backend still waits at the write's deadline: the service stops it (or its own
-    lock_timeout does), reads that it rolled back, and answers 503; nothing was sold."""
-    service, superuser, seller, gate = commit_waits
-    service.database.timeout = 2.0  # the write's deadline, and its lock_timeout
+def test_a_commit_still_running_at_the_deadline_is_stopped_and_answered_503(commit_waits, caplog):
+    """Its backend still runs the COMMIT at the write's deadline (it sleeps, which no
+    lock_timeout ends): the service stops it, reads that it rolled back, and answers
+    503; nothing was sold."""
+    service, superuser, seller, _ = commit_waits
+    with psycopg.connect(superuser, autocommit=True) as conn:
+        conn.execute(
+            "CREATE OR REPLACE FUNCTION test_commit_waits() RETURNS trigger LANGUAGE plpgsql"
+            " AS $$ BEGIN PERFORM pg_sleep(60); RETURN NULL; END; $$"
+        )
+    service.database.timeout = 2.0  # the write's deadline
     sold = lost_while(service, superuser, seller, lambda _: None)
     with pytest.raises(Unavailable):
         sold.result()
     assert balance(superuser, seller) == FUNDS and sales_of(superuser, seller) == 0
-    assert lost_commits() == {"aborted": 1.0}
+    assert lost_commits() == {"aborted": 1.0} and "aborted" in caplog.text
