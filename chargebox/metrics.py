@@ -207,11 +207,12 @@ def one_write(transaction, work, deadline: float):
     return result
 
 
-class _Storage:
-    """The database's size on disk, measured at scrape time by the process that answers."""
+class _Measured:
+    """What is measured at scrape time by the process that answers: the database's size
+    on disk, and how many of its schema's guards are dropped or changed."""
 
-    def __init__(self, sizes: dict[str, int]) -> None:
-        self.sizes = sizes
+    def __init__(self, sizes: dict[str, int], guards_missing: int | None) -> None:
+        self.sizes, self.guards_missing = sizes, guards_missing
 
     def collect(self):
         described = {
@@ -223,9 +224,18 @@ class _Storage:
             gauge = GaugeMetricFamily(f"chargebox_{name}_bytes", described[name])
             gauge.add_metric([], size)
             yield gauge
+        if self.guards_missing is not None:
+            gauge = GaugeMetricFamily(
+                "chargebox_schema_guards_missing",
+                "The schema's guards (triggers; PostgreSQL: also their functions) dropped "
+                "or changed (I5): the servers run on without them; the next start refuses",
+            )
+            gauge.add_metric([], self.guards_missing)
+            yield gauge
 
 
-def exposition(sizes: dict[str, int], accept: str | None = None) -> tuple[bytes, str]:
+def exposition(sizes: dict[str, int], accept: str | None = None,
+               guards_missing: int | None = None) -> tuple[bytes, str]:  # fmt: skip
     """Every metric (all processes' sums) and its content type: Prometheus's text format
     0.0.4, or the one the scraper's `accept` asks for (OpenMetrics, text 1.0.0)."""
     registry = CollectorRegistry()
@@ -234,6 +244,6 @@ def exposition(sizes: dict[str, int], accept: str | None = None) -> tuple[bytes,
     elif _on is not None:
         for metric in _on.all:
             registry.register(metric)
-    registry.register(_Storage(sizes))
+    registry.register(_Measured(sizes, guards_missing))
     encode, content_type = choose_encoder(accept or "")
     return encode(registry), content_type

@@ -110,13 +110,19 @@ def postgresql_missing(rows) -> list[str]:
     )  # fmt: skip
 
 
+def dropped_guards(missing: list[str], tables: set[str]) -> list[str]:
+    """Of `missing` (a database's `missing_triggers()`), the guards someone dropped or
+    changed: a checkpoint table's triggers only once that table exists."""
+    checkpointed = set(CHECKPOINT_TABLES) <= tables
+    return [name for name in missing if checkpointed or not name.startswith(CHECKPOINT_TABLES)]
+
+
 def refuse_dropped_guards(missing: list[str], tables: set[str], where: str) -> None:
     """Start-up, on a database at VERSION: ValueError naming the guards someone dropped
-    (a checkpoint table's triggers only once that table exists). A server never writes
-    without them, and never puts them back itself, which would hide from the audit (I5)
-    that they were gone; `chargebox migrate` does, once the operator has looked."""
-    checkpointed = set(CHECKPOINT_TABLES) <= tables
-    dropped = [name for name in missing if checkpointed or not name.startswith(CHECKPOINT_TABLES)]
+    or changed (`dropped_guards`). A server never writes without them, and never puts
+    them back itself, which would hide from the audit (I5) that they were gone;
+    `chargebox migrate` does, once the operator has looked."""
+    dropped = dropped_guards(missing, tables)
     if dropped:
         raise ValueError(
             f"--db {where}: {len(dropped)} guard(s) of the schema are missing or changed"

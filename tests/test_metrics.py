@@ -20,7 +20,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chargebox import metrics
 from chargebox.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
-from tests.support import ADMIN_TOKEN, Api, new_seller, running_server, write_lock_held
+from tests.support import (
+    ADMIN_TOKEN,
+    Api,
+    drop_trigger,
+    new_seller,
+    running_server,
+    writable,
+    write_lock_held,
+)
 
 PHONE = "09121234567"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -103,6 +111,20 @@ def test_requests_latency_writes_and_sizes_are_counted(tmp_path, new_server, bac
     assert value(before, "chargebox_database_bytes") > 0
     has_wal = ("chargebox_wal_bytes", frozenset()) in before
     assert has_wal == (backend == "sqlite")
+    assert before[("chargebox_schema_guards_missing", frozenset())] == 0
+
+
+def test_a_guard_dropped_under_a_running_server_shows_at_the_next_scrape(tmp_path, new_server):
+    """The server runs on without it (the next start refuses): the scrape says so, for an
+    alert, before any audit runs."""
+    with new_server(tmp_path) as server:
+        before, _ = scrape(server.url)
+        with writable(server.db_path) as conn:
+            drop_trigger(conn, "ledger_entry_no_update")
+            drop_trigger(conn, "sale_no_delete")
+        after, _ = scrape(server.url)
+    assert before[("chargebox_schema_guards_missing", frozenset())] == 0
+    assert after[("chargebox_schema_guards_missing", frozenset())] == 2
 
 
 def test_only_the_admin_may_read_the_metrics(tmp_path, new_server):

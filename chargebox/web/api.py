@@ -43,7 +43,9 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
     @app.get("/metrics")
     def metrics_text():
         caller(access, ADMIN)
-        text, content_type = metrics.exposition(service.storage_bytes(), header("Accept"))
+        text, content_type = metrics.exposition(
+            service.storage_bytes(), header("Accept"), service.guards_missing()
+        )
         return 200, text, {"Content-Type": content_type}
 
     @app.get("/openapi.json")
