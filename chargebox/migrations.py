@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import peewee
 
-from chargebox import schema
+from chargebox import guards, schema
 from chargebox.clock import now
 from chargebox.config import Config
 from chargebox.location import check_database_path
@@ -241,12 +241,12 @@ def prepare_sqlite(database: peewee.SqliteDatabase, models: Sequence[type[peewee
                    where: str) -> None:  # fmt: skip
     """At start-up, under the start-up lock: a new file is made at LATEST, a file at LATEST
     gets back a table it lacks (the audit's checkpoints, made later) and is refused if a
-    guard trigger was dropped (schema.refuse_dropped_guards), any other version is refused."""
+    guard trigger was dropped (guards.refuse_dropped_guards), any other version is refused."""
     conn = database.connection()
     found = sqlite_version(conn)
     check(found, where)
     if found is not None:  # what it lacks it gets back, but a dropped guard: see there
-        schema.refuse_dropped_guards(schema.missing_triggers(conn), schema.table_names(conn), where)
+        guards.refuse_dropped_guards(schema.missing_triggers(conn), schema.table_names(conn), where)
     with database.bind_ctx(models), database.atomic():
         database.create_tables(models, safe=True)
         for statement in (*schema.TRIGGERS, SQLITE_VERSION_TABLE):
@@ -339,7 +339,7 @@ def upgrade_postgresql(conn, where: str,
             check(found, where)
         for step in _steps_after(found):
             step.postgresql(conn)
-        put = schema.put_back_postgresql_guards(conn) if found == LATEST else []
+        put = guards.put_back_postgresql_guards(conn) if found == LATEST else []
         applied = now()
         for version in range(found + 1, LATEST + 1):
             conn.execute(

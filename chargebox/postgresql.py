@@ -354,9 +354,9 @@ class Database:
 
     def missing_triggers(self) -> list[str]:
         """The schema's guards dropped (triggers) or changed (functions, `name()`)."""
-        from chargebox import schema
+        from chargebox import guards
 
-        return schema.postgresql_missing(self.rows)
+        return guards.postgresql_missing(self.rows)
 
     def release(self) -> None:
         """Close this thread's connection (a background thread between its rounds)."""

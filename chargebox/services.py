@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 
-from chargebox import audit, auth, idempotency, ledger, periods, schema, statements
+from chargebox import audit, auth, guards, idempotency, ledger, periods, statements
 from chargebox.clock import now
 from chargebox.config import Config
 from chargebox.db import Database, Write, open_database
@@ -310,7 +310,7 @@ class Chargebox:
         """How many of the schema's guards are dropped or changed now (I5), for the
         metrics: a running server goes on without them; the next start refuses."""
         database = self.database
-        return len(schema.dropped_guards(database.missing_triggers(), database.table_names()))
+        return len(guards.dropped_guards(database.missing_triggers(), database.table_names()))
 
     def audit(self, full: bool = False, progress: audit.Progress | None = None) -> dict:
         """The books re-checked: from the newest checkpoint on, or every row (`full`).

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from chargebox import migrations, schema
+from chargebox import guards, migrations
 from chargebox.cli import prepare
 from chargebox.config import Config
 from tests import backends, pg_cluster
@@ -286,13 +286,13 @@ def test_a_dropped_guard_keeps_the_server_from_starting_until_migrate_puts_it_ba
                          " LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END; $$")  # fmt: skip
     where = ["--data-dir", config.data_dir] if config.db_url else []
     refused = chargebox("create-seller", "Sara", "--db", db, *where)
-    guards = (
+    named = (
         "chargebox_refuse(), ledger_entry_no_update"
         if config.db_url
         else ("ledger_entry_no_update")
     )
     assert refused.returncode == 2, refused.stderr
-    assert f"{guards.count(',') + 1} guard(s) of the schema are missing or changed ({guards})" in (
+    assert f"{named.count(',') + 1} guard(s) of the schema are missing or changed ({named})" in (
         refused.stderr
     )
     assert "chargebox audit --full" in refused.stderr and "Traceback" not in refused.stderr
@@ -303,7 +303,7 @@ def test_a_dropped_guard_keeps_the_server_from_starting_until_migrate_puts_it_ba
     migrated = chargebox("migrate", "--db", backends.owner_url(db) if config.db_url else db,
                          *where)  # fmt: skip
     assert migrated.returncode == 0, migrated.stderr
-    assert f"dropped or changed: {guards}" in migrated.stderr
+    assert f"dropped or changed: {named}" in migrated.stderr
     with writable(db) as conn, pytest.raises(REFUSED, match="never updated"):
         conn.execute("UPDATE ledger_entry SET created_at = created_at")
     with writable(db) as conn, pytest.raises(REFUSED, match="never deleted"):
@@ -315,7 +315,7 @@ def test_a_dropped_guard_keeps_the_server_from_starting_until_migrate_puts_it_ba
     assert "already the newest, nothing to do" in again.stderr
     if config.db_url:  # every guard function has its newest body (the version-3 chain's too)
         with read_only(db) as conn:
-            assert schema.postgresql_missing(lambda sql: conn.execute(sql).fetchall()) == []
+            assert guards.postgresql_missing(lambda sql: conn.execute(sql).fetchall()) == []
 
 
 def restored(cluster, release: str = "0.1.0") -> pg_cluster.Roles:

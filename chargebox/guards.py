@@ -1,0 +1,92 @@
+"""The schema's guards: which are dropped or changed, start-up's refusal, migrate's repair.
+
+The guards are the triggers that enforce I1-I5 in the database (schema.TRIGGERS;
+schema_postgresql.sql, where they call PL/pgSQL functions). Whoever can write to the
+database can drop one, or on PostgreSQL change a function's body. The audit names
+such a guard (I5), `GET /metrics` counts them (`chargebox_schema_guards_missing`), and
+start-up refuses the database (`refuse_dropped_guards`), putting nothing back, which
+would hide from the audit that they were gone; `chargebox migrate` puts them back
+(`put_back_postgresql_guards`; SQLite's migrate re-runs schema.TRIGGERS).
+"""
+
+from __future__ import annotations
+
+import re
+
+from chargebox.schema import CHECKPOINT_TABLES, postgresql_statements
+
+_FUNCTION = re.compile(r"(?m)^CREATE (?:OR REPLACE )?FUNCTION (\w+)\(.*?AS \$\$(.*?)\$\$", re.S)
+_TRIGGER = re.compile(r"CREATE (?:CONSTRAINT )?TRIGGER (\w+) .*? ON (\w+)", re.S)
+# What the schema holds: its tables, its triggers (table.name), its functions' bodies.
+_HELD = (
+    "SELECT 'table', c.relname, NULL FROM pg_class AS c WHERE c.relkind IN ('r', 'p')"
+    " AND c.relnamespace = to_regnamespace(current_schema())"
+    " UNION ALL SELECT 'trigger', c.relname || '.' || t.tgname, NULL FROM pg_trigger AS t"
+    " JOIN pg_class AS c ON c.oid = t.tgrelid WHERE NOT t.tgisinternal"
+    " AND c.relnamespace = to_regnamespace(current_schema())"
+    " UNION ALL SELECT 'function', p.proname, p.prosrc FROM pg_proc AS p"
+    " WHERE p.pronamespace = to_regnamespace(current_schema()) AND p.proname LIKE 'chargebox%'"
+)
+
+
+def postgresql_guards() -> tuple[dict[str, tuple[str, str]], dict[str, tuple[str, str]]]:
+    """The guards `schema_postgresql.sql` makes: each function's newest (body, statement),
+    and each trigger's (table, statement)."""
+    functions, triggers = {}, {}
+    for statement in postgresql_statements():
+        if made := _FUNCTION.search(statement):
+            functions[made.group(1)] = (made.group(2), statement)
+        elif made := _TRIGGER.match(statement):
+            triggers[made.group(1)] = (made.group(2), statement)
+    return functions, triggers
+
+
+def postgresql_missing(rows) -> list[str]:
+    """The guards that `rows` (`reader.rows`) shows missing: each trigger dropped from its
+    table (one of a table not made yet is not missing), and each guard function dropped or
+    changed, as `name()`. Whoever can do that can do anything; the audit (I5) says so."""
+    held = {(kind, name): body for kind, name, body in rows(_HELD)}
+    functions, triggers = postgresql_guards()
+    gone = [f"{name}()" for name, (body, _) in functions.items()
+            if held.get(("function", name)) != body]  # fmt: skip
+    return sorted(gone) + sorted(
+        name for name, (table, _) in triggers.items()
+        if ("table", table) in held and ("trigger", f"{table}.{name}") not in held
+    )  # fmt: skip
+
+
+def dropped_guards(missing: list[str], tables: set[str]) -> list[str]:
+    """Of `missing` (a database's `missing_triggers()`), the guards someone dropped or
+    changed: a checkpoint table's triggers only once that table exists."""
+    checkpointed = set(CHECKPOINT_TABLES) <= tables
+    return [name for name in missing if checkpointed or not name.startswith(CHECKPOINT_TABLES)]
+
+
+def refuse_dropped_guards(missing: list[str], tables: set[str], where: str) -> None:
+    """Start-up, on a database at VERSION: ValueError naming the guards someone dropped
+    or changed (`dropped_guards`). A server never writes without them, and never puts
+    them back itself, which would hide from the audit (I5) that they were gone;
+    `chargebox migrate` does, once the operator has looked."""
+    dropped = dropped_guards(missing, tables)
+    if dropped:
+        raise ValueError(
+            f"--db {where}: {len(dropped)} guard(s) of the schema are missing or changed"
+            f" ({', '.join(dropped)}): someone who could write to the database did it."
+            " Run `chargebox audit --full` with the same --db to see what was written"
+            " without them, then `chargebox migrate` (PostgreSQL: as the schema's owner)"
+            " to put them back"
+        )
+
+
+def put_back_postgresql_guards(conn) -> list[str]:
+    """As the schema's owner, inside migrate's transaction: each guard function dropped
+    or changed made again (its newest body), then each trigger dropped; their names."""
+    missing = postgresql_missing(lambda sql: conn.execute(sql).fetchall())
+    functions, triggers = postgresql_guards()
+    for name, (_, statement) in functions.items():
+        if f"{name}()" in missing:
+            conn.execute(re.sub(r"(?m)^CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", statement))
+    for name, (_, statement) in triggers.items():
+        if name in missing:
+            conn.execute(statement)
+    return missing
