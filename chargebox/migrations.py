@@ -216,9 +216,10 @@ def migrate(
                 str(config.db_path), config.busy_timeout_ms / 1000, where
             )
         granted = ""
-    if put:
-        granted += f"; put back {len(put)} guard(s) dropped or changed: {', '.join(put)}"
-    elif found == to:
+    if found == to and put:
+        return (f"schema version {to} in {where}: already the newest; put back {len(put)}"
+                f" guard(s) dropped or changed: {', '.join(put)}{granted}")  # fmt: skip
+    if found == to:
         return f"schema version {to} in {where}: already the newest, nothing to do{granted}"
     return f"schema version {found} -> {to} in {where}{granted}"
 
