@@ -150,7 +150,7 @@ def _missing_triggers(db, checkpointed: bool) -> list[dict]:
             "entry_id": None,
             "message": f"schema function {name} was dropped or changed"
             if name.endswith("()")
-            else f"schema trigger {name} is missing",
+            else f"schema trigger {name} is missing or changed",
         }  # fmt: skip
         for name in missing
     ]

@@ -80,10 +80,13 @@ def table_names(conn: sqlite3.Connection) -> set[str]:
 
 
 def missing_triggers(conn: sqlite3.Connection) -> list[str]:
-    """Names of schema triggers that are not installed (someone dropped the second line)."""
-    wanted = {re.search(r"EXISTS (\w+)", sql).group(1) for sql in TRIGGERS}
-    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall()
-    return sorted(wanted - {name for (name,) in rows})
+    """Names of schema triggers not installed as TRIGGERS makes them: dropped, or made
+    again under the same name with another body (SQLite keeps each one's text as made,
+    less its IF NOT EXISTS)."""
+    wanted = {re.search(r"EXISTS (\w+)", sql).group(1): sql.replace(" IF NOT EXISTS", "", 1)
+              for sql in TRIGGERS}  # fmt: skip
+    found = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"))
+    return sorted(name for name, sql in wanted.items() if found.get(name) != sql)
 
 
 # Version 4 (I4 for Idempotency-Keys): a key's record names a row (a sale; an adjustment's

@@ -271,11 +271,12 @@ def test_a_version_3_database_gets_the_key_record_triggers_unless_a_record_is_fo
 
 
 def test_a_dropped_guard_keeps_the_server_from_starting_until_migrate_puts_it_back(service, config):
-    """Someone who can write to the database drops a guard trigger (on PostgreSQL, also
-    empties the function the append-only triggers call). No command that writes starts
-    on it: each exits 2 naming the trigger and the way back, and puts nothing back
-    itself, so the audit still names it (I5). `chargebox migrate` puts it back (and the
-    function's body) and says so; then the guard refuses again, and the server starts."""
+    """Someone who can write to the database drops a guard trigger, and empties another
+    guard (SQLite: a trigger made again under its name, doing nothing; PostgreSQL: the
+    function the append-only triggers call). No command that writes starts on it: each
+    exits 2 naming them and the way back, and puts nothing back itself, so the audit
+    still names them (I5). `chargebox migrate` puts them back and says so; then the
+    guards refuse again, and the server starts."""
     credited_seller(service, 10_000, "Ali")
     service.close()
     db = database_of(config)
@@ -284,12 +285,16 @@ def test_a_dropped_guard_keeps_the_server_from_starting_until_migrate_puts_it_ba
         if config.db_url:
             conn.execute("CREATE OR REPLACE FUNCTION chargebox_refuse() RETURNS trigger"
                          " LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END; $$")  # fmt: skip
+        else:
+            conn.execute("DROP TRIGGER ledger_entry_no_delete")
+            conn.execute("CREATE TRIGGER ledger_entry_no_delete BEFORE DELETE ON ledger_entry"
+                         " BEGIN SELECT 1; END")  # fmt: skip
     where = ["--data-dir", config.data_dir] if config.db_url else []
     refused = chargebox("create-seller", "Sara", "--db", db, *where)
     named = (
         "chargebox_refuse(), ledger_entry_no_update"
         if config.db_url
-        else ("ledger_entry_no_update")
+        else "ledger_entry_no_delete, ledger_entry_no_update"
     )
     assert refused.returncode == 2, refused.stderr
     assert f"{named.count(',') + 1} guard(s) of the schema are missing or changed ({named})" in (
