@@ -17,7 +17,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from chargebox import anchors, checkpoints, seals
+from chargebox import anchors, checkpoints, guards, seals
 from chargebox.audit_checks import (
     ALL_AFTER,
     CHUNK,
@@ -60,7 +60,7 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
             problems += [p._asdict() for p in forged]
         found = _full(db, keyed, progress) if trusted is None else since(db, trusted)
         problems += found.problems
-        problems += _missing_triggers(db, usable)
+        problems += _missing_triggers(db)
         if keyed:  # an older genuine copy, put back: only anchors outside the file tell
             problems += anchors.problems(db, anchored)
             seen_heads = anchors.heads(db)
@@ -136,13 +136,9 @@ def _full(db, keyed: bool, progress: Progress | None) -> Found:
     return Found(problems, sellers(db), totals(db), states, walked, *newest_ids(db))
 
 
-def _missing_triggers(db, checkpointed: bool) -> list[dict]:
-    """I5: a guard trigger someone dropped (a checkpoint table's only once it exists)."""
-    missing = [
-        name
-        for name in db.missing_triggers()
-        if checkpointed or not name.startswith(checkpoints.TABLES)
-    ]
+def _missing_triggers(db) -> list[dict]:
+    """I5: a guard someone dropped or changed (a checkpoint table's only once that table
+    exists), as start-up and the metrics count them (guards.dropped_guards)."""
     return [
         {
             "invariant": "I5",
@@ -152,7 +148,7 @@ def _missing_triggers(db, checkpointed: bool) -> list[dict]:
             if name.endswith("()")
             else f"schema trigger {name} is missing or changed",
         }  # fmt: skip
-        for name in missing
+        for name in guards.dropped_guards(db.missing_triggers(), db.table_names())
     ]
 
 

@@ -275,7 +275,8 @@ class Database:
         migrations.check(found, str(self.path))
 
     def missing_triggers(self) -> list[str]:
-        return schema.missing_triggers(self.connection())
+        with translate_errors():  # a locked or unreadable file: 503, not a bug
+            return schema.missing_triggers(self.connection())
 
     def storage_bytes(self) -> dict[str, int]:
         """The file's size and its write-ahead log's (0 when there is none)."""
@@ -288,7 +289,8 @@ class Database:
         return sizes
 
     def table_names(self) -> set[str]:
-        return schema.table_names(self.connection())
+        with translate_errors():
+            return schema.table_names(self.connection())
 
     def close(self) -> None:
         """Close this thread's connection and the gate, and end the writer thread (which

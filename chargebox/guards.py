@@ -6,7 +6,9 @@ database can drop one, or on PostgreSQL change a function's body. The audit name
 such a guard (I5), `GET /metrics` counts them (`chargebox_schema_guards_missing`), and
 start-up refuses the database (`refuse_dropped_guards`), putting nothing back, which
 would hide from the audit that they were gone; `chargebox migrate` puts them back
-(`put_back_postgresql_guards`; SQLite's migrate re-runs schema.TRIGGERS).
+(`put_back_postgresql_guards`; on SQLite, migrations.upgrade_sqlite drops a changed
+trigger and re-runs schema.TRIGGERS). Which SQLite triggers are dropped or changed is
+schema.missing_triggers' to say (it compares their text).
 """
 
 from __future__ import annotations

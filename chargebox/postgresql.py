@@ -328,7 +328,8 @@ class Database:
         return {"database": int(self.rows("SELECT pg_database_size(current_database())")[0][0])}
 
     def table_names(self) -> set[str]:
-        return Reader(self.connection()).table_names()
+        with self._reading() as conn:
+            return Reader(conn).table_names()
 
     def ensure_schema(self, models: object = None) -> None:
         """The schema is created by its owner (`init-db --grant-to`) and upgraded by its

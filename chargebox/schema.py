@@ -3,8 +3,8 @@
 The models (models.py) declare tables, CHECKs, UNIQUEs and foreign keys; what a
 column constraint cannot say (a chain, an append-only table, a decided request
 that never changes) is a trigger here. `create` installs both, idempotently;
-`missing_triggers` lets the audit notice a trigger someone dropped, and start-up refuse
-the database until `migrate` puts it back (guards.py). PostgreSQL's
+`missing_triggers` lets the audit notice a trigger someone dropped or changed, and
+start-up refuse the database until `migrate` puts it back (guards.py). PostgreSQL's
 schema, triggers in PL/pgSQL, is `schema_postgresql.sql` (`postgresql_statements`),
 and `grant` gives the service's role only what it needs there (`init-db --grant-to`).
 """
@@ -126,6 +126,8 @@ def _its_sellers(table: str, column: str, names: str) -> str:
     )
 
 
+# Start-up compares each database's triggers with this text (guards.py): change it only
+# with a new schema version (tests/test_migrations.py pins it).
 TRIGGERS = (
     # I5: the ledger, sales and idempotency outcomes are append-only.
     _immutable("ledger_entry", "UPDATE", "I5: ledger entries are never updated"),

@@ -9,7 +9,8 @@
 -- TRUNCATE: statement triggers do).
 -- Statements are separated by a line holding only "-- ;" (see schema.py).
 -- Start-up and the audit compare each function's body, as it stands here, with the
--- database's (guards.postgresql_missing): change one only with a new schema version.
+-- database's (guards.postgresql_missing): change one only with a new schema version
+-- (tests/test_migrations.py pins them).
 
 CREATE TABLE schema_version (
     version integer PRIMARY KEY,

@@ -23,6 +23,7 @@ from chargebox.errors import (
     NotFound,
     SellerSuspended,
     TooManyPendingRequests,
+    Unavailable,
     ValidationError,
 )
 from chargebox.idempotency import Outcome
@@ -306,11 +307,15 @@ class Chargebox:
         """The database's size on disk (and SQLite's WAL), for the metrics."""
         return self.database.storage_bytes()
 
-    def guards_missing(self) -> int:
+    def guards_missing(self) -> int | None:
         """How many of the schema's guards are dropped or changed now (I5), for the
-        metrics: a running server goes on without them; the next start refuses."""
-        database = self.database
-        return len(guards.dropped_guards(database.missing_triggers(), database.table_names()))
+        metrics: a running server goes on without them; the next start refuses. None if
+        the database cannot be read now (the scrape answers without it)."""
+        try:
+            missing, tables = self.database.missing_triggers(), self.database.table_names()
+        except Unavailable:
+            return None
+        return len(guards.dropped_guards(missing, tables))
 
     def audit(self, full: bool = False, progress: audit.Progress | None = None) -> dict:
         """The books re-checked: from the newest checkpoint on, or every row (`full`).

@@ -13,6 +13,7 @@ left as it was.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from chargebox import guards, migrations
+from chargebox import guards, migrations, schema
 from chargebox.cli import prepare
 from chargebox.config import Config
 from tests import backends, pg_cluster
@@ -324,6 +325,31 @@ def test_a_dropped_guard_keeps_the_server_from_starting_until_migrate_puts_it_ba
     if config.db_url:  # every guard function has its newest body (the version-3 chain's too)
         with read_only(db) as conn:
             assert guards.postgresql_missing(lambda sql: conn.execute(sql).fetchall()) == []
+
+
+# Each schema version's guards, pinned: start-up compares a database's guards with today's
+# text (SQLite's triggers, PostgreSQL's functions: guards.py), so a change of that text
+# made without a new schema version would refuse every database of the version as
+# tampered with. A change takes a new version, its migration step, and a line here.
+GUARDS_OF_VERSION = {
+    4: (
+        "ef49f3b4c5d5c8f61effbfd7f55c2f1fd0db8f1d466734af7a7637666208794a",  # schema.TRIGGERS
+        "c3c70aba2ceebb80dfa3885985a19530358af8a5918c2ab4185ebdde709f16c0",  # PostgreSQL's
+    ),
+}
+
+
+def test_the_guards_change_only_with_a_new_schema_version():
+    functions, triggers = guards.postgresql_guards()
+    postgresql = [{name: body for name, (body, _) in functions.items()}, triggers]
+    found = (
+        hashlib.sha256("\n".join(schema.TRIGGERS).encode()).hexdigest(),
+        hashlib.sha256(json.dumps(postgresql, sort_keys=True).encode()).hexdigest(),
+    )
+    assert GUARDS_OF_VERSION.get(schema.VERSION) == found, (
+        "the guards' text changed: give it a new schema version and a migration step"
+        f" (migrations.py), then pin {found} for it here"
+    )
 
 
 def restored(cluster, release: str = "0.1.0") -> pg_cluster.Roles:
