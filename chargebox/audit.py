@@ -148,7 +148,7 @@ def _missing_triggers(db) -> list[dict]:
             if name.endswith("()")
             else f"schema trigger {name} is missing or changed",
         }  # fmt: skip
-        for name in guards.dropped_guards(db.missing_triggers(), db.table_names())
+        for name in guards.dropped_in(db)
     ]
 
 

@@ -37,7 +37,7 @@ from chargebox.config import (
 )
 from chargebox.db import Database, open_database
 from chargebox.errors import ChargeboxError
-from chargebox.guards import refuse_dropped_guards
+from chargebox.guards import dropped_in, refuse_dropped_guards
 from chargebox.location import check_database_path
 from chargebox.models import ALL_MODELS
 from chargebox.services import Chargebox
@@ -170,8 +170,7 @@ def prepare(config: Config) -> Config:
     try:
         if config.db_url:
             database.ensure_schema()
-            refuse_dropped_guards(database.missing_triggers(), database.table_names(),
-                                  "(the PostgreSQL database)")  # fmt: skip
+            refuse_dropped_guards(dropped_in(database), "(the PostgreSQL database)")
             key = _ledger_key(config, database)
             anchors.refuse_rollback(config, database, key)  # an older copy put back
         else:

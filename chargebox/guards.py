@@ -13,6 +13,7 @@ schema.missing_triggers' to say (it compares their text).
 
 from __future__ import annotations
 
+import functools
 import re
 
 from chargebox.schema import CHECKPOINT_TABLES, postgresql_statements
@@ -31,9 +32,10 @@ _HELD = (
 )
 
 
+@functools.lru_cache(maxsize=1)  # read once: each scrape of /metrics compares them
 def postgresql_guards() -> tuple[dict[str, tuple[str, str]], dict[str, tuple[str, str]]]:
     """The guards `schema_postgresql.sql` makes: each function's newest (body, statement),
-    and each trigger's (table, statement)."""
+    and each trigger's (table, statement). Read only: the cache hands out the same dicts."""
     functions, triggers = {}, {}
     for statement in postgresql_statements():
         if made := _FUNCTION.search(statement):
@@ -64,12 +66,16 @@ def dropped_guards(missing: list[str], tables: set[str]) -> list[str]:
     return [name for name in missing if checkpointed or not name.startswith(CHECKPOINT_TABLES)]
 
 
-def refuse_dropped_guards(missing: list[str], tables: set[str], where: str) -> None:
+def dropped_in(database) -> list[str]:
+    """`dropped_guards` of a database (or an audit's snapshot of it) as it stands."""
+    return dropped_guards(database.missing_triggers(), database.table_names())
+
+
+def refuse_dropped_guards(dropped: list[str], where: str) -> None:
     """Start-up, on a database at VERSION: ValueError naming the guards someone dropped
     or changed (`dropped_guards`). A server never writes without them, and never puts
     them back itself, which would hide from the audit (I5) that they were gone;
     `chargebox migrate` does, once the operator has looked."""
-    dropped = dropped_guards(missing, tables)
     if dropped:
         raise ValueError(
             f"--db {where}: {len(dropped)} guard(s) of the schema are missing or changed"

@@ -247,7 +247,8 @@ def prepare_sqlite(database: peewee.SqliteDatabase, models: Sequence[type[peewee
     found = sqlite_version(conn)
     check(found, where)
     if found is not None:  # what it lacks it gets back, but a dropped guard: see there
-        guards.refuse_dropped_guards(schema.missing_triggers(conn), schema.table_names(conn), where)
+        missing, tables = schema.missing_triggers(conn), schema.table_names(conn)
+        guards.refuse_dropped_guards(guards.dropped_guards(missing, tables), where)
     with database.bind_ctx(models), database.atomic():
         database.create_tables(models, safe=True)
         for statement in (*schema.TRIGGERS, SQLITE_VERSION_TABLE):
@@ -272,13 +273,13 @@ def upgrade_sqlite(path: str, timeout: float, where: str) -> tuple[int, int, lis
                 raise ValueError(f"--db {where}: no chargebox database here to migrate")
             if found > LATEST:
                 check(found, where)
-            dropped = schema.missing_triggers(conn) if found == LATEST else []
             for step in _steps_after(found):
                 step.sqlite(conn)
             broken = conn.execute("PRAGMA foreign_key_check").fetchall()
             if broken:
                 raise RuntimeError(f"a migration step broke {len(broken)} foreign key(s)")
-            for name in schema.missing_triggers(conn):  # one changed: made again, below
+            missing = schema.missing_triggers(conn)  # dropped or changed: made again, below
+            for name in missing:
                 conn.execute(f'DROP TRIGGER IF EXISTS "{name}"')
             for statement in (*schema.TRIGGERS, SQLITE_VERSION_TABLE):
                 conn.execute(statement)
@@ -289,7 +290,7 @@ def upgrade_sqlite(path: str, timeout: float, where: str) -> tuple[int, int, lis
             raise
     finally:
         conn.close()
-    return found, LATEST, dropped
+    return found, LATEST, missing if found == LATEST else []
 
 
 def _record_sqlite(conn: sqlite3.Connection, since: int) -> None:

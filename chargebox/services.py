@@ -312,10 +312,9 @@ class Chargebox:
         metrics: a running server goes on without them; the next start refuses. None if
         the database cannot be read now (the scrape answers without it)."""
         try:
-            missing, tables = self.database.missing_triggers(), self.database.table_names()
+            return len(guards.dropped_in(self.database))
         except Unavailable:
             return None
-        return len(guards.dropped_guards(missing, tables))
 
     def audit(self, full: bool = False, progress: audit.Progress | None = None) -> dict:
         """The books re-checked: from the newest checkpoint on, or every row (`full`).
