@@ -2,7 +2,9 @@
 
 The guards are the triggers that enforce I1-I5 in the database (schema.TRIGGERS;
 schema_postgresql.sql, where they call PL/pgSQL functions). Whoever can write to the
-database can drop one, or on PostgreSQL change a function's body. The audit names
+database can drop one, or on PostgreSQL change a function's body, make a trigger again
+under its name doing something else, or switch it off (`ALTER TABLE ... DISABLE
+TRIGGER`, which the schema's owner may do without being a superuser). The audit names
 such a guard (I5), `GET /metrics` counts them (`chargebox_schema_guards_missing`), and
 start-up refuses the database (`refuse_dropped_guards`), putting nothing back, which
 would hide from the audit that they were gone; `chargebox migrate` puts them back
@@ -20,16 +22,40 @@ from chargebox.schema import CHECKPOINT_TABLES, postgresql_statements
 
 _FUNCTION = re.compile(r"(?m)^CREATE (?:OR REPLACE )?FUNCTION (\w+)\(.*?AS \$\$(.*?)\$\$", re.S)
 _TRIGGER = re.compile(r"CREATE (?:CONSTRAINT )?TRIGGER (\w+) .*? ON (\w+)", re.S)
-# What the schema holds: its tables, its triggers (table.name), its functions' bodies.
+# A trigger's definition, as schema_postgresql.sql writes it and as pg_get_triggerdef
+# gives it back (which orders the events, adds casts, parentheses and schema names).
+_DEFINITION = re.compile(
+    r"create (constraint )?trigger (\w+) (before|after|instead of) (.+?) on (?:\w+\.)?(\w+) "
+    r"(.*?)for each (row|statement) (?:when (.+) )?execute (?:function|procedure) "
+    r"(?:\w+\.)?(\w+)\((.*)\)$"
+)
+# What the schema holds: its tables, its triggers (table.name: whether it fires, i.e. not
+# disabled, and calls a function of the schema; its definition), its functions' bodies.
 _HELD = (
     "SELECT 'table', c.relname, NULL FROM pg_class AS c WHERE c.relkind IN ('r', 'p')"
     " AND c.relnamespace = to_regnamespace(current_schema())"
-    " UNION ALL SELECT 'trigger', c.relname || '.' || t.tgname, NULL FROM pg_trigger AS t"
-    " JOIN pg_class AS c ON c.oid = t.tgrelid WHERE NOT t.tgisinternal"
+    " UNION ALL SELECT 'trigger', c.relname || '.' || t.tgname,"
+    " CASE WHEN t.tgenabled IN ('O', 'A') AND p.pronamespace = c.relnamespace"
+    " THEN pg_get_triggerdef(t.oid, true) END"
+    " FROM pg_trigger AS t JOIN pg_class AS c ON c.oid = t.tgrelid"
+    " JOIN pg_proc AS p ON p.oid = t.tgfoid WHERE NOT t.tgisinternal"
     " AND c.relnamespace = to_regnamespace(current_schema())"
     " UNION ALL SELECT 'function', p.proname, p.prosrc FROM pg_proc AS p"
     " WHERE p.pronamespace = to_regnamespace(current_schema()) AND p.proname LIKE 'chargebox%'"
 )
+
+
+def trigger_definition(text: str | None) -> tuple | None:
+    """A trigger's definition in parts that compare alike however it is spelled (the events
+    in any order, casts and parentheses in its WHEN, letter case, schema names); None for
+    None or a text of no such form."""
+    made = _DEFINITION.match(" ".join((text or "").lower().split()).rstrip(";"))
+    if made is None:
+        return None
+    parts = list(made.groups())
+    parts[3] = tuple(sorted(parts[3].split(" or ")))
+    parts[7] = re.sub(r"::\w+|[()\s]", "", parts[7] or "")
+    return tuple(parts)
 
 
 @functools.lru_cache(maxsize=1)  # read once: each scrape of /metrics compares them
@@ -41,21 +67,25 @@ def postgresql_guards() -> tuple[dict[str, tuple[str, str]], dict[str, tuple[str
         if made := _FUNCTION.search(statement):
             functions[made.group(1)] = (made.group(2), statement)
         elif made := _TRIGGER.match(statement):
+            if trigger_definition(statement) is None:  # it would compare equal to a dropped one
+                raise ValueError(f"schema_postgresql.sql: trigger {made.group(1)} not understood")
             triggers[made.group(1)] = (made.group(2), statement)
     return functions, triggers
 
 
 def postgresql_missing(rows) -> list[str]:
     """The guards that `rows` (`reader.rows`) shows missing: each trigger dropped from its
-    table (one of a table not made yet is not missing), and each guard function dropped or
-    changed, as `name()`. Whoever can do that can do anything; the audit (I5) says so."""
+    table, made again otherwise, disabled or calling a function of another schema (one of
+    a table not made yet is not missing), and each guard function dropped or changed, as
+    `name()`. Whoever can do that can do anything; the audit (I5) says so."""
     held = {(kind, name): body for kind, name, body in rows(_HELD)}
     functions, triggers = postgresql_guards()
     gone = [f"{name}()" for name, (body, _) in functions.items()
             if held.get(("function", name)) != body]  # fmt: skip
     return sorted(gone) + sorted(
-        name for name, (table, _) in triggers.items()
-        if ("table", table) in held and ("trigger", f"{table}.{name}") not in held
+        name for name, (table, statement) in triggers.items()
+        if ("table", table) in held and trigger_definition(statement)
+        != trigger_definition(held.get(("trigger", f"{table}.{name}")))
     )  # fmt: skip
 
 
@@ -88,13 +118,15 @@ def refuse_dropped_guards(dropped: list[str], where: str) -> None:
 
 def put_back_postgresql_guards(conn) -> list[str]:
     """As the schema's owner, inside migrate's transaction: each guard function dropped
-    or changed made again (its newest body), then each trigger dropped; their names."""
+    or changed made again (its newest body), then each trigger dropped or changed; their
+    names."""
     missing = postgresql_missing(lambda sql: conn.execute(sql).fetchall())
     functions, triggers = postgresql_guards()
     for name, (_, statement) in functions.items():
         if f"{name}()" in missing:
             conn.execute(re.sub(r"(?m)^CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", statement))
-    for name, (_, statement) in triggers.items():
+    for name, (table, statement) in triggers.items():
         if name in missing:
+            conn.execute(f'DROP TRIGGER IF EXISTS "{name}" ON "{table}"')
             conn.execute(statement)
     return missing

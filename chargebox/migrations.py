@@ -221,7 +221,8 @@ def migrate(
                 f" guard(s) dropped or changed: {', '.join(put)}{granted}")  # fmt: skip
     if found == to:
         return f"schema version {to} in {where}: already the newest, nothing to do{granted}"
-    return f"schema version {found} -> {to} in {where}{granted}"
+    put_back = f"; put back {len(put)} guard(s) dropped or changed: {', '.join(put)}" if put else ""
+    return f"schema version {found} -> {to} in {where}{put_back}{granted}"
 
 
 # --- SQLite ----------------------------------------------------------------------------------
@@ -331,7 +332,7 @@ def service_roles(conn) -> list[str]:
 def upgrade_postgresql(conn, where: str,
                        grant_to: Sequence[str] = ()) -> tuple[int, int, list, list]:  # fmt: skip
     """Apply the missing steps as the schema's owner, in one transaction under the schema
-    lock, and put back the guards someone dropped (at LATEST); then grant the service's
+    lock, and put back the guards someone dropped or changed; then grant the service's
     roles (found, and `grant_to`) what the new schema needs. Returns (from, to, the roles
     granted, the triggers put back)."""
     with conn.transaction():
@@ -343,7 +344,7 @@ def upgrade_postgresql(conn, where: str,
             check(found, where)
         for step in _steps_after(found):
             step.postgresql(conn)
-        put = guards.put_back_postgresql_guards(conn) if found == LATEST else []
+        put = guards.put_back_postgresql_guards(conn)  # after the steps: what they did not make
         applied = now()
         for version in range(found + 1, LATEST + 1):
             conn.execute(

@@ -274,10 +274,11 @@ def test_a_version_3_database_gets_the_key_record_triggers_unless_a_record_is_fo
 def test_a_dropped_guard_keeps_the_server_from_starting_until_migrate_puts_it_back(service, config):
     """Someone who can write to the database drops a guard trigger, and empties another
     guard (SQLite: a trigger made again under its name, doing nothing; PostgreSQL: the
-    function the append-only triggers call). No command that writes starts on it: each
-    exits 2 naming them and the way back, and puts nothing back itself, so the audit
-    still names them (I5). `chargebox migrate` puts them back and says so; then the
-    guards refuse again, and the server starts."""
+    function the append-only triggers call, and, as the schema's owner may, a trigger
+    disabled and another made again under its name for TRUNCATE only). No command that
+    writes starts on it: each exits 2 naming them and the way back, and puts nothing back
+    itself, so the audit still names them (I5). `chargebox migrate` puts them back and
+    says so; then the guards refuse again, and the server starts."""
     credited_seller(service, 10_000, "Ali")
     service.close()
     db = database_of(config)
@@ -286,6 +287,11 @@ def test_a_dropped_guard_keeps_the_server_from_starting_until_migrate_puts_it_ba
         if config.db_url:
             conn.execute("CREATE OR REPLACE FUNCTION chargebox_refuse() RETURNS trigger"
                          " LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END; $$")  # fmt: skip
+            conn.execute("ALTER TABLE ledger_entry DISABLE TRIGGER ledger_entry_no_delete")
+            drop_trigger(conn, "seller_no_delete")  # made again, guarding TRUNCATE only
+            conn.execute("CREATE TRIGGER seller_no_delete BEFORE TRUNCATE ON seller FOR EACH"
+                         " STATEMENT EXECUTE FUNCTION chargebox_refuse('sellers are never"
+                         " deleted')")  # fmt: skip
         else:
             conn.execute("DROP TRIGGER ledger_entry_no_delete")
             conn.execute("CREATE TRIGGER ledger_entry_no_delete BEFORE DELETE ON ledger_entry"
@@ -293,7 +299,7 @@ def test_a_dropped_guard_keeps_the_server_from_starting_until_migrate_puts_it_ba
     where = ["--data-dir", config.data_dir] if config.db_url else []
     refused = chargebox("create-seller", "Sara", "--db", db, *where)
     named = (
-        "chargebox_refuse(), ledger_entry_no_update"
+        "chargebox_refuse(), ledger_entry_no_delete, ledger_entry_no_update, seller_no_delete"
         if config.db_url
         else "ledger_entry_no_delete, ledger_entry_no_update"
     )
@@ -316,7 +322,10 @@ def test_a_dropped_guard_keeps_the_server_from_starting_until_migrate_puts_it_ba
     with writable(db) as conn, pytest.raises(REFUSED, match="never updated"):
         conn.execute("UPDATE ledger_entry SET created_at = created_at")
     with writable(db) as conn, pytest.raises(REFUSED, match="never deleted"):
-        conn.execute("DELETE FROM ledger_entry")  # the emptied function's other triggers
+        conn.execute("DELETE FROM ledger_entry")  # PostgreSQL: the trigger disabled, too
+    if config.db_url:  # the trigger made again is today's
+        with writable(db) as conn, pytest.raises(REFUSED, match="never deleted"):
+            conn.execute("DELETE FROM seller")
     assert cli_audit(db, config.data_dir if config.db_url else None).returncode == 0
     started = chargebox("create-seller", "Sara", "--db", db, *where)
     assert started.returncode == 0, started.stderr
@@ -397,9 +406,12 @@ def test_an_older_releases_postgresql_database_is_migrated_granted_audited_and_s
     assert served.returncode == 2 and "run `chargebox migrate`" in served.stderr, served.stderr
     unread = cli_audit(made.app_url, data)
     assert unread.returncode == 2 and unread.stderr == served.stderr, unread.stderr
+    with writable_as(made.owner_url) as conn:  # switched off before the upgrade: put back in it
+        conn.execute("ALTER TABLE ledger_entry DISABLE TRIGGER ledger_entry_no_update")
     migrated = chargebox("migrate", "--db", made.owner_url, "--data-dir", data)
     assert migrated.returncode == 0, migrated.stderr
     assert f"granted to {made.app_role}" in migrated.stderr
+    assert "put back 1 guard(s) dropped or changed: ledger_entry_no_update;" in migrated.stderr
     assert "secret" not in migrated.stderr  # the URL is shown without its password
     versions = rows_on_disk(made.app_url, "SELECT version FROM schema_version ORDER BY 1")
     assert versions[-1] == (migrations.LATEST,)
