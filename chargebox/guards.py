@@ -29,33 +29,64 @@ _DEFINITION = re.compile(
     r"(.*?)for each (row|statement) (?:when (.+) )?execute (?:function|procedure) "
     r"(?:\w+\.)?(\w+)\((.*)\)$"
 )
-# What the schema holds: its tables, its triggers (table.name: whether it fires, i.e. not
-# disabled, and calls a function of the schema; its definition), its functions' bodies.
+# What the schema holds (its namespace found by name: to_regnamespace() would take a
+# name that needs quotes for another): its tables; its triggers (table.name: whether it
+# fires, i.e. not disabled, and calls a function of the schema; its definition); its
+# guard functions (trigger functions of no arguments: their bodies, where they are
+# PL/pgSQL run as the caller, and their settings).
 _HELD = (
-    "SELECT 'table', c.relname, NULL FROM pg_class AS c WHERE c.relkind IN ('r', 'p')"
-    " AND c.relnamespace = to_regnamespace(current_schema())"
+    "WITH ns AS (SELECT oid FROM pg_namespace WHERE nspname = current_schema()),"
+    " guard AS (SELECT p.* FROM pg_proc AS p, ns WHERE p.pronamespace = ns.oid"
+    " AND p.proname LIKE 'chargebox%' AND p.pronargs = 0 AND p.prorettype = 'trigger'::regtype)"
+    " SELECT 'schema', current_schema(), NULL"
+    " UNION ALL SELECT 'table', c.relname, NULL FROM pg_class AS c, ns"
+    " WHERE c.relkind IN ('r', 'p') AND c.relnamespace = ns.oid"
     " UNION ALL SELECT 'trigger', c.relname || '.' || t.tgname,"
     " CASE WHEN t.tgenabled IN ('O', 'A') AND p.pronamespace = c.relnamespace"
     " THEN pg_get_triggerdef(t.oid, true) END"
     " FROM pg_trigger AS t JOIN pg_class AS c ON c.oid = t.tgrelid"
-    " JOIN pg_proc AS p ON p.oid = t.tgfoid WHERE NOT t.tgisinternal"
-    " AND c.relnamespace = to_regnamespace(current_schema())"
-    " UNION ALL SELECT 'function', p.proname, p.prosrc FROM pg_proc AS p"
-    " WHERE p.pronamespace = to_regnamespace(current_schema()) AND p.proname LIKE 'chargebox%'"
+    " JOIN pg_proc AS p ON p.oid = t.tgfoid, ns WHERE NOT t.tgisinternal"
+    " AND c.relnamespace = ns.oid"
+    " UNION ALL SELECT 'function', proname, CASE WHEN NOT prosecdef AND prolang ="
+    " (SELECT oid FROM pg_language WHERE lanname = 'plpgsql') THEN prosrc END FROM guard"
+    " UNION ALL SELECT 'setting', proname, array_to_string(proconfig, chr(10)) FROM guard"
 )
+# A quoted string, kept as written when a definition is compared.
+_LITERAL = re.compile(r"('(?:[^']|'')*')")
+
+
+def _outside_literals(text: str, change) -> str:
+    parts = _LITERAL.split(text)
+    return "".join(part if n % 2 else change(part) for n, part in enumerate(parts))
 
 
 def trigger_definition(text: str | None) -> tuple | None:
     """A trigger's definition in parts that compare alike however it is spelled (the events
-    in any order, casts and parentheses in its WHEN, letter case, schema names); None for
-    None or a text of no such form."""
-    made = _DEFINITION.match(" ".join((text or "").lower().split()).rstrip(";"))
+    in any order; outside quoted strings, which compare as written: letter case, spaces,
+    and the casts and parentheses of its WHEN, which the schema writes as one condition,
+    no AND, OR or NOT: a test keeps it so); None for None or a text of no such form."""
+    if text is None:
+        return None
+    made = _DEFINITION.match(
+        _outside_literals(text.strip().rstrip(";"), lambda part: " ".join(part.lower().split()))
+    )
     if made is None:
         return None
     parts = list(made.groups())
     parts[3] = tuple(sorted(parts[3].split(" or ")))
-    parts[7] = re.sub(r"::\w+|[()\s]", "", parts[7] or "")
+    parts[7] = _outside_literals(parts[7] or "", lambda part: re.sub(r"::\w+|[()\s]", "", part))
     return tuple(parts)
+
+
+def confined(setting: str | None, schema: str) -> bool:
+    """Whether a guard function's settings (`proconfig`, a line each) are only its
+    search_path, and that is the schema, then pg_temp (schema.confine_search_path). With
+    pg_temp anywhere else, or left out (then it is searched first), a session that may
+    make temporary tables could hide a table from the guard behind one of its own."""
+    name, _, value = (setting or "").partition("=")
+    if name != "search_path" or "\n" in value:
+        return False
+    return [part.strip().strip('"') for part in value.split(",")] == [schema, "pg_temp"]
 
 
 @functools.lru_cache(maxsize=1)  # read once: each scrape of /metrics compares them
@@ -79,9 +110,11 @@ def postgresql_missing(rows) -> list[str]:
     a table not made yet is not missing), and each guard function dropped or changed, as
     `name()`. Whoever can do that can do anything; the audit (I5) says so."""
     held = {(kind, name): body for kind, name, body in rows(_HELD)}
+    (schema,) = [name for kind, name in held if kind == "schema"]
     functions, triggers = postgresql_guards()
     gone = [f"{name}()" for name, (body, _) in functions.items()
-            if held.get(("function", name)) != body]  # fmt: skip
+            if held.get(("function", name)) != body
+            or not confined(held.get(("setting", name)), schema)]  # fmt: skip
     return sorted(gone) + sorted(
         name for name, (table, statement) in triggers.items()
         if ("table", table) in held and trigger_definition(statement)
@@ -117,9 +150,10 @@ def refuse_dropped_guards(dropped: list[str], where: str) -> None:
 
 
 def put_back_postgresql_guards(conn) -> list[str]:
-    """As the schema's owner, inside migrate's transaction: each guard function dropped
-    or changed made again (its newest body), then each trigger dropped or changed; their
-    names."""
+    """As the schema's owner, inside migrate's transaction, its search_path confined
+    (schema.confine_search_path): each guard function dropped or changed made again (its
+    newest body and settings), then each trigger dropped or changed; their names. What
+    still differs then (a PostgreSQL that spells definitions otherwise) fails migrate."""
     missing = postgresql_missing(lambda sql: conn.execute(sql).fetchall())
     functions, triggers = postgresql_guards()
     for name, (_, statement) in functions.items():
@@ -129,4 +163,6 @@ def put_back_postgresql_guards(conn) -> list[str]:
         if name in missing:
             conn.execute(f'DROP TRIGGER IF EXISTS "{name}" ON "{table}"')
             conn.execute(statement)
+    if still := postgresql_missing(lambda sql: conn.execute(sql).fetchall()):
+        raise RuntimeError(f"guards made again still differ from the schema's: {still}")
     return missing

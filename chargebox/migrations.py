@@ -162,6 +162,23 @@ def _postgresql_records_are_their_sellers(conn) -> None:
         conn.execute(statement)
 
 
+def _sqlite_entries_by_stamp(conn: sqlite3.Connection) -> None:
+    """Version 5: the index of a seller's entries by stamp (models.LedgerEntry), which a
+    statement of a period reads instead of the seller's whole ledger. Writes no row."""
+    conn.execute(_sqlite_model_schema()["ledger_entry_seller_id_created_at_amount"])
+
+
+def _postgresql_entries_by_stamp(conn) -> None:
+    """Version 5 on PostgreSQL: the file's VERSION 5 part (the same index); and each guard
+    function's search_path confined to the schema, then pg_temp (it was the search_path of
+    the session that made it, where pg_temp came first: schema.confine_search_path)."""
+    for statement in schema.postgresql_added_in(5):
+        conn.execute(statement)
+    functions, _ = guards.postgresql_guards()
+    for name in functions:
+        conn.execute(f'ALTER FUNCTION "{name}"() SET search_path FROM CURRENT')
+
+
 def _refuse_records_of_another_seller(conn) -> None:
     """A record that names another seller's row was written by hand (no chargebox writes
     one): the migration stops, naming it, rather than make a schema it breaks."""
@@ -181,6 +198,9 @@ STEPS: tuple[Step, ...] = (
          _sqlite_refunds, _postgresql_refunds),
     Step(4, "a key's record is its seller's (the triggers *_is_its_sellers)",
          _sqlite_records_are_their_sellers, _postgresql_records_are_their_sellers),
+    Step(5, "a seller's entries by stamp (an index, for statements of a period); on"
+            " PostgreSQL, the guard functions' search_path confined to the schema",
+         _sqlite_entries_by_stamp, _postgresql_entries_by_stamp),
 )  # fmt: skip
 
 
@@ -337,6 +357,7 @@ def upgrade_postgresql(conn, where: str,
     granted, the triggers put back)."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (schema.SCHEMA_LOCK,))
+        schema.confine_search_path(conn)  # what the guard functions made here take
         found = postgresql_version(conn)
         if found is None:
             raise ValueError(f"--db {where}: no chargebox schema here; run `chargebox init-db`")

@@ -181,6 +181,10 @@ LedgerEntry.add_index(
         LedgerEntry.refund_of, unique=True, where=LedgerEntry.refund_of.is_null(False)
     )
 )
+# Schema version 5: a seller's entries by stamp, for a statement of a period
+# (statements.py), which then reads the period, not the seller's whole ledger. The
+# amount is in it (and the id, as in every SQLite index) so that those reads need no row.
+LedgerEntry.add_index(LedgerEntry.seller, LedgerEntry.created_at, LedgerEntry.amount)
 
 
 class LedgerSeal(BaseModel):

@@ -22,7 +22,7 @@ import peewee
 # models with TRIGGERS; schema_postgresql.sql). Older ones: migrations.py. 1: chargebox 0.1.0.
 # 2: seller keys (seller_key) and suspension (seller.status); 3: refunds (ledger_entry.refund_of);
 # 4: a key's record is its seller's (the triggers *_is_its_sellers)
-VERSION = 4
+VERSION = 5
 POSTGRESQL_VERSION = VERSION
 
 
@@ -240,6 +240,7 @@ def create_postgresql(conn, where: str | None = None) -> None:
     """
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        confine_search_path(conn)
         found = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()[0]
         if found:
             version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
@@ -252,6 +253,17 @@ def create_postgresql(conn, where: str | None = None) -> None:
             "INSERT INTO schema_version (version, applied_at) VALUES (%s, now()::text)",
             (POSTGRESQL_VERSION,),
         )
+
+
+def confine_search_path(conn) -> None:
+    """In the owner's transaction that makes or changes the schema: the search_path becomes
+    the schema, then pg_temp, as the guard functions take it (`SET search_path FROM
+    CURRENT`; guards.confined checks it). Left out, pg_temp is searched first, and any
+    session that may make temporary tables (PUBLIC may, unless revoked) could hide a table
+    the guard reads (the sale a refund names, say) behind one of its own."""
+    from psycopg import sql
+
+    conn.execute(sql.SQL("SET LOCAL search_path TO {}, pg_temp").format(_schema(conn)))
 
 
 CHECKPOINT_TABLES = ("audit_checkpoint", "seller_checkpoint")

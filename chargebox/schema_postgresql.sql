@@ -562,3 +562,9 @@ CREATE TRIGGER adjustment_record_is_its_sellers AFTER INSERT ON adjustment_recor
 CREATE TRIGGER credit_request_record_is_its_sellers AFTER INSERT ON credit_request_record
     FOR EACH ROW WHEN (NEW.request_id IS NOT NULL)
     EXECUTE FUNCTION chargebox_record_is_its_sellers();
+-- ;
+-- VERSION 5: a seller's entries by stamp. A statement of a period (statements.py) reads
+-- the period along it, not the seller's whole ledger; the seq and the amount are in it so
+-- that those reads can be answered from the index.
+CREATE INDEX ledger_entry_seller_created_at ON ledger_entry (seller_id, created_at)
+    INCLUDE (seq, amount);

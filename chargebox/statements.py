@@ -8,6 +8,13 @@ opening + the period's entries = closing, and one period's closing is the next o
 opening, whatever the stamps' order. Everything is read in one read snapshot, the
 entries in chunks (never the whole period in memory, never the write lock), and
 rendered as JSON or CSV piece by piece. Reads only.
+
+What it reads is the period's size, not the seller's history (schema version 5's index
+on the seller's entries by stamp). The entries are walked along the seller's ledger order
+only between the first and the last of those stamped in the period, keeping the ones that
+are. The opening is summed on the shorter side of `from`, judged by the seller's first and
+last stamps: the entries stamped before it, or the seller's balance less those stamped
+from it on (I2: a balance is the sum of its entries). Both are exact.
 """
 
 from __future__ import annotations
@@ -19,24 +26,44 @@ import json
 from collections.abc import Iterator
 
 from chargebox.audit_checks import KINDS
+from chargebox.clock import parse
 from chargebox.periods import Localiser, Period, local
 from chargebox.queries import LEDGER_ENTRY, Queries
 
 CHUNK = 1_000  # entries per read
 FORMATS = ("json", "csv")
-_OPENING = (
+# The opening, along the stamp index: the sum of what was stamped before `from`, or the
+# balance less what was stamped from it on, whichever reads less.
+_STAMPS = (
+    "SELECT (SELECT min(created_at) FROM ledger_entry WHERE seller_id = ?),"
+    " (SELECT max(created_at) FROM ledger_entry WHERE seller_id = ?)"
+)
+_BEFORE = (
     "SELECT COALESCE(CAST(SUM(amount) AS BIGINT), 0) FROM ledger_entry"
     " WHERE seller_id = ? AND created_at < ?"
+)
+_SINCE = (
+    "SELECT (SELECT balance FROM seller WHERE id = ?) - COALESCE(CAST(SUM(amount) AS BIGINT), 0)"
+    " FROM ledger_entry WHERE seller_id = ? AND created_at >= ?"
+)
+# The first and the last of the seller's entries, in ledger order, stamped in the period.
+# `+ 0`: PostgreSQL would find a bare min(seq) by walking the seq index from the seller's
+# first entry, filtering on the stamp (its min/max plan), instead of the period's stamps.
+_ENDS = (
+    "SELECT min({order} + 0), max({order} + 0) FROM ledger_entry"
+    " WHERE seller_id = ? AND created_at >= ? AND created_at < ?"
 )
 _COLUMNS = tuple(name for name in LEDGER_ENTRY.columns if name != "seller_id")
 # A sale's entry and a refund's show the sale's phone. Keyset paging along the seller's
 # own index: (seller_id, id) on SQLite, (seller_id, seq) on PostgreSQL, where a seller's
-# seq and id orders are one (both taken under its row lock).
+# seq and id orders are one (both taken under its row lock); between the ends, the
+# entries stamped outside the period (stamps need not follow that order) left out.
+# SQLite's `+` keeps the stamps off the index: the walk is along the ledger order.
 _CHUNK = (
     "SELECT e.{order} AS cursor, {columns}, sale.phone FROM ledger_entry AS e"
     " LEFT JOIN sale ON sale.id = COALESCE(e.sale_id, e.refund_of)"
-    " WHERE e.seller_id = ? AND e.{order} > ?"
-    " AND e.created_at >= ? AND e.created_at < ? ORDER BY e.{order} LIMIT ?"
+    " WHERE e.seller_id = ? AND e.{order} > ? AND e.{order} <= ?"
+    " AND {plain}e.created_at >= ? AND {plain}e.created_at < ? ORDER BY e.{order} LIMIT ?"
 )
 ENTRY = (*_COLUMNS, "phone")  # an entry as a statement shows it
 CSV_COLUMNS = ("line", *ENTRY)
@@ -55,14 +82,16 @@ class Statement:
         try:
             self._db = self._stack.enter_context(database.snapshot())
             Queries(self._db).seller(seller_id)  # NotFound before anything is streamed
-            start, _ = period.bounds
-            self.opening = self._db.rows(_OPENING, (seller_id, start))[0][0]
+            start, end = period.bounds
+            self.opening = self._db.rows(*opening(self._db, seller_id, start))[0][0]
+            order = "seq" if database.dialect == "postgresql" else "id"
+            self._ends = self._db.rows(_ENDS.format(order=order), (seller_id, start, end))[0]
         except BaseException:
             self._stack.close()
             raise
-        order = "seq" if database.dialect == "postgresql" else "id"
         columns = ", ".join(f"e.{name}" for name in _COLUMNS)
-        self._sql = _CHUNK.format(order=order, columns=columns)
+        plain = "" if database.dialect == "postgresql" else "+"
+        self._sql = _CHUNK.format(order=order, columns=columns, plain=plain)
         self.totals = {kind: {"count": 0, "amount": 0} for kind in KINDS}
         self.count = 0
         self.closing = self.opening
@@ -72,10 +101,13 @@ class Statement:
         values of ENTRY; the closing balance and the totals are complete once this is
         exhausted."""
         start, end = self.period.bounds
-        cursor, shown = 0, Localiser()
+        first, last = self._ends
+        if first is None:  # nothing stamped in the period
+            return
+        cursor, shown = first - 1, Localiser()
         kind, amount, created_at = (ENTRY.index(name) for name in ("kind", "amount", "created_at"))
         while True:
-            found = self._db.rows(self._sql, (self.seller_id, cursor, start, end, self.chunk))
+            found = self._db.rows(self._sql, (self.seller_id, cursor, last, start, end, self.chunk))
             self.reads += 1
             if not found:
                 return
@@ -107,6 +139,17 @@ class Statement:
 
     def close(self) -> None:
         self._stack.close()
+
+
+def opening(reader, seller_id: int, start: str) -> tuple[str, tuple]:
+    """The read of a seller's balance before the stamp `start` that reads fewer entries:
+    by the seller's first and last stamps, is `start` nearer the first or the last?"""
+    first, last = reader.rows(_STAMPS, (seller_id, seller_id))[0]
+    if first is None or start <= first:  # nothing before it
+        return _BEFORE, (seller_id, start)
+    if start > last or parse(start) - parse(first) > parse(last) - parse(start):
+        return _SINCE, (seller_id, seller_id, start)
+    return _BEFORE, (seller_id, start)
 
 
 class Rendered:

@@ -162,6 +162,33 @@ def test_the_app_role_cannot_rewrite_history_or_switch_a_guard_off(granted, stat
         )
 
 
+def test_a_temporary_table_of_the_app_role_hides_no_table_from_a_guard(granted):
+    """PUBLIC may make temporary tables in a new database (PostgreSQL's default), and where
+    a search_path leaves pg_temp out, it is searched first. The guard functions took the
+    search_path of the session that made them, so the app role could hide `seller` from
+    one behind a temporary table of its own, there calling a suspended seller active, and
+    sell for it (or hide `sale`, and refund more than a sale). Their search_path is the
+    schema, then pg_temp: the guard reads the real table and refuses."""
+    name = granted["owner"].rsplit("/", 1)[1]
+    with psycopg.connect(granted["owner"], autocommit=True) as owner:
+        owner.execute(f"GRANT TEMPORARY ON DATABASE {name} TO PUBLIC")
+    with psycopg.connect(granted["app"], autocommit=True) as conn:
+        seller = app_writes_a_credit(conn)
+        conn.execute("UPDATE seller SET status = 'suspended' WHERE id = %s", (seller,))
+        conn.execute("CREATE TEMPORARY TABLE seller AS SELECT * FROM public.seller")
+        conn.execute("UPDATE pg_temp.seller SET status = 'active'")
+        conn.execute(
+            "INSERT INTO phone (number, total_charged, created_at) VALUES ('09121234567', 0, %s)",
+            (T,),
+        )
+        with pytest.raises(psycopg.errors.IntegrityError, match="a suspended seller cannot sell"):
+            conn.execute(
+                "INSERT INTO sale (seller_id, phone, amount, balance_after, created_at)"
+                " VALUES (%s, '09121234567', 10, 4990, %s)",
+                (seller, T),
+            )
+
+
 def test_the_sql_is_written_once_and_handed_to_psycopg_in_its_style():
     assert postgresql.to_psycopg("SELECT ? WHERE a = :name AND b::text = '?:x' AND c LIKE '%'") == (
         "SELECT %s WHERE a = %(name)s AND b::text = '?:x' AND c LIKE '%'"

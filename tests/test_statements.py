@@ -277,3 +277,50 @@ def test_a_statement_reads_one_snapshot_while_sales_go_on(service):
     assert got["opening_balance"] + sum(e["amount"] for e in got["entries"]) == 94_000
     after = json.loads(b"".join(service.statement(seller["id"], when)))
     assert after["count"] == 10 and after["closing_balance"] == 94_000 - 1500
+
+
+def test_a_days_statement_reads_that_day_not_the_sellers_whole_ledger(service, config):
+    """Schema version 5: a seller's entries are indexed by stamp. A statement walked the
+    seller's whole ledger for its opening and to find the period (about a second per
+    million entries); now every read it makes is the size of the period, or of what lies
+    between it and the nearer end of the seller's history. 5 entries on a first day,
+    3,000 over the next two, 5 on a fourth: the first and the fourth days' statements are
+    right, and on PostgreSQL each of their reads reads under 100 rows (the old opening
+    read 3,000); on SQLite each goes along an index, the stamps' or the ledger's order."""
+    seller = credited_seller(service, 10**9, "Busy")["id"]  # credited now: within days 1-2
+    write_entries(service, seller, [(n, -1) for n in range(5)])
+    write_entries(service, seller, [(86400 + n * 57, -1) for n in range(3000)])
+    write_entries(service, seller, [(3 * 86400 + n, -2) for n in range(5)])
+    reads = []
+    for day, opening in ((0, 0), (3, 10**9 - 3005)):
+        when = period(day * 86400, (day + 1) * 86400)
+        got = read(service, seller, when, chunk=2)
+        assert (got["opening_balance"], got["count"]) == (opening, 5)
+        statement = statements.Statement(service.database, seller, when, chunk=1000)
+        (first, last), (start, end) = statement._ends, when.bounds
+        order = "seq" if config.db_url else "id"
+        reads += [
+            (statements._STAMPS, (seller, seller)),
+            statements.opening(service.queries.reader, seller, start),
+            (statements._ENDS.format(order=order), (seller, start, end)),
+            (statement._sql, (seller, first - 1, last, start, end, 1000)),
+        ]
+        statement.close()
+    reader = service.queries.reader
+    if config.db_url:
+        from tests.support import database_of, writable
+        from tests.test_charts import _rows_read
+
+        with writable(database_of(config)) as conn:  # as autovacuum would, by now
+            conn.execute("ANALYZE ledger_entry")
+        for sql, params in reads:
+            (row,) = reader.rows("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params)
+            plan = row[0] if not isinstance(row[0], str) else json.loads(row[0])
+            assert _rows_read(plan[0]["Plan"]) < 100, (sql, plan)
+        return
+    for n, (sql, params) in enumerate(reads):
+        plan = " ".join(str(step[-1]) for step in reader.rows("EXPLAIN QUERY PLAN " + sql, params))
+        if n % 4 < 3:
+            assert "ledger_entry_seller_id_created_at_amount" in plan, (sql, plan)
+        else:
+            assert "ledger_entry_seller_id_id" in plan and "created_at" not in plan, plan
