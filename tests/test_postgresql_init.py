@@ -189,6 +189,23 @@ def test_a_temporary_table_of_the_app_role_hides_no_table_from_a_guard(granted):
             )
 
 
+def test_a_schema_whose_name_needs_quotes_is_made_and_served(roles):
+    """The guards were looked for with to_regnamespace(current_schema()), which reads a
+    name like Shop as shop: every guard function of such a schema was taken for gone,
+    and every command but init-db refused the database (a reviewer's find)."""
+    with psycopg.connect(roles["owner"], autocommit=True) as owner:
+        owner.execute('CREATE SCHEMA "Shop"')
+    shop = "?options=-csearch_path%3D%22Shop%22"
+    made = chargebox("init-db", "--db", roles["owner"] + shop, "--grant-to", roles["app_role"],
+                     "--data-dir", str(roles["data"]))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    served = chargebox("create-seller", "Ali", "--db", roles["app"] + shop,
+                       "--data-dir", str(roles["data"]))  # fmt: skip
+    assert served.returncode == 0, served.stderr
+    with psycopg.connect(roles["owner"], autocommit=True) as owner:
+        assert owner.execute('SELECT name FROM "Shop".seller').fetchall() == [("Ali",)]
+
+
 def test_the_sql_is_written_once_and_handed_to_psycopg_in_its_style():
     assert postgresql.to_psycopg("SELECT ? WHERE a = :name AND b::text = '?:x' AND c LIKE '%'") == (
         "SELECT %s WHERE a = %(name)s AND b::text = '?:x' AND c LIKE '%'"
