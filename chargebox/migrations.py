@@ -164,12 +164,15 @@ def _postgresql_records_are_their_sellers(conn) -> None:
 
 def _sqlite_entries_by_stamp(conn: sqlite3.Connection) -> None:
     """Version 5: the index of a seller's entries by stamp (models.LedgerEntry), which a
-    statement of a period reads instead of the seller's whole ledger. Writes no row."""
-    conn.execute(_sqlite_model_schema()["ledger_entry_seller_id_created_at_amount"])
+    statement of a period reads instead of the seller's whole ledger, and of sales by
+    stamp (models.Sale), for a search of sales by time. Writes no row."""
+    made = _sqlite_model_schema()
+    conn.execute(made["ledger_entry_seller_id_created_at_amount"])
+    conn.execute(made["sale_created_at_seller_id"])
 
 
 def _postgresql_entries_by_stamp(conn) -> None:
-    """Version 5 on PostgreSQL: the file's VERSION 5 part (the same index); and each guard
+    """Version 5 on PostgreSQL: the file's VERSION 5 part (the same indexes); and each guard
     function's search_path confined to the schema, then pg_temp (it was the search_path of
     the session that made it, where pg_temp came first: schema.confine_search_path)."""
     for statement in schema.postgresql_added_in(5):
@@ -198,7 +201,7 @@ STEPS: tuple[Step, ...] = (
          _sqlite_refunds, _postgresql_refunds),
     Step(4, "a key's record is its seller's (the triggers *_is_its_sellers)",
          _sqlite_records_are_their_sellers, _postgresql_records_are_their_sellers),
-    Step(5, "a seller's entries by stamp (an index, for statements of a period); on"
+    Step(5, "entries and sales by stamp (indexes, for statements and searches); on"
             " PostgreSQL, the guard functions' search_path confined to the schema",
          _sqlite_entries_by_stamp, _postgresql_entries_by_stamp),
 )  # fmt: skip

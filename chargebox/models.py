@@ -121,6 +121,12 @@ class Sale(BaseModel):
         indexes = ((("seller", "id"), False),)
 
 
+# Schema version 5: sales by stamp, for a search of sales by time (queries.Queries.sales),
+# which then reads the range, not every sale before it; the seller (and, as in every
+# SQLite index, the id) is in it, so that the search needs no row to find its bounds.
+Sale.add_index(Sale.created_at, Sale.seller)
+
+
 class LedgerEntry(BaseModel):
     id = AutoField()
     # The composite (seller, id) or (seller, key) index below serves as its index too.

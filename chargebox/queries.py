@@ -104,6 +104,10 @@ _HOUR, _HALF = (
 )
 _HALF_HOUR = f"{_HOUR} AS hour, {_HALF} AS half"
 _BY_KEY = "id IN (SELECT sale_id FROM idempotency_record WHERE seller_id = ? AND key = ?)"
+# The first and the last sale (by id) stamped in a time range, along the sales' stamp
+# index: a search by time walks the ids between them only (stamps need not follow ids).
+# `+ 0` keeps PostgreSQL from finding min(id) by walking the primary key (see statements).
+_WITHIN = "SELECT min(id + 0), max(id + 0) FROM sale WHERE {}"
 
 
 # PostgreSQL: each seller's last entry below an id and before a stamp, for each row of
@@ -211,10 +215,18 @@ class Queries:
         conditions = []
         if search.key is not None:
             conditions.append((_BY_KEY, (seller_id, search.key)))
-        if search.start is not None:
-            conditions.append(("created_at >= ?", (search.start,)))
-        if search.end is not None:
-            conditions.append(("created_at < ?", (search.end,)))
+        stamps = [(sql, (stamp,)) for sql, stamp in (("created_at >= ?", search.start),
+                  ("created_at < ?", search.end)) if stamp is not None]  # fmt: skip
+        if stamps:  # the range's first and last sale, for the walk along the ids
+            mine = [("+seller_id = ?", (seller_id,))] if seller_id is not None else []  # `+`:
+            where = " AND ".join(condition for condition, _ in (*stamps, *mine))  # not its index
+            params = tuple(value for _, values in (*stamps, *mine) for value in values)
+            first, last = self.reader.rows(_WITHIN.format(where), params)[0]
+            if first is None:
+                return []
+            # one lower bound on the id (SQLite would walk from the looser of two)
+            page = dataclasses.replace(page, after_id=max(page.after_id, first - 1))
+            conditions += [*stamps, ("id <= ?", (last,))]
         found = tuple(conditions)
         return self.page(SALE_READ, page, found, seller_id=seller_id, phone=search.phone)
 

@@ -568,3 +568,6 @@ CREATE TRIGGER credit_request_record_is_its_sellers AFTER INSERT ON credit_reque
 -- that those reads can be answered from the index.
 CREATE INDEX ledger_entry_seller_created_at ON ledger_entry (seller_id, created_at)
     INCLUDE (seq, amount);
+-- ;
+-- Also version 5: sales by stamp, for a search of sales by time (queries.py).
+CREATE INDEX sale_created_at ON sale (created_at) INCLUDE (seller_id, id);

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chargebox import clock, ledger, periods, statements
+from chargebox import clock, ledger, periods, queries, statements
 from chargebox.audit_checks import KINDS
 from chargebox.errors import NotFound, ValidationError
 from tests.support import ROOT, credited_seller
@@ -104,6 +104,46 @@ def test_opening_plus_entries_is_closing_and_consecutive_statements_chain(servic
         previous = got
     everything = read(service, seller["id"], period(-10, 200))
     assert everything["closing_balance"] == service.queries.seller(seller["id"])["balance"]
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    sales=st.lists(st.tuples(st.integers(0, 100), st.booleans()), max_size=30),
+    low=st.none() | st.integers(-5, 105),
+    high=st.none() | st.integers(-5, 105),
+    mine=st.booleans(),
+    limit=st.integers(1, 4),
+)
+def test_a_search_by_time_finds_every_sale_stamped_in_it_and_no_other(
+    service, sales, low, high, mine, limit
+):
+    """Any stamps, in any order against the sales' ids, over two sellers: a search of
+    sales by time (from, to, or both; one seller's or everyone's), read page by page,
+    finds exactly the sales stamped in [from, to), in id order. (Schema version 5: the
+    range's first and last sale are found along the sales' stamp index, and only the ids
+    between them are walked.)"""
+    first, second = (credited_seller(service, 10**6, name)["id"] for name in ("A", "B"))
+
+    def work(write):
+        for seconds, firsts in sales:
+            ledger.sell(write, first if firsts else second, PHONE, 1, at(seconds))
+
+    service.database.write(work)
+    search = queries.Search(start=None if low is None else at(low),
+                            end=None if high is None else at(high))  # fmt: skip
+    seller = first if mine else None
+    found, after = [], 0
+    while page := service.queries.sales(queries.Page(limit, after), seller, search):
+        found += [sale["id"] for sale in page]
+        after = page[-1]["id"]
+    every = service.queries.reader.rows("SELECT id, seller_id, created_at FROM sale ORDER BY id")
+    assert found == [
+        id_ for id_, owner, stamp in every
+        if seller in (None, owner) and (search.start is None or stamp >= search.start)
+        and (search.end is None or stamp < search.end)
+    ]  # fmt: skip
 
 
 @settings(max_examples=40, deadline=None)
@@ -324,3 +364,47 @@ def test_a_days_statement_reads_that_day_not_the_sellers_whole_ledger(service, c
             assert "ledger_entry_seller_id_created_at_amount" in plan, (sql, plan)
         else:
             assert "ledger_entry_seller_id_id" in plan and "created_at" not in plan, plan
+
+
+def test_a_search_of_sales_by_time_reads_the_range_not_every_sale_before_it(service, config):
+    """Schema version 5: sales are indexed by stamp. A search by time walked the sales
+    from the first (or the seller's first) until it had a page: a recent hour of a long
+    history read all of it. 3,000 sales over two days, then 5 on a third: the third
+    day's search, everyone's and the seller's, reads under 100 rows a statement on
+    PostgreSQL, and goes along the stamps' index, then the ids, on SQLite."""
+    seller = credited_seller(service, 10**9, "Busy")["id"]
+    write_entries(service, seller, [(n * 57, -1) for n in range(3000)])
+    write_entries(service, seller, [(3 * 86400 + n, -2) for n in range(5)])
+    reader, ran = service.queries.reader, []
+    for name in ("rows", "dicts"):
+        real = getattr(reader, name)
+        setattr(reader, name, lambda sql, params=(), real=real: ran.append((sql, params))
+                or real(sql, params))  # fmt: skip
+    search = queries.Search(start=at(3 * 86400), end=at(4 * 86400))
+    for whose in (None, seller):
+        assert len(service.queries.sales(queries.Page(100), whose, search)) == 5
+    for name in ("rows", "dicts"):
+        delattr(reader, name)
+    assert len(ran) == 4
+    if config.db_url:
+        from tests.support import database_of, writable
+        from tests.test_charts import _rows_read
+
+        with writable(database_of(config)) as conn:
+            conn.execute("ANALYZE sale")
+        for sql, params in ran:
+            (row,) = reader.rows("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params)
+            plan = row[0] if not isinstance(row[0], str) else json.loads(row[0])
+            assert _rows_read(plan[0]["Plan"]) < 100, (sql, plan)
+        return
+    for n, (sql, params) in enumerate(ran):
+        plan = " ".join(str(step[-1]) for step in reader.rows("EXPLAIN QUERY PLAN " + sql, params))
+        walks = (
+            ("sale_created_at_seller_id",)
+            if n % 2 == 0
+            else (  # the bounds, the walk
+                "INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
+                "sale_seller_id_id (seller_id=? AND id>? AND id<?)",
+            )
+        )
+        assert any(walk in plan for walk in walks), plan
