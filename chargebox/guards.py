@@ -38,8 +38,7 @@ _HELD = (
     "WITH ns AS (SELECT oid FROM pg_namespace WHERE nspname = current_schema()),"
     " guard AS (SELECT p.* FROM pg_proc AS p, ns WHERE p.pronamespace = ns.oid"
     " AND p.proname LIKE 'chargebox%' AND p.pronargs = 0 AND p.prorettype = 'trigger'::regtype)"
-    " SELECT 'schema', current_schema(), NULL"
-    " UNION ALL SELECT 'table', c.relname, NULL FROM pg_class AS c, ns"
+    " SELECT 'table', c.relname, NULL FROM pg_class AS c, ns"
     " WHERE c.relkind IN ('r', 'p') AND c.relnamespace = ns.oid"
     " UNION ALL SELECT 'trigger', c.relname || '.' || t.tgname,"
     " CASE WHEN t.tgenabled IN ('O', 'A') AND p.pronamespace = c.relnamespace"
@@ -49,7 +48,8 @@ _HELD = (
     " AND c.relnamespace = ns.oid"
     " UNION ALL SELECT 'function', proname, CASE WHEN NOT prosecdef AND prolang ="
     " (SELECT oid FROM pg_language WHERE lanname = 'plpgsql') THEN prosrc END FROM guard"
-    " UNION ALL SELECT 'setting', proname, array_to_string(proconfig, chr(10)) FROM guard"
+    " UNION ALL SELECT 'setting', proname, CASE WHEN proconfig = ARRAY['search_path='"
+    " || quote_ident(current_schema()) || ', pg_temp'] THEN 'confined' END FROM guard"
 )
 # A quoted string, kept as written when a definition is compared.
 _LITERAL = re.compile(r"('(?:[^']|'')*')")
@@ -63,7 +63,8 @@ def _outside_literals(text: str, change) -> str:
 def trigger_definition(text: str | None) -> tuple | None:
     """A trigger's definition in parts that compare alike however it is spelled (the events
     in any order; outside quoted strings, which compare as written: letter case, spaces,
-    and the casts and parentheses of its WHEN, which the schema writes as one condition,
+    and the casts to text and parentheses of its WHEN (a cast to a type of one's own
+    counts: its operators could do anything), which the schema writes as one condition,
     no AND, OR or NOT: a test keeps it so); None for None or a text of no such form."""
     if text is None:
         return None
@@ -74,19 +75,17 @@ def trigger_definition(text: str | None) -> tuple | None:
         return None
     parts = list(made.groups())
     parts[3] = tuple(sorted(parts[3].split(" or ")))
-    parts[7] = _outside_literals(parts[7] or "", lambda part: re.sub(r"::\w+|[()\s]", "", part))
+    parts[7] = _outside_literals(parts[7] or "", lambda part: re.sub(r"::text\b|[()\s]", "", part))
     return tuple(parts)
 
 
-def confined(setting: str | None, schema: str) -> bool:
-    """Whether a guard function's settings (`proconfig`, a line each) are only its
-    search_path, and that is the schema, then pg_temp (schema.confine_search_path). With
-    pg_temp anywhere else, or left out (then it is searched first), a session that may
-    make temporary tables could hide a table from the guard behind one of its own."""
-    name, _, value = (setting or "").partition("=")
-    if name != "search_path" or "\n" in value:
-        return False
-    return [part.strip().strip('"') for part in value.split(",")] == [schema, "pg_temp"]
+def confined(setting: str | None) -> bool:
+    """Whether a guard function's settings (`proconfig`) are only its search_path, and
+    that is the schema, then pg_temp (schema.confine_search_path), as PostgreSQL writes it
+    (`search_path=public, pg_temp`; _HELD compares them). With pg_temp anywhere else, or
+    left out (then it is searched first), a session that may make temporary tables could
+    hide a table from the guard behind one of its own."""
+    return setting == "confined"
 
 
 @functools.lru_cache(maxsize=1)  # read once: each scrape of /metrics compares them
@@ -110,11 +109,10 @@ def postgresql_missing(rows) -> list[str]:
     a table not made yet is not missing), and each guard function dropped or changed, as
     `name()`. Whoever can do that can do anything; the audit (I5) says so."""
     held = {(kind, name): body for kind, name, body in rows(_HELD)}
-    (schema,) = [name for kind, name in held if kind == "schema"]
     functions, triggers = postgresql_guards()
     gone = [f"{name}()" for name, (body, _) in functions.items()
             if held.get(("function", name)) != body
-            or not confined(held.get(("setting", name)), schema)]  # fmt: skip
+            or not confined(held.get(("setting", name)))]  # fmt: skip
     return sorted(gone) + sorted(
         name for name, (table, statement) in triggers.items()
         if ("table", table) in held and trigger_definition(statement)

@@ -226,7 +226,8 @@ class Queries:
                 return []
             # one lower bound on the id (SQLite would walk from the looser of two)
             page = dataclasses.replace(page, after_id=max(page.after_id, first - 1))
-            conditions += [*stamps, ("id <= ?", (last,))]
+            walk = [(f"({sql[:10]} || ''){sql[10:]}", values) for sql, values in stamps]
+            conditions += [*walk, ("id <= ?", (last,))]  # the walk along ids, off the stamps
         found = tuple(conditions)
         return self.page(SALE_READ, page, found, seller_id=seller_id, phone=search.phone)
 

@@ -12,9 +12,10 @@ rendered as JSON or CSV piece by piece. Reads only.
 What it reads is the period's size, not the seller's history (schema version 5's index
 on the seller's entries by stamp). The entries are walked along the seller's ledger order
 only between the first and the last of those stamped in the period, keeping the ones that
-are. The opening is summed on the shorter side of `from`, judged by the seller's first and
-last stamps: the entries stamped before it, or the seller's balance less those stamped
-from it on (I2: a balance is the sum of its entries). Both are exact.
+are. The opening is summed on the shorter side of `from`, judged by where the period lies
+in the seller's ledger: the entries stamped before it, or the seller's newest balance_after
+less those stamped from it on (each entry's balance_after is the sum of the entries up to
+it, I3, and sealed). Both are exact.
 """
 
 from __future__ import annotations
@@ -33,17 +34,21 @@ from chargebox.queries import LEDGER_ENTRY, Queries
 CHUNK = 1_000  # entries per read
 FORMATS = ("json", "csv")
 # The opening, along the stamp index: the sum of what was stamped before `from`, or the
-# balance less what was stamped from it on, whichever reads less.
-_STAMPS = (
+# seller's newest balance_after (sealed, in ledger order) less what was stamped from it
+# on, whichever reads less; judged by the seller's ends, each read along an index.
+_SPAN = (
     "SELECT (SELECT min(created_at) FROM ledger_entry WHERE seller_id = ?),"
-    " (SELECT max(created_at) FROM ledger_entry WHERE seller_id = ?)"
+    " (SELECT max(created_at) FROM ledger_entry WHERE seller_id = ?),"
+    " (SELECT min({order}) FROM ledger_entry WHERE seller_id = ?),"
+    " (SELECT max({order}) FROM ledger_entry WHERE seller_id = ?)"
 )
 _BEFORE = (
     "SELECT COALESCE(CAST(SUM(amount) AS BIGINT), 0) FROM ledger_entry"
     " WHERE seller_id = ? AND created_at < ?"
 )
 _SINCE = (
-    "SELECT (SELECT balance FROM seller WHERE id = ?) - COALESCE(CAST(SUM(amount) AS BIGINT), 0)"
+    "SELECT COALESCE((SELECT balance_after FROM ledger_entry WHERE seller_id = ?"
+    " ORDER BY {order} DESC LIMIT 1), 0) - COALESCE(CAST(SUM(amount) AS BIGINT), 0)"
     " FROM ledger_entry WHERE seller_id = ? AND created_at >= ?"
 )
 # The first and the last of the seller's entries, in ledger order, stamped in the period.
@@ -58,12 +63,14 @@ _COLUMNS = tuple(name for name in LEDGER_ENTRY.columns if name != "seller_id")
 # own index: (seller_id, id) on SQLite, (seller_id, seq) on PostgreSQL, where a seller's
 # seq and id orders are one (both taken under its row lock); between the ends, the
 # entries stamped outside the period (stamps need not follow that order) left out.
-# SQLite's `+` keeps the stamps off the index: the walk is along the ledger order.
+# `|| ''` keeps the stamps off their index: the walk is along the ledger order (with
+# statistics older than the period, PostgreSQL would otherwise read and sort the whole
+# period for each chunk).
 _CHUNK = (
     "SELECT e.{order} AS cursor, {columns}, sale.phone FROM ledger_entry AS e"
     " LEFT JOIN sale ON sale.id = COALESCE(e.sale_id, e.refund_of)"
     " WHERE e.seller_id = ? AND e.{order} > ? AND e.{order} <= ?"
-    " AND {plain}e.created_at >= ? AND {plain}e.created_at < ? ORDER BY e.{order} LIMIT ?"
+    " AND (e.created_at || '') >= ? AND (e.created_at || '') < ? ORDER BY e.{order} LIMIT ?"
 )
 ENTRY = (*_COLUMNS, "phone")  # an entry as a statement shows it
 CSV_COLUMNS = ("line", *ENTRY)
@@ -83,15 +90,15 @@ class Statement:
             self._db = self._stack.enter_context(database.snapshot())
             Queries(self._db).seller(seller_id)  # NotFound before anything is streamed
             start, end = period.bounds
-            self.opening = self._db.rows(*opening(self._db, seller_id, start))[0][0]
             order = "seq" if database.dialect == "postgresql" else "id"
             self._ends = self._db.rows(_ENDS.format(order=order), (seller_id, start, end))[0]
+            read = opening(self._db, seller_id, start, self._ends[0], order)
+            self.opening = self._db.rows(*read)[0][0]
         except BaseException:
             self._stack.close()
             raise
         columns = ", ".join(f"e.{name}" for name in _COLUMNS)
-        plain = "" if database.dialect == "postgresql" else "+"
-        self._sql = _CHUNK.format(order=order, columns=columns, plain=plain)
+        self._sql = _CHUNK.format(order=order, columns=columns)
         self.totals = {kind: {"count": 0, "amount": 0} for kind in KINDS}
         self.count = 0
         self.closing = self.opening
@@ -141,15 +148,21 @@ class Statement:
         self._stack.close()
 
 
-def opening(reader, seller_id: int, start: str) -> tuple[str, tuple]:
+def opening(reader, seller_id: int, start: str, first: int | None, order: str
+            ) -> tuple[str, tuple]:  # fmt: skip
     """The read of a seller's balance before the stamp `start` that reads fewer entries:
-    by the seller's first and last stamps, is `start` nearer the first or the last?"""
-    first, last = reader.rows(_STAMPS, (seller_id, seller_id))[0]
-    if first is None or start <= first:  # nothing before it
-        return _BEFORE, (seller_id, start)
-    if start > last or parse(start) - parse(first) > parse(last) - parse(start):
-        return _SINCE, (seller_id, seller_id, start)
-    return _BEFORE, (seller_id, start)
+    is the period's `first` entry (ledger order) nearer the seller's first or last entry?
+    For a period with none, is `start` nearer the seller's first stamp or its last?"""
+    low_stamp, high_stamp, low, high = reader.rows(_SPAN.format(order=order), (seller_id,) * 4)[0]
+    before = _BEFORE, (seller_id, start)
+    since = _SINCE.format(order=order), (seller_id, seller_id, start)
+    if low_stamp is None or start <= low_stamp:  # nothing stamped before it
+        return before
+    if start > high_stamp:  # nothing stamped from it on
+        return since
+    if first is not None:  # by position: a stamp far out (a host's clock) misleads less
+        return before if first - low < high - first else since
+    return before if parse(start) - parse(low_stamp) < parse(high_stamp) - parse(start) else since
 
 
 class Rendered:

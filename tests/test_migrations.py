@@ -367,6 +367,14 @@ SUBTLE_CHANGES = {
         " RAISE EXCEPTION '%', TG_ARGV[0] USING ERRCODE = 'integrity_constraint_violation';"
         " END; $$",
     ),
+    "a WHEN cast to a type of one's own (its operators could do anything)": (
+        "seller_balance_follows_ledger",
+        "CREATE DOMAIN money_t AS bigint",
+        "DROP TRIGGER seller_balance_follows_ledger ON seller",
+        "CREATE CONSTRAINT TRIGGER seller_balance_follows_ledger AFTER UPDATE OF balance ON"
+        " seller DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.balance::money_t IS"
+        " DISTINCT FROM OLD.balance::money_t) EXECUTE FUNCTION chargebox_balance_follows_ledger()",
+    ),
     "a function run as its owner": (
         "chargebox_needs_an_active_seller()",
         "ALTER FUNCTION chargebox_needs_an_active_seller() SECURITY DEFINER",
@@ -479,12 +487,16 @@ def test_an_older_releases_postgresql_database_is_migrated_granted_audited_and_s
     assert served.returncode == 2 and "run `chargebox migrate`" in served.stderr, served.stderr
     unread = cli_audit(made.app_url, data)
     assert unread.returncode == 2 and unread.stderr == served.stderr, unread.stderr
-    with writable_as(made.owner_url) as conn:  # switched off before the upgrade: put back in it
+    with writable_as(made.owner_url) as conn:  # tampered with before the upgrade: put back in it
         conn.execute("ALTER TABLE ledger_entry DISABLE TRIGGER ledger_entry_no_update")
+        conn.execute("DROP FUNCTION chargebox_seller_starts_at_zero() CASCADE")  # and its trigger
     migrated = chargebox("migrate", "--db", made.owner_url, "--data-dir", data)
     assert migrated.returncode == 0, migrated.stderr
     assert f"granted to {made.app_role}" in migrated.stderr
-    assert "put back 1 guard(s) dropped or changed: ledger_entry_no_update;" in migrated.stderr
+    assert (
+        "put back 3 guard(s) dropped or changed: chargebox_seller_starts_at_zero(),"
+        " ledger_entry_no_update, seller_starts_at_zero;"
+    ) in migrated.stderr
     assert "secret" not in migrated.stderr  # the URL is shown without its password
     versions = rows_on_disk(made.app_url, "SELECT version FROM schema_version ORDER BY 1")
     assert versions[-1] == (migrations.LATEST,)
