@@ -19,6 +19,7 @@ import functools
 import re
 
 from chargebox.schema import CHECKPOINT_TABLES, postgresql_statements
+from chargebox.schema import postgresql_added_in as schema_statements_of
 
 _FUNCTION = re.compile(r"(?m)^CREATE (?:OR REPLACE )?FUNCTION (\w+)\(.*?AS \$\$(.*?)\$\$", re.S)
 _TRIGGER = re.compile(r"CREATE (?:CONSTRAINT )?TRIGGER (\w+) .*? ON (\w+)", re.S)
@@ -48,8 +49,10 @@ _HELD = (
     " AND c.relnamespace = ns.oid"
     " UNION ALL SELECT 'function', proname, CASE WHEN NOT prosecdef AND prolang ="
     " (SELECT oid FROM pg_language WHERE lanname = 'plpgsql') THEN prosrc END FROM guard"
-    " UNION ALL SELECT 'setting', proname, CASE WHEN proconfig = ARRAY['search_path='"
-    " || quote_ident(current_schema()) || ', pg_temp'] THEN 'confined' END FROM guard"
+    " UNION ALL SELECT 'setting', proname, CASE WHEN proconfig IN (ARRAY['search_path='"
+    " || quote_ident(current_schema()) || ', pg_temp'], ARRAY['search_path=\"'"
+    " || replace(current_schema(), '\"', '\"\"') || '\", \"pg_temp\"'])"
+    " THEN 'confined' END FROM guard"
 )
 # A quoted string, kept as written when a definition is compared.
 _LITERAL = re.compile(r"('(?:[^']|'')*')")
@@ -63,9 +66,11 @@ def _outside_literals(text: str, change) -> str:
 def trigger_definition(text: str | None) -> tuple | None:
     """A trigger's definition in parts that compare alike however it is spelled (the events
     in any order; outside quoted strings, which compare as written: letter case, spaces,
-    and the casts to text and parentheses of its WHEN (a cast to a type of one's own
-    counts: its operators could do anything), which the schema writes as one condition,
-    no AND, OR or NOT: a test keeps it so); None for None or a text of no such form."""
+    and the casts to text and parentheses of its WHEN, which the schema writes as one
+    condition, no AND, OR or NOT: a test keeps it so); None for None or a text of no such
+    form. A cast to a type of one's own counts (its operators could do anything); a WHEN
+    that compared non-text columns by order would need more (an added ::text would
+    compare them as text, and pass)."""
     if text is None:
         return None
     made = _DEFINITION.match(
@@ -145,6 +150,22 @@ def refuse_dropped_guards(dropped: list[str], where: str) -> None:
             " without them, then `chargebox migrate` (PostgreSQL: as the schema's owner)"
             " to put them back"
         )
+
+
+def put_back_dropped_functions(conn, version: int) -> list[str]:
+    """Before migrate's steps: each guard function of schema version `version` or older
+    that was dropped, made again (confined), since a later step may make a trigger that
+    calls it; their names. What else differs, put_back_postgresql_guards puts back after."""
+    made = []
+    for older in range(1, version + 1):
+        for statement in schema_statements_of(older):
+            name = _FUNCTION.search(statement)
+            if name and not conn.execute("SELECT to_regprocedure(%s)",
+                                         (f'"{name.group(1)}"()',)).fetchone()[0]:  # fmt: skip
+                conn.execute(re.sub(r"(?m)^CREATE FUNCTION", "CREATE OR REPLACE FUNCTION",
+                                    statement))  # fmt: skip
+                made.append(f"{name.group(1)}()")
+    return made
 
 
 def put_back_postgresql_guards(conn) -> list[str]:

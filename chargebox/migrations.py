@@ -367,9 +367,11 @@ def upgrade_postgresql(conn, where: str,
             raise ValueError(f"--db {where}: no chargebox schema here; run `chargebox init-db`")
         if found > LATEST:
             check(found, where)
+        early = guards.put_back_dropped_functions(conn, found)  # a step may call one
         for step in _steps_after(found):
             step.postgresql(conn)
         put = guards.put_back_postgresql_guards(conn)  # after the steps: what they did not make
+        put = sorted({*early, *put})
         applied = now()
         for version in range(found + 1, LATEST + 1):
             conn.execute(

@@ -215,8 +215,10 @@ class Queries:
         conditions = []
         if search.key is not None:
             conditions.append((_BY_KEY, (seller_id, search.key)))
-        stamps = [(sql, (stamp,)) for sql, stamp in (("created_at >= ?", search.start),
-                  ("created_at < ?", search.end)) if stamp is not None]  # fmt: skip
+        bounds = (("created_at >= ?", "(created_at || '') >= ?", search.start),
+                  ("created_at < ?", "(created_at || '') < ?", search.end))  # fmt: skip
+        stamps = [(sql, (stamp,)) for sql, _, stamp in bounds if stamp is not None]
+        walk = [(sql, (stamp,)) for _, sql, stamp in bounds if stamp is not None]
         if stamps:  # the range's first and last sale, for the walk along the ids
             mine = [("+seller_id = ?", (seller_id,))] if seller_id is not None else []  # `+`:
             where = " AND ".join(condition for condition, _ in (*stamps, *mine))  # not its index
@@ -226,7 +228,6 @@ class Queries:
                 return []
             # one lower bound on the id (SQLite would walk from the looser of two)
             page = dataclasses.replace(page, after_id=max(page.after_id, first - 1))
-            walk = [(f"({sql[:10]} || ''){sql[10:]}", values) for sql, values in stamps]
             conditions += [*walk, ("id <= ?", (last,))]  # the walk along ids, off the stamps
         found = tuple(conditions)
         return self.page(SALE_READ, page, found, seller_id=seller_id, phone=search.phone)

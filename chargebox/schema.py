@@ -263,6 +263,7 @@ def confine_search_path(conn) -> None:
     the guard reads (the sale a refund names, say) behind one of its own."""
     from psycopg import sql
 
+    conn.execute("SET LOCAL quote_all_identifiers = off")  # the form guards._HELD expects
     conn.execute(sql.SQL("SET LOCAL search_path TO {}, pg_temp").format(_schema(conn)))
 
 

@@ -510,6 +510,24 @@ def test_an_older_releases_postgresql_database_is_migrated_granted_audited_and_s
     assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr
 
 
+def test_an_older_database_whose_guard_function_a_later_step_calls_was_dropped_migrates(
+    postgresql_cluster,
+):
+    """A version-1 database (0.1.0) without chargebox_refuse(): step 2 makes triggers
+    that call it, so migrate makes the dropped guard functions again before the steps
+    (it failed, UndefinedFunction, changing nothing); it names what it put back, and
+    then no guard differs."""
+    made = restored(postgresql_cluster, "0.1.0")
+    with writable_as(made.owner_url) as conn:
+        conn.execute("DROP FUNCTION chargebox_refuse() CASCADE")  # and its triggers
+    migrated = chargebox("migrate", "--db", made.owner_url)
+    assert migrated.returncode == 0, migrated.stderr
+    assert "schema version 1 -> 5" in migrated.stderr and "chargebox_refuse()," in migrated.stderr
+    assert "ledger_entry_no_update" in migrated.stderr
+    with writable_as(made.owner_url) as conn:
+        assert guards.postgresql_missing(lambda sql: conn.execute(sql).fetchall()) == []
+
+
 _POSTGRESQL_CATALOGUE = (
     "SELECT table_name, column_name, data_type, is_nullable, column_default"
     " FROM information_schema.columns WHERE table_schema = 'public'",
