@@ -49,6 +49,10 @@ _HELD = (
     " AND c.relnamespace = ns.oid"
     " UNION ALL SELECT 'function', proname, CASE WHEN NOT prosecdef AND prolang ="
     " (SELECT oid FROM pg_language WHERE lanname = 'plpgsql') THEN prosrc END FROM guard"
+    # Their settings, 'confined' where they are only the search_path schema.confine_search_path
+    # gives (the schema, then pg_temp), as PostgreSQL writes it, with or without
+    # quote_all_identifiers. With pg_temp anywhere else, or left out (then it is searched
+    # first), a session that may make temporary tables could hide a table from the guard.
     " UNION ALL SELECT 'setting', proname, CASE WHEN proconfig IN (ARRAY['search_path='"
     " || quote_ident(current_schema()) || ', pg_temp'], ARRAY['search_path=\"'"
     " || replace(current_schema(), '\"', '\"\"') || '\", \"pg_temp\"'])"
@@ -84,15 +88,6 @@ def trigger_definition(text: str | None) -> tuple | None:
     return tuple(parts)
 
 
-def confined(setting: str | None) -> bool:
-    """Whether a guard function's settings (`proconfig`) are only its search_path, and
-    that is the schema, then pg_temp (schema.confine_search_path), as PostgreSQL writes it
-    (`search_path=public, pg_temp`; _HELD compares them). With pg_temp anywhere else, or
-    left out (then it is searched first), a session that may make temporary tables could
-    hide a table from the guard behind one of its own."""
-    return setting == "confined"
-
-
 @functools.lru_cache(maxsize=1)  # read once: each scrape of /metrics compares them
 def postgresql_guards() -> tuple[dict[str, tuple[str, str]], dict[str, tuple[str, str]]]:
     """The guards `schema_postgresql.sql` makes: each function's newest (body, statement),
@@ -117,7 +112,7 @@ def postgresql_missing(rows) -> list[str]:
     functions, triggers = postgresql_guards()
     gone = [f"{name}()" for name, (body, _) in functions.items()
             if held.get(("function", name)) != body
-            or not confined(held.get(("setting", name)))]  # fmt: skip
+            or held.get(("setting", name)) != "confined"]  # fmt: skip
     return sorted(gone) + sorted(
         name for name, (table, statement) in triggers.items()
         if ("table", table) in held and trigger_definition(statement)
@@ -152,6 +147,11 @@ def refuse_dropped_guards(dropped: list[str], where: str) -> None:
         )
 
 
+def _made_again(conn, statement: str) -> None:
+    """A guard function's statement of the schema file, run so that it replaces one there."""
+    conn.execute(re.sub(r"(?m)^CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", statement))
+
+
 def put_back_dropped_functions(conn, version: int) -> list[str]:
     """Before migrate's steps: each guard function of schema version `version` or older
     that was dropped, made again (confined), since a later step may make a trigger that
@@ -162,8 +162,7 @@ def put_back_dropped_functions(conn, version: int) -> list[str]:
             name = _FUNCTION.search(statement)
             if name and not conn.execute("SELECT to_regprocedure(%s)",
                                          (f'"{name.group(1)}"()',)).fetchone()[0]:  # fmt: skip
-                conn.execute(re.sub(r"(?m)^CREATE FUNCTION", "CREATE OR REPLACE FUNCTION",
-                                    statement))  # fmt: skip
+                _made_again(conn, statement)
                 made.append(f"{name.group(1)}()")
     return made
 
@@ -177,7 +176,7 @@ def put_back_postgresql_guards(conn) -> list[str]:
     functions, triggers = postgresql_guards()
     for name, (_, statement) in functions.items():
         if f"{name}()" in missing:
-            conn.execute(re.sub(r"(?m)^CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", statement))
+            _made_again(conn, statement)
     for name, (table, statement) in triggers.items():
         if name in missing:
             conn.execute(f'DROP TRIGGER IF EXISTS "{name}" ON "{table}"')

@@ -178,9 +178,8 @@ def _postgresql_entries_by_stamp(conn) -> None:
     for statement in schema.postgresql_added_in(5):
         conn.execute(statement)
     functions, _ = guards.postgresql_guards()
-    for name in functions:  # one dropped is made again, confined, by the put-back after
-        if conn.execute("SELECT to_regprocedure(%s) IS NOT NULL", (f'"{name}"()',)).fetchone()[0]:
-            conn.execute(f'ALTER FUNCTION "{name}"() SET search_path FROM CURRENT')
+    for name in functions:  # every one is there: a dropped one was made before the steps
+        conn.execute(f'ALTER FUNCTION "{name}"() SET search_path FROM CURRENT')
 
 
 def _refuse_records_of_another_seller(conn) -> None:

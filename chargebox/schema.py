@@ -258,7 +258,7 @@ def create_postgresql(conn, where: str | None = None) -> None:
 def confine_search_path(conn) -> None:
     """In the owner's transaction that makes or changes the schema: the search_path becomes
     the schema, then pg_temp, as the guard functions take it (`SET search_path FROM
-    CURRENT`; guards.confined checks it). Left out, pg_temp is searched first, and any
+    CURRENT`; guards._HELD checks it). Left out, pg_temp is searched first, and any
     session that may make temporary tables (PUBLIC may, unless revoked) could hide a table
     the guard reads (the sale a refund names, say) behind one of its own."""
     from psycopg import sql
