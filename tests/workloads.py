@@ -31,6 +31,8 @@ JOIN_TIMEOUT = 120
 # busy box, where 20 copies take more than a moment to send, it does. A server for
 # these tests has a slot for every copy, however slowly the box sends them.
 THREADS_FOR_HELD_COPIES = 32
+# How many 503s in a row a worker takes (each after its Retry-After) before it fails.
+RETRIES = 30
 
 
 def run_parallel(mode: str, workers: int, task, *args, processes: int = 8) -> list:
@@ -161,26 +163,50 @@ def approve_once(index, barrier, url, token, request_id):
     api = Api(url, token)
     api.get("/health")  # open the keep-alive connection before the race
     barrier.wait()
-    response = api.post(f"/api/credit-requests/{request_id}/approve")
+    response, _ = posted_as_documented(api, f"/api/credit-requests/{request_id}/approve")
     api.close()
     return response.status_code, response.json()
 
 
 def sell_repeatedly(index, barrier, url, key, attempts, amount):
-    """Sell `attempts` charges; return the status codes and acknowledged amounts."""
+    """Sell `attempts` charges, each sent again after a 503 as a client should; odd
+    workers send each under its own Idempotency-Key, even ones send none (both ways of
+    selling race). Return the final status codes, the acknowledged amount, the seconds
+    taken and how many 503s were answered on the way."""
     api = Api(url, key)
     api.get("/api/me")
     barrier.wait()
-    statuses, sold = [], 0
+    statuses, sold, refused = [], 0, 0
     started = time.perf_counter()
     for n in range(attempts):
-        response = api.post("/api/sales", {"phone": f"0912{index:03d}{n:04d}", "amount": amount})
+        sale = {"phone": f"0912{index:03d}{n:04d}", "amount": amount}
+        idempotency_key = f"worker-{index}-{n}" if index % 2 else None
+        response, retries = posted_as_documented(api, "/api/sales", sale, idempotency_key)
         statuses.append(response.status_code)
+        refused += retries
         if response.status_code == 201:
             sold += amount
     elapsed = time.perf_counter() - started
     api.close()
-    return statuses, sold, elapsed
+    return statuses, sold, elapsed, refused
+
+
+def posted_as_documented(api: Api, path: str, body=None, key: str | None = None):
+    """POST as docs/api.md tells a client to: a 503 changed nothing, so wait its
+    Retry-After and send the same request again, with the same Idempotency-Key.
+
+    A busy box can make the server shed writes (its write slots all waited on longer
+    than SLOT_WAIT); the books must come out exact all the same. Returns the first
+    answer that is not a 503 and how many 503s came before it; fails after RETRIES.
+    """
+    headers = {"Idempotency-Key": key} if key else None
+    for refused in range(RETRIES):
+        response = api.post(path, body, headers=headers)
+        if response.status_code != 503:
+            return response, refused
+        assert response.json()["error"]["code"] == "unavailable", response.text
+        time.sleep(int(response.headers["Retry-After"]))
+    raise AssertionError(f"POST {path}: {RETRIES} answers of 503 in a row")
 
 
 def mixed(index, barrier, url, admin_token, sellers, operations, seed):
