@@ -261,7 +261,8 @@ def test_a_run_sent_sigterm_stops_and_removes_its_throwaway_cluster(when):
         child.stdin.flush()
         if when != "starting":  # that one sends itself the signal
             child.send_signal(signal.SIGTERM)
-        assert child.wait(timeout=60) != 0
+        # its own bound: the stop's pg_ctl may take STOP_TIMEOUT * 2 before it is given up
+        assert child.wait(timeout=pg_cluster.STOP_TIMEOUT * 4) != 0
         assert not alive(postmaster) and not home.exists()
     finally:  # on failure, no orphan either: a fast shutdown, by its PID
         child.kill()
