@@ -23,7 +23,17 @@ from pathlib import Path
 import peewee
 from filelock import FileLock
 
-from chargebox import __version__, anchors, auth, migrations, operations, postgresql, schema, seals
+from chargebox import (
+    __version__,
+    anchors,
+    auth,
+    guards,
+    migrations,
+    operations,
+    postgresql,
+    schema,
+    seals,
+)
 from chargebox import commands as admin_commands
 from chargebox.config import (
     LEDGER_KEY_FILE,
@@ -37,7 +47,6 @@ from chargebox.config import (
 )
 from chargebox.db import Database, open_database
 from chargebox.errors import ChargeboxError
-from chargebox.guards import dropped_in, refuse_dropped_guards
 from chargebox.location import check_database_path
 from chargebox.models import ALL_MODELS
 from chargebox.services import Chargebox
@@ -170,7 +179,7 @@ def prepare(config: Config) -> Config:
     try:
         if config.db_url:
             database.ensure_schema()
-            refuse_dropped_guards(dropped_in(database), "(the PostgreSQL database)")
+            guards.refuse_dropped_guards(guards.dropped_in(database), "(the PostgreSQL database)")
             key = _ledger_key(config, database)
             anchors.refuse_rollback(config, database, key)  # an older copy put back
         else:
@@ -250,6 +259,8 @@ def _init_db(config: Config, grant_to: str | None) -> int:
         schema.create_postgresql(conn, postgresql.described(config.db_url))
         if grant_to:
             schema.grant(conn, grant_to)
+            if why := guards.above_the_guards(conn, grant_to):
+                print(f"chargebox: warning: serve will refuse it: {why}", file=sys.stderr)
     finally:
         conn.close()
     granted = f"; {grant_to} may use it" if grant_to else ""
@@ -313,6 +324,9 @@ def _serve(config: Config) -> int:
     log = LogFile(config.access_log)  # a log that cannot be opened, or a taken port, is
     listener = listen(config)  # refused before any file is made
     try:
+        if config.db_url:
+            with postgresql.connect(config.db_url, autocommit=True) as conn:
+                guards.refuse_a_role_above_the_guards(conn, "(the PostgreSQL database)")
         config = prepare(config)
     except BaseException:
         listener.close()
@@ -331,26 +345,6 @@ def _create_seller(config: Config, name: str) -> int:
     print(json.dumps({**seller, "api_key": api_key}, ensure_ascii=False))
     print("Store this API key now: it is shown only once.", file=sys.stderr)
     return 0
-
-
-def _audit(config: Config, as_json: bool, full: bool) -> int:
-    if not config.db_url and not config.db_path.exists():
-        print(f"chargebox audit: no database at {config.db_path}", file=sys.stderr)
-        return 2
-    if not config.db_url:
-        check_database_path(config.db_path, writing=False)
-    path = config.ledger_key_path
-    key = config.ledger_key or (path.read_text().strip() if path.exists() else None)
-    service = Chargebox(dataclasses.replace(config, ledger_key=key))
-    try:
-        service.database.check_schema()  # an older file: say so, not "no such column"
-        report = service.audit(full=full, progress=operations.Progress())
-    finally:
-        service.close()
-    print(f"audit: {report['scope']['summary']}", file=sys.stderr)
-    if as_json:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
-    return admin_commands.audit_verdict(report)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -375,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             return admin_commands.run(args, config, prepare)
         if args.command == "create-seller":
             return _create_seller(config, args.name)
-        return _audit(config, args.json, args.full)
+        return operations.audit(config, args.json, args.full)
     except (ValueError, ChargeboxError) as exc:
         message = exc.message if isinstance(exc, ChargeboxError) else str(exc)
         print(f"chargebox: {message}", file=sys.stderr)

@@ -10,7 +10,8 @@ start-up refuses the database (`refuse_dropped_guards`), putting nothing back, w
 would hide from the audit that they were gone; `chargebox migrate` puts them back
 (`put_back_postgresql_guards`; on SQLite, migrations.upgrade_sqlite drops a changed
 trigger and re-runs schema.TRIGGERS). Which SQLite triggers are dropped or changed is
-schema.missing_triggers' to say (it compares their text).
+schema.missing_triggers' to say (it compares their text). On PostgreSQL, `serve` also
+refuses to run as a role that could get past the guards (`above_the_guards`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,25 @@ _HELD = (
     " || quote_ident(current_schema()) || ', pg_temp'], ARRAY['search_path=\"'"
     " || replace(current_schema(), '\"', '\"\"') || '\", \"pg_temp\"'])"
     " THEN 'confined' END FROM guard"
+)
+# What would let the role of a connection get past the guards: a superuser switches every
+# trigger off (`SET session_replication_role = replica`); a member of the role that owns
+# the schema, one of its tables or a guard function may disable, drop or replace a guard;
+# a role that may create objects in the schema could put a function or an operator there
+# that a guard's body would call instead of PostgreSQL's own (the guards search the
+# schema, and an operator of the exact types, `varchar = varchar`, beats pg_catalog's).
+_ABOVE = (
+    "WITH ns AS (SELECT oid, nspowner FROM pg_namespace WHERE nspname = current_schema()),"
+    " r AS (SELECT oid, rolname, rolsuper FROM pg_roles"
+    " WHERE rolname = COALESCE(%s::name, current_user))"
+    " SELECT r.rolname, current_schema(), r.rolsuper,"
+    " EXISTS (SELECT 1 FROM ns WHERE pg_has_role(r.oid, nspowner, 'USAGE'))"
+    " OR EXISTS (SELECT 1 FROM pg_class AS c, ns WHERE c.relnamespace = ns.oid"
+    " AND pg_has_role(r.oid, c.relowner, 'USAGE'))"
+    " OR EXISTS (SELECT 1 FROM pg_proc AS p, ns WHERE p.pronamespace = ns.oid"
+    " AND pg_has_role(r.oid, p.proowner, 'USAGE')),"
+    " EXISTS (SELECT 1 FROM ns WHERE has_schema_privilege(r.oid, ns.oid, 'CREATE'))"
+    " FROM r"
 )
 # A quoted string, kept as written when a definition is compared.
 _LITERAL = re.compile(r"('(?:[^']|'')*')")
@@ -184,3 +204,31 @@ def put_back_postgresql_guards(conn) -> list[str]:
     if still := postgresql_missing(lambda sql: conn.execute(sql).fetchall()):
         raise RuntimeError(f"guards made again still differ from the schema's: {still}")
     return missing
+
+
+def above_the_guards(conn, role: str | None = None) -> str | None:
+    """Why `role` (by default the connection's) could get past the guards, and what to do
+    about it (`_ABOVE`: a superuser, an owner, or a role that may create in the schema);
+    None if it cannot. The service needs none of that: run so, the database would no
+    longer enforce I1-I5 against it, only the code would."""
+    user, schema, superuser, owner, creates = conn.execute(_ABOVE, (role,)).fetchone()
+    serve_as = ("serve with the role that `chargebox init-db --grant-to ROLE` granted"
+                " (README, PostgreSQL: Roles)")  # fmt: skip
+    for true, why, fix in (
+        (superuser, "is a superuser", serve_as),
+        (owner, "owns the schema, one of its tables or a guard function (or is a member"
+         " of their owner)", serve_as),
+        (creates, f"may create objects in schema {schema}", "as the schema's owner, REVOKE"
+         f" CREATE ON SCHEMA {schema} FROM PUBLIC (PostgreSQL before 15 grants it), and from"
+         f" {user}"),
+    ):  # fmt: skip
+        if true:
+            return (f"the role {user} {why}, so it could get past the guards that enforce"
+                    f" I1-I5 in the database: {fix}")  # fmt: skip
+    return None
+
+
+def refuse_a_role_above_the_guards(conn, where: str) -> None:
+    """`serve` on PostgreSQL: ValueError if the role it connects as is above the guards."""
+    if why := above_the_guards(conn):
+        raise ValueError(f"--db {where}: {why}")

@@ -1,4 +1,4 @@
-"""The operator's commands beside serving: `backup` and `anchors`, and an audit's progress.
+"""The operator's commands beside serving: `backup`, `anchors` and `audit`, with its progress.
 
 cli.py owns start-up and the commands that make or serve a database; what an operator
 runs against a database that is already there lives in its own modules (backup.py,
@@ -7,11 +7,16 @@ restore.py), and is registered and dispatched from here, so that cli.py stays sm
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 import time
 
 from chargebox import backup, restore
+from chargebox.commands import audit_verdict
 from chargebox.config import Config
+from chargebox.location import check_database_path
+from chargebox.services import Chargebox
 
 COMMANDS = ("backup", "anchors")
 
@@ -26,6 +31,27 @@ def run(config: Config, args) -> int:
     if args.command == "backup":
         return backup.main(config, args.dest, args.force, args.vacuum)
     return restore.main(config, args.action)
+
+
+def audit(config: Config, as_json: bool, full: bool) -> int:
+    """`chargebox audit`: the report (JSON with --json) and its verdict (audit_verdict)."""
+    if not config.db_url and not config.db_path.exists():
+        print(f"chargebox audit: no database at {config.db_path}", file=sys.stderr)
+        return 2
+    if not config.db_url:
+        check_database_path(config.db_path, writing=False)
+    path = config.ledger_key_path
+    key = config.ledger_key or (path.read_text().strip() if path.exists() else None)
+    service = Chargebox(dataclasses.replace(config, ledger_key=key))
+    try:
+        service.database.check_schema()  # an older file: say so, not "no such column"
+        report = service.audit(full=full, progress=Progress())
+    finally:
+        service.close()
+    print(f"audit: {report['scope']['summary']}", file=sys.stderr)
+    if as_json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    return audit_verdict(report)
 
 
 class Progress:

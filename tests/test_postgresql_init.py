@@ -189,6 +189,31 @@ def test_a_temporary_table_of_the_app_role_hides_no_table_from_a_guard(granted):
             )
 
 
+@pytest.mark.parametrize("role", ["owner", "superuser", "app, may create in the schema"])
+def test_serve_refuses_a_role_that_could_switch_the_guards_off(granted, postgresql_cluster, role):
+    """The owner may DISABLE TRIGGER, a superuser may SET session_replication_role =
+    replica, and a role that may create in the schema could put an operator there that
+    a guard would call instead of PostgreSQL's (PostgreSQL before 15 lets PUBLIC create
+    in public). `serve` refuses each in one line saying why, before it serves; the app
+    role init-db granted serves (as in every other test). init-db warns when it grants a
+    role serve would refuse."""
+    name = granted["owner"].rsplit("/", 1)[1]
+    url, why = {
+        "owner": (granted["owner"], "owns the schema"),
+        "superuser": (postgresql_cluster.url(db=name), "is a superuser"),
+        "app, may create in the schema": (granted["app"], "may create objects in schema public"),
+    }[role]
+    if role.startswith("app"):
+        with psycopg.connect(granted["owner"], autocommit=True) as owner:
+            owner.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+        again = init_db(granted, granted["app_role"])  # init-db says so when it grants
+        assert again.returncode == 0 and "warning: serve will refuse it" in again.stderr
+    served = chargebox("serve", "--port", "0", "--db", url, "--data-dir", str(granted["data"]))
+    assert served.returncode == 2, served.stderr
+    assert served.stderr.count("\n") == 1 and why in served.stderr, served.stderr
+    assert "get past the guards" in served.stderr and "secret" not in served.stderr
+
+
 def test_a_schema_whose_name_needs_quotes_is_made_and_served(roles):
     """The guards were looked for with to_regnamespace(current_schema()), which reads a
     name like Shop as shop: every guard function of such a schema was taken for gone,
