@@ -13,6 +13,7 @@ import dataclasses
 from typing import Protocol
 
 from chargebox.errors import NotFound, ValidationError, phrase
+from chargebox.sale_search import Conditions, Search, find
 
 STATUSES = ("pending", "approved", "rejected")
 DEFAULT_LIMIT = 100
@@ -87,27 +88,12 @@ class Page:
     after_id: int = 0
 
 
-@dataclasses.dataclass(frozen=True)
-class Search:
-    """What a support desk looks a sale up by (validated already; None: any)."""
-
-    phone: str | None = None
-    key: str | None = None  # an Idempotency-Key of the seller's
-    start: str | None = None  # stamps: created_at >= start AND created_at < end
-    end: str | None = None
-
-
 # A stamp's UTC half hour, the unit the charts are summed in (text, so both backends agree).
 _HOUR, _HALF = (
     "substr(created_at, 1, 13)",
     "CASE WHEN substr(created_at, 15, 2) < '30' THEN 0 ELSE 1 END",
 )
 _HALF_HOUR = f"{_HOUR} AS hour, {_HALF} AS half"
-_BY_KEY = "id IN (SELECT sale_id FROM idempotency_record WHERE seller_id = ? AND key = ?)"
-# The first and the last sale (by id) stamped in a time range, along the sales' stamp
-# index: a search by time walks the ids between them only (stamps need not follow ids).
-# `+ 0` keeps PostgreSQL from finding min(id) by walking the primary key (see statements).
-_WITHIN = "SELECT min(id + 0), max(id + 0) FROM sale WHERE {}"
 
 
 # PostgreSQL: each seller's last entry below an id and before a stamp, for each row of
@@ -210,27 +196,14 @@ class Queries:
     def sales(self, page: Page, seller_id: int | None = None, search: Search | None = None
               ) -> list[dict]:  # fmt: skip
         """Sales, maybe found by phone, by the seller's Idempotency-Key (its order id: the
-        key's record names the sale, UNIQUE (seller_id, key)) and by a time range."""
+        key's record names the sale, UNIQUE (seller_id, key)) and by a time range: see
+        sale_search for how a page of them is found."""
         search = search or Search()
-        conditions = []
-        if search.key is not None:
-            conditions.append((_BY_KEY, (seller_id, search.key)))
-        bounds = (("created_at >= ?", "(created_at || '') >= ?", search.start),
-                  ("created_at < ?", "(created_at || '') < ?", search.end))  # fmt: skip
-        stamps = [(sql, (stamp,)) for sql, _, stamp in bounds if stamp is not None]
-        walk = [(sql, (stamp,)) for _, sql, stamp in bounds if stamp is not None]
-        if stamps:  # the range's first and last sale, for the walk along the ids
-            mine = [("+seller_id = ?", (seller_id,))] if seller_id is not None else []  # `+`:
-            where = " AND ".join(condition for condition, _ in (*stamps, *mine))  # not its index
-            params = tuple(value for _, values in (*stamps, *mine) for value in values)
-            first, last = self.reader.rows(_WITHIN.format(where), params)[0]
-            if first is None:
-                return []
-            # one lower bound on the id (SQLite would walk from the looser of two)
-            page = dataclasses.replace(page, after_id=max(page.after_id, first - 1))
-            conditions += [*walk, ("id <= ?", (last,))]  # the walk along ids, off the stamps
-        found = tuple(conditions)
-        return self.page(SALE_READ, page, found, seller_id=seller_id, phone=search.phone)
+
+        def walk(part: Page, conditions: Conditions) -> list[dict]:
+            return self.page(SALE_READ, part, conditions, seller_id=seller_id, phone=search.phone)
+
+        return find(walk, self.reader.rows, page, seller_id, search)
 
     def ledger(self, page: Page, seller_id: int | None = None) -> list[dict]:
         return self.page(LEDGER_ENTRY, page, seller_id=seller_id)
