@@ -59,25 +59,38 @@ _HELD = (
     " || replace(current_schema(), '\"', '\"\"') || '\", \"pg_temp\"'])"
     " THEN 'confined' END FROM guard"
 )
-# What would let the role of a connection get past the guards: a superuser switches every
-# trigger off (`SET session_replication_role = replica`); a member of the role that owns
-# the schema, one of its tables or a guard function may disable, drop or replace a guard;
-# a role that may create objects in the schema could put a function or an operator there
-# that a guard's body would call instead of PostgreSQL's own (the guards search the
-# schema, and an operator of the exact types, `varchar = varchar`, beats pg_catalog's).
+# What would let a role get past the guards, each a column (true: it could), for one role
+# (a row of r): being a superuser, or a member of one, even NOINHERIT (it may SET ROLE
+# to it; 'MEMBER', not 'USAGE'), switches every trigger off (`SET session_replication_role
+# = replica`), as may a role granted SET on that parameter (PostgreSQL 15); the server's
+# file and program roles are as good as a superuser; CREATEROLE may grant itself the
+# owner's role; a member of a role that owns the schema or anything in it may disable,
+# drop or replace a guard (or keeps an operator it planted); TRIGGER on a table adds a
+# trigger that fires after the guards and rewrites the row they passed; and CREATE in
+# the schema may plant a function or an operator that a guard's body would call instead
+# of PostgreSQL's (the guards search the schema, and one of the exact types, `varchar =
+# varchar`, beats pg_catalog's). Names come quoted as SQL would need them.
 _ABOVE = (
     "WITH ns AS (SELECT oid, nspowner FROM pg_namespace WHERE nspname = current_schema()),"
-    " r AS (SELECT oid, rolname, rolsuper FROM pg_roles"
-    " WHERE rolname = COALESCE(%s::name, current_user))"
-    " SELECT r.rolname, current_schema(), r.rolsuper,"
-    " EXISTS (SELECT 1 FROM ns WHERE pg_has_role(r.oid, nspowner, 'USAGE'))"
-    " OR EXISTS (SELECT 1 FROM pg_class AS c, ns WHERE c.relnamespace = ns.oid"
-    " AND pg_has_role(r.oid, c.relowner, 'USAGE'))"
-    " OR EXISTS (SELECT 1 FROM pg_proc AS p, ns WHERE p.pronamespace = ns.oid"
-    " AND pg_has_role(r.oid, p.proowner, 'USAGE')),"
+    " r AS (SELECT oid, rolname FROM pg_roles WHERE rolname = %s),"
+    " held AS (SELECT s.* FROM pg_roles AS s, r WHERE pg_has_role(r.oid, s.oid, 'MEMBER'))"
+    " SELECT quote_ident(r.rolname), quote_ident(current_schema()), current_schema(),"
+    " EXISTS (SELECT 1 FROM held WHERE rolsuper){parameter},"
+    " EXISTS (SELECT 1 FROM held WHERE rolname IN"
+    " ('pg_execute_server_program', 'pg_write_server_files')),"
+    " EXISTS (SELECT 1 FROM held WHERE rolcreaterole),"
+    " EXISTS (SELECT 1 FROM held, ns WHERE held.oid = ns.nspowner OR held.oid IN"
+    " (SELECT relowner FROM pg_class WHERE relnamespace = ns.oid UNION ALL"
+    " SELECT proowner FROM pg_proc WHERE pronamespace = ns.oid UNION ALL"
+    " SELECT oprowner FROM pg_operator WHERE oprnamespace = ns.oid UNION ALL"
+    " SELECT typowner FROM pg_type WHERE typnamespace = ns.oid)),"
+    " EXISTS (SELECT 1 FROM pg_class AS c, ns WHERE c.relnamespace = ns.oid"
+    " AND c.relkind IN ('r', 'p') AND has_table_privilege(r.oid, c.oid, 'TRIGGER')),"
     " EXISTS (SELECT 1 FROM ns WHERE has_schema_privilege(r.oid, ns.oid, 'CREATE'))"
     " FROM r"
 )
+_SET_PARAMETER = (" OR has_parameter_privilege(r.oid, 'session_replication_role', 'SET')"
+                  " AS superuser")  # fmt: skip
 # A quoted string, kept as written when a definition is compared.
 _LITERAL = re.compile(r"('(?:[^']|'')*')")
 
@@ -207,24 +220,34 @@ def put_back_postgresql_guards(conn) -> list[str]:
 
 
 def above_the_guards(conn, role: str | None = None) -> str | None:
-    """Why `role` (by default the connection's) could get past the guards, and what to do
-    about it (`_ABOVE`: a superuser, an owner, or a role that may create in the schema);
-    None if it cannot. The service needs none of that: run so, the database would no
-    longer enforce I1-I5 against it, only the code would."""
-    user, schema, superuser, owner, creates = conn.execute(_ABOVE, (role,)).fetchone()
-    serve_as = ("serve with the role that `chargebox init-db --grant-to ROLE` granted"
-                " (README, PostgreSQL: Roles)")  # fmt: skip
-    for true, why, fix in (
-        (superuser, "is a superuser", serve_as),
-        (owner, "owns the schema, one of its tables or a guard function (or is a member"
-         " of their owner)", serve_as),
-        (creates, f"may create objects in schema {schema}", "as the schema's owner, REVOKE"
-         f" CREATE ON SCHEMA {schema} FROM PUBLIC (PostgreSQL before 15 grants it), and from"
-         f" {user}"),
-    ):  # fmt: skip
-        if true:
-            return (f"the role {user} {why}, so it could get past the guards that enforce"
-                    f" I1-I5 in the database: {fix}")  # fmt: skip
+    """Why `role` could get past the guards (by default the role the connection logged in
+    as, or the one it is now: either may act), and what to do about it (`_ABOVE`); None
+    if neither can. The service needs none of that: run so, the database would no longer
+    enforce I1-I5 against it, only the code would."""
+    sql = _ABOVE.format(parameter=_SET_PARAMETER if conn.info.server_version >= 150000 else "")
+    roles = [role] if role else dict.fromkeys(conn.execute("SELECT session_user, current_user"
+                                                           ).fetchone())  # fmt: skip
+    for name in roles:
+        user, schema, bare, *could = conn.execute(sql, (name,)).fetchone()
+        serve_as = ("serve with the role that `chargebox init-db --grant-to ROLE` granted"
+                    " (README, PostgreSQL: Roles)")  # fmt: skip
+        revoke = "as the schema's owner, REVOKE {} ON {} FROM {}{}"
+        for true, why, fix in zip(could, (
+            "is a superuser, a member of one, or may SET session_replication_role",
+            "is a member of pg_execute_server_program or pg_write_server_files",
+            "may create roles (and grant itself the owner's)",
+            "owns the schema or something in it, or is a member of a role that does",
+            "may make triggers on a table of the schema (one that fires after the guards"
+            " could rewrite a row they passed)",
+            f"may create objects in schema {schema}",
+        ), (serve_as, serve_as, serve_as, serve_as,
+            revoke.format("TRIGGER", f"ALL TABLES IN SCHEMA {schema}", user, ""),
+            revoke.format("CREATE", f"SCHEMA {schema}", f"PUBLIC, {user}",
+                          " (PostgreSQL before 15 grants it)" if bare == "public" else ""),
+        ), strict=True):  # fmt: skip
+            if true:
+                return (f"the role {user} {why}, so it could get past the guards that"
+                        f" enforce I1-I5 in the database: {fix}")  # fmt: skip
     return None
 
 

@@ -189,24 +189,54 @@ def test_a_temporary_table_of_the_app_role_hides_no_table_from_a_guard(granted):
             )
 
 
-@pytest.mark.parametrize("role", ["owner", "superuser", "app, may create in the schema"])
-def test_serve_refuses_a_role_that_could_switch_the_guards_off(granted, postgresql_cluster, role):
+# Each way a role could get past the guards (a review found the ones after the first
+# three): what the superuser grants the app role, the URL `serve` is given, what it says.
+ABOVE_THE_GUARDS = {
+    "owner": ([], "owner", "owns the schema"),
+    "superuser": ([], "superuser", "is a superuser"),
+    "may create in the schema": (["GRANT CREATE ON SCHEMA public TO PUBLIC"], "app",
+                                 "REVOKE CREATE ON SCHEMA public FROM PUBLIC, "),
+    "a NOINHERIT member of the owner": (["ALTER ROLE {app} NOINHERIT", "GRANT {owner} TO {app}"],
+                                        "app", "owns the schema"),
+    "a member of a superuser": (["GRANT postgres TO {app}"], "app", "is a superuser"),
+    "SET on session_replication_role": (
+        ["GRANT SET ON PARAMETER session_replication_role TO {app}"], "app",
+        "may SET session_replication_role"),
+    "CREATEROLE": (["ALTER ROLE {app} CREATEROLE"], "app", "may create roles"),
+    "TRIGGER on a table": (["GRANT TRIGGER ON ledger_entry TO {app}"], "app",
+                           "REVOKE TRIGGER ON ALL TABLES IN SCHEMA public FROM"),
+    "server programs": (["GRANT pg_execute_server_program TO {app}"], "app",
+                        "pg_execute_server_program"),
+    "logged in as a superuser, SET ROLE to the app": ([], "superuser as app", "is a superuser"),
+    "owns an operator it planted": (
+        ["GRANT CREATE ON SCHEMA public TO {app}",
+         "SET ROLE {app}", "CREATE FUNCTION planted(varchar, varchar) RETURNS boolean"
+         " LANGUAGE sql AS 'SELECT true'", "CREATE OPERATOR = (LEFTARG = varchar, RIGHTARG"
+         " = varchar, FUNCTION = planted)", "RESET ROLE",
+         "REVOKE CREATE ON SCHEMA public FROM {app}"], "app", "owns the schema or something"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ABOVE_THE_GUARDS)
+def test_serve_refuses_a_role_that_could_get_past_the_guards(granted, postgresql_cluster, case):
     """The owner may DISABLE TRIGGER, a superuser may SET session_replication_role =
     replica, and a role that may create in the schema could put an operator there that
     a guard would call instead of PostgreSQL's (PostgreSQL before 15 lets PUBLIC create
-    in public). `serve` refuses each in one line saying why, before it serves; the app
-    role init-db granted serves (as in every other test). init-db warns when it grants a
-    role serve would refuse."""
+    in public); so may whoever can become one of them, or add a trigger that fires after
+    the guards. `serve` refuses each in one line saying why, before it serves; the app
+    role init-db granted serves (as in every other test). init-db warns when it grants
+    a role serve would refuse."""
     name = granted["owner"].rsplit("/", 1)[1]
-    url, why = {
-        "owner": (granted["owner"], "owns the schema"),
-        "superuser": (postgresql_cluster.url(db=name), "is a superuser"),
-        "app, may create in the schema": (granted["app"], "may create objects in schema public"),
-    }[role]
-    if role.startswith("app"):
-        with psycopg.connect(granted["owner"], autocommit=True) as owner:
-            owner.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
-        again = init_db(granted, granted["app_role"])  # init-db says so when it grants
+    superuser = postgresql_cluster.url(db=name)
+    setup, whose, why = ABOVE_THE_GUARDS[case]
+    app, owner = granted["app_role"], granted["owner"].split("//")[1].split(":")[0]
+    with psycopg.connect(superuser, autocommit=True) as conn:
+        for statement in setup:
+            conn.execute(statement.format(app=app, owner=owner))
+    url = {"owner": granted["owner"], "superuser": superuser, "app": granted["app"],
+           "superuser as app": f"{superuser}?options=-crole%3D{app}"}[whose]  # fmt: skip
+    if whose == "app":
+        again = init_db(granted, app)  # init-db says so when it grants
         assert again.returncode == 0 and "warning: serve will refuse it" in again.stderr
     served = chargebox("serve", "--port", "0", "--db", url, "--data-dir", str(granted["data"]))
     assert served.returncode == 2, served.stderr
