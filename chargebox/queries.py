@@ -200,8 +200,12 @@ class Queries:
         sale_search for how a page of them is found."""
         search = search or Search()
 
+        # with a number, the seller is kept off its index (`+`): the number's is narrower
+        mine = (("+seller_id = ?", (seller_id,)),) if search.phone and seller_id else ()
+
         def walk(part: Page, conditions: Conditions) -> list[dict]:
-            return self.page(SALE_READ, part, conditions, seller_id=seller_id, phone=search.phone)
+            return self.page(SALE_READ, part, (*conditions, *mine), phone=search.phone,
+                             seller_id=None if mine else seller_id)  # fmt: skip
 
         return find(walk, self.reader.rows, page, seller_id, search)
 

@@ -4,14 +4,17 @@ A page is the sales with the smallest ids above the page's `after_id` that match
 search by time walks ids, and stamps need not follow ids (two hosts' clocks, a clock
 set back). Its cost is bounded two ways:
 
-1. It walks, from the page's start, at most BUDGET of the sales its other filters let
-   through (the seller's, the number's, everyone's), checking their stamps: a range
-   that is wide, or that starts near there, fills its page among them (a month's
-   sales, page after page), and a range with nothing left after them ends there.
-2. Only if those rows neither fill the page nor run out does it find the first and
-   the last sale stamped in the range along the sales' stamp index (a
-   read of the range's index entries), and walk the ids between: a recent hour of a
-   long history reads that hour, not the history before it.
+1. Unless a phone or a key is given, it walks from the page's start at most BUDGET of
+   the sales (the seller's, or everyone's: BUDGET ids along an index, then at most
+   BUDGET rows), checking their stamps: a range that is wide, or that starts near
+   there, fills its page among them (a month's sales, page after page), and a range
+   with nothing left after them ends there.
+2. Otherwise, or if those rows neither fill the page nor run out, it finds the first
+   and the last sale stamped in the range along the sales' stamp index (a read of the
+   range's index entries), and walks the ids between: a recent hour of a long history
+   reads that hour, not the history before it. A phone or a key goes straight there:
+   counted along its own filter, a budget could read a rare number's whole history
+   before it was spent (and PostgreSQL has no index of sales by phone).
 
 Queries.sales runs it; this module composes only its conditions and bounds.
 """
@@ -66,17 +69,17 @@ def find(walk: Callable[[object, Conditions], list[dict]], rows: Callable[..., l
     if not stamps:
         return walk(page, tuple(filters))
     mine = [("seller_id = ?", (seller_id,))] if seller_id is not None else []
-    number = [("phone = ?", (search.phone,))] if search.phone is not None else []
-    let_through = [("id > ?", (page.after_id,)), *mine, *number, *filters]
-    reach, read = rows(_REACH.format(_joined(let_through)), (*_params(let_through), BUDGET))[0]
-    if not read:
-        return []
-    found = walk(page, (*filters, *checked, ("id <= ?", (reach,))))
-    if len(found) == page.limit or read < BUDGET:
-        return found
-    rest = dataclasses.replace(page, limit=page.limit - len(found), after_id=reach)
-    if search.phone is not None or search.key is not None:  # their indexes are narrower
-        return found + walk(rest, (*filters, *checked))
+    found, rest, reach = [], page, page.after_id
+    if search.phone is None and search.key is None:  # (see the module's docstring)
+        let_through = [("id > ?", (page.after_id,)), *mine]
+        reach, read = rows(_REACH.format(_joined(let_through)),
+                           (*_params(let_through), BUDGET))[0]  # fmt: skip
+        if not read:
+            return []
+        found = walk(page, (*filters, *checked, ("id <= ?", (reach,))))
+        if len(found) == page.limit or read < BUDGET:
+            return found
+        rest = dataclasses.replace(page, limit=page.limit - len(found), after_id=reach)
     along = [*stamps, *(("+seller_id = ?", values) for _, values in mine)]
     first, last = rows(_WITHIN.format(_joined(along)), _params(along))[0]
     if first is None or last <= reach:
