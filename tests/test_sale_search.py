@@ -1,0 +1,99 @@
+"""A search of sales (sale_search.py) against a brute-force filter over every row."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chargebox import ledger, queries, sale_search
+from tests.support import credited_seller
+from tests.test_statements import at
+
+PHONES = ["09121234560", "09121234561", "09121234562"]
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    sales=st.lists(
+        st.tuples(st.integers(0, 12), st.integers(0, 2), st.integers(0, 2), st.booleans()),
+        max_size=30,
+    ),
+    low=st.none() | st.integers(-2, 14),
+    high=st.none() | st.integers(-2, 14),
+    who=st.sampled_from([None, 0, 1, 2]),
+    phone=st.none() | st.integers(0, 2),
+    key=st.none() | st.integers(0, 35),
+    limit=st.integers(1, 5),
+    budget=st.integers(1, 5) | st.just(sale_search.BUDGET),
+    start_after=st.none() | st.integers(-3, 10**6) | st.integers(0, 80),
+    jump=st.lists(st.integers(-3, 4), max_size=4),
+)
+def test_a_search_finds_exactly_what_its_filters_name_from_any_cursor(
+    service, sales, low, high, who, phone, key, limit, budget, start_after, jump
+):
+    """Three sellers, three numbers, keyed and unkeyed sales, stamps in any order against
+    ids: a search by any mix of seller, number, key and time (from, to, both, empty or
+    reversed), from any cursor (past the last sale too), page by page, whatever the first
+    walk's budget, finds exactly the sales a filter over every row finds. (A reviewer's
+    test of sale_search.)"""
+    sellers = [credited_seller(service, 10**6, n)["id"] for n in "ABC"]
+    tag = str(sellers[0])
+
+    def work(write):
+        for n, (seconds, s, p, keyed) in enumerate(sales):
+            sale = ledger.sell(write, sellers[s], PHONES[p], 1, at(seconds))
+            if keyed:
+                write.execute(
+                    "INSERT INTO idempotency_record (seller_id, key, request_hash,"
+                    " created_at, sale_id) VALUES (?, ?, ?, ?, ?)",
+                    (sellers[s], f"k{tag}-{n}", "0" * 64, at(seconds), sale["id"]),
+                )
+
+    service.database.write(work)
+    seller = None if who is None else sellers[who]
+    if key is not None and seller is None:
+        seller = sellers[0]  # the service refuses a key without a seller
+    search = queries.Search(
+        phone=None if phone is None else PHONES[phone],
+        key=None if key is None else f"k{tag}-{key}",
+        start=None if low is None else at(low),
+        end=None if high is None else at(high),
+    )
+    every = service.queries.reader.rows(
+        "SELECT s.id, s.seller_id, s.phone, s.created_at, r.key FROM sale s"
+        " LEFT JOIN idempotency_record r ON r.sale_id = s.id ORDER BY s.id"
+    )
+    matching = [
+        i
+        for i, owner, ph, stamp, k in every
+        if seller in (None, owner)
+        and search.phone in (None, ph)
+        and (search.key is None or (k == search.key and owner == seller))
+        and (search.start is None or stamp >= search.start)
+        and (search.end is None or stamp < search.end)
+    ]
+    after = 0 if start_after is None else start_after
+    default, sale_search.BUDGET = sale_search.BUDGET, budget
+    try:
+        # a few pages from arbitrary cursors first: each must be exactly the next matching ids
+        for j in jump:
+            cursor = max(0, after + j)
+            got = [
+                s["id"] for s in service.queries.sales(queries.Page(limit, cursor), seller, search)
+            ]
+            assert got == [i for i in matching if i > cursor][:limit], (cursor, got)
+            after = cursor
+        found = []
+        while page := service.queries.sales(queries.Page(limit, after), seller, search):
+            assert len(page) <= limit
+            got = [s["id"] for s in page]
+            assert got == [i for i in matching if i > after][:limit], (after, got)
+            found += got
+            after = got[-1]
+    finally:
+        sale_search.BUDGET = default
+    assert not [i for i in matching if i > after], after
