@@ -219,6 +219,27 @@ def put_back_postgresql_guards(conn) -> list[str]:
     return missing
 
 
+_SERVE_AS = ("serve with the role that `chargebox init-db --grant-to ROLE` granted"
+             " (README, PostgreSQL: Roles)")  # fmt: skip
+
+
+def _reasons(user: str, schema: str, bare: str) -> tuple[tuple[str, str], ...]:
+    """What each of `_ABOVE`'s columns after the names means, and what to do about it."""
+    revoke = "as the schema's owner, REVOKE {} ON {} FROM {}"
+    before_15 = " (PostgreSQL before 15 grants it)" if bare == "public" else ""
+    return (
+        ("is a superuser, a member of one, or may SET session_replication_role", _SERVE_AS),
+        ("is a member of pg_execute_server_program or pg_write_server_files", _SERVE_AS),
+        ("may create roles (and grant itself the owner's)", _SERVE_AS),
+        ("owns the schema or something in it, or is a member of a role that does", _SERVE_AS),
+        ("may make triggers on a table of the schema (one that fires after the guards could"
+         " rewrite a row they passed)",
+         revoke.format("TRIGGER", f"ALL TABLES IN SCHEMA {schema}", user)),
+        (f"may create objects in schema {schema}",
+         revoke.format("CREATE", f"SCHEMA {schema}", f"PUBLIC, {user}") + before_15),
+    )  # fmt: skip
+
+
 def above_the_guards(conn, role: str | None = None) -> str | None:
     """Why `role` could get past the guards (by default the role the connection logged in
     as, or the one it is now: either may act), and what to do about it (`_ABOVE`); None
@@ -229,22 +250,7 @@ def above_the_guards(conn, role: str | None = None) -> str | None:
                                                            ).fetchone())  # fmt: skip
     for name in roles:
         user, schema, bare, *could = conn.execute(sql, (name,)).fetchone()
-        serve_as = ("serve with the role that `chargebox init-db --grant-to ROLE` granted"
-                    " (README, PostgreSQL: Roles)")  # fmt: skip
-        revoke = "as the schema's owner, REVOKE {} ON {} FROM {}{}"
-        for true, why, fix in zip(could, (
-            "is a superuser, a member of one, or may SET session_replication_role",
-            "is a member of pg_execute_server_program or pg_write_server_files",
-            "may create roles (and grant itself the owner's)",
-            "owns the schema or something in it, or is a member of a role that does",
-            "may make triggers on a table of the schema (one that fires after the guards"
-            " could rewrite a row they passed)",
-            f"may create objects in schema {schema}",
-        ), (serve_as, serve_as, serve_as, serve_as,
-            revoke.format("TRIGGER", f"ALL TABLES IN SCHEMA {schema}", user, ""),
-            revoke.format("CREATE", f"SCHEMA {schema}", f"PUBLIC, {user}",
-                          " (PostgreSQL before 15 grants it)" if bare == "public" else ""),
-        ), strict=True):  # fmt: skip
+        for true, (why, fix) in zip(could, _reasons(user, schema, bare), strict=True):
             if true:
                 return (f"the role {user} {why}, so it could get past the guards that"
                         f" enforce I1-I5 in the database: {fix}")  # fmt: skip

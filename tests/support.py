@@ -258,6 +258,24 @@ KEYED_ROWS = (
 )
 
 
+def postgresql_plan(reader, sql: str, params: tuple = ()) -> dict:
+    """The plan PostgreSQL ran `sql` by, through chargebox's `reader` (EXPLAIN ANALYZE)."""
+    (row,) = reader.rows("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params)
+    return (json.loads(row[0]) if isinstance(row[0], str) else row[0])[0]["Plan"]
+
+
+def rows_read(plan: dict) -> int:
+    """Rows a PostgreSQL plan node and its children read (returned + removed by filter)."""
+    loops = plan.get("Actual Loops", 1)
+    own = (plan.get("Actual Rows", 0) + plan.get("Rows Removed by Filter", 0)) * loops
+    return own + sum(rows_read(child) for child in plan.get("Plans", ()))
+
+
+def sqlite_plan(reader, sql: str, params: tuple = ()) -> str:
+    """SQLite's query plan for `sql`, through chargebox's `reader`: its steps in one line."""
+    return " ".join(str(step[-1]) for step in reader.rows("EXPLAIN QUERY PLAN " + sql, params))
+
+
 def reconciled_balances(db_path: Path | str) -> dict[int, int]:
     """{seller_id: balance}, once I1-I4 are checked from a fresh read-only connection.
 

@@ -350,13 +350,6 @@ def test_a_credit_committed_during_the_admins_chart_reads_hides_no_sale(
     assert {row["name"]: row["amount"] for row in top} == {"Ali": 1_000, "Other": 1}
 
 
-def _rows_read(plan: dict) -> int:
-    """Rows a PostgreSQL plan node and its children read (returned + removed by filter)."""
-    loops = plan.get("Actual Loops", 1)
-    own = (plan.get("Actual Rows", 0) + plan.get("Rows Removed by Filter", 0)) * loops
-    return own + sum(_rows_read(child) for child in plan.get("Plans", ()))
-
-
 @pytest.mark.postgresql_only
 def test_a_sellers_last_entry_before_the_window_is_found_without_walking_the_window(service):
     """The review's F5: on PostgreSQL a seller's entries are indexed by (seller_id, seq),
@@ -364,9 +357,8 @@ def test_a_sellers_last_entry_before_the_window_is_found_without_walking_the_win
     every entry after it (6,004 rows read here, at schema version 4). It is bisected
     along that index now: a few rows, for balances_before and balances_at alike, and
     still the right entry."""
-    import json
-
     from chargebox.queries import _LAST_BEFORE
+    from tests.support import postgresql_plan, rows_read
 
     seller = seller_with(service, "Busy", "2026-05-01T00:00:00", 10**9)
     sell_at(service, seller, ("2026-05-31T20:00:00", 7),
@@ -377,9 +369,7 @@ def test_a_sellers_last_entry_before_the_window_is_found_without_walking_the_win
     assert service.queries.balances_before(seller, [(below, start)]) == [10**9 - 7]
 
     def read(sql: str, params: tuple) -> int:
-        (row,) = service.queries.reader.rows("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params)
-        plan = row[0] if not isinstance(row[0], str) else json.loads(row[0])
-        return _rows_read(plan[0]["Plan"])
+        return rows_read(postgresql_plan(service.queries.reader, sql, params))
 
     one = ("(VALUES (0, CAST(? AS bigint), CAST(? AS bigint), CAST(? AS text)))"
            " AS s(n, id, below, before)")  # fmt: skip

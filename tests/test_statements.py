@@ -25,7 +25,15 @@ from hypothesis import strategies as st
 from chargebox import clock, ledger, periods, queries, sale_search, statements
 from chargebox.audit_checks import KINDS
 from chargebox.errors import NotFound, ValidationError
-from tests.support import ROOT, credited_seller
+from tests.support import (
+    ROOT,
+    credited_seller,
+    database_of,
+    postgresql_plan,
+    rows_read,
+    sqlite_plan,
+    writable,
+)
 
 BASE = datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)
 PHONE = "09121234567"
@@ -339,8 +347,6 @@ def test_a_days_statement_reads_that_day_not_the_sellers_whole_ledger(service, c
     write_entries(service, seller, [(n, -1) for n in range(5)])
     write_entries(service, seller, [(86400 + n * 28, -1) for n in range(6000)])
     if config.db_url:
-        from tests.support import database_of, writable
-
         with writable(database_of(config)) as conn:
             conn.execute("ALTER TABLE ledger_entry SET (autovacuum_enabled = off)")
             conn.execute("ANALYZE ledger_entry")
@@ -362,22 +368,19 @@ def test_a_days_statement_reads_that_day_not_the_sellers_whole_ledger(service, c
         statement.close()
     reader = service.queries.reader
     if config.db_url:
-        from tests.test_charts import _rows_read
-
         for fresh in (False, True):
             if fresh:
                 with writable(database_of(config)) as conn:  # as autovacuum would, by now
                     conn.execute("ANALYZE ledger_entry")
             for most, sql, params in reads:
-                (row,) = reader.rows("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params)
-                plan = row[0] if not isinstance(row[0], str) else json.loads(row[0])
+                plan = postgresql_plan(reader, sql, params)
                 if most is None:  # a chunk: along the ledger order, never the stamps' index
                     assert "ledger_entry_seller_created_at" not in json.dumps(plan), plan
                 else:
-                    assert _rows_read(plan[0]["Plan"]) <= most, (fresh, sql, plan)
+                    assert rows_read(plan) <= most, (fresh, sql, plan)
         return
     for n, (_, sql, params) in enumerate(reads):
-        plan = " ".join(str(step[-1]) for step in reader.rows("EXPLAIN QUERY PLAN " + sql, params))
+        plan = sqlite_plan(reader, sql, params)
         if n % 4 < 3:
             assert "ledger_entry_seller_id_created_at_amount" in plan, (sql, plan)
         else:
@@ -401,21 +404,13 @@ def _statements_of(service, search_pages) -> list[tuple[str, tuple]]:
 
 def _postgresql_plans(service, config, ran) -> list[dict]:
     """The plan PostgreSQL runs each statement of `ran` by, statistics fresh."""
-    from tests.support import database_of, writable
-
     with writable(database_of(config)) as conn:
         conn.execute("ANALYZE sale")
-    plans = []
-    for sql, params in ran:
-        (row,) = service.queries.reader.rows("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params)
-        plans.append((row[0] if not isinstance(row[0], str) else json.loads(row[0]))[0]["Plan"])
-    return plans
+    return [postgresql_plan(service.queries.reader, sql, params) for sql, params in ran]
 
 
 def _sqlite_plans(service, ran) -> list[str]:
-    reader = service.queries.reader
-    return [" ".join(str(step[-1]) for step in reader.rows("EXPLAIN QUERY PLAN " + sql, params))
-            for sql, params in ran]  # fmt: skip
+    return [sqlite_plan(service.queries.reader, sql, params) for sql, params in ran]
 
 
 def test_a_search_of_sales_by_time_reads_the_range_not_every_sale_before_it(
@@ -440,9 +435,7 @@ def test_a_search_of_sales_by_time_reads_the_range_not_every_sale_before_it(
     ran = _statements_of(service, search_pages)
     assert len(ran) == 8  # each: the budget's reach, its walk, the bounds, the walk between
     if config.db_url:
-        from tests.test_charts import _rows_read
-
-        read = [_rows_read(plan) for plan in _postgresql_plans(service, config, ran)]
+        read = [rows_read(plan) for plan in _postgresql_plans(service, config, ran)]
         assert max(read) < 100, (read, ran)
         return
     for n, plan in enumerate(_sqlite_plans(service, ran)):
