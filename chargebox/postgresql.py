@@ -241,7 +241,8 @@ class Database:
             with self._opened_lock:
                 self._opened.add(conn)
             # A read waits for a lock no longer than a write does (a migration's ACCESS
-            # EXCLUSIVE, say): then LockTimeout, 503. A write's SET LOCAL overrides it.
+            # EXCLUSIVE, say): then LockTimeout, 503. A write sets its own, for its
+            # transaction only.
             with translated():
                 conn.execute(f"SET lock_timeout = '{self.config.busy_timeout_ms}ms'")
         return conn

@@ -4,9 +4,9 @@ pgbouncer (Debian's, started here on a free 127.0.0.1 port with a config of its
 own; no service) hands a server connection to a client for one transaction only,
 and has fewer of them than the servers have threads: the writes of one app
 server run on whichever PostgreSQL session is free. Every guarantee must hold
-anyway: chargebox keeps no session state between transactions (`SET LOCAL`
-only, one transaction per write, read-only snapshots opened inside their own
-transaction) and prepares no statement behind a pooler (postgresql.connect).
+anyway: chargebox keeps no session state between transactions (settings for
+one transaction only, one transaction per write, read-only snapshots opened
+inside their own transaction) and prepares no statement behind a pooler (postgresql.connect).
 The books are re-added from a fresh connection straight to PostgreSQL.
 """
 
