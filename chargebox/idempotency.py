@@ -219,15 +219,13 @@ class _Together:
         keyed = [work for work in works if work.key is not None]
         recorded = None
         if keyed:  # read with the sellers' heads: keys a copy recorded are replayed (once)
-            write.hold(*(run[0].seller_id for run in runs))
             pairs = [[w.seller_id for w in keyed], [w.key for w in keyed]]
             wanted, params = write.table("wanted", {"seller": "bigint", "key": "text"}, pairs)
-            recorded = write.later(
-                RECORDED_KEYS[write.dialect].format(wanted=wanted, table=kind.table), params
-            )
+            sql = RECORDED_KEYS[write.dialect].format(wanted=wanted, table=kind.table)
+            recorded = (sql, params, ("seller", "key"))
 
-        def left_out() -> set[tuple[int, int]]:
-            taken = set(map(tuple, recorded())) if recorded else set()
+        def left_out(found: list[tuple]) -> set[tuple[int, int]]:
+            taken = set(map(tuple, found))
             skipped = set()
             for place, work in _places(runs):
                 if (work.seller_id, work.key) in taken:
@@ -258,7 +256,7 @@ class _Together:
             )]  # fmt: skip
 
         sales = [(run[0].seller_id, [(w.sale.number, w.sale.amount) for w in run]) for run in runs]
-        outcomes = sale_batches.sell_together(write, sales, created, records, left_out)
+        outcomes = sale_batches.sell_together(write, sales, created, records, left_out, recorded)
         return [[_answer(work, outcome) for work, outcome in zip(run, made, strict=True)]
                 for run, made in zip(runs, outcomes, strict=True)]  # fmt: skip
 

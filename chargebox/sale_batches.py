@@ -23,19 +23,22 @@ from chargebox.money import check_balance
 from chargebox.writer import Separately
 
 Run = tuple[int, list[tuple[str, int]]]  # a seller, and its sales (number, amount) in order
+Read = tuple[str, tuple, tuple[str, ...]]  # a query, its parameters, its columns' names
 Also = Callable[[list[list]], list[tuple[str, tuple]]]
 
 # --- runs of sellers' sales, set-based (PostgreSQL) -----------------------------------------
 
+# `{read}`: the rows of the caller's read (`sell_together`), as JSON (`_READ`), or NULL.
 _TOGETHER_HEAD = (
     "WITH ids AS (SELECT nextval('sale_id_seq') AS sale_id, nextval('ledger_entry_id_seq')"
     " AS entry_id FROM generate_series(1, ?)) SELECT seller.id, seller.balance, seller.status,"
     " head.entries, head.entry_mac, (SELECT COALESCE(max(seq), 0) FROM ledger_entry"
     " WHERE seller_id = seller.id), ARRAY(SELECT sale_id FROM ids ORDER BY sale_id),"
-    " ARRAY(SELECT entry_id FROM ids ORDER BY entry_id) FROM seller"
-    " LEFT JOIN seller_head head ON head.seller_id = seller.id"
+    " ARRAY(SELECT entry_id FROM ids ORDER BY entry_id),"
+    " {read} FROM seller LEFT JOIN seller_head head ON head.seller_id = seller.id"
     " WHERE seller.id = ANY(CAST(? AS bigint[]))"
 )
+_READ = "(SELECT COALESCE(json_agg(json_build_array({columns})), '[]') FROM ({sql}) AS r)"
 _BIGINTS = "CAST(? AS bigint[])"
 # Each balance moves once, by its run's total, from the balance read under the hold; the
 # sales, then their entries in seq order (each continuing its seller's chain, I3), their
@@ -114,11 +117,13 @@ _BATCH = (
 
 
 def sell_together(write: Write, runs: list[Run], now: str, also: Also,
-                  left_out: Callable[[], set[tuple[int, int]]] = set) -> list[list]:  # fmt: skip
+                  left_out: Callable[[list[tuple]], set[tuple[int, int]]] = lambda rows: set(),
+                  read: Read | None = None) -> list[list]:  # fmt: skip
     """The sales (number, amount) of each run, one active seller's, in one statement for
     all, each as `sell` would make it, in their order; for each run, for each sale, its
-    sale or InsufficientCredit, or None for those `left_out()` names (by run and index;
-    read once the sellers are held).
+    sale or InsufficientCredit, or None for those `left_out(rows)` names (by run and
+    index), given the rows of `read` (its SQL, its parameters and its columns' names),
+    read once the sellers are held (PostgreSQL: with their heads, one statement).
 
     The sellers (PostgreSQL: their rows held, in the order of their ids) are read with
     their balances, status and sealed heads, and what numbers the new rows (PostgreSQL:
@@ -134,8 +139,8 @@ def sell_together(write: Write, runs: list[Run], now: str, also: Also,
     if write.ledger_key is None:
         raise AssertionError("no ledger key: start through cli.prepare() (see seals.py)")
     write.hold(*(seller_id for seller_id, _ in runs))
-    heads, ids = _heads(write, runs)
-    skipped = left_out()
+    heads, ids, rows = _heads(write, runs, read)
+    skipped = left_out(rows)
     outcomes: list[list] = []
     # seller, sale, entry, seq, number, amount, balance after, the entry's seal
     sold: list[list] = [[] for _ in range(8)]
@@ -201,24 +206,37 @@ def _add(columns: list[list], row: tuple) -> None:
         column.append(value)
 
 
-def _heads(write: Write, runs: list[Run]) -> tuple[dict, Iterator]:
+def _heads(write: Write, runs: list[Run], read: Read | None) -> tuple[dict, Iterator, list]:
     """The held sellers' balances, sealed heads (entries, seal) and newest seq, by seller,
-    and ids (sale, entry) for every sale of `runs` (SQLite: from the newest, under the
-    file's lock; it has no seq); `Separately` if one is missing or not active."""
+    ids (sale, entry) for every sale of `runs` (SQLite: from the newest, under the
+    file's lock; it has no seq), and the rows of `read` (PostgreSQL: in the same
+    statement, one send less while the sellers are held); `Separately` if a seller is
+    missing or not active."""
     sellers = [seller_id for seller_id, _ in runs]
     count = sum(len(sales) for _, sales in runs)
+    sql, params, names = read or ("", (), ())
     if write.balance_first:
-        found = write.rows(_TOGETHER_HEAD, (count, sellers))
+        columns = ", ".join(f"r.{name}" for name in names)
+        column = _READ.format(columns=columns, sql=sql) if read else "NULL"
+        found = write.rows(_TOGETHER_HEAD.format(read=column), (count, *params, sellers))
     else:
         found = write.rows(_BATCH_HEAD, (json.dumps(sellers),))
     if len(found) != len(set(sellers)) or any(row[2] != "active" for row in found):
         raise Separately
     if write.balance_first:  # ids from the sequences, and each seller's newest seq
         heads = {row[0]: (row[1], row[3] or 0, row[4] or seals.GENESIS, row[5]) for row in found}
-        return heads, iter(zip(found[0][6], found[0][7], strict=True))
+        rows = [tuple(row) for row in _json(found[0][8] or [])]
+        return heads, iter(zip(found[0][6], found[0][7], strict=True)), rows
     heads = {row[0]: (row[1], row[3] or 0, row[4] or seals.GENESIS, 0) for row in found}
     sale, entry = found[0][5] + 1, found[0][6] + 1  # the newest ids: the file is held
-    return heads, iter(zip(range(sale, sale + count), range(entry, entry + count), strict=True))
+    rows = write.rows(sql, params) if read else []
+    ids = zip(range(sale, sale + count), range(entry, entry + count), strict=True)
+    return heads, iter(ids), rows
+
+
+def _json(value):
+    """A JSON column as the driver gives it: parsed already, or as text."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _write_also(write: Write, queries: list[tuple[str, tuple]]) -> None:

@@ -199,18 +199,26 @@ def test_the_runs_of_several_sellers_go_side_by_side_in_three_round_trips(
     """Sales of four sellers queued for one batch: each seller's run is one statement,
     and the runs go side by side (no savepoints), so the batch waits for PostgreSQL three
     times (the heads, the statements, COMMIT) whatever the number of sellers; run by run
-    it would be twice a seller, and once more."""
+    it would be twice a seller, and once more. It sends six statements: BEGIN, the lock
+    timeout with the transaction's id, the hold, the heads with the keys' records, the
+    sales, COMMIT (each send waits for the interpreter lock again, under load)."""
     service, superuser = pg_group_commit
     sellers = [credited_seller(service, FUNDS, f"s{n}")["id"] for n in range(4)]
     waits: dict[postgresql.Write, int] = {}  # each transaction's, in order
-    checked = postgresql.Write.checked
+    sends: dict[postgresql.Write, list[str]] = {}
+    checked, sent = postgresql.Write.checked, postgresql.Write._sent
 
     def counting(write) -> None:
         if write._unchecked:  # a real wait for what was sent: one round trip
             waits[write] = waits.get(write, 0) + 1
         checked(write)
 
+    def listing(write, sql, params=()):
+        sends.setdefault(write, []).append(sql.split()[0])
+        return sent(write, sql, params)
+
     monkeypatch.setattr(postgresql.Write, "checked", counting)
+    monkeypatch.setattr(postgresql.Write, "_sent", listing)
     writer = service.database.writer
     before = counted(service)
     calls = [
@@ -223,6 +231,7 @@ def test_the_runs_of_several_sellers_go_side_by_side_in_three_round_trips(
     assert counted(service) == (before[0] + 5, before[1], before[2])
     # the last two transactions: the gate's sale (a batch of one: three too), the four's
     assert list(waits.values())[-2:] == [3, 3]
+    assert list(sends.values())[-1] == ["BEGIN", "SELECT", "SELECT", "WITH", "WITH", "COMMIT"]
     for n, seller in enumerate(sellers):
         assert balance(superuser, seller) == FUNDS - 100 * (n + 1)
     assert writer.side_by_side and service.audit()["consistent"]
