@@ -182,6 +182,18 @@ def _postgresql_entries_by_stamp(conn) -> None:
         conn.execute(f'ALTER FUNCTION "{name}"() SET search_path FROM CURRENT')
 
 
+def _sqlite_sales_by_number(conn: sqlite3.Connection) -> None:
+    """Version 6 on SQLite: nothing to make (its file has had `sale_phone` since version 1;
+    only the version is recorded)."""
+
+
+def _postgresql_sales_by_number(conn) -> None:
+    """Version 6 on PostgreSQL: the file's VERSION 6 part, the index of sales by number
+    (one read of the sales, under the migration's lock)."""
+    for statement in schema.postgresql_added_in(6):
+        conn.execute(statement)
+
+
 def _refuse_records_of_another_seller(conn) -> None:
     """A record that names another seller's row was written by hand (no chargebox writes
     one): the migration stops, naming it, rather than make a schema it breaks."""
@@ -204,6 +216,8 @@ STEPS: tuple[Step, ...] = (
     Step(5, "entries and sales by stamp (indexes, for statements and searches); on"
             " PostgreSQL, the guard functions' search_path confined to the schema",
          _sqlite_entries_by_stamp, _postgresql_entries_by_stamp),
+    Step(6, "sales by number (on PostgreSQL an index; SQLite's file has had one)",
+         _sqlite_sales_by_number, _postgresql_sales_by_number),
 )  # fmt: skip
 
 

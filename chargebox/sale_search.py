@@ -14,7 +14,8 @@ set back). Its cost is bounded two ways:
    range's index entries), and walks the ids between: a recent hour of a long history
    reads that hour, not the history before it. A phone or a key goes straight there:
    counted along its own filter, a budget could read a rare number's whole history
-   before it was spent (and PostgreSQL has no index of sales by phone).
+   before it was spent. (Sales by number are indexed on both backends: PostgreSQL's
+   `sale_phone_id` since schema version 6.)
 
 Queries.sales runs it; this module composes only its conditions and bounds.
 """

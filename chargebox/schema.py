@@ -21,8 +21,9 @@ import peewee
 # The schema version this code reads and writes, and that a new database is made at (the
 # models with TRIGGERS; schema_postgresql.sql). Older ones: migrations.py. 1: chargebox 0.1.0.
 # 2: seller keys (seller_key) and suspension (seller.status); 3: refunds (ledger_entry.refund_of);
-# 4: a key's record is its seller's (the triggers *_is_its_sellers)
-VERSION = 5
+# 4: a key's record is its seller's (the triggers *_is_its_sellers); 5: entries and sales by
+# stamp (indexes); 6: sales by number on PostgreSQL (an index; SQLite's file has had one)
+VERSION = 6
 POSTGRESQL_VERSION = VERSION
 
 

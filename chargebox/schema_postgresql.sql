@@ -571,3 +571,8 @@ CREATE INDEX ledger_entry_seller_created_at ON ledger_entry (seller_id, created_
 -- ;
 -- Also version 5: sales by stamp, for a search of sales by time (queries.py).
 CREATE INDEX sale_created_at ON sale (created_at) INCLUDE (seller_id, id);
+-- ;
+-- VERSION 6: sales by number. A search of sales by phone (sale_search.py), everyone's or
+-- a seller's, walks the number's sales in id order along it, not every sale; SQLite's
+-- file has had the same index (models.Sale.phone) since version 1.
+CREATE INDEX sale_phone_id ON sale (phone, id);

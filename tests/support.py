@@ -21,7 +21,7 @@ import re
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import psycopg
@@ -256,6 +256,21 @@ KEYED_ROWS = (
     ("adjustment_record", "entry_id", "ledger_entry"),
     ("credit_request_record", "request_id", "credit_request"),
 )
+
+
+def statements_read(service, run: Callable[[], object]) -> list[tuple[str, tuple]]:
+    """The statements chargebox's reader ran (SQL, parameters) while `run()` ran."""
+    reader, ran = service.queries.reader, []
+    for name in ("rows", "dicts"):
+        real = getattr(reader, name)
+        setattr(reader, name, lambda sql, params=(), real=real: ran.append((sql, params))
+                or real(sql, params))  # fmt: skip
+    try:
+        run()
+    finally:
+        for name in ("rows", "dicts"):
+            delattr(reader, name)
+    return ran
 
 
 def postgresql_plan(reader, sql: str, params: tuple = ()) -> dict:

@@ -249,8 +249,8 @@ def test_a_version_3_database_gets_the_key_record_triggers_unless_a_record_is_fo
         else:
             for table, _, _ in KEYED_ROWS:
                 conn.execute(f"DROP TRIGGER {table}_is_its_sellers")
-        conn.execute("UPDATE schema_version SET version = 3 WHERE version = 5")
-        for index in BY_STAMP[bool(config.db_url)]:  # version 5's
+        conn.execute(f"UPDATE schema_version SET version = 3 WHERE version = {migrations.LATEST}")
+        for index in ADDED_INDEXES[bool(config.db_url)]:  # versions 5 and 6
             conn.execute(f"DROP INDEX {index}")
         if forged:
             conn.execute(*record)
@@ -268,16 +268,17 @@ def test_a_version_3_database_gets_the_key_record_triggers_unless_a_record_is_fo
         assert db_snapshot(db) == before
         return
     assert migrated.returncode == 0, migrated.stderr
-    assert "schema version 3 -> 5" in migrated.stderr
+    assert f"schema version 3 -> {migrations.LATEST}" in migrated.stderr
     with writable(db) as conn, pytest.raises(REFUSED, match="another seller"):
         conn.execute(*record)
     assert cli_audit(db, config.data_dir if config.db_url else None).returncode == 0
 
 
-# Version 5's indexes of entries and sales by stamp, on SQLite and on PostgreSQL.
-BY_STAMP = {
+# Version 5's indexes of entries and sales by stamp, on SQLite and on PostgreSQL, and
+# version 6's of sales by number (PostgreSQL; SQLite's file has had one since version 1).
+ADDED_INDEXES = {
     False: ("ledger_entry_seller_id_created_at_amount", "sale_created_at_seller_id"),
-    True: ("ledger_entry_seller_created_at", "sale_created_at"),
+    True: ("ledger_entry_seller_created_at", "sale_created_at", "sale_phone_id"),
 }
 
 
@@ -426,6 +427,10 @@ GUARDS_OF_VERSION = {
         "ef49f3b4c5d5c8f61effbfd7f55c2f1fd0db8f1d466734af7a7637666208794a",
         "c3c70aba2ceebb80dfa3885985a19530358af8a5918c2ab4185ebdde709f16c0",
     ),
+    6: (  # an index, no guard changed
+        "ef49f3b4c5d5c8f61effbfd7f55c2f1fd0db8f1d466734af7a7637666208794a",
+        "c3c70aba2ceebb80dfa3885985a19530358af8a5918c2ab4185ebdde709f16c0",
+    ),
 }
 
 
@@ -522,7 +527,10 @@ def test_an_older_database_whose_guard_function_a_later_step_calls_was_dropped_m
         conn.execute("DROP FUNCTION chargebox_refuse() CASCADE")  # and its triggers
     migrated = chargebox("migrate", "--db", made.owner_url)
     assert migrated.returncode == 0, migrated.stderr
-    assert "schema version 1 -> 5" in migrated.stderr and "chargebox_refuse()," in migrated.stderr
+    assert (
+        f"schema version 1 -> {migrations.LATEST}" in migrated.stderr
+        and "chargebox_refuse()," in migrated.stderr
+    )
     assert "ledger_entry_no_update" in migrated.stderr
     with writable_as(made.owner_url) as conn:
         assert guards.postgresql_missing(lambda sql: conn.execute(sql).fetchall()) == []

@@ -6,7 +6,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chargebox import ledger, queries, sale_search
-from tests.support import credited_seller
+from tests.support import (
+    credited_seller,
+    database_of,
+    postgresql_plan,
+    rows_read,
+    sqlite_plan,
+    statements_read,
+    writable,
+)
 from tests.test_statements import at
 
 PHONES = ["09121234560", "09121234561", "09121234562"]
@@ -97,3 +105,38 @@ def test_a_search_finds_exactly_what_its_filters_name_from_any_cursor(
     finally:
         sale_search.BUDGET = default
     assert not [i for i in matching if i > after], after
+
+
+def test_a_search_by_phone_reads_that_numbers_sales_not_every_sale(service, config):
+    """A search of sales by number finds its page along an index of sales by number: 3,000
+    sales to one number, then 5 to another; the second number's search, everyone's and
+    the seller's, reads under 100 rows a statement on PostgreSQL (schema version 6's
+    `sale_phone_id`: before it each walked every sale, 3,005 rows), and goes along
+    `sale_phone` on SQLite."""
+    seller = credited_seller(service, 10**9, "Busy")["id"]
+
+    def work(write):
+        for n in range(3000):
+            ledger.sell(write, seller, PHONES[0], 1, at(n))
+        for n in range(5):
+            ledger.sell(write, seller, PHONES[1], 2, at(4000 + n))
+
+    service.database.write(work)
+    search = queries.Search(phone=PHONES[1])
+
+    def search_pages():
+        for whose in (None, seller):
+            page = service.queries.sales(queries.Page(100), whose, search)
+            assert [sale["amount"] for sale in page] == [2] * 5
+
+    ran = statements_read(service, search_pages)
+    reader = service.queries.reader
+    if config.db_url:
+        with writable(database_of(config)) as conn:
+            conn.execute("ANALYZE sale")
+        read = [rows_read(postgresql_plan(reader, sql, params)) for sql, params in ran]
+        assert max(read) < 100, (read, ran)
+        return
+    for sql, params in ran:
+        plan = sqlite_plan(reader, sql, params)
+        assert "sale_phone (phone=?" in plan, plan

@@ -32,6 +32,7 @@ from tests.support import (
     postgresql_plan,
     rows_read,
     sqlite_plan,
+    statements_read,
     writable,
 )
 
@@ -387,21 +388,6 @@ def test_a_days_statement_reads_that_day_not_the_sellers_whole_ledger(service, c
             assert "ledger_entry_seller_id_id" in plan and "created_at" not in plan, plan
 
 
-def _statements_of(service, search_pages) -> list[tuple[str, tuple]]:
-    """The statements the reader ran while `search_pages()` ran."""
-    reader, ran = service.queries.reader, []
-    for name in ("rows", "dicts"):
-        real = getattr(reader, name)
-        setattr(reader, name, lambda sql, params=(), real=real: ran.append((sql, params))
-                or real(sql, params))  # fmt: skip
-    try:
-        search_pages()
-    finally:
-        for name in ("rows", "dicts"):
-            delattr(reader, name)
-    return ran
-
-
 def _postgresql_plans(service, config, ran) -> list[dict]:
     """The plan PostgreSQL runs each statement of `ran` by, statistics fresh."""
     with writable(database_of(config)) as conn:
@@ -432,7 +418,7 @@ def test_a_search_of_sales_by_time_reads_the_range_not_every_sale_before_it(
         for whose in (None, seller):
             assert len(service.queries.sales(queries.Page(100), whose, search)) == 5
 
-    ran = _statements_of(service, search_pages)
+    ran = statements_read(service, search_pages)
     assert len(ran) == 8  # each: the budget's reach, its walk, the bounds, the walk between
     if config.db_url:
         read = [rows_read(plan) for plan in _postgresql_plans(service, config, ran)]
@@ -465,7 +451,7 @@ def test_a_wide_search_by_time_pages_without_reading_its_whole_range(service, co
                 pages.append([sale["id"] for sale in page])
                 after = page[-1]["id"]
 
-    ran = _statements_of(service, search_pages)
+    ran = statements_read(service, search_pages)
     sold = [id_ for (id_,) in service.queries.reader.rows("SELECT id FROM sale ORDER BY id")]
     assert pages == [sold[:100], sold[100:200], sold[200:300]] * 2
     assert len(ran) == 12 and not [sql for sql, _ in ran if "min(id + 0)" in sql]  # no bounds
