@@ -16,9 +16,22 @@ import time
 
 import psycopg
 
+from chargebox import moving
 from chargebox.cli import main as chargebox_main
+from chargebox.cli import prepare
+from chargebox.config import Config
+from chargebox.services import Chargebox
 from tests import pg_cluster
-from tests.support import ROOT, ServerProcess, new_seller, rows_on_disk
+from tests.support import (
+    ADMIN_TOKEN,
+    ROOT,
+    ServerProcess,
+    credited_seller,
+    drop_trigger,
+    new_seller,
+    rows_on_disk,
+    writable,
+)
 from tests.test_postgresql_service import books
 
 ENTRY = "SELECT id, seller_id, kind, amount, balance_after, credit_request_id, sale_id FROM"
@@ -107,3 +120,35 @@ def test_copying_needs_a_postgresql_target_and_an_existing_file(tmp_path):
     assert wrong.returncode == 2 and "--from" in wrong.stderr and "y@" not in wrong.stderr
     not_pg = copy(tmp_path / "none.db", str(tmp_path / "other.db"))
     assert not_pg.returncode == 2 and "postgresql://" in not_pg.stderr
+
+
+def test_a_ledger_the_targets_triggers_refuse_fails_the_whole_copy(
+    postgresql_cluster, tmp_path, monkeypatch, capsys
+):
+    """The entries go CHUNK at a time (2 here, so the copy makes several statements of
+    them): a file whose ledger was rewritten by hand (an entry's balance_after one more
+    than its chain allows, the file's own guard dropped first) is refused by
+    PostgreSQL's chain trigger (I3) in its chunk; the copy's one transaction leaves the
+    target as init-db made it, and the command says why."""
+    source = tmp_path / "sqlite" / "chargebox.db"
+    source.parent.mkdir()
+    service = Chargebox(prepare(Config(db_path=source, admin_token=ADMIN_TOKEN)))
+    seller = credited_seller(service, 10_000)["id"]
+    for n in range(6):
+        service.sell(seller, f"091200000{n:02d}", 100)
+    service.close()
+    with writable(source) as conn:
+        drop_trigger(conn, "ledger_entry_no_update")
+        conn.execute("UPDATE ledger_entry SET balance_after = balance_after + 1 WHERE id = 5")
+    made = pg_cluster.new_database(postgresql_cluster, "copy")
+    assert chargebox_main(["init-db", "--db", made.owner_url, "--data-dir", str(tmp_path)]) == 0
+    monkeypatch.setattr(moving, "CHUNK", 2)
+    capsys.readouterr()
+    code = chargebox_main(["copy", "--from", str(source), "--to", made.owner_url,
+                           "--data-dir", str(tmp_path / "pg")])  # fmt: skip
+    said = capsys.readouterr().err
+    assert code != 0 and "I3" in said and "Traceback" not in said, said
+    with psycopg.connect(made.owner_url) as target:
+        left = [target.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                for table in ("seller", "sale", "ledger_entry", "ledger_seal")]  # fmt: skip
+    assert left == [0, 0, 0, 0]
