@@ -117,8 +117,11 @@ def _full(db, keyed: bool, progress: Progress | None) -> Found:
         problems += as_problems(invariant, db.rows(sql.format(not_an_integer=loose)))
     if keyed:
         problems += heads(db, walks, db.rows(HEADS))
+        # NOT EXISTS, not NOT IN: PostgreSQL hashes a NOT IN's list only if it fits in
+        # work_mem, and otherwise scans it again for each seal (a million of each: hours)
         problems += [seals.stray(entry_id)._asdict() for (entry_id,) in db.rows(
-            "SELECT entry_id FROM ledger_seal WHERE entry_id NOT IN (SELECT id FROM ledger_entry)"
+            "SELECT s.entry_id FROM ledger_seal AS s WHERE NOT EXISTS"
+            " (SELECT 1 FROM ledger_entry AS e WHERE e.id = s.entry_id)"
         )]  # fmt: skip
     sales = {sid: (count, top) for sid, count, top in db.rows(
         "SELECT seller_id, COUNT(*), MAX(id) FROM sale GROUP BY seller_id")}  # fmt: skip

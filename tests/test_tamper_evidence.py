@@ -233,3 +233,22 @@ def test_chargebox_audit_names_the_first_broken_seal_straight_from_the_file(orig
         f"seal: seller {seal['seller_id']}, entry {seal['entry_id']}: its seal does not match"
     )
     assert expected in audited.stderr
+
+
+def test_a_seal_left_behind_by_its_deleted_entry_is_named(original, tmp_path):
+    """A seller's newest sale deleted with its entry, its seal kept, every sum repaired:
+    the audit names that seal as one whose entry was deleted (read with NOT EXISTS: a
+    NOT IN over the ledger ran for hours on PostgreSQL at a million entries)."""
+
+    def forge(conn):
+        entry_id, sale_id = conn.execute(
+            "SELECT id, sale_id FROM ledger_entry WHERE kind = 'sale' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        conn.execute("DELETE FROM ledger_entry WHERE id = ?", (entry_id,))
+        conn.execute("DELETE FROM sale WHERE id = ?", (sale_id,))
+        return entry_id
+
+    result = audit_copy(original, tmp_path, "stray", forge)
+    stray = [problem["entry_id"] for problem in result["report"]["problems"]
+             if problem["message"] == "a seal whose entry was deleted"]  # fmt: skip
+    assert stray == [result["target"]], result["report"]["problems"]
