@@ -74,11 +74,6 @@ class Write:
         for sql, params in statements:
             self.execute(sql, params)
 
-    def later(self, sql: str, params: Sequence | dict = ()) -> Callable[[], list[tuple]]:
-        """A read whose rows are wanted later (PostgreSQL's waits with the next statement)."""
-        found = self.rows(sql, params)
-        return lambda: found
-
     def table(self, alias: str, columns: dict[str, str], values: list[list]) -> tuple[str, tuple]:
         """`values` (a list per column, named with its PostgreSQL type in `columns`) as a
         table `alias` to select from: its SQL, and its one parameter (a JSON array of rows)."""

@@ -27,7 +27,7 @@ from chargebox import metrics
 from chargebox.pg_driver import connect
 
 _log = logging.getLogger("chargebox.postgresql")
-IDENTITY = ", txid_current(), pg_backend_pid()"  # read with the lock timeout, as BEGIN is sent
+IDENTITY = "txid_current(), pg_backend_pid()"  # read as BEGIN is sent (Write.bound)
 POLL = 0.02  # seconds between two questions
 GRACE = 5.0  # seconds more, past the deadline, for a stopped backend to end
 _STATUS = "SELECT txid_status(%s)"

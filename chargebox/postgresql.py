@@ -44,7 +44,7 @@ T = TypeVar("T")
 # them up in pg_subtrans. A write takes one: its savepoint.
 MAX_BATCH = 32
 # Within a batch, a later write's lock wait is bounded again by the batch's earliest
-# deadline once the batch has run this long (the SET is one more statement per write).
+# deadline once the batch has run this long (the setting is one more statement per write).
 _REBOUND = 0.05
 
 
@@ -74,15 +74,17 @@ class Write:
         self._unchecked = False  # statements sent whose outcome is not known yet
         self._held: set[int] = set()  # sellers whose rows this transaction holds
 
-    def bound(self, also: str = "") -> Callable[[], list[tuple]]:
+    def bound(self, also: str = "") -> Callable[[], tuple]:
         """Waiting for a row lock ends at the deadline (LockTimeout, 503): `lock_timeout`
         bounds each wait, so a later write of a batch is bounded again by what is left.
-        `also`: more columns to read in the same statement (one send less, and one wait
-        less for the interpreter lock); returns what reads the row."""
+        `also`: columns (an SQL list) to read in the same statement (one send less, and
+        one wait less for the interpreter lock); returns what reads their values."""
         left_ms = max(1, int((self.deadline - time.monotonic()) * 1000))
-        read = self.later(f"SELECT set_config('lock_timeout', ?, true){also}", (f"{left_ms}ms",))
+        columns = f", {also}" if also else ""
+        read = self.later(f"SELECT set_config('lock_timeout', ?, true){columns}",
+                          (f"{left_ms}ms",))  # fmt: skip
         self._bounded_at = time.monotonic()
-        return read
+        return lambda: tuple(read()[0][1:])
 
     def execute(self, sql: str, params: tuple | dict = ()):
         """Run a statement and wait for it (and for everything sent before it)."""
@@ -301,7 +303,7 @@ class Database:
                 self._began = time.monotonic()
                 try:
                     yield write
-                    sent = identity()[0][1:]
+                    sent = identity()
                     write.execute("COMMIT")  # what COMMIT refuses (deferred checks) is raised
                 except BaseException:
                     with contextlib.suppress(Exception):  # a lost server: dropped below

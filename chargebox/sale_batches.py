@@ -28,7 +28,8 @@ Also = Callable[[list[list]], list[tuple[str, tuple]]]
 
 # --- runs of sellers' sales, set-based (PostgreSQL) -----------------------------------------
 
-# `{read}`: the rows of the caller's read (`sell_together`), as JSON (`_READ`), or NULL.
+# `{read}`: the rows of the caller's read (`sell_together`), as JSON (`_READ`), in one
+# row only (not a copy for each seller), or NULL.
 _TOGETHER_HEAD = (
     "WITH ids AS (SELECT nextval('sale_id_seq') AS sale_id, nextval('ledger_entry_id_seq')"
     " AS entry_id FROM generate_series(1, ?)) SELECT seller.id, seller.balance, seller.status,"
@@ -38,7 +39,8 @@ _TOGETHER_HEAD = (
     " {read} FROM seller LEFT JOIN seller_head head ON head.seller_id = seller.id"
     " WHERE seller.id = ANY(CAST(? AS bigint[]))"
 )
-_READ = "(SELECT COALESCE(json_agg(json_build_array({columns})), '[]') FROM ({sql}) AS r)"
+_READ = ("CASE WHEN row_number() OVER () = 1 THEN (SELECT COALESCE(json_agg("
+         "json_build_array({columns})), '[]') FROM ({sql}) AS r) END")  # fmt: skip
 _BIGINTS = "CAST(? AS bigint[])"
 # Each balance moves once, by its run's total, from the balance read under the hold; the
 # sales, then their entries in seq order (each continuing its seller's chain, I3), their
@@ -225,7 +227,7 @@ def _heads(write: Write, runs: list[Run], read: Read | None) -> tuple[dict, Iter
         raise Separately
     if write.balance_first:  # ids from the sequences, and each seller's newest seq
         heads = {row[0]: (row[1], row[3] or 0, row[4] or seals.GENESIS, row[5]) for row in found}
-        rows = [tuple(row) for row in _json(found[0][8] or [])]
+        rows = [tuple(row) for row in _json(next((r[8] for r in found if r[8]), "[]"))]
         return heads, iter(zip(found[0][6], found[0][7], strict=True)), rows
     heads = {row[0]: (row[1], row[3] or 0, row[4] or seals.GENESIS, 0) for row in found}
     sale, entry = found[0][5] + 1, found[0][6] + 1  # the newest ids: the file is held
