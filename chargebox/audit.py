@@ -17,7 +17,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from chargebox import anchors, checkpoints, guards, seals
+from chargebox import anchors, checkpoints, guards, schema, seals
 from chargebox.audit_checks import (
     ALL_AFTER,
     CHUNK,
@@ -149,6 +149,9 @@ def _missing_triggers(db) -> list[dict]:
             "entry_id": None,
             "message": f"schema function {name} was dropped or changed"
             if name.endswith("()")
+            else f"trigger {name} is not the schema's: it fires beside the guards and may"
+            " change what they let through"
+            if schema.added_trigger(name)
             else f"schema trigger {name} is missing or changed",
         }  # fmt: skip
         for name in guards.dropped_in(db)

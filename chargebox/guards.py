@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import re
 
-from chargebox.schema import CHECKPOINT_TABLES, postgresql_statements
+from chargebox.schema import CHECKPOINT_TABLES, added_trigger, postgresql_statements, quoted
 from chargebox.schema import postgresql_added_in as schema_statements_of
 
 _FUNCTION = re.compile(r"(?m)^CREATE (?:OR REPLACE )?FUNCTION (\w+)\(.*?AS \$\$(.*?)\$\$", re.S)
@@ -140,17 +140,21 @@ def postgresql_missing(rows) -> list[str]:
     """The guards that `rows` (`reader.rows`) shows missing: each trigger dropped from its
     table, made again otherwise, disabled or calling a function of another schema (one of
     a table not made yet is not missing), and each guard function dropped or changed, as
-    `name()`. Whoever can do that can do anything; the audit (I5) says so."""
+    `name()`; then, as `table.name`, each trigger added to one of its tables that the schema
+    does not make (schema.added_trigger): a BEFORE trigger that fires after a guard may
+    rewrite the row the guard passed. Whoever can do that can do anything; the audit (I5)
+    says so."""
     held = {(kind, name): body for kind, name, body in rows(_HELD)}
     functions, triggers = postgresql_guards()
     gone = [f"{name}()" for name, (body, _) in functions.items()
             if held.get(("function", name)) != body
             or held.get(("setting", name)) != "confined"]  # fmt: skip
-    return sorted(gone) + sorted(
-        name for name, (table, statement) in triggers.items()
-        if ("table", table) in held and trigger_definition(statement)
-        != trigger_definition(held.get(("trigger", f"{table}.{name}")))
-    )  # fmt: skip
+    changed = [name for name, (table, statement) in triggers.items()
+               if ("table", table) in held and trigger_definition(statement)
+               != trigger_definition(held.get(("trigger", f"{table}.{name}")))]  # fmt: skip
+    guarded = {f"{table}.{name}" for name, (table, _) in triggers.items()}
+    added = [name for kind, name in held if kind == "trigger" and name not in guarded]
+    return sorted(gone) + sorted(changed) + sorted(added)
 
 
 def dropped_guards(missing: list[str], tables: set[str]) -> list[str]:
@@ -167,13 +171,15 @@ def dropped_in(database) -> list[str]:
 
 def refuse_dropped_guards(dropped: list[str], where: str) -> None:
     """Start-up, on a database at VERSION: ValueError naming the guards someone dropped
-    or changed (`dropped_guards`). A server never writes without them, and never puts
-    them back itself, which would hide from the audit (I5) that they were gone;
-    `chargebox migrate` does, once the operator has looked."""
+    or changed, or a trigger added beside them (`dropped_guards`). A server never writes
+    without them, and never puts them back itself, which would hide from the audit (I5)
+    that they were gone; `chargebox migrate` does, once the operator has looked."""
     if dropped:
+        added = "; `table.name`: a trigger the schema does not make, added beside the guards"
+        added = added if any(map(added_trigger, dropped)) else ""
         raise ValueError(
             f"--db {where}: {len(dropped)} guard(s) of the schema are missing or changed"
-            f" ({', '.join(dropped)}): someone who could write to the database did it."
+            f" ({', '.join(dropped)}{added}): someone who could write to the database did it."
             " Run `chargebox audit --full` with the same --db to see what was written"
             " without them, then `chargebox migrate` (PostgreSQL: as the schema's owner)"
             " to put them back"
@@ -203,8 +209,9 @@ def put_back_dropped_functions(conn, version: int) -> list[str]:
 def put_back_postgresql_guards(conn) -> list[str]:
     """As the schema's owner, inside migrate's transaction, its search_path confined
     (schema.confine_search_path): each guard function dropped or changed made again (its
-    newest body and settings), then each trigger dropped or changed; their names. What
-    still differs then (a PostgreSQL that spells definitions otherwise) fails migrate."""
+    newest body and settings), then each trigger dropped or changed, and each trigger
+    added beside them dropped; their names. What still differs then (a PostgreSQL that
+    spells definitions otherwise) fails migrate."""
     missing = postgresql_missing(lambda sql: conn.execute(sql).fetchall())
     functions, triggers = postgresql_guards()
     for name, (_, statement) in functions.items():
@@ -214,6 +221,8 @@ def put_back_postgresql_guards(conn) -> list[str]:
         if name in missing:
             conn.execute(f'DROP TRIGGER IF EXISTS "{name}" ON "{table}"')
             conn.execute(statement)
+    for table, name in filter(None, map(added_trigger, missing)):
+        conn.execute(f"DROP TRIGGER {quoted(name)} ON {quoted(table)}")
     if still := postgresql_missing(lambda sql: conn.execute(sql).fetchall()):
         raise RuntimeError(f"guards made again still differ from the schema's: {still}")
     return missing

@@ -228,7 +228,8 @@ class _Measured:
             gauge = GaugeMetricFamily(
                 "chargebox_schema_guards_missing",
                 "The schema's guards (triggers; PostgreSQL: also their functions) dropped "
-                "or changed (I5): the servers run on without them; the next start refuses",
+                "or changed, and triggers added beside them (I5): the servers run on; the "
+                "next start refuses",
             )
             gauge.add_metric([], self.guards_missing)
             yield gauge

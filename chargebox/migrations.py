@@ -253,13 +253,15 @@ def migrate(
                 str(config.db_path), config.busy_timeout_ms / 1000, where
             )
         granted = ""
-    if found == to and put:
-        return (f"schema version {to} in {where}: already the newest; put back {len(put)}"
-                f" guard(s) dropped or changed: {', '.join(put)}{granted}")  # fmt: skip
-    if found == to:
+    if found == to and not put:
         return f"schema version {to} in {where}: already the newest, nothing to do{granted}"
-    put_back = f"; put back {len(put)} guard(s) dropped or changed: {', '.join(put)}" if put else ""
-    return f"schema version {found} -> {to} in {where}{put_back}{granted}"
+    added = [name for name in put if schema.added_trigger(name)]
+    put = [name for name in put if name not in added]
+    repaired = (f"; put back {len(put)} guard(s) dropped or changed: {', '.join(put)}" if put
+                else "") + (f"; dropped {len(added)} trigger(s) the schema does not make:"
+                            f" {', '.join(added)}" if added else "")  # fmt: skip
+    done = f"{to} in {where}: already the newest" if found == to else f"{found} -> {to} in {where}"
+    return f"schema version {done}{repaired}{granted}"
 
 
 # --- SQLite ----------------------------------------------------------------------------------
@@ -317,8 +319,9 @@ def upgrade_sqlite(path: str, timeout: float, where: str) -> tuple[int, int, lis
             if broken:
                 raise RuntimeError(f"a migration step broke {len(broken)} foreign key(s)")
             missing = schema.missing_triggers(conn)  # dropped or changed: made again, below
-            for name in missing:
-                conn.execute(f'DROP TRIGGER IF EXISTS "{name}"')
+            for name in missing:  # and one added beside the guards: dropped
+                added = schema.added_trigger(name)
+                conn.execute(f"DROP TRIGGER IF EXISTS {schema.quoted(added[1] if added else name)}")
             for statement in (*schema.TRIGGERS, SQLITE_VERSION_TABLE):
                 conn.execute(statement)
             _record_sqlite(conn, found)

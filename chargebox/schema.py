@@ -83,11 +83,28 @@ def table_names(conn: sqlite3.Connection) -> set[str]:
 def missing_triggers(conn: sqlite3.Connection) -> list[str]:
     """Names of schema triggers not installed as TRIGGERS makes them: dropped, or made
     again under the same name with another body (SQLite keeps each one's text as made,
-    less its IF NOT EXISTS)."""
+    less its IF NOT EXISTS); then, as `table.name`, each trigger added that the schema
+    does not make (`added_trigger`): it fires beside the guards."""
     wanted = {re.search(r"EXISTS (\w+)", sql).group(1): sql.replace(" IF NOT EXISTS", "", 1)
               for sql in TRIGGERS}  # fmt: skip
-    found = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"))
-    return sorted(name for name, sql in wanted.items() if found.get(name) != sql)
+    found = conn.execute("SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger'")
+    found = {name: (table, sql) for name, table, sql in found}
+    changed = [name for name, sql in wanted.items() if found.get(name, (0, 0))[1] != sql]
+    added = [f"{table}.{name}" for name, (table, _) in found.items() if name not in wanted]
+    return sorted(changed) + sorted(added)
+
+
+def added_trigger(name: str) -> tuple[str, str] | None:
+    """A name of `missing_triggers` (or guards.postgresql_missing) that is a trigger added
+    to the schema's table, not one of its guards: (table, trigger); None for a guard (whose
+    names have no dot: the schema's tables' neither)."""
+    table, dot, trigger = name.partition(".")
+    return (table, trigger) if dot and not name.endswith("()") else None
+
+
+def quoted(name: str) -> str:
+    """An identifier as SQL quotes it (in both dialects), whatever it holds."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 # Version 4 (I4 for Idempotency-Keys): a key's record names a row (a sale; an adjustment's

@@ -347,6 +347,48 @@ def test_a_dropped_guard_keeps_the_server_from_starting_until_migrate_puts_it_ba
             assert guards.postgresql_missing(lambda sql: conn.execute(sql).fetchall()) == []
 
 
+def test_a_trigger_added_beside_the_guards_is_named_and_migrate_drops_it(service, config):
+    """A trigger the schema does not make, on one of its tables (on PostgreSQL a BEFORE
+    trigger that fires after the guards, in name order, could rewrite the row they let
+    through): start-up refuses the database naming it as `table.name`, the audit names it
+    (I5), and `chargebox migrate` drops it and says so. Its name needs quoting."""
+    credited_seller(service, 10_000, "Ali")
+    service.close()
+    db = database_of(config)
+    with writable(db) as conn:
+        if config.db_url:
+            conn.execute("CREATE FUNCTION zz_added() RETURNS trigger LANGUAGE plpgsql"
+                         " AS $$ BEGIN RETURN NEW; END; $$")  # fmt: skip
+            conn.execute('CREATE TRIGGER "zz.it\'s" BEFORE INSERT ON ledger_entry'
+                         " FOR EACH ROW EXECUTE FUNCTION zz_added()")  # fmt: skip
+        else:
+            conn.execute(
+                'CREATE TRIGGER "zz.it\'s" AFTER INSERT ON ledger_entry BEGIN SELECT 1; END'
+            )
+    named = "ledger_entry.zz.it's"
+    with read_only(db) as conn:
+        found = (guards.postgresql_missing(lambda sql: conn.execute(sql).fetchall())
+                 if config.db_url else schema.missing_triggers(conn))  # fmt: skip
+    assert found == [named]
+    where = ["--data-dir", config.data_dir] if config.db_url else []
+    refused = chargebox("create-seller", "Sara", "--db", db, *where)
+    assert refused.returncode == 2, refused.stderr
+    assert f"1 guard(s) of the schema are missing or changed ({named}; `table.name`: a trigger" in (
+        refused.stderr
+    )
+    audited = cli_audit(db, config.data_dir if config.db_url else None)
+    assert audited.returncode == 1
+    assert f"trigger {named} is not the schema's" in audited.stderr
+    migrated = chargebox("migrate", "--db", backends.owner_url(db) if config.db_url else db,
+                         *where)  # fmt: skip
+    assert migrated.returncode == 0, migrated.stderr
+    assert (f"already the newest; dropped 1 trigger(s) the schema does not make: {named}"
+            in migrated.stderr)  # fmt: skip
+    assert cli_audit(db, config.data_dir if config.db_url else None).returncode == 0
+    started = chargebox("create-seller", "Sara", "--db", db, *where)
+    assert started.returncode == 0, started.stderr
+
+
 # Changes of a guard that leave it in place, each named (PostgreSQL; a reviewer's finds).
 SUBTLE_CHANGES = {
     "a WHEN that never fires (only quoted text changed)": (
