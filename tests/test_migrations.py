@@ -151,6 +151,7 @@ def test_an_older_releases_file_is_migrated_audited_and_sells_on_with_its_old_ke
     migrated = chargebox("migrate", "--db", db)
     assert migrated.returncode == 0, migrated.stderr
     assert f"schema version {VERSION_OF[release]} -> {migrations.LATEST}" in migrated.stderr
+    assert "dropped" not in migrated.stderr  # no trigger of an older schema is left behind
     if release == "0.1.0":
         keys = "SELECT seller_id, label, revoked_at, last_used_at FROM seller_key ORDER BY id"
         assert rows_on_disk(db, keys) == [(n, "default", None, None) for n in range(1, 5)]
@@ -574,6 +575,7 @@ def test_an_older_database_whose_guard_function_a_later_step_calls_was_dropped_m
         and "chargebox_refuse()," in migrated.stderr
     )
     assert "ledger_entry_no_update" in migrated.stderr
+    assert "does not make" not in migrated.stderr  # no trigger of version 1 is left behind
     with writable_as(made.owner_url) as conn:
         assert guards.postgresql_missing(lambda sql: conn.execute(sql).fetchall()) == []
 
