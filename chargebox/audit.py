@@ -141,21 +141,32 @@ def _full(db, keyed: bool, progress: Progress | None) -> Found:
 
 def _missing_triggers(db) -> list[dict]:
     """I5: a guard someone dropped or changed (a checkpoint table's only once that table
-    exists), as start-up and the metrics count them (guards.dropped_guards)."""
+    exists), or what was added beside them (schema.Added), as start-up and the metrics
+    count them (guards.dropped_guards)."""
     return [
         {
             "invariant": "I5",
             "seller_id": None,
             "entry_id": None,
-            "message": f"schema function {name} was dropped or changed"
+            "message": _added(name)
+            if isinstance(name, schema.Added)
+            else f"schema function {name} was dropped or changed"
             if name.endswith("()")
-            else f"trigger {name} is not the schema's: it fires beside the guards and may"
-            " change what they let through"
-            if schema.added_trigger(name)
             else f"schema trigger {name} is missing or changed",
         }  # fmt: skip
         for name in guards.dropped_in(db)
     ]
+
+
+def _added(added: schema.Added) -> str:
+    """I5's words for what was added beside the guards (schema.Added)."""
+    if added.kind == "rule":
+        return f"rule {added.table}.{added.name} is not the schema's: it rewrites what is written"
+    if added.kind == "child":
+        return (f"table {added.name} inherits {added.table}: {added.table} shows its rows,"
+                " which no guard saw written")  # fmt: skip
+    return (f"trigger {added} is not the schema's: it fires beside the guards and may change"
+            " what they let through")  # fmt: skip
 
 
 def _save(database: Database, seen: tuple, states: dict, before: dict) -> int | None:

@@ -4,14 +4,17 @@ The guards are the triggers that enforce I1-I5 in the database (schema.TRIGGERS;
 schema_postgresql.sql, where they call PL/pgSQL functions). Whoever can write to the
 database can drop one, or on PostgreSQL change a function's body, make a trigger again
 under its name doing something else, or switch it off (`ALTER TABLE ... DISABLE
-TRIGGER`, which the schema's owner may do without being a superuser). The audit names
-such a guard (I5), `GET /metrics` counts them (`chargebox_schema_guards_missing`), and
-start-up refuses the database (`refuse_dropped_guards`), putting nothing back, which
-would hide from the audit that they were gone; `chargebox migrate` puts them back
-(`put_back_postgresql_guards`; on SQLite, migrations.upgrade_sqlite drops a changed
-trigger and re-runs schema.TRIGGERS). Which SQLite triggers are dropped or changed is
-schema.missing_triggers' to say (it compares their text). On PostgreSQL, `serve` also
-refuses to run as a role that could get past the guards (`above_the_guards`).
+TRIGGER`, which the schema's owner may do without being a superuser); or add beside
+them, to one of chargebox's tables, a trigger of their own (on PostgreSQL also a rule,
+or a table inheriting it, whose rows it shows and no guard sees written: schema.Added).
+The audit names each (I5), `GET /metrics` counts them (`chargebox_schema_guards_missing`),
+and start-up refuses the database (`refuse_dropped_guards`), repairing nothing, which
+would hide from the audit what was done; `chargebox migrate` puts the guards back and
+removes what was added (`put_back_postgresql_guards`; on SQLite,
+migrations.upgrade_sqlite drops a changed or added trigger and re-runs schema.TRIGGERS).
+Which SQLite triggers are dropped, changed or added is schema.missing_triggers' to say
+(it compares their text). On PostgreSQL, `serve` also refuses to run as a role that
+could get past the guards (`above_the_guards`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import functools
 import re
 
-from chargebox.schema import CHECKPOINT_TABLES, added_trigger, postgresql_statements, quoted
+from chargebox.schema import CHECKPOINT_TABLES, Added, postgresql_statements, quoted, tables
 from chargebox.schema import postgresql_added_in as schema_statements_of
 
 _FUNCTION = re.compile(r"(?m)^CREATE (?:OR REPLACE )?FUNCTION (\w+)\(.*?AS \$\$(.*?)\$\$", re.S)
@@ -35,7 +38,10 @@ _DEFINITION = re.compile(
 # name that needs quotes for another): its tables; its triggers (table.name: whether it
 # fires, i.e. not disabled, and calls a function of the schema; its definition); its
 # guard functions (trigger functions of no arguments: their bodies, where they are
-# PL/pgSQL run as the caller, and their settings).
+# PL/pgSQL run as the caller, and their settings); and what is on its tables, by table
+# and name, for what the schema does not make (`on`: each trigger; each rule, which
+# rewrites what is written there; each table that inherits one, whose rows it shows and
+# which no guard of it sees written: its regclass, quoted as SQL needs).
 _HELD = (
     "WITH ns AS (SELECT oid FROM pg_namespace WHERE nspname = current_schema()),"
     " guard AS (SELECT p.* FROM pg_proc AS p, ns WHERE p.pronamespace = ns.oid"
@@ -48,6 +54,12 @@ _HELD = (
     " FROM pg_trigger AS t JOIN pg_class AS c ON c.oid = t.tgrelid"
     " JOIN pg_proc AS p ON p.oid = t.tgfoid, ns WHERE NOT t.tgisinternal"
     " AND c.relnamespace = ns.oid"
+    " UNION ALL SELECT 'on', c.relname, t.tgname FROM pg_trigger AS t JOIN pg_class AS c"
+    " ON c.oid = t.tgrelid, ns WHERE NOT t.tgisinternal AND c.relnamespace = ns.oid"
+    " UNION ALL SELECT 'rule', c.relname, r.rulename FROM pg_rewrite AS r JOIN pg_class AS c"
+    " ON c.oid = r.ev_class, ns WHERE r.rulename <> '_RETURN' AND c.relnamespace = ns.oid"
+    " UNION ALL SELECT 'child', c.relname, i.inhrelid::regclass::text FROM pg_inherits AS i"
+    " JOIN pg_class AS c ON c.oid = i.inhparent, ns WHERE c.relnamespace = ns.oid"
     " UNION ALL SELECT 'function', proname, CASE WHEN NOT prosecdef AND prolang ="
     " (SELECT oid FROM pg_language WHERE lanname = 'plpgsql') THEN prosrc END FROM guard"
     # Their settings, 'confined' where they are only the search_path schema.confine_search_path
@@ -140,11 +152,12 @@ def postgresql_missing(rows) -> list[str]:
     """The guards that `rows` (`reader.rows`) shows missing: each trigger dropped from its
     table, made again otherwise, disabled or calling a function of another schema (one of
     a table not made yet is not missing), and each guard function dropped or changed, as
-    `name()`; then, as `table.name`, each trigger added to one of its tables that the schema
-    does not make (schema.added_trigger): a BEFORE trigger that fires after a guard may
-    rewrite the row the guard passed. Whoever can do that can do anything; the audit (I5)
-    says so."""
-    held = {(kind, name): body for kind, name, body in rows(_HELD)}
+    `name()`; then what was added to one of chargebox's tables that the schema does not
+    make (schema.Added): a trigger (a BEFORE trigger that fires after a guard may rewrite
+    the row the guard passed), a rule, or a table inheriting it. Whoever can do that can
+    do anything; the audit (I5) says so."""
+    found = rows(_HELD)
+    held = {(kind, name): body for kind, name, body in found}  # `on` rows: below
     functions, triggers = postgresql_guards()
     gone = [f"{name}()" for name, (body, _) in functions.items()
             if held.get(("function", name)) != body
@@ -152,8 +165,10 @@ def postgresql_missing(rows) -> list[str]:
     changed = [name for name, (table, statement) in triggers.items()
                if ("table", table) in held and trigger_definition(statement)
                != trigger_definition(held.get(("trigger", f"{table}.{name}")))]  # fmt: skip
-    guarded = {f"{table}.{name}" for name, (table, _) in triggers.items()}
-    added = [name for kind, name in held if kind == "trigger" and name not in guarded]
+    guarded = {(table, name) for name, (table, _) in triggers.items()}
+    added = [Added(table, name, {"on": "trigger"}.get(kind, kind))
+             for kind, table, name in found if kind in ("on", "rule", "child")
+             and table in tables() and (table, name) not in guarded]  # fmt: skip
     return sorted(gone) + sorted(changed) + sorted(added)
 
 
@@ -171,19 +186,30 @@ def dropped_in(database) -> list[str]:
 
 def refuse_dropped_guards(dropped: list[str], where: str) -> None:
     """Start-up, on a database at VERSION: ValueError naming the guards someone dropped
-    or changed, or a trigger added beside them (`dropped_guards`). A server never writes
-    without them, and never puts them back itself, which would hide from the audit (I5)
-    that they were gone; `chargebox migrate` does, once the operator has looked."""
+    or changed, or what was added beside them (`dropped_guards`, schema.Added). A server
+    never writes without them, and never repairs them itself, which would hide from the
+    audit (I5) that they were gone; `chargebox migrate` does, once the operator has looked:
+    it puts back what was dropped or changed and removes what was added."""
     if dropped:
-        added = "; `table.name`: a trigger the schema does not make, added beside the guards"
-        added = added if any(map(added_trigger, dropped)) else ""
+        added = [name for name in dropped if isinstance(name, Added)]
+        added = (f"; {len(added)} of them added beside the guards, which the schema does not"
+                 " make (`table.name`: a trigger)" if added else "")  # fmt: skip
         raise ValueError(
             f"--db {where}: {len(dropped)} guard(s) of the schema are missing or changed"
-            f" ({', '.join(dropped)}{added}): someone who could write to the database did it."
+            f" ({', '.join(dropped)}){added}: someone who could write to the database did it."
             " Run `chargebox audit --full` with the same --db to see what was written"
             " without them, then `chargebox migrate` (PostgreSQL: as the schema's owner)"
-            " to put them back"
+            " to put them back and drop what was added"
         )
+
+
+def repaired(put: list[str]) -> str:
+    """What migrate says it repaired: the guards it put back, what it removed (Added)."""
+    added = [name for name in put if isinstance(name, Added)]
+    put = [name for name in put if name not in added]
+    return (f"; put back {len(put)} guard(s) dropped or changed: {', '.join(put)}" if put
+            else "") + (f"; removed {len(added)} addition(s) the schema does not make:"
+                        f" {', '.join(added)}" if added else "")  # fmt: skip
 
 
 def _made_again(conn, statement: str) -> None:
@@ -209,9 +235,10 @@ def put_back_dropped_functions(conn, version: int) -> list[str]:
 def put_back_postgresql_guards(conn) -> list[str]:
     """As the schema's owner, inside migrate's transaction, its search_path confined
     (schema.confine_search_path): each guard function dropped or changed made again (its
-    newest body and settings), then each trigger dropped or changed, and each trigger
-    added beside them dropped; their names. What still differs then (a PostgreSQL that
-    spells definitions otherwise) fails migrate."""
+    newest body and settings), then each trigger dropped or changed; and what was added
+    beside them removed (a trigger or a rule dropped, an inheriting table detached, NO
+    INHERIT: its rows are the operator's to look at); their names. What still differs then
+    (a PostgreSQL that spells definitions otherwise) fails migrate."""
     missing = postgresql_missing(lambda sql: conn.execute(sql).fetchall())
     functions, triggers = postgresql_guards()
     for name, (_, statement) in functions.items():
@@ -221,8 +248,12 @@ def put_back_postgresql_guards(conn) -> list[str]:
         if name in missing:
             conn.execute(f'DROP TRIGGER IF EXISTS "{name}" ON "{table}"')
             conn.execute(statement)
-    for table, name in filter(None, map(added_trigger, missing)):
-        conn.execute(f"DROP TRIGGER {quoted(name)} ON {quoted(table)}")
+    for added in (name for name in missing if isinstance(name, Added)):
+        conn.execute(f"DROP TRIGGER {quoted(added.name)} ON {quoted(added.table)}"
+                     if added.kind == "trigger" else
+                     f"DROP RULE {quoted(added.name)} ON {quoted(added.table)}"
+                     if added.kind == "rule" else
+                     f"ALTER TABLE {added.name} NO INHERIT {quoted(added.table)}")  # fmt: skip
     if still := postgresql_missing(lambda sql: conn.execute(sql).fetchall()):
         raise RuntimeError(f"guards made again still differ from the schema's: {still}")
     return missing

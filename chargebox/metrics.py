@@ -228,8 +228,8 @@ class _Measured:
             gauge = GaugeMetricFamily(
                 "chargebox_schema_guards_missing",
                 "The schema's guards (triggers; PostgreSQL: also their functions) dropped "
-                "or changed, and triggers added beside them (I5): the servers run on; the "
-                "next start refuses",
+                "or changed, and triggers (PostgreSQL: also rules, child tables) added beside "
+                "them (I5): the servers run on; the next start refuses",
             )
             gauge.add_metric([], self.guards_missing)
             yield gauge

@@ -5,7 +5,8 @@ before versions were recorded (chargebox 0.1.0) holds chargebox's tables and no 
 it is version 1. A new database is made at LATEST directly; an older one is brought there
 by `chargebox migrate`, every missing step in one transaction, which also re-installs every
 trigger; start-up refuses any version but LATEST (`check`), in one line that says what to do,
-and a database at LATEST whose guard trigger someone dropped, which `migrate` then puts back.
+and a database at LATEST whose guard trigger someone dropped, or added one beside, which
+`migrate` then puts back, or drops (guards.py).
 """
 
 from __future__ import annotations
@@ -63,11 +64,12 @@ def _sqlite_keys_and_suspension(conn: sqlite3.Connection) -> None:
     (and admin_token, for rotations of the admin token, is made);
     the seller table is rebuilt without api_key_hash and with status (SQLite cannot drop a
     UNIQUE column): made anew as a new file has it, copied, the old one dropped, renamed.
-    Every trigger is dropped first (a rename checks the triggers that name the table) and
-    comes back, within the same transaction, with schema.TRIGGERS (upgrade_sqlite)."""
+    Every trigger on chargebox's tables is dropped first (a rename checks the triggers that
+    name the table) and comes back, in the same transaction, with schema.TRIGGERS
+    (upgrade_sqlite, which names one added beside them, gone now)."""
     made = _sqlite_model_schema()
-    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
-        conn.execute(f'DROP TRIGGER "{name}"')
+    for name in schema.triggers_on_its_tables(conn):
+        conn.execute(f"DROP TRIGGER {schema.quoted(name)}")
     for name in ("seller_key", "seller_key_key_hash", "seller_key_seller_id_id",
                  "seller_key_seller_id_label", "admin_token"):  # fmt: skip
         conn.execute(made[name])
@@ -255,13 +257,8 @@ def migrate(
         granted = ""
     if found == to and not put:
         return f"schema version {to} in {where}: already the newest, nothing to do{granted}"
-    added = [name for name in put if schema.added_trigger(name)]
-    put = [name for name in put if name not in added]
-    repaired = (f"; put back {len(put)} guard(s) dropped or changed: {', '.join(put)}" if put
-                else "") + (f"; dropped {len(added)} trigger(s) the schema does not make:"
-                            f" {', '.join(added)}" if added else "")  # fmt: skip
     done = f"{to} in {where}: already the newest" if found == to else f"{found} -> {to} in {where}"
-    return f"schema version {done}{repaired}{granted}"
+    return f"schema version {done}{guards.repaired(put)}{granted}"
 
 
 # --- SQLite ----------------------------------------------------------------------------------
@@ -297,8 +294,9 @@ def prepare_sqlite(database: peewee.SqliteDatabase, models: Sequence[type[peewee
 
 
 def upgrade_sqlite(path: str, timeout: float, where: str) -> tuple[int, int, list[str]]:
-    """Apply the missing steps to the file at `path` in one write transaction, and put back
-    the guard triggers someone dropped; (from, to, the triggers put back at LATEST).
+    """Apply the missing steps to the file at `path` in one write transaction, put back the
+    guard triggers someone dropped and drop those added; (from, to, the triggers put back
+    at LATEST, and at any version those dropped as added: schema.Added).
 
     The caller holds the start-up lock. Foreign keys are off while the steps run (they
     cannot be switched inside a transaction) and checked before COMMIT.
@@ -313,15 +311,16 @@ def upgrade_sqlite(path: str, timeout: float, where: str) -> tuple[int, int, lis
                 raise ValueError(f"--db {where}: no chargebox database here to migrate")
             if found > LATEST:
                 check(found, where)
+            added = schema.added_triggers(conn)  # the steps may drop them
             for step in _steps_after(found):
                 step.sqlite(conn)
             broken = conn.execute("PRAGMA foreign_key_check").fetchall()
             if broken:
                 raise RuntimeError(f"a migration step broke {len(broken)} foreign key(s)")
             missing = schema.missing_triggers(conn)  # dropped or changed: made again, below
-            for name in missing:  # and one added beside the guards: dropped
-                added = schema.added_trigger(name)
-                conn.execute(f"DROP TRIGGER IF EXISTS {schema.quoted(added[1] if added else name)}")
+            missing += [name for name in added if name not in missing]
+            for name in missing:  # and one added beside the guards (its own name): dropped
+                conn.execute(f"DROP TRIGGER IF EXISTS {schema.quoted(getattr(name, 'name', name))}")
             for statement in (*schema.TRIGGERS, SQLITE_VERSION_TABLE):
                 conn.execute(statement)
             _record_sqlite(conn, found)
@@ -331,7 +330,7 @@ def upgrade_sqlite(path: str, timeout: float, where: str) -> tuple[int, int, lis
             raise
     finally:
         conn.close()
-    return found, LATEST, missing if found == LATEST else []
+    return found, LATEST, [n for n in missing if found == LATEST or isinstance(n, schema.Added)]
 
 
 def _record_sqlite(conn: sqlite3.Connection, since: int) -> None:

@@ -11,6 +11,7 @@ and `grant` gives the service's role only what it needs there (`init-db --grant-
 
 from __future__ import annotations
 
+import functools
 import re
 import sqlite3
 from collections.abc import Sequence
@@ -83,23 +84,58 @@ def table_names(conn: sqlite3.Connection) -> set[str]:
 def missing_triggers(conn: sqlite3.Connection) -> list[str]:
     """Names of schema triggers not installed as TRIGGERS makes them: dropped, or made
     again under the same name with another body (SQLite keeps each one's text as made,
-    less its IF NOT EXISTS); then, as `table.name`, each trigger added that the schema
-    does not make (`added_trigger`): it fires beside the guards."""
+    less its IF NOT EXISTS); then each trigger added to one of chargebox's tables that the
+    schema does not make (`Added`): it fires beside the guards."""
     wanted = {re.search(r"EXISTS (\w+)", sql).group(1): sql.replace(" IF NOT EXISTS", "", 1)
               for sql in TRIGGERS}  # fmt: skip
     found = conn.execute("SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger'")
     found = {name: (table, sql) for name, table, sql in found}
     changed = [name for name, sql in wanted.items() if found.get(name, (0, 0))[1] != sql]
-    added = [f"{table}.{name}" for name, (table, _) in found.items() if name not in wanted]
+    added = [Added(table, name) for name, (table, _) in found.items()
+             if name not in wanted and table.lower() in tables()]  # fmt: skip
     return sorted(changed) + sorted(added)
 
 
-def added_trigger(name: str) -> tuple[str, str] | None:
-    """A name of `missing_triggers` (or guards.postgresql_missing) that is a trigger added
-    to the schema's table, not one of its guards: (table, trigger); None for a guard (whose
-    names have no dot: the schema's tables' neither)."""
-    table, dot, trigger = name.partition(".")
-    return (table, trigger) if dot and not name.endswith("()") else None
+def added_triggers(conn: sqlite3.Connection) -> list[Added]:
+    """The triggers on chargebox's tables that the schema does not make (`missing_triggers`)."""
+    return [name for name in missing_triggers(conn) if isinstance(name, Added)]
+
+
+def triggers_on_its_tables(conn: sqlite3.Connection) -> list[str]:
+    """The names of the triggers on chargebox's tables, whoever made them."""
+    found = conn.execute("SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger'")
+    return [name for name, table in found if table.lower() in tables()]
+
+
+@functools.cache
+def tables() -> frozenset[str]:
+    """The tables chargebox makes, the same on both backends (schema_postgresql.sql's; on
+    SQLite the models' and schema_version): what is added to them is looked at (I5), what
+    an operator adds elsewhere is theirs."""
+    return frozenset(re.findall(r"(?m)^CREATE TABLE (\w+)", "\n".join(postgresql_statements())))
+
+
+class Added(str):
+    """What someone added to one of chargebox's tables that the schema does not make: a
+    trigger (it fires beside the guards) or, on PostgreSQL, a rule or a table inheriting
+    from it (`kind`). It reads as the audit and start-up name it (`table.name`; `table.name (a
+    rule)`; `child (a table inheriting table)`); `table` and `name` stand apart, for the
+    statement that removes it, since either may hold anything (a child's name is
+    PostgreSQL's regclass text: quoted, and with its schema where it needs one)."""
+
+    table: str
+    name: str
+    kind: str
+
+    def __new__(cls, table: str, name: str, kind: str = "trigger") -> Added:
+        shown = {"trigger": f"{table}.{name}", "rule": f"{table}.{name} (a rule)",
+                 "child": f"{name} (a table inheriting {table})"}[kind]  # fmt: skip
+        added = super().__new__(cls, shown)
+        added.table, added.name, added.kind = table, name, kind
+        return added
+
+    def __getnewargs__(self) -> tuple[str, str, str]:  # copied or pickled whole
+        return self.table, self.name, self.kind
 
 
 def quoted(name: str) -> str:

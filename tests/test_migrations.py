@@ -148,10 +148,14 @@ def test_an_older_releases_file_is_migrated_audited_and_sells_on_with_its_old_ke
     db = old_file(tmp_path, release)
     before = {table: rows_on_disk(db, f"SELECT * FROM {table} ORDER BY 1")
               for table in ("ledger_entry", "ledger_seal", "sale", "phone")}  # fmt: skip
+    with writable(db) as conn:  # added beside the guards: dropped, whatever the version
+        add_trigger(conn, "zz_added", "ledger_entry", postgresql=False)
     migrated = chargebox("migrate", "--db", db)
     assert migrated.returncode == 0, migrated.stderr
     assert f"schema version {VERSION_OF[release]} -> {migrations.LATEST}" in migrated.stderr
-    assert "dropped" not in migrated.stderr  # no trigger of an older schema is left behind
+    assert migrated.stderr.strip().endswith(  # and no trigger of an older schema left behind
+        "; removed 1 addition(s) the schema does not make: ledger_entry.zz_added"
+    ), migrated.stderr
     if release == "0.1.0":
         keys = "SELECT seller_id, label, revoked_at, last_used_at FROM seller_key ORDER BY id"
         assert rows_on_disk(db, keys) == [(n, "default", None, None) for n in range(1, 5)]
@@ -348,46 +352,103 @@ def test_a_dropped_guard_keeps_the_server_from_starting_until_migrate_puts_it_ba
             assert guards.postgresql_missing(lambda sql: conn.execute(sql).fetchall()) == []
 
 
-def test_a_trigger_added_beside_the_guards_is_named_and_migrate_drops_it(service, config):
+@pytest.mark.parametrize("name", ["zz.it's", "zz()"])
+def test_a_trigger_added_beside_the_guards_is_named_and_migrate_drops_it(service, config, name):
     """A trigger the schema does not make, on one of its tables (on PostgreSQL a BEFORE
     trigger that fires after the guards, in name order, could rewrite the row they let
     through): start-up refuses the database naming it as `table.name`, the audit names it
-    (I5), and `chargebox migrate` drops it and says so. Its name needs quoting."""
+    (I5), and `chargebox migrate` drops it and says so. Its name needs quoting, or reads
+    like a guard function's (`name()`). A trigger on a table of the operator's own (its
+    name dotted) is theirs: not named, and left where it is."""
     credited_seller(service, 10_000, "Ali")
     service.close()
     db = database_of(config)
     with writable(db) as conn:
-        if config.db_url:
-            conn.execute("CREATE FUNCTION zz_added() RETURNS trigger LANGUAGE plpgsql"
-                         " AS $$ BEGIN RETURN NEW; END; $$")  # fmt: skip
-            conn.execute('CREATE TRIGGER "zz.it\'s" BEFORE INSERT ON ledger_entry'
-                         " FOR EACH ROW EXECUTE FUNCTION zz_added()")  # fmt: skip
-        else:
-            conn.execute(
-                'CREATE TRIGGER "zz.it\'s" AFTER INSERT ON ledger_entry BEGIN SELECT 1; END'
-            )
-    named = "ledger_entry.zz.it's"
+        conn.execute('CREATE TABLE "my.notes" (note TEXT)')
+        add_trigger(conn, name, "ledger_entry", conn.postgresql)
+        add_trigger(conn, "mine", "my.notes", conn.postgresql)
+    named = f"ledger_entry.{name}"
     with read_only(db) as conn:
         found = (guards.postgresql_missing(lambda sql: conn.execute(sql).fetchall())
                  if config.db_url else schema.missing_triggers(conn))  # fmt: skip
-    assert found == [named]
+    assert found == [named] and isinstance(found[0], schema.Added)
     where = ["--data-dir", config.data_dir] if config.db_url else []
     refused = chargebox("create-seller", "Sara", "--db", db, *where)
     assert refused.returncode == 2, refused.stderr
-    assert f"1 guard(s) of the schema are missing or changed ({named}; `table.name`: a trigger" in (
-        refused.stderr
-    )
+    assert (f"1 guard(s) of the schema are missing or changed ({named}); 1 of them added"
+            " beside the guards" in refused.stderr)  # fmt: skip
+    assert "to put them back and drop what was added" in refused.stderr
     audited = cli_audit(db, config.data_dir if config.db_url else None)
     assert audited.returncode == 1
     assert f"trigger {named} is not the schema's" in audited.stderr
+    assert "my.notes" not in audited.stderr
     migrated = chargebox("migrate", "--db", backends.owner_url(db) if config.db_url else db,
                          *where)  # fmt: skip
     assert migrated.returncode == 0, migrated.stderr
-    assert (f"already the newest; dropped 1 trigger(s) the schema does not make: {named}"
-            in migrated.stderr)  # fmt: skip
+    after = "; granted to " if config.db_url else "\n"  # the whole list: nothing else removed
+    assert (f"already the newest; removed 1 addition(s) the schema does not make: {named}{after}"
+            in migrated.stderr), migrated.stderr  # fmt: skip
+    with read_only(db) as conn:
+        assert triggers_on(conn, "my.notes") == ["mine"]
+        assert triggers_on(conn, "ledger_entry").count(name) == 0
     assert cli_audit(db, config.data_dir if config.db_url else None).returncode == 0
     started = chargebox("create-seller", "Sara", "--db", db, *where)
     assert started.returncode == 0, started.stderr
+
+
+def add_trigger(conn, name: str, table: str, postgresql: bool) -> None:
+    """A trigger of the operator's, named `name`, that does nothing, on `table`."""
+    if postgresql:
+        conn.execute("CREATE OR REPLACE FUNCTION zz_added() RETURNS trigger LANGUAGE plpgsql"
+                     " AS $$ BEGIN RETURN NEW; END; $$")  # fmt: skip
+        conn.execute(f"CREATE TRIGGER {schema.quoted(name)} BEFORE INSERT ON"
+                     f" {schema.quoted(table)} FOR EACH ROW"
+                     " EXECUTE FUNCTION zz_added()")  # fmt: skip
+    else:
+        conn.execute(f"CREATE TRIGGER {schema.quoted(name)} AFTER INSERT ON"
+                     f" {schema.quoted(table)} BEGIN SELECT 1; END")  # fmt: skip
+
+
+def triggers_on(conn, table: str) -> list[str]:
+    """The names of the triggers on `table`, whoever made them, from the catalogue."""
+    if conn.postgresql:
+        sql = "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(?) AND NOT tgisinternal"
+        return sorted(name for (name,) in conn.execute(sql, (schema.quoted(table),)))
+    sql = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?"
+    return sorted(name for (name,) in conn.execute(sql, (table,)))
+
+
+@pytest.mark.postgresql_only
+def test_a_rule_or_an_inheriting_table_is_named_and_migrate_removes_it(service, config):
+    """On PostgreSQL, what else the schema's owner may add to one of its tables: a rule
+    (it rewrites what is written there) and a table inheriting it (whose rows the table
+    shows, and which no guard sees written). Start-up refuses, the audit names each (I5),
+    and migrate drops the rule and detaches the table (NO INHERIT), leaving it and its
+    rows to the operator."""
+    credited_seller(service, 10_000, "Ali")
+    service.close()
+    db = database_of(config)
+    with writable(db) as conn:
+        conn.execute("CREATE RULE zz_also AS ON INSERT TO web_session DO ALSO NOTIFY zz")
+        conn.execute('CREATE TABLE "zz child" () INHERITS (ledger_entry)')
+    named = ['"zz child" (a table inheriting ledger_entry)', "web_session.zz_also (a rule)"]
+    with read_only(db) as conn:
+        assert guards.postgresql_missing(lambda sql: conn.execute(sql).fetchall()) == named
+    refused = chargebox("create-seller", "Sara", "--db", db, "--data-dir", config.data_dir)
+    assert refused.returncode == 2 and "2 of them added beside" in refused.stderr, refused.stderr
+    audited = cli_audit(db, config.data_dir)
+    assert audited.returncode == 1
+    assert 'table "zz child" inherits ledger_entry' in audited.stderr
+    assert "rule web_session.zz_also is not the schema's" in audited.stderr
+    migrated = chargebox("migrate", "--db", backends.owner_url(db), "--data-dir", config.data_dir)
+    assert migrated.returncode == 0, migrated.stderr
+    assert f"removed 2 addition(s) the schema does not make: {', '.join(named)}" in (
+        migrated.stderr
+    )
+    with read_only(db) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_inherits").fetchone() == (0,)
+        assert conn.execute("SELECT to_regclass('\"zz child\"') IS NOT NULL").fetchone() == (True,)
+    assert cli_audit(db, config.data_dir).returncode == 0
 
 
 # Changes of a guard that leave it in place, each named (PostgreSQL; a reviewer's finds).
@@ -538,12 +599,14 @@ def test_an_older_releases_postgresql_database_is_migrated_granted_audited_and_s
     with writable_as(made.owner_url) as conn:  # tampered with before the upgrade: put back in it
         conn.execute("ALTER TABLE ledger_entry DISABLE TRIGGER ledger_entry_no_update")
         conn.execute("DROP FUNCTION chargebox_seller_starts_at_zero() CASCADE")  # and its trigger
+        add_trigger(conn, "zz_added", "ledger_entry", postgresql=True)
     migrated = chargebox("migrate", "--db", made.owner_url, "--data-dir", data)
     assert migrated.returncode == 0, migrated.stderr
     assert f"granted to {made.app_role}" in migrated.stderr
     assert (
         "put back 3 guard(s) dropped or changed: chargebox_seller_starts_at_zero(),"
-        " ledger_entry_no_update, seller_starts_at_zero;"
+        " ledger_entry_no_update, seller_starts_at_zero; removed 1 addition(s) the schema"
+        " does not make: ledger_entry.zz_added;"
     ) in migrated.stderr
     assert "secret" not in migrated.stderr  # the URL is shown without its password
     versions = rows_on_disk(made.app_url, "SELECT version FROM schema_version ORDER BY 1")
