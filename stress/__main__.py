@@ -231,12 +231,13 @@ def _history_parser(commands) -> None:
 def _backends_parser(commands) -> None:
     both = commands.add_parser(
         "backends",
-        help="SQLite against PostgreSQL: 2 app servers each, driven by wrk; the ratio",
-        description="For SQLite, then for a throwaway PostgreSQL cluster started here: two "
-        "app servers on one database, and two wrk processes (one per server) holding "
+        help="SQLite against PostgreSQL under wrk: the SQLite default, 2 app servers each",
+        description="For the SQLite default (one server as run.py starts it), for two "
+        "SQLite servers on one file, then for a throwaway PostgreSQL cluster started here "
+        "with two app servers: two wrk processes (one per server) holding "
         "--connections keep-alive connections that POST keyed sales: a warm-up, one hot "
         "seller, then round-robin over --sellers sellers. Prints sales/s, p50/p99, non-201 "
-        "answers, the PostgreSQL / SQLite ratio, the cores used by the servers, PostgreSQL "
+        "answers, PostgreSQL's sales over each SQLite's, the cores used by the servers, PostgreSQL "
         "and wrk, and PostgreSQL's wait events; then checks the books. Needs wrk "
         "(apt-get install wrk) and a PostgreSQL server (apt-get install postgresql). "
         "Run it alone: `flock /tmp/chargebox-load.lock python -m stress backends`.",
@@ -249,7 +250,11 @@ def _backends_parser(commands) -> None:
     add("--sellers", type=int, default=64, help="sellers of the round-robin phase (64)")
     add("--processes", type=int, default=1, help="processes per app server (default 1)")
     add("--threads", type=int, default=48, help="threads per server process (default 48)")
-    add("--backends", default="sqlite,postgresql", help="default sqlite,postgresql")
+    add(
+        "--backends",
+        default=",".join(backends.BACKENDS),
+        help=f"default {','.join(backends.BACKENDS)}",
+    )
     add("--out", type=Path, default=Path("data/stress"), help="where the JSON goes")
     add("--quiet", action="store_true", help="no progress lines")
 

@@ -42,15 +42,25 @@ def test_both_backends_sell_in_every_phase_and_answer_only_201(tiny_run):
         assert row["p99_ms"] >= row["p50_ms"] > 0, key
         assert row["non_201"] == 0 and not row["socket_errors"], (key, row["statuses"])
         assert row["writes_per_tx"] >= 1, key  # read from the servers' /metrics
+        # the SQLite default is one server as run.py starts it; the others are two
+        assert row["servers"] == (1 if key[0] == "sqlite-default" else 2), key
 
 
 def test_the_report_gives_the_ratio_and_says_the_books_reconcile(tiny_run):
     result, document = tiny_run
     assert [r["measure"] for r in document["ratios"]] == [
-        "hot: PostgreSQL / SQLite sales/s",
-        "many: PostgreSQL / SQLite sales/s",
+        "hot: PostgreSQL / SQLite default, sales/s",
+        "many: PostgreSQL / SQLite default, sales/s",
+        "hot: PostgreSQL / SQLite, 2 servers each, sales/s",
+        "many: PostgreSQL / SQLite, 2 servers each, sales/s",
         "hot: PostgreSQL p99 ms",
     ]
+    rows = {(row["backend"], row["phase"]): row for row in document["rows"]}
+    hot = rows[("postgresql", "hot")]["sales_s"]
+    assert document["ratios"][0]["value"] == round(
+        hot / rows[("sqlite-default", "hot")]["sales_s"], 2
+    )
+    assert document["ratios"][2]["value"] == round(hot / rows[("sqlite", "hot")]["sales_s"], 2)
     assert document["ok"] and document["books"]["problems"] == []
     assert "books reconcile on every backend" in result.stdout
     assert "report: " in result.stdout
