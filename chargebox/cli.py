@@ -27,6 +27,7 @@ from chargebox import (
     __version__,
     anchors,
     auth,
+    grants,
     guards,
     migrations,
     operations,
@@ -248,7 +249,7 @@ def _init_db(config: Config, grant_to: str | None) -> int:
     conn = postgresql.connect(config.db_url, autocommit=True)
     try:
         if grant_to:
-            schema.check_role(conn, grant_to)  # refused before anything is made
+            grants.check_role(conn, grant_to)  # refused before anything is made
         config.secrets_dir.mkdir(parents=True, exist_ok=True)
         if not config.admin_token:
             checked_admin_token(
@@ -258,7 +259,7 @@ def _init_db(config: Config, grant_to: str | None) -> int:
         _ledger_key(config, postgresql.Reader(conn))  # before the schema is written
         schema.create_postgresql(conn, postgresql.described(config.db_url))
         if grant_to:
-            schema.grant(conn, grant_to)
+            grants.grant(conn, grant_to)
             if why := guards.above_the_guards(conn, grant_to):
                 print(f"chargebox: warning: serve will refuse it: {why}", file=sys.stderr)
     finally:

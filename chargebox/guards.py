@@ -78,7 +78,8 @@ _HELD = (
 # file and program roles are as good as a superuser; CREATEROLE may grant itself the
 # owner's role; a member of a role that owns the schema or anything in it may disable,
 # drop or replace a guard (or keeps an operator it planted); TRIGGER on a table adds a
-# trigger that fires after the guards and rewrites the row they passed; and CREATE in
+# trigger that fires after the guards and rewrites the row they passed (on chargebox's
+# tables: an operator's own table in the schema is theirs); and CREATE in
 # the schema may plant a function or an operator that a guard's body would call instead
 # of PostgreSQL's (the guards search the schema, and one of the exact types, `varchar =
 # varchar`, beats pg_catalog's). Names come quoted as SQL would need them.
@@ -97,7 +98,8 @@ _ABOVE = (
     " SELECT oprowner FROM pg_operator WHERE oprnamespace = ns.oid UNION ALL"
     " SELECT typowner FROM pg_type WHERE typnamespace = ns.oid)),"
     " EXISTS (SELECT 1 FROM pg_class AS c, ns WHERE c.relnamespace = ns.oid"
-    " AND c.relkind IN ('r', 'p') AND has_table_privilege(r.oid, c.oid, 'TRIGGER')),"
+    " AND c.relkind IN ('r', 'p') AND c.relname = ANY(%s)"
+    " AND has_table_privilege(r.oid, c.oid, 'TRIGGER')),"
     " EXISTS (SELECT 1 FROM ns WHERE has_schema_privilege(r.oid, ns.oid, 'CREATE'))"
     " FROM r"
 )
@@ -272,7 +274,7 @@ def _reasons(user: str, schema: str, bare: str) -> tuple[tuple[str, str], ...]:
         ("is a member of pg_execute_server_program or pg_write_server_files", _SERVE_AS),
         ("may create roles (and grant itself the owner's)", _SERVE_AS),
         ("owns the schema or something in it, or is a member of a role that does", _SERVE_AS),
-        ("may make triggers on a table of the schema (one that fires after the guards could"
+        ("may make triggers on a table of chargebox's (one that fires after the guards could"
          " rewrite a row they passed)",
          revoke.format("TRIGGER", f"ALL TABLES IN SCHEMA {schema}", user)),
         (f"may create objects in schema {schema}",
@@ -289,7 +291,7 @@ def above_the_guards(conn, role: str | None = None) -> str | None:
     roles = [role] if role else dict.fromkeys(conn.execute("SELECT session_user, current_user"
                                                            ).fetchone())  # fmt: skip
     for name in roles:
-        user, schema, bare, *could = conn.execute(sql, (name,)).fetchone()
+        user, schema, bare, *could = conn.execute(sql, (name, sorted(tables()))).fetchone()
         for true, (why, fix) in zip(could, _reasons(user, schema, bare), strict=True):
             if true:
                 return (f"the role {user} {why}, so it could get past the guards that"

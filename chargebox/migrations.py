@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import peewee
 
-from chargebox import guards, schema
+from chargebox import grants, guards, schema
 from chargebox.clock import now
 from chargebox.config import Config
 from chargebox.location import check_database_path
@@ -237,7 +237,7 @@ def migrate(
         conn = connect(config.db_url, autocommit=True)
         try:
             if grant_to:
-                schema.check_role(conn, grant_to)
+                grants.check_role(conn, grant_to)
             found, to, roles, put = upgrade_postgresql(conn, where, [grant_to] if grant_to else [])
         finally:
             with contextlib.suppress(Exception):
@@ -395,5 +395,5 @@ def upgrade_postgresql(conn, where: str,
             )
         roles = sorted({*service_roles(conn), *grant_to})
         for role in roles:
-            schema.grant(conn, role)
+            grants.grant(conn, role)
     return found, LATEST, roles, put

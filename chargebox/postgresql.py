@@ -3,7 +3,7 @@
 `Database` and `Write` here are the service's database on PostgreSQL, beside
 db.py's for SQLite: the same methods, PostgreSQL's locks instead of a file's.
 (Connecting and the SQL's parameters are pg_driver's; what `init-db --grant-to
-ROLE` grants the service's role is schema.grant.)
+ROLE` grants the service's role is grants.py's.)
 
 Group commit (writer.GroupWriter, as on SQLite): one sale per transaction on one
 hot seller is bound by the wait for that seller's row lock, so the writes that

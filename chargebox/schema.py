@@ -318,7 +318,7 @@ def confine_search_path(conn) -> None:
     from psycopg import sql
 
     conn.execute("SET LOCAL quote_all_identifiers = off")  # the form guards._HELD expects
-    conn.execute(sql.SQL("SET LOCAL search_path TO {}, pg_temp").format(_schema(conn)))
+    conn.execute(sql.SQL("SET LOCAL search_path TO {}, pg_temp").format(current_schema(conn)))
 
 
 CHECKPOINT_TABLES = ("audit_checkpoint", "seller_checkpoint")
@@ -334,66 +334,8 @@ def _add_checkpoints(conn) -> None:
             conn.execute(statement)
 
 
-# --- init-db's grants on PostgreSQL: what the service's role may do -------------------
-
-# What the service's role may change, column by column; everything else it may only
-# read and insert, and the append-only tables not even that much more.
-_UPDATABLE = {
-    "seller": ("balance", "status"),
-    "seller_key": ("revoked_at", "last_used_at"),
-    "admin_token": ("token_hash", "changed_at"),  # rotate-admin-token, as the service
-    "credit_request": ("status", "decided_at"),
-    "phone": ("total_charged",),
-    "seller_head": ("entry_id", "entries", "entry_mac", "mac"),
-}
-_DELETABLE = ("web_session",)  # sign-out, and the sweep of expired sessions
-_APPEND_ONLY = ("ledger_entry", "sale", "ledger_seal", "idempotency_record",
-                "adjustment_record", "credit_request_record", "audit_checkpoint",
-                "seller_checkpoint")  # fmt: skip
-
-
-def check_role(conn, role: str) -> None:
-    """Refuse, in one line, a role to grant to that does not exist."""
-    if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
-        raise ValueError(
-            f"--grant-to {role}: no such role; create it first "
-            f"(CREATE ROLE {role} LOGIN PASSWORD '...')"
-        )
-
-
-def grant(conn, role: str) -> None:
-    """Grant `role` what the service needs, and nothing that could rewrite history."""
-    from psycopg import sql
-
-    check_role(conn, role)
-    who = sql.Identifier(role)
-    statements = [
-        sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(conn.info.dbname), who),
-        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(_schema(conn), who),
-        sql.SQL("GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA {} TO {}").format(_schema(conn), who),
-        sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA {} TO {}").format(_schema(conn), who),
-        sql.SQL("REVOKE INSERT ON schema_version FROM {}").format(who),
-    ]
-    for table, columns in _UPDATABLE.items():
-        statements.append(
-            sql.SQL("GRANT UPDATE ({}) ON {} TO {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(table), who
-            )
-        )
-    for table in _DELETABLE:
-        statements.append(sql.SQL("GRANT DELETE ON {} TO {}").format(sql.Identifier(table), who))
-    for table in _APPEND_ONLY:
-        statements.append(
-            sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON {} FROM {}, PUBLIC").format(
-                sql.Identifier(table), who
-            )
-        )
-    with conn.transaction():
-        for statement in statements:
-            conn.execute(statement)
-
-
-def _schema(conn):
+def current_schema(conn):
+    """The schema a psycopg connection works in, as an identifier for its sql module."""
     from psycopg import sql
 
     (name,) = conn.execute("SELECT current_schema()").fetchone()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from chargebox import audit, schema
+from chargebox import audit, grants, schema
 from tests.support import (
     ADMIN_TOKEN,
     KEYED_ROWS,
@@ -184,5 +184,5 @@ def test_init_db_adds_the_checkpoint_tables_to_a_postgresql_database_made_before
         assert (
             audit.audit(service.database, checkpoint_after=0)["scope"]["saved_checkpoint"] is None
         )
-        schema.grant(conn, psycopg.conninfo.conninfo_to_dict(config.db_url)["user"])
+        grants.grant(conn, psycopg.conninfo.conninfo_to_dict(config.db_url)["user"])
     assert audit.audit(service.database, checkpoint_after=0)["scope"]["saved_checkpoint"] == 1

@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from chargebox import postgresql
+from chargebox import guards, postgresql
 from tests import pg_cluster
 from tests.support import ROOT, alive
 
@@ -187,6 +187,31 @@ def test_a_temporary_table_of_the_app_role_hides_no_table_from_a_guard(granted):
                 " VALUES (%s, '09121234567', 10, 4990, %s)",
                 (seller, T),
             )
+
+
+def test_the_app_role_gets_nothing_on_a_table_of_the_operators_own(granted):
+    """init-db (and migrate, through the same grants.grant) grant the service's role what
+    it needs on chargebox's tables and their sequences, by name. `GRANT ... ON ALL TABLES
+    IN SCHEMA` also gave it reading and writing a table an operator keeps in the schema,
+    and its sequence. And a TRIGGER granted on that table no longer makes serve refuse the
+    role: no guard is there to get past (one on chargebox's tables still does)."""
+    app = granted["app_role"]
+    with psycopg.connect(granted["owner"], autocommit=True) as owner:
+        owner.execute('CREATE TABLE "my notes" (id bigserial PRIMARY KEY, body text)')
+    again = init_db(granted, app)
+    assert again.returncode == 0, again.stderr
+    with psycopg.connect(granted["app"], autocommit=True) as conn:
+        for statement in ('SELECT * FROM "my notes"',
+                          """INSERT INTO "my notes" (body) VALUES ('read by the service')""",
+                          """SELECT nextval('"my notes_id_seq"')"""):  # fmt: skip
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+        app_writes_a_credit(conn)  # chargebox's tables and sequences, as before
+    with psycopg.connect(granted["owner"], autocommit=True) as owner:
+        owner.execute(f'GRANT TRIGGER ON "my notes" TO {app}')
+        assert guards.above_the_guards(owner, app) is None
+        owner.execute(f"GRANT TRIGGER ON ledger_entry TO {app}")
+        assert "may make triggers on a table of chargebox's" in guards.above_the_guards(owner, app)
 
 
 # Each way a role could get past the guards (a review found the ones after the first

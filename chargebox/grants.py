@@ -1,0 +1,86 @@
+"""What `init-db --grant-to ROLE` (and `migrate`, again for the roles the service uses)
+grants the service's role on PostgreSQL: only what the service needs, and only on
+chargebox's own tables and their sequences.
+
+The role reads and inserts; it may update the columns the service changes and delete
+web sessions; it may not update, delete or truncate what is append-only (revoked from
+PUBLIC as well), nor insert a schema version. A table or sequence an operator keeps in
+the same schema is theirs: nothing here grants the service anything on it.
+"""
+
+from __future__ import annotations
+
+from chargebox.schema import current_schema, tables
+
+# What the service's role may change, column by column; everything else it may only
+# read and insert, and the append-only tables not even that much more.
+_UPDATABLE = {
+    "seller": ("balance", "status"),
+    "seller_key": ("revoked_at", "last_used_at"),
+    "admin_token": ("token_hash", "changed_at"),  # rotate-admin-token, as the service
+    "credit_request": ("status", "decided_at"),
+    "phone": ("total_charged",),
+    "seller_head": ("entry_id", "entries", "entry_mac", "mac"),
+}
+_DELETABLE = ("web_session",)  # sign-out, and the sweep of expired sessions
+_APPEND_ONLY = ("ledger_entry", "sale", "ledger_seal", "idempotency_record",
+                "adjustment_record", "credit_request_record", "audit_checkpoint",
+                "seller_checkpoint")  # fmt: skip
+# The sequences behind chargebox's tables' serial columns (owned by a column of one of
+# them), in the schema the connection works in (by name: a cast of current_schema() to
+# regnamespace would read a name like Shop as shop).
+_SEQUENCES = (
+    "SELECT s.relname FROM pg_class AS s"
+    " JOIN pg_depend AS d ON d.classid = 'pg_class'::regclass AND d.objid = s.oid"
+    " AND d.deptype IN ('a', 'i')"
+    " JOIN pg_class AS t ON t.oid = d.refobjid"
+    " JOIN pg_namespace AS n ON n.oid = t.relnamespace AND n.nspname = current_schema()"
+    " WHERE s.relkind = 'S' AND t.relname = ANY(%s) ORDER BY 1"
+)
+
+
+def check_role(conn, role: str) -> None:
+    """Refuse, in one line, a role to grant to that does not exist."""
+    if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+        raise ValueError(
+            f"--grant-to {role}: no such role; create it first "
+            f"(CREATE ROLE {role} LOGIN PASSWORD '...')"
+        )
+
+
+def grant(conn, role: str) -> None:
+    """Grant `role` what the service needs, and nothing that could rewrite history."""
+    from psycopg import sql
+
+    check_role(conn, role)
+    who = sql.Identifier(role)
+    ours = sorted(tables())
+    sequences = [name for (name,) in conn.execute(_SEQUENCES, (ours,))]
+
+    def listed(names) -> sql.Composable:
+        return sql.SQL(", ").join(map(sql.Identifier, names))
+
+    statements = [
+        sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(conn.info.dbname), who),
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(current_schema(conn), who),
+        sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(listed(ours), who),
+        sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(listed(sequences), who),
+        sql.SQL("REVOKE INSERT ON schema_version FROM {}").format(who),
+    ]
+    for table, columns in _UPDATABLE.items():
+        statements.append(
+            sql.SQL("GRANT UPDATE ({}) ON {} TO {}").format(
+                listed(columns), sql.Identifier(table), who
+            )
+        )
+    for table in _DELETABLE:
+        statements.append(sql.SQL("GRANT DELETE ON {} TO {}").format(sql.Identifier(table), who))
+    for table in _APPEND_ONLY:
+        statements.append(
+            sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON {} FROM {}, PUBLIC").format(
+                sql.Identifier(table), who
+            )
+        )
+    with conn.transaction():
+        for statement in statements:
+            conn.execute(statement)
