@@ -344,7 +344,9 @@ def test_a_days_statement_reads_that_day_not_the_sellers_whole_ledger(service, c
     fourth day (autovacuum off: a reviewer's plan then read and sorted the whole period
     for each chunk along it) and after; on SQLite each read goes along an index, the stamps' or the
     ledger's order."""
-    seller = credited_seller(service, 10**9, "Busy")["id"]  # credited now: within days 1-2
+    # credited first, stamped on day 1 (not now: a run on day 3, 2026-12-04, found it there)
+    seller = credited_seller(service, 0, "Busy")["id"]
+    write_entries(service, seller, [(86400, 10**9)])
     write_entries(service, seller, [(n, -1) for n in range(5)])
     write_entries(service, seller, [(86400 + n * 28, -1) for n in range(6000)])
     if config.db_url:
