@@ -21,6 +21,7 @@ _UPDATABLE = {
     "credit_request": ("status", "decided_at"),
     "phone": ("total_charged",),
     "seller_head": ("entry_id", "entries", "entry_mac", "mac"),
+    "sale_block": ("first_stamp", "last_stamp"),  # widened by the trigger on sale, as the service
 }
 _DELETABLE = ("web_session",)  # sign-out, and the sweep of expired sessions
 _APPEND_ONLY = ("ledger_entry", "sale", "ledger_seal", "idempotency_record",

@@ -14,6 +14,7 @@ from peewee import (
     BigIntegerField,
     CharField,
     Check,
+    CompositeKey,
     ForeignKeyField,
     IntegerField,
     Model,
@@ -121,10 +122,23 @@ class Sale(BaseModel):
         indexes = ((("seller", "id"), False),)
 
 
-# Schema version 5: sales by stamp, for a search of sales by time (queries.Queries.sales),
-# which then reads the range, not every sale before it; the seller (and, as in every
-# SQLite index, the id) is in it, so that the search needs no row to find its bounds.
-Sale.add_index(Sale.created_at, Sale.seller)
+class SaleBlock(BaseModel):
+    """Schema version 7: the span of the stamps of the sales in one block of ids (the
+    ids `block << BLOCK_BITS` up to the next block), which a search by time reads to find
+    where a range's sales are (sale_search.py) instead of an index of every sale's stamp.
+    A trigger on sale keeps it (schema.TRIGGERS); others keep it only ever widening, so
+    every sale lies in its block's span. `slot`: 0 on SQLite; on PostgreSQL each server
+    backend writes a row of its own (pg_backend_pid()), so no two batches wait for one."""
+
+    block = BigIntegerField()
+    slot = IntegerField()
+    first_stamp = TextField()
+    last_stamp = TextField()
+
+    class Meta:
+        primary_key = CompositeKey("block", "slot")
+        without_rowid = True
+        constraints = [Check("first_stamp <= last_stamp")]
 
 
 class LedgerEntry(BaseModel):
@@ -344,6 +358,7 @@ ALL_MODELS = (
     CreditRequest,
     Phone,
     Sale,
+    SaleBlock,
     LedgerEntry,
     LedgerSeal,
     SellerHead,

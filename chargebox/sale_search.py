@@ -1,21 +1,21 @@
 """Finding sales: by phone, by the seller's Idempotency-Key, by a time range, a page at a time.
 
-A page is the sales with the smallest ids above the page's `after_id` that match, so a
-search by time walks ids, and stamps need not follow ids (two hosts' clocks, a clock
-set back). Its cost is bounded two ways:
+A page is the sales with the smallest ids above the page's `after_id` that match. Stamps
+need not follow ids (two hosts' clocks, a clock set back), so a search by time finds
+where its range's sales can be from the blocks of ids (`id >> schema.BLOCK_BITS`, 1,024
+ids each): `sale_block` keeps each block's span of stamps, widened by a trigger as each
+sale is made and never narrowed, so a sale stamped in the range lies in a block whose
+span meets the range. The search reads those blocks in id order from the page's start,
+BLOCKS at a time, and walks each run of consecutive ones along the index its other
+filters choose (the primary key, the seller's, the number's), checking each sale's
+stamp, until the page is full or the blocks end.
 
-1. Unless a phone or a key is given, it walks from the page's start at most BUDGET of
-   the sales (the seller's, or everyone's: BUDGET ids along an index, then at most
-   BUDGET rows), checking their stamps: a range that is wide, or that starts near
-   there, fills its page among them (a month's sales, page after page), and a range
-   with nothing left after them ends there.
-2. Otherwise, or if those rows neither fill the page nor run out, it finds the first
-   and the last sale stamped in the range along the sales' stamp index (a read of the
-   range's index entries), and walks the ids between: a recent hour of a long history
-   reads that hour, not the history before it. A phone or a key goes straight there:
-   counted along its own filter, a budget could read a rare number's whole history
-   before it was spent. (Sales by number are indexed on both backends: PostgreSQL's
-   `sale_phone_id` since schema version 6.)
+So a range's page reads, besides its own sales, the rest of the block where it begins
+(at most 1,023 sales) and the blocks' rows between the page's start and the range (some
+10,000 for ten million sales; more on PostgreSQL, a row per server backend that wrote
+to a block): never the range's stamps, however wide, nor the sales before it. A key
+finds one sale at most, so a search by key walks its one record, with no blocks.
+(Schema versions 5 and 6 indexed every sale's stamp instead: see docs/performance.md.)
 
 Queries.sales runs it; this module composes only its conditions and bounds.
 """
@@ -23,18 +23,14 @@ Queries.sales runs it; this module composes only its conditions and bounds.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-# How many sales the first walk reads at most (an index entry and a row's stamp each).
-BUDGET = 2000
+from chargebox.schema import BLOCK_BITS
+
+BLOCKS = 64  # blocks read at a time
 _BY_KEY = "id IN (SELECT sale_id FROM idempotency_record WHERE seller_id = ? AND key = ?)"
-# The first and the last sale (by id) stamped in a time range, along the sales' stamp
-# index: the second walk goes over the ids between them only.
-# `+ 0` keeps PostgreSQL from finding min(id) by walking the primary key (see statements).
-_WITHIN = "SELECT min(id + 0), max(id + 0) FROM sale WHERE {}"
-# The last of the BUDGET sales after an id that the other filters let through, and how
-# many there were (fewer than BUDGET: the first walk reads every one left).
-_REACH = "SELECT max(id), count(*) FROM (SELECT id FROM sale WHERE {} ORDER BY id LIMIT ?) AS c"
+# The blocks from one on (`block >= ?`) whose span of stamps meets the range, in order.
+_MEETING = "SELECT DISTINCT block FROM sale_block WHERE {} ORDER BY block LIMIT ?"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,38 +57,39 @@ def find(walk: Callable[[object, Conditions], list[dict]], rows: Callable[..., l
     filters: list[tuple[str, tuple]] = []
     if search.key is not None:
         filters.append((_BY_KEY, (seller_id, search.key)))
-    bounds = (("created_at >= ?", "(created_at || '') >= ?", search.start),
-              ("created_at < ?", "(created_at || '') < ?", search.end))  # fmt: skip
-    # along the ids, the stamps are kept off their index (`|| ''`), as the seller is
-    # (`+`) along the stamps: each walk goes along one index, the other conditions filter
-    stamps = tuple((sql, (stamp,)) for sql, _, stamp in bounds if stamp is not None)
-    checked = tuple((sql, (stamp,)) for _, sql, stamp in bounds if stamp is not None)
-    if not stamps:
-        return walk(page, tuple(filters))
-    mine = [("seller_id = ?", (seller_id,))] if seller_id is not None else []
-    found, rest, reach = [], page, page.after_id
-    if search.phone is None and search.key is None:  # (see the module's docstring)
-        let_through = [("id > ?", (page.after_id,)), *mine]
-        reach, read = rows(_REACH.format(_joined(let_through)),
-                           (*_params(let_through), BUDGET))[0]  # fmt: skip
-        if not read:
-            return []
-        found = walk(page, (*filters, *checked, ("id <= ?", (reach,))))
-        if len(found) == page.limit or read < BUDGET:
+    stamped = _bounded(("created_at >= ?", "created_at < ?"), search)
+    if not stamped or search.key is not None:
+        return walk(page, (*filters, *stamped))
+    meets = _bounded(("last_stamp >= ?", "first_stamp < ?"), search)
+    found: list[dict] = []
+    block = (page.after_id + 1) >> BLOCK_BITS
+    while True:
+        conditions = [("block >= ?", (block,)), *meets]
+        sql = _MEETING.format(" AND ".join(sql for sql, _ in conditions))
+        blocks = [n for (n,) in rows(sql, (*(v for _, vs in conditions for v in vs), BLOCKS))]
+        for first, last in _runs(blocks):
+            after = max(page.after_id, (first << BLOCK_BITS) - 1)
+            part = dataclasses.replace(page, limit=page.limit - len(found), after_id=after)
+            found += walk(part, (*stamped, ("id < ?", ((last + 1) << BLOCK_BITS,))))
+            if len(found) == page.limit:
+                return found
+        if len(blocks) < BLOCKS:
             return found
-        rest = dataclasses.replace(page, limit=page.limit - len(found), after_id=reach)
-    along = [*stamps, *(("+seller_id = ?", values) for _, values in mine)]
-    first, last = rows(_WITHIN.format(_joined(along)), _params(along))[0]
-    if first is None or last <= reach:
-        return found
-    # one lower bound on the id (SQLite would walk from the looser of two)
-    rest = dataclasses.replace(rest, after_id=max(reach, first - 1))
-    return found + walk(rest, (*filters, *checked, ("id <= ?", (last,))))
+        block = blocks[-1] + 1
 
 
-def _joined(conditions) -> str:
-    return " AND ".join(sql for sql, _ in conditions)
+def _bounded(sql: tuple[str, str], search: Search) -> list[tuple[str, tuple]]:
+    """The conditions (from, to) for the bounds the search gives."""
+    return [(sql, (stamp,)) for sql, stamp in zip(sql, (search.start, search.end), strict=True)
+            if stamp is not None]  # fmt: skip
 
 
-def _params(conditions) -> tuple:
-    return tuple(value for _, values in conditions for value in values)
+def _runs(blocks: list[int]) -> Iterator[tuple[int, int]]:
+    """The runs of consecutive blocks in an ascending list, each as (first, last)."""
+    start = None
+    for n, block in enumerate(blocks):
+        if start is None:
+            start = block
+        if n + 1 == len(blocks) or blocks[n + 1] != block + 1:
+            yield start, block
+            start = None

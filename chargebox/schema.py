@@ -23,8 +23,9 @@ import peewee
 # models with TRIGGERS; schema_postgresql.sql). Older ones: migrations.py. 1: chargebox 0.1.0.
 # 2: seller keys (seller_key) and suspension (seller.status); 3: refunds (ledger_entry.refund_of);
 # 4: a key's record is its seller's (the triggers *_is_its_sellers); 5: entries and sales by
-# stamp (indexes); 6: sales by number on PostgreSQL (an index; SQLite's file has had one)
-VERSION = 6
+# stamp (indexes); 6: sales by number on PostgreSQL (an index; SQLite's file has had one);
+# 7: the span of the sales' stamps by block of ids (sale_block), instead of sales by stamp
+VERSION = 7
 POSTGRESQL_VERSION = VERSION
 
 
@@ -180,6 +181,10 @@ def _its_sellers(table: str, column: str, names: str) -> str:
     )
 
 
+# A block of sales (models.SaleBlock) is the ids of one value of `id >> BLOCK_BITS`; the
+# same in schema_postgresql.sql (tests/test_statements.py checks it).
+BLOCK_BITS = 10
+
 # Start-up compares each database's triggers with this text (guards.py): change it only
 # with a new schema version (tests/test_migrations.py pins it).
 TRIGGERS = (
@@ -279,6 +284,27 @@ TRIGGERS = (
        END""",
     # Version 4: a key's record names a sale, an entry or a request of its own seller.
     *(_its_sellers(*record) for record in KEY_RECORDS),
+    # Version 7: each sale widens its block's span of stamps (models.SaleBlock), which
+    # only ever widens: every sale lies in its block's span, which a search trusts.
+    f"""CREATE TRIGGER IF NOT EXISTS sale_widens_its_block AFTER INSERT ON sale
+       BEGIN
+         INSERT INTO sale_block (block, slot, first_stamp, last_stamp)
+         VALUES (NEW.id >> {BLOCK_BITS}, 0, NEW.created_at, NEW.created_at)
+         ON CONFLICT (block, slot) DO UPDATE
+           SET first_stamp = min(first_stamp, excluded.first_stamp),
+               last_stamp = max(last_stamp, excluded.last_stamp);
+       END""",
+    """CREATE TRIGGER IF NOT EXISTS sale_block_only_widens BEFORE UPDATE ON sale_block
+       WHEN NEW.block IS NOT OLD.block OR NEW.slot IS NOT OLD.slot
+         OR NEW.first_stamp > OLD.first_stamp OR NEW.last_stamp < OLD.last_stamp
+       BEGIN SELECT RAISE(ABORT, 'a block of sales only ever widens'); END""",
+    _immutable("sale_block", "DELETE", "a block of sales only ever widens"),
+)
+
+# Version 7: the blocks of the sales already there (a migration; the history generator).
+SALE_BLOCKS = (
+    f"INSERT INTO sale_block (block, slot, first_stamp, last_stamp) SELECT id >> {BLOCK_BITS},"
+    f" 0, min(created_at), max(created_at) FROM sale GROUP BY id >> {BLOCK_BITS}"
 )
 
 

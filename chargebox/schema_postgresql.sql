@@ -576,3 +576,62 @@ CREATE INDEX sale_created_at ON sale (created_at) INCLUDE (seller_id, id);
 -- a seller's, walks the number's sales in id order along it, not every sale; SQLite's
 -- file has had the same index (models.Sale.phone) since version 1.
 CREATE INDEX sale_phone_id ON sale (phone, id);
+-- ;
+-- VERSION 7: the span of the sales' stamps by block of ids (`id >> 10`, schema.BLOCK_BITS),
+-- in place of the index of sales by stamp: a search by time reads the blocks to find
+-- where a range's sales are (sale_search.py), not every stamp in the range. Each
+-- statement that makes sales widens their blocks' spans, in a row of its server
+-- backend's own (`slot`: a batch never waits for another's row), and a span only ever
+-- widens, so every sale lies in its block's. These statements make a new database and
+-- migrate a version-6 one alike (the blocks of the sales there; the old index dropped).
+CREATE TABLE sale_block (
+    block bigint NOT NULL,
+    slot integer NOT NULL,
+    first_stamp text NOT NULL,
+    last_stamp text NOT NULL,
+    PRIMARY KEY (block, slot),
+    CHECK (first_stamp <= last_stamp)
+);
+-- ;
+CREATE FUNCTION chargebox_sales_widen_their_blocks() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
+BEGIN
+    INSERT INTO sale_block AS b (block, slot, first_stamp, last_stamp)
+    SELECT id >> 10, pg_backend_pid(), min(created_at), max(created_at)
+    FROM added GROUP BY id >> 10
+    ON CONFLICT (block, slot) DO UPDATE
+    SET first_stamp = least(b.first_stamp, excluded.first_stamp),
+        last_stamp = greatest(b.last_stamp, excluded.last_stamp);
+    RETURN NULL;
+END;
+$$;
+-- ;
+CREATE TRIGGER sale_widens_its_block AFTER INSERT ON sale
+    REFERENCING NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION chargebox_sales_widen_their_blocks();
+-- ;
+CREATE FUNCTION chargebox_block_only_widens() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
+BEGIN
+    IF NEW.block <> OLD.block OR NEW.slot <> OLD.slot
+       OR NEW.first_stamp > OLD.first_stamp OR NEW.last_stamp < OLD.last_stamp THEN
+        RAISE EXCEPTION 'a block of sales only ever widens'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+-- ;
+CREATE TRIGGER sale_block_only_widens BEFORE UPDATE ON sale_block
+    FOR EACH ROW EXECUTE FUNCTION chargebox_block_only_widens();
+-- ;
+CREATE TRIGGER sale_block_no_delete BEFORE DELETE ON sale_block
+    FOR EACH ROW EXECUTE FUNCTION chargebox_refuse('a block of sales only ever widens');
+-- ;
+CREATE TRIGGER sale_block_no_truncate BEFORE TRUNCATE ON sale_block
+    FOR EACH STATEMENT EXECUTE FUNCTION chargebox_refuse('a block of sales only ever widens');
+-- ;
+INSERT INTO sale_block (block, slot, first_stamp, last_stamp)
+    SELECT id >> 10, 0, min(created_at), max(created_at) FROM sale GROUP BY id >> 10;
+-- ;
+DROP INDEX IF EXISTS sale_created_at;

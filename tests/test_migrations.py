@@ -257,13 +257,15 @@ def test_a_version_3_database_gets_the_key_record_triggers_unless_a_record_is_fo
         conn.execute(f"UPDATE schema_version SET version = 3 WHERE version = {migrations.LATEST}")
         for index in ADDED_INDEXES[bool(config.db_url)]:  # versions 5 and 6
             conn.execute(f"DROP INDEX {index}")
+        for statement in VERSION_7[bool(config.db_url)]:
+            conn.execute(statement)
         if forged:
             conn.execute(*record)
     before = db_snapshot(db)
     where = ["--data-dir", config.data_dir] if config.db_url else []
     migrated = chargebox("migrate", "--db", backends.owner_url(db) if config.db_url else db,
                          *where)  # fmt: skip
-    assert "Traceback" not in migrated.stderr
+    assert "Traceback" not in migrated.stderr, migrated.stderr
     if forged:
         assert migrated.returncode == 2, migrated.stdout
         assert "1 key record(s) name a row of another seller, first: idempotency_record" in (
@@ -276,15 +278,27 @@ def test_a_version_3_database_gets_the_key_record_triggers_unless_a_record_is_fo
     assert f"schema version 3 -> {migrations.LATEST}" in migrated.stderr
     with writable(db) as conn, pytest.raises(REFUSED, match="another seller"):
         conn.execute(*record)
+    with read_only(db) as conn:  # version 7's blocks, made from the sales there
+        blocks = "SELECT block, first_stamp, last_stamp FROM sale_block ORDER BY block"
+        spans = ("SELECT id >> 10, min(created_at), max(created_at) FROM sale"
+                 " GROUP BY id >> 10 ORDER BY 1")  # fmt: skip
+        assert conn.execute(blocks).fetchall() == conn.execute(spans).fetchall() != []
     assert cli_audit(db, config.data_dir if config.db_url else None).returncode == 0
 
 
-# Version 5's indexes of entries and sales by stamp, on SQLite and on PostgreSQL, and
-# version 6's of sales by number (PostgreSQL; SQLite's file has had one since version 1).
+# Version 5's index of entries by stamp, on SQLite and on PostgreSQL (its index of sales
+# by stamp is gone in version 7), and version 6's of sales by number (PostgreSQL; SQLite's
+# file has had one since version 1).
 ADDED_INDEXES = {
-    False: ("ledger_entry_seller_id_created_at_amount", "sale_created_at_seller_id"),
-    True: ("ledger_entry_seller_created_at", "sale_created_at", "sale_phone_id"),
+    False: ("ledger_entry_seller_id_created_at_amount",),
+    True: ("ledger_entry_seller_created_at", "sale_phone_id"),
 }
+# What version 7 made: the blocks of sales (their table, with its own triggers; the one on sale).
+VERSION_7 = {
+    False: ("DROP TRIGGER sale_widens_its_block", "DROP TABLE sale_block"),
+    True: ("DROP FUNCTION chargebox_sales_widen_their_blocks() CASCADE",
+           "DROP TABLE sale_block", "DROP FUNCTION chargebox_block_only_widens()"),
+}  # fmt: skip
 
 
 def test_a_dropped_guard_keeps_the_server_from_starting_until_migrate_puts_it_back(service, config):
@@ -534,6 +548,10 @@ GUARDS_OF_VERSION = {
     6: (  # an index, no guard changed
         "ef49f3b4c5d5c8f61effbfd7f55c2f1fd0db8f1d466734af7a7637666208794a",
         "c3c70aba2ceebb80dfa3885985a19530358af8a5918c2ab4185ebdde709f16c0",
+    ),
+    7: (  # sale_block: the trigger on sale that widens a block, and its own guards
+        "27ab085a4c12d48ca904ca631dd2b8054db52dae9cdbd5d4d345cb46c10cd7e1",
+        "31a1ca7e16f1f15ab7c65c8b89fcf4353c41550f1c6c6ffbf4e9d6703690f1ca",
     ),
 }
 

@@ -36,18 +36,18 @@ PHONES = ["09121234560", "09121234561", "09121234562"]
     phone=st.none() | st.integers(0, 2),
     key=st.none() | st.integers(0, 35),
     limit=st.integers(1, 5),
-    budget=st.integers(1, 5) | st.just(sale_search.BUDGET),
+    blocks=st.integers(1, 3) | st.just(sale_search.BLOCKS),
     start_after=st.none() | st.integers(-3, 10**6) | st.integers(0, 80),
     jump=st.lists(st.integers(-3, 4), max_size=4),
 )
 def test_a_search_finds_exactly_what_its_filters_name_from_any_cursor(
-    service, sales, low, high, who, phone, key, limit, budget, start_after, jump
+    service, sales, low, high, who, phone, key, limit, blocks, start_after, jump
 ):
     """Three sellers, three numbers, keyed and unkeyed sales, stamps in any order against
     ids: a search by any mix of seller, number, key and time (from, to, both, empty or
-    reversed), from any cursor (past the last sale too), page by page, whatever the first
-    walk's budget, finds exactly the sales a filter over every row finds. (A reviewer's
-    test of sale_search.)"""
+    reversed), from any cursor (past the last sale too), page by page, however many blocks
+    of ids it reads at a time, finds exactly the sales a filter over every row finds. (A
+    reviewer's test of sale_search.)"""
     sellers = [credited_seller(service, 10**6, n)["id"] for n in "ABC"]
     tag = str(sellers[0])
 
@@ -85,7 +85,7 @@ def test_a_search_finds_exactly_what_its_filters_name_from_any_cursor(
         and (search.end is None or stamp < search.end)
     ]
     after = 0 if start_after is None else start_after
-    default, sale_search.BUDGET = sale_search.BUDGET, budget
+    default, sale_search.BLOCKS = sale_search.BLOCKS, blocks
     try:
         # a few pages from arbitrary cursors first: each must be exactly the next matching ids
         for j in jump:
@@ -103,7 +103,7 @@ def test_a_search_finds_exactly_what_its_filters_name_from_any_cursor(
             found += got
             after = got[-1]
     finally:
-        sale_search.BUDGET = default
+        sale_search.BLOCKS = default
     assert not [i for i in matching if i > after], after
 
 

@@ -14,18 +14,20 @@ import datetime
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from chargebox import clock, ledger, periods, queries, sale_search, statements
+from chargebox import clock, ledger, periods, queries, sale_search, schema, statements
 from chargebox.audit_checks import KINDS
 from chargebox.errors import NotFound, ValidationError
 from tests.support import (
+    REFUSED,
     ROOT,
     credited_seller,
     database_of,
@@ -118,40 +120,48 @@ def test_opening_plus_entries_is_closing_and_consecutive_statements_chain(servic
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(
-    sales=st.lists(st.tuples(st.integers(0, 100), st.booleans()), max_size=30),
+@given(  # each sale: its id's gap after the one before (0: the next block's first), ...
+    sales=st.lists(st.tuples(st.sampled_from([1, 1, 1, 5, 600, 2500, 0]),
+                             st.integers(0, 100), st.booleans()), max_size=30),
     low=st.none() | st.integers(-5, 105),
     high=st.none() | st.integers(-5, 105),
     mine=st.booleans(),
     limit=st.integers(1, 4),
-    budget=st.sampled_from([1, 2, 3, 7, sale_search.BUDGET]),
-)
+    blocks=st.sampled_from([1, 2, sale_search.BLOCKS]),
+)  # fmt: skip
+# a block's first sale in the range, the block before it not meeting the range
+@example(sales=[(5, 50, True), (0, 10, True)], low=0, high=20, mine=False, limit=1, blocks=64)
 def test_a_search_by_time_finds_every_sale_stamped_in_it_and_no_other(
-    service, sales, low, high, mine, limit, budget
+    service, config, sales, low, high, mine, limit, blocks
 ):
-    """Any stamps, in any order against the sales' ids, over two sellers: a search of
-    sales by time (from, to, or both; one seller's or everyone's), read page by page,
-    finds exactly the sales stamped in [from, to), in id order, whatever the budget of
-    the first walk along the ids (sale_search: a small one makes the search find the
-    range's first and last sale along the stamps' index, and walk the ids between).)"""
+    """Any stamps, in any order against the sales' ids, over two sellers and ids strewn
+    over many blocks (each sale's id some gap after the one before, or the next block's
+    first: written here, its block widened by the schema's trigger): a search
+    of sales by time (from, to, or both; one seller's or everyone's), read page by page,
+    finds exactly the sales stamped in [from, to), in id order, however many blocks it
+    reads at a time (sale_search.BLOCKS)."""
     first, second = (credited_seller(service, 10**6, name)["id"] for name in ("A", "B"))
-
-    def work(write):
-        for seconds, firsts in sales:
-            ledger.sell(write, first if firsts else second, PHONE, 1, at(seconds))
-
-    service.database.write(work)
+    service.sell(first, PHONE, 1_000)  # (the number's row, which the sales below name)
+    with writable(database_of(config)) as conn:
+        (last,) = conn.execute("SELECT max(id) FROM sale").fetchone()
+        for gap, seconds, firsts in sales:
+            last = last + gap if gap else (last >> schema.BLOCK_BITS) + 1 << schema.BLOCK_BITS
+            owner = first if firsts else second
+            conn.execute(
+                "INSERT INTO sale (id, seller_id, phone, amount, balance_after, created_at)"
+                " VALUES (?, ?, ?, 1, 0, ?)", (last, owner, PHONE, at(seconds))
+            )  # fmt: skip
     search = queries.Search(start=None if low is None else at(low),
                             end=None if high is None else at(high))  # fmt: skip
     seller = first if mine else None
     found, after = [], 0
-    default, sale_search.BUDGET = sale_search.BUDGET, budget  # the walk, and the bounds after it
+    default, sale_search.BLOCKS = sale_search.BLOCKS, blocks
     try:
         while page := service.queries.sales(queries.Page(limit, after), seller, search):
             found += [sale["id"] for sale in page]
             after = page[-1]["id"]
     finally:
-        sale_search.BUDGET = default
+        sale_search.BLOCKS = default
     every = service.queries.reader.rows("SELECT id, seller_id, created_at FROM sale ORDER BY id")
     assert found == [
         id_ for id_, owner, stamp in every
@@ -401,45 +411,49 @@ def _sqlite_plans(service, ran) -> list[str]:
     return [sqlite_plan(service.queries.reader, sql, params) for sql, params in ran]
 
 
-def test_a_search_of_sales_by_time_reads_the_range_not_every_sale_before_it(
-    service, config, monkeypatch
-):
-    """Schema version 5: sales are indexed by stamp. A search by time walked the sales
-    from the first (or the seller's first) until it had a page: a recent hour of a long
-    history read all of it. 3,000 sales over two days, then 5 on a third: the third
-    day's search, everyone's and the seller's, walks its budget of sales (40 here), then
-    finds the range's bounds along the stamps' index and walks the ids between: under
-    100 rows a statement on PostgreSQL, those indexes on SQLite."""
-    monkeypatch.setattr(sale_search, "BUDGET", 40)
+def test_a_search_of_sales_by_time_reads_the_range_not_every_sale_before_it(service, config):
+    """Sales by time are found through their blocks of ids (sale_search): 3,000 sales over
+    two days, then 5 on a third. The third day's search, and the first page of the second
+    day's, everyone's and the seller's, each read the blocks (one statement) and walk from
+    the block where the range begins (one more): at most that block's 1,024 sales and the
+    page, not the 2,000-3,000 sales before them."""
     seller = credited_seller(service, 10**9, "Busy")["id"]
     write_entries(service, seller, [(n * 57, -1) for n in range(3000)])
     write_entries(service, seller, [(3 * 86400 + n, -2) for n in range(5)])
-    search = queries.Search(start=at(3 * 86400), end=at(4 * 86400))
+    third, second = (queries.Search(start=at(day * 86400), end=at((day + 1) * 86400))
+                     for day in (3, 1))  # fmt: skip
+    sold = [id_ for (id_,) in service.queries.reader.rows("SELECT id FROM sale ORDER BY id")]
+    pages = []
 
     def search_pages():
         for whose in (None, seller):
-            assert len(service.queries.sales(queries.Page(100), whose, search)) == 5
+            pages.append(
+                [sale["id"] for sale in service.queries.sales(queries.Page(5), whose, third)]
+            )
+            pages.append(
+                [sale["id"] for sale in service.queries.sales(queries.Page(100), whose, second)]
+            )
 
     ran = statements_read(service, search_pages)
-    assert len(ran) == 8  # each: the budget's reach, its walk, the bounds, the walk between
+    begins = 86400 // 57 + 1  # the first sale of the second day: the 1,517th
+    assert pages == [sold[-5:], sold[begins : begins + 100]] * 2
+    assert len(ran) == 8 and all("FROM sale_block" in sql for sql, _ in ran[::2]), ran
     if config.db_url:
-        read = [rows_read(plan) for plan in _postgresql_plans(service, config, ran)]
-        assert max(read) < 100, (read, ran)
+        read = [rows_read(plan) for plan in _postgresql_plans(service, config, ran[1::2])]
+        assert max(read) <= 1024 + 100, (read, ran)
         return
-    for n, plan in enumerate(_sqlite_plans(service, ran)):
-        if n % 4 == 2:
-            assert "sale_created_at_seller_id" in plan, plan
-        else:
-            walks = ("INTEGER PRIMARY KEY (rowid>?", "sale_seller_id_id (seller_id=? AND id>?")
-            assert any(walk in plan for walk in walks), plan
+    for (sql, params), plan in zip(ran[1::2], _sqlite_plans(service, ran[1::2]), strict=True):
+        walks = ("INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
+                 "sale_seller_id_id (seller_id=? AND id>? AND id<?)")  # fmt: skip
+        assert any(walk in plan for walk in walks), plan
+        assert params[0] >= 1023, (sql, params)  # after it: from the range's block (the 2nd) on
 
 
 def test_a_wide_search_by_time_pages_without_reading_its_whole_range(service, config):
-    """A search whose range holds most of the history (a month of sales, page after page)
-    found each page's bounds along the stamps' index: a read of every sale in the range,
-    for each page (1M sales: 0.28 s a page). Its pages come from the walk along the ids
-    now: 3,000 sales in the range, three pages of 100, everyone's and the seller's: two
-    statements a page (the budget's reach, its walk), none along the stamps' index."""
+    """A search whose range holds most of the history (a month of sales, page after page):
+    3,000 sales in the range, three pages of 100, everyone's and the seller's: two
+    statements a page (the blocks, the walk from the page's start), each walk along the
+    primary key or the seller's index, not along the stamps."""
     seller = credited_seller(service, 10**9, "Busy")["id"]
     write_entries(service, seller, [(n * 57, -1) for n in range(3000)])
     search = queries.Search(start=at(0), end=at(4 * 86400))
@@ -456,6 +470,43 @@ def test_a_wide_search_by_time_pages_without_reading_its_whole_range(service, co
     ran = statements_read(service, search_pages)
     sold = [id_ for (id_,) in service.queries.reader.rows("SELECT id FROM sale ORDER BY id")]
     assert pages == [sold[:100], sold[100:200], sold[200:300]] * 2
-    assert len(ran) == 12 and not [sql for sql, _ in ran if "min(id + 0)" in sql]  # no bounds
-    if not config.db_url:  # (at this size PostgreSQL reads the bounds' range in a Seq Scan)
+    assert len(ran) == 12 and all("FROM sale_block" in sql for sql, _ in ran[::2]), ran
+    if config.db_url:
+        read = [rows_read(plan) for plan in _postgresql_plans(service, config, ran[1::2])]
+        assert max(read) <= 4 * 100, (read, ran)  # (its nodes, each counted: not 3,000)
+    else:
         assert not [plan for plan in _sqlite_plans(service, ran) if "created_at" in plan]
+
+
+def test_a_blocks_span_of_stamps_only_ever_widens_whoever_writes(service, config):
+    """sale_block (schema version 7), which a search by time trusts to hold every sale in
+    its block's span: the database's own trigger widens the span as each sale is made,
+    however it is written, and refuses to narrow, move or delete one, to its owner too.
+    The PostgreSQL schema blocks ids as schema.BLOCK_BITS says."""
+    seller = credited_seller(service, 10**6)["id"]
+    made = [service.sell(seller, PHONE, 1_000).record for _ in range(2)]
+    far = (5 << schema.BLOCK_BITS) + 3
+    with writable(database_of(config)) as conn:
+        conn.execute(
+            "INSERT INTO sale (id, seller_id, phone, amount, balance_after, created_at)"
+            " VALUES (?, ?, ?, 1, 0, ?)", (far, seller, PHONE, at(-100))
+        )  # fmt: skip
+        spans = "SELECT block, min(first_stamp), max(last_stamp) FROM sale_block GROUP BY block"
+        assert conn.execute(f"{spans} ORDER BY block").fetchall() == [
+            (0, made[0]["created_at"], made[1]["created_at"]), (5, at(-100), at(-100))
+        ]  # fmt: skip
+        refused = ["UPDATE sale_block SET first_stamp = last_stamp",
+                   "UPDATE sale_block SET last_stamp = first_stamp",
+                   "UPDATE sale_block SET block = block + 10",
+                   "DELETE FROM sale_block"]  # fmt: skip
+        if config.db_url:
+            refused.append("TRUNCATE sale_block")
+        for sql in refused:
+            with pytest.raises(REFUSED, match="a block of sales only ever widens"):
+                conn.execute(sql)
+        conn.execute("UPDATE sale_block SET first_stamp = ?", (at(-200),))  # wider: allowed
+        assert conn.execute(f"{spans} ORDER BY block").fetchall() == [
+            (0, at(-200), made[1]["created_at"]), (5, at(-200), at(-100))
+        ]  # fmt: skip
+    text = (ROOT / "chargebox" / "schema_postgresql.sql").read_text()
+    assert set(re.findall(r"id >> (\d+)", text)) == {str(schema.BLOCK_BITS)}
