@@ -163,8 +163,11 @@ def test_the_raw_sql_baseline_writes_what_chargebox_sell_writes_table_by_table(b
     bench.raw_rate(config, raw, 1, 1)
     copied = rows_per_table(database_of(config))
 
-    by_the_service = {table: sold[table] - before[table] for table in before}
-    by_the_copy = {table: copied[table] - sold[table] for table in before}
+    # (sale_block is the schema trigger's, whoever inserts the sale: a row per block of ids)
+    by_the_service = {
+        table: sold[table] - before[table] for table in before if table != "sale_block"
+    }
+    by_the_copy = {table: copied[table] - sold[table] for table in before if table != "sale_block"}
     assert by_the_copy == by_the_service and by_the_service["sale"] == 1, by_the_service
     assert service.audit()["consistent"]  # the copy's seals verify as the ledger's do
 
