@@ -100,12 +100,17 @@ def _suspensions(reader: sqlite3.Connection, conn) -> None:
 
 
 def _rows(reader: sqlite3.Connection, conn, table: str, columns: tuple[str, ...]) -> int:
+    """A table's rows in id order, streamed in one COPY: its row triggers check each one,
+    and a statement trigger runs once over them all (the sales' blocks: schema version 7;
+    a statement a row left a dead version of a block's row per sale, 101 MB for 1,000,000
+    sales, in the copy's one transaction)."""
     names = ", ".join(columns)
-    marks = ", ".join(["%s"] * len(columns))
-    rows = reader.execute(f"SELECT {names} FROM {table} ORDER BY 1").fetchall()
-    with conn.cursor() as cursor:
-        cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
-    return len(rows)
+    count = 0
+    with conn.cursor() as cursor, cursor.copy(f"COPY {table} ({names}) FROM STDIN") as rows:
+        for row in reader.execute(f"SELECT {names} FROM {table} ORDER BY 1"):
+            rows.write_row(row)
+            count += 1
+    return count
 
 
 def _entries(reader: sqlite3.Connection, conn) -> int:
