@@ -25,6 +25,9 @@ from chargebox.pg_driver import connect, described
 from chargebox.schema_steps import STEPS, Step
 
 LATEST = schema.VERSION  # the schema this code reads and writes
+# What widens the blocks of sales (version 7): put back, it leaves the sales made without
+# it outside every span (a search would miss them), so migrate widens the blocks again.
+_BLOCKS_TRIGGER, _BLOCKS_FUNCTION = "sale_widens_its_block", "chargebox_sales_widen_their_blocks"
 check = schema.check_version
 
 # SQLite's; PostgreSQL's is in schema_postgresql.sql. One row per version applied.
@@ -134,6 +137,9 @@ def upgrade_sqlite(path: str, timeout: float, where: str) -> tuple[int, int, lis
                 conn.execute(f"DROP TRIGGER IF EXISTS {schema.quoted(getattr(name, 'name', name))}")
             for statement in (*schema.TRIGGERS, SQLITE_VERSION_TABLE):
                 conn.execute(statement)
+            if found == LATEST and _BLOCKS_TRIGGER in missing:  # (a step made them)
+                for statement in schema.SALE_BLOCKS:  # the sales made without it, in their spans
+                    conn.execute(statement)
             _record_sqlite(conn, found)
             conn.execute("COMMIT")
         except BaseException:
@@ -198,6 +204,8 @@ def upgrade_postgresql(conn, where: str,
             step.postgresql(conn)
         put = guards.put_back_postgresql_guards(conn)  # after the steps: what they did not make
         put = sorted({*early, *put})
+        if any(_BLOCKS_TRIGGER in name or _BLOCKS_FUNCTION in name for name in put):
+            conn.execute(schema.SALE_BLOCKS_POSTGRESQL)  # the sales made without it, in spans
         applied = now()
         for version in range(found + 1, LATEST + 1):
             conn.execute(

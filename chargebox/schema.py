@@ -285,15 +285,21 @@ TRIGGERS = (
     # Version 4: a key's record names a sale, an entry or a request of its own seller.
     *(_its_sellers(*record) for record in KEY_RECORDS),
     # Version 7: each sale widens its block's span of stamps (models.SaleBlock), which
-    # only ever widens: every sale lies in its block's span, which a search trusts.
+    # only ever widens: every sale lies in its block's span, which a search trusts. A block
+    # row is made once (an INSERT OR REPLACE of one would delete it unseen by any trigger).
     f"""CREATE TRIGGER IF NOT EXISTS sale_widens_its_block AFTER INSERT ON sale
        BEGIN
          INSERT INTO sale_block (block, slot, first_stamp, last_stamp)
-         VALUES (NEW.id >> {BLOCK_BITS}, 0, NEW.created_at, NEW.created_at)
-         ON CONFLICT (block, slot) DO UPDATE
-           SET first_stamp = min(first_stamp, excluded.first_stamp),
-               last_stamp = max(last_stamp, excluded.last_stamp);
+         SELECT NEW.id >> {BLOCK_BITS}, 0, NEW.created_at, NEW.created_at WHERE NOT EXISTS
+           (SELECT 1 FROM sale_block WHERE block = NEW.id >> {BLOCK_BITS} AND slot = 0);
+         UPDATE sale_block SET first_stamp = min(first_stamp, NEW.created_at),
+                               last_stamp = max(last_stamp, NEW.created_at)
+         WHERE block = NEW.id >> {BLOCK_BITS} AND slot = 0
+           AND (first_stamp > NEW.created_at OR last_stamp < NEW.created_at);
        END""",
+    """CREATE TRIGGER IF NOT EXISTS sale_block_is_new BEFORE INSERT ON sale_block
+       WHEN EXISTS (SELECT 1 FROM sale_block WHERE block = NEW.block AND slot = NEW.slot)
+       BEGIN SELECT RAISE(ABORT, 'a block of sales only ever widens'); END""",
     """CREATE TRIGGER IF NOT EXISTS sale_block_only_widens BEFORE UPDATE ON sale_block
        WHEN NEW.block IS NOT OLD.block OR NEW.slot IS NOT OLD.slot
          OR NEW.first_stamp > OLD.first_stamp OR NEW.last_stamp < OLD.last_stamp
@@ -301,10 +307,26 @@ TRIGGERS = (
     _immutable("sale_block", "DELETE", "a block of sales only ever widens"),
 )
 
-# Version 7: the blocks of the sales already there (a migration; the history generator).
+# Version 7: the blocks of the sales there, widened to hold each (a migration, the history
+# generator; and migrate, when it puts back the trigger on sale: a sale made without it
+# lies in no span). First the blocks with a row, then the others (SQLite; PostgreSQL: one
+# upsert, which its guard lets through as it only widens).
+_SPANS = (
+    f"SELECT id >> {BLOCK_BITS} AS n, min(created_at) AS f, max(created_at) AS l"
+    " FROM sale GROUP BY 1"
+)
 SALE_BLOCKS = (
-    f"INSERT INTO sale_block (block, slot, first_stamp, last_stamp) SELECT id >> {BLOCK_BITS},"
-    f" 0, min(created_at), max(created_at) FROM sale GROUP BY id >> {BLOCK_BITS}"
+    f"UPDATE sale_block SET first_stamp = min(first_stamp, s.f), last_stamp = max(last_stamp, s.l)"
+    f" FROM ({_SPANS}) AS s WHERE block = s.n AND slot = 0"
+    " AND (first_stamp > s.f OR last_stamp < s.l)",
+    "INSERT INTO sale_block (block, slot, first_stamp, last_stamp) SELECT n, 0, f, l"
+    f" FROM ({_SPANS}) AS s WHERE NOT EXISTS (SELECT 1 FROM sale_block WHERE block = s.n)",
+)
+SALE_BLOCKS_POSTGRESQL = (
+    "INSERT INTO sale_block AS b (block, slot, first_stamp, last_stamp)"
+    f" SELECT n, 0, f, l FROM ({_SPANS}) AS s ON CONFLICT (block, slot) DO UPDATE"
+    " SET first_stamp = least(b.first_stamp, excluded.first_stamp),"
+    " last_stamp = greatest(b.last_stamp, excluded.last_stamp)"
 )
 
 

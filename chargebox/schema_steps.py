@@ -187,7 +187,8 @@ def _sqlite_sale_blocks(conn: sqlite3.Connection) -> None:
     from the sales there (one read of them), in place of version 5's index of sales by
     stamp; its triggers come with schema.TRIGGERS, after the steps."""
     conn.execute(_sqlite_model_schema()["sale_block"])
-    conn.execute(schema.SALE_BLOCKS)
+    for statement in schema.SALE_BLOCKS:
+        conn.execute(statement)
     conn.execute('DROP INDEX IF EXISTS "sale_created_at_seller_id"')
 
 

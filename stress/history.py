@@ -95,7 +95,8 @@ def generate(options: Options, say: Callable[[str], None] = print) -> dict:
         conn.execute("PRAGMA cache_size = -262144")  # 256 MiB
         set_aside = _set_aside(conn)
         made = _fill(conn, key, options, say)
-        conn.execute(schema.SALE_BLOCKS)  # (its trigger, set aside, would have made them)
+        for statement in schema.SALE_BLOCKS:  # (its trigger, set aside, would have made them)
+            conn.execute(statement)
         conn.execute("PRAGMA journal_mode = WAL")
     finally:
         conn.close()

@@ -301,6 +301,42 @@ VERSION_7 = {
 }  # fmt: skip
 
 
+def test_sales_made_while_the_blocks_trigger_was_off_are_in_their_spans_after_migrate(
+    service, config
+):
+    """A sale made while the trigger that widens its block (schema version 7) was dropped
+    (SQLite) or switched off by the schema's owner (PostgreSQL) lies in no block's span,
+    and a search by time would never find it. When `chargebox migrate` puts the trigger
+    back it widens the blocks from the sales (a span wider than its sales stays)."""
+    seller = credited_seller(service, 10**6, "Ali")["id"]
+    service.sell(seller, "09121234567", 1_000)
+    service.close()
+    db = database_of(config)
+    far = (5 << schema.BLOCK_BITS) + 1
+    with writable(db) as conn:
+        if config.db_url:
+            conn.execute("ALTER TABLE sale DISABLE TRIGGER sale_widens_its_block")
+        else:
+            drop_trigger(conn, "sale_widens_its_block")
+        conn.execute("INSERT INTO sale (id, seller_id, phone, amount, balance_after, created_at)"
+                     " VALUES (?, ?, '09121234567', 1, 0, '2020-01-01T00:00:00.000000Z')",
+                     (far, seller))  # fmt: skip
+        conn.execute("UPDATE sale_block SET last_stamp = '2099-01-01T00:00:00.000000Z'")
+    where = ["--data-dir", config.data_dir] if config.db_url else []
+    migrated = chargebox("migrate", "--db", backends.owner_url(db) if config.db_url else db,
+                         *where)  # fmt: skip
+    assert migrated.returncode == 0 and "sale_widens_its_block" in migrated.stderr, migrated.stderr
+    spans = ("SELECT id >> 10, min(created_at), max(created_at) FROM sale GROUP BY 1"
+             " ORDER BY 1")  # fmt: skip
+    with read_only(db) as conn:
+        blocks = conn.execute("SELECT block, min(first_stamp), max(last_stamp) FROM sale_block"
+                              " GROUP BY block ORDER BY block").fetchall()  # fmt: skip
+        made = conn.execute(spans).fetchall()
+    assert [(n, first) for n, first, _ in blocks] == [(n, first) for n, first, _ in made]
+    assert blocks[1] == (5, "2020-01-01T00:00:00.000000Z", "2020-01-01T00:00:00.000000Z")
+    assert blocks[0][2] == "2099-01-01T00:00:00.000000Z"  # (wider than its sales: kept)
+
+
 def test_a_dropped_guard_keeps_the_server_from_starting_until_migrate_puts_it_back(service, config):
     """Someone who can write to the database drops a guard trigger, and empties another
     guard (SQLite: a trigger made again under its name, doing nothing; PostgreSQL: the
@@ -550,7 +586,7 @@ GUARDS_OF_VERSION = {
         "c3c70aba2ceebb80dfa3885985a19530358af8a5918c2ab4185ebdde709f16c0",
     ),
     7: (  # sale_block: the trigger on sale that widens a block, and its own guards
-        "27ab085a4c12d48ca904ca631dd2b8054db52dae9cdbd5d4d345cb46c10cd7e1",
+        "3dc7d5cb5dd66803eb1eb16a1b0996f8fd0dbd6aa6c6343063b09011324ef1c8",
         "31a1ca7e16f1f15ab7c65c8b89fcf4353c41550f1c6c6ffbf4e9d6703690f1ca",
     ),
 }
