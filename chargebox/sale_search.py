@@ -6,14 +6,18 @@ where its range's sales can be from the blocks of ids (`id >> schema.BLOCK_BITS`
 ids each): `sale_block` keeps each block's span of stamps, widened by a trigger as each
 sale is made and never narrowed, so a sale stamped in the range lies in a block whose
 span meets the range. The search reads those blocks in id order from the page's start,
-BLOCKS at a time, and walks each run of consecutive ones along the index its other
+a batch at a time (below), and walks each run of consecutive ones along the index its other
 filters choose (the primary key, the seller's, the number's), checking each sale's
 stamp, until the page is full or the blocks end.
 
 So a range's page reads, besides its own sales, the rest of the block where it begins
 (at most 1,023 sales) and the blocks' rows between the page's start and the range (some
 10,000 for ten million sales; more on PostgreSQL, a row per server backend that wrote
-to a block): never the range's stamps, however wide, nor the sales before it. A key
+to a block), not the range's stamps nor the sales before it: so far as stamps follow
+ids. A block whose span meets the range is walked whole, whether or not its sales are
+in it, so sales stamped far out of their ids' order cost reads, never results. The
+blocks are read BLOCKS at first, twice as many each time after (a seller's or a
+number's few sales over a long range: a handful of rounds, not one per 64 blocks). A key
 finds one sale at most, so a search by key walks its one record, with no blocks.
 (Schema versions 5 and 6 indexed every sale's stamp instead: see docs/performance.md.)
 
@@ -27,7 +31,8 @@ from collections.abc import Callable, Iterator
 
 from chargebox.schema import BLOCK_BITS
 
-BLOCKS = 64  # blocks read at a time
+BLOCKS = 64  # blocks read at first, then twice as many each time, up to MOST_BLOCKS
+MOST_BLOCKS = 8192
 _BY_KEY = "id IN (SELECT sale_id FROM idempotency_record WHERE seller_id = ? AND key = ?)"
 # The blocks from one on (`block >= ?`) whose span of stamps meets the range, in order.
 _MEETING = "SELECT DISTINCT block FROM sale_block WHERE {} ORDER BY block LIMIT ?"
@@ -62,20 +67,20 @@ def find(walk: Callable[[object, Conditions], list[dict]], rows: Callable[..., l
         return walk(page, (*filters, *stamped))
     meets = _bounded(("last_stamp >= ?", "first_stamp < ?"), search)
     found: list[dict] = []
-    block = (page.after_id + 1) >> BLOCK_BITS
+    block, reading = (page.after_id + 1) >> BLOCK_BITS, BLOCKS
     while True:
         conditions = [("block >= ?", (block,)), *meets]
         sql = _MEETING.format(" AND ".join(sql for sql, _ in conditions))
-        blocks = [n for (n,) in rows(sql, (*(v for _, vs in conditions for v in vs), BLOCKS))]
+        blocks = [n for (n,) in rows(sql, (*(v for _, vs in conditions for v in vs), reading))]
         for first, last in _runs(blocks):
             after = max(page.after_id, (first << BLOCK_BITS) - 1)
             part = dataclasses.replace(page, limit=page.limit - len(found), after_id=after)
             found += walk(part, (*stamped, ("id < ?", ((last + 1) << BLOCK_BITS,))))
             if len(found) == page.limit:
                 return found
-        if len(blocks) < BLOCKS:
+        if len(blocks) < reading:
             return found
-        block = blocks[-1] + 1
+        block, reading = blocks[-1] + 1, min(2 * reading, MOST_BLOCKS)
 
 
 def _bounded(sql: tuple[str, str], search: Search) -> list[tuple[str, tuple]]:

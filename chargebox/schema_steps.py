@@ -30,8 +30,6 @@ class Step:
     postgresql: Callable[[object], None]
 
 
-
-
 def _sqlite_model_schema() -> dict[str, str]:
     """name -> CREATE statement of every table and index a new file gets from the models,
     read back from a database made in memory: a step builds what a new file has."""
