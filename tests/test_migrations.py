@@ -283,7 +283,8 @@ def test_a_version_3_database_gets_the_key_record_triggers_unless_a_record_is_fo
         spans = ("SELECT id >> 10, min(created_at), max(created_at) FROM sale"
                  " GROUP BY id >> 10 ORDER BY 1")  # fmt: skip
         assert conn.execute(blocks).fetchall() == conn.execute(spans).fetchall() != []
-    assert cli_audit(db, config.data_dir if config.db_url else None).returncode == 0
+    audited = cli_audit(db, config.data_dir if config.db_url else None)  # (the hand-made
+    assert "no span" not in audited.stdout + audited.stderr  # sale is still named, I4)
 
 
 # Version 5's index of entries by stamp, on SQLite and on PostgreSQL (its index of sales
@@ -306,8 +307,9 @@ def test_sales_made_while_the_blocks_trigger_was_off_are_in_their_spans_after_mi
 ):
     """A sale made while the trigger that widens its block (schema version 7) was dropped
     (SQLite) or switched off by the schema's owner (PostgreSQL) lies in no block's span,
-    and a search by time would never find it. When `chargebox migrate` puts the trigger
-    back it widens the blocks from the sales (a span wider than its sales stays)."""
+    and a search by time would never find it: the audit names it (I5). When `chargebox
+    migrate` puts the trigger back it widens the blocks from the sales (a span wider than
+    its sales stays), and the audit no longer names it."""
     seller = credited_seller(service, 10**6, "Ali")["id"]
     service.sell(seller, "09121234567", 1_000)
     service.close()
@@ -322,10 +324,15 @@ def test_sales_made_while_the_blocks_trigger_was_off_are_in_their_spans_after_mi
                      " VALUES (?, ?, '09121234567', 1, 0, '2020-01-01T00:00:00.000000Z')",
                      (far, seller))  # fmt: skip
         conn.execute("UPDATE sale_block SET last_stamp = '2099-01-01T00:00:00.000000Z'")
+    audited = cli_audit(db, config.data_dir if config.db_url else None)  # (I5 names both)
+    assert audited.returncode != 0
+    assert f"sale {far} lies in no span of stamps of its block" in audited.stdout + audited.stderr
     where = ["--data-dir", config.data_dir] if config.db_url else []
     migrated = chargebox("migrate", "--db", backends.owner_url(db) if config.db_url else db,
                          *where)  # fmt: skip
     assert migrated.returncode == 0 and "sale_widens_its_block" in migrated.stderr, migrated.stderr
+    audited = cli_audit(db, config.data_dir if config.db_url else None)  # (the hand-made
+    assert "no span" not in audited.stdout + audited.stderr  # sale is still named, I4)
     spans = ("SELECT id >> 10, min(created_at), max(created_at) FROM sale GROUP BY 1"
              " ORDER BY 1")  # fmt: skip
     with read_only(db) as conn:
@@ -392,7 +399,8 @@ def test_a_dropped_guard_keeps_the_server_from_starting_until_migrate_puts_it_ba
     if config.db_url:  # the trigger made again is today's
         with writable(db) as conn, pytest.raises(REFUSED, match="never deleted"):
             conn.execute("DELETE FROM seller")
-    assert cli_audit(db, config.data_dir if config.db_url else None).returncode == 0
+    audited = cli_audit(db, config.data_dir if config.db_url else None)  # (the hand-made
+    assert "no span" not in audited.stdout + audited.stderr  # sale is still named, I4)
     started = chargebox("create-seller", "Sara", "--db", db, *where)
     assert started.returncode == 0, started.stderr
     again = chargebox("migrate", "--db", backends.owner_url(db) if config.db_url else db, *where)
@@ -441,7 +449,8 @@ def test_a_trigger_added_beside_the_guards_is_named_and_migrate_drops_it(service
     with read_only(db) as conn:
         assert triggers_on(conn, "my.notes") == ["mine"]
         assert triggers_on(conn, "ledger_entry").count(name) == 0
-    assert cli_audit(db, config.data_dir if config.db_url else None).returncode == 0
+    audited = cli_audit(db, config.data_dir if config.db_url else None)  # (the hand-made
+    assert "no span" not in audited.stdout + audited.stderr  # sale is still named, I4)
     started = chargebox("create-seller", "Sara", "--db", db, *where)
     assert started.returncode == 0, started.stderr
 
