@@ -91,6 +91,26 @@ def test_the_quick_audit_catches_a_forged_entry_after_the_checkpoint(service, co
     }
 
 
+def test_both_audits_name_a_sale_made_after_the_checkpoint_outside_its_blocks_span(service, config):
+    """A sale of Ali's made after the checkpoint with the trigger that widens its block
+    dropped (schema version 7) lies in no span, and a search by time would miss it: an
+    I5 problem of Ali's in the quick audit (which reads the sales after the checkpoint)
+    and in the full one."""
+    ali, _ = checkpointed(service)
+    sale = service.sell(ali["id"], "09121234567", 1_000).record
+    with writable(database_of(config)) as conn:
+        drop_trigger(conn, "sale_widens_its_block")
+        conn.execute(
+            "INSERT INTO sale (id, seller_id, phone, amount, balance_after, created_at)"
+            " VALUES (?, ?, '09121234567', 1, 0, '2020-01-01T00:00:00.000000Z')",
+            (sale["id"] + 1, ali["id"]),
+        )
+    for report in (service.audit(), service.audit(full=True)):
+        named = [p for p in report["problems"] if "span" in p["message"]]
+        assert [(p["invariant"], p["seller_id"]) for p in named] == [("I5", ali["id"])], named
+        assert f"sale {sale['id'] + 1} lies in no span" in named[0]["message"]
+
+
 # What a forged key record names: its table, its column, the row's table.
 FORGED_RECORDS = dict(zip(("sale", "refund", "request"), KEYED_ROWS, strict=True))
 
