@@ -583,7 +583,8 @@ CREATE INDEX sale_phone_id ON sale (phone, id);
 -- statement that makes sales widens their blocks' spans, in a row of its server
 -- backend's own (`slot`: a batch never waits for another's row), and a span only ever
 -- widens, so every sale lies in its block's. These statements make a new database and
--- migrate a version-6 one alike (the blocks of the sales there; the old index dropped).
+-- migrate a version-6 one alike (the old index dropped); migrate then makes the blocks
+-- of the sales there (schema.SALE_BLOCKS_POSTGRESQL, as when it puts the trigger back).
 CREATE TABLE sale_block (
     block bigint NOT NULL,
     slot integer NOT NULL,
@@ -630,8 +631,5 @@ CREATE TRIGGER sale_block_no_delete BEFORE DELETE ON sale_block
 -- ;
 CREATE TRIGGER sale_block_no_truncate BEFORE TRUNCATE ON sale_block
     FOR EACH STATEMENT EXECUTE FUNCTION chargebox_refuse('a block of sales only ever widens');
--- ;
-INSERT INTO sale_block (block, slot, first_stamp, last_stamp)
-    SELECT id >> 10, 0, min(created_at), max(created_at) FROM sale GROUP BY id >> 10;
 -- ;
 DROP INDEX IF EXISTS sale_created_at;

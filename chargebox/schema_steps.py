@@ -189,9 +189,17 @@ def _sqlite_sale_blocks(conn: sqlite3.Connection) -> None:
     conn.execute('DROP INDEX IF EXISTS "sale_created_at_seller_id"')
 
 
+def _postgresql_sale_blocks(conn) -> None:
+    """Version 7 on PostgreSQL: the file's VERSION 7 part (sale_block, its guards, the
+    trigger on sale; the old index dropped), then the blocks of the sales there, as for
+    SQLite (the statement migrate also runs when it puts that trigger back)."""
+    _postgresql_part(7)(conn)
+    conn.execute(schema.SALE_BLOCKS_POSTGRESQL)
+
+
 def _postgresql_part(version: int) -> Callable[[object], None]:
-    """A step that is the file's VERSION `version` part (6: the index of sales by number;
-    7: sale_block, as for SQLite): one read of the sales, under the migration's lock."""
+    """A step that is the file's VERSION `version` part (6: the index of sales by number):
+    one read of the sales, under the migration's lock."""
 
     def step(conn) -> None:
         for statement in schema.postgresql_added_in(version):
@@ -226,5 +234,5 @@ STEPS: tuple[Step, ...] = (
          _sqlite_sales_by_number, _postgresql_part(6)),
     Step(7, "the span of the sales' stamps by block of ids (sale_block), for searches by"
             " time, in place of the index of sales by stamp",
-         _sqlite_sale_blocks, _postgresql_part(7)),
+         _sqlite_sale_blocks, _postgresql_sale_blocks),
 )  # fmt: skip
