@@ -164,6 +164,10 @@ class Database:
     def dicts(self, sql: str, params: Sequence | dict = ()) -> list[dict]:
         return as_dicts(self.connection().execute(sql, params))
 
+    def settled(self, table: str) -> None:
+        """No id to hold back from a page: one write at a time takes its ids and commits,
+        so a page never passes a row still to come (PostgreSQL's: settled.py)."""
+
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[Database]:
         """A consistent view for several reads (WAL readers never block the writer)."""

@@ -100,6 +100,13 @@ class Reader:
 # --- the service's database on PostgreSQL ----------------------------------------------------
 
 
+def pipelined(conn):
+    """The connection in pipeline mode, where the driver has it (libpq 14 or later)."""
+    import psycopg
+
+    return conn.pipeline() if psycopg.Pipeline.is_supported() else contextlib.nullcontext()
+
+
 def as_dicts(cursor) -> list[dict]:
     names = [column.name for column in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from chargebox import lost_commit, metrics
+from chargebox import lost_commit, metrics, pg_driver, settled
 from chargebox.config import Config
 from chargebox.errors import Deadlocked, LockTimeout, Unavailable
 from chargebox.pg_driver import Reader, as_dicts, connect, described, to_psycopg, translated
@@ -196,13 +196,6 @@ class Write:
                 continue
 
 
-def _pipeline(conn):
-    """The connection in pipeline mode, where the driver has it (libpq 14 or later)."""
-    import psycopg
-
-    return conn.pipeline() if psycopg.Pipeline.is_supported() else contextlib.nullcontext()
-
-
 class Database:
     """A PostgreSQL database as one process uses it: a connection per thread (the group
     writer's thread has its own), and the one door to a write. Nothing here is local to
@@ -257,6 +250,11 @@ class Database:
         with self._reading() as conn:
             return as_dicts(conn.execute(to_psycopg(sql), params or None))
 
+    def settled(self, table: str) -> int:
+        """The largest id of `table` a page may show now (settled.py)."""
+        with self._reading() as conn:
+            return settled.top(conn, table, time.monotonic() + self.timeout)
+
     @contextlib.contextmanager
     def _reading(self):
         try:
@@ -296,7 +294,7 @@ class Database:
         write, sent = None, None  # sent: the transaction and its backend, once COMMIT is sent
         try:
             # BEGIN and COMMIT by hand: psycopg's transaction() syncs a pipeline three times
-            with translated(), _pipeline(conn) as pipeline:
+            with translated(), pg_driver.pipelined(conn) as pipeline:
                 write = Write(conn, self.ledger_key, deadline, pipeline)
                 write.send("BEGIN")
                 identity = write.bound(also=lost_commit.IDENTITY)

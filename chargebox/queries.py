@@ -130,9 +130,12 @@ def _maybe(value: object) -> tuple:
 
 
 class Reader(Protocol):
-    """A Database, or an open Write (which sees its own uncommitted rows)."""
+    """A Database, or an open Write (which sees its own uncommitted rows; pages are read
+    through a Database only)."""
 
     def dicts(self, sql: str, params: tuple = ()) -> list[dict]: ...
+
+    def settled(self, table: str) -> int | None: ...
 
 
 class Queries:
@@ -152,7 +155,17 @@ class Queries:
         **filters: object,
     ) -> list[dict]:  # fmt: skip
         """A page of `shape`, by equality `filters` (None: any) and other `conditions`
-        (SQL, params) on its columns."""
+        (SQL, params) on its columns; only the ids settled now (settled.py)."""
+        return self._page(shape, page, (*conditions, *self._settled(shape.table)), **filters)
+
+    def _settled(self, table: str) -> Conditions:
+        """The condition that keeps a page to the settled ids of `table`, if the database
+        has ids to hold back (PostgreSQL: settled.py)."""
+        top = self.reader.settled(table)
+        return () if top is None else (("id <= ?", (top,)),)
+
+    def _page(self, shape: Shape, page: Page, conditions: Conditions, **filters: object
+              ) -> list[dict]:  # fmt: skip
         where, params = ["id > ?"], [page.after_id]
         for condition, values in conditions:
             where.append(condition)
@@ -202,10 +215,12 @@ class Queries:
 
         # with a number, the seller is kept off its index (`+`): the number's is narrower
         mine = (("+seller_id = ?", (seller_id,)),) if search.phone and seller_id else ()
+        settled = self._settled(SALE.table)  # once, for every part of the page
 
         def walk(part: Page, conditions: Conditions) -> list[dict]:
-            return self.page(SALE_READ, part, (*conditions, *mine), phone=search.phone,
-                             seller_id=None if mine else seller_id)  # fmt: skip
+            return self._page(SALE_READ, part, (*conditions, *mine, *settled),
+                              phone=search.phone,
+                              seller_id=None if mine else seller_id)  # fmt: skip
 
         return find(walk, self.reader.rows, page, seller_id, search)
 
