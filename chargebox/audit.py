@@ -36,10 +36,11 @@ from chargebox.audit_checks import (
 from chargebox.checkpoints import State, Trusted
 from chargebox.clock import now
 from chargebox.db import Database
-from chargebox.errors import ChargeboxError
+from chargebox.errors import ChargeboxError, LockTimeout
 
 PROBLEM_CAP = 100
 CHECKPOINT_AFTER = 10_000  # newly verified entries that make a quick audit record one
+_EVERY = 2**63 - 1  # no id held back (SQLite: one write at a time commits in id order)
 Progress = Callable[[str, int, int], None]  # (what, done, of)
 
 
@@ -50,6 +51,7 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
     started, at = time.perf_counter(), now()
     key = database.ledger_key
     anchored = anchors.loaded(database.config, key)  # before the snapshot: see there
+    settled = _settled(database)  # before the snapshot too: it holds every row up to these
     with database.snapshot() as db:
         problems = [p._asdict() for p in seals.key_problems(db, key)]
         keyed = not problems
@@ -66,9 +68,11 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
             seen_heads = anchors.heads(db)
     problems.sort(key=lambda p: (p["seller_id"] or 0, p["entry_id"] or 0))
     saved = None
-    if usable and not problems and found.walked >= checkpoint_after:
+    if usable and not problems and found.walked >= checkpoint_after and settled:
         full_at = at if trusted is None else trusted.full_at
-        seen = (found.entry_id, found.totals["ledger_entries"], found.request_id, full_at, at)
+        entry_id, request_id = (min(seen, top) for seen, top in zip(
+            (found.entry_id, found.request_id), settled, strict=True))  # fmt: skip
+        seen = (entry_id, found.totals["ledger_entries"], request_id, full_at, at)
         saved = _save(database, seen, found.states, trusted.states if trusted else {})
     if keyed and not problems:
         _anchor(database, seen_heads)
@@ -167,6 +171,19 @@ def _added(added: schema.Added) -> str:
                 " which no guard saw written")  # fmt: skip
     return (f"trigger {added} is not the schema's: it fires beside the guards and may change"
             " what they let through")  # fmt: skip
+
+
+def _settled(database: Database) -> tuple[int, int] | None:
+    """The ledger entry and credit request ids up to which every write has ended
+    (settled.py; on SQLite, every id), or None if a write in flight did not end within
+    the busy timeout: then no checkpoint is recorded. A checkpoint's ids bound what the
+    next quick audits read of the rows of no seller's chain (credit requests, seals): one
+    past a row of another server still to come would leave that row to full audits."""
+    try:
+        tops = [database.settled(table) for table in ("ledger_entry", "credit_request")]
+    except LockTimeout:
+        return None
+    return tuple(_EVERY if top is None else top for top in tops)
 
 
 def _save(database: Database, seen: tuple, states: dict, before: dict) -> int | None:

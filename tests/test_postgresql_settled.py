@@ -1,4 +1,4 @@
-"""PostgreSQL: a page never passes a row still to come (chargebox/settled.py).
+"""PostgreSQL: no page, and no audit checkpoint, passes a row still to come (settled.py).
 
 Two app servers on one database: server A's sale takes its ids, then waits for a
 phone's row held by `gate` (so its transaction stays open with the lower ids);
@@ -6,7 +6,9 @@ server B's sale, for another seller, takes higher ids and commits. A page read n
 must not show B's sale without A's: a client would pass B's id as its next
 `after_id` and never see A's. So the page waits for A's transaction to end: it is
 503 while A cannot end (the gate held past the reader's busy timeout), and both
-sales, in id order, once it has.
+sales, in id order, once it has. An audit's checkpoint likewise bounds what the next
+quick audits read of credit requests: none is recorded past another server's request
+still to come.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import dataclasses
 import psycopg
 import pytest
 
+from chargebox import audit
 from chargebox.errors import LockTimeout
 from chargebox.queries import Page
 from chargebox.services import Chargebox
@@ -66,3 +69,47 @@ def test_a_page_with_nothing_in_flight_shows_every_committed_row(pg_group_commit
     sold = [service.sell(seller, A_NUMBER, 100).record["id"] for _ in range(3)]
     assert [s["id"] for s in service.queries.sales(Page())] == sold
     assert [s["id"] for s in service.queries.sales(Page(after_id=sold[0]))] == sold[1:]
+
+
+def test_no_checkpoint_passes_a_credit_request_still_to_come(pg_group_commit):
+    """Another server's credit request holds a lower id, not committed, while this one's,
+    higher, commits: a clean audit then records no checkpoint (it would say every request
+    up to the higher id was verified). Once the lower one has committed and is tampered
+    with (approved with no credit entry), the next quick audit names it."""
+    a, superuser = pg_group_commit
+    b = Chargebox(dataclasses.replace(a.config, busy_timeout_ms=500))
+    try:
+        low, high = (credited_seller(a, FUNDS)["id"] for _ in range(2))
+        with psycopg.connect(superuser) as other:  # as a chargebox write: its xid first
+            other.execute("SELECT txid_current()")
+            (held,) = other.execute(
+                "INSERT INTO credit_request (seller_id, amount, status, created_at)"
+                " VALUES (%s, 500, 'pending', %s) RETURNING id",
+                (low, "2026-12-04T06:00:00.000000Z"),
+            ).fetchone()
+            later = b.request_credit(high, 500).record["id"]
+            assert later > held
+            report = audit.audit(b.database, checkpoint_after=0)
+            assert report["consistent"] and report["scope"]["saved_checkpoint"] is None
+        with psycopg.connect(superuser) as tamper:
+            tamper.execute("SET session_replication_role = replica")
+            tamper.execute(
+                "UPDATE credit_request SET status = 'approved', decided_at = created_at"
+                " WHERE id = %s",
+                (held,),
+            )
+        named = [p["message"] for p in audit.audit(b.database)["problems"]]
+        assert f"credit request {held} (approved, 500) has 0 credit entries" in named
+    finally:
+        b.close()
+
+
+def test_a_settled_audit_records_its_checkpoint(pg_group_commit):
+    """With nothing in flight, a clean audit records its checkpoint, up to the newest
+    request."""
+    service, _ = pg_group_commit
+    seller = credited_seller(service, FUNDS)["id"]
+    newest = service.request_credit(seller, 500).record["id"]
+    assert audit.audit(service.database, checkpoint_after=0)["scope"]["saved_checkpoint"]
+    rows = service.database.rows("SELECT request_id FROM audit_checkpoint ORDER BY id DESC")
+    assert rows[0][0] == newest
