@@ -11,16 +11,19 @@ walked every page.
 So a page on PostgreSQL shows only settled ids (`top`):
 
 1. read the last id the table's sequence has handed out, `last`;
-2. then, in a later statement (a newer snapshot), list the transactions still in
-   progress, and wait until each has ended (polled, `pg_xact_status`: a write
-   lasts a batch, milliseconds), no longer than the busy timeout, then 503 like a
-   lock not had (LockTimeout: the client retries);
+2. then, in a later statement, list the transactions in progress that may write
+   the table (`pg_stat_activity`: sessions on this database whose role may insert
+   into it), and wait until each has ended (polled: a write lasts a batch,
+   milliseconds), no longer than the busy timeout, then 503 like a lock not had
+   (LockTimeout: the client retries). Another database's transactions, and a
+   reporting role's, are not waited for; an operator's write transaction left
+   open as the owner or a superuser is, and holds pages back until it ends;
 3. the page, read after that, shows ids up to `last` only (the rest are on the next).
 
 Why that holds: every write transaction takes its transaction id as it begins
 (`lost_commit.IDENTITY`, sent with BEGIN), before it takes any id, and a sequence
 hands out one id at a time (no CACHE: none is kept by a session to use later). An id
-up to `last` was taken before step 2's snapshot, so its transaction had ended by
+up to `last` was taken before step 2 looked, so its transaction had ended by
 then, or was waited for: it committed, and the page reads it, or rolled back, and
 the id is never used. A sequence not used yet (a new database, or one `chargebox
 copy` filled, with the next id set but not taken) has handed out none: the table's
@@ -41,12 +44,18 @@ _LAST = (
     "SELECT COALESCE(pg_sequence_last_value(CAST(pg_get_serial_sequence(%s, 'id')"
     " AS regclass)), (SELECT max(id) FROM {table}), 0)"
 )
-# The transactions in progress, of those given (xid8, as text: psycopg has no type for it)
-_IN_PROGRESS = (
-    "SELECT ARRAY(SELECT CAST(x AS text) FROM {} AS x WHERE pg_xact_status(x) = 'in progress')"
+# The transactions in progress (each as its backend and transaction id) that may write
+# `table`: of sessions on this database whose role may insert into it (the service's, its
+# owner's, a superuser's); then, of those, the ones still running.
+_IN_FLIGHT = (
+    "SELECT ARRAY(SELECT pid || ':' || backend_xid FROM pg_stat_activity"
+    " WHERE datname = current_database() AND backend_xid IS NOT NULL"
+    " AND pid <> pg_backend_pid() AND has_table_privilege(usesysid, %s, 'INSERT'))"
 )
-_IN_FLIGHT = _IN_PROGRESS.format("pg_snapshot_xip(pg_current_snapshot())")  # of a new snapshot
-_STILL = _IN_PROGRESS.format("unnest(CAST(%s AS xid8[]))")
+_STILL = (
+    "SELECT ARRAY(SELECT pid || ':' || backend_xid FROM pg_stat_activity"
+    " WHERE pid || ':' || backend_xid = ANY(CAST(%s AS text[])))"
+)
 FIRST_PAUSE, LONGEST_PAUSE = 0.001, 0.02  # seconds between two polls: doubling, up to
 
 
@@ -56,7 +65,7 @@ def top(conn, table: str, deadline: float) -> int:
     by `deadline` (time.monotonic())."""
     with pipelined(conn):
         last = conn.execute(_LAST.format(table=table), (table,))
-        in_flight = conn.execute(_IN_FLIGHT)
+        in_flight = conn.execute(_IN_FLIGHT, (table,))
     (last,), ((waiting,),) = last.fetchone(), in_flight.fetchall()
     pause = FIRST_PAUSE
     while waiting:

@@ -80,7 +80,7 @@ def test_no_checkpoint_passes_a_credit_request_still_to_come(pg_group_commit):
     b = Chargebox(dataclasses.replace(a.config, busy_timeout_ms=500))
     try:
         low, high = (credited_seller(a, FUNDS)["id"] for _ in range(2))
-        with psycopg.connect(superuser) as other:  # as a chargebox write: its xid first
+        with psycopg.connect(a.config.db_url) as other:  # as a server's write: its xid first
             other.execute("SELECT txid_current()")
             (held,) = other.execute(
                 "INSERT INTO credit_request (seller_id, amount, status, created_at)"
@@ -113,3 +113,46 @@ def test_a_settled_audit_records_its_checkpoint(pg_group_commit):
     assert audit.audit(service.database, checkpoint_after=0)["scope"]["saved_checkpoint"]
     rows = service.database.rows("SELECT request_id FROM audit_checkpoint ORDER BY id DESC")
     assert rows[0][0] == newest
+
+
+def test_a_transaction_that_cannot_write_the_table_does_not_hold_pages_back(pg_group_commit):
+    """Transactions that write no chargebox row are not waited for: another database's,
+    and one of a role that may not insert into the table (each holding a transaction
+    id); a superuser's may, and is."""
+    service, superuser = pg_group_commit
+    quick = Chargebox(dataclasses.replace(service.config, busy_timeout_ms=500))
+    elsewhere = superuser.rsplit("/", 1)[0] + "/postgres"
+    try:
+        seller = credited_seller(service, FUNDS)["id"]
+        sold = service.sell(seller, A_NUMBER, 100).record["id"]
+        with psycopg.connect(elsewhere, autocommit=True) as admin:
+            admin.execute("CREATE ROLE chargebox_reporting LOGIN PASSWORD 'reporting'")
+        try:
+            reporting = superuser.replace("postgres:", "chargebox_reporting:", 1).replace(
+                "chargebox-test-superuser-password", "reporting", 1
+            )
+            with psycopg.connect(superuser, autocommit=True) as admin:
+                database = superuser.rsplit("/", 1)[1]
+                admin.execute(f"GRANT CONNECT ON DATABASE {database} TO chargebox_reporting")
+                admin.execute("GRANT USAGE ON SCHEMA public TO chargebox_reporting")
+                admin.execute("CREATE TABLE reporting_note (id int)")
+                admin.execute("GRANT INSERT ON reporting_note TO chargebox_reporting")
+            with (
+                psycopg.connect(elsewhere) as other_database,
+                psycopg.connect(reporting) as reporter,
+            ):
+                other_database.execute("SELECT txid_current()")
+                reporter.execute("INSERT INTO reporting_note VALUES (1)")
+                assert [s["id"] for s in quick.queries.sales(Page())] == [sold]
+            with psycopg.connect(superuser) as operator:
+                operator.execute("SELECT txid_current()")
+                with pytest.raises(LockTimeout):
+                    quick.queries.sales(Page())
+        finally:
+            with psycopg.connect(superuser, autocommit=True) as admin:
+                admin.execute("DROP TABLE IF EXISTS reporting_note")
+                admin.execute("DROP OWNED BY chargebox_reporting")
+            with psycopg.connect(elsewhere, autocommit=True) as admin:
+                admin.execute("DROP ROLE IF EXISTS chargebox_reporting")
+    finally:
+        quick.close()
