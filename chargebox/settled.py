@@ -30,7 +30,9 @@ copy` filled, with the next id set but not taken) has handed out none: the table
 largest id stands in, every row then having been written with its id given.
 
 A page costs one round trip more (the two statements go down one pipeline), and,
-while writes are in flight, the wait for them: about one batch.
+while writes are in flight, the wait for them: about one batch. A page of one
+seller's sales, entries or credit requests needs none of it (queries.UNDER_SELLER_LOCK:
+they are written under the seller's row lock, so they commit in id order).
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ server B's sale, for another seller, takes higher ids and commits. A page read n
 must not show B's sale without A's: a client would pass B's id as its next
 `after_id` and never see A's. So the page waits for A's transaction to end: it is
 503 while A cannot end (the gate held past the reader's busy timeout), and both
-sales, in id order, once it has. An audit's checkpoint likewise bounds what the next
-quick audits read of credit requests: none is recorded past another server's request
-still to come.
+sales, in id order, once it has. A page of one seller's rows waits for nothing: they
+are written under the seller's row lock, so they commit in id order. An audit's
+checkpoint likewise bounds what the next quick audits read of credit requests: none
+is recorded past another server's request still to come.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 from chargebox import audit
 from chargebox.errors import LockTimeout
 from chargebox.queries import Page
+from chargebox.sale_search import Search
 from chargebox.services import Chargebox
 from tests.support import credited_seller
 from tests.test_postgresql_group_commit import FUNDS, blocked_by
@@ -47,11 +49,17 @@ def test_a_page_waits_for_a_lower_id_still_in_flight_on_another_server(pg_group_
             assert later > first + 1  # A's sale took the id between
             for read in (
                 lambda: b.queries.sales(Page(after_id=first)),
-                lambda: b.queries.sales(Page(after_id=first), seller_id=high),
+                lambda: b.queries.sales(Page(after_id=first), search=Search(phone=B_NUMBER)),
                 lambda: b.queries.ledger(Page(after_id=entries)),
             ):
                 with pytest.raises(LockTimeout):
                     read()
+            # one seller's rows are written under its row lock, in id order: none waits
+            assert [s["id"] for s in b.queries.sales(Page(after_id=first), high)] == [later]
+            assert b.queries.sales(Page(after_id=first), low) == []
+            assert [e["seller_id"] for e in b.queries.ledger(Page(after_id=entries), high)] == [
+                high
+            ]
             gate.rollback()
             middle = in_flight.result(timeout=30).record["id"]
         assert [s["id"] for s in b.queries.sales(Page(after_id=first))] == [middle, later]
