@@ -36,7 +36,7 @@ from chargebox.audit_checks import (
 from chargebox.checkpoints import State, Trusted
 from chargebox.clock import now
 from chargebox.db import Database
-from chargebox.errors import ChargeboxError, LockTimeout
+from chargebox.errors import ChargeboxError
 
 PROBLEM_CAP = 100
 CHECKPOINT_AFTER = 10_000  # newly verified entries that make a quick audit record one
@@ -68,11 +68,13 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
             seen_heads = anchors.heads(db)
     problems.sort(key=lambda p: (p["seller_id"] or 0, p["entry_id"] or 0))
     saved = None
-    if usable and not problems and found.walked >= checkpoint_after and settled:
+    bounds = [min(seen, top) for seen, top in zip((found.entry_id, found.request_id), settled,
+                                                  strict=True)]  # fmt: skip
+    # never behind the checkpoint it continues (a write in flight that did not settle)
+    ahead = trusted is None or (bounds[0] >= trusted.entry_id and bounds[1] >= trusted.request_id)
+    if usable and not problems and found.walked >= checkpoint_after and ahead:
         full_at = at if trusted is None else trusted.full_at
-        entry_id, request_id = (min(seen, top) for seen, top in zip(
-            (found.entry_id, found.request_id), settled, strict=True))  # fmt: skip
-        seen = (entry_id, found.totals["ledger_entries"], request_id, full_at, at)
+        seen = (bounds[0], found.totals["ledger_entries"], bounds[1], full_at, at)
         saved = _save(database, seen, found.states, trusted.states if trusted else {})
     if keyed and not problems:
         _anchor(database, seen_heads)
@@ -173,16 +175,12 @@ def _added(added: schema.Added) -> str:
             " what they let through")  # fmt: skip
 
 
-def _settled(database: Database) -> tuple[int, int] | None:
+def _settled(database: Database) -> tuple[int, int]:
     """The ledger entry and credit request ids up to which every write has ended
-    (settled.py; on SQLite, every id), or None if a write in flight did not end within
-    the busy timeout: then no checkpoint is recorded. A checkpoint's ids bound what the
-    next quick audits read of the rows of no seller's chain (credit requests, seals): one
-    past a row of another server still to come would leave that row to full audits."""
-    try:
-        tops = [database.settled(table) for table in ("ledger_entry", "credit_request")]
-    except LockTimeout:
-        return None
+    (settled.py; on SQLite, every id). A checkpoint's ids bound what the next quick
+    audits read of the rows of no seller's chain (credit requests, seals): one past a
+    row of another server still to come would leave that row to full audits."""
+    tops = [database.settled(table) for table in ("ledger_entry", "credit_request")]
     return tuple(_EVERY if top is None else top for top in tops)
 
 

@@ -164,7 +164,7 @@ class Database:
     def dicts(self, sql: str, params: Sequence | dict = ()) -> list[dict]:
         return as_dicts(self.connection().execute(sql, params))
 
-    def settled(self, table: str) -> None:
+    def settled(self, table: str, wait: bool = True) -> None:
         """No id to hold back from a page: one write at a time takes its ids and commits,
         so a page never passes a row still to come (PostgreSQL's: settled.py)."""
 

@@ -211,6 +211,7 @@ class Database:
         self.timeout = config.busy_timeout_ms / 1000
         self.ledger_key = config.ledger_key.encode("utf-8") if config.ledger_key else None
         self.slots = WriteSlots(config.threads, self.seconds_since_a_write_began)
+        self.tops = settled.Tops(min(self.timeout, settled.WAIT))
         self._local = threading.local()
         self._began = 0.0
         # Every connection opened, whatever thread it serves, so that close() ends them
@@ -250,10 +251,13 @@ class Database:
         with self._reading() as conn:
             return as_dicts(conn.execute(to_psycopg(sql), params or None))
 
-    def settled(self, table: str) -> int:
-        """The largest id of `table` a page may show now (settled.py)."""
+    def settled(self, table: str, wait: bool = True) -> int:
+        """The largest id of `table` a page may show (settled.py): the highest known, or,
+        `wait`ing, one settled anew if the writes in flight end in time."""
+        if not wait:
+            return self.tops.known(table)
         with self._reading() as conn:
-            return settled.top(conn, table, time.monotonic() + self.timeout)
+            return self.tops.settle(conn, table)
 
     @contextlib.contextmanager
     def _reading(self):
@@ -351,6 +355,9 @@ class Database:
                 "--grant-to ROLE` first"
             )
         schema.check_version(found, described(self.url))
+        if cached := settled.cached(self.rows):
+            raise ValueError(f"--db {described(self.url)}: {', '.join(cached)}: pages need"
+                             " one id at a time; ALTER SEQUENCE ... CACHE 1")  # fmt: skip
 
     def check_schema(self) -> None:
         """For the commands that only read: the same check, which writes nothing here."""

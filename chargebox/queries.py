@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+from collections.abc import Callable
 from typing import Protocol
 
+from chargebox import settled
 from chargebox.errors import NotFound, ValidationError, phrase
 from chargebox.sale_search import Conditions, Search, find
 
@@ -80,12 +82,6 @@ LEDGER_ENTRY = Shape(
 PHONE = Shape("phone", ("id", "number", "total_charged", "created_at"), phrase("phone"))
 
 
-# Tables whose rows of one seller are written under its row lock, taken before their ids
-# (PostgreSQL: ledger.py's `hold`, sale_batches, a credit request's lock_seller): one
-# seller's rows commit in id order, and a page of them holds none back.
-UNDER_SELLER_LOCK = ("sale", "ledger_entry", "credit_request")
-
-
 @dataclasses.dataclass(frozen=True)
 class Page:
     """Cursor paging: items with id > after_id, at most `limit`, oldest first."""
@@ -141,7 +137,7 @@ class Reader(Protocol):
 
     def dicts(self, sql: str, params: tuple = ()) -> list[dict]: ...
 
-    def settled(self, table: str) -> int | None: ...
+    def settled(self, table: str, wait: bool = True) -> int | None: ...
 
 
 class Queries:
@@ -161,17 +157,15 @@ class Queries:
         **filters: object,
     ) -> list[dict]:  # fmt: skip
         """A page of `shape`, by equality `filters` (None: any) and other `conditions`
-        (SQL, params) on its columns; only the ids settled now (settled.py)."""
-        held = self._settled(shape.table, filters.get("seller_id"))
-        return self._page(shape, page, (*conditions, *held), **filters)
+        (SQL, params) on its columns; only settled ids (settled.py)."""
+        return self._settled(shape.table, filters.get("seller_id"), page.limit, lambda held:
+                             self._page(shape, page, (*conditions, *held), **filters))  # fmt: skip
 
-    def _settled(self, table: str, seller_id: object = None) -> Conditions:
-        """The condition that keeps a page to the settled ids of `table` (PostgreSQL:
-        settled.py); none for one seller's rows UNDER_SELLER_LOCK, or on SQLite."""
-        if seller_id is not None and table in UNDER_SELLER_LOCK:
-            return ()
-        top = self.reader.settled(table)
-        return () if top is None else (("id <= ?", (top,)),)
+    def _settled(self, table: str, seller_id: object, limit: int,
+                 read: Callable[[Conditions], list[dict]]) -> list[dict]:  # fmt: skip
+        if seller_id is not None and table in settled.UNDER_SELLER_LOCK:
+            return read(())  # one seller's rows commit in id order
+        return settled.kept(self.reader.settled, table, limit, read)
 
     def _page(self, shape: Shape, page: Page, conditions: Conditions, **filters: object
               ) -> list[dict]:  # fmt: skip
@@ -224,14 +218,16 @@ class Queries:
 
         # with a number, the seller is kept off its index (`+`): the number's is narrower
         mine = (("+seller_id = ?", (seller_id,)),) if search.phone and seller_id else ()
-        settled = self._settled(SALE.table, seller_id)  # once, for every part of the page
 
-        def walk(part: Page, conditions: Conditions) -> list[dict]:
-            return self._page(SALE_READ, part, (*conditions, *mine, *settled),
-                              phone=search.phone,
-                              seller_id=None if mine else seller_id)  # fmt: skip
+        def read(held: Conditions) -> list[dict]:
+            def walk(part: Page, conditions: Conditions) -> list[dict]:
+                return self._page(SALE_READ, part, (*conditions, *mine, *held),
+                                  phone=search.phone,
+                                  seller_id=None if mine else seller_id)  # fmt: skip
 
-        return find(walk, self.reader.rows, page, seller_id, search)
+            return find(walk, self.reader.rows, page, seller_id, search)
+
+        return self._settled(SALE.table, seller_id, page.limit, read)
 
     def ledger(self, page: Page, seller_id: int | None = None) -> list[dict]:
         return self.page(LEDGER_ENTRY, page, seller_id=seller_id)

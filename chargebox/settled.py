@@ -8,72 +8,116 @@ takes 101 and commits first. A page read between them shows 101 and not 100, and
 client, passing 101 next, never sees 100: a sale missing from a reconciliation that
 walked every page.
 
-So a page on PostgreSQL shows only settled ids (`top`):
+So a page on PostgreSQL shows only settled ids, those up to a `top`:
 
 1. read the last id the table's sequence has handed out, `last`;
-2. then, in a later statement, list the transactions in progress that may write
-   the table (`pg_stat_activity`: sessions on this database whose role may insert
-   into it), and wait until each has ended (polled: a write lasts a batch,
-   milliseconds), no longer than the busy timeout, then 503 like a lock not had
-   (LockTimeout: the client retries). Another database's transactions, and a
-   reporting role's, are not waited for; an operator's write transaction left
-   open as the owner or a superuser is, and holds pages back until it ends;
-3. the page, read after that, shows ids up to `last` only (the rest are on the next).
+2. then, in a later statement, list the transactions that hold a lock on that
+   sequence (`pg_locks`: `nextval` takes one, kept until the transaction ends,
+   whoever runs it, under whatever role, prepared transactions too), and wait until
+   each has ended (polled: a write lasts a batch, milliseconds);
+3. `last` is then settled: every id up to it was handed out before step 2 looked, so
+   its transaction had ended by then, or was waited for: it committed, and a page
+   reads it, or rolled back, and the id is never used. A sequence not used yet (a new
+   database, or one `chargebox copy` filled, with the next id set but not taken) has
+   handed out none: the table's largest id stands in, every row then having been
+   written with its id given.
 
-Why that holds: every write transaction takes its transaction id as it begins
-(`lost_commit.IDENTITY`, sent with BEGIN), before it takes any id, and a sequence
-hands out one id at a time (no CACHE: none is kept by a session to use later). An id
-up to `last` was taken before step 2 looked, so its transaction had ended by
-then, or was waited for: it committed, and the page reads it, or rolled back, and
-the id is never used. A sequence not used yet (a new database, or one `chargebox
-copy` filled, with the next id set but not taken) has handed out none: the table's
-largest id stands in, every row then having been written with its id given.
+A settled id stays settled, so each process keeps the highest top found per table
+(`Tops`): a page is read up to it first, and only a page that comes back short (it
+reached the top) settles anew and is read again. A write in flight that does not end
+within WAIT (a host lost mid-batch leaves its transaction open) leaves the top where
+it was: the page is short, never wrong, and nothing answers 503 for it.
 
-A page costs one round trip more (the two statements go down one pipeline), and,
-while writes are in flight, the wait for them: about one batch. A page of one
-seller's sales, entries or credit requests needs none of it (queries.UNDER_SELLER_LOCK:
-they are written under the seller's row lock, so they commit in id order).
+A sequence must hand out one id at a time (no CACHE): a session's cached ids would be
+handed out after a page had passed them. Start-up refuses a cached one (`cached`).
+
+A page costs one round trip more while it is short of the top, and then the wait for
+the writes in flight: about one batch. A page of one seller's sales, entries or credit
+requests needs none of it (UNDER_SELLER_LOCK: they are written under the
+seller's row lock, so they commit in id order).
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 
-from chargebox.errors import LockTimeout
 from chargebox.pg_driver import pipelined
 
-_LAST = (
-    "SELECT COALESCE(pg_sequence_last_value(CAST(pg_get_serial_sequence(%s, 'id')"
-    " AS regclass)), (SELECT max(id) FROM {table}), 0)"
-)
-# The transactions in progress (each as its backend and transaction id) that may write
-# `table`: of sessions on this database whose role may insert into it (the service's, its
-# owner's, a superuser's); then, of those, the ones still running.
-_IN_FLIGHT = (
-    "SELECT ARRAY(SELECT pid || ':' || backend_xid FROM pg_stat_activity"
-    " WHERE datname = current_database() AND backend_xid IS NOT NULL"
-    " AND pid <> pg_backend_pid() AND has_table_privilege(usesysid, %s, 'INSERT'))"
-)
-_STILL = (
-    "SELECT ARRAY(SELECT pid || ':' || backend_xid FROM pg_stat_activity"
-    " WHERE pid || ':' || backend_xid = ANY(CAST(%s AS text[])))"
-)
+WAIT = 1.0  # seconds a page waits for the writes in flight, at most (and the busy timeout)
 FIRST_PAUSE, LONGEST_PAUSE = 0.001, 0.02  # seconds between two polls: doubling, up to
+# The tables a page lists (each with a serial id).
+PAGED = ("seller", "seller_key", "credit_request", "sale", "ledger_entry", "phone")
+# Tables whose rows of one seller are written under its row lock, taken before their ids
+# (ledger.py's `hold`, sale_batches, a credit request's lock_seller): one seller's rows
+# commit in id order, and a page of them holds none back.
+UNDER_SELLER_LOCK = ("sale", "ledger_entry", "credit_request")
+
+_SEQUENCE = "CAST(pg_get_serial_sequence(%s, 'id') AS regclass)"
+_LAST = f"SELECT COALESCE(pg_sequence_last_value({_SEQUENCE}), (SELECT max(id) FROM {{table}}), 0)"
+# The transactions (virtual ids) holding a lock on the table's sequence, but this session;
+# then, of those given, the ones that still do.
+_HOLDERS = (
+    "SELECT ARRAY(SELECT virtualtransaction FROM pg_locks WHERE locktype = 'relation'"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    f" AND relation = {_SEQUENCE} AND granted {{}})"
+)
+_IN_FLIGHT = _HOLDERS.format("AND pid IS DISTINCT FROM pg_backend_pid()")
+_STILL = _HOLDERS.format("AND virtualtransaction = ANY(CAST(%s AS text[]))")
+_CACHED = (  # through Database.rows: SQLite's `?`
+    "SELECT t.name, s.seqcache FROM unnest(CAST(? AS text[])) AS t(name) JOIN pg_sequence"
+    " AS s ON s.seqrelid = CAST(pg_get_serial_sequence(t.name, 'id') AS regclass)"
+    " WHERE s.seqcache > 1 ORDER BY t.name"
+)
 
 
-def top(conn, table: str, deadline: float) -> int:
-    """The largest id of `table` a page may show now: every row up to it is committed or
-    never will be (see the top). LockTimeout if a transaction in progress has not ended
-    by `deadline` (time.monotonic())."""
-    with pipelined(conn):
-        last = conn.execute(_LAST.format(table=table), (table,))
-        in_flight = conn.execute(_IN_FLIGHT, (table,))
-    (last,), ((waiting,),) = last.fetchone(), in_flight.fetchall()
-    pause = FIRST_PAUSE
-    while waiting:
-        if time.monotonic() >= deadline:
-            raise LockTimeout("the database is busy; retry shortly")
-        time.sleep(pause)
-        pause = min(2 * pause, LONGEST_PAUSE)
-        (waiting,) = conn.execute(_STILL, (waiting,)).fetchone()
-    return last
+class Tops:
+    """One process's settled tops, each table's the highest found so far."""
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+        self._known: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def known(self, table: str) -> int:
+        with self._lock:
+            return self._known.get(table, 0)
+
+    def settle(self, conn, table: str) -> int:
+        """Settle `table`'s ids anew on `conn` (idle, autocommit), waiting at most `wait`
+        for the writes in flight; the highest top known if one did not end by then."""
+        deadline = time.monotonic() + self.wait
+        with pipelined(conn):
+            last = conn.execute(_LAST.format(table=table), (table,))
+            in_flight = conn.execute(_IN_FLIGHT, (table,))
+        (last,), ((waiting,),) = last.fetchone(), in_flight.fetchall()
+        pause = FIRST_PAUSE
+        while waiting:
+            if time.monotonic() >= deadline:
+                return self.known(table)
+            time.sleep(pause)
+            pause = min(2 * pause, LONGEST_PAUSE)
+            (waiting,) = conn.execute(_STILL, (table, waiting)).fetchone()
+        with self._lock:
+            self._known[table] = top = max(last, self._known.get(table, 0))
+        return top
+
+
+def kept(settled: Callable[..., int | None], table: str, limit: int,
+         read: Callable[[list], list[dict]]) -> list[dict]:  # fmt: skip
+    """`read(conditions)`, a page of at most `limit` rows, kept to `table`'s settled ids
+    (`settled`: a Database's): up to the top known, then, if that page is short, up to
+    one settled anew. SQLite has no id to hold back (`settled` is None)."""
+    if (known := settled(table, wait=False)) is None:
+        return read([])
+    found = read([("id <= ?", (known,))])
+    if len(found) < limit and (top := settled(table)) > known:
+        found = read([("id <= ?", (top,))])
+    return found
+
+
+def cached(rows) -> list[str]:
+    """The paged tables whose sequence caches ids (CACHE above 1), each with its cache:
+    for start-up to refuse (see the top)."""
+    return [f"{table}'s ids (CACHE {cache})" for table, cache in rows(_CACHED, (list(PAGED),))]

@@ -174,6 +174,14 @@ class _Reading:
             return self.conn.execute(re.sub(r"\?", "%s", sql), params or None)
         return self.conn.execute(sql, params)
 
+    def ids_given(self, table: str) -> None:
+        """After rows written here with their ids given: on PostgreSQL, the table's
+        sequence set to the largest id, as `chargebox copy` does, so that the service
+        hands out none below them and its pages show them (chargebox/settled.py)."""
+        if self.postgresql:
+            self.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
+                         f" (SELECT max(id) FROM {table}))")  # fmt: skip
+
 
 @contextlib.contextmanager
 def read_only(db: Path | str) -> Iterator[_Reading]:

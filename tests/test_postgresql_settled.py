@@ -4,12 +4,12 @@ Two app servers on one database: server A's sale takes its ids, then waits for a
 phone's row held by `gate` (so its transaction stays open with the lower ids);
 server B's sale, for another seller, takes higher ids and commits. A page read now
 must not show B's sale without A's: a client would pass B's id as its next
-`after_id` and never see A's. So the page waits for A's transaction to end: it is
-503 while A cannot end (the gate held past the reader's busy timeout), and both
-sales, in id order, once it has. A page of one seller's rows waits for nothing: they
-are written under the seller's row lock, so they commit in id order. An audit's
-checkpoint likewise bounds what the next quick audits read of credit requests: none
-is recorded past another server's request still to come.
+`after_id` and never see A's. So B's page stops at the last settled id: it waits a
+moment for A's transaction, which does not end, and shows only what came before
+it; once A has committed, both sales, in id order. A page of one seller's rows
+waits for nothing: they are written under the seller's row lock, so they commit in
+id order. An audit's checkpoint likewise bounds what the next quick audits read of
+credit requests: none is recorded past another server's request still to come.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from chargebox import audit
-from chargebox.errors import LockTimeout
+from chargebox.cli import prepare
 from chargebox.queries import Page
 from chargebox.sale_search import Search
 from chargebox.services import Chargebox
@@ -31,41 +31,66 @@ from tests.test_postgresql_group_commit import FUNDS, blocked_by
 A_NUMBER, B_NUMBER = "09120000001", "09120000002"
 
 
-def test_a_page_waits_for_a_lower_id_still_in_flight_on_another_server(pg_group_commit):
+@pytest.fixture
+def two_servers(pg_group_commit):
+    """Server A (the fixture's service), server B on the same database (its pages wait
+    0.5 s at most: its busy timeout), and a superuser URL."""
     a, superuser = pg_group_commit
     b = Chargebox(dataclasses.replace(a.config, busy_timeout_ms=500))
-    try:
-        low, high = (credited_seller(a, FUNDS)["id"] for _ in range(2))
-        first = a.sell(low, A_NUMBER, 1_000).record["id"]  # the phone's row now exists
-        entries = b.queries.ledger(Page(limit=1000))[-1]["id"]
-        with (
-            concurrent.futures.ThreadPoolExecutor(1) as pool,
-            psycopg.connect(superuser) as gate,
-        ):
-            gate.execute("SELECT 1 FROM phone WHERE number = %s FOR UPDATE", (A_NUMBER,))
-            in_flight = pool.submit(a.sell, low, A_NUMBER, 1_000)
-            blocked_by(superuser, gate.info.backend_pid)  # A holds its ids, not committed
-            later = b.sell(high, B_NUMBER, 1_000).record["id"]
-            assert later > first + 1  # A's sale took the id between
-            for read in (
-                lambda: b.queries.sales(Page(after_id=first)),
-                lambda: b.queries.sales(Page(after_id=first), search=Search(phone=B_NUMBER)),
-                lambda: b.queries.ledger(Page(after_id=entries)),
-            ):
-                with pytest.raises(LockTimeout):
-                    read()
-            # one seller's rows are written under its row lock, in id order: none waits
-            assert [s["id"] for s in b.queries.sales(Page(after_id=first), high)] == [later]
-            assert b.queries.sales(Page(after_id=first), low) == []
-            assert [e["seller_id"] for e in b.queries.ledger(Page(after_id=entries), high)] == [
-                high
-            ]
-            gate.rollback()
-            middle = in_flight.result(timeout=30).record["id"]
-        assert [s["id"] for s in b.queries.sales(Page(after_id=first))] == [middle, later]
-        assert [e["kind"] for e in b.queries.ledger(Page(after_id=entries))] == ["sale"] * 2
-    finally:
-        b.close()
+    yield a, b, superuser
+    b.close()
+
+
+def ids(rows: list[dict]) -> list[int]:
+    return [row["id"] for row in rows]
+
+
+def test_a_page_stops_below_a_lower_id_still_in_flight_on_another_server(two_servers):
+    a, b, superuser = two_servers
+    low, high = (credited_seller(a, FUNDS)["id"] for _ in range(2))
+    first = a.sell(low, A_NUMBER, 1_000).record["id"]  # the phone's row now exists
+    assert ids(b.queries.sales(Page())) == [first]
+    entries = ids(b.queries.ledger(Page(limit=1000)))
+    with (
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+        psycopg.connect(superuser) as gate,
+    ):
+        gate.execute("SELECT 1 FROM phone WHERE number = %s FOR UPDATE", (A_NUMBER,))
+        in_flight = pool.submit(a.sell, low, A_NUMBER, 1_000)
+        blocked_by(superuser, gate.info.backend_pid)  # A holds its ids, not committed
+        later = b.sell(high, B_NUMBER, 1_000).record["id"]
+        assert later > first + 1  # A's sale took the id between
+        assert ids(b.queries.sales(Page())) == [first]  # not `later`: 100 before 101
+        assert ids(b.queries.sales(Page(), search=Search(phone=B_NUMBER))) == []
+        assert ids(b.queries.ledger(Page(limit=1000))) == entries
+        # one seller's rows are written under its row lock, in id order: none waits
+        assert ids(b.queries.sales(Page(after_id=first), high)) == [later]
+        assert b.queries.sales(Page(after_id=first), low) == []
+        assert [e["seller_id"] for e in b.queries.ledger(Page(after_id=entries[-1]), high)] == [
+            high
+        ]
+        gate.rollback()
+        middle = in_flight.result(timeout=30).record["id"]
+    assert ids(b.queries.sales(Page(after_id=first))) == [middle, later]
+    assert [e["kind"] for e in b.queries.ledger(Page(after_id=entries[-1]))] == ["sale"] * 2
+
+
+def test_a_full_page_below_the_known_top_waits_for_nothing(two_servers):
+    """Once settled, an id stays settled: a page that fills up below the top its server
+    knows is read without a look at the writes in flight."""
+    a, b, superuser = two_servers
+    seller = credited_seller(a, FUNDS)["id"]
+    sold = [a.sell(seller, A_NUMBER, 100).record["id"] for _ in range(3)]
+    assert ids(b.queries.sales(Page())) == sold
+    settles = []
+    settle = b.database.tops.settle
+    b.database.tops.settle = lambda *args: settles.append(args) or settle(*args)
+    with psycopg.connect(superuser) as holder:  # an id taken and held: a write in flight
+        holder.execute("SELECT nextval('sale_id_seq')")
+        assert ids(b.queries.sales(Page(limit=2))) == sold[:2]
+        assert settles == []
+        assert ids(b.queries.sales(Page())) == sold  # short: waited 0.5 s, then the known top
+        assert len(settles) == 1
 
 
 def test_a_page_with_nothing_in_flight_shows_every_committed_row(pg_group_commit):
@@ -75,41 +100,76 @@ def test_a_page_with_nothing_in_flight_shows_every_committed_row(pg_group_commit
     assert service.queries.sales(Page()) == []
     seller = credited_seller(service, FUNDS)["id"]
     sold = [service.sell(seller, A_NUMBER, 100).record["id"] for _ in range(3)]
-    assert [s["id"] for s in service.queries.sales(Page())] == sold
-    assert [s["id"] for s in service.queries.sales(Page(after_id=sold[0]))] == sold[1:]
+    assert ids(service.queries.sales(Page())) == sold
+    assert ids(service.queries.sales(Page(after_id=sold[0]))) == sold[1:]
 
 
-def test_no_checkpoint_passes_a_credit_request_still_to_come(pg_group_commit):
+def test_only_a_transaction_holding_an_id_of_the_table_holds_its_pages_back(two_servers):
+    """Waited for: a transaction that took an id from the table's sequence, whatever its
+    role (here a superuser's `nextval`, before any transaction id is assigned). Not
+    waited for: another database's transaction, and one that took no such id."""
+    a, b, superuser = two_servers
+    seller = credited_seller(a, FUNDS)["id"]
+    with psycopg.connect(superuser) as taker:
+        taker.execute("SELECT nextval('sale_id_seq')")
+        sold = a.sell(seller, A_NUMBER, 100).record["id"]
+        assert b.queries.sales(Page()) == []  # b knew no top: it settles none meanwhile
+    assert ids(b.queries.sales(Page())) == [sold]
+    again = a.sell(seller, A_NUMBER, 100).record["id"]
+    elsewhere = superuser.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(elsewhere) as other_database, psycopg.connect(superuser) as other:
+        other_database.execute("SELECT txid_current()")
+        other.execute("SELECT txid_current()")
+        other.execute("SELECT nextval('ledger_entry_id_seq')")  # another table's id
+        assert ids(b.queries.sales(Page())) == [sold, again]
+
+
+def test_a_sequence_that_caches_ids_is_refused_at_start(pg_group_commit):
+    """A session's cached ids would be handed out after a page had passed them."""
+    service, superuser = pg_group_commit
+    with psycopg.connect(superuser, autocommit=True) as admin:
+        admin.execute("ALTER SEQUENCE sale_id_seq CACHE 10")
+    with pytest.raises(ValueError, match=r"sale's ids \(CACHE 10\).*CACHE 1"):
+        prepare(service.config)
+    with psycopg.connect(superuser, autocommit=True) as admin:
+        admin.execute("ALTER SEQUENCE sale_id_seq CACHE 1")
+    prepare(service.config)
+
+
+def test_no_checkpoint_passes_a_credit_request_still_to_come(two_servers):
     """Another server's credit request holds a lower id, not committed, while this one's,
-    higher, commits: a clean audit then records no checkpoint (it would say every request
-    up to the higher id was verified). Once the lower one has committed and is tampered
-    with (approved with no credit entry), the next quick audit names it."""
-    a, superuser = pg_group_commit
-    b = Chargebox(dataclasses.replace(a.config, busy_timeout_ms=500))
-    try:
-        low, high = (credited_seller(a, FUNDS)["id"] for _ in range(2))
-        with psycopg.connect(a.config.db_url) as other:  # as a server's write: its xid first
-            other.execute("SELECT txid_current()")
-            (held,) = other.execute(
-                "INSERT INTO credit_request (seller_id, amount, status, created_at)"
-                " VALUES (%s, 500, 'pending', %s) RETURNING id",
-                (low, "2026-12-04T06:00:00.000000Z"),
-            ).fetchone()
-            later = b.request_credit(high, 500).record["id"]
-            assert later > held
-            report = audit.audit(b.database, checkpoint_after=0)
-            assert report["consistent"] and report["scope"]["saved_checkpoint"] is None
-        with psycopg.connect(superuser) as tamper:
-            tamper.execute("SET session_replication_role = replica")
-            tamper.execute(
-                "UPDATE credit_request SET status = 'approved', decided_at = created_at"
-                " WHERE id = %s",
-                (held,),
-            )
-        named = [p["message"] for p in audit.audit(b.database)["problems"]]
-        assert f"credit request {held} (approved, 500) has 0 credit entries" in named
-    finally:
-        b.close()
+    higher, commits: a clean audit bounds its checkpoint below the lower one (it would
+    otherwise say every request up to the higher id was verified). Once the lower one
+    has committed and is tampered with (approved with no credit entry), the next quick
+    audit names it."""
+    a, b, superuser = two_servers
+    low, high = (credited_seller(a, FUNDS)["id"] for _ in range(2))
+    settled = ids(b.queries.credit_requests(Page()))[-1]  # b knows a settled top
+    with psycopg.connect(a.config.db_url) as other:  # as a server's write
+        (held,) = other.execute(
+            "INSERT INTO credit_request (seller_id, amount, status, created_at)"
+            " VALUES (%s, 500, 'pending', %s) RETURNING id",
+            (low, "2026-12-04T06:00:00.000000Z"),
+        ).fetchone()
+        later = b.request_credit(high, 500).record["id"]
+        assert later > held
+        report = audit.audit(b.database, checkpoint_after=0)
+        assert report["consistent"] and report["scope"]["saved_checkpoint"]
+        (bound,) = b.database.rows("SELECT max(request_id) FROM audit_checkpoint")[0]
+        assert settled == bound < held
+        c = Chargebox(a.config)  # a new process: it knows no settled top yet
+        try:  # its bounds (0) would be behind the checkpoint: it records none
+            assert audit.audit(c.database, checkpoint_after=0)["scope"]["saved_checkpoint"] is None
+        finally:
+            c.close()
+    with psycopg.connect(superuser) as tamper:
+        tamper.execute("SET session_replication_role = replica")
+        tamper.execute(
+            "UPDATE credit_request SET status = 'approved', decided_at = created_at WHERE id = %s",
+            (held,),
+        )
+    named = [p["message"] for p in audit.audit(b.database)["problems"]]
+    assert f"credit request {held} (approved, 500) has 0 credit entries" in named
 
 
 def test_a_settled_audit_records_its_checkpoint(pg_group_commit):
@@ -121,46 +181,3 @@ def test_a_settled_audit_records_its_checkpoint(pg_group_commit):
     assert audit.audit(service.database, checkpoint_after=0)["scope"]["saved_checkpoint"]
     rows = service.database.rows("SELECT request_id FROM audit_checkpoint ORDER BY id DESC")
     assert rows[0][0] == newest
-
-
-def test_a_transaction_that_cannot_write_the_table_does_not_hold_pages_back(pg_group_commit):
-    """Transactions that write no chargebox row are not waited for: another database's,
-    and one of a role that may not insert into the table (each holding a transaction
-    id); a superuser's may, and is."""
-    service, superuser = pg_group_commit
-    quick = Chargebox(dataclasses.replace(service.config, busy_timeout_ms=500))
-    elsewhere = superuser.rsplit("/", 1)[0] + "/postgres"
-    try:
-        seller = credited_seller(service, FUNDS)["id"]
-        sold = service.sell(seller, A_NUMBER, 100).record["id"]
-        with psycopg.connect(elsewhere, autocommit=True) as admin:
-            admin.execute("CREATE ROLE chargebox_reporting LOGIN PASSWORD 'reporting'")
-        try:
-            reporting = superuser.replace("postgres:", "chargebox_reporting:", 1).replace(
-                "chargebox-test-superuser-password", "reporting", 1
-            )
-            with psycopg.connect(superuser, autocommit=True) as admin:
-                database = superuser.rsplit("/", 1)[1]
-                admin.execute(f"GRANT CONNECT ON DATABASE {database} TO chargebox_reporting")
-                admin.execute("GRANT USAGE ON SCHEMA public TO chargebox_reporting")
-                admin.execute("CREATE TABLE reporting_note (id int)")
-                admin.execute("GRANT INSERT ON reporting_note TO chargebox_reporting")
-            with (
-                psycopg.connect(elsewhere) as other_database,
-                psycopg.connect(reporting) as reporter,
-            ):
-                other_database.execute("SELECT txid_current()")
-                reporter.execute("INSERT INTO reporting_note VALUES (1)")
-                assert [s["id"] for s in quick.queries.sales(Page())] == [sold]
-            with psycopg.connect(superuser) as operator:
-                operator.execute("SELECT txid_current()")
-                with pytest.raises(LockTimeout):
-                    quick.queries.sales(Page())
-        finally:
-            with psycopg.connect(superuser, autocommit=True) as admin:
-                admin.execute("DROP TABLE IF EXISTS reporting_note")
-                admin.execute("DROP OWNED BY chargebox_reporting")
-            with psycopg.connect(elsewhere, autocommit=True) as admin:
-                admin.execute("DROP ROLE IF EXISTS chargebox_reporting")
-    finally:
-        quick.close()

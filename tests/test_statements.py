@@ -151,6 +151,7 @@ def test_a_search_by_time_finds_every_sale_stamped_in_it_and_no_other(
                 "INSERT INTO sale (id, seller_id, phone, amount, balance_after, created_at)"
                 " VALUES (?, ?, ?, 1, 0, ?)", (last, owner, PHONE, at(seconds))
             )  # fmt: skip
+        conn.ids_given("sale")
     search = queries.Search(start=None if low is None else at(low),
                             end=None if high is None else at(high))  # fmt: skip
     seller = first if mine else None
@@ -424,6 +425,7 @@ def test_a_search_of_sales_by_time_reads_the_range_not_every_sale_before_it(serv
                      for day in (3, 1))  # fmt: skip
     sold = [id_ for (id_,) in service.queries.reader.rows("SELECT id FROM sale ORDER BY id")]
     pages = []
+    service.queries.sales(queries.Page())  # (PostgreSQL: the top settled, settled.py)
 
     def search_pages():
         for whose in (None, seller):
@@ -458,6 +460,7 @@ def test_a_wide_search_by_time_pages_without_reading_its_whole_range(service, co
     write_entries(service, seller, [(n * 57, -1) for n in range(3000)])
     search = queries.Search(start=at(0), end=at(4 * 86400))
     pages = []
+    service.queries.sales(queries.Page())  # (PostgreSQL: the top settled, settled.py)
 
     def search_pages():
         for whose in (None, seller):
