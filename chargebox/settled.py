@@ -87,6 +87,8 @@ class Tops:
     def settle(self, conn, table: str) -> int:
         """Settle `table`'s ids anew on `conn` (idle, autocommit), waiting at most `wait`
         for the writes in flight; the highest top known if one did not end by then."""
+        if conn.info.transaction_status.name != "IDLE":  # a snapshot would not see them
+            raise AssertionError("ids are settled outside a transaction, before a page")
         deadline = time.monotonic() + self.wait
         with pipelined(conn):
             last = conn.execute(_LAST.format(table=table), (table,))
