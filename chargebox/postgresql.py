@@ -355,9 +355,9 @@ class Database:
                 "--grant-to ROLE` first"
             )
         schema.check_version(found, described(self.url))
-        if cached := settled.cached(self.rows):
-            raise ValueError(f"--db {described(self.url)}: {', '.join(cached)}: pages need"
-                             " one id at a time; ALTER SEQUENCE ... CACHE 1")  # fmt: skip
+        if unordered := settled.unordered(self.rows):
+            raise ValueError(f"--db {described(self.url)}: {', '.join(unordered)}: pages need"
+                             " ids one at a time: ALTER SEQUENCE ... CACHE 1 NO CYCLE")  # fmt: skip
 
     def check_schema(self) -> None:
         """For the commands that only read: the same check, which writes nothing here."""

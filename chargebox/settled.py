@@ -22,28 +22,33 @@ So a page on PostgreSQL shows only settled ids, those up to a `top`:
    handed out none: the table's largest id stands in, every row then having been
    written with its id given.
 
-A settled id stays settled, so each process keeps the highest top found per table
+A settled id stays settled, so each process keeps the top last found per table
 (`Tops`): a page is read up to it first, and only a page that comes back short (it
 reached the top) settles anew and is read again. A write in flight that does not end
 within WAIT (a host lost mid-batch leaves its transaction open) leaves the top where
-it was: the page is short, never wrong, and nothing answers 503 for it.
+it was: the page is short, never wrong, and nothing answers 503 for it; for WAIT
+after that, pages do not wait for it again. A settle that finds the sequence behind
+the known top (the database went back: a restore, a failover) takes its value, and
+says so in the log.
 
-A sequence must hand out one id at a time (no CACHE): a session's cached ids would be
-handed out after a page had passed them. Start-up refuses a cached one (`cached`).
+A sequence must hand out one id at a time, each above the last (no CACHE, a positive
+INCREMENT, no CYCLE): a session's cached ids would be handed out after a page had
+passed them. Start-up refuses one that does not (`unordered`). Only nextval's lock
+(RowExclusiveLock) is waited for: a `pg_dump` or a reader of the sequence takes a
+weaker one and holds no page back.
 
-A page costs one round trip more while it is short of the top, and then the wait for
-the writes in flight: about one batch. A page of one seller's sales, entries or credit
+A page that reaches the top costs two round trips more, and then the wait for the
+writes in flight: about one batch. A page of one seller's sales, entries or credit
 requests needs none of it (UNDER_SELLER_LOCK: they are written under the
 seller's row lock, so they commit in id order).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
-
-from chargebox.pg_driver import pipelined
 
 WAIT = 1.0  # seconds a page waits for the writes in flight, at most (and the busy timeout)
 FIRST_PAUSE, LONGEST_PAUSE = 0.001, 0.02  # seconds between two polls: doubling, up to
@@ -56,20 +61,22 @@ UNDER_SELLER_LOCK = ("sale", "ledger_entry", "credit_request")
 
 _SEQUENCE = "CAST(pg_get_serial_sequence(%s, 'id') AS regclass)"
 _LAST = f"SELECT COALESCE(pg_sequence_last_value({_SEQUENCE}), (SELECT max(id) FROM {{table}}), 0)"
-# The transactions (virtual ids) holding a lock on the table's sequence, but this session;
-# then, of those given, the ones that still do.
-_HOLDERS = (
+# The transactions (virtual ids) holding nextval's lock on the table's sequence, but this
+# session; then, of those given, the ones that still do.
+_HOLDERS = (  # RowExclusiveLock: what nextval takes (a pg_dump's or a reader's is weaker)
     "SELECT ARRAY(SELECT virtualtransaction FROM pg_locks WHERE locktype = 'relation'"
     " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-    f" AND relation = {_SEQUENCE} AND granted {{}})"
+    f" AND relation = {_SEQUENCE} AND mode = 'RowExclusiveLock' AND granted {{}})"
 )
 _IN_FLIGHT = _HOLDERS.format("AND pid IS DISTINCT FROM pg_backend_pid()")
 _STILL = _HOLDERS.format("AND virtualtransaction = ANY(CAST(%s AS text[]))")
-_CACHED = (  # through Database.rows: SQLite's `?`
-    "SELECT t.name, s.seqcache FROM unnest(CAST(? AS text[])) AS t(name) JOIN pg_sequence"
-    " AS s ON s.seqrelid = CAST(pg_get_serial_sequence(t.name, 'id') AS regclass)"
-    " WHERE s.seqcache > 1 ORDER BY t.name"
+_UNORDERED = (  # through Database.rows: SQLite's `?`
+    "SELECT t.name, s.seqcache, s.seqincrement, s.seqcycle FROM unnest(CAST(? AS text[]))"
+    " AS t(name) JOIN pg_sequence AS s"
+    " ON s.seqrelid = CAST(pg_get_serial_sequence(t.name, 'id') AS regclass)"
+    " WHERE s.seqcache > 1 OR s.seqincrement < 1 OR s.seqcycle ORDER BY t.name"
 )
+_log = logging.getLogger("chargebox.settled")
 
 
 class Tops:
@@ -78,6 +85,7 @@ class Tops:
     def __init__(self, wait: float) -> None:
         self.wait = wait
         self._known: dict[str, int] = {}
+        self._stuck: dict[str, float] = {}  # until when a table's settles do not wait
         self._lock = threading.Lock()
 
     def known(self, table: str) -> int:
@@ -86,23 +94,31 @@ class Tops:
 
     def settle(self, conn, table: str) -> int:
         """Settle `table`'s ids anew on `conn` (idle, autocommit), waiting at most `wait`
-        for the writes in flight; the highest top known if one did not end by then."""
+        for the writes in flight; the highest top known if one did not end by then (and,
+        for `wait` after that, settles that find one do not wait: a stuck transaction
+        would otherwise hold a thread for each page that reaches the top)."""
         if conn.info.transaction_status.name != "IDLE":  # a snapshot would not see them
             raise AssertionError("ids are settled outside a transaction, before a page")
-        deadline = time.monotonic() + self.wait
-        with pipelined(conn):
-            last = conn.execute(_LAST.format(table=table), (table,))
-            in_flight = conn.execute(_IN_FLIGHT, (table,))
-        (last,), ((waiting,),) = last.fetchone(), in_flight.fetchall()
+        before = self.known(table)  # settled before `last` is read: `last` is not below it
+        # apart: pg_sequence_last_value takes nextval's lock, to its transaction's end
+        ((last,),) = conn.execute(_LAST.format(table=table), (table,)).fetchall()
+        ((waiting,),) = conn.execute(_IN_FLIGHT, (table,)).fetchall()
+        now = time.monotonic()
+        deadline = now if self._stuck.get(table, 0.0) > now else now + self.wait
         pause = FIRST_PAUSE
         while waiting:
             if time.monotonic() >= deadline:
+                self._stuck[table] = time.monotonic() + self.wait
                 return self.known(table)
             time.sleep(pause)
             pause = min(2 * pause, LONGEST_PAUSE)
             (waiting,) = conn.execute(_STILL, (table, waiting)).fetchone()
         with self._lock:
-            self._known[table] = top = max(last, self._known.get(table, 0))
+            if last < before:  # the database went back (a restore, a failover, a RESTART)
+                _log.warning("%s's ids went back from %d to %d", table, before, last)
+                self._known[table] = top = last
+            else:  # (another thread's settle may have found a higher one meanwhile)
+                self._known[table] = top = max(last, self._known.get(table, 0))
         return top
 
 
@@ -119,7 +135,8 @@ def kept(settled: Callable[..., int | None], table: str, limit: int,
     return found
 
 
-def cached(rows) -> list[str]:
-    """The paged tables whose sequence caches ids (CACHE above 1), each with its cache:
-    for start-up to refuse (see the top)."""
-    return [f"{table}'s ids (CACHE {cache})" for table, cache in rows(_CACHED, (list(PAGED),))]
+def unordered(rows) -> list[str]:
+    """The paged tables whose sequence may hand out an id below one handed out before
+    (a CACHE above 1, an INCREMENT below 1, CYCLE): for start-up to refuse (see the top)."""
+    return [f"{table}'s ids (CACHE {cache}, INCREMENT {step}{', CYCLE' if cycle else ''})"
+            for table, cache, step, cycle in rows(_UNORDERED, (list(PAGED),))]  # fmt: skip

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import time
+import types
 
 import psycopg
 import pytest
 
-from chargebox import audit
+from chargebox import audit, settled
 from chargebox.cli import prepare
 from chargebox.queries import Page
 from chargebox.sale_search import Search
@@ -124,16 +126,67 @@ def test_only_a_transaction_holding_an_id_of_the_table_holds_its_pages_back(two_
         assert ids(b.queries.sales(Page())) == [sold, again]
 
 
-def test_a_sequence_that_caches_ids_is_refused_at_start(pg_group_commit):
-    """A session's cached ids would be handed out after a page had passed them."""
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [("CACHE 10", r"CACHE 10, INCREMENT 1\)"), ("CYCLE", r"CACHE 1, INCREMENT 1, CYCLE\)")],
+)
+def test_a_sequence_that_may_hand_out_a_lower_id_is_refused_at_start(
+    pg_group_commit, change, named
+):
+    """A session's cached ids, or a sequence that cycles, would hand out an id after a
+    page had passed it."""
     service, superuser = pg_group_commit
     with psycopg.connect(superuser, autocommit=True) as admin:
-        admin.execute("ALTER SEQUENCE sale_id_seq CACHE 10")
-    with pytest.raises(ValueError, match=r"sale's ids \(CACHE 10\).*CACHE 1"):
+        admin.execute(f"ALTER SEQUENCE sale_id_seq {change}")
+    with pytest.raises(ValueError, match=rf"sale's ids \({named}.*CACHE 1 NO CYCLE"):
         prepare(service.config)
     with psycopg.connect(superuser, autocommit=True) as admin:
-        admin.execute("ALTER SEQUENCE sale_id_seq CACHE 1")
+        admin.execute("ALTER SEQUENCE sale_id_seq CACHE 1 NO CYCLE")
     prepare(service.config)
+
+
+def test_a_reader_of_the_sequence_holds_no_page_back(two_servers):
+    """A pg_dump, or a monitor, reads a sequence in a transaction and keeps a lock on it
+    to the end: a weaker one than nextval's, not waited for."""
+    a, b, superuser = two_servers
+    seller = credited_seller(a, FUNDS)["id"]
+    sold = a.sell(seller, A_NUMBER, 100).record["id"]
+    with psycopg.connect(superuser) as reader:
+        reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        reader.execute("SELECT last_value FROM sale_id_seq")
+        assert ids(b.queries.sales(Page())) == [sold]
+
+
+def test_a_stuck_write_is_waited_for_once_then_not_again_for_a_while(two_servers, monkeypatch):
+    """A write that does not end within the wait (here an id taken and held) leaves the
+    known top; the next pages that reach it do not wait for it again (a thread each)."""
+    a, b, superuser = two_servers
+    pauses = []
+    clock = types.SimpleNamespace(monotonic=time.monotonic,
+                                  sleep=lambda s: (pauses.append(s), time.sleep(s)))  # fmt: skip
+    monkeypatch.setattr(settled, "time", clock)
+    with psycopg.connect(superuser) as holder:
+        holder.execute("SELECT nextval('sale_id_seq')")
+        assert b.queries.sales(Page()) == []
+        waited = len(pauses)
+        assert waited and sum(pauses) >= 0.4  # about the 0.5 s of b's busy timeout
+        assert b.queries.sales(Page()) == []
+        assert len(pauses) == waited
+    sold = a.sell(credited_seller(a, FUNDS)["id"], A_NUMBER, 100).record["id"]
+    assert ids(b.queries.sales(Page())) == [sold]  # settled again: the holder is gone
+
+
+def test_a_database_gone_back_lowers_the_known_top(two_servers, caplog):
+    """The sequence found below the top a process knew (a restore, a failover to a standby
+    that lost the last commits): the process takes the lower one, and logs it."""
+    a, b, superuser = two_servers
+    seller = credited_seller(a, FUNDS)["id"]
+    sold = [a.sell(seller, A_NUMBER, 100).record["id"] for _ in range(3)]
+    assert b.database.settled("sale") == sold[-1]
+    with psycopg.connect(superuser, autocommit=True) as admin:
+        admin.execute("SELECT setval('sale_id_seq', %s)", (sold[0],))
+    assert b.database.settled("sale") == sold[0]
+    assert f"sale's ids went back from {sold[-1]} to {sold[0]}" in caplog.text
 
 
 def test_no_checkpoint_passes_a_credit_request_still_to_come(two_servers):
