@@ -54,6 +54,13 @@ def funded_seller(url: str, credit: int) -> tuple[int, str]:
 RETRIES_AFTER_503 = 20  # a keyed sale answered 503 (busy: a loaded box) is sent again
 
 
+# Past the longest a write may take (docs/api.md, Limits: the busy timeout, 10 s, plus
+# 0.5 s, and up to 6 s more while a COMMIT whose answer was lost is looked up): at 15 s,
+# a sale whose COMMIT was lost in PostgreSQL's restart, answered 503 at 15.02 s, was no
+# answer (status 0) to the client.
+CLIENT_TIMEOUT = 30
+
+
 def sell(url: str, key: str, keys: list[str | None], barrier) -> list[tuple]:
     """In a client process: a sale per entry of `keys` (None: unkeyed), after the barrier.
     Each answer as (key, status, sale id or None); a connection error as status 0. A keyed
@@ -67,7 +74,7 @@ def sell(url: str, key: str, keys: list[str | None], barrier) -> list[tuple]:
         for _ in range(RETRIES_AFTER_503 if idempotency_key else 1):
             try:
                 answer = shop.post(url + "/api/sales", json={"phone": PHONE, "amount": AMOUNT},
-                                   headers=headers, timeout=15)  # fmt: skip
+                                   headers=headers, timeout=CLIENT_TIMEOUT)  # fmt: skip
                 status = answer.status_code
                 sale = answer.json().get("id") if status == 201 else None
             except requests.RequestException:
