@@ -24,6 +24,7 @@ from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
 from chargebox import access_log
 from chargebox.config import Config
+from chargebox.errors import raised_at
 from chargebox.web.errors import json_body
 
 try:
@@ -32,6 +33,22 @@ except ImportError:  # pragma: no cover - not POSIX: the limit stays what it is
     resource = None
 
 log = logging.getLogger("chargebox.server")
+
+
+class _NoTraces(logging.Filter):
+    """waitress logs what an answer's body raised once its head was sent (a statement whose
+    next chunk the database refused: the client sees the download cut short) with the
+    trace. No trace reaches a log here: its type and where it was raised, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            record.msg = f"{record.getMessage()}: {type(exc).__name__} at {raised_at(exc)}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+_NO_TRACES = _NoTraces()
 
 # Headers that decide who acts, what is sent or which write is meant: sent twice, waitress
 # would join them with ", " (one order, two keys), so a repeat is refused instead.
@@ -373,6 +390,7 @@ def build_server(
         sockinfo=(listener.family, listener.type, listener.proto, listener.getsockname()),
     )
     server.request_timeout = config.request_timeout
+    logging.getLogger("waitress").addFilter(_NO_TRACES)  # once: a filter is added once
     if log is not None:
         server.log = log
     server.observe = getattr(app, "observe", None)

@@ -13,12 +13,20 @@ from __future__ import annotations
 
 import re
 import string
+import traceback
 
 
 def phrase(text: str) -> str:
     """Marks an English message kept in a constant, so that the `errors` catalogue's
     extraction (web/refusals.py) finds it as it finds a template written in a raise."""
     return text
+
+
+def raised_at(exc: BaseException) -> str:
+    """Where `exc` was raised, as `file:line`: what a log says of an unexpected error in
+    place of its trace (which can carry data) and its message."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
 
 
 def _remade(cls: type, template: str, field: str | None, replayed: bool, params: dict) -> object:

@@ -17,7 +17,6 @@ import signal
 import socket
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 from waitress import wasyncore
@@ -26,6 +25,7 @@ from chargebox import metrics
 from chargebox.access_log import AccessLog, LogFile
 from chargebox.config import Config
 from chargebox.connections import build_server, listen, listen_beside
+from chargebox.errors import raised_at
 from chargebox.keeper import anchoring
 from chargebox.postgresql import described
 from chargebox.proxy import TrustedProxy
@@ -180,10 +180,8 @@ class _Supervisor:
                 with anchoring(self.config):
                     code = _serve_one(server, lambda line: None, os.getppid())
             except Exception as exc:  # said in one line (no trace), then replaced
-                frames = traceback.extract_tb(exc.__traceback__)
-                where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
                 log.error("server process %d failed: %s: %s (at %s)",
-                          os.getpid(), type(exc).__name__, exc, where)  # fmt: skip
+                          os.getpid(), type(exc).__name__, exc, raised_at(exc))  # fmt: skip
             finally:
                 os._exit(code)
         self.started[pid] = (time.monotonic(), slot)

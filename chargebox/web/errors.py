@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import traceback
 
 import bottle
 
@@ -95,15 +94,13 @@ def from_exception(exc: errors.ChargeboxError) -> bottle.HTTPResponse:
 def internal_error(exc: BaseException) -> bottle.HTTPResponse:
     """Log where it happened (not the trace, not the data) and answer a bare 500."""
     ident = request_id()
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
     log.error(
         "request %s %s %s failed: %s at %s",
         ident,
         bottle.request.method,
         bottle.request.path,
         type(exc).__name__,
-        where,
+        errors.raised_at(exc),
     )
     return error_response(500, "internal_error", f"unexpected server error (request id {ident})")
 
