@@ -40,7 +40,6 @@ from chargebox.errors import ChargeboxError
 
 PROBLEM_CAP = 100
 CHECKPOINT_AFTER = 10_000  # newly verified entries that make a quick audit record one
-_EVERY = 2**63 - 1  # no id held back (SQLite: one write at a time commits in id order)
 Progress = Callable[[str, int, int], None]  # (what, done, of)
 
 
@@ -68,8 +67,10 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
             seen_heads = anchors.heads(db)
     problems.sort(key=lambda p: (p["seller_id"] or 0, p["entry_id"] or 0))
     saved = None
-    bounds = [min(seen, top) for seen, top in zip((found.entry_id, found.request_id), settled,
-                                                  strict=True)]  # fmt: skip
+    bounds = [
+        seen if top is None else min(seen, top)  # None: SQLite, which holds none back
+        for seen, top in zip((found.entry_id, found.request_id), settled, strict=True)
+    ]
     # never behind the checkpoint it continues (a write in flight that did not settle)
     ahead = trusted is None or (bounds[0] >= trusted.entry_id and bounds[1] >= trusted.request_id)
     if usable and not problems and found.walked >= checkpoint_after and ahead:
@@ -175,13 +176,13 @@ def _added(added: schema.Added) -> str:
             " what they let through")  # fmt: skip
 
 
-def _settled(database: Database) -> tuple[int, int]:
+def _settled(database: Database) -> tuple[int | None, int | None]:
     """The ledger entry and credit request ids up to which every write has ended
-    (settled.py; on SQLite, every id). A checkpoint's ids bound what the next quick
-    audits read of the rows of no seller's chain (credit requests, seals): one past a
-    row of another server still to come would leave that row to full audits."""
-    tops = [database.settled(table) for table in ("ledger_entry", "credit_request")]
-    return tuple(_EVERY if top is None else top for top in tops)
+    (settled.py; None on SQLite: one write at a time commits in id order). A checkpoint's
+    ids bound what the next quick audits read of the rows of no seller's chain (credit
+    requests, seals): one past a row of another server still to come would leave that
+    row to full audits."""
+    return tuple(database.settled(table) for table in ("ledger_entry", "credit_request"))
 
 
 def _save(database: Database, seen: tuple, states: dict, before: dict) -> int | None:
