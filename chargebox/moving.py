@@ -42,6 +42,9 @@ _SERIAL_TABLES = ("seller", "seller_key", "credit_request", "phone", "sale", "le
                   "web_session")  # fmt: skip
 # Entries replayed in one statement (a round trip each, and one move of each balance).
 CHUNK = 5000
+# COPY writes faster than PostgreSQL takes rows in: the server's window may stay shut
+# while it writes out a checkpoint, which a slow disk can make outlast LOST_AFTER
+COPY_LOST_AFTER = 120  # seconds, for pg_driver.connect
 _ENTRY_COLUMNS = ("id", "seller_id", "kind", "amount", "balance_after", "credit_request_id",
                   "sale_id", "reason", "created_at", "refund_of")  # fmt: skip
 
@@ -51,7 +54,7 @@ def copy(source: Path, target_url: str) -> dict[str, int]:
     if not source.is_file():
         raise ValueError(f"--from {source}: no such database file")
     reader = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-    conn = postgresql.connect(target_url, autocommit=True)
+    conn = postgresql.connect(target_url, autocommit=True, lost_after=COPY_LOST_AFTER)
     try:
         reader.execute("BEGIN")  # one snapshot of a file that may be busy
         if conn.execute("SELECT count(*) FROM seller").fetchone()[0]:

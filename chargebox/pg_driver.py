@@ -41,8 +41,33 @@ def described(url: str) -> str:
     return re.sub(r"^(\w+://[^:/@]*):[^@]*@", r"\1:***@", url)
 
 
-def connect(url: str, autocommit: bool = False, timeout: int = 10):
-    """A psycopg connection, or one line naming the database (never its password)."""
+# A peer that stops answering without a word (its host powered off or cut off: no FIN,
+# no RST) is given up within LOST_AFTER seconds at both ends of a connection, not after
+# Linux's defaults (two hours of keepalive silence, ~15 minutes of retransmissions): a
+# lost app server's transaction ends, letting go of its sellers' rows and its ids
+# (settled.py), and an app thread waiting for a lost PostgreSQL gets Unavailable (503).
+# This end is libpq's (keepalives, TCP_USER_TIMEOUT); the server's end is the session's
+# (the same settings, set as it opens). A live peer's kernel answers both, however busy
+# the process.
+LOST_AFTER = 10  # seconds
+
+
+def _keepalives(seconds: int) -> tuple[dict, dict]:
+    """libpq's parameters and the server session's settings that give up on a silent peer
+    after `seconds`: probes from half of it on, every second."""
+    idle = max(1, seconds // 2)
+    count = max(1, seconds - idle)
+    here = {"keepalives": 1, "keepalives_idle": idle, "keepalives_interval": 1,
+            "keepalives_count": count, "tcp_user_timeout": seconds * 1000}  # fmt: skip
+    there = {"tcp_keepalives_idle": idle, "tcp_keepalives_interval": 1,
+             "tcp_keepalives_count": count, "tcp_user_timeout": seconds * 1000}  # fmt: skip
+    return here, there
+
+
+def connect(url: str, autocommit: bool = False, timeout: int = 10, lost_after: int = 0):
+    """A psycopg connection, or one line naming the database (never its password); either
+    end gives the other up after `lost_after` (0: LOST_AFTER) seconds of silence. (Linux
+    counts a receive window kept shut that long as silence too: a bulk COPY gives more.)"""
     try:
         import psycopg  # only a PostgreSQL deployment needs the driver
     except ImportError:
@@ -53,11 +78,17 @@ def connect(url: str, autocommit: bool = False, timeout: int = 10):
 
     conn = None
     try:
-        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=timeout)
-        if _behind_a_pooler(conn):
+        here, there = _keepalives(lost_after or LOST_AFTER)
+        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=timeout, **here)
+        settings = ", ".join("set_config(%s, %s, false)" for _ in there)
+        values = tuple(str(part) for pair in there.items() for part in pair)
+        (server_pid, *_) = conn.execute(
+            f"SELECT pg_backend_pid(), {settings}", values, prepare=False
+        ).fetchone()
+        if _behind_a_pooler(conn, server_pid):
             conn.prepare_threshold = None
         if not autocommit:
-            conn.rollback()  # the probe's transaction
+            conn.commit()  # the probe's transaction (rolled back, its settings would go too)
         return conn
     except psycopg.Error as exc:
         if conn is not None:
@@ -67,7 +98,7 @@ def connect(url: str, autocommit: bool = False, timeout: int = 10):
         raise ValueError(f"--db {described(url)}: cannot connect ({reason})") from None
 
 
-def _behind_a_pooler(conn) -> bool:
+def _behind_a_pooler(conn, server_pid: int) -> bool:
     """Whether a pooler (pgbouncer) stands between us and PostgreSQL: it answers the
     start-up with a backend id of its own, not the server process's.
 
@@ -77,7 +108,6 @@ def _behind_a_pooler(conn) -> bool:
     `prepared statement "_pg3_0" does not exist`. So there, and only there, psycopg
     prepares nothing; straight to PostgreSQL the prepares stay.
     """
-    (server_pid,) = conn.execute("SELECT pg_backend_pid()", prepare=False).fetchone()
     return server_pid != conn.info.backend_pid
 
 

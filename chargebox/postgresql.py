@@ -78,13 +78,15 @@ class Write:
         """Waiting for a row lock ends at the deadline (LockTimeout, 503): `lock_timeout`
         bounds each wait, so a later write of a batch is bounded again by what is left.
         `also`: columns (an SQL list) to read in the same statement (one send less, and
-        one wait less for the interpreter lock); returns what reads their values."""
+        one wait less for the interpreter lock); returns what reads their values. Left idle
+        for LOST_AFTER by its app server (frozen, or its host lost), the transaction ends."""
         left_ms = max(1, int((self.deadline - time.monotonic()) * 1000))
         columns = f", {also}" if also else ""
-        read = self.later(f"SELECT set_config('lock_timeout', ?, true){columns}",
-                          (f"{left_ms}ms",))  # fmt: skip
+        read = self.later(f"SELECT set_config('lock_timeout', ?, true), set_config("
+                          f"'idle_in_transaction_session_timeout', ?, true){columns}",
+                          (f"{left_ms}ms", f"{pg_driver.LOST_AFTER}s"))  # fmt: skip
         self._bounded_at = time.monotonic()
-        return lambda: tuple(read()[0][1:])
+        return lambda: tuple(read()[0][2:])
 
     def execute(self, sql: str, params: tuple | dict = ()):
         """Run a statement and wait for it (and for everything sent before it)."""

@@ -3,19 +3,47 @@
 - A statement already streaming when the database refuses its next chunk: the
   client sees a download cut short (the chunked body never ends), and the server
   logs one line, no trace.
+- An app server that stops answering in the middle of a write, frozen (its
+  transaction idle) or its host lost (no FIN, no RST: the link goes down under
+  it): PostgreSQL ends that transaction after `pg_driver.LOST_AFTER` (here 2 s),
+  so another server's sale of the same seller, waiting for its row, sells; and
+  the lost server's next statement is Unavailable within as long, not after
+  Linux's minutes of retransmissions. Without the settings, the sale would wait
+  out its busy timeout (60 s here) and be refused.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
 
 import psycopg
 import pytest
 import requests
 
+from chargebox import pg_driver
+from chargebox.cli import prepare
+from chargebox.config import Config
+from chargebox.errors import Unavailable
+from chargebox.postgresql import Database
+from chargebox.services import Chargebox
 from tests import pg_cluster
-from tests.support import ADMIN_TOKEN
+from tests.support import ADMIN_TOKEN, ROOT
+from tests.test_postgresql_namespaces import ip, network_namespaces
 from tests.test_postgresql_servers import funded_seller
+from tests.test_postgresql_service import books
 
 BUSY_TIMEOUT_MS = 1000
+LOST_AFTER = 2  # seconds, in place of pg_driver's 10
+PATIENT_MS = 60_000  # the busy timeout of the server whose sale waits for a lost one's row
+PHONE = "09121234567"
+_FROM_AFAR = (
+    "SELECT state FROM pg_stat_activity"
+    " WHERE client_addr IS NOT NULL AND client_addr <> '127.0.0.1'"
+)
 
 
 @pytest.fixture
@@ -50,3 +78,90 @@ def test_a_statement_the_database_cuts_short_is_an_unfinished_download_and_one_l
     errors = [line for line in said.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and "/api/statements: LockTimeout at " in errors[0], said
     assert requests.get(url + "/health", timeout=10).json()["status"] == "ok"
+
+
+def funded(config: Config, credit: int) -> tuple[Chargebox, int]:
+    service = Chargebox(prepare(config))
+    seller, _ = service.create_seller("held")
+    service.approve_credit_request(service.request_credit(seller["id"], credit).record["id"])
+    return service, seller["id"]
+
+
+def test_a_write_its_app_server_leaves_idle_ends_and_another_server_sells(
+    postgresql_cluster, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(pg_driver, "LOST_AFTER", LOST_AFTER)
+    made = pg_cluster.initialised(postgresql_cluster, "idle", tmp_path / "data")
+    config = Config(db_url=made.app_url, data_dir=tmp_path / "data", admin_token=ADMIN_TOKEN,
+                    busy_timeout_ms=PATIENT_MS)  # fmt: skip
+    other, seller_id = funded(config, 5_000)
+    frozen = Database(config)  # a server frozen (SIGSTOP, a paused VM) inside a write
+    try:
+        with pytest.raises(Unavailable), frozen.transaction() as write:
+            write.hold(seller_id)
+            write.execute("SELECT 1")  # answered: from here its session is idle in transaction
+            assert other.sell(seller_id, PHONE, 1_000).record["balance_after"] == 4_000
+            write.execute("SELECT 1")  # the server ended its session meanwhile
+    finally:
+        frozen.close()
+        other.close()
+    assert books(made.app_url) == {seller_id: 4_000}
+
+
+def test_a_server_whose_host_is_lost_mid_write_lets_go_and_gives_up_in_seconds(
+    postgresql_cluster, tmp_path, monkeypatch
+):
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root (ip netns add)")
+    monkeypatch.setattr(pg_driver, "LOST_AFTER", LOST_AFTER)
+    with (
+        network_namespaces(1) as [(host, outside, _)],
+        pg_cluster.running(also_on=(outside,)) as cluster,
+    ):
+        data = tmp_path / "data"
+        made = pg_cluster.initialised(cluster, "lost", data)
+        config = Config(db_url=made.app_url, data_dir=data, admin_token=ADMIN_TOKEN,
+                        busy_timeout_ms=PATIENT_MS)  # fmt: skip
+        other, seller_id = funded(config, 5_000)
+        there = made.app_url.replace("@127.0.0.1:", f"@{outside}:")
+        command = ["ip", "netns", "exec", host, sys.executable, __file__, there, str(seller_id)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        holder = subprocess.Popen(command, cwd=ROOT, env=env, text=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+        try:
+            assert holder.stdout.readline() == "held\n"
+            with psycopg.connect(cluster.url()) as watcher:  # the holder's session, mid-pipeline
+                states = watcher.execute(_FROM_AFAR).fetchall()
+            assert states == [("active",)], states  # so not ended as idle in transaction
+            ip("-n", host, "link", "set", "eth0", "down")  # host lost: no packet more, either way
+            assert other.sell(seller_id, PHONE, 1_000).record["balance_after"] == 4_000
+            said = json.loads(holder.communicate("go\n", timeout=60)[0])
+            assert holder.returncode == 0
+        finally:
+            holder.kill()  # by its PID, if it is still there
+            other.close()
+        assert said["error"] == "Unavailable", said
+        assert books(made.app_url) == {seller_id: 4_000}
+
+
+def hold(url: str, seller_id: int) -> None:
+    """In the lost host: hold the seller's row inside a write whose pipeline is not synced
+    (its session active, waiting for more), say so, and once told, write again."""
+    pg_driver.LOST_AFTER = LOST_AFTER
+    database = Database(Config(db_url=url, busy_timeout_ms=PATIENT_MS))
+    began, error = 0.0, None
+    try:
+        with database.transaction() as write:
+            write.hold(seller_id)
+            write.later("SELECT 1")()  # read by a flush, not a sync: the pipeline stays open
+            print("held", flush=True)
+            sys.stdin.readline()
+            began = time.monotonic()
+            write.execute("SELECT 1")
+    except Unavailable as exc:
+        error = type(exc).__name__
+    print(json.dumps({"error": error, "seconds": round(time.monotonic() - began, 1)}))
+
+
+if __name__ == "__main__":
+    hold(sys.argv[1], int(sys.argv[2]))
