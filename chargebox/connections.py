@@ -24,7 +24,7 @@ from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
 from chargebox import access_log
 from chargebox.config import Config
-from chargebox.errors import raised_at
+from chargebox.errors import NoTraces, in_one_line
 from chargebox.web.errors import json_body
 
 try:
@@ -35,20 +35,16 @@ except ImportError:  # pragma: no cover - not POSIX: the limit stays what it is
 log = logging.getLogger("chargebox.server")
 
 
-class _NoTraces(logging.Filter):
-    """waitress logs what an answer's body raised once its head was sent (a statement whose
-    next chunk the database refused: the client sees the download cut short) with the
-    trace. No trace reaches a log here: its type and where it was raised, in one line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None:
-            record.msg = f"{record.getMessage()}: {type(exc).__name__} at {raised_at(exc)}"
-            record.args, record.exc_info, record.exc_text = None, None, None
-        return True
+_NO_TRACES = NoTraces()
 
 
-_NO_TRACES = _NoTraces()
+def _closed_after_an_error(dispatcher) -> None:
+    """What a connection (or the listener) does with an exception its handlers raised:
+    asyncore's handle_error, which logs every frame and the exception's text, in one line."""
+    log.error("closing %s after an unexpected error: %s", type(dispatcher).__name__,
+              in_one_line(sys.exc_info()[1]))  # fmt: skip
+    dispatcher.handle_close()
+
 
 # Headers that decide who acts, what is sent or which write is meant: sent twice, waitress
 # would join them with ", " (one order, two keys), so a repeat is refused instead.
@@ -134,6 +130,7 @@ class _Channel(HTTPChannel):
     error_task_class = _JsonErrorTask
     parser_class = _Parser
     request_started = 0.0
+    handle_error = _closed_after_an_error
 
     def received(self, data: bytes) -> bool:
         if self.request is None and data:
@@ -178,6 +175,7 @@ class Server(TcpWSGIServer):
     """
 
     channel_class = _Channel
+    handle_error = _closed_after_an_error
     request_timeout = 20.0
     log = access_log.LogFile(access_log.OFF)  # where refused requests are logged too
     observe: access_log.Observer | None = None  # and counted (metrics)
@@ -390,6 +388,8 @@ def build_server(
         sockinfo=(listener.family, listener.type, listener.proto, listener.getsockname()),
     )
     server.request_timeout = config.request_timeout
+    # what an answer's body raised once its head was sent (a statement whose next chunk the
+    # database refused: the client sees the download cut short), a failed accept()
     logging.getLogger("waitress").addFilter(_NO_TRACES)  # once: a filter is added once
     if log is not None:
         server.log = log

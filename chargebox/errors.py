@@ -1,7 +1,8 @@
 """The one exception tree of chargebox; each class carries a stable `code` of docs/api.md.
 
 Domain code raises these; `web.errors` holds the only table from class to HTTP
-status. Nothing here knows about HTTP, so services and the CLI can share it.
+status. Nothing here knows about HTTP, so services and the CLI can share it. An
+unexpected exception is logged in one line (`in_one_line`), never with its trace.
 Messages are for humans and must never contain a token or a key. Each is an English
 template with named params (`InsufficientCredit("balance {balance:,} toman does not
 cover {amount:,} toman", balance=..., amount=...)`): the API answers the formatted
@@ -11,6 +12,8 @@ extraction finds every literal template here and in the raise sites).
 
 from __future__ import annotations
 
+import errno
+import logging
 import re
 import string
 import traceback
@@ -27,6 +30,30 @@ def raised_at(exc: BaseException) -> str:
     place of its trace (which can carry data) and its message."""
     frames = traceback.extract_tb(exc.__traceback__)
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+
+
+def in_one_line(exc: BaseException) -> str:
+    """An unexpected error as a log says it: its type, an OSError's errno name, the type of
+    what caused it (a lost connection and a read-only database are both Unavailable), and
+    where it was raised; never its message nor its trace."""
+    said = type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno in errno.errorcode:
+        said += f" {errno.errorcode[exc.errno]}"
+    if exc.__cause__ is not None:
+        said += f" from {type(exc.__cause__).__name__}"
+    return f"{said} at {raised_at(exc)}"
+
+
+class NoTraces(logging.Filter):
+    """For a library's logger that logs exceptions with their trace (waitress): each such
+    record becomes one line, what `in_one_line` says of the exception."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            record.msg = f"{record.getMessage()}: {in_one_line(exc)}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
 
 
 def _remade(cls: type, template: str, field: str | None, replayed: bool, params: dict) -> object:

@@ -160,5 +160,6 @@ def translated() -> Iterator[None]:
         psycopg.OperationalError,
         psycopg.errors.SerializationFailure,
         psycopg.errors.ReadOnlySqlTransaction,
+        psycopg.errors.IdleInTransactionSessionTimeout,  # its session ended: LOST_AFTER
     ) as exc:
         raise Unavailable("the database is busy or unavailable; retry shortly") from exc

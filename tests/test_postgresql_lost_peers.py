@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -30,20 +31,18 @@ from chargebox.config import Config
 from chargebox.errors import Unavailable
 from chargebox.postgresql import Database
 from chargebox.services import Chargebox
-from tests import pg_cluster
+from tests import pg_cluster, test_postgresql_namespaces
 from tests.support import ADMIN_TOKEN, ROOT
-from tests.test_postgresql_namespaces import ip, network_namespaces
+from tests.test_postgresql_namespaces import ip
 from tests.test_postgresql_servers import funded_seller
 from tests.test_postgresql_service import books
+
+hosts = test_postgresql_namespaces.hosts  # a fixture: namespaces, or skip (CI: fail)
 
 BUSY_TIMEOUT_MS = 1000
 LOST_AFTER = 2  # seconds, in place of pg_driver's 10
 PATIENT_MS = 60_000  # the busy timeout of the server whose sale waits for a lost one's row
 PHONE = "09121234567"
-_FROM_AFAR = (
-    "SELECT state FROM pg_stat_activity"
-    " WHERE client_addr IS NOT NULL AND client_addr <> '127.0.0.1'"
-)
 
 
 @pytest.fixture
@@ -76,7 +75,8 @@ def test_a_statement_the_database_cuts_short_is_an_unfinished_download_and_one_l
     said = log.read_text()
     assert "Traceback" not in said, said
     errors = [line for line in said.splitlines() if " ERROR " in line]
-    assert len(errors) == 1 and "/api/statements: LockTimeout at " in errors[0], said
+    assert len(errors) == 1, said
+    assert "/api/statements: LockTimeout from LockNotAvailable at " in errors[0], said
     assert requests.get(url + "/health", timeout=10).json()["status"] == "ok"
 
 
@@ -87,66 +87,122 @@ def funded(config: Config, credit: int) -> tuple[Chargebox, int]:
     return service, seller["id"]
 
 
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipeline", "without (libpq < 14)"])
 def test_a_write_its_app_server_leaves_idle_ends_and_another_server_sells(
-    postgresql_cluster, tmp_path, monkeypatch
+    postgresql_cluster, tmp_path, monkeypatch, pipelined
 ):
+    """Ended, the idle write's next statement is Unavailable (503): in a pipeline libpq
+    reports the lost connection; without one, psycopg raises PostgreSQL's own error."""
     monkeypatch.setattr(pg_driver, "LOST_AFTER", LOST_AFTER)
+    if not pipelined:
+        monkeypatch.setattr(pg_driver, "pipelined", lambda conn: contextlib.nullcontext())
     made = pg_cluster.initialised(postgresql_cluster, "idle", tmp_path / "data")
     config = Config(db_url=made.app_url, data_dir=tmp_path / "data", admin_token=ADMIN_TOKEN,
                     busy_timeout_ms=PATIENT_MS)  # fmt: skip
     other, seller_id = funded(config, 5_000)
     frozen = Database(config)  # a server frozen (SIGSTOP, a paused VM) inside a write
     try:
-        with pytest.raises(Unavailable), frozen.transaction() as write:
+        with frozen.transaction() as write:
             write.hold(seller_id)
             write.execute("SELECT 1")  # answered: from here its session is idle in transaction
+            # (LockTimeout, had it waited out its busy timeout, would be an Unavailable too)
             assert other.sell(seller_id, PHONE, 1_000).record["balance_after"] == 4_000
-            write.execute("SELECT 1")  # the server ended its session meanwhile
+            with pytest.raises(Unavailable):
+                write.execute("SELECT 1")  # the server ended its session meanwhile
+    except Unavailable:
+        pass  # and so its ROLLBACK
     finally:
         frozen.close()
         other.close()
     assert books(made.app_url) == {seller_id: 4_000}
 
 
+@pytest.mark.parametrize("held", ["waiting", "sending", "queued"])
 def test_a_server_whose_host_is_lost_mid_write_lets_go_and_gives_up_in_seconds(
-    postgresql_cluster, tmp_path, monkeypatch
+    hosts, postgresql_cluster, tmp_path, monkeypatch, held
 ):
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root (ip netns add)")
+    """The lost host holds a seller's row mid-write, and PostgreSQL's session for it is:
+
+    - `waiting` for the next statement, having sent all it had: its keepalives find the
+      host gone; the host's own next statement, sent after its link went down, is never
+      acknowledged (the host's TCP_USER_TIMEOUT);
+    - `sending` a result the host does not read: nothing is acknowledged any more
+      (TCP_USER_TIMEOUT at both ends);
+    - `queued` for another row's lock, the host waiting for the answer with nothing in
+      flight: the host's keepalives find PostgreSQL gone; the lock let go after the link
+      went down, PostgreSQL's answer is never acknowledged (its TCP_USER_TIMEOUT).
+    """
     monkeypatch.setattr(pg_driver, "LOST_AFTER", LOST_AFTER)
-    with (
-        network_namespaces(1) as [(host, outside, _)],
-        pg_cluster.running(also_on=(outside,)) as cluster,
-    ):
+    host, outside, inside = hosts[0]
+    with pg_cluster.running(also_on=(outside,)) as cluster:
         data = tmp_path / "data"
         made = pg_cluster.initialised(cluster, "lost", data)
         config = Config(db_url=made.app_url, data_dir=data, admin_token=ADMIN_TOKEN,
                         busy_timeout_ms=PATIENT_MS)  # fmt: skip
         other, seller_id = funded(config, 5_000)
+        second = other.create_seller("locked")[0]["id"]
         there = made.app_url.replace("@127.0.0.1:", f"@{outside}:")
-        command = ["ip", "netns", "exec", host, sys.executable, __file__, there, str(seller_id)]
+        command = ["ip", "netns", "exec", host, sys.executable, __file__, there, str(seller_id),
+                   str(second), held]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        blocker = psycopg.connect(cluster.url(db=made.app_url.rsplit("/", 1)[1]))
+        blocker.execute("SELECT 1 FROM seller WHERE id = %s FOR UPDATE", (second,))
         holder = subprocess.Popen(command, cwd=ROOT, env=env, text=True,
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
         try:
             assert holder.stdout.readline() == "held\n"
-            with psycopg.connect(cluster.url()) as watcher:  # the holder's session, mid-pipeline
-                states = watcher.execute(_FROM_AFAR).fetchall()
-            assert states == [("active",)], states  # so not ended as idle in transaction
+            with psycopg.connect(cluster.url(), autocommit=True) as watcher:
+                until_its_session(watcher, host, inside, held)
             ip("-n", host, "link", "set", "eth0", "down")  # host lost: no packet more, either way
+            holder.stdin.write("go\n")  # it writes again at once: nothing acknowledges it
+            holder.stdin.flush()
+            blocker.commit()  # `queued`: the lock is had; its answer goes nowhere
             assert other.sell(seller_id, PHONE, 1_000).record["balance_after"] == 4_000
-            said = json.loads(holder.communicate("go\n", timeout=60)[0])
+            said = json.loads(holder.communicate(timeout=60)[0])
             assert holder.returncode == 0
         finally:
             holder.kill()  # by its PID, if it is still there
+            holder.communicate()
+            blocker.close()
             other.close()
         assert said["error"] == "Unavailable", said
-        assert books(made.app_url) == {seller_id: 4_000}
+        assert books(made.app_url) == {seller_id: 4_000, second: 0}
 
 
-def hold(url: str, seller_id: int) -> None:
+# What PostgreSQL's session waits for: the next message, to send what the client does not
+# read, another transaction (a row's lock)
+_WAITS = {"waiting": "ClientRead", "sending": "ClientWrite", "queued": "transactionid"}
+_ITS_SESSION = "SELECT state, wait_event FROM pg_stat_activity WHERE client_addr = %s"
+
+
+def until_its_session(watcher, host: str, inside: str, held: str) -> None:
+    """Wait (a bounded poll) until the lost host's session is mid-write as `held` says, with
+    nothing in flight from the side that must find the other gone by its keepalives."""
+    for _ in range(500):
+        found = watcher.execute(_ITS_SESSION, (inside,)).fetchall()
+        if found == [("active", _WAITS[held])]:
+            if held == "sending":
+                return
+            listed = ["ss", "-Htn", "state", "established"]
+            listed = [*listed, "dst", inside] if held == "waiting" else listed  # PostgreSQL's
+            if held == "queued":  # the host's own socket
+                listed = ["ip", "netns", "exec", host, *listed]
+            if not _unsent(listed):
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"the held session never got there: {found}")
+
+
+def _unsent(command: list[str]) -> int:
+    """Bytes sent and not acknowledged (Send-Q) on the sockets `ss` lists."""
+    listed = subprocess.run(command, capture_output=True, text=True, check=True, timeout=30)
+    return sum(int(line.split()[1]) for line in listed.stdout.splitlines())
+
+
+def hold(url: str, seller_id: int, second: int, held: str) -> None:
     """In the lost host: hold the seller's row inside a write whose pipeline is not synced
-    (its session active, waiting for more), say so, and once told, write again."""
+    (its session active); `sending`, also a result it does not read; `queued`, also wait for
+    the `second` seller's row. Say so, and once told, write again."""
     pg_driver.LOST_AFTER = LOST_AFTER
     database = Database(Config(db_url=url, busy_timeout_ms=PATIENT_MS))
     began, error = 0.0, None
@@ -154,7 +210,12 @@ def hold(url: str, seller_id: int) -> None:
         with database.transaction() as write:
             write.hold(seller_id)
             write.later("SELECT 1")()  # read by a flush, not a sync: the pipeline stays open
+            if held == "sending":  # ~200 MB: more than both ends' buffers hold
+                write.send("SELECT repeat('x', 1000) FROM generate_series(1, 200000)")
             print("held", flush=True)
+            began = time.monotonic()
+            if held == "queued":
+                write.execute("SELECT 1 FROM seller WHERE id = ? FOR UPDATE", (second,))
             sys.stdin.readline()
             began = time.monotonic()
             write.execute("SELECT 1")
@@ -164,4 +225,4 @@ def hold(url: str, seller_id: int) -> None:
 
 
 if __name__ == "__main__":
-    hold(sys.argv[1], int(sys.argv[2]))
+    hold(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])

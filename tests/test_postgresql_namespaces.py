@@ -12,6 +12,7 @@ that cannot make them fails it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import subprocess
@@ -30,6 +31,7 @@ from tests.test_postgresql_service import books
 
 pytestmark = pytest.mark.parallel
 CLIENTS_PER_HOST = 2
+_RUNS = itertools.count(1)
 
 
 def ip(*args: str) -> None:
@@ -40,12 +42,15 @@ def ip(*args: str) -> None:
 def network_namespaces(count: int):
     """`count` namespaces, each joined to this one by a veth pair on a /24 of its own;
     yields [(name, this side's address, its side's address)]. Removed at the end."""
-    made = []
+    made, run = [], next(_RUNS)
     try:
         for n in range(1, count + 1):
-            name, outside, inside = f"cb{os.getpid()}h{n}", f"cb{os.getpid()}o{n}", "eth0"
+            # a run's own names: a namespace's veth outlives `ip netns del` for a moment
+            prefix = f"cb{os.getpid()}r{run}"
+            name, outside, inside = f"{prefix}h{n}", f"{prefix}o{n}", "eth0"
             # 198.18.0.0/15 is for benchmarks (RFC 2544): no real network uses it
-            subnet = f"198.18.{os.getpid() % 127 * 2 + n - 1}"  # apart from another run's
+            index = (os.getpid() * 16 + run * 2 + n - 1) % 512  # apart from another run's
+            subnet = f"198.{18 + index // 256}.{index % 256}"
             ip("netns", "add", name)
             made.append((name, f"{subnet}.1", f"{subnet}.2"))
             ip("link", "add", outside, "type", "veth", "peer", "name", inside, "netns", name)

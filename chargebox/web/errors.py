@@ -95,12 +95,11 @@ def internal_error(exc: BaseException) -> bottle.HTTPResponse:
     """Log where it happened (not the trace, not the data) and answer a bare 500."""
     ident = request_id()
     log.error(
-        "request %s %s %s failed: %s at %s",
+        "request %s %s %s failed: %s",
         ident,
         bottle.request.method,
         bottle.request.path,
-        type(exc).__name__,
-        errors.raised_at(exc),
+        errors.in_one_line(exc),
     )
     return error_response(500, "internal_error", f"unexpected server error (request id {ident})")
 
