@@ -79,7 +79,7 @@ class Write:
         bounds each wait, so a later write of a batch is bounded again by what is left.
         `also`: columns (an SQL list) to read in the same statement (one send less, and
         one wait less for the interpreter lock); returns what reads their values. Left idle
-        for LOST_AFTER by its app server (frozen, or its host lost), the transaction ends."""
+        between two round trips by its app server for LOST_AFTER, the transaction ends."""
         left_ms = max(1, int((self.deadline - time.monotonic()) * 1000))
         columns = f", {also}" if also else ""
         read = self.later(f"SELECT set_config('lock_timeout', ?, true), set_config("
