@@ -4,12 +4,15 @@
   client sees a download cut short (the chunked body never ends), and the server
   logs one line, no trace.
 - An app server that stops answering in the middle of a write, frozen (its
-  transaction idle) or its host lost (no FIN, no RST: the link goes down under
-  it): PostgreSQL ends that transaction after `pg_driver.LOST_AFTER` (here 2 s),
-  so another server's sale of the same seller, waiting for its row, sells; and
-  the lost server's next statement is Unavailable within as long, not after
-  Linux's minutes of retransmissions. Without the settings, the sale would wait
-  out its busy timeout (60 s here) and be refused.
+  transaction idle between two round trips) or its host lost (no FIN, no RST:
+  the link goes down under it, while PostgreSQL waits for its next statement,
+  sends it a result, or waits for a lock for it): PostgreSQL ends that
+  transaction after `pg_driver.LOST_AFTER` (here 2 s), so another server's sale
+  of the same seller, waiting for its row, sells; and the lost server's next
+  statement is Unavailable within as long, not after Linux's minutes of
+  retransmissions or hours of keepalive silence. Without each setting, its case
+  fails: the sale waits out its busy timeout (60 s here), or the lost server
+  waits past the test's 60 s.
 """
 
 from __future__ import annotations
