@@ -32,6 +32,10 @@ DEFAULT_MAX_CONNECTIONS = 10_000
 # first byte; a keep-alive connection may sit idle this long between requests.
 DEFAULT_REQUEST_TIMEOUT = 20
 DEFAULT_IDLE_TIMEOUT = 60
+# PostgreSQL: a peer that has said nothing this many seconds (its host lost without a
+# word) is given up, at both ends of each connection, and a write left idle between two
+# round trips this long ends (pg_driver.py).
+DEFAULT_PEER_TIMEOUT = 10
 # Credit requests one seller may have waiting for the admin. A seller asks again
 # after the admin decides; ten waiting at once is already unusual, and the cap keeps
 # one seller (or a looping script) from burying everyone else's requests.
@@ -79,6 +83,7 @@ class Config:
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # per server process
     request_timeout: int = DEFAULT_REQUEST_TIMEOUT  # seconds, first byte to last
     idle_timeout: int = DEFAULT_IDLE_TIMEOUT  # seconds between keep-alive requests
+    peer_timeout: int = DEFAULT_PEER_TIMEOUT  # seconds of a PostgreSQL peer's silence
     max_pending_requests: int = DEFAULT_MAX_PENDING_REQUESTS  # per seller (services.py)
     # Concurrent writes share one transaction (each in its own savepoint), see writer.py.
     group_commit: bool = True
@@ -105,7 +110,7 @@ class Config:
             raise ValueError("max_body_bytes must be at least 1024")
         if not 16 <= self.max_connections <= 1_000_000:
             raise ValueError("max_connections (CHARGEBOX_MAX_CONNECTIONS) must be 16 to 1,000,000")
-        for name in ("request_timeout", "idle_timeout"):
+        for name in ("request_timeout", "idle_timeout", "peer_timeout"):
             if not 1 <= getattr(self, name) <= 3600:
                 raise ValueError(f"{name} (CHARGEBOX_{name.upper()}) must be 1 to 3600 seconds")
         if not self.access_log:
@@ -171,6 +176,7 @@ def env_defaults(environ: Mapping[str, str] = os.environ) -> dict:
         "CHARGEBOX_MAX_CONNECTIONS": "max_connections",
         "CHARGEBOX_REQUEST_TIMEOUT": "request_timeout",
         "CHARGEBOX_IDLE_TIMEOUT": "idle_timeout",
+        "CHARGEBOX_PEER_TIMEOUT": "peer_timeout",
         "CHARGEBOX_MAX_PENDING_REQUESTS": "max_pending_requests",
         "CHARGEBOX_ANCHOR_SECONDS": "anchor_seconds",
     }

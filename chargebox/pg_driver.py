@@ -13,6 +13,7 @@ import functools
 import re
 from collections.abc import Iterator
 
+from chargebox.config import DEFAULT_PEER_TIMEOUT
 from chargebox.errors import Deadlocked, IntegrityViolation, LockTimeout, Unavailable
 
 # A quoted literal (left alone), a `?`, a `:name` (not a `::cast`), or a `%` to escape.
@@ -48,8 +49,8 @@ def described(url: str) -> str:
 # (settled.py), and an app thread waiting for a lost PostgreSQL gets Unavailable (503).
 # This end is libpq's (keepalives, TCP_USER_TIMEOUT); the server's end is the session's
 # (the same settings, set as it opens). A live peer's kernel answers both, however busy
-# the process.
-LOST_AFTER = 10  # seconds
+# the process. The service gives its own (CHARGEBOX_PEER_TIMEOUT); this is for the rest.
+LOST_AFTER = DEFAULT_PEER_TIMEOUT  # seconds
 
 
 def _keepalives(seconds: int) -> tuple[dict, dict]:

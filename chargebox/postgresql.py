@@ -59,13 +59,13 @@ class Write:
     """
 
     __slots__ = ("_conn", "ledger_key", "open", "deadline", "_bounded_at", "_pipeline",
-                 "_unchecked", "_held")  # fmt: skip
+                 "_unchecked", "_held", "_idle")  # fmt: skip
     dialect = "postgresql"
     balance_first = True
 
     def __init__(self, conn, ledger_key: bytes | None, deadline: float | None = None,
-                 pipeline=None) -> None:  # fmt: skip
-        self._conn = conn
+                 pipeline=None, idle: int = pg_driver.LOST_AFTER) -> None:  # fmt: skip
+        self._conn, self._idle = conn, idle  # idle: seconds it may be left so (bound)
         self.ledger_key = ledger_key
         self.open = True
         self.deadline = deadline  # the earliest of its writes' (None: not bounded here)
@@ -79,12 +79,12 @@ class Write:
         bounds each wait, so a later write of a batch is bounded again by what is left.
         `also`: columns (an SQL list) to read in the same statement (one send less, and
         one wait less for the interpreter lock); returns what reads their values. Left idle
-        between two round trips by its app server for LOST_AFTER, the transaction ends."""
+        between two round trips by its app server for `_idle`, the transaction ends."""
         left_ms = max(1, int((self.deadline - time.monotonic()) * 1000))
         columns = f", {also}" if also else ""
         read = self.later(f"SELECT set_config('lock_timeout', ?, true), set_config("
                           f"'idle_in_transaction_session_timeout', ?, true){columns}",
-                          (f"{left_ms}ms", f"{pg_driver.LOST_AFTER}s"))  # fmt: skip
+                          (f"{left_ms}ms", f"{self._idle}s"))  # fmt: skip
         self._bounded_at = time.monotonic()
         return lambda: tuple(read()[0][2:])
 
@@ -233,7 +233,8 @@ class Database:
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed:
             try:
-                conn = self._local.conn = connect(self.url, autocommit=True)
+                conn = connect(self.url, autocommit=True, lost_after=self.config.peer_timeout)
+                self._local.conn = conn
             except ValueError:  # down, restarting, unreachable: a client may retry
                 raise Unavailable("the database is unavailable; retry shortly") from None
             with self._opened_lock:
@@ -301,7 +302,7 @@ class Database:
         try:
             # BEGIN and COMMIT by hand: psycopg's transaction() syncs a pipeline three times
             with translated(), pg_driver.pipelined(conn) as pipeline:
-                write = Write(conn, self.ledger_key, deadline, pipeline)
+                write = Write(conn, self.ledger_key, deadline, pipeline, self.config.peer_timeout)
                 write.send("BEGIN")
                 identity = write.bound(also=lost_commit.IDENTITY)
                 self._began = time.monotonic()

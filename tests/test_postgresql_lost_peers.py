@@ -7,7 +7,7 @@
   transaction idle between two round trips) or its host lost (no FIN, no RST:
   the link goes down under it, while PostgreSQL waits for its next statement,
   sends it a result, or waits for a lock for it): PostgreSQL ends that
-  transaction after `pg_driver.LOST_AFTER` (here 2 s), so another server's sale
+  transaction after the peer timeout (here 2 s), so another server's sale
   of the same seller, waiting for its row, sells; and the lost server's next
   statement is Unavailable within as long, not after Linux's minutes of
   retransmissions or hours of keepalive silence. Without each setting, its case
@@ -30,7 +30,7 @@ import requests
 
 from chargebox import pg_driver
 from chargebox.cli import prepare
-from chargebox.config import Config
+from chargebox.config import Config, env_defaults
 from chargebox.errors import Unavailable
 from chargebox.postgresql import Database
 from chargebox.services import Chargebox
@@ -43,7 +43,7 @@ from tests.test_postgresql_service import books
 hosts = test_postgresql_namespaces.hosts  # a fixture: namespaces, or skip (CI: fail)
 
 BUSY_TIMEOUT_MS = 1000
-LOST_AFTER = 2  # seconds, in place of pg_driver's 10
+LOST_AFTER = 2  # seconds: CHARGEBOX_PEER_TIMEOUT, in place of its default 10
 PATIENT_MS = 60_000  # the busy timeout of the server whose sale waits for a lost one's row
 PHONE = "09121234567"
 
@@ -90,18 +90,44 @@ def funded(config: Config, credit: int) -> tuple[Chargebox, int]:
     return service, seller["id"]
 
 
+def test_the_peer_timeout_reaches_both_ends_of_each_session_and_each_write(
+    postgresql_cluster, tmp_path
+):
+    made = pg_cluster.initialised(postgresql_cluster, "peer", tmp_path / "data")
+    environ = {"CHARGEBOX_DB": made.app_url, "CHARGEBOX_PEER_TIMEOUT": "7"}
+    database = Database(Config(**env_defaults(environ)))
+    settings = "SELECT " + ", ".join(f"current_setting('{name}')" for name in _THERE)
+    try:
+        session = database.rows(settings)[0]
+        assert session == ("3", "1", "4", "7000", "0"), session  # PostgreSQL's end
+        conn = database.connection()
+        libpq = {name: conn.info.get_parameters().get(name) for name in _HERE}
+        assert libpq == {"keepalives_idle": "3", "keepalives_count": "4",
+                         "tcp_user_timeout": "7000"}, libpq  # fmt: skip
+        in_a_write = database.write(lambda write: write.rows(settings)[0])
+        assert in_a_write[-1] == "7s", in_a_write  # for each write transaction only
+    finally:
+        database.close()
+    with pytest.raises(ValueError, match="CHARGEBOX_PEER_TIMEOUT"):
+        Config(**env_defaults({**environ, "CHARGEBOX_PEER_TIMEOUT": "0"}))
+
+
+_THERE = ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count",
+          "tcp_user_timeout", "idle_in_transaction_session_timeout")  # fmt: skip
+_HERE = ("keepalives_idle", "keepalives_count", "tcp_user_timeout")
+
+
 @pytest.mark.parametrize("pipelined", [True, False], ids=["pipeline", "without (libpq < 14)"])
 def test_a_write_its_app_server_leaves_idle_ends_and_another_server_sells(
     postgresql_cluster, tmp_path, monkeypatch, pipelined
 ):
     """Ended, the idle write's next statement is Unavailable (503): in a pipeline libpq
     reports the lost connection; without one, psycopg raises PostgreSQL's own error."""
-    monkeypatch.setattr(pg_driver, "LOST_AFTER", LOST_AFTER)
     if not pipelined:
         monkeypatch.setattr(pg_driver, "pipelined", lambda conn: contextlib.nullcontext())
     made = pg_cluster.initialised(postgresql_cluster, "idle", tmp_path / "data")
     config = Config(db_url=made.app_url, data_dir=tmp_path / "data", admin_token=ADMIN_TOKEN,
-                    busy_timeout_ms=PATIENT_MS)  # fmt: skip
+                    busy_timeout_ms=PATIENT_MS, peer_timeout=LOST_AFTER)  # fmt: skip
     other, seller_id = funded(config, 5_000)
     frozen = Database(config)  # a server frozen (SIGSTOP, a paused VM) inside a write
     try:
@@ -122,7 +148,7 @@ def test_a_write_its_app_server_leaves_idle_ends_and_another_server_sells(
 
 @pytest.mark.parametrize("held", ["waiting", "sending", "queued"])
 def test_a_server_whose_host_is_lost_mid_write_lets_go_and_gives_up_in_seconds(
-    hosts, postgresql_cluster, tmp_path, monkeypatch, held
+    hosts, postgresql_cluster, tmp_path, held
 ):
     """The lost host holds a seller's row mid-write, and PostgreSQL's session for it is:
 
@@ -135,7 +161,6 @@ def test_a_server_whose_host_is_lost_mid_write_lets_go_and_gives_up_in_seconds(
       flight: the host's keepalives find PostgreSQL gone; the lock let go after the link
       went down, PostgreSQL's answer is never acknowledged (its TCP_USER_TIMEOUT).
     """
-    monkeypatch.setattr(pg_driver, "LOST_AFTER", LOST_AFTER)
     host, outside, inside = hosts[0]
     with pg_cluster.running(also_on=(outside,)) as cluster:
         data = tmp_path / "data"
@@ -206,8 +231,7 @@ def hold(url: str, seller_id: int, second: int, held: str) -> None:
     """In the lost host: hold the seller's row inside a write whose pipeline is not synced
     (its session active); `sending`, also a result it does not read; `queued`, also wait for
     the `second` seller's row. Say so, and once told, write again."""
-    pg_driver.LOST_AFTER = LOST_AFTER
-    database = Database(Config(db_url=url, busy_timeout_ms=PATIENT_MS))
+    database = Database(Config(db_url=url, busy_timeout_ms=PATIENT_MS, peer_timeout=LOST_AFTER))
     began, error = 0.0, None
     try:
         with database.transaction() as write:
