@@ -208,6 +208,8 @@ def until_its_session(watcher, host: str, inside: str, held: str) -> None:
     nothing in flight from the side that must find the other gone by its keepalives."""
     for _ in range(500):
         found = watcher.execute(_ITS_SESSION, (inside,)).fetchall()
+        if held == "sending" and not found:
+            return  # gone already: a window shut that long is silence too (TCP_USER_TIMEOUT)
         if found == [("active", _WAITS[held])]:
             if held == "sending":
                 return
