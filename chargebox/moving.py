@@ -43,7 +43,7 @@ _SERIAL_TABLES = ("seller", "seller_key", "credit_request", "phone", "sale", "le
 # Entries replayed in one statement (a round trip each, and one move of each balance).
 CHUNK = 5000
 # COPY writes faster than PostgreSQL takes rows in: the server's window may stay shut
-# while it writes out a checkpoint, which a slow disk can make outlast LOST_AFTER
+# while it writes out a checkpoint, which a slow disk can make outlast the default 10 s
 COPY_LOST_AFTER = 120  # seconds, for pg_driver.connect
 _ENTRY_COLUMNS = ("id", "seller_id", "kind", "amount", "balance_after", "credit_request_id",
                   "sale_id", "reason", "created_at", "refund_of")  # fmt: skip

@@ -43,14 +43,14 @@ def described(url: str) -> str:
 
 
 # A peer that stops answering without a word (its host powered off or cut off: no FIN,
-# no RST) is given up within LOST_AFTER seconds at both ends of a connection, not after
+# no RST) is given up within `lost_after` seconds at both ends of a connection, not after
 # Linux's defaults (two hours of keepalive silence, ~15 minutes of retransmissions): a
 # lost app server's transaction ends, letting go of its sellers' rows and its ids
 # (settled.py), and an app thread waiting for a lost PostgreSQL gets Unavailable (503).
 # This end is libpq's (keepalives, TCP_USER_TIMEOUT); the server's end is the session's
 # (the same settings, set as it opens). A live peer's kernel answers both, however busy
-# the process. The service gives its own (CHARGEBOX_PEER_TIMEOUT); this is for the rest.
-LOST_AFTER = DEFAULT_PEER_TIMEOUT  # seconds
+# the process. The service gives its own (CHARGEBOX_PEER_TIMEOUT); the commands keep the
+# default.
 
 
 def _keepalives(seconds: int) -> tuple[dict, dict]:
@@ -65,9 +65,17 @@ def _keepalives(seconds: int) -> tuple[dict, dict]:
     return here, there
 
 
-def connect(url: str, autocommit: bool = False, timeout: int = 10, lost_after: int = 0):
+def left_idle(seconds: int) -> str:
+    """A column for a write transaction to read as it begins: left idle between two round
+    trips for `seconds` by its server (frozen, or its host lost), it ends. (A frozen
+    process's kernel still answers keepalives.)"""
+    return f"set_config('idle_in_transaction_session_timeout', '{int(seconds)}s', true)"
+
+
+def connect(url: str, autocommit: bool = False, timeout: int = 10,
+            lost_after: int = DEFAULT_PEER_TIMEOUT):  # fmt: skip
     """A psycopg connection, or one line naming the database (never its password); either
-    end gives the other up after `lost_after` (0: LOST_AFTER) seconds of silence. (Linux
+    end gives the other up after `lost_after` seconds of silence. (Linux
     counts a receive window kept shut that long as silence too: a bulk COPY gives more.)"""
     try:
         import psycopg  # only a PostgreSQL deployment needs the driver
@@ -79,7 +87,7 @@ def connect(url: str, autocommit: bool = False, timeout: int = 10, lost_after: i
 
     conn = None
     try:
-        here, there = _keepalives(lost_after or LOST_AFTER)
+        here, there = _keepalives(lost_after)
         conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=timeout, **here)
         settings = ", ".join("set_config(%s, %s, false)" for _ in there)
         values = tuple(str(part) for pair in there.items() for part in pair)
@@ -161,6 +169,6 @@ def translated() -> Iterator[None]:
         psycopg.OperationalError,
         psycopg.errors.SerializationFailure,
         psycopg.errors.ReadOnlySqlTransaction,
-        psycopg.errors.IdleInTransactionSessionTimeout,  # its session ended: LOST_AFTER
+        psycopg.errors.IdleInTransactionSessionTimeout,  # its session ended: the peer timeout
     ) as exc:
         raise Unavailable("the database is busy or unavailable; retry shortly") from exc

@@ -59,13 +59,13 @@ class Write:
     """
 
     __slots__ = ("_conn", "ledger_key", "open", "deadline", "_bounded_at", "_pipeline",
-                 "_unchecked", "_held", "_idle")  # fmt: skip
+                 "_unchecked", "_held")  # fmt: skip
     dialect = "postgresql"
     balance_first = True
 
     def __init__(self, conn, ledger_key: bytes | None, deadline: float | None = None,
-                 pipeline=None, idle: int = pg_driver.LOST_AFTER) -> None:  # fmt: skip
-        self._conn, self._idle = conn, idle  # idle: seconds it may be left so (bound)
+                 pipeline=None) -> None:  # fmt: skip
+        self._conn = conn
         self.ledger_key = ledger_key
         self.open = True
         self.deadline = deadline  # the earliest of its writes' (None: not bounded here)
@@ -78,15 +78,13 @@ class Write:
         """Waiting for a row lock ends at the deadline (LockTimeout, 503): `lock_timeout`
         bounds each wait, so a later write of a batch is bounded again by what is left.
         `also`: columns (an SQL list) to read in the same statement (one send less, and
-        one wait less for the interpreter lock); returns what reads their values. Left idle
-        between two round trips by its app server for `_idle`, the transaction ends."""
+        one wait less for the interpreter lock); returns what reads their values."""
         left_ms = max(1, int((self.deadline - time.monotonic()) * 1000))
         columns = f", {also}" if also else ""
-        read = self.later(f"SELECT set_config('lock_timeout', ?, true), set_config("
-                          f"'idle_in_transaction_session_timeout', ?, true){columns}",
-                          (f"{left_ms}ms", f"{self._idle}s"))  # fmt: skip
+        read = self.later(f"SELECT set_config('lock_timeout', ?, true){columns}",
+                          (f"{left_ms}ms",))  # fmt: skip
         self._bounded_at = time.monotonic()
-        return lambda: tuple(read()[0][2:])
+        return lambda: tuple(read()[0][1:])
 
     def execute(self, sql: str, params: tuple | dict = ()):
         """Run a statement and wait for it (and for everything sent before it)."""
@@ -214,6 +212,8 @@ class Database:
         self.ledger_key = config.ledger_key.encode("utf-8") if config.ledger_key else None
         self.slots = WriteSlots(config.threads, self.seconds_since_a_write_began)
         self.tops = settled.Tops(min(self.timeout, settled.WAIT))
+        # read as a write begins: its bound when left idle, and its id and backend
+        self._began_with = f"{pg_driver.left_idle(config.peer_timeout)}, {lost_commit.IDENTITY}"
         self._local = threading.local()
         self._began = 0.0
         # Every connection opened, whatever thread it serves, so that close() ends them
@@ -302,13 +302,13 @@ class Database:
         try:
             # BEGIN and COMMIT by hand: psycopg's transaction() syncs a pipeline three times
             with translated(), pg_driver.pipelined(conn) as pipeline:
-                write = Write(conn, self.ledger_key, deadline, pipeline, self.config.peer_timeout)
+                write = Write(conn, self.ledger_key, deadline, pipeline)
                 write.send("BEGIN")
-                identity = write.bound(also=lost_commit.IDENTITY)
+                identity = write.bound(also=self._began_with)
                 self._began = time.monotonic()
                 try:
                     yield write
-                    sent = identity()
+                    sent = identity()[1:]  # the transaction's id and backend
                     write.execute("COMMIT")  # what COMMIT refuses (deferred checks) is raised
                 except BaseException:
                     with contextlib.suppress(Exception):  # a lost server: dropped below
