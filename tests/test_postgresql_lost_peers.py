@@ -213,11 +213,12 @@ def until_its_session(watcher, host: str, inside: str, held: str) -> None:
         if found == [("active", _WAITS[held])]:
             if held == "sending":
                 return
-            listed = ["ss", "-Htn", "state", "established"]
-            listed = [*listed, "dst", inside] if held == "waiting" else listed  # PostgreSQL's
-            if held == "queued":  # the host's own socket
-                listed = ["ip", "netns", "exec", host, *listed]
-            if not _unsent(listed):
+            ss = ["ss", "-Htn", "state", "established"]
+            # waiting: PostgreSQL's socket to the host; queued: the host's own
+            command = (
+                [*ss, "dst", inside] if held == "waiting" else ["ip", "netns", "exec", host, *ss]
+            )
+            if not _unsent(command):
                 return
         time.sleep(0.02)
     raise AssertionError(f"the held session never got there: {found}")
