@@ -168,7 +168,8 @@ def prepare(config: Config) -> Config:
     service, with its own role, only checks the schema's version and the key.
     """
     if config.db_url:
-        postgresql.connect(config.db_url).close()  # one line naming --db if it is not there
+        # one line naming --db if it is not there
+        postgresql.connect(config.db_url, lost_after=config.peer_timeout).close()
         config.secrets_dir.mkdir(parents=True, exist_ok=True)
     else:
         check_database_path(config.db_path)
@@ -246,7 +247,7 @@ def _init_db(config: Config, grant_to: str | None) -> int:
         prepare(config)
         print(f"chargebox: schema ready in {config.db_path}", file=sys.stderr)
         return 0
-    conn = postgresql.connect(config.db_url, autocommit=True)
+    conn = postgresql.connect(config.db_url, autocommit=True, lost_after=config.peer_timeout)
     try:
         if grant_to:
             grants.check_role(conn, grant_to)  # refused before anything is made
@@ -326,7 +327,7 @@ def _serve(config: Config) -> int:
     listener = listen(config)  # refused before any file is made
     try:
         if config.db_url:
-            with postgresql.connect(config.db_url, autocommit=True) as conn:
+            with postgresql.connect(config.db_url, True, lost_after=config.peer_timeout) as conn:
                 guards.refuse_a_role_above_the_guards(conn, "(the PostgreSQL database)")
         config = prepare(config)
     except BaseException:

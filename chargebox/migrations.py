@@ -48,7 +48,7 @@ def migrate(
     """
     if config.db_url:
         where = described(config.db_url)
-        conn = connect(config.db_url, autocommit=True)
+        conn = connect(config.db_url, autocommit=True, lost_after=config.peer_timeout)
         try:
             if grant_to:
                 grants.check_role(conn, grant_to)

@@ -49,8 +49,7 @@ def described(url: str) -> str:
 # (settled.py), and an app thread waiting for a lost PostgreSQL gets Unavailable (503).
 # This end is libpq's (keepalives, TCP_USER_TIMEOUT); the server's end is the session's
 # (the same settings, set as it opens). A live peer's kernel answers both, however busy
-# the process. The service gives its own (CHARGEBOX_PEER_TIMEOUT); the commands keep the
-# default.
+# the process. The service and its commands give CHARGEBOX_PEER_TIMEOUT; `copy` more.
 
 
 def _keepalives(seconds: int) -> tuple[dict, dict]:

@@ -29,6 +29,7 @@ import pytest
 import requests
 
 from chargebox import pg_driver
+from chargebox.cli import main as chargebox_main
 from chargebox.cli import prepare
 from chargebox.config import Config, env_defaults
 from chargebox.errors import Unavailable
@@ -110,6 +111,23 @@ def test_the_peer_timeout_reaches_both_ends_of_each_session_and_each_write(
         database.close()
     with pytest.raises(ValueError, match="CHARGEBOX_PEER_TIMEOUT"):
         Config(**env_defaults({**environ, "CHARGEBOX_PEER_TIMEOUT": "0"}))
+
+
+def test_the_commands_own_connections_give_up_after_the_peer_timeout_too(
+    postgresql_cluster, tmp_path, monkeypatch
+):
+    """init-db, migrate and the service as it starts (`prepare`, in this process) open their
+    connections with CHARGEBOX_PEER_TIMEOUT, as the service's are."""
+    asked = []
+    keepalives = pg_driver._keepalives
+    monkeypatch.setattr(pg_driver, "_keepalives", lambda s: asked.append(s) or keepalives(s))
+    monkeypatch.setenv("CHARGEBOX_PEER_TIMEOUT", "7")
+    data = tmp_path / "data"
+    made = pg_cluster.initialised(postgresql_cluster, "commands", data)
+    assert chargebox_main(["migrate", "--db", made.owner_url, "--data-dir", str(data)]) == 0
+    monkeypatch.setenv("CHARGEBOX_DB", made.app_url)
+    prepare(Config(**env_defaults(), data_dir=data))  # its probe, then its database's
+    assert len(asked) == 4 and set(asked) == {7}, asked
 
 
 _THERE = ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count",
