@@ -269,14 +269,16 @@ class Chargebox:
 
     # --- statements, and finding a sale ----------------------------------------------------
 
-    def statement(self, seller_id: int, when: dict[str, str], fmt: str = "json"
-                  ) -> statements.Rendered:  # fmt: skip
-        """A seller's statement of the period `when` names (periods.period), as JSON or CSV,
-        to be iterated (streamed) and closed; open on a read snapshot until then."""
+    def statement(self, seller_id: int, when: dict[str, str], fmt: str = "json",
+                  for_spreadsheets: bool = False) -> statements.Rendered:  # fmt: skip
+        """A seller's statement of the period `when` names (periods.period), as JSON or CSV
+        (its CSV marked UTF-8 `for_spreadsheets`: statements.Rendered), to be iterated
+        (streamed) and closed; open on a read snapshot until then."""
         if fmt not in statements.FORMATS:
             raise ValidationError("format must be json or csv", "format")
         chosen = periods.period(when)
-        return statements.Rendered(statements.Statement(self.database, seller_id, chosen), fmt)
+        read = statements.Statement(self.database, seller_id, chosen)
+        return statements.Rendered(read, fmt, for_spreadsheets)
 
     def find_sales(self, page: Page, seller_id: int | None, search: dict[str, str]
                    ) -> list[dict]:  # fmt: skip

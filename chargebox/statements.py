@@ -20,6 +20,7 @@ it, I3, and sealed). Both are exact.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import io
@@ -166,12 +167,16 @@ def opening(reader, seller_id: int, start: str, first: int | None, order: str
 
 
 class Rendered:
-    """A statement as bytes, piece by piece (a WSGI body: iterable, with `close`)."""
+    """A statement as bytes, piece by piece (a WSGI body: iterable, with `close`). A CSV
+    `for_spreadsheets` starts with a UTF-8 byte order mark: without one, Excel reads the
+    file in the machine's code page and shows Persian text as gibberish. (An API client's
+    CSV reader would take the mark for part of the first column's name.)"""
 
-    def __init__(self, statement: Statement, fmt: str) -> None:
+    def __init__(self, statement: Statement, fmt: str, for_spreadsheets: bool = False) -> None:
         self.statement = statement
         self.media_type = "text/csv; charset=utf-8" if fmt == "csv" else "application/json"
-        self._pieces = _csv(statement) if fmt == "csv" else _json(statement)
+        mark = codecs.BOM_UTF8 if for_spreadsheets else b""
+        self._pieces = _csv(statement, mark) if fmt == "csv" else _json(statement)
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -199,11 +204,11 @@ def _json(statement: Statement) -> Iterator[bytes]:
     yield ("]," + _dumps(statement.tail())[1:]).encode()
 
 
-def _csv(statement: Statement) -> Iterator[bytes]:
-    """CSV lines: `opening`, each `entry`, `closing` (its absence shows a cut-short
-    download), then a `total` line per kind (amount, and the count in `id`)."""
+def _csv(statement: Statement, mark: bytes) -> Iterator[bytes]:
+    """CSV lines after `mark`: `opening`, each `entry`, `closing` (its absence shows a
+    cut-short download), then a `total` line per kind (amount, and the count in `id`)."""
     head = statement.head()
-    yield _lines([CSV_COLUMNS, _line("opening", balance_after=head["opening_balance"],
+    yield mark + _lines([CSV_COLUMNS, _line("opening", balance_after=head["opening_balance"],
                                      created_at=head["from"])])  # fmt: skip
     for rows in statement.entries():
         for row in rows:

@@ -79,13 +79,13 @@ class Site:
         """A seller's statement to download, for the period in the query (as the API's;
         a period typed in Persian digits, `۱۴۰۵-۰۹`, is read as `1405-09`, spaces around it
         are dropped, and a Gregorian date typed into a Jalali field, `2026/12/01`, is that
-        day: periods.as_typed)."""
+        day: periods.as_typed). A CSV is for a spreadsheet (Excel) to open: marked UTF-8."""
         params = periods.as_typed({
             name: periods.latin_digits(text).strip()
             for name, text in query("format", *periods.NAMES).items()
         })  # fmt: skip
         fmt = params.pop("format", "csv")
-        rendered = self.service.statement(seller_id, params, fmt)
+        rendered = self.service.statement(seller_id, params, fmt, for_spreadsheets=True)
         return bottle.HTTPResponse(rendered, 200, statement_headers(rendered))
 
     def money_form(
