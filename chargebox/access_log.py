@@ -2,7 +2,8 @@
 
 `AccessLog` wraps the WSGI application: it gives each request its id (the
 client's `X-Request-Id` when short and plain, else a new one), stamps it on
-the response, and writes one logfmt line when the application has answered:
+the response, and writes one logfmt line when the application has answered (a
+streamed answer, a statement, when it ends, with `cut=1` if it was cut short):
 time, id, method, path (never the query string), status, duration, who, client,
 pid. Nothing else of the request (no header, cookie, body or query) is logged.
 Each line is one `write()` on an O_APPEND descriptor, so processes never mix lines.
@@ -97,13 +98,16 @@ def line(
     seller: str = "-",
     client: str = "-",
     moment: float | None = None,
+    cut: bool = False,
 ) -> bytes:
-    """One access log line (logfmt, fields always in this order), newline included."""
+    """One access log line (logfmt, fields always in this order), newline included; a
+    streamed answer that was `cut` short ends with `cut=1`."""
     moment = time.time() if moment is None else moment
     return (
         f"time={_stamp(moment)} id={ident} method={escaped(method, 16)} "
         f"path={escaped(path)} status={status} duration_ms={seconds * 1000:.2f} "
-        f"seller={seller} client={escaped(client, 64)} pid={os.getpid()}\n"
+        f"seller={seller} client={escaped(client, 64)} pid={os.getpid()}"
+        f"{' cut=1' if cut else ''}\n"
     ).encode("ascii")
 
 
@@ -196,21 +200,50 @@ class AccessLog:
             return start_response(status, headers, exc_info)
 
         result = self.app(environ, start)
-        seconds = time.perf_counter() - began
         status = int(answered[-1][:3]) if answered else 500
-        method = environ.get("REQUEST_METHOD", "-")
-        if self.log.enabled:
-            self.log.write(
-                line(
-                    ident=ident,
-                    method=method,
-                    path=environ.get("PATH_INFO", ""),
-                    status=status,
-                    seconds=seconds,
-                    seller=who(environ.get(ENVIRON_WHO)),
-                    client=environ.get("REMOTE_ADDR", "-"),
+
+        def ended(cut: bool = False) -> None:
+            seconds = time.perf_counter() - began
+            method = environ.get("REQUEST_METHOD", "-")
+            if self.log.enabled:
+                self.log.write(
+                    line(
+                        ident=ident,
+                        method=method,
+                        path=environ.get("PATH_INFO", ""),
+                        status=status,
+                        seconds=seconds,
+                        seller=who(environ.get(ENVIRON_WHO)),
+                        client=environ.get("REMOTE_ADDR", "-"),
+                        cut=cut,
+                    )
                 )
-            )
-        if self.observe is not None:
-            self.observe(environ, method, status, seconds)
-        return result
+            if self.observe is not None:
+                self.observe(environ, method, status, seconds)
+
+        if isinstance(result, list):  # the whole answer: bottle's for every body but a stream
+            ended()
+            return result
+        return _Streamed(result, ended)
+
+
+class _Streamed:
+    """A streamed answer (a statement), logged as it ends: when the server closes it, sent
+    whole or not (the client went away, or a later chunk failed: `cut`)."""
+
+    def __init__(self, body, ended: Callable[[bool], None]) -> None:
+        self._body, self._ended, self._whole = body, ended, False
+
+    def __iter__(self):
+        yield from self._body
+        self._whole = True
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            ended, self._ended = self._ended, None
+            if ended is not None:
+                ended(not self._whole)

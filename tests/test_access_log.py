@@ -28,7 +28,7 @@ LINE = re.compile(
     r"time=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z id=(?P<id>[A-Za-z0-9._-]{1,64}) "
     r"method=(?P<method>[!-~]+) path=(?P<path>[!-~]+) status=(?P<status>\d{3}) "
     r"duration_ms=(?P<ms>\d+\.\d\d) seller=(?P<seller>\d+|admin|-) "
-    r"client=(?P<client>[!-~]+) pid=(?P<pid>\d+)"
+    r"client=(?P<client>[!-~]+) pid=(?P<pid>\d+)(?P<cut> cut=1)?"
 )
 PHONE = "09121234567"
 
@@ -190,6 +190,32 @@ def test_off_writes_no_line_and_stderr_is_the_default(tmp_path, new_server):
     said = [line for line in loud.log_path.read_text().splitlines() if line.startswith("time=")]
     assert any(f" id={spoken.headers['X-Request-Id']} " in line for line in said), said
     assert all(LINE.fullmatch(line) for line in said)
+
+
+def test_a_streamed_answer_is_logged_as_it_ends_and_one_cut_short_says_so(tmp_path):
+    """A statement is sent as it is read: its line, and its latency for the metrics, come
+    when the server closes it, once, timed to then; sent whole, or not (`cut=1`)."""
+    path, observed = tmp_path / "access.log", []
+
+    def streaming(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/csv")])
+        return (piece for piece in (b"opening\r\n", b"entry\r\n"))  # not a list: a stream
+
+    app = access_log.AccessLog(streaming, access_log.LogFile(str(path)),
+                               lambda environ, method, status, s: observed.append(s))  # fmt: skip
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/api/statements"}
+    whole = app(dict(environ), lambda status, headers, exc_info=None: None)
+    assert path.read_text() == "" and observed == []  # nothing sent yet
+    for _ in whole:
+        time.sleep(0.03)  # a slow client reading its download
+    whole.close()
+    cut = app(dict(environ), lambda status, headers, exc_info=None: None)
+    next(iter(cut))  # then the client goes away, or the database fails the next chunk
+    cut.close()
+    cut.close()  # a second close writes no second line
+    lines = logged(path)
+    assert [(line["status"], line["cut"]) for line in lines] == [("200", None), ("200", " cut=1")]
+    assert float(lines[0]["ms"]) >= 60 and observed[0] >= 0.06 and len(observed) == 2
 
 
 def test_a_moved_log_file_is_reopened_so_that_rotation_needs_no_restart(tmp_path, monkeypatch):

@@ -81,6 +81,8 @@ def test_a_statement_the_database_cuts_short_is_an_unfinished_download_and_one_l
     errors = [line for line in said.splitlines() if " ERROR " in line]
     assert len(errors) == 1, said
     assert "/api/statements: LockTimeout from LockNotAvailable at " in errors[0], said
+    (access,) = [line for line in said.splitlines() if "path=/api/statements " in line]
+    assert " status=200 " in access and access.endswith(" cut=1"), access
     assert requests.get(url + "/health", timeout=10).json()["status"] == "ok"
 
 
