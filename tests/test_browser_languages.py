@@ -16,6 +16,7 @@ re-added from the database. Screenshots: tests/artifacts/screenshots/lang-*.png.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime
 import io
@@ -170,7 +171,9 @@ def test_every_flow_reads_right_in_each_language_and_size(site, people, lang, si
     with clerk.page.expect_download() as statement:
         clerk.page.click("#statement-jmonth-button")
     assert statement.value.suggested_filename.endswith(".csv")
-    rows = Path(statement.value.path()).read_text(encoding="utf-8")
+    saved = Path(statement.value.path()).read_bytes()
+    assert saved.startswith(codecs.BOM_UTF8)  # marked UTF-8, for Excel
+    rows = saved.decode("utf-8-sig")
     assert "sale" in rows  # the month of the sale (its credit may fall in the month before)
     if lang == "fa":  # a Jalali day, typed: the API's Gregorian day of the same date
         looks_right(clerk, lang, "09-statement-form")
@@ -178,7 +181,8 @@ def test_every_flow_reads_right_in_each_language_and_size(site, people, lang, si
         clerk.page.fill("#statement-jday-value", jalali_day(sold_on))
         with clerk.page.expect_download() as statement:
             clerk.page.click("#statement-jday-button")
-        lines = list(csv.DictReader(io.StringIO(Path(statement.value.path()).read_text("utf-8"))))
+        saved = Path(statement.value.path()).read_text("utf-8-sig")
+        lines = list(csv.DictReader(io.StringIO(saved)))
         assert int(lines[0]["balance_after"]) == by_api["opening_balance"]
         closing = next(line for line in lines if line["line"] == "closing")
         assert int(closing["balance_after"]) == by_api["closing_balance"] == 1_950_000
