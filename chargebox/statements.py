@@ -208,8 +208,8 @@ def _csv(statement: Statement, mark: bytes) -> Iterator[bytes]:
     """CSV lines after `mark`: `opening`, each `entry`, `closing` (its absence shows a
     cut-short download), then a `total` line per kind (amount, and the count in `id`)."""
     head = statement.head()
-    yield mark + _lines([CSV_COLUMNS, _line("opening", balance_after=head["opening_balance"],
-                                     created_at=head["from"])])  # fmt: skip
+    opening = _line("opening", balance_after=head["opening_balance"], created_at=head["from"])
+    yield mark + _lines([CSV_COLUMNS, opening])
     for rows in statement.entries():
         for row in rows:
             row[_REASON] = _cell(row[_REASON])
