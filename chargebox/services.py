@@ -51,9 +51,11 @@ _NEW_KEY = (
     "INSERT INTO seller_key (seller_id, label, key_hash, created_at) VALUES (?, ?, ?, ?) "
     + SELLER_KEY.returning
 )
+# Never before the key was made (CHECK revoked_at >= created_at): a clock set back, or
+# another host's clock ahead when it made the key, would otherwise make a revocation fail.
 _REVOKE = (
-    "UPDATE seller_key SET revoked_at = ? WHERE id = ? AND seller_id = ? AND revoked_at IS NULL "
-    + SELLER_KEY.returning
+    "UPDATE seller_key SET revoked_at = CASE WHEN created_at > ? THEN created_at ELSE ? END"
+    " WHERE id = ? AND seller_id = ? AND revoked_at IS NULL " + SELLER_KEY.returning
 )
 _STATUS = "UPDATE seller SET status = ? WHERE id = ? " + SELLER.returning
 MAX_LABEL_LENGTH = 100
@@ -141,7 +143,7 @@ class Chargebox:
         return write.dicts(_NEW_KEY, (seller_id, label, key_hash, at))[0]
 
     def _revoke(self, write: Write, seller_id: int, key_id: int, at: str) -> dict:
-        revoked = write.dicts(_REVOKE, (at, key_id, seller_id))
+        revoked = write.dicts(_REVOKE, (at, at, key_id, seller_id))
         if revoked:
             return revoked[0]
         found = write.rows(

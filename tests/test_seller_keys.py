@@ -11,11 +11,13 @@ and not one row of its books changes; reactivation restores the same keys.
 
 from __future__ import annotations
 
+import datetime
 import threading
 import time
 
 import pytest
 
+from chargebox import clock, services
 from chargebox.errors import SellerSuspended
 from tests.support import (
     ADMIN_TOKEN,
@@ -227,6 +229,23 @@ def test_the_database_refuses_a_suspended_sellers_request_and_a_key_unrevoked(se
                          (seller["id"],))  # fmt: skip
         with pytest.raises(REFUSED, match="never deleted"):
             conn.execute("DELETE FROM seller_key WHERE seller_id = ?", (seller["id"],))
+
+
+def test_a_key_made_by_a_clock_ahead_is_revoked_and_rotated_all_the_same(service, monkeypatch):
+    """A clock set back after a key was made (NTP), or another host's clock ahead when it
+    made it: its revocation is stamped when the key was made, never before (CHECK)."""
+    seller, _ = service.create_seller("Ali")
+    ahead = clock.now(datetime.timedelta(hours=1))
+    monkeypatch.setattr(services, "now", lambda: ahead)
+    first, _ = service.create_key(seller["id"], "till")
+    second, _ = service.create_key(seller["id"], "web")
+    monkeypatch.undo()
+    revoked = service.revoke_key(seller["id"], first["id"])
+    assert revoked["revoked_at"] == revoked["created_at"] == ahead
+    new, _ = service.rotate_key(seller["id"], second["id"])
+    keys = {key["id"]: key for key in service.queries.seller_keys(seller["id"])}
+    assert keys[second["id"]]["revoked_at"] == ahead and keys[new["id"]]["label"] == "web"
+    assert keys[new["id"]]["revoked_at"] is None and new["created_at"] < ahead
 
 
 def test_the_admins_seller_page_makes_revokes_and_rotates_keys_and_suspends(two_servers):
