@@ -24,7 +24,7 @@ from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
 from chargebox import access_log
 from chargebox.config import Config
-from chargebox.errors import NoTraces, in_one_line
+from chargebox.errors import NoTraces, closed_after_an_error
 from chargebox.web.errors import json_body
 
 try:
@@ -36,14 +36,6 @@ log = logging.getLogger("chargebox.server")
 
 
 _NO_TRACES = NoTraces()
-
-
-def _closed_after_an_error(dispatcher) -> None:
-    """What a connection (or the listener) does with an exception its handlers raised:
-    asyncore's handle_error, which logs every frame and the exception's text, in one line."""
-    log.error("closing %s after an unexpected error: %s", type(dispatcher).__name__,
-              in_one_line(sys.exc_info()[1]))  # fmt: skip
-    dispatcher.handle_close()
 
 
 # Headers that decide who acts, what is sent or which write is meant: sent twice, waitress
@@ -125,16 +117,26 @@ class _JsonErrorTask(ErrorTask):
 
 
 class _Channel(HTTPChannel):
-    """A connection that remembers when its current, unfinished request began."""
+    """A connection that remembers when its current, unfinished request began. Its times,
+    waitress's `last_activity` too, are monotonic: a wall clock set back held deadlines off."""
 
     error_task_class = _JsonErrorTask
     parser_class = _Parser
     request_started = 0.0
-    handle_error = _closed_after_an_error
+    handle_error = closed_after_an_error
+    _active_at = 0.0
+
+    @property
+    def last_activity(self) -> float:
+        return self._active_at
+
+    @last_activity.setter
+    def last_activity(self, _wall_clock: float) -> None:
+        self._active_at = time.monotonic()
 
     def received(self, data: bytes) -> bool:
         if self.request is None and data:
-            self.request_started = time.time()
+            self.request_started = time.monotonic()
         taken = super().received(data)
         if len(self.requests) > MAX_PIPELINED:
             self.will_close = True  # its answers would only pile up unread
@@ -175,7 +177,7 @@ class Server(TcpWSGIServer):
     """
 
     channel_class = _Channel
-    handle_error = _closed_after_an_error
+    handle_error = closed_after_an_error
     request_timeout = 20.0
     log = access_log.LogFile(access_log.OFF)  # where refused requests are logged too
     observe: access_log.Observer | None = None  # and counted (metrics)
@@ -202,7 +204,7 @@ class Server(TcpWSGIServer):
                 channel.will_close = True
 
     def readable(self) -> bool:
-        now = time.time()
+        now = time.monotonic()  # the channels' times (_Channel)
         if now >= self.next_channel_cleanup:
             self.next_channel_cleanup = now + self.adj.cleanup_interval
             self.maintenance(now)
@@ -230,7 +232,7 @@ class Server(TcpWSGIServer):
     def refused(self, channel: HTTPChannel, request, status: int, ident: str) -> None:
         """A request waitress refused itself, in the access log and the metrics like any."""
         method = getattr(request, "command", "") or "-"
-        seconds = max(0.0, time.time() - getattr(channel, "request_started", 0.0))
+        seconds = max(0.0, time.monotonic() - getattr(channel, "request_started", 0.0))
         self.log.write(
             access_log.line(ident=ident, method=method, path=getattr(request, "path", "") or "-",
                             status=status, seconds=seconds, client=_address(channel))

@@ -16,6 +16,7 @@ import errno
 import logging
 import re
 import string
+import sys
 import traceback
 
 
@@ -54,6 +55,16 @@ class NoTraces(logging.Filter):
             record.msg = f"{record.getMessage()}: {in_one_line(exc)}"
             record.args, record.exc_info, record.exc_text = None, None, None
         return True
+
+
+def closed_after_an_error(dispatcher) -> None:
+    """What a waitress connection (or its listener) does with an exception its handlers
+    raised: asyncore's handle_error, which logs every frame and the exception's text, in
+    one line."""
+    logging.getLogger("chargebox.server").error(
+        "closing %s after an unexpected error: %s", type(dispatcher).__name__,
+        in_one_line(sys.exc_info()[1]))  # fmt: skip
+    dispatcher.handle_close()
 
 
 def _remade(cls: type, template: str, field: str | None, replayed: bool, params: dict) -> object:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import resource
 import select
+import signal
 import socket
 import threading
 import time
@@ -153,6 +154,38 @@ def test_a_client_that_drips_headers_is_cut_off_at_the_request_deadline(tmp_path
     ):
         still_open = open_after(sockets, ANSWER_TIMEOUT, wanted=0)
         assert still_open == 0, f"{still_open} of 20 dripping connections still open"
+        answered(server.url)
+
+
+# Imported by the server's interpreter at start (site): SIGUSR1 sets its wall clock back
+# half an hour, as NTP stepping a fast clock back would, and says so in a file.
+_CLOCK_SET_BACK = """
+import pathlib, signal, time
+_wall, _back = time.time, [0.0]
+time.time = lambda: _wall() - _back[0]
+def _set_back(signum, frame):
+    _back[0] += 1800
+    pathlib.Path(__file__).with_name("set-back").touch()
+signal.signal(signal.SIGUSR1, _set_back)
+"""
+
+
+def test_the_request_deadline_holds_when_the_wall_clock_is_set_back(tmp_path):
+    """The deadlines run on a monotonic clock: set back (waitress stamps a connection's
+    activity with the wall clock), a half-sent request was left open for as long."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_CLOCK_SET_BACK)
+    with running(tmp_path, CHARGEBOX_REQUEST_TIMEOUT="1", PYTHONPATH=str(site)) as server:
+        answered(server.url)  # serving: the next cleanup is due from the wall clock's now
+        server.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + ANSWER_TIMEOUT
+        while not (site / "set-back").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (site / "set-back").exists()
+        with held_connections(server.url, 1, dripping=False) as sockets:
+            sockets[0].sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # and no more
+            assert open_after(sockets, ANSWER_TIMEOUT, wanted=0) == 0
         answered(server.url)
 
 

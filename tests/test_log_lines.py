@@ -15,7 +15,7 @@ import bottle
 import psycopg
 
 from chargebox import connections
-from chargebox.errors import NoTraces, Unavailable
+from chargebox.errors import NoTraces, Unavailable, closed_after_an_error
 from chargebox.pg_driver import translated
 from chargebox.web.errors import internal_error
 
@@ -75,7 +75,7 @@ def test_a_connection_whose_handler_raised_is_closed_and_said_in_one_line(caplog
         try:
             raise Unavailable(f"lost {SECRET}")
         except Unavailable:
-            connections._closed_after_an_error(dispatcher)
+            closed_after_an_error(dispatcher)
     assert dispatcher.closed
     (line,) = caplog.messages
     assert line.startswith("closing _Dispatcher after an unexpected error: Unavailable at ")
@@ -83,8 +83,8 @@ def test_a_connection_whose_handler_raised_is_closed_and_said_in_one_line(caplog
 
 
 def test_waitress_event_loop_errors_go_through_the_one_line_handler():
-    assert connections._Channel.handle_error is connections._closed_after_an_error
-    assert connections.Server.handle_error is connections._closed_after_an_error
+    assert connections._Channel.handle_error is closed_after_an_error
+    assert connections.Server.handle_error is closed_after_an_error
 
 
 def test_a_500s_line_names_the_request_and_the_error_in_one_line(caplog):
