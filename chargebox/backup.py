@@ -13,9 +13,11 @@ The copy's sealed heads are anchored for the live database (anchors.py).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -103,6 +105,22 @@ def backup(config: Config, dest: Path, overwrite: bool = False, vacuum: bool = F
         snapshot_seconds=copied,
         **facts,
     )
+
+
+def pruned(made: Path, keep: int) -> list[Path]:
+    """Beside a backup `made` with a stamped name (`destination`), the same database's
+    older stamped backups past the newest `keep`, by their names' stamps, deleted; their
+    paths. By count, not age: a clock jumped a year ahead and set back cannot make every
+    copy look old (a copy named in the future only keeps its place among `keep` until the
+    clock passes it). The copy just made is never one of them."""
+    stem, _, stamped = made.name.rpartition("-")
+    ending = stamped[stamped.index("Z") + 1 :]  # ".db", ".dump", or nothing
+    shape = re.compile(re.escape(stem) + r"-\d{8}T\d{6}Z" + re.escape(ending))
+    found = sorted((p for p in made.parent.iterdir() if shape.fullmatch(p.name)), reverse=True)
+    gone = [p for p in found[keep:] if p != made]
+    for path in gone:
+        path.unlink(missing_ok=True)
+    return gone
 
 
 def _check_target(target: Path, overwrite: bool) -> None:
@@ -287,12 +305,23 @@ def arguments(parser) -> None:
     parser.add_argument("dest", type=Path, help="the new file (or an existing directory: a "
                         "name stamped with the time is made in it)")  # fmt: skip
     parser.add_argument("--force", action="store_true", help="replace DEST if it exists")
+    parser.add_argument("--keep", type=_count, metavar="N",
+                        help="DEST a directory: then delete this database's stamped backups "
+                        "there but the newest N (by count, never by age)")  # fmt: skip
     parser.add_argument("--vacuum", action="store_true",
                         help="SQLite: VACUUM INTO (a compacted copy, slower) instead of the "
                         "backup API")  # fmt: skip
 
 
-def main(config: Config, dest: Path, force: bool, vacuum: bool) -> int:
+def _count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 10_000:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 10000, not {text!r}")
+    return int(text)
+
+
+def main(config: Config, dest: Path, force: bool, vacuum: bool, keep: int | None = None) -> int:
+    if keep is not None and not dest.is_dir():
+        raise ValueError(f"--keep is for a directory DEST, where stamped names are made: {dest}")
     key_file = config.ledger_key_path
     if not config.ledger_key and key_file.exists():
         config = dataclasses.replace(config, ledger_key=key_file.read_text().strip())
@@ -300,6 +329,9 @@ def main(config: Config, dest: Path, force: bool, vacuum: bool) -> int:
     # CPU to the server (2 cores here, shared).
     made = backup(config, dest, overwrite=force, vacuum=vacuum, after_snapshot=lambda: os.nice(10))
     print(f"chargebox: {made.summary()}", file=sys.stderr)
+    if keep is not None:
+        for path in pruned(made.path, keep):
+            print(f"chargebox: deleted {path} (--keep {keep})", file=sys.stderr)
     if made.heads and config.ledger_key:  # the copy's heads: the live file never goes back
         anchors.record(config, config.ledger_key.encode("utf-8"), list(made.heads), "backup")
     print(

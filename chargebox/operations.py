@@ -29,7 +29,7 @@ def add_commands(command) -> None:
 
 def run(config: Config, args) -> int:
     if args.command == "backup":
-        return backup.main(config, args.dest, args.force, args.vacuum)
+        return backup.main(config, args.dest, args.force, args.vacuum, args.keep)
     return restore.main(config, args.action)
 
 

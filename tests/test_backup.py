@@ -267,6 +267,38 @@ def test_a_backup_never_replaces_a_file_unless_forced_and_leaves_no_partial_copy
     assert not leftovers
 
 
+def test_keep_deletes_all_but_the_newest_stamped_copies_by_count_whatever_the_clock(tmp_path):
+    """`--keep 3`: of this database's stamped copies the newest 3 by name stay, the one
+    just made always among them; a copy named a year ahead (a clock that jumped) holds
+    its place; another database's copies and other files are not touched."""
+    live = tmp_path / "chargebox.db"
+    with running_server(live) as server:
+        new_seller(server.admin(), "shop", credit=1_000)
+    daily = tmp_path / "daily"
+    daily.mkdir()
+    older = [daily / f"chargebox-202611{day:02d}T030000Z.db" for day in (1, 2, 3, 4)]
+    ahead = daily / "chargebox-20271204T030000Z.db"
+    others = [daily / "shop-20261101T030000Z.db", daily / "chargebox-notes.db",
+              daily / "chargebox-20261101T030000Z.db.txt"]  # fmt: skip
+    for path in (*older, ahead, *others):
+        path.write_bytes(b"an earlier copy")
+    kept = chargebox("backup", "--db", str(live), str(daily), "--keep", "3")
+    assert kept.returncode == 0, kept.stderr
+    (made,) = set(daily.iterdir()) - {*older, ahead, *others}
+    assert sorted(daily.iterdir()) == sorted([made, ahead, older[3], *others])
+    assert kept.stderr.count("deleted ") == 3 and "(--keep 3)" in kept.stderr
+    assert rows_on_disk(made, "SELECT COUNT(*) FROM seller") == [(1,)]
+    again = chargebox("backup", "--db", str(live), str(daily), "--keep", "1", "--force")
+    assert again.returncode == 0, again.stderr
+    assert ahead.exists() and len(list(daily.glob("chargebox-2*Z.db"))) == 2  # it and ahead
+    into_a_file = chargebox("backup", "--db", str(live), str(tmp_path / "one.db"), "--keep", "2")
+    assert into_a_file.returncode == 2 and "--keep is for a directory" in into_a_file.stderr
+    assert not (tmp_path / "one.db").exists()
+    for wrong in ("0", "-1", "two"):
+        refused = chargebox("backup", "--db", str(live), str(daily), "--keep", wrong)
+        assert refused.returncode == 2 and "--keep" in refused.stderr, refused.stderr
+
+
 def test_a_postgresql_backup_is_a_pg_dump_that_restores_serves_and_audits_clean(
     postgresql_cluster, tmp_path
 ):

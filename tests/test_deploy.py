@@ -158,7 +158,7 @@ def test_the_nightly_backup_runs_as_the_service_with_its_setup_and_writes_only_t
     assert backup["Type"] == ["oneshot"]
     assert backup["ReadWritePaths"] == ["/var/lib/chargebox /var/lib/chargebox-backups"]
     assert backup["ExecStart"] == [
-        "/usr/local/bin/chargebox backup /var/lib/chargebox-backups",
+        "/usr/local/bin/chargebox backup /var/lib/chargebox-backups --keep 14",
         "/usr/local/bin/chargebox audit --full",
     ]
     assert timer["Persistent"] == ["true"] and timer["OnCalendar"] == ["*-*-* 03:00:00"]
