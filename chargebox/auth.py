@@ -28,6 +28,10 @@ log = logging.getLogger("chargebox.auth")
 KEY_PREFIX = "cbk_"
 MAX_TOKEN_LENGTH = 512
 SESSION_LIFETIME = datetime.timedelta(hours=12)
+# How far ahead of this host's clock another's may be when it opens a session. A session
+# that expires later than a new one would, by more, was opened by a clock running ahead
+# (set back since): it would last that much longer, so it is refused.
+CLOCK_SKEW = datetime.timedelta(minutes=5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,11 +201,12 @@ def csrf_token(session_token: str) -> str:
 
 
 def session_principal(
-    database: Database, token: str, admin_token: str | None, at: str
+    database: Database, token: str, admin_token: str | None, at: str, latest: str
 ) -> Principal | None:
-    """Who the session with cookie `token` acts as, if it exists, has not expired and its
-    credential still holds: an admin session ends when the admin token changes, a
-    seller's when its key is revoked or the seller is suspended."""
+    """Who the session with cookie `token` acts as, if it exists, expires after `at` but
+    not after `latest` (CLOCK_SKEW), and its credential still holds: an admin session
+    ends when the admin token changes, a seller's when its key is revoked or the seller
+    is suspended."""
     if not token or len(token) > MAX_TOKEN_LENGTH:
         return None
     rows = database.rows(
@@ -218,7 +223,9 @@ def session_principal(
     current = key_hash
     if role == "admin":
         current = current_admin(database) or (hash_key(admin_token) if admin_token else None)
-    if expires_at <= at or current is None or not hmac.compare_digest(remembered, current):
+    if not at < expires_at <= latest or current is None:
+        return None
+    if not hmac.compare_digest(remembered, current):
         return None
     return ADMIN if role == "admin" else Principal("seller", seller_id, key_id)
 
@@ -271,7 +278,8 @@ class Access:
         """Who an open, unexpired web session acts as; None for anything else."""
         if session is None:
             return None
-        return session_principal(self.database, session, self.admin_token, now())
+        latest = now(SESSION_LIFETIME + CLOCK_SKEW)
+        return session_principal(self.database, session, self.admin_token, now(), latest)
 
     def sign_out(self, session: str) -> None:
         digest = hash_key(session)

@@ -101,6 +101,25 @@ def test_an_expired_session_acts_as_nobody_and_others_are_untouched(service, con
     assert service.access.session(live) == principal
 
 
+def test_a_session_opened_by_a_clock_running_ahead_ends_when_the_clock_is_set_back(
+    service, monkeypatch, seller
+):
+    """Opened a year ahead, it would last a year once NTP set the clock right; opened by a
+    host a minute ahead of this one (CLOCK_SKEW), it is good."""
+    real = auth.now
+
+    def clock_ahead(by: datetime.timedelta):
+        return lambda later=datetime.timedelta(0): real(later + by)
+
+    for ahead, lasts in ((datetime.timedelta(days=365), False),
+                         (datetime.timedelta(minutes=1), True)):  # fmt: skip
+        monkeypatch.setattr(auth, "now", clock_ahead(ahead))
+        session, principal = service.access.sign_in(seller[1])
+        assert service.access.session(session) == principal
+        monkeypatch.undo()
+        assert (service.access.session(session) == principal) is lasts
+
+
 def test_an_admin_session_ends_when_the_admin_token_changes(service, config, seller):
     (admin_session, _), (seller_session, shop) = (
         service.access.sign_in(ADMIN_TOKEN),
