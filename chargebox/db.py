@@ -36,6 +36,10 @@ T = TypeVar("T")
 SQLITE_BUSY, SQLITE_LOCKED = 5, 6
 _UNAVAILABLE_CODES = {SQLITE_BUSY, SQLITE_LOCKED, 8, 10, 13, 14}  # READONLY IOERR FULL CANTOPEN
 _BUSY_SLACK_MS = 50  # a deadline this close to the full busy timeout keeps the default
+# The WAL cannot restart past a reader's snapshot: a long read (a full audit, a big
+# statement, a backup) lets it grow by hundreds of MB under sales. SQLite keeps the file
+# that size for good unless it is told to truncate it once the WAL restarts.
+WAL_SIZE_LIMIT = 64 << 20
 
 
 class Write:
@@ -135,6 +139,7 @@ class Database:
                 # Debian defaults WAL to FULL, other builds to NORMAL: always say it.
                 ("synchronous", config.synchronous),
                 ("temp_store", "memory"),
+                ("journal_size_limit", WAL_SIZE_LIMIT),
             ],
             timeout=self.timeout,
             # A plain BEGIN that later writes fails at once when another holds the lock

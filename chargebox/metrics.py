@@ -218,7 +218,8 @@ class _Measured:
         described = {
             "database": "The database's size in bytes (SQLite: the file; PostgreSQL: "
             "pg_database_size)",
-            "wal": "SQLite's write-ahead log file (-wal) in bytes, until a checkpoint empties it",
+            "wal": "SQLite's write-ahead log file (-wal) in bytes: it grows while a long "
+            "read holds its snapshot, and is cut back to 64 MiB as it restarts",
         }
         for name, size in self.sizes.items():
             gauge = GaugeMetricFamily(f"chargebox_{name}_bytes", described[name])

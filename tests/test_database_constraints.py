@@ -23,8 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from chargebox import db
+from chargebox.cli import prepare
 from chargebox.config import MAX_BALANCE
 from chargebox.errors import IntegrityViolation
+from chargebox.services import Chargebox
 from tests.support import database_of, db_snapshot
 
 pytestmark = pytest.mark.sqlite_only
@@ -656,3 +659,26 @@ def test_the_apps_connection_refuses_a_sale_of_an_unknown_phone_at_commit(servic
         assert inserted == [True]
         assert not service.database.connection().in_transaction
         assert snapshot(disk) == before
+
+
+def test_the_wal_a_long_read_let_grow_is_cut_back_once_it_can_restart(config, monkeypatch):
+    """A reader's snapshot (a full audit, a statement) keeps the WAL from restarting, so
+    sales grow it; let go, the WAL restarts and is cut back (journal_size_limit), instead
+    of keeping its largest size for good. The limit made 1 MiB here (it is 64 MiB)."""
+    monkeypatch.setattr(db, "WAL_SIZE_LIMIT", 1 << 20)
+    service = Chargebox(prepare(config))
+    wal = Path(f"{config.db_path}-wal")
+    try:
+        assert service.database.rows("PRAGMA journal_size_limit") == [(1 << 20,)]
+        seller, _ = service.create_seller("shop")
+        service.approve_credit_request(service.request_credit(seller["id"], 10**9).record["id"])
+        with contextlib.closing(sqlite3.connect(config.db_path, isolation_level=None)) as reader:
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM sale").fetchall()  # its snapshot, held
+            while wal.stat().st_size < 24 << 20:
+                service.sell(seller["id"], "09121234567", 1_000)
+        for _ in range(300):  # the WAL checkpointed past the reader's end, then restarted
+            service.sell(seller["id"], "09121234567", 1_000)
+        assert wal.stat().st_size < 8 << 20, wal.stat().st_size  # the limit + ~4 MiB of pages
+    finally:
+        service.close()
