@@ -145,17 +145,22 @@ class LogFile:
     def write(self, data: bytes) -> None:
         if not self.enabled:
             return
-        if self._fd is None:
-            fd = 2
-        else:
-            now = time.monotonic()
-            if now - self._checked >= REOPEN_CHECK_S:
-                self._checked = now
-                self._reopen_if_moved()
-            fd = self._fd
+        self.follow()
         # A full disk or a closed stderr must not fail the request it logs.
         with contextlib.suppress(OSError):
-            os.write(fd, data)
+            os.write(2 if self._fd is None else self._fd, data)
+
+    def follow(self) -> None:
+        """Open the file afresh if it was moved away, checked at most once a second: at
+        each write, and by a holder that never writes (the supervisor of `--processes`,
+        whose copy its replacement children inherit), which would keep a rotated file's
+        space in use for good."""
+        if self._fd is None:
+            return
+        now = time.monotonic()
+        if now - self._checked >= REOPEN_CHECK_S:
+            self._checked = now
+            self._reopen_if_moved()
 
     def _reopen_if_moved(self) -> None:
         try:

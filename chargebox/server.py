@@ -192,6 +192,7 @@ class _Supervisor:
             signal.signal(sig, stop)
         while not stop.requested:
             time.sleep(LOOP_TIMEOUT)  # polling for a signal or a dead child, not for an outcome
+            self.log.follow()  # a rotated access log is let go here too
             for pid, code in _reaped(list(self.started)).items():
                 self._mourn(pid, code)
             now = time.monotonic()

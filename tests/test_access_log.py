@@ -178,6 +178,26 @@ def test_two_processes_append_whole_lines_to_one_file(tmp_path, new_server):
     assert all(entry["path"] == long_path[: access_log.MAX_PATH] + "..." for entry in mine)
 
 
+def test_the_supervisor_of_processes_lets_a_rotated_log_go(tmp_path, new_server):
+    """The parent of `--processes 2` never writes a line: it held the first file open for
+    good, so a rotated and deleted log's space stayed in use until a restart."""
+    log, rotated = tmp_path / "access.log", tmp_path / "access.log.1"
+    env = {"CHARGEBOX_ACCESS_LOG": str(log), "CHARGEBOX_PROCESSES": "2"}
+    with new_server(tmp_path, env=env) as server:
+        parent = server.proc.pid
+
+        def holds(path) -> bool:
+            fds = f"/proc/{parent}/fd"
+            return str(path) in {os.readlink(f"{fds}/{n}") for n in os.listdir(fds)}
+
+        assert holds(log)
+        log.rename(rotated)
+        deadline = time.monotonic() + 10
+        while holds(rotated) and time.monotonic() < deadline:
+            time.sleep(0.1)  # its check comes within a second (REOPEN_CHECK_S)
+        assert not holds(rotated) and holds(log)  # which its next children inherit
+
+
 def test_off_writes_no_line_and_stderr_is_the_default(tmp_path, new_server):
     (tmp_path / "off").mkdir()
     (tmp_path / "default").mkdir()
