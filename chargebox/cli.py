@@ -182,7 +182,7 @@ def prepare(config: Config) -> Config:
         if config.db_url:
             database.ensure_schema()
             guards.refuse_dropped_guards(guards.dropped_in(database), "(the PostgreSQL database)")
-            key = _ledger_key(config, database)
+            key = _ledger_key(config, database, made_by="init-db")
             anchors.refuse_rollback(config, database, key)  # an older copy put back
         else:
             with startup_lock(config):  # one start-up at a time: the key check sees a settled file
@@ -200,11 +200,14 @@ def startup_lock(config: Config) -> FileLock:
     return FileLock(str(config.db_path) + ".lock", timeout=60)
 
 
-def _ledger_key(config: Config, database: Database | postgresql.Reader) -> str:
+def _ledger_key(config: Config, database: Database | postgresql.Reader,
+                made_by: str | None = None) -> str:  # fmt: skip
     """The ledger key, refused unless it verifies the newest seals already made.
 
     A key is never generated for a database that holds seals: with a new key every
-    seal would look forged, so a lost key file must be restored from the backup.
+    seal would look forged, so a lost key file must be restored from the backup. Nor
+    where another command `made_by` made it (PostgreSQL: init-db): an app server given
+    no key would seal with one of its own beside the others' while nothing is sealed.
     A short key is refused, unless it is the one that already sealed this ledger.
     """
     path = config.ledger_key_path
@@ -215,6 +218,12 @@ def _ledger_key(config: Config, database: Database | postgresql.Reader) -> str:
             f"--db {_where(config)}: the ledger is sealed but its key file {path} is missing: "
             "restore it from the backup of this database (or set CHARGEBOX_LEDGER_KEY); "
             "a new key would make every seal look forged"
+        )
+    if made_by and not config.ledger_key and not path.exists():
+        raise ValueError(
+            f"--db {_where(config)}: no ledger key in {path}: give every app server the "
+            f"one `chargebox {made_by}` made (its --data-dir's ledger_key, copied there 0600, "
+            "or CHARGEBOX_LEDGER_KEY); a key of its own would seal with another key"
         )
     key = config.ledger_key or _stored_secret(
         path, "a ledger key", "CHARGEBOX_LEDGER_KEY", auth.new_ledger_key

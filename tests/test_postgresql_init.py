@@ -71,6 +71,24 @@ def test_init_db_creates_the_schema_and_the_secrets_and_never_shows_a_password(r
         assert conn.execute("SELECT count(*) FROM schema_version").fetchone() == (1,)
 
 
+def test_an_app_server_given_no_ledger_key_refuses_to_make_one_of_its_own(granted, tmp_path):
+    """Before anything is sealed, a server whose --data-dir lacked init-db's key made its
+    own and sealed with it beside the others: the books mixed two keys for good."""
+    token = (granted["data"] / "admin_token").read_text().strip()
+    other = tmp_path / "other"
+    for command in (["create-seller", "Ali"], ["serve", "--port", "0"]):
+        refused = chargebox(*command, "--db", granted["app"], "--data-dir", str(other),
+                            CHARGEBOX_ADMIN_TOKEN=token)  # fmt: skip
+        assert refused.returncode == 2, refused.stderr
+        (line,) = refused.stderr.strip().splitlines()
+        assert f"no ledger key in {other / 'ledger_key'}" in line and "init-db" in line, line
+        assert not (other / "ledger_key").exists()
+    key = (granted["data"] / "ledger_key").read_text().strip()
+    given = chargebox("create-seller", "Ali", "--db", granted["app"], "--data-dir", str(other),
+                      CHARGEBOX_ADMIN_TOKEN=token, CHARGEBOX_LEDGER_KEY=key)  # fmt: skip
+    assert given.returncode == 0, given.stderr
+
+
 def test_a_role_that_does_not_exist_is_one_line(roles):
     result = init_db(roles, "nobody_here")
     assert result.returncode == 2
