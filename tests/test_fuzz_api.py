@@ -136,13 +136,20 @@ def changes(before: dict, after: dict) -> dict:
     return {key: (before.get(key), after[key]) for key in after if before.get(key) != after[key]}
 
 
+# docs/api.md: a sale or an adjustment refused with 409 (insufficient_credit,
+# balance_limit_exceeded) keeps its Idempotency-Key's outcome, as one new record here.
+OUTCOME_RECORDS = {
+    "POST /api/sales": "idempotency_record",
+    "POST /api/sellers/{id}/adjustments": "adjustment_record",
+}
+
+
 def final_refusal(label: str, status: int, sent_key: bool, changed: dict) -> bool:
-    """docs/api.md: a sale refused with 409 keeps its Idempotency-Key's outcome: one new record."""
-    if label != "POST /api/sales" or status != 409 or not sent_key:
+    """Whether a refusal's changes are its key's outcome: one new record, nothing else."""
+    table = OUTCOME_RECORDS.get(label)
+    if table is None or status != 409 or not sent_key or set(changed) != {table}:
         return False
-    if set(changed) != {"idempotency_record"}:
-        return False
-    (count_before, _), (count_after, _) = changed["idempotency_record"]
+    (count_before, _), (count_after, _) = changed[table]
     return count_after == count_before + 1
 
 
