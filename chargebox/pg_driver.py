@@ -38,8 +38,11 @@ def to_psycopg(sql: str) -> str:
 
 
 def described(url: str) -> str:
-    """A PostgreSQL URL without its password, fit for a message or a log."""
-    return re.sub(r"^(\w+://[^:/@]*):[^@]*@", r"\1:***@", url)
+    """A PostgreSQL URL without its password, fit for a message or a log: up to the last
+    `@` before the path (a password with an `@` left unencoded), and a `password=`
+    parameter too."""
+    hidden = re.sub(r"^(\w+://[^:/@]*):[^?]*@", r"\1:***@", url)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", hidden)
 
 
 # A peer that stops answering without a word (its host powered off or cut off: no FIN,

@@ -367,3 +367,19 @@ def test_a_run_sent_sigterm_stops_and_removes_its_throwaway_cluster(when):
         with contextlib.suppress(ProcessLookupError):
             os.kill(postmaster, signal.SIGINT)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("postgresql://app:s3cret@db.local:5432/cb", "postgresql://app:***@db.local:5432/cb"),
+        # an `@` and a `/` in the password, not percent-encoded: hidden to the last `@`
+        ("postgresql://app:p@ss#1/x@127.0.0.1/cb", "postgresql://app:***@127.0.0.1/cb"),
+        ("postgresql://app@db/cb?password=s3cret&sslmode=require",
+         "postgresql://app@db/cb?password=***&sslmode=require"),
+        ("postgresql://app:s3cret@db/cb?application_name=a@b",
+         "postgresql://app:***@db/cb?application_name=a@b"),
+    ],
+)  # fmt: skip
+def test_a_url_is_described_without_any_of_its_password(url, said):
+    assert postgresql.described(url) == said
