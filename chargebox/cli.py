@@ -31,6 +31,7 @@ from chargebox import (
     guards,
     migrations,
     operations,
+    pg_driver,
     postgresql,
     schema,
     seals,
@@ -384,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ChargeboxError) as exc:
         message = exc.message if isinstance(exc, ChargeboxError) else str(exc)
         print(f"chargebox: {message}", file=sys.stderr)
+        return 2
+    except pg_driver.driver_errors() as exc:  # a role without the rights, no schema there
+        print(f"chargebox: --db {_where(config)}: {pg_driver.in_words(exc)}", file=sys.stderr)
         return 2
     except (sqlite3.DatabaseError, peewee.DatabaseError) as exc:
         # A file SQLite cannot read (corrupt, or not what its header says).

@@ -37,6 +37,30 @@ def to_psycopg(sql: str) -> str:
     return _PARAMETER.sub(swap, sql)
 
 
+# What a command adds to PostgreSQL's own words when it refuses (by SQLSTATE).
+_HINTS = {
+    "42501": " (init-db, migrate and copy need the schema owner's URL; serve, the app role's)",
+    "42P01": " (no chargebox schema there: run `chargebox init-db` first)",
+}
+
+
+def driver_errors() -> tuple[type[BaseException], ...]:
+    """psycopg's errors, for a command to say in one line; none without the driver."""
+    try:
+        import psycopg
+    except ImportError:
+        return ()
+    return (psycopg.Error,)
+
+
+def in_words(exc: BaseException) -> str:
+    """A PostgreSQL refusal as one line: its primary message (never its detail, which can
+    quote a row) and a hint for the commonest mistakes."""
+    diag = getattr(exc, "diag", None)
+    said = (diag.message_primary if diag is not None else None) or type(exc).__name__
+    return said + _HINTS.get(getattr(exc, "sqlstate", None) or "", "")
+
+
 def described(url: str) -> str:
     """A PostgreSQL URL without its password, fit for a message or a log: up to the last
     `@` before the path (a password with an `@` left unencoded), and a `password=`
