@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import threading
+from pathlib import Path
 
 from chargebox.clock import now
 from chargebox.db import Database, Write
@@ -73,6 +74,15 @@ def new_admin_token() -> str:
 def new_ledger_key() -> str:
     """A fresh key for the ledger's seals (seals.py): 256 random bits, as text."""
     return secrets.token_urlsafe(32)
+
+
+def replace_secret(path: Path, secret: str) -> None:
+    """Write a secret's file afresh, owner-only, atomically (never half written)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    os.replace(temporary, path)
 
 
 def hash_key(key: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -38,9 +37,7 @@ from chargebox import (
 )
 from chargebox import commands as admin_commands
 from chargebox.config import (
-    LEDGER_KEY_FILE,
     MIN_SECRET_LENGTH,
-    POSTGRESQL_SCHEMES,
     SYNCHRONOUS_LEVELS,
     Config,
     checked_admin_token,
@@ -131,9 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     move.add_argument(
         "--data-dir",
         type=Path,
-        help="the PostgreSQL deployment's data directory, where the copy's audit writes its "
-        "anchors and where its servers will read the ledger key (env CHARGEBOX_DATA_DIR; "
-        "default data/)",
+        help="the PostgreSQL deployment's data directory: the file's ledger key and admin "
+        "token are written there for its servers, and the copy's audit anchors "
+        "(env CHARGEBOX_DATA_DIR; default data/)",
     )
     audit = command("audit", "re-check invariants I1-I5 straight from the database file")
     audit.add_argument("--json", action="store_true", help="print the full report as JSON")
@@ -283,26 +280,6 @@ def _init_db(config: Config, grant_to: str | None) -> int:
     return 0
 
 
-def _copy(config: Config, source: Path, target: str) -> int:
-    """Copy the file, then audit the copy with the file's own ledger key."""
-    from chargebox import moving
-
-    if not target.startswith(POSTGRESQL_SCHEMES):
-        raise ValueError(f"--to {target}: must be a postgresql:// URL (the schema's owner)")
-    counts = moving.copy(source, target)
-    config.data_dir.mkdir(parents=True, exist_ok=True)  # the audit anchors the copy there
-    key_file = source.parent / LEDGER_KEY_FILE
-    key = config.ledger_key or (key_file.read_text().strip() if key_file.exists() else None)
-    copied = Chargebox(dataclasses.replace(config, db_url=target, ledger_key=key))
-    try:
-        report = copied.audit()
-    finally:
-        copied.close()
-    rows = ", ".join(f"{count:,} {table}" for table, count in counts.items() if count)
-    print(f"chargebox: copied {rows or 'nothing'}", file=sys.stderr)
-    return admin_commands.audit_verdict(report)
-
-
 def _where(config: Config) -> str:
     return postgresql.described(config.db_url) if config.db_url else str(config.db_path)
 
@@ -372,7 +349,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"chargebox: {migrations.migrate(config, lock, args.grant_to)}", file=sys.stderr)
             return 0
         if args.command == "copy":
-            return _copy(config, args.source, args.target)
+            from chargebox import moving
+
+            return moving.run(config, args.source, args.target)
         if args.command == "serve":
             return _serve(config)
         if args.command in operations.COMMANDS:

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from chargebox import auth, periods
 from chargebox.config import Config
@@ -149,7 +147,7 @@ def _rotate_admin_token(service: Chargebox, config: Config, from_environment: bo
     auth.rotate_admin(service.database, token)
     print(token)
     try:
-        _replace_secret(config.admin_token_path, token)
+        auth.replace_secret(config.admin_token_path, token)
     except OSError as exc:
         where = config.admin_token_path
         print(f"chargebox: the new admin token is in force, but {where} could not be "
@@ -159,14 +157,6 @@ def _rotate_admin_token(service: Chargebox, config: Config, from_environment: bo
           f"and in {config.admin_token_path}; copy that file to every host's data dir",
           file=sys.stderr)  # fmt: skip
     return 0
-
-
-def _replace_secret(path: Path, secret: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secret + "\n")
-    os.replace(temporary, path)
 
 
 def check_admin_token(database, config: Config, token: str) -> None:

@@ -8,14 +8,26 @@ numbered per seller: each statement moves each of its sellers' balances once and
 lands the entries on them, so that every PostgreSQL trigger checks each entry as it
 would a new one (I3, I4; I2 as each statement ends, as for a batch of sales); the
 seals are copied as they are, and the target audits clean with the same key.
+
+The deployment's secrets move with it (`run`): the file's ledger key, which sealed
+every row copied, and its admin token (the one in force, if it was rotated) are
+written into the PostgreSQL deployment's `--data-dir`, over the ones `init-db`
+made there (they sealed and admitted nothing yet: the target was empty). A secret
+given in the environment (CHARGEBOX_LEDGER_KEY, CHARGEBOX_ADMIN_TOKEN) is the
+operator's to give every server, and no file is written for it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
+import sys
 from pathlib import Path
 
-from chargebox import ledger, postgresql
+from chargebox import auth, ledger, postgresql
+from chargebox.commands import audit_verdict
+from chargebox.config import ADMIN_TOKEN_FILE, LEDGER_KEY_FILE, POSTGRESQL_SCHEMES, Config
+from chargebox.services import Chargebox
 
 # In the order their references need; the ledger is replayed apart (see _entries).
 _PLAIN_TABLES = (
@@ -24,6 +36,7 @@ _PLAIN_TABLES = (
     ("sale", ("id", "seller_id", "phone", "amount", "balance_after", "created_at")),
 )
 _AFTER_THE_LEDGER = (
+    ("admin_token", ("id", "token_hash", "changed_at")),  # a rotation stays in force
     ("ledger_seal", ("entry_id", "mac")),
     ("seller_head", ("seller_id", "entry_id", "entries", "entry_mac", "mac")),
     ("idempotency_record", ("id", "seller_id", "key", "request_hash", "error_code",
@@ -49,10 +62,53 @@ _ENTRY_COLUMNS = ("id", "seller_id", "kind", "amount", "balance_after", "credit_
                   "sale_id", "reason", "created_at", "refund_of")  # fmt: skip
 
 
-def copy(source: Path, target_url: str) -> dict[str, int]:
-    """Copy the SQLite file `source` into the empty schema at `target_url`; rows per table."""
+def run(config: Config, source: Path, target: str) -> int:
+    """`chargebox copy`: the file's rows and its secrets, then the audit of the copy with
+    the file's ledger key; 0 only when the books reconcile."""
+    if not target.startswith(POSTGRESQL_SCHEMES):
+        raise ValueError(f"--to {target}: must be a postgresql:// URL (the schema's owner)")
     if not source.is_file():
         raise ValueError(f"--from {source}: no such database file")
+    config = dataclasses.replace(config, db_url=target)  # its secrets go in --data-dir
+    secrets = _secrets(config, source)
+    key = config.ledger_key or secrets[config.ledger_key_path]
+    counts = copy(source, target)
+    config.data_dir.mkdir(parents=True, exist_ok=True)  # the audit anchors the copy there
+    for path, secret in secrets.items():
+        if not path.exists() or path.read_text().strip() != secret:
+            auth.replace_secret(path, secret)
+            print(f"chargebox: {path} now holds {source.parent / path.name}", file=sys.stderr)
+    copied = Chargebox(dataclasses.replace(config, ledger_key=key))
+    try:
+        report = copied.audit()
+    finally:
+        copied.close()
+    rows = ", ".join(f"{count:,} {table}" for table, count in counts.items() if count)
+    print(f"chargebox: copied {rows or 'nothing'}", file=sys.stderr)
+    return audit_verdict(report)
+
+
+def _secrets(config: Config, source: Path) -> dict[Path, str]:
+    """The file's secrets that the PostgreSQL deployment's data directory takes, by where
+    they go; refused before anything is copied if the file's ledger key is nowhere."""
+    found = {}
+    for name, given in (
+        (LEDGER_KEY_FILE, config.ledger_key),
+        (ADMIN_TOKEN_FILE, config.admin_token),
+    ):
+        beside = source.parent / name
+        if given is None and beside.is_file():
+            found[config.secrets_dir / name] = beside.read_text().strip()
+    if config.ledger_key is None and config.ledger_key_path not in found:
+        raise ValueError(
+            f"--from {source}: its ledger key is not beside it ({source.parent / LEDGER_KEY_FILE})"
+            " nor in CHARGEBOX_LEDGER_KEY: the copy's seals could be neither checked nor extended"
+        )
+    return found
+
+
+def copy(source: Path, target_url: str) -> dict[str, int]:
+    """Copy the SQLite file `source` into the empty schema at `target_url`; rows per table."""
     reader = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
     conn = postgresql.connect(target_url, autocommit=True, lost_after=COPY_LOST_AFTER)
     try:

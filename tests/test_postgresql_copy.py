@@ -16,7 +16,7 @@ import time
 
 import psycopg
 
-from chargebox import ledger, moving
+from chargebox import auth, ledger, moving
 from chargebox.cli import main as chargebox_main
 from chargebox.cli import prepare
 from chargebox.config import Config
@@ -173,8 +173,6 @@ def test_a_copy_makes_each_block_of_sales_once_from_all_its_sales(postgresql_clu
         )
     finally:
         service.close()
-    (tmp_path / "pg").mkdir()
-    (tmp_path / "pg" / "ledger_key").write_text((source.parent / "ledger_key").read_text())
     moved = copy(source, made.owner_url, "--data-dir", str(tmp_path / "pg"))
     assert moved.returncode == 0, moved.stderr
     spans = "SELECT id >> 10, min(created_at), max(created_at) FROM sale GROUP BY 1 ORDER BY 1"
@@ -183,3 +181,50 @@ def test_a_copy_makes_each_block_of_sales_once_from_all_its_sales(postgresql_clu
                                 " ORDER BY block").fetchall()  # fmt: skip
         assert blocks == target.execute(spans).fetchall() and len(blocks) == 3
         assert target.execute("SELECT pg_relation_size('sale_block')").fetchone()[0] == 8192
+
+
+def test_the_files_ledger_key_and_admin_token_move_into_the_deployments_data_dir(
+    postgresql_cluster, tmp_path
+):
+    """init-db made a ledger key and an admin token in the PostgreSQL deployment's data
+    dir. The copy puts the file's own there, owner-only: its key sealed every row copied
+    (a server given init-db's refused to start: another key), and its admin token, rotated
+    here, is the one in force (the rotation is copied with the rows). A server on that
+    data dir then starts, sells, seals with the same key, and the admin is the file's."""
+    made = pg_cluster.new_database(postgresql_cluster, "secrets")
+    data = tmp_path / "pg"
+    init = ["init-db", "--db", made.owner_url, "--grant-to", made.app_role, "--data-dir"]
+    assert chargebox_main([*init, str(data)]) == 0
+    made_by_init = (data / "ledger_key").read_text()
+    source = tmp_path / "sqlite" / "chargebox.db"
+    source.parent.mkdir()
+    service = Chargebox(prepare(Config(db_path=source)))
+    try:
+        seller = credited_seller(service, 10_000)["id"]
+        service.sell(seller, "09120000001", 100)
+        rotated = auth.new_admin_token()
+        auth.rotate_admin(service.database, rotated)
+    finally:
+        service.close()
+    auth.replace_secret(source.parent / "admin_token", rotated)  # as rotate-admin-token does
+    key = (source.parent / "ledger_key").read_text()
+    assert key != made_by_init
+    (source.parent / "ledger_key").rename(tmp_path / "aside")
+    keyless = copy(source, made.owner_url, "--data-dir", str(data))
+    assert keyless.returncode == 2 and "ledger key" in keyless.stderr, keyless.stderr
+    assert (data / "ledger_key").read_text() == made_by_init  # refused before any write
+    (tmp_path / "aside").rename(source.parent / "ledger_key")
+    moved = copy(source, made.owner_url, "--data-dir", str(data))
+    assert moved.returncode == 0, moved.stderr
+    assert "audit: books reconcile" in moved.stderr and "now holds" in moved.stderr
+    for name, secret in (("ledger_key", key.strip()), ("admin_token", rotated)):
+        assert (data / name).read_text().strip() == secret
+        assert (data / name).stat().st_mode & 0o777 == 0o600
+    served = Chargebox(prepare(Config(db_url=made.app_url, data_dir=data)))
+    try:
+        assert served.config.admin_token == rotated
+        assert auth.current_admin(served.database) == auth.hash_key(rotated)
+        served.sell(seller, "09120000002", 100)
+        assert served.audit(full=True)["consistent"]
+    finally:
+        served.close()
