@@ -45,7 +45,7 @@ from chargebox.config import (
     env_defaults,
 )
 from chargebox.db import Database, open_database
-from chargebox.errors import ChargeboxError
+from chargebox.errors import ChargeboxError, Unavailable
 from chargebox.location import check_database_path
 from chargebox.models import ALL_MODELS
 from chargebox.services import Chargebox
@@ -363,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         return operations.audit(config, args.json, args.full)
     except (ValueError, ChargeboxError) as exc:
         message = exc.message if isinstance(exc, ChargeboxError) else str(exc)
+        if isinstance(exc, Unavailable) and isinstance(exc.__cause__, ValueError):
+            # a PostgreSQL it could not reach, and why (pg_driver.connect's one line)
+            message = str(exc.__cause__)
         print(f"chargebox: {message}", file=sys.stderr)
         return 2
     except pg_driver.driver_errors() as exc:  # a role without the rights, no schema there

@@ -235,8 +235,8 @@ class Database:
             try:
                 conn = connect(self.url, autocommit=True, lost_after=self.config.peer_timeout)
                 self._local.conn = conn
-            except ValueError:  # down, restarting, unreachable: a client may retry
-                raise Unavailable("the database is unavailable; retry shortly") from None
+            except ValueError as exc:  # down, restarting, unreachable: a client may retry
+                raise Unavailable("the database is unavailable; retry shortly") from exc
             with self._opened_lock:
                 self._opened.add(conn)
             # A read waits for a lock no longer than a write does (a migration's ACCESS
