@@ -107,20 +107,17 @@ def backup(config: Config, dest: Path, overwrite: bool = False, vacuum: bool = F
     )
 
 
-def pruned(made: Path, keep: int) -> list[Path]:
+def past_keeping(made: Path, keep: int) -> list[Path]:
     """Beside a backup `made` with a stamped name (`destination`), the same database's
-    older stamped backups past the newest `keep`, by their names' stamps, deleted; their
-    paths. By count, not age: a clock jumped a year ahead and set back cannot make every
-    copy look old (a copy named in the future only keeps its place among `keep` until the
-    clock passes it). The copy just made is never one of them."""
+    older stamped backups past the newest `keep`, by their names' stamps. By count, not
+    age: a clock jumped a year ahead and set back cannot make every copy look old (a copy
+    named in the future only keeps its place among `keep` until the clock passes it).
+    The copy just made is never one of them."""
     stem, _, stamped = made.name.rpartition("-")
     ending = stamped[stamped.index("Z") + 1 :]  # ".db", ".dump", or nothing
     shape = re.compile(re.escape(stem) + r"-\d{8}T\d{6}Z" + re.escape(ending))
     found = sorted((p for p in made.parent.iterdir() if shape.fullmatch(p.name)), reverse=True)
-    gone = [p for p in found[keep:] if p != made]
-    for path in gone:
-        path.unlink(missing_ok=True)
-    return gone
+    return [p for p in found[keep:] if p != made]
 
 
 def _check_target(target: Path, overwrite: bool) -> None:
@@ -329,9 +326,6 @@ def main(config: Config, dest: Path, force: bool, vacuum: bool, keep: int | None
     # CPU to the server (2 cores here, shared).
     made = backup(config, dest, overwrite=force, vacuum=vacuum, after_snapshot=lambda: os.nice(10))
     print(f"chargebox: {made.summary()}", file=sys.stderr)
-    if keep is not None:
-        for path in pruned(made.path, keep):
-            print(f"chargebox: deleted {path} (--keep {keep})", file=sys.stderr)
     if made.heads and config.ledger_key:  # the copy's heads: the live file never goes back
         anchors.record(config, config.ledger_key.encode("utf-8"), list(made.heads), "backup")
     print(
@@ -340,4 +334,13 @@ def main(config: Config, dest: Path, force: bool, vacuum: bool, keep: int | None
         "or served",
         file=sys.stderr,
     )
-    return 0
+    kept = True  # the copy is made and anchored whatever an older one's deletion does
+    for path in past_keeping(made.path, keep) if keep is not None else ():
+        try:
+            path.unlink(missing_ok=True)
+            print(f"chargebox: deleted {path} (--keep {keep})", file=sys.stderr)
+        except OSError as exc:
+            print(f"chargebox: could not delete {path} (--keep {keep}): {exc.strerror}",
+                  file=sys.stderr)  # fmt: skip
+            kept = False
+    return 0 if kept else 1

@@ -63,9 +63,9 @@ def in_words(exc: BaseException) -> str:
 
 def described(url: str) -> str:
     """A PostgreSQL URL without its password, fit for a message or a log: up to the last
-    `@` before the path (a password with an `@` left unencoded), and a `password=`
-    parameter too."""
-    hidden = re.sub(r"^(\w+://[^:/@]*):[^?]*@", r"\1:***@", url)
+    `@` (a password may hold an unencoded `@`, `/` or `?`; an `@` in the query hides the
+    host too, which a message can spare), and a `password=` parameter too."""
+    hidden = re.sub(r"^(\w+://[^:/@]*):.*@", r"\1:***@", url)
     return re.sub(r"([?&]password=)[^&]*", r"\1***", hidden)
 
 

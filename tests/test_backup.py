@@ -277,7 +277,7 @@ def test_keep_deletes_all_but_the_newest_stamped_copies_by_count_whatever_the_cl
     daily = tmp_path / "daily"
     daily.mkdir()
     older = [daily / f"chargebox-202611{day:02d}T030000Z.db" for day in (1, 2, 3, 4)]
-    ahead = daily / "chargebox-20271204T030000Z.db"
+    ahead = daily / "chargebox-99991204T030000Z.db"  # ahead of any clock this test meets
     others = [daily / "shop-20261101T030000Z.db", daily / "chargebox-notes.db",
               daily / "chargebox-20261101T030000Z.db.txt"]  # fmt: skip
     for path in (*older, ahead, *others):
@@ -290,13 +290,32 @@ def test_keep_deletes_all_but_the_newest_stamped_copies_by_count_whatever_the_cl
     assert rows_on_disk(made, "SELECT COUNT(*) FROM seller") == [(1,)]
     again = chargebox("backup", "--db", str(live), str(daily), "--keep", "1", "--force")
     assert again.returncode == 0, again.stderr
-    assert ahead.exists() and len(list(daily.glob("chargebox-2*Z.db"))) == 2  # it and ahead
+    assert ahead.exists() and len(list(daily.glob("chargebox-*Z.db"))) == 2  # it and ahead
     into_a_file = chargebox("backup", "--db", str(live), str(tmp_path / "one.db"), "--keep", "2")
     assert into_a_file.returncode == 2 and "--keep is for a directory" in into_a_file.stderr
     assert not (tmp_path / "one.db").exists()
     for wrong in ("0", "-1", "two"):
         refused = chargebox("backup", "--db", str(live), str(daily), "--keep", wrong)
         assert refused.returncode == 2 and "--keep" in refused.stderr, refused.stderr
+
+
+def test_an_older_copy_that_cannot_be_deleted_is_named_after_the_new_copy_is_anchored(tmp_path):
+    """`--keep 1` where an older stamped name cannot be deleted (here a directory: unlink
+    refuses it): the new copy is made and its heads anchored first, the refusal is one
+    line naming it, and the command exits 1 (a trace, before the anchors, it was)."""
+    live = tmp_path / "chargebox.db"
+    with running_server(live) as server:
+        new_seller(server.admin(), "shop", credit=1_000)
+    daily = tmp_path / "daily"
+    stuck = daily / "chargebox-20261101T030000Z.db"
+    stuck.mkdir(parents=True)
+    anchored = live.with_name("chargebox.db.anchors")
+    before = anchored.read_text().count("\n") if anchored.exists() else 0
+    kept = chargebox("backup", "--db", str(live), str(daily), "--keep", "1")
+    assert kept.returncode == 1 and "Traceback" not in kept.stderr, kept.stderr
+    assert f"could not delete {stuck} (--keep 1)" in kept.stderr and stuck.is_dir()
+    assert anchored.read_text().count("\n") > before  # the copy's heads anchored
+    assert len(list(daily.glob("chargebox-2026*Z.db"))) == 2
 
 
 def test_a_postgresql_backup_is_a_pg_dump_that_restores_serves_and_audits_clean(
