@@ -13,7 +13,6 @@ The copy's sealed heads are anchored for the live database (anchors.py).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import os
@@ -29,7 +28,7 @@ from pathlib import Path
 
 from chargebox import anchors, seals
 from chargebox.clock import now
-from chargebox.config import Config
+from chargebox.config import Config, whole_number
 from chargebox.location import check_database_path
 
 BUSY_TIMEOUT_MS = 10_000  # reading the source waits for a WAL recovery, never for writers
@@ -302,18 +301,12 @@ def arguments(parser) -> None:
     parser.add_argument("dest", type=Path, help="the new file (or an existing directory: a "
                         "name stamped with the time is made in it)")  # fmt: skip
     parser.add_argument("--force", action="store_true", help="replace DEST if it exists")
-    parser.add_argument("--keep", type=_count, metavar="N",
+    parser.add_argument("--keep", type=whole_number(10_000), metavar="N",
                         help="DEST a directory: then delete this database's stamped backups "
                         "there but the newest N (by count, never by age)")  # fmt: skip
     parser.add_argument("--vacuum", action="store_true",
                         help="SQLite: VACUUM INTO (a compacted copy, slower) instead of the "
                         "backup API")  # fmt: skip
-
-
-def _count(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 10_000:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 10000, not {text!r}")
-    return int(text)
 
 
 def main(config: Config, dest: Path, force: bool, vacuum: bool, keep: int | None = None) -> int:

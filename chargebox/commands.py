@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 
 from chargebox import auth, periods
-from chargebox.config import Config
+from chargebox.config import Config, whole_number
 from chargebox.services import Chargebox
 
 COMMANDS = ("keys", "create-key", "revoke-key", "rotate-key", "suspend", "reactivate",
@@ -24,15 +24,7 @@ SHOWN_ONCE = "Store this API key now: it is shown only once."
 MAX_ID = 2**63 - 1  # a row id fits a signed 64-bit integer on both backends
 
 
-def row_id(text: str) -> int:
-    """An id argument: a whole number from 1 to MAX_ID (argparse says so, exit 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_ID:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_ID}, not {text!r}")
-    return value
+row_id = whole_number(MAX_ID)  # an id argument
 
 
 def add_parsers(command: Callable[[str, str], argparse.ArgumentParser]) -> None:

@@ -7,10 +7,11 @@ here too, so the dataclass hides it from repr(): a token must never reach a log.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 DEFAULT_DB = Path("data") / "chargebox.db"
@@ -251,6 +252,20 @@ def _on_or_off(name: str, environ: Mapping[str, str]) -> bool:
     if text.lower() not in _SWITCHES:
         raise ValueError(f"{name} must be 1/0, true/false, yes/no or on/off, not {text!r}")
     return _SWITCHES[text.lower()]
+
+
+def whole_number(high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from 1 to `high` in ASCII digits (argparse says
+    so, exit 2): no sign, space, `_` or other script's digits, which int() would take."""
+
+    def parsed(text: str) -> int:
+        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number from 1 to {high}, not {text!r}"
+            )
+        return int(text)
+
+    return parsed
 
 
 def _positive_int(name: str, text: str) -> int:

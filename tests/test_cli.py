@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import os
 import signal
@@ -11,8 +12,11 @@ import sys
 import threading
 import time
 
+import pytest
 import requests
 
+from chargebox.commands import row_id
+from chargebox.config import whole_number
 from tests.support import (
     ROOT,
     ServerProcess,
@@ -213,3 +217,15 @@ def test_a_multi_process_server_stops_cleanly_on_sigterm(tmp_path):
     started = time.monotonic()
     assert server.stop(signal.SIGTERM) == 0, server.log_path.read_text()[-3000:]
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
+    "text", ["0", "10001", "+5", " 5", "5 ", "1_0", "\u0665", "\u06f5", "5.0", ""]
+)
+def test_a_count_or_an_id_argument_is_ascii_digits_in_range(text):
+    """`--keep N` and a row id: ASCII digits from 1 to the top; int() alone took a sign,
+    spaces, `1_0` and other scripts' digits (an id's parser did, and the --keep one took
+    Arabic-Indic digits)."""
+    with pytest.raises(argparse.ArgumentTypeError, match="whole number from 1 to 10000"):
+        whole_number(10_000)(text)
+    assert whole_number(10_000)("10000") == 10_000 and row_id("42") == 42
