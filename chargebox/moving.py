@@ -24,7 +24,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from chargebox import auth, ledger, postgresql
+from chargebox import auth, ledger, pg_driver, postgresql
 from chargebox.commands import audit_verdict
 from chargebox.config import ADMIN_TOKEN_FILE, LEDGER_KEY_FILE, POSTGRESQL_SCHEMES, Config
 from chargebox.services import Chargebox
@@ -72,7 +72,12 @@ def run(config: Config, source: Path, target: str) -> int:
     config = dataclasses.replace(config, db_url=target)  # its secrets go in --data-dir
     secrets = _secrets(config, source)
     key = config.ledger_key or secrets[config.ledger_key_path]
-    counts = copy(source, target)
+    try:
+        counts = copy(source, target)
+    except pg_driver.driver_errors() as exc:  # no schema there, a role without the rights
+        raise ValueError(
+            f"--to {postgresql.described(target)}: {pg_driver.in_words(exc)}"
+        ) from None
     config.data_dir.mkdir(parents=True, exist_ok=True)  # the audit anchors the copy there
     for path, secret in secrets.items():
         if not path.exists() or path.read_text().strip() != secret:

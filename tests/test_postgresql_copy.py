@@ -122,6 +122,22 @@ def test_copying_needs_a_postgresql_target_and_an_existing_file(tmp_path):
     assert not_pg.returncode == 2 and "postgresql://" in not_pg.stderr
 
 
+def test_a_copy_into_a_database_without_the_schema_names_it_in_one_line(
+    postgresql_cluster, tmp_path
+):
+    """No init-db yet: one line naming --to (the SQLite --db default it named before), its
+    password hidden, and the hint to run init-db; nothing is written."""
+    made = pg_cluster.new_database(postgresql_cluster, "noschema")
+    source = tmp_path / "sqlite" / "chargebox.db"
+    source.parent.mkdir()
+    Chargebox(prepare(Config(db_path=source))).close()
+    moved = copy(source, made.owner_url, "--data-dir", str(tmp_path / "pg"))
+    said = moved.stderr.strip()
+    assert moved.returncode == 2 and said.count("\n") == 0 and "Traceback" not in said, said
+    assert said.startswith("chargebox: --to postgresql://") and "init-db" in said, said
+    assert "-secret" not in said and not (tmp_path / "pg").exists()
+
+
 def test_a_ledger_the_targets_triggers_refuse_fails_the_whole_copy(
     postgresql_cluster, tmp_path, monkeypatch, capsys
 ):
