@@ -168,7 +168,8 @@ def prepare(config: Config) -> Config:
     if config.db_url:
         # one line naming --db if it is not there
         postgresql.connect(config.db_url, lost_after=config.peer_timeout).close()
-        config.secrets_dir.mkdir(parents=True, exist_ok=True)
+        if not config.admin_token and not config.admin_token_path.exists():
+            raise _one_of_its_own(config, "admin token", config.admin_token_path, "init-db")
     else:
         check_database_path(config.db_path)
     token = config.admin_token or checked_admin_token(
@@ -181,6 +182,7 @@ def prepare(config: Config) -> Config:
             database.ensure_schema()
             guards.refuse_dropped_guards(guards.dropped_in(database), "(the PostgreSQL database)")
             key = _ledger_key(config, database, made_by="init-db")
+            config.secrets_dir.mkdir(parents=True, exist_ok=True)  # for the anchors
             anchors.refuse_rollback(config, database, key)  # an older copy put back
         else:
             with startup_lock(config):  # one start-up at a time: the key check sees a settled file
@@ -204,8 +206,7 @@ def _ledger_key(config: Config, database: Database | postgresql.Reader,
 
     A key is never generated for a database that holds seals: with a new key every
     seal would look forged, so a lost key file must be restored from the backup. Nor
-    where another command `made_by` made it (PostgreSQL: init-db): an app server given
-    no key would seal with one of its own beside the others' while nothing is sealed.
+    where another command `made_by` made it (PostgreSQL: init-db; _one_of_its_own).
     A short key is refused, unless it is the one that already sealed this ledger.
     """
     path = config.ledger_key_path
@@ -218,11 +219,7 @@ def _ledger_key(config: Config, database: Database | postgresql.Reader,
             "a new key would make every seal look forged"
         )
     if made_by and not config.ledger_key and not path.exists():
-        raise ValueError(
-            f"--db {_where(config)}: no ledger key in {path}: give every app server the "
-            f"one `chargebox {made_by}` made (its --data-dir's ledger_key, copied there 0600, "
-            "or CHARGEBOX_LEDGER_KEY); a key of its own would seal with another key"
-        )
+        raise _one_of_its_own(config, "ledger key", path, made_by)
     key = config.ledger_key or _stored_secret(
         path, "a ledger key", "CHARGEBOX_LEDGER_KEY", auth.new_ledger_key
     )
@@ -245,6 +242,18 @@ def _ledger_key(config: Config, database: Database | postgresql.Reader,
             file=sys.stderr,
         )
     return key
+
+
+def _one_of_its_own(config: Config, what: str, path: Path, made_by: str) -> ValueError:
+    """A PostgreSQL server (or command) given no secret refuses to make one of its own:
+    its own ledger key would seal beside the others' with another key while nothing is
+    sealed, its own admin token would be the admin on that server alone."""
+    variable = f"CHARGEBOX_{path.name.upper()}"
+    return ValueError(
+        f"--db {_where(config)}: no {what} in {path}: give every app server the one "
+        f"`chargebox {made_by}` made (its --data-dir's {path.name}, copied there 0600, "
+        f"or {variable}); one of its own would not be the others'"
+    )
 
 
 def _init_db(config: Config, grant_to: str | None) -> int:

@@ -71,19 +71,28 @@ def test_init_db_creates_the_schema_and_the_secrets_and_never_shows_a_password(r
         assert conn.execute("SELECT count(*) FROM schema_version").fetchone() == (1,)
 
 
-def test_an_app_server_given_no_ledger_key_refuses_to_make_one_of_its_own(granted, tmp_path):
+def test_an_app_server_given_no_ledger_key_or_admin_token_refuses_to_make_its_own(
+    granted, tmp_path
+):
     """Before anything is sealed, a server whose --data-dir lacked init-db's key made its
-    own and sealed with it beside the others: the books mixed two keys for good."""
+    own and sealed with it beside the others: the books mixed two keys for good. One
+    given the key but no admin token made a token of its own, its admin on that server
+    alone (and wrote it before refusing for the key). Neither is made, nor any file."""
     token = (granted["data"] / "admin_token").read_text().strip()
+    key = (granted["data"] / "ledger_key").read_text().strip()
     other = tmp_path / "other"
     for command in (["create-seller", "Ali"], ["serve", "--port", "0"]):
-        refused = chargebox(*command, "--db", granted["app"], "--data-dir", str(other),
-                            CHARGEBOX_ADMIN_TOKEN=token)  # fmt: skip
-        assert refused.returncode == 2, refused.stderr
-        (line,) = refused.stderr.strip().splitlines()
-        assert f"no ledger key in {other / 'ledger_key'}" in line and "init-db" in line, line
-        assert not (other / "ledger_key").exists()
-    key = (granted["data"] / "ledger_key").read_text().strip()
+        for given, lacking in (
+            ({"CHARGEBOX_ADMIN_TOKEN": token}, "ledger key"),
+            ({"CHARGEBOX_LEDGER_KEY": key}, "admin token"),
+            ({}, "admin token"),
+        ):
+            refused = chargebox(*command, "--db", granted["app"], "--data-dir", str(other), **given)
+            assert refused.returncode == 2, refused.stderr
+            (line,) = refused.stderr.strip().splitlines()
+            name = lacking.replace(" ", "_")
+            assert f"no {lacking} in {other / name}" in line and "init-db" in line, line
+            assert not other.exists()
     given = chargebox("create-seller", "Ali", "--db", granted["app"], "--data-dir", str(other),
                       CHARGEBOX_ADMIN_TOKEN=token, CHARGEBOX_LEDGER_KEY=key)  # fmt: skip
     assert given.returncode == 0, given.stderr
