@@ -323,7 +323,9 @@ def _serve(config: Config) -> int:
     listener = listen(config)  # refused before any file is made
     try:
         if config.db_url:
-            with postgresql.connect(config.db_url, True, lost_after=config.peer_timeout) as conn:
+            with postgresql.connect(
+                config.db_url, autocommit=True, lost_after=config.peer_timeout
+            ) as conn:
                 guards.refuse_a_role_above_the_guards(conn, "(the PostgreSQL database)")
         config = prepare(config)
     except BaseException:

@@ -84,8 +84,9 @@ def _asked(conn, url: str, xid: int, last: float) -> tuple[object, str | None]:
     """A connection (the one given, or a new one) and the transaction's status, 'committed',
     'aborted' or 'in progress'; (None, None) if the server cannot be asked now."""
     try:
-        if conn is None:  # libpq waits at least 2 s for a connection
-            conn = connect(url, True, timeout=max(2, int(last - time.monotonic() + 1)))
+        if conn is None:  # libpq waits at least 2 s for a connection; a silent peer, as long
+            left = max(2, int(last - time.monotonic() + 1))  # (not the default 10 s)
+            conn = connect(url, autocommit=True, timeout=left, lost_after=left)
         return conn, conn.execute(_STATUS, (xid,)).fetchone()[0]
     except Exception:  # down or restarting: asked again, on a new connection, until the end
         if conn is not None:

@@ -13,7 +13,6 @@ import functools
 import re
 from collections.abc import Iterator
 
-from chargebox.config import DEFAULT_PEER_TIMEOUT
 from chargebox.errors import Deadlocked, IntegrityViolation, LockTimeout, Unavailable
 
 # A quoted literal (left alone), a `?`, a `:name` (not a `::cast`), or a `%` to escape.
@@ -98,8 +97,7 @@ def left_idle(seconds: int) -> str:
     return f"set_config('idle_in_transaction_session_timeout', '{int(seconds)}s', true)"
 
 
-def connect(url: str, autocommit: bool = False, timeout: int = 10,
-            lost_after: int = DEFAULT_PEER_TIMEOUT):  # fmt: skip
+def connect(url: str, autocommit: bool = False, timeout: int = 10, *, lost_after: int):
     """A psycopg connection, or one line naming the database (never its password); either
     end gives the other up after `lost_after` seconds of silence. (Linux
     counts a receive window kept shut that long as silence too: a bulk COPY gives more.)"""

@@ -159,8 +159,8 @@ def test_automatic_prepares_are_off_behind_the_pooler_only(
 ):
     made = pg_cluster.initialised(postgresql_cluster, "prepares", tmp_path / "data")
     with pgbouncer(pgbouncer_program, postgresql_cluster, made) as through:
-        pooled_conn = postgresql.connect(through, autocommit=True)
-        direct = postgresql.connect(made.app_url, autocommit=True)
+        pooled_conn = postgresql.connect(through, autocommit=True, lost_after=10)
+        direct = postgresql.connect(made.app_url, autocommit=True, lost_after=10)
         try:
             assert pooled_conn.prepare_threshold is None
             assert direct.prepare_threshold == 5  # psycopg's default, kept
