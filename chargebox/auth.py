@@ -210,13 +210,11 @@ def csrf_token(session_token: str) -> str:
     return hmac.new(session_token.encode("utf-8"), b"chargebox csrf", "sha256").hexdigest()
 
 
-def session_principal(
-    database: Database, token: str, admin_token: str | None, at: str, latest: str
-) -> Principal | None:
-    """Who the session with cookie `token` acts as, if it exists, expires after `at` but
-    not after `latest` (CLOCK_SKEW), and its credential still holds: an admin session
-    ends when the admin token changes, a seller's when its key is revoked or the seller
-    is suspended."""
+def session_principal(database: Database, token: str, admin_token: str | None) -> Principal | None:
+    """Who the session with cookie `token` acts as, if it exists, has not expired, does not
+    expire later than a session opened now could (a clock set back: `_too_late`), and its
+    credential still holds: an admin session ends when the admin token changes, a
+    seller's when its key is revoked or the seller is suspended."""
     if not token or len(token) > MAX_TOKEN_LENGTH:
         return None
     rows = database.rows(
@@ -233,11 +231,18 @@ def session_principal(
     current = key_hash
     if role == "admin":
         current = current_admin(database) or (hash_key(admin_token) if admin_token else None)
-    if not at < expires_at <= latest or current is None:
+    if not now() < expires_at <= _too_late() or current is None:
         return None
     if not hmac.compare_digest(remembered, current):
         return None
     return ADMIN if role == "admin" else Principal("seller", seller_id, key_id)
+
+
+def _too_late() -> str:
+    """Past the latest expiry a session opened now may have, give or take CLOCK_SKEW
+    between hosts: one opened while a clock ran ahead, refused (and swept) once it is
+    set back, rather than lasting as much longer."""
+    return now(SESSION_LIFETIME + CLOCK_SKEW)
 
 
 class Access:
@@ -265,7 +270,8 @@ class Access:
         created = now()
 
         def open_session(write: Write) -> None:
-            write.execute("DELETE FROM web_session WHERE expires_at <= ?", (created,))
+            write.execute("DELETE FROM web_session WHERE expires_at <= ? OR expires_at > ?",
+                          (created, _too_late()))  # fmt: skip
             write.execute(
                 "INSERT INTO web_session (token_hash, role, seller_id, credential_hash,"
                 " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -288,8 +294,7 @@ class Access:
         """Who an open, unexpired web session acts as; None for anything else."""
         if session is None:
             return None
-        latest = now(SESSION_LIFETIME + CLOCK_SKEW)
-        return session_principal(self.database, session, self.admin_token, now(), latest)
+        return session_principal(self.database, session, self.admin_token)
 
     def sign_out(self, session: str) -> None:
         digest = hash_key(session)

@@ -2,7 +2,9 @@
 
 Domain code raises these; `web.errors` holds the only table from class to HTTP
 status. Nothing here knows about HTTP, so services and the CLI can share it. An
-unexpected exception is logged in one line (`in_one_line`), never with its trace.
+unexpected exception is logged in one line (`in_one_line`), never with its trace,
+waitress's too (`NoTraces` for its loggers, `closed_after_an_error` for its
+connections, which asyncore would log frame by frame).
 Messages are for humans and must never contain a token or a key. Each is an English
 template with named params (`InsufficientCredit("balance {balance:,} toman does not
 cover {amount:,} toman", balance=..., amount=...)`): the API answers the formatted
