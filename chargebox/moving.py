@@ -115,7 +115,7 @@ def _secrets(config: Config, source: Path) -> dict[Path, str]:
 def copy(source: Path, target_url: str) -> dict[str, int]:
     """Copy the SQLite file `source` into the empty schema at `target_url`; rows per table."""
     reader = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-    conn = postgresql.connect(target_url, autocommit=True, lost_after=COPY_LOST_AFTER)
+    conn = postgresql.connect(target_url, autocommit=True, lost_after=COPY_LOST_AFTER, flag="--to")
     try:
         reader.execute("BEGIN")  # one snapshot of a file that may be busy
         if conn.execute("SELECT count(*) FROM seller").fetchone()[0]:

@@ -97,15 +97,17 @@ def left_idle(seconds: int) -> str:
     return f"set_config('idle_in_transaction_session_timeout', '{int(seconds)}s', true)"
 
 
-def connect(url: str, autocommit: bool = False, timeout: int = 10, *, lost_after: int):
-    """A psycopg connection, or one line naming the database (never its password); either
-    end gives the other up after `lost_after` seconds of silence. (Linux
-    counts a receive window kept shut that long as silence too: a bulk COPY gives more.)"""
+def connect(url: str, autocommit: bool = False, timeout: int = 10, *, lost_after: int,
+            flag: str = "--db"):  # fmt: skip
+    """A psycopg connection, or one line naming the database as `flag` gave it (never its
+    password); either end gives the other up after `lost_after` seconds of silence.
+    (Linux counts a receive window kept shut that long as silence too: a bulk COPY
+    gives more.)"""
     try:
         import psycopg  # only a PostgreSQL deployment needs the driver
     except ImportError:
         raise ValueError(
-            f"--db {described(url)}: PostgreSQL needs its driver: "
+            f"{flag} {described(url)}: PostgreSQL needs its driver: "
             'pip install -e ".[postgresql]" (psycopg 3)'
         ) from None
 
@@ -128,7 +130,7 @@ def connect(url: str, autocommit: bool = False, timeout: int = 10, *, lost_after
             conn.close()
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reason = lines[0] if lines else type(exc).__name__
-        raise ValueError(f"--db {described(url)}: cannot connect ({reason})") from None
+        raise ValueError(f"{flag} {described(url)}: cannot connect ({reason})") from None
 
 
 def _behind_a_pooler(conn, server_pid: int) -> bool:

@@ -118,6 +118,11 @@ def test_a_busy_sqlite_deployment_moves_every_row_and_seal_and_audits_clean(
 def test_copying_needs_a_postgresql_target_and_an_existing_file(tmp_path):
     wrong = copy(tmp_path / "none.db", "postgresql://x:y@127.0.0.1:1/z")
     assert wrong.returncode == 2 and "--from" in wrong.stderr and "y@" not in wrong.stderr
+    Chargebox(prepare(Config(db_path=tmp_path / "here.db"))).close()
+    closed = copy(tmp_path / "here.db", "postgresql://x:y@127.0.0.1:1/z")
+    said = closed.stderr.strip()
+    assert closed.returncode == 2 and said.startswith("chargebox: --to postgresql://x:***@"), said
+    assert "cannot connect" in said and "\n" not in said
     not_pg = copy(tmp_path / "none.db", str(tmp_path / "other.db"))
     assert not_pg.returncode == 2 and "postgresql://" in not_pg.stderr
 
