@@ -46,13 +46,17 @@ _NEWEST = (
     "SELECT id, entry_id, entries, request_id, full_at, created_at, mac"
     " FROM audit_checkpoint ORDER BY id DESC LIMIT 1"
 )
-# Each seller's newest row, with the checkpoint it belongs to (whose seal binds it).
+# Each seller's newest row, with the checkpoint it belongs to (whose seal binds it):
+# found per seller by one seek of the (seller, checkpoint) index, so that years of
+# checkpoints cost nothing (a GROUP BY over them all read every row: 0.4-0.6 s at
+# 3.3M rows on either backend, against 0.01 s). MATERIALIZED keeps SQLite from
+# flattening it into a scan of every row with a seek per row.
 _STATES = (
-    "SELECT c.seller_id, c.entry_id, c.entries, c.entry_mac, c.balance, c.sale_id, c.sales,"
+    "WITH n AS MATERIALIZED (SELECT id, (SELECT max(checkpoint_id) FROM seller_checkpoint"
+    " WHERE seller_id = seller.id) AS newest FROM seller)"
+    " SELECT c.seller_id, c.entry_id, c.entries, c.entry_mac, c.balance, c.sale_id, c.sales,"
     " c.mac, a.entry_id, a.entries, a.request_id, a.full_at, a.created_at, a.mac"
-    " FROM seller_checkpoint c JOIN (SELECT seller_id, MAX(checkpoint_id) AS newest"
-    " FROM seller_checkpoint GROUP BY seller_id) n"
-    " ON n.seller_id = c.seller_id AND n.newest = c.checkpoint_id"
+    " FROM n JOIN seller_checkpoint c ON c.seller_id = n.id AND c.checkpoint_id = n.newest"
     " JOIN audit_checkpoint a ON a.id = c.checkpoint_id"
 )
 _NEW = (

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from chargebox import audit, grants, schema
+from chargebox import audit, checkpoints, grants, schema
 from tests.support import (
     ADMIN_TOKEN,
     KEYED_ROWS,
@@ -21,7 +21,10 @@ from tests.support import (
     credited_seller,
     database_of,
     drop_trigger,
+    postgresql_plan,
     rows_on_disk,
+    rows_read,
+    sqlite_plan,
     writable,
 )
 
@@ -160,6 +163,32 @@ def test_a_checkpoint_written_without_the_key_is_refused_and_everything_verified
     report = service.audit()
     assert report["scope"]["full"] and not report["consistent"]
     assert any("does not match its seal" in p["message"] for p in report["problems"])
+
+
+def test_each_sellers_newest_checkpoint_is_found_by_a_seek_not_a_read_of_them_all(service, config):
+    """Years of checkpoints (here 4,000 more, a row per seller each) cost the quick audit
+    nothing: each seller's newest row is one seek of the (seller, checkpoint) index. A
+    GROUP BY over every row read them all: 0.4-0.6 s at 3.3M rows on either backend."""
+    checkpointed(service)
+    numbers = "WITH RECURSIVE k(n) AS (SELECT 2 UNION ALL SELECT n + 1 FROM k WHERE n < 4001)"
+    with writable(database_of(config)) as conn:
+        conn.execute(f"{numbers} INSERT INTO audit_checkpoint (id, entry_id, entries,"
+                     " request_id, full_at, created_at, mac) SELECT n, 5, 5, 0, 'x', 'x', 'x'"
+                     " FROM k")  # fmt: skip
+        conn.execute(f"{numbers} INSERT INTO seller_checkpoint (checkpoint_id, seller_id,"
+                     " entry_id, entries, entry_mac, balance, sale_id, sales, mac)"
+                     " SELECT n, seller.id, 1, 1, 'x', 0, 0, 0, 'x' FROM k, seller")  # fmt: skip
+        if config.db_url:
+            conn.execute("ANALYZE")
+    reader = service.database
+    if config.db_url:
+        read = rows_read(postgresql_plan(reader, checkpoints._STATES))
+        assert read < 100, read  # of 8,000 rows
+    else:
+        plan = sqlite_plan(reader, checkpoints._STATES)
+        assert "SCAN seller_checkpoint" not in plan and "SCAN c " not in plan + " ", plan
+    newest = {row[0]: row[8] for row in reader.rows(checkpoints._STATES)}  # its entry_id
+    assert len(newest) == 2 and set(newest.values()) == {5}  # each seller's, of the newest
 
 
 @pytest.mark.parametrize("statement", [
