@@ -327,6 +327,11 @@ def _serve(config: Config) -> int:
                 config.db_url, autocommit=True, lost_after=config.peer_timeout
             ) as conn:
                 guards.refuse_a_role_above_the_guards(conn, "(the PostgreSQL database)")
+                if conn.execute("SHOW synchronous_commit").fetchone()[0] == "off":
+                    print("chargebox: warning: synchronous_commit is off (for the server, the "
+                          "database or the role): a sale answered 201 can be lost if PostgreSQL "
+                          "crashes; set it on (README)",
+                          file=sys.stderr)  # fmt: skip
         config = prepare(config)
     except BaseException:
         listener.close()

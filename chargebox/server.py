@@ -52,9 +52,11 @@ class _Stop:
 def _announcement(config: Config, host: str, port: int) -> str:
     workers = f"{config.processes} processes x " if config.processes > 1 else ""
     where = described(config.db_url) if config.db_url else config.db_path
+    # SQLite's pragma; PostgreSQL commits as its synchronous_commit says (off: warned)
+    durability = "" if config.db_url else f", synchronous={config.synchronous}"
     return (
         f"chargebox serving on http://{host}:{port} (db {where}, "
-        f"{workers}{config.threads} threads, synchronous={config.synchronous})"
+        f"{workers}{config.threads} threads{durability})"
     )
 
 

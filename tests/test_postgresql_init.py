@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from chargebox import guards, postgresql
+from chargebox.process import ServerProcess
 from tests import pg_cluster
 from tests.support import ROOT, alive
 
@@ -96,6 +97,23 @@ def test_an_app_server_given_no_ledger_key_or_admin_token_refuses_to_make_its_ow
     given = chargebox("create-seller", "Ali", "--db", granted["app"], "--data-dir", str(other),
                       CHARGEBOX_ADMIN_TOKEN=token, CHARGEBOX_LEDGER_KEY=key)  # fmt: skip
     assert given.returncode == 0, given.stderr
+
+
+def test_a_server_whose_role_commits_without_waiting_for_the_disk_says_so(granted):
+    """`synchronous_commit = off` (set for the database here) lost acknowledged sales on
+    `kill -9` of PostgreSQL: the server starts, with a warning; its start line does not
+    claim SQLite's `synchronous=`, which PostgreSQL has not."""
+    with psycopg.connect(granted["owner"], autocommit=True) as owner:
+        database = owner.execute("SELECT current_database()").fetchone()[0]
+        owner.execute(f"ALTER DATABASE {database} SET synchronous_commit = off")
+    token = (granted["data"] / "admin_token").read_text().strip()
+    server = ServerProcess(granted["app"], token, os.environ, data_dir=granted["data"]).start()
+    try:
+        assert "synchronous=" not in server.announced, server.announced
+    finally:
+        assert server.stop() == 0
+    said = server.log_path.read_text()
+    assert "warning: synchronous_commit is off (for the server" in said, said
 
 
 def test_a_role_that_does_not_exist_is_one_line(roles):
