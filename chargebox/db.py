@@ -33,7 +33,7 @@ T = TypeVar("T")
 
 # SQLite's primary result codes (sqlite3.h): a lock held elsewhere, and a file that
 # cannot take the write now (read-only, I/O error, disk full, cannot be opened).
-SQLITE_BUSY, SQLITE_LOCKED = 5, 6
+SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY = 5, 6, 8
 _UNAVAILABLE_CODES = {SQLITE_BUSY, SQLITE_LOCKED, 8, 10, 13, 14}  # READONLY IOERR FULL CANTOPEN
 _BUSY_SLACK_MS = 50  # a deadline this close to the full busy timeout keeps the default
 # The WAL cannot restart past a reader's snapshot: a long read (a full audit, a big
@@ -192,9 +192,20 @@ class Database:
             raise AssertionError("a write was started inside a write: pass the open Write on")
         deadline = time.monotonic() + self.timeout
         with self.slots.taken():
-            if self.writer is not None:
-                return self.writer.submit(work, deadline, order)
-            return metrics.one_write(self.transaction, work, deadline)
+            try:
+                return self._write(work, deadline, order)
+            except Unavailable as exc:
+                # A connection opened while the file was read-only stays read-only after
+                # it is writable again (its BEGIN IMMEDIATE passes; its first write fails,
+                # nothing changed). It was replaced as it failed: the write goes once more.
+                if _primary_code(exc.__cause__) != SQLITE_READONLY:
+                    raise
+                return self._write(work, deadline, order)
+
+    def _write(self, work: Callable[[Write], T], deadline: float, order: int | None) -> T:
+        if self.writer is not None:
+            return self.writer.submit(work, deadline, order)
+        return metrics.one_write(self.transaction, work, deadline)
 
     @contextlib.contextmanager
     def transaction(self, deadline: float | None = None) -> Iterator[Write]:
@@ -336,7 +347,7 @@ def translate_errors() -> Iterator[None]:
         # then fails ("no transaction is active") and hides the cause in __context__.
         cause: BaseException | None = exc
         while cause is not None:
-            if _primary_code(cause) in _UNAVAILABLE_CODES:
-                raise Unavailable("the database is busy or unavailable; retry shortly") from exc
+            if _primary_code(cause) in _UNAVAILABLE_CODES:  # its cause: the error with the code
+                raise Unavailable("the database is busy or unavailable; retry shortly") from cause
             cause = cause.__context__
         raise
