@@ -115,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
         help="with a PostgreSQL --db (the owner's URL): grant this role too what the service "
         "needs (the roles init-db granted are found and granted anyway)",
     )
+    migrate.add_argument("--force", action="store_true", help="even with servers found running")
     create = command("create-seller", "create a seller and print its API key (shown once)")
     create.add_argument("name")
     move = commands.add_parser(
@@ -248,11 +249,10 @@ def _one_of_its_own(config: Config, what: str, path: Path, made_by: str) -> Valu
     """A PostgreSQL server (or command) given no secret refuses to make one of its own:
     its own ledger key would seal beside the others' with another key while nothing is
     sealed, its own admin token would be the admin on that server alone."""
-    variable = f"CHARGEBOX_{path.name.upper()}"
     return ValueError(
         f"--db {_where(config)}: no {what} in {path}: give every app server the one "
         f"`chargebox {made_by}` made (its --data-dir's {path.name}, copied there 0600, "
-        f"or {variable}); one of its own would not be the others'"
+        f"or CHARGEBOX_{path.name.upper()}); one of its own would not be the others'"
     )
 
 
@@ -321,6 +321,7 @@ def _serve(config: Config) -> int:
     token_in_file = config.admin_token is None  # CHARGEBOX_ADMIN_TOKEN is not set
     log = LogFile(config.access_log)  # a log that cannot be opened, or a taken port, is
     listener = listen(config)  # refused before any file is made
+    migrations.mark_serving(config)  # for migrate to see (before the database is opened)
     try:
         if config.db_url:
             with postgresql.connect(
@@ -362,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
             return _init_db(config, args.grant_to)
         if args.command == "migrate":
             lock = lambda: startup_lock(config)  # noqa: E731
-            print(f"chargebox: {migrations.migrate(config, lock, args.grant_to)}", file=sys.stderr)
+            done = migrations.migrate(config, lock, args.grant_to, args.force)
+            print(f"chargebox: {done}", file=sys.stderr)
             return 0
         if args.command == "copy":
             from chargebox import moving

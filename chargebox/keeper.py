@@ -6,6 +6,10 @@ one dies. It reads the heads in a read snapshot of its own connection (never the
 write lock, never a sale's thread), makes them durable, appends one line for the
 sellers whose head moved, and does a last round at a clean stop. A failure is
 logged (once per kind) and retried next round: anchoring never stops a sale.
+
+Its first round is as it starts, and its connection stays open: on PostgreSQL that
+session (named 'chargebox serve') is how `chargebox migrate` knows, from any host,
+that a server runs on the database (migrations.mark_serving).
 """
 
 from __future__ import annotations
@@ -68,14 +72,16 @@ class Keeper:
         database = None
         try:
             stopping = False
-            while not stopping:
-                stopping = self._stop.wait(self.config.anchor_seconds)
+            while True:
                 try:
                     if self._leading():
                         database = database or open_database(self.config)
                         self._round(database)
                 except Exception as exc:  # noqa: BLE001 - logged; the next round retries
                     self._say(f"anchoring failed: {type(exc).__name__}: {exc}")
+                if stopping:
+                    break
+                stopping = self._stop.wait(self.config.anchor_seconds)
         finally:
             if database is not None:
                 with contextlib.suppress(Exception):

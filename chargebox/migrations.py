@@ -12,6 +12,7 @@ and a database at LATEST whose guard trigger someone dropped, or added one besid
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 
@@ -29,6 +30,11 @@ LATEST = schema.VERSION  # the schema this code reads and writes
 # it outside every span (a search would miss them), so migrate widens the blocks again.
 _BLOCKS_TRIGGER, _BLOCKS_FUNCTION = "sale_widens_its_block", "chargebox_sales_widen_their_blocks"
 check = schema.check_version
+# How a running server is known, so that migrate can refuse to change the schema under
+# it: on PostgreSQL by its sessions' application_name (every host's), on SQLite by a
+# shared lock it holds on a file beside the database (one host's, as the file is).
+SERVING_NAME = "chargebox serve"
+SERVING_SUFFIX = ".serving"
 
 # SQLite's; PostgreSQL's is in schema_postgresql.sql. One row per version applied.
 SQLITE_VERSION_TABLE = (
@@ -37,8 +43,54 @@ SQLITE_VERSION_TABLE = (
 )
 
 
+def mark_serving(config: Config) -> None:
+    """For `chargebox serve`, before it opens the database: be known as serving it for
+    the process's life (forked children too). PostgreSQL: every session is named
+    SERVING_NAME (libpq's PGAPPNAME). SQLite: a shared lock on the SERVING_SUFFIX file,
+    which waits while a migration holds it."""
+    if config.db_url:
+        os.environ["PGAPPNAME"] = SERVING_NAME
+        return
+    import fcntl  # the file's servers are on one host, a POSIX one
+
+    fd = os.open(f"{config.db_path}{SERVING_SUFFIX}", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # held, and the descriptor open, until the process ends
+
+
+def _refuse_running_servers(config: Config, conn=None) -> None:
+    """migrate's check that no server runs on the database (`mark_serving`)."""
+    where = described(config.db_url) if config.db_url else str(config.db_path)
+    stop = "stop every server first: it would run its old code on the new schema"
+    if config.db_url:
+        (count,) = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = %s", (SERVING_NAME,)
+        ).fetchone()  # fmt: skip
+        if count:
+            raise ValueError(
+                f"--db {where}: {count} session(s) of running chargebox servers (named "
+                f"'{SERVING_NAME}'): {stop} (behind pgbouncer its idle server connections "
+                "keep the name until they close: RECONNECT in its console), or --force"
+            )
+        return
+    import fcntl
+
+    fd = os.open(f"{config.db_path}{SERVING_SUFFIX}", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ValueError(
+            f"--db {where}: a chargebox server is serving it: {stop}, or --force"
+        ) from None
+    finally:
+        os.close(fd)
+
+
 def migrate(
-    config: Config, lock: Callable[[], contextlib.AbstractContextManager], grant_to: str | None
+    config: Config,
+    lock: Callable[[], contextlib.AbstractContextManager],
+    grant_to: str | None,
+    force: bool = False,
 ) -> str:
     """`chargebox migrate`: bring the database `config` names to LATEST; a line saying so.
 
@@ -52,6 +104,8 @@ def migrate(
         try:
             if grant_to:
                 grants.check_role(conn, grant_to)
+            if not force:
+                _refuse_running_servers(config, conn)
             found, to, roles, put = upgrade_postgresql(conn, where, [grant_to] if grant_to else [])
         finally:
             with contextlib.suppress(Exception):
@@ -64,6 +118,8 @@ def migrate(
         if not config.db_path.is_file():
             raise ValueError(f"--db {where}: no database here to migrate")
         check_database_path(config.db_path)
+        if not force:
+            _refuse_running_servers(config)
         with lock():
             found, to, put = upgrade_sqlite(
                 str(config.db_path), config.busy_timeout_ms / 1000, where

@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -733,3 +734,34 @@ def test_a_migrated_postgresql_database_has_the_schema_of_a_new_one(
     assert chargebox("migrate", "--db", made.owner_url).returncode == 0
     new = pg_cluster.initialised(postgresql_cluster, "new", tmp_path / "new")
     assert _catalogue(made.owner_url) == _catalogue(new.owner_url)
+
+
+def test_migrate_refuses_while_a_server_runs_on_the_database(tmp_path, new_database):
+    """A migration changes the schema under running servers, whose old code goes on
+    against the new one: migrate refuses in one line until they stop (SQLite: the shared
+    lock each server holds beside the file; PostgreSQL: the session its anchoring thread
+    keeps open, named 'chargebox serve', from any host); `--force` migrates anyway."""
+    db, data = new_database(tmp_path)
+    target = backends.owner_url(db) if data else db
+    where = ["--data-dir", data] if data else []
+
+    def serving_sessions(until) -> None:  # PostgreSQL: polled, bounded, until they show
+        named = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+        with writable(db) as conn:
+            deadline = time.monotonic() + 30
+            while not until(conn.execute(named, (migrations.SERVING_NAME,)).fetchone()[0]):
+                assert time.monotonic() < deadline, "the server's sessions did not show"
+                time.sleep(0.05)
+
+    with running_server(db, data_dir=data):
+        if data:
+            serving_sessions(until=lambda count: count > 0)  # its keeper's first round
+        refused = chargebox("migrate", "--db", target, *where)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "stop every server first" in refused.stderr and "--force" in refused.stderr
+        forced = chargebox("migrate", "--db", target, *where, "--force")
+        assert forced.returncode == 0 and "nothing to do" in forced.stderr, forced.stderr
+    if data:  # a stopped server's backends end as its connections close
+        serving_sessions(until=lambda count: count == 0)
+    done = chargebox("migrate", "--db", target, *where)
+    assert done.returncode == 0 and "nothing to do" in done.stderr, done.stderr
