@@ -321,7 +321,6 @@ def _serve(config: Config) -> int:
     token_in_file = config.admin_token is None  # CHARGEBOX_ADMIN_TOKEN is not set
     log = LogFile(config.access_log)  # a log that cannot be opened, or a taken port, is
     listener = listen(config)  # refused before any file is made
-    migrations.mark_serving(config)  # for migrate to see (before the database is opened)
     try:
         if config.db_url:
             with postgresql.connect(
@@ -333,7 +332,8 @@ def _serve(config: Config) -> int:
                           "database or the role): a sale answered 201 can be lost if PostgreSQL "
                           "crashes; set it on (README)",
                           file=sys.stderr)  # fmt: skip
-        config = prepare(config)
+        config = prepare(config)  # a refusal first (a place it cannot write, say)
+        migrations.mark_serving(config)  # then, for migrate to see, for the process's life
     except BaseException:
         listener.close()
         raise

@@ -44,8 +44,8 @@ SQLITE_VERSION_TABLE = (
 
 
 def mark_serving(config: Config) -> None:
-    """For `chargebox serve`, before it opens the database: be known as serving it for
-    the process's life (forked children too). PostgreSQL: every session is named
+    """For `chargebox serve`, once its database is ready: be known as serving it for the
+    process's life (forked children too). PostgreSQL: every session is named
     SERVING_NAME (libpq's PGAPPNAME). SQLite: a shared lock on the SERVING_SUFFIX file,
     which waits while a migration holds it."""
     if config.db_url:
