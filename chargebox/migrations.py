@@ -20,7 +20,7 @@ import peewee
 
 from chargebox import grants, guards, schema
 from chargebox.clock import now
-from chargebox.config import Config
+from chargebox.config import Config, name_postgresql_sessions
 from chargebox.location import check_database_path
 from chargebox.pg_driver import connect, described
 from chargebox.schema_steps import STEPS, Step
@@ -49,7 +49,7 @@ def mark_serving(config: Config) -> None:
     SERVING_NAME (libpq's PGAPPNAME). SQLite: a shared lock on the SERVING_SUFFIX file,
     which waits while a migration holds it."""
     if config.db_url:
-        os.environ["PGAPPNAME"] = SERVING_NAME
+        name_postgresql_sessions(SERVING_NAME)
         return
     import fcntl  # the file's servers are on one host, a POSIX one
 
