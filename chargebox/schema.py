@@ -19,6 +19,8 @@ from importlib import resources
 
 import peewee
 
+from chargebox.clock import now
+
 # The schema version this code reads and writes, and that a new database is made at (the
 # models with TRIGGERS; schema_postgresql.sql). Older ones: migrations.py. 1: chargebox 0.1.0.
 # 2: seller keys (seller_key) and suspension (seller.status); 3: refunds (ledger_entry.refund_of);
@@ -351,9 +353,9 @@ def create_postgresql(conn, where: str | None = None) -> None:
             return
         for statement in postgresql_statements():
             conn.execute(statement)
-        conn.execute(
-            "INSERT INTO schema_version (version, applied_at) VALUES (%s, now()::text)",
-            (POSTGRESQL_VERSION,),
+        conn.execute(  # stamped as migrate and SQLite stamp it (clock.now), not now()::text
+            "INSERT INTO schema_version (version, applied_at) VALUES (%s, %s)",
+            (POSTGRESQL_VERSION, now()),
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -438,3 +439,12 @@ def test_a_command_with_the_wrong_role_or_no_schema_says_so_in_one_line(roles):
         said = result.stderr.strip().splitlines()[-1]  # (after init-db's secrets made)
         assert said.startswith("chargebox: --db postgresql://") and hint in said, said
         assert "-secret" not in result.stderr
+
+
+def test_init_db_stamps_its_schema_version_as_migrate_and_sqlite_do(roles):
+    """applied_at is chargebox's stamp (2026-12-01T00:00:00.000000Z), on either path; init-db
+    wrote PostgreSQL's now()::text (2026-12-01 00:00:00.123+00) beside migrate's."""
+    assert init_db(roles, roles["app_role"]).returncode == 0
+    with psycopg.connect(roles["owner"]) as conn:
+        (stamp,) = conn.execute("SELECT applied_at FROM schema_version").fetchone()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp), stamp
