@@ -57,7 +57,7 @@ _KEY = (
 )
 _USED = (
     "UPDATE seller_key SET last_used_at = ? WHERE id = ? AND revoked_at IS NULL"
-    " AND (last_used_at IS NULL OR last_used_at < ?)"
+    " AND (last_used_at IS NULL OR last_used_at < ? OR last_used_at > ?)"
 )
 
 
@@ -162,7 +162,11 @@ class LastUse:
         self.writing = False
 
     def saw(self, key_id: int, last_used_at: str | None) -> None:
-        if last_used_at is not None and last_used_at >= now(-LAST_USED_GRANULARITY):
+        """A stamp from the last minute stands; one later than CLOCK_SKEW from now was
+        written by a clock ahead (set back since), and is written afresh rather than shown
+        as a use to come until the clock passes it."""
+        recent = now(-LAST_USED_GRANULARITY), now(CLOCK_SKEW)
+        if last_used_at is not None and recent[0] <= last_used_at <= recent[1]:
             return
         with self.lock:
             if key_id in self.due:
@@ -182,7 +186,7 @@ class LastUse:
                         self.database.release()  # this thread's connection ends with it
                     return
                 key_id, at = self.due.popitem()
-            params = (at, key_id, now(-LAST_USED_GRANULARITY))
+            params = (at, key_id, now(-LAST_USED_GRANULARITY), now(CLOCK_SKEW))
             try:
                 self.database.write(lambda write, params=params: write.execute(_USED, params))
             except Exception as exc:  # the request was answered: a missed stamp costs nothing

@@ -248,6 +248,23 @@ def test_a_key_made_by_a_clock_ahead_is_revoked_and_rotated_all_the_same(service
     assert keys[new["id"]]["revoked_at"] is None and new["created_at"] < ahead
 
 
+def test_a_last_use_stamped_by_a_clock_ahead_is_stamped_again(service, config):
+    """A key used while the clock ran a year ahead was stamped a year ahead; once the
+    clock is set back its next use writes the stamp afresh (it stood, and showed a use to
+    come, until the clock passed it: a year of "used" for a key nobody used)."""
+    seller, key = service.create_seller("Ali")
+    ahead = clock.now(datetime.timedelta(days=365))
+    with writable(database_of(config)) as conn:
+        conn.execute("UPDATE seller_key SET last_used_at = ? WHERE seller_id = ?",
+                     (ahead, seller["id"]))  # fmt: skip
+    service.access.authenticate(f"Bearer {key}")
+    deadline = time.monotonic() + 30  # written behind the request: polled, bounded
+    while (stamp := service.queries.seller_keys(seller["id"])[0]["last_used_at"]) == ahead:
+        assert time.monotonic() < deadline, "the stamp a year ahead stayed"
+        time.sleep(0.02)
+    assert stamp <= clock.now()
+
+
 def test_the_admins_seller_page_makes_revokes_and_rotates_keys_and_suspends(two_servers):
     one, other = two_servers
     admin = one.admin()
