@@ -265,8 +265,7 @@ def _init_db(config: Config, grant_to: str | None) -> int:
         return 0
     conn = postgresql.connect(config.db_url, autocommit=True, lost_after=config.peer_timeout)
     try:
-        if grant_to:
-            grants.check_role(conn, grant_to)  # refused before anything is made
+        grants.check_init_db(conn, grant_to, _where(config))  # before anything is made
         config.secrets_dir.mkdir(parents=True, exist_ok=True)
         if not config.admin_token:
             checked_admin_token(

@@ -49,6 +49,19 @@ def check_role(conn, role: str) -> None:
         )
 
 
+def check_init_db(conn, grant_to: str | None, where: str) -> None:
+    """init-db's refusals before it writes a secret: a role to grant to that does not
+    exist, and a role that may not create the schema (the app role's URL given, say)."""
+    if grant_to:
+        check_role(conn, grant_to)
+    query = "SELECT coalesce(has_schema_privilege(current_schema(), 'CREATE'), false)"
+    if not conn.execute(query).fetchone()[0]:
+        raise ValueError(
+            f"--db {where}: this role may not create the schema: init-db needs the schema "
+            "owner's URL (serve, the app role's)"
+        )
+
+
 def grant(conn, role: str) -> None:
     """Grant `role` what the service needs, and nothing that could rewrite history."""
     from psycopg import sql

@@ -433,10 +433,11 @@ def test_a_command_with_the_wrong_role_or_no_schema_says_so_in_one_line(roles):
         database = owner.execute("SELECT current_database()").fetchone()[0]
         owner.execute(f"GRANT CONNECT ON DATABASE {database} TO {roles['app_role']}")
     as_the_app = chargebox("init-db", "--db", roles["app"], "--data-dir", str(roles["data"]))
+    assert not roles["data"].exists()  # refused before it wrote a secret (it wrote both)
     no_schema = chargebox("migrate", "--db", roles["owner"], "--data-dir", str(roles["data"]))
     for result, hint in ((as_the_app, "the schema owner's URL"), (no_schema, "init-db")):
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-        said = result.stderr.strip().splitlines()[-1]  # (after init-db's secrets made)
+        (said,) = result.stderr.strip().splitlines()
         assert said.startswith("chargebox: --db postgresql://") and hint in said, said
         assert "-secret" not in result.stderr
 
