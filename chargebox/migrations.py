@@ -53,7 +53,7 @@ def mark_serving(config: Config) -> None:
         return
     import fcntl  # the file's servers are on one host, a POSIX one
 
-    fd = os.open(f"{config.db_path}{SERVING_SUFFIX}", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(f"{config.db_path}{SERVING_SUFFIX}", os.O_RDONLY | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_SH)  # held, and the descriptor open, until the process ends
 
 
@@ -75,7 +75,10 @@ def _refuse_running_servers(config: Config, conn=None) -> None:
         return
     import fcntl
 
-    fd = os.open(f"{config.db_path}{SERVING_SUFFIX}", os.O_RDWR | os.O_CREAT, 0o600)
+    try:  # never made here: run as root, migrate would leave one the service cannot open
+        fd = os.open(f"{config.db_path}{SERVING_SUFFIX}", os.O_RDONLY)
+    except FileNotFoundError:  # no server has started on it
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
