@@ -51,6 +51,9 @@ ADMIN = Principal("admin")
 # A key's last use is written at most this often (per key, across every process): a
 # write per request would put every read behind the write lock.
 LAST_USED_GRANULARITY = datetime.timedelta(minutes=1)
+# A last use stamped further ahead than this was stamped by a clock that jumped (and was
+# set back since): it is stamped afresh. Hosts a few minutes apart leave each other's be.
+LAST_USED_AHEAD = datetime.timedelta(days=1)
 _KEY = (
     "SELECT k.id, k.seller_id, k.key_hash, k.last_used_at, seller.status FROM seller_key AS k"
     " JOIN seller ON seller.id = k.seller_id WHERE k.key_hash = ? AND k.revoked_at IS NULL"
@@ -162,10 +165,9 @@ class LastUse:
         self.writing = False
 
     def saw(self, key_id: int, last_used_at: str | None) -> None:
-        """A stamp from the last minute stands; one later than CLOCK_SKEW from now was
-        written by a clock ahead (set back since), and is written afresh rather than shown
-        as a use to come until the clock passes it."""
-        recent = now(-LAST_USED_GRANULARITY), now(CLOCK_SKEW)
+        """A stamp from the last minute stands; one more than LAST_USED_AHEAD ahead is
+        written afresh rather than shown as a use to come until the clock passes it."""
+        recent = now(-LAST_USED_GRANULARITY), now(LAST_USED_AHEAD)
         if last_used_at is not None and recent[0] <= last_used_at <= recent[1]:
             return
         with self.lock:
@@ -186,7 +188,7 @@ class LastUse:
                         self.database.release()  # this thread's connection ends with it
                     return
                 key_id, at = self.due.popitem()
-            params = (at, key_id, now(-LAST_USED_GRANULARITY), now(CLOCK_SKEW))
+            params = (at, key_id, now(-LAST_USED_GRANULARITY), now(LAST_USED_AHEAD))
             try:
                 self.database.write(lambda write, params=params: write.execute(_USED, params))
             except Exception as exc:  # the request was answered: a missed stamp costs nothing
@@ -244,8 +246,9 @@ def session_principal(database: Database, token: str, admin_token: str | None) -
 
 def _too_late() -> str:
     """Past the latest expiry a session opened now may have, give or take CLOCK_SKEW
-    between hosts: one opened while a clock ran ahead, refused (and swept) once it is
-    set back, rather than lasting as much longer."""
+    between hosts: one opened while a clock ran ahead is refused once it is set back,
+    rather than lasting as much longer. (It is not swept: on a host whose clock runs
+    ahead of this one by more than CLOCK_SKEW it is still good.)"""
     return now(SESSION_LIFETIME + CLOCK_SKEW)
 
 
@@ -274,8 +277,7 @@ class Access:
         created = now()
 
         def open_session(write: Write) -> None:
-            write.execute("DELETE FROM web_session WHERE expires_at <= ? OR expires_at > ?",
-                          (created, _too_late()))  # fmt: skip
+            write.execute("DELETE FROM web_session WHERE expires_at <= ?", (created,))
             write.execute(
                 "INSERT INTO web_session (token_hash, role, seller_id, credential_hash,"
                 " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",

@@ -159,9 +159,10 @@ def build_config(args: argparse.Namespace) -> Config:
     return Config(**values)
 
 
-def prepare(config: Config) -> Config:
+def prepare(config: Config, serving: bool = False) -> Config:
     """Check the database's place, settle the admin token, open the database, settle the
     ledger key and create the schema if needed. A refusal (ValueError) comes before any write.
+    `serving`: then mark the process as serving (migrations.mark_serving).
 
     A PostgreSQL database is not created here: its owner did that (`init-db`); the
     service, with its own role, only checks the schema's version and the key.
@@ -185,11 +186,15 @@ def prepare(config: Config) -> Config:
             key = _ledger_key(config, database, made_by="init-db")
             config.secrets_dir.mkdir(parents=True, exist_ok=True)  # for the anchors
             anchors.refuse_rollback(config, database, key)  # an older copy put back
+            if serving:
+                migrations.mark_serving(config)
         else:
             with startup_lock(config):  # one start-up at a time: the key check sees a settled file
                 key = _ledger_key(config, database)
                 anchors.refuse_rollback(config, database, key)  # an older copy put back
                 database.ensure_schema(ALL_MODELS)
+                if serving:  # before the lock goes: a migrate, which takes it, sees this server
+                    migrations.mark_serving(config)
         admin_commands.check_admin_token(database, config, token)
     finally:
         database.close()
@@ -249,10 +254,11 @@ def _one_of_its_own(config: Config, what: str, path: Path, made_by: str) -> Valu
     """A PostgreSQL server (or command) given no secret refuses to make one of its own:
     its own ledger key would seal beside the others' with another key while nothing is
     sealed, its own admin token would be the admin on that server alone."""
+    lost = " (all lost: give a new one and run rotate-admin-token)" if "token" in what else ""
     return ValueError(
         f"--db {_where(config)}: no {what} in {path}: give every app server the one "
         f"`chargebox {made_by}` made (its --data-dir's {path.name}, copied there 0600, "
-        f"or CHARGEBOX_{path.name.upper()}); one of its own would not be the others'"
+        f"or CHARGEBOX_{path.name.upper()}{lost}); one of its own would not be the others'"
     )
 
 
@@ -326,13 +332,7 @@ def _serve(config: Config) -> int:
                 config.db_url, autocommit=True, lost_after=config.peer_timeout
             ) as conn:
                 guards.refuse_a_role_above_the_guards(conn, "(the PostgreSQL database)")
-                if conn.execute("SHOW synchronous_commit").fetchone()[0] == "off":
-                    print("chargebox: warning: synchronous_commit is off (for the server, the "
-                          "database or the role): a sale answered 201 can be lost if PostgreSQL "
-                          "crashes; set it on (README)",
-                          file=sys.stderr)  # fmt: skip
-        config = prepare(config)  # a refusal first (a place it cannot write, say)
-        migrations.mark_serving(config)  # then, for migrate to see, for the process's life
+        config = prepare(config, serving=True)
     except BaseException:
         listener.close()
         raise

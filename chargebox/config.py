@@ -203,17 +203,10 @@ def share_metrics_through(directory: Path) -> None:
     """Name the directory where forked server processes share their metrics.
 
     prometheus-client takes it from this variable, which it reads as each process opens
-    its file; set here, before the fork, it is inherited. One of the two writes to the
+    its file; set here, before the fork, it is inherited. The one write to the
     environment in the package, kept beside its reads.
     """
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
-
-
-def name_postgresql_sessions(name: str) -> None:
-    """Name every PostgreSQL session this process (and its forked children) opens from now
-    on: libpq takes the application_name from this variable. The other write to the
-    environment in the package."""
-    os.environ["PGAPPNAME"] = name
 
 
 def database_setting(text: str) -> dict:

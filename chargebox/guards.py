@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 
 from chargebox.schema import CHECKPOINT_TABLES, Added, postgresql_statements, quoted, tables
 from chargebox.schema import postgresql_added_in as schema_statements_of
@@ -300,6 +301,12 @@ def above_the_guards(conn, role: str | None = None) -> str | None:
 
 
 def refuse_a_role_above_the_guards(conn, where: str) -> None:
-    """`serve` on PostgreSQL: ValueError if the role it connects as is above the guards."""
+    """`serve` on PostgreSQL: ValueError if the role it connects as is above the guards;
+    a warning if its commits do not wait for the disk (synchronous_commit off: a sale
+    answered 201 could be lost in a crash of PostgreSQL)."""
     if why := above_the_guards(conn):
         raise ValueError(f"--db {where}: {why}")
+    if conn.execute("SHOW synchronous_commit").fetchone()[0] == "off":
+        print("chargebox: warning: synchronous_commit is off (for the server, the database "
+              "or the role): a sale answered 201 can be lost if PostgreSQL crashes; set it "
+              "on (README)", file=sys.stderr)  # fmt: skip

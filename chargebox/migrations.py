@@ -15,14 +15,15 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import peewee
 
 from chargebox import grants, guards, schema
 from chargebox.clock import now
-from chargebox.config import Config, name_postgresql_sessions
+from chargebox.config import Config
 from chargebox.location import check_database_path
-from chargebox.pg_driver import connect, described
+from chargebox.pg_driver import connect, described, name_sessions
 from chargebox.schema_steps import STEPS, Step
 
 LATEST = schema.VERSION  # the schema this code reads and writes
@@ -44,46 +45,58 @@ SQLITE_VERSION_TABLE = (
 
 
 def mark_serving(config: Config) -> None:
-    """For `chargebox serve`, once its database is ready: be known as serving it for the
-    process's life (forked children too). PostgreSQL: every session is named
-    SERVING_NAME (libpq's PGAPPNAME). SQLite: a shared lock on the SERVING_SUFFIX file,
-    which waits while a migration holds it."""
+    """For `chargebox serve`, once its database is ready (on SQLite under the start-up
+    lock, which migrate takes too): be known as serving it for the process's life,
+    forked children too. PostgreSQL: every session it opens is named SERVING_NAME (its
+    anchoring thread keeps one open: keeper.py). SQLite: a shared lock on the
+    SERVING_SUFFIX file beside the database."""
     if config.db_url:
-        name_postgresql_sessions(SERVING_NAME)
+        name_sessions(SERVING_NAME)
         return
     import fcntl  # the file's servers are on one host, a POSIX one
 
-    fd = os.open(f"{config.db_path}{SERVING_SUFFIX}", os.O_RDONLY | os.O_CREAT, 0o600)
+    path = f"{config.db_path}{SERVING_SUFFIX}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o600)
+    except OSError as exc:  # made by another user (root), say
+        raise ValueError(f"--db {config.db_path}: cannot open {path} ({exc.strerror})") from None
     fcntl.flock(fd, fcntl.LOCK_SH)  # held, and the descriptor open, until the process ends
 
 
-def _refuse_running_servers(config: Config, conn=None) -> None:
-    """migrate's check that no server runs on the database (`mark_serving`)."""
-    where = described(config.db_url) if config.db_url else str(config.db_path)
-    stop = "stop every server first: it would run its old code on the new schema"
-    if config.db_url:
-        (count,) = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND application_name = %s", (SERVING_NAME,)
-        ).fetchone()  # fmt: skip
-        if count:
-            raise ValueError(
-                f"--db {where}: {count} session(s) of running chargebox servers (named "
-                f"'{SERVING_NAME}'): {stop} (behind pgbouncer its idle server connections "
-                "keep the name until they close: RECONNECT in its console), or --force"
-            )
-        return
+_STOP = "stop every server first: it would run its old code on the new schema"
+
+
+def _refuse_serving_sessions(conn, where: str) -> None:
+    """PostgreSQL: migrate's check for sessions of running servers, from any host. Best
+    effort behind a transaction pooler, whose idle server connections keep a name a while
+    and whose idle clients hold none (README, Upgrading)."""
+    (count,) = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND application_name LIKE %s", (SERVING_NAME + "%",)  # pgbouncer may add a host
+    ).fetchone()  # fmt: skip
+    if count:
+        raise ValueError(
+            f"--db {where}: {count} session(s) of running chargebox servers (named "
+            f"'{SERVING_NAME}'): {_STOP} (behind pgbouncer its idle server connections keep "
+            "the name until they close: RECONNECT in its console), or --force"
+        )
+
+
+def _refuse_a_serving_file(path: Path, where: str) -> None:
+    """SQLite: migrate's check, under the start-up lock, that no server holds the shared
+    lock on the SERVING_SUFFIX file. The file is never made here (run as root, migrate
+    would leave one the service's user cannot open); none means no server has started."""
     import fcntl
 
-    try:  # never made here: run as root, migrate would leave one the service cannot open
-        fd = os.open(f"{config.db_path}{SERVING_SUFFIX}", os.O_RDONLY)
-    except FileNotFoundError:  # no server has started on it
+    try:
+        fd = os.open(f"{path}{SERVING_SUFFIX}", os.O_RDONLY)
+    except FileNotFoundError:
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise ValueError(
-            f"--db {where}: a chargebox server is serving it: {stop}, or --force"
+            f"--db {where}: a chargebox server is serving it: {_STOP}, or --force"
         ) from None
     finally:
         os.close(fd)
@@ -108,7 +121,7 @@ def migrate(
             if grant_to:
                 grants.check_role(conn, grant_to)
             if not force:
-                _refuse_running_servers(config, conn)
+                _refuse_serving_sessions(conn, where)
             found, to, roles, put = upgrade_postgresql(conn, where, [grant_to] if grant_to else [])
         finally:
             with contextlib.suppress(Exception):
@@ -121,9 +134,9 @@ def migrate(
         if not config.db_path.is_file():
             raise ValueError(f"--db {where}: no database here to migrate")
         check_database_path(config.db_path)
-        if not force:
-            _refuse_running_servers(config)
         with lock():
+            if not force:
+                _refuse_a_serving_file(config.db_path, where)
             found, to, put = upgrade_sqlite(
                 str(config.db_path), config.busy_timeout_ms / 1000, where
             )

@@ -97,6 +97,15 @@ def left_idle(seconds: int) -> str:
     return f"set_config('idle_in_transaction_session_timeout', '{int(seconds)}s', true)"
 
 
+_named: dict[str, str] = {}  # what every connection of this process is named, once set
+
+
+def name_sessions(name: str) -> None:
+    """Name every PostgreSQL session this process (and its forked children) opens from now
+    on (`application_name`; as a keyword it wins over one in the URL)."""
+    _named["application_name"] = name
+
+
 def connect(url: str, autocommit: bool = False, timeout: int = 10, *, lost_after: int,
             flag: str = "--db"):  # fmt: skip
     """A psycopg connection, or one line naming the database as `flag` gave it (never its
@@ -114,7 +123,9 @@ def connect(url: str, autocommit: bool = False, timeout: int = 10, *, lost_after
     conn = None
     try:
         here, there = _keepalives(lost_after)
-        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=timeout, **here)
+        conn = psycopg.connect(
+            url, autocommit=autocommit, connect_timeout=timeout, **here, **_named
+        )
         settings = ", ".join("set_config(%s, %s, false)" for _ in there)
         values = tuple(str(part) for pair in there.items() for part in pair)
         (server_pid, *_) = conn.execute(

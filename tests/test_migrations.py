@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ from tests.support import (
     KEYED_ROWS,
     REFUSED,
     ROOT,
+    ServerProcess,
     cli_audit,
     credited_seller,
     database_of,
@@ -738,12 +740,15 @@ def test_a_migrated_postgresql_database_has_the_schema_of_a_new_one(
 
 def test_migrate_refuses_while_a_server_runs_on_the_database(tmp_path, new_database):
     """A migration changes the schema under running servers, whose old code goes on
-    against the new one: migrate refuses in one line until they stop (SQLite: the shared
-    lock each server holds beside the file; PostgreSQL: the session its anchoring thread
-    keeps open, named 'chargebox serve', from any host); `--force` migrates anyway."""
+    against the new one: migrate refuses in one line, changing nothing (a guard dropped
+    meanwhile stays dropped), until they stop (SQLite: the shared lock each server takes
+    beside the file; PostgreSQL: the session its anchoring thread keeps open, named
+    'chargebox serve', from any host); `--force` migrates anyway. A server killed -9
+    holds nothing after it."""
     db, data = new_database(tmp_path)
     target = backends.owner_url(db) if data else db
     where = ["--data-dir", data] if data else []
+    guard = "ledger_entry_no_update"
 
     def serving_sessions(until) -> None:  # PostgreSQL: polled, bounded, until they show
         named = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
@@ -753,15 +758,36 @@ def test_migrate_refuses_while_a_server_runs_on_the_database(tmp_path, new_datab
                 assert time.monotonic() < deadline, "the server's sessions did not show"
                 time.sleep(0.05)
 
+    def guarded() -> bool:
+        with writable(db) as conn:
+            found = (
+                "SELECT count(*) FROM pg_trigger WHERE tgname = ?"
+                if conn.postgresql
+                else "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name = ?"
+            )
+            return conn.execute(found, (guard,)).fetchone()[0] == 1  # fmt: skip
+
     with running_server(db, data_dir=data):
         if data:
             serving_sessions(until=lambda count: count > 0)  # its keeper's first round
+        with writable(db) as conn:
+            drop_trigger(conn, guard)  # what a migrate would put back
         refused = chargebox("migrate", "--db", target, *where)
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
         assert "stop every server first" in refused.stderr and "--force" in refused.stderr
+        assert not guarded()
         forced = chargebox("migrate", "--db", target, *where, "--force")
-        assert forced.returncode == 0 and "nothing to do" in forced.stderr, forced.stderr
+        assert forced.returncode == 0 and "put back 1 guard" in forced.stderr, forced.stderr
+        assert guarded()
     if data:  # a stopped server's backends end as its connections close
         serving_sessions(until=lambda count: count == 0)
     done = chargebox("migrate", "--db", target, *where)
     assert done.returncode == 0 and "nothing to do" in done.stderr, done.stderr
+    killed = ServerProcess(db, data_dir=data).start()
+    if data:
+        serving_sessions(until=lambda count: count > 0)
+    killed.stop(signal.SIGKILL)
+    if data:
+        serving_sessions(until=lambda count: count == 0)
+    after = chargebox("migrate", "--db", target, *where)
+    assert after.returncode == 0 and "nothing to do" in after.stderr, after.stderr
