@@ -66,15 +66,18 @@ def mark_serving(config: Config) -> None:
 _STOP = "stop every server first: it would run its old code on the new schema"
 
 
-def _refuse_serving_sessions(conn, where: str) -> None:
-    """PostgreSQL: migrate's check for sessions of running servers, from any host. Best
+def serving_sessions(conn) -> int:
+    """PostgreSQL: the sessions of running servers on the database, from any host. Best
     effort behind a transaction pooler, whose idle server connections keep a name a while
     and whose idle clients hold none (README, Upgrading)."""
-    (count,) = conn.execute(
+    return conn.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
         " AND application_name LIKE %s", (SERVING_NAME + "%",)  # pgbouncer may add a host
-    ).fetchone()  # fmt: skip
-    if count:
+    ).fetchone()[0]  # fmt: skip
+
+
+def _refuse_serving_sessions(conn, where: str) -> None:
+    if count := serving_sessions(conn):
         raise ValueError(
             f"--db {where}: {count} session(s) of running chargebox servers (named "
             f"'{SERVING_NAME}'): {_STOP} (behind pgbouncer its idle server connections keep "

@@ -20,11 +20,13 @@ operator's to give every server, and no file is written for it.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
 import sqlite3
 import sys
 from pathlib import Path
 
-from chargebox import auth, ledger, pg_driver, postgresql
+from chargebox import auth, ledger, migrations, pg_driver, postgresql
 from chargebox.commands import audit_verdict
 from chargebox.config import ADMIN_TOKEN_FILE, LEDGER_KEY_FILE, POSTGRESQL_SCHEMES, Config
 from chargebox.services import Chargebox
@@ -72,16 +74,27 @@ def run(config: Config, source: Path, target: str) -> int:
     config = dataclasses.replace(config, db_url=target)  # its secrets go in --data-dir
     secrets = _secrets(config, source)
     key = config.ledger_key or secrets[config.ledger_key_path]
+    try:  # the secrets and the audit's anchors go there: a place that cannot take them
+        config.data_dir.mkdir(parents=True, exist_ok=True)  # is refused before the copy
+        if not os.access(config.data_dir, os.W_OK):
+            raise PermissionError(errno.EACCES, "not writable")
+    except OSError as exc:
+        raise ValueError(f"--data-dir {config.data_dir}: {exc.strerror}") from None
     try:
         counts = copy(source, target)
     except pg_driver.driver_errors() as exc:  # no schema there, a role without the rights
         raise ValueError(
             f"--to {postgresql.described(target)}: {pg_driver.in_words(exc)}"
         ) from None
-    config.data_dir.mkdir(parents=True, exist_ok=True)  # the audit anchors the copy there
     for path, secret in secrets.items():
         if not path.exists() or path.read_text().strip() != secret:
-            auth.replace_secret(path, secret)
+            try:
+                auth.replace_secret(path, secret)
+            except OSError as exc:  # the rows are in: say what to do by hand
+                raise ValueError(
+                    f"copied, but {path} could not be written ({exc.strerror}): copy "
+                    f"{source.parent / path.name} there (0600) before any server starts"
+                ) from None
             print(f"chargebox: {path} now holds {source.parent / path.name}", file=sys.stderr)
     copied = Chargebox(dataclasses.replace(config, ledger_key=key))
     try:
@@ -122,6 +135,11 @@ def copy(source: Path, target_url: str) -> dict[str, int]:
             raise ValueError(
                 f"--to {postgresql.described(target_url)}: it already holds sellers; "
                 "copy only into an empty schema (chargebox init-db)"
+            )
+        if migrations.serving_sessions(conn):  # they hold init-db's key, not the file's
+            raise ValueError(
+                f"--to {postgresql.described(target_url)}: chargebox servers run on it: "
+                "stop them first; they would seal with init-db's ledger key beside the copy's"
             )
         counts: dict[str, int] = {}
         with conn.transaction():

@@ -16,7 +16,7 @@ import time
 
 import psycopg
 
-from chargebox import auth, ledger, moving
+from chargebox import auth, ledger, migrations, moving
 from chargebox.cli import main as chargebox_main
 from chargebox.cli import prepare
 from chargebox.config import Config
@@ -30,6 +30,7 @@ from tests.support import (
     drop_trigger,
     new_seller,
     rows_on_disk,
+    running_server,
     writable,
 )
 from tests.test_postgresql_service import books
@@ -249,3 +250,42 @@ def test_the_files_ledger_key_and_admin_token_move_into_the_deployments_data_dir
         assert served.audit(full=True)["consistent"]
     finally:
         served.close()
+
+
+def test_a_copy_is_refused_before_it_writes_while_servers_run_on_the_target_or_its_dir_is_bad(
+    postgresql_cluster, tmp_path
+):
+    """A server started on the target after init-db holds init-db's key: after a copy it
+    would seal the new sales with it beside the file's seals. And a --data-dir that cannot
+    take the secrets was found only after the rows were committed (a trace, and a copy
+    that could not be run again). Both are refused first, in one line; the target stays
+    empty."""
+    made = pg_cluster.new_database(postgresql_cluster, "busy")
+    data = tmp_path / "pg"
+    init = ["init-db", "--db", made.owner_url, "--grant-to", made.app_role, "--data-dir"]
+    assert chargebox_main([*init, str(data)]) == 0
+    source = tmp_path / "sqlite" / "chargebox.db"
+    source.parent.mkdir()
+    service = Chargebox(prepare(Config(db_path=source)))
+    credited_seller(service, 1_000)
+    service.close()
+    token = (data / "admin_token").read_text().strip()
+    with running_server(made.app_url, data_dir=data, admin_token=token):
+        deadline = time.monotonic() + 30
+        while not sessions_named(made.owner_url, migrations.SERVING_NAME):  # bounded poll
+            assert time.monotonic() < deadline, "the server's session did not show"
+            time.sleep(0.05)
+        busy = copy(source, made.owner_url, "--data-dir", str(data))
+    (tmp_path / "a-file").write_text("")
+    bad_dir = copy(source, made.owner_url, "--data-dir", str(tmp_path / "a-file" / "pg"))
+    for refused, said in ((busy, "chargebox servers run on it"), (bad_dir, "--data-dir")):
+        assert refused.returncode == 2 and said in refused.stderr, refused.stderr
+        assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+    with psycopg.connect(made.owner_url) as target:
+        assert target.execute("SELECT count(*) FROM seller").fetchone() == (0,)
+
+
+def sessions_named(url: str, name: str) -> int:
+    with psycopg.connect(url) as conn:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+        return conn.execute(query, (name,)).fetchone()[0]
