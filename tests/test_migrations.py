@@ -751,7 +751,10 @@ def test_migrate_refuses_while_a_server_runs_on_the_database(tmp_path, new_datab
     guard = "ledger_entry_no_update"
 
     def serving_sessions(until) -> None:  # PostgreSQL: polled, bounded, until they show
-        named = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+        named = (
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+            " AND datname = current_database()"
+        )  # other tests' servers run meanwhile
         with writable(db) as conn:
             deadline = time.monotonic() + 30
             while not until(conn.execute(named, (migrations.SERVING_NAME,)).fetchone()[0]):

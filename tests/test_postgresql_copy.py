@@ -286,6 +286,8 @@ def test_a_copy_is_refused_before_it_writes_while_servers_run_on_the_target_or_i
 
 
 def sessions_named(url: str, name: str) -> int:
+    """Sessions of that name on this database (other tests' servers run on others)."""
     with psycopg.connect(url) as conn:
-        query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+        query = ("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+                 " AND datname = current_database()")  # fmt: skip
         return conn.execute(query, (name,)).fetchone()[0]
