@@ -163,8 +163,8 @@ def test_a_database_made_read_only_under_the_server_refuses_writes_with_503_and_
     """Writes 503 and change nothing, reads go on; once writable again, every sale succeeds.
 
     While the file is read-only, server threads that had not used the database yet
-    (64 threads, and the group writer) open their connections: SQLite then opens
-    them read-only, for good. Once the file is writable, such a connection's first
+    (64 threads, reading) open their connections: SQLite then opens them
+    read-only, for good. Once the file is writable, such a connection's first
     write fails (nothing changed); it is replaced and the write goes once more, so
     no client sees it. (Each of them answered one 503 before: a test that counted on
     reaching every thread in turn to flush them out failed when a busy box skipped
