@@ -51,10 +51,13 @@ def check_role(conn, role: str) -> None:
 
 def check_init_db(conn, grant_to: str | None, where: str) -> None:
     """init-db's refusals before it writes a secret: a role to grant to that does not
-    exist, and a role that may not create the schema (the app role's URL given, say)."""
+    exist, and, where there is no schema yet, a role that may not create it (the app
+    role's URL given, say). Over a schema already made, init-db only checks it and the
+    key, which any role of the service may."""
     if grant_to:
         check_role(conn, grant_to)
-    query = "SELECT coalesce(has_schema_privilege(current_schema(), 'CREATE'), false)"
+    query = ("SELECT to_regclass('schema_version') IS NOT NULL"
+             " OR coalesce(has_schema_privilege(current_schema(), 'CREATE'), false)")  # fmt: skip
     if not conn.execute(query).fetchone()[0]:
         raise ValueError(
             f"--db {where}: this role may not create the schema: init-db needs the schema "
