@@ -28,7 +28,7 @@ from pathlib import Path
 
 from chargebox import auth, ledger, migrations, pg_driver, postgresql
 from chargebox.commands import audit_verdict
-from chargebox.config import ADMIN_TOKEN_FILE, LEDGER_KEY_FILE, POSTGRESQL_SCHEMES, Config
+from chargebox.config import POSTGRESQL_SCHEMES, Config
 from chargebox.services import Chargebox
 
 # In the order their references need; the ledger is replayed apart (see _entries).
@@ -110,17 +110,18 @@ def _secrets(config: Config, source: Path) -> dict[Path, str]:
     """The file's secrets that the PostgreSQL deployment's data directory takes, by where
     they go; refused before anything is copied if the file's ledger key is nowhere."""
     found = {}
-    for name, given in (
-        (LEDGER_KEY_FILE, config.ledger_key),
-        (ADMIN_TOKEN_FILE, config.admin_token),
+    for path, given in (
+        (config.ledger_key_path, config.ledger_key),
+        (config.admin_token_path, config.admin_token),
     ):
-        beside = source.parent / name
+        beside = source.parent / path.name
         if given is None and beside.is_file():
-            found[config.secrets_dir / name] = beside.read_text().strip()
+            found[path] = beside.read_text().strip()
     if config.ledger_key is None and config.ledger_key_path not in found:
+        beside = source.parent / config.ledger_key_path.name
         raise ValueError(
-            f"--from {source}: its ledger key is not beside it ({source.parent / LEDGER_KEY_FILE})"
-            " nor in CHARGEBOX_LEDGER_KEY: the copy's seals could be neither checked nor extended"
+            f"--from {source}: its ledger key is not beside it ({beside}) nor in "
+            "CHARGEBOX_LEDGER_KEY: the copy's seals could be neither checked nor extended"
         )
     return found
 
