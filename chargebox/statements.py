@@ -174,7 +174,9 @@ class Rendered:
 
     def __init__(self, statement: Statement, fmt: str, for_spreadsheets: bool = False) -> None:
         self.statement = statement
-        self.media_type = "text/csv; charset=utf-8" if fmt == "csv" else "application/json"
+        self.media_type = (
+            "text/csv; charset=utf-8" if fmt == "csv" else "application/json; charset=utf-8"
+        )
         mark = codecs.BOM_UTF8 if for_spreadsheets else b""
         self._pieces = _csv(statement, mark) if fmt == "csv" else _json(statement)
 
