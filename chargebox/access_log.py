@@ -4,7 +4,8 @@
 client's `X-Request-Id` when short and plain, else a new one), stamps it on
 the response, and writes one logfmt line when the application has answered (a
 streamed answer, a statement, when it ends, with `cut=1` if it was cut short):
-time, id, method, path (never the query string), status, duration, who, client,
+time, id, method, path (never the query string, and no segment that could be a
+secret: `without_secrets`), status, duration, who, client,
 pid. Nothing else of the request (no header, cookie, body or query) is logged.
 Each line is one `write()` on an O_APPEND descriptor, so processes never mix lines.
 """
@@ -19,6 +20,8 @@ import time
 import uuid
 from collections.abc import Callable
 
+from chargebox.config import MIN_SECRET_LENGTH
+
 ENVIRON_ID = "chargebox.request_id"
 ENVIRON_WHO = "chargebox.principal"  # set by the web layer once a caller is known
 OFF, STDERR = "off", "-"
@@ -30,7 +33,9 @@ MAX_PATH = 512  # characters of a (escaped) path kept in a line
 _PLAIN = frozenset(range(0x21, 0x7F)) - {ord(c) for c in '"\\%='}
 _ESCAPES = {byte: chr(byte) if byte in _PLAIN else f"%{byte:02X}" for byte in range(256)}
 _NEEDS_ESCAPE = re.compile(r'[^\x21-\x7e]|["\\%=]')
-_KEY_SEGMENT = re.compile(r"cbk_[^/]*")  # a seller key sent in a path by mistake
+# A secret sent in a path by mistake: a seller key, or any segment as long as an admin
+# token may be (MIN_SECRET_LENGTH characters; no route's is over 15).
+_SECRET_SEGMENT = re.compile(rf"cbk_[^/]*|[^/]{{{MIN_SECRET_LENGTH},}}")
 REOPEN_CHECK_S = 1.0  # how often a log file is checked for having been moved (rotated)
 
 
@@ -65,11 +70,21 @@ def request_id_of(environ: dict) -> str:
     return ident
 
 
+def without_secrets(path: str) -> str:
+    """`path` with what could be a secret cut out: a seller key's segment, and a segment
+    long enough to be an admin token."""
+    if "cbk_" in path or len(path) > MIN_SECRET_LENGTH:
+        path = _SECRET_SEGMENT.sub(_redacted, path)
+    return path
+
+
+def _redacted(found: re.Match) -> str:
+    return "cbk_[redacted]" if found[0].startswith("cbk_") else "[redacted]"
+
+
 def escaped(text: str, limit: int = MAX_PATH) -> str:
     """`text` (WSGI's latin-1 str) with every byte outside plain visible ASCII as %XX, so
-    a line cannot be split, forged or coloured; seller keys cut out; at most `limit`."""
-    if "cbk_" in text:
-        text = _KEY_SEGMENT.sub("cbk_[redacted]", text)
+    a line cannot be split, forged or coloured; at most `limit`."""
     if len(text) <= limit and not _NEEDS_ESCAPE.search(text):
         return text  # the usual path: nothing to escape
     try:
@@ -105,7 +120,7 @@ def line(
     moment = time.time() if moment is None else moment
     return (
         f"time={_stamp(moment)} id={ident} method={escaped(method, 16)} "
-        f"path={escaped(path)} status={status} duration_ms={seconds * 1000:.2f} "
+        f"path={escaped(without_secrets(path))} status={status} duration_ms={seconds * 1000:.2f} "
         f"seller={seller} client={escaped(client, 64)} pid={os.getpid()}"
         f"{' cut=1' if cut else ''}\n"
     ).encode("ascii")

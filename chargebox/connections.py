@@ -1,9 +1,9 @@
 """waitress, hardened for clients that are many, slow or hostile; no business rules here.
 
-The listening socket, and waitress's server, channel, parser and error task,
-specialised so that idle or half-sent connections cannot starve everyone else
-(a deadline per request, a connection budget that evicts before it refuses), a
-repeated meaningful header is refused, and waitress's own refusals are JSON.
+The listening socket, and waitress's server and channel, specialised so that
+idle or half-sent connections cannot starve everyone else (a deadline per
+request, a connection budget that evicts before it refuses); what a request may
+look like, and waitress's own refusals as JSON, are framing.py's.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ import time
 
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
-from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import TcpWSGIServer
-from waitress.task import ErrorTask, ThreadedTaskDispatcher
+from waitress.task import ThreadedTaskDispatcher
 
 from chargebox import access_log
 from chargebox.config import Config
 from chargebox.errors import NoTraces, closed_after_an_error
-from chargebox.web.errors import json_body
+from chargebox.framing import JsonErrorTask, Parser
 
 try:
     import resource
@@ -38,23 +37,6 @@ log = logging.getLogger("chargebox.server")
 _NO_TRACES = NoTraces()
 
 
-# Headers that decide who acts, what is sent or which write is meant: sent twice, waitress
-# would join them with ", " (one order, two keys), so a repeat is refused instead.
-SINGLE_HEADERS = (
-    "AUTHORIZATION",
-    "CONTENT_LENGTH",
-    "CONTENT_TYPE",
-    "HOST",
-    "IDEMPOTENCY_KEY",
-    "TRANSFER_ENCODING",
-)
-# waitress's own refusals, before the app sees the request: status -> (code, message).
-WAITRESS_ERRORS = {
-    400: ("bad_request", "the HTTP request is malformed: {detail}"),
-    413: ("payload_too_large", "the request body is too large"),
-    431: ("headers_too_large", "the request line and headers are too large"),
-    501: ("unsupported_transfer_encoding", "only Transfer-Encoding: chunked is supported"),
-}
 # File descriptors kept for everything that is not a client: SQLite files (3 per
 # thread's connection), the lock files, waitress's trigger pipe, logs.
 FD_RESERVE_PER_THREAD = 4
@@ -66,62 +48,12 @@ MAX_PIPELINED = 8
 ACCEPT_BATCH = 256  # connections accepted in one turn of the loop, at most
 
 
-class RepeatedHeader(ParsingError):
-    """A header of SINGLE_HEADERS appears more than once, or is spelt with `_`."""
-
-
-# Each single header as it may start a line of the lowered header block: spelt with
-# '-' (counted: twice is a repeat) and with '_' (refused: waitress would drop it).
-_SINGLE_SPELLINGS = tuple(
-    (name, b"\r\n" + name.lower().replace("_", "-").encode() + b":",
-     b"\r\n" + name.lower().encode() + b":")
-    for name in SINGLE_HEADERS
-)  # fmt: skip
-
-
-class _Parser(HTTPRequestParser):
-    def parse_header(self, header_plus: bytes) -> None:
-        """waitress's parse, which refuses any line that is not `name: value` (a folded
-        line starts with a space or a tab); then each single header is looked for at the
-        start of a line: a few byte searches, not a second parse of every line."""
-        super().parse_header(header_plus)
-        sent = b"\r\n" + header_plus.partition(b"\r\n")[2]
-        block = sent.lower()
-        for name, dashed, underscored in _SINGLE_SPELLINGS:
-            if underscored != dashed and underscored in block:
-                # waitress drops a name with `_`: the request would run without it.
-                at = block.index(underscored)
-                spelled = sent[at + 2 : at + len(underscored) - 1].decode("latin-1")
-                raise RepeatedHeader(f"the {spelled} header must be spelt with '-', not '_'")
-            if block.count(dashed) > 1:
-                spelled = "-".join(part.capitalize() for part in name.split("_"))
-                raise RepeatedHeader(f"the {spelled} header is repeated")
-
-
-class _JsonErrorTask(ErrorTask):
-    """waitress's own errors (a broken request, a body over its limit) in our JSON shape."""
-
-    def execute(self) -> None:
-        error = self.request.error
-        code, message = WAITRESS_ERRORS.get(error.code, ("internal_error", "server error"))
-        detail = str(error.body).rstrip(".")
-        body = json_body({"error": {"code": code, "message": message.format(detail=detail)}})
-        self.status = f"{error.code} {error.reason}"
-        ident = access_log.new_request_id()  # the request's own header was not understood
-        self.response_headers.append(("Content-Type", "application/json; charset=utf-8"))
-        self.response_headers.append(("X-Request-Id", ident))
-        self.set_close_on_finish()
-        self.content_length = len(body)
-        self.write(body)
-        self.channel.server.refused(self.channel, self.request, error.code, ident)
-
-
 class _Channel(HTTPChannel):
     """A connection that remembers when its current, unfinished request began. Its times,
     waitress's `last_activity` too, are monotonic: a wall clock set back held deadlines off."""
 
-    error_task_class = _JsonErrorTask
-    parser_class = _Parser
+    error_task_class = JsonErrorTask
+    parser_class = Parser
     request_started = 0.0
     handle_error = closed_after_an_error
     _active_at = 0.0

@@ -71,6 +71,7 @@ def test_a_line_names_the_request_and_holds_none_of_its_secrets(tmp_path, new_se
             {"phone": PHONE, "amount": 1000},
         )
         odd = own.get(f"/api/%0D%0Aforged=1 status=200/\x1b[31m/{key}/%E2%80%AEevil")
+        pasted = admin.get(f"/api/{ADMIN_TOKEN}/sellers")  # a token pasted into the path
         listed = admin.get("/api/sellers?limit=5")
         admin.close()
         own.close()
@@ -86,6 +87,7 @@ def test_a_line_names_the_request_and_holds_none_of_its_secrets(tmp_path, new_se
     assert weird["path"] == (
         "/api/%0D%0Aforged%3D1%20status%3D200/%1B[31m/cbk_[redacted]/%E2%80%AEevil"
     )
+    assert by_id(log, pasted.headers["X-Request-Id"])["path"] == "/api/[redacted]/sellers"
     admins = by_id(log, listed.headers["X-Request-Id"])
     assert admins["seller"] == "admin" and admins["path"] == "/api/sellers"
     assert float(admins["ms"]) > 0

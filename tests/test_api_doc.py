@@ -3,7 +3,7 @@
 Every operation of the OpenAPI document is a row of the doc's route table and the
 other way round; every code of the Error schema is a row of the doc's error table,
 with the status the code gives it: `web/errors.py` (STATUS, walked up each error's
-MRO, and BOTTLE_CODES) for the application, `connections.py` (WAITRESS_ERRORS) for
+MRO, and BOTTLE_CODES) for the application, `framing.py` (WAITRESS_ERRORS) for
 the HTTP layer. The README's summary tables agree with both.
 """
 
@@ -24,7 +24,7 @@ from chargebox.config import (
     DEFAULT_REQUEST_TIMEOUT,
     MAX_BALANCE,
 )
-from chargebox.connections import WAITRESS_ERRORS
+from chargebox.framing import WAITRESS_ERRORS
 from chargebox.web.errors import BOTTLE_CODES, STATUS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -305,6 +305,31 @@ def test_a_chunked_body_over_64_kib_is_413_and_records_nothing(server, make_sell
 
 
 @pytest.mark.parametrize(
+    ("method", "path", "who", "accept"),
+    [
+        ("GET", "/api/sales", "seller", "application/json"),
+        ("GET", "/api/sellers", "nobody", "application/json"),  # 413, not 401
+        ("DELETE", "/api/sales", "seller", "application/json"),  # 413, not 405
+        ("POST", "/api/no-such-route", "admin", "application/json"),  # 413, not 404
+        ("POST", "/login", "nobody", "text/html"),  # a browser gets a page
+    ],
+)
+def test_a_large_body_is_413_whatever_the_method_and_path_before_anything_else(
+    server, admin, make_seller, method, path, who, accept
+):
+    seller, api = make_seller(credit=5_000)
+    caller = {"admin": admin, "seller": api, "nobody": Api(server.url)}[who]
+    answer = caller.request(method, path, data=b" " * (LIMIT + 1), headers={"Accept": accept})
+    assert answer.status_code == 413
+    if accept == "text/html":
+        assert answer.headers["Content-Type"].startswith("text/html")
+        assert "65,536 bytes" in answer.text
+    else:
+        assert_error(answer, 413, "payload_too_large")
+    assert reconciled_balances(server.db_path)[seller["id"]] == 5_000
+
+
+@pytest.mark.parametrize(
     ("who", "path", "body"),
     [
         ("admin", "/api/sellers", '{"name": "x"}'),

@@ -138,6 +138,39 @@ def test_a_malformed_request_is_400_bad_request_and_changes_nothing(server, fund
     untouched()
 
 
+def exchange(url: str, data: bytes) -> bytes:
+    """Send `data` on one connection and read until the server closes it."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def test_a_body_framed_both_ways_is_400_and_the_request_hidden_behind_it_never_runs(server, funded):
+    """Content-Length and Transfer-Encoding together: a proxy that reads the length would
+    pass on, as this request's body, what the server reads as a second request."""
+    key, _, untouched = funded
+    hidden = sale_head(key, len(SALE)) + b"\r\n\r\n" + SALE
+    head = sale_head(key, 5 + len(hidden), "Transfer-Encoding: chunked")
+    first = head.replace(b"Connection: close", b"Connection: keep-alive")
+    received = exchange(server.url, first + b"\r\n\r\n0\r\n\r\n" + hidden)
+    assert received.count(b"HTTP/1.1 ") == 1, received  # one answer; the connection closed
+    status = int(received.split(b" ")[1])
+    assert_refused((status, json.loads(received.partition(b"\r\n\r\n")[2])), 400, "bad_request")
+    untouched()
+
+
+def test_headers_ended_with_bare_line_feeds_are_400_at_once_not_left_waiting(server, funded):
+    _, _, untouched = funded
+    received = exchange(server.url, b"GET /health HTTP/1.1\nHost: chargebox\n\n")
+    status = int(received.split(b" ")[1])
+    assert_refused((status, json.loads(received.partition(b"\r\n\r\n")[2])), 400, "bad_request")
+    untouched()
+
+
 def test_headers_of_300_kb_are_431_headers_too_large_and_change_nothing(server, funded):
     key, _, untouched = funded
     head = sale_head(key, len(SALE), "X-Padding: " + "a" * 300_000)
@@ -155,7 +188,7 @@ def test_headers_of_300_kb_are_431_headers_too_large_and_change_nothing(server, 
 
 
 def test_every_refusal_code_of_the_http_layer_is_documented():
-    from chargebox.connections import WAITRESS_ERRORS
+    from chargebox.framing import WAITRESS_ERRORS
 
     codes = {code for code, _ in WAITRESS_ERRORS.values()}
     assert codes <= documented_codes(), codes - documented_codes()

@@ -4,7 +4,7 @@ Found in review: waitress drops every header whose name holds `_` (so that it ca
 pose as another in the WSGI environ). `Idempotency_Key: order-77` therefore reaches
 the application as no key at all, the sale runs unkeyed, and the client's retry
 with the same header sells again: one order, two charges, the harm issue 10
-item 3 closed for a repeated header. connections._Parser already folds `_` into
+item 3 closed for a repeated header. framing.Parser already folds `_` into
 `-` when it counts repeats (so `Idempotency-Key` + `Idempotency_Key` is a 400),
 yet lets the underscore spelling alone through. Refuse it (400 bad_request),
 like a repeated key, so that nothing is sold without the key the client sent.

@@ -1,7 +1,8 @@
 """The bottle application: `create_app(config)` wires routes, the JSON plugin and error pages.
 
-Every JSON route callback is wrapped once, here: it gets a request id, a 413
-check before anything is read, and a single exit for results and errors.
+Every request's declared body is checked against the limit before it is routed
+(a 413 for any method and path). Every JSON route callback is wrapped once,
+here: it gets a request id and a single exit for results and errors.
 bottle's own error pages are replaced, so even an unknown route answers our JSON
 shape, except that a browser's mistyped page address gets the styled 404 page
 (`html.not_a_page`). The HTML pages are a second Bottle merged in, wrapped by their own plugin.
@@ -16,7 +17,7 @@ from importlib import resources
 import bottle
 
 from chargebox.config import Config
-from chargebox.errors import ChargeboxError
+from chargebox.errors import ChargeboxError, PayloadTooLarge
 from chargebox.services import Chargebox
 from chargebox.web import api, pages
 from chargebox.web.errors import (
@@ -65,8 +66,6 @@ def json_plugin(config: Config):
         def wrapper(*args, **kwargs):
             request_id()
             try:
-                if bottle.request.method in ("POST", "PUT", "PATCH"):
-                    check_body_size(config.max_body_bytes)
                 status, body, *rest = callback(*args, **kwargs)
                 response = bottle.HTTPResponse(  # bytes, dicts, or a stream (a statement)
                     json_body(body) if isinstance(body, (dict, list)) else body,
@@ -89,6 +88,16 @@ def json_plugin(config: Config):
     return decorator
 
 
+def _refuse_a_large_body(limit: int) -> None:
+    """Before routing, authentication and any read, whatever the method and the path: a
+    declared body over `limit` (a chunked one's too: waitress declares it) is 413,
+    answered as JSON, or as a page to a browser on a page address."""
+    try:
+        check_body_size(limit)
+    except PayloadTooLarge as exc:
+        raise bottle.HTTPError(413, exception=exc) from None
+
+
 def load_openapi() -> bytes:
     return resources.files("chargebox").joinpath("openapi.json").read_bytes()
 
@@ -99,6 +108,7 @@ def create_app(config: Config, service: Chargebox | None = None) -> bottle.Bottl
     app.config["catchall"] = True
     app.page_error = functools.partial(not_a_page, service)
     app.install(json_plugin(config))
+    app.add_hook("before_request", functools.partial(_refuse_a_large_body, config.max_body_bytes))
     api.install(app, config, service, load_openapi())
     # Merged routes keep their own Bottle, so its plugin (not the JSON one) wraps them.
     web_pages = bottle.Bottle()

@@ -105,7 +105,10 @@ def internal_error(exc: BaseException) -> bottle.HTTPResponse:
 
 
 def from_bottle(error: bottle.HTTPError) -> bottle.HTTPResponse:
-    """Re-render one of bottle's own HTML errors as our JSON shape."""
+    """Re-render one of bottle's own HTML errors as our JSON shape; one that carries our
+    refusal (raised before routing: app.py's body limit) as that refusal."""
+    if isinstance(error.exception, errors.ChargeboxError):
+        return from_exception(error.exception)
     status = error.status_code
     if status >= 500:
         if error.exception is not None:

@@ -24,7 +24,7 @@ from chargebox.services import Chargebox
 from chargebox.web import i18n, refusals
 from chargebox.web.errors import internal_error, request_id, status_of
 from chargebox.web.i18n import isolate
-from chargebox.web.request import accept_qualities, check_body_size
+from chargebox.web.request import accept_qualities
 from chargebox.web.sessions import SignInRequired, Visitor, signed_in
 
 VIEWS = Path(__file__).parent / "views"
@@ -173,10 +173,14 @@ NOT_A_PAGE = {
 NOT_HANDLED = i18n.N_("The request could not be handled.")
 
 
+def on_the_api(path: str) -> bool:
+    return any(path == root or path.startswith(root + "/") for root in API_ROOTS)
+
+
 def wants_html(path: str, accept: str) -> bool:
     """A page address asked for by a browser: outside the API, and text/html preferred
     to JSON in Accept (a browser's; curl's */* and an API client's are not)."""
-    if any(path == root or path.startswith(root + "/") for root in API_ROOTS):
+    if on_the_api(path):
         return False
     qualities = accept_qualities(accept)
     return qualities.get("text/html", 0) > qualities.get("application/json", 0)
@@ -184,11 +188,18 @@ def wants_html(path: str, accept: str) -> bool:
 
 def not_a_page(service: Chargebox, error: bottle.HTTPError) -> bottle.HTTPResponse | None:
     """bottle's own 4xx (a mistyped page address, a wrong method) as the styled error page,
-    with the pages' headers, when a browser asked for a page; None: answer it as JSON."""
-    accept = bottle.request.environ.get("HTTP_ACCEPT", "")
-    if not 400 <= error.status_code < 500 or not wants_html(bottle.request.path, accept):
+    with the pages' headers, when a browser asked for a page, and our refusal before
+    routing (app.py) on any page address, as its page would have answered; None: answer
+    it as JSON."""
+    path, accept = bottle.request.path, bottle.request.environ.get("HTTP_ACCEPT", "")
+    refusal = error.exception if isinstance(error.exception, ChargeboxError) else None
+    page = not on_the_api(path) if refusal else wants_html(path, accept)
+    if not 400 <= error.status_code < 500 or not page:
         return None
-    message = gettext(NOT_A_PAGE.get(error.status_code, NOT_HANDLED))
+    if refusal:
+        message = refusals.message(refusal, language())
+    else:
+        message = gettext(NOT_A_PAGE.get(error.status_code, NOT_HANDLED))
     response = failure_page(service, error.status_code, message)
     for name, value in HEADERS.items():
         response.set_header(name, value)
@@ -212,8 +223,6 @@ def page_plugin(config: Config, service: Chargebox):
         def wrapper(*args, **kwargs):
             request_id()
             try:
-                if bottle.request.method == "POST":
-                    check_body_size(config.max_body_bytes)
                 response = callback(*args, **kwargs)
             except SignInRequired:
                 response = redirect("/login")

@@ -1,0 +1,104 @@
+"""HTTP requests as waitress reads them, refused when they are ambiguous; no business rules.
+
+waitress's parser, made to refuse what one reader could take one way and another
+reader (a proxy in front) another: a repeated header that decides who acts or
+which write is meant, one spelt with `_` (waitress would drop it), a body framed
+both by Content-Length and by Transfer-Encoding, header lines ended by a bare LF.
+And waitress's own refusals (400, 413, 431, 501), answered in our JSON error shape.
+connections.py serves with both.
+"""
+
+from __future__ import annotations
+
+from waitress.parser import HTTPRequestParser, ParsingError
+from waitress.task import ErrorTask
+from waitress.utilities import BadRequest
+
+from chargebox import access_log
+from chargebox.web.errors import json_body
+
+# Headers that decide who acts, what is sent or which write is meant: sent twice, waitress
+# would join them with ", " (one order, two keys), so a repeat is refused instead.
+SINGLE_HEADERS = (
+    "AUTHORIZATION",
+    "CONTENT_LENGTH",
+    "CONTENT_TYPE",
+    "HOST",
+    "IDEMPOTENCY_KEY",
+    "TRANSFER_ENCODING",
+)
+# waitress's own refusals, before the app sees the request: status -> (code, message).
+WAITRESS_ERRORS = {
+    400: ("bad_request", "the HTTP request is malformed: {detail}"),
+    413: ("payload_too_large", "the request body is too large"),
+    431: ("headers_too_large", "the request line and headers are too large"),
+    501: ("unsupported_transfer_encoding", "only Transfer-Encoding: chunked is supported"),
+}
+
+
+class RepeatedHeader(ParsingError):
+    """A header of SINGLE_HEADERS appears more than once, or is spelt with `_`."""
+
+
+# Each single header as it may start a line of the lowered header block: spelt with
+# '-' (counted: twice is a repeat) and with '_' (refused: waitress would drop it).
+_SINGLE_SPELLINGS = tuple(
+    (name, b"\r\n" + name.lower().replace("_", "-").encode() + b":",
+     b"\r\n" + name.lower().encode() + b":")
+    for name in SINGLE_HEADERS
+)  # fmt: skip
+
+
+class Parser(HTTPRequestParser):
+    def received(self, data: bytes) -> int:
+        """waitress's, but a request whose headers end with bare LFs is refused (400) as
+        they end: waitress looks only for CRLF CRLF, and would wait for the request
+        timeout without a word."""
+        if self.body_rcv is None and not self.completed:
+            head = self.header_plus + data
+            if b"\n\n" in head and b"\r\n\r\n" not in head:
+                self.parse_header(b"GET / HTTP/1.0\r\n")  # what the error task reads
+                self.error = BadRequest("lines must end with CRLF, not a bare LF")
+                self.completed = True
+                return len(data)
+        return super().received(data)
+
+    def parse_header(self, header_plus: bytes) -> None:
+        """waitress's parse (which joins a folded line, one that starts with a space or a
+        tab, to the one before it, as RFC 9112 allows); then each single header is looked
+        for at the start of a line: a few byte searches, not a second parse of every
+        line. A body framed twice (Content-Length and Transfer-Encoding) is refused: a
+        proxy in front may read the other framing, and take what follows for a second
+        request (smuggling)."""
+        super().parse_header(header_plus)
+        sent = b"\r\n" + header_plus.partition(b"\r\n")[2]
+        block = sent.lower()
+        if b"\r\ncontent-length:" in block and b"\r\ntransfer-encoding:" in block:
+            raise ParsingError("a request may not have both Content-Length and Transfer-Encoding")
+        for name, dashed, underscored in _SINGLE_SPELLINGS:
+            if underscored != dashed and underscored in block:
+                # waitress drops a name with `_`: the request would run without it.
+                at = block.index(underscored)
+                spelled = sent[at + 2 : at + len(underscored) - 1].decode("latin-1")
+                raise RepeatedHeader(f"the {spelled} header must be spelt with '-', not '_'")
+            if block.count(dashed) > 1:
+                spelled = "-".join(part.capitalize() for part in name.split("_"))
+                raise RepeatedHeader(f"the {spelled} header is repeated")
+
+
+class JsonErrorTask(ErrorTask):
+    """waitress's own errors (a broken request, a body over its limit) in our JSON shape."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        code, message = WAITRESS_ERRORS.get(error.code, ("internal_error", "server error"))
+        detail = str(error.body).rstrip(".")
+        body = json_body({"error": {"code": code, "message": message.format(detail=detail)}})
+        self.status = f"{error.code} {error.reason}"
+        ident = access_log.new_request_id()  # the request's own header was not understood
+        self.response_headers.append(("Content-Type", "application/json; charset=utf-8"))
+        self.response_headers.append(("X-Request-Id", ident))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+        self.channel.server.refused(self.channel, self.request, error.code, ident)
