@@ -14,12 +14,13 @@ from chargebox.errors import ValidationError
 
 # Persian and Arabic-Indic digits to ASCII; money.py reads typed amounts with it too.
 ASCII_DIGITS = str.maketrans("۰۱۲۳۴۵۶۷۸۹٠١٢٣٤٥٦٧٨٩", "01234567890123456789")
-# Invisible marks that right-to-left UIs add, and the separators we accept.
+# Invisible marks that right-to-left UIs add, and the separators we accept (spaces: the
+# plain one, tab, and the no-break ones: U+00A0, figure U+2007, narrow U+202F).
 _IGNORED = dict.fromkeys(
     map(
         ord,
         "\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
-        "\u2066\u2067\u2068\u2069\ufeff\u00a0 \t-",
+        "\u2066\u2067\u2068\u2069\ufeff\u00a0\u2007\u202f \t-",
     )
 )
 _MOBILE = re.compile(r"(?:\+98|0098|98|0)?(9[0-9]{9})", re.ASCII)

@@ -71,8 +71,9 @@ def test_bidi_marks_pasted_from_right_to_left_interfaces_are_ignored(mark):
     assert normalize_phone(f"{mark}{NORMAL.translate(PERSIAN)}{mark}") == NORMAL
 
 
-def test_no_break_spaces_are_ignored_like_spaces():
-    assert normalize_phone("\u00a00912\u00a0123\u00a04567\u00a0") == NORMAL
+@pytest.mark.parametrize("space", ["\u00a0", "\u2007", "\u202f"], ids=["nbsp", "figure", "narrow"])
+def test_no_break_spaces_are_ignored_like_spaces(space):
+    assert normalize_phone(f"{space}0912{space}123{space}4567{space}") == NORMAL
 
 
 def test_all_rtl_marks_and_separators_together_are_ignored():
