@@ -3,7 +3,9 @@
 waitress's parser, made to refuse what one reader could take one way and another
 reader (a proxy in front) another: a repeated header that decides who acts or
 which write is meant, one spelt with `_` (waitress would drop it), a body framed
-both by Content-Length and by Transfer-Encoding, header lines ended by a bare LF.
+both by Content-Length and by Transfer-Encoding, header lines ended by a bare LF,
+a path that is not UTF-8 (bottle would route `/adm%FFin` as `/admin`, past a proxy's
+rule for `/admin`).
 And waitress's own refusals (400, 413, 431, 501), answered in our JSON error shape.
 connections.py serves with both.
 """
@@ -71,6 +73,10 @@ class Parser(HTTPRequestParser):
         proxy in front may read the other framing, and take what follows for a second
         request (smuggling)."""
         super().parse_header(header_plus)
+        try:  # bottle would drop the bytes that are not UTF-8: /adm%FFin would be /admin
+            self.path.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            raise ParsingError("the path is not UTF-8") from None
         sent = b"\r\n" + header_plus.partition(b"\r\n")[2]
         block = sent.lower()
         if b"\r\ncontent-length:" in block and b"\r\ntransfer-encoding:" in block:

@@ -29,7 +29,7 @@ from tests.web_support import (
     value_of,
 )
 
-SESSION, PHONE = "chargebox_session", "09121234567"
+SESSION, LOGIN, PHONE = "chargebox_session", "chargebox_login", "09121234567"
 PAGE_ROUTES = """
     GET /           GET /static/{name}     GET /login       POST /login      POST /logout
     GET /language/{code}
@@ -118,6 +118,44 @@ def test_signing_in_without_the_login_forms_token_is_403_and_opens_no_session(wo
         browser.http.cookies.clear()
     answer = refused(world.server, 403, browser.post_form, "/login", {"token": world.key}, csrf)
     assert SESSION not in set_cookies(answer) and text_of(answer.text, "error-message")
+
+
+@pytest.mark.parametrize("sent_from", ["cross-site", "same-site", "Cross-Site "])
+def test_a_form_the_browser_says_another_site_sent_is_403_even_with_a_matching_token(
+    world, sent_from
+):
+    """A sibling subdomain (or anyone on plain http) can plant the login cookie and
+    post its copy: the sign-in token's double submit alone would take it."""
+    browser = world.browser()
+    browser.http.cookies.set(LOGIN, "planted-by-another-site")
+    browser.http.headers["Sec-Fetch-Site"] = sent_from
+    answer = refused(
+        world.server,
+        403,
+        browser.post_form,
+        "/login",
+        {"token": world.key},
+        "planted-by-another-site",
+    )
+    assert SESSION not in set_cookies(answer)
+    you = world.browser(SELLER)
+    you.http.headers["Sec-Fetch-Site"] = sent_from
+    answer = refused(world.server, 403, you.post_form, "/seller/credit-requests", {"amount": "9"})
+    assert "did not come from this site" in text_of(answer.text, "error-message")
+    for own in ("same-origin", "none"):  # its own page's form, or typed in
+        browser.http.headers["Sec-Fetch-Site"] = own
+        signed = browser.post_form("/login", {"token": world.key}, "planted-by-another-site")
+        assert signed.status_code == 303, signed.text
+
+
+def test_a_path_that_is_not_utf8_is_400_not_the_page_its_other_bytes_spell(world):
+    """bottle dropped the bytes it could not decode: /adm%FFin opened /admin, past a
+    proxy's rule for /admin."""
+    admin = world.browser(ADMIN)
+    for path in ("/adm%FFin", "/ad%C0min/audit", "/ap%FFi/sellers"):
+        answer = admin.get(path)
+        assert answer.status_code == 400, path
+        assert answer.json()["error"]["code"] == "bad_request"
 
 
 def test_signing_out_deletes_the_session_so_a_replayed_cookie_is_worthless(world, server):

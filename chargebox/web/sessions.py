@@ -66,10 +66,22 @@ def visitor(service: Chargebox, *roles: str) -> Visitor:
     return you
 
 
+# What a browser says of where a request came from (Sec-Fetch-Site): a form another
+# site (or a sibling subdomain, which may set our cookies) sent is refused, whatever it holds.
+_ELSEWHERE = frozenset({"cross-site", "same-site"})
+
+
 def check_csrf(expected: str, form: dict[str, str]) -> None:
-    """Refuse a post whose form lacks this session's anti-forgery token (403)."""
+    """Refuse a post whose form lacks this session's anti-forgery token, or that the
+    browser says another site sent (403). The second matters for the sign-in form,
+    whose token is a double submit: whoever can plant a cookie could match it."""
     presented = form.get("csrf", "").encode("utf-8")
-    if not expected or not hmac.compare_digest(presented, expected.encode("utf-8")):
+    sent_from = bottle.request.environ.get("HTTP_SEC_FETCH_SITE", "").strip().lower()
+    if (
+        not expected
+        or sent_from in _ELSEWHERE
+        or not hmac.compare_digest(presented, expected.encode("utf-8"))
+    ):
         raise Forbidden(
             "This form has expired or did not come from this site. "
             "Nothing was changed: reload the page and try again."
