@@ -17,7 +17,7 @@ from waitress.task import ErrorTask
 from waitress.utilities import BadRequest
 
 from chargebox import access_log
-from chargebox.web.errors import json_body
+from chargebox.web.errors import SECURITY_HEADERS, json_body
 
 # Headers that decide who acts, what is sent or which write is meant: sent twice, waitress
 # would join them with ", " (one order, two keys), so a repeat is refused instead.
@@ -104,6 +104,7 @@ class JsonErrorTask(ErrorTask):
         ident = access_log.new_request_id()  # the request's own header was not understood
         self.response_headers.append(("Content-Type", "application/json; charset=utf-8"))
         self.response_headers.append(("X-Request-Id", ident))
+        self.response_headers.extend(SECURITY_HEADERS.items())
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)

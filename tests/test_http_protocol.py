@@ -182,8 +182,10 @@ def test_headers_of_300_kb_are_431_headers_too_large_and_change_nothing(server, 
         while chunk := sock.recv(65536):
             received += chunk
     status = int(received.split(b" ")[1])
-    body = json.loads(received.partition(b"\r\n\r\n")[2])
-    assert_refused((status, body), 431, "headers_too_large")
+    head, _, payload = received.partition(b"\r\n\r\n")
+    assert_refused((status, json.loads(payload)), 431, "headers_too_large")
+    for header in (b"Cache-Control: no-store", b"X-Content-Type-Options: nosniff"):
+        assert header in head.split(b"\r\n"), head  # as on every answer of the app
     untouched()
 
 

@@ -21,6 +21,7 @@ from chargebox.errors import ChargeboxError, PayloadTooLarge
 from chargebox.services import Chargebox
 from chargebox.web import api, pages
 from chargebox.web.errors import (
+    SECURITY_HEADERS,
     from_bottle,
     from_exception,
     internal_error,
@@ -31,10 +32,6 @@ from chargebox.web.html import not_a_page, page_plugin
 from chargebox.web.request import check_body_size
 
 JSON = "application/json; charset=utf-8"
-SECURITY_HEADERS = {
-    "Cache-Control": "no-store",
-    "X-Content-Type-Options": "nosniff",
-}
 
 
 class JsonBottle(bottle.Bottle):

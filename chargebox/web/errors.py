@@ -18,6 +18,11 @@ from chargebox.access_log import request_id_of
 
 log = logging.getLogger("chargebox.web")
 
+# On every JSON answer, the HTTP layer's refusals (framing.py) included.
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+}
 STATUS = {
     errors.MalformedJSON: 400,
     errors.Unauthorized: 401,
