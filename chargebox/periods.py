@@ -60,9 +60,11 @@ class Period:
 
 def local(stored: str | datetime.datetime) -> str:
     """A stored stamp (or an aware datetime) as ISO 8601 in Asia/Tehran, with its offset;
-    before 1946 (Tehran's +03:25:44, which no ISO 8601 offset writes) in UTC instead."""
+    before mid-1935 (Tehran's +03:25:44, which no ISO 8601 offset writes) in UTC instead.
+    Through UTC: a Tehran time that never was (a spring-forward hour, as a day's midnight
+    made by `_midnight`) would keep its offset unchanged."""
     moment = stored if isinstance(stored, datetime.datetime) else parse(stored)
-    shown = moment.astimezone(TEHRAN)
+    shown = moment.astimezone(datetime.UTC).astimezone(TEHRAN)
     if shown.utcoffset().seconds % 60:
         return stamp(moment)
     return shown.isoformat(timespec="microseconds")
@@ -70,7 +72,7 @@ def local(stored: str | datetime.datetime) -> str:
 
 class Localiser:
     """`local()` for a statement's many stamps, in order: Tehran's offset is whole minutes
-    (since 1946) and changes on the hour if at all, so the local minute is worked out
+    (since mid-1935) and changes on the hour if at all, so the local minute is worked out
     once per UTC minute and the seconds are copied as they are."""
 
     def __init__(self) -> None:
@@ -83,7 +85,7 @@ class Localiser:
             moment = parse(stored).astimezone(TEHRAN)
             offset = moment.utcoffset()
             if offset is None or offset.seconds % 60 or len(stored) != 27:
-                return local(stored)  # before 1946 (seconds in the offset), or not ours
+                return local(stored)  # before mid-1935 (seconds in the offset), or not ours
             self._minute, self._shown = minute, (moment.isoformat()[:16], _offset_text(offset))
         return self._shown[0] + stored[16:-1] + self._shown[1]
 
@@ -94,12 +96,20 @@ def _offset_text(offset: datetime.timedelta) -> str:
     return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
+def _plus_sent_bare(text: str) -> str:
+    """An offset's `+` sent unescaped in a query string arrives as a space: put it back
+    (2026-12-01T08:30:00 03:30). A space can mean nothing else there."""
+    if len(text) > 6 and text[-6] == " " and "T" in text:
+        return text[:-6] + "+" + text[-5:]
+    return text
+
+
 def instant(text: str, name: str) -> datetime.datetime:
     """A bound as a client wrote it: a time with its offset, or a date (Tehran midnight)."""
     try:
         if _DATE.fullmatch(text):
             moment = _midnight(datetime.date.fromisoformat(text))
-        elif _TIME.fullmatch(text):
+        elif _TIME.fullmatch(text := _plus_sent_bare(text)):
             moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
         else:
             raise ValueError(text)

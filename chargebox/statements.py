@@ -230,10 +230,19 @@ def _line(line: str, **values: object) -> list:
 
 
 def _cell(value: object) -> object:
-    """A cell as text; text that a spreadsheet would run as a formula is quoted with '."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    """A cell as text; text that a spreadsheet would run as a formula is quoted with ',
+    also behind invisible marks (LRM, ZWNJ, BOM, isolates: a name or reason may start
+    with them), and so is text that starts with ' itself (else `'=x` and `=x` would
+    read alike)."""
+    if isinstance(value, str) and value.lstrip(_INVISIBLE)[:1] in _FORMULA:
         return "'" + value
     return "" if value is None else value
+
+
+_FORMULA = ("=", "+", "-", "@", "\t", "\r", "'")
+_INVISIBLE = (
+    "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"
+)
 
 
 def _lines(rows) -> bytes:

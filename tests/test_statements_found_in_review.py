@@ -120,10 +120,12 @@ def test_csv_reasons_that_a_spreadsheet_would_run_are_quoted_and_amounts_are_not
 ):
     """OWASP's CSV injection advice, checked over HTTP (the code had it, no test did): an
     adjustment's or a refund's reason starting with =, +, - or @ starts with ' in the
-    CSV (tab and CR cannot start a reason: it is trimmed and refuses control
-    characters), JSON keeps it as written, and a negative amount stays a number."""
+    CSV, also behind invisible marks, and so does one starting with ' (tab and CR
+    cannot start a reason: it is trimmed and refuses control characters), JSON keeps
+    it as written, and a negative amount stays a number."""
     seller_row, seller = make_seller(credit=10_000)
-    formulas = ['=HYPERLINK("http://evil.example","x")', "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)"]
+    formulas = ['=HYPERLINK("http://evil.example","x")', "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)",
+                "\u200e=1+1", "\u2066=1+1\u2069", "'=quoted"]  # fmt: skip
     for reason in formulas:
         made = admin.post(f"/api/sellers/{seller_row['id']}/adjustments",
                           {"amount": -1, "reason": reason})  # fmt: skip
@@ -140,7 +142,7 @@ def test_csv_reasons_that_a_spreadsheet_would_run_are_quoted_and_amounts_are_not
     reasons = [line["reason"] for line in entries if line["reason"]]
     assert reasons == ["'" + reason for reason in [*formulas, "=1+1"]]
     amounts = [line["amount"] for line in entries]
-    assert amounts == ["10000", "-1", "-1", "-1", "-1", "-1000", "1000"]
+    assert amounts == ["10000", *["-1"] * len(formulas), "-1000", "1000"]
     shown = seller.get("/api/statements", params=period).json()["entries"]
     assert [e["reason"] for e in shown if e["reason"]] == [*formulas, "=1+1"]
 

@@ -185,3 +185,24 @@ def test_the_cli_takes_a_jalali_day(service, config):
     assert by_jday.stdout == by_day.stdout and b"closing,,,,700," in by_jday.stdout
     refused = cli(config, "--seller", sid, "--jday", "1405/12/30")
     assert refused.returncode == 2 and b"not a day of the Jalali calendar" in refused.stderr
+
+
+def test_a_spring_forward_days_midnight_is_shown_as_the_tehran_time_it_was():
+    """2022-03-22: Tehran's clocks went from 00:00 to 01:00 (+03:30 to +04:30). The day
+    starts at 20:30Z, which Tehran's clocks read as 01:00+04:30, as its entries show it;
+    the bound kept the midnight that never was (00:00+03:30)."""
+    day = periods.period({"day": "2022-03-22"})
+    assert periods.local(day.start) == "2022-03-22T01:00:00.000000+04:30"
+    assert periods.local(day.start) == periods.Localiser()(periods.stamp(day.start))
+    assert periods.local(day.end) == "2022-03-23T00:00:00.000000+04:30"
+
+
+def test_an_offsets_plus_sent_bare_in_a_query_string_is_read_as_the_plus_it_was():
+    """A `+` in a query string arrives as a space: the statement's own `to`, sent back as
+    the next `from` without %2B, was a 422."""
+    sent = periods.instant("2026-12-01T08:30:00 03:30", "from")
+    assert sent == periods.instant("2026-12-01T08:30:00+03:30", "from")
+    assert sent.utcoffset() == datetime.timedelta(hours=3, minutes=30)
+    for text in ("2026-12-01T08:30:00  3:30", "2026-12-01 08:30:00", " 2026-12-01T08:30:00"):
+        with pytest.raises(ValidationError):
+            periods.instant(text, "from")
