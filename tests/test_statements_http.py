@@ -42,6 +42,10 @@ def test_a_sellers_statement_adds_up_in_json_and_in_csv_and_is_streamed(make_sel
             "opening", "entry", "entry", "entry", "entry", "closing"
         ]  # fmt: skip
         assert lines[5]["balance_after"] == "97000" and lines[2]["phone"] == PHONE
+    # The file is named by the period's first day in Tehran, as its lines are written.
+    late = {"from": "2026-11-30T22:00:00Z", "to": "2026-12-01T22:00:00Z", "format": "csv"}
+    named = seller.get("/api/statements", params=late).headers["Content-Disposition"]
+    assert named == f'attachment; filename="statement-seller-{seller_row["id"]}-2026-12-01.csv"'
     told = seller.get("/api/statements?day=2026-12-01&format=json",
                       headers={"Accept": "text/csv"})  # fmt: skip
     assert told.headers["Content-Type"].startswith("application/json")

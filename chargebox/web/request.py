@@ -14,6 +14,7 @@ import urllib.parse
 
 import bottle
 
+from chargebox import periods
 from chargebox.access_log import ENVIRON_WHO
 from chargebox.auth import Access, Principal
 from chargebox.errors import Forbidden, MalformedJSON, PayloadTooLarge, ValidationError
@@ -201,7 +202,7 @@ def statement_headers(rendered) -> dict[str, str]:
     headers = {"Content-Type": rendered.media_type}
     if rendered.media_type.startswith("text/csv"):
         statement = rendered.statement
-        day = statement.period.start.date().isoformat()
+        day = periods.local(statement.period.start)[:10]  # its day in Tehran, as its lines
         name = f"statement-seller-{statement.seller_id}-{day}.csv"
         headers["Content-Disposition"] = f'attachment; filename="{name}"'
     return headers
