@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -408,3 +409,15 @@ _POSTGRESQL_SCHEMA = (
 
 def _digest(rows: list[tuple]) -> str:
     return hashlib.sha256("\n".join(sorted(map(repr, rows))).encode()).hexdigest()
+
+
+def exchange(url: str, data: bytes) -> bytes:
+    """Send `data` as it is on one connection (an HTTP library would not send a malformed
+    request) and read until the server closes it."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received

@@ -11,7 +11,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +20,15 @@ import pytest
 import requests
 
 from chargebox import access_log
-from tests.support import ADMIN_TOKEN, ROOT, Api, new_seller, running_server, write_lock_held
+from tests.support import (
+    ADMIN_TOKEN,
+    ROOT,
+    Api,
+    exchange,
+    new_seller,
+    running_server,
+    write_lock_held,
+)
 from tests.web_support import Browser
 
 LINE = re.compile(
@@ -46,17 +53,6 @@ def logged(path) -> list[dict]:
 def by_id(path, ident: str) -> dict:
     (found,) = [entry for entry in logged(path) if entry["id"] == ident]
     return found
-
-
-def raw_request(url: str, data: bytes) -> bytes:
-    """Send bytes as they are (requests would not send a malformed request) and read all."""
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as conn:
-        conn.sendall(data)
-        received = b""
-        while chunk := conn.recv(65536):
-            received += chunk
-    return received
 
 
 def test_a_line_names_the_request_and_holds_none_of_its_secrets(tmp_path, new_server):
@@ -114,7 +110,7 @@ def test_every_kind_of_answer_carries_a_request_id_that_its_line_repeats(tmp_pat
         signin = anonymous.get("/login")
         chosen = anonymous.get("/health", headers={"X-Request-Id": "proxy-id.42_A"})
         unsafe = anonymous.get("/health", headers={"X-Request-Id": "bad id\tx"})
-        repeated = raw_request(server.url, b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        repeated = exchange(server.url, b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
         for api in (anonymous, admin, own):
             api.close()
     seen = set()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT
+from tests.support import ROOT, exchange
 
 
 def raw_request(url: str, head: bytes, body: bytes = b"") -> tuple[int, dict]:
@@ -136,17 +136,6 @@ def test_a_malformed_request_is_400_bad_request_and_changes_nothing(server, fund
     head = sale_head(key, length, *extra)
     assert_refused(raw_request(server.url, head, SALE), 400, "bad_request")
     untouched()
-
-
-def exchange(url: str, data: bytes) -> bytes:
-    """Send `data` on one connection and read until the server closes it."""
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(data)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    return received
 
 
 def test_a_body_framed_both_ways_is_400_and_the_request_hidden_behind_it_never_runs(server, funded):
