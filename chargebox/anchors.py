@@ -87,7 +87,7 @@ def read(path: Path, key: bytes) -> tuple[dict[int, Anchored], list[str]]:
             parsed = [Head(*map(int, h[:3]), str(h[3])) for h in heads]
         except (ValueError, KeyError, TypeError, IndexError):
             continue
-        if not hmac.compare_digest(str(record.get("mac", "")), expected):
+        if not matches(record.get("mac"), expected):
             forged.append(f"line {number} of {path} does not match its seal: written without "
                           "the ledger key; ignored")  # fmt: skip
             continue
@@ -124,7 +124,7 @@ def rollbacks(db, anchored: dict[int, Anchored]) -> list[dict]:
             )
             message = (f"rolled back: the database holds {what}, but {head.entries:,} entries "
                        f"(newest {head.entry_id}) were anchored at {at} by {by}")  # fmt: skip
-        elif not hmac.compare_digest(seals.get(head.entry_id, ""), head.entry_mac):
+        elif not matches(seals.get(head.entry_id), head.entry_mac):
             message = (f"another history: entry {head.entry_id}, anchored at {at} by {by} as "
                        "this seller's, is missing or sealed differently (rolled back and "
                        "written again?)")  # fmt: skip
@@ -289,3 +289,11 @@ def refuse_rollback(config: Config, db, key: str) -> None:
         "purpose, run `chargebox anchors accept-restore` with the same --db; if not, find "
         "out who replaced it before serving it"
     )
+
+
+def matches(found: object, expected: str) -> bool:
+    """Whether a stored seal (a line's, or the database's: a forged one may hold anything,
+    as bytes that are not UTF-8 read by the audit) is the one expected, in constant time.
+    Compared as bytes: hmac refuses str that is not ASCII. The seals' and checkpoints' too."""
+    text = found if isinstance(found, str) else ""
+    return hmac.compare_digest(text.encode("utf-8", "surrogateescape"), expected.encode())

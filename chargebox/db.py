@@ -122,6 +122,10 @@ def as_dicts(cursor: sqlite3.Cursor) -> list[dict]:
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
+def _lenient(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
 class Database:
     """One SQLite file as this process uses it: open lazily, write through `write()`."""
 
@@ -174,10 +178,18 @@ class Database:
         so a page never passes a row still to come (PostgreSQL's: settled.py)."""
 
     @contextlib.contextmanager
-    def snapshot(self) -> Iterator[Database]:
-        """A consistent view for several reads (WAL readers never block the writer)."""
+    def snapshot(self, lenient: bool = False) -> Iterator[Database]:
+        """A consistent view for several reads (WAL readers never block the writer).
+        `lenient` (the audit's): text that is not UTF-8, which only a byte editor can
+        write, is read with its bad bytes as surrogates (`_lenient`), so that the audit
+        names the row (its seal no longer matches) instead of failing on the read."""
         with translate_errors(), self.peewee.atomic(lock_type="DEFERRED"):
-            yield self
+            conn, before = self.connection(), self.connection().text_factory
+            conn.text_factory = _lenient if lenient else before
+            try:
+                yield self
+            finally:
+                conn.text_factory = before
 
     # --- the one door to a write -----------------------------------------------------------
 

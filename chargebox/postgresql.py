@@ -272,8 +272,8 @@ class Database:
             raise
 
     @contextlib.contextmanager
-    def snapshot(self) -> Iterator[Database]:
-        """One consistent view for several reads (REPEATABLE READ, read only)."""
+    def snapshot(self, lenient: bool = False) -> Iterator[Database]:
+        """One consistent view for reads (REPEATABLE READ, read only; `lenient`: SQLite's)."""
         conn = self.connection()
         with translated(), conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")

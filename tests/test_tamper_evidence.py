@@ -252,3 +252,29 @@ def test_a_seal_left_behind_by_its_deleted_entry_is_named(original, tmp_path):
     stray = [problem["entry_id"] for problem in result["report"]["problems"]
              if problem["message"] == "a seal whose entry was deleted"]  # fmt: skip
     assert stray == [result["target"]], result["report"]["problems"]
+
+
+@pytest.mark.parametrize("column", ["seal", "reason"])
+def test_a_row_forged_with_bytes_that_are_not_utf8_is_named_not_fatal(original, tmp_path, column):
+    """One byte edited into a seal (or an entry's reason) that is not UTF-8: the audit
+    failed on the read ("Could not decode to UTF-8"), in process, over HTTP (500) and in
+    the CLI, naming nothing, so such a byte hid every other forgery."""
+
+    def forge(conn):
+        entry_id = random.Random(3).choice(entries(conn, "adjustment"))[0]
+        table, key = ("ledger_seal", "entry_id") if column == "seal" else ("ledger_entry", "id")
+        name = "mac" if column == "seal" else "reason"
+        conn.execute(
+            f"UPDATE {table} SET {name} = CAST(X'ff' || CAST(substr({name}, 2) AS BLOB) AS TEXT)"
+            f" WHERE {key} = ?",
+            (entry_id,),
+        )
+        return entry_id
+
+    (tmp_path / "ledger_key").write_text(original[1] + "\n")
+    result = audit_copy(original, tmp_path, "bytes", forge)
+    seals = [p for p in result["report"]["problems"] if p["invariant"] == "seal"]
+    assert [p["entry_id"] for p in seals][:1] == [result["target"]], result["report"]
+    audited = cli_audit(tmp_path / "bytes.db")
+    assert audited.returncode == 1, audited.stderr
+    assert f"entry {result['target']}: its seal does not match" in audited.stderr
