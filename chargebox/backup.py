@@ -13,6 +13,7 @@ The copy's sealed heads are anchored for the live database (anchors.py).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import os
@@ -151,8 +152,12 @@ def _copy(source: Path, temporary: Path, vacuum: bool) -> None:
     reader = sqlite3.connect(source, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     try:
         if vacuum:
-            temporary.unlink()  # VACUUM INTO wants to make the file itself
-            reader.execute("VACUUM INTO ?", (str(temporary),))
+            temporary.unlink()  # VACUUM INTO wants to make the file itself: owner-only
+            mask = os.umask(0o077)  # from its first byte, as the backup API's copy is
+            try:
+                reader.execute("VACUUM INTO ?", (str(temporary),))
+            finally:
+                os.umask(mask)
             return
         reader.execute("PRAGMA query_only = 1")
         copy = sqlite3.connect(temporary, isolation_level=None)
@@ -298,7 +303,7 @@ def _pg_dump(url: str, target: Path, overwrite: bool) -> Made:
 
 def arguments(parser) -> None:
     """`chargebox backup`'s own arguments (cli.py adds --db and --data-dir)."""
-    parser.add_argument("dest", type=Path, help="the new file (or an existing directory: a "
+    parser.add_argument("dest", type=_dest, help="the new file (or an existing directory: a "
                         "name stamped with the time is made in it)")  # fmt: skip
     parser.add_argument("--force", action="store_true", help="replace DEST if it exists")
     parser.add_argument("--keep", type=whole_number(10_000), metavar="N",
@@ -309,7 +314,17 @@ def arguments(parser) -> None:
                         "backup API")  # fmt: skip
 
 
+def _dest(text: str) -> Path:
+    """DEST as typed: one that ends with / names a directory, which must exist (else a
+    file of that name would be made, and every later `--keep` there refused)."""
+    if text.endswith("/") and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: no such directory")
+    return Path(text)
+
+
 def main(config: Config, dest: Path, force: bool, vacuum: bool, keep: int | None = None) -> int:
+    if keep is not None and not dest.exists():
+        raise ValueError(f"{dest}: no such directory (--keep is for a directory DEST)")
     if keep is not None and not dest.is_dir():
         raise ValueError(f"--keep is for a directory DEST, where stamped names are made: {dest}")
     key_file = config.ledger_key_path

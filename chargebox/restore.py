@@ -49,6 +49,14 @@ def _found(service: Chargebox, config: Config) -> list[dict]:
 
 
 def _check(service: Chargebox, config: Config) -> int:
+    if not config.anchors_path.exists():  # a clean check would say nothing was checked
+        with service.database.snapshot() as db:
+            sealed = len(anchors.heads(db))
+        print(f"anchors: no anchors file at {config.anchors_path}: nothing checked"
+              + (f"; {sealed} seller(s) have sealed entries, whose heads a running server "
+                 "anchors there: was the file deleted, or is CHARGEBOX_ANCHORS wrong?"
+                 if sealed else ""), file=sys.stderr)  # fmt: skip
+        return 1 if sealed else 0
     found = _found(service, config)
     for problem in found:
         print(f"  seller {problem['seller_id']}: {problem['message']}", file=sys.stderr)

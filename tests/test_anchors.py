@@ -97,6 +97,22 @@ def test_an_older_copy_put_back_is_found_by_the_audit_and_refused_at_start_up(tm
 
 
 @pytest.mark.sqlite_only
+def test_anchors_check_without_its_file_says_nothing_was_checked(tmp_path):
+    """A deleted anchors file (or a wrong CHARGEBOX_ANCHORS) passed as a clean check."""
+    live = tmp_path / "chargebox.db"
+    fresh = chargebox("init-db", "--db", str(live))
+    assert fresh.returncode == 0, fresh.stderr
+    empty = chargebox("anchors", "check", "--db", str(live), env=key_env(live))
+    assert empty.returncode == 0 and "nothing checked" in empty.stderr, empty.stderr
+    with running_server(live) as server:
+        new_seller(server.admin(), "shop", credit=1_000)
+    Path(f"{live}.anchors").unlink()
+    gone = chargebox("anchors", "check", "--db", str(live), env=key_env(live))
+    assert gone.returncode == 1, gone.stderr
+    assert "no anchors file" in gone.stderr and "1 seller(s) have sealed entries" in gone.stderr
+
+
+@pytest.mark.sqlite_only
 def test_a_copy_that_was_written_on_after_the_anchors_is_another_history(tmp_path):
     """Put back, then sold on elsewhere (anchors left behind): more entries than were
     anchored, but not the anchored ones. The audit tells it apart from an older copy."""

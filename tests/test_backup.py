@@ -253,6 +253,9 @@ def test_a_backup_never_replaces_a_file_unless_forced_and_leaves_no_partial_copy
     assert itself.returncode == 2 and "the database itself" in itself.stderr
     nowhere = chargebox("backup", "--db", str(live), str(tmp_path / "no" / "such" / "x.db"))
     assert nowhere.returncode == 2 and "does not exist" in nowhere.stderr
+    slashed = chargebox("backup", "--db", str(live), f"{tmp_path / 'nightly'}/")  # a typo'd dir
+    assert slashed.returncode == 2 and "no such directory" in slashed.stderr, slashed.stderr
+    assert not (tmp_path / "nightly").exists()  # not a file of its name
     missing = chargebox("backup", "--db", str(tmp_path / "none.db"), str(tmp_path / "x.db"))
     assert missing.returncode == 2 and "no database there" in missing.stderr
     (tmp_path / "daily").mkdir()
@@ -265,6 +268,25 @@ def test_a_backup_never_replaces_a_file_unless_forced_and_leaves_no_partial_copy
     assert cli_audit(tmp_path / "v.db").returncode == 0
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")]
     assert not leftovers
+
+
+def test_a_vacuumed_copy_is_owner_only_from_its_first_byte(tmp_path):
+    """VACUUM INTO makes the file itself, under the process's umask: it was 0644 while it
+    was written (and left so by a backup killed then), until the copy was placed."""
+    from chargebox.backup import _copy
+
+    live = tmp_path / "chargebox.db"
+    with running_server(live) as server:
+        new_seller(server.admin(), "shop", credit=1_000)
+    (tmp_path / "copy.partial").touch()  # as backup._partial makes it
+    mask = os.umask(0o022)
+    try:
+        _copy(live, tmp_path / "copy.partial", vacuum=True)
+        after = os.umask(0o022)
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "copy.partial").stat().st_mode & 0o777 == 0o600
+    assert after == 0o022  # the process's own umask is put back
 
 
 def test_keep_deletes_all_but_the_newest_stamped_copies_by_count_whatever_the_clock(tmp_path):
