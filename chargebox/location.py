@@ -9,6 +9,7 @@ from the path; only the kernel's own file systems are known by name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -25,8 +26,9 @@ SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite dat
 def check_database_path(path: Path, writing: bool = True) -> None:
     """Refuse a database path chargebox cannot use: ValueError("--db PATH: why").
 
-    Creates the missing directories, as start-up would. An existing file must be an
-    SQLite database, and open for writing if `writing` (the audit only reads it).
+    Creates the missing directories, as start-up would, and (`writing`) a missing file,
+    owner-only. An existing file must be an SQLite database, and open for writing if
+    `writing` (the audit only reads it).
     """
     where = f"--db {path}"
     if os.path.islink(path) and not os.path.exists(path):
@@ -51,6 +53,10 @@ def check_database_path(path: Path, writing: bool = True) -> None:
             f"{where}: cannot create files in {path.parent} ({exc.strerror})"
         ) from None
     if not os.path.exists(path):
+        if writing:  # a new database holds phones and key hashes: owner-only from its first
+            # byte, whatever the umask, and so its -wal and -shm (SQLite copies its mode)
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         return
     if not os.path.isfile(path):
         raise ValueError(f"{where}: is not a regular file")

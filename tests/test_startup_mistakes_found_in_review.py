@@ -28,3 +28,24 @@ def test_a_corrupt_database_file_is_one_line_naming_db(tmp_path, command):
     corrupt = tmp_path / "chargebox.db"
     corrupt.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4096)
     assert_refused(chargebox(*command, "--db", str(corrupt)), "--db")
+
+
+def test_a_new_database_and_its_wal_are_owner_only_whatever_the_umask(tmp_path):
+    """It holds phone numbers and key hashes: it was made 0644 under a umask of 022, where
+    the backups and the secrets beside it are 0600."""
+    import os
+
+    from tests.support import running_server
+
+    live = tmp_path / "new" / "chargebox.db"
+    mask = os.umask(0o022)
+    try:
+        made = chargebox("init-db", "--db", str(live))
+        assert made.returncode == 0, made.stderr
+        with running_server(live) as server:
+            assert server.admin().get("/api/sellers").status_code == 200
+            wal = live.with_name(live.name + "-wal")
+            assert wal.exists() and wal.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(mask)
+    assert live.stat().st_mode & 0o777 == 0o600
