@@ -34,8 +34,11 @@ _PLAIN = frozenset(range(0x21, 0x7F)) - {ord(c) for c in '"\\%='}
 _ESCAPES = {byte: chr(byte) if byte in _PLAIN else f"%{byte:02X}" for byte in range(256)}
 _NEEDS_ESCAPE = re.compile(r'[^\x21-\x7e]|["\\%=]')
 # A secret sent in a path by mistake: a seller key, or any segment as long as an admin
-# token may be (MIN_SECRET_LENGTH characters; no route's is over 15).
-_SECRET_SEGMENT = re.compile(rf"cbk_[^/]*|[^/]{{{MIN_SECRET_LENGTH},}}")
+# token may be (MIN_SECRET_LENGTH characters; no route's is over 15), unless it is a file
+# name (a browser's /apple-touch-icon-precomposed.png is 32).
+_SECRET_SEGMENT = re.compile(
+    rf"cbk_[^/]*|(?![^/]*\.[A-Za-z0-9]{{1,5}}(?:/|$))[^/]{{{MIN_SECRET_LENGTH},}}"
+)
 REOPEN_CHECK_S = 1.0  # how often a log file is checked for having been moved (rotated)
 
 

@@ -57,13 +57,21 @@ class Parser(HTTPRequestParser):
         they end: waitress looks only for CRLF CRLF, and would wait for the request
         timeout without a word."""
         if self.body_rcv is None and not self.completed:
-            head = self.header_plus + data
-            if b"\n\n" in head and b"\r\n\r\n" not in head:
-                self.parse_header(b"GET / HTTP/1.0\r\n")  # what the error task reads
+            head = (self.header_plus + data).lstrip()  # blank lines before it: waitress's
+            ended = b"\n\n" in head or b"\n\r\n" in head
+            if ended and b"\r\n\r\n" not in head:
+                self._first_line(head)
                 self.error = BadRequest("lines must end with CRLF, not a bare LF")
                 self.completed = True
                 return len(data)
         return super().received(data)
+
+    def _first_line(self, head: bytes) -> None:
+        """The request line, for the error task and the log line of a refused request."""
+        try:
+            self.parse_header(head.partition(b"\n")[0].rstrip(b"\r") + b"\r\n")
+        except Exception:  # itself malformed: logged as waitress logs one it cannot read
+            self.parse_header(b"GET / HTTP/1.0\r\n")
 
     def parse_header(self, header_plus: bytes) -> None:
         """waitress's parse (which joins a folded line, one that starts with a space or a

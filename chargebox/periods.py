@@ -70,6 +70,11 @@ def local(stored: str | datetime.datetime) -> str:
     return shown.isoformat(timespec="microseconds")
 
 
+def tehran_day(moment: datetime.datetime) -> str:
+    """The day (YYYY-MM-DD) an aware moment falls on in Tehran, at any date."""
+    return moment.astimezone(datetime.UTC).astimezone(TEHRAN).date().isoformat()
+
+
 class Localiser:
     """`local()` for a statement's many stamps, in order: Tehran's offset is whole minutes
     (since mid-1935) and changes on the hour if at all, so the local minute is worked out

@@ -25,6 +25,7 @@ import contextlib
 import csv
 import io
 import json
+import unicodedata
 from collections.abc import Iterator
 
 from chargebox.audit_checks import KINDS
@@ -234,15 +235,21 @@ def _cell(value: object) -> object:
     also behind invisible marks (LRM, ZWNJ, BOM, isolates: a name or reason may start
     with them), and so is text that starts with ' itself (else `'=x` and `=x` would
     read alike)."""
-    if isinstance(value, str) and value.lstrip(_INVISIBLE)[:1] in _FORMULA:
+    if isinstance(value, str) and _first_shown(value) in _FORMULA:
         return "'" + value
     return "" if value is None else value
 
 
 _FORMULA = ("=", "+", "-", "@", "\t", "\r", "'")
-_INVISIBLE = (
-    "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"
-)
+
+
+def _first_shown(text: str) -> str:
+    """The first character of `text` that is not a format character, a combining mark or
+    a space (LRM, ZWNJ, U+2060, a soft hyphen, an isolate...), or ''."""
+    for char in text:
+        if unicodedata.category(char) not in ("Cf", "Mn", "Me", "Zs"):
+            return char
+    return ""
 
 
 def _lines(rows) -> bytes:

@@ -154,9 +154,14 @@ def test_a_body_framed_both_ways_is_400_and_the_request_hidden_behind_it_never_r
 
 def test_headers_ended_with_bare_line_feeds_are_400_at_once_not_left_waiting(server, funded):
     _, _, untouched = funded
-    received = exchange(server.url, b"GET /health HTTP/1.1\nHost: chargebox\n\n")
-    status = int(received.split(b" ")[1])
-    assert_refused((status, json.loads(received.partition(b"\r\n\r\n")[2])), 400, "bad_request")
+    for sent in (
+        b"GET /health HTTP/1.1\nHost: chargebox\n\n",
+        b"\r\n\nPOST /api/sales HTTP/1.1\nHost: chargebox\nContent-Length: 2\n\r\n{}",
+    ):
+        received = exchange(server.url, sent)
+        assert received.startswith(b"HTTP/1.1 400 "), received  # its own request line, read
+        body = json.loads(received.partition(b"\r\n\r\n")[2])
+        assert_refused((400, body), 400, "bad_request")
     untouched()
 
 

@@ -63,6 +63,8 @@ def test_requests_latency_writes_and_sizes_are_counted(tmp_path, new_server, bac
         for _ in range(5):
             assert seller.post("/api/sales", {"phone": PHONE, "amount": 1000}).status_code == 201
         assert seller.post("/api/sales", {"phone": PHONE, "amount": 10**9}).status_code == 409
+        too_large = seller.request("POST", "/api/sales", data=b" " * (64 * 1024 + 1))
+        assert too_large.status_code == 413  # refused before routing, counted by its route
         assert admin.get("/api/sellers/999999").status_code == 404
         assert Api(server.url).get("/no/such/page").status_code == 404
         before, _ = scrape(server.url)
@@ -73,6 +75,7 @@ def test_requests_latency_writes_and_sizes_are_counted(tmp_path, new_server, bac
     sales = {"route": "/api/sales", "method": "POST"}
     assert value(before, "chargebox_http_requests_total", **sales, status="201") == 5
     assert value(before, "chargebox_http_requests_total", **sales, status="409") == 1
+    assert value(before, "chargebox_http_requests_total", **sales, status="413") == 1
     assert value(before, "chargebox_http_requests_total", route="/api/sellers/{ident}",
                  method="GET", status="404") == 1  # fmt: skip
     assert value(before, "chargebox_http_requests_total", route="(unmatched)", method="GET",
@@ -94,7 +97,7 @@ def test_requests_latency_writes_and_sizes_are_counted(tmp_path, new_server, bac
     assert sorted(buckets) == [*LATENCY_BUCKETS, float("inf")]
     assert (
         buckets[float("inf")]
-        == 6
+        == 7  # 201, 409 and 413
         == value(before, "chargebox_http_request_duration_seconds_count", **sales)
     )
     assert list(buckets.values()) == sorted(buckets.values())  # cumulative

@@ -125,7 +125,7 @@ def test_csv_reasons_that_a_spreadsheet_would_run_are_quoted_and_amounts_are_not
     it as written, and a negative amount stays a number."""
     seller_row, seller = make_seller(credit=10_000)
     formulas = ['=HYPERLINK("http://evil.example","x")', "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)",
-                "\u200e=1+1", "\u2066=1+1\u2069", "'=quoted"]  # fmt: skip
+                "\u200e=1+1", "\u2066=1+1\u2069", "\u2060=1+1", "'=quoted"]  # fmt: skip
     for reason in formulas:
         made = admin.post(f"/api/sellers/{seller_row['id']}/adjustments",
                           {"amount": -1, "reason": reason})  # fmt: skip

@@ -46,6 +46,8 @@ def test_a_sellers_statement_adds_up_in_json_and_in_csv_and_is_streamed(make_sel
     late = {"from": "2026-11-30T22:00:00Z", "to": "2026-12-01T22:00:00Z", "format": "csv"}
     named = seller.get("/api/statements", params=late).headers["Content-Disposition"]
     assert named == f'attachment; filename="statement-seller-{seller_row["id"]}-2026-12-01.csv"'
+    old = seller.get("/api/statements", params={"day": "1930-01-01", "format": "csv"})
+    assert old.headers["Content-Disposition"].endswith('-1930-01-01.csv"')  # shown in UTC
     told = seller.get("/api/statements?day=2026-12-01&format=json",
                       headers={"Accept": "text/csv"})  # fmt: skip
     assert told.headers["Content-Type"].startswith("application/json")

@@ -10,6 +10,7 @@ shape, except that a browser's mistyped page address gets the styled 404 page
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from importlib import resources
@@ -22,6 +23,7 @@ from chargebox.services import Chargebox
 from chargebox.web import api, pages
 from chargebox.web.errors import (
     SECURITY_HEADERS,
+    RefusedBeforeRouting,
     from_bottle,
     from_exception,
     internal_error,
@@ -85,14 +87,19 @@ def json_plugin(config: Config):
     return decorator
 
 
-def _refuse_a_large_body(limit: int) -> None:
-    """Before routing, authentication and any read, whatever the method and the path: a
-    declared body over `limit` (a chunked one's too: waitress declares it) is 413,
-    answered as JSON, or as a page to a browser on a page address."""
+def _refuse_a_large_body(limit: int, pages: bottle.Bottle) -> None:
+    """Before authentication and any read, whatever the method and the path: a declared
+    body over `limit` (a chunked one's too: waitress declares it) is 413, answered as
+    JSON, or as a page where a page's route would have answered (or a browser asked for
+    a page). The route it would have reached is noted for the metrics' label."""
     try:
         check_body_size(limit)
     except PayloadTooLarge as exc:
-        raise bottle.HTTPError(413, exception=exc) from None
+        environ = bottle.request.environ
+        with contextlib.suppress(bottle.HTTPError):  # no route: a 404 or 405 would be
+            environ["bottle.route"] = bottle.request.app.router.match(environ)[0]
+        route = environ.get("bottle.route")
+        raise RefusedBeforeRouting(exc, route is not None and route.app is pages) from None
 
 
 def load_openapi() -> bytes:
@@ -105,11 +112,12 @@ def create_app(config: Config, service: Chargebox | None = None) -> bottle.Bottl
     app.config["catchall"] = True
     app.page_error = functools.partial(not_a_page, service)
     app.install(json_plugin(config))
-    app.add_hook("before_request", functools.partial(_refuse_a_large_body, config.max_body_bytes))
     api.install(app, config, service, load_openapi())
     # Merged routes keep their own Bottle, so its plugin (not the JSON one) wraps them.
     web_pages = bottle.Bottle()
     web_pages.install(page_plugin(config, service))
     pages.install(web_pages, config, service)
     app.merge(web_pages)
+    limit = functools.partial(_refuse_a_large_body, config.max_body_bytes, web_pages)
+    app.add_hook("before_request", limit)
     return app

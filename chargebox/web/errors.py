@@ -14,7 +14,7 @@ import logging
 import bottle
 
 from chargebox import errors
-from chargebox.access_log import request_id_of
+from chargebox.access_log import request_id_of, without_secrets
 
 log = logging.getLogger("chargebox.web")
 
@@ -103,17 +103,27 @@ def internal_error(exc: BaseException) -> bottle.HTTPResponse:
         "request %s %s %s failed: %s",
         ident,
         bottle.request.method,
-        bottle.request.path,
+        without_secrets(bottle.request.path),
         errors.in_one_line(exc),
     )
     return error_response(500, "internal_error", f"unexpected server error (request id {ident})")
 
 
+class RefusedBeforeRouting(bottle.HTTPError):
+    """Our refusal, raised before routing (app.py's body limit): answered as that refusal,
+    as JSON, or as a page where the route it would have reached is a page's or a browser
+    asked for one (html.not_a_page)."""
+
+    def __init__(self, refusal: errors.ChargeboxError, page_route: bool) -> None:
+        super().__init__(status_of(refusal), refusal.message)
+        self.refusal, self.page_route = refusal, page_route
+
+
 def from_bottle(error: bottle.HTTPError) -> bottle.HTTPResponse:
-    """Re-render one of bottle's own HTML errors as our JSON shape; one that carries our
-    refusal (raised before routing: app.py's body limit) as that refusal."""
-    if isinstance(error.exception, errors.ChargeboxError):
-        return from_exception(error.exception)
+    """Re-render one of bottle's own HTML errors as our JSON shape (our refusal raised
+    before routing as that refusal)."""
+    if isinstance(error, RefusedBeforeRouting):
+        return from_exception(error.refusal)
     status = error.status_code
     if status >= 500:
         if error.exception is not None:

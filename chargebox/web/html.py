@@ -22,7 +22,7 @@ from chargebox.config import Config
 from chargebox.errors import ChargeboxError
 from chargebox.services import Chargebox
 from chargebox.web import i18n, refusals
-from chargebox.web.errors import internal_error, request_id, status_of
+from chargebox.web.errors import RefusedBeforeRouting, internal_error, request_id, status_of
 from chargebox.web.i18n import isolate
 from chargebox.web.request import accept_qualities
 from chargebox.web.sessions import SignInRequired, Visitor, signed_in
@@ -189,15 +189,15 @@ def wants_html(path: str, accept: str) -> bool:
 def not_a_page(service: Chargebox, error: bottle.HTTPError) -> bottle.HTTPResponse | None:
     """bottle's own 4xx (a mistyped page address, a wrong method) as the styled error page,
     with the pages' headers, when a browser asked for a page, and our refusal before
-    routing (app.py) on any page address, as its page would have answered; None: answer
-    it as JSON."""
+    routing (app.py) where a page's route would have answered, as that page would have;
+    None: answer it as JSON."""
     path, accept = bottle.request.path, bottle.request.environ.get("HTTP_ACCEPT", "")
-    refusal = error.exception if isinstance(error.exception, ChargeboxError) else None
-    page = not on_the_api(path) if refusal else wants_html(path, accept)
+    refused = isinstance(error, RefusedBeforeRouting)
+    page = wants_html(path, accept) or (refused and error.page_route)
     if not 400 <= error.status_code < 500 or not page:
         return None
-    if refusal:
-        message = refusals.message(refusal, language())
+    if refused:
+        message = refusals.message(error.refusal, language())
     else:
         message = gettext(NOT_A_PAGE.get(error.status_code, NOT_HANDLED))
     response = failure_page(service, error.status_code, message)

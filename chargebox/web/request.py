@@ -202,7 +202,7 @@ def statement_headers(rendered) -> dict[str, str]:
     headers = {"Content-Type": rendered.media_type}
     if rendered.media_type.startswith("text/csv"):
         statement = rendered.statement
-        day = periods.local(statement.period.start)[:10]  # its day in Tehran, as its lines
+        day = periods.tehran_day(statement.period.start)  # as its lines are written
         name = f"statement-seller-{statement.seller_id}-{day}.csv"
         headers["Content-Disposition"] = f'attachment; filename="{name}"'
     return headers
