@@ -75,7 +75,7 @@ def newest(db: seals.Reader, key: bytes) -> tuple[Trusted | None, list[seals.Pro
     if not found:
         return None, []
     ident, entry_id, entries, request_id, full_at, created_at, mac = found[0]
-    if not _verifies(mac, seals.checkpoint_mac(key, *found[0][1:6])):
+    if not anchors.matches(mac, seals.checkpoint_mac(key, *found[0][1:6])):
         return None, [_forged(f"audit checkpoint {ident}")]
     states: dict[int, State] = {}
     macs: dict[str, bool] = {}
@@ -83,11 +83,11 @@ def newest(db: seals.Reader, key: bytes) -> tuple[Trusted | None, list[seals.Pro
         _STATES
     ):
         if c_mac not in macs:
-            macs[c_mac] = _verifies(
+            macs[c_mac] = anchors.matches(
                 c_mac, seals.checkpoint_mac(key, c_entry, c_entries, c_request, c_full, c_at)
             )
         expected = seals.seller_checkpoint_mac(key, c_mac, seller_id, *state)
-        if not (macs[c_mac] and _verifies(seal, expected)):
+        if not (macs[c_mac] and anchors.matches(seal, expected)):
             return None, [_forged(f"audit checkpoint row of seller {seller_id}")]
         states[seller_id] = State(*state)
     return Trusted(ident, entry_id, entries, request_id, full_at, created_at, states), []
@@ -105,10 +105,6 @@ def save(write, key: bytes, seen: tuple[int, int, int, str, str], states: dict[i
             seal = seals.seller_checkpoint_mac(key, mac, seller_id, *state)
             write.execute(_NEW_STATE, (ident, seller_id, *state, seal))
     return ident
-
-
-def _verifies(stored: str | None, expected: str) -> bool:
-    return anchors.matches(stored, expected)
 
 
 def _forged(what: str) -> seals.Problem:

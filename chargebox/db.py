@@ -184,8 +184,11 @@ class Database:
         write, is read with its bad bytes as surrogates (`_lenient`), so that the audit
         names the row (its seal no longer matches) instead of failing on the read."""
         with translate_errors(), self.peewee.atomic(lock_type="DEFERRED"):
-            conn, before = self.connection(), self.connection().text_factory
-            conn.text_factory = _lenient if lenient else before
+            if not lenient:
+                yield self
+                return
+            conn = self.connection()
+            before, conn.text_factory = conn.text_factory, _lenient
             try:
                 yield self
             finally:

@@ -60,11 +60,9 @@ class Period:
 
 def local(stored: str | datetime.datetime) -> str:
     """A stored stamp (or an aware datetime) as ISO 8601 in Asia/Tehran, with its offset;
-    before mid-1935 (Tehran's +03:25:44, which no ISO 8601 offset writes) in UTC instead.
-    Through UTC: a Tehran time that never was (a spring-forward hour, as a day's midnight
-    made by `_midnight`) would keep its offset unchanged."""
+    before mid-1935 (Tehran's +03:25:44, which no ISO 8601 offset writes) in UTC instead."""
     moment = stored if isinstance(stored, datetime.datetime) else parse(stored)
-    shown = moment.astimezone(datetime.UTC).astimezone(TEHRAN)
+    shown = _in_tehran(moment)
     if shown.utcoffset().seconds % 60:
         return stamp(moment)
     return shown.isoformat(timespec="microseconds")
@@ -72,7 +70,13 @@ def local(stored: str | datetime.datetime) -> str:
 
 def tehran_day(moment: datetime.datetime) -> str:
     """The day (YYYY-MM-DD) an aware moment falls on in Tehran, at any date."""
-    return moment.astimezone(datetime.UTC).astimezone(TEHRAN).date().isoformat()
+    return _in_tehran(moment).date().isoformat()
+
+
+def _in_tehran(moment: datetime.datetime) -> datetime.datetime:
+    """An aware moment in Tehran's zone, through UTC: one already in it (a day's midnight
+    made by `_midnight`) would keep its offset, even where that hour never was."""
+    return moment.astimezone(datetime.UTC).astimezone(TEHRAN)
 
 
 class Localiser:

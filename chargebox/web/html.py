@@ -173,14 +173,10 @@ NOT_A_PAGE = {
 NOT_HANDLED = i18n.N_("The request could not be handled.")
 
 
-def on_the_api(path: str) -> bool:
-    return any(path == root or path.startswith(root + "/") for root in API_ROOTS)
-
-
 def wants_html(path: str, accept: str) -> bool:
     """A page address asked for by a browser: outside the API, and text/html preferred
     to JSON in Accept (a browser's; curl's */* and an API client's are not)."""
-    if on_the_api(path):
+    if any(path == root or path.startswith(root + "/") for root in API_ROOTS):
         return False
     qualities = accept_qualities(accept)
     return qualities.get("text/html", 0) > qualities.get("application/json", 0)
