@@ -22,9 +22,9 @@ from typing import TypeVar
 
 import peewee
 
-from chargebox import metrics, migrations, schema
+from chargebox import location, metrics, migrations, schema
 from chargebox.config import Config
-from chargebox.errors import IntegrityViolation, LockTimeout, Unavailable
+from chargebox.errors import DAMAGED, Damaged, IntegrityViolation, LockTimeout, Unavailable
 from chargebox.gate import WriteGate
 from chargebox.slots import WriteSlots
 from chargebox.writer import GroupWriter
@@ -35,6 +35,7 @@ T = TypeVar("T")
 # cannot take the write now (read-only, I/O error, disk full, cannot be opened).
 SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY = 5, 6, 8
 _UNAVAILABLE_CODES = {SQLITE_BUSY, SQLITE_LOCKED, 8, 10, 13, 14}  # READONLY IOERR FULL CANTOPEN
+_DAMAGED_CODES = {11, 26}  # CORRUPT, NOTADB: a file damaged, or another put in its place
 _BUSY_SLACK_MS = 50  # a deadline this close to the full busy timeout keeps the default
 # The WAL cannot restart past a reader's snapshot: a long read (a full audit, a big
 # statement, a backup) lets it grow by hundreds of MB under sales. SQLite keeps the file
@@ -160,6 +161,7 @@ class Database:
             else None
         )
         self.slots = WriteSlots(config.threads, self.seconds_since_a_write_began)
+        self.file = location.Watched(self.path)  # found damaged, or replaced under us
 
     # --- reads -----------------------------------------------------------------------------
 
@@ -168,10 +170,12 @@ class Database:
         return self.peewee.connection()
 
     def rows(self, sql: str, params: Sequence | dict = ()) -> list[tuple]:
-        return self.connection().execute(sql, params).fetchall()
+        with translate_errors(self.file.damaged):
+            return self.connection().execute(sql, params).fetchall()
 
     def dicts(self, sql: str, params: Sequence | dict = ()) -> list[dict]:
-        return as_dicts(self.connection().execute(sql, params))
+        with translate_errors(self.file.damaged):
+            return as_dicts(self.connection().execute(sql, params))
 
     def settled(self, table: str, wait: bool = True) -> None:
         """No id to hold back from a page: one write at a time takes its ids and commits,
@@ -183,7 +187,7 @@ class Database:
         `lenient` (the audit's): text that is not UTF-8, which only a byte editor can
         write, is read with its bad bytes as surrogates (`_lenient`), so that the audit
         names the row (its seal no longer matches) instead of failing on the read."""
-        with translate_errors(), self.peewee.atomic(lock_type="DEFERRED"):
+        with translate_errors(self.file.damaged), self.peewee.atomic(lock_type="DEFERRED"):
             if not lenient:
                 yield self
                 return
@@ -234,7 +238,12 @@ class Database:
         if deadline is None:
             deadline = time.monotonic() + self.timeout
         try:
-            with self.gate.held_until(deadline), translate_errors(), self._immediate(deadline):
+            with (
+                self.gate.held_until(deadline),
+                translate_errors(self.file.damaged),
+                self._immediate(deadline),
+            ):
+                self.file.check()
                 write = Write(self.connection(), self.ledger_key)
                 try:
                     yield write
@@ -295,6 +304,7 @@ class Database:
             raise RuntimeError(f"could not switch {self.path} to WAL mode (got {mode})")
         with translate_errors():
             migrations.prepare_sqlite(self.peewee, models, str(self.path))
+        self.file.opened()
 
     def check_schema(self) -> None:
         """For the commands that only read (audit, anchors): refuse, in one line and
@@ -347,8 +357,9 @@ def _primary_code(exc: BaseException) -> int | None:
 
 
 @contextlib.contextmanager
-def translate_errors() -> Iterator[None]:
-    """Turn driver errors into our tree: schema refusals are bugs, lock/disk trouble is 503.
+def translate_errors(damaged: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Turn driver errors into our tree: schema refusals are bugs, lock/disk trouble is 503,
+    and so is a damaged file (`Damaged`, told to `damaged` in words).
 
     Decided by SQLite's result code, never by the message: a bug such as `no such
     column: fully_paid` stays a bug instead of becoming a 503 "retry".
@@ -366,3 +377,9 @@ def translate_errors() -> Iterator[None]:
                 raise Unavailable("the database is busy or unavailable; retry shortly") from cause
             cause = cause.__context__
         raise
+    except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:
+        if _primary_code(exc) not in _DAMAGED_CODES:
+            raise
+        if damaged is not None:
+            damaged(f"SQLite: {getattr(exc, 'orig', exc)}")
+        raise Damaged(DAMAGED) from exc

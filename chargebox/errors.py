@@ -240,6 +240,18 @@ class Deadlocked(Unavailable):
     allows; otherwise it is a 503 like any write the database could not take."""
 
 
+class Damaged(Unavailable):
+    """The database file is damaged, or is no longer the file this process opened (one
+    put in its place under the running server). Nothing was changed, and nothing will be
+    until an operator stops the server, restores the file and starts it again."""
+
+
+DAMAGED = phrase(
+    "the database is damaged or was replaced under this server; an operator must restore"
+    " it and restart the server"
+)
+
+
 class IntegrityViolation(ChargeboxError):
     """The database refused a write that code should never have attempted.
 

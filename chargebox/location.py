@@ -1,4 +1,5 @@
-"""Where a database may live: checked once, at start-up, before anything is created.
+"""Where a database may live: checked once, at start-up, before anything is created;
+then watched while it serves (`Watched`).
 
 A database needs a directory on a real file system where files can be made:
 SQLite adds -wal and -shm files beside it, chargebox its lock and key files.
@@ -10,10 +11,15 @@ from the path; only the kernel's own file systems are known by name.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import tempfile
 from pathlib import Path
+
+from chargebox.errors import DAMAGED, Damaged
+
+log = logging.getLogger("chargebox.db")
 
 # The kernel's views of itself: files can sometimes be made there, but they are not storage.
 VIRTUAL_FILESYSTEMS = frozenset({"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2",
@@ -92,3 +98,48 @@ def _nearest_existing(directory: Path) -> Path:
     while not os.path.exists(directory) and directory != directory.parent:
         directory = directory.parent
     return directory
+
+
+class Watched:
+    """An SQLite file as a running server opened it, and what was found wrong with it:
+    damaged (a read or a write said so: `damaged`), or no longer the file at its path
+    (another put in its place under the server, whose connections write on into the old
+    one, where what they acknowledge is lost with it). Either is told once in the log,
+    and from then on every write and `/health` answer 503, until a restart."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.found: str | None = None  # what is wrong, in words
+        self._opened: tuple[int, int] | None = None  # the file opened: device, inode
+
+    def opened(self) -> None:
+        """The file at the path now is the one this server serves."""
+        self._opened = _identity(self.path)
+
+    def damage(self) -> str | None:
+        """What is wrong with the file, or None while it is sound as far as a stat tells."""
+        if self.found is None and self._opened not in (None, _identity(self.path)):
+            self.damaged("another file was put in its place under this server")
+        return self.found
+
+    def check(self) -> None:
+        """Before a write, under the write lock: Damaged if anything is wrong."""
+        if self._opened is None:
+            self.opened()
+        elif self.damage() is not None:
+            raise Damaged(DAMAGED)
+
+    def damaged(self, reason: str) -> None:
+        if self.found is None:
+            self.found = reason
+            log.error("the database %s: %s; writes and /health answer 503 until the server"
+                      " is restarted on a sound file", self.path, reason)  # fmt: skip
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file `path` names now (its device and inode); None if there is none."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino

@@ -311,6 +311,11 @@ class Chargebox:
         """The database's size on disk (and SQLite's WAL), for the metrics."""
         return self.database.storage_bytes()
 
+    def damage(self) -> str | None:
+        """What is wrong with the SQLite file under this server (location.Watched), if
+        anything: then `/health` answers 503. PostgreSQL looks after its own files."""
+        return self.database.file.damage() if self.database.dialect == "sqlite" else None
+
     def guards_missing(self) -> int | None:
         """How many of the schema's guards are dropped or changed now (I5), for the
         metrics: a running server goes on without them; the next start refuses. None if

@@ -19,6 +19,7 @@ from chargebox.config import Config
 from chargebox.db import translate_errors
 from chargebox.errors import (
     ChargeboxError,
+    Damaged,
     Deadlocked,
     IntegrityViolation,
     LockTimeout,
@@ -29,7 +30,7 @@ from chargebox.web.errors import STATUS, status_of
 from tests.support import ADMIN_TOKEN, credited_seller, rows_on_disk
 
 # Errors that take their parent's status on purpose, rather than a row of their own.
-INHERITS_ITS_STATUS = {LockTimeout: Unavailable, Deadlocked: Unavailable}
+INHERITS_ITS_STATUS = {LockTimeout: Unavailable, Deadlocked: Unavailable, Damaged: Unavailable}
 
 
 @pytest.fixture

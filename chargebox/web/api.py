@@ -12,7 +12,7 @@ import bottle
 from chargebox import __version__, metrics, periods
 from chargebox.auth import Principal
 from chargebox.config import Config
-from chargebox.errors import NotFound, ValidationError
+from chargebox.errors import DAMAGED, Damaged, NotFound, ValidationError
 from chargebox.idempotency import Outcome
 from chargebox.services import Chargebox
 from chargebox.web.request import (
@@ -38,6 +38,8 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
 
     @app.get("/health")
     def health():
+        if service.damage() is not None:  # logged once, with the file's name
+            raise Damaged(DAMAGED)
         return 200, {"status": "ok", "version": __version__}
 
     @app.get("/metrics")

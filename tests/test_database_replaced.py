@@ -1,0 +1,95 @@
+"""An SQLite file damaged, or another put in its place, under a running server.
+
+Neither is a bug of ours to answer with 500: a write (and a read that meets the damage)
+is 503 `unavailable`, saying an operator must restore the file and restart the server;
+`/health` answers the same 503 so that a load balancer or a container's
+health check takes the server out; the log says it once, naming the file, without a
+trace. A file put in the database's place must not be written through connections that
+still hold the old one: what they acknowledged would be lost with it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from chargebox.cli import prepare
+from chargebox.config import Config
+from chargebox.errors import Damaged
+from chargebox.services import Chargebox
+from tests.support import ADMIN_TOKEN, ServerProcess, new_seller
+
+SALE = {"phone": "09121234567", "amount": 1_000}
+
+
+def copy_of(db: Path, to: Path) -> None:
+    """A consistent copy of a live database (SQLite's backup API), as a backup is made."""
+    source, target = sqlite3.connect(db), sqlite3.connect(to)
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
+
+
+def test_a_file_put_in_the_database_s_place_under_the_server_makes_writes_and_health_503(
+    tmp_path,
+):
+    db = tmp_path / "chargebox.db"
+    server = ServerProcess(db).start()
+    try:
+        admin = server.admin()
+        _seller, key = new_seller(admin, "replaced", credit=10_000)
+        own = server.seller(key)
+        copy_of(db, tmp_path / "earlier.db")  # an operator's backup, put back too early
+        sold = own.post("/api/sales", SALE, headers={"Idempotency-Key": "before"})
+        assert sold.status_code == 201, sold.text
+        os.replace(tmp_path / "earlier.db", db)
+
+        refused = own.post("/api/sales", SALE, headers={"Idempotency-Key": "after"})
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "unavailable"
+        assert "restore" in refused.json()["error"]["message"]
+        health = admin.get("/health")
+        assert health.status_code == 503 and health.json() == refused.json(), health.text
+        for path in ("/api/me", "/api/sales"):  # reads go on, or are refused: never a 500
+            assert own.get(path).status_code in (200, 503), path
+        own.close()
+        admin.close()
+    finally:
+        code = server.stop()
+    log = server.log_path.read_text()
+    assert code == 0, log[-2000:]
+    told = [line for line in log.splitlines() if "ERROR chargebox.db" in line]
+    assert len(told) == 1 and str(db) in told[0], log[-2000:]
+    assert "Traceback" not in log and "status=500" not in log, log[-2000:]
+
+
+def test_a_damaged_file_is_a_503_for_reads_and_writes_and_health_says_why(tmp_path, caplog):
+    config = Config(db_path=tmp_path / "chargebox.db", admin_token=ADMIN_TOKEN)
+    service = Chargebox(prepare(config))
+    try:
+        service.create_seller("damaged")
+        with sqlite3.connect(config.db_path) as side:  # everything into the file, the WAL empty
+            side.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        pages = config.db_path.stat().st_size // 4096
+        with open(config.db_path, "r+b") as file:  # every page but the first (the catalogue)
+            file.seek(4096)
+            file.write(b"\xff" * 4096 * (pages - 1))
+        assert service.damage() is None  # nothing has met it yet
+
+        with caplog.at_level(logging.ERROR, logger="chargebox.db"):
+            with concurrent.futures.ThreadPoolExecutor(1) as fresh, pytest.raises(Damaged):
+                fresh.submit(service.database.rows, "SELECT count(*) FROM sale").result()
+            with pytest.raises(Damaged):
+                service.create_seller("another")
+        assert service.damage() == "SQLite: database disk image is malformed"
+        told = [r.getMessage() for r in caplog.records if r.name == "chargebox.db"]
+        assert len(told) == 1 and str(config.db_path) in told[0], told
+    finally:
+        service.close()
