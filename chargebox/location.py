@@ -20,6 +20,7 @@ from pathlib import Path
 from chargebox.errors import DAMAGED, Damaged
 
 log = logging.getLogger("chargebox.db")
+_told: set[str] = set()  # the files whose damage this process has logged (its anchor thread too)
 
 # The kernel's views of itself: files can sometimes be made there, but they are not storage.
 VIRTUAL_FILESYSTEMS = frozenset({"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2",
@@ -104,8 +105,9 @@ class Watched:
     """An SQLite file as a running server opened it, and what was found wrong with it:
     damaged (a read or a write said so: `damaged`), or no longer the file at its path
     (another put in its place under the server, whose connections write on into the old
-    one, where what they acknowledge is lost with it). Either is told once in the log,
-    and from then on every write and `/health` answer 503, until a restart."""
+    one, where what they acknowledge is lost with it). Either is told once in the log
+    (once a process, whichever of its Databases finds it), and from then on every write
+    and `/health` answer 503, until a restart."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -132,6 +134,8 @@ class Watched:
     def damaged(self, reason: str) -> None:
         if self.found is None:
             self.found = reason
+        if str(self.path) not in _told:
+            _told.add(str(self.path))
             log.error("the database %s: %s; writes and /health answer 503 until the server"
                       " is restarted on a sound file", self.path, reason)  # fmt: skip
 
