@@ -20,8 +20,9 @@ import pytest
 
 from chargebox.cli import prepare
 from chargebox.config import Config
-from chargebox.errors import Damaged
+from chargebox.errors import DAMAGED, Damaged, Unavailable
 from chargebox.services import Chargebox
+from chargebox.web import i18n, refusals
 from tests.support import ADMIN_TOKEN, ServerProcess, new_seller
 
 SALE = {"phone": "09121234567", "amount": 1_000}
@@ -93,3 +94,11 @@ def test_a_damaged_file_is_a_503_for_reads_and_writes_and_health_says_why(tmp_pa
         assert len(told) == 1 and str(config.db_path) in told[0], told
     finally:
         service.close()
+
+
+def test_a_page_says_the_database_is_damaged_not_that_the_service_is_busy():
+    """A page words a 503 as "busy, try again"; a damaged file is said as it is."""
+    english, persian = i18n.LANGUAGE["en"], i18n.LANGUAGE["fa"]
+    assert refusals.sentence(Damaged(DAMAGED), english) == DAMAGED[:1].upper() + DAMAGED[1:]
+    assert "restart" not in refusals.sentence(Unavailable("the database is busy"), english)
+    assert refusals.sentence(Damaged(DAMAGED), persian).startswith("پایگاه داده آسیب دیده")
