@@ -5,8 +5,8 @@ client's `X-Request-Id` when short and plain, else a new one), stamps it on
 the response, and writes one logfmt line when the application has answered (a
 streamed answer, a statement, when it ends, with `cut=1` if it was cut short):
 time, id, method, path (never the query string, and no segment that could be a
-secret: `without_secrets`), status, duration, who, client,
-pid. Nothing else of the request (no header, cookie, body or query) is logged.
+secret, nor an admin token this process knows: `without_secrets`), status, duration,
+who, client, pid. Nothing else of the request (no header, cookie, body or query) is logged.
 Each line is one `write()` on an O_APPEND descriptor, so processes never mix lines.
 """
 
@@ -16,7 +16,9 @@ import contextlib
 import itertools
 import os
 import re
+import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 
@@ -39,6 +41,9 @@ _NEEDS_ESCAPE = re.compile(r'[^\x21-\x7e]|["\\%=]')
 _SECRET_SEGMENT = re.compile(
     rf"cbk_[^/]*|(?![^/]*\.[A-Za-z0-9]{{1,5}}(?:/|$))[^/]{{{MIN_SECRET_LENGTH},}}"
 )
+# A piece of a known token shorter than this (before a `?` early in it) is left in a path:
+# it tells little, and cutting it out would cut ordinary words.
+MIN_KNOWN_PIECE = 8
 REOPEN_CHECK_S = 1.0  # how often a log file is checked for having been moved (rotated)
 
 
@@ -73,9 +78,47 @@ def request_id_of(environ: dict) -> str:
     return ident
 
 
+class _Known:
+    """The admin tokens this process knows (the configured one, and any rotated in that
+    it has since accepted), each as a logged path would hold it: an admin token may hold
+    `/`, which splits it into segments too short for the length rule."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._secrets: frozenset[str] = frozenset()
+        self.pieces: tuple[str, ...] = ()  # longest first, replaced whole
+
+    def add(self, secret: str) -> None:
+        if secret in self._secrets:
+            return
+        with self._lock:
+            self._secrets |= {secret}
+            pieces = set(self.pieces)
+            # Whole, or up to its first `?` or `#` (the rest is a query, never logged, or
+            # a fragment, never sent); its %XX as sent (a client may encode the `%`) or
+            # decoded (as the server decodes a path).
+            for kept in {secret, re.split(r"[?#]", secret, maxsplit=1)[0]}:
+                for shown in (kept, urllib.parse.unquote_to_bytes(kept).decode("latin-1")):
+                    if len(shown) >= MIN_KNOWN_PIECE:
+                        pieces.add(shown)
+            self.pieces = tuple(sorted(pieces, key=len, reverse=True))
+
+
+_known = _Known()
+
+
+def keep_out(secret: str) -> None:
+    """Cut `secret`, an admin token, out of every path this process logs from now on,
+    wherever it is and whatever it holds (its own `/` included)."""
+    _known.add(secret)
+
+
 def without_secrets(path: str) -> str:
-    """`path` with what could be a secret cut out: a seller key's segment, and a segment
-    long enough to be an admin token."""
+    """`path` with what could be a secret cut out: an admin token this process knows
+    (`keep_out`), a seller key's segment, and a segment long enough to be an admin token."""
+    for piece in _known.pieces:
+        if piece in path:
+            path = path.replace(piece, "[redacted]")
     if "cbk_" in path or len(path) > MIN_SECRET_LENGTH:
         path = _SECRET_SEGMENT.sub(_redacted, path)
     return path

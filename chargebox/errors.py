@@ -215,6 +215,13 @@ class TooManyPendingRequests(ChargeboxError):
     code = "too_many_pending_requests"
 
 
+class TooManySignIns(ChargeboxError):
+    """The web sign-in form, from an address with too many failed sign-ins of late
+    (web/throttle.py): refused without its token being checked."""
+
+    code = "too_many_sign_ins"
+
+
 class PayloadTooLarge(ChargeboxError):
     """The request body is over the configured limit."""
 

@@ -114,7 +114,8 @@ def _plus_sent_bare(text: str) -> str:
 
 
 def instant(text: str, name: str) -> datetime.datetime:
-    """A bound as a client wrote it: a time with its offset, or a date (Tehran midnight)."""
+    """A bound as a client wrote it: a time with its offset, or a date (Tehran midnight);
+    one the database cannot store (near year 1 or 9999) is a 422 naming `name` too."""
     try:
         if _DATE.fullmatch(text):
             moment = _midnight(datetime.date.fromisoformat(text))
@@ -122,15 +123,24 @@ def instant(text: str, name: str) -> datetime.datetime:
             moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
         else:
             raise ValueError(text)
-        stamp(moment)  # out of range near year 1 or 9999: refused below
-        return moment
     except (ValueError, OverflowError):
-        pass
-    raise ValidationError(
-        "{field} must be an ISO 8601 time with its offset (2026-12-01T08:30:00+03:30,"
-        " 2026-12-01T05:00:00Z) or a date (2026-12-01: midnight in Asia/Tehran)",
-        name,
-    )
+        raise ValidationError(
+            "{field} must be an ISO 8601 time with its offset (2026-12-01T08:30:00+03:30,"
+            " 2026-12-01T05:00:00Z) or a date (2026-12-01: midnight in Asia/Tehran)",
+            name,
+        ) from None
+    _within_the_calendar(name, moment, stamp)
+    return moment
+
+
+def _within_the_calendar(name: str, moment: datetime.datetime, *uses) -> None:
+    """Refuse a bound that one of `uses` cannot take (stored as a stamp near year 1 or
+    9999, shown in Tehran time near the end of 9999), naming `name`, its own field."""
+    try:
+        for use in uses:
+            use(moment)
+    except (ValueError, OverflowError):
+        raise ValidationError("the period is outside the years 1 to 9998", name) from None
 
 
 def _midnight(day: datetime.date) -> datetime.datetime:
@@ -227,9 +237,10 @@ def _day(text: str) -> Period:
     try:
         if not _DATE.fullmatch(text):
             raise ValueError(text)
-        return _whole_day(datetime.date.fromisoformat(text))
-    except (ValueError, OverflowError):
+        day = datetime.date.fromisoformat(text)
+    except ValueError:
         raise ValidationError("day must be a date written YYYY-MM-DD", "day") from None
+    return _whole_day(day)  # 9999-12-31 has no next day: refused by period()
 
 
 def _jalali_day(text: str) -> Period:
@@ -262,14 +273,17 @@ def jalali_instant(text: str, name: str) -> str:
 
 
 def period(params: dict[str, str]) -> Period:
-    """The one period `params` names (keys of NAMES); anything else is a 422."""
+    """The one period `params` names (keys of NAMES); anything else is a 422. A period at
+    the ends of the calendar, which cannot be stored or shown in Tehran time
+    (9999-12-31T23:00Z), names the parameter that gave the end at fault: `to` for its end."""
     given = [name for name in NAMES if name in params]
     try:
         made = _named(params, given)
-        made.bounds  # noqa: B018 -- a period at the ends of the calendar cannot be stored
-        local(made.start), local(made.end)  # nor shown in Tehran time (9999-12-31T23:00Z)
-    except (ValueError, OverflowError):
+    except (ValueError, OverflowError):  # a day or month whose end is past 9999
         raise ValidationError("the period is outside the years 1 to 9998", given[0]) from None
+    first, last = ("from", "to") if given == ["from", "to"] else (given[0], given[0])
+    _within_the_calendar(first, made.start, stamp, local)
+    _within_the_calendar(last, made.end, stamp, local)
     return made
 
 

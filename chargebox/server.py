@@ -22,7 +22,7 @@ from pathlib import Path
 from waitress import wasyncore
 
 from chargebox import metrics
-from chargebox.access_log import AccessLog, LogFile
+from chargebox.access_log import AccessLog, LogFile, keep_out
 from chargebox.config import Config
 from chargebox.connections import build_server, listen, listen_beside
 from chargebox.errors import raised_at
@@ -93,6 +93,8 @@ def application(config: Config, log: LogFile) -> AccessLog:
     reads the client's address once the app has run, so it logs the one a trusted proxy
     forwarded)."""
     app = create_app(config)
+    if config.admin_token:
+        keep_out(config.admin_token)  # never logged, even pasted into a path
     if config.trusted_proxy is not None:
         app = TrustedProxy(app, config.trusted_proxy)
     return AccessLog(app, log, metrics.observe)

@@ -302,3 +302,74 @@ def test_a_forked_processs_first_requests_on_many_threads_each_get_an_id():
             assert len(set(found)) == 8
     finally:
         sys.setswitchinterval(old)
+
+
+# An admin token may hold any visible ASCII (config.checked_admin_token), `/` too: pasted
+# into a path, it is split into segments each shorter than the length rule's 32.
+SLASHED = "tok/en-with/many/short/pieces-0123"
+
+
+@pytest.fixture
+def known(monkeypatch):
+    """A fresh set of known tokens for the test (keep_out is for the process's life)."""
+    monkeypatch.setattr(access_log, "_known", access_log._Known())
+
+
+@pytest.mark.parametrize(
+    ("token", "path", "logged_as"),
+    [
+        (SLASHED, f"/api/sellers/{SLASHED}", "/api/sellers/[redacted]"),
+        (SLASHED, f"/{SLASHED}/{SLASHED}x", "/[redacted]/[redacted]x"),
+        # a `?` in the token: the rest went into the query string, which is never logged
+        ("tok/en-with?the-rest/in-the-query", "/api/tok/en-with", "/api/[redacted]"),
+        # its %XX as the server decodes them, or as sent (a client that encoded the `%`)
+        ("pct%41/a/b/c/d/e/f/g/h/i/j/k/l/m", "/pctA/a/b/c/d/e/f/g/h/i/j/k/l/m", "/[redacted]"),
+        ("pct%41/a/b/c/d/e/f/g/h/i/j/k/l/m", "/pct%41/a/b/c/d/e/f/g/h/i/j/k/l/m", "/[redacted]"),
+    ],
+)
+def test_a_known_admin_token_holding_a_slash_is_cut_out_of_a_logged_path_whole(
+    known, token, path, logged_as
+):
+    """The length rule saw only segments shorter than 32 characters and logged the token."""
+    access_log.keep_out(token)
+    assert access_log.without_secrets(path) == logged_as
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/sellers/123456789012345678/keys/123456789012345678/rotate",
+        "/admin/sellers/5/adjustments",
+        "/static/vazirmatn-nl-33.0.3.woff2",
+        "/tok/en-with/many/short",  # a piece of a known token, not the token
+    ],
+)
+def test_ordinary_paths_are_logged_as_they_are_beside_known_tokens(known, path):
+    access_log.keep_out(SLASHED)
+    assert access_log.without_secrets(path) == path
+
+
+def test_an_admin_token_rotated_in_is_kept_out_of_the_log_once_it_is_accepted(known, service):
+    """A token another host rotated in is known here only by its hash, until it is used."""
+    from chargebox import auth
+
+    rotated = "rotated/in/elsewhere/0123456789-abcdef"
+    auth.rotate_admin(service.database, rotated)
+    path = f"/api/{rotated}/sellers"
+    assert service.access.authenticate(f"Bearer {rotated}") == auth.ADMIN
+    assert access_log.without_secrets(path) == "/api/[redacted]/sellers"
+
+
+def test_a_configured_admin_token_holding_slashes_never_reaches_the_log(tmp_path, new_server):
+    log = tmp_path / "access.log"
+    token = "e2e/slashed/admin/token/0123456789"
+    env = {"CHARGEBOX_ACCESS_LOG": str(log)}
+    with new_server(tmp_path, admin_token=token, env=env) as server:
+        admin = Api(server.url, token)
+        assert admin.get("/api/sellers").status_code == 200
+        pasted = admin.get(f"/api/{token}/sellers")  # a token pasted into the path
+        admin.close()
+    assert pasted.status_code == 404
+    assert by_id(log, pasted.headers["X-Request-Id"])["path"] == "/api/[redacted]/sellers"
+    text = log.read_text("ascii")
+    assert "slashed" not in text and "0123456789" not in text

@@ -521,6 +521,32 @@ def test_a_filter_that_is_invalid_or_not_offered_by_the_list_is_422(admin, path,
     assert_error(admin.get(f"{path}?{query}"), 422, "validation_error", field)
 
 
+# Every query parameter of every JSON route that takes one (web/api.py).
+EVERY_QUERY_PARAMETER = [
+    *((path, name) for path in LIST_PATHS for name in ("limit", "after_id")),
+    ("/api/sellers/1/keys", "limit"),
+    ("/api/sellers/1/keys", "after_id"),
+    *(("/api/credit-requests", name) for name in ("seller_id", "status")),
+    *(("/api/sales", name) for name in ("seller_id", "phone", "idempotency_key", "from", "to")),
+    ("/api/ledger", "seller_id"),
+    *(("/api/statements", name)
+      for name in ("seller_id", "format", "from", "to", "day", "month", "jmonth", "jday")),
+    ("/api/audit", "full"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "name"), EVERY_QUERY_PARAMETER)
+def test_a_query_value_that_is_not_utf8_once_decoded_is_422_naming_its_parameter(admin, path, name):
+    """It was a 422 without `field` (the whole query string was refused at once)."""
+    assert_error(admin.get(f"{path}?{name}=%FF"), 422, "validation_error", name)
+    assert_error(admin.get(f"{path}?{name}=ok%C3"), 422, "validation_error", name)
+
+
+def test_a_query_parameter_whose_name_is_not_utf8_is_unknown_and_named_as_best_it_can_be(admin):
+    error = assert_error(admin.get("/api/sales?li%FFmit=5"), 422, "validation_error")
+    assert error["field"] == "li\ufffdmit"
+
+
 def test_a_seller_gets_422_for_bad_list_parameters_too(make_seller):
     _, api = make_seller()
     assert_error(api.get("/api/sales?limit=0"), 422, "validation_error", "limit")

@@ -37,6 +37,33 @@ def test_a_period_whose_ends_tehran_cannot_show_is_a_422_not_a_500(make_seller, 
         periods.period(params)
 
 
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"from": "2026-12-01T00:00:00Z", "to": "9999-12-31T23:59:59.999999Z"}, "to"),
+        ({"from": "2026-12-01", "to": "9999-12-31T21:00:00Z"}, "to"),
+        ({"from": "2026-12-01", "to": "9999-12-31T23:00:00-01:00"}, "to"),
+        ({"from": "2026-12-01", "to": "0001-01-01"}, "to"),
+        ({"from": "9999-12-31T20:31:00Z", "to": "9999-12-31T20:40:00Z"}, "from"),
+        ({"from": "0001-01-01", "to": "2026-12-01"}, "from"),
+        ({"day": "9999-12-31"}, "day"),
+    ],
+)
+def test_a_period_at_the_end_of_the_calendar_names_the_parameter_at_fault(
+    make_seller, params, field
+):
+    """A `to` that Tehran's time cannot show (the year 10000 there) was refused naming
+    `from`, the first parameter given, whichever end was at fault."""
+    _, seller = make_seller()
+    got = seller.get("/api/statements", params=params)
+    assert got.status_code == 422, got.text
+    assert got.json()["error"]["field"] == field
+    with pytest.raises(ValidationError) as refused:
+        periods.period(params)
+    assert refused.value.field == field
+    assert refused.value.message == "the period is outside the years 1 to 9998"
+
+
 @pytest.mark.parametrize("accept", ["text/csv;q=0.00", "text/csv; q=0.000", "text/csv;Q=0."])
 def test_text_csv_with_a_zero_quality_is_not_asked_for(make_seller, accept):
     """RFC 9110: q=0, 0., 0.0, 0.00 and 0.000 all mean 'not acceptable'."""

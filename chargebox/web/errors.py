@@ -39,6 +39,7 @@ STATUS = {
     errors.PayloadTooLarge: 413,
     errors.ValidationError: 422,
     errors.IdempotencyKeyReused: 422,
+    errors.TooManySignIns: 429,
     errors.IntegrityViolation: 500,
     errors.Unavailable: 503,
 }

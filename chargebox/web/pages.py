@@ -6,6 +6,7 @@ and answers with a 303 to the next page, so that a reload sends nothing again.
 A refused form is shown again with what was typed and the reason beside the
 field. The sell and credit forms carry their own Idempotency-Key (a double click or
 a browser's retry of the same form sells once) and go through `Site.money_form`.
+Failed sign-ins are counted per client address (throttle.py), and too many are a 429.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import bottle
 from chargebox import periods
 from chargebox.auth import SESSION_LIFETIME
 from chargebox.config import Config
-from chargebox.errors import ChargeboxError, Unauthorized
+from chargebox.errors import ChargeboxError, TooManySignIns, Unauthorized
 from chargebox.queries import Page
 from chargebox.services import Chargebox
 from chargebox.web import admin_pages, chart_pages, i18n
@@ -36,6 +37,7 @@ from chargebox.web.sessions import (
     start_session,
     visitor,
 )
+from chargebox.web.throttle import SignInThrottle
 
 ADMIN, SELLER = admin_pages.ADMIN, "seller"
 HOME = {ADMIN: "/admin", SELLER: "/seller"}
@@ -116,14 +118,28 @@ def _install_common(pages: bottle.Bottle, site: Site) -> None:
         signed_out = bottle.request.query.get("signed_out") == "1"  # a fixed notice, no echo
         return redirect(HOME[role]) if role else login_page(Form(), signed_out=signed_out)
 
+    throttle = SignInThrottle()  # this process's, shared by its threads
+
     @pages.post("/login")
     def login():
+        address = bottle.request.environ.get("REMOTE_ADDR", "-")  # a trusted proxy's client
+        wait = throttle.wait(address)
+        if wait:  # refused before anything is read: its token is not checked
+            refused = TooManySignIns(
+                "too many failed sign-ins from your address: try again in {seconds:,} seconds",
+                seconds=wait,
+            )
+            response = login_page(Form({"token": ""}).failed(refused, "token"), 429)
+            response.set_header("Retry-After", str(wait))
+            return response
         form = read_form(site.limit)
         check_login_token(form)
         try:
             session, principal = site.service.access.sign_in(form.get("token", ""))
         except Unauthorized:
             blank = not form.get("token", "").strip()
+            if not blank:  # a wrong key, not an empty field
+                throttle.failed(address)
             message = (
                 gettext("Enter your API key.")
                 if blank

@@ -113,19 +113,24 @@ def read_form(limit: int) -> dict[str, str]:
 
 
 def query(*allowed: str) -> dict[str, str]:
-    """Query parameters, each at most once, none outside `allowed`."""
+    """Query parameters, each at most once, none outside `allowed`, each value UTF-8 once
+    its %XX are decoded; a refusal names the parameter in `field`."""
     text = bottle.request.environ.get("QUERY_STRING", "")
-    try:
-        pairs = urllib.parse.parse_qsl(text, keep_blank_values=True, errors="strict")
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ValidationError("the query string is not valid") from exc
     params: dict[str, str] = {}
-    for name, value in pairs:
+    for part in text.split("&"):  # as parse_qsl splits it, one pair at a time
+        if not part:
+            continue
+        raw_name, _, raw_value = part.partition("=")
+        # A name that is not UTF-8 is no parameter of ours: named as best it can be.
+        name = urllib.parse.unquote(raw_name.replace("+", " "), errors="replace")
         if name not in allowed:
             raise ValidationError("unknown query parameter {name!r}", name, name=name)
         if name in params:
             raise ValidationError("query parameter {name!r} is repeated", name, name=name)
-        params[name] = value
+        try:
+            params[name] = urllib.parse.unquote(raw_value.replace("+", " "), errors="strict")
+        except UnicodeDecodeError:
+            raise ValidationError("{field} is not UTF-8 once percent-decoded", name) from None
     return params
 
 
