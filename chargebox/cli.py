@@ -45,7 +45,7 @@ from chargebox.config import (
     env_defaults,
 )
 from chargebox.db import Database, open_database
-from chargebox.errors import ChargeboxError, Unavailable
+from chargebox.errors import ChargeboxError, Damaged, Unavailable
 from chargebox.location import check_database_path
 from chargebox.models import ALL_MODELS
 from chargebox.services import Chargebox
@@ -378,6 +378,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "create-seller":
             return _create_seller(config, args.name)
         return operations.audit(config, args.json, args.full)
+    except (sqlite3.DatabaseError, peewee.DatabaseError, Damaged) as exc:
+        # A file SQLite cannot read (corrupt, or not what its header says).
+        reason = str(exc.__cause__ or exc).strip() or type(exc).__name__
+        print(f"chargebox: --db {_where(config)}: {reason}", file=sys.stderr)
+        return 2
     except (ValueError, ChargeboxError) as exc:
         message = exc.message if isinstance(exc, ChargeboxError) else str(exc)
         if isinstance(exc, Unavailable) and isinstance(exc.__cause__, ValueError):
@@ -387,11 +392,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except pg_driver.driver_errors() as exc:  # a role without the rights, no schema there
         print(f"chargebox: --db {_where(config)}: {pg_driver.in_words(exc)}", file=sys.stderr)
-        return 2
-    except (sqlite3.DatabaseError, peewee.DatabaseError) as exc:
-        # A file SQLite cannot read (corrupt, or not what its header says).
-        reason = str(exc).strip() or type(exc).__name__
-        print(f"chargebox: --db {_where(config)}: {reason}", file=sys.stderr)
         return 2
 
 
