@@ -198,7 +198,7 @@ def prepare(config: Config, serving: bool = False) -> Config:
         admin_commands.check_admin_token(database, config, token)
     finally:
         database.close()
-    return config.with_secrets(token, key)
+    return config.with_secrets(token, key, None if config.db_url else database.file.identity)
 
 
 def startup_lock(config: Config) -> FileLock:

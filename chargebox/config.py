@@ -77,6 +77,8 @@ class Config:
     admin_token: str | None = dataclasses.field(default=None, repr=False)
     # The HMAC key that seals the ledger; kept outside the database file (ledger.py).
     ledger_key: str | None = dataclasses.field(default=None, repr=False)
+    # The SQLite file start-up prepared (device, inode): another put in its place is refused.
+    db_file: tuple[int, int] | None = None
     max_amount: int = DEFAULT_MAX_AMOUNT
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     synchronous: str = DEFAULT_SYNCHRONOUS
@@ -150,8 +152,11 @@ class Config:
             return self.data_dir / ANCHORS_FILE
         return self.db_path.with_name(f"{self.db_path.name}.{ANCHORS_FILE}")
 
-    def with_secrets(self, admin_token: str, ledger_key: str) -> Config:
-        return dataclasses.replace(self, admin_token=admin_token, ledger_key=ledger_key)
+    def with_secrets(self, admin_token: str, ledger_key: str,
+                     db_file: tuple[int, int] | None = None) -> Config:  # fmt: skip
+        return dataclasses.replace(
+            self, admin_token=admin_token, ledger_key=ledger_key, db_file=db_file
+        )
 
 
 def env_defaults(environ: Mapping[str, str] = os.environ) -> dict:

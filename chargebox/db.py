@@ -161,7 +161,7 @@ class Database:
             else None
         )
         self.slots = WriteSlots(config.threads, self.seconds_since_a_write_began)
-        self.file = location.Watched(self.path)  # found damaged, or replaced under us
+        self.file = location.watched(self.path, config.db_file)  # found damaged, or replaced
 
     # --- reads -----------------------------------------------------------------------------
 
@@ -304,7 +304,7 @@ class Database:
             raise RuntimeError(f"could not switch {self.path} to WAL mode (got {mode})")
         with translate_errors():
             migrations.prepare_sqlite(self.peewee, models, str(self.path))
-        self.file.opened()
+        self.file.opened()  # a new file's (config.db_file was read before it was made)
 
     def check_schema(self) -> None:
         """For the commands that only read (audit, anchors): refuse, in one line and
@@ -368,18 +368,16 @@ def translate_errors(damaged: Callable[[str], None] | None = None) -> Iterator[N
         yield
     except (peewee.IntegrityError, sqlite3.IntegrityError) as exc:
         raise IntegrityViolation("the database refused a write: {exc}", exc=exc) from exc
-    except (peewee.OperationalError, sqlite3.OperationalError) as exc:
+    except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:
         # A failed COMMIT has already been rolled back by SQLite; peewee's own ROLLBACK
         # then fails ("no transaction is active") and hides the cause in __context__.
         cause: BaseException | None = exc
-        while cause is not None:
-            if _primary_code(cause) in _UNAVAILABLE_CODES:  # its cause: the error with the code
+        while cause is not None:  # its cause: the error with the code
+            if _primary_code(cause) in _UNAVAILABLE_CODES:
                 raise Unavailable("the database is busy or unavailable; retry shortly") from cause
+            if _primary_code(cause) in _DAMAGED_CODES:
+                if damaged is not None:
+                    damaged(f"SQLite: {getattr(cause, 'orig', cause)}")
+                raise Damaged(DAMAGED) from cause
             cause = cause.__context__
         raise
-    except (peewee.DatabaseError, sqlite3.DatabaseError) as exc:
-        if _primary_code(exc) not in _DAMAGED_CODES:
-            raise
-        if damaged is not None:
-            damaged(f"SQLite: {getattr(exc, 'orig', exc)}")
-        raise Damaged(DAMAGED) from exc

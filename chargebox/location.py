@@ -15,12 +15,12 @@ import logging
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 
 from chargebox.errors import DAMAGED, Damaged
 
 log = logging.getLogger("chargebox.db")
-_told: set[str] = set()  # the files whose damage this process has logged (its anchor thread too)
 
 # The kernel's views of itself: files can sometimes be made there, but they are not storage.
 VIRTUAL_FILESYSTEMS = frozenset({"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2",
@@ -102,42 +102,59 @@ def _nearest_existing(directory: Path) -> Path:
 
 
 class Watched:
-    """An SQLite file as a running server opened it, and what was found wrong with it:
-    damaged (a read or a write said so: `damaged`), or no longer the file at its path
-    (another put in its place under the server, whose connections write on into the old
-    one, where what they acknowledge is lost with it). Either is told once in the log
-    (once a process, whichever of its Databases finds it), and from then on every write
-    and `/health` answer 503, until a restart."""
+    """An SQLite file as this process serves it, and what was found wrong with it: damaged
+    (a read or a write said so: `damaged`), gone from its path, or no longer the file
+    there (another put in its place under the server, whose connections write on into the
+    old one, where what they acknowledge is lost with it). One for each file a process
+    serves (`watched`), whichever of its Databases (the anchor thread's too) finds it: it
+    is told once in the log, and from then on every write and `/health` answer 503, until
+    a restart."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, identity: tuple[int, int] | None) -> None:
         self.path = path
+        self.identity = identity  # the file served: device, inode (None: not made yet)
         self.found: str | None = None  # what is wrong, in words
-        self._opened: tuple[int, int] | None = None  # the file opened: device, inode
 
     def opened(self) -> None:
-        """The file at the path now is the one this server serves."""
-        self._opened = _identity(self.path)
+        """The file at the path now is the one served, if none was known (a new file)."""
+        if self.identity is None:
+            self.identity = _identity(self.path)
 
     def damage(self) -> str | None:
         """What is wrong with the file, or None while it is sound as far as a stat tells."""
-        if self.found is None and self._opened not in (None, _identity(self.path)):
-            self.damaged("another file was put in its place under this server")
+        if self.found is None and self.identity is not None:
+            now = _identity(self.path)
+            if now is None:
+                self.damaged("it is gone from its path")
+            elif now != self.identity:
+                self.damaged("another file was put in its place under this server")
         return self.found
 
     def check(self) -> None:
         """Before a write, under the write lock: Damaged if anything is wrong."""
-        if self._opened is None:
-            self.opened()
-        elif self.damage() is not None:
+        self.opened()
+        if self.damage() is not None:
             raise Damaged(DAMAGED)
 
     def damaged(self, reason: str) -> None:
-        if self.found is None:
+        with _lock:
+            if self.found is not None:
+                return
             self.found = reason
-        if str(self.path) not in _told:
-            _told.add(str(self.path))
-            log.error("the database %s: %s; writes and /health answer 503 until the server"
-                      " is restarted on a sound file", self.path, reason)  # fmt: skip
+        log.error("the database %s: %s; writes and /health answer 503 until the server is"
+                  " restarted on a sound file", self.path, reason)  # fmt: skip
+
+
+_lock = threading.Lock()
+_watched: dict[tuple[str, tuple[int, int] | None], Watched] = {}
+
+
+def watched(path: Path, identity: tuple[int, int] | None) -> Watched:
+    """This process's one Watched of the file `identity` names at `path` (start-up's,
+    Config.db_file), or, given None, of the file there now."""
+    identity = identity or _identity(path)
+    with _lock:
+        return _watched.setdefault((str(path.absolute()), identity), Watched(path, identity))
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

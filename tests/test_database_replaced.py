@@ -71,6 +71,45 @@ def test_a_file_put_in_the_database_s_place_under_the_server_makes_writes_and_he
     assert "Traceback" not in log and "status=500" not in log, log[-2000:]
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_file_put_in_place_before_the_server_s_first_write_is_refused_too(tmp_path, processes):
+    """Each process knows the file its start-up prepared, not the one at its first write
+    (a server that had only read adopted the file put in place; so did every child)."""
+    db = tmp_path / "chargebox.db"
+    server = ServerProcess(db, env={"CHARGEBOX_PROCESSES": str(processes)}).start()
+    try:
+        admin = server.admin()
+        assert admin.get("/api/sellers").status_code == 200  # reads only
+        copy_of(db, tmp_path / "copy.db")
+        os.replace(tmp_path / "copy.db", db)
+        for _ in range(2 * processes):  # keep-alive off: each may reach another child
+            created = admin.post("/api/sellers", {"name": "x"}, headers={"Connection": "close"})
+            assert created.status_code == 503, created.text
+            health = admin.get("/health", headers={"Connection": "close"})
+            assert health.status_code == 503, health.text
+        admin.close()
+    finally:
+        code = server.stop()
+    assert code == 0, server.log_path.read_text()[-2000:]
+
+
+def test_damage_one_database_of_a_process_finds_is_every_one_s(tmp_path, caplog):
+    """The anchor thread reads through a Database of its own: what it finds, the web's
+    Database answers too, told once."""
+    config = prepare(Config(db_path=tmp_path / "chargebox.db", admin_token=ADMIN_TOKEN))
+    web, anchoring = Chargebox(config), Chargebox(config)
+    try:
+        with caplog.at_level(logging.ERROR, logger="chargebox.db"):
+            anchoring.database.file.damaged("SQLite: database disk image is malformed")
+        assert web.damage() == "SQLite: database disk image is malformed"
+        with pytest.raises(Damaged):
+            web.create_seller("refused")
+        assert len([r for r in caplog.records if r.name == "chargebox.db"]) == 1
+    finally:
+        web.close()
+        anchoring.close()
+
+
 def test_a_damaged_file_is_a_503_for_reads_and_writes_and_health_says_why(tmp_path, caplog):
     config = Config(db_path=tmp_path / "chargebox.db", admin_token=ADMIN_TOKEN)
     service = Chargebox(prepare(config))

@@ -7,6 +7,8 @@ their own (documentation ranges) and the shared servers' 127.0.0.1 is never thro
 
 from __future__ import annotations
 
+import logging
+
 import requests
 
 from chargebox.web.throttle import FAILURES, SignInThrottle, client_of
@@ -39,6 +41,19 @@ def test_an_address_is_refused_after_its_failures_until_its_window_ends():
     assert throttle.wait("203.0.113.7") == 0
     throttle.failed("203.0.113.7")  # a new window: one failure is not enough
     assert throttle.wait("203.0.113.7") == 0
+
+
+def test_the_failure_that_closes_an_address_s_sign_ins_is_logged_once(caplog):
+    """Behind a proxy not named with --trusted-proxy every visitor shares one address, and
+    one person's wrong keys close the page to all: the operator must be able to see it."""
+    clock = Clock()
+    throttle = SignInThrottle(failures=3, window_s=600, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="chargebox.auth"):
+        for _ in range(5):
+            throttle.failed("203.0.113.7")
+            clock.now += 10
+    said = [record.getMessage() for record in caplog.records]
+    assert said == ["sign-ins from 203.0.113.7 refused for up to 580 s: 3 wrong keys"]
 
 
 def test_failures_spread_over_more_than_the_window_are_never_refused():

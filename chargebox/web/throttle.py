@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import ipaddress
+import logging
 import math
 import threading
 import time
@@ -21,6 +22,7 @@ from collections.abc import Callable
 FAILURES = 10
 WINDOW_S = 600.0
 ADDRESSES = 10_000
+log = logging.getLogger("chargebox.auth")
 
 
 def client_of(address: str) -> str:
@@ -65,7 +67,9 @@ class SignInThrottle:
             return math.ceil(left) if count >= self.failures else 0
 
     def failed(self, address: str) -> None:
-        """Count a wrong key from `address`."""
+        """Count a wrong key from `address`; the one that closes its sign-ins is logged
+        (a warning: behind a proxy not named with --trusted-proxy, every visitor shares
+        one address, and one person's wrong keys close the sign-in page to all)."""
         client, now = client_of(address), self._clock()
         with self._lock:
             first, count = self._failed.pop(client, (now, 0))
@@ -74,6 +78,9 @@ class SignInThrottle:
             self._failed[client] = (first, count + 1)
             while len(self._failed) > self.addresses:
                 self._failed.popitem(last=False)
+        if count + 1 == self.failures:
+            log.warning("sign-ins from %s refused for up to %d s: %d wrong keys", client,
+                        math.ceil(first + self.window_s - now), self.failures)  # fmt: skip
 
     def __len__(self) -> int:
         return len(self._failed)
