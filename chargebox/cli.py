@@ -160,8 +160,8 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 def prepare(config: Config, serving: bool = False) -> Config:
-    """Check the database's place, settle the admin token, open the database, settle the
-    ledger key and create the schema if needed. A refusal (ValueError) comes before any write.
+    """Check the database's place, open it, settle the ledger key and the schema, then the
+    admin token: a refusal (ValueError) comes before any write, a generated token's too.
     `serving`: then mark the process as serving (migrations.mark_serving).
 
     A PostgreSQL database is not created here: its owner did that (`init-db`); the
@@ -174,10 +174,6 @@ def prepare(config: Config, serving: bool = False) -> Config:
             raise _one_of_its_own(config, "admin token", config.admin_token_path, "init-db")
     else:
         check_database_path(config.db_path)
-    token = config.admin_token or checked_admin_token(
-        _stored_secret(config.admin_token_path, "an admin token", "CHARGEBOX_ADMIN_TOKEN"),
-        str(config.admin_token_path),
-    )
     database = open_database(config)
     try:
         if config.db_url:
@@ -195,6 +191,10 @@ def prepare(config: Config, serving: bool = False) -> Config:
                 database.ensure_schema(ALL_MODELS)
                 if serving:  # before the lock goes: a migrate, which takes it, sees this server
                     migrations.mark_serving(config)
+        token = config.admin_token or checked_admin_token(  # made only once nothing refused
+            _stored_secret(config.admin_token_path, "an admin token", "CHARGEBOX_ADMIN_TOKEN"),
+            str(config.admin_token_path),
+        )
         admin_commands.check_admin_token(database, config, token)
     finally:
         database.close()
@@ -273,12 +273,12 @@ def _init_db(config: Config, grant_to: str | None) -> int:
     try:
         grants.check_init_db(conn, grant_to, _where(config))  # before anything is made
         config.secrets_dir.mkdir(parents=True, exist_ok=True)
+        _ledger_key(config, postgresql.Reader(conn))  # before the schema and the token
         if not config.admin_token:
             checked_admin_token(
                 _stored_secret(config.admin_token_path, "an admin token", "CHARGEBOX_ADMIN_TOKEN"),
                 str(config.admin_token_path),
             )
-        _ledger_key(config, postgresql.Reader(conn))  # before the schema is written
         schema.create_postgresql(conn, postgresql.described(config.db_url))
         if grant_to:
             grants.grant(conn, grant_to)
