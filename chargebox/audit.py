@@ -186,12 +186,12 @@ def _settled(database: Database) -> tuple[int | None, int | None]:
 
 
 def _save(database: Database, seen: tuple, states: dict, before: dict) -> int | None:
-    """Record the checkpoint; one that cannot be written now (a read-only file, a busy
-    database) is left for the next audit: it only saves time."""
+    """Record the checkpoint; one that cannot be written now (a read-only file or place, a
+    busy database) is left for the next audit: it only saves time."""
     key = database.ledger_key
     try:
         return database.write(lambda write: checkpoints.save(write, key, seen, states, before))
-    except ChargeboxError:
+    except (ChargeboxError, OSError):  # OSError: the write lock's file, in a read-only place
         return None
 
 

@@ -45,9 +45,10 @@ def check_database_path(path: Path, writing: bool = True) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(f"{where}: cannot create {path.parent} ({exc.strerror})") from None
-    try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".chargebox-probe-"):
-            pass
+    try:  # a reader (an audit of a copy) needs no file of its own: a read-only place will do
+        if writing:
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".chargebox-probe-"):
+                pass
     except OSError as exc:
         raise ValueError(
             f"{where}: cannot create files in {path.parent} ({exc.strerror})"

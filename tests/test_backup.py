@@ -29,6 +29,7 @@ from tests.support import (
     ROOT,
     Api,
     cli_audit,
+    credited_seller,
     new_seller,
     reconciled_balances,
     rows_on_disk,
@@ -392,3 +393,35 @@ def test_a_postgresql_backup_is_a_pg_dump_that_restores_serves_and_audits_clean(
         assert sold.status_code == 201 and sold.json()["balance_after"] == 90_000, sold.text
         shop.close()
     assert chargebox("audit", "--db", restored.app_url, "--data-dir", str(data)).returncode == 0
+
+
+@pytest.mark.sqlite_only  # a copy beside which nothing can be written (chattr +i, as root)
+def test_a_copy_in_a_read_only_directory_audits_clean_and_nothing_is_written_beside_it(
+    service, config, tmp_path
+):
+    """An audit of a backup only reads it: no probe file, no anchors, no checkpoint is
+    needed beside it. Where none can be written, the audit still answers, and the
+    checkpoint and anchors it would record are left out without a trace (in process,
+    with a checkpoint due after one entry, so that a save is attempted)."""
+    from chargebox.audit import audit
+    from chargebox.backup import backup
+    from chargebox.services import Chargebox
+    from tests.test_startup_mistakes import immutable
+
+    seller = credited_seller(service, 50_000)
+    service.sell(seller["id"], "09121234567", 1_000)
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    backup(service.config, copies / "copy.db")
+    key = {"CHARGEBOX_LEDGER_KEY": service.config.ledger_key}
+    with immutable(copies):
+        result = chargebox("audit", "--db", str(copies / "copy.db"), env=key)
+        assert result.returncode == 0, result.stderr
+        assert "books reconcile" in result.stderr and "Traceback" not in result.stderr
+        copy = Chargebox(dataclasses.replace(service.config, db_path=copies / "copy.db"))
+        try:
+            report = audit(copy.database, checkpoint_after=1)
+        finally:
+            copy.close()
+        assert report["consistent"] and report["scope"]["saved_checkpoint"] is None
+    assert [p.name for p in copies.iterdir()] == ["copy.db"]
