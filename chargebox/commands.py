@@ -180,9 +180,13 @@ def audit_verdict(report: dict) -> int:
     print(f"audit: {_count(report['problem_count'], 'problem', 'problems')} ({summary})",
           file=sys.stderr)  # fmt: skip
     for problem in report["problems"]:
-        print(
-            f"  {problem['invariant']}: seller {problem['seller_id']}, "
-            f"entry {problem['entry_id']}: {problem['message']}",
-            file=sys.stderr,
-        )
+        print(f"  {problem['invariant']}: {located(problem)}{problem['message']}", file=sys.stderr)
     return 1
+
+
+def located(problem: dict) -> str:
+    """Where a problem lies, as its line begins: "seller 3, entry 9: ", or "" for one of
+    the whole database or file (no key, a wrong key, a forged anchors line)."""
+    parts = [f"{name} {problem[f'{name}_id']}" for name in ("seller", "entry")
+             if problem[f"{name}_id"] is not None]  # fmt: skip
+    return f"{', '.join(parts)}: " if parts else ""
