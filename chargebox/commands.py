@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 
 from chargebox import auth, periods
+from chargebox.anchors import located
 from chargebox.config import Config, whole_number
 from chargebox.services import Chargebox
 
@@ -182,11 +183,3 @@ def audit_verdict(report: dict) -> int:
     for problem in report["problems"]:
         print(f"  {problem['invariant']}: {located(problem)}{problem['message']}", file=sys.stderr)
     return 1
-
-
-def located(problem: dict) -> str:
-    """Where a problem lies, as its line begins: "seller 3, entry 9: ", or "" for one of
-    the whole database or file (no key, a wrong key, a forged anchors line)."""
-    parts = [f"{name} {problem[f'{name}_id']}" for name in ("seller", "entry")
-             if problem[f"{name}_id"] is not None]  # fmt: skip
-    return f"{', '.join(parts)}: " if parts else ""

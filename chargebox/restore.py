@@ -14,7 +14,7 @@ import dataclasses
 import sys
 
 from chargebox import anchors
-from chargebox.commands import located
+from chargebox.anchors import located
 from chargebox.config import Config
 from chargebox.services import Chargebox
 
