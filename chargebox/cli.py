@@ -60,8 +60,8 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument(
             "--db",
-            help="SQLite file, or postgresql://user:password@host:port/dbname "
-            "(env CHARGEBOX_DB; default data/chargebox.db)",
+            help="SQLite file, or postgresql://user@host:port/dbname, its password in "
+            "~/.pgpass (env CHARGEBOX_DB; default data/chargebox.db)",
         )
         sub.add_argument(
             "--data-dir",
