@@ -10,13 +10,16 @@ on stdout. A new secret is printed once, on stdout only; nothing here logs one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from chargebox import auth, periods
 from chargebox.anchors import located
-from chargebox.config import Config, whole_number
+from chargebox.config import Config, checked_admin_token, whole_number
 from chargebox.services import Chargebox
 
 COMMANDS = ("keys", "create-key", "revoke-key", "rotate-key", "suspend", "reactivate",
@@ -150,6 +153,38 @@ def _rotate_admin_token(service: Chargebox, config: Config, from_environment: bo
           f"and in {config.admin_token_path}; copy that file to every host's data dir",
           file=sys.stderr)  # fmt: skip
     return 0
+
+
+def admin_token(config: Config, make: bool = True) -> str | None:
+    """The admin token: CHARGEBOX_ADMIN_TOKEN's, or its file's (made on first start if
+    `make`, else None), refused (ValueError) if too short. Start-up checks an existing
+    file before it writes anything, and makes a new one only once nothing refused."""
+    path = config.admin_token_path
+    if config.admin_token or (not make and not path.exists()):
+        return config.admin_token
+    return checked_admin_token(
+        stored_secret(path, "an admin token", "CHARGEBOX_ADMIN_TOKEN"), str(path)
+    )
+
+
+def stored_secret(
+    path: Path, what: str, variable: str, new: Callable[[], str] = auth.new_admin_token
+) -> str:
+    """Read a generated secret, or create it (owner-only, atomically) on first start."""
+    if not path.exists():
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(new() + "\n")
+        with contextlib.suppress(FileExistsError):  # another process won: use its secret
+            os.link(temporary, path)
+        temporary.unlink()
+        print(
+            f"chargebox: generated {what} in {path} (readable by its owner only); "
+            f"set {variable} to choose your own",
+            file=sys.stderr,
+        )
+    return path.read_text().strip()
 
 
 def check_admin_token(database, config: Config, token: str) -> None:
