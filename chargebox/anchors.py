@@ -158,6 +158,14 @@ def problems(db, found: tuple[dict[int, Anchored], list[dict]]) -> list[dict]:
     return file_problems + rollbacks(db, anchored)
 
 
+def located(problem: dict) -> str:
+    """Where an audit problem lies, as its line begins: "seller 3, entry 9: ", or "" for
+    one of the whole database or file (no key, a wrong key, a forged anchors line)."""
+    parts = [f"{name} {problem[f'{name}_id']}" for name in ("seller", "entry")
+             if problem[f"{name}_id"] is not None]  # fmt: skip
+    return f"{', '.join(parts)}: " if parts else ""
+
+
 def _problem(seller_id: int | None, entry_id: int | None, message: str) -> dict:
     return {"invariant": "anchor", "seller_id": seller_id, "entry_id": entry_id,
             "message": message}  # fmt: skip

@@ -80,6 +80,8 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
     if keyed and not problems:
         _anchor(database, seen_heads)
     bad_sellers = {p["seller_id"] for p in problems}
+    why = "no ledger key was given" if key is None else "the ledger key given did not seal it"
+    unkeyed = None if keyed else why  # then no seal was checked
     return {
         "consistent": not problems,
         "sellers": [
@@ -94,7 +96,7 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
         "problems": problems[:PROBLEM_CAP],
         "problem_count": len(problems),
         "totals": found.totals,
-        "scope": _scope(trusted, found.walked, saved, at, time.perf_counter() - started),
+        "scope": _scope(trusted, found.walked, saved, at, time.perf_counter() - started, unkeyed),
     }
 
 
@@ -186,12 +188,12 @@ def _settled(database: Database) -> tuple[int | None, int | None]:
 
 
 def _save(database: Database, seen: tuple, states: dict, before: dict) -> int | None:
-    """Record the checkpoint; one that cannot be written now (a read-only file, a busy
-    database) is left for the next audit: it only saves time."""
+    """Record the checkpoint; one that cannot be written now (a read-only file or place, a
+    busy database) is left for the next audit: it only saves time."""
     key = database.ledger_key
     try:
         return database.write(lambda write: checkpoints.save(write, key, seen, states, before))
-    except ChargeboxError:
+    except (ChargeboxError, OSError):  # OSError: the write lock's file, in a read-only place
         return None
 
 
@@ -204,9 +206,14 @@ def _anchor(database: Database, seen_heads: list) -> None:
 
 
 def _scope(trusted: Trusted | None, walked: int, saved: int | None, at: str,
-           seconds: float) -> dict:  # fmt: skip
-    """What this audit verified now and what it trusted, in words and in numbers."""
-    if trusted is None:
+           seconds: float, unkeyed: str | None = None) -> dict:  # fmt: skip
+    """What this audit verified now and what it trusted, in words and in numbers.
+    `unkeyed`: why no seal could be checked (then no entry was walked)."""
+    if unkeyed:  # not "0 entries verified", which reads as an empty ledger
+        summary = (f"nothing verified against the seals at {at}: {unkeyed}; only the sums and "
+                   "links of the rows were checked (I1-I5)")  # fmt: skip
+        checkpoint = None
+    elif trusted is None:
         summary = f"verified every ledger entry now ({walked:,} entries) at {at}"
         checkpoint = None
     else:

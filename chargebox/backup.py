@@ -4,9 +4,10 @@ SQLite: the online backup API copies every page in one step, inside one read
 transaction of the source: one consistent moment, and never the write lock (in WAL
 mode a reader does not block writers, so sales go on). `VACUUM INTO` is the other
 way (`--vacuum`: a compacted copy, slower). The copy is written to a temporary file
-beside DEST, checked (`quick_check`, its sealed heads against the ledger key),
-fsynced, and only then given DEST's name: DEST is never half a copy, and an existing
-DEST is refused unless `--force`. PostgreSQL: pg_dump's custom format, one snapshot.
+beside DEST (in a locked directory, which the next backup removes if one was killed),
+checked (`quick_check`, its sealed heads against the ledger key), fsynced, and only
+then given DEST's name: DEST is never half a copy, and an existing DEST is refused
+unless `--force`. PostgreSQL: pg_dump's custom format, one snapshot.
 Not in the copy, by design: the ledger key and the admin token (back them up apart).
 The copy's sealed heads are anchored for the live database (anchors.py).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import fcntl
 import os
 import re
 import shutil
@@ -36,6 +38,7 @@ BUSY_TIMEOUT_MS = 10_000  # reading the source waits for a WAL recovery, never f
 PG_DUMP_TIMEOUT = 24 * 3600
 # Where Debian keeps PostgreSQL's programs when /usr/bin has no pg_dump wrapper.
 PG_BIN_GLOB = "/usr/lib/postgresql/*/bin/pg_dump"
+PARTIAL = ".partial"  # a backup's private directory beside DEST, while it is made
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Made:
     heads: tuple[tuple[int, int, int, str], ...] = ()  # (seller, entry, entries, entry seal)
     heads_verified: int | None = None  # of the newest heads checked with the key
     snapshot_seconds: float | None = None  # how long the source's read snapshot was held
+    swept: tuple[Path, ...] = ()  # partial copies of killed backups, removed (sweep)
 
     def summary(self) -> str:
         what = "pg_dump's custom format"
@@ -90,6 +94,7 @@ def backup(config: Config, dest: Path, overwrite: bool = False, vacuum: bool = F
     with contextlib.suppress(FileNotFoundError):
         if target.samefile(source):
             raise ValueError(f"{target}: is the database itself")
+    swept = tuple(sweep(target.parent))
     began = time.perf_counter()
     with _partial(target) as temporary:
         _copy(source, temporary, vacuum)
@@ -103,6 +108,7 @@ def backup(config: Config, dest: Path, overwrite: bool = False, vacuum: bool = F
         seconds=time.perf_counter() - began,
         method="vacuum-into" if vacuum else "backup-api",
         snapshot_seconds=copied,
+        swept=swept,
         **facts,
     )
 
@@ -131,20 +137,46 @@ def _check_target(target: Path, overwrite: bool) -> None:
 
 @contextlib.contextmanager
 def _partial(target: Path):
-    """A temporary name beside `target` (same file system, so the rename is atomic),
-    removed with its journal files if anything fails."""
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
-    os.close(fd)
-    temporary = Path(name)
+    """A file (owner-only, empty) for the copy, in a private directory beside `target`
+    (same file system, so the rename is atomic) that also takes its journal files: all
+    removed when the backup ends. The directory is flock'ed from before it has its
+    PARTIAL name until it is gone, so a backup killed meanwhile leaves only a directory
+    whose lock no one holds, which the next backup there removes (`sweep`)."""
+    made = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".new"))
+    fd = os.open(made, os.O_RDONLY | os.O_DIRECTORY)
+    directory = made.with_suffix(PARTIAL)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # before `sweep` can see it by its name
+        os.rename(made, directory)
+        temporary = directory / "copy"
+        os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         yield temporary
     finally:
-        for leftover in (
-            temporary,
-            *(Path(f"{temporary}{end}") for end in ("-wal", "-shm", "-journal")),
-        ):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
+        shutil.rmtree(directory if directory.exists() else made, ignore_errors=True)
+        os.close(fd)  # the lock goes with the directory, never before it
+
+
+def sweep(directory: Path) -> list[Path]:
+    """Remove the partial copies (`_partial`) in `directory` that killed backups left:
+    those whose lock no process holds. One a running backup writes holds its lock, and
+    stays. Removed under the lock taken, so no backup can have started in them since."""
+    removed = []
+    for path in sorted(directory.glob(f".*{PARTIAL}")):
+        if path.is_symlink() or not path.is_dir():
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(path)
+            removed.append(path)
+        except OSError:  # BlockingIOError: a backup is writing it now
+            continue
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _copy(source: Path, temporary: Path, vacuum: bool) -> None:
@@ -263,6 +295,7 @@ def _pg_dump(url: str, target: Path, overwrite: bool) -> Made:
     _check_target(target, overwrite)
     params = conninfo_to_dict(url)
     password = params.pop("password", None)
+    swept = tuple(sweep(target.parent))
     began = time.perf_counter()
     with _partial(target) as temporary, tempfile.TemporaryDirectory() as private:
         if password is not None:
@@ -298,6 +331,7 @@ def _pg_dump(url: str, target: Path, overwrite: bool) -> Made:
         size=target.stat().st_size,
         seconds=time.perf_counter() - began,
         method="pg_dump",
+        swept=swept,
     )
 
 
@@ -333,6 +367,9 @@ def main(config: Config, dest: Path, force: bool, vacuum: bool, keep: int | None
     # Once the snapshot is taken, checking the copy is background work: it yields the
     # CPU to the server (2 cores here, shared).
     made = backup(config, dest, overwrite=force, vacuum=vacuum, after_snapshot=lambda: os.nice(10))
+    for path in made.swept:
+        print(f"chargebox: removed {path}, the partial copy of a backup killed before it "
+              "ended", file=sys.stderr)  # fmt: skip
     print(f"chargebox: {made.summary()}", file=sys.stderr)
     if made.heads and config.ledger_key:  # the copy's heads: the live file never goes back
         anchors.record(config, config.ledger_key.encode("utf-8"), list(made.heads), "backup")

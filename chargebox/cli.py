@@ -10,13 +10,10 @@ Tokens are written to a file, never to a log; only a new seller's key is printed
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import os
 import sqlite3
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import peewee
@@ -40,7 +37,6 @@ from chargebox.config import (
     MIN_SECRET_LENGTH,
     SYNCHRONOUS_LEVELS,
     Config,
-    checked_admin_token,
     database_setting,
     env_defaults,
 )
@@ -60,8 +56,8 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument(
             "--db",
-            help="SQLite file, or postgresql://user:password@host:port/dbname "
-            "(env CHARGEBOX_DB; default data/chargebox.db)",
+            help="SQLite file, or postgresql://user@host:port/dbname, its password in "
+            "~/.pgpass (env CHARGEBOX_DB; default data/chargebox.db)",
         )
         sub.add_argument(
             "--data-dir",
@@ -160,8 +156,8 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 def prepare(config: Config, serving: bool = False) -> Config:
-    """Check the database's place, settle the admin token, open the database, settle the
-    ledger key and create the schema if needed. A refusal (ValueError) comes before any write.
+    """Check the database's place, open it, settle the ledger key and the schema, then the
+    admin token: a refusal (ValueError) comes before any write, a generated token's too.
     `serving`: then mark the process as serving (migrations.mark_serving).
 
     A PostgreSQL database is not created here: its owner did that (`init-db`); the
@@ -174,10 +170,7 @@ def prepare(config: Config, serving: bool = False) -> Config:
             raise _one_of_its_own(config, "admin token", config.admin_token_path, "init-db")
     else:
         check_database_path(config.db_path)
-    token = config.admin_token or checked_admin_token(
-        _stored_secret(config.admin_token_path, "an admin token", "CHARGEBOX_ADMIN_TOKEN"),
-        str(config.admin_token_path),
-    )
+    admin_commands.admin_token(config, make=False)  # one in its file: refused before a write
     database = open_database(config)
     try:
         if config.db_url:
@@ -195,6 +188,7 @@ def prepare(config: Config, serving: bool = False) -> Config:
                 database.ensure_schema(ALL_MODELS)
                 if serving:  # before the lock goes: a migrate, which takes it, sees this server
                     migrations.mark_serving(config)
+        token = admin_commands.admin_token(config)  # made only once nothing refused
         admin_commands.check_admin_token(database, config, token)
     finally:
         database.close()
@@ -226,7 +220,7 @@ def _ledger_key(config: Config, database: Database | postgresql.Reader,
         )
     if made_by and not config.ledger_key and not path.exists():
         raise _one_of_its_own(config, "ledger key", path, made_by)
-    key = config.ledger_key or _stored_secret(
+    key = config.ledger_key or admin_commands.stored_secret(
         path, "a ledger key", "CHARGEBOX_LEDGER_KEY", auth.new_ledger_key
     )
     checked, verified = seals.key_check(database, key.encode("utf-8")) if sealed else (0, 0)
@@ -273,12 +267,9 @@ def _init_db(config: Config, grant_to: str | None) -> int:
     try:
         grants.check_init_db(conn, grant_to, _where(config))  # before anything is made
         config.secrets_dir.mkdir(parents=True, exist_ok=True)
-        if not config.admin_token:
-            checked_admin_token(
-                _stored_secret(config.admin_token_path, "an admin token", "CHARGEBOX_ADMIN_TOKEN"),
-                str(config.admin_token_path),
-            )
-        _ledger_key(config, postgresql.Reader(conn))  # before the schema is written
+        admin_commands.admin_token(config, make=False)  # one in its file: refused first
+        _ledger_key(config, postgresql.Reader(conn))  # before the schema and the token
+        admin_commands.admin_token(config)
         schema.create_postgresql(conn, postgresql.described(config.db_url))
         if grant_to:
             grants.grant(conn, grant_to)
@@ -296,26 +287,6 @@ def _init_db(config: Config, grant_to: str | None) -> int:
 
 def _where(config: Config) -> str:
     return postgresql.described(config.db_url) if config.db_url else str(config.db_path)
-
-
-def _stored_secret(
-    path: Path, what: str, variable: str, new: Callable[[], str] = auth.new_admin_token
-) -> str:
-    """Read a generated secret, or create it (owner-only, atomically) on first start."""
-    if not path.exists():
-        temporary = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(new() + "\n")
-        with contextlib.suppress(FileExistsError):  # another process won: use its secret
-            os.link(temporary, path)
-        temporary.unlink()
-        print(
-            f"chargebox: generated {what} in {path} (readable by its owner only); "
-            f"set {variable} to choose your own",
-            file=sys.stderr,
-        )
-    return path.read_text().strip()
 
 
 def _serve(config: Config) -> int:

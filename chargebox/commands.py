@@ -10,12 +10,16 @@ on stdout. A new secret is printed once, on stdout only; nothing here logs one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from chargebox import auth, periods
-from chargebox.config import Config, whole_number
+from chargebox.anchors import located
+from chargebox.config import Config, checked_admin_token, whole_number
 from chargebox.services import Chargebox
 
 COMMANDS = ("keys", "create-key", "revoke-key", "rotate-key", "suspend", "reactivate",
@@ -151,6 +155,38 @@ def _rotate_admin_token(service: Chargebox, config: Config, from_environment: bo
     return 0
 
 
+def admin_token(config: Config, make: bool = True) -> str | None:
+    """The admin token: CHARGEBOX_ADMIN_TOKEN's, or its file's (made on first start if
+    `make`, else None), refused (ValueError) if too short. Start-up checks an existing
+    file before it writes anything, and makes a new one only once nothing refused."""
+    path = config.admin_token_path
+    if config.admin_token or (not make and not path.exists()):
+        return config.admin_token
+    return checked_admin_token(
+        stored_secret(path, "an admin token", "CHARGEBOX_ADMIN_TOKEN"), str(path)
+    )
+
+
+def stored_secret(
+    path: Path, what: str, variable: str, new: Callable[[], str] = auth.new_admin_token
+) -> str:
+    """Read a generated secret, or create it (owner-only, atomically) on first start."""
+    if not path.exists():
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(new() + "\n")
+        with contextlib.suppress(FileExistsError):  # another process won: use its secret
+            os.link(temporary, path)
+        temporary.unlink()
+        print(
+            f"chargebox: generated {what} in {path} (readable by its owner only); "
+            f"set {variable} to choose your own",
+            file=sys.stderr,
+        )
+    return path.read_text().strip()
+
+
 def check_admin_token(database, config: Config, token: str) -> None:
     """At start-up: say so when the configured admin token is not the one in force (it
     was rotated since); the server starts, and only the token in force acts as admin."""
@@ -180,9 +216,5 @@ def audit_verdict(report: dict) -> int:
     print(f"audit: {_count(report['problem_count'], 'problem', 'problems')} ({summary})",
           file=sys.stderr)  # fmt: skip
     for problem in report["problems"]:
-        print(
-            f"  {problem['invariant']}: seller {problem['seller_id']}, "
-            f"entry {problem['entry_id']}: {problem['message']}",
-            file=sys.stderr,
-        )
+        print(f"  {problem['invariant']}: {located(problem)}{problem['message']}", file=sys.stderr)
     return 1

@@ -52,9 +52,10 @@ def check_database_path(path: Path, writing: bool = True) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(f"{where}: cannot create {path.parent} ({exc.strerror})") from None
-    try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".chargebox-probe-"):
-            pass
+    try:  # a reader needs no file of its own beside a rollback-journal file (a backup's
+        if writing or _in_wal_mode(path):  # copy), but a WAL database's -shm beside it
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".chargebox-probe-"):
+                pass
     except OSError as exc:
         raise ValueError(
             f"{where}: cannot create files in {path.parent} ({exc.strerror})"
@@ -75,6 +76,16 @@ def check_database_path(path: Path, writing: bool = True) -> None:
         raise ValueError(f"{where}: cannot {doing} the database file ({exc.strerror})") from None
     if header and header != SQLITE_HEADER:
         raise ValueError(f"{where}: is not an SQLite database (a wrong path?)")
+
+
+def _in_wal_mode(path: Path) -> bool:
+    """Whether an SQLite file says it is in WAL mode (its header's read version, 2)."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(20)
+    except OSError:  # missing, or unreadable: said below
+        return False
+    return header.startswith(SQLITE_HEADER) and len(header) == 20 and header[18] == 2
 
 
 def filesystem_type(directory: Path) -> str | None:

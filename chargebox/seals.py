@@ -185,6 +185,16 @@ def head_problems(
     expected = head_mac(key, seller_id, last_id, entries, mac, balance)
     if anchors.matches(head[3], expected):
         return []
+    if (head[0], head[1]) == (last_id, entries):  # the same place: only its seal differs
+        return [
+            _problem(
+                seller_id,
+                last_id,
+                f"the sealed head names the ledger's newest entry (entry {last_id}, {entries} "
+                "entries) but its seal does not match the ledger's: the head, or an entry "
+                "it seals, was edited",
+            )
+        ]
     return [
         _problem(
             seller_id,

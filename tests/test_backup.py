@@ -29,6 +29,7 @@ from tests.support import (
     ROOT,
     Api,
     cli_audit,
+    credited_seller,
     new_seller,
     reconciled_balances,
     rows_on_disk,
@@ -392,3 +393,70 @@ def test_a_postgresql_backup_is_a_pg_dump_that_restores_serves_and_audits_clean(
         assert sold.status_code == 201 and sold.json()["balance_after"] == 90_000, sold.text
         shop.close()
     assert chargebox("audit", "--db", restored.app_url, "--data-dir", str(data)).returncode == 0
+
+
+@pytest.mark.sqlite_only  # a copy beside which nothing can be written (chattr +i, as root)
+def test_a_copy_in_a_read_only_directory_audits_clean_and_nothing_is_written_beside_it(
+    service, config, tmp_path
+):
+    """An audit of a backup only reads it: no probe file, no anchors, no checkpoint is
+    needed beside it. Where none can be written, the audit still answers, and the
+    checkpoint and anchors it would record are left out without a trace (in process,
+    with a checkpoint due after one entry, so that a save is attempted)."""
+    from chargebox.audit import audit
+    from chargebox.backup import backup
+    from chargebox.services import Chargebox
+    from tests.test_startup_mistakes import immutable
+
+    seller = credited_seller(service, 50_000)
+    service.sell(seller["id"], "09121234567", 1_000)
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    backup(service.config, copies / "copy.db")
+    key = {"CHARGEBOX_LEDGER_KEY": service.config.ledger_key}
+    with immutable(copies):
+        result = chargebox("audit", "--db", str(copies / "copy.db"), env=key)
+        assert result.returncode == 0, result.stderr
+        assert "books reconcile" in result.stderr and "Traceback" not in result.stderr
+        copy = Chargebox(dataclasses.replace(service.config, db_path=copies / "copy.db"))
+        try:
+            report = audit(copy.database, checkpoint_after=1)
+        finally:
+            copy.close()
+        assert report["consistent"] and report["scope"]["saved_checkpoint"] is None
+    assert [p.name for p in copies.iterdir()] == ["copy.db"]
+
+
+@pytest.mark.sqlite_only
+def test_a_killed_backups_partial_copy_is_removed_by_the_next_but_a_running_ones_is_kept(
+    service, tmp_path
+):
+    """A backup killed while it writes leaves its private `.partial` directory (here: made
+    by a child process that `_partial` holds and that is then SIGKILLed, so its lock dies
+    with it). The next backup into that directory removes it and says so; one whose lock
+    is held (a backup running now, here this process's own `_partial`) is left alone."""
+    from chargebox import backup as backups
+
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    script = (
+        "import os, sys, pathlib, signal\n"
+        "from chargebox.backup import _partial\n"
+        "with _partial(pathlib.Path(sys.argv[1])) as temporary:\n"
+        "    temporary.write_bytes(b'half a copy')\n"
+        "    print(temporary, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", script, str(copies / "first.db")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    half = Path(killed.stdout.strip())  # what the killed backup had written
+    assert half.read_bytes() == b"half a copy"
+    with backups._partial(copies / "running.db") as running:
+        key = {"CHARGEBOX_LEDGER_KEY": service.config.ledger_key}
+        made = chargebox("backup", "--db", str(service.config.db_path), str(copies), env=key)
+        assert made.returncode == 0, made.stderr
+        assert not half.exists() and running.exists()  # the running one kept
+        assert f"removed {half.parent}, the partial copy of a backup killed" in made.stderr
+    names = sorted(p.name for p in copies.iterdir())
+    assert len(names) == 1 and names[0].startswith("chargebox-"), names

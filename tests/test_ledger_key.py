@@ -21,6 +21,7 @@ from tests.support import (
     cli_audit,
     credited_seller,
     database_of,
+    drop_trigger,
     is_postgresql,
     running_server,
     writable,
@@ -170,3 +171,21 @@ def test_the_key_check_reads_as_much_of_a_ledger_ten_times_longer(service, confi
     for _ in range(1_350):
         service.sell(seller["id"], "09121234567", 1_000)
     assert steps() <= short * 1.1
+
+
+@pytest.mark.sqlite_only  # PostgreSQL's servers never make a token (init-db does)
+@pytest.mark.parametrize("command", WRITERS, ids=lambda c: c[0])
+@pytest.mark.parametrize("mistake", ["wrong key", "dropped guard"])
+def test_a_refused_start_makes_no_admin_token(sealed, command, mistake):
+    """The admin token is generated only after every start-up check: a refusal (a wrong
+    ledger key, a dropped guard) leaves no new token file behind."""
+    (sealed.folder / "admin_token").unlink(missing_ok=True)
+    env = {"CHARGEBOX_ADMIN_TOKEN": ""}  # none given: a start would generate one
+    if mistake == "wrong key":
+        env["CHARGEBOX_LEDGER_KEY"] = OTHER_KEY
+    else:
+        with writable(sealed.db) as conn:
+            drop_trigger(conn, "ledger_entry_no_update")
+    before = files(sealed.folder)
+    assert_refused(chargebox(*command, *sealed.args, **env))
+    assert files(sealed.folder) == before and not (sealed.folder / "admin_token").exists()

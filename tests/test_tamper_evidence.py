@@ -278,3 +278,37 @@ def test_a_row_forged_with_bytes_that_are_not_utf8_is_named_not_fatal(original, 
     audited = cli_audit(tmp_path / "bytes.db")
     assert audited.returncode == 1, audited.stderr
     assert f"entry {result['target']}: its seal does not match" in audited.stderr
+
+
+def test_chargebox_audit_without_a_key_says_nothing_was_verified_and_names_no_seller(
+    original, tmp_path
+):
+    """No key beside the copy: the audit says plainly that no seal was verified, and why
+    (not "0 entries verified", not "seller None, entry None"), and exits 1."""
+    path = tmp_path / "nokey.db"
+    shutil.copy(original[0], path)
+    audited = cli_audit(path)
+    assert audited.returncode == 1, audited.stderr
+    assert "nothing verified against the seals" in audited.stderr
+    assert "no ledger key was given" in audited.stderr
+    assert "0 entries" not in audited.stderr and "None" not in audited.stderr
+    assert "  seal: no ledger key: the seals cannot be checked" in audited.stderr
+
+
+def test_a_head_edited_in_place_is_named_without_contradicting_itself(original, tmp_path):
+    """A head whose entry and count still agree with the ledger but whose seal does not:
+    the problem does not say that equal numbers do not match."""
+    path = tmp_path / "head.db"
+    shutil.copy(original[0], path)
+    with sqlite3.connect(path) as conn:  # a head's own row: no guard stops its update
+        conn.execute("UPDATE seller_head SET mac = ? WHERE seller_id = 2", ("0" * 64,))
+    conn.close()
+    service = Chargebox(Config(db_path=path, admin_token=ADMIN_TOKEN, ledger_key=original[1]))
+    try:
+        report = service.audit()
+    finally:
+        service.close()
+    (problem,) = report["problems"]
+    assert problem["seller_id"] == 2 and problem["invariant"] == "seal"
+    assert "names the ledger's newest entry" in problem["message"]
+    assert "does not match the ledger (entry" not in problem["message"]
