@@ -162,7 +162,7 @@ def sweep(directory: Path) -> list[Path]:
     stays. Removed under the lock taken, so no backup can have started in them since."""
     removed = []
     for path in sorted(directory.glob(f".*{PARTIAL}")):
-        if path.is_symlink() or not path.is_dir():
+        if path.is_symlink() or not path.is_dir() or not _ours(path):
             continue
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -177,6 +177,15 @@ def sweep(directory: Path) -> list[Path]:
         finally:
             os.close(fd)
     return removed
+
+
+def _ours(path: Path) -> bool:
+    """Whether a directory holds nothing but what `_partial` makes: a directory of
+    someone else's that happens to have the name is never removed."""
+    try:
+        return set(os.listdir(path)) <= {"copy", "copy-wal", "copy-shm", "copy-journal"}
+    except OSError:
+        return False
 
 
 def _copy(source: Path, temporary: Path, vacuum: bool) -> None:

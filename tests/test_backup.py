@@ -452,11 +452,15 @@ def test_a_killed_backups_partial_copy_is_removed_by_the_next_but_a_running_ones
     assert killed.returncode == -9, killed.stderr
     half = Path(killed.stdout.strip())  # what the killed backup had written
     assert half.read_bytes() == b"half a copy"
+    foreign = copies / ".notes.partial"  # a directory of someone else's, by that name
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("kept")
     with backups._partial(copies / "running.db") as running:
         key = {"CHARGEBOX_LEDGER_KEY": service.config.ledger_key}
         made = chargebox("backup", "--db", str(service.config.db_path), str(copies), env=key)
         assert made.returncode == 0, made.stderr
         assert not half.exists() and running.exists()  # the running one kept
         assert f"removed {half.parent}, the partial copy of a backup killed" in made.stderr
-    names = sorted(p.name for p in copies.iterdir())
+    assert (foreign / "mine.txt").read_text() == "kept"
+    names = sorted(p.name for p in copies.iterdir() if p != foreign)
     assert len(names) == 1 and names[0].startswith("chargebox-"), names
