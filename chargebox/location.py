@@ -52,8 +52,10 @@ def check_database_path(path: Path, writing: bool = True) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(f"{where}: cannot create {path.parent} ({exc.strerror})") from None
-    try:  # a reader needs no file of its own beside a rollback-journal file (a backup's
-        if writing or _in_wal_mode(path):  # copy), but a WAL database's -shm beside it
+    # A reader needs no file of its own beside a rollback-journal file (a backup's copy),
+    # but a WAL database needs its -shm beside it.
+    try:
+        if writing or _in_wal_mode(path):
             with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".chargebox-probe-"):
                 pass
     except OSError as exc:
