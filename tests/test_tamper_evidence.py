@@ -13,6 +13,7 @@ import functools
 import random
 import shutil
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -61,12 +62,17 @@ def audit_copy(original, tmp_path, name: str, forge) -> dict:
         repair(conn)
         conn.commit()
         conn.close()
-    service = Chargebox(Config(db_path=path, admin_token=ADMIN_TOKEN, ledger_key=original[1]))
+    report = audit_of(path, original[1])
+    return {"report": report, "target": target}
+
+
+def audit_of(path: Path, ledger_key: str) -> dict:
+    """The in-process audit of the file at `path` with `ledger_key`."""
+    service = Chargebox(Config(db_path=path, admin_token=ADMIN_TOKEN, ledger_key=ledger_key))
     try:
-        report = service.audit()
+        return service.audit()
     finally:
         service.close()
-    return {"report": report, "target": target}
 
 
 def repair(conn: sqlite3.Connection) -> None:
@@ -303,11 +309,7 @@ def test_a_head_edited_in_place_is_named_without_contradicting_itself(original, 
     with sqlite3.connect(path) as conn:  # a head's own row: no guard stops its update
         conn.execute("UPDATE seller_head SET mac = ? WHERE seller_id = 2", ("0" * 64,))
     conn.close()
-    service = Chargebox(Config(db_path=path, admin_token=ADMIN_TOKEN, ledger_key=original[1]))
-    try:
-        report = service.audit()
-    finally:
-        service.close()
+    report = audit_of(path, original[1])
     (problem,) = report["problems"]
     assert problem["seller_id"] == 2 and problem["invariant"] == "seal"
     assert "names the ledger's newest entry" in problem["message"]
