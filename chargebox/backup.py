@@ -4,7 +4,8 @@ SQLite: the online backup API copies every page in one step, inside one read
 transaction of the source: one consistent moment, and never the write lock (in WAL
 mode a reader does not block writers, so sales go on). `VACUUM INTO` is the other
 way (`--vacuum`: a compacted copy, slower). The copy is written to a temporary file
-beside DEST (in a locked directory, which the next backup removes if one was killed),
+beside DEST (in a locked directory, which the next backup removes if one was killed:
+partial.py),
 checked (`quick_check`, its sealed heads against the ledger key), fsynced, and only
 then given DEST's name: DEST is never half a copy, and an existing DEST is refused
 unless `--force`. PostgreSQL: pg_dump's custom format, one snapshot.
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import fcntl
 import os
 import re
 import shutil
@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from chargebox import anchors, seals
+from chargebox import anchors, partial, seals
 from chargebox.clock import now
 from chargebox.config import Config, whole_number
 from chargebox.location import check_database_path
@@ -38,7 +38,6 @@ BUSY_TIMEOUT_MS = 10_000  # reading the source waits for a WAL recovery, never f
 PG_DUMP_TIMEOUT = 24 * 3600
 # Where Debian keeps PostgreSQL's programs when /usr/bin has no pg_dump wrapper.
 PG_BIN_GLOB = "/usr/lib/postgresql/*/bin/pg_dump"
-PARTIAL = ".partial"  # a backup's private directory beside DEST, while it is made
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +54,7 @@ class Made:
     heads: tuple[tuple[int, int, int, str], ...] = ()  # (seller, entry, entries, entry seal)
     heads_verified: int | None = None  # of the newest heads checked with the key
     snapshot_seconds: float | None = None  # how long the source's read snapshot was held
-    swept: tuple[Path, ...] = ()  # partial copies of killed backups, removed (sweep)
+    swept: tuple[Path, ...] = ()  # partial copies of killed backups, removed (partial.py)
 
     def summary(self) -> str:
         what = "pg_dump's custom format"
@@ -94,9 +93,9 @@ def backup(config: Config, dest: Path, overwrite: bool = False, vacuum: bool = F
     with contextlib.suppress(FileNotFoundError):
         if target.samefile(source):
             raise ValueError(f"{target}: is the database itself")
-    swept = tuple(sweep(target.parent))
+    swept = tuple(partial.sweep(target.parent))
     began = time.perf_counter()
-    with _partial(target) as temporary:
+    with partial.making(target) as (temporary, _lock):
         _copy(source, temporary, vacuum)
         copied = time.perf_counter() - began
         after_snapshot()
@@ -133,59 +132,6 @@ def _check_target(target: Path, overwrite: bool) -> None:
         raise ValueError(f"{target}: is not a regular file")
     if not target.parent.is_dir():
         raise ValueError(f"{target}: its directory {target.parent} does not exist")
-
-
-@contextlib.contextmanager
-def _partial(target: Path):
-    """A file (owner-only, empty) for the copy, in a private directory beside `target`
-    (same file system, so the rename is atomic) that also takes its journal files: all
-    removed when the backup ends. The directory is flock'ed from before it has its
-    PARTIAL name until it is gone, so a backup killed meanwhile leaves only a directory
-    whose lock no one holds, which the next backup there removes (`sweep`)."""
-    made = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".new"))
-    fd = os.open(made, os.O_RDONLY | os.O_DIRECTORY)
-    directory = made.with_suffix(PARTIAL)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # before `sweep` can see it by its name
-        os.rename(made, directory)
-        temporary = directory / "copy"
-        os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        yield temporary
-    finally:
-        shutil.rmtree(directory if directory.exists() else made, ignore_errors=True)
-        os.close(fd)  # the lock goes with the directory, never before it
-
-
-def sweep(directory: Path) -> list[Path]:
-    """Remove the partial copies (`_partial`) in `directory` that killed backups left:
-    those whose lock no process holds. One a running backup writes holds its lock, and
-    stays. Removed under the lock taken, so no backup can have started in them since."""
-    removed = []
-    for path in sorted(directory.glob(f".*{PARTIAL}")):
-        if path.is_symlink() or not path.is_dir() or not _ours(path):
-            continue
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            shutil.rmtree(path)
-            removed.append(path)
-        except OSError:  # BlockingIOError: a backup is writing it now
-            continue
-        finally:
-            os.close(fd)
-    return removed
-
-
-def _ours(path: Path) -> bool:
-    """Whether a directory holds nothing but what `_partial` makes: a directory of
-    someone else's that happens to have the name is never removed."""
-    try:
-        return set(os.listdir(path)) <= {"copy", "copy-wal", "copy-shm", "copy-journal"}
-    except OSError:
-        return False
 
 
 def _copy(source: Path, temporary: Path, vacuum: bool) -> None:
@@ -304,9 +250,9 @@ def _pg_dump(url: str, target: Path, overwrite: bool) -> Made:
     _check_target(target, overwrite)
     params = conninfo_to_dict(url)
     password = params.pop("password", None)
-    swept = tuple(sweep(target.parent))
+    swept = tuple(partial.sweep(target.parent))
     began = time.perf_counter()
-    with _partial(target) as temporary, tempfile.TemporaryDirectory() as private:
+    with partial.making(target) as (temporary, lock), tempfile.TemporaryDirectory() as private:
         if password is not None:
             passfile = Path(private) / "pgpass"
             escaped = password.replace("\\", "\\\\").replace(":", "\\:")
@@ -325,6 +271,7 @@ def _pg_dump(url: str, target: Path, overwrite: bool) -> Made:
             capture_output=True,
             text=True,
             timeout=PG_DUMP_TIMEOUT,
+            pass_fds=(lock,),  # the copy's lock lives as long as pg_dump, killed or not
         )
         if result.returncode != 0:
             lines = result.stderr.strip().splitlines()

@@ -279,7 +279,7 @@ def test_a_vacuumed_copy_is_owner_only_from_its_first_byte(tmp_path):
     live = tmp_path / "chargebox.db"
     with running_server(live) as server:
         new_seller(server.admin(), "shop", credit=1_000)
-    (tmp_path / "copy.partial").touch()  # as backup._partial makes it
+    (tmp_path / "copy.partial").touch()  # as partial.making makes it
     mask = os.umask(0o022)
     try:
         _copy(live, tmp_path / "copy.partial", vacuum=True)
@@ -432,17 +432,18 @@ def test_a_killed_backups_partial_copy_is_removed_by_the_next_but_a_running_ones
     service, tmp_path
 ):
     """A backup killed while it writes leaves its private `.partial` directory (here: made
-    by a child process that `_partial` holds and that is then SIGKILLed, so its lock dies
-    with it). The next backup into that directory removes it and says so; one whose lock
-    is held (a backup running now, here this process's own `_partial`) is left alone."""
-    from chargebox import backup as backups
+    by a child process that `partial.making` holds and that is then SIGKILLed, so its lock
+    dies with it). The next backup into that directory removes it and says so; one whose
+    lock is held (a backup running now, here this process's own) is left alone, and so is
+    every directory by such a name that is not provably a backup's."""
+    from chargebox import partial
 
     copies = tmp_path / "copies"
     copies.mkdir()
     script = (
         "import os, sys, pathlib, signal\n"
-        "from chargebox.backup import _partial\n"
-        "with _partial(pathlib.Path(sys.argv[1])) as temporary:\n"
+        "from chargebox.partial import making\n"
+        "with making(pathlib.Path(sys.argv[1])) as (temporary, _):\n"
         "    temporary.write_bytes(b'half a copy')\n"
         "    print(temporary, flush=True)\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -452,15 +453,24 @@ def test_a_killed_backups_partial_copy_is_removed_by_the_next_but_a_running_ones
     assert killed.returncode == -9, killed.stderr
     half = Path(killed.stdout.strip())  # what the killed backup had written
     assert half.read_bytes() == b"half a copy"
-    foreign = copies / ".notes.partial"  # a directory of someone else's, by that name
-    foreign.mkdir()
-    (foreign / "mine.txt").write_text("kept")
-    with backups._partial(copies / "running.db") as running:
+    foreign = {  # someone else's, by such a name: no mark, or the names but not the files
+        copies / ".notes.partial": ("mine.txt", "kept"),
+        copies / ".photos.partial": ("copy/img.jpg", "kept"),
+        copies / ".marked.partial": ("chargebox-backup/x", "kept"),
+        copies / ".empty.partial": None,
+    }
+    for directory, held in foreign.items():
+        directory.mkdir()
+        if held is not None:
+            (directory / held[0]).parent.mkdir(exist_ok=True)
+            (directory / held[0]).write_text(held[1])
+    with partial.making(copies / "running.db") as (running, _):
         key = {"CHARGEBOX_LEDGER_KEY": service.config.ledger_key}
         made = chargebox("backup", "--db", str(service.config.db_path), str(copies), env=key)
         assert made.returncode == 0, made.stderr
         assert not half.exists() and running.exists()  # the running one kept
         assert f"removed {half.parent}, the partial copy of a backup killed" in made.stderr
-    assert (foreign / "mine.txt").read_text() == "kept"
-    names = sorted(p.name for p in copies.iterdir() if p != foreign)
+    for directory, held in foreign.items():
+        assert directory.is_dir() and (held is None or (directory / held[0]).read_text() == "kept")
+    names = sorted(p.name for p in copies.iterdir() if p not in foreign)
     assert len(names) == 1 and names[0].startswith("chargebox-"), names
