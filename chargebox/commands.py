@@ -170,20 +170,24 @@ def admin_token(config: Config, make: bool = True) -> str | None:
 def stored_secret(
     path: Path, what: str, variable: str, new: Callable[[], str] = auth.new_admin_token
 ) -> str:
-    """Read a generated secret, or create it (owner-only, atomically) on first start."""
+    """Read a generated secret, or create it (owner-only, atomically) on first start; a
+    write that fails leaves nothing, and of processes starting together one makes it."""
     if not path.exists():
         temporary = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(new() + "\n")
-        with contextlib.suppress(FileExistsError):  # another process won: use its secret
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()  # a killed start's, with this pid
+        try:
+            with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600),
+                           "w") as handle:  # fmt: skip
+                handle.write(new() + "\n")
             os.link(temporary, path)
-        temporary.unlink()
-        print(
-            f"chargebox: generated {what} in {path} (readable by its owner only); "
-            f"set {variable} to choose your own",
-            file=sys.stderr,
-        )
+            print(f"chargebox: generated {what} in {path} (readable by its owner only); "
+                  f"set {variable} to choose your own", file=sys.stderr)  # fmt: skip
+        except FileExistsError:  # another process made it first: its secret is the one
+            pass
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
     return path.read_text().strip()
 
 

@@ -49,3 +49,18 @@ def test_a_new_database_and_its_wal_are_owner_only_whatever_the_umask(tmp_path):
     finally:
         os.umask(mask)
     assert live.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_generated_secret_whose_write_fails_leaves_no_file_behind(tmp_path):
+    """A start that fails while it writes a new admin token (a full disk) left a
+    `.admin_token.PID` holding a token beside where the token would have been."""
+    import errno
+
+    from chargebox.commands import stored_secret
+
+    def full() -> str:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        stored_secret(tmp_path / "admin_token", "an admin token", "CHARGEBOX_ADMIN_TOKEN", full)
+    assert list(tmp_path.iterdir()) == []
