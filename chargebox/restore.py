@@ -14,7 +14,6 @@ import dataclasses
 import sys
 
 from chargebox import anchors
-from chargebox.anchors import located
 from chargebox.config import Config
 from chargebox.services import Chargebox
 
@@ -60,7 +59,7 @@ def _check(service: Chargebox, config: Config) -> int:
         return 1 if sealed else 0
     found = _found(service, config)
     for problem in found:
-        print(f"  {located(problem)}{problem['message']}", file=sys.stderr)
+        print(f"  {anchors.located(problem)}{problem['message']}", file=sys.stderr)
     if found:
         print(f"anchors: {len(found)} problem(s) against {config.anchors_path}", file=sys.stderr)
         return 1
@@ -76,7 +75,7 @@ def _accept(service: Chargebox, config: Config) -> int:
         first = others[0]
         raise ValueError(
             f"the database does not audit clean ({len(others)} problem(s) besides its anchors, "
-            f"first: {first['invariant']}: {located(first)}{first['message']}); "
+            f"first: {first['invariant']}: {anchors.located(first)}{first['message']}); "
             "run `chargebox audit` and restore a sound copy before accepting it"
         )
     behind = [p for p in report["problems"] if p["seller_id"] is not None]
@@ -86,7 +85,7 @@ def _accept(service: Chargebox, config: Config) -> int:
     anchors.record(config, database.ledger_key, now_heads, "accept-restore", kind="restore")
     anchors.compact(config.anchors_path, database.ledger_key)
     for problem in behind:
-        print(f"  {located(problem)}{problem['message']}", file=sys.stderr)
+        print(f"  {anchors.located(problem)}{problem['message']}", file=sys.stderr)
     print(
         f"anchors: restore accepted; {len(now_heads)} seller heads anchored afresh in "
         f"{config.anchors_path}; {len(behind)} seller(s) were behind their anchors: the sales "

@@ -186,24 +186,14 @@ def head_problems(
     if anchors.matches(head[3], expected):
         return []
     if (head[0], head[1]) == (last_id, entries):  # the same place: only its seal differs
-        return [
-            _problem(
-                seller_id,
-                last_id,
-                f"the sealed head names the ledger's newest entry (entry {last_id}, {entries} "
-                "entries) but its seal does not match the ledger's: the head, or an entry "
-                "it seals, was edited",
-            )
-        ]
-    return [
-        _problem(
-            seller_id,
-            last_id,
-            f"the sealed head (entry {head[0]}, {head[1]} entries) "
-            f"does not match the ledger (entry {last_id}, {entries} entries): entries "
-            "were removed or added at the end, or the head was edited",
-        )
-    ]
+        message = (f"the sealed head names the ledger's newest entry (entry {last_id}, "
+                   f"{entries} entries) but its seal does not match the ledger's: the head, "
+                   "or an entry it seals, was edited")  # fmt: skip
+    else:
+        message = (f"the sealed head (entry {head[0]}, {head[1]} entries) does not match the "
+                   f"ledger (entry {last_id}, {entries} entries): entries were removed or "
+                   "added at the end, or the head was edited")  # fmt: skip
+    return [_problem(seller_id, last_id, message)]
 
 
 def _problem(seller_id: int | None, entry_id: int | None, message: str) -> Problem:
