@@ -10,6 +10,7 @@ Tokens are written to a file, never to a log; only a new seller's key is printed
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -192,7 +193,8 @@ def prepare(config: Config, serving: bool = False) -> Config:
         admin_commands.check_admin_token(database, config, token)
     finally:
         database.close()
-    return config.with_secrets(token, key, None if config.db_url else database.file.identity)
+    prepared = None if config.db_url else database.file.identity  # the file served (db.py)
+    return dataclasses.replace(config.with_secrets(token, key), db_file=prepared)
 
 
 def startup_lock(config: Config) -> FileLock:

@@ -152,11 +152,8 @@ class Config:
             return self.data_dir / ANCHORS_FILE
         return self.db_path.with_name(f"{self.db_path.name}.{ANCHORS_FILE}")
 
-    def with_secrets(self, admin_token: str, ledger_key: str,
-                     db_file: tuple[int, int] | None = None) -> Config:  # fmt: skip
-        return dataclasses.replace(
-            self, admin_token=admin_token, ledger_key=ledger_key, db_file=db_file
-        )
+    def with_secrets(self, admin_token: str, ledger_key: str) -> Config:
+        return dataclasses.replace(self, admin_token=admin_token, ledger_key=ledger_key)
 
 
 def env_defaults(environ: Mapping[str, str] = os.environ) -> dict:
