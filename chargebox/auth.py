@@ -2,9 +2,13 @@
 
 A seller key is shown once at creation; only its SHA-256 is stored, so a copy
 of the database file holds no usable key; a web session's cookie likewise. Every
-request reads its key from the database (nothing is cached), so a revoked key or a
-suspended seller is refused from the next request on, on every server.
-`Access` binds it all to one database and admin token. Nothing here logs a secret.
+request checks its key in the database, so a revoked key or a suspended seller is
+refused from the next request on, on every server: most read it first; a sale
+(`remembered`) checks it inside its own write instead, in the transaction that
+would sell (`check_key`, `keys_hold`), its key and seller known from an earlier
+read in this process (`KnownKeys`: what a key's hash names never changes, so no
+server can contradict it). `Access` binds it all to one database and admin token.
+Nothing here logs a secret.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ class Principal:
     role: str  # "admin" or "seller"
     seller_id: int | None = None
     key_id: int | None = dataclasses.field(default=None, compare=False)  # the seller key used
+    # Known from an earlier read of its key, not read again: the request's write checks
+    # that the key still holds (`check_key`), and a refusal before it reads it (web.api).
+    unchecked: bool = dataclasses.field(default=False, compare=False)
 
     @property
     def is_admin(self) -> bool:
@@ -58,6 +65,10 @@ LAST_USED_AHEAD = datetime.timedelta(days=1)
 _KEY = (
     "SELECT k.id, k.seller_id, k.key_hash, k.last_used_at, seller.status FROM seller_key AS k"
     " JOIN seller ON seller.id = k.seller_id WHERE k.key_hash = ? AND k.revoked_at IS NULL"
+)
+_HOLDS = (  # and the keys wanted: `IN (...)`
+    "SELECT k.id, seller.status FROM seller_key AS k JOIN seller ON seller.id = k.seller_id"
+    " WHERE k.revoked_at IS NULL AND k.id IN "
 )
 _USED = (
     "UPDATE seller_key SET last_used_at = ? WHERE id = ? AND revoked_at IS NULL"
@@ -104,10 +115,13 @@ def bearer_token(header: str | None) -> str:
     return token
 
 
-def identify(database: Database, token: str, admin_token: str | None) -> Principal:
+def identify(database: Database, token: str, admin_token: str | None,
+             remembered: bool = False) -> Principal:  # fmt: skip
     """The admin or the seller whose secret `token` is, or Unauthorized; SellerSuspended
-    for a key of a suspended seller. A seller's key is one indexed read, never a cached
-    answer; an admin token is checked against the rotated one, if any (`current_admin`)."""
+    for a key of a suspended seller. A seller's key is one indexed read; `remembered`
+    (the caller's write will `check_key`), a key read before in this process is not
+    read again: its principal is `unchecked`. An admin token is checked against the
+    rotated one, if any (`current_admin`)."""
     presented = token.encode("utf-8", "surrogateescape")
     digest = hash_key(token)
     if admin_token and hmac.compare_digest(presented, admin_token.encode("utf-8")):
@@ -115,18 +129,70 @@ def identify(database: Database, token: str, admin_token: str | None) -> Princip
         if rotated is None or hmac.compare_digest(rotated, digest):
             return ADMIN
         raise Unauthorized("unknown token")  # the token this server started with, rotated away
+    known = _known(database)
+    if remembered and (seen := known.get(digest)) is not None:
+        seen[2] = _last_use(database).saw(seen[0], seen[2])
+        return Principal("seller", seen[1], seen[0], unchecked=True)
     rows = database.rows(_KEY, (digest,))
     if rows and hmac.compare_digest(rows[0][2], digest):
         key_id, seller_id, _, last_used_at, status = rows[0]
         if status != "active":
             raise SellerSuspended(SUSPENDED)
-        _last_use(database).saw(key_id, last_used_at)
+        known.remember(digest, key_id, seller_id, _last_use(database).saw(key_id, last_used_at))
         return Principal("seller", seller_id, key_id)
     rotated = current_admin(database)
     if rotated is not None and hmac.compare_digest(rotated, digest):
         keep_out(token)  # now known here: cut out of the access log, as the configured one
         return ADMIN  # a token rotated in after this server started
     raise Unauthorized("unknown token")
+
+
+def check_key(reader: Database | Write, key_id: int) -> None:
+    """Unauthorized if the seller key `key_id` was revoked; SellerSuspended if its seller
+    is not active: the refusals `identify` would have made, inside the caller's write
+    (or read, for a copy replayed without one)."""
+    rows = reader.rows(_HOLDS + "(?)", (key_id,))
+    if not rows:
+        raise Unauthorized("unknown token")
+    if rows[0][1] != "active":
+        raise SellerSuspended(SUSPENDED)
+
+
+def keys_hold(write: Write, key_ids: list[int]) -> bool:
+    """Whether every seller key of `key_ids` still holds (not revoked, its seller active),
+    in one read: a batch of sales checks its callers' keys at once."""
+    wanted = sorted(set(key_ids))
+    ids, params = write.table("held", {"id": "bigint"}, [wanted])
+    rows = write.rows(f"{_HOLDS}(SELECT held.id FROM {ids})", params)
+    return sum(1 for _, status in rows if status == "active") == len(wanted)
+
+
+class KnownKeys:
+    """The seller keys this process has read, by hash: each one's id, seller and last use
+    as last seen. Never wrong, only old: a key's id, seller and hash never change (the
+    schema's seller_key_revocation_is_final, on both databases), so another server can
+    revoke a key or suspend its seller, which the write that uses it checks, but cannot
+    make a hash name another key. At most LIMIT keys; then it starts again."""
+
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self.keys: dict[str, list] = {}
+
+    def get(self, digest: str) -> list | None:
+        return self.keys.get(digest)
+
+    def remember(self, digest: str, key_id: int, seller_id: int, used: str | None) -> None:
+        if len(self.keys) >= self.LIMIT:
+            self.keys.clear()
+        self.keys[digest] = [key_id, seller_id, used]
+
+
+def _known(database: Database) -> KnownKeys:
+    found = getattr(database, "known_keys", None)
+    if found is None:
+        found = database.known_keys = KnownKeys()
+    return found
 
 
 def current_admin(database: Database) -> str | None:
@@ -166,20 +232,22 @@ class LastUse:
         self.lock = threading.Lock()
         self.writing = False
 
-    def saw(self, key_id: int, last_used_at: str | None) -> None:
+    def saw(self, key_id: int, last_used_at: str | None) -> str:
         """A stamp from the last minute stands; one more than LAST_USED_AHEAD ahead is
-        written afresh rather than shown as a use to come until the clock passes it."""
+        written afresh rather than shown as a use to come until the clock passes it.
+        Returns the stamp that stands (the new one, once one is to be written)."""
         recent = now(-LAST_USED_GRANULARITY), now(LAST_USED_AHEAD)
         if last_used_at is not None and recent[0] <= last_used_at <= recent[1]:
-            return
+            return last_used_at
         with self.lock:
             if key_id in self.due:
-                return
-            self.due[key_id] = now()
+                return self.due[key_id]
+            stamp = self.due[key_id] = now()
             if self.writing:
-                return
+                return stamp
             self.writing = True
         threading.Thread(target=self._write, name="chargebox-last-use", daemon=True).start()
+        return stamp
 
     def _write(self) -> None:
         while True:
@@ -261,9 +329,10 @@ class Access:
         self.database = database
         self.admin_token = admin_token
 
-    def authenticate(self, header: str | None) -> Principal:
-        """Map a request's Authorization header to the admin or one seller."""
-        return identify(self.database, bearer_token(header), self.admin_token)
+    def authenticate(self, header: str | None, remembered: bool = False) -> Principal:
+        """Map a request's Authorization header to the admin or one seller (`remembered`:
+        see `identify`)."""
+        return identify(self.database, bearer_token(header), self.admin_token, remembered)
 
     def sign_in(self, token: object) -> tuple[str, Principal]:
         """Open a web session for the holder of a seller key or the admin token.

@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 from collections.abc import Callable, Iterator
 
-from chargebox import sale_batches
+from chargebox import auth, sale_batches
 from chargebox.clock import now
 from chargebox.db import Database, Write
 from chargebox.errors import (
@@ -31,6 +31,7 @@ from chargebox.errors import (
     ValidationError,
 )
 from chargebox.queries import CREDIT_REQUEST, LEDGER_ENTRY, SALE_READ, Queries, Shape
+from chargebox.writer import Separately
 
 MAX_KEY_LENGTH = 255
 # Refusals that are final outcomes of a key (nothing was written when they were raised).
@@ -99,6 +100,8 @@ def once(
         return _first(write, kind, seller_id, key, request_hash, act)
 
     def replayed(made: int) -> Outcome:
+        if sale is not None and sale.key_id is not None:  # a copy is not the key's to see
+            auth.check_key(database, sale.key_id)
         return Outcome(Queries(database).one(kind.made, made), True)
 
     work: Callable[[Write], object] = alone
@@ -168,6 +171,9 @@ class Sale:
     number: str
     amount: int
     shown: Callable[[dict], dict]  # the sale made, as `act` would have returned it
+    # The caller's seller key, not read before (auth.Principal.unchecked): its write
+    # checks that it holds, first, and a copy is replayed only after a read of it.
+    key_id: int | None = None
 
 
 # Which (seller, key) pairs (a table `wanted`, Write.table) are recorded: one look-up in
@@ -204,6 +210,8 @@ class _Together:
         self.key, self.request_hash = key, request_hash
 
     def __call__(self, write: Write) -> object:
+        if self.sale.key_id is not None:
+            auth.check_key(write, self.sale.key_id)
         return self.alone(write)
 
     @staticmethod
@@ -216,6 +224,9 @@ class _Together:
         the runs go alone."""
         created, kind = now(), runs[0][0].kind
         works = [work for run in runs for work in run]
+        unchecked = [work.sale.key_id for work in works if work.sale.key_id is not None]
+        if unchecked and not auth.keys_hold(write, unchecked):
+            raise Separately  # each alone, where its own check refuses it
         keyed = [work for work in works if work.key is not None]
         recorded = None
         if keyed:  # read with the sellers' heads: keys a copy recorded are replayed (once)

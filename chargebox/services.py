@@ -234,10 +234,12 @@ class Chargebox:
             lambda write, created: ledger.adjust(write, seller_id, amount, reason, created),
         )
 
-    def sell(
-        self, seller_id: int, phone: object, amount: object, idempotency_key: str | None = None
-    ) -> Outcome:
-        """Sell a charge; with a key, the first outcome is final and replayed to every copy."""
+    def sell(self, seller_id: int, phone: object, amount: object,
+             idempotency_key: str | None = None, unchecked_key: int | None = None,
+             ) -> Outcome:  # fmt: skip
+        """Sell a charge; with a key, the first outcome is final and replayed to every copy.
+        `unchecked_key`: the seller key of a caller not read yet (auth.Principal.unchecked),
+        checked in the sale's own write (Unauthorized, SellerSuspended)."""
         number = normalize_phone(phone)
         amount = parse_amount(amount, self.config.max_amount)
         return idempotency.once(
@@ -250,7 +252,7 @@ class Chargebox:
                 **ledger.sell(write, seller_id, number, amount, created),
                 **NOT_REFUNDED,
             },
-            idempotency.Sale(number, amount, lambda sale: {**sale, **NOT_REFUNDED}),
+            idempotency.Sale(number, amount, lambda sale: {**sale, **NOT_REFUNDED}, unchecked_key),
         )
 
     def refund(self, sale_id: int, reason: object, idempotency_key: str | None = None) -> Outcome:

@@ -31,9 +31,11 @@ def header(name: str) -> str | None:
     return bottle.request.environ.get("HTTP_" + name.upper().replace("-", "_"))
 
 
-def caller(access: Access, *roles: str) -> Principal:
-    """Authenticate the request and require one of `roles` (401, then 403)."""
-    principal = access.authenticate(header("Authorization"))
+def caller(access: Access, *roles: str, remembered: bool = False) -> Principal:
+    """Authenticate the request and require one of `roles` (401, then 403); `remembered`:
+    a seller key read before may stand unread, for the request's write to check
+    (auth.identify)."""
+    principal = access.authenticate(header("Authorization"), remembered)
     bottle.request.environ[ENVIRON_WHO] = principal  # for the access log
     if principal.role not in roles:
         if principal.is_admin:

@@ -1,0 +1,167 @@
+"""A sale's seller key, known from an earlier read, is checked inside the sale's write.
+
+`POST /api/sales` does not read a key this process has read before (auth.KnownKeys:
+what a key's hash names never changes); the write that would sell checks that the
+key still holds, in its own transaction: alone (`auth.check_key`), or for a whole
+batch of sales at once (`auth.keys_hold`). What must stay as it was with a read
+first: a revoked key or a suspended seller sells nothing, its refusal comes before
+any other (a bad body, a copy of a recorded key), and the key's last use is stamped.
+The other server's side (a revocation through one server refused by the next sale
+on the other) is in test_seller_keys.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import threading
+import time
+
+import pytest
+
+from chargebox import auth, clock
+from chargebox.cli import prepare
+from chargebox.errors import ChargeboxError, SellerSuspended, Unauthorized
+from chargebox.idempotency import Outcome
+from chargebox.queries import Page
+from chargebox.services import Chargebox
+
+PHONE = "09121234567"
+
+
+def seller_with_key(service, name: str, credit: int = 50_000) -> tuple[int, str, int]:
+    """A funded seller: its id, its key, and the key's id."""
+    seller, key = service.create_seller(name)
+    service.approve_credit_request(service.request_credit(seller["id"], credit).record["id"])
+    return seller["id"], key, service.queries.seller_keys(seller["id"])[0]["id"]
+
+
+def test_a_batch_sells_only_for_the_keys_that_still_hold(service):
+    """Three sellers' sales queue behind a held write and go in one batch: the revoked
+    key's and the suspended seller's are refused with their own codes, the third sells."""
+    ali, _, ali_key = seller_with_key(service, "Ali")
+    bita, _, bita_key = seller_with_key(service, "Bita")
+    cyrus, _, cyrus_key = seller_with_key(service, "Cyrus")
+    service.revoke_key(bita, bita_key)
+    service.set_status(cyrus, "suspended")
+    writer = service.database.writer
+    before = (writer.batches, writer.redone)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(write) -> None:
+        holding.set()
+        assert release.wait(10)
+
+    holder = threading.Thread(target=service.database.write, args=(hold,))
+    holder.start()
+    assert holding.wait(10)
+    outcomes: dict[int, object] = {}
+
+    def sell(seller_id: int, key_id: int) -> None:
+        try:
+            outcomes[seller_id] = service.sell(seller_id, PHONE, 1_000, f"k{seller_id}", key_id)
+        except ChargeboxError as refused:
+            outcomes[seller_id] = refused
+
+    sellers = [threading.Thread(target=sell, args=pair)
+               for pair in ((ali, ali_key), (bita, bita_key), (cyrus, cyrus_key))]  # fmt: skip
+    for thread in sellers:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while writer.queued() < 3:  # all three wait for the writer's next batch
+        assert time.monotonic() < deadline, "the sales did not queue"
+        time.sleep(0.001)
+    release.set()
+    for thread in (holder, *sellers):
+        thread.join(10)
+    assert isinstance(outcomes[ali], Outcome) and not outcomes[ali].replayed, outcomes
+    assert isinstance(outcomes[bita], Unauthorized), outcomes
+    assert isinstance(outcomes[cyrus], SellerSuspended), outcomes
+    # the held write, then one batch for the three: tried together, redone seller by seller
+    assert (writer.batches - before[0], writer.redone - before[1]) == (2, 1)
+    assert [len(service.queries.sales(Page(), seller)) for seller in (ali, bita, cyrus)] == [
+        1,
+        0,
+        0,
+    ]
+    balances = [service.queries.seller(seller)["balance"] for seller in (ali, bita, cyrus)]
+    assert balances == [49_000, 50_000, 50_000]
+    assert service.audit()["consistent"]
+
+
+@pytest.mark.parametrize("group_commit", [True, False], ids=["batched", "one-by-one"])
+def test_a_copy_of_a_recorded_key_is_not_replayed_to_a_key_revoked_since(config, group_commit):
+    """The first outcome of an Idempotency-Key is the key's holder's to see: once the
+    seller key is revoked, a copy is refused, whether it meets the record in its write
+    or (no group commit) in the read before it."""
+    service = Chargebox(prepare(dataclasses.replace(config, group_commit=group_commit)))
+    try:
+        seller, _, key_id = seller_with_key(service, "Ali")
+        first = service.sell(seller, PHONE, 1_000, "same", key_id)
+        assert not first.replayed
+        assert service.sell(seller, PHONE, 1_000, "same", key_id).replayed  # while it holds
+        service.revoke_key(seller, key_id)
+        with pytest.raises(Unauthorized):
+            service.sell(seller, PHONE, 1_000, "same", key_id)
+        with pytest.raises(Unauthorized):
+            service.sell(seller, PHONE, 1_000, "new", key_id)
+        service.set_status(seller, "suspended")
+        with pytest.raises(Unauthorized):  # revoked: as a read would say, before suspended
+            service.sell(seller, PHONE, 1_000, None, key_id)
+        assert len(service.queries.sales(Page(), seller)) == 1
+    finally:
+        service.close()
+
+
+def test_a_remembered_keys_refusal_comes_before_a_bad_body_or_a_copy(admin, make_seller):
+    """Over HTTP: a key revoked, or its seller suspended, after it sold through this server
+    is refused with its own code before its body is looked at or a copy is replayed."""
+    for makes_it_fail in ("revoke", "suspend"):
+        seller, api = make_seller(50_000)
+        sale = {"phone": PHONE, "amount": 1_000}
+        assert api.post("/api/sales", sale, headers={"Idempotency-Key": "k1"}).status_code == 201
+        assert api.post("/api/sales", sale).status_code == 201  # the key remembered: unread
+        if makes_it_fail == "revoke":
+            (key,) = admin.get(f"/api/sellers/{seller['id']}/keys").json()["items"]
+            done = admin.post(f"/api/sellers/{seller['id']}/keys/{key['id']}/revoke")
+            status, code = 401, "unauthorized"
+        else:
+            done = admin.post(f"/api/sellers/{seller['id']}/suspend")
+            status, code = 403, "seller_suspended"
+        assert done.status_code == 200, done.text
+        for answer in (
+            api.post("/api/sales", {"phone": PHONE, "amount": "lots"}),
+            api.post("/api/sales", {"phone": "12"}),
+            api.post("/api/sales", sale, headers={"Idempotency-Key": "k1"}),
+            api.post("/api/sales", sale, headers={"Idempotency-Key": "\u00e9"}),
+            api.post("/api/sales", sale),
+        ):
+            assert (answer.status_code, answer.json()["error"]["code"]) == (status, code), (
+                makes_it_fail,
+                answer.text,
+            )
+        sold = admin.get(f"/api/sales?seller_id={seller['id']}").json()["items"]
+        assert len(sold) == 2, makes_it_fail
+
+
+def test_a_remembered_key_is_stamped_as_used_once_its_stamp_is_a_minute_old(service, monkeypatch):
+    """A key that is not read again still has its last use written, at most once a
+    minute: the stamp remembered with it is the one that stands."""
+    seller, key = service.create_seller("Ali")
+    assert not service.access.authenticate(f"Bearer {key}").unchecked  # read, and remembered
+    first = _stamp_once_written(service, seller["id"], None)
+    remembered = service.access.authenticate(f"Bearer {key}", remembered=True)
+    assert remembered.unchecked and remembered.seller_id == seller["id"]
+    later = datetime.timedelta(minutes=2)
+    monkeypatch.setattr(auth, "now", lambda ahead=datetime.timedelta(0): clock.now(ahead + later))
+    assert service.access.authenticate(f"Bearer {key}", remembered=True).unchecked
+    second = _stamp_once_written(service, seller["id"], first)
+    assert second > clock.now(datetime.timedelta(minutes=1))
+
+
+def _stamp_once_written(service, seller_id: int, before: str | None) -> str:
+    deadline = time.monotonic() + 30  # written behind the request: polled, bounded
+    while (stamp := service.queries.seller_keys(seller_id)[0]["last_used_at"]) == before:
+        assert time.monotonic() < deadline, "the key's use was not stamped"
+        time.sleep(0.02)
+    return stamp
