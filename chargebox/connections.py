@@ -74,6 +74,20 @@ class _Channel(HTTPChannel):
             self.will_close = True  # its answers would only pile up unread
         return taken
 
+    def writable(self) -> bool:
+        """waitress's answer, but not while a worker thread is in the middle of writing
+        this connection's answer: it sends what it writes itself (`send_bytes` 1), holding
+        `outbuf_lock`, and the loop could only find the lock taken and poll again at once.
+        Under load that spin was most of the loop's work (about seven polls a sale, the
+        interpreter lock taken each time: docs/performance.md). A worker that leaves
+        output unsent wakes the loop when it lets go (its next write, or its task's end);
+        one that waits for the loop to drain it waits unlocked."""
+        if self.requests and not self.outbuf_lock.acquire(blocking=False):
+            return False
+        if self.requests:
+            self.outbuf_lock.release()
+        return super().writable()
+
     def stalled_since(self) -> float | None:
         """Since when answers wait here unsent because the client reads nothing (None:
         nothing unsent). A send that makes progress moves `last_activity`."""
