@@ -23,6 +23,7 @@ import os
 import secrets
 import threading
 from pathlib import Path
+from time import monotonic
 
 from chargebox.access_log import keep_out
 from chargebox.clock import now
@@ -131,7 +132,8 @@ def identify(database: Database, token: str, admin_token: str | None,
         raise Unauthorized("unknown token")  # the token this server started with, rotated away
     known = _known(database)
     if remembered and (seen := known.get(digest)) is not None:
-        seen[2] = _last_use(database).saw(seen[0], seen[2])
+        if monotonic() >= seen[3]:  # its last use looked at once a second, at most
+            seen[2:] = _last_use(database).saw(seen[0], seen[2]), monotonic() + 1
         return Principal("seller", seen[1], seen[0], unchecked=True)
     rows = database.rows(_KEY, (digest,))
     if rows and hmac.compare_digest(rows[0][2], digest):
@@ -168,11 +170,12 @@ def keys_hold(write: Write, key_ids: list[int]) -> bool:
 
 
 class KnownKeys:
-    """The seller keys this process has read, by hash: each one's id, seller and last use
-    as last seen. Never wrong, only old: a key's id, seller and hash never change (the
-    schema's seller_key_revocation_is_final, on both databases), so another server can
-    revoke a key or suspend its seller, which the write that uses it checks, but cannot
-    make a hash name another key. At most LIMIT keys; then it starts again."""
+    """The seller keys this process has read, by hash: each one's id, seller, last use as
+    last seen, and when to look at that again (time.monotonic()). Never wrong, only old:
+    a key's id, seller and hash never change (the schema's seller_key_revocation_is_final,
+    on both databases), so another server can revoke a key or suspend its seller, which
+    the write that uses it checks, but cannot make a hash name another key. At most
+    LIMIT keys; then it starts again."""
 
     LIMIT = 10_000
 
@@ -185,7 +188,7 @@ class KnownKeys:
     def remember(self, digest: str, key_id: int, seller_id: int, used: str | None) -> None:
         if len(self.keys) >= self.LIMIT:
             self.keys.clear()
-        self.keys[digest] = [key_id, seller_id, used]
+        self.keys[digest] = [key_id, seller_id, used, monotonic() + 1]
 
 
 def _known(database: Database) -> KnownKeys:
