@@ -82,9 +82,9 @@ class _Channel(HTTPChannel):
         interpreter lock taken each time: docs/performance.md). A worker that leaves
         output unsent wakes the loop when it lets go (its next write, or its task's end);
         one that waits for the loop to drain it waits unlocked."""
-        if self.requests and not self.outbuf_lock.acquire(blocking=False):
-            return False
-        if self.requests:
+        if self.requests:  # tested once: a worker may finish its request meanwhile
+            if not self.outbuf_lock.acquire(blocking=False):
+                return False
             self.outbuf_lock.release()
         return super().writable()
 
