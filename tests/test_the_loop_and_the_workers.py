@@ -86,3 +86,32 @@ def test_a_client_that_reads_slowly_gets_every_answer_whole(tmp_path):
         assert received.startswith(b"HTTP/1.1 200 OK\r\n")
     finally:
         assert server.stop() == 0
+
+
+class _Finishing(list):
+    """A channel's requests whose worker finishes the request while the loop looks: true
+    the first time it is tested, empty after."""
+
+    def __init__(self) -> None:
+        super().__init__([object()])
+        self.tested = 0
+
+    def __bool__(self) -> bool:
+        self.tested += 1
+        return self.tested == 1
+
+
+def test_the_loop_never_keeps_the_lock_of_a_request_that_ends_as_it_looks():
+    mine, theirs = socket.socketpair()
+    try:
+        channel = _Channel(_Server(), mine, ("127.0.0.1", 1), Adjustments(), map={})
+        channel.requests = _Finishing()
+        channel.writable()
+        taken: list[bool] = []
+        other = threading.Thread(target=lambda: taken.append(channel.outbuf_lock.acquire(False)))
+        other.start()
+        other.join(DEADLINE)
+        assert taken == [True], "the loop kept the connection's outbuf_lock"
+    finally:
+        mine.close()
+        theirs.close()
