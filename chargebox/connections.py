@@ -79,9 +79,11 @@ class _Channel(HTTPChannel):
         this connection's answer: it sends what it writes itself (`send_bytes` 1), holding
         `outbuf_lock`, and the loop could only find the lock taken and poll again at once.
         Under load that spin was most of the loop's work (about seven polls a sale, the
-        interpreter lock taken each time: docs/performance.md). A worker that leaves
-        output unsent wakes the loop when it lets go (its next write, or its task's end);
-        one that waits for the loop to drain it waits unlocked."""
+        interpreter lock taken each time: docs/performance.md). waitress wakes the loop
+        while the worker still holds the lock, so output a worker leaves unsent is sent
+        at the loop's next turn (LOOP_TIMEOUT at most) or when its task ends (a wake-up
+        after the lock is let go); one that waits for the loop to drain it waits
+        unlocked."""
         if self.requests:  # tested once: a worker may finish its request meanwhile
             if not self.outbuf_lock.acquire(blocking=False):
                 return False
