@@ -136,6 +136,8 @@ def identify(database: Database, token: str, admin_token: str | None,
             seen[2:] = _last_use(database).saw(seen[0], seen[2]), monotonic() + 1
         return Principal("seller", seen[1], seen[0], unchecked=True)
     rows = database.rows(_KEY, (digest,))
+    if not rows or rows[0][4] != "active":
+        known.forget(digest)  # refused from now on by this read, not by a write's check
     if rows and hmac.compare_digest(rows[0][2], digest):
         key_id, seller_id, _, last_used_at, status = rows[0]
         if status != "active":
@@ -184,6 +186,9 @@ class KnownKeys:
 
     def get(self, digest: str) -> list | None:
         return self.keys.get(digest)
+
+    def forget(self, digest: str) -> None:
+        self.keys.pop(digest, None)
 
     def remember(self, digest: str, key_id: int, seller_id: int, used: str | None) -> None:
         if len(self.keys) >= self.LIMIT:

@@ -167,3 +167,21 @@ def _stamp_once_written(service, seller_id: int, before: str | None) -> str:
         assert time.monotonic() < deadline, "the key's use was not stamped"
         time.sleep(0.02)
     return stamp
+
+
+def test_a_refused_key_is_forgotten_so_a_read_refuses_its_next_sales(service):
+    """Once a read refuses a remembered key (the read a refused sale makes first), it is
+    read again on its next sale, not let into a write (and a batch) to be refused there."""
+    seller, key = service.create_seller("Ali")
+    service.access.authenticate(f"Bearer {key}")  # read, and remembered
+    assert service.access.authenticate(f"Bearer {key}", remembered=True).unchecked
+    service.set_status(seller["id"], "suspended")
+    with pytest.raises(SellerSuspended):
+        service.access.authenticate(f"Bearer {key}")
+    with pytest.raises(SellerSuspended):  # read again: not remembered any more
+        service.access.authenticate(f"Bearer {key}", remembered=True)
+    (key_row,) = service.queries.seller_keys(seller["id"])
+    service.set_status(seller["id"], "active")
+    service.revoke_key(seller["id"], key_row["id"])
+    with pytest.raises(Unauthorized):
+        service.access.authenticate(f"Bearer {key}", remembered=True)
