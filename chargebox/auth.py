@@ -3,17 +3,16 @@
 A seller key is shown once at creation; only its SHA-256 is stored, so a copy
 of the database file holds no usable key; a web session's cookie likewise. Every
 request checks its key in the database, so a revoked key or a suspended seller is
-refused from the next request on, on every server: most read it first; a sale
-(`remembered`) checks it inside its own write instead, in the transaction that
-would sell (`check_key`, `keys_hold`), its key and seller known from an earlier
-read in this process (`KnownKeys`: what a key's hash names never changes, so no
-server can contradict it). `Access` binds it all to one database and admin token.
-Nothing here logs a secret.
+refused from the next request on, on every server: most read it first. A sale
+checks its key again inside its own write, in the transaction that would sell
+(`refuse_unless_held`, `keys_hold`), by id, hash and seller together; so a key
+read before in this process need not be read first (`remembered`, `KnownKeys`).
+Each use is stamped on its key (key_use.py). `Access` binds it all to one database
+and admin token. Nothing here logs a secret.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -21,7 +20,6 @@ import hmac
 import logging
 import os
 import secrets
-import threading
 from pathlib import Path
 from time import monotonic
 
@@ -29,6 +27,7 @@ from chargebox.access_log import keep_out
 from chargebox.clock import now
 from chargebox.db import Database, Write
 from chargebox.errors import SUSPENDED, SellerSuspended, Unauthorized
+from chargebox.key_use import last_use
 
 log = logging.getLogger("chargebox.auth")
 
@@ -41,13 +40,25 @@ SESSION_LIFETIME = datetime.timedelta(hours=12)
 CLOCK_SKEW = datetime.timedelta(minutes=5)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class SellerKey:
+    """A seller key as a request presented it: its row's id, its seller, and its hash. A
+    write that acts on it checks all three against the row (`refuse_unless_held`), so an
+    id edited by hand, or a database restored under running servers, refuses the key
+    rather than letting it act as another."""
+
+    id: int
+    seller_id: int
+    digest: str
+
+
 @dataclasses.dataclass(frozen=True)
 class Principal:
     role: str  # "admin" or "seller"
     seller_id: int | None = None
-    key_id: int | None = dataclasses.field(default=None, compare=False)  # the seller key used
-    # Known from an earlier read of its key, not read again: the request's write checks
-    # that the key still holds (`check_key`), and a refusal before it reads it (web.api).
+    key: SellerKey | None = dataclasses.field(default=None, compare=False)  # the key used
+    # Known from an earlier read of its key, not read again in this request: its write
+    # must check the key (`key`), and a refusal before that write reads it (web.api).
     unchecked: bool = dataclasses.field(default=False, compare=False)
 
     @property
@@ -57,23 +68,18 @@ class Principal:
 
 ADMIN = Principal("admin")
 
-# A key's last use is written at most this often (per key, across every process): a
-# write per request would put every read behind the write lock.
-LAST_USED_GRANULARITY = datetime.timedelta(minutes=1)
-# A last use stamped further ahead than this was stamped by a clock that jumped (and was
-# set back since): it is stamped afresh. Hosts a few minutes apart leave each other's be.
-LAST_USED_AHEAD = datetime.timedelta(days=1)
 _KEY = (
     "SELECT k.id, k.seller_id, k.key_hash, k.last_used_at, seller.status FROM seller_key AS k"
     " JOIN seller ON seller.id = k.seller_id WHERE k.key_hash = ? AND k.revoked_at IS NULL"
 )
-_HOLDS = (  # and the keys wanted: `IN (...)`
-    "SELECT k.id, seller.status FROM seller_key AS k JOIN seller ON seller.id = k.seller_id"
-    " WHERE k.revoked_at IS NULL AND k.id IN "
+_HELD = (
+    "SELECT seller.status FROM seller_key AS k JOIN seller ON seller.id = k.seller_id"
+    " WHERE k.id = ? AND k.seller_id = ? AND k.key_hash = ? AND k.revoked_at IS NULL"
 )
-_USED = (
-    "UPDATE seller_key SET last_used_at = ? WHERE id = ? AND revoked_at IS NULL"
-    " AND (last_used_at IS NULL OR last_used_at < ? OR last_used_at > ?)"
+_ALL_HELD = (  # of a table `held` (Write.table)
+    "SELECT seller.status FROM {held} JOIN seller_key AS k ON k.id = held.id"
+    " AND k.seller_id = held.seller AND k.key_hash = held.digest JOIN seller"
+    " ON seller.id = k.seller_id WHERE k.revoked_at IS NULL"
 )
 
 
@@ -120,8 +126,8 @@ def identify(database: Database, token: str, admin_token: str | None,
              remembered: bool = False) -> Principal:  # fmt: skip
     """The admin or the seller whose secret `token` is, or Unauthorized; SellerSuspended
     for a key of a suspended seller. A seller's key is one indexed read; `remembered`
-    (the caller's write will `check_key`), a key read before in this process is not
-    read again: its principal is `unchecked`. An admin token is checked against the
+    (the caller's write will check the principal's `key`), a key read before in this
+    process is not read again: its principal is `unchecked`. An admin token is checked against the
     rotated one, if any (`current_admin`)."""
     presented = token.encode("utf-8", "surrogateescape")
     digest = hash_key(token)
@@ -132,9 +138,10 @@ def identify(database: Database, token: str, admin_token: str | None,
         raise Unauthorized("unknown token")  # the token this server started with, rotated away
     known = _known(database)
     if remembered and (seen := known.get(digest)) is not None:
-        if monotonic() >= seen[3]:  # its last use looked at once a second, at most
-            seen[2:] = _last_use(database).saw(seen[0], seen[2]), monotonic() + 1
-        return Principal("seller", seen[1], seen[0], unchecked=True)
+        if monotonic() >= seen.look_again:  # its last use looked at once a second, at most
+            seen.used = last_use(database).saw(seen.key.id, seen.used)
+            seen.look_again = monotonic() + 1
+        return Principal("seller", seen.key.seller_id, seen.key, unchecked=True)
     rows = database.rows(_KEY, (digest,))
     if not rows or rows[0][4] != "active":
         known.forget(digest)  # refused from now on by this read, not by a write's check
@@ -142,8 +149,9 @@ def identify(database: Database, token: str, admin_token: str | None,
         key_id, seller_id, _, last_used_at, status = rows[0]
         if status != "active":
             raise SellerSuspended(SUSPENDED)
-        known.remember(digest, key_id, seller_id, _last_use(database).saw(key_id, last_used_at))
-        return Principal("seller", seller_id, key_id)
+        key = SellerKey(key_id, seller_id, digest)
+        known.remember(key, last_use(database).saw(key_id, last_used_at))
+        return Principal("seller", seller_id, key)
     rotated = current_admin(database)
     if rotated is not None and hmac.compare_digest(rotated, digest):
         keep_out(token)  # now known here: cut out of the access log, as the configured one
@@ -151,49 +159,58 @@ def identify(database: Database, token: str, admin_token: str | None,
     raise Unauthorized("unknown token")
 
 
-def check_key(reader: Database | Write, key_id: int) -> None:
-    """Unauthorized if the seller key `key_id` was revoked; SellerSuspended if its seller
-    is not active: the refusals `identify` would have made, inside the caller's write
-    (or read, for a copy replayed without one)."""
-    rows = reader.rows(_HOLDS + "(?)", (key_id,))
+def refuse_unless_held(reader: Database | Write, key: SellerKey) -> None:
+    """Unauthorized unless the seller key `key` is still there as presented (its id, seller
+    and hash) and not revoked; SellerSuspended if its seller is not active: the refusals
+    `identify` would make, inside the caller's write (or a read, for a copy replayed
+    without a write)."""
+    rows = reader.rows(_HELD, (key.id, key.seller_id, key.digest))
     if not rows:
         raise Unauthorized("unknown token")
-    if rows[0][1] != "active":
+    if rows[0][0] != "active":
         raise SellerSuspended(SUSPENDED)
 
 
-def keys_hold(write: Write, key_ids: list[int]) -> bool:
-    """Whether every seller key of `key_ids` still holds (not revoked, its seller active),
+def keys_hold(write: Write, keys: list[SellerKey]) -> bool:
+    """Whether every seller key of `keys` still holds as `refuse_unless_held` checks it,
     in one read: a batch of sales checks its callers' keys at once."""
-    wanted = sorted(set(key_ids))
-    ids, params = write.table("held", {"id": "bigint"}, [wanted])
-    rows = write.rows(f"{_HOLDS}(SELECT held.id FROM {ids})", params)
-    return sum(1 for _, status in rows if status == "active") == len(wanted)
+    wanted = sorted(set(keys), key=lambda key: key.id)
+    columns = [[key.id for key in wanted], [key.seller_id for key in wanted],
+               [key.digest for key in wanted]]  # fmt: skip
+    held, params = write.table("held", {"id": "bigint", "seller": "bigint", "digest": "text"},
+                               columns)  # fmt: skip
+    rows = write.rows(_ALL_HELD.format(held=held), params)
+    return sum(1 for (status,) in rows if status == "active") == len(wanted)
+
+
+@dataclasses.dataclass(slots=True)
+class _Known:
+    key: SellerKey
+    used: str | None  # its last use, as last seen
+    look_again: float  # when to look at that again (time.monotonic())
 
 
 class KnownKeys:
-    """The seller keys this process has read, by hash: each one's id, seller, last use as
-    last seen, and when to look at that again (time.monotonic()). Never wrong, only old:
-    a key's id, seller and hash never change (the schema's seller_key_revocation_is_final,
-    on both databases), so another server can revoke a key or suspend its seller, which
-    the write that uses it checks, but cannot make a hash name another key. At most
-    LIMIT keys; then it starts again."""
+    """The seller keys this process has read, by hash. Never wrong, only old: another
+    server can revoke a key or suspend its seller, which the write that uses it checks
+    (by id, seller and hash: a row changed by hand refuses the key). At most LIMIT keys;
+    then it starts again."""
 
     LIMIT = 10_000
 
     def __init__(self) -> None:
-        self.keys: dict[str, list] = {}
+        self.keys: dict[str, _Known] = {}
 
-    def get(self, digest: str) -> list | None:
+    def get(self, digest: str) -> _Known | None:
         return self.keys.get(digest)
 
     def forget(self, digest: str) -> None:
         self.keys.pop(digest, None)
 
-    def remember(self, digest: str, key_id: int, seller_id: int, used: str | None) -> None:
+    def remember(self, key: SellerKey, used: str | None) -> None:
         if len(self.keys) >= self.LIMIT:
             self.keys.clear()
-        self.keys[digest] = [key_id, seller_id, used, monotonic() + 1]
+        self.keys[key.digest] = _Known(key, used, monotonic() + 1)
 
 
 def _known(database: Database) -> KnownKeys:
@@ -227,61 +244,6 @@ def rotate_admin(database: Database, token: str) -> None:
     database.write(record)
 
 
-class LastUse:
-    """Records when keys were used, off the request's path: a key whose `last_used_at` is
-    older than LAST_USED_GRANULARITY is written by a short-lived thread of this process,
-    once, and closes the connection it opened; a request never waits for it, and a failed
-    write is logged and forgotten."""
-
-    def __init__(self, database: Database) -> None:
-        self.database = database
-        self.pid = os.getpid()
-        self.due: dict[int, str] = {}
-        self.lock = threading.Lock()
-        self.writing = False
-
-    def saw(self, key_id: int, last_used_at: str | None) -> str:
-        """A stamp from the last minute stands; one more than LAST_USED_AHEAD ahead is
-        written afresh rather than shown as a use to come until the clock passes it.
-        Returns the stamp that stands (the new one, once one is to be written)."""
-        recent = now(-LAST_USED_GRANULARITY), now(LAST_USED_AHEAD)
-        if last_used_at is not None and recent[0] <= last_used_at <= recent[1]:
-            return last_used_at
-        with self.lock:
-            if key_id in self.due:
-                return self.due[key_id]
-            stamp = self.due[key_id] = now()
-            if self.writing:
-                return stamp
-            self.writing = True
-        threading.Thread(target=self._write, name="chargebox-last-use", daemon=True).start()
-        return stamp
-
-    def _write(self) -> None:
-        while True:
-            with self.lock:
-                if not self.due:
-                    self.writing = False
-                    with contextlib.suppress(Exception):
-                        self.database.release()  # this thread's connection ends with it
-                    return
-                key_id, at = self.due.popitem()
-            params = (at, key_id, now(-LAST_USED_GRANULARITY), now(LAST_USED_AHEAD))
-            try:
-                self.database.write(lambda write, params=params: write.execute(_USED, params))
-            except Exception as exc:  # the request was answered: a missed stamp costs nothing
-                log.warning("could not record a key's last use: %s", type(exc).__name__)
-
-
-def _last_use(database: Database) -> LastUse:
-    """The database's LastUse in this process (a forked child makes its own). Two threads
-    that make one at once cost at most one more write of a stamp."""
-    found = getattr(database, "last_use", None)
-    if found is None or found.pid != os.getpid():
-        found = database.last_use = LastUse(database)
-    return found
-
-
 def new_session_token() -> tuple[str, str]:
     """A fresh web session cookie value and the hash to store for it."""
     token = secrets.token_urlsafe(32)
@@ -312,14 +274,16 @@ def session_principal(database: Database, token: str, admin_token: str | None) -
     if not rows:
         return None
     role, seller_id, remembered, expires_at, key_hash, key_id = rows[0]
-    current = key_hash
+    current, key = key_hash, None
+    if key_hash is not None:
+        key = SellerKey(key_id, seller_id, key_hash)
     if role == "admin":
         current = current_admin(database) or (hash_key(admin_token) if admin_token else None)
     if not now() < expires_at <= _too_late() or current is None:
         return None
     if not hmac.compare_digest(remembered, current):
         return None
-    return ADMIN if role == "admin" else Principal("seller", seller_id, key_id)
+    return ADMIN if role == "admin" else Principal("seller", seller_id, key)
 
 
 def _too_late() -> str:

@@ -100,8 +100,8 @@ def once(
         return _first(write, kind, seller_id, key, request_hash, act)
 
     def replayed(made: int) -> Outcome:
-        if sale is not None and sale.key_id is not None:  # a copy is not the key's to see
-            auth.check_key(database, sale.key_id)
+        if sale is not None and sale.key is not None:  # a copy is not the key's to see
+            auth.refuse_unless_held(database, sale.key)
         return Outcome(Queries(database).one(kind.made, made), True)
 
     work: Callable[[Write], object] = alone
@@ -171,9 +171,9 @@ class Sale:
     number: str
     amount: int
     shown: Callable[[dict], dict]  # the sale made, as `act` would have returned it
-    # The caller's seller key, not read before (auth.Principal.unchecked): its write
-    # checks that it holds, first, and a copy is replayed only after a read of it.
-    key_id: int | None = None
+    # The caller's seller key (auth.Principal.key): its write checks that it still holds,
+    # first, and a copy is replayed only after a read of it.
+    key: auth.SellerKey | None = None
 
 
 # Which (seller, key) pairs (a table `wanted`, Write.table) are recorded: one look-up in
@@ -210,8 +210,8 @@ class _Together:
         self.key, self.request_hash = key, request_hash
 
     def __call__(self, write: Write) -> object:
-        if self.sale.key_id is not None:
-            auth.check_key(write, self.sale.key_id)
+        if self.sale.key is not None:
+            auth.refuse_unless_held(write, self.sale.key)
         return self.alone(write)
 
     @staticmethod
@@ -224,8 +224,8 @@ class _Together:
         the runs go alone."""
         created, kind = now(), runs[0][0].kind
         works = [work for run in runs for work in run]
-        unchecked = [work.sale.key_id for work in works if work.sale.key_id is not None]
-        if unchecked and not auth.keys_hold(write, unchecked):
+        keys = [work.sale.key for work in works if work.sale.key is not None]
+        if keys and not auth.keys_hold(write, keys):
             raise Separately  # each alone, where its own check refuses it
         keyed = [work for work in works if work.key is not None]
         recorded = None

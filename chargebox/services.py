@@ -235,11 +235,14 @@ class Chargebox:
         )
 
     def sell(self, seller_id: int, phone: object, amount: object,
-             idempotency_key: str | None = None, unchecked_key: int | None = None,
+             idempotency_key: str | None = None, seller_key: auth.SellerKey | None = None,
              ) -> Outcome:  # fmt: skip
         """Sell a charge; with a key, the first outcome is final and replayed to every copy.
-        `unchecked_key`: the seller key of a caller not read yet (auth.Principal.unchecked),
-        checked in the sale's own write (Unauthorized, SellerSuspended)."""
+        `seller_key`: the caller's (auth.Principal.key), checked in the sale's own write
+        (Unauthorized, SellerSuspended): a key revoked after the request read it, or not
+        read at all (auth.Principal.unchecked), sells nothing."""
+        if seller_key is not None and seller_key.seller_id != seller_id:
+            raise ValueError("a seller key sells only for its own seller")
         number = normalize_phone(phone)
         amount = parse_amount(amount, self.config.max_amount)
         return idempotency.once(
@@ -252,7 +255,7 @@ class Chargebox:
                 **ledger.sell(write, seller_id, number, amount, created),
                 **NOT_REFUNDED,
             },
-            idempotency.Sale(number, amount, lambda sale: {**sale, **NOT_REFUNDED}, unchecked_key),
+            idempotency.Sale(number, amount, lambda sale: {**sale, **NOT_REFUNDED}, seller_key),
         )
 
     def refund(self, sale_id: int, reason: object, idempotency_key: str | None = None) -> Outcome:

@@ -361,7 +361,7 @@ def db_snapshot(db_path: Path | str) -> dict[str, object]:
     compared too, since a test that drops a trigger inside a transaction must see it
     back after the rollback. One column is left out: a seller key's `last_used_at`,
     which says that the key was presented, refused request or not, and is written
-    behind the request at most once a minute (auth.LastUse); everything else of the
+    behind the request at most once a minute (key_use.LastUse); everything else of the
     key (revoked or not) is compared.
     """
     with read_only(db_path) as conn:

@@ -2,10 +2,12 @@
 
 `POST /api/sales` does not read a key this process has read before (auth.KnownKeys:
 what a key's hash names never changes); the write that would sell checks that the
-key still holds, in its own transaction: alone (`auth.check_key`), or for a whole
-batch of sales at once (`auth.keys_hold`). What must stay as it was with a read
-first: a revoked key or a suspended seller sells nothing, its refusal comes before
-any other (a bad body, a copy of a recorded key), and the key's last use is stamped.
+key still holds (its id, seller and hash), in its own transaction: alone
+(`auth.refuse_unless_held`), or for a whole batch of sales at once (`auth.keys_hold`).
+A key read first in the same request is checked in the write all the same. What must
+stay as it was with a read first: a revoked key or a suspended seller sells nothing,
+its refusal comes before any other (a bad body, a copy of a recorded key), and the
+key's last use is stamped.
 The other server's side (a revocation through one server refused by the next sale
 on the other) is in test_seller_keys.py.
 """
@@ -14,26 +16,34 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import io
+import json
 import threading
 import time
+from wsgiref.util import setup_testing_defaults
 
 import pytest
 
-from chargebox import auth, clock
+from chargebox import auth, clock, key_use
+from chargebox.access_log import ENVIRON_WHO
 from chargebox.cli import prepare
 from chargebox.errors import ChargeboxError, SellerSuspended, Unauthorized
 from chargebox.idempotency import Outcome
 from chargebox.queries import Page
 from chargebox.services import Chargebox
+from chargebox.web import api, create_app
+from tests.backends import database_of
+from tests.support import writable
 
 PHONE = "09121234567"
 
 
-def seller_with_key(service, name: str, credit: int = 50_000) -> tuple[int, str, int]:
-    """A funded seller: its id, its key, and the key's id."""
+def seller_with_key(service, name: str, credit: int = 50_000) -> tuple[int, str, auth.SellerKey]:
+    """A funded seller: its id, its key, and the key as a request presents it."""
     seller, key = service.create_seller(name)
     service.approve_credit_request(service.request_credit(seller["id"], credit).record["id"])
-    return seller["id"], key, service.queries.seller_keys(seller["id"])[0]["id"]
+    key_id = service.queries.seller_keys(seller["id"])[0]["id"]
+    return seller["id"], key, auth.SellerKey(key_id, seller["id"], auth.hash_key(key))
 
 
 def test_a_batch_sells_only_for_the_keys_that_still_hold(service):
@@ -42,7 +52,7 @@ def test_a_batch_sells_only_for_the_keys_that_still_hold(service):
     ali, _, ali_key = seller_with_key(service, "Ali")
     bita, _, bita_key = seller_with_key(service, "Bita")
     cyrus, _, cyrus_key = seller_with_key(service, "Cyrus")
-    service.revoke_key(bita, bita_key)
+    service.revoke_key(bita, bita_key.id)
     service.set_status(cyrus, "suspended")
     writer = service.database.writer
     before = (writer.batches, writer.redone)
@@ -57,9 +67,9 @@ def test_a_batch_sells_only_for_the_keys_that_still_hold(service):
     assert holding.wait(10)
     outcomes: dict[int, object] = {}
 
-    def sell(seller_id: int, key_id: int) -> None:
+    def sell(seller_id: int, key: auth.SellerKey) -> None:
         try:
-            outcomes[seller_id] = service.sell(seller_id, PHONE, 1_000, f"k{seller_id}", key_id)
+            outcomes[seller_id] = service.sell(seller_id, PHONE, 1_000, f"k{seller_id}", key)
         except ChargeboxError as refused:
             outcomes[seller_id] = refused
 
@@ -96,18 +106,18 @@ def test_a_copy_of_a_recorded_key_is_not_replayed_to_a_key_revoked_since(config,
     or (no group commit) in the read before it."""
     service = Chargebox(prepare(dataclasses.replace(config, group_commit=group_commit)))
     try:
-        seller, _, key_id = seller_with_key(service, "Ali")
-        first = service.sell(seller, PHONE, 1_000, "same", key_id)
+        seller, _, key = seller_with_key(service, "Ali")
+        first = service.sell(seller, PHONE, 1_000, "same", key)
         assert not first.replayed
-        assert service.sell(seller, PHONE, 1_000, "same", key_id).replayed  # while it holds
-        service.revoke_key(seller, key_id)
+        assert service.sell(seller, PHONE, 1_000, "same", key).replayed  # while it holds
+        service.revoke_key(seller, key.id)
         with pytest.raises(Unauthorized):
-            service.sell(seller, PHONE, 1_000, "same", key_id)
+            service.sell(seller, PHONE, 1_000, "same", key)
         with pytest.raises(Unauthorized):
-            service.sell(seller, PHONE, 1_000, "new", key_id)
+            service.sell(seller, PHONE, 1_000, "new", key)
         service.set_status(seller, "suspended")
         with pytest.raises(Unauthorized):  # revoked: as a read would say, before suspended
-            service.sell(seller, PHONE, 1_000, None, key_id)
+            service.sell(seller, PHONE, 1_000, None, key)
         assert len(service.queries.sales(Page(), seller)) == 1
     finally:
         service.close()
@@ -154,7 +164,11 @@ def test_a_remembered_key_is_stamped_as_used_once_its_stamp_is_a_minute_old(serv
     remembered = service.access.authenticate(f"Bearer {key}", remembered=True)
     assert remembered.unchecked and remembered.seller_id == seller["id"]
     later = datetime.timedelta(minutes=2)
-    monkeypatch.setattr(auth, "now", lambda ahead=datetime.timedelta(0): clock.now(ahead + later))
+
+    def later_now(ahead: datetime.timedelta = datetime.timedelta(0)) -> str:
+        return clock.now(ahead + later)
+
+    monkeypatch.setattr(key_use, "now", later_now)
     monkeypatch.setattr(auth, "monotonic", lambda: time.monotonic() + later.total_seconds())
     assert service.access.authenticate(f"Bearer {key}", remembered=True).unchecked
     second = _stamp_once_written(service, seller["id"], first)
@@ -185,3 +199,86 @@ def test_a_refused_key_is_forgotten_so_a_read_refuses_its_next_sales(service):
     service.revoke_key(seller["id"], key_row["id"])
     with pytest.raises(Unauthorized):
         service.access.authenticate(f"Bearer {key}", remembered=True)
+
+
+@pytest.mark.parametrize("group_commit", [True, False], ids=["batched", "one-by-one"])
+def test_a_key_is_checked_by_its_id_seller_and_hash_together(config, group_commit):
+    """The schema pins a key's seller and hash, not its row's id: should ids be edited by
+    hand (or the database restored under running servers) so that a revoked key's id now
+    names another seller's good key, the revoked key still sells nothing."""
+    service = Chargebox(prepare(dataclasses.replace(config, group_commit=group_commit)))
+    try:
+        ali, _, ali_key = seller_with_key(service, "Ali")
+        bita, _, bita_key = seller_with_key(service, "Bita")
+        service.revoke_key(ali, ali_key.id)
+
+        with writable(database_of(config)) as conn:  # as the owner: the app's role may not
+            for old, new in ((ali_key.id, -1), (bita_key.id, ali_key.id), (-1, bita_key.id)):
+                conn.execute("UPDATE seller_key SET id = ? WHERE id = ?", (new, old))
+        with pytest.raises(Unauthorized):
+            service.sell(ali, PHONE, 1_000, None, ali_key)
+        with pytest.raises(Unauthorized):
+            service.sell(ali, PHONE, 1_000, "k1", ali_key)
+        assert not service.database.write(lambda write: auth.keys_hold(write, [ali_key]))
+        moved = auth.SellerKey(ali_key.id, bita, bita_key.digest)  # Bita's key, at its new id
+        assert service.database.write(lambda write: auth.keys_hold(write, [moved]))
+        assert service.sell(bita, PHONE, 1_000, None, moved).record["seller_id"] == bita
+        assert service.queries.sales(Page(), ali) == []
+        assert service.queries.seller(ali)["balance"] == 50_000
+    finally:
+        service.close()
+
+
+def test_a_key_revoked_after_its_request_read_it_sells_nothing(service, monkeypatch):
+    """A key read by the request itself (not remembered) is checked in the sale's write all
+    the same: a revocation that commits between the read and the write refuses the sale."""
+    seller, key, seller_key = seller_with_key(service, "Ali")
+    read_json = api.read_json
+
+    def revoked_meanwhile(*args, **kwargs):
+        service.revoke_key(seller, seller_key.id)
+        return read_json(*args, **kwargs)
+
+    monkeypatch.setattr(api, "read_json", revoked_meanwhile)
+    environ, (status, body) = _post_sale(service, key, {"phone": PHONE, "amount": 1_000})
+    assert status.startswith("401"), body
+    assert service.queries.sales(Page(), seller) == []
+
+
+def test_a_remembered_keys_refusal_names_no_seller_in_the_access_log(service):
+    """A remembered key refused by the read its failed sale makes leaves no principal in the
+    request's environ: the access log does not name the seller of a refused request."""
+    seller, key, seller_key = seller_with_key(service, "Ali")
+    environ, (status, _) = _post_sale(service, key, {"phone": PHONE, "amount": 1_000})
+    assert status.startswith("201") and environ[ENVIRON_WHO].seller_id == seller
+    service.revoke_key(seller, seller_key.id)
+    environ, (status, _) = _post_sale(service, key, {"phone": PHONE, "amount": "lots"})
+    assert status.startswith("401") and ENVIRON_WHO not in environ
+
+
+def _post_sale(service, key: str, sale: dict) -> tuple[dict, tuple[str, dict]]:
+    """`POST /api/sales` through the application in this process: its environ afterwards,
+    and its status and JSON body."""
+    body = json.dumps(sale).encode()
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/api/sales",
+               "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)),
+               "HTTP_AUTHORIZATION": f"Bearer {key}", "wsgi.input": io.BytesIO(body)}  # fmt: skip
+    setup_testing_defaults(environ)
+    answered = {}
+    app = create_app(service.config, service)
+    chunks = app(environ, lambda status, headers, *_: answered.update(status=status))
+    return environ, (answered["status"], json.loads(b"".join(chunks)))
+
+
+def test_a_web_sessions_sale_checks_the_sessions_key_in_its_write(service):
+    """A seller's web session acts with the key it was opened with (auth.Principal.key),
+    which the page's sale hands to its write: revoked after the page read the session, the
+    key sells nothing."""
+    seller, key, seller_key = seller_with_key(service, "Ali")
+    session, _ = service.access.sign_in(key)
+    you = service.access.session(session)
+    assert you.key == seller_key and not you.unchecked
+    service.revoke_key(seller, seller_key.id)
+    with pytest.raises(Unauthorized):
+        service.sell(seller, PHONE, 1_000, None, you.key)
+    assert service.access.session(session) is None

@@ -154,17 +154,17 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
 
     @app.post("/api/sales")
     def sell():
-        # The key of a seller seen before is checked in the sale's own write, not read
-        # first: one read less a sale (docs/performance.md). Should anything refuse the
-        # sale, the key is read first all the same, so its refusal comes first, as ever.
+        # The seller key is checked in the sale's own write; one seen before in this
+        # process is not read first: one read less a sale (docs/performance.md). Should
+        # anything refuse the sale, an unread key is read then, so its refusal comes
+        # first, as ever.
         principal = caller(access, SELLER, remembered=True)
-        unchecked = principal.key_id if principal.unchecked else None
         try:
             body = read_json(limit, ("phone", "amount"))
             sold = service.sell(principal.seller_id, body["phone"], body["amount"],
-                                header("Idempotency-Key"), unchecked)  # fmt: skip
+                                header("Idempotency-Key"), principal.key)  # fmt: skip
         except Exception:
-            if unchecked is not None:
+            if principal.unchecked:
                 caller(access, SELLER)
             raise
         return _made(sold, _location("sales", sold.record["id"]))

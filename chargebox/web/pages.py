@@ -235,7 +235,7 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
         return site.money_form(
             SELLER,
             lambda you, form, amount, key: site.service.sell(
-                you.principal.seller_id, form.get("phone", ""), amount, key
+                you.principal.seller_id, form.get("phone", ""), amount, key, you.principal.key
             ),
             again=lambda you, status, form: seller_page(you, status, sale=form),
             done="/seller?sold=",
