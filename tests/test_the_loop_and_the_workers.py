@@ -26,7 +26,8 @@ DEADLINE = 20  # seconds: a liveness bound
 class _Server:
     """What a channel asks of its server while it is made and polled."""
 
-    active_channels: dict = {}
+    def __init__(self) -> None:
+        self.active_channels: dict = {}  # each stub its own, not one shared by every test
 
     def pull_trigger(self) -> None:
         pass
