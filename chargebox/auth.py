@@ -20,6 +20,7 @@ import hmac
 import logging
 import os
 import secrets
+import threading
 from pathlib import Path
 from time import monotonic
 
@@ -193,24 +194,28 @@ class _Known:
 class KnownKeys:
     """The seller keys this process has read, by hash. Never wrong, only old: another
     server can revoke a key or suspend its seller, which the write that uses it checks
-    (by id, seller and hash: a row changed by hand refuses the key). At most LIMIT keys;
-    then it starts again."""
+    (by id, seller and hash: a row changed by hand refuses the key). At most LIMIT keys:
+    the one remembered longest ago makes way for a new one (it is read again next time)."""
 
     LIMIT = 10_000
 
     def __init__(self) -> None:
         self.keys: dict[str, _Known] = {}
+        self.lock = threading.Lock()  # for changes; a look-up is one dict.get
 
     def get(self, digest: str) -> _Known | None:
         return self.keys.get(digest)
 
     def forget(self, digest: str) -> None:
-        self.keys.pop(digest, None)
+        with self.lock:
+            self.keys.pop(digest, None)
 
     def remember(self, key: SellerKey, used: str | None) -> None:
-        if len(self.keys) >= self.LIMIT:
-            self.keys.clear()
-        self.keys[key.digest] = _Known(key, used, monotonic() + 1)
+        with self.lock:
+            self.keys.pop(key.digest, None)  # remembered afresh: the newest
+            while len(self.keys) >= self.LIMIT:
+                del self.keys[next(iter(self.keys))]
+            self.keys[key.digest] = _Known(key, used, monotonic() + 1)
 
 
 def _known(database: Database) -> KnownKeys:

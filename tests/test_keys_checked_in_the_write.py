@@ -282,3 +282,18 @@ def test_a_web_sessions_sale_checks_the_sessions_key_in_its_write(service):
     with pytest.raises(Unauthorized):
         service.sell(seller, PHONE, 1_000, None, you.key)
     assert service.access.session(session) is None
+
+
+def test_known_keys_past_their_limit_let_the_oldest_go_not_all(monkeypatch):
+    """A process that has read more than KnownKeys.LIMIT keys forgets the one it read
+    longest ago, one at a time; the others stay known (not read again on every sale)."""
+    monkeypatch.setattr(auth.KnownKeys, "LIMIT", 3)
+    known = auth.KnownKeys()
+    keys = [auth.SellerKey(n, n, f"hash{n}") for n in range(1, 6)]
+    for key in keys[:3]:
+        known.remember(key, None)
+    known.remember(keys[0], None)  # read again: the newest now
+    known.remember(keys[3], None)
+    assert [known.get(key.digest) is not None for key in keys] == [True, False, True, True, False]
+    known.remember(keys[4], None)
+    assert [known.get(key.digest) is not None for key in keys] == [True, False, False, True, True]
