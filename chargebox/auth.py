@@ -128,8 +128,8 @@ def identify(database: Database, token: str, admin_token: str | None,
     """The admin or the seller whose secret `token` is, or Unauthorized; SellerSuspended
     for a key of a suspended seller. A seller's key is one indexed read; `remembered`
     (the caller's write will check the principal's `key`), a key read before in this
-    process is not read again: its principal is `unchecked`. An admin token is checked against the
-    rotated one, if any (`current_admin`)."""
+    process is not read again: its principal is `unchecked`. An admin token is checked
+    against the rotated one, if any (`current_admin`)."""
     presented = token.encode("utf-8", "surrogateescape")
     digest = hash_key(token)
     if admin_token and hmac.compare_digest(presented, admin_token.encode("utf-8")):
