@@ -1,8 +1,8 @@
 """A sale's seller key, known from an earlier read, is checked inside the sale's write.
 
 `POST /api/sales` does not read a key this process has read before (auth.KnownKeys:
-what a key's hash names never changes); the write that would sell checks that the
-key still holds (its id, seller and hash), in its own transaction: alone
+which key row its hash named); the write that would sell checks that the key still
+holds (its id, seller and hash), in its own transaction: alone
 (`auth.refuse_unless_held`), or for a whole batch of sales at once (`auth.keys_hold`).
 A key read first in the same request is checked in the write all the same. What must
 stay as it was with a read first: a revoked key or a suspended seller sells nothing,

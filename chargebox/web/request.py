@@ -35,7 +35,7 @@ def caller(access: Access, *roles: str, remembered: bool = False) -> Principal:
     """Authenticate the request and require one of `roles` (401, then 403); `remembered`:
     a seller key read before may stand unread, for the request's write to check
     (auth.identify)."""
-    bottle.request.environ.pop(ENVIRON_WHO, None)  # a refusal names no one
+    bottle.request.environ.pop(ENVIRON_WHO, None)  # a refused key names no one (a 403 by role does)
     principal = access.authenticate(header("Authorization"), remembered)
     bottle.request.environ[ENVIRON_WHO] = principal  # for the access log
     if principal.role not in roles:
