@@ -82,6 +82,12 @@ _ALL_HELD = (  # of a table `held` (Write.table)
     " AND k.seller_id = held.seller AND k.key_hash = held.digest JOIN seller"
     " ON seller.id = k.seller_id WHERE k.revoked_at IS NULL"
 )
+# Inside a write, the key rows read stay as read until it commits. On PostgreSQL a plain
+# read locks nothing (and a revocation touches no row a sale locks): a revocation could
+# commit between the check and the sale's COMMIT. A share lock makes it wait for the sale
+# (a revocation that commits first is seen: the read waits for it, then reads it). SQLite's
+# write holds the whole file.
+_KEPT = {"sqlite": "", "postgresql": " FOR SHARE OF k"}
 
 
 def new_api_key() -> tuple[str, str]:
@@ -160,12 +166,14 @@ def identify(database: Database, token: str, admin_token: str | None,
     raise Unauthorized("unknown token")
 
 
-def refuse_unless_held(reader: Database | Write, key: SellerKey) -> None:
+def refuse_unless_held(reader: Database | Write, key: SellerKey, *, in_write: bool) -> None:
     """Unauthorized unless the seller key `key` is still there as presented (its id, seller
     and hash) and not revoked; SellerSuspended if its seller is not active: the refusals
-    `identify` would make, inside the caller's write (or a read, for a copy replayed
-    without a write)."""
-    rows = reader.rows(_HELD, (key.id, key.seller_id, key.digest))
+    `identify` would make, inside the caller's write (`in_write`: the key row then stays
+    as read until it commits; a revocation waits) or a read (a copy replayed without a
+    write)."""
+    sql = _HELD + _KEPT[reader.dialect] if in_write else _HELD
+    rows = reader.rows(sql, (key.id, key.seller_id, key.digest))
     if not rows:
         raise Unauthorized("unknown token")
     if rows[0][0] != "active":
@@ -174,13 +182,14 @@ def refuse_unless_held(reader: Database | Write, key: SellerKey) -> None:
 
 def keys_hold(write: Write, keys: list[SellerKey]) -> bool:
     """Whether every seller key of `keys` still holds as `refuse_unless_held` checks it,
-    in one read: a batch of sales checks its callers' keys at once."""
+    in one read: a batch of sales checks its callers' keys at once (their rows then stay as
+    read until the write commits)."""
     wanted = sorted(set(keys), key=lambda key: key.id)
     columns = [[key.id for key in wanted], [key.seller_id for key in wanted],
                [key.digest for key in wanted]]  # fmt: skip
     held, params = write.table("held", {"id": "bigint", "seller": "bigint", "digest": "text"},
                                columns)  # fmt: skip
-    rows = write.rows(_ALL_HELD.format(held=held), params)
+    rows = write.rows(_ALL_HELD.format(held=held) + _KEPT[write.dialect], params)
     return sum(1 for (status,) in rows if status == "active") == len(wanted)
 
 

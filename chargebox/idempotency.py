@@ -101,7 +101,7 @@ def once(
 
     def replayed(made: int) -> Outcome:
         if sale is not None and sale.key is not None:  # a copy is not the key's to see
-            auth.refuse_unless_held(database, sale.key)
+            auth.refuse_unless_held(database, sale.key, in_write=False)
         return Outcome(Queries(database).one(kind.made, made), True)
 
     work: Callable[[Write], object] = alone
@@ -211,7 +211,7 @@ class _Together:
 
     def __call__(self, write: Write) -> object:
         if self.sale.key is not None:
-            auth.refuse_unless_held(write, self.sale.key)
+            auth.refuse_unless_held(write, self.sale.key, in_write=True)
         return self.alone(write)
 
     @staticmethod

@@ -20,6 +20,7 @@ import io
 import json
 import threading
 import time
+from urllib.parse import urlencode
 from wsgiref.util import setup_testing_defaults
 
 import pytest
@@ -27,11 +28,12 @@ import pytest
 from chargebox import auth, clock, key_use
 from chargebox.access_log import ENVIRON_WHO
 from chargebox.cli import prepare
-from chargebox.errors import ChargeboxError, SellerSuspended, Unauthorized
+from chargebox.errors import ChargeboxError, LockTimeout, SellerSuspended, Unauthorized
 from chargebox.idempotency import Outcome
 from chargebox.queries import Page
 from chargebox.services import Chargebox
-from chargebox.web import api, create_app
+from chargebox.web import api, create_app, forms
+from chargebox.web.sessions import SESSION_COOKIE
 from tests.backends import database_of
 from tests.support import writable
 
@@ -231,7 +233,8 @@ def test_a_key_is_checked_by_its_id_seller_and_hash_together(config, group_commi
 
 def test_a_key_revoked_after_its_request_read_it_sells_nothing(service, monkeypatch):
     """A key read by the request itself (not remembered) is checked in the sale's write all
-    the same: a revocation that commits between the read and the write refuses the sale."""
+    the same: a revocation that commits between the read and the write refuses the sale,
+    and the refused request names no seller in the access log."""
     seller, key, seller_key = seller_with_key(service, "Ali")
     read_json = api.read_json
 
@@ -243,6 +246,50 @@ def test_a_key_revoked_after_its_request_read_it_sells_nothing(service, monkeypa
     environ, (status, body) = _post_sale(service, key, {"phone": PHONE, "amount": 1_000})
     assert status.startswith("401"), body
     assert service.queries.sales(Page(), seller) == []
+    assert ENVIRON_WHO not in environ
+
+
+@pytest.mark.parametrize("group_commit", [True, False], ids=["batched", "one-by-one"])
+def test_a_revocation_waits_for_a_sale_whose_write_has_checked_its_key(
+    config, group_commit, monkeypatch
+):
+    """Once a sale's write has checked its key, a revocation from another server waits for
+    that write to end (PostgreSQL: the key row's share lock; SQLite: the file): it cannot
+    commit in between, leaving a sale sold by a key revoked before the sale committed."""
+    service = Chargebox(prepare(dataclasses.replace(config, group_commit=group_commit)))
+    other = Chargebox(prepare(dataclasses.replace(config, group_commit=False,
+                                                  busy_timeout_ms=300)))  # fmt: skip
+    try:
+        seller, _, seller_key = seller_with_key(service, "Ali")
+        tried = []
+
+        def revoke_from_the_other_server() -> None:
+            try:
+                tried.append(other.revoke_key(seller, seller_key.id)["revoked_at"])
+            except LockTimeout:
+                tried.append("waited")
+
+        for name in ("refuse_unless_held", "keys_hold"):
+            check = getattr(auth, name)
+
+            def then_revoke(*args, check=check, **kwargs):
+                held = check(*args, **kwargs)
+                if not tried:  # from another thread: this one is inside the sale's write
+                    revoking = threading.Thread(target=revoke_from_the_other_server)
+                    revoking.start()
+                    revoking.join(60)
+                return held
+
+            monkeypatch.setattr(auth, name, then_revoke)
+        sold = service.sell(seller, PHONE, 1_000, None, seller_key)
+        assert tried == ["waited"]
+        assert service.queries.sales(Page(), seller)[0]["id"] == sold.record["id"]
+        other.revoke_key(seller, seller_key.id)  # once the sale has committed
+        with pytest.raises(Unauthorized):
+            service.sell(seller, PHONE, 1_000, None, seller_key)
+    finally:
+        other.close()
+        service.close()
 
 
 def test_a_remembered_keys_refusal_names_no_seller_in_the_access_log(service):
@@ -259,15 +306,21 @@ def test_a_remembered_keys_refusal_names_no_seller_in_the_access_log(service):
 def _post_sale(service, key: str, sale: dict) -> tuple[dict, tuple[str, dict]]:
     """`POST /api/sales` through the application in this process: its environ afterwards,
     and its status and JSON body."""
-    body = json.dumps(sale).encode()
-    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/api/sales",
-               "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)),
-               "HTTP_AUTHORIZATION": f"Bearer {key}", "wsgi.input": io.BytesIO(body)}  # fmt: skip
+    headers = {"CONTENT_TYPE": "application/json", "HTTP_AUTHORIZATION": f"Bearer {key}"}
+    environ, status, _, body = _post(service, "/api/sales", json.dumps(sale).encode(), headers)
+    return environ, (status, json.loads(body))
+
+
+def _post(service, path: str, body: bytes, headers: dict) -> tuple[dict, str, dict, bytes]:
+    """A POST through the application in this process: its environ afterwards, and the
+    answer's status, headers and body."""
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": path, "CONTENT_LENGTH": str(len(body)),
+               "wsgi.input": io.BytesIO(body), **headers}  # fmt: skip
     setup_testing_defaults(environ)
     answered = {}
     app = create_app(service.config, service)
-    chunks = app(environ, lambda status, headers, *_: answered.update(status=status))
-    return environ, (answered["status"], json.loads(b"".join(chunks)))
+    chunks = app(environ, lambda status, sent, *_: answered.update(status=status, sent=sent))
+    return environ, answered["status"], dict(answered["sent"]), b"".join(chunks)
 
 
 def test_a_web_sessions_sale_checks_the_sessions_key_in_its_write(service):
@@ -282,6 +335,29 @@ def test_a_web_sessions_sale_checks_the_sessions_key_in_its_write(service):
     with pytest.raises(Unauthorized):
         service.sell(seller, PHONE, 1_000, None, you.key)
     assert service.access.session(session) is None
+
+
+def test_a_sale_page_whose_key_is_revoked_mid_request_sends_to_sign_in(service, monkeypatch):
+    """The seller's sale form hands its session's key to the sale's write: revoked after
+    the page read the session, the key sells nothing, and the browser is sent to sign in
+    (as its next page would be), with no seller named in the access log."""
+    seller, key, seller_key = seller_with_key(service, "Ali")
+    session, _ = service.access.sign_in(key)
+    amount_from_text = forms.amount_from_text
+
+    def revoked_meanwhile(*args, **kwargs):
+        service.revoke_key(seller, seller_key.id)
+        return amount_from_text(*args, **kwargs)
+
+    monkeypatch.setattr(forms, "amount_from_text", revoked_meanwhile)
+    form = {"phone": PHONE, "amount": "1000", "csrf": auth.csrf_token(session)}
+    headers = {"CONTENT_TYPE": "application/x-www-form-urlencoded",
+               "HTTP_COOKIE": f"{SESSION_COOKIE}={session}"}  # fmt: skip
+    environ, status, sent, _ = _post(service, "/seller/sales", urlencode(form).encode(), headers)
+    assert status.startswith("303") and sent["Location"].endswith("/login")
+    assert ENVIRON_WHO not in environ
+    assert service.queries.sales(Page(), seller) == []
+    assert service.queries.seller(seller)["balance"] == 50_000
 
 
 def test_known_keys_past_their_limit_let_the_oldest_go_not_all(monkeypatch):

@@ -12,7 +12,14 @@ import bottle
 from chargebox import __version__, metrics, periods
 from chargebox.auth import Principal
 from chargebox.config import Config
-from chargebox.errors import DAMAGED, Damaged, NotFound, ValidationError
+from chargebox.errors import (
+    DAMAGED,
+    Damaged,
+    NotFound,
+    SellerSuspended,
+    Unauthorized,
+    ValidationError,
+)
 from chargebox.idempotency import Outcome
 from chargebox.services import Chargebox
 from chargebox.web.request import (
@@ -25,6 +32,7 @@ from chargebox.web.request import (
     read_json,
     seller_scope,
     statement_headers,
+    unnamed,
     wants_csv,
 )
 
@@ -163,9 +171,11 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
             body = read_json(limit, ("phone", "amount"))
             sold = service.sell(principal.seller_id, body["phone"], body["amount"],
                                 header("Idempotency-Key"), principal.key)  # fmt: skip
-        except Exception:
+        except Exception as exc:
             if principal.unchecked:
                 caller(access, SELLER)
+            if isinstance(exc, (Unauthorized, SellerSuspended)):
+                unnamed()  # the write refused the key: the log names no one
             raise
         return _made(sold, _location("sales", sold.record["id"]))
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import bottle
 
 from chargebox import periods
-from chargebox.errors import ChargeboxError, NotFound
+from chargebox.errors import ChargeboxError, NotFound, SellerSuspended, Unauthorized
 from chargebox.idempotency import Outcome
 from chargebox.money import amount_from_text
 from chargebox.services import Chargebox
@@ -23,7 +23,7 @@ from chargebox.web.errors import status_of
 from chargebox.web.html import language, redirect
 from chargebox.web.refusals import sentence
 from chargebox.web.request import query, read_form, statement_headers
-from chargebox.web.sessions import Visitor, check_csrf, signed_in, visitor
+from chargebox.web.sessions import SignInRequired, Visitor, check_csrf, signed_in, visitor
 
 
 def plain(exc: ChargeboxError, names: dict | None = None) -> str:
@@ -95,12 +95,16 @@ class Site:
         Idempotency-Key go to `act`. A refusal shows the page `again`, with what was typed
         and the reason beside its field (the amount's, unless it names another), in the
         error's status; success is a 303 to `done` (which ends in the notice's query
-        parameter) followed by the new record's id, so the next page says what was done."""
+        parameter) followed by the new record's id, so the next page says what was done.
+        A session whose key (or seller) the write refused goes to sign in, as its next
+        page would: its key was revoked, or its seller suspended, since the page read it."""
         you, form = self.posted(role)
         try:
             amount = amount_from_text(form.get("amount", ""), signed=signed)
             key = form.get("idempotency_key") or None
             made = act(you, form, amount, key)
+        except (Unauthorized, SellerSuspended):
+            raise SignInRequired from None
         except ChargeboxError as exc:
             return again(you, status_of(exc), Form(form).failed(exc, "amount"))
         return redirect(f"{done}{made.record['id']}")

@@ -24,7 +24,7 @@ from chargebox.services import Chargebox
 from chargebox.web import i18n, refusals
 from chargebox.web.errors import RefusedBeforeRouting, internal_error, request_id, status_of
 from chargebox.web.i18n import isolate
-from chargebox.web.request import accept_qualities
+from chargebox.web.request import accept_qualities, unnamed
 from chargebox.web.sessions import SignInRequired, Visitor, signed_in
 
 VIEWS = Path(__file__).parent / "views"
@@ -221,6 +221,7 @@ def page_plugin(config: Config, service: Chargebox):
             try:
                 response = callback(*args, **kwargs)
             except SignInRequired:
+                unnamed()  # the access log names no one sent to sign in
                 response = redirect("/login")
             except ChargeboxError as exc:
                 # A 500 here means a guard of the database fired: a bug, like any other.

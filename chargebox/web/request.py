@@ -35,7 +35,7 @@ def caller(access: Access, *roles: str, remembered: bool = False) -> Principal:
     """Authenticate the request and require one of `roles` (401, then 403); `remembered`:
     a seller key read before may stand unread, for the request's write to check
     (auth.identify)."""
-    bottle.request.environ.pop(ENVIRON_WHO, None)  # a refused key names no one (a 403 by role does)
+    unnamed()  # a refused key names no one (a 403 by role does)
     principal = access.authenticate(header("Authorization"), remembered)
     bottle.request.environ[ENVIRON_WHO] = principal  # for the access log
     if principal.role not in roles:
@@ -43,6 +43,12 @@ def caller(access: Access, *roles: str, remembered: bool = False) -> Principal:
             raise Forbidden("this route is not for the admin")
         raise Forbidden("this route is not for a seller")
     return principal
+
+
+def unnamed() -> None:
+    """The access log names no caller for this request: its key was refused (a refusal
+    in the request's write, too: a key revoked since it was read)."""
+    bottle.request.environ.pop(ENVIRON_WHO, None)
 
 
 def check_body_size(limit: int) -> None:
