@@ -7,8 +7,10 @@ up to it are trusted as that audit verified them, and only what came after is re
 each seller's later entries (seals, I1-I3, links), later sales, the credit requests
 and phones they touch, later seals. The report says which it did (`scope`). A clean
 audit that verified at least CHECKPOINT_AFTER entries records a checkpoint. Without
-one, the quick audit is the full one. Both compare the heads with their anchors outside
-the file (anchors.py), and a clean audit anchors the heads it saw.
+one, the quick audit is the full one; a full audit that finds a problem makes every
+later quick audit a full one, until one is clean (checkpoints.distrust). Both compare
+the heads with their anchors outside the file (anchors.py), and a clean audit anchors
+the heads it saw.
 """
 
 from __future__ import annotations
@@ -76,7 +78,10 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
     if usable and not problems and found.walked >= checkpoint_after and ahead:
         full_at = at if trusted is None else trusted.full_at
         seen = (bounds[0], found.totals["ledger_entries"], bounds[1], full_at, at)
-        saved = _save(database, seen, found.states, trusted.states if trusted else {})
+        saved = _save(database, lambda write: checkpoints.save(write, key, seen, found.states,
+                                                               trusted))  # fmt: skip
+    elif usable and problems and full:  # the quick audits may trust nothing before this
+        _save(database, lambda write: checkpoints.distrust(write, key, at))
     if keyed and not problems:
         _anchor(database, seen_heads)
     bad_sellers = {p["seller_id"] for p in problems}
@@ -187,12 +192,12 @@ def _settled(database: Database) -> tuple[int | None, int | None]:
     return tuple(database.settled(table) for table in ("ledger_entry", "credit_request"))
 
 
-def _save(database: Database, seen: tuple, states: dict, before: dict) -> int | None:
-    """Record the checkpoint; one that cannot be written now (a read-only file or place, a
-    busy database) is left for the next audit: it only saves time."""
-    key = database.ledger_key
+def _save(database: Database, record: Callable[[object], int | None]) -> int | None:
+    """Record a checkpoint; one that cannot be written now (a read-only file or place, a
+    busy database) is left for the next audit: it only saves time (a `distrust` not
+    recorded leaves the quick audit trusting what it did: the report said what was found)."""
     try:
-        return database.write(lambda write: checkpoints.save(write, key, seen, states, before))
+        return database.write(record)
     except (ChargeboxError, OSError):  # OSError: the write lock's file, in a read-only place
         return None
 

@@ -7,6 +7,13 @@ row bound to the checkpoint's seal, and the tables are append-only in the databa
 so without the key a checkpoint cannot be forged or moved, only deleted, which costs
 the next audit time, never its truth. Reading and writing them lives here; audit.py
 decides when to trust one and when to write one.
+
+A full audit that finds a problem records a checkpoint that verified nothing (`distrust`:
+no entries, no sellers' rows): from then on the quick audit trusts nothing, re-reads
+every row and names the problem again, until an audit is clean and records a checkpoint
+of its own. Without it, the quick audit would go on trusting an older checkpoint, and
+say nothing of a forgery the full audit found before it. A quick audit that started
+from a checkpoint older than such a mark records none.
 """
 
 from __future__ import annotations
@@ -16,6 +23,9 @@ from typing import NamedTuple
 from chargebox import anchors, seals
 
 TABLES = ("audit_checkpoint", "seller_checkpoint")
+# PostgreSQL's advisory lock for recording a checkpoint: a quick audit that continues an
+# older checkpoint sees a `distrust` recorded since, committed or not (SQLite: one write).
+CHECKPOINT_LOCK = 7355609
 
 
 class State(NamedTuple):
@@ -62,6 +72,7 @@ _NEW = (
     "INSERT INTO audit_checkpoint (entry_id, entries, request_id, full_at, created_at, mac)"
     " VALUES (?, ?, ?, ?, ?, ?) RETURNING id"
 )
+_DISTRUSTED_SINCE = "SELECT id FROM audit_checkpoint WHERE id > ? AND entries = 0 LIMIT 1"
 _NEW_STATE = (
     "INSERT INTO seller_checkpoint (checkpoint_id, seller_id, entry_id, entries, entry_mac,"
     " balance, sale_id, sales, mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -77,6 +88,8 @@ def newest(db: seals.Reader, key: bytes) -> tuple[Trusted | None, list[seals.Pro
     ident, entry_id, entries, request_id, full_at, created_at, mac = found[0]
     if not anchors.matches(mac, seals.checkpoint_mac(key, *found[0][1:6])):
         return None, [_forged(f"audit checkpoint {ident}")]
+    if entries == 0:  # it verified nothing (`distrust`): nothing is trusted
+        return None, []
     states: dict[int, State] = {}
     macs: dict[str, bool] = {}
     for seller_id, *state, seal, c_entry, c_entries, c_request, c_full, c_at, c_mac in db.rows(
@@ -94,9 +107,30 @@ def newest(db: seals.Reader, key: bytes) -> tuple[Trusted | None, list[seals.Pro
 
 
 def save(write, key: bytes, seen: tuple[int, int, int, str, str], states: dict[int, State],
-         before: dict[int, State]) -> int:  # fmt: skip
+         before: Trusted | None) -> int | None:  # fmt: skip
     """Record a checkpoint: `seen` is (entry_id, entries, request_id, full_at, created_at);
-    a row for each seller whose state is not `before`'s. Returns its id."""
+    a row for each seller whose state is not that of `before` (the checkpoint this audit
+    continued). Returns its id; None if a `distrust` was recorded after `before`."""
+    _one_at_a_time(write)
+    if before is not None and write.rows(_DISTRUSTED_SINCE, (before.id,)):
+        return None
+    return _record(write, key, seen, states, before.states if before else {})
+
+
+def distrust(write, key: bytes, at: str) -> int:
+    """Record that a full audit at `at` found a problem: a checkpoint that verified nothing,
+    so that later quick audits trust no earlier one (see above). Returns its id."""
+    _one_at_a_time(write)
+    return _record(write, key, (0, 0, 0, at, at), {}, {})
+
+
+def _one_at_a_time(write) -> None:
+    if write.dialect == "postgresql":
+        write.rows("SELECT pg_advisory_xact_lock(?)", (CHECKPOINT_LOCK,))
+
+
+def _record(write, key: bytes, seen: tuple, states: dict[int, State],
+            before: dict[int, State]) -> int:  # fmt: skip
     mac = seals.checkpoint_mac(key, *seen)
     ident = write.rows(_NEW, (*seen, mac))[0][0]
     for seller_id in sorted(states):

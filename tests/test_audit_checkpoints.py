@@ -154,6 +154,63 @@ def test_rows_before_the_checkpoint_are_trusted_and_the_full_audit_rereads_them(
     assert any(p["invariant"] == "seal" and p["entry_id"] == 1 for p in full["problems"])
 
 
+def test_after_a_full_audit_finds_a_forgery_the_quick_audit_trusts_nothing_before_it(
+    service, config
+):
+    """A full audit that finds a problem leaves a checkpoint that verified nothing: the
+    quick audits after it re-read every row and name the forgery too, rather than go on
+    trusting the checkpoint from before it."""
+    checkpointed(service)
+    with writable(database_of(config)) as conn:
+        drop_trigger(conn, "ledger_entry_no_update")
+        conn.execute("UPDATE ledger_entry SET created_at = ? WHERE id = 1", ("x",))
+    assert not service.audit()["scope"]["full"]  # trusted the checkpoint: missed it
+    assert not service.audit(full=True)["consistent"]
+    for _ in range(2):
+        quick = service.audit()
+        assert quick["scope"]["full"] and quick["scope"]["saved_checkpoint"] is None
+        assert any(p["invariant"] == "seal" and p["entry_id"] == 1 for p in quick["problems"])
+
+
+def test_a_clean_audit_after_a_failed_one_records_a_checkpoint_trusted_again(service, config):
+    """What a failed full audit found mended (here a trigger added beside the guards,
+    dropped again), the next audit is clean and records a checkpoint, which the quick
+    audits after it trust again."""
+    checkpointed(service)
+    with writable(database_of(config)) as conn:
+        if conn.postgresql:
+            conn.execute("CREATE FUNCTION zz() RETURNS trigger LANGUAGE plpgsql"
+                         " AS $$ BEGIN RETURN NEW; END; $$")  # fmt: skip
+            conn.execute("CREATE TRIGGER zz BEFORE INSERT ON ledger_entry"
+                         " FOR EACH ROW EXECUTE FUNCTION zz()")  # fmt: skip
+        else:
+            conn.execute("CREATE TRIGGER zz AFTER INSERT ON ledger_entry BEGIN SELECT 1; END")
+    failed = audit.audit(service.database, full=True, checkpoint_after=1)
+    assert [p["invariant"] for p in failed["problems"]] == ["I5"]
+    with writable(database_of(config)) as conn:
+        conn.execute("DROP TRIGGER zz ON ledger_entry" if conn.postgresql else "DROP TRIGGER zz")
+    assert service.audit()["scope"]["full"]  # trusts nothing (it walked too few to record)
+    mended = audit.audit(service.database, checkpoint_after=1)
+    assert mended["consistent"] and mended["scope"]["full"]
+    assert mended["scope"]["saved_checkpoint"] == 3  # after the failed audit's (2)
+    assert not service.audit()["scope"]["full"]
+
+
+def test_a_quick_audit_that_began_before_a_failed_full_one_records_no_checkpoint(service):
+    """A quick audit continuing a checkpoint older than a failed full audit's mark records
+    nothing that would trust it again."""
+    checkpointed(service)
+    key = service.database.ledger_key
+    trusted, _ = checkpoints.newest(service.database, key)
+    service.database.write(lambda write: checkpoints.distrust(write, key, "2026-12-05T00:00:00Z"))
+    seen = (trusted.entry_id, trusted.entries, trusted.request_id, trusted.full_at, "now")
+    saved = service.database.write(
+        lambda write: checkpoints.save(write, key, seen, trusted.states, trusted)
+    )
+    assert saved is None
+    assert checkpoints.newest(service.database, key) == (None, [])
+
+
 def test_a_checkpoint_written_without_the_key_is_refused_and_everything_verified(service, config):
     ali, _ = checkpointed(service)
     with writable(database_of(config)) as conn:
