@@ -105,6 +105,15 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
     }
 
 
+def reads_every_row(database: Database) -> bool:
+    """Whether a quick audit begun now would read every row: no checkpoint to start from,
+    or the newest one verified nothing (checkpoints.distrust). One read of one row; a
+    checkpoint that turns out not to verify is not foreseen."""
+    if database.ledger_key is None or not set(checkpoints.TABLES) <= database.table_names():
+        return True
+    return checkpoints.verified_nothing(database)
+
+
 def _full(db, keyed: bool, progress: Progress | None) -> Found:
     """Every row: the ledger walked in (seller, id) order for the seals, and the checks."""
     (total,) = db.rows("SELECT COUNT(*) FROM ledger_entry")[0]

@@ -106,6 +106,12 @@ def newest(db: seals.Reader, key: bytes) -> tuple[Trusted | None, list[seals.Pro
     return Trusted(ident, entry_id, entries, request_id, full_at, created_at, states), []
 
 
+def verified_nothing(db: seals.Reader) -> bool:
+    """Whether there is no checkpoint, or the newest verified nothing (`distrust`)."""
+    found = db.rows("SELECT entries FROM audit_checkpoint ORDER BY id DESC LIMIT 1")
+    return not found or found[0][0] == 0
+
+
 def save(write, key: bytes, seen: tuple[int, int, int, str, str], states: dict[int, State],
          before: Trusted | None) -> int | None:  # fmt: skip
     """Record a checkpoint: `seen` is (entry_id, entries, request_id, full_at, created_at);

@@ -332,8 +332,9 @@ class Chargebox:
 
     def audit(self, full: bool = False, progress: audit.Progress | None = None) -> dict:
         """The books re-checked: from the newest checkpoint on, or every row (`full`).
-        Full audits run one at a time in a process: each reads the whole ledger."""
-        if not full:
+        Full audits run one at a time in a process: each reads the whole ledger; so does a
+        quick one that would (no checkpoint to start from, or a failed full audit's mark)."""
+        if not full and not audit.reads_every_row(self.database):
             return audit.audit(self.database, progress=progress)
         with self._full_audit:
-            return audit.audit(self.database, full=True, progress=progress)
+            return audit.audit(self.database, full=full, progress=progress)

@@ -196,6 +196,30 @@ def test_a_clean_audit_after_a_failed_one_records_a_checkpoint_trusted_again(ser
     assert not service.audit()["scope"]["full"]
 
 
+def test_quick_audits_that_read_every_row_run_one_at_a_time_as_full_ones(service, config):
+    """A quick audit with no checkpoint to trust (here after a failed full audit) reads
+    the whole ledger, so it waits its turn with the full audits; one that starts from a
+    checkpoint does not wait."""
+    checkpointed(service)
+    turns = []
+
+    class Turns:
+        def __enter__(self):
+            turns.append("full audit's turn")
+
+        def __exit__(self, *exc):
+            return False
+
+    service._full_audit = Turns()
+    service.audit()
+    assert turns == []
+    with writable(database_of(config)) as conn:
+        drop_trigger(conn, "ledger_entry_no_update")
+    service.audit(full=True)
+    service.audit()
+    assert len(turns) == 2
+
+
 def test_a_quick_audit_that_began_before_a_failed_full_one_records_no_checkpoint(service):
     """A quick audit continuing a checkpoint older than a failed full audit's mark records
     nothing that would trust it again."""
