@@ -192,8 +192,11 @@ class Rendered:
         self.statement.close()
 
 
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one, not one a line
+
+
 def _dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _COMPACT.encode(value)
 
 
 def _json(statement: Statement) -> Iterator[bytes]:

@@ -59,8 +59,11 @@ def request_id() -> str:
     return request_id_of(bottle.request.environ)
 
 
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one, not one a call
+
+
 def json_body(body: dict | list) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _COMPACT.encode(body).encode("utf-8")
 
 
 def error_response(
