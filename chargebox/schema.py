@@ -26,8 +26,9 @@ from chargebox.clock import now
 # 2: seller keys (seller_key) and suspension (seller.status); 3: refunds (ledger_entry.refund_of);
 # 4: a key's record is its seller's (the triggers *_is_its_sellers); 5: entries and sales by
 # stamp (indexes); 6: sales by number on PostgreSQL (an index; SQLite's file has had one);
-# 7: the span of the sales' stamps by block of ids (sale_block), instead of sales by stamp
-VERSION = 7
+# 7: the span of the sales' stamps by block of ids (sale_block), instead of sales by stamp;
+# 8: a seller key's row id is pinned too (seller_key_revocation_is_final)
+VERSION = 8
 POSTGRESQL_VERSION = VERSION
 
 
@@ -206,10 +207,12 @@ TRIGGERS = (
     _immutable("seller", "DELETE", "sellers are never deleted"),
     _immutable("credit_request", "DELETE", "credit requests are never deleted"),
     _immutable("seller_key", "DELETE", "seller keys are never deleted"),
-    # A key keeps what it was issued as; once revoked it stays revoked.
+    # A key keeps what it was issued as, its row's id too (version 8: a process that has
+    # read a key names it by id: auth.SellerKey); once revoked it stays revoked.
     """CREATE TRIGGER IF NOT EXISTS seller_key_revocation_is_final
        BEFORE UPDATE ON seller_key
-       WHEN NEW.seller_id IS NOT OLD.seller_id OR NEW.label IS NOT OLD.label
+       WHEN NEW.id IS NOT OLD.id
+         OR NEW.seller_id IS NOT OLD.seller_id OR NEW.label IS NOT OLD.label
          OR NEW.key_hash IS NOT OLD.key_hash OR NEW.created_at IS NOT OLD.created_at
          OR (OLD.revoked_at IS NOT NULL AND NEW.revoked_at IS NOT OLD.revoked_at)
        BEGIN SELECT RAISE(ABORT, 'a seller key never changes, and a revoked key stays revoked');

@@ -633,3 +633,21 @@ CREATE TRIGGER sale_block_no_truncate BEFORE TRUNCATE ON sale_block
     FOR EACH STATEMENT EXECUTE FUNCTION chargebox_refuse('a block of sales only ever widens');
 -- ;
 DROP INDEX IF EXISTS sale_created_at;
+-- ;
+-- VERSION 8: a seller key's row id is pinned too. A process that has read a key names it
+-- by its row's id, seller and hash (auth.SellerKey), and a sale's write checks all three;
+-- the id, which no grant lets the service change, now no one changes.
+CREATE OR REPLACE FUNCTION chargebox_key_revocation_is_final() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
+BEGIN
+    IF NEW.id IS DISTINCT FROM OLD.id
+       OR NEW.seller_id IS DISTINCT FROM OLD.seller_id OR NEW.label IS DISTINCT FROM OLD.label
+       OR NEW.key_hash IS DISTINCT FROM OLD.key_hash
+       OR NEW.created_at IS DISTINCT FROM OLD.created_at
+       OR (OLD.revoked_at IS NOT NULL AND NEW.revoked_at IS DISTINCT FROM OLD.revoked_at) THEN
+        RAISE EXCEPTION 'a seller key never changes, and a revoked key stays revoked'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
+END;
+$$;

@@ -179,6 +179,11 @@ def _sqlite_sales_by_number(conn: sqlite3.Connection) -> None:
     only the version is recorded)."""
 
 
+def _sqlite_key_ids_pinned(conn: sqlite3.Connection) -> None:
+    """Version 8 on SQLite: the trigger seller_key_revocation_is_final is made again with
+    schema.TRIGGERS' text, after the steps, as every guard whose text changed is."""
+
+
 def _sqlite_sale_blocks(conn: sqlite3.Connection) -> None:
     """Version 7: the spans of the sales' stamps by block of ids (models.SaleBlock), made
     from the sales there (one read of them), in place of version 5's index of sales by
@@ -235,4 +240,6 @@ STEPS: tuple[Step, ...] = (
     Step(7, "the span of the sales' stamps by block of ids (sale_block), for searches by"
             " time, in place of the index of sales by stamp",
          _sqlite_sale_blocks, _postgresql_sale_blocks),
+    Step(8, "a seller key's row id pinned (the guard seller_key_revocation_is_final)",
+         _sqlite_key_ids_pinned, _postgresql_part(8)),
 )  # fmt: skip

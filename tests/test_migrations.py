@@ -601,6 +601,10 @@ GUARDS_OF_VERSION = {
         "3dc7d5cb5dd66803eb1eb16a1b0996f8fd0dbd6aa6c6343063b09011324ef1c8",
         "31a1ca7e16f1f15ab7c65c8b89fcf4353c41550f1c6c6ffbf4e9d6703690f1ca",
     ),
+    8: (  # seller_key_revocation_is_final pins the key row's id too
+        "184c3643e73c9d20bda2f0d0526b7c0b9e55e3d15b5da80b6f0d11fe57b88473",
+        "8e2b2d2c04a832839d44cf5bed4c956fddb5306f8e4c5ee577c46b66dd273e0a",
+    ),
 }
 
 

@@ -229,6 +229,9 @@ def test_the_database_refuses_a_suspended_sellers_request_and_a_key_unrevoked(se
                          (seller["id"],))  # fmt: skip
         with pytest.raises(REFUSED, match="never deleted"):
             conn.execute("DELETE FROM seller_key WHERE seller_id = ?", (seller["id"],))
+        with pytest.raises(REFUSED, match="never changes"):  # its id too (version 8)
+            conn.execute("UPDATE seller_key SET id = id + 1000 WHERE seller_id = ?",
+                         (seller["id"],))  # fmt: skip
 
 
 def test_a_key_made_by_a_clock_ahead_is_revoked_and_rotated_all_the_same(service, monkeypatch):
