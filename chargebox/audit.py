@@ -57,7 +57,7 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
         problems = [p._asdict() for p in seals.key_problems(db, key)]
         keyed = not problems
         usable = keyed and set(checkpoints.TABLES) <= db.table_names()
-        trusted = None
+        trusted, newest = None, checkpoints.newest_id(db) if usable else 0
         if usable and not full:
             trusted, forged = checkpoints.newest(db, key)
             problems += [p._asdict() for p in forged]
@@ -79,7 +79,7 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
         full_at = at if trusted is None else trusted.full_at
         seen = (bounds[0], found.totals["ledger_entries"], bounds[1], full_at, at)
         saved = _save(database, lambda write: checkpoints.save(write, key, seen, found.states,
-                                                               trusted))  # fmt: skip
+                                                               trusted, newest))  # fmt: skip
     elif usable and problems and full:  # the quick audits may trust nothing before this
         _save(database, lambda write: checkpoints.distrust(write, key, at))
     if keyed and not problems:

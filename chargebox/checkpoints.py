@@ -12,8 +12,9 @@ A full audit that finds a problem records a checkpoint that verified nothing (`d
 no entries, no sellers' rows): from then on the quick audit trusts nothing, re-reads
 every row and names the problem again, until an audit is clean and records a checkpoint
 of its own. Without it, the quick audit would go on trusting an older checkpoint, and
-say nothing of a forgery the full audit found before it. A quick audit that started
-from a checkpoint older than such a mark records none.
+say nothing of a forgery the full audit found before it. An audit whose snapshot began
+before such a mark was recorded records no checkpoint (what it found clean may have
+been changed since).
 """
 
 from __future__ import annotations
@@ -113,14 +114,21 @@ def verified_nothing(db: seals.Reader) -> bool:
 
 
 def save(write, key: bytes, seen: tuple[int, int, int, str, str], states: dict[int, State],
-         before: Trusted | None) -> int | None:  # fmt: skip
+         before: Trusted | None, newest: int) -> int | None:  # fmt: skip
     """Record a checkpoint: `seen` is (entry_id, entries, request_id, full_at, created_at);
     a row for each seller whose state is not that of `before` (the checkpoint this audit
-    continued). Returns its id; None if a `distrust` was recorded after `before`."""
+    continued, if any). Returns its id; None if a `distrust` was recorded after the
+    checkpoint `newest` (the newest when the audit's snapshot began: `newest_id`), by an
+    audit that saw what this one's snapshot did not."""
     _one_at_a_time(write)
-    if before is not None and write.rows(_DISTRUSTED_SINCE, (before.id,)):
+    if write.rows(_DISTRUSTED_SINCE, (newest,)):
         return None
     return _record(write, key, seen, states, before.states if before else {})
+
+
+def newest_id(db: seals.Reader) -> int:
+    """The newest checkpoint's id, 0 if none."""
+    return db.rows("SELECT COALESCE(max(id), 0) FROM audit_checkpoint")[0][0]
 
 
 def distrust(write, key: bytes, at: str) -> int:

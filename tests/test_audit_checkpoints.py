@@ -10,6 +10,8 @@ tables are append-only in the database; and the doors: CLI `--full`, `?full=true
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import requests
 
@@ -229,10 +231,33 @@ def test_a_quick_audit_that_began_before_a_failed_full_one_records_no_checkpoint
     service.database.write(lambda write: checkpoints.distrust(write, key, "2026-12-05T00:00:00Z"))
     seen = (trusted.entry_id, trusted.entries, trusted.request_id, trusted.full_at, "now")
     saved = service.database.write(
-        lambda write: checkpoints.save(write, key, seen, trusted.states, trusted)
+        lambda write: checkpoints.save(write, key, seen, trusted.states, trusted, trusted.id)
     )
     assert saved is None
     assert checkpoints.newest(service.database, key) == (None, [])
+
+
+def test_a_clean_audit_whose_snapshot_began_before_a_failed_ones_mark_records_none(
+    service, monkeypatch
+):
+    """Two audits at once: one whose snapshot was clean, another (its snapshot later) that
+    found a problem and recorded its mark meanwhile. The clean one records no checkpoint:
+    what it saw clean may have been changed since, and its checkpoint would be trusted."""
+    checkpointed(service)
+    key, walk = service.database.ledger_key, audit._full
+
+    def marked_meanwhile(*args, **kwargs):
+        found = walk(*args, **kwargs)
+        mark = lambda write: checkpoints.distrust(write, key, "t")  # noqa: E731
+        other = threading.Thread(target=service.database.write, args=(mark,))
+        other.start()
+        other.join()
+        return found
+
+    monkeypatch.setattr(audit, "_full", marked_meanwhile)
+    report = audit.audit(service.database, full=True, checkpoint_after=1)
+    assert report["consistent"] and report["scope"]["saved_checkpoint"] is None
+    assert checkpoints.verified_nothing(service.database)
 
 
 def test_a_checkpoint_written_without_the_key_is_refused_and_everything_verified(service, config):
