@@ -24,8 +24,9 @@ from typing import NamedTuple
 from chargebox import anchors, seals
 
 TABLES = ("audit_checkpoint", "seller_checkpoint")
-# PostgreSQL's advisory lock for recording a checkpoint: a quick audit that continues an
-# older checkpoint sees a `distrust` recorded since, committed or not (SQLite: one write).
+# PostgreSQL's advisory lock for recording a checkpoint: an audit about to record one sees
+# every `distrust` recorded since its snapshot began, none still uncommitted (SQLite: the
+# write holds the file).
 CHECKPOINT_LOCK = 7355609
 
 
