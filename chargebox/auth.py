@@ -84,10 +84,14 @@ _ALL_HELD = (  # of a table `held` (Write.table)
 )
 # Inside a write, the key rows read stay as read until it commits. On PostgreSQL a plain
 # read locks nothing (and a revocation touches no row a sale locks): a revocation could
-# commit between the check and the sale's COMMIT. A share lock makes it wait for the sale
-# (a revocation that commits first is seen: the read waits for it, then reads it). SQLite's
-# write holds the whole file.
-_KEPT = {"sqlite": "", "postgresql": " FOR SHARE OF k"}
+# commit between the check and the sale's COMMIT. The sale holds a KEY SHARE lock on the
+# rows, which a revocation's FOR UPDATE (`hold_for_revocation`) waits for; one that came
+# first is seen (the locking read waits for it, then reads the revoked row). Not SHARE:
+# the last-use stamp's UPDATE (key_use.py) would wait for the sales, and the sales queued
+# behind it would deadlock with other sellers' batches (1 s stalls, 64 sellers, two
+# servers). SQLite's write holds the whole file.
+_KEPT = {"sqlite": "", "postgresql": " FOR KEY SHARE OF k"}
+_REVOKING = "SELECT 1 FROM seller_key WHERE id = ? AND seller_id = ? FOR UPDATE"
 
 
 def new_api_key() -> tuple[str, str]:
@@ -178,6 +182,13 @@ def refuse_unless_held(reader: Database | Write, key: SellerKey, *, in_write: bo
         raise Unauthorized("unknown token")
     if rows[0][0] != "active":
         raise SellerSuspended(SUSPENDED)
+
+
+def hold_for_revocation(write: Write, seller_id: int, key_id: int) -> None:
+    """Before a key is revoked (PostgreSQL): wait for every sale whose write has checked it
+    to end, and make those to come wait for the revocation (see _KEPT)."""
+    if write.dialect == "postgresql":
+        write.rows(_REVOKING, (key_id, seller_id))
 
 
 def keys_hold(write: Write, keys: list[SellerKey]) -> bool:

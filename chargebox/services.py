@@ -143,6 +143,7 @@ class Chargebox:
         return write.dicts(_NEW_KEY, (seller_id, label, key_hash, at))[0]
 
     def _revoke(self, write: Write, seller_id: int, key_id: int, at: str) -> dict:
+        auth.hold_for_revocation(write, seller_id, key_id)
         revoked = write.dicts(_REVOKE, (at, at, key_id, seller_id))
         if revoked:
             return revoked[0]

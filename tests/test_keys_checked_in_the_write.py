@@ -233,6 +233,45 @@ def test_a_key_is_checked_by_its_id_seller_and_hash_together(config, group_commi
         service.close()
 
 
+def test_a_keys_last_use_stamp_does_not_wait_for_a_sale_whose_write_checked_it(config, monkeypatch):
+    """What a sale's write holds on its key row lets the key's last-use stamp (key_use.py,
+    another server's) through: were the stamp to wait, the sales queued behind it would
+    deadlock with other sellers' batches. SQLite's write holds the file (no stamp goes
+    through it); there the stamp waits, as every write does."""
+    service = Chargebox(prepare(config))
+    other = Chargebox(prepare(dataclasses.replace(config, group_commit=False,
+                                                  busy_timeout_ms=300)))  # fmt: skip
+    try:
+        seller, _, seller_key = seller_with_key(service, "Ali")
+        stamped = []
+
+        def stamp_from_the_other_server() -> None:
+            params = ("2026-12-05T00:00:00Z", seller_key.id, "9", "0")  # any stamp is old
+            try:
+                other.database.write(lambda write: write.execute(key_use._USED, params))
+                stamped.append("stamped")
+            except LockTimeout:
+                stamped.append("waited")
+
+        for name in ("refuse_unless_held", "keys_hold"):
+            check = getattr(auth, name)
+
+            def then_stamp(*args, check=check, **kwargs):
+                held = check(*args, **kwargs)
+                if not stamped:  # from another thread: this one is inside the sale's write
+                    stamping = threading.Thread(target=stamp_from_the_other_server)
+                    stamping.start()
+                    stamping.join(60)
+                return held
+
+            monkeypatch.setattr(auth, name, then_stamp)
+        service.sell(seller, PHONE, 1_000, None, seller_key)
+        assert stamped == (["stamped"] if config.db_url else ["waited"])
+    finally:
+        other.close()
+        service.close()
+
+
 def test_a_key_revoked_after_its_request_read_it_sells_nothing(service, monkeypatch):
     """A key read by the request itself (not remembered) is checked in the sale's write all
     the same: a revocation that commits between the read and the write refuses the sale,
