@@ -16,7 +16,7 @@ from chargebox.schema import current_schema, tables
 # read and insert, and the append-only tables not even that much more.
 _UPDATABLE = {
     "seller": ("balance", "status"),
-    "seller_key": ("revoked_at", "last_used_at"),
+    "seller_key": ("revoked_at", "last_used_at"),  # and so a sale's lock on its key (auth)
     "admin_token": ("token_hash", "changed_at"),  # rotate-admin-token, as the service
     "credit_request": ("status", "decided_at"),
     "phone": ("total_charged",),
