@@ -20,6 +20,7 @@ import io
 import json
 import threading
 import time
+from collections.abc import Callable
 from urllib.parse import urlencode
 from wsgiref.util import setup_testing_defaults
 
@@ -238,33 +239,16 @@ def test_a_keys_last_use_stamp_does_not_wait_for_a_sale_whose_write_checked_it(c
     another server's) through: were the stamp to wait, the sales queued behind it would
     deadlock with other sellers' batches. SQLite's write holds the file (no stamp goes
     through it); there the stamp waits, as every write does."""
-    service = Chargebox(prepare(config))
-    other = Chargebox(prepare(dataclasses.replace(config, group_commit=False,
-                                                  busy_timeout_ms=300)))  # fmt: skip
+    service, other = Chargebox(prepare(config)), _other_server(config)
     try:
         seller, _, seller_key = seller_with_key(service, "Ali")
-        stamped = []
+        params = ("2026-12-05T00:00:00Z", seller_key.id, "9", "0")  # any stamp is old
 
-        def stamp_from_the_other_server() -> None:
-            params = ("2026-12-05T00:00:00Z", seller_key.id, "9", "0")  # any stamp is old
-            try:
-                other.database.write(lambda write: write.execute(key_use._USED, params))
-                stamped.append("stamped")
-            except LockTimeout:
-                stamped.append("waited")
+        def stamp() -> str:
+            other.database.write(lambda write: write.execute(key_use._USED, params))
+            return "stamped"
 
-        for name in ("refuse_unless_held", "keys_hold"):
-            check = getattr(auth, name)
-
-            def then_stamp(*args, check=check, **kwargs):
-                held = check(*args, **kwargs)
-                if not stamped:  # from another thread: this one is inside the sale's write
-                    stamping = threading.Thread(target=stamp_from_the_other_server)
-                    stamping.start()
-                    stamping.join(60)
-                return held
-
-            monkeypatch.setattr(auth, name, then_stamp)
+        stamped = _once_the_sales_write_checked_its_key(monkeypatch, stamp)
         service.sell(seller, PHONE, 1_000, None, seller_key)
         assert stamped == (["stamped"] if config.db_url else ["waited"])
     finally:
@@ -295,33 +279,15 @@ def test_a_revocation_waits_for_a_sale_whose_write_has_checked_its_key(
     config, group_commit, monkeypatch
 ):
     """Once a sale's write has checked its key, a revocation from another server waits for
-    that write to end (PostgreSQL: the key row's share lock; SQLite: the file): it cannot
+    that write to end (PostgreSQL: the key row's key-share lock; SQLite: the file): it cannot
     commit in between, leaving a sale sold by a key revoked before the sale committed."""
     service = Chargebox(prepare(dataclasses.replace(config, group_commit=group_commit)))
-    other = Chargebox(prepare(dataclasses.replace(config, group_commit=False,
-                                                  busy_timeout_ms=300)))  # fmt: skip
+    other = _other_server(config)
     try:
         seller, _, seller_key = seller_with_key(service, "Ali")
-        tried = []
-
-        def revoke_from_the_other_server() -> None:
-            try:
-                tried.append(other.revoke_key(seller, seller_key.id)["revoked_at"])
-            except LockTimeout:
-                tried.append("waited")
-
-        for name in ("refuse_unless_held", "keys_hold"):
-            check = getattr(auth, name)
-
-            def then_revoke(*args, check=check, **kwargs):
-                held = check(*args, **kwargs)
-                if not tried:  # from another thread: this one is inside the sale's write
-                    revoking = threading.Thread(target=revoke_from_the_other_server)
-                    revoking.start()
-                    revoking.join(60)
-                return held
-
-            monkeypatch.setattr(auth, name, then_revoke)
+        tried = _once_the_sales_write_checked_its_key(
+            monkeypatch, lambda: other.revoke_key(seller, seller_key.id)["revoked_at"]
+        )
         sold = service.sell(seller, PHONE, 1_000, None, seller_key)
         assert tried == ["waited"]
         assert service.queries.sales(Page(), seller)[0]["id"] == sold.record["id"]
@@ -342,6 +308,40 @@ def test_a_remembered_keys_refusal_names_no_seller_in_the_access_log(service):
     service.revoke_key(seller, seller_key.id)
     environ, (status, _) = _post_sale(service, key, {"phone": PHONE, "amount": "lots"})
     assert status.startswith("401") and ENVIRON_WHO not in environ
+
+
+def _other_server(config) -> Chargebox:
+    """Another server on the same database: one write at a time, a lock waited for 300 ms
+    at most (then LockTimeout)."""
+    return Chargebox(prepare(dataclasses.replace(config, group_commit=False,
+                                                 busy_timeout_ms=300)))  # fmt: skip
+
+
+def _once_the_sales_write_checked_its_key(monkeypatch, act: Callable[[], str]) -> list[str]:
+    """Make the first key check of a sale's write (alone or batched) run `act` from another
+    thread before the write goes on: what it returned, or "waited" (LockTimeout), is put
+    in the list returned."""
+    done: list[str] = []
+
+    def attempt() -> None:
+        try:
+            done.append(act())
+        except LockTimeout:
+            done.append("waited")
+
+    for name in ("refuse_unless_held", "keys_hold"):
+        check = getattr(auth, name)
+
+        def then_act(*args, check=check, **kwargs):
+            held = check(*args, **kwargs)
+            if not done:  # from another thread: this one is inside the sale's write
+                acting = threading.Thread(target=attempt)
+                acting.start()
+                acting.join(60)
+            return held
+
+        monkeypatch.setattr(auth, name, then_act)
+    return done
 
 
 def _post_sale(service, key: str, sale: dict) -> tuple[dict, tuple[str, dict]]:
