@@ -56,7 +56,7 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
     with database.snapshot(lenient=True) as db:  # forged bytes are named, not fatal
         problems = [p._asdict() for p in seals.key_problems(db, key)]
         keyed = not problems
-        usable = keyed and set(checkpoints.TABLES) <= db.table_names()
+        usable = keyed and checkpoints.kept_in(db)
         trusted, newest = None, checkpoints.newest_id(db) if usable else 0
         if usable and not full:
             trusted, forged = checkpoints.newest(db, key)
@@ -109,7 +109,7 @@ def reads_every_row(database: Database) -> bool:
     """Whether a quick audit begun now would read every row: no checkpoint to start from,
     or the newest one verified nothing (checkpoints.distrust). One read of one row; a
     checkpoint that turns out not to verify is not foreseen."""
-    if database.ledger_key is None or not set(checkpoints.TABLES) <= database.table_names():
+    if database.ledger_key is None or not checkpoints.kept_in(database):
         return True
     return checkpoints.verified_nothing(database)
 

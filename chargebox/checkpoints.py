@@ -19,15 +19,24 @@ been changed since).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from chargebox import anchors, seals
+
+if TYPE_CHECKING:
+    from chargebox.db import Database
 
 TABLES = ("audit_checkpoint", "seller_checkpoint")
 # PostgreSQL's advisory lock for recording a checkpoint: an audit about to record one sees
 # every `distrust` recorded since its snapshot began, none still uncommitted (SQLite: the
 # write holds the file).
 CHECKPOINT_LOCK = 7355609
+
+
+def kept_in(db: Database) -> bool:
+    """Whether the database (or a snapshot of it) has the checkpoint tables: one made
+    before them may not."""
+    return set(TABLES) <= db.table_names()
 
 
 class State(NamedTuple):
