@@ -177,6 +177,7 @@ def prepare(config: Config, serving: bool = False) -> Config:
         if config.db_url:
             database.ensure_schema()
             guards.refuse_dropped_guards(guards.dropped_in(database), "(the PostgreSQL database)")
+            grants.refuse_lacking(database.connection(), "(the PostgreSQL database)")
             key = _ledger_key(config, database, made_by="init-db")
             config.secrets_dir.mkdir(parents=True, exist_ok=True)  # for the anchors
             anchors.refuse_rollback(config, database, key)  # an older copy put back

@@ -101,3 +101,37 @@ def grant(conn, role: str) -> None:
     with conn.transaction():
         for statement in statements:
             conn.execute(statement)
+
+
+def lacking(conn) -> tuple[str, list[str]]:
+    """The connecting role (current_user), and what it lacks of what `grant` gives, each
+    as `PRIVILEGE ON table` (`UPDATE (column) ON table`, `USAGE ON SEQUENCE name`). An
+    owner or a superuser lacks nothing."""
+    ours = sorted(tables())
+    wanted = []  # (what, the test's SQL, its parameters)
+    for table in ours:
+        privileges = ("SELECT",) if table == "schema_version" else ("SELECT", "INSERT")
+        for privilege in privileges + (("DELETE",) if table in _DELETABLE else ()):
+            wanted.append((f"{privilege} ON {table}", "has_table_privilege(%s, %s)",
+                           (table, privilege)))  # fmt: skip
+    for table, columns in _UPDATABLE.items():
+        for column in columns:
+            wanted.append((f"UPDATE ({column}) ON {table}",
+                           "has_column_privilege(%s, %s, 'UPDATE')", (table, column)))  # fmt: skip
+    for (sequence,) in conn.execute(_SEQUENCES, (ours,)).fetchall():
+        wanted.append((f"USAGE ON SEQUENCE {sequence}", "has_sequence_privilege(%s, 'USAGE')",
+                       (sequence,)))  # fmt: skip
+    query = "SELECT current_user, " + ", ".join(test for _, test, _ in wanted)
+    role, *had = conn.execute(query, [v for *_, values in wanted for v in values]).fetchone()
+    return role, [what for (what, _, _), yes in zip(wanted, had, strict=True) if not yes]
+
+
+def refuse_lacking(conn, where: str) -> None:
+    """Start-up: ValueError naming what the service's role was not granted (a role made
+    by hand, or a grant revoked), rather than a server whose sales fail one by one."""
+    role, missing = lacking(conn)
+    if missing:
+        raise ValueError(
+            f"--db {where}: the role {role} lacks {', '.join(missing)}, which the service"
+            f" needs: run `chargebox migrate --grant-to {role}` with the schema owner's URL"
+        )

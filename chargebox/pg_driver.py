@@ -10,10 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import re
 from collections.abc import Iterator
 
 from chargebox.errors import Deadlocked, IntegrityViolation, LockTimeout, Unavailable
+
+log = logging.getLogger("chargebox.server")
+
+# A grant revoked under a running server (start-up refuses a role without them:
+# grants.refuse_lacking): every such request is 503, and the log says why, once.
+NOT_GRANTED = (
+    "the database refused this server a privilege it needs; an operator must grant it"
+    " (chargebox migrate --grant-to ROLE)"
+)
+_said: set[str] = set()
 
 # A quoted literal (left alone), a `?`, a `:name` (not a `::cast`), or a `%` to escape.
 _PARAMETER = re.compile(r"'(?:[^']|'')*'|\?|(?<!:):([A-Za-z_]\w*)|%")
@@ -202,6 +213,9 @@ def translated() -> Iterator[None]:
         raise IntegrityViolation("the database refused a write: {exc}", exc=exc) from exc
     except psycopg.errors.DeadlockDetected as exc:
         raise Deadlocked("the database is busy; retry shortly") from exc
+    except psycopg.errors.InsufficientPrivilege as exc:  # a grant revoked under the server
+        _say_once(f"the database refused this server's role: {exc}".splitlines()[0])
+        raise Unavailable(NOT_GRANTED) from exc
     except (
         psycopg.OperationalError,
         psycopg.errors.SerializationFailure,
@@ -209,3 +223,10 @@ def translated() -> Iterator[None]:
         psycopg.errors.IdleInTransactionSessionTimeout,  # its session ended: the peer timeout
     ) as exc:
         raise Unavailable("the database is busy or unavailable; retry shortly") from exc
+
+
+def _say_once(line: str) -> None:
+    """Log `line` the first time this process meets it (not once a request)."""
+    if line not in _said:
+        _said.add(line)
+        log.error("%s", line)

@@ -22,9 +22,12 @@ import psycopg
 import pytest
 
 from chargebox import guards, postgresql
+from chargebox.pg_driver import NOT_GRANTED
 from chargebox.process import ServerProcess
 from tests import pg_cluster
-from tests.support import ROOT, alive
+from tests.support import ROOT, Api, alive, new_seller
+
+SALE = {"phone": "09121234567", "amount": 1_000}
 
 T = "2026-12-01T00:00:00.000000Z"
 _names = itertools.count()
@@ -324,6 +327,55 @@ def test_serve_refuses_a_role_that_could_get_past_the_guards(granted, postgresql
     assert served.returncode == 2, served.stderr
     assert served.stderr.count("\n") == 1 and why in served.stderr, served.stderr
     assert "get past the guards" in served.stderr and "secret" not in served.stderr
+
+
+def test_serve_refuses_a_role_not_granted_what_the_service_needs_and_migrate_grants_it(granted):
+    """A role granted by hand, or a grant revoked: the server started, and every sale
+    failed with a 500 (a sale's lock on its key needs UPDATE on seller_key). serve refuses
+    in one line naming what the role lacks and the command that grants it."""
+    app = granted["app_role"]
+    with psycopg.connect(granted["owner"], autocommit=True) as owner:
+        owner.execute(f"REVOKE UPDATE ON seller_key FROM {app}")
+        owner.execute(f"REVOKE DELETE ON web_session FROM {app}")
+    where = ("--db", granted["app"], "--data-dir", str(granted["data"]))
+    for command in (["serve", "--port", "0"], ["create-seller", "Ali"]):
+        refused = chargebox(*command, *where)
+        assert refused.returncode == 2, refused.stderr
+        (line,) = refused.stderr.strip().splitlines()
+        lacks = ("DELETE ON web_session, UPDATE (revoked_at) ON seller_key, UPDATE"
+                 " (last_used_at) ON seller_key, which the service needs")  # fmt: skip
+        assert f"the role {app} lacks {lacks}: run `chargebox migrate --grant-to {app}`" in line
+    migrated = chargebox("migrate", "--db", granted["owner"], "--grant-to", app)
+    assert migrated.returncode == 0, migrated.stderr
+    made = chargebox("create-seller", "Ali", *where)
+    assert made.returncode == 0, made.stderr
+
+
+def test_a_grant_revoked_under_a_running_server_is_503_and_said_once_in_its_log(granted):
+    """The same grant revoked while the server runs: each sale is 503 (nothing sold, a
+    retry may work once it is granted again), not 500, and the log says why once."""
+    token = (granted["data"] / "admin_token").read_text().strip()
+    server = ServerProcess(granted["app"], token, os.environ, data_dir=granted["data"]).start()
+    try:
+        admin = Api(server.url, token)
+        _, key = new_seller(admin, credit=5_000)
+        shop = Api(server.url, key)
+        assert shop.post("/api/sales", SALE).status_code == 201
+        app = granted["app_role"]
+        with psycopg.connect(granted["owner"], autocommit=True) as owner:
+            owner.execute(f"REVOKE UPDATE ON seller_key FROM {app}")
+            for _ in range(3):
+                refused = shop.post("/api/sales", SALE)
+                assert refused.status_code == 503, refused.text
+                assert refused.json()["error"] == {"code": "unavailable", "message": NOT_GRANTED}
+            owner.execute(f"GRANT UPDATE (revoked_at, last_used_at) ON seller_key TO {app}")
+        assert shop.post("/api/sales", SALE).status_code == 201
+        assert shop.get("/api/me").json()["balance"] == 3_000
+    finally:
+        assert server.stop() == 0
+    said = server.log_path.read_text()
+    assert said.count("the database refused this server's role: permission denied") == 1, said
+    assert "Traceback" not in said and "internal_error" not in said, said
 
 
 def test_a_schema_whose_name_needs_quotes_is_made_and_served(roles):
