@@ -274,6 +274,28 @@ def test_a_key_revoked_after_its_request_read_it_sells_nothing(service, monkeypa
     assert ENVIRON_WHO not in environ
 
 
+def test_a_credit_request_refused_in_its_write_names_no_seller_in_the_access_log(
+    service, monkeypatch
+):
+    """A seller suspended after its credit request read its key is refused in the request's
+    write (403), and, as for a sale, the refused request names no seller in the log."""
+    seller, key, _ = seller_with_key(service, "Ali")
+    read_json = api.read_json
+
+    def suspended_meanwhile(*args, **kwargs):
+        service.set_status(seller, "suspended")
+        return read_json(*args, **kwargs)
+
+    monkeypatch.setattr(api, "read_json", suspended_meanwhile)
+    body = json.dumps({"amount": 1_000}).encode()
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {key}", "CONTENT_TYPE": "application/json"}
+    environ, status, _, answered = _post(service, "/api/credit-requests", body, headers)
+    assert status.startswith("403"), answered
+    assert json.loads(answered)["error"]["code"] == "seller_suspended"
+    assert service.queries.credit_requests(Page(), seller, "pending") == []
+    assert ENVIRON_WHO not in environ
+
+
 @pytest.mark.parametrize("group_commit", [True, False], ids=["batched", "one-by-one"])
 def test_a_revocation_waits_for_a_sale_whose_write_has_checked_its_key(
     config, group_commit, monkeypatch

@@ -18,7 +18,7 @@ from importlib import resources
 import bottle
 
 from chargebox.config import Config
-from chargebox.errors import ChargeboxError, PayloadTooLarge
+from chargebox.errors import ChargeboxError, PayloadTooLarge, SellerSuspended, Unauthorized
 from chargebox.services import Chargebox
 from chargebox.web import api, pages
 from chargebox.web.errors import (
@@ -31,7 +31,7 @@ from chargebox.web.errors import (
     request_id,
 )
 from chargebox.web.html import not_a_page, page_plugin
-from chargebox.web.request import check_body_size
+from chargebox.web.request import check_body_size, unnamed
 
 JSON = "application/json; charset=utf-8"
 
@@ -74,6 +74,8 @@ def json_plugin(config: Config):
                 if not (rest and "Content-Type" in rest[0]):  # /metrics speaks text
                     response.content_type = JSON
             except ChargeboxError as exc:
+                if isinstance(exc, (Unauthorized, SellerSuspended)):
+                    unnamed()  # a key refused, in a write too (revoked, suspended since)
                 response = from_exception(exc)
             except bottle.HTTPError as exc:
                 response = from_bottle(exc)
