@@ -92,6 +92,11 @@ _ALL_HELD = (  # of a table `held` (Write.table)
 # servers). SQLite's write holds the whole file.
 _KEPT = {"sqlite": "", "postgresql": " FOR KEY SHARE OF k"}
 _REVOKING = "SELECT 1 FROM seller_key WHERE id = ? AND seller_id = ? FOR UPDATE"
+# A revocation's place in a batch (writer.py's `order`): before every seller's writes. Its
+# FOR UPDATE waits for other servers' sales of the key; were it after a sale of the same
+# seller in its batch, it would wait holding that seller's row, which such a sale, holding
+# the key, may be waiting for: a deadlock, broken only after PostgreSQL's deadlock_timeout.
+REVOKE_FIRST = 0
 
 
 def new_api_key() -> tuple[str, str]:

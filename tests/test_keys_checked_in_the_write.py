@@ -332,6 +332,52 @@ def test_a_remembered_keys_refusal_names_no_seller_in_the_access_log(service):
     assert status.startswith("401") and ENVIRON_WHO not in environ
 
 
+@pytest.mark.parametrize("change", ["revoke", "rotate"])
+def test_a_revocation_goes_first_in_its_batch(config, change):
+    """A revocation queued behind a sale of the same seller goes first in their batch: it
+    waits for other servers' sales of its key holding no seller's row (auth.REVOKE_FIRST),
+    and the sale, checked in the same transaction after it, is refused."""
+    service = Chargebox(prepare(dataclasses.replace(config, group_commit=True)))
+    writer = service.database.writer
+    try:
+        seller, _, seller_key = seller_with_key(service, "Ali")
+        held, results = threading.Event(), {}
+
+        def run(name: str, act: Callable[[], object]) -> threading.Thread:
+            def attempt() -> None:
+                try:
+                    results[name] = act()
+                except ChargeboxError as exc:
+                    results[name] = exc
+
+            thread = threading.Thread(target=attempt)
+            thread.start()
+            return thread
+
+        def queued(count: int) -> None:
+            deadline = time.monotonic() + 30
+            while writer.queued() < count and time.monotonic() < deadline:
+                time.sleep(0.001)
+            assert writer.queued() == count
+
+        busy = run("busy", lambda: service.database.write(lambda write: held.wait(30)))
+        while not writer.busy() and busy.is_alive():
+            busy.join(0.001)
+        sale = run("sale", lambda: service.sell(seller, PHONE, 1_000, None, seller_key))
+        queued(1)
+        revoke = getattr(service, f"{change}_key")
+        revocation = run("revocation", lambda: revoke(seller, seller_key.id))
+        queued(2)
+        held.set()
+        for thread in (busy, sale, revocation):
+            thread.join(30)
+        assert isinstance(results["sale"], Unauthorized), results
+        assert not isinstance(results["revocation"], Exception), results
+        assert service.queries.sales(Page(), seller) == []
+    finally:
+        service.close()
+
+
 def _other_server(config) -> Chargebox:
     """Another server on the same database: one write at a time, a lock waited for 300 ms
     at most (then LockTimeout)."""
