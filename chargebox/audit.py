@@ -35,7 +35,7 @@ from chargebox.audit_checks import (
     since,
     totals,
 )
-from chargebox.checkpoints import State, Trusted
+from chargebox.checkpoints import Mark, State, Trusted
 from chargebox.clock import now
 from chargebox.db import Database
 from chargebox.errors import ChargeboxError
@@ -57,10 +57,11 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
         problems = [p._asdict() for p in seals.key_problems(db, key)]
         keyed = not problems
         usable = keyed and checkpoints.kept_in(db)
-        trusted, newest = None, checkpoints.newest_id(db) if usable else 0
+        trusted, newest, marked = None, checkpoints.newest_id(db) if usable else 0, None
         if usable and not full:
             trusted, forged = checkpoints.newest(db, key)
             problems += [p._asdict() for p in forged]
+            marked = None if trusted or forged else checkpoints.mark(db)  # why every row
         found = _full(db, keyed, progress) if trusted is None else since(db, trusted)
         problems += found.problems
         problems += _missing_triggers(db)
@@ -101,7 +102,9 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
         "problems": problems[:PROBLEM_CAP],
         "problem_count": len(problems),
         "totals": found.totals,
-        "scope": _scope(trusted, found.walked, saved, at, time.perf_counter() - started, unkeyed),
+        "scope": _scope(
+            trusted, found.walked, saved, at, time.perf_counter() - started, unkeyed, marked
+        ),
     }
 
 
@@ -219,17 +222,21 @@ def _anchor(database: Database, seen_heads: list) -> None:
             anchors.record(database.config, database.ledger_key, seen_heads, "audit")
 
 
-def _scope(trusted: Trusted | None, walked: int, saved: int | None, at: str,
-           seconds: float, unkeyed: str | None = None) -> dict:  # fmt: skip
+def _scope(trusted: Trusted | None, walked: int, saved: int | None, at: str, seconds: float,
+           unkeyed: str | None = None, marked: Mark | None = None) -> dict:  # fmt: skip
     """What this audit verified now and what it trusted, in words and in numbers.
-    `unkeyed`: why no seal could be checked (then no entry was walked)."""
+    `unkeyed`: why no seal could be checked (then no entry was walked); `marked`: the full
+    audit's finding that left a quick audit no checkpoint to trust."""
+    checkpoint, distrusted = None, None
     if unkeyed:  # not "0 entries verified", which reads as an empty ledger
         summary = (f"nothing verified against the seals at {at}: {unkeyed}; only the sums and "
                    "links of the rows were checked (I1-I5)")  # fmt: skip
-        checkpoint = None
     elif trusted is None:
         summary = f"verified every ledger entry now ({walked:,} entries) at {at}"
-        checkpoint = None
+        if marked:
+            distrusted = {"id": marked.id, "found_at": marked.created_at}
+            summary += (f", trusting no checkpoint: a full audit found a problem at"
+                        f" {marked.created_at} (checkpoint {marked.id})")  # fmt: skip
     else:
         checkpoint = {
             "id": trusted.id,
@@ -251,6 +258,7 @@ def _scope(trusted: Trusted | None, walked: int, saved: int | None, at: str,
     return {
         "full": trusted is None,
         "checkpoint": checkpoint,
+        "distrusted": distrusted,
         "entries_verified": walked,
         "summary": summary,
         "saved_checkpoint": saved,

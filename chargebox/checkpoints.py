@@ -83,6 +83,8 @@ _NEW = (
     "INSERT INTO audit_checkpoint (entry_id, entries, request_id, full_at, created_at, mac)"
     " VALUES (?, ?, ?, ?, ?, ?) RETURNING id"
 )
+_NEWEST_MARK = ("SELECT id, created_at FROM audit_checkpoint WHERE entries = 0"
+                " AND id = (SELECT max(id) FROM audit_checkpoint)")  # fmt: skip
 _DISTRUSTED_SINCE = "SELECT id FROM audit_checkpoint WHERE id > ? AND entries = 0 LIMIT 1"
 _NEW_STATE = (
     "INSERT INTO seller_checkpoint (checkpoint_id, seller_id, entry_id, entries, entry_mac,"
@@ -115,6 +117,19 @@ def newest(db: seals.Reader, key: bytes) -> tuple[Trusted | None, list[seals.Pro
             return None, [_forged(f"audit checkpoint row of seller {seller_id}")]
         states[seller_id] = State(*state)
     return Trusted(ident, entry_id, entries, request_id, full_at, created_at, states), []
+
+
+class Mark(NamedTuple):
+    """A full audit's finding (`distrust`): the checkpoint that verified nothing."""
+
+    id: int
+    created_at: str
+
+
+def mark(db: seals.Reader) -> Mark | None:
+    """The newest checkpoint if it is a `distrust` mark (its seal checked by `newest`)."""
+    found = db.rows(_NEWEST_MARK)
+    return Mark(*found[0]) if found else None
 
 
 def verified_nothing(db: seals.Reader) -> bool:

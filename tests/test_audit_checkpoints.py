@@ -166,12 +166,20 @@ def test_after_a_full_audit_finds_a_forgery_the_quick_audit_trusts_nothing_befor
     with writable(database_of(config)) as conn:
         drop_trigger(conn, "ledger_entry_no_update")
         conn.execute("UPDATE ledger_entry SET created_at = ? WHERE id = 1", ("x",))
-    assert not service.audit()["scope"]["full"]  # trusted the checkpoint: missed it
-    assert not service.audit(full=True)["consistent"]
+    missed = service.audit()["scope"]
+    assert not missed["full"] and missed["distrusted"] is None  # trusted the checkpoint
+    failed = service.audit(full=True)
+    assert not failed["consistent"] and failed["scope"]["distrusted"] is None
+    (mark_id, found_at), *_ = rows_on_disk(
+        database_of(config), "SELECT id, created_at FROM audit_checkpoint ORDER BY id DESC"
+    )
     for _ in range(2):
         quick = service.audit()
         assert quick["scope"]["full"] and quick["scope"]["saved_checkpoint"] is None
         assert any(p["invariant"] == "seal" and p["entry_id"] == 1 for p in quick["problems"])
+        assert quick["scope"]["distrusted"] == {"id": mark_id, "found_at": found_at}
+        said = f"trusting no checkpoint: a full audit found a problem at {found_at} (checkpoint"
+        assert f"{said} {mark_id})" in quick["scope"]["summary"], quick["scope"]["summary"]
 
 
 def test_a_clean_audit_after_a_failed_one_records_a_checkpoint_trusted_again(service, config):
@@ -194,8 +202,11 @@ def test_a_clean_audit_after_a_failed_one_records_a_checkpoint_trusted_again(ser
     assert service.audit()["scope"]["full"]  # trusts nothing (it walked too few to record)
     mended = audit.audit(service.database, checkpoint_after=1)
     assert mended["consistent"] and mended["scope"]["full"]
+    assert mended["scope"]["distrusted"] == {"id": 2, "found_at": failed["scope"]["summary"]
+                                             .split(" at ")[1]}  # fmt: skip
     assert mended["scope"]["saved_checkpoint"] == 3  # after the failed audit's (2)
-    assert not service.audit()["scope"]["full"]
+    trusted = service.audit()["scope"]
+    assert not trusted["full"] and trusted["distrusted"] is None
 
 
 def test_quick_audits_that_read_every_row_run_one_at_a_time_as_full_ones(service, config):

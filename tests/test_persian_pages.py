@@ -376,6 +376,21 @@ def test_a_red_audit_from_a_checkpoint_reads_in_persian_and_in_english(full_at):
     assert "2026-12-01 03:03" in english  # Tehran time
 
 
+def test_an_audit_that_trusted_no_checkpoint_after_a_finding_says_why_in_both_languages():
+    scope = {"full": True, "entries_verified": 1234, "checkpoint": None,
+             "distrusted": {"id": 4, "found_at": STAMP}}  # fmt: skip
+    result = {**BAD_BOOKS, "scope": scope}
+    persian = rendered("audit", "fa", result=result)
+    assert untranslated(persian) == [] and "۱۴۰۵/۰۹/۱۰ ۰۳:۰۳" in persian and "شمارهٔ ۴" in persian
+    english = rendered("audit", "en", result=result)
+    assert (
+        'a full audit found a problem on <span class="when">2026-12-01 03:03</span> (checkpoint #4)'
+        in english
+    )
+    assert 'id="distrusted"' not in rendered("audit", "en", result={**result, "scope": {
+        **scope, "distrusted": None}})  # fmt: skip
+
+
 def test_the_pending_queues_pager_and_empty_views_read_in_persian():
     class Visitor:
         csrf = "token"

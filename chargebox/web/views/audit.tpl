@@ -13,6 +13,9 @@
   <p id="scope">
   % if scope['full']:
     {{ngettext('This audit verified every ledger entry now ({n} entry).', 'This audit verified every ledger entry now ({n} entries).', scope['entries_verified'])}}
+    % if scope.get('distrusted'):
+     <span id="distrusted">{{!fill(_('It trusted no checkpoint: a full audit found a problem on {when} (checkpoint #{checkpoint}), and until an audit is clean every audit reads every row.'), when=at(scope['distrusted']['found_at']), checkpoint=ident(scope['distrusted']['id']))}}</span>
+    % end
   % else:
     % checkpoint = scope['checkpoint']
     % by = _('a full audit') if checkpoint['full_at'] == checkpoint['verified_at'] else fill(_('audits continuing the full audit of {when}'), when=at(checkpoint['full_at']))
