@@ -83,6 +83,7 @@ _NEW = (
     "INSERT INTO audit_checkpoint (entry_id, entries, request_id, full_at, created_at, mac)"
     " VALUES (?, ?, ?, ?, ?, ?) RETURNING id"
 )
+_COPIES = "SELECT id FROM audit_checkpoint WHERE mac = ? AND id != ? ORDER BY id LIMIT 1"
 _NEWEST_MARK = ("SELECT id, created_at FROM audit_checkpoint WHERE entries = 0"
                 " AND id = (SELECT max(id) FROM audit_checkpoint)")  # fmt: skip
 _DISTRUSTED_SINCE = "SELECT id FROM audit_checkpoint WHERE id > ? AND entries = 0 LIMIT 1"
@@ -101,6 +102,10 @@ def newest(db: seals.Reader, key: bytes) -> tuple[Trusted | None, list[seals.Pro
     ident, entry_id, entries, request_id, full_at, created_at, mac = found[0]
     if not anchors.matches(mac, seals.checkpoint_mac(key, *found[0][1:6])):
         return None, [_forged(f"audit checkpoint {ident}")]
+    # Its seal binds neither its id nor its place: a copy of an older checkpoint, inserted
+    # as the newest, would verify, and undo a mark recorded since (see above).
+    if copied := db.rows(_COPIES, (mac, ident)):
+        return None, [_forged(f"audit checkpoint {ident}, a copy of checkpoint {copied[0][0]},")]
     if entries == 0:  # it verified nothing (`distrust`): nothing is trusted
         return None, []
     states: dict[int, State] = {}
@@ -133,9 +138,10 @@ def mark(db: seals.Reader) -> Mark | None:
 
 
 def verified_nothing(db: seals.Reader) -> bool:
-    """Whether there is no checkpoint, or the newest verified nothing (`distrust`)."""
-    found = db.rows("SELECT entries FROM audit_checkpoint ORDER BY id DESC LIMIT 1")
-    return not found or found[0][0] == 0
+    """Whether there is no checkpoint, or the newest verified nothing (`distrust`). Read
+    as a comparison, not as the column: no bytes of a row written by hand are decoded."""
+    found = db.rows("SELECT entries = 0 FROM audit_checkpoint ORDER BY id DESC LIMIT 1")
+    return not found or bool(found[0][0])
 
 
 def save(write, key: bytes, seen: tuple[int, int, int, str, str], states: dict[int, State],

@@ -182,6 +182,61 @@ def test_after_a_full_audit_finds_a_forgery_the_quick_audit_trusts_nothing_befor
         assert f"{said} {mark_id})" in quick["scope"]["summary"], quick["scope"]["summary"]
 
 
+def forged_behind_the_guards(conn) -> None:
+    """Edit ledger entry 1 with its guard out of the way, then put the guard back as it
+    was: nothing but the seals can tell (no I5)."""
+    if conn.postgresql:
+        conn.execute("ALTER TABLE ledger_entry DISABLE TRIGGER ledger_entry_no_update")
+        conn.execute("UPDATE ledger_entry SET created_at = 'x' WHERE id = 1")
+        conn.execute("ALTER TABLE ledger_entry ENABLE TRIGGER ledger_entry_no_update")
+    else:
+        (made,) = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'ledger_entry_no_update'"
+        ).fetchone()
+        conn.execute("DROP TRIGGER ledger_entry_no_update")
+        conn.execute("UPDATE ledger_entry SET created_at = 'x' WHERE id = 1")
+        conn.execute(made)
+
+
+def test_a_copy_of_an_older_checkpoint_inserted_after_a_mark_is_named_not_trusted(
+    service, config
+):
+    """A checkpoint's seal binds neither its id nor its place, and the append-only guards
+    let anyone who may insert add a row: a copy of checkpoint 1 inserted after the mark
+    verified, and the quick audits trusted it again, forgetting the forgery the full
+    audit found (helper-66). A checkpoint whose seal another row also bears is a copy."""
+    checkpointed(service)
+    with writable(database_of(config)) as conn:
+        forged_behind_the_guards(conn)
+    assert service.audit()["consistent"]  # trusts checkpoint 1: the documented trade
+    assert not service.audit(full=True)["consistent"]  # records the mark (2)
+    copy = ("INSERT INTO audit_checkpoint (entry_id, entries, request_id, full_at, created_at,"
+            " mac) SELECT entry_id, entries, request_id, full_at, created_at, mac"
+            " FROM audit_checkpoint WHERE id = 1")  # fmt: skip
+    with writable(database_of(config)) as conn:
+        conn.execute(copy)
+    quick = service.audit()
+    assert not quick["consistent"] and quick["scope"]["full"], quick["scope"]
+    messages = [p["message"] for p in quick["problems"]]
+    assert "the audit checkpoint 3, a copy of checkpoint 1, does not match" in messages[0]
+    assert any(p["invariant"] == "seal" and p["entry_id"] == 1 for p in quick["problems"])
+
+
+@pytest.mark.sqlite_only
+def test_a_checkpoint_row_whose_text_is_not_utf8_is_named_not_a_500(service, config):
+    """Whether a quick audit reads every row is asked outside its lenient snapshot: the
+    newest checkpoint's `entries` was read as a value, and bytes that are not UTF-8 there
+    made every quick audit raise (a 500 from GET /api/audit) rather than name the row
+    (helper-66)."""
+    checkpointed(service)
+    with writable(database_of(config)) as conn:
+        conn.execute("INSERT INTO audit_checkpoint (entry_id, entries, request_id, full_at,"
+                     " created_at, mac) VALUES (1, CAST(X'FFFE' AS TEXT), 0, 'x', 'x', 'x')")  # fmt: skip
+    report = service.audit()
+    assert not report["consistent"] and report["scope"]["full"]
+    assert any("does not match its seal" in p["message"] for p in report["problems"])
+
+
 def test_a_clean_audit_after_a_failed_one_records_a_checkpoint_trusted_again(service, config):
     """What a failed full audit found mended (here a trigger added beside the guards,
     dropped again), the next audit is clean and records a checkpoint, which the quick
