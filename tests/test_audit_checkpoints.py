@@ -198,9 +198,7 @@ def forged_behind_the_guards(conn) -> None:
         conn.execute(made)
 
 
-def test_a_copy_of_an_older_checkpoint_inserted_after_a_mark_is_named_not_trusted(
-    service, config
-):
+def test_a_copy_of_an_older_checkpoint_inserted_after_a_mark_is_named_not_trusted(service, config):
     """A checkpoint's seal binds neither its id nor its place, and the append-only guards
     let anyone who may insert add a row: a copy of checkpoint 1 inserted after the mark
     verified, and the quick audits trusted it again, forgetting the forgery the full
@@ -230,8 +228,10 @@ def test_a_checkpoint_row_whose_text_is_not_utf8_is_named_not_a_500(service, con
     (helper-66)."""
     checkpointed(service)
     with writable(database_of(config)) as conn:
-        conn.execute("INSERT INTO audit_checkpoint (entry_id, entries, request_id, full_at,"
-                     " created_at, mac) VALUES (1, CAST(X'FFFE' AS TEXT), 0, 'x', 'x', 'x')")  # fmt: skip
+        conn.execute(
+            "INSERT INTO audit_checkpoint (entry_id, entries, request_id, full_at,"
+            " created_at, mac) VALUES (1, CAST(X'FFFE' AS TEXT), 0, 'x', 'x', 'x')"
+        )
     report = service.audit()
     assert not report["consistent"] and report["scope"]["full"]
     assert any("does not match its seal" in p["message"] for p in report["problems"])
