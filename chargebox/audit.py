@@ -38,7 +38,7 @@ from chargebox.audit_checks import (
 from chargebox.checkpoints import Mark, State, Trusted
 from chargebox.clock import now
 from chargebox.db import Database
-from chargebox.errors import ChargeboxError
+from chargebox.errors import ChargeboxError, Unavailable
 
 PROBLEM_CAP = 100
 CHECKPOINT_AFTER = 10_000  # newly verified entries that make a quick audit record one
@@ -69,7 +69,7 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
             problems += anchors.problems(db, anchored)
             seen_heads = anchors.heads(db)
     problems.sort(key=lambda p: (p["seller_id"] or 0, p["entry_id"] or 0))
-    saved = None
+    saved, finding = None, None
     bounds = [
         seen if top is None else min(seen, top)  # None: SQLite, which holds none back
         for seen, top in zip((found.entry_id, found.request_id), settled, strict=True)
@@ -79,10 +79,11 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
     if usable and not problems and found.walked >= checkpoint_after and ahead:
         full_at = at if trusted is None else trusted.full_at
         seen = (bounds[0], found.totals["ledger_entries"], bounds[1], full_at, at)
-        saved = _save(database, lambda write: checkpoints.save(write, key, seen, found.states,
-                                                               trusted, newest))  # fmt: skip
+        saved, _ = _save(database, lambda write: checkpoints.save(write, key, seen, found.states,
+                                                                  trusted, newest))  # fmt: skip
     elif usable and problems and full:  # the quick audits may trust nothing before this
-        _save(database, lambda write: checkpoints.distrust(write, key, at))
+        finding = _save(database, lambda write: checkpoints.distrust(write, key, at))
+        saved = finding[0]
     if keyed and not problems:
         _anchor(database, seen_heads)
     bad_sellers = {p["seller_id"] for p in problems}
@@ -102,9 +103,7 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
         "problems": problems[:PROBLEM_CAP],
         "problem_count": len(problems),
         "totals": found.totals,
-        "scope": _scope(
-            trusted, found.walked, saved, at, time.perf_counter() - started, unkeyed, marked
-        ),
+        "scope": _scope(trusted, found.walked, saved, at, started, unkeyed, marked, finding),
     }
 
 
@@ -204,14 +203,18 @@ def _settled(database: Database) -> tuple[int | None, int | None]:
     return tuple(database.settled(table) for table in ("ledger_entry", "credit_request"))
 
 
-def _save(database: Database, record: Callable[[object], int | None]) -> int | None:
-    """Record a checkpoint; one that cannot be written now (a read-only file or place, a
-    busy database) is left for the next audit: it only saves time (a `distrust` not
-    recorded leaves the quick audit trusting what it did: the report said what was found)."""
+def _save(database: Database, record: Callable[[object], int | None]
+          ) -> tuple[int | None, str | None]:  # fmt: skip
+    """Record a checkpoint: its id, or None and why not. One that cannot be written now (a
+    read-only file or place, a busy database) is left for the next audit: it only saves
+    time. A `distrust` not recorded leaves the quick audits trusting what they did: the
+    report says so (`_scope`)."""
     try:
-        return database.write(record)
-    except (ChargeboxError, OSError):  # OSError: the write lock's file, in a read-only place
-        return None
+        return database.write(record), None
+    except (ChargeboxError, OSError) as exc:  # OSError: the write lock's file, read-only
+        if isinstance(exc, OSError):
+            return None, exc.strerror
+        return None, exc.message if isinstance(exc, Unavailable) else "the database refused it"
 
 
 def _anchor(database: Database, seen_heads: list) -> None:
@@ -222,11 +225,14 @@ def _anchor(database: Database, seen_heads: list) -> None:
             anchors.record(database.config, database.ledger_key, seen_heads, "audit")
 
 
-def _scope(trusted: Trusted | None, walked: int, saved: int | None, at: str, seconds: float,
-           unkeyed: str | None = None, marked: Mark | None = None) -> dict:  # fmt: skip
+def _scope(trusted: Trusted | None, walked: int, saved: int | None, at: str, started: float,
+           unkeyed: str | None = None, marked: Mark | None = None,
+           finding: tuple[int | None, str | None] | None = None) -> dict:  # fmt: skip
     """What this audit verified now and what it trusted, in words and in numbers.
-    `unkeyed`: why no seal could be checked (then no entry was walked); `marked`: the full
-    audit's finding that left a quick audit no checkpoint to trust."""
+    `started`: its perf_counter() at the start; `unkeyed`: why no seal could be checked
+    (then no entry was walked); `marked`: the full
+    audit's finding that left a quick audit no checkpoint to trust; `finding`: a full
+    audit's finding recorded for the quick audits (its mark's id) or why it could not be."""
     checkpoint, distrusted = None, None
     if unkeyed:  # not "0 entries verified", which reads as an empty ledger
         summary = (f"nothing verified against the seals at {at}: {unkeyed}; only the sums and "
@@ -255,6 +261,12 @@ def _scope(trusted: Trusted | None, walked: int, saved: int | None, at: str, sec
             f"{trusted.created_at} by {by} (checkpoint {trusted.id}); entries after it "
             f"verified now: {walked:,}"
         )
+    if finding and finding[0]:
+        summary += (f"; its finding recorded (checkpoint {finding[0]}): the quick audits trust"
+                    " no checkpoint before it until an audit is clean")  # fmt: skip
+    elif finding:
+        summary += (f"; its finding could NOT be recorded ({finding[1]}): the quick audits"
+                    " may go on trusting a checkpoint before it; run this audit again")  # fmt: skip
     return {
         "full": trusted is None,
         "checkpoint": checkpoint,
@@ -262,5 +274,5 @@ def _scope(trusted: Trusted | None, walked: int, saved: int | None, at: str, sec
         "entries_verified": walked,
         "summary": summary,
         "saved_checkpoint": saved,
-        "seconds": round(seconds, 3),
+        "seconds": round(time.perf_counter() - started, 3),
     }

@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from chargebox import audit, checkpoints, grants, schema
+from chargebox.errors import Unavailable
 from tests.support import (
     ADMIN_TOKEN,
     KEYED_ROWS,
@@ -173,6 +174,9 @@ def test_after_a_full_audit_finds_a_forgery_the_quick_audit_trusts_nothing_befor
     (mark_id, found_at), *_ = rows_on_disk(
         database_of(config), "SELECT id, created_at FROM audit_checkpoint ORDER BY id DESC"
     )
+    assert failed["scope"]["saved_checkpoint"] == mark_id == 2
+    assert "; its finding recorded (checkpoint 2): the quick audits trust no checkpoint before"\
+        " it until an audit is clean" in failed["scope"]["summary"]  # fmt: skip
     for _ in range(2):
         quick = service.audit()
         assert quick["scope"]["full"] and quick["scope"]["saved_checkpoint"] is None
@@ -237,6 +241,29 @@ def test_a_checkpoint_row_whose_text_is_not_utf8_is_named_not_a_500(service, con
     assert any("does not match its seal" in p["message"] for p in report["problems"])
 
 
+def test_a_finding_that_could_not_be_recorded_is_said(service, config, monkeypatch):
+    """A failed full audit whose mark cannot be written now (a busy database, a read-only
+    file) said nothing of it, and the quick audits after it answered consistent again
+    (helper-66). Its report says so, in the words the CLI prints, and to run it again."""
+    checkpointed(service)
+    with writable(database_of(config)) as conn:
+        forged_behind_the_guards(conn)
+
+    def busy(*args, **kwargs):
+        raise Unavailable("the database is busy; retry shortly")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(checkpoints, "distrust", busy)
+        failed = service.audit(full=True)
+    assert not failed["consistent"] and failed["scope"]["saved_checkpoint"] is None
+    assert "; its finding could NOT be recorded (the database is busy; retry shortly): the"\
+        " quick audits may go on trusting a checkpoint before it; run this audit again"\
+        in failed["scope"]["summary"]  # fmt: skip
+    assert service.audit()["consistent"]  # the trade the report warned of
+    again = service.audit(full=True)
+    assert again["scope"]["saved_checkpoint"] == 2 and not service.audit()["consistent"]
+
+
 def test_a_clean_audit_after_a_failed_one_records_a_checkpoint_trusted_again(service, config):
     """What a failed full audit found mended (here a trigger added beside the guards,
     dropped again), the next audit is clean and records a checkpoint, which the quick
@@ -257,8 +284,9 @@ def test_a_clean_audit_after_a_failed_one_records_a_checkpoint_trusted_again(ser
     assert service.audit()["scope"]["full"]  # trusts nothing (it walked too few to record)
     mended = audit.audit(service.database, checkpoint_after=1)
     assert mended["consistent"] and mended["scope"]["full"]
-    assert mended["scope"]["distrusted"] == {"id": 2, "found_at": failed["scope"]["summary"]
-                                             .split(" at ")[1]}  # fmt: skip
+    (found_at,) = rows_on_disk(database_of(config), "SELECT created_at FROM audit_checkpoint"
+                               " WHERE id = 2")[0]  # fmt: skip
+    assert mended["scope"]["distrusted"] == {"id": 2, "found_at": found_at}
     assert mended["scope"]["saved_checkpoint"] == 3  # after the failed audit's (2)
     trusted = service.audit()["scope"]
     assert not trusted["full"] and trusted["distrusted"] is None
