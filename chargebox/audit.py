@@ -210,7 +210,7 @@ def _save(database: Database, record: Callable[[object], int | None]
     time. A `distrust` not recorded leaves the quick audits trusting what they did: the
     report says so (`_scope`)."""
     try:
-        return database.write(record), None
+        return database.write(record, alone=True), None  # sales never wait for its lock
     except (ChargeboxError, OSError) as exc:  # OSError: the write lock's file, read-only
         if isinstance(exc, OSError):
             return None, exc.strerror

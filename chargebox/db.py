@@ -200,29 +200,33 @@ class Database:
 
     # --- the one door to a write -----------------------------------------------------------
 
-    def write(self, work: Callable[[Write], T], order: int | None = None) -> T:
+    def write(self, work: Callable[[Write], T], order: int | None = None,
+              alone: bool = False) -> T:  # fmt: skip
         """Run `work(write)` in a write transaction and return its result once committed.
 
         Answered within the busy timeout (plus one transaction): done, or Unavailable
         with nothing changed. A write started inside a write fails at once. `order`
-        (the seller whose row the write locks first) places it in a group commit.
+        (the seller whose row the write locks first) places it in a group commit;
+        `alone` keeps it out of one, in a transaction of its own (a write that may wait
+        for a lock no sale needs, which the sales batched with it would wait for too).
         """
         if self.gate.held():
             raise AssertionError("a write was started inside a write: pass the open Write on")
         deadline = time.monotonic() + self.timeout
         with self.slots.taken():
             try:
-                return self._write(work, deadline, order)
+                return self._write(work, deadline, order, alone)
             except Unavailable as exc:
                 # A connection opened while the file was read-only stays read-only after
                 # it is writable again (its BEGIN IMMEDIATE passes; its first write fails,
                 # nothing changed). It was replaced as it failed: the write goes once more.
                 if _primary_code(exc.__cause__) != SQLITE_READONLY:
                     raise
-                return self._write(work, deadline, order)
+                return self._write(work, deadline, order, alone)
 
-    def _write(self, work: Callable[[Write], T], deadline: float, order: int | None) -> T:
-        if self.writer is not None:
+    def _write(self, work: Callable[[Write], T], deadline: float, order: int | None,
+               alone: bool) -> T:  # fmt: skip
+        if self.writer is not None and not alone:
             return self.writer.submit(work, deadline, order)
         return metrics.one_write(self.transaction, work, deadline)
 

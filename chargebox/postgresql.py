@@ -279,14 +279,16 @@ class Database:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             yield self
 
-    def write(self, work: Callable[[Write], T], order: int | None = None) -> T:
-        """Run `work(write)` in a transaction (a group commit's, if on); answered within
-        the busy timeout. `order`: the seller whose row it locks first (see the top)."""
+    def write(self, work: Callable[[Write], T], order: int | None = None,
+              alone: bool = False) -> T:  # fmt: skip
+        """Run `work(write)` in a transaction (a group commit's, if on and not `alone`);
+        answered within the busy timeout. `order`: the seller whose row it locks first (see
+        the top); `alone`: see db.Database.write."""
         if getattr(self._local, "writing", False):
             raise AssertionError("a write was started inside a write: pass the open Write on")
         deadline = time.monotonic() + self.timeout
         with self.slots.taken():
-            if self.writer is not None:
+            if self.writer is not None and not alone:
                 return self.writer.submit(work, deadline, order)
             return metrics.one_write(self.transaction, work, deadline)
 

@@ -10,13 +10,16 @@ tables are append-only in the database; and the doors: CLI `--full`, `?full=true
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
 import requests
 
 from chargebox import audit, checkpoints, grants, schema
+from chargebox.cli import prepare
 from chargebox.errors import Unavailable
+from chargebox.services import Chargebox
 from tests.support import (
     ADMIN_TOKEN,
     KEYED_ROWS,
@@ -262,6 +265,44 @@ def test_a_finding_that_could_not_be_recorded_is_said(service, config, monkeypat
     assert service.audit()["consistent"]  # the trade the report warned of
     again = service.audit(full=True)
     assert again["scope"]["saved_checkpoint"] == 2 and not service.audit()["consistent"]
+
+
+@pytest.mark.postgresql_only
+def test_sales_do_not_wait_while_an_audit_waits_to_record_its_checkpoint(config):
+    """An audit records its checkpoint under CHECKPOINT_LOCK, which another server's audit
+    may hold (or any role: an advisory lock needs no grant). Recorded through the group
+    writer, the sales batched with it, or queued behind it, waited as long (helper-66);
+    it is recorded in a transaction of its own. Here the lock is held until the sale is
+    done: the sale must not wait for it (a busy timeout of 60 s)."""
+    import psycopg
+
+    service = Chargebox(prepare(dataclasses.replace(config, busy_timeout_ms=60_000)))
+    holder = psycopg.connect(config.db_url)
+    try:
+        ali, _ = checkpointed(service)
+        sold(service, ali["id"], 2)  # for the next audit to record a checkpoint
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (checkpoints.CHECKPOINT_LOCK,))
+        auditing = threading.Thread(
+            target=audit.audit, args=(service.database,), kwargs={"checkpoint_after": 1}
+        )
+        auditing.start()
+        waiting = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                   " AND objid = %s")  # fmt: skip
+        with psycopg.connect(config.db_url, autocommit=True) as look:
+            while (
+                auditing.is_alive()
+                and not look.execute(waiting, (checkpoints.CHECKPOINT_LOCK,)).fetchone()[0]
+            ):
+                auditing.join(0.01)
+        selling = threading.Thread(target=sold, args=(service, ali["id"], 1))
+        selling.start()
+        selling.join(30)
+        assert not selling.is_alive(), "the sale waited for the audit's checkpoint lock"
+        holder.rollback()
+        auditing.join(30)
+    finally:
+        holder.close()
+        service.close()
 
 
 def test_a_clean_audit_after_a_failed_one_records_a_checkpoint_trusted_again(service, config):
