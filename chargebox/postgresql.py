@@ -281,9 +281,8 @@ class Database:
 
     def write(self, work: Callable[[Write], T], order: int | None = None,
               alone: bool = False) -> T:  # fmt: skip
-        """Run `work(write)` in a transaction (a group commit's, if on and not `alone`);
-        answered within the busy timeout. `order`: the seller whose row it locks first (see
-        the top); `alone`: see db.Database.write."""
+        """`work(write)` in a transaction (a group commit's, unless `alone`: db.py's write),
+        answered within the busy timeout; `order`: the seller whose row it locks first."""
         if getattr(self._local, "writing", False):
             raise AssertionError("a write was started inside a write: pass the open Write on")
         deadline = time.monotonic() + self.timeout
@@ -296,8 +295,7 @@ class Database:
     def transaction(self, deadline: float | None = None) -> Iterator[Write]:
         if getattr(self._local, "writing", False):
             raise AssertionError("a write was started inside a write: pass the open Write on")
-        if deadline is None:
-            deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + self.timeout if deadline is None else deadline
         conn = self.connection()
         self._local.writing = True
         write, sent = None, None  # sent: the transaction and its backend, once COMMIT is sent
