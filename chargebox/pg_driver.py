@@ -14,13 +14,13 @@ import logging
 import re
 from collections.abc import Iterator
 
-from chargebox.errors import Deadlocked, IntegrityViolation, LockTimeout, Unavailable
+from chargebox.errors import Deadlocked, IntegrityViolation, LockTimeout, Unavailable, phrase
 
 log = logging.getLogger("chargebox.server")
 
 # A grant revoked under a running server (start-up refuses a role without them:
 # grants.refuse_lacking): every such request is 503, and the log says why, once.
-NOT_GRANTED = (
+NOT_GRANTED = phrase(
     "the database refused this server a privilege it needs; an operator must grant it"
     " (chargebox migrate --grant-to ROLE)"
 )

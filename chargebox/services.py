@@ -25,6 +25,7 @@ from chargebox.errors import (
     TooManyPendingRequests,
     Unavailable,
     ValidationError,
+    phrase,
 )
 from chargebox.idempotency import Outcome
 from chargebox.money import parse_amount, parse_signed_amount
@@ -41,6 +42,7 @@ from chargebox.queries import (
 from chargebox.text import clean_text
 
 MAX_NAME_LENGTH = 200
+AUDIT_RUNNING = phrase("an audit that reads every row is running on this server; retry later")
 MAX_REASON_LENGTH = 500
 
 _NEW_SELLER = (
@@ -338,8 +340,14 @@ class Chargebox:
     def audit(self, full: bool = False, progress: audit.Progress | None = None) -> dict:
         """The books re-checked: from the newest checkpoint on, or every row (`full`).
         Full audits run one at a time in a process: each reads the whole ledger; so does a
-        quick one that would (no checkpoint to start from, or a failed full audit's mark)."""
+        quick one that would (no checkpoint to start from, or a failed full audit's mark).
+        One waits for the one running no longer than a write would (then Unavailable):
+        requests queued behind an audit of years would each hold a request thread."""
         if not full and not audit.reads_every_row(self.database):
             return audit.audit(self.database, progress=progress)
-        with self._full_audit:
+        if not self._full_audit.acquire(timeout=self.config.busy_timeout_ms / 1000):
+            raise Unavailable(AUDIT_RUNNING)
+        try:
             return audit.audit(self.database, full=full, progress=progress)
+        finally:
+            self._full_audit.release()

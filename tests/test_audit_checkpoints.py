@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -27,6 +28,7 @@ from tests.support import (
     credited_seller,
     database_of,
     drop_trigger,
+    outcomes,
     postgresql_plan,
     rows_on_disk,
     rows_read,
@@ -244,6 +246,30 @@ def test_a_checkpoint_row_whose_text_is_not_utf8_is_named_not_a_500(service, con
     assert any("does not match its seal" in p["message"] for p in report["problems"])
 
 
+def test_an_audit_waits_for_the_one_reading_every_row_no_longer_than_a_write(config):
+    """Audits that read every row go one at a time in a process; one waited for the one
+    running without bound (after a mark, every quick audit: monitoring's polls piled up
+    on request threads behind an audit of years, helper-66). It waits as long as a write
+    would, then is 503; the next one, once the lock is free, runs."""
+    service = Chargebox(prepare(dataclasses.replace(config, busy_timeout_ms=200)))
+    pool = ThreadPoolExecutor(2)
+    try:
+        checkpointed(service)
+        with writable(database_of(config)) as conn:
+            forged_behind_the_guards(conn)
+        assert service.audit(full=True)["scope"]["saved_checkpoint"] == 2  # the mark
+        with service._full_audit:  # a full audit of a long ledger, running
+            # and the quick one, which after the mark reads every row too
+            answered = outcomes([pool.submit(service.audit, full=full) for full in (True, False)])
+        for refused in answered:
+            assert isinstance(refused, Unavailable), refused
+            assert "an audit that reads every row is running" in refused.message
+        assert not service.audit()["consistent"]
+    finally:
+        pool.shutdown()
+        service.close()
+
+
 def test_a_finding_that_could_not_be_recorded_is_said(service, config, monkeypatch):
     """A failed full audit whose mark cannot be written now (a busy database, a read-only
     file) said nothing of it, and the quick audits after it answered consistent again
@@ -341,11 +367,12 @@ def test_quick_audits_that_read_every_row_run_one_at_a_time_as_full_ones(service
     turns = []
 
     class Turns:
-        def __enter__(self):
+        def acquire(self, timeout: float) -> bool:
             turns.append("full audit's turn")
+            return True
 
-        def __exit__(self, *exc):
-            return False
+        def release(self) -> None:
+            pass
 
     service._full_audit = Turns()
     service.audit()
