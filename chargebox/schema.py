@@ -27,8 +27,9 @@ from chargebox.clock import now
 # 4: a key's record is its seller's (the triggers *_is_its_sellers); 5: entries and sales by
 # stamp (indexes); 6: sales by number on PostgreSQL (an index; SQLite's file has had one);
 # 7: the span of the sales' stamps by block of ids (sale_block), instead of sales by stamp;
-# 8: a seller key's row id is pinned too (seller_key_revocation_is_final)
-VERSION = 8
+# 8: a seller key's row id is pinned too (seller_key_revocation_is_final); 9: an audit
+# checkpoint is recorded once (audit_checkpoint_is_new)
+VERSION = 9
 POSTGRESQL_VERSION = VERSION
 
 
@@ -228,6 +229,10 @@ TRIGGERS = (
        BEGIN SELECT RAISE(ABORT, 'a suspended seller cannot ask for credit'); END""",
     _immutable("audit_checkpoint", "UPDATE", "audit checkpoints are never updated"),
     _immutable("audit_checkpoint", "DELETE", "audit checkpoints are never deleted"),
+    # Version 9: a checkpoint is recorded once; a copy would verify (checkpoints.newest).
+    """CREATE TRIGGER IF NOT EXISTS audit_checkpoint_is_new BEFORE INSERT ON audit_checkpoint
+       WHEN EXISTS (SELECT 1 FROM audit_checkpoint WHERE mac = NEW.mac)
+       BEGIN SELECT RAISE(ABORT, 'an audit checkpoint is recorded once'); END""",
     _immutable("seller_checkpoint", "UPDATE", "audit checkpoints are never updated"),
     _immutable("seller_checkpoint", "DELETE", "audit checkpoints are never deleted"),
     # I4: a decided request never changes again, so it can never be approved twice.

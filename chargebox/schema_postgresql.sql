@@ -651,3 +651,20 @@ BEGIN
     RETURN NEW;
 END;
 $$;
+-- ;
+-- VERSION 9: an audit checkpoint is recorded once. Its seal binds neither its id nor its
+-- place, so a copy of an older one inserted as the newest would verify, and undo a failed
+-- full audit's mark (checkpoints.newest names such a copy).
+CREATE OR REPLACE FUNCTION chargebox_checkpoint_is_new() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM audit_checkpoint WHERE mac = NEW.mac) THEN
+        RAISE EXCEPTION 'an audit checkpoint is recorded once'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+-- ;
+CREATE TRIGGER audit_checkpoint_is_new BEFORE INSERT ON audit_checkpoint
+    FOR EACH ROW EXECUTE FUNCTION chargebox_checkpoint_is_new();

@@ -184,6 +184,22 @@ def _sqlite_key_ids_pinned(conn: sqlite3.Connection) -> None:
     schema.TRIGGERS' text, after the steps, as every guard whose text changed is."""
 
 
+def _sqlite_checkpoints_once(conn: sqlite3.Connection) -> None:
+    """Version 9 on SQLite: the trigger audit_checkpoint_is_new is made from
+    schema.TRIGGERS after the steps, as every guard is."""
+
+
+def _postgresql_checkpoints_once(conn) -> None:
+    """Version 9: the file's VERSION 9 part; its trigger only where the checkpoint tables
+    are (init-db adds them, with it, to a database made before them), made anew."""
+    there = conn.execute("SELECT to_regclass('audit_checkpoint') IS NOT NULL").fetchone()[0]
+    for statement in schema.postgresql_added_in(9):
+        if "CREATE TRIGGER" in statement and there:
+            conn.execute("DROP TRIGGER IF EXISTS audit_checkpoint_is_new ON audit_checkpoint")
+        if there or "CREATE TRIGGER" not in statement:
+            conn.execute(statement)
+
+
 def _sqlite_sale_blocks(conn: sqlite3.Connection) -> None:
     """Version 7: the spans of the sales' stamps by block of ids (models.SaleBlock), made
     from the sales there (one read of them), in place of version 5's index of sales by
@@ -242,4 +258,6 @@ STEPS: tuple[Step, ...] = (
          _sqlite_sale_blocks, _postgresql_sale_blocks),
     Step(8, "a seller key's row id pinned (the guard seller_key_revocation_is_final)",
          _sqlite_key_ids_pinned, _postgresql_part(8)),
+    Step(9, "an audit checkpoint recorded once (the guard audit_checkpoint_is_new)",
+         _sqlite_checkpoints_once, _postgresql_checkpoints_once),
 )  # fmt: skip

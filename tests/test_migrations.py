@@ -605,6 +605,10 @@ GUARDS_OF_VERSION = {
         "184c3643e73c9d20bda2f0d0526b7c0b9e55e3d15b5da80b6f0d11fe57b88473",
         "8e2b2d2c04a832839d44cf5bed4c956fddb5306f8e4c5ee577c46b66dd273e0a",
     ),
+    9: (  # audit_checkpoint_is_new: a checkpoint is recorded once
+        "d02716060305280313ae8e78403e1c4737034143ac793e9874eabb525c07c8b5",
+        "15bfffe1f2b532c26f41a87467265b91e5b26abfa05cc94467d33685fa9d5987",
+    ),
 }
 
 
