@@ -4,9 +4,12 @@ A checkpoint says "every ledger entry up to here was verified at T": per seller,
 newest verified entry with that entry's seal, its count and balance, and its newest
 verified sale. It is sealed with the ledger key (seals.checkpoint_mac), each seller's
 row bound to the checkpoint's seal, and the tables are append-only in the database;
-so without the key a checkpoint cannot be forged or moved, only deleted, which costs
-the next audit time, never its truth. Reading and writing them lives here; audit.py
-decides when to trust one and when to write one.
+so without the key a checkpoint cannot be forged. Its seal binds neither its id nor its
+place: a copy of an older one is refused by the schema (version 9) and, made behind that
+guard, named by `newest` (its seal borne by another row). Deleting a checkpoint costs
+the next audit time, never its truth, but for a mark (below).
+Reading and writing them lives here; audit.py decides when to trust one and when to
+write one.
 
 A full audit that finds a problem records a checkpoint that verified nothing (`distrust`:
 no entries, no sellers' rows): from then on the quick audit trusts nothing, re-reads
@@ -14,7 +17,11 @@ every row and names the problem again, until an audit is clean and records a che
 of its own. Without it, the quick audit would go on trusting an older checkpoint, and
 say nothing of a forgery the full audit found before it. An audit whose snapshot began
 before such a mark was recorded records no checkpoint (what it found clean may have
-been changed since).
+been changed since). A mark deleted by someone who can get past the guards (the owner,
+or whoever holds the SQLite file) leaves the quick audits trusting the checkpoint before
+it again: the trade the quick audit makes for any row edited before its checkpoint, which
+the next full audit ends (it finds the problem, and records a mark, again). Anchoring
+the marks outside the database, as the sellers' heads are, would close that.
 """
 
 from __future__ import annotations
