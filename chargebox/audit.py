@@ -230,9 +230,9 @@ def _scope(trusted: Trusted | None, walked: int, saved: int | None, at: str, sta
            finding: tuple[int | None, str | None] | None = None) -> dict:  # fmt: skip
     """What this audit verified now and what it trusted, in words and in numbers.
     `started`: its perf_counter() at the start; `unkeyed`: why no seal could be checked
-    (then no entry was walked); `marked`: the full
-    audit's finding that left a quick audit no checkpoint to trust; `finding`: a full
-    audit's finding recorded for the quick audits (its mark's id) or why it could not be."""
+    (then no entry was walked); `marked`: the full audit's finding that left a quick audit
+    no checkpoint to trust; `finding`: a full audit's finding recorded for the quick audits
+    (its mark's id) or why it could not be."""
     checkpoint, distrusted = None, None
     if unkeyed:  # not "0 entries verified", which reads as an empty ledger
         summary = (f"nothing verified against the seals at {at}: {unkeyed}; only the sums and "
