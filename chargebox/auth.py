@@ -92,11 +92,6 @@ _ALL_HELD = (  # of a table `held` (Write.table)
 # servers). SQLite's write holds the whole file.
 _KEPT = {"sqlite": "", "postgresql": " FOR KEY SHARE OF k"}
 _REVOKING = "SELECT 1 FROM seller_key WHERE id = ? AND seller_id = ? FOR UPDATE"
-# A revocation's place in a batch (writer.py's `order`): before every seller's writes. Its
-# FOR UPDATE waits for other servers' sales of the key; were it after a sale of the same
-# seller in its batch, it would wait holding that seller's row, which such a sale, holding
-# the key, may be waiting for: a deadlock, broken only after PostgreSQL's deadlock_timeout.
-REVOKE_FIRST = 0
 
 
 def new_api_key() -> tuple[str, str]:
@@ -191,7 +186,10 @@ def refuse_unless_held(reader: Database | Write, key: SellerKey, *, in_write: bo
 
 def hold_for_revocation(write: Write, seller_id: int, key_id: int) -> None:
     """Before a key is revoked (PostgreSQL): wait for every sale whose write has checked it
-    to end, and make those to come wait for the revocation (see _KEPT)."""
+    to end, and make those to come wait for the revocation (see _KEPT). The revocation
+    goes in a transaction of its own (services), holding nothing else: in a batch after a
+    sale of the same seller it would wait holding that seller's row, which another
+    server's sale holding the key may wait for (a deadlock, broken after 1 s)."""
     if write.dialect == "postgresql":
         write.rows(_REVOKING, (key_id, seller_id))
 

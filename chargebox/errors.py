@@ -259,6 +259,14 @@ DAMAGED = phrase(
 )
 
 
+class NotGranted(ChargeboxError):
+    """The database refused this server's role a privilege (a grant revoked under the
+    running server: start-up refuses a role without them, grants.refuse_lacking). 503 like
+    Unavailable, but it fails only the write (or read) that needed it, not its batch."""
+
+    code = "unavailable"
+
+
 class IntegrityViolation(ChargeboxError):
     """The database refused a write that code should never have attempted.
 

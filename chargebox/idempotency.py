@@ -27,6 +27,7 @@ from chargebox.errors import (
     IdempotencyKeyReused,
     InsufficientCredit,
     IntegrityViolation,
+    NotGranted,
     Unavailable,
     ValidationError,
 )
@@ -152,7 +153,7 @@ def _first(
         outcome: Outcome | ChargeboxError = Outcome(act(write, created), False)
     except FINAL as refusal:  # nothing was written; the refusal is final
         outcome = refusal
-    except (Unavailable, IntegrityViolation):
+    except (Unavailable, IntegrityViolation, NotGranted):
         raise  # the database failed this write: it is undone, and nothing can be read now
     except ChargeboxError:  # refused: no outcome of the key, unless a copy recorded one
         if write.balance_first and earlier(write, kind, seller_id, key, request_hash) is not None:

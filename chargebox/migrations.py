@@ -277,6 +277,7 @@ def upgrade_postgresql(conn, where: str,
         if found > LATEST:
             check(found, where)
         early = guards.put_back_dropped_functions(conn, found)  # a step may call one
+        schema.add_checkpoints(conn)  # a database made before them: the grants name them
         for step in _steps_after(found):
             step.postgresql(conn)
         put = guards.put_back_postgresql_guards(conn)  # after the steps: what they did not make

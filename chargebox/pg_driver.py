@@ -14,12 +14,19 @@ import logging
 import re
 from collections.abc import Iterator
 
-from chargebox.errors import Deadlocked, IntegrityViolation, LockTimeout, Unavailable, phrase
+from chargebox.errors import (
+    Deadlocked,
+    IntegrityViolation,
+    LockTimeout,
+    NotGranted,
+    Unavailable,
+    phrase,
+)
 
 log = logging.getLogger("chargebox.server")
 
 # A grant revoked under a running server (start-up refuses a role without them:
-# grants.refuse_lacking): every such request is 503, and the log says why, once.
+# grants.refuse_lacking): each request that needs it is 503, and the log says why, once.
 NOT_GRANTED = phrase(
     "the database refused this server a privilege it needs; an operator must grant it"
     " (chargebox migrate --grant-to ROLE)"
@@ -215,7 +222,7 @@ def translated() -> Iterator[None]:
         raise Deadlocked("the database is busy; retry shortly") from exc
     except psycopg.errors.InsufficientPrivilege as exc:  # a grant revoked under the server
         _say_once(f"the database refused this server's role: {exc}".splitlines()[0])
-        raise Unavailable(NOT_GRANTED) from exc
+        raise NotGranted(NOT_GRANTED) from exc
     except (
         psycopg.OperationalError,
         psycopg.errors.SerializationFailure,

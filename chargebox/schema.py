@@ -357,7 +357,7 @@ def create_postgresql(conn, where: str | None = None) -> None:
         if found:
             version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
             check_version(version, where or conn.info.dbname)
-            _add_checkpoints(conn)
+            add_checkpoints(conn)
             return
         for statement in postgresql_statements():
             conn.execute(statement)
@@ -382,9 +382,9 @@ def confine_search_path(conn) -> None:
 CHECKPOINT_TABLES = ("audit_checkpoint", "seller_checkpoint")
 
 
-def _add_checkpoints(conn) -> None:
-    """The audit checkpoint tables, added to a database made before them (same version:
-    they only add, and the audit does without them)."""
+def add_checkpoints(conn) -> None:
+    """The audit checkpoint tables, added to a database made before them (init-db, and
+    migrate before its steps: they only add, and the audit does without them)."""
     if conn.execute("SELECT to_regclass('audit_checkpoint') IS NOT NULL").fetchone()[0]:
         return
     for statement in postgresql_statements():

@@ -122,7 +122,7 @@ class Chargebox:
         def revoke(write: Write) -> dict:
             return self._revoke(write, seller_id, key_id, now())
 
-        return self.database.write(revoke, auth.REVOKE_FIRST)
+        return self.database.write(revoke, alone=True)  # auth.hold_for_revocation
 
     def rotate_key(self, seller_id: int, key_id: int) -> tuple[dict, str]:
         """A new key with the old one's label, the old one revoked in the same transaction."""
@@ -133,7 +133,7 @@ class Chargebox:
             old = self._revoke(write, seller_id, key_id, at)
             return self._new_key(write, seller_id, old["label"], key_hash, at)
 
-        return self.database.write(rotate, auth.REVOKE_FIRST), key
+        return self.database.write(rotate, alone=True), key
 
     def _new_key(self, write: Write, seller_id: int, label: str, key_hash: str, at: str) -> dict:
         write.lock_seller(seller_id)  # two new keys of one seller: one after the other

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from chargebox import audit, checkpoints, grants, schema
+from chargebox import audit, checkpoints, grants, migrations, schema
 from chargebox.cli import prepare
 from chargebox.errors import Unavailable
 from chargebox.services import Chargebox
@@ -466,6 +466,34 @@ def test_each_sellers_newest_checkpoint_is_found_by_a_seek_not_a_read_of_them_al
         assert "SCAN seller_checkpoint" not in plan and "SCAN c " not in plan + " ", plan
     newest = {row[0]: row[8] for row in reader.rows(checkpoints._STATES)}  # its entry_id
     assert len(newest) == 2 and set(newest.values()) == {5}  # each seller's, of the newest
+
+
+@pytest.mark.postgresql_only
+def test_a_postgresql_database_made_before_the_checkpoint_tables_serves_and_migrates(
+    service, config
+):
+    """Made before the checkpoint tables, a database still starts (the grants' check
+    looks at the tables there: helper-67), and migrate from version 8 adds them, with
+    version 9's guard, and grants them to the service's roles (they named tables not
+    there, and migrate failed)."""
+    import psycopg
+
+    from tests.backends import owner_url
+
+    with psycopg.connect(owner_url(config.db_url), autocommit=True) as conn:
+        conn.execute("DROP TABLE seller_checkpoint, audit_checkpoint")
+    prepare(config)
+    assert audit.audit(service.database)["consistent"]
+    with psycopg.connect(owner_url(config.db_url), autocommit=True) as conn:  # version 8's
+        conn.execute("DROP FUNCTION chargebox_checkpoint_is_new()")
+        conn.execute("ALTER TABLE schema_version DISABLE TRIGGER ALL")
+        conn.execute("UPDATE schema_version SET version = 8 WHERE version = 9")
+        conn.execute("ALTER TABLE schema_version ENABLE TRIGGER ALL")
+        found, to, roles, put = migrations.upgrade_postgresql(conn, "here")
+    assert (found, to, put) == (8, 9, []) and roles
+    prepare(config)
+    assert audit.audit(service.database, checkpoint_after=0)["scope"]["saved_checkpoint"] == 1
+    assert checkpoints.kept_in(service.database) and not service.database.missing_triggers()
 
 
 @pytest.mark.parametrize("statement", [

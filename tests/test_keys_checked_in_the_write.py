@@ -24,18 +24,26 @@ from collections.abc import Callable
 from urllib.parse import urlencode
 from wsgiref.util import setup_testing_defaults
 
+import psycopg
 import pytest
 
 from chargebox import auth, clock, key_use
 from chargebox.access_log import ENVIRON_WHO
 from chargebox.cli import prepare
-from chargebox.errors import ChargeboxError, LockTimeout, SellerSuspended, Unauthorized
+from chargebox.errors import (
+    ChargeboxError,
+    LockTimeout,
+    NotGranted,
+    SellerSuspended,
+    Unauthorized,
+)
 from chargebox.idempotency import Outcome
+from chargebox.pg_driver import NOT_GRANTED
 from chargebox.queries import Page
 from chargebox.services import Chargebox
 from chargebox.web import api, create_app, forms
 from chargebox.web.sessions import SESSION_COOKIE
-from tests.backends import database_of
+from tests.backends import database_of, owner_url
 from tests.support import drop_trigger, writable
 
 PHONE = "09121234567"
@@ -332,49 +340,120 @@ def test_a_remembered_keys_refusal_names_no_seller_in_the_access_log(service):
     assert status.startswith("401") and ENVIRON_WHO not in environ
 
 
+class _HeldWriter:
+    """A service whose group writer is kept busy (a write that waits for `release`), so
+    that what is sent meanwhile queues for one batch; each act's result, or its error."""
+
+    def __init__(self, service) -> None:
+        self.service, self.writer = service, service.database.writer
+        self.results: dict[str, object] = {}
+        self._held, self._threads = threading.Event(), []
+        busy = self.run("busy", lambda: service.database.write(lambda _: self._held.wait(30)))
+        while not self.writer.busy() and busy.is_alive():
+            busy.join(0.001)
+
+    def run(self, name: str, act: Callable[[], object]) -> threading.Thread:
+        def attempt() -> None:
+            try:
+                self.results[name] = act()
+            except ChargeboxError as exc:
+                self.results[name] = exc
+
+        thread = threading.Thread(target=attempt)
+        thread.start()
+        self._threads.append(thread)
+        return thread
+
+    def queue(self, name: str, act: Callable[[], object]) -> None:
+        """Send `act` and wait until it is queued for the writer's next batch."""
+        count = self.writer.queued() + 1
+        self.run(name, act)
+        deadline = time.monotonic() + 30
+        while self.writer.queued() < count and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert self.writer.queued() == count
+
+    def release(self) -> dict[str, object]:
+        self._held.set()
+        for thread in self._threads:
+            thread.join(30)
+        return self.results
+
+
+@pytest.mark.postgresql_only
 @pytest.mark.parametrize("change", ["revoke", "rotate"])
-def test_a_revocation_goes_first_in_its_batch(config, change):
-    """A revocation queued behind a sale of the same seller goes first in their batch: it
-    waits for other servers' sales of its key holding no seller's row (auth.REVOKE_FIRST),
-    and the sale, checked in the same transaction after it, is refused."""
+def test_a_revocation_goes_in_a_transaction_of_its_own(config, change):
+    """A revocation (or rotation) is not batched: in a batch after a sale of the same
+    seller it waited for another server's sale of the key holding that seller's row, which
+    the other sale could be waiting for (a deadlock, broken after 1 s). Alone it holds
+    nothing else: here it is done while this server's batch is held, and the sale queued
+    before it, checked after, is refused (PostgreSQL; SQLite's file takes one at a time)."""
     service = Chargebox(prepare(dataclasses.replace(config, group_commit=True)))
-    writer = service.database.writer
     try:
         seller, _, seller_key = seller_with_key(service, "Ali")
-        held, results = threading.Event(), {}
-
-        def run(name: str, act: Callable[[], object]) -> threading.Thread:
-            def attempt() -> None:
-                try:
-                    results[name] = act()
-                except ChargeboxError as exc:
-                    results[name] = exc
-
-            thread = threading.Thread(target=attempt)
-            thread.start()
-            return thread
-
-        def queued(count: int) -> None:
-            deadline = time.monotonic() + 30
-            while writer.queued() < count and time.monotonic() < deadline:
-                time.sleep(0.001)
-            assert writer.queued() == count
-
-        busy = run("busy", lambda: service.database.write(lambda write: held.wait(30)))
-        while not writer.busy() and busy.is_alive():
-            busy.join(0.001)
-        sale = run("sale", lambda: service.sell(seller, PHONE, 1_000, None, seller_key))
-        queued(1)
+        held = _HeldWriter(service)
+        held.queue("sale", lambda: service.sell(seller, PHONE, 1_000, None, seller_key))
         revoke = getattr(service, f"{change}_key")
-        revocation = run("revocation", lambda: revoke(seller, seller_key.id))
-        queued(2)
-        held.set()
-        for thread in (busy, sale, revocation):
-            thread.join(30)
+        revocation = held.run("revocation", lambda: revoke(seller, seller_key.id))
+        revocation.join(30)
+        assert not revocation.is_alive() and "revocation" in held.results, held.results
+        results = held.release()
         assert isinstance(results["sale"], Unauthorized), results
         assert not isinstance(results["revocation"], Exception), results
         assert service.queries.sales(Page(), seller) == []
     finally:
+        service.close()
+
+
+def test_a_revocation_leaves_the_batch_it_meets_side_by_side(config, monkeypatch):
+    """Other sellers' sales queued with a revocation still go in one call (helper-67: the
+    revocation first in their batch made each go in its own savepoint)."""
+    service = Chargebox(prepare(dataclasses.replace(config, group_commit=True)))
+    calls = []
+    side_by_side = type(service.database.writer)._side_by_side
+
+    def counted(self, write, groups, *args):
+        calls.append(len(groups))
+        return side_by_side(self, write, groups, *args)
+
+    monkeypatch.setattr(type(service.database.writer), "_side_by_side", counted)
+    try:
+        (a, _, a_key), (b, _, b_key), (c, _, c_key) = (
+            seller_with_key(service, name) for name in ("Ali", "Bita", "Cyrus")
+        )
+        held = _HeldWriter(service)
+        held.queue("a", lambda: service.sell(a, PHONE, 1_000, None, a_key))
+        held.queue("b", lambda: service.sell(b, PHONE, 1_000, None, b_key))
+        held.run("revocation", lambda: service.revoke_key(c, c_key.id))
+        results = held.release()
+        assert not any(isinstance(result, Exception) for result in results.values()), results
+        assert 2 in calls, calls  # the two sellers' sales in one call
+    finally:
+        service.close()
+
+
+@pytest.mark.postgresql_only
+def test_a_write_refused_a_privilege_fails_alone_not_its_batch(config):
+    """A grant revoked under the server (here DELETE on web_session) fails the writes that
+    need it, 503, and not the sales batched with them (helper-67: as Unavailable it failed
+    the whole batch)."""
+    service = Chargebox(prepare(dataclasses.replace(config, group_commit=True)))
+    role = psycopg.conninfo.conninfo_to_dict(config.db_url)["user"]
+    try:
+        seller, _, seller_key = seller_with_key(service, "Ali")
+        with psycopg.connect(owner_url(config.db_url), autocommit=True) as owner:
+            owner.execute(f'REVOKE DELETE ON web_session FROM "{role}"')
+        held = _HeldWriter(service)
+        held.queue("sale", lambda: service.sell(seller, PHONE, 1_000, None, seller_key))
+        sign_out = "DELETE FROM web_session WHERE token_hash = 'x'"
+        held.queue("sign-out", lambda: service.database.write(lambda w: w.execute(sign_out)))
+        results = held.release()
+        assert isinstance(results["sign-out"], NotGranted), results
+        assert results["sign-out"].message == NOT_GRANTED
+        assert not isinstance(results["sale"], Exception), results
+    finally:
+        with psycopg.connect(owner_url(config.db_url), autocommit=True) as owner:
+            owner.execute(f'GRANT DELETE ON web_session TO "{role}"')
         service.close()
 
 

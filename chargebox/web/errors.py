@@ -42,6 +42,7 @@ STATUS = {
     errors.TooManySignIns: 429,
     errors.IntegrityViolation: 500,
     errors.Unavailable: 503,
+    errors.NotGranted: 503,
 }
 
 # bottle raises HTTPError itself for unknown routes, wrong methods and big bodies.
