@@ -100,21 +100,36 @@ _NEW_STATE = (
 )
 
 
-def newest(db: seals.Reader, key: bytes) -> tuple[Trusted | None, list[seals.Problem]]:
-    """The newest checkpoint and the sellers' states, if every seal read verifies; else
-    None, with a problem when a seal does not (someone without the key wrote there)."""
+def _head(db: seals.Reader, key: bytes) -> tuple[tuple | None, list[seals.Problem]]:
+    """The newest checkpoint's row if its seal verifies and no other row bears that seal;
+    else None, with a problem when one does not (someone without the key wrote there)."""
     found = db.rows(_NEWEST)
     if not found:
         return None, []
-    ident, entry_id, entries, request_id, full_at, created_at, mac = found[0]
+    ident, mac = found[0][0], found[0][6]
     if not anchors.matches(mac, seals.checkpoint_mac(key, *found[0][1:6])):
         return None, [_forged(f"audit checkpoint {ident}")]
     # Its seal binds neither its id nor its place: a copy of an older checkpoint, inserted
     # as the newest, would verify, and undo a mark recorded since (see above).
     if copied := db.rows(_COPIES, (mac, ident)):
         return None, [_forged(f"audit checkpoint {ident}, a copy of checkpoint {copied[0][0]},")]
-    if entries == 0:  # it verified nothing (`distrust`): nothing is trusted
-        return None, []
+    return found[0], []
+
+
+def starts_a_quick_audit(db: seals.Reader, key: bytes) -> bool:
+    """Whether the newest checkpoint is one a quick audit would start from (`newest`'s
+    checks but its sellers' rows): sealed with the key, no copy, and no mark."""
+    head, _ = _head(db, key)
+    return head is not None and head[2] != 0
+
+
+def newest(db: seals.Reader, key: bytes) -> tuple[Trusted | None, list[seals.Problem]]:
+    """The newest checkpoint and the sellers' states, if every seal read verifies; else
+    None, with a problem when a seal does not (someone without the key wrote there)."""
+    head, problems = _head(db, key)
+    if head is None or head[2] == 0:  # a mark verified nothing (`distrust`): trust nothing
+        return None, problems
+    ident, entry_id, entries, request_id, full_at, created_at, _ = head
     states: dict[int, State] = {}
     macs: dict[str, bool] = {}
     for seller_id, *state, seal, c_entry, c_entries, c_request, c_full, c_at, c_mac in db.rows(
@@ -142,13 +157,6 @@ def mark(db: seals.Reader) -> Mark | None:
     """The newest checkpoint if it is a `distrust` mark (its seal checked by `newest`)."""
     found = db.rows(_NEWEST_MARK)
     return Mark(*found[0]) if found else None
-
-
-def verified_nothing(db: seals.Reader) -> bool:
-    """Whether there is no checkpoint, or the newest verified nothing (`distrust`). Read
-    as a comparison, not as the column: no bytes of a row written by hand are decoded."""
-    found = db.rows("SELECT entries = 0 FROM audit_checkpoint ORDER BY id DESC LIMIT 1")
-    return not found or bool(found[0][0])
 
 
 def save(write, key: bytes, seen: tuple[int, int, int, str, str], states: dict[int, State],

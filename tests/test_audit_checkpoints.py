@@ -37,6 +37,9 @@ from tests.support import (
 )
 
 REFUSED = Exception  # sqlite3.IntegrityError or a psycopg error: the schema refuses
+COPY_OF_1 = ("INSERT INTO audit_checkpoint (entry_id, entries, request_id, full_at, created_at,"
+             " mac) SELECT entry_id, entries, request_id, full_at, created_at, mac"
+             " FROM audit_checkpoint WHERE id = 1")  # fmt: skip
 
 
 def sold(service, seller_id: int, count: int, phone: str = "09121234567") -> None:
@@ -224,13 +227,10 @@ def test_a_copy_of_an_older_checkpoint_inserted_after_a_mark_is_named_not_truste
         forged_behind_the_guards(conn)
     assert service.audit()["consistent"]  # trusts checkpoint 1: the documented trade
     assert not service.audit(full=True)["consistent"]  # records the mark (2)
-    copy = ("INSERT INTO audit_checkpoint (entry_id, entries, request_id, full_at, created_at,"
-            " mac) SELECT entry_id, entries, request_id, full_at, created_at, mac"
-            " FROM audit_checkpoint WHERE id = 1")  # fmt: skip
     with writable(database_of(config)) as conn, pytest.raises(REFUSED, match="recorded once"):
-        conn.execute(copy)
+        conn.execute(COPY_OF_1)
     with writable(database_of(config)) as conn:
-        behind_the_guard(conn, "audit_checkpoint_is_new", "audit_checkpoint", copy)
+        behind_the_guard(conn, "audit_checkpoint_is_new", "audit_checkpoint", COPY_OF_1)
     quick = service.audit()
     assert not quick["consistent"] and quick["scope"]["full"], quick["scope"]
     (copied,) = [p["message"] for p in quick["problems"] if "a copy of" in p["message"]]
@@ -393,6 +393,35 @@ def test_quick_audits_that_read_every_row_run_one_at_a_time_as_full_ones(service
     assert len(turns) == 2
 
 
+@pytest.mark.parametrize("newest", ["forged", "a copy"])
+def test_a_quick_audit_from_a_checkpoint_that_does_not_verify_takes_the_full_audits_turn(
+    service, config, newest
+):
+    """A checkpoint row inserted without the key (the service's role may insert) made
+    every quick audit read every row, all at once, outside the full audits' turns; it is
+    foreseen as they are: its seal, and whether another row bears it, checked first."""
+    checkpointed(service)
+    with writable(database_of(config)) as conn:
+        if newest == "forged":
+            conn.execute("INSERT INTO audit_checkpoint (entry_id, entries, request_id, full_at,"
+                         " created_at, mac) VALUES (5, 5, 0, 'x', 'x', 'x')")  # fmt: skip
+        else:
+            behind_the_guard(conn, "audit_checkpoint_is_new", "audit_checkpoint", COPY_OF_1)
+    turns = []
+
+    class Turns:
+        def acquire(self, timeout: float) -> bool:
+            turns.append("full audit's turn")
+            return True
+
+        def release(self) -> None:
+            pass
+
+    service._full_audit = Turns()
+    report = service.audit()
+    assert turns and report["scope"]["full"] and not report["consistent"]
+
+
 def test_a_quick_audit_that_began_before_a_failed_full_one_records_no_checkpoint(service):
     """A quick audit continuing a checkpoint older than a failed full audit's mark records
     nothing that would trust it again."""
@@ -428,7 +457,7 @@ def test_a_clean_audit_whose_snapshot_began_before_a_failed_ones_mark_records_no
     monkeypatch.setattr(audit, "_full", marked_meanwhile)
     report = audit.audit(service.database, full=True, checkpoint_after=1)
     assert report["consistent"] and report["scope"]["saved_checkpoint"] is None
-    assert checkpoints.verified_nothing(service.database)
+    assert checkpoints.mark(service.database) is not None
 
 
 def test_a_checkpoint_written_without_the_key_is_refused_and_everything_verified(service, config):
