@@ -368,12 +368,9 @@ def test_a_clean_audit_after_a_failed_one_records_a_checkpoint_trusted_again(ser
     assert not trusted["full"] and trusted["distrusted"] is None
 
 
-def test_quick_audits_that_read_every_row_run_one_at_a_time_as_full_ones(service, config):
-    """A quick audit with no checkpoint to trust (here after a failed full audit) reads
-    the whole ledger, so it waits its turn with the full audits; one that starts from a
-    checkpoint does not wait."""
-    checkpointed(service)
-    turns = []
+def counted_turns(service) -> list[str]:
+    """The service's turns of the audits that read every row, counted (never waited for)."""
+    turns: list[str] = []
 
     class Turns:
         def acquire(self, timeout: float) -> bool:
@@ -384,6 +381,15 @@ def test_quick_audits_that_read_every_row_run_one_at_a_time_as_full_ones(service
             pass
 
     service._full_audit = Turns()
+    return turns
+
+
+def test_quick_audits_that_read_every_row_run_one_at_a_time_as_full_ones(service, config):
+    """A quick audit with no checkpoint to trust (here after a failed full audit) reads
+    the whole ledger, so it waits its turn with the full audits; one that starts from a
+    checkpoint does not wait."""
+    checkpointed(service)
+    turns = counted_turns(service)
     service.audit()
     assert turns == []
     with writable(database_of(config)) as conn:
@@ -407,17 +413,7 @@ def test_a_quick_audit_from_a_checkpoint_that_does_not_verify_takes_the_full_aud
                          " created_at, mac) VALUES (5, 5, 0, 'x', 'x', 'x')")  # fmt: skip
         else:
             behind_the_guard(conn, "audit_checkpoint_is_new", "audit_checkpoint", COPY_OF_1)
-    turns = []
-
-    class Turns:
-        def acquire(self, timeout: float) -> bool:
-            turns.append("full audit's turn")
-            return True
-
-        def release(self) -> None:
-            pass
-
-    service._full_audit = Turns()
+    turns = counted_turns(service)
     report = service.audit()
     assert turns and report["scope"]["full"] and not report["consistent"]
 
