@@ -213,10 +213,12 @@ def _save(database: Database, record: Callable[[object], int | None]
     report says so (`_scope`)."""
     try:
         return database.write(record, alone=True), None  # sales never wait for its lock
-    except (ChargeboxError, OSError) as exc:  # OSError: the write lock's file, read-only
-        if isinstance(exc, OSError):
-            return None, exc.strerror
-        return None, exc.message if isinstance(exc, Unavailable) else "the database refused it"
+    except OSError as exc:  # the write lock's file, in a read-only place
+        return None, exc.strerror
+    except Unavailable as exc:
+        return None, exc.message
+    except ChargeboxError:  # its words may quote the database: not in a report
+        return None, "the database refused it"
 
 
 def _anchor(database: Database, seen_heads: list) -> None:

@@ -190,14 +190,10 @@ def _sqlite_checkpoints_once(conn: sqlite3.Connection) -> None:
 
 
 def _postgresql_checkpoints_once(conn) -> None:
-    """Version 9: the file's VERSION 9 part; its trigger only where the checkpoint tables
-    are (init-db adds them, with it, to a database made before them), made anew."""
-    there = conn.execute("SELECT to_regclass('audit_checkpoint') IS NOT NULL").fetchone()[0]
-    for statement in schema.postgresql_added_in(9):
-        if "CREATE TRIGGER" in statement and there:
-            conn.execute("DROP TRIGGER IF EXISTS audit_checkpoint_is_new ON audit_checkpoint")
-        if there or "CREATE TRIGGER" not in statement:
-            conn.execute(statement)
+    """Version 9: the file's VERSION 9 part, its trigger made anew: migrate adds the
+    checkpoint tables before the steps (schema.add_checkpoints), and with them, this."""
+    conn.execute("DROP TRIGGER IF EXISTS audit_checkpoint_is_new ON audit_checkpoint")
+    _postgresql_part(9)(conn)
 
 
 def _sqlite_sale_blocks(conn: sqlite3.Connection) -> None:
