@@ -9,6 +9,13 @@ entry with that seal, was rolled back: the audit reports it and start-up refuses
 until `chargebox anchors accept-restore` appends a `restore` line (older lines then
 no longer count). Written by the server every CHARGEBOX_ANCHOR_SECONDS (one thread
 of one process; never on a sale's path), at each backup, clean audit and clean stop.
+
+A full audit's finding (its `distrust` mark, checkpoints.py) is anchored too, as a line
+of kind `mark` (the mark's id and seal): a mark deleted from the database (by whoever
+gets past its guards) would let the quick audits trust the checkpoint before it again;
+anchored, its absence is an audit problem, and the quick audits trust no checkpoint
+(a `restore` line ends it, as it ends the heads). A chargebox older than marks skips
+such a line, as it skips one it cannot read.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ except ImportError:  # pragma: no cover - not POSIX: appends are single writes t
 
 HEADS = "SELECT seller_id, entry_id, entries, entry_mac FROM seller_head ORDER BY seller_id"
 _SEALS = "SELECT entry_id, mac FROM ledger_seal WHERE entry_id IN ({})"
+_MARKS = "SELECT id, mac FROM audit_checkpoint WHERE id IN ({})"
 COMPACT_AT = 8 * 1024 * 1024  # bytes; then only the newest anchor of each seller is kept
 _CHUNK = 500  # entry ids per IN (...) query
 _KEPT: dict[str, int] = {}  # WAL path -> a descriptor this process never closes (durable())
@@ -55,13 +63,40 @@ class Anchored(NamedTuple):
     by: str
 
 
+class Mark(NamedTuple):
+    """A full audit's finding as anchored: its mark's checkpoint id and seal."""
+
+    id: int
+    mac: str
+    at: str
+    by: str
+
+
+class File(NamedTuple):
+    """What the anchors file holds since the last restore (`read`)."""
+
+    heads: dict[int, Anchored]  # each seller's newest anchored head
+    forged: list[str]  # a complaint for each line whose seal does not verify
+    marks: list[Mark]
+
+
+class Loaded(NamedTuple):
+    """The file as an audit takes it (`loaded`): its heads and marks, and its problems."""
+
+    heads: dict[int, Anchored]
+    problems: list[dict]
+    marks: list[Mark]
+
+
 def _mac(key: bytes, kind: str, at: str, by: str, heads: list) -> str:
     message = json.dumps(["anchor", kind, at, by, heads], separators=(",", ":"))
     return hmac.new(key, message.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def line(key: bytes, heads: list[Head], by: str, kind: str = "heads", at: str | None = None) -> str:
-    """One sealed record: `heads` (kind `heads`), or a deliberate restore (`restore`)."""
+def line(key: bytes, heads: list[tuple], by: str, kind: str = "heads", at: str | None = None
+         ) -> str:  # fmt: skip
+    """One sealed record: `heads` (kind `heads`), a deliberate restore (`restore`), or an
+    audit's finding (`mark`: `heads` is one (id, seal) pair)."""
     at = at or now()
     listed = [list(head) for head in heads]
     record = {"kind": kind, "at": at, "by": by, "heads": listed}
@@ -69,35 +104,46 @@ def line(key: bytes, heads: list[Head], by: str, kind: str = "heads", at: str | 
     return json.dumps(record, separators=(",", ":")) + "\n"
 
 
-def read(path: Path, key: bytes) -> tuple[dict[int, Anchored], list[str]]:
-    """The newest anchor of each seller since the last accepted restore, and a complaint
-    for each line whose seal does not verify (ignored: written without the key). A line
-    that is not JSON (a write cut by a crash) is skipped silently, like a missing one."""
-    anchored: dict[int, Anchored] = {}
-    forged: list[str] = []
+def read(path: Path, key: bytes) -> File:
+    """The newest anchor of each seller and every mark since the last accepted restore,
+    and a complaint for each line whose seal does not verify (ignored: written without
+    the key). A line that is not JSON (a write cut by a crash) is skipped silently, like
+    a missing one."""
+    found = File({}, [], [])
     try:
         text = path.read_text("utf-8", errors="replace")
     except FileNotFoundError:
-        return anchored, forged
+        return found
     for number, raw in enumerate(text.splitlines(), 1):
         try:
             record = json.loads(raw)
             kind, at, by, heads = (record[k] for k in ("kind", "at", "by", "heads"))
             expected = _mac(key, kind, at, by, heads)
-            parsed = [Head(*map(int, h[:3]), str(h[3])) for h in heads]
+            parsed = _parsed(kind, heads, at, by)
         except (ValueError, KeyError, TypeError, IndexError):
             continue
         if not matches(record.get("mac"), expected):
-            forged.append(f"line {number} of {path} does not match its seal: written without "
-                          "the ledger key; ignored")  # fmt: skip
+            found.forged.append(f"line {number} of {path} does not match its seal: written "
+                                "without the ledger key; ignored")  # fmt: skip
             continue
         if kind == "restore":
-            anchored = {}
+            found = File({}, found.forged, [])
+        if kind == "mark":
+            found.marks.extend(parsed)
+            continue
         for head in parsed:
-            known = anchored.get(head.seller_id)
+            known = found.heads.get(head.seller_id)
             if known is None or head.entries >= known.head.entries:
-                anchored[head.seller_id] = Anchored(head, at, by)
-    return anchored, forged
+                found.heads[head.seller_id] = Anchored(head, at, by)
+    return found
+
+
+def _parsed(kind: str, heads: list, at: str, by: str) -> list:
+    """A line's heads, or its mark (ValueError, TypeError, IndexError if malformed)."""
+    if kind != "mark":
+        return [Head(*map(int, h[:3]), str(h[3])) for h in heads]
+    [(ident, mac)] = heads
+    return [Mark(int(ident), str(mac), at, by)]
 
 
 def heads(db) -> list[Head]:
@@ -134,28 +180,47 @@ def rollbacks(db, anchored: dict[int, Anchored]) -> list[dict]:
     return found
 
 
-def loaded(config: Config, key: bytes | None) -> tuple[dict[int, Anchored], list[dict]]:
-    """The anchors file as the check takes it: the newest anchor of each seller, and the
-    problems of the file itself (a forged line, or a file that cannot be read).
+def loaded(config: Config, key: bytes | None) -> Loaded:
+    """The anchors file as the check takes it: the newest anchor of each seller, the marks,
+    and the problems of the file itself (a forged line, or a file that cannot be read).
 
     Read it *before* the snapshot the heads are compared in: every head in the file was
     committed before it was written, so a snapshot taken afterwards holds it. Read after
     the snapshot, a head a server anchored meanwhile (committed after the snapshot) looks
     like a rollback: under load, an audit that took seconds saw every seller so."""
     if key is None:
-        return {}, []
+        return Loaded({}, [], [])
     try:
-        anchored, forged = read(config.anchors_path, key)
+        held = read(config.anchors_path, key)
     except OSError as exc:
-        return {}, [_problem(None, None, f"cannot read the anchors {config.anchors_path}: {exc}")]
-    return anchored, [_problem(None, None, message) for message in forged]
+        problem = _problem(None, None, f"cannot read the anchors {config.anchors_path}: {exc}")
+        return Loaded({}, [problem], [])
+    return Loaded(held.heads, [_problem(None, None, message) for message in held.forged],
+                  held.marks)  # fmt: skip
 
 
-def problems(db, found: tuple[dict[int, Anchored], list[dict]]) -> list[dict]:
+def problems(db, found: Loaded) -> list[dict]:
     """The anchor problems of an audit: those of the file, `loaded` before `db`'s snapshot,
-    and each rollback (a head the database is behind or does not hold)."""
-    anchored, file_problems = found
-    return file_problems + rollbacks(db, anchored)
+    each rollback (a head the database is behind or does not hold), and each mark lost."""
+    missing = [
+        _problem(None, None, f"the finding of the audit of {mark.at} (audit checkpoint "
+                             f"{mark.id}), anchored by {mark.by}, is missing from the database"
+                             " or sealed differently: deleted, or rolled back to before it")
+        for mark in lost(db, found.marks)
+    ]  # fmt: skip
+    return found.problems + rollbacks(db, found.heads) + missing
+
+
+def lost(db, marks: list[Mark]) -> list[Mark]:
+    """The anchored marks the database does not hold with their seals: deleted behind the
+    guards, or the database rolled back to before them."""
+    if not marks:
+        return []
+    ids = tuple(mark.id for mark in marks)
+    held: dict[int, str] = {}
+    if "audit_checkpoint" in db.table_names():  # a database made before checkpoints: none
+        held.update(db.rows(_MARKS.format(", ".join("?" * len(ids))), ids))
+    return [mark for mark in marks if not matches(held.get(mark.id), mark.mac)]
 
 
 def located(problem: dict) -> str:
@@ -194,11 +259,12 @@ def durable(config: Config) -> None:
         os.fsync(fd)
 
 
-def record(config: Config, key: bytes, anchored_heads: list[Head], by: str,
-           kind: str = "heads") -> None:  # fmt: skip
-    """Append one sealed line (after making the anchored state durable)."""
+def record(config: Config, key: bytes, anchored_heads: list[tuple], by: str,
+           kind: str = "heads", at: str | None = None) -> None:  # fmt: skip
+    """Append one sealed line (after making the anchored state durable); `at`: now, or a
+    mark's own time."""
     durable(config)
-    append(config.anchors_path, key, line(key, anchored_heads, by, kind))
+    append(config.anchors_path, key, line(key, anchored_heads, by, kind, at))
 
 
 @contextlib.contextmanager
@@ -246,15 +312,17 @@ def _ends_with_newline(path: Path) -> bool:
 
 
 def compact(path: Path, key: bytes) -> None:
-    """Rewrite the file as its newest anchor of each seller (sealed again), through a
-    temporary file and a rename: what the check reads is unchanged; forged lines go."""
+    """Rewrite the file as its newest anchor of each seller (sealed again), and its marks,
+    through a temporary file and a rename: what the check reads is unchanged; forged lines
+    go."""
     if not path.exists():
         return
-    anchored, _forged = read(path, key)
+    held = read(path, key)
     by_time: dict[tuple[str, str], list[Head]] = {}
-    for anchored_head in anchored.values():
+    for anchored_head in held.heads.values():
         by_time.setdefault((anchored_head.at, anchored_head.by), []).append(anchored_head.head)
     lines = [line(key, hs, by, at=at) for (at, by), hs in sorted(by_time.items())]
+    lines += [line(key, [(m.id, m.mac)], m.by, "mark", m.at) for m in held.marks]
     temporary = path.with_name(f".{path.name}.{os.getpid()}.compacting")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -277,7 +345,7 @@ def _sync_directory(directory: Path) -> None:
 def refuse_rollback(config: Config, db, key: str) -> None:
     """Start-up: ValueError if the database is older than its anchors."""
     try:
-        anchored, _forged = read(config.anchors_path, key.encode("utf-8"))
+        anchored = read(config.anchors_path, key.encode("utf-8")).heads
     except OSError as exc:
         raise ValueError(f"cannot read the anchors {config.anchors_path}: {exc}") from None
     if not anchored:

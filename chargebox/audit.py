@@ -46,12 +46,15 @@ Progress = Callable[[str, int, int], None]  # (what, done, of)
 
 
 def audit(database: Database, full: bool = False, progress: Progress | None = None,
-          checkpoint_after: int = CHECKPOINT_AFTER) -> dict:  # fmt: skip
+          checkpoint_after: int = CHECKPOINT_AFTER, anchored: anchors.Loaded | None = None
+          ) -> dict:  # fmt: skip
     """Re-check the books: every row (`full`), or what came after the newest checkpoint.
-    A clean audit with enough newly verified entries records a checkpoint."""
+    A clean audit with enough newly verified entries records a checkpoint. `anchored`:
+    the anchors file, if the caller has `loaded` it already (before this audit begins)."""
     started, at = time.perf_counter(), now()
     key = database.ledger_key
-    anchored = anchors.loaded(database.config, key)  # before the snapshot: see there
+    if anchored is None:
+        anchored = anchors.loaded(database.config, key)  # before the snapshot: see there
     settled = _settled(database)  # before the snapshot too: it holds every row up to these
     with database.snapshot(lenient=True) as db:  # forged bytes are named, not fatal
         problems = [p._asdict() for p in seals.key_problems(db, key)]
@@ -59,9 +62,13 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
         usable = keyed and checkpoints.kept_in(db)
         trusted, newest, marked = None, checkpoints.newest_id(db) if usable else 0, None
         if usable and not full:
-            trusted, forged = checkpoints.newest(db, key)
+            lost = anchors.lost(db, anchored.marks)  # a finding deleted: trust nothing
+            trusted, forged = (None, []) if lost else checkpoints.newest(db, key)
             problems += [p._asdict() for p in forged]
-            marked = None if trusted or forged else checkpoints.mark(db)  # why every row
+            if lost:  # why every row is read (see _scope)
+                marked = Mark(lost[0].id, lost[0].at)
+            elif not (trusted or forged):
+                marked = checkpoints.mark(db)
         found = _full(db, keyed, progress) if trusted is None else since(db, trusted)
         problems += found.problems
         problems += _missing_triggers(db)
@@ -84,6 +91,8 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
     elif usable and problems and full:  # the quick audits may trust nothing before this
         finding = _save(database, lambda write: checkpoints.distrust(write, key, at))
         saved = finding[0]
+        if saved is not None:
+            _anchor(database, [(saved, checkpoints.mark_mac(key, at))], "mark", at)
     if keyed and not problems:
         _anchor(database, seen_heads)
     bad_sellers = {p["seller_id"] for p in problems}
@@ -107,15 +116,18 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
     }
 
 
-def reads_every_row(database: Database) -> bool:
+def reads_every_row(database: Database, anchored: anchors.Loaded) -> bool:
     """Whether a quick audit begun now would read every row: no checkpoint to start from,
-    the newest one verified nothing (checkpoints.distrust), or its seal does not verify
-    (forged, or a copy). Its row read in a lenient snapshot: written by hand, it may hold
-    any bytes. Its sellers' rows are not: one of them forged is not foreseen."""
+    the newest one verified nothing (checkpoints.distrust), its seal does not verify
+    (forged, or a copy), or an anchored mark is not in the database. Its row read in a
+    lenient snapshot: written by hand, it may hold any bytes. Its sellers' rows are not:
+    one of them forged is not foreseen."""
     if database.ledger_key is None or not checkpoints.kept_in(database):
         return True
     with database.snapshot(lenient=True) as db:
-        return not checkpoints.starts_a_quick_audit(db, database.ledger_key)
+        return bool(anchors.lost(db, anchored.marks)) or not (
+            checkpoints.starts_a_quick_audit(db, database.ledger_key)
+        )
 
 
 def _full(db, keyed: bool, progress: Progress | None) -> Found:
@@ -221,12 +233,14 @@ def _save(database: Database, record: Callable[[object], int | None]
         return None, "the database refused it"
 
 
-def _anchor(database: Database, seen_heads: list) -> None:
-    """Anchor the heads a clean audit saw; a file that cannot be written now (read-only,
-    full) only leaves the window to the server's own anchoring."""
-    if seen_heads:
+def _anchor(database: Database, seen: list, kind: str = "heads", at: str | None = None
+            ) -> None:  # fmt: skip
+    """Anchor the heads a clean audit saw, or a failed full audit's mark (found `at`); a
+    file that cannot be written now (read-only, full) only leaves the window to the
+    server's own anchoring (or, for a mark, to its guards in the database)."""
+    if seen:
         with contextlib.suppress(OSError):
-            anchors.record(database.config, database.ledger_key, seen_heads, "audit")
+            anchors.record(database.config, database.ledger_key, seen, "audit", kind, at)
 
 
 def _scope(trusted: Trusted | None, walked: int, saved: int | None, at: str, started: float,

@@ -17,11 +17,11 @@ every row and names the problem again, until an audit is clean and records a che
 of its own. Without it, the quick audit would go on trusting an older checkpoint, and
 say nothing of a forgery the full audit found before it. An audit whose snapshot began
 before such a mark was recorded records no checkpoint (what it found clean may have
-been changed since). A mark deleted by someone who can get past the guards (the owner,
-or whoever holds the SQLite file) leaves the quick audits trusting the checkpoint before
-it again: the trade the quick audit makes for any row edited before its checkpoint, which
-the next full audit ends (it finds the problem, and records a mark, again). Anchoring
-the marks outside the database, as the sellers' heads are, would close that.
+been changed since). Each mark is anchored outside the database too, as the sellers'
+heads are (anchors.py, a line of kind `mark`): one deleted by someone who can get past
+the guards (the owner, or whoever holds the SQLite file) would leave the quick audits
+trusting the checkpoint before it again; its absence is an audit problem instead, and
+the quick audits trust no checkpoint until `anchors accept-restore`.
 """
 
 from __future__ import annotations
@@ -181,7 +181,16 @@ def distrust(write, key: bytes, at: str) -> int:
     """Record that a full audit at `at` found a problem: a checkpoint that verified nothing,
     so that later quick audits trust no earlier one (see above). Returns its id."""
     _one_at_a_time(write)
-    return _record(write, key, (0, 0, 0, at, at), {}, {})
+    return _record(write, key, _marked_at(at), {}, {})
+
+
+def mark_mac(key: bytes, at: str) -> str:
+    """The seal of the mark `distrust` records at `at` (what the anchors file keeps)."""
+    return seals.checkpoint_mac(key, *_marked_at(at))
+
+
+def _marked_at(at: str) -> tuple:
+    return (0, 0, 0, at, at)  # verified nothing: entry_id, entries, request_id, full_at, at
 
 
 def _one_at_a_time(write) -> None:

@@ -104,7 +104,7 @@ class Keeper:
 
     def _round(self, database) -> None:
         if self._anchored is None:  # what the file holds already: not written again
-            held, _forged = anchors.read(self.config.anchors_path, self.key)
+            held = anchors.read(self.config.anchors_path, self.key).heads
             self._anchored = {seller: a.head.entries for seller, a in held.items()}
         with database.snapshot() as db:
             now_heads = anchors.heads(db)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 
-from chargebox import audit, auth, guards, idempotency, ledger, periods, statements
+from chargebox import anchors, audit, auth, guards, idempotency, ledger, periods, statements
 from chargebox.clock import now
 from chargebox.config import Config
 from chargebox.db import Database, Write, open_database
@@ -343,11 +343,12 @@ class Chargebox:
         quick one that would (no checkpoint to start from, or a failed full audit's mark).
         One waits for the one running no longer than a write would (then Unavailable):
         requests queued behind an audit of years would each hold a request thread."""
-        if not full and not audit.reads_every_row(self.database):
-            return audit.audit(self.database, progress=progress)
+        anchored = anchors.loaded(self.config, self.database.ledger_key)  # read once
+        if not full and not audit.reads_every_row(self.database, anchored):
+            return audit.audit(self.database, progress=progress, anchored=anchored)
         if not self._full_audit.acquire(timeout=self.config.busy_timeout_ms / 1000):
             raise Unavailable(AUDIT_RUNNING)
         try:
-            return audit.audit(self.database, full=full, progress=progress)
+            return audit.audit(self.database, full=full, progress=progress, anchored=anchored)
         finally:
             self._full_audit.release()

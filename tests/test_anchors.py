@@ -33,7 +33,7 @@ SALE = {"phone": "09121234567", "amount": 1_000}
 def anchored_entries(db: Path, seller_id: int) -> int:
     """What the anchors file holds for a seller (0 if nothing yet), read as the check does."""
     key = (db.parent / "ledger_key").read_text().strip().encode()
-    held, _ = anchors.read(db.with_name(db.name + ".anchors"), key)
+    held = anchors.read(db.with_name(db.name + ".anchors"), key).heads
     return held[seller_id].head.entries if seller_id in held else 0
 
 

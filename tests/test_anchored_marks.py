@@ -1,0 +1,112 @@
+"""A failed full audit's mark is anchored outside the database, as the sellers' heads are.
+
+The mark (checkpoints.distrust) keeps the quick audits from trusting the checkpoint
+before a finding. Whoever can get past the append-only guards (the owner, or the
+SQLite file's holder) could delete it, and the quick audits would trust that older
+checkpoint again, saying nothing of the finding. Anchored (kind `mark`), its absence
+is an audit problem, the quick audits trust no checkpoint, and `anchors
+accept-restore` (after a look) ends it, as it ends a rollback.
+"""
+
+from __future__ import annotations
+
+from chargebox import anchors, checkpoints, restore
+from tests.support import database_of, rows_on_disk, writable
+from tests.test_audit_checkpoints import behind_the_guard, checkpointed, counted_turns
+
+MISSING = "is missing from the database or sealed differently"
+
+
+def no_delete(conn) -> str:
+    """The guard that keeps audit checkpoints from being deleted, in either dialect."""
+    return "audit_checkpoint_no_change" if conn.postgresql else "audit_checkpoint_no_delete"
+
+
+def entry_one_edited(config, created_at: str) -> None:
+    """Ledger entry 1's created_at set behind its guard (a forgery, or putting it back)."""
+    with writable(database_of(config)) as conn:
+        edit = f"UPDATE ledger_entry SET created_at = '{created_at}' WHERE id = 1"
+        behind_the_guard(conn, "ledger_entry_no_update", "ledger_entry", edit)
+
+
+def marked(service, config) -> tuple[int, str, str]:
+    """A forgery before checkpoint 1 that only a full audit sees, and that audit's mark:
+    its id and when it was found; and the forged field's true value."""
+    checkpointed(service)
+    ((original,),) = rows_on_disk(database_of(config), "SELECT created_at FROM ledger_entry"
+                                  " WHERE id = 1")  # fmt: skip
+    entry_one_edited(config, "x")
+    assert service.audit()["consistent"]  # trusts checkpoint 1: the documented trade
+    assert not service.audit(full=True)["consistent"]
+    ((mark_id, found_at),) = rows_on_disk(
+        database_of(config), "SELECT id, created_at FROM audit_checkpoint WHERE entries = 0"
+    )
+    return mark_id, found_at, original
+
+
+def mark_deleted(config, mark_id: int) -> None:
+    with writable(database_of(config)) as conn:
+        behind_the_guard(conn, no_delete(conn), "audit_checkpoint",
+                         f"DELETE FROM audit_checkpoint WHERE id = {mark_id}")  # fmt: skip
+
+
+def test_a_failed_full_audits_mark_is_anchored_with_its_seal(service, config):
+    mark_id, found_at, _ = marked(service, config)
+    key = service.database.ledger_key
+    held = anchors.read(config.anchors_path, key)
+    assert held.marks == [anchors.Mark(mark_id, checkpoints.mark_mac(key, found_at), found_at,
+                                       "audit")]  # fmt: skip
+    assert held.forged == []
+
+
+def test_a_mark_deleted_behind_the_guards_is_named_and_nothing_is_trusted(service, config):
+    """Without the anchor, the quick audit trusted checkpoint 1 again and was consistent."""
+    mark_id, found_at, _ = marked(service, config)
+    mark_deleted(config, mark_id)
+    assert checkpoints.mark(service.database) is None  # the database alone no longer tells
+    turns = counted_turns(service)
+    quick = service.audit()
+    assert turns == ["full audit's turn"]  # foreseen: it reads every row
+    assert not quick["consistent"] and quick["scope"]["full"]
+    assert quick["scope"]["distrusted"] == {"id": mark_id, "found_at": found_at}
+    (lost,) = [p["message"] for p in quick["problems"] if MISSING in p["message"]]
+    assert f"the finding of the audit of {found_at} (audit checkpoint {mark_id})" in lost
+    assert any(p["invariant"] == "seal" and p["entry_id"] == 1 for p in quick["problems"])
+
+
+def test_a_restore_accepted_after_a_look_ends_a_lost_mark(service, config, capsys):
+    """The forgery mended and the mark deleted: only the anchor still says so, until the
+    operator accepts the database as it is (`anchors accept-restore`)."""
+    mark_id, _, original = marked(service, config)
+    entry_one_edited(config, original)
+    mark_deleted(config, mark_id)
+    quick = service.audit()
+    assert [p["invariant"] for p in quick["problems"]] == ["anchor"], quick["problems"]
+    assert restore._check(service, config) == 1
+    assert MISSING in capsys.readouterr().err
+    assert restore._accept(service, config) == 0
+    assert anchors.read(config.anchors_path, service.database.ledger_key).marks == []
+    assert service.audit()["consistent"]
+
+
+def test_compaction_keeps_the_marks_and_a_restore_line_ends_them(tmp_path):
+    path, key = tmp_path / "anchors", b"k" * 32
+    head = anchors.Head(1, 5, 5, "a" * 64)
+    anchors.append(path, key, anchors.line(key, [head], "server"))
+    anchors.append(path, key, anchors.line(key, [(7, "b" * 64)], "audit", "mark", "T"))
+    anchors.append(path, key, anchors.line(key, [head._replace(entry_id=6, entries=6)], "server"))
+    before = anchors.read(path, key)
+    assert before.marks == [anchors.Mark(7, "b" * 64, "T", "audit")]
+    anchors.compact(path, key)
+    after = anchors.read(path, key)
+    assert after.marks == before.marks and after.heads == before.heads
+    assert len(path.read_text().splitlines()) == 2
+    anchors.append(path, key, anchors.line(key, [head], "accept-restore", "restore"))
+    assert anchors.read(path, key).marks == []
+
+
+def test_a_mark_line_is_sealed_and_one_written_without_the_key_ignored(tmp_path):
+    path, key = tmp_path / "anchors", b"k" * 32
+    anchors.append(path, key, anchors.line(b"x" * 32, [(7, "b" * 64)], "audit", "mark"))
+    held = anchors.read(path, key)
+    assert held.marks == [] and "does not match its seal" in held.forged[0]
