@@ -156,11 +156,7 @@ def rollbacks(db, anchored: dict[int, Anchored]) -> list[dict]:
     if not anchored:
         return []
     now_heads = {head.seller_id: head for head in heads(db)}
-    ids = [a.head.entry_id for a in anchored.values()]
-    seals: dict[int, str] = {}
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start : start + _CHUNK]
-        seals.update(db.rows(_SEALS.format(", ".join("?" * len(chunk))), tuple(chunk)))
+    seals = _looked_up(db, _SEALS, [a.head.entry_id for a in anchored.values()])
     found = []
     for seller_id, (head, at, by) in sorted(anchored.items()):
         has = now_heads.get(seller_id)
@@ -216,11 +212,19 @@ def lost(db, marks: list[Mark]) -> list[Mark]:
     guards, or the database rolled back to before them."""
     if not marks:
         return []
-    ids = tuple(mark.id for mark in marks)
     held: dict[int, str] = {}
     if "audit_checkpoint" in db.table_names():  # a database made before checkpoints: none
-        held.update(db.rows(_MARKS.format(", ".join("?" * len(ids))), ids))
+        held = _looked_up(db, _MARKS, [mark.id for mark in marks])
     return [mark for mark in marks if not matches(held.get(mark.id), mark.mac)]
+
+
+def _looked_up(db, sql: str, ids: list[int]) -> dict[int, str]:
+    """`sql`'s (id, seal) rows for `ids`, _CHUNK ids to a query (`sql` has `IN ({})`)."""
+    found: dict[int, str] = {}
+    for start in range(0, len(ids), _CHUNK):
+        chunk = tuple(ids[start : start + _CHUNK])
+        found.update(db.rows(sql.format(", ".join("?" * len(chunk))), chunk))
+    return found
 
 
 def located(problem: dict) -> str:

@@ -110,3 +110,18 @@ def test_a_mark_line_is_sealed_and_one_written_without_the_key_ignored(tmp_path)
     anchors.append(path, key, anchors.line(b"x" * 32, [(7, "b" * 64)], "audit", "mark"))
     held = anchors.read(path, key)
     assert held.marks == [] and "does not match its seal" in held.forged[0]
+
+
+def test_marks_past_one_querys_worth_are_each_looked_for(service, config):
+    """Years of failed nightly audits: the anchored marks are looked up _CHUNK at a time."""
+    key, count = service.database.ledger_key, anchors._CHUNK * 2 + 1
+    ids = service.database.write(
+        lambda write: [checkpoints.distrust(write, key, f"T{n}") for n in range(count)]
+    )
+    marks = [anchors.Mark(ident, checkpoints.mark_mac(key, f"T{n}"), f"T{n}", "audit")
+             for n, ident in enumerate(ids)]  # fmt: skip
+    with service.database.snapshot() as db:
+        assert anchors.lost(db, marks) == []
+    mark_deleted(config, ids[-1])
+    with service.database.snapshot() as db:
+        assert anchors.lost(db, marks) == [marks[-1]]
