@@ -10,12 +10,16 @@ until `chargebox anchors accept-restore` appends a `restore` line (older lines t
 no longer count). Written by the server every CHARGEBOX_ANCHOR_SECONDS (one thread
 of one process; never on a sale's path), at each backup, clean audit and clean stop.
 
-A full audit's finding (its `distrust` mark, checkpoints.py) is anchored too, as a line
-of kind `mark` (the mark's id and seal): a mark deleted from the database (by whoever
-gets past its guards) would let the quick audits trust the checkpoint before it again;
-anchored, its absence is an audit problem, and the quick audits trust no checkpoint
-(a `restore` line ends it, as it ends the heads). A chargebox older than marks skips
-such a line, as it skips one it cannot read.
+A full audit's finding (its `distrust` mark, checkpoints.py) is anchored too, once it
+is committed, as a line of kind `mark` (the mark's id, seal and time): a mark deleted
+from the database (by whoever gets past its guards) would let the quick audits trust
+the checkpoint before it again; anchored, its absence is an audit problem, and the
+quick audits trust no checkpoint. Nor do they trust one recorded before the newest
+mark was anchored (its `created_at` not later than the line's `at`): a checkpoint's
+seal binds no id, so the one before a mark, moved to an id above it, would otherwise
+be trusted again. A `restore` line ends the marks, as it ends the heads. A chargebox
+older than marks skips such a line, as it skips one it cannot read, and its
+compaction drops it.
 """
 
 from __future__ import annotations
@@ -64,10 +68,12 @@ class Anchored(NamedTuple):
 
 
 class Mark(NamedTuple):
-    """A full audit's finding as anchored: its mark's checkpoint id and seal."""
+    """A full audit's finding as anchored: its mark's checkpoint id, seal and time
+    (`found_at`, the audit's), and when it was anchored (`at`, after its commit)."""
 
     id: int
     mac: str
+    found_at: str
     at: str
     by: str
 
@@ -96,7 +102,7 @@ def _mac(key: bytes, kind: str, at: str, by: str, heads: list) -> str:
 def line(key: bytes, heads: list[tuple], by: str, kind: str = "heads", at: str | None = None
          ) -> str:  # fmt: skip
     """One sealed record: `heads` (kind `heads`), a deliberate restore (`restore`), or an
-    audit's finding (`mark`: `heads` is one (id, seal) pair)."""
+    audit's finding (`mark`: `heads` is one (id, seal, found_at))."""
     at = at or now()
     listed = [list(head) for head in heads]
     record = {"kind": kind, "at": at, "by": by, "heads": listed}
@@ -142,8 +148,8 @@ def _parsed(kind: str, heads: list, at: str, by: str) -> list:
     """A line's heads, or its mark (ValueError, TypeError, IndexError if malformed)."""
     if kind != "mark":
         return [Head(*map(int, h[:3]), str(h[3])) for h in heads]
-    [(ident, mac)] = heads
-    return [Mark(int(ident), str(mac), at, by)]
+    [(ident, mac, found_at)] = heads
+    return [Mark(int(ident), str(mac), str(found_at), at, by)]
 
 
 def heads(db) -> list[Head]:
@@ -199,7 +205,7 @@ def problems(db, found: Loaded) -> list[dict]:
     """The anchor problems of an audit: those of the file, `loaded` before `db`'s snapshot,
     each rollback (a head the database is behind or does not hold), and each mark lost."""
     missing = [
-        _problem(None, None, f"the finding of the audit of {mark.at} (audit checkpoint "
+        _problem(None, None, f"the finding of the audit of {mark.found_at} (audit checkpoint "
                              f"{mark.id}), anchored by {mark.by}, is missing from the database"
                              " or sealed differently: deleted, or rolled back to before it")
         for mark in lost(db, found.marks)
@@ -216,6 +222,12 @@ def lost(db, marks: list[Mark]) -> list[Mark]:
     if "audit_checkpoint" in db.table_names():  # a database made before checkpoints: none
         held = _looked_up(db, _MARKS, [mark.id for mark in marks])
     return [mark for mark in marks if not matches(held.get(mark.id), mark.mac)]
+
+
+def newest_mark(marks: list[Mark]) -> Mark | None:
+    """The mark anchored last: the quick audits trust no checkpoint recorded before its
+    line (`at`), whatever the checkpoint's id."""
+    return max(marks, key=lambda mark: mark.at, default=None)
 
 
 def _looked_up(db, sql: str, ids: list[int]) -> dict[int, str]:
@@ -306,7 +318,7 @@ def append(path: Path, key: bytes, text: str) -> None:
         if created:
             _sync_directory(path.parent)
         if size > COMPACT_AT:
-            compact(path, key)
+            _compact(path, key)
 
 
 def _ends_with_newline(path: Path) -> bool:
@@ -316,6 +328,12 @@ def _ends_with_newline(path: Path) -> bool:
 
 
 def compact(path: Path, key: bytes) -> None:
+    """`_compact` under the file's append lock: a line appended meanwhile is kept."""
+    with _locked(path):
+        _compact(path, key)
+
+
+def _compact(path: Path, key: bytes) -> None:
     """Rewrite the file as its newest anchor of each seller (sealed again), and its marks,
     through a temporary file and a rename: what the check reads is unchanged; forged lines
     go."""
@@ -326,7 +344,7 @@ def compact(path: Path, key: bytes) -> None:
     for anchored_head in held.heads.values():
         by_time.setdefault((anchored_head.at, anchored_head.by), []).append(anchored_head.head)
     lines = [line(key, hs, by, at=at) for (at, by), hs in sorted(by_time.items())]
-    lines += [line(key, [(m.id, m.mac)], m.by, "mark", m.at) for m in held.marks]
+    lines += [line(key, [(m.id, m.mac, m.found_at)], m.by, "mark", m.at) for m in held.marks]
     temporary = path.with_name(f".{path.name}.{os.getpid()}.compacting")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:

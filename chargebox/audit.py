@@ -15,7 +15,6 @@ the heads it saw.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 
@@ -63,12 +62,14 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
         trusted, newest, marked = None, checkpoints.newest_id(db) if usable else 0, None
         if usable and not full:
             lost = anchors.lost(db, anchored.marks)  # a finding deleted: trust nothing
-            trusted, forged = (None, []) if lost else checkpoints.newest(db, key)
+            last = anchors.newest_mark(anchored.marks)  # nor a checkpoint from before it
+            after = last.at if last else ""
+            trusted, forged = (None, []) if lost else checkpoints.newest(db, key, after)
             problems += [p._asdict() for p in forged]
             if lost:  # why every row is read (see _scope)
-                marked = Mark(lost[0].id, lost[0].at)
+                marked = Mark(lost[0].id, lost[0].found_at)
             elif not (trusted or forged):
-                marked = checkpoints.mark(db)
+                marked = checkpoints.mark(db) or (last and Mark(last.id, last.found_at))
         found = _full(db, keyed, progress) if trusted is None else since(db, trusted)
         problems += found.problems
         problems += _missing_triggers(db)
@@ -92,7 +93,8 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
         finding = _save(database, lambda write: checkpoints.distrust(write, key, at))
         saved = finding[0]
         if saved is not None:
-            _anchor(database, [(saved, checkpoints.mark_mac(key, at))], "mark", at)
+            unanchored = _anchor(database, [(saved, checkpoints.mark_mac(key, at), at)], "mark")
+            finding = (saved, unanchored)
     if keyed and not problems:
         _anchor(database, seen_heads)
     bad_sellers = {p["seller_id"] for p in problems}
@@ -124,9 +126,10 @@ def reads_every_row(database: Database, anchored: anchors.Loaded) -> bool:
     one of them forged is not foreseen."""
     if database.ledger_key is None or not checkpoints.kept_in(database):
         return True
+    last = anchors.newest_mark(anchored.marks)
     with database.snapshot(lenient=True) as db:
         return bool(anchors.lost(db, anchored.marks)) or not (
-            checkpoints.starts_a_quick_audit(db, database.ledger_key)
+            checkpoints.starts_a_quick_audit(db, database.ledger_key, last.at if last else "")
         )
 
 
@@ -233,14 +236,18 @@ def _save(database: Database, record: Callable[[object], int | None]
         return None, "the database refused it"
 
 
-def _anchor(database: Database, seen: list, kind: str = "heads", at: str | None = None
-            ) -> None:  # fmt: skip
-    """Anchor the heads a clean audit saw, or a failed full audit's mark (found `at`); a
-    file that cannot be written now (read-only, full) only leaves the window to the
-    server's own anchoring (or, for a mark, to its guards in the database)."""
-    if seen:
-        with contextlib.suppress(OSError):
-            anchors.record(database.config, database.ledger_key, seen, "audit", kind, at)
+def _anchor(database: Database, seen: list, kind: str = "heads") -> str | None:
+    """Anchor the heads a clean audit saw, or a failed full audit's mark; None, or why the
+    file could not be written now (read-only, full, locked). For heads that only leaves
+    the window to the server's own anchoring; a mark is then kept by its guards in the
+    database alone, which the report says (`_scope`)."""
+    if not seen:
+        return None
+    try:
+        anchors.record(database.config, database.ledger_key, seen, "audit", kind)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _scope(trusted: Trusted | None, walked: int, saved: int | None, at: str, started: float,
@@ -250,7 +257,8 @@ def _scope(trusted: Trusted | None, walked: int, saved: int | None, at: str, sta
     `started`: its perf_counter() at the start; `unkeyed`: why no seal could be checked
     (then no entry was walked); `marked`: the full audit's finding that left a quick audit
     no checkpoint to trust; `finding`: a full audit's finding recorded for the quick audits
-    (its mark's id) or why it could not be."""
+    (its mark's id, with why it could not be anchored if it could not), or why it could
+    not be recorded (no id)."""
     checkpoint, distrusted = None, None
     if unkeyed:  # not "0 entries verified", which reads as an empty ledger
         summary = (f"nothing verified against the seals at {at}: {unkeyed}; only the sums and "
@@ -282,6 +290,9 @@ def _scope(trusted: Trusted | None, walked: int, saved: int | None, at: str, sta
     if finding and finding[0]:
         summary += (f"; its finding recorded (checkpoint {finding[0]}): the quick audits trust"
                     " no checkpoint before it until an audit is clean")  # fmt: skip
+        if finding[1]:
+            summary += (f"; it could NOT be anchored outside the database ({finding[1]}):"
+                        " only the database's guards keep it; run this audit again")  # fmt: skip
     elif finding:
         summary += (f"; its finding could NOT be recorded ({finding[1]}): the quick audits"
                     " may go on trusting a checkpoint before it; run this audit again")  # fmt: skip

@@ -116,18 +116,27 @@ def _head(db: seals.Reader, key: bytes) -> tuple[tuple | None, list[seals.Proble
     return found[0], []
 
 
-def starts_a_quick_audit(db: seals.Reader, key: bytes) -> bool:
+def starts_a_quick_audit(db: seals.Reader, key: bytes, after: str = "") -> bool:
     """Whether the newest checkpoint is one a quick audit would start from (`newest`'s
-    checks but its sellers' rows): sealed with the key, no copy, and no mark."""
+    checks but its sellers' rows): sealed with the key, no copy, no mark, and recorded
+    `after` (anchors.newest_mark)."""
     head, _ = _head(db, key)
-    return head is not None and head[2] != 0
+    return _starts(head, after)
 
 
-def newest(db: seals.Reader, key: bytes) -> tuple[Trusted | None, list[seals.Problem]]:
-    """The newest checkpoint and the sellers' states, if every seal read verifies; else
-    None, with a problem when a seal does not (someone without the key wrote there)."""
+def _starts(head: tuple | None, after: str) -> bool:
+    # a mark verified nothing (`distrust`); one recorded before the newest mark was
+    # anchored is the one before it, moved above it (its seal binds no id)
+    return head is not None and head[2] != 0 and head[5] > after
+
+
+def newest(db: seals.Reader, key: bytes, after: str = ""
+           ) -> tuple[Trusted | None, list[seals.Problem]]:  # fmt: skip
+    """The newest checkpoint and the sellers' states, if every seal read verifies and it
+    was recorded `after` (see starts_a_quick_audit); else None, with a problem when a seal
+    does not (someone without the key wrote there)."""
     head, problems = _head(db, key)
-    if head is None or head[2] == 0:  # a mark verified nothing (`distrust`): trust nothing
+    if not _starts(head, after):  # trust nothing
         return None, problems
     ident, entry_id, entries, request_id, full_at, created_at, _ = head
     states: dict[int, State] = {}

@@ -54,8 +54,10 @@ def test_a_failed_full_audits_mark_is_anchored_with_its_seal(service, config):
     mark_id, found_at, _ = marked(service, config)
     key = service.database.ledger_key
     held = anchors.read(config.anchors_path, key)
-    assert held.marks == [anchors.Mark(mark_id, checkpoints.mark_mac(key, found_at), found_at,
-                                       "audit")]  # fmt: skip
+    ((ident, mac, found, at, by),) = held.marks
+    assert (ident, mac, found, by) == (mark_id, checkpoints.mark_mac(key, found_at), found_at,
+                                       "audit")  # fmt: skip
+    assert at > found_at  # anchored once committed, after the audit began
     assert held.forged == []
 
 
@@ -93,10 +95,10 @@ def test_compaction_keeps_the_marks_and_a_restore_line_ends_them(tmp_path):
     path, key = tmp_path / "anchors", b"k" * 32
     head = anchors.Head(1, 5, 5, "a" * 64)
     anchors.append(path, key, anchors.line(key, [head], "server"))
-    anchors.append(path, key, anchors.line(key, [(7, "b" * 64)], "audit", "mark", "T"))
+    anchors.append(path, key, anchors.line(key, [(7, "b" * 64, "F")], "audit", "mark", "T"))
     anchors.append(path, key, anchors.line(key, [head._replace(entry_id=6, entries=6)], "server"))
     before = anchors.read(path, key)
-    assert before.marks == [anchors.Mark(7, "b" * 64, "T", "audit")]
+    assert before.marks == [anchors.Mark(7, "b" * 64, "F", "T", "audit")]
     anchors.compact(path, key)
     after = anchors.read(path, key)
     assert after.marks == before.marks and after.heads == before.heads
@@ -107,7 +109,7 @@ def test_compaction_keeps_the_marks_and_a_restore_line_ends_them(tmp_path):
 
 def test_a_mark_line_is_sealed_and_one_written_without_the_key_ignored(tmp_path):
     path, key = tmp_path / "anchors", b"k" * 32
-    anchors.append(path, key, anchors.line(b"x" * 32, [(7, "b" * 64)], "audit", "mark"))
+    anchors.append(path, key, anchors.line(b"x" * 32, [(7, "b" * 64, "F")], "audit", "mark"))
     held = anchors.read(path, key)
     assert held.marks == [] and "does not match its seal" in held.forged[0]
 
@@ -118,10 +120,53 @@ def test_marks_past_one_querys_worth_are_each_looked_for(service, config):
     ids = service.database.write(
         lambda write: [checkpoints.distrust(write, key, f"T{n}") for n in range(count)]
     )
-    marks = [anchors.Mark(ident, checkpoints.mark_mac(key, f"T{n}"), f"T{n}", "audit")
+    marks = [anchors.Mark(ident, checkpoints.mark_mac(key, f"T{n}"), f"T{n}", "A", "audit")
              for n, ident in enumerate(ids)]  # fmt: skip
     with service.database.snapshot() as db:
         assert anchors.lost(db, marks) == []
     mark_deleted(config, ids[-1])
     with service.database.snapshot() as db:
         assert anchors.lost(db, marks) == [marks[-1]]
+
+
+def test_the_checkpoint_before_a_mark_moved_above_it_is_not_trusted(service, config):
+    """A checkpoint's seal binds no id: checkpoint 1, moved to an id above the mark (its
+    sellers' rows with it), was the newest, verified, and was trusted again, the mark
+    still in place (helper-68). A checkpoint recorded before the newest mark was anchored
+    is not trusted."""
+    mark_id, found_at, _ = marked(service, config)
+    moved = mark_id + 1
+    with writable(database_of(config)) as conn:
+        behind_the_guard(conn, "audit_checkpoint_is_new", "audit_checkpoint",
+                         "INSERT INTO audit_checkpoint (id, entry_id, entries, request_id,"
+                         " full_at, created_at, mac) SELECT "
+                         f"{moved}, entry_id, entries, request_id, full_at, created_at, mac"
+                         " FROM audit_checkpoint WHERE id = 1")  # fmt: skip
+        no_update = ("seller_checkpoint_no_change" if conn.postgresql
+                     else "seller_checkpoint_no_update")  # fmt: skip
+        behind_the_guard(conn, no_update, "seller_checkpoint",
+                         f"UPDATE seller_checkpoint SET checkpoint_id = {moved}"
+                         " WHERE checkpoint_id = 1")  # fmt: skip
+        behind_the_guard(conn, no_delete(conn), "audit_checkpoint",
+                         "DELETE FROM audit_checkpoint WHERE id = 1")  # fmt: skip
+    turns = counted_turns(service)
+    quick = service.audit()
+    assert turns == ["full audit's turn"]
+    assert not quick["consistent"] and quick["scope"]["full"]
+    assert quick["scope"]["distrusted"] == {"id": mark_id, "found_at": found_at}
+    assert any(p["invariant"] == "seal" and p["entry_id"] == 1 for p in quick["problems"])
+
+
+def test_a_mark_that_could_not_be_anchored_is_said(service, config, monkeypatch):
+    def refused(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    checkpointed(service)
+    entry_one_edited(config, "x")
+    monkeypatch.setattr(anchors, "append", refused)
+    full = service.audit(full=True)
+    assert full["scope"]["saved_checkpoint"] is not None
+    assert (
+        "; it could NOT be anchored outside the database (Read-only file system): only the"
+        " database's guards keep it; run this audit again"
+    ) in full["scope"]["summary"]
