@@ -21,7 +21,9 @@ been changed since). Each mark is anchored outside the database too, as the sell
 heads are (anchors.py, a line of kind `mark`): one deleted by someone who can get past
 the guards (the owner, or whoever holds the SQLite file) would leave the quick audits
 trusting the checkpoint before it again; its absence is an audit problem instead, and
-the quick audits trust no checkpoint until `anchors accept-restore`.
+the quick audits trust no checkpoint until `anchors accept-restore`. Nor do they trust
+one recorded before the newest mark was anchored (`newest`'s `after`): that checkpoint,
+moved to an id above the mark, would be the newest and verify.
 """
 
 from __future__ import annotations
