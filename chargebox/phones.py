@@ -3,7 +3,8 @@
 Only ASCII, Persian (U+06F0-06F9) and Arabic-Indic (U+0660-0669) digits are
 digits here: Python's int(), str.isdigit() and regex \\d accept every Unicode
 digit, so none of them is used. Bidi marks and no-break spaces pasted from
-right-to-left interfaces are dropped before parsing.
+right-to-left interfaces are dropped before parsing; a bidi override is refused:
+`0912\\u202e1234567` would be charged as 09121234567 and show as 09127654321.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ from __future__ import annotations
 import re
 
 from chargebox.errors import ValidationError
+from chargebox.text import refuse_overrides
 
 # Persian and Arabic-Indic digits to ASCII; money.py reads typed amounts with it too.
 ASCII_DIGITS = str.maketrans("۰۱۲۳۴۵۶۷۸۹٠١٢٣٤٥٦٧٨٩", "01234567890123456789")
-# Invisible marks that right-to-left UIs add, and the separators we accept (spaces: the
-# plain one, tab, and the no-break ones: U+00A0, figure U+2007, narrow U+202F).
+# Invisible marks that right-to-left UIs add (not the overrides: refused), and the
+# separators we accept (spaces: the plain one, tab, and the no-break ones: U+00A0, figure
+# U+2007, narrow U+202F).
 _IGNORED = dict.fromkeys(
     map(
         ord,
-        "\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+        "\u200c\u200d\u200e\u200f\u202a\u202b\u202c"
         "\u2066\u2067\u2068\u2069\ufeff\u00a0\u2007\u202f \t-",
     )
 )
@@ -31,6 +34,7 @@ def normalize_phone(value: object, field: str = "phone") -> str:
     """Return the normal form `09XXXXXXXXX` or raise ValidationError."""
     if not isinstance(value, str) or len(value) > MAX_INPUT_LENGTH:
         raise ValidationError("{field} must be a string holding an Iranian mobile number", field)
+    refuse_overrides(value, field)
     compact = value.translate(_IGNORED).translate(ASCII_DIGITS)
     match = _MOBILE.fullmatch(compact)
     if match is None:

@@ -79,19 +79,31 @@ def _require_plain_direction(text: str, field: str) -> None:
                 character=what,
             )
         if ch in _OVERRIDES:
-            raise ValidationError(
-                "{field} must not contain U+{code} ({character}): "
-                "it shows the text in another order than it is written",
-                field,
-                code=f"{ord(ch):04X}",
-                character=_OVERRIDES[ch],
-            )
+            raise _override(ch, field)
         if ch in _CLOSER:
             open_ones.append(_CLOSER[ch])
         elif ch in _CLOSERS and (not open_ones or open_ones.pop() != ch):
             raise _unbalanced(field)
     if open_ones:
         raise _unbalanced(field)
+
+
+def refuse_overrides(value: str, field: str) -> None:
+    """Refuse a bidi override (U+202D, U+202E) anywhere in `value`: a phone number's digits
+    behind one show in another order than they are read (and charged)."""
+    for ch in _OVERRIDES:
+        if ch in value:
+            raise _override(ch, field)
+
+
+def _override(ch: str, field: str) -> ValidationError:
+    return ValidationError(
+        "{field} must not contain U+{code} ({character}): "
+        "it shows the text in another order than it is written",
+        field,
+        code=f"{ord(ch):04X}",
+        character=_OVERRIDES[ch],
+    )
 
 
 def _unbalanced(field: str) -> ValidationError:

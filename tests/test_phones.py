@@ -25,8 +25,6 @@ RTL_MARKS = [
     "\u202a",
     "\u202b",
     "\u202c",
-    "\u202d",
-    "\u202e",
     "\u2066",
     "\u2067",
     "\u2068",
@@ -69,6 +67,16 @@ def test_persian_and_arabic_indic_and_ascii_digits_may_be_mixed():
 def test_bidi_marks_pasted_from_right_to_left_interfaces_are_ignored(mark):
     assert normalize_phone(f"{mark}+98 912{mark}123{mark}4567{mark}") == NORMAL
     assert normalize_phone(f"{mark}{NORMAL.translate(PERSIAN)}{mark}") == NORMAL
+
+
+@pytest.mark.parametrize("override", ["\u202d", "\u202e"], ids=["LRO", "RLO"])
+def test_a_bidi_override_is_refused_not_dropped(override):
+    """0912 U+202E 1234567 shows as 09127654321 and would be charged as 09121234567."""
+    with pytest.raises(ValidationError) as refused:
+        normalize_phone(f"0912{override}1234567")
+    assert refused.value.field == "phone"
+    assert f"phone must not contain U+{ord(override):04X}" in refused.value.message
+    assert "it shows the text in another order than it is written" in refused.value.message
 
 
 @pytest.mark.parametrize("space", ["\u00a0", "\u2007", "\u202f"], ids=["nbsp", "figure", "narrow"])
