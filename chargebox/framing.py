@@ -51,6 +51,9 @@ _SINGLE_SPELLINGS = tuple(
 )  # fmt: skip
 
 
+_TRANSFER_ENCODING = b"\r\ntransfer-encoding:"
+
+
 class Parser(HTTPRequestParser):
     def received(self, data: bytes) -> int:
         """waitress's, but a request whose headers end with bare LFs is refused (400) as
@@ -77,9 +80,9 @@ class Parser(HTTPRequestParser):
         """waitress's parse (which joins a folded line, one that starts with a space or a
         tab, to the one before it, as RFC 9112 allows); then each single header is looked
         for at the start of a line: a few byte searches, not a second parse of every
-        line. A body framed twice (Content-Length and Transfer-Encoding) is refused: a
-        proxy in front may read the other framing, and take what follows for a second
-        request (smuggling)."""
+        line. A body framed twice (Content-Length and Transfer-Encoding, or chunked twice)
+        is refused: a proxy in front may read the other framing, and take what follows
+        for a second request (smuggling)."""
         super().parse_header(header_plus)
         try:  # bottle would drop the bytes that are not UTF-8: /adm%FFin would be /admin
             self.path.encode("latin-1").decode("utf-8")
@@ -89,6 +92,8 @@ class Parser(HTTPRequestParser):
         block = sent.lower()
         if b"\r\ncontent-length:" in block and b"\r\ntransfer-encoding:" in block:
             raise ParsingError("a request may not have both Content-Length and Transfer-Encoding")
+        if _codings(block) > 1:  # waitress refused any but chunked (501): chunked twice
+            raise ParsingError("chunked may be applied to a body only once")  # RFC 9112 7
         for name, dashed, underscored in _SINGLE_SPELLINGS:
             if underscored != dashed and underscored in block:
                 # waitress drops a name with `_`: the request would run without it.
@@ -98,6 +103,17 @@ class Parser(HTTPRequestParser):
             if block.count(dashed) > 1:
                 spelled = "-".join(part.capitalize() for part in name.split("_"))
                 raise RepeatedHeader(f"the {spelled} header is repeated")
+
+
+def _codings(block: bytes) -> int:
+    """How many transfer codings the lowered header block's Transfer-Encoding lists (its
+    folded lines joined, as waitress joins them; the header appears once at most)."""
+    unfolded = block.replace(b"\r\n ", b" ").replace(b"\r\n\t", b" ")
+    at = unfolded.find(_TRANSFER_ENCODING)
+    if at < 0:
+        return 0
+    value = unfolded[at + len(_TRANSFER_ENCODING) :].partition(b"\r\n")[0]
+    return sum(1 for coding in value.split(b",") if coding.strip(b" \t"))
 
 
 class JsonErrorTask(ErrorTask):

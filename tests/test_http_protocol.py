@@ -118,6 +118,17 @@ def test_a_transfer_encoding_other_than_chunked_is_501_unsupported_and_changes_n
     untouched()
 
 
+def test_chunked_applied_twice_is_400_bad_request_and_changes_nothing(server, funded):
+    """RFC 9112 forbids chunked twice; waitress read it as once, a proxy may not."""
+    key, _, untouched = funded
+    head = sale_head(key, len(SALE)).replace(
+        f"Content-Length: {len(SALE)}".encode(), b"Transfer-Encoding: chunked, chunked"
+    )
+    body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(SALE), SALE)
+    assert_refused(raw_request(server.url, head, body), 400, "bad_request")
+    untouched()
+
+
 @pytest.mark.parametrize(
     "extra, length",
     [
