@@ -24,7 +24,7 @@ from waitress.task import ThreadedTaskDispatcher
 from chargebox import access_log
 from chargebox.config import Config
 from chargebox.errors import NoTraces, closed_after_an_error
-from chargebox.framing import JsonErrorTask, Parser
+from chargebox.framing import JsonErrorTask, Parser, Task
 
 try:
     import resource
@@ -54,6 +54,7 @@ class _Channel(HTTPChannel):
 
     error_task_class = JsonErrorTask
     parser_class = Parser
+    task_class = Task
     request_started = 0.0
     handle_error = closed_after_an_error
     _active_at = 0.0

@@ -6,14 +6,15 @@ which write is meant, one spelt with `_` (waitress would drop it), a body framed
 both by Content-Length and by Transfer-Encoding, header lines ended by a bare LF,
 a path that is not UTF-8 (bottle would route `/adm%FFin` as `/admin`, past a proxy's
 rule for `/admin`).
-And waitress's own refusals (400, 413, 431, 501), answered in our JSON error shape.
-connections.py serves with both.
+And waitress's own refusals (400, 413, 431, 501), answered in our JSON error shape;
+and a HEAD's answer framed without a body (waitress chunked one it could not size).
+connections.py serves with all three.
 """
 
 from __future__ import annotations
 
 from waitress.parser import HTTPRequestParser, ParsingError
-from waitress.task import ErrorTask
+from waitress.task import ErrorTask, WSGITask
 from waitress.utilities import BadRequest
 
 from chargebox import access_log
@@ -114,6 +115,19 @@ def _codings(block: bytes) -> int:
         return 0
     value = unfolded[at + len(_TRANSFER_ENCODING) :].partition(b"\r\n")[0]
     return sum(1 for coding in value.split(b",") if coding.strip(b" \t"))
+
+
+class Task(WSGITask):
+    def build_response_header(self) -> bytes:
+        """waitress's, but the answer to a HEAD whose GET streams (no Content-Length, as a
+        statement) is not framed as chunked: waitress sent `Transfer-Encoding: chunked`
+        and then a last chunk, bytes after an answer that has no body. The connection is
+        still closed after it (waitress does not know where a body it cannot size ends)."""
+        head = super().build_response_header()
+        if self.chunked_response and self.request.command == "HEAD":
+            self.chunked_response = False
+            head = head.replace(b"\r\nTransfer-Encoding: chunked\r\n", b"\r\n", 1)
+        return head
 
 
 class JsonErrorTask(ErrorTask):

@@ -2,7 +2,8 @@
 
 These are sent over a raw socket, since an HTTP library would refuse to send
 them. Each refusal must carry a code that the README's error table and the
-served OpenAPI document both list; `internal_error` is for bugs only.
+served OpenAPI document both list; `internal_error` is for bugs only. And the
+framing of an answer with no body: a HEAD's.
 """
 
 from __future__ import annotations
@@ -208,3 +209,17 @@ def test_readme_and_openapi_list_the_same_error_codes():
     schema = json.loads(Path(ROOT / "chargebox" / "openapi.json").read_text())
     enum = schema["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]
     assert in_readme == set(enum["enum"])
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_a_head_of_a_streamed_statement_sends_no_body_bytes(server, funded, fmt):
+    """A statement streams (no Content-Length): waitress framed its HEAD as chunked and
+    sent a last chunk after the headers, bytes a client reads as the next answer's."""
+    key, api, _ = funded
+    head = (f"HEAD /api/statements?day=2026-12-05&format={fmt} HTTP/1.1\r\nHost: chargebox\r\n"
+            f"Authorization: Bearer {key}\r\n\r\n").encode()  # fmt: skip
+    received = exchange(server.url, head)
+    status, _, rest = received.partition(b"\r\n")
+    headers, _, after = rest.partition(b"\r\n\r\n")
+    assert status.split()[1] == b"200", received
+    assert b"transfer-encoding" not in headers.lower() and after == b"", received
