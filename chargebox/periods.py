@@ -147,6 +147,9 @@ def _midnight(day: datetime.date) -> datetime.datetime:
     return datetime.datetime(day.year, day.month, day.day, tzinfo=TEHRAN)
 
 
+_AFTER_THE_LAST_YEAR = _midnight(datetime.date(9999, 1, 1))  # a period ends by then
+
+
 def latin_digits(text: str) -> str:
     """Persian and Arabic-Indic digits typed into a form, as 0-9 (the rest unchanged)."""
     return text.translate(ASCII_DIGITS)
@@ -196,9 +199,7 @@ def _next_month(year: int, month: int) -> tuple[int, int]:
 
 
 def _gregorian_month(text: str) -> Period:
-    year, month = _month(text, "month")
-    if year >= 9999:
-        raise ValidationError("month must be before 9999-12", "month")
+    year, month = _month(text, "month")  # 9999-12: its end, 10000-01-01, is a ValueError
     return Period(_midnight(datetime.date(year, month, 1)),
                   _midnight(datetime.date(*_next_month(year, month), 1)))  # fmt: skip
 
@@ -284,6 +285,8 @@ def period(params: dict[str, str]) -> Period:
     first, last = ("from", "to") if given == ["from", "to"] else (given[0], given[0])
     _within_the_calendar(first, made.start, stamp, local)
     _within_the_calendar(last, made.end, stamp, local)
+    if made.end > _AFTER_THE_LAST_YEAR:  # the documented years: 9999 is refused whole
+        raise ValidationError("the period is outside the years 1 to 9998", last)
     return made
 
 

@@ -225,6 +225,10 @@ def test_days_and_months_are_tehran_days_and_months_gregorian_and_jalali():
         ({"month": "2026-13"}, "month"),
         ({"jmonth": "1405-00"}, "jmonth"),
         ({"month": "9999-12"}, "month"),
+        ({"month": "9999-01"}, "month"),
+        ({"day": "9999-06-01"}, "day"),
+        ({"from": "2026-01-01", "to": "9999-01-01T00:00:01+03:30"}, "to"),
+        ({"from": "9999-01-01", "to": "9999-12-31"}, "to"),
         ({"day": "0001-01-01"}, "day"),
         ({"from": "0001-01-01T00:00:00+03:30", "to": "2026-12-01"}, "from"),
         ({"from": "2026-12-01T10:00:00+25:00", "to": "2026-12-02"}, "from"),
@@ -234,6 +238,12 @@ def test_a_period_that_is_not_exactly_one_clear_period_is_refused_naming_the_fie
     with pytest.raises(ValidationError) as refused:
         periods.period(params)
     assert refused.value.field == field
+
+
+def test_the_last_period_of_the_documented_years_ends_as_9999_begins():
+    assert periods.period({"day": "9998-12-31"}).end == periods.period({"month": "9998-12"}).end
+    with pytest.raises(ValidationError, match="outside the years 1 to 9998"):
+        periods.period({"month": "9999-01"})
 
 
 def test_a_big_statement_is_read_in_chunks_as_it_is_sent_never_all_at_once(service):
