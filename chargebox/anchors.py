@@ -14,11 +14,8 @@ A full audit's finding (its `distrust` mark, checkpoints.py) is anchored too, on
 is committed, as a line of kind `mark` (the mark's id, seal and time): a mark deleted
 from the database (by whoever gets past its guards) would let the quick audits trust
 the checkpoint before it again; anchored, its absence is an audit problem, and the
-quick audits trust no checkpoint. Nor do they trust one recorded before the newest
-mark was anchored (its `created_at` not later than the line's `at`): a checkpoint's
-seal binds no id, so the one before a mark, moved to an id above it, would otherwise
-be trusted again. A `restore` line ends the marks, as it ends the heads. A chargebox
-older than marks skips such a line, as it skips one it cannot read, and its
+quick audits trust no checkpoint. A `restore` line ends the marks, as it ends the
+heads. A chargebox older than marks skips such a line, as it skips one it cannot read, and its
 compaction drops it.
 """
 
@@ -68,8 +65,8 @@ class Anchored(NamedTuple):
 
 
 class Mark(NamedTuple):
-    """A full audit's finding as anchored: its mark's checkpoint id, seal and time
-    (`found_at`, the audit's), and when it was anchored (`at`, after its commit)."""
+    """A full audit's finding as anchored: its mark's checkpoint id, seal and stamp
+    (`found_at`), and when it was anchored (`at`, after its commit)."""
 
     id: int
     mac: str
@@ -222,12 +219,6 @@ def lost(db, marks: list[Mark]) -> list[Mark]:
     if "audit_checkpoint" in db.table_names():  # a database made before checkpoints: none
         held = _looked_up(db, _MARKS, [mark.id for mark in marks])
     return [mark for mark in marks if not matches(held.get(mark.id), mark.mac)]
-
-
-def newest_mark(marks: list[Mark]) -> Mark | None:
-    """The mark anchored last: the quick audits trust no checkpoint recorded before its
-    line (`at`), whatever the checkpoint's id."""
-    return max(marks, key=lambda mark: mark.at, default=None)
 
 
 def _looked_up(db, sql: str, ids: list[int]) -> dict[int, str]:

@@ -62,14 +62,12 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
         trusted, newest, marked = None, checkpoints.newest_id(db) if usable else 0, None
         if usable and not full:
             lost = anchors.lost(db, anchored.marks)  # a finding deleted: trust nothing
-            last = anchors.newest_mark(anchored.marks)  # nor a checkpoint from before it
-            after = last.at if last else ""
-            trusted, forged = (None, []) if lost else checkpoints.newest(db, key, after)
+            trusted, forged = (None, []) if lost else checkpoints.newest(db, key)
             problems += [p._asdict() for p in forged]
             if lost:  # why every row is read (see _scope)
                 marked = Mark(lost[0].id, lost[0].found_at)
             elif not (trusted or forged):
-                marked = checkpoints.mark(db) or (last and Mark(last.id, last.found_at))
+                marked = checkpoints.mark(db)
         found = _full(db, keyed, progress) if trusted is None else since(db, trusted)
         problems += found.problems
         problems += _missing_triggers(db)
@@ -90,11 +88,12 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
         saved, _ = _save(database, lambda write: checkpoints.save(write, key, seen, found.states,
                                                                   trusted, newest))  # fmt: skip
     elif usable and problems and full:  # the quick audits may trust nothing before this
-        finding = _save(database, lambda write: checkpoints.distrust(write, key, at))
-        saved = finding[0]
-        if saved is not None:
-            unanchored = _anchor(database, [(saved, checkpoints.mark_mac(key, at), at)], "mark")
-            finding = (saved, unanchored)
+        recorded, why = _save(database, lambda write: checkpoints.distrust(write, key))
+        saved = recorded.id if recorded else None
+        finding = (saved, why)
+        if recorded:  # anchored once committed: its absence from the database then tells
+            seal = checkpoints.mark_mac(key, recorded.created_at)
+            finding = (saved, _anchor(database, [(saved, seal, recorded.created_at)], "mark"))
     if keyed and not problems:
         _anchor(database, seen_heads)
     bad_sellers = {p["seller_id"] for p in problems}
@@ -126,10 +125,9 @@ def reads_every_row(database: Database, anchored: anchors.Loaded) -> bool:
     one of them forged is not foreseen."""
     if database.ledger_key is None or not checkpoints.kept_in(database):
         return True
-    last = anchors.newest_mark(anchored.marks)
     with database.snapshot(lenient=True) as db:
         return bool(anchors.lost(db, anchored.marks)) or not (
-            checkpoints.starts_a_quick_audit(db, database.ledger_key, last.at if last else "")
+            checkpoints.starts_a_quick_audit(db, database.ledger_key)
         )
 
 
@@ -220,8 +218,8 @@ def _settled(database: Database) -> tuple[int | None, int | None]:
     return tuple(database.settled(table) for table in ("ledger_entry", "credit_request"))
 
 
-def _save(database: Database, record: Callable[[object], int | None]
-          ) -> tuple[int | None, str | None]:  # fmt: skip
+def _save(database: Database, record: Callable[[object], object]
+          ) -> tuple[object, str | None]:  # fmt: skip
     """Record a checkpoint: its id, or None and why not. One that cannot be written now (a
     read-only file or place, a busy database) is left for the next audit: it only saves
     time. A `distrust` not recorded leaves the quick audits trusting what they did: the

@@ -21,9 +21,10 @@ been changed since). Each mark is anchored outside the database too, as the sell
 heads are (anchors.py, a line of kind `mark`): one deleted by someone who can get past
 the guards (the owner, or whoever holds the SQLite file) would leave the quick audits
 trusting the checkpoint before it again; its absence is an audit problem instead, and
-the quick audits trust no checkpoint until `anchors accept-restore`. Nor do they trust
-one recorded before the newest mark was anchored (`newest`'s `after`): that checkpoint,
-moved to an id above the mark, would be the newest and verify.
+the quick audits trust no checkpoint until `anchors accept-restore`. A mark is stamped
+as it is recorded, after every checkpoint recorded before it began, so the quick audits
+trust no checkpoint whose stamp is not later than a mark's (sealed) stamp: the one
+before a mark, moved to an id above it, would otherwise be the newest and verify.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple
 
 from chargebox import anchors, seals
+from chargebox.clock import now
 
 if TYPE_CHECKING:
     from chargebox.db import Database
@@ -93,8 +95,10 @@ _NEW = (
     " VALUES (?, ?, ?, ?, ?, ?) RETURNING id"
 )
 _COPIES = "SELECT id FROM audit_checkpoint WHERE mac = ? AND id != ? ORDER BY id LIMIT 1"
-_NEWEST_MARK = ("SELECT id, created_at FROM audit_checkpoint WHERE entries = 0"
-                " AND id = (SELECT max(id) FROM audit_checkpoint)")  # fmt: skip
+# The marks stamped no earlier than the newest row (itself, if it is one), newest first.
+_LATER_MARKS = ("SELECT id, created_at, mac FROM audit_checkpoint WHERE entries = 0 AND"
+                " created_at >= (SELECT created_at FROM audit_checkpoint ORDER BY id DESC"
+                " LIMIT 1) ORDER BY created_at DESC, id DESC")  # fmt: skip
 _DISTRUSTED_SINCE = "SELECT id FROM audit_checkpoint WHERE id > ? AND entries = 0 LIMIT 1"
 _NEW_STATE = (
     "INSERT INTO seller_checkpoint (checkpoint_id, seller_id, entry_id, entries, entry_mac,"
@@ -115,30 +119,29 @@ def _head(db: seals.Reader, key: bytes) -> tuple[tuple | None, list[seals.Proble
     # as the newest, would verify, and undo a mark recorded since (see above).
     if copied := db.rows(_COPIES, (mac, ident)):
         return None, [_forged(f"audit checkpoint {ident}, a copy of checkpoint {copied[0][0]},")]
+    # Nor its id: the checkpoint before a mark, moved to an id above it, is the newest;
+    # the mark's stamp, sealed and later than its own, tells (see above).
+    if found[0][2] != 0 and (later := db.rows(_LATER_MARKS)):
+        ident, created_at, mark_seal = later[0]
+        if not anchors.matches(mark_seal, mark_mac(key, created_at)):
+            return None, [_forged(f"audit checkpoint {ident}")]
+        return None, []
     return found[0], []
 
 
-def starts_a_quick_audit(db: seals.Reader, key: bytes, after: str = "") -> bool:
+def starts_a_quick_audit(db: seals.Reader, key: bytes) -> bool:
     """Whether the newest checkpoint is one a quick audit would start from (`newest`'s
-    checks but its sellers' rows): sealed with the key, no copy, no mark, and recorded
-    `after` (anchors.newest_mark)."""
+    checks but its sellers' rows): sealed with the key, no copy, no mark, none later."""
     head, _ = _head(db, key)
-    return _starts(head, after)
+    return head is not None and head[2] != 0
 
 
-def _starts(head: tuple | None, after: str) -> bool:
-    # a mark verified nothing (`distrust`); one recorded before the newest mark was
-    # anchored is the one before it, moved above it (its seal binds no id)
-    return head is not None and head[2] != 0 and head[5] > after
-
-
-def newest(db: seals.Reader, key: bytes, after: str = ""
-           ) -> tuple[Trusted | None, list[seals.Problem]]:  # fmt: skip
-    """The newest checkpoint and the sellers' states, if every seal read verifies and it
-    was recorded `after` (see starts_a_quick_audit); else None, with a problem when a seal
-    does not (someone without the key wrote there)."""
+def newest(db: seals.Reader, key: bytes) -> tuple[Trusted | None, list[seals.Problem]]:
+    """The newest checkpoint and the sellers' states, if every seal read verifies and no
+    mark is stamped later; else None, with a problem when a seal does not (someone without
+    the key wrote there)."""
     head, problems = _head(db, key)
-    if not _starts(head, after):  # trust nothing
+    if head is None or head[2] == 0:  # a mark verified nothing (`distrust`): trust nothing
         return None, problems
     ident, entry_id, entries, request_id, full_at, created_at, _ = head
     states: dict[int, State] = {}
@@ -165,9 +168,10 @@ class Mark(NamedTuple):
 
 
 def mark(db: seals.Reader) -> Mark | None:
-    """The newest checkpoint if it is a `distrust` mark (its seal checked by `newest`)."""
-    found = db.rows(_NEWEST_MARK)
-    return Mark(*found[0]) if found else None
+    """The mark that leaves the quick audits no checkpoint to trust, if one does: the newest
+    checkpoint, or one stamped later (their seals checked by `newest`)."""
+    found = db.rows(_LATER_MARKS)
+    return Mark(*found[0][:2]) if found else None
 
 
 def save(write, key: bytes, seen: tuple[int, int, int, str, str], states: dict[int, State],
@@ -188,11 +192,13 @@ def newest_id(db: seals.Reader) -> int:
     return db.rows("SELECT COALESCE(max(id), 0) FROM audit_checkpoint")[0][0]
 
 
-def distrust(write, key: bytes, at: str) -> int:
-    """Record that a full audit at `at` found a problem: a checkpoint that verified nothing,
-    so that later quick audits trust no earlier one (see above). Returns its id."""
+def distrust(write, key: bytes, at: str | None = None) -> Mark:
+    """Record that a full audit found a problem: a checkpoint that verified nothing, so that
+    later quick audits trust no earlier one (see above), stamped now (or `at`), as it is
+    recorded. Returns its id and stamp."""
     _one_at_a_time(write)
-    return _record(write, key, _marked_at(at), {}, {})
+    at = at or now()
+    return Mark(_record(write, key, _marked_at(at), {}, {}), at)
 
 
 def mark_mac(key: bytes, at: str) -> str:

@@ -10,6 +10,8 @@ accept-restore` (after a look) ends it, as it ends a rollback.
 
 from __future__ import annotations
 
+import pytest
+
 from chargebox import anchors, checkpoints, restore
 from tests.support import database_of, rows_on_disk, writable
 from tests.test_audit_checkpoints import behind_the_guard, checkpointed, counted_turns
@@ -118,7 +120,7 @@ def test_marks_past_one_querys_worth_are_each_looked_for(service, config):
     """Years of failed nightly audits: the anchored marks are looked up _CHUNK at a time."""
     key, count = service.database.ledger_key, anchors._CHUNK * 2 + 1
     ids = service.database.write(
-        lambda write: [checkpoints.distrust(write, key, f"T{n}") for n in range(count)]
+        lambda write: [checkpoints.distrust(write, key, f"T{n}").id for n in range(count)]
     )
     marks = [anchors.Mark(ident, checkpoints.mark_mac(key, f"T{n}"), f"T{n}", "A", "audit")
              for n, ident in enumerate(ids)]  # fmt: skip
@@ -129,12 +131,15 @@ def test_marks_past_one_querys_worth_are_each_looked_for(service, config):
         assert anchors.lost(db, marks) == [marks[-1]]
 
 
-def test_the_checkpoint_before_a_mark_moved_above_it_is_not_trusted(service, config):
+@pytest.mark.parametrize("anchored", [True, False], ids=["anchored", "anchors file gone"])
+def test_the_checkpoint_before_a_mark_moved_above_it_is_not_trusted(service, config, anchored):
     """A checkpoint's seal binds no id: checkpoint 1, moved to an id above the mark (its
     sellers' rows with it), was the newest, verified, and was trusted again, the mark
-    still in place (helper-68). A checkpoint recorded before the newest mark was anchored
-    is not trusted."""
+    still in place (helper-68). A checkpoint stamped no later than a mark is not trusted:
+    the mark's sealed stamp tells, in the database alone."""
     mark_id, found_at, _ = marked(service, config)
+    if not anchored:
+        config.anchors_path.unlink()
     moved = mark_id + 1
     with writable(database_of(config)) as conn:
         behind_the_guard(conn, "audit_checkpoint_is_new", "audit_checkpoint",
