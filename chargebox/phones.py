@@ -4,7 +4,11 @@ Only ASCII, Persian (U+06F0-06F9) and Arabic-Indic (U+0660-0669) digits are
 digits here: Python's int(), str.isdigit() and regex \\d accept every Unicode
 digit, so none of them is used. Bidi marks and no-break spaces pasted from
 right-to-left interfaces are dropped before parsing; a bidi override is refused:
-`0912\\u202e1234567` would be charged as 09121234567 and show as 09127654321.
+`0912\\u202e1234567` would be charged as 09121234567 and show as 09127654321. So are
+spaces between the digits of a number that an invisible mark makes right-to-left text
+(an RLM, an RLE or RLI): its digit groups show in reverse order (UAX #9),
+`\\u200f0912 123 4567` as `4567 123 0912`. (Arabic-Indic digits with spaces do the
+same, but visibly, and are the documented form of a number typed in Arabic.)
 """
 
 from __future__ import annotations
@@ -27,6 +31,12 @@ _IGNORED = dict.fromkeys(
     )
 )
 _MOBILE = re.compile(r"(?:\+98|0098|98|0)?(9[0-9]{9})", re.ASCII)
+# The invisible marks that make the digits after them right-to-left text (RLM, RLE, RLI;
+# RLO is refused anyway), and the separators that then take the right-to-left direction
+# between two digit groups (bidi classes WS and S).
+_RIGHT_TO_LEFT = frozenset("\u200f\u202b\u2067")
+_SPLITS = frozenset(" \t\u2007")
+_DIGITS = frozenset("0123456789۰۱۲۳۴۵۶۷۸۹٠١٢٣٤٥٦٧٨٩")
 MAX_INPUT_LENGTH = 64
 
 
@@ -34,9 +44,26 @@ def normalize_phone(value: object, field: str = "phone") -> str:
     """Return the normal form `09XXXXXXXXX` or raise ValidationError."""
     if not isinstance(value, str) or len(value) > MAX_INPUT_LENGTH:
         raise ValidationError("{field} must be a string holding an Iranian mobile number", field)
-    refuse_overrides(value, field)
+    if not value.isascii():  # no direction at play in ASCII
+        refuse_overrides(value, field)
+        _refuse_reordered_groups(value, field)
     compact = value.translate(_IGNORED).translate(ASCII_DIGITS)
     match = _MOBILE.fullmatch(compact)
     if match is None:
         raise ValidationError("{field} must be an Iranian mobile number such as 09121234567", field)
     return "0" + match.group(1)
+
+
+def _refuse_reordered_groups(value: str, field: str) -> None:
+    rtl = next((ch for ch in value if ch in _RIGHT_TO_LEFT), None)
+    if rtl is None:
+        return
+    at = [i for i, ch in enumerate(value) if ch in _DIGITS]
+    if at and not _SPLITS.isdisjoint(value[at[0] : at[-1]]):
+        raise ValidationError(
+            "{field} has right-to-left text (U+{code}) and spaces between its digits: its"
+            " digit groups may show in another order than they are read; send it without"
+            " the spaces",
+            field,
+            code=f"{ord(rtl):04X}",
+        )

@@ -65,8 +65,33 @@ def test_persian_and_arabic_indic_and_ascii_digits_may_be_mixed():
 
 @pytest.mark.parametrize("mark", RTL_MARKS, ids=lambda m: f"U+{ord(m):04X}")
 def test_bidi_marks_pasted_from_right_to_left_interfaces_are_ignored(mark):
-    assert normalize_phone(f"{mark}+98 912{mark}123{mark}4567{mark}") == NORMAL
+    assert normalize_phone(f"{mark}+98-912{mark}123{mark}4567{mark}") == NORMAL
     assert normalize_phone(f"{mark}{NORMAL.translate(PERSIAN)}{mark}") == NORMAL
+    assert normalize_phone(f" {mark}0912\u00a0123\u00a04567{mark} ") == NORMAL
+
+
+RIGHT_TO_LEFT = ["\u200f", "\u202b", "\u2067"]  # RLM, RLE, RLI
+
+
+@pytest.mark.parametrize("mark", RIGHT_TO_LEFT, ids=lambda m: f"U+{ord(m):04X}")
+@pytest.mark.parametrize("space", [" ", "\t", "\u2007"], ids=["space", "tab", "figure"])
+def test_spaces_between_digits_made_right_to_left_by_a_mark_are_refused(mark, space):
+    """UAX #9: behind an RLM (or inside an RLE or RLI) the spaces between digit groups
+    take the right-to-left direction, and the groups show in reverse order: 0912 123
+    4567 shows as 4567 123 0912, and would be charged as 09121234567 (helper-70)."""
+    with pytest.raises(ValidationError) as refused:
+        normalize_phone(f"{mark}0912{space}123{space}4567")
+    assert refused.value.field == "phone"
+    assert f"right-to-left text (U+{ord(mark):04X}) and spaces between its digits" in (
+        refused.value.message
+    )
+
+
+@pytest.mark.parametrize("mark", sorted(set(RTL_MARKS) - set(RIGHT_TO_LEFT)),
+                         ids=lambda m: f"U+{ord(m):04X}")  # fmt: skip
+def test_spaces_beside_marks_that_keep_the_digits_left_to_right_are_fine(mark):
+    assert normalize_phone(f"{mark}0912 123 4567{mark}") == NORMAL
+    assert normalize_phone("٠٩١٢ ١٢٣ ٤٥٦٧") == NORMAL  # visibly Arabic: its documented form
 
 
 @pytest.mark.parametrize("override", ["\u202d", "\u202e"], ids=["LRO", "RLO"])
@@ -86,7 +111,7 @@ def test_no_break_spaces_are_ignored_like_spaces(space):
 
 def test_all_rtl_marks_and_separators_together_are_ignored():
     marks = "".join(RTL_MARKS) + "\u00a0"
-    assert normalize_phone(marks + "۰۰۹۸-۹۱۲ ۱۲۳ ۴۵۶۷" + marks) == NORMAL
+    assert normalize_phone(marks + "۰۰۹۸-۹۱۲\u00a0۱۲۳-۴۵۶۷" + marks) == NORMAL
 
 
 def test_other_mobile_numbers_keep_their_own_digits():
