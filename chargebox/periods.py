@@ -328,11 +328,15 @@ def optional_range(params: dict[str, str]) -> tuple[str | None, str | None]:
 _NAIVE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2})?")
 
 
-def tehran_if_naive(text: str) -> str:
-    """A web form's `datetime-local` (no offset) read as Tehran time; anything else as typed."""
+def tehran_if_naive(text: str, name: str) -> str:
+    """A web form's `datetime-local` (no offset) read as Tehran time, as the UTC instant it
+    is (before 1946 Tehran's offset had seconds, which no ISO 8601 offset writes);
+    anything else as typed. One the calendar cannot take is a 422 naming `name`."""
     if not _NAIVE.fullmatch(text):
         return text
     try:
-        return datetime.datetime.fromisoformat(text).replace(tzinfo=TEHRAN).isoformat()
+        moment = datetime.datetime.fromisoformat(text).replace(tzinfo=TEHRAN)
     except ValueError:
         return text
+    _within_the_calendar(name, moment, stamp)
+    return moment.astimezone(datetime.UTC).isoformat()

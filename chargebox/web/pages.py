@@ -66,7 +66,7 @@ def searched_time(text: str, name: str) -> str:
     `datetime-local`; both in Tehran time."""
     if language().code == "fa":
         return periods.jalali_instant(text, name)
-    return periods.tehran_if_naive(text)
+    return periods.tehran_if_naive(text, name)
 
 
 def install(pages: bottle.Bottle, config: Config, service: Chargebox) -> None:
