@@ -28,7 +28,7 @@ TEHRAN = ZoneInfo("Asia/Tehran")
 NAMES = ("from", "to", "day", "month", "jmonth", "jday")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
-_JMONTH = re.compile(r"([0-9]{4})[-/]([0-9]{2})")  # 1405-09 or 1405/09
+_JMONTH = re.compile(r"([0-9]{4})[-/]([0-9]{1,2})")  # 1405-09, 1405/09, 1405/9 (as jday)
 # A Jalali day as people write it: 1405/09/10, 1405-09-10, 1405/9/10 (one separator).
 _JDAY = r"([0-9]{4})([/-])([0-9]{1,2})\2([0-9]{1,2})"
 _JALALI_DAY = re.compile(_JDAY)
@@ -170,7 +170,7 @@ def as_typed(params: dict[str, str]) -> dict[str, str]:
         if not 1 <= int(month[2]) <= 12:
             raise ValidationError("{field} must be a month written YYYY-MM", "jmonth")
         del typed["jmonth"]
-        typed["month"] = f"{month[1]}-{month[2]}"
+        typed["month"] = f"{month[1]}-{int(month[2]):02d}"
     return typed
 
 

@@ -88,6 +88,9 @@ def test_a_jalali_days_bounds_hold_its_last_second_and_not_the_next_midnight():
     # Esfand has 30 days in a leap year (1403) only.
     assert periods.period({"jday": "1403/12/30"}).start.date() == datetime.date(2025, 3, 20)
     assert periods.period({"jmonth": "۱۴۰۵/۰۹"}) == periods.period({"jmonth": "1405-09"})
+    # one digit for the month, as jday takes it (helper-69)
+    assert periods.period({"jmonth": "1405/9"}) == periods.period({"jmonth": "1405-09"})
+    assert periods.as_typed({"jmonth": "2026/9"}) == {"month": "2026-09"}
 
 
 @pytest.mark.parametrize("script", sorted(DIGITS))
