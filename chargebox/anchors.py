@@ -15,8 +15,8 @@ is committed, as a line of kind `mark` (the mark's id, seal and time): a mark de
 from the database (by whoever gets past its guards) would let the quick audits trust
 the checkpoint before it again; anchored, its absence is an audit problem, and the
 quick audits trust no checkpoint. A `restore` line ends the marks, as it ends the
-heads. A chargebox older than marks skips such a line, as it skips one it cannot read, and its
-compaction drops it.
+heads. A chargebox older than marks skips such a line, as it skips one it cannot
+read, and its compaction drops it.
 """
 
 from __future__ import annotations
@@ -267,11 +267,10 @@ def durable(config: Config) -> None:
 
 
 def record(config: Config, key: bytes, anchored_heads: list[tuple], by: str,
-           kind: str = "heads", at: str | None = None) -> None:  # fmt: skip
-    """Append one sealed line (after making the anchored state durable); `at`: now, or a
-    mark's own time."""
+           kind: str = "heads") -> None:  # fmt: skip
+    """Append one sealed line (after making the anchored state durable)."""
     durable(config)
-    append(config.anchors_path, key, line(key, anchored_heads, by, kind, at))
+    append(config.anchors_path, key, line(key, anchored_heads, by, kind))
 
 
 @contextlib.contextmanager
