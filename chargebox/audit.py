@@ -67,7 +67,7 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
             if lost:  # why every row is read (see _scope)
                 marked = Mark(lost[0].id, lost[0].found_at)
             elif not (trusted or forged):
-                marked = checkpoints.mark(db)
+                marked = checkpoints.later_mark(db, key)
         found = _full(db, keyed, progress) if trusted is None else since(db, trusted)
         problems += found.problems
         problems += _missing_triggers(db)
@@ -83,8 +83,8 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
     # never behind the checkpoint it continues (a write in flight that did not settle)
     ahead = trusted is None or (bounds[0] >= trusted.entry_id and bounds[1] >= trusted.request_id)
     if usable and not problems and found.walked >= checkpoint_after and ahead:
-        full_at = at if trusted is None else trusted.full_at
-        seen = (bounds[0], found.totals["ledger_entries"], bounds[1], full_at, at)
+        full_at = None if trusted is None else trusted.full_at  # None: this one's own
+        seen = (bounds[0], found.totals["ledger_entries"], bounds[1], full_at)
         saved, _ = _save(database, lambda write: checkpoints.save(write, key, seen, found.states,
                                                                   trusted, newest))  # fmt: skip
     elif usable and problems and full:  # the quick audits may trust nothing before this

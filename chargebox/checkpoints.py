@@ -121,12 +121,20 @@ def _head(db: seals.Reader, key: bytes) -> tuple[tuple | None, list[seals.Proble
         return None, [_forged(f"audit checkpoint {ident}, a copy of checkpoint {copied[0][0]},")]
     # Nor its id: the checkpoint before a mark, moved to an id above it, is the newest;
     # the mark's stamp, sealed and later than its own, tells (see above).
-    if found[0][2] != 0 and (later := db.rows(_LATER_MARKS)):
-        ident, created_at, mark_seal = later[0]
-        if not anchors.matches(mark_seal, mark_mac(key, created_at)):
-            return None, [_forged(f"audit checkpoint {ident}")]
+    if found[0][2] != 0 and later_mark(db, key):
         return None, []
     return found[0], []
+
+
+def later_mark(db: seals.Reader, key: bytes) -> Mark | None:
+    """The newest mark stamped no earlier than the newest checkpoint (that one itself, if it
+    is a mark), its seal verified. A row that looks like a mark but was written without
+    the key (the service's role may insert one, with any stamp) is passed over: counted,
+    one stamped after every stamp to come would leave the quick audits nothing to trust."""
+    for ident, created_at, mac in db.rows(_LATER_MARKS):
+        if anchors.matches(mac, mark_mac(key, created_at)):
+            return Mark(ident, created_at)
+    return None
 
 
 def starts_a_quick_audit(db: seals.Reader, key: bytes) -> bool:
@@ -167,24 +175,21 @@ class Mark(NamedTuple):
     created_at: str
 
 
-def mark(db: seals.Reader) -> Mark | None:
-    """The mark that leaves the quick audits no checkpoint to trust, if one does: the newest
-    checkpoint, or one stamped later (their seals checked by `newest`)."""
-    found = db.rows(_LATER_MARKS)
-    return Mark(*found[0][:2]) if found else None
-
-
-def save(write, key: bytes, seen: tuple[int, int, int, str, str], states: dict[int, State],
+def save(write, key: bytes, seen: tuple[int, int, int, str | None], states: dict[int, State],
          before: Trusted | None, newest: int) -> int | None:  # fmt: skip
-    """Record a checkpoint: `seen` is (entry_id, entries, request_id, full_at, created_at);
-    a row for each seller whose state is not that of `before` (the checkpoint this audit
-    continued, if any). Returns its id; None if a `distrust` was recorded after the
-    checkpoint `newest` (the newest when the audit's snapshot began: `newest_id`), by an
-    audit that saw what this one's snapshot did not."""
+    """Record a checkpoint: `seen` is (entry_id, entries, request_id, full_at; None for a
+    full audit's own), stamped now, as it is recorded (after every mark recorded before
+    it: see above); a row for each seller whose state is not that of `before` (the
+    checkpoint this audit continued, if any). Returns its id; None if a `distrust` was
+    recorded after the checkpoint `newest` (the newest when the audit's snapshot began:
+    `newest_id`), by an audit that saw what this one's snapshot did not."""
     _one_at_a_time(write)
     if write.rows(_DISTRUSTED_SINCE, (newest,)):
         return None
-    return _record(write, key, seen, states, before.states if before else {})
+    stamp = now()
+    *verified, full_at = seen
+    return _record(write, key, (*verified, full_at or stamp, stamp), states,
+                   before.states if before else {})  # fmt: skip
 
 
 def newest_id(db: seals.Reader) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from chargebox import anchors, checkpoints, restore
+from chargebox import anchors, audit, checkpoints, restore
 from tests.support import database_of, rows_on_disk, writable
 from tests.test_audit_checkpoints import behind_the_guard, checkpointed, counted_turns
 
@@ -67,7 +67,7 @@ def test_a_mark_deleted_behind_the_guards_is_named_and_nothing_is_trusted(servic
     """Without the anchor, the quick audit trusted checkpoint 1 again and was consistent."""
     mark_id, found_at, _ = marked(service, config)
     mark_deleted(config, mark_id)
-    assert checkpoints.mark(service.database) is None  # the database alone no longer tells
+    assert checkpoints.later_mark(service.database, service.database.ledger_key) is None
     turns = counted_turns(service)
     quick = service.audit()
     assert turns == ["full audit's turn"]  # foreseen: it reads every row
@@ -175,3 +175,38 @@ def test_a_mark_that_could_not_be_anchored_is_said(service, config, monkeypatch)
         "; it could NOT be anchored outside the database (Read-only file system): only the"
         " database's guards keep it; run this audit again"
     ) in full["scope"]["summary"]
+
+
+FORGED_MARK = ("INSERT INTO audit_checkpoint (entry_id, entries, request_id, full_at,"
+               " created_at, mac) VALUES (0, 0, 0, ?, ?, ?)")  # fmt: skip
+
+
+@pytest.mark.parametrize("stamp", ["9999-12-31T23:59:59.999999Z", "x"], ids=["far", "x"])
+def test_a_mark_written_without_the_key_and_stamped_late_vetoes_nothing(service, stamp):
+    """The service's role may insert a row that looks like a mark, stamped after every
+    stamp to come: counted, every quick audit would have read every row for ever
+    (helper-71). Its seal does not verify: passed over once a checkpoint is above it."""
+    checkpointed(service)
+    service.database.write(lambda write: write.execute(FORGED_MARK, (stamp, stamp, "f" * 64)))
+    full = audit.audit(service.database, full=True, checkpoint_after=1)
+    assert full["consistent"] and full["scope"]["saved_checkpoint"] is not None
+    quick = service.audit()
+    assert quick["consistent"] and not quick["scope"]["full"], quick["scope"]
+
+
+def test_a_checkpoint_is_stamped_as_it_is_recorded_so_a_mark_it_saw_is_older(service, monkeypatch):
+    """A mark recorded after an audit began but before its snapshot is seen by it (it reads
+    every row, clean): its checkpoint, stamped as the audit began, was older than the mark
+    and distrusted at once (helper-71). Stamped as it is recorded, it is trusted."""
+    checkpointed(service)
+    key, loaded = service.database.ledger_key, anchors.loaded
+
+    def marked_meanwhile(*args, **kwargs):
+        service.database.write(lambda write: checkpoints.distrust(write, key))
+        return loaded(*args, **kwargs)
+
+    monkeypatch.setattr(anchors, "loaded", marked_meanwhile)
+    report = audit.audit(service.database, checkpoint_after=1)
+    monkeypatch.setattr(anchors, "loaded", loaded)
+    assert report["consistent"] and report["scope"]["saved_checkpoint"] is not None
+    assert not service.audit()["scope"]["full"]

@@ -425,7 +425,7 @@ def test_a_quick_audit_that_began_before_a_failed_full_one_records_no_checkpoint
     key = service.database.ledger_key
     trusted, _ = checkpoints.newest(service.database, key)
     service.database.write(lambda write: checkpoints.distrust(write, key, "2026-12-05T00:00:00Z"))
-    seen = (trusted.entry_id, trusted.entries, trusted.request_id, trusted.full_at, "now")
+    seen = (trusted.entry_id, trusted.entries, trusted.request_id, trusted.full_at)
     saved = service.database.write(
         lambda write: checkpoints.save(write, key, seen, trusted.states, trusted, trusted.id)
     )
@@ -453,7 +453,7 @@ def test_a_clean_audit_whose_snapshot_began_before_a_failed_ones_mark_records_no
     monkeypatch.setattr(audit, "_full", marked_meanwhile)
     report = audit.audit(service.database, full=True, checkpoint_after=1)
     assert report["consistent"] and report["scope"]["saved_checkpoint"] is None
-    assert checkpoints.mark(service.database) is not None
+    assert checkpoints.later_mark(service.database, key) is not None
 
 
 def test_a_checkpoint_written_without_the_key_is_refused_and_everything_verified(service, config):
