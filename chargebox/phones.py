@@ -7,8 +7,11 @@ right-to-left interfaces are dropped before parsing; a bidi override is refused:
 `0912\\u202e1234567` would be charged as 09121234567 and show as 09127654321. So are
 spaces between the digits of a number that an invisible mark makes right-to-left text
 (an RLM, an RLE or RLI): its digit groups show in reverse order (UAX #9),
-`\\u200f0912 123 4567` as `4567 123 0912`. (Arabic-Indic digits with spaces do the
-same, but visibly, and are the documented form of a number typed in Arabic.)
+`\\u200f0912 123 4567` as `4567 123 0912`. Arabic-Indic digits are right-to-left
+numbers too: a number in them alone, with spaces, shows its groups reversed, but
+visibly (the documented form of a number typed in Arabic); mixed with other digits
+and split they show a third order (`0912 ١٢٣ ٤٥٦٧` as `0912 ٤٥٦٧ ١٢٣`), so such a mix
+is refused (unsplit, `۰۹١٢1234567`, it shows as typed).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ _MOBILE = re.compile(r"(?:\+98|0098|98|0)?(9[0-9]{9})", re.ASCII)
 # between two digit groups (bidi classes WS and S).
 _RIGHT_TO_LEFT = frozenset("\u200f\u202b\u2067")
 _SPLITS = frozenset(" \t\u2007")
+_ARABIC_INDIC = frozenset("٠١٢٣٤٥٦٧٨٩")
+_LEFT_TO_RIGHT_DIGITS = frozenset("0123456789۰۱۲۳۴۵۶۷۸۹")  # bidi EN: ASCII and Persian
 _DIGITS = frozenset("0123456789۰۱۲۳۴۵۶۷۸۹٠١٢٣٤٥٦٧٨٩")
 MAX_INPUT_LENGTH = 64
 
@@ -55,11 +60,17 @@ def normalize_phone(value: object, field: str = "phone") -> str:
 
 
 def _refuse_reordered_groups(value: str, field: str) -> None:
-    rtl = next((ch for ch in value if ch in _RIGHT_TO_LEFT), None)
-    if rtl is None:
-        return
     at = [i for i, ch in enumerate(value) if ch in _DIGITS]
-    if at and not _SPLITS.isdisjoint(value[at[0] : at[-1]]):
+    digits = value[at[0] : at[-1] + 1] if at else ""
+    mixed = not _ARABIC_INDIC.isdisjoint(digits) and not _LEFT_TO_RIGHT_DIGITS.isdisjoint(digits)
+    if mixed and not _DIGITS.issuperset(digits):
+        raise ValidationError(
+            "{field} mixes Arabic-Indic digits with other digits, split: its digit groups"
+            " may show in another order than they are read; write it in one script",
+            field,
+        )
+    rtl = next((ch for ch in value if ch in _RIGHT_TO_LEFT), None)
+    if rtl is not None and not _SPLITS.isdisjoint(digits):
         raise ValidationError(
             "{field} has right-to-left text (U+{code}) and spaces between its digits: its"
             " digit groups may show in another order than they are read; send it without"

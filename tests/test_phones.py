@@ -272,3 +272,14 @@ def test_whatever_is_accepted_comes_out_in_normal_form(text):
     assert len(number) == 11
     assert number.startswith("09")
     assert all(ch in "0123456789" for ch in number)
+
+
+@pytest.mark.parametrize("typed", ["0912 ١٢٣ ٤٥٦٧", "0912-١٢٣-٤٥٦٧", "٠٩١٢ ١٢٣ 4567",
+                                   "+98 912 ١٢٣ ٤٥٦٧", "۰۹۱۲ ١٢٣۴۵۶۷"])  # fmt: skip
+def test_arabic_indic_digits_mixed_with_other_digits_are_refused(typed):
+    """Arabic-Indic digits are right-to-left numbers (bidi AN): beside ASCII or Persian
+    digits, split, their groups show in a third order, 0912 ١٢٣ ٤٥٦٧ as 0912 ٤٥٦٧ ١٢٣
+    (helper-71). Unsplit they show as typed (test_..._may_be_mixed)."""
+    with pytest.raises(ValidationError) as refused:
+        normalize_phone(typed)
+    assert "mixes Arabic-Indic digits with other digits, split" in refused.value.message
