@@ -21,10 +21,12 @@ been changed since). Each mark is anchored outside the database too, as the sell
 heads are (anchors.py, a line of kind `mark`): one deleted by someone who can get past
 the guards (the owner, or whoever holds the SQLite file) would leave the quick audits
 trusting the checkpoint before it again; its absence is an audit problem instead, and
-the quick audits trust no checkpoint until `anchors accept-restore`. A mark is stamped
-as it is recorded, after every checkpoint recorded before it began, so the quick audits
-trust no checkpoint whose stamp is not later than a mark's (sealed) stamp: the one
-before a mark, moved to an id above it, would otherwise be the newest and verify.
+the quick audits trust no checkpoint until `anchors accept-restore`. Marks and
+checkpoints are stamped as they are recorded, one at a time, so their sealed stamps
+keep the order they were recorded in, which their ids need not (no seal binds an id):
+the quick audits trust no checkpoint stamped no later than a mark, which is the one
+before it, moved to an id above it. A row that looks like a mark but was written
+without the key is passed over (the service's role may insert one, with any stamp).
 """
 
 from __future__ import annotations
