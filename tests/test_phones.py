@@ -65,7 +65,9 @@ def test_persian_and_arabic_indic_and_ascii_digits_may_be_mixed():
 
 @pytest.mark.parametrize("mark", RTL_MARKS, ids=lambda m: f"U+{ord(m):04X}")
 def test_bidi_marks_pasted_from_right_to_left_interfaces_are_ignored(mark):
-    assert normalize_phone(f"{mark}+98-912{mark}123{mark}4567{mark}") == NORMAL
+    # between digit groups only a mark that keeps them left to right (see below)
+    between = "-" if mark in RIGHT_TO_LEFT else mark
+    assert normalize_phone(f"{mark}+98-912{between}123{between}4567{mark}") == NORMAL
     assert normalize_phone(f"{mark}{NORMAL.translate(PERSIAN)}{mark}") == NORMAL
     assert normalize_phone(f" {mark}0912\u00a0123\u00a04567{mark} ") == NORMAL
 
@@ -82,9 +84,21 @@ def test_spaces_between_digits_made_right_to_left_by_a_mark_are_refused(mark, sp
     with pytest.raises(ValidationError) as refused:
         normalize_phone(f"{mark}0912{space}123{space}4567")
     assert refused.value.field == "phone"
-    assert f"right-to-left text (U+{ord(mark):04X}) and spaces between its digits" in (
+    assert f"right-to-left text (U+{ord(mark):04X}) and its digit groups split by" in (
         refused.value.message
     )
+
+
+@pytest.mark.parametrize("mark", RIGHT_TO_LEFT, ids=lambda m: f"U+{ord(m):04X}")
+@pytest.mark.parametrize("split", ["--", "\u00a0\u00a0", "-\u00a0", "\u200f"],
+                         ids=["two dashes", "two nbsp", "dash nbsp", "a mark"])  # fmt: skip
+def test_digit_groups_behind_a_right_to_left_mark_split_other_than_once_are_refused(mark, split):
+    """UAX #9 W4 joins digit groups across one dash or one no-break space only: two in a
+    row, or a mark, are neutral, and reverse them as a space does (helper-72)."""
+    with pytest.raises(ValidationError):
+        normalize_phone(f"{mark}0912{split}123{split}4567")
+    for once in ("-", "\u00a0", "\u202f"):
+        assert normalize_phone(f"{mark}0912{once}123{once}4567") == NORMAL
 
 
 @pytest.mark.parametrize("mark", sorted(set(RTL_MARKS) - set(RIGHT_TO_LEFT)),
