@@ -72,7 +72,7 @@ def _refuse_reordered_groups(value: str, field: str) -> None:
             field,
         )
     rtl = next((ch for ch in value if ch in _RIGHT_TO_LEFT), None)
-    if rtl is not None and not _KEEPS_ITS_ORDER.fullmatch(digits):
+    if rtl is not None and digits and not _KEEPS_ITS_ORDER.fullmatch(digits):
         raise ValidationError(
             "{field} has right-to-left text (U+{code}) and its digit groups split by"
             " something other than one dash or no-break space: they may show in another"

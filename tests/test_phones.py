@@ -297,3 +297,8 @@ def test_arabic_indic_digits_mixed_with_other_digits_are_refused(typed):
     with pytest.raises(ValidationError) as refused:
         normalize_phone(typed)
     assert "mixes Arabic-Indic digits with other digits, split" in refused.value.message
+
+
+def test_a_right_to_left_mark_with_no_digits_is_told_it_is_no_number():
+    with pytest.raises(ValidationError, match="must be an Iranian mobile number such as"):
+        normalize_phone("\u200fتلفن")
