@@ -4,15 +4,13 @@ Only ASCII, Persian (U+06F0-06F9) and Arabic-Indic (U+0660-0669) digits are
 digits here: Python's int(), str.isdigit() and regex \\d accept every Unicode
 digit, so none of them is used. Bidi marks and no-break spaces pasted from
 right-to-left interfaces are dropped before parsing; a bidi override is refused:
-`0912\\u202e1234567` would be charged as 09121234567 and show as 09127654321. So is
-a number that an invisible mark makes right-to-left text (an RLM, an RLE or RLI) with
-its digit groups split by anything but one dash or one no-break space each: they show
-in reverse order (UAX #9), `\\u200f0912 123 4567` as `4567 123 0912`. Arabic-Indic
-digits are right-to-left numbers too: a number in them alone, split, shows its groups
-reversed, but visibly (the documented form of a number typed in Arabic, which a reader
-of Arabic reads right to left); mixed with other digits and split they show a third
-order (`0912 ١٢٣ ٤٥٦٧` as `0912 ٤٥٦٧ ١٢٣`), so such a mix is refused (unsplit,
-`۰۹١٢1234567`, it shows as typed).
+`0912\\u202e1234567` would be charged as 09121234567 and show as 09127654321.
+Arabic-Indic digits are right-to-left numbers (bidi AN): mixed with other digits and
+split they show a third order (`0912 ١٢٣ ٤٥٦٧` as `0912 ٤٥٦٧ ١٢٣`), so such a mix is
+refused (unsplit, `۰۹١٢1234567`, it shows as typed). A number split by spaces behind
+an RLM, or all in Arabic-Indic digits, shows its groups right to left in a
+left-to-right field: it is read so where it was written (a Persian or Arabic text), it
+is charged in the order it was typed, and it is a documented form, so it is accepted.
 """
 
 from __future__ import annotations
@@ -35,12 +33,6 @@ _IGNORED = dict.fromkeys(
     )
 )
 _MOBILE = re.compile(r"(?:\+98|0098|98|0)?(9[0-9]{9})", re.ASCII)
-# The invisible marks that make the digits after them right-to-left text (RLM, RLE, RLI;
-# RLO is refused anyway); behind one, digit groups keep their order only when split by
-# one dash (bidi ES) or one no-break space (CS) each (UAX #9, W4); anything else between
-# them (a space, two dashes, a mark) takes the right-to-left direction and reverses them.
-_RIGHT_TO_LEFT = frozenset("\u200f\u202b\u2067")
-_KEEPS_ITS_ORDER = re.compile("[0-9۰-۹٠-٩]+(?:[-\u00a0\u202f][0-9۰-۹٠-٩]+)*")
 _ARABIC_INDIC = frozenset("٠١٢٣٤٥٦٧٨٩")
 _LEFT_TO_RIGHT_DIGITS = frozenset("0123456789۰۱۲۳۴۵۶۷۸۹")  # bidi EN: ASCII and Persian
 _DIGITS = frozenset("0123456789۰۱۲۳۴۵۶۷۸۹٠١٢٣٤٥٦٧٨٩")
@@ -70,13 +62,4 @@ def _refuse_reordered_groups(value: str, field: str) -> None:
             "{field} mixes Arabic-Indic digits with other digits, split: its digit groups"
             " may show in another order than they are read; write it in one script",
             field,
-        )
-    rtl = next((ch for ch in value if ch in _RIGHT_TO_LEFT), None)
-    if rtl is not None and digits and not _KEEPS_ITS_ORDER.fullmatch(digits):
-        raise ValidationError(
-            "{field} has right-to-left text (U+{code}) and its digit groups split by"
-            " something other than one dash or no-break space: they may show in another"
-            " order than they are read; split them by one dash, or not at all",
-            field,
-            code=f"{ord(rtl):04X}",
         )
