@@ -90,10 +90,10 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
     elif usable and problems and full:  # the quick audits may trust nothing before this
         recorded, why = _save(database, lambda write: checkpoints.distrust(write, key))
         saved = recorded.id if recorded else None
-        finding = (saved, why)
         if recorded:  # anchored once committed: its absence from the database then tells
             seal = checkpoints.mark_mac(key, recorded.created_at)
-            finding = (saved, _anchor(database, [(saved, seal, recorded.created_at)], "mark"))
+            why = _anchor(database, [(saved, seal, recorded.created_at)], "mark")
+        finding = (saved, why)
     if keyed and not problems:
         _anchor(database, seen_heads)
     bad_sellers = {p["seller_id"] for p in problems}

@@ -35,7 +35,7 @@ _IGNORED = dict.fromkeys(
 _MOBILE = re.compile(r"(?:\+98|0098|98|0)?(9[0-9]{9})", re.ASCII)
 _ARABIC_INDIC = frozenset("٠١٢٣٤٥٦٧٨٩")
 _LEFT_TO_RIGHT_DIGITS = frozenset("0123456789۰۱۲۳۴۵۶۷۸۹")  # bidi EN: ASCII and Persian
-_DIGITS = frozenset("0123456789۰۱۲۳۴۵۶۷۸۹٠١٢٣٤٥٦٧٨٩")
+_DIGITS = _ARABIC_INDIC | _LEFT_TO_RIGHT_DIGITS
 MAX_INPUT_LENGTH = 64
 
 
