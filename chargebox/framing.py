@@ -7,7 +7,8 @@ both by Content-Length and by Transfer-Encoding, header lines ended by a bare LF
 a path that is not UTF-8 (bottle would route `/adm%FFin` as `/admin`, past a proxy's
 rule for `/admin`).
 And waitress's own refusals (400, 413, 431, 501), answered in our JSON error shape;
-and a HEAD's answer framed without a body (waitress chunked one it could not size).
+and a HEAD's answer framed without a body (waitress chunked one it could not size);
+and a sized answer's head and body sent together, in one system call rather than two.
 connections.py serves with all three.
 """
 
@@ -117,7 +118,30 @@ def _codings(block: bytes) -> int:
     return sum(1 for coding in value.split(b",") if coding.strip(b" \t"))
 
 
-class Task(WSGITask):
+class _OneSend:
+    """A sized answer's head and body go to the channel as one write, so one send:
+    waitress writes them one after the other, and its channel sends each at once (its
+    `send_bytes` is 1), two system calls an answer, each letting go of the interpreter
+    lock and winning it back among the request threads (docs/performance.md). The bytes
+    are the same; a streamed answer (no Content-Length, framed as chunked), a head with no
+    body, and a body larger than its Content-Length go waitress's way."""
+
+    def write(self, data: bytes) -> None:
+        if self.wrote_header or not data or not self.complete:
+            return super().write(data)
+        head = self.build_response_header()
+        sized = self.content_length is not None and len(data) <= self.content_length
+        if sized and self.has_body and not self.chunked_response:
+            self.channel.write_soon(head + data)
+            self.wrote_header = True
+            self.content_bytes_written += len(data)
+            return None
+        self.channel.write_soon(head)
+        self.wrote_header = True
+        return super().write(data)
+
+
+class Task(_OneSend, WSGITask):
     def build_response_header(self) -> bytes:
         """waitress's, but the answer to a HEAD whose GET streams (no Content-Length, as a
         statement) is not framed as chunked: waitress sent `Transfer-Encoding: chunked`
@@ -130,7 +154,7 @@ class Task(WSGITask):
         return head
 
 
-class JsonErrorTask(ErrorTask):
+class JsonErrorTask(_OneSend, ErrorTask):
     """waitress's own errors (a broken request, a body over its limit) in our JSON shape."""
 
     def execute(self) -> None:

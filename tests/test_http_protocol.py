@@ -11,10 +11,15 @@ from __future__ import annotations
 import json
 import re
 import socket
+import types
 from pathlib import Path
 
 import pytest
+from waitress.adjustments import Adjustments
+from waitress.parser import HTTPRequestParser
+from waitress.task import WSGITask
 
+from chargebox.framing import Task
 from tests.support import ROOT, exchange
 
 
@@ -223,3 +228,65 @@ def test_a_head_of_a_streamed_statement_sends_no_body_bytes(server, funded, fmt)
     headers, _, after = rest.partition(b"\r\n\r\n")
     assert status.split()[1] == b"200", received
     assert b"transfer-encoding" not in headers.lower() and after == b"", received
+
+
+class _Recorder:
+    """What a waitress task writes to its channel, one entry per write."""
+
+    def __init__(self, app) -> None:
+        self.adj = Adjustments()
+        self.server = types.SimpleNamespace(application=app, adj=self.adj, effective_port=80,
+                                            server_name="chargebox")  # fmt: skip
+        self.addr = ("127.0.0.1", 50000)
+        self.connected = True
+        self.writes: list[bytes] = []
+
+    def write_soon(self, data: bytes) -> int:
+        self.writes.append(bytes(data))
+        return len(data)
+
+    def check_client_disconnected(self) -> bool:
+        return False
+
+
+def _answered(task_class, head: bytes, app) -> list[bytes]:
+    parser = HTTPRequestParser(Adjustments())
+    parser.received(head + b"\r\n\r\n")
+    channel = _Recorder(app)
+    task = task_class(channel, parser)
+    task.service()
+    return channel.writes
+
+
+def _app(status: str, body: bytes, sized: bool):
+    def app(environ, start_response):
+        headers = [("Content-Type", "application/json")]
+        if sized:
+            headers.append(("Content-Length", str(len(body))))
+        start_response(status, headers)
+        return [body] if sized else iter([body])  # a list of one is sized by waitress
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "sized", "writes"),
+    [
+        ("201 Created", b'{"id": 1}', True, 1),  # a sale's answer: head and body together
+        ("200 OK", b"x" * 100_000, True, 1),  # a large sized body too
+        ("200 OK", b'{"items": []}', False, 3),  # streamed: head, chunk, last chunk
+        ("204 No Content", b"", True, 1),  # no body: the head alone
+    ],
+    ids=["sized", "large", "streamed", "no-body"],
+)
+def test_an_answer_is_the_same_bytes_as_waitress_sends_and_a_sized_one_is_one_write(
+    status, body, sized, writes
+):
+    """framing.Task sends a sized answer's head and body in one write (one system call,
+    not two); the bytes are waitress's own, whatever the answer's framing."""
+    head = b"GET /api/me HTTP/1.1\r\nHost: chargebox"
+    theirs = _answered(WSGITask, head, _app(status, body, sized))
+    ours = _answered(Task, head, _app(status, body, sized))
+    strip = re.compile(rb"^Date: .*\r\n", re.MULTILINE)
+    assert strip.sub(b"", b"".join(ours)) == strip.sub(b"", b"".join(theirs))
+    assert len(ours) == writes, ours
