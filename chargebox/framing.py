@@ -118,23 +118,33 @@ def _codings(block: bytes) -> int:
     return sum(1 for coding in value.split(b",") if coding.strip(b" \t"))
 
 
+# Answers up to this size go in one write (an API answer is well under 4 KB); a larger
+# one as waitress writes it: no copy of a big body, and never a file buffer (1 MB up).
+ONE_SEND_MAX = 64 * 1024
+
+
 class _OneSend:
     """A sized answer's head and body go to the channel as one write, so one send:
     waitress writes them one after the other, and its channel sends each at once (its
     `send_bytes` is 1), two system calls an answer, each letting go of the interpreter
     lock and winning it back among the request threads (docs/performance.md). The bytes
     are the same; a streamed answer (no Content-Length, framed as chunked), a head with no
-    body, and a body larger than its Content-Length go waitress's way."""
+    body, a body larger than its Content-Length and one over ONE_SEND_MAX go waitress's
+    way."""
 
     def write(self, data: bytes) -> None:
         if self.wrote_header or not data or not self.complete:
             return super().write(data)
         head = self.build_response_header()
         sized = self.content_length is not None and len(data) <= self.content_length
-        if sized and self.has_body and not self.chunked_response:
-            self.channel.write_soon(head + data)
+        if sized and len(head) + len(data) <= ONE_SEND_MAX and self.has_body \
+                and not self.chunked_response:  # fmt: skip
+            whole = head + data
+            # As waitress: the head counts as written once it is handed over, so a buffer
+            # that fails after taking it closes the connection rather than answer twice.
             self.wrote_header = True
             self.content_bytes_written += len(data)
+            self.channel.write_soon(whole)
             return None
         self.channel.write_soon(head)
         self.wrote_header = True

@@ -249,44 +249,71 @@ class _Recorder:
         return False
 
 
-def _answered(task_class, head: bytes, app) -> list[bytes]:
+def _answered(task_class, head: bytes, app) -> tuple[list[bytes], bool]:
+    """What a task of `task_class` writes for `app`, and whether it closes the connection."""
     parser = HTTPRequestParser(Adjustments())
     parser.received(head + b"\r\n\r\n")
     channel = _Recorder(app)
     task = task_class(channel, parser)
     task.service()
-    return channel.writes
+    return channel.writes, task.close_on_finish
 
 
-def _app(status: str, body: bytes, sized: bool):
+def _app(status: str, chunks: list[bytes], declared: int | None):
     def app(environ, start_response):
         headers = [("Content-Type", "application/json")]
-        if sized:
-            headers.append(("Content-Length", str(len(body))))
+        if declared is not None:
+            headers.append(("Content-Length", str(declared)))
         start_response(status, headers)
-        return [body] if sized else iter([body])  # a list of one is sized by waitress
+        return iter(chunks)  # not a list of one: waitress would size that itself
 
     return app
 
 
+_GET = b"GET /api/me HTTP/1.1\r\nHost: chargebox"
+_ONE = b'{"id": 1}'
+
+
 @pytest.mark.parametrize(
-    ("status", "body", "sized", "writes"),
+    ("status", "chunks", "declared", "head", "writes"),
     [
-        ("201 Created", b'{"id": 1}', True, 1),  # a sale's answer: head and body together
-        ("200 OK", b"x" * 100_000, True, 1),  # a large sized body too
-        ("200 OK", b'{"items": []}', False, 3),  # streamed: head, chunk, last chunk
-        ("204 No Content", b"", True, 1),  # no body: the head alone
+        ("201 Created", [_ONE], 9, _GET, 1),  # a sale's answer: head and body together
+        ("200 OK", [_ONE], 9, b"GET /api/me HTTP/1.0", 1),  # and closed after it
+        ("200 OK", [_ONE], 20, _GET, 1),  # fewer bytes than declared: closed after
+        ("200 OK", [_ONE], 4, _GET, 2),  # more than declared: cut, as waitress cuts it
+        ("200 OK", [b'{"id":', b" 1}"], 9, _GET, 2),  # the first chunk with the head
+        ("200 OK", [b"x" * 100_000], 100_000, _GET, 2),  # over ONE_SEND_MAX: no copy
+        ("200 OK", [b'{"items": []}'], None, _GET, 3),  # streamed: head, chunk, last chunk
+        ("204 No Content", [], 0, _GET, 1),  # no body: the head alone
     ],
-    ids=["sized", "large", "streamed", "no-body"],
+    ids=["sized", "http-1.0", "short", "long", "chunks", "large", "streamed", "no-body"],
 )
 def test_an_answer_is_the_same_bytes_as_waitress_sends_and_a_sized_one_is_one_write(
-    status, body, sized, writes
+    status, chunks, declared, head, writes
 ):
     """framing.Task sends a sized answer's head and body in one write (one system call,
-    not two); the bytes are waitress's own, whatever the answer's framing."""
-    head = b"GET /api/me HTTP/1.1\r\nHost: chargebox"
-    theirs = _answered(WSGITask, head, _app(status, body, sized))
-    ours = _answered(Task, head, _app(status, body, sized))
+    not two); the bytes and the connection's fate are waitress's own, whatever the
+    answer's framing."""
+    theirs, they_close = _answered(WSGITask, head, _app(status, chunks, declared))
+    ours, we_close = _answered(Task, head, _app(status, chunks, declared))
     strip = re.compile(rb"^Date: .*\r\n", re.MULTILINE)
     assert strip.sub(b"", b"".join(ours)) == strip.sub(b"", b"".join(theirs))
+    assert we_close == they_close
     assert len(ours) == writes, ours
+
+
+def test_an_answer_whose_buffer_fails_once_it_is_handed_over_is_not_answered_again():
+    """waitress answers 500 only while no head was written; the one write hands the head
+    over with the body, so a buffer that then fails (a temporary file it cannot make) ends
+    the connection, as it does after waitress's own write of the head."""
+
+    class Failing(_Recorder):
+        def write_soon(self, data: bytes) -> int:
+            raise OSError("no room for a buffer")
+
+    parser = HTTPRequestParser(Adjustments())
+    parser.received(_GET + b"\r\n\r\n")
+    task = Task(Failing(_app("200 OK", [_ONE], 9)), parser)
+    with pytest.raises(OSError):
+        task.service()
+    assert task.wrote_header and task.close_on_finish
