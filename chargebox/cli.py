@@ -81,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
         "--threads", type=int, help="waitress worker threads (env CHARGEBOX_THREADS; default 64)"
     )
     serve.add_argument(
+        "--cpus",
+        metavar="off|auto|LIST",
+        help="pin each server process's threads to one CPU, its writer to a spare one: auto "
+        "(the CPUs this process may use) or a list such as 0-1,3 (env CHARGEBOX_CPUS; "
+        "default off)",
+    )
+    serve.add_argument(
         "--synchronous",
         choices=SYNCHRONOUS_LEVELS,
         help="SQLite durability (env CHARGEBOX_SYNCHRONOUS; default NORMAL, survives kill -9)",
@@ -149,8 +156,8 @@ def build_config(args: argparse.Namespace) -> Config:
         values.pop("db_url", None)
         values.pop("db_path", None)
         values.update(database_setting(args.db))
-    for name in ("data_dir", "host", "port", "threads", "processes", "synchronous", "access_log",
-                 "trusted_proxy"):  # fmt: skip
+    for name in ("data_dir", "host", "port", "threads", "processes", "cpus", "synchronous",
+                 "access_log", "trusted_proxy"):  # fmt: skip
         if getattr(args, name, None) is not None:  # each option's dest is its Config field
             values[name] = getattr(args, name)
     return Config(**values)

@@ -74,6 +74,10 @@ class Config:
     port: int = DEFAULT_PORT
     threads: int = DEFAULT_THREADS
     processes: int = 1  # server processes on the one port (server.py)
+    # `--cpus`: "off", "auto" (every CPU this process may run on) or a list ("0-1,3"), kept
+    # as the CPUs it names (none: off): each server process's threads on one of them, its
+    # writer on a spare one (cpus.py). Named once, at start-up, before anything is pinned.
+    cpus: str | tuple[int, ...] = ()
     admin_token: str | None = dataclasses.field(default=None, repr=False)
     # The HMAC key that seals the ledger; kept outside the database file (ledger.py).
     ledger_key: str | None = dataclasses.field(default=None, repr=False)
@@ -109,6 +113,8 @@ class Config:
             raise ValueError("threads must be between 1 and 1024")
         if not 1 <= self.processes <= 64:
             raise ValueError("processes must be between 1 and 64")
+        if isinstance(self.cpus, str):
+            object.__setattr__(self, "cpus", cpu_list(self.cpus))
         if self.max_body_bytes < 1024:
             raise ValueError("max_body_bytes must be at least 1024")
         if not 16 <= self.max_connections <= 1_000_000:
@@ -188,6 +194,8 @@ def env_defaults(environ: Mapping[str, str] = os.environ) -> dict:
             values[field] = _positive_int(name, environ[name])
     if environ.get("CHARGEBOX_GROUP_COMMIT"):
         values["group_commit"] = _on_or_off("CHARGEBOX_GROUP_COMMIT", environ)
+    if environ.get("CHARGEBOX_CPUS"):
+        values["cpus"] = environ["CHARGEBOX_CPUS"]
     if environ.get("CHARGEBOX_ACCESS_LOG"):
         values["access_log"] = environ["CHARGEBOX_ACCESS_LOG"]
     if environ.get("CHARGEBOX_TRUSTED_PROXY"):
@@ -247,6 +255,38 @@ def _address(text: str) -> str:
         raise ValueError(
             f"--trusted-proxy (CHARGEBOX_TRUSTED_PROXY) must be one IP address, not {text!r}"
         ) from None
+
+
+def cpu_list(text: str) -> tuple[int, ...]:
+    """`--cpus`: "off" (none), "auto" (all this process may run on), or CPU numbers and
+    ranges ("0-1,3"), each one this process may run on (its affinity: a container's cpuset
+    narrows it), in order."""
+    name, text = "--cpus (CHARGEBOX_CPUS)", text.strip().lower()
+    if text == "off":
+        return ()
+    if not hasattr(os, "sched_setaffinity"):
+        raise ValueError(f"{name}: this system cannot pin threads to CPUs; leave it off")
+    allowed = sorted(os.sched_getaffinity(0))
+    if text == "auto":
+        return tuple(allowed)
+    chosen: set[int] = set()
+    for part in text.split(","):
+        low, dash, high = part.partition("-")
+        high = high if dash else low
+        if not (_digits(low) and _digits(high)) or int(high) < int(low):
+            raise ValueError(f"{name} must be off, auto or CPUs such as 0-1,3, not {text!r}")
+        # a range past the last CPU this process may use is cut one past it (then named)
+        chosen.update(range(int(low), min(int(high), max(int(low), allowed[-1] + 1)) + 1))
+    if not chosen <= set(allowed):
+        mine = ", ".join(str(cpu) for cpu in allowed)
+        raise ValueError(
+            f"{name}: CPU {min(chosen - set(allowed))} is not one this process may run on ({mine})"
+        )
+    return tuple(sorted(chosen))
+
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 def _on_or_off(name: str, environ: Mapping[str, str]) -> bool:

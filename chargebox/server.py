@@ -21,7 +21,7 @@ from pathlib import Path
 
 from waitress import wasyncore
 
-from chargebox import metrics
+from chargebox import cpus, metrics
 from chargebox.access_log import AccessLog, LogFile, keep_out
 from chargebox.config import Config
 from chargebox.connections import build_server, listen, listen_beside
@@ -54,9 +54,10 @@ def _announcement(config: Config, host: str, port: int) -> str:
     where = described(config.db_url) if config.db_url else config.db_path
     # SQLite's pragma; PostgreSQL commits as its synchronous_commit says (off: warned)
     durability = "" if config.db_url else f", synchronous={config.synchronous}"
+    pinned = cpus.described(config.cpus, config.processes)
     return (
         f"chargebox serving on http://{host}:{port} (db {where}, "
-        f"{workers}{config.threads} threads{durability})"
+        f"{workers}{config.threads} threads{durability}{pinned})"
     )
 
 
@@ -81,6 +82,7 @@ def serve(
             return _serve_processes(config, listener, announce, log)
         finally:
             shutil.rmtree(shared, ignore_errors=True)
+    cpus.pin(config.cpus, 1, 0)  # before the threads start: they run where it does
     metrics.start()
     server = build_server(application(config, log), config, listener, log)
     announce(_announcement(config, server.effective_host, server.effective_port))
@@ -179,6 +181,7 @@ class _Supervisor:
                 if other is not own:
                     other.close()  # this process's copy: the parent's stays open
             try:
+                cpus.pin(self.config.cpus, self.config.processes, slot)
                 app = application(self.config, self.log)
                 server = build_server(app, self.config, own, self.log)
                 with anchoring(self.config):

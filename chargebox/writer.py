@@ -25,10 +25,10 @@ write rolls back only itself; a deadlock's victim (PostgreSQL: `Deadlocked`)
 is undone by its savepoint and goes first into the next batch, if its
 deadline allows. On SQLite the batch holds the whole file: none happens.
 
-A writer made `late` (SQLite's: its lock holds every seller) binds a batch late:
-once the lock is had, the sales queued while another process held it join the
-leading runs, instead of waiting for the next batch and the lock again. (On
-PostgreSQL that cost a round trip more while the row is held: docs/performance.md.)
+A writer made `late` (SQLite's: its lock holds every seller) binds a batch late: once
+the lock is had, the sales queued while another process held it join the leading runs,
+instead of waiting for the next batch and the lock again. (On PostgreSQL that cost a
+round trip more while the row is held: docs/performance.md.)
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
-from chargebox import metrics
+from chargebox import cpus, metrics
 from chargebox.errors import Deadlocked, LockTimeout, Unavailable
 
 _log = logging.getLogger("chargebox.writer")
@@ -65,8 +65,7 @@ class _Item:
         self.order = order  # where it goes in a batch (None: after those that have one)
         self.result: Any = None
         self.error: BaseException | None = None
-        # Held until the write is answered: a bare lock, which costs a thread's wake-up
-        # less than an Event (its Condition and notify_all) once per write.
+        # Held until the write is answered: a bare lock wakes its thread for less than an Event.
         self._answered = threading.Lock()
         self._answered.acquire()
 
@@ -139,9 +138,10 @@ class GroupWriter:
         if self._pid != os.getpid():
             self._pid, self._busy = os.getpid(), False
             self._queue.clear()
-            threading.Thread(target=self._run, name="chargebox-writer", daemon=True).start()
+            threading.Thread(target=self._run, name=cpus.WRITER_THREAD, daemon=True).start()
 
     def _run(self) -> None:
+        cpus.writer_started()  # to a CPU of its own, when the server is pinned (--cpus)
         try:
             while True:
                 with self._wake:

@@ -4,10 +4,11 @@ The harness's own clients are Python and slower than a real load tool, so they
 understate what a sale costs the server. Here Debian's `wrk` (C, keep-alive) sends
 64 connections' worth of `GET /health`, then of keyed hot-seller sales
 (`wrk_sales.lua`, one Idempotency-Key each), to one server with its default
-threads, in one process and then in two (`serve --processes 2`). It prints
-requests/s and p99 for each, sales as a share of `/health`, and what two
-processes sell over one; then it checks the books of each server (balance =
-funding - sales = ledger sum, every 201 a sale row, audits clean).
+threads, in one process and then in two (`serve --processes 2`), then both again
+pinned to CPUs (`--cpus auto`, cpus.py). It prints requests/s and p99 for each,
+sales as a share of `/health`, and what two processes sell over one (the issue's
+targets, on the default servers); then it checks the books of each server
+(balance = funding - sales = ledger sum, every 201 a sale row, audits clean).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from chargebox.process import ServerProcess
 from stress import backends, report
 from stress.client import Client
 
-COLUMNS = ("processes", "health_req_s", "health_p99_ms", "sales_s", "sales_p99_ms",
+COLUMNS = ("processes", "cpus", "health_req_s", "health_p99_ms", "sales_s", "sales_p99_ms",
            "sales_share", "non_201")  # fmt: skip
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
@@ -46,14 +47,14 @@ def health(url: str, options: backends.Options) -> tuple[float, float]:
     return float(rate.group(1)), round(float(p99.group(1)) * UNITS[p99.group(2)], 1)
 
 
-def one_server(processes: int, options: backends.Options) -> tuple[dict, list[str]]:
-    """A fresh file, one server of `processes` processes: /health, then hot sales."""
+def one_server(processes: int, cpus: str, options: backends.Options) -> tuple[dict, list[str]]:
+    """A fresh file, one server of `processes` processes (`--cpus`): /health, then hot sales."""
     from stress.bench import fund_sellers
 
     token = secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory(prefix="chargebox-outside-") as scratch:
         backend = backends.Backend("sqlite", Path(scratch) / "chargebox.db", None)
-        env = {"CHARGEBOX_PROCESSES": str(processes)}
+        env = {"CHARGEBOX_PROCESSES": str(processes), "CHARGEBOX_CPUS": cpus}
         server = ServerProcess(backend.db, token, os.environ, DEFAULT_THREADS, env=env).start()
         try:
             admin = Client(server.url, token)
@@ -69,6 +70,7 @@ def one_server(processes: int, options: backends.Options) -> tuple[dict, list[st
     hot = phases[-1]
     row = {
         "processes": processes,
+        "cpus": cpus,
         "health_req_s": round(health_rate, 1),
         "health_p99_ms": health_p99,
         "sales_s": hot["sales_s"],
@@ -80,20 +82,23 @@ def one_server(processes: int, options: backends.Options) -> tuple[dict, list[st
 
 
 def run(seconds: int, quiet: bool) -> dict:
-    """One and two processes; their rows, the issue's targets, and the books."""
+    """One and two processes, then both pinned; their rows, the issue's targets (on the
+    default servers), and the books."""
     options = backends.Options(seconds=seconds, warmup=1, backends=("sqlite",), quiet=quiet)
     rows, problems = [], []
-    for processes in (1, 2):
-        row, wrong = one_server(processes, options)
-        rows.append(row)
-        problems += wrong
-        if not quiet:
-            print(
-                f"  wrk, {processes} process(es): /health {row['health_req_s']:,.0f}/s, sales"
-                f" {row['sales_s']:,.0f}/s p99 {row['sales_p99_ms']} ms",
-                flush=True,
-            )
-    one, two = rows
+    for cpus in ("off", "auto"):
+        for processes in (1, 2):
+            row, wrong = one_server(processes, cpus, options)
+            rows.append(row)
+            problems += wrong
+            if not quiet:
+                print(
+                    f"  wrk, {processes} process(es), --cpus {cpus}: /health"
+                    f" {row['health_req_s']:,.0f}/s, sales {row['sales_s']:,.0f}/s"
+                    f" p99 {row['sales_p99_ms']} ms",
+                    flush=True,
+                )
+    one, two, pinned_one, pinned_two = rows
     scale = round(two["sales_s"] / one["sales_s"], 2) if one["sales_s"] else 0.0
     targets = [
         backends.measure("1 process: sales / /health", one["sales_share"], ">= 0.6"),
@@ -102,7 +107,12 @@ def run(seconds: int, quiet: bool) -> dict:
         backends.measure("2 processes: sales p99 ms", two["sales_p99_ms"],
                           f"<= {one['sales_p99_ms']}"),
     ]  # fmt: skip
-    return {"rows": rows, "targets": targets, "problems": problems}
+    pinned = {
+        f"--cpus auto / off, {n} process(es): sales/s": round(p["sales_s"] / d["sales_s"], 2)
+        for n, p, d in ((1, pinned_one, one), (2, pinned_two, two))
+        if d["sales_s"]
+    }
+    return {"rows": rows, "targets": targets, "pinned": pinned, "problems": problems}
 
 
 def render(result: dict, seconds: int) -> str:
@@ -111,4 +121,5 @@ def render(result: dict, seconds: int) -> str:
         f"{DEFAULT_THREADS} threads; sales: one hot seller, keyed ==",
         report.table(result["rows"], COLUMNS),
         report.table(result["targets"], ("measure", "value", "goal", "result")),
+        *(f"{name}: {value}x" for name, value in result.get("pinned", {}).items()),
     ])  # fmt: skip

@@ -135,6 +135,12 @@ def test_a_directory_given_as_the_database_is_one_line(tmp_path, command):
     assert_refused(chargebox(*command, "--db", str(tmp_path)), f"--db {tmp_path}")
 
 
+def test_a_cpu_the_server_may_not_run_on_is_one_line_naming_it(tmp_path):
+    result = chargebox("serve", "--port", "0", "--db", str(tmp_path / "cb.db"), "--cpus", "4096")
+    assert_refused(result, "--cpus", "CPU 4096 is not one this process may run on")
+    assert not (tmp_path / "cb.db").exists()
+
+
 @pytest.mark.parametrize("command", WRITERS, ids=lambda c: c[0])
 @pytest.mark.parametrize("path", ["/proc/self/chargebox.db", "/proc/chargebox-test/x.db",
                                   "/sys/chargebox-test.db"])  # fmt: skip
@@ -219,6 +225,8 @@ def test_group_commit_takes_the_usual_spellings_of_on_and_off():
         ("CHARGEBOX_GROUP_COMMIT", "disabled"),
         ("CHARGEBOX_SYNCHRONOUS", "normall"),
         ("CHARGEBOX_SYNCHRONOUS", " FULL"),
+        ("CHARGEBOX_CPUS", "1-0"),
+        ("CHARGEBOX_CPUS", "0,,1"),
     ],
 )
 def test_an_unknown_spelling_of_a_setting_is_one_line_naming_it(tmp_path, name, value):

@@ -107,7 +107,8 @@ def test_targets_are_ratios_of_the_same_run_each_with_a_verdict(tiny_run):
 
 def test_wrk_measures_health_and_hot_sales_on_one_and_two_processes(tiny_run):
     """The outside view (stress/outside.py): wrk's figures for 1 and 2 server processes,
-    sales as a share of /health, the issue's targets, and books that reconcile (above)."""
+    default and pinned to CPUs, sales as a share of /health, the issue's targets, and
+    books that reconcile (above)."""
     if not outside.available():
         message = "wrk is not installed: apt-get install wrk (CI's .ci/run does)"
         if os.environ.get("CI"):
@@ -115,13 +116,19 @@ def test_wrk_measures_health_and_hot_sales_on_one_and_two_processes(tiny_run):
         pytest.skip(message)
     result, document = tiny_run
     rows = document["wrk"]["rows"]
-    assert [row["processes"] for row in rows] == [1, 2]
+    assert [(row["processes"], row["cpus"]) for row in rows] == [
+        (1, "off"),
+        (2, "off"),
+        (1, "auto"),
+        (2, "auto"),
+    ]
     for row in rows:
         assert row["health_req_s"] > 0 and row["sales_s"] > 0 and row["non_201"] == 0, row
         assert row["sales_share"] == round(row["sales_s"] / row["health_req_s"], 2)
     measures = [target["measure"] for target in document["wrk"]["targets"]]
     assert "2 processes / 1: sales/s" in measures and "1 process: sales / /health" in measures
     assert "== wrk: 64 keep-alive connections" in result.stdout
+    assert "--cpus auto / off, 1 process(es): sales/s" in document["wrk"]["pinned"]
 
 
 def test_the_report_states_durability_machine_and_reconciled_books(tiny_run):
