@@ -325,7 +325,8 @@ def optional_range(params: dict[str, str]) -> tuple[str | None, str | None]:
     return (None if start is None else stamp(start)), (None if end is None else stamp(end))
 
 
-_NAIVE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2})?")
+# A browser's `datetime-local`: seconds and their fraction when the field's step asks for them.
+_NAIVE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?")
 
 
 def tehran_if_naive(text: str, name: str) -> str:
