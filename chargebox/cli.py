@@ -24,6 +24,7 @@ from chargebox import (
     __version__,
     anchors,
     auth,
+    cpus,
     grants,
     guards,
     migrations,
@@ -83,9 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--cpus",
         metavar="off|auto|LIST",
-        help="pin each server process's threads to one CPU, its writer to a spare one: auto "
-        "(the CPUs this process may use) or a list such as 0-1,3 (env CHARGEBOX_CPUS; "
-        "default off)",
+        help="pin each server process's threads to one CPU, its writer (SQLite) to a spare "
+        "one if there is one: auto (the CPUs this process may use) or a list such as 0-1,3 "
+        "(env CHARGEBOX_CPUS; default off)",
     )
     serve.add_argument(
         "--synchronous",
@@ -305,6 +306,7 @@ def _serve(config: Config) -> int:
     from chargebox.server import serve
 
     token_in_file = config.admin_token is None  # CHARGEBOX_ADMIN_TOKEN is not set
+    config = dataclasses.replace(config, cpus=cpus.resolved(config.cpus))  # CPUs it may use
     log = LogFile(config.access_log)  # a log that cannot be opened, or a taken port, is
     listener = listen(config)  # refused before any file is made
     try:

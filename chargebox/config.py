@@ -74,9 +74,10 @@ class Config:
     port: int = DEFAULT_PORT
     threads: int = DEFAULT_THREADS
     processes: int = 1  # server processes on the one port (server.py)
-    # `--cpus`: "off", "auto" (every CPU this process may run on) or a list ("0-1,3"), kept
-    # as the CPUs it names (none: off): each server process's threads on one of them, its
-    # writer on a spare one (cpus.py). Named once, at start-up, before anything is pinned.
+    # `--cpus`: "off", "auto" or a list ("0-1,3"), kept as "auto" or the CPUs it names (none:
+    # off): each server process's threads on one of them, its writer on a spare one if there
+    # is one (cpus.py). Only its spelling is checked here: whether this process may run on
+    # them, when the server starts (cpus.resolved); other commands never pin.
     cpus: str | tuple[int, ...] = ()
     admin_token: str | None = dataclasses.field(default=None, repr=False)
     # The HMAC key that seals the ledger; kept outside the database file (ledger.py).
@@ -113,8 +114,7 @@ class Config:
             raise ValueError("threads must be between 1 and 1024")
         if not 1 <= self.processes <= 64:
             raise ValueError("processes must be between 1 and 64")
-        if isinstance(self.cpus, str):
-            object.__setattr__(self, "cpus", cpu_list(self.cpus))
+        object.__setattr__(self, "cpus", cpu_setting(self.cpus))
         if self.max_body_bytes < 1024:
             raise ValueError("max_body_bytes must be at least 1024")
         if not 16 <= self.max_connections <= 1_000_000:
@@ -257,36 +257,35 @@ def _address(text: str) -> str:
         ) from None
 
 
-def cpu_list(text: str) -> tuple[int, ...]:
-    """`--cpus`: "off" (none), "auto" (all this process may run on), or CPU numbers and
-    ranges ("0-1,3"), each one this process may run on (its affinity: a container's cpuset
-    narrows it), in order."""
-    name, text = "--cpus (CHARGEBOX_CPUS)", text.strip().lower()
-    if text == "off":
-        return ()
-    if not hasattr(os, "sched_setaffinity"):
-        raise ValueError(f"{name}: this system cannot pin threads to CPUs; leave it off")
-    allowed = sorted(os.sched_getaffinity(0))
-    if text == "auto":
-        return tuple(allowed)
+CPU_LIMIT = 8192  # CPU numbers go up to 8191 (Linux's largest NR_CPUS)
+
+
+def cpu_setting(value: str | tuple[int, ...]) -> str | tuple[int, ...]:
+    """`--cpus` as Config keeps it: "auto", or the CPUs named ("0-1, 3": numbers and ranges),
+    in order of number, none for "off"; a spelling it cannot read is a ValueError."""
+    name = "--cpus (CHARGEBOX_CPUS)"
+    if not isinstance(value, str):
+        if not all(type(cpu) is int and 0 <= cpu < CPU_LIMIT for cpu in value):
+            raise ValueError(f"{name}: CPUs are numbers from 0 to {CPU_LIMIT - 1}")
+        return tuple(sorted(set(value)))
+    text = value.strip().lower()
+    if text in ("off", "auto"):
+        return () if text == "off" else text
     chosen: set[int] = set()
     for part in text.split(","):
-        low, dash, high = part.partition("-")
+        low, dash, high = (end.strip() for end in part.partition("-"))
         high = high if dash else low
-        if not (_digits(low) and _digits(high)) or int(high) < int(low):
-            raise ValueError(f"{name} must be off, auto or CPUs such as 0-1,3, not {text!r}")
-        # a range past the last CPU this process may use is cut one past it (then named)
-        chosen.update(range(int(low), min(int(high), max(int(low), allowed[-1] + 1)) + 1))
-    if not chosen <= set(allowed):
-        mine = ", ".join(str(cpu) for cpu in allowed)
-        raise ValueError(
-            f"{name}: CPU {min(chosen - set(allowed))} is not one this process may run on ({mine})"
-        )
+        if not all(_cpu_number(end) for end in (low, high)) or int(high) < int(low):
+            raise ValueError(
+                f"{name} must be off, auto or CPUs from 0 to {CPU_LIMIT - 1} such as 0-1,3,"
+                f" not {value[:40]!r}"
+            )
+        chosen.update(range(int(low), int(high) + 1))
     return tuple(sorted(chosen))
 
 
-def _digits(text: str) -> bool:
-    return text.isascii() and text.isdigit()
+def _cpu_number(text: str) -> bool:
+    return len(text) <= 6 and text.isascii() and text.isdigit() and int(text) < CPU_LIMIT
 
 
 def _on_or_off(name: str, environ: Mapping[str, str]) -> bool:

@@ -9,6 +9,7 @@ With `--processes K` a parent supervises K forked servers and replaces the dead.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -54,7 +55,7 @@ def _announcement(config: Config, host: str, port: int) -> str:
     where = described(config.db_url) if config.db_url else config.db_path
     # SQLite's pragma; PostgreSQL commits as its synchronous_commit says (off: warned)
     durability = "" if config.db_url else f", synchronous={config.synchronous}"
-    pinned = cpus.described(config.cpus, config.processes)
+    pinned = cpus.described(config.cpus, config.processes, writer_apart(config))
     return (
         f"chargebox serving on http://{host}:{port} (db {where}, "
         f"{workers}{config.threads} threads{durability}{pinned})"
@@ -72,6 +73,7 @@ def serve(
     `listener` is the bound socket (cli binds it before it touches the database);
     without one, a host or port that cannot be had is a one-line ValueError here.
     """
+    config = dataclasses.replace(config, cpus=cpus.resolved(config.cpus))  # refused here
     listener = listener or listen(config)
     log = log or LogFile(config.access_log)  # a file that cannot be opened is refused
     if config.processes > 1:
@@ -82,12 +84,19 @@ def serve(
             return _serve_processes(config, listener, announce, log)
         finally:
             shutil.rmtree(shared, ignore_errors=True)
-    cpus.pin(config.cpus, 1, 0)  # before the threads start: they run where it does
+    cpus.pin(config.cpus, 1, 0, writer_apart(config))  # before the threads: they inherit it
     metrics.start()
     server = build_server(application(config, log), config, listener, log)
     announce(_announcement(config, server.effective_host, server.effective_port))
     with anchoring(config):
         return _serve_one(server, announce)
+
+
+def writer_apart(config: Config) -> bool:
+    """Whether a pinned process's writer gets a CPU of its own when one is spare: on SQLite,
+    whose work it does outside the interpreter lock; not on PostgreSQL (round trips, each a
+    hand-over: not measured apart), nor without group commit (no writer thread)."""
+    return config.group_commit and not config.db_url
 
 
 def application(config: Config, log: LogFile) -> AccessLog:
@@ -181,7 +190,7 @@ class _Supervisor:
                 if other is not own:
                     other.close()  # this process's copy: the parent's stays open
             try:
-                cpus.pin(self.config.cpus, self.config.processes, slot)
+                cpus.pin(self.config.cpus, self.config.processes, slot, writer_apart(self.config))
                 app = application(self.config, self.log)
                 server = build_server(app, self.config, own, self.log)
                 with anchoring(self.config):

@@ -8,13 +8,16 @@ on one CPU everything shares it.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import time
 from pathlib import Path
 
 import pytest
 
-from chargebox.config import Config, cpu_list
+from chargebox import cpus
+from chargebox.config import Config, cpu_setting
 from chargebox.cpus import placed
 from tests.support import ServerProcess, new_seller
 
@@ -39,16 +42,63 @@ def test_each_process_gets_a_cpu_and_its_writer_a_spare_one_if_there_is_one(
     assert placed(cpus, processes, slot) == where
 
 
+def test_a_writer_that_is_not_apart_stays_with_its_process():
+    """PostgreSQL's writer (round trips, not work outside the lock) and no writer at all
+    (no group commit): with its process, and the announcement names no writer's CPU."""
+    assert placed((0, 1), 1, 0, apart=False) == (0, 0)
+    assert cpus.described((0, 1), 1, apart=False) == ", CPUs 0"
+    assert cpus.described((0, 1), 1) == ", CPUs 0 (writer 1)"
+    assert cpus.described((), 1) == ""
+
+
 def test_cpus_are_named_as_a_list_ranges_auto_or_off():
-    assert cpu_list("off") == () == Config().cpus
-    assert cpu_list("auto") == MINE == cpu_list(" AUTO ")
-    assert cpu_list(",".join(str(cpu) for cpu in reversed(MINE))) == MINE
-    assert cpu_list(f"{MINE[0]}-{MINE[0]}") == (MINE[0],)
-    for wrong in ("", "x", "1-", "-1", "1-0", "0,,1", "\u0660", "0 1"):
+    assert cpu_setting("off") == () == Config().cpus == cpu_setting(" OFF ")
+    assert cpu_setting("auto") == "auto" == cpu_setting(" AUTO ")
+    assert cpu_setting("3, 0 - 1") == (0, 1, 3) == Config(cpus="1,0,3,0-1").cpus
+    assert cpu_setting([1, 1, 0]) == (0, 1) and cpu_setting("8191") == (8191,)
+    for wrong in ("", "x", "1-", "-1", "1-0", "0,,1", "\u0660", "0 1", "8192", "1" * 5000):
         with pytest.raises(ValueError, match="CHARGEBOX_CPUS"):
-            cpu_list(wrong)
-    with pytest.raises(ValueError, match="CPU 100000 is not one"):
-        cpu_list(f"{MINE[0]},100000-999999999")  # a huge range is not expanded first
+            cpu_setting(wrong)
+    for wrong in ([-1], [True], ["1"], [8192]):
+        with pytest.raises(ValueError, match="CHARGEBOX_CPUS"):
+            cpu_setting(wrong)
+
+
+def test_whether_this_process_may_run_there_is_asked_only_as_the_server_starts():
+    """Any command reads the setting's spelling; only `serve` pins, so only it asks whether
+    the CPUs are its own (a backup job on other CPUs shares the server's environment)."""
+    assert Config(cpus="4095").cpus == (4095,)  # no refusal: not yet
+    assert cpus.resolved("auto") == MINE and cpus.resolved(()) == ()
+    assert cpus.resolved(MINE[:1]) == MINE[:1]
+    with pytest.raises(ValueError, match="CPU 4095 is not one this process may run on"):
+        cpus.resolved((MINE[0], 4095))
+
+
+def test_a_cpu_taken_away_after_the_start_is_said_and_the_thread_runs_where_it_may(
+    monkeypatch, caplog
+):
+    """After the start pinning is a wish: a cpuset narrowed since (EINVAL) is logged, a
+    thread that ended meanwhile (ESRCH) passed over; neither stops a thread or a write."""
+
+    def refused(tid, mask):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "sched_setaffinity", refused)
+    monkeypatch.setattr(cpus, "_writer_cpu", None)
+    with caplog.at_level(logging.WARNING, logger="chargebox.cpus"):
+        cpus.pin((0, 1), 1, 0)
+        cpus.writer_started()
+    said = [r.getMessage() for r in caplog.records if r.name == "chargebox.cpus"]
+    assert said and all("could not pin a thread to CPU" in line for line in said), said
+    assert any("CPU 1 " in line for line in said)  # the writer's own, as it started
+
+    def ended(tid, mask):
+        raise ProcessLookupError(errno.ESRCH, "No such process")
+
+    monkeypatch.setattr(os, "sched_setaffinity", ended)
+    caplog.clear()
+    cpus.pin((0, 1), 1, 0)
+    assert not caplog.records
 
 
 def allowed(pid: int) -> dict[int, set[int]]:
