@@ -1,34 +1,27 @@
 """Group commit: one writer thread per process applies the waiting writes in one transaction.
 
-A write that finds the process idle runs at once in its caller's thread (a lone
-client pays no hand-off); writes that arrive while another is in progress
-queue, and the writer thread applies all that wait in one transaction, on
-its one warm connection, each answered on its own as if it had gone alone.
-Nobody is answered before COMMIT; nobody waits for a batch. Each write has a
-deadline: a batch waits for the lock until its earliest one, and the writes
-whose time is left try again, so none waits past its own. A batch applies
-its writes in the order of their `order` (a seller's id), so that batches of
-other processes take the same rows' locks in the same order.
+A write that finds the process idle runs at once in its caller's thread (a lone client
+pays no hand-off); writes that arrive while another is in progress queue, and the
+writer thread applies all that wait in one transaction, on its one warm connection,
+each answered on its own as if it had gone alone. Nobody is answered before COMMIT;
+nobody waits for a batch. Each write has a deadline: a batch waits for the lock until
+its earliest one, and the writes whose time is left try again, so none waits past its
+own. A batch applies its writes in the order of their `order` (a seller's id), so that
+batches of other processes take the same rows' locks in the same order.
 
-The runs of writes that can go together (their work has `together`: a
-seller's queued sales, idempotency._Together) that lead a batch, one run per
-seller, go first, all in one call and no savepoint, when the writer is made
-`side_by_side` (both databases' are): the sales of 30 sellers are then a
-handful of statements, not 30 savepoints and some 200 statements, each a
-round trip on PostgreSQL and the interpreter lock won back after each. If
-that call fails (a seller suspended meanwhile, a key another server
-recorded, a deadlock; not the lock missed or the database down: those fail
-the batch), the transaction is rolled back (`redone`) and the batch goes run
-by run: each run in one call in its SAVEPOINT, a run that fails there each
-write alone, every write alone in its own SAVEPOINT, so a refused or failed
-write rolls back only itself; a deadlock's victim (PostgreSQL: `Deadlocked`)
-is undone by its savepoint and goes first into the next batch, if its
-deadline allows. On SQLite the batch holds the whole file: none happens.
+The runs of writes that can go together (their work has `together`: a seller's queued
+sales, idempotency._Together) that lead a batch, one run per seller, go first, all in
+one call and no savepoint, when the writer is made `side_by_side` (both databases'
+are): the sales of 30 sellers are then a handful of statements, not 30 savepoints and
+some 200 statements. If that call fails (a seller suspended meanwhile, a key another
+server recorded, a deadlock; not the lock missed or the database down: those fail the
+batch), the transaction is rolled back (`redone`) and the batch goes run by run, each
+in its SAVEPOINT, a run that fails there each write alone, so a refused write rolls
+back only itself; a deadlock's victim (PostgreSQL) goes first into the next batch.
 
 A writer made `late` (SQLite's: its lock holds every seller) binds a batch late: once
-the lock is had, the sales queued while another process held it join the leading runs,
-instead of waiting for the next batch and the lock again. (On PostgreSQL that cost a
-round trip more while the row is held: docs/performance.md.)
+the lock is had, the sales queued while another process held it join the leading runs
+(on PostgreSQL that cost a round trip more while the row is held: docs/performance.md).
 """
 
 from __future__ import annotations
@@ -43,7 +36,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from chargebox import cpus, metrics
-from chargebox.errors import Deadlocked, LockTimeout, Unavailable
+from chargebox.errors import Deadlocked, LockTimeout, Unavailable, raised_at
 
 _log = logging.getLogger("chargebox.writer")
 MAX_BATCH = 256
@@ -57,7 +50,7 @@ class Separately(Exception):
 
 
 class _Item:
-    __slots__ = ("work", "deadline", "order", "result", "error", "_answered")
+    __slots__ = ("work", "deadline", "order", "result", "error", "done", "_answered")
 
     def __init__(self, work: Callable[[Any], Any], deadline: float, order: int | None) -> None:
         self.work = work
@@ -65,13 +58,16 @@ class _Item:
         self.order = order  # where it goes in a batch (None: after those that have one)
         self.result: Any = None
         self.error: BaseException | None = None
+        self.done = False  # answered (by one thread: the writer, or the caller inline)
         # Held until the write is answered: a bare lock wakes its thread for less than an Event.
         self._answered = threading.Lock()
         self._answered.acquire()
 
     def answer(self) -> None:
         """Its result or error is set: wake the thread that waits for it (once)."""
-        self._answered.release()
+        if not self.done:
+            self.done = True
+            self._answered.release()
 
     def wait(self) -> None:
         self._answered.acquire()
@@ -101,20 +97,18 @@ class GroupWriter:
         self._queue: collections.deque[_Item] = collections.deque()
         self._wake = threading.Condition()
         self._busy = False  # a transaction of this writer is in progress (inline or batched)
+        self._held: list[_Item] = []  # the writes of the batch in hand (one applier at a time)
         self._pid = 0
-        self.batches = 0  # counters for the benchmark; written by the writer thread only
-        self.writes = 0
+        self.batches = self.writes = 0  # counters for the benchmark; by the writer thread only
         self.together = 0  # writes applied together with others of their kind and order
         self.separately = 0  # groups that could not be applied as one (each went alone)
         self.redone = 0  # batches tried side by side, rolled back, applied run by run
         self.late = 0  # writes added to a batch once its lock was had (_bind_late)
 
     def submit(self, work: Callable[[Any], Any], deadline: float, order: int | None = None) -> Any:
-        """Run `work(write)` inside a write transaction; return its result once committed.
-
-        If the write lock cannot be had by `deadline` (time.monotonic()), raise Unavailable.
-        Writes with an `order` (the seller whose row they lock first) run in that order.
-        """
+        """Run `work(write)` inside a write transaction; its result once committed. Unavailable
+        if the lock cannot be had by `deadline` (time.monotonic()). Writes with an `order`
+        (the seller whose row they lock first) run in that order."""
         item = _Item(work, deadline, order)
         with self._wake:
             if self._closed:
@@ -134,8 +128,7 @@ class GroupWriter:
         return item.result
 
     def _ensure_thread(self) -> None:
-        # A thread does not survive fork: a child process starts its own writer.
-        if self._pid != os.getpid():
+        if self._pid != os.getpid():  # a thread does not survive fork: a child starts its own
             self._pid, self._busy = os.getpid(), False
             self._queue.clear()
             threading.Thread(target=self._run, name=cpus.WRITER_THREAD, daemon=True).start()
@@ -177,6 +170,13 @@ class GroupWriter:
         again: list[_Item] = []
         try:
             again = self._apply(batch)
+        except Exception as exc:  # a bug: what it held and had not answered fails with it
+            _log.error("a batch of %d writes failed: %s (at %s)", len(batch),
+                       type(exc).__name__, raised_at(exc))  # fmt: skip
+            for item in (*batch, *self._held):  # and the writer goes on, as does its queue
+                if not item.done:
+                    item.error = _copy(exc)
+                    item.answer()
         finally:
             with self._wake:
                 self._queue.extendleft(reversed(again))  # first in line, in their order
@@ -187,7 +187,7 @@ class GroupWriter:
     def _apply(self, batch: list[_Item]) -> list[_Item]:
         """Apply `batch` in one transaction; return the writes to try again (lock busy,
         or a deadlock's victim)."""
-        live = _answer_late(batch, time.monotonic())
+        live = self._held = _answer_late(batch, time.monotonic())  # and what joins it late
         if not live:
             return []
         live.sort(key=_in_order)

@@ -157,3 +157,30 @@ def test_bound_late_a_batch_redone_run_by_run_keeps_the_sales_that_joined_it():
     assert Sale.calls == [[1, 2], [1], [2]]  # side by side, refused; then run by run
     assert joined.result == "together 2.5" and not group_writer._queue
     assert (group_writer.together, group_writer.redone, group_writer.late) == (3, 1, 1)
+
+
+def test_a_batch_that_fails_of_a_bug_answers_its_writes_and_the_writer_goes_on(caplog):
+    """Not the database's refusal but a bug (here: two orders that cannot be compared):
+    each write the batch held fails with it, and the writer thread lives on for the next
+    ones. Before, the thread died, and every write queued after it waited for ever."""
+    Sale.calls, Sale.refuse_runs_of = [], 0
+    group_writer = GroupWriter(Transactions().begin, side_by_side=True, late=True)
+    deadline = time.monotonic() + 30
+    broken = [_Item(Sale(1, 0), deadline, 1), _Item(Sale(2, 1), deadline, "two")]  # type: ignore[arg-type]
+    after = _Item(Sale(3, 2), deadline, 3)
+
+    def queue(*items: _Item) -> None:
+        with group_writer._wake:  # to the writer's thread, as submit() queues behind a batch
+            group_writer._ensure_thread()
+            group_writer._queue.extend(items)
+            group_writer._wake.notify()
+
+    with caplog.at_level(logging.ERROR, logger="chargebox.writer"):
+        queue(*broken)
+        assert all(item._answered.acquire(timeout=10) for item in broken), "never answered"
+        queue(after)
+        assert after._answered.acquire(timeout=10), "the writer thread is gone"
+    assert all(isinstance(item.error, TypeError) for item in broken)
+    assert after.result == "together 3.2" and after.error is None
+    assert "a batch of 2 writes failed: TypeError (at " in caplog.text
+    group_writer.close()
