@@ -265,7 +265,9 @@ def cpu_setting(value: str | tuple[int, ...]) -> str | tuple[int, ...]:
     in order of number, none for "off"; a spelling it cannot read is a ValueError."""
     name = "--cpus (CHARGEBOX_CPUS)"
     if not isinstance(value, str):
-        if not all(type(cpu) is int and 0 <= cpu < CPU_LIMIT for cpu in value):
+        if not isinstance(value, tuple | list) or not all(
+            type(cpu) is int and 0 <= cpu < CPU_LIMIT for cpu in value
+        ):
             raise ValueError(f"{name}: CPUs are numbers from 0 to {CPU_LIMIT - 1}")
         return tuple(sorted(set(value)))
     text = value.strip().lower()

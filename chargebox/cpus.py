@@ -69,10 +69,18 @@ def pin(cpus: tuple[int, ...], processes: int, slot: int, apart: bool = True) ->
     here = threading.current_thread()
     writers = {thread.native_id for thread in threading.enumerate()
                if thread.name == WRITER_THREAD and thread is not here}  # fmt: skip
-    # /proc, not threading.enumerate(): a forked child's main thread keeps its parent's
-    # native_id there, and a thread not started by Python would be missed.
-    for tid in sorted(int(name) for name in os.listdir("/proc/self/task")):
+    for tid in _threads(here):
         _wished(tid, _writer_cpu if tid in writers else mine)
+
+
+def _threads(here: threading.Thread) -> list[int]:
+    """This process's threads' ids, from /proc (a thread not started by Python too), or as
+    Python knows them (0 for this one: a forked child's keeps its parent's native_id)."""
+    try:
+        return sorted(int(name) for name in os.listdir("/proc/self/task"))
+    except OSError:  # no /proc here
+        threads = threading.enumerate()
+        return [0 if t is here else t.native_id for t in threads if t.native_id is not None]
 
 
 def writer_started() -> None:

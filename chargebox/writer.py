@@ -40,9 +40,8 @@ from chargebox.errors import Deadlocked, LockTimeout, Unavailable, raised_at
 
 _log = logging.getLogger("chargebox.writer")
 MAX_BATCH = 256
-# A write whose deadline is this close when the lock could not be had is answered
-# now: another attempt could not finish in time.
-LOCK_SLACK = 0.01
+LOCK_SLACK = 0.01  # a write this close to its deadline when the lock was missed: answered now
+_BUSY = "the database is busy; retry shortly"
 
 
 class Separately(Exception):
@@ -59,8 +58,7 @@ class _Item:
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = False  # answered (by one thread: the writer, or the caller inline)
-        # Held until the write is answered: a bare lock wakes its thread for less than an Event.
-        self._answered = threading.Lock()
+        self._answered = threading.Lock()  # held until answered: cheaper to wake than an Event
         self._answered.acquire()
 
     def answer(self) -> None:
@@ -80,14 +78,9 @@ class GroupWriter:
     then) and yields the open write, which has `savepoint()`; each work gets it.
     """
 
-    def __init__(
-        self,
-        begin: Callable[[float], AbstractContextManager[Any]],
-        finish: Callable[[], None] = lambda: None,
-        max_batch: int = MAX_BATCH,
-        side_by_side: bool = False,
-        late: bool = False,
-    ) -> None:
+    def __init__(self, begin: Callable[[float], AbstractContextManager[Any]],
+                 finish: Callable[[], None] = lambda: None, max_batch: int = MAX_BATCH,
+                 side_by_side: bool = False, late: bool = False) -> None:  # fmt: skip
         self._begin = begin
         self.side_by_side = side_by_side  # the runs that lead a batch in one call (see the top)
         self.bind_late = late  # begin() holds every seller: add what queued meanwhile
@@ -99,7 +92,7 @@ class GroupWriter:
         self._busy = False  # a transaction of this writer is in progress (inline or batched)
         self._held: list[_Item] = []  # the writes of the batch in hand (one applier at a time)
         self._pid = 0
-        self.batches = self.writes = 0  # counters for the benchmark; by the writer thread only
+        self.batches = self.writes = 0  # counters for the benchmark; by one applier at a time
         self.together = 0  # writes applied together with others of their kind and order
         self.separately = 0  # groups that could not be applied as one (each went alone)
         self.redone = 0  # batches tried side by side, rolled back, applied run by run
@@ -129,24 +122,32 @@ class GroupWriter:
 
     def _ensure_thread(self) -> None:
         if self._pid != os.getpid():  # a thread does not survive fork: a child starts its own
-            self._pid, self._busy = os.getpid(), False
-            self._queue.clear()
+            if self._pid:  # forked: the parent's queue and transaction are not this process's
+                self._queue.clear()
+                self._busy = False
+            self._pid = os.getpid()  # (0: none yet, or it ended and answered what queued)
             threading.Thread(target=self._run, name=cpus.WRITER_THREAD, daemon=True).start()
 
     def _run(self) -> None:
         cpus.writer_started()  # to a CPU of its own, when the server is pinned (--cpus)
         try:
             while True:
-                with self._wake:
-                    while (not self._queue or self._busy) and not self._closed:
+                with self._wake:  # never beside an inline write, even once closed
+                    while self._busy or (not self._queue and not self._closed):
                         self._wake.wait()
-                    if self._closed and not self._queue:
-                        return
+                    if not self._queue:
+                        return  # closed
                     self._busy = True
                     batch = [
                         self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))
                     ]
                 self._apply_and_release(batch)
+        except BaseException:  # the thread ends: what queued fails, the next write starts one
+            with self._wake:
+                left, self._pid = list(self._queue), 0
+                self._queue.clear()
+            _answer(left, Unavailable(_BUSY))
+            raise
         finally:
             self._finish()
 
@@ -168,26 +169,28 @@ class GroupWriter:
 
     def _apply_and_release(self, batch: list[_Item]) -> None:
         again: list[_Item] = []
+        self._held = batch  # then _apply's list, which the writes that join late go to
         try:
             again = self._apply(batch)
-        except Exception as exc:  # a bug: what it held and had not answered fails with it
-            _log.error("a batch of %d writes failed: %s (at %s)", len(batch),
-                       type(exc).__name__, raised_at(exc))  # fmt: skip
-            for item in (*batch, *self._held):  # and the writer goes on, as does its queue
-                if not item.done:
-                    item.error = _copy(exc)
-                    item.answer()
+        except BaseException as exc:  # a bug: what it held and had not answered fails with it
+            unanswered = [item for item in {*batch, *self._held} if not item.done]
+            _log.error("a batch failed: %s (at %s); %d writes answered with it",
+                       type(exc).__name__, raised_at(exc), len(unanswered))  # fmt: skip
+            _answer(unanswered, exc if isinstance(exc, Exception) else Unavailable(_BUSY))
+            if not isinstance(exc, Exception):
+                raise
         finally:
             with self._wake:
+                self._held = []
                 self._queue.extendleft(reversed(again))  # first in line, in their order
                 self._busy = False
-                if self._queue:
+                if self._queue or self._closed:
                     self._wake.notify()
 
     def _apply(self, batch: list[_Item]) -> list[_Item]:
         """Apply `batch` in one transaction; return the writes to try again (lock busy,
         or a deadlock's victim)."""
-        live = self._held = _answer_late(batch, time.monotonic())  # and what joins it late
+        live = self._held = _answer_late(batch, time.monotonic())
         if not live:
             return []
         live.sort(key=_in_order)
@@ -223,29 +226,27 @@ class GroupWriter:
                 metrics.lock_waited(time.perf_counter() - began)  # waited, and gave up
             return _answer_late(live, time.monotonic() + LOCK_SLACK)
         except Exception as exc:  # BEGIN or COMMIT failed: nothing of the batch was written
-            for item in live:
-                item.error = _copy(exc)
-                item.answer()
+            _answer(live, exc)
             return []
-        for together, size in runs:  # committed
+        committed = [item for item in live if item not in victims]
+        for item in committed:  # first: nothing counted after the COMMIT may undo an answer
+            item.answer()
+        for together, size in runs:
             metrics.run_written(together)
             if together:
                 self.together += size
             else:
                 self.separately += 1
-        committed = [item for item in live if item not in victims]
         self.batches += 1
         self.writes += len(committed)
         metrics.write_committed(len(committed))
-        for item in committed:
-            item.answer()
         return _answer_late(victims, time.monotonic() + LOCK_SLACK)
 
     def _bind_late(self, live: list[_Item], groups: list[list[_Item]]) -> int:
-        """The lock is had (SQLite: the whole file's): add the writes of the leading runs'
-        kind (sales) queued while it was waited for, but none behind a write of another
-        kind of its seller (a seller's writes stay in order). `live` and `groups` grow in
-        place (a redo keeps them); returns how many groups lead now."""
+        """The lock is had (SQLite: the whole file's): add the writes of the leading runs' kind
+        (sales) queued meanwhile, none behind a write of another kind of its seller (a
+        seller's writes stay in order). `live` and `groups` grow in place (a redo keeps
+        them); returns how many groups lead now."""
         together, room = _together_of(groups[0][0]), self.max_batch - len(live)
         taken, kept, behind = [], collections.deque(), set()  # behind: sellers not taken
         with self._wake:
@@ -265,8 +266,7 @@ class GroupWriter:
 
     def _one_by_one(self, write: Any, groups: list[list[_Item]], victims: list[_Item],
                     runs: list[tuple[bool, int]]) -> None:  # fmt: skip
-        """Each run of writes that go together in one savepoint, each other write in its
-        own."""
+        """Each run of writes that go together in one savepoint, each other write in its own."""
         for group in groups:
             if _together_of(group[0]) is not None:
                 group = self._together(write, group, victims, runs)
@@ -276,9 +276,8 @@ class GroupWriter:
     def _side_by_side(self, write: Any, groups: list[list[_Item]],
                       runs: list[tuple[bool, int]]) -> None:  # fmt: skip
         """The groups (runs that go together, each its own seller's) in one call, with no
-        savepoint; if it fails but for the lock or the database, _NotSideBySide (the
-        transaction is then rolled back). Why is logged, unless a seller could not
-        (`Separately`) or a deadlock chose it."""
+        savepoint; if it fails but for the lock or the database, _NotSideBySide (then rolled
+        back), and why is logged unless a seller could not (`Separately`) or a deadlock."""
         if not groups:
             return
         together = _together_of(groups[0][0])
@@ -317,9 +316,8 @@ class GroupWriter:
 
     def _together(self, write: Any, group: list[_Item], victims: list[_Item],
                   runs: list[tuple[bool, int]]) -> list[_Item]:  # fmt: skip
-        """Apply writes that go together (`work.together`) in one savepoint; return those
-        left to apply alone: all of them if the batch could not be applied as one (`runs`
-        is told which)."""
+        """Writes that go together (`work.together`) in one savepoint; those left to go alone:
+        all of them if they could not go as one (`runs` is told which)."""
         try:
             with write.savepoint():
                 (answers,) = _together_of(group[0])(write, [[item.work for item in group]])
@@ -379,17 +377,18 @@ def _in_order(item: _Item) -> tuple[bool, int]:
 
 def _answer_late(items: list[_Item], now: float) -> list[_Item]:
     """Answer the writes whose deadline is past with 503; return the others."""
-    left = []
+    _answer([item for item in items if item.deadline <= now], Unavailable(_BUSY))
+    return [item for item in items if item.deadline > now]
+
+
+def _answer(items: list[_Item], exc: BaseException) -> None:
+    """Answer each of `items` with its own copy of `exc`."""
     for item in items:
-        if item.deadline > now:
-            left.append(item)
-        else:
-            item.error = Unavailable("the database is busy; retry shortly")
-            item.answer()
-    return left
+        item.error = _copy(exc)
+        item.answer()
 
 
-def _copy(exc: Exception) -> Exception:
+def _copy(exc: BaseException) -> BaseException:
     """One exception object per waiting thread: each raises (and annotates) its own."""
     message = getattr(exc, "message", None)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def test_cpus_are_named_as_a_list_ranges_auto_or_off():
     for wrong in ("", "x", "1-", "-1", "1-0", "0,,1", "\u0660", "0 1", "8192", "1" * 5000):
         with pytest.raises(ValueError, match="CHARGEBOX_CPUS"):
             cpu_setting(wrong)
-    for wrong in ([-1], [True], ["1"], [8192]):
+    for wrong in ([-1], [True], ["1"], [8192], 3):
         with pytest.raises(ValueError, match="CHARGEBOX_CPUS"):
             cpu_setting(wrong)
 
@@ -99,6 +100,12 @@ def test_a_cpu_taken_away_after_the_start_is_said_and_the_thread_runs_where_it_m
     caplog.clear()
     cpus.pin((0, 1), 1, 0)
     assert not caplog.records
+
+    pinned: list[int] = []
+    monkeypatch.setattr(os, "sched_setaffinity", lambda tid, mask: pinned.append(tid))
+    monkeypatch.setattr(os, "listdir", lambda path: (_ for _ in ()).throw(FileNotFoundError(path)))
+    cpus.pin((0, 1), 1, 0)  # no /proc: the threads Python knows, this one as 0
+    assert 0 in pinned and len(pinned) == len(threading.enumerate())
 
 
 def allowed(pid: int) -> dict[int, set[int]]:

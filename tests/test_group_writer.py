@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from chargebox.errors import Unavailable
 from chargebox.writer import GroupWriter, _Item
 
 
@@ -182,5 +183,57 @@ def test_a_batch_that_fails_of_a_bug_answers_its_writes_and_the_writer_goes_on(c
         assert after._answered.acquire(timeout=10), "the writer thread is gone"
     assert all(isinstance(item.error, TypeError) for item in broken)
     assert after.result == "together 3.2" and after.error is None
-    assert "a batch of 2 writes failed: TypeError (at " in caplog.text
+    assert "a batch failed: TypeError (at " in caplog.text
+    assert "2 writes answered with it" in caplog.text
+    group_writer.close()
+
+
+def test_what_is_counted_after_the_commit_cannot_turn_a_committed_write_into_a_failure(
+    writer, monkeypatch, caplog
+):
+    """The writes are answered as soon as COMMIT returns: a metric that fails after it (a
+    bug, a full disk under prometheus's files) fails no client whose money moved."""
+    group_writer, transactions = writer
+
+    def broken(count: int) -> None:
+        raise OSError("no space left for the metrics")
+
+    monkeypatch.setattr("chargebox.writer.metrics.write_committed", broken)
+    items = batch(1, 2)
+    group_writer._busy = True
+    with caplog.at_level(logging.ERROR, logger="chargebox.writer"):
+        group_writer._apply_and_release(items)
+    assert transactions.committed == 1
+    assert [(item.result, item.error) for item in items] == [("together 1.0", None),
+                                                             ("together 2.1", None)]  # fmt: skip
+    assert "a batch failed: OSError" in caplog.text and "0 writes answered" in caplog.text
+
+
+class Exits(Approval):
+    """A write whose work ends the thread it runs in (SystemExit): not an Exception."""
+
+    def __call__(self, write) -> str:
+        raise SystemExit(3)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # its point
+def test_a_writer_thread_that_ends_answers_what_it_held_and_the_next_write_starts_another():
+    """A work that ends its thread (SystemExit, not an Exception) takes the writer thread
+    with it: what its batch held is answered 503, and the next write is served (the
+    thread that ended had left its writer unable to write again: every write waited)."""
+    Sale.calls, Sale.refuse_runs_of = [], 0
+    group_writer = GroupWriter(Transactions().begin, side_by_side=True)
+    deadline = time.monotonic() + 30
+    held = [_Item(Exits(1, 0), deadline, 1), _Item(Sale(2, 1), deadline, 2)]
+    with group_writer._wake:  # queued to the writer's thread, as behind a batch
+        group_writer._ensure_thread()
+        group_writer._queue.extend(held)
+        group_writer._wake.notify()
+    assert all(item._answered.acquire(timeout=10) for item in held), "never answered"
+    assert all(isinstance(item.error, Unavailable) for item in held)
+    ended = time.monotonic() + 10
+    while group_writer._pid != 0:  # the thread says it has ended as it goes
+        assert time.monotonic() < ended, "the writer thread did not end"
+        time.sleep(0.01)
+    assert group_writer.submit(Sale(3, 2), time.monotonic() + 30, 3) == "together 3.2"
     group_writer.close()
