@@ -9,6 +9,7 @@ route patterns, methods and statuses only: never a raw path, an id or a token.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -19,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 
 from chargebox.config import share_metrics_through
+from chargebox.errors import raised_at
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -26,6 +28,7 @@ LOCK_WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "(unmatched)"  # no route: a 404, a 405, or refused before routing
 _PARAMETER = re.compile(r"<(\w+)(?::[^>]*)?>")
+_log = logging.getLogger("chargebox.metrics")
 
 
 class _Instruments:
@@ -203,7 +206,11 @@ def one_write(transaction, work, deadline: float):
     with transaction(deadline) as write:
         lock_waited(time.perf_counter() - began)
         result = work(write)
-    write_committed(1)
+    try:
+        write_committed(1)
+    except Exception as exc:  # committed: counted or not, its caller is answered as it went
+        _log.error("a committed write was not counted: %s (at %s)", type(exc).__name__,
+                   raised_at(exc))  # fmt: skip
     return result
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 
 import pytest
 
+from chargebox.cpus import WRITER_THREAD
 from chargebox.errors import Unavailable
 from chargebox.writer import GroupWriter, _Item
 
@@ -225,15 +227,34 @@ def test_a_writer_thread_that_ends_answers_what_it_held_and_the_next_write_start
     group_writer = GroupWriter(Transactions().begin, side_by_side=True)
     deadline = time.monotonic() + 30
     held = [_Item(Exits(1, 0), deadline, 1), _Item(Sale(2, 1), deadline, 2)]
+    before = set(threading.enumerate())
     with group_writer._wake:  # queued to the writer's thread, as behind a batch
         group_writer._ensure_thread()
         group_writer._queue.extend(held)
         group_writer._wake.notify()
+    (thread,) = [t for t in set(threading.enumerate()) - before if t.name == WRITER_THREAD]
     assert all(item._answered.acquire(timeout=10) for item in held), "never answered"
     assert all(isinstance(item.error, Unavailable) for item in held)
-    ended = time.monotonic() + 10
-    while group_writer._pid != 0:  # the thread says it has ended as it goes
-        assert time.monotonic() < ended, "the writer thread did not end"
-        time.sleep(0.01)
+    thread.join(timeout=10)
+    assert not thread.is_alive() and group_writer._pid == 0
     assert group_writer.submit(Sale(3, 2), time.monotonic() + 30, 3) == "together 3.2"
     group_writer.close()
+
+
+def test_without_group_commit_a_write_that_committed_is_answered_if_its_count_fails(
+    monkeypatch, caplog
+):
+    """`metrics.one_write` (a transaction a write): counted after COMMIT, and a count that
+    fails is logged, not raised to a client whose write went through."""
+    from chargebox import metrics
+
+    transactions = Transactions()
+
+    def broken(count: int) -> None:
+        raise OSError("no space left for the metrics")
+
+    monkeypatch.setattr(metrics, "write_committed", broken)
+    with caplog.at_level(logging.ERROR, logger="chargebox.metrics"):
+        sold = metrics.one_write(transactions.begin, Sale(1, 0), time.monotonic() + 30)
+    assert sold == "alone 1.0" and transactions.committed == 1
+    assert "a committed write was not counted: OSError" in caplog.text
