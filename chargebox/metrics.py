@@ -9,6 +9,7 @@ route patterns, methods and statuses only: never a raw path, an id or a token.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -29,6 +30,7 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 UNMATCHED = "(unmatched)"  # no route: a 404, a 405, or refused before routing
 _PARAMETER = re.compile(r"<(\w+)(?::[^>]*)?>")
 _log = logging.getLogger("chargebox.metrics")
+_FAILED: set[str] = set()  # the counts that failed in this process, each logged once
 
 
 class _Instruments:
@@ -167,18 +169,38 @@ def _children(on: _Instruments, route: str, method: str, status: int) -> tuple:
     )
 
 
+def _quiet(count):
+    """`count` as a write's path calls it: a count that fails (a bug, prometheus's files on a
+    full disk) is logged once a process, never raised into a write or its answer."""
+
+    @functools.wraps(count)
+    def counted(*args) -> None:
+        try:
+            count(*args)
+        except Exception as exc:
+            if count.__name__ not in _FAILED:
+                _FAILED.add(count.__name__)
+                _log.error("%s was not counted: %s (at %s)", count.__name__,
+                           type(exc).__name__, raised_at(exc))  # fmt: skip
+
+    return counted
+
+
+@_quiet
 def write_committed(writes: int) -> None:
     """A write transaction committed, with `writes` writes in it."""
     if _on is not None:
         _on.batch.observe(writes)
 
 
+@_quiet
 def run_written(together: bool) -> None:
     """A run of one seller's queued sales was written together, or each separately."""
     if _on is not None:
         _on.runs.labels("together" if together else "separately").inc()
 
 
+@_quiet
 def batch_redone() -> None:
     """A batch's leading runs could not go as one statement: it was rolled back, and goes
     again run by run."""
@@ -193,6 +215,7 @@ def commit_lost(outcome: str) -> None:
         _on.lost.labels(outcome).inc()
 
 
+@_quiet
 def lock_waited(seconds: float) -> None:
     """A write transaction waited this long to begin (or to give up)."""
     if _on is not None:
@@ -206,11 +229,7 @@ def one_write(transaction, work, deadline: float):
     with transaction(deadline) as write:
         lock_waited(time.perf_counter() - began)
         result = work(write)
-    try:
-        write_committed(1)
-    except Exception as exc:  # committed: counted or not, its caller is answered as it went
-        _log.error("a committed write was not counted: %s (at %s)", type(exc).__name__,
-                   raised_at(exc))  # fmt: skip
+    write_committed(1)  # quiet: a count that fails does not fail a committed write
     return result
 
 

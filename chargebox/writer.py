@@ -72,11 +72,9 @@ class _Item:
 
 
 class GroupWriter:
-    """Run write callables for many threads, many per `BEGIN IMMEDIATE ... COMMIT`.
-
+    """Run write callables for many threads, many per `BEGIN IMMEDIATE ... COMMIT`:
     `begin(deadline)` opens a write transaction (LockTimeout if the lock is not had by
-    then) and yields the open write, which has `savepoint()`; each work gets it.
-    """
+    then) and yields the open write, which has `savepoint()`; each work gets it."""
 
     def __init__(self, begin: Callable[[float], AbstractContextManager[Any]],
                  finish: Callable[[], None] = lambda: None, max_batch: int = MAX_BATCH,
@@ -91,7 +89,7 @@ class GroupWriter:
         self._wake = threading.Condition()
         self._busy = False  # a transaction of this writer is in progress (inline or batched)
         self._held: list[_Item] = []  # the writes of the batch in hand (one applier at a time)
-        self._pid = 0
+        self._pid, self._alive = 0, False  # whose queue this is; whether its writer thread runs
         self.batches = self.writes = 0  # counters for the benchmark; by one applier at a time
         self.together = 0  # writes applied together with others of their kind and order
         self.separately = 0  # groups that could not be applied as one (each went alone)
@@ -125,12 +123,14 @@ class GroupWriter:
             if self._pid:  # forked: the parent's queue and transaction are not this process's
                 self._queue.clear()
                 self._busy = False
-            self._pid = os.getpid()  # (0: none yet, or it ended and answered what queued)
+            self._pid, self._alive = os.getpid(), False
+        if not self._alive:  # none yet, or the last one ended
             threading.Thread(target=self._run, name=cpus.WRITER_THREAD, daemon=True).start()
+            self._alive = True
 
     def _run(self) -> None:
-        cpus.writer_started()  # to a CPU of its own, when the server is pinned (--cpus)
         try:
+            cpus.writer_started()  # to a CPU of its own, when the server is pinned (--cpus)
             while True:
                 with self._wake:  # never beside an inline write, even once closed
                     while self._busy or (not self._queue and not self._closed):
@@ -138,16 +138,15 @@ class GroupWriter:
                     if not self._queue:
                         return  # closed
                     self._busy = True
-                    batch = [
-                        self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))
-                    ]
+                    count = min(len(self._queue), self.max_batch)
+                    batch = [self._queue.popleft() for _ in range(count)]
                 self._apply_and_release(batch)
-        except BaseException:  # the thread ends: what queued fails, the next write starts one
+        except BaseException as exc:  # it ends (what it held is answered): another takes over
+            _log.error("the writer thread ended: %s (at %s)", type(exc).__name__, raised_at(exc))
             with self._wake:
-                left, self._pid = list(self._queue), 0
-                self._queue.clear()
-            _answer(left, Unavailable(_BUSY))
-            raise
+                self._alive = False
+                if self._queue:
+                    self._ensure_thread()
         finally:
             self._finish()
 
@@ -174,9 +173,9 @@ class GroupWriter:
             again = self._apply(batch)
         except BaseException as exc:  # a bug: what it held and had not answered fails with it
             unanswered = [item for item in {*batch, *self._held} if not item.done]
+            _answer(unanswered, exc if isinstance(exc, Exception) else Unavailable(_BUSY))
             _log.error("a batch failed: %s (at %s); %d writes answered with it",
                        type(exc).__name__, raised_at(exc), len(unanswered))  # fmt: skip
-            _answer(unanswered, exc if isinstance(exc, Exception) else Unavailable(_BUSY))
             if not isinstance(exc, Exception):
                 raise
         finally:
@@ -184,6 +183,8 @@ class GroupWriter:
                 self._held = []
                 self._queue.extendleft(reversed(again))  # first in line, in their order
                 self._busy = False
+                if self._queue and not self._alive:  # its thread ended meanwhile
+                    self._ensure_thread()
                 if self._queue or self._closed:
                     self._wake.notify()
 

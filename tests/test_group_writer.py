@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 
 import pytest
 
 from chargebox.cpus import WRITER_THREAD
-from chargebox.errors import Unavailable
+from chargebox.errors import LockTimeout, Unavailable
 from chargebox.writer import GroupWriter, _Item
 
 
@@ -218,11 +219,11 @@ class Exits(Approval):
         raise SystemExit(3)
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # its point
 def test_a_writer_thread_that_ends_answers_what_it_held_and_the_next_write_starts_another():
     """A work that ends its thread (SystemExit, not an Exception) takes the writer thread
-    with it: what its batch held is answered 503, and the next write is served (the
-    thread that ended had left its writer unable to write again: every write waited)."""
+    with it, quietly: what its batch held is answered 503, and the next write is served
+    (the thread that ended had left its writer unable to write again: every write
+    waited)."""
     Sale.calls, Sale.refuse_runs_of = [], 0
     group_writer = GroupWriter(Transactions().begin, side_by_side=True)
     deadline = time.monotonic() + 30
@@ -236,25 +237,54 @@ def test_a_writer_thread_that_ends_answers_what_it_held_and_the_next_write_start
     assert all(item._answered.acquire(timeout=10) for item in held), "never answered"
     assert all(isinstance(item.error, Unavailable) for item in held)
     thread.join(timeout=10)
-    assert not thread.is_alive() and group_writer._pid == 0
+    assert not thread.is_alive() and not group_writer._alive
     assert group_writer.submit(Sale(3, 2), time.monotonic() + 30, 3) == "together 3.2"
     group_writer.close()
 
 
-def test_without_group_commit_a_write_that_committed_is_answered_if_its_count_fails(
-    monkeypatch, caplog
-):
-    """`metrics.one_write` (a transaction a write): counted after COMMIT, and a count that
-    fails is logged, not raised to a client whose write went through."""
+def test_a_count_that_fails_never_fails_a_write(monkeypatch, caplog):
+    """The counts a write's path makes (its wait for the lock, its commit) are quiet: a
+    count that fails (prometheus's files on a full disk) is logged once, and the write,
+    committed, is answered as it went (`metrics.one_write`: no group commit)."""
     from chargebox import metrics
 
+    class Broken:
+        def __getattr__(self, name: str):
+            raise OSError("no space left for the metrics")
+
+    monkeypatch.setattr(metrics, "_on", Broken())
+    monkeypatch.setattr(metrics, "_FAILED", set())
     transactions = Transactions()
-
-    def broken(count: int) -> None:
-        raise OSError("no space left for the metrics")
-
-    monkeypatch.setattr(metrics, "write_committed", broken)
     with caplog.at_level(logging.ERROR, logger="chargebox.metrics"):
-        sold = metrics.one_write(transactions.begin, Sale(1, 0), time.monotonic() + 30)
-    assert sold == "alone 1.0" and transactions.committed == 1
-    assert "a committed write was not counted: OSError" in caplog.text
+        for n in range(2):
+            sold = metrics.one_write(transactions.begin, Sale(1, n), time.monotonic() + 30)
+            assert sold == f"alone 1.{n}"
+    assert transactions.committed == 2
+    said = [record.getMessage().split(" (at ")[0] for record in caplog.records
+            if record.name == "chargebox.metrics"]  # fmt: skip
+    assert said == ["lock_waited was not counted: OSError",  # once each, not once a write
+                    "write_committed was not counted: OSError"]  # fmt: skip
+
+
+def test_a_write_put_back_in_line_after_the_writer_thread_ended_gets_a_new_one():
+    """An inline write that missed the lock (or lost a deadlock) goes back in line; if the
+    writer thread has ended meanwhile (the state set here), a new one serves the line,
+    rather than leave it waiting for ever for a write that may never come."""
+    Sale.calls, Sale.refuse_runs_of = [], 0
+    transactions = Transactions()
+    group_writer = GroupWriter(transactions.begin, side_by_side=True)
+    missed = []
+
+    def miss_once() -> None:
+        if not missed:
+            missed.append(True)
+            raise LockTimeout("the lock was not had in time")
+
+    transactions.meanwhile = miss_once
+    item = _Item(Sale(1, 0), time.monotonic() + 30, 1)
+    group_writer._pid, group_writer._alive = os.getpid(), False  # its thread has ended
+    group_writer._busy = True  # the inline write's own hold, as submit() takes it
+    group_writer._apply_and_release([item])
+    assert item._answered.acquire(timeout=10), "put back in line, and left there"
+    assert item.result == "together 1.0" and transactions.begun == 2
+    group_writer.close()
