@@ -258,12 +258,13 @@ def _address(text: str) -> str:
 
 
 CPU_LIMIT = 8192  # CPU numbers go up to 8191 (Linux's largest NR_CPUS)
+CPUS_SETTING = "--cpus (CHARGEBOX_CPUS)"  # how a refusal names it
 
 
 def cpu_setting(value: str | tuple[int, ...]) -> str | tuple[int, ...]:
     """`--cpus` as Config keeps it: "auto", or the CPUs named ("0-1, 3": numbers and ranges),
     in order of number, none for "off"; a spelling it cannot read is a ValueError."""
-    name = "--cpus (CHARGEBOX_CPUS)"
+    name = CPUS_SETTING
     if not isinstance(value, str):
         if not isinstance(value, tuple | list) or not all(
             type(cpu) is int and 0 <= cpu < CPU_LIMIT for cpu in value

@@ -23,6 +23,8 @@ import logging
 import os
 import threading
 
+from chargebox.config import CPUS_SETTING
+
 log = logging.getLogger("chargebox.cpus")
 
 WRITER_THREAD = "chargebox-writer"  # the group writer's thread (writer.py)
@@ -36,7 +38,7 @@ def resolved(setting: str | tuple[int, ...]) -> tuple[int, ...]:
     if not setting:
         return ()
     if not hasattr(os, "sched_setaffinity"):
-        raise ValueError("--cpus (CHARGEBOX_CPUS): this system cannot pin threads to CPUs")
+        raise ValueError(f"{CPUS_SETTING}: this system cannot pin threads to CPUs")
     allowed = tuple(sorted(os.sched_getaffinity(0)))
     if setting == "auto":
         return allowed
@@ -44,7 +46,7 @@ def resolved(setting: str | tuple[int, ...]) -> tuple[int, ...]:
     if outside:
         mine = ", ".join(str(cpu) for cpu in allowed)
         raise ValueError(
-            f"--cpus (CHARGEBOX_CPUS): CPU {outside[0]} is not one this process may run on ({mine})"
+            f"{CPUS_SETTING}: CPU {outside[0]} is not one this process may run on ({mine})"
         )
     return tuple(setting)
 

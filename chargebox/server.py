@@ -9,7 +9,6 @@ With `--processes K` a parent supervises K forked servers and replaces the dead.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 import os
@@ -72,8 +71,8 @@ def serve(
 
     `listener` is the bound socket (cli binds it before it touches the database);
     without one, a host or port that cannot be had is a one-line ValueError here.
+    `config.cpus` is resolved (`cpus.resolved`: cli does it before any file is made).
     """
-    config = dataclasses.replace(config, cpus=cpus.resolved(config.cpus))  # refused here
     listener = listener or listen(config)
     log = log or LogFile(config.access_log)  # a file that cannot be opened is refused
     if config.processes > 1:
