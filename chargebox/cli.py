@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -336,6 +337,18 @@ def _create_seller(config: Config, name: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit status. A reader of its output that leaves early (`audit
+    --json | head`) ends it quietly with 1, as a pipe's writer should: no trace."""
+    try:
+        code = _command(argv)
+        sys.stdout.flush()  # here, not as Python exits, where a closed pipe is a trace
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # exit flushes too
+        return 1
+
+
+def _command(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # one line per queued request
     args = _parser().parse_args(argv)

@@ -80,6 +80,24 @@ def test_audit_of_a_missing_file_exits_2_without_creating_it(tmp_path):
     assert not (tmp_path / "absent.db").exists()
 
 
+@pytest.mark.parametrize("command", [("audit", "--json"), ("create-seller", "Nima")])
+def test_a_reader_that_leaves_early_ends_a_command_quietly_with_1(tmp_path, command):
+    """`chargebox audit --json | head`: the pipe is closed; no trace, and status 1."""
+    db_path = tmp_path / "cb.db"
+    assert chargebox("create-seller", "Sara", "--db", str(db_path)).returncode == 0
+    read, write = os.pipe()
+    os.close(read)  # the reader left before a byte was written
+    try:
+        ended = subprocess.run(
+            [sys.executable, "-m", "chargebox.cli", *command, "--db", str(db_path)],
+            cwd=ROOT, stdout=write, stderr=subprocess.PIPE, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert ended.returncode == 1
+    assert "Traceback" not in ended.stderr and "BrokenPipe" not in ended.stderr, ended.stderr
+
+
 def test_audit_names_the_seller_and_entry_of_a_forged_ledger_row(service, config):
     funded_database(service)
     assert cli_audit_of(config).returncode == 0
