@@ -65,6 +65,8 @@ def conforms(response: requests.Response, path: str) -> dict | list:
     )
     body = response.json()
     validate_instance(body, {"$ref": f"{URI}#{pointer}"}, cls=OAS31Validator, registry=REGISTRY)
+    documented = DOC["paths"][path][method]["responses"][status].get("headers", {})
+    assert ("Location" in documented) is ("Location" in response.headers), (method, path, status)
     return body
 
 
@@ -188,6 +190,15 @@ def test_real_answers_of_a_sellers_day_fit_the_documented_schemas(server, admin)
         assert listed.status_code == 200 and conforms(listed, path)["items"], (path, query)
     kinds = [entry["kind"] for entry in own.get("/api/ledger").json()["items"]]
     assert kinds == ["credit", "sale", "adjustment"]
+    made = admin.post(f"/api/sellers/{seller['id']}/keys", {"label": "till 2"})
+    assert conforms(made, "/api/sellers/{id}/keys")["label"] == "till 2"
+    rotated = admin.post(f"/api/sellers/{seller['id']}/keys/{made.json()['id']}/rotate")
+    assert conforms(rotated, "/api/sellers/{id}/keys/{key_id}/rotate")["label"] == "till 2"
+    assert (
+        made.headers["Location"]
+        == rotated.headers["Location"]
+        == f"/api/sellers/{seller['id']}/keys"
+    )
     registered = admin.post("/api/phones", {"number": "0935 000 1122"})
     assert registered.status_code == 201 and conforms(registered, "/api/phones")
     existing = admin.post("/api/phones", {"number": "989350001122"})
