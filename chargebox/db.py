@@ -141,7 +141,7 @@ class Database:
             pragmas=[
                 ("foreign_keys", 1),
                 ("busy_timeout", config.busy_timeout_ms),
-                # Debian defaults WAL to FULL, other builds to NORMAL: always say it.
+                # SQLite's WAL default is FULL unless a build says otherwise: always say it.
                 ("synchronous", config.synchronous),
                 ("temp_store", "memory"),
                 ("journal_size_limit", WAL_SIZE_LIMIT),
