@@ -86,7 +86,8 @@ def _threads(here: threading.Thread) -> list[int]:
 
 
 def writer_started() -> None:
-    """The writer thread, as it starts: to its own CPU if this process is pinned."""
+    """The writer thread (or the WAL's checkpoints'), as it starts: to the writer's CPU if
+    this process is pinned."""
     if _writer_cpu is not None:
         _wished(0, _writer_cpu)
 

@@ -29,6 +29,7 @@ from chargebox.errors import raised_at
 from chargebox.keeper import anchoring
 from chargebox.postgresql import described
 from chargebox.proxy import TrustedProxy
+from chargebox.wal import checkpointing
 from chargebox.web import create_app
 
 log = logging.getLogger("chargebox.server")
@@ -87,7 +88,7 @@ def serve(
     metrics.start()
     server = build_server(application(config, log), config, listener, log)
     announce(_announcement(config, server.effective_host, server.effective_port))
-    with anchoring(config):
+    with anchoring(config), checkpointing(config):
         return _serve_one(server, announce)
 
 
@@ -192,7 +193,7 @@ class _Supervisor:
                 cpus.pin(self.config.cpus, self.config.processes, slot, writer_apart(self.config))
                 app = application(self.config, self.log)
                 server = build_server(app, self.config, own, self.log)
-                with anchoring(self.config):
+                with anchoring(self.config), checkpointing(self.config):
                     code = _serve_one(server, lambda line: None, os.getppid())
             except Exception as exc:  # said in one line (no trace), then replaced
                 log.error("server process %d failed: %s: %s (at %s)",

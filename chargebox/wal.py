@@ -1,0 +1,112 @@
+"""The WAL's checkpoints (SQLite), made by a thread of their own, not in a sale's COMMIT.
+
+SQLite checkpoints its write-ahead log in the connection whose COMMIT takes the log past
+`wal_autocheckpoint` pages (1,000): in a server, the group writer's. A checkpoint syncs
+the log, copies its pages into the database file and syncs that: on this box about
+40 ms every ~0.6 s under load, while no batch commits and the sales of the batch that
+set it off wait too. And with `synchronous=NORMAL` nothing syncs the log but a
+checkpoint, so on a quiet day an acknowledged sale could wait many sales (minutes) to
+reach the disk, to be lost if the power went meanwhile.
+
+So each server process runs `Checkpoints`: every CHECKPOINT_SECONDS, a PASSIVE
+checkpoint (it neither waits for nor blocks a reader or a writer) on a connection of its
+own; one with nothing new to copy does nothing. The log then restarts small and the
+writer's COMMITs seldom reach `wal_autocheckpoint`, which stays as it was: should this
+thread fall behind, or fail, the writer checkpoints as before and the log stays bounded.
+A failure is logged once per kind and tried again next round, on a new connection.
+docs/performance.md ("The WAL's checkpoints, apart") has the measurements.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+from chargebox import cpus
+from chargebox.config import Config
+from chargebox.db import SQLITE_BUSY, SQLITE_LOCKED, WAL_SIZE_LIMIT
+
+log = logging.getLogger("chargebox.wal")
+CHECKPOINT_SECONDS = 0.1  # at most this much of what was sold waits for the disk
+STOP_TIMEOUT = 5.0
+
+
+@contextlib.contextmanager
+def checkpointing(config: Config) -> Iterator[Checkpoints | None]:
+    """Checkpoints for the duration of a block (a server process's serving), on SQLite."""
+    if config.db_url:  # PostgreSQL's WAL is the cluster's own
+        yield None
+        return
+    made = Checkpoints(config.db_path, config.synchronous).start()
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+class Checkpoints:
+    """`Checkpoints(path, synchronous).start()` in a server process; `stop()` as it stops."""
+
+    def __init__(self, path: Path, synchronous: str, every: float = CHECKPOINT_SECONDS) -> None:
+        self.path, self.synchronous, self.every = path, synchronous, every
+        self.made = 0  # checkpoints that copied pages, for the tests
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chargebox-wal", daemon=True)
+        self._said: set[str] = set()
+
+    def start(self) -> Checkpoints:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(STOP_TIMEOUT)
+
+    def _run(self) -> None:
+        cpus.writer_started()  # beside the writer, when pinned: SQLite's I/O, outside the GIL
+        conn: sqlite3.Connection | None = None
+        copied = 0
+        try:
+            while not self._stop.wait(self.every):
+                try:
+                    if conn is None:
+                        conn = self._connect()
+                    _, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as exc:  # a damaged or read-only file, a disk error
+                    if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (SQLITE_BUSY, SQLITE_LOCKED):
+                        continue  # another connection's moment (a file being made): next round
+                    self._say(f"a WAL checkpoint failed ({type(exc).__name__}: {exc}); the "
+                              "writer checkpoints meanwhile")  # fmt: skip
+                    with contextlib.suppress(sqlite3.Error):
+                        if conn is not None:
+                            conn.close()
+                    conn = None
+                    continue
+                if frames < 0:  # not in WAL mode when connected (a file being made): again
+                    conn.close()
+                    conn = None
+                elif done > 0 and done != copied:  # pages copied (fewer: the log restarted)
+                    self.made += 1
+                copied = done
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        # mode=rw: never makes a file (one deleted or replaced under the server stays gone)
+        uri = f"file:{quote(str(self.path))}?mode=rw"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=0)
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")  # how a checkpoint syncs
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+        return conn
+
+    def _say(self, message: str) -> None:
+        if message not in self._said:
+            self._said.add(message)
+            log.warning("%s", message)

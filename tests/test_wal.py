@@ -1,0 +1,112 @@
+"""The WAL's checkpoints, made by a thread of their own (chargebox/wal.py), not by a COMMIT.
+
+What a checkpoint did is read from the database file alone, copied without its `-wal`:
+only a checkpoint writes that file, so what it holds is what was checkpointed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import sqlite3
+import time
+
+from chargebox.cli import prepare
+from chargebox.config import Config
+from chargebox.services import Chargebox
+from chargebox.wal import Checkpoints, checkpointing
+from tests.support import ADMIN_TOKEN, new_seller, running_server
+
+SALES = 12  # each its own transaction: far below the writer's 1,000-page autocheckpoint
+
+
+def sales_in_the_file_alone(db_path, tmp_path) -> int:
+    """The sales the database file holds without its log (what checkpoints copied)."""
+    alone = tmp_path / "alone.db"
+    alone.unlink(missing_ok=True)
+    shutil.copyfile(db_path, alone)
+    with contextlib.closing(sqlite3.connect(alone)) as conn:
+        try:
+            return conn.execute("SELECT count(*) FROM sale").fetchone()[0]
+        except sqlite3.DatabaseError:  # copied as a checkpoint wrote it: read it again
+            return -1
+
+
+def sold(service: Chargebox, count: int) -> None:
+    seller, _ = service.create_seller("Ali")
+    service.approve_credit_request(service.request_credit(seller["id"], 1_000_000).record["id"])
+    for n in range(count):
+        service.sell(seller["id"], f"0912000{n:04d}", 1_000)
+
+
+def waited_for(done, seconds: float = 20.0) -> bool:
+    """Polls `done()` until it holds or `seconds` pass (a busy box is slow, never wrong)."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_the_thread_copies_what_was_sold_into_the_file(tmp_path):
+    db_path = tmp_path / "chargebox.db"
+    service = Chargebox(prepare(Config(db_path=db_path, admin_token=ADMIN_TOKEN)))
+    try:
+        sold(service, SALES)
+        assert sales_in_the_file_alone(db_path, tmp_path) == 0  # all in the log so far
+        checkpoints = Checkpoints(db_path, "NORMAL", every=0.01).start()
+        try:
+            assert waited_for(lambda: sales_in_the_file_alone(db_path, tmp_path) == SALES)
+            assert checkpoints.made >= 1
+            sold(service, 3)  # and again, as sales go on
+            assert waited_for(lambda: sales_in_the_file_alone(db_path, tmp_path) == SALES + 3)
+        finally:
+            checkpoints.stop()
+        assert not checkpoints._thread.is_alive()
+    finally:
+        service.close()
+
+
+def test_a_server_checkpoints_what_it_sold_before_its_writer_would(tmp_path):
+    """Without the thread these sales stay in the log until the writer's COMMITs take it
+    past 1,000 pages, or the server stops."""
+    db_path = tmp_path / "chargebox.db"
+    with running_server(db_path) as server:
+        admin = server.admin()
+        _, key = new_seller(admin, "Ali", credit=1_000_000)
+        seller = server.seller(key)
+        for n in range(SALES):
+            sale = seller.post("/api/sales", {"phone": f"0912000{n:04d}", "amount": 1_000})
+            assert sale.status_code == 201
+        assert waited_for(lambda: sales_in_the_file_alone(db_path, tmp_path) == SALES)
+        seller.close()
+        admin.close()
+
+
+def test_a_failing_checkpoint_is_said_once_and_tried_again(tmp_path, caplog):
+    db_path = tmp_path / "chargebox.db"  # not there yet: the thread may not make it
+    checkpoints = Checkpoints(db_path, "NORMAL", every=0.01)
+    with caplog.at_level(logging.WARNING, logger="chargebox.wal"):
+        checkpoints.start()
+        try:
+            assert waited_for(lambda: len(caplog.records) >= 1)
+            assert not db_path.exists()  # and the rounds until it is made fail the same way
+            service = Chargebox(prepare(Config(db_path=db_path, admin_token=ADMIN_TOKEN)))
+            try:
+                sold(service, 2)
+                assert waited_for(lambda: checkpoints.made >= 1)  # on a new connection
+            finally:
+                service.close()
+        finally:
+            checkpoints.stop()
+    said = [record.getMessage() for record in caplog.records]
+    assert len(said) == 1 and said[0].startswith("a WAL checkpoint failed (OperationalError")
+    assert "the writer checkpoints meanwhile" in said[0]
+
+
+def test_postgresql_has_no_such_thread(tmp_path):
+    config = Config(db_url="postgresql://chargebox@127.0.0.1/none", data_dir=tmp_path)
+    with checkpointing(config) as made:
+        assert made is None
