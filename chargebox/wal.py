@@ -10,10 +10,15 @@ reach the disk, to be lost if the power went meanwhile.
 
 So each server process runs `Checkpoints`: every CHECKPOINT_SECONDS, a PASSIVE
 checkpoint (it neither waits for nor blocks a reader or a writer) on a connection of its
-own; one with nothing new to copy does nothing. The log then restarts small and the
-writer's COMMITs seldom reach `wal_autocheckpoint`, which stays as it was: should this
-thread fall behind, or fail, the writer checkpoints as before and the log stays bounded.
-A failure is logged once per kind and tried again next round, on a new connection.
+own, and a last one as it stops; one with nothing new to copy does nothing, and one that
+finds another checkpointing (the other processes', the writer's) waits for the next
+round. A checkpoint syncs the log only when it copies pages: what a power cut can take
+is then what was sold in the last CHECKPOINT_SECONDS and the checkpoint's own time, while
+checkpoints work and no long read (a backup's, a full audit's) holds the log back.
+The log restarts small and the writer's COMMITs seldom reach `wal_autocheckpoint`, which
+stays as it was: should this thread fall behind, or fail, the writer checkpoints as
+before and the log stays bounded. A failure is logged once per kind and tried again
+next round, on a new connection.
 docs/performance.md ("The WAL's checkpoints, apart") has the measurements.
 """
 
@@ -29,7 +34,7 @@ from urllib.parse import quote
 
 from chargebox import cpus
 from chargebox.config import Config
-from chargebox.db import SQLITE_BUSY, SQLITE_LOCKED, WAL_SIZE_LIMIT
+from chargebox.db import SQLITE_BUSY, SQLITE_LOCKED
 
 log = logging.getLogger("chargebox.wal")
 CHECKPOINT_SECONDS = 0.1  # at most this much of what was sold waits for the disk
@@ -74,36 +79,44 @@ class Checkpoints:
         copied = 0
         try:
             while not self._stop.wait(self.every):
-                try:
-                    if conn is None:
-                        conn = self._connect()
-                    _, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.Error as exc:  # a damaged or read-only file, a disk error
-                    if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (SQLITE_BUSY, SQLITE_LOCKED):
-                        continue  # another connection's moment (a file being made): next round
-                    self._say(f"a WAL checkpoint failed ({type(exc).__name__}: {exc}); the "
-                              "writer checkpoints meanwhile")  # fmt: skip
-                    with contextlib.suppress(sqlite3.Error):
-                        if conn is not None:
-                            conn.close()
-                    conn = None
-                    continue
-                if frames < 0:  # not in WAL mode when connected (a file being made): again
-                    conn.close()
-                    conn = None
-                elif done > 0 and done != copied:  # pages copied (fewer: the log restarted)
-                    self.made += 1
-                copied = done
+                conn, copied = self._round(conn, copied)
+            if conn is not None:  # a last one: a clean stop of `--processes K` leaves less
+                self._round(conn, copied)
         finally:
             if conn is not None:
                 conn.close()
+
+    def _round(self, conn: sqlite3.Connection | None, copied: int
+               ) -> tuple[sqlite3.Connection | None, int]:  # fmt: skip
+        """One checkpoint; the connection to use next round, and the log's pages copied."""
+        try:
+            if conn is None:
+                conn = self._connect()
+            busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:  # a damaged or read-only file, a disk error
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (SQLITE_BUSY, SQLITE_LOCKED):
+                return conn, copied  # another connection's moment (a file being made)
+            self._say(f"a WAL checkpoint failed ({type(exc).__name__}: {exc}); until one "
+                      "works, the writer's checkpoints and the anchoring thread's syncs of "
+                      "the WAL stand in")  # fmt: skip
+            with contextlib.suppress(sqlite3.Error):
+                if conn is not None:
+                    conn.close()
+            return None, copied
+        if busy:  # another checkpoints now (another process's thread, or the writer)
+            return conn, copied
+        if frames < 0:  # not in WAL mode when connected (a file being made): connect again
+            conn.close()
+            return None, copied
+        if done > 0 and done != copied:  # pages copied (fewer: the log restarted)
+            self.made += 1
+        return conn, done
 
     def _connect(self) -> sqlite3.Connection:
         # mode=rw: never makes a file (one deleted or replaced under the server stays gone)
         uri = f"file:{quote(str(self.path))}?mode=rw"
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=0)
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")  # how a checkpoint syncs
-        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         return conn
 
     def _say(self, message: str) -> None:

@@ -11,6 +11,7 @@ import logging
 import shutil
 import sqlite3
 import time
+import types
 
 from chargebox.cli import prepare
 from chargebox.config import Config
@@ -103,7 +104,74 @@ def test_a_failing_checkpoint_is_said_once_and_tried_again(tmp_path, caplog):
             checkpoints.stop()
     said = [record.getMessage() for record in caplog.records]
     assert len(said) == 1 and said[0].startswith("a WAL checkpoint failed (OperationalError")
-    assert "the writer checkpoints meanwhile" in said[0]
+    assert said[0].endswith("the anchoring thread's syncs of the WAL stand in")
+
+
+class Answering:
+    """A connection whose checkpoints answer `rows` in turn, the last one from then on (an
+    exception is raised)."""
+
+    def __init__(self, *rows) -> None:
+        self.rows, self.asked, self.closed = list(rows), 0, False
+
+    def execute(self, sql: str):
+        assert sql == "PRAGMA wal_checkpoint(PASSIVE)"
+        self.asked += 1
+        row = self.rows.pop(0) if len(self.rows) > 1 else self.rows[0]
+        if isinstance(row, Exception):
+            raise row
+        return types.SimpleNamespace(fetchone=lambda: row)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def connections(monkeypatch, *made: Answering) -> list[Answering]:
+    """Checkpoints connect to `made` in turn; the list of those it connected to."""
+    given: list[Answering] = []
+    waiting = list(made)
+    monkeypatch.setattr(
+        Checkpoints, "_connect", lambda self: given.append(waiting.pop(0)) or given[-1]
+    )
+    return given
+
+
+def test_a_checkpoint_another_holds_keeps_the_connection(monkeypatch, tmp_path):
+    """Another process's thread, or the writer, checkpointing: SQLite answers (1, -1, -1)."""
+    given = connections(monkeypatch, Answering((1, -1, -1)))
+    checkpoints = Checkpoints(tmp_path / "x.db", "NORMAL", every=0.001).start()
+    try:
+        assert waited_for(lambda: given and given[0].asked >= 20)
+    finally:
+        checkpoints.stop()
+    assert len(given) == 1 and given[0].closed and checkpoints.made == 0
+
+
+def test_a_checkpoint_failing_on_its_connection_goes_on_on_a_new_one(monkeypatch, tmp_path, caplog):
+    broken = sqlite3.OperationalError("disk I/O error")
+    given = connections(monkeypatch, Answering((0, 10, 10), broken), Answering((0, 20, 20)))
+    checkpoints = Checkpoints(tmp_path / "x.db", "NORMAL", every=0.001)
+    with caplog.at_level(logging.WARNING, logger="chargebox.wal"):
+        checkpoints.start()
+        try:
+            assert waited_for(lambda: checkpoints.made >= 2)
+        finally:
+            checkpoints.stop()
+    assert [connection.closed for connection in given] == [True, True]
+    assert [record.getMessage()[:51] for record in caplog.records] == [
+        "a WAL checkpoint failed (OperationalError: disk I/O"
+    ]
+
+
+def test_its_connection_syncs_as_the_server_was_told(tmp_path):
+    db_path = tmp_path / "chargebox.db"
+    Chargebox(prepare(Config(db_path=db_path, admin_token=ADMIN_TOKEN))).close()
+    for level, code in (("FULL", 2), ("NORMAL", 1)):
+        conn = Checkpoints(db_path, level)._connect()
+        try:
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == code
+        finally:
+            conn.close()
 
 
 def test_postgresql_has_no_such_thread(tmp_path):
