@@ -5,8 +5,8 @@ SQLite checkpoints its write-ahead log in the connection whose COMMIT takes the 
 the log, copies its pages into the database file and syncs that: on this box about
 40 ms every ~0.6 s under load, while no batch commits and the sales of the batch that
 set it off wait too. And with `synchronous=NORMAL` nothing syncs the log but a
-checkpoint, so on a quiet day an acknowledged sale could wait many sales (minutes) to
-reach the disk, to be lost if the power went meanwhile.
+checkpoint (and the anchoring thread, every 10 s: keeper.py), so an acknowledged sale
+could wait that long to reach the disk, to be lost if the power went meanwhile.
 
 So each server process runs `Checkpoints`: every CHECKPOINT_SECONDS, a PASSIVE
 checkpoint (it neither waits for nor blocks a reader or a writer) on a connection of its
