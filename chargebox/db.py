@@ -220,7 +220,7 @@ class Database:
                 # A connection opened while the file was read-only stays read-only after
                 # it is writable again (its BEGIN IMMEDIATE passes; its first write fails,
                 # nothing changed). It was replaced as it failed: the write goes once more.
-                if _primary_code(exc.__cause__) != SQLITE_READONLY:
+                if primary_code(exc.__cause__) != SQLITE_READONLY:
                     raise
                 return self._write(work, deadline, order, alone)
 
@@ -275,7 +275,7 @@ class Database:
         try:
             transaction.__enter__()
         except (peewee.OperationalError, sqlite3.OperationalError) as exc:
-            if _primary_code(exc) in (SQLITE_BUSY, SQLITE_LOCKED):
+            if primary_code(exc) in (SQLITE_BUSY, SQLITE_LOCKED):
                 raise LockTimeout("the database is busy; retry shortly") from None
             raise
         finally:
@@ -354,7 +354,7 @@ class Database:
             self.peewee.close()
 
 
-def _primary_code(exc: BaseException) -> int | None:
+def primary_code(exc: BaseException) -> int | None:
     """SQLite's primary result code of a driver error (peewee keeps the original in .orig)."""
     code = getattr(getattr(exc, "orig", exc), "sqlite_errorcode", None)
     return None if code is None else code & 0xFF
@@ -377,9 +377,9 @@ def translate_errors(damaged: Callable[[str], None] | None = None) -> Iterator[N
         # then fails ("no transaction is active") and hides the cause in __context__.
         cause: BaseException | None = exc
         while cause is not None:  # its cause: the error with the code
-            if _primary_code(cause) in _UNAVAILABLE_CODES:
+            if primary_code(cause) in _UNAVAILABLE_CODES:
                 raise Unavailable("the database is busy or unavailable; retry shortly") from cause
-            if _primary_code(cause) in _DAMAGED_CODES:
+            if primary_code(cause) in _DAMAGED_CODES:
                 if damaged is not None:
                     damaged(f"SQLite: {getattr(cause, 'orig', cause)}")
                 raise Damaged(DAMAGED) from cause

@@ -18,11 +18,11 @@ import contextlib
 import dataclasses
 import logging
 import os
-import threading
 
 from chargebox import anchors
 from chargebox.config import Config
 from chargebox.db import open_database
+from chargebox.rounds import Rounds
 
 try:
     import fcntl
@@ -30,7 +30,6 @@ except ImportError:  # pragma: no cover - not POSIX: every process writes
     fcntl = None
 
 log = logging.getLogger("chargebox.anchors")
-STOP_TIMEOUT = 5.0
 
 
 @contextlib.contextmanager
@@ -43,30 +42,21 @@ def anchoring(config: Config):
         keeper.stop()
 
 
-class Keeper:
-    """`Keeper(config).start()` in a server process; `stop()` when it stops serving."""
+class Keeper(Rounds):
+    """`Keeper(config).start()` in a server process; `stop()` when it stops serving: a last
+    round (what was sold until now is anchored), then the thread ends."""
 
     def __init__(self, config: Config) -> None:
+        super().__init__("chargebox-anchors", log)
         # Reads only: no group writer for this connection.
         self.config = dataclasses.replace(config, group_commit=False)
         self.key = config.ledger_key.encode("utf-8") if config.ledger_key else None
         self.rounds = 0  # rounds that wrote a line, for the tests
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="chargebox-anchors", daemon=True)
         self._writer_fd: int | None = None
         self._anchored: dict[int, int] | None = None  # seller -> entries last anchored
-        self._said: set[str] = set()
 
     def start(self) -> Keeper:
-        if self.key is not None:
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """A last round (what was sold until now is anchored), then the thread ends."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(STOP_TIMEOUT)
+        return super().start() if self.key is not None else self  # no key: nothing to seal
 
     def _run(self) -> None:
         database = None
@@ -118,8 +108,3 @@ class Keeper:
             anchors.record(self.config, self.key, moved, f"server {os.getpid()}")
             self._anchored.update((h.seller_id, h.entries) for h in moved)
             self.rounds += 1
-
-    def _say(self, message: str) -> None:
-        if message not in self._said:
-            self._said.add(message)
-            log.warning("%s", message)

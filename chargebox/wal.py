@@ -27,18 +27,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 from chargebox import cpus
 from chargebox.config import Config
-from chargebox.db import SQLITE_BUSY, SQLITE_LOCKED
+from chargebox.db import SQLITE_BUSY, SQLITE_LOCKED, primary_code
+from chargebox.rounds import Rounds
 
 log = logging.getLogger("chargebox.wal")
 CHECKPOINT_SECONDS = 0.1  # at most this much of what was sold waits for the disk
-STOP_TIMEOUT = 5.0
 
 
 @contextlib.contextmanager
@@ -54,24 +53,13 @@ def checkpointing(config: Config) -> Iterator[Checkpoints | None]:
         made.stop()
 
 
-class Checkpoints:
+class Checkpoints(Rounds):
     """`Checkpoints(path, synchronous).start()` in a server process; `stop()` as it stops."""
 
     def __init__(self, path: Path, synchronous: str, every: float = CHECKPOINT_SECONDS) -> None:
+        super().__init__("chargebox-wal", log)
         self.path, self.synchronous, self.every = path, synchronous, every
         self.made = 0  # checkpoints that copied pages, for the tests
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="chargebox-wal", daemon=True)
-        self._said: set[str] = set()
-
-    def start(self) -> Checkpoints:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(STOP_TIMEOUT)
 
     def _run(self) -> None:
         cpus.writer_started()  # beside the writer, when pinned: SQLite's I/O, outside the GIL
@@ -94,7 +82,7 @@ class Checkpoints:
                 conn = self._connect()
             busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:  # a damaged or read-only file, a disk error
-            if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (SQLITE_BUSY, SQLITE_LOCKED):
+            if primary_code(exc) in (SQLITE_BUSY, SQLITE_LOCKED):
                 return conn, copied  # another connection's moment (a file being made)
             self._say(f"a WAL checkpoint failed ({type(exc).__name__}: {exc}); until one "
                       "works, the writer's checkpoints and the anchoring thread's syncs of "
@@ -118,8 +106,3 @@ class Checkpoints:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=0)
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")  # how a checkpoint syncs
         return conn
-
-    def _say(self, message: str) -> None:
-        if message not in self._said:
-            self._said.add(message)
-            log.warning("%s", message)
