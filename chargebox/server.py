@@ -9,6 +9,7 @@ With `--processes K` a parent supervises K forked servers and replaces the dead.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -17,6 +18,7 @@ import signal
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from waitress import wasyncore
@@ -88,8 +90,17 @@ def serve(
     metrics.start()
     server = build_server(application(config, log), config, listener, log)
     announce(_announcement(config, server.effective_host, server.effective_port))
-    with anchoring(config), checkpointing(config):
+    with beside_serving(config):
         return _serve_one(server, announce)
+
+
+@contextlib.contextmanager
+def beside_serving(config: Config) -> Iterator[None]:
+    """The threads a server process runs beside waitress's while it serves: its anchoring
+    (keeper.py) and, on SQLite, the WAL's checkpoints (wal.py); each makes a last round as
+    the process stops serving."""
+    with anchoring(config), checkpointing(config):
+        yield
 
 
 def writer_apart(config: Config) -> bool:
@@ -193,7 +204,7 @@ class _Supervisor:
                 cpus.pin(self.config.cpus, self.config.processes, slot, writer_apart(self.config))
                 app = application(self.config, self.log)
                 server = build_server(app, self.config, own, self.log)
-                with anchoring(self.config), checkpointing(self.config):
+                with beside_serving(self.config):
                     code = _serve_one(server, lambda line: None, os.getppid())
             except Exception as exc:  # said in one line (no trace), then replaced
                 log.error("server process %d failed: %s: %s (at %s)",
