@@ -18,6 +18,7 @@ from chargebox.phones import MAX_INPUT_LENGTH, normalize_phone
 NORMAL = "09121234567"
 PERSIAN = str.maketrans("0123456789", "۰۱۲۳۴۵۶۷۸۹")
 ARABIC_INDIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
+ASCII = str.maketrans("۰۱۲۳۴۵۶۷۸۹٠١٢٣٤٥٦٧٨٩", "01234567890123456789")
 ACCEPTED_DIGITS = set("0123456789۰۱۲۳۴۵۶۷۸۹٠١٢٣٤٥٦٧٨٩")
 RTL_MARKS = [
     "\u200e",
@@ -242,9 +243,54 @@ def test_a_refusal_names_the_field_it_was_asked_about():
     assert refused.value.field == "number"
 
 
-@settings(max_examples=200, deadline=None)
-@given(text=st.text(max_size=30))
+# What may stand between a number's characters: the spaces, dashes and invisible marks
+# that docs/api.md says are dropped (the overrides are refused: not here).
+SEPARATORS = [" ", "\t", "-", "\u00a0", "\u2007", "\u202f", "\u200c", "\u200d", "\u200e",
+              "\u200f"]  # fmt: skip
+SCRIPTS = [str.maketrans("", ""), PERSIAN, ARABIC_INDIC]
+
+
+@st.composite
+def spelled(draw) -> tuple[str, str]:
+    """A documented spelling of a mobile number, and the number: a prefix (none, 0, 98,
+    +98, 0098), 9 and nine digits, all in one script, separators anywhere."""
+    core = "9" + draw(st.text("0123456789", min_size=9, max_size=9))
+    digits = draw(st.sampled_from(["", "0", "98", "+98", "0098"])) + core
+    digits = digits.translate(draw(st.sampled_from(SCRIPTS)))
+    gaps = draw(st.lists(st.sampled_from(["", "", *SEPARATORS]), min_size=len(digits),
+                         max_size=len(digits)))  # fmt: skip
+    return "".join(gap + ch for gap, ch in zip(gaps, digits, strict=True)), "0" + core
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=spelled())
+def test_every_documented_spelling_is_accepted_as_its_number(case):
+    typed, number = case
+    assert normalize_phone(typed) == number
+
+
+@st.composite
+def near_misses(draw) -> str:
+    """A documented spelling with a few characters of any kind put in, taken out or
+    changed (which may or may not still be a number), or any text at all."""
+    typed = list(draw(spelled())[0])
+    for _ in range(draw(st.integers(0, 3))):
+        at = draw(st.integers(0, len(typed)))
+        change = draw(st.sampled_from(["put", "take", "change"]))
+        if change == "put" or at == len(typed):
+            typed.insert(at, draw(st.characters()))
+        elif change == "take":
+            del typed[at]
+        else:
+            typed[at] = draw(st.characters())
+    return "".join(typed)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(near_misses(), st.text(max_size=30)))
 def test_whatever_is_accepted_comes_out_in_normal_form(text):
+    """Accepted or refused, never anything else; accepted, in normal form, and its ten
+    digits are the input's last ten (in any of the three scripts)."""
     try:
         number = normalize_phone(text)
     except ValidationError:
@@ -252,6 +298,8 @@ def test_whatever_is_accepted_comes_out_in_normal_form(text):
     assert len(number) == 11
     assert number.startswith("09")
     assert all(ch in "0123456789" for ch in number)
+    typed = [ch for ch in text.translate(ASCII) if ch in "0123456789"]
+    assert "".join(typed).endswith(number[1:])
 
 
 @pytest.mark.parametrize("typed", ["0912 ١٢٣ ٤٥٦٧", "0912-١٢٣-٤٥٦٧", "٠٩١٢ ١٢٣ 4567",
