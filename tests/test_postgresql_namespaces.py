@@ -68,7 +68,7 @@ def network_namespaces(count: int):
 @pytest.fixture
 def hosts(postgresql_cluster):  # not used: it skips (or fails under CI) without PostgreSQL
     if os.geteuid() != 0:
-        pytest.skip("network namespaces need root (ip netns add)")
+        cannot("network namespaces need root (ip netns add)")
     try:
         with network_namespaces(2) as made:
             yield made
