@@ -282,7 +282,12 @@ def _reaped(children: list[int]) -> dict[int, int]:
 
 
 def _drain(server) -> None:
+    """Stop accepting; answer the requests read already (GRACE_SECONDS at most), saying
+    how many there are; close the connections as they fall idle."""
     wasyncore.dispatcher.close(server)  # stop accepting; keep the trigger for the workers
+    read = sum(len(channel.requests) for channel in list(server.active_channels.values()))
+    log.info("server process %d stopping: answering the %d requests in flight (%g s at most)",
+             os.getpid(), read, GRACE_SECONDS)  # fmt: skip
     deadline = time.monotonic() + GRACE_SECONDS
     while time.monotonic() < deadline:
         busy = False
