@@ -201,6 +201,7 @@ def test_sigterm_under_load_finishes_requests_in_flight_and_loses_no_answer(tmp_
     deadline = time.monotonic() + 30
     while len(acknowledged) < 50 and time.monotonic() < deadline:
         time.sleep(0.01)  # wait until the load is running, not for an outcome
+    assert len(acknowledged) >= 50, "the load never ran: SIGTERM would stop an idle server"
     assert server.stop(signal.SIGTERM) == 0
     for worker in workers:
         worker.join(30)

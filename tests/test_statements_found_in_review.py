@@ -118,6 +118,13 @@ def test_a_statement_its_client_stops_reading_ends_and_lets_sqlite_checkpoint(tm
             b"GET /api/statements?seller_id=1&from=2000-01-01&to=2100-01-01 HTTP/1.1\r\n"
             b"Host: x\r\nAuthorization: Bearer " + ADMIN_TOKEN.encode() + b"\r\n\r\n"
         )
+        stalled.settimeout(STALLED_DEADLINE)
+        head = b""
+        while b"\r\n" not in head:  # the statement streams: its read snapshot is open
+            chunk = stalled.recv(64)
+            assert chunk, "the statement's connection closed before its answer began"
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 200 "), head
         admin = server.admin()
         adjusted = admin.post("/api/sellers/1/adjustments", {"amount": 1, "reason": "wal"})
         assert adjusted.status_code == 201, adjusted.text  # a write for the WAL to hold
