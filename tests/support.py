@@ -411,6 +411,19 @@ def _digest(rows: list[tuple]) -> str:
     return hashlib.sha256("\n".join(sorted(map(repr, rows))).encode()).hexdigest()
 
 
+def socket_queues(port: int) -> list[tuple[bool, int, int]]:
+    """Each established TCP connection's end with `port` at either side, from `ss`: (is it
+    the server's end, bytes in its receive queue, bytes in its send queue)."""
+    out = subprocess.run(["ss", "-tnH", "state", "established", f"( sport = :{port} or"
+                          f" dport = :{port} )"], capture_output=True, text=True, timeout=30,
+                         check=True).stdout  # fmt: skip
+    ends = []
+    for line in out.splitlines():
+        recv_q, send_q, local = line.split()[:3]
+        ends.append((local.endswith(f":{port}"), int(recv_q), int(send_q)))
+    return ends
+
+
 def exchange(url: str, data: bytes) -> bytes:
     """Send `data` as it is on one connection (an HTTP library would not send a malformed
     request) and read until the server closes it."""

@@ -25,7 +25,6 @@ import random
 import re
 import signal
 import sqlite3
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -42,6 +41,7 @@ from tests.support import (
     new_seller,
     reconciled_balances,
     rows_on_disk,
+    socket_queues,
 )
 
 ROUNDS = int(os.environ.get("CHARGEBOX_CRASH_ROUNDS", "5"))
@@ -251,17 +251,9 @@ def in_flight_at_stop(server: ServerProcess) -> dict[int, int]:
 
 
 def unread(port: int) -> int:
-    """Bytes sent to `port` that its server has not read yet, over every established
-    connection (`ss`): what waits in the server sockets' receive queues and in the
-    clients' send queues."""
-    out = subprocess.run(["ss", "-tnH", "state", "established", f"( sport = :{port} or"
-                          f" dport = :{port} )"], capture_output=True, text=True, timeout=30,
-                         check=True).stdout  # fmt: skip
-    waiting = 0
-    for line in out.splitlines():
-        recv_q, send_q, local = line.split()[:3]
-        waiting += int(recv_q) if local.endswith(f":{port}") else int(send_q)
-    return waiting
+    """Bytes sent to `port` that its server has not read yet: what waits in the server
+    ends' receive queues and in the clients' send queues."""
+    return sum(recv_q if server else send_q for server, recv_q, send_q in socket_queues(port))
 
 
 def until(condition, what: str, seconds: float = 30) -> None:
