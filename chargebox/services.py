@@ -120,7 +120,7 @@ class Chargebox:
         """Revoke a key: from this commit on, no request with it succeeds on any server."""
 
         def revoke(write: Write) -> dict:
-            return self._revoke(write, seller_id, key_id, now())
+            return self._revoke(write, seller_id, key_id)
 
         return self.database.write(revoke, alone=True)  # auth.hold_for_revocation
 
@@ -129,9 +129,8 @@ class Chargebox:
         key, key_hash = auth.new_api_key()
 
         def rotate(write: Write) -> dict:
-            at = now()
-            old = self._revoke(write, seller_id, key_id, at)
-            return self._new_key(write, seller_id, old["label"], key_hash, at)
+            old = self._revoke(write, seller_id, key_id)
+            return self._new_key(write, seller_id, old["label"], key_hash, now())
 
         return self.database.write(rotate, alone=True), key
 
@@ -148,8 +147,11 @@ class Chargebox:
             )
         return write.dicts(_NEW_KEY, (seller_id, label, key_hash, at))[0]
 
-    def _revoke(self, write: Write, seller_id: int, key_id: int, at: str) -> dict:
+    def _revoke(self, write: Write, seller_id: int, key_id: int) -> dict:
+        """The key revoked, stamped once the sales that checked it have ended (PostgreSQL:
+        they may commit while the revocation waits, and are stamped before it)."""
         auth.hold_for_revocation(write, seller_id, key_id)
+        at = now()
         revoked = write.dicts(_REVOKE, (at, at, key_id, seller_id))
         if revoked:
             return revoked[0]

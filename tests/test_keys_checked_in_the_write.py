@@ -329,6 +329,37 @@ def test_a_revocation_waits_for_a_sale_whose_write_has_checked_its_key(
         service.close()
 
 
+@pytest.mark.postgresql_only  # SQLite's revocation holds the file from its BEGIN on
+def test_a_revocation_is_stamped_after_the_sales_of_its_key_that_commit_before_it(
+    config, monkeypatch
+):
+    """A revocation waits for the sales whose writes have checked its key
+    (auth.hold_for_revocation). Stamped before it waited, it named a moment before sales
+    its key made (helper-80): here another server's sale commits after the revocation
+    began, just before it holds the key; the sale must be stamped before the revocation."""
+    service, other = Chargebox(prepare(config)), Chargebox(prepare(config))
+    try:
+        seller, _, seller_key = seller_with_key(service, "Ali")
+        sold: list[dict] = []
+        hold = auth.hold_for_revocation
+
+        def a_sale_first(write, *args):
+            if not sold:
+                selling = threading.Thread(target=lambda: sold.append(
+                    other.sell(seller, PHONE, 1_000, None, seller_key).record))  # fmt: skip
+                selling.start()
+                selling.join(60)
+            return hold(write, *args)
+
+        monkeypatch.setattr(auth, "hold_for_revocation", a_sale_first)
+        revoked = service.revoke_key(seller, seller_key.id)
+        assert len(sold) == 1
+        assert sold[0]["created_at"] <= revoked["revoked_at"], (sold, revoked)
+    finally:
+        other.close()
+        service.close()
+
+
 def test_a_remembered_keys_refusal_names_no_seller_in_the_access_log(service):
     """A remembered key refused by the read its failed sale makes leaves no principal in the
     request's environ: the access log does not name the seller of a refused request."""
