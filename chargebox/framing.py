@@ -4,8 +4,8 @@ waitress's parser, made to refuse what one reader could take one way and another
 reader (a proxy in front) another: a repeated header that decides who acts or
 which write is meant, one spelt with `_` (waitress would drop it), a body framed
 both by Content-Length and by Transfer-Encoding, header lines ended by a bare LF,
-a path that is not UTF-8 (bottle would route `/adm%FFin` as `/admin`, past a proxy's
-rule for `/admin`).
+a header line folded onto the next, a path that is not UTF-8 (bottle would route
+`/adm%FFin` as `/admin`, past a proxy's rule for `/admin`).
 And waitress's own refusals (400, 413, 431, 501), answered in our JSON error shape;
 and a HEAD's answer framed without a body (waitress chunked one it could not size);
 and a sized answer's head and body sent together, in one system call rather than two.
@@ -79,18 +79,21 @@ class Parser(HTTPRequestParser):
             self.parse_header(b"GET / HTTP/1.0\r\n")
 
     def parse_header(self, header_plus: bytes) -> None:
-        """waitress's parse (which joins a folded line, one that starts with a space or a
-        tab, to the one before it, as RFC 9112 allows); then each single header is looked
-        for at the start of a line: a few byte searches, not a second parse of every
-        line. A body framed twice (Content-Length and Transfer-Encoding, or chunked twice)
-        is refused: a proxy in front may read the other framing, and take what follows
-        for a second request (smuggling)."""
+        """waitress's parse; then each single header is looked for at the start of a
+        line: a few byte searches, not a second parse of every line. A body framed twice
+        (Content-Length and Transfer-Encoding, or chunked twice) is refused: a proxy in
+        front may read the other framing, and take what follows for a second request
+        (smuggling). So is a folded line (one that starts with a space or a tab, obs-fold):
+        waitress would join it to the line before, as RFC 9112 allows, where a proxy may
+        read it as a header of its own (RFC 9112 lets a server refuse it instead)."""
+        sent = b"\r\n" + header_plus.partition(b"\r\n")[2]
+        if b"\r\n " in sent or b"\r\n\t" in sent:
+            raise ParsingError("a header line may not be folded onto the next (obs-fold)")
         super().parse_header(header_plus)
         try:  # bottle would drop the bytes that are not UTF-8: /adm%FFin would be /admin
             self.path.encode("latin-1").decode("utf-8")
         except UnicodeError:
             raise ParsingError("the path is not UTF-8") from None
-        sent = b"\r\n" + header_plus.partition(b"\r\n")[2]
         block = sent.lower()
         if b"\r\ncontent-length:" in block and b"\r\ntransfer-encoding:" in block:
             raise ParsingError("a request may not have both Content-Length and Transfer-Encoding")

@@ -112,6 +112,27 @@ def test_a_repeated_meaningful_header_is_400_bad_request_and_changes_nothing(ser
     untouched()
 
 
+@pytest.mark.parametrize(
+    "folded",
+    [
+        ("Idempotency-Key: order-1", " Authorization: Bearer someone-else"),
+        ("Idempotency-Key: order-1", "\tmore"),
+        ("X-Note: a", " b"),
+    ],
+    ids=["folded-into-the-key", "tab-folded-key", "any-header"],
+)
+def test_a_header_folded_onto_the_next_line_is_400_bad_request_and_changes_nothing(
+    server, funded, folded
+):
+    """waitress would join a line that starts with a space or a tab to the one before
+    (RFC 9112's obs-fold): one key `order-1 Authorization: ...` here, where a proxy in
+    front may read a second header."""
+    key, _, untouched = funded
+    assert_refused(raw_request(server.url, sale_head(key, len(SALE), *folded), SALE), 400,
+                   "bad_request")  # fmt: skip
+    untouched()
+
+
 @pytest.mark.parametrize("encoding", ["gzip", "chunked, identity", "deflate, chunked"])
 def test_a_transfer_encoding_other_than_chunked_is_501_unsupported_and_changes_nothing(
     server, funded, encoding
