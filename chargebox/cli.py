@@ -165,10 +165,13 @@ def build_config(args: argparse.Namespace) -> Config:
     return Config(**values)
 
 
-def prepare(config: Config, serving: bool = False) -> Config:
+def prepare(config: Config, serving: bool = False, token: bool = False) -> Config:
     """Check the database's place, open it, settle the ledger key and the schema, then the
     admin token: a refusal (ValueError) comes before any write, a generated token's too.
-    `serving`: then mark the process as serving (migrations.mark_serving).
+    `serving`: then mark the process as serving (migrations.mark_serving). Only a server
+    (and `init-db`: `token`) makes an admin token where there is none; another command
+    takes the one there is, or none: it acts by holding the files, and a token it made
+    would be one no running server accepts (theirs set in CHARGEBOX_ADMIN_TOKEN).
 
     A PostgreSQL database is not created here: its owner did that (`init-db`); the
     service, with its own role, only checks the schema's version and the key.
@@ -199,12 +202,13 @@ def prepare(config: Config, serving: bool = False) -> Config:
                 database.ensure_schema(ALL_MODELS)
                 if serving:  # before the lock goes: a migrate, which takes it, sees this server
                     migrations.mark_serving(config)
-        token = admin_commands.admin_token(config)  # made only once nothing refused
-        admin_commands.check_admin_token(database, config, token)
+        admin = admin_commands.admin_token(config, make=serving or token)  # once nothing refused
+        if admin is not None:
+            admin_commands.check_admin_token(database, config, admin)
     finally:
         database.close()
     prepared = None if config.db_url else database.file.identity  # the file served (db.py)
-    return dataclasses.replace(config.with_secrets(token, key), db_file=prepared)
+    return dataclasses.replace(config.with_secrets(admin, key), db_file=prepared)
 
 
 def startup_lock(config: Config) -> FileLock:
@@ -272,7 +276,7 @@ def _init_db(config: Config, grant_to: str | None) -> int:
     if not config.db_url:
         if grant_to:
             raise ValueError("--grant-to is for a PostgreSQL --db (postgresql://...)")
-        prepare(config)
+        prepare(config, token=True)
         print(f"chargebox: schema ready in {config.db_path}", file=sys.stderr)
         return 0
     conn = postgresql.connect(config.db_url, autocommit=True, lost_after=config.peer_timeout)

@@ -158,7 +158,7 @@ class Config:
             return self.data_dir / ANCHORS_FILE
         return self.db_path.with_name(f"{self.db_path.name}.{ANCHORS_FILE}")
 
-    def with_secrets(self, admin_token: str, ledger_key: str) -> Config:
+    def with_secrets(self, admin_token: str | None, ledger_key: str) -> Config:
         return dataclasses.replace(self, admin_token=admin_token, ledger_key=ledger_key)
 
 

@@ -153,3 +153,21 @@ def test_refund_on_the_shell_is_the_apis_refund(tmp_path, new_database):
         assert audit["consistent"], audit
         for api in (admin, own):
             api.close()
+
+
+def test_a_command_beside_a_server_whose_token_is_set_makes_no_admin_token(tmp_path, new_database):
+    """The servers take their admin token from CHARGEBOX_ADMIN_TOKEN; a command run without
+    it (a refund from a shell) used to make an admin_token file no running server accepts,
+    which a later start without the variable would silently take (helper-80). Only a
+    server and init-db make one; the command still acts."""
+    db, data = new_database(tmp_path)
+    token_file = (data or tmp_path) / "admin_token"
+    before = token_file.read_text() if token_file.exists() else None
+    with running_server(db, data_dir=data) as server:
+        seller, key = new_seller(server.admin(), "Sara", 10_000)
+        sale = server.seller(key).post("/api/sales", {"phone": "09121234567", "amount": 700})
+        refunded = chargebox(db, data, "refund", str(sale.json()["id"]), "--reason", "shell")
+        assert refunded.returncode == 0, refunded.stderr
+        assert "admin token" not in refunded.stderr, refunded.stderr
+        assert (token_file.read_text() if token_file.exists() else None) == before
+        assert is_admin(server, ADMIN_TOKEN) == 200
