@@ -405,8 +405,11 @@ def test_the_sql_is_written_once_and_handed_to_psycopg_in_its_style():
 # A process holding a throwaway cluster: it prints the cluster's home and postmaster PID,
 # waits for a line, then waits to be killed (`serving`, `twice`) or is sent SIGTERM before
 # start() has returned (`starting`); `twice`: a second SIGTERM comes while it stops.
+# The run works until it is stopped in turns of a sleep, not blocked in one read: a
+# SIGTERM that came between Python's last look for signals and the read's system call
+# would be seen by no one, and the read would wait for ever (it hung 1 run in 4).
 CLUSTER_UNTIL_KILLED = """
-import os, signal, sys
+import os, signal, sys, time
 from stress import pg_cluster
 
 def ready(cluster):
@@ -414,13 +417,17 @@ def ready(cluster):
     print(cluster.home, pid, flush=True)
     sys.stdin.readline()
 
+def at_work():
+    while True:
+        time.sleep(0.05)
+
 if sys.argv[1] == "starting":
     real_start = pg_cluster._initdb_and_start
     def starting(cluster, *args):
         real_start(cluster, *args)
         ready(cluster)
         os.kill(os.getpid(), signal.SIGTERM)
-        sys.stdin.read()
+        at_work()
     pg_cluster._initdb_and_start = starting
 if sys.argv[1] == "twice":
     real_stop = pg_cluster.Cluster.stop
@@ -430,7 +437,7 @@ if sys.argv[1] == "twice":
     pg_cluster.Cluster.stop = stop
 with pg_cluster.running() as cluster:
     ready(cluster)
-    sys.stdin.read()
+    at_work()
 """
 
 
