@@ -127,8 +127,8 @@ class Write:
         return as_dicts(self.execute(sql, params))
 
     def lock_seller(self, seller_id: int) -> None:
-        """Hold the seller's row until COMMIT (what a check-then-insert needs here)."""
-        self.send("SELECT 1 FROM seller WHERE id = ? FOR UPDATE", (seller_id,))
+        """Hold the seller's row until COMMIT (a check-then-insert), as `hold` does."""
+        self.send("SELECT 1 FROM seller WHERE id = ? FOR NO KEY UPDATE", (seller_id,))
 
     def table(self, alias: str, columns: dict[str, str], values: list[list]) -> tuple[str, tuple]:
         """`values` (a list per column, of the type `columns` names) as a table `alias`

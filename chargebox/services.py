@@ -125,12 +125,20 @@ class Chargebox:
         return self.database.write(revoke, alone=True)  # auth.hold_for_revocation
 
     def rotate_key(self, seller_id: int, key_id: int) -> tuple[dict, str]:
-        """A new key with the old one's label, the old one revoked in the same transaction."""
+        """A new key with the old one's label, the old one revoked in the same transaction.
+
+        It holds the old key (PostgreSQL: its row, which orders rotations and revocations
+        of it) and nothing else: the label was the old key's, which no other unrevoked key
+        can have (UNIQUE where unrevoked), so the seller's row is not held as a new key's
+        check-then-insert holds it. Held after the key, it deadlocked with a batch that
+        held the seller (an adjustment's) and then the key (a sale's check). The new row's
+        reference to the seller takes a key-share lock, which no hold of a seller's row
+        waits for (FOR NO KEY UPDATE: `hold`, `lock_seller`)."""
         key, key_hash = auth.new_api_key()
 
         def rotate(write: Write) -> dict:
             old = self._revoke(write, seller_id, key_id)
-            return self._new_key(write, seller_id, old["label"], key_hash, now())
+            return write.dicts(_NEW_KEY, (seller_id, old["label"], key_hash, now()))[0]
 
         return self.database.write(rotate, alone=True), key
 

@@ -360,6 +360,45 @@ def test_a_revocation_is_stamped_after_the_sales_of_its_key_that_commit_before_i
         service.close()
 
 
+@pytest.mark.postgresql_only  # SQLite's writes hold the whole file: no row to wait for
+@pytest.mark.parametrize("hold", ["hold", "lock_seller"], ids=["a-batch", "a-credit-request"])
+def test_a_rotation_does_not_wait_for_its_sellers_row(config, hold):
+    """A rotation holds the key, and held its seller's row after it: a batch that held
+    the seller (an adjustment's, or a credit request's) and then the key (a sale's check)
+    deadlocked with it (helper-80: 2 rotations in 20 answered 503, and sales were
+    retried). It needs the key alone: the new key takes the old one's label, which no
+    other unrevoked key can have (a partial UNIQUE); its row's reference to the seller
+    waits for no seller's hold (a key-share lock, which the holds leave free). Here it
+    ends while another server's write holds the seller as a batch or a credit request
+    does."""
+    service = Chargebox(prepare(config))
+    other = Chargebox(prepare(dataclasses.replace(config, busy_timeout_ms=1000)))
+    held, release = threading.Event(), threading.Event()
+
+    def holding(write) -> None:
+        getattr(write, hold)(seller)
+        held.set()
+        release.wait(60)
+
+    try:
+        seller, _, seller_key = seller_with_key(service, "Ali")
+        holder = threading.Thread(target=service.database.write, args=(holding,))
+        holder.start()
+        try:
+            assert held.wait(60)
+            rotated, _ = other.rotate_key(seller, seller_key.id)
+        finally:
+            release.set()
+            holder.join(60)
+        keys = {key["id"]: key for key in service.queries.seller_keys(seller)}
+        assert keys[seller_key.id]["revoked_at"] is not None
+        assert keys[rotated["id"]]["revoked_at"] is None
+        assert keys[rotated["id"]]["label"] == keys[seller_key.id]["label"]
+    finally:
+        other.close()
+        service.close()
+
+
 def test_a_remembered_keys_refusal_names_no_seller_in_the_access_log(service):
     """A remembered key refused by the read its failed sale makes leaves no principal in the
     request's environ: the access log does not name the seller of a refused request."""
