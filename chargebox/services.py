@@ -132,8 +132,8 @@ class Chargebox:
         can have (UNIQUE where unrevoked), so the seller's row is not held as a new key's
         check-then-insert holds it. Held after the key, it deadlocked with a batch that
         held the seller (an adjustment's) and then the key (a sale's check). The new row's
-        reference to the seller takes a key-share lock, which no hold of a seller's row
-        waits for (FOR NO KEY UPDATE: `hold`, `lock_seller`)."""
+        reference to the seller takes a key-share lock, which neither hold of a seller's
+        row blocks (both FOR NO KEY UPDATE: `hold`, `lock_seller`)."""
         key, key_hash = auth.new_api_key()
 
         def rotate(write: Write) -> dict:
