@@ -86,14 +86,14 @@ class Parser(HTTPRequestParser):
         (smuggling). So is a folded line (one that starts with a space or a tab, obs-fold):
         waitress would join it to the line before, as RFC 9112 allows, where a proxy may
         read it as a header of its own (RFC 9112 lets a server refuse it instead)."""
-        sent = b"\r\n" + header_plus.partition(b"\r\n")[2]
-        if b"\r\n " in sent or b"\r\n\t" in sent:
-            raise ParsingError("a header line may not be folded onto the next (obs-fold)")
-        super().parse_header(header_plus)
+        super().parse_header(header_plus)  # first: a refusal is logged with its method and path
         try:  # bottle would drop the bytes that are not UTF-8: /adm%FFin would be /admin
             self.path.encode("latin-1").decode("utf-8")
         except UnicodeError:
             raise ParsingError("the path is not UTF-8") from None
+        sent = b"\r\n" + header_plus.partition(b"\r\n")[2]
+        if b"\r\n " in sent or b"\r\n\t" in sent:
+            raise ParsingError("a header line may not be folded onto the next (obs-fold)")
         block = sent.lower()
         if b"\r\ncontent-length:" in block and b"\r\ntransfer-encoding:" in block:
             raise ParsingError("a request may not have both Content-Length and Transfer-Encoding")
@@ -111,13 +111,12 @@ class Parser(HTTPRequestParser):
 
 
 def _codings(block: bytes) -> int:
-    """How many transfer codings the lowered header block's Transfer-Encoding lists (its
-    folded lines joined, as waitress joins them; the header appears once at most)."""
-    unfolded = block.replace(b"\r\n ", b" ").replace(b"\r\n\t", b" ")
-    at = unfolded.find(_TRANSFER_ENCODING)
+    """How many transfer codings the lowered header block's Transfer-Encoding lists (no
+    line of it is folded: refused before; the header appears once at most)."""
+    at = block.find(_TRANSFER_ENCODING)
     if at < 0:
         return 0
-    value = unfolded[at + len(_TRANSFER_ENCODING) :].partition(b"\r\n")[0]
+    value = block[at + len(_TRANSFER_ENCODING) :].partition(b"\r\n")[0]
     return sum(1 for coding in value.split(b",") if coding.strip(b" \t"))
 
 

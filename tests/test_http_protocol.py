@@ -19,7 +19,7 @@ from waitress.adjustments import Adjustments
 from waitress.parser import HTTPRequestParser
 from waitress.task import WSGITask
 
-from chargebox.framing import Task
+from chargebox.framing import Parser, Task
 from tests.support import ROOT, exchange
 
 
@@ -131,6 +131,16 @@ def test_a_header_folded_onto_the_next_line_is_400_bad_request_and_changes_nothi
     assert_refused(raw_request(server.url, sale_head(key, len(SALE), *folded), SALE), 400,
                    "bad_request")  # fmt: skip
     untouched()
+
+
+def test_a_folded_header_is_refused_with_its_request_line_kept_for_the_log():
+    """Refused after waitress read the request line, as the other header refusals are:
+    the access log and the metrics name its method and path (helper-82)."""
+    parser = Parser(Adjustments())
+    parser.received(b"POST /api/sales HTTP/1.1\r\nHost: x\r\nX-Note: a\r\n b\r\n"
+                    b"Content-Length: 0\r\n\r\n")  # fmt: skip
+    assert parser.completed and "folded" in parser.error.body
+    assert (parser.command, parser.path) == ("POST", "/api/sales")
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "chunked, identity", "deflate, chunked"])

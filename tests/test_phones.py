@@ -253,13 +253,15 @@ SCRIPTS = [str.maketrans("", ""), PERSIAN, ARABIC_INDIC]
 @st.composite
 def spelled(draw) -> tuple[str, str]:
     """A documented spelling of a mobile number, and the number: a prefix (none, 0, 98,
-    +98, 0098), 9 and nine digits, all in one script, separators anywhere."""
+    +98, 0098), 9 and nine digits, all in one script, separators anywhere (also before the
+    first character and after the last)."""
     core = "9" + draw(st.text("0123456789", min_size=9, max_size=9))
     digits = draw(st.sampled_from(["", "0", "98", "+98", "0098"])) + core
     digits = digits.translate(draw(st.sampled_from(SCRIPTS)))
-    gaps = draw(st.lists(st.sampled_from(["", "", *SEPARATORS]), min_size=len(digits),
-                         max_size=len(digits)))  # fmt: skip
-    return "".join(gap + ch for gap, ch in zip(gaps, digits, strict=True)), "0" + core
+    gaps = draw(st.lists(st.sampled_from(["", "", *SEPARATORS]), min_size=len(digits) + 1,
+                         max_size=len(digits) + 1))  # fmt: skip
+    typed = "".join(gap + ch for gap, ch in zip(gaps[:-1], digits, strict=True)) + gaps[-1]
+    return typed, "0" + core
 
 
 @settings(max_examples=300, deadline=None)
