@@ -4,7 +4,8 @@ Pure and a leaf: it imports only `errors`. Refused: text with nothing visible, c
 characters, the bidi overrides U+202D/U+202E (they show `\\u202egnp.exe` as `exe.png`),
 the Arabic letter mark, line separators and TAG characters, and embeddings or isolates
 left open or closed out of order. Kept: what Persian writing needs, the zero-width
-non-joiner (U+200C) and the LRM/RLM marks, and balanced pairs.
+non-joiner (U+200C) and the LRM/RLM marks, and balanced pairs. A name a client sent
+that a refusal only shows back (`shown_back`) is marked and cut, not refused.
 """
 
 from __future__ import annotations
@@ -38,6 +39,22 @@ _CLOSER = {
     "\u2068": "\u2069",  # first strong isolate ... pop directional isolate
 }
 _CLOSERS = frozenset(_CLOSER.values())
+
+
+# Shown back, not stored: what draws nothing and is not a space (controls, format and
+# bidi characters, unassigned ones, line separators) becomes U+FFFD.
+_SHOWN_AS_MARK = frozenset({"Cc", "Cf", "Cs", "Cn", "Zl", "Zp"})
+SHOWN_BACK = 40  # characters of a name sent to us that a refusal shows back, at most
+
+
+def shown_back(text: str) -> str:
+    """A name a client sent that a refusal names but nothing keeps (an unknown query
+    parameter's): each character that draws nothing but a space shown as U+FFFD, so that
+    no bidi control closes the isolate it is shown in (web/refusals.py) and nothing hides,
+    and cut at SHOWN_BACK characters (a link cannot put a paragraph of its own on a page)."""
+    marked = "".join("\ufffd" if unicodedata.category(ch) in _SHOWN_AS_MARK else ch
+                     for ch in text[: SHOWN_BACK + 1])  # fmt: skip
+    return marked if len(marked) <= SHOWN_BACK else marked[:SHOWN_BACK] + "\u2026"
 
 
 def visible(ch: str) -> bool:

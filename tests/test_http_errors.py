@@ -547,6 +547,18 @@ def test_a_query_parameter_whose_name_is_not_utf8_is_unknown_and_named_as_best_i
     assert error["field"] == "li\ufffdmit"
 
 
+def test_an_unknown_query_parameter_is_named_with_nothing_invisible_and_cut_short(admin):
+    """A name a link sends is shown back on pages: its bidi controls (here a PDI, which
+    closed the isolate it was shown in, then a right-to-left override) and other
+    characters that draw nothing are shown as U+FFFD, and a long one is cut (helper-83)."""
+    error = assert_error(admin.get("/api/sales?%E2%81%A9%E2%80%AEevil%20text=1"), 422,
+                         "validation_error")  # fmt: skip
+    assert error["field"] == "\ufffd\ufffdevil text"
+    long = "call-us-" * 40
+    error = assert_error(admin.get(f"/api/sales?{long}=1"), 422, "validation_error")
+    assert error["field"] == long[:40] + "\u2026"
+
+
 def test_a_seller_gets_422_for_bad_list_parameters_too(make_seller):
     _, api = make_seller()
     assert_error(api.get("/api/sales?limit=0"), 422, "validation_error", "limit")

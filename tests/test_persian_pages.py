@@ -259,6 +259,20 @@ def test_every_refused_form_in_persian_says_why_in_persian(world, how):
     assert not problems, "\n".join(problems)
 
 
+def test_a_name_sent_in_a_link_stays_inside_its_isolate_on_a_persian_page(world):
+    """An unknown query parameter's name is shown in the refusal, isolated (FSI ... PDI):
+    a PDI in it closed that isolate early and the override after it reversed the rest of
+    the sentence (helper-83). Shown as U+FFFD now: every isolate the page opens closes."""
+    seller = signed_in(world, "cookie", world.key)
+    answer = seller.get("/seller/sales/found?%E2%81%A9%E2%80%AEevil=1")
+    assert answer.status_code == 422
+    said = answer.text
+    assert "\u202e" not in said and "\ufffd\ufffdevil" in said
+    assert said.count("\u2068") + said.count("\u2066") + said.count("\u2067") == said.count(
+        "\u2069"
+    )
+
+
 # --- choosing the language -----------------------------------------------------------------
 
 

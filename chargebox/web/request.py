@@ -19,6 +19,7 @@ from chargebox.access_log import ENVIRON_WHO
 from chargebox.auth import Access, Principal
 from chargebox.errors import Forbidden, MalformedJSON, PayloadTooLarge, ValidationError
 from chargebox.queries import MAX_LIMIT, Page
+from chargebox.text import shown_back
 
 MAX_ID = 2**63 - 1
 SALE_SEARCH = ("phone", "idempotency_key", "from", "to")  # GET /api/sales, the seller's page
@@ -137,7 +138,8 @@ def query(*allowed: str) -> dict[str, str]:
         # A name that is not UTF-8 is no parameter of ours: named as best it can be.
         name = urllib.parse.unquote(raw_name.replace("+", " "), errors="replace")
         if name not in allowed:
-            raise ValidationError("unknown query parameter {name!r}", name, name=name)
+            shown = shown_back(name)
+            raise ValidationError("unknown query parameter {name!r}", shown, name=shown)
         if name in params:
             raise ValidationError("query parameter {name!r} is repeated", name, name=name)
         try:
