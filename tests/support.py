@@ -22,6 +22,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -409,6 +410,14 @@ _POSTGRESQL_SCHEMA = (
 
 def _digest(rows: list[tuple]) -> str:
     return hashlib.sha256("\n".join(sorted(map(repr, rows))).encode()).hexdigest()
+
+
+def wait_until(condition, what: str, seconds: float = 30) -> None:
+    """Poll `condition` until it holds; fail naming `what` if it has not within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.02)  # polling for the condition, bounded above
 
 
 def socket_queues(port: int) -> list[tuple[bool, int, int]]:

@@ -22,7 +22,13 @@ from pathlib import Path
 import pytest
 
 from chargebox import anchors
-from tests.support import credited_seller, new_seller, reconciled_balances, running_server
+from tests.support import (
+    credited_seller,
+    new_seller,
+    reconciled_balances,
+    running_server,
+    wait_until,
+)
 from tests.test_backup import chargebox, key_env
 
 pytestmark = pytest.mark.timeout(300)
@@ -35,13 +41,6 @@ def anchored_entries(db: Path, seller_id: int) -> int:
     key = (db.parent / "ledger_key").read_text().strip().encode()
     held = anchors.read(db.with_name(db.name + ".anchors"), key).heads
     return held[seller_id].head.entries if seller_id in held else 0
-
-
-def wait_until(condition, what: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.05)
 
 
 def put_back(copy: Path, live: Path) -> None:

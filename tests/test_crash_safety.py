@@ -42,6 +42,7 @@ from tests.support import (
     reconciled_balances,
     rows_on_disk,
     socket_queues,
+    wait_until,
 )
 
 ROUNDS = int(os.environ.get("CHARGEBOX_CRASH_ROUNDS", "5"))
@@ -256,13 +257,6 @@ def unread(port: int) -> int:
     return sum(recv_q if server else send_q for server, recv_q, send_q in socket_queues(port))
 
 
-def until(condition, what: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.01)
-
-
 def kill_9(server: ServerProcess) -> None:
     """SIGKILL every process of the server at once, as the OOM killer or a power cut would."""
     pids = server_pids(server)
@@ -433,10 +427,10 @@ def test_sales_stuck_behind_a_locked_database_at_sigterm_still_finish_before_exi
     try:
         for n, conn in enumerate(sales):  # each in the kernel once request() returns
             conn.request("POST", "/api/sales", body, {**headers, "Idempotency-Key": f"s{n}"})
-        until(lambda: unread(port) == 0, "the six sales read by the server")
+        wait_until(lambda: unread(port) == 0, "the six sales read by the server")
         signalled = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
-        until(lambda: set(in_flight_at_stop(server)) == set(draining), "each process draining")
+        wait_until(lambda: set(in_flight_at_stop(server)) == set(draining), "each draining")
         assert sum(in_flight_at_stop(server).values()) == len(sales), in_flight_at_stop(server)
         # The write that holds the lock lasts LOCK_HELD_INTO_DRAIN more: longer than waitress
         # waits for its workers as it shuts down (1 s), well inside the drain's grace.

@@ -18,7 +18,7 @@ import time
 from waitress.adjustments import Adjustments
 
 from chargebox.connections import _Channel
-from tests.support import ServerProcess, socket_queues
+from tests.support import ServerProcess, socket_queues, wait_until
 
 DEADLINE = 20  # seconds: a liveness bound
 
@@ -64,15 +64,6 @@ def test_a_connection_is_not_writable_to_the_loop_while_its_worker_writes():
         theirs.close()
 
 
-def until_sends_wait(port: int) -> None:
-    """Until the server's end of a connection to `port` holds bytes its client has not
-    taken (its send queue), bounded by DEADLINE."""
-    deadline = time.monotonic() + DEADLINE
-    while not any(server and send_q for server, _, send_q in socket_queues(port)):
-        assert time.monotonic() < deadline, "the server's sends never waited for the client"
-        time.sleep(0.01)
-
-
 def test_a_client_that_reads_slowly_gets_every_answer_whole(tmp_path):
     """Two answers of 131 KB pipelined to a client with a 2 KB receive buffer that reads
     nothing for a while: the worker's sends stop short; the loop sends the rest."""
@@ -85,7 +76,9 @@ def test_a_client_that_reads_slowly_gets_every_answer_whole(tmp_path):
             sock.connect((host, int(port)))
             sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
             # not reading yet: the server's sends fill the buffers and stop short
-            until_sends_wait(int(port))
+            wait_until(lambda: any(server and send_q for server, _, send_q
+                                   in socket_queues(int(port))),
+                       "the server's sends waiting for the client", DEADLINE)  # fmt: skip
             sock.settimeout(DEADLINE)
             received = b""
             deadline = time.monotonic() + DEADLINE
