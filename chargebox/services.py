@@ -112,7 +112,17 @@ class Chargebox:
         key, key_hash = auth.new_api_key()
 
         def make(write: Write) -> dict:
-            return self._new_key(write, seller_id, label, key_hash, now())
+            write.lock_seller(seller_id)  # two new keys of one seller: one after the other
+            Queries(write).seller(seller_id)
+            taken = write.rows(
+                "SELECT 1 FROM seller_key WHERE seller_id = ? AND label = ? AND revoked_at IS NULL",
+                (seller_id, label),
+            )
+            if taken:
+                raise KeyLabelInUse(
+                    "another of this seller's keys is labelled {label!r}", "label", label=label
+                )
+            return write.dicts(_NEW_KEY, (seller_id, label, key_hash, now()))[0]
 
         return self.database.write(make), key
 
@@ -129,7 +139,7 @@ class Chargebox:
 
         It holds the old key (PostgreSQL: its row, which orders rotations and revocations
         of it) and nothing else: the label was the old key's, which no other unrevoked key
-        can have (UNIQUE where unrevoked), so the seller's row is not held as a new key's
+        can have (UNIQUE where unrevoked), so the seller's row is not held as create_key's
         check-then-insert holds it. Held after the key, it deadlocked with a batch that
         held the seller (an adjustment's) and then the key (a sale's check). The new row's
         reference to the seller takes a key-share lock, which neither hold of a seller's
@@ -141,19 +151,6 @@ class Chargebox:
             return write.dicts(_NEW_KEY, (seller_id, old["label"], key_hash, now()))[0]
 
         return self.database.write(rotate, alone=True), key
-
-    def _new_key(self, write: Write, seller_id: int, label: str, key_hash: str, at: str) -> dict:
-        write.lock_seller(seller_id)  # two new keys of one seller: one after the other
-        Queries(write).seller(seller_id)
-        taken = write.rows(
-            "SELECT 1 FROM seller_key WHERE seller_id = ? AND label = ? AND revoked_at IS NULL",
-            (seller_id, label),
-        )
-        if taken:
-            raise KeyLabelInUse(
-                "another of this seller's keys is labelled {label!r}", "label", label=label
-            )
-        return write.dicts(_NEW_KEY, (seller_id, label, key_hash, at))[0]
 
     def _revoke(self, write: Write, seller_id: int, key_id: int) -> dict:
         """The key revoked, stamped once the sales that checked it have ended (PostgreSQL:
