@@ -9,16 +9,21 @@ route patterns, methods and statuses only: never a raw path, an id or a token.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import logging
+import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.mmap_dict import MmapedDict
 
 from chargebox.config import share_metrics_through
 from chargebox.errors import raised_at
@@ -31,6 +36,8 @@ UNMATCHED = "(unmatched)"  # no route: a 404, a 405, or refused before routing
 _PARAMETER = re.compile(r"<(\w+)(?::[^>]*)?>")
 _log = logging.getLogger("chargebox.metrics")
 _FAILED: set[str] = set()  # the counts that failed in this process, each logged once
+_SUMMED = ("counter", "histogram")  # the kinds of file whose values add up (no gauge is in one)
+ENDED = "ended"  # in place of a pid: the file of every ended process's counts
 
 
 class _Instruments:
@@ -124,9 +131,44 @@ def stop() -> None:
 
 
 def process_ended(pid: int) -> None:
-    """A forked server died: its counts stay in the sums (totals never go back)."""
-    if _directory is not None:
-        multiprocess.mark_process_dead(pid, str(_directory))
+    """A forked server died: its counts stay in the sums (totals never go back), added to
+    the one file per kind that holds every ended process's, and its own files go.
+
+    So a server that replaces children for months (or a crash loop, one replacement every
+    30 s) keeps a file per kind per *live* child, not per child it ever started: each
+    scrape reads them all. A scrape never sees the counts twice or not at all: it reads
+    under the directory's lock shared, and the fold takes it alone.
+    """
+    if _directory is None:
+        return
+    multiprocess.mark_process_dead(pid, str(_directory))
+    with _files_held(fcntl.LOCK_EX):
+        for kind in _SUMMED:
+            ended = _directory / f"{kind}_{pid}.db"
+            if ended.exists():
+                _add_to(_directory / f"{kind}_{ENDED}.db", ended)
+                ended.unlink()
+
+
+def _add_to(total: Path, ended: Path) -> None:
+    into = MmapedDict(str(total))
+    try:
+        for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(str(ended)):
+            before, _ = into.read_value(key)
+            into.write_value(key, before + value, timestamp)
+    finally:
+        into.close()
+
+
+@contextlib.contextmanager
+def _files_held(how: int) -> Iterator[None]:
+    """The metrics directory's lock: shared to read every file, alone to fold one."""
+    fd = os.open(_directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, how)
+        yield
+    finally:
+        os.close(fd)  # lets the lock go
 
 
 _ROUTES: dict[str, str] = {}
@@ -274,4 +316,7 @@ def exposition(sizes: dict[str, int], accept: str | None = None,
             registry.register(metric)
     registry.register(_Measured(sizes, guards_missing))
     encode, content_type = choose_encoder(accept or "")
-    return encode(registry), content_type
+    if _directory is None:
+        return encode(registry), content_type
+    with _files_held(fcntl.LOCK_SH):  # no file folded away between the listing and its read
+        return encode(registry), content_type

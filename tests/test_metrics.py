@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -32,6 +33,7 @@ from tests.support import (
 
 PHONE = "09121234567"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+NOT_FOUND = {"route": "(unmatched)", "method": "GET", "status": "404"}
 
 
 def scrape(url: str) -> tuple[dict, requests.Response]:
@@ -236,6 +238,41 @@ def test_with_two_processes_any_scrape_sums_both_and_a_dead_ones_counts_stay(tmp
         assert len(now) == 2, "the killed child was not replaced"
         # The survivor and the replacement both still count the dead child's requests.
         assert scrapes_until(2, now) == now, "no scrape was answered by the replacement"
+        shared = _metrics_directory(next(iter(now)))
+        assert not list(shared.glob(f"*_{victim}.db")), "the dead child's files were kept"
+        assert (shared / f"counter_{metrics.ENDED}.db").exists()
+
+
+def test_an_ended_process_counts_join_one_file_and_no_sum_moves(tmp_path):
+    """A replaced child's files are folded into one per kind, so a server that replaces
+    children for months keeps files per live child, not per child it ever had."""
+    metrics.start(tmp_path)
+    try:
+        ended = []
+        for requests_sent in (3, 4, 5):
+            pid = os.fork()
+            if pid == 0:  # a child counts, as a forked server does, then ends
+                for _ in range(requests_sent):
+                    metrics.observe({}, "GET", 404, 0.01)
+                metrics.write_committed(requests_sent)
+                os._exit(0)
+            assert os.waitpid(pid, 0)[1] == 0
+            ended.append(pid)
+        before = exposed()
+        assert value(before, "chargebox_http_requests_total", **NOT_FOUND) == 12
+        assert value(before, "chargebox_write_batch_size_count") == 3
+        for pid in ended:
+            metrics.process_ended(pid)
+            assert exposed() == pytest.approx(before, rel=1e-12)  # no sum moved (but its
+            # float seconds by the order of their additions)
+        # Left: this process's own (it counts too, as a server's parent does) and the ended.
+        assert {f.name for f in tmp_path.glob("*.db")} == {
+            f"{kind}_{pid}.db"
+            for kind in ("counter", "histogram")
+            for pid in (os.getpid(), metrics.ENDED)
+        }
+    finally:
+        metrics.stop()
 
 
 def _children(parent: int) -> set[str]:
@@ -251,6 +288,25 @@ def _children(parent: int) -> set[str]:
             if int(fields[1]) == parent:
                 found.add(entry)
     return found
+
+
+def exposed() -> dict:
+    """{(sample name, frozenset of labels): value} of this process's exposition."""
+    text = metrics.exposition({"database": 1})[0].decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _metrics_directory(pid: str) -> Path:
+    """Where a live child keeps its metrics: the directory of the counts file it maps."""
+    with open(f"/proc/{pid}/maps") as maps:
+        for line in maps:
+            if line.rstrip().endswith(f"/counter_{pid}.db"):
+                return Path(line.split()[-1]).parent
+    raise AssertionError(f"process {pid} maps no counts file")
 
 
 def test_observing_costs_nothing_until_metrics_start_and_routes_become_patterns():
