@@ -32,16 +32,6 @@ except ImportError:  # pragma: no cover - not POSIX: every process writes
 log = logging.getLogger("chargebox.anchors")
 
 
-@contextlib.contextmanager
-def anchoring(config: Config):
-    """A Keeper for the duration of a block (a server process's serving)."""
-    keeper = Keeper(config).start()
-    try:
-        yield keeper
-    finally:
-        keeper.stop()
-
-
 class Keeper(Rounds):
     """`Keeper(config).start()` in a server process; `stop()` when it stops serving: a last
     round (what was sold until now is anchored), then the thread ends."""

@@ -7,8 +7,10 @@ way every time does not fill the log.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from typing import Self
 
 STOP_TIMEOUT = 5.0  # how long a stop waits for the thread's last round
@@ -26,6 +28,15 @@ class Rounds:
     def start(self) -> Self:
         self._thread.start()
         return self
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Self]:
+        """Started for the duration of a block (a server process's serving), then stopped."""
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         """The thread ends, after a last round if it makes one."""

@@ -28,7 +28,7 @@ from chargebox.access_log import AccessLog, LogFile, keep_out
 from chargebox.config import Config
 from chargebox.connections import build_server, listen, listen_beside
 from chargebox.errors import raised_at
-from chargebox.keeper import anchoring
+from chargebox.keeper import Keeper
 from chargebox.postgresql import described
 from chargebox.proxy import TrustedProxy
 from chargebox.wal import checkpointing
@@ -99,7 +99,7 @@ def beside_serving(config: Config) -> Iterator[None]:
     """The threads a server process runs beside waitress's while it serves: its anchoring
     (keeper.py) and, on SQLite, the WAL's checkpoints (wal.py); each makes a last round as
     the process stops serving."""
-    with anchoring(config), checkpointing(config):
+    with Keeper(config).running(), checkpointing(config):
         yield
 
 

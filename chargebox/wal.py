@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -40,17 +39,11 @@ log = logging.getLogger("chargebox.wal")
 CHECKPOINT_SECONDS = 0.1  # at most this much of what was sold waits for the disk
 
 
-@contextlib.contextmanager
-def checkpointing(config: Config) -> Iterator[Checkpoints | None]:
+def checkpointing(config: Config) -> contextlib.AbstractContextManager[Checkpoints | None]:
     """Checkpoints for the duration of a block (a server process's serving), on SQLite."""
     if config.db_url:  # PostgreSQL's WAL is the cluster's own
-        yield None
-        return
-    made = Checkpoints(config.db_path, config.synchronous).start()
-    try:
-        yield made
-    finally:
-        made.stop()
+        return contextlib.nullcontext()
+    return Checkpoints(config.db_path, config.synchronous).running()
 
 
 class Checkpoints(Rounds):
