@@ -104,7 +104,9 @@ def _parser() -> argparse.ArgumentParser:
         "and X-Forwarded-For (the logged client) are believed (env CHARGEBOX_TRUSTED_PROXY; "
         "default: no one's)",
     )
-    init = command("init-db", "create the database schema and the admin token, then exit")
+    init = command(
+        "init-db", "create the database schema, the admin token and the ledger key, then exit"
+    )
     init.add_argument(
         "--grant-to",
         metavar="ROLE",
@@ -139,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
         "token are written there for its servers, and the copy's audit anchors "
         "(env CHARGEBOX_DATA_DIR; default data/)",
     )
-    audit = command("audit", "re-check invariants I1-I5 straight from the database file")
+    audit = command("audit", "re-check invariants I1-I5 straight from the database")
     audit.add_argument("--json", action="store_true", help="print the full report as JSON")
     audit.add_argument(
         "--full",
