@@ -244,6 +244,9 @@ def test_a_known_route_with_a_wrong_method_is_405_with_allow(admin, method, path
     assert_error(response, 405, "method_not_allowed")
     offered = {m.strip().upper() for m in response.headers["Allow"].split(",")}
     assert allowed <= offered and method not in offered
+    assert ("HEAD" in offered) == ("GET" in offered)  # HEAD is answered wherever GET is
+    if "HEAD" in offered:
+        assert admin.request("HEAD", path).status_code != 405
 
 
 # -----------------------------------------------------------------------------------------

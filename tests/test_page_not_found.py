@@ -56,6 +56,7 @@ def test_a_wrong_method_on_a_page_is_the_styled_405_page_with_allow(world):
         answer = http.request(method, url + path, headers={"Accept": BROWSER})
         assert assert_styled_page(answer, 405) == "This page cannot be opened that way."
         assert allowed in answer.headers["Allow"]
+        assert ("HEAD" in answer.headers["Allow"]) == (allowed == "GET")
 
 
 @pytest.mark.parametrize("path", ["/api/nope", "/api", "/api/sellers/abc", "/health/x"])

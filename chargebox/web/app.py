@@ -43,12 +43,20 @@ class JsonBottle(bottle.Bottle):
     page_error: Callable[[bottle.HTTPError], bottle.HTTPResponse | None] | None = None
 
     def default_error_handler(self, res: bottle.HTTPError) -> bytes:
+        if res.status_code == 405 and res.get_header("Allow"):
+            res.set_header("Allow", with_head(res.get_header("Allow")))
         rendered = (self.page_error and self.page_error(res)) or from_bottle(res)
         bottle.response.status = rendered.status_code
         for name, value in rendered.headerlist:
             bottle.response.set_header(name, value)
         _stamp(bottle.response)
         return rendered.body
+
+
+def with_head(allow: str) -> str:
+    """bottle's `Allow`, with HEAD wherever GET is: bottle answers HEAD by the GET route."""
+    methods = {method.strip() for method in allow.split(",")} - {""}
+    return ",".join(sorted(methods | {"HEAD"} if "GET" in methods else methods))
 
 
 def _stamp(response: bottle.BaseResponse) -> None:
