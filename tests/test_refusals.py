@@ -316,15 +316,15 @@ REFUSED = [
     ("decided", ADMIN, approve, post("/admin/credit-requests/{request}/approve"), 409, "problem",
      "Credit request {request} is already approved", ["پیش‌تر بررسی شده است: تأییدشده"]),
     ("statement", SELLER, nothing, statement("month=2026-13"), 422, "error-message",
-     "month must be a month written YYYY-MM", ["ماه", "سال"]),
+     "Month must be a month written YYYY-MM", ["ماه", "سال"]),
     ("order id", SELLER, nothing, find("idempotency_key=%D8%B3%D9%81%D8%A7%D8%B1%D8%B4"), 422,
      "find-idempotency_key-error", "Order id must be 1 to 255 printable ASCII characters",
      ["شمارهٔ سفارش باید ۱ تا ۲۵۵ نویسه باشد"]),
     ("csrf", SELLER, nothing, no_csrf, 403, "error-message",
      "This form has expired or did not come from this site. Nothing was changed: reload the"
-     " page and try again.", ["این فرم"]),
+     " page and try again", ["این فرم"]),
     ("unknown seller", ADMIN, nothing, post("/admin/sellers/999999/adjustments", amount="5000",
-     reason="ghost"), 404, "error-message", "seller 999999 does not exist",
+     reason="ghost"), 404, "error-message", "Seller 999999 does not exist",
      ["فروشنده", "شمارهٔ ۹۹۹۹۹۹ وجود ندارد"]),
 ]  # fmt: skip
 

@@ -70,7 +70,7 @@ def test_the_seller_and_the_admin_download_the_same_statement_from_their_pages(w
 def test_a_bad_period_is_a_422_page_in_plain_words(world):
     answer = world.browser(SELLER).get("/seller/statement?day=2026-13-01")
     assert answer.status_code == 422 and answer.headers["Content-Type"].startswith("text/html")
-    assert "day must be a date" in text_of(answer.text, "error-message")
+    assert "Day must be a date" in text_of(answer.text, "error-message")  # a sentence
 
 
 def test_a_seller_finds_its_sale_by_phone_order_id_and_tehran_time_and_not_anothers(

@@ -199,7 +199,7 @@ def test_adjusting_an_unknown_seller_is_a_404_page_and_changes_nothing(world):
     admin = world.browser(ADMIN)
     form = {"amount": "5000", "reason": "ghost"}
     answer = refused(world.server, 404, admin.post_form, "/admin/sellers/999999/adjustments", form)
-    assert text_of(answer.text, "error-message") == "seller 999999 does not exist"
+    assert text_of(answer.text, "error-message") == "Seller 999999 does not exist"
 
 
 def test_an_adjustment_below_zero_is_a_409_page_and_changes_nothing(world):
@@ -249,7 +249,7 @@ def test_refunding_an_unknown_sale_is_a_404_page_and_changes_nothing(world):
     assert admin.get("/admin/sales/999999999/refund").status_code == 404
     answer = refused(world.server, 404, admin.post_form, "/admin/sales/999999999/refund",
                      {"reason": "ghost"})  # fmt: skip
-    assert text_of(answer.text, "error-message") == "sale 999999999 does not exist"
+    assert text_of(answer.text, "error-message") == "Sale 999999999 does not exist"
 
 
 def test_the_audit_page_shows_the_green_verdict(world):

@@ -193,7 +193,7 @@ def not_a_page(service: Chargebox, error: bottle.HTTPError) -> bottle.HTTPRespon
     if not 400 <= error.status_code < 500 or not page:
         return None
     if refused:
-        message = refusals.message(error.refusal, language())
+        message = refusals.sentence(error.refusal, language())
     else:
         message = gettext(NOT_A_PAGE.get(error.status_code, NOT_HANDLED))
     response = failure_page(service, error.status_code, message)
@@ -226,7 +226,7 @@ def page_plugin(config: Config, service: Chargebox):
             except ChargeboxError as exc:
                 # A 500 here means a guard of the database fired: a bug, like any other.
                 status = status_of(exc)
-                said = refusals.message(exc, language())
+                said = refusals.sentence(exc, language())
                 response = bug(exc) if status == 500 else failed(status, said)
             except bottle.HTTPError as exc:
                 response = failed(exc.status_code, gettext(NOT_HANDLED))
