@@ -53,6 +53,22 @@ def check_role(conn, role: str) -> None:
         )
 
 
+def check_migrate(conn, where: str) -> None:
+    """migrate's refusal of a role that is not the schema's owner (nor a superuser, nor a
+    member of the owner's role): it could change no table, and its grants would grant
+    nothing (PostgreSQL only warns). No schema yet: upgrade_postgresql says so itself."""
+    found = conn.execute(
+        "SELECT pg_get_userbyid(c.relowner), current_user,"
+        " pg_has_role(current_user, c.relowner, 'MEMBER')"
+        " FROM pg_class c WHERE c.oid = to_regclass('schema_version')"
+    ).fetchone()
+    if found and not found[2]:
+        raise ValueError(
+            f"--db {where}: migrate changes the schema and grants on it, which only its "
+            f"owner may: connect as {found[0]}, not {found[1]} (init-db's URL, not serve's)"
+        )
+
+
 def check_init_db(conn, grant_to: str | None, where: str) -> None:
     """init-db's refusals before it writes a secret: a role to grant to that does not
     exist, and, where there is no schema yet, a role that may not create it (the app

@@ -121,6 +121,7 @@ def migrate(
         where = described(config.db_url)
         conn = connect(config.db_url, autocommit=True, lost_after=config.peer_timeout)
         try:
+            grants.check_migrate(conn, where)
             if grant_to:
                 grants.check_role(conn, grant_to)
             if not force:

@@ -802,3 +802,17 @@ def test_migrate_refuses_while_a_server_runs_on_the_database(tmp_path, new_datab
         serving_sessions(until=lambda count: count == 0)
     after = chargebox("migrate", "--db", target, *where)
     assert after.returncode == 0 and "nothing to do" in after.stderr, after.stderr
+
+
+@pytest.mark.postgresql_only
+def test_migrate_as_the_app_role_is_refused_naming_the_owner(tmp_path, new_database):
+    """The app role (serve's URL) owns no table: its migrate could change nothing, and its
+    grants would grant nothing (PostgreSQL only warns), yet it said "granted". Refused in
+    one line naming the owner; the owner's URL migrates."""
+    db, data = new_database(tmp_path)
+    chargebox("init-db", "--db", db, "--data-dir", data)  # what a first start would do
+    refused = chargebox("migrate", "--db", db, "--data-dir", data)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "only its owner may: connect as" in refused.stderr and "granted" not in refused.stderr
+    owner = chargebox("migrate", "--db", backends.owner_url(db), "--data-dir", data)
+    assert owner.returncode == 0 and "nothing to do" in owner.stderr, owner.stderr
