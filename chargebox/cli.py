@@ -104,9 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         "and X-Forwarded-For (the logged client) are believed (env CHARGEBOX_TRUSTED_PROXY; "
         "default: no one's)",
     )
-    init = command(
-        "init-db", "create the database schema, the admin token and the ledger key, then exit"
-    )
+    init = command("init-db", "make the schema, the admin token and the ledger key, then exit")
     init.add_argument(
         "--grant-to",
         metavar="ROLE",
