@@ -22,17 +22,19 @@ read, and its compaction drops it.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import hmac
 import json
+import logging
 import os
-import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
 
 from chargebox.clock import now
 from chargebox.config import Config
+from chargebox.wal import durable
 
 try:
     import fcntl
@@ -44,9 +46,12 @@ _SEALS = "SELECT entry_id, mac FROM ledger_seal WHERE entry_id IN ({})"
 _MARKS = "SELECT id, mac FROM audit_checkpoint WHERE id IN ({})"
 COMPACT_AT = 8 * 1024 * 1024  # bytes; then only the newest anchor of each seller is kept
 _CHUNK = 500  # entry ids per IN (...) query
-_KEPT: dict[str, int] = {}  # WAL path -> a descriptor this process never closes (durable())
-_KEPT_LOCK = threading.Lock()
 LOCK_WAIT = 5.0  # seconds an append waits for the file's lock before giving up this time
+# Anchors file -> the size past which its next append compacts it: COMPACT_AT, or twice
+# what the last compaction left, so that a file whose newest anchors alone pass COMPACT_AT
+# is not rewritten whole each round; None once a compaction was refused (`chattr +a`).
+_COMPACT_PAST: dict[Path, int | None] = {}
+log = logging.getLogger("chargebox.anchors")
 
 
 class Head(NamedTuple):
@@ -243,29 +248,6 @@ def _problem(seller_id: int | None, entry_id: int | None, message: str) -> dict:
             "message": message}  # fmt: skip
 
 
-def durable(config: Config) -> None:
-    """Make what SQLite committed survive a power cut before it is anchored: with
-    synchronous=NORMAL the WAL is synced only at checkpoints (PostgreSQL: at commit).
-
-    The WAL is fsynced through a descriptor kept open for the life of the process:
-    closing any descriptor of a file drops every POSIX lock this process holds on it,
-    SQLite's included, and another process could then checkpoint and delete the WAL
-    under our connections (SQLite's "database disk image is malformed").
-    """
-    if config.db_url:
-        return
-    path = f"{config.db_path.absolute()}-wal"
-    with _KEPT_LOCK:
-        try:
-            inode = os.stat(path).st_ino
-        except FileNotFoundError:
-            return  # no WAL: everything committed is in the file, which checkpoints synced
-        fd = _KEPT.get(path)
-        if fd is None or os.fstat(fd).st_ino != inode:
-            fd = _KEPT[path] = os.open(path, os.O_RDONLY)  # never closed, on purpose
-        os.fsync(fd)
-
-
 def record(config: Config, key: bytes, anchored_heads: list[tuple], by: str,
            kind: str = "heads") -> None:  # fmt: skip
     """Append one sealed line (after making the anchored state durable)."""
@@ -307,8 +289,15 @@ def append(path: Path, key: bytes, text: str) -> None:
             os.close(fd)
         if created:
             _sync_directory(path.parent)
-        if size > COMPACT_AT:
-            _compact(path, key)
+        past = _COMPACT_PAST.get(path, COMPACT_AT)
+        if past is not None and size > past:
+            try:
+                _compact(path, key)
+            except OSError as exc:  # the line is written; an append-only file refuses this
+                _COMPACT_PAST[path] = None  # not again in this process: each try reads it all
+                log.warning("%s was not compacted (it keeps growing until it is: an "
+                            "append-only file is compacted by whoever rotates it): %s: %s",
+                            path, type(exc).__name__, exc)  # fmt: skip
 
 
 def _ends_with_newline(path: Path) -> bool:
@@ -335,15 +324,23 @@ def _compact(path: Path, key: bytes) -> None:
         by_time.setdefault((anchored_head.at, anchored_head.by), []).append(anchored_head.head)
     lines = [line(key, hs, by, at=at) for (at, by), hs in sorted(by_time.items())]
     lines += [line(key, [(m.id, m.mac, m.found_at)], m.by, "mark", m.at) for m in held.marks]
+    for left in path.parent.glob(f".{glob.escape(path.name)}.*.compacting"):
+        left.unlink(missing_ok=True)  # a compaction's that died: they run under the lock
     temporary = path.with_name(f".{path.name}.{os.getpid()}.compacting")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    written = "".join(lines).encode("utf-8")
     try:
-        os.write(fd, "".join(lines).encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, written)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     _sync_directory(path.parent)
+    _COMPACT_PAST[path] = max(COMPACT_AT, 2 * len(written))
 
 
 def _sync_directory(directory: Path) -> None:

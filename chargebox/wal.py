@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
+import threading
 from pathlib import Path
 from urllib.parse import quote
 
@@ -36,6 +38,8 @@ from chargebox.db import SQLITE_BUSY, SQLITE_LOCKED, primary_code
 from chargebox.rounds import Rounds
 
 log = logging.getLogger("chargebox.wal")
+_KEPT: dict[str, int] = {}  # WAL path -> a descriptor this process never closes (durable())
+_KEPT_LOCK = threading.Lock()
 CHECKPOINT_SECONDS = 0.1  # at most this much of what was sold waits for the disk
 
 
@@ -99,3 +103,28 @@ class Checkpoints(Rounds):
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=0)
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")  # how a checkpoint syncs
         return conn
+
+
+def durable(config: Config) -> None:
+    """Make what SQLite committed survive a power cut before it is anchored: with
+    synchronous=NORMAL the WAL is synced only at checkpoints (PostgreSQL: at commit).
+
+    The WAL is fsynced through a descriptor kept open for the life of the process:
+    closing any descriptor of a file drops every POSIX lock this process holds on it,
+    SQLite's included, and another process could then checkpoint and delete the WAL
+    under our connections (SQLite's "database disk image is malformed").
+    """
+    if config.db_url:
+        return
+    path = f"{config.db_path.absolute()}-wal"
+    with _KEPT_LOCK:
+        try:
+            inode = os.stat(path).st_ino
+        except FileNotFoundError:
+            return  # no WAL: everything committed is in the file, which checkpoints synced
+        fd = _KEPT.get(path)
+        if fd is None or os.fstat(fd).st_ino != inode:
+            if fd is not None:  # a WAL deleted since (each connection closed): its locks,
+                os.close(fd)  # if any, went with it; open, it kept its disk space in use
+            fd = _KEPT[path] = os.open(path, os.O_RDONLY)  # then never closed, on purpose
+        os.fsync(fd)

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -287,3 +288,66 @@ def sell_and_anchor(service, seller_id: int) -> int:
     heads = anchors.heads(database)
     anchors.record(database.config, database.ledger_key, heads, "server (test)")
     return max(head.entries for head in heads)
+
+
+def appended(path: Path, key: bytes, sellers: range, rounds: int) -> None:
+    """`rounds` appends, each anchoring `sellers` one entry further."""
+    for n in range(rounds):
+        heads = [anchors.Head(s, 10 + n, 10 + n, f"{s:064x}") for s in sellers]
+        anchors.append(path, key, anchors.line(key, heads, "server"))
+
+
+@pytest.fixture
+def small_files(monkeypatch):
+    """Compaction past 600 bytes, and no threshold remembered from another test."""
+    monkeypatch.setattr(anchors, "COMPACT_AT", 600)
+    monkeypatch.setattr(anchors, "_COMPACT_PAST", {}, raising=False)
+
+
+def test_an_append_only_anchors_file_takes_every_line_and_is_rewritten_no_more(
+    tmp_path, small_files, caplog
+):
+    """`chattr +a` (README): the compaction's rename is refused. That refusal used to fail
+    the append that set it off (the round's heads then counted as not anchored, so every
+    later round wrote them all again), and each round read and rewrote the whole file
+    to be refused again, leaving its temporary copy. Now each line is kept, the refusal
+    is logged once, and nothing is tried again or left behind."""
+    path, key = tmp_path / "anchors", b"k" * 32
+    appended(path, key, range(1, 3), rounds=1)
+    subprocess.run(["chattr", "+a", str(path)], check=True)  # needs root (as CI runs)
+    try:
+        appended(path, key, range(1, 3), rounds=30)  # ~5 KB: past 600 bytes many times
+        assert len(path.read_text().splitlines()) == 31
+        assert anchors.read(path, key).heads[2].head.entry_id == 39
+        assert [r.message for r in caplog.records].count(
+            f"{path} was not compacted (it keeps growing until it is: an append-only file "
+            "is compacted by whoever rotates it): PermissionError: [Errno 1] Operation not "
+            f"permitted: '{path.parent}/.anchors.{os.getpid()}.compacting' -> '{path}'"
+        ) == 1  # fmt: skip
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["anchors", "anchors.lock"]
+    finally:
+        subprocess.run(["chattr", "-a", str(path)], check=True)
+
+
+def test_a_file_whose_newest_anchors_pass_the_threshold_is_not_rewritten_each_append(
+    tmp_path, small_files, monkeypatch
+):
+    """Many sellers: what a compaction keeps is itself past COMPACT_AT. The next compaction
+    waits for twice that, instead of rewriting the whole file at every round."""
+    path, key = tmp_path / "anchors", b"k" * 32
+    compactions = []
+    real = anchors._compact
+    monkeypatch.setattr(anchors, "_compact", lambda *a: compactions.append(real(*a)))
+    appended(path, key, range(1, 9), rounds=20)  # 8 sellers: ~1 KB a line
+    kept = len(path.read_text().splitlines())
+    assert 2 <= len(compactions) <= 7, compactions  # each third append (19 of 20 before)
+    assert kept <= 3 and anchors.read(path, key).heads[8].head.entry_id == 29
+
+
+def test_a_compactions_copy_left_by_a_dead_process_is_swept_by_the_next(tmp_path):
+    path, key = tmp_path / "anchors", b"k" * 32
+    appended(path, key, range(1, 3), rounds=2)
+    left = tmp_path / ".anchors.999999.compacting"
+    left.write_text("half a compaction")
+    anchors.compact(path, key)
+    assert not left.exists() and len(path.read_text().splitlines()) == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import sqlite3
 import time
@@ -16,7 +17,7 @@ import types
 from chargebox.cli import prepare
 from chargebox.config import Config
 from chargebox.services import Chargebox
-from chargebox.wal import Checkpoints, checkpointing
+from chargebox.wal import Checkpoints, checkpointing, durable
 from tests.support import ADMIN_TOKEN, new_seller, running_server
 
 SALES = 12  # each its own transaction: far below the writer's 1,000-page autocheckpoint
@@ -178,3 +179,32 @@ def test_postgresql_has_no_such_thread(tmp_path):
     config = Config(db_url="postgresql://chargebox@127.0.0.1/none", data_dir=tmp_path)
     with checkpointing(config) as made:
         assert made is None
+
+
+def test_the_wal_kept_open_for_its_syncs_is_let_go_once_sqlite_made_another(tmp_path):
+    """durable() keeps a descriptor of the WAL for its fsyncs. Once every connection has
+    closed (SQLite then deletes the WAL) and another opens a new one, the descriptor of the
+    deleted file is closed: kept, it held the old WAL's disk space for the process's life."""
+    config = Config(db_path=tmp_path / "c.db")
+    wal = f"{config.db_path}-wal"
+
+    def a_new_wal() -> None:
+        conn = sqlite3.connect(config.db_path)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE IF NOT EXISTS t (x)")
+        conn.execute("INSERT INTO t VALUES (1)")
+        conn.commit()
+        durable(config)  # while the WAL is there
+        conn.close()  # the last connection: SQLite deletes the WAL
+
+    def deleted_files_open() -> int:
+        found = 0
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(FileNotFoundError):  # the listing's own, closed since
+                found += os.readlink(f"/proc/self/fd/{fd}") == f"{wal} (deleted)"
+        return found
+
+    for _ in range(5):
+        a_new_wal()
+    assert not os.path.exists(wal)
+    assert deleted_files_open() == 1  # the newest one's: closed at the next durable()
