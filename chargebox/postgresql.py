@@ -1,9 +1,8 @@
 """PostgreSQL through psycopg 3: the service's database.
 
-`Database` and `Write` here are the service's database on PostgreSQL, beside
-db.py's for SQLite: the same methods, PostgreSQL's locks instead of a file's.
-(Connecting and the SQL's parameters are pg_driver's; what `init-db --grant-to
-ROLE` grants the service's role is grants.py's.)
+`Database` and `Write` here are the service's database on PostgreSQL, beside db.py's for SQLite:
+the same methods, PostgreSQL's locks instead of a file's. (Connecting and the SQL's parameters are
+pg_driver's; what `init-db --grant-to ROLE` grants the service's role is grants.py's.)
 
 Group commit (writer.GroupWriter, as on SQLite): one sale per transaction on one
 hot seller is bound by the wait for that seller's row lock, so the writes that
@@ -232,6 +231,7 @@ class Database:
     def connection(self):
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed:
+            self._drop()  # forgets one lost on a path that did not drop it (snapshot's)
             try:
                 conn = connect(self.url, autocommit=True, lost_after=self.config.peer_timeout)
                 self._local.conn = conn

@@ -262,3 +262,15 @@ def test_closing_the_database_closes_the_connections_of_every_thread(config, dat
         while sessions() and time.monotonic() < deadline:
             time.sleep(0.05)  # the server notices closed sockets a moment later: polled
         assert sessions() == 0
+
+
+def test_a_connection_found_closed_is_forgotten_as_it_is_replaced(service):
+    """A connection lost on a path that does not drop it (a snapshot's) is replaced at its
+    thread's next use, and no longer kept among those `close()` closes: each one lost was
+    kept for the process's life."""
+    database = service.database
+    lost = database.connection()
+    lost.close()  # as a lost server leaves it
+    replaced = database.connection()
+    assert replaced is not lost and not replaced.closed
+    assert lost not in database._opened and replaced in database._opened
