@@ -5,7 +5,7 @@ one holding its writer flock (`<anchors>.writer`) writes; another takes over if 
 one dies. It reads the heads in a read snapshot of its own connection (never the
 write lock, never a sale's thread), makes them durable, appends one line for the
 sellers whose head moved, and does a last round at a clean stop. A failure is
-logged (once per kind) and retried next round: anchoring never stops a sale.
+logged (once every ten minutes per kind) and retried next round: anchoring never stops a sale.
 
 Its first round is as it starts, and its connection stays open: on PostgreSQL that
 session (named 'chargebox serve') is how `chargebox migrate` knows, from any host,
@@ -58,7 +58,7 @@ class Keeper(Rounds):
                         database = database or open_database(self.config)
                         self._round(database)
                 except Exception as exc:  # noqa: BLE001 - logged; the next round retries
-                    self._say(f"anchoring failed: {type(exc).__name__}: {exc}")
+                    self._say("round", f"anchoring failed: {type(exc).__name__}: {exc}")
                 if stopping:
                     break
                 stopping = self._stop.wait(self.config.anchor_seconds)
@@ -91,9 +91,9 @@ class Keeper(Rounds):
         moved = [h for h in now_heads if h.entries > self._anchored.get(h.seller_id, 0)]
         behind = [h for h in now_heads if h.entries < self._anchored.get(h.seller_id, 0)]
         if behind:
-            self._say(f"{len(behind)} seller(s) behind their anchors, seller {behind[0].seller_id} "
-                      "first: the database was replaced under a running server? run "
-                      "`chargebox audit`")  # fmt: skip
+            self._say("behind", f"{len(behind)} seller(s) behind their anchors, seller "
+                      f"{behind[0].seller_id} first: the database was replaced under a running "
+                      "server? run `chargebox audit`")  # fmt: skip
         if moved:
             anchors.record(self.config, self.key, moved, f"server {os.getpid()}")
             self._anchored.update((h.seller_id, h.entries) for h in moved)

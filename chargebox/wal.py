@@ -17,8 +17,8 @@ is then what was sold in the last CHECKPOINT_SECONDS and the checkpoint's own ti
 checkpoints work and no long read (a backup's, a full audit's) holds the log back.
 The log restarts small and the writer's COMMITs seldom reach `wal_autocheckpoint`, which
 stays as it was: should this thread fall behind, or fail, the writer checkpoints as
-before and the log stays bounded. A failure is logged once per kind and tried again
-next round, on a new connection.
+before and the log stays bounded. A failure is logged (once every ten minutes) and
+tried again next round, on a new connection.
 docs/performance.md ("The WAL's checkpoints, apart") has the measurements.
 """
 
@@ -81,9 +81,9 @@ class Checkpoints(Rounds):
         except sqlite3.Error as exc:  # a damaged or read-only file, a disk error
             if primary_code(exc) in (SQLITE_BUSY, SQLITE_LOCKED):
                 return conn, copied  # another connection's moment (a file being made)
-            self._say(f"a WAL checkpoint failed ({type(exc).__name__}: {exc}); until one "
-                      "works, the writer's checkpoints and the anchoring thread's syncs of "
-                      "the WAL stand in")  # fmt: skip
+            self._say("checkpoint", f"a WAL checkpoint failed ({type(exc).__name__}: {exc}); "
+                      "until one works, the writer's checkpoints and the anchoring thread's "
+                      "syncs of the WAL stand in")  # fmt: skip
             with contextlib.suppress(sqlite3.Error):
                 if conn is not None:
                     conn.close()

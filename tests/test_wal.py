@@ -208,3 +208,28 @@ def test_the_wal_kept_open_for_its_syncs_is_let_go_once_sqlite_made_another(tmp_
         a_new_wal()
     assert not os.path.exists(wal)
     assert deleted_files_open() == 1  # the newest one's: closed at the next durable()
+
+
+def test_a_rounds_failure_is_said_once_a_while_whatever_its_text(caplog, monkeypatch):
+    """A failure that every round meets is said once, though its text changes (an
+    exception's message, a count), and said again once SAY_AGAIN has passed: kept once
+    per text for the process's life, each new text was another line and another entry,
+    and a failure that came back after a recovery was never said again."""
+    from chargebox import rounds
+
+    clock = [1000.0]
+    monkeypatch.setattr(rounds.time, "monotonic", lambda: clock[0])
+    thread = rounds.Rounds("test-rounds", logging.getLogger("chargebox.test_rounds"))
+    with caplog.at_level(logging.WARNING, logger="chargebox.test_rounds"):
+        for n in range(50):
+            thread._say("checkpoint", f"a WAL checkpoint failed ({n} pages)")
+            clock[0] += 1.0
+        thread._say("behind", "a failure of another kind")
+        clock[0] += rounds.SAY_AGAIN
+        thread._say("checkpoint", "a WAL checkpoint failed (50 pages)")
+    assert [r.message for r in caplog.records] == [
+        "a WAL checkpoint failed (0 pages)",
+        "a failure of another kind",
+        "a WAL checkpoint failed (50 pages)",
+    ]
+    assert len(thread._said) == 2
