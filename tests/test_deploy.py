@@ -11,6 +11,7 @@ its required lines are read, nothing more. The changelog's newest entry is this 
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import shutil
@@ -22,7 +23,7 @@ import pytest
 import chargebox
 from chargebox import schema
 from chargebox.server import GRACE_SECONDS
-from tests.support import ROOT
+from tests.support import ROOT, running_server, wait_until
 
 UNIT = ROOT / "deploy" / "chargebox.service"
 BACKUP = ROOT / "deploy" / "chargebox-backup.service"
@@ -52,6 +53,15 @@ def systemd_analyze() -> str:
         if os.environ.get("CI"):
             pytest.fail("systemd-analyze is missing: .ci/run installs Debian's systemd")
         pytest.skip("no systemd-analyze here (apt-get install systemd)")
+    return found
+
+
+def logrotate() -> str:
+    found = shutil.which("logrotate") or shutil.which("logrotate", path="/usr/sbin:/sbin")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("logrotate is missing: .ci/run installs Debian's logrotate")
+        pytest.skip("no logrotate here (apt-get install logrotate)")
     return found
 
 
@@ -186,3 +196,62 @@ def test_the_changelogs_newest_entry_is_this_release_and_names_its_schema():
     newest = CHANGELOG.read_text().split(f"\n## {entries[0]}", 1)[1].split("\n## ", 1)[0]
     assert f"Schema version {schema.VERSION}" in newest
     assert "chargebox migrate" in newest
+
+
+LOGROTATE = ROOT / "deploy" / "chargebox.logrotate"
+
+
+def test_the_shipped_logrotate_config_rotates_a_serving_access_log_losing_no_line(tmp_path):
+    """deploy/chargebox.logrotate as shipped (only its path moved here), run by logrotate
+    (Debian's package; .ci/run installs it) twice under a serving chargebox: each request's
+    line is in exactly one file, the live one gets the newest, and only a file no longer
+    written to is compressed."""
+    log = tmp_path / "log" / "access.log"
+    log.parent.mkdir(mode=0o750)
+    config = tmp_path / "chargebox.logrotate"
+    shipped = LOGROTATE.read_text()
+    assert shipped.count("/var/log/chargebox/access.log {") == 1
+    config.write_text(shipped.replace("/var/log/chargebox/access.log", str(log)))
+    config.chmod(0o644)  # logrotate ignores a config others may write
+    unit = settings(UNIT.read_text())
+    assert unit["LogsDirectory"] == ["chargebox"] and unit["LogsDirectoryMode"] == ["0750"]
+    sent: list[str] = []
+
+    def logged() -> str:
+        lines = ""
+        for kept in log.parent.iterdir():
+            with gzip.open(kept, "rt") if kept.suffix == ".gz" else kept.open() as read:
+                lines += read.read()
+        return lines
+
+    def rotate() -> None:
+        done = subprocess.run(
+            [logrotate(), "--force", "--state", str(tmp_path / "state"), str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+
+    with running_server(tmp_path / "c.db", env={"CHARGEBOX_ACCESS_LOG": str(log)}) as server:
+        admin = server.admin()
+
+        def send(count: int) -> None:
+            for _ in range(count):
+                sent.append(admin.get("/health").headers["X-Request-Id"])
+
+        send(5)
+        wait_until(lambda: sent[-1] in log.read_text(), "the first lines")
+        for _ in range(2):
+            rotate()  # access.log -> access.log.1; then .1 -> .2.gz
+            send(1)
+            # Sent until one lands in the new file: the server reopens within a second.
+            wait_until(lambda: send(1) or (log.exists() and sent[-1] in log.read_text()),
+                       "a line in the new file")  # fmt: skip
+        admin.close()
+    names = sorted(f.name for f in log.parent.iterdir())
+    assert names == ["access.log", "access.log.1", "access.log.2.gz"], names
+    everything = logged()
+    assert all(everything.count(f"id={ident} ") == 1 for ident in sent)
+    with gzip.open(f"{log}.2.gz", "rt") as oldest:
+        assert sent[0] in oldest.read() and sent[-1] in log.read_text()
