@@ -38,6 +38,8 @@ _log = logging.getLogger("chargebox.metrics")
 _FAILED: set[str] = set()  # the counts that failed in this process, each logged once
 _SUMMED = ("counter", "histogram")  # the kinds of file whose values add up (no gauge is in one)
 ENDED = "ended"  # in place of a pid: the file of every ended process's counts
+_UNFOLDED: set[int] = set()  # ended processes whose files are still their own (process_ended)
+_GRID = float(1 << 20)  # observed seconds are multiples of 1 / _GRID (_exact)
 
 
 class _Instruments:
@@ -137,38 +139,74 @@ def process_ended(pid: int) -> None:
     So a server that replaces children for months (or a crash loop, one replacement every
     30 s) keeps a file per kind per *live* child, not per child it ever started: each
     scrape reads them all. A scrape never sees the counts twice or not at all: it reads
-    under the directory's lock shared, and the fold takes it alone.
+    under the directory's lock shared, and the fold takes it alone. The sums are exact
+    (`_exact`), so adding them up in another order moves none. A fold that fails or finds
+    the lock held (a scrape stopped midway) leaves the files as they are, still summed by
+    every scrape, and is tried again as the next process ends: the supervisor never waits.
     """
     if _directory is None:
         return
     multiprocess.mark_process_dead(pid, str(_directory))
-    with _files_held(fcntl.LOCK_EX):
-        for kind in _SUMMED:
-            ended = _directory / f"{kind}_{pid}.db"
-            if ended.exists():
-                _add_to(_directory / f"{kind}_{ENDED}.db", ended)
-                ended.unlink()
-
-
-def _add_to(total: Path, ended: Path) -> None:
-    into = MmapedDict(str(total))
+    _UNFOLDED.add(pid)
     try:
-        for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(str(ended)):
-            before, _ = into.read_value(key)
-            into.write_value(key, before + value, timestamp)
+        with _files_held(fcntl.LOCK_EX | fcntl.LOCK_NB):
+            for ended in sorted(_UNFOLDED):
+                try:
+                    for kind in _SUMMED:
+                        _fold(_directory / f"{kind}_{ended}.db", _directory / f"{kind}_{ENDED}.db")
+                except Exception as exc:  # noqa: BLE001 - kept and summed as they are
+                    _log.warning("the metrics of ended server process %d stay in its own "
+                                 "files for now: %s (at %s)", ended, type(exc).__name__,
+                                 raised_at(exc))  # fmt: skip
+                else:
+                    _UNFOLDED.discard(ended)
+    except BlockingIOError:
+        pass  # a scrape reads the files now: folded as the next process ends
+    except OSError as exc:  # its directory gone (removed by hand): nothing to fold into
+        _log.warning("the metrics of ended server processes were not folded: %s (at %s)",
+                     type(exc).__name__, raised_at(exc))  # fmt: skip
+
+
+def _fold(own: Path, total: Path) -> None:
+    """`own`'s values added to `total`'s, written whole to a new file that then takes
+    `total`'s place: a failure midway leaves both as they were."""
+    if not own.exists():
+        return
+    sums: dict[str, list[float]] = {}
+    for path in (total, own):
+        if path.exists():
+            for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(str(path)):
+                sums.setdefault(key, [0.0, 0.0])
+                sums[key] = [sums[key][0] + value, timestamp]
+    fresh = total.with_name(f".{total.name}.folding")  # no `.db`: no scrape reads it
+    fresh.unlink(missing_ok=True)
+    into = MmapedDict(str(fresh))
+    try:
+        for key, (value, timestamp) in sums.items():
+            into.write_value(key, value, timestamp)
     finally:
         into.close()
+    os.replace(fresh, total)
+    own.unlink()
 
 
 @contextlib.contextmanager
 def _files_held(how: int) -> Iterator[None]:
-    """The metrics directory's lock: shared to read every file, alone to fold one."""
+    """The metrics directory's lock: shared to read every file, alone to fold one
+    (LOCK_NB: BlockingIOError if a scrape holds it)."""
     fd = os.open(_directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, how)
         yield
     finally:
         os.close(fd)  # lets the lock go
+
+
+def _exact(seconds: float) -> float:
+    """`seconds` to the nearest 2^-20 s (~1 us): every sum of such values is exact below
+    2^33 s, so the scrape's sum over the processes' files is the same in any order and
+    however they were folded (a float sum that went back would read as a counter reset)."""
+    return round(seconds * _GRID) / _GRID
 
 
 _ROUTES: dict[str, str] = {}
@@ -197,7 +235,7 @@ def observe(environ: dict, method: str, status: int, seconds: float) -> None:
         with on.lock:
             found = on.children.setdefault(key, _children(on, *key))
     found[0].inc()
-    found[1].observe(seconds)
+    found[1].observe(_exact(seconds))
     if found[2] is not None:
         found[2].inc()
 
@@ -261,7 +299,7 @@ def commit_lost(outcome: str) -> None:
 def lock_waited(seconds: float) -> None:
     """A write transaction waited this long to begin (or to give up)."""
     if _on is not None:
-        _on.lock_wait.observe(seconds)
+        _on.lock_wait.observe(_exact(seconds))
 
 
 def one_write(transaction, work, deadline: float):

@@ -9,7 +9,9 @@ each child count every request exactly; then a child is killed and the sums stay
 
 from __future__ import annotations
 
+import fcntl
 import os
+import random
 import re
 import signal
 import time
@@ -243,28 +245,37 @@ def test_with_two_processes_any_scrape_sums_both_and_a_dead_ones_counts_stay(tmp
         assert (shared / f"counter_{metrics.ENDED}.db").exists()
 
 
+def ended_children(counts: tuple[int, ...]) -> list[int]:
+    """Forked processes that each count, as a forked server does, `count` requests of
+    random durations and a batch, then end: their pids."""
+    ended = []
+    for count in counts:
+        pid = os.fork()
+        if pid == 0:
+            for _ in range(count):
+                metrics.observe({}, "GET", 404, random.random())
+            metrics.lock_waited(random.random() / 1000)
+            metrics.write_committed(count)
+            os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+        ended.append(pid)
+    return ended
+
+
 def test_an_ended_process_counts_join_one_file_and_no_sum_moves(tmp_path):
     """A replaced child's files are folded into one per kind, so a server that replaces
-    children for months keeps files per live child, not per child it ever had."""
+    children for months keeps files per live child, not per child it ever had. Not one
+    sample moves, not by a float's last bit: the durations' sums, added in another order
+    after a fold, could come out lower, which Prometheus reads as a counter's reset."""
     metrics.start(tmp_path)
     try:
-        ended = []
-        for requests_sent in (3, 4, 5):
-            pid = os.fork()
-            if pid == 0:  # a child counts, as a forked server does, then ends
-                for _ in range(requests_sent):
-                    metrics.observe({}, "GET", 404, 0.01)
-                metrics.write_committed(requests_sent)
-                os._exit(0)
-            assert os.waitpid(pid, 0)[1] == 0
-            ended.append(pid)
+        ended = ended_children((3, 4, 5, 6, 7, 8))
         before = exposed()
-        assert value(before, "chargebox_http_requests_total", **NOT_FOUND) == 12
-        assert value(before, "chargebox_write_batch_size_count") == 3
+        assert value(before, "chargebox_http_requests_total", **NOT_FOUND) == 33
+        assert value(before, "chargebox_write_batch_size_count") == 6
         for pid in ended:
             metrics.process_ended(pid)
-            assert exposed() == pytest.approx(before, rel=1e-12)  # no sum moved (but its
-            # float seconds by the order of their additions)
+            assert exposed() == before  # exactly
         # Left: this process's own (it counts too, as a server's parent does) and the ended.
         assert {f.name for f in tmp_path.glob("*.db")} == {
             f"{kind}_{pid}.db"
@@ -273,6 +284,32 @@ def test_an_ended_process_counts_join_one_file_and_no_sum_moves(tmp_path):
         }
     finally:
         metrics.stop()
+
+
+def test_a_fold_never_waits_for_a_scrape_nor_fails_on_a_file_it_cannot_read(tmp_path, caplog):
+    """The supervisor folds: it must never hang on a scrape stopped midway, nor end (and
+    the service with it) on a file a child killed as it made it left empty. Both leave the
+    files to every scrape's sum, and the next ended process folds what can be."""
+    metrics.start(tmp_path)
+    try:
+        first, second = ended_children((3, 4))
+        before = exposed()
+        scrape = os.open(tmp_path / ".lock", os.O_RDWR)
+        fcntl.flock(scrape, fcntl.LOCK_SH)  # a scrape reading the files
+        try:
+            metrics.process_ended(first)  # returns at once
+            assert (tmp_path / f"counter_{first}.db").exists() and exposed() == before
+        finally:
+            os.close(scrape)
+        (tmp_path / "counter_999999.db").touch()  # cut short as it was made
+        metrics.process_ended(999999)
+        assert not list(tmp_path.glob(f"*_{first}.db"))  # folded with the next ending
+        metrics.process_ended(second)
+        assert not list(tmp_path.glob(f"*_{second}.db"))
+        assert "server process 999999 stay in its own files" in caplog.text
+    finally:
+        metrics.stop()
+        (tmp_path / "counter_999999.db").unlink()
 
 
 def _children(parent: int) -> set[str]:
