@@ -22,12 +22,13 @@ read, and its compaction drops it.
 from __future__ import annotations
 
 import contextlib
-import glob
+import errno
 import hashlib
 import hmac
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -293,11 +294,18 @@ def append(path: Path, key: bytes, text: str) -> None:
         if past is not None and size > past:
             try:
                 _compact(path, key)
-            except OSError as exc:  # the line is written; an append-only file refuses this
-                _COMPACT_PAST[path] = None  # not again in this process: each try reads it all
-                log.warning("%s was not compacted (it keeps growing until it is: an "
-                            "append-only file is compacted by whoever rotates it): %s: %s",
-                            path, type(exc).__name__, exc)  # fmt: skip
+            except OSError as exc:  # the line is written: the append stands
+                _not_compacted(path, size, exc)
+
+
+def _not_compacted(path: Path, size: int, exc: OSError) -> None:
+    """An append-only file (EPERM: `chattr +a`) is not tried again in this process (each
+    try reads it all); another failure (a full disk) once the file has doubled."""
+    appending_only = exc.errno == errno.EPERM
+    _COMPACT_PAST[path] = None if appending_only else 2 * size
+    why = ("it grows until whoever rotates it compacts it" if appending_only
+           else "tried again once it has doubled")  # fmt: skip
+    log.warning("%s was not compacted (%s): %s: %s", path, why, type(exc).__name__, exc)
 
 
 def _ends_with_newline(path: Path) -> bool:
@@ -324,8 +332,10 @@ def _compact(path: Path, key: bytes) -> None:
         by_time.setdefault((anchored_head.at, anchored_head.by), []).append(anchored_head.head)
     lines = [line(key, hs, by, at=at) for (at, by), hs in sorted(by_time.items())]
     lines += [line(key, [(m.id, m.mac, m.found_at)], m.by, "mark", m.at) for m in held.marks]
-    for left in path.parent.glob(f".{glob.escape(path.name)}.*.compacting"):
-        left.unlink(missing_ok=True)  # a compaction's that died: they run under the lock
+    left = re.compile(rf"\.{re.escape(path.name)}\.[0-9]+\.compacting")
+    for name in os.listdir(path.parent):
+        if left.fullmatch(name):  # a compaction's that died: they run under this file's lock
+            (path.parent / name).unlink(missing_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.compacting")
     written = "".join(lines).encode("utf-8")
     try:

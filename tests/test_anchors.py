@@ -9,6 +9,7 @@ accepted. Anchoring runs beside the sales and must never hold one up or fail one
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -320,9 +321,9 @@ def test_an_append_only_anchors_file_takes_every_line_and_is_rewritten_no_more(
         assert len(path.read_text().splitlines()) == 31
         assert anchors.read(path, key).heads[2].head.entry_id == 39
         assert [r.message for r in caplog.records].count(
-            f"{path} was not compacted (it keeps growing until it is: an append-only file "
-            "is compacted by whoever rotates it): PermissionError: [Errno 1] Operation not "
-            f"permitted: '{path.parent}/.anchors.{os.getpid()}.compacting' -> '{path}'"
+            f"{path} was not compacted (it grows until whoever rotates it compacts it): "
+            "PermissionError: [Errno 1] Operation not permitted: "
+            f"'{path.parent}/.anchors.{os.getpid()}.compacting' -> '{path}'"
         ) == 1  # fmt: skip
         assert sorted(p.name for p in tmp_path.iterdir()) == ["anchors", "anchors.lock"]
     finally:
@@ -344,10 +345,37 @@ def test_a_file_whose_newest_anchors_pass_the_threshold_is_not_rewritten_each_ap
     assert kept <= 3 and anchors.read(path, key).heads[8].head.entry_id == 29
 
 
+def test_a_compaction_that_failed_otherwise_is_tried_again_once_the_file_doubled(
+    tmp_path, small_files, monkeypatch
+):
+    """A full disk is not an append-only file: compaction is not given up for good (the
+    file would then grow until a restart), only put off until the file has doubled."""
+    path, key = tmp_path / "anchors", b"k" * 32
+    compactions = []
+    real = anchors._compact
+
+    def full_disk_once(*args) -> None:
+        compactions.append(len(path.read_bytes()))
+        if len(compactions) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(*args)
+
+    monkeypatch.setattr(anchors, "_compact", full_disk_once)
+    appended(path, key, range(1, 3), rounds=40)
+    assert len(compactions) >= 3, compactions  # tried again, and again after that
+    assert compactions[1] >= 2 * compactions[0] - 300  # once it had about doubled
+    assert len(path.read_text().splitlines()) < 10
+
+
 def test_a_compactions_copy_left_by_a_dead_process_is_swept_by_the_next(tmp_path):
+    """Only its own file's: another anchors file's copy in the same directory is written
+    under that file's lock, not this one's."""
     path, key = tmp_path / "anchors", b"k" * 32
     appended(path, key, range(1, 3), rounds=2)
     left = tmp_path / ".anchors.999999.compacting"
     left.write_text("half a compaction")
+    others = tmp_path / ".anchors.b.999999.compacting"
+    others.write_text("another file's compaction, in flight")
     anchors.compact(path, key)
     assert not left.exists() and len(path.read_text().splitlines()) == 1
+    assert others.exists()

@@ -202,7 +202,7 @@ LOGROTATE = ROOT / "deploy" / "chargebox.logrotate"
 
 
 def test_the_shipped_logrotate_config_rotates_a_serving_access_log_losing_no_line(tmp_path):
-    """deploy/chargebox.logrotate as shipped (only its path moved here), run by logrotate
+    """deploy/chargebox.logrotate as shipped (only its path and user moved here), run by logrotate
     (Debian's package; .ci/run installs it) twice under a serving chargebox: each request's
     line is in exactly one file, the live one gets the newest, and only a file no longer
     written to is compressed."""
@@ -211,7 +211,9 @@ def test_the_shipped_logrotate_config_rotates_a_serving_access_log_losing_no_lin
     config = tmp_path / "chargebox.logrotate"
     shipped = LOGROTATE.read_text()
     assert shipped.count("/var/log/chargebox/access.log {") == 1
-    config.write_text(shipped.replace("/var/log/chargebox/access.log", str(log)))
+    assert shipped.count("    su chargebox chargebox\n") == 1  # here root's: no such user
+    here = shipped.replace("/var/log/chargebox/access.log", str(log))
+    config.write_text(here.replace("su chargebox chargebox", "su root root"))
     config.chmod(0o644)  # logrotate ignores a config others may write
     unit = settings(UNIT.read_text())
     assert unit["LogsDirectory"] == ["chargebox"] and unit["LogsDirectoryMode"] == ["0750"]
