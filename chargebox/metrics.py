@@ -172,12 +172,11 @@ def _fold(own: Path, total: Path) -> None:
     `total`'s place: a failure midway leaves both as they were."""
     if not own.exists():
         return
-    sums: dict[str, list[float]] = {}
+    sums: dict[str, tuple[float, float]] = {}  # key -> (value, timestamp)
     for path in (total, own):
         if path.exists():
             for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(str(path)):
-                sums.setdefault(key, [0.0, 0.0])
-                sums[key] = [sums[key][0] + value, timestamp]
+                sums[key] = (sums.get(key, (0.0, 0.0))[0] + value, timestamp)
     fresh = total.with_name(f".{total.name}.folding")  # no `.db`: no scrape reads it
     fresh.unlink(missing_ok=True)
     into = MmapedDict(str(fresh))
