@@ -19,7 +19,8 @@ The log restarts small and the writer's COMMITs seldom reach `wal_autocheckpoint
 stays as it was: should this thread fall behind, or fail, the writer checkpoints as
 before and the log stays bounded. A failure is logged (once every ten minutes) and
 tried again next round, on a new connection.
-docs/performance.md ("The WAL's checkpoints, apart") has the measurements.
+docs/performance.md ("The WAL's checkpoints, apart") has the measurements. Here too,
+`durable()`: the WAL synced before the anchoring thread anchors what it holds.
 """
 
 from __future__ import annotations
