@@ -15,6 +15,9 @@ import functools
 import logging
 import os
 import re
+import shutil
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -40,6 +43,8 @@ _SUMMED = ("counter", "histogram")  # the kinds of file whose values add up (no 
 ENDED = "ended"  # in place of a pid: the file of every ended process's counts
 _UNFOLDED: set[int] = set()  # ended processes whose files are still their own (process_ended)
 _GRID = float(1 << 20)  # observed seconds are multiples of 1 / _GRID (_exact)
+SHARED_PREFIX = "chargebox-metrics-"  # `--processes K`'s directories, in the temporary one
+LEFT_AFTER = 60.0  # seconds before a directory nobody holds is taken for a dead server's
 
 
 class _Instruments:
@@ -124,6 +129,40 @@ def start(directory: Path | None = None) -> None:
         values.ValueClass = values.MutexValue
     _directory = directory
     _on = _Instruments()
+
+
+def shared_directory(temporary: Path | None = None) -> tuple[Path, int]:
+    """A new directory for `--processes K` to share its metrics through, and a descriptor
+    of its `.alive` file, flocked shared: held by this process and by the children it
+    forks (they inherit it) until the last of them ends. First, the directories of
+    servers killed with SIGKILL, which nobody holds, are removed from the temporary
+    directory (one a minute old at least: a younger one's server may not hold it yet)."""
+    temporary = temporary or Path(tempfile.gettempdir())
+    sweep(temporary, time.time())
+    made = Path(tempfile.mkdtemp(prefix=SHARED_PREFIX, dir=temporary))
+    alive = os.open(made / ".alive", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(alive, fcntl.LOCK_SH)
+    return made, alive
+
+
+def sweep(temporary: Path, now: float) -> None:
+    """Remove this user's metrics directories in `temporary` that no process holds."""
+    for left in temporary.glob(SHARED_PREFIX + "*"):
+        try:
+            found = left.lstat()
+            if (not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid()
+                    or now - found.st_mtime < LEFT_AFTER):  # fmt: skip
+                continue
+            alive = os.open(left / ".alive", os.O_RDONLY)  # none: an older chargebox's, kept
+        except OSError:
+            continue
+        try:
+            fcntl.flock(alive, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(left, ignore_errors=True)
+        except BlockingIOError:
+            pass  # its server, or one of its children, runs
+        finally:
+            os.close(alive)
 
 
 def stop() -> None:

@@ -16,10 +16,8 @@ import os
 import shutil
 import signal
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from waitress import wasyncore
 
@@ -80,12 +78,13 @@ def serve(
     log = log or LogFile(config.access_log)  # a file that cannot be opened is refused
     if config.processes > 1:
         # The children's metrics meet in files here, summed by whichever child is scraped.
-        shared = Path(tempfile.mkdtemp(prefix="chargebox-metrics-"))
+        shared, alive = metrics.shared_directory()
         metrics.start(shared)
         try:
             return _serve_processes(config, listener, announce, log)
         finally:
             shutil.rmtree(shared, ignore_errors=True)
+            os.close(alive)
     cpus.pin(config.cpus, 1, 0, writer_apart(config))  # before the threads: they inherit it
     metrics.start()
     server = build_server(application(config, log), config, listener, log)

@@ -369,3 +369,47 @@ def test_observing_costs_nothing_until_metrics_start_and_routes_become_patterns(
 
 
 pytestmark = pytest.mark.timeout(300)
+
+
+def test_a_killed_servers_metrics_directory_is_swept_by_the_next_once_nobody_holds_it(tmp_path):
+    """A server with `--processes` killed with SIGKILL left its directory in the temporary
+    one for good (three a run of this suite). The next such server removes those nobody
+    holds, and only those: not one a live server or its children hold, not one too young
+    to be held yet, not an older chargebox's (no `.alive`), not another user's or a link."""
+
+    def left(name: str, age: float = 3600.0) -> Path:
+        made = tmp_path / (metrics.SHARED_PREFIX + name)
+        made.mkdir()
+        (made / "counter_1.db").write_bytes(b"\0" * 8)
+        (made / ".alive").touch()
+        os.utime(made, (time.time() - age, time.time() - age))
+        return made
+
+    dead, young, held = left("dead"), left("young", age=10.0), left("held")
+    older = left("older")
+    (older / ".alive").unlink()
+    os.utime(older, (time.time() - 3600, time.time() - 3600))
+    link = tmp_path / (metrics.SHARED_PREFIX + "link")
+    link.symlink_to(held)
+    holder = os.open(held / ".alive", os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_SH)
+    try:
+        metrics.sweep(tmp_path, time.time())
+    finally:
+        os.close(holder)
+    assert not dead.exists()
+    assert young.exists() and held.exists() and older.exists() and link.exists()
+    metrics.sweep(tmp_path, time.time())  # let go now: its server is gone
+    assert not held.exists() and young.exists()
+
+
+def test_a_server_holds_its_metrics_directory_while_it_serves(tmp_path):
+    made, alive = metrics.shared_directory(tmp_path)
+    try:
+        assert made.name.startswith(metrics.SHARED_PREFIX) and (made / ".alive").exists()
+        metrics.sweep(made.parent, time.time() + 3600)  # as if it were old
+        assert made.exists()
+    finally:
+        os.close(alive)
+    metrics.sweep(made.parent, time.time() + 3600)
+    assert not made.exists()
