@@ -443,3 +443,15 @@ def exchange(url: str, data: bytes) -> bytes:
         while chunk := sock.recv(65536):
             received += chunk
     return received
+
+
+def needs_root(what: str) -> None:
+    """A test that needs root (chattr, mount) skips without it and says why, unless CI
+    is set: then it fails (README, Quick start)."""
+    import pytest  # here: worker processes import this module and need no pytest
+
+    if os.geteuid() != 0:
+        message = f"{what} needs root"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)

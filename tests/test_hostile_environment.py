@@ -32,6 +32,7 @@ from tests.support import (
     Api,
     ServerProcess,
     cli_audit,
+    needs_root,
     new_seller,
     reconciled_balances,
     rows_on_disk,
@@ -147,6 +148,7 @@ def keys(prefix: str, count: int) -> list[str]:
 @contextlib.contextmanager
 def immutable(paths: list[Path]):
     """chattr +i: no write, even by root and through descriptors opened before."""
+    needs_root("chattr +i")
     done = []
     try:
         for path in paths:
@@ -238,6 +240,7 @@ def fill(path: Path) -> int:
 
 @contextlib.contextmanager
 def tiny_filesystem(where: Path, size: str):
+    needs_root("mounting a tmpfs")
     where.mkdir()
     run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where))
     try:

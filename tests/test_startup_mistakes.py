@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from chargebox.config import env_defaults
-from tests.support import ROOT
+from tests.support import ROOT, needs_root
 
 BOUND = 15  # seconds; a refusal slower than this is a hang
 TOKEN = "a-long-enough-admin-token-0123456789"  # 36 characters
@@ -59,6 +59,7 @@ def run(*command: str) -> None:
 @contextlib.contextmanager
 def immutable(path: Path):
     """chattr +i: nothing can be created or removed in it, even by root."""
+    needs_root("chattr +i")
     run("chattr", "+i", str(path))
     try:
         yield
@@ -69,6 +70,7 @@ def immutable(path: Path):
 @contextlib.contextmanager
 def read_only_mount(where: Path):
     """A small tmpfs at `where`, remounted read-only for the block."""
+    needs_root("mounting a tmpfs")
     where.mkdir()
     run("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where))
     try:
