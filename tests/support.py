@@ -445,13 +445,17 @@ def exchange(url: str, data: bytes) -> bytes:
     return received
 
 
-def needs_root(what: str) -> None:
-    """A test that needs root (chattr, mount) skips without it and says why, unless CI
-    is set: then it fails (README, Quick start)."""
+def cannot(message: str) -> None:
+    """Skip for want of what the machine lacks (a program, root) and say why; under CI,
+    fail (README, Quick start)."""
     import pytest  # here: worker processes import this module and need no pytest
 
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def needs_root(what: str) -> None:
+    """A test that needs root (chattr, mount) goes no further without it (`cannot`)."""
     if os.geteuid() != 0:
-        message = f"{what} needs root"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        cannot(f"{what} needs root")

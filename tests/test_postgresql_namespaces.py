@@ -25,7 +25,7 @@ from chargebox.cli import prepare
 from chargebox.config import Config
 from chargebox.services import Chargebox
 from tests import pg_cluster
-from tests.support import ADMIN_TOKEN, ROOT, cli_audit
+from tests.support import ADMIN_TOKEN, ROOT, cannot, cli_audit
 from tests.test_postgresql_servers import AMOUNT, sell
 from tests.test_postgresql_service import books
 
@@ -76,13 +76,6 @@ def hosts(postgresql_cluster):  # not used: it skips (or fails under CI) without
         cannot("no ip command: apt-get install iproute2 (CI's .ci/run does)")
     except subprocess.CalledProcessError as exc:
         cannot(f"cannot make network namespaces here: {exc.stderr.strip()}")
-
-
-def cannot(message: str) -> None:
-    """Skip for want of what the machine lacks; under CI, fail."""
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def funded_seller(config: Config, credit: int) -> tuple[int, str]:
