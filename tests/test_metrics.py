@@ -43,12 +43,16 @@ def scrape(url: str) -> tuple[dict, requests.Response]:
     response = requests.get(url + "/metrics", headers=ADMIN, timeout=30)
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    samples = {
+    return samples_in(response.text), response
+
+
+def samples_in(text: str) -> dict:
+    """{(sample name, frozenset of labels): value} of an exposition's text."""
+    return {
         (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
+        for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
-    return samples, response
 
 
 def value(samples: dict, name: str, **labels: str) -> float:
@@ -329,12 +333,7 @@ def _children(parent: int) -> set[str]:
 
 def exposed() -> dict:
     """{(sample name, frozenset of labels): value} of this process's exposition."""
-    text = metrics.exposition({"database": 1})[0].decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+    return samples_in(metrics.exposition({"database": 1})[0].decode())
 
 
 def _metrics_directory(pid: str) -> Path:
