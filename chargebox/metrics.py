@@ -3,31 +3,25 @@
 Off until `start()` (the server calls it; the CLI's other commands never do), and
 then cheap: a request costs a dict lookup and two increments. With `--processes K`
 the children keep their values in files of one directory (prometheus-client's
-multiprocess mode), so a scrape answered by any child sums them all. Labels are
-route patterns, methods and statuses only: never a raw path, an id or a token.
+multiprocess mode; `metric_files`), so a scrape answered by any child sums them all.
+Labels are route patterns, methods and statuses only: never a raw path, an id or a token.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import functools
 import logging
-import os
 import re
-import shutil
-import stat
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, values
+from prometheus_client import CollectorRegistry, Counter, Histogram, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.mmap_dict import MmapedDict
 
+from chargebox import metric_files
 from chargebox.config import share_metrics_through
 from chargebox.errors import raised_at
 
@@ -39,12 +33,7 @@ UNMATCHED = "(unmatched)"  # no route: a 404, a 405, or refused before routing
 _PARAMETER = re.compile(r"<(\w+)(?::[^>]*)?>")
 _log = logging.getLogger("chargebox.metrics")
 _FAILED: set[str] = set()  # the counts that failed in this process, each logged once
-_SUMMED = ("counter", "histogram")  # the kinds of file whose values add up (no gauge is in one)
-ENDED = "ended"  # in place of a pid: the file of every ended process's counts
-_UNFOLDED: set[int] = set()  # ended processes whose files are still their own (process_ended)
 _GRID = float(1 << 20)  # observed seconds are multiples of 1 / _GRID (_exact)
-SHARED_PREFIX = "chargebox-metrics-"  # `--processes K`'s directories, in the temporary one
-LEFT_AFTER = 60.0  # seconds before a directory nobody holds is taken for a dead server's
 
 
 class _Instruments:
@@ -131,40 +120,6 @@ def start(directory: Path | None = None) -> None:
     _on = _Instruments()
 
 
-def shared_directory(temporary: Path | None = None) -> tuple[Path, int]:
-    """A new directory for `--processes K` to share its metrics through, and a descriptor
-    of its `.alive` file, flocked shared: held by this process and by the children it
-    forks (they inherit it) until the last of them ends. First, the directories of
-    servers killed with SIGKILL, which nobody holds, are removed from the temporary
-    directory (one a minute old at least: a younger one's server may not hold it yet)."""
-    temporary = temporary or Path(tempfile.gettempdir())
-    sweep(temporary, time.time())
-    made = Path(tempfile.mkdtemp(prefix=SHARED_PREFIX, dir=temporary))
-    alive = os.open(made / ".alive", os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(alive, fcntl.LOCK_SH)
-    return made, alive
-
-
-def sweep(temporary: Path, now: float) -> None:
-    """Remove this user's metrics directories in `temporary` that no process holds."""
-    for left in temporary.glob(SHARED_PREFIX + "*"):
-        try:
-            found = left.lstat()
-            if (not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid()
-                    or now - found.st_mtime < LEFT_AFTER):  # fmt: skip
-                continue
-            alive = os.open(left / ".alive", os.O_RDONLY)  # none: an older chargebox's, kept
-        except OSError:
-            continue
-        try:
-            fcntl.flock(alive, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            shutil.rmtree(left, ignore_errors=True)
-        except BlockingIOError:
-            pass  # its server, or one of its children, runs
-        finally:
-            os.close(alive)
-
-
 def stop() -> None:
     """Count no more (for tests that start metrics in their own process)."""
     global _on, _directory
@@ -172,72 +127,9 @@ def stop() -> None:
 
 
 def process_ended(pid: int) -> None:
-    """A forked server died: its counts stay in the sums (totals never go back), added to
-    the one file per kind that holds every ended process's, and its own files go.
-
-    So a server that replaces children for months (or a crash loop, one replacement every
-    30 s) keeps a file per kind per *live* child, not per child it ever started: each
-    scrape reads them all. A scrape never sees the counts twice or not at all: it reads
-    under the directory's lock shared, and the fold takes it alone. The sums are exact
-    (`_exact`), so adding them up in another order moves none. A fold that fails or finds
-    the lock held (a scrape stopped midway) leaves the files as they are, still summed by
-    every scrape, and is tried again as the next process ends: the supervisor never waits.
-    """
-    if _directory is None:
-        return
-    multiprocess.mark_process_dead(pid, str(_directory))
-    _UNFOLDED.add(pid)
-    try:
-        with _files_held(fcntl.LOCK_EX | fcntl.LOCK_NB):
-            for ended in sorted(_UNFOLDED):
-                try:
-                    for kind in _SUMMED:
-                        _fold(_directory / f"{kind}_{ended}.db", _directory / f"{kind}_{ENDED}.db")
-                except Exception as exc:  # noqa: BLE001 - kept and summed as they are
-                    _log.warning("the metrics of ended server process %d stay in its own "
-                                 "files for now: %s (at %s)", ended, type(exc).__name__,
-                                 raised_at(exc))  # fmt: skip
-                else:
-                    _UNFOLDED.discard(ended)
-    except BlockingIOError:
-        pass  # a scrape reads the files now: folded as the next process ends
-    except OSError as exc:  # its directory gone (removed by hand): nothing to fold into
-        _log.warning("the metrics of ended server processes were not folded: %s (at %s)",
-                     type(exc).__name__, raised_at(exc))  # fmt: skip
-
-
-def _fold(own: Path, total: Path) -> None:
-    """`own`'s values added to `total`'s, written whole to a new file that then takes
-    `total`'s place: a failure midway leaves both as they were."""
-    if not own.exists():
-        return
-    sums: dict[str, tuple[float, float]] = {}  # key -> (value, timestamp)
-    for path in (total, own):
-        if path.exists():
-            for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(str(path)):
-                sums[key] = (sums.get(key, (0.0, 0.0))[0] + value, timestamp)
-    fresh = total.with_name(f".{total.name}.folding")  # no `.db`: no scrape reads it
-    fresh.unlink(missing_ok=True)
-    into = MmapedDict(str(fresh))
-    try:
-        for key, (value, timestamp) in sums.items():
-            into.write_value(key, value, timestamp)
-    finally:
-        into.close()
-    os.replace(fresh, total)
-    own.unlink()
-
-
-@contextlib.contextmanager
-def _files_held(how: int) -> Iterator[None]:
-    """The metrics directory's lock: shared to read every file, alone to fold one
-    (LOCK_NB: BlockingIOError if a scrape holds it)."""
-    fd = os.open(_directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, how)
-        yield
-    finally:
-        os.close(fd)  # lets the lock go
+    """A forked server died: its counts are kept in the sums (`metric_files.ended`)."""
+    if _directory is not None:
+        metric_files.ended(_directory, pid)
 
 
 def _exact(seconds: float) -> float:
@@ -386,7 +278,7 @@ def exposition(sizes: dict[str, int], accept: str | None = None,
     0.0.4, or the one the scraper's `accept` asks for (OpenMetrics, text 1.0.0)."""
     registry = CollectorRegistry()
     if _directory is not None:
-        multiprocess.MultiProcessCollector(registry, path=str(_directory))
+        metric_files.Summed(registry, path=str(_directory))
     elif _on is not None:
         for metric in _on.all:
             registry.register(metric)
@@ -394,5 +286,7 @@ def exposition(sizes: dict[str, int], accept: str | None = None,
     encode, content_type = choose_encoder(accept or "")
     if _directory is None:
         return encode(registry), content_type
-    with _files_held(fcntl.LOCK_SH):  # no file folded away between the listing and its read
+    with metric_files.held(
+        _directory, fcntl.LOCK_SH
+    ):  # no file folded away between the listing and its read
         return encode(registry), content_type

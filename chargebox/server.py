@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 from waitress import wasyncore
 
-from chargebox import cpus, metrics
+from chargebox import cpus, metric_files, metrics
 from chargebox.access_log import AccessLog, LogFile, keep_out
 from chargebox.config import Config
 from chargebox.connections import build_server, listen, listen_beside
@@ -78,7 +78,7 @@ def serve(
     log = log or LogFile(config.access_log)  # a file that cannot be opened is refused
     if config.processes > 1:
         # The children's metrics meet in files here, summed by whichever child is scraped.
-        shared, alive = metrics.shared_directory()
+        shared, alive = metric_files.shared_directory()
         metrics.start(shared)
         try:
             return _serve_processes(config, listener, announce, log)

@@ -14,6 +14,7 @@ import os
 import random
 import re
 import signal
+import struct
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from chargebox import metrics
+from chargebox import metric_files, metrics
 from chargebox.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
 from tests.support import (
     ADMIN_TOKEN,
@@ -246,7 +247,7 @@ def test_with_two_processes_any_scrape_sums_both_and_a_dead_ones_counts_stay(tmp
         assert scrapes_until(2, now) == now, "no scrape was answered by the replacement"
         shared = _metrics_directory(next(iter(now)))
         assert not list(shared.glob(f"*_{victim}.db")), "the dead child's files were kept"
-        assert (shared / f"counter_{metrics.ENDED}.db").exists()
+        assert (shared / f"counter_{metric_files.ENDED}.db").exists()
 
 
 def ended_children(counts: tuple[int, ...]) -> list[int]:
@@ -284,7 +285,7 @@ def test_an_ended_process_counts_join_one_file_and_no_sum_moves(tmp_path):
         assert {f.name for f in tmp_path.glob("*.db")} == {
             f"{kind}_{pid}.db"
             for kind in ("counter", "histogram")
-            for pid in (os.getpid(), metrics.ENDED)
+            for pid in (os.getpid(), metric_files.ENDED)
         }
     finally:
         metrics.stop()
@@ -305,7 +306,8 @@ def test_a_fold_never_waits_for_a_scrape_nor_fails_on_a_file_it_cannot_read(tmp_
             assert (tmp_path / f"counter_{first}.db").exists() and exposed() == before
         finally:
             os.close(scrape)
-        (tmp_path / "counter_999999.db").touch()  # cut short as it was made
+        # Its header says it holds 100 bytes of values; it has none (a disk's damage).
+        (tmp_path / "counter_999999.db").write_bytes(struct.pack("i", 100) + bytes(4))
         metrics.process_ended(999999)
         assert not list(tmp_path.glob(f"*_{first}.db"))  # folded with the next ending
         metrics.process_ended(second)
@@ -314,6 +316,27 @@ def test_a_fold_never_waits_for_a_scrape_nor_fails_on_a_file_it_cannot_read(tmp_
     finally:
         metrics.stop()
         (tmp_path / "counter_999999.db").unlink()
+
+
+def test_a_file_just_made_fails_no_scrape_and_folds_to_nothing(tmp_path):
+    """prometheus-client makes a process's file empty, then sizes it: a scrape in between
+    failed on it, and a child killed in between left it so, failing every fold after.
+    An empty file holds no values: scrapes sum the others, a fold removes it."""
+    metrics.start(tmp_path)
+    try:
+        (first,) = ended_children((3,))
+        before = exposed()
+        for kind in ("counter", "histogram"):
+            (tmp_path / f"{kind}_999999.db").touch()  # a child's, as it makes it
+        assert exposed() == before
+        metrics.process_ended(999999)  # killed there
+        metrics.process_ended(first)
+        assert not list(tmp_path.glob("*_999999.db")) and exposed() == before
+        assert {f.name for f in tmp_path.glob("*.db")} == {
+            f"{kind}_{pid}.db" for kind in metric_files.SUMMED for pid in (os.getpid(), "ended")
+        }
+    finally:
+        metrics.stop()
 
 
 def _children(parent: int) -> set[str]:
@@ -377,7 +400,7 @@ def test_a_killed_servers_metrics_directory_is_swept_by_the_next_once_nobody_hol
     to be held yet, not an older chargebox's (no `.alive`), not another user's or a link."""
 
     def left(name: str, age: float = 3600.0) -> Path:
-        made = tmp_path / (metrics.SHARED_PREFIX + name)
+        made = tmp_path / (metric_files.SHARED_PREFIX + name)
         made.mkdir()
         (made / "counter_1.db").write_bytes(b"\0" * 8)
         (made / ".alive").touch()
@@ -388,27 +411,27 @@ def test_a_killed_servers_metrics_directory_is_swept_by_the_next_once_nobody_hol
     older = left("older")
     (older / ".alive").unlink()
     os.utime(older, (time.time() - 3600, time.time() - 3600))
-    link = tmp_path / (metrics.SHARED_PREFIX + "link")
+    link = tmp_path / (metric_files.SHARED_PREFIX + "link")
     link.symlink_to(held)
     holder = os.open(held / ".alive", os.O_RDONLY)
     fcntl.flock(holder, fcntl.LOCK_SH)
     try:
-        metrics.sweep(tmp_path, time.time())
+        metric_files.sweep(tmp_path, time.time())
     finally:
         os.close(holder)
     assert not dead.exists()
     assert young.exists() and held.exists() and older.exists() and link.exists()
-    metrics.sweep(tmp_path, time.time())  # let go now: its server is gone
+    metric_files.sweep(tmp_path, time.time())  # let go now: its server is gone
     assert not held.exists() and young.exists()
 
 
 def test_a_server_holds_its_metrics_directory_while_it_serves(tmp_path):
-    made, alive = metrics.shared_directory(tmp_path)
+    made, alive = metric_files.shared_directory(tmp_path)
     try:
-        assert made.name.startswith(metrics.SHARED_PREFIX) and (made / ".alive").exists()
-        metrics.sweep(made.parent, time.time() + 3600)  # as if it were old
+        assert made.name.startswith(metric_files.SHARED_PREFIX) and (made / ".alive").exists()
+        metric_files.sweep(made.parent, time.time() + 3600)  # as if it were old
         assert made.exists()
     finally:
         os.close(alive)
-    metrics.sweep(made.parent, time.time() + 3600)
+    metric_files.sweep(made.parent, time.time() + 3600)
     assert not made.exists()
