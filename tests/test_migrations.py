@@ -805,10 +805,13 @@ def test_migrate_refuses_while_a_server_runs_on_the_database(tmp_path, new_datab
 
 
 @pytest.mark.postgresql_only
-def test_migrate_as_the_app_role_is_refused_naming_the_owner(tmp_path, new_database):
+def test_migrate_as_the_app_role_is_refused_naming_the_owner(
+    tmp_path, new_database, postgresql_cluster
+):
     """The app role (serve's URL) owns no table: its migrate could change nothing, and its
     grants would grant nothing (PostgreSQL only warns), yet it said "granted". Refused in
-    one line naming the owner; the owner's URL migrates."""
+    one line naming the owner; the owner's URL migrates, and so does a superuser's (it
+    may do what the owner may: PostgreSQL counts it a member of every role)."""
     db, data = new_database(tmp_path)
     chargebox("init-db", "--db", db, "--data-dir", data)  # what a first start would do
     refused = chargebox("migrate", "--db", db, "--data-dir", data)
@@ -816,3 +819,8 @@ def test_migrate_as_the_app_role_is_refused_naming_the_owner(tmp_path, new_datab
     assert "only its owner may: connect as" in refused.stderr and "granted" not in refused.stderr
     owner = chargebox("migrate", "--db", backends.owner_url(db), "--data-dir", data)
     assert owner.returncode == 0 and "nothing to do" in owner.stderr, owner.stderr
+    import psycopg
+
+    name = psycopg.conninfo.conninfo_to_dict(db)["dbname"]
+    superuser = chargebox("migrate", "--db", postgresql_cluster.url(db=name), "--data-dir", data)
+    assert superuser.returncode == 0 and "nothing to do" in superuser.stderr, superuser.stderr
