@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from chargebox import proxy
-from chargebox.web.sessions import LOGIN_COOKIE, SESSION_COOKIE
+from chargebox.web.sessions import HOST_ONLY, LOGIN_COOKIE, SESSION_COOKIE
 from tests.support import ADMIN_TOKEN, running_server
 from tests.test_access_log import by_id
 from tests.test_startup_mistakes import assert_refused, chargebox
@@ -37,11 +37,11 @@ def sign_in(url: str, headers: dict) -> tuple[requests.Response, requests.Respon
     """The sign-in form, then the admin's sign-in, both with `headers`; the two answers."""
     form = requests.get(url + "/login", headers=headers, timeout=10)
     assert form.status_code == 200, form.text
-    login = cookie_value(form, LOGIN_COOKIE)
+    (name,) = {LOGIN_COOKIE, HOST_ONLY + LOGIN_COOKIE} & set(set_cookies(form))
     signed = requests.post(
         url + "/login",
         {"token": ADMIN_TOKEN, "csrf": value_of(form.text, "csrf")},
-        headers={**headers, "Cookie": f"{LOGIN_COOKIE}={login}"},
+        headers={**headers, "Cookie": f"{name}={cookie_value(form, name)}"},
         allow_redirects=False,
         timeout=10,
     )
@@ -54,6 +54,12 @@ def test_the_trusted_proxys_https_makes_every_cookie_secure_and_its_client_is_lo
     env = {"CHARGEBOX_TRUSTED_PROXY": "127.0.0.1", "CHARGEBOX_ACCESS_LOG": str(log)}
     with running_server(tmp_path / "proxied.db", env=env) as server:
         form, signed = sign_in(server.url, {**HTTPS, "X-Forwarded-For": "198.51.100.9"})
+        session = cookie_value(signed, HOST_ONLY + SESSION_COOKIE)
+        pages = {
+            name: requests.get(server.url + "/admin", allow_redirects=False, timeout=10,
+                               headers={**HTTPS, "Cookie": f"{name}={session}"})
+            for name in (HOST_ONLY + SESSION_COOKIE, SESSION_COOKIE)
+        }  # fmt: skip
         plain = requests.get(server.url + "/language/fa?back=/login",
                              headers={"X-Forwarded-Proto": "http"}, allow_redirects=False,
                              timeout=10)  # fmt: skip
@@ -65,8 +71,17 @@ def test_the_trusted_proxys_https_makes_every_cookie_secure_and_its_client_is_lo
             "spoofed": requests.get(server.url + "/health", timeout=10,
                                     headers={"X-Forwarded-For": '"\\, 10.0.0.1, 203.0.113.7'}),
         }  # fmt: skip
-    assert "secure" in flags(form, LOGIN_COOKIE)
-    assert {"secure", "httponly", "samesite=strict"} <= flags(signed, SESSION_COOKIE)
+    # Host-only: a sibling subdomain can set neither (a browser refuses it the name).
+    assert {"secure", "path=/"} <= flags(form, HOST_ONLY + LOGIN_COOKIE)
+    assert {"secure", "httponly", "samesite=strict", "path=/"} <= flags(
+        signed, HOST_ONLY + SESSION_COOKIE
+    )
+    assert not any(part.startswith("domain") for part in flags(signed, HOST_ONLY + SESSION_COOKIE))
+    assert LOGIN_COOKIE not in set_cookies(form) and SESSION_COOKIE not in set_cookies(signed)
+    # The same session under the name a sibling subdomain could have planted is no session.
+    assert pages[HOST_ONLY + SESSION_COOKIE].status_code == 200
+    assert pages[SESSION_COOKIE].status_code == 303
+    assert pages[SESSION_COOKIE].headers["Location"].endswith("/login")
     assert "secure" not in flags(plain, "lang")
     assert odd["gopher"].status_code == 303 and "secure" not in flags(odd["gopher"], "lang")
     assert odd["spoofed"].status_code == 200
@@ -88,6 +103,7 @@ def test_forwarding_headers_from_anyone_else_change_nothing(tmp_path, trusted):
     with running_server(tmp_path / "direct.db", env=env) as server:
         form, signed = sign_in(server.url, forged)
     assert "secure" not in flags(form, LOGIN_COOKIE) | flags(signed, SESSION_COOKIE)
+    assert not any(name.startswith(HOST_ONLY) for name in set_cookies(signed))
     assert by_id(log, signed.headers["X-Request-Id"])["client"] == "127.0.0.1"
 
 

@@ -3,6 +3,9 @@
 A page learns its visitor here and nowhere else, and every cookie we set is
 httponly, SameSite=Strict and (over https) Secure; only the language cookie, a mere
 preference, is SameSite=Lax, so a page opened from a link elsewhere keeps the language.
+Over https the session and sign-in cookies are named `__Host-...`: a browser takes
+such a cookie only from this host, so a sibling subdomain cannot plant one (its own
+session, to sign a visitor in as itself; or the sign-in form's token, to match it).
 Sessions themselves are kept, hashed, by `auth.Access`; this module holds only what
 travels in the browser.
 No rendering and no use case here: the pages call these, not the other way round.
@@ -27,6 +30,7 @@ SESSION_COOKIE = "chargebox_session"
 # Before there is a session, the sign-in form is protected by a double-submit token.
 LOGIN_COOKIE = "chargebox_login"
 LANGUAGE_COOKIE = i18n.COOKIE
+HOST_ONLY = "__Host-"  # the prefix of a cookie only this host may set (Secure, Path=/)
 
 
 class SignInRequired(Exception):
@@ -47,7 +51,7 @@ class Visitor:
 
 def signed_in(service: Chargebox) -> Visitor | None:
     """The browser's valid session, if it has one."""
-    session = bottle.request.get_cookie(SESSION_COOKIE)
+    session = bottle.request.get_cookie(_named(SESSION_COOKIE))
     principal = service.access.session(session)
     if principal:
         bottle.request.environ[ENVIRON_WHO] = principal  # for the access log
@@ -88,10 +92,17 @@ def check_csrf(expected: str, form: dict[str, str]) -> None:
         )
 
 
+def _named(name: str) -> str:
+    """A session or sign-in cookie's name: host-only over https (plain http has none)."""
+    return HOST_ONLY + name if bottle.request.urlparts.scheme == "https" else name
+
+
 def _cookie(
     response: bottle.BaseResponse, name: str, value: str, max_age: int, samesite: str = "strict"
 ) -> None:
     secure = bottle.request.urlparts.scheme == "https"
+    if name != LANGUAGE_COOKIE:
+        name = _named(name)
     response.set_cookie(
         name, value, path="/", httponly=True, samesite=samesite, secure=secure, max_age=max_age
     )
@@ -113,7 +124,7 @@ def end_session(response: bottle.BaseResponse) -> None:
 
 def login_token() -> str:
     """The sign-in form's token: the browser's login cookie, or a new one."""
-    token = bottle.request.get_cookie(LOGIN_COOKIE)
+    token = bottle.request.get_cookie(_named(LOGIN_COOKIE))
     return token if token and len(token) <= 64 else secrets.token_urlsafe(24)
 
 
@@ -122,4 +133,4 @@ def remember_login_token(response: bottle.BaseResponse, token: str) -> None:
 
 
 def check_login_token(form: dict[str, str]) -> None:
-    check_csrf(bottle.request.get_cookie(LOGIN_COOKIE) or "", form)
+    check_csrf(bottle.request.get_cookie(_named(LOGIN_COOKIE)) or "", form)
