@@ -24,7 +24,7 @@ from chargebox.clock import now
 from chargebox.config import Config
 from chargebox.location import check_database_path
 from chargebox.pg_driver import connect, described, name_sessions
-from chargebox.schema_steps import STEPS, Step
+from chargebox.schema_steps import STEPS, Step, sqlite_missing
 
 LATEST = schema.VERSION  # the schema this code reads and writes
 # What widens the blocks of sales (version 7): put back, it leaves the sales made without
@@ -209,6 +209,8 @@ def upgrade_sqlite(path: str, timeout: float, where: str) -> tuple[int, int, lis
             broken = steps and conn.execute("PRAGMA foreign_key_check").fetchall()
             if broken:
                 raise RuntimeError(f"a migration step broke {len(broken)} foreign key(s)")
+            for statement in sqlite_missing(conn):  # a table or index a new file has
+                conn.execute(statement)
             missing = schema.missing_triggers(conn)  # dropped or changed: made again, below
             missing += [name for name in added if name not in missing]
             for name in missing:  # and one added beside the guards (its own name): dropped

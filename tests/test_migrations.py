@@ -201,6 +201,26 @@ def test_a_migrated_file_has_the_schema_of_a_new_one(tmp_path, release):
     assert _normalised(rows_on_disk(db, catalogue)) == _normalised(rows_on_disk(new, catalogue))
 
 
+def test_a_file_of_a_build_before_0_1_0_is_migrated_to_the_schema_of_a_new_one(tmp_path):
+    """Development builds before 0.1.0 (which printed 0.1.0 too) made no audit checkpoint
+    tables nor one of credit_request's indexes: migrate failed on them at every try
+    (`no such table: main.audit_checkpoint`, re-installing that table's triggers). It
+    makes what a new file has and the file lacks, then audits clean."""
+    db = old_file(tmp_path / "old")
+    with writable(db) as conn:
+        for table in ("seller_checkpoint", "audit_checkpoint"):  # their triggers go too
+            conn.execute(f"DROP TABLE {table}")
+        conn.execute("DROP INDEX credit_request_seller_id_status_id")
+    migrated = chargebox("migrate", "--db", db)
+    assert migrated.returncode == 0 and "1 -> " in migrated.stderr, migrated.stderr
+    new = tmp_path / "new" / "chargebox.db"
+    assert chargebox("init-db", "--db", new).returncode == 0
+    catalogue = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+    assert _normalised(rows_on_disk(db, catalogue)) == _normalised(rows_on_disk(new, catalogue))
+    audited = chargebox("audit", "--db", db, "--full")
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+
+
 def _normalised(rows: list[tuple]) -> list[tuple]:
     """SQLite keeps a table's CREATE as written; a rebuilt table's name is quoted."""
     return [(kind, name, table, (sql or "").replace('"', "")) for kind, name, table, sql in rows]
