@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -105,6 +106,40 @@ def _refuse_a_serving_file(path: Path, where: str) -> None:
         os.close(fd)
 
 
+# SQLite's unix VFS: each connection to a WAL file holds a read lock on this byte of its
+# `-shm` for as long as it is open (the "DMS" slot, (22 + 8) * 4 + 8), to learn if it is
+# the last. Linux's struct flock: type, whence, start, length, pid.
+_SHM_OPEN_BYTE, _FLOCK = 128, "hhqqi"
+
+
+def _refuse_open_elsewhere(path: Path, where: str) -> None:
+    """SQLite on Linux: migrate's check that no other process has the file open, which
+    finds the servers `_refuse_a_serving_file` cannot: chargebox 0.2.0's and older took no
+    lock on the SERVING_SUFFIX file. Asked with F_GETLK, which takes no lock (a SQLite
+    connection opening meanwhile is not disturbed); made before this process opens the file
+    (closing a descriptor drops every lock the process holds on the file)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import fcntl
+    import struct
+
+    try:
+        fd = os.open(f"{path}-shm", os.O_RDONLY)
+    except FileNotFoundError:
+        return  # none: no connection has it open in WAL mode
+    try:
+        asked = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, _SHM_OPEN_BYTE, 1, 0)
+        kind, _, _, _, pid = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, asked))
+    finally:
+        os.close(fd)
+    if kind != fcntl.F_UNLCK:
+        raise ValueError(
+            f"--db {where}: process {pid} has it open (a server of chargebox 0.2.0 or older, "
+            f"which takes no {SERVING_SUFFIX} lock; a backup; the sqlite3 shell): stop it "
+            "first, or --force"
+        )
+
+
 def migrate(
     config: Config,
     lock: Callable[[], contextlib.AbstractContextManager],
@@ -141,6 +176,7 @@ def migrate(
         with lock():
             if not force:
                 _refuse_a_serving_file(config.db_path, where)
+                _refuse_open_elsewhere(config.db_path, where)
             found, to, put = upgrade_sqlite(
                 str(config.db_path), config.busy_timeout_ms / 1000, where
             )

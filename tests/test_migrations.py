@@ -824,6 +824,31 @@ def test_migrate_refuses_while_a_server_runs_on_the_database(tmp_path, new_datab
     assert after.returncode == 0 and "nothing to do" in after.stderr, after.stderr
 
 
+@pytest.mark.sqlite_only
+def test_migrate_refuses_while_any_other_process_has_the_file_open(tmp_path):
+    """A server of 0.2.0 or older takes no `.serving` lock: migrate ran under it, and its
+    old code went on against the new schema (helper-88). Any process with the file open
+    holds SQLite's read lock in its `-shm`: migrate refuses, naming it, changing nothing."""
+    db = old_file(tmp_path / "old", "0.2.0")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+         " c.execute('SELECT count(*) FROM seller').fetchone(); print('open', flush=True);"
+         " sys.stdin.read()", str(db)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "open\n"
+        before = db.read_bytes()
+        refused = chargebox("migrate", "--db", db)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert f"process {holder.pid} has it open" in refused.stderr, refused.stderr
+        assert db.read_bytes() == before
+    finally:
+        holder.communicate("", timeout=30)  # its stdin closed: it closes the file and ends
+    done = chargebox("migrate", "--db", db)
+    assert done.returncode == 0 and "2 -> " in done.stderr, done.stderr
+
+
 @pytest.mark.postgresql_only
 def test_migrate_as_the_app_role_is_refused_naming_the_owner(
     tmp_path, new_database, postgresql_cluster
