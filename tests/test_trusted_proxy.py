@@ -60,6 +60,19 @@ def test_the_trusted_proxys_https_makes_every_cookie_secure_and_its_client_is_lo
                                headers={**HTTPS, "Cookie": f"{name}={session}"})
             for name in (HOST_ONLY + SESSION_COOKIE, SESSION_COOKIE)
         }  # fmt: skip
+        # What a sibling can make a browser send: its own cookie, whose value (a space in
+        # it) reads as ours to a parser that splits at spaces (http.cookies: bottle's).
+        smuggled = {
+            "session": f"pref=x {HOST_ONLY + SESSION_COOKIE}={session}",
+            "twice": f"{HOST_ONLY + SESSION_COOKIE}={session}; {HOST_ONLY + SESSION_COOKIE}=x",
+            "login": f"pref=x {HOST_ONLY + LOGIN_COOKIE}=planted-by-a-sibling",
+        }
+        pages.update({
+            name: requests.get(server.url + ("/login" if name == "login" else "/admin"),
+                               allow_redirects=False, timeout=10,
+                               headers={**HTTPS, "Cookie": cookie})
+            for name, cookie in smuggled.items()
+        })  # fmt: skip
         plain = requests.get(server.url + "/language/fa?back=/login",
                              headers={"X-Forwarded-Proto": "http"}, allow_redirects=False,
                              timeout=10)  # fmt: skip
@@ -82,6 +95,12 @@ def test_the_trusted_proxys_https_makes_every_cookie_secure_and_its_client_is_lo
     assert pages[HOST_ONLY + SESSION_COOKIE].status_code == 200
     assert pages[SESSION_COOKIE].status_code == 303
     assert pages[SESSION_COOKIE].headers["Location"].endswith("/login")
+    assert pages["session"].status_code == 303 and pages["twice"].status_code == 303
+    assert pages["login"].status_code == 200
+    assert "planted-by-a-sibling" not in pages["login"].text
+    assert value_of(pages["login"].text, "csrf") == cookie_value(
+        pages["login"], HOST_ONLY + LOGIN_COOKIE
+    )  # a token of its own, set as the host's cookie
     assert "secure" not in flags(plain, "lang")
     assert odd["gopher"].status_code == 303 and "secure" not in flags(odd["gopher"], "lang")
     assert odd["spoofed"].status_code == 200

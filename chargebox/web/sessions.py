@@ -51,7 +51,7 @@ class Visitor:
 
 def signed_in(service: Chargebox) -> Visitor | None:
     """The browser's valid session, if it has one."""
-    session = bottle.request.get_cookie(_named(SESSION_COOKIE))
+    session = _sent(_named(SESSION_COOKIE))
     principal = service.access.session(session)
     if principal:
         bottle.request.environ[ENVIRON_WHO] = principal  # for the access log
@@ -92,6 +92,19 @@ def check_csrf(expected: str, form: dict[str, str]) -> None:
         )
 
 
+def _sent(name: str) -> str | None:
+    """The cookie `name` as the browser sent it: the header's `;`-separated pairs, the name
+    matched exactly; None if absent or sent twice (a host-only cookie is one per name).
+    Not bottle's reading (http.cookies), which also splits at spaces: a sibling subdomain's
+    cookie `a=x __Host-chargebox_session=S` (its value one with a space) read as ours."""
+    found = [
+        pair.partition("=")[2].strip()
+        for pair in bottle.request.environ.get("HTTP_COOKIE", "").split(";")
+        if pair.partition("=")[0].strip() == name
+    ]
+    return found[0] if len(found) == 1 else None
+
+
 def _named(name: str) -> str:
     """A session or sign-in cookie's name: host-only over https (plain http has none)."""
     return HOST_ONLY + name if bottle.request.urlparts.scheme == "https" else name
@@ -124,7 +137,7 @@ def end_session(response: bottle.BaseResponse) -> None:
 
 def login_token() -> str:
     """The sign-in form's token: the browser's login cookie, or a new one."""
-    token = bottle.request.get_cookie(_named(LOGIN_COOKIE))
+    token = _sent(_named(LOGIN_COOKIE))
     return token if token and len(token) <= 64 else secrets.token_urlsafe(24)
 
 
@@ -133,4 +146,4 @@ def remember_login_token(response: bottle.BaseResponse, token: str) -> None:
 
 
 def check_login_token(form: dict[str, str]) -> None:
-    check_csrf(bottle.request.get_cookie(_named(LOGIN_COOKIE)) or "", form)
+    check_csrf(_sent(_named(LOGIN_COOKIE)) or "", form)
