@@ -286,7 +286,5 @@ def exposition(sizes: dict[str, int], accept: str | None = None,
     encode, content_type = choose_encoder(accept or "")
     if _directory is None:
         return encode(registry), content_type
-    with metric_files.held(
-        _directory, fcntl.LOCK_SH
-    ):  # no file folded away between the listing and its read
+    with metric_files.held(_directory, fcntl.LOCK_SH):  # none folded away as it reads
         return encode(registry), content_type

@@ -113,11 +113,12 @@ _SHM_OPEN_BYTE, _FLOCK = 128, "hhqqi"
 
 
 def _refuse_open_elsewhere(path: Path, where: str) -> None:
-    """SQLite on Linux: migrate's check that no other process has the file open, which
-    finds the servers `_refuse_a_serving_file` cannot: chargebox 0.2.0's and older took no
-    lock on the SERVING_SUFFIX file. Asked with F_GETLK, which takes no lock (a SQLite
-    connection opening meanwhile is not disturbed); made before this process opens the file
-    (closing a descriptor drops every lock the process holds on the file)."""
+    """SQLite on Linux: migrate's check that no other process has read the file (in WAL
+    mode) and has it open still, which finds the servers `_refuse_a_serving_file` cannot:
+    chargebox 0.2.0's and older took no lock on the SERVING_SUFFIX file. Asked with
+    F_GETLK, which takes no lock (a SQLite connection opening meanwhile is not disturbed);
+    made before this process opens the file (closing a descriptor drops every lock the
+    process holds on the file)."""
     if not sys.platform.startswith("linux"):
         return
     import fcntl
