@@ -153,6 +153,7 @@ def migrate(
     IMMEDIATE. PostgreSQL: `--db` is the schema owner's URL; the service's roles are
     granted what the new schema needs (those found, and `grant_to`).
     """
+    made: list[str] = []  # SQLite: the tables and indexes it lacked, made
     if config.db_url:
         where = described(config.db_url)
         conn = connect(config.db_url, autocommit=True, lost_after=config.peer_timeout)
@@ -166,7 +167,7 @@ def migrate(
         finally:
             with contextlib.suppress(Exception):
                 conn.close()
-        granted = f"; granted to {', '.join(roles)}" if roles else ""
+        also = f"; granted to {', '.join(roles)}" if roles else ""
     else:
         if grant_to:
             raise ValueError("--grant-to is for a PostgreSQL --db (postgresql://...)")
@@ -178,14 +179,14 @@ def migrate(
             if not force:
                 _refuse_a_serving_file(config.db_path, where)
                 _refuse_open_elsewhere(config.db_path, where)
-            found, to, put = upgrade_sqlite(
+            found, to, put, made = upgrade_sqlite(
                 str(config.db_path), config.busy_timeout_ms / 1000, where
             )
-        granted = ""
-    if found == to and not put:
-        return f"schema version {to} in {where}: already the newest, nothing to do{granted}"
+        also = f"; made what it lacked: {', '.join(made)}" if made else ""
+    if found == to and not put and not made:
+        return f"schema version {to} in {where}: already the newest, nothing to do{also}"
     done = f"{to} in {where}: already the newest" if found == to else f"{found} -> {to} in {where}"
-    return f"schema version {done}{guards.repaired(put)}{granted}"
+    return f"schema version {done}{guards.repaired(put)}{also}"
 
 
 # --- SQLite ----------------------------------------------------------------------------------
@@ -220,10 +221,12 @@ def prepare_sqlite(database: peewee.SqliteDatabase, models: Sequence[type[peewee
         _record_sqlite(conn, found or LATEST)
 
 
-def upgrade_sqlite(path: str, timeout: float, where: str) -> tuple[int, int, list[str]]:
+def upgrade_sqlite(path: str, timeout: float,
+                   where: str) -> tuple[int, int, list[str], list[str]]:  # fmt: skip
     """Apply the missing steps to the file at `path` in one write transaction, put back the
-    guard triggers someone dropped and drop those added; (from, to, the triggers put back
-    at LATEST, and at any version those dropped as added: schema.Added).
+    guard triggers someone dropped and drop those added, make the tables and indexes it
+    lacks; (from, to, the triggers put back at LATEST and at any version those dropped as
+    added: schema.Added, the tables and indexes made).
 
     The caller holds the start-up lock. Foreign keys are off while the steps run (they
     cannot be switched inside a transaction) and checked before COMMIT.
@@ -246,7 +249,8 @@ def upgrade_sqlite(path: str, timeout: float, where: str) -> tuple[int, int, lis
             broken = steps and conn.execute("PRAGMA foreign_key_check").fetchall()
             if broken:
                 raise RuntimeError(f"a migration step broke {len(broken)} foreign key(s)")
-            for statement in sqlite_missing(conn):  # a table or index a new file has
+            made = sqlite_missing(conn)  # a table or index a new file has
+            for _, statement in made:
                 conn.execute(statement)
             missing = schema.missing_triggers(conn)  # dropped or changed: made again, below
             missing += [name for name in added if name not in missing]
@@ -264,7 +268,8 @@ def upgrade_sqlite(path: str, timeout: float, where: str) -> tuple[int, int, lis
             raise
     finally:
         conn.close()
-    return found, LATEST, [n for n in missing if found == LATEST or isinstance(n, schema.Added)]
+    put = [n for n in missing if found == LATEST or isinstance(n, schema.Added)]
+    return found, LATEST, put, [name for name, _ in made]
 
 
 def _record_sqlite(conn: sqlite3.Connection, since: int) -> None:

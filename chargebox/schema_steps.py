@@ -42,13 +42,13 @@ def _sqlite_model_schema() -> dict[str, str]:
     return made
 
 
-def sqlite_missing(conn: sqlite3.Connection) -> list[str]:
-    """The CREATE statements of the tables and indexes a new file has and this one lacks,
-    in the order a new file makes them: a file made by a development build before 0.1.0
-    (which printed 0.1.0 too) lacks the audit's checkpoint tables and an index."""
+def sqlite_missing(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """The names and CREATE statements of the tables and indexes a new file has and this
+    one lacks, in the order a new file makes them: a file made by a development build
+    before 0.1.0 (which printed 0.1.0 too) lacks the audit's checkpoint tables and an index."""
     found = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
     made = _sqlite_model_schema().items()
-    return [sql for name, sql in made if name not in found and not name.startswith("sqlite_")]
+    return [(name, sql) for name, sql in made if name not in found | {"sqlite_sequence"}]
 
 
 def _sqlite_keys_and_suspension(conn: sqlite3.Connection) -> None:

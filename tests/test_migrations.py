@@ -213,12 +213,32 @@ def test_a_file_of_a_build_before_0_1_0_is_migrated_to_the_schema_of_a_new_one(t
         conn.execute("DROP INDEX credit_request_seller_id_status_id")
     migrated = chargebox("migrate", "--db", db)
     assert migrated.returncode == 0 and "1 -> " in migrated.stderr, migrated.stderr
+    assert migrated.stderr.rstrip().endswith(
+        "; made what it lacked: credit_request_seller_id_status_id, audit_checkpoint,"
+        " seller_checkpoint, seller_checkpoint_seller_id_checkpoint_id"
+    ), migrated.stderr
     new = tmp_path / "new" / "chargebox.db"
     assert chargebox("init-db", "--db", new).returncode == 0
     catalogue = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
     assert _normalised(rows_on_disk(db, catalogue)) == _normalised(rows_on_disk(new, catalogue))
     audited = chargebox("audit", "--db", db, "--full")
     assert audited.returncode == 0, audited.stdout + audited.stderr
+
+
+@pytest.mark.sqlite_only
+def test_an_index_a_newest_file_lacks_is_made_and_said(tmp_path):
+    """migrate makes what a file at the newest version lacks, and says so, not "nothing to
+    do"; then nothing is left to do."""
+    db = tmp_path / "chargebox.db"
+    assert chargebox("init-db", "--db", db).returncode == 0
+    with writable(db) as conn:
+        conn.execute("DROP INDEX credit_request_seller_id_status_id")
+    made = chargebox("migrate", "--db", db)
+    assert made.returncode == 0 and "nothing to do" not in made.stderr, made.stderr
+    assert "already the newest; made what it lacked: credit_request_seller_id_status_id" in (
+        made.stderr
+    )
+    assert "nothing to do" in chargebox("migrate", "--db", db).stderr
 
 
 def _normalised(rows: list[tuple]) -> list[tuple]:
