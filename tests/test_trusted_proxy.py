@@ -66,6 +66,9 @@ def test_the_trusted_proxys_https_makes_every_cookie_secure_and_its_client_is_lo
             "session": f"pref=x {HOST_ONLY + SESSION_COOKIE}={session}",
             "twice": f"{HOST_ONLY + SESSION_COOKIE}={session}; {HOST_ONLY + SESSION_COOKIE}=x",
             "login": f"pref=x {HOST_ONLY + LOGIN_COOKIE}=planted-by-a-sibling",
+            # A name of its own that str.strip() would make ours (latin-1 0xA0, 0x85).
+            "nbsp": f"pref=x; \xa0{HOST_ONLY + SESSION_COOKIE}={session}",
+            "beside": f"{HOST_ONLY + SESSION_COOKIE}={session}; \x85{HOST_ONLY + SESSION_COOKIE}=x",
         }
         pages.update({
             name: requests.get(server.url + ("/login" if name == "login" else "/admin"),
@@ -96,6 +99,8 @@ def test_the_trusted_proxys_https_makes_every_cookie_secure_and_its_client_is_lo
     assert pages[SESSION_COOKIE].status_code == 303
     assert pages[SESSION_COOKIE].headers["Location"].endswith("/login")
     assert pages["session"].status_code == 303 and pages["twice"].status_code == 303
+    assert pages["nbsp"].status_code == 303
+    assert pages["beside"].status_code == 200  # the planted one is another cookie: no lockout
     assert pages["login"].status_code == 200
     assert "planted-by-a-sibling" not in pages["login"].text
     assert value_of(pages["login"].text, "csrf") == cookie_value(

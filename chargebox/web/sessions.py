@@ -31,6 +31,7 @@ SESSION_COOKIE = "chargebox_session"
 LOGIN_COOKIE = "chargebox_login"
 LANGUAGE_COOKIE = i18n.COOKIE
 HOST_ONLY = "__Host-"  # the prefix of a cookie only this host may set (Secure, Path=/)
+_BLANK = " \t"  # what a browser may put around a cookie's name and value (RFC 6265)
 
 
 class SignInRequired(Exception):
@@ -96,11 +97,13 @@ def _sent(name: str) -> str | None:
     """The cookie `name` as the browser sent it: the header's `;`-separated pairs, the name
     matched exactly; None if absent or sent twice (a host-only cookie is one per name).
     Not bottle's reading (http.cookies), which also splits at spaces: a sibling subdomain's
-    cookie `a=x __Host-chargebox_session=S` (its value one with a space) read as ours."""
+    cookie `a=x __Host-chargebox_session=S` (its value one with a space) read as ours.
+    Only spaces and tabs are blanks here (`str.strip()` would also take the header's
+    latin-1 0xA0 and 0x85, and a sibling's cookie named `\xa0__Host-...` would match)."""
     found = [
-        pair.partition("=")[2].strip()
+        pair.partition("=")[2].strip(_BLANK)
         for pair in bottle.request.environ.get("HTTP_COOKIE", "").split(";")
-        if pair.partition("=")[0].strip() == name
+        if pair.partition("=")[0].strip(_BLANK) == name
     ]
     return found[0] if len(found) == 1 else None
 
