@@ -32,7 +32,7 @@ from pathlib import Path
 from chargebox import anchors, partial, seals
 from chargebox.clock import now
 from chargebox.config import Config, whole_number
-from chargebox.location import check_database_path
+from chargebox.location import check_database_path, synced
 
 BUSY_TIMEOUT_MS = 10_000  # reading the source waits for a WAL recovery, never for writers
 PG_DUMP_TIMEOUT = 24 * 3600
@@ -207,11 +207,7 @@ class _Rows:
 def _place(temporary: Path, target: Path, overwrite: bool) -> None:
     """fsync the copy, give it its name (atomically; without --force never over a file
     that appeared meanwhile), then fsync the directory so that the name survives too."""
-    fd = os.open(temporary, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    synced(temporary)
     os.chmod(temporary, 0o600)
     if overwrite:
         os.replace(temporary, target)
@@ -220,11 +216,7 @@ def _place(temporary: Path, target: Path, overwrite: bool) -> None:
             os.link(temporary, target)
         except FileExistsError:
             raise ValueError(f"{target}: appeared during the backup; nothing replaced") from None
-    fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    synced(target.parent)
 
 
 def find_pg_dump() -> str | None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from chargebox import auth, periods
 from chargebox.anchors import located
 from chargebox.config import Config, checked_admin_token, whole_number
+from chargebox.location import synced
 from chargebox.services import Chargebox
 
 COMMANDS = ("keys", "create-key", "revoke-key", "rotate-key", "suspend", "reactivate",
@@ -170,8 +171,10 @@ def admin_token(config: Config, make: bool = True) -> str | None:
 def stored_secret(
     path: Path, what: str, variable: str, new: Callable[[], str] = auth.new_admin_token
 ) -> str:
-    """Read a generated secret, or create it (owner-only, atomically) on first start; a
-    write that fails leaves nothing, and of processes starting together one makes it."""
+    """Read a generated secret, or create it (owner-only, atomically, on disk before it is
+    used: a power cut never leaves a sealed ledger with no key) on first start; a write
+    that fails leaves nothing, and of processes starting together one makes it. A file
+    that cannot be read is refused in one line."""
     if not path.exists():
         temporary = path.with_name(f".{path.name}.{os.getpid()}")
         with contextlib.suppress(FileNotFoundError):
@@ -180,7 +183,9 @@ def stored_secret(
             with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600),
                            "w") as handle:  # fmt: skip
                 handle.write(new() + "\n")
+            synced(temporary)
             os.link(temporary, path)
+            synced(path.parent)
             print(f"chargebox: generated {what} in {path} (readable by its owner only); "
                   f"set {variable} to choose your own", file=sys.stderr)  # fmt: skip
         except FileExistsError:  # another process made it first: its secret is the one
@@ -188,7 +193,12 @@ def stored_secret(
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temporary.unlink()
-    return path.read_text().strip()
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ValueError(f"{path}: cannot read {what} from it ({why}): put it there as text "
+                         f"this user may read, or set {variable}") from None  # fmt: skip
 
 
 def check_admin_token(database, config: Config, token: str) -> None:
@@ -199,7 +209,8 @@ def check_admin_token(database, config: Config, token: str) -> None:
         source = "CHARGEBOX_ADMIN_TOKEN" if config.admin_token else str(config.admin_token_path)
         print(f"chargebox: warning: the admin token in {source} is not the one in force "
               "(it was rotated with `chargebox rotate-admin-token`): only the current one acts "
-              "as the admin; put it there", file=sys.stderr)  # fmt: skip
+              "as the admin; put it there, or (a restored copy) run `chargebox "
+              "rotate-admin-token` for a new one", file=sys.stderr)  # fmt: skip
 
 
 def _count(number: int, one: str, more: str) -> str:

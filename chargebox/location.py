@@ -177,3 +177,13 @@ def _identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return found.st_dev, found.st_ino
+
+
+def synced(path: Path) -> None:
+    """fsync a file or a directory, named by its path: what was written to the file, or
+    the names just given in the directory, survive a power cut."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -11,11 +11,12 @@ On PostgreSQL the key file is in `--data-dir`, the folder compared.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
 
-from chargebox import seals
+from chargebox import auth, commands, seals
 from chargebox.postgresql import described
 from tests.support import (
     cli_audit,
@@ -189,3 +190,40 @@ def test_a_refused_start_makes_no_admin_token(sealed, command, mistake):
     before = files(sealed.folder)
     assert_refused(chargebox(*command, *sealed.args, **env))
     assert files(sealed.folder) == before and not (sealed.folder / "admin_token").exists()
+
+
+@pytest.mark.sqlite_only  # the files beside an SQLite database
+@pytest.mark.parametrize("secret", ["ledger_key", "admin_token"])
+@pytest.mark.parametrize("mistake", ["a directory", "not UTF-8"])
+def test_a_secret_file_that_cannot_be_read_is_refused_in_one_line(tmp_path, secret, mistake):
+    """A key or token file that is a directory, unreadable or not text was a traceback and
+    exit 1 (under systemd: restarts, and a trace in the journal); now one line, exit 2."""
+    path = tmp_path / secret
+    if mistake == "a directory":
+        path.mkdir()
+    else:
+        path.write_bytes(b"\xff\xfe\n")
+    if secret == "admin_token":  # a ledger key of its own, readable
+        (tmp_path / "ledger_key").write_text(OTHER_KEY + "\n")
+    refused = chargebox("init-db", "--db", tmp_path / "chargebox.db", CHARGEBOX_ADMIN_TOKEN="")
+    assert_refused(refused, str(path), "cannot read", "or set CHARGEBOX_")
+
+
+def test_a_generated_secret_and_a_replaced_one_are_on_disk_before_they_are_used(
+    tmp_path, monkeypatch
+):
+    """A power cut after the first start must not leave a sealed ledger with an empty or
+    missing key file: the file's contents and then its name (its directory) are synced."""
+    synced = []
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "admin_token"
+    made = commands.stored_secret(path, "an admin token", "CHARGEBOX_ADMIN_TOKEN")
+    assert synced == [str(tmp_path / f".admin_token.{os.getpid()}"), str(tmp_path)]
+    synced.clear()
+    auth.replace_secret(path, "another")
+    assert synced == [str(tmp_path / f".admin_token.{os.getpid()}"), str(tmp_path)]
+    assert path.read_text() == "another\n" and made != "another"
