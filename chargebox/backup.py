@@ -31,7 +31,7 @@ from pathlib import Path
 
 from chargebox import anchors, partial, seals
 from chargebox.clock import now
-from chargebox.config import Config, whole_number
+from chargebox.config import Config, whole_number, without_settings
 from chargebox.location import check_database_path, synced
 
 BUSY_TIMEOUT_MS = 10_000  # reading the source waits for a WAL recovery, never for writers
@@ -264,6 +264,7 @@ def _pg_dump(url: str, target: Path, overwrite: bool) -> Made:
             text=True,
             timeout=PG_DUMP_TIMEOUT,
             pass_fds=(lock,),  # the copy's lock lives as long as pg_dump, killed or not
+            env=without_settings(),
         )
         if result.returncode != 0:
             lines = result.stderr.strip().splitlines()

@@ -219,6 +219,13 @@ def share_metrics_through(directory: Path) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
+def without_settings() -> dict[str, str]:
+    """This process's environment without chargebox's settings, for a program it runs
+    (pg_dump): CHARGEBOX_* may hold the ledger key, the admin token and a password, and
+    a child's environment is readable by every process of its user."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("CHARGEBOX_")}
+
+
 def database_setting(text: str) -> dict:
     """`--db` or CHARGEBOX_DB as Config fields: a PostgreSQL URL, or an SQLite file."""
     if text.startswith(POSTGRESQL_SCHEMES):

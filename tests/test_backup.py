@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from chargebox import backup
 from chargebox.backup import find_pg_dump
 from tests import pg_cluster
 from tests.support import (
@@ -474,3 +475,20 @@ def test_a_killed_backups_partial_copy_is_removed_by_the_next_but_a_running_ones
         assert directory.is_dir() and (held is None or (directory / held[0]).read_text() == "kept")
     names = sorted(p.name for p in copies.iterdir() if p not in foreign)
     assert len(names) == 1 and names[0].startswith("chargebox-"), names
+
+
+def test_pg_dump_gets_none_of_chargeboxs_settings_in_its_environment(tmp_path, monkeypatch):
+    """pg_dump needs none of CHARGEBOX_*, which may hold the ledger key, the admin token
+    and the URL's password: a child's environment is readable by its user's processes."""
+    seen = tmp_path / "environment"
+    fake = tmp_path / "bin" / "pg_dump"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\nenv > {seen}\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("CHARGEBOX_LEDGER_KEY", "a-ledger-key-that-must-stay-home-0123456789")
+    monkeypatch.setenv("CHARGEBOX_DB", "postgresql://owner:secret@127.0.0.1:1/db")
+    with pytest.raises(ValueError, match="pg_dump failed"):
+        backup._pg_dump("postgresql://owner:secret@127.0.0.1:1/db", tmp_path / "x.dump", False)
+    environment = seen.read_text()
+    assert "PATH=" in environment and "CHARGEBOX_" not in environment
