@@ -195,10 +195,7 @@ def test_a_migrated_file_has_the_schema_of_a_new_one(tmp_path, release):
     """Every table, index and trigger of a new file, and nothing else, in a migrated one."""
     db = old_file(tmp_path / "old", release)
     assert chargebox("migrate", "--db", db).returncode == 0
-    new = tmp_path / "new" / "chargebox.db"
-    assert chargebox("init-db", "--db", new).returncode == 0
-    catalogue = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
-    assert _normalised(rows_on_disk(db, catalogue)) == _normalised(rows_on_disk(new, catalogue))
+    assert_schema_of_a_new_file(db, tmp_path / "new")
 
 
 def test_a_file_of_a_build_before_0_1_0_is_migrated_to_the_schema_of_a_new_one(tmp_path):
@@ -217,10 +214,7 @@ def test_a_file_of_a_build_before_0_1_0_is_migrated_to_the_schema_of_a_new_one(t
         "; made what it lacked: credit_request_seller_id_status_id, audit_checkpoint,"
         " seller_checkpoint, seller_checkpoint_seller_id_checkpoint_id"
     ), migrated.stderr
-    new = tmp_path / "new" / "chargebox.db"
-    assert chargebox("init-db", "--db", new).returncode == 0
-    catalogue = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
-    assert _normalised(rows_on_disk(db, catalogue)) == _normalised(rows_on_disk(new, catalogue))
+    assert_schema_of_a_new_file(db, tmp_path / "new")
     audited = chargebox("audit", "--db", db, "--full")
     assert audited.returncode == 0, audited.stdout + audited.stderr
 
@@ -239,6 +233,15 @@ def test_an_index_a_newest_file_lacks_is_made_and_said(tmp_path):
         made.stderr
     )
     assert "nothing to do" in chargebox("migrate", "--db", db).stderr
+
+
+def assert_schema_of_a_new_file(db: Path, home: Path) -> None:
+    """Every table, index and trigger of a file init-db makes in `home`, and nothing
+    else, in `db`."""
+    new = home / "chargebox.db"
+    assert chargebox("init-db", "--db", new).returncode == 0
+    catalogue = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+    assert _normalised(rows_on_disk(db, catalogue)) == _normalised(rows_on_disk(new, catalogue))
 
 
 def _normalised(rows: list[tuple]) -> list[tuple]:
