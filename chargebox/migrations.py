@@ -250,8 +250,9 @@ def upgrade_sqlite(path: str, timeout: float,
             if broken:
                 raise RuntimeError(f"a migration step broke {len(broken)} foreign key(s)")
             made = sqlite_missing(conn)  # a table or index a new file has
-            for _, statement in made:
-                conn.execute(statement)
+            for _, statements in made:
+                for statement in statements:
+                    conn.execute(statement)
             missing = schema.missing_triggers(conn)  # dropped or changed: made again, below
             missing += [name for name in added if name not in missing]
             for name in missing:  # and one added beside the guards (its own name): dropped

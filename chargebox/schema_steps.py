@@ -42,13 +42,28 @@ def _sqlite_model_schema() -> dict[str, str]:
     return made
 
 
-def sqlite_missing(conn: sqlite3.Connection) -> list[tuple[str, str]]:
-    """The names and CREATE statements of the tables and indexes a new file has and this
-    one lacks, in the order a new file makes them: a file made by a development build
-    before 0.1.0 (which printed 0.1.0 too) lacks the audit's checkpoint tables and an index."""
-    found = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
-    made = _sqlite_model_schema().items()
-    return [(name, sql) for name, sql in made if name not in found | {"sqlite_sequence"}]
+def sqlite_missing(conn: sqlite3.Connection) -> list[tuple[str, tuple[str, ...]]]:
+    """What to say and run for each table and index a new file has and this one lacks, in
+    the order a new file makes them, and for each index of a new file's name in another
+    shape (dropped, made again): a file made by a development build before 0.1.0 (which
+    printed 0.1.0 too) lacks the audit's checkpoint tables and an index, and holds
+    `ledger_entry_credit_request_id` on every row where a new file's is partial."""
+    found = dict(
+        conn.execute("SELECT name, sql FROM sqlite_master WHERE name != 'sqlite_sequence'")
+    )
+    steps = []
+    for name, sql in _sqlite_model_schema().items():
+        if name not in found:
+            steps.append((name, (sql,)))
+        elif sql.startswith("CREATE") and " INDEX " in sql and _shape(found[name]) != _shape(sql):
+            steps.append((f"{name} (made again: it differed)", (f'DROP INDEX "{name}"', sql)))
+    return steps
+
+
+def _shape(sql: str | None) -> str:
+    """A CREATE statement as compared: SQLite keeps it as written (a rebuilt table's name
+    quoted), so without quotes and with its blanks as one."""
+    return " ".join((sql or "").replace('"', "").split())
 
 
 def _sqlite_keys_and_suspension(conn: sqlite3.Connection) -> None:

@@ -200,18 +200,25 @@ def test_a_migrated_file_has_the_schema_of_a_new_one(tmp_path, release):
 
 def test_a_file_of_a_build_before_0_1_0_is_migrated_to_the_schema_of_a_new_one(tmp_path):
     """Development builds before 0.1.0 (which printed 0.1.0 too) made no audit checkpoint
-    tables nor one of credit_request's indexes: migrate failed on them at every try
+    tables nor one of credit_request's indexes, and held ledger_entry's index of credit
+    requests on every row (a new file's is partial): migrate failed on them at every try
     (`no such table: main.audit_checkpoint`, re-installing that table's triggers). It
-    makes what a new file has and the file lacks, then audits clean."""
+    makes what a new file has and the file lacks or holds in another shape, then audits
+    clean."""
     db = old_file(tmp_path / "old")
     with writable(db) as conn:
         for table in ("seller_checkpoint", "audit_checkpoint"):  # their triggers go too
             conn.execute(f"DROP TABLE {table}")
         conn.execute("DROP INDEX credit_request_seller_id_status_id")
+        conn.execute("DROP INDEX ledger_entry_credit_request_id")
+        conn.execute(
+            "CREATE UNIQUE INDEX ledger_entry_credit_request_id ON ledger_entry (credit_request_id)"
+        )
     migrated = chargebox("migrate", "--db", db)
     assert migrated.returncode == 0 and "1 -> " in migrated.stderr, migrated.stderr
     assert migrated.stderr.rstrip().endswith(
-        "; made what it lacked: credit_request_seller_id_status_id, audit_checkpoint,"
+        "; made what it lacked: credit_request_seller_id_status_id,"
+        " ledger_entry_credit_request_id (made again: it differed), audit_checkpoint,"
         " seller_checkpoint, seller_checkpoint_seller_id_checkpoint_id"
     ), migrated.stderr
     assert_schema_of_a_new_file(db, tmp_path / "new")
