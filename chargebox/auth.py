@@ -18,7 +18,6 @@ import datetime
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 import threading
 from pathlib import Path
@@ -29,7 +28,7 @@ from chargebox.clock import now
 from chargebox.db import Database, Write
 from chargebox.errors import SUSPENDED, SellerSuspended, Unauthorized
 from chargebox.key_use import last_use
-from chargebox.location import synced
+from chargebox.location import written_secret
 
 log = logging.getLogger("chargebox.auth")
 
@@ -113,13 +112,7 @@ def new_ledger_key() -> str:
 def replace_secret(path: Path, secret: str) -> None:
     """Write a secret's file afresh, owner-only, atomically (never half written), and on
     disk before its answer: a power cut never leaves it empty or the old one."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secret + "\n")
-    synced(temporary)
-    os.replace(temporary, path)
-    synced(path.parent)
+    written_secret(path, secret, replacing=True)
 
 
 def hash_key(key: str) -> str:

@@ -10,9 +10,7 @@ on stdout. A new secret is printed once, on stdout only; nothing here logs one.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +18,7 @@ from pathlib import Path
 from chargebox import auth, periods
 from chargebox.anchors import located
 from chargebox.config import Config, checked_admin_token, whole_number
-from chargebox.location import synced
+from chargebox.location import written_secret
 from chargebox.services import Chargebox
 
 COMMANDS = ("keys", "create-key", "revoke-key", "rotate-key", "suspend", "reactivate",
@@ -176,23 +174,12 @@ def stored_secret(
     that fails leaves nothing, and of processes starting together one makes it. A file
     that cannot be read is refused in one line."""
     if not path.exists():
-        temporary = path.with_name(f".{path.name}.{os.getpid()}")
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()  # a killed start's, with this pid
         try:
-            with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600),
-                           "w") as handle:  # fmt: skip
-                handle.write(new() + "\n")
-            synced(temporary)
-            os.link(temporary, path)
-            synced(path.parent)
+            written_secret(path, new(), replacing=False)
             print(f"chargebox: generated {what} in {path} (readable by its owner only); "
                   f"set {variable} to choose your own", file=sys.stderr)  # fmt: skip
         except FileExistsError:  # another process made it first: its secret is the one
             pass
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                temporary.unlink()
     try:
         return path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:

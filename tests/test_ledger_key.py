@@ -227,3 +227,22 @@ def test_a_generated_secret_and_a_replaced_one_are_on_disk_before_they_are_used(
     auth.replace_secret(path, "another")
     assert synced == [str(tmp_path / f".admin_token.{os.getpid()}"), str(tmp_path)]
     assert path.read_text() == "another\n" and made != "another"
+
+
+def test_a_replacement_that_fails_leaves_the_secret_as_it_was_and_nothing_beside_it(
+    tmp_path, monkeypatch
+):
+    """A rotation whose write fails (a full disk, here at its sync) left the new secret in
+    a `.admin_token.PID` beside the file, readable by whoever reads that directory later."""
+    import errno
+
+    path = tmp_path / "admin_token"
+    auth.replace_secret(path, "before")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError):
+        auth.replace_secret(path, "after")
+    assert list(tmp_path.iterdir()) == [path] and path.read_text() == "before\n"
