@@ -39,6 +39,10 @@ SESSION_LIFETIME = datetime.timedelta(hours=12)
 # that expires later than a new one would, by more, was opened by a clock running ahead
 # (set back since): it would last that much longer, so it is refused.
 CLOCK_SKEW = datetime.timedelta(minutes=5)
+# How long after they expire sessions are swept out (a sign-in sweeps): a clock that ran
+# ahead for a while (a virtual machine resumed) would otherwise sweep, with one sign-in,
+# every host's sessions, each good again once the clock is set right.
+SWEPT_AFTER = datetime.timedelta(days=7)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -335,7 +339,7 @@ class Access:
         """Open a web session for the holder of a seller key or the admin token.
 
         Returns the session's secret cookie value (kept only as a hash) and who it is.
-        Sessions that have expired are swept out in the same write.
+        Sessions that expired over SWEPT_AFTER ago are swept out in the same write.
         """
         if not isinstance(token, str) or not token.strip():
             raise Unauthorized("enter your API key (or the admin token)")
@@ -345,7 +349,7 @@ class Access:
         created = now()
 
         def open_session(write: Write) -> None:
-            write.execute("DELETE FROM web_session WHERE expires_at <= ?", (created,))
+            write.execute("DELETE FROM web_session WHERE expires_at <= ?", (now(-SWEPT_AFTER),))
             write.execute(
                 "INSERT INTO web_session (token_hash, role, seller_id, credential_hash,"
                 " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",

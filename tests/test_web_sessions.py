@@ -150,6 +150,24 @@ def test_signing_out_ends_that_session_only_and_removes_its_row(service, config,
     assert service.access.session(staying) == principal
 
 
+def test_a_sign_in_while_the_clock_runs_ahead_sweeps_no_session_still_good(
+    service, monkeypatch, seller
+):
+    """A sign-in during a clock's jump ahead (a virtual machine resumed, 13 hours on) swept
+    every session it took as expired, on every host, though each was good again once the
+    clock was set right."""
+    real = auth.now
+    clerk, principal = service.access.sign_in(seller[1])
+    admin, _ = service.access.sign_in(ADMIN_TOKEN)
+    monkeypatch.setattr(auth, "now", lambda later=datetime.timedelta(0): real(
+        later + datetime.timedelta(hours=13)))  # fmt: skip
+    assert service.access.session(clerk) is None  # expired, as far as this clock knows
+    service.access.sign_in(seller[1])
+    monkeypatch.undo()
+    assert service.access.session(clerk) == principal
+    assert service.access.session(admin) == ADMIN
+
+
 def test_expired_sessions_are_swept_out_at_the_next_sign_in(service, config, seller):
     (old, _), (live, _) = service.access.sign_in(seller[1]), service.access.sign_in(ADMIN_TOKEN)
     expire(config, old)
