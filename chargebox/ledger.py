@@ -95,8 +95,11 @@ _SALE_ON_BALANCE = (
         join=" CROSS JOIN made",
     )
 )
+# Never before the request was made: a clock set back, or another host's clock ahead when
+# it was made, would otherwise show it (and its credit entry) decided before it was asked.
 _DECIDE = (
-    "UPDATE credit_request SET status = :status, decided_at = :now"
+    "UPDATE credit_request SET status = :status,"
+    " decided_at = CASE WHEN created_at > :now THEN created_at ELSE :now END"
     f" WHERE id = :request_id AND status = 'pending' {CREDIT_REQUEST.returning}"
 )
 
@@ -182,7 +185,7 @@ def _seal(write: Write, entry: dict, phone: str | None,
 def approve_credit_request(write: Write, request_id: int, now: str) -> dict:
     """Mark a pending request approved and credit its seller, exactly once (I4)."""
     request = _decide(write, request_id, "approved", now)
-    _move(write, request["seller_id"], request["amount"], "credit", now,
+    _move(write, request["seller_id"], request["amount"], "credit", request["decided_at"],
           credit_request_id=request_id)  # fmt: skip
     return request
 
@@ -253,10 +256,13 @@ def refund(write: Write, sale_id: int, reason: str, now: str) -> dict:
     seller's row is held before the look for an earlier refund, so racing refunds of one
     sale (all of one seller) look one after another, each seeing the one before it.
     """
-    found = write.rows("SELECT seller_id, phone, amount FROM sale WHERE id = ?", (sale_id,))
+    found = write.rows(
+        "SELECT seller_id, phone, amount, created_at FROM sale WHERE id = ?", (sale_id,)
+    )
     if not found:
         raise NotFound("sale {sale_id} does not exist", sale_id=sale_id)
-    seller_id, number, amount = found[0]
+    seller_id, number, amount, sold = found[0]
+    now = max(now, sold)  # never refunded before it was sold (a clock set back)
     if write.balance_first:
         write.hold(seller_id)
     earlier = write.rows(_REFUND_OF, (sale_id,))

@@ -12,12 +12,13 @@ and the books are re-added from a fresh connection.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import sqlite3
 from collections import Counter
 
 import pytest
 
-from chargebox import audit, errors
+from chargebox import audit, clock, errors, idempotency, services
 from chargebox.config import MAX_BALANCE
 from chargebox.services import Chargebox
 from tests.support import (
@@ -76,6 +77,31 @@ def test_a_refund_gives_the_whole_sale_back_once_and_the_sale_says_so(service, c
         k: v for k, v in sale.items() if not k.startswith("refund")
     }
     assert service.queries.phone(PHONE)["total_charged"] == 0
+    assert audited(service, config)[seller_id] == 100_000
+
+
+def clock_ahead(monkeypatch, by: datetime.timedelta) -> None:
+    """The service stamps what it writes `by` ahead, until `monkeypatch.undo()`: another
+    host's clock ahead, or this one's before NTP set it back."""
+    ahead = clock.now(by)
+    for module in (services, idempotency):
+        monkeypatch.setattr(module, "now", lambda: ahead)
+
+
+def test_a_sale_made_by_a_clock_ahead_is_refunded_when_it_was_sold_not_before(
+    service, config, monkeypatch
+):
+    """After the clock is set back, its refund was stamped before the sale: the pages and
+    the API showed it refunded before it was sold."""
+    seller_id = credited_seller(service, 100_000)["id"]
+    clock_ahead(monkeypatch, datetime.timedelta(hours=1))
+    sale = service.sell(seller_id, PHONE, 7_000).record
+    monkeypatch.undo()
+    entry = service.refund(sale["id"], "operator did not deliver").record
+    assert entry["created_at"] == sale["created_at"] > clock.now()
+    assert service.queries.sale(sale["id"])["refunded_at"] == sale["created_at"]
+    later = service.refund(sold(service)[1]["id"], "not delivered").record  # the clock's own
+    assert sale["created_at"] > later["created_at"]
     assert audited(service, config)[seller_id] == 100_000
 
 

@@ -8,6 +8,7 @@ of the README ("The invariants"); `audit()` must call the books consistent after
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import random
 
@@ -159,6 +160,29 @@ def test_approving_credits_the_seller_exactly_once(service, config):
     assert rows_on_disk(database_of(config), "SELECT credit_request_id FROM ledger_entry") == [
         (request["id"],)
     ]
+
+
+def test_a_request_made_by_a_clock_ahead_is_decided_when_it_was_made_not_before(
+    service, config, monkeypatch
+):
+    """After the clock is set back (NTP), or on a host whose clock is behind the one that
+    took the request, it was decided, and its seller credited, before it was made."""
+    from tests.test_refunds import clock_ahead
+
+    seller, _ = service.create_seller("Ali")
+    clock_ahead(monkeypatch, datetime.timedelta(hours=1))
+    approved = service.request_credit(seller["id"], 5_000).record
+    rejected = service.request_credit(seller["id"], 6_000).record
+    monkeypatch.undo()
+    decided = service.approve_credit_request(approved["id"])
+    assert decided["decided_at"] == approved["created_at"] > now()
+    entry = service.queries.ledger(Page(), seller["id"])[0]  # the credit
+    assert (entry["credit_request_id"], entry["created_at"]) == (
+        approved["id"],
+        decided["decided_at"],
+    )
+    assert service.reject_credit_request(rejected["id"])["decided_at"] == rejected["created_at"]
+    assert service.audit(full=True)["consistent"]
 
 
 def test_approving_twice_credits_once(service, config):
