@@ -83,6 +83,7 @@ class Chargebox:
         self.queries = Queries(self.database)
         self.access = auth.Access(self.database, config.admin_token)
         self._full_audit = threading.Lock()
+        self._statements = statements.Turns()
 
     def close(self) -> None:
         self.database.close()
@@ -294,11 +295,12 @@ class Chargebox:
                   for_spreadsheets: bool = False) -> statements.Rendered:  # fmt: skip
         """A seller's statement of the period `when` names (periods.period), as JSON or CSV
         (its CSV marked UTF-8 `for_spreadsheets`: statements.Rendered), to be iterated
-        (streamed) and closed; open on a read snapshot until then."""
+        (streamed) and closed; open on a read snapshot until then. At most
+        statements.AT_ONCE at once, one a seller: one more is Unavailable (503)."""
         if fmt not in statements.FORMATS:
             raise ValidationError("format must be json or csv", "format")
         chosen = periods.period(when)
-        read = statements.Statement(self.database, seller_id, chosen)
+        read = statements.Statement(self.database, seller_id, chosen, turns=self._statements)
         return statements.Rendered(read, fmt, for_spreadsheets)
 
     def find_sales(self, page: Page, seller_id: int | None, search: dict[str, str]

@@ -25,16 +25,22 @@ import contextlib
 import csv
 import io
 import json
+import threading
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from chargebox.audit_checks import KINDS
 from chargebox.clock import parse
+from chargebox.errors import Unavailable
 from chargebox.periods import Localiser, Period, local
 from chargebox.queries import LEDGER_ENTRY, Queries
 
 CHUNK = 1_000  # entries per read
 FORMATS = ("json", "csv")
+# Statements a server process makes at once, at most one a seller: each holds the
+# interpreter lock for ~6 us an entry (half a second for a busy seller's year), and one
+# seller's hundred at once stalled every other seller's sales for a minute.
+AT_ONCE = 2
 # The opening, along the stamp index: the sum of what was stamped before `from`, or the
 # seller's newest balance_after (sealed, in ledger order) less what was stamped from it
 # on, whichever reads less; judged by the seller's ends, each read along an index.
@@ -79,15 +85,44 @@ CSV_COLUMNS = ("line", *ENTRY)
 _REASON = ENTRY.index("reason")
 
 
+class Turns:
+    """Which sellers' statements a process is making now: at most `at_once`, one a seller;
+    one more is refused (503, retry), not queued, since it would hold a request thread."""
+
+    def __init__(self, at_once: int = AT_ONCE) -> None:
+        self.at_once = at_once
+        self._lock = threading.Lock()
+        self._sellers: set[int] = set()
+
+    def take(self, seller_id: int) -> Callable[[], None]:
+        """A turn for a statement of `seller_id`, or Unavailable; call what it returns
+        when the statement is closed."""
+        with self._lock:
+            if seller_id in self._sellers:
+                raise Unavailable("a statement of this seller is being made already: ask for "
+                                  "one at a time, and retry when it is done")  # fmt: skip
+            if len(self._sellers) >= self.at_once:
+                raise Unavailable("too many statements are being made; retry shortly")
+            self._sellers.add(seller_id)
+        return lambda: self._give_back(seller_id)
+
+    def _give_back(self, seller_id: int) -> None:
+        with self._lock:
+            self._sellers.discard(seller_id)
+
+
 class Statement:
     """One seller's statement, open on a read snapshot until `close()` (or exhausted)."""
 
-    def __init__(self, database, seller_id: int, period: Period, chunk: int = CHUNK) -> None:
+    def __init__(self, database, seller_id: int, period: Period, chunk: int = CHUNK,
+                 turns: Turns | None = None) -> None:  # fmt: skip
         self.seller_id = seller_id
         self.period = period
         self.chunk = chunk
         self.reads = 0  # chunks read so far (tests check the reading is chunked)
         self._stack = contextlib.ExitStack()
+        if turns is not None:  # given back as it closes
+            self._stack.callback(turns.take(seller_id))
         try:
             self._db = self._stack.enter_context(database.snapshot())
             Queries(self._db).seller(seller_id)  # NotFound before anything is streamed

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from chargebox import clock, ledger, periods, queries, sale_search, schema, statements
 from chargebox.audit_checks import KINDS
-from chargebox.errors import NotFound, ValidationError
+from chargebox.errors import NotFound, Unavailable, ValidationError
 from tests.support import (
     REFUSED,
     ROOT,
@@ -289,6 +289,50 @@ def test_a_closed_statement_ends_its_read_snapshot_and_writes_go_on(service):
     write_entries(service, seller["id"], [(50, 7)])
     again = json.loads(b"".join(service.statement(seller["id"], {"from": at(0), "to": at(100)})))
     assert again["closing_balance"] == 30 * 5 + 7
+
+
+def test_a_process_makes_two_statements_at_once_one_a_seller_and_refuses_more(service):
+    """One seller's hundred statements at once (each ~6 us of the interpreter lock an
+    entry) stalled every other seller's sales for a minute: a process makes at most
+    statements.AT_ONCE at once, one a seller; one more is 503, given back as each closes,
+    whether read to its end, closed half-way, or never begun."""
+    sellers = [credited_seller(service, 1_000, f"s{n}")["id"] for n in range(3)]
+    period = {"from": "2000-01-01", "to": "2100-01-01"}  # (one thread's snapshots: nested)
+    first = service.statement(sellers[0], period)
+    with pytest.raises(Unavailable, match="one at a time"):
+        service.statement(sellers[0], period, "csv")
+    second = service.statement(sellers[1], period)
+    with pytest.raises(Unavailable, match="too many statements"):
+        service.statement(sellers[2], period)
+    assert json.loads(b"".join(second))["closing_balance"] == 1_000  # read to its end
+    service.statement(sellers[2], period).close()  # never begun
+    half = service.statement(sellers[2], period, "csv")
+    next(iter(half))
+    half.close()  # a client gone half-way
+    with pytest.raises(NotFound):  # refused before it reads: its turn given back too
+        service.statement(10_000, period)
+    first.close()
+    made = [service.statement(seller, period) for seller in sellers[1:]]
+    for rendered in reversed(made):
+        rendered.close()
+
+
+def test_a_statement_past_the_processs_turns_is_a_503_with_retry_after(service):
+    from wsgiref.util import setup_testing_defaults
+
+    from chargebox.web import create_app
+
+    seller, key = service.create_seller("Ali")
+    held = service.statement(seller["id"], {"from": at(0), "to": at(100)})
+    environ = {"PATH_INFO": "/api/statements", "QUERY_STRING": "from=2000-01-01&to=2100-01-01",
+               "HTTP_AUTHORIZATION": f"Bearer {key}"}  # fmt: skip
+    setup_testing_defaults(environ)
+    answered = {}
+    app = create_app(service.config, service)
+    body = b"".join(app(environ, lambda status, sent, *_: answered.update(s=status, h=dict(sent))))
+    held.close()
+    assert answered["s"].startswith("503") and answered["h"]["Retry-After"] == "1"
+    assert json.loads(body)["error"]["code"] == "unavailable"
 
 
 def cli(config, *args: str) -> subprocess.CompletedProcess:
