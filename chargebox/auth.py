@@ -43,6 +43,18 @@ CLOCK_SKEW = datetime.timedelta(minutes=5)
 # ahead for a while (a virtual machine resumed) would otherwise sweep, with one sign-in,
 # every host's sessions, each good again once the clock is set right.
 SWEPT_AFTER = datetime.timedelta(days=7)
+SWEEP = 100  # expired sessions a sign-in sweeps out, at most: its write stays short
+# Sessions the admin, and each seller, may have open at once: a sign-in past it ends the
+# oldest. Unbounded, one seller's flood of sign-ins (1,300 a second) left rows that a
+# suspension, or a later sweep, deleted in one write lasting seconds, under the write lock.
+MAX_SESSIONS = 50
+_SWEEP = (
+    "DELETE FROM web_session WHERE id IN (SELECT id FROM web_session WHERE expires_at <= ? LIMIT ?)"
+)
+_OLDEST = (
+    "DELETE FROM web_session WHERE {who} AND id <= (SELECT id FROM web_session WHERE {who}"
+    " ORDER BY id DESC LIMIT 1 OFFSET ?)"
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -339,7 +351,8 @@ class Access:
         """Open a web session for the holder of a seller key or the admin token.
 
         Returns the session's secret cookie value (kept only as a hash) and who it is.
-        Sessions that expired over SWEPT_AFTER ago are swept out in the same write.
+        In the same write, up to SWEEP sessions that expired over SWEPT_AFTER ago are swept
+        out, and its holder's oldest past MAX_SESSIONS ended.
         """
         if not isinstance(token, str) or not token.strip():
             raise Unauthorized("enter your API key (or the admin token)")
@@ -349,7 +362,7 @@ class Access:
         created = now()
 
         def open_session(write: Write) -> None:
-            write.execute("DELETE FROM web_session WHERE expires_at <= ?", (now(-SWEPT_AFTER),))
+            write.execute(_SWEEP, (now(-SWEPT_AFTER), SWEEP))
             write.execute(
                 "INSERT INTO web_session (token_hash, role, seller_id, credential_hash,"
                 " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -364,6 +377,11 @@ class Access:
                     now(SESSION_LIFETIME),
                 ),
             )
+            if principal.seller_id is None:
+                write.execute(_OLDEST.format(who="seller_id IS NULL"), (MAX_SESSIONS,))
+            else:
+                mine, ids = "seller_id = ?", (principal.seller_id,)
+                write.execute(_OLDEST.format(who=mine), (*ids, *ids, MAX_SESSIONS))
 
         self.database.write(open_session)
         return session, principal

@@ -177,6 +177,41 @@ def test_expired_sessions_are_swept_out_at_the_next_sign_in(service, config, sel
     assert stored == {digest(live), digest(new)}
 
 
+def test_each_holder_keeps_its_newest_sessions_and_a_sign_in_ends_the_oldest(
+    service, monkeypatch, seller
+):
+    """A seller's flood of sign-ins (1,300 a second, each a session) left rows that a
+    suspension, or a later sweep, deleted in one write of seconds under the write lock:
+    the admin and each seller keep MAX_SESSIONS open, a sign-in past it ends the oldest."""
+    monkeypatch.setattr(auth, "MAX_SESSIONS", 3)
+    other, other_key = service.create_seller("Other")
+    theirs, _ = service.access.sign_in(other_key)
+    for key, principal in ((seller[1], None), (ADMIN_TOKEN, ADMIN)):
+        sessions = [service.access.sign_in(key) for _ in range(5)]
+        principal = principal or sessions[0][1]
+        assert [service.access.session(made) for made, _ in sessions] == [None] * 2 + [
+            principal
+        ] * 3
+    assert service.access.session(theirs).seller_id == other["id"]
+
+
+def test_a_sign_in_sweeps_a_bounded_number_of_expired_sessions(
+    service, config, monkeypatch, seller
+):
+    """A million expired sessions were swept by the next sign-in in one write of 13.5 s,
+    under the write lock: each sign-in sweeps SWEEP at most."""
+    monkeypatch.setattr(auth, "SWEEP", 3)
+    other, other_key = service.create_seller("Other")
+    for session in [service.access.sign_in(other_key)[0] for _ in range(5)]:
+        expire(config, session)
+    count = "SELECT COUNT(*) FROM web_session WHERE expires_at = ?"
+    assert sql(config, count, (PAST,)) == [(5,)]
+    service.access.sign_in(seller[1])
+    assert sql(config, count, (PAST,)) == [(2,)]
+    service.access.sign_in(seller[1])
+    assert sql(config, count, (PAST,)) == [(0,)]
+
+
 @pytest.mark.sqlite_only  # the files themselves
 def test_only_the_sha256_of_a_session_cookie_is_stored(service, config, seller):
     sessions = [service.access.sign_in(seller[1])[0], service.access.sign_in(ADMIN_TOKEN)[0]]
