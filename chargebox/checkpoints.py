@@ -25,16 +25,20 @@ the quick audits trust no checkpoint until `anchors accept-restore`. Marks and
 checkpoints are stamped as they are recorded, one at a time, so their sealed stamps
 keep the order they were recorded in, which their ids need not (no seal binds an id):
 the quick audits trust no checkpoint stamped no later than a mark, which is the one
-before it, moved to an id above it. A row that looks like a mark but was written
-without the key is passed over (the service's role may insert one, with any stamp).
+before it, moved to an id above it. So that the stamps keep that order whatever the
+clocks do (one set back, or another host's behind on PostgreSQL), a row is stamped
+after the newest sealed one, a microsecond later, when the clock is not past it: a mark
+stamped before the checkpoint it follows would not have told. A row that looks like a
+mark but was written without the key is passed over (the service's role may insert
+one, with any stamp).
 """
 
 from __future__ import annotations
 
+import datetime
 from typing import TYPE_CHECKING, NamedTuple
 
-from chargebox import anchors, seals
-from chargebox.clock import now
+from chargebox import anchors, clock, seals
 
 if TYPE_CHECKING:
     from chargebox.db import Database
@@ -101,6 +105,11 @@ _COPIES = "SELECT id FROM audit_checkpoint WHERE mac = ? AND id != ? ORDER BY id
 _LATER_MARKS = ("SELECT id, created_at, mac FROM audit_checkpoint WHERE entries = 0 AND"
                 " created_at >= (SELECT created_at FROM audit_checkpoint ORDER BY id DESC"
                 " LIMIT 1) ORDER BY created_at DESC, id DESC")  # fmt: skip
+# The newest rows, for the stamp a new one must follow (the first whose seal verifies).
+_LAST = (
+    "SELECT entry_id, entries, request_id, full_at, created_at, mac FROM audit_checkpoint"
+    " ORDER BY id DESC LIMIT 20"
+)
 _DISTRUSTED_SINCE = "SELECT id FROM audit_checkpoint WHERE id > ? AND entries = 0 LIMIT 1"
 _NEW_STATE = (
     "INSERT INTO seller_checkpoint (checkpoint_id, seller_id, entry_id, entries, entry_mac,"
@@ -188,7 +197,7 @@ def save(write, key: bytes, seen: tuple[int, int, int, str | None], states: dict
     _one_at_a_time(write)
     if write.rows(_DISTRUSTED_SINCE, (newest,)):
         return None
-    stamp = now()
+    stamp = _stamp(write, key)
     *verified, full_at = seen
     return _record(write, key, (*verified, full_at or stamp, stamp), states,
                    before.states if before else {})  # fmt: skip
@@ -204,8 +213,20 @@ def distrust(write, key: bytes, at: str | None = None) -> Mark:
     later quick audits trust no earlier one (see above), stamped now (or `at`), as it is
     recorded. Returns its id and stamp."""
     _one_at_a_time(write)
-    at = at or now()
+    at = at or _stamp(write, key)
     return Mark(_record(write, key, _marked_at(at), {}, {}), at)
+
+
+def _stamp(write, key: bytes) -> str:
+    """Now, or a microsecond after the newest sealed row's stamp if the clock is not past
+    it (a clock set back, another host's behind): see above. The caller holds the lock."""
+    at = clock.now()
+    for *sealed, mac in write.rows(_LAST):
+        if anchors.matches(mac, seals.checkpoint_mac(key, *sealed)):
+            if sealed[-1] >= at:
+                at = clock.stamp(clock.parse(sealed[-1]) + datetime.timedelta(microseconds=1))
+            break
+    return at
 
 
 def mark_mac(key: bytes, at: str) -> str:

@@ -10,9 +10,12 @@ accept-restore` (after a look) ends it, as it ends a rollback.
 
 from __future__ import annotations
 
+import datetime
+import types
+
 import pytest
 
-from chargebox import anchors, audit, checkpoints, restore
+from chargebox import anchors, audit, checkpoints, clock, restore
 from tests.support import database_of, rows_on_disk, writable
 from tests.test_audit_checkpoints import behind_the_guard, checkpointed, counted_turns
 
@@ -31,14 +34,16 @@ def entry_one_edited(config, created_at: str) -> None:
         behind_the_guard(conn, "ledger_entry_no_update", "ledger_entry", edit)
 
 
-def marked(service, config) -> tuple[int, str, str]:
+def marked(service, config, then=lambda: None) -> tuple[int, str, str]:
     """A forgery before checkpoint 1 that only a full audit sees, and that audit's mark:
-    its id and when it was found; and the forged field's true value."""
+    its id and when it was found; and the forged field's true value. `then` runs before
+    that audit."""
     checkpointed(service)
     ((original,),) = rows_on_disk(database_of(config), "SELECT created_at FROM ledger_entry"
                                   " WHERE id = 1")  # fmt: skip
     entry_one_edited(config, "x")
     assert service.audit()["consistent"]  # trusts checkpoint 1: the documented trade
+    then()
     assert not service.audit(full=True)["consistent"]
     ((mark_id, found_at),) = rows_on_disk(
         database_of(config), "SELECT id, created_at FROM audit_checkpoint WHERE entries = 0"
@@ -131,13 +136,32 @@ def test_marks_past_one_querys_worth_are_each_looked_for(service, config):
         assert anchors.lost(db, marks) == [marks[-1]]
 
 
-@pytest.mark.parametrize("anchored", [True, False], ids=["anchored", "anchors file gone"])
-def test_the_checkpoint_before_a_mark_moved_above_it_is_not_trusted(service, config, anchored):
+@pytest.mark.parametrize(
+    ("anchored", "behind"),
+    [(True, False), (False, False), (False, True)],
+    ids=["anchored", "anchors file gone", "the mark recorded by a clock a day behind"],
+)
+def test_the_checkpoint_before_a_mark_moved_above_it_is_not_trusted(
+    service, config, monkeypatch, anchored, behind
+):
     """A checkpoint's seal binds no id: checkpoint 1, moved to an id above the mark (its
     sellers' rows with it), was the newest, verified, and was trusted again, the mark
     still in place (helper-68). A checkpoint stamped no later than a mark is not trusted:
-    the mark's sealed stamp tells, in the database alone."""
-    mark_id, found_at, _ = marked(service, config)
+    the mark's sealed stamp tells, in the database alone. A mark recorded by a clock
+    behind the checkpoint's (set back, or another host's) was stamped before it, and told
+    nothing (helper-92): it is stamped after the newest row, whatever the clock says."""
+
+    class Behind(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime.now(tz) - datetime.timedelta(days=1)
+
+    def a_day_behind() -> None:  # checkpoint 1 by the right clock, the mark by this one
+        shim = types.SimpleNamespace(datetime=Behind, UTC=datetime.UTC)
+        monkeypatch.setattr(clock, "datetime", shim)
+
+    mark_id, found_at, _ = marked(service, config, a_day_behind if behind else lambda: None)
+    monkeypatch.undo()
     if not anchored:
         config.anchors_path.unlink()
     moved = mark_id + 1
