@@ -142,7 +142,8 @@ def _pieces(queries: Queries, edges: list[datetime.datetime], seller_id: int | N
             zones[-1][1:] = [edge + SLACK, edge]
         else:
             zones.append([edge - SLACK, edge + SLACK, edge])
-    ids = queries.first_ids_since("sale", [stamp(moment) for zone in zones for moment in zone[:2]])
+    moments = [stamp(moment) for zone in zones for moment in zone[:2]]
+    ids = queries.first_ids_since("sale", moments, _latest(edges[-1]), SLACK)
     ranges = [(ids[2 * n], ids[2 * n + 1]) for n in range(len(zones))]
     window = stamp(edges[0]), stamp(edges[-1])
     rows = queries.sales_by_half_hour([near for near in ranges if near[0] < near[1]], *window,
@@ -155,6 +156,12 @@ def _pieces(queries: Queries, edges: list[datetime.datetime], seller_id: int | N
     pieces += [(edge, int(sums["amount"]), int(sums["sales"]))
                for (edge, _), sums in zip(gaps, found, strict=True)]  # fmt: skip
     return pieces
+
+
+def _latest(end: datetime.datetime) -> str:
+    """Past this stamp a row is out of its place (Queries.first_ids_since): the end of the
+    last period drawn (today's, or this hour's) and SLACK."""
+    return stamp(end + SLACK)
 
 
 def _totals(keys: list, pieces: list, key_of) -> list[Total]:
@@ -180,7 +187,10 @@ def top_sellers(queries: Queries, now: datetime.datetime, days: int = DAYS,
     others by one scan of the window, with no sort."""
     start, end = _day_edges(now, days)[0], _day_edges(now, days)[-1]
     low, below_start, below_end = queries.first_ids_since(
-        "ledger_entry", [stamp(start - SLACK), stamp(start + SLACK), stamp(end + SLACK)]
+        "ledger_entry",
+        [stamp(start - SLACK), stamp(start + SLACK), stamp(end + SLACK)],
+        _latest(end),
+        SLACK,
     )
     opening = {row["seller_id"]: row for row in queries.balances_at(below_start, stamp(start))}
     others: dict[int, list[tuple[int, int]]] = {}
@@ -207,6 +217,8 @@ def closing_balances(queries: Queries, seller_id: int, now: datetime.datetime,
     """A seller's balance at the end of each of the last `days` Tehran days (today: now),
     its last entry's balance_after (0 before its first entry, as every seller starts)."""
     dates, ends = days_ending(now, days), _day_edges(now, days)[1:]
-    below = queries.first_ids_since("ledger_entry", [stamp(end + SLACK) for end in ends])
+    below = queries.first_ids_since(
+        "ledger_entry", [stamp(end + SLACK) for end in ends], _latest(ends[-1]), SLACK
+    )
     bounds = [(below_id, stamp(end)) for below_id, end in zip(below, ends, strict=True)]
     return list(zip(dates, queries.balances_before(seller_id, bounds), strict=True))

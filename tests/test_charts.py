@@ -188,10 +188,37 @@ def test_closing_balances_carry_over_quiet_days_and_start_from_the_history_befor
     assert fresh[datetime.date(2026, 6, 8)] == 0 and fresh[datetime.date(2026, 6, 9)] == 5_000
 
 
+@pytest.mark.parametrize("off", ["2027-05-17T12:00:00", "1971-01-01T00:00:00"],
+                         ids=["a year ahead", "reset to 1971"])  # fmt: skip
+def test_a_sale_stamped_far_out_of_place_is_one_sale_on_a_wrong_day_not_weeks_of_none(service, off):
+    """A month of hourly sales, one of them stamped by a clock that jumped (a year ahead,
+    then set right; or reset to 1971): met by the bisection's first probe, it drew 17 days
+    as no sales and put their sum on one (helper-92). Now only that sale is misplaced."""
+    seller = seller_with(service, "Ali", "2026-05-01T00:00:00", 10**9)
+    start = datetime.datetime(2026, 5, 11, 0, 17)
+    hours = [(start + datetime.timedelta(hours=n)).isoformat() for n in range(30 * 24)]
+    sell_at(service, seller, *[(off if n == 360 else moment, 1_000)
+                               for n, moment in enumerate(hours)])  # fmt: skip
+    true = {}
+    for n, moment in enumerate(hours):
+        day = datetime.datetime.fromisoformat(moment).replace(tzinfo=UTC).astimezone(TEHRAN)
+        true[day.date()] = true.get(day.date(), 0) + (n != 360) * 1_000
+    for shown in (activity.sales_per_day(service.queries, NOW, seller),
+                  activity.sales_per_day_and_hour(service.queries, NOW)[0]):  # fmt: skip
+        wrong = {total.start: total.amount for total in shown
+                 if total.amount != true.get(total.start, 0)}  # fmt: skip
+        assert len(wrong) <= 1 and all(abs(amount - true[day]) == 1_000
+                                       for day, amount in wrong.items()), wrong  # fmt: skip
+    (ranked,) = activity.top_sellers(service.queries, NOW)
+    assert abs(ranked["amount"] - sum(true.get(total.start, 0) for total in shown)) <= 1_000
+
+
 def test_an_empty_database_has_zeros_and_no_sellers_to_rank(service):
     assert {t.amount for t in activity.sales_per_day(service.queries, NOW)} == {0}
     assert activity.top_sellers(service.queries, NOW) == []
-    assert service.queries.first_ids_since("sale", [at("2026-01-01T00:00:00")]) == [1]
+    assert service.queries.first_ids_since(
+        "sale", [at("2026-01-01T00:00:00")], at("2027-01-01T00:00:00"), activity.SLACK
+    ) == [1]
 
 
 def test_each_text_runs_in_the_direction_of_its_own_first_letter():
@@ -365,7 +392,9 @@ def test_a_sellers_last_entry_before_the_window_is_found_without_walking_the_win
             *[(f"2026-06-0{1 + n // 1000}T10:{(n // 60) % 60:02d}:{n % 60:02d}", 1)
               for n in range(3000)])  # fmt: skip
     start = at("2026-05-31T20:30:00")  # as activity.py asks: below the id found for SLACK on
-    (below,) = service.queries.first_ids_since("ledger_entry", [at("2026-05-31T20:40:00")])
+    (below,) = service.queries.first_ids_since(
+        "ledger_entry", [at("2026-05-31T20:40:00")], at("2026-06-10T09:10:00"), activity.SLACK
+    )
     assert service.queries.balances_before(seller, [(below, start)]) == [10**9 - 7]
 
     def read(sql: str, params: tuple) -> int:
