@@ -1,7 +1,7 @@
 """Sales and balances over time, in Tehran days and hours: what the chart pages draw.
 
 There is no index on created_at (every sale would pay for one), but ids follow the time:
-`Queries.first_ids_since` finds by bisection the id at which any stamp begins. So a
+`stamped_ids.first_ids_since` finds by bisection the id at which any stamp begins. So a
 period's sales are read as ranges of the primary key: within `SLACK` of a period's edge
 the rows are grouped by their stamps' UTC half hour (queries.py; whole Tehran hours and
 days are made of those here, with the zone's rules: a sale at 20:29 UTC counts on one
@@ -28,6 +28,7 @@ import itertools
 from chargebox.clock import stamp
 from chargebox.periods import TEHRAN
 from chargebox.queries import Queries
+from chargebox.stamped_ids import first_ids_since
 
 DAYS = 30  # days of sales and of balances shown
 HOURS = 48  # hours of sales shown
@@ -143,7 +144,7 @@ def _pieces(queries: Queries, edges: list[datetime.datetime], seller_id: int | N
         else:
             zones.append([edge - SLACK, edge + SLACK, edge])
     moments = [stamp(moment) for zone in zones for moment in zone[:2]]
-    ids = queries.first_ids_since("sale", moments, _latest(edges[-1]), SLACK)
+    ids = first_ids_since(queries.reader, "sale", moments, _latest(edges[-1]), SLACK)
     ranges = [(ids[2 * n], ids[2 * n + 1]) for n in range(len(zones))]
     window = stamp(edges[0]), stamp(edges[-1])
     rows = queries.sales_by_half_hour([near for near in ranges if near[0] < near[1]], *window,
@@ -159,7 +160,7 @@ def _pieces(queries: Queries, edges: list[datetime.datetime], seller_id: int | N
 
 
 def _latest(end: datetime.datetime) -> str:
-    """Past this stamp a row is out of its place (Queries.first_ids_since): the end of the
+    """Past this stamp a row is out of its place (stamped_ids.first_ids_since): the end of the
     last period drawn (today's, or this hour's) and SLACK."""
     return stamp(end + SLACK)
 
@@ -186,7 +187,8 @@ def top_sellers(queries: Queries, now: datetime.datetime, days: int = DAYS,
     along its own index (queries.py: on PostgreSQL, bisected along (seller_id, seq)); the
     others by one scan of the window, with no sort."""
     start, end = _day_edges(now, days)[0], _day_edges(now, days)[-1]
-    low, below_start, below_end = queries.first_ids_since(
+    low, below_start, below_end = first_ids_since(
+        queries.reader,
         "ledger_entry",
         [stamp(start - SLACK), stamp(start + SLACK), stamp(end + SLACK)],
         _latest(end),
@@ -217,8 +219,12 @@ def closing_balances(queries: Queries, seller_id: int, now: datetime.datetime,
     """A seller's balance at the end of each of the last `days` Tehran days (today: now),
     its last entry's balance_after (0 before its first entry, as every seller starts)."""
     dates, ends = days_ending(now, days), _day_edges(now, days)[1:]
-    below = queries.first_ids_since(
-        "ledger_entry", [stamp(end + SLACK) for end in ends], _latest(ends[-1]), SLACK
+    below = first_ids_since(
+        queries.reader,
+        "ledger_entry",
+        [stamp(end + SLACK) for end in ends],
+        _latest(ends[-1]),
+        SLACK,
     )
     bounds = [(below_id, stamp(end)) for below_id, end in zip(below, ends, strict=True)]
     return list(zip(dates, queries.balances_before(seller_id, bounds), strict=True))

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from chargebox import activity, clock, ledger
 from chargebox.periods import TEHRAN
+from chargebox.stamped_ids import first_ids_since
 from chargebox.web import charts
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -216,8 +217,12 @@ def test_a_sale_stamped_far_out_of_place_is_one_sale_on_a_wrong_day_not_weeks_of
 def test_an_empty_database_has_zeros_and_no_sellers_to_rank(service):
     assert {t.amount for t in activity.sales_per_day(service.queries, NOW)} == {0}
     assert activity.top_sellers(service.queries, NOW) == []
-    assert service.queries.first_ids_since(
-        "sale", [at("2026-01-01T00:00:00")], at("2027-01-01T00:00:00"), activity.SLACK
+    assert first_ids_since(
+        service.queries.reader,
+        "sale",
+        [at("2026-01-01T00:00:00")],
+        at("2027-01-01T00:00:00"),
+        activity.SLACK,
     ) == [1]
 
 
@@ -392,8 +397,12 @@ def test_a_sellers_last_entry_before_the_window_is_found_without_walking_the_win
             *[(f"2026-06-0{1 + n // 1000}T10:{(n // 60) % 60:02d}:{n % 60:02d}", 1)
               for n in range(3000)])  # fmt: skip
     start = at("2026-05-31T20:30:00")  # as activity.py asks: below the id found for SLACK on
-    (below,) = service.queries.first_ids_since(
-        "ledger_entry", [at("2026-05-31T20:40:00")], at("2026-06-10T09:10:00"), activity.SLACK
+    (below,) = first_ids_since(
+        service.queries.reader,
+        "ledger_entry",
+        [at("2026-05-31T20:40:00")],
+        at("2026-06-10T09:10:00"),
+        activity.SLACK,
     )
     assert service.queries.balances_before(seller, [(below, start)]) == [10**9 - 7]
 
