@@ -172,14 +172,19 @@ def line(
     ).encode("ascii")
 
 
-_second = [-1, ""]  # the last second formatted, and its text: one strftime a second
+# The last second formatted, and its text: one strftime a second. One tuple, read once: a
+# list read twice could pair this second with the text another thread had just put there.
+_second = (-1, "")
 
 
 def _stamp(moment: float) -> str:
+    global _second
     whole = int(moment)
-    if _second[0] != whole:
-        _second[:] = [whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))]
-    return f"{_second[1]}.{int(moment * 1000) % 1000:03d}Z"
+    second, text = _second
+    if second != whole:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second = (whole, text)
+    return f"{text}.{int(moment * 1000) % 1000:03d}Z"
 
 
 class LogFile:
