@@ -110,3 +110,46 @@ def test_connections_whose_answers_are_never_read_do_not_hold_the_budget(tmp_pat
         never_reading(server.url, connections=16, pipelined=MAX_PIPELINED),
     ):
         until(lambda: health_answers(server.url), "/health with the budget spent")
+
+
+def test_a_statement_is_made_no_faster_than_its_client_reads_it(tmp_path):
+    """Statement downloads read a kilobyte a second held 265 MB of temporary files: the
+    server buffered each answer up to 64 MB, and the statement, made whole, gave its turn
+    back. Now its worker waits once OUTBUF_HIGH is unsent, holding the turn, until the
+    client reads or the request deadline cuts it (`cut=1`); then the seller's next one is
+    served."""
+    from chargebox import clock, ledger
+    from chargebox.cli import prepare
+    from chargebox.config import Config
+    from chargebox.connections import OUTBUF_HIGH
+    from chargebox.services import Chargebox
+    from tests.support import ADMIN_TOKEN
+
+    service = Chargebox(prepare(Config(db_path=tmp_path / "cb.db", admin_token=ADMIN_TOKEN)))
+    seller, key = service.create_seller("Big")
+
+    def entries(write) -> None:  # each ~700 bytes of JSON: ~28 MB in all
+        for _ in range(40_000):
+            ledger.adjust(write, seller["id"], 1, "r" * 500, clock.now())
+
+    service.database.write(entries)
+    service.close()
+    log = tmp_path / "access.log"
+    query = "/api/statements?from=2000-01-01&to=2100-01-01"
+    with running(tmp_path, CHARGEBOX_REQUEST_TIMEOUT="2", CHARGEBOX_ACCESS_LOG=str(log)) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+            sock.connect((host, int(port)))
+            sock.sendall(f"GET {query} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}"
+                         "\r\n\r\n".encode())  # fmt: skip
+
+            def logged() -> list[str]:
+                return [line for line in log.read_text().splitlines() if "/api/statements" in line]
+
+            until(logged, "the statement's log line")
+            (line,) = logged()
+            assert line.endswith(" cut=1"), line  # never made whole for a client that read none
+        again = requests.get(server.url + query, headers={"Authorization": f"Bearer {key}"},
+                             timeout=60)  # fmt: skip
+        assert again.status_code == 200 and len(again.content) > 6 * OUTBUF_HIGH
