@@ -105,10 +105,11 @@ _COPIES = "SELECT id FROM audit_checkpoint WHERE mac = ? AND id != ? ORDER BY id
 _LATER_MARKS = ("SELECT id, created_at, mac FROM audit_checkpoint WHERE entries = 0 AND"
                 " created_at >= (SELECT created_at FROM audit_checkpoint ORDER BY id DESC"
                 " LIMIT 1) ORDER BY created_at DESC, id DESC")  # fmt: skip
-# The newest rows, for the stamp a new one must follow (the first whose seal verifies).
-_LAST = (
-    "SELECT entry_id, entries, request_id, full_at, created_at, mac FROM audit_checkpoint"
-    " ORDER BY id DESC LIMIT 20"
+# The rows below an id, newest first, for the stamp a new one must follow (the newest
+# whose seal verifies: rows written without the key, any number of them, are passed over).
+_BELOW = (
+    "SELECT id, entry_id, entries, request_id, full_at, created_at, mac FROM audit_checkpoint"
+    " WHERE id < ? ORDER BY id DESC LIMIT 100"
 )
 _DISTRUSTED_SINCE = "SELECT id FROM audit_checkpoint WHERE id > ? AND entries = 0 LIMIT 1"
 _NEW_STATE = (
@@ -220,12 +221,14 @@ def distrust(write, key: bytes, at: str | None = None) -> Mark:
 def _stamp(write, key: bytes) -> str:
     """Now, or a microsecond after the newest sealed row's stamp if the clock is not past
     it (a clock set back, another host's behind): see above. The caller holds the lock."""
-    at = clock.now()
-    for *sealed, mac in write.rows(_LAST):
-        if anchors.matches(mac, seals.checkpoint_mac(key, *sealed)):
-            if sealed[-1] >= at:
-                at = clock.stamp(clock.parse(sealed[-1]) + datetime.timedelta(microseconds=1))
-            break
+    at, below = clock.now(), 2**63 - 1
+    while rows := write.rows(_BELOW, (below,)):
+        for *sealed, mac in (row[1:] for row in rows):
+            if anchors.matches(mac, seals.checkpoint_mac(key, *sealed)):
+                if sealed[-1] >= at:
+                    return clock.stamp(clock.parse(sealed[-1]) + datetime.timedelta(microseconds=1))
+                return at
+        below = rows[-1][0]
     return at
 
 

@@ -137,12 +137,13 @@ def test_marks_past_one_querys_worth_are_each_looked_for(service, config):
 
 
 @pytest.mark.parametrize(
-    ("anchored", "behind"),
-    [(True, False), (False, False), (False, True)],
-    ids=["anchored", "anchors file gone", "the mark recorded by a clock a day behind"],
-)
+    ("anchored", "behind", "unsealed"),
+    [(True, False, 0), (False, False, 0), (False, True, 0), (False, True, 150)],
+    ids=["anchored", "anchors file gone", "the mark recorded by a clock a day behind",
+         "... and 150 rows written without the key before it"],
+)  # fmt: skip
 def test_the_checkpoint_before_a_mark_moved_above_it_is_not_trusted(
-    service, config, monkeypatch, anchored, behind
+    service, config, monkeypatch, anchored, behind, unsealed
 ):
     """A checkpoint's seal binds no id: checkpoint 1, moved to an id above the mark (its
     sellers' rows with it), was the newest, verified, and was trusted again, the mark
@@ -159,6 +160,12 @@ def test_the_checkpoint_before_a_mark_moved_above_it_is_not_trusted(
     def a_day_behind() -> None:  # checkpoint 1 by the right clock, the mark by this one
         shim = types.SimpleNamespace(datetime=Behind, UTC=datetime.UTC)
         monkeypatch.setattr(clock, "datetime", shim)
+        with writable(database_of(config)) as conn:  # rows the service's role may insert
+            for n in range(unsealed):  # (helper-94: the newest 20 were all it looked at)
+                conn.execute(
+                    "INSERT INTO audit_checkpoint (entry_id, entries, request_id, full_at,"
+                    f" created_at, mac) VALUES (1, 7, 0, 'x', 'x', 'f{n}')"
+                )
 
     mark_id, found_at, _ = marked(service, config, a_day_behind if behind else lambda: None)
     monkeypatch.undo()
