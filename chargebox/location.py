@@ -191,16 +191,15 @@ def synced(path: Path) -> None:
 
 def written_secret(path: Path, secret: str, *, replacing: bool) -> None:
     """Put `secret` in the file at `path`, owner-only, whole and on disk before the call
-    returns: written to a temporary file beside it and synced, then named (over the old
-    one if `replacing`, else FileExistsError if another process named its own first), then
-    the directory synced; a power cut never leaves the file empty or half written, and a
-    write that fails leaves nothing behind."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    with contextlib.suppress(FileNotFoundError):
-        temporary.unlink()  # a killed process's, with this pid
+    returns: written to a temporary file beside it (a name of its own: two writers with
+    one pid, threads or containers' PID 1s, each have theirs) and synced, then named
+    (over the old one if `replacing`, else FileExistsError if another writer named its
+    own first), then the directory synced; a power cut never leaves the file empty or
+    half written, and a write that fails leaves nothing behind."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600
+    temporary = Path(name)
     try:
-        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600),
-                       "w") as handle:  # fmt: skip
+        with os.fdopen(fd, "w") as handle:
             handle.write(secret + "\n")
         synced(temporary)
         (os.replace if replacing else os.link)(temporary, path)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from chargebox import auth, commands, seals
+from chargebox import auth, commands, location, seals
 from chargebox.postgresql import described
 from tests.support import (
     cli_audit,
@@ -222,11 +222,14 @@ def test_a_generated_secret_and_a_replaced_one_are_on_disk_before_they_are_used(
     monkeypatch.setattr(os, "fsync", fsync)
     path = tmp_path / "admin_token"
     made = commands.stored_secret(path, "an admin token", "CHARGEBOX_ADMIN_TOKEN")
-    assert synced == [str(tmp_path / f".admin_token.{os.getpid()}"), str(tmp_path)]
+    temporary, directory = synced
+    assert temporary.startswith(str(tmp_path / ".admin_token.")) and directory == str(tmp_path)
     synced.clear()
     auth.replace_secret(path, "another")
-    assert synced == [str(tmp_path / f".admin_token.{os.getpid()}"), str(tmp_path)]
+    temporary, directory = synced
+    assert temporary.startswith(str(tmp_path / ".admin_token.")) and directory == str(tmp_path)
     assert path.read_text() == "another\n" and made != "another"
+    assert list(tmp_path.iterdir()) == [path]
 
 
 def test_a_replacement_that_fails_leaves_the_secret_as_it_was_and_nothing_beside_it(
@@ -246,3 +249,29 @@ def test_a_replacement_that_fails_leaves_the_secret_as_it_was_and_nothing_beside
     with pytest.raises(OSError):
         auth.replace_secret(path, "after")
     assert list(tmp_path.iterdir()) == [path] and path.read_text() == "before\n"
+
+
+def test_writers_of_one_secret_with_one_pid_each_make_it_or_find_it_made(tmp_path):
+    """Its temporary file was named by the pid, and each writer first removed one of that
+    name as a killed process's: two writers with one pid (threads; containers' PID 1s on
+    one volume) removed each other's, and often none made the file (FileNotFoundError,
+    which a start does not expect)."""
+    import threading
+
+    def write(path: Path, secret: str, outcomes: list[str]) -> None:
+        try:
+            location.written_secret(path, secret, replacing=False)
+            outcomes.append("made")
+        except FileExistsError:
+            outcomes.append("found")
+
+    for n in range(50):
+        path, outcomes = tmp_path / f"secret{n}", []
+        threads = [threading.Thread(target=write, args=(path, f"s{k}", outcomes))
+                   for k in range(2)]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(outcomes) == ["found", "made"] and path.read_text() in ("s0\n", "s1\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"secret{n}" for n in range(50))
