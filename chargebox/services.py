@@ -83,7 +83,7 @@ class Chargebox:
         self.queries = Queries(self.database)
         self.access = auth.Access(self.database, config.admin_token)
         self._full_audit = threading.Lock()
-        self._statements = statements.Turns()
+        self.statement_turns = statements.Turns()
 
     def close(self) -> None:
         self.database.close()
@@ -300,7 +300,7 @@ class Chargebox:
         if fmt not in statements.FORMATS:
             raise ValidationError("format must be json or csv", "format")
         chosen = periods.period(when)
-        read = statements.Statement(self.database, seller_id, chosen, turns=self._statements)
+        read = statements.Statement(self.database, seller_id, chosen, turns=self.statement_turns)
         return statements.Rendered(read, fmt, for_spreadsheets)
 
     def find_sales(self, page: Page, seller_id: int | None, search: dict[str, str]

@@ -21,11 +21,13 @@ it, I3, and sealed). Both are exact.
 from __future__ import annotations
 
 import codecs
+import collections
 import contextlib
 import csv
 import io
 import json
 import threading
+import time
 import unicodedata
 from collections.abc import Callable, Iterator
 
@@ -39,8 +41,12 @@ CHUNK = 1_000  # entries per read
 FORMATS = ("json", "csv")
 # Statements a server process makes at once, at most one a seller: each holds the
 # interpreter lock for ~6 us an entry (half a second for a busy seller's year), and one
-# seller's hundred at once stalled every other seller's sales for a minute.
+# seller's hundred at once stalled every other seller's sales for a minute. More wait
+# their turn in the order they came, WAITING of them at most (each holds a request
+# thread) and for WAIT seconds at most: then 503.
 AT_ONCE = 2
+WAITING = 8
+WAIT = 5.0
 # The opening, along the stamp index: the sum of what was stamped before `from`, or the
 # seller's newest balance_after (sealed, in ledger order) less what was stamped from it
 # on, whichever reads less; judged by the seller's ends, each read along an index.
@@ -86,29 +92,48 @@ _REASON = ENTRY.index("reason")
 
 
 class Turns:
-    """Which sellers' statements a process is making now: at most `at_once`, one a seller;
-    one more is refused (503, retry), not queued, since it would hold a request thread."""
+    """Which sellers' statements a process is making now, and which wait: at most
+    `at_once` made at once, one a seller, the next in the order asked; one more than
+    `waiting` waiting, or one that waited `wait` seconds, is refused (503, retry). In
+    turn, so that two sellers asking again and again cannot keep a third out."""
 
-    def __init__(self, at_once: int = AT_ONCE) -> None:
-        self.at_once = at_once
-        self._lock = threading.Lock()
-        self._sellers: set[int] = set()
+    def __init__(self, at_once: int = AT_ONCE, waiting: int = WAITING,
+                 wait: float = WAIT) -> None:  # fmt: skip
+        self.at_once, self.waiting, self.wait = at_once, waiting, wait
+        self._turn = threading.Condition()
+        self._making: set[int] = set()
+        self._queue: collections.deque[int] = collections.deque()
 
     def take(self, seller_id: int) -> Callable[[], None]:
-        """A turn for a statement of `seller_id`, or Unavailable; call what it returns
-        when the statement is closed."""
-        with self._lock:
-            if seller_id in self._sellers:
+        """A turn for a statement of `seller_id` (waited for), or Unavailable; call what it
+        returns when the statement is closed."""
+        with self._turn:
+            if seller_id in self._making or seller_id in self._queue:
                 raise Unavailable("a statement of this seller is being made already: ask for "
                                   "one at a time, and retry when it is done")  # fmt: skip
-            if len(self._sellers) >= self.at_once:
+            if len(self._queue) >= self.waiting:
                 raise Unavailable("too many statements are being made; retry shortly")
-            self._sellers.add(seller_id)
+            self._queue.append(seller_id)
+            deadline = time.monotonic() + self.wait
+            try:
+                while self._queue[0] != seller_id or len(self._making) >= self.at_once:
+                    if not self._turn.wait(deadline - time.monotonic()):
+                        raise Unavailable("too many statements are being made; retry shortly")
+            finally:
+                self._queue.remove(seller_id)
+                self._turn.notify_all()  # the next in the queue may be first now
+            self._making.add(seller_id)
         return lambda: self._give_back(seller_id)
 
+    def queued(self) -> int:
+        """How many wait for a turn now."""
+        with self._turn:
+            return len(self._queue)
+
     def _give_back(self, seller_id: int) -> None:
-        with self._lock:
-            self._sellers.discard(seller_id)
+        with self._turn:
+            self._making.discard(seller_id)
+            self._turn.notify_all()
 
 
 class Statement:

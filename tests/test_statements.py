@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -294,8 +295,9 @@ def test_a_closed_statement_ends_its_read_snapshot_and_writes_go_on(service):
 def test_a_process_makes_two_statements_at_once_one_a_seller_and_refuses_more(service):
     """One seller's hundred statements at once (each ~6 us of the interpreter lock an
     entry) stalled every other seller's sales for a minute: a process makes at most
-    statements.AT_ONCE at once, one a seller; one more is 503, given back as each closes,
-    whether read to its end, closed half-way, or never begun."""
+    statements.AT_ONCE at once, one a seller; one more waits its turn (here in vain: 503),
+    given back as each closes, whether read to its end, closed half-way, or never begun."""
+    service.statement_turns.wait = 0.05  # (one thread: a wait for a turn ends unserved)
     sellers = [credited_seller(service, 1_000, f"s{n}")["id"] for n in range(3)]
     period = {"from": "2000-01-01", "to": "2100-01-01"}  # (one thread's snapshots: nested)
     first = service.statement(sellers[0], period)
@@ -317,13 +319,51 @@ def test_a_process_makes_two_statements_at_once_one_a_seller_and_refuses_more(se
         rendered.close()
 
 
+def test_turns_are_given_in_the_order_asked_and_a_wait_is_bounded():
+    """Two sellers asking again and again kept a third out: it was refused whenever both
+    turns were taken (20 of its 22 tries). Turns are given in the order asked, to
+    WAITING waiters at most, each for WAIT seconds at most (helper-94)."""
+    turns = statements.Turns(at_once=1, waiting=2, wait=30)
+    given = []
+
+    def ask(seller: int) -> threading.Thread:
+        thread = threading.Thread(target=lambda: given.append((seller, turns.take(seller))))
+        thread.start()
+        deadline = time.monotonic() + 30
+        while turns.queued() < len(threads) + 1:  # it waits in the queue (polled, bounded)
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.01)
+        return thread
+
+    threads: list[threading.Thread] = []
+    first = turns.take(1)
+    threads.append(ask(3))  # first in the queue
+    with pytest.raises(Unavailable, match="one at a time"):
+        turns.take(1)  # its own statement is being made: not queued
+    threads.append(ask(2))
+    with pytest.raises(Unavailable, match="too many"):
+        turns.take(4)  # two wait already
+    first()
+    threads[0].join(30)
+    assert [seller for seller, _ in given] == [3]  # not 2, which asked after it
+    given[0][1]()
+    threads[1].join(30)
+    assert [seller for seller, _ in given] == [3, 2]
+    hurried = statements.Turns(at_once=1, wait=0.1)
+    held = hurried.take(1)
+    with pytest.raises(Unavailable, match="too many"):
+        hurried.take(2)  # waited 0.1 s in vain
+    held()
+    hurried.take(2)()
+
+
 def test_a_statement_past_the_processs_turns_is_a_503_with_retry_after(service):
     from wsgiref.util import setup_testing_defaults
 
     from chargebox.web import create_app
 
     seller, key = service.create_seller("Ali")
-    held = service.statement(seller["id"], {"from": at(0), "to": at(100)})
+    held = service.statement(seller["id"], {"from": at(0), "to": at(100)})  # its one turn
     environ = {"PATH_INFO": "/api/statements", "QUERY_STRING": "from=2000-01-01&to=2100-01-01",
                "HTTP_AUTHORIZATION": f"Bearer {key}"}  # fmt: skip
     setup_testing_defaults(environ)
