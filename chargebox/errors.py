@@ -237,6 +237,11 @@ class Unavailable(ChargeboxError):
     code = "unavailable"
 
 
+class NoTurn(Unavailable):
+    """A statement that did not get its turn (statements.Turns): the API's 503 like any;
+    a page says why, in its own words, rather than "busy"."""
+
+
 class LockTimeout(Unavailable):
     """The write lock was not had by the write's deadline; nothing of the write ran."""
 

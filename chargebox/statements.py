@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 
 from chargebox.audit_checks import KINDS
 from chargebox.clock import parse
-from chargebox.errors import Unavailable
+from chargebox.errors import NoTurn
 from chargebox.periods import Localiser, Period, local
 from chargebox.queries import LEDGER_ENTRY, Queries
 
@@ -109,16 +109,16 @@ class Turns:
         returns when the statement is closed."""
         with self._turn:
             if seller_id in self._making or seller_id in self._queue:
-                raise Unavailable("a statement of this seller is being made already: ask for "
+                raise NoTurn("a statement of this seller is being made already: ask for "
                                   "one at a time, and retry when it is done")  # fmt: skip
             if len(self._queue) >= self.waiting:
-                raise Unavailable("too many statements are being made; retry shortly")
+                raise NoTurn("too many statements are being made; retry shortly")
             self._queue.append(seller_id)
             deadline = time.monotonic() + self.wait
             try:
                 while self._queue[0] != seller_id or len(self._making) >= self.at_once:
                     if not self._turn.wait(deadline - time.monotonic()):
-                        raise Unavailable("too many statements are being made; retry shortly")
+                        raise NoTurn("too many statements are being made; retry shortly")
             finally:
                 self._queue.remove(seller_id)
                 self._turn.notify_all()  # the next in the queue may be first now

@@ -375,6 +375,27 @@ def test_a_statement_past_the_processs_turns_is_a_503_with_retry_after(service):
     assert json.loads(body)["error"]["code"] == "unavailable"
 
 
+def test_a_statement_page_past_the_turns_says_why_in_its_language_and_when_to_retry(service):
+    """A page's refusal said only "the service is busy" (its Persian for the new words
+    never shown) and no Retry-After (helper-94's NIT)."""
+    from wsgiref.util import setup_testing_defaults
+
+    from chargebox.web import create_app
+
+    seller, key = service.create_seller("Ali")
+    session, _ = service.access.sign_in(key)
+    held = service.statement(seller["id"], {"from": at(0), "to": at(100)})
+    answered = {}
+    environ = {"PATH_INFO": "/seller/statement", "QUERY_STRING": "month=2026-12",
+               "HTTP_COOKIE": f"chargebox_session={session}; lang=fa"}  # fmt: skip
+    setup_testing_defaults(environ)
+    app = create_app(service.config, service)
+    body = b"".join(app(environ, lambda status, sent, *_: answered.update(s=status, h=dict(sent))))
+    held.close()
+    assert answered["s"].startswith("503") and answered["h"]["Retry-After"] == "1"
+    assert "صورت‌حسابی از این فروشنده هم‌اکنون در حال آماده شدن است" in body.decode()
+
+
 def cli(config, *args: str) -> subprocess.CompletedProcess:
     where = ["--db", str(config.db_url or config.db_path)]
     if config.db_url:

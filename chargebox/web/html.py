@@ -151,7 +151,10 @@ def redirect(location: str) -> bottle.HTTPResponse:
 def error_page(status: int, message: str, visitor: Visitor | None = None) -> bottle.HTTPResponse:
     speaking = language()
     title = speaking.gettext("Error {status}").format(status=speaking.plain_number(status))
-    return render("error", status, title=title, message=message, visitor=visitor)
+    page = render("error", status, title=title, message=message, visitor=visitor)
+    if status == 503:  # as the API's: nothing changed, retry
+        page.set_header("Retry-After", "1")
+    return page
 
 
 def failure_page(service: Chargebox, status: int, message: str) -> bottle.HTTPResponse:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 
-from chargebox.errors import ChargeboxError, Damaged, phrase
+from chargebox.errors import ChargeboxError, Damaged, NoTurn, phrase
 from chargebox.web import i18n
 
 DOMAIN = "errors"
@@ -103,7 +103,7 @@ def sentence(exc: ChargeboxError, language: i18n.Language, names: dict | None = 
     """What went wrong, as a sentence for a person: a refusal beside a form's field,
     which `names` may name as that form does. A damaged database is said as it is: no
     retry helps it, as PLAIN's "busy" would have a person try."""
-    plain = "{message}" if isinstance(exc, Damaged) else PLAIN.get(exc.code, "{message}")
+    plain = "{message}" if isinstance(exc, (Damaged, NoTurn)) else PLAIN.get(exc.code, "{message}")
     frame = i18n.catalogue(language.code, DOMAIN).gettext(plain)
     said = frame.format(message=message(exc, language, names).rstrip("."))
     return said[:1].upper() + said[1:]
