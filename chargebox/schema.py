@@ -22,14 +22,9 @@ import peewee
 from chargebox.clock import now
 
 # The schema version this code reads and writes, and that a new database is made at (the
-# models with TRIGGERS; schema_postgresql.sql). Older ones: migrations.py. 1: chargebox 0.1.0.
-# 2: seller keys (seller_key) and suspension (seller.status); 3: refunds (ledger_entry.refund_of);
-# 4: a key's record is its seller's (the triggers *_is_its_sellers); 5: entries and sales by
-# stamp (indexes); 6: sales by number on PostgreSQL (an index; SQLite's file has had one);
-# 7: the span of the sales' stamps by block of ids (sale_block), instead of sales by stamp;
-# 8: a seller key's row id is pinned too (seller_key_revocation_is_final); 9: an audit
-# checkpoint is recorded once (audit_checkpoint_is_new)
-VERSION = 9
+# models with TRIGGERS; schema_postgresql.sql). Older ones: migrations.py and its steps
+# (schema_steps.STEPS, one line each; 1: chargebox 0.1.0).
+VERSION = 10
 POSTGRESQL_VERSION = VERSION
 
 

@@ -668,3 +668,9 @@ $$;
 -- ;
 CREATE TRIGGER audit_checkpoint_is_new BEFORE INSERT ON audit_checkpoint
     FOR EACH ROW EXECUTE FUNCTION chargebox_checkpoint_is_new();
+-- ;
+-- VERSION 10: web sessions by holder. A sign-in ends its holder's oldest sessions past
+-- auth.MAX_SESSIONS, and a suspension its seller's: each found along this index, not by
+-- a read of every session; SQLite's file has had one (models.WebSession.seller) since
+-- version 1. The admin's sessions are those with no seller (NULL sorts in it too).
+CREATE INDEX web_session_seller_id ON web_session (seller_id, id);

@@ -198,9 +198,9 @@ def _version_of(statement: str) -> int:
     )
 
 
-def _sqlite_sales_by_number(conn: sqlite3.Connection) -> None:
-    """Version 6 on SQLite: nothing to make (its file has had `sale_phone` since version 1;
-    only the version is recorded)."""
+def _sqlite_has_it(conn: sqlite3.Connection) -> None:
+    """Versions 6 and 10 on SQLite: nothing to make (its file has had `sale_phone` and
+    `web_session_seller_id` since version 1; only the version is recorded)."""
 
 
 def _sqlite_key_ids_pinned(conn: sqlite3.Connection) -> None:
@@ -239,8 +239,8 @@ def _postgresql_sale_blocks(conn) -> None:
 
 
 def _postgresql_part(version: int) -> Callable[[object], None]:
-    """A step that is the file's VERSION `version` part (6: the index of sales by number):
-    one read of the sales, under the migration's lock."""
+    """A step that is the file's VERSION `version` part (6: the index of sales by number,
+    10: of web sessions by holder): one read of the table, under the migration's lock."""
 
     def step(conn) -> None:
         for statement in schema.postgresql_added_in(version):
@@ -272,7 +272,7 @@ STEPS: tuple[Step, ...] = (
             " PostgreSQL, the guard functions' search_path confined to the schema",
          _sqlite_entries_by_stamp, _postgresql_entries_by_stamp),
     Step(6, "sales by number (on PostgreSQL an index; SQLite's file has had one)",
-         _sqlite_sales_by_number, _postgresql_part(6)),
+         _sqlite_has_it, _postgresql_part(6)),
     Step(7, "the span of the sales' stamps by block of ids (sale_block), for searches by"
             " time, in place of the index of sales by stamp",
          _sqlite_sale_blocks, _postgresql_sale_blocks),
@@ -280,4 +280,6 @@ STEPS: tuple[Step, ...] = (
          _sqlite_key_ids_pinned, _postgresql_part(8)),
     Step(9, "an audit checkpoint recorded once (the guard audit_checkpoint_is_new)",
          _sqlite_checkpoints_once, _postgresql_checkpoints_once),
+    Step(10, "web sessions by holder (on PostgreSQL an index; SQLite's file has had one)",
+         _sqlite_has_it, _postgresql_part(10)),
 )  # fmt: skip

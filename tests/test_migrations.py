@@ -308,7 +308,7 @@ def test_a_version_3_database_gets_the_key_record_triggers_unless_a_record_is_fo
             for table, _, _ in KEYED_ROWS:
                 conn.execute(f"DROP TRIGGER {table}_is_its_sellers")
         conn.execute(f"UPDATE schema_version SET version = 3 WHERE version = {migrations.LATEST}")
-        for index in ADDED_INDEXES[bool(config.db_url)]:  # versions 5 and 6
+        for index in ADDED_INDEXES[bool(config.db_url)]:  # versions 5, 6 and 10
             conn.execute(f"DROP INDEX {index}")
         for statement in VERSION_7[bool(config.db_url)]:
             conn.execute(statement)
@@ -342,10 +342,10 @@ def test_a_version_3_database_gets_the_key_record_triggers_unless_a_record_is_fo
 
 # Version 5's index of entries by stamp, on SQLite and on PostgreSQL (its index of sales
 # by stamp is gone in version 7), and version 6's of sales by number (PostgreSQL; SQLite's
-# file has had one since version 1).
+# file has had one since version 1), and version 10's of web sessions by holder (the same).
 ADDED_INDEXES = {
     False: ("ledger_entry_seller_id_created_at_amount",),
-    True: ("ledger_entry_seller_created_at", "sale_phone_id"),
+    True: ("ledger_entry_seller_created_at", "sale_phone_id", "web_session_seller_id"),
 }
 # What version 7 made: the blocks of sales (their table, with its own triggers; the one on sale).
 VERSION_7 = {
@@ -656,6 +656,10 @@ GUARDS_OF_VERSION = {
         "8e2b2d2c04a832839d44cf5bed4c956fddb5306f8e4c5ee577c46b66dd273e0a",
     ),
     9: (  # audit_checkpoint_is_new: a checkpoint is recorded once
+        "d02716060305280313ae8e78403e1c4737034143ac793e9874eabb525c07c8b5",
+        "15bfffe1f2b532c26f41a87467265b91e5b26abfa05cc94467d33685fa9d5987",
+    ),
+    10: (  # an index, no guard changed
         "d02716060305280313ae8e78403e1c4737034143ac793e9874eabb525c07c8b5",
         "15bfffe1f2b532c26f41a87467265b91e5b26abfa05cc94467d33685fa9d5987",
     ),

@@ -18,7 +18,15 @@ from chargebox import auth
 from chargebox.auth import ADMIN, SESSION_LIFETIME, Principal
 from chargebox.errors import Unauthorized
 from chargebox.services import Chargebox
-from tests.support import ADMIN_TOKEN, REFUSED, database_of, writable
+from tests.support import (
+    ADMIN_TOKEN,
+    REFUSED,
+    database_of,
+    postgresql_plan,
+    rows_read,
+    sqlite_plan,
+    writable,
+)
 
 PAST = "2000-01-01T00:00:00.000000Z"
 
@@ -193,6 +201,30 @@ def test_each_holder_keeps_its_newest_sessions_and_a_sign_in_ends_the_oldest(
             principal
         ] * 3
     assert service.access.session(theirs).seller_id == other["id"]
+
+
+def test_a_holders_sessions_are_found_along_an_index_not_by_a_read_of_every_one(
+    service, config, seller
+):
+    """On PostgreSQL web_session had no index by seller: each sign-in (ending the holder's
+    oldest past MAX_SESSIONS) and each suspension read every session, 55 ms a sign-in at
+    100,000 (helper-94). Schema version 10 adds one (SQLite's file has had one)."""
+    other, _ = service.create_seller("Other")
+    sql(config, "INSERT INTO web_session (token_hash, role, seller_id, credential_hash,"
+        " created_at, expires_at) SELECT 'h' || n, 'seller', ?, 'c', 'now', 'later' FROM"
+        " (WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3000)"
+        " SELECT n FROM r) AS numbers", (other["id"],))  # fmt: skip
+    service.access.sign_in(seller[1])
+    reader = service.queries.reader
+    for who, params in (("seller_id = ?", (seller[0]["id"],)), ("seller_id IS NULL", ())):
+        oldest = f"SELECT id FROM web_session WHERE {who} ORDER BY id DESC LIMIT 1 OFFSET 0"
+        if config.db_url:
+            sql(config, "ANALYZE web_session")
+            assert rows_read(postgresql_plan(reader, oldest, params)) < 100
+        else:
+            assert "USING COVERING INDEX web_session_seller_id" in sqlite_plan(
+                reader, oldest, params
+            )
 
 
 def test_a_sign_in_sweeps_a_bounded_number_of_expired_sessions(
