@@ -46,7 +46,6 @@ EVICTION_BATCH = 32  # connections closed at once when the budget is spent
 # that pipelines without reading (or a broken one): it is closed, not queued.
 MAX_PIPELINED = 8
 ACCEPT_BATCH = 256  # connections accepted in one turn of the loop, at most
-OUTBUF_HIGH = 4 << 20  # bytes a connection may hold unsent before its worker waits
 
 
 class _Channel(HTTPChannel):
@@ -318,11 +317,9 @@ def build_server(
         ident="chargebox",
         connection_limit=connection_budget(config),
         channel_timeout=config.idle_timeout,
-        # A worker thread waits while its connection holds this much unsent. With at most
-        # MAX_PIPELINED answers a connection (each well under 512 KB), only a statement's
-        # does: it is made no faster than its client reads it (its turn held meanwhile,
-        # statements.Turns), where a slow reader held up to 64 MB a connection on disk.
-        outbuf_high_watermark=OUTBUF_HIGH,
+        # A worker thread waits while a connection holds this much unsent: with at most
+        # MAX_PIPELINED answers per connection (each well under 1 MB), it never does.
+        outbuf_high_watermark=64 << 20,
         cleanup_interval=1,  # the deadlines above are checked every second
         # Our own JSON 413 fires above max_body_bytes; waitress's plain one far above it.
         max_request_body_size=max(16 * config.max_body_bytes, 1 << 20),
