@@ -295,7 +295,7 @@ class Chargebox:
                   for_spreadsheets: bool = False) -> statements.Rendered:  # fmt: skip
         """A seller's statement of the period `when` names (periods.period), as JSON or CSV
         (its CSV marked UTF-8 `for_spreadsheets`: statements.Rendered), to be iterated
-        (streamed) and closed; open on a read snapshot until then. At most
+        (streamed) and closed; read a chunk at a time, each in a snapshot of its own. At most
         statements.AT_ONCE at once, one a seller: one more is Unavailable (503)."""
         if fmt not in statements.FORMATS:
             raise ValidationError("format must be json or csv", "format")

@@ -5,9 +5,14 @@ every deployment (on PostgreSQL a stamp is taken before the seller's row lock, a
 hosts' clocks differ), so the opening is not the balance_after of the "last entry
 before from": it is the sum of the seller's entries stamped before `from`. Then
 opening + the period's entries = closing, and one period's closing is the next one's
-opening, whatever the stamps' order. Everything is read in one read snapshot, the
-entries in chunks (never the whole period in memory, never the write lock), and
-rendered as JSON or CSV piece by piece. Reads only.
+opening, whatever the stamps' order. The opening and the ids the period's entries lie
+between are read in one read snapshot, then the entries in chunks, each in a snapshot of
+its own (never the whole period in memory, never the write lock), and rendered as JSON
+or CSV piece by piece. Entries never change, and a seller's later ones have higher ids
+(SQLite: one writer; PostgreSQL: its seq, taken under its row lock), so the chunks are
+the rows the first snapshot saw; and a client that reads slowly holds no snapshot while
+it does (SQLite's WAL could not be checkpointed past it, nor PostgreSQL vacuum). Reads
+only.
 
 What it reads is the period's size, not the seller's history (schema version 5's index
 on the seller's entries by stamp). The entries are walked along the seller's ledger order
@@ -137,7 +142,7 @@ class Turns:
 
 
 class Statement:
-    """One seller's statement, open on a read snapshot until `close()` (or exhausted)."""
+    """One seller's statement, to be read until `close()` (or exhausted): see above."""
 
     def __init__(self, database, seller_id: int, period: Period, chunk: int = CHUNK,
                  turns: Turns | None = None) -> None:  # fmt: skip
@@ -148,14 +153,15 @@ class Statement:
         self._stack = contextlib.ExitStack()
         if turns is not None:  # given back as it closes
             self._stack.callback(turns.take(seller_id))
+        self._database = database
         try:
-            self._db = self._stack.enter_context(database.snapshot())
-            Queries(self._db).seller(seller_id)  # NotFound before anything is streamed
-            start, end = period.bounds
-            order = "seq" if database.dialect == "postgresql" else "id"
-            self._ends = self._db.rows(_ENDS.format(order=order), (seller_id, start, end))[0]
-            read = opening(self._db, seller_id, start, self._ends[0], order)
-            self.opening = self._db.rows(*read)[0][0]
+            with database.snapshot() as db:
+                Queries(db).seller(seller_id)  # NotFound before anything is streamed
+                start, end = period.bounds
+                order = "seq" if database.dialect == "postgresql" else "id"
+                self._ends = db.rows(_ENDS.format(order=order), (seller_id, start, end))[0]
+                read = opening(db, seller_id, start, self._ends[0], order)
+                self.opening = db.rows(*read)[0][0]
         except BaseException:
             self._stack.close()
             raise
@@ -176,7 +182,8 @@ class Statement:
         cursor, shown = first - 1, Localiser()
         kind, amount, created_at = (ENTRY.index(name) for name in ("kind", "amount", "created_at"))
         while True:
-            found = self._db.rows(self._sql, (self.seller_id, cursor, last, start, end, self.chunk))
+            with self._database.snapshot() as db:  # a chunk's own (see above)
+                found = db.rows(self._sql, (self.seller_id, cursor, last, start, end, self.chunk))
             self.reads += 1
             if not found:
                 return
