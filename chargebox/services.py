@@ -83,7 +83,10 @@ class Chargebox:
         self.queries = Queries(self.database)
         self.access = auth.Access(self.database, config.admin_token)
         self._full_audit = threading.Lock()
-        self.statement_turns = statements.Turns()
+        # A quarter of the request threads at most wait for a statement's turn.
+        self.statement_turns = statements.Turns(
+            waiting=min(statements.WAITING, config.threads // 4)
+        )
 
     def close(self) -> None:
         self.database.close()

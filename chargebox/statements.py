@@ -48,7 +48,8 @@ FORMATS = ("json", "csv")
 # interpreter lock for ~6 us an entry (half a second for a busy seller's year), and one
 # seller's hundred at once stalled every other seller's sales for a minute. More wait
 # their turn in the order they came, WAITING of them at most (each holds a request
-# thread) and for WAIT seconds at most: then 503.
+# thread, so a quarter of a server's threads at most) and for WAIT seconds at most: then
+# 503.
 AT_ONCE = 2
 WAITING = 8
 WAIT = 5.0

@@ -10,6 +10,7 @@ checks that a statement is read chunk by chunk as it is sent, never all at once.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import itertools
 import json
@@ -355,6 +356,17 @@ def test_turns_are_given_in_the_order_asked_and_a_wait_is_bounded():
         hurried.take(2)  # waited 0.1 s in vain
     held()
     hurried.take(2)()
+
+
+def test_a_quarter_of_a_servers_threads_at_most_wait_for_a_statements_turn(config):
+    """With --threads 4, eight waiting statements held every request thread for 5 s:
+    /health and sales stalled (helper-95)."""
+    from chargebox.services import Chargebox
+
+    for threads, waiting in ((64, statements.WAITING), (16, 4), (4, 1), (2, 0)):
+        few = Chargebox(dataclasses.replace(config, threads=threads))
+        assert few.statement_turns.waiting == waiting
+        few.close()
 
 
 def test_a_statement_past_the_processs_turns_is_a_503_with_retry_after(service):
