@@ -106,7 +106,7 @@ class _Channel(HTTPChannel):
 def _shut_down(channel: HTTPChannel) -> None:
     """waitress acts on `will_close` only when the socket turns readable or writable; one
     whose client reads nothing does neither, and a worker waiting for its buffers to drain
-    (a long statement, its read snapshot open) waited for good. Shut down, the socket polls
+    (a long statement, its turn held) waited for good. Shut down, the socket polls
     writable: the send fails, waitress closes it, and the worker's write raises
     ClientDisconnected, which closes what it was sending."""
     with contextlib.suppress(OSError):  # shut down already, or the client is gone

@@ -99,11 +99,13 @@ STALLED_DEADLINE = 60  # seconds: a liveness bound (request timeout 2 s, checked
 @pytest.mark.sqlite_only  # the fix is in the HTTP server; the checkpoint shows it on SQLite
 def test_a_statement_its_client_stops_reading_ends_and_lets_sqlite_checkpoint(tmp_path):
     """A year's statement of a busy seller (~95 MB of JSON) to a client that reads nothing:
-    the worker fills waitress's 64 MB of buffers and waits, its read snapshot open. The
+    the worker filled waitress's 64 MB of buffers and waited, its read snapshot open. The
     server marked the connection to close after CHARGEBOX_REQUEST_TIMEOUT, but waitress
     closes only when the socket turns writable, which it never does: the thread and the
     snapshot were held for good (every checkpoint busy, the WAL growing). Now the stalled
-    connection is shut down, the worker's send fails, and the statement closes."""
+    connection is shut down, the worker's send fails, and the statement closes, giving
+    back its turn: the seller's next statement is served. (Its entries are read a chunk
+    at a time since, each in a snapshot of its own: the WAL is free meanwhile anyway.)"""
     path = tmp_path / "history" / "chargebox.db"
     made = run_stress("history", "--db", str(path), "--entries", "420000", "--sellers", "1",
                       "--phones", "1000", "--quiet", timeout=600)  # fmt: skip
@@ -134,6 +136,12 @@ def test_a_statement_its_client_stops_reading_ends_and_lets_sqlite_checkpoint(tm
             assert time.monotonic() - started < STALLED_DEADLINE, "a snapshot is still held"
             time.sleep(0.2)  # polling for the server to let the snapshot go, bounded above
         reader.close()
+        started = time.monotonic()
+        next_one = "/api/statements?seller_id=1&day=2000-01-01"  # one at a time: 503 till then
+        while (again := admin.get(next_one)).status_code == 503:
+            assert time.monotonic() - started < STALLED_DEADLINE, "its turn is still held"
+            time.sleep(0.2)  # polling for the server to close the stalled one, bounded above
+        assert again.status_code == 200, again.text
         assert admin.get("/health").status_code == 200
         admin.close()
         stalled.close()
