@@ -116,8 +116,9 @@ class Turns:
         with self._turn:
             if seller_id in self._making or seller_id in self._queue:
                 raise NoTurn("a statement of this seller is being made already: ask for "
-                                  "one at a time, and retry when it is done")  # fmt: skip
-            if len(self._queue) >= self.waiting:
+                             "one at a time, and retry when it is done")  # fmt: skip
+            waits = self._queue or len(self._making) >= self.at_once
+            if waits and len(self._queue) >= self.waiting:  # (a free turn is given at once)
                 raise NoTurn("too many statements are being made; retry shortly")
             self._queue.append(seller_id)
             deadline = time.monotonic() + self.wait

@@ -367,6 +367,12 @@ def test_a_quarter_of_a_servers_threads_at_most_wait_for_a_statements_turn(confi
         few = Chargebox(dataclasses.replace(config, threads=threads))
         assert few.statement_turns.waiting == waiting
         few.close()
+    none_wait = statements.Turns(at_once=1, waiting=0)
+    given = none_wait.take(1)  # a free turn is given: only a wait is refused
+    with pytest.raises(Unavailable, match="too many"):
+        none_wait.take(2)
+    given()
+    none_wait.take(2)()
 
 
 def test_a_statement_past_the_processs_turns_is_a_503_with_retry_after(service):
