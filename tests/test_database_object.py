@@ -23,6 +23,7 @@ from chargebox.errors import (
     Deadlocked,
     IntegrityViolation,
     LockTimeout,
+    NoTurn,
     Unavailable,
 )
 from chargebox.services import Chargebox
@@ -30,7 +31,12 @@ from chargebox.web.errors import STATUS, status_of
 from tests.support import ADMIN_TOKEN, credited_seller, rows_on_disk
 
 # Errors that take their parent's status on purpose, rather than a row of their own.
-INHERITS_ITS_STATUS = {LockTimeout: Unavailable, Deadlocked: Unavailable, Damaged: Unavailable}
+INHERITS_ITS_STATUS = {
+    LockTimeout: Unavailable,
+    Deadlocked: Unavailable,
+    Damaged: Unavailable,
+    NoTurn: Unavailable,  # a statement's turn (statements.Turns): the API's 503 as any
+}
 
 
 @pytest.fixture
