@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 from chargebox.clock import now
 from chargebox.config import Config
+from chargebox.location import synced
 from chargebox.wal import durable
 
 try:
@@ -289,7 +290,7 @@ def append(path: Path, key: bytes, text: str) -> None:
         finally:
             os.close(fd)
         if created:
-            _sync_directory(path.parent)
+            synced(path.parent)
         past = _COMPACT_PAST.get(path, COMPACT_AT)
         if past is not None and size > past:
             try:
@@ -349,16 +350,8 @@ def _compact(path: Path, key: bytes) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    _sync_directory(path.parent)
+    synced(path.parent)
     _COMPACT_PAST[path] = max(COMPACT_AT, 2 * len(written))
-
-
-def _sync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def refuse_rollback(config: Config, db, key: str) -> None:
