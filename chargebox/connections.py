@@ -17,7 +17,7 @@ import sys
 import time
 
 from waitress.adjustments import Adjustments
-from waitress.channel import HTTPChannel
+from waitress.channel import ClientDisconnected, HTTPChannel
 from waitress.server import TcpWSGIServer
 from waitress.task import ThreadedTaskDispatcher
 
@@ -46,6 +46,7 @@ EVICTION_BATCH = 32  # connections closed at once when the budget is spent
 # that pipelines without reading (or a broken one): it is closed, not queued.
 MAX_PIPELINED = 8
 ACCEPT_BATCH = 256  # connections accepted in one turn of the loop, at most
+WAKE = 1.0  # seconds: a worker waiting for its client looks again (a notice missed)
 
 
 class _Channel(HTTPChannel):
@@ -90,6 +91,22 @@ class _Channel(HTTPChannel):
                 return False
             self.outbuf_lock.release()
         return super().writable()
+
+    def unsent(self) -> int:
+        """Bytes of answers written here and not yet sent (statements.CLIENT)."""
+        return self.total_outbufs_len
+
+    def wait_unsent_below(self, most: int) -> None:
+        """Wait, in a worker thread, until fewer than `most` bytes are unsent, as waitress
+        waits past its high watermark (each send of the loop's notifies); ClientDisconnected
+        if the connection closes first (a client gone, or one that read nothing for
+        `request_timeout`: Server.maintenance)."""
+        with self.outbuf_lock:
+            while self.connected and self.total_outbufs_len >= most:
+                self.server.pull_trigger()
+                self.outbuf_lock.wait(WAKE)
+        if not self.connected:
+            raise ClientDisconnected
 
     def stalled_since(self) -> float | None:
         """Since when answers wait here unsent because the client reads nothing (None:

@@ -19,6 +19,7 @@ from waitress.task import ErrorTask, WSGITask
 from waitress.utilities import BadRequest
 
 from chargebox import access_log
+from chargebox.statements import CLIENT
 from chargebox.web.errors import SECURITY_HEADERS, json_body
 
 # Headers that decide who acts, what is sent or which write is meant: sent twice, waitress
@@ -154,6 +155,12 @@ class _OneSend:
 
 
 class Task(_OneSend, WSGITask):
+    def get_environment(self) -> dict:
+        """waitress's, and the connection, for an answer made as its client reads it."""
+        environ = super().get_environment()
+        environ[CLIENT] = self.channel
+        return environ
+
     def build_response_header(self) -> bytes:
         """waitress's, but the answer to a HEAD whose GET streams (no Content-Length, as a
         statement) is not framed as chunked: waitress sent `Transfer-Encoding: chunked`

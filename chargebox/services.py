@@ -295,16 +295,17 @@ class Chargebox:
     # --- statements, and finding a sale ----------------------------------------------------
 
     def statement(self, seller_id: int, when: dict[str, str], fmt: str = "json",
-                  for_spreadsheets: bool = False) -> statements.Rendered:  # fmt: skip
+                  for_spreadsheets: bool = False, client=None) -> statements.Rendered:  # fmt: skip
         """A seller's statement of the period `when` names (periods.period), as JSON or CSV
         (its CSV marked UTF-8 `for_spreadsheets`: statements.Rendered), to be iterated
-        (streamed) and closed; read a chunk at a time, each in a snapshot of its own. At most
+        (streamed) and closed; read a chunk at a time, each in a snapshot of its own, and
+        made as fast as its `client` (statements.CLIENT) reads it. At most
         statements.AT_ONCE at once, one a seller: one more is Unavailable (503)."""
         if fmt not in statements.FORMATS:
             raise ValidationError("format must be json or csv", "format")
         chosen = periods.period(when)
         read = statements.Statement(self.database, seller_id, chosen, turns=self.statement_turns)
-        return statements.Rendered(read, fmt, for_spreadsheets)
+        return statements.Rendered(read, fmt, for_spreadsheets, client)
 
     def find_sales(self, page: Page, seller_id: int | None, search: dict[str, str]
                    ) -> list[dict]:  # fmt: skip

@@ -29,6 +29,7 @@ from chargebox.web.request import (
     query,
     read_json,
     seller_scope,
+    statement_client,
     statement_headers,
     wants_csv,
 )
@@ -206,7 +207,7 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
         if seller_id is None:
             raise ValidationError("the admin names the seller: seller_id", "seller_id")
         fmt = params.get("format", "csv" if wants_csv(header("Accept")) else "json")
-        rendered = service.statement(seller_id, params, fmt)
+        rendered = service.statement(seller_id, params, fmt, client=statement_client())
         return 200, rendered, statement_headers(rendered)
 
     @app.get("/api/phones")

@@ -22,7 +22,7 @@ from chargebox.services import Chargebox
 from chargebox.web.errors import status_of
 from chargebox.web.html import language, redirect
 from chargebox.web.refusals import sentence
-from chargebox.web.request import query, read_form, statement_headers
+from chargebox.web.request import query, read_form, statement_client, statement_headers
 from chargebox.web.sessions import SignInRequired, Visitor, check_csrf, signed_in, visitor
 
 
@@ -85,7 +85,9 @@ class Site:
             for name, text in query("format", *periods.NAMES).items()
         })  # fmt: skip
         fmt = params.pop("format", "csv")
-        rendered = self.service.statement(seller_id, params, fmt, for_spreadsheets=True)
+        rendered = self.service.statement(
+            seller_id, params, fmt, for_spreadsheets=True, client=statement_client()
+        )
         return bottle.HTTPResponse(rendered, 200, statement_headers(rendered))
 
     def money_form(

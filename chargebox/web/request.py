@@ -19,6 +19,7 @@ from chargebox.access_log import ENVIRON_WHO
 from chargebox.auth import Access, Principal
 from chargebox.errors import Forbidden, MalformedJSON, PayloadTooLarge, ValidationError
 from chargebox.queries import MAX_LIMIT, Page
+from chargebox.statements import CLIENT
 from chargebox.text import shown_back
 
 MAX_ID = 2**63 - 1
@@ -214,6 +215,12 @@ def wants_csv(accept: str | None) -> bool:
     qualities = accept_qualities(accept)
     csv = qualities.get("text/csv", 0)
     return csv > 0 and csv >= qualities.get("application/json", 0)
+
+
+def statement_client():
+    """What this request's connection holds unsent, for a statement made as its client
+    reads it (statements.CLIENT); None outside chargebox's server (a test's WSGI call)."""
+    return bottle.request.environ.get(CLIENT)
 
 
 def statement_headers(rendered) -> dict[str, str]:
