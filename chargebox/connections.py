@@ -59,6 +59,7 @@ class _Channel(HTTPChannel):
     request_started = 0.0
     handle_error = closed_after_an_error
     _active_at = 0.0
+    _drained_for = 0  # a worker waits for this connection's client (wait_unsent_below)
 
     @property
     def last_activity(self) -> float:
@@ -85,8 +86,9 @@ class _Channel(HTTPChannel):
         while the worker still holds the lock, so output a worker leaves unsent is sent
         at the loop's next turn (LOOP_TIMEOUT at most) or when its task ends (a wake-up
         after the lock is let go); one that waits for the loop to drain it waits
-        unlocked."""
-        if self.requests:  # tested once: a worker may finish its request meanwhile
+        unlocked; one waiting for its client (`wait_unsent_below`) is writable as waitress
+        has it, else the loop could look while it holds the lock and sleep a whole turn."""
+        if self.requests and not self._drained_for:  # (tested once: a worker may finish)
             if not self.outbuf_lock.acquire(blocking=False):
                 return False
             self.outbuf_lock.release()
@@ -102,9 +104,13 @@ class _Channel(HTTPChannel):
         if the connection closes first (a client gone, or one that read nothing for
         `request_timeout`: Server.maintenance)."""
         with self.outbuf_lock:
-            while self.connected and self.total_outbufs_len >= most:
-                self.server.pull_trigger()
-                self.outbuf_lock.wait(WAKE)
+            self._drained_for = most  # writable() to the loop meanwhile, the lock held or not
+            try:
+                while self.connected and self.total_outbufs_len >= most:
+                    self.server.pull_trigger()
+                    self.outbuf_lock.wait(WAKE)
+            finally:
+                self._drained_for = 0
         if not self.connected:
             raise ClientDisconnected
 

@@ -238,7 +238,7 @@ class Unavailable(ChargeboxError):
 
 
 class NoTurn(Unavailable):
-    """A statement that did not get its turn (statements.Turns): the API's 503 like any;
+    """A statement that did not get its turn (statement_turns.Turns): the API's 503 like any;
     a page says why, in its own words, rather than "busy"."""
 
 

@@ -12,7 +12,17 @@ from __future__ import annotations
 
 import threading
 
-from chargebox import anchors, audit, auth, guards, idempotency, ledger, periods, statements
+from chargebox import (
+    anchors,
+    audit,
+    auth,
+    guards,
+    idempotency,
+    ledger,
+    periods,
+    statement_turns,
+    statements,
+)
 from chargebox.clock import now
 from chargebox.config import Config
 from chargebox.db import Database, Write, open_database
@@ -83,9 +93,10 @@ class Chargebox:
         self.queries = Queries(self.database)
         self.access = auth.Access(self.database, config.admin_token)
         self._full_audit = threading.Lock()
-        # A quarter of the request threads at most wait for a statement's turn.
-        self.statement_turns = statements.Turns(
-            waiting=min(statements.WAITING, config.threads // 4)
+        # A quarter of the request threads at most wait for a statement's turn, and as many
+        # for their statements' clients.
+        self.statement_turns = statement_turns.Turns(
+            waiting=min(statement_turns.WAITING, config.threads // 4), lending=config.threads // 4
         )
 
     def close(self) -> None:
@@ -300,7 +311,7 @@ class Chargebox:
         (its CSV marked UTF-8 `for_spreadsheets`: statements.Rendered), to be iterated
         (streamed) and closed; read a chunk at a time, each in a snapshot of its own, and
         made as fast as its `client` (statements.CLIENT) reads it. At most
-        statements.AT_ONCE at once, one a seller: one more is Unavailable (503)."""
+        statement_turns.AT_ONCE at once, one a seller: one more is Unavailable (503)."""
         if fmt not in statements.FORMATS:
             raise ValidationError("format must be json or csv", "format")
         chosen = periods.period(when)

@@ -27,36 +27,23 @@ it, I3, and sealed). Both are exact.
 from __future__ import annotations
 
 import codecs
-import collections
 import contextlib
 import csv
 import io
 import json
-import threading
-import time
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from chargebox.audit_checks import KINDS
 from chargebox.clock import parse
-from chargebox.errors import NoTurn
 from chargebox.periods import Localiser, Period, local
 from chargebox.queries import LEDGER_ENTRY, Queries
+from chargebox.statement_turns import Turns
 
 CHUNK = 1_000  # entries per read
 FORMATS = ("json", "csv")
-# Statements a server process makes at once, at most one a seller: each holds the
-# interpreter lock for ~6 us an entry (half a second for a busy seller's year), and one
-# seller's hundred at once stalled every other seller's sales for a minute. More wait
-# their turn in the order they came, for WAIT seconds at most: then 503. One whose client
-# has UNSENT bytes still to take waits for it to take half, its turn lent meanwhile: it is
-# made as fast as it is read, never buffered whole (waitress buffers up to 64 MB a
-# connection, on disk past 1 MB: forty slow downloads held 265 MB), and a slow reader
-# keeps no other seller's statement waiting. Each of these holds a request thread, so
-# WAITING of them at most besides the AT_ONCE made (a quarter of a server's threads).
-AT_ONCE = 2
-WAITING = 16
-WAIT = 5.0
+# A statement waits for its client once it has this much unsent, till half is sent, its
+# turn lent meanwhile (statement_turns): made as fast as it is read, never buffered whole.
 UNSENT = 256 << 10
 # The WSGI environ's key for what the answer's connection holds unsent (the server's
 # connections._Channel): `unsent()`, and `wait_unsent_below(most)`, which raises
@@ -106,86 +93,6 @@ CSV_COLUMNS = ("line", *ENTRY)
 _REASON = ENTRY.index("reason")
 
 
-class Turns:
-    """Which sellers' statements a process is making now, which wait, and which have lent
-    their turns: at most `at_once` made at once, one a seller, the next in the order asked.
-    A statement whose client has not yet taken what it was sent lends its turn meanwhile
-    (`lend`, then `take_back`, before any that asked since). Each of them holds a request
-    thread, so `at_once` + `waiting` of them at most: one more is refused, and so is one
-    that waited `wait` seconds for its turn (503, retry). In turn, so that two sellers
-    asking again and again cannot keep a third out."""
-
-    def __init__(self, at_once: int = AT_ONCE, waiting: int = WAITING,
-                 wait: float = WAIT) -> None:  # fmt: skip
-        self.at_once, self.waiting, self.wait = at_once, waiting, wait
-        self._turn = threading.Condition()
-        self._making: set[int] = set()
-        self._lent: set[int] = set()
-        self._queue: collections.deque[int] = collections.deque()
-        self._returning = 0  # the queue's first, taking their lent turns back
-
-    def take(self, seller_id: int) -> Callable[[], None]:
-        """A turn for a statement of `seller_id` (waited for), or Unavailable; call what it
-        returns when the statement is closed."""
-        with self._turn:
-            if seller_id in self._making or seller_id in self._lent or seller_id in self._queue:
-                raise NoTurn("a statement of this seller is being made already: ask for "
-                             "one at a time, and retry when it is done")  # fmt: skip
-            held = len(self._making) + len(self._lent) + len(self._queue)
-            if held >= self.at_once + self.waiting:  # (a free turn is given at once)
-                raise NoTurn("too many statements are being made; retry shortly")
-            self._queue.append(seller_id)
-            self._first(seller_id, time.monotonic() + self.wait)
-        return lambda: self._give_back(seller_id)
-
-    def lend(self, seller_id: int) -> None:
-        """Lend the turn of `seller_id`'s statement while it waits for its client."""
-        with self._turn:
-            self._making.discard(seller_id)
-            self._lent.add(seller_id)
-            self._turn.notify_all()
-
-    def take_back(self, seller_id: int) -> None:
-        """The turn lent, back: waited for, as long as it takes (it was given once), before
-        any statement that asked since."""
-        with self._turn:
-            self._lent.discard(seller_id)
-            self._queue.insert(self._returning, seller_id)
-            self._returning += 1
-            try:
-                self._first(seller_id, None)
-            finally:
-                self._returning -= 1
-
-    def queued(self) -> int:
-        """How many wait for a turn now."""
-        with self._turn:
-            return len(self._queue)
-
-    def lending(self) -> int:
-        """How many have lent their turns now."""
-        with self._turn:
-            return len(self._lent)
-
-    def _first(self, seller_id: int, deadline: float | None) -> None:
-        """Wait (holding `_turn`) until `seller_id`, queued, is first and a turn is free."""
-        try:
-            while self._queue[0] != seller_id or len(self._making) >= self.at_once:
-                left = None if deadline is None else deadline - time.monotonic()
-                if not self._turn.wait(left):
-                    raise NoTurn("too many statements are being made; retry shortly")
-        finally:
-            self._queue.remove(seller_id)
-            self._turn.notify_all()  # the next in the queue may be first now
-        self._making.add(seller_id)
-
-    def _give_back(self, seller_id: int) -> None:
-        with self._turn:
-            self._making.discard(seller_id)
-            self._lent.discard(seller_id)
-            self._turn.notify_all()
-
-
 class Statement:
     """One seller's statement, to be read until `close()` (or exhausted): see above."""
 
@@ -196,9 +103,9 @@ class Statement:
         self.chunk = chunk
         self.reads = 0  # chunks read so far (tests check the reading is chunked)
         self._stack = contextlib.ExitStack()
-        self._turns = turns
-        if turns is not None:  # given back as it closes
-            self._stack.callback(turns.take(seller_id))
+        self._turn = None if turns is None else turns.take(seller_id)
+        if self._turn is not None:  # given back as it closes
+            self._stack.callback(self._turn)
         self._database = database
         try:
             with database.snapshot() as db:
@@ -260,15 +167,15 @@ class Statement:
         return {"closing_balance": self.closing, "count": self.count, "totals": self.totals}
 
     @contextlib.contextmanager
-    def lent(self) -> Iterator[None]:
-        """Its turn lent to other statements meanwhile (taken back after, before any that
-        asked since); kept lent if the body raises: closing gives it back."""
-        if self._turns is None:
-            yield
+    def lent(self) -> Iterator[bool]:
+        """Its turn lent to other statements meanwhile, if it may be (the value: was it?),
+        taken back after, before any that asked since; kept lent if the body raises:
+        closing gives it back."""
+        if self._turn is None or not self._turn.lend():
+            yield False
             return
-        self._turns.lend(self.seller_id)
-        yield
-        self._turns.take_back(self.seller_id)
+        yield True
+        self._turn.take_back()
 
     def close(self) -> None:
         self._stack.close()
@@ -297,7 +204,7 @@ class Rendered:
     file in the machine's code page and shows Persian text as gibberish. (An API client's
     CSV reader would take the mark for part of the first column's name.) Given its
     `client` (the environ's CLIENT), the next piece is made once the client holds fewer
-    than UNSENT bytes unsent, the statement's turn lent while it waits."""
+    than UNSENT bytes unsent, the statement's turn lent while it waits (if it may be)."""
 
     def __init__(self, statement: Statement, fmt: str, for_spreadsheets: bool = False,
                  client=None) -> None:  # fmt: skip
@@ -315,8 +222,9 @@ class Rendered:
             for piece in self._pieces:
                 yield piece  # written (to the client, or to its buffers) when this resumes
                 if client is not None and client.unsent() >= UNSENT:
-                    with self.statement.lent():
-                        client.wait_unsent_below(UNSENT // 2)
+                    with self.statement.lent() as lent:
+                        if lent:  # else written ahead, into waitress's buffers
+                            client.wait_unsent_below(UNSENT // 2)
         finally:
             self.close()
 

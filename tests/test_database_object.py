@@ -35,7 +35,7 @@ INHERITS_ITS_STATUS = {
     LockTimeout: Unavailable,
     Deadlocked: Unavailable,
     Damaged: Unavailable,
-    NoTurn: Unavailable,  # a statement's turn (statements.Turns): the API's 503 as any
+    NoTurn: Unavailable,  # a statement's turn (statement_turns.Turns): the API's 503 as any
 }
 
 

@@ -25,7 +25,16 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from chargebox import clock, ledger, periods, queries, sale_search, schema, statements
+from chargebox import (
+    clock,
+    ledger,
+    periods,
+    queries,
+    sale_search,
+    schema,
+    statement_turns,
+    statements,
+)
 from chargebox.audit_checks import KINDS
 from chargebox.errors import NotFound, Unavailable, ValidationError
 from tests.support import (
@@ -296,7 +305,7 @@ def test_a_closed_statement_ends_its_read_snapshot_and_writes_go_on(service):
 def test_a_process_makes_two_statements_at_once_one_a_seller_and_refuses_more(service):
     """One seller's hundred statements at once (each ~6 us of the interpreter lock an
     entry) stalled every other seller's sales for a minute: a process makes at most
-    statements.AT_ONCE at once, one a seller; one more waits its turn (here in vain: 503),
+    statement_turns.AT_ONCE at once, one a seller; one more waits its turn (here in vain: 503),
     given back as each closes, whether read to its end, closed half-way, or never begun."""
     service.statement_turns.wait = 0.05  # (one thread: a wait for a turn ends unserved)
     sellers = [credited_seller(service, 1_000, f"s{n}")["id"] for n in range(3)]
@@ -324,7 +333,7 @@ def test_turns_are_given_in_the_order_asked_and_a_wait_is_bounded():
     """Two sellers asking again and again kept a third out: it was refused whenever both
     turns were taken (20 of its 22 tries). Turns are given in the order asked, to
     WAITING waiters at most, each for WAIT seconds at most (helper-94)."""
-    turns = statements.Turns(at_once=1, waiting=2, wait=30)
+    turns = statement_turns.Turns(at_once=1, waiting=2, wait=30)
     given = []
 
     def ask(seller: int) -> threading.Thread:
@@ -350,7 +359,7 @@ def test_turns_are_given_in_the_order_asked_and_a_wait_is_bounded():
     given[0][1]()
     threads[1].join(30)
     assert [seller for seller, _ in given] == [3, 2]
-    hurried = statements.Turns(at_once=1, wait=0.1)
+    hurried = statement_turns.Turns(at_once=1, wait=0.1)
     held = hurried.take(1)
     with pytest.raises(Unavailable, match="too many"):
         hurried.take(2)  # waited 0.1 s in vain
@@ -363,11 +372,12 @@ def test_a_quarter_of_a_servers_threads_at_most_wait_for_a_statements_turn(confi
     /health and sales stalled (helper-95)."""
     from chargebox.services import Chargebox
 
-    for threads, waiting in ((64, statements.WAITING), (16, 4), (4, 1), (2, 0)):
+    for threads, waiting in ((64, statement_turns.WAITING), (16, 4), (4, 1), (2, 0)):
         few = Chargebox(dataclasses.replace(config, threads=threads))
         assert few.statement_turns.waiting == waiting
+        assert few.statement_turns.lending == threads // 4  # none at 2: written ahead
         few.close()
-    none_wait = statements.Turns(at_once=1, waiting=0)
+    none_wait = statement_turns.Turns(at_once=1, waiting=0)
     given = none_wait.take(1)  # a free turn is given: only a wait is refused
     with pytest.raises(Unavailable, match="too many"):
         none_wait.take(2)

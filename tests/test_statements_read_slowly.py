@@ -19,7 +19,7 @@ import threading
 import pytest
 from waitress import wasyncore
 
-from chargebox import statements
+from chargebox import statement_turns, statements
 from chargebox.connections import build_server, listen
 from chargebox.errors import Unavailable
 from chargebox.web import create_app
@@ -87,7 +87,7 @@ def test_a_statement_read_slowly_is_made_as_it_is_read_and_lends_its_turn(servic
     more than UNSENT and a piece of it unsent (it held all that the kernel did not take),
     another seller's statement is made meanwhile with one turn in all, and the slow one,
     read at last, is the statement whole."""
-    service.statement_turns = statements.Turns(at_once=1, waiting=2, wait=3)
+    service.statement_turns = statement_turns.Turns(at_once=1, waiting=2, wait=3)
     slow = credited_seller(service, 0, "slow")["id"]
     write_entries(service, slow, [(n % 86_400, 1) for n in range(40_000)])
     other = credited_seller(service, 500, "other")["id"]
@@ -106,39 +106,45 @@ def test_a_statement_read_slowly_is_made_as_it_is_read_and_lends_its_turn(servic
                 got = json.loads(body_of(quick))
             assert got["seller_id"] == other and got["closing_balance"] == 500
             assert unsent() < statements.UNSENT + 500_000  # (a piece: 1,000 entries)
-            assert service.statement_turns.lending() == 1  # the slow one waits still
+            assert service.statement_turns.lent() == 1  # the slow one waits still
             assert body_of(sock) == whole
         finally:
             sock.close()
     service.statement(slow, {"day": "2026-12-01"}).close()  # its turn was given back
 
 
-def test_a_lent_turn_is_taken_back_before_newer_asks_and_counts_among_the_waiting():
-    """A statement that lends its turn still holds a request thread: it counts among the
-    `waiting` (one more is refused), and it gets its turn back before any that asked since."""
-    turns = statements.Turns(at_once=1, waiting=2, wait=30)
+def test_a_lent_turn_is_taken_back_first_and_few_may_be_lent():
+    """A statement waiting for its client holds a request thread: `lending` of them at most
+    (a quarter of the threads; past that, one is written ahead into waitress's buffers, as
+    before), LENT_EACH a seller (one more of that seller is refused), while the seller's
+    other statements are made. A lent turn is taken back before any asked since."""
+    turns = statement_turns.Turns(at_once=1, waiting=2, wait=30, lending=2)
     first = turns.take(1)
-    turns.lend(1)
-    second = turns.take(2)  # the turn lent is given at once
+    assert first.lend()
+    again = turns.take(1)  # its first lent, the seller's next is made (helper-97)
+    assert again.lend() and turns.lent() == statement_turns.LENT_EACH == 2
     with pytest.raises(Unavailable, match="one at a time"):
-        turns.take(1)  # lent, its statement is still being made
-    order = []
+        turns.take(1)  # two of its statements wait for their clients
+    other = turns.take(2)
+    assert not other.lend()  # two lent already: it keeps its turn (written ahead)
+    given = {}
 
-    def ask(seller: int, how) -> threading.Thread:
+    def ask(name: str, how) -> threading.Thread:
         queued = turns.queued()
-        thread = threading.Thread(target=lambda: (how(), order.append(seller)))
+        thread = threading.Thread(target=lambda: given.setdefault(name, how()))
         thread.start()
-        wait_until(lambda: turns.queued() == queued + 1, f"seller {seller} waits its turn")
+        wait_until(lambda: turns.queued() == queued + 1, f"{name} waits its turn")
         return thread
 
-    third = ask(3, lambda: turns.take(3))
-    with pytest.raises(Unavailable, match="too many"):
-        turns.take(4)  # 1 made, 1 lent, 1 waiting: at_once + waiting
-    back = ask(1, lambda: turns.take_back(1))
-    assert turns.lending() == 0
-    second()
+    third = ask("seller 3", lambda: turns.take(3))
+    back = ask("seller 1, back", first.take_back)
+    other()  # made: the turn goes to the one taking its own back, not to seller 3
     back.join(DEADLINE)
-    assert order == [1]  # before 3, which asked before it took its turn back
+    assert list(given) == ["seller 1, back"] and turns.lent() == 1
     first()
     third.join(DEADLINE)
-    assert order == [1, 3]
+    assert list(given) == ["seller 1, back", "seller 3"]
+    given["seller 3"]()
+    again()
+    assert turns.lent() == turns.queued() == 0
+    turns.take(1)()  # nothing of seller 1's is held any more

@@ -1,0 +1,140 @@
+"""Statements' turns: how many a server process makes at once, which wait, which wait for
+their clients; no database here.
+
+A statement holds the interpreter lock ~6 us an entry (half a second for a busy seller's
+year), and one seller's hundred at once stalled every other seller's sales for a minute:
+a process makes AT_ONCE at once, one a seller, the next in the order asked. A statement
+whose client has not taken what it was sent lends its turn meanwhile (statements.Rendered),
+and takes it back before any asked since. Every wait holds a request thread, so each kind
+is bounded: past them, a 503 (retry), or a statement written ahead into waitress's buffers
+as before.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+from chargebox.errors import NoTurn
+
+# Statements a server process makes at once, at most one a seller: each holds the
+# interpreter lock for ~6 us an entry (half a second for a busy seller's year), and one
+# seller's hundred at once stalled every other seller's sales for a minute. More wait
+# their turn in the order they came, WAITING of them at most, for WAIT seconds at most:
+# then 503. One whose client has statements.UNSENT bytes still to take waits for it to take
+# half,
+# its turn lent meanwhile: made as fast as it is read, not buffered whole (waitress
+# buffers up to 64 MB a connection, on disk past 1 MB: forty slow downloads held 265 MB),
+# and a slow reader keeps no other statement waiting. Each of these waits holds a request
+# thread: a quarter of a server's threads at most wait for a turn, and as many for their
+# clients (LENT_EACH of a seller; one more of that seller is refused); past that, a
+# statement is written ahead into waitress's buffers, as before.
+AT_ONCE = 2
+WAITING = 8
+WAIT = 5.0
+LENT_EACH = 2
+
+
+class Turns:
+    """Which statements a process is making now, which wait their turn, and which have lent
+    it while their clients read: at most `at_once` made at once, one a seller, the next in
+    the order asked; `waiting` at most wait (one more is refused, and so is one that waited
+    `wait` seconds: 503, retry), in turn, so that two sellers asking again and again cannot
+    keep a third out. A statement lends its turn if fewer than `lending` have (LENT_EACH a
+    seller), and takes it back before any asked since; a seller with LENT_EACH lent is
+    refused one more."""
+
+    def __init__(self, at_once: int = AT_ONCE, waiting: int = WAITING, wait: float = WAIT,
+                 lending: int = WAITING) -> None:  # fmt: skip
+        self.at_once, self.waiting, self.wait, self.lending = at_once, waiting, wait, lending
+        self._turn = threading.Condition()
+        self._making: dict[object, int] = {}  # a statement's token: its seller
+        self._lent: dict[object, int] = {}
+        self._queue: collections.deque[tuple[object, int]] = collections.deque()
+        self._returning = 0  # the queue's first, taking their lent turns back
+
+    def take(self, seller_id: int) -> Turn:
+        """A turn for a statement of `seller_id` (waited for), or Unavailable; call what it
+        returns when the statement is closed."""
+        with self._turn:
+            lent = sum(seller == seller_id for seller in self._lent.values())
+            if seller_id in self._making.values() or lent >= LENT_EACH \
+                    or any(seller == seller_id for _, seller in self._queue):  # fmt: skip
+                raise NoTurn("a statement of this seller is being made already: ask for "
+                             "one at a time, and retry when it is done")  # fmt: skip
+            waits = self._queue or len(self._making) >= self.at_once
+            if waits and len(self._queue) >= self.waiting:  # (a free turn is given at once)
+                raise NoTurn("too many statements are being made; retry shortly")
+            turn = Turn(self, seller_id)
+            self._queue.append((turn, seller_id))
+            self._first(turn, time.monotonic() + self.wait)
+        return turn
+
+    def queued(self) -> int:
+        """How many wait for a turn now."""
+        with self._turn:
+            return len(self._queue)
+
+    def lent(self) -> int:
+        """How many have lent their turns now."""
+        with self._turn:
+            return len(self._lent)
+
+    def _lend(self, turn: Turn) -> bool:
+        with self._turn:
+            lent = sum(seller == turn.seller_id for seller in self._lent.values())
+            if len(self._lent) >= self.lending or lent >= LENT_EACH:
+                return False
+            del self._making[turn]
+            self._lent[turn] = turn.seller_id
+            self._turn.notify_all()
+            return True
+
+    def _take_back(self, turn: Turn) -> None:
+        with self._turn:
+            del self._lent[turn]
+            self._queue.insert(self._returning, (turn, turn.seller_id))
+            self._returning += 1
+            try:
+                self._first(turn, None)
+            finally:
+                self._returning -= 1
+
+    def _first(self, turn: Turn, deadline: float | None) -> None:
+        """Wait (holding `_turn`) until `turn`, queued, is first and a turn is free."""
+        try:
+            while self._queue[0][0] is not turn or len(self._making) >= self.at_once:
+                left = None if deadline is None else deadline - time.monotonic()
+                if not self._turn.wait(left):
+                    raise NoTurn("too many statements are being made; retry shortly")
+        finally:
+            self._queue.remove((turn, turn.seller_id))
+            self._turn.notify_all()  # the next in the queue may be first now
+        self._making[turn] = turn.seller_id
+
+    def _give_back(self, turn: Turn) -> None:
+        with self._turn:
+            self._making.pop(turn, None)
+            self._lent.pop(turn, None)
+            self._turn.notify_all()
+
+
+class Turn:
+    """One statement's turn (Turns.take): called when the statement is closed, to give it
+    back; lent while its client reads."""
+
+    def __init__(self, turns: Turns, seller_id: int) -> None:
+        self._turns, self.seller_id = turns, seller_id
+
+    def __call__(self) -> None:
+        self._turns._give_back(self)
+
+    def lend(self) -> bool:
+        """Lend the turn while the statement waits for its client; False if no more may."""
+        return self._turns._lend(self)
+
+    def take_back(self) -> None:
+        """The turn lent, back: waited for, as long as it takes (it was given once), before
+        any statement that asked since."""
+        self._turns._take_back(self)
