@@ -87,7 +87,8 @@ class _Channel(HTTPChannel):
         at the loop's next turn (LOOP_TIMEOUT at most) or when its task ends (a wake-up
         after the lock is let go); one that waits for the loop to drain it waits
         unlocked; one waiting for its client (`wait_unsent_below`) is writable as waitress
-        has it, else the loop could look while it holds the lock and sleep a whole turn."""
+        has it: else the loop, woken while that worker still holds the lock, could sleep a
+        turn (LOOP_TIMEOUT; a precaution: not seen, and the worker looks again each WAKE)."""
         if self.requests and not self._drained_for:  # (tested once: a worker may finish)
             if not self.outbuf_lock.acquire(blocking=False):
                 return False

@@ -93,11 +93,7 @@ class Chargebox:
         self.queries = Queries(self.database)
         self.access = auth.Access(self.database, config.admin_token)
         self._full_audit = threading.Lock()
-        # A quarter of the request threads at most wait for a statement's turn, and as many
-        # for their statements' clients.
-        self.statement_turns = statement_turns.Turns(
-            waiting=min(statement_turns.WAITING, config.threads // 4), lending=config.threads // 4
-        )
+        self.statement_turns = statement_turns.for_threads(config.threads)
 
     def close(self) -> None:
         self.database.close()

@@ -18,18 +18,19 @@ import time
 
 from chargebox.errors import NoTurn
 
-# Statements a server process makes at once, at most one a seller: each holds the
-# interpreter lock for ~6 us an entry (half a second for a busy seller's year), and one
-# seller's hundred at once stalled every other seller's sales for a minute. More wait
-# their turn in the order they came, WAITING of them at most, for WAIT seconds at most:
-# then 503. One whose client has statements.UNSENT bytes still to take waits for it to take
-# half,
+# Statements a server process makes at once, at most one a seller (but for a lent one
+# taking its turn back while its seller's next is made: two): each holds the interpreter
+# lock for ~6 us an entry (half a second for a busy seller's year), and one seller's
+# hundred at once stalled every other seller's sales for a minute. More wait their turn
+# in the order they came, WAITING of them at most, for WAIT seconds at most: then 503.
+# One whose client has statements.UNSENT bytes still to take waits for it to take half,
 # its turn lent meanwhile: made as fast as it is read, not buffered whole (waitress
 # buffers up to 64 MB a connection, on disk past 1 MB: forty slow downloads held 265 MB),
 # and a slow reader keeps no other statement waiting. Each of these waits holds a request
 # thread: a quarter of a server's threads at most wait for a turn, and as many for their
-# clients (LENT_EACH of a seller; one more of that seller is refused); past that, a
-# statement is written ahead into waitress's buffers, as before.
+# clients, LENT_EACH of a seller (one more of that seller is refused), with one thread
+# always left for everything else (`lending`); past that, a statement is written ahead
+# into waitress's buffers, as before.
 AT_ONCE = 2
 WAITING = 8
 WAIT = 5.0
@@ -42,8 +43,8 @@ class Turns:
     the order asked; `waiting` at most wait (one more is refused, and so is one that waited
     `wait` seconds: 503, retry), in turn, so that two sellers asking again and again cannot
     keep a third out. A statement lends its turn if fewer than `lending` have (LENT_EACH a
-    seller), and takes it back before any asked since; a seller with LENT_EACH lent is
-    refused one more."""
+    seller), and takes it back before any asked since; a seller with LENT_EACH lent (or
+    taking their turns back) is refused one more."""
 
     def __init__(self, at_once: int = AT_ONCE, waiting: int = WAITING, wait: float = WAIT,
                  lending: int = WAITING) -> None:  # fmt: skip
@@ -58,13 +59,16 @@ class Turns:
         """A turn for a statement of `seller_id` (waited for), or Unavailable; call what it
         returns when the statement is closed."""
         with self._turn:
-            lent = sum(seller == seller_id for seller in self._lent.values())
-            if seller_id in self._making.values() or lent >= LENT_EACH \
-                    or any(seller == seller_id for _, seller in self._queue):  # fmt: skip
+            returning = [seller for _, seller in list(self._queue)[: self._returning]]
+            asking = [seller for _, seller in list(self._queue)[self._returning :]]
+            if seller_id in self._making.values() or seller_id in asking:
                 raise NoTurn("a statement of this seller is being made already: ask for "
                              "one at a time, and retry when it is done")  # fmt: skip
+            if [*self._lent.values(), *returning].count(seller_id) >= LENT_EACH:
+                raise NoTurn("two statements of this seller are being downloaded: retry "
+                             "when one of them is done")  # fmt: skip
             waits = self._queue or len(self._making) >= self.at_once
-            if waits and len(self._queue) >= self.waiting:  # (a free turn is given at once)
+            if waits and len(asking) >= self.waiting:  # (a free turn is given at once)
                 raise NoTurn("too many statements are being made; retry shortly")
             turn = Turn(self, seller_id)
             self._queue.append((turn, seller_id))
@@ -86,7 +90,8 @@ class Turns:
             lent = sum(seller == turn.seller_id for seller in self._lent.values())
             if len(self._lent) >= self.lending or lent >= LENT_EACH:
                 return False
-            del self._making[turn]
+            if self._making.pop(turn, None) is None:  # given back already
+                return False
             self._lent[turn] = turn.seller_id
             self._turn.notify_all()
             return True
@@ -118,6 +123,16 @@ class Turns:
             self._making.pop(turn, None)
             self._lent.pop(turn, None)
             self._turn.notify_all()
+
+
+def for_threads(threads: int) -> Turns:
+    """A server's turns, of `threads` request threads: a quarter at most wait for a turn, as
+    many for their clients, and statements never hold the last thread (with 4: none may
+    wait for its client; helper-98)."""
+    waiting = min(WAITING, threads // 4)
+    return Turns(
+        waiting=waiting, lending=max(0, min(threads // 4, threads - AT_ONCE - waiting - 1))
+    )
 
 
 class Turn:
