@@ -102,8 +102,8 @@ class _Channel(HTTPChannel):
     def wait_unsent_below(self, most: int) -> None:
         """Wait, in a worker thread, until fewer than `most` bytes are unsent, as waitress
         waits past its high watermark (each send of the loop's notifies); ClientDisconnected
-        if the connection closes first (a client gone, or one that read nothing for
-        `request_timeout`: Server.maintenance)."""
+        if the connection closes first (a client gone, or a download that made no progress
+        for `request_timeout`: Server.maintenance)."""
         with self.outbuf_lock:
             self._drained_for = most  # writable() to the loop meanwhile, the lock held or not
             try:

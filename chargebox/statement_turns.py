@@ -18,19 +18,13 @@ import time
 
 from chargebox.errors import NoTurn
 
-# Statements a server process makes at once, at most one a seller (but for a lent one
-# taking its turn back while its seller's next is made: two): each holds the interpreter
-# lock for ~6 us an entry (half a second for a busy seller's year), and one seller's
-# hundred at once stalled every other seller's sales for a minute. More wait their turn
-# in the order they came, WAITING of them at most, for WAIT seconds at most: then 503.
-# One whose client has statements.UNSENT bytes still to take waits for it to take half,
-# its turn lent meanwhile: made as fast as it is read, not buffered whole (waitress
-# buffers up to 64 MB a connection, on disk past 1 MB: forty slow downloads held 265 MB),
-# and a slow reader keeps no other statement waiting. Each of these waits holds a request
-# thread: a quarter of a server's threads at most wait for a turn, and as many for their
-# clients, LENT_EACH of a seller (one more of that seller is refused), with one thread
-# always left for everything else (`lending`); past that, a statement is written ahead
-# into waitress's buffers, as before.
+# At most one a seller is made (but for a lent one taking its turn back while its seller's
+# next is made: two). A statement waiting for its client (statements.UNSENT) is not
+# buffered whole (waitress buffers up to 64 MB a connection, on disk past 1 MB: forty
+# slow downloads held 265 MB) and keeps no other statement waiting. A quarter of a
+# server's threads at most wait for a turn (WAITING at most, WAIT seconds at most), as
+# many for their clients, LENT_EACH of a seller, with one thread always left for the
+# rest (`for_threads`).
 AT_ONCE = 2
 WAITING = 8
 WAIT = 5.0
