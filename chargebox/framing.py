@@ -100,6 +100,8 @@ class Parser(HTTPRequestParser):
             raise ParsingError("a request may not have both Content-Length and Transfer-Encoding")
         if _codings(block) > 1:  # waitress refused any but chunked (501): chunked twice
             raise ParsingError("chunked may be applied to a body only once")  # RFC 9112 7
+        if block.count(b"\r\ncookie:") > 1:
+            self.headers["COOKIE"] = _cookies(sent)
         for name, dashed, underscored in _SINGLE_SPELLINGS:
             if underscored != dashed and underscored in block:
                 # waitress drops a name with `_`: the request would run without it.
@@ -109,6 +111,17 @@ class Parser(HTTPRequestParser):
             if block.count(dashed) > 1:
                 spelled = "-".join(part.capitalize() for part in name.split("_"))
                 raise RepeatedHeader(f"the {spelled} header is repeated")
+
+
+def _cookies(sent: bytes) -> str:
+    """The Cookie headers of a header block, joined with "; " as one header's pairs are
+    (RFC 9113 8.2.3: what an HTTP/2 proxy does): waitress joins a repeated header with
+    ", ", and a cookie at the seam read as `S, pref=x`, no session (a sign-out). A single
+    header's value is as it was sent: splitting at commas too would let a sibling's cookie
+    whose value holds `, name=` plant that name."""
+    values = (line[7:].strip(b" \t") for line in sent.split(b"\r\n")
+              if line[:7].lower() == b"cookie:")  # fmt: skip
+    return "; ".join(value.decode("latin-1") for value in values)
 
 
 def _codings(block: bytes) -> int:

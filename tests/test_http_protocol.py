@@ -348,3 +348,31 @@ def test_an_answer_whose_buffer_fails_once_it_is_handed_over_is_not_answered_aga
     with pytest.raises(OSError):
         task.service()
     assert task.wrote_header and task.close_on_finish
+
+
+def test_cookie_headers_sent_apart_are_read_as_one_headers_pairs(server):
+    """A proxy that passes a browser's several `Cookie` headers through: waitress joined
+    them with ", ", and the session at the seam read as `S, pref=x`, no session (a
+    sign-out on every page). They are joined with "; " now, as an HTTP/2 proxy joins them
+    (helper-90's LOW, s33); a single header's commas are left as they were sent."""
+    from chargebox.web.sessions import SESSION_COOKIE
+    from tests.test_trusted_proxy import cookie_value, sign_in
+
+    _, signed = sign_in(server.url, {})
+    session = cookie_value(signed, SESSION_COOKIE)
+    pages = {
+        where: exchange(server.url, b"GET /admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                        + cookies.format(session=session).encode() + b"\r\n")
+        for where, cookies in (
+            ("first", "Cookie: chargebox_session={session}\r\nCookie: pref=x\r\n"),
+            ("last", "Cookie: pref=x\r\nCookie: lang=en\r\n"
+                     "Cookie: chargebox_session={session}\r\n"),
+            ("one", "Cookie: pref=x, chargebox_session={session}\r\n"),
+        )
+    }  # fmt: skip
+    assert pages["first"].startswith(b"HTTP/1.1 200 "), pages["first"][:200]
+    assert pages["last"].startswith(b"HTTP/1.1 200 "), pages["last"][:200]
+    assert pages["one"].startswith(b"HTTP/1.1 303 ")  # one pair: `pref`, its value with a comma
+    parser = Parser(Adjustments())
+    parser.received(b"GET / HTTP/1.1\r\nHost: x\r\nCookie: a=1, b=2\r\ncookie:  c=3 \r\n\r\n")
+    assert parser.headers["COOKIE"] == "a=1, b=2; c=3"
