@@ -44,28 +44,28 @@ class Turns:
                  lending: int = WAITING) -> None:  # fmt: skip
         self.at_once, self.waiting, self.wait, self.lending = at_once, waiting, wait, lending
         self._turn = threading.Condition()
-        self._making: dict[object, int] = {}  # a statement's token: its seller
-        self._lent: dict[object, int] = {}
-        self._queue: collections.deque[tuple[object, int]] = collections.deque()
+        self._making: set[Turn] = set()
+        self._lent: set[Turn] = set()
+        self._queue: collections.deque[Turn] = collections.deque()
         self._returning = 0  # the queue's first, taking their lent turns back
 
     def take(self, seller_id: int) -> Turn:
         """A turn for a statement of `seller_id` (waited for), or Unavailable; call what it
         returns when the statement is closed."""
         with self._turn:
-            returning = [seller for _, seller in list(self._queue)[: self._returning]]
-            asking = [seller for _, seller in list(self._queue)[self._returning :]]
-            if seller_id in self._making.values() or seller_id in asking:
+            queued = [turn.seller_id for turn in self._queue]
+            returning, asking = queued[: self._returning], queued[self._returning :]
+            if seller_id in asking or any(turn.seller_id == seller_id for turn in self._making):
                 raise NoTurn("a statement of this seller is being made already: ask for "
                              "one at a time, and retry when it is done")  # fmt: skip
-            if [*self._lent.values(), *returning].count(seller_id) >= LENT_EACH:
+            if self._downloads(seller_id) + returning.count(seller_id) >= LENT_EACH:
                 raise NoTurn("two statements of this seller are being downloaded: retry "
                              "when one of them is done")  # fmt: skip
             waits = self._queue or len(self._making) >= self.at_once
             if waits and len(asking) >= self.waiting:  # (a free turn is given at once)
                 raise NoTurn("too many statements are being made; retry shortly")
             turn = Turn(self, seller_id)
-            self._queue.append((turn, seller_id))
+            self._queue.append(turn)
             self._first(turn, time.monotonic() + self.wait)
         return turn
 
@@ -79,21 +79,25 @@ class Turns:
         with self._turn:
             return len(self._lent)
 
+    def _downloads(self, seller_id: int) -> int:
+        """How many of the seller's statements have lent their turns (holding `_turn`)."""
+        return sum(turn.seller_id == seller_id for turn in self._lent)
+
     def _lend(self, turn: Turn) -> bool:
         with self._turn:
-            lent = sum(seller == turn.seller_id for seller in self._lent.values())
-            if len(self._lent) >= self.lending or lent >= LENT_EACH:
+            if len(self._lent) >= self.lending or self._downloads(turn.seller_id) >= LENT_EACH:
                 return False
-            if self._making.pop(turn, None) is None:  # given back already
+            if turn not in self._making:  # given back already
                 return False
-            self._lent[turn] = turn.seller_id
+            self._making.remove(turn)
+            self._lent.add(turn)
             self._turn.notify_all()
             return True
 
     def _take_back(self, turn: Turn) -> None:
         with self._turn:
-            del self._lent[turn]
-            self._queue.insert(self._returning, (turn, turn.seller_id))
+            self._lent.remove(turn)
+            self._queue.insert(self._returning, turn)
             self._returning += 1
             try:
                 self._first(turn, None)
@@ -103,19 +107,19 @@ class Turns:
     def _first(self, turn: Turn, deadline: float | None) -> None:
         """Wait (holding `_turn`) until `turn`, queued, is first and a turn is free."""
         try:
-            while self._queue[0][0] is not turn or len(self._making) >= self.at_once:
+            while self._queue[0] is not turn or len(self._making) >= self.at_once:
                 left = None if deadline is None else deadline - time.monotonic()
                 if not self._turn.wait(left):
                     raise NoTurn("too many statements are being made; retry shortly")
         finally:
-            self._queue.remove((turn, turn.seller_id))
+            self._queue.remove(turn)
             self._turn.notify_all()  # the next in the queue may be first now
-        self._making[turn] = turn.seller_id
+        self._making.add(turn)
 
     def _give_back(self, turn: Turn) -> None:
         with self._turn:
-            self._making.pop(turn, None)
-            self._lent.pop(turn, None)
+            self._making.discard(turn)
+            self._lent.discard(turn)
             self._turn.notify_all()
 
 
