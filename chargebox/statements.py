@@ -102,10 +102,7 @@ class Statement:
         self.period = period
         self.chunk = chunk
         self.reads = 0  # chunks read so far (tests check the reading is chunked)
-        self._stack = contextlib.ExitStack()
-        self._turn = None if turns is None else turns.take(seller_id)
-        if self._turn is not None:  # given back as it closes
-            self._stack.callback(self._turn)
+        self._turn = None if turns is None else turns.take(seller_id)  # given back by close()
         self._database = database
         try:
             with database.snapshot() as db:
@@ -116,7 +113,7 @@ class Statement:
                 read = opening(db, seller_id, start, self._ends[0], order)
                 self.opening = db.rows(*read)[0][0]
         except BaseException:
-            self._stack.close()
+            self.close()
             raise
         columns = ", ".join(f"e.{name}" for name in _COLUMNS)
         self._sql = _CHUNK.format(order=order, columns=columns)
@@ -178,7 +175,9 @@ class Statement:
         self._turn.take_back()
 
     def close(self) -> None:
-        self._stack.close()
+        turn, self._turn = self._turn, None
+        if turn is not None:
+            turn()
 
 
 def opening(reader, seller_id: int, start: str, first: int | None, order: str
