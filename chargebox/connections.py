@@ -59,7 +59,7 @@ class _Channel(HTTPChannel):
     request_started = 0.0
     handle_error = closed_after_an_error
     _active_at = 0.0
-    _drained_for = 0  # a worker waits for this connection's client (wait_unsent_below)
+    _waiting_for_client = False  # a worker is in wait_unsent_below
 
     @property
     def last_activity(self) -> float:
@@ -89,7 +89,7 @@ class _Channel(HTTPChannel):
         unlocked; one waiting for its client (`wait_unsent_below`) is writable as waitress
         has it: else the loop, woken while that worker still holds the lock, could sleep a
         turn (LOOP_TIMEOUT; a precaution: not seen, and the worker looks again each WAKE)."""
-        if self.requests and not self._drained_for:  # (tested once: a worker may finish)
+        if self.requests and not self._waiting_for_client:  # (tested once: it may finish)
             if not self.outbuf_lock.acquire(blocking=False):
                 return False
             self.outbuf_lock.release()
@@ -105,13 +105,13 @@ class _Channel(HTTPChannel):
         if the connection closes first (a client gone, or a download that made no progress
         for `request_timeout`: Server.maintenance)."""
         with self.outbuf_lock:
-            self._drained_for = most  # writable() to the loop meanwhile, the lock held or not
+            self._waiting_for_client = True  # writable() to the loop, the lock held or not
             try:
                 while self.connected and self.total_outbufs_len >= most:
                     self.server.pull_trigger()
                     self.outbuf_lock.wait(WAKE)
             finally:
-                self._drained_for = 0
+                self._waiting_for_client = False
         if not self.connected:
             raise ClientDisconnected
 
