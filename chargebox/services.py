@@ -306,8 +306,8 @@ class Chargebox:
         """A seller's statement of the period `when` names (periods.period), as JSON or CSV
         (its CSV marked UTF-8 `for_spreadsheets`: statements.Rendered), to be iterated
         (streamed) and closed; read a chunk at a time, each in a snapshot of its own, and
-        made as fast as its `client` (statements.CLIENT) reads it. At most
-        statement_turns.AT_ONCE at once, one a seller: one more is Unavailable (503)."""
+        made as fast as its `client` (statements.CLIENT) reads it. Made in turns
+        (statement_turns.for_threads): past them, Unavailable (503)."""
         if fmt not in statements.FORMATS:
             raise ValidationError("format must be json or csv", "format")
         chosen = periods.period(when)

@@ -126,11 +126,10 @@ class Turns:
 def for_threads(threads: int) -> Turns:
     """A server's turns, of `threads` request threads: a quarter at most wait for a turn, as
     many for their clients, and statements never hold the last thread (with 4: none may
-    wait for its client; helper-98)."""
-    waiting = min(WAITING, threads // 4)
-    return Turns(
-        waiting=waiting, lending=max(0, min(threads // 4, threads - AT_ONCE - waiting - 1))
-    )
+    wait for its client, helper-98; with 2 or 3, one is made at once)."""
+    at_once, waiting = max(1, min(AT_ONCE, threads - 2)), min(WAITING, threads // 4)
+    lending = max(0, min(threads // 4, threads - at_once - waiting - 1))
+    return Turns(at_once=at_once, waiting=waiting, lending=lending)
 
 
 class Turn:

@@ -163,6 +163,7 @@ def test_statements_never_hold_a_servers_last_request_thread():
     for threads in range(1, 130):
         turns = statement_turns.for_threads(threads)
         assert turns.lending <= threads // 4 and turns.waiting <= threads // 4
-        if threads >= 4:
+        if threads >= 2:
             assert turns.at_once + turns.waiting + turns.lending <= threads - 1, threads
     assert [statement_turns.for_threads(n).lending for n in (2, 4, 8, 16, 64)] == [0, 0, 2, 4, 16]
+    assert [statement_turns.for_threads(n).at_once for n in (1, 2, 3, 4, 64)] == [1, 1, 1, 2, 2]
