@@ -18,7 +18,7 @@ from pathlib import Path
 from chargebox import auth, periods
 from chargebox.anchors import located
 from chargebox.config import Config, checked_admin_token, whole_number
-from chargebox.location import written_secret
+from chargebox.location import without_leftovers, written_secret
 from chargebox.services import Chargebox
 
 COMMANDS = ("keys", "create-key", "revoke-key", "rotate-key", "suspend", "reactivate",
@@ -172,7 +172,9 @@ def stored_secret(
     """Read a generated secret, or create it (owner-only, atomically, on disk before it is
     used: a power cut never leaves a sealed ledger with no key) on first start; a write
     that fails leaves nothing, and of processes starting together one makes it. A file
-    that cannot be read is refused in one line."""
+    that cannot be read is refused in one line. A killed writer's temporary file is
+    removed (location.without_leftovers)."""
+    without_leftovers(path)
     if not path.exists():
         try:
             written_secret(path, new(), replacing=False)

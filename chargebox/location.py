@@ -16,6 +16,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from chargebox.errors import DAMAGED, Damaged
@@ -28,6 +29,7 @@ VIRTUAL_FILESYSTEMS = frozenset({"proc", "sysfs", "devtmpfs", "devpts", "cgroup"
                                  "efivarfs"})  # fmt: skip
 MOUNT_TABLE = Path("/proc/self/mounts")
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database
+LEFTOVER = 60  # seconds: a secret's temporary file this old is a killed writer's
 
 
 def check_database_path(path: Path, writing: bool = True) -> None:
@@ -195,7 +197,10 @@ def written_secret(path: Path, secret: str, *, replacing: bool) -> None:
     one pid, threads or containers' PID 1s, each have theirs) and synced, then named
     (over the old one if `replacing`, else FileExistsError if another writer named its
     own first), then the directory synced; a power cut never leaves the file empty or
-    half written, and a write that fails leaves nothing behind."""
+    half written, and a write that fails leaves nothing behind. A killed writer's
+    temporary file (a secret, perhaps one since replaced) is removed by the next write
+    (and by each start: commands.stored_secret)."""
+    without_leftovers(path)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600
     temporary = Path(name)
     try:
@@ -207,3 +212,14 @@ def written_secret(path: Path, secret: str, *, replacing: bool) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
+
+
+def without_leftovers(path: Path) -> None:
+    """Remove the temporary files of `path`'s killed writers (written_secret's, LEFTOVER
+    seconds old: a live writer's is younger), as far as the folder allows."""
+    named = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}")
+    with contextlib.suppress(OSError):  # best effort: a read-only folder keeps them
+        for found in path.parent.iterdir():
+            if named.fullmatch(found.name) and time.time() - found.lstat().st_mtime > LEFTOVER:
+                with contextlib.suppress(FileNotFoundError):  # another start's sweep
+                    found.unlink()

@@ -275,3 +275,29 @@ def test_writers_of_one_secret_with_one_pid_each_make_it_or_find_it_made(tmp_pat
             thread.join()
         assert sorted(outcomes) == ["found", "made"] and path.read_text() in ("s0\n", "s1\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"secret{n}" for n in range(50))
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    """A writer killed between its temporary file and the name left `.admin_token.XXXXXXXX`
+    for good: a secret (perhaps one rotated out since) beside the file. The next write
+    removes one a minute old; a younger one (a live writer's) and other names stay."""
+    path = tmp_path / "admin_token"
+    killed, live = tmp_path / ".admin_token.k1ll3d_x", tmp_path / ".admin_token.l1ve_abc"
+    others = [tmp_path / ".admin_token.lock", tmp_path / ".ledger_key.k1ll3d_x"]
+    for leftover in (killed, live, *others):
+        leftover.write_text("an old secret\n")
+    for stale in (killed, others[0], others[1]):
+        os.utime(stale, (1, 1))
+    auth.replace_secret(path, "new")
+    assert sorted(tmp_path.iterdir()) == sorted([path, live, *others])
+
+
+def test_a_start_removes_a_killed_writers_temporary_file_beside_the_secret_it_reads(tmp_path):
+    """The file made, nothing more is written at a start: the leftover went only when the
+    secret was next replaced."""
+    path, killed = tmp_path / "ledger_key", tmp_path / ".ledger_key.k1ll3d_x"
+    path.write_text("the key\n")
+    killed.write_text("the key\n")
+    os.utime(killed, (1, 1))
+    assert commands.stored_secret(path, "a ledger key", "CHARGEBOX_LEDGER_KEY") == "the key"
+    assert list(tmp_path.iterdir()) == [path]
