@@ -45,7 +45,7 @@ from chargebox.config import (
 )
 from chargebox.db import Database, open_database
 from chargebox.errors import ChargeboxError, Damaged, Unavailable
-from chargebox.location import check_database_path
+from chargebox.location import check_database_path, refuse_a_new_file
 from chargebox.models import ALL_MODELS
 from chargebox.services import Chargebox
 
@@ -171,10 +171,8 @@ def prepare(config: Config, serving: bool = False, token: bool = False) -> Confi
     `serving`: then mark the process as serving (migrations.mark_serving). Only a server
     (and `init-db`: `token`) makes an admin token where there is none; another command
     takes the one there is, or none: it acts by holding the files, and a token it made
-    would be one no running server accepts (theirs set in CHARGEBOX_ADMIN_TOKEN).
-
-    A PostgreSQL database is not created here: its owner did that (`init-db`); the
-    service, with its own role, only checks the schema's version and the key.
+    would be one no running server accepts (theirs set in CHARGEBOX_ADMIN_TOKEN). Nor is a
+    PostgreSQL database made here (its owner's `init-db` does): its schema and key checked.
     """
     if config.db_url:
         # one line naming --db if it is not there
@@ -371,6 +369,8 @@ def _command(argv: list[str] | None) -> int:
             return moving.run(config, args.source, args.target)
         if args.command == "serve":
             return _serve(config)
+        if args.command in (*admin_commands.COMMANDS, "create-seller", "anchors"):
+            refuse_a_new_file(config)  # only serve and init-db make one
         if args.command in operations.COMMANDS:
             return operations.run(config, args)
         if args.command in admin_commands.COMMANDS:

@@ -181,6 +181,15 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return found.st_dev, found.st_ino
 
 
+def refuse_a_new_file(config) -> None:
+    """ValueError unless the SQLite file `config` names exists: a command run with a mistyped
+    --db made a new database and acted there (a seller, a key; `rotate-admin-token` wrote
+    the token file the real database's servers read at their next start)."""
+    if not config.db_url and not config.db_path.exists():
+        raise ValueError(f"--db {config.db_path}: no database there (check the path; `chargebox "
+                         "init-db` or `chargebox serve` makes one)")  # fmt: skip
+
+
 def synced(path: Path) -> None:
     """fsync a file or a directory, named by its path: what was written to the file, or
     the names just given in the directory, survive a power cut."""

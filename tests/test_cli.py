@@ -64,6 +64,7 @@ def tamper(db, *statements: str) -> None:
 
 def test_create_seller_prints_a_working_key_once_and_audit_passes(tmp_path):
     db_path = tmp_path / "cb.db"
+    assert chargebox("init-db", "--db", str(db_path)).returncode == 0
     created = chargebox("create-seller", "Sara", "--db", str(db_path))
     assert created.returncode == 0, created.stderr
     assert '"api_key": "cbk_' in created.stdout
@@ -84,6 +85,7 @@ def test_audit_of_a_missing_file_exits_2_without_creating_it(tmp_path):
 def test_a_reader_that_leaves_early_ends_a_command_quietly_with_1(tmp_path, command):
     """`chargebox audit --json | head`: the pipe is closed; no trace, and status 1."""
     db_path = tmp_path / "cb.db"
+    assert chargebox("init-db", "--db", str(db_path)).returncode == 0
     assert chargebox("create-seller", "Sara", "--db", str(db_path)).returncode == 0
     read, write = os.pipe()
     os.close(read)  # the reader left before a byte was written

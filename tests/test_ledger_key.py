@@ -105,6 +105,7 @@ def test_the_right_key_starts_and_goes_on_sealing(sealed, from_environment):
 
 def test_an_empty_database_whose_key_file_is_lost_gets_a_new_key(tmp_path):
     db_path = tmp_path / "cb.db"
+    assert chargebox("init-db", "--db", str(db_path)).returncode == 0
     assert chargebox("create-seller", "Ali", "--db", str(db_path)).returncode == 0
     (tmp_path / "ledger_key").unlink()  # no entry was sealed with it
     again = chargebox("create-seller", "Sara", "--db", str(db_path))

@@ -24,7 +24,8 @@ from tests.support import ROOT, needs_root
 
 BOUND = 15  # seconds; a refusal slower than this is a hang
 TOKEN = "a-long-enough-admin-token-0123456789"  # 36 characters
-WRITERS = (("serve", "--port", "0"), ("init-db",), ("create-seller", "Ali"))
+MAKERS = (("serve", "--port", "0"), ("init-db",))  # the commands that make a new file
+WRITERS = (*MAKERS, ("create-seller", "Ali"))
 
 
 def chargebox(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -124,7 +125,7 @@ def test_a_port_out_of_range_is_refused_instead_of_wrapped(tmp_path, port):
 # --- where the database lives -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", WRITERS, ids=lambda c: c[0])
+@pytest.mark.parametrize("command", MAKERS, ids=lambda c: c[0])
 def test_a_database_path_under_a_file_is_one_line_naming_db(tmp_path, command):
     (tmp_path / "plain-file").write_text("not a directory\n")
     db_path = tmp_path / "plain-file" / "sub" / "cb.db"
@@ -143,7 +144,7 @@ def test_a_cpu_the_server_may_not_run_on_is_one_line_naming_it(tmp_path):
     assert not (tmp_path / "cb.db").exists()
 
 
-@pytest.mark.parametrize("command", WRITERS, ids=lambda c: c[0])
+@pytest.mark.parametrize("command", MAKERS, ids=lambda c: c[0])
 @pytest.mark.parametrize("path", ["/proc/self/chargebox.db", "/proc/chargebox-test/x.db",
                                   "/sys/chargebox-test.db"])  # fmt: skip
 def test_a_database_under_proc_or_sys_is_refused_at_once(command, path):
@@ -161,7 +162,7 @@ def test_a_database_under_dev_is_refused_and_nothing_is_left_there():
         shutil.rmtree(folder, ignore_errors=True)  # only if the refusal failed
 
 
-@pytest.mark.parametrize("command", WRITERS, ids=lambda c: c[0])
+@pytest.mark.parametrize("command", MAKERS, ids=lambda c: c[0])
 def test_a_directory_where_no_file_can_be_created_is_one_line_naming_db(tmp_path, command):
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -237,7 +238,7 @@ def test_an_unknown_spelling_of_a_setting_is_one_line_naming_it(tmp_path, name, 
     assert not (tmp_path / "cb.db").exists()
 
 
-@pytest.mark.parametrize("command", WRITERS, ids=lambda c: c[0])
+@pytest.mark.parametrize("command", MAKERS, ids=lambda c: c[0])
 @pytest.mark.parametrize(
     ("name", "value"),
     [

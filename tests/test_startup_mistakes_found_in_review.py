@@ -64,3 +64,25 @@ def test_a_generated_secret_whose_write_fails_leaves_no_file_behind(tmp_path):
     with pytest.raises(OSError):
         stored_secret(tmp_path / "admin_token", "an admin token", "CHARGEBOX_ADMIN_TOKEN", full)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("create-seller", "Ali"), ("keys", "1"), ("create-key", "1", "till"), ("suspend", "1"),
+     ("refund", "1", "--reason", "typo"), ("statement", "--seller", "1"), ("rotate-admin-token",),
+     ("anchors", "check")],
+    ids=lambda c: c[0],
+)  # fmt: skip
+def test_a_command_given_a_mistyped_db_refuses_it_and_makes_nothing(tmp_path, command):
+    """Only serve and init-db make a database (operator's review, s36): with a mistyped
+    --db every other command made a new file and acted there; rotate-admin-token wrote
+    the admin token file that the real database's servers read at their next start."""
+    real = tmp_path / "chargebox.db"
+    made = chargebox("init-db", "--db", str(real), CHARGEBOX_ADMIN_TOKEN="")
+    assert made.returncode == 0, made.stderr
+    before = {path: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    typo = tmp_path / "chargebx.db"
+    line = assert_refused(chargebox(*command, "--db", str(typo), CHARGEBOX_ADMIN_TOKEN=""),
+                          f"--db {typo}", "no database there")  # fmt: skip
+    assert "init-db" in line
+    assert {path: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before
