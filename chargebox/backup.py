@@ -322,6 +322,9 @@ def main(config: Config, dest: Path, force: bool, vacuum: bool, keep: int | None
     print(f"chargebox: {made.summary()}", file=sys.stderr)
     if made.heads and config.ledger_key:  # the copy's heads: the live file never goes back
         anchors.record(config, config.ledger_key.encode("utf-8"), list(made.heads), "backup")
+    if not config.ledger_key:
+        print(f"chargebox: warning: no ledger key ({config.ledger_key_path} or CHARGEBOX_LEDGER_"
+              "KEY): the copy's sealed heads were not checked", file=sys.stderr)  # fmt: skip
     print(
         f"chargebox: the ledger key ({config.ledger_key_path} or CHARGEBOX_LEDGER_KEY) is not "
         "in the copy: keep a copy of it apart, secret; without it the copy cannot be checked "
@@ -332,6 +335,8 @@ def main(config: Config, dest: Path, force: bool, vacuum: bool, keep: int | None
     for path in past_keeping(made.path, keep) if keep is not None else ():
         try:
             path.unlink(missing_ok=True)
+            for beside in (f"{path}.anchors", f"{path}.anchors.lock"):  # its audit's, if any
+                Path(beside).unlink(missing_ok=True)
             print(f"chargebox: deleted {path} (--keep {keep})", file=sys.stderr)
         except OSError as exc:
             print(f"chargebox: could not delete {path} (--keep {keep}): {exc.strerror}",

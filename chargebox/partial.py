@@ -31,8 +31,14 @@ NAMES = frozenset({MARK, COPY, f"{COPY}-wal", f"{COPY}-shm", f"{COPY}-journal"})
 @contextlib.contextmanager
 def making(target: Path) -> Iterator[tuple[Path, int]]:
     """The file for a copy of `target`, and the descriptor that holds its directory's
-    lock (to pass to a program that writes the copy); all removed when the block ends."""
-    directory = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=SUFFIX))
+    lock (to pass to a program that writes the copy); all removed when the block ends.
+    ValueError, in one line, if nothing can be made beside `target`."""
+    try:
+        made = tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=SUFFIX)
+    except OSError as exc:  # a folder this user may not write in (cron as the wrong user)
+        raise ValueError(f"{target}: cannot create files in {target.parent} ({exc.strerror})"
+                         ) from None  # fmt: skip
+    directory = Path(made)
     fd = None
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)

@@ -304,7 +304,8 @@ def test_keep_deletes_all_but_the_newest_stamped_copies_by_count_whatever_the_cl
     ahead = daily / "chargebox-99991204T030000Z.db"  # ahead of any clock this test meets
     others = [daily / "shop-20261101T030000Z.db", daily / "chargebox-notes.db",
               daily / "chargebox-20261101T030000Z.db.txt"]  # fmt: skip
-    for path in (*older, ahead, *others):
+    audited = [Path(f"{older[0]}.anchors"), Path(f"{older[0]}.anchors.lock")]  # its audit's
+    for path in (*older, ahead, *others, *audited):
         path.write_bytes(b"an earlier copy")
     kept = chargebox("backup", "--db", str(live), str(daily), "--keep", "3")
     assert kept.returncode == 0, kept.stderr
@@ -321,6 +322,37 @@ def test_keep_deletes_all_but_the_newest_stamped_copies_by_count_whatever_the_cl
     for wrong in ("0", "-1", "two"):
         refused = chargebox("backup", "--db", str(live), str(daily), "--keep", wrong)
         assert refused.returncode == 2 and "--keep" in refused.stderr, refused.stderr
+
+
+def test_a_backup_into_a_folder_it_cannot_write_in_is_one_line(tmp_path):
+    """A cron job run as a user who may not write in the backups' folder: a traceback
+    and exit 1 (operator's review, s36); one line naming the folder, exit 2, now."""
+    from tests.test_startup_mistakes import assert_refused, immutable
+
+    live, folder = tmp_path / "chargebox.db", tmp_path / "backups"
+    with running_server(live) as server:
+        new_seller(server.admin(), "shop", credit=1_000)
+    folder.mkdir()
+    with immutable(folder):
+        for dest in (folder, folder / "one.db"):
+            refused = chargebox("backup", "--db", str(live), str(dest))
+            assert_refused(refused, str(folder), "cannot create files", "Operation not permitted")
+    assert list(folder.iterdir()) == []
+
+
+def test_a_backup_made_without_the_ledger_key_says_its_seals_were_not_checked(tmp_path):
+    """README: the copy's newest sealed heads are checked against the ledger key; with
+    no key at hand a backup was made unchecked and said nothing of it."""
+    live = tmp_path / "chargebox.db"
+    with running_server(live) as server:
+        new_seller(server.admin(), "shop", credit=1_000)
+    (tmp_path / "ledger_key").rename(tmp_path / "kept-apart")
+    made = chargebox("backup", "--db", str(live), str(tmp_path / "copy.db"))
+    assert made.returncode == 0, made.stderr
+    assert "sealed heads were not checked" in made.stderr
+    (tmp_path / "kept-apart").rename(tmp_path / "ledger_key")
+    checked = chargebox("backup", "--db", str(live), str(tmp_path / "copy2.db"))
+    assert checked.returncode == 0 and "not checked" not in checked.stderr, checked.stderr
 
 
 def test_an_older_copy_that_cannot_be_deleted_is_named_after_the_new_copy_is_anchored(tmp_path):
