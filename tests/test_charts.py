@@ -463,3 +463,40 @@ def test_a_persian_pages_check_sees_an_english_word_inside_a_chart():
     named = charts.ranking([("Ali Mobile", 5_000)], persian.toman, "rtl",
                            charts.Words("فروشندگان برتر", "هنوز فروشی نیست.", "top"))  # fmt: skip
     assert untranslated(page(named)) == []  # a seller's name is its data, in any script
+
+
+class _Rows:
+    """A Reader over a bare SQLite connection (Queries needs only `dicts`)."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+
+    def dicts(self, sql: str, params: tuple = ()) -> list[dict]:
+        cursor = self.conn.execute(sql, params)
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
+def test_a_days_sales_past_a_64_bit_integer_are_summed_whole():
+    """With CHARGEBOX_MAX_AMOUNT at its ceiling (10^15), 9,224 sales in a day pass 2^63:
+    SQLite's SUM raised "integer overflow" and the admin's charts answered 500 (hostile
+    review, s36). The sums are made in parts and put together in Python."""
+    import sqlite3
+
+    from chargebox.queries import Queries
+
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE sale (id INTEGER PRIMARY KEY, seller_id INTEGER, amount INTEGER,"
+                 " created_at TEXT)")  # fmt: skip
+    top = 10**15
+    amounts = [top, top - 1, 2**25, 2**25 - 1, 1] * 5_000  # 5,000 * (2 * 10^15 + 2^26) > 2^63
+    conn.executemany(
+        "INSERT INTO sale VALUES (?, 1, ?, '2026-06-09T08:00:00.000000')",
+        list(enumerate(amounts, start=1)),
+    )
+    read = Queries(_Rows(conn))
+    (half,) = read.sales_by_half_hour([(1, len(amounts) + 1)], "2026-06-09", "2026-06-10")
+    assert (half["amount"], half["sales"]) == (sum(amounts), len(amounts)) and sum(amounts) > 2**63
+    (between,) = read.sales_between([(1, len(amounts) + 1)], seller_id=1)
+    assert between == {"amount": sum(amounts), "sales": len(amounts)}
+    assert type(half["amount"]) is int and type(between["amount"]) is int
