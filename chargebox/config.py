@@ -24,6 +24,7 @@ DEFAULT_THREADS = 64
 DEFAULT_MAX_AMOUNT = 1_000_000_000
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 MAX_BALANCE = 10**15
+MAX_PHONE_TOTAL = 2**63 - 1  # a number's total charged: a 64-bit integer on both backends
 DEFAULT_BUSY_TIMEOUT_MS = 10_000
 # Client connections one server process holds (idle keep-alive ones included); past
 # it, the connections waiting longest are closed (connections.py). Needs as many open

@@ -181,6 +181,13 @@ class BalanceLimitExceeded(ChargeboxError):
 OVER_CEILING = phrase("a balance may not exceed {limit:,} toman")
 
 
+class PhoneTotalExceeded(ChargeboxError):
+    """A sale would push its number's total charged past a 64-bit integer (only with
+    CHARGEBOX_MAX_AMOUNT near its ceiling: at 10^15, after 9,223 such sales)."""
+
+    code = "phone_total_exceeded"
+
+
 class NotPending(ChargeboxError):
     """Approving or rejecting a credit request that is already decided."""
 

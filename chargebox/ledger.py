@@ -13,7 +13,7 @@ The sales queued together go as one statement, one seller's or several's
 from __future__ import annotations
 
 from chargebox import seals
-from chargebox.config import MAX_BALANCE
+from chargebox.config import MAX_BALANCE, MAX_PHONE_TOTAL
 from chargebox.db import Write
 from chargebox.errors import (
     NOT_COVERED,
@@ -24,6 +24,7 @@ from chargebox.errors import (
     InsufficientCredit,
     NotFound,
     NotPending,
+    PhoneTotalExceeded,
     SellerSuspended,
 )
 from chargebox.money import check_balance
@@ -283,8 +284,15 @@ def sell(write: Write, seller_id: int, number: str, amount: int, now: str) -> di
     The guarded INSERT of the sale decides (PostgreSQL: the guarded balance UPDATE the
     sale is made from); a refusal writes nothing at all, so a refused keyed sale can
     still record its outcome in the same transaction. The
-    sale's phone reference is checked at COMMIT (deferred), after the phone upsert.
+    sale's phone reference is checked at COMMIT (deferred), after the phone upsert. A
+    sale that would pass its number's total past MAX_PHONE_TOTAL is PhoneTotalExceeded,
+    before anything is written (the database refuses it too: a batch holding it fails,
+    and its sales come here one by one).
     """
+    total = write.rows("SELECT total_charged FROM phone WHERE number = ?", (number,))
+    if total and total[0][0] > MAX_PHONE_TOTAL - amount:
+        raise PhoneTotalExceeded("the total charged to {number} may not exceed {limit:,} toman",
+                                 number=number, limit=MAX_PHONE_TOTAL)  # fmt: skip
     params = {"seller_id": seller_id, "phone": number, "amount": amount, "delta": -amount,
               "now": now, "ceiling": MAX_BALANCE}  # fmt: skip
     if write.balance_first:  # the sale and its entry land on the balance the debit moved

@@ -18,13 +18,14 @@ import pytest
 from chargebox import idempotency, ledger, models
 from chargebox.cli import prepare
 from chargebox.clock import now
-from chargebox.config import MAX_BALANCE, Config
+from chargebox.config import MAX_BALANCE, MAX_PHONE_TOTAL, Config
 from chargebox.errors import (
     BalanceLimitExceeded,
     IdempotencyKeyReused,
     InsufficientCredit,
     NotFound,
     NotPending,
+    PhoneTotalExceeded,
     ValidationError,
 )
 from chargebox.queries import Page
@@ -367,6 +368,31 @@ def test_a_sale_debits_the_balance_and_records_sale_entry_and_phone_total(servic
         (PHONE, 35_000)
     ]
     assert_books_consistent(service, config)
+
+
+def test_a_sale_past_its_numbers_64_bit_total_is_refused_and_records_nothing(service, config):
+    """With CHARGEBOX_MAX_AMOUNT at 10^15, 9,224 sales to one number pass its total past
+    2^63 - 1: the database refused the write (SQLite's CHECK that it is an integer,
+    PostgreSQL's bigint) and the sale answered 500, its key unusable (hostile review,
+    s36). Refused before anything is written now, in code as in the database; the key is
+    not used up."""
+    big = Chargebox(dataclasses.replace(service.config, max_amount=MAX_BALANCE))
+    seller = credited_seller(big, 10_000)
+    big.sell(seller["id"], PHONE, 1_000)
+    with writable(database_of(config)) as conn:  # as if 9,223 sales of 10^15 were made
+        conn.execute("UPDATE phone SET total_charged = ? WHERE number = ?",
+                     (MAX_PHONE_TOTAL - 500, PHONE))  # fmt: skip
+    before = counts(config)
+    for key in (None, "past-the-total"):
+        with pytest.raises(PhoneTotalExceeded):
+            big.sell(seller["id"], PHONE, 501, idempotency_key=key)
+    assert counts(config) == before and balance_on_disk(config, seller["id"]) == 9_000
+    made = big.sell(seller["id"], PHONE, 500, idempotency_key="past-the-total").record
+    assert made["balance_after"] == 8_500
+    assert rows_on_disk(database_of(config), "SELECT total_charged FROM phone") == [
+        (MAX_PHONE_TOTAL,)
+    ]
+    big.close()
 
 
 def test_a_sale_of_the_whole_balance_leaves_zero(service, config):

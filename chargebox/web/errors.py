@@ -31,6 +31,7 @@ STATUS = {
     errors.NotFound: 404,
     errors.InsufficientCredit: 409,
     errors.BalanceLimitExceeded: 409,
+    errors.PhoneTotalExceeded: 409,
     errors.NotPending: 409,
     errors.AlreadyRefunded: 409,
     errors.KeyLabelInUse: 409,
