@@ -36,16 +36,10 @@ from chargebox import (
     seals,
 )
 from chargebox import commands as admin_commands
-from chargebox.config import (
-    MIN_SECRET_LENGTH,
-    SYNCHRONOUS_LEVELS,
-    Config,
-    database_setting,
-    env_defaults,
-)
+from chargebox.config import MIN_SECRET_LENGTH, SYNCHRONOUS_LEVELS, Config, from_arguments
 from chargebox.db import Database, open_database
 from chargebox.errors import ChargeboxError, Damaged, Unavailable
-from chargebox.location import check_database_path, refuse_a_new_file
+from chargebox.location import check_database_path, refuse_a_new_file, removed_if_refused
 from chargebox.models import ALL_MODELS
 from chargebox.services import Chargebox
 
@@ -152,19 +146,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_config(args: argparse.Namespace) -> Config:
-    values = env_defaults()
-    if getattr(args, "db", None) is not None:
-        values.pop("db_url", None)
-        values.pop("db_path", None)
-        values.update(database_setting(args.db))
-    for name in ("data_dir", "host", "port", "threads", "processes", "cpus", "synchronous",
-                 "access_log", "trusted_proxy"):  # fmt: skip
-        if getattr(args, name, None) is not None:  # each option's dest is its Config field
-            values[name] = getattr(args, name)
-    return Config(**values)
-
-
 def prepare(config: Config, serving: bool = False, token: bool = False) -> Config:
     """Check the database's place, open it, settle the ledger key and the schema, then the
     admin token: a refusal (ValueError) comes before any write, a generated token's too.
@@ -173,7 +154,13 @@ def prepare(config: Config, serving: bool = False, token: bool = False) -> Confi
     takes the one there is, or none: it acts by holding the files, and a token it made
     would be one no running server accepts (theirs set in CHARGEBOX_ADMIN_TOKEN). Nor is a
     PostgreSQL database made here (its owner's `init-db` does): its schema and key checked.
+    A refused start leaves no new, empty SQLite file behind.
     """
+    with removed_if_refused(config.db_path):
+        return _prepared(config, serving, token)
+
+
+def _prepared(config: Config, serving: bool, token: bool) -> Config:
     if config.db_url:
         # one line naming --db if it is not there
         postgresql.connect(config.db_url, lost_after=config.peer_timeout).close()
@@ -211,7 +198,7 @@ def prepare(config: Config, serving: bool = False, token: bool = False) -> Confi
 
 def startup_lock(config: Config) -> FileLock:
     """The lock that processes starting on one database take in turn (schema, ledger key)."""
-    return FileLock(str(config.db_path) + ".lock", timeout=60)
+    return FileLock(str(config.db_path) + ".lock", timeout=60, mode=0o600)
 
 
 def _ledger_key(config: Config, database: Database | postgresql.Reader,
@@ -355,7 +342,7 @@ def _command(argv: list[str] | None) -> int:
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # one line per queued request
     args = _parser().parse_args(argv)
     try:
-        config = build_config(args)
+        config = from_arguments(args)
         if args.command == "init-db":
             return _init_db(config, args.grant_to)
         if args.command == "migrate":

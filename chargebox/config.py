@@ -234,6 +234,21 @@ def database_setting(text: str) -> dict:
     return {"db_path": Path(text)}
 
 
+def from_arguments(args) -> Config:
+    """The Config of a command: the environment's settings, then its options (argparse's
+    Namespace: each option's dest is its Config field)."""
+    values = env_defaults()
+    if getattr(args, "db", None) is not None:
+        values.pop("db_url", None)
+        values.pop("db_path", None)
+        values.update(database_setting(args.db))
+    for name in ("data_dir", "host", "port", "threads", "processes", "cpus", "synchronous",
+                 "access_log", "trusted_proxy"):  # fmt: skip
+        if getattr(args, name, None) is not None:
+            values[name] = getattr(args, name)
+    return Config(**values)
+
+
 def checked_admin_token(token: str, source: str) -> str:
     """`token` if an operator may use it: MIN_SECRET_LENGTH visible ASCII characters or more.
 

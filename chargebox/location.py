@@ -17,6 +17,7 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from chargebox.errors import DAMAGED, Damaged
@@ -188,6 +189,22 @@ def refuse_a_new_file(config) -> None:
     if not config.db_url and not config.db_path.exists():
         raise ValueError(f"--db {config.db_path}: no database there (check the path; `chargebox "
                          "init-db` or `chargebox serve` makes one)")  # fmt: skip
+
+
+@contextlib.contextmanager
+def removed_if_refused(path: Path) -> Iterator[None]:
+    """A file the block makes at `path` (a new database) is removed again if the block
+    raises while the file is still empty: a refused `init-db` or start left a 0-byte
+    database behind (operator's review, s36)."""
+    new = not os.path.lexists(path)
+    try:
+        yield
+    except BaseException:
+        if new:
+            with contextlib.suppress(OSError):
+                if os.path.getsize(path) == 0:
+                    os.unlink(path)
+        raise
 
 
 def synced(path: Path) -> None:

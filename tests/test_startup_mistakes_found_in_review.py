@@ -49,6 +49,8 @@ def test_a_new_database_and_its_wal_are_owner_only_whatever_the_umask(tmp_path):
     finally:
         os.umask(mask)
     assert live.stat().st_mode & 0o777 == 0o600
+    lock = live.with_name(live.name + ".lock")  # the start-up lock's file: it was 0644
+    assert not lock.exists() or lock.stat().st_mode & 0o777 == 0o600
 
 
 def test_a_generated_secret_whose_write_fails_leaves_no_file_behind(tmp_path):
