@@ -85,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--synchronous",
+        type=str.upper,  # in any case, as CHARGEBOX_SYNCHRONOUS
         choices=SYNCHRONOUS_LEVELS,
         help="SQLite durability (env CHARGEBOX_SYNCHRONOUS; default NORMAL, survives kill -9)",
     )

@@ -108,16 +108,21 @@ class Config:
         if not 0 <= self.port <= MAX_PORT:
             raise ValueError(f"--port {self.port}: must be 0 (any free port) to {MAX_PORT}")
         if self.synchronous not in SYNCHRONOUS_LEVELS:
-            raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_LEVELS)}")
+            raise ValueError("synchronous (--synchronous, CHARGEBOX_SYNCHRONOUS) must be one of "
+                             f"{', '.join(SYNCHRONOUS_LEVELS)}")  # fmt: skip
         if not 1 <= self.max_amount <= MAX_BALANCE:
-            raise ValueError(f"max_amount must be between 1 and {MAX_BALANCE}")
+            raise ValueError(
+                f"max_amount (CHARGEBOX_MAX_AMOUNT) must be between 1 and {MAX_BALANCE}"
+            )
         if not 1 <= self.threads <= 1024:
-            raise ValueError("threads must be between 1 and 1024")
+            raise ValueError("threads (--threads, CHARGEBOX_THREADS) must be between 1 and 1024")
         if not 1 <= self.processes <= 64:
-            raise ValueError("processes must be between 1 and 64")
+            raise ValueError(
+                "processes (--processes, CHARGEBOX_PROCESSES) must be between 1 and 64"
+            )
         object.__setattr__(self, "cpus", cpu_setting(self.cpus))
         if self.max_body_bytes < 1024:
-            raise ValueError("max_body_bytes must be at least 1024")
+            raise ValueError("max_body_bytes (CHARGEBOX_MAX_BODY_BYTES) must be at least 1024")
         if not 16 <= self.max_connections <= 1_000_000:
             raise ValueError("max_connections (CHARGEBOX_MAX_CONNECTIONS) must be 16 to 1,000,000")
         for name in ("request_timeout", "idle_timeout", "peer_timeout"):
@@ -337,5 +342,5 @@ def whole_number(high: int) -> Callable[[str], int]:
 
 def _positive_int(name: str, text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise ValueError(f"{name} must be a positive integer")
+        raise ValueError(f"{name} must be a positive integer, not {text!r}")
     return int(text)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from chargebox import cli
 from chargebox.config import env_defaults
 from tests.support import ROOT, needs_root
 
@@ -236,6 +237,33 @@ def test_an_unknown_spelling_of_a_setting_is_one_line_naming_it(tmp_path, name, 
     result = chargebox("init-db", "--db", str(tmp_path / "cb.db"), **{name: value})
     assert_refused(result, name, repr(value))
     assert not (tmp_path / "cb.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "env", "value", "limit"),
+    [
+        ("--threads", "CHARGEBOX_THREADS", "1025", "1024"),
+        ("--processes", "CHARGEBOX_PROCESSES", "65", "64"),
+        (None, "CHARGEBOX_MAX_BODY_BYTES", "100", "1024"),
+        (None, "CHARGEBOX_MAX_AMOUNT", str(10**15 + 1), str(10**15)),
+    ],
+)
+def test_a_setting_out_of_its_range_is_one_line_naming_it_as_typed(
+    tmp_path, option, env, value, limit
+):
+    """`threads must be between 1 and 1024` named neither the option nor the variable an
+    operator sets (operator's review, s36): both, and the range (README's table)."""
+    ways = [((option, value), {}), ((), {env: value})] if option else [((), {env: value})]
+    for args, environ in ways:
+        result = chargebox("serve", "--port", "0", "--db", str(tmp_path / "cb.db"), *args,
+                           **environ)  # fmt: skip
+        assert_refused(result, env, limit, *([option] if option else []))
+    assert not (tmp_path / "cb.db").exists()
+
+
+def test_synchronous_is_taken_in_any_case_from_the_option_as_from_the_environment():
+    assert cli._parser().parse_args(["serve", "--synchronous", "full"]).synchronous == "FULL"
+    assert env_defaults({"CHARGEBOX_SYNCHRONOUS": "full"})["synchronous"] == "FULL"
 
 
 @pytest.mark.parametrize("command", MAKERS, ids=lambda c: c[0])
