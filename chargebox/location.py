@@ -123,13 +123,14 @@ class Watched:
     there (another put in its place under the server, whose connections write on into the
     old one, where what they acknowledge is lost with it). One for each file a process
     serves (`watched`), whichever of its Databases (the anchor thread's too) finds it: it
-    is told once in the log, and from then on every write and `/health` answer 503, until
-    a restart."""
+    is told once in the log (a server's: a command says it in its one line), and from then
+    on every write and `/health` answer 503, until a restart."""
 
     def __init__(self, path: Path, identity: tuple[int, int] | None) -> None:
         self.path = path
         self.identity = identity  # the file served: device, inode (None: not made yet)
         self.found: str | None = None  # what is wrong, in words
+        self.served = False  # by a server (logged), not a command (its one line says it)
 
     def opened(self) -> None:
         """The file at the path now is the one served, if none was known (a new file)."""
@@ -157,8 +158,9 @@ class Watched:
             if self.found is not None:
                 return
             self.found = reason
-        log.error("the database %s: %s; writes and /health answer 503 until the server is"
-                  " restarted on a sound file", self.path, reason)  # fmt: skip
+        if self.served:
+            log.error("the database %s: %s; writes and /health answer 503 until the server is"
+                      " restarted on a sound file", self.path, reason)  # fmt: skip
 
 
 _lock = threading.Lock()
@@ -168,9 +170,11 @@ _watched: dict[tuple[str, tuple[int, int] | None], Watched] = {}
 def watched(path: Path, identity: tuple[int, int] | None) -> Watched:
     """This process's one Watched of the file `identity` names at `path` (start-up's,
     Config.db_file), or, given None, of the file there now."""
-    identity = identity or _identity(path)
+    served, identity = identity is not None, identity or _identity(path)
     with _lock:
-        return _watched.setdefault((str(path.absolute()), identity), Watched(path, identity))
+        found = _watched.setdefault((str(path.absolute()), identity), Watched(path, identity))
+        found.served = found.served or served
+    return found
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -88,3 +88,16 @@ def test_a_command_given_a_mistyped_db_refuses_it_and_makes_nothing(tmp_path, co
                           f"--db {typo}", "no database there")  # fmt: skip
     assert "init-db" in line
     assert {path: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before
+
+
+def test_a_database_damaged_inside_is_one_line_for_a_command_not_a_servers_log_line(tmp_path):
+    """A file whose header is sound and some pages are not: the command said it in its one
+    line and, before it, in a log line written for a running server ("writes and /health
+    answer 503 until the server is restarted"; operator's review, s36)."""
+    damaged = tmp_path / "chargebox.db"
+    assert chargebox("init-db", "--db", str(damaged)).returncode == 0
+    with open(damaged, "r+b") as file:
+        file.seek(2 * 4096)
+        file.write(b"\x07" * 3 * 4096)
+    line = assert_refused(chargebox("audit", "--db", str(damaged)), "--db", "malformed")
+    assert "/health" not in line
