@@ -63,15 +63,25 @@ def add_parsers(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
     )
     statement = command("statement", "a seller's statement of a period (JSON, or CSV with --csv),"
                         " as GET /api/statements gives it")  # fmt: skip
-    statement.add_argument("--seller", type=row_id, required=True, dest="seller_id")
-    for name in periods.NAMES:
-        statement.add_argument(f"--{name}", dest=f"period_{name}", metavar=name.upper())
+    statement.add_argument("--seller", type=row_id, required=True, dest="seller_id", help="its id")
+    for name, says in zip(periods.NAMES, _PERIODS, strict=True):
+        statement.add_argument(f"--{name}", dest=f"period_{name}", metavar=name.upper(), help=says)
     statement.add_argument("--csv", action="store_true", help="CSV instead of JSON")
     command(
         "rotate-admin-token",
         "make a new admin token (written to the data dir, printed once) the only one in force "
         "on every server at once; with CHARGEBOX_ADMIN_TOKEN set, make that one the token in force",
     )
+
+
+_PERIODS = (  # periods.NAMES', as docs/api.md says them; one period: --from and --to, or one
+    "with --to: [FROM, TO), ISO 8601 times with their offsets, or dates (Tehran midnight)",
+    "with --from: the period's end, not in it",
+    "a Tehran day, 2026-12-01",
+    "a month in Tehran, 2026-12",
+    "a Jalali month in Tehran, 1405-09",
+    "a Jalali day in Tehran, 1405-09-10",
+)
 
 
 def run(args: argparse.Namespace, config: Config, prepare: Callable[[Config], Config]) -> int:
