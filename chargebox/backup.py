@@ -333,13 +333,14 @@ def main(config: Config, dest: Path, force: bool, vacuum: bool, keep: int | None
     )
     kept = True  # the copy is made and anchored whatever an older one's deletion does
     for path in past_keeping(made.path, keep) if keep is not None else ():
-        try:
-            path.unlink(missing_ok=True)
-            for beside in (f"{path}.anchors", f"{path}.anchors.lock"):  # its audit's, if any
-                Path(beside).unlink(missing_ok=True)
+        for each in (path, *(Path(f"{path}.anchors{end}") for end in ("", ".lock", ".writer"))):
+            try:  # the copy, then its anchors', if it was audited or served
+                each.unlink(missing_ok=True)
+            except OSError as exc:
+                print(f"chargebox: could not delete {each} (--keep {keep}): {exc.strerror}",
+                      file=sys.stderr)  # fmt: skip
+                kept = False
+                break
+        else:
             print(f"chargebox: deleted {path} (--keep {keep})", file=sys.stderr)
-        except OSError as exc:
-            print(f"chargebox: could not delete {path} (--keep {keep}): {exc.strerror}",
-                  file=sys.stderr)  # fmt: skip
-            kept = False
     return 0 if kept else 1

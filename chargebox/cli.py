@@ -39,7 +39,7 @@ from chargebox import commands as admin_commands
 from chargebox.config import MIN_SECRET_LENGTH, SYNCHRONOUS_LEVELS, Config, from_arguments
 from chargebox.db import Database, open_database
 from chargebox.errors import ChargeboxError, Damaged, Unavailable
-from chargebox.location import check_database_path, refuse_a_new_file, removed_if_refused
+from chargebox.location import check_database_path, refuse_a_new_file
 from chargebox.models import ALL_MODELS
 from chargebox.services import Chargebox
 
@@ -155,13 +155,7 @@ def prepare(config: Config, serving: bool = False, token: bool = False) -> Confi
     takes the one there is, or none: it acts by holding the files, and a token it made
     would be one no running server accepts (theirs set in CHARGEBOX_ADMIN_TOKEN). Nor is a
     PostgreSQL database made here (its owner's `init-db` does): its schema and key checked.
-    A refused start leaves no new, empty SQLite file behind.
     """
-    with removed_if_refused(config.db_path):
-        return _prepared(config, serving, token)
-
-
-def _prepared(config: Config, serving: bool, token: bool) -> Config:
     if config.db_url:
         # one line naming --db if it is not there
         postgresql.connect(config.db_url, lost_after=config.peer_timeout).close()
@@ -194,7 +188,7 @@ def _prepared(config: Config, serving: bool, token: bool) -> Config:
     finally:
         database.close()
     prepared = None if config.db_url else database.file.identity  # the file served (db.py)
-    return dataclasses.replace(config.with_secrets(admin, key), db_file=prepared)
+    return dataclasses.replace(config.with_secrets(admin, key), db_file=prepared, serving=serving)
 
 
 def startup_lock(config: Config) -> FileLock:

@@ -85,6 +85,7 @@ class Config:
     ledger_key: str | None = dataclasses.field(default=None, repr=False)
     # The SQLite file start-up prepared (device, inode): another put in its place is refused.
     db_file: tuple[int, int] | None = None
+    serving: bool = False  # a server's (cli.prepare): its damaged file is told in its log
     max_amount: int = DEFAULT_MAX_AMOUNT
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     synchronous: str = DEFAULT_SYNCHRONOUS

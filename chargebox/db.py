@@ -161,7 +161,7 @@ class Database:
             else None
         )
         self.slots = WriteSlots(config.threads, self.seconds_since_a_write_began)
-        self.file = location.watched(self.path, config.db_file)  # found damaged, or replaced
+        self.file = location.watched(self.path, config.db_file, config.serving)  # damaged, replaced
 
     # --- reads -----------------------------------------------------------------------------
 

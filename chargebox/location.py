@@ -17,7 +17,6 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from chargebox.errors import DAMAGED, Damaged
@@ -167,10 +166,10 @@ _lock = threading.Lock()
 _watched: dict[tuple[str, tuple[int, int] | None], Watched] = {}
 
 
-def watched(path: Path, identity: tuple[int, int] | None) -> Watched:
+def watched(path: Path, identity: tuple[int, int] | None, served: bool = False) -> Watched:
     """This process's one Watched of the file `identity` names at `path` (start-up's,
-    Config.db_file), or, given None, of the file there now."""
-    served, identity = identity is not None, identity or _identity(path)
+    Config.db_file), or, given None, of the file there now; `served`: by a server."""
+    identity = identity or _identity(path)
     with _lock:
         found = _watched.setdefault((str(path.absolute()), identity), Watched(path, identity))
         found.served = found.served or served
@@ -190,25 +189,17 @@ def refuse_a_new_file(config) -> None:
     """ValueError unless the SQLite file `config` names exists: a command run with a mistyped
     --db made a new database and acted there (a seller, a key; `rotate-admin-token` wrote
     the token file the real database's servers read at their next start)."""
-    if not config.db_url and not config.db_path.exists():
+    if not config.db_url and (not config.db_path.exists() or _empty(config.db_path)):
         raise ValueError(f"--db {config.db_path}: no database there (check the path; `chargebox "
                          "init-db` or `chargebox serve` makes one)")  # fmt: skip
 
 
-@contextlib.contextmanager
-def removed_if_refused(path: Path) -> Iterator[None]:
-    """A file the block makes at `path` (a new database) is removed again if the block
-    raises while the file is still empty: a refused `init-db` or start left a 0-byte
-    database behind (operator's review, s36)."""
-    new = not os.path.lexists(path)
+def _empty(path: Path) -> bool:
+    """A file of no bytes: what a start refused (or killed) before the schema leaves."""
     try:
-        yield
-    except BaseException:
-        if new:
-            with contextlib.suppress(OSError):
-                if os.path.getsize(path) == 0:
-                    os.unlink(path)
-        raise
+        return os.path.getsize(path) == 0
+    except OSError:
+        return False
 
 
 def synced(path: Path) -> None:

@@ -304,7 +304,7 @@ def test_keep_deletes_all_but_the_newest_stamped_copies_by_count_whatever_the_cl
     ahead = daily / "chargebox-99991204T030000Z.db"  # ahead of any clock this test meets
     others = [daily / "shop-20261101T030000Z.db", daily / "chargebox-notes.db",
               daily / "chargebox-20261101T030000Z.db.txt"]  # fmt: skip
-    audited = [Path(f"{older[0]}.anchors"), Path(f"{older[0]}.anchors.lock")]  # its audit's
+    audited = [Path(f"{older[0]}.anchors{end}") for end in ("", ".lock", ".writer")]
     for path in (*older, ahead, *others, *audited):
         path.write_bytes(b"an earlier copy")
     kept = chargebox("backup", "--db", str(live), str(daily), "--keep", "3")

@@ -11,6 +11,7 @@ still hold the old one: what they acknowledged would be lost with it.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import sqlite3
@@ -97,6 +98,7 @@ def test_damage_one_database_of_a_process_finds_is_every_one_s(tmp_path, caplog)
     """The anchor thread reads through a Database of its own: what it finds, the web's
     Database answers too, told once."""
     config = prepare(Config(db_path=tmp_path / "chargebox.db", admin_token=ADMIN_TOKEN))
+    config = dataclasses.replace(config, serving=True)  # a server's, which logs it
     web, anchoring = Chargebox(config), Chargebox(config)
     try:
         with caplog.at_level(logging.ERROR, logger="chargebox.db"):
@@ -112,7 +114,7 @@ def test_damage_one_database_of_a_process_finds_is_every_one_s(tmp_path, caplog)
 
 def test_a_damaged_file_is_a_503_for_reads_and_writes_and_health_says_why(tmp_path, caplog):
     config = Config(db_path=tmp_path / "chargebox.db", admin_token=ADMIN_TOKEN)
-    service = Chargebox(prepare(config))
+    service = Chargebox(dataclasses.replace(prepare(config), serving=True))  # a server's
     try:
         service.create_seller("damaged")
         with sqlite3.connect(config.db_path) as side:  # everything into the file, the WAL empty

@@ -281,7 +281,6 @@ def test_a_short_admin_token_or_ledger_key_is_refused_in_one_line(tmp_path, comm
     assert_refused(result, name)
     assert not (tmp_path / "ledger_key").exists()
     assert not (tmp_path / "admin_token").exists()
-    assert not (tmp_path / "cb.db").exists()  # an empty one was left (operator's review, s36)
 
 
 def test_a_short_admin_token_written_into_its_file_is_refused_naming_the_file(tmp_path):

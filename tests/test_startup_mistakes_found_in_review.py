@@ -82,22 +82,37 @@ def test_a_command_given_a_mistyped_db_refuses_it_and_makes_nothing(tmp_path, co
     real = tmp_path / "chargebox.db"
     made = chargebox("init-db", "--db", str(real), CHARGEBOX_ADMIN_TOKEN="")
     assert made.returncode == 0, made.stderr
+    empty = tmp_path / "refused.db"  # a start refused before the schema leaves one (touch too)
+    empty.touch()
     before = {path: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
-    typo = tmp_path / "chargebx.db"
-    line = assert_refused(chargebox(*command, "--db", str(typo), CHARGEBOX_ADMIN_TOKEN=""),
-                          f"--db {typo}", "no database there")  # fmt: skip
-    assert "init-db" in line
+    for typo in (tmp_path / "chargebx.db", empty):
+        line = assert_refused(chargebox(*command, "--db", str(typo), CHARGEBOX_ADMIN_TOKEN=""),
+                              f"--db {typo}", "no database there")  # fmt: skip
+        assert "init-db" in line
     assert {path: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before
 
 
-def test_a_database_damaged_inside_is_one_line_for_a_command_not_a_servers_log_line(tmp_path):
+@pytest.mark.parametrize(
+    ("command", "table"), [(("audit",), None), (("keys", "1"), "seller_key")], ids=["audit", "keys"]
+)
+def test_a_database_damaged_inside_is_one_line_for_a_command_not_a_servers_log_line(
+    tmp_path, command, table
+):
     """A file whose header is sound and some pages are not: the command said it in its one
     line and, before it, in a log line written for a running server ("writes and /health
     answer 503 until the server is restarted"; operator's review, s36)."""
+    import sqlite3
+
     damaged = tmp_path / "chargebox.db"
     assert chargebox("init-db", "--db", str(damaged)).returncode == 0
-    with open(damaged, "r+b") as file:
-        file.seek(2 * 4096)
-        file.write(b"\x07" * 3 * 4096)
-    line = assert_refused(chargebox("audit", "--db", str(damaged)), "--db", "malformed")
+    assert chargebox("create-seller", "Ali", "--db", str(damaged)).returncode == 0
+    with sqlite3.connect(damaged) as side:  # everything into the file, the WAL empty
+        side.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        sql = "SELECT rootpage FROM sqlite_master WHERE name = ?"
+        page = side.execute(sql, (table,)).fetchone()[0] if table else None
+    with open(damaged, "r+b") as file:  # the table's first page (one start-up does not
+        # read: the command's own Database meets it), or every page but the catalogue
+        file.seek(4096 * (page - 1) if page else 4096)
+        file.write(b"\xff" * (4096 if page else damaged.stat().st_size - 4096))
+    line = assert_refused(chargebox(*command, "--db", str(damaged)), "--db", "malformed")
     assert "/health" not in line
