@@ -612,10 +612,35 @@ def test_a_sale_page_whose_key_is_revoked_mid_request_sends_to_sign_in(service, 
     headers = {"CONTENT_TYPE": "application/x-www-form-urlencoded",
                "HTTP_COOKIE": f"{SESSION_COOKIE}={session}"}  # fmt: skip
     environ, status, sent, _ = _post(service, "/seller/sales", urlencode(form).encode(), headers)
-    assert status.startswith("303") and sent["Location"].endswith("/login")
+    assert status.startswith("303") and sent["Location"].endswith("/login?ended=1")
     assert ENVIRON_WHO not in environ
     assert service.queries.sales(Page(), seller) == []
     assert service.queries.seller(seller)["balance"] == 50_000
+
+
+def test_a_page_whose_session_ended_sends_to_sign_in_saying_so(service):
+    """A session expired, or its key revoked or seller suspended while a sale was typed:
+    the browser landed on the sign-in page with no word of why, what it typed gone
+    (Persian pages' review, s36). The page says the session ended and nothing was done;
+    a browser that never signed in is sent there without it."""
+    seller, key, _ = seller_with_key(service, "Ali")
+    session, _ = service.access.sign_in(key)
+    service.set_status(seller, "suspended")
+    form = urlencode({"phone": PHONE, "amount": "1000", "csrf": auth.csrf_token(session)})
+    kinds = {"ended": f"{SESSION_COOKIE}={session}", "never": "other=1"}
+    for kind, cookie in kinds.items():
+        headers = {"CONTENT_TYPE": "application/x-www-form-urlencoded", "HTTP_COOKIE": cookie}
+        _, status, sent, _ = _post(service, "/seller/sales", form.encode(), headers)
+        wanted = "/login?ended=1" if kind == "ended" else "/login"
+        assert status.startswith("303") and sent["Location"].endswith(wanted), (kind, sent)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/login", "QUERY_STRING": "ended=1"}
+    setup_testing_defaults(environ)
+    answered = {}
+    page = b"".join(
+        create_app(service.config, service)(environ, lambda s, h, *_: answered.update(s=s))
+    )
+    assert answered["s"].startswith("200") and b"Your session has ended" in page
+    assert service.queries.sales(Page(), seller) == []
 
 
 def test_known_keys_past_their_limit_let_the_oldest_go_not_all(monkeypatch):

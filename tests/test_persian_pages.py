@@ -141,6 +141,7 @@ def our_pages(world: World, how: str) -> dict[str, tuple[int, object]]:
     login = anonymous.get("/login")
     csrf = value_of(login.text, "csrf")
     pages["sign in"] = 200, login
+    pages["sign in: the session ended"] = 200, anonymous.get("/login?ended=1")
     pages["sign in: unknown key"] = 401, anonymous.post_form("/login", {"token": "cbk_W"}, csrf)
     pages["sign in: no key"] = 401, anonymous.post_form("/login", {"token": " "}, csrf)
     pages["404: no such page"] = 404, anonymous.get("/no/such/page")

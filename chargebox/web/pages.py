@@ -104,9 +104,13 @@ def _install_common(pages: bottle.Bottle, site: Site) -> None:
 
     # --- signing in and out ------------------------------------------------------------------
 
-    def login_page(form: Form, status: int = 200, signed_out: bool = False) -> bottle.HTTPResponse:
+    def login_page(form: Form, status: int = 200, signed_out: bool = False,
+                   ended: bool = False) -> bottle.HTTPResponse:  # fmt: skip
         token = login_token()
         notice = gettext("You have signed out.") if signed_out else None
+        if ended:  # a page's session was refused: nothing it was sending was done
+            notice = gettext("Your session has ended: sign in again. What you were sending "
+                             "was not done.")  # fmt: skip
         response = render("login", status, title=gettext("Sign in"), form=form, csrf=token,
                           notice=notice)  # fmt: skip
         remember_login_token(response, token)
@@ -115,8 +119,10 @@ def _install_common(pages: bottle.Bottle, site: Site) -> None:
     @pages.get("/login")
     def login_form():
         role = site.current_role()
-        signed_out = bottle.request.query.get("signed_out") == "1"  # a fixed notice, no echo
-        return redirect(HOME[role]) if role else login_page(Form(), signed_out=signed_out)
+        said = bottle.request.query  # a fixed notice, no echo
+        signed_out, ended = said.get("signed_out") == "1", said.get("ended") == "1"
+        return redirect(HOME[role]) if role else login_page(Form(), signed_out=signed_out,
+                                                            ended=ended)  # fmt: skip
 
     throttle = SignInThrottle()  # this process's, shared by its threads
 

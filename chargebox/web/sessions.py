@@ -59,6 +59,13 @@ def signed_in(service: Chargebox) -> Visitor | None:
     return Visitor(principal, session) if principal else None
 
 
+def session_sent() -> bool:
+    """Did the browser send a session cookie (valid or not)? One it sends that is no longer
+    valid (expired, signed out elsewhere, its key revoked or its seller suspended) is a
+    session that ended, not a visitor who never signed in."""
+    return bool(_sent(_named(SESSION_COOKIE)))
+
+
 def visitor(service: Chargebox, *roles: str) -> Visitor:
     """The signed-in browser, if its session is valid and its role is one of `roles`."""
     you = signed_in(service)
