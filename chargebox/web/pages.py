@@ -11,6 +11,7 @@ Failed sign-ins are counted per client address (throttle.py), and too many are a
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import bottle
@@ -18,7 +19,8 @@ import bottle
 from chargebox import periods
 from chargebox.auth import SESSION_LIFETIME
 from chargebox.config import Config
-from chargebox.errors import ChargeboxError, TooManySignIns, Unauthorized
+from chargebox.errors import ChargeboxError, TooManySignIns, Unauthorized, ValidationError
+from chargebox.phones import normalize_phone
 from chargebox.queries import Page
 from chargebox.services import Chargebox
 from chargebox.web import admin_pages, chart_pages, i18n
@@ -243,7 +245,7 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
             lambda you, form, amount, key: site.service.sell(
                 you.principal.seller_id, form.get("phone", ""), amount, key, you.principal.key
             ),
-            again=lambda you, status, form: seller_page(you, status, sale=form),
+            again=lambda you, status, form: seller_page(you, status, sale=_number_shown(form)),
             done="/seller?sold=",
         )
 
@@ -257,3 +259,14 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
             again=lambda you, status, form: seller_page(you, status, credit=form),
             done="/seller?requested=",
         )
+
+
+def _number_shown(form: Form) -> Form:
+    """A refused sale's form back with its number as a sale reads it, in the page's digits:
+    typed in Arabic-Indic digits in groups (٠٩١٢ ٣٤٥ ٦٧٨٩), the left-to-right field
+    shows the groups in reverse order (each a right-to-left number, by Unicode's bidi
+    rules), and a clerk may "mend" it into a wrong number. One that does not read stays
+    as typed, beside its error."""
+    with contextlib.suppress(ValidationError):
+        form.values["phone"] = language().digits(normalize_phone(form.value("phone")))
+    return form
