@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 import jdatetime
 
 from chargebox.clock import parse, stamp
-from chargebox.errors import ValidationError
+from chargebox.errors import ValidationError, phrase
 from chargebox.phones import ASCII_DIGITS
 
 TEHRAN = ZoneInfo("Asia/Tehran")
@@ -29,6 +29,7 @@ NAMES = ("from", "to", "day", "month", "jmonth", "jday")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
 _JMONTH = re.compile(r"([0-9]{4})[-/]([0-9]{1,2})")  # 1405-09, 1405/09, 1405/9 (as jday)
+JMONTH_WRITTEN = phrase("{field} must be a month written YYYY/MM or YYYY-MM, its month 1 to 12")
 # A Jalali day as people write it: 1405/09/10, 1405-09-10, 1405/9/10 (one separator).
 _JDAY = r"([0-9]{4})([/-])([0-9]{1,2})\2([0-9]{1,2})"
 _JALALI_DAY = re.compile(_JDAY)
@@ -168,7 +169,7 @@ def as_typed(params: dict[str, str]) -> dict[str, str]:
     month = _JMONTH.fullmatch(typed.get("jmonth", ""))
     if month and int(month[1]) in GREGORIAN_YEARS and "month" not in typed:
         if not 1 <= int(month[2]) <= 12:
-            raise ValidationError("{field} must be a month written YYYY-MM", "jmonth")
+            raise ValidationError(JMONTH_WRITTEN, "jmonth")
         del typed["jmonth"]
         typed["month"] = f"{month[1]}-{int(month[2]):02d}"
     return typed
@@ -189,6 +190,8 @@ def _typed_day(name: str, year: int, month: int, day: int) -> datetime.date:
 def _month(text: str, name: str, pattern: re.Pattern = _MONTH) -> tuple[int, int]:
     found = pattern.fullmatch(text)
     if not found or not 1 <= int(found[2]) <= 12 or int(found[1]) < 1:
+        if pattern is _JMONTH:  # which also takes 1405/09 (a Persian page's example)
+            raise ValidationError(JMONTH_WRITTEN, name)
         raise ValidationError("{field} must be a month written YYYY-MM", name)
     return int(found[1]), int(found[2])
 
