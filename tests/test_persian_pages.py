@@ -419,3 +419,14 @@ def test_the_pending_queues_pager_and_empty_views_read_in_persian():
                     sellers=[], after_id=5, next_after=None, create=Form(), problem=None,
                     **queue)  # fmt: skip
     assert untranslated(page) == [] and "۱۰۰ درخواست بعدی" in page
+
+
+def test_a_sellers_first_key_is_labelled_in_the_pages_language(world):
+    """Every seller's first key is labelled `default` by chargebox itself (not typed by
+    anyone): it showed in English on the Persian admin page (Persian pages' review, s36)."""
+    admin = signed_in(world, "cookie", ADMIN_TOKEN)
+    page = admin.get(f"/admin/sellers/{world.ids['seller']}").text
+    assert "<bdi>پیش‌فرض</bdi>" in page and "<bdi>default</bdi>" not in page
+    english = world.browser()
+    english.sign_in(ADMIN_TOKEN)
+    assert "<bdi>default</bdi>" in english.get(f"/admin/sellers/{world.ids['seller']}").text

@@ -23,7 +23,7 @@
     <thead><tr><th>{{_('Key')}}</th><th>{{_('Made (Tehran time)')}}</th><th>{{_('Last used')}}</th><th><span class="sr-only">{{_('Change')}}</span></th></tr></thead>
     <tbody>
     % for key in keys:
-      <tr id="key-{{key['id']}}"><td class="label"><bdi>{{key['label']}}</bdi></td>
+      <tr id="key-{{key['id']}}"><td class="label"><bdi>{{_('default') if key['label'] == 'default' else key['label']}}</bdi></td>
           <td class="made"><span class="narrow-only">{{_('Made')}} </span><span class="when">{{when(key['created_at'])}}</span></td>
           <td class="used"><span class="narrow-only">{{_('Last used')}} </span><span class="when">{{when(key['last_used_at']) if key['last_used_at'] else _('never')}}</span></td>
           <td class="actions">
