@@ -168,11 +168,11 @@ def test_signing_out_deletes_the_session_so_a_replayed_cookie_is_worthless(world
     assert db_snapshot(server.db_path)["web_session"][0] == sessions - 1  # its row is gone
     replay = world.browser()
     replay.http.cookies.set(SESSION, cookie)
-    assert replay.get("/seller").headers["Location"] == "/login"
+    assert replay.get("/seller").headers["Location"] == "/login?ended=1"  # a session sent
     posted = refused(
         server, 303, replay.post_form, "/seller/credit-requests", {"amount": "9"}, csrf
     )
-    assert posted.headers["Location"] == "/login"
+    assert posted.headers["Location"] == "/login?ended=1"
 
 
 # --- CSRF and roles on every route ----------------------------------------------------------
