@@ -183,8 +183,7 @@ def stored_secret(
     used: a power cut never leaves a sealed ledger with no key) on first start; a write
     that fails leaves nothing, and of processes starting together one makes it. A file
     that cannot be read is refused in one line. A killed writer's temporary file is
-    removed (location.without_leftovers)."""
-    without_leftovers(path)
+    removed (location.without_leftovers; by written_secret when it writes)."""
     if not path.exists():
         try:
             written_secret(path, new(), replacing=False)
@@ -192,6 +191,8 @@ def stored_secret(
                   f"set {variable} to choose your own", file=sys.stderr)  # fmt: skip
         except FileExistsError:  # another process made it first: its secret is the one
             pass
+    else:
+        without_leftovers(path)
     try:
         return path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
