@@ -67,10 +67,24 @@ def test_the_seller_and_the_admin_download_the_same_statement_from_their_pages(w
     assert lines_of(seller.get("/seller/statement?jmonth=1405-09"))[0]["line"] == "opening"
 
 
-def test_a_bad_period_is_a_422_page_in_plain_words(world):
-    answer = world.browser(SELLER).get("/seller/statement?day=2026-13-01")
-    assert answer.status_code == 422 and answer.headers["Content-Type"].startswith("text/html")
-    assert "Day must be a date" in text_of(answer.text, "error-message")  # a sentence
+def test_a_bad_period_shows_its_page_again_with_the_reason_beside_the_field(world):
+    """A period refused is the seller's (or the admin's seller) page again, in 422, the
+    period kept as typed in its field and the reason beside it: not a bare error page
+    that loses the form."""
+    sid = world.seller["id"]
+    for who, path in ((SELLER, "/seller"), (ADMIN, f"/admin/sellers/{sid}")):
+        browser = world.browser(who)
+        answer = browser.get(f"{path}/statement?format=csv&day=2026-13-01")
+        assert answer.status_code == 422 and answer.headers["Content-Type"].startswith("text/html")
+        page = answer.text
+        assert "Day must be a date" in text_of(page, "statement-day-error")  # a sentence
+        assert value_of(page, "statement-day-value") == "2026-13-01"
+        assert 'aria-describedby="statement-day-error"' in page
+        assert value_of(page, "statement-month-value") == ""  # the other forms as they were
+        assert 'id="find-link"' in page if who == SELLER else 'id="adjust-form"' in page
+    # An address typed by hand with no period at all has no field to show it beside.
+    bare = world.browser(SELLER).get("/seller/statement?format=csv")
+    assert bare.status_code == 422 and text_of(bare.text, "error-message")
 
 
 def test_a_seller_finds_its_sale_by_phone_order_id_and_tehran_time_and_not_anothers(

@@ -175,7 +175,8 @@ def test_a_refused_jday_is_said_in_persian_on_a_persian_page(world):
     browser.http.cookies.set("lang", "fa")
     answer = browser.get("/seller/statement?jday=%DB%B1%DB%B4%DB%B0%DB%B5/12/30")
     assert answer.status_code == 422
-    assert text_of(answer.text, "error-message") == ("روز شمسی: ۱۴۰۵/۱۲/۳۰ روزی از تقویم شمسی نیست")
+    said = text_of(answer.text, "statement-jday-error")
+    assert said == "روز شمسی: ۱۴۰۵/۱۲/۳۰ روزی از تقویم شمسی نیست"
 
 
 def test_the_cli_takes_a_jalali_day(service, config):

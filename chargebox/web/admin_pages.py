@@ -153,7 +153,7 @@ def install(pages: bottle.Bottle, site: Site) -> None:
 
     def seller_detail(
         you: Visitor, seller_id: int, status: int = 200, adjust: Form | None = None,
-        key_form: Form | None = None, problem: str | None = None,
+        key_form: Form | None = None, problem: str | None = None, statement: Form | None = None,
     ) -> bottle.HTTPResponse:  # fmt: skip
         seller = site.service.queries.seller(seller_id)  # an unknown seller: a 404 page, not a form
         entries = site.service.queries.recent_ledger(seller_id, 50)
@@ -188,12 +188,15 @@ def install(pages: bottle.Bottle, site: Site) -> None:
             keys=site.service.queries.seller_keys(seller_id),
             key_form=key_form or Form(),
             problem=problem,
+            statement=statement or Form(),
         )
 
     @pages.get(f"/admin/sellers/{ID}/statement")
     def statement_for_admin(ident):
-        visitor(site.service, ADMIN)
-        return site.statement(int(ident))
+        you = visitor(site.service, ADMIN)
+        return site.statement(
+            int(ident), lambda status, form: seller_detail(you, int(ident), status, statement=form)
+        )
 
     @pages.get(f"/admin/sellers/{ID}")
     def seller_page_for_admin(ident):

@@ -15,7 +15,13 @@ from collections.abc import Callable
 import bottle
 
 from chargebox import periods
-from chargebox.errors import ChargeboxError, NotFound, SellerSuspended, Unauthorized
+from chargebox.errors import (
+    ChargeboxError,
+    NotFound,
+    SellerSuspended,
+    Unauthorized,
+    ValidationError,
+)
 from chargebox.idempotency import Outcome
 from chargebox.money import amount_from_text
 from chargebox.services import Chargebox
@@ -55,6 +61,8 @@ class Form:
 MoneyAct = Callable[[Visitor, dict[str, str], int, str | None], Outcome]
 # The form's page again: (visitor, status, the form with its error) -> the page.
 PageAgain = Callable[[Visitor, int, Form], bottle.HTTPResponse]
+# The page a statement form is on, again: (status, the form with its error) -> the page.
+StatementAgain = Callable[[int, Form], bottle.HTTPResponse]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,19 +83,27 @@ class Site:
         you = signed_in(self.service)
         return you.principal.role if you else None
 
-    def statement(self, seller_id: int) -> bottle.HTTPResponse:
+    def statement(self, seller_id: int, again: StatementAgain) -> bottle.HTTPResponse:
         """A seller's statement to download, for the period in the query (as the API's;
         a period typed in Persian digits, `۱۴۰۵-۰۹`, is read as `1405-09`, spaces around it
         are dropped, and a Gregorian date typed into a Jalali field, `2026/12/01`, is that
-        day: periods.as_typed). A CSV is for a spreadsheet (Excel) to open: marked UTF-8."""
+        day: periods.as_typed). A CSV is for a spreadsheet (Excel) to open: marked UTF-8.
+        A period refused shows the page `again`, with what was typed and the reason beside
+        its field (the first period given, when the reason names no field of the form)."""
+        typed = query("format", *periods.NAMES)
         params = periods.as_typed({
-            name: periods.latin_digits(text).strip()
-            for name, text in query("format", *periods.NAMES).items()
+            name: periods.latin_digits(text).strip() for name, text in typed.items()
         })  # fmt: skip
         fmt = params.pop("format", "csv")
-        rendered = self.service.statement(
-            seller_id, params, fmt, for_spreadsheets=True, client=statement_client()
-        )
+        try:
+            rendered = self.service.statement(
+                seller_id, params, fmt, for_spreadsheets=True, client=statement_client()
+            )
+        except ValidationError as exc:
+            shown = {name: text for name, text in typed.items() if name != "format"}
+            if not shown:  # an address typed by hand, with no period: the error page
+                raise
+            return again(status_of(exc), Form(shown).failed(exc, next(iter(shown))))
         return bottle.HTTPResponse(rendered, 200, statement_headers(rendered))
 
     def money_form(

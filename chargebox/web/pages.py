@@ -184,6 +184,7 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
             requests=site.service.queries.recent_credit_requests(seller_id),
             sale=forms.get("sale", Form()),
             credit=forms.get("credit", Form()),
+            statement=forms.get("statement", Form()),
             sale_key=form_key(),
             credit_key=form_key(),
             notice=None if status != 200 else seller_notice(seller_id),
@@ -217,7 +218,10 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
 
     @pages.get("/seller/statement")
     def seller_statement():
-        return site.statement(visitor(site.service, SELLER).principal.seller_id)
+        you = visitor(site.service, SELLER)
+        return site.statement(
+            you.principal.seller_id, lambda status, form: seller_page(you, status, statement=form)
+        )
 
     @pages.get("/seller/sales/found")
     def find_sales():

@@ -71,7 +71,7 @@
 </section>
 </div>
 
-% include('statement_form', action='/admin/sellers/{}/statement'.format(seller['id']))
+% include('statement_form', action='/admin/sellers/{}/statement'.format(seller['id']), state=statement)
 
 <section class="card">
   <h2>{{_('Latest ledger entries')}}</h2>

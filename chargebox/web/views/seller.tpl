@@ -31,7 +31,7 @@
 </section>
 </div>
 
-% include('statement_form', action='/seller/statement')
+% include('statement_form', action='/seller/statement', state=statement)
 
 <section class="card">
   <h2>{{_('Latest ledger entries')}}</h2>
