@@ -273,3 +273,14 @@ def test_the_json_api_is_unchanged_and_does_not_take_the_session_cookie(world, s
     posted = browser.http.post(url, json={"amount": 5}, timeout=TIMEOUT)
     assert (posted.status_code, posted.json()["error"]["code"]) == (401, "unauthorized")
     assert db_snapshot(server.db_path) == before
+
+
+def test_the_admins_list_of_sellers_marks_a_suspended_one(world, admin):
+    sid = world.seller["id"]
+    listed = f"/admin?after_id={sid - 1}"  # the page of sellers that starts with it
+    page = world.browser(ADMIN).get(listed).text
+    assert f'href="/admin/sellers/{sid}"' in page and text_of(page, f"suspended-{sid}") is None
+    assert admin.post(f"/api/sellers/{sid}/suspend").status_code == 200
+    page = world.browser(ADMIN).get(listed).text
+    assert text_of(page, f"suspended-{sid}") == "suspended"
+    assert admin.post(f"/api/sellers/{sid}/reactivate").status_code == 200

@@ -36,11 +36,11 @@
         <td class="actions">
           <form method="post" action="/admin/credit-requests/{{request['id']}}/approve{{view}}" class="inline" data-once>
             <input type="hidden" name="csrf" value="{{visitor.csrf}}">
-            <button type="submit" class="good" id="approve-{{request['id']}}">{{_('Approve')}}</button>
+            <button type="submit" class="good" id="approve-{{request['id']}}">{{_('Approve')}}<span class="sr-only"> {{_('credit request #{id}').format(id=ident(request['id']))}}</span></button>
           </form>
           <form method="post" action="/admin/credit-requests/{{request['id']}}/reject{{view}}" class="inline" data-once>
             <input type="hidden" name="csrf" value="{{visitor.csrf}}">
-            <button type="submit" class="bad" id="reject-{{request['id']}}">{{_('Reject')}}</button>
+            <button type="submit" class="bad" id="reject-{{request['id']}}">{{_('Reject')}}<span class="sr-only"> {{_('credit request #{id}').format(id=ident(request['id']))}}</span></button>
           </form>
         </td>
       </tr>
@@ -72,7 +72,11 @@
     <thead><tr><th>#</th><th>{{_('Name')}}</th><th class="num">{{_('Balance (toman)')}}</th></tr></thead>
     <tbody>
     % for seller in sellers:
-      <tr><td class="id">{{ident(seller['id'])}}</td><td><a href="/admin/sellers/{{seller['id']}}"><bdi>{{seller['name']}}</bdi></a></td>
+      <tr><td class="id">{{ident(seller['id'])}}</td><td><a href="/admin/sellers/{{seller['id']}}"><bdi>{{seller['name']}}</bdi></a>
+          % if seller['status'] == 'suspended':
+          <span class="status suspended" id="suspended-{{seller['id']}}">{{status('suspended')}}</span>
+          % end
+          </td>
           <td class="num">{{num(seller['balance'])}}</td></tr>
     % end
     </tbody>

@@ -7,11 +7,13 @@
          {{!'required' if get('required', True) else ''}} maxlength="{{get('maxlength', 200)}}"
          % if error:
          aria-invalid="true" aria-describedby="{{field_id}}-error" autofocus
+         % elif get('hint'):
+         aria-describedby="{{field_id}}-hint"
          % end
          placeholder="{{get('placeholder', '')}}">
   % if error:
   <p class="error" id="{{field_id}}-error" role="alert">{{error}}</p>
   % elif get('hint'):
-  <p class="hint">{{hint}}</p>
+  <p class="hint" id="{{field_id}}-hint">{{hint}}</p>
   % end
 </div>
