@@ -250,3 +250,16 @@ def test_a_count_or_an_id_argument_is_ascii_digits_in_range(text):
     with pytest.raises(argparse.ArgumentTypeError, match="whole number from 1 to 10000"):
         whole_number(10_000)(text)
     assert whole_number(10_000)("10000") == 10_000 and row_id("42") == 42
+
+
+def test_python_dash_m_chargebox_is_the_chargebox_command(tmp_path):
+    """`python -m chargebox` for a shell where the installed script is not on PATH."""
+    import chargebox as package
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "chargebox", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    assert run("--version").stdout.strip() == f"chargebox {package.__version__}"
+    missing = run("audit", "--db", str(tmp_path / "no.db"))
+    assert missing.returncode == 2 and missing.stderr.startswith("chargebox audit: no database")
