@@ -183,8 +183,9 @@ def prepare(config: Config, serving: bool = False, token: bool = False) -> Confi
                 if serving:  # before the lock goes: a migrate, which takes it, sees this server
                     migrations.mark_serving(config)
         admin = admin_commands.admin_token(config, make=serving or token)  # once nothing refused
-        if admin is not None:
-            admin_commands.check_admin_token(database, config, admin)
+        in_force = admin is not None and admin_commands.check_admin_token(database, config, admin)
+        if serving and in_force and not config.admin_token:  # not said of one not in force
+            print(f"chargebox: admin token is in {config.admin_token_path}", file=sys.stderr)
     finally:
         database.close()
     prepared = None if config.db_url else database.file.identity  # the file served (db.py)
@@ -290,7 +291,6 @@ def _serve(config: Config) -> int:
     from chargebox.connections import listen  # waitress is needed only here
     from chargebox.server import serve
 
-    token_in_file = config.admin_token is None  # CHARGEBOX_ADMIN_TOKEN is not set
     config = dataclasses.replace(config, cpus=cpus.resolved(config.cpus))  # CPUs it may use
     log = LogFile(config.access_log)  # a log that cannot be opened, or a taken port, is
     listener = listen(config)  # refused before any file is made
@@ -304,8 +304,6 @@ def _serve(config: Config) -> int:
     except BaseException:
         listener.close()
         raise
-    if token_in_file:
-        print(f"chargebox: admin token is in {config.admin_token_path}", file=sys.stderr)
     return serve(config, lambda line: print(line, flush=True), listener, log)
 
 

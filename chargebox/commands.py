@@ -201,9 +201,9 @@ def stored_secret(
                          f"this user may read, or set {variable}") from None  # fmt: skip
 
 
-def check_admin_token(database, config: Config, token: str) -> None:
-    """At start-up: say so when the configured admin token is not the one in force (it
-    was rotated since); the server starts, and only the token in force acts as admin."""
+def check_admin_token(database, config: Config, token: str) -> bool:
+    """At start-up: whether the configured admin token is the one in force; if not (it
+    was rotated since), say so: the server starts, and only the token in force acts as admin."""
     current = auth.current_admin(database)
     if current is not None and current != auth.hash_key(token):
         source = "CHARGEBOX_ADMIN_TOKEN" if config.admin_token else str(config.admin_token_path)
@@ -211,6 +211,8 @@ def check_admin_token(database, config: Config, token: str) -> None:
               "(it was rotated with `chargebox rotate-admin-token`): only the current one acts "
               "as the admin; put it there, or (a restored copy) run `chargebox "
               "rotate-admin-token` for a new one", file=sys.stderr)  # fmt: skip
+        return False
+    return True
 
 
 def _count(number: int, one: str, more: str) -> str:
