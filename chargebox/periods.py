@@ -254,12 +254,13 @@ def _jalali_day(text: str) -> Period:
     return _whole_day(_jalali_date("jday", int(found[1]), int(found[3]), int(found[4])))
 
 
-def jalali_instant(text: str, name: str) -> str:
+def jalali_instant(text: str, name: str, through_the_day: bool = False) -> str:
     """A search bound typed on a Persian page, a Jalali date in Tehran with an optional
     time of day (`۱۴۰۵/۰۹/۱۰`, `1405-09-10 14:30`, any digits), as an ISO 8601 instant
-    in UTC; a date alone is its Tehran midnight, the start of its `jday`. A year of
-    GREGORIAN_YEARS makes it a Gregorian date, written the same ways. Else a 422 naming
-    the field `name`."""
+    in UTC; a date alone is its Tehran midnight, the start of its `jday`, or with
+    `through_the_day` (a search's end, "up to that day") the midnight after it, so that
+    one day typed as both bounds finds that day. A year of GREGORIAN_YEARS makes it a
+    Gregorian date, written the same ways. Else a 422 naming the field `name`."""
     found = _JALALI_TIME.fullmatch(latin_digits(text.strip()))
     if not found:
         raise ValidationError(
@@ -272,6 +273,8 @@ def jalali_instant(text: str, name: str) -> str:
     if hour > 23 or minute > 59 or second > 59:
         raise ValidationError("{field}: {hour:02d}:{minute:02d} is not a time of day", name,
                               hour=hour, minute=minute)  # fmt: skip
+    if through_the_day and found[5] is None:  # (no day typed here is the calendar's last)
+        day += datetime.timedelta(days=1)
     moment = datetime.datetime.combine(day, datetime.time(hour, minute, second), TEHRAN)
     return moment.astimezone(datetime.UTC).isoformat()
 

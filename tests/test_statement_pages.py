@@ -195,6 +195,10 @@ def test_a_persian_clerk_finds_a_sale_by_jalali_date_and_time(world):
     minute = jalali(when, "%Y/%m/%d %H:%M")
     assert found(minute, day_after) == [shown_id]  # from the minute it was sold
     assert found(jalali(when - datetime.timedelta(days=1)), minute) == []  # before that minute
+    # A date alone in "up to" counts that whole day: one day typed twice finds that day.
+    assert found(jalali(when), jalali(when)) == [shown_id]
+    day_before = jalali(when - datetime.timedelta(days=1))
+    assert found(day_before, day_before) == []
     latin = jdatetime.datetime.fromgregorian(datetime=when.astimezone(periods.TEHRAN))
     assert found(latin.strftime("%Y-%m-%d"), day_after) == [shown_id]  # Latin digits, dashes
     tehran = when.astimezone(periods.TEHRAN)  # its Gregorian day, as a date picker gives it

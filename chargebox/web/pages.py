@@ -64,10 +64,10 @@ def local_path(back: str) -> str:
 
 def searched_time(text: str, name: str) -> str:
     """A search's bound as its form sends it: on a Persian page a Jalali date, with a time
-    of day if need be, typed (periods.jalali_instant); on an English page a browser's
-    `datetime-local`; both in Tehran time."""
+    of day if need be, typed (periods.jalali_instant; `to` a date alone: up to that day's
+    end); on an English page a browser's `datetime-local`; both in Tehran time."""
     if language().code == "fa":
-        return periods.jalali_instant(text, name)
+        return periods.jalali_instant(text, name, through_the_day=name == "to")
     return periods.tehran_if_naive(text, name)
 
 

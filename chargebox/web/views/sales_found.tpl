@@ -8,7 +8,7 @@
     %   # Jalali dates, typed: a browser's datetime-local widget is Gregorian (pages.find_sales reads them).
     %   example = language.today() + ' ' + digits('14:30')
     % include('field', state=search, form_id='find', name='from', label=_('From (Tehran time)'), direction='ltr', maxlength=40, required=False, placeholder=example, hint=_('A Jalali date, with a time of day if need be.'))
-    % include('field', state=search, form_id='find', name='to', label=_('Before (Tehran time)'), direction='ltr', maxlength=40, required=False, placeholder=example)
+    % include('field', state=search, form_id='find', name='to', label=_('Up to (Tehran time)'), direction='ltr', maxlength=40, required=False, placeholder=example, hint=_('A date alone: up to the end of that day; with a time: before it.'))
     % else:
     % include('field', state=search, form_id='find', name='from', label=_('From (Tehran time)'), kind='datetime-local', direction='ltr', maxlength=40, required=False)
     % include('field', state=search, form_id='find', name='to', label=_('Before (Tehran time)'), kind='datetime-local', direction='ltr', maxlength=40, required=False)
