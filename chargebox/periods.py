@@ -48,10 +48,19 @@ _TIME = re.compile(
 
 @dataclasses.dataclass(frozen=True)
 class Period:
-    """`[start, end)`, two aware datetimes."""
+    """`[start, end)`, two aware datetimes; `jalali` when named by a Jalali day or month."""
 
     start: datetime.datetime
     end: datetime.datetime
+    jalali: bool = False
+
+    @property
+    def first_day(self) -> str:
+        """The Tehran day it starts on, YYYY-MM-DD in its own calendar (a file's name)."""
+        if not self.jalali:
+            return tehran_day(self.start)
+        day = jdatetime.date.fromgregorian(date=_in_tehran(self.start).date())
+        return f"{day.year:04d}-{day.month:02d}-{day.day:02d}"
 
     @property
     def bounds(self) -> tuple[str, str]:
@@ -212,7 +221,7 @@ def _jalali_month(text: str) -> Period:
     _jalali_year(year, "jmonth")
     first = jdatetime.date(year, month, 1).togregorian()
     after = jdatetime.date(*_next_month(year, month), 1).togregorian()
-    return Period(_midnight(first), _midnight(after))
+    return Period(_midnight(first), _midnight(after), jalali=True)
 
 
 def _jalali_year(year: int, name: str) -> None:
@@ -251,7 +260,8 @@ def _jalali_day(text: str) -> Period:
     found = _JALALI_DAY.fullmatch(latin_digits(text))
     if not found:
         raise ValidationError("{field} must be a Jalali date written YYYY/MM/DD", "jday")
-    return _whole_day(_jalali_date("jday", int(found[1]), int(found[3]), int(found[4])))
+    day = _whole_day(_jalali_date("jday", int(found[1]), int(found[3]), int(found[4])))
+    return dataclasses.replace(day, jalali=True)
 
 
 def jalali_instant(text: str, name: str, through_the_day: bool = False) -> str:

@@ -48,6 +48,13 @@ def test_a_sellers_statement_adds_up_in_json_and_in_csv_and_is_streamed(make_sel
     assert named == f'attachment; filename="statement-seller-{seller_row["id"]}-2026-12-01.csv"'
     old = seller.get("/api/statements", params={"day": "1930-01-01", "format": "csv"})
     assert old.headers["Content-Disposition"].endswith('-1930-01-01.csv"')  # shown in UTC
+    # A Jalali day or month is named by its own calendar's first day, as it was asked for.
+    for period, day in (
+        ({"jday": "1405/09/10"}, "1405-09-10"),
+        ({"jmonth": "1405-09"}, "1405-09-01"),
+    ):
+        jalali = seller.get("/api/statements", params={**period, "format": "csv"})
+        assert jalali.headers["Content-Disposition"].endswith(f'-{day}.csv"'), period
     told = seller.get("/api/statements?day=2026-12-01&format=json",
                       headers={"Accept": "text/csv"})  # fmt: skip
     assert told.headers["Content-Type"].startswith("application/json")

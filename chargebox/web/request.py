@@ -14,7 +14,6 @@ import urllib.parse
 
 import bottle
 
-from chargebox import periods
 from chargebox.access_log import ENVIRON_WHO
 from chargebox.auth import Access, Principal
 from chargebox.errors import Forbidden, MalformedJSON, PayloadTooLarge, ValidationError
@@ -225,11 +224,11 @@ def statement_client():
 
 def statement_headers(rendered) -> dict[str, str]:
     """A statement's headers, for the API and the pages alike: its media type, and a CSV
-    one comes as a file to save (its name says whose and when)."""
+    one comes as a file to save (its name says whose and when: the Tehran day it starts,
+    Jalali for a Jalali day or month)."""
     headers = {"Content-Type": rendered.media_type}
     if rendered.media_type.startswith("text/csv"):
         statement = rendered.statement
-        day = periods.tehran_day(statement.period.start)  # as its lines are written
-        name = f"statement-seller-{statement.seller_id}-{day}.csv"
+        name = f"statement-seller-{statement.seller_id}-{statement.period.first_day}.csv"
         headers["Content-Disposition"] = f'attachment; filename="{name}"'
     return headers
