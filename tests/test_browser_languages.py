@@ -192,6 +192,15 @@ def test_every_flow_reads_right_in_each_language_and_size(site, people, lang, si
     looks_right(clerk, lang, "10-seller-charts")
 
     admin.open(f"/admin/sellers/{seller_id}")
+    # An empty free-text field (its placeholder) reads as the page does; typed text leads.
+    direction = "e => getComputedStyle(e).direction"
+    assert admin.page.eval_on_selector("#key-label", direction) == i18n.LANGUAGE[lang].direction
+    admin.page.fill("#key-label", "web shop")
+    assert admin.page.eval_on_selector("#key-label", direction) == "ltr"
+    admin.page.fill("#key-label", "")
+    # The adjustment's example amounts are each isolated: a minus stays with its number.
+    example = admin.page.get_attribute("#adjust-amount", "placeholder")
+    assert re.fullmatch("\u2066-[^\u2069]+\u2069 .+ \u2066[^\u2069]+\u2069", example), example
     admin.page.fill("#adjust-amount", "-15,000")
     admin.page.fill("#adjust-reason", "کارمزد" if lang == "fa" else "fee")
     admin.page.click("#adjust-button")

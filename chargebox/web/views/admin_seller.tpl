@@ -55,7 +55,7 @@
   <form method="post" action="/admin/sellers/{{seller['id']}}/adjustments" id="adjust-form" data-once>
     <input type="hidden" name="csrf" value="{{visitor.csrf}}">
     <input type="hidden" name="idempotency_key" value="{{form_key}}">
-    % include('field', state=adjust, form_id='adjust', name='amount', label=_('Amount (toman, − to take away)'), inputmode='text', direction='ltr', maxlength=40, placeholder=_('{minus} or {plus}').format(minus='-' + num(50000), plus=num(50000)))
+    % include('field', state=adjust, form_id='adjust', name='amount', label=_('Amount (toman, − to take away)'), inputmode='text', direction='ltr', maxlength=40, placeholder=_('{minus} or {plus}').format(minus='\u2066-' + num(50000) + '\u2069', plus='\u2066' + num(50000) + '\u2069'))
     % include('field', state=adjust, form_id='adjust', name='reason', label=_('Reason'), maxlength=500, hint=_('Kept in the ledger for good.'))
     <button type="submit" id="adjust-button">{{_('Adjust')}}</button>
   </form>
