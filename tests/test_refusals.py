@@ -120,7 +120,7 @@ def test_the_extraction_finds_the_messages_raised_across_the_package():
         "sale {sale_id} was refunded already (ledger entry {entry_id})",  # ledger.py
         "unknown query parameter {name!r}",  # web/request.py
         "This form has expired or did not come from this site. "
-        "Nothing was changed: reload the page and try again.",  # web/sessions.py
+        "Nothing was changed: go back to the form, reload it and send it again.",  # web/sessions.py
         "Not enough credit: {message}.",  # web/refusals.py
         "the Arabic letter mark",  # a word of text.py
     }
@@ -324,8 +324,8 @@ REFUSED = [
      "find-idempotency_key-error", "Order id must be 1 to 255 printable ASCII characters",
      ["شمارهٔ سفارش باید ۱ تا ۲۵۵ نویسه باشد"]),
     ("csrf", SELLER, nothing, no_csrf, 403, "error-message",
-     "This form has expired or did not come from this site. Nothing was changed: reload the"
-     " page and try again", ["این فرم"]),
+     "This form has expired or did not come from this site. Nothing was changed: go back to"
+     " the form, reload it and send it again", ["این فرم", "برگردید"]),
     ("unknown seller", ADMIN, nothing, post("/admin/sellers/999999/adjustments", amount="5000",
      reason="ghost"), 404, "error-message", "Seller 999999 does not exist",
      ["فروشنده", "شمارهٔ ۹۹۹۹۹۹ وجود ندارد"]),

@@ -96,7 +96,7 @@ def check_csrf(expected: str, form: dict[str, str]) -> None:
     ):
         raise Forbidden(
             "This form has expired or did not come from this site. "
-            "Nothing was changed: reload the page and try again."
+            "Nothing was changed: go back to the form, reload it and send it again."
         )
 
 
