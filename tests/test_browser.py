@@ -218,7 +218,8 @@ def test_a_seller_sells_a_charge_to_a_persian_digit_number(site, people):
     expect(seller.page.locator("#notice")).to_contain_text("Sold 50,000 toman")
     expect(seller.page.locator("#notice")).to_contain_text("09123456789")
     expect(seller.page.locator("#balance")).to_have_text("450,000 toman")
-    expect(seller.page.locator("#ledger")).to_contain_text("Sale to 09123456789")
+    (sale,) = sales_of(site, seller_id)  # the ledger names it by its sale number
+    expect(seller.page.locator("#ledger")).to_contain_text(f"Sale #{sale['id']} to 09123456789")
     seller.shot("07-seller-sold")
     assert [sale["phone"] for sale in sales_of(site, seller_id)] == ["09123456789"]
     assert balance_in_db(site, seller_id) == 450_000

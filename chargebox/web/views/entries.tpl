@@ -10,7 +10,7 @@
       <td class="what">
       % phone = wrap('span', digits(entry['phone'] or ''), ' dir="ltr" class="phone"')
       % if entry['kind'] == 'sale':
-        {{!fill(_('Sale to {phone}'), phone=phone)}}
+        {{!fill(_('Sale #{sale} to {phone}'), sale=ident(entry['sale_id']), phone=phone)}}
         % if entry['refunded_at']:
         <span class="status refunded" id="refunded-{{entry['sale_id']}}">{{!fill(_('refunded {when}'), when=at(entry['refunded_at']))}}</span>
         % elif get('refundable'):
