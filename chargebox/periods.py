@@ -52,7 +52,7 @@ class Period:
 
     start: datetime.datetime
     end: datetime.datetime
-    jalali: bool = False
+    jalali: bool = dataclasses.field(default=False, compare=False)  # the bounds are the period
 
     @property
     def first_day(self) -> str:

@@ -173,20 +173,26 @@ def test_a_command_beside_a_server_whose_token_is_set_makes_no_admin_token(tmp_p
         assert is_admin(server, ADMIN_TOKEN) == 200
 
 
-def test_a_start_says_where_the_admin_token_is_only_when_that_token_is_in_force(tmp_path, capsys):
+def test_a_start_says_where_the_admin_token_is_only_when_that_token_is_in_force(tmp_path):
     """A server reading its admin token from the data dir says where it is; when that file's
     token was rotated away (here: a token chosen in the environment made the one in force),
-    it warns instead, and does not point the admin at a token that no longer works."""
-    from chargebox.cli import prepare
-    from chargebox.config import Config
-
+    it warns instead, and does not point the admin at a token that no longer works. The
+    start's preparation runs in a process of its own (it holds the file as served)."""
     db = tmp_path / "c.db"
+    start = ("import sys; from pathlib import Path; from chargebox.cli import prepare;"
+             " from chargebox.config import Config; prepare(Config(db_path=Path(sys.argv[1])),"
+             " serving=True)")  # fmt: skip
+    env = {name: value for name, value in os.environ.items() if name != "CHARGEBOX_ADMIN_TOKEN"}
+
+    def started() -> str:
+        run = subprocess.run([sys.executable, "-c", start, str(db)], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        return run.stderr
+
     assert chargebox(db, None, "init-db").returncode == 0
-    config = Config(db_path=db)  # no CHARGEBOX_ADMIN_TOKEN: the file beside the database
-    prepare(config, serving=True)
-    said = capsys.readouterr().err
+    said = started()  # no CHARGEBOX_ADMIN_TOKEN: the file beside the database
     assert f"admin token is in {tmp_path / 'admin_token'}" in said and "warning" not in said
     assert chargebox(db, None, "rotate-admin-token", token=NEW_TOKEN).returncode == 0
-    prepare(config, serving=True)
-    said = capsys.readouterr().err
+    said = started()
     assert "is not the one in force" in said and "admin token is in" not in said

@@ -271,6 +271,15 @@ def test_an_overspend_is_refused_in_plain_words_keeps_the_form_and_charges_nothi
     assert sales_of(site, seller_id) == []
 
 
+def test_a_refused_statement_day_stays_in_its_field_as_typed(site, people):
+    """A date widget drops a value it cannot read: the refused field comes back as text."""
+    _, seller = signed_in_seller(site, people, 0)
+    seller.open("/seller/statement?format=csv&day=2026-13-01")  # an address edited by hand
+    expect(seller.page.locator("#statement-day-error")).to_contain_text("Day must be a date")
+    expect(seller.page.locator("#statement-day-value")).to_have_value("2026-13-01")
+    expect(seller.page.locator("#statement-day-value")).to_be_focused()
+
+
 def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(site, people):
     seller_id, seller = signed_in_seller(site, people, 90_000)
     seller.page.eval_on_selector("#sale-form input[name=csrf]", "input => input.remove()")

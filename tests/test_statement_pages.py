@@ -82,9 +82,20 @@ def test_a_bad_period_shows_its_page_again_with_the_reason_beside_the_field(worl
         assert 'aria-describedby="statement-day-error"' in page
         assert value_of(page, "statement-month-value") == ""  # the other forms as they were
         assert 'id="find-link"' in page if who == SELLER else 'id="adjust-form"' in page
-    # An address typed by hand with no period at all has no field to show it beside.
-    bare = world.browser(SELLER).get("/seller/statement?format=csv")
-    assert bare.status_code == 422 and text_of(bare.text, "error-message")
+    # A widget's field refused comes back as text: a date widget drops what it cannot read.
+    assert re.search(r'id="statement-day-value" name="day" type="text"', page)
+    # A Gregorian year typed into a Persian page's Jalali field, refused, beside it too.
+    browser = world.browser(SELLER)
+    browser.http.cookies.set("lang", "fa")
+    typed = "۲۰۲۶/۰۲/۳۰"
+    answer = browser.get(f"/seller/statement?format=csv&jday={urllib.parse.quote(typed)}")
+    assert answer.status_code == 422 and text_of(answer.text, "statement-jday-error")
+    assert value_of(answer.text, "statement-jday-value") == typed
+    # An address no form sends (from and to, two periods, none) has no field to show it
+    # beside: the error page says why.
+    for query in ("from=2026-12-01&to=bad", "day=bad&from=x", "from=2026-12-01", ""):
+        bare = world.browser(SELLER).get(f"/seller/statement?format=csv&{query}")
+        assert bare.status_code == 422 and text_of(bare.text, "error-message"), query
 
 
 def test_a_seller_finds_its_sale_by_phone_order_id_and_tehran_time_and_not_anothers(

@@ -61,6 +61,8 @@ class Form:
 MoneyAct = Callable[[Visitor, dict[str, str], int, str | None], Outcome]
 # The form's page again: (visitor, status, the form with its error) -> the page.
 PageAgain = Callable[[Visitor, int, Form], bottle.HTTPResponse]
+# The periods the pages' statement forms send, one each (views/statement_form.tpl).
+PERIOD_FIELDS = ("day", "month", "jday", "jmonth")
 # The page a statement form is on, again: (status, the form with its error) -> the page.
 StatementAgain = Callable[[int, Form], bottle.HTTPResponse]
 
@@ -89,21 +91,22 @@ class Site:
         are dropped, and a Gregorian date typed into a Jalali field, `2026/12/01`, is that
         day: periods.as_typed). A CSV is for a spreadsheet (Excel) to open: marked UTF-8.
         A period refused shows the page `again`, with what was typed and the reason beside
-        its field (the first period given, when the reason names no field of the form)."""
+        its field, when it came as one of the page's forms sends it (one of PERIOD_FIELDS);
+        an address written otherwise (from and to, two periods, none) gets the error page."""
         typed = query("format", *periods.NAMES)
-        params = periods.as_typed({
-            name: periods.latin_digits(text).strip() for name, text in typed.items()
-        })  # fmt: skip
-        fmt = params.pop("format", "csv")
         try:
+            params = periods.as_typed({
+                name: periods.latin_digits(text).strip() for name, text in typed.items()
+            })  # fmt: skip
+            fmt = params.pop("format", "csv")
             rendered = self.service.statement(
                 seller_id, params, fmt, for_spreadsheets=True, client=statement_client()
             )
         except ValidationError as exc:
-            shown = {name: text for name, text in typed.items() if name != "format"}
-            if not shown:  # an address typed by hand, with no period: the error page
+            given = [name for name in typed if name != "format"]
+            if len(given) != 1 or given[0] not in PERIOD_FIELDS:
                 raise
-            return again(status_of(exc), Form(shown).failed(exc, next(iter(shown))))
+            return again(status_of(exc), Form({given[0]: typed[given[0]]}).failed(exc, given[0]))
         return bottle.HTTPResponse(rendered, 200, statement_headers(rendered))
 
     def money_form(
