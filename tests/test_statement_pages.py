@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import csv
 import datetime
+import html
 import io
 import re
 import urllib.parse
@@ -184,6 +185,29 @@ def test_a_jalali_days_statement_from_a_persian_page_is_the_apis_gregorian_day(w
     assert sum(line["line"] == "entry" for line in lines) == month["count"] >= 1
     # The API's jday stays Jalali whatever its year: 2026/12/01 is a day of Jalali 2026.
     assert world.api.get(f"/api/statements?jday={day.replace('-', '/')}").json()["count"] == 0
+
+
+def test_find_a_sale_pages_through_every_match_oldest_first(world):
+    """Past a page (100), each page links the next from its last sale and back to the
+    first, keeping the search: every match is reachable, none twice."""
+    phone = "09357778899"
+    made = [world.api.post("/api/sales", {"phone": phone, "amount": 1}).json()["id"]
+            for _ in range(205)]  # fmt: skip
+    browser, seen, pages = world.browser(SELLER), [], 0
+    url = f"/seller/sales/found?phone={phone}"
+    while url:
+        page = browser.get(url)
+        assert page.status_code == 200, page.text[:2000]
+        seen += [int(n) for n in re.findall(r"<tr><td>([0-9]+)</td>", page.text)]
+        pages += 1
+        first = re.search(r'<a href="([^"]+)" id="first-found"', page.text)
+        assert (first is None) == (pages == 1) and value_of(page.text, "find-phone") == phone
+        found = re.search(r'<a href="([^"]+)" id="next-found"', page.text)
+        url = html.unescape(found[1]) if found else None
+    assert seen == made and pages == 3
+    assert html.unescape(first[1]) == f"/seller/sales/found?phone={phone}"
+    past = browser.get(f"/seller/sales/found?phone={phone}&after_id={made[-1]}").text
+    assert "No more sales match." in past and 'id="first-found"' in past
 
 
 def test_a_persian_clerk_finds_a_sale_by_jalali_date_and_time(world):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import urllib.parse
 
 import bottle
 
@@ -225,22 +226,33 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
 
     @pages.get("/seller/sales/found")
     def find_sales():
+        """The seller's sales that match, FOUND a page, oldest first, each page linking the
+        next from its last id (?after_id=): every match is reachable."""
         you = visitor(site.service, SELLER)
-        typed = {name: text for name, text in query(*SALE_SEARCH).items() if text.strip()}
+        asked = query("after_id", *SALE_SEARCH)
+        typed = {name: text for name, text in asked.items() if text.strip() and name in SALE_SEARCH}
         search, sales, status = Form(dict(typed)), None, 200
+        after = query_id("after_id") or 0
         if typed:
             try:
                 for name in ("from", "to"):
                     if name in typed:
                         typed[name] = searched_time(typed[name], name)
-                sales = site.service.find_sales(Page(FOUND + 1), you.principal.seller_id, typed)
+                page = Page(FOUND + 1, after_id=after)  # one more: is there a next page?
+                sales = site.service.find_sales(page, you.principal.seller_id, typed)
             except ChargeboxError as exc:
                 search, status = search.failed(exc, "phone", FIND_A_SALE), status_of(exc)
         more = sales is not None and len(sales) > FOUND
         shown = None if sales is None else sales[:FOUND]
-        title = gettext("Find a sale")
-        return render("sales_found", status, title=title, visitor=you, search=search,
-                      sales=shown, more=more)  # fmt: skip
+
+        def link(cursor: int | None) -> str:
+            kept = {**search.values, **({"after_id": cursor} if cursor else {})}
+            return "/seller/sales/found?" + urllib.parse.urlencode(kept)
+
+        first = link(None) if after and shown is not None else None
+        return render("sales_found", status, title=gettext("Find a sale"), visitor=you,
+                      search=search, sales=shown, first_url=first,
+                      next_url=link(shown[-1]["id"]) if more else None)  # fmt: skip
 
     @pages.post("/seller/sales")
     def sell():

@@ -36,11 +36,18 @@
     </tbody>
   </table>
   </div>
-  % if more:
-  <p class="hint">{{ngettext('The first {n} is shown: narrow the search to see the others.', 'The first {n} are shown: narrow the search to see the others.', len(sales))}}</p>
-  % end
   % else:
-  <p class="empty">{{_('No sale matches.')}}</p>
+  <p class="empty">{{_('No sale matches.') if not first_url else _('No more sales match.')}}</p>
+  % end
+  % if first_url or next_url:
+  <p class="pager">
+    % if first_url:
+    <a href="{{first_url}}" id="first-found">{{_('First results')}}</a>
+    % end
+    % if next_url:
+    <a href="{{next_url}}" id="next-found">{{ngettext('Next {n} sale', 'Next {n} sales', len(sales))}}</a>
+    % end
+  </p>
   % end
 </section>
 % end
