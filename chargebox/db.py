@@ -5,8 +5,10 @@ thread (opened lazily, so after any fork), the write gate, the group writer and
 the ledger key. Every write is `database.write(work)`: `work(write)` runs inside
 BEGIN IMMEDIATE ... COMMIT and changes rows only through the `Write` it is given.
 SQLite is spelled here (connections, transactions, result codes), in `gate` (the
-flock) and in `schema` (triggers, the catalogue); the SQL elsewhere is what
-SQLite and PostgreSQL share, but for one `typeof()` in the audit (ledger).
+flock), in `schema`, `schema_steps` and `migrations` (triggers, the catalogue,
+PRAGMAs), in `sale_batches` (its batch's TEMP view), `wal` (checkpoints) and
+`backup` (VACUUM INTO, quick_check); the SQL elsewhere is what SQLite and
+PostgreSQL share, but for the audit's `typeof()` checks (audit, audit_checks).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Idempotency-Key outcomes: the first outcome of a key is final, and every copy gets it.
 
 Keyed sales (`idempotency_record`) and credit requests (`credit_request_record`),
-scoped to the seller, and keyed adjustments (`adjustment_record`, scoped to the
-adjusted seller) share this.
+scoped to the seller, and keyed adjustments and refunds (`adjustment_record`,
+scoped to the adjusted seller, a refund's to its sale's) share this.
 A key's record is written in the same write as what it records, so a crash
-keeps both or neither; a refusal (409) is recorded too, and replayed. `once()`
+keeps both or neither; a final refusal (FINAL: `409 insufficient_credit`,
+`balance_limit_exceeded`) is recorded too, and replayed. `once()`
 is the replay itself: every keyed use case of `services` goes through it.
 A sale queued for the group writer does not look for its key before it queues:
 its batch looks for the keys of all its sales in one read (`_Together`).

@@ -1,8 +1,10 @@
 """What a page's form handler shares: the Site, the Form shown back, a refusal beside it.
 
-A form that moves money goes one way only, `Site.money_form`: CSRF, the typed
-amount, the form's Idempotency-Key, one use case, then a 303 or the page again
-with the reason beside the field. No rule of the business lives here (the pages
+A form that moves a typed amount (a sale, a credit request, an adjustment) goes
+one way only, `Site.money_form`: CSRF, the typed amount, the form's
+Idempotency-Key, one use case, then a 303 or the page again with the reason
+beside the field; a refund and an approval, which type no amount, call their use
+case after `Site.posted` (CSRF). No rule of the business lives here (the pages
 call the same use cases as the JSON API), and nothing here reads a cookie or renders.
 """
 
