@@ -318,7 +318,7 @@ REFUSED = [
     ("statement", SELLER, nothing, statement("month=2026-13"), 422, "statement-month-error",
      "Month must be a month written YYYY-MM", ["ماه", "سال"]),
     ("jalali month", SELLER, nothing, statement("jmonth=1405/13"), 422, "statement-jmonth-error",
-     "Jmonth must be a month written YYYY/MM or YYYY-MM, its month 1 to 12",
+     "Jalali month must be a month written YYYY/MM or YYYY-MM, its month 1 to 12",
      ["۱۴۰۵/۰۹", "۱ تا ۱۲"]),
     ("order id", SELLER, nothing, find("idempotency_key=%D8%B3%D9%81%D8%A7%D8%B1%D8%B4"), 422,
      "find-idempotency_key-error", "Order id must be 1 to 255 printable ASCII characters",

@@ -21,6 +21,7 @@ import jdatetime
 
 from chargebox import clock, periods
 from chargebox.web import i18n
+from tests.support import new_seller
 from tests.web_support import ADMIN, SELLER, text_of, value_of
 
 PERSIAN = i18n.LANGUAGE["fa"]
@@ -84,7 +85,15 @@ def test_a_bad_period_shows_its_page_again_with_the_reason_beside_the_field(worl
         assert value_of(page, "statement-month-value") == ""  # the other forms as they were
         assert 'id="find-link"' in page if who == SELLER else 'id="adjust-form"' in page
     # A widget's field refused comes back as text: a date widget drops what it cannot read.
-    assert re.search(r'id="statement-day-value" name="day" type="text"', page)
+    seller = world.browser(SELLER)
+    for name, typed in (("day", "2026-13-01"), ("month", "2026-13")):
+        page = seller.get(f"/seller/statement?format=csv&{name}={typed}").text
+        assert re.search(rf'id="statement-{name}-value" name="{name}" type="text"', page)
+        assert value_of(page, f"statement-{name}-value") == typed
+    # A Jalali day refused on an English page: its example Jalali, its name the label's.
+    page = seller.get("/seller/statement?format=csv&jday=1405/12/30").text
+    assert 'placeholder="1405-09-10"' in page
+    assert text_of(page, "statement-jday-error").startswith("Jalali day: 1405/12/30 is not")
     # A Gregorian year typed into a Persian page's Jalali field, refused, beside it too.
     browser = world.browser(SELLER)
     browser.http.cookies.set("lang", "fa")
@@ -92,10 +101,17 @@ def test_a_bad_period_shows_its_page_again_with_the_reason_beside_the_field(worl
     answer = browser.get(f"/seller/statement?format=csv&jday={urllib.parse.quote(typed)}")
     assert answer.status_code == 422 and text_of(answer.text, "statement-jday-error")
     assert value_of(answer.text, "statement-jday-value") == typed
-    # An address no form sends (from and to, two periods, none) has no field to show it
-    # beside: the error page says why.
-    for query in ("from=2026-12-01&to=bad", "day=bad&from=x", "from=2026-12-01", ""):
-        bare = world.browser(SELLER).get(f"/seller/statement?format=csv&{query}")
+    # An address no form sends (from and to, two periods, none, a format of its own) has no
+    # field to show it beside: the error page says why.
+    for query in (
+        "from=2026-12-01&to=bad",
+        "day=bad&from=x",
+        "from=2026-12-01",
+        "",
+        "day=2026-12-01",
+    ):
+        fmt = "xml" if query == "day=2026-12-01" else "csv"
+        bare = world.browser(SELLER).get(f"/seller/statement?format={fmt}&{query}")
         assert bare.status_code == 422 and text_of(bare.text, "error-message"), query
 
 
@@ -187,24 +203,35 @@ def test_a_jalali_days_statement_from_a_persian_page_is_the_apis_gregorian_day(w
     assert world.api.get(f"/api/statements?jday={day.replace('-', '/')}").json()["count"] == 0
 
 
-def test_find_a_sale_pages_through_every_match_oldest_first(world):
+def test_find_a_sale_pages_through_every_match_oldest_first(world, admin):
     """Past a page (100), each page links the next from its last sale and back to the
-    first, keeping the search: every match is reachable, none twice."""
+    first, keeping the search: every match is reachable, none twice, and no other
+    seller's, though it sold to the same number in between; a page that ends the matches
+    exactly (200 of them) links no empty page after it."""
     phone = "09357778899"
-    made = [world.api.post("/api/sales", {"phone": phone, "amount": 1}).json()["id"]
-            for _ in range(205)]  # fmt: skip
-    browser, seen, pages = world.browser(SELLER), [], 0
+    _, key = new_seller(admin, "next door", 1_000)
+    other = world.server.seller(key)
+    made = []
+    for n in range(200):
+        made.append(world.api.post("/api/sales", {"phone": phone, "amount": 1}).json()["id"])
+        if n % 20 == 0:
+            assert other.post("/api/sales", {"phone": phone, "amount": 1}).status_code == 201
+    other.close()
+    browser, seen, headings = world.browser(SELLER), [], []
     url = f"/seller/sales/found?phone={phone}"
     while url:
         page = browser.get(url)
         assert page.status_code == 200, page.text[:2000]
         seen += [int(n) for n in re.findall(r"<tr><td>([0-9]+)</td>", page.text)]
-        pages += 1
+        headings.append(text_of(page.text, "found-title"))
         first = re.search(r'<a href="([^"]+)" id="first-found"', page.text)
-        assert (first is None) == (pages == 1) and value_of(page.text, "find-phone") == phone
+        assert (first is None) == (len(headings) == 1) and value_of(
+            page.text, "find-phone"
+        ) == phone
         found = re.search(r'<a href="([^"]+)" id="next-found"', page.text)
         url = html.unescape(found[1]) if found else None
-    assert seen == made and pages == 3
+    assert seen == made
+    assert headings == ["Sales found", f"Sales found after sale #{made[99]}"]
     assert html.unescape(first[1]) == f"/seller/sales/found?phone={phone}"
     past = browser.get(f"/seller/sales/found?phone={phone}&after_id={made[-1]}").text
     assert "No more sales match." in past and 'id="first-found"' in past

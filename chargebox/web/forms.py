@@ -29,7 +29,7 @@ from chargebox.money import amount_from_text
 from chargebox.services import Chargebox
 from chargebox.web.errors import status_of
 from chargebox.web.html import language, redirect
-from chargebox.web.refusals import sentence
+from chargebox.web.refusals import STATEMENT_FORMS, sentence
 from chargebox.web.request import query, read_form, statement_client, statement_headers
 from chargebox.web.sessions import SignInRequired, Visitor, check_csrf, signed_in, visitor
 
@@ -93,8 +93,9 @@ class Site:
         are dropped, and a Gregorian date typed into a Jalali field, `2026/12/01`, is that
         day: periods.as_typed). A CSV is for a spreadsheet (Excel) to open: marked UTF-8.
         A period refused shows the page `again`, with what was typed and the reason beside
-        its field, when it came as one of the page's forms sends it (one of PERIOD_FIELDS);
-        an address written otherwise (from and to, two periods, none) gets the error page."""
+        its field, when it came as one of the page's forms sends it (one of PERIOD_FIELDS)
+        and was refused for itself; an address written otherwise (from and to, two periods,
+        none, a format no form sends) gets the error page."""
         typed = query("format", *periods.NAMES)
         try:
             params = periods.as_typed({
@@ -106,9 +107,10 @@ class Site:
             )
         except ValidationError as exc:
             given = [name for name in typed if name != "format"]
-            if len(given) != 1 or given[0] not in PERIOD_FIELDS:
+            if len(given) != 1 or given[0] not in PERIOD_FIELDS or exc.field != given[0]:
                 raise
-            return again(status_of(exc), Form({given[0]: typed[given[0]]}).failed(exc, given[0]))
+            shown = Form({given[0]: typed[given[0]]})
+            return again(status_of(exc), shown.failed(exc, given[0], STATEMENT_FORMS))
         return bottle.HTTPResponse(rendered, 200, statement_headers(rendered))
 
     def money_form(

@@ -251,7 +251,7 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
 
         first = link(None) if after and shown is not None else None
         return render("sales_found", status, title=gettext("Find a sale"), visitor=you,
-                      search=search, sales=shown, first_url=first,
+                      search=search, sales=shown, after=after, first_url=first,
                       next_url=link(shown[-1]["id"]) if more else None)  # fmt: skip
 
     @pages.post("/seller/sales")

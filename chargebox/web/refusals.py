@@ -53,6 +53,8 @@ STATUSES = (phrase("approved"), phrase("rejected"), phrase("pending"))
 # A field a form names otherwise than the API does: Find a sale's idempotency_key is the
 # clerk's "Order id" (the API's own English is never changed by this).
 FIND_A_SALE = {"idempotency_key": phrase("order id")}
+# The statement forms' Jalali fields, as their labels name them ("A Jalali day").
+STATEMENT_FORMS = {"jday": phrase("Jalali day"), "jmonth": phrase("Jalali month")}
 
 
 class _Number:

@@ -18,7 +18,7 @@
 </section>
 % if sales is not None:
 <section class="card">
-  <h2>{{_('Sales found')}}</h2>
+  <h2 id="found-title">{{_('Sales found') if not after else _('Sales found after sale #{id}').format(id=ident(after))}}</h2>
   % if sales:
   <div class="scroll">
   <table class="list stack found" id="sales-found">
@@ -40,14 +40,14 @@
   <p class="empty">{{_('No sale matches.') if not first_url else _('No more sales match.')}}</p>
   % end
   % if first_url or next_url:
-  <p class="pager">
+  <nav class="pager" aria-labelledby="found-title">
     % if first_url:
-    <a href="{{first_url}}" id="first-found">{{_('First results')}}</a>
+    <a href="{{first_url}}" id="first-found">{{_('First page')}}</a>
     % end
     % if next_url:
-    <a href="{{next_url}}" id="next-found">{{ngettext('Next {n} sale', 'Next {n} sales', len(sales))}}</a>
+    <a href="{{next_url}}" id="next-found">{{_('Next sales')}}</a>
     % end
-  </p>
+  </nav>
   % end
 </section>
 % end

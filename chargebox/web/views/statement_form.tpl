@@ -1,7 +1,7 @@
 <section class="card" id="statements">
   <h2>{{_('Statements')}}</h2>
   <p class="hint">{{!fill(_('Opening balance, every entry, closing balance and totals, as a {csv} file; days and months in Tehran time.'), csv=wrap('span', 'CSV', ' translate="no" lang="en"'))}}</p>
-  % offered = {'jday': (_('A Jalali day'), 'text', language.today() if lang == 'fa' else '1405/09/10'), 'day': (_('A day'), 'date', '2026-12-01'), 'month': (_('A month'), 'month', '2026-12')}
+  % offered = {'jday': (_('A Jalali day'), 'text', language.today() if lang == 'fa' else '1405-09-10'), 'day': (_('A day'), 'date', '2026-12-01'), 'month': (_('A month'), 'month', '2026-12')}
   % offered['jmonth'] = (_('A Jalali month'), 'text', language.today()[:7] if lang == 'fa' else '1405-09')
   %   # A Persian clerk counts in Jalali days and months, typed (a browser's date widget is Gregorian);
   %   # a period refused that this language's page does not offer (an English page's link) is shown too,
