@@ -54,6 +54,8 @@ LOCK_WAIT = 5.0  # seconds an append waits for the file's lock before giving up 
 # is not rewritten whole each round; None once a compaction was refused (`chattr +a`).
 _COMPACT_PAST: dict[Path, int | None] = {}
 log = logging.getLogger("chargebox.anchors")
+# Beside an anchors file: its append lock (`_locked`) and its writer's flock (keeper.py).
+LOCK, WRITER = ".lock", ".writer"
 
 
 class Head(NamedTuple):
@@ -257,10 +259,15 @@ def record(config: Config, key: bytes, anchored_heads: list[tuple], by: str,
     append(config.anchors_path, key, line(key, anchored_heads, by, kind))
 
 
+def beside(path: Path) -> tuple[Path, ...]:
+    """The files kept beside the anchors file at `path`: its lock and its writer's."""
+    return tuple(Path(f"{path}{end}") for end in (LOCK, WRITER))
+
+
 @contextlib.contextmanager
 def _locked(path: Path):
     """The anchors file's append lock (its own small file), for one append."""
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(f"{path}{LOCK}", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         deadline = time.monotonic() + LOCK_WAIT
         while fcntl is not None:

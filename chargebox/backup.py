@@ -31,7 +31,7 @@ from pathlib import Path
 
 from chargebox import anchors, partial, seals
 from chargebox.clock import now
-from chargebox.config import Config, whole_number, without_settings
+from chargebox.config import Config, anchors_beside, whole_number, without_settings
 from chargebox.location import check_database_path, synced
 
 BUSY_TIMEOUT_MS = 10_000  # reading the source waits for a WAL recovery, never for writers
@@ -333,8 +333,9 @@ def main(config: Config, dest: Path, force: bool, vacuum: bool, keep: int | None
     )
     kept = True  # the copy is made and anchored whatever an older one's deletion does
     for path in past_keeping(made.path, keep) if keep is not None else ():
-        for each in (path, *(Path(f"{path}.anchors{end}") for end in ("", ".lock", ".writer"))):
-            try:  # the copy, then its anchors', if it was audited or served
+        anchored = anchors_beside(path)  # if it was audited or served: its anchors and theirs
+        for each in (path, anchored, *anchors.beside(anchored)):
+            try:
                 each.unlink(missing_ok=True)
             except OSError as exc:
                 print(f"chargebox: could not delete {each} (--keep {keep}): {exc.strerror}",

@@ -163,7 +163,7 @@ class Config:
             return self.anchors_file
         if self.db_url:
             return self.data_dir / ANCHORS_FILE
-        return self.db_path.with_name(f"{self.db_path.name}.{ANCHORS_FILE}")
+        return anchors_beside(self.db_path)
 
     def with_secrets(self, admin_token: str | None, ledger_key: str) -> Config:
         return dataclasses.replace(self, admin_token=admin_token, ledger_key=ledger_key)
@@ -238,6 +238,12 @@ def database_setting(text: str) -> dict:
     if text.startswith(POSTGRESQL_SCHEMES):
         return {"db_url": text}
     return {"db_path": Path(text)}
+
+
+def anchors_beside(db_path: Path) -> Path:
+    """The anchors file of an SQLite file, beside it (`<db>.anchors`), when no
+    CHARGEBOX_ANCHORS names another."""
+    return db_path.with_name(f"{db_path.name}.{ANCHORS_FILE}")
 
 
 def from_arguments(args) -> Config:

@@ -73,7 +73,7 @@ class Keeper(Rounds):
         """Whether this process writes the anchors (holds the writer flock, kept open)."""
         if self._writer_fd is not None or fcntl is None:
             return True
-        fd = os.open(f"{self.config.anchors_path}.writer", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(f"{self.config.anchors_path}{anchors.WRITER}", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
