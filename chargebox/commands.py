@@ -64,8 +64,9 @@ def add_parsers(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
     statement = command("statement", "a seller's statement of a period (JSON, or CSV with --csv),"
                         " as GET /api/statements gives it")  # fmt: skip
     statement.add_argument("--seller", type=row_id, required=True, dest="seller_id", help="its id")
-    for name, says in zip(periods.NAMES, _PERIODS, strict=True):
-        statement.add_argument(f"--{name}", dest=f"period_{name}", metavar=name.upper(), help=says)
+    for name in periods.NAMES:
+        statement.add_argument(f"--{name}", dest=f"period_{name}", metavar=name.upper(),
+                               help=_PERIODS[name])  # fmt: skip
     statement.add_argument("--csv", action="store_true", help="CSV instead of JSON")
     command(
         "rotate-admin-token",
@@ -74,14 +75,14 @@ def add_parsers(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
     )
 
 
-_PERIODS = (  # periods.NAMES', as docs/api.md says them; one period: --from and --to, or one
-    "with --to: [FROM, TO), ISO 8601 times with their offsets, or dates (Tehran midnight)",
-    "with --from: the period's end, not in it",
-    "a Tehran day, 2026-12-01",
-    "a month in Tehran, 2026-12",
-    "a Jalali month in Tehran, 1405-09",
-    "a Jalali day in Tehran, 1405-09-10",
-)
+_PERIODS = {  # periods.NAMES, as docs/api.md says them; one period: --from and --to, or one
+    "from": "with --to: [FROM, TO), ISO 8601 times with their offsets, or dates (Tehran midnight)",
+    "to": "with --from: the period's end, not in it",
+    "day": "a Tehran day, 2026-12-01",
+    "month": "a month in Tehran, 2026-12",
+    "jmonth": "a Jalali month in Tehran, 1405-09",
+    "jday": "a Jalali day in Tehran, 1405-09-10",
+}
 
 
 def run(args: argparse.Namespace, config: Config, prepare: Callable[[Config], Config]) -> int:
