@@ -83,10 +83,15 @@ PHONE = Shape("phone", ("id", "number", "total_charged", "created_at"), phrase("
 
 @dataclasses.dataclass(frozen=True)
 class Page:
-    """Cursor paging: items with id > after_id, at most `limit`, oldest first."""
+    """Cursor paging: items with id > after_id (and < before_id, if given), at most
+    `limit`, oldest first, or newest first: the page then ends a list paged downwards,
+    each next page's before_id its last id (one seller's sales, entries or credit
+    requests: see Queries._settled)."""
 
     limit: int = DEFAULT_LIMIT
     after_id: int = 0
+    before_id: int | None = None
+    newest_first: bool = False
 
 
 # A stamp's UTC half hour, the unit the charts are summed in (text, so both backends agree).
@@ -171,18 +176,23 @@ class Queries:
     ) -> list[dict]:  # fmt: skip
         """A page of `shape`, by equality `filters` (None: any) and other `conditions`
         (SQL, params) on its columns; only settled ids (settled.py)."""
-        return self._settled(shape.table, filters.get("seller_id"), page.limit, lambda held:
+        return self._settled(shape.table, filters.get("seller_id"), page, lambda held:
                              self._page(shape, page, (*conditions, *held), **filters))  # fmt: skip
 
-    def _settled(self, table: str, seller_id: object, limit: int,
+    def _settled(self, table: str, seller_id: object, page: Page,
                  read: Callable[[Conditions], list[dict]]) -> list[dict]:  # fmt: skip
         if seller_id is not None and table in settled.UNDER_SELLER_LOCK:
             return read(())  # one seller's rows commit in id order
-        return settled.kept(self.reader.settled, table, limit, read)
+        if page.newest_first:  # only one seller's: a page read downwards from a top
+            raise ValueError(f"{table} newest first is one seller's only")  # (a route's bug)
+        return settled.kept(self.reader.settled, table, page.limit, read)
 
     def _page(self, shape: Shape, page: Page, conditions: Conditions, **filters: object
               ) -> list[dict]:  # fmt: skip
         where, params = ["id > ?"], [page.after_id]
+        if page.before_id is not None:
+            where.append("id < ?")
+            params.append(page.before_id)
         for condition, values in conditions:
             where.append(condition)
             params.extend(values)
@@ -190,7 +200,8 @@ class Queries:
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
-        sql = f"{shape.select} WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
+        order = "id DESC" if page.newest_first else "id"
+        sql = f"{shape.select} WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"
         return self.reader.dicts(sql, (*params, page.limit))
 
     # --- one of each ------------------------------------------------------------------------
@@ -240,7 +251,7 @@ class Queries:
 
             return find(walk, self.reader.rows, page, seller_id, search)
 
-        return self._settled(SALE.table, seller_id, page.limit, read)
+        return self._settled(SALE.table, seller_id, page, read)
 
     def ledger(self, page: Page, seller_id: int | None = None) -> list[dict]:
         return self.page(LEDGER_ENTRY, page, seller_id=seller_id)

@@ -1,6 +1,7 @@
 """Finding sales: by phone, by the seller's Idempotency-Key, by a time range, a page at a time.
 
-A page is the sales with the smallest ids above the page's `after_id` that match. Stamps
+A page is the sales with the smallest ids above the page's `after_id` that match (newest
+first: the largest below its `before_id`, the blocks below read downwards). Stamps
 need not follow ids (two hosts' clocks, a clock set back), so a search by time finds
 where its range's sales can be from the blocks of ids (`id >> schema.BLOCK_BITS`, 1,024
 ids each): `sale_block` keeps each block's span of stamps, widened by a trigger as each
@@ -34,8 +35,10 @@ from chargebox.schema import BLOCK_BITS
 BLOCKS = 64  # blocks read at first, then twice as many each time, up to MOST_BLOCKS
 MOST_BLOCKS = 8192
 _BY_KEY = "id IN (SELECT sale_id FROM idempotency_record WHERE seller_id = ? AND key = ?)"
-# The blocks from one on (`block >= ?`) whose span of stamps meets the range, in order.
-_MEETING = "SELECT DISTINCT block FROM sale_block WHERE {} ORDER BY block LIMIT ?"
+# The blocks from one on (`block >= ?`; newest first `block <= ?`, downwards) whose span of
+# stamps meets the range, in order.
+_MEETING = "SELECT DISTINCT block FROM sale_block WHERE {} ORDER BY block{} LIMIT ?"
+_PAST = 2**63  # above any id: a page with no before_id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +58,9 @@ def find(walk: Callable[[object, Conditions], list[dict]], rows: Callable[..., l
          page, seller_id: int | None, search: Search) -> list[dict]:  # fmt: skip
     """The page of sales `search` finds (a seller's, or everyone's).
 
-    `walk(page, conditions)`: the sales with ids above page.after_id that meet the
-    conditions and the search's seller and phone, in id order, at most page.limit
+    `walk(page, conditions)`: the sales with ids between page.after_id and
+    page.before_id that meet the conditions and the search's seller and phone, in the
+    page's order, at most page.limit
     (Queries.page); `rows(sql, params)`: a read.
     """
     filters: list[tuple[str, tuple]] = []
@@ -66,21 +70,38 @@ def find(walk: Callable[[object, Conditions], list[dict]], rows: Callable[..., l
     if not stamped or search.key is not None:
         return walk(page, (*filters, *stamped))
     meets = _bounded(("last_stamp >= ?", "first_stamp < ?"), search)
+    down = page.newest_first
     found: list[dict] = []
-    block, reading = (page.after_id + 1) >> BLOCK_BITS, BLOCKS
-    while True:
-        conditions = [("block >= ?", (block,)), *meets]
-        sql = _MEETING.format(" AND ".join(sql for sql, _ in conditions))
+    block, reading = _first_block(page), BLOCKS
+    while block is None or block >= 0:
+        beyond = [] if block is None else [("block <= ?" if down else "block >= ?", (block,))]
+        conditions = [*beyond, *meets]
+        sql = _MEETING.format(" AND ".join(sql for sql, _ in conditions), " DESC" if down else "")
         blocks = [n for (n,) in rows(sql, (*(v for _, vs in conditions for v in vs), reading))]
-        for first, last in _runs(blocks):
-            after = max(page.after_id, (first << BLOCK_BITS) - 1)
-            part = dataclasses.replace(page, limit=page.limit - len(found), after_id=after)
-            found += walk(part, (*stamped, ("id < ?", ((last + 1) << BLOCK_BITS,))))
+        for low, high in _runs(blocks):
+            part = dataclasses.replace(
+                page,
+                limit=page.limit - len(found),
+                after_id=max(page.after_id, (low << BLOCK_BITS) - 1),
+                before_id=min(
+                    _PAST if page.before_id is None else page.before_id, (high + 1) << BLOCK_BITS
+                ),
+            )
+            found += walk(part, stamped)
             if len(found) == page.limit:
                 return found
         if len(blocks) < reading:
             return found
-        block, reading = blocks[-1] + 1, min(2 * reading, MOST_BLOCKS)
+        block, reading = blocks[-1] + (-1 if down else 1), min(2 * reading, MOST_BLOCKS)
+    return found
+
+
+def _first_block(page) -> int | None:
+    """The block a page's walk starts at: its first id's, or None (newest first from the
+    top: the last block, whichever it is)."""
+    if not page.newest_first:
+        return (page.after_id + 1) >> BLOCK_BITS
+    return None if page.before_id is None else (page.before_id - 1) >> BLOCK_BITS
 
 
 def _bounded(sql: tuple[str, str], search: Search) -> list[tuple[str, tuple]]:
@@ -90,11 +111,11 @@ def _bounded(sql: tuple[str, str], search: Search) -> list[tuple[str, tuple]]:
 
 
 def _runs(blocks: list[int]) -> Iterator[tuple[int, int]]:
-    """The runs of consecutive blocks in an ascending list, each as (first, last)."""
+    """The runs of consecutive blocks in a list in either order, each as (lowest, highest)."""
     start = None
     for n, block in enumerate(blocks):
         if start is None:
             start = block
-        if n + 1 == len(blocks) or blocks[n + 1] != block + 1:
-            yield start, block
+        if n + 1 == len(blocks) or abs(blocks[n + 1] - block) != 1:
+            yield min(start, block), max(start, block)
             start = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -39,15 +40,16 @@ PHONES = ["09121234560", "09121234561", "09121234562"]
     blocks=st.integers(1, 3) | st.just(sale_search.BLOCKS),
     start_after=st.none() | st.integers(-3, 10**6) | st.integers(0, 80),
     jump=st.lists(st.integers(-3, 4), max_size=4),
+    newest=st.booleans(),
 )
 def test_a_search_finds_exactly_what_its_filters_name_from_any_cursor(
-    service, sales, low, high, who, phone, key, limit, blocks, start_after, jump
+    service, sales, low, high, who, phone, key, limit, blocks, start_after, jump, newest
 ):
     """Three sellers, three numbers, keyed and unkeyed sales, stamps in any order against
     ids: a search by any mix of seller, number, key and time (from, to, both, empty or
-    reversed), from any cursor (past the last sale too), page by page, however many blocks
-    of ids it reads at a time, finds exactly the sales a filter over every row finds. (A
-    reviewer's test of sale_search.)"""
+    reversed), from any cursor (past the last sale too), oldest first or (a seller's)
+    newest first, page by page, however many blocks of ids it reads at a time, finds
+    exactly the sales a filter over every row finds. (A reviewer's test of sale_search.)"""
     sellers = [credited_seller(service, 10**6, n)["id"] for n in "ABC"]
     tag = str(sellers[0])
 
@@ -84,27 +86,38 @@ def test_a_search_finds_exactly_what_its_filters_name_from_any_cursor(
         and (search.start is None or stamp >= search.start)
         and (search.end is None or stamp < search.end)
     ]
-    after = 0 if start_after is None else start_after
+    if newest and seller is None:  # everyone's sales commit out of id order on PostgreSQL
+        with pytest.raises(ValueError, match="one seller's only"):
+            service.queries.sales(queries.Page(limit, newest_first=True), None, search)
+        return
+
+    def page_of(cursor: int | None) -> queries.Page:
+        if newest:  # None: from the newest
+            return queries.Page(limit, before_id=cursor, newest_first=True)
+        return queries.Page(limit, cursor or 0)
+
+    def next_ones(cursor: int | None) -> list[int]:
+        if newest:
+            return [i for i in reversed(matching) if cursor is None or i < cursor][:limit]
+        return [i for i in matching if i > (cursor or 0)][:limit]
+
+    after = start_after if newest or start_after is not None else 0
     default, sale_search.BLOCKS = sale_search.BLOCKS, blocks
     try:
         # a few pages from arbitrary cursors first: each must be exactly the next matching ids
         for j in jump:
-            cursor = max(0, after + j)
-            got = [
-                s["id"] for s in service.queries.sales(queries.Page(limit, cursor), seller, search)
-            ]
-            assert got == [i for i in matching if i > cursor][:limit], (cursor, got)
+            cursor = None if after is None else max(0, after + j)
+            got = [s["id"] for s in service.queries.sales(page_of(cursor), seller, search)]
+            assert got == next_ones(cursor), (cursor, got)
             after = cursor
-        found = []
-        while page := service.queries.sales(queries.Page(limit, after), seller, search):
+        while page := service.queries.sales(page_of(after), seller, search):
             assert len(page) <= limit
             got = [s["id"] for s in page]
-            assert got == [i for i in matching if i > after][:limit], (after, got)
-            found += got
+            assert got == next_ones(after), (after, got)
             after = got[-1]
     finally:
         sale_search.BLOCKS = default
-    assert not [i for i in matching if i > after], after
+    assert not next_ones(after), after
 
 
 def test_a_search_by_phone_reads_that_numbers_sales_not_every_sale(service, config):
@@ -140,3 +153,29 @@ def test_a_search_by_phone_reads_that_numbers_sales_not_every_sale(service, conf
     for sql, params in ran:
         plan = sqlite_plan(reader, sql, params)
         assert "sale_phone (phone=?" in plan, plan
+
+
+def test_newest_first_reads_the_blocks_downwards(service):
+    """A seller's sales over three blocks of ids (2,600), a time range across all three,
+    newest first, a block read at a time: each page is the next 100 below the last, down
+    to the range's start (read upwards, a page would begin at the range's oldest block)."""
+    seller = credited_seller(service, 10**9, "Busy")["id"]
+
+    def work(write):
+        for n in range(2600):
+            ledger.sell(write, seller, PHONES[n % 2], 1, at(n))
+
+    service.database.write(work)
+    search = queries.Search(start=at(300), end=at(2500))
+    every = [i for (i,) in service.queries.reader.rows("SELECT id FROM sale ORDER BY id")]
+    default, sale_search.BLOCKS = sale_search.BLOCKS, 1
+    try:
+        found, before = [], None
+        while page := service.queries.sales(
+            queries.Page(100, before_id=before, newest_first=True), seller, search
+        ):
+            found += [sale["id"] for sale in page]
+            before = found[-1]
+    finally:
+        sale_search.BLOCKS = default
+    assert found == every[300:2500][::-1]

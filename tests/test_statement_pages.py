@@ -203,11 +203,12 @@ def test_a_jalali_days_statement_from_a_persian_page_is_the_apis_gregorian_day(w
     assert world.api.get(f"/api/statements?jday={day.replace('-', '/')}").json()["count"] == 0
 
 
-def test_find_a_sale_pages_through_every_match_oldest_first(world, admin):
-    """Past a page (100), each page links the next from its last sale and back to the
-    first, keeping the search: every match is reachable, none twice, and no other
-    seller's, though it sold to the same number in between; a page that ends the matches
-    exactly (200 of them) links no empty page after it."""
+def test_find_a_sale_pages_through_every_match_newest_first(world, admin):
+    """The newest sale first (a frequent customer's latest is what a clerk looks for); past
+    a page (100), each page links the older ones from its last sale and back to the newest,
+    keeping the search: every match is reachable, none twice, and no other seller's,
+    though it sold to the same number in between; a page that ends the matches exactly
+    (200 of them) links no empty page after it."""
     phone = "09357778899"
     _, key = new_seller(admin, "next door", 1_000)
     other = world.server.seller(key)
@@ -228,13 +229,20 @@ def test_find_a_sale_pages_through_every_match_oldest_first(world, admin):
         assert (first is None) == (len(headings) == 1) and value_of(
             page.text, "find-phone"
         ) == phone
-        found = re.search(r'<a href="([^"]+)" id="next-found"', page.text)
+        found = re.search(r'<a href="([^"]+)" id="older-found"', page.text)
         url = html.unescape(found[1]) if found else None
-    assert seen == made
-    assert headings == ["Sales found", f"Sales found after sale #{made[99]}"]
+    assert seen == made[::-1]
+    assert headings == [
+        "Sales found, newest first",
+        f"Sales found before sale #{made[100]}, newest first",
+    ]
     assert html.unescape(first[1]) == f"/seller/sales/found?phone={phone}"
-    past = browser.get(f"/seller/sales/found?phone={phone}&after_id={made[-1]}").text
+    past = browser.get(f"/seller/sales/found?phone={phone}&before_id={made[0]}").text
     assert "No more sales match." in past and 'id="first-found"' in past
+    # a sale made since: the first page shows it first; an older page goes on as it was
+    newest = world.api.post("/api/sales", {"phone": phone, "amount": 1}).json()["id"]
+    top = browser.get(f"/seller/sales/found?phone={phone}").text
+    assert re.findall(r"<tr><td>([0-9]+)</td>", top)[:2] == [str(newest), str(made[-1])]
 
 
 def test_a_persian_clerk_finds_a_sale_by_jalali_date_and_time(world):

@@ -226,19 +226,20 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
 
     @pages.get("/seller/sales/found")
     def find_sales():
-        """The seller's sales that match, FOUND a page, oldest first, each page linking the
-        next from its last id (?after_id=): every match is reachable."""
+        """The seller's sales that match, FOUND a page, newest first, each page linking the
+        older ones from its last id (?before_id=): every match is reachable."""
         you = visitor(site.service, SELLER)
-        asked = query("after_id", *SALE_SEARCH)
+        asked = query("before_id", *SALE_SEARCH)
         typed = {name: text for name, text in asked.items() if text.strip() and name in SALE_SEARCH}
         search, sales, status = Form(dict(typed)), None, 200
-        after = query_id("after_id") or 0
+        before = query_id("before_id") or None
         if typed:
             try:
                 for name in ("from", "to"):
                     if name in typed:
                         typed[name] = searched_time(typed[name], name)
-                page = Page(FOUND + 1, after_id=after)  # one more: is there a next page?
+                # one more than shown: is there an older page?
+                page = Page(FOUND + 1, before_id=before, newest_first=True)
                 sales = site.service.find_sales(page, you.principal.seller_id, typed)
             except ChargeboxError as exc:
                 search, status = search.failed(exc, "phone", FIND_A_SALE), status_of(exc)
@@ -246,13 +247,13 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
         shown = None if sales is None else sales[:FOUND]
 
         def link(cursor: int | None) -> str:
-            kept = {**search.values, **({"after_id": cursor} if cursor else {})}
+            kept = {**search.values, **({"before_id": cursor} if cursor else {})}
             return "/seller/sales/found?" + urllib.parse.urlencode(kept)
 
-        first = link(None) if after and shown is not None else None
+        first = link(None) if before and shown is not None else None
         return render("sales_found", status, title=gettext("Find a sale"), visitor=you,
-                      search=search, sales=shown, after=after, first_url=first,
-                      next_url=link(shown[-1]["id"]) if more else None)  # fmt: skip
+                      search=search, sales=shown, before=before, first_url=first,
+                      older_url=link(shown[-1]["id"]) if more else None)  # fmt: skip
 
     @pages.post("/seller/sales")
     def sell():

@@ -18,7 +18,7 @@
 </section>
 % if sales is not None:
 <section class="card">
-  <h2 id="found-title">{{_('Sales found') if not after else _('Sales found after sale #{id}').format(id=ident(after))}}</h2>
+  <h2 id="found-title">{{_('Sales found, newest first') if not before else _('Sales found before sale #{id}, newest first').format(id=ident(before))}}</h2>
   % if sales:
   <div class="scroll">
   <table class="list stack found" id="sales-found">
@@ -39,13 +39,13 @@
   % else:
   <p class="empty">{{_('No sale matches.') if not first_url else _('No more sales match.')}}</p>
   % end
-  % if first_url or next_url:
+  % if first_url or older_url:
   <nav class="pager" aria-labelledby="found-title">
     % if first_url:
-    <a href="{{first_url}}" id="first-found">{{_('First page')}}</a>
+    <a href="{{first_url}}" id="first-found">{{_('Newest sales')}}</a>
     % end
-    % if next_url:
-    <a href="{{next_url}}" id="next-found">{{_('Next sales')}}</a>
+    % if older_url:
+    <a href="{{older_url}}" id="older-found">{{_('Older sales')}}</a>
     % end
   </nav>
   % end
