@@ -136,6 +136,25 @@ def test_a_seller_finds_its_sale_by_phone_order_id_and_tehran_time_and_not_anoth
     assert 'id="find-form"' in browser.get("/seller/sales/found").text
 
 
+def test_found_sales_show_their_order_ids_and_no_other_sellers(world, make_seller):
+    """Each sale found shows its order id (the Idempotency-Key it was sold with, escaped);
+    an unkeyed sale shows none; another seller's keyed sale to the same number is not
+    shown."""
+    keyed = sell(world.api, "order<&>-88", "09351112299")
+    plain = world.api.post("/api/sales", {"phone": "09351112299", "amount": 1}).json()
+    _, other = make_seller(credit=10_000)
+    sell(other, "theirs-88", "09351112299")
+    page = world.browser(SELLER).get("/seller/sales/found?phone=09351112299").text
+    rows = page.split('id="sales-found"')[1].split("</table>")[0]
+    cells = dict(re.findall(r'<tr><td>([0-9]+)</td>.*?<td class="order">(.*?)</td>', rows, re.S))
+    assert cells.keys() == {str(keyed["id"]), str(plain["id"])}, cells
+    assert cells[str(plain["id"])] == ""
+    assert (
+        '<span class="order-id" dir="ltr" translate="no">order&lt;&amp;&gt;-88</span>'
+        in cells[str(keyed["id"])]
+    )
+
+
 def test_a_browser_time_at_the_calendars_ends_is_read_or_refused_in_plain_words(world):
     """A `datetime-local` before 1946 (Tehran's offset then had seconds) was refused as
     not ISO 8601, and so was one with milliseconds (a field whose step is under a second);

@@ -245,6 +245,8 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
                 search, status = search.failed(exc, "phone", FIND_A_SALE), status_of(exc)
         more = sales is not None and len(sales) > FOUND
         shown = None if sales is None else sales[:FOUND]
+        ids = [sale["id"] for sale in shown or ()]
+        orders = site.service.queries.order_ids(you.principal.seller_id, ids)
 
         def link(cursor: int | None) -> str:
             kept = {**search.values, **({"before_id": cursor} if cursor else {})}
@@ -252,7 +254,7 @@ def _install_seller(pages: bottle.Bottle, site: Site) -> None:
 
         first = link(None) if before and shown is not None else None
         return render("sales_found", status, title=gettext("Find a sale"), visitor=you,
-                      search=search, sales=shown, before=before, first_url=first,
+                      search=search, sales=shown, orders=orders, before=before, first_url=first,
                       older_url=link(shown[-1]["id"]) if more else None)  # fmt: skip
 
     @pages.post("/seller/sales")

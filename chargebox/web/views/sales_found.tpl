@@ -22,10 +22,15 @@
   % if sales:
   <div class="scroll">
   <table class="list stack found" id="sales-found">
-    <thead><tr><th>#</th><th>{{_('When (Tehran time)')}}</th><th>{{_('Phone')}}</th><th class="num">{{_('Amount (toman)')}}</th><th class="num">{{_('Balance after')}}</th><th>{{_('Refund')}}</th></tr></thead>
+    <thead><tr><th>#</th><th>{{_('When (Tehran time)')}}</th><th>{{_('Phone')}}</th><th>{{_('Order id')}}</th><th class="num">{{_('Amount (toman)')}}</th><th class="num">{{_('Balance after')}}</th><th>{{_('Refund')}}</th></tr></thead>
     <tbody>
     % for sale in sales:
       <tr><td>{{ident(sale['id'])}}</td><td class="when">{{when(sale['created_at'])}}</td><td class="what"><span class="phone" dir="ltr">{{digits(sale['phone'])}}</span></td>
+          % if sale['id'] in orders:
+          <td class="order"><span class="narrow-only">{{_('order id')}} </span><span class="order-id" dir="ltr" translate="no">{{orders[sale['id']]}}</span></td>
+          % else:
+          <td class="order"></td>
+          % end
           <td class="num amount">{{num(sale['amount'])}}</td><td class="num after"><span class="narrow-only">{{_('balance')}} </span>{{num(sale['balance_after'])}}</td>
           % if sale['refunded_at']:
           <td class="refund"><span class="status refunded" id="found-refunded-{{sale['id']}}">{{!fill(_('refunded {when}'), when=at(sale['refunded_at']))}}</span></td></tr>
