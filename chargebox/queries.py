@@ -84,9 +84,8 @@ PHONE = Shape("phone", ("id", "number", "total_charged", "created_at"), phrase("
 @dataclasses.dataclass(frozen=True)
 class Page:
     """Cursor paging: items with id > after_id (and < before_id, if given), at most
-    `limit`, oldest first, or newest first: the page then ends a list paged downwards,
-    each next page's before_id its last id (one seller's sales, entries or credit
-    requests: see Queries._settled)."""
+    `limit`, oldest first, or newest first: a list then paged downwards, each next
+    page's before_id its last id (settled.below_top)."""
 
     limit: int = DEFAULT_LIMIT
     after_id: int = 0
@@ -183,8 +182,8 @@ class Queries:
                  read: Callable[[Conditions], list[dict]]) -> list[dict]:  # fmt: skip
         if seller_id is not None and table in settled.UNDER_SELLER_LOCK:
             return read(())  # one seller's rows commit in id order
-        if page.newest_first:  # only one seller's: a page read downwards from a top
-            raise ValueError(f"{table} newest first is one seller's only")  # (a route's bug)
+        if page.newest_first:
+            return settled.below_top(self.reader.settled, table, page.before_id, read)
         return settled.kept(self.reader.settled, table, page.limit, read)
 
     def _page(self, shape: Shape, page: Page, conditions: Conditions, **filters: object

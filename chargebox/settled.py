@@ -37,6 +37,9 @@ passed them. Start-up refuses one that does not (`unordered`). Only nextval's lo
 (RowExclusiveLock) is waited for: a `pg_dump` or a reader of the sequence takes a
 weaker one and holds no page back.
 
+A list read newest first (`below_top`) goes down from a top: its first page is read
+below one settled then, and each later page below its last id, all settled already.
+
 A page that reaches the top costs two round trips more, and then the wait for the
 writes in flight: about one batch. A page of one seller's sales, entries or credit
 requests needs none of it (UNDER_SELLER_LOCK: they are written under the
@@ -133,6 +136,19 @@ def kept(settled: Callable[..., int | None], table: str, limit: int,
     if len(found) < limit and (top := settled(table)) > known:
         found = read([("id <= ?", (top,))])
     return found
+
+
+def below_top(settled: Callable[..., int | None], table: str, before_id: int | None,
+              read: Callable[[list], list[dict]]) -> list[dict]:  # fmt: skip
+    """`read(conditions)`, a page newest first (ids below `before_id`, if given), kept to
+    `table`'s settled ids: every id below a settled top is settled too, so a page below
+    the top known needs no settle; the first page (or a cursor above that top) is read
+    below a top settled now, and each page after it below its last id."""
+    if (known := settled(table, wait=False)) is None:
+        return read([])
+    if before_id is None or before_id > known + 1:
+        known = settled(table)
+    return read([("id <= ?", (known,))])
 
 
 def unordered(rows) -> list[str]:

@@ -388,6 +388,47 @@ def test_paging_walks_a_list_in_id_order_without_gaps_or_overlaps(make_seller, l
     assert len(items(api, "/api/credit-requests?limit=1000")) == len(created)
 
 
+@pytest.mark.parametrize("limit", [1, 3, 100])
+def test_every_list_pages_newest_first_too(admin, make_seller, limit):
+    """`order=newest`: each list read down from its newest, each next page below the last
+    id shown (`before_id`), is the same items as oldest first, reversed; `before_id` and
+    `after_id` bound either order; a seller's search of its sales, newest first too."""
+    make_seller()  # two sellers at least
+    seller, api = make_seller(credit=10_000)
+    for n in range(1, 6):
+        api.post("/api/credit-requests", {"amount": n})
+        assert sell(api, n, "09121234567" if n % 2 else None).status_code == 201
+    assert admin.post(f"/api/sellers/{seller['id']}/keys", {"label": "till"}).status_code == 201
+    mine = f"seller_id={seller['id']}"
+    for who, path in [
+        (admin, "/api/sellers"),
+        (admin, f"/api/sellers/{seller['id']}/keys"),
+        (admin, "/api/phones"),
+        (admin, "/api/sales"),
+        (admin, "/api/ledger"),
+        (admin, f"/api/credit-requests?{mine}"),
+        (api, "/api/credit-requests?status=pending"),
+        (api, "/api/sales?phone=09121234567"),
+        (api, "/api/ledger"),
+    ]:
+        join = "&" if "?" in path else "?"
+        oldest = [row["id"] for row in items(who, f"{path}{join}limit=1000")]
+        assert len(oldest) >= 2, path
+        seen, cursor = [], ""
+        while page := items(who, f"{path}{join}order=newest&limit={limit}{cursor}"):
+            assert len(page) <= limit
+            seen += [row["id"] for row in page]
+            cursor = f"&before_id={page[-1]['id']}"
+        assert seen == oldest[::-1], path
+        low, high = oldest[0], oldest[-1]
+        between = f"{path}{join}limit=1000&after_id={low}&before_id={high}"
+        assert [row["id"] for row in items(who, between)] == oldest[1:-1], path
+        assert [row["id"] for row in items(who, f"{between}&order=newest")] == oldest[-2:0:-1]
+        assert items(who, f"{path}{join}order=oldest&limit=1000") == items(
+            who, f"{path}{join}limit=1000"
+        )
+
+
 # --- idempotent sales --------------------------------------------------------------------
 
 

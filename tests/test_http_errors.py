@@ -497,6 +497,11 @@ BAD_QUERIES = [
     ("bogus=1", "bogus"),
     ("limit=1&limit=2", "limit"),
     ("after_id=1&after_id=1", "after_id"),
+    ("before_id=0", "before_id"),
+    ("before_id=9223372036854775808", "before_id"),
+    ("order=desc", "order"),
+    ("order=", "order"),
+    ("order=Newest", "order"),
 ]
 
 
@@ -526,9 +531,8 @@ def test_a_filter_that_is_invalid_or_not_offered_by_the_list_is_422(admin, path,
 
 # Every query parameter of every JSON route that takes one (web/api.py).
 EVERY_QUERY_PARAMETER = [
-    *((path, name) for path in LIST_PATHS for name in ("limit", "after_id")),
-    ("/api/sellers/1/keys", "limit"),
-    ("/api/sellers/1/keys", "after_id"),
+    *((path, name) for path in LIST_PATHS for name in ("limit", "after_id", "before_id", "order")),
+    *(("/api/sellers/1/keys", name) for name in ("limit", "after_id", "before_id", "order")),
     *(("/api/credit-requests", name) for name in ("seller_id", "status")),
     *(("/api/sales", name) for name in ("seller_id", "phone", "idempotency_key", "from", "to")),
     ("/api/ledger", "seller_id"),

@@ -31,6 +31,7 @@ from tests.support import credited_seller
 from tests.test_postgresql_group_commit import FUNDS, blocked_by
 
 A_NUMBER, B_NUMBER = "09120000001", "09120000002"
+NEWEST = Page(newest_first=True)
 
 
 @pytest.fixture
@@ -63,6 +64,9 @@ def test_a_page_stops_below_a_lower_id_still_in_flight_on_another_server(two_ser
         later = b.sell(high, B_NUMBER, 1_000).record["id"]
         assert later > first + 1  # A's sale took the id between
         assert ids(b.queries.sales(Page())) == [first]  # not `later`: 100 before 101
+        # newest first, too, starts below the settled top: `later` on it, then `first`,
+        # and a client's next page (below `first`) would never have seen A's sale
+        assert ids(b.queries.sales(NEWEST)) == [first]
         assert ids(b.queries.sales(Page(), search=Search(phone=B_NUMBER))) == []
         assert ids(b.queries.ledger(Page(limit=1000))) == entries
         # one seller's rows are written under its row lock, in id order: none waits
@@ -74,6 +78,7 @@ def test_a_page_stops_below_a_lower_id_still_in_flight_on_another_server(two_ser
         gate.rollback()
         middle = in_flight.result(timeout=30).record["id"]
     assert ids(b.queries.sales(Page(after_id=first))) == [middle, later]
+    assert ids(b.queries.sales(NEWEST)) == [later, middle, first]
     assert [e["kind"] for e in b.queries.ledger(Page(after_id=entries[-1]))] == ["sale"] * 2
 
 
@@ -93,6 +98,28 @@ def test_a_full_page_below_the_known_top_waits_for_nothing(two_servers):
         assert settles == []
         assert ids(b.queries.sales(Page())) == sold  # short: waited 0.5 s, then the known top
         assert len(settles) == 1
+
+
+def test_newest_first_settles_for_its_first_page_only(two_servers):
+    """A list newest first settles a top for its first page (a write in flight is waited
+    for, 0.5 s, then left out); every page below it is settled already and waits for
+    nothing, whatever is in flight; a cursor above the known top settles again."""
+    a, b, superuser = two_servers
+    seller = credited_seller(a, FUNDS)["id"]
+    sold = [a.sell(seller, A_NUMBER, 100).record["id"] for _ in range(3)]
+    settles = []
+    settle = b.database.tops.settle
+    b.database.tops.settle = lambda *args: settles.append(args) or settle(*args)
+    assert ids(b.queries.sales(Page(limit=2, newest_first=True))) == sold[:0:-1]
+    assert len(settles) == 1
+    with psycopg.connect(superuser) as holder:  # an id taken and held: a write in flight
+        (held,) = holder.execute("SELECT nextval('sale_id_seq')").fetchone()
+        below = Page(limit=2, before_id=sold[1], newest_first=True)
+        assert ids(b.queries.sales(below)) == sold[:1]
+        assert len(settles) == 1
+        above = Page(before_id=held + 5, newest_first=True)
+        assert ids(b.queries.sales(above)) == sold[::-1]  # waited, then the known top
+        assert len(settles) == 2
 
 
 def test_a_page_with_nothing_in_flight_shows_every_committed_row(pg_group_commit):

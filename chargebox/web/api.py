@@ -21,6 +21,7 @@ from chargebox.errors import (
 from chargebox.idempotency import Outcome
 from chargebox.services import Chargebox
 from chargebox.web.request import (
+    PAGING,
     SALE_SEARCH,
     caller,
     flag,
@@ -70,7 +71,7 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
     @app.get("/api/sellers")
     def list_sellers():
         caller(access, ADMIN)
-        return 200, {"items": service.queries.sellers(page(query("limit", "after_id")))}
+        return 200, {"items": service.queries.sellers(page(query(*PAGING)))}
 
     @app.get(f"/api/sellers/{ID}")
     def get_seller(ident):
@@ -82,9 +83,7 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
     @app.get(f"/api/sellers/{ID}/keys")
     def list_keys(ident):
         caller(access, ADMIN)
-        return 200, {
-            "items": service.queries.seller_keys(int(ident), page(query("limit", "after_id")))
-        }
+        return 200, {"items": service.queries.seller_keys(int(ident), page(query(*PAGING)))}
 
     @app.post(f"/api/sellers/{ID}/keys")
     def create_key(ident):
@@ -130,7 +129,7 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
     @app.get("/api/credit-requests")
     def list_credit_requests():
         principal = caller(access, ADMIN, SELLER)
-        params = query("limit", "after_id", "seller_id", "status")
+        params = query(*PAGING, "seller_id", "status")
         items = service.queries.credit_requests(
             page(params), seller_id=seller_scope(principal, params), status=params.get("status")
         )
@@ -178,7 +177,7 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
     @app.get("/api/sales")
     def list_sales():
         principal = caller(access, ADMIN, SELLER)
-        params = query("limit", "after_id", "seller_id", *SALE_SEARCH)
+        params = query(*PAGING, "seller_id", *SALE_SEARCH)
         scope = seller_scope(principal, params)
         return 200, {"items": service.find_sales(page(params), scope, params)}
 
@@ -196,7 +195,7 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
     @app.get("/api/ledger")
     def list_ledger():
         principal = caller(access, ADMIN, SELLER)
-        params = query("limit", "after_id", "seller_id")
+        params = query(*PAGING, "seller_id")
         return 200, {"items": service.queries.ledger(page(params), seller_scope(principal, params))}
 
     @app.get("/api/statements")
@@ -213,7 +212,7 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
     @app.get("/api/phones")
     def list_phones():
         caller(access, ADMIN)
-        return 200, {"items": service.queries.phones(page(query("limit", "after_id")))}
+        return 200, {"items": service.queries.phones(page(query(*PAGING)))}
 
     @app.post("/api/phones")
     def register_phone():

@@ -23,6 +23,7 @@ from chargebox.text import shown_back
 
 MAX_ID = 2**63 - 1
 SALE_SEARCH = ("phone", "idempotency_key", "from", "to")  # GET /api/sales, the seller's page
+PAGING = ("limit", "after_id", "before_id", "order")  # every list's (`page`)
 FORM_TYPE = "application/x-www-form-urlencoded"
 
 
@@ -176,10 +177,18 @@ def query_id(name: str) -> int | None:
 
 
 def page(params: dict[str, str]) -> Page:
+    """A list's page: `limit`, `after_id` and `before_id` (its ids between them), `order`
+    (oldest first, or newest: then the next page's before_id is its last id)."""
     limit = integer_param(params, "limit", 1, MAX_LIMIT)
     after_id = integer_param(params, "after_id", 0, MAX_ID)
+    order = params.get("order", "oldest")
+    if order not in ("oldest", "newest"):
+        raise ValidationError("order must be oldest or newest", "order")
     return Page(
-        limit=Page.limit if limit is None else limit, after_id=0 if after_id is None else after_id
+        limit=Page.limit if limit is None else limit,
+        after_id=0 if after_id is None else after_id,
+        before_id=integer_param(params, "before_id", 1, MAX_ID),
+        newest_first=order == "newest",
     )
 
 
