@@ -184,7 +184,7 @@ class Queries:
             return read(())  # one seller's rows commit in id order
         if page.newest_first:
             return settled.below_top(self.reader.settled, table, page.before_id, read)
-        return settled.kept(self.reader.settled, table, page.limit, read)
+        return settled.kept(self.reader.settled, table, page.limit, read, page.before_id)
 
     def _page(self, shape: Shape, page: Page, conditions: Conditions, **filters: object
               ) -> list[dict]:  # fmt: skip

@@ -126,14 +126,17 @@ class Tops:
 
 
 def kept(settled: Callable[..., int | None], table: str, limit: int,
-         read: Callable[[list], list[dict]]) -> list[dict]:  # fmt: skip
-    """`read(conditions)`, a page of at most `limit` rows, kept to `table`'s settled ids
-    (`settled`: a Database's): up to the top known, then, if that page is short, up to
-    one settled anew. SQLite has no id to hold back (`settled` is None)."""
+         read: Callable[[list], list[dict]],
+         before_id: int | None = None) -> list[dict]:  # fmt: skip
+    """`read(conditions)`, a page of at most `limit` rows (ids below `before_id`, if
+    given), kept to `table`'s settled ids (`settled`: a Database's): up to the top known,
+    then, if that page is short and its ids may reach past that top, up to one settled
+    anew. SQLite has no id to hold back (`settled` is None)."""
     if (known := settled(table, wait=False)) is None:
         return read([])
     found = read([("id <= ?", (known,))])
-    if len(found) < limit and (top := settled(table)) > known:
+    short = len(found) < limit and (before_id is None or before_id > known + 1)
+    if short and (top := settled(table)) > known:
         found = read([("id <= ?", (top,))])
     return found
 

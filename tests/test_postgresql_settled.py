@@ -103,7 +103,8 @@ def test_a_full_page_below_the_known_top_waits_for_nothing(two_servers):
 def test_newest_first_settles_for_its_first_page_only(two_servers):
     """A list newest first settles a top for its first page (a write in flight is waited
     for, 0.5 s, then left out); every page below it is settled already and waits for
-    nothing, whatever is in flight; a cursor above the known top settles again."""
+    nothing, whatever is in flight; a cursor above the known top settles again. Oldest
+    first, a page bounded below the known top (`before_id`) settles nothing either."""
     a, b, superuser = two_servers
     seller = credited_seller(a, FUNDS)["id"]
     sold = [a.sell(seller, A_NUMBER, 100).record["id"] for _ in range(3)]
@@ -119,6 +120,9 @@ def test_newest_first_settles_for_its_first_page_only(two_servers):
         assert len(settles) == 1
         above = Page(before_id=held + 5, newest_first=True)
         assert ids(b.queries.sales(above)) == sold[::-1]  # waited, then the known top
+        assert len(settles) == 2
+        # oldest first, a short page that ends below the known top settles nothing
+        assert ids(b.queries.sales(Page(before_id=sold[2]))) == sold[:2]
         assert len(settles) == 2
 
 
