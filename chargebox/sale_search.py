@@ -6,14 +6,16 @@ need not follow ids (two hosts' clocks, a clock set back), so a search by time f
 where its range's sales can be from the blocks of ids (`id >> schema.BLOCK_BITS`, 1,024
 ids each): `sale_block` keeps each block's span of stamps, widened by a trigger as each
 sale is made and never narrowed, so a sale stamped in the range lies in a block whose
-span meets the range. The search reads those blocks in id order from the page's start,
-a batch at a time (below), and walks each run of consecutive ones along the index its other
+span meets the range. The search reads those blocks in id order from the page's start
+(newest first: downwards from its cursor's block, or from the newest), a batch at a
+time (below), and walks each run of consecutive ones along the index its other
 filters choose (the primary key, the seller's, the number's), checking each sale's
 stamp, until the page is full or the blocks end.
 
 So a range's page reads, besides its own sales, the rest of the block where it begins
-(at most 1,023 sales) and the blocks' rows between the page's start and the range (some
-10,000 for ten million sales; more on PostgreSQL, a row per server backend that wrote
+(at most 1,023 sales) and the blocks' rows from the page's start through the range, and
+past it while it has fewer than a batch of blocks (to the blocks' end: some 10,000 rows
+for ten million sales, a few ms; more on PostgreSQL, a row per server backend that wrote
 to a block), not the range's stamps nor the sales before it: so far as stamps follow
 ids. A block whose span meets the range is walked whole, whether or not its sales are
 in it, so sales stamped far out of their ids' order cost reads, never results. The
@@ -38,7 +40,6 @@ _BY_KEY = "id IN (SELECT sale_id FROM idempotency_record WHERE seller_id = ? AND
 # The blocks from one on (`block >= ?`; newest first `block <= ?`, downwards) whose span of
 # stamps meets the range, in order.
 _MEETING = "SELECT DISTINCT block FROM sale_block WHERE {} ORDER BY block{} LIMIT ?"
-_PAST = 2**63  # above any id: a page with no before_id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,9 +84,7 @@ def find(walk: Callable[[object, Conditions], list[dict]], rows: Callable[..., l
                 page,
                 limit=page.limit - len(found),
                 after_id=max(page.after_id, (low << BLOCK_BITS) - 1),
-                before_id=min(
-                    _PAST if page.before_id is None else page.before_id, (high + 1) << BLOCK_BITS
-                ),
+                before_id=_below(page.before_id, (high + 1) << BLOCK_BITS),
             )
             found += walk(part, stamped)
             if len(found) == page.limit:
@@ -102,6 +101,11 @@ def _first_block(page) -> int | None:
     if not page.newest_first:
         return (page.after_id + 1) >> BLOCK_BITS
     return None if page.before_id is None else (page.before_id - 1) >> BLOCK_BITS
+
+
+def _below(cursor: int | None, bound: int) -> int:
+    """The lower of a page's before_id (None: no cursor) and a run's end."""
+    return bound if cursor is None else min(cursor, bound)
 
 
 def _bounded(sql: tuple[str, str], search: Search) -> list[tuple[str, tuple]]:
