@@ -145,7 +145,7 @@ def test_every_chart_text_lies_inside_its_drawing(site, people, size, code):
     SVG's viewBox as Chromium measures it, in both languages, on a phone and a desktop."""
     from chargebox import activity
     from chargebox.web import charts
-    from chargebox.web.chart_pages import day_label, hour_label, hour_tick
+    from chargebox.web.chart_pages import day_label, hour_label, hour_ticks
     from chargebox.web.i18n import LANGUAGE
 
     _, key = funded_seller(site, 5_000_000, "فروشگاه بزرگ" if code == "fa" else "Big shop")
@@ -166,7 +166,7 @@ def test_every_chart_text_lies_inside_its_drawing(site, people, size, code):
                         ("x", 5)], speaking.toman, speaking.direction, charts.Words("t", "e", "a")),
         charts.bars([(hour_label(speaking, h), 10**15 - n) for n, h in enumerate(hours)],
                     speaking.toman, speaking.direction, charts.Words("t", "e", "b"),
-                    ticks=[hour_tick(speaking, h) for h in hours]),
+                    ticks=hour_ticks(speaking, hours)),
         charts.line([(day_label(speaking, d), 10**15 - n) for n, d in enumerate(days)],
                     speaking.toman, speaking.direction, charts.Words("t", "e", "c")),
     ]  # fmt: skip

@@ -422,8 +422,10 @@ def test_a_sellers_last_entry_before_the_window_is_found_without_walking_the_win
 def test_the_hourly_chart_names_each_of_its_48_hours_once():
     """The review's F3: the 48 hourly bars were labelled by the hour only ('16:00' twice),
     so the <desc> a screen reader reads and the tooltips could not tell yesterday from
-    today. Each hour's label names its day; the axis keeps the short hour."""
-    from chargebox.web.chart_pages import hour_label, hour_tick
+    today. Each hour's label names its day. The axis said each of its hours twice too
+    (`02:00 10:00 18:00 02:00 ...`, no day): it names each midnight's day, then that
+    day's noon, in time order."""
+    from chargebox.web.chart_pages import hour_label, hour_ticks
     from chargebox.web.i18n import LANGUAGE
 
     now = datetime.datetime(2026, 6, 10, 9, tzinfo=UTC)
@@ -431,12 +433,16 @@ def test_the_hourly_chart_names_each_of_its_48_hours_once():
     for code in ("fa", "en"):
         labels = [hour_label(LANGUAGE[code], hour) for hour in hours]
         assert len(set(labels)) == 48, sorted(labels)[:4]
-        ticks = [hour_tick(LANGUAGE[code], hour) for hour in hours]
+        ticks = hour_ticks(LANGUAGE[code], hours)
         svg = charts.bars([(label, 1) for label in labels], LANGUAGE[code].toman, "ltr",
                           charts.Words("t", "e", "h"), ticks=ticks)  # fmt: skip
-        axis = [node.text.strip(ISOLATES) for node in parsed(svg).iter(f"{SVG}text")
+        axis = [(float(node.get("x")), node.text.strip(ISOLATES))
+                for node in parsed(svg).iter(f"{SVG}text")
                 if node.get("class") == "chart-label"]  # fmt: skip
-        assert axis and all(len(tick) == 5 for tick in axis), axis
+        shown = [tick for _, tick in sorted(axis)]
+        days = {"en": ["Jun 9", "Jun 10"], "fa": ["۱۹ خرداد", "۲۰ خرداد"]}[code]
+        noon = LANGUAGE[code].digits("12:00")
+        assert shown == [days[0], noon, days[1], noon], shown
     assert hour_label(LANGUAGE["en"], hours[-1]) == "Jun 10, 12:00"
     assert hour_label(LANGUAGE["fa"], hours[-1]) == "۲۰ خرداد، ۱۲:۰۰"
 

@@ -44,6 +44,15 @@ def hour_tick(speaking: Language, hour: datetime.datetime) -> str:
     return speaking.digits(f"{hour:%H}:00")
 
 
+def hour_ticks(speaking: Language, hours: list[datetime.datetime]) -> list[str]:
+    """The 48-hour axis: each midnight's day (`Dec 1`), each noon `12:00`, no other hour.
+    Evenly spaced hours showed each hour twice (`02:00`, then `02:00` a day later), and
+    an hour with its day is too long for six of them on a phone."""
+    return [day_label(speaking, hour.date()) if hour.hour == 0
+            else hour_tick(speaking, hour) if hour.hour == 12 else ""
+            for hour in hours]  # fmt: skip
+
+
 def install(pages: bottle.Bottle, site: Site) -> None:
     database = site.service.database
 
@@ -57,7 +66,7 @@ def install(pages: bottle.Bottle, site: Site) -> None:
                     charts.bars, [(day_label(speaking, t.start), t.amount) for t in days]),
             _figure(speaking, "per-hour", _("Sales per hour, the last 48 hours"),
                     charts.bars, [(hour_label(speaking, t.start), t.amount) for t in hours],
-                    ticks=[hour_tick(speaking, t.start) for t in hours]),
+                    ticks=hour_ticks(speaking, [t.start for t in hours])),
             _figure(speaking, "top", _("Top sellers by sales, the last 30 days"),
                     charts.ranking, [(row["name"], row["amount"]) for row in top]),
         ]  # fmt: skip

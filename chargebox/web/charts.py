@@ -68,7 +68,8 @@ def _direction(content: str, otherwise: str) -> str:
 def bars(points: Points, fmt: Format, direction: str, words: Words,
          ticks: Sequence[str] | None = None) -> str:  # fmt: skip
     """Vertical bars over time, one per point, oldest first in `points`. The axis shows
-    `ticks` (short labels, one per point) if given, the points' own labels otherwise."""
+    `ticks` if given (one per point, short, the caller's choice: an empty one is not
+    drawn), else at most TICKS of the points' own labels, the newest among them."""
     if _empty(points):
         return _nothing(words)
     plot = _Plot(len(points), direction, [value for _, value in points])
@@ -82,7 +83,10 @@ def bars(points: Points, fmt: Format, direction: str, words: Words,
             f' height="{max(bottom - top, 0.5):.1f}"><title>{text(label)}: {text(fmt(value))}'
             "</title></rect>"
         )
-    parts.append(plot.labels(list(ticks) if ticks else [label for label, _ in points]))
+    if ticks:
+        parts.append(plot.labels(list(ticks), [n for n, tick in enumerate(ticks) if tick]))
+    else:
+        parts.append(plot.labels([label for label, _ in points]))
     return _svg(words, points, fmt, "".join(parts))
 
 
@@ -157,10 +161,12 @@ class _Plot:
             + _text("chart-value", x, high - 4, side, fmt(self.high), self.direction)
         )
 
-    def labels(self, labels: list[str]) -> str:
-        """At most TICKS labels under the axis, the newest always among them."""
-        every = max(1, math.ceil(self.count / TICKS))
-        chosen = range(self.count - 1, -1, -every)
+    def labels(self, labels: list[str], chosen: Sequence[int] | None = None) -> str:
+        """The labels `chosen` (indexes) under the axis; by default at most TICKS, the
+        newest always among them."""
+        if chosen is None:
+            every = max(1, math.ceil(self.count / TICKS))
+            chosen = range(self.count - 1, -1, -every)
         return "".join(
             _text("chart-label", self.x(index), HEIGHT - 6, "middle", labels[index], self.direction)
             for index in sorted(chosen)
