@@ -36,6 +36,7 @@ from chargebox.location import check_database_path, synced
 
 BUSY_TIMEOUT_MS = 10_000  # reading the source waits for a WAL recovery, never for writers
 PG_DUMP_TIMEOUT = 24 * 3600
+RESTAMPS = 3  # a stamped name taken: the next second's, so many times at most
 # Where Debian keeps PostgreSQL's programs when /usr/bin has no pg_dump wrapper.
 PG_BIN_GLOB = "/usr/lib/postgresql/*/bin/pg_dump"
 
@@ -77,18 +78,42 @@ def destination(dest: Path, source_name: str) -> Path:
     return dest
 
 
+class _Naming:
+    """A backup's name: DEST, or in a directory a stamped name that is free. Two backups in
+    one second (a daily and a weekly timer) would take one name: the later waits for the
+    next second's (RESTAMPS at most), at the start or when the name appears meanwhile."""
+
+    def __init__(self, dest: Path, source_name: str, overwrite: bool) -> None:
+        self.dest, self.source_name = dest, source_name
+        self.stamped = dest.is_dir() and not overwrite
+        self.target = destination(dest, source_name)
+        self.left = RESTAMPS
+        while self.stamped and self.target.exists() and self.restamp():
+            pass
+
+    def restamp(self) -> bool:
+        """The next second's name, if a restamp is left (else False: the name stays)."""
+        if not self.stamped or not self.left:
+            return False
+        self.left -= 1
+        time.sleep(1.0 - time.time() % 1.0 + 0.01)
+        self.target = destination(self.dest, self.source_name)
+        return True
+
+
 def backup(config: Config, dest: Path, overwrite: bool = False, vacuum: bool = False,
            after_snapshot: Callable[[], object] = lambda: None) -> Made:  # fmt: skip
     """Copy the database `config` names to `dest` (see the module docstring); ValueError
     in one line for a refusal, before anything is written. `after_snapshot` runs once
     the source is let go, before the copy is checked."""
     if config.db_url:
-        return _pg_dump(config.db_url, destination(dest, "chargebox.dump"), overwrite)
+        return _pg_dump(config.db_url, _Naming(dest, "chargebox.dump", overwrite), overwrite)
     source = config.db_path
     if not source.is_file():
         raise ValueError(f"--db {source}: no database there to back up")
     check_database_path(source, writing=False)
-    target = destination(dest, source.name)
+    naming = _Naming(dest, source.name, overwrite)
+    target = naming.target
     _check_target(target, overwrite)
     with contextlib.suppress(FileNotFoundError):
         if target.samefile(source):
@@ -100,7 +125,7 @@ def backup(config: Config, dest: Path, overwrite: bool = False, vacuum: bool = F
         copied = time.perf_counter() - began
         after_snapshot()
         facts = _checked(temporary, config.ledger_key)
-        _place(temporary, target, overwrite)
+        target = _place(temporary, naming, overwrite)
     return Made(
         path=target,
         size=target.stat().st_size,
@@ -204,19 +229,25 @@ class _Rows:
         return self.conn.execute(sql, params).fetchall()
 
 
-def _place(temporary: Path, target: Path, overwrite: bool) -> None:
+def _place(temporary: Path, naming: _Naming, overwrite: bool) -> Path:
     """fsync the copy, give it its name (atomically; without --force never over a file
-    that appeared meanwhile), then fsync the directory so that the name survives too."""
+    that appeared meanwhile: a stamped name then takes the next second's), then fsync the
+    directory so that the name survives too. The name given."""
     synced(temporary)
     os.chmod(temporary, 0o600)
     if overwrite:
-        os.replace(temporary, target)
+        os.replace(temporary, naming.target)
     else:
-        try:
-            os.link(temporary, target)
-        except FileExistsError:
-            raise ValueError(f"{target}: appeared during the backup; nothing replaced") from None
-    synced(target.parent)
+        while True:
+            try:
+                os.link(temporary, naming.target)
+                break
+            except FileExistsError:
+                if not naming.restamp():
+                    raise ValueError(f"{naming.target}: appeared during the backup; nothing "
+                                     "replaced") from None  # fmt: skip
+    synced(naming.target.parent)
+    return naming.target
 
 
 def find_pg_dump() -> str | None:
@@ -228,7 +259,7 @@ def find_pg_dump() -> str | None:
     return str(candidates[-1]) if candidates else None
 
 
-def _pg_dump(url: str, target: Path, overwrite: bool) -> Made:
+def _pg_dump(url: str, naming: _Naming, overwrite: bool) -> Made:
     """pg_dump --format=custom of the database, in one snapshot; the password goes to
     pg_dump through a private passfile, never on its command line."""
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -239,6 +270,7 @@ def _pg_dump(url: str, target: Path, overwrite: bool) -> Made:
             "pg_dump not found: install PostgreSQL's client programs, or back up with "
             "pg_dump or pg_basebackup yourself (README, Backups and restores)"
         )
+    target = naming.target
     _check_target(target, overwrite)
     params = conninfo_to_dict(url)
     password = params.pop("password", None)
@@ -274,7 +306,7 @@ def _pg_dump(url: str, target: Path, overwrite: bool) -> Made:
                 f"pg_dump failed: {reason} (back up with the schema owner's URL, as for "
                 "init-db: the service's own role may not read the sequences)"
             )
-        _place(temporary, target, overwrite)
+        target = _place(temporary, naming, overwrite)
     return Made(
         path=target,
         size=target.stat().st_size,

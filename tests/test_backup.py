@@ -25,6 +25,7 @@ import pytest
 
 from chargebox import backup
 from chargebox.backup import find_pg_dump
+from chargebox.config import Config
 from tests import pg_cluster
 from tests.support import (
     ROOT,
@@ -270,6 +271,44 @@ def test_a_backup_never_replaces_a_file_unless_forced_and_leaves_no_partial_copy
     assert cli_audit(tmp_path / "v.db").returncode == 0
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")]
     assert not leftovers
+
+
+def test_backups_in_one_second_into_a_folder_each_take_a_second_of_their_own(tmp_path, monkeypatch):
+    """A daily and a weekly timer firing together: the second backup's stamped name was
+    taken (refused, "exists"); it waits for the next second's. So does one whose name
+    appears while it copies (another backup placed first). The stamps stay what --keep
+    matches; a name that stays taken is still refused, after RESTAMPS tries."""
+    live = tmp_path / "chargebox.db"
+    with running_server(live) as server:
+        new_seller(server.admin(), "shop", credit=1_000)
+    daily = tmp_path / "daily"
+    daily.mkdir()
+    clock = iter([f"2026-12-07T03:00:0{second}.{n}00000Z" for second, n in
+                  [(0, 1), (0, 5), (1, 0), (2, 0), (2, 5), (3, 0)]])  # fmt: skip
+    monkeypatch.setattr(backup, "now", lambda: next(clock))
+    waits = []
+    monkeypatch.setattr(backup.time, "sleep", waits.append)
+    config = Config(db_path=live)
+    first = backup.backup(config, daily)
+    second = backup.backup(config, daily)  # 03:00:00 again: it waits, takes 03:00:01
+    assert (first.path.name, second.path.name) == (
+        "chargebox-20261207T030000Z.db",
+        "chargebox-20261207T030001Z.db",
+    )
+    assert len(waits) == 1 and 0 < waits[0] <= 1.01
+
+    def place_another_first(*args):
+        (daily / "chargebox-20261207T030002Z.db").write_bytes(b"another backup's")
+
+    third = backup.backup(config, daily, after_snapshot=place_another_first)
+    # 03:00:02 appeared meanwhile, and the clock still said 03:00:02 after one wait
+    assert third.path.name == "chargebox-20261207T030003Z.db" and len(waits) == 3
+    assert rows_on_disk(third.path, "SELECT COUNT(*) FROM seller") == [(1,)]
+    assert backup.past_keeping(third.path, 3) == [daily / "chargebox-20261207T030000Z.db"]
+    monkeypatch.setattr(backup, "now", lambda: "2026-12-07T03:00:03.500000Z")  # a stuck clock
+    with pytest.raises(ValueError, match="exists"):
+        backup.backup(config, daily)
+    assert len(waits) == 3 + backup.RESTAMPS
 
 
 def test_a_vacuumed_copy_is_owner_only_from_its_first_byte(tmp_path):
@@ -521,6 +560,7 @@ def test_pg_dump_gets_none_of_chargeboxs_settings_in_its_environment(tmp_path, m
     monkeypatch.setenv("CHARGEBOX_LEDGER_KEY", "a-ledger-key-that-must-stay-home-0123456789")
     monkeypatch.setenv("CHARGEBOX_DB", "postgresql://owner:secret@127.0.0.1:1/db")
     with pytest.raises(ValueError, match="pg_dump failed"):
-        backup._pg_dump("postgresql://owner:secret@127.0.0.1:1/db", tmp_path / "x.dump", False)
+        named = backup._Naming(tmp_path / "x.dump", "chargebox.dump", False)
+        backup._pg_dump("postgresql://owner:secret@127.0.0.1:1/db", named, False)
     environment = seen.read_text()
     assert "PATH=" in environment and "CHARGEBOX_" not in environment
