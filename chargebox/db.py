@@ -179,7 +179,7 @@ class Database:
         with translate_errors(self.file.damaged):
             return as_dicts(self.connection().execute(sql, params))
 
-    def settled(self, table: str, wait: bool = True) -> None:
+    def settled(self, table: str, wait: bool = True, at_least: int | None = None) -> None:
         """No id to hold back from a page: one write at a time takes its ids and commits,
         so a page never passes a row still to come (PostgreSQL's: settled.py)."""
 

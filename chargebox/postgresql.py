@@ -254,13 +254,13 @@ class Database:
         with self._reading() as conn:
             return as_dicts(conn.execute(to_psycopg(sql), params or None))
 
-    def settled(self, table: str, wait: bool = True) -> int:
+    def settled(self, table: str, wait: bool = True, at_least: int | None = None) -> int:
         """The largest id of `table` a page may show (settled.py): the highest known, or,
-        `wait`ing, one settled anew if the writes in flight end in time."""
+        `wait`ing, one settled anew (Tops.settle: `at_least`)."""
         if not wait:
             return self.tops.known(table)
         with self._reading() as conn:
-            return self.tops.settle(conn, table)
+            return self.tops.settle(conn, table, at_least)
 
     @contextlib.contextmanager
     def _reading(self):

@@ -154,7 +154,8 @@ class Reader(Protocol):
 
     def dicts(self, sql: str, params: tuple = ()) -> list[dict]: ...
 
-    def settled(self, table: str, wait: bool = True) -> int | None: ...
+    def settled(self, table: str, wait: bool = True, at_least: int | None = None
+                ) -> int | None: ...  # fmt: skip
 
 
 class Queries:

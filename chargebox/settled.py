@@ -38,7 +38,9 @@ passed them. Start-up refuses one that does not (`unordered`). Only nextval's lo
 weaker one and holds no page back.
 
 A list read newest first (`below_top`) goes down from a top: its first page is read
-below one settled then, and each later page below its last id, all settled already.
+below one settled then, and each later page below its last id, all settled already (on
+the server that settled them: a cursor above this process's top settles here, and one
+that a write stuck in flight keeps from covering answers 503, to retry).
 
 A page that reaches the top costs two round trips more, and then the wait for the
 writes in flight: about one batch. A page of one seller's sales, entries or credit
@@ -52,6 +54,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+
+from chargebox.errors import Unavailable, phrase
 
 WAIT = 1.0  # seconds a page waits for the writes in flight, at most (and the busy timeout)
 FIRST_PAUSE, LONGEST_PAUSE = 0.001, 0.02  # seconds between two polls: doubling, up to
@@ -80,6 +84,7 @@ _UNORDERED = (  # through Database.rows: SQLite's `?`
     " WHERE s.seqcache > 1 OR s.seqincrement < 1 OR s.seqcycle ORDER BY t.name"
 )
 _log = logging.getLogger("chargebox.settled")
+HELD_BACK = phrase("a write still in flight holds back the rows this page must show; retry shortly")
 
 
 class Tops:
@@ -95,11 +100,12 @@ class Tops:
         with self._lock:
             return self._known.get(table, 0)
 
-    def settle(self, conn, table: str) -> int:
+    def settle(self, conn, table: str, at_least: int | None = None) -> int:
         """Settle `table`'s ids anew on `conn` (idle, autocommit), waiting at most `wait`
         for the writes in flight; the highest top known if one did not end by then (and,
         for `wait` after that, settles that find one do not wait: a stuck transaction
-        would otherwise hold a thread for each page that reaches the top)."""
+        would otherwise hold a thread for each page that reaches the top), unless that
+        top is below `at_least` (a cursor's ids: Unavailable, below_top says why)."""
         if conn.info.transaction_status.name != "IDLE":  # a snapshot would not see them
             raise AssertionError("ids are settled outside a transaction, before a page")
         before = self.known(table)  # settled before `last` is read: `last` is not below it
@@ -112,6 +118,8 @@ class Tops:
         while waiting:
             if time.monotonic() >= deadline:
                 self._stuck[table] = time.monotonic() + self.wait
+                if at_least is not None and self.known(table) < at_least:
+                    raise Unavailable(HELD_BACK)
                 return self.known(table)
             time.sleep(pause)
             pause = min(2 * pause, LONGEST_PAUSE)
@@ -136,7 +144,8 @@ def kept(settled: Callable[..., int | None], table: str, limit: int,
         return read([])
     found = read([("id <= ?", (known,))])
     short = len(found) < limit and (before_id is None or before_id > known + 1)
-    if short and (top := settled(table)) > known:
+    below = None if before_id is None else before_id - 1  # a bounded page: its ids, whole
+    if short and (top := settled(table, at_least=below)) > known:
         found = read([("id <= ?", (top,))])
     return found
 
@@ -145,12 +154,17 @@ def below_top(settled: Callable[..., int | None], table: str, before_id: int | N
               read: Callable[[list], list[dict]]) -> list[dict]:  # fmt: skip
     """`read(conditions)`, a page newest first (ids below `before_id`, if given), kept to
     `table`'s settled ids: every id below a settled top is settled too, so a page below
-    the top known needs no settle; the first page (or a cursor above that top) is read
-    below a top settled now, and each page after it below its last id."""
+    the top known needs no settle; the first page is read below a top settled now, and
+    each page after it below its last id. A cursor above this process's top (another
+    server's page gave it) settles: if a write in flight does not end in time, that
+    top may not cover it, and a page below it would skip the committed rows between, its
+    client taking a short page for the end: Unavailable (a 503, to retry) instead."""
     if (known := settled(table, wait=False)) is None:
         return read([])
-    if before_id is None or before_id > known + 1:
+    if before_id is None:
         known = settled(table)
+    elif before_id > known + 1:
+        known = settled(table, at_least=before_id - 1)
     return read([("id <= ?", (known,))])
 
 

@@ -434,12 +434,14 @@ def test_the_hourly_chart_names_each_of_its_48_hours_once():
         labels = [hour_label(LANGUAGE[code], hour) for hour in hours]
         assert len(set(labels)) == 48, sorted(labels)[:4]
         ticks = hour_ticks(LANGUAGE[code], hours)
-        svg = charts.bars([(label, 1) for label in labels], LANGUAGE[code].toman, "ltr",
+        speaking = LANGUAGE[code]
+        svg = charts.bars([(label, 1) for label in labels], speaking.toman, speaking.direction,
                           charts.Words("t", "e", "h"), ticks=ticks)  # fmt: skip
         axis = [(float(node.get("x")), node.text.strip(ISOLATES))
                 for node in parsed(svg).iter(f"{SVG}text")
                 if node.get("class") == "chart-label"]  # fmt: skip
-        shown = [tick for _, tick in sorted(axis)]
+        # in time order: left to right, or right to left on a Persian page
+        shown = [tick for _, tick in sorted(axis, reverse=speaking.direction == "rtl")]
         days = {"en": ["Jun 9", "Jun 10"], "fa": ["۱۹ خرداد", "۲۰ خرداد"]}[code]
         noon = LANGUAGE[code].digits("12:00")
         assert shown == [days[0], noon, days[1], noon], shown

@@ -24,6 +24,7 @@ import pytest
 
 from chargebox import audit, settled
 from chargebox.cli import prepare
+from chargebox.errors import Unavailable
 from chargebox.queries import Page
 from chargebox.sale_search import Search
 from chargebox.services import Chargebox
@@ -103,7 +104,8 @@ def test_a_full_page_below_the_known_top_waits_for_nothing(two_servers):
 def test_newest_first_settles_for_its_first_page_only(two_servers):
     """A list newest first settles a top for its first page (a write in flight is waited
     for, 0.5 s, then left out); every page below it is settled already and waits for
-    nothing, whatever is in flight; a cursor above the known top settles again. Oldest
+    nothing, whatever is in flight; a cursor above the known top settles again (which the
+    write in flight keeps from covering it: a 503, the test below). Oldest
     first, a page bounded below the known top (`before_id`) settles nothing either."""
     a, b, superuser = two_servers
     seller = credited_seller(a, FUNDS)["id"]
@@ -119,11 +121,55 @@ def test_newest_first_settles_for_its_first_page_only(two_servers):
         assert ids(b.queries.sales(below)) == sold[:1]
         assert len(settles) == 1
         above = Page(before_id=held + 5, newest_first=True)
-        assert ids(b.queries.sales(above)) == sold[::-1]  # waited, then the known top
+        with pytest.raises(Unavailable):  # waited; the write keeps the cursor unsettled
+            b.queries.sales(above)
         assert len(settles) == 2
         # oldest first, a short page that ends below the known top settles nothing
         assert ids(b.queries.sales(Page(before_id=sold[2]))) == sold[:2]
         assert len(settles) == 2
+
+
+def test_a_cursor_from_another_server_that_a_stuck_write_keeps_unsettled_is_503(two_servers):
+    """helper-107's HIGH: a client's first page newest first came from server A; its next
+    page goes to server B, which has settled nothing yet (a restart, another host). An id
+    taken and held (a write in flight that does not end) keeps B's settle from covering
+    the cursor: B answered a page below its own top, empty, which the client took for the
+    end, the committed sales below the cursor never shown. It is a 503 to retry now, and
+    once the write ends B shows them. Oldest first, a page bounded by before_id, too."""
+    a, b, superuser = two_servers
+    seller = credited_seller(a, FUNDS)["id"]
+    sold = [a.sell(seller, A_NUMBER, 100).record["id"] for _ in range(3)]
+    (newest,) = ids(a.queries.sales(Page(limit=1, newest_first=True)))
+    assert newest == sold[2]
+    older = Page(limit=1, before_id=newest, newest_first=True)
+    between = Page(after_id=0, before_id=newest)
+    with psycopg.connect(superuser) as holder:
+        holder.execute("SELECT nextval('sale_id_seq')")
+        for page in (older, between):
+            with pytest.raises(Unavailable, match="holds back the rows"):
+                b.queries.sales(page)
+    assert ids(b.queries.sales(older)) == [sold[1]]
+    assert ids(b.queries.sales(between)) == sold[:2]
+
+
+def test_a_cursor_just_above_the_known_top_reads_below_it_and_one_more_settles(two_servers):
+    """The top known is K and K+1 is held by a write in flight: a cursor of K or K+1 reads
+    the ids up to K, waiting for nothing (every id below it is settled); K+2 may hold K+1
+    back, so it settles, which the write keeps from covering it: 503, newest or oldest."""
+    a, b, superuser = two_servers
+    seller = credited_seller(a, FUNDS)["id"]
+    sold = [a.sell(seller, A_NUMBER, 100).record["id"] for _ in range(3)]
+    assert ids(b.queries.sales(Page())) == sold  # B's top: the last sale
+    known = sold[-1]
+    with psycopg.connect(superuser) as holder:
+        (held,) = holder.execute("SELECT nextval('sale_id_seq')").fetchone()
+        assert held == known + 1
+        for cursor, shown in ((known, sold[:2]), (known + 1, sold)):
+            assert ids(b.queries.sales(Page(before_id=cursor, newest_first=True))) == shown[::-1]
+            assert ids(b.queries.sales(Page(before_id=cursor))) == shown
+        for page in (Page(before_id=known + 2, newest_first=True), Page(before_id=known + 2)):
+            with pytest.raises(Unavailable, match="holds back the rows"):
+                b.queries.sales(page)
 
 
 def test_a_page_with_nothing_in_flight_shows_every_committed_row(pg_group_commit):

@@ -83,7 +83,7 @@ def bars(points: Points, fmt: Format, direction: str, words: Words,
             f' height="{max(bottom - top, 0.5):.1f}"><title>{text(label)}: {text(fmt(value))}'
             "</title></rect>"
         )
-    if ticks:
+    if ticks and any(ticks):
         parts.append(plot.labels(list(ticks), [n for n, tick in enumerate(ticks) if tick]))
     else:
         parts.append(plot.labels([label for label, _ in points]))
