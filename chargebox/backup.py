@@ -81,11 +81,13 @@ def destination(dest: Path, source_name: str) -> Path:
 class _Naming:
     """A backup's name: DEST, or in a directory a stamped name that is free. Two backups in
     one second (a daily and a weekly timer) would take one name: the later waits for the
-    next second's (RESTAMPS at most), at the start or when the name appears meanwhile."""
+    next second's (RESTAMPS at most), at the start or when the name appears meanwhile. A
+    stamped name is never replaced, --force or not (`replace`: DEST a file and --force)."""
 
     def __init__(self, dest: Path, source_name: str, overwrite: bool) -> None:
         self.dest, self.source_name = dest, source_name
-        self.stamped = dest.is_dir() and not overwrite
+        self.stamped = dest.is_dir()
+        self.replace = overwrite and not self.stamped
         self.target = destination(dest, source_name)
         self.left = RESTAMPS
         while self.stamped and self.target.exists() and self.restamp():
@@ -107,14 +109,14 @@ def backup(config: Config, dest: Path, overwrite: bool = False, vacuum: bool = F
     in one line for a refusal, before anything is written. `after_snapshot` runs once
     the source is let go, before the copy is checked."""
     if config.db_url:
-        return _pg_dump(config.db_url, _Naming(dest, "chargebox.dump", overwrite), overwrite)
+        return _pg_dump(config.db_url, dest, overwrite)
     source = config.db_path
     if not source.is_file():
         raise ValueError(f"--db {source}: no database there to back up")
     check_database_path(source, writing=False)
     naming = _Naming(dest, source.name, overwrite)
     target = naming.target
-    _check_target(target, overwrite)
+    _check_target(naming)
     with contextlib.suppress(FileNotFoundError):
         if target.samefile(source):
             raise ValueError(f"{target}: is the database itself")
@@ -125,7 +127,7 @@ def backup(config: Config, dest: Path, overwrite: bool = False, vacuum: bool = F
         copied = time.perf_counter() - began
         after_snapshot()
         facts = _checked(temporary, config.ledger_key)
-        target = _place(temporary, naming, overwrite)
+        target = _place(temporary, naming)
     return Made(
         path=target,
         size=target.stat().st_size,
@@ -150,8 +152,11 @@ def past_keeping(made: Path, keep: int) -> list[Path]:
     return [p for p in found[keep:] if p != made]
 
 
-def _check_target(target: Path, overwrite: bool) -> None:
-    if target.exists() and not overwrite:
+def _check_target(naming: _Naming) -> None:
+    target = naming.target
+    if target.exists() and naming.stamped:
+        raise ValueError(f"{target}: exists, as each later second's name did; retry")
+    if target.exists() and not naming.replace:
         raise ValueError(f"{target}: exists; choose a new name, or --force to replace it")
     if target.exists() and not target.is_file():
         raise ValueError(f"{target}: is not a regular file")
@@ -229,13 +234,13 @@ class _Rows:
         return self.conn.execute(sql, params).fetchall()
 
 
-def _place(temporary: Path, naming: _Naming, overwrite: bool) -> Path:
+def _place(temporary: Path, naming: _Naming) -> Path:
     """fsync the copy, give it its name (atomically; without --force never over a file
     that appeared meanwhile: a stamped name then takes the next second's), then fsync the
     directory so that the name survives too. The name given."""
     synced(temporary)
     os.chmod(temporary, 0o600)
-    if overwrite:
+    if naming.replace:
         os.replace(temporary, naming.target)
     else:
         while True:
@@ -259,7 +264,7 @@ def find_pg_dump() -> str | None:
     return str(candidates[-1]) if candidates else None
 
 
-def _pg_dump(url: str, naming: _Naming, overwrite: bool) -> Made:
+def _pg_dump(url: str, dest: Path, overwrite: bool) -> Made:
     """pg_dump --format=custom of the database, in one snapshot; the password goes to
     pg_dump through a private passfile, never on its command line."""
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -270,8 +275,9 @@ def _pg_dump(url: str, naming: _Naming, overwrite: bool) -> Made:
             "pg_dump not found: install PostgreSQL's client programs, or back up with "
             "pg_dump or pg_basebackup yourself (README, Backups and restores)"
         )
+    naming = _Naming(dest, "chargebox.dump", overwrite)
     target = naming.target
-    _check_target(target, overwrite)
+    _check_target(naming)
     params = conninfo_to_dict(url)
     password = params.pop("password", None)
     swept = tuple(partial.sweep(target.parent))
@@ -306,7 +312,7 @@ def _pg_dump(url: str, naming: _Naming, overwrite: bool) -> Made:
                 f"pg_dump failed: {reason} (back up with the schema owner's URL, as for "
                 "init-db: the service's own role may not read the sequences)"
             )
-        target = _place(temporary, naming, overwrite)
+        target = _place(temporary, naming)
     return Made(
         path=target,
         size=target.stat().st_size,

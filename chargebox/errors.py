@@ -244,6 +244,11 @@ class Unavailable(ChargeboxError):
     code = "unavailable"
 
 
+class HeldBack(Unavailable):
+    """A list page (PostgreSQL) whose cursor a write stuck in flight keeps from being
+    settled (settled.below_top): nothing is wrong with the connection."""
+
+
 class NoTurn(Unavailable):
     """A statement that did not get its turn (statement_turns.Turns): the API's 503 like any;
     a page says why, in its own words, rather than "busy"."""

@@ -55,7 +55,7 @@ class _Instruments:
         )
         self.unavailable = Counter(
             "chargebox_http_unavailable",
-            "503 answers (the database could not take a write in time), by route pattern",
+            "503 answers (unavailable: docs/api.md, Errors), by route pattern",
             ["route"],
             registry=None,
         )

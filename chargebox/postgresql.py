@@ -32,7 +32,7 @@ from typing import TypeVar
 
 from chargebox import lost_commit, metrics, pg_driver, settled
 from chargebox.config import Config
-from chargebox.errors import Deadlocked, LockTimeout, Unavailable
+from chargebox.errors import Deadlocked, HeldBack, LockTimeout, Unavailable
 from chargebox.pg_driver import Reader, as_dicts, connect, described, to_psycopg, translated
 from chargebox.slots import WriteSlots
 from chargebox.writer import GroupWriter
@@ -255,8 +255,7 @@ class Database:
             return as_dicts(conn.execute(to_psycopg(sql), params or None))
 
     def settled(self, table: str, wait: bool = True, at_least: int | None = None) -> int:
-        """The largest id of `table` a page may show (settled.py): the highest known, or,
-        `wait`ing, one settled anew (Tops.settle: `at_least`)."""
+        """The largest id of `table` a page may show: known, or (`wait`) settled anew."""
         if not wait:
             return self.tops.known(table)
         with self._reading() as conn:
@@ -267,8 +266,9 @@ class Database:
         try:
             with translated():
                 yield self.connection()
-        except Unavailable:
-            self._drop()
+        except Unavailable as exc:
+            if not isinstance(exc, HeldBack):  # (a write elsewhere: the connection is fine)
+                self._drop()
             raise
 
     @contextlib.contextmanager

@@ -26,8 +26,10 @@ A settled id stays settled, so each process keeps the top last found per table
 (`Tops`): a page is read up to it first, and only a page that comes back short (it
 reached the top) settles anew and is read again. A write in flight that does not end
 within WAIT (a host lost mid-batch leaves its transaction open) leaves the top where
-it was: the page is short, never wrong, and nothing answers 503 for it; for WAIT
-after that, pages do not wait for it again. A settle that finds the sequence behind
+it was: the page is short, never wrong (a page whose cursor it keeps from being settled
+is a 503: `below_top`); for WAIT after that, pages do not wait for it again (for it
+alone: other writes in flight are waited for as ever, so the top moves on once it
+ends). A settle that finds the sequence behind
 the known top (the database went back: a restore, a failover) takes its value, and
 says so in the log.
 
@@ -55,7 +57,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from chargebox.errors import Unavailable, phrase
+from chargebox.errors import HeldBack, phrase
 
 WAIT = 1.0  # seconds a page waits for the writes in flight, at most (and the busy timeout)
 FIRST_PAUSE, LONGEST_PAUSE = 0.001, 0.02  # seconds between two polls: doubling, up to
@@ -93,19 +95,28 @@ class Tops:
     def __init__(self, wait: float) -> None:
         self.wait = wait
         self._known: dict[str, int] = {}
-        self._stuck: dict[str, float] = {}  # until when a table's settles do not wait
+        # the writes in flight a table's settle last gave up on, and until when settles
+        # do not wait for them again (those alone: others are waited for as ever)
+        self._stuck: dict[str, tuple[frozenset[str], float]] = {}
         self._lock = threading.Lock()
 
     def known(self, table: str) -> int:
         with self._lock:
             return self._known.get(table, 0)
 
+    def _held(self, table: str, at_least: int | None) -> int:
+        """The top known, when writes in flight keep a settle from going past it."""
+        if at_least is not None and self.known(table) < at_least:
+            raise HeldBack(HELD_BACK)
+        return self.known(table)
+
     def settle(self, conn, table: str, at_least: int | None = None) -> int:
         """Settle `table`'s ids anew on `conn` (idle, autocommit), waiting at most `wait`
         for the writes in flight; the highest top known if one did not end by then (and,
-        for `wait` after that, settles that find one do not wait: a stuck transaction
-        would otherwise hold a thread for each page that reaches the top), unless that
-        top is below `at_least` (a cursor's ids: Unavailable, below_top says why)."""
+        for `wait` after that, settles do not wait for it again, only for the others: a
+        stuck transaction would otherwise hold a thread for each page that reaches the
+        top), unless that top is below `at_least` (a cursor's ids: HeldBack, below_top
+        says why)."""
         if conn.info.transaction_status.name != "IDLE":  # a snapshot would not see them
             raise AssertionError("ids are settled outside a transaction, before a page")
         before = self.known(table)  # settled before `last` is read: `last` is not below it
@@ -113,14 +124,15 @@ class Tops:
         ((last,),) = conn.execute(_LAST.format(table=table), (table,)).fetchall()
         ((waiting,),) = conn.execute(_IN_FLIGHT, (table,)).fetchall()
         now = time.monotonic()
-        deadline = now if self._stuck.get(table, 0.0) > now else now + self.wait
+        deadline = now + self.wait
+        stuck, until = self._stuck.get(table, (frozenset(), 0.0))
         pause = FIRST_PAUSE
         while waiting:
+            if until > time.monotonic() and stuck.issuperset(waiting):  # those alone left
+                return self._held(table, at_least)
             if time.monotonic() >= deadline:
-                self._stuck[table] = time.monotonic() + self.wait
-                if at_least is not None and self.known(table) < at_least:
-                    raise Unavailable(HELD_BACK)
-                return self.known(table)
+                self._stuck[table] = frozenset(waiting), time.monotonic() + self.wait
+                return self._held(table, at_least)
             time.sleep(pause)
             pause = min(2 * pause, LONGEST_PAUSE)
             (waiting,) = conn.execute(_STILL, (table, waiting)).fetchone()
@@ -158,7 +170,7 @@ def below_top(settled: Callable[..., int | None], table: str, before_id: int | N
     each page after it below its last id. A cursor above this process's top (another
     server's page gave it) settles: if a write in flight does not end in time, that
     top may not cover it, and a page below it would skip the committed rows between, its
-    client taking a short page for the end: Unavailable (a 503, to retry) instead."""
+    client taking a short page for the end: HeldBack (a 503, to retry) instead."""
     if (known := settled(table, wait=False)) is None:
         return read([])
     if before_id is None:

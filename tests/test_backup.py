@@ -306,9 +306,37 @@ def test_backups_in_one_second_into_a_folder_each_take_a_second_of_their_own(tmp
     assert rows_on_disk(third.path, "SELECT COUNT(*) FROM seller") == [(1,)]
     assert backup.past_keeping(third.path, 3) == [daily / "chargebox-20261207T030000Z.db"]
     monkeypatch.setattr(backup, "now", lambda: "2026-12-07T03:00:03.500000Z")  # a stuck clock
-    with pytest.raises(ValueError, match="exists"):
-        backup.backup(config, daily)
-    assert len(waits) == 3 + backup.RESTAMPS
+    for force in (False, True):  # a stamped name is never replaced, --force or not
+        with pytest.raises(ValueError, match="exists, as each later second's name did"):
+            backup.backup(config, daily, overwrite=force)
+    assert len(waits) == 3 + 2 * backup.RESTAMPS
+    assert rows_on_disk(third.path, "SELECT COUNT(*) FROM seller") == [(1,)]
+
+
+def test_a_pg_dump_into_a_folder_takes_the_next_seconds_name_too(tmp_path, monkeypatch):
+    """The same on PostgreSQL (pg_dump writes the copy; here a stand-in that writes its
+    --file and, as another backup placed first would, the name it was to take)."""
+    daily = tmp_path / "daily"
+    daily.mkdir()
+    taken = daily / "chargebox-20261207T030000Z.dump"
+    taken.write_bytes(b"an earlier backup's")
+    appears = daily / "chargebox-20261207T030001Z.dump"
+    fake = tmp_path / "bin" / "pg_dump"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\nwhile [ $# -gt 0 ]; do\n"
+        '  if [ "$1" = --file ]; then echo dump > "$2"; fi; shift\ndone\n'
+        f"echo another > {appears}\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    clock = iter(f"2026-12-07T03:00:0{second}.500000Z" for second in (0, 1, 2))
+    monkeypatch.setattr(backup, "now", lambda: next(clock))
+    monkeypatch.setattr(backup.time, "sleep", lambda seconds: None)
+    made = backup.backup(Config(db_url="postgresql://owner@127.0.0.1:1/db"), daily)
+    assert made.path == daily / "chargebox-20261207T030002Z.dump"
+    assert made.path.read_text() == "dump\n" and appears.read_text() == "another\n"
+    assert taken.read_bytes() == b"an earlier backup's"
 
 
 def test_a_vacuumed_copy_is_owner_only_from_its_first_byte(tmp_path):
@@ -560,7 +588,6 @@ def test_pg_dump_gets_none_of_chargeboxs_settings_in_its_environment(tmp_path, m
     monkeypatch.setenv("CHARGEBOX_LEDGER_KEY", "a-ledger-key-that-must-stay-home-0123456789")
     monkeypatch.setenv("CHARGEBOX_DB", "postgresql://owner:secret@127.0.0.1:1/db")
     with pytest.raises(ValueError, match="pg_dump failed"):
-        named = backup._Naming(tmp_path / "x.dump", "chargebox.dump", False)
-        backup._pg_dump("postgresql://owner:secret@127.0.0.1:1/db", named, False)
+        backup._pg_dump("postgresql://owner:secret@127.0.0.1:1/db", tmp_path / "x.dump", False)
     environment = seen.read_text()
     assert "PATH=" in environment and "CHARGEBOX_" not in environment

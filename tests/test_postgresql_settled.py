@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import threading
 import time
 import types
 
@@ -143,13 +144,40 @@ def test_a_cursor_from_another_server_that_a_stuck_write_keeps_unsettled_is_503(
     assert newest == sold[2]
     older = Page(limit=1, before_id=newest, newest_first=True)
     between = Page(after_id=0, before_id=newest)
+    (pid,) = b.database.rows("SELECT pg_backend_pid()")[0]
     with psycopg.connect(superuser) as holder:
         holder.execute("SELECT nextval('sale_id_seq')")
         for page in (older, between):
             with pytest.raises(Unavailable, match="holds back the rows"):
                 b.queries.sales(page)
+    assert b.database.rows("SELECT pg_backend_pid()") == [(pid,)]  # its connection kept
     assert ids(b.queries.sales(older)) == [sold[1]]
     assert ids(b.queries.sales(between)) == sold[:2]
+
+
+def test_after_a_stuck_write_the_other_writes_in_flight_are_waited_for_as_ever(two_servers):
+    """helper-108's HIGH: once a settle had given up on a stuck write, every settle for
+    WAIT after it gave up on any write in flight, and each renewed the window: under
+    steady writes the top never moved again, and a cursor above it was a 503 for ever.
+    Only the write given up on is not waited for again; another, ending in 0.2 s, is
+    waited for, and the page is answered."""
+    a, b, superuser = two_servers
+    seller = credited_seller(a, FUNDS)["id"]
+    sold = [a.sell(seller, A_NUMBER, 100).record["id"] for _ in range(3)]
+    with psycopg.connect(superuser) as stuck:
+        stuck.execute("SELECT nextval('sale_id_seq')")
+        assert b.queries.sales(Page(newest_first=True)) == []  # gave up on it: B's top 0
+        stuck.rollback()  # (it ends; the window for it is still open)
+        with psycopg.connect(superuser) as brief:
+            brief.execute("SELECT nextval('sale_id_seq')")
+            timer = threading.Timer(0.2, brief.rollback)
+            timer.start()
+            try:
+                older = Page(limit=1, before_id=sold[2], newest_first=True)
+                assert ids(b.queries.sales(older)) == [sold[1]]
+            finally:
+                timer.join()
+    assert b.database.tops.known("sale") >= sold[2]
 
 
 def test_a_cursor_just_above_the_known_top_reads_below_it_and_one_more_settles(two_servers):
@@ -161,12 +189,16 @@ def test_a_cursor_just_above_the_known_top_reads_below_it_and_one_more_settles(t
     sold = [a.sell(seller, A_NUMBER, 100).record["id"] for _ in range(3)]
     assert ids(b.queries.sales(Page())) == sold  # B's top: the last sale
     known = sold[-1]
+    settles = []
+    settle = b.database.tops.settle
+    b.database.tops.settle = lambda *args: settles.append(args) or settle(*args)
     with psycopg.connect(superuser) as holder:
         (held,) = holder.execute("SELECT nextval('sale_id_seq')").fetchone()
         assert held == known + 1
         for cursor, shown in ((known, sold[:2]), (known + 1, sold)):
             assert ids(b.queries.sales(Page(before_id=cursor, newest_first=True))) == shown[::-1]
             assert ids(b.queries.sales(Page(before_id=cursor))) == shown
+        assert settles == []  # every id below the cursor is settled: nothing to wait for
         for page in (Page(before_id=known + 2, newest_first=True), Page(before_id=known + 2)):
             with pytest.raises(Unavailable, match="holds back the rows"):
                 b.queries.sales(page)
