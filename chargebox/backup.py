@@ -8,7 +8,9 @@ beside DEST (in a locked directory, which the next backup removes if one was kil
 partial.py),
 checked (`quick_check`, its sealed heads against the ledger key), fsynced, and only
 then given DEST's name: DEST is never half a copy, and an existing DEST is refused
-unless `--force`. PostgreSQL: pg_dump's custom format, one snapshot.
+unless `--force`; in a directory a name stamped with the second is made, never over
+another (a taken one waits for the next second's: `_Naming`). PostgreSQL: pg_dump's
+custom format, one snapshot.
 Not in the copy, by design: the ledger key and the admin token (back them up apart).
 The copy's sealed heads are anchored for the live database (anchors.py).
 """
