@@ -21,6 +21,7 @@ from chargebox.errors import (
     ChargeboxError,
     Damaged,
     Deadlocked,
+    HeldBack,
     IntegrityViolation,
     LockTimeout,
     NoTurn,
@@ -36,6 +37,7 @@ INHERITS_ITS_STATUS = {
     Deadlocked: Unavailable,
     Damaged: Unavailable,
     NoTurn: Unavailable,  # a statement's turn (statement_turns.Turns): the API's 503 as any
+    HeldBack: Unavailable,  # a list page a write stuck in flight holds back (settled.py)
 }
 
 
