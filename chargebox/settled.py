@@ -106,9 +106,10 @@ class Tops:
 
     def _held(self, table: str, at_least: int | None) -> int:
         """The top known, when writes in flight keep a settle from going past it."""
-        if at_least is not None and self.known(table) < at_least:
+        top = self.known(table)
+        if at_least is not None and top < at_least:
             raise HeldBack(HELD_BACK)
-        return self.known(table)
+        return top
 
     def settle(self, conn, table: str, at_least: int | None = None) -> int:
         """Settle `table`'s ids anew on `conn` (idle, autocommit), waiting at most `wait`
@@ -123,8 +124,7 @@ class Tops:
         # apart: pg_sequence_last_value takes nextval's lock, to its transaction's end
         ((last,),) = conn.execute(_LAST.format(table=table), (table,)).fetchall()
         ((waiting,),) = conn.execute(_IN_FLIGHT, (table,)).fetchall()
-        now = time.monotonic()
-        deadline = now + self.wait
+        deadline = time.monotonic() + self.wait
         stuck, until = self._stuck.get(table, (frozenset(), 0.0))
         pause = FIRST_PAUSE
         while waiting:
