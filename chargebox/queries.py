@@ -256,10 +256,11 @@ class Queries:
     def order_ids(self, seller_id: int, sale_ids: list[int]) -> dict[int, str]:
         """The seller's order ids (Idempotency-Keys) of these sales, by sale: along the
         records' UNIQUE sale_id, one a sale at most; an unkeyed sale has none."""
+        if not sale_ids:
+            return {}
         marks = ", ".join("?" * len(sale_ids))
         sql = f"SELECT sale_id, key FROM idempotency_record WHERE sale_id IN ({marks})"
-        rows = self.reader.rows(f"{sql} AND seller_id = ?", (*sale_ids, seller_id)) if marks else []
-        return dict(rows)
+        return dict(self.reader.rows(f"{sql} AND seller_id = ?", (*sale_ids, seller_id)))
 
     def ledger(self, page: Page, seller_id: int | None = None) -> list[dict]:
         return self.page(LEDGER_ENTRY, page, seller_id=seller_id)
