@@ -304,6 +304,28 @@ def test_switching_language_remembers_it_and_comes_back_to_the_same_page(world):
     assert '<html lang="fa" dir="rtl">' in browser.get("/seller").text
 
 
+# Names http.cookies refuses (bottle's cookie reading raised on them: every page a 500).
+ODD_NAMES = ["AMCV_1234@AdobeOrg", "a,b", "x(y)", "a/b", "{x}"]
+
+
+@pytest.mark.parametrize("odd", ODD_NAMES)
+def test_another_sites_cookie_with_an_odd_name_leaves_the_pages_and_their_language(world, odd):
+    """Cookies are the host's, not the port's: another application on this host, or a
+    sibling subdomain's `Domain=` cookie, may send us any name."""
+    seller = world.browser("seller")
+    session = seller.http.cookies.get("chargebox_session")
+    for path, status in (("/seller", 200), ("/login", 303), ("/nope", 404)):
+        answer = seller.http.get(
+            world.server.url + path,
+            headers={"Accept": BROWSER_ACCEPT,
+                     "Cookie": f"{odd}=1; chargebox_session={session}; lang=fa"},
+            allow_redirects=False,
+        )  # fmt: skip
+        assert answer.status_code == status, (path, answer.status_code, answer.text[:200])
+        if status != 303:
+            assert '<html lang="fa" dir="rtl">' in answer.text, path
+
+
 def test_over_https_the_language_cookie_is_secure(tmp_path):
     app = create_app(Config(db_path=tmp_path / "https.db", admin_token=ADMIN_TOKEN))
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/language/fa", "QUERY_STRING": "back=/login"}

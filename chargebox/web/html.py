@@ -25,7 +25,7 @@ from chargebox.web import i18n, refusals
 from chargebox.web.errors import RefusedBeforeRouting, internal_error, request_id, status_of
 from chargebox.web.i18n import isolate
 from chargebox.web.request import accept_qualities, unnamed
-from chargebox.web.sessions import SignInRequired, Visitor, session_sent, signed_in
+from chargebox.web.sessions import SignInRequired, Visitor, cookie_sent, session_sent, signed_in
 
 VIEWS = Path(__file__).parent / "views"
 STATIC = Path(__file__).parent / "static"
@@ -78,11 +78,13 @@ HELPERS = {"visitor": None, "notice": None}
 
 
 def language() -> i18n.Language:
-    """This request's language: the `lang` cookie's, else the best of Accept-Language."""
+    """This request's language: the `lang` cookie's, else the best of Accept-Language.
+    The cookie is read as the session's is: bottle's reading (http.cookies) raises on a
+    cookie named `a@b` (another site's on this host), and every page would be a 500."""
     environ = bottle.request.environ
     if "chargebox.language" not in environ:
         accepted = accept_qualities(environ.get("HTTP_ACCEPT_LANGUAGE"))
-        chosen = i18n.choose(bottle.request.get_cookie(i18n.COOKIE), accepted)
+        chosen = i18n.choose(cookie_sent(i18n.COOKIE), accepted)
         environ["chargebox.language"] = chosen
     return environ["chargebox.language"]
 

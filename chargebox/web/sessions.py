@@ -52,7 +52,7 @@ class Visitor:
 
 def signed_in(service: Chargebox) -> Visitor | None:
     """The browser's valid session, if it has one."""
-    session = _sent(_named(SESSION_COOKIE))
+    session = cookie_sent(_named(SESSION_COOKIE))
     principal = service.access.session(session)
     if principal:
         bottle.request.environ[ENVIRON_WHO] = principal  # for the access log
@@ -63,7 +63,7 @@ def session_sent() -> bool:
     """Did the browser send a session cookie (valid or not)? One it sends that is no longer
     valid (expired, signed out elsewhere, its key revoked or its seller suspended) is a
     session that ended, not a visitor who never signed in."""
-    return bool(_sent(_named(SESSION_COOKIE)))
+    return bool(cookie_sent(_named(SESSION_COOKIE)))
 
 
 def visitor(service: Chargebox, *roles: str) -> Visitor:
@@ -100,7 +100,7 @@ def check_csrf(expected: str, form: dict[str, str]) -> None:
         )
 
 
-def _sent(name: str) -> str | None:
+def cookie_sent(name: str) -> str | None:
     """The cookie `name` as the browser sent it: the header's `;`-separated pairs, the name
     matched exactly; None if absent or sent twice (a host-only cookie is one per name).
     Not bottle's reading (http.cookies), which also splits at spaces: a sibling subdomain's
@@ -147,7 +147,7 @@ def end_session(response: bottle.BaseResponse) -> None:
 
 def login_token() -> str:
     """The sign-in form's token: the browser's login cookie, or a new one."""
-    token = _sent(_named(LOGIN_COOKIE))
+    token = cookie_sent(_named(LOGIN_COOKIE))
     return token if token and len(token) <= 64 else secrets.token_urlsafe(24)
 
 
@@ -156,4 +156,4 @@ def remember_login_token(response: bottle.BaseResponse, token: str) -> None:
 
 
 def check_login_token(form: dict[str, str]) -> None:
-    check_csrf(_sent(_named(LOGIN_COOKIE)) or "", form)
+    check_csrf(cookie_sent(_named(LOGIN_COOKIE)) or "", form)
