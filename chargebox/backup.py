@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import dataclasses
 import os
-import re
 import shutil
 import sqlite3
 import subprocess
@@ -31,9 +30,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from chargebox import anchors, partial, seals
+from chargebox import anchors, keeping, partial, seals
 from chargebox.clock import now
-from chargebox.config import Config, anchors_beside, whole_number, without_settings
+from chargebox.config import Config, whole_number, without_settings
 from chargebox.location import check_database_path, synced
 
 BUSY_TIMEOUT_MS = 10_000  # reading the source waits for a WAL recovery, never for writers
@@ -139,19 +138,6 @@ def backup(config: Config, dest: Path, overwrite: bool = False, vacuum: bool = F
         swept=swept,
         **facts,
     )
-
-
-def past_keeping(made: Path, keep: int) -> list[Path]:
-    """Beside a backup `made` with a stamped name (`destination`), the same database's
-    older stamped backups past the newest `keep`, by their names' stamps. By count, not
-    age: a clock jumped a year ahead and set back cannot make every copy look old (a copy
-    named in the future only keeps its place among `keep` until the clock passes it).
-    The copy just made is never one of them."""
-    stem, _, stamped = made.name.rpartition("-")
-    ending = stamped[stamped.index("Z") + 1 :]  # ".db", ".dump", or nothing
-    shape = re.compile(re.escape(stem) + r"-\d{8}T\d{6}Z" + re.escape(ending))
-    found = sorted((p for p in made.parent.iterdir() if shape.fullmatch(p.name)), reverse=True)
-    return [p for p in found[keep:] if p != made]
 
 
 def _check_target(naming: _Naming) -> None:
@@ -371,17 +357,6 @@ def main(config: Config, dest: Path, force: bool, vacuum: bool, keep: int | None
         "or served",
         file=sys.stderr,
     )
-    kept = True  # the copy is made and anchored whatever an older one's deletion does
-    for path in past_keeping(made.path, keep) if keep is not None else ():
-        anchored = anchors_beside(path)  # if it was audited or served: its anchors and theirs
-        for each in (path, anchored, *anchors.beside(anchored)):
-            try:
-                each.unlink(missing_ok=True)
-            except OSError as exc:
-                print(f"chargebox: could not delete {each} (--keep {keep}): {exc.strerror}",
-                      file=sys.stderr)  # fmt: skip
-                kept = False
-                break
-        else:
-            print(f"chargebox: deleted {path} (--keep {keep})", file=sys.stderr)
+    # the copy is made and anchored whatever an older one's deletion does
+    kept = keeping.prune(made.path, keep, made.method != "pg_dump") if keep is not None else True
     return 0 if kept else 1

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from chargebox import backup
+from chargebox import backup, keeping
 from chargebox.backup import find_pg_dump
 from chargebox.config import Config
 from tests import pg_cluster
@@ -304,7 +304,10 @@ def test_backups_in_one_second_into_a_folder_each_take_a_second_of_their_own(tmp
     # 03:00:02 appeared meanwhile, and the clock still said 03:00:02 after one wait
     assert third.path.name == "chargebox-20261207T030003Z.db" and len(waits) == 3
     assert rows_on_disk(third.path, "SELECT COUNT(*) FROM seller") == [(1,)]
-    assert backup.past_keeping(third.path, 3) == [daily / "chargebox-20261207T030000Z.db"]
+    deleted, left = keeping.past_keeping(third.path, 2)  # 030002Z is no database: left
+    assert deleted == [daily / "chargebox-20261207T030000Z.db"]
+    assert left == [f"left {daily / 'chargebox-20261207T030002Z.db'}: not a chargebox database"
+                    " that can be read (file is not a database)"]  # fmt: skip
     monkeypatch.setattr(backup, "now", lambda: "2026-12-07T03:00:03.500000Z")  # a stuck clock
     for force in (False, True):  # a stamped name is never replaced, --force or not
         with pytest.raises(ValueError, match="exists, as each later second's name did"):
@@ -361,24 +364,28 @@ def test_a_vacuumed_copy_is_owner_only_from_its_first_byte(tmp_path):
 def test_keep_deletes_all_but_the_newest_stamped_copies_by_count_whatever_the_clock(tmp_path):
     """`--keep 3`: of this database's stamped copies the newest 3 by name stay, the one
     just made always among them; a copy named a year ahead (a clock that jumped) holds
-    its place; another database's copies and other files are not touched."""
+    its place; other names and other files are not touched."""
     live = tmp_path / "chargebox.db"
     with running_server(live) as server:
         new_seller(server.admin(), "shop", credit=1_000)
     daily = tmp_path / "daily"
     daily.mkdir()
+    first = backup.backup(Config(db_path=live), tmp_path / "first.db")
     older = [daily / f"chargebox-202611{day:02d}T030000Z.db" for day in (1, 2, 3, 4)]
     ahead = daily / "chargebox-99991204T030000Z.db"  # ahead of any clock this test meets
     others = [daily / "shop-20261101T030000Z.db", daily / "chargebox-notes.db",
               daily / "chargebox-20261101T030000Z.db.txt"]  # fmt: skip
     audited = [Path(f"{older[0]}.anchors{end}") for end in ("", ".lock", ".writer")]
-    for path in (*older, ahead, *others, *audited):
+    for path in (*older, ahead):
+        shutil.copyfile(first.path, path)
+    for path in (*others, *audited):
         path.write_bytes(b"an earlier copy")
     kept = chargebox("backup", "--db", str(live), str(daily), "--keep", "3")
     assert kept.returncode == 0, kept.stderr
     (made,) = set(daily.iterdir()) - {*older, ahead, *others}
     assert sorted(daily.iterdir()) == sorted([made, ahead, older[3], *others])
     assert kept.stderr.count("deleted ") == 3 and "(--keep 3)" in kept.stderr
+    assert "left " not in kept.stderr, kept.stderr
     assert rows_on_disk(made, "SELECT COUNT(*) FROM seller") == [(1,)]
     again = chargebox("backup", "--db", str(live), str(daily), "--keep", "1", "--force")
     assert again.returncode == 0, again.stderr
@@ -389,6 +396,40 @@ def test_keep_deletes_all_but_the_newest_stamped_copies_by_count_whatever_the_cl
     for wrong in ("0", "-1", "two"):
         refused = chargebox("backup", "--db", str(live), str(daily), "--keep", wrong)
         assert refused.returncode == 2 and "--keep" in refused.stderr, refused.stderr
+
+
+def test_keep_leaves_another_databases_copies_and_a_copy_in_use(tmp_path):
+    """Two deployments' `chargebox.db` backed up into one directory share their copies'
+    names; `--keep 1` deleted the other's (helper-110), and a copy served where it lay,
+    its `-wal` orphaned. Only this database's copies count and go; the others are named."""
+    prod, staging = tmp_path / "prod" / "chargebox.db", tmp_path / "staging" / "chargebox.db"
+    for live, name in ((prod, "prod-shop"), (staging, "staging-shop")):
+        live.parent.mkdir()
+        with running_server(live) as server:
+            new_seller(server.admin(), name, credit=1_000)
+    empty = tmp_path / "empty" / "chargebox.db"  # no seller, no entry yet: anyone's
+    empty.parent.mkdir()
+    assert chargebox("init-db", "--db", str(empty)).returncode == 0
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    names = iter(f"2026-11-0{day}T03:00:00.000000Z" for day in range(1, 10))
+    made = {}
+    for label, live in (("prod", prod), ("staging", staging), ("empty", empty), ("served", prod)):
+        with pytest.MonkeyPatch.context() as patched:
+            patched.setattr(backup, "now", lambda: next(names))
+            made[label] = backup.backup(Config(db_path=live), backups).path
+    served = made["served"]
+    Path(f"{served}-wal").write_bytes(b"")  # as a server serving it where it lies leaves it
+    kept = chargebox("backup", "--db", str(prod), str(backups), "--keep", "1")
+    assert kept.returncode == 0, kept.stderr
+    assert not made["prod"].exists() and not made["empty"].exists(), kept.stderr
+    assert made["staging"].exists() and served.exists(), kept.stderr
+    assert f"left {made['staging']}: a copy of another database" in kept.stderr
+    assert f"left {served}: in use (a -wal or -shm beside it" in kept.stderr
+    assert kept.stderr.count("deleted ") == 2
+    again = chargebox("backup", "--db", str(staging), str(backups), "--keep", "1")
+    assert again.returncode == 0 and not made["staging"].exists(), again.stderr
+    assert len(list(backups.glob("chargebox-*Z.db"))) == 3  # prod's, staging's, the served
 
 
 def test_a_backup_into_a_folder_it_cannot_write_in_is_one_line(tmp_path):
@@ -423,20 +464,24 @@ def test_a_backup_made_without_the_ledger_key_says_its_seals_were_not_checked(tm
 
 
 def test_an_older_copy_that_cannot_be_deleted_is_named_after_the_new_copy_is_anchored(tmp_path):
-    """`--keep 1` where an older stamped name cannot be deleted (here a directory: unlink
-    refuses it): the new copy is made and its heads anchored first, the refusal is one
-    line naming it, and the command exits 1 (a trace, before the anchors, it was)."""
+    """`--keep 1` where an older stamped copy cannot be deleted (immutable: chattr +i):
+    the new copy is made and its heads anchored first, the refusal is one line naming
+    it, and the command exits 1 (a trace, before the anchors, it was)."""
+    from tests.test_startup_mistakes import immutable
+
     live = tmp_path / "chargebox.db"
     with running_server(live) as server:
         new_seller(server.admin(), "shop", credit=1_000)
     daily = tmp_path / "daily"
+    daily.mkdir()
     stuck = daily / "chargebox-20261101T030000Z.db"
-    stuck.mkdir(parents=True)
+    shutil.copyfile(backup.backup(Config(db_path=live), tmp_path / "first.db").path, stuck)
     anchored = live.with_name("chargebox.db.anchors")
     before = anchored.read_text().count("\n") if anchored.exists() else 0
-    kept = chargebox("backup", "--db", str(live), str(daily), "--keep", "1")
+    with immutable(stuck):
+        kept = chargebox("backup", "--db", str(live), str(daily), "--keep", "1")
     assert kept.returncode == 1 and "Traceback" not in kept.stderr, kept.stderr
-    assert f"could not delete {stuck} (--keep 1)" in kept.stderr and stuck.is_dir()
+    assert f"could not delete {stuck} (--keep 1)" in kept.stderr and stuck.is_file()
     assert anchored.read_text().count("\n") > before  # the copy's heads anchored
     assert len(list(daily.glob("chargebox-2026*Z.db"))) == 2
 
