@@ -79,6 +79,20 @@ def test_the_document_is_a_valid_openapi_3_document():
     validate_spec(DOC)
 
 
+def test_every_403_documented_names_a_suspended_sellers_key():
+    """docs/api.md: a suspended seller's key is `403 seller_suspended` on every route."""
+    for path, operations in DOC["paths"].items():
+        for method, operation in operations.items():
+            refused = (
+                operation.get("responses", {}).get("403") if isinstance(operation, dict) else None
+            )
+            if refused:
+                schema = refused["content"]["application/json"]["schema"]["allOf"][1]
+                code = schema["properties"]["error"]["properties"]["code"]
+                assert "seller_suspended" in code.get("enum", [code.get("const")]), (method, path)
+                assert "`seller_suspended`" in refused["description"], (method, path)
+
+
 def test_every_installed_route_is_documented_and_nothing_else(tmp_path):
     app = create_app(Config(db_path=tmp_path / "x.db", admin_token="t"))
     installed = {
@@ -218,6 +232,13 @@ def test_real_error_answers_fit_the_documented_error_schemas(server, admin):
     assert error_code(Api(server.url, "nope").get("/api/ledger"), "/api/ledger") == "unauthorized"
     assert error_code(own.get("/api/sellers"), "/api/sellers") == "forbidden"
     assert error_code(admin.get("/api/me"), "/api/me") == "forbidden"
+    # The key is checked before the role: a suspended seller's is refused so on the
+    # admin's routes too (the document allowed only `forbidden` there: helper-111).
+    suspended, suspended_key = new_seller(admin, "Openapi Suspended", credit=10)
+    assert admin.post(f"/api/sellers/{suspended['id']}/suspend").status_code == 200
+    for path in ("/api/sellers", "/api/audit"):
+        refused = server.seller(suspended_key).get(path)
+        assert error_code(refused, path) == "seller_suspended"
     assert error_code(own.get(f"/api/sales?seller_id={other['id']}"), "/api/sales") == "forbidden"
     assert error_code(admin.get("/api/sellers/999999999999"), "/api/sellers/{id}") == "not_found"
     assert error_code(own.get(f"/api/sales/{other_sale['id']}"), "/api/sales/{id}") == "not_found"
