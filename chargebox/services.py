@@ -320,7 +320,7 @@ class Chargebox:
         own; the admin names the seller) and `from`/`to` (periods.instant), as raw text."""
         key = search.get("idempotency_key")
         if key is not None:
-            idempotency.check_key(key, "idempotency_key")
+            key = idempotency.check_key(key, "idempotency_key")
             if seller_id is None:
                 raise ValidationError("an idempotency_key is a seller's: give seller_id too",
                                       "seller_id")  # fmt: skip

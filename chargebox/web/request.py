@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import urllib.parse
+from collections.abc import Iterator
 
 import bottle
 
@@ -34,7 +35,8 @@ def header(name: str) -> str | None:
 
 
 def caller(access: Access, *roles: str, remembered: bool = False) -> Principal:
-    """Authenticate the request and require one of `roles` (401, then 403); `remembered`:
+    """Authenticate the request and require one of `roles` (401, then 403), then a POST's
+    query without a key in it (422: `no_key_in_query`); `remembered`:
     a seller key read before may stand unread, for the request's write to check
     (auth.identify)."""
     unnamed()  # a refused key names no one (a 403 by role does)
@@ -44,6 +46,13 @@ def caller(access: Access, *roles: str, remembered: bool = False) -> Principal:
         if principal.is_admin:
             raise Forbidden("this route is not for the admin")
         raise Forbidden("this route is not for a seller")
+    if bottle.request.method == "POST":
+        try:
+            no_key_in_query()
+        except ValidationError:
+            if principal.unchecked:  # a key's own refusal comes first
+                caller(access, *roles)
+            raise
     return principal
 
 
@@ -130,14 +139,8 @@ def read_form(limit: int) -> dict[str, str]:
 def query(*allowed: str) -> dict[str, str]:
     """Query parameters, each at most once, none outside `allowed`, each value UTF-8 once
     its %XX are decoded; a refusal names the parameter in `field`."""
-    text = bottle.request.environ.get("QUERY_STRING", "")
     params: dict[str, str] = {}
-    for part in text.split("&"):  # as parse_qsl splits it, one pair at a time
-        if not part:
-            continue
-        raw_name, _, raw_value = part.partition("=")
-        # A name that is not UTF-8 is no parameter of ours: named as best it can be.
-        name = urllib.parse.unquote(raw_name.replace("+", " "), errors="replace")
+    for name, raw_value in _pairs():
         if name not in allowed:
             shown = shown_back(name)
             raise ValidationError("unknown query parameter {name!r}", shown, name=shown)
@@ -148,6 +151,27 @@ def query(*allowed: str) -> dict[str, str]:
         except UnicodeDecodeError:
             raise ValidationError("{field} is not UTF-8 once percent-decoded", name) from None
     return params
+
+
+def _pairs() -> Iterator[tuple[str, str]]:
+    """The query string's pairs as parse_qsl splits them, one at a time: each name
+    %-decoded (one that is not UTF-8 is no parameter of ours: named as best it can be),
+    each value as sent."""
+    for part in bottle.request.environ.get("QUERY_STRING", "").split("&"):
+        if part:
+            raw_name, _, raw_value = part.partition("=")
+            yield urllib.parse.unquote(raw_name.replace("+", " "), errors="replace"), raw_value
+
+
+def no_key_in_query() -> None:
+    """A write's Idempotency-Key goes in a header. Sent in the query (`idempotency_key`,
+    the search's name for it) it was ignored, the write run unkeyed and a retry run
+    again (helper-111): refused, as framing refuses the header spelt `Idempotency_Key`.
+    Other query parameters of a POST are ignored, as version 1 of the API did."""
+    for name, _ in _pairs():
+        if name.lower().replace("_", "-") == "idempotency-key":
+            raise ValidationError("an Idempotency-Key goes in a header, not the query",
+                                  shown_back(name))  # fmt: skip
 
 
 def integer_param(params: dict[str, str], name: str, low: int, high: int) -> int | None:
