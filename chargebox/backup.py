@@ -123,7 +123,7 @@ def backup(config: Config, dest: Path, overwrite: bool = False, vacuum: bool = F
             raise ValueError(f"{target}: is the database itself")
     swept = tuple(partial.sweep(target.parent))
     began = time.perf_counter()
-    with partial.making(target) as (temporary, _lock):
+    with _the_destinations(target.parent), partial.making(target) as (temporary, _lock):
         _copy(source, temporary, vacuum)
         copied = time.perf_counter() - began
         after_snapshot()
@@ -220,6 +220,23 @@ class _Rows:
 
     def rows(self, sql: str, params: tuple = ()) -> list[tuple]:
         return self.conn.execute(sql, params).fetchall()
+
+
+@contextlib.contextmanager
+def _the_destinations(directory: Path):
+    """A copy that cannot be written (a disk full, no inodes left) is told
+    in one line naming DEST's directory: SQLite's "database or disk is full" was said of
+    the live database (`--db`), and an OSError was a traceback (helper-110)."""
+    try:
+        yield
+    except OSError as exc:
+        raise ValueError(f"{directory}: the copy could not be written there "
+                         f"({exc.strerror or exc}); nothing kept") from None  # fmt: skip
+    except sqlite3.Error as exc:  # the source is only read: a full disk is the copy's
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_FULL:
+            raise
+        raise ValueError(f"{directory}: the copy could not be written there ({exc}); "
+                         "nothing kept") from None  # fmt: skip
 
 
 def _place(temporary: Path, naming: _Naming) -> Path:
@@ -346,8 +363,14 @@ def main(config: Config, dest: Path, force: bool, vacuum: bool, keep: int | None
         print(f"chargebox: removed {path}, the partial copy of a backup killed before it "
               "ended", file=sys.stderr)  # fmt: skip
     print(f"chargebox: {made.summary()}", file=sys.stderr)
+    anchored = True
     if made.heads and config.ledger_key:  # the copy's heads: the live file never goes back
-        anchors.record(config, config.ledger_key.encode("utf-8"), list(made.heads), "backup")
+        try:
+            anchors.record(config, config.ledger_key.encode("utf-8"), list(made.heads), "backup")
+        except OSError as exc:  # another file system's anchors, read-only or full; its lock
+            anchored = False
+            print(f"chargebox: the copy is made, but its heads were not anchored: {exc}",
+                  file=sys.stderr)  # fmt: skip
     if not config.ledger_key:
         print(f"chargebox: warning: no ledger key ({config.ledger_key_path} or CHARGEBOX_LEDGER_"
               "KEY): the copy's sealed heads were not checked", file=sys.stderr)  # fmt: skip
@@ -359,4 +382,4 @@ def main(config: Config, dest: Path, force: bool, vacuum: bool, keep: int | None
     )
     # the copy is made and anchored whatever an older one's deletion does
     kept = keeping.prune(made.path, keep, made.method != "pg_dump") if keep is not None else True
-    return 0 if kept else 1
+    return 0 if kept and anchored else 1

@@ -373,6 +373,9 @@ def _command(argv: list[str] | None) -> int:
     except pg_driver.driver_errors() as exc:  # a role without the rights, no schema there
         print(f"chargebox: --db {_where(config)}: {pg_driver.in_words(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file to write on a read-only or full disk, a lock held too long
+        print(f"chargebox: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

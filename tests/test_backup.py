@@ -10,6 +10,7 @@ Then a copy is restored as README says (stop, put it in place, serve) and sells 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -32,6 +33,7 @@ from tests.support import (
     Api,
     cli_audit,
     credited_seller,
+    needs_root,
     new_seller,
     reconciled_balances,
     rows_on_disk,
@@ -446,6 +448,77 @@ def test_a_backup_into_a_folder_it_cannot_write_in_is_one_line(tmp_path):
             refused = chargebox("backup", "--db", str(live), str(dest))
             assert_refused(refused, str(folder), "cannot create files", "Operation not permitted")
     assert list(folder.iterdir()) == []
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, options: str):
+    """A tmpfs at `where` mounted with `options` (its size, its inodes) for the block."""
+    from tests.test_startup_mistakes import run
+
+    needs_root("mounting a tmpfs")
+    where.mkdir()
+    run("mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where))
+    try:
+        yield where
+    finally:
+        run("umount", str(where))
+
+
+@pytest.mark.parametrize("options", ["size=16k", "size=4m,nr_inodes=3"])
+def test_a_backup_onto_a_full_disk_names_that_disk_in_one_line(tmp_path, options):
+    """A destination with no room or no inodes left: a traceback (no inodes), or
+    "--db LIVE: database or disk is full", which sends an operator to free the live
+    database's disk (helper-110). One line naming DEST's directory now; nothing kept."""
+    from tests.test_startup_mistakes import assert_refused
+
+    live = tmp_path / "chargebox.db"
+    with running_server(live) as server:
+        new_seller(server.admin(), "shop", credit=1_000)
+    with small_disk(tmp_path / "small", options) as small:
+        for vacuum in ((), ("--vacuum",)):
+            refused = chargebox("backup", "--db", str(live), f"{small}/", *vacuum)
+            line = assert_refused(refused, str(small), "the copy could not be written there")
+            assert "--db" not in line and str(live) not in line, line
+            assert list(small.iterdir()) == [], list(small.iterdir())
+
+
+def test_a_backup_whose_heads_cannot_be_anchored_says_so_and_still_keeps_n(tmp_path):
+    """The anchors file on a file system gone read-only (here immutable): the copy was
+    made, then a traceback, exit 1, and `--keep` never ran, so copies piled up
+    (helper-110). One line saying the copy is made but not anchored, `--keep` done, exit 1."""
+    from tests.test_startup_mistakes import immutable
+
+    live = tmp_path / "chargebox.db"
+    with running_server(live) as server:
+        new_seller(server.admin(), "shop", credit=1_000)
+    daily = tmp_path / "daily"
+    daily.mkdir()
+    older = daily / "chargebox-20261101T030000Z.db"
+    shutil.copyfile(backup.backup(Config(db_path=live), tmp_path / "first.db").path, older)
+    anchored = live.with_name("chargebox.db.anchors")
+    anchored.touch()
+    with immutable(anchored):
+        made = chargebox("backup", "--db", str(live), str(daily), "--keep", "1")
+    assert made.returncode == 1 and "Traceback" not in made.stderr, made.stderr
+    assert "the copy is made, but its heads were not anchored" in made.stderr
+    assert f"deleted {older} (--keep 1)" in made.stderr and not older.exists()
+    assert len(list(daily.glob("chargebox-*Z.db"))) == 1
+
+
+def test_accepting_a_restore_whose_anchors_cannot_be_written_is_one_line(tmp_path):
+    """`anchors accept-restore` with its anchors file unwritable was a traceback."""
+    from tests.test_startup_mistakes import immutable
+
+    live = tmp_path / "restored.db"
+    assert chargebox("init-db", "--db", str(live)).returncode == 0
+    anchored = live.with_name("restored.db.anchors")
+    anchored.touch()
+    with immutable(anchored):
+        refused = chargebox("anchors", "accept-restore", "--db", str(live))
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert refused.stderr.splitlines() == [
+        f"chargebox: [Errno 1] Operation not permitted: '{anchored}'"
+    ]
 
 
 def test_a_backup_made_without_the_ledger_key_says_its_seals_were_not_checked(tmp_path):
