@@ -305,6 +305,7 @@ class Database:
         together create the schema one at a time.
         """
         conn = self.connection()
+        migrations.refuse_another_applications(conn, str(self.path))
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":
             raise RuntimeError(f"could not switch {self.path} to WAL mode (got {mode})")

@@ -192,15 +192,31 @@ def migrate(
 # --- SQLite ----------------------------------------------------------------------------------
 
 
+# The tables chargebox 0.1.0 made from its first day (it recorded no version); another
+# application's file may well have a table named `seller`.
+_FIRST_TABLES = frozenset({"seller", "credit_request", "sale", "ledger_entry"})
+
+
 def sqlite_version(conn: sqlite3.Connection) -> int | None:
     """The file's schema version; None for a file that holds no chargebox database yet."""
     tables = schema.table_names(conn)
     found = None
     if "schema_version" in tables:
         found = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
-    if found is None and "seller" in tables:
+    if found is None and tables >= _FIRST_TABLES:
         return 1  # chargebox 0.1.0 recorded no version
     return found
+
+
+def refuse_another_applications(conn: sqlite3.Connection, where: str) -> None:
+    """A file with tables and no chargebox database in it is another application's: it
+    was switched to WAL for good and given chargebox's tables beside its own, a ledger
+    key and an admin token beside it (helper-110). Refused before anything is written."""
+    tables = sorted(name for name in schema.table_names(conn) if not name.startswith("sqlite_"))
+    if tables and sqlite_version(conn) is None:
+        shown = ", ".join(tables[:3]) + (", ..." if len(tables) > 3 else "")
+        raise ValueError(f"--db {where}: holds tables that are not chargebox's ({shown}): "
+                         "another application's database? Name another file")  # fmt: skip
 
 
 def prepare_sqlite(database: peewee.SqliteDatabase, models: Sequence[type[peewee.Model]],

@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -209,6 +210,26 @@ def test_a_file_that_is_not_a_database_is_one_line_naming_db(tmp_path, command):
     before = db_path.read_bytes()
     line = assert_refused(chargebox(*command, "--db", str(db_path)), f"--db {db_path}")
     assert "not an SQLite database" in line and db_path.read_bytes() == before
+
+
+@pytest.mark.parametrize("tables", [("users",), ("seller", "orders")], ids=["users", "seller"])
+@pytest.mark.parametrize("command", WRITERS, ids=lambda c: c[0])
+def test_another_applications_sqlite_file_is_refused_and_left_as_it_was(tmp_path, command, tables):
+    """A non-empty SQLite file without chargebox's tables was taken for a new one (or, with
+    a table `seller`, for 0.1.0): switched to WAL for good, chargebox's tables made beside
+    its own, a ledger key and an admin token written beside it (helper-110)."""
+    db_path = tmp_path / "grafana.db"
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        for table in tables:
+            conn.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.commit()
+    line = assert_refused(chargebox(*command, "--db", str(db_path)), f"--db {db_path}")
+    assert "holds tables that are not chargebox's" in line and tables[0] in line, line
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        found = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        assert found == set(tables)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grafana.db", "grafana.db.lock"]
 
 
 # --- settings from the environment ------------------------------------------------------
