@@ -7,6 +7,7 @@ their own (documentation ranges) and the shared servers' 127.0.0.1 is never thro
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import requests
@@ -41,6 +42,30 @@ def test_an_address_is_refused_after_its_failures_until_its_window_ends():
     assert throttle.wait("203.0.113.7") == 0
     throttle.failed("203.0.113.7")  # a new window: one failure is not enough
     assert throttle.wait("203.0.113.7") == 0
+
+
+def test_sign_ins_checked_at_once_count_among_the_failures_before_they_fail():
+    """Sign-ins sent together all passed `wait` before any of them had failed: 15 of 40
+    were checked where 10 may be (helper-109). Each in flight counts; one past them
+    waits a second, and an attempt that ends (passed, or its failure counted) frees it."""
+    clock = Clock()
+    throttle = SignInThrottle(failures=3, window_s=600, clock=clock)
+    address = "203.0.113.7"
+    throttle.failed(address)
+    with contextlib.ExitStack() as flight:
+        waits = [flight.enter_context(throttle.attempt(address)) for _ in range(3)]
+        assert waits == [0, 0, 1]  # one failed and two in flight: the third waits
+        assert flight.enter_context(throttle.attempt("203.0.113.8")) == 0  # another's own
+        assert throttle.wait(address) == 0  # nothing has failed twice yet
+    with throttle.attempt(address) as wait:  # the two ended without failing: freed
+        assert wait == 0
+        throttle.failed(address)
+    with throttle.attempt(address) as wait:
+        assert wait == 0
+        throttle.failed(address)
+    with throttle.attempt(address) as wait:
+        assert wait == 600  # three failures: the window's wait, not a second's
+    assert throttle._trying == {}  # nothing left counted in flight
 
 
 def test_the_failure_that_closes_an_address_s_sign_ins_is_logged_once(caplog):

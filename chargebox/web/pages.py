@@ -132,15 +132,19 @@ def _install_common(pages: bottle.Bottle, site: Site) -> None:
     @pages.post("/login")
     def login():
         address = bottle.request.environ.get("REMOTE_ADDR", "-")  # a trusted proxy's client
-        wait = throttle.wait(address)
-        if wait:  # refused before anything is read: its token is not checked
-            refused = TooManySignIns(
-                "too many failed sign-ins from your address: try again in {seconds:,} seconds",
-                seconds=wait,
-            )
-            response = login_page(Form({"token": ""}).failed(refused, "token"), 429)
-            response.set_header("Retry-After", str(wait))
-            return response
+        with throttle.attempt(address) as wait:  # counted while its key is checked
+            if not wait:
+                return signing_in(address)
+        # refused before anything is read: its token is not checked
+        refused = TooManySignIns(
+            "too many failed sign-ins from your address: try again in {seconds:,} seconds",
+            seconds=wait,
+        )
+        response = login_page(Form({"token": ""}).failed(refused, "token"), 429)
+        response.set_header("Retry-After", str(wait))
+        return response
+
+    def signing_in(address: str) -> bottle.BaseResponse:
         form = read_form(site.limit)
         check_login_token(form)
         try:
