@@ -511,6 +511,17 @@ def test_a_bad_list_parameter_is_422_naming_it(admin, path, query, field):
     assert_error(admin.get(f"{path}?{query}"), 422, "validation_error", field)
 
 
+@pytest.mark.parametrize("path", LIST_PATHS)
+def test_leading_zeros_are_no_part_of_a_list_parameters_size(admin, path):
+    """`limit=0001` was taken and `after_id=` with 19 zeros and a 1 (20 characters, the
+    value 1) refused: the length was checked, not the value (helper-111)."""
+    zeros = "0" * 40
+    assert admin.get(f"{path}?limit={zeros}2&after_id={zeros}1").status_code == 200
+    assert admin.get(f"{path}?after_id={'0' * 5000}").status_code == 200  # no int() of 5,000
+    too_big = f"{zeros}9223372036854775808"
+    assert_error(admin.get(f"{path}?before_id={too_big}"), 422, "validation_error", "before_id")
+
+
 @pytest.mark.parametrize(
     ("path", "query", "field"),
     [

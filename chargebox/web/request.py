@@ -178,11 +178,13 @@ def integer_param(params: dict[str, str], name: str, low: int, high: int) -> int
     if name not in params:
         return None
     text = params[name]
-    if not (text.isascii() and text.isdigit()) or len(text) > 19 or not low <= int(text) <= high:
+    digits = text.lstrip("0") or "0"  # leading zeros are no size: `after_id=000...01` is 1
+    value = int(digits) if text.isascii() and text.isdigit() and len(digits) <= 19 else None
+    if value is None or not low <= value <= high:
         raise ValidationError(
             "{field} must be an integer from {low} to {high}", name, low=low, high=high
         )
-    return int(text)
+    return value
 
 
 def flag(params: dict[str, str], name: str) -> bool:
