@@ -29,6 +29,7 @@ VIRTUAL_FILESYSTEMS = frozenset({"proc", "sysfs", "devtmpfs", "devpts", "cgroup"
                                  "efivarfs"})  # fmt: skip
 MOUNT_TABLE = Path("/proc/self/mounts")
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database
+_WAL_HEADER = 32  # bytes of a -wal file before its first frame
 LEFTOVER = 60  # seconds: a secret's temporary file this old is a killed writer's
 
 
@@ -57,7 +58,7 @@ def check_database_path(path: Path, writing: bool = True) -> None:
     # A reader needs no file of its own beside a rollback-journal file (a backup's copy),
     # but a WAL database needs its -shm beside it.
     try:
-        if writing or _in_wal_mode(path):
+        if writing or _read_version(path) == 2:  # in WAL mode
             with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".chargebox-probe-"):
                 pass
     except OSError as exc:
@@ -80,16 +81,35 @@ def check_database_path(path: Path, writing: bool = True) -> None:
         raise ValueError(f"{where}: cannot {doing} the database file ({exc.strerror})") from None
     if header and header != SQLITE_HEADER:
         raise ValueError(f"{where}: is not an SQLite database (a wrong path?)")
+    _refuse_another_files_wal(path, where)
 
 
-def _in_wal_mode(path: Path) -> bool:
-    """Whether an SQLite file says it is in WAL mode (its header's read version, 2)."""
+def _refuse_another_files_wal(path: Path, where: str) -> None:
+    """A `-wal` with frames beside a file whose header says it is not in WAL mode is
+    another file's: a backup's copy put back over the live file, the old `-wal` left
+    beside it (README, restore, step 2). SQLite would replay it into the copy, and call
+    the result malformed: the operator would take a good backup for a bad one
+    (helper-110). Refused, naming what to move aside."""
+    wal = Path(f"{path}-wal")
+    try:
+        frames = wal.stat().st_size > _WAL_HEADER
+    except OSError:  # none, or not ours to see: SQLite says what it finds
+        return
+    if frames and _read_version(path) == 1:
+        raise ValueError(f"{where}: {wal} beside it is another file's (this one is not in WAL "
+                         f"mode: a backup's copy put back, the old -wal left?); move {wal} and "
+                         f"{path}-shm aside, then start again")  # fmt: skip
+
+
+def _read_version(path: Path) -> int | None:
+    """An SQLite file's read version, from its header: 2 in WAL mode, 1 in rollback-journal
+    mode; None if it has no whole header (missing, unreadable: said below; new, empty)."""
     try:
         with open(path, "rb") as handle:
             header = handle.read(20)
-    except OSError:  # missing, or unreadable: said below
-        return False
-    return header.startswith(SQLITE_HEADER) and len(header) == 20 and header[18] == 2
+    except OSError:
+        return None
+    return header[18] if header.startswith(SQLITE_HEADER) and len(header) == 20 else None
 
 
 def filesystem_type(directory: Path) -> str | None:

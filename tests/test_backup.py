@@ -505,6 +505,34 @@ def test_a_backup_whose_heads_cannot_be_anchored_says_so_and_still_keeps_n(tmp_p
     assert len(list(daily.glob("chargebox-*Z.db"))) == 1
 
 
+def test_a_restored_copy_with_the_old_wal_left_beside_it_is_refused_naming_the_wal(tmp_path):
+    """README's restore, step 2 skipped: the copy put in place, the old file's `-wal`
+    left beside it. SQLite replayed that into the copy ("database disk image is
+    malformed", the copy itself sound): an operator would take a good backup for a bad
+    one (helper-110). Refused now, naming the -wal to move; moved, the copy opens."""
+    from tests.test_startup_mistakes import assert_refused
+
+    live, copy = tmp_path / "chargebox.db", tmp_path / "backup.db"
+    with running_server(live) as server:
+        new_seller(server.admin(), "shop", credit=1_000)
+    assert chargebox("backup", "--db", str(live), str(copy)).returncode == 0
+    with contextlib.closing(sqlite3.connect(live)) as conn:  # the old file's last writes
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        conn.execute("CREATE TABLE later (x)")
+        old_wal = Path(f"{live}-wal").read_bytes()  # as a killed server leaves it
+    assert len(old_wal) > 32
+    shutil.copyfile(copy, live)
+    Path(f"{live}-wal").write_bytes(old_wal)
+    before = live.read_bytes()
+    for command in (("audit",), ("serve", "--port", "0"), ("backup", str(tmp_path / "b.db"))):
+        refused = chargebox(*command, "--db", str(live), timeout=30)
+        line = assert_refused(refused, f"--db {live}", f"{live}-wal beside it is another file's")
+        assert "malformed" not in line and live.read_bytes() == before, line
+    Path(f"{live}-wal").rename(tmp_path / "old-wal")
+    audited = chargebox("audit", "--db", str(live))
+    assert "another file's" not in audited.stderr and "malformed" not in audited.stdout
+
+
 def test_accepting_a_restore_whose_anchors_cannot_be_written_is_one_line(tmp_path):
     """`anchors accept-restore` with its anchors file unwritable was a traceback."""
     from tests.test_startup_mistakes import immutable
