@@ -120,6 +120,23 @@ def test_signing_in_without_the_login_forms_token_is_403_and_opens_no_session(wo
     assert SESSION not in set_cookies(answer) and text_of(answer.text, "error-message")
 
 
+@pytest.mark.parametrize("planted", ["a,b", 'x"y', "a b", "t" * 31, "t" * 33])
+def test_a_login_cookie_not_of_our_shape_is_replaced_not_sent_back_quoted(world, planted):
+    """The form reused any login cookie of up to 64 characters and sent it back; bottle
+    quoted one such as `a,b`, the form held it unquoted, and the next sign-in was a 403,
+    each visit quoting it again (helper-109). Only a token of ours is reused now."""
+    page = world.browser().http.get(
+        world.server.url + "/login", headers={"Cookie": f"{LOGIN}={planted}"}
+    )
+    token = value_of(page.text, "csrf")
+    assert token != planted and re.fullmatch(r"[A-Za-z0-9_-]{32}", token), token
+    assert set_cookies(page)[LOGIN].split(";")[0] == f"{LOGIN}={token}"
+    again = world.browser().http.get(
+        world.server.url + "/login", headers={"Cookie": f"{LOGIN}={token}"}
+    )
+    assert value_of(again.text, "csrf") == token  # ours: kept
+
+
 @pytest.mark.parametrize("sent_from", ["cross-site", "same-site", "Cross-Site "])
 def test_a_form_the_browser_says_another_site_sent_is_403_even_with_a_matching_token(
     world, sent_from

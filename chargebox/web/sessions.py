@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import re
 import secrets
 
 import bottle
@@ -30,6 +31,7 @@ SESSION_COOKIE = "chargebox_session"
 # Before there is a session, the sign-in form is protected by a double-submit token.
 LOGIN_COOKIE = "chargebox_login"
 LANGUAGE_COOKIE = i18n.COOKIE
+_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{32}")  # secrets.token_urlsafe(24)
 HOST_ONLY = "__Host-"  # the prefix of a cookie only this host may set (Secure, Path=/)
 _BLANK = " \t"  # what a browser may put around a cookie's name and value (RFC 6265)
 
@@ -147,8 +149,9 @@ def end_session(response: bottle.BaseResponse) -> None:
 
 def login_token() -> str:
     """The sign-in form's token: the browser's login cookie, or a new one."""
-    token = cookie_sent(_named(LOGIN_COOKIE))
-    return token if token and len(token) <= 64 else secrets.token_urlsafe(24)
+    token = cookie_sent(_named(LOGIN_COOKIE))  # ours is 32 URL-safe characters: any other
+    # (planted: `a,b`) bottle would send back quoted, and the form's copy never match it
+    return token if token and _TOKEN_SHAPE.fullmatch(token) else secrets.token_urlsafe(24)
 
 
 def remember_login_token(response: bottle.BaseResponse, token: str) -> None:
