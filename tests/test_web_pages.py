@@ -185,7 +185,9 @@ def test_signing_out_deletes_the_session_so_a_replayed_cookie_is_worthless(world
     assert db_snapshot(server.db_path)["web_session"][0] == sessions - 1  # its row is gone
     replay = world.browser()
     replay.http.cookies.set(SESSION, cookie)
-    assert replay.get("/seller").headers["Location"] == "/login?ended=1"  # a session sent
+    ended = replay.get("/seller")
+    assert ended.headers["Location"] == "/login?ended=1"  # a session sent
+    assert "max-age=0" in set_cookies(ended)[SESSION].lower()  # said once (helper-109)
     posted = refused(
         server, 303, replay.post_form, "/seller/credit-requests", {"amount": "9"}, csrf
     )

@@ -25,7 +25,14 @@ from chargebox.web import i18n, refusals
 from chargebox.web.errors import RefusedBeforeRouting, internal_error, request_id, status_of
 from chargebox.web.i18n import isolate
 from chargebox.web.request import accept_qualities, unnamed
-from chargebox.web.sessions import SignInRequired, Visitor, cookie_sent, session_sent, signed_in
+from chargebox.web.sessions import (
+    SignInRequired,
+    Visitor,
+    cookie_sent,
+    end_session,
+    session_sent,
+    signed_in,
+)
 
 VIEWS = Path(__file__).parent / "views"
 STATIC = Path(__file__).parent / "static"
@@ -227,7 +234,10 @@ def page_plugin(config: Config, service: Chargebox):
                 response = callback(*args, **kwargs)
             except SignInRequired:
                 unnamed()  # the access log names no one sent to sign in
-                response = redirect("/login?ended=1" if session_sent() else "/login")
+                ended = session_sent()
+                response = redirect("/login?ended=1" if ended else "/login")
+                if ended:  # said once: the cookie of a session that ended is of no use
+                    end_session(response)
             except ChargeboxError as exc:
                 # A 500 here means a guard of the database fired: a bug, like any other.
                 status = status_of(exc)
