@@ -283,13 +283,16 @@ _SWITCHES = {"1": True, "true": True, "yes": True, "on": True,
 
 
 def _address(text: str) -> str:
-    """`--trusted-proxy`'s value: one IP address, as the server sees it as a peer."""
+    """`--trusted-proxy`'s value: one IP address, as the server sees it as a peer; an
+    IPv4-mapped one as its IPv4 address (`::ffff:127.0.0.1` was kept as `::ffff:7f00:1`,
+    which no peer is ever named: the proxy was silently not trusted)."""
     try:
-        return str(ipaddress.ip_address(text.strip()))
+        address = ipaddress.ip_address(text.strip())
     except ValueError:
         raise ValueError(
             f"--trusted-proxy (CHARGEBOX_TRUSTED_PROXY) must be one IP address, not {text!r}"
         ) from None
+    return str(getattr(address, "ipv4_mapped", None) or address)
 
 
 CPU_LIMIT = 8192  # CPU numbers go up to 8191 (Linux's largest NR_CPUS)

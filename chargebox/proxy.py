@@ -28,7 +28,8 @@ FORWARDING = ("HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDE
 def forwarded(environ: dict, proxy: str) -> None:
     """Take the scheme and client from the proxy's headers, if `proxy` sent the request;
     then remove every forwarding header."""
-    if environ.get("REMOTE_ADDR") == proxy:
+    peer = environ.get("REMOTE_ADDR", "")
+    if peer == proxy or peer.removeprefix("::ffff:") == proxy:  # an IPv4 peer of a v6 socket
         scheme = environ.get("HTTP_X_FORWARDED_PROTO", "").strip().lower()
         if scheme in ("http", "https"):
             environ["wsgi.url_scheme"] = scheme

@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from chargebox import proxy
+from chargebox.config import Config
 from chargebox.web.sessions import HOST_ONLY, LOGIN_COOKIE, SESSION_COOKIE
 from tests.support import ADMIN_TOKEN, running_server
 from tests.test_access_log import by_id
@@ -145,6 +146,21 @@ def test_the_app_sees_no_forwarding_header_and_no_zone_as_a_client():
     zoned = {"REMOTE_ADDR": "::1", "HTTP_X_FORWARDED_FOR": "fe80::1%" + "x" * 3000}
     proxy.forwarded(zoned, "::1")
     assert zoned == {"REMOTE_ADDR": "::1"}
+
+
+def test_a_trusted_proxy_written_ipv4_mapped_is_trusted_as_its_ipv4_peer(tmp_path):
+    """`--trusted-proxy ::ffff:127.0.0.1` was kept as `::ffff:7f00:1`, which no peer is
+    named, and the proxy silently went untrusted (helper-109). Taken as 127.0.0.1 now,
+    and a peer of a dual-stack socket named `::ffff:127.0.0.1` is that proxy too."""
+    config = Config(db_path=tmp_path / "cb.db", trusted_proxy="::ffff:127.0.0.1")
+    assert config.trusted_proxy == "127.0.0.1"
+    for peer in ("127.0.0.1", "::ffff:127.0.0.1"):
+        environ = {"REMOTE_ADDR": peer, "HTTP_X_FORWARDED_FOR": "203.0.113.7"}
+        proxy.forwarded(environ, config.trusted_proxy)
+        assert environ == {"REMOTE_ADDR": "203.0.113.7"}, peer
+    other = {"REMOTE_ADDR": "::ffff:127.0.0.2", "HTTP_X_FORWARDED_FOR": "203.0.113.7"}
+    proxy.forwarded(other, config.trusted_proxy)
+    assert other == {"REMOTE_ADDR": "::ffff:127.0.0.2"}
 
 
 @pytest.mark.parametrize("value", ["nginx", "127.0.0.1/8", "*"])
