@@ -353,9 +353,7 @@ def main(config: Config, dest: Path, force: bool, vacuum: bool, keep: int | None
         raise ValueError(f"{dest}: no such directory (--keep is for a directory DEST)")
     if keep is not None and not dest.is_dir():
         raise ValueError(f"--keep is for a directory DEST, where stamped names are made: {dest}")
-    key_file = config.ledger_key_path
-    if not config.ledger_key and key_file.exists():
-        config = dataclasses.replace(config, ledger_key=key_file.read_text().strip())
+    config = dataclasses.replace(config, ledger_key=config.ledger_key_at_hand())
     # Once the snapshot is taken, checking the copy is background work: it yields the
     # CPU to the server (2 cores here, shared).
     made = backup(config, dest, overwrite=force, vacuum=vacuum, after_snapshot=lambda: os.nice(10))

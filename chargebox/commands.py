@@ -195,11 +195,15 @@ def stored_secret(
     else:
         without_leftovers(path)
     try:
-        return path.read_text(encoding="utf-8").strip()
+        secret = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise ValueError(f"{path}: cannot read {what} from it ({why}): put it there as text "
                          f"this user may read, or set {variable}") from None  # fmt: skip
+    if not secret:  # else "not the key that sealed this ledger", of a file that holds none
+        raise ValueError(f"{path}: holds no {what.removeprefix('a ').removeprefix('an ')} "
+                         f"(it is empty): put it there, or set {variable}")  # fmt: skip
+    return secret
 
 
 def check_admin_token(database, config: Config, token: str) -> bool:

@@ -156,6 +156,22 @@ class Config:
         """Where a generated ledger key is kept: never inside the database."""
         return self.secrets_dir / LEDGER_KEY_FILE
 
+    def ledger_key_at_hand(self) -> str | None:
+        """The ledger key set, or the one in its file; None if neither. A file that holds
+        none (empty, or not UTF-8) is said in one line naming it: the audit said "no ledger
+        key: keep the ledger_key file beside the database" of a file that was there."""
+        if self.ledger_key or not self.ledger_key_path.exists():
+            return self.ledger_key
+        try:
+            key = self.ledger_key_path.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError:
+            key = None
+        if not key:
+            raise ValueError(f"{self.ledger_key_path}: holds no ledger key (it is empty or "
+                             "not text): restore it from the backup of this database, or set "
+                             "CHARGEBOX_LEDGER_KEY")  # fmt: skip
+        return key
+
     @property
     def anchors_path(self) -> Path:
         """The anchors of the sealed heads (anchors.py): beside the key, or CHARGEBOX_ANCHORS."""

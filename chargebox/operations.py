@@ -40,9 +40,7 @@ def audit(config: Config, as_json: bool, full: bool) -> int:
         return 2
     if not config.db_url:
         check_database_path(config.db_path, writing=False)
-    path = config.ledger_key_path
-    key = config.ledger_key or (path.read_text().strip() if path.exists() else None)
-    service = Chargebox(dataclasses.replace(config, ledger_key=key))
+    service = Chargebox(dataclasses.replace(config, ledger_key=config.ledger_key_at_hand()))
     try:
         service.database.check_schema()  # an older file: say so, not "no such column"
         report = service.audit(full=full, progress=Progress())

@@ -25,11 +25,10 @@ def arguments(parser) -> None:
 
 
 def main(config: Config, action: str) -> int:
-    key_file = config.ledger_key_path
-    key = config.ledger_key or (key_file.read_text().strip() if key_file.exists() else None)
+    key = config.ledger_key_at_hand()
     if key is None:
-        raise ValueError(f"no ledger key ({key_file} or CHARGEBOX_LEDGER_KEY): anchors are "
-                         "sealed with it")  # fmt: skip
+        raise ValueError(f"no ledger key ({config.ledger_key_path} or CHARGEBOX_LEDGER_KEY): "
+                         "anchors are sealed with it")  # fmt: skip
     config = dataclasses.replace(config, ledger_key=key)
     service = Chargebox(config)
     try:

@@ -310,6 +310,25 @@ def test_a_short_admin_token_written_into_its_file_is_refused_naming_the_file(tm
     assert_refused(result, str(tmp_path / "admin_token"), "32")
 
 
+@pytest.mark.parametrize(
+    "content", [b"", b"\n", b"\xff\xfe not text"], ids=["empty", "blank", "bytes"]
+)
+def test_a_ledger_key_file_that_holds_no_key_is_said_so_naming_it(tmp_path, content):
+    """Beside a sealed ledger, an empty key file was "no ledger key: keep the ledger_key
+    file beside the database" to the audit (it was there) and "not the key that sealed
+    this ledger" to the others; one not UTF-8 named no file (helper-110)."""
+    db_path = tmp_path / "cb.db"
+    assert chargebox("init-db", "--db", str(db_path)).returncode == 0
+    assert chargebox("create-seller", "Ali", "--db", str(db_path)).returncode == 0
+    key_file = tmp_path / "ledger_key"
+    key_file.write_bytes(content)
+    for command in (("audit",), ("create-seller", "Reza"), ("backup", str(tmp_path / "b.db")),
+                    ("anchors", "check")):  # fmt: skip
+        line = assert_refused(chargebox(*command, "--db", str(db_path)), str(key_file))
+        assert "holds no ledger key" in line or "not UTF-8 text" in line, line
+        assert "not the key that sealed" not in line, line
+
+
 def test_admin_tokens_and_ledger_keys_need_32_characters_and_31_are_refused(tmp_path):
     db_path = str(tmp_path / "cb.db")
     for name, char in (("CHARGEBOX_ADMIN_TOKEN", "t"), ("CHARGEBOX_LEDGER_KEY", "ک")):
