@@ -482,12 +482,8 @@ def test_a_backup_onto_a_full_disk_names_that_disk_in_one_line(tmp_path, options
             assert list(small.iterdir()) == [], list(small.iterdir())
 
 
-def test_a_backup_whose_heads_cannot_be_anchored_says_so_and_still_keeps_n(tmp_path):
-    """The anchors file on a file system gone read-only (here immutable): the copy was
-    made, then a traceback, exit 1, and `--keep` never ran, so copies piled up
-    (helper-110). One line saying the copy is made but not anchored, `--keep` done, exit 1."""
-    from tests.test_startup_mistakes import immutable
-
+def a_copy_in_a_folder(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A live database with a seller, and a folder holding one older stamped copy of it."""
     live = tmp_path / "chargebox.db"
     with running_server(live) as server:
         new_seller(server.admin(), "shop", credit=1_000)
@@ -495,6 +491,16 @@ def test_a_backup_whose_heads_cannot_be_anchored_says_so_and_still_keeps_n(tmp_p
     daily.mkdir()
     older = daily / "chargebox-20261101T030000Z.db"
     shutil.copyfile(backup.backup(Config(db_path=live), tmp_path / "first.db").path, older)
+    return live, daily, older
+
+
+def test_a_backup_whose_heads_cannot_be_anchored_says_so_and_still_keeps_n(tmp_path):
+    """The anchors file on a file system gone read-only (here immutable): the copy was
+    made, then a traceback, exit 1, and `--keep` never ran, so copies piled up
+    (helper-110). One line saying the copy is made but not anchored, `--keep` done, exit 1."""
+    from tests.test_startup_mistakes import immutable
+
+    live, daily, older = a_copy_in_a_folder(tmp_path)
     anchored = live.with_name("chargebox.db.anchors")
     anchored.touch()
     with immutable(anchored):
@@ -570,13 +576,7 @@ def test_an_older_copy_that_cannot_be_deleted_is_named_after_the_new_copy_is_anc
     it, and the command exits 1 (a trace, before the anchors, it was)."""
     from tests.test_startup_mistakes import immutable
 
-    live = tmp_path / "chargebox.db"
-    with running_server(live) as server:
-        new_seller(server.admin(), "shop", credit=1_000)
-    daily = tmp_path / "daily"
-    daily.mkdir()
-    stuck = daily / "chargebox-20261101T030000Z.db"
-    shutil.copyfile(backup.backup(Config(db_path=live), tmp_path / "first.db").path, stuck)
+    live, daily, stuck = a_copy_in_a_folder(tmp_path)
     anchored = live.with_name("chargebox.db.anchors")
     before = anchored.read_text().count("\n") if anchored.exists() else 0
     with immutable(stuck):
