@@ -9,7 +9,9 @@ it); any other is left, and named. The newest N of this database's copies stay, 
 their names' stamps: by count, not age (a clock jumped a year ahead and set back cannot
 make every copy look old; a copy named in the future keeps its place among the N until
 the clock passes it). The copy just made is never deleted. pg_dump's files cannot be
-read so cheaply: they are told apart by their names alone (README: a directory each).
+read so cheaply: they are told apart by their names alone. Nor can two deployments born
+of one database (a staging restored from production's copy) be told apart: README asks
+for a folder per deployment; this is the guard for when that is forgotten.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ def births(path: Path) -> tuple:
     if Path(f"{path}-wal").exists() or Path(f"{path}-shm").exists():
         raise ValueError("in use (a -wal or -shm beside it: served or read where it lies)")
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        # immutable: read as it lies, no -wal or -shm made beside a copy in WAL mode (a
+        # plain read-only open makes both, and leaves them: the copy then looked in use)
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
         try:
             return tuple(conn.execute(sql).fetchone() for sql in _BIRTH)
         finally:

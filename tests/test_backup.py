@@ -422,13 +422,18 @@ def test_keep_leaves_another_databases_copies_and_a_copy_in_use(tmp_path):
             made[label] = backup.backup(Config(db_path=live), backups).path
     served = made["served"]
     Path(f"{served}-wal").write_bytes(b"")  # as a server serving it where it lies leaves it
+    in_wal_mode = made["empty"].with_name("chargebox-20261101T000000Z.db")  # served once
+    shutil.copyfile(made["prod"], in_wal_mode)
+    with contextlib.closing(sqlite3.connect(in_wal_mode)) as conn:
+        assert conn.execute("PRAGMA journal_mode = WAL").fetchone() == ("wal",)
     kept = chargebox("backup", "--db", str(prod), str(backups), "--keep", "1")
     assert kept.returncode == 0, kept.stderr
     assert not made["prod"].exists() and not made["empty"].exists(), kept.stderr
     assert made["staging"].exists() and served.exists(), kept.stderr
     assert f"left {made['staging']}: a copy of another database" in kept.stderr
     assert f"left {served}: in use (a -wal or -shm beside it" in kept.stderr
-    assert kept.stderr.count("deleted ") == 2
+    assert kept.stderr.count("deleted ") == 3 and not in_wal_mode.exists(), kept.stderr
+    assert not Path(f"{in_wal_mode}-wal").exists() and not Path(f"{in_wal_mode}-shm").exists()
     again = chargebox("backup", "--db", str(staging), str(backups), "--keep", "1")
     assert again.returncode == 0 and not made["staging"].exists(), again.stderr
     assert len(list(backups.glob("chargebox-*Z.db"))) == 3  # prod's, staging's, the served
