@@ -62,12 +62,12 @@ CREDIT_REQUESTS = Keyed("credit_request_record", "request_id", CREDIT_REQUEST)
 
 
 def check_key(key: str | None, field: str = "Idempotency-Key") -> str | None:
-    """The key, or None; spaces around it are not part of it: HTTP drops them from a
+    """The key, or None; spaces (and tabs) around it are not part of it: HTTP drops them from a
     header's value, so a search's, a form's and the CLI's key is read the same way (the
     search for `k1 ` found nothing while the header `k1 ` had made the key `k1`)."""
     if key is None:
         return None
-    key = key.strip(" ")
+    key = key.strip(" \t")  # HTTP's optional whitespace
     if not 1 <= len(key) <= MAX_KEY_LENGTH or not all(" " <= ch <= "~" for ch in key):
         raise ValidationError("{field} must be 1 to 255 printable ASCII characters", field)
     return key

@@ -120,7 +120,7 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
 
     @app.post("/api/credit-requests")
     def request_credit():
-        principal = caller(access, SELLER)
+        principal = caller(access, SELLER, keyed=True)
         body = read_json(limit, ("amount",))
         key = header("Idempotency-Key")
         filed = service.request_credit(principal.seller_id, body["amount"], key)
@@ -152,7 +152,7 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
 
     @app.post(f"/api/sellers/{ID}/adjustments")
     def adjust(ident):
-        caller(access, ADMIN)
+        caller(access, ADMIN, keyed=True)
         body = read_json(limit, ("amount", "reason"))
         key = header("Idempotency-Key")
         return _made(service.adjust_balance(int(ident), body["amount"], body["reason"], key))
@@ -163,7 +163,7 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
         # process is not read first: one read less a sale (docs/performance.md). Should
         # anything refuse the sale, an unread key is read then, so its refusal comes
         # first, as ever.
-        principal = caller(access, SELLER, remembered=True)
+        principal = caller(access, SELLER, remembered=True, keyed=True)
         try:
             body = read_json(limit, ("phone", "amount"))
             sold = service.sell(principal.seller_id, body["phone"], body["amount"],
@@ -188,7 +188,7 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
 
     @app.post(f"/api/sales/{ID}/refund")
     def refund(ident):
-        caller(access, ADMIN)
+        caller(access, ADMIN, keyed=True)
         body = read_json(limit, ("reason",))
         return _made(service.refund(int(ident), body["reason"], header("Idempotency-Key")))
 

@@ -34,9 +34,10 @@ def header(name: str) -> str | None:
     return bottle.request.environ.get("HTTP_" + name.upper().replace("-", "_"))
 
 
-def caller(access: Access, *roles: str, remembered: bool = False) -> Principal:
-    """Authenticate the request and require one of `roles` (401, then 403), then a POST's
-    query without a key in it (422: `no_key_in_query`); `remembered`:
+def caller(access: Access, *roles: str, remembered: bool = False, keyed: bool = False) -> Principal:
+    """Authenticate the request and require one of `roles` (401, then 403), then (`keyed`:
+    a write that takes an Idempotency-Key) no key in its query (422: `no_key_in_query`);
+    `remembered`:
     a seller key read before may stand unread, for the request's write to check
     (auth.identify)."""
     unnamed()  # a refused key names no one (a 403 by role does)
@@ -46,7 +47,7 @@ def caller(access: Access, *roles: str, remembered: bool = False) -> Principal:
         if principal.is_admin:
             raise Forbidden("this route is not for the admin")
         raise Forbidden("this route is not for a seller")
-    if bottle.request.method == "POST":
+    if keyed:
         try:
             no_key_in_query()
         except ValidationError:
@@ -165,11 +166,12 @@ def _pairs() -> Iterator[tuple[str, str]]:
 
 def no_key_in_query() -> None:
     """A write's Idempotency-Key goes in a header. Sent in the query (`idempotency_key`,
-    the search's name for it) it was ignored, the write run unkeyed and a retry run
-    again (helper-111): refused, as framing refuses the header spelt `Idempotency_Key`.
-    Other query parameters of a POST are ignored, as version 1 of the API did."""
-    for name, _ in _pairs():
-        if name.lower().replace("_", "-") == "idempotency-key":
+    the search's name for it; any case, any separators) it was ignored, the write run
+    unkeyed and a retry run again (helper-111): refused, as framing refuses the header
+    spelt `Idempotency_Key`. A keyed write's other query parameters are ignored, as
+    version 1 of the API did."""
+    for name, _ in _pairs():  # idempotency_key, Idempotency-Key, idempotencyKey, ...
+        if re.sub(r"[^a-z]", "", name.lower()) == "idempotencykey":
             raise ValidationError("an Idempotency-Key goes in a header, not the query",
                                   shown_back(name))  # fmt: skip
 
