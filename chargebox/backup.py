@@ -196,7 +196,7 @@ def _checked(temporary: Path, ledger_key: str | None) -> dict:
         )
         verified = None
         if ledger_key and heads:
-            checked, verified = seals.key_check(_Rows(conn), ledger_key.encode("utf-8"))
+            checked, verified = seals.key_check(seals.SqliteRows(conn), ledger_key.encode("utf-8"))
             if checked and not verified:
                 raise ValueError(
                     f"the copy's sealed heads do not verify with the ledger key ({checked} tried)"
@@ -210,16 +210,6 @@ def _checked(temporary: Path, ledger_key: str | None) -> dict:
         "heads": heads,
         "heads_verified": verified,
     }
-
-
-class _Rows:
-    """A plain sqlite3 connection as seals.Reader."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def rows(self, sql: str, params: tuple = ()) -> list[tuple]:
-        return self.conn.execute(sql, params).fetchall()
 
 
 @contextlib.contextmanager
@@ -353,7 +343,12 @@ def main(config: Config, dest: Path, force: bool, vacuum: bool, keep: int | None
         raise ValueError(f"{dest}: no such directory (--keep is for a directory DEST)")
     if keep is not None and not dest.is_dir():
         raise ValueError(f"--keep is for a directory DEST, where stamped names are made: {dest}")
-    config = dataclasses.replace(config, ledger_key=config.ledger_key_at_hand())
+    try:
+        key = config.ledger_key_at_hand()
+    except ValueError as exc:  # the copy is made all the same, unchecked (said below)
+        print(f"chargebox: warning: {exc}", file=sys.stderr)
+        key = None
+    config = dataclasses.replace(config, ledger_key=key)
     # Once the snapshot is taken, checking the copy is background work: it yields the
     # CPU to the server (2 cores here, shared).
     made = backup(config, dest, overwrite=force, vacuum=vacuum, after_snapshot=lambda: os.nice(10))

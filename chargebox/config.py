@@ -162,15 +162,7 @@ class Config:
         key: keep the ledger_key file beside the database" of a file that was there."""
         if self.ledger_key or not self.ledger_key_path.exists():
             return self.ledger_key
-        try:
-            key = self.ledger_key_path.read_text(encoding="utf-8").strip()
-        except UnicodeDecodeError:
-            key = None
-        if not key:
-            raise ValueError(f"{self.ledger_key_path}: holds no ledger key (it is empty or "
-                             "not text): restore it from the backup of this database, or set "
-                             "CHARGEBOX_LEDGER_KEY")  # fmt: skip
-        return key
+        return secret_in(self.ledger_key_path, "ledger key", "CHARGEBOX_LEDGER_KEY")
 
     @property
     def anchors_path(self) -> Path:
@@ -254,6 +246,19 @@ def database_setting(text: str) -> dict:
     if text.startswith(POSTGRESQL_SCHEMES):
         return {"db_url": text}
     return {"db_path": Path(text)}
+
+
+def secret_in(path: Path, what: str, variable: str) -> str:
+    """The secret in the file at `path`; ValueError naming it if it holds none (empty, or
+    not UTF-8 text): "no ledger key" was said of a file that was there."""
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        secret = ""
+    if not secret:
+        raise ValueError(f"{path}: holds no {what} (it is empty or not text): put back your "
+                         f"copy of it (kept apart), or set {variable}")  # fmt: skip
+    return secret
 
 
 def anchors_beside(db_path: Path) -> Path:

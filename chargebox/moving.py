@@ -12,7 +12,9 @@ seals are copied as they are, and the target audits clean with the same key.
 The deployment's secrets move with it (`run`): the file's ledger key, which sealed
 every row copied, and its admin token (the one in force, if it was rotated) are
 written into the PostgreSQL deployment's `--data-dir`, over the ones `init-db`
-made there (they sealed and admitted nothing yet: the target was empty). A secret
+made there (they sealed and admitted nothing yet: the target was empty; kept beside,
+all the same). A data dir another deployment uses, a key that did not seal the file, a
+file of another schema: refused before anything moves (`_check_source`). A secret
 given in the environment (CHARGEBOX_LEDGER_KEY, CHARGEBOX_ADMIN_TOKEN) is the
 operator's to give every server, and no file is written for it.
 """
@@ -24,11 +26,12 @@ import errno
 import os
 import sqlite3
 import sys
+import time
 from pathlib import Path
 
-from chargebox import auth, ledger, migrations, pg_driver, postgresql
+from chargebox import auth, ledger, migrations, pg_driver, postgresql, seals
 from chargebox.commands import audit_verdict
-from chargebox.config import POSTGRESQL_SCHEMES, Config
+from chargebox.config import POSTGRESQL_SCHEMES, Config, secret_in
 from chargebox.services import Chargebox
 
 # In the order their references need; the ledger is replayed apart (see _entries).
@@ -74,6 +77,8 @@ def run(config: Config, source: Path, target: str) -> int:
     config = dataclasses.replace(config, db_url=target)  # its secrets go in --data-dir
     secrets = _secrets(config, source)
     key = config.ledger_key or secrets[config.ledger_key_path]
+    _check_source(source, key)
+    _refuse_anothers_secrets(config, secrets, target)
     try:  # the secrets and the audit's anchors go there: a place that cannot take them
         config.data_dir.mkdir(parents=True, exist_ok=True)  # is refused before the copy
         if not os.access(config.data_dir, os.W_OK):
@@ -89,6 +94,7 @@ def run(config: Config, source: Path, target: str) -> int:
     for path, secret in secrets.items():
         if not path.exists() or path.read_text().strip() != secret:
             try:
+                _kept_aside(path)
                 auth.replace_secret(path, secret)
             except OSError as exc:  # the rows are in: say what to do by hand
                 raise ValueError(
@@ -110,13 +116,13 @@ def _secrets(config: Config, source: Path) -> dict[Path, str]:
     """The file's secrets that the PostgreSQL deployment's data directory takes, by where
     they go; refused before anything is copied if the file's ledger key is nowhere."""
     found = {}
-    for path, given in (
-        (config.ledger_key_path, config.ledger_key),
-        (config.admin_token_path, config.admin_token),
+    for path, given, what, variable in (
+        (config.ledger_key_path, config.ledger_key, "ledger key", "CHARGEBOX_LEDGER_KEY"),
+        (config.admin_token_path, config.admin_token, "admin token", "CHARGEBOX_ADMIN_TOKEN"),
     ):
         beside = source.parent / path.name
         if given is None and beside.is_file():
-            found[path] = beside.read_text().strip()
+            found[path] = secret_in(beside, what, variable)
     if config.ledger_key is None and config.ledger_key_path not in found:
         beside = source.parent / config.ledger_key_path.name
         raise ValueError(
@@ -124,6 +130,51 @@ def _secrets(config: Config, source: Path) -> dict[Path, str]:
             "CHARGEBOX_LEDGER_KEY: the copy's seals could be neither checked nor extended"
         )
     return found
+
+
+def _check_source(source: Path, key: str) -> None:
+    """Before anything moves: the file is at this release's schema, and `key` sealed it
+    (a wrong key was found by the audit after the rows were in, and a second copy then
+    refused: the target held sellers)."""
+    reader = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    try:
+        found = migrations.sqlite_version(reader)
+        if found is None:
+            raise ValueError(f"--from {source}: no chargebox database in this file")
+        if found < migrations.LATEST:
+            raise ValueError(f"--from {source}: schema version {found}, older than this "
+                             f"release's ({migrations.LATEST}): `chargebox migrate --db "
+                             f"{source}` first (servers stopped)")  # fmt: skip
+        if found > migrations.LATEST:
+            raise ValueError(f"--from {source}: made by a newer chargebox (schema version "
+                             f"{found}): copy it with that release")  # fmt: skip
+        checked, verified = seals.key_check(seals.SqliteRows(reader), key.encode("utf-8"))
+    finally:
+        reader.close()
+    if checked and not verified:
+        raise ValueError(f"--from {source}: the ledger key given {seals.wrong_key(checked)}")
+
+
+def _refuse_anothers_secrets(config: Config, secrets: dict[Path, str], target: str) -> None:
+    """A --data-dir that holds other secrets and anchors is a deployment's that has
+    sealed and anchored: its key would be written over, and its servers never start
+    again (helper-113). The one init-db made for the target has anchored nothing."""
+    if not config.anchors_path.exists():
+        return
+    for path, secret in secrets.items():
+        if path.exists() and path.read_text(errors="replace").strip() != secret:
+            raise ValueError(
+                f"--data-dir {config.data_dir}: its {path.name} is not the file's, and its "
+                f"anchors show it in use: name the --data-dir that `chargebox init-db` made "
+                f"for {postgresql.described(target)}; nothing copied"
+            )
+
+
+def _kept_aside(path: Path) -> None:
+    """A secret about to be replaced is kept beside it (`.before-copy-<time>`, 0600): a
+    key once lost makes every seal it made unverifiable."""
+    if path.exists():
+        os.link(path, path.with_name(f"{path.name}.before-copy-{time.strftime('%Y%m%dT%H%M%S')}"))
 
 
 def copy(source: Path, target_url: str) -> dict[str, int]:

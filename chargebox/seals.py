@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 from chargebox import anchors
 
 if TYPE_CHECKING:
+    import sqlite3
+
     from chargebox.db import Database
 
 GENESIS = "0" * 64
@@ -34,6 +36,16 @@ class Reader(Protocol):
     """A Database or an open Write: whatever can run a SELECT."""
 
     def rows(self, sql: str, params: tuple = ()) -> list[tuple]: ...
+
+
+class SqliteRows:
+    """A plain sqlite3 connection as a Reader (a backup's copy, a file to be copied)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        return self.conn.execute(sql, params).fetchall()
 
 
 class Problem(NamedTuple):

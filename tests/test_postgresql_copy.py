@@ -38,7 +38,7 @@ from tests.test_postgresql_service import books
 ENTRY = "SELECT id, seller_id, kind, amount, balance_after, credit_request_id, sale_id FROM"
 
 
-def copy(source, target: str, *options: str) -> subprocess.CompletedProcess:
+def copy(source, target: str, *options: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [
             sys.executable,
@@ -52,7 +52,7 @@ def copy(source, target: str, *options: str) -> subprocess.CompletedProcess:
             *options,
         ],  # fmt: skip
         cwd=ROOT,
-        env={k: v for k, v in os.environ.items() if not k.startswith("CHARGEBOX_")},
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("CHARGEBOX_")}, **env},
         capture_output=True,
         text=True,
         timeout=300,
@@ -250,6 +250,65 @@ def test_the_files_ledger_key_and_admin_token_move_into_the_deployments_data_dir
         assert served.audit(full=True)["consistent"]
     finally:
         served.close()
+
+
+def test_a_copy_never_writes_over_a_used_deployments_secrets_nor_copies_with_a_wrong_key(
+    postgresql_cluster, tmp_path
+):
+    """helper-113: `copy --data-dir` of another, live deployment wrote the file's ledger
+    key and admin token over that deployment's (its only key gone, its servers refused);
+    a wrong or empty key, or a file of an older schema, was found only after the rows
+    were in (and a second copy then refused: the target held sellers). Each is refused
+    before anything moves now, the target left empty; a secret replaced is kept aside."""
+    live, target = (pg_cluster.new_database(postgresql_cluster, name) for name in ("a", "b"))
+    used, fresh = tmp_path / "a", tmp_path / "b"
+    for made, data in ((live, used), (target, fresh)):
+        init = ["init-db", "--db", made.owner_url, "--grant-to", made.app_role, "--data-dir"]
+        assert chargebox_main([*init, str(data)]) == 0
+    serving = Chargebox(prepare(Config(db_url=live.app_url, data_dir=used)))
+    try:
+        serving.sell(credited_seller(serving, 1_000)["id"], "09120000001", 100)
+        assert serving.audit()["consistent"]  # and anchored in its data dir
+    finally:
+        serving.close()
+    its_key = (used / "ledger_key").read_text()
+    source = tmp_path / "sqlite" / "chargebox.db"
+    source.parent.mkdir()
+    service = Chargebox(prepare(Config(db_path=source)))
+    service.sell(credited_seller(service, 1_000)["id"], "09120000002", 100)
+    service.close()
+    key_file = source.parent / "ledger_key"
+    key = key_file.read_text()
+    refusals = [
+        (copy(source, target.owner_url, "--data-dir", str(used)), "anchors show it in use"),
+        (
+            copy(source, target.owner_url, "--data-dir", str(fresh), CHARGEBOX_LEDGER_KEY="w" * 40),
+            "is not the key that sealed",
+        ),  # fmt: skip
+    ]
+    key_file.write_text("\n")
+    refusals.append((copy(source, target.owner_url, "--data-dir", str(fresh)), str(key_file)))
+    key_file.write_text(key)
+    older = tmp_path / "older" / "chargebox.db"
+    older.parent.mkdir()
+    for name in ("chargebox.db", "ledger_key"):
+        (older.parent / name).write_bytes(
+            (ROOT / "tests/fixtures/release-0.2.0" / name).read_bytes()
+        )
+    refusals.append((copy(older, target.owner_url, "--data-dir", str(fresh)), "migrate --db"))
+    for refused, said in refusals:
+        assert refused.returncode == 2 and said in refused.stderr, refused.stderr
+        assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+    assert (used / "ledger_key").read_text() == its_key
+    with psycopg.connect(target.owner_url) as conn:
+        assert conn.execute("SELECT count(*) FROM seller").fetchone() == (0,)
+    by_init = (fresh / "ledger_key").read_text()
+    moved = copy(source, target.owner_url, "--data-dir", str(fresh))
+    assert moved.returncode == 0, moved.stderr
+    (aside,) = fresh.glob("ledger_key.before-copy-*")
+    assert (
+        aside.read_text() == by_init and (fresh / "ledger_key").read_text().strip() == key.strip()
+    )
 
 
 def test_a_copy_is_refused_before_it_writes_while_servers_run_on_the_target_or_its_dir_is_bad(
