@@ -81,9 +81,10 @@ def in_words(exc: BaseException) -> str:
 def described(url: str) -> str:
     """A PostgreSQL URL without its password, fit for a message or a log: up to the last
     `@` (a password may hold an unencoded `@`, `/` or `?`; an `@` in the query hides the
-    host too, which a message can spare), and a `password=` parameter too."""
+    host too, which a message can spare), and every `...password=` parameter too
+    (`sslpassword=`, the client key's, was shown whole: helper-113)."""
     hidden = re.sub(r"^(\w+://[^:/@]*):.*@", r"\1:***@", url)
-    return re.sub(r"([?&]password=)[^&]*", r"\1***", hidden)
+    return re.sub(r"([?&][^=&]*password=)[^&]*", r"\1***", hidden, flags=re.IGNORECASE)
 
 
 # A peer that stops answering without a word (its host powered off or cut off: no FIN,

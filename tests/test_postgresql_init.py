@@ -480,6 +480,10 @@ def test_a_run_sent_sigterm_stops_and_removes_its_throwaway_cluster(when):
         ("postgresql://app:pw?x@db/cb?sslmode=require", "postgresql://app:***@db/cb?sslmode=require"),
         # an `@` in the query: the host is hidden with the password (never the password shown)
         ("postgresql://app:s3cret@db/cb?application_name=a@b", "postgresql://app:***@b"),
+        # the client key's password too, in any case (helper-113)
+        ("postgresql://app@db/cb?sslmode=verify-full&sslpassword=TOP&x=1",
+         "postgresql://app@db/cb?sslmode=verify-full&sslpassword=***&x=1"),
+        ("postgresql://app@db/cb?PassWord=TOP", "postgresql://app@db/cb?PassWord=***"),
     ],
 )  # fmt: skip
 def test_a_url_is_described_without_any_of_its_password(url, said):
