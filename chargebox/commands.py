@@ -221,7 +221,7 @@ def check_admin_token(database, config: Config, token: str) -> bool:
 
 
 def _count(number: int, one: str, more: str) -> str:
-    return f"{number} {one if number == 1 else more}"  # 1 sale, 2 sales
+    return f"{number:,} {one if number == 1 else more}"  # 1 sale, 2 sales, 2,000 sales
 
 
 def audit_verdict(report: dict) -> int:

@@ -10,6 +10,8 @@ the same schema is theirs: nothing here grants the service anything on it.
 
 from __future__ import annotations
 
+import re
+
 from chargebox.schema import current_schema, tables
 
 # What the service's role may change, column by column; everything else it may only
@@ -49,8 +51,16 @@ def check_role(conn, role: str) -> None:
     if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
         raise ValueError(
             f"--grant-to {role}: no such role; create it first "
-            f"(CREATE ROLE {role} LOGIN PASSWORD '...')"
+            f"(CREATE ROLE {_typed(role)} LOGIN PASSWORD '...')"
         )
+
+
+def _typed(role: str) -> str:
+    """The role's name as SQL must spell it: as it is if PostgreSQL would not fold or
+    misread it, else double-quoted (the hint for `no-such-role` was a syntax error)."""
+    if re.fullmatch(r"[a-z_][a-z0-9_]*", role):
+        return role
+    return '"' + role.replace('"', '""') + '"'
 
 
 def check_migrate(conn, where: str) -> None:
@@ -74,6 +84,8 @@ def check_init_db(conn, grant_to: str | None, where: str) -> None:
     exist, and, where there is no schema yet, a role that may not create it (the app
     role's URL given, say). Over a schema already made, init-db only checks it and the
     key, which any role of the service may."""
+    if grant_to is not None and not grant_to.strip():
+        raise ValueError("--grant-to: an empty role name (leave --grant-to out to grant none)")
     if grant_to:
         check_role(conn, grant_to)
     query = ("SELECT to_regclass('schema_version') IS NOT NULL"

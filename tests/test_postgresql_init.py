@@ -124,6 +124,15 @@ def test_a_role_that_does_not_exist_is_one_line(roles):
     result = init_db(roles, "nobody_here")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "--grant-to nobody_here" in result.stderr
+    assert "(CREATE ROLE nobody_here LOGIN" in result.stderr
+    # a name SQL must quote is quoted in the hint (it was pasted as a syntax error)
+    odd = init_db(roles, 'no-such "role"')
+    assert odd.returncode == 2 and '(CREATE ROLE "no-such ""role""" LOGIN' in odd.stderr
+    # an empty name granted nothing and said nothing (helper-113)
+    empty = chargebox("init-db", "--db", roles["owner"], "--grant-to", "", "--data-dir",
+                      str(roles["data"]))  # fmt: skip
+    assert empty.returncode == 2 and "--grant-to: an empty role name" in empty.stderr
+    assert not roles["data"].exists()
 
 
 @pytest.mark.parametrize(

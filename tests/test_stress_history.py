@@ -39,7 +39,7 @@ def test_a_generated_history_audits_clean_with_every_balance_its_ledger_sum(tmp_
     assert "2,000 ledger entries" in result.stdout
     audit = cli_audit(path)
     assert audit.returncode == 0, audit.stderr
-    assert "books reconcile (30 sellers, 2000 ledger entries" in audit.stderr
+    assert "books reconcile (30 sellers, 2,000 ledger entries" in audit.stderr
     conn = sqlite3.connect(path)
     rows = conn.execute(
         "SELECT s.id, s.balance, COALESCE(SUM(l.amount), 0), COUNT(l.id), h.entries"
