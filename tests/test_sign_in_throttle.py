@@ -54,17 +54,17 @@ def test_sign_ins_checked_at_once_count_among_the_failures_before_they_fail():
     throttle.failed(address)
     with contextlib.ExitStack() as flight:
         waits = [flight.enter_context(throttle.attempt(address)) for _ in range(3)]
-        assert waits == [0, 0, 1]  # one failed and two in flight: the third waits
-        assert flight.enter_context(throttle.attempt("203.0.113.8")) == 0  # another's own
+        assert waits == [(0, False), (0, False), (1, True)]  # one failed, two in flight
+        assert flight.enter_context(throttle.attempt("203.0.113.8")) == (0, False)  # its own
         assert throttle.wait(address) == 0  # nothing has failed twice yet
-    with throttle.attempt(address) as wait:  # the two ended without failing: freed
+    with throttle.attempt(address) as (wait, _):  # the two ended without failing: freed
         assert wait == 0
         throttle.failed(address)
-    with throttle.attempt(address) as wait:
+    with throttle.attempt(address) as (wait, _):
         assert wait == 0
         throttle.failed(address)
-    with throttle.attempt(address) as wait:
-        assert wait == 600  # three failures: the window's wait, not a second's
+    with throttle.attempt(address) as answer:
+        assert answer == (600, False)  # three failures: the window's wait, not a second's
     assert throttle._trying == {}  # nothing left counted in flight
 
 

@@ -132,14 +132,19 @@ def _install_common(pages: bottle.Bottle, site: Site) -> None:
     @pages.post("/login")
     def login():
         address = bottle.request.environ.get("REMOTE_ADDR", "-")  # a trusted proxy's client
-        with throttle.attempt(address) as wait:  # counted while its key is checked
+        with throttle.attempt(address) as (wait, at_once):  # counted while its key is checked
             if not wait:
                 return signing_in(address)
         # refused before anything is read: its token is not checked
-        refused = TooManySignIns(
-            "too many failed sign-ins from your address: try again in {seconds:,} seconds",
-            seconds=wait,
-        )
+        if at_once:
+            refused = TooManySignIns(
+                "too many sign-ins at once from your address: try again in a second"
+            )
+        else:
+            refused = TooManySignIns(
+                "too many failed sign-ins from your address: try again in {seconds:,} seconds",
+                seconds=wait,
+            )
         response = login_page(Form({"token": ""}).failed(refused, "token"), 429)
         response.set_header("Retry-After", str(wait))
         return response

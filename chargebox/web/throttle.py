@@ -74,20 +74,22 @@ class SignInThrottle:
         return (math.ceil(left) if count >= self.failures else 0), count
 
     @contextlib.contextmanager
-    def attempt(self, address: str) -> Iterator[int]:
-        """`wait`'s answer for a sign-in about to be checked. When 0, the attempt counts
-        among the address's failures until the block ends (`failed`, in it, counts it for
-        good): sign-ins sent at once all passed `wait` before any of them had failed, 15
-        of 40 checked, not 10 (helper-109). One past them waits a second."""
+    def attempt(self, address: str) -> Iterator[tuple[int, bool]]:
+        """`wait`'s answer for a sign-in about to be checked, and whether it waits only for
+        the ones being checked (`at_once`). When 0, the attempt counts among the address's
+        failures until the block ends (`failed`, in it, counts it for good): sign-ins sent
+        at once all passed `wait` before any of them had failed, 15 of 40 checked, not 10
+        (helper-109). One past them waits a second, told so (none of them may fail)."""
         client = client_of(address)
         with self._lock:
             wait, count = self._wait(client)
-            if not wait and count + self._trying[client] >= self.failures:
+            at_once = not wait and count + self._trying[client] >= self.failures
+            if at_once:
                 wait = 1
             if not wait:
                 self._trying[client] += 1
         try:
-            yield wait
+            yield wait, at_once
         finally:
             if not wait:
                 with self._lock:
