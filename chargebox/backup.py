@@ -343,11 +343,12 @@ def main(config: Config, dest: Path, force: bool, vacuum: bool, keep: int | None
         raise ValueError(f"{dest}: no such directory (--keep is for a directory DEST)")
     if keep is not None and not dest.is_dir():
         raise ValueError(f"--keep is for a directory DEST, where stamped names are made: {dest}")
+    unreadable = False
     try:
         key = config.ledger_key_at_hand()
     except ValueError as exc:  # the copy is made all the same, unchecked (said below)
         print(f"chargebox: warning: {exc}", file=sys.stderr)
-        key = None
+        key, unreadable = None, True  # exit 1: a cron job mailing failures says so
     config = dataclasses.replace(config, ledger_key=key)
     # Once the snapshot is taken, checking the copy is background work: it yields the
     # CPU to the server (2 cores here, shared).
@@ -375,4 +376,4 @@ def main(config: Config, dest: Path, force: bool, vacuum: bool, keep: int | None
     )
     # the copy is made and anchored whatever an older one's deletion does
     kept = keeping.prune(made.path, keep, made.method != "pg_dump") if keep is not None else True
-    return 0 if kept and anchored else 1
+    return 0 if kept and anchored and not unreadable else 1

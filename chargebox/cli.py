@@ -257,7 +257,7 @@ def _one_of_its_own(config: Config, what: str, path: Path, made_by: str) -> Valu
 
 def _init_db(config: Config, grant_to: str | None) -> int:
     if not config.db_url:
-        if grant_to:
+        if grant_to is not None:  # even empty: said, not passed over
             raise ValueError("--grant-to is for a PostgreSQL --db (postgresql://...)")
         prepare(config, token=True)
         print(f"chargebox: schema ready in {config.db_path}", file=sys.stderr)

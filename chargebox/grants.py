@@ -10,8 +10,6 @@ the same schema is theirs: nothing here grants the service anything on it.
 
 from __future__ import annotations
 
-import re
-
 from chargebox.schema import current_schema, tables
 
 # What the service's role may change, column by column; everything else it may only
@@ -56,10 +54,8 @@ def check_role(conn, role: str) -> None:
 
 
 def _typed(role: str) -> str:
-    """The role's name as SQL must spell it: as it is if PostgreSQL would not fold or
-    misread it, else double-quoted (the hint for `no-such-role` was a syntax error)."""
-    if re.fullmatch(r"[a-z_][a-z0-9_]*", role):
-        return role
+    """The role's name as SQL must spell it, double-quoted (the hint for `no-such-role` or
+    `user`, a reserved word, was a syntax error)."""
     return '"' + role.replace('"', '""') + '"'
 
 

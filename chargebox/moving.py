@@ -32,6 +32,7 @@ from pathlib import Path
 from chargebox import auth, ledger, migrations, pg_driver, postgresql, seals
 from chargebox.commands import audit_verdict
 from chargebox.config import POSTGRESQL_SCHEMES, Config, secret_in
+from chargebox.location import written_secret
 from chargebox.services import Chargebox
 
 # In the order their references need; the ledger is replayed apart (see _entries).
@@ -71,37 +72,36 @@ def run(config: Config, source: Path, target: str) -> int:
     """`chargebox copy`: the file's rows and its secrets, then the audit of the copy with
     the file's ledger key; 0 only when the books reconcile."""
     if not target.startswith(POSTGRESQL_SCHEMES):
-        raise ValueError(f"--to {target}: must be a postgresql:// URL (the schema's owner)")
+        raise ValueError(f"--to {postgresql.described(target)}: must be a postgresql:// URL "
+                         "(the schema's owner)")  # fmt: skip
     if not source.is_file():
         raise ValueError(f"--from {source}: no such database file")
     config = dataclasses.replace(config, db_url=target)  # its secrets go in --data-dir
     secrets = _secrets(config, source)
     key = config.ledger_key or secrets[config.ledger_key_path]
-    _check_source(source, key)
-    _refuse_anothers_secrets(config, secrets, target)
+    _check_source(source, key, "CHARGEBOX_LEDGER_KEY" if config.ledger_key else "its ledger_key")
     try:  # the secrets and the audit's anchors go there: a place that cannot take them
         config.data_dir.mkdir(parents=True, exist_ok=True)  # is refused before the copy
         if not os.access(config.data_dir, os.W_OK):
             raise PermissionError(errno.EACCES, "not writable")
     except OSError as exc:
         raise ValueError(f"--data-dir {config.data_dir}: {exc.strerror}") from None
+    replaced = _to_replace(config, secrets, target)  # each kept aside before anything moves
     try:
         counts = copy(source, target)
     except pg_driver.driver_errors() as exc:  # no schema there, a role without the rights
         raise ValueError(
             f"--to {postgresql.described(target)}: {pg_driver.in_words(exc)}"
         ) from None
-    for path, secret in secrets.items():
-        if not path.exists() or path.read_text().strip() != secret:
-            try:
-                _kept_aside(path)
-                auth.replace_secret(path, secret)
-            except OSError as exc:  # the rows are in: say what to do by hand
-                raise ValueError(
-                    f"copied, but {path} could not be written ({exc.strerror}): copy "
-                    f"{source.parent / path.name} there (0600) before any server starts"
-                ) from None
-            print(f"chargebox: {path} now holds {source.parent / path.name}", file=sys.stderr)
+    for path in replaced:
+        try:
+            auth.replace_secret(path, secrets[path])
+        except OSError as exc:  # the rows are in: say what to do by hand
+            raise ValueError(
+                f"copied, but {path} could not be written ({exc.strerror}): copy "
+                f"{source.parent / path.name} there (0600) before any server starts"
+            ) from None
+        print(f"chargebox: {path} now holds {source.parent / path.name}", file=sys.stderr)
     copied = Chargebox(dataclasses.replace(config, ledger_key=key))
     try:
         report = copied.audit()
@@ -132,54 +132,74 @@ def _secrets(config: Config, source: Path) -> dict[Path, str]:
     return found
 
 
-def _check_source(source: Path, key: str) -> None:
-    """Before anything moves: the file is at this release's schema, and `key` sealed it
-    (a wrong key was found by the audit after the rows were in, and a second copy then
-    refused: the target held sellers)."""
-    reader = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+def _check_source(source: Path, key: str, key_from: str) -> None:
+    """Before anything moves: the file is a chargebox database at this release's schema,
+    and `key` sealed it (a wrong key was found by the audit after the rows were in, and
+    a second copy then refused: the target held sellers)."""
     try:
-        found = migrations.sqlite_version(reader)
-        if found is None:
-            raise ValueError(f"--from {source}: no chargebox database in this file")
-        if found < migrations.LATEST:
-            raise ValueError(f"--from {source}: schema version {found}, older than this "
-                             f"release's ({migrations.LATEST}): `chargebox migrate --db "
-                             f"{source}` first (servers stopped)")  # fmt: skip
-        if found > migrations.LATEST:
-            raise ValueError(f"--from {source}: made by a newer chargebox (schema version "
-                             f"{found}): copy it with that release")  # fmt: skip
-        checked, verified = seals.key_check(seals.SqliteRows(reader), key.encode("utf-8"))
-    finally:
-        reader.close()
+        reader = sqlite3.connect(_read_only(source), uri=True)
+        try:
+            found = migrations.sqlite_version(reader)
+            if found is None:
+                raise ValueError(f"--from {source}: no chargebox database in this file")
+            if found < migrations.LATEST:
+                raise ValueError(f"--from {source}: schema version {found}, older than this "
+                                 f"release's ({migrations.LATEST}): `chargebox migrate --db "
+                                 f"{source}` first (servers stopped)")  # fmt: skip
+            if found > migrations.LATEST:
+                raise ValueError(f"--from {source}: made by a newer chargebox (schema "
+                                 f"version {found}): copy it with that release")  # fmt: skip
+            checked, verified = seals.key_check(seals.SqliteRows(reader), key.encode("utf-8"))
+        finally:
+            reader.close()
+    except sqlite3.DatabaseError as exc:  # not a database: said of --from, not of --db
+        raise ValueError(f"--from {source}: {exc}") from None
     if checked and not verified:
-        raise ValueError(f"--from {source}: the ledger key given {seals.wrong_key(checked)}")
+        raise ValueError(f"--from {source}: {key_from} {seals.wrong_key(checked)}")
 
 
-def _refuse_anothers_secrets(config: Config, secrets: dict[Path, str], target: str) -> None:
-    """A --data-dir that holds other secrets and anchors is a deployment's that has
-    sealed and anchored: its key would be written over, and its servers never start
-    again (helper-113). The one init-db made for the target has anchored nothing."""
-    if not config.anchors_path.exists():
-        return
+def _read_only(source: Path) -> str:
+    """The file's URI, read-only: its path quoted (a `?` or `#` in it was taken for the
+    URI's query, and another file made)."""
+    return f"{source.resolve().as_uri()}?mode=ro"
+
+
+def _to_replace(config: Config, secrets: dict[Path, str], target: str) -> list[Path]:
+    """The secrets of --data-dir the file's will replace, each kept beside it first
+    (`.before-copy-TIME-PID`, 0600: a key once lost makes every seal it made
+    unverifiable). A data dir whose ledger key is another and that holds anchors is a
+    deployment's that has sealed: refused (helper-113). An admin token may differ (one
+    rotated since a rehearsal's copy): it is kept aside, and can be rotated again."""
+    replaced = []
     for path, secret in secrets.items():
-        if path.exists() and path.read_text(errors="replace").strip() != secret:
+        held = path.read_text(errors="replace").strip() if path.exists() else None
+        if held == secret:
+            continue
+        if held and path == config.ledger_key_path and config.anchors_path.exists():
             raise ValueError(
-                f"--data-dir {config.data_dir}: its {path.name} is not the file's, and its "
-                f"anchors show it in use: name the --data-dir that `chargebox init-db` made "
-                f"for {postgresql.described(target)}; nothing copied"
+                f"--data-dir {config.data_dir}: its ledger_key is not the file's, and its "
+                f"anchors show that key has sealed: name the --data-dir `chargebox init-db` "
+                f"made for {postgresql.described(target)} (if this is it, move its "
+                f"ledger_key and anchors aside first); nothing copied"
             )
-
-
-def _kept_aside(path: Path) -> None:
-    """A secret about to be replaced is kept beside it (`.before-copy-<time>`, 0600): a
-    key once lost makes every seal it made unverifiable."""
-    if path.exists():
-        os.link(path, path.with_name(f"{path.name}.before-copy-{time.strftime('%Y%m%dT%H%M%S')}"))
+        replaced.append(path)
+    for path in replaced:
+        if path.exists():
+            aside = path.with_name(
+                f"{path.name}.before-copy-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+            )
+            try:
+                written_secret(aside, path.read_text(errors="replace").strip(),
+                                    replacing=False)  # fmt: skip
+            except OSError as exc:
+                raise ValueError(f"{aside}: could not keep {path.name} aside there "
+                                 f"({exc.strerror}); nothing copied") from None  # fmt: skip
+    return replaced
 
 
 def copy(source: Path, target_url: str) -> dict[str, int]:
     """Copy the SQLite file `source` into the empty schema at `target_url`; rows per table."""
-    reader = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    reader = sqlite3.connect(_read_only(source), uri=True)
     conn = postgresql.connect(target_url, autocommit=True, lost_after=COPY_LOST_AFTER, flag="--to")
     try:
         reader.execute("BEGIN")  # one snapshot of a file that may be busy

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import re
+import urllib.parse
 from collections.abc import Iterator
 
 from chargebox.errors import (
@@ -83,8 +84,17 @@ def described(url: str) -> str:
     `@` (a password may hold an unencoded `@`, `/` or `?`; an `@` in the query hides the
     host too, which a message can spare), and every `...password=` parameter too
     (`sslpassword=`, the client key's, was shown whole: helper-113)."""
-    hidden = re.sub(r"^(\w+://[^:/@]*):.*@", r"\1:***@", url)
-    return re.sub(r"([?&][^=&]*password=)[^&]*", r"\1***", hidden, flags=re.IGNORECASE)
+    hidden = re.sub(r"^([\w+.-]+://[^:/@]*):.*@", r"\1:***@", url)  # postgres+psycopg:// too
+    return re.sub(r"([?&])([^=&]*)=([^&]*)", _hide_a_password, hidden)
+
+
+def _hide_a_password(parameter: re.Match) -> str:
+    """A query parameter, its value hidden if its name (as libpq reads it: %-decoded, so
+    `%70assword`) ends in `password` (`sslpassword`, the client key's, too)."""
+    start, name, value = parameter.groups()
+    if urllib.parse.unquote(name).lower().endswith("password"):
+        value = "***"
+    return f"{start}{name}={value}"
 
 
 # A peer that stops answering without a word (its host powered off or cut off: no FIN,

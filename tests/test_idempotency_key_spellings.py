@@ -71,7 +71,8 @@ def test_an_idempotency_key_in_a_posts_query_is_refused_not_dropped(server, admi
     own = server.seller(key)
     body = {"phone": "09121234567", "amount": 10}
     for spelt in ("idempotency_key", "Idempotency-Key", "IDEMPOTENCY_KEY", "idempotencyKey",
-                  "idempotency-key+", "Idempotency.Key"):  # fmt: skip
+                  "idempotency-key+", "Idempotency.Key", "x_idempotency_key",
+                  "idempotence_key"):  # fmt: skip
         refused = own.post(f"/api/sales?{spelt}=order-1", body)
         assert refused.status_code == 422, refused.text
         named = spelt.replace("+", " ")  # as the query's `+` is read

@@ -126,6 +126,21 @@ def test_copying_needs_a_postgresql_target_and_an_existing_file(tmp_path):
     assert "cannot connect" in said and "\n" not in said
     not_pg = copy(tmp_path / "none.db", str(tmp_path / "other.db"))
     assert not_pg.returncode == 2 and "postgresql://" in not_pg.stderr
+    other_scheme = copy(tmp_path / "here.db", "postgres+psycopg://x:TOPSECRET@127.0.0.1:1/z")
+    assert other_scheme.returncode == 2 and "TOPSECRET" not in other_scheme.stderr
+    # helper-114: a file that is no database was blamed on `--db data/chargebox.db`; a `?`
+    # or `#` in the path was read as the URI's query, and another file made
+    (tmp_path / "notes.db").write_text("x" * 5000)
+    odd = tmp_path / "we?ird#dir" / "chargebox.db"
+    odd.parent.mkdir()
+    Chargebox(prepare(Config(db_path=odd))).close()
+    (odd.parent / "ledger_key").write_text((tmp_path / "ledger_key").read_text())
+    for source, said in ((tmp_path / "notes.db", "file is not a database"),
+                         (odd, "cannot connect")):  # fmt: skip
+        refused = copy(source, "postgresql://x:y@127.0.0.1:1/z")
+        assert refused.returncode == 2 and said in refused.stderr, refused.stderr
+        assert "--db" not in refused.stderr and "Traceback" not in refused.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("we")) == ["we?ird#dir"]
 
 
 def test_a_copy_into_a_database_without_the_schema_names_it_in_one_line(
@@ -280,7 +295,7 @@ def test_a_copy_never_writes_over_a_used_deployments_secrets_nor_copies_with_a_w
     key_file = source.parent / "ledger_key"
     key = key_file.read_text()
     refusals = [
-        (copy(source, target.owner_url, "--data-dir", str(used)), "anchors show it in use"),
+        (copy(source, target.owner_url, "--data-dir", str(used)), "anchors show that key"),
         (
             copy(source, target.owner_url, "--data-dir", str(fresh), CHARGEBOX_LEDGER_KEY="w" * 40),
             "is not the key that sealed",
@@ -306,8 +321,21 @@ def test_a_copy_never_writes_over_a_used_deployments_secrets_nor_copies_with_a_w
     moved = copy(source, target.owner_url, "--data-dir", str(fresh))
     assert moved.returncode == 0, moved.stderr
     (aside,) = fresh.glob("ledger_key.before-copy-*")
+    assert aside.read_text().strip() == by_init.strip() and aside.stat().st_mode & 0o777 == 0o600
+    assert (fresh / "ledger_key").read_text().strip() == key.strip()
+    # A rehearsal's data dir used again for the cut-over, the admin token rotated since:
+    # the same ledger key, so nothing is refused; the old token is kept aside.
+    again = pg_cluster.new_database(postgresql_cluster, "c")
+    init = ["init-db", "--db", again.owner_url, "--grant-to", again.app_role, "--data-dir"]
+    assert chargebox_main([*init, str(fresh)]) == 0 and (fresh / "anchors").exists()
+    token = auth.new_admin_token()
+    (source.parent / "admin_token").write_text(token)
+    before = (fresh / "admin_token").read_text().strip()
+    cut_over = copy(source, again.owner_url, "--data-dir", str(fresh))
+    assert cut_over.returncode == 0, cut_over.stderr
+    (kept,) = fresh.glob("admin_token.before-copy-*")
     assert (
-        aside.read_text() == by_init and (fresh / "ledger_key").read_text().strip() == key.strip()
+        kept.read_text().strip() == before and (fresh / "admin_token").read_text().strip() == token
     )
 
 

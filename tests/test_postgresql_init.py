@@ -124,7 +124,7 @@ def test_a_role_that_does_not_exist_is_one_line(roles):
     result = init_db(roles, "nobody_here")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "--grant-to nobody_here" in result.stderr
-    assert "(CREATE ROLE nobody_here LOGIN" in result.stderr
+    assert '(CREATE ROLE "nobody_here" LOGIN' in result.stderr
     # a name SQL must quote is quoted in the hint (it was pasted as a syntax error)
     odd = init_db(roles, 'no-such "role"')
     assert odd.returncode == 2 and '(CREATE ROLE "no-such ""role""" LOGIN' in odd.stderr
@@ -493,6 +493,8 @@ def test_a_run_sent_sigterm_stops_and_removes_its_throwaway_cluster(when):
         ("postgresql://app@db/cb?sslmode=verify-full&sslpassword=TOP&x=1",
          "postgresql://app@db/cb?sslmode=verify-full&sslpassword=***&x=1"),
         ("postgresql://app@db/cb?PassWord=TOP", "postgresql://app@db/cb?PassWord=***"),
+        ("postgresql://app@db/cb?%70assword=TOP", "postgresql://app@db/cb?%70assword=***"),
+        ("postgres+psycopg://app:TOP@db/cb", "postgres+psycopg://app:***@db/cb"),
     ],
 )  # fmt: skip
 def test_a_url_is_described_without_any_of_its_password(url, said):
