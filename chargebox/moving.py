@@ -185,12 +185,10 @@ def _to_replace(config: Config, secrets: dict[Path, str], target: str) -> list[P
         replaced.append(path)
     for path in replaced:
         if path.exists():
-            aside = path.with_name(
-                f"{path.name}.before-copy-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-            )
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            aside = path.with_name(f"{path.name}.before-copy-{stamp}-{os.getpid()}")
             try:
-                written_secret(aside, path.read_text(errors="replace").strip(),
-                                    replacing=False)  # fmt: skip
+                written_secret(aside, path.read_text(errors="replace").strip(), replacing=False)
             except OSError as exc:
                 raise ValueError(f"{aside}: could not keep {path.name} aside there "
                                  f"({exc.strerror}); nothing copied") from None  # fmt: skip
