@@ -8,10 +8,20 @@ their own (documentation ranges) and the shared servers' 127.0.0.1 is never thro
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import secrets
+import threading
+from urllib.parse import urlencode
+from wsgiref.util import setup_testing_defaults
 
 import requests
 
+from chargebox.cli import prepare
+from chargebox.config import Config
+from chargebox.services import Chargebox
+from chargebox.web import create_app
+from chargebox.web.request import FORM_TYPE
 from chargebox.web.throttle import FAILURES, SignInThrottle, client_of
 from tests.support import ADMIN_TOKEN, running_server
 from tests.web_support import set_cookies, text_of, value_of
@@ -149,3 +159,54 @@ def test_too_many_failed_sign_ins_from_an_address_are_a_429_that_checks_no_token
     )
     assert ADMIN_TOKEN not in refused.text and SESSION not in set_cookies(refused)
     assert elsewhere.status_code == 303 and SESSION in set_cookies(elsewhere)
+
+
+def test_sign_ins_past_the_limit_at_once_are_told_to_wait_a_second_not_that_they_failed(
+    tmp_path, monkeypatch
+):
+    """FAILURES sign-ins being checked at once from one address: the next is a 429 that
+    says so (in the page's language) and waits a second; "too many failed sign-ins" was
+    said though none had failed (helper-112). Once they fail, the window's wait is said."""
+    service = Chargebox(prepare(Config(db_path=tmp_path / "at-once.db", admin_token=ADMIN_TOKEN)))
+    app = create_app(service.config, service)
+    inside, release = threading.Semaphore(0), threading.Event()
+    checked = service.access.sign_in
+
+    def held(token):  # each waits inside its check, counted in flight
+        inside.release()
+        assert release.wait(30)
+        return checked(token)
+
+    monkeypatch.setattr(service.access, "sign_in", held)
+    login = secrets.token_urlsafe(24)
+
+    def post(language: str = "en") -> tuple[str, dict, str]:
+        body = urlencode({"token": "cbk_" + "W" * 43, "csrf": login}).encode()
+        environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/login", "CONTENT_TYPE": FORM_TYPE,
+                   "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body),
+                   "HTTP_COOKIE": f"chargebox_login={login}", "HTTP_ACCEPT_LANGUAGE": language,
+                   "REMOTE_ADDR": "203.0.113.7"}  # fmt: skip
+        setup_testing_defaults(environ)
+        answered = {}
+        page = b"".join(app(environ, lambda status, sent, *_: answered.update(s=status, h=sent)))
+        return answered["s"], dict(answered["h"]), page.decode()
+
+    flight = [threading.Thread(target=post) for _ in range(FAILURES)]
+    try:
+        for thread in flight:
+            thread.start()
+        for _ in flight:
+            assert inside.acquire(timeout=30)
+        status, sent, page = post()
+        assert status.startswith("429") and sent["Retry-After"] == "1"
+        assert "Too many sign-ins at once from your address: try again in a second" in page
+        status, _, page = post("fa")
+        assert status.startswith("429") and "ورودهای هم" in page
+    finally:
+        release.set()
+        for thread in flight:
+            thread.join(30)
+    status, sent, page = post()
+    assert status.startswith("429") and int(sent["Retry-After"]) > 500
+    assert "Too many failed sign-ins" in page
+    service.close()
