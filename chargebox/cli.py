@@ -177,7 +177,7 @@ def prepare(config: Config, serving: bool = False, token: bool = False) -> Confi
                 migrations.mark_serving(config)
         else:
             with startup_lock(config):  # one start-up at a time: the key check sees a settled file
-                # before a key is made beside another application's file (ensure_schema too)
+                # before a key is made beside another application's file, or it goes to WAL
                 migrations.refuse_another_applications(database.connection(), str(config.db_path))
                 key = _ledger_key(config, database)
                 anchors.refuse_rollback(config, database, key)  # an older copy put back

@@ -302,10 +302,10 @@ class Database:
         (and anything missing put back) in a file at it, refused at any other version.
 
         The caller holds the start-up lock (cli.prepare), so processes starting
-        together create the schema one at a time.
+        together create the schema one at a time, and has refused another application's
+        file (migrations.refuse_another_applications) before anything was written.
         """
         conn = self.connection()
-        migrations.refuse_another_applications(conn, str(self.path))
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":
             raise RuntimeError(f"could not switch {self.path} to WAL mode (got {mode})")
