@@ -26,6 +26,7 @@ from chargebox.web.request import (
     caller,
     flag,
     header,
+    idempotency_key,
     page,
     query,
     read_json,
@@ -120,9 +121,9 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
 
     @app.post("/api/credit-requests")
     def request_credit():
-        principal = caller(access, SELLER, keyed=True)
+        principal = caller(access, SELLER)
+        key = idempotency_key()
         body = read_json(limit, ("amount",))
-        key = header("Idempotency-Key")
         filed = service.request_credit(principal.seller_id, body["amount"], key)
         return _made(filed, _location("credit-requests", filed.record["id"]))
 
@@ -152,9 +153,9 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
 
     @app.post(f"/api/sellers/{ID}/adjustments")
     def adjust(ident):
-        caller(access, ADMIN, keyed=True)
+        caller(access, ADMIN)
+        key = idempotency_key()
         body = read_json(limit, ("amount", "reason"))
-        key = header("Idempotency-Key")
         return _made(service.adjust_balance(int(ident), body["amount"], body["reason"], key))
 
     @app.post("/api/sales")
@@ -163,11 +164,12 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
         # process is not read first: one read less a sale (docs/performance.md). Should
         # anything refuse the sale, an unread key is read then, so its refusal comes
         # first, as ever.
-        principal = caller(access, SELLER, remembered=True, keyed=True)
+        principal = caller(access, SELLER, remembered=True)
         try:
+            key = idempotency_key()
             body = read_json(limit, ("phone", "amount"))
-            sold = service.sell(principal.seller_id, body["phone"], body["amount"],
-                                header("Idempotency-Key"), principal.key)  # fmt: skip
+            sold = service.sell(principal.seller_id, body["phone"], body["amount"], key,
+                                principal.key)  # fmt: skip
         except Exception:
             if principal.unchecked:
                 caller(access, SELLER)
@@ -188,9 +190,10 @@ def install(app: bottle.Bottle, config: Config, service: Chargebox, openapi: byt
 
     @app.post(f"/api/sales/{ID}/refund")
     def refund(ident):
-        caller(access, ADMIN, keyed=True)
+        caller(access, ADMIN)
+        key = idempotency_key()
         body = read_json(limit, ("reason",))
-        return _made(service.refund(int(ident), body["reason"], header("Idempotency-Key")))
+        return _made(service.refund(int(ident), body["reason"], key))
 
     @app.get("/api/ledger")
     def list_ledger():

@@ -34,10 +34,8 @@ def header(name: str) -> str | None:
     return bottle.request.environ.get("HTTP_" + name.upper().replace("-", "_"))
 
 
-def caller(access: Access, *roles: str, remembered: bool = False, keyed: bool = False) -> Principal:
-    """Authenticate the request and require one of `roles` (401, then 403), then (`keyed`:
-    a write that takes an Idempotency-Key) no key in its query (422: `no_key_in_query`);
-    `remembered`:
+def caller(access: Access, *roles: str, remembered: bool = False) -> Principal:
+    """Authenticate the request and require one of `roles` (401, then 403); `remembered`:
     a seller key read before may stand unread, for the request's write to check
     (auth.identify)."""
     unnamed()  # a refused key names no one (a 403 by role does)
@@ -47,13 +45,6 @@ def caller(access: Access, *roles: str, remembered: bool = False, keyed: bool = 
         if principal.is_admin:
             raise Forbidden("this route is not for the admin")
         raise Forbidden("this route is not for a seller")
-    if keyed:
-        try:
-            no_key_in_query()
-        except ValidationError:
-            if principal.unchecked:  # a key's own refusal comes first
-                caller(access, *roles)
-            raise
     return principal
 
 
@@ -164,17 +155,18 @@ def _pairs() -> Iterator[tuple[str, str]]:
             yield urllib.parse.unquote(raw_name.replace("+", " "), errors="replace"), raw_value
 
 
-def no_key_in_query() -> None:
-    """A write's Idempotency-Key goes in a header. Sent in the query (`idempotency_key`,
-    the search's name for it; any case, any separators) it was ignored, the write run
-    unkeyed and a retry run again (helper-111): refused, as framing refuses the header
-    spelt `Idempotency_Key`. A keyed write's other query parameters are ignored, as
-    version 1 of the API did."""
+def idempotency_key() -> str | None:
+    """A keyed write's Idempotency-Key, from its header. Sent in the query instead
+    (`idempotency_key`, the search's name for it; any case, any separators) it was
+    ignored, the write run unkeyed and a retry run again (helper-111): refused (422),
+    as framing refuses the header spelt `Idempotency_Key`. A keyed write's other query
+    parameters are ignored, as version 1 of the API did."""
     for name, _ in _pairs():  # idempotency_key, Idempotency-Key, x_idempotence_key, ...
         letters = re.sub(r"[^a-z]", "", name.lower())
         if "idempoten" in letters and letters.endswith("key"):
             raise ValidationError("an Idempotency-Key goes in a header, not the query",
                                   shown_back(name))  # fmt: skip
+    return header("Idempotency-Key")
 
 
 def integer_param(params: dict[str, str], name: str, low: int, high: int) -> int | None:
