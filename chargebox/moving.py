@@ -170,7 +170,7 @@ def _to_replace(config: Config, secrets: dict[Path, str], target: str) -> list[P
     unverifiable). A data dir whose ledger key is another and that holds anchors is a
     deployment's that has sealed: refused (helper-113). An admin token may differ (one
     rotated since a rehearsal's copy): it is kept aside, and can be rotated again."""
-    replaced = []
+    replaced: dict[Path, str | None] = {}  # each with what it holds now
     for path, secret in secrets.items():
         held = path.read_text(errors="replace").strip() if path.exists() else None
         if held == secret:
@@ -182,17 +182,17 @@ def _to_replace(config: Config, secrets: dict[Path, str], target: str) -> list[P
                 f"made for {postgresql.described(target)} (if this is it, move its "
                 f"ledger_key and anchors aside first); nothing copied"
             )
-        replaced.append(path)
-    for path in replaced:
-        if path.exists():
+        replaced[path] = held
+    for path, held in replaced.items():
+        if held is not None:
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             aside = path.with_name(f"{path.name}.before-copy-{stamp}-{os.getpid()}")
             try:
-                written_secret(aside, path.read_text(errors="replace").strip(), replacing=False)
+                written_secret(aside, held, replacing=False)
             except OSError as exc:
                 raise ValueError(f"{aside}: could not keep {path.name} aside there "
                                  f"({exc.strerror}); nothing copied") from None  # fmt: skip
-    return replaced
+    return list(replaced)
 
 
 def copy(source: Path, target_url: str) -> dict[str, int]:
