@@ -75,27 +75,28 @@ def check_database_path(path: Path, writing: bool = True) -> None:
         raise ValueError(f"{where}: is not a regular file")
     try:
         with open(path, "r+b" if writing else "rb") as handle:
-            header = handle.read(len(SQLITE_HEADER))
+            header = handle.read(20)  # to its read version (byte 18)
     except OSError as exc:
         doing = "write" if writing else "read"
         raise ValueError(f"{where}: cannot {doing} the database file ({exc.strerror})") from None
-    if header and header != SQLITE_HEADER:
+    if header and header[: len(SQLITE_HEADER)] != SQLITE_HEADER:
         raise ValueError(f"{where}: is not an SQLite database (a wrong path?)")
-    _refuse_another_files_wal(path, where)
+    if len(header) == 20 and header[18] == 1:  # in rollback-journal mode
+        _refuse_another_files_wal(path, where)
 
 
 def _refuse_another_files_wal(path: Path, where: str) -> None:
-    """A `-wal` with frames beside a file whose header says it is not in WAL mode is
-    another file's: a backup's copy put back over the live file, the old `-wal` left
-    beside it (README, restore, step 2). SQLite would replay it into the copy, and call
-    the result malformed: the operator would take a good backup for a bad one
-    (helper-110). Refused, naming what to move aside."""
+    """A `-wal` with frames beside a file whose header says it is not in WAL mode (the
+    caller read it) is another file's: a backup's copy put back over the live file, the
+    old `-wal` left beside it (README, restore, step 2). SQLite would replay it into the
+    copy, and call the result malformed: the operator would take a good backup for a bad
+    one (helper-110). Refused, naming what to move aside."""
     wal = Path(f"{path}-wal")
     try:
         frames = wal.stat().st_size > _WAL_HEADER
     except OSError:  # none, or not ours to see: SQLite says what it finds
         return
-    if frames and _read_version(path) == 1:
+    if frames:
         raise ValueError(f"{where}: {wal} beside it is another file's (this one is not in WAL "
                          f"mode: a backup's copy put back, the old -wal left?); move {wal} and "
                          f"{path}-shm aside, then start again")  # fmt: skip
