@@ -33,7 +33,6 @@ from tests.support import (
     Api,
     cli_audit,
     credited_seller,
-    needs_root,
     new_seller,
     reconciled_balances,
     rows_on_disk,
@@ -455,31 +454,17 @@ def test_a_backup_into_a_folder_it_cannot_write_in_is_one_line(tmp_path):
     assert list(folder.iterdir()) == []
 
 
-@contextlib.contextmanager
-def small_disk(where: Path, options: str):
-    """A tmpfs at `where` mounted with `options` (its size, its inodes) for the block."""
-    from tests.test_startup_mistakes import run
-
-    needs_root("mounting a tmpfs")
-    where.mkdir()
-    run("mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where))
-    try:
-        yield where
-    finally:
-        run("umount", str(where))
-
-
 @pytest.mark.parametrize("options", ["size=16k", "size=4m,nr_inodes=3"])
 def test_a_backup_onto_a_full_disk_names_that_disk_in_one_line(tmp_path, options):
     """A destination with no room or no inodes left: a traceback (no inodes), or
     "--db LIVE: database or disk is full", which sends an operator to free the live
     database's disk (helper-110). One line naming DEST's directory now; nothing kept."""
-    from tests.test_startup_mistakes import assert_refused
+    from tests.test_startup_mistakes import assert_refused, tmpfs
 
     live = tmp_path / "chargebox.db"
     with running_server(live) as server:
         new_seller(server.admin(), "shop", credit=1_000)
-    with small_disk(tmp_path / "small", options) as small:
+    with tmpfs(tmp_path / "small", options) as small:
         for vacuum in ((), ("--vacuum",)):
             refused = chargebox("backup", "--db", str(live), f"{small}/", *vacuum)
             line = assert_refused(refused, str(small), "the copy could not be written there")

@@ -71,13 +71,14 @@ def immutable(path: Path):
 
 
 @contextlib.contextmanager
-def read_only_mount(where: Path):
-    """A small tmpfs at `where`, remounted read-only for the block."""
+def tmpfs(where: Path, options: str = "size=4m"):
+    """A small tmpfs at `where`, mounted with `options` (its size, its inodes), for the
+    block (a test may remount it read-only)."""
     needs_root("mounting a tmpfs")
     where.mkdir()
-    run("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where))
+    run("mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where))
     try:
-        yield
+        yield where
     finally:
         run("umount", str(where))
 
@@ -188,7 +189,7 @@ def test_audit_of_a_database_in_a_directory_where_no_file_can_be_created_names_d
 @pytest.mark.parametrize("command", WRITERS, ids=lambda c: c[0])
 def test_a_database_on_a_read_only_file_system_is_one_line_naming_db(tmp_path, command):
     mount = tmp_path / "mnt"
-    with read_only_mount(mount):
+    with tmpfs(mount):
         assert chargebox("init-db", "--db", str(mount / "cb.db")).returncode == 0
         run("mount", "-o", "remount,ro", str(mount))
         result = chargebox(*command, "--db", str(mount / "cb.db"))
