@@ -22,6 +22,7 @@ setup(
         "chargebox": [
             "openapi.json",
             "schema_postgresql.sql",
+            "schema_postgresql.shape",
             "web/views/*.tpl",
             "web/static/*",
             "web/locale/*/LC_MESSAGES/*.mo",

@@ -36,6 +36,7 @@ from chargebox.audit_checks import (
 )
 from chargebox.checkpoints import Mark, State, Trusted
 from chargebox.clock import now
+from chargebox.constraints import Shape
 from chargebox.db import Database
 from chargebox.errors import ChargeboxError, Unavailable
 
@@ -190,6 +191,8 @@ def _missing_triggers(db) -> list[dict]:
             "entry_id": None,
             "message": _added(name)
             if isinstance(name, schema.Added)
+            else f"schema {name} is missing or changed: the schema's is {name.definition}"
+            if isinstance(name, Shape)
             else f"schema function {name} was dropped or changed"
             if name.endswith("()")
             else f"schema trigger {name} is missing or changed",

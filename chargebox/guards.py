@@ -1,7 +1,8 @@
 """The schema's guards: which are dropped or changed, start-up's refusal, migrate's repair.
 
 The guards are the triggers that enforce I1-I5 in the database (schema.TRIGGERS;
-schema_postgresql.sql, where they call PL/pgSQL functions). Whoever can write to the
+schema_postgresql.sql, where they call PL/pgSQL functions; there also the constraints
+declared with the tables, compared in constraints.py). Whoever can write to the
 database can drop one, or on PostgreSQL change a function's body, make a trigger again
 under its name doing something else, or switch it off (`ALTER TABLE ... DISABLE
 TRIGGER`, which the schema's owner may do without being a superuser); or add beside
@@ -23,6 +24,8 @@ import functools
 import re
 import sys
 
+from chargebox import constraints
+from chargebox.constraints import outside_literals
 from chargebox.schema import CHECKPOINT_TABLES, Added, postgresql_statements, quoted, tables
 from chargebox.schema import postgresql_added_in as schema_statements_of
 
@@ -106,13 +109,6 @@ _ABOVE = (
 )
 _SET_PARAMETER = (" OR has_parameter_privilege(r.oid, 'session_replication_role', 'SET')"
                   " AS superuser")  # fmt: skip
-# A quoted string, kept as written when a definition is compared.
-_LITERAL = re.compile(r"('(?:[^']|'')*')")
-
-
-def _outside_literals(text: str, change) -> str:
-    parts = _LITERAL.split(text)
-    return "".join(part if n % 2 else change(part) for n, part in enumerate(parts))
 
 
 def trigger_definition(text: str | None) -> tuple | None:
@@ -126,13 +122,13 @@ def trigger_definition(text: str | None) -> tuple | None:
     if text is None:
         return None
     made = _DEFINITION.match(
-        _outside_literals(text.strip().rstrip(";"), lambda part: " ".join(part.lower().split()))
+        outside_literals(text.strip().rstrip(";"), lambda part: " ".join(part.lower().split()))
     )
     if made is None:
         return None
     parts = list(made.groups())
     parts[3] = tuple(sorted(parts[3].split(" or ")))
-    parts[7] = _outside_literals(parts[7] or "", lambda part: re.sub(r"::text\b|[()\s]", "", part))
+    parts[7] = outside_literals(parts[7] or "", lambda part: re.sub(r"::text\b|[()\s]", "", part))
     return tuple(parts)
 
 
@@ -155,7 +151,8 @@ def postgresql_missing(rows) -> list[str]:
     """The guards that `rows` (`reader.rows`) shows missing: each trigger dropped from its
     table, made again otherwise, disabled or calling a function of another schema (one of
     a table not made yet is not missing), and each guard function dropped or changed, as
-    `name()`; then what was added to one of chargebox's tables that the schema does not
+    `name()`; each constraint, unique index or column changed or dropped
+    (constraints.Shape); then what was added to one of chargebox's tables that the schema does not
     make (schema.Added): a trigger (a BEFORE trigger that fires after a guard may rewrite
     the row the guard passed), a rule, or a table inheriting it. Whoever can do that can
     do anything; the audit (I5) says so."""
@@ -172,7 +169,7 @@ def postgresql_missing(rows) -> list[str]:
     added = [Added(table, name, {"on": "trigger"}.get(kind, kind))
              for kind, table, name in found if kind in ("on", "rule", "child")
              and table in tables() and (table, name) not in guarded]  # fmt: skip
-    return sorted(gone) + sorted(changed) + sorted(added)
+    return sorted(gone) + sorted(changed) + constraints.changed(rows) + sorted(added)
 
 
 def dropped_guards(missing: list[str], tables: set[str]) -> list[str]:
@@ -238,11 +235,14 @@ def put_back_dropped_functions(conn, version: int) -> list[str]:
 def put_back_postgresql_guards(conn) -> list[str]:
     """As the schema's owner, inside migrate's transaction, its search_path confined
     (schema.confine_search_path): each guard function dropped or changed made again (its
-    newest body and settings), then each trigger dropped or changed; and what was added
+    newest body and settings), then each trigger dropped or changed, each constraint,
+    unique index or column (constraints.put_back, which refuses where rows written without
+    it break it); and what was added
     beside them removed (a trigger or a rule dropped, an inheriting table detached, NO
     INHERIT: its rows are the operator's to look at); their names. What still differs then
     (a PostgreSQL that spells definitions otherwise) fails migrate."""
     missing = postgresql_missing(lambda sql: conn.execute(sql).fetchall())
+    constraints.put_back(conn, [name for name in missing if isinstance(name, constraints.Shape)])
     functions, triggers = postgresql_guards()
     for name, (_, statement) in functions.items():
         if f"{name}()" in missing:
