@@ -23,6 +23,7 @@ setup(
             "openapi.json",
             "schema_postgresql.sql",
             "schema_postgresql.shape",
+            "schema_sqlite.shape",
             "web/views/*.tpl",
             "web/static/*",
             "web/locale/*/LC_MESSAGES/*.mo",

@@ -1,23 +1,30 @@
-"""The guards declared with PostgreSQL's tables: their constraints, unique indexes, columns.
+"""The guards declared with chargebox's tables: constraints, unique indexes, column types.
 
-CHECK, UNIQUE, PRIMARY KEY and FOREIGN KEY constraints, the one unique index and each
-column's type and NOT NULL enforce I1-I5 as the triggers do (guards.py), and the
-schema's owner may drop or change any of them (`ALTER TABLE ... DROP CONSTRAINT`).
-`schema_postgresql.shape` pins what schema_postgresql.sql makes, as PostgreSQL describes
-it; `changed` names what differs (guards.postgresql_missing adds it to the rest) and
-`put_back` makes it again, in migrate. What an operator adds beside them only narrows
-what may be written: left alone. SQLite's are in its tables' text: not compared (README).
+CHECK, UNIQUE, PRIMARY KEY and FOREIGN KEY constraints, the unique indexes and each
+column's type and NOT NULL enforce I1-I5 as the triggers do (guards.py), and whoever
+may change the schema may drop or loosen one: on PostgreSQL the schema's owner (`ALTER
+TABLE ... DROP CONSTRAINT`), compared with `schema_postgresql.shape`, which pins what
+schema_postgresql.sql makes; on SQLite whoever writes the file (`DROP INDEX`, a table
+rebuilt), compared with a new file's text (or `schema_sqlite.shape`'s). `changed` and
+`sqlite_changed` name what differs (start-up refuses, the audit's I5); `put_back` and
+`put_back_sqlite` make it again, in migrate. What an operator adds beside them only
+narrows what may be written: left alone.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import sqlite3
 from importlib import resources
 
+import peewee
+
+from chargebox.models import ALL_MODELS
 from chargebox.schema import quoted
 
 SHAPE = "schema_postgresql.shape"
+SQLITE_SHAPE = "schema_sqlite.shape"
 # What the schema's tables hold, as (kind, table, name, definition): each constraint
 # (not a constraint trigger: guards.py looks at those; not NOT NULL, which PostgreSQL 18
 # makes a constraint too: it is the column's), each unique index that backs none, each
@@ -62,9 +69,10 @@ def _plain(text: str) -> str:
 
 
 class Shape(str):
-    """One of the guards `SHAPE` pins, missing or changed in a database: it reads as
+    """A guard declared with a table, missing or changed in a database: it reads as
     start-up and migrate name it (`table.name (a constraint)`, `... (a unique index)`,
-    `table.column (a column)`); `definition` is the schema's."""
+    `table.column (a column)`; SQLite: `table (a table)`, its whole text); `definition`
+    is the schema's."""
 
     kind: str
     table: str
@@ -72,7 +80,8 @@ class Shape(str):
     definition: str
 
     def __new__(cls, kind: str, table: str, name: str, definition: str) -> Shape:
-        shown = super().__new__(cls, f"{table}.{name} (a {'unique ' * (kind == 'index')}{kind})")
+        where = table if kind == "table" else f"{table}.{name}"
+        shown = super().__new__(cls, f"{where} (a {'unique ' * (kind == 'index')}{kind})")
         shown.kind, shown.table, shown.name, shown.definition = kind, table, name, definition
         return shown
 
@@ -141,11 +150,7 @@ def put_back(conn, shapes: list[Shape]) -> None:
                     conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name}")
                     conn.execute(f"ALTER TABLE {table} ADD CONSTRAINT {name} {shape.definition}")
         except errors.Error as exc:  # a row that breaks it, a column dropped
-            detail = " ".join(str(exc).split())
-            raise ValueError(
-                f"cannot put back {shape}: {detail}. Rows were written without it: run"
-                " `chargebox audit --full` to see them, mend or restore them, then migrate"
-            ) from None
+            raise refused(shape, str(exc)) from None
 
 
 def _put_back_column(conn, shape: Shape) -> None:
@@ -162,3 +167,105 @@ def _put_back_column(conn, shape: Shape) -> None:
         conn.execute(f"ALTER TABLE {table} ALTER COLUMN {name} TYPE {kind}")
     null = "SET NOT NULL" if not_null else "DROP NOT NULL"
     conn.execute(f"ALTER TABLE {table} ALTER COLUMN {name} {null}")
+
+
+# --- SQLite ----------------------------------------------------------------------------------
+
+
+@functools.cache
+def sqlite_made() -> tuple[tuple[str, str, str, str], ...]:
+    """(type, name, table, CREATE statement) of each table and index a new file gets from
+    the models, read back from a database made in memory, once."""
+    memory = peewee.SqliteDatabase(":memory:")
+    with memory.bind_ctx(ALL_MODELS):
+        memory.create_tables(ALL_MODELS)
+    made = memory.execute_sql(
+        "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE sql IS NOT NULL"
+    ).fetchall()
+    memory.close()
+    return tuple(made)
+
+
+def sqlite_text(sql: str | None) -> str:
+    """A CREATE statement as compared: SQLite keeps it as written (a rebuilt table's name
+    quoted), so without quotes and with its blanks as one."""
+    return " ".join((sql or "").replace('"', "").split())
+
+
+def sqlite_guards() -> list[tuple[str, str, str, str]]:
+    """Of `sqlite_made`, the tables (their CHECKs, NOT NULLs, foreign keys) and the UNIQUE
+    indexes: the guards declared with SQLite's tables."""
+    return [(kind, name, table, sql) for kind, name, table, sql in sqlite_made()
+            if kind == "table" or sql.startswith("CREATE UNIQUE")]  # fmt: skip
+
+
+def sqlite_described() -> str:
+    """`sqlite_guards` as `schema_sqlite.shape` writes them: a line each, `name statement`."""
+    return "".join(f"{name} {sql}\n" for _, name, _, sql in sqlite_guards())
+
+
+@functools.lru_cache(maxsize=1)
+def sqlite_pinned() -> dict[str, str]:
+    """`schema_sqlite.shape`, what this release's peewee makes (test_constraints.py keeps it
+    so): {name: statement}. A file it made is taken as made whichever peewee 4 runs it,
+    though another may write the same tables in other words."""
+    text = resources.files("chargebox").joinpath(SQLITE_SHAPE).read_text()
+    return dict(line.split(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+
+
+def sqlite_changed(conn: sqlite3.Connection) -> list[Shape]:
+    """Each table of a new file whose text this file holds otherwise (its CHECKs, NOT NULLs
+    and foreign keys: a table rebuilt, or its text written by hand), and each UNIQUE index
+    dropped or made otherwise, of the tables the file has (a later version's not made yet);
+    as the running peewee makes them, or as `sqlite_pinned` has them."""
+    found = {name.lower(): sqlite_text(sql) for name, sql in conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type IN ('table', 'index')")}  # fmt: skip
+    tables = {name for name, sql in found.items() if sql.upper().startswith("CREATE TABLE")}
+    pinned = sqlite_pinned()
+    return sorted(Shape(kind, table, name, sql) for kind, name, table, sql in sqlite_guards()
+                  if table in tables and found.get(name) not in
+                  (sqlite_text(sql), sqlite_text(pinned.get(name))))  # fmt: skip
+
+
+def put_back_sqlite(conn: sqlite3.Connection, shapes: list[Shape]) -> None:
+    """Inside migrate's transaction, foreign keys off: each table of `shapes` rebuilt as a
+    new file has it (a new table, every row copied into it, which checks each, the old one
+    dropped, the new one renamed; its indexes made again; its triggers, dropped with it,
+    are schema.TRIGGERS' to make again after). A row the new table refuses, or a column
+    of the operator's it would lose: ValueError naming it; the transaction is rolled back."""
+    for shape in (shape for shape in shapes if shape.kind == "table"):
+        table, temporary = quoted(shape.table), quoted(f"{shape.table}_put_back")
+        try:
+            conn.execute(re.sub(r'^CREATE TABLE ("[^"]+"|\S+)', f"CREATE TABLE {temporary}",
+                                shape.definition, count=1))  # fmt: skip
+            columns = _columns(conn, temporary)
+            if others := [name for name in _columns(conn, table) if name not in columns]:
+                raise ValueError(
+                    f"cannot put back {shape}: it holds columns the schema does not"
+                    f" make ({', '.join(others)}); move them out of it first"
+                )
+            names = ", ".join(quoted(name) for name in columns)
+            conn.execute(f"INSERT INTO {temporary} ({names}) SELECT {names} FROM {table}")
+            conn.execute(f"DROP TABLE {table}")
+            conn.execute("PRAGMA legacy_alter_table = ON")  # other tables' triggers name it
+            conn.execute(f"ALTER TABLE {temporary} RENAME TO {table}")
+            conn.execute("PRAGMA legacy_alter_table = OFF")
+            for kind, _, of, sql in sqlite_made():
+                if kind == "index" and of == shape.table:
+                    conn.execute(sql)
+            if broken := conn.execute(f"PRAGMA foreign_key_check({table})").fetchone():
+                raise sqlite3.IntegrityError(f"row {broken[1]} names a {broken[2]} not there")
+        except sqlite3.Error as exc:
+            raise refused(shape, str(exc)) from None
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def refused(shape: Shape, why: str) -> ValueError:
+    """migrate's words where rows written without a guard break it."""
+    return ValueError(
+        f"cannot put back {shape}: {' '.join(why.split())}. Rows were written without it: run"
+        " `chargebox audit --full` to see them, mend or restore them, then migrate"
+    )

@@ -26,6 +26,7 @@ import peewee
 
 from chargebox import location, metrics, migrations, schema
 from chargebox.config import Config
+from chargebox.constraints import sqlite_changed
 from chargebox.errors import DAMAGED, Damaged, IntegrityViolation, LockTimeout, Unavailable
 from chargebox.gate import WriteGate
 from chargebox.slots import WriteSlots
@@ -323,7 +324,7 @@ class Database:
 
     def missing_triggers(self) -> list[str]:
         with translate_errors():  # a locked or unreadable file: 503, not a bug
-            return schema.missing_triggers(self.connection())
+            return schema.missing_triggers(self.connection()) + sqlite_changed(self.connection())
 
     def storage_bytes(self) -> dict[str, int]:
         """The file's size and its write-ahead log's (0 when there is none)."""

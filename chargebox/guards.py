@@ -1,8 +1,8 @@
 """The schema's guards: which are dropped or changed, start-up's refusal, migrate's repair.
 
 The guards are the triggers that enforce I1-I5 in the database (schema.TRIGGERS;
-schema_postgresql.sql, where they call PL/pgSQL functions; there also the constraints
-declared with the tables, compared in constraints.py). Whoever can write to the
+schema_postgresql.sql, where they call PL/pgSQL functions), and the constraints declared
+with the tables (compared in constraints.py). Whoever can write to the
 database can drop one, or on PostgreSQL change a function's body, make a trigger again
 under its name doing something else, or switch it off (`ALTER TABLE ... DISABLE
 TRIGGER`, which the schema's owner may do without being a superuser); or add beside

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import peewee
 
-from chargebox import grants, guards, schema
+from chargebox import constraints, grants, guards, schema
 from chargebox.clock import now
 from chargebox.config import Config
 from chargebox.location import check_database_path
@@ -223,12 +223,14 @@ def prepare_sqlite(database: peewee.SqliteDatabase, models: Sequence[type[peewee
                    where: str) -> None:  # fmt: skip
     """At start-up, under the start-up lock: a new file is made at LATEST, a file at LATEST
     gets back a table it lacks (the audit's checkpoints, made later) and is refused if a
-    guard trigger was dropped (guards.refuse_dropped_guards), any other version is refused."""
+    guard was dropped or changed (a trigger, a UNIQUE index, a table's text:
+    guards.refuse_dropped_guards), any other version is refused."""
     conn = database.connection()
     found = sqlite_version(conn)
     check(found, where)
     if found is not None:  # what it lacks it gets back, but a dropped guard: see there
-        missing, tables = schema.missing_triggers(conn), schema.table_names(conn)
+        missing = schema.missing_triggers(conn) + constraints.sqlite_changed(conn)
+        tables = schema.table_names(conn)
         guards.refuse_dropped_guards(guards.dropped_guards(missing, tables), where)
     with database.bind_ctx(models), database.atomic():
         database.create_tables(models, safe=True)
@@ -240,9 +242,10 @@ def prepare_sqlite(database: peewee.SqliteDatabase, models: Sequence[type[peewee
 def upgrade_sqlite(path: str, timeout: float,
                    where: str) -> tuple[int, int, list[str], list[str]]:  # fmt: skip
     """Apply the missing steps to the file at `path` in one write transaction, put back the
-    guard triggers someone dropped and drop those added, make the tables and indexes it
-    lacks; (from, to, the triggers put back at LATEST and at any version those dropped as
-    added: schema.Added, the tables and indexes made).
+    guard triggers someone dropped and drop those added, rebuild a table whose text differs
+    from a new file's (constraints.put_back_sqlite), make the tables and indexes it lacks
+    or holds otherwise; (from, to, the guards put back at LATEST and at any version those
+    dropped as added: schema.Added, the tables and indexes made).
 
     The caller holds the start-up lock. Foreign keys are off while the steps run (they
     cannot be switched inside a transaction) and checked before COMMIT.
@@ -265,16 +268,22 @@ def upgrade_sqlite(path: str, timeout: float,
             broken = steps and conn.execute("PRAGMA foreign_key_check").fetchall()
             if broken:
                 raise RuntimeError(f"a migration step broke {len(broken)} foreign key(s)")
-            made = sqlite_missing(conn)  # a table or index a new file has
-            for _, statements in made:
-                for statement in statements:
-                    conn.execute(statement)
             missing = schema.missing_triggers(conn)  # dropped or changed: made again, below
             missing += [name for name in added if name not in missing]
+            rebuilt = [name for name in constraints.sqlite_changed(conn) if name.kind == "table"]
+            constraints.put_back_sqlite(conn, rebuilt)  # their triggers go with them: below
+            made = sqlite_missing(conn)  # a table or index a new file has
+            for name, statements in made:
+                try:
+                    for statement in statements:
+                        conn.execute(statement)
+                except sqlite3.IntegrityError as exc:  # a UNIQUE index, rows breaking it
+                    raise constraints.refused(name, str(exc)) from None
             for name in missing:  # and one added beside the guards (its own name): dropped
                 conn.execute(f"DROP TRIGGER IF EXISTS {schema.quoted(getattr(name, 'name', name))}")
             for statement in (*schema.TRIGGERS, SQLITE_VERSION_TABLE):
                 conn.execute(statement)
+            missing += rebuilt
             if found == LATEST and _BLOCKS_TRIGGER in missing:  # (a step made them)
                 for statement in schema.SALE_BLOCKS:  # the sales made without it, in their spans
                     conn.execute(statement)

@@ -12,10 +12,8 @@ import dataclasses
 import sqlite3
 from collections.abc import Callable
 
-import peewee
-
 from chargebox import guards, schema
-from chargebox.models import ALL_MODELS
+from chargebox.constraints import sqlite_made, sqlite_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,15 +29,9 @@ class Step:
 
 
 def _sqlite_model_schema() -> dict[str, str]:
-    """name -> CREATE statement of every table and index a new file gets from the models,
-    read back from a database made in memory: a step builds what a new file has."""
-    memory = peewee.SqliteDatabase(":memory:")
-    with memory.bind_ctx(ALL_MODELS):
-        memory.create_tables(ALL_MODELS)
-    rows = memory.execute_sql("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL")
-    made = dict(rows.fetchall())
-    memory.close()
-    return made
+    """name -> CREATE statement of every table and index a new file gets from the models
+    (constraints.sqlite_made): a step builds what a new file has."""
+    return {name: sql for _, name, _, sql in sqlite_made()}
 
 
 def sqlite_missing(conn: sqlite3.Connection) -> list[tuple[str, tuple[str, ...]]]:
@@ -55,15 +47,13 @@ def sqlite_missing(conn: sqlite3.Connection) -> list[tuple[str, tuple[str, ...]]
     for name, sql in _sqlite_model_schema().items():
         if name not in found:
             steps.append((name, (sql,)))
-        elif sql.startswith("CREATE") and " INDEX " in sql and _shape(found[name]) != _shape(sql):
+        elif (
+            sql.startswith("CREATE")
+            and " INDEX " in sql
+            and sqlite_text(found[name]) != sqlite_text(sql)
+        ):
             steps.append((f"{name} (made again: it differed)", (f'DROP INDEX "{name}"', sql)))
     return steps
-
-
-def _shape(sql: str | None) -> str:
-    """A CREATE statement as compared: SQLite keeps it as written (a rebuilt table's name
-    quoted), so without quotes and with its blanks as one."""
-    return " ".join((sql or "").replace('"', "").split())
 
 
 def _sqlite_keys_and_suspension(conn: sqlite3.Connection) -> None:

@@ -1,9 +1,12 @@
-"""PostgreSQL: the constraints, unique indexes and columns that guard chargebox's tables.
+"""The constraints, unique indexes and columns that guard chargebox's tables.
 
-The schema's owner may drop or loosen any of them (`ALTER TABLE ... DROP CONSTRAINT`),
-as it may a trigger (test_migrations.py). Each is then named as a guard is: start-up
-refuses the database, the audit names it (I5), and `chargebox migrate` makes it again
-as chargebox/schema_postgresql.shape pins it, unless rows written without it break it.
+Whoever may change the schema may drop or loosen one, as a trigger (test_migrations.py):
+on PostgreSQL the schema's owner (`ALTER TABLE ... DROP CONSTRAINT`), on SQLite whoever
+writes the file (`DROP INDEX`, a table's text rewritten as sqlite.org's procedure for
+loosening a CHECK does). Each is then named as a guard is: start-up refuses the
+database, the audit names it (I5), and `chargebox migrate` makes it again as the schema
+has it (PostgreSQL: chargebox/schema_postgresql.shape; SQLite: a new file's text),
+unless rows written without it break it: then it refuses in one line, changing nothing.
 """
 
 from __future__ import annotations
@@ -19,20 +22,21 @@ from tests.support import (
     credited_seller,
     database_of,
     read_only,
+    reconciled_balances,
     rows_on_disk,
     writable,
 )
 from tests.test_migrations import chargebox
 
-pytestmark = pytest.mark.postgresql_only
-
 SHAPE = ROOT / "chargebox" / constraints.SHAPE
+SQLITE_SHAPE = ROOT / "chargebox" / constraints.SQLITE_SHAPE
 
 
 def rows_of(conn):
     return lambda sql: conn.execute(sql).fetchall()
 
 
+@pytest.mark.postgresql_only
 def test_the_pinned_shape_is_what_the_schema_makes(service, config):
     """schema_postgresql.shape is a fresh schema's, line for line (a migrated one's is the
     same: test_migrations compares their catalogues, and finds no guard missing), for
@@ -55,110 +59,272 @@ def test_the_pinned_shape_is_what_the_schema_makes(service, config):
     assert {table for _, table, _ in constraints.pinned()} == schema.tables()
 
 
-# Each way the schema's owner may loosen a guard declared with a table, and its name.
-TAMPERED = {
+def rewritten(table: str, old: str, new: str):
+    """SQLite: `table`'s text with `old` made `new`, as sqlite.org's procedure for loosening
+    a CHECK does (writable_schema, then schema_version bumped), on a connection."""
+
+    def rewrite(conn) -> None:
+        (version,) = conn.execute("PRAGMA schema_version").fetchone()
+        assert old in text_of(conn, table)
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute("UPDATE sqlite_master SET sql = replace(sql, ?, ?) WHERE type = 'table'"
+                     " AND name = ?", (old, new, table))  # fmt: skip
+        conn.execute(f"PRAGMA schema_version = {version + 1}")
+        conn.execute("PRAGMA writable_schema = OFF")
+
+    return rewrite
+
+
+def text_of(conn, table: str) -> str:
+    return conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+
+
+def put_back(*named: str) -> str:
+    return f"put back {len(named)} guard(s) dropped or changed: {', '.join(named)}"
+
+
+def test_the_pinned_sqlite_text_is_what_the_models_make():
+    """schema_sqlite.shape is what this release's peewee makes of each table and UNIQUE
+    index, line for line: a file made by it stays taken whichever peewee 4 runs it."""
+    made = constraints.sqlite_described()
+    pinned = "".join(f"{line}\n" for line in SQLITE_SHAPE.read_text().splitlines()
+                     if not line.startswith("#"))  # fmt: skip
+    assert made == pinned, f"{SQLITE_SHAPE} should read, below its comments:\n{made}"
+    assert {table for _, _, table, _ in constraints.sqlite_guards()} == schema.tables() - {
+        "schema_version"  # made by migrations.py, not the models: it guards nothing
+    }
+
+
+@pytest.mark.sqlite_only
+def test_a_file_made_by_another_peewee_is_taken_as_made(service, config, monkeypatch):
+    """Should another peewee write a table in other words, a file this release's made
+    (schema_sqlite.shape) is no changed guard; a text that is neither is."""
+    service.close()
+    made = constraints.sqlite_made()
+    other = tuple((kind, name, table, sql.replace("BETWEEN 1 AND 200", ">= 1 AND length(name)"
+                   " <= 200")) for kind, name, table, sql in made)  # fmt: skip
+    assert other != made
+    monkeypatch.setattr(constraints, "sqlite_made", lambda: other)
+    with read_only(database_of(config)) as conn:
+        assert constraints.sqlite_changed(conn.conn) == []
+    monkeypatch.setattr(constraints, "sqlite_pinned", lambda: {})
+    with read_only(database_of(config)) as conn:
+        assert constraints.sqlite_changed(conn.conn) == ["seller (a table)"]
+
+
+# Each way a guard declared with a table may be loosened: its name, what migrate says.
+POSTGRESQL = {
     "a UNIQUE dropped (a request could be credited twice)": (
-        ["ledger_entry.ledger_entry_credit_request_id_key (a constraint)"],
+        "ledger_entry.ledger_entry_credit_request_id_key (a constraint)",
         "ALTER TABLE ledger_entry DROP CONSTRAINT ledger_entry_credit_request_id_key",
     ),
     "a CHECK loosened under its name": (
-        ["seller.seller_balance_check (a constraint)"],
+        "seller.seller_balance_check (a constraint)",
         "ALTER TABLE seller DROP CONSTRAINT seller_balance_check,"
         " ADD CONSTRAINT seller_balance_check CHECK (balance >= -1000000)",
     ),
     "a CHECK made again NOT VALID (the rows before it unchecked)": (
-        ["sale.sale_amount_check (a constraint)"],
+        "sale.sale_amount_check (a constraint)",
         "ALTER TABLE sale DROP CONSTRAINT sale_amount_check, ADD CONSTRAINT sale_amount_check"
         " CHECK (amount > 0 AND amount <= 1000000000000000) NOT VALID",
     ),
     "a foreign key deferred to the commit": (
-        ["sale.sale_seller_id_fkey (a constraint)"],
+        "sale.sale_seller_id_fkey (a constraint)",
         "ALTER TABLE sale ALTER CONSTRAINT sale_seller_id_fkey DEFERRABLE INITIALLY DEFERRED",
     ),
     "a primary key dropped": (
-        ["ledger_seal.ledger_seal_pkey (a constraint)"],
+        "ledger_seal.ledger_seal_pkey (a constraint)",
         "ALTER TABLE ledger_seal DROP CONSTRAINT ledger_seal_pkey",
     ),
     "a NOT NULL dropped": (
-        ["ledger_entry.balance_after (a column)"],
+        "ledger_entry.balance_after (a column)",
         "ALTER TABLE ledger_entry ALTER COLUMN balance_after DROP NOT NULL",
     ),
     "a column's type widened": (
-        ["seller_key.key_hash (a column)"],
+        "seller_key.key_hash (a column)",
         "ALTER TABLE seller_key ALTER COLUMN key_hash TYPE text",
     ),
     "the unique index dropped": (
-        ["seller_key.seller_key_seller_id_label (a unique index)"],
+        "seller_key.seller_key_seller_id_label (a unique index)",
         "DROP INDEX seller_key_seller_id_label",
     ),
     "the unique index made again over other rows": (
-        ["seller_key.seller_key_seller_id_label (a unique index)"],
+        "seller_key.seller_key_seller_id_label (a unique index)",
         "DROP INDEX seller_key_seller_id_label",
         "CREATE UNIQUE INDEX seller_key_seller_id_label ON seller_key (seller_id, label)"
         " WHERE revoked_at IS NOT NULL",
     ),
 }
+TAMPERED = {case: (named, put_back(named), *done) for case, (named, *done) in POSTGRESQL.items()}
+TAMPERED_SQLITE = {
+    "a UNIQUE index dropped (a request could be credited twice)": (
+        "ledger_entry.ledger_entry_credit_request_id (a unique index)",
+        "made what it lacked: ledger_entry_credit_request_id",
+        "DROP INDEX ledger_entry_credit_request_id",
+    ),
+    "a UNIQUE index made again over other rows": (
+        "ledger_entry.ledger_entry_credit_request_id (a unique index)",
+        "made what it lacked: ledger_entry_credit_request_id (made again: it differed)",
+        "DROP INDEX ledger_entry_credit_request_id",
+        "CREATE UNIQUE INDEX ledger_entry_credit_request_id ON ledger_entry (credit_request_id)"
+        " WHERE credit_request_id IS NULL",
+    ),
+    "a CHECK written out of a table's text": (
+        "seller (a table)",
+        put_back("seller (a table)"),
+        rewritten("seller", " AND balance >= 0", ""),
+    ),
+    "a NOT NULL written out": (
+        "ledger_entry (a table)",
+        put_back("ledger_entry (a table)"),
+        rewritten("ledger_entry", '"balance_after" INTEGER NOT NULL', '"balance_after" INTEGER'),
+    ),
+    "a foreign key written out": (
+        "web_session (a table)",
+        put_back("web_session (a table)"),
+        rewritten(
+            "web_session",
+            'FOREIGN KEY ("seller_id") REFERENCES "seller" ("id") ON DELETE RESTRICT, ',
+            "",
+        ),  # fmt: skip
+    ),
+}
 
 
+@pytest.mark.postgresql_only
 @pytest.mark.parametrize("case", TAMPERED)
 def test_a_constraint_dropped_or_changed_is_named_and_migrate_puts_it_back(service, config, case):
-    named, *statements = TAMPERED[case]
+    named_and_put_back(service, config, *TAMPERED[case])
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("case", TAMPERED_SQLITE)
+def test_a_unique_index_dropped_or_a_table_rewritten_is_named_and_put_back(service, config, case):
+    named_and_put_back(service, config, *TAMPERED_SQLITE[case])
+
+
+def named_and_put_back(service, config, named: str, said: str, *done) -> None:
+    """`done` (statements, or calls on a connection) to the database, as someone who may
+    change the schema: `named` is refused at start-up and named by the audit; migrate
+    says `said` and puts it back; then the audit is clean, and a server starts."""
     credited_seller(service, 10_000, "Ali")
     service.close()
     db = database_of(config)
     with writable(db) as conn:
-        for statement in statements:
-            conn.execute(statement)
+        for statement in done:
+            conn.execute(statement) if isinstance(statement, str) else statement(conn)
     with read_only(db) as conn:
-        assert guards.postgresql_missing(rows_of(conn)) == named
-    refused = chargebox("create-seller", "Sara", "--db", db, "--data-dir", config.data_dir)
+        assert dropped(conn) == [named]
+    where = ["--data-dir", config.data_dir] if config.db_url else []
+    refused = chargebox("create-seller", "Sara", "--db", db, *where)
     assert refused.returncode == 2, refused.stderr
-    assert (f"{len(named)} guard(s) of the schema are missing or changed ({', '.join(named)})"
-            in refused.stderr and "Traceback" not in refused.stderr), refused.stderr  # fmt: skip
-    audited = cli_audit(db, config.data_dir)
+    assert (f"1 guard(s) of the schema are missing or changed ({named})" in refused.stderr
+            and "Traceback" not in refused.stderr), refused.stderr  # fmt: skip
+    audited = cli_audit(db, config.data_dir if config.db_url else None)
     assert audited.returncode == 1
-    assert f"schema {named[0]} is missing or changed: the schema's is " in audited.stderr
-    migrated = chargebox("migrate", "--db", backends.owner_url(db), "--data-dir", config.data_dir)
+    assert f"schema {named} is missing or changed: the schema's is " in audited.stderr
+    migrated = chargebox("migrate", "--db", backends.owner_url(db) if config.db_url else db, *where)
     assert migrated.returncode == 0, migrated.stderr
-    assert f"put back {len(named)} guard(s) dropped or changed: {', '.join(named)}" in (
-        migrated.stderr
-    )
+    assert f"already the newest; {said}" in migrated.stderr, migrated.stderr
     with read_only(db) as conn:
-        assert guards.postgresql_missing(rows_of(conn)) == []
-    assert cli_audit(db, config.data_dir).returncode == 0
-    started = chargebox("create-seller", "Sara", "--db", db, "--data-dir", config.data_dir)
+        assert dropped(conn) == []
+    audited = cli_audit(db, config.data_dir if config.db_url else None)
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+    started = chargebox("create-seller", "Sara", "--db", db, *where)
     assert started.returncode == 0, started.stderr
+    assert reconciled_balances(db) == {1: 10_000, 2: 0}
+
+
+def dropped(conn) -> list[str]:
+    """The guards a fresh connection finds dropped or changed, on either backend."""
+    if conn.postgresql:
+        return guards.postgresql_missing(rows_of(conn))
+    return schema.missing_triggers(conn.conn) + constraints.sqlite_changed(conn.conn)
 
 
 SESSION = ("INSERT INTO web_session (token_hash, role, credential_hash, created_at, expires_at)"
            " VALUES (?, 'root', ?, '2026-01-01', '2026-01-02')")  # fmt: skip
 
 
-def test_rows_written_without_a_constraint_keep_migrate_from_putting_it_back(service, config):
+# A CHECK loosened on each backend: how, and what migrate then says of a row that breaks it.
+LOOSENED = {
+    "postgresql": (
+        "ALTER TABLE web_session DROP CONSTRAINT web_session_role_check",
+        "web_session.web_session_role_check (a constraint)",
+        'check constraint "web_session_role_check" of relation "web_session" is violated by'
+        " some row",
+    ),
+    "sqlite": (
+        rewritten("web_session", " CHECK (role IN ('admin', 'seller'))", ""),
+        "web_session (a table)",
+        "CHECK constraint failed: role IN ('admin', 'seller')",
+    ),
+}
+
+
+def test_rows_written_without_a_constraint_keep_migrate_from_putting_it_back(
+    service, config, backend
+):
     """A row the constraint would have refused, written while it was gone: migrate says
-    which constraint and PostgreSQL's words, in one line, and changes nothing; once the
-    row is gone, it puts the constraint back, which then refuses such a row again."""
+    which constraint and the database's words, in one line, and changes nothing; once
+    the row is gone, it puts the constraint back, which then refuses such a row again."""
+    loosen, named, words = LOOSENED[backend]
     service.close()
     db = database_of(config)
     with writable(db) as conn:
-        conn.execute("ALTER TABLE web_session DROP CONSTRAINT web_session_role_check")
+        conn.execute(loosen) if isinstance(loosen, str) else loosen(conn)
         conn.execute(SESSION, ("a" * 64, "b" * 64))
-    owner = backends.owner_url(db)
-    refused = chargebox("migrate", "--db", owner, "--data-dir", config.data_dir)
+    owner = backends.owner_url(db) if config.db_url else db
+    where = ["--data-dir", config.data_dir] if config.db_url else []
+    refused = chargebox("migrate", "--db", owner, *where)
     assert refused.returncode == 2, refused.stderr
     assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
-    assert ("cannot put back web_session.web_session_role_check (a constraint): check"
-            ' constraint "web_session_role_check" of relation "web_session" is violated by'
-            " some row" in refused.stderr), refused.stderr  # fmt: skip
+    assert f"cannot put back {named}: {words}. Rows were written" in refused.stderr, refused.stderr
     assert "chargebox audit --full" in refused.stderr
     with read_only(db) as conn:
-        assert guards.postgresql_missing(rows_of(conn)) == [
-            "web_session.web_session_role_check (a constraint)"
-        ]
+        assert dropped(conn) == [named]
     with writable(db) as conn:
         conn.execute("DELETE FROM web_session WHERE role = 'root'")
-    migrated = chargebox("migrate", "--db", owner, "--data-dir", config.data_dir)
+    migrated = chargebox("migrate", "--db", owner, *where)
     assert migrated.returncode == 0, migrated.stderr
-    with writable(db) as conn, pytest.raises(REFUSED, match="web_session_role_check"):
+    with writable(db) as conn, pytest.raises(REFUSED, match="web_session_role_check|role IN"):
         conn.execute(SESSION, ("c" * 64, "d" * 64))
     assert rows_on_disk(db, "SELECT count(*) FROM web_session") == [(0,)]
+
+
+@pytest.mark.sqlite_only
+def test_rows_a_dropped_unique_index_let_in_keep_migrate_from_making_it_again(service, config):
+    """SQLite: two sessions of one token, written while its UNIQUE index was dropped:
+    migrate names the index and SQLite's words in one line, and changes nothing."""
+    service.close()
+    db = database_of(config)
+    with writable(db) as conn:
+        conn.execute("DROP INDEX web_session_token_hash")
+        for credential in ("b", "c"):
+            conn.execute(SESSION.replace("'root'", "'admin'"), ("a" * 64, credential * 64))
+    refused = chargebox("migrate", "--db", db)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert ("cannot put back web_session_token_hash: UNIQUE constraint failed:"
+            " web_session.token_hash. Rows were written" in refused.stderr)  # fmt: skip
+    with read_only(db) as conn:
+        assert dropped(conn) == ["web_session.web_session_token_hash (a unique index)"]
+
+
+@pytest.mark.sqlite_only
+def test_a_column_of_the_operators_own_is_never_dropped_by_a_rebuild(service, config):
+    """SQLite: a column added to one of chargebox's tables changes its text (start-up
+    names it); migrate would rebuild the table without it, losing what it holds, so it
+    refuses instead, naming the column, and the column keeps its values."""
+    credited_seller(service, 10_000, "Ali")
+    service.close()
+    db = database_of(config)
+    with writable(db) as conn:
+        conn.execute("ALTER TABLE seller ADD COLUMN note TEXT")
+        conn.execute("UPDATE seller SET note = 'mine'")
+    refused = chargebox("create-seller", "Sara", "--db", db)
+    assert refused.returncode == 2 and "missing or changed (seller (a table))" in refused.stderr
+    migrated = chargebox("migrate", "--db", db)
+    assert migrated.returncode == 2, migrated.stderr
+    assert ("cannot put back seller (a table): it holds columns the schema does not make"
+            " (note); move them out of it first" in migrated.stderr), migrated.stderr  # fmt: skip
+    assert rows_on_disk(db, "SELECT note FROM seller") == [("mine",)]
