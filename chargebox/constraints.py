@@ -25,27 +25,39 @@ from chargebox.schema import quoted
 
 SHAPE = "schema_postgresql.shape"
 SQLITE_SHAPE = "schema_sqlite.shape"
-# What the schema's tables hold, as (kind, table, name, definition): each constraint
-# (not a constraint trigger: guards.py looks at those; not NOT NULL, which PostgreSQL 18
-# makes a constraint too: it is the column's), each unique index that backs none, each
-# column. An index's definition loses the schema's name, which PostgreSQL writes there.
+# What the schema holds, as (kind, table, name, definition): each relation of a table's
+# name and its kind (a view or a foreign table in a table's place is no table); each
+# constraint (not a constraint trigger: guards.py looks at those; not NOT NULL, which
+# PostgreSQL 18 makes a constraint too: it is the column's) and unique index that backs
+# none, of a table; each column, its collation where it is not its type's. An index's
+# definition loses the schema's name, which PostgreSQL writes there, and is marked where
+# it is not valid (a CREATE ... CONCURRENTLY that failed checks nothing).
 _HELD = (
-    "WITH t AS (SELECT c.oid, c.relname FROM pg_class AS c JOIN pg_namespace AS n"
-    " ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p'))"
-    " SELECT 'constraint', t.relname, k.conname, pg_get_constraintdef(k.oid, true)"
+    "WITH r AS (SELECT c.oid, c.relname, c.relkind FROM pg_class AS c JOIN pg_namespace AS n"
+    " ON n.oid = c.relnamespace WHERE n.nspname = current_schema()),"
+    " t AS (SELECT * FROM r WHERE relkind = 'r')"
+    " SELECT 'table', relname, relname, relkind::text FROM r"
+    " UNION ALL SELECT 'constraint', t.relname, k.conname, pg_get_constraintdef(k.oid, true)"
     " FROM pg_constraint AS k JOIN t ON t.oid = k.conrelid WHERE k.contype IN ('c', 'f', 'p',"
     " 'u', 'x')"
     " UNION ALL SELECT 'index', t.relname, i.relname, replace(pg_get_indexdef(i.oid), ' ON '"
-    " || quote_ident(current_schema()) || '.', ' ON ') FROM pg_index AS x JOIN pg_class AS i"
+    " || quote_ident(current_schema()) || '.', ' ON ') || CASE WHEN x.indisvalid AND"
+    " x.indisready THEN '' ELSE ' (INVALID)' END FROM pg_index AS x JOIN pg_class AS i"
     " ON i.oid = x.indexrelid JOIN t ON t.oid = x.indrelid WHERE x.indisunique AND NOT EXISTS"
     " (SELECT 1 FROM pg_constraint AS k WHERE k.conindid = i.oid AND k.conrelid = t.oid)"
     " UNION ALL SELECT 'column', t.relname, a.attname, format_type(a.atttypid, a.atttypmod)"
+    " || CASE WHEN a.attcollation <> y.typcollation THEN ' COLLATE '"
+    " || a.attcollation::regcollation::text ELSE '' END"
     " || CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END FROM pg_attribute AS a JOIN t"
-    " ON t.oid = a.attrelid WHERE a.attnum > 0 AND NOT a.attisdropped"
+    " ON t.oid = a.attrelid JOIN pg_type AS y ON y.oid = a.atttypid"
+    " WHERE a.attnum > 0 AND NOT a.attisdropped"
 )
 # The order they are made again in: a column's type before what reads it, a key before
 # the foreign keys that name it.
-_ORDER = ("column", "PRIMARY", "UNIQUE", "index", "CHECK", "EXCLUDE", "FOREIGN")
+_ORDER = ("table", "column", "PRIMARY", "UNIQUE", "index", "CHECK", "EXCLUDE", "FOREIGN")
+# A unique index's storage settings (`ALTER INDEX ... SET (fillfactor = 90)`): an
+# operator's to tune, no part of what it guards.
+_STORAGE = re.compile(r" WITH \([^()]*\)")
 # A quoted string, kept as written when a definition is compared.
 _LITERAL = re.compile(r"('(?:[^']|'')*')")
 
@@ -56,23 +68,11 @@ def outside_literals(text: str, change) -> str:
     return "".join(part if n % 2 else change(part) for n, part in enumerate(parts))
 
 
-def _compared(definition: str | None) -> str | None:
-    """A definition as it compares: outside quoted strings, in lower case, with single
-    spaces and no double quotes (`quote_all_identifiers` quotes every name)."""
-    if definition is None:
-        return None
-    return outside_literals(definition, _plain)
-
-
-def _plain(text: str) -> str:
-    return " ".join(text.lower().split()).replace('"', "")
-
-
 class Shape(str):
     """A guard declared with a table, missing or changed in a database: it reads as
     start-up and migrate name it (`table.name (a constraint)`, `... (a unique index)`,
-    `table.column (a column)`; SQLite: `table (a table)`, its whole text); `definition`
-    is the schema's."""
+    `table.column (a column)`, `table (a table)`: on SQLite its whole text, on PostgreSQL
+    the table itself, gone or another kind of relation); `definition` is the schema's."""
 
     kind: str
     table: str
@@ -103,10 +103,17 @@ def pinned() -> dict[tuple[str, str, str], str]:
     return found
 
 
+def _held(rows) -> dict[tuple[str, str, str], str]:
+    """What `rows` (`reader.rows`) shows of the schema: {(kind, table, name): definition}."""
+    return {(kind, table, name): _STORAGE.sub("", definition) if kind == "index" else definition
+            for kind, table, name, definition in rows(_HELD)}  # fmt: skip
+
+
 def described(rows) -> str:
     """What `rows` (`reader.rows`) shows of the schema's tables, as `SHAPE` writes it."""
-    lines = [f"{kind} {table}.{name} {definition}" for kind, table, name, definition
-             in rows(_HELD) if table in {table for _, table, _ in pinned()}]  # fmt: skip
+    tables = {table for _, table, _ in pinned()}
+    lines = [f"{kind} {table}.{name} {definition}" for (kind, table, name), definition
+             in _held(rows).items() if table in tables and kind != "table"]  # fmt: skip
     return "".join(f"{line}\n" for line in sorted(lines, key=_in_order))
 
 
@@ -117,54 +124,89 @@ def _in_order(line: str) -> tuple[str, str, str]:
 
 
 def changed(rows) -> list[Shape]:
-    """The guards `SHAPE` pins that `rows` (`reader.rows`) shows dropped or changed, those
-    of a table the database does not have aside (a table of a later version, not made
-    yet). What was added beside them is not named."""
-    found = {(kind, table, name): _compared(definition)
-             for kind, table, name, definition in rows(_HELD)}  # fmt: skip
-    tables = {table for _, table, _ in found}
-    return sorted(Shape(*key, definition) for key, definition in pinned().items()
-                  if key[1] in tables and found.get(key) != _compared(definition))  # fmt: skip
+    """The guards `SHAPE` pins that `rows` (`reader.rows`) shows dropped or changed, as
+    PostgreSQL writes them; a table of the schema's that is gone or is no table (a view in
+    its place, say: what it shows no guard sees written) is named itself. What was added
+    beside them is not named."""
+    found = _held(rows)
+    tables = {table for _, table, _ in pinned()}
+    gone = {table for table in tables if found.get(("table", table, table)) != "r"}
+    return sorted([Shape("table", table, table, "a table") for table in gone]
+                  + [Shape(*key, definition) for key, definition in pinned().items()
+                     if key[1] not in gone and found.get(key) != definition])  # fmt: skip
 
 
 def put_back(conn, shapes: list[Shape]) -> None:
     """Inside migrate's transaction, as the schema's owner: each of `shapes` made again as
-    `SHAPE` has it. Rows written while one was gone may break it: ValueError naming it and
-    PostgreSQL's words (the row), and the transaction is rolled back."""
+    `SHAPE` has it; what depends on what it replaces goes with it (CASCADE: a foreign key
+    on a unique key, a trigger on a column's type), for the next round to make again
+    (guards.put_back_postgresql_guards). Rows written while it was gone may break it, or
+    the schema may hold it otherwise than it can mend: ValueError naming it, and the
+    transaction is rolled back."""
     from psycopg import errors
 
     def order(shape: Shape) -> int:
-        return _ORDER.index(shape.kind if shape.kind != "constraint"
-                            else shape.definition.split(" ", 1)[0])  # fmt: skip
+        return _ORDER.index(shape.definition.split(" ", 1)[0] if shape.kind == "constraint"
+                            else shape.kind)  # fmt: skip
 
     for shape in sorted(shapes, key=order):
-        table, name = quoted(shape.table), quoted(shape.name)
         try:
             with conn.transaction():  # a savepoint: its error is said, not a traceback
-                if shape.kind == "column":
-                    _put_back_column(conn, shape)
-                elif shape.kind == "index":
-                    conn.execute(f"DROP INDEX IF EXISTS {name}")
-                    conn.execute(shape.definition)
-                else:
-                    conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name}")
-                    conn.execute(f"ALTER TABLE {table} ADD CONSTRAINT {name} {shape.definition}")
-        except errors.Error as exc:  # a row that breaks it, a column dropped
-            raise refused(shape, str(exc)) from None
+                _put_back(conn, shape)
+        except errors.IntegrityError as exc:  # a row that breaks it
+            raise refused(shape, exc.diag.message_primary or str(exc)) from None
+        except errors.Error as exc:  # a column dropped, an index of another table's
+            raise ValueError(
+                f"cannot put back {shape}: {exc.diag.message_primary or exc}. Make it again by"
+                f" hand as the schema has it ({shape.definition}), or restore a backup"
+            ) from None
+
+
+def _put_back(conn, shape: Shape) -> None:
+    table, name = quoted(shape.table), quoted(shape.name)
+    if shape.kind == "table":
+        raise ValueError(f"cannot put back {shape}: there is no such table in the schema (it"
+                         " was dropped, moved to another schema, or another relation took its"
+                         " place); put it back by hand, or restore a backup")  # fmt: skip
+    if shape.kind == "column":
+        _put_back_column(conn, shape)
+    elif shape.kind == "index":
+        conn.execute(f"DROP INDEX IF EXISTS {name} CASCADE")
+        conn.execute(shape.definition)
+    else:
+        if shape.definition.startswith("PRIMARY KEY"):  # its own, under any name
+            for (key,) in conn.execute(
+                "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'",
+                (table,),
+            ).fetchall():
+                conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT {quoted(key)} CASCADE")
+        conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name} CASCADE")
+        conn.execute(f"ALTER TABLE {table} ADD CONSTRAINT {name} {shape.definition}")
 
 
 def _put_back_column(conn, shape: Shape) -> None:
-    """A column's type made the schema's again (only where it differs: it rewrites the
-    table), then its NOT NULL."""
+    """A column's type and collation made the schema's again (only where they differ: it
+    rewrites the table; the triggers on the table go first, as one may read the column,
+    and come back in the next round), then its NOT NULL."""
     table, name = quoted(shape.table), quoted(shape.name)
     kind, not_null = re.fullmatch(r"(.+?)( NOT NULL)?", shape.definition).groups()
     (now,) = conn.execute(
-        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass"
+        "SELECT format_type(atttypid, atttypmod) || CASE WHEN attcollation <> y.typcollation"
+        " THEN ' COLLATE ' || attcollation::regcollation::text ELSE '' END FROM pg_attribute"
+        " JOIN pg_type AS y ON y.oid = atttypid WHERE attrelid = %s::regclass"
         " AND attname = %s AND NOT attisdropped",
         (table, shape.name),
     ).fetchone() or (None,)
+    if now is None:
+        raise ValueError(f"cannot put back {shape}: the column was dropped, and what it held"
+                         " with it; restore a backup")  # fmt: skip
     if now != kind:
-        conn.execute(f"ALTER TABLE {table} ALTER COLUMN {name} TYPE {kind}")
+        for (trigger,) in conn.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal",
+            (table,),
+        ).fetchall():
+            conn.execute(f"DROP TRIGGER {quoted(trigger)} ON {table}")
+        conn.execute(f"ALTER TABLE {table} ALTER COLUMN {name} TYPE {kind}")  # its collation too
     null = "SET NOT NULL" if not_null else "DROP NOT NULL"
     conn.execute(f"ALTER TABLE {table} ALTER COLUMN {name} {null}")
 

@@ -234,14 +234,28 @@ def put_back_dropped_functions(conn, version: int) -> list[str]:
 
 def put_back_postgresql_guards(conn) -> list[str]:
     """As the schema's owner, inside migrate's transaction, its search_path confined
-    (schema.confine_search_path): each guard function dropped or changed made again (its
-    newest body and settings), then each trigger dropped or changed, each constraint,
-    unique index or column (constraints.put_back, which refuses where rows written without
-    it break it); and what was added
-    beside them removed (a trigger or a rule dropped, an inheriting table detached, NO
-    INHERIT: its rows are the operator's to look at); their names. What still differs then
-    (a PostgreSQL that spells definitions otherwise) fails migrate."""
-    missing = postgresql_missing(lambda sql: conn.execute(sql).fetchall())
+    (schema.confine_search_path): each constraint, unique index or column dropped or
+    changed made again (constraints.put_back, which refuses where rows written without it
+    break it), each guard function (its newest body and settings), then each trigger; and
+    what was added beside them removed (a trigger or a rule dropped, an inheriting table
+    detached, NO INHERIT: its rows are the operator's to look at); their names. What a
+    repair takes with it (a foreign key on a unique key made again, the triggers on a
+    column's table) the next round makes again, unnamed: it was not changed; what still
+    differs after three rounds (a PostgreSQL that spells definitions otherwise) fails
+    migrate, changing nothing."""
+    put = postgresql_missing(lambda sql: conn.execute(sql).fetchall())
+    missing = put
+    for _ in range(3):
+        if not missing:
+            return put
+        _put_back(conn, missing)
+        missing = postgresql_missing(lambda sql: conn.execute(sql).fetchall())
+    raise ValueError(f"the guards made again still differ from the schema's ({', '.join(missing)})"
+                     ": put them back by hand, or restore a backup")  # fmt: skip
+
+
+def _put_back(conn, missing: list[str]) -> None:
+    """One round of put_back_postgresql_guards: each of `missing` made again or removed."""
     constraints.put_back(conn, [name for name in missing if isinstance(name, constraints.Shape)])
     functions, triggers = postgresql_guards()
     for name, (_, statement) in functions.items():
@@ -252,14 +266,11 @@ def put_back_postgresql_guards(conn) -> list[str]:
             conn.execute(f'DROP TRIGGER IF EXISTS "{name}" ON "{table}"')
             conn.execute(statement)
     for added in (name for name in missing if isinstance(name, Added)):
-        conn.execute(f"DROP TRIGGER {quoted(added.name)} ON {quoted(added.table)}"
+        conn.execute(f"DROP TRIGGER IF EXISTS {quoted(added.name)} ON {quoted(added.table)}"
                      if added.kind == "trigger" else
-                     f"DROP RULE {quoted(added.name)} ON {quoted(added.table)}"
+                     f"DROP RULE IF EXISTS {quoted(added.name)} ON {quoted(added.table)}"
                      if added.kind == "rule" else
                      f"ALTER TABLE {added.name} NO INHERIT {quoted(added.table)}")  # fmt: skip
-    if still := postgresql_missing(lambda sql: conn.execute(sql).fetchall()):
-        raise RuntimeError(f"guards made again still differ from the schema's: {still}")
-    return missing
 
 
 _SERVE_AS = ("serve with the role that `chargebox init-db --grant-to ROLE` granted"

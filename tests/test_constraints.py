@@ -40,18 +40,9 @@ def rows_of(conn):
 def test_the_pinned_shape_is_what_the_schema_makes(service, config):
     """schema_postgresql.shape is a fresh schema's, line for line (a migrated one's is the
     same: test_migrations compares their catalogues, and finds no guard missing), for
-    every table of chargebox's; and it compares equal however names are quoted."""
+    every table of chargebox's."""
     with read_only(database_of(config)) as conn:
         made = constraints.described(rows_of(conn))
-        assert constraints.changed(rows_of(conn)) == []
-        conn.execute("SET quote_all_identifiers = on")
-        assert (
-            '"seller"'
-            in conn.execute(
-                "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
-                " WHERE conname = 'sale_seller_id_fkey'"
-            ).fetchone()[0]
-        )
         assert constraints.changed(rows_of(conn)) == []
     pinned = "".join(f"{line}\n" for line in SHAPE.read_text().splitlines()
                      if not line.startswith("#"))  # fmt: skip
@@ -154,6 +145,25 @@ POSTGRESQL = {
         "CREATE UNIQUE INDEX seller_key_seller_id_label ON seller_key (seller_id, label)"
         " WHERE revoked_at IS NOT NULL",
     ),
+    # helper-115's: what a comparison that ignored case and quotes, collations or an
+    # index's validity let through
+    "a UNIQUE moved to a look-alike column": (
+        "ledger_entry.ledger_entry_credit_request_id_key (a constraint)",
+        'ALTER TABLE ledger_entry ADD COLUMN "CREDIT_REQUEST_ID" bigint',
+        "ALTER TABLE ledger_entry DROP CONSTRAINT ledger_entry_credit_request_id_key, ADD"
+        ' CONSTRAINT ledger_entry_credit_request_id_key UNIQUE ("CREDIT_REQUEST_ID")',
+    ),
+    "a column's type a domain of a look-alike name": (
+        "seller_key.key_hash (a column)",
+        'CREATE DOMAIN "character varying(64)" AS text',
+        'ALTER TABLE seller_key ALTER COLUMN key_hash TYPE "character varying(64)"',
+    ),
+    "a column given a collation that folds case": (
+        "web_session.role (a column)",
+        "CREATE COLLATION folded (provider = icu, locale = 'und-u-ks-level2',"
+        " deterministic = false)",
+        "ALTER TABLE web_session ALTER COLUMN role TYPE text COLLATE folded",
+    ),
 }
 TAMPERED = {case: (named, put_back(named), *done) for case, (named, *done) in POSTGRESQL.items()}
 TAMPERED_SQLITE = {
@@ -203,10 +213,12 @@ def test_a_unique_index_dropped_or_a_table_rewritten_is_named_and_put_back(servi
     named_and_put_back(service, config, *TAMPERED_SQLITE[case])
 
 
-def named_and_put_back(service, config, named: str, said: str, *done) -> None:
+def named_and_put_back(service, config, named: str | tuple, said: str, *done) -> None:
     """`done` (statements, or calls on a connection) to the database, as someone who may
-    change the schema: `named` is refused at start-up and named by the audit; migrate
-    says `said` and puts it back; then the audit is clean, and a server starts."""
+    change the schema: `named` (one, or several) is refused at start-up and named by the
+    audit; migrate says `said` and puts it back; then the audit is clean, and a server
+    starts."""
+    names = [named] if isinstance(named, str) else list(named)
     credited_seller(service, 10_000, "Ali")
     service.close()
     db = database_of(config)
@@ -214,15 +226,16 @@ def named_and_put_back(service, config, named: str, said: str, *done) -> None:
         for statement in done:
             conn.execute(statement) if isinstance(statement, str) else statement(conn)
     with read_only(db) as conn:
-        assert dropped(conn) == [named]
+        assert dropped(conn) == names
     where = ["--data-dir", config.data_dir] if config.db_url else []
     refused = chargebox("create-seller", "Sara", "--db", db, *where)
     assert refused.returncode == 2, refused.stderr
-    assert (f"1 guard(s) of the schema are missing or changed ({named})" in refused.stderr
-            and "Traceback" not in refused.stderr), refused.stderr  # fmt: skip
+    assert (f"{len(names)} guard(s) of the schema are missing or changed ({', '.join(names)})"
+            in refused.stderr and "Traceback" not in refused.stderr), refused.stderr  # fmt: skip
     audited = cli_audit(db, config.data_dir if config.db_url else None)
     assert audited.returncode == 1
-    assert f"schema {named} is missing or changed: the schema's is " in audited.stderr
+    for name in names:
+        assert f"schema {name} is missing or changed: the schema's is " in audited.stderr
     migrated = chargebox("migrate", "--db", backends.owner_url(db) if config.db_url else db, *where)
     assert migrated.returncode == 0, migrated.stderr
     assert f"already the newest; {said}" in migrated.stderr, migrated.stderr
@@ -328,3 +341,110 @@ def test_a_column_of_the_operators_own_is_never_dropped_by_a_rebuild(service, co
     assert ("cannot put back seller (a table): it holds columns the schema does not make"
             " (note); move them out of it first" in migrated.stderr), migrated.stderr  # fmt: skip
     assert rows_on_disk(db, "SELECT note FROM seller") == [("mine",)]
+
+
+# Repairs that take other guards with them, made again in the next round, unnamed
+# (helper-115): a key its foreign keys use, a column a trigger's WHEN reads.
+REPAIRS = {
+    "a primary key renamed (every foreign key on it goes, and comes back)": (
+        "seller.seller_pkey (a constraint)",
+        "ALTER TABLE seller RENAME CONSTRAINT seller_pkey TO seller_pk",
+    ),
+    "a unique key a foreign key uses, made again otherwise": (
+        "phone.phone_number_key (a constraint)",
+        "ALTER TABLE sale DROP CONSTRAINT sale_phone_fkey",
+        "ALTER TABLE phone DROP CONSTRAINT phone_number_key,"
+        " ADD CONSTRAINT phone_number_key UNIQUE NULLS NOT DISTINCT (number)",
+        "ALTER TABLE sale ADD CONSTRAINT sale_phone_fkey FOREIGN KEY (phone) REFERENCES"
+        " phone(number) ON DELETE RESTRICT DEFERRABLE INITIALLY DEFERRED",
+    ),
+    "the type of a column a trigger's WHEN reads (its CHECKs read it otherwise too)": (
+        (
+            "ledger_entry.kind (a column)",
+            "ledger_entry.ledger_entry_check (a constraint)",
+            "ledger_entry.ledger_entry_kind_check (a constraint)",
+        ),
+        "DROP TRIGGER ledger_entry_refund_matches_sale ON ledger_entry",
+        "ALTER TABLE ledger_entry ALTER COLUMN kind TYPE varchar(20)",
+        "CREATE TRIGGER ledger_entry_refund_matches_sale BEFORE INSERT ON ledger_entry FOR EACH"
+        " ROW WHEN (NEW.kind = 'refund') EXECUTE FUNCTION chargebox_refund_matches_sale()",
+    ),
+}
+
+
+@pytest.mark.postgresql_only
+@pytest.mark.parametrize("case", REPAIRS)
+def test_a_repair_that_takes_other_guards_with_it_makes_them_again(service, config, case):
+    named, *done = REPAIRS[case]
+    said = put_back(named) if isinstance(named, str) else put_back(*named)
+    named_and_put_back(service, config, named, said, *done)
+
+
+@pytest.mark.postgresql_only
+def test_a_view_in_a_tables_place_is_named_and_never_taken_for_it(service, config):
+    """The table moved to another schema, and an updatable view of it in its place: what
+    is written through it no guard of the schema sees (its constraints dropped there).
+    Start-up refuses, naming the table; migrate cannot make it again, and says so in one
+    line."""
+    service.close()
+    db = database_of(config)
+    with writable(db) as conn:
+        conn.execute("CREATE SCHEMA elsewhere")
+        conn.execute("ALTER TABLE web_session SET SCHEMA elsewhere")
+        conn.execute("ALTER TABLE elsewhere.web_session DROP CONSTRAINT web_session_role_check")
+        conn.execute("CREATE VIEW web_session AS SELECT * FROM elsewhere.web_session")
+    with read_only(db) as conn:
+        assert dropped(conn) == ["web_session (a table)"]
+    refused = chargebox("create-seller", "Sara", "--db", db, "--data-dir", config.data_dir)
+    assert refused.returncode == 2 and "(web_session (a table))" in refused.stderr, refused.stderr
+    migrated = chargebox("migrate", "--db", backends.owner_url(db), "--data-dir", config.data_dir)
+    assert migrated.returncode == 2 and migrated.stderr.count("\n") == 1, migrated.stderr
+    assert ("cannot put back web_session (a table): there is no such table in the schema"
+            in migrated.stderr)  # fmt: skip
+
+
+@pytest.mark.postgresql_only
+def test_an_invalid_unique_index_is_named_and_its_storage_settings_are_not(service, config):
+    """A unique index a failed CREATE ... CONCURRENTLY left INVALID checks nothing, though
+    PostgreSQL describes it alike: named, and migrate, finding the rows it let in, refuses.
+    Its storage settings are the operator's to tune: not named."""
+    seller = credited_seller(service, 0, "Ali")
+    service.create_key(seller["id"], "till")
+    service.close()
+    db = database_of(config)
+    with writable(db) as conn:
+        conn.execute("ALTER INDEX seller_key_seller_id_label SET (fillfactor = 90)")
+    with read_only(db) as conn:
+        assert dropped(conn) == []
+    with writable(db) as conn:
+        conn.execute("DROP INDEX seller_key_seller_id_label")
+        conn.execute("INSERT INTO seller_key (seller_id, label, key_hash, created_at) SELECT"
+                     " seller_id, label, repeat('f', 64), created_at FROM seller_key"
+                     " WHERE label = 'till'")  # fmt: skip
+        with pytest.raises(REFUSED):
+            conn.execute("CREATE UNIQUE INDEX CONCURRENTLY seller_key_seller_id_label ON"
+                         " seller_key (seller_id, label) WHERE revoked_at IS NULL")  # fmt: skip
+    named = "seller_key.seller_key_seller_id_label (a unique index)"
+    with read_only(db) as conn:
+        assert dropped(conn) == [named]
+    migrated = chargebox("migrate", "--db", backends.owner_url(db), "--data-dir", config.data_dir)
+    assert migrated.returncode == 2 and migrated.stderr.count("\n") == 1, migrated.stderr
+    assert f"cannot put back {named}: could not create unique index" in migrated.stderr
+    assert "Key (" not in migrated.stderr  # PostgreSQL's DETAIL (the row's values) is not said
+
+
+@pytest.mark.postgresql_only
+def test_a_dropped_column_is_named_and_migrate_says_it_cannot_make_it_again(service, config):
+    """What a dropped column held went with it: migrate says so in one line, changing
+    nothing, rather than blame rows."""
+    service.close()
+    db = database_of(config)
+    with writable(db) as conn:
+        conn.execute("ALTER TABLE web_session DROP COLUMN credential_hash")
+    with read_only(db) as conn:
+        assert dropped(conn) == ["web_session.credential_hash (a column)"]
+    migrated = chargebox("migrate", "--db", backends.owner_url(db), "--data-dir", config.data_dir)
+    assert migrated.returncode == 2 and migrated.stderr.count("\n") == 1, migrated.stderr
+    assert ("cannot put back web_session.credential_hash (a column): the column was dropped,"
+            " and what it held with it; restore a backup" in migrated.stderr)  # fmt: skip
+    assert "Rows were written" not in migrated.stderr
