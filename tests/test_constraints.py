@@ -11,6 +11,8 @@ unless rows written without it break it: then it refuses in one line, changing n
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from chargebox import constraints, guards, schema
@@ -219,12 +221,7 @@ def named_and_put_back(service, config, named: str | tuple, said: str, *done) ->
     audit; migrate says `said` and puts it back; then the audit is clean, and a server
     starts."""
     names = [named] if isinstance(named, str) else list(named)
-    credited_seller(service, 10_000, "Ali")
-    service.close()
-    db = database_of(config)
-    with writable(db) as conn:
-        for statement in done:
-            conn.execute(statement) if isinstance(statement, str) else statement(conn)
+    db = tampered(service, config, *done, credit=10_000)
     with read_only(db) as conn:
         assert dropped(conn) == names
     where = ["--data-dir", config.data_dir] if config.db_url else []
@@ -248,11 +245,31 @@ def named_and_put_back(service, config, named: str | tuple, said: str, *done) ->
     assert reconciled_balances(db) == {1: 10_000, 2: 0}
 
 
+def tampered(service, config, *done, credit: int | None = None) -> Path:
+    """The service's database, closed, with `done` (statements, or calls on a connection)
+    run on it by someone who may change the schema; a seller "Ali" credited `credit`
+    first (none if None)."""
+    if credit is not None:
+        credited_seller(service, credit, "Ali")
+    service.close()
+    db = database_of(config)
+    with writable(db) as conn:
+        for statement in done:
+            conn.execute(statement) if isinstance(statement, str) else statement(conn)
+    return db
+
+
 def dropped(conn) -> list[str]:
     """The guards a fresh connection finds dropped or changed, on either backend."""
     if conn.postgresql:
         return guards.postgresql_missing(rows_of(conn))
     return schema.missing_triggers(conn.conn) + constraints.sqlite_changed(conn.conn)
+
+
+def session(credential: str, role: str = "root"):
+    """A web session of token "a" * 64 and `role`, written by hand, on a connection."""
+    sql = SESSION.replace("'root'", f"'{role}'")
+    return lambda conn: conn.execute(sql, ("a" * 64, credential * 64))
 
 
 SESSION = ("INSERT INTO web_session (token_hash, role, credential_hash, created_at, expires_at)"
@@ -282,11 +299,7 @@ def test_rows_written_without_a_constraint_keep_migrate_from_putting_it_back(
     which constraint and the database's words, in one line, and changes nothing; once
     the row is gone, it puts the constraint back, which then refuses such a row again."""
     loosen, named, words = LOOSENED[backend]
-    service.close()
-    db = database_of(config)
-    with writable(db) as conn:
-        conn.execute(loosen) if isinstance(loosen, str) else loosen(conn)
-        conn.execute(SESSION, ("a" * 64, "b" * 64))
+    db = tampered(service, config, loosen, session("b"))
     owner = backends.owner_url(db) if config.db_url else db
     where = ["--data-dir", config.data_dir] if config.db_url else []
     refused = chargebox("migrate", "--db", owner, *where)
@@ -309,12 +322,8 @@ def test_rows_written_without_a_constraint_keep_migrate_from_putting_it_back(
 def test_rows_a_dropped_unique_index_let_in_keep_migrate_from_making_it_again(service, config):
     """SQLite: two sessions of one token, written while its UNIQUE index was dropped:
     migrate names the index and SQLite's words in one line, and changes nothing."""
-    service.close()
-    db = database_of(config)
-    with writable(db) as conn:
-        conn.execute("DROP INDEX web_session_token_hash")
-        for credential in ("b", "c"):
-            conn.execute(SESSION.replace("'root'", "'admin'"), ("a" * 64, credential * 64))
+    db = tampered(service, config, "DROP INDEX web_session_token_hash",
+                  session("b", "admin"), session("c", "admin"))  # fmt: skip
     refused = chargebox("migrate", "--db", db)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert ("cannot put back web_session_token_hash: UNIQUE constraint failed:"
@@ -328,12 +337,8 @@ def test_a_column_of_the_operators_own_is_never_dropped_by_a_rebuild(service, co
     """SQLite: a column added to one of chargebox's tables changes its text (start-up
     names it); migrate would rebuild the table without it, losing what it holds, so it
     refuses instead, naming the column, and the column keeps its values."""
-    credited_seller(service, 10_000, "Ali")
-    service.close()
-    db = database_of(config)
-    with writable(db) as conn:
-        conn.execute("ALTER TABLE seller ADD COLUMN note TEXT")
-        conn.execute("UPDATE seller SET note = 'mine'")
+    db = tampered(service, config, "ALTER TABLE seller ADD COLUMN note TEXT",
+                  "UPDATE seller SET note = 'mine'", credit=10_000)  # fmt: skip
     refused = chargebox("create-seller", "Sara", "--db", db)
     assert refused.returncode == 2 and "missing or changed (seller (a table))" in refused.stderr
     migrated = chargebox("migrate", "--db", db)
@@ -386,13 +391,14 @@ def test_a_view_in_a_tables_place_is_named_and_never_taken_for_it(service, confi
     is written through it no guard of the schema sees (its constraints dropped there).
     Start-up refuses, naming the table; migrate cannot make it again, and says so in one
     line."""
-    service.close()
-    db = database_of(config)
-    with writable(db) as conn:
-        conn.execute("CREATE SCHEMA elsewhere")
-        conn.execute("ALTER TABLE web_session SET SCHEMA elsewhere")
-        conn.execute("ALTER TABLE elsewhere.web_session DROP CONSTRAINT web_session_role_check")
-        conn.execute("CREATE VIEW web_session AS SELECT * FROM elsewhere.web_session")
+    db = tampered(
+        service,
+        config,
+        "CREATE SCHEMA elsewhere",
+        "ALTER TABLE web_session SET SCHEMA elsewhere",
+        "ALTER TABLE elsewhere.web_session DROP CONSTRAINT web_session_role_check",
+        "CREATE VIEW web_session AS SELECT * FROM elsewhere.web_session",
+    )
     with read_only(db) as conn:
         assert dropped(conn) == ["web_session (a table)"]
     refused = chargebox("create-seller", "Sara", "--db", db, "--data-dir", config.data_dir)
@@ -437,10 +443,7 @@ def test_an_invalid_unique_index_is_named_and_its_storage_settings_are_not(servi
 def test_a_dropped_column_is_named_and_migrate_says_it_cannot_make_it_again(service, config):
     """What a dropped column held went with it: migrate says so in one line, changing
     nothing, rather than blame rows."""
-    service.close()
-    db = database_of(config)
-    with writable(db) as conn:
-        conn.execute("ALTER TABLE web_session DROP COLUMN credential_hash")
+    db = tampered(service, config, "ALTER TABLE web_session DROP COLUMN credential_hash")
     with read_only(db) as conn:
         assert dropped(conn) == ["web_session.credential_hash (a column)"]
     migrated = chargebox("migrate", "--db", backends.owner_url(db), "--data-dir", config.data_dir)
