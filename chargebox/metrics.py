@@ -264,9 +264,10 @@ class _Measured:
         if self.guards_missing is not None:
             gauge = GaugeMetricFamily(
                 "chargebox_schema_guards_missing",
-                "The schema's guards (triggers; PostgreSQL: also their functions) dropped "
-                "or changed, and triggers (PostgreSQL: also rules, child tables) added beside "
-                "them (I5): the servers run on; the next start refuses",
+                "The schema's guards (triggers; PostgreSQL: also their functions; the "
+                "constraints, unique indexes and columns of its tables) dropped or changed, "
+                "and triggers (PostgreSQL: also rules, child tables) added beside them (I5): "
+                "the servers run on; the next start refuses",
             )
             gauge.add_metric([], self.guards_missing)
             yield gauge
