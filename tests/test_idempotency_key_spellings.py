@@ -93,3 +93,31 @@ def test_an_idempotency_key_in_a_posts_query_is_refused_not_dropped(server, admi
     late = own.post("/api/sales?idempotency_key=order-2", body)
     assert late.status_code == 401, late.text
     own.close()
+
+
+def test_an_idempotency_key_under_another_headers_name_is_refused_not_dropped(server, admin):
+    """`X-Idempotency-Key: order-1` (another API's name for it) ran the sale unkeyed, and
+    the retry sold again: 422 naming the header, nothing written, on each keyed write.
+    Other headers are ignored, as version 1 did."""
+    seller, key = new_seller(admin, "Key Under Another Name", credit=100)
+    own = server.seller(key)
+    body = {"phone": "09121234567", "amount": 10}
+    for spelt in ("X-Idempotency-Key", "Idempotence-Key", "x-idempotence-key", "IdempotencyKey"):
+        refused = own.post("/api/sales", body, headers={spelt: "order-1"})
+        assert refused.status_code == 422, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "validation_error" and "header Idempotency-Key" in error["message"]
+        assert error["field"].lower() == spelt.lower(), error
+        asked = own.post("/api/credit-requests", {"amount": 5}, headers={spelt: "order-1"})
+        assert asked.status_code == 422, asked.text
+        adjusted = admin.post(f"/api/sellers/{seller['id']}/adjustments",
+                              {"amount": 1, "reason": "r"}, headers={spelt: "a"})  # fmt: skip
+        assert adjusted.status_code == 422, adjusted.text
+    assert own.get("/api/sales").json()["items"] == []
+    both = own.post("/api/sales", body, headers={"Idempotency-Key": "o", "X-Idempotency-Key": "o"})
+    assert both.status_code == 422, both.text
+    kept = own.post("/api/sales", body, headers={"Idempotency-Key": "order-1", "X-Note": "k"})
+    assert kept.status_code == 201, kept.text
+    again = own.post("/api/sales", body, headers={"Idempotency-Key": "order-1"})
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    own.close()
