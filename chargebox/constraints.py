@@ -5,7 +5,7 @@ column's type and NOT NULL enforce I1-I5 as the triggers do (guards.py), and who
 may change the schema may drop or loosen one: on PostgreSQL the schema's owner (`ALTER
 TABLE ... DROP CONSTRAINT`), compared with `schema_postgresql.shape`, which pins what
 schema_postgresql.sql makes; on SQLite whoever writes the file (`DROP INDEX`, a table
-rebuilt), compared with a new file's text (or `schema_sqlite.shape`'s). `changed` and
+rebuilt), compared word for word with a new file's (or `schema_sqlite.shape`). `changed` and
 `sqlite_changed` name what differs (start-up refuses, the audit's I5); `put_back` and
 `put_back_sqlite` make it again, in migrate. What an operator adds beside them only
 narrows what may be written: left alone.
@@ -21,7 +21,7 @@ from importlib import resources
 import peewee
 
 from chargebox.models import ALL_MODELS
-from chargebox.schema import quoted
+from chargebox.schema import CHECKPOINT_TABLES, quoted
 
 SHAPE = "schema_postgresql.shape"
 SQLITE_SHAPE = "schema_sqlite.shape"
@@ -140,7 +140,8 @@ def put_back(conn, shapes: list[Shape]) -> None:
     """Inside migrate's transaction, as the schema's owner: each of `shapes` made again as
     `SHAPE` has it; what depends on what it replaces goes with it (CASCADE: a foreign key
     on a unique key, a trigger on a column's type), for the next round to make again
-    (guards.put_back_postgresql_guards). Rows written while it was gone may break it, or
+    (guards.put_back_postgresql_guards), or at once where it is the operator's (their
+    table's foreign key to it). Rows written while it was gone may break it, or
     the schema may hold it otherwise than it can mend: ValueError naming it, and the
     transaction is rolled back."""
     from psycopg import errors
@@ -170,7 +171,14 @@ def _put_back(conn, shape: Shape) -> None:
                          " place); put it back by hand, or restore a backup")  # fmt: skip
     if shape.kind == "column":
         _put_back_column(conn, shape)
-    elif shape.kind == "index":
+        return
+    theirs = _foreign_keys_on(conn, table)  # a CASCADE below may take them
+    if shape.kind == "index":
+        (on,) = conn.execute("SELECT (SELECT indrelid::regclass::text FROM pg_index WHERE"
+                             " indexrelid = to_regclass(%s))", (name,)).fetchone()  # fmt: skip
+        if on is not None and on != table.strip('"'):
+            raise ValueError(f"cannot put back {shape}: an index of that name is on {on};"
+                             " rename it")  # fmt: skip
         conn.execute(f"DROP INDEX IF EXISTS {name} CASCADE")
         conn.execute(shape.definition)
     else:
@@ -182,6 +190,24 @@ def _put_back(conn, shape: Shape) -> None:
                 conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT {quoted(key)} CASCADE")
         conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name} CASCADE")
         conn.execute(f"ALTER TABLE {table} ADD CONSTRAINT {name} {shape.definition}")
+    for where, key, definition in theirs:  # the operator's, as they were
+        if not conn.execute("SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND"
+                            " conname = %s", (where, key)).fetchone():  # fmt: skip
+            conn.execute(f"ALTER TABLE {where} ADD CONSTRAINT {quoted(key)} {definition}")
+
+
+def _foreign_keys_on(conn, table: str) -> list[tuple[str, str, str]]:
+    """The foreign keys that name `table` and that the schema does not make (an operator's
+    table's): (their table, as SQL names it, their name, their definition)."""
+    found = conn.execute(
+        "SELECT k.conrelid::regclass::text, c.relname, k.conname, pg_get_constraintdef(k.oid)"
+        " FROM pg_constraint AS k JOIN pg_class AS c ON c.oid = k.conrelid"
+        " WHERE k.contype = 'f' AND k.confrelid = %s::regclass",
+        (table,),
+    ).fetchall()
+    ours = pinned()
+    return [(where, key, definition) for where, of, key, definition in found
+            if ("constraint", of, key) not in ours]  # fmt: skip
 
 
 def _put_back_column(conn, shape: Shape) -> None:
@@ -228,12 +254,6 @@ def sqlite_made() -> tuple[tuple[str, str, str, str], ...]:
     return tuple(made)
 
 
-def sqlite_text(sql: str | None) -> str:
-    """A CREATE statement as compared: SQLite keeps it as written (a rebuilt table's name
-    quoted), so without quotes and with its blanks as one."""
-    return " ".join((sql or "").replace('"', "").split())
-
-
 def sqlite_guards() -> list[tuple[str, str, str, str]]:
     """Of `sqlite_made`, the tables (their CHECKs, NOT NULLs, foreign keys) and the UNIQUE
     indexes: the guards declared with SQLite's tables."""
@@ -256,53 +276,76 @@ def sqlite_pinned() -> dict[str, str]:
 
 
 def sqlite_changed(conn: sqlite3.Connection) -> list[Shape]:
-    """Each table of a new file whose text this file holds otherwise (its CHECKs, NOT NULLs
-    and foreign keys: a table rebuilt, or its text written by hand), and each UNIQUE index
-    dropped or made otherwise, of the tables the file has (a later version's not made yet);
-    as the running peewee makes them, or as `sqlite_pinned` has them."""
-    found = {name.lower(): sqlite_text(sql) for name, sql in conn.execute(
-        "SELECT name, sql FROM sqlite_master WHERE type IN ('table', 'index')")}  # fmt: skip
-    tables = {name for name, sql in found.items() if sql.upper().startswith("CREATE TABLE")}
+    """Each table of a new file that this file lacks (dropped, or a view in its place; the
+    audit's checkpoint tables, made later, aside) or holds in other words (its CHECKs, NOT
+    NULLs and foreign keys: a table rebuilt, or its text written by hand), and each UNIQUE
+    index of a table it has, dropped or made otherwise; compared as SQLite keeps them,
+    word for word (a double quote may turn a name into a string), with what the running
+    peewee makes and with `sqlite_pinned`."""
+    found = {name.lower(): (kind, sql) for kind, name, sql in conn.execute(
+        "SELECT type, name, sql FROM sqlite_master")}  # fmt: skip
+    tables = {name for name, (kind, _) in found.items() if kind == "table"}
     pinned = sqlite_pinned()
     return sorted(Shape(kind, table, name, sql) for kind, name, table, sql in sqlite_guards()
-                  if table in tables and found.get(name) not in
-                  (sqlite_text(sql), sqlite_text(pinned.get(name))))  # fmt: skip
+                  if (table in tables or kind == "table" and table not in CHECKPOINT_TABLES)
+                  and found.get(name, ("", None))[1] not in (sql, pinned.get(name)))  # fmt: skip
 
 
 def put_back_sqlite(conn: sqlite3.Connection, shapes: list[Shape]) -> None:
     """Inside migrate's transaction, foreign keys off: each table of `shapes` rebuilt as a
     new file has it (a new table, every row copied into it, which checks each, the old one
-    dropped, the new one renamed; its indexes made again; its triggers, dropped with it,
-    are schema.TRIGGERS' to make again after). A row the new table refuses, or a column
-    of the operator's it would lose: ValueError naming it; the transaction is rolled back."""
+    dropped, the new one renamed; its indexes made again, the operator's too; its
+    triggers, dropped with it, are schema.TRIGGERS' to make again after). A row the new
+    table refuses: ValueError naming it; so is a table not there, one that lacks a column
+    (what it held is gone) or holds one of the operator's (it would be lost); the
+    transaction is then rolled back."""
     for shape in (shape for shape in shapes if shape.kind == "table"):
-        table, temporary = quoted(shape.table), quoted(f"{shape.table}_put_back")
-        try:
-            conn.execute(re.sub(r'^CREATE TABLE ("[^"]+"|\S+)', f"CREATE TABLE {temporary}",
-                                shape.definition, count=1))  # fmt: skip
-            columns = _columns(conn, temporary)
-            if others := [name for name in _columns(conn, table) if name not in columns]:
-                raise ValueError(
-                    f"cannot put back {shape}: it holds columns the schema does not"
-                    f" make ({', '.join(others)}); move them out of it first"
-                )
-            names = ", ".join(quoted(name) for name in columns)
-            conn.execute(f"INSERT INTO {temporary} ({names}) SELECT {names} FROM {table}")
-            conn.execute(f"DROP TABLE {table}")
-            conn.execute("PRAGMA legacy_alter_table = ON")  # other tables' triggers name it
-            conn.execute(f"ALTER TABLE {temporary} RENAME TO {table}")
-            conn.execute("PRAGMA legacy_alter_table = OFF")
-            for kind, _, of, sql in sqlite_made():
-                if kind == "index" and of == shape.table:
-                    conn.execute(sql)
-            if broken := conn.execute(f"PRAGMA foreign_key_check({table})").fetchone():
-                raise sqlite3.IntegrityError(f"row {broken[1]} names a {broken[2]} not there")
-        except sqlite3.Error as exc:
-            raise refused(shape, str(exc)) from None
+        _rebuild(conn, shape)
+
+
+def _rebuild(conn: sqlite3.Connection, shape: Shape) -> None:
+    table, temporary = quoted(shape.table), quoted(f"{shape.table}_put_back")
+    cannot = f"cannot put back {shape}: "
+    kept = conn.execute("SELECT type, name, sql FROM sqlite_master WHERE tbl_name = ?"
+                        " COLLATE NOCASE", (shape.table,)).fetchall()  # fmt: skip
+    if not any(kind == "table" for kind, _, _ in kept):
+        raise ValueError(f"{cannot}there is no such table in the file (it was dropped, or"
+                         " another kind of object took its name); restore a backup")  # fmt: skip
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = ? COLLATE NOCASE",
+                    (f"{shape.table}_put_back",)).fetchone():  # fmt: skip
+        raise ValueError(f"{cannot}rename {temporary}, which migrate builds the table in")
+    conn.execute(re.sub(r'^CREATE TABLE ("[^"]+"|\S+)', f"CREATE TABLE {temporary}",
+                        shape.definition, count=1))  # fmt: skip
+    new, old = _columns(conn, temporary), _columns(conn, table)
+    if lost := [name for name in new if name not in old]:
+        raise ValueError(f"{cannot}it lacks the column(s) {', '.join(lost)}, and what they"
+                         " held with them; restore a backup")  # fmt: skip
+    if others := [name for name in old if name not in new]:
+        raise ValueError(f"{cannot}it holds columns the schema does not make"
+                         f" ({', '.join(others)}); move them out of it first")  # fmt: skip
+    names = ", ".join(f"{table}.{quoted(name)}" for name in new)  # never a string
+    mine = [sql for kind, name, sql in kept if kind == "index" and sql and name.lower()
+            not in {made for _, made, _, _ in sqlite_made()}]  # fmt: skip
+    try:
+        conn.execute(f"INSERT INTO {temporary} SELECT {names} FROM {table}")
+        conn.execute(f"DROP TABLE {table}")
+        conn.execute("PRAGMA legacy_alter_table = ON")  # other tables' triggers name it
+        conn.execute(f"ALTER TABLE {temporary} RENAME TO {table}")
+        conn.execute("PRAGMA legacy_alter_table = OFF")
+        for kind, _, of, sql in sqlite_made():
+            if kind == "index" and of == shape.table:
+                conn.execute(sql)
+        for sql in mine:  # the operator's indexes on it, as they were
+            conn.execute(sql)
+        if broken := conn.execute(f"PRAGMA foreign_key_check({table})").fetchone():
+            raise sqlite3.IntegrityError(f"row {broken[1]} names a {broken[2]} not there")
+    except sqlite3.IntegrityError as exc:
+        raise refused(shape, str(exc)) from None
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
-    return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+    """A table's columns, generated ones too (table_info leaves them out)."""
+    return [row[1] for row in conn.execute(f"PRAGMA table_xinfo({table})")]
 
 
 def refused(shape: Shape, why: str) -> ValueError:

@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Callable
 
 from chargebox import guards, schema
-from chargebox.constraints import sqlite_made, sqlite_text
+from chargebox.constraints import sqlite_made, sqlite_pinned
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,11 +47,7 @@ def sqlite_missing(conn: sqlite3.Connection) -> list[tuple[str, tuple[str, ...]]
     for name, sql in _sqlite_model_schema().items():
         if name not in found:
             steps.append((name, (sql,)))
-        elif (
-            sql.startswith("CREATE")
-            and " INDEX " in sql
-            and sqlite_text(found[name]) != sqlite_text(sql)
-        ):
+        elif " INDEX " in sql and found[name] not in (sql, sqlite_pinned().get(name)):
             steps.append((f"{name} (made again: it differed)", (f'DROP INDEX "{name}"', sql)))
     return steps
 
