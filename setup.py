@@ -30,7 +30,9 @@ setup(
         ]
     },
     install_requires=[
-        "peewee>=4.5,<5",
+        # Within one minor version: an SQLite file's tables are compared word for word with
+        # what peewee writes (constraints.py), and a wording change would refuse every file.
+        "peewee>=4.5,<4.6",
         "bottle>=0.13,<0.14",
         "waitress>=3.0,<4",
         "filelock>=3.12",

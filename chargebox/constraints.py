@@ -104,9 +104,11 @@ def pinned() -> dict[tuple[str, str, str], str]:
 
 
 def _held(rows) -> dict[tuple[str, str, str], str]:
-    """What `rows` (`reader.rows`) shows of the schema: {(kind, table, name): definition}."""
+    """What `rows` (`reader.rows`) shows of the schema: {(kind, table, name): definition}.
+    A definition PostgreSQL no longer has (an operator's index dropped since the audit's
+    snapshot began) is left out."""
     return {(kind, table, name): _STORAGE.sub("", definition) if kind == "index" else definition
-            for kind, table, name, definition in rows(_HELD)}  # fmt: skip
+            for kind, table, name, definition in rows(_HELD) if definition is not None}  # fmt: skip
 
 
 def described(rows) -> str:
@@ -269,7 +271,7 @@ def sqlite_described() -> str:
 @functools.lru_cache(maxsize=1)
 def sqlite_pinned() -> dict[str, str]:
     """`schema_sqlite.shape`, what this release's peewee makes (test_constraints.py keeps it
-    so): {name: statement}. A file it made is taken as made whichever peewee 4 runs it,
+    so): {name: statement}. A file it made is taken as made whichever peewee 4.5 runs it,
     though another may write the same tables in other words."""
     text = resources.files("chargebox").joinpath(SQLITE_SHAPE).read_text()
     return dict(line.split(" ", 1) for line in text.splitlines() if not line.startswith("#"))

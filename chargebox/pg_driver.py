@@ -152,6 +152,9 @@ def connect(url: str, autocommit: bool = False, timeout: int = 10, *, lost_after
     conn = None
     try:
         here, there = _keepalives(lost_after)
+        # The catalogue's words as guards.py and constraints.py compare them, whatever the
+        # role or database sets (on, every name of a definition comes quoted).
+        there["quote_all_identifiers"] = "off"
         conn = psycopg.connect(
             url, autocommit=autocommit, connect_timeout=timeout, **here, **_named
         )
