@@ -163,11 +163,20 @@ def connect(url: str, autocommit: bool = False, timeout: int = 10, *, lost_after
         (server_pid, *_) = conn.execute(
             f"SELECT pg_backend_pid(), {settings}", values, prepare=False
         ).fetchone()
+        encoding = conn.info.parameter_status("server_encoding")
+        if encoding not in (None, "UTF8"):  # SQL_ASCII: psycopg gives text as bytes
+            raise ValueError(f"{flag} {described(url)}: the database's encoding is"
+                             f" {encoding}; chargebox needs UTF8 (CREATE DATABASE ..."
+                             " ENCODING 'UTF8')")  # fmt: skip
         if _behind_a_pooler(conn, server_pid):
             conn.prepare_threshold = None
         if not autocommit:
             conn.commit()  # the probe's transaction (rolled back, its settings would go too)
         return conn
+    except ValueError:  # connected, but to a database it cannot use
+        if conn is not None:
+            conn.close()
+        raise
     except psycopg.Error as exc:
         if conn is not None:
             conn.close()

@@ -523,3 +523,22 @@ def test_init_db_stamps_its_schema_version_as_migrate_and_sqlite_do(roles):
     with psycopg.connect(roles["owner"]) as conn:
         (stamp,) = conn.execute("SELECT applied_at FROM schema_version").fetchone()
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp), stamp
+
+
+@pytest.mark.parametrize("command", [["init-db"], ["audit"], ["create-seller", "Ali"]])
+def test_a_database_not_in_utf8_is_refused_in_one_line(postgresql_cluster, tmp_path, command):
+    """A database made `ENCODING 'SQL_ASCII'`: psycopg hands its text back as bytes, and
+    init-db was a TypeError (helper-117). Every command refuses it, naming its encoding."""
+    name = f"ascii_{os.getpid()}_{len(command)}"
+    with psycopg.connect(postgresql_cluster.url(), autocommit=True) as superuser:
+        superuser.execute(f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C'"
+                          " LC_CTYPE 'C' TEMPLATE template0")  # fmt: skip
+    try:
+        url = postgresql_cluster.url(db=name)
+        result = chargebox(*command, "--db", url, "--data-dir", str(tmp_path / "data"))
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert "the database's encoding is SQL_ASCII; chargebox needs UTF8" in result.stderr
+        assert pg_cluster.PASSWORD not in result.stderr
+    finally:
+        with psycopg.connect(postgresql_cluster.url(), autocommit=True) as superuser:
+            superuser.execute(f"DROP DATABASE {name}")
