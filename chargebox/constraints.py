@@ -57,7 +57,7 @@ _HELD = (
 _ORDER = ("table", "column", "PRIMARY", "UNIQUE", "index", "CHECK", "EXCLUDE", "FOREIGN")
 # A unique index's storage settings (`ALTER INDEX ... SET (fillfactor = 90)`): an
 # operator's to tune, no part of what it guards.
-_STORAGE = re.compile(r" WITH \([^()]*\)")
+_STORAGE = re.compile(r"(?<=\)) WITH \([^()]*\)(?= WHERE |$)")
 # A quoted string, kept as written when a definition is compared.
 _LITERAL = re.compile(r"('(?:[^']|'')*')")
 
