@@ -172,6 +172,15 @@ def postgresql_missing(rows) -> list[str]:
     return sorted(gone) + sorted(changed) + constraints.changed(rows) + sorted(added)
 
 
+def missing_in(conn) -> list[str]:
+    """`postgresql_missing` of a psycopg connection, read in one transaction (a savepoint
+    inside one) that sets quote_all_identifiers off: behind a pooler, another session
+    than the one pg_driver.connect set it off in may answer (helper-118)."""
+    with conn.transaction():
+        conn.execute("SET LOCAL quote_all_identifiers = off")
+        return postgresql_missing(lambda sql: conn.execute(sql).fetchall())
+
+
 def dropped_guards(missing: list[str], tables: set[str]) -> list[str]:
     """Of `missing` (a database's `missing_triggers()`), the guards someone dropped or
     changed: a checkpoint table's triggers only once that table exists."""

@@ -155,8 +155,13 @@ def connect(url: str, autocommit: bool = False, timeout: int = 10, *, lost_after
         # The catalogue's words as guards.py and constraints.py compare them, whatever the
         # role or database sets (on, every name of a definition comes quoted).
         there["quote_all_identifiers"] = "off"
-        conn = psycopg.connect(
-            url, autocommit=autocommit, connect_timeout=timeout, **here, **_named
+        conn = psycopg.connect(  # UTF8 whatever the URL or PGCLIENTENCODING says (helper-118)
+            url,
+            autocommit=autocommit,
+            connect_timeout=timeout,
+            client_encoding="UTF8",
+            **here,
+            **_named,
         )
         settings = ", ".join("set_config(%s, %s, false)" for _ in there)
         values = tuple(str(part) for pair in there.items() for part in pair)

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from chargebox import lost_commit, metrics, pg_driver, settled
+from chargebox import guards, lost_commit, metrics, pg_driver, settled
 from chargebox.config import Config
 from chargebox.errors import Deadlocked, HeldBack, LockTimeout, Unavailable
 from chargebox.pg_driver import Reader, as_dicts, connect, described, to_psycopg, translated
@@ -367,10 +367,9 @@ class Database:
         self.ensure_schema()
 
     def missing_triggers(self) -> list[str]:
-        """The schema's guards dropped (triggers) or changed (functions, `name()`)."""
-        from chargebox import guards
-
-        return guards.postgresql_missing(self.rows)
+        """The schema's guards dropped or changed (guards.missing_in)."""
+        with self._reading() as conn:
+            return guards.missing_in(conn)
 
     def release(self) -> None:
         """Close this thread's connection (a background thread between its rounds)."""

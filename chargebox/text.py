@@ -57,6 +57,13 @@ def shown_back(text: str) -> str:
     return marked if len(marked) <= SHOWN_BACK else marked[:SHOWN_BACK] + "\u2026"
 
 
+def reads_as_a_key(name: str) -> bool:
+    """Whether a query parameter's or a header's name reads as an Idempotency-Key's
+    (`idempotency_key`, `X-Idempotency-Key`, `Idempotence_Key`: any case, any separators)."""
+    letters = "".join(ch for ch in name.lower() if "a" <= ch <= "z")
+    return "idempoten" in letters and letters.endswith("key")
+
+
 def visible(ch: str) -> bool:
     """Whether the one character `ch` draws something on its own."""
     return ch not in _BLANK and unicodedata.category(ch) not in _DRAWS_NOTHING

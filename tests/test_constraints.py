@@ -568,3 +568,15 @@ def test_an_index_dropped_while_the_audit_reads_is_no_error(service, config):
         found = rows_of(conn)(constraints._HELD)
     gone = [*found, ("index", "mine", "mine_a", None)]
     assert constraints.changed(lambda sql: gone) == [] == constraints.changed(lambda sql: found)
+
+
+@pytest.mark.postgresql_only
+def test_the_guards_are_read_with_names_unquoted_whatever_the_session_says(service, config):
+    """Behind pgbouncer a statement may run in another server session than the one
+    pg_driver.connect set quote_all_identifiers off in (helper-118): the guards are read
+    in a transaction that sets it off for itself."""
+    service.close()
+    with read_only(database_of(config)) as conn:
+        conn.execute("SET quote_all_identifiers = on")
+        assert len(guards.postgresql_missing(rows_of(conn))) > 100  # read as it stands
+        assert guards.missing_in(conn.conn) == []

@@ -114,10 +114,29 @@ def test_an_idempotency_key_under_another_headers_name_is_refused_not_dropped(se
                               {"amount": 1, "reason": "r"}, headers={spelt: "a"})  # fmt: skip
         assert adjusted.status_code == 422, adjusted.text
     assert own.get("/api/sales").json()["items"] == []
-    both = own.post("/api/sales", body, headers={"Idempotency-Key": "o", "X-Idempotency-Key": "o"})
-    assert both.status_code == 422, both.text
+    # beside Idempotency-Key: the same key is no other (helper-118); another is refused
+    other = own.post("/api/sales", body, headers={"Idempotency-Key": "o", "X-Idempotency-Key": "p"})
+    assert other.status_code == 422, other.text
     kept = own.post("/api/sales", body, headers={"Idempotency-Key": "order-1", "X-Note": "k"})
     assert kept.status_code == 201, kept.text
-    again = own.post("/api/sales", body, headers={"Idempotency-Key": "order-1"})
+    same = {"Idempotency-Key": "order-1", "X-Idempotency-Key": "order-1"}
+    again = own.post("/api/sales", body, headers=same)
     assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
     own.close()
+
+
+def test_another_key_headers_name_spelt_with_an_underscore_never_sells_twice(fresh_server):
+    """helper-118: waitress drops a header whose name holds `_`, so `X_Idempotency_Key`
+    never reached the check above, and the retry sold again: 400, like `Idempotency_Key`."""
+    admin_api = fresh_server.admin()
+    seller, key = new_seller(admin_api, "underscores", 1_000)
+    admin_api.close()
+    for header in (b"X_Idempotency_Key: order-9", b"Idempotence_Key: order-9",
+                   b"x-idempotency_key: order-9"):  # fmt: skip
+        for _attempt in range(2):
+            status = raw_sale(fresh_server.url, key, header)
+            assert status.startswith(b"HTTP/1.1 400"), f"{header}: it sold: {status}"
+    sales = rows_on_disk(
+        fresh_server.db_path, "SELECT count(*) FROM sale WHERE seller_id = ?", (seller["id"],)
+    )
+    assert sales == [(0,)], f"three orders, {sales[0][0]} sales"

@@ -542,3 +542,15 @@ def test_a_database_not_in_utf8_is_refused_in_one_line(postgresql_cluster, tmp_p
     finally:
         with psycopg.connect(postgresql_cluster.url(), autocommit=True) as superuser:
             superuser.execute(f"DROP DATABASE {name}")
+
+
+def test_a_url_or_environment_asking_for_another_client_encoding_is_given_utf8(granted):
+    """`?client_encoding=SQL_ASCII` (or PGCLIENTENCODING) had psycopg hand text back as
+    bytes: `audit` said there was no schema, `init-db` was a TypeError (helper-118).
+    chargebox's sessions talk UTF8 whatever is asked."""
+    asked = granted["app"] + "?client_encoding=SQL_ASCII"
+    audited = chargebox("audit", "--db", asked, "--data-dir", str(granted["data"]))
+    assert audited.returncode == 0, audited.stderr
+    made = chargebox("create-seller", "علی", "--db", granted["app"], "--data-dir",
+                     str(granted["data"]), PGCLIENTENCODING="LATIN1")  # fmt: skip
+    assert made.returncode == 0, made.stderr

@@ -20,7 +20,7 @@ from chargebox.auth import Access, Principal
 from chargebox.errors import Forbidden, MalformedJSON, PayloadTooLarge, ValidationError
 from chargebox.queries import MAX_LIMIT, Page
 from chargebox.statements import CLIENT
-from chargebox.text import shown_back
+from chargebox.text import reads_as_a_key, shown_back
 
 MAX_ID = 2**63 - 1
 SALE_SEARCH = ("phone", "idempotency_key", "from", "to")  # GET /api/sales, the seller's page
@@ -158,27 +158,22 @@ def _pairs() -> Iterator[tuple[str, str]]:
 def idempotency_key() -> str | None:
     """A keyed write's Idempotency-Key, from its header. Sent in the query instead
     (`idempotency_key`, the search's name for it; any case, any separators), or in a
-    header of another name (`X-Idempotency-Key`, `Idempotence-Key`), it was ignored, the
-    write run unkeyed and a retry run again (helper-111): refused (422), as framing
-    refuses the header spelt `Idempotency_Key`. A keyed write's other query parameters
-    and headers are ignored, as version 1 of the API did."""
+    header of another name (`X-Idempotency-Key`, `Idempotence-Key`) without the same key
+    in Idempotency-Key, it was ignored, the write run unkeyed and a retry run again
+    (helper-111): refused (422), as framing refuses such a header spelt with `_`. A keyed
+    write's other query parameters and headers are ignored, as version 1 of the API did."""
     for name, _ in _pairs():  # idempotency_key, Idempotency-Key, x_idempotence_key, ...
-        if _names_a_key(name):
+        if reads_as_a_key(name):
             raise ValidationError("an Idempotency-Key goes in a header, not the query",
                                   shown_back(name))  # fmt: skip
-    for variable in bottle.request.environ:  # HTTP_X_IDEMPOTENCY_KEY, ... (no `_` is sent)
+    key = header("Idempotency-Key")
+    for variable, value in bottle.request.environ.items():  # HTTP_X_IDEMPOTENCY_KEY, ...
         name = variable.removeprefix("HTTP_")
-        if name != variable and name != "IDEMPOTENCY_KEY" and _names_a_key(name):
+        if name not in (variable, "IDEMPOTENCY_KEY") and reads_as_a_key(name) and value != key:
             sent = "-".join(part.capitalize() for part in name.split("_"))
             raise ValidationError("an Idempotency-Key goes in the header Idempotency-Key",
                                   shown_back(sent))  # fmt: skip
-    return header("Idempotency-Key")
-
-
-def _names_a_key(name: str) -> bool:
-    """Whether a parameter's or header's name reads as an idempotency key's."""
-    letters = re.sub(r"[^a-z]", "", name.lower())
-    return "idempoten" in letters and letters.endswith("key")
+    return key
 
 
 def integer_param(params: dict[str, str], name: str, low: int, high: int) -> int | None:
