@@ -58,14 +58,6 @@ _ORDER = ("table", "column", "PRIMARY", "UNIQUE", "index", "CHECK", "EXCLUDE", "
 # A unique index's storage settings (`ALTER INDEX ... SET (fillfactor = 90)`): an
 # operator's to tune, no part of what it guards.
 _STORAGE = re.compile(r"(?<=\)) WITH \([^()]*\)(?= WHERE |$)")
-# A quoted string, kept as written when a definition is compared.
-_LITERAL = re.compile(r"('(?:[^']|'')*')")
-
-
-def outside_literals(text: str, change) -> str:
-    """`text` with `change` applied to what lies outside its quoted strings."""
-    parts = _LITERAL.split(text)
-    return "".join(part if n % 2 else change(part) for n, part in enumerate(parts))
 
 
 class Shape(str):

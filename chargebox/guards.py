@@ -2,12 +2,12 @@
 
 The guards are the triggers that enforce I1-I5 in the database (schema.TRIGGERS;
 schema_postgresql.sql, where they call PL/pgSQL functions), and the constraints declared
-with the tables (compared in constraints.py). Whoever can write to the
-database can drop one, or on PostgreSQL change a function's body, make a trigger again
-under its name doing something else, or switch it off (`ALTER TABLE ... DISABLE
-TRIGGER`, which the schema's owner may do without being a superuser); or add beside
-them, to one of chargebox's tables, a trigger of their own (on PostgreSQL also a rule,
-or a table inheriting it, whose rows it shows and no guard sees written: schema.Added).
+with the tables (compared in constraints.py). Whoever can write to the database can drop
+one, or on PostgreSQL change a function's body, make a trigger again under its name
+doing something else, or switch it off (`ALTER TABLE ... DISABLE TRIGGER`, which the
+schema's owner may do without being a superuser); or add beside them, to one of
+chargebox's tables, a trigger of their own (on PostgreSQL also a rule, or a table
+inheriting it, whose rows it shows and no guard sees written: schema.Added).
 The audit names each (I5), `GET /metrics` counts them (`chargebox_schema_guards_missing`),
 and start-up refuses the database (`refuse_dropped_guards`), repairing nothing, which
 would hide from the audit what was done; `chargebox migrate` puts the guards back and
@@ -25,7 +25,6 @@ import re
 import sys
 
 from chargebox import constraints
-from chargebox.constraints import outside_literals
 from chargebox.schema import CHECKPOINT_TABLES, Added, postgresql_statements, quoted, tables
 from chargebox.schema import postgresql_added_in as schema_statements_of
 
@@ -109,6 +108,13 @@ _ABOVE = (
 )
 _SET_PARAMETER = (" OR has_parameter_privilege(r.oid, 'session_replication_role', 'SET')"
                   " AS superuser")  # fmt: skip
+# A quoted string, kept as written when a definition is compared.
+_LITERAL = re.compile(r"('(?:[^']|'')*')")
+
+
+def _outside_literals(text: str, change) -> str:
+    parts = _LITERAL.split(text)
+    return "".join(part if n % 2 else change(part) for n, part in enumerate(parts))
 
 
 def trigger_definition(text: str | None) -> tuple | None:
@@ -122,13 +128,13 @@ def trigger_definition(text: str | None) -> tuple | None:
     if text is None:
         return None
     made = _DEFINITION.match(
-        outside_literals(text.strip().rstrip(";"), lambda part: " ".join(part.lower().split()))
+        _outside_literals(text.strip().rstrip(";"), lambda part: " ".join(part.lower().split()))
     )
     if made is None:
         return None
     parts = list(made.groups())
     parts[3] = tuple(sorted(parts[3].split(" or ")))
-    parts[7] = outside_literals(parts[7] or "", lambda part: re.sub(r"::text\b|[()\s]", "", part))
+    parts[7] = _outside_literals(parts[7] or "", lambda part: re.sub(r"::text\b|[()\s]", "", part))
     return tuple(parts)
 
 
@@ -151,8 +157,8 @@ def postgresql_missing(rows) -> list[str]:
     """The guards that `rows` (`reader.rows`) shows missing: each trigger dropped from its
     table, made again otherwise, disabled or calling a function of another schema (one of
     a table not made yet is not missing), and each guard function dropped or changed, as
-    `name()`; each constraint, unique index or column changed or dropped
-    (constraints.Shape); then what was added to one of chargebox's tables that the schema does not
+    `name()`; each constraint, unique index or column changed or dropped (constraints.
+    Shape); then what was added to one of chargebox's tables that the schema does not
     make (schema.Added): a trigger (a BEFORE trigger that fires after a guard may rewrite
     the row the guard passed), a rule, or a table inheriting it. Whoever can do that can
     do anything; the audit (I5) says so."""
