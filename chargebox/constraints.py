@@ -21,7 +21,7 @@ from importlib import resources
 import peewee
 
 from chargebox.models import ALL_MODELS
-from chargebox.schema import CHECKPOINT_TABLES, quoted
+from chargebox.schema import CHECKPOINT_TABLES, quoted, tables
 
 SHAPE = "schema_postgresql.shape"
 SQLITE_SHAPE = "schema_sqlite.shape"
@@ -64,21 +64,25 @@ class Shape(str):
     """A guard declared with a table, missing or changed in a database: it reads as
     start-up and migrate name it (`table.name (a constraint)`, `... (a unique index)`,
     `table.column (a column)`, `table (a table)`: on SQLite its whole text, on PostgreSQL
-    the table itself, gone or another kind of relation); `definition` is the schema's."""
+    the table itself, gone or another kind of relation); `definition` is the schema's,
+    `held` the database's (None: there is none), where it was read."""
 
     kind: str
     table: str
     name: str
     definition: str
+    held: str | None
 
-    def __new__(cls, kind: str, table: str, name: str, definition: str) -> Shape:
+    def __new__(cls, kind: str, table: str, name: str, definition: str,
+                held: str | None = None) -> Shape:  # fmt: skip
         where = table if kind == "table" else f"{table}.{name}"
         shown = super().__new__(cls, f"{where} (a {'unique ' * (kind == 'index')}{kind})")
-        shown.kind, shown.table, shown.name, shown.definition = kind, table, name, definition
+        shown.kind, shown.table, shown.name = kind, table, name
+        shown.definition, shown.held = definition, held
         return shown
 
-    def __getnewargs__(self) -> tuple[str, str, str, str]:  # copied or pickled whole
-        return self.kind, self.table, self.name, self.definition
+    def __getnewargs__(self) -> tuple[str, str, str, str, str | None]:  # copied or pickled
+        return self.kind, self.table, self.name, self.definition, self.held
 
 
 @functools.lru_cache(maxsize=1)
@@ -105,9 +109,8 @@ def _held(rows) -> dict[tuple[str, str, str], str]:
 
 def described(rows) -> str:
     """What `rows` (`reader.rows`) shows of the schema's tables, as `SHAPE` writes it."""
-    tables = {table for _, table, _ in pinned()}
     lines = [f"{kind} {table}.{name} {definition}" for (kind, table, name), definition
-             in _held(rows).items() if table in tables and kind != "table"]  # fmt: skip
+             in _held(rows).items() if table in tables() and kind != "table"]  # fmt: skip
     return "".join(f"{line}\n" for line in sorted(lines, key=_in_order))
 
 
@@ -123,11 +126,11 @@ def changed(rows) -> list[Shape]:
     its place, say: what it shows no guard sees written) is named itself. What was added
     beside them is not named."""
     found = _held(rows)
-    tables = {table for _, table, _ in pinned()}
-    gone = {table for table in tables if found.get(("table", table, table)) != "r"}
+    gone = {table for table in tables() if found.get(("table", table, table)) != "r"}
     return sorted([Shape("table", table, table, "a table") for table in gone]
-                  + [Shape(*key, definition) for key, definition in pinned().items()
-                     if key[1] not in gone and found.get(key) != definition])  # fmt: skip
+                  + [Shape(*key, definition, found.get(key)) for key, definition
+                     in pinned().items() if key[1] not in gone
+                     and found.get(key) != definition])  # fmt: skip
 
 
 def put_back(conn, shapes: list[Shape]) -> None:
@@ -205,22 +208,15 @@ def _foreign_keys_on(conn, table: str) -> list[tuple[str, str, str]]:
 
 
 def _put_back_column(conn, shape: Shape) -> None:
-    """A column's type and collation made the schema's again (only where they differ: it
-    rewrites the table; the triggers on the table go first, as one may read the column,
-    and come back in the next round), then its NOT NULL."""
+    """A column's type and collation made the schema's again (only where they differ from
+    what `changed` read: it rewrites the table; the triggers on the table go first, as one
+    may read the column, and come back in the next round), then its NOT NULL."""
     table, name = quoted(shape.table), quoted(shape.name)
     kind, not_null = re.fullmatch(r"(.+?)( NOT NULL)?", shape.definition).groups()
-    (now,) = conn.execute(
-        "SELECT format_type(atttypid, atttypmod) || CASE WHEN attcollation <> y.typcollation"
-        " THEN ' COLLATE ' || attcollation::regcollation::text ELSE '' END FROM pg_attribute"
-        " JOIN pg_type AS y ON y.oid = atttypid WHERE attrelid = %s::regclass"
-        " AND attname = %s AND NOT attisdropped",
-        (table, shape.name),
-    ).fetchone() or (None,)
-    if now is None:
+    if shape.held is None:
         raise ValueError(f"cannot put back {shape}: the column was dropped, and what it held"
                          " with it; restore a backup")  # fmt: skip
-    if now != kind:
+    if shape.held.removesuffix(" NOT NULL") != kind:
         for (trigger,) in conn.execute(
             "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal",
             (table,),
@@ -318,8 +314,9 @@ def _rebuild(conn: sqlite3.Connection, shape: Shape) -> None:
         raise ValueError(f"{cannot}it holds columns the schema does not make"
                          f" ({', '.join(others)}); move them out of it first")  # fmt: skip
     names = ", ".join(f"{table}.{quoted(name)}" for name in new)  # never a string
-    mine = [sql for kind, name, sql in kept if kind == "index" and sql and name.lower()
-            not in {made for _, made, _, _ in sqlite_made()}]  # fmt: skip
+    made = {name for _, name, _, _ in sqlite_made()}
+    mine = [sql for kind, name, sql in kept if kind == "index" and sql
+            and name.lower() not in made]  # fmt: skip
     try:
         conn.execute(f"INSERT INTO {temporary} SELECT {names} FROM {table}")
         conn.execute(f"DROP TABLE {table}")
