@@ -24,9 +24,8 @@ from typing import TypeVar
 
 import peewee
 
-from chargebox import location, metrics, migrations, schema
+from chargebox import guards, location, metrics, migrations, schema
 from chargebox.config import Config
-from chargebox.constraints import sqlite_changed
 from chargebox.errors import DAMAGED, Damaged, IntegrityViolation, LockTimeout, Unavailable
 from chargebox.gate import WriteGate
 from chargebox.slots import WriteSlots
@@ -324,7 +323,7 @@ class Database:
 
     def missing_triggers(self) -> list[str]:
         with translate_errors():  # a locked or unreadable file: 503, not a bug
-            return schema.missing_triggers(self.connection()) + sqlite_changed(self.connection())
+            return guards.missing_in_sqlite(self.connection())
 
     def storage_bytes(self) -> dict[str, int]:
         """The file's size and its write-ahead log's (0 when there is none)."""

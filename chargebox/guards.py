@@ -26,6 +26,7 @@ import sys
 
 from chargebox import constraints
 from chargebox.schema import CHECKPOINT_TABLES, Added, postgresql_statements, quoted, tables
+from chargebox.schema import missing_triggers as schema_missing_triggers
 from chargebox.schema import postgresql_added_in as schema_statements_of
 
 _FUNCTION = re.compile(r"(?m)^CREATE (?:OR REPLACE )?FUNCTION (\w+)\(.*?AS \$\$(.*?)\$\$", re.S)
@@ -176,6 +177,13 @@ def postgresql_missing(rows) -> list[str]:
              for kind, table, name in found if kind in ("on", "rule", "child")
              and table in tables() and (table, name) not in guarded]  # fmt: skip
     return sorted(gone) + sorted(changed) + constraints.changed(rows) + sorted(added)
+
+
+def missing_in_sqlite(conn) -> list[str]:
+    """What an SQLite file holds of the guards otherwise than the schema makes: its
+    triggers (schema.missing_triggers), then its tables' text and UNIQUE indexes
+    (constraints.sqlite_changed)."""
+    return schema_missing_triggers(conn) + constraints.sqlite_changed(conn)
 
 
 def missing_in(conn) -> list[str]:

@@ -229,8 +229,7 @@ def prepare_sqlite(database: peewee.SqliteDatabase, models: Sequence[type[peewee
     found = sqlite_version(conn)
     check(found, where)
     if found is not None:  # what it lacks it gets back, but a dropped guard: see there
-        missing = schema.missing_triggers(conn) + constraints.sqlite_changed(conn)
-        tables = schema.table_names(conn)
+        missing, tables = guards.missing_in_sqlite(conn), schema.table_names(conn)
         guards.refuse_dropped_guards(guards.dropped_guards(missing, tables), where)
     with database.bind_ctx(models), database.atomic():
         database.create_tables(models, safe=True)

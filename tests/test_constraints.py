@@ -278,7 +278,7 @@ def dropped(conn) -> list[str]:
     """The guards a fresh connection finds dropped or changed, on either backend."""
     if conn.postgresql:
         return guards.postgresql_missing(rows_of(conn))
-    return schema.missing_triggers(conn.conn) + constraints.sqlite_changed(conn.conn)
+    return guards.missing_in_sqlite(conn.conn)
 
 
 def session(credential: str, role: str = "root"):
