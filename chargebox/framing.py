@@ -20,7 +20,7 @@ from waitress.utilities import BadRequest
 
 from chargebox import access_log
 from chargebox.statements import CLIENT
-from chargebox.text import reads_as_a_key
+from chargebox.text import header_spelt, reads_as_a_key
 from chargebox.web.errors import SECURITY_HEADERS, json_body
 
 # Headers that decide who acts, what is sent or which write is meant: sent twice, waitress
@@ -110,8 +110,7 @@ class Parser(HTTPRequestParser):
                 spelled = sent[at + 2 : at + len(underscored) - 1].decode("latin-1")
                 raise RepeatedHeader(f"the {spelled} header must be spelt with '-', not '_'")
             if block.count(dashed) > 1:
-                spelled = "-".join(part.capitalize() for part in name.split("_"))
-                raise RepeatedHeader(f"the {spelled} header is repeated")
+                raise RepeatedHeader(f"the {header_spelt(name)} header is repeated")
         if b"_" in block and b"idempoten" in block:  # X_Idempotency_Key, Idempotence_Key
             for line in sent.split(b"\r\n")[1:]:
                 spelled = line.partition(b":")[0].decode("latin-1")

@@ -64,6 +64,12 @@ def reads_as_a_key(name: str) -> bool:
     return "idempoten" in letters and letters.endswith("key")
 
 
+def header_spelt(name: str) -> str:
+    """A header's name as WSGI keys it (`X_IDEMPOTENCY_KEY`), as it is spelt in HTTP
+    (`X-Idempotency-Key`)."""
+    return "-".join(part.capitalize() for part in name.split("_"))
+
+
 def visible(ch: str) -> bool:
     """Whether the one character `ch` draws something on its own."""
     return ch not in _BLANK and unicodedata.category(ch) not in _DRAWS_NOTHING

@@ -20,7 +20,7 @@ from chargebox.auth import Access, Principal
 from chargebox.errors import Forbidden, MalformedJSON, PayloadTooLarge, ValidationError
 from chargebox.queries import MAX_LIMIT, Page
 from chargebox.statements import CLIENT
-from chargebox.text import reads_as_a_key, shown_back
+from chargebox.text import header_spelt, reads_as_a_key, shown_back
 
 MAX_ID = 2**63 - 1
 SALE_SEARCH = ("phone", "idempotency_key", "from", "to")  # GET /api/sales, the seller's page
@@ -170,9 +170,8 @@ def idempotency_key() -> str | None:
     for variable, value in bottle.request.environ.items():  # HTTP_X_IDEMPOTENCY_KEY, ...
         name = variable.removeprefix("HTTP_")
         if name not in (variable, "IDEMPOTENCY_KEY") and reads_as_a_key(name) and value != key:
-            sent = "-".join(part.capitalize() for part in name.split("_"))
             raise ValidationError("an Idempotency-Key goes in the header Idempotency-Key",
-                                  shown_back(sent))  # fmt: skip
+                                  shown_back(header_spelt(name)))  # fmt: skip
     return key
 
 
