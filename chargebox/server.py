@@ -88,9 +88,10 @@ def serve(
     cpus.pin(config.cpus, 1, 0, writer_apart(config))  # before the threads: they inherit it
     metrics.start()
     server = build_server(application(config, log), config, listener, log)
-    announce(_announcement(config, server.effective_host, server.effective_port))
-    with beside_serving(config):
-        return _serve_one(server, announce)
+    with _stopped_by_signal() as stop:  # a SIGTERM right after the line is a clean stop too
+        announce(_announcement(config, server.effective_host, server.effective_port))
+        with beside_serving(config):
+            return _serve_one(server, announce, stop)
 
 
 @contextlib.contextmanager
@@ -121,21 +122,30 @@ def application(config: Config, log: LogFile) -> AccessLog:
     return AccessLog(app, log, metrics.observe)
 
 
-def _serve_one(server, announce, parent: int | None = None) -> int:
-    """Serve until a signal, or (a forked child) until its supervising parent is gone."""
+def _serve_one(server, announce, stop: _Stop, parent: int | None = None) -> int:
+    """Serve until a signal sets `stop`, or (a forked child) until its supervising parent,
+    `parent`, is gone."""
     settle()
+    while not stop.requested and (parent is None or os.getppid() == parent):
+        wasyncore.loop(timeout=LOOP_TIMEOUT, map=server._map, use_poll=True, count=1)
+    announce("chargebox stopping: finishing requests in flight")
+    _drain(server)
+    announce("chargebox stopped")
+    return 0
+
+
+@contextlib.contextmanager
+def _stopped_by_signal() -> Iterator[_Stop]:
+    """SIGTERM and SIGINT set the flag yielded, until the block ends: installed before a
+    process says it serves, so that a signal sent as soon as the line is read stops it
+    cleanly (exit 0) rather than killing it."""
     stop = _Stop()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while not stop.requested and (parent is None or os.getppid() == parent):
-            wasyncore.loop(timeout=LOOP_TIMEOUT, map=server._map, use_poll=True, count=1)
-        announce("chargebox stopping: finishing requests in flight")
-        _drain(server)
+        yield stop
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    announce("chargebox stopped")
-    return 0
 
 
 def settle() -> None:
@@ -164,11 +174,12 @@ def _serve_processes(config: Config, listener, announce, log: LogFile) -> int:
     sockets = [listener, *(listen_beside(listener) for _ in range(config.processes - 1))]
     # No database is open here (cli.prepare closed its own): each child opens its own.
     supervisor = _Supervisor(config, sockets, log)
-    for slot in range(config.processes):
-        supervisor.start_child(slot)
-    announce(_announcement(config, host, port))
     try:
-        return supervisor.run(announce)
+        with _stopped_by_signal() as stop:  # before the line, as in serve()
+            for slot in range(config.processes):
+                supervisor.start_child(slot)
+            announce(_announcement(config, host, port))
+            return supervisor.run(announce, stop)
     finally:
         for sock in sockets:
             sock.close()
@@ -188,10 +199,11 @@ class _Supervisor:
         self.replaced = 0
 
     def start_child(self, slot: int) -> None:
+        parent = os.getpid()  # before the fork: a parent dead before the child asks is seen
         pid = os.fork()
         if pid == 0:  # the child serves until told to stop, and never returns here
-            # Until _serve_one installs its own, a SIGTERM ends the child at once rather
-            # than setting the parent's flag, copied here, that nobody reads.
+            # Until it serves, a SIGTERM ends the child at once rather than setting the
+            # parent's flag, copied here, that nobody reads: nothing is in flight yet.
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
             code = 1
@@ -203,8 +215,8 @@ class _Supervisor:
                 cpus.pin(self.config.cpus, self.config.processes, slot, writer_apart(self.config))
                 app = application(self.config, self.log)
                 server = build_server(app, self.config, own, self.log)
-                with beside_serving(self.config):
-                    code = _serve_one(server, lambda line: None, os.getppid())
+                with _stopped_by_signal() as stop, beside_serving(self.config):
+                    code = _serve_one(server, lambda line: None, stop, parent)
             except Exception as exc:  # said in one line (no trace), then replaced
                 log.error("server process %d failed: %s: %s (at %s)",
                           os.getpid(), type(exc).__name__, exc, raised_at(exc))  # fmt: skip
@@ -212,10 +224,7 @@ class _Supervisor:
                 os._exit(code)
         self.started[pid] = (time.monotonic(), slot)
 
-    def run(self, announce) -> int:
-        stop = _Stop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, stop)
+    def run(self, announce, stop: _Stop) -> int:
         while not stop.requested:
             time.sleep(LOOP_TIMEOUT)  # polling for a signal or a dead child, not for an outcome
             self.log.follow()  # a rotated access log is let go here too

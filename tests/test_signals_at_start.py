@@ -1,0 +1,84 @@
+"""A server signalled at once: as soon as it says it serves, or while its children start.
+
+A supervisor (systemd, a deploy script, a test) may send SIGTERM the moment it reads
+"chargebox serving on ...". Before, the line was printed before the handler that makes
+SIGTERM a clean stop was installed: such a server died of the signal (exit -15, no
+"chargebox stopped"), and with `--processes 2` its children, still starting, took the
+dead parent's successor for their parent and served on, orphans, for good. Now the
+handler comes before the line, and a child knows its parent's PID from before the fork.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.support import ADMIN_TOKEN, ROOT, alive
+
+GONE_WITHIN = 30  # seconds for a child to see its parent gone (it looks every loop turn)
+
+
+def started(tmp_path, processes: int) -> subprocess.Popen:
+    """`chargebox serve` with its first line read: it says it serves. Its stderr goes to
+    `server.log` (a child left behind must not hold a pipe the test waits on)."""
+    with open(tmp_path / "server.log", "a") as log:
+        return _started(tmp_path, processes, log)
+
+
+def _started(tmp_path, processes: int, log) -> subprocess.Popen:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "chargebox.cli", "serve", "--port", "0",
+         "--db", str(tmp_path / "cb.db"), "--processes", str(processes)],
+        cwd=ROOT,
+        env={**os.environ, "CHARGEBOX_ADMIN_TOKEN": ADMIN_TOKEN, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )  # fmt: skip
+    assert "serving on" in server.stdout.readline()
+    return server
+
+
+def children_of(pid: int) -> list[int]:
+    return [int(n) for n in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_sent_as_soon_as_the_server_says_it_serves_is_a_clean_stop(
+    tmp_path, processes, sig
+):
+    for attempt in range(3):
+        server = started(tmp_path, processes)
+        children = children_of(server.pid)
+        server.send_signal(sig)
+        out, _ = server.communicate(timeout=60)
+        err = (tmp_path / "server.log").read_text()
+        assert server.returncode == 0, (attempt, server.returncode, err[-2000:])
+        assert out.splitlines()[-1] == "chargebox stopped", out
+        assert "Traceback" not in err, err[-2000:]
+        assert not [pid for pid in children if alive(pid)], "a child outlived its parent"
+
+
+def test_children_still_starting_when_their_parent_is_killed_stop_too(tmp_path):
+    """SIGKILL (the OOM killer) leaves the parent no last word: each child must see that
+    the parent that forked it is gone, even one that was still starting at the time."""
+    for attempt in range(3):
+        server = started(tmp_path, 2)
+        children = children_of(server.pid)
+        assert len(children) == 2, children
+        server.kill()
+        server.wait(timeout=60)
+        server.stdout.close()  # a child never writes to it
+        deadline = time.monotonic() + GONE_WITHIN
+        while [pid for pid in children if alive(pid)] and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling for the children's own exit, bounded by the deadline
+        orphans = [pid for pid in children if alive(pid)]
+        for pid in orphans:  # ours to clean up, by PID, before the assertion says why
+            os.kill(pid, signal.SIGKILL)
+        assert not orphans, f"attempt {attempt}: children {orphans} served on, orphaned"
