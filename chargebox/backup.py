@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import dataclasses
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from chargebox import anchors, keeping, partial, seals
+from chargebox import anchors, keeping, partial, pg_driver, seals
 from chargebox.clock import now
 from chargebox.config import Config, whole_number, without_settings
 from chargebox.location import check_database_path, synced
@@ -38,8 +37,6 @@ from chargebox.location import check_database_path, synced
 BUSY_TIMEOUT_MS = 10_000  # reading the source waits for a WAL recovery, never for writers
 PG_DUMP_TIMEOUT = 24 * 3600
 RESTAMPS = 3  # a stamped name taken: the next second's, so many times at most
-# Where Debian keeps PostgreSQL's programs when /usr/bin has no pg_dump wrapper.
-PG_BIN_GLOB = "/usr/lib/postgresql/*/bin/pg_dump"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,26 +247,11 @@ def _place(temporary: Path, naming: _Naming) -> Path:
     return naming.target
 
 
-def find_pg_dump() -> str | None:
-    """pg_dump on PATH, or the newest of Debian's PostgreSQL versions."""
-    found = shutil.which("pg_dump")
-    if found:
-        return found
-    candidates = sorted(Path("/").glob(PG_BIN_GLOB.lstrip("/")), key=lambda p: int(p.parts[4]))
-    return str(candidates[-1]) if candidates else None
-
-
 def _pg_dump(url: str, dest: Path, overwrite: bool) -> Made:
     """pg_dump --format=custom of the database, in one snapshot; the password goes to
     pg_dump through a private passfile, never on its command line."""
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-    program = find_pg_dump()
-    if program is None:
-        raise ValueError(
-            "pg_dump not found: install PostgreSQL's client programs, or back up with "
-            "pg_dump or pg_basebackup yourself (README, Backups and restores)"
-        )
     naming = _Naming(dest, "chargebox.dump", overwrite)
     target = naming.target
     _check_target(naming)
@@ -284,6 +266,7 @@ def _pg_dump(url: str, dest: Path, overwrite: bool) -> Made:
             passfile.write_text(f"*:*:*:*:{escaped}\n")
             passfile.chmod(0o600)
             params["passfile"] = str(passfile)
+        program = pg_driver.pg_dump_for(make_conninfo(**params))
         result = subprocess.run(
             [
                 program,
@@ -303,10 +286,10 @@ def _pg_dump(url: str, dest: Path, overwrite: bool) -> Made:
             lines = result.stderr.strip().splitlines()
             errors = [line for line in lines if "error:" in line] or lines[-1:]
             reason = errors[0] if errors else f"exit status {result.returncode}"
-            raise ValueError(
-                f"pg_dump failed: {reason} (back up with the schema owner's URL, as for "
-                "init-db: the service's own role may not read the sequences)"
-            )
+            hint = ("(back up with the schema owner's URL, as for init-db: the service's"
+                    " own role may not read the sequences)")  # fmt: skip
+            raise ValueError(f"pg_dump failed: {reason}"
+                             + (f" {hint}" if "permission denied" in reason else ""))  # fmt: skip
         target = _place(temporary, naming)
     return Made(
         path=target,

@@ -1,5 +1,5 @@
 """psycopg 3 at the edge: connecting, chargebox's SQL in psycopg's parameters, and
-psycopg's errors in chargebox's tree.
+psycopg's errors in chargebox's tree; and which pg_dump can dump a given server.
 
 chargebox's SQL is written once, with SQLite's `?` and `:name` parameters; here
 it is handed to psycopg as `%s` and `%(name)s`. The service's database on
@@ -12,8 +12,11 @@ import contextlib
 import functools
 import logging
 import re
+import shutil
+import subprocess
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 
 from chargebox.errors import (
     Deadlocked,
@@ -33,6 +36,8 @@ NOT_GRANTED = phrase(
     " (chargebox migrate --grant-to ROLE)"
 )
 _said: set[str] = set()
+# Where Debian keeps each PostgreSQL version's programs (/usr/bin's pg_dump is a wrapper).
+PG_BIN_GLOB = "/usr/lib/postgresql/*/bin/pg_dump"
 
 # A quoted literal (left alone), a `?`, a `:name` (not a `::cast`), or a `%` to escape.
 _PARAMETER = re.compile(r"'(?:[^']|'')*'|\?|(?<!:):([A-Za-z_]\w*)|%")
@@ -265,3 +270,44 @@ def _say_once(line: str) -> None:
     if line not in _said:
         _said.add(line)
         log.error("%s", line)
+
+
+def pg_dump_for(conninfo: str) -> str:
+    """A pg_dump that can dump the server at `conninfo`: of its major version or newer (a
+    pg_dump refuses a newer server than itself), or one line saying what to install."""
+    import psycopg
+
+    try:
+        with psycopg.connect(conninfo, connect_timeout=30) as conn:
+            server = conn.info.server_version // 10_000
+    except psycopg.Error:
+        server = 0  # not asked: pg_dump says why, in its words
+    program, newest = find_pg_dump(server), find_pg_dump()
+    if program is not None:
+        return program
+    if newest is None:
+        raise ValueError("pg_dump not found: install PostgreSQL's client programs, or back up"
+                         " with pg_dump or pg_basebackup yourself (README, Backups and"
+                         " restores)")  # fmt: skip
+    raise ValueError(f"the server is PostgreSQL {server}, newer than any pg_dump here (the"
+                     f" newest: {_major(newest)}, {newest}), and a pg_dump dumps no newer"
+                     f" server than itself: install PostgreSQL {server}'s client programs"
+                     f" (Debian: postgresql-client-{server}) or put its pg_dump first on"
+                     " PATH")  # fmt: skip
+
+
+def find_pg_dump(at_least: int = 0) -> str | None:
+    """A pg_dump of PostgreSQL `at_least` or newer: the one on PATH if it is, else the
+    newest of Debian's versions that is."""
+    on_path = shutil.which("pg_dump")
+    if on_path and _major(on_path) >= at_least:
+        return on_path
+    debian = sorted((_major(str(p)), str(p)) for p in Path("/").glob(PG_BIN_GLOB.lstrip("/")))
+    return debian[-1][1] if debian and debian[-1][0] >= at_least else None
+
+
+def _major(program: str) -> int:
+    """The major version `program --version` says (`pg_dump (PostgreSQL) 15.18 ...`)."""
+    said = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=60)
+    found = re.search(r"\(PostgreSQL\) (\d+)", said.stdout)
+    return int(found.group(1)) if found else 0

@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from chargebox import backup, keeping
-from chargebox.backup import find_pg_dump
 from chargebox.config import Config
+from chargebox.pg_driver import find_pg_dump
 from tests import pg_cluster
 from tests.support import (
     ROOT,

@@ -7,19 +7,23 @@ functions' text: guards.py, constraints.py, chargebox/schema_postgresql.shape, p
 15): a major version that words one otherwise would have every server refuse an untouched
 database, and one whose `ALTER` leaves a guard otherwise would have `migrate` fail to put
 it back. Here, on 18: a new schema is the pinned one, a server sells and the books
-reconcile, and each way test_constraints.py loosens a guard is named and put back.
+reconcile, and each way test_constraints.py loosens a guard is named and put back; and
+a backup runs a pg_dump of 18 (one of 15, Debian 12's, refuses a newer server).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from chargebox import constraints, guards
+from chargebox import constraints, guards, pg_driver
+from chargebox.cli import main
 from tests import pg_cluster
 from tests.support import ADMIN_TOKEN, Api, new_seller
 from tests.test_constraints import POSTGRESQL, SHAPE
@@ -120,3 +124,46 @@ def test_a_guard_loosened_on_postgresql_18_is_named_and_migrate_puts_it_back(mad
     assert audited.returncode == 0, audited.stdout + audited.stderr
     started = chargebox("create-seller", "Sara", "--db", roles.app_url, "--data-dir", data)
     assert started.returncode == 0, started.stderr
+
+
+def test_a_backup_of_postgresql_18_takes_a_pg_dump_of_18_where_there_is_one(
+    made, newest, tmp_path, monkeypatch
+):
+    """pg_dump refuses a server newer than itself ("server version mismatch"): a backup
+    takes a pg_dump of the server's version or newer, the one on PATH (here 15's) if it
+    is, else the newest of Debian's (here 18's, where PG_BIN_GLOB is made to look)."""
+    roles, data = made
+    monkeypatch.setenv("PATH", f"{older_pg_dump(tmp_path)}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(pg_driver, "PG_BIN_GLOB", str(newest.bin.parent / "*" / "pg_dump"))
+    dump = tmp_path / "chargebox.dump"
+    assert main(["backup", "--db", roles.owner_url, "--data-dir", str(data), str(dump)]) == 0
+    listed = subprocess.run([str(newest.bin / "pg_restore"), "--list", str(dump)],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert listed.returncode == 0 and "TABLE public ledger_entry" in listed.stdout, listed.stderr
+
+
+def older_pg_dump(tmp_path: Path) -> Path:
+    """A directory holding a pg_dump of 15 (it says so, and dumps nothing)."""
+    older = tmp_path / "bin"
+    older.mkdir()
+    (older / "pg_dump").write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 15.18'\n")
+    (older / "pg_dump").chmod(0o755)
+    return older
+
+
+def test_a_backup_of_postgresql_18_with_only_an_older_pg_dump_says_what_to_install(
+    made, tmp_path, monkeypatch, capsys
+):
+    roles, data = made
+    older = older_pg_dump(tmp_path)
+    monkeypatch.setenv("PATH", f"{older}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(pg_driver, "PG_BIN_GLOB", str(tmp_path / "none" / "*" / "pg_dump"))
+    dump = tmp_path / "chargebox.dump"
+    code = main(["backup", "--db", roles.owner_url, "--data-dir", str(data), str(dump)])
+    said = capsys.readouterr().err
+    assert code == 2, said
+    assert (f"the server is PostgreSQL 18, newer than any pg_dump here (the newest: 15,"
+            f" {older / 'pg_dump'}), and a pg_dump dumps no newer server than itself:"
+            " install PostgreSQL 18's client programs (Debian: postgresql-client-18)"
+            in said and len(said.strip().splitlines()) == 1), said  # fmt: skip
+    assert not dump.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bin", "data"]
