@@ -54,9 +54,10 @@ class Made:
     heads_verified: int | None = None  # of the newest heads checked with the key
     snapshot_seconds: float | None = None  # how long the source's read snapshot was held
     swept: tuple[Path, ...] = ()  # partial copies of killed backups, removed (partial.py)
+    program: str = ""  # the pg_dump that made it (its pg_restore restores it)
 
     def summary(self) -> str:
-        what = "pg_dump's custom format"
+        what = f"pg_dump's custom format ({self.program})"
         if self.method != "pg_dump":
             what = f"{self.sellers:,} sellers, {self.entries:,} ledger entries"
             what += f" (newest {self.newest_entry:,})"
@@ -297,6 +298,7 @@ def _pg_dump(url: str, dest: Path, overwrite: bool) -> Made:
         seconds=time.perf_counter() - began,
         method="pg_dump",
         swept=swept,
+        program=program,
     )
 
 

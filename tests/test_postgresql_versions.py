@@ -127,7 +127,7 @@ def test_a_guard_loosened_on_postgresql_18_is_named_and_migrate_puts_it_back(mad
 
 
 def test_a_backup_of_postgresql_18_takes_a_pg_dump_of_18_where_there_is_one(
-    made, newest, tmp_path, monkeypatch
+    made, newest, tmp_path, monkeypatch, capsys
 ):
     """pg_dump refuses a server newer than itself ("server version mismatch"): a backup
     takes a pg_dump of the server's version or newer, the one on PATH (here 15's) if it
@@ -137,6 +137,7 @@ def test_a_backup_of_postgresql_18_takes_a_pg_dump_of_18_where_there_is_one(
     monkeypatch.setattr(pg_driver, "PG_BIN_GLOB", str(newest.bin.parent / "*" / "pg_dump"))
     dump = tmp_path / "chargebox.dump"
     assert main(["backup", "--db", roles.owner_url, "--data-dir", str(data), str(dump)]) == 0
+    assert f"pg_dump's custom format ({newest.bin / 'pg_dump'})" in capsys.readouterr().err
     listed = subprocess.run([str(newest.bin / "pg_restore"), "--list", str(dump)],
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert listed.returncode == 0 and "TABLE public ledger_entry" in listed.stdout, listed.stderr
