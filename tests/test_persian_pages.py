@@ -390,8 +390,10 @@ BAD_BOOKS = {
     "sellers": [{"seller_id": 7, "balance": 10, "ledger_sum": 5, "consistent": False}],
     "problems": [
         {"invariant": kind, "seller_id": 7, "entry_id": 12, "message": "balance 10 != sum 5"}
-        for kind in ("I1", "I2", "I3", "I4", "I5", "seal", "anchor")
-    ],
+        for kind in ("I1", "I2", "I3", "I4", "I5", "seal", "anchor", "phones")
+    ]
+    + [{"invariant": "I5", "seller_id": None, "entry_id": None,
+        "message": "schema trigger ledger_entry_no_delete is missing or changed"}],
     "totals": {"sellers": 1, "ledger_entries": 1234, "sales": 1, "balance_sum": 10},
     "scope": {
         "full": False,
@@ -411,6 +413,21 @@ def test_a_red_audit_from_a_checkpoint_reads_in_persian_and_in_english(full_at):
     english = rendered("audit", "en", result=result)
     assert "NOT consistent: 1 problem<" in english and "1,234" in english
     assert "2026-12-01 03:03" in english  # Tehran time
+
+
+def test_each_problem_of_a_red_audit_is_labelled_by_what_it_breaks():
+    """A guard of the schema's dropped (I5, of no seller) is labelled as such, not as a
+    ledger row changed; a number's total as itself, not by its raw kind."""
+    english = rendered("audit", "en", result=BAD_BOOKS)
+    labels = re.findall(r"<tr><td>([^<]*)</td>", english)
+    assert (labels[4], *labels[-2:]) == (
+        "Ledger entries are never changed or deleted (I5).",  # of seller 7
+        "A number&#039;s total charged is the sum of its sales, less refunds.",
+        "The database&#039;s guards (its triggers and constraints) are as the schema made"
+        " them (I5).",
+    ), labels
+    persian = rendered("audit", "fa", result=BAD_BOOKS)
+    assert "نگهبان‌های پایگاه داده" in persian and "جمع فروش‌های آن" in persian
 
 
 def test_an_audit_that_trusted_no_checkpoint_after_a_finding_says_why_in_both_languages():

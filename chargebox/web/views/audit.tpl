@@ -1,7 +1,7 @@
 % rebase('layout')
 % bad = [s for s in result['sellers'] if not s['consistent']]
 % scope, totals = result['scope'], result['totals']
-% WHAT = {'I1': _('A balance is never negative (I1).'), 'I2': _("A seller's balance equals the sum of its ledger entries (I2)."), 'I3': _("Each entry's balance after is the one before plus its amount (I3)."), 'I4': _('An approved request has one credit entry; a sale one debit (I4).'), 'I5': _('Ledger entries are never changed or deleted (I5).'), 'seal': _("A seller's sealed chain matches the ledger key."), 'anchor': _('The sealed chain matches its saved anchor.')}
+% WHAT = {'I1': _('A balance is never negative (I1).'), 'I2': _("A seller's balance equals the sum of its ledger entries (I2)."), 'I3': _("Each entry's balance after is the one before plus its amount (I3)."), 'I4': _('An approved request has one credit entry; a sale one debit (I4).'), 'I5': _('Ledger entries are never changed or deleted (I5).'), 'guards': _("The database's guards (its triggers and constraints) are as the schema made them (I5)."), 'phones': _("A number's total charged is the sum of its sales, less refunds."), 'seal': _("A seller's sealed chain matches the ledger key."), 'anchor': _('The sealed chain matches its saved anchor.')}
 <section class="card">
   <h1>{{_('Audit')}}</h1>
   % if result['consistent']:
@@ -39,7 +39,8 @@
     <thead><tr><th>{{_('Invariant')}}</th><th>{{_('Seller')}}</th><th>{{_('Entry')}}</th><th>{{_('What')}}</th></tr></thead>
     <tbody>
     % for problem in result['problems']:
-      <tr><td>{{WHAT.get(problem['invariant'], problem['invariant'])}}</td><td class="id">{{ident(problem['seller_id']) if problem['seller_id'] else ''}}</td><td class="id">{{ident(problem['entry_id']) if problem['entry_id'] else ''}}</td>
+      % kind = 'guards' if problem['invariant'] == 'I5' and not problem['seller_id'] else problem['invariant']
+      <tr><td>{{WHAT.get(kind, kind)}}</td><td class="id">{{ident(problem['seller_id']) if problem['seller_id'] else ''}}</td><td class="id">{{ident(problem['entry_id']) if problem['entry_id'] else ''}}</td>
           <td><code dir="ltr" lang="en" translate="no">{{problem['message']}}</code></td></tr>
     % end
     </tbody>
