@@ -287,10 +287,10 @@ def _pg_dump(url: str, dest: Path, overwrite: bool) -> Made:
             lines = result.stderr.strip().splitlines()
             errors = [line for line in lines if "error:" in line] or lines[-1:]
             reason = errors[0] if errors else f"exit status {result.returncode}"
-            hint = ("(back up with the schema owner's URL, as for init-db: the service's"
+            refused = "permission denied" in reason or "privilege" in reason  # 15, 18
+            hint = (" (back up with the schema owner's URL, as for init-db: the service's"
                     " own role may not read the sequences)")  # fmt: skip
-            raise ValueError(f"pg_dump failed: {reason}"
-                             + (f" {hint}" if "permission denied" in reason else ""))  # fmt: skip
+            raise ValueError(f"pg_dump failed: {reason}{hint if refused else ''}")
         target = _place(temporary, naming)
     return Made(
         path=target,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
+from chargebox.config import without_settings
 from chargebox.errors import (
     Deadlocked,
     IntegrityViolation,
@@ -282,16 +284,18 @@ def pg_dump_for(conninfo: str) -> str:
             server = conn.info.server_version // 10_000
     except psycopg.Error:
         server = 0  # not asked: pg_dump says why, in its words
-    program, newest = find_pg_dump(server), find_pg_dump()
+    found = pg_dumps()
+    program = next((path for major, path in found if major >= server), None)
     if program is not None:
         return program
-    if newest is None:
+    if not found:
         raise ValueError("pg_dump not found: install PostgreSQL's client programs, or back up"
                          " with pg_dump or pg_basebackup yourself (README, Backups and"
                          " restores)")  # fmt: skip
+    major, newest = max(found)
     raise ValueError(f"the server is PostgreSQL {server}, newer than any pg_dump here (the"
-                     f" newest: {_major(newest)}, {newest}), and a pg_dump dumps no newer"
-                     f" server than itself: install PostgreSQL {server}'s client programs"
+                     f" newest: {major}, {newest}), and a pg_dump dumps no newer server"
+                     f" than itself: install PostgreSQL {server}'s client programs"
                      f" (Debian: postgresql-client-{server}) or put its pg_dump first on"
                      " PATH")  # fmt: skip
 
@@ -299,15 +303,27 @@ def pg_dump_for(conninfo: str) -> str:
 def find_pg_dump(at_least: int = 0) -> str | None:
     """A pg_dump of PostgreSQL `at_least` or newer: the one on PATH if it is, else the
     newest of Debian's versions that is."""
+    return next((path for major, path in pg_dumps() if major >= at_least), None)
+
+
+def pg_dumps() -> list[tuple[int, str]]:
+    """Each pg_dump here, with its major version (0: it would not say), each asked once:
+    the one on PATH first, then Debian's, newest first."""
     on_path = shutil.which("pg_dump")
-    if on_path and _major(on_path) >= at_least:
-        return on_path
-    debian = sorted((_major(str(p)), str(p)) for p in Path("/").glob(PG_BIN_GLOB.lstrip("/")))
-    return debian[-1][1] if debian and debian[-1][0] >= at_least else None
+    debian = [str(path) for path in Path("/").glob(PG_BIN_GLOB.lstrip("/"))]
+    found = [(_major(path), os.path.abspath(path))
+             for path in dict.fromkeys([on_path, *debian]) if path]  # fmt: skip
+    first = found[:1] if on_path else []
+    return first + sorted(found[len(first) :], reverse=True)
 
 
 def _major(program: str) -> int:
-    """The major version `program --version` says (`pg_dump (PostgreSQL) 15.18 ...`)."""
-    said = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=60)
+    """The major version `program --version` says (`pg_dump (PostgreSQL) 15.18 ...`); 0 if
+    it says none, cannot run, or takes over 10 s. It gets none of chargebox's settings."""
+    try:
+        said = subprocess.run([program, "--version"], capture_output=True, text=True,
+                              timeout=10, env=without_settings())  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return 0
     found = re.search(r"\(PostgreSQL\) (\d+)", said.stdout)
     return int(found.group(1)) if found else 0

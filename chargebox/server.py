@@ -43,6 +43,9 @@ RESTART_DELAY_MIN = 0.5
 RESTART_DELAY_MAX = 30.0
 
 
+STOPS = {signal.SIGTERM, signal.SIGINT}  # a clean stop (Ctrl-C: SIGINT)
+
+
 class _Stop:
     requested = False
 
@@ -140,7 +143,7 @@ def _stopped_by_signal() -> Iterator[_Stop]:
     process says it serves, so that a signal sent as soon as the line is read stops it
     cleanly (exit 0) rather than killing it."""
     stop = _Stop()
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, stop) for sig in STOPS}
     try:
         yield stop
     finally:
@@ -200,12 +203,20 @@ class _Supervisor:
 
     def start_child(self, slot: int) -> None:
         parent = os.getpid()  # before the fork: a parent dead before the child asks is seen
-        pid = os.fork()
+        # Held back across the fork: one that came before the child's SIG_DFL would set the
+        # parent's flag, copied there, that nobody reads, and the child would serve on.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)
+            raise
         if pid == 0:  # the child serves until told to stop, and never returns here
-            # Until it serves, a SIGTERM ends the child at once rather than setting the
-            # parent's flag, copied here, that nobody reads: nothing is in flight yet.
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            # Until it serves, a SIGTERM ends the child at once (one that came meanwhile
+            # too, as it is let through): nothing is in flight yet.
+            for sig in STOPS:
                 signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)
             code = 1
             own = self.sockets[slot]
             for other in self.sockets:
@@ -222,11 +233,14 @@ class _Supervisor:
                           os.getpid(), type(exc).__name__, exc, raised_at(exc))  # fmt: skip
             finally:
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)  # the parent's flag, if one came
         self.started[pid] = (time.monotonic(), slot)
 
     def run(self, announce, stop: _Stop) -> int:
         while not stop.requested:
             time.sleep(LOOP_TIMEOUT)  # polling for a signal or a dead child, not for an outcome
+            if stop.requested:  # a Ctrl-C reaches the children too: no death to mourn now
+                break
             self.log.follow()  # a rotated access log is let go here too
             for pid, code in _reaped(list(self.started)).items():
                 self._mourn(pid, code)
@@ -238,9 +252,10 @@ class _Supervisor:
         announce("chargebox stopping: finishing requests in flight")
         status = self._stop_children()
         announce("chargebox stopped")
-        # A child still starting when the SIGTERM came ends by it (SIG_DFL, above):
-        # nothing was in flight there, so that too is a clean stop.
-        return 0 if all(code in (0, -signal.SIGTERM) for code in status.values()) else 1
+        # A child still starting when the SIGTERM (or a terminal's Ctrl-C) came ends by it
+        # (SIG_DFL, above): nothing was in flight there, so that too is a clean stop.
+        return 0 if all(code in (0, -signal.SIGTERM, -signal.SIGINT)
+                        for code in status.values()) else 1  # fmt: skip
 
     def _mourn(self, pid: int, code: int) -> None:
         since, slot = self.started.pop(pid)

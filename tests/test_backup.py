@@ -718,7 +718,7 @@ def test_pg_dump_gets_none_of_chargeboxs_settings_in_its_environment(tmp_path, m
     seen = tmp_path / "environment"
     fake = tmp_path / "bin" / "pg_dump"
     fake.parent.mkdir()
-    fake.write_text(f"#!/bin/sh\nenv > {seen}\nexit 1\n")
+    fake.write_text(f"#!/bin/sh\nenv >> {seen}\nexit 1\n")  # its --version, then the dump
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("CHARGEBOX_LEDGER_KEY", "a-ledger-key-that-must-stay-home-0123456789")
@@ -726,4 +726,5 @@ def test_pg_dump_gets_none_of_chargeboxs_settings_in_its_environment(tmp_path, m
     with pytest.raises(ValueError, match="pg_dump failed"):
         backup._pg_dump("postgresql://owner:secret@127.0.0.1:1/db", tmp_path / "x.dump", False)
     environment = seen.read_text()
-    assert "PATH=" in environment and "CHARGEBOX_" not in environment
+    assert environment.count("\nPATH=") + environment.startswith("PATH=") == 2, environment
+    assert "CHARGEBOX_" not in environment

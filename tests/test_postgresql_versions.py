@@ -136,6 +136,9 @@ def test_a_backup_of_postgresql_18_takes_a_pg_dump_of_18_where_there_is_one(
     monkeypatch.setenv("PATH", f"{older_pg_dump(tmp_path)}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(pg_driver, "PG_BIN_GLOB", str(newest.bin.parent / "*" / "pg_dump"))
     dump = tmp_path / "chargebox.dump"
+    assert main(["backup", "--db", roles.app_url, "--data-dir", str(data), str(dump)]) == 2
+    said = capsys.readouterr().err  # 18's pg_dump words the refusal otherwise than 15's
+    assert "pg_dump failed: " in said and "back up with the schema owner's URL" in said, said
     assert main(["backup", "--db", roles.owner_url, "--data-dir", str(data), str(dump)]) == 0
     assert f"pg_dump's custom format ({newest.bin / 'pg_dump'})" in capsys.readouterr().err
     listed = subprocess.run([str(newest.bin / "pg_restore"), "--list", str(dump)],
@@ -150,6 +153,33 @@ def older_pg_dump(tmp_path: Path) -> Path:
     (older / "pg_dump").write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 15.18'\n")
     (older / "pg_dump").chmod(0o755)
     return older
+
+
+def test_what_to_install_names_the_newest_pg_dump_here_not_the_first(
+    made, tmp_path, monkeypatch, capsys
+):
+    """PATH's pg_dump is taken first when it is new enough, but the refusal names the
+    newest of all; one that cannot run, or says no version, is passed over in silence."""
+    roles, data = made
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "pg_dump").write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 14.2'\n")
+    (first / "pg_dump").chmod(0o755)
+    older = older_pg_dump(tmp_path)
+    versions = tmp_path / "versions"  # as Debian's /usr/lib/postgresql
+    (versions / "13" / "bin").mkdir(parents=True)
+    (versions / "13" / "bin" / "pg_dump").write_text("not a program")
+    (versions / "15").mkdir()
+    (versions / "15" / "bin").symlink_to(older)
+    monkeypatch.setenv("PATH", f"{first}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(pg_driver, "PG_BIN_GLOB", str(versions / "*" / "bin" / "pg_dump"))
+    assert pg_driver.pg_dumps() == [(14, str(first / "pg_dump")),
+                                    (15, str(versions / "15" / "bin" / "pg_dump")),
+                                    (0, str(versions / "13" / "bin" / "pg_dump"))]  # fmt: skip
+    dump = tmp_path / "chargebox.dump"
+    assert main(["backup", "--db", roles.owner_url, "--data-dir", str(data), str(dump)]) == 2
+    said = capsys.readouterr().err
+    assert "newer than any pg_dump here (the newest: 15, " in said, said
 
 
 def test_a_backup_of_postgresql_18_with_only_an_older_pg_dump_says_what_to_install(

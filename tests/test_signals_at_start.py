@@ -30,11 +30,12 @@ def started(tmp_path, processes: int) -> subprocess.Popen:
         return _started(tmp_path, processes, log)
 
 
-def _started(tmp_path, processes: int, log) -> subprocess.Popen:
+def _started(tmp_path, processes: int, log, command=("-m", "chargebox.cli")) -> subprocess.Popen:
     server = subprocess.Popen(
-        [sys.executable, "-m", "chargebox.cli", "serve", "--port", "0",
+        [sys.executable, *command, "serve", "--port", "0",
          "--db", str(tmp_path / "cb.db"), "--processes", str(processes)],
         cwd=ROOT,
+        start_new_session=True,  # a group of its own, as a terminal's job is
         env={**os.environ, "CHARGEBOX_ADMIN_TOKEN": ADMIN_TOKEN, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
         stderr=log,
@@ -82,3 +83,56 @@ def test_children_still_starting_when_their_parent_is_killed_stop_too(tmp_path):
         for pid in orphans:  # ours to clean up, by PID, before the assertion says why
             os.kill(pid, signal.SIGKILL)
         assert not orphans, f"attempt {attempt}: children {orphans} served on, orphaned"
+
+
+def test_ctrl_c_at_a_terminal_reaches_every_process_and_is_a_clean_stop(tmp_path):
+    """A terminal's Ctrl-C signals the whole group: children still starting die of it
+    (nothing in flight yet), the others stop; the parent mourns none of them, replaces
+    none, and exits 0."""
+    for attempt in range(3):
+        server = started(tmp_path, 2)
+        children = children_of(server.pid)
+        os.killpg(server.pid, signal.SIGINT)
+        out, _ = server.communicate(timeout=60)
+        err = (tmp_path / "server.log").read_text()
+        assert server.returncode == 0, (attempt, server.returncode, err[-2000:])
+        assert out.splitlines()[-1] == "chargebox stopped", out
+        assert "replacement" not in err and "Traceback" not in err, err[-2000:]
+        assert not [pid for pid in children if alive(pid)], "a child outlived its parent"
+
+
+# The parent signals itself just before it forks its last child: the stop is asked while
+# the children start, and that child is forked with the stop already under way.
+STOPPED_WHILE_FORKING = """
+import os, signal, sys
+from chargebox import server
+from chargebox.cli import main
+
+forking = server._Supervisor.start_child
+
+
+def start_child(self, slot):
+    if slot == self.config.processes - 1 and not self.replaced:
+        os.kill(os.getpid(), signal.SIGTERM)
+    forking(self, slot)
+
+
+server._Supervisor.start_child = start_child
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_stop_asked_while_the_children_are_forked_stops_every_one_at_once(tmp_path):
+    """The parent's SIGTERM to a child just forked came before the child made SIGTERM its
+    default again: it set the parent's flag, copied there, that nobody reads, and the
+    child served on until the parent killed it (exit 1). The stops are held back across
+    the fork now."""
+    script = tmp_path / "stopped_while_forking.py"
+    script.write_text(STOPPED_WHILE_FORKING)
+    for attempt in range(3):
+        with open(tmp_path / "server.log", "w") as log:
+            server = _started(tmp_path, 2, log, command=(str(script),))
+        out, _ = server.communicate(timeout=60)
+        err = (tmp_path / "server.log").read_text()
+        assert server.returncode == 0, (attempt, server.returncode, err[-2000:])
+        assert "did not stop in time" not in err and "Traceback" not in err, err[-2000:]

@@ -23,7 +23,7 @@ def test_a_serving_process_keeps_its_start_up_objects_out_of_full_collections(tm
     gc.unfreeze()
     try:
         # a parent that is not ours: it serves no request, drains and stops
-        assert server._serve_one(waitress_server, lambda line: None, parent=-1) == 0
+        assert server._serve_one(waitress_server, lambda line: None, server._Stop(), parent=-1) == 0
         assert gc.get_freeze_count() > 1000
     finally:
         gc.unfreeze()
