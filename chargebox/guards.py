@@ -104,7 +104,11 @@ _ABOVE = (
     " EXISTS (SELECT 1 FROM pg_class AS c, ns WHERE c.relnamespace = ns.oid"
     " AND c.relkind IN ('r', 'p') AND c.relname = ANY(%s)"
     " AND has_table_privilege(r.oid, c.oid, 'TRIGGER')),"
-    " EXISTS (SELECT 1 FROM ns WHERE has_schema_privilege(r.oid, ns.oid, 'CREATE'))"
+    " EXISTS (SELECT 1 FROM ns WHERE has_schema_privilege(r.oid, ns.oid, 'CREATE')),"
+    " EXISTS (SELECT 1 FROM held WHERE rolname = 'pg_create_subscription')"
+    " AND has_database_privilege(r.oid, current_database(), 'CREATE')"
+    " OR EXISTS (SELECT 1 FROM pg_subscription AS s, held WHERE s.subowner = held.oid"
+    " AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()))"
     " FROM r"
 )
 _SET_PARAMETER = (" OR has_parameter_privilege(r.oid, 'session_replication_role', 'SET')"
@@ -314,6 +318,10 @@ def _reasons(user: str, schema: str, bare: str) -> tuple[tuple[str, str], ...]:
          revoke.format("TRIGGER", f"ALL TABLES IN SCHEMA {schema}", user)),
         (f"may create objects in schema {schema}",
          revoke.format("CREATE", f"SCHEMA {schema}", f"PUBLIC, {user}") + before_15),
+        ("may create a subscription here (pg_create_subscription, and CREATE on the"
+         " database), or owns one, whose writes run as session_replication_role = replica",
+         f"as a superuser, REVOKE pg_create_subscription FROM {user} and drop its"
+         " subscriptions (PostgreSQL 16 on)"),
     )  # fmt: skip
 
 

@@ -201,3 +201,44 @@ def test_a_backup_of_postgresql_18_with_only_an_older_pg_dump_says_what_to_insta
             " install PostgreSQL 18's client programs (Debian: postgresql-client-18)"
             in said and len(said.strip().splitlines()) == 1), said  # fmt: skip
     assert not dump.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bin", "data"]
+
+
+SUBSCRIBING = {
+    "may create a subscription": [
+        "GRANT pg_create_subscription TO {app}",
+        "GRANT CREATE ON DATABASE {db} TO {app}",
+    ],
+    "owns a subscription": [
+        "GRANT pg_create_subscription TO {app}",
+        "GRANT CREATE ON DATABASE {db} TO {app}",
+        "SET ROLE {app}",
+        "CREATE SUBSCRIPTION forged CONNECTION 'host=127.0.0.1 dbname=none password=x'"
+        " PUBLICATION p WITH (connect = false, run_as_owner = true)",
+        "RESET ROLE",
+        "REVOKE pg_create_subscription FROM {app}",
+        "REVOKE CREATE ON DATABASE {db} FROM {app}",
+    ],
+}
+
+
+@pytest.mark.parametrize("case", SUBSCRIBING)
+def test_serve_refuses_an_app_role_that_may_write_through_a_subscription(newest, made, case):
+    """From PostgreSQL 16 a member of pg_create_subscription with CREATE on the database
+    may subscribe to a publisher of its own with run_as_owner: the apply worker writes as
+    that role with session_replication_role = replica, and no guard fires (helper-120 made
+    a seller of 500,000,000 toman so). `serve` refuses such a role, or one that owns a
+    subscription here, in one line; `init-db --grant-to` warns."""
+    roles, data = made
+    db = roles.app_url.rsplit("/", 1)[1]
+    with psycopg.connect(newest.url(db=db), autocommit=True) as superuser:
+        for statement in SUBSCRIBING[case]:
+            superuser.execute(statement.format(app=roles.app_role, db=db))
+    granted = chargebox("init-db", "--db", roles.owner_url, "--grant-to", roles.app_role,
+                        "--data-dir", data)  # fmt: skip
+    assert granted.returncode == 0 and "warning: serve will refuse it" in granted.stderr, (
+        granted.stderr
+    )
+    served = chargebox("serve", "--port", "0", "--db", roles.app_url, "--data-dir", data)
+    assert served.returncode == 2, served.stderr
+    assert served.stderr.count("\n") == 1 and "may create a subscription here" in served.stderr
+    assert "REVOKE pg_create_subscription FROM" in served.stderr, served.stderr
