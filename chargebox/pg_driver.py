@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import re
+import select
 import shutil
 import subprocess
 import urllib.parse
@@ -124,6 +125,19 @@ def _keepalives(seconds: int) -> tuple[dict, dict]:
     there = {"tcp_keepalives_idle": idle, "tcp_keepalives_interval": 1,
              "tcp_keepalives_count": count, "tcp_user_timeout": seconds * 1000}  # fmt: skip
     return here, there
+
+
+def hung_up(conn) -> bool:
+    """Whether the server of an idle connection has ended its session (restarted, or the
+    session was terminated): something came to read where nothing was asked (its last
+    word, or the end). A thread's connection idle through a restart would otherwise fail
+    its next use, one 503 for each thread, minutes later (helper-120)."""
+    if conn.info.transaction_status.name != "IDLE":  # in a transaction: its own to read
+        return False
+    try:
+        return bool(select.select([conn.fileno()], [], [], 0)[0])
+    except (OSError, ValueError):  # closed under us
+        return True
 
 
 def left_idle(seconds: int) -> str:

@@ -230,7 +230,7 @@ class Database:
 
     def connection(self):
         conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
+        if conn is None or conn.closed or pg_driver.hung_up(conn):
             self._drop()  # forgets one lost on a path that did not drop it (snapshot's)
             try:
                 conn = connect(self.url, autocommit=True, lost_after=self.config.peer_timeout)
