@@ -376,6 +376,8 @@ def _command(argv: list[str] | None) -> int:
         print(f"chargebox: --db {_where(config)}: {pg_driver.in_words(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:  # a file to write on a read-only or full disk, a lock held too long
+        if isinstance(exc, BrokenPipeError):
+            raise  # a reader that left early (`statement --csv | head -1`): main's, quietly
         print(f"chargebox: {exc}", file=sys.stderr)
         return 1
 
