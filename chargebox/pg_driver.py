@@ -36,7 +36,7 @@ log = logging.getLogger("chargebox.server")
 # grants.refuse_lacking): each request that needs it is 503, and the log says why, once.
 NOT_GRANTED = phrase(
     "the database refused this server a privilege it needs; an operator must grant it"
-    " (chargebox migrate --grant-to ROLE)"
+    " (chargebox init-db --grant-to ROLE, with the schema owner's URL)"
 )
 _said: set[str] = set()
 # Where Debian keeps each PostgreSQL version's programs (/usr/bin's pg_dump is a wrapper).
