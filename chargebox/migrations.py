@@ -20,11 +20,11 @@ from pathlib import Path
 
 import peewee
 
-from chargebox import constraints, grants, guards, schema
+from chargebox import constraints, grants, guards, schema, settled
 from chargebox.clock import now
 from chargebox.config import Config
 from chargebox.location import check_database_path
-from chargebox.pg_driver import connect, described, name_sessions
+from chargebox.pg_driver import connect, described, name_sessions, to_psycopg
 from chargebox.schema_steps import STEPS, Step, sqlite_missing
 
 LATEST = schema.VERSION  # the schema this code reads and writes
@@ -351,6 +351,9 @@ def upgrade_postgresql(conn, where: str,
         for step in _steps_after(found):
             step.postgresql(conn)
         put = guards.put_back_postgresql_guards(conn)  # after the steps: what they did not make
+        put += settled.put_in_order(
+            lambda sql, params: conn.execute(to_psycopg(sql), params).fetchall(), conn.execute
+        )
         put = sorted({*early, *put})
         if any(_BLOCKS_TRIGGER in name or _BLOCKS_FUNCTION in name for name in put):
             conn.execute(schema.SALE_BLOCKS_POSTGRESQL)  # the sales made without it, in spans

@@ -342,8 +342,16 @@ class Database:
             return Reader(conn).table_names()
 
     def ensure_schema(self, models: object = None) -> None:
-        """The schema is created by its owner (`init-db --grant-to`) and upgraded by its
-        owner (`migrate`); here its version is checked."""
+        """Made by its owner (`init-db --grant-to`), upgraded by its owner (`migrate`): its
+        version checked here, and that each paged table's ids come one at a time."""
+        self.check_schema()
+        if unordered := settled.unordered(self.rows):
+            raise ValueError(f"--db {described(self.url)}: {', '.join(unordered)}: pages need"
+                             " ids one at a time: run `chargebox migrate` as the schema's"
+                             " owner (ALTER SEQUENCE ... CACHE 1 NO CYCLE)")  # fmt: skip
+
+    def check_schema(self) -> None:
+        """The commands that only read (the audit): the version (not the ids' order)."""
         from chargebox import schema
 
         found = (
@@ -358,13 +366,6 @@ class Database:
                 "--grant-to ROLE` first"
             )
         schema.check_version(found, described(self.url))
-        if unordered := settled.unordered(self.rows):
-            raise ValueError(f"--db {described(self.url)}: {', '.join(unordered)}: pages need"
-                             " ids one at a time: ALTER SEQUENCE ... CACHE 1 NO CYCLE")  # fmt: skip
-
-    def check_schema(self) -> None:
-        """For the commands that only read: the same check, which writes nothing here."""
-        self.ensure_schema()
 
     def missing_triggers(self) -> list[str]:
         """The schema's guards dropped or changed (guards.missing_in)."""

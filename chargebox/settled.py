@@ -80,7 +80,8 @@ _HOLDERS = (  # RowExclusiveLock: what nextval takes (a pg_dump's or a reader's 
 _IN_FLIGHT = _HOLDERS.format("AND pid IS DISTINCT FROM pg_backend_pid()")
 _STILL = _HOLDERS.format("AND virtualtransaction = ANY(CAST(%s AS text[]))")
 _UNORDERED = (  # through Database.rows: SQLite's `?`
-    "SELECT t.name, s.seqcache, s.seqincrement, s.seqcycle FROM unnest(CAST(? AS text[]))"
+    "SELECT t.name, s.seqcache, s.seqincrement, s.seqcycle,"
+    " CAST(s.seqrelid AS regclass)::text FROM unnest(CAST(? AS text[]))"
     " AS t(name) JOIN pg_sequence AS s"
     " ON s.seqrelid = CAST(pg_get_serial_sequence(t.name, 'id') AS regclass)"
     " WHERE s.seqcache > 1 OR s.seqincrement < 1 OR s.seqcycle ORDER BY t.name"
@@ -184,4 +185,13 @@ def unordered(rows) -> list[str]:
     """The paged tables whose sequence may hand out an id below one handed out before
     (a CACHE above 1, an INCREMENT below 1, CYCLE): for start-up to refuse (see the top)."""
     return [f"{table}'s ids (CACHE {cache}, INCREMENT {step}{', CYCLE' if cycle else ''})"
-            for table, cache, step, cycle in rows(_UNORDERED, (list(PAGED),))]  # fmt: skip
+            for table, cache, step, cycle, _ in rows(_UNORDERED, (list(PAGED),))]  # fmt: skip
+
+
+def put_in_order(rows, execute) -> list[str]:
+    """migrate, as the schema's owner: each of `unordered`'s sequences made to hand out its
+    ids one at a time again; what `unordered` said of them."""
+    found = rows(_UNORDERED, (list(PAGED),))
+    for _, _, _, _, sequence in found:
+        execute(f"ALTER SEQUENCE {sequence} CACHE 1 INCREMENT 1 NO CYCLE")
+    return unordered(lambda sql, params: found)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import re
 import threading
 import time
 import types
@@ -24,7 +25,7 @@ import psycopg
 import pytest
 
 from chargebox import audit, settled
-from chargebox.cli import prepare
+from chargebox.cli import main, prepare
 from chargebox.errors import Unavailable
 from chargebox.queries import Page
 from chargebox.sale_search import Search
@@ -240,17 +241,26 @@ def test_only_a_transaction_holding_an_id_of_the_table_holds_its_pages_back(two_
     [("CACHE 10", r"CACHE 10, INCREMENT 1\)"), ("CYCLE", r"CACHE 1, INCREMENT 1, CYCLE\)")],
 )
 def test_a_sequence_that_may_hand_out_a_lower_id_is_refused_at_start(
-    pg_group_commit, change, named
+    pg_group_commit, change, named, capsys
 ):
     """A session's cached ids, or a sequence that cycles, would hand out an id after a
-    page had passed it."""
+    page had passed it. The audit, which only reads, still runs (it refused too, so the
+    books could not be audited at all); `migrate` puts the sequence back in order."""
     service, superuser = pg_group_commit
     with psycopg.connect(superuser, autocommit=True) as admin:
         admin.execute(f"ALTER SEQUENCE sale_id_seq {change}")
-    with pytest.raises(ValueError, match=rf"sale's ids \({named}.*CACHE 1 NO CYCLE"):
+    with pytest.raises(ValueError, match=rf"sale's ids \({named}.*run `chargebox migrate`"):
         prepare(service.config)
-    with psycopg.connect(superuser, autocommit=True) as admin:
-        admin.execute("ALTER SEQUENCE sale_id_seq CACHE 1 NO CYCLE")
+    data = ["--data-dir", str(service.config.data_dir)]
+    assert main(["audit", "--db", service.config.db_url, *data]) == 0
+    assert main(["migrate", "--db", superuser, *data]) == 0
+    said = capsys.readouterr().err
+    assert re.search(rf"put back 1 guard\(s\) dropped or changed: sale's ids \({named}", said)
+    with psycopg.connect(superuser) as admin:
+        assert admin.execute(
+            "SELECT seqcache, seqincrement, seqcycle FROM pg_sequence WHERE"
+            " seqrelid = 'sale_id_seq'::regclass"
+        ).fetchone() == (1, 1, False)
     prepare(service.config)
 
 
