@@ -29,7 +29,8 @@ SQLITE_SHAPE = "schema_sqlite.shape"
 # name and its kind (a view or a foreign table in a table's place is no table); each
 # constraint (not a constraint trigger: guards.py looks at those; not NOT NULL, which
 # PostgreSQL 18 makes a constraint too: it is the column's) and unique index that backs
-# none, of a table; each column, its collation where it is not its type's. An index's
+# none, of a table; each column, its collation where it is not its type's, its NOT NULL
+# marked NOT VALID where 18 holds one so (rows before it unchecked). An index's
 # definition loses the schema's name, which PostgreSQL writes there, and is marked where
 # it is not valid (a CREATE ... CONCURRENTLY that failed checks nothing).
 _HELD = (
@@ -48,7 +49,10 @@ _HELD = (
     " UNION ALL SELECT 'column', t.relname, a.attname, format_type(a.atttypid, a.atttypmod)"
     " || CASE WHEN a.attcollation <> y.typcollation THEN ' COLLATE '"
     " || a.attcollation::regcollation::text ELSE '' END"
-    " || CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END FROM pg_attribute AS a JOIN t"
+    " || CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END || CASE WHEN EXISTS (SELECT 1"
+    " FROM pg_constraint AS k WHERE k.conrelid = t.oid AND k.contype = 'n' AND k.conkey ="
+    " ARRAY[a.attnum] AND NOT k.convalidated) THEN ' NOT VALID' ELSE '' END"
+    " FROM pg_attribute AS a JOIN t"
     " ON t.oid = a.attrelid JOIN pg_type AS y ON y.oid = a.atttypid"
     " WHERE a.attnum > 0 AND NOT a.attisdropped"
 )
@@ -210,13 +214,14 @@ def _foreign_keys_on(conn, table: str) -> list[tuple[str, str, str]]:
 def _put_back_column(conn, shape: Shape) -> None:
     """A column's type and collation made the schema's again (only where they differ from
     what `changed` read: it rewrites the table; the triggers on the table go first, as one
-    may read the column, and come back in the next round), then its NOT NULL."""
+    may read the column, and come back in the next round), then its NOT NULL (which
+    validates one NOT VALID, PostgreSQL 18)."""
     table, name = quoted(shape.table), quoted(shape.name)
     kind, not_null = re.fullmatch(r"(.+?)( NOT NULL)?", shape.definition).groups()
     if shape.held is None:
         raise ValueError(f"cannot put back {shape}: the column was dropped, and what it held"
                          " with it; restore a backup")  # fmt: skip
-    if shape.held.removesuffix(" NOT NULL") != kind:
+    if re.sub(r"( NOT NULL)?( NOT VALID)?$", "", shape.held) != kind:
         for (trigger,) in conn.execute(
             "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal",
             (table,),

@@ -38,6 +38,12 @@ LOOSENED = {
         "ledger_entry_no_delete",
         "DROP TRIGGER ledger_entry_no_delete ON ledger_entry",
     ),
+    # 18's own: a NOT NULL is a constraint, and may be made again NOT VALID (helper-120)
+    "a NOT NULL made again NOT VALID (the rows before it unchecked)": (
+        "sale.phone (a column)",
+        "ALTER TABLE sale DROP CONSTRAINT sale_phone_not_null",
+        "ALTER TABLE sale ADD CONSTRAINT sale_phone_not_null NOT NULL phone NOT VALID",
+    ),
 }
 
 
