@@ -36,7 +36,8 @@ log = logging.getLogger("chargebox.server")
 # grants.refuse_lacking): each request that needs it is 503, and the log says why, once.
 NOT_GRANTED = phrase(
     "the database refused this server a privilege it needs; an operator must grant it"
-    " (chargebox init-db --grant-to ROLE, with the schema owner's URL)"
+    " (chargebox init-db --grant-to ROLE, with the schema owner's URL and the servers'"
+    " --data-dir)"
 )
 _said: set[str] = set()
 # Where Debian keeps each PostgreSQL version's programs (/usr/bin's pg_dump is a wrapper).
@@ -131,7 +132,8 @@ def hung_up(conn) -> bool:
     """Whether the server of an idle connection has ended its session (restarted, or the
     session was terminated): something came to read where nothing was asked (its last
     word, or the end). A thread's connection idle through a restart would otherwise fail
-    its next use, one 503 for each thread, minutes later (helper-120)."""
+    its next use, one 503 for each thread, minutes later (helper-120). (A connection that
+    LISTENs would have a NOTIFY to read: chargebox has none.)"""
     if conn.info.transaction_status.name != "IDLE":  # in a transaction: its own to read
         return False
     try:

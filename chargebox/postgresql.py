@@ -347,8 +347,8 @@ class Database:
         self.check_schema()
         if unordered := settled.unordered(self.rows):
             raise ValueError(f"--db {described(self.url)}: {', '.join(unordered)}: pages need"
-                             " ids one at a time: run `chargebox migrate` as the schema's"
-                             " owner (ALTER SEQUENCE ... CACHE 1 NO CYCLE)")  # fmt: skip
+                             " ids one at a time: run `chargebox migrate` as the schema's owner"
+                             " (ALTER SEQUENCE ... CACHE 1 INCREMENT 1 NO CYCLE)")  # fmt: skip
 
     def check_schema(self) -> None:
         """The commands that only read (the audit): the version (not the ids' order)."""

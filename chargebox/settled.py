@@ -190,8 +190,11 @@ def unordered(rows) -> list[str]:
 
 def put_in_order(rows, execute) -> list[str]:
     """migrate, as the schema's owner: each of `unordered`'s sequences made to hand out its
-    ids one at a time again; what `unordered` said of them."""
+    ids one at a time again, from above every id its table holds (one that ran down, or
+    wrapped, would hand them out again); what `unordered` said of them."""
     found = rows(_UNORDERED, (list(PAGED),))
-    for _, _, _, _, sequence in found:
+    for table, _, _, _, sequence in found:  # `sequence`: regclass's text, quoted where needed
         execute(f"ALTER SEQUENCE {sequence} CACHE 1 INCREMENT 1 NO CYCLE")
+        execute(f"SELECT setval(%s::regclass, greatest(s.last_value, (SELECT coalesce(max(id),"
+                f" 1) FROM {table}))) FROM {sequence} AS s", (sequence,))  # fmt: skip
     return unordered(lambda sql, params: found)

@@ -238,8 +238,9 @@ def test_only_a_transaction_holding_an_id_of_the_table_holds_its_pages_back(two_
 
 @pytest.mark.parametrize(
     ("change", "named"),
-    [("CACHE 10", r"CACHE 10, INCREMENT 1\)"), ("CYCLE", r"CACHE 1, INCREMENT 1, CYCLE\)")],
-)
+    [("CACHE 10", r"CACHE 10, INCREMENT 1\)"), ("CYCLE", r"CACHE 1, INCREMENT 1, CYCLE\)"),
+     ("INCREMENT -1", r"CACHE 1, INCREMENT -1\)")],
+)  # fmt: skip
 def test_a_sequence_that_may_hand_out_a_lower_id_is_refused_at_start(
     pg_group_commit, change, named, capsys
 ):
@@ -247,8 +248,12 @@ def test_a_sequence_that_may_hand_out_a_lower_id_is_refused_at_start(
     page had passed it. The audit, which only reads, still runs (it refused too, so the
     books could not be audited at all); `migrate` puts the sequence back in order."""
     service, superuser = pg_group_commit
+    seller = credited_seller(service, 10_000)
+    sold = [service.sell(seller["id"], A_NUMBER, 100).record["id"] for _ in range(3)]
     with psycopg.connect(superuser, autocommit=True) as admin:
         admin.execute(f"ALTER SEQUENCE sale_id_seq {change}")
+        # one that ran down hands out ids below those it gave: migrate restarts it above
+        admin.execute("SELECT nextval('sale_id_seq'), nextval('sale_id_seq')")
     with pytest.raises(ValueError, match=rf"sale's ids \({named}.*run `chargebox migrate`"):
         prepare(service.config)
     data = ["--data-dir", str(service.config.data_dir)]
@@ -261,7 +266,10 @@ def test_a_sequence_that_may_hand_out_a_lower_id_is_refused_at_start(
             "SELECT seqcache, seqincrement, seqcycle FROM pg_sequence WHERE"
             " seqrelid = 'sale_id_seq'::regclass"
         ).fetchone() == (1, 1, False)
+        (following,) = admin.execute("SELECT nextval('sale_id_seq')").fetchone()
+    assert following > max(sold)  # not one handed out before (a sale would fail on it)
     prepare(service.config)
+    assert service.sell(seller["id"], A_NUMBER, 100).record["id"] > max(sold)
 
 
 def test_a_reader_of_the_sequence_holds_no_page_back(two_servers):

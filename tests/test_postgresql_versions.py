@@ -214,6 +214,12 @@ SUBSCRIBING = {
         "GRANT pg_create_subscription TO {app}",
         "GRANT CREATE ON DATABASE {db} TO {app}",
     ],
+    "may SET ROLE to a role that may create one": [
+        "CREATE ROLE {app}_subscriber NOLOGIN",
+        "GRANT pg_create_subscription TO {app}_subscriber",
+        "GRANT CREATE ON DATABASE {db} TO {app}_subscriber",
+        "GRANT {app}_subscriber TO {app} WITH INHERIT FALSE, SET TRUE",
+    ],
     "owns a subscription": [
         "GRANT pg_create_subscription TO {app}",
         "GRANT CREATE ON DATABASE {db} TO {app}",
