@@ -271,13 +271,16 @@ def put_back_postgresql_guards(conn) -> list[str]:
     column's table) the next round makes again, unnamed: it was not changed; what still
     differs after three rounds (a PostgreSQL that spells definitions otherwise) fails
     migrate, changing nothing."""
-    put = postgresql_missing(lambda sql: conn.execute(sql).fetchall())
-    missing = put
+
+    def rows(sql: str) -> list[tuple]:
+        return conn.execute(sql).fetchall()
+
+    put = missing = postgresql_missing(rows)
     for _ in range(3):
         if not missing:
             return put
         _put_back(conn, missing)
-        missing = postgresql_missing(lambda sql: conn.execute(sql).fetchall())
+        missing = postgresql_missing(rows)
     raise ValueError(f"the guards made again still differ from the schema's ({', '.join(missing)})"
                      ": put them back by hand, or restore a backup")  # fmt: skip
 

@@ -184,8 +184,13 @@ def below_top(settled: Callable[..., int | None], table: str, before_id: int | N
 def unordered(rows) -> list[str]:
     """The paged tables whose sequence may hand out an id below one handed out before
     (a CACHE above 1, an INCREMENT below 1, CYCLE): for start-up to refuse (see the top)."""
+    return _named(rows(_UNORDERED, (list(PAGED),)))
+
+
+def _named(found: list[tuple]) -> list[str]:
+    """`_UNORDERED`'s rows as start-up and migrate name them."""
     return [f"{table}'s ids (CACHE {cache}, INCREMENT {step}{', CYCLE' if cycle else ''})"
-            for table, cache, step, cycle, _ in rows(_UNORDERED, (list(PAGED),))]  # fmt: skip
+            for table, cache, step, cycle, _ in found]  # fmt: skip
 
 
 def put_in_order(rows, execute) -> list[str]:
@@ -197,4 +202,4 @@ def put_in_order(rows, execute) -> list[str]:
         execute(f"ALTER SEQUENCE {sequence} CACHE 1 INCREMENT 1 NO CYCLE")
         execute(f"SELECT setval(%s::regclass, greatest(s.last_value, (SELECT coalesce(max(id),"
                 f" 1) FROM {table}))) FROM {sequence} AS s", (sequence,))  # fmt: skip
-    return unordered(lambda sql, params: found)
+    return _named(found)
