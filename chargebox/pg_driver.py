@@ -142,11 +142,22 @@ def hung_up(conn) -> bool:
         return True
 
 
-def left_idle(seconds: int) -> str:
-    """A column for a write transaction to read as it begins: left idle between two round
-    trips for `seconds` by its server (frozen, or its host lost), it ends. (A frozen
-    process's kernel still answers keepalives.)"""
-    return f"set_config('idle_in_transaction_session_timeout', '{int(seconds)}s', true)"
+TIMED_FROM = 170000  # the first server_version with transaction_timeout
+
+
+def left_idle(config) -> tuple[str, str]:
+    """Columns for a write transaction to read as it begins, for a server before
+    PostgreSQL 17 and for one from it (`TIMED_FROM`): left idle between two round trips
+    for the peer timeout by its server (frozen, or its host lost), it ends; and from 17,
+    once it has run its busy timeout and the peer timeout more, it ends whatever it waits
+    for (a process frozen in the middle of a pipeline leaves its session active, never
+    idle). A frozen process's kernel still answers keepalives. A COMMIT waiting for a
+    synchronous standby is not cut short: PostgreSQL lets that wait finish, and the
+    setting ends with it."""
+    seconds = int(config.peer_timeout)
+    idle = f"set_config('idle_in_transaction_session_timeout', '{seconds}s', true)"
+    most = f"{int(config.busy_timeout_ms) + 1000 * seconds}ms"
+    return idle, f"{idle}, set_config('transaction_timeout', '{most}', true)"
 
 
 _named: dict[str, str] = {}  # what every connection of this process is named, once set

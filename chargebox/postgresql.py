@@ -4,22 +4,19 @@
 the same methods, PostgreSQL's locks instead of a file's. (Connecting and the SQL's parameters are
 pg_driver's; what `init-db --grant-to ROLE` grants the service's role is grants.py's.)
 
-Group commit (writer.GroupWriter, as on SQLite): one sale per transaction on one
-hot seller is bound by the wait for that seller's row lock, so the writes that
-queue in one process go in one transaction, sorted by seller: the sellers'
-queued sales in one statement (their rows held in one statement, in id order),
-what else waits a SAVEPOINT each. That only batches this process's own writes;
-other servers' batches meet them in PostgreSQL's row locks and UNIQUEs, which
-alone decide. Sorting cannot rule out deadlocks across servers (a credit
-request, another key's outcome, a write alone are locked after the seller, in
-no global order), and ordering every row would reshape the ledger, so the rare
-deadlock is handled, not prevented: PostgreSQL stops one waiting statement
-with DeadlockDetected after `deadlock_timeout`; the sales' statement is undone
-with its transaction and the batch goes again run by run, and a write in a
-savepoint is undone by it (`Deadlocked`), the rest of the batch commits, and it
-is tried again in the next batch while its deadline allows. A lost server
-fails the whole batch (503, nothing committed); if it was lost once COMMIT had
-been sent, what the transaction did is read first (lost_commit.py).
+Group commit (writer.GroupWriter, as on SQLite): one sale per transaction on one hot seller is
+bound by the wait for that seller's row lock, so the writes that queue in one process go in one
+transaction, sorted by seller: the sellers' queued sales in one statement (their rows held in one
+statement, in id order), what else waits a SAVEPOINT each. That only batches this process's own
+writes; other servers' batches meet them in PostgreSQL's row locks and UNIQUEs, which alone decide.
+Sorting cannot rule out deadlocks across servers (a credit request, another key's outcome, a write
+alone are locked after the seller, in no global order), and ordering every row would reshape the
+ledger, so the rare deadlock is handled, not prevented: PostgreSQL stops one waiting statement with
+DeadlockDetected after `deadlock_timeout`; the sales' statement is undone with its transaction and
+the batch goes again run by run, and a write in a savepoint is undone by it (`Deadlocked`), the
+rest of the batch commits, and it is tried again in the next batch while its deadline allows. A
+lost server fails the whole batch (503, nothing committed); if it was lost once COMMIT had been
+sent, what the transaction did is read first (lost_commit.py).
 """
 
 from __future__ import annotations
@@ -211,8 +208,8 @@ class Database:
         self.ledger_key = config.ledger_key.encode("utf-8") if config.ledger_key else None
         self.slots = WriteSlots(config.threads, self.seconds_since_a_write_began)
         self.tops = settled.Tops(min(self.timeout, settled.WAIT))
-        # read as a write begins: its bound when left idle, and its id and backend
-        self._began_with = f"{pg_driver.left_idle(config.peer_timeout)}, {lost_commit.IDENTITY}"
+        # read as a write begins: its bounds (pg_driver.left_idle), its id and backend
+        self._began_with = [f"{b}, {lost_commit.IDENTITY}" for b in pg_driver.left_idle(config)]
         self._local = threading.local()
         self._began = 0.0
         # Every connection opened, whatever thread it serves, so that close() ends them
@@ -304,11 +301,12 @@ class Database:
             with translated(), pg_driver.pipelined(conn) as pipeline:
                 write = Write(conn, self.ledger_key, deadline, pipeline)
                 write.send("BEGIN")
-                identity = write.bound(also=self._began_with)
+                timed = conn.info.server_version >= pg_driver.TIMED_FROM
+                identity = write.bound(also=self._began_with[timed])
                 self._began = time.monotonic()
                 try:
                     yield write
-                    sent = identity()[1:]  # the transaction's id and backend
+                    sent = identity()[-2:]  # the transaction's id and backend
                     write.execute("COMMIT")  # what COMMIT refuses (deferred checks) is raised
                 except BaseException:
                     with contextlib.suppress(Exception):  # a lost server: dropped below

@@ -7,16 +7,21 @@ functions' text: guards.py, constraints.py, chargebox/schema_postgresql.shape, p
 15): a major version that words one otherwise would have every server refuse an untouched
 database, and one whose `ALTER` leaves a guard otherwise would have `migrate` fail to put
 it back. Here, on 18: a new schema is the pinned one, a server sells and the books
-reconcile, and each way test_constraints.py loosens a guard is named and put back; and
-a backup runs a pg_dump of 18 (one of 15, Debian 12's, refuses a newer server).
+reconcile, and each way test_constraints.py loosens a guard is named and put back; a
+backup runs a pg_dump of 18 (one of 15, Debian 12's, refuses a newer server); and a write
+frozen in the middle of its pipeline ends (`transaction_timeout`, from 17), while a
+COMMIT waiting for a synchronous standby does not.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -24,10 +29,15 @@ import pytest
 
 from chargebox import constraints, guards, pg_driver
 from chargebox.cli import main
+from chargebox.config import Config
+from chargebox.errors import Unavailable
+from chargebox.postgresql import Database
 from tests import pg_cluster
 from tests.support import ADMIN_TOKEN, Api, new_seller
 from tests.test_constraints import POSTGRESQL, SHAPE
 from tests.test_migrations import chargebox
+from tests.test_postgresql_lost_peers import PATIENT_MS, PHONE, funded
+from tests.test_postgresql_service import books
 
 NEWEST = 18
 # The embedded build has no ICU: that case needs a collation provider it lacks.
@@ -254,3 +264,85 @@ def test_serve_refuses_an_app_role_that_may_write_through_a_subscription(newest,
     assert served.returncode == 2, served.stderr
     assert served.stderr.count("\n") == 1 and "may create a subscription here" in served.stderr
     assert "REVOKE pg_create_subscription FROM" in served.stderr, served.stderr
+
+
+def test_a_write_frozen_mid_pipeline_on_postgresql_18_ends_and_another_server_sells(newest, made):
+    """A process frozen (SIGSTOP, a paused VM) in the middle of a write's pipeline leaves
+    its session active, waiting for the rest: `idle_in_transaction_session_timeout` never
+    starts, and on 15 the seller's row stays held until the process is killed or thaws.
+    From 17 each write sets `transaction_timeout` (its busy timeout, 1 s here, and the
+    peer timeout, 2 s, more): the session ends, and another server's sale of the same
+    seller, waiting for the row with a busy timeout of 60 s, sells (without it, LockTimeout
+    after those 60 s)."""
+    roles, data = made
+    config = Config(db_url=roles.app_url, data_dir=data, admin_token=ADMIN_TOKEN,
+                    busy_timeout_ms=PATIENT_MS, peer_timeout=2)  # fmt: skip
+    other, seller_id = funded(config, 5_000)
+    frozen = Database(dataclasses.replace(config, busy_timeout_ms=1_000))
+    backend = frozen.connection().info.backend_pid
+    ended = False
+    try:
+        with frozen.transaction() as write:
+            write.hold(seller_id)
+            write.send("SELECT 1")  # sent, with nothing after it: the pipeline not ended
+            assert session_of(newest, roles, backend) == ("active", "ClientRead")
+            assert other.sell(seller_id, PHONE, 1_000).record["balance_after"] == 4_000
+            with pytest.raises(Unavailable):
+                write.execute("SELECT 1")  # the server ended its session meanwhile
+            ended = True
+    except Unavailable:
+        assert ended  # its COMMIT's, not the other sale's
+    finally:
+        frozen.close()
+        other.close()
+    assert books(roles.app_url) == {seller_id: 4_000}
+
+
+def session_of(cluster, roles, backend: int) -> tuple[str, str] | None:
+    """What a backend is doing (state, wait event), asked by a superuser."""
+    with psycopg.connect(cluster.url(db=roles.app_url.rsplit("/", 1)[1])) as conn:
+        return conn.execute("SELECT state, wait_event FROM pg_stat_activity WHERE pid = %s",
+                            (backend,)).fetchone()  # fmt: skip
+
+
+def test_a_commit_waiting_for_a_synchronous_standby_on_postgresql_18_is_not_cut_short(newest, made):
+    """`transaction_timeout` (1.5 s here) does not end a COMMIT that waits for a
+    synchronous standby (committed here, the client not yet told: ending the session
+    then would leave the sale's outcome unknown): PostgreSQL lets that wait go on, and
+    the sale is answered once the standby is no longer waited for."""
+    roles, data = made
+    config = Config(db_url=roles.app_url, data_dir=data, admin_token=ADMIN_TOKEN,
+                    busy_timeout_ms=500, peer_timeout=1)  # fmt: skip
+    service, seller_id = funded(config, 5_000)
+    sold: list = []
+    selling = threading.Thread(target=lambda: sold.append(service.sell(seller_id, PHONE, 1_000)))
+    with psycopg.connect(newest.url(db=roles.app_url.rsplit("/", 1)[1]), autocommit=True) as su:
+        standby(su, "'nowhere'")
+        try:
+            selling.start()
+            waited = []
+            until = time.monotonic() + 60
+            while not waited and selling.is_alive() and time.monotonic() < until:
+                waited = su.execute(WAITED).fetchall()
+                time.sleep(0.05)
+            assert waited and selling.is_alive() and not sold
+        finally:
+            standby(su, "''")
+            selling.join(60)
+    try:
+        assert sold and sold[0].record["balance_after"] == 4_000, sold
+        assert service.sell(seller_id, PHONE, 1_000).record["balance_after"] == 3_000
+    finally:
+        service.close()
+    assert books(roles.app_url) == {seller_id: 3_000}
+
+
+WAITED = (
+    "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+    " AND now() - xact_start > interval '4 s'"
+)  # past its transaction_timeout
+
+
+def standby(superuser, names: str) -> None:
+    superuser.execute(f"ALTER SYSTEM SET synchronous_standby_names = {names}")
+    superuser.execute("SELECT pg_reload_conf()")
