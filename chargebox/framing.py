@@ -108,14 +108,18 @@ class Parser(HTTPRequestParser):
                 # waitress drops a name with `_`: the request would run without it.
                 at = block.index(underscored)
                 spelled = sent[at + 2 : at + len(underscored) - 1].decode("latin-1")
-                raise RepeatedHeader(f"the {spelled} header must be spelt with '-', not '_'")
+                raise _underscored(spelled)
             if block.count(dashed) > 1:
                 raise RepeatedHeader(f"the {header_spelt(name)} header is repeated")
         if b"_" in block and b"idempoten" in block:  # X_Idempotency_Key, Idempotence_Key
             for line in sent.split(b"\r\n")[1:]:
                 spelled = line.partition(b":")[0].decode("latin-1")
                 if "_" in spelled and reads_as_a_key(spelled):
-                    raise RepeatedHeader(f"the {spelled} header must be spelt with '-', not '_'")
+                    raise _underscored(spelled)
+
+
+def _underscored(spelled: str) -> RepeatedHeader:
+    return RepeatedHeader(f"the {spelled} header must be spelt with '-', not '_'")
 
 
 def _cookies(sent: bytes) -> str:
