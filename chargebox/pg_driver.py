@@ -32,6 +32,17 @@ from chargebox.errors import (
 
 log = logging.getLogger("chargebox.server")
 
+
+def _not_twice(record: logging.LogRecord) -> bool:
+    """psycopg's WARNING that a pipeline could not be ended, logged while the error that
+    ended it (a lost connection) goes on up to be answered: a second word, naming only an
+    object's address, for what chargebox already answers (503) and says."""
+    said = record.msg == "error ignored terminating %r: %s" and isinstance(record.args, tuple)
+    return not (said and type(record.args[0]).__name__ == "Pipeline")
+
+
+logging.getLogger("psycopg").addFilter(_not_twice)
+
 # A grant revoked under a running server (start-up refuses a role without them:
 # grants.refuse_lacking): each request that needs it is 503, and the log says why, once.
 NOT_GRANTED = phrase(

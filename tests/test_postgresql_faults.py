@@ -11,6 +11,7 @@ is on speed: an answer before the client's own 30 s timeout shows nothing hung.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import psycopg
@@ -18,6 +19,9 @@ import pytest
 import requests
 from psycopg.conninfo import conninfo_to_dict
 
+from chargebox.config import Config
+from chargebox.errors import Unavailable
+from chargebox.postgresql import Database
 from tests import pg_cluster
 from tests.support import ADMIN_TOKEN, cli_audit
 from tests.test_postgresql_servers import (
@@ -231,3 +235,29 @@ def test_sessions_terminated_under_keyed_load_answer_503s_and_lose_nothing(
         f"\nsessions ended {ended}: {len(acknowledged)} acknowledged, "
         f"{statuses.count(503)} answered 503; all {len(keys)} keys sold once after"
     )
+
+
+def test_a_write_whose_session_is_ended_is_unavailable_and_said_once(
+    postgresql_cluster, tmp_path, caplog
+):
+    """A write whose session PostgreSQL ends mid-transaction is Unavailable (503), and
+    psycopg's own WARNING that the write's pipeline could not be ended ("error ignored
+    terminating <psycopg.Pipeline [BAD] at 0x...>: the connection is lost") is not logged
+    beside it: one lost connection, one account of it."""
+    made = pg_cluster.initialised(postgresql_cluster, "ended", tmp_path / "data")
+    database = Database(Config(db_url=made.app_url, data_dir=tmp_path / "data"))
+    on_the_database = postgresql_cluster.url(db=conninfo_to_dict(made.app_url)["dbname"])
+    caplog.set_level(logging.INFO)
+    try:
+        with (
+            psycopg.connect(on_the_database, autocommit=True) as superuser,
+            pytest.raises(Unavailable),
+            database.transaction() as write,
+        ):
+            backend = database.connection().info.backend_pid
+            superuser.execute("SELECT pg_terminate_backend(%s)", (backend,))
+            write.execute("SELECT 1")
+    finally:
+        database.close()
+    said = [f"{record.name}: {record.getMessage()}" for record in caplog.records]
+    assert not [line for line in said if line.startswith("psycopg")], said
