@@ -201,7 +201,9 @@ class JsonErrorTask(_OneSend, ErrorTask):
     def execute(self) -> None:
         error = self.request.error
         code, message = WAITRESS_ERRORS.get(error.code, ("internal_error", "server error"))
-        detail = str(error.body).rstrip(".")
+        # waitress quotes what it could not read ('Malformed header line "Authorization:
+        # Bearer ..."'): never sent back, where a client's or a gateway's log would keep it
+        detail = str(error.body).partition('"')[0].rstrip(" .")
         body = json_body({"error": {"code": code, "message": message.format(detail=detail)}})
         self.status = f"{error.code} {error.reason}"
         ident = access_log.new_request_id()  # the request's own header was not understood

@@ -186,6 +186,31 @@ def test_a_malformed_request_is_400_bad_request_and_changes_nothing(server, fund
     untouched()
 
 
+@pytest.mark.parametrize(
+    "broken, said",
+    [
+        ("{header}\nX-Note: a", "Bare CR or LF found in header line"),
+        ("{header}\rX-Note: a", "Bare CR or LF found in header line"),
+        (" {header}", "Malformed header line"),
+    ],
+    ids=["bare-lf", "bare-cr", "leading-space"],
+)
+def test_a_malformed_header_line_is_400_and_its_words_are_not_sent_back(
+    server, funded, broken, said
+):
+    """waitress's refusal quotes the line it could not read; the answer says what was wrong
+    without it: a seller's key (or the admin's token) in an error body would be kept by
+    whatever logs the client's errors (docs/api.md: messages never hold a token)."""
+    key, _, untouched = funded
+    line = broken.format(header=f"Authorization: Bearer {key}")
+    head = f"GET /api/me HTTP/1.1\r\n{line}\r\nHost: chargebox\r\nConnection: close"
+    status, body = raw_request(server.url, head.encode("latin-1"))
+    assert_refused((status, body), 400, "bad_request")
+    assert body["error"]["message"] == f"the HTTP request is malformed: {said}", body
+    assert key not in json.dumps(body) and key[-8:] not in json.dumps(body)
+    untouched()
+
+
 def test_a_body_framed_both_ways_is_400_and_the_request_hidden_behind_it_never_runs(server, funded):
     """Content-Length and Transfer-Encoding together: a proxy that reads the length would
     pass on, as this request's body, what the server reads as a second request."""
