@@ -62,7 +62,7 @@ class Parser(HTTPRequestParser):
     def received(self, data: bytes) -> int:
         """waitress's, but a request whose headers end with bare LFs is refused (400) as
         they end: waitress looks only for CRLF CRLF, and would wait for the request
-        timeout without a word."""
+        timeout without a word; and so is a chunked body with trailer fields."""
         if self.body_rcv is None and not self.completed:
             head = (self.header_plus + data).lstrip()  # blank lines before it: waitress's
             ended = b"\n\n" in head or b"\n\r\n" in head
@@ -71,7 +71,13 @@ class Parser(HTTPRequestParser):
                 self.error = BadRequest("lines must end with CRLF, not a bare LF")
                 self.completed = True
                 return len(data)
-        return super().received(data)
+        taken = super().received(data)
+        if self.completed and self.error is None and self.chunked and self.body_rcv.trailer:
+            # waitress reads a chunked body's trailer and drops it: an Idempotency-Key
+            # there would be lost (the write run unkeyed, a retry written again)
+            self.error = BadRequest("a chunked body's trailer fields are not read: send"
+                                    " them as headers")  # fmt: skip
+        return taken
 
     def _first_line(self, head: bytes) -> None:
         """The request line, for the error task and the log line of a refused request."""
@@ -87,8 +93,11 @@ class Parser(HTTPRequestParser):
         front may read the other framing, and take what follows for a second request
         (smuggling). So is a folded line (one that starts with a space or a tab, obs-fold):
         waitress would join it to the line before, as RFC 9112 allows, where a proxy may
-        read it as a header of its own (RFC 9112 lets a server refuse it instead)."""
+        read it as a header of its own (RFC 9112 lets a server refuse it instead). So is a
+        request line without its version."""
         super().parse_header(header_plus)  # first: a refusal is logged with its method and path
+        if not self.version:  # waitress would run it as HTTP/1.0 (HTTP/0.9 has no headers)
+            raise ParsingError("the request line must end with its version (HTTP/1.1)")
         try:  # bottle would drop the bytes that are not UTF-8: /adm%FFin would be /admin
             self.path.encode("latin-1").decode("utf-8")
         except UnicodeError:

@@ -211,6 +211,31 @@ def test_a_malformed_header_line_is_400_and_its_words_are_not_sent_back(
     untouched()
 
 
+def test_a_chunked_body_with_trailer_fields_is_400_and_sells_nothing(server, funded):
+    """waitress drops a chunked body's trailer: an Idempotency-Key sent there would be
+    lost, the sale run unkeyed and each retry sold again. Without a trailer, it sells."""
+    key, api, untouched = funded
+    head = sale_head(key, 0, "Transfer-Encoding: chunked").replace(b"Content-Length: 0\r\n", b"")
+    chunked = f"{len(SALE):x}\r\n".encode() + SALE + b"\r\n0\r\n"
+    status, body = raw_request(server.url, head, chunked + b"Idempotency-Key: order 7\r\n\r\n")
+    assert_refused((status, body), 400, "bad_request")
+    assert "trailer" in body["error"]["message"], body
+    untouched()
+    assert raw_request(server.url, head, chunked + b"\r\n")[0] == 201
+    assert api.get("/api/me").json()["balance"] == 99_000
+
+
+def test_a_request_line_without_its_version_is_400_and_sells_nothing(server, funded):
+    """waitress ran `POST /api/sales` (no `HTTP/1.1`) as HTTP/1.0, its headers read, where
+    HTTP/0.9 has none and a proxy in front may read it otherwise."""
+    key, _, untouched = funded
+    head = sale_head(key, len(SALE)).replace(b" HTTP/1.1\r\n", b"\r\n", 1)
+    status, body = raw_request(server.url, head, SALE)
+    assert_refused((status, body), 400, "bad_request")
+    assert "version" in body["error"]["message"], body
+    untouched()
+
+
 def test_a_body_framed_both_ways_is_400_and_the_request_hidden_behind_it_never_runs(server, funded):
     """Content-Length and Transfer-Encoding together: a proxy that reads the length would
     pass on, as this request's body, what the server reads as a second request."""
