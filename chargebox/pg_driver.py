@@ -153,22 +153,24 @@ def hung_up(conn) -> bool:
         return True
 
 
-TIMED_FROM = 170000  # the first server_version with transaction_timeout
+TIMED_OUT = "25P04"  # transaction_timeout's SQLSTATE (psycopg's TransactionTimeout, 3.2 on)
 
 
-def left_idle(config) -> tuple[str, str]:
-    """Columns for a write transaction to read as it begins, for a server before
-    PostgreSQL 17 and for one from it (`TIMED_FROM`): left idle between two round trips
-    for the peer timeout by its server (frozen, or its host lost), it ends; and from 17,
-    once it has run its busy timeout and the peer timeout more, it ends whatever it waits
-    for (a process frozen in the middle of a pipeline leaves its session active, never
-    idle). A frozen process's kernel still answers keepalives. A COMMIT waiting for a
-    synchronous standby is not cut short: PostgreSQL lets that wait finish, and the
-    setting ends with it."""
+def left_idle(config) -> str:
+    """Columns for a write transaction to read as it begins: left idle between two round
+    trips for the peer timeout by its server (frozen, or its host lost), it ends; and on
+    PostgreSQL 17 and newer, once it has run its busy timeout and the peer timeout more, it
+    ends whatever it waits for (a process frozen in the middle of a pipeline leaves its
+    session active, never idle): TransactionTimeout, Unavailable. Asked of the server, not
+    guessed from the version a pooler reports; older servers have no such setting (NULL).
+    A frozen process's kernel still answers keepalives. A COMMIT waiting for a synchronous
+    standby is not cut short: PostgreSQL lets that wait finish, and the setting ends with
+    it."""
     seconds = int(config.peer_timeout)
-    idle = f"set_config('idle_in_transaction_session_timeout', '{seconds}s', true)"
     most = f"{int(config.busy_timeout_ms) + 1000 * seconds}ms"
-    return idle, f"{idle}, set_config('transaction_timeout', '{most}', true)"
+    return (f"set_config('idle_in_transaction_session_timeout', '{seconds}s', true),"
+            " CASE WHEN current_setting('transaction_timeout', true) IS NOT NULL"
+            f" THEN set_config('transaction_timeout', '{most}', true) END")  # fmt: skip
 
 
 _named: dict[str, str] = {}  # what every connection of this process is named, once set
@@ -302,6 +304,10 @@ def translated() -> Iterator[None]:
         psycopg.errors.ReadOnlySqlTransaction,
         psycopg.errors.IdleInTransactionSessionTimeout,  # its session ended: the peer timeout
     ) as exc:
+        raise Unavailable("the database is busy or unavailable; retry shortly") from exc
+    except psycopg.errors.InternalError as exc:  # 25P04: a write ran past its bound (17 on)
+        if exc.sqlstate != TIMED_OUT:
+            raise
         raise Unavailable("the database is busy or unavailable; retry shortly") from exc
 
 

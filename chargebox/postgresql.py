@@ -209,7 +209,7 @@ class Database:
         self.slots = WriteSlots(config.threads, self.seconds_since_a_write_began)
         self.tops = settled.Tops(min(self.timeout, settled.WAIT))
         # read as a write begins: its bounds (pg_driver.left_idle), its id and backend
-        self._began_with = [f"{b}, {lost_commit.IDENTITY}" for b in pg_driver.left_idle(config)]
+        self._began_with = f"{pg_driver.left_idle(config)}, {lost_commit.IDENTITY}"
         self._local = threading.local()
         self._began = 0.0
         # Every connection opened, whatever thread it serves, so that close() ends them
@@ -301,8 +301,7 @@ class Database:
             with translated(), pg_driver.pipelined(conn) as pipeline:
                 write = Write(conn, self.ledger_key, deadline, pipeline)
                 write.send("BEGIN")
-                timed = conn.info.server_version >= pg_driver.TIMED_FROM
-                identity = write.bound(also=self._began_with[timed])
+                identity = write.bound(also=self._began_with)
                 self._began = time.monotonic()
                 try:
                     yield write

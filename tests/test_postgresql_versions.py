@@ -15,6 +15,7 @@ COMMIT waiting for a synchronous standby does not.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -314,6 +315,12 @@ def test_a_commit_waiting_for_a_synchronous_standby_on_postgresql_18_is_not_cut_
     config = Config(db_url=roles.app_url, data_dir=data, admin_token=ADMIN_TOKEN,
                     busy_timeout_ms=500, peer_timeout=1)  # fmt: skip
     service, seller_id = funded(config, 5_000)
+    bound = Database(config)
+    try:  # each write's bound, as this sale's will be
+        in_a_write = bound.write(lambda write: write.rows(SETTING)[0][0])
+        assert (in_a_write, bound.rows(SETTING)[0][0]) == ("1500ms", "0"), in_a_write
+    finally:
+        bound.close()
     sold: list = []
     selling = threading.Thread(target=lambda: sold.append(service.sell(seller_id, PHONE, 1_000)))
     with psycopg.connect(newest.url(db=roles.app_url.rsplit("/", 1)[1]), autocommit=True) as su:
@@ -335,6 +342,40 @@ def test_a_commit_waiting_for_a_synchronous_standby_on_postgresql_18_is_not_cut_
     finally:
         service.close()
     assert books(roles.app_url) == {seller_id: 3_000}
+
+
+SETTING = "SELECT current_setting('transaction_timeout')"
+
+
+def sleeps(write) -> None:
+    write.rows("SELECT pg_sleep(3)")
+
+
+def round_trips(write) -> None:
+    for _ in range(200_000):  # ~0.1 ms each: ~20 s, were it never cut
+        write.execute("SELECT 1")
+
+
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipeline", "without (libpq < 14)"])
+@pytest.mark.parametrize("work", [sleeps, round_trips], ids=["a statement", "round trips"])
+@pytest.mark.parametrize("alone", [True, False], ids=["alone", "batched"])
+def test_a_write_run_past_its_bound_on_postgresql_18_is_unavailable_not_a_bug(
+    made, monkeypatch, pipelined, work, alone
+):
+    """PostgreSQL ends a write that runs past its `transaction_timeout` (busy 0.1 s + peer
+    1 s here) with TransactionTimeout (25P04) when the app is waiting for an answer: that
+    is a 503 (Unavailable, nothing changed), never a 500 (helper-122)."""
+    if not pipelined:
+        monkeypatch.setattr(pg_driver, "pipelined", lambda conn: contextlib.nullcontext())
+    roles, data = made
+    database = Database(Config(db_url=roles.app_url, data_dir=data, admin_token=ADMIN_TOKEN,
+                               busy_timeout_ms=100, peer_timeout=1))  # fmt: skip
+    try:
+        with pytest.raises(Unavailable):
+            database.write(work, alone=alone)
+        assert database.rows("SELECT 1") == [(1,)]  # the next use: a session anew
+    finally:
+        database.close()
 
 
 WAITED = (
