@@ -112,10 +112,13 @@ _BELOW = (
     " WHERE id < ? ORDER BY id DESC LIMIT 100"
 )
 _DISTRUSTED_SINCE = "SELECT id FROM audit_checkpoint WHERE id > ? AND entries = 0 LIMIT 1"
-_NEW_STATE = (
-    "INSERT INTO seller_checkpoint (checkpoint_id, seller_id, entry_id, entries, entry_mac,"
-    " balance, sale_id, sales, mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+_STATE_COLUMNS = {"seller_id": "bigint", "entry_id": "bigint", "entries": "bigint",
+                  "entry_mac": "text", "balance": "bigint", "sale_id": "bigint",
+                  "sales": "bigint", "mac": "text"}  # fmt: skip
+_NAMES = ", ".join(_STATE_COLUMNS)
+_NEW_STATES = (f"INSERT INTO seller_checkpoint (checkpoint_id, {_NAMES})"
+               f" SELECT ?, {_NAMES} FROM {{source}}")  # fmt: skip
+_AT_ONCE = 10_000  # sellers' rows a statement
 
 
 def _head(db: seals.Reader, key: bytes) -> tuple[tuple | None, list[seals.Problem]]:
@@ -250,11 +253,16 @@ def _record(write, key: bytes, seen: tuple, states: dict[int, State],
             before: dict[int, State]) -> int:  # fmt: skip
     mac = seals.checkpoint_mac(key, *seen)
     ident = write.rows(_NEW, (*seen, mac))[0][0]
-    for seller_id in sorted(states):
-        state = states[seller_id]
-        if before.get(seller_id) != state:
-            seal = seals.seller_checkpoint_mac(key, mac, seller_id, *state)
-            write.execute(_NEW_STATE, (ident, seller_id, *state, seal))
+    changed = [
+        (seller_id, *state, seals.seller_checkpoint_mac(key, mac, seller_id, *state))
+        for seller_id, state in sorted(states.items())
+        if before.get(seller_id) != state
+    ]
+    for at in range(0, len(changed), _AT_ONCE):  # not a round trip each: a write has a bound
+        rows = changed[at : at + _AT_ONCE]
+        columns = [list(each) for each in zip(*rows, strict=True)]
+        source, params = write.table("s", _STATE_COLUMNS, columns)
+        write.send(_NEW_STATES.format(source=source), (ident, *params))
     return ident
 
 

@@ -91,6 +91,42 @@ def test_a_quick_audit_continues_the_chain_of_checkpoints(service):
     assert third["totals"] == service.audit(full=True)["totals"]
 
 
+def test_a_checkpoint_of_many_sellers_is_written_a_few_statements_not_one_a_seller(
+    service, monkeypatch
+):
+    """Every seller's row of a checkpoint went in a round trip of its own: a first full
+    audit of 200,000 sellers would outlast a PostgreSQL write's bound (transaction_timeout,
+    17 on). They go `_AT_ONCE` a statement (here 2: five sellers, three statements), and
+    the quick audit trusts each of them."""
+    monkeypatch.setattr(checkpoints, "_AT_ONCE", 2)
+    sellers = [credited_seller(service, 10_000, f"seller {n}") for n in range(5)]
+    for seller in sellers:
+        sold(service, seller["id"], 1)
+    sent: list = []
+    monkeypatch.setattr(checkpoints, "_NEW_STATES", _Counted(checkpoints._NEW_STATES, sent))
+    report = audit.audit(service.database, full=True, checkpoint_after=1)
+    assert report["consistent"] and report["scope"]["saved_checkpoint"] == 1, report
+    assert len(sent) == 3
+    rows = rows_on_disk(database_of(service.config),
+                        "SELECT seller_id FROM seller_checkpoint WHERE checkpoint_id = 1"
+                        " ORDER BY id")  # fmt: skip
+    assert [seller_id for (seller_id,) in rows] == [seller["id"] for seller in sellers]
+    quick = service.audit()
+    assert quick["consistent"] and quick["scope"]["checkpoint"]["id"] == 1
+    assert quick["scope"]["entries_verified"] == 0 and quick["totals"] == report["totals"]
+
+
+class _Counted:
+    """A statement's text that counts each statement made of it."""
+
+    def __init__(self, text: str, made: list) -> None:
+        self.text, self.made = text, made
+
+    def format(self, **parts: str) -> str:
+        self.made.append(1)
+        return self.text.format(**parts)
+
+
 def test_the_quick_audit_catches_a_forged_entry_after_the_checkpoint(service, config):
     ali, _ = checkpointed(service)
     sold(service, ali["id"], 2)
