@@ -11,13 +11,17 @@ and options. `test_the_check_sees_an_untranslated_word` shows the check can fail
 
 from __future__ import annotations
 
+import datetime
 import re
+import urllib.parse
 import uuid
 from html.parser import HTMLParser
 from wsgiref.util import setup_testing_defaults
 
+import jdatetime
 import pytest
 
+from chargebox import periods
 from chargebox.config import Config
 from chargebox.web import create_app, html, i18n
 from chargebox.web.forms import Form
@@ -302,6 +306,32 @@ def test_switching_language_remembers_it_and_comes_back_to_the_same_page(world):
     again = browser.get("/language/fa?back=/seller")
     assert again.headers["Location"] == "/seller"
     assert '<html lang="fa" dir="rtl">' in browser.get("/seller").text
+
+
+FOUND_ROW = '<td class="when">'
+
+
+def test_switching_language_on_a_search_by_time_finds_the_same_sales(world):
+    """Each language's search form types its time bounds its own way (English a browser's
+    date and time, Persian a Jalali date): the switch writes them as the other page reads
+    them, both ways, and the search finds the same sales (helper-124: a 422 before)."""
+    sold = world.api.post("/api/sales", {"phone": "09121234567", "amount": 1_000}).json()
+    moment = datetime.datetime.fromisoformat(sold["created_at"]).astimezone(periods.TEHRAN)
+    start, end = moment - datetime.timedelta(hours=1), moment + datetime.timedelta(days=1)
+    browser = world.browser("seller")
+    asked = f"/seller/sales/found?phone=&from={start:%Y-%m-%dT%H:%M}&to={end:%Y-%m-%d}T00:00"
+    english = browser.get(asked)
+    assert english.status_code == 200 and english.text.count(FOUND_ROW) == 1, english.text
+    address = asked
+    for code, lang in (("fa", "fa"), ("en", "en"), ("fa", "fa")):
+        switched = browser.get(f"/language/{code}?back={urllib.parse.quote(address, safe='')}")
+        assert switched.status_code == 303, switched.text
+        address = switched.headers["Location"]
+        page = browser.get(address)
+        assert page.status_code == 200 and f'<html lang="{lang}"' in page.text, address
+        assert page.text.count(FOUND_ROW) == 1, page.text  # the one sale, found again
+    day = jdatetime.date.fromgregorian(date=start.date())
+    assert f"from={day.year:04d}%2F{day.month:02d}%2F{day.day:02d}+{start:%H}%3A" in address
 
 
 # Names http.cookies refuses (bottle's cookie reading raised on them: every page a 500).

@@ -16,6 +16,7 @@ import re
 import urllib.parse
 
 import bottle
+import jdatetime
 
 from chargebox import periods
 from chargebox.auth import SESSION_LIFETIME
@@ -63,6 +64,32 @@ def local_path(back: str) -> str:
     return back if LOCAL_PATH.fullmatch(back) else "/"
 
 
+def in_language(back: str, code: str) -> str:
+    """`back` for a page in `code`: a search's typed bounds (`from`, `to`) written as that
+    page's form types them (each language's its own way: searched_time), so that the
+    switch comes back to the same sales; one this page's form does not read, as it was."""
+    path, _, asked = back.partition("?")
+    if path != "/seller/sales/found" or code == language().code:
+        return back
+    pairs = urllib.parse.parse_qsl(asked, keep_blank_values=True)
+    retyped = [(name, _retyped(name, text, code)) for name, text in pairs]
+    return f"{path}?{urllib.parse.urlencode(retyped)}"
+
+
+def _retyped(name: str, text: str, code: str) -> str:
+    if name not in ("from", "to") or not text.strip():
+        return text
+    try:
+        moment = periods.instant(searched_time(text, name), name).astimezone(periods.TEHRAN)
+        day = jdatetime.date.fromgregorian(date=moment.date())
+    except (ChargeboxError, ValueError, OverflowError):
+        return text
+    clock = f"{moment:%H:%M:%S}".removesuffix(":00")
+    if code == "fa":
+        return f"{day.year:04d}/{day.month:02d}/{day.day:02d} {clock}"
+    return f"{moment:%Y-%m-%d}T{clock}"
+
+
 def searched_time(text: str, name: str) -> str:
     """A search's bound as its form sends it: on a Persian page a Jalali date, with a time
     of day if need be, typed (periods.jalali_instant; `to` a date alone: up to that day's
@@ -101,7 +128,7 @@ def _install_common(pages: bottle.Bottle, site: Site) -> None:
         """Remember the visitor's language and go back to where it was (no script needed)."""
         if code not in i18n.LANGUAGES:
             return failure_page(site.service, 404, gettext(NOT_A_PAGE[404]))
-        response = redirect(local_path(bottle.request.query.get("back", "/")))
+        response = redirect(in_language(local_path(bottle.request.query.get("back", "/")), code))
         remember_language(response, code)
         return response
 
