@@ -192,6 +192,10 @@ def test_signing_out_deletes_the_session_so_a_replayed_cookie_is_worthless(world
         server, 303, replay.post_form, "/seller/credit-requests", {"amount": "9"}, csrf
     )
     assert posted.headers["Location"] == "/login?ended=1"
+    replay.http.cookies.set(SESSION, cookie)
+    again = replay.post_form("/logout", {}, csrf)  # signed out in another tab, say
+    assert (again.status_code, again.headers["Location"]) == (303, "/login?signed_out=1")
+    assert db_snapshot(server.db_path)["web_session"][0] == sessions - 1
 
 
 # --- CSRF and roles on every route ----------------------------------------------------------

@@ -38,6 +38,8 @@ from chargebox.web.sessions import (
     login_token,
     remember_language,
     remember_login_token,
+    session_sent,
+    signed_in,
     start_session,
     visitor,
 )
@@ -199,8 +201,11 @@ def _install_common(pages: bottle.Bottle, site: Site) -> None:
 
     @pages.post("/logout")
     def logout():
-        you, _ = site.posted(ADMIN, SELLER)
-        site.service.access.sign_out(you.session)
+        """Signs out; a session that has ended already (signed out in another tab, expired)
+        is signed out all the same, not "what you were sending was not done"."""
+        if signed_in(site.service) is not None or not session_sent():
+            you, _ = site.posted(ADMIN, SELLER)  # its CSRF token, as every form's
+            site.service.access.sign_out(you.session)
         response = redirect("/login?signed_out=1")
         end_session(response)
         return response
