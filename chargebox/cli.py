@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         )
         return sub
 
-    serve = command("serve", "run the HTTP service until SIGTERM or Ctrl-C")
+    serve = command("serve", "run the HTTP service until SIGTERM, Ctrl-C or SIGHUP")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8080; 0 picks a free one)")
     serve.add_argument(

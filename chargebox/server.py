@@ -1,4 +1,4 @@
-"""Running the app on waitress, and stopping it cleanly on SIGTERM or Ctrl-C.
+"""Running the app on waitress, and stopping it cleanly on SIGTERM, Ctrl-C or SIGHUP.
 
 waitress's own `serve()` dies on SIGTERM and, on Ctrl-C, stops its loop before
 the responses of requests in flight are flushed. Here the loop runs until a
@@ -43,7 +43,10 @@ RESTART_DELAY_MIN = 0.5
 RESTART_DELAY_MAX = 30.0
 
 
-STOPS = {signal.SIGTERM, signal.SIGINT}  # a clean stop (Ctrl-C: SIGINT)
+# A clean stop: SIGTERM, Ctrl-C (SIGINT), or the terminal closed (SIGHUP: its default, a
+# death, would skip the requests in flight; there is nothing to reload, and the access log
+# is followed without a signal)
+STOPS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 class _Stop:
@@ -139,7 +142,7 @@ def _serve_one(server, announce, stop: _Stop, parent: int | None = None) -> int:
 
 @contextlib.contextmanager
 def _stopped_by_signal() -> Iterator[_Stop]:
-    """SIGTERM and SIGINT set the flag yielded, until the block ends: installed before a
+    """A signal of STOPS sets the flag yielded, until the block ends: installed before a
     process says it serves, so that a signal sent as soon as the line is read stops it
     cleanly (exit 0) rather than killing it."""
     stop = _Stop()
@@ -254,8 +257,7 @@ class _Supervisor:
         announce("chargebox stopped")
         # A child still starting when the SIGTERM (or a terminal's Ctrl-C) came ends by it
         # (SIG_DFL, above): nothing was in flight there, so that too is a clean stop.
-        return 0 if all(code in (0, -signal.SIGTERM, -signal.SIGINT)
-                        for code in status.values()) else 1  # fmt: skip
+        return 0 if all(code == 0 or -code in STOPS for code in status.values()) else 1
 
     def _mourn(self, pid: int, code: int) -> None:
         since, slot = self.started.pop(pid)

@@ -50,7 +50,7 @@ def children_of(pid: int) -> list[int]:
 
 
 @pytest.mark.parametrize("processes", [1, 2])
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_sent_as_soon_as_the_server_says_it_serves_is_a_clean_stop(
     tmp_path, processes, sig
 ):
