@@ -39,7 +39,7 @@ from chargebox import commands as admin_commands
 from chargebox.config import MIN_SECRET_LENGTH, SYNCHRONOUS_LEVELS, Config, from_arguments
 from chargebox.db import Database, open_database
 from chargebox.errors import ChargeboxError, Damaged, Unavailable
-from chargebox.location import check_database_path, refuse_a_new_file
+from chargebox.location import check_database_path, in_words, refuse_a_new_file
 from chargebox.models import ALL_MODELS
 from chargebox.services import Chargebox
 
@@ -363,7 +363,9 @@ def _command(argv: list[str] | None) -> int:
     except (sqlite3.DatabaseError, peewee.DatabaseError, Damaged) as exc:
         # A file SQLite cannot read (corrupt, or not what its header says).
         reason = str(exc.__cause__ or exc).strip() or type(exc).__name__
-        print(f"chargebox: --db {_where(config)}: {reason}", file=sys.stderr)
+        damaged = "malformed" in reason or "not a database" in reason  # SQLITE_CORRUPT, NOTADB
+        hint = "; restore a backup (README, Restore)" if damaged else ""
+        print(f"chargebox: --db {_where(config)}: {reason}{hint}", file=sys.stderr)
         return 2
     except (ValueError, ChargeboxError) as exc:
         message = exc.message if isinstance(exc, ChargeboxError) else str(exc)
@@ -378,8 +380,9 @@ def _command(argv: list[str] | None) -> int:
     except OSError as exc:  # a file to write on a read-only or full disk, a lock held too long
         if isinstance(exc, BrokenPipeError):
             raise  # a reader that left early (`statement --csv | head -1`): main's, quietly
-        print(f"chargebox: {exc}", file=sys.stderr)
-        return 1
+        message, status = in_words(exc)
+        print(f"chargebox: {message}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

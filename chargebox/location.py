@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
 import re
 import tempfile
 import threading
@@ -265,3 +266,32 @@ def without_leftovers(path: Path) -> None:
             if named.fullmatch(found.name) and time.time() - found.lstat().st_mtime > LEFTOVER:
                 with contextlib.suppress(FileNotFoundError):  # another start's sweep
                     found.unlink()
+
+
+def in_words(exc: OSError) -> tuple[str, int]:
+    """What an OS error a command met means, and its exit status: 2, a refusal (systemd
+    does not restart one), for a file this user may not use, naming whose it is; 1 for the
+    rest, which may pass (a full disk; the start-up lock held by another start or a long
+    migrate)."""
+    import filelock
+
+    if isinstance(exc, filelock.Timeout):
+        return (f"{exc.lock_file} is held by another chargebox (starting, or a migrate):"
+                " start again once it is done", 1)  # fmt: skip
+    if isinstance(exc, PermissionError) and exc.filename:
+        return (f"{exc.filename}: {exc.strerror} ({_whose(Path(exc.filename))}): run"
+                " chargebox as the user who owns the data directory (under systemd: runuser"
+                " -u USER -- chargebox ...), or give the file to that user (chown; chattr -i"
+                " if it is immutable)", 2)  # fmt: skip
+    return str(exc), 1
+
+
+def _whose(path: Path) -> str:
+    for place, said in ((path, "owned by {}"), (path.parent, "in a directory owned by {}")):
+        with contextlib.suppress(OSError):
+            uid = place.stat().st_uid
+            try:
+                return said.format(pwd.getpwuid(uid).pw_name)
+            except KeyError:
+                return said.format(f"uid {uid}")
+    return "whose, unknown"

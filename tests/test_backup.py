@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import multiprocessing
 import os
+import pwd
 import shutil
 import sqlite3
 import subprocess
@@ -539,9 +540,12 @@ def test_accepting_a_restore_whose_anchors_cannot_be_written_is_one_line(tmp_pat
     anchored.touch()
     with immutable(anchored):
         refused = chargebox("anchors", "accept-restore", "--db", str(live))
-    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    owner = pwd.getpwuid(os.getuid()).pw_name
     assert refused.stderr.splitlines() == [
-        f"chargebox: [Errno 1] Operation not permitted: '{anchored}'"
+        f"chargebox: {anchored}: Operation not permitted (owned by {owner}): run chargebox as"
+        " the user who owns the data directory (under systemd: runuser -u USER -- chargebox"
+        " ...), or give the file to that user (chown; chattr -i if it is immutable)"
     ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import socket
 import sqlite3
@@ -18,9 +19,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import filelock
 import pytest
 
-from chargebox import cli
+from chargebox import cli, location
 from chargebox.config import env_defaults
 from tests.support import ROOT, needs_root
 
@@ -347,3 +349,42 @@ def test_admin_tokens_and_ledger_keys_need_32_characters_and_31_are_refused(tmp_
         CHARGEBOX_LEDGER_KEY="ک" * 32,  # any characters: a ledger key is only ever hashed
     )
     assert accepted.returncode == 0, accepted.stderr
+
+
+WHOSE = "run chargebox as the user who owns the data directory"
+
+
+@pytest.mark.parametrize("command", WRITERS, ids=lambda c: c[0])
+def test_a_lock_file_this_user_may_not_open_is_a_refusal_naming_it_and_whose_it_is(
+    tmp_path, command
+):
+    """A start-up lock file left by root (a `migrate` run as root, helper-125) was
+    `[Errno 13] Permission denied: '...'`, exit 1: systemd restarts on that, five
+    times. It is a refusal (exit 2) now, naming the file, whose it is, and what to do.
+    (As root it is `chattr +i` that stops the open.)"""
+    db_path = tmp_path / "cb.db"
+    assert chargebox("init-db", "--db", str(db_path)).returncode == 0
+    lock = tmp_path / "cb.db.lock"
+    lock.touch()
+    owner = pwd.getpwuid(os.getuid()).pw_name
+    with immutable(lock):
+        line = assert_refused(chargebox(*command, "--db", str(db_path)), str(lock), WHOSE)
+    assert f"{lock}: Operation not permitted (owned by {owner}): " in line, line
+    assert "chattr -i if it is immutable" in line, line
+
+
+def test_os_errors_in_words_a_lock_held_elsewhere_may_pass_a_file_not_ours_will_not(tmp_path):
+    held = location.in_words(filelock.Timeout(str(tmp_path / "cb.db.lock")))
+    assert held == (f"{tmp_path / 'cb.db.lock'} is held by another chargebox (starting, or a"
+                    " migrate): start again once it is done", 1)  # fmt: skip
+    missing = tmp_path / "nowhere" / "cb.db"
+    said, status = location.in_words(PermissionError(13, "Permission denied", str(missing)))
+    assert status == 2 and said.startswith(f"{missing}: Permission denied (whose, unknown): ")
+    inside = tmp_path / "cb.db"
+    said, status = location.in_words(PermissionError(13, "Permission denied", str(inside)))
+    owner = pwd.getpwuid(os.getuid()).pw_name
+    assert status == 2 and f"(in a directory owned by {owner})" in said, said
+    assert location.in_words(OSError(28, "No space left on device")) == (
+        "[Errno 28] No space left on device",
+        1,
+    )
