@@ -1,14 +1,13 @@
 """The database of one process: its connections, PRAGMAs and the one door to a write.
 
-`Database(config)` owns what a process holds of one SQLite file: a connection per
-thread (opened lazily, so after any fork), the write gate, the group writer and
-the ledger key. Every write is `database.write(work)`: `work(write)` runs inside
-BEGIN IMMEDIATE ... COMMIT and changes rows only through the `Write` it is given.
-SQLite is spelled here (connections, transactions, result codes), in `gate` (the
-flock), in `schema`, `schema_steps` and `migrations` (triggers, the catalogue,
-PRAGMAs), in `sale_batches` (its batch's TEMP view), `wal` (checkpoints) and
-`backup` (VACUUM INTO, quick_check); the SQL elsewhere is what SQLite and
-PostgreSQL share, but for the audit's `typeof()` checks (audit, audit_checks).
+`Database(config)` owns what a process holds of one SQLite file: a connection per thread
+(opened lazily, so after any fork), the write gate, the group writer and the ledger key.
+Every write is `database.write(work)`: `work(write)` runs inside BEGIN IMMEDIATE ... COMMIT
+and changes rows only through the `Write` it is given. SQLite is spelled here (connections,
+transactions, result codes), in `gate` (the flock), in `schema`, `schema_steps` and
+`migrations` (triggers, the catalogue, PRAGMAs), in `sale_batches` (its batch's TEMP view),
+`wal` (checkpoints) and `backup` (VACUUM INTO, quick_check); the SQL elsewhere is what
+SQLite and PostgreSQL share, but for the audit's `typeof()` checks (audit, audit_checks).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from typing import TypeVar
 
 import peewee
 
-from chargebox import guards, location, metrics, migrations, schema
+from chargebox import errors, guards, location, metrics, migrations, schema
 from chargebox.config import Config
 from chargebox.errors import DAMAGED, Damaged, IntegrityViolation, LockTimeout, Unavailable
 from chargebox.gate import WriteGate
@@ -64,7 +63,10 @@ class Write:
     def execute(self, sql: str, params: Sequence | dict = ()) -> sqlite3.Cursor:
         if not (self.open and self._conn.in_transaction):
             raise AssertionError("this write has ended: write only inside database.write()")
-        return self._conn.execute(sql, params)
+        try:
+            return self._conn.execute(sql, params)
+        except sqlite3.OperationalError as exc:  # a full disk fails the batch, not each run
+            raise (_unavailable(exc) or exc) from exc
 
     def rows(self, sql: str, params: Sequence | dict = ()) -> list[tuple]:
         return self.execute(sql, params).fetchall()
@@ -222,7 +224,7 @@ class Database:
                 # A connection opened while the file was read-only stays read-only after
                 # it is writable again (its BEGIN IMMEDIATE passes; its first write fails,
                 # nothing changed). It was replaced as it failed: the write goes once more.
-                if primary_code(exc.__cause__) != SQLITE_READONLY:
+                if errors.primary_code(exc.__cause__) != SQLITE_READONLY:
                     raise
                 return self._write(work, deadline, order, alone)
 
@@ -277,7 +279,7 @@ class Database:
         try:
             transaction.__enter__()
         except (peewee.OperationalError, sqlite3.OperationalError) as exc:
-            if primary_code(exc) in (SQLITE_BUSY, SQLITE_LOCKED):
+            if errors.primary_code(exc) in (SQLITE_BUSY, SQLITE_LOCKED):
                 raise LockTimeout("the database is busy; retry shortly") from None
             raise
         finally:
@@ -357,10 +359,18 @@ class Database:
             self.peewee.close()
 
 
-def primary_code(exc: BaseException) -> int | None:
-    """SQLite's primary result code of a driver error (peewee keeps the original in .orig)."""
-    code = getattr(getattr(exc, "orig", exc), "sqlite_errorcode", None)
-    return None if code is None else code & 0xFF
+_told: dict[int, float] = {}  # when the log last said why the file could not take a write
+
+
+def _unavailable(cause: BaseException) -> Unavailable | None:
+    """503 for a lock held elsewhere or a file that cannot take a write now (the log says
+    SQLite's words for the latter, at most once a minute each, not once a refused batch)."""
+    if (code := errors.primary_code(cause)) not in _UNAVAILABLE_CODES:
+        return None
+    if code not in (SQLITE_BUSY, SQLITE_LOCKED) and time.monotonic() - _told.get(code, -60) >= 60:
+        _told[code] = time.monotonic()
+        location.log.warning("the database takes no write (503): %s", getattr(cause, "orig", cause))
+    return Unavailable("the database is busy or unavailable; retry shortly")
 
 
 @contextlib.contextmanager
@@ -380,9 +390,9 @@ def translate_errors(damaged: Callable[[str], None] | None = None) -> Iterator[N
         # then fails ("no transaction is active") and hides the cause in __context__.
         cause: BaseException | None = exc
         while cause is not None:  # its cause: the error with the code
-            if primary_code(cause) in _UNAVAILABLE_CODES:
-                raise Unavailable("the database is busy or unavailable; retry shortly") from cause
-            if primary_code(cause) in _DAMAGED_CODES:
+            if busy := _unavailable(cause):
+                raise busy from cause
+            if errors.primary_code(cause) in _DAMAGED_CODES:
                 if damaged is not None:
                     damaged(f"SQLite: {getattr(cause, 'orig', cause)}")
                 raise Damaged(DAMAGED) from cause

@@ -28,6 +28,12 @@ def phrase(text: str) -> str:
     return text
 
 
+def primary_code(exc: BaseException) -> int | None:
+    """SQLite's primary result code of a driver error (peewee keeps the original in .orig)."""
+    code = getattr(getattr(exc, "orig", exc), "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
 def raised_at(exc: BaseException) -> str:
     """Where `exc` was raised, as `file:line`: what a log says of an unexpected error in
     place of its trace (which can carry data) and its message."""

@@ -35,7 +35,8 @@ from urllib.parse import quote
 
 from chargebox import cpus
 from chargebox.config import Config
-from chargebox.db import SQLITE_BUSY, SQLITE_LOCKED, primary_code
+from chargebox.db import SQLITE_BUSY, SQLITE_LOCKED
+from chargebox.errors import primary_code
 from chargebox.rounds import Rounds
 
 log = logging.getLogger("chargebox.wal")

@@ -207,6 +207,14 @@ def test_a_database_made_read_only_under_the_server_refuses_writes_with_503_and_
             assert_reads_work(server, key, CREDIT - 20 * AMOUNT)
             assert stored_keys(db_path).isdisjoint(refused), "a 503 changed something"
             assert reconciled_balances(db_path)[seller_id] == CREDIT - 20 * AMOUNT
+        # The log says why, once a minute each reason (read-only; an I/O error as the WAL
+        # cannot be written), not a line a refused batch (helper-125)
+        said = server.log_path.read_text()
+        told = [line.partition(" (503): ")[2] for line in said.splitlines()
+                if " WARNING chargebox.db the database takes no write (503): " in line]  # fmt: skip
+        assert "attempt to write a readonly database" in told, said[-3000:]
+        assert len(told) == len(set(told)) <= 2, told
+        assert "goes run by run" not in said, said[-3000:]
         # Cleared: every write succeeds at once, sequential ones (on every server thread
         # in turn, mostly) and concurrent ones (the group writer), the refused keys once.
         assert_sold(sell_all(server.url, key, refused + keys("after", 80), workers=1))
