@@ -84,6 +84,12 @@ def check_database_path(path: Path, writing: bool = True) -> None:
         raise ValueError(f"{where}: is not an SQLite database (a wrong path?)")
     if len(header) == 20 and header[18] == 1:  # in rollback-journal mode
         _refuse_another_files_wal(path, where)
+    if writing and (marked := damage_mark(path)).exists():
+        said = marked.read_text(errors="replace").strip()[:300]
+        raise ValueError(
+            f"{where}: a server found it damaged ({said}): restore a backup (README,"
+            f" Restore), or, if `PRAGMA integrity_check` now says ok, delete {marked}"
+        )
 
 
 def _refuse_another_files_wal(path: Path, where: str) -> None:
@@ -182,6 +188,25 @@ class Watched:
         if self.served:
             log.error("the database %s: %s; writes and /health answer 503 until the server is"
                       " restarted on a sound file", self.path, reason)  # fmt: skip
+            if reason.startswith("SQLite:") and _identity(self.path) == self.identity:
+                _mark_damaged(self.path, reason)  # said by the file: a restart keeps it
+
+
+def damage_mark(path: Path) -> Path:
+    """Beside a file a server found damaged (SQLite said so): when, and SQLite's words.
+    While it is there, `serve` and the commands that write refuse the file, so that a
+    restart (a container's health check, say) does not serve it on as if sound."""
+    return path.with_name(path.name + ".damaged")
+
+
+def _mark_damaged(path: Path, reason: str) -> None:
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    try:
+        fd = os.open(damage_mark(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as marked:
+            marked.write(f"{when} {reason}\n")
+    except OSError as exc:  # a read-only or full disk: the log has said it
+        log.error("could not write %s: %s", damage_mark(path), exc.strerror)
 
 
 _lock = threading.Lock()

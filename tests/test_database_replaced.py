@@ -70,6 +70,7 @@ def test_a_file_put_in_the_database_s_place_under_the_server_makes_writes_and_he
     told = [line for line in log.splitlines() if "ERROR chargebox.db" in line]
     assert len(told) == 1 and str(db) in told[0], log[-2000:]
     assert "Traceback" not in log and "status=500" not in log, log[-2000:]
+    assert not (tmp_path / "chargebox.db.damaged").exists()  # the file put there is not
 
 
 @pytest.mark.parametrize("processes", [1, 2])
@@ -135,6 +136,17 @@ def test_a_damaged_file_is_a_503_for_reads_and_writes_and_health_says_why(tmp_pa
         assert len(told) == 1 and str(config.db_path) in told[0], told
     finally:
         service.close()
+    # A restart (a container's health check, say) does not serve it on as if it were sound
+    marked = tmp_path / "chargebox.db.damaged"
+    assert marked.read_text().endswith("Z SQLite: database disk image is malformed\n")
+    assert marked.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(ValueError) as refused:
+        prepare(config)
+    assert str(refused.value) == (
+        f"--db {config.db_path}: a server found it damaged ({marked.read_text().strip()}):"
+        " restore a backup (README, Restore), or, if `PRAGMA integrity_check` now says ok,"
+        f" delete {marked}"
+    )
 
 
 def test_a_page_says_the_database_is_damaged_not_that_the_service_is_busy():
