@@ -12,8 +12,8 @@ Each line is one `write()` on an O_APPEND descriptor, so processes never mix lin
 
 from __future__ import annotations
 
-import contextlib
 import itertools
+import logging
 import os
 import re
 import threading
@@ -23,6 +23,8 @@ import uuid
 from collections.abc import Callable
 
 from chargebox.config import MIN_SECRET_LENGTH
+
+_log = logging.getLogger("chargebox.server")
 
 ENVIRON_ID = "chargebox.request_id"
 ENVIRON_WHO = "chargebox.principal"  # set by the web layer once a caller is known
@@ -199,6 +201,7 @@ class LogFile:
         self.enabled = target != OFF
         self._fd: int | None = None
         self._checked = 0.0
+        self.dropped = 0  # lines not written since the last one that was
         if self.enabled and target != STDERR:
             self._fd = self._open()  # a path that cannot be opened is refused at start
 
@@ -212,9 +215,18 @@ class LogFile:
         if not self.enabled:
             return
         self.follow()
-        # A full disk or a closed stderr must not fail the request it logs.
-        with contextlib.suppress(OSError):
+        try:
             os.write(2 if self._fd is None else self._fd, data)
+        except OSError as exc:  # a full disk or a closed stderr must not fail the request
+            self.dropped += 1
+            if self.dropped == 1:  # said once while it lasts, and once it ends
+                _log.warning("the access log (%s) cannot be written: %s; its lines are"
+                             " dropped until it can", self.target, exc.strerror)  # fmt: skip
+            return
+        if self.dropped:
+            dropped, self.dropped = self.dropped, 0
+            _log.warning("the access log (%s) is written again; %d line(s) were dropped",
+                         self.target, dropped)  # fmt: skip
 
     def follow(self) -> None:
         """Open the file afresh if it was moved away, checked at most once a second: at

@@ -9,6 +9,7 @@ forged newline, a secret in any field, or two processes' lines mixed would fail 
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import os
 import re
 import subprocess
@@ -245,6 +246,29 @@ def test_a_moved_log_file_is_reopened_so_that_rotation_needs_no_restart(tmp_path
     log.write(b"second\n")
     assert (tmp_path / "access.log.1").read_bytes() == b"first\n"
     assert path.read_bytes() == b"second\n"
+
+
+def test_lines_a_full_disk_drops_are_said_once_and_counted_when_it_can_write_again(
+    tmp_path, monkeypatch, caplog
+):
+    """The request is answered all the same; the log said nothing of the lines it lost
+    (helper-125). Here the file is /dev/full (every write: ENOSPC), then a new file."""
+    monkeypatch.setattr(access_log, "REOPEN_CHECK_S", 0.0)
+    path = tmp_path / "access.log"
+    path.symlink_to("/dev/full")
+    log = access_log.LogFile(str(path))
+    with caplog.at_level(logging.WARNING, logger="chargebox.server"):
+        for n in range(3):
+            log.write(f"lost {n}\n".encode())
+        path.unlink()  # rotated: the next write opens a file that has room
+        log.write(b"kept\n")
+        log.write(b"kept too\n")
+    assert path.read_bytes() == b"kept\nkept too\n"
+    assert [record.getMessage() for record in caplog.records] == [
+        f"the access log ({path}) cannot be written: No space left on device; its lines are"
+        " dropped until it can",
+        f"the access log ({path}) is written again; 3 line(s) were dropped",
+    ]
 
 
 def test_an_access_log_that_cannot_be_opened_is_refused_at_start_before_any_file(tmp_path):
