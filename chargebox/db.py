@@ -32,15 +32,14 @@ from chargebox.writer import GroupWriter
 
 T = TypeVar("T")
 
-# SQLite's primary result codes (sqlite3.h): a lock held elsewhere, and a file that
-# cannot take the write now (read-only, I/O error, disk full, cannot be opened).
+# SQLite's primary result codes (sqlite3.h): a lock held elsewhere, a file that takes no write
 SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY = 5, 6, 8
 _UNAVAILABLE_CODES = {SQLITE_BUSY, SQLITE_LOCKED, 8, 10, 13, 14}  # READONLY IOERR FULL CANTOPEN
 _DAMAGED_CODES = {11, 26}  # CORRUPT, NOTADB: a file damaged, or another put in its place
 _BUSY_SLACK_MS = 50  # a deadline this close to the full busy timeout keeps the default
-# The WAL cannot restart past a reader's snapshot: a long read (a full audit, a big
-# statement, a backup) lets it grow by hundreds of MB under sales. SQLite keeps the file
-# that size for good unless it is told to truncate it once the WAL restarts.
+# The WAL cannot restart past a reader's snapshot: a long read (a full audit, a statement,
+# a backup) lets it grow by hundreds of MB under sales; SQLite keeps the file that size for
+# good unless it is told to truncate it once the WAL restarts.
 WAL_SIZE_LIMIT = 64 << 20
 
 
@@ -66,7 +65,9 @@ class Write:
         try:
             return self._conn.execute(sql, params)
         except sqlite3.OperationalError as exc:  # a full disk fails the batch, not each run
-            raise (_unavailable(exc) or exc) from exc
+            if busy := _unavailable(exc):
+                raise busy from exc
+            raise
 
     def rows(self, sql: str, params: Sequence | dict = ()) -> list[tuple]:
         return self.execute(sql, params).fetchall()
@@ -151,9 +152,8 @@ class Database:
                 ("journal_size_limit", WAL_SIZE_LIMIT),
             ],
             timeout=self.timeout,
-            # A plain BEGIN that later writes fails at once when another holds the lock
-            # (the busy timeout does not cover a lock upgrade): every transaction is
-            # IMMEDIATE, even an atomic() someone adds later.
+            # A plain BEGIN that later writes fails at once when another holds the lock (the
+            # busy timeout does not cover a lock upgrade): every transaction is IMMEDIATE.
             lock_type="IMMEDIATE",
             thread_safe=True,  # one connection per thread: sharing one corrupts writes
         )
@@ -359,12 +359,12 @@ class Database:
             self.peewee.close()
 
 
-_told: dict[int, float] = {}  # when the log last said why the file could not take a write
+_told: dict[int, float] = {}  # when the log last said why the file took no write
 
 
 def _unavailable(cause: BaseException) -> Unavailable | None:
-    """503 for a lock held elsewhere or a file that cannot take a write now (the log says
-    SQLite's words for the latter, at most once a minute each, not once a refused batch)."""
+    """503 for a lock held elsewhere, or a file that takes no write (why: logged at most
+    once a minute each, not once a refused batch); None for anything else."""
     if (code := errors.primary_code(cause)) not in _UNAVAILABLE_CODES:
         return None
     if code not in (SQLITE_BUSY, SQLITE_LOCKED) and time.monotonic() - _told.get(code, -60) >= 60:
