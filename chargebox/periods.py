@@ -347,10 +347,14 @@ _NAIVE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[
 
 def tehran_if_naive(text: str, name: str) -> str:
     """A web form's `datetime-local` (no offset) read as Tehran time, as the UTC instant it
-    is (before 1946 Tehran's offset had seconds, which no ISO 8601 offset writes);
-    anything else as typed. One the calendar cannot take is a 422 naming `name`."""
+    is (before 1946 Tehran's offset had seconds, which no ISO 8601 offset writes); a time
+    with its offset or a date as typed (`instant` reads them); anything else a 422 worded
+    for the person who typed it. One the calendar cannot take is a 422 naming `name`."""
     if not _NAIVE.fullmatch(text):
-        return text
+        if _DATE.fullmatch(text) or _TIME.fullmatch(_plus_sent_bare(text)):
+            return text
+        raise ValidationError("{field} must be a date and time in Tehran, as 2026-12-01T14:30,"
+                              " or a date, as 2026-12-01", name)  # fmt: skip
     try:
         moment = datetime.datetime.fromisoformat(text).replace(tzinfo=TEHRAN)
     except ValueError:

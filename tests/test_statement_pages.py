@@ -167,6 +167,15 @@ def test_a_browser_time_at_the_calendars_ends_is_read_or_refused_in_plain_words(
     first = browser.get("/seller/sales/found?from=0001-01-01T00%3A00")
     assert first.status_code == 422
     assert "outside the years 1 to 9998" in first.text
+    for typed in ("1405/09/16", "yesterday", "2026-12-01 10:00"):  # said as a person types
+        refused = browser.get(f"/seller/sales/found?from={urllib.parse.quote(typed)}")
+        assert refused.status_code == 422, typed
+        assert "From must be a date and time in Tehran, as 2026-12-01T14:30, or a date" in (
+            refused.text
+        ), refused.text[:3000]
+        assert "ISO 8601" not in refused.text
+    for written in ("2026-12-01", "2026-12-01T08:30:00+03:30", "2026-12-01T05:00:00Z"):
+        assert browser.get(f"/seller/sales/found?from={urllib.parse.quote(written)}").ok
 
 
 def persian(browser):
