@@ -225,6 +225,21 @@ def test_a_chunked_body_with_trailer_fields_is_400_and_sells_nothing(server, fun
     assert api.get("/api/me").json()["balance"] == 99_000
 
 
+@pytest.mark.parametrize("cut", [1, 2, 3, 4, 5])
+def test_a_chunked_body_whose_end_comes_in_two_reads_is_read_whole(cut):
+    """The last CRLF cut in two (a slow link, a proxy's segments): waitress keeps the "\r"
+    it has read as a trailer begun, and once the "\n" came, no trailer was sent at all
+    (helper-126: a 400 at random)."""
+    sent = (b"POST /api/sales HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + f"{len(SALE):x}\r\n".encode() + SALE + b"\r\n0\r\n\r\n")  # fmt: skip
+    parser = Parser(Adjustments())
+    for part in (sent[:-cut], sent[-cut:]):  # each read fed whole, as a channel feeds it
+        while part and not parser.completed:
+            part = part[parser.received(part) :]
+    assert parser.completed and parser.error is None, parser.error
+    assert parser.get_body_stream().read() == SALE
+
+
 def test_a_request_line_without_its_version_is_400_and_sells_nothing(server, funded):
     """waitress ran `POST /api/sales` (no `HTTP/1.1`) as HTTP/1.0, its headers read, where
     HTTP/0.9 has none and a proxy in front may read it otherwise."""
