@@ -45,7 +45,7 @@ RESTART_DELAY_MAX = 30.0
 
 # A clean stop: SIGTERM, Ctrl-C (SIGINT), or the terminal closed (SIGHUP: its default, a
 # death, would skip the requests in flight; there is nothing to reload, and the access log
-# is followed without a signal)
+# is followed without a signal). One ignored as the server starts (nohup's SIGHUP) stays so.
 STOPS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
@@ -145,8 +145,9 @@ def _stopped_by_signal() -> Iterator[_Stop]:
     """A signal of STOPS sets the flag yielded, until the block ends: installed before a
     process says it serves, so that a signal sent as soon as the line is read stops it
     cleanly (exit 0) rather than killing it."""
-    stop = _Stop()
-    previous = {sig: signal.signal(sig, stop) for sig in STOPS}
+    stop = _Stop()  # (a signal ignored as it starts, as `nohup` ignores SIGHUP, stays so)
+    previous = {sig: signal.signal(sig, stop) for sig in STOPS
+                if signal.getsignal(sig) is not signal.SIG_IGN}  # fmt: skip
     try:
         yield stop
     finally:
@@ -218,7 +219,8 @@ class _Supervisor:
             # Until it serves, a SIGTERM ends the child at once (one that came meanwhile
             # too, as it is let through): nothing is in flight yet.
             for sig in STOPS:
-                signal.signal(sig, signal.SIG_DFL)
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
+                    signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)
             code = 1
             own = self.sockets[slot]

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +137,36 @@ def test_a_stop_asked_while_the_children_are_forked_stops_every_one_at_once(tmp_
         err = (tmp_path / "server.log").read_text()
         assert server.returncode == 0, (attempt, server.returncode, err[-2000:])
         assert "did not stop in time" not in err and "Traceback" not in err, err[-2000:]
+
+
+# `nohup chargebox serve`: SIGHUP ignored as the server starts
+IGNORING_HUP = ("-c", "import signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN);"
+                " from chargebox.cli import main; sys.exit(main(sys.argv[1:]))")  # fmt: skip
+
+
+def signal_masks(pid: int) -> dict[str, int]:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {line.split(":")[0]: int(line.split()[1], 16) for line in status
+            if line.startswith(("SigIgn:", "SigCgt:"))}  # fmt: skip
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_server_started_with_sighup_ignored_keeps_ignoring_it(tmp_path, processes):
+    """SIGHUP stops the server cleanly, unless it was ignored as it started: `nohup` would
+    mean nothing otherwise (helper-126). Every process, once it serves (its SIGTERM
+    caught), still ignores SIGHUP; SIGTERM stops them all cleanly."""
+    with open(tmp_path / "server.log", "a") as log:
+        server = _started(tmp_path, processes, log, IGNORING_HUP)
+    every = [server.pid, *children_of(server.pid)]
+    assert len(every) == (1 if processes == 1 else 3), every
+    hup, term = 1 << (signal.SIGHUP - 1), 1 << (signal.SIGTERM - 1)
+    until = time.monotonic() + GONE_WITHIN
+    while not all(signal_masks(pid)["SigCgt"] & term for pid in every):
+        assert time.monotonic() < until, [signal_masks(pid) for pid in every]
+        time.sleep(0.05)  # polled: each child installs its handler as it starts serving
+    for pid in every:
+        masks = signal_masks(pid)
+        assert masks["SigIgn"] & hup and not masks["SigCgt"] & hup, (pid, masks)
+    server.send_signal(signal.SIGTERM)
+    out, _ = server.communicate(timeout=60)
+    assert server.returncode == 0 and out.splitlines()[-1] == "chargebox stopped", out
