@@ -85,7 +85,9 @@ def check_database_path(path: Path, writing: bool = True) -> None:
     if len(header) == 20 and header[18] == 1:  # in rollback-journal mode
         _refuse_another_files_wal(path, where)
     if writing and (marked := damage_mark(path)).exists():
-        said = marked.read_text(errors="replace").strip()[:300]
+        said, _, of = marked.read_text(errors="replace").strip().partition("\nfile ")
+        if of != _named(_identity(path)):
+            return  # another file's: the damaged one was put aside, and this one restored
         raise ValueError(
             f"{where}: a server found it damaged ({said}): restore a backup (README,"
             f" Restore), or, if `PRAGMA integrity_check` now says ok, delete {marked}"
@@ -193,9 +195,11 @@ class Watched:
 
 
 def damage_mark(path: Path) -> Path:
-    """Beside a file a server found damaged (SQLite said so): when, and SQLite's words.
-    While it is there, `serve` and the commands that write refuse the file, so that a
-    restart (a container's health check, say) does not serve it on as if sound."""
+    """Beside a file a server found damaged (SQLite said so): when, SQLite's words, and
+    which file (device and inode). While it is there and names the file at the path,
+    `serve` and the commands that write refuse it, so that a restart (a container's
+    health check, say) does not serve it on as if sound; a file restored in its place
+    (moved there: another inode) is not refused."""
     return path.with_name(path.name + ".damaged")
 
 
@@ -204,7 +208,7 @@ def _mark_damaged(path: Path, reason: str) -> None:
     try:
         fd = os.open(damage_mark(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as marked:
-            marked.write(f"{when} {reason}\n")
+            marked.write(f"{when} {reason}\nfile {_named(_identity(path))}\n")
     except OSError as exc:  # a read-only or full disk: the log has said it
         log.error("could not write %s: %s", damage_mark(path), exc.strerror)
 
@@ -221,6 +225,10 @@ def watched(path: Path, identity: tuple[int, int] | None, served: bool = False) 
         found = _watched.setdefault((str(path.absolute()), identity), Watched(path, identity))
         found.served = found.served or served
     return found
+
+
+def _named(identity: tuple[int, int] | None) -> str:
+    return "none" if identity is None else f"{identity[0]}:{identity[1]}"
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -138,15 +138,23 @@ def test_a_damaged_file_is_a_503_for_reads_and_writes_and_health_says_why(tmp_pa
         service.close()
     # A restart (a container's health check, say) does not serve it on as if it were sound
     marked = tmp_path / "chargebox.db.damaged"
-    assert marked.read_text().endswith("Z SQLite: database disk image is malformed\n")
+    said, served = marked.read_text().splitlines()
+    assert said.endswith("Z SQLite: database disk image is malformed"), said
+    file = config.db_path.stat()
+    assert served == f"file {file.st_dev}:{file.st_ino}"
     assert marked.stat().st_mode & 0o777 == 0o600
     with pytest.raises(ValueError) as refused:
         prepare(config)
     assert str(refused.value) == (
-        f"--db {config.db_path}: a server found it damaged ({marked.read_text().strip()}):"
-        " restore a backup (README, Restore), or, if `PRAGMA integrity_check` now says ok,"
-        f" delete {marked}"
+        f"--db {config.db_path}: a server found it damaged ({said}): restore a backup"
+        f" (README, Restore), or, if `PRAGMA integrity_check` now says ok, delete {marked}"
     )
+    # A sound copy moved into its place (another file) is not refused by the mark
+    config.db_path.rename(tmp_path / "damaged.db")
+    sound = prepare(dataclasses.replace(config, db_path=tmp_path / "sound.db"))
+    Chargebox(sound).close()
+    (tmp_path / "sound.db").rename(config.db_path)
+    prepare(config)  # the mark names the damaged file, not this one
 
 
 def test_a_page_says_the_database_is_damaged_not_that_the_service_is_busy():

@@ -116,3 +116,5 @@ def test_a_database_damaged_inside_is_one_line_for_a_command_not_a_servers_log_l
         file.write(b"\xff" * (4096 if page else damaged.stat().st_size - 4096))
     line = assert_refused(chargebox(*command, "--db", str(damaged)), "--db", "malformed")
     assert "/health" not in line
+    assert line.endswith("; restore a backup (README, Restore)"), line
+    assert not damaged.with_name("chargebox.db.damaged").exists()  # a command's: said here
