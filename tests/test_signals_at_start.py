@@ -157,16 +157,21 @@ def test_a_server_started_with_sighup_ignored_keeps_ignoring_it(tmp_path, proces
     caught), still ignores SIGHUP; SIGTERM stops them all cleanly."""
     with open(tmp_path / "server.log", "a") as log:
         server = _started(tmp_path, processes, log, IGNORING_HUP)
-    every = [server.pid, *children_of(server.pid)]
-    assert len(every) == (1 if processes == 1 else 3), every
-    hup, term = 1 << (signal.SIGHUP - 1), 1 << (signal.SIGTERM - 1)
-    until = time.monotonic() + GONE_WITHIN
-    while not all(signal_masks(pid)["SigCgt"] & term for pid in every):
-        assert time.monotonic() < until, [signal_masks(pid) for pid in every]
-        time.sleep(0.05)  # polled: each child installs its handler as it starts serving
-    for pid in every:
-        masks = signal_masks(pid)
-        assert masks["SigIgn"] & hup and not masks["SigCgt"] & hup, (pid, masks)
-    server.send_signal(signal.SIGTERM)
-    out, _ = server.communicate(timeout=60)
-    assert server.returncode == 0 and out.splitlines()[-1] == "chargebox stopped", out
+    try:
+        every = [server.pid, *children_of(server.pid)]
+        assert len(every) == (1 if processes == 1 else 3), every
+        hup, term = 1 << (signal.SIGHUP - 1), 1 << (signal.SIGTERM - 1)
+        until = time.monotonic() + GONE_WITHIN
+        while not all(signal_masks(pid)["SigCgt"] & term for pid in every):
+            assert time.monotonic() < until, [signal_masks(pid) for pid in every]
+            time.sleep(0.05)  # polled: each child installs its handler as it starts serving
+        for pid in every:
+            masks = signal_masks(pid)
+            assert masks["SigIgn"] & hup and not masks["SigCgt"] & hup, (pid, masks)
+        server.send_signal(signal.SIGTERM)
+        out, _ = server.communicate(timeout=60)
+        assert server.returncode == 0 and out.splitlines()[-1] == "chargebox stopped", out
+    finally:
+        if server.poll() is None:  # a failed assertion leaves no server behind
+            os.killpg(server.pid, signal.SIGKILL)
+            server.communicate(timeout=60)
