@@ -37,7 +37,7 @@ from chargebox import (
 )
 from chargebox import commands as admin_commands
 from chargebox.config import MIN_SECRET_LENGTH, SYNCHRONOUS_LEVELS, Config, from_arguments
-from chargebox.db import Database, open_database
+from chargebox.db import DAMAGED_CODES, Database, open_database
 from chargebox.errors import ChargeboxError, Damaged, Unavailable, primary_code
 from chargebox.location import check_database_path, in_words, refuse_a_new_file
 from chargebox.models import ALL_MODELS
@@ -363,7 +363,7 @@ def _command(argv: list[str] | None) -> int:
     except (sqlite3.DatabaseError, peewee.DatabaseError, Damaged) as exc:
         # A file SQLite cannot read (corrupt, or not what its header says).
         reason = str(exc.__cause__ or exc).strip() or type(exc).__name__
-        damaged = primary_code(exc.__cause__ or exc) in (11, 26)  # SQLITE_CORRUPT, NOTADB
+        damaged = primary_code(exc.__cause__ or exc) in DAMAGED_CODES
         hint = "; restore a backup (README, Restore)" if damaged else ""
         print(f"chargebox: --db {_where(config)}: {reason}{hint}", file=sys.stderr)
         return 2

@@ -35,7 +35,7 @@ T = TypeVar("T")
 # SQLite's primary result codes (sqlite3.h): a lock held elsewhere, a file that takes no write
 SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY = 5, 6, 8
 _UNAVAILABLE_CODES = {SQLITE_BUSY, SQLITE_LOCKED, 8, 10, 13, 14}  # READONLY IOERR FULL CANTOPEN
-_DAMAGED_CODES = {11, 26}  # CORRUPT, NOTADB: a file damaged, or another put in its place
+DAMAGED_CODES = {11, 26}  # CORRUPT, NOTADB: a file damaged, or another put in its place
 _BUSY_SLACK_MS = 50  # a deadline this close to the full busy timeout keeps the default
 # The WAL cannot restart past a reader's snapshot: a long read (a full audit, a statement,
 # a backup) lets it grow by hundreds of MB under sales; SQLite keeps the file that size for
@@ -392,7 +392,7 @@ def translate_errors(damaged: Callable[[str], None] | None = None) -> Iterator[N
         while cause is not None:  # its cause: the error with the code
             if busy := _unavailable(cause):
                 raise busy from cause
-            if errors.primary_code(cause) in _DAMAGED_CODES:
+            if errors.primary_code(cause) in DAMAGED_CODES:
                 if damaged is not None:
                     damaged(f"SQLite: {getattr(cause, 'orig', cause)}")
                 raise Damaged(DAMAGED) from cause
