@@ -191,7 +191,7 @@ class Watched:
             log.error("the database %s: %s; writes and /health answer 503 until the server is"
                       " restarted on a sound file", self.path, reason)  # fmt: skip
             if reason.startswith("SQLite:") and _identity(self.path) == self.identity:
-                _mark_damaged(self.path, reason)  # said by the file: a restart keeps it
+                _mark_damaged(self.path, reason, self.identity)  # a restart keeps it
 
 
 def damage_mark(path: Path) -> Path:
@@ -203,12 +203,12 @@ def damage_mark(path: Path) -> Path:
     return path.with_name(path.name + ".damaged")
 
 
-def _mark_damaged(path: Path, reason: str) -> None:
+def _mark_damaged(path: Path, reason: str, identity: tuple[int, int]) -> None:
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
         fd = os.open(damage_mark(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as marked:
-            marked.write(f"{when} {reason}\nfile {_named(_identity(path))}\n")
+            marked.write(f"{when} {reason}\nfile {_named(identity)}\n")
     except OSError as exc:  # a read-only or full disk: the log has said it
         log.error("could not write %s: %s", damage_mark(path), exc.strerror)
 
