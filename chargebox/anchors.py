@@ -15,8 +15,8 @@ is committed, as a line of kind `mark` (the mark's id, seal and time): a mark de
 from the database (by whoever gets past its guards) would let the quick audits trust
 the checkpoint before it again; anchored, its absence is an audit problem, and the
 quick audits trust no checkpoint. A `restore` line ends the marks, as it ends the
-heads. A chargebox older than marks skips such a line, as it skips one it cannot
-read, and its compaction drops it.
+heads; not the `access` lines (revocations.py). A chargebox older than a kind skips
+its lines, as it skips one it cannot read, and its compaction drops them.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ HEADS = "SELECT seller_id, entry_id, entries, entry_mac FROM seller_head ORDER B
 _SEALS = "SELECT entry_id, mac FROM ledger_seal WHERE entry_id IN ({})"
 _MARKS = "SELECT id, mac FROM audit_checkpoint WHERE id IN ({})"
 COMPACT_AT = 8 * 1024 * 1024  # bytes; then only the newest anchor of each seller is kept
-_CHUNK = 500  # entry ids per IN (...) query
+_CHUNK = 500  # ids per IN (...) query
 LOCK_WAIT = 5.0  # seconds an append waits for the file's lock before giving up this time
 # Anchors file -> the size past which its next append compacts it: COMPACT_AT, or twice
 # what the last compaction left, so that a file whose newest anchors alone pass COMPACT_AT
@@ -90,6 +90,7 @@ class File(NamedTuple):
     heads: dict[int, Anchored]  # each seller's newest anchored head
     forged: list[str]  # a complaint for each line whose seal does not verify
     marks: list[Mark]
+    access: list[tuple]  # (at, by, record) of each `access` line's records, restores or not
 
 
 class Loaded(NamedTuple):
@@ -98,6 +99,7 @@ class Loaded(NamedTuple):
     heads: dict[int, Anchored]
     problems: list[dict]
     marks: list[Mark]
+    access: list[tuple]  # revocations.py
 
 
 def _mac(key: bytes, kind: str, at: str, by: str, heads: list) -> str:
@@ -107,8 +109,9 @@ def _mac(key: bytes, kind: str, at: str, by: str, heads: list) -> str:
 
 def line(key: bytes, heads: list[tuple], by: str, kind: str = "heads", at: str | None = None
          ) -> str:  # fmt: skip
-    """One sealed record: `heads` (kind `heads`), a deliberate restore (`restore`), or an
-    audit's finding (`mark`: `heads` is one (id, seal, found_at))."""
+    """One sealed record: `heads` (kind `heads`), a deliberate restore (`restore`), an
+    audit's finding (`mark`: `heads` is one (id, seal, found_at)), or changes of access
+    (`access`: revocations.py)."""
     at = at or now()
     listed = [list(head) for head in heads]
     record = {"kind": kind, "at": at, "by": by, "heads": listed}
@@ -121,7 +124,7 @@ def read(path: Path, key: bytes) -> File:
     and a complaint for each line whose seal does not verify (ignored: written without
     the key). A line that is not JSON (a write cut by a crash) is skipped silently, like
     a missing one."""
-    found = File({}, [], [])
+    found = File({}, [], [], [])
     try:
         text = path.read_text("utf-8", errors="replace")
     except FileNotFoundError:
@@ -139,9 +142,9 @@ def read(path: Path, key: bytes) -> File:
                                 "without the ledger key; ignored")  # fmt: skip
             continue
         if kind == "restore":
-            found = File({}, found.forged, [])
-        if kind == "mark":
-            found.marks.extend(parsed)
+            found = File({}, found.forged, [], found.access)
+        if kind in ("mark", "access"):
+            (found.marks if kind == "mark" else found.access).extend(parsed)
             continue
         for head in parsed:
             known = found.heads.get(head.seller_id)
@@ -152,6 +155,8 @@ def read(path: Path, key: bytes) -> File:
 
 def _parsed(kind: str, heads: list, at: str, by: str) -> list:
     """A line's heads, or its mark (ValueError, TypeError, IndexError if malformed)."""
+    if kind == "access":  # each record as it is: revocations.py reads them
+        return [(at, by, record) for record in heads]
     if kind != "mark":
         return [Head(*map(int, h[:3]), str(h[3])) for h in heads]
     [(ident, mac, found_at)] = heads
@@ -168,7 +173,7 @@ def rollbacks(db, anchored: dict[int, Anchored]) -> list[dict]:
     if not anchored:
         return []
     now_heads = {head.seller_id: head for head in heads(db)}
-    seals = _looked_up(db, _SEALS, [a.head.entry_id for a in anchored.values()])
+    seals = dict(rows_in(db, _SEALS, [a.head.entry_id for a in anchored.values()]))
     found = []
     for seller_id, (head, at, by) in sorted(anchored.items()):
         has = now_heads.get(seller_id)
@@ -184,7 +189,7 @@ def rollbacks(db, anchored: dict[int, Anchored]) -> list[dict]:
                        "written again?)")  # fmt: skip
         else:
             continue
-        found.append(_problem(seller_id, head.entry_id, message))
+        found.append(problem(seller_id, head.entry_id, message))
     return found
 
 
@@ -197,21 +202,21 @@ def loaded(config: Config, key: bytes | None) -> Loaded:
     the snapshot, a head a server anchored meanwhile (committed after the snapshot) looks
     like a rollback: under load, an audit that took seconds saw every seller so."""
     if key is None:
-        return Loaded({}, [], [])
+        return Loaded({}, [], [], [])
     try:
         held = read(config.anchors_path, key)
     except OSError as exc:
-        problem = _problem(None, None, f"cannot read the anchors {config.anchors_path}: {exc}")
-        return Loaded({}, [problem], [])
-    return Loaded(held.heads, [_problem(None, None, message) for message in held.forged],
-                  held.marks)  # fmt: skip
+        unread = problem(None, None, f"cannot read the anchors {config.anchors_path}: {exc}")
+        return Loaded({}, [unread], [], [])
+    return Loaded(held.heads, [problem(None, None, message) for message in held.forged],
+                  held.marks, held.access)  # fmt: skip
 
 
 def problems(db, found: Loaded) -> list[dict]:
     """The anchor problems of an audit: those of the file, `loaded` before `db`'s snapshot,
     each rollback (a head the database is behind or does not hold), and each mark lost."""
     missing = [
-        _problem(None, None, f"the finding of the audit of {mark.found_at} (audit checkpoint "
+        problem(None, None, f"the finding of the audit of {mark.found_at} (audit checkpoint "
                              f"{mark.id}), anchored by {mark.by}, is missing from the database"
                              " or sealed differently: deleted, or rolled back to before it")
         for mark in lost(db, found.marks)
@@ -224,18 +229,17 @@ def lost(db, marks: list[Mark]) -> list[Mark]:
     guards, or the database rolled back to before them."""
     if not marks:
         return []
-    held: dict[int, str] = {}
-    if "audit_checkpoint" in db.table_names():  # a database made before checkpoints: none
-        held = _looked_up(db, _MARKS, [mark.id for mark in marks])
+    ids = [mark.id for mark in marks]  # none in a database made before checkpoints
+    held = dict(rows_in(db, _MARKS, ids)) if "audit_checkpoint" in db.table_names() else {}
     return [mark for mark in marks if not matches(held.get(mark.id), mark.mac)]
 
 
-def _looked_up(db, sql: str, ids: list[int]) -> dict[int, str]:
-    """`sql`'s (id, seal) rows for `ids`, _CHUNK ids to a query (`sql` has `IN ({})`)."""
-    found: dict[int, str] = {}
+def rows_in(db, sql: str, ids: list[int]) -> list:
+    """`sql`'s rows for `ids`, _CHUNK ids to a query (`sql` has `IN ({})`)."""
+    found: list = []
     for start in range(0, len(ids), _CHUNK):
         chunk = tuple(ids[start : start + _CHUNK])
-        found.update(db.rows(sql.format(", ".join("?" * len(chunk))), chunk))
+        found += db.rows(sql.format(", ".join("?" * len(chunk))), chunk)
     return found
 
 
@@ -247,7 +251,7 @@ def located(problem: dict) -> str:
     return f"{', '.join(parts)}: " if parts else ""
 
 
-def _problem(seller_id: int | None, entry_id: int | None, message: str) -> dict:
+def problem(seller_id: int | None, entry_id: int | None, message: str) -> dict:
     return {"invariant": "anchor", "seller_id": seller_id, "entry_id": entry_id,
             "message": message}  # fmt: skip
 
@@ -318,8 +322,7 @@ def _not_compacted(path: Path, size: int, exc: OSError) -> None:
 
 def _ends_with_newline(path: Path) -> bool:
     with open(path, "rb") as handle:
-        handle.seek(-1, os.SEEK_END)
-        return handle.read(1) == b"\n"
+        return handle.seek(-1, os.SEEK_END) >= 0 and handle.read(1) == b"\n"
 
 
 def compact(path: Path, key: bytes) -> None:
@@ -329,9 +332,9 @@ def compact(path: Path, key: bytes) -> None:
 
 
 def _compact(path: Path, key: bytes) -> None:
-    """Rewrite the file as its newest anchor of each seller (sealed again), and its marks,
-    through a temporary file and a rename: what the check reads is unchanged; forged lines
-    go."""
+    """Rewrite the file as its newest anchor of each seller (sealed again), its marks and
+    its access records, through a temporary file and a rename: what the check reads is
+    unchanged; forged lines go."""
     if not path.exists():
         return
     held = read(path, key)
@@ -340,6 +343,7 @@ def _compact(path: Path, key: bytes) -> None:
         by_time.setdefault((anchored_head.at, anchored_head.by), []).append(anchored_head.head)
     lines = [line(key, hs, by, at=at) for (at, by), hs in sorted(by_time.items())]
     lines += [line(key, [(m.id, m.mac, m.found_at)], m.by, "mark", m.at) for m in held.marks]
+    lines += [line(key, [record], by, "access", at) for at, by, record in held.access]
     left = re.compile(rf"\.{re.escape(path.name)}\.[0-9]+\.compacting")
     for name in os.listdir(path.parent):
         if left.fullmatch(name):  # a compaction's that died: they run under this file's lock
@@ -372,7 +376,7 @@ def refuse_rollback(config: Config, db, key: str) -> None:
     if "seller_head" in db.table_names():
         found = rollbacks(db, anchored)
     else:  # a new, empty file where a database was
-        found = [_problem(None, None, "the database holds no ledger at all")]
+        found = [problem(None, None, "the database holds no ledger at all")]
     if not found:
         return
     first = found[0]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from chargebox import anchors, checkpoints, guards, schema, seals
+from chargebox import anchors, checkpoints, guards, revocations, schema, seals
 from chargebox.audit_checks import (
     ALL_AFTER,
     CHUNK,
@@ -73,7 +73,7 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
         problems += found.problems
         problems += _missing_triggers(db)
         if keyed:  # an older genuine copy, put back: only anchors outside the file tell
-            problems += anchors.problems(db, anchored)
+            problems += anchors.problems(db, anchored) + revocations.problems(db, anchored)
             seen_heads = anchors.heads(db)
     problems.sort(key=lambda p: (p["seller_id"] or 0, p["entry_id"] or 0))
     saved, finding = None, None

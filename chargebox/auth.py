@@ -267,9 +267,9 @@ def current_admin(database: Database) -> str | None:
     return rows[0][0] if rows else None
 
 
-def rotate_admin(database: Database, token: str) -> None:
+def rotate_admin(database: Database, token: str) -> str:
     """Make `token` the admin token on every server at once: the one before it is refused
-    from this commit on, and the admin's web sessions opened with it end."""
+    from this commit on, and the admin's web sessions opened with it end. Its stamp."""
     digest, at = hash_key(token), now()
 
     def record(write: Write) -> None:
@@ -283,6 +283,7 @@ def rotate_admin(database: Database, token: str) -> None:
                       (digest,))  # fmt: skip
 
     database.write(record)
+    return at
 
 
 def new_session_token() -> tuple[str, str]:

@@ -32,6 +32,7 @@ from chargebox import (
     operations,
     pg_driver,
     postgresql,
+    revocations,
     schema,
     seals,
 )
@@ -173,6 +174,7 @@ def prepare(config: Config, serving: bool = False, token: bool = False) -> Confi
             key = _ledger_key(config, database, made_by="init-db")
             config.secrets_dir.mkdir(parents=True, exist_ok=True)  # for the anchors
             anchors.refuse_rollback(config, database, key)  # an older copy put back
+            revocations.refuse_undone(config, database, key)  # a revoked key live in it
             if serving:
                 migrations.mark_serving(config)
         else:
@@ -182,6 +184,7 @@ def prepare(config: Config, serving: bool = False, token: bool = False) -> Confi
                 key = _ledger_key(config, database)
                 anchors.refuse_rollback(config, database, key)  # an older copy put back
                 database.ensure_schema(ALL_MODELS)
+                revocations.refuse_undone(config, database, key)  # a revoked key live in it
                 if serving:  # before the lock goes: a migrate, which takes it, sees this server
                     migrations.mark_serving(config)
         admin = admin_commands.admin_token(config, make=serving or token)  # once nothing refused

@@ -5,7 +5,10 @@ is behind (exit 1). `accept-restore`, after a deliberate restore (a backup put b
 PostgreSQL recovered to an earlier time), records that this database is the truth
 from now on: it must audit clean but for its anchors; then a `restore` line with its
 heads is appended, the file is compacted (older and forged lines go) and start-up
-serves it again. It says which sellers' later sales the restore gave up.
+serves it again. It says which sellers' later sales the restore gave up. Before that
+line, it does again each change of access anchored since that the database lacks (a key
+revoked, a seller suspended or made active, the admin token rotated: revocations.py), and
+says which.
 """
 
 from __future__ import annotations
@@ -13,9 +16,16 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from chargebox import anchors
+from chargebox import anchors, auth, revocations
 from chargebox.config import Config
+from chargebox.db import Database, Write
 from chargebox.services import Chargebox
+
+_ADMIN_AGAIN = ("INSERT INTO admin_token (id, token_hash, changed_at) VALUES (1, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET token_hash = excluded.token_hash,"
+                " changed_at = excluded.changed_at")  # fmt: skip
+_REVOKE_AGAIN = ("UPDATE seller_key SET revoked_at = ? WHERE id = ? AND seller_id = ?"
+                 " AND created_at = ? AND revoked_at IS NULL")  # fmt: skip
 
 
 def arguments(parser) -> None:
@@ -44,7 +54,7 @@ def _found(service: Chargebox, config: Config) -> list[dict]:
     database = service.database
     found = anchors.loaded(config, database.ledger_key)  # before the snapshot (anchors.py)
     with database.snapshot() as db:
-        return anchors.problems(db, found)
+        return anchors.problems(db, found) + revocations.problems(db, found)
 
 
 def _check(service: Chargebox, config: Config) -> int:
@@ -77,18 +87,53 @@ def _accept(service: Chargebox, config: Config) -> int:
             f"first: {first['invariant']}: {anchors.located(first)}{first['message']}); "
             "run `chargebox audit` and restore a sound copy before accepting it"
         )
-    behind = [p for p in report["problems"] if p["seller_id"] is not None]
+    behind = [p for p in report["problems"] if p["entry_id"] is not None]  # heads: rollbacks
     database = service.database
+    done = redo(database, anchors.loaded(config, database.ledger_key))
     with database.snapshot() as db:
         now_heads = anchors.heads(db)
     anchors.record(config, database.ledger_key, now_heads, "accept-restore", kind="restore")
     anchors.compact(config.anchors_path, database.ledger_key)
     for problem in behind:
         print(f"  {anchors.located(problem)}{problem['message']}", file=sys.stderr)
+    for change in done:
+        print(f"  done again: {change.said()}", file=sys.stderr)
     print(
         f"anchors: restore accepted; {len(now_heads)} seller heads anchored afresh in "
         f"{config.anchors_path}; {len(behind)} seller(s) were behind their anchors: the sales "
-        "they made after this copy are not in it",
+        f"they made after this copy are not in it; {len(done)} change(s) of access done again",
         file=sys.stderr,
     )
     return 0
+
+
+def redo(database: Database, found: anchors.Loaded) -> list[revocations.Change]:
+    """Do again what the database does not hold, each change in a write of its own (a key
+    waits for the sales that checked it: auth.hold_for_revocation); the changes done."""
+    done = []
+    for change in revocations.changes(found.access):
+
+        def again(write: Write, change: revocations.Change = change) -> bool:
+            return bool(revocations.undone(write, [change])) and _done(write, change)
+
+        if database.write(again, alone=True):
+            done.append(change)
+    return done
+
+
+def _done(write: Write, change: revocations.Change) -> bool:
+    if change.what == revocations.KEY:
+        key_id, seller_id, created_at = change.ident
+        auth.hold_for_revocation(write, seller_id, key_id)
+        write.execute(_REVOKE_AGAIN, (change.state, key_id, seller_id, created_at))
+    elif change.what == revocations.SELLER:
+        seller_id, created_at = change.ident
+        write.execute("UPDATE seller SET status = ? WHERE id = ? AND created_at = ?",
+                      (change.state, seller_id, created_at))  # fmt: skip
+        if change.state == "suspended":
+            write.execute("DELETE FROM web_session WHERE seller_id = ?", (seller_id,))
+    else:
+        write.execute(_ADMIN_AGAIN, (change.ident[0], change.state))
+        write.execute("DELETE FROM web_session WHERE role = 'admin' AND credential_hash <> ?",
+                      change.ident)  # fmt: skip
+    return True

@@ -20,6 +20,7 @@ from chargebox import (
     idempotency,
     ledger,
     periods,
+    revocations,
     statement_turns,
     statements,
 )
@@ -143,7 +144,9 @@ class Chargebox:
         def revoke(write: Write) -> dict:
             return self._revoke(write, seller_id, key_id)
 
-        return self.database.write(revoke, alone=True)  # auth.hold_for_revocation
+        revoked = self.database.write(revoke, alone=True)  # auth.hold_for_revocation
+        revocations.revoked(self.database, revoked, "revoke-key")  # a restore redoes it
+        return revoked
 
     def rotate_key(self, seller_id: int, key_id: int) -> tuple[dict, str]:
         """A new key with the old one's label, the old one revoked in the same transaction.
@@ -157,11 +160,13 @@ class Chargebox:
         row blocks (both FOR NO KEY UPDATE: `hold`, `lock_seller`)."""
         key, key_hash = auth.new_api_key()
 
-        def rotate(write: Write) -> dict:
+        def rotate(write: Write) -> tuple[dict, dict]:
             old = self._revoke(write, seller_id, key_id)
-            return write.dicts(_NEW_KEY, (seller_id, old["label"], key_hash, now()))[0]
+            return old, write.dicts(_NEW_KEY, (seller_id, old["label"], key_hash, now()))[0]
 
-        return self.database.write(rotate, alone=True), key
+        old, made = self.database.write(rotate, alone=True)
+        revocations.revoked(self.database, old, "rotate-key")
+        return made, key
 
     def _revoke(self, write: Write, seller_id: int, key_id: int) -> dict:
         """The key revoked, stamped once the sales that checked it have ended (PostgreSQL:
@@ -194,7 +199,9 @@ class Chargebox:
                 write.execute("DELETE FROM web_session WHERE seller_id = ?", (seller_id,))
             return changed[0]
 
-        return self.database.write(change)
+        seller = self.database.write(change)
+        revocations.status_set(self.database, seller)  # a restore sets it again
+        return seller
 
     # --- credit requests -------------------------------------------------------------------
 
