@@ -10,6 +10,7 @@ on stdout. A new secret is printed once, on stdout only; nothing here logs one.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -18,11 +19,12 @@ from pathlib import Path
 from chargebox import auth, periods, revocations
 from chargebox.anchors import located
 from chargebox.config import Config, checked_admin_token, whole_number
-from chargebox.location import without_leftovers, written_secret
+from chargebox.location import check_database_path, without_leftovers, written_secret
 from chargebox.services import Chargebox
 
 COMMANDS = ("keys", "create-key", "revoke-key", "rotate-key", "suspend", "reactivate",
             "refund", "rotate-admin-token", "statement")  # fmt: skip
+READS = ("keys", "statement")  # opened as they lie, nothing made beside them
 SHOWN_ONCE = "Store this API key now: it is shown only once."
 MAX_ID = 2**63 - 1  # a row id fits a signed 64-bit integer on both backends
 
@@ -87,8 +89,10 @@ _PERIODS = {  # periods.NAMES, as docs/api.md says them; one period: --from and 
 
 def run(args: argparse.Namespace, config: Config, prepare: Callable[[Config], Config]) -> int:
     from_environment = config.admin_token is not None  # CHARGEBOX_ADMIN_TOKEN is set
-    service = Chargebox(prepare(config))
+    service = Chargebox(_for_reading(config) if args.command in READS else prepare(config))
     try:
+        if args.command in READS:
+            service.database.check_schema()  # an older file: say so, not "no such column"
         if args.command == "rotate-admin-token":
             return _rotate_admin_token(service, config, from_environment)
         if args.command == "statement":
@@ -96,6 +100,15 @@ def run(args: argparse.Namespace, config: Config, prepare: Callable[[Config], Co
         return _answer(args, service)
     finally:
         service.close()
+
+
+def _for_reading(config: Config) -> Config:
+    """What `keys` and `statement` open: the file as it lies, as `audit` does (a backup's
+    copy in a read-only directory too), nothing made beside it: no ledger key, no schema
+    step (cli.prepare's). The schema is checked once it is open (run)."""
+    if not config.db_url:
+        check_database_path(config.db_path, writing=False)
+    return dataclasses.replace(config, ledger_key=config.ledger_key_at_hand())
 
 
 def _answer(args: argparse.Namespace, service: Chargebox) -> int:

@@ -196,3 +196,28 @@ def test_a_start_says_where_the_admin_token_is_only_when_that_token_is_in_force(
     assert chargebox(db, None, "rotate-admin-token", token=NEW_TOKEN).returncode == 0
     said = started()
     assert "is not the one in force" in said and "admin token is in" not in said
+
+
+def test_keys_and_statement_read_a_copy_as_it_lies_and_make_nothing_beside_it(tmp_path):
+    """A file moved aside in a restore (README, Restore step 5), with no ledger key beside
+    it: `keys` and `statement` read it and make no ledger key, admin token or anchors
+    there (they went through the start-up's preparation, which made a ledger key beside a
+    copy that held no seal). A command that writes still makes its key (the control)."""
+    db = tmp_path / "live" / "c.db"
+    db.parent.mkdir()
+    assert chargebox(db, None, "init-db").returncode == 0
+    made = chargebox(db, None, "create-seller", "shop")
+    assert made.returncode == 0, made.stderr
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    copy = aside / "c.db"
+    copy.write_bytes(db.read_bytes())
+    listed = chargebox(copy, None, "keys", "1")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["label"] == "default"
+    stated = chargebox(copy, None, "statement", "--seller", "1", "--month", "2026-01")
+    assert stated.returncode == 0, stated.stderr
+    assert json.loads(stated.stdout)["seller_id"] == 1
+    assert sorted(p.name for p in aside.iterdir()) == ["c.db"]
+    assert chargebox(copy, None, "suspend", "1").returncode == 0
+    assert "ledger_key" in [p.name for p in aside.iterdir()]
