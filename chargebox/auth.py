@@ -23,8 +23,9 @@ import threading
 from pathlib import Path
 from time import monotonic
 
+from chargebox import revocations
 from chargebox.access_log import keep_out
-from chargebox.clock import now
+from chargebox.clock import after, now
 from chargebox.db import Database, Write
 from chargebox.errors import SUSPENDED, SellerSuspended, Unauthorized
 from chargebox.key_use import last_use
@@ -269,20 +270,18 @@ def current_admin(database: Database) -> str | None:
 
 def rotate_admin(database: Database, token: str) -> str:
     """Make `token` the admin token on every server at once: the one before it is refused
-    from this commit on, and the admin's web sessions opened with it end. Its stamp."""
-    digest, at = hash_key(token), now()
+    from this commit on, and the admin's web sessions opened with it end. Stamped now, or
+    past the rotation before it (a clock set back), and anchored (revocations). Its stamp."""
+    digest = hash_key(token)
 
-    def record(write: Write) -> None:
-        write.execute(
-            "INSERT INTO admin_token (id, token_hash, changed_at) VALUES (1, ?, ?)"
-            " ON CONFLICT (id) DO UPDATE SET token_hash = excluded.token_hash,"
-            " changed_at = excluded.changed_at",
-            (digest, at),
-        )
-        write.execute("DELETE FROM web_session WHERE role = 'admin' AND credential_hash <> ?",
-                      (digest,))  # fmt: skip
+    def record(write: Write) -> str:
+        held = write.rows("SELECT changed_at FROM admin_token WHERE id = 1")
+        at = after(held[0][0] if held else None)
+        revocations.put_admin(write, digest, at)
+        return at
 
-    database.write(record)
+    at = database.write(record)
+    revocations.admin_rotated(database, digest, at)
     return at
 
 

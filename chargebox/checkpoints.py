@@ -35,7 +35,6 @@ one, with any stamp).
 
 from __future__ import annotations
 
-import datetime
 from typing import TYPE_CHECKING, NamedTuple
 
 from chargebox import anchors, clock, seals
@@ -228,9 +227,7 @@ def _stamp(write, key: bytes) -> str:
     while rows := write.rows(_BELOW, (below,)):
         for *sealed, mac in (row[1:] for row in rows):
             if anchors.matches(mac, seals.checkpoint_mac(key, *sealed)):
-                if sealed[-1] >= at:
-                    return clock.stamp(clock.parse(sealed[-1]) + datetime.timedelta(microseconds=1))
-                return at
+                return clock.after(sealed[-1])
         below = rows[-1][0]
     return at
 

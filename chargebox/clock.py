@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime
 
+_TICK = datetime.timedelta(microseconds=1)  # the finest step a stamp shows
+
 
 def now(later: datetime.timedelta = datetime.timedelta(0)) -> str:
     """The time (plus `later`) as `2026-11-24T10:31:02.123456Z`."""
@@ -22,3 +24,12 @@ def stamp(moment: datetime.datetime) -> str:
 def parse(stored: str) -> datetime.datetime:
     """A stored stamp as an aware datetime (UTC)."""
     return datetime.datetime.fromisoformat(stored.replace("Z", "+00:00"))
+
+
+def after(stored: str | None) -> str:
+    """Now, or a microsecond after `stored` if the clock is not past it (set back, or
+    another host's behind): a stamp that sorts after the one before it."""
+    at = now()
+    if stored is None or stored < at:
+        return at
+    return stamp(parse(stored) + _TICK)

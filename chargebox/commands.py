@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from chargebox import auth, periods, revocations
+from chargebox import auth, periods
 from chargebox.anchors import located
 from chargebox.config import Config, checked_admin_token, whole_number
 from chargebox.location import check_database_path, without_leftovers, written_secret
@@ -157,13 +157,13 @@ def _rotate_admin_token(service: Chargebox, config: Config, from_environment: bo
     the file is replaced atomically, owner-only. A token from the environment is made the
     one in force as it is: the operator chose it, and no file holds it."""
     if from_environment:
-        _rotated(service, config.admin_token)
+        auth.rotate_admin(service.database, config.admin_token)
         print("chargebox: the token in CHARGEBOX_ADMIN_TOKEN is now the admin token on every "
               "server; give it to every server's environment before it restarts",
               file=sys.stderr)  # fmt: skip
         return 0
     token = auth.new_admin_token()
-    _rotated(service, token)
+    auth.rotate_admin(service.database, token)
     print(token)
     try:
         auth.replace_secret(config.admin_token_path, token)
@@ -176,12 +176,6 @@ def _rotate_admin_token(service: Chargebox, config: Config, from_environment: bo
           f"and in {config.admin_token_path}; copy that file to every host's data dir",
           file=sys.stderr)  # fmt: skip
     return 0
-
-
-def _rotated(service: Chargebox, token: str) -> None:
-    """`token` in force, and anchored (a restored copy would bring the one before back)."""
-    at = auth.rotate_admin(service.database, token)
-    revocations.admin_rotated(service.database, auth.hash_key(token), at)
 
 
 def admin_token(config: Config, make: bool = True) -> str | None:

@@ -6,9 +6,8 @@ PostgreSQL recovered to an earlier time), records that this database is the trut
 from now on: it must audit clean but for its anchors; then a `restore` line with its
 heads is appended, the file is compacted (older and forged lines go) and start-up
 serves it again. It says which sellers' later sales the restore gave up. Before that
-line, it does again each change of access anchored since that the database lacks (a key
-revoked, a seller suspended or made active, the admin token rotated: revocations.py), and
-says which.
+line, it does again each revocation anchored since that the database lacks (a key
+revoked or rotated, the admin token rotated: revocations.py), and says which.
 """
 
 from __future__ import annotations
@@ -21,9 +20,6 @@ from chargebox.config import Config
 from chargebox.db import Database, Write
 from chargebox.services import Chargebox
 
-_ADMIN_AGAIN = ("INSERT INTO admin_token (id, token_hash, changed_at) VALUES (1, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET token_hash = excluded.token_hash,"
-                " changed_at = excluded.changed_at")  # fmt: skip
 _REVOKE_AGAIN = ("UPDATE seller_key SET revoked_at = ? WHERE id = ? AND seller_id = ?"
                  " AND created_at = ? AND revoked_at IS NULL")  # fmt: skip
 
@@ -126,14 +122,6 @@ def _done(write: Write, change: revocations.Change) -> bool:
         key_id, seller_id, created_at = change.ident
         auth.hold_for_revocation(write, seller_id, key_id)
         write.execute(_REVOKE_AGAIN, (change.state, key_id, seller_id, created_at))
-    elif change.what == revocations.SELLER:
-        seller_id, created_at = change.ident
-        write.execute("UPDATE seller SET status = ? WHERE id = ? AND created_at = ?",
-                      (change.state, seller_id, created_at))  # fmt: skip
-        if change.state == "suspended":
-            write.execute("DELETE FROM web_session WHERE seller_id = ?", (seller_id,))
     else:
-        write.execute(_ADMIN_AGAIN, (change.ident[0], change.state))
-        write.execute("DELETE FROM web_session WHERE role = 'admin' AND credential_hash <> ?",
-                      change.ident)  # fmt: skip
+        revocations.put_admin(write, change.ident[0], change.state)
     return True

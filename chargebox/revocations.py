@@ -1,26 +1,33 @@
-"""What a restored copy would quietly undo: revoked keys, suspensions, admin token rotations.
+"""What a restored copy would quietly undo: revoked keys and admin token rotations.
 
-A backup holds the keys, the sellers' statuses and the admin token of its moment. Put
-back, a key revoked since would sell again, a seller suspended since would be active,
-and the admin token in force before the last rotation would be again. So each such
-change is anchored as it commits: a line of kind `access` in the anchors file
-(anchors.py), sealed with the ledger key, naming the key revoked (its id, seller,
-creation stamp and when it was revoked), the seller's status set (its id, creation
-stamp and status) or the admin token's hash and when it came in force. A `restore`
-line does not end them: they stay true of whatever copy is served next.
+A backup holds the keys and the admin token of its moment. Put back, a key revoked
+since (or rotated: the old one is revoked) would sell again, and the admin token in
+force before the last rotation would be again. So each revocation and each rotation of
+the admin token is anchored as it commits: a line of kind `access` in the anchors file
+(anchors.py), sealed with the ledger key, naming the key (its id, seller, creation stamp
+and when it was revoked) or the admin token's hash and stamp. A `restore` line does not
+end them: they stay true of whatever copy is served next.
 
-The audit names each one the database does not hold as an `anchor` problem; start-up
-refuses such a file, as it refuses a rolled-back one; `chargebox anchors accept-restore`
-(restore.redo) does each one again and says so: the key revoked (stamped as it was),
-the seller's status set (a suspension ends its web sessions), the admin token put back
-in force (the admin's other sessions end). A key or a seller the copy does not hold
-(made after it) is passed over: the creation stamp tells apart a row made again with
-the same id. A newer rotation of the admin token in the database than the one anchored
-stands. A change committed but not anchored (a full disk, the anchors' lock held for
-seconds) is logged as such, and left to the operator.
+Both only move one way, so a database's state can be compared with the anchored one
+whatever the order of the lines, whichever host or process wrote them, and in a
+snapshot taken after the file was read (anchors.loaded): a revocation is final, and each
+rotation of the admin token is stamped past the one before it (auth.rotate_admin), so
+a database that holds another token under an older stamp than the anchored one is older
+than that rotation. The audit names each anchored change the database lacks as an
+`anchor` problem; start-up refuses such a file, as it refuses a rolled-back one;
+`chargebox anchors accept-restore` (restore.redo) does each again and says so: the key
+revoked (stamped as it was), the admin token's hash and stamp put back (the admin's
+other web sessions end). A key the copy does not hold (made after it) is passed over:
+the creation stamp tells apart a row made again with the same id.
 
-Keys made after the copy, a rotated key's replacement among them, are not in it and are
-not made again: the seller needs a new one (`chargebox create-key`).
+Not anchored: a seller's suspension or reactivation. A status goes both ways, and the
+database keeps no count or stamp of its changes to tell an anchored status undone from
+one changed again since (on another host, or in a race of two admins); until the schema
+does, the restore's README step says to compare them by hand. Nor a key made after the
+copy (a rotated key's replacement among them): the seller needs a new one (`chargebox
+create-key`). A change committed but not anchored (a full disk, the anchors' lock held
+for seconds: logged as such; or a crash between the commit and the line) is not known
+to a later restore.
 """
 
 from __future__ import annotations
@@ -30,21 +37,22 @@ from typing import NamedTuple
 
 from chargebox import anchors
 from chargebox.config import Config
-from chargebox.db import Database
+from chargebox.db import Database, Write
 
 KIND = "access"
-KEY, SELLER, ADMIN = "key", "seller", "admin"
+KEY, ADMIN = "key", "admin"
 _LIVE_KEYS = ("SELECT id, seller_id, created_at FROM seller_key"
               " WHERE revoked_at IS NULL AND id IN ({})")  # fmt: skip
-_STATUSES = "SELECT id, created_at, status FROM seller WHERE id IN ({})"
+_ADMIN_IN_FORCE = ("INSERT INTO admin_token (id, token_hash, changed_at) VALUES (1, ?, ?)"
+                   " ON CONFLICT (id) DO UPDATE SET token_hash = excluded.token_hash,"
+                   " changed_at = excluded.changed_at")  # fmt: skip
 log = logging.getLogger("chargebox.anchors")
 
 
 class Change(NamedTuple):
-    """One anchored change: `what` (KEY, SELLER, ADMIN), the row it names (`ident`: a
-    key's id, seller and creation stamp; a seller's id and creation stamp; the admin
-    token's hash), the state set (`state`: a key's revocation stamp, a seller's status,
-    the admin token's stamp), and the line's stamp and writer."""
+    """One anchored change: `what` (KEY, ADMIN), what it names (`ident`: a key's id,
+    seller and creation stamp; the admin token's hash), its stamp (`state`: the key's
+    revocation, the admin token's rotation), and the line's stamp and writer."""
 
     what: str
     ident: tuple
@@ -54,13 +62,11 @@ class Change(NamedTuple):
 
     @property
     def seller_id(self) -> int | None:
-        return self.ident[1] if self.what == KEY else self.ident[0] if self.what == SELLER else None
+        return self.ident[1] if self.what == KEY else None
 
     def said(self) -> str:
         if self.what == KEY:
             return f"key {self.ident[0]} of seller {self.ident[1]}, revoked at {self.state}"
-        if self.what == SELLER:
-            return f"seller {self.ident[0]}, set {self.state} at {self.at}"
         return f"the admin token rotated in at {self.state}"
 
 
@@ -70,14 +76,16 @@ def revoked(database: Database, key: dict, by: str) -> None:
             by)  # fmt: skip
 
 
-def status_set(database: Database, seller: dict) -> None:
-    """Anchor a seller's status, as set_status answers its row."""
-    _anchor(database, [SELLER, seller["id"], seller["created_at"], seller["status"]],
-            "suspend" if seller["status"] == "suspended" else "reactivate")  # fmt: skip
-
-
 def admin_rotated(database: Database, token_hash: str, at: str) -> None:
     _anchor(database, [ADMIN, token_hash, at], "rotate-admin-token")
+
+
+def put_admin(write: Write, token_hash: str, at: str) -> None:
+    """The admin token of `token_hash` in force from this commit on, stamped `at`; the
+    admin's web sessions opened with another end (auth.rotate_admin, restore.redo)."""
+    write.execute(_ADMIN_IN_FORCE, (token_hash, at))
+    write.execute("DELETE FROM web_session WHERE role = 'admin' AND credential_hash <> ?",
+                  (token_hash,))  # fmt: skip
 
 
 def _anchor(database: Database, record: list, by: str) -> None:
@@ -100,10 +108,9 @@ def _named(record: list) -> str:
 
 
 def changes(lines: list[tuple]) -> list[Change]:
-    """The newest anchored change of each key, seller and the admin token (`lines`: the
-    anchors file's `access` records, anchors.File.access; a seller's in the file's order,
-    the admin token's by its stamp). A record this release cannot
-    read (a newer one's) is passed over."""
+    """Each key's anchored revocation and the newest anchored admin token, by its stamp
+    (`lines`: the anchors file's `access` records, anchors.File.access). A record this
+    release cannot read (a newer one's) is passed over."""
     newest: dict[tuple, Change] = {}
     for at, by, record in lines:
         try:
@@ -122,11 +129,6 @@ def _change(record: list, at: str, by: str) -> Change:
     if what == KEY:
         _, key_id, seller_id, created_at, revoked_at = record
         return Change(KEY, (int(key_id), int(seller_id), str(created_at)), str(revoked_at), at, by)
-    if what == SELLER:
-        _, seller_id, created_at, status = record
-        if status not in ("active", "suspended"):
-            raise ValueError(status)
-        return Change(SELLER, (int(seller_id), str(created_at)), status, at, by)
     if what == ADMIN:
         _, token_hash, changed_at = record
         return Change(ADMIN, (str(token_hash),), str(changed_at), at, by)
@@ -141,11 +143,6 @@ def undone(db, held: list[Change]) -> list[Change]:
     if keys:
         live = {tuple(row) for row in anchors.rows_in(db, _LIVE_KEYS, [c.ident[0] for c in keys])}
         found += [c for c in keys if c.ident in live]
-    sellers = [c for c in held if c.what == SELLER]
-    if sellers:
-        rows = anchors.rows_in(db, _STATUSES, [c.ident[0] for c in sellers])
-        now = {(seller_id, created_at): status for seller_id, created_at, status in rows}
-        found += [c for c in sellers if now.get(c.ident, c.state) != c.state]
     admin = [c for c in held if c.what == ADMIN]
     if admin:
         rows = db.rows("SELECT token_hash, changed_at FROM admin_token WHERE id = 1")

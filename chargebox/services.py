@@ -199,9 +199,7 @@ class Chargebox:
                 write.execute("DELETE FROM web_session WHERE seller_id = ?", (seller_id,))
             return changed[0]
 
-        seller = self.database.write(change)
-        revocations.status_set(self.database, seller)  # a restore sets it again
-        return seller
+        return self.database.write(change)
 
     # --- credit requests -------------------------------------------------------------------
 

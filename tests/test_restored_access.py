@@ -1,7 +1,7 @@
 """A restored copy does not bring back access taken away after it (revocations.py).
 
-Each revocation, suspension, reactivation and admin token rotation is anchored outside
-the database as it commits. A copy that lacks one is an audit problem and refused at
+Each key revocation (a rotation's too) and admin token rotation is anchored outside the
+database as it commits. A copy that lacks one is an audit problem and refused at
 start-up, and `chargebox anchors accept-restore` does each again. Tested end to end on
 an SQLite file put back (a server, the CLI, then the old credentials refused), and on
 either backend in process: what the audit finds, what a redo writes, what it passes over.
@@ -9,13 +9,14 @@ either backend in process: what the audit finds, what a redo writes, what it pas
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
 
 import pytest
 
-from chargebox import anchors, auth, restore, revocations
+from chargebox import anchors, auth, clock, restore, revocations
 from chargebox.clock import now
 from tests.support import ADMIN_TOKEN, Api, credited_seller, new_seller, running_server
 from tests.test_anchors import put_back, serve_refused
@@ -28,14 +29,13 @@ NEW_ADMIN = "a-newer-admin-token-0123456789abcdefghij"
 
 @pytest.mark.sqlite_only
 def test_a_copy_put_back_is_refused_until_its_revocations_are_done_again(tmp_path):
-    """After the copy: a key revoked, another rotated, a seller suspended, and the admin
-    token rotated. No sale was made, so no head is behind: only the access anchors tell.
-    Accepted, the copy serves with every one of those done again."""
+    """After the copy: a key revoked, another rotated, and the admin token rotated. No
+    sale was made, so no head is behind: only the access anchors tell. Accepted, the copy
+    serves with every one of those done again."""
     live, copy = tmp_path / "chargebox.db", tmp_path / "copy.db"
     with running_server(live) as server:
         admin = server.admin()
         shop, shop_key = new_seller(admin, "shop", credit=100_000)
-        other, other_key = new_seller(admin, "other", credit=100_000)
         till = admin.post(f"/api/sellers/{shop['id']}/keys", {"label": "till"})
         assert till.status_code == 201, till.text
         till_id, till_key = till.json()["id"], till.json()["api_key"]
@@ -47,7 +47,6 @@ def test_a_copy_put_back_is_refused_until_its_revocations_are_done_again(tmp_pat
         assert revoked.status_code == 200, revoked.text
         rotated = admin.post(f"/api/sellers/{shop['id']}/keys/{default_id}/rotate")
         assert rotated.status_code == 201, rotated.text
-        assert admin.post(f"/api/sellers/{other['id']}/suspend").status_code == 200
     env = {**key_env(live), "CHARGEBOX_ADMIN_TOKEN": NEW_ADMIN}
     turned = chargebox("rotate-admin-token", "--db", str(live), env=env)
     assert turned.returncode == 0, turned.stderr
@@ -58,29 +57,28 @@ def test_a_copy_put_back_is_refused_until_its_revocations_are_done_again(tmp_pat
     for said in (
         f"key {till_id} of seller {shop['id']}, revoked at",
         f"key {default_id} of seller {shop['id']}, revoked at",
-        f"seller {other['id']}, set suspended",
         "the admin token rotated in at",
     ):
         assert said in audited.stderr, audited.stderr  # fmt: skip
     assert "rolled back" not in audited.stderr  # no sale since the copy
     refusal = serve_refused(live)
-    assert "lacks 4 change(s) of access" in refusal and "accept-restore" in refusal
+    assert "lacks 3 change(s) of access" in refusal and "accept-restore" in refusal
     checked = chargebox("anchors", "check", "--db", str(live), env=key_env(live))
     assert checked.returncode == 1 and "is undone in this database" in checked.stderr
 
     accepted = chargebox("anchors", "accept-restore", "--db", str(live), env=key_env(live))
     assert accepted.returncode == 0, accepted.stderr
-    assert accepted.stderr.count("done again: ") == 4, accepted.stderr
+    assert accepted.stderr.count("done again: ") == 3, accepted.stderr
     assert "0 seller(s) were behind" in accepted.stderr
-    assert "4 change(s) of access done again" in accepted.stderr
+    assert "3 change(s) of access done again" in accepted.stderr
     assert chargebox("audit", "--db", str(live), env=key_env(live)).returncode == 0
     again = chargebox("anchors", "accept-restore", "--db", str(live), env=key_env(live))
     assert again.returncode == 0 and "0 change(s) of access done again" in again.stderr
 
     with running_server(live, admin_token=NEW_ADMIN) as server:
-        for key, status in ((till_key, 401), (shop_key, 401), (other_key, 403)):
+        for key in (till_key, shop_key):
             sold = server.seller(key).post("/api/sales", SALE)
-            assert sold.status_code == status, sold.text
+            assert sold.status_code == 401, sold.text
         assert Api(server.url, ADMIN_TOKEN).get("/api/sellers").status_code == 401
         assert Api(server.url, NEW_ADMIN).get("/api/sellers").status_code == 200
         # the rotated key's replacement was made after the copy: not in it (README)
@@ -95,39 +93,34 @@ def test_the_audit_finds_what_the_database_lacks_and_a_redo_does_it(service):
     database = service.database
     revoked_at = now()
     revocations.revoked(database, {**made, "revoked_at": revoked_at}, "revoke-key")
-    revocations.status_set(database, {**seller, "status": "suspended"})
     new_hash, rotated_at = auth.hash_key(NEW_ADMIN), now()
     revocations.admin_rotated(database, new_hash, rotated_at)
 
     report = service.audit()
     found = [p["message"] for p in report["problems"] if p["invariant"] == "anchor"]
-    assert len(found) == 3 and not report["consistent"], report["problems"]
+    assert len(found) == 2 and not report["consistent"], report["problems"]
     assert all("is undone in this database" in message for message in found)
 
     held = anchors.loaded(service.config, database.ledger_key)
     done = restore.redo(database, held)
-    assert sorted(change.what for change in done) == ["admin", "key", "seller"]
+    assert sorted(change.what for change in done) == ["admin", "key"]
     assert restore.redo(database, held) == []  # nothing left to do
     assert service.audit()["consistent"]
     key_row = database.rows("SELECT revoked_at FROM seller_key WHERE id = ?", (made["id"],))
     assert key_row == [(revoked_at,)]
-    status = database.rows("SELECT status FROM seller WHERE id = ?", (seller["id"],))
-    assert status == [("suspended",)]
     admin = database.rows("SELECT token_hash, changed_at FROM admin_token WHERE id = 1")
     assert admin == [(new_hash, rotated_at)]
 
 
-def test_a_row_made_again_with_the_same_id_and_a_newer_rotation_are_passed_over(service):
-    """The creation stamp names the row: a key or seller anchored under another stamp (a
-    row of the copy's, made after it with the same id) is not touched; nor is a newer
-    admin token than the one anchored; nor a seller the copy does not hold."""
+def test_a_key_made_again_with_the_same_id_and_a_newer_rotation_are_passed_over(service):
+    """The creation stamp names the key: one anchored under another stamp (a row of the
+    copy's, made after it with the same id) is not touched; nor is a newer admin token
+    than the one anchored."""
     seller = credited_seller(service, 50_000)
     made, _ = service.create_key(seller["id"], "till")
     database = service.database
     earlier = "2020-01-01T00:00:00.000000Z"
     revocations.revoked(database, {**made, "created_at": earlier, "revoked_at": now()}, "x")
-    revocations.status_set(database, {**seller, "created_at": earlier, "status": "suspended"})
-    revocations.status_set(database, {**seller, "id": seller["id"] + 1000, "status": "suspended"})
     revocations.admin_rotated(database, auth.hash_key(NEW_ADMIN), earlier)
     auth.rotate_admin(database, ADMIN_TOKEN)  # a rotation newer than the anchored one
     assert service.audit()["consistent"]
@@ -138,9 +131,42 @@ def test_a_row_made_again_with_the_same_id_and_a_newer_rotation_are_passed_over(
     ]
 
 
-def test_the_service_anchors_each_change_of_access_as_it_commits(service):
-    """Revoke, rotate, suspend, reactivate: each a line of kind `access`; the newest state
-    of a seller is its last; a restore line and a compaction keep them all."""
+def test_rotations_anchored_apart_or_under_a_clock_set_back_raise_no_alarm(
+    service, tmp_path, monkeypatch
+):
+    """helper-128's cases: a rotation anchored in another file (another PostgreSQL host's
+    data dir, or CHARGEBOX_ANCHORS set for one and not the other) after one anchored here,
+    and one made while the clock stands before the last: the database holds the newest,
+    stamped past the one before it, so neither file sees it undone, and no redo puts a
+    rotated-away token back."""
+    database = service.database
+    auth.rotate_admin(database, NEW_ADMIN)  # anchored here
+    here = database.config
+    database.config = dataclasses.replace(here, anchors_file=tmp_path / "elsewhere.anchors")
+    try:
+        auth.rotate_admin(database, ADMIN_TOKEN)  # anchored on another host
+    finally:
+        database.config = here
+    assert service.audit()["consistent"]
+    held = anchors.loaded(here, database.ledger_key)
+    assert restore.redo(database, held) == []
+    assert auth.current_admin(database) == auth.hash_key(ADMIN_TOKEN)
+
+    newest = database.rows("SELECT changed_at FROM admin_token")[0][0]
+    for module in (clock, auth):  # whichever stamps it
+        monkeypatch.setattr(module, "now", lambda later=None: "2020-01-01T00:00:00.000000Z")
+    stamped = auth.rotate_admin(database, NEW_ADMIN)  # the clock set back years
+    assert stamped > newest
+    monkeypatch.undo()
+    auth.rotate_admin(database, ADMIN_TOKEN)
+    assert service.audit()["consistent"]
+    assert restore.redo(database, anchors.loaded(here, database.ledger_key)) == []
+    assert auth.current_admin(database) == auth.hash_key(ADMIN_TOKEN)
+
+
+def test_the_service_anchors_each_revocation_as_it_commits(service):
+    """Revoke, rotate: each a line of kind `access`, which a restore line and a compaction
+    keep. A suspension is not anchored (revocations.py says why)."""
     seller = credited_seller(service, 50_000)
     made, _ = service.create_key(seller["id"], "till")
     service.revoke_key(seller["id"], made["id"])
@@ -148,12 +174,9 @@ def test_the_service_anchors_each_change_of_access_as_it_commits(service):
                                   "revoked_at IS NULL", (seller["id"],))[0][0]  # fmt: skip
     service.rotate_key(seller["id"], first)
     service.set_status(seller["id"], "suspended")
-    service.set_status(seller["id"], "active")
     path, key = service.config.anchors_path, service.database.ledger_key
     changes = revocations.changes(anchors.read(path, key).access)
-    assert sorted((c.what, c.state if c.what == "seller" else c.ident[0]) for c in changes) == [
-        ("key", first), ("key", made["id"]), ("seller", "active")
-    ]  # fmt: skip
+    assert sorted((c.what, c.ident[0]) for c in changes) == [("key", first), ("key", made["id"])]
     anchors.record(service.config, key, anchors.heads(service.database), "test", "restore")
     anchors.compact(path, key)
     assert revocations.changes(anchors.read(path, key).access) == changes
@@ -161,14 +184,16 @@ def test_the_service_anchors_each_change_of_access_as_it_commits(service):
 
 
 def test_a_change_that_cannot_be_anchored_stands_and_is_logged(service, caplog):
-    """The anchors file cannot be written (a directory in its place): the suspension is
+    """The anchors file cannot be written (a directory in its place): the revocation is
     committed and answered, and the log says it is not anchored."""
     seller = credited_seller(service, 50_000)
+    made, _ = service.create_key(seller["id"], "till")
     path = Path(service.config.anchors_path)
     path.unlink(missing_ok=True)
     path.mkdir()
     with caplog.at_level(logging.ERROR, logger="chargebox.anchors"):
-        assert service.set_status(seller["id"], "suspended")["status"] == "suspended"
+        assert service.revoke_key(seller["id"], made["id"])["revoked_at"] is not None
     assert "could not be anchored" in caplog.text and "restored later" in caplog.text
-    status = service.database.rows("SELECT status FROM seller WHERE id = ?", (seller["id"],))
-    assert status == [("suspended",)]
+    revoked = service.database.rows("SELECT revoked_at FROM seller_key WHERE id = ?",
+                                    (made["id"],))  # fmt: skip
+    assert revoked[0][0] is not None
