@@ -60,6 +60,18 @@ def serve_refused(live: Path) -> str:
     return result.stderr
 
 
+def refused_then_accepted(live: Path, refused: str, checked: str) -> str:
+    """Start-up refuses the file (saying `refused`), `anchors check` finds it (`checked`),
+    and `anchors accept-restore` accepts it: what that said."""
+    refusal = serve_refused(live)
+    assert refused in refusal and "accept-restore" in refusal
+    check = chargebox("anchors", "check", "--db", str(live), env=key_env(live))
+    assert check.returncode == 1 and checked in check.stderr
+    accepted = chargebox("anchors", "accept-restore", "--db", str(live), env=key_env(live))
+    assert accepted.returncode == 0, accepted.stderr
+    return accepted.stderr
+
+
 @pytest.mark.sqlite_only
 def test_an_older_copy_put_back_is_found_by_the_audit_and_refused_at_start_up(tmp_path):
     """The copy is the file itself, copied while the server was stopped; the server then
@@ -83,13 +95,8 @@ def test_an_older_copy_put_back_is_found_by_the_audit_and_refused_at_start_up(tm
     audited = chargebox("audit", "--db", str(live), env=key_env(live))
     assert audited.returncode == 1
     assert f"anchor: seller {seller['id']}" in audited.stderr and "rolled back" in audited.stderr
-    refusal = serve_refused(live)
-    assert "older than its anchors" in refusal and "accept-restore" in refusal
-    checked = chargebox("anchors", "check", "--db", str(live), env=key_env(live))
-    assert checked.returncode == 1 and "rolled back" in checked.stderr
-    accepted = chargebox("anchors", "accept-restore", "--db", str(live), env=key_env(live))
-    assert accepted.returncode == 0, accepted.stderr
-    assert "1 seller(s) were behind" in accepted.stderr
+    accepted = refused_then_accepted(live, "older than its anchors", "rolled back")
+    assert "1 seller(s) were behind" in accepted
     assert chargebox("audit", "--db", str(live), env=key_env(live)).returncode == 0
     with running_server(live) as server:
         shop = server.seller(key)

@@ -19,7 +19,7 @@ import pytest
 from chargebox import anchors, auth, clock, restore, revocations
 from chargebox.clock import now
 from tests.support import ADMIN_TOKEN, Api, credited_seller, new_seller, running_server
-from tests.test_anchors import put_back, serve_refused
+from tests.test_anchors import put_back, refused_then_accepted
 from tests.test_backup import chargebox, key_env
 
 pytestmark = pytest.mark.timeout(300)
@@ -61,16 +61,11 @@ def test_a_copy_put_back_is_refused_until_its_revocations_are_done_again(tmp_pat
     ):
         assert said in audited.stderr, audited.stderr  # fmt: skip
     assert "rolled back" not in audited.stderr  # no sale since the copy
-    refusal = serve_refused(live)
-    assert "lacks 3 change(s) of access" in refusal and "accept-restore" in refusal
-    checked = chargebox("anchors", "check", "--db", str(live), env=key_env(live))
-    assert checked.returncode == 1 and "is undone in this database" in checked.stderr
-
-    accepted = chargebox("anchors", "accept-restore", "--db", str(live), env=key_env(live))
-    assert accepted.returncode == 0, accepted.stderr
-    assert accepted.stderr.count("done again: ") == 3, accepted.stderr
-    assert "0 seller(s) were behind" in accepted.stderr
-    assert "3 change(s) of access done again" in accepted.stderr
+    accepted = refused_then_accepted(
+        live, "lacks 3 change(s) of access", "is undone in this database"
+    )
+    assert accepted.count("done again: ") == 3, accepted
+    assert "0 seller(s) were behind" in accepted and "3 change(s) of access done again" in accepted
     assert chargebox("audit", "--db", str(live), env=key_env(live)).returncode == 0
     again = chargebox("anchors", "accept-restore", "--db", str(live), env=key_env(live))
     assert again.returncode == 0 and "0 change(s) of access done again" in again.stderr
