@@ -25,7 +25,7 @@ from time import monotonic
 
 from chargebox import revocations
 from chargebox.access_log import keep_out
-from chargebox.clock import after, now
+from chargebox.clock import now
 from chargebox.db import Database, Write
 from chargebox.errors import SUSPENDED, SellerSuspended, Unauthorized
 from chargebox.key_use import last_use
@@ -273,14 +273,7 @@ def rotate_admin(database: Database, token: str) -> str:
     from this commit on, and the admin's web sessions opened with it end. Stamped now, or
     past the rotation before it (a clock set back), and anchored (revocations). Its stamp."""
     digest = hash_key(token)
-
-    def record(write: Write) -> str:
-        held = write.rows("SELECT changed_at FROM admin_token WHERE id = 1")
-        at = after(held[0][0] if held else None)
-        revocations.put_admin(write, digest, at)
-        return at
-
-    at = database.write(record)
+    at = database.write(lambda write: revocations.rotate_in(write, digest), alone=True)
     revocations.admin_rotated(database, digest, at)
     return at
 

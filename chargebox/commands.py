@@ -19,7 +19,12 @@ from pathlib import Path
 from chargebox import auth, periods
 from chargebox.anchors import located
 from chargebox.config import Config, checked_admin_token, whole_number
-from chargebox.location import check_database_path, without_leftovers, written_secret
+from chargebox.location import (
+    check_database_path,
+    damage_found,
+    without_leftovers,
+    written_secret,
+)
 from chargebox.services import Chargebox
 
 COMMANDS = ("keys", "create-key", "revoke-key", "rotate-key", "suspend", "reactivate",
@@ -108,6 +113,9 @@ def _for_reading(config: Config) -> Config:
     step (cli.prepare's). The schema is checked once it is open (run)."""
     if not config.db_url:
         check_database_path(config.db_path, writing=False)
+        if (said := damage_found(config.db_path)) is not None:  # read all the same: say so
+            print(f"chargebox: warning: --db {config.db_path}: a server found it damaged "
+                  f"({said}): what is read from it may be wrong", file=sys.stderr)  # fmt: skip
     return dataclasses.replace(config, ledger_key=config.ledger_key_at_hand())
 
 

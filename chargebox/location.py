@@ -84,13 +84,10 @@ def check_database_path(path: Path, writing: bool = True) -> None:
         raise ValueError(f"{where}: is not an SQLite database (a wrong path?)")
     if len(header) == 20 and header[18] == 1:  # in rollback-journal mode
         _refuse_another_files_wal(path, where)
-    if writing and (marked := damage_mark(path)).exists():
-        said, _, of = marked.read_text(errors="replace").strip().partition("\nfile ")
-        if of != _named(_identity(path)):
-            return  # another file's: the damaged one was put aside, and this one restored
+    if writing and (said := damage_found(path)) is not None:
         raise ValueError(
             f"{where}: a server found it damaged ({said}): restore a backup (README,"
-            f" Restore), or, if `PRAGMA integrity_check` now says ok, delete {marked}"
+            f" Restore), or, if `PRAGMA integrity_check` now says ok, delete {damage_mark(path)}"
         )
 
 
@@ -201,6 +198,17 @@ def damage_mark(path: Path) -> Path:
     health check, say) does not serve it on as if sound; a file restored in its place
     (moved there: another inode) is not refused."""
     return path.with_name(path.name + ".damaged")
+
+
+def damage_found(path: Path) -> str | None:
+    """What the damage mark beside `path` says (when, SQLite's words), if it names the file
+    there now; None if there is none, or it is another file's (the damaged one was put
+    aside, and this one restored)."""
+    marked = damage_mark(path)
+    if not marked.exists():
+        return None
+    said, _, of = marked.read_text(errors="replace").strip().partition("\nfile ")
+    return said if of == _named(_identity(path)) else None
 
 
 def _mark_damaged(path: Path, reason: str, identity: tuple[int, int]) -> None:

@@ -110,6 +110,8 @@ def redo(database: Database, found: anchors.Loaded) -> list[revocations.Change]:
     for change in revocations.changes(found.access):
 
         def again(write: Write, change: revocations.Change = change) -> bool:
+            if change.what == revocations.ADMIN:
+                revocations.hold_admin(write)  # no rotation between the look and the write
             return bool(revocations.undone(write, [change])) and _done(write, change)
 
         if database.write(again, alone=True):

@@ -11,14 +11,18 @@ end them: they stay true of whatever copy is served next.
 Both only move one way, so a database's state can be compared with the anchored one
 whatever the order of the lines, whichever host or process wrote them, and in a
 snapshot taken after the file was read (anchors.loaded): a revocation is final, and each
-rotation of the admin token is stamped past the one before it (auth.rotate_admin), so
-a database that holds another token under an older stamp than the anchored one is older
-than that rotation. The audit names each anchored change the database lacks as an
-`anchor` problem; start-up refuses such a file, as it refuses a rolled-back one;
-`chargebox anchors accept-restore` (restore.redo) does each again and says so: the key
-revoked (stamped as it was), the admin token's hash and stamp put back (the admin's
-other web sessions end). A key the copy does not hold (made after it) is passed over:
-the creation stamp tells apart a row made again with the same id.
+rotation of the admin token is stamped past the one before it, one at a time
+(rotate_in), so a database that holds another token under an older stamp than the
+anchored one is older than that rotation. (Unless an older release rotated it since, by
+its own clock alone; or, after a PostgreSQL restore, a host rotated by a clock behind
+another's before that one accepted the restore: README.)
+
+The audit names each anchored change the database lacks as an `anchor` problem;
+start-up refuses such a file, as it refuses a rolled-back one; `chargebox anchors
+accept-restore` (restore.redo) does each again and says so: the key revoked (stamped as
+it was), the admin token's hash and stamp put back (the admin's other web sessions end).
+A key the copy does not hold (made after it) is passed over: the creation stamp tells
+apart a row made again with the same id.
 
 Not anchored: a seller's suspension or reactivation. A status goes both ways, and the
 database keeps no count or stamp of its changes to tell an anchored status undone from
@@ -35,7 +39,7 @@ from __future__ import annotations
 import logging
 from typing import NamedTuple
 
-from chargebox import anchors
+from chargebox import anchors, clock
 from chargebox.config import Config
 from chargebox.db import Database, Write
 
@@ -43,6 +47,7 @@ KIND = "access"
 KEY, ADMIN = "key", "admin"
 _LIVE_KEYS = ("SELECT id, seller_id, created_at FROM seller_key"
               " WHERE revoked_at IS NULL AND id IN ({})")  # fmt: skip
+ADMIN_LOCK = 7355610  # PostgreSQL's advisory lock for a rotation of the admin token
 _ADMIN_IN_FORCE = ("INSERT INTO admin_token (id, token_hash, changed_at) VALUES (1, ?, ?)"
                    " ON CONFLICT (id) DO UPDATE SET token_hash = excluded.token_hash,"
                    " changed_at = excluded.changed_at")  # fmt: skip
@@ -78,6 +83,25 @@ def revoked(database: Database, key: dict, by: str) -> None:
 
 def admin_rotated(database: Database, token_hash: str, at: str) -> None:
     _anchor(database, [ADMIN, token_hash, at], "rotate-admin-token")
+
+
+def rotate_in(write: Write, token_hash: str) -> str:
+    """The admin token of `token_hash` in force (put_admin), stamped now or past the
+    rotation before it (a clock set back, another host's behind); the stamp. Rotations
+    go one at a time: on PostgreSQL (READ COMMITTED) two that read the stamp before
+    either wrote would leave the older stamp on the newer token (helper-129)."""
+    hold_admin(write)
+    held = write.rows("SELECT changed_at FROM admin_token WHERE id = 1")
+    at = clock.after(held[0][0] if held else None)
+    put_admin(write, token_hash, at)
+    return at
+
+
+def hold_admin(write: Write) -> None:
+    """Until this write ends, no other rotation or redo of the admin token (PostgreSQL;
+    SQLite's writes go one at a time anyway)."""
+    if write.dialect == "postgresql":
+        write.rows("SELECT pg_advisory_xact_lock(?)", (ADMIN_LOCK,))
 
 
 def put_admin(write: Write, token_hash: str, at: str) -> None:

@@ -202,7 +202,8 @@ def test_keys_and_statement_read_a_copy_as_it_lies_and_make_nothing_beside_it(tm
     """A file moved aside in a restore (README, Restore step 5), with no ledger key beside
     it: `keys` and `statement` read it and make no ledger key, admin token or anchors
     there (they went through the start-up's preparation, which made a ledger key beside a
-    copy that held no seal). A command that writes still makes its key (the control)."""
+    copy that held no seal), and read one a server marked damaged, saying so. A command
+    that writes still makes its key (the control)."""
     db = tmp_path / "live" / "c.db"
     db.parent.mkdir()
     assert chargebox(db, None, "init-db").returncode == 0
@@ -219,5 +220,12 @@ def test_keys_and_statement_read_a_copy_as_it_lies_and_make_nothing_beside_it(tm
     assert stated.returncode == 0, stated.stderr
     assert json.loads(stated.stdout)["seller_id"] == 1
     assert sorted(p.name for p in aside.iterdir()) == ["c.db"]
+    file = copy.stat()  # a server's damage mark naming the copy (helper-129): read, and said
+    said = "2026-12-07T00:00:00Z SQLite: database disk image is malformed"
+    copy.with_name("c.db.damaged").write_text(f"{said}\nfile {file.st_dev}:{file.st_ino}\n")
+    warned = chargebox(copy, None, "keys", "1")
+    assert warned.returncode == 0 and json.loads(warned.stdout)["id"] == 1, warned.stderr
+    assert f"warning: --db {copy}: a server found it damaged ({said})" in warned.stderr
+    copy.with_name("c.db.damaged").unlink()
     assert chargebox(copy, None, "suspend", "1").returncode == 0
     assert "ledger_key" in [p.name for p in aside.iterdir()]

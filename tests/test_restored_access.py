@@ -12,13 +12,24 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import threading
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from chargebox import anchors, auth, clock, restore, revocations
 from chargebox.clock import now
-from tests.support import ADMIN_TOKEN, Api, credited_seller, new_seller, running_server
+from chargebox.services import Chargebox
+from tests.support import (
+    ADMIN_TOKEN,
+    Api,
+    credited_seller,
+    new_seller,
+    owner_url,
+    running_server,
+    wait_until,
+)
 from tests.test_anchors import put_back, refused_then_accepted
 from tests.test_backup import chargebox, key_env
 
@@ -192,3 +203,46 @@ def test_a_change_that_cannot_be_anchored_stands_and_is_logged(service, caplog):
     revoked = service.database.rows("SELECT revoked_at FROM seller_key WHERE id = ?",
                                     (made["id"],))  # fmt: skip
     assert revoked[0][0] is not None
+
+
+@pytest.mark.postgresql_only
+def test_two_rotations_at_once_leave_the_newer_stamp_on_the_token_in_force(
+    config, service, monkeypatch
+):
+    """helper-129: at READ COMMITTED, a rotation that had read the stamp before another
+    committed wrote its older stamp over the newer one: the audit then saw the newest
+    anchored rotation undone, and a redo put back the token that had lost. Rotations go
+    one at a time: the second, started while the first holds its stamp, waits for it."""
+    other = Chargebox(config)
+    second: list[str] = []
+    looked = clock.after
+
+    def first_looks(stored):
+        monkeypatch.setattr(clock, "after", looked)  # the second rotation's is the real one
+        waiting = threading.Thread(
+            target=lambda: second.append(auth.rotate_admin(other.database, ADMIN_TOKEN))
+        )
+        waiting.start()
+        wait_until(lambda: advisory_waits(config) == 1, "the second rotation waits")
+        return looked(stored)
+
+    monkeypatch.setattr(clock, "after", first_looks)
+    try:
+        first = auth.rotate_admin(service.database, NEW_ADMIN)
+        wait_until(lambda: bool(second), "the second rotation done")
+    finally:
+        other.close()
+    assert second[0] > first
+    assert auth.current_admin(service.database) == auth.hash_key(ADMIN_TOKEN)
+    assert service.audit()["consistent"]
+    held = anchors.loaded(service.config, service.database.ledger_key)
+    assert restore.redo(service.database, held) == []
+
+
+def advisory_waits(config) -> int:
+    """Sessions of the test's database waiting for an advisory lock."""
+    with psycopg.connect(owner_url(config.db_url), autocommit=True) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ).fetchone()[0]
