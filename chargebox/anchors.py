@@ -217,8 +217,8 @@ def problems(db, found: Loaded) -> list[dict]:
     each rollback (a head the database is behind or does not hold), and each mark lost."""
     missing = [
         problem(None, None, f"the finding of the audit of {mark.found_at} (audit checkpoint "
-                             f"{mark.id}), anchored by {mark.by}, is missing from the database"
-                             " or sealed differently: deleted, or rolled back to before it")
+                            f"{mark.id}), anchored by {mark.by}, is missing from the database"
+                            " or sealed differently: deleted, or rolled back to before it")
         for mark in lost(db, found.marks)
     ]  # fmt: skip
     return found.problems + rollbacks(db, found.heads) + missing
@@ -322,7 +322,8 @@ def _not_compacted(path: Path, size: int, exc: OSError) -> None:
 
 def _ends_with_newline(path: Path) -> bool:
     with open(path, "rb") as handle:
-        return handle.seek(-1, os.SEEK_END) >= 0 and handle.read(1) == b"\n"
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
 
 
 def compact(path: Path, key: bytes) -> None:
