@@ -105,7 +105,7 @@ def _refuse_another_files_wal(path: Path, where: str) -> None:
     if frames:
         raise ValueError(f"{where}: {wal} beside it is another file's (this one is not in WAL "
                          f"mode: a backup's copy put back, the old -wal left?); move {wal} and "
-                         f"{path}-shm aside, then start again")  # fmt: skip
+                         f"{path}-shm aside, then try again")  # fmt: skip
 
 
 def _read_version(path: Path) -> int | None:

@@ -41,12 +41,18 @@ def audit(config: Config, as_json: bool, full: bool) -> int:
     if not config.db_url:
         check_database_path(config.db_path, writing=False)
     service = Chargebox(dataclasses.replace(config, ledger_key=config.ledger_key_at_hand()))
+    anchored = config.anchors_path.exists()  # before the audit: a clean one makes the file
     try:
         service.database.check_schema()  # an older file: say so, not "no such column"
         report = service.audit(full=full, progress=Progress())
     finally:
         service.close()
     print(f"audit: {report['scope']['summary']}", file=sys.stderr)
+    if not anchored:  # nothing said of what it could not compare (helper-130)
+        print(f"audit: no anchors file at {config.anchors_path} when it began: a rollback, or a "
+              "revocation undone, could not be seen (a backup's copy has none; a live "
+              "database's has one its servers write: keep it in place when restoring)",
+              file=sys.stderr)  # fmt: skip
     if as_json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     return audit_verdict(report)

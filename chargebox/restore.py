@@ -18,6 +18,7 @@ import sys
 from chargebox import anchors, auth, revocations
 from chargebox.config import Config
 from chargebox.db import Database, Write
+from chargebox.location import check_database_path
 from chargebox.services import Chargebox
 
 _REVOKE_AGAIN = ("UPDATE seller_key SET revoked_at = ? WHERE id = ? AND seller_id = ?"
@@ -36,6 +37,8 @@ def main(config: Config, action: str) -> int:
         raise ValueError(f"no ledger key ({config.ledger_key_path} or CHARGEBOX_LEDGER_KEY): "
                          "anchors are sealed with it")  # fmt: skip
     config = dataclasses.replace(config, ledger_key=key)
+    if not config.db_url:  # as every command: not a copy with another file's -wal beside it
+        check_database_path(config.db_path, writing=action == "accept-restore")
     service = Chargebox(config)
     try:
         service.database.check_schema()

@@ -107,7 +107,8 @@ def test_an_older_copy_put_back_is_found_by_the_audit_and_refused_at_start_up(tm
 
 @pytest.mark.sqlite_only
 def test_anchors_check_without_its_file_says_nothing_was_checked(tmp_path):
-    """A deleted anchors file (or a wrong CHARGEBOX_ANCHORS) passed as a clean check."""
+    """A deleted anchors file (or a wrong CHARGEBOX_ANCHORS) passed as a clean check; the
+    audit, which then anchors afresh, says what it could not compare (helper-130)."""
     live = tmp_path / "chargebox.db"
     fresh = chargebox("init-db", "--db", str(live))
     assert fresh.returncode == 0, fresh.stderr
@@ -119,6 +120,11 @@ def test_anchors_check_without_its_file_says_nothing_was_checked(tmp_path):
     gone = chargebox("anchors", "check", "--db", str(live), env=key_env(live))
     assert gone.returncode == 1, gone.stderr
     assert "no anchors file" in gone.stderr and "1 seller(s) have sealed entries" in gone.stderr
+    audited = chargebox("audit", "--db", str(live), env=key_env(live))  # clean, and says so
+    assert audited.returncode == 0, audited.stderr
+    assert f"no anchors file at {live}.anchors when it began" in audited.stderr
+    again = chargebox("audit", "--db", str(live), env=key_env(live))  # the clean one made it
+    assert again.returncode == 0 and "no anchors file" not in again.stderr, again.stderr
 
 
 @pytest.mark.sqlite_only

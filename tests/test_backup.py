@@ -506,7 +506,8 @@ def test_a_restored_copy_with_the_old_wal_left_beside_it_is_refused_naming_the_w
     """README's restore, step 2 skipped: the copy put in place, the old file's `-wal`
     left beside it. SQLite replayed that into the copy ("database disk image is
     malformed", the copy itself sound): an operator would take a good backup for a bad
-    one (helper-110). Refused now, naming the -wal to move; moved, the copy opens."""
+    one (helper-110). Refused now, naming the -wal to move; moved, the copy opens. The
+    anchors commands too: accept-restore took the -wal in and accepted the mix (helper-130)."""
     from tests.test_startup_mistakes import assert_refused
 
     live, copy = tmp_path / "chargebox.db", tmp_path / "backup.db"
@@ -521,7 +522,8 @@ def test_a_restored_copy_with_the_old_wal_left_beside_it_is_refused_naming_the_w
     shutil.copyfile(copy, live)
     Path(f"{live}-wal").write_bytes(old_wal)
     before = live.read_bytes()
-    for command in (("audit",), ("serve", "--port", "0"), ("backup", str(tmp_path / "b.db"))):
+    for command in (("audit",), ("serve", "--port", "0"), ("backup", str(tmp_path / "b.db")),
+                    ("anchors", "check"), ("anchors", "accept-restore")):  # fmt: skip
         refused = chargebox(*command, "--db", str(live), timeout=30)
         line = assert_refused(refused, f"--db {live}", f"{live}-wal beside it is another file's")
         assert "malformed" not in line and live.read_bytes() == before, line
