@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from chargebox import auth, periods
+from chargebox import anchors, auth, periods, revocations
 from chargebox.anchors import located
 from chargebox.config import Config, checked_admin_token, whole_number
 from chargebox.location import (
@@ -98,6 +98,7 @@ def run(args: argparse.Namespace, config: Config, prepare: Callable[[Config], Co
     try:
         if args.command in READS:
             service.database.check_schema()  # an older file: say so, not "no such column"
+            _said_if_behind(service, config)
         if args.command == "rotate-admin-token":
             return _rotate_admin_token(service, config, from_environment)
         if args.command == "statement":
@@ -117,6 +118,23 @@ def _for_reading(config: Config) -> Config:
             print(f"chargebox: warning: --db {config.db_path}: a server found it damaged "
                   f"({said}): what is read from it may be wrong", file=sys.stderr)  # fmt: skip
     return dataclasses.replace(config, ledger_key=config.ledger_key_at_hand())
+
+
+def _said_if_behind(service: Chargebox, config: Config) -> None:
+    """A read of a file older than its anchors (a restore not yet accepted: start-up and
+    the commands that write refuse it) is answered, with a warning: its keys may list
+    revoked ones as live, its statement lack later sales (helper-130)."""
+    database = service.database
+    found = anchors.loaded(config, database.ledger_key)  # before the snapshot (anchors.py)
+    with database.snapshot() as db:
+        behind = anchors.rollbacks(db, found.heads) + revocations.problems(db, found)
+    if behind:
+        first = behind[0]
+        where = "(the PostgreSQL database)" if config.db_url else config.db_path
+        print(f"chargebox: warning: --db {where} is older than its anchors in "
+              f"{config.anchors_path} ({len(behind)} problem(s), first: {located(first)}"
+              f"{first['message']}): what it says may be out of date; `chargebox anchors "
+              "check` lists them", file=sys.stderr)  # fmt: skip
 
 
 def _answer(args: argparse.Namespace, service: Chargebox) -> int:

@@ -72,6 +72,9 @@ def test_a_copy_put_back_is_refused_until_its_revocations_are_done_again(tmp_pat
     ):
         assert said in audited.stderr, audited.stderr  # fmt: skip
     assert "rolled back" not in audited.stderr  # no sale since the copy
+    listed = chargebox("keys", str(shop["id"]), "--db", str(live), env=key_env(live))
+    assert listed.returncode == 0 and f"key {till_id} of seller" in listed.stderr, listed.stderr
+    assert "is older than its anchors" in listed.stderr  # answered, with a warning
     accepted = refused_then_accepted(
         live, "lacks 3 change(s) of access", "is undone in this database"
     )
@@ -80,6 +83,8 @@ def test_a_copy_put_back_is_refused_until_its_revocations_are_done_again(tmp_pat
     assert chargebox("audit", "--db", str(live), env=key_env(live)).returncode == 0
     again = chargebox("anchors", "accept-restore", "--db", str(live), env=key_env(live))
     assert again.returncode == 0 and "0 change(s) of access done again" in again.stderr
+    listed = chargebox("keys", str(shop["id"]), "--db", str(live), env=key_env(live))
+    assert listed.returncode == 0 and "warning" not in listed.stderr, listed.stderr
 
     with running_server(live, admin_token=NEW_ADMIN) as server:
         for key in (till_key, shop_key):
