@@ -366,20 +366,21 @@ def _compact(path: Path, key: bytes) -> None:
     _COMPACT_PAST[path] = max(COMPACT_AT, 2 * len(written))
 
 
-def refuse_rollback(config: Config, db, key: str) -> None:
-    """Start-up: ValueError if the database is older than its anchors."""
+def refuse_rollback(config: Config, db, key: str) -> File:
+    """Start-up: ValueError if the database is older than its anchors; else what they hold
+    (revocations.refuse_undone checks the rest)."""
     try:
-        anchored = read(config.anchors_path, key.encode("utf-8")).heads
+        held = read(config.anchors_path, key.encode("utf-8"))
     except OSError as exc:
         raise ValueError(f"cannot read the anchors {config.anchors_path}: {exc}") from None
-    if not anchored:
-        return
+    if not held.heads:
+        return held
     if "seller_head" in db.table_names():
-        found = rollbacks(db, anchored)
+        found = rollbacks(db, held.heads)
     else:  # a new, empty file where a database was
         found = [problem(None, None, "the database holds no ledger at all")]
     if not found:
-        return
+        return held
     first = found[0]
     where = "(the PostgreSQL database)" if config.db_url else str(config.db_path)
     seller = f"seller {first['seller_id']}: " if first["seller_id"] else ""

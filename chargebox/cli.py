@@ -173,8 +173,8 @@ def prepare(config: Config, serving: bool = False, token: bool = False) -> Confi
             grants.refuse_lacking(database.connection(), "(the PostgreSQL database)")
             key = _ledger_key(config, database, made_by="init-db")
             config.secrets_dir.mkdir(parents=True, exist_ok=True)  # for the anchors
-            anchors.refuse_rollback(config, database, key)  # an older copy put back
-            revocations.refuse_undone(config, database, key)  # a revoked key live in it
+            anchored = anchors.refuse_rollback(config, database, key)  # an older copy put back
+            revocations.refuse_undone(config, database, anchored)  # a revoked key live in it
             if serving:
                 migrations.mark_serving(config)
         else:
@@ -182,9 +182,9 @@ def prepare(config: Config, serving: bool = False, token: bool = False) -> Confi
                 # before a key is made beside another application's file, or it goes to WAL
                 migrations.refuse_another_applications(database.connection(), str(config.db_path))
                 key = _ledger_key(config, database)
-                anchors.refuse_rollback(config, database, key)  # an older copy put back
+                anchored = anchors.refuse_rollback(config, database, key)  # an older copy
                 database.ensure_schema(ALL_MODELS)
-                revocations.refuse_undone(config, database, key)  # a revoked key live in it
+                revocations.refuse_undone(config, database, anchored)  # a revoked key live in it
                 if serving:  # before the lock goes: a migrate, which takes it, sees this server
                     migrations.mark_serving(config)
         admin = admin_commands.admin_token(config, make=serving or token)  # once nothing refused

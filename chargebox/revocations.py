@@ -185,10 +185,10 @@ def problems(db, found: anchors.Loaded) -> list[dict]:
     ]  # fmt: skip
 
 
-def refuse_undone(config: Config, database: Database, key: str) -> None:
-    """Start-up, after anchors.refuse_rollback (which reports an anchors file it cannot
-    read): ValueError if the database lacks an anchored change."""
-    held = changes(anchors.read(config.anchors_path, key.encode("utf-8")).access)
+def refuse_undone(config: Config, database: Database, anchored: anchors.File) -> None:
+    """Start-up, after anchors.refuse_rollback (which read the anchors, `anchored`):
+    ValueError if the database lacks an anchored change."""
+    held = changes(anchored.access)
     found = undone(database, held) if held else []
     if found:
         where = "(the PostgreSQL database)" if config.db_url else str(config.db_path)
