@@ -94,10 +94,11 @@ _PERIODS = {  # periods.NAMES, as docs/api.md says them; one period: --from and 
 
 def run(args: argparse.Namespace, config: Config, prepare: Callable[[Config], Config]) -> int:
     from_environment = config.admin_token is not None  # CHARGEBOX_ADMIN_TOKEN is set
-    service = Chargebox(_for_reading(config) if args.command in READS else prepare(config))
+    reads = args.command in READS
+    service = opened_as_it_lies(config) if reads else Chargebox(prepare(config))
     try:
-        if args.command in READS:
-            service.database.check_schema()  # an older file: say so, not "no such column"
+        if reads:
+            _said_if_damaged(config)
             _said_if_behind(service, config)
         if args.command == "rotate-admin-token":
             return _rotate_admin_token(service, config, from_environment)
@@ -108,16 +109,26 @@ def run(args: argparse.Namespace, config: Config, prepare: Callable[[Config], Co
         service.close()
 
 
-def _for_reading(config: Config) -> Config:
-    """What `keys` and `statement` open: the file as it lies, as `audit` does (a backup's
-    copy in a read-only directory too), nothing made beside it: no ledger key, no schema
-    step (cli.prepare's). The schema is checked once it is open (run)."""
+def opened_as_it_lies(config: Config) -> Chargebox:
+    """The service on a file read where it lies (`audit`, `keys`, `statement`): a backup's
+    copy in a read-only directory too, nothing made beside it (no ledger key, no schema
+    step: cli.prepare's); its schema checked (an older file: said, not "no such column")."""
     if not config.db_url:
         check_database_path(config.db_path, writing=False)
-        if (said := damage_found(config.db_path)) is not None:  # read all the same: say so
-            print(f"chargebox: warning: --db {config.db_path}: a server found it damaged "
-                  f"({said}): what is read from it may be wrong", file=sys.stderr)  # fmt: skip
-    return dataclasses.replace(config, ledger_key=config.ledger_key_at_hand())
+    service = Chargebox(dataclasses.replace(config, ledger_key=config.ledger_key_at_hand()))
+    try:
+        service.database.check_schema()
+    except BaseException:
+        service.close()
+        raise
+    return service
+
+
+def _said_if_damaged(config: Config) -> None:
+    """A read of a file a server marked damaged is answered, with a warning."""
+    if not config.db_url and (said := damage_found(config.db_path)) is not None:
+        print(f"chargebox: warning: --db {config.db_path}: a server found it damaged "
+              f"({said}): what is read from it may be wrong", file=sys.stderr)  # fmt: skip
 
 
 def _said_if_behind(service: Chargebox, config: Config) -> None:

@@ -7,16 +7,13 @@ restore.py), and is registered and dispatched from here, so that cli.py stays sm
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
 
 from chargebox import backup, restore
-from chargebox.commands import audit_verdict
+from chargebox.commands import audit_verdict, opened_as_it_lies
 from chargebox.config import Config
-from chargebox.location import check_database_path
-from chargebox.services import Chargebox
 
 COMMANDS = ("backup", "anchors")
 
@@ -38,12 +35,9 @@ def audit(config: Config, as_json: bool, full: bool) -> int:
     if not config.db_url and not config.db_path.exists():
         print(f"chargebox audit: no database at {config.db_path}", file=sys.stderr)
         return 2
-    if not config.db_url:
-        check_database_path(config.db_path, writing=False)
-    service = Chargebox(dataclasses.replace(config, ledger_key=config.ledger_key_at_hand()))
+    service = opened_as_it_lies(config)
     anchored = config.anchors_path.exists()  # before the audit: a clean one makes the file
     try:
-        service.database.check_schema()  # an older file: say so, not "no such column"
         report = service.audit(full=full, progress=Progress())
     finally:
         service.close()
