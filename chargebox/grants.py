@@ -15,7 +15,7 @@ from chargebox.schema import current_schema, tables
 # What the service's role may change, column by column; everything else it may only
 # read and insert, and the append-only tables not even that much more.
 _UPDATABLE = {
-    "seller": ("balance", "status"),
+    "seller": ("balance", "status", "status_changes"),
     "seller_key": ("revoked_at", "last_used_at"),  # and so a sale's lock on its key (auth)
     "admin_token": ("token_hash", "changed_at"),  # rotate-admin-token, as the service
     "credit_request": ("status", "decided_at"),

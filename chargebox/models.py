@@ -47,6 +47,15 @@ class Seller(BaseModel):
         default="active",
         constraints=[SQL("DEFAULT 'active'"), Check("status IN ('active', 'suspended')")],
     )
+    # Version 11: how many times its status changed, which only grows (a trigger): an
+    # anchored suspension or reactivation tells a copy that lacks it (revocations.py).
+    status_changes = BigIntegerField(
+        default=0,
+        constraints=[
+            SQL("DEFAULT 0"),
+            Check(_INT.format("status_changes") + " AND status_changes >= 0"),
+        ],
+    )
 
 
 class SellerKey(BaseModel):

@@ -247,8 +247,15 @@ def _sellers(reader: sqlite3.Connection, conn) -> int:
 
 
 def _suspensions(reader: sqlite3.Connection, conn) -> None:
-    for (seller_id,) in reader.execute("SELECT id FROM seller WHERE status = 'suspended'"):
-        conn.execute("UPDATE seller SET status = 'suspended' WHERE id = %s", (seller_id,))
+    """Each seller's status and its count of changes (schema version 11), once its sales
+    and requests are in. One suspended by a release before it (its count 0) is counted
+    once here: the guard counts each change, this one's too."""
+    changed = reader.execute("SELECT id, status, status_changes FROM seller"
+                             " WHERE status != 'active' OR status_changes > 0")  # fmt: skip
+    for seller_id, status, count in changed:
+        counted = count if status == "active" else max(count, 1)
+        conn.execute("UPDATE seller SET status = %s, status_changes = %s WHERE id = %s",
+                     (status, counted, seller_id))  # fmt: skip
 
 
 def _rows(reader: sqlite3.Connection, conn, table: str, columns: tuple[str, ...]) -> int:

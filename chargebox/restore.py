@@ -7,7 +7,8 @@ from now on: it must audit clean but for its anchors; then a `restore` line with
 heads is appended, the file is compacted (older and forged lines go) and start-up
 serves it again. It says which sellers' later sales the restore gave up. Before that
 line, it does again each revocation anchored since that the database lacks (a key
-revoked or rotated, the admin token rotated: revocations.py), and says which.
+revoked or rotated, the admin token rotated, a seller suspended or reactivated:
+revocations.py), and says which.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from chargebox.services import Chargebox
 
 _REVOKE_AGAIN = ("UPDATE seller_key SET revoked_at = ? WHERE id = ? AND seller_id = ?"
                  " AND created_at = ? AND revoked_at IS NULL")  # fmt: skip
+_STATUS_AGAIN = ("UPDATE seller SET status = ?, status_changes = ? WHERE id = ?"
+                 " AND created_at = ? AND status_changes < ?")  # fmt: skip
 
 
 def arguments(parser) -> None:
@@ -127,6 +130,12 @@ def _done(write: Write, change: revocations.Change) -> bool:
         key_id, seller_id, created_at = change.ident
         auth.hold_for_revocation(write, seller_id, key_id)
         write.execute(_REVOKE_AGAIN, (change.state, key_id, seller_id, created_at))
+    elif change.what == revocations.SELLER:
+        seller_id, created_at = change.ident
+        write.execute(_STATUS_AGAIN, (change.state, change.count, seller_id, created_at,
+                                      change.count))  # fmt: skip
+        if change.state == "suspended":
+            write.execute("DELETE FROM web_session WHERE seller_id = ?", (seller_id,))
     else:
         revocations.put_admin(write, change.ident[0], change.state)
     return True

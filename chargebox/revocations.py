@@ -1,37 +1,41 @@
-"""What a restored copy would quietly undo: revoked keys and admin token rotations.
+"""What a restored copy would quietly undo: revoked keys, admin token rotations, and
+sellers suspended or reactivated.
 
 A backup holds the keys and the admin token of its moment. Put back, a key revoked
 since (or rotated: the old one is revoked) would sell again, and the admin token in
 force before the last rotation would be again. So each revocation and each rotation of
 the admin token is anchored as it commits: a line of kind `access` in the anchors file
 (anchors.py), sealed with the ledger key, naming the key (its id, seller, creation stamp
-and when it was revoked) or the admin token's hash and stamp. A `restore` line does not
-end them: they stay true of whatever copy is served next.
+and when it was revoked), the admin token's hash and stamp, or the seller (its id and
+creation stamp), its status and the count of its changes of status. A `restore` line does
+not end them: they stay true of whatever copy is served next.
 
-Both only move one way, so a database's state can be compared with the anchored one
+Each only moves one way, so a database's state can be compared with the anchored one
 whatever the order of the lines, whichever host or process wrote them, and in a
-snapshot taken after the file was read (anchors.loaded): a revocation is final, and each
+snapshot taken after the file was read (anchors.loaded): a revocation is final; each
 rotation of the admin token is stamped past the one before it, one at a time
 (rotate_in), so a database that holds another token under an older stamp than the
-anchored one is older than that rotation. (Unless an older release rotated it since, by
-its own clock alone; or, after a PostgreSQL restore, a host rotated by a clock behind
-another's before that one accepted the restore: README.)
+anchored one is older than that rotation; and a seller's status, which goes both ways,
+comes with a count of its changes that only grows (schema version 11: the column
+seller.status_changes, the guard seller_status_is_counted; the row's lock orders two
+changes), so a database whose count is below the anchored one lacks that change, and
+one whose count has reached it holds it or a later one. (Unless an older release
+rotated the admin token since, by its own clock alone, or changed a status uncounted; or,
+after a PostgreSQL restore, a host rotated by a clock behind another's before that one
+accepted the restore: README.)
 
 The audit names each anchored change the database lacks as an `anchor` problem;
 start-up refuses such a file, as it refuses a rolled-back one; `chargebox anchors
 accept-restore` (restore.redo) does each again and says so: the key revoked (stamped as
-it was), the admin token's hash and stamp put back (the admin's other web sessions end).
-A key the copy does not hold (made after it) is passed over: the creation stamp tells
-apart a row made again with the same id.
+it was), the admin token's hash and stamp put back (the admin's other web sessions end), the
+seller's newest anchored status put back with its count (a suspension ends its web
+sessions). A key or seller the copy does not hold (made after it) is passed over: the
+creation stamp tells apart a row made again with the same id.
 
-Not anchored: a seller's suspension or reactivation. A status goes both ways, and the
-database keeps no count or stamp of its changes to tell an anchored status undone from
-one changed again since (on another host, or in a race of two admins); until the schema
-does, the restore's README step says to compare them by hand. Nor a key made after the
-copy (a rotated key's replacement among them): the seller needs a new one (`chargebox
-create-key`). A change committed but not anchored (a full disk, the anchors' lock held
-for seconds: logged as such; or a crash between the commit and the line) is not known
-to a later restore.
+Not anchored: a key or a seller made after the copy (a rotated key's replacement among
+them): the seller needs a new key (`chargebox create-key`). A change committed but not
+anchored (a full disk, the anchors' lock held for seconds: logged as such; or a crash
+between the commit and the line) is not known to a later restore.
 """
 
 from __future__ import annotations
@@ -44,9 +48,10 @@ from chargebox.config import Config
 from chargebox.db import Database, Write
 
 KIND = "access"
-KEY, ADMIN = "key", "admin"
+KEY, ADMIN, SELLER = "key", "admin", "seller"
 _LIVE_KEYS = ("SELECT id, seller_id, created_at FROM seller_key"
               " WHERE revoked_at IS NULL AND id IN ({})")  # fmt: skip
+_COUNTS = "SELECT id, created_at, status_changes FROM seller WHERE id IN ({})"
 ADMIN_LOCK = 7355610  # PostgreSQL's advisory lock for a rotation of the admin token
 _ADMIN_IN_FORCE = ("INSERT INTO admin_token (id, token_hash, changed_at) VALUES (1, ?, ?)"
                    " ON CONFLICT (id) DO UPDATE SET token_hash = excluded.token_hash,"
@@ -55,23 +60,29 @@ log = logging.getLogger("chargebox.anchors")
 
 
 class Change(NamedTuple):
-    """One anchored change: `what` (KEY, ADMIN), what it names (`ident`: a key's id,
-    seller and creation stamp; the admin token's hash), its stamp (`state`: the key's
-    revocation, the admin token's rotation), and the line's stamp and writer."""
+    """One anchored change: `what` (KEY, ADMIN, SELLER), what it names (`ident`: a key's
+    id, seller and creation stamp; the admin token's hash; a seller's id and creation
+    stamp), its state (`state`: the key's revocation stamp, the admin token's rotation
+    stamp, the seller's status), the line's stamp and writer, and a seller's count of
+    changes of status with it (`count`)."""
 
     what: str
     ident: tuple
     state: str
     at: str
     by: str
+    count: int = 0
 
     @property
     def seller_id(self) -> int | None:
-        return self.ident[1] if self.what == KEY else None
+        return self.ident[1] if self.what == KEY else self.ident[0] if self.what == SELLER else None
 
     def said(self) -> str:
         if self.what == KEY:
             return f"key {self.ident[0]} of seller {self.ident[1]}, revoked at {self.state}"
+        if self.what == SELLER:
+            done = "suspended" if self.state == "suspended" else "reactivated"
+            return f"seller {self.ident[0]} {done} (change {self.count} of its status)"
         return f"the admin token rotated in at {self.state}"
 
 
@@ -79,6 +90,12 @@ def revoked(database: Database, key: dict, by: str) -> None:
     """Anchor a key's revocation (`key`: its row as revoke_key answers it)."""
     _anchor(database, [KEY, key["id"], key["seller_id"], key["created_at"], key["revoked_at"]],
             by)  # fmt: skip
+
+
+def status_set(database: Database, seller: dict, by: str) -> None:
+    """Anchor a seller's status (`seller`: its row as set_status wrote it, with its count)."""
+    _anchor(database, [SELLER, seller["id"], seller["created_at"], seller["status"],
+                       seller["status_changes"]], by)  # fmt: skip
 
 
 def admin_rotated(database: Database, token_hash: str, at: str) -> None:
@@ -132,9 +149,10 @@ def _named(record: list) -> str:
 
 
 def changes(lines: list[tuple]) -> list[Change]:
-    """Each key's anchored revocation and the newest anchored admin token, by its stamp
-    (`lines`: the anchors file's `access` records, anchors.File.access). A record this
-    release cannot read (a newer one's) is passed over."""
+    """Each key's anchored revocation, the newest anchored admin token, by its stamp, and
+    each seller's newest anchored status, by its count (`lines`: the anchors file's
+    `access` records, anchors.File.access). A record this release cannot read (a newer
+    one's) is passed over."""
     newest: dict[tuple, Change] = {}
     for at, by, record in lines:
         try:
@@ -143,7 +161,11 @@ def changes(lines: list[tuple]) -> list[Change]:
             continue
         subject = (change.what, change.ident if change.what != ADMIN else ())
         known = newest.get(subject)
-        if change.what != ADMIN or known is None or change.state >= known.state:
+        if (
+            known is None
+            or change.what == KEY
+            or (change.count, change.state) >= (known.count, known.state)
+        ):
             newest[subject] = change
     return list(newest.values())
 
@@ -156,6 +178,11 @@ def _change(record: list, at: str, by: str) -> Change:
     if what == ADMIN:
         _, token_hash, changed_at = record
         return Change(ADMIN, (str(token_hash),), str(changed_at), at, by)
+    if what == SELLER:
+        _, seller_id, created_at, status, count = record
+        if status not in ("active", "suspended") or type(count) is not int:
+            raise ValueError(status)
+        return Change(SELLER, (int(seller_id), str(created_at)), status, at, by, count)
     raise ValueError(what)
 
 
@@ -172,6 +199,11 @@ def undone(db, held: list[Change]) -> list[Change]:
         rows = db.rows("SELECT token_hash, changed_at FROM admin_token WHERE id = 1")
         token_hash, changed_at = rows[0] if rows else (None, "")
         found += [c for c in admin if token_hash != c.ident[0] and changed_at < c.state]
+    sellers = [c for c in held if c.what == SELLER]
+    if sellers:
+        rows = anchors.rows_in(db, _COUNTS, [c.ident[0] for c in sellers])
+        counts = {(row[0], row[1]): row[2] for row in rows}
+        found += [c for c in sellers if counts.get(c.ident, c.count) < c.count]
     return found
 
 

@@ -24,7 +24,7 @@ from chargebox.clock import now
 # The schema version this code reads and writes, and that a new database is made at (the
 # models with TRIGGERS; schema_postgresql.sql). Older ones: migrations.py and its steps
 # (schema_steps.STEPS, one line each; 1: chargebox 0.1.0).
-VERSION = 10
+VERSION = 11
 POSTGRESQL_VERSION = VERSION
 
 
@@ -218,6 +218,11 @@ TRIGGERS = (
        BEFORE INSERT ON sale
        WHEN (SELECT status FROM seller WHERE id = NEW.seller_id) IS NOT 'active'
        BEGIN SELECT RAISE(ABORT, 'a suspended seller cannot sell'); END""",
+    # Version 11: each change of a seller's status is counted, and the count only grows.
+    """CREATE TRIGGER IF NOT EXISTS seller_status_is_counted
+       BEFORE UPDATE OF status, status_changes ON seller
+       WHEN NEW.status_changes < OLD.status_changes + (NEW.status IS NOT OLD.status)
+       BEGIN SELECT RAISE(ABORT, 'a change of a seller''s status is counted'); END""",
     """CREATE TRIGGER IF NOT EXISTS credit_request_needs_an_active_seller
        BEFORE INSERT ON credit_request
        WHEN (SELECT status FROM seller WHERE id = NEW.seller_id) IS NOT 'active'

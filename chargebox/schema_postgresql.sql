@@ -674,3 +674,24 @@ CREATE TRIGGER audit_checkpoint_is_new BEFORE INSERT ON audit_checkpoint
 -- a read of every session; SQLite's file has had one (models.WebSession.seller) since
 -- version 1. The admin's sessions are those with no seller (NULL sorts in it too).
 CREATE INDEX web_session_seller_id ON web_session (seller_id, id);
+-- ;
+-- VERSION 11: each change of a seller's status is counted, and the count only grows, so
+-- that an anchored suspension or reactivation tells a copy that lacks it from one changed
+-- again since (revocations.py).
+ALTER TABLE seller ADD COLUMN status_changes bigint NOT NULL DEFAULT 0
+    CHECK (status_changes >= 0);
+-- ;
+CREATE FUNCTION chargebox_seller_status_is_counted() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
+BEGIN
+    IF NEW.status_changes < OLD.status_changes
+            + (NEW.status IS DISTINCT FROM OLD.status)::int THEN
+        RAISE EXCEPTION 'a change of a seller''s status is counted'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+-- ;
+CREATE TRIGGER seller_status_is_counted BEFORE UPDATE OF status, status_changes ON seller
+    FOR EACH ROW EXECUTE FUNCTION chargebox_seller_status_is_counted();

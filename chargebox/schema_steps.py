@@ -108,22 +108,33 @@ def _sqlite_refunds(conn: sqlite3.Connection) -> None:
     valid row of the new table (its refund_of reads NULL) and satisfies the new CHECKs,
     which only add a kind. That holds because the old columns are the new ones but the
     last, which is checked first."""
+    _sqlite_column_added(conn, "ledger_entry", 2, ("refund_of", "INTEGER", 0, None, 0))
+    conn.execute(_sqlite_model_schema()["ledger_entry_refund_of"])  # empty: no refund yet
+
+
+def _sqlite_column_added(conn: sqlite3.Connection, table: str, was: int, column: tuple) -> None:
+    """`table`'s CREATE statement becomes a new file's, whose last column, `column` (as
+    PRAGMA table_info has it: name, type, NOT NULL, default, primary key), the version `was`
+    table lacks; no row is written (version 3's procedure). A stored row's missing last
+    column reads as its default. A table made anew earlier in the same migration (seller by
+    version 2) has it already."""
     made = _sqlite_model_schema()
-    old = _columns(conn)
-    new = _columns(_memory_with(made["ledger_entry"]))
-    if old != new[:-1] or new[-1][1:] != ("refund_of", "INTEGER", 0, None, 0):
-        raise RuntimeError(f"ledger_entry is not the version-2 table: {old}")
+    old = _columns(conn, table)
+    new = _columns(_memory_with(made[table]), table)
+    if old == new:
+        return
+    if old != new[:-1] or new[-1][1:] != column:
+        raise RuntimeError(f"{table} is not the version-{was} table: {old}")
     (version,) = conn.execute("PRAGMA schema_version").fetchone()
     conn.execute("PRAGMA writable_schema = ON")
     try:
         conn.execute(
-            "UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = 'ledger_entry'",
-            (made["ledger_entry"],),
+            "UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = ?",
+            (made[table], table),
         )
         conn.execute(f"PRAGMA schema_version = {int(version) + 1}")
     finally:
         conn.execute("PRAGMA writable_schema = OFF")
-    conn.execute(made["ledger_entry_refund_of"])  # empty: no entry is a refund yet
 
 
 def _memory_with(table: str) -> sqlite3.Connection:
@@ -132,8 +143,8 @@ def _memory_with(table: str) -> sqlite3.Connection:
     return memory
 
 
-def _columns(conn: sqlite3.Connection) -> list[tuple]:
-    return [tuple(row) for row in conn.execute("PRAGMA table_info(ledger_entry)")]
+def _columns(conn: sqlite3.Connection, table: str) -> list[tuple]:
+    return [tuple(row) for row in conn.execute(f"PRAGMA table_info({table})")]
 
 
 def _postgresql_refunds(conn) -> None:
@@ -224,6 +235,13 @@ def _postgresql_sale_blocks(conn) -> None:
     conn.execute(schema.SALE_BLOCKS_POSTGRESQL)
 
 
+def _sqlite_status_changes(conn: sqlite3.Connection) -> None:
+    """Version 11: seller gains status_changes (last, 0 in every row: no change counted
+    before), as version 3 added refund_of; its guard seller_status_is_counted comes with
+    schema.TRIGGERS, after the steps."""
+    _sqlite_column_added(conn, "seller", 10, ("status_changes", "INTEGER", 1, "0", 0))
+
+
 def _postgresql_part(version: int) -> Callable[[object], None]:
     """A step that is the file's VERSION `version` part (6: the index of sales by number,
     10: of web sessions by holder): one read of the table, under the migration's lock."""
@@ -268,4 +286,7 @@ STEPS: tuple[Step, ...] = (
          _sqlite_checkpoints_once, _postgresql_checkpoints_once),
     Step(10, "web sessions by holder (on PostgreSQL an index; SQLite's file has had one)",
          _sqlite_has_it, _postgresql_part(10)),
+    Step(11, "a seller's status changes counted (seller.status_changes, the guard"
+             " seller_status_is_counted), for a restore to tell one undone",
+         _sqlite_status_changes, _postgresql_part(11)),
 )  # fmt: skip

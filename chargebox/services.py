@@ -70,7 +70,10 @@ _REVOKE = (
     "UPDATE seller_key SET revoked_at = CASE WHEN created_at > ? THEN created_at ELSE ? END"
     " WHERE id = ? AND seller_id = ? AND revoked_at IS NULL " + SELLER_KEY.returning
 )
-_STATUS = "UPDATE seller SET status = ? WHERE id = ? " + SELLER.returning
+# A change of status is counted (schema version 11: the count only grows), for a restore.
+_STATUS = ("UPDATE seller SET status = ?, status_changes = status_changes"
+           " + CASE WHEN status = ? THEN 0 ELSE 1 END WHERE id = ? "
+           + SELLER.returning + ", status_changes")  # fmt: skip
 MAX_LABEL_LENGTH = 100
 DEFAULT_LABEL = "default"  # a new seller's first key, and every key a 0.1.0 seller had
 # One statement inside the write counts and files: racing requests cannot pass the cap.
@@ -192,14 +195,18 @@ class Chargebox:
             raise AssertionError(status)
 
         def change(write: Write) -> dict:
-            changed = write.dicts(_STATUS, (status, seller_id))
+            changed = write.dicts(_STATUS, (status, status, seller_id))
             if not changed:
                 raise NotFound("seller {seller_id} does not exist", seller_id=seller_id)
             if status == "suspended":
                 write.execute("DELETE FROM web_session WHERE seller_id = ?", (seller_id,))
             return changed[0]
 
-        return self.database.write(change)
+        changed = self.database.write(change)
+        by = "suspend" if status == "suspended" else "reactivate"
+        revocations.status_set(self.database, changed, by)  # a restore redoes it
+        del changed["status_changes"]
+        return changed
 
     # --- credit requests -------------------------------------------------------------------
 

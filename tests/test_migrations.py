@@ -310,7 +310,7 @@ def test_a_version_3_database_gets_the_key_record_triggers_unless_a_record_is_fo
         conn.execute(f"UPDATE schema_version SET version = 3 WHERE version = {migrations.LATEST}")
         for index in ADDED_INDEXES[bool(config.db_url)]:  # versions 5, 6 and 10
             conn.execute(f"DROP INDEX {index}")
-        for statement in VERSION_7[bool(config.db_url)]:
+        for statement in VERSION_7[bool(config.db_url)] + VERSION_11[bool(config.db_url)]:
             conn.execute(statement)
         if forged:
             conn.execute(*record)
@@ -340,6 +340,40 @@ def test_a_version_3_database_gets_the_key_record_triggers_unless_a_record_is_fo
     assert "no span" not in audited.stdout + audited.stderr  # sale is still named, I4)
 
 
+def test_a_version_10_database_counts_each_change_of_status_from_migrate_on(service, config):
+    """Version 11 counts each change of a seller's status (a restore tells one undone by it:
+    revocations.py). A version-10 database is migrated with every count at 0, whatever its
+    sellers' statuses, and audits clean (its seller table is a new database's); from then
+    on a change of status that is not counted, or a count that falls, is refused."""
+    ali, sara = credited_seller(service, 0, "Ali"), credited_seller(service, 0, "Sara")
+    service.close()
+    db = database_of(config)
+    with writable(db) as conn:  # back to version 10, where a release suspends uncounted
+        for statement in VERSION_11[bool(config.db_url)]:
+            conn.execute(statement)
+        conn.execute("UPDATE seller SET status = 'suspended' WHERE id = ?", (sara["id"],))
+        conn.execute(f"UPDATE schema_version SET version = 10 WHERE version = {migrations.LATEST}")
+    where = ["--data-dir", config.data_dir] if config.db_url else []
+    migrated = chargebox("migrate", "--db", backends.owner_url(db) if config.db_url else db,
+                         *where)  # fmt: skip
+    assert migrated.returncode == 0, migrated.stderr
+    assert f"schema version 10 -> {migrations.LATEST}" in migrated.stderr
+    assert rows_on_disk(db, "SELECT id, status, status_changes FROM seller ORDER BY id") == [
+        (ali["id"], "active", 0), (sara["id"], "suspended", 0)
+    ]  # fmt: skip
+    assert cli_audit(db, config.data_dir if config.db_url else None).returncode == 0
+    uncounted = ("UPDATE seller SET status = 'active' WHERE id = ?", (sara["id"],))
+    falls = ("UPDATE seller SET status_changes = -1 + status_changes WHERE id = ?", (ali["id"],))
+    for statement in (uncounted, falls):
+        with writable(db) as conn, pytest.raises(REFUSED, match="status is counted"):
+            conn.execute(*statement)
+    with writable(db) as conn:
+        conn.execute("UPDATE seller SET status = 'active', status_changes = status_changes + 1"
+                     " WHERE id = ?", (sara["id"],))  # fmt: skip
+    assert rows_on_disk(db, "SELECT status, status_changes FROM seller WHERE id = ?",
+                        (sara["id"],)) == [("active", 1)]  # fmt: skip
+
+
 # Version 5's index of entries by stamp, on SQLite and on PostgreSQL (its index of sales
 # by stamp is gone in version 7), and version 6's of sales by number (PostgreSQL; SQLite's
 # file has had one since version 1), and version 10's of web sessions by holder (the same).
@@ -352,6 +386,13 @@ VERSION_7 = {
     False: ("DROP TRIGGER sale_widens_its_block", "DROP TABLE sale_block"),
     True: ("DROP FUNCTION chargebox_sales_widen_their_blocks() CASCADE",
            "DROP TABLE sale_block", "DROP FUNCTION chargebox_block_only_widens()"),
+}  # fmt: skip
+# What version 11 made: the count of a seller's changes of status, and its guard.
+VERSION_11 = {
+    False: ("DROP TRIGGER seller_status_is_counted",
+            "ALTER TABLE seller DROP COLUMN status_changes"),
+    True: ("DROP FUNCTION chargebox_seller_status_is_counted() CASCADE",
+           "ALTER TABLE seller DROP COLUMN status_changes"),
 }  # fmt: skip
 
 
@@ -662,6 +703,10 @@ GUARDS_OF_VERSION = {
     10: (  # an index, no guard changed
         "d02716060305280313ae8e78403e1c4737034143ac793e9874eabb525c07c8b5",
         "15bfffe1f2b532c26f41a87467265b91e5b26abfa05cc94467d33685fa9d5987",
+    ),
+    11: (  # seller_status_is_counted: a change of a seller's status is counted
+        "5b941bfda618dd1c57f2ce7c3b870e72f6dd52814c62fe3dd18aafb4042d6965",
+        "a29f7e9ad7e4f6ba30b763aaab272a66a7604ffefd868c480774699599750924",
     ),
 }
 

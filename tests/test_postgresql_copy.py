@@ -16,7 +16,7 @@ import time
 
 import psycopg
 
-from chargebox import auth, ledger, migrations, moving
+from chargebox import auth, ledger, migrations, moving, schema
 from chargebox.cli import main as chargebox_main
 from chargebox.cli import prepare
 from chargebox.config import Config
@@ -189,6 +189,39 @@ def test_a_ledger_the_targets_triggers_refuse_fails_the_whole_copy(
         left = [target.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
                 for table in ("seller", "sale", "ledger_entry", "ledger_seal")]  # fmt: skip
     assert left == [0, 0, 0, 0]
+
+
+def test_a_copy_keeps_each_sellers_status_and_its_count_of_changes(postgresql_cluster, tmp_path):
+    """Sellers suspended, suspended and reactivated, never changed, and one suspended by a
+    release before schema version 11 (uncounted): each is copied with its status and its
+    count (that one counted once: the target's guard counts each change), sales and credit
+    requests made while active copied too, and the target audits clean."""
+    made = pg_cluster.new_database(postgresql_cluster, "statuses")
+    assert chargebox_main(["init-db", "--db", made.owner_url, "--data-dir", str(tmp_path)]) == 0
+    source = tmp_path / "sqlite" / "chargebox.db"
+    service = Chargebox(prepare(Config(db_path=source)))
+    try:
+        sellers = [credited_seller(service, 10_000, f"shop {n}")["id"] for n in range(4)]
+        for seller in sellers:
+            service.sell(seller, "09121234567", 1_000)
+        service.set_status(sellers[0], "suspended")
+        service.set_status(sellers[1], "suspended")
+        service.set_status(sellers[1], "active")
+    finally:
+        service.close()
+    with writable(source) as conn:  # as a release before version 11 suspended: uncounted
+        drop_trigger(conn, "seller_status_is_counted")
+        conn.execute("UPDATE seller SET status = 'suspended' WHERE id = ?", (sellers[3],))
+        conn.execute(next(t for t in schema.TRIGGERS if "seller_status_is_counted" in t))
+    moved = copy(source, made.owner_url, "--data-dir", str(tmp_path / "pg"))
+    assert moved.returncode == 0, moved.stderr
+    assert "audit: books reconcile" in moved.stderr
+    statuses = "SELECT id, status, status_changes FROM seller ORDER BY id"
+    with psycopg.connect(made.owner_url) as target:
+        copied = target.execute(statuses).fetchall()
+    assert copied == [(sellers[0], "suspended", 1), (sellers[1], "active", 2),
+                      (sellers[2], "active", 0), (sellers[3], "suspended", 1)]  # fmt: skip
+    assert rows_on_disk(source, statuses)[3] == (sellers[3], "suspended", 0)
 
 
 def test_a_copy_makes_each_block_of_sales_once_from_all_its_sales(postgresql_cluster, tmp_path):

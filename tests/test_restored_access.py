@@ -1,10 +1,12 @@
-"""A restored copy does not bring back access taken away after it (revocations.py).
+"""A restored copy does not bring back access taken away (or given back) after it
+(revocations.py).
 
-Each key revocation (a rotation's too) and admin token rotation is anchored outside the
-database as it commits. A copy that lacks one is an audit problem and refused at
-start-up, and `chargebox anchors accept-restore` does each again. Tested end to end on
-an SQLite file put back (a server, the CLI, then the old credentials refused), and on
-either backend in process: what the audit finds, what a redo writes, what it passes over.
+Each key revocation (a rotation's too), admin token rotation and change of a seller's
+status is anchored outside the database as it commits. A copy that lacks one is an
+audit problem and refused at start-up, and `chargebox anchors accept-restore` does each
+again. Tested end to end on an SQLite file put back (a server, the CLI, then the old
+credentials refused), and on either backend in process: what the audit finds, what a
+redo writes, what it passes over, changes made at once.
 """
 
 from __future__ import annotations
@@ -40,13 +42,16 @@ NEW_ADMIN = "a-newer-admin-token-0123456789abcdefghij"
 
 @pytest.mark.sqlite_only
 def test_a_copy_put_back_is_refused_until_its_revocations_are_done_again(tmp_path):
-    """After the copy: a key revoked, another rotated, and the admin token rotated. No
-    sale was made, so no head is behind: only the access anchors tell. Accepted, the copy
-    serves with every one of those done again."""
+    """After the copy: a key revoked, another rotated, the admin token rotated, a seller
+    suspended and another reactivated. No sale was made, so no head is behind: only the
+    access anchors tell. Accepted, the copy serves with every one of those done again."""
     live, copy = tmp_path / "chargebox.db", tmp_path / "copy.db"
     with running_server(live) as server:
         admin = server.admin()
         shop, shop_key = new_seller(admin, "shop", credit=100_000)
+        kiosk, kiosk_key = new_seller(admin, "kiosk", credit=100_000)
+        stall, stall_key = new_seller(admin, "stall", credit=100_000)
+        assert admin.post(f"/api/sellers/{stall['id']}/suspend").status_code == 200
         till = admin.post(f"/api/sellers/{shop['id']}/keys", {"label": "till"})
         assert till.status_code == 201, till.text
         till_id, till_key = till.json()["id"], till.json()["api_key"]
@@ -58,6 +63,9 @@ def test_a_copy_put_back_is_refused_until_its_revocations_are_done_again(tmp_pat
         assert revoked.status_code == 200, revoked.text
         rotated = admin.post(f"/api/sellers/{shop['id']}/keys/{default_id}/rotate")
         assert rotated.status_code == 201, rotated.text
+        for seller, action in ((kiosk, "suspend"), (stall, "reactivate")):
+            changed = admin.post(f"/api/sellers/{seller['id']}/{action}")
+            assert changed.status_code == 200 and set(changed.json()) == set(shop), changed.text
     env = {**key_env(live), "CHARGEBOX_ADMIN_TOKEN": NEW_ADMIN}
     turned = chargebox("rotate-admin-token", "--db", str(live), env=env)
     assert turned.returncode == 0, turned.stderr
@@ -69,6 +77,8 @@ def test_a_copy_put_back_is_refused_until_its_revocations_are_done_again(tmp_pat
         f"key {till_id} of seller {shop['id']}, revoked at",
         f"key {default_id} of seller {shop['id']}, revoked at",
         "the admin token rotated in at",
+        f"seller {kiosk['id']} suspended (change 1 of its status)",
+        f"seller {stall['id']} reactivated (change 2 of its status)",
     ):
         assert said in audited.stderr, audited.stderr  # fmt: skip
     assert "rolled back" not in audited.stderr  # no sale since the copy
@@ -76,10 +86,10 @@ def test_a_copy_put_back_is_refused_until_its_revocations_are_done_again(tmp_pat
     assert listed.returncode == 0 and f"key {till_id} of seller" in listed.stderr, listed.stderr
     assert "is older than its anchors" in listed.stderr  # answered, with a warning
     accepted = refused_then_accepted(
-        live, "lacks 3 change(s) of access", "is undone in this database"
+        live, "lacks 5 change(s) of access", "is undone in this database"
     )
-    assert accepted.count("done again: ") == 3, accepted
-    assert "0 seller(s) were behind" in accepted and "3 change(s) of access done again" in accepted
+    assert accepted.count("done again: ") == 5, accepted
+    assert "0 seller(s) were behind" in accepted and "5 change(s) of access done again" in accepted
     assert chargebox("audit", "--db", str(live), env=key_env(live)).returncode == 0
     again = chargebox("anchors", "accept-restore", "--db", str(live), env=key_env(live))
     assert again.returncode == 0 and "0 change(s) of access done again" in again.stderr
@@ -94,6 +104,9 @@ def test_a_copy_put_back_is_refused_until_its_revocations_are_done_again(tmp_pat
         assert Api(server.url, NEW_ADMIN).get("/api/sellers").status_code == 200
         # the rotated key's replacement was made after the copy: not in it (README)
         assert server.seller(rotated.json()["api_key"]).post("/api/sales", SALE).status_code == 401
+        refused = server.seller(kiosk_key).post("/api/sales", SALE)
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "seller_suspended"
+        assert server.seller(stall_key).post("/api/sales", SALE).status_code == 201
 
 
 def test_the_audit_finds_what_the_database_lacks_and_a_redo_does_it(service):
@@ -106,21 +119,31 @@ def test_the_audit_finds_what_the_database_lacks_and_a_redo_does_it(service):
     revocations.revoked(database, {**made, "revoked_at": revoked_at}, "revoke-key")
     new_hash, rotated_at = auth.hash_key(NEW_ADMIN), now()
     revocations.admin_rotated(database, new_hash, rotated_at)
+    for status, count in (("suspended", 1), ("active", 2), ("suspended", 3)):  # any order
+        revocations.status_set(database, {**seller, "status": status, "status_changes": count},
+                               "suspend")  # fmt: skip
+    auth.Access(database, ADMIN_TOKEN).sign_in(key)  # a web session the suspension ends
 
     report = service.audit()
     found = [p["message"] for p in report["problems"] if p["invariant"] == "anchor"]
-    assert len(found) == 2 and not report["consistent"], report["problems"]
+    assert len(found) == 3 and not report["consistent"], report["problems"]
     assert all("is undone in this database" in message for message in found)
+    assert f"seller {seller['id']} suspended (change 3 of its status)" in " ".join(found)
 
     held = anchors.loaded(service.config, database.ledger_key)
     done = restore.redo(database, held)
-    assert sorted(change.what for change in done) == ["admin", "key"]
+    assert sorted(change.what for change in done) == ["admin", "key", "seller"]
     assert restore.redo(database, held) == []  # nothing left to do
     assert service.audit()["consistent"]
     key_row = database.rows("SELECT revoked_at FROM seller_key WHERE id = ?", (made["id"],))
     assert key_row == [(revoked_at,)]
     admin = database.rows("SELECT token_hash, changed_at FROM admin_token WHERE id = 1")
     assert admin == [(new_hash, rotated_at)]
+    status = database.rows("SELECT status, status_changes FROM seller WHERE id = ?",
+                           (seller["id"],))  # fmt: skip
+    assert status == [("suspended", 3)]
+    sessions = "SELECT count(*) FROM web_session WHERE seller_id = ?"
+    assert database.rows(sessions, (seller["id"],)) == [(0,)]
 
 
 def test_a_key_made_again_with_the_same_id_and_a_newer_rotation_are_passed_over(service):
@@ -140,6 +163,63 @@ def test_a_key_made_again_with_the_same_id_and_a_newer_rotation_are_passed_over(
     assert database.rows("SELECT revoked_at FROM seller_key WHERE id = ?", (made["id"],)) == [
         (None,)
     ]
+
+
+def test_a_status_changed_again_since_or_of_a_seller_made_again_is_passed_over(service):
+    """helper-128's cases for a seller's status: a suspension anchored in one file and a
+    reactivation since (another PostgreSQL host's, or a race of two admins anchored out of
+    order): the database's count has passed the anchored one, so no alarm and no redo; a
+    seller of the same id made again (another creation stamp) is not touched."""
+    seller = credited_seller(service, 50_000)
+    database = service.database
+    suspended = service.set_status(seller["id"], "suspended")
+    service.set_status(seller["id"], "active")
+    anchored_first = {**suspended, "status_changes": 1}  # its line after the newer one
+    revocations.status_set(database, anchored_first, "suspend")
+    other = {**seller, "created_at": "2020-01-01T00:00:00.000000Z", "status": "suspended"}
+    revocations.status_set(database, {**other, "status_changes": 9}, "suspend")
+    assert service.audit()["consistent"]
+    assert restore.redo(database, anchors.loaded(service.config, database.ledger_key)) == []
+    assert database.rows("SELECT status, status_changes FROM seller WHERE id = ?",
+                         (seller["id"],)) == [("active", 2)]  # fmt: skip
+
+
+def test_changes_of_status_at_once_are_counted_apart_and_anchored_as_they_end(service):
+    """Admins suspending and reactivating one seller from many threads at once: each
+    change gets a count of its own (the row's lock orders them; PostgreSQL re-reads the
+    row it waited for), every one is anchored, the newest anchored is the database's
+    status, and the audit finds nothing undone, whatever order the lines went in."""
+    seller = credited_seller(service, 50_000)
+    errors: list[BaseException] = []
+
+    def admin(statuses: tuple[str, str]) -> None:
+        try:
+            for turn in range(12):
+                service.set_status(seller["id"], statuses[turn % 2])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=admin, args=(("suspended", "active")[:: 1 - 2 * (n % 2)],))
+               for n in range(6)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    database = service.database
+    [(status, count)] = database.rows("SELECT status, status_changes FROM seller WHERE id = ?",
+                                      (seller["id"],))  # fmt: skip
+    held = anchors.read(service.config.anchors_path, database.ledger_key).access
+    anchored: dict[int, set[str]] = {}
+    for _, _, record in held:
+        anchored.setdefault(record[4], set()).add(record[3])
+    assert sum(1 for _, _, record in held if record[0] == revocations.SELLER) == 72
+    assert count >= 1 and set(range(1, count + 1)) <= set(anchored) <= set(range(count + 1))
+    for n, statuses in anchored.items():  # from active, each change turns it over
+        assert statuses == {"suspended" if n % 2 else "active"}, (n, statuses)
+    newest = next(c for c in revocations.changes(held) if c.what == revocations.SELLER)
+    assert (newest.state, newest.count) == (status, count)
+    assert service.audit()["consistent"]
 
 
 def test_rotations_anchored_apart_or_under_a_clock_set_back_raise_no_alarm(
@@ -176,18 +256,27 @@ def test_rotations_anchored_apart_or_under_a_clock_set_back_raise_no_alarm(
 
 
 def test_the_service_anchors_each_revocation_as_it_commits(service):
-    """Revoke, rotate: each a line of kind `access`, which a restore line and a compaction
-    keep. A suspension is not anchored (revocations.py says why)."""
+    """Revoke, rotate, suspend, reactivate: each a line of kind `access`, which a restore
+    line and a compaction keep; a seller's newest is its last change, by its count (a
+    suspension of a suspended seller changes nothing, and is not counted)."""
     seller = credited_seller(service, 50_000)
     made, _ = service.create_key(seller["id"], "till")
     service.revoke_key(seller["id"], made["id"])
     first = service.database.rows("SELECT id FROM seller_key WHERE seller_id = ? AND "
                                   "revoked_at IS NULL", (seller["id"],))[0][0]  # fmt: skip
     service.rotate_key(seller["id"], first)
-    service.set_status(seller["id"], "suspended")
+    for status in ("suspended", "suspended", "active", "suspended"):
+        answered = service.set_status(seller["id"], status)
+        assert answered["status"] == status and "status_changes" not in answered
     path, key = service.config.anchors_path, service.database.ledger_key
     changes = revocations.changes(anchors.read(path, key).access)
-    assert sorted((c.what, c.ident[0]) for c in changes) == [("key", first), ("key", made["id"])]
+    assert sorted((c.what, c.ident[0]) for c in changes) == [
+        ("key", first), ("key", made["id"]), ("seller", seller["id"])
+    ]  # fmt: skip
+    newest = next(c for c in changes if c.what == revocations.SELLER)
+    assert (newest.state, newest.count, newest.by) == ("suspended", 3, "suspend")
+    assert service.database.rows("SELECT status_changes FROM seller WHERE id = ?",
+                                 (seller["id"],)) == [(3,)]  # fmt: skip
     anchors.record(service.config, key, anchors.heads(service.database), "test", "restore")
     anchors.compact(path, key)
     assert revocations.changes(anchors.read(path, key).access) == changes
