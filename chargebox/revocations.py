@@ -23,8 +23,9 @@ seller.status_changes, the guard seller_status_is_counted; the row's lock orders
 changes), so a database whose count is below the anchored one lacks that change, and
 one whose count has reached it holds it or a later one. (Unless an older release
 rotated the admin token since, by its own clock alone, or changed a status uncounted; or,
-after a PostgreSQL restore, a host rotated by a clock behind another's before that one
-accepted the restore: README.)
+after a PostgreSQL restore, a host that accepted it changed what another host's redo,
+run later, does again over it: a rotation by a clock behind, or a change of status, as
+the counts start again from the copy's. README: accept on every host first.)
 
 The audit names each anchored change the database lacks as an `anchor` problem;
 start-up refuses such a file, as it refuses a rolled-back one; `chargebox anchors

@@ -200,17 +200,19 @@ class Chargebox:
         if status not in ("active", "suspended"):
             raise AssertionError(status)
 
-        def change(write: Write) -> dict:
-            changed = write.dicts(_STATUS, (status, status, seller_id))
-            if not changed:
+        def change(write: Write) -> tuple[dict, bool]:
+            write.lock_seller(seller_id)  # the status read is the one this write changes
+            was = write.rows("SELECT status FROM seller WHERE id = ?", (seller_id,))
+            if not was:
                 raise NotFound("seller {seller_id} does not exist", seller_id=seller_id)
             if status == "suspended":
                 write.execute("DELETE FROM web_session WHERE seller_id = ?", (seller_id,))
-            return changed[0]
+            return write.dicts(_STATUS, (status, status, seller_id))[0], was[0][0] != status
 
-        changed = self.database.write(change)
-        by = "suspend" if status == "suspended" else "reactivate"
-        revocations.status_set(self.database, changed, by)  # a restore redoes it
+        changed, moved = self.database.write(change)
+        if moved:  # a restore redoes it
+            by = "suspend" if status == "suspended" else "reactivate"
+            revocations.status_set(self.database, changed, by)
         del changed["status_changes"]
         return changed
 

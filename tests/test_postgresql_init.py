@@ -243,7 +243,11 @@ def test_a_temporary_table_of_the_app_role_hides_no_table_from_a_guard(granted):
         owner.execute(f"GRANT TEMPORARY ON DATABASE {name} TO PUBLIC")
     with psycopg.connect(granted["app"], autocommit=True) as conn:
         seller = app_writes_a_credit(conn)
-        conn.execute("UPDATE seller SET status = 'suspended' WHERE id = %s", (seller,))
+        conn.execute(
+            "UPDATE seller SET status = 'suspended', status_changes = status_changes + 1"
+            " WHERE id = %s",
+            (seller,),
+        )
         conn.execute("CREATE TEMPORARY TABLE seller AS SELECT * FROM public.seller")
         conn.execute("UPDATE pg_temp.seller SET status = 'active'")
         conn.execute(

@@ -228,7 +228,9 @@ def test_the_metrics_count_each_run_by_how_it_was_written(pg_group_commit):
             superuser,
             [lambda: service.sell(seller, A, 1_000), lambda: service.sell(seller, B, 1_000)],
             meanwhile=lambda conn: conn.execute(
-                "UPDATE seller SET status = 'suspended' WHERE id = %s", (seller,)
+                "UPDATE seller SET status = 'suspended', status_changes = status_changes + 1"
+                " WHERE id = %s",
+                (seller,),
             ),
         )
         text, _ = metrics.exposition({})
@@ -305,7 +307,9 @@ def test_a_run_that_cannot_go_side_by_side_sends_the_batch_run_by_run(pg_group_c
         superuser,
         [lambda seller=seller: service.sell(seller, A, 1_000) for seller in sellers],
         meanwhile=lambda conn: conn.execute(
-            "UPDATE seller SET status = 'suspended' WHERE id = %s", (sellers[1],)
+            "UPDATE seller SET status = 'suspended', status_changes = status_changes + 1"
+            " WHERE id = %s",
+            (sellers[1],),
         ),
     )
     assert first.record["balance_after"] == last.record["balance_after"] == FUNDS - 1_000

@@ -187,7 +187,11 @@ def test_a_seller_suspended_while_its_sales_wait_refuses_each_of_them(batching):
     before = batching.counted()
     *outcomes, _ = batching.queue(
         [lambda: service.sell(seller, A, 1_000), lambda: service.sell(seller, B, 1_000, "k")],
-        ("UPDATE seller SET status = 'suspended' WHERE id = ?", (seller,)),
+        (
+            "UPDATE seller SET status = 'suspended', status_changes = status_changes + 1"
+            " WHERE id = ?",
+            (seller,),
+        ),
     )
     assert all(isinstance(outcome, SellerSuspended) for outcome in outcomes)
     # side by side, then in its savepoint, then each sale alone

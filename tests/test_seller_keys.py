@@ -173,7 +173,11 @@ def test_a_sale_waiting_for_the_write_when_the_suspension_commits_is_refused(ser
     holding, release = threading.Event(), threading.Event()
 
     def suspend(write):
-        write.execute("UPDATE seller SET status = 'suspended' WHERE id = ?", (seller["id"],))
+        write.execute(
+            "UPDATE seller SET status = 'suspended', status_changes = status_changes + 1"
+            " WHERE id = ?",
+            (seller["id"],),
+        )
         holding.set()
         assert release.wait(10)
 
