@@ -7,8 +7,8 @@ from now on: it must audit clean but for its anchors; then a `restore` line with
 heads is appended, the file is compacted (older and forged lines go) and start-up
 serves it again. It says which sellers' later sales the restore gave up. Before that
 line, it does again each revocation anchored since that the database lacks (a key
-revoked or rotated, the admin token rotated, a seller suspended or reactivated, a key
-made: revocations.py), and says which.
+revoked or rotated, the admin token rotated, a seller suspended or reactivated:
+revocations.py), and says which.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from chargebox.services import Chargebox
 
 _REVOKE_AGAIN = ("UPDATE seller_key SET revoked_at = ? WHERE id = ? AND seller_id = ?"
                  " AND created_at = ? AND revoked_at IS NULL")  # fmt: skip
-_LABEL_TAKEN = "SELECT 1 FROM seller_key WHERE seller_id = ? AND label = ? AND revoked_at IS NULL"
-_MAKE_AGAIN = "INSERT INTO seller_key (seller_id, label, key_hash, created_at) VALUES (?, ?, ?, ?)"
 _STATUS_AGAIN = ("UPDATE seller SET status = ?, status_changes = ? WHERE id = ?"
                  " AND created_at = ? AND status_changes < ?")  # fmt: skip
 
@@ -113,35 +111,21 @@ def _accept(service: Chargebox, config: Config) -> int:
 
 def redo(database: Database, found: anchors.Loaded) -> list[revocations.Change]:
     """Do again what the database does not hold, each change in a write of its own (a key
-    waits for the sales that checked it: auth.hold_for_revocation); the changes done (a
-    key made again under another label: with that label)."""
+    waits for the sales that checked it: auth.hold_for_revocation); the changes done."""
     done = []
     for change in revocations.changes(found.access):
 
-        def again(write: Write, change: revocations.Change = change) -> revocations.Change | None:
+        def again(write: Write, change: revocations.Change = change) -> bool:
             if change.what == revocations.ADMIN:
                 revocations.hold_admin(write)  # no rotation between the look and the write
-            if not revocations.undone(write, [change]):
-                return None
-            return _made(write, change) if change.what == revocations.MADE else _done(write, change)
+            return bool(revocations.undone(write, [change])) and _done(write, change)
 
-        if (redone := database.write(again, alone=True)) is not None:
-            done.append(redone)
+        if database.write(again, alone=True):
+            done.append(change)
     return done
 
 
-def _made(write: Write, change: revocations.Change) -> revocations.Change:
-    """A key made again: its label, or, if a live key of the copy holds it (its
-    revocation was not anchored), the label with the key's old id."""
-    key_id, seller_id, created_at, seller_made, label = change.ident
-    write.lock_seller(seller_id)  # as create_key: labels checked one key at a time
-    if write.rows(_LABEL_TAKEN, (seller_id, label)):
-        label = f"{label[:70]} (made again, was key {key_id})"
-    write.execute(_MAKE_AGAIN, (seller_id, label, change.state, created_at))
-    return change._replace(ident=(key_id, seller_id, created_at, seller_made, label))
-
-
-def _done(write: Write, change: revocations.Change) -> revocations.Change:
+def _done(write: Write, change: revocations.Change) -> bool:
     if change.what == revocations.KEY:
         key_id, seller_id, created_at = change.ident
         auth.hold_for_revocation(write, seller_id, key_id)
@@ -154,4 +138,4 @@ def _done(write: Write, change: revocations.Change) -> revocations.Change:
             write.execute("DELETE FROM web_session WHERE seller_id = ?", (seller_id,))
     else:
         revocations.put_admin(write, change.ident[0], change.state)
-    return change
+    return True

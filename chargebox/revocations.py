@@ -1,15 +1,13 @@
-"""What a restored copy would quietly undo: revoked keys, admin token rotations,
-sellers suspended or reactivated, and keys made.
+"""What a restored copy would quietly undo: revoked keys, admin token rotations, and
+sellers suspended or reactivated.
 
 A backup holds the keys and the admin token of its moment. Put back, a key revoked
 since (or rotated: the old one is revoked) would sell again, and the admin token in
 force before the last rotation would be again. So each revocation and each rotation of
 the admin token is anchored as it commits: a line of kind `access` in the anchors file
 (anchors.py), sealed with the ledger key, naming the key (its id, seller, creation stamp
-and when it was revoked), the admin token's hash and stamp, the seller (its id and
-creation stamp), its status and the count of its changes of status, or a key made (by
-create-key or a rotation: its id, seller, creation stamp, label and SHA-256, with its
-seller's creation stamp). A `restore` line does
+and when it was revoked), the admin token's hash and stamp, or the seller (its id and
+creation stamp), its status and the count of its changes of status. A `restore` line does
 not end them: they stay true of whatever copy is served next.
 
 Each only moves one way, so a database's state can be compared with the anchored one
@@ -32,14 +30,14 @@ start-up refuses such a file, as it refuses a rolled-back one; `chargebox anchor
 accept-restore` (restore.redo) does each again and says so: the key revoked (stamped as
 it was), the admin token's hash and stamp put back (the admin's other web sessions end), the
 seller's newest anchored status put back with its count (a suspension ends its web
-sessions), a key made since and not revoked since made again, with its hash, label and
-stamp (a new row id; under another label if a live key of the copy holds its label). A
-key or seller the copy does not hold (made after it) is passed over: the creation stamp
-tells apart a row made again with the same id. A key made is undone while its seller is
-in the database and no key bears its hash (each hash is UNIQUE).
+sessions). A key or seller the copy does not hold (made after it) is passed over: the
+creation stamp tells apart a row made again with the same id.
 
-Not anchored: a seller made after the copy (nor its first key): its sales are gone with
-the copy too; make it again. A change committed but not
+Not anchored: a key or a seller made after the copy (a rotated key's replacement among
+them): the seller needs a new key (`chargebox create-key`). On purpose: a key made again
+from its anchor would fail open wherever its revocation was not anchored in the same
+file (an append that failed, another PostgreSQL host's file), where a key left out only
+fails closed (helper-132). A change committed but not
 anchored (a full disk, the anchors' lock held for seconds: logged as such; or a crash
 between the commit and the line) is not known to a later restore.
 """
@@ -54,11 +52,10 @@ from chargebox.config import Config
 from chargebox.db import Database, Write
 
 KIND = "access"
-KEY, ADMIN, SELLER, MADE = "key", "admin", "seller", "made"
+KEY, ADMIN, SELLER = "key", "admin", "seller"
 _LIVE_KEYS = ("SELECT id, seller_id, created_at FROM seller_key"
               " WHERE revoked_at IS NULL AND id IN ({})")  # fmt: skip
 _COUNTS = "SELECT id, created_at, status_changes FROM seller WHERE id IN ({})"
-_HASHES = "SELECT key_hash FROM seller_key WHERE key_hash IN ({})"
 ADMIN_LOCK = 7355610  # PostgreSQL's advisory lock for a rotation of the admin token
 _ADMIN_IN_FORCE = ("INSERT INTO admin_token (id, token_hash, changed_at) VALUES (1, ?, ?)"
                    " ON CONFLICT (id) DO UPDATE SET token_hash = excluded.token_hash,"
@@ -67,11 +64,10 @@ log = logging.getLogger("chargebox.anchors")
 
 
 class Change(NamedTuple):
-    """One anchored change: `what` (KEY, ADMIN, SELLER, MADE), what it names (`ident`: a
-    key's id, seller and creation stamp, and for a key made its seller's creation stamp
-    and its label; the admin token's hash; a seller's id and creation stamp), its state
-    (`state`: the key's revocation stamp, the admin token's rotation stamp, the seller's
-    status, the key made's SHA-256), the line's stamp and writer, and a seller's count of
+    """One anchored change: `what` (KEY, ADMIN, SELLER), what it names (`ident`: a key's
+    id, seller and creation stamp; the admin token's hash; a seller's id and creation
+    stamp), its state (`state`: the key's revocation stamp, the admin token's rotation
+    stamp, the seller's status), the line's stamp and writer, and a seller's count of
     changes of status with it (`count`)."""
 
     what: str
@@ -83,16 +79,11 @@ class Change(NamedTuple):
 
     @property
     def seller_id(self) -> int | None:
-        if self.what == ADMIN:
-            return None
-        return self.ident[0] if self.what == SELLER else self.ident[1]
+        return self.ident[1] if self.what == KEY else self.ident[0] if self.what == SELLER else None
 
     def said(self) -> str:
         if self.what == KEY:
             return f"key {self.ident[0]} of seller {self.ident[1]}, revoked at {self.state}"
-        if self.what == MADE:
-            key_id, seller_id, created_at, _, label = self.ident
-            return f"key {key_id} of seller {seller_id}, labelled {label!r}, made at {created_at}"
         if self.what == SELLER:
             done = "suspended" if self.state == "suspended" else "reactivated"
             return f"seller {self.ident[0]} {done} (change {self.count} of its status)"
@@ -101,37 +92,18 @@ class Change(NamedTuple):
 
 def revoked(database: Database, key: dict, by: str) -> None:
     """Anchor a key's revocation (`key`: its row as revoke_key answers it)."""
-    _anchor(database, by, _revocation(key))
-
-
-def made(database: Database, key: dict, key_hash: str, seller_made: str, by: str) -> None:
-    """Anchor a key made (`key`: its row as create_key answers it; `seller_made`: its
-    seller's creation stamp)."""
-    _anchor(database, by, _making(key, key_hash, seller_made))
-
-
-def rotated(database: Database, old: dict, new: dict, key_hash: str, seller_made: str) -> None:
-    """Anchor a rotation: the old key revoked and the new one made, in one line."""
-    _anchor(database, "rotate-key", _revocation(old), _making(new, key_hash, seller_made))
-
-
-def _revocation(key: dict) -> list:
-    return [KEY, key["id"], key["seller_id"], key["created_at"], key["revoked_at"]]
-
-
-def _making(key: dict, key_hash: str, seller_made: str) -> list:
-    return [MADE, key["id"], key["seller_id"], key["created_at"], seller_made, key["label"],
-            key_hash]  # fmt: skip
+    _anchor(database, [KEY, key["id"], key["seller_id"], key["created_at"], key["revoked_at"]],
+            by)  # fmt: skip
 
 
 def status_set(database: Database, seller: dict, by: str) -> None:
     """Anchor a seller's status (`seller`: its row as set_status wrote it, with its count)."""
-    _anchor(database, by, [SELLER, seller["id"], seller["created_at"], seller["status"],
-                           seller["status_changes"]])  # fmt: skip
+    _anchor(database, [SELLER, seller["id"], seller["created_at"], seller["status"],
+                       seller["status_changes"]], by)  # fmt: skip
 
 
 def admin_rotated(database: Database, token_hash: str, at: str) -> None:
-    _anchor(database, "rotate-admin-token", [ADMIN, token_hash, at])
+    _anchor(database, [ADMIN, token_hash, at], "rotate-admin-token")
 
 
 def rotate_in(write: Write, token_hash: str) -> str:
@@ -161,33 +133,30 @@ def put_admin(write: Write, token_hash: str, at: str) -> None:
                   (token_hash,))  # fmt: skip
 
 
-def _anchor(database: Database, by: str, *records: list) -> None:
-    """A committed change (one line), anchored; a failure is logged (the change stands)."""
+def _anchor(database: Database, record: list, by: str) -> None:
+    """One committed change, anchored; a failure is logged (the change stands)."""
     key = database.ledger_key
     if key is None:
         return
     config = database.config
     try:
-        anchors.record(config, key, list(records), by, kind=KIND)
+        anchors.record(config, key, [record], by, kind=KIND)
     except OSError as exc:
         log.error("%s of %s is committed, but could not be anchored in %s (%s: %s): a copy "
-                  "restored later would not be told of it", by, _named(records[0]),
+                  "restored later would not be told of it", by, _named(record),
                   config.anchors_path, type(exc).__name__, exc)  # fmt: skip
 
 
 def _named(record: list) -> str:
-    """What a record is of, for the log: never a hash."""
-    if record[0] == ADMIN:
-        return "the admin token"
-    return f"{SELLER if record[0] == SELLER else KEY} {record[1]}"
+    """What a record is of, for the log: never the admin token's hash."""
+    return f"{record[0]} {record[1]}" if record[0] != ADMIN else "the admin token"
 
 
 def changes(lines: list[tuple]) -> list[Change]:
-    """Each key's anchored revocation, the newest anchored admin token, by its stamp,
-    each seller's newest anchored status, by its count, and each key made that is not
-    revoked since, last (a redo frees a label before it is taken again) (`lines`: the
-    anchors file's `access` records, anchors.File.access). A record this release cannot
-    read (a newer one's) is passed over."""
+    """Each key's anchored revocation, the newest anchored admin token, by its stamp, and
+    each seller's newest anchored status, by its count (`lines`: the anchors file's
+    `access` records, anchors.File.access). A record this release cannot read (a newer
+    one's) is passed over."""
     newest: dict[tuple, Change] = {}
     for at, by, record in lines:
         try:
@@ -202,9 +171,7 @@ def changes(lines: list[tuple]) -> list[Change]:
             or (change.count, change.state) >= (known.count, known.state)
         ):
             newest[subject] = change
-    revoked = {c.ident for c in newest.values() if c.what == KEY}
-    return sorted((c for c in newest.values() if c.what != MADE or c.ident[:3] not in revoked),
-                  key=lambda c: c.what == MADE)  # fmt: skip
+    return list(newest.values())
 
 
 def _change(record: list, at: str, by: str) -> Change:
@@ -220,10 +187,6 @@ def _change(record: list, at: str, by: str) -> Change:
         if status not in ("active", "suspended") or type(count) is not int:
             raise ValueError(status)
         return Change(SELLER, (int(seller_id), str(created_at)), status, at, by, count)
-    if what == MADE:
-        _, key_id, seller_id, created_at, seller_made, label, key_hash = record
-        ident = (int(key_id), int(seller_id), str(created_at), str(seller_made), str(label))
-        return Change(MADE, ident, str(key_hash), at, by)
     raise ValueError(what)
 
 
@@ -241,15 +204,10 @@ def undone(db, held: list[Change]) -> list[Change]:
         token_hash, changed_at = rows[0] if rows else (None, "")
         found += [c for c in admin if token_hash != c.ident[0] and changed_at < c.state]
     sellers = [c for c in held if c.what == SELLER]
-    made = [c for c in held if c.what == MADE]
-    if sellers or made:
-        ids = [c.seller_id for c in sellers + made]
-        counts = {(row[0], row[1]): row[2] for row in anchors.rows_in(db, _COUNTS, ids)}
+    if sellers:
+        rows = anchors.rows_in(db, _COUNTS, [c.ident[0] for c in sellers])
+        counts = {(row[0], row[1]): row[2] for row in rows}
         found += [c for c in sellers if counts.get(c.ident, c.count) < c.count]
-    if made:
-        held_hashes = {row[0] for row in anchors.rows_in(db, _HASHES, [c.state for c in made])}
-        found += [c for c in made if (c.ident[1], c.ident[3]) in counts
-                  and c.state not in held_hashes]  # fmt: skip
     return found
 
 

@@ -70,7 +70,6 @@ _REVOKE = (
     "UPDATE seller_key SET revoked_at = CASE WHEN created_at > ? THEN created_at ELSE ? END"
     " WHERE id = ? AND seller_id = ? AND revoked_at IS NULL " + SELLER_KEY.returning
 )
-_SELLER_MADE = "SELECT created_at FROM seller WHERE id = ?"
 # A change of status is counted (schema version 11: the count only grows), for a restore.
 _STATUS = ("UPDATE seller SET status = ?, status_changes = status_changes"
            " + CASE WHEN status = ? THEN 0 ELSE 1 END WHERE id = ? "
@@ -127,9 +126,9 @@ class Chargebox:
         label = clean_text(label, "label", MAX_LABEL_LENGTH)
         key, key_hash = auth.new_api_key()
 
-        def make(write: Write) -> tuple[dict, str]:
+        def make(write: Write) -> dict:
             write.lock_seller(seller_id)  # two new keys of one seller: one after the other
-            seller = Queries(write).seller(seller_id)
+            Queries(write).seller(seller_id)
             taken = write.rows(
                 "SELECT 1 FROM seller_key WHERE seller_id = ? AND label = ? AND revoked_at IS NULL",
                 (seller_id, label),
@@ -138,13 +137,9 @@ class Chargebox:
                 raise KeyLabelInUse(
                     "another of this seller's keys is labelled {label!r}", "label", label=label
                 )
-            return write.dicts(_NEW_KEY, (seller_id, label, key_hash, now()))[0], seller[
-                "created_at"
-            ]
+            return write.dicts(_NEW_KEY, (seller_id, label, key_hash, now()))[0]
 
-        made, seller_made = self.database.write(make)
-        revocations.made(self.database, made, key_hash, seller_made, "create-key")
-        return made, key
+        return self.database.write(make), key
 
     def revoke_key(self, seller_id: int, key_id: int) -> dict:
         """Revoke a key: from this commit on, no request with it succeeds on any server."""
@@ -168,13 +163,12 @@ class Chargebox:
         row blocks (both FOR NO KEY UPDATE: `hold`, `lock_seller`)."""
         key, key_hash = auth.new_api_key()
 
-        def rotate(write: Write) -> tuple[dict, dict, str]:
+        def rotate(write: Write) -> tuple[dict, dict]:
             old = self._revoke(write, seller_id, key_id)
-            made = write.dicts(_NEW_KEY, (seller_id, old["label"], key_hash, now()))[0]
-            return old, made, write.rows(_SELLER_MADE, (seller_id,))[0][0]
+            return old, write.dicts(_NEW_KEY, (seller_id, old["label"], key_hash, now()))[0]
 
-        old, made, seller_made = self.database.write(rotate, alone=True)
-        revocations.rotated(self.database, old, made, key_hash, seller_made)
+        old, made = self.database.write(rotate, alone=True)
+        revocations.revoked(self.database, old, "rotate-key")
         return made, key
 
     def _revoke(self, write: Write, seller_id: int, key_id: int) -> dict:
