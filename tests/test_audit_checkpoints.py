@@ -548,6 +548,8 @@ def test_a_postgresql_database_made_before_the_checkpoint_tables_serves_and_migr
     with psycopg.connect(owner_url(config.db_url), autocommit=True) as conn:  # version 8's
         conn.execute("DROP FUNCTION chargebox_checkpoint_is_new()")
         conn.execute("DROP INDEX web_session_seller_id")  # (version 10's)
+        conn.execute("DROP FUNCTION chargebox_seller_status_is_counted() CASCADE")  # (11's)
+        conn.execute("ALTER TABLE seller DROP COLUMN status_changes")
         conn.execute("ALTER TABLE schema_version DISABLE TRIGGER ALL")
         conn.execute(f"UPDATE schema_version SET version = 8 WHERE version = {schema.VERSION}")
         conn.execute("ALTER TABLE schema_version ENABLE TRIGGER ALL")
