@@ -28,18 +28,18 @@ the counts start again from the copy's. README: accept on every host first.)
 The audit names each anchored change the database lacks as an `anchor` problem;
 start-up refuses such a file, as it refuses a rolled-back one; `chargebox anchors
 accept-restore` (restore.redo) does each again and says so: the key revoked (stamped as
-it was), the admin token's hash and stamp put back (the admin's other web sessions end), the
-seller's newest anchored status put back with its count (a suspension ends its web
-sessions). A key or seller the copy does not hold (made after it) is passed over: the
-creation stamp tells apart a row made again with the same id.
+it was), the admin token's hash and stamp put back (the admin's other web sessions
+end), the seller's newest anchored status put back with its count (a suspension ends
+its web sessions). A key or seller the copy does not hold (made after it) is passed
+over: the creation stamp tells apart a row made again with the same id.
 
 Not anchored: a key or a seller made after the copy (a rotated key's replacement among
 them): the seller needs a new key (`chargebox create-key`). On purpose: a key made again
 from its anchor would fail open wherever its revocation was not anchored in the same
 file (an append that failed, another PostgreSQL host's file), where a key left out only
-fails closed (helper-132). A change committed but not
-anchored (a full disk, the anchors' lock held for seconds: logged as such; or a crash
-between the commit and the line) is not known to a later restore.
+fails closed (helper-132). A change committed but not anchored (a full disk, the
+anchors' lock held for seconds: logged as such; or a crash between the commit and the
+line) is not known to a later restore.
 """
 
 from __future__ import annotations
