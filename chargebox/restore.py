@@ -25,7 +25,7 @@ from chargebox.services import Chargebox
 _REVOKE_AGAIN = ("UPDATE seller_key SET revoked_at = ? WHERE id = ? AND seller_id = ?"
                  " AND created_at = ? AND revoked_at IS NULL")  # fmt: skip
 _STATUS_AGAIN = ("UPDATE seller SET status = ?, status_changes = ? WHERE id = ?"
-                 " AND created_at = ? AND status_changes < ?")  # fmt: skip
+                 " AND created_at = ? AND status_changes < ? RETURNING id")  # fmt: skip
 
 
 def arguments(parser) -> None:
@@ -130,10 +130,11 @@ def _done(write: Write, change: revocations.Change) -> bool:
         key_id, seller_id, created_at = change.ident
         auth.hold_for_revocation(write, seller_id, key_id)
         write.execute(_REVOKE_AGAIN, (change.state, key_id, seller_id, created_at))
-    elif change.what == revocations.SELLER:
+    elif change.what == revocations.SELLER:  # unless changed since (another host's)
         seller_id, created_at = change.ident
-        write.execute(_STATUS_AGAIN, (change.state, change.count, seller_id, created_at,
-                                      change.count))  # fmt: skip
+        if not write.rows(_STATUS_AGAIN, (change.state, change.count, seller_id, created_at,
+                                          change.count)):  # fmt: skip
+            return False
         if change.state == "suspended":
             write.execute("DELETE FROM web_session WHERE seller_id = ?", (seller_id,))
     else:

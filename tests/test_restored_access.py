@@ -165,7 +165,9 @@ def test_a_key_made_again_with_the_same_id_and_a_newer_rotation_are_passed_over(
     ]
 
 
-def test_a_status_changed_again_since_or_of_a_seller_made_again_is_passed_over(service):
+def test_a_status_changed_again_since_or_of_a_seller_made_again_is_passed_over(
+    service, monkeypatch
+):
     """helper-128's cases for a seller's status: a suspension anchored in one file and a
     reactivation since (another PostgreSQL host's, or a race of two admins anchored out of
     order): the database's count has passed the anchored one, so no alarm and no redo; a
@@ -180,6 +182,12 @@ def test_a_status_changed_again_since_or_of_a_seller_made_again_is_passed_over(s
     revocations.status_set(database, {**other, "status_changes": 9}, "suspend")
     assert service.audit()["consistent"]
     assert restore.redo(database, anchors.loaded(service.config, database.ledger_key)) == []
+    assert database.rows("SELECT status, status_changes FROM seller WHERE id = ?",
+                         (seller["id"],)) == [("active", 2)]  # fmt: skip
+    # Seen undone, then changed by another host before the redo's write: not done, nor said
+    monkeypatch.setattr(revocations, "undone", lambda db, held: held)
+    held = anchors.loaded(service.config, database.ledger_key)
+    assert [c.what for c in restore.redo(database, held)] == []
     assert database.rows("SELECT status, status_changes FROM seller WHERE id = ?",
                          (seller["id"],)) == [("active", 2)]  # fmt: skip
 
