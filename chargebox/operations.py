@@ -45,8 +45,9 @@ def audit(config: Config, as_json: bool, full: bool) -> int:
     if not anchored:  # nothing said of what it could not compare (helper-130)
         print(f"audit: no anchors file at {config.anchors_path} when it began: a rollback, or a "
               "revocation undone, could not be seen (a backup's copy has none; a live "
-              "database's has one its servers write: keep it in place when restoring)",
-              file=sys.stderr)  # fmt: skip
+              "database's has one its servers write: keep it in place when restoring; a "
+              "clean audit makes a new one: put the old one back over it before "
+              "`anchors accept-restore`)", file=sys.stderr)  # fmt: skip
     if as_json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     return audit_verdict(report)

@@ -5,10 +5,10 @@ is behind (exit 1). `accept-restore`, after a deliberate restore (a backup put b
 PostgreSQL recovered to an earlier time), records that this database is the truth
 from now on: it must audit clean but for its anchors; then a `restore` line with its
 heads is appended, the file is compacted (older and forged lines go) and start-up
-serves it again. It says which sellers' later sales the restore gave up. Before that
-line, it does again each revocation anchored since that the database lacks (a key
-revoked or rotated, the admin token rotated, a seller suspended or reactivated:
-revocations.py), and says which.
+serves it again (refused with no anchors file: start-up serves then anyway). It says
+which sellers' later sales the restore gave up. Before that line, it does again each
+change of access anchored since that the database lacks (a key revoked or rotated, the
+admin token rotated, a seller suspended or reactivated: revocations.py), and says which.
 """
 
 from __future__ import annotations
@@ -80,6 +80,13 @@ def _check(service: Chargebox, config: Config) -> int:
 
 
 def _accept(service: Chargebox, config: Config) -> int:
+    if not config.anchors_path.exists():  # moved aside with the database (helper-133)
+        raise ValueError(
+            f"no anchors file at {config.anchors_path}: nothing to compare this database "
+            "with, nor to do again what it lacks (revoked keys, suspensions), and a new file "
+            "would hide that. If it was moved with the database, put it back and run this "
+            "again; if it is lost, there is nothing to accept: start-up serves the database"
+        )
     report = service.audit()
     others = [p for p in report["problems"] if p["invariant"] != "anchor"]
     if others:

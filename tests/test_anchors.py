@@ -108,7 +108,8 @@ def test_an_older_copy_put_back_is_found_by_the_audit_and_refused_at_start_up(tm
 @pytest.mark.sqlite_only
 def test_anchors_check_without_its_file_says_nothing_was_checked(tmp_path):
     """A deleted anchors file (or a wrong CHARGEBOX_ANCHORS) passed as a clean check; the
-    audit, which then anchors afresh, says what it could not compare (helper-130)."""
+    audit, which then anchors afresh, says what it could not compare (helper-130);
+    accept-restore refuses: there is nothing to accept against (helper-133)."""
     live = tmp_path / "chargebox.db"
     fresh = chargebox("init-db", "--db", str(live))
     assert fresh.returncode == 0, fresh.stderr
@@ -120,6 +121,9 @@ def test_anchors_check_without_its_file_says_nothing_was_checked(tmp_path):
     gone = chargebox("anchors", "check", "--db", str(live), env=key_env(live))
     assert gone.returncode == 1, gone.stderr
     assert "no anchors file" in gone.stderr and "1 seller(s) have sealed entries" in gone.stderr
+    accepted = chargebox("anchors", "accept-restore", "--db", str(live), env=key_env(live))
+    assert accepted.returncode == 2 and "no anchors file" in accepted.stderr, accepted.stderr
+    assert not Path(f"{live}.anchors").exists()  # nothing accepted, no new file (helper-133)
     audited = chargebox("audit", "--db", str(live), env=key_env(live))  # clean, and says so
     assert audited.returncode == 0, audited.stderr
     assert f"no anchors file at {live}.anchors when it began" in audited.stderr
