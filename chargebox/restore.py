@@ -143,7 +143,7 @@ def _done(write: Write, change: revocations.Change) -> bool:
                                           change.count)):  # fmt: skip
             return False
         if change.state == "suspended":
-            write.execute("DELETE FROM web_session WHERE seller_id = ?", (seller_id,))
+            revocations.end_sessions(write, seller_id)
     else:
         revocations.put_admin(write, change.ident[0], change.state)
     return True

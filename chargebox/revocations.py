@@ -133,6 +133,11 @@ def put_admin(write: Write, token_hash: str, at: str) -> None:
                   (token_hash,))  # fmt: skip
 
 
+def end_sessions(write: Write, seller_id: int) -> None:
+    """A suspension ends the seller's web sessions (set_status, restore.redo)."""
+    write.execute("DELETE FROM web_session WHERE seller_id = ?", (seller_id,))
+
+
 def _anchor(database: Database, record: list, by: str) -> None:
     """One committed change, anchored; a failure is logged (the change stands)."""
     key = database.ledger_key

@@ -71,8 +71,7 @@ _REVOKE = (
     " WHERE id = ? AND seller_id = ? AND revoked_at IS NULL " + SELLER_KEY.returning
 )
 # A change of status is counted (schema version 11: the count only grows), for a restore.
-_STATUS = ("UPDATE seller SET status = ?, status_changes = status_changes"
-           " + CASE WHEN status = ? THEN 0 ELSE 1 END WHERE id = ? "
+_STATUS = ("UPDATE seller SET status = ?, status_changes = status_changes + ? WHERE id = ? "
            + SELLER.returning + ", status_changes")  # fmt: skip
 MAX_LABEL_LENGTH = 100
 DEFAULT_LABEL = "default"  # a new seller's first key, and every key a 0.1.0 seller had
@@ -200,8 +199,9 @@ class Chargebox:
             if not was:
                 raise NotFound("seller {seller_id} does not exist", seller_id=seller_id)
             if status == "suspended":
-                write.execute("DELETE FROM web_session WHERE seller_id = ?", (seller_id,))
-            return write.dicts(_STATUS, (status, status, seller_id))[0], was[0][0] != status
+                revocations.end_sessions(write, seller_id)
+            moved = was[0][0] != status
+            return write.dicts(_STATUS, (status, int(moved), seller_id))[0], moved
 
         changed, moved = self.database.write(change)
         if moved:  # a restore redoes it
