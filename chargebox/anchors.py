@@ -386,9 +386,9 @@ def refuse_rollback(config: Config, db, key: str) -> File:
     seller = f"seller {first['seller_id']}: " if first["seller_id"] else ""
     raise ValueError(
         f"--db {where} is older than its anchors in {config.anchors_path}: "
-        f"{len(found)} problem(s), {seller}{first['message']}. If you restored it on "
-        "purpose, run `chargebox anchors accept-restore` with the same --db; if not, find "
-        "out who replaced it before serving it"
+        f"{len(found)} problem(s), {seller}{first['message']} (`chargebox anchors check` lists "
+        "every one, and any change of access it lacks). If you restored it on purpose, run "
+        "`chargebox anchors accept-restore` (same --db); if not, find out who replaced it"
     )
 
 

@@ -109,6 +109,28 @@ def test_a_copy_put_back_is_refused_until_its_revocations_are_done_again(tmp_pat
         assert server.seller(stall_key).post("/api/sales", SALE).status_code == 201
 
 
+@pytest.mark.sqlite_only
+def test_a_copy_both_behind_and_lacking_a_suspension_is_refused_with_both_to_be_found(tmp_path):
+    """Start-up checks the heads before the changes of access, and says the first it finds:
+    its refusal of a copy both behind and lacking a suspension points to `anchors check`,
+    which names both, and accept-restore does the suspension again."""
+    live, copy = tmp_path / "chargebox.db", tmp_path / "copy.db"
+    with running_server(live) as server:
+        seller, key = new_seller(server.admin(), "shop", credit=100_000)
+    shutil.copy2(live, copy)  # a clean stop folded the WAL in: the file is all of it
+    with running_server(live) as server:
+        assert server.seller(key).post("/api/sales", SALE).status_code == 201
+        assert server.admin().post(f"/api/sellers/{seller['id']}/suspend").status_code == 200
+    put_back(copy, live)
+    checked = chargebox("anchors", "check", "--db", str(live), env=key_env(live)).stderr
+    assert "rolled back" in checked, checked
+    assert f"seller {seller['id']} suspended (change 1 of its status)" in checked, checked
+    accepted = refused_then_accepted(live, "`chargebox anchors check` lists every one", "undone")
+    assert "1 seller(s) were behind" in accepted and "1 change(s) of access done again" in accepted
+    with running_server(live) as server:
+        assert server.seller(key).post("/api/sales", SALE).status_code == 403
+
+
 def test_the_audit_finds_what_the_database_lacks_and_a_redo_does_it(service):
     """Either backend: changes anchored as if a restored copy lacked them (anchored, not
     made); the audit names each, a redo makes each, with the anchored stamps."""
