@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.task import ErrorTask, WSGITask
-from waitress.utilities import BadRequest
+from waitress.utilities import BadRequest, RequestEntityTooLarge
 
 from chargebox import access_log
 from chargebox.statements import CLIENT
@@ -79,6 +79,14 @@ class Parser(HTTPRequestParser):
             # is left there when the last "\r\n" came in two reads: no trailer.)
             self.error = BadRequest("a chunked body's trailer fields are not read: send"
                                     " them as headers")  # fmt: skip
+        elif not self.completed and self.chunked and self.body_rcv is not None:
+            # A chunk announced past the limit is refused as it is announced, as a
+            # Content-Length past it is: waitress counts only the bytes that came, and
+            # would wait for the request timeout for a chunk that never comes.
+            announced = self.body_bytes_received + self.body_rcv.chunk_remainder
+            if announced >= self.adj.max_request_body_size:
+                self.error = RequestEntityTooLarge("a chunk announced past the body limit")
+                self.completed = True
         return taken
 
     def _first_line(self, head: bytes) -> None:

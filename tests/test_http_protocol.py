@@ -225,6 +225,25 @@ def test_a_chunked_body_with_trailer_fields_is_400_and_sells_nothing(server, fun
     assert api.get("/api/me").json()["balance"] == 99_000
 
 
+@pytest.mark.parametrize("size", ["200000", "ffffffffffffffffffffff"])
+def test_a_chunk_announced_past_the_limit_is_413_as_announced_and_sells_nothing(
+    server, funded, size
+):
+    """waitress counted only the bytes that came: a chunk announced past the limit, its
+    bytes never sent, got no answer until the request timeout (helper-134). Refused as
+    a Content-Length past the limit is, at once, with the connection left to close."""
+    key, _, untouched = funded
+    head = sale_head(key, 0, "Transfer-Encoding: chunked").replace(b"Content-Length: 0\r\n", b"")
+    status, body = raw_request(server.url, head, f"{size}\r\n".encode() + SALE + b"\r\n0\r\n")
+    assert_refused((status, body), 413, "payload_too_large")
+    untouched()
+    parser = Parser(Adjustments(max_request_body_size=1 << 20))
+    sent = head + b"\r\n\r\n" + f"{size}\r\n".encode()
+    while sent and not parser.completed:
+        sent = sent[parser.received(sent) :]
+    assert parser.completed and parser.error is not None and parser.error.code == 413
+
+
 @pytest.mark.parametrize("cut", [1, 2, 3, 4, 5])
 def test_a_chunked_body_whose_end_comes_in_two_reads_is_read_whole(cut):
     """The last CRLF cut in two (a slow link, a proxy's segments): waitress keeps the "\r"
