@@ -105,7 +105,13 @@ class Parser(HTTPRequestParser):
         waitress would join it to the line before, as RFC 9112 allows, where a proxy may
         read it as a header of its own (RFC 9112 lets a server refuse it instead). So is a
         request line without its version."""
-        super().parse_header(header_plus)  # first: a refusal is logged with its method and path
+        try:  # first: a refusal is logged with its method and path
+            super().parse_header(header_plus)
+        except ParsingError as exc:
+            if exc.args != ("Bad URI",):
+                raise
+            raise ParsingError("the request target may hold ASCII only: percent-encode the "
+                               "rest as UTF-8 (curl -G --data-urlencode)") from None  # fmt: skip
         if not self.version:  # waitress would run it as HTTP/1.0 (HTTP/0.9 has no headers)
             raise ParsingError("the request line must end with its version (HTTP/1.1)")
         try:  # bottle would drop the bytes that are not UTF-8: /adm%FFin would be /admin

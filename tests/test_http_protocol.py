@@ -12,6 +12,7 @@ import json
 import re
 import socket
 import types
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -257,6 +258,20 @@ def test_a_chunked_body_whose_end_comes_in_two_reads_is_read_whole(cut):
             part = part[parser.received(part) :]
     assert parser.completed and parser.error is None, parser.error
     assert parser.get_body_stream().read() == SALE
+
+
+def test_a_request_target_outside_ascii_is_400_saying_to_percent_encode_it(server, funded):
+    """curl sends a URL's Persian digits as they are; HTTP allows ASCII only there (waitress
+    said "Bad URI"). The same value percent-encoded, as browsers send it, is found."""
+    key, _, _ = funded
+    phone = "۰۹۱۲۱۲۳۴۵۶۷"
+    head = f"GET /api/sales?phone={phone} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}"
+    status, body = raw_request(server.url, (head + "\r\nConnection: close").encode())
+    assert_refused((status, body), 400, "bad_request")
+    assert "percent-encode" in body["error"]["message"], body
+    encoded = head.replace(phone, urllib.parse.quote(phone)).encode()
+    status, body = raw_request(server.url, encoded + b"\r\nConnection: close")
+    assert status == 200 and body["items"] == [], body
 
 
 def test_a_request_line_without_its_version_is_400_and_sells_nothing(server, funded):
