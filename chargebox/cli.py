@@ -37,7 +37,7 @@ from chargebox import (
     seals,
 )
 from chargebox import commands as admin_commands
-from chargebox.config import MIN_SECRET_LENGTH, SYNCHRONOUS_LEVELS, Config, from_arguments
+from chargebox.config import MIN_SECRET_LENGTH, SYNCHRONOUS_LEVELS, Config, digits, from_arguments
 from chargebox.db import DAMAGED_CODES, Database, open_database
 from chargebox.errors import ChargeboxError, Damaged, Unavailable, primary_code
 from chargebox.location import check_database_path, in_words, refuse_a_new_file
@@ -67,15 +67,15 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = command("serve", "run the HTTP service until SIGTERM, Ctrl-C or SIGHUP")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default 8080; 0 picks a free one)")
+    serve.add_argument("--port", type=digits, help="port (default 8080; 0 picks a free one)")
     serve.add_argument(
         "--processes",
-        type=int,
+        type=digits,
         help="server processes sharing the port, to use more cores (env CHARGEBOX_PROCESSES; "
         "default 1)",
     )
     serve.add_argument(
-        "--threads", type=int, help="waitress worker threads (env CHARGEBOX_THREADS; default 64)"
+        "--threads", type=digits, help="waitress worker threads (env CHARGEBOX_THREADS; default 64)"
     )
     serve.add_argument(
         "--cpus",

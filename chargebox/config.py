@@ -357,6 +357,14 @@ def _on_or_off(name: str, environ: Mapping[str, str]) -> bool:
     return _SWITCHES[text.lower()]
 
 
+def digits(text: str) -> int:
+    """An argparse type: a number in ASCII digits, whose range Config checks: no sign,
+    space, `_` or other script's digits, which int() would take (argparse says so)."""
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"must be a whole number in digits 0-9, not {text!r}")
+    return int(text)
+
+
 def whole_number(high: int) -> Callable[[str], int]:
     """An argparse type: a whole number from 1 to `high` in ASCII digits (argparse says
     so, exit 2): no sign, space, `_` or other script's digits, which int() would take."""

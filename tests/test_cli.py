@@ -15,6 +15,7 @@ import time
 import pytest
 import requests
 
+from chargebox import cli
 from chargebox.commands import row_id
 from chargebox.config import whole_number
 from tests.support import (
@@ -253,6 +254,17 @@ def test_a_count_or_an_id_argument_is_ascii_digits_in_range(text):
     with pytest.raises(argparse.ArgumentTypeError, match="whole number from 1 to 10000"):
         whole_number(10_000)(text)
     assert whole_number(10_000)("10000") == 10_000 and row_id("42") == 42
+
+
+@pytest.mark.parametrize("option", ["--port", "--threads", "--processes"])
+@pytest.mark.parametrize("text", ["+8", " 8", "8 ", "1_0", "\u06f8", "\u0668", "8.0", "-1", ""])
+def test_serves_numbers_are_ascii_digits_as_their_variables_are(option, text, capsys):
+    """int() took `--threads +8` and `--port ۱۸۷۳۹`, where CHARGEBOX_THREADS=+8 is refused
+    (README: numbers are plain positive integers; helper-135). Their range is Config's."""
+    with pytest.raises(SystemExit) as refused:
+        cli._parser().parse_args(["serve", option, text])
+    assert refused.value.code == 2 and "whole number in digits 0-9" in capsys.readouterr().err
+    assert getattr(cli._parser().parse_args(["serve", option, "0"]), option[2:]) == 0
 
 
 def test_python_dash_m_chargebox_is_the_chargebox_command(tmp_path):
