@@ -157,14 +157,14 @@ def prepare(config: Config, serving: bool = False, token: bool = False) -> Confi
     would be one no running server accepts (theirs set in CHARGEBOX_ADMIN_TOKEN). Nor is a
     PostgreSQL database made here (its owner's `init-db` does): its schema and key checked.
     """
+    admin_commands.admin_token(config, make=False)  # one in its file: refused before a write
     if config.db_url:
         # one line naming --db if it is not there
         postgresql.connect(config.db_url, lost_after=config.peer_timeout).close()
         if not config.admin_token and not config.admin_token_path.exists():
             raise _one_of_its_own(config, "admin token", config.admin_token_path, "init-db")
     else:
-        check_database_path(config.db_path)
-    admin_commands.admin_token(config, make=False)  # one in its file: refused before a write
+        check_database_path(config.db_path)  # makes the file: after what may refuse
     database = open_database(config)
     try:
         if config.db_url:

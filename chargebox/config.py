@@ -358,9 +358,11 @@ def _on_or_off(name: str, environ: Mapping[str, str]) -> bool:
 
 
 def digits(text: str) -> int:
-    """An argparse type: a number in ASCII digits, whose range Config checks: no sign,
-    space, `_` or other script's digits, which int() would take (argparse says so)."""
-    if not (text.isascii() and text.isdigit()):
+    """An argparse type: a number in ASCII digits, whose range Config checks (a `-` too,
+    said as out of range): no `+`, space, `_` or other script's digits, which int() would
+    take (argparse says so)."""
+    unsigned = text.removeprefix("-")
+    if not (unsigned.isascii() and unsigned.isdigit()):
         raise argparse.ArgumentTypeError(f"must be a whole number in digits 0-9, not {text!r}")
     return int(text)
 

@@ -257,12 +257,14 @@ def test_a_count_or_an_id_argument_is_ascii_digits_in_range(text):
 
 
 @pytest.mark.parametrize("option", ["--port", "--threads", "--processes"])
-@pytest.mark.parametrize("text", ["+8", " 8", "8 ", "1_0", "\u06f8", "\u0668", "8.0", "-1", ""])
+@pytest.mark.parametrize(
+    "text", ["+8", " 8", "8 ", "1_0", "\u06f8", "\u0668", "8.0", "-+1", "--1", ""]
+)
 def test_serves_numbers_are_ascii_digits_as_their_variables_are(option, text, capsys):
     """int() took `--threads +8` and `--port ۱۸۷۳۹`, where CHARGEBOX_THREADS=+8 is refused
     (README: numbers are plain positive integers; helper-135). Their range is Config's."""
     with pytest.raises(SystemExit) as refused:
-        cli._parser().parse_args(["serve", option, text])
+        cli._parser().parse_args(["serve", f"{option}={text}"])
     assert refused.value.code == 2 and "whole number in digits 0-9" in capsys.readouterr().err
     assert getattr(cli._parser().parse_args(["serve", option, "0"]), option[2:]) == 0
 

@@ -307,10 +307,14 @@ def test_a_short_admin_token_or_ledger_key_is_refused_in_one_line(tmp_path, comm
     assert not (tmp_path / "admin_token").exists()
 
 
-def test_a_short_admin_token_written_into_its_file_is_refused_naming_the_file(tmp_path):
+@pytest.mark.parametrize("command", [("init-db",), ("serve", "--port", "0")], ids=lambda c: c[0])
+def test_a_short_admin_token_written_into_its_file_is_refused_naming_the_file(tmp_path, command):
+    """Refused before anything is made: the database's file was made first, empty
+    (helper-135)."""
     (tmp_path / "admin_token").write_text("hunter2\n")
-    result = chargebox("init-db", "--db", str(tmp_path / "cb.db"), CHARGEBOX_ADMIN_TOKEN="")
+    result = chargebox(*command, "--db", str(tmp_path / "cb.db"), CHARGEBOX_ADMIN_TOKEN="")
     assert_refused(result, str(tmp_path / "admin_token"), "32")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["admin_token"]
 
 
 @pytest.mark.parametrize(
