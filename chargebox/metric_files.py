@@ -23,7 +23,7 @@ from pathlib import Path
 from prometheus_client import multiprocess
 from prometheus_client.mmap_dict import MmapedDict
 
-from chargebox.errors import raised_at
+from chargebox.errors import Unavailable, raised_at
 
 _log = logging.getLogger("chargebox.metrics")
 SUMMED = ("counter", "histogram")  # the kinds of file whose values add up (no gauge is in one)
@@ -136,10 +136,31 @@ def _written(paths: list) -> list:
 
 class Summed(multiprocess.MultiProcessCollector):
     """Every process's values, summed (prometheus-client's collector), from the files that
-    hold any: a child that has just made its file does not fail the scrape."""
+    hold any: a child that has just made its file does not fail the scrape. One damaged (a
+    disk's damage; its values unreadable) fails it, 503, the log naming it: left out, its
+    counts would fall (a reset to Prometheus), so moving it aside is the operator's call."""
 
     def collect(self):
-        return self.merge(_written(sorted(Path(self._path).glob("*.db"))), accumulate=True)
+        paths = _written(sorted(Path(self._path).glob("*.db")))
+        try:
+            return self.merge(paths, accumulate=True)
+        except Exception:  # noqa: BLE001 - which file, said below
+            damaged = [path for path in paths if not _readable(path)]
+            _log.warning(
+                "a scrape of /metrics failed: %s cannot be read (damaged?); move it "
+                "aside to scrape again, its counts lost",
+                ", ".join(map(str, damaged)) or "a file",
+            )
+            raise Unavailable("the server's metrics files cannot be read: its log names the "
+                              "damaged one") from None  # fmt: skip
+
+
+def _readable(path: Path) -> bool:
+    try:
+        list(MmapedDict.read_all_values_from_file(str(path)))  # a generator: read it all
+    except Exception:  # noqa: BLE001 - any failure of prometheus-client's reader
+        return False
+    return True
 
 
 @contextlib.contextmanager
