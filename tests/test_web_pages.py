@@ -165,6 +165,29 @@ def test_a_form_the_browser_says_another_site_sent_is_403_even_with_a_matching_t
         assert signed.status_code == 303, signed.text
 
 
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.1:1"])
+def test_over_http_a_form_from_another_origin_is_403_when_no_sec_fetch_site_says(world, origin):
+    """Browsers too old to send Sec-Fetch-Site send Origin: a sign-in cookie planted by a
+    sibling over plain http, posted from its page, signed the victim in as the attacker
+    (login CSRF, helper-136). Its own page's form (its own Origin, or none) still signs in."""
+    browser = world.browser()
+    browser.http.cookies.set(LOGIN, "planted-by-another-site")
+    browser.http.headers["Origin"] = origin
+    answer = refused(
+        world.server, 403, browser.post_form, "/login", {"token": world.key},
+        "planted-by-another-site",
+    )  # fmt: skip
+    assert SESSION not in set_cookies(answer)
+    you = world.browser(SELLER)
+    you.http.headers["Origin"] = origin
+    answer = refused(world.server, 403, you.post_form, "/seller/credit-requests", {"amount": "9"})
+    assert "did not come from this site" in text_of(answer.text, "error-message")
+    for own in (world.server.url, world.server.url.upper(), None):
+        browser.http.headers["Origin"] = own
+        signed = browser.post_form("/login", {"token": world.key}, "planted-by-another-site")
+        assert signed.status_code == 303, signed.text
+
+
 def test_a_path_that_is_not_utf8_is_400_not_the_page_its_other_bytes_spell(world):
     """bottle dropped the bytes it could not decode: /adm%FFin opened /admin, past a
     proxy's rule for /admin."""

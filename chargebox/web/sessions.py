@@ -90,16 +90,31 @@ def check_csrf(expected: str, form: dict[str, str]) -> None:
     browser says another site sent (403). The second matters for the sign-in form,
     whose token is a double submit: whoever can plant a cookie could match it."""
     presented = form.get("csrf", "").encode("utf-8")
-    sent_from = bottle.request.environ.get("HTTP_SEC_FETCH_SITE", "").strip().lower()
+    environ = bottle.request.environ
+    sent_from = environ.get("HTTP_SEC_FETCH_SITE", "").strip().lower()
     if (
         not expected
         or sent_from in _ELSEWHERE
+        or (not sent_from and _from_another_origin(environ))
         or not hmac.compare_digest(presented, expected.encode("utf-8"))
     ):
         raise Forbidden(
             "This form has expired or did not come from this site. "
             "Nothing was changed: go back to the form, reload it and send it again."
         )
+
+
+def _from_another_origin(environ: dict) -> bool:
+    """A browser too old to send Sec-Fetch-Site (Safari before 16.4, Firefox before 90)
+    still sends Origin with a post: over plain http, where a sibling subdomain can plant
+    the sign-in cookie, one not this request's own (`null` too: our pages' Referrer-Policy
+    sends it only cross-origin) is refused (helper-136). Over https the cookies are
+    `__Host-`, which no other site can plant, and a proxy in front may have rewritten
+    Host, so Origin is not compared there."""
+    origin = environ.get("HTTP_ORIGIN", "").strip().lower()
+    if not origin or bottle.request.urlparts.scheme != "http":
+        return False
+    return origin != "http://" + environ.get("HTTP_HOST", "").strip().lower()
 
 
 def cookie_sent(name: str) -> str | None:
