@@ -13,8 +13,9 @@ The deployment's secrets move with it (`run`): the file's ledger key, which seal
 every row copied, and its admin token (the one in force, if it was rotated) are
 written into the PostgreSQL deployment's `--data-dir`, over the ones `init-db`
 made there (they sealed and admitted nothing yet: the target was empty; kept beside,
-all the same). A data dir another deployment uses, a key that did not seal the file, a
-file of another schema: refused before anything moves (`_check_source`). A secret
+all the same). A data dir another deployment uses (another key's anchors, or anchors of
+heads the file lacks: a copy that sold on), a key that did not seal the file, a file of
+another schema, a target not empty or served: refused before anything moves. A secret
 given in the environment (CHARGEBOX_LEDGER_KEY, CHARGEBOX_ADMIN_TOKEN) is the
 operator's to give every server, and no file is written for it.
 """
@@ -29,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from chargebox import auth, ledger, migrations, pg_driver, postgresql, seals
+from chargebox import anchors, auth, ledger, migrations, pg_driver, postgresql, revocations, seals
 from chargebox.commands import audit_verdict
 from chargebox.config import POSTGRESQL_SCHEMES, Config, secret_in
 from chargebox.location import written_secret
@@ -86,8 +87,11 @@ def run(config: Config, source: Path, target: str) -> int:
             raise PermissionError(errno.EACCES, "not writable")
     except OSError as exc:
         raise ValueError(f"--data-dir {config.data_dir}: {exc.strerror}") from None
-    replaced = _to_replace(config, secrets, target)  # each kept aside before anything moves
     try:
+        _check_target(target)
+        replaced = _to_replace(config, secrets, target)
+        _check_anchors(config, source, key, target)  # anchors of another key: refused above
+        _keep_aside(replaced)  # before anything moves
         counts = copy(source, target)
     except pg_driver.driver_errors() as exc:  # no schema there, a role without the rights
         raise ValueError(
@@ -158,18 +162,63 @@ def _check_source(source: Path, key: str, key_from: str) -> None:
         raise ValueError(f"--from {source}: {key_from} {seals.wrong_key(checked)}")
 
 
+def _check_anchors(config: Config, source: Path, key: str, target: str) -> None:
+    """Before anything moves: the anchors already in --data-dir are the file's, or what it
+    has gone past (a rehearsal's copy). Another deployment's, sealed with the same key (a
+    copy of one file, or a rehearsal that sold on), would fail the copy's audit after the
+    rows were in, and a second copy was then refused: the target held sellers (helper-139)."""
+    found = anchors.loaded(config, key.encode("utf-8"))
+    reader = sqlite3.connect(_read_only(source), uri=True)
+    try:
+        db = seals.SqliteRows(reader)
+        lacking = anchors.problems(db, found) + revocations.problems(db, found)
+    finally:
+        reader.close()
+    if lacking:
+        raise ValueError(
+            f"--data-dir {config.data_dir}: its anchors ({config.anchors_path}) hold "
+            f"{len(lacking)} thing(s) --from {source} does not, first: "
+            f"{anchors.located(lacking[0])}{lacking[0]['message']}. They are another "
+            f"deployment's: name the --data-dir `chargebox init-db` made for "
+            f"{postgresql.described(target)}, or move those anchors aside if that deployment "
+            "is gone; nothing copied"
+        )
+
+
+def _check_target(target: str) -> None:
+    """Before anything moves (the secrets kept aside included): the target is empty and
+    no server runs on it. `copy` asks again, in the connection that writes."""
+    conn = postgresql.connect(target, autocommit=True, lost_after=COPY_LOST_AFTER, flag="--to")
+    try:
+        _refuse_a_busy_target(conn, target)
+    finally:
+        conn.close()
+
+
+def _refuse_a_busy_target(conn, target_url: str) -> None:
+    if conn.execute("SELECT count(*) FROM seller").fetchone()[0]:
+        raise ValueError(
+            f"--to {postgresql.described(target_url)}: it already holds sellers; "
+            "copy only into an empty schema (chargebox init-db)"
+        )
+    if migrations.serving_sessions(conn):  # they hold init-db's key, not the file's
+        raise ValueError(
+            f"--to {postgresql.described(target_url)}: chargebox servers run on it: "
+            "stop them first; they would seal with init-db's ledger key beside the copy's"
+        )
+
+
 def _read_only(source: Path) -> str:
     """The file's URI, read-only: its path quoted (a `?` or `#` in it was taken for the
     URI's query, and another file made)."""
     return f"{source.resolve().as_uri()}?mode=ro"
 
 
-def _to_replace(config: Config, secrets: dict[Path, str], target: str) -> list[Path]:
-    """The secrets of --data-dir the file's will replace, each kept beside it first
-    (`.before-copy-TIME-PID`, 0600: a key once lost makes every seal it made
-    unverifiable). A data dir whose ledger key is another and that holds anchors is a
-    deployment's that has sealed: refused (helper-113). An admin token may differ (one
-    rotated since a rehearsal's copy): it is kept aside, and can be rotated again."""
+def _to_replace(config: Config, secrets: dict[Path, str], target: str) -> dict[Path, str | None]:
+    """The secrets of --data-dir the file's will replace, with what each holds now. A data
+    dir whose ledger key is another and that holds anchors is a deployment's that has
+    sealed: refused (helper-113). An admin token may differ (one rotated since a
+    rehearsal's copy): it is kept aside, and can be rotated again."""
     replaced: dict[Path, str | None] = {}  # each with what it holds now
     for path, secret in secrets.items():
         held = path.read_text(errors="replace").strip() if path.exists() else None
@@ -183,6 +232,12 @@ def _to_replace(config: Config, secrets: dict[Path, str], target: str) -> list[P
                 f"ledger_key and anchors aside first); nothing copied"
             )
         replaced[path] = held
+    return replaced
+
+
+def _keep_aside(replaced: dict[Path, str | None]) -> None:
+    """Each secret to be replaced kept beside it first (`.before-copy-TIME-PID`, 0600: a
+    key once lost makes every seal it made unverifiable)."""
     for path, held in replaced.items():
         if held is not None:
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -192,7 +247,6 @@ def _to_replace(config: Config, secrets: dict[Path, str], target: str) -> list[P
             except OSError as exc:
                 raise ValueError(f"{aside}: could not keep {path.name} aside there "
                                  f"({exc.strerror}); nothing copied") from None  # fmt: skip
-    return list(replaced)
 
 
 def copy(source: Path, target_url: str) -> dict[str, int]:
@@ -201,16 +255,7 @@ def copy(source: Path, target_url: str) -> dict[str, int]:
     conn = postgresql.connect(target_url, autocommit=True, lost_after=COPY_LOST_AFTER, flag="--to")
     try:
         reader.execute("BEGIN")  # one snapshot of a file that may be busy
-        if conn.execute("SELECT count(*) FROM seller").fetchone()[0]:
-            raise ValueError(
-                f"--to {postgresql.described(target_url)}: it already holds sellers; "
-                "copy only into an empty schema (chargebox init-db)"
-            )
-        if migrations.serving_sessions(conn):  # they hold init-db's key, not the file's
-            raise ValueError(
-                f"--to {postgresql.described(target_url)}: chargebox servers run on it: "
-                "stop them first; they would seal with init-db's ledger key beside the copy's"
-            )
+        _refuse_a_busy_target(conn, target_url)
         counts: dict[str, int] = {}
         with conn.transaction():
             counts["seller"] = _sellers(reader, conn)

@@ -403,6 +403,43 @@ def test_a_copy_is_refused_before_it_writes_while_servers_run_on_the_target_or_i
         assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
     with psycopg.connect(made.owner_url) as target:
         assert target.execute("SELECT count(*) FROM seller").fetchone() == (0,)
+    assert not list(data.glob("*.before-copy-*"))  # kept aside only for a copy that runs
+
+
+def test_a_copy_is_refused_before_it_writes_when_the_data_dirs_anchors_are_another_deployments(
+    postgresql_cluster, tmp_path
+):
+    """A copy of the file that then sold on (a rehearsal kept serving, or the live
+    deployment's own data dir named by mistake) has anchored heads the file lacks, with
+    the file's own key: the copy went in, then failed its audit ("rolled back"), and a
+    second copy was refused, the target holding sellers (helper-139). Refused first now,
+    the target left empty and the data dir as it was."""
+    source = tmp_path / "sqlite" / "chargebox.db"
+    source.parent.mkdir()
+    service = Chargebox(prepare(Config(db_path=source)))
+    seller = credited_seller(service, 10_000)
+    service.sell(seller["id"], "09120000003", 100)
+    service.close()
+    first, second = (pg_cluster.new_database(postgresql_cluster, n) for n in ("first", "again"))
+    data = tmp_path / "pg"
+    for made in (first, second):
+        init = ["init-db", "--db", made.owner_url, "--grant-to", made.app_role, "--data-dir"]
+        assert chargebox_main([*init, str(data)]) == 0
+    assert copy(source, first.owner_url, "--data-dir", str(data)).returncode == 0
+    serving = Chargebox(prepare(Config(db_url=first.app_url, data_dir=data)))
+    try:
+        serving.sell(seller["id"], "09120000004", 100)
+        assert serving.audit()["consistent"]  # its newer head anchored in the data dir
+    finally:
+        serving.close()
+    held = sorted((p.name, p.read_bytes()) for p in data.iterdir())
+    refused = copy(source, second.owner_url, "--data-dir", str(data))
+    assert refused.returncode == 2 and "its anchors" in refused.stderr, refused.stderr
+    assert "rolled back" in refused.stderr and "nothing copied" in refused.stderr
+    assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+    with psycopg.connect(second.owner_url) as conn:
+        assert conn.execute("SELECT count(*) FROM seller").fetchone() == (0,)
+    assert sorted((p.name, p.read_bytes()) for p in data.iterdir()) == held
 
 
 def sessions_named(url: str, name: str) -> int:
