@@ -37,6 +37,7 @@ from chargebox import (
     seals,
 )
 from chargebox import commands as admin_commands
+from chargebox import config as settings
 from chargebox.config import MIN_SECRET_LENGTH, SYNCHRONOUS_LEVELS, Config, digits, from_arguments
 from chargebox.db import DAMAGED_CODES, Database, open_database
 from chargebox.errors import ChargeboxError, Damaged, Unavailable, primary_code
@@ -341,6 +342,9 @@ def _command(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = from_arguments(args)
+        for name in settings.unknown_settings():
+            print(f"chargebox: warning: {name} is no setting of chargebox, and is ignored "
+                  "(README, Configuration, lists them)", file=sys.stderr)  # fmt: skip
         if args.command == "init-db":
             return _init_db(config, args.grant_to)
         if args.command == "migrate":

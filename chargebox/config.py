@@ -177,6 +177,32 @@ class Config:
         return dataclasses.replace(self, admin_token=admin_token, ledger_key=ledger_key)
 
 
+_NUMERIC = {
+    "CHARGEBOX_THREADS": "threads",
+    "CHARGEBOX_PROCESSES": "processes",
+    "CHARGEBOX_MAX_AMOUNT": "max_amount",
+    "CHARGEBOX_MAX_BODY_BYTES": "max_body_bytes",
+    "CHARGEBOX_BUSY_TIMEOUT_MS": "busy_timeout_ms",
+    "CHARGEBOX_MAX_CONNECTIONS": "max_connections",
+    "CHARGEBOX_REQUEST_TIMEOUT": "request_timeout",
+    "CHARGEBOX_IDLE_TIMEOUT": "idle_timeout",
+    "CHARGEBOX_PEER_TIMEOUT": "peer_timeout",
+    "CHARGEBOX_MAX_PENDING_REQUESTS": "max_pending_requests",
+    "CHARGEBOX_ANCHOR_SECONDS": "anchor_seconds",
+}
+# Every variable env_defaults reads (README, Configuration, lists them).
+SETTINGS = frozenset({*_NUMERIC, "CHARGEBOX_DB", "CHARGEBOX_DATA_DIR", "CHARGEBOX_ADMIN_TOKEN",
+                      "CHARGEBOX_LEDGER_KEY", "CHARGEBOX_ANCHORS", "CHARGEBOX_GROUP_COMMIT",
+                      "CHARGEBOX_CPUS", "CHARGEBOX_ACCESS_LOG", "CHARGEBOX_TRUSTED_PROXY",
+                      "CHARGEBOX_SYNCHRONOUS"})  # fmt: skip
+
+
+def unknown_settings(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The CHARGEBOX_ variables set that are no setting, for a warning: a misspelt one is
+    otherwise ignored (CHARGEBOX_DATABASE_URL served a new SQLite file; helper-139)."""
+    return sorted(n for n in environ if n.startswith("CHARGEBOX_") and n not in SETTINGS)
+
+
 def env_defaults(environ: Mapping[str, str] = os.environ) -> dict:
     """The settings the environment provides (argv may override them)."""
     values: dict = {}
@@ -191,20 +217,7 @@ def env_defaults(environ: Mapping[str, str] = os.environ) -> dict:
         values["ledger_key"] = environ["CHARGEBOX_LEDGER_KEY"]
     if environ.get("CHARGEBOX_ANCHORS"):
         values["anchors_file"] = Path(environ["CHARGEBOX_ANCHORS"])
-    numeric = {
-        "CHARGEBOX_THREADS": "threads",
-        "CHARGEBOX_PROCESSES": "processes",
-        "CHARGEBOX_MAX_AMOUNT": "max_amount",
-        "CHARGEBOX_MAX_BODY_BYTES": "max_body_bytes",
-        "CHARGEBOX_BUSY_TIMEOUT_MS": "busy_timeout_ms",
-        "CHARGEBOX_MAX_CONNECTIONS": "max_connections",
-        "CHARGEBOX_REQUEST_TIMEOUT": "request_timeout",
-        "CHARGEBOX_IDLE_TIMEOUT": "idle_timeout",
-        "CHARGEBOX_PEER_TIMEOUT": "peer_timeout",
-        "CHARGEBOX_MAX_PENDING_REQUESTS": "max_pending_requests",
-        "CHARGEBOX_ANCHOR_SECONDS": "anchor_seconds",
-    }
-    for name, field in numeric.items():
+    for name, field in _NUMERIC.items():
         if environ.get(name):
             values[field] = _positive_int(name, environ[name])
     if environ.get("CHARGEBOX_GROUP_COMMIT"):

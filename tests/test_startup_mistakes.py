@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import socket
 import sqlite3
@@ -22,7 +23,7 @@ from pathlib import Path
 import filelock
 import pytest
 
-from chargebox import cli, location
+from chargebox import cli, config, location
 from chargebox.config import env_defaults
 from tests.support import ROOT, needs_root
 
@@ -261,6 +262,29 @@ def test_an_unknown_spelling_of_a_setting_is_one_line_naming_it(tmp_path, name, 
     result = chargebox("init-db", "--db", str(tmp_path / "cb.db"), **{name: value})
     assert_refused(result, name, repr(value))
     assert not (tmp_path / "cb.db").exists()
+
+
+def test_a_chargebox_variable_that_is_no_setting_is_named_in_a_warning(tmp_path):
+    """CHARGEBOX_DATABASE_URL (no such setting: CHARGEBOX_DB is) was ignored without a
+    word, and the command went on with a new SQLite file (helper-139)."""
+    url = "postgresql://app@127.0.0.1:5432/chargebox"
+    made = chargebox("init-db", "--db", str(tmp_path / "cb.db"), CHARGEBOX_DATABASE_URL=url)
+    assert made.returncode == 0, made.stderr
+    warned = [line for line in made.stderr.splitlines() if "is no setting" in line]
+    assert warned == [
+        "chargebox: warning: CHARGEBOX_DATABASE_URL is no setting of chargebox, and is ignored "
+        "(README, Configuration, lists them)"
+    ], made.stderr
+    assert url not in made.stderr  # its value may hold a password
+    known = chargebox("init-db", "--db", str(tmp_path / "cb.db"), CHARGEBOX_THREADS="8")
+    assert known.returncode == 0 and "is no setting" not in known.stderr, known.stderr
+    assert settings_named_in_readme() >= config.SETTINGS
+
+
+def settings_named_in_readme() -> set[str]:
+    """The variables README's Configuration table names."""
+    text = (ROOT / "README.md").read_text()
+    return set(re.findall(r"`(CHARGEBOX_[A-Z_]+)`", text.split("## Configuration")[1]))
 
 
 @pytest.mark.parametrize(
