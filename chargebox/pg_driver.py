@@ -296,7 +296,9 @@ def translated() -> Iterator[None]:
     except psycopg.errors.DeadlockDetected as exc:
         raise Deadlocked("the database is busy; retry shortly") from exc
     except psycopg.errors.InsufficientPrivilege as exc:  # a grant revoked under the server
-        _say_once(f"the database refused this server's role: {exc}".splitlines()[0])
+        _say_once(f"the database refused this server's role: {exc}".splitlines()[0]
+                  + "; grant it again: chargebox init-db --grant-to ROLE, with the schema "
+                  "owner's URL and the servers' --data-dir")  # fmt: skip
         raise NotGranted(NOT_GRANTED) from exc
     except (
         psycopg.OperationalError,

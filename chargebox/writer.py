@@ -36,7 +36,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from chargebox import cpus, metrics
-from chargebox.errors import Deadlocked, LockTimeout, Unavailable, raised_at
+from chargebox.errors import Deadlocked, LockTimeout, NotGranted, Unavailable, raised_at
 
 _log = logging.getLogger("chargebox.writer")
 MAX_BATCH = 256
@@ -289,7 +289,7 @@ class GroupWriter:
         except Unavailable:
             raise  # the lock not had in time, or the database cannot write now
         except Exception as exc:
-            if not isinstance(exc, Separately):  # what the database or a check refused, say
+            if not isinstance(exc, (Separately, NotGranted)):  # NotGranted: said once (pg_driver)
                 _log.warning("a batch of %d runs goes run by run: %s", len(groups),
                              type(exc).__name__)  # fmt: skip
             raise _NotSideBySide from None

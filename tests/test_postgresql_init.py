@@ -391,6 +391,8 @@ def test_a_grant_revoked_under_a_running_server_is_503_and_said_once_in_its_log(
         assert server.stop() == 0
     said = server.log_path.read_text()
     assert said.count("the database refused this server's role: permission denied") == 1, said
+    assert "grant it again: chargebox init-db --grant-to ROLE" in said, said  # helper-139
+    assert "goes run by run" not in said, said  # a line each refused sale, said once now
     assert "Traceback" not in said and "internal_error" not in said, said
 
 
