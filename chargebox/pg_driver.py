@@ -16,6 +16,7 @@ import re
 import select
 import shutil
 import subprocess
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -306,11 +307,23 @@ def translated() -> Iterator[None]:
         psycopg.errors.ReadOnlySqlTransaction,
         psycopg.errors.IdleInTransactionSessionTimeout,  # its session ended: the peer timeout
     ) as exc:
+        tell(f"PostgreSQL refused or lost a request: {in_words(exc)}")  # never a row's words
         raise Unavailable("the database is busy or unavailable; retry shortly") from exc
     except psycopg.errors.InternalError as exc:  # 25P04: a write ran past its bound (17 on)
         if exc.sqlstate != TIMED_OUT:
             raise
         raise Unavailable("the database is busy or unavailable; retry shortly") from exc
+
+
+_told: dict[str, float] = {}  # when the log last said each reason requests were 503
+
+
+def tell(line: str) -> None:
+    """Log why requests are 503 at most once a minute each (not once a request): a role's
+    connections spent, PostgreSQL down or restarting (helper-139: the log said nothing)."""
+    if time.monotonic() - _told.get(line, -60.0) >= 60:
+        _told[line] = time.monotonic()
+        log.warning("%s (each such request 503, retried by its client)", line)
 
 
 def _say_once(line: str) -> None:

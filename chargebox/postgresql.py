@@ -233,6 +233,7 @@ class Database:
                 conn = connect(self.url, autocommit=True, lost_after=self.config.peer_timeout)
                 self._local.conn = conn
             except ValueError as exc:  # down, restarting, unreachable: a client may retry
+                pg_driver.tell(f"cannot connect: {exc}")
                 raise Unavailable("the database is unavailable; retry shortly") from exc
             with self._opened_lock:
                 self._opened.add(conn)

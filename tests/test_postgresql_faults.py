@@ -261,3 +261,29 @@ def test_a_write_whose_session_is_ended_is_unavailable_and_said_once(
         database.close()
     said = [f"{record.name}: {record.getMessage()}" for record in caplog.records]
     assert not [line for line in said if line.startswith("psycopg")], said
+
+
+def test_a_role_whose_connections_are_spent_is_503_and_the_log_says_why_once_a_minute(
+    postgresql_cluster, tmp_path, caplog
+):
+    """The app role's CONNECTION LIMIT spent (or PostgreSQL down): every request was 503
+    and the log said nothing of why (helper-139). It says so now, once a minute a reason,
+    never the URL's password."""
+    made = pg_cluster.initialised(postgresql_cluster, "spent", tmp_path / "data")
+    database = Database(Config(db_url=made.app_url, data_dir=tmp_path / "data"))
+    caplog.set_level(logging.INFO)
+    with psycopg.connect(postgresql_cluster.url(), autocommit=True) as superuser:
+        superuser.execute(f"ALTER ROLE {made.app_role} CONNECTION LIMIT 0")
+        try:
+            for _ in range(3):
+                with pytest.raises(Unavailable):
+                    database.connection()
+        finally:
+            superuser.execute(f"ALTER ROLE {made.app_role} CONNECTION LIMIT -1")
+            database.close()
+    said = [
+        record.getMessage() for record in caplog.records if "cannot connect" in record.getMessage()
+    ]
+    assert len(said) == 1 and "too many connections" in said[0], said
+    password = conninfo_to_dict(made.app_url).get("password")
+    assert not password or password not in said[0]
