@@ -206,8 +206,16 @@ class LogFile:
             self._fd = self._open()  # a path that cannot be opened is refused at start
 
     def _open(self) -> int:
+        """The file, appended to; one made here is 0640 whatever the umask (the systemd
+        unit's 0077 made it 0600: a log shipper in the service's group could not read it)."""
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
         try:
-            return os.open(self.target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                fd = os.open(self.target, flags | os.O_EXCL, 0o640)
+            except FileExistsError:
+                return os.open(self.target, flags, 0o640)
+            os.fchmod(fd, 0o640)
+            return fd
         except OSError as exc:
             raise ValueError(f"--access-log {self.target}: {exc.strerror}") from None
 

@@ -248,6 +248,27 @@ def test_a_moved_log_file_is_reopened_so_that_rotation_needs_no_restart(tmp_path
     assert path.read_bytes() == b"second\n"
 
 
+def test_a_log_file_made_under_a_strict_umask_is_0640_as_readme_says(tmp_path, monkeypatch):
+    """The systemd unit's UMask=0077 made it 0600 (helper-138): one made by rotation too,
+    and one there already keeps the mode it has."""
+    monkeypatch.setattr(access_log, "REOPEN_CHECK_S", 0.0)
+    path = tmp_path / "access.log"
+    old = os.umask(0o077)
+    try:
+        log = access_log.LogFile(str(path))
+        log.write(b"first\n")
+        path.rename(tmp_path / "access.log.1")
+        log.write(b"second\n")
+        kept = tmp_path / "kept.log"
+        kept.touch(mode=0o600)
+        access_log.LogFile(str(kept)).write(b"line\n")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "access.log.1").stat().st_mode & 0o777 == 0o640
+    assert kept.stat().st_mode & 0o777 == 0o600 and kept.read_bytes() == b"line\n"
+
+
 def test_lines_a_full_disk_drops_are_said_once_and_counted_when_it_can_write_again(
     tmp_path, monkeypatch, caplog
 ):
