@@ -320,7 +320,8 @@ def in_words(exc: OSError) -> tuple[str, int]:
         return (f"{exc.lock_file} is held by another chargebox (starting, or a migrate):"
                 " start again once it is done", 1)  # fmt: skip
     if isinstance(exc, PermissionError) and exc.filename:
-        return (f"{exc.filename}: {exc.strerror} ({_whose(Path(exc.filename))}): run"
+        where = Path(exc.filename).absolute()  # data/... is relative to where it runs
+        return (f"{where}: {exc.strerror} ({_whose(where)}): run"
                 " chargebox as the user who owns the data directory (under systemd: runuser"
                 " -u USER -- chargebox ...), or give the file to that user (chown; chattr -i"
                 " if it is immutable)", 2)  # fmt: skip

@@ -412,6 +412,10 @@ def test_os_errors_in_words_a_lock_held_elsewhere_may_pass_a_file_not_ours_will_
     said, status = location.in_words(PermissionError(13, "Permission denied", str(inside)))
     owner = pwd.getpwuid(os.getuid()).pw_name
     assert status == 2 and f"(in a directory owned by {owner})" in said, said
+    # The default data/ is relative to where a command runs (cron's, root's home): said
+    # as the whole path it was (helper-138).
+    said, _ = location.in_words(PermissionError(13, "Permission denied", "data/ledger_key"))
+    assert said.startswith(f"{Path.cwd() / 'data' / 'ledger_key'}: Permission denied"), said
     assert location.in_words(OSError(28, "No space left on device")) == (
         "[Errno 28] No space left on device",
         1,
