@@ -177,30 +177,26 @@ class Config:
         return dataclasses.replace(self, admin_token=admin_token, ledger_key=ledger_key)
 
 
-_NUMERIC = {
-    "CHARGEBOX_THREADS": "threads",
-    "CHARGEBOX_PROCESSES": "processes",
-    "CHARGEBOX_MAX_AMOUNT": "max_amount",
-    "CHARGEBOX_MAX_BODY_BYTES": "max_body_bytes",
-    "CHARGEBOX_BUSY_TIMEOUT_MS": "busy_timeout_ms",
-    "CHARGEBOX_MAX_CONNECTIONS": "max_connections",
-    "CHARGEBOX_REQUEST_TIMEOUT": "request_timeout",
-    "CHARGEBOX_IDLE_TIMEOUT": "idle_timeout",
-    "CHARGEBOX_PEER_TIMEOUT": "peer_timeout",
-    "CHARGEBOX_MAX_PENDING_REQUESTS": "max_pending_requests",
-    "CHARGEBOX_ANCHOR_SECONDS": "anchor_seconds",
-}
+_NUMERIC = {f"CHARGEBOX_{field.upper()}": field for field in (
+    "threads", "processes", "max_amount", "max_body_bytes", "busy_timeout_ms", "max_connections",
+    "request_timeout", "idle_timeout", "peer_timeout", "max_pending_requests", "anchor_seconds",
+)}  # fmt: skip
 # Every variable env_defaults reads (README, Configuration, lists them).
 SETTINGS = frozenset({*_NUMERIC, "CHARGEBOX_DB", "CHARGEBOX_DATA_DIR", "CHARGEBOX_ADMIN_TOKEN",
                       "CHARGEBOX_LEDGER_KEY", "CHARGEBOX_ANCHORS", "CHARGEBOX_GROUP_COMMIT",
                       "CHARGEBOX_CPUS", "CHARGEBOX_ACCESS_LOG", "CHARGEBOX_TRUSTED_PROXY",
                       "CHARGEBOX_SYNCHRONOUS"})  # fmt: skip
+# The test suite's own (README, Tests), which the package never reads: no warning for them.
+SUITE = frozenset({"CHARGEBOX_ARTIFACTS", "CHARGEBOX_CHROMIUM", "CHARGEBOX_CRASH_ROUNDS",
+                   "CHARGEBOX_CRASH_SEED", "CHARGEBOX_FUZZ_EXAMPLES", "CHARGEBOX_FUZZ_SEED",
+                   "CHARGEBOX_MODEL_PROFILE"})  # fmt: skip
 
 
 def unknown_settings(environ: Mapping[str, str] = os.environ) -> list[str]:
     """The CHARGEBOX_ variables set that are no setting, for a warning: a misspelt one is
     otherwise ignored (CHARGEBOX_DATABASE_URL served a new SQLite file; helper-139)."""
-    return sorted(n for n in environ if n.startswith("CHARGEBOX_") and n not in SETTINGS)
+    known = SETTINGS | SUITE
+    return sorted(n for n in environ if n.startswith("CHARGEBOX_") and n not in known)
 
 
 def env_defaults(environ: Mapping[str, str] = os.environ) -> dict:
@@ -375,7 +371,8 @@ def digits(text: str) -> int:
     said as out of range): no `+`, space, `_` or other script's digits, which int() would
     take (argparse says so)."""
     unsigned = text.removeprefix("-")
-    if not (unsigned.isascii() and unsigned.isdigit()):
+    signed_zero = unsigned != text and not unsigned.strip("0")  # `-0`: would be port 0
+    if not (unsigned.isascii() and unsigned.isdigit()) or signed_zero:
         raise argparse.ArgumentTypeError(f"must be a whole number in digits 0-9, not {text!r}")
     return int(text)
 

@@ -56,6 +56,8 @@ _SINGLE_SPELLINGS = tuple(
 
 
 _TRANSFER_ENCODING = b"\r\ntransfer-encoding:"
+_NOT_ASCII = ("the request target may hold ASCII only: percent-encode the rest as UTF-8 (curl -G"
+              " --data-urlencode)")  # fmt: skip
 
 
 class Parser(HTTPRequestParser):
@@ -110,8 +112,9 @@ class Parser(HTTPRequestParser):
         except ParsingError as exc:
             if exc.args != ("Bad URI",):
                 raise
-            raise ParsingError("the request target may hold ASCII only: percent-encode the "
-                               "rest as UTF-8 (curl -G --data-urlencode)") from None  # fmt: skip
+            raise ParsingError(_NOT_ASCII) from None
+        if not header_plus.partition(b"\r\n")[0].isascii():  # `//...`: waitress splits it unread
+            raise ParsingError(_NOT_ASCII)
         if not self.version:  # waitress would run it as HTTP/1.0 (HTTP/0.9 has no headers)
             raise ParsingError("the request line must end with its version (HTTP/1.1)")
         try:  # bottle would drop the bytes that are not UTF-8: /adm%FFin would be /admin

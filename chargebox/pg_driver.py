@@ -307,7 +307,7 @@ def translated() -> Iterator[None]:
         psycopg.errors.ReadOnlySqlTransaction,
         psycopg.errors.IdleInTransactionSessionTimeout,  # its session ended: the peer timeout
     ) as exc:
-        tell(f"PostgreSQL refused or lost a request: {in_words(exc)}")  # never a row's words
+        tell(f"PostgreSQL refused or lost a request: {_why(exc)}")
         raise Unavailable("the database is busy or unavailable; retry shortly") from exc
     except psycopg.errors.InternalError as exc:  # 25P04: a write ran past its bound (17 on)
         if exc.sqlstate != TIMED_OUT:
@@ -324,6 +324,18 @@ def tell(line: str) -> None:
     if time.monotonic() - _told.get(line, -60.0) >= 60:
         _told[line] = time.monotonic()
         log.warning("%s (each such request 503, retried by its client)", line)
+
+
+def _why(exc: BaseException) -> str:
+    """The server's primary message (never a row's words), or libpq's own first line for a
+    connection lost without one (`in_words` said only "OperationalError": helper-140)."""
+    import psycopg
+
+    if getattr(getattr(exc, "diag", None), "message_primary", None) or not isinstance(
+        exc, psycopg.OperationalError
+    ):
+        return in_words(exc)
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _say_once(line: str) -> None:

@@ -258,7 +258,7 @@ def test_a_count_or_an_id_argument_is_ascii_digits_in_range(text):
 
 @pytest.mark.parametrize("option", ["--port", "--threads", "--processes"])
 @pytest.mark.parametrize(
-    "text", ["+8", " 8", "8 ", "1_0", "\u06f8", "\u0668", "8.0", "-+1", "--1", ""]
+    "text", ["+8", " 8", "8 ", "1_0", "\u06f8", "\u0668", "8.0", "-+1", "--1", "-0", "-", ""]
 )
 def test_serves_numbers_are_ascii_digits_as_their_variables_are(option, text, capsys):
     """int() took `--threads +8` and `--port ۱۸۷۳۹`, where CHARGEBOX_THREADS=+8 is refused

@@ -9,6 +9,7 @@ each child count every request exactly; then a child is killed and the sums stay
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import random
@@ -258,10 +259,15 @@ def test_a_damaged_metrics_file_fails_the_scrape_503_and_the_log_names_it(tmp_pa
     damage) was a 500, a bug's answer. Left out of the sum its counts would fall, so the
     scrape still fails, but as 503 `unavailable`, the log naming the file to move aside."""
     with running_server(tmp_path / "cb.db", env={"CHARGEBOX_PROCESSES": "2"}) as server:
-        ends = time.monotonic() + 60
-        while not (children := _children(server.proc.pid)) and time.monotonic() < ends:
-            time.sleep(0.05)  # polled until the supervisor has forked its children
-        damaged = _metrics_directory(next(iter(children))) / "counter_999999.db"
+        ends, shared = time.monotonic() + 60, None
+        while shared is None and time.monotonic() < ends:
+            requests.get(server.url + "/health", timeout=10)  # a child maps its file as it counts
+            for child in _children(server.proc.pid):
+                with contextlib.suppress(AssertionError, OSError):  # not mapped yet, or gone
+                    shared = _metrics_directory(child)
+            time.sleep(0.05)  # polled until a child has mapped its counts file
+        assert shared is not None, "no child mapped its metrics file"
+        damaged = shared / "counter_999999.db"
         damaged.write_bytes(struct.pack("i", 100) + bytes(4))
         answer = requests.get(server.url + "/metrics", headers=ADMIN, timeout=30)
         assert answer.status_code == 503 and answer.json()["error"]["code"] == "unavailable"

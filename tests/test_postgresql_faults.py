@@ -19,6 +19,7 @@ import pytest
 import requests
 from psycopg.conninfo import conninfo_to_dict
 
+from chargebox import pg_driver
 from chargebox.config import Config
 from chargebox.errors import Unavailable
 from chargebox.postgresql import Database
@@ -287,3 +288,14 @@ def test_a_role_whose_connections_are_spent_is_503_and_the_log_says_why_once_a_m
     assert len(said) == 1 and "too many connections" in said[0], said
     password = conninfo_to_dict(made.app_url).get("password")
     assert not password or password not in said[0]
+
+
+def test_why_a_request_was_503_is_libpqs_first_line_when_the_server_said_nothing():
+    """A connection lost mid-request has no server message: the log said only
+    "OperationalError" (helper-140). A server's refusal is its primary message, never
+    what follows it (a DETAIL may quote a row)."""
+    lost = psycopg.OperationalError("consuming input failed: server closed the connection\n\tmore")
+    assert pg_driver._why(lost) == "consuming input failed: server closed the connection"
+    assert pg_driver._why(psycopg.errors.ReadOnlySqlTransaction("cbk_secret row")) == (
+        "ReadOnlySqlTransaction"
+    )

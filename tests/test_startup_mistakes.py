@@ -281,6 +281,18 @@ def test_a_chargebox_variable_that_is_no_setting_is_named_in_a_warning(tmp_path)
     assert settings_named_in_readme() >= config.SETTINGS
 
 
+def test_the_suites_own_variables_are_no_settings_and_warn_of_nothing():
+    """CHARGEBOX_FUZZ_SEED and the like, read by the tests and the harness (never by the
+    package), warned too, and tests counting a command's stderr lines failed (helper-140)."""
+    read = set()
+    for folder in ("tests", "stress"):
+        for path in (ROOT / folder).rglob("*.py"):
+            read |= set(re.findall(r"(?:get|environ\[|getenv\()\(?\"(CHARGEBOX_[A-Z_]+)\"",
+                                   path.read_text()))  # fmt: skip
+    assert read - config.SETTINGS == config.SUITE, read
+    assert not config.unknown_settings({name: "1" for name in read})
+
+
 def settings_named_in_readme() -> set[str]:
     """The variables README's Configuration table names."""
     text = (ROOT / "README.md").read_text()
