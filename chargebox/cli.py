@@ -340,6 +340,8 @@ def _command(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # one line per queued request
     args = _parser().parse_args(argv)
+    if args.command != "serve":  # it says why in its one line; a server logs why it is 503
+        logging.getLogger(pg_driver.UNAVAILABLE_LOG).setLevel(logging.ERROR)
     try:
         config = from_arguments(args)
         for name in settings.unknown_settings():

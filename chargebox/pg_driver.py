@@ -316,19 +316,19 @@ def translated() -> Iterator[None]:
 
 
 _told: dict[str, float] = {}  # when the log last said each reason requests were 503
+UNAVAILABLE_LOG = "chargebox.unavailable"
 
 
 def tell(line: str) -> None:
-    """Log why requests are 503 at most once a minute each (not once a request): a role's
-    connections spent, PostgreSQL down or restarting (helper-139: the log said nothing)."""
+    """Log why requests are 503, once a minute a reason (helper-139: the log said nothing);
+    a command, which says why in its one line, quiets UNAVAILABLE_LOG (cli)."""
     if time.monotonic() - _told.get(line, -60.0) >= 60:
         _told[line] = time.monotonic()
-        log.warning("%s (each such request 503, retried by its client)", line)
+        logging.getLogger(UNAVAILABLE_LOG).warning("%s (each such request 503)", line)
 
 
 def _why(exc: BaseException) -> str:
-    """The server's primary message (never a row's words), or libpq's own first line for a
-    connection lost without one (`in_words` said only "OperationalError": helper-140)."""
+    """The server's primary message (never a row's words), or libpq's first line (helper-140)."""
     import psycopg
 
     if getattr(getattr(exc, "diag", None), "message_primary", None) or not isinstance(

@@ -273,6 +273,7 @@ def test_a_role_whose_connections_are_spent_is_503_and_the_log_says_why_once_a_m
     made = pg_cluster.initialised(postgresql_cluster, "spent", tmp_path / "data")
     database = Database(Config(db_url=made.app_url, data_dir=tmp_path / "data"))
     caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger=pg_driver.UNAVAILABLE_LOG)  # a command quiets it
     with psycopg.connect(postgresql_cluster.url(), autocommit=True) as superuser:
         superuser.execute(f"ALTER ROLE {made.app_role} CONNECTION LIMIT 0")
         try:
