@@ -233,9 +233,7 @@ def connect(url: str, autocommit: bool = False, timeout: int = 10, *, lost_after
     except psycopg.Error as exc:
         if conn is not None:
             conn.close()
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        reason = lines[0] if lines else type(exc).__name__
-        raise ValueError(f"{flag} {described(url)}: cannot connect ({reason})") from None
+        raise ValueError(f"{flag} {described(url)}: cannot connect ({_first_line(exc)})") from None
 
 
 def _behind_a_pooler(conn, server_pid: int) -> bool:
@@ -328,14 +326,16 @@ def tell(line: str) -> None:
 
 
 def _why(exc: BaseException) -> str:
-    """The server's primary message (never a row's words), or libpq's first line (helper-140)."""
-    import psycopg
+    """A server's refusal in in_words' words (no row's), else libpq's first line (helper-140)."""
+    diag = getattr(exc, "diag", None)
+    from_server = getattr(diag, "message_primary", None) or getattr(exc, "sqlstate", None)
+    return in_words(exc) if from_server else _first_line(exc)
 
-    if getattr(getattr(exc, "diag", None), "message_primary", None) or not isinstance(
-        exc, psycopg.OperationalError
-    ):
-        return in_words(exc)
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+def _first_line(exc: BaseException) -> str:
+    """libpq's words for `exc`, its first line (not a DETAIL after it), or its type's name."""
+    lines = (line.strip() for line in str(exc).splitlines())
+    return next((line for line in lines if line), type(exc).__name__)
 
 
 def _say_once(line: str) -> None:
