@@ -73,7 +73,7 @@ def audit(database: Database, full: bool = False, progress: Progress | None = No
         problems += found.problems
         problems += _missing_triggers(db)
         if keyed:  # an older genuine copy, put back: only anchors outside the file tell
-            problems += anchors.problems(db, anchored) + revocations.problems(db, anchored)
+            problems += revocations.every_problem(db, anchored)
             seen_heads = anchors.heads(db)
     problems.sort(key=lambda p: (p["seller_id"] or 0, p["entry_id"] or 0))
     saved, finding = None, None

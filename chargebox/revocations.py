@@ -226,6 +226,12 @@ def problems(db, found: anchors.Loaded) -> list[dict]:
     ]  # fmt: skip
 
 
+def every_problem(db, found: anchors.Loaded) -> list[dict]:
+    """All that the anchors `found` say of `db`: the file's own problems, each rollback and
+    lost mark (anchors.problems, which may not import this module), each change undone."""
+    return anchors.problems(db, found) + problems(db, found)
+
+
 def refuse_undone(config: Config, database: Database, anchored: anchors.File) -> None:
     """Start-up, after anchors.refuse_rollback (which read the anchors, `anchored`):
     ValueError if the database lacks an anchored change."""
